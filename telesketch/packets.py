@@ -1,0 +1,251 @@
+"""PacketBatch: the columnar packet batch every layer of telesketch speaks.
+
+A batch is a structure of arrays: one little-endian numpy array per header field, all of the same
+length ``n``, plus a ``header`` block (``uint8[n, 40]``) of raw header bytes for the learned
+flow-size estimator and its valid length ``hdr_len`` (``uint8[n]``).
+
+Addresses are numeric ``u32`` values (10.0.0.1 is ``0x0A000001``). The flow key is the 13-byte
+5-tuple ``src_ip(4, big-endian) dst_ip(4) src_port(2) dst_port(2) proto(1)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+#: Bytes of raw header kept per packet (IPv4 header + transport header, addresses zeroed).
+HEADER_BYTES = 40
+
+#: Wire and in-memory dtype of every scalar column, in canonical order.
+COLUMN_DTYPES: dict[str, np.dtype] = {
+    "ts_ns": np.dtype("<u8"),
+    "src_ip": np.dtype("<u4"),
+    "dst_ip": np.dtype("<u4"),
+    "src_port": np.dtype("<u2"),
+    "dst_port": np.dtype("<u2"),
+    "proto": np.dtype("u1"),
+    "length": np.dtype("<u2"),
+    "ip_id": np.dtype("<u2"),
+    "ttl": np.dtype("u1"),
+    "tos": np.dtype("u1"),
+    "tcp_flags": np.dtype("u1"),
+    "tcp_window": np.dtype("<u2"),
+    "tcp_seq": np.dtype("<u4"),
+    "hdr_len": np.dtype("u1"),
+}
+
+#: Every column name, the ``header`` block last.
+COLUMNS: tuple[str, ...] = tuple(COLUMN_DTYPES) + ("header",)
+
+#: numpy dtype of one packed 13-byte flow key (big-endian fields, no padding).
+FLOW_KEY_DTYPE = np.dtype(
+    [("src_ip", ">u4"), ("dst_ip", ">u4"), ("src_port", ">u2"), ("dst_port", ">u2"), ("proto", "u1")]
+)
+FLOW_KEY_BYTES = FLOW_KEY_DTYPE.itemsize  # 13
+
+
+class BatchError(ValueError):
+    """A batch (or its wire message) is malformed: wrong dtype, length, shape or version."""
+
+
+def _as_column(name: str, value, n: int | None) -> np.ndarray:
+    dtype = COLUMN_DTYPES[name]
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        raise BatchError(f"column {name!r} must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype != dtype:
+        if arr.size and arr.dtype.kind not in "iub":
+            raise BatchError(f"column {name!r} must hold integers ({dtype}), got {arr.dtype}")
+        if arr.size and arr.dtype.kind in "iu":
+            lo, hi = int(arr.min()), int(arr.max())
+            info = np.iinfo(dtype)
+            if lo < info.min or hi > info.max:
+                raise BatchError(
+                    f"column {name!r} has values in [{lo}, {hi}], outside {dtype} [{info.min}, {info.max}]"
+                )
+        arr = arr.astype(dtype)
+    if n is not None and arr.shape[0] != n:
+        raise BatchError(f"column {name!r} has {arr.shape[0]} values, expected {n} (columns must agree)")
+    return arr
+
+
+def _as_header(value, n: int) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype != np.uint8:
+        raise BatchError(f"column 'header' must be uint8, got {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] != HEADER_BYTES:
+        raise BatchError(f"column 'header' must have shape (n, {HEADER_BYTES}), got {arr.shape}")
+    if arr.shape[0] != n:
+        raise BatchError(f"column 'header' has {arr.shape[0]} rows, expected {n} (columns must agree)")
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class PacketBatch:
+    """A batch of ``n`` packets as parallel numpy columns (see ``COLUMN_DTYPES``).
+
+    Construct with :meth:`from_columns`; the dataclass constructor expects already-validated
+    arrays of the exact dtypes. Batches are treated as immutable values.
+    """
+
+    ts_ns: np.ndarray
+    src_ip: np.ndarray
+    dst_ip: np.ndarray
+    src_port: np.ndarray
+    dst_port: np.ndarray
+    proto: np.ndarray
+    length: np.ndarray
+    ip_id: np.ndarray
+    ttl: np.ndarray
+    tos: np.ndarray
+    tcp_flags: np.ndarray
+    tcp_window: np.ndarray
+    tcp_seq: np.ndarray
+    hdr_len: np.ndarray
+    header: np.ndarray
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_columns(cls, **columns) -> "PacketBatch":
+        """Build a batch from keyword columns; absent columns are zero-filled.
+
+        Values are converted to the column dtype when they fit; out-of-range values, unknown
+        names, non-integer data and length mismatches raise :class:`BatchError`.
+        """
+        unknown = set(columns) - set(COLUMNS)
+        if unknown:
+            raise BatchError(f"unknown column(s) {sorted(unknown)}; known: {list(COLUMNS)}")
+        n = None
+        for name, value in columns.items():
+            if value is not None:
+                length = len(np.asarray(value))
+                if n is None:
+                    n = length
+                elif length != n:
+                    raise BatchError(
+                        f"column {name!r} has {length} values but another column has {n} (columns must agree)"
+                    )
+        n = 0 if n is None else n
+        fields = {}
+        for name, dtype in COLUMN_DTYPES.items():
+            value = columns.get(name)
+            fields[name] = np.zeros(n, dtype) if value is None else _as_column(name, value, n)
+        header = columns.get("header")
+        fields["header"] = (
+            np.zeros((n, HEADER_BYTES), np.uint8) if header is None else _as_header(header, n)
+        )
+        return cls(**fields)
+
+    @classmethod
+    def empty(cls) -> "PacketBatch":
+        """A batch with no packets."""
+        return cls.from_columns()
+
+    @classmethod
+    def concat(cls, batches: Iterable["PacketBatch"]) -> "PacketBatch":
+        """Concatenate batches in order into one new batch."""
+        batches = list(batches)
+        if not batches:
+            return cls.empty()
+        return cls(**{name: np.concatenate([getattr(b, name) for b in batches]) for name in COLUMNS})
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return int(self.ts_ns.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all columns."""
+        return sum(getattr(self, name).nbytes for name in COLUMNS)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """All columns by name (the arrays themselves, not copies)."""
+        return {name: getattr(self, name) for name in COLUMNS}
+
+    def __getitem__(self, index) -> "PacketBatch":
+        """Select packets by slice, integer array or boolean mask; always returns a batch."""
+        if isinstance(index, (int, np.integer)):
+            index = slice(int(index), int(index) + 1 if int(index) != -1 else None)
+        return PacketBatch(**{name: getattr(self, name)[index] for name in COLUMNS})
+
+    def split(self, size: int) -> list["PacketBatch"]:
+        """Consecutive slices of at most ``size`` packets."""
+        if size <= 0:
+            raise ValueError(f"split size must be positive, got {size}")
+        return [self[i : i + size] for i in range(0, len(self), size)]
+
+    def equals(self, other: "PacketBatch") -> bool:
+        """True when every column is element-wise equal."""
+        return len(self) == len(other) and all(
+            np.array_equal(getattr(self, n), getattr(other, n)) for n in COLUMNS
+        )
+
+    # ------------------------------------------------------------------ flow keys
+    def flow_keys(self) -> np.ndarray:
+        """The 13-byte 5-tuple keys as ``uint8[n, 13]`` (addresses and ports big-endian)."""
+        packed = np.empty(len(self), FLOW_KEY_DTYPE)
+        for name in FLOW_KEY_DTYPE.names:
+            packed[name] = getattr(self, name)
+        return packed.view(np.uint8).reshape(len(self), FLOW_KEY_BYTES)
+
+    def flow_keys_void(self) -> np.ndarray:
+        """The 13-byte keys as ``V13`` scalars: hashable, sortable, usable with ``np.unique``."""
+        return np.ascontiguousarray(self.flow_keys()).view(f"V{FLOW_KEY_BYTES}").ravel()
+
+    def src_keys(self) -> np.ndarray:
+        """The 4-byte source-address keys (``uint32[n]``, numeric address)."""
+        return self.src_ip
+
+    # ------------------------------------------------------------------ wire format
+    def to_message(self, sender_id: str = "", sequence: int = 0):
+        """The protobuf ``telesketch.v1.PacketBatch`` message (one ``bytes`` field per column)."""
+        from telesketch import wire
+
+        return wire.batch_to_message(self, sender_id=sender_id, sequence=sequence)
+
+    @classmethod
+    def from_message(cls, message) -> "PacketBatch":
+        """Decode a ``telesketch.v1.PacketBatch`` message; raises :class:`BatchError` if malformed."""
+        from telesketch import wire
+
+        return wire.message_to_batch(message)
+
+
+def flow_key_bytes(src_ip: int, dst_ip: int, src_port: int, dst_port: int, proto: int) -> bytes:
+    """The canonical 13-byte key of one flow (for answers and tests, not hot paths)."""
+    return (
+        int(src_ip).to_bytes(4, "big")
+        + int(dst_ip).to_bytes(4, "big")
+        + int(src_port).to_bytes(2, "big")
+        + int(dst_port).to_bytes(2, "big")
+        + int(proto).to_bytes(1, "big")
+    )
+
+
+def unpack_flow_key(key: bytes) -> tuple[int, int, int, int, int]:
+    """Inverse of :func:`flow_key_bytes`: ``(src_ip, dst_ip, src_port, dst_port, proto)``."""
+    if len(key) != FLOW_KEY_BYTES:
+        raise ValueError(f"a flow key has {FLOW_KEY_BYTES} bytes, got {len(key)}")
+    return (
+        int.from_bytes(key[0:4], "big"),
+        int.from_bytes(key[4:8], "big"),
+        int.from_bytes(key[8:10], "big"),
+        int.from_bytes(key[10:12], "big"),
+        key[12],
+    )
+
+
+def format_ipv4(value: int) -> str:
+    """Dotted-quad text of a numeric address (``0x0A000001`` -> ``'10.0.0.1'``)."""
+    value = int(value)
+    return ".".join(str((value >> s) & 0xFF) for s in (24, 16, 8, 0))
+
+
+def parse_ipv4(text: str) -> int:
+    """Numeric value of a dotted-quad address; raises ValueError on malformed text."""
+    parts = text.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+        raise ValueError(f"not an IPv4 address: {text!r}")
+    return (int(parts[0]) << 24) | (int(parts[1]) << 16) | (int(parts[2]) << 8) | int(parts[3])
+

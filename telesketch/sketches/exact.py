@@ -1,0 +1,279 @@
+"""Exact ground truth and accuracy metrics: the oracles every sketch is checked against.
+
+Keys are given as numpy arrays and answers use plain Python keys:
+
+* 4-byte keys (source addresses): ``uint32[n]`` in, ``int`` out;
+* 13-byte flow keys: ``uint8[n, 13]`` rows or ``V13`` scalars (``PacketBatch.flow_keys()`` /
+  ``flow_keys_void()``) in, ``bytes`` out.
+
+Thresholds are strict everywhere (a key is heavy when its count is ``> threshold``), as the specs
+define them. Memory is O(distinct keys); these functions are for tests, benchmarks and ``--exact``
+reports, not for the packet path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Iterable, Mapping, Sequence
+
+import numba as nb
+import numpy as np
+
+BYTE_LAYERS: tuple[int, ...] = (0, 8, 16, 24, 32)
+BIT_LAYERS: tuple[int, ...] = tuple(range(33))
+
+
+# ---------------------------------------------------------------------------- keys and counts
+def _as_key_array(keys: np.ndarray) -> np.ndarray:
+    """A 1-D array whose elements are the keys: ``uint32`` or ``V<k>`` byte strings."""
+    keys = np.asarray(keys)
+    if keys.ndim == 2 and keys.dtype == np.uint8:
+        keys = np.ascontiguousarray(keys).view(f"V{keys.shape[1]}").ravel()
+    if keys.ndim != 1:
+        raise ValueError(f"keys must be 1-D (uint32 or V13) or uint8[n, k], got shape {keys.shape}")
+    if keys.dtype.kind == "V" or keys.dtype == np.uint32:
+        return keys
+    if keys.dtype.kind in "iu":
+        return keys.astype(np.uint64)
+    raise ValueError(f"unsupported key dtype {keys.dtype}")
+
+
+def _python_keys(unique: np.ndarray) -> list[Hashable]:
+    if unique.dtype.kind == "V":
+        return [k.tobytes() for k in unique]
+    return [int(k) for k in unique.tolist()]
+
+
+def flow_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys (sorted, same dtype as given, ``V`` for rows) and their ``int64`` counts."""
+    unique, counts = np.unique(_as_key_array(keys), return_counts=True)
+    return unique, counts.astype(np.int64)
+
+
+def count_dict(keys: np.ndarray) -> dict[Hashable, int]:
+    """Exact count of every key as ``{key: count}``."""
+    unique, counts = flow_counts(keys)
+    return dict(zip(_python_keys(unique), counts.tolist()))
+
+
+def _threshold(n_items: int, phi: float | None, threshold: float | None) -> float:
+    if (phi is None) == (threshold is None):
+        raise ValueError("give exactly one of phi (fraction of items) or threshold (absolute count)")
+    if phi is not None:
+        if not 0.0 < phi < 1.0:
+            raise ValueError(f"phi must be in (0, 1), got {phi}")
+        return phi * n_items
+    if threshold < 0:
+        raise ValueError(f"threshold must be non-negative, got {threshold}")
+    return float(threshold)
+
+
+def heavy_hitters(keys: np.ndarray, phi: float | None = None, threshold: float | None = None) -> dict[Hashable, int]:
+    """Keys whose count is ``> phi * n`` (or ``> threshold``): ``{key: count}``."""
+    keys = _as_key_array(keys)
+    thr = _threshold(keys.shape[0], phi, threshold)
+    unique, counts = flow_counts(keys)
+    heavy = counts > thr
+    return dict(zip(_python_keys(unique[heavy]), counts[heavy].tolist()))
+
+
+def heavy_changers(
+    keys_before: np.ndarray,
+    keys_after: np.ndarray,
+    phi: float | None = None,
+    threshold: float | None = None,
+) -> dict[Hashable, int]:
+    """Keys whose count changes by more than the threshold between two windows.
+
+    With ``phi`` the threshold is ``phi * max(n_before, n_after)`` (Hidden Sketch spec §8.2).
+    Returns ``{key: count_after - count_before}``.
+    """
+    before = count_dict(keys_before)
+    after = count_dict(keys_after)
+    n = max(len(_as_key_array(keys_before)), len(_as_key_array(keys_after)))
+    thr = _threshold(n, phi, threshold)
+    changes = {}
+    for key in before.keys() | after.keys():
+        delta = after.get(key, 0) - before.get(key, 0)
+        if abs(delta) > thr:
+            changes[key] = delta
+    return changes
+
+
+# ---------------------------------------------------------------------------- hierarchical heavy hitters
+def prefix_mask(length: int) -> int:
+    """Network mask of a prefix length as a ``u32`` value (``/0`` is 0)."""
+    if not 0 <= length <= 32:
+        raise ValueError(f"prefix length must be in [0, 32], got {length}")
+    return 0 if length == 0 else (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+
+
+def layers_for(mode: str) -> tuple[int, ...]:
+    """Prefix lengths of a hierarchy: ``byte`` (5 layers) or ``bit`` (33 layers)."""
+    if mode == "byte":
+        return BYTE_LAYERS
+    if mode == "bit":
+        return BIT_LAYERS
+    raise ValueError(f"unknown hierarchy mode {mode!r}; use 'byte' or 'bit'")
+
+
+def prefix_counts(addresses: np.ndarray, layers: Sequence[int] = BYTE_LAYERS) -> dict[int, dict[int, int]]:
+    """Exact ``{length: {prefix_value: count}}`` of every prefix that occurs, for each layer."""
+    addresses = np.asarray(addresses, dtype=np.uint32)
+    out = {}
+    for length in layers:
+        values, counts = np.unique(addresses & np.uint32(prefix_mask(length)), return_counts=True)
+        out[length] = dict(zip(values.tolist(), counts.tolist()))
+    return out
+
+
+def hhh_from_counts(
+    counts: Mapping[int, Mapping[int, float]], threshold: float
+) -> dict[tuple[int, int], float]:
+    """The discounted HHH set from per-layer counts ``{length: {prefix: count}}``.
+
+    Layers are processed finest to coarsest; ``c(p) = f(p) - sum of c(q)`` over reported ``q``
+    below ``p``; ``p`` is an HHH iff ``f(p) > T`` and ``c(p) > T``. Works for exact counts and for
+    per-layer sketch estimates alike (the ResidualSketch query and shard merge use it).
+    Returns ``{(prefix, length): c(p)}``.
+    """
+    lengths = sorted(counts, reverse=True)
+    reported: dict[tuple[int, int], float] = {}
+    covered: dict[int, float] = {}  # prefix at the current layer -> sum of reported c below it
+    for i, length in enumerate(lengths):
+        layer = counts[length]
+        next_covered: dict[int, float] = {}
+        parent_mask = prefix_mask(lengths[i + 1]) if i + 1 < len(lengths) else 0
+        for prefix, f in layer.items():
+            below = covered.get(prefix, 0.0)
+            c = f - below
+            if f > threshold and c > threshold:
+                reported[(prefix, length)] = c
+                below += c
+            if below:
+                parent = prefix & parent_mask
+                next_covered[parent] = next_covered.get(parent, 0.0) + below
+        covered = next_covered
+    return reported
+
+
+def hhh(
+    addresses: np.ndarray,
+    phi: float | None = None,
+    threshold: float | None = None,
+    mode: str = "byte",
+) -> dict[tuple[int, int], float]:
+    """Exact discounted HHH of an address column: ``{(prefix, length): discounted_count}``."""
+    addresses = np.asarray(addresses, dtype=np.uint32)
+    thr = _threshold(addresses.shape[0], phi, threshold)
+    return hhh_from_counts(prefix_counts(addresses, layers_for(mode)), thr)
+
+
+# ---------------------------------------------------------------------------- GapFilter ground truth
+@nb.njit(cache=True, nogil=True)
+def _gap_labels_kernel(flow_ids, seq, n_flows, t1, t2, reset):
+    labels = np.zeros(flow_ids.shape[0], np.bool_)
+    last = np.zeros(n_flows, np.int64)
+    seen = np.zeros(n_flows, np.bool_)
+    for i in range(flow_ids.shape[0]):
+        f = flow_ids[i]
+        s = np.int64(seq[i])
+        if not seen[f]:
+            seen[f] = True
+            last[f] = s
+            continue
+        o = last[f]
+        d = (s - o) & 0xFFFF
+        labels[i] = t1 <= d < t2
+        if s > o or o - s >= reset:
+            last[f] = s
+    return labels
+
+
+def gap_labels(
+    flow_keys: np.ndarray, seq: np.ndarray, t1: int = 5, t2: int = 30, reset: int = 10000
+) -> np.ndarray:
+    """Per-item ground truth of GapFilter (spec §5.1): ``bool[n]``, True where a major gap opens.
+
+    ``flow_keys`` are the items' keys (any form :func:`flow_counts` takes), ``seq`` their ``uint16``
+    sequence values in arrival order. The flow's state is its running maximum SEQ, reset on
+    wrap-around (a drop of at least ``reset``); the label compares against the old value.
+    """
+    keys = _as_key_array(flow_keys)
+    seq = np.asarray(seq)
+    if seq.shape[0] != keys.shape[0]:
+        raise ValueError(f"{keys.shape[0]} keys but {seq.shape[0]} sequence values")
+    if not 0 < t1 < t2 < 2**15:
+        raise ValueError(f"need 0 < T1 < T2 < 32768, got T1={t1}, T2={t2}")
+    _, flow_ids = np.unique(keys, return_inverse=True)
+    n_flows = int(flow_ids.max()) + 1 if flow_ids.size else 0
+    return _gap_labels_kernel(flow_ids.astype(np.int64), seq.astype(np.uint16), n_flows, t1, t2, reset)
+
+
+# ---------------------------------------------------------------------------- metrics
+@dataclass(frozen=True)
+class SetAccuracy:
+    """Precision, recall and F1 of a reported set against the true set (empty ratios are 1.0)."""
+
+    precision: float
+    recall: float
+    f1: float
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "tp": self.true_positives,
+            "fp": self.false_positives,
+            "fn": self.false_negatives,
+        }
+
+
+def _ratio(num: int, den: int) -> float:
+    return 1.0 if den == 0 else num / den
+
+
+def set_accuracy(true_keys: Iterable[Hashable], reported_keys: Iterable[Hashable]) -> SetAccuracy:
+    """Precision, recall and F1 of ``reported_keys`` against ``true_keys``."""
+    truth, reported = set(true_keys), set(reported_keys)
+    tp = len(truth & reported)
+    precision = _ratio(tp, len(reported))
+    recall = _ratio(tp, len(truth))
+    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return SetAccuracy(precision, recall, f1, tp, len(reported) - tp, len(truth) - tp)
+
+
+def label_accuracy(truth: np.ndarray, reported: np.ndarray) -> SetAccuracy:
+    """Precision, recall and F1 of per-item boolean reports against per-item labels."""
+    truth = np.asarray(truth, dtype=bool)
+    reported = np.asarray(reported, dtype=bool)
+    if truth.shape != reported.shape:
+        raise ValueError(f"label shapes differ: {truth.shape} vs {reported.shape}")
+    tp = int(np.count_nonzero(truth & reported))
+    fp = int(np.count_nonzero(~truth & reported))
+    fn = int(np.count_nonzero(truth & ~reported))
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return SetAccuracy(precision, recall, f1, tp, fp, fn)
+
+
+def are(truth: Mapping[Hashable, float], estimates: Mapping[Hashable, float], keys: Iterable[Hashable] | None = None) -> float:
+    """Average relative error ``mean |f - f_hat| / f`` over ``keys`` (default: every true key).
+
+    A key missing from ``estimates`` counts as estimate 0 (relative error 1). Empty -> 0.0.
+    """
+    keys = list(truth if keys is None else keys)
+    if not keys:
+        return 0.0
+    return float(np.mean([abs(truth[k] - estimates.get(k, 0)) / truth[k] for k in keys]))
+
+
+def aae(truth: Mapping[Hashable, float], estimates: Mapping[Hashable, float], keys: Iterable[Hashable] | None = None) -> float:
+    """Average absolute error ``mean |f - f_hat|`` over ``keys`` (default: every true key)."""
+    keys = list(truth if keys is None else keys)
+    if not keys:
+        return 0.0
+    return float(np.mean([abs(truth[k] - estimates.get(k, 0)) for k in keys]))

@@ -1,0 +1,20 @@
+"""Shared pytest fixtures: paths to the shared traces and small generated inputs."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS_DIR))  # so tests can `import naive`
+
+#: ../shared/traces beside the checkout (CI has it; a bare clone may not).
+SHARED_TRACES = TESTS_DIR.parent.parent / "shared" / "traces"
+
+
+@pytest.fixture(scope="session")
+def shared_traces() -> Path:
+    """The directory of real captures, or a skip when it is not beside the checkout."""
+    if not SHARED_TRACES.is_dir():
+        pytest.skip(f"real traces not found at {SHARED_TRACES}")
+    return SHARED_TRACES

@@ -1,0 +1,102 @@
+"""PacketBatch: construction, validation, slicing, concatenation and flow keys."""
+import numpy as np
+import pytest
+
+from telesketch.packets import (
+    COLUMN_DTYPES,
+    COLUMNS,
+    FLOW_KEY_BYTES,
+    HEADER_BYTES,
+    BatchError,
+    PacketBatch,
+    flow_key_bytes,
+    format_ipv4,
+    parse_ipv4,
+    unpack_flow_key,
+)
+
+
+def small_batch(n=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return PacketBatch.from_columns(
+        ts_ns=np.arange(n, dtype=np.uint64) * 1000,
+        src_ip=rng.integers(0, 2**32, n, dtype=np.uint32),
+        dst_ip=rng.integers(0, 2**32, n, dtype=np.uint32),
+        src_port=rng.integers(0, 2**16, n),
+        dst_port=rng.integers(0, 2**16, n),
+        proto=rng.choice([6, 17], n),
+        ip_id=np.arange(n),
+        header=rng.integers(0, 256, (n, HEADER_BYTES), dtype=np.uint8),
+    )
+
+
+def test_absent_columns_are_zero_filled_with_documented_dtypes():
+    batch = PacketBatch.from_columns(src_ip=[1, 2, 3])
+    assert len(batch) == 3
+    for name, dtype in COLUMN_DTYPES.items():
+        column = getattr(batch, name)
+        assert column.dtype == dtype, name
+        if name != "src_ip":
+            assert not column.any(), name
+    assert batch.header.shape == (3, HEADER_BYTES)
+
+
+def test_mismatched_column_lengths_name_the_column():
+    with pytest.raises(BatchError, match="dst_ip.*2 values.*3"):
+        PacketBatch.from_columns(src_ip=[1, 2, 3], dst_ip=[1, 2])
+
+
+@pytest.mark.parametrize(
+    "columns, message",
+    [
+        ({"src_port": [70000]}, "outside"),
+        ({"proto": [-1]}, "outside"),
+        ({"ttl": [1.5]}, "integers"),
+        ({"src_ip": [[1, 2]]}, "one-dimensional"),
+        ({"header": np.zeros((1, 39), np.uint8)}, r"shape \(n, 40\)"),
+        ({"header": np.zeros((1, 40), np.int32)}, "uint8"),
+        ({"bogus": [1]}, "unknown column"),
+    ],
+)
+def test_bad_columns_get_clear_errors(columns, message):
+    with pytest.raises(BatchError, match=message):
+        PacketBatch.from_columns(**columns)
+
+
+def test_slicing_masks_and_concat_round_trip():
+    batch = small_batch(10)
+    parts = batch.split(3)
+    assert [len(p) for p in parts] == [3, 3, 3, 1]
+    assert PacketBatch.concat(parts).equals(batch)
+    mask = batch.proto == 6
+    picked = batch[mask]
+    assert len(picked) == int(mask.sum())
+    assert np.array_equal(picked.src_ip, batch.src_ip[mask])
+    assert batch[-1].equals(batch[9:10])
+    assert len(PacketBatch.concat([])) == 0
+
+
+def test_flow_keys_are_big_endian_13_byte_5_tuples():
+    batch = PacketBatch.from_columns(
+        src_ip=[parse_ipv4("10.0.0.1")], dst_ip=[parse_ipv4("192.168.1.2")], src_port=[443], dst_port=[51000], proto=[6]
+    )
+    keys = batch.flow_keys()
+    assert keys.shape == (1, FLOW_KEY_BYTES)
+    expected = bytes([10, 0, 0, 1, 192, 168, 1, 2, 0x01, 0xBB, 0xC7, 0x38, 6])
+    assert keys[0].tobytes() == expected
+    assert batch.flow_keys_void()[0].tobytes() == expected
+    assert flow_key_bytes(0x0A000001, 0xC0A80102, 443, 51000, 6) == expected
+    assert unpack_flow_key(expected) == (0x0A000001, 0xC0A80102, 443, 51000, 6)
+
+
+def test_ipv4_text_round_trip_and_errors():
+    assert format_ipv4(0x0A000001) == "10.0.0.1"
+    assert parse_ipv4("255.255.255.255") == 0xFFFFFFFF
+    for bad in ("1.2.3", "1.2.3.256", "a.b.c.d"):
+        with pytest.raises(ValueError):
+            parse_ipv4(bad)
+
+
+def test_columns_lists_every_field_once():
+    assert len(set(COLUMNS)) == len(COLUMNS)
+    assert set(small_batch().columns()) == set(COLUMNS)
