@@ -1,0 +1,150 @@
+"""End-to-end ingest throughput of ``telesketch serve`` through gRPC on loopback.
+
+The server runs as a separate process (``python -m telesketch.cli serve``); this process streams
+pre-encoded ``PacketBatch`` messages with ``Ingest.Push`` and times from the first send to the
+summary (which arrives only after every batch is applied). Configurations: (a) no sketch,
+(b) each sketch alone, (c) all four; batch sizes 8k and 64k; then peak server memory (VmHWM) with
+8 concurrent streaming clients on configuration (c). Write-ahead log off unless ``--wal``.
+
+    .venv/bin/python benchmarks/bench_ingest.py [--packets 4000000] [--wal] [--only none,all]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from telesketch.client import Client  # noqa: E402
+from telesketch.packets import PacketBatch  # noqa: E402
+
+SKETCHES = {
+    "gapfilter_ao": {"gaps": {"kind": "gapfilter_ao", "memory_bytes": 16 * 1024}},
+    "hiddensketch": {"hh": {"kind": "hiddensketch", "memory_bytes": 56320, "phi": 1e-4}},
+    "residualsketch": {"hhh": {"kind": "residualsketch", "mode": "byte", "memory_bytes": 32 * 1024, "phi": 1e-3,
+                               "expected_packets": 2_500_000}},
+    "llmsketch": {"flows": {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size",
+                            "estimator": "constant"}},
+}
+CONFIGS = {"none": {}, **SKETCHES, "all": {k: v for d in SKETCHES.values() for k, v in d.items()}}
+
+
+WITH_HEADER = False
+
+
+def make_messages(total: int, batch_size: int, seed: int = 0) -> list:
+    """Zipf traffic in one epoch, encoded once (the client only serialises). Without
+    ``--with-header`` the optional 40-byte ``header`` block is not sent (collectors that feed no
+    learned estimator), which halves the bytes per packet."""
+    rng = np.random.default_rng(seed)
+    n = batch_size * 16  # 16 distinct batches, cycled
+    flow = (rng.zipf(1.1, n) % 200_000).astype(np.int64)
+    batch = PacketBatch.from_columns(
+        ts_ns=np.full(n, 1_700_000_000 * 10**9, np.uint64), src_ip=(0x0A000000 + flow * 7919 % (1 << 24)).astype(np.uint32),
+        dst_ip=(0xC0A80000 + flow % 4096).astype(np.uint32), src_port=(flow % 60000 + 1024).astype(np.uint16),
+        dst_port=np.full(n, 443, np.uint16), proto=np.full(n, 6, np.uint8),
+        ip_id=rng.integers(0, 65536, n).astype(np.uint16), length=np.full(n, 800, np.uint16))
+    parts = batch.split(batch_size)
+    count = max(1, total // batch_size)
+    messages = [p.to_message() for p in parts]
+    if not WITH_HEADER:
+        for m in messages:
+            m.ClearField("header")
+            m.ClearField("hdr_len")
+    return [messages[i % len(messages)] for i in range(count)]
+
+
+def start_server(sketches: dict, data_dir: str, wal: bool):
+    cfg = {"server": {"grpc_address": "127.0.0.1:0", "http_address": "", "data_dir": data_dir,
+                      "epoch_seconds": 3600.0, "wal": wal, "queue_batches": 8}, "sketches": sketches}
+    path = Path(data_dir) / "config.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "telesketch.cli", "serve", "--config", str(path),
+                             "--log-level", "warning"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    line = proc.stdout.readline()
+    if not line.startswith("telesketch serving"):
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line}")
+    port = int(line.split()[2].split("=")[1])
+    return proc, port
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1) -> dict:
+    messages = make_messages(total // clients, batch_size)
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        proc, port = start_server(CONFIGS[name], tmp, wal)
+        try:
+            warm = Client(f"127.0.0.1:{port}")
+            warm.push_messages(messages[:2])  # JIT caches loaded, sketches touched
+            rss_before = peak_rss_mib(proc.pid)
+            results = []
+
+            def stream():
+                with Client(f"127.0.0.1:{port}") as c:
+                    results.append(c.push_messages(messages).applied_packets)
+
+            threads = [threading.Thread(target=stream) for _ in range(clients)]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            seconds = time.perf_counter() - start
+            packets = sum(results)
+            return {"config": name, "batch": batch_size, "clients": clients, "packets": packets,
+                    "seconds": round(seconds, 3), "mpps": round(packets / seconds / 1e6, 2),
+                    "peak_rss_mib": round(peak_rss_mib(proc.pid), 1), "rss_after_warmup_mib": round(rss_before, 1)}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--packets", type=int, default=4_000_000, help="packets per measurement")
+    ap.add_argument("--wal", action="store_true", help="write-ahead log on (the default service setting)")
+    ap.add_argument("--only", default=",".join(CONFIGS), help="comma-separated configurations")
+    ap.add_argument("--batch-sizes", default="8192,65536")
+    ap.add_argument("--with-header", action="store_true", help="also send the 40-byte header block")
+    args = ap.parse_args()
+    global WITH_HEADER
+    WITH_HEADER = args.with_header
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    print(f"# {os.cpu_count()} CPUs ({cpu}); wal={'on' if args.wal else 'off'}; header={'sent' if args.with_header else 'not sent'}; command: "
+          f"{' '.join([Path(sys.executable).name] + sys.argv)}", flush=True)
+    rows = []
+    for name in args.only.split(","):
+        for size in map(int, args.batch_sizes.split(",")):
+            row = run(name, size, args.packets, args.wal)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if "all" in args.only.split(","):
+        row = run("all", 65536, args.packets, args.wal, clients=8)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("\n| config | batch | clients | M packets/s | peak server RSS MiB |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['config']} | {r['batch']} | {r['clients']} | {r['mpps']} | {r['peak_rss_mib']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Python client of the telesketch service: push batches, run queries, get plain Python back.
+
+>>> from telesketch.client import Client
+>>> with Client("127.0.0.1:50051", sender_id="collector-1") as c:
+...     c.push(batches)                      # one stream; sequence numbers assigned 1, 2, ...
+...     c.heavy_hitters(last=3)              # [(key, estimate), ...]
+...     c.hhh(epoch=172000000)               # [(prefix, length, discounted_estimate), ...]
+
+Keys come back as in :mod:`telesketch.sketches.exact`: 4-byte keys as ``int`` (addresses; for
+LLM-Sketch's flow-size task the 32-bit fingerprints), 13-byte flow keys as ``bytes``. Errors are
+``grpc.RpcError`` with the server's status code and message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import grpc
+
+from telesketch.packets import PacketBatch
+from telesketch.v1 import service_pb2, service_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Ack:
+    sender_id: str
+    sequence: int
+    duplicate: bool
+    packets: int
+    applied_packets: int
+    late_packets: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class PushSummary:
+    batches: int
+    duplicate_batches: int
+    packets: int
+    applied_packets: int
+    late_packets: int
+    last_sequence: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class GapEvent:
+    ts_ns: int
+    key: bytes
+    jump: int
+    epoch: int
+
+
+def _key(raw: bytes):
+    return int.from_bytes(raw, "big") if len(raw) == 4 else bytes(raw)
+
+
+def _fields(message, cls):
+    return cls(**{name: getattr(message, name) for name in cls.__dataclass_fields__})
+
+
+class Client:
+    """A synchronous gRPC client. ``token``: bearer token; ``root_certificates``: PEM bytes for TLS
+    (``tls=True`` with none uses the system roots). ``sender_id`` enables idempotent retries:
+    sequence numbers continue from the server's last applied one (``Ingest.Resume``)."""
+
+    def __init__(self, target: str, *, sender_id: str = "", token: str = "", tls: bool = False,
+                 root_certificates: bytes | None = None, timeout: float = 60.0,
+                 max_message_bytes: int = 64 << 20):
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if tls or root_certificates:
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options)
+        else:
+            self._channel = grpc.insecure_channel(target, options)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.sender_id = sender_id
+        self._next_sequence: int | None = None
+        self._ingest = service_pb2_grpc.IngestStub(self._channel)
+        self._query = service_pb2_grpc.QueryStub(self._channel)
+        self._admin = service_pb2_grpc.AdminStub(self._channel)
+
+    # ------------------------------------------------------------------ ingest
+    def _sequence(self, sequence: int | None) -> int:
+        if not self.sender_id:
+            return 0 if sequence is None else sequence
+        if sequence is not None:
+            self._next_sequence = sequence + 1
+            return sequence
+        if self._next_sequence is None:
+            self._next_sequence = self.last_sequence() + 1
+        self._next_sequence += 1
+        return self._next_sequence - 1
+
+    def last_sequence(self, sender_id: str | None = None) -> int:
+        """The server's last applied sequence for a sender (0 when it has none)."""
+        reply = self._ingest.Resume(service_pb2.ResumeRequest(sender_id=sender_id or self.sender_id),
+                                    timeout=self.timeout, metadata=self._metadata)
+        return reply.last_sequence
+
+    def push_one(self, batch: PacketBatch, sequence: int | None = None) -> Ack:
+        """Send one batch; returns the server's ack (after the batch is applied)."""
+        message = batch.to_message(sender_id=self.sender_id, sequence=self._sequence(sequence))
+        return _fields(self._ingest.PushOne(message, timeout=self.timeout, metadata=self._metadata), Ack)
+
+    def push_messages(self, messages: Iterable) -> PushSummary:
+        """Stream already-encoded ``PacketBatch`` messages (benchmarks, replays of recorded traffic)."""
+        reply = self._ingest.Push(iter(messages), timeout=self.timeout, metadata=self._metadata)
+        return _fields(reply, PushSummary)
+
+    def push(self, batches: Iterable[PacketBatch], start_sequence: int | None = None) -> PushSummary:
+        """Stream batches; sequence numbers continue from ``start_sequence`` (or the server's)."""
+        first = [start_sequence]
+
+        def messages():
+            for batch in batches:
+                seq = self._sequence(first.pop() if first else None)
+                yield batch.to_message(sender_id=self.sender_id, sequence=seq)
+        return self.push_messages(messages())
+
+    # ------------------------------------------------------------------ queries
+    @staticmethod
+    def _window(epoch: int | None, last: int | None, closed_only: bool) -> service_pb2.Window:
+        if epoch is not None:
+            return service_pb2.Window(epoch=epoch, closed_only=closed_only)
+        if last is not None:
+            return service_pb2.Window(last=last, closed_only=closed_only)
+        return service_pb2.Window(closed_only=closed_only)
+
+    def _call(self, method, request):
+        return method(request, timeout=self.timeout, metadata=self._metadata)
+
+    def _thresholds(self, phi, threshold) -> dict:
+        return {k: v for k, v in (("phi", phi), ("threshold", threshold)) if v is not None}
+
+    def heavy_hitters(self, *, epoch=None, last=None, closed_only=False, phi=None, threshold=None, sketch="",
+                      details=False):
+        """``[(key, estimate)]``, largest first; ``details=True`` also returns the WindowInfo."""
+        reply = self._call(self._query.HeavyHitters, service_pb2.HeavyHittersRequest(
+            window=self._window(epoch, last, closed_only), sketch=sketch, **self._thresholds(phi, threshold)))
+        return _key_rows(reply, details)
+
+    def heavy_changers(self, *, epoch=None, last=None, closed_only=False, phi=None, threshold=None, sketch="",
+                       details=False):
+        """``[(key, change)]`` between the window and the equally long window before it."""
+        reply = self._call(self._query.HeavyChangers, service_pb2.HeavyChangersRequest(
+            window=self._window(epoch, last, closed_only), sketch=sketch, **self._thresholds(phi, threshold)))
+        return _key_rows(reply, details)
+
+    def hhh(self, *, epoch=None, last=None, closed_only=False, phi=None, threshold=None, sketch="", details=False):
+        """``[(prefix, length, discounted_estimate)]`` ordered by length then prefix."""
+        reply = self._call(self._query.HierarchicalHeavyHitters, service_pb2.HHHRequest(
+            window=self._window(epoch, last, closed_only), sketch=sketch, **self._thresholds(phi, threshold)))
+        rows = [(e.prefix, e.length, e.estimate) for e in reply.entries]
+        return (rows, reply.window) if details else rows
+
+    def flow_gaps(self, *, epoch=None, last=None, closed_only=False, limit=0, sketch="", details=False):
+        """``[GapEvent]`` by time."""
+        reply = self._call(self._query.FlowGaps, service_pb2.FlowGapsRequest(
+            window=self._window(epoch, last, closed_only), sketch=sketch, limit=limit))
+        rows = [GapEvent(e.ts_ns, bytes(e.key), e.jump, e.epoch) for e in reply.events]
+        return (rows, reply.window) if details else rows
+
+    def flow_size(self, keys, *, epoch=None, last=None, closed_only=False, sketch="", details=False):
+        """Estimated packets of each 13-byte key (``bytes`` or ``uint8[n, 13]`` rows): ``[int]``."""
+        keys = [bytes(k) for k in keys]
+        reply = self._call(self._query.FlowSize, service_pb2.FlowSizeRequest(
+            window=self._window(epoch, last, closed_only), sketch=sketch, keys=keys))
+        rows = [e.estimate for e in reply.entries]
+        return (rows, reply.window) if details else rows
+
+    def top_flows(self, k: int = 10, *, epoch=None, last=None, closed_only=False, sketch="", details=False):
+        """``[(key, estimate)]``: the ``k`` largest flows."""
+        reply = self._call(self._query.TopFlows, service_pb2.TopFlowsRequest(
+            window=self._window(epoch, last, closed_only), sketch=sketch, k=k))
+        return _key_rows(reply, details)
+
+    def stats(self) -> dict:
+        """Counters, retained epochs and configured sketches as a dict."""
+        from google.protobuf.json_format import MessageToDict
+
+        reply = self._call(self._query.Stats, service_pb2.StatsRequest())
+        return MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+    # ------------------------------------------------------------------ admin
+    def rotate_epoch(self) -> tuple[bool, int, int]:
+        """Close the open epoch now: ``(closed?, closed epoch, open epoch)``."""
+        r = self._call(self._admin.RotateEpoch, service_pb2.RotateEpochRequest())
+        return r.closed, r.closed_epoch, r.open_epoch
+
+    def snapshot(self) -> list[str]:
+        """Checkpoint the open epoch; returns the files written on the server."""
+        return list(self._call(self._admin.Snapshot, service_pb2.SnapshotRequest()).files)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _key_rows(reply, details: bool):
+    rows = [(_key(e.key), e.estimate) for e in reply.entries]
+    return (rows, reply.window) if details else rows

@@ -1,0 +1,33 @@
+"""The streaming service: gRPC ingestion, epochs, the query API, Prometheus and Grafana endpoints.
+
+Modules: :mod:`.config` (defaults, TOML/JSON file, flags), :mod:`.sketchset` (the configured
+sketches and how each query maps onto their public methods), :mod:`.epochs` (tumbling epochs,
+snapshots, checkpoint, write-ahead log), :mod:`.queries` (windows and answers), :mod:`.server`
+(``grpc.aio`` servicers, the bounded queue and sketch worker, auth), :mod:`.http` (``/metrics`` and
+``/api/v1``), :mod:`.exactsketch` (the ``exact`` kind). No sketch arithmetic lives here.
+
+Query API (gRPC ``telesketch.v1.Query``, HTTP ``/api/v1/...``)
+-------------------------------------------------------------
+Every query takes a *window*: ``epoch=<id>`` (``id = ts_ns // epoch_ns``) or ``last=<N>`` (the N
+most recent retained epochs, the open one included unless ``closed_only``); default ``last=1``.
+An epoch that is not retained, or fewer retained epochs than asked, is ``NOT_FOUND``. ``sketch``
+picks a configured sketch by name; by default the first active one that answers the query.
+Thresholds: ``phi`` (fraction of the window's packets N) or ``threshold`` (packets), never both;
+with neither, the sketch's own default.
+
+How a window of several epochs is answered (``WindowInfo.combine``):
+
+* ``merged``: the epochs' states are merged (``merge``) and queried once (``exact`` kind);
+* ``sum of per-epoch estimates`` (Hidden Sketch heavy hitters/changers, LLM-Sketch flow sizes):
+  candidates are the keys reported in any epoch; a key's estimate is the sum over epochs of its
+  reported estimate or, where not reported, the epoch's point estimate; the window threshold
+  applies to the sum. Top flows sum the per-epoch top-k lists;
+* ``summed layer estimates`` (ResidualSketch HHH): per-layer estimates summed over the epochs, one
+  discounted HHH pass (the sketch module's ``merged_hhh``);
+* ``union`` (flow gaps): the gap events reported during each epoch, by time.
+
+Heavy changers compare the window with the equally long window just before it.
+"""
+from telesketch.service.config import ConfigError, ServiceConfig, load_config
+
+__all__ = ["ConfigError", "ServiceConfig", "load_config"]

@@ -1,0 +1,122 @@
+"""Service configuration: embedded defaults, a TOML or JSON file, then command-line overrides.
+
+``telesketch serve`` with no file and no flags starts with :data:`DEFAULTS` (loopback ports, the
+four paper sketches with their papers' defaults, 10 s epochs, ``./telesketch-data``). A file names
+only what it changes::
+
+    [server]
+    grpc_address = "0.0.0.0:50051"
+    epoch_seconds = 5
+
+    [sketches.hh]                 # a sketch instance called "hh"
+    kind = "hiddensketch"         # see telesketch.service.sketchset.KINDS
+    memory_bytes = 56320
+
+``[sketches]`` in a file replaces the default set as a whole (so a file can configure fewer).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+#: Default sketch set: the four paper sketches with the papers' defaults (skipped when not built).
+DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
+    "gaps": {"kind": "gapfilter_ao", "memory_bytes": 16 * 1024},
+    "hh": {"kind": "hiddensketch", "memory_bytes": 56320, "phi": 1e-4},
+    "hhh": {"kind": "residualsketch", "mode": "byte", "memory_bytes": 32 * 1024, "phi": 1e-3,
+            "expected_packets": 2_500_000},
+    "flows": {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "lm"},
+}
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is unusable; the message names the key."""
+
+
+@dataclass
+class ServiceConfig:
+    """Everything ``telesketch serve`` needs. Units are in the names (seconds, bytes, packets)."""
+
+    grpc_address: str = "127.0.0.1:50051"   #: host:port for gRPC (port 0: pick a free one)
+    http_address: str = "127.0.0.1:9108"    #: host:port for /metrics and /api/v1 ("" disables)
+    data_dir: str = "telesketch-data"       #: closed-epoch snapshots, open-epoch checkpoint, WAL
+    epoch_seconds: float = 10.0             #: tumbling epoch length, by packet timestamp
+    keep_epochs: int = 6                    #: closed epochs kept (memory and disk)
+    queue_batches: int = 8                  #: batches admitted but not yet applied (backpressure)
+    max_message_bytes: int = 64 << 20       #: gRPC receive limit; larger: RESOURCE_EXHAUSTED
+    max_batch_packets: int = 1 << 20        #: packets per batch; more: RESOURCE_EXHAUSTED
+    wal: bool = True                        #: log applied batches before acking (restart loses nothing)
+    wal_fsync: bool = False                 #: fsync the log before each ack (survives power loss too)
+    token: str = ""                         #: bearer token required on every RPC except health ("" = none)
+    tls_cert: str = ""                      #: PEM certificate chain; with tls_key enables TLS
+    tls_key: str = ""
+    sketches: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_SKETCHES))
+
+    def validate(self) -> "ServiceConfig":
+        """Raise :class:`ConfigError` naming the first bad value; returns self."""
+        if not self.epoch_seconds > 0:
+            raise ConfigError(f"epoch_seconds must be positive, got {self.epoch_seconds}")
+        for name in ("keep_epochs", "queue_batches", "max_message_bytes", "max_batch_packets"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("TLS needs both tls_cert and tls_key")
+        for addr_name in ("grpc_address", "http_address"):
+            addr = getattr(self, addr_name)
+            if addr and (":" not in addr or not addr.rsplit(":", 1)[1].isdigit()):
+                raise ConfigError(f"{addr_name} must be host:port, got {addr!r}")
+        if not isinstance(self.sketches, dict):
+            raise ConfigError("[sketches] must be a table of name -> {kind = ..., parameters}")
+        for name, spec in self.sketches.items():
+            if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
+                raise ConfigError(f"sketch {name!r} needs a 'kind' (e.g. kind = \"hiddensketch\")")
+        return self
+
+    @property
+    def epoch_ns(self) -> int:
+        return int(round(self.epoch_seconds * 1e9))
+
+
+def _server_keys() -> set[str]:
+    return {f.name for f in fields(ServiceConfig)} - {"sketches"}
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ServiceConfig:
+    """Defaults, then the file (``.toml`` or ``.json``), then non-None ``overrides``; validated."""
+    config = ServiceConfig()
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
+        unknown = set(data) - {"server", "sketches"}
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: server, sketches")
+        _apply(config, data.get("server", {}))
+        if "sketches" in data:
+            config.sketches = copy.deepcopy(data["sketches"])
+    _apply(config, {k: v for k, v in (overrides or {}).items() if v is not None})
+    return config.validate()
+
+
+def _apply(config: ServiceConfig, values: dict[str, Any]) -> None:
+    unknown = set(values) - _server_keys()
+    if unknown:
+        raise ConfigError(f"unknown server setting(s) {sorted(unknown)}; known: {sorted(_server_keys())}")
+    for name, value in values.items():
+        expected = type(getattr(ServiceConfig(), name))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"server setting {name} must be {expected.__name__}, got {value!r}")
+        setattr(config, name, value)

@@ -1,0 +1,200 @@
+"""The query engine shared by the gRPC ``Query`` service and the HTTP ``/api/v1`` API.
+
+Each query names a window (:meth:`EpochManager.window`), optionally a sketch, and its parameters;
+it validates them (``QueryError`` with a gRPC status name), resolves the epochs, and asks
+:mod:`telesketch.service.sketchset` for the answer. Answers are plain Python: keys are ``int``
+(4-byte keys: addresses; LLM-Sketch: 32-bit fingerprints) or 13-byte ``bytes`` flow keys.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from telesketch.packets import FLOW_KEY_BYTES, format_ipv4, unpack_flow_key
+from telesketch.service import sketchset as ss
+from telesketch.service.epochs import EpochManager
+from telesketch.service.sketchset import QueryError
+from telesketch.sketches.core import SketchError
+
+MAX_TOP_K = 100_000
+MAX_FLOW_KEYS = 100_000
+
+
+@dataclass
+class WindowSpec:
+    """A window as asked: one ``epoch`` id, or the ``last`` N epochs (default: the last one)."""
+
+    epoch: int | None = None
+    last: int | None = None
+    closed_only: bool = False
+
+
+@dataclass
+class Answer:
+    """Rows of one query and what produced them."""
+
+    rows: list
+    epochs: list[int]
+    packets: int
+    sketch: str
+    combine: str
+    int_keys: str = "ipv4"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def key_text(key, int_keys: str = "ipv4") -> str:
+    """Readable key: ``10.0.0.1``, ``10.0.0.1:1234 > 10.0.0.2:80 proto 6`` or ``fp:0x1234abcd``."""
+    if isinstance(key, (bytes, bytearray)) and len(key) == FLOW_KEY_BYTES:
+        s, d, sp, dp, proto = unpack_flow_key(bytes(key))
+        return f"{format_ipv4(s)}:{sp} > {format_ipv4(d)}:{dp} proto {proto}"
+    if isinstance(key, (int, np.integer)):
+        return f"fp:0x{int(key):08x}" if int_keys == "fingerprint" else format_ipv4(int(key))
+    return bytes(key).hex()
+
+
+def key_bytes(key) -> bytes:
+    """Wire form: ints as 4 big-endian bytes, flow keys as their 13 bytes."""
+    return int(key).to_bytes(4, "big") if isinstance(key, (int, np.integer)) else bytes(key)
+
+
+def _check_fraction(phi, threshold) -> None:
+    if phi is not None and threshold is not None:
+        raise QueryError("INVALID_ARGUMENT", "give phi or threshold, not both")
+    if phi is not None and not (0.0 < phi < 1.0):
+        raise QueryError("INVALID_ARGUMENT", f"phi must be in (0, 1), got {phi}")
+    if threshold is not None and not (threshold >= 0 and math.isfinite(threshold)):
+        raise QueryError("INVALID_ARGUMENT", f"threshold must be a finite number >= 0, got {threshold}")
+
+
+class QueryEngine:
+    """Answers queries against an :class:`EpochManager`; ``observe(query, seconds)`` records latency."""
+
+    def __init__(self, manager: EpochManager, observe=None):
+        self.manager = manager
+        self.observe = observe or (lambda query, seconds: None)
+
+    # ------------------------------------------------------------------ helpers
+    def _epochs(self, window: WindowSpec, offset: int = 0):
+        if window.epoch is not None and window.last is not None:
+            raise QueryError("INVALID_ARGUMENT", "a window names an epoch or the last N epochs, not both")
+        if window.last is not None and window.last < 1:
+            raise QueryError("INVALID_ARGUMENT", f"window.last must be at least 1, got {window.last}")
+        try:
+            return self.manager.window(window.epoch, window.last, window.closed_only, offset)
+        except LookupError as exc:
+            raise QueryError("NOT_FOUND", str(exc)) from None
+        except ValueError as exc:
+            raise QueryError("INVALID_ARGUMENT", str(exc)) from None
+
+    def _run(self, query: str, fn):
+        start = time.perf_counter()
+        try:
+            with self.manager.lock:
+                return fn()
+        except SketchError as exc:  # the sketch refused the parameters
+            raise QueryError("INVALID_ARGUMENT", f"{query}: {exc}") from None
+        finally:
+            self.observe(query, time.perf_counter() - start)
+
+    def _answer(self, cs, epochs, rows, combine, **extra) -> Answer:
+        return Answer(rows, [e.id for e in epochs], sum(e.packets for e in epochs), cs.name, combine,
+                      cs.kind.int_keys, extra)
+
+    # ------------------------------------------------------------------ queries
+    def heavy_hitters(self, window: WindowSpec, sketch: str = "", phi=None, threshold=None) -> Answer:
+        _check_fraction(phi, threshold)
+
+        def run():
+            cs = ss.pick(self.manager.sketchset.sketches, "heavy_hitters", sketch)
+            epochs = self._epochs(window)
+            n = sum(e.packets for e in epochs)
+            rows, combine = ss.heavy_hitters(cs, [e.states[cs.name] for e in epochs], n, phi, threshold)
+            return self._answer(cs, epochs, rows, combine)
+        return self._run("heavy_hitters", run)
+
+    def heavy_changers(self, window: WindowSpec, sketch: str = "", phi=None, threshold=None) -> Answer:
+        _check_fraction(phi, threshold)
+
+        def run():
+            cs = ss.pick(self.manager.sketchset.sketches, "heavy_changers", sketch)
+            after = self._epochs(window)
+            before = self._epochs(window, offset=1)
+            rows, combine = ss.heavy_changers(
+                cs, [e.states[cs.name] for e in before], [e.states[cs.name] for e in after],
+                sum(e.packets for e in before), sum(e.packets for e in after), phi, threshold)
+            return self._answer(cs, after, rows, combine, before=[e.id for e in before])
+        return self._run("heavy_changers", run)
+
+    def hhh(self, window: WindowSpec, sketch: str = "", phi=None, threshold=None) -> Answer:
+        _check_fraction(phi, threshold)
+
+        def run():
+            cs = ss.pick(self.manager.sketchset.sketches, "hhh", sketch)
+            epochs = self._epochs(window)
+            n = sum(e.packets for e in epochs)
+            rows, combine = ss.hhh(cs, [e.states[cs.name] for e in epochs], n, phi, threshold)
+            rows = sorted(((int(p), int(length), float(c)) for p, length, c in rows), key=lambda r: (r[1], r[0]))
+            return self._answer(cs, epochs, rows, combine)
+        return self._run("hhh", run)
+
+    def gaps(self, window: WindowSpec, sketch: str = "", limit: int = 0) -> Answer:
+        """Rows ``(ts_ns, 13-byte key, jump, epoch)`` ordered by time (the newest ``limit``)."""
+        if limit < 0:
+            raise QueryError("INVALID_ARGUMENT", f"limit must be >= 0, got {limit}")
+
+        def run():
+            cs = ss.pick(self.manager.sketchset.sketches, "gaps", sketch)
+            epochs = self._epochs(window)
+            per_epoch, combine = ss.gap_events(cs, [(e.id, e.states[cs.name]) for e in epochs])
+            rows = []
+            for eid, ev in per_epoch:
+                keys = _event_keys(ev)
+                rows.extend(zip(ev["ts_ns"].tolist(), keys, ev["jump"].tolist(), [eid] * len(keys)))
+            rows.sort(key=lambda r: r[0])
+            counts = {eid: len(ev) for eid, ev in per_epoch}
+            if limit:
+                rows = rows[-limit:]
+            return self._answer(cs, epochs, rows, combine, per_epoch=counts)
+        return self._run("gaps", run)
+
+    def flow_size(self, window: WindowSpec, keys: list[bytes], sketch: str = "") -> Answer:
+        if not keys:
+            raise QueryError("INVALID_ARGUMENT", "flow_size needs at least one key")
+        if len(keys) > MAX_FLOW_KEYS:
+            raise QueryError("RESOURCE_EXHAUSTED", f"at most {MAX_FLOW_KEYS} keys per flow_size query, got {len(keys)}")
+        bad = [i for i, k in enumerate(keys) if len(k) != FLOW_KEY_BYTES]
+        if bad:
+            raise QueryError("INVALID_ARGUMENT", f"flow keys are {FLOW_KEY_BYTES} bytes; key #{bad[0]} has {len(keys[bad[0]])}")
+        array = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, FLOW_KEY_BYTES)
+
+        def run():
+            cs = ss.pick(self.manager.sketchset.sketches, "flow_size", sketch)
+            epochs = self._epochs(window)
+            sizes, combine = ss.flow_size(cs, [e.states[cs.name] for e in epochs], array)
+            return self._answer(cs, epochs, list(zip(keys, np.asarray(sizes).tolist())), combine)
+        return self._run("flow_size", run)
+
+    def top_flows(self, window: WindowSpec, k: int = 10, sketch: str = "") -> Answer:
+        if not 1 <= k <= MAX_TOP_K:
+            raise QueryError("INVALID_ARGUMENT", f"k must be in [1, {MAX_TOP_K}], got {k}")
+
+        def run():
+            cs = ss.pick(self.manager.sketchset.sketches, "top_flows", sketch)
+            epochs = self._epochs(window)
+            rows, combine = ss.top_flows(cs, [e.states[cs.name] for e in epochs], k)
+            return self._answer(cs, epochs, rows, combine)
+        return self._run("top_flows", run)
+
+
+def _event_keys(events: np.ndarray) -> list[bytes]:
+    from telesketch.packets import FLOW_KEY_DTYPE
+
+    packed = np.empty(events.shape[0], FLOW_KEY_DTYPE)
+    for name in FLOW_KEY_DTYPE.names:
+        packed[name] = events[name]
+    raw = packed.tobytes()
+    return [raw[i : i + FLOW_KEY_BYTES] for i in range(0, len(raw), FLOW_KEY_BYTES)]

@@ -1,0 +1,489 @@
+"""The gRPC service (``grpc.aio``): Ingest, Query, Admin, health checking and reflection.
+
+Packet path: the RPC handler decodes and validates a ``PacketBatch`` on the event loop (column
+``np.frombuffer``, no per-packet work), waits for a slot in the bounded queue (backpressure: at
+most ``queue_batches`` batches admitted and not applied, so memory is bounded), and hands the batch
+to the one sketch worker thread. The worker applies batches in admission order (Numba kernels
+release the GIL, so the event loop keeps reading meanwhile) and resolves the RPC's future; the ack
+is sent only after the batch is applied (and logged, see :mod:`telesketch.service.epochs`).
+
+``Push`` pipelines: it admits the stream's batches as fast as slots free up and answers once all
+are applied. A malformed batch in a stream ends the stream with ``INVALID_ARGUMENT`` naming it; the
+batches before it were applied (their sequence numbers make a retry of the whole stream safe).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from telesketch.packets import BatchError, PacketBatch
+from telesketch.service.config import ServiceConfig
+from telesketch.service.epochs import ApplyResult, EpochManager
+from telesketch.service.metrics import ServiceMetrics
+from telesketch.service.queries import QueryEngine, WindowSpec, key_bytes, key_text
+from telesketch.service.sketchset import QueryError, SketchSet
+from telesketch.v1 import batch_pb2, service_pb2, service_pb2_grpc
+
+log = logging.getLogger("telesketch.service")
+
+MAX_SENDER_ID = 256
+SERVICE_NAMES = ("telesketch.v1.Ingest", "telesketch.v1.Query", "telesketch.v1.Admin")
+
+
+# ====================================================================== worker
+class SketchWorker:
+    """One thread applying batches in order; ``admit`` is the bounded, awaitable entry."""
+
+    def __init__(self, manager: EpochManager, capacity: int, metrics: ServiceMetrics):
+        self.manager = manager
+        self.capacity = capacity
+        self.metrics = metrics
+        self.depth = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="telesketch-sketch-worker", daemon=True)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self.capacity)
+        self._thread.start()
+
+    async def admit(self, batch: PacketBatch, sender_id: str, sequence: int, raw: bytes | None) -> asyncio.Future:
+        """Wait for a queue slot, enqueue; the returned future resolves to the ApplyResult."""
+        await self._slots.acquire()
+        self.depth += 1
+        self.metrics.queue_depth.set(self.depth)
+        future = self._loop.create_future()
+        self._queue.put((batch, sender_id, sequence, raw, future))
+        return future
+
+    def _done(self, future: asyncio.Future, result, error) -> None:
+        self.depth -= 1
+        self.metrics.queue_depth.set(self.depth)
+        self._slots.release()
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch, sender_id, sequence, raw, future = item
+            start = time.perf_counter()
+            result = error = None
+            try:
+                result = self.manager.apply(batch, sender_id, sequence, raw)
+                self._account(result, time.perf_counter() - start)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller as INTERNAL
+                log.exception("applying a batch failed")
+                error = exc
+            self._loop.call_soon_threadsafe(self._done, future, result, error)
+
+    def _account(self, result: ApplyResult, seconds: float) -> None:
+        m = self.metrics
+        m.batches.inc()
+        if result.duplicate:
+            m.duplicates.inc()
+            return
+        m.apply_seconds.observe(seconds)
+        m.packets.inc(result.applied_packets)
+        m.late.inc(result.late_packets)
+        m.epoch.set(result.epoch)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+
+# ====================================================================== ingest
+@dataclass
+class RawBatch:
+    """A request as received: the serialised bytes (for the write-ahead log) and the message."""
+
+    raw: bytes
+    message: batch_pb2.PacketBatch
+
+
+def _deserialize_batch(raw: bytes) -> RawBatch:
+    return RawBatch(raw, batch_pb2.PacketBatch.FromString(raw))
+
+
+class IngestService:
+    def __init__(self, service: "Service"):
+        self.service = service
+
+    def _decode(self, message: batch_pb2.PacketBatch) -> PacketBatch:
+        """Validate everything the sender controls; raises QueryError with the status to send."""
+        cfg = self.service.config
+        if message.count > cfg.max_batch_packets:
+            raise QueryError("RESOURCE_EXHAUSTED",
+                             f"batch of {message.count} packets exceeds max_batch_packets {cfg.max_batch_packets}")
+        if len(message.sender_id) > MAX_SENDER_ID:
+            raise QueryError("INVALID_ARGUMENT", f"sender_id longer than {MAX_SENDER_ID} characters")
+        if message.sender_id and message.sequence == 0:
+            raise QueryError("INVALID_ARGUMENT",
+                             f"sender {message.sender_id!r}: sequence numbers start at 1 (0 is only for anonymous senders)")
+        try:
+            return PacketBatch.from_message(message)
+        except BatchError as exc:
+            raise QueryError("INVALID_ARGUMENT", str(exc)) from None
+
+    async def _reject(self, context, error: QueryError, prefix: str = ""):
+        reason = "oversized" if error.code == "RESOURCE_EXHAUSTED" else "invalid"
+        self.service.metrics.rejected.labels(reason).inc()
+        await context.abort(getattr(grpc.StatusCode, error.code), prefix + str(error))
+
+    async def PushOne(self, request: RawBatch, context) -> service_pb2.Ack:
+        message = request.message
+        try:
+            batch = self._decode(message)
+        except QueryError as exc:
+            await self._reject(context, exc)
+        future = await self.service.worker.admit(batch, message.sender_id, message.sequence, request.raw)
+        result = await _result(future, context)
+        return service_pb2.Ack(**vars(result))
+
+    async def Push(self, request_iterator, context) -> service_pb2.PushSummary:
+        futures, index = [], 0
+        async for request in request_iterator:
+            index += 1
+            message = request.message
+            try:
+                batch = self._decode(message)
+            except QueryError as exc:
+                await asyncio.gather(*futures, return_exceptions=True)
+                await self._reject(context, exc, f"batch #{index} of the stream (sender {message.sender_id!r}, "
+                                                 f"sequence {message.sequence}); the {index - 1} before it were applied: ")
+            futures.append(await self.service.worker.admit(batch, message.sender_id, message.sequence, request.raw))
+        summary = service_pb2.PushSummary()
+        for future in futures:
+            r = await _result(future, context)
+            summary.batches += 1
+            summary.duplicate_batches += r.duplicate
+            summary.packets += r.packets
+            summary.applied_packets += r.applied_packets
+            summary.late_packets += r.late_packets
+            summary.last_sequence = max(summary.last_sequence, r.sequence)
+            summary.epoch = r.epoch
+        return summary
+
+    async def Resume(self, request, context) -> service_pb2.ResumeReply:
+        with self.service.manager.lock:
+            return service_pb2.ResumeReply(last_sequence=self.service.manager.senders.get(request.sender_id, 0))
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        reply = lambda m: m.SerializeToString()  # noqa: E731
+        return grpc.method_handlers_generic_handler("telesketch.v1.Ingest", {
+            "Push": grpc.stream_unary_rpc_method_handler(self.Push, _deserialize_batch, reply),
+            "PushOne": grpc.unary_unary_rpc_method_handler(self.PushOne, _deserialize_batch, reply),
+            "Resume": grpc.unary_unary_rpc_method_handler(
+                self.Resume, service_pb2.ResumeRequest.FromString, reply),
+        })
+
+
+async def _result(future: asyncio.Future, context) -> ApplyResult:
+    try:
+        return await future
+    except Exception as exc:  # noqa: BLE001
+        await context.abort(grpc.StatusCode.INTERNAL, f"applying the batch failed: {type(exc).__name__}: {exc}")
+
+
+# ====================================================================== queries
+def _window(message) -> WindowSpec:
+    which = message.WhichOneof("selector") if message is not None else None
+    return WindowSpec(epoch=message.epoch if which == "epoch" else None,
+                      last=message.last if which == "last" else None,
+                      closed_only=bool(message.closed_only))
+
+
+def _opt(request, name):
+    return getattr(request, name) if request.HasField(name) else None
+
+
+def _info(answer) -> service_pb2.WindowInfo:
+    return service_pb2.WindowInfo(epochs=answer.epochs, packets=answer.packets, sketch=answer.sketch,
+                                  combine=answer.combine)
+
+
+def _keys(answer) -> service_pb2.KeyEstimates:
+    return service_pb2.KeyEstimates(
+        entries=[service_pb2.KeyEstimate(key=key_bytes(k), estimate=float(v), text=key_text(k, answer.int_keys))
+                 for k, v in answer.rows], window=_info(answer))
+
+
+class QueryService(service_pb2_grpc.QueryServicer):
+    def __init__(self, service: "Service"):
+        self.service = service
+
+    async def _call(self, context, fn):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.service.query_pool, fn)
+        except QueryError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+
+    async def HeavyHitters(self, request, context):
+        q = self.service.queries
+        answer = await self._call(context, lambda: q.heavy_hitters(
+            _window(request.window), request.sketch, _opt(request, "phi"), _opt(request, "threshold")))
+        return _keys(answer)
+
+    async def HeavyChangers(self, request, context):
+        q = self.service.queries
+        answer = await self._call(context, lambda: q.heavy_changers(
+            _window(request.window), request.sketch, _opt(request, "phi"), _opt(request, "threshold")))
+        return _keys(answer)
+
+    async def HierarchicalHeavyHitters(self, request, context):
+        from telesketch.packets import format_ipv4
+
+        q = self.service.queries
+        answer = await self._call(context, lambda: q.hhh(
+            _window(request.window), request.sketch, _opt(request, "phi"), _opt(request, "threshold")))
+        return service_pb2.PrefixEstimates(
+            entries=[service_pb2.PrefixEstimate(prefix=p, length=length, estimate=c, text=f"{format_ipv4(p)}/{length}")
+                     for p, length, c in answer.rows], window=_info(answer))
+
+    async def FlowGaps(self, request, context):
+        q = self.service.queries
+        answer = await self._call(context, lambda: q.gaps(_window(request.window), request.sketch, request.limit))
+        return service_pb2.GapEvents(
+            events=[service_pb2.GapEvent(ts_ns=ts, key=k, jump=j, epoch=e, text=key_text(k))
+                    for ts, k, j, e in answer.rows], window=_info(answer))
+
+    async def FlowSize(self, request, context):
+        q = self.service.queries
+        answer = await self._call(context, lambda: q.flow_size(_window(request.window), list(request.keys), request.sketch))
+        return _keys(answer)
+
+    async def TopFlows(self, request, context):
+        q = self.service.queries
+        answer = await self._call(context, lambda: q.top_flows(_window(request.window), request.k or 10, request.sketch))
+        return _keys(answer)
+
+    async def Stats(self, request, context):
+        return self.service.stats_message()
+
+
+class AdminService(service_pb2_grpc.AdminServicer):
+    def __init__(self, service: "Service"):
+        self.service = service
+
+    async def RotateEpoch(self, request, context):
+        loop = asyncio.get_running_loop()
+        closed, old, new = await loop.run_in_executor(self.service.query_pool, self.service.manager.rotate)
+        self.service.metrics.epoch.set(new)
+        return service_pb2.RotateEpochReply(closed=closed, closed_epoch=old, open_epoch=new)
+
+    async def Snapshot(self, request, context):
+        manager = self.service.manager
+        files = await asyncio.get_running_loop().run_in_executor(self.service.query_pool, manager.checkpoint)
+        return service_pb2.SnapshotReply(files=files, epoch=manager.open.id if manager.open else 0)
+
+
+# ====================================================================== auth
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Every RPC except health checking needs ``authorization: Bearer <token>``; otherwise the call
+    ends with UNAUTHENTICATED before its handler runs (so nothing is applied)."""
+
+    def __init__(self, token: str, metrics: ServiceMetrics):
+        self._expected = f"Bearer {token}"
+        self._metrics = metrics
+
+    async def intercept_service(self, continuation, details):
+        if details.method.startswith("/grpc.health.v1.Health/"):
+            return await continuation(details)
+        supplied = dict(details.invocation_metadata or ()).get("authorization", "")
+        handler = await continuation(details)
+        if supplied == self._expected or handler is None:
+            return handler
+        self._metrics.rejected.labels("unauthenticated").inc()
+        message = "missing bearer token" if not supplied else "wrong bearer token"
+
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(deny)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+# ====================================================================== the service
+class Service:
+    """The whole service: epochs, worker, gRPC server and HTTP server. ``await start()``, ``await stop()``."""
+
+    def __init__(self, config: ServiceConfig):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.config = config.validate()
+        self.metrics = ServiceMetrics()
+        self.sketchset = SketchSet.from_config(config.sketches)
+        self.manager = EpochManager(self.sketchset, config.epoch_ns, config.keep_epochs, config.data_dir or None,
+                                    wal=config.wal, wal_fsync=config.wal_fsync)
+        self.queries = QueryEngine(self.manager, self.metrics.observe_query)
+        self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics)
+        self.query_pool = ThreadPoolExecutor(2, thread_name_prefix="telesketch-query")
+        self.metrics.queue_capacity.set(config.queue_batches)
+        if self.manager.open is not None:
+            self.metrics.epoch.set(self.manager.open.id)
+        self.grpc_port = 0
+        self.http_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._http = None
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        cfg = self.config
+        interceptors = [BearerTokenInterceptor(cfg.token, self.metrics)] if cfg.token else []
+        options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
+                   ("grpc.max_send_message_length", cfg.max_message_bytes)]
+        self._server = grpc.aio.server(interceptors=interceptors, options=options)
+        self._server.add_generic_rpc_handlers((IngestService(self).handlers(),))
+        service_pb2_grpc.add_QueryServicer_to_server(QueryService(self), self._server)
+        service_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self._server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
+        reflection.enable_server_reflection(SERVICE_NAMES + (reflection.SERVICE_NAME, health.SERVICE_NAME),
+                                            self._server)
+        if cfg.tls_cert:
+            with open(cfg.tls_key, "rb") as k, open(cfg.tls_cert, "rb") as c:
+                creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+            self.grpc_port = self._server.add_secure_port(cfg.grpc_address, creds)
+        else:
+            self.grpc_port = self._server.add_insecure_port(cfg.grpc_address)
+        self.worker.start()
+        await self._server.start()
+        for name in ("",) + SERVICE_NAMES:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.http_address:
+            from telesketch.service.http import HttpServer
+
+            host, port = cfg.http_address.rsplit(":", 1)
+            self._http = HttpServer(self, host, int(port))
+            self._http.start()
+            self.http_port = self._http.port
+        log.info("telesketch serving gRPC on port %d, HTTP on port %d", self.grpc_port, self.http_port)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._http is not None:
+            self._http.stop()
+        if self._server is not None:
+            await self._server.stop(grace)
+        self.worker.stop()
+        self.query_pool.shutdown(wait=True)
+        self.manager.close()
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict:
+        """Everything ``Stats`` / ``/api/v1/stats`` report, as plain Python."""
+        m = self.manager
+        with m.lock:
+            epochs = [{"epoch": e.id, "start_ns": e.id * m.epoch_ns, "end_ns": (e.id + 1) * m.epoch_ns,
+                       "packets": e.packets, "batches": e.batches, "closed": e.closed} for e in m.epochs()]
+            sketches = []
+            for cs in self.sketchset.sketches:
+                memory = cs.memory(m.open.states[cs.name]) if cs.active and m.open is not None else 0
+                if cs.active:
+                    self.metrics.sketch_memory.labels(cs.name).set(memory)
+                sketches.append({"name": cs.name, "kind": cs.kind_name, "active": cs.active, "note": cs.note,
+                                 "memory_bytes": memory, "queries": sorted(cs.kind.queries) if cs.kind else []})
+            self.metrics.epochs_retained.set(len(epochs))
+            return {
+                "packets": m.counters.packets, "batches": m.counters.batches,
+                "late_packets": m.counters.late_packets, "duplicate_batches": m.counters.duplicate_batches,
+                "rejected_batches": int(sum(s.value for metric in self.metrics.rejected.collect()
+                                            for s in metric.samples if s.name.endswith("_total"))),
+                "queue_depth": self.worker.depth, "queue_capacity": self.config.queue_batches,
+                "open_epoch": m.open.id if m.open else 0, "has_open_epoch": m.open is not None,
+                "epoch_seconds": self.config.epoch_seconds, "epochs": epochs, "sketches": sketches,
+                "notes": [f"sketch {s['name']} ({s['kind']}) {s['note']}" for s in sketches if not s["active"]],
+            }
+
+    def stats_message(self) -> service_pb2.StatsReply:
+        s = self.stats()
+        return service_pb2.StatsReply(
+            **{k: v for k, v in s.items() if k not in ("epochs", "sketches")},
+            epochs=[service_pb2.EpochInfo(**e) for e in s["epochs"]],
+            sketches=[service_pb2.SketchInfo(**x) for x in s["sketches"]])
+
+
+# ====================================================================== running it
+async def serve(config: ServiceConfig, ready=None) -> None:
+    """Run until cancelled or SIGINT/SIGTERM; ``ready(service)`` is called once listening."""
+    import signal
+
+    service = Service(config)
+    await service.start()
+    if ready is not None:
+        ready(service)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await stop.wait()
+    finally:
+        await service.stop()
+
+
+class ServiceThread:
+    """A service on its own event loop in a background thread (tests, benchmarks, notebooks).
+
+    >>> with ServiceThread(config) as svc:
+    ...     client = Client(f"127.0.0.1:{svc.grpc_port}")
+    """
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self.service: Service | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="telesketch-service", daemon=True)
+
+    def start(self) -> "ServiceThread":
+        self._thread.start()
+        self.service = Service(self.config)
+        asyncio.run_coroutine_threadsafe(self.service.start(), self._loop).result(timeout=60)
+        return self
+
+    def stop(self) -> None:
+        if self.service is not None:
+            asyncio.run_coroutine_threadsafe(self.service.stop(0.5), self._loop).result(timeout=60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    @property
+    def grpc_port(self) -> int:
+        return self.service.grpc_port
+
+    @property
+    def http_port(self) -> int:
+        return self.service.http_port
+
+    def __enter__(self) -> "ServiceThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,334 @@
+"""The configured sketches: build them by kind name, and map each query to their public methods.
+
+The service holds no sketch arithmetic. It calls ``update``, ``to_bytes``/``from_bytes``, ``merge``
+and the sketches' own queries; answers over several epochs are combined by the rules below (also in
+the API docs, ``telesketch/service/__init__.py``):
+
+* a kind whose state merges (``exact``) is merged at query time and queried once (``merged``);
+* Hidden Sketch (not mergeable, one-pass): a key's window estimate is the sum over the window's
+  epochs of its reported estimate, or the epoch's point estimate where it was not reported; keys
+  reported in any epoch are candidates; reported when the sum passes the window threshold
+  (``sum of per-epoch estimates``). Heavy changers compare such sums of two adjacent windows;
+* ResidualSketch: the per-layer estimates of the epochs are summed and one HHH pass runs over them
+  (the sketch module's own ``merged_hhh``; ``summed layer estimates``);
+* GapFilter: its detection state carries across epochs (flows persist); each epoch keeps the gap
+  events reported during it, and a window is the union of its epochs' events (``union``);
+* LLM-Sketch: flow sizes are the sum of per-epoch estimates; top flows sum the per-epoch top-k
+  lists and keep the k largest (``sum of per-epoch estimates``).
+
+A kind whose module is missing or fails a probe (build, update a 2-packet batch, round-trip
+through ``to_bytes``) is skipped with a log line and a note in ``Stats``: a sketch not yet built is
+simply not configured. Bad parameters for a kind that does import are a configuration error.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from telesketch.packets import PacketBatch
+from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
+from telesketch.service.config import ConfigError
+
+log = logging.getLogger("telesketch.service")
+
+#: Query names, as used in ``Kind.queries`` and ``Stats``.
+QUERIES = ("heavy_hitters", "heavy_changers", "hhh", "gaps", "flow_size", "top_flows")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A sketch kind: where its class lives and which queries it answers.
+
+    ``continuous``: one instance lives across epochs (GapFilter: flows persist); a closed epoch
+    keeps only its gap events. ``load_params``: parameters also passed to ``from_bytes`` (things
+    not in the serialised state, e.g. LLM-Sketch's estimator). ``int_keys``: how integer keys read
+    (``ipv4`` addresses, or ``fingerprint`` for LLM-Sketch's flow-size task).
+    """
+
+    module: str
+    cls: str
+    queries: frozenset
+    continuous: bool = False
+    load_params: tuple[str, ...] = ()
+    int_keys: str = "ipv4"
+
+
+KINDS: dict[str, Kind] = {
+    "gapfilter_so": Kind("telesketch.sketches.gapfilter", "GapFilterSO", frozenset({"gaps"}), continuous=True),
+    "gapfilter_ao": Kind("telesketch.sketches.gapfilter", "GapFilterAO", frozenset({"gaps"}), continuous=True),
+    "gapfilter_straw": Kind("telesketch.sketches.gapfilter", "GapFilterStraw", frozenset({"gaps"}), continuous=True),
+    "hiddensketch": Kind("telesketch.sketches.hiddensketch", "HiddenSketch",
+                         frozenset({"heavy_hitters", "heavy_changers"})),
+    "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"})),
+    "llmsketch": Kind("telesketch.sketches.llmsketch", "LLMSketch", frozenset({"flow_size", "top_flows"}),
+                      load_params=("estimator", "estimator_path", "rescore", "cache_flows"), int_keys="fingerprint"),
+    "exact": Kind("telesketch.service.exactsketch", "ExactSketch", frozenset(QUERIES)),
+}
+
+
+class QueryError(Exception):
+    """A query that cannot be answered: ``code`` is a gRPC status name (``NOT_FOUND``, ...)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _probe_batch() -> PacketBatch:
+    return PacketBatch.from_columns(
+        ts_ns=np.array([1, 2], np.uint64), src_ip=np.array([0x0A000001, 0x0A000002], np.uint32),
+        dst_ip=np.array([0x0A000003, 0x0A000003], np.uint32), src_port=np.array([1, 2], np.uint16),
+        dst_port=np.array([80, 80], np.uint16), proto=np.array([6, 6], np.uint8), ip_id=np.array([1, 2], np.uint16))
+
+
+@dataclass
+class ConfiguredSketch:
+    """One named sketch instance from the config. ``active`` False: skipped (see ``note``)."""
+
+    name: str
+    kind_name: str
+    params: dict[str, Any]
+    kind: Kind | None = None
+    cls: type | None = None
+    active: bool = False
+    note: str = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def build(self):
+        return self.cls(**self.params)
+
+    def load(self, data: bytes):
+        extra = {k: self.params[k] for k in self.kind.load_params if k in self.params}
+        return self.cls.from_bytes(data, **extra)
+
+    def copy(self, sketch):
+        return sketch.copy() if hasattr(sketch, "copy") else self.load(sketch.to_bytes())
+
+    def dump_state(self, state) -> bytes:
+        """Bytes of a per-epoch state: the sketch's ``to_bytes``, or a closed epoch's gap events."""
+        if isinstance(state, np.ndarray):
+            return pack_state("service-gap-events", 1, {}, {"events": state.view(np.uint8).reshape(-1)},
+                              extra={"dtype": state.dtype.descr})
+        return state.to_bytes()
+
+    def load_state(self, data: bytes, closed: bool):
+        if self.kind.continuous and closed:
+            _, arrays, _, extra = unpack_state(data, "service-gap-events", 1)
+            dtype = np.dtype([tuple(f) for f in extra["dtype"]])
+            return arrays["events"].view(dtype)
+        return self.load(data)
+
+    def close(self, state):
+        """The closed epoch's representation of ``state`` (events for continuous kinds)."""
+        return state.gap_events() if self.kind.continuous else state
+
+    def next_state(self, state, epoch: int):
+        """The state for the next epoch: the same live sketch (continuous kinds) or a fresh one."""
+        if self.kind.continuous and state is not None:
+            if hasattr(state, "start_epoch"):
+                state.start_epoch(int(epoch))
+            return state
+        return self.build()
+
+    def memory(self, state) -> int:
+        return int(state.nbytes if isinstance(state, np.ndarray) else state.memory_bytes)
+
+
+def configure(specs: dict[str, dict[str, Any]]) -> list[ConfiguredSketch]:
+    """Resolve the ``[sketches]`` table: import, build and probe each; skip the unavailable ones."""
+    out = []
+    for name, spec in specs.items():
+        params = {k: v for k, v in spec.items() if k != "kind"}
+        cs = ConfiguredSketch(name, spec["kind"], params)
+        out.append(cs)
+        kind = KINDS.get(cs.kind_name)
+        if kind is None:
+            raise ConfigError(f"sketch {name!r}: unknown kind {cs.kind_name!r}; known: {sorted(KINDS)}")
+        cs.kind = kind
+        try:
+            cs.cls = getattr(importlib.import_module(kind.module), kind.cls)
+        except Exception as exc:  # noqa: BLE001 - a half-written module must not stop the service
+            cs.note = f"not available: {kind.module}.{kind.cls} does not import ({type(exc).__name__}: {exc})"
+            log.warning("sketch %s (%s) skipped: %s", name, cs.kind_name, cs.note)
+            continue
+        try:
+            sketch = cs.build()
+        except (SketchError, TypeError, ValueError) as exc:
+            raise ConfigError(f"sketch {name!r} ({cs.kind_name}): bad parameters: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - e.g. a missing optional estimator package
+            cs.note = f"cannot be built here ({type(exc).__name__}: {exc})"
+            log.warning("sketch %s (%s) skipped: %s", name, cs.kind_name, cs.note)
+            continue
+        try:
+            sketch.update(_probe_batch())
+            cs.load(sketch.to_bytes())
+        except Exception as exc:  # noqa: BLE001
+            cs.note = f"failed its probe (update + to_bytes/from_bytes): {type(exc).__name__}: {exc}"
+            log.warning("sketch %s (%s) skipped: %s", name, cs.kind_name, cs.note)
+            continue
+        cs.active = True
+        log.info("sketch %s: %s %s", name, cs.kind_name, params)
+    return out
+
+
+def pick(sketches: list[ConfiguredSketch], query: str, name: str = "") -> ConfiguredSketch:
+    """The named active sketch, or the first active one answering ``query``; else ``QueryError``."""
+    if name:
+        for cs in sketches:
+            if cs.name == name:
+                if not cs.active:
+                    raise QueryError("FAILED_PRECONDITION", f"sketch {name!r} is configured but not active: {cs.note}")
+                if query not in cs.kind.queries:
+                    raise QueryError("INVALID_ARGUMENT", f"sketch {name!r} ({cs.kind_name}) does not answer {query}; "
+                                                         f"it answers {sorted(cs.kind.queries)}")
+                return cs
+        raise QueryError("NOT_FOUND", f"no sketch named {name!r}; configured: {[c.name for c in sketches]}")
+    for cs in sketches:
+        if cs.active and query in cs.kind.queries:
+            return cs
+    raise QueryError("FAILED_PRECONDITION", f"no active sketch answers {query}; configured: "
+                                            f"{[(c.name, c.kind_name, c.active) for c in sketches]}")
+
+
+# ====================================================================== query combination
+def _merged(cs: ConfiguredSketch, states: list):
+    """One merged copy of the states, or None when the kind does not merge."""
+    if len(states) == 1:
+        return states[0]
+    merged = cs.copy(states[0])
+    try:
+        for s in states[1:]:
+            merged.merge(s)
+    except NotMergeableError:
+        return None
+    return merged
+
+
+def _combine_label(n_states: int, merged: bool, rule: str) -> str:
+    return "single" if n_states == 1 else ("merged" if merged else rule)
+
+
+def _threshold(phi, threshold, n, default_phi=None):
+    if threshold is not None:
+        return float(threshold)
+    if phi is not None:
+        return phi * n
+    return None if default_phi is None else default_phi * n
+
+
+def _hidden_window_estimates(states: list, keys) -> dict:
+    """Per key: sum over epochs of its reported estimate, or the epoch's point estimate."""
+    totals = {k: 0 for k in keys}
+    for s in states:
+        reported = dict(s.heavy_hitters())
+        for k in totals:
+            totals[k] += reported[k] if k in reported else int(s.estimate(k))
+    return totals
+
+
+def heavy_hitters(cs, states, n_packets, phi=None, threshold=None):
+    if cs.kind_name == "exact":
+        return _merged(cs, states).heavy_hitters(phi=phi, threshold=threshold), _combine_label(len(states), True, "")
+    if len(states) == 1 and phi is None and threshold is None:
+        return list(states[0].heavy_hitters()), "single"
+    thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
+    candidates = {k for s in states for k, _ in s.heavy_hitters()}
+    totals = _hidden_window_estimates(states, candidates) if len(states) > 1 else dict(states[0].heavy_hitters())
+    rows = sorted(((k, v) for k, v in totals.items() if v > thr), key=lambda kv: (-kv[1], kv[0]))
+    return rows, _combine_label(len(states), False, "sum of per-epoch estimates")
+
+
+def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=None):
+    if cs.kind_name == "exact":
+        merged_after, merged_before = _merged(cs, after), _merged(cs, before)
+        return merged_after.heavy_changers(merged_before, phi=phi, threshold=threshold), \
+            _combine_label(len(after), True, "")
+    thr = _threshold(phi, threshold, max(n_before, n_after))
+    if len(after) == 1:
+        return list(after[0].heavy_changers(before[0], hc_threshold=thr)), "single"
+    thr = _threshold(phi, threshold, max(n_before, n_after), after[0].params.phi)
+    candidates = {k for s in before + after for k, _ in s.heavy_hitters()}
+    now, then = _hidden_window_estimates(after, candidates), _hidden_window_estimates(before, candidates)
+    rows = [(k, now[k] - then[k]) for k in candidates if abs(now[k] - then[k]) > thr]
+    rows.sort(key=lambda kv: (-abs(kv[1]), kv[0]))
+    return rows, "sum of per-epoch estimates"
+
+
+def hhh(cs, states, n_packets, phi=None, threshold=None):
+    if cs.kind_name == "exact":
+        return _merged(cs, states).hhh(phi=phi, threshold=threshold), _combine_label(len(states), True, "")
+    thr = _threshold(phi, threshold, n_packets)
+    if len(states) == 1:
+        return list(states[0].hhh(thr)), "single"
+    if thr is None:  # each epoch's own threshold T, summed (the window's packets are summed too)
+        thr = float(sum(s.T for s in states))
+    module = importlib.import_module(cs.kind.module)
+    entries = module.merged_hhh(states, thr)
+    return [(e.prefix, e.length, e.discounted) for e in entries], "summed layer estimates"
+
+
+def gap_events(cs, epoch_states: list[tuple[int, Any]]) -> tuple[list[tuple[int, np.ndarray]], str]:
+    """``[(epoch, events)]``: each epoch's gap events (structured arrays), window = their union."""
+    out = []
+    for epoch, state in epoch_states:
+        events = state if isinstance(state, np.ndarray) else state.gap_events()
+        out.append((epoch, events))
+    return out, _combine_label(len(epoch_states), False, "union")
+
+
+def flow_size(cs, states, keys: np.ndarray):
+    if cs.kind_name == "exact":
+        return _merged(cs, states).flow_size(keys), _combine_label(len(states), True, "")
+    total = np.zeros(keys.shape[0], np.int64)
+    for s in states:
+        total += np.asarray(s.flow_size(keys), np.int64)
+    return total, _combine_label(len(states), False, "sum of per-epoch estimates")
+
+
+def top_flows(cs, states, k: int):
+    if cs.kind_name == "exact":
+        return _merged(cs, states).top_flows(k), _combine_label(len(states), True, "")
+    if len(states) == 1:
+        return list(states[0].top_flows(k)), "single"
+    totals: dict = {}
+    for s in states:
+        for key, count in s.top_flows(k):
+            totals[key] = totals.get(key, 0) + count
+    rows = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return rows, "sum of per-epoch top-k lists"
+
+
+@dataclass
+class SketchSet:
+    """The configured sketches plus helpers to make, update and serialise one epoch's states."""
+
+    sketches: list[ConfiguredSketch] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, specs: dict[str, dict[str, Any]]) -> "SketchSet":
+        return cls(configure(specs))
+
+    @property
+    def active(self) -> list[ConfiguredSketch]:
+        return [cs for cs in self.sketches if cs.active]
+
+    def new_states(self, epoch: int, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+        previous = previous or {}
+        return {cs.name: cs.next_state(previous.get(cs.name), epoch) for cs in self.active}
+
+    def update(self, states: dict[str, Any], batch: PacketBatch, on_time: Callable[[str, float], None] | None = None) -> None:
+        for cs in self.active:
+            states[cs.name].update(batch)
+
+    def close(self, states: dict[str, Any]) -> dict[str, Any]:
+        return {name: self.get(name).close(state) for name, state in states.items()}
+
+    def get(self, name: str) -> ConfiguredSketch:
+        for cs in self.sketches:
+            if cs.name == name:
+                return cs
+        raise KeyError(name)
