@@ -1,0 +1,627 @@
+"""Synthetic captures with realistic structure, assembled with vectorised numpy.
+
+Model (all draws from one ``numpy.random.Generator`` seeded by ``seed``, so output is
+deterministic):
+
+* **Flow sizes** follow a Zipf law: flow of rank ``r`` gets a share ``r**-zipf``; sizes are
+  ``1 + multinomial(packets - flows, shares)`` so every flow has at least one packet.
+* **Addresses** are hierarchical: the source /8, /16 and /24 are each drawn from a small skewed
+  set, so a few prefixes carry much of the traffic (hierarchical heavy hitters are meaningful).
+* **Header fields correlate with flow size** the way real traffic does: elephants are mostly TCP
+  from server ports (443, 80, ...) with near-MTU lengths, large windows and server TTLs; mid-size
+  flows mix web TCP with DNS/NTP/RTP-like UDP; mice are DNS-like UDP queries, SYN probes and ICMP
+  with short lengths and ephemeral ports. TTL is an initial value (64/128/255) minus 1-30 hops.
+* **IPv4 Identification** runs per flow, +1 per packet, with injected forward jumps at rate
+  ``gap_rate`` (sizes: minor [2, 5) 50 %, major [5, 30) 35 %, large [30, 2000) 15 %) and
+  occasional reorders (adjacent IDs swapped, rate ``reorder_rate``).
+* **Timestamps** increase over ``duration_s``: each flow starts uniformly at random and spreads
+  its packets with exponential gaps over part of the remaining time.
+* TCP sequence numbers advance by payload bytes; SYN/SYN-ACK open and FIN closes TCP flows.
+
+Frames are written truncated to ``snaplen`` bytes (headers only, as in CAIDA traces); the IPv4
+total length keeps the full size. Optional noise: IPv4 options, non-first fragments, IPv6 frames.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from telesketch.packets import HEADER_BYTES, PacketBatch
+
+#: link name -> pcap link type
+LINKS = {"ethernet": 1, "vlan": 1, "raw": 101, "ipv4": 228, "sll": 113, "sll2": 276, "null": 0}
+GAP_CLASSES = (("minor", 2, 5, 0.50), ("major", 5, 30, 0.35), ("large", 30, 2000, 0.15))
+_L3L4 = 96  # widest IPv4 header (60) + TCP header with options (32), rounded up
+_CHUNK = 65536
+
+
+@dataclass
+class GenerateStats:
+    """What a generator call produced (packets are IPv4 rows; ``noise_packets`` are extra IPv6)."""
+
+    path: str | None
+    packets: int
+    flows: int
+    gaps: int
+    gaps_by_class: dict = field(default_factory=dict)
+    reorders: int = 0
+    noise_packets: int = 0
+    link: str = "ethernet"
+    linktype: int = 1
+    format: str = "pcap"
+    nanosecond: bool = False
+    bytes_written: int = 0
+    max_flow_size: int = 0
+
+
+@dataclass
+class _Synth:
+    """Per-packet model output in file order (IPv4 only), plus the summary."""
+
+    batch: PacketBatch
+    l3: np.ndarray          # uint8[n, _L3L4] IPv4 + transport bytes as written
+    l3_len: np.ndarray      # IPv4 total length of each datagram (bytes on the wire after the link header)
+    stats: GenerateStats
+
+
+def _be(arr: np.ndarray, col: int, values, width: int) -> None:
+    """Write ``values`` big-endian into ``arr[:, col:col+width]``."""
+    v = np.asarray(values, np.uint64)
+    for k in range(width):
+        arr[:, col + k] = (v >> np.uint64(8 * (width - 1 - k))) & np.uint64(0xFF)
+
+
+def _read_be(arr: np.ndarray, col, width: int) -> np.ndarray:
+    """Big-endian unsigned ints from ``arr[:, col:col+width]`` (``col`` scalar or per row)."""
+    rows = np.arange(arr.shape[0])
+    out = np.zeros(arr.shape[0], np.uint64)
+    for k in range(width):
+        out = (out << np.uint64(8)) | arr[rows, np.asarray(col) + k].astype(np.uint64)
+    return out
+
+
+def _place(dst: np.ndarray, start: np.ndarray, src: np.ndarray, count: np.ndarray) -> None:
+    """``dst[r, start[r] + k] = src[r, k]`` for ``k < count[r]`` (vectorised scatter)."""
+    k = np.arange(src.shape[1])
+    rows, cols = np.nonzero(k[None, :] < count[:, None])
+    dst[rows, start[rows] + cols] = src[rows, cols]
+
+
+def _segment_cumsum(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Inclusive cumulative sum restarting at each flow's first packet (``first`` = bool[n])."""
+    total = np.cumsum(values)
+    starts = np.flatnonzero(first)
+    before = np.repeat(total[starts] - values[starts], np.diff(np.append(starts, len(values))))
+    return total - before
+
+
+def _zipf_sizes(rng, packets: int, flows: int, zipf: float) -> np.ndarray:
+    """Flow sizes, largest first: 1 + a multinomial split of the rest with shares ``r**-zipf``."""
+    shares = np.arange(1, flows + 1, dtype=np.float64) ** -float(zipf)
+    shares /= shares.sum()
+    return 1 + rng.multinomial(packets - flows, shares)
+
+
+def _skewed_choice(rng, values: np.ndarray, size: int, skew: float = 1.2) -> np.ndarray:
+    p = np.arange(1, len(values) + 1, dtype=np.float64) ** -skew
+    return values[rng.choice(len(values), size=size, p=p / p.sum())]
+
+
+def _addresses(rng, flows: int, n8: int, n16: int, n24: int, first_octets) -> np.ndarray:
+    """Hierarchically skewed u32 addresses: skewed /8, then /16, then /24, host uniform."""
+    o1 = _skewed_choice(rng, rng.choice(np.asarray(first_octets), n8, replace=False), flows)
+    o2 = _skewed_choice(rng, rng.permutation(256)[:n16], flows, 1.0)
+    o3 = _skewed_choice(rng, rng.permutation(256)[:n24], flows, 0.9)
+    o4 = rng.integers(1, 255, flows)
+    return ((o1.astype(np.uint64) << 24) | (o2.astype(np.uint64) << 16)
+            | (o3.astype(np.uint64) << 8) | o4.astype(np.uint64)).astype(np.uint32)
+
+
+def _pick(rng, mask, choices, probs, out) -> None:
+    """``out[mask] = choice(choices, p=probs)`` for each masked element."""
+    m = int(mask.sum())
+    if m:
+        out[mask] = rng.choice(np.asarray(choices), size=m, p=np.asarray(probs) / np.sum(probs))
+
+
+def _flow_table(rng, sizes: np.ndarray) -> dict:
+    """Per-flow attributes (proto, ports, TTL, TOS, window, direction) correlated with size."""
+    f = len(sizes)
+    big = sizes >= 64
+    mid = (sizes >= 4) & ~big
+    small = sizes < 4
+    proto = np.zeros(f, np.uint8)
+    _pick(rng, big, [6, 17], [0.93, 0.07], proto)
+    _pick(rng, mid, [6, 17, 1], [0.70, 0.28, 0.02], proto)
+    _pick(rng, small, [6, 17, 1], [0.38, 0.56, 0.06], proto)
+    tcp, udp = proto == 6, proto == 17
+    eph = rng.integers(32768, 61000, f)
+    service = np.zeros(f, np.int64)
+    _pick(rng, tcp & big, [443, 80, 8080, 22, 3306, 8443], [60, 22, 6, 5, 4, 3], service)
+    _pick(rng, tcp & mid, [443, 80, 22, 25, 993, 8080], [55, 25, 6, 5, 5, 4], service)
+    _pick(rng, tcp & small, [443, 80, 22, 23, 445, 3389, 8080, 53], [30, 15, 15, 10, 10, 8, 6, 6], service)
+    _pick(rng, udp & big, [443, 5004, 3478, 1194], [50, 25, 15, 10], service)
+    _pick(rng, udp & mid, [53, 123, 443, 5353, 5004], [40, 15, 25, 10, 10], service)
+    _pick(rng, udp & small, [53, 123, 137, 161, 1900], [70, 12, 6, 6, 6], service)
+    # elephants mostly carry the server->client direction (bulk download), mice client->server
+    from_server = np.zeros(f, bool)
+    from_server[big] = rng.random(int(big.sum())) < 0.75
+    from_server[mid] = rng.random(int(mid.sum())) < 0.45
+    from_server[small] = rng.random(int(small.sum())) < 0.10
+    src_port = np.where(from_server, service, eph)
+    dst_port = np.where(from_server, eph, service)
+    icmp = proto == 1
+    src_port[icmp] = 0
+    dst_port[icmp] = 0
+    ttl0 = np.zeros(f, np.int64)
+    _pick(rng, big | mid, [64, 128, 255], [0.70, 0.22, 0.08], ttl0)
+    _pick(rng, small, [64, 128, 255], [0.45, 0.50, 0.05], ttl0)
+    hops = np.where(big, rng.integers(3, 18, f), rng.integers(1, 31, f))
+    tos = np.zeros(f, np.int64)
+    media = udp & (service == 5004) | udp & (service == 3478)
+    tos[media] = 0xB8
+    tos[tcp & big & (rng.random(f) < 0.1)] = 0x28
+    window = np.where(big, rng.integers(16384, 65536, f),
+                      np.where(mid, rng.integers(8192, 64241, f),
+                               rng.choice(np.array([1024, 4096, 5840, 29200, 64240]), f)))
+    return dict(proto=proto, src_port=src_port, dst_port=dst_port, ttl=np.clip(ttl0 - hops, 1, 255),
+                tos=tos, window=window, big=big, mid=mid, small=small, from_server=from_server,
+                service=service)
+
+
+def _lengths(rng, ft: dict, flow: np.ndarray) -> np.ndarray:
+    """IPv4 total lengths per packet, by flow class and protocol."""
+    n = len(flow)
+    proto, big, mid = ft["proto"][flow], ft["big"][flow], ft["mid"][flow]
+    srv, service = ft["from_server"][flow], ft["service"][flow]
+    u = rng.random(n)
+    length = np.full(n, 40, np.int64)
+    tcp = proto == 6
+    bulk = tcp & srv & (big | mid)
+    length[bulk] = np.where(u[bulk] < 0.78, 1500 - rng.integers(0, 3, int(bulk.sum())) * 52,
+                            rng.integers(52, 1500, int(bulk.sum())))
+    acks = tcp & ~srv & (big | mid)
+    length[acks] = np.where(u[acks] < 0.8, 52, rng.integers(52, 700, int(acks.sum())))
+    tcp_small = tcp & ~(big | mid)
+    length[tcp_small] = rng.choice(np.array([40, 44, 52, 60]), int(tcp_small.sum()))
+    udp = proto == 17
+    dns = udp & (service != 443) & (service != 5004) & (service != 3478)
+    length[dns] = np.where(srv[dns], rng.integers(80, 512, int(dns.sum())), rng.integers(56, 120, int(dns.sum())))
+    quic = udp & (service == 443)
+    length[quic] = np.where(srv[quic] & (u[quic] < 0.8), rng.integers(1200, 1358, int(quic.sum())),
+                            rng.integers(60, 200, int(quic.sum())))
+    rtp = udp & ((service == 5004) | (service == 3478))
+    length[rtp] = rng.integers(160, 240, int(rtp.sum()))
+    icmp = proto == 1
+    length[icmp] = rng.choice(np.array([84, 56, 64]), int(icmp.sum()))
+    return length
+
+
+def _ip_ids(rng, n_flows: int, flow: np.ndarray, first: np.ndarray, gap_rate: float, reorder_rate: float):
+    """Per-flow IPv4 IDs with injected jumps and reorders; returns (ids, gap counts, reorders)."""
+    n = len(flow)
+    inc = np.ones(n, np.int64)
+    jump = (rng.random(n) < gap_rate) & ~first
+    m = int(jump.sum())
+    cls = rng.choice(len(GAP_CLASSES), size=m, p=[c[3] for c in GAP_CLASSES])
+    lo = np.array([c[1] for c in GAP_CLASSES])[cls]
+    hi = np.array([c[2] for c in GAP_CLASSES])[cls]
+    inc[jump] = lo + (rng.random(m) * (hi - lo)).astype(np.int64)
+    inc[first] = 0
+    ids = (rng.integers(0, 65536, n_flows)[flow] + _segment_cumsum(inc, first)) & 0xFFFF
+    # reorder: swap the IDs of packets p and p+1 of the same flow
+    last = np.append(first[1:], True)
+    cand = np.flatnonzero((rng.random(n) < reorder_rate) & ~last & ~first)
+    cand = cand[np.append(True, np.diff(cand) > 1)] if len(cand) else cand
+    ids[cand], ids[cand + 1] = ids[cand + 1].copy(), ids[cand].copy()
+    counts = {c[0]: int((cls == i).sum()) for i, c in enumerate(GAP_CLASSES)}
+    return ids, counts, len(cand)
+
+
+def _timestamps(rng, sizes, flow, first, duration_s: float, start_s: float, nanosecond: bool):
+    """u64 ns timestamps per packet (flow-grouped order), at the file's resolution."""
+    f = len(sizes)
+    start = rng.random(f) * duration_s * 0.95
+    span = (duration_s - start) * np.where(sizes >= 64, rng.uniform(0.3, 1.0, f), rng.uniform(0.0, 0.3, f))
+    gaps = rng.exponential(1.0, len(flow))
+    gaps[first] = 0.0
+    walk = _segment_cumsum(gaps, first)
+    total = np.maximum(walk[np.flatnonzero(first) + sizes - 1], 1e-12)
+    t = start[flow] + walk / total[flow] * span[flow]
+    ns = np.uint64(int(start_s * 1e9)) + np.round(t * 1e9).astype(np.uint64)
+    if not nanosecond:
+        ns -= ns % np.uint64(1000)
+    return ns
+
+
+def _tcp_layer(rng, flow, first, last, ft, ip_len, ihl, nfl):
+    """TCP flags, data offset, seq, ack, window per packet (all packets; used where proto=6)."""
+    n = len(flow)
+    srv = ft["from_server"][flow]
+    flags = np.where(rng.random(n) < 0.4, 0x18, 0x10)
+    flags[last & ~first] = 0x11
+    flags[first] = np.where(srv[first], 0x12, 0x02)
+    rst = first & (ft["small"][flow]) & (rng.random(n) < 0.08)
+    flags[rst] = 0x14
+    doff = np.where((flags & 0x02) != 0, 8, 5)
+    payload = np.where(doff == 8, 0, np.maximum(ip_len - ihl * 4 - doff * 4, 0))
+    step = payload + ((flags & 0x03) != 0)
+    seq = (rng.integers(0, 2**32, nfl, dtype=np.uint64)[flow]
+           + (_segment_cumsum(step, first) - step).astype(np.uint64)) & np.uint64(0xFFFFFFFF)
+    ack = rng.integers(0, 2**32, n, dtype=np.uint64)
+    ack[flags == 0x02] = 0
+    base = ft["window"][flow]
+    window = np.where(ft["big"][flow], base - rng.integers(0, 2048, n), base)
+    window = np.clip(window, 0, 65535)
+    window[rst] = 0
+    return flags, doff, seq, ack, window
+
+
+def _synthesize(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
+                reorder_rate, ip_options_rate, frag_rate, start_s) -> _Synth:
+    packets, flows = int(packets), int(flows)
+    if packets < 1 or flows < 1:
+        raise ValueError(f"packets and flows must be positive, got {packets}, {flows}")
+    flows = min(flows, packets)
+    rng = np.random.default_rng(seed)
+    sizes = _zipf_sizes(rng, packets, flows, zipf)
+    ft = _flow_table(rng, sizes)
+    src = _addresses(rng, flows, 6, 12, 24, [23, 31, 45, 52, 64, 77, 91, 104, 142, 151, 172, 185, 203, 212])
+    dst = _addresses(rng, flows, 3, 8, 32, [10, 100, 192])
+    _dedupe_ports(rng, src, dst, ft)
+    flow = np.repeat(np.arange(flows), sizes)
+    first = np.zeros(packets, bool)
+    first[np.cumsum(sizes) - sizes] = True
+    last = np.append(first[1:], True)
+    n = packets
+    proto = ft["proto"][flow].astype(np.int64)
+    ihl = np.where(rng.random(n) < ip_options_rate, rng.choice(np.array([6, 8, 15]), n), 5)
+    ip_len = _lengths(rng, ft, flow)
+    flags, doff, seq, ack, window = _tcp_layer(rng, flow, first, last, ft, ip_len, ihl, flows)
+    frag = (proto == 17) & (rng.random(n) < frag_rate)
+    thl = np.where(frag, 0, np.where(proto == 6, doff * 4, 8))
+    ip_len = np.where((proto == 6) & (doff == 8), ihl * 4 + 32, np.maximum(ip_len, ihl * 4 + thl))
+    ids, gaps_by_class, reorders = _ip_ids(rng, flows, flow, first, gap_rate, reorder_rate)
+    ts = _timestamps(rng, sizes, flow, first, duration_s, start_s, nanosecond)
+
+    l3 = np.zeros((n, _L3L4), np.uint8)
+    l3[:, 0] = 0x40 | ihl
+    l3[:, 1] = ft["tos"][flow]
+    _be(l3, 2, ip_len, 2)
+    _be(l3, 4, ids, 2)
+    fragword = np.where(proto == 6, 0x4000, 0) + np.where(frag, 185 + rng.integers(0, 8, n), 0)
+    _be(l3, 6, fragword, 2)
+    l3[:, 8] = ft["ttl"][flow]
+    l3[:, 9] = proto
+    _be(l3, 12, src[flow], 4)
+    _be(l3, 16, dst[flow], 4)
+    _ip_options(l3, ihl)
+    _be(l3, 10, _ip_checksum(l3, ihl), 2)
+    l4 = _transport(n, proto, ft, flow, flags, doff, seq, ack, window, ip_len, ihl, rng)
+    _place(l3, ihl * 4, l4, thl)
+
+    avail = np.minimum(np.minimum(snaplen - _l2_len(link, src[flow]), ip_len), _L3L4)
+    if np.any(avail < 20):
+        raise ValueError(f"snaplen {snaplen} leaves less than an IPv4 header after the link header")
+    order = np.argsort(ts, kind="stable")
+    l3, ts, ihl, proto, frag, ip_len, avail, flow = (
+        l3[order], ts[order], ihl[order], proto[order], frag[order], ip_len[order], avail[order], flow[order])
+    batch = _batch_from_bytes(l3, avail, ts, ihl, proto, frag)
+    stats = GenerateStats(path=None, packets=n, flows=flows, gaps=sum(gaps_by_class.values()),
+                          gaps_by_class=gaps_by_class, reorders=reorders, nanosecond=nanosecond,
+                          max_flow_size=int(sizes.max()))
+    return _Synth(batch=batch, l3=l3, l3_len=ip_len, stats=stats)
+
+
+def _dedupe_ports(rng, src, dst, ft) -> None:
+    """Redraw ephemeral ports until every flow has a distinct 5-tuple."""
+    for _ in range(20):
+        key = np.stack([src.astype(np.int64), dst.astype(np.int64), ft["src_port"], ft["dst_port"],
+                        ft["proto"].astype(np.int64)], axis=1)
+        _, idx, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        dup = np.ones(len(src), bool)
+        dup[idx] = False
+        if not dup.any():
+            return
+        d = np.flatnonzero(dup)
+        fresh = rng.integers(1024, 65536, len(d))
+        srv = ft["from_server"][d]
+        icmp = ft["proto"][d] == 1
+        ft["dst_port"][d[srv & ~icmp]] = fresh[srv & ~icmp]
+        ft["src_port"][d[~srv & ~icmp]] = fresh[~srv & ~icmp]
+        src[d[icmp]] = src[d[icmp]] ^ rng.integers(1, 255, int(icmp.sum())).astype(np.uint32)
+
+
+def _ip_options(l3: np.ndarray, ihl: np.ndarray) -> None:
+    """Fill IPv4 options: Router Alert, then NOPs, EOL last."""
+    opt = ihl > 5
+    if not opt.any():
+        return
+    rows = np.flatnonzero(opt)
+    l3[rows, 20:24] = [0x94, 0x04, 0x00, 0x00]
+    for k in range(24, 60):
+        sel = rows[ihl[rows] * 4 > k]
+        l3[sel, k] = 0x01
+    l3[rows, ihl[rows] * 4 - 1] = 0x00
+
+
+def _ip_checksum(l3: np.ndarray, ihl: np.ndarray) -> np.ndarray:
+    words = l3[:, :60].astype(np.uint32).reshape(len(l3), 30, 2)
+    words = (words[:, :, 0] << 8) | words[:, :, 1]
+    words[np.arange(30)[None, :] >= (ihl * 2)[:, None]] = 0
+    words[:, 5] = 0
+    s = words.sum(axis=1)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return (~s) & 0xFFFF
+
+
+def _transport(n, proto, ft, flow, flags, doff, seq, ack, window, ip_len, ihl, rng) -> np.ndarray:
+    """Transport header bytes per packet (TCP with SYN options, UDP, ICMP echo)."""
+    l4 = np.zeros((n, 32), np.uint8)
+    _be(l4, 0, ft["src_port"][flow], 2)
+    _be(l4, 2, ft["dst_port"][flow], 2)
+    tcp, udp, icmp = proto == 6, proto == 17, proto == 1
+    t = np.flatnonzero(tcp)
+    sub = l4[t]
+    _be(sub, 4, seq[t], 4)
+    _be(sub, 8, ack[t], 4)
+    sub[:, 12] = doff[t] << 4
+    sub[:, 13] = flags[t]
+    _be(sub, 14, window[t], 2)
+    syn = doff[t] == 8
+    sub[syn, 20:32] = [2, 4, 5, 0xB4, 1, 3, 3, 7, 4, 2, 1, 1]
+    l4[t] = sub
+    u = np.flatnonzero(udp)
+    sub = l4[u]
+    _be(sub, 4, ip_len[u] - ihl[u] * 4, 2)
+    l4[u] = sub
+    c = np.flatnonzero(icmp)
+    sub = l4[c]
+    sub[:, 0] = 8
+    sub[:, 1:4] = 0
+    _be(sub, 4, rng.integers(0, 65536, len(c)), 2)
+    l4[c] = sub
+    return l4
+
+
+def _batch_from_bytes(l3, avail, ts, ihl, proto, frag) -> PacketBatch:
+    """The PacketBatch a reader extracts from these datagrams (bytes past ``avail`` absent)."""
+    n = len(l3)
+    seen = l3.copy()
+    seen[np.arange(_L3L4)[None, :] >= avail[:, None]] = 0
+    hlen = ihl * 4
+    thl = np.where(frag, 0, np.where(proto == 6, 20, np.where(proto == 17, 8, 0)))
+    keep = np.minimum(hlen + thl, HEADER_BYTES)
+    header = seen[:, :HEADER_BYTES].copy()
+    header[np.arange(HEADER_BYTES)[None, :] >= keep[:, None]] = 0
+    header[:, 12:20] = 0
+    ports = thl > 0
+    is_tcp = thl == 20
+    z = np.zeros(n, np.uint64)
+    return PacketBatch.from_columns(
+        ts_ns=ts, src_ip=_read_be(seen, 12, 4), dst_ip=_read_be(seen, 16, 4),
+        src_port=np.where(ports, _read_be(seen, hlen, 2), z),
+        dst_port=np.where(ports, _read_be(seen, hlen + 2, 2), z),
+        proto=seen[:, 9], length=_read_be(seen, 2, 2), ip_id=_read_be(seen, 4, 2),
+        ttl=seen[:, 8], tos=seen[:, 1],
+        tcp_flags=np.where(is_tcp, _read_be(seen, hlen + 13, 1), z),
+        tcp_window=np.where(is_tcp, _read_be(seen, hlen + 14, 2), z),
+        tcp_seq=np.where(is_tcp, _read_be(seen, hlen + 4, 4), z),
+        hdr_len=keep, header=header,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# link layers and file writers
+
+
+def _l2_len(link: str, src: np.ndarray) -> np.ndarray:
+    """Link header length per frame (VLAN: QinQ, 22 bytes, for sources with low bits 00)."""
+    if link == "vlan":
+        return np.where((src & 3) == 0, 22, 18)
+    fixed = {"ethernet": 14, "sll": 16, "sll2": 20, "null": 4}.get(link, 0)
+    return np.full(len(src), fixed)
+
+
+def _l2(link: str, ethertype: np.ndarray, src: np.ndarray, dst: np.ndarray, rng) -> tuple:
+    """(link header bytes uint8[n, 22], length per row) for each frame."""
+    n = len(ethertype)
+    out = np.zeros((n, 22), np.uint8)
+    if link in ("ethernet", "vlan"):
+        out[:, 0:2] = [0x02, 0x00]
+        _be(out, 2, dst, 4)
+        out[:, 6:8] = [0x02, 0x01]
+        _be(out, 8, src, 4)
+        if link == "ethernet":
+            _be(out, 12, ethertype, 2)
+            return out, np.full(n, 14)
+        qinq = (src & 3) == 0
+        vid = rng.integers(1, 4095, n)
+        _be(out, 12, np.where(qinq, 0x88A8, 0x8100), 2)
+        _be(out, 14, vid, 2)
+        _be(out, 16, np.where(qinq, 0x8100, ethertype), 2)
+        _be(out, 18, np.where(qinq, vid + 1, 0), 2)
+        _be(out, 20, ethertype, 2)  # only reached by QinQ rows (length 22)
+        return out, _l2_len(link, src)
+    if link == "sll":
+        _be(out, 0, np.zeros(n), 2)        # packet type: to us
+        _be(out, 2, np.ones(n), 2)         # ARPHRD_ETHER
+        _be(out, 4, np.full(n, 6), 2)
+        out[:, 6:8] = [0x02, 0x01]
+        _be(out, 8, src, 4)
+        _be(out, 14, ethertype, 2)
+        return out, np.full(n, 16)
+    if link == "sll2":
+        _be(out, 0, ethertype, 2)
+        _be(out, 4, np.full(n, 2), 4)      # interface index
+        _be(out, 8, np.ones(n), 2)         # ARPHRD_ETHER
+        out[:, 11] = 6
+        out[:, 12:14] = [0x02, 0x01]
+        _be(out, 14, src, 4)
+        return out, np.full(n, 20)
+    if link == "null":
+        out[:, 0] = np.where(ethertype == 0x0800, 2, 30)  # AF_INET / AF_INET6 (BSD), host order LE
+        return out, np.full(n, 4)
+    return out, np.zeros(n, np.int64)          # raw / ipv4
+
+
+def _ipv6_noise(rng, count: int, ts_all: np.ndarray):
+    """IPv6/UDP datagrams (header bytes, length, timestamps) to interleave as skipped noise."""
+    l3 = np.zeros((count, _L3L4), np.uint8)
+    l3[:, 0] = 0x60
+    plen = rng.integers(16, 600, count)
+    _be(l3, 4, plen, 2)
+    l3[:, 6] = 17
+    l3[:, 7] = 64
+    l3[:, 8:40] = rng.integers(0, 256, (count, 32), dtype=np.uint8)
+    _be(l3, 40, rng.integers(1024, 65536, count), 2)
+    _be(l3, 42, np.full(count, 53), 2)
+    ts = np.sort(rng.choice(ts_all, count)) if count else np.zeros(0, np.uint64)
+    return l3, plen + 40, ts
+
+
+def _frames(link, l3, dlen, ethertype, src, dst, snaplen, rng):
+    """(frame bytes uint8[m, W], caplen, origlen) for a chunk of datagrams."""
+    l2, l2len = _l2(link, ethertype, src, dst, rng)
+    origlen = l2len + dlen
+    caplen = np.minimum(origlen, snaplen)
+    width = int(caplen.max()) if len(caplen) else 0
+    fr = np.zeros((len(l3), max(width, 22 + _L3L4)), np.uint8)
+    _place(fr, np.zeros(len(l3), np.int64), l2, l2len)
+    _place(fr, l2len, l3, np.minimum(caplen - l2len, _L3L4))
+    return fr, caplen, origlen
+
+
+def _pcap_records(fr, caplen, origlen, ts, nanosecond, order) -> bytes:
+    m = len(caplen)
+    hdr = np.empty((m, 4), np.dtype(np.uint32).newbyteorder(order))
+    sec = ts // np.uint64(1_000_000_000)
+    frac = ts % np.uint64(1_000_000_000)
+    hdr[:, 0] = sec
+    hdr[:, 1] = frac if nanosecond else frac // np.uint64(1000)
+    hdr[:, 2] = caplen
+    hdr[:, 3] = origlen
+    rec = np.concatenate([hdr.view(np.uint8).reshape(m, 16), fr], axis=1)
+    return rec[np.arange(rec.shape[1])[None, :] < (16 + caplen)[:, None]].tobytes()
+
+
+def _pcapng_records(fr, caplen, origlen, ts, nanosecond, order) -> bytes:
+    m = len(caplen)
+    u32 = np.dtype(np.uint32).newbyteorder(order)
+    padded = (caplen + 3) & ~3
+    blen = 32 + padded
+    units = ts if nanosecond else ts // np.uint64(1000)
+    hdr = np.empty((m, 7), u32)
+    hdr[:, 0] = 6
+    hdr[:, 1] = blen
+    hdr[:, 2] = 0
+    hdr[:, 3] = units >> np.uint64(32)
+    hdr[:, 4] = units & np.uint64(0xFFFFFFFF)
+    hdr[:, 5] = caplen
+    hdr[:, 6] = origlen
+    body = np.zeros((m, fr.shape[1] + 8), np.uint8)
+    body[:, : fr.shape[1]] = fr
+    body[np.arange(body.shape[1])[None, :] >= caplen[:, None]] = 0
+    trailer = np.asarray(blen, u32).view(np.uint8).reshape(m, 4)
+    _place(body, padded, trailer, np.full(m, 4))
+    rec = np.concatenate([hdr.view(np.uint8).reshape(m, 28), body], axis=1)
+    return rec[np.arange(rec.shape[1])[None, :] < blen[:, None]].tobytes()
+
+
+def _file_header(fmt, linktype, snaplen, nanosecond, order) -> bytes:
+    bo = "<" if order == "little" else ">"
+    if fmt == "pcap":
+        magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
+        return struct.pack(bo + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)
+    shb = struct.pack(bo + "IIIHHqI", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1, 28)
+    opts = b""
+    if nanosecond:
+        opts = struct.pack(bo + "HH", 9, 1) + b"\x09\0\0\0" + struct.pack(bo + "HH", 0, 0)
+    idb_len = 20 + len(opts)
+    idb = struct.pack(bo + "IIHHI", 1, idb_len, linktype, 0, snaplen) + opts + struct.pack(bo + "I", idb_len)
+    return shb + idb
+
+
+def _check_args(link, fmt, byteorder):
+    if link not in LINKS:
+        raise ValueError(f"unknown link {link!r}; choose one of {sorted(LINKS)}")
+    if fmt not in ("pcap", "pcapng"):
+        raise ValueError(f"format must be 'pcap' or 'pcapng', got {fmt!r}")
+    if byteorder not in ("little", "big"):
+        raise ValueError(f"byteorder must be 'little' or 'big', got {byteorder!r}")
+
+
+def generate_batch(packets: int, flows: int, zipf: float = 1.1, gap_rate: float = 0.01, seed: int = 0,
+                   *, duration_s: float = 10.0, nanosecond: bool = False, snaplen: int = 128,
+                   link: str = "ethernet", reorder_rate: float | None = None,
+                   ip_options_rate: float = 0.0, frag_rate: float = 0.0,
+                   start_s: float = 1.7e9) -> PacketBatch:
+    """The IPv4 packets ``generate_capture`` would write with the same arguments, as a batch.
+
+    Identical, column for column, to reading that file back (timestamps are rounded to
+    microseconds unless ``nanosecond``; fields cut off by ``snaplen`` read as zero).
+    """
+    _check_args(link, "pcap", "little")
+    return _model(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
+                  reorder_rate, ip_options_rate, frag_rate, start_s).batch
+
+
+def _model(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
+           reorder_rate, ip_options_rate, frag_rate, start_s) -> _Synth:
+    reorder_rate = gap_rate / 10 if reorder_rate is None else reorder_rate
+    return _synthesize(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
+                       reorder_rate, ip_options_rate, frag_rate, start_s)
+
+
+def generate_capture(path, packets: int = 1_000_000, flows: int = 50_000, zipf: float = 1.1,
+                     gap_rate: float = 0.01, seed: int = 0, *, link: str = "ethernet",
+                     nanosecond: bool = False, duration_s: float = 10.0, snaplen: int = 128,
+                     byteorder: str = "little", format: str = "pcap",
+                     reorder_rate: float | None = None, ip_options_rate: float = 0.0,
+                     frag_rate: float = 0.0, ipv6_rate: float = 0.0,
+                     start_s: float = 1.7e9) -> GenerateStats:
+    """Write a synthetic capture (classic pcap, or pcapng with ``format="pcapng"``) to ``path``.
+
+    ``link`` is one of ethernet, vlan (802.1Q, a quarter QinQ), raw (101), ipv4 (228), sll (113),
+    sll2 (276), null (0). ``byteorder`` sets the file's byte order; ``nanosecond`` the timestamp
+    resolution. ``ipv6_rate`` adds that fraction of extra IPv6 frames, which readers skip.
+    See the module docstring for the traffic model. Returns a :class:`GenerateStats`.
+    """
+    _check_args(link, format, byteorder)
+    synth = _model(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
+                   reorder_rate, ip_options_rate, frag_rate, start_s)
+    rng = np.random.default_rng([int(seed), 1])
+    l3, dlen, ts = synth.l3, synth.l3_len, synth.batch.ts_ns
+    src, dst = synth.batch.src_ip, synth.batch.dst_ip
+    ethertype = np.full(len(ts), 0x0800)
+    n6 = int(round(len(ts) * ipv6_rate))
+    if n6:
+        l3_6, dlen6, ts6 = _ipv6_noise(rng, n6, ts)
+        order = np.argsort(np.concatenate([ts, ts6]), kind="stable")
+        l3 = np.concatenate([l3, l3_6])[order]
+        dlen = np.concatenate([dlen, dlen6])[order]
+        ts = np.concatenate([ts, ts6])[order]
+        src = np.concatenate([src, np.zeros(n6, np.uint32)])[order]
+        dst = np.concatenate([dst, np.zeros(n6, np.uint32)])[order]
+        ethertype = np.concatenate([ethertype, np.full(n6, 0x86DD)])[order]
+    linktype = LINKS[link]
+    records = _pcap_records if format == "pcap" else _pcapng_records
+    written = 0
+    with open(path, "wb") as f:
+        head = _file_header(format, linktype, snaplen, nanosecond, byteorder)
+        f.write(head)
+        written += len(head)
+        for a in range(0, len(ts), _CHUNK):
+            s = slice(a, a + _CHUNK)
+            fr, caplen, origlen = _frames(link, l3[s], dlen[s], ethertype[s], src[s], dst[s], snaplen, rng)
+            data = records(fr, caplen, origlen, ts[s], nanosecond, byteorder)
+            f.write(data)
+            written += len(data)
+    st = synth.stats
+    st.path, st.link, st.linktype, st.format = os.fspath(path), link, linktype, format
+    st.noise_packets, st.bytes_written = n6, written
+    return st

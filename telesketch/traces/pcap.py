@@ -1,0 +1,642 @@
+"""Classic libpcap reader with a Numba fast path, plus the pieces every capture reader shares.
+
+The file is memory-mapped (or, when gzip-compressed, decompressed into a sliding window). Two
+``@njit(nogil=True)`` passes fill preallocated :class:`~telesketch.packets.PacketBatch` columns,
+at most ``batch_size`` packets per call: a walker (:func:`_pcap_walk`; pcapng has its own) locates
+records and returns the byte offset it reached, then :func:`store_frames` parses link, IPv4 and
+transport headers of the frames found straight into the columns. Memory stays bounded by one
+batch (plus the gzip window) whatever the file size. (Two passes rather than one call per frame:
+handing 15 column arrays to a per-frame function costs a reference-count pair per array per
+packet, which was 4x slower.)
+
+Per-packet semantics (shared with the pcapng reader through :func:`parse_frame`):
+
+* link types: Ethernet (1) with any number of 802.1Q / 802.1ad / QinQ tags (then also PPPoE
+  sessions and MPLS label stacks), raw IP (101),
+  IPv4 (228), IPv6 (229), Linux cooked v1 (113) and v2 (276), BSD null (0, host byte order) and
+  loop (108, network byte order);
+* only IPv4 becomes a row. IPv6 and everything else is skipped and counted in :class:`ReadStats`.
+  A frame whose IPv4 header has a version nibble other than 4, an IHL below 5, or no IP byte at
+  all counts as ``other_skipped``;
+* ``length`` is the IPv4 total-length field; ``ip_id``, ``ttl``, ``tos``, ``proto``, addresses
+  (numeric u32) come from the IPv4 header; ports and TCP fields from the transport header, which is
+  looked for only when the fragment offset is 0 (non-first fragments and ICMP have ports 0);
+* bytes past the end of the IPv4 datagram (``min(captured, total-length)`` when the total length
+  is plausible, i.e. at least the header length) are treated as absent: link-layer padding and
+  FCS never leak into fields. Absent bytes read as zero, so frames cut by the snap length still
+  yield a row with whatever was captured;
+* ``header`` is the first ``min(40, IHL*4 + 20 (TCP) | 8 (UDP) | 0)`` bytes of the datagram
+  (IPv4 header with options, then the transport header without TCP options), bytes 12-19
+  (addresses) zeroed, zero padded to 40; ``hdr_len`` is that length.
+"""
+from __future__ import annotations
+
+import gzip
+import mmap
+import os
+import zlib
+from dataclasses import dataclass, field
+
+import numba as nb
+import numpy as np
+
+from telesketch.packets import COLUMN_DTYPES, HEADER_BYTES, PacketBatch
+
+
+class CaptureError(ValueError):
+    """The capture cannot be read: unknown format or link type, truncated or corrupt data.
+
+    For damage inside the file the message names the byte offset (in the decompressed stream for
+    gzip input), and every good packet before that point has already been yielded.
+    """
+
+
+@dataclass
+class ReadStats:
+    """Counters of one read (updated in place while iterating; pass one to ``read_capture``).
+
+    ``packets_read`` counts every packet record, ``ipv4`` the rows yielded, ``ipv6_skipped`` and
+    ``other_skipped`` the rest. ``truncated_records`` counts records cut by the snap length
+    (captured < original length) and ``short_headers`` the IPv4 rows whose IP + transport header
+    was not fully captured. ``bytes_read`` is the offset reached (decompressed bytes for gzip).
+    """
+
+    format: str = ""
+    compressed: bool = False
+    link_types: list = field(default_factory=list)
+    packets_read: int = 0
+    ipv4: int = 0
+    ipv6_skipped: int = 0
+    other_skipped: int = 0
+    truncated_records: int = 0
+    short_headers: int = 0
+    bytes_read: int = 0
+
+    def _add(self, counters: np.ndarray) -> None:
+        self.packets_read += int(counters[C_RECORDS])
+        self.ipv4 += int(counters[C_IPV4])
+        self.ipv6_skipped += int(counters[C_IPV6])
+        self.other_skipped += int(counters[C_OTHER])
+        self.truncated_records += int(counters[C_TRUNC])
+        self.short_headers += int(counters[C_SHORT])
+        counters[:] = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# constants shared with pcapng.py
+
+#: Link types the frame parser understands, with their names for error messages.
+LINK_TYPES = {
+    0: "NULL",
+    1: "ETHERNET",
+    101: "RAW",
+    108: "LOOP",
+    113: "LINUX_SLL",
+    228: "IPV4",
+    229: "IPV6",
+    276: "LINUX_SLL2",
+}
+#: A few unsupported ones, so the error names them.
+_OTHER_LINK_NAMES = {
+    6: "IEEE802_5", 9: "PPP", 10: "FDDI", 50: "PPP_HDLC", 51: "PPP_ETHER", 104: "C_HDLC",
+    105: "IEEE802_11", 119: "PRISM_HEADER", 127: "IEEE802_11_RADIOTAP", 147: "USER0",
+    187: "BLUETOOTH_HCI_H4", 192: "PPI", 195: "IEEE802_15_4", 215: "NETLINK", 220: "USB_LINUX_MMAPPED",
+    249: "USBPCAP", 263: "WATTSTOPPER_DLM",
+}
+
+# counters layout
+C_RECORDS, C_IPV4, C_IPV6, C_OTHER, C_TRUNC, C_SHORT = range(6)
+N_COUNTERS = 6
+
+# kernel status codes
+ST_FULL = 0      # batch is full
+ST_END = 1       # consumed the buffer exactly
+ST_SHORT = 2     # a record/block runs past the end of the buffer
+ST_BAD = 3       # corrupt record/block at the returned offset
+ST_SHB = 4       # pcapng: section header block at the offset (handled in Python)
+ST_IDB = 5       # pcapng: interface description block at the offset (handled in Python)
+ST_BADIF = 6     # pcapng: packet block names an interface that was not described
+
+KIND_IPV4, KIND_IPV6, KIND_OTHER = 0, 1, 2
+
+#: Largest record length accepted whatever the snap length says (libpcap accepts up to
+#: max(snaplen, 262144)); bounded so garbage cannot make a gzip window grow without limit.
+MAX_RECORD = 16 * 1024 * 1024
+_PCAP_MIN_BOUND = 262144
+
+#: The scalar columns in the order the kernels take them, then ``header``.
+SCALAR_COLUMNS = tuple(COLUMN_DTYPES)
+
+
+def link_type_name(linktype: int) -> str:
+    """Readable name of a link type number (for messages)."""
+    return LINK_TYPES.get(linktype) or _OTHER_LINK_NAMES.get(linktype) or "unknown"
+
+
+def check_link_type(linktype: int, where: str) -> None:
+    """Raise :class:`CaptureError` unless the frame parser handles ``linktype``."""
+    if linktype not in LINK_TYPES:
+        raise CaptureError(
+            f"{where}: unsupported link type {linktype} ({link_type_name(linktype)}); "
+            f"supported: {', '.join(f'{k} {v}' for k, v in sorted(LINK_TYPES.items()))}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Numba: byte helpers and the per-frame parser
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def rd32(buf, p, swap):
+    """u32 at ``buf[p]`` as int64: little-endian, or big-endian when ``swap``."""
+    b0 = np.int64(buf[p])
+    b1 = np.int64(buf[p + 1])
+    b2 = np.int64(buf[p + 2])
+    b3 = np.int64(buf[p + 3])
+    if swap:
+        return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
+    return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _be16(buf, p):
+    return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _byte(buf, base, k, lim):
+    """Byte ``k`` of the datagram at ``base``, or 0 when ``k`` is past the usable ``lim``."""
+    if k < lim:
+        return np.int64(buf[base + k])
+    return np.int64(0)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _network_offset(buf, off, caplen, linktype):
+    """(offset of the network header relative to ``off``, KIND_*) for one frame."""
+    if linktype == 1 or linktype == 113:
+        p = 12 if linktype == 1 else 14
+        if p + 2 > caplen:
+            return 0, KIND_OTHER
+        et = _be16(buf, off + p)
+        q = p + 2
+        while et == 0x8100 or et == 0x88A8 or et == 0x9100:
+            if q + 4 > caplen:
+                return 0, KIND_OTHER
+            et = _be16(buf, off + q + 2)
+            q += 4
+        if et == 0x8864:  # PPPoE session: 6-byte header, then the PPP protocol
+            if q + 8 > caplen:
+                return 0, KIND_OTHER
+            ppp = _be16(buf, off + q + 6)
+            q += 8
+            if ppp == 0x0021:
+                return q, KIND_IPV4
+            if ppp == 0x0057:
+                return q, KIND_IPV6
+            return q, KIND_OTHER
+        if et == 0x8847:  # MPLS unicast: labels until bottom of stack, then IP by version
+            while True:
+                if q + 4 > caplen:
+                    return 0, KIND_OTHER
+                bottom = buf[off + q + 2] & 1
+                q += 4
+                if bottom:
+                    break
+            if q >= caplen:
+                return 0, KIND_OTHER
+            v = buf[off + q] >> 4
+            if v == 4:
+                return q, KIND_IPV4
+            if v == 6:
+                return q, KIND_IPV6
+            return q, KIND_OTHER
+        if et == 0x0800:
+            return q, KIND_IPV4
+        if et == 0x86DD:
+            return q, KIND_IPV6
+        return q, KIND_OTHER
+    if linktype == 101:
+        if caplen < 1:
+            return 0, KIND_OTHER
+        v = buf[off] >> 4
+        if v == 4:
+            return 0, KIND_IPV4
+        if v == 6:
+            return 0, KIND_IPV6
+        return 0, KIND_OTHER
+    if linktype == 228:
+        return 0, KIND_IPV4
+    if linktype == 229:
+        return 0, KIND_IPV6
+    if linktype == 276:
+        if caplen < 20:
+            return 0, KIND_OTHER
+        et = _be16(buf, off)
+        if et == 0x0800:
+            return 20, KIND_IPV4
+        if et == 0x86DD:
+            return 20, KIND_IPV6
+        return 20, KIND_OTHER
+    if linktype == 0 or linktype == 108:
+        if caplen < 4:
+            return 0, KIND_OTHER
+        be = rd32(buf, off, True)
+        le = rd32(buf, off, False)
+        fam = be if linktype == 108 else (le if le < 256 else be)
+        if fam == 2:
+            return 4, KIND_IPV4
+        if fam == 24 or fam == 28 or fam == 30 or fam == 10:
+            return 4, KIND_IPV6
+        return 4, KIND_OTHER
+    return 0, KIND_OTHER
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def parse_frame(buf, off, caplen, linktype):
+    """Decode one frame ``buf[off:off+caplen]`` into scalars (no arrays: cheap to inline).
+
+    Returns ``(kind, base, lim, total, src, dst, sport, dport, proto, length, ip_id, ttl, tos,
+    tcp_flags, tcp_window, tcp_seq)``: ``base`` is the buffer offset of the IPv4 header, ``lim``
+    the usable datagram bytes, ``total`` the nominal IP + transport header length. Only
+    ``kind`` is meaningful unless it is KIND_IPV4.
+    """
+    z = np.int64(0)
+    l3, kind = _network_offset(buf, off, caplen, linktype)
+    avail = caplen - l3
+    if kind != KIND_IPV4 or avail < 1:
+        kind = KIND_IPV6 if kind == KIND_IPV6 else KIND_OTHER
+        return kind, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z
+    base = off + l3
+    b0 = np.int64(buf[base])
+    ihl = b0 & 15
+    if (b0 >> 4) != 4 or ihl < 5:
+        return KIND_OTHER, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z
+    hlen = ihl * 4
+    lim = avail
+    tot = (_byte(buf, base, 2, lim) << 8) | _byte(buf, base, 3, lim)
+    if tot >= hlen and tot < lim:
+        lim = tot
+    pr = _byte(buf, base, 9, lim)
+    fo = ((_byte(buf, base, 6, lim) & 0x1F) << 8) | _byte(buf, base, 7, lim)
+    thl = 0
+    if fo == 0:
+        if pr == 6:
+            thl = 20
+        elif pr == 17:
+            thl = 8
+    src = ((_byte(buf, base, 12, lim) << 24) | (_byte(buf, base, 13, lim) << 16)
+           | (_byte(buf, base, 14, lim) << 8) | _byte(buf, base, 15, lim))
+    dst = ((_byte(buf, base, 16, lim) << 24) | (_byte(buf, base, 17, lim) << 16)
+           | (_byte(buf, base, 18, lim) << 8) | _byte(buf, base, 19, lim))
+    ip_id = (_byte(buf, base, 4, lim) << 8) | _byte(buf, base, 5, lim)
+    ttl = _byte(buf, base, 8, lim)
+    tos = _byte(buf, base, 1, lim)
+    sport = z
+    dport = z
+    flags = z
+    win = z
+    seq = z
+    if thl > 0:
+        sport = (_byte(buf, base, hlen, lim) << 8) | _byte(buf, base, hlen + 1, lim)
+        dport = (_byte(buf, base, hlen + 2, lim) << 8) | _byte(buf, base, hlen + 3, lim)
+    if thl == 20:
+        seq = ((_byte(buf, base, hlen + 4, lim) << 24) | (_byte(buf, base, hlen + 5, lim) << 16)
+               | (_byte(buf, base, hlen + 6, lim) << 8) | _byte(buf, base, hlen + 7, lim))
+        flags = _byte(buf, base, hlen + 13, lim)
+        win = (_byte(buf, base, hlen + 14, lim) << 8) | _byte(buf, base, hlen + 15, lim)
+    return (KIND_IPV4, base, lim, hlen + thl, src, dst, sport, dport, pr, tot, ip_id, ttl, tos,
+            flags, win, seq)
+
+
+@nb.njit(cache=True, nogil=True)
+def store_frames(buf, rec_off, rec_len, rec_link, rec_ts, m, n, counters, ts_ns, src_ip, dst_ip,
+                 src_port, dst_port, proto, length, ip_id, ttl, tos, tcp_flags, tcp_window, tcp_seq,
+                 hdr_len, header):
+    """Parse the ``m`` frames listed in ``rec_*`` and append the IPv4 ones as rows from ``n``.
+
+    The walkers (pcap records, pcapng blocks) only locate frames; this shared second pass does
+    all per-frame work, so the column arrays cross a function boundary once per call rather than
+    once per packet. Returns the new row count. The caller guarantees ``n + m <= len(columns)``.
+    """
+    for j in range(m):
+        r = parse_frame(buf, rec_off[j], rec_len[j], rec_link[j])
+        kind = r[0]
+        if kind == KIND_IPV6:
+            counters[C_IPV6] += 1
+            continue
+        if kind != KIND_IPV4:
+            counters[C_OTHER] += 1
+            continue
+        base, lim, total = r[1], r[2], r[3]
+        ts_ns[n] = rec_ts[j]
+        src_ip[n] = r[4]
+        dst_ip[n] = r[5]
+        src_port[n] = r[6]
+        dst_port[n] = r[7]
+        proto[n] = r[8]
+        length[n] = r[9]
+        ip_id[n] = r[10]
+        ttl[n] = r[11]
+        tos[n] = r[12]
+        tcp_flags[n] = r[13]
+        tcp_window[n] = r[14]
+        tcp_seq[n] = r[15]
+        keep = min(total, HEADER_BYTES)
+        hdr_len[n] = keep
+        if lim < total:
+            counters[C_SHORT] += 1
+        have = min(keep, lim)
+        for k in range(have):
+            header[n, k] = buf[base + k]
+        for k in range(have, HEADER_BYTES):
+            header[n, k] = 0
+        for k in range(12, 20):
+            header[n, k] = 0
+        counters[C_IPV4] += 1
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Numba: the classic pcap record walker
+
+
+@nb.njit(cache=True, nogil=True)
+def _pcap_walk(buf, pos, end, swap, frac_ns, linktype, max_caplen, max_m, rec_off, rec_len,
+               rec_link, rec_ts, counters):
+    """Locate up to ``max_m`` records in ``buf[pos:end]`` (offset, captured length, ts in ns).
+
+    ``frac_ns`` is 1000 for microsecond files, 1 for nanosecond files. Returns
+    ``(offset reached, records found, ST_*)``; on ST_SHORT / ST_BAD the offset is the start of
+    the offending record.
+    """
+    m = 0
+    while m < max_m:
+        if pos == end:
+            return pos, m, ST_END
+        if pos + 16 > end:
+            return pos, m, ST_SHORT
+        caplen = rd32(buf, pos + 8, swap)
+        if caplen > max_caplen:
+            return pos, m, ST_BAD
+        if pos + 16 + caplen > end:
+            return pos, m, ST_SHORT
+        sec = rd32(buf, pos, swap)
+        frac = rd32(buf, pos + 4, swap)
+        if caplen < rd32(buf, pos + 12, swap):
+            counters[C_TRUNC] += 1
+        rec_off[m] = pos + 16
+        rec_len[m] = caplen
+        rec_link[m] = linktype
+        rec_ts[m] = np.uint64(sec) * np.uint64(1000000000) + np.uint64(frac) * np.uint64(frac_ns)
+        m += 1
+        pos += 16 + caplen
+    return pos, m, ST_FULL
+
+
+# ---------------------------------------------------------------------------------------------
+# Python: byte sources and batch columns
+
+
+class ByteSource:
+    """Bytes of a capture as one ``uint8`` array ``buf`` valid over ``[0, end)``.
+
+    A plain file is memory-mapped whole (``eof`` is true from the start). A gzip file is
+    decompressed into a window that :meth:`refill` slides forward; ``base`` is the stream offset
+    of ``buf[0]``, so ``base + pos`` is the offset reported in errors.
+    """
+
+    WINDOW = 8 * 1024 * 1024
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.base = 0
+        self.pos = 0
+        self._file = open(self.path, "rb")
+        self._mmap = None
+        self._gz = None
+        head = self._file.read(2)
+        self._file.seek(0)
+        self.compressed = head == b"\x1f\x8b"
+        if self.compressed:
+            self._gz = gzip.GzipFile(fileobj=self._file, mode="rb")
+            self.buf = np.empty(self.WINDOW, np.uint8)
+            self.end = 0
+            self.eof = False
+            self.refill()
+        else:
+            size = os.fstat(self._file.fileno()).st_size
+            if size == 0:
+                self.buf = np.empty(0, np.uint8)
+            else:
+                # ACCESS_COPY gives a writable (never written) array: one Numba specialisation
+                # serves both the mmap and the gzip window.
+                self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+                if hasattr(self._mmap, "madvise"):
+                    self._mmap.madvise(mmap.MADV_SEQUENTIAL)
+                self.buf = np.frombuffer(self._mmap, np.uint8)
+            self.end = size
+            self.eof = True
+
+    @property
+    def offset(self) -> int:
+        """Stream offset of ``pos``."""
+        return self.base + self.pos
+
+    def refill(self) -> None:
+        """Drop ``buf[:pos]``, read more decompressed bytes behind the rest (growing if full)."""
+        if self.eof:
+            return
+        keep = self.end - self.pos
+        if self.pos > 0:
+            self.buf[:keep] = self.buf[self.pos:self.end]
+            self.base += self.pos
+            self.pos = 0
+            self.end = keep
+        if self.end == self.buf.shape[0]:
+            grown = np.empty(self.buf.shape[0] * 2, np.uint8)
+            grown[: self.end] = self.buf[: self.end]
+            self.buf = grown
+        while self.end < self.buf.shape[0]:
+            try:
+                got = self._gz.readinto(memoryview(self.buf)[self.end:])
+            except (OSError, EOFError, zlib.error) as exc:
+                raise CaptureError(
+                    f"{self.path}: corrupt gzip stream near decompressed offset "
+                    f"{self.base + self.end}: {exc}"
+                ) from None
+            if not got:
+                self.eof = True
+                break
+            self.end += got
+
+    def ensure(self, nbytes: int) -> bool:
+        """Make ``buf[pos:pos+nbytes]`` available if the stream has it; False at end of stream."""
+        while self.end - self.pos < nbytes and not self.eof:
+            self.refill()
+        return self.end - self.pos >= nbytes
+
+    def close(self) -> None:
+        self.buf = None
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:  # a caller still holds a view; the GC will unmap it
+                pass
+            self._mmap = None
+        if self._gz is not None:
+            self._gz.close()
+        self._file.close()
+
+
+def new_columns(size: int) -> list:
+    """Uninitialised scalar columns (kernel order) followed by the ``header`` block."""
+    cols = [np.empty(size, dtype) for dtype in COLUMN_DTYPES.values()]
+    cols.append(np.empty((size, HEADER_BYTES), np.uint8))
+    return cols
+
+
+def columns_to_batch(cols: list, n: int) -> PacketBatch:
+    """The first ``n`` rows as a batch (copied when the batch is mostly empty, to free memory)."""
+    shrink = n < cols[0].shape[0] // 2
+    arrays = [c[:n].copy() if shrink else c[:n] for c in cols]
+    return PacketBatch(**dict(zip(SCALAR_COLUMNS + ("header",), arrays)))
+
+
+class Batcher:
+    """Fills one batch's columns from walker calls; the Python half of every reader.
+
+    ``records`` are the per-call frame lists (offset, captured length, link type, ts) a walker
+    fills; :meth:`step` runs a walker for at most the rows still free, then :func:`store_frames`.
+    """
+
+    def __init__(self, source: ByteSource, batch_size: int, stats: ReadStats):
+        self.source, self.size, self.stats = source, batch_size, stats
+        self.records = [np.empty(batch_size, np.int64), np.empty(batch_size, np.int64),
+                        np.empty(batch_size, np.int64), np.empty(batch_size, np.uint64)]
+        self.counters = np.zeros(N_COUNTERS, np.int64)
+        self.cols = new_columns(batch_size)
+        self.n = 0
+
+    def step(self, walk) -> int:
+        """``walk(room) -> (pos, m, status)``; parse the ``m`` frames found, return status."""
+        pos, m, status = walk(self.size - self.n)
+        self.n = store_frames(self.source.buf, *self.records, m, self.n, self.counters, *self.cols)
+        self.source.pos = pos
+        self.counters[C_RECORDS] += m
+        self.stats._add(self.counters)
+        self.stats.bytes_read = self.source.offset
+        return status
+
+    def full(self) -> bool:
+        return self.n == self.size
+
+    def take(self) -> PacketBatch:
+        """The rows filled so far as a batch; starts a fresh one."""
+        batch = columns_to_batch(self.cols, self.n)
+        self.cols, self.n = new_columns(self.size), 0
+        return batch
+
+
+def check_batch_size(batch_size) -> int:
+    batch_size = int(batch_size)
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return batch_size
+
+
+# ---------------------------------------------------------------------------------------------
+# classic pcap
+
+#: magic (as read little-endian) -> (byte-swapped record fields, nanosecond timestamps)
+_MAGICS = {
+    0xA1B2C3D4: (False, False),
+    0xD4C3B2A1: (True, False),
+    0xA1B23C4D: (False, True),
+    0x4D3CB2A1: (True, True),
+}
+PCAP_MAGIC_BYTES = {m.to_bytes(4, "little") for m in _MAGICS}
+
+
+@dataclass(frozen=True)
+class PcapHeader:
+    """The 24-byte global header: byte order, resolution, snap length, link type."""
+
+    swap: bool
+    nanosecond: bool
+    version: tuple
+    snaplen: int
+    linktype: int
+
+
+def parse_pcap_header(raw: bytes, path: str) -> PcapHeader:
+    """Decode the global header (``raw`` holds its 24 bytes)."""
+    if len(raw) < 24:
+        raise CaptureError(f"{path}: truncated pcap global header ({len(raw)} of 24 bytes) at offset 0")
+    magic = int.from_bytes(raw[:4], "little")
+    if magic not in _MAGICS:
+        raise CaptureError(f"{path}: not a classic pcap file (magic {raw[:4].hex()})")
+    swap, ns = _MAGICS[magic]
+    order = "big" if swap else "little"
+    major = int.from_bytes(raw[4:6], order)
+    minor = int.from_bytes(raw[6:8], order)
+    snaplen = int.from_bytes(raw[16:20], order)
+    network = int.from_bytes(raw[20:24], order)
+    linktype = network & 0x03FFFFFF  # upper bits may carry the FCS length
+    if major != 2:
+        raise CaptureError(f"{path}: unsupported pcap version {major}.{minor} at offset 4")
+    check_link_type(linktype, f"{path}: pcap header")
+    return PcapHeader(swap, ns, (major, minor), snaplen, linktype)
+
+
+def read_pcap(source: ByteSource, batch_size: int, stats: ReadStats):
+    """Yield batches from a classic pcap ``source`` (positioned at offset 0)."""
+    path = source.path
+    if not source.ensure(24):
+        raise CaptureError(
+            f"{path}: truncated pcap global header ({source.end - source.pos} of 24 bytes) at offset 0"
+        )
+    hdr = parse_pcap_header(bytes(source.buf[source.pos:source.pos + 24]), path)
+    stats.format = "pcap-ns" if hdr.nanosecond else "pcap"
+    stats.link_types = [hdr.linktype]
+    source.pos += 24
+    max_caplen = min(max(hdr.snaplen, _PCAP_MIN_BOUND), MAX_RECORD)
+    frac_ns = 1 if hdr.nanosecond else 1000
+    batcher = Batcher(source, batch_size, stats)
+
+    def walk(room):
+        return _pcap_walk(source.buf, source.pos, source.end, hdr.swap, frac_ns, hdr.linktype,
+                          max_caplen, room, *batcher.records, batcher.counters)
+
+    while True:
+        status = batcher.step(walk)
+        if status == ST_FULL:
+            if batcher.full():
+                yield batcher.take()
+        elif status == ST_END or (status == ST_SHORT and not source.eof):
+            if source.eof:
+                break
+            source.refill()
+        else:
+            if batcher.n:
+                yield batcher.take()
+            raise CaptureError(_pcap_damage(source, hdr, max_caplen, status))
+    if batcher.n:
+        yield batcher.take()
+
+
+def _pcap_damage(source: ByteSource, hdr: PcapHeader, max_caplen: int, status: int) -> str:
+    """Message for a truncated or corrupt record at ``source.offset``."""
+    path, off, left = source.path, source.offset, source.end - source.pos
+    if status == ST_BAD:
+        raw = bytes(source.buf[source.pos + 8:source.pos + 12])
+        caplen = int.from_bytes(raw, "big" if hdr.swap else "little")
+        return (f"{path}: corrupt pcap record at offset {off}: captured length {caplen} exceeds "
+                f"the bound {max_caplen} (snaplen {hdr.snaplen})")
+    if left < 16:
+        return f"{path}: truncated pcap record header at offset {off} ({left} of 16 bytes)"
+    raw = bytes(source.buf[source.pos + 8:source.pos + 12])
+    caplen = int.from_bytes(raw, "big" if hdr.swap else "little")
+    return (f"{path}: truncated pcap record at offset {off}: needs {16 + caplen} bytes, "
+            f"{left} left in the file")

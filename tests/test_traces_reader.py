@@ -1,0 +1,563 @@
+"""Capture readers: the Numba fast path against scapy's record readers + a plain-Python parse.
+
+The oracle is deliberately simple code: scapy (``RawPcapReader`` / ``RawPcapNgReader``) splits the
+file into records, and ``ref_frame`` below decodes link, IPv4 and transport headers with
+``struct``-style slicing, following the semantics documented in ``telesketch.traces.pcap``. A
+second check decodes the real traces with scapy's own layers (``Ether``/``IP``/``TCP``/``UDP``).
+"""
+from __future__ import annotations
+
+import gzip
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from telesketch.packets import COLUMN_DTYPES, HEADER_BYTES, PacketBatch
+from telesketch.traces import CaptureError, ReadStats, generate_capture, read_capture
+
+TRACES = Path(__file__).parents[1].parent / "shared" / "traces"
+REAL = sorted(TRACES.glob("*.pcap")) if TRACES.is_dir() else []
+needs_traces = pytest.mark.skipif(not REAL, reason=f"real traces not found at {TRACES}")
+VLAN = (0x8100, 0x88A8, 0x9100)
+
+
+# ------------------------------------------------------------------------- reference decoder
+def _link(frame: bytes, linktype: int):
+    """(network offset, 'v4' | 'v6' | 'other')."""
+    def by_ethertype(et, off):
+        return off, {0x0800: "v4", 0x86DD: "v6"}.get(et, "other")
+
+    if linktype in (1, 113):
+        p = 12 if linktype == 1 else 14
+        if len(frame) < p + 2:
+            return 0, "other"
+        et, q = int.from_bytes(frame[p:p + 2], "big"), p + 2
+        while et in VLAN:
+            if len(frame) < q + 4:
+                return 0, "other"
+            et, q = int.from_bytes(frame[q + 2:q + 4], "big"), q + 4
+        if et == 0x8864:  # PPPoE session
+            if len(frame) < q + 8:
+                return 0, "other"
+            ppp = int.from_bytes(frame[q + 6:q + 8], "big")
+            return q + 8, {0x21: "v4", 0x57: "v6"}.get(ppp, "other")
+        if et == 0x8847:  # MPLS
+            while True:
+                if len(frame) < q + 4:
+                    return 0, "other"
+                q += 4
+                if frame[q - 2] & 1:
+                    break
+            if len(frame) <= q:
+                return 0, "other"
+            return q, {4: "v4", 6: "v6"}.get(frame[q] >> 4, "other")
+        return by_ethertype(et, q)
+    if linktype == 276:
+        return by_ethertype(int.from_bytes(frame[0:2], "big"), 20) if len(frame) >= 20 else (0, "other")
+    if linktype == 101:
+        v = frame[0] >> 4 if frame else 0
+        return 0, {4: "v4", 6: "v6"}.get(v, "other")
+    if linktype in (228, 229):
+        return 0, "v4" if linktype == 228 else "v6"
+    if linktype in (0, 108):
+        if len(frame) < 4:
+            return 0, "other"
+        le, be = int.from_bytes(frame[:4], "little"), int.from_bytes(frame[:4], "big")
+        fam = be if linktype == 108 else (le if le < 256 else be)
+        return 4, "v4" if fam == 2 else ("v6" if fam in (10, 24, 28, 30) else "other")
+    raise AssertionError(linktype)
+
+
+def ref_frame(frame: bytes, linktype: int, ts_ns: int):
+    """('v4', row dict) / ('v6', None) / ('other', None) for one captured frame."""
+    off, kind = _link(frame, linktype)
+    if kind != "v4":
+        return kind, None
+    ip = frame[off:]
+    if not ip or ip[0] >> 4 != 4 or ip[0] & 15 < 5:
+        return "other", None
+    hlen = (ip[0] & 15) * 4
+    tot = int.from_bytes(ip[2:4], "big") if len(ip) >= 4 else 0
+    if hlen <= tot < len(ip):
+        ip = ip[:tot]
+    ip = ip + bytes(200)  # absent bytes read as zero
+    u = lambda a, b: int.from_bytes(ip[a:b], "big")  # noqa: E731
+    proto, frag = ip[9], u(6, 8) & 0x1FFF
+    thl = {6: 20, 17: 8}.get(proto, 0) if frag == 0 else 0
+    t = hlen
+    keep = min(HEADER_BYTES, hlen + thl)
+    header = bytearray(ip[:keep] + bytes(HEADER_BYTES - keep))
+    header[12:20] = bytes(8)
+    row = dict(ts_ns=ts_ns, src_ip=u(12, 16), dst_ip=u(16, 20), proto=proto, length=tot,
+               ip_id=u(4, 6), ttl=ip[8], tos=ip[1],
+               src_port=u(t, t + 2) if thl else 0, dst_port=u(t + 2, t + 4) if thl else 0,
+               tcp_seq=u(t + 4, t + 8) if thl == 20 else 0, tcp_flags=ip[t + 13] if thl == 20 else 0,
+               tcp_window=u(t + 14, t + 16) if thl == 20 else 0, hdr_len=keep, header=bytes(header))
+    return "v4", row
+
+
+def rows_to_batch(rows) -> PacketBatch:
+    cols = {name: np.array([r[name] for r in rows], dtype=np.uint64).astype(dt)
+            for name, dt in COLUMN_DTYPES.items()}
+    cols["header"] = np.frombuffer(b"".join(r["header"] for r in rows), np.uint8).reshape(-1, HEADER_BYTES)
+    return PacketBatch.from_columns(**cols)
+
+
+def scapy_records(path):
+    """(frame bytes, linktype, ts_ns, caplen < wirelen) per record, via scapy's raw readers."""
+    from scapy.utils import RawPcapNgReader, RawPcapReader
+
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"\x0a\x0d\x0d\x0a":
+        with RawPcapNgReader(str(path)) as r:
+            for frame, m in r:
+                units = (m.tshigh << 32) | m.tslow
+                yield frame, m.linktype, units * 10**9 // m.tsresol, len(frame) < m.wirelen
+    else:
+        with RawPcapReader(str(path)) as r:
+            scale = 1 if r.nano else 1000
+            for frame, m in r:
+                yield frame, r.linktype, m.sec * 10**9 + m.usec * scale, m.caplen < m.wirelen
+
+
+def reference(path):
+    """(expected batch, expected ReadStats counters) from scapy records + ``ref_frame``."""
+    rows, counts = [], dict(packets_read=0, ipv4=0, ipv6_skipped=0, other_skipped=0, truncated_records=0)
+    for frame, lt, ts, cut in scapy_records(path):
+        kind, row = ref_frame(frame, lt, ts)
+        counts["packets_read"] += 1
+        counts["truncated_records"] += cut
+        counts[{"v4": "ipv4", "v6": "ipv6_skipped", "other": "other_skipped"}[kind]] += 1
+        if row:
+            rows.append(row)
+    return rows_to_batch(rows), counts
+
+
+def read_all(path, batch_size=65536, stats=None) -> PacketBatch:
+    return PacketBatch.concat(read_capture(path, batch_size=batch_size, stats=stats))
+
+
+def assert_same(got: PacketBatch, want: PacketBatch):
+    assert len(got) == len(want)
+    for name in got.columns():
+        a, b = getattr(got, name), getattr(want, name)
+        bad = np.flatnonzero((a != b).reshape(len(a), -1).any(axis=1)) if len(a) else []
+        assert len(bad) == 0, f"column {name}: {len(bad)} rows differ, first at {bad[0]}: {a[bad[0]]} != {b[bad[0]]}"
+
+
+def check_against_scapy(path, batch_size=65536):
+    stats = ReadStats()
+    got = read_all(path, batch_size, stats)
+    want, counts = reference(path)
+    assert_same(got, want)
+    for key, value in counts.items():
+        assert getattr(stats, key) == value, key
+    return got, stats
+
+
+# ------------------------------------------------------------------------- real traces
+@needs_traces
+@pytest.mark.needs_traces
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
+def test_real_trace_matches_scapy(path):
+    """Every file in ../shared/traces: all columns equal, all counters equal (about 2 s in all)."""
+    got, stats = check_against_scapy(path, batch_size=4096)
+    assert stats.ipv4 == len(got) > 0
+    if path.name.startswith("ndpi"):
+        assert stats.ipv6_skipped > 5000  # the nDPI mix has IPv6
+
+
+@needs_traces
+@pytest.mark.needs_traces
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
+def test_real_trace_matches_scapy_layers(path):
+    """Independent decode with scapy's layers on the first 1500 fully captured IPv4 packets."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+
+    got = read_all(path)
+    i = checked = 0
+    for frame, lt, ts, cut in scapy_records(path):
+        if checked >= 1500:
+            break
+        kind, _ = ref_frame(frame, lt, ts)
+        if kind != "v4":
+            continue
+        pkt = Ether(frame)
+        off, _ = _link(frame, lt)
+        if IP in pkt and not cut and len(frame) - off >= pkt[IP].len:
+            ip = pkt[IP]
+            assert got.src_ip[i] == int.from_bytes(bytes(map(int, ip.src.split("."))), "big")
+            assert got.dst_ip[i] == int.from_bytes(bytes(map(int, ip.dst.split("."))), "big")
+            assert (got.proto[i], got.length[i], got.ip_id[i], got.ttl[i], got.tos[i]) == (
+                ip.proto, ip.len, ip.id, ip.ttl, ip.tos)
+            l4 = ip.payload
+            if ip.frag == 0 and isinstance(l4, (TCP, UDP)):
+                assert (got.src_port[i], got.dst_port[i]) == (l4.sport, l4.dport)
+            if ip.frag == 0 and isinstance(l4, TCP):
+                assert (got.tcp_seq[i], got.tcp_window[i], got.tcp_flags[i]) == (
+                    l4.seq, l4.window, int(l4.flags) & 0xFF)
+            assert got.ts_ns[i] == ts
+            checked += 1
+        i += 1
+    assert checked > 0
+
+
+@needs_traces
+@pytest.mark.needs_traces
+def test_real_trace_pcapng_and_gzip_equal_pcap(tmp_path):
+    src = TRACES / "slips_test-cc-capture-1.pcap"
+    want = read_all(src)
+    ng = tmp_path / "slips.pcapng"
+    ng.write_bytes(to_pcapng(scapy_records(src)))
+    assert_same(read_all(ng, batch_size=1000), want)
+    gz = tmp_path / "slips.anything"
+    gz.write_bytes(gzip.compress(src.read_bytes(), compresslevel=1))
+    stats = ReadStats()
+    assert_same(read_all(gz, batch_size=3000, stats=stats), want)
+    assert stats.compressed and stats.format == "pcap"
+
+
+# ------------------------------------------------------------------------- generated captures
+LINKS = ["ethernet", "vlan", "raw", "ipv4", "sll", "sll2", "null"]
+
+
+@pytest.mark.parametrize("link", LINKS)
+@pytest.mark.parametrize("byteorder,nanosecond", [("little", False), ("big", True), ("big", False)])
+def test_generated_matches_scapy(tmp_path, link, byteorder, nanosecond):
+    path = tmp_path / f"g_{link}.pcap"
+    generate_capture(path, packets=1500, flows=150, seed=11, link=link, byteorder=byteorder,
+                     nanosecond=nanosecond, ipv6_rate=0.05, ip_options_rate=0.1, frag_rate=0.05,
+                     snaplen=72)
+    got, stats = check_against_scapy(path, batch_size=500)
+    assert stats.format == ("pcap-ns" if nanosecond else "pcap")
+    assert stats.short_headers > 0  # snaplen 72 cuts some option-heavy headers
+
+
+@pytest.mark.parametrize("link", ["ethernet", "sll2", "raw"])
+@pytest.mark.parametrize("byteorder", ["little", "big"])
+def test_pcapng_equals_pcap(tmp_path, link, byteorder):
+    kw = dict(packets=2000, flows=100, seed=5, link=link, byteorder=byteorder, nanosecond=True,
+              ipv6_rate=0.03)
+    generate_capture(tmp_path / "a.pcap", **kw)
+    generate_capture(tmp_path / "a.pcapng", format="pcapng", **kw)
+    a = read_all(tmp_path / "a.pcap")
+    b = read_all(tmp_path / "a.pcapng", batch_size=333)
+    assert_same(b, a)
+    check_against_scapy(tmp_path / "a.pcapng")
+
+
+def test_gzip_both_formats(tmp_path):
+    for fmt in ("pcap", "pcapng"):
+        p = tmp_path / f"x.{fmt}"
+        generate_capture(p, packets=3000, flows=200, seed=2, format=fmt)
+        gz = tmp_path / f"x.{fmt}.gz"
+        gz.write_bytes(gzip.compress(p.read_bytes()))
+        assert_same(read_all(gz, batch_size=700), read_all(p))
+
+
+def test_gzip_window_slides(tmp_path, monkeypatch):
+    """A tiny decompression window forces refills and growth mid-record."""
+    from telesketch.traces import pcap
+
+    monkeypatch.setattr(pcap.ByteSource, "WINDOW", 64)
+    for fmt in ("pcap", "pcapng"):
+        p = tmp_path / f"w.{fmt}"
+        generate_capture(p, packets=400, flows=40, seed=9, format=fmt, snaplen=1600)
+        gz = tmp_path / f"w.{fmt}.gz"
+        gz.write_bytes(gzip.compress(p.read_bytes()))
+        assert_same(read_all(gz, batch_size=64), read_all(p))
+
+
+def test_batches_are_bounded_and_concat_equal(tmp_path):
+    p = tmp_path / "b.pcap"
+    generate_capture(p, packets=1000, flows=50, seed=1)
+    sizes = [len(b) for b in read_capture(p, batch_size=128)]
+    assert max(sizes) == 128 and sum(sizes) == 1000
+    assert read_all(p, batch_size=1).equals(read_all(p))
+    with pytest.raises(ValueError):
+        next(read_capture(p, batch_size=0))
+
+
+# ------------------------------------------------------------------------- hand-built pcapng
+def _block(bo, btype, body):
+    body += bytes(-len(body) % 4)
+    n = 12 + len(body)
+    return struct.pack(bo + "II", btype, n) + body + struct.pack(bo + "I", n)
+
+
+def _shb(bo):
+    return _block(bo, 0x0A0D0D0A, struct.pack(bo + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+
+
+def _idb(bo, linktype, snaplen=0, tsresol=None, tsoffset=None):
+    opts = b""
+    if tsresol is not None:
+        opts += struct.pack(bo + "HHB3x", 9, 1, tsresol)
+    if tsoffset is not None:
+        opts += struct.pack(bo + "HHq", 14, 8, tsoffset)
+    if opts:
+        opts += struct.pack(bo + "HH", 0, 0)
+    return _block(bo, 1, struct.pack(bo + "HHI", linktype, 0, snaplen) + opts)
+
+
+def _epb(bo, ifid, units, frame, wirelen=None, opts=b""):
+    body = struct.pack(bo + "IIIII", ifid, units >> 32, units & 0xFFFFFFFF, len(frame),
+                       wirelen or len(frame)) + frame + bytes(-len(frame) % 4) + opts
+    return _block(bo, 6, body)
+
+
+def to_pcapng(records, bo="<"):
+    """Plain pcapng writer for tests: one interface (us), EPBs with options, skipped extra blocks."""
+    out, lt_seen = [_shb(bo)], None
+    for k, (frame, lt, ts, cut) in enumerate(records):
+        if lt_seen is None:
+            out.append(_idb(bo, lt, snaplen=0, tsresol=6))
+            lt_seen = lt
+        opts = struct.pack(bo + "HHI", 2, 4, 1) + struct.pack(bo + "HH", 0, 0) if k % 3 == 0 else b""
+        out.append(_epb(bo, 0, ts // 1000, frame, len(frame) + cut, opts))
+        if k % 50 == 0:
+            out.append(_block(bo, 5, bytes(20)))  # interface statistics: skipped
+    return b"".join(out)
+
+
+def _tcp_frame(src_ip, sport, seq):
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 40, 7, 0, 64, 6, 0, src_ip.to_bytes(4, "big"), bytes(4))
+    tcp = struct.pack(">HHIIBBHHH", sport, 80, seq, 0, 0x50, 0x10, 1000, 0, 0)
+    return b"\x00" * 12 + b"\x08\x00" + ip + tcp
+
+
+def test_pcapng_sections_interfaces_resolutions(tmp_path):
+    """Two sections of different byte order, several interfaces and resolutions, SPB, unknown blocks."""
+    f = [_tcp_frame(0x0A000001 + k, 1000 + k, k) for k in range(6)]
+    raw_ip = f[5][14:]
+    data = (
+        _shb("<") + _idb("<", 1, tsresol=6) + _idb("<", 1, tsresol=9, tsoffset=100)
+        + _epb("<", 0, 1_600_000_000_123456, f[0]) + _epb("<", 1, 5, f[1])
+        + _block("<", 4, bytes(8)) + _block("<", 0x40000BAD, b"custom")
+        + _shb(">") + _idb(">", 1, snaplen=60, tsresol=0x80 | 20) + _idb(">", 101, tsresol=3)
+        + _epb(">", 0, (3 << 20) + (1 << 19), f[2]) + _block(">", 3, struct.pack(">I", len(f[3])) + f[3])
+        + _epb(">", 1, 42, raw_ip)
+    )
+    p = tmp_path / "multi.pcapng"
+    p.write_bytes(data)
+    stats = ReadStats()
+    b = read_all(p, batch_size=2, stats=stats)
+    assert list(b.src_ip) == [0x0A000001, 0x0A000002, 0x0A000003, 0x0A000004, 0x0A000006]
+    assert list(b.ts_ns) == [1_600_000_000_123_456_000, 100 * 10**9 + 5, 3 * 10**9 + 5 * 10**8, 0, 42 * 10**6]
+    assert list(b.src_port) == [1000, 1001, 1002, 1003, 1005] and list(b.tcp_seq) == [0, 1, 2, 3, 5]
+    assert stats.link_types == [1, 1, 1, 101] and stats.packets_read == 5
+
+
+def test_pcapng_bad_interface_and_unknown_link(tmp_path):
+    f = _tcp_frame(0x0A000001, 1, 1)
+    p = tmp_path / "x.pcapng"
+    p.write_bytes(_shb("<") + _idb("<", 1) + _epb("<", 0, 1, f) + _epb("<", 3, 2, f))
+    got = []
+    with pytest.raises(CaptureError, match=r"interface.*offset \d+"):
+        for b in read_capture(p):
+            got.append(b)
+    assert sum(map(len, got)) == 1
+    p.write_bytes(_shb("<") + _idb("<", 147))
+    with pytest.raises(CaptureError, match="link type 147"):
+        read_all(p)
+
+
+def _pcap_file(frames, linktype=1, bo="<", snaplen=65535):
+    out = [struct.pack(bo + "IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)]
+    for k, (frame, wirelen) in enumerate(frames):
+        out.append(struct.pack(bo + "IIII", 1_700_000_000 + k, 999_999, len(frame), wirelen) + frame)
+    return b"".join(out)
+
+
+def test_encapsulations_and_edge_frames(tmp_path):
+    """PPPoE, MPLS, QinQ/0x9100, IP options, fragments, ICMP, Ethernet padding, cut headers."""
+    mac = bytes(12)
+    tcp = _tcp_frame(0xC0A80001, 4242, 99)[14:]
+    opts_ip = bytearray(tcp[:20] + b"\x94\x04\x00\x00" + tcp[20:])
+    opts_ip[0], opts_ip[3] = 0x46, 44
+    frag = bytearray(tcp)
+    frag[6:8] = (0x2000 | 185).to_bytes(2, "big")
+    icmp = bytearray(tcp)
+    icmp[9] = 1
+    udp = bytearray(tcp[:20] + struct.pack(">HHHH", 53, 5353, 8, 0))
+    udp[3], udp[9] = 28, 17
+    frames = [
+        mac + b"\x88\x64" + bytes([0x11, 0, 0, 1]) + struct.pack(">HH", len(tcp) + 2, 0x21) + tcp,
+        mac + b"\x88\x64" + bytes(6) + b"\x00\x57" + bytes(40),               # PPPoE IPv6
+        mac + b"\x88\x47" + bytes([0, 1, 0, 64, 0, 2, 1, 64]) + tcp,           # MPLS, 2 labels
+        mac + b"\x91\x00\x00\x05\x81\x00\x00\x06\x08\x00" + bytes(opts_ip),  # 0x9100 + 802.1Q
+        mac + b"\x08\x00" + bytes(frag),
+        mac + b"\x08\x00" + bytes(icmp),
+        mac + b"\x08\x00" + bytes(udp) + b"\xee" * 18,                         # padding past tot-len
+        mac + b"\x08\x00" + tcp[:30],                                           # cut inside TCP
+        mac + b"\x08\x00" + b"\x45",                                           # one IP byte
+        mac + b"\x08\x00",                                                      # no IP byte: other
+        mac + b"\x08\x00" + b"\x43" + bytes(30),                               # IHL 3: other
+        mac[:5],                                                                  # runt: other
+        mac + b"\x08\x06" + bytes(28),                                          # ARP
+    ]
+    p = tmp_path / "edge.pcap"
+    p.write_bytes(_pcap_file([(f, len(f) + 10) for f in frames]))
+    got, stats = check_against_scapy(p, batch_size=3)
+    assert (stats.ipv4, stats.ipv6_skipped, stats.other_skipped) == (8, 1, 4)
+    assert list(got.src_port) == [4242, 4242, 4242, 0, 0, 53, 4242, 0]
+    assert list(got.hdr_len) == [40, 40, 40, 20, 20, 28, 40, 20]
+    assert got.header[2, 20:24].tolist() == [0x94, 4, 0, 0] and got.header[2, 24:26].tolist() == [0x10, 0x92]
+    assert got.header[5, 28:].sum() == 0  # UDP: nothing after the 8-byte header, padding ignored
+    assert got.tcp_window[6] == 0 and got.tcp_seq[6] == 99  # cut after byte 30 of the datagram
+    assert stats.short_headers == 2 and stats.truncated_records == 13
+
+
+# ------------------------------------------------------------------------- errors
+def test_unknown_link_type_named(tmp_path):
+    p = tmp_path / "wifi.pcap"
+    p.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 127))
+    with pytest.raises(CaptureError, match=r"link type 127 \(IEEE802_11_RADIOTAP\)"):
+        read_all(p)
+
+
+@pytest.mark.parametrize("content", [b"", b"\xd4\xc3", b"hello world, not a capture", gzip.compress(b"plain text")])
+def test_not_a_capture(tmp_path, content):
+    p = tmp_path / "junk.bin"
+    p.write_bytes(content)
+    with pytest.raises(CaptureError):
+        read_all(p)
+
+
+def test_corrupt_gzip(tmp_path):
+    p = tmp_path / "c.pcap"
+    generate_capture(p, packets=2000, flows=100, seed=4)
+    z = bytearray(gzip.compress(p.read_bytes()))
+    z[len(z) // 2] ^= 0xFF
+    (tmp_path / "c.gz").write_bytes(bytes(z))
+    with pytest.raises(CaptureError):
+        read_all(tmp_path / "c.gz")
+
+
+def test_huge_caplen_is_named(tmp_path):
+    p = tmp_path / "h.pcap"
+    generate_capture(p, packets=10, flows=2, seed=4)
+    data = bytearray(p.read_bytes())
+    data[24 + 8:24 + 12] = struct.pack("<I", 0x7FFFFFFF)
+    p.write_bytes(bytes(data))
+    with pytest.raises(CaptureError, match=r"offset 24\b.*2147483647"):
+        read_all(p)
+
+
+# ------------------------------------------------------------------------- fuzzing
+def _small_capture(fmt: str, byteorder: str) -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / f"s.{fmt}"
+        generate_capture(p, packets=40, flows=6, seed=3, format=fmt, byteorder=byteorder,
+                         link="vlan", ipv6_rate=0.1, ip_options_rate=0.2, snaplen=96)
+        return p.read_bytes()
+
+
+SMALL = {(fmt, bo): _small_capture(fmt, bo) for fmt in ("pcap", "pcapng") for bo in ("little", "big")}
+
+
+def _layout(data: bytes, fmt: str, bo: str):
+    """(end offsets of packet records/blocks, end offsets of every block, end of the file header)."""
+    o = "<" if bo == "little" else ">"
+    pkt_ends, all_ends, pos = [], [], 24 if fmt == "pcap" else 0
+    header_end = 24 if fmt == "pcap" else None
+    if fmt == "pcap":
+        all_ends.append(pos)
+    while pos < len(data):
+        if fmt == "pcap":
+            pos += 16 + struct.unpack_from(o + "I", data, pos + 8)[0]
+            pkt_ends.append(pos)
+        else:
+            btype, blen = struct.unpack_from(o + "II", data, pos)
+            if btype in (3, 6) and header_end is None:
+                header_end = pos
+            pos += blen
+            if btype in (3, 6):
+                pkt_ends.append(pos)
+        all_ends.append(pos)
+    return pkt_ends, all_ends, header_end
+
+
+def _read_until_error(data: bytes):
+    """(rows read, CaptureError or None); any other exception propagates and fails the test."""
+    with tempfile.NamedTemporaryFile(suffix=".cap") as f:
+        f.write(data)
+        f.flush()
+        batches, err = [], None
+        try:
+            for b in read_capture(f.name, batch_size=7):
+                batches.append(b)
+        except CaptureError as exc:
+            err = exc
+        return PacketBatch.concat(batches), err
+
+
+def _reference_rows(data: bytes):
+    with tempfile.NamedTemporaryFile(suffix=".cap") as f:
+        f.write(data)
+        f.flush()
+        return reference(f.name)[0]
+
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+KINDS = st.sampled_from(sorted(SMALL))
+
+
+def _expected_prefix(data: bytes, upto: int) -> PacketBatch:
+    """Reference rows of the packet records that end at or before ``upto`` (header intact)."""
+    return _reference_rows(data[:upto])
+
+
+@FUZZ
+@given(kind=KINDS, frac=st.floats(0, 1))
+def test_truncated_file_yields_prefix_then_error(kind, frac):
+    data = SMALL[kind]
+    cut = int(len(data) * frac)
+    got, err = _read_until_error(data[:cut])
+    pkt_ends, all_ends, header_end = _layout(data, *kind)
+    done = [e for e in pkt_ends if e <= cut]
+    want = _expected_prefix(data, done[-1]) if done else PacketBatch.empty()
+    assert_same(got, want)
+    if cut in all_ends:
+        assert err is None
+    else:
+        assert err is not None and ("offset" in str(err) or "too short" in str(err))
+
+
+@FUZZ
+@given(kind=KINDS, flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), min_size=1, max_size=4))
+def test_byte_flips_give_packets_or_capture_error(kind, flips):
+    intact = SMALL[kind]
+    data = bytearray(intact)
+    first = len(data)
+    for where, mask in flips:
+        i = min(int(where * len(data)), len(data) - 1)
+        data[i] ^= mask
+        first = min(first, i)
+    got, err = _read_until_error(bytes(data))
+    pkt_ends, _, header_end = _layout(intact, *kind)
+    done = [e for e in pkt_ends if e <= first]
+    if done and first >= header_end:
+        # every record that ends before the first damaged byte reads exactly as in the intact file
+        want = _expected_prefix(intact, done[-1])
+        assert len(got) >= len(want)
+        assert_same(got[: len(want)], want)
+    if err is None and kind[0] == "pcap":
+        # no error: the same rows as scapy's record walk + the reference decoder
+        assert_same(got, _reference_rows(bytes(data)))
+
+
+@FUZZ
+@given(data=st.binary(min_size=0, max_size=300), kind=KINDS)
+def test_garbage_after_valid_header(data, kind):
+    head = SMALL[kind][: (24 if kind[0] == "pcap" else 28 + 20)]
+    got, err = _read_until_error(head + data)
+    assert err is None or isinstance(err, CaptureError)
+    assert all(len(getattr(got, c)) == len(got) for c in got.columns())
