@@ -1,0 +1,939 @@
+"""GapFilter: per-packet flow-gap detection (spec: ``shared/specs/gapfilter.md``).
+
+Three sketches share one interface:
+
+* :class:`GapFilterSO`  speed-optimised: 4 ``uint16`` lanes per bucket, similarity absorption (§5.3);
+* :class:`GapFilterAO`  accuracy-optimised: 8 ``(fp, seq)`` lanes, suspect + civilian lanes (§5.4);
+* :class:`GapFilterStraw`  the Straw-man baseline: exact per-flow state in a cuckoo table (§5.2).
+
+``update(batch)`` returns ``bool[n]``: packet ``i`` arrives after a *major gap* of its flow (its SEQ
+jumped by ``d`` with ``T1 <= d < T2``). Each report is also recorded in a bounded per-epoch event log
+(flow key, jump ``d``, ``ts_ns``) read by :meth:`gap_events` / :meth:`gap_counts`.
+
+Hashing (§3): one seeded 64-bit hash per packet of the 13-byte 5-tuple, ``hashing.hash64_5tuple``
+with the sketch ``seed``; ``idx = h mod n_buckets``, ``off = (h >> 32) & 0xFFFF``,
+``v = (SEQ + off) & 0xFFFF``, ``fp = (h >> 48) mod 2^fp_bits``. The Straw-man uses three hashes of
+the same family with derived seeds (``seed * 1000003 + row``, rows 0/1/2 for ``H_fp, H_1, H_2``;
+``H_1``/``H_2`` hash the 4 little-endian bytes of the 32-bit fingerprint) and a splitmix64 PRNG
+seeded with ``seed``, carried in the serialised state.
+
+Parallel formulation (§8): SO and AO touch one bucket per packet, so a batch is partitioned by
+bucket with a stable, chunked counting sort (CSR segments), buckets are dealt to threads
+longest-first (snake order), and each bucket's packets run in arrival order. The result is
+bit-identical to the serial loop on any number of threads. With one thread (SO) or a small batch
+the serial loop is used directly: same results, no sort. The Straw-man is serial.
+
+GapFilter state is order-dependent and not mergeable (§8): :meth:`merge` raises
+:class:`~telesketch.sketches.core.NotMergeableError`; shards' outputs are unioned instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
+
+from telesketch.hashing import hash64_5tuple, hash64_u32
+from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
+from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
+
+__all__ = [
+    "GapFilterSO",
+    "GapFilterAO",
+    "GapFilterStraw",
+    "GapFilterSOParams",
+    "GapFilterAOParams",
+    "GapFilterStrawParams",
+    "GAP_EVENT_DTYPE",
+    "derive_seed",
+    "keys_to_columns",
+]
+
+#: One recorded gap: the flow's 5-tuple, the SEQ jump ``d`` that was reported, the packet time.
+GAP_EVENT_DTYPE = np.dtype(
+    [
+        ("src_ip", "<u4"),
+        ("dst_ip", "<u4"),
+        ("src_port", "<u2"),
+        ("dst_port", "<u2"),
+        ("proto", "u1"),
+        ("jump", "<i4"),
+        ("ts_ns", "<u8"),
+    ]
+)
+_KEY_FIELDS = ("src_ip", "dst_ip", "src_port", "dst_port", "proto")
+
+#: Batches smaller than this run the serial kernel even with several threads (sort overhead).
+PARALLEL_MIN_ITEMS = 1 << 15
+
+if sys.byteorder != "little":  # GapFilterSO views each 4-lane uint16 row as one uint64
+    raise ImportError("telesketch.sketches.gapfilter needs a little-endian host")
+
+_U64 = np.uint64
+_MASK64 = (1 << 64) - 1
+_SEED_STRIDE = 1000003
+
+
+def derive_seed(seed: int, row: int) -> int:
+    """Seed of the ``row``-th independent hash function derived from ``seed`` (mod 2^64)."""
+    return (int(seed) * _SEED_STRIDE + int(row)) & _MASK64
+
+
+# ============================================================================ parameters
+_SEQ_FIELDS = tuple(n for n, dt in COLUMN_DTYPES.items() if n not in ("hdr_len",) and dt.kind == "u")
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise SketchError(f"{name} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise SketchError(f"{name} must be in [{lo}, {hi}], got {value}")
+
+
+@dataclass(frozen=True)
+class _CommonParams:
+    """Parameters every GapFilter variant shares (spec §2)."""
+
+    memory_bytes: int = 16 * 1024
+    t1: int = 5
+    t2: int = 30
+    seed: int = 0
+    seq_field: str = "ip_id"
+    event_capacity: int = 1 << 16
+
+    def _validate_common(self) -> None:
+        for f in dataclasses.fields(self):  # numpy integers -> int (JSON-serialisable, hashable)
+            value = getattr(self, f.name)
+            if isinstance(value, np.integer):
+                object.__setattr__(self, f.name, int(value))
+        _check_int("memory_bytes", self.memory_bytes, 1, 1 << 40)
+        _check_int("t1", self.t1, 1, (1 << 15) - 1)
+        _check_int("t2", self.t2, 1, (1 << 15) - 1)
+        if not 0 < self.t1 < self.t2 < 2**15:
+            raise SketchError(f"need 0 < t1 < t2 < 32768, got t1={self.t1}, t2={self.t2}")
+        _check_int("seed", self.seed, 0, _MASK64)
+        if self.seq_field not in _SEQ_FIELDS:
+            raise SketchError(f"seq_field must be one of {list(_SEQ_FIELDS)}, got {self.seq_field!r}")
+        _check_int("event_capacity", self.event_capacity, 0, 1 << 40)
+
+    def _check_buckets(self, n: int, minimum: int) -> None:
+        if n < 1:
+            raise SketchError(
+                f"memory_bytes={self.memory_bytes} is too small for {type(self).__name__[:-6]}: "
+                f"need at least {minimum} bytes"
+            )
+
+
+@dataclass(frozen=True)
+class GapFilterSOParams(_CommonParams):
+    """GapFilter-SO: ``n_buckets = memory_bytes // 8`` buckets of 4 ``uint16`` lanes.
+
+    ``so_diff``: ``saturating`` (reference, default) or ``modular`` distance arithmetic (§7.5).
+    """
+
+    so_diff: str = "saturating"
+
+    def __post_init__(self) -> None:
+        self._validate_common()
+        if self.so_diff not in ("saturating", "modular"):
+            raise SketchError(f"so_diff must be 'saturating' or 'modular', got {self.so_diff!r}")
+        self._check_buckets(self.n_buckets, 8)
+
+    @property
+    def n_buckets(self) -> int:
+        return self.memory_bytes // 8
+
+    @property
+    def accounted_bytes(self) -> int:
+        return self.n_buckets * 8
+
+
+@dataclass(frozen=True)
+class GapFilterAOParams(_CommonParams):
+    """GapFilter-AO: buckets of 8 ``(fp, seq)`` lanes, lanes ``[0, suspects)`` are suspects.
+
+    A lane costs ``2 + ceil(fp_bits / 8)`` bytes (``fp_accounting='floor'`` reproduces the
+    reference's ``fp_bits // 8`` for its fingerprint sweep, §4). ``ao_new_flow_pos``:
+    ``last_suspect`` (reference, default) or ``civilian_front`` (§7.3).
+    """
+
+    fp_bits: int = 8
+    suspects: int = 2
+    ao_new_flow_pos: str = "last_suspect"
+    fp_accounting: str = "ceil"
+
+    def __post_init__(self) -> None:
+        self._validate_common()
+        _check_int("fp_bits", self.fp_bits, 0, 16)
+        _check_int("suspects", self.suspects, 0, 8)
+        if self.ao_new_flow_pos not in ("last_suspect", "civilian_front"):
+            raise SketchError(
+                f"ao_new_flow_pos must be 'last_suspect' or 'civilian_front', got {self.ao_new_flow_pos!r}"
+            )
+        if self.fp_accounting not in ("ceil", "floor"):
+            raise SketchError(f"fp_accounting must be 'ceil' or 'floor', got {self.fp_accounting!r}")
+        self._check_buckets(self.n_buckets, 8 * self.lane_bytes)
+
+    @property
+    def lane_bytes(self) -> int:
+        fp_bytes = -(-self.fp_bits // 8) if self.fp_accounting == "ceil" else self.fp_bits // 8
+        return 2 + fp_bytes
+
+    @property
+    def n_buckets(self) -> int:
+        return self.memory_bytes // (8 * self.lane_bytes)
+
+    @property
+    def accounted_bytes(self) -> int:
+        return self.n_buckets * 8 * self.lane_bytes
+
+
+@dataclass(frozen=True)
+class GapFilterStrawParams(_CommonParams):
+    """Straw-man: ``nb = (memory_bytes // 6) // 4`` buckets of 4 ``(fp u32, seq u16)`` cells in two
+    halves of ``bb = nb // 2``; ``straw_reset`` is the wrap-reset threshold (§5.2, default 100)."""
+
+    straw_reset: int = 100
+
+    def __post_init__(self) -> None:
+        self._validate_common()
+        _check_int("straw_reset", self.straw_reset, 1, 1 << 16)
+        self._check_buckets(self.half_buckets, 48)
+
+    @property
+    def n_buckets(self) -> int:
+        return (self.memory_bytes // 6) // 4
+
+    @property
+    def half_buckets(self) -> int:
+        return self.n_buckets // 2
+
+    @property
+    def accounted_bytes(self) -> int:
+        return 2 * self.half_buckets * 4 * 6
+
+
+# ============================================================================ scalar helpers
+@nb.njit(nb.int64(nb.int64), cache=True, nogil=True, inline="always")
+def _s16(x):
+    """``x mod 2^16`` read as a signed 16-bit value."""
+    return ((x + 32768) & 0xFFFF) - 32768
+
+
+@nb.njit(nb.int64(nb.int64, nb.int64), cache=True, nogil=True, inline="always")
+def _sat_diff(a, b):
+    """``sat16(s16(a) - s16(b))``: the reference's saturating int16 subtraction."""
+    d = _s16(a) - _s16(b)
+    if d > 32767:
+        return 32767
+    if d < -32768:
+        return -32768
+    return d
+
+
+@intrinsic
+def _mulhi64(typingctx, a, b):
+    """High 64 bits of the 128-bit product ``a * b`` (one ``mul`` instruction)."""
+    sig = types.uint64(types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        wide = ir.IntType(128)
+        product = builder.mul(builder.zext(args[0], wide), builder.zext(args[1], wide))
+        return builder.trunc(builder.lshr(product, ir.Constant(wide, 64)), ir.IntType(64))
+
+    return sig, codegen
+
+
+def mod_magic(divisor: int) -> np.uint64:
+    """Reciprocal ``floor((2^64 - 1) / divisor)`` for :func:`_fastmod`."""
+    return np.uint64(_MASK64 // int(divisor))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _fastmod(h, divisor, magic):
+    """Exactly ``h % divisor`` (``uint64``) via a multiply-high estimate and at most a few
+    two corrections: a 64-bit division costs tens of cycles and dominated the per-item cost."""
+    r = h - _mulhi64(h, magic) * divisor  # the estimate is low by at most 2 (magic >= 2^64/d - 1)
+    r = r - divisor if r >= divisor else r  # branch-free corrections (selects, not jumps)
+    return r - divisor if r >= divisor else r
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _rotated_item(h, seq, n_buckets, magic, fp_mask):
+    """``(idx, v | fp << 16)`` of an item from its 64-bit hash and raw SEQ (§3)."""
+    idx = np.int64(_fastmod(h, _U64(n_buckets), magic))
+    off = np.int64((h >> _U64(32)) & _U64(0xFFFF))
+    fp = np.int64((h >> _U64(48)) & _U64(fp_mask))
+    v = (np.int64(seq) + off) & 0xFFFF
+    return idx, v | (fp << 16)
+
+
+# ============================================================================ SO step (§5.3)
+@nb.njit(cache=True, nogil=True, inline="always")
+def _so_step(w, v, t1, t2, modular):
+    """One SO item into a bucket word; returns ``(new_word, report, md)``.
+
+    A bucket (a row of the ``uint16[nb, 4]`` table) is handled as one little-endian ``uint64``
+    (lane ``i`` in bits ``16i..16i+15``), so the nearest-lane search and the move-to-front are a
+    few branch-free word operations, and a run of one bucket's items stays in a register.
+    """
+    best_key = np.int64(1 << 40)
+    for i in range(4):
+        x = np.int64((w >> _U64(16 * i)) & _U64(0xFFFF))
+        d = _s16(v - x) if modular else _sat_diff(v, x)
+        # key orders by |d|, then lane (lowest wins ties); its low 16 bits carry d itself
+        best_key = min(best_key, (abs(d) << 19) | (i << 17) | (d + 32768))
+    best = (best_key >> 17) & 3
+    md = (best_key & 0xFFFF) - 32768
+    absorbed = -t2 < md < t2
+    x = np.int64((w >> _U64(16 * best)) & _U64(0xFFFF))
+    keep = x if (absorbed and md <= 0) else v  # absorbed: keep the max; new flow: push v
+    shift = _U64(16 * best) if absorbed else _U64(48)  # new flow: lane 3 is evicted
+    below = w & ((_U64(1) << shift) - _U64(1))
+    above = w & ~((_U64(2) << (shift + _U64(15))) - _U64(1))  # 2 << 63 == 0 for lane 3
+    return above | (below << _U64(16)) | _U64(keep), absorbed and md >= t1, md
+
+
+# ============================================================================ AO step (§5.4)
+_NO_MATCH = 1 << 40
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _ao_step(cells, b, item, sz, t1, t2, civilian_front):
+    """One AO item (``v | fp << 16``) into bucket ``b`` of ``cells`` (``uint32[nb, 8]``, lane =
+    ``seq | fp << 16``, 0 = empty); returns ``(report, md)``. Project-default semantics (fixes A+B).
+
+    Every outcome of §5.4 is one ``move(m -> r)`` with ``m >= r`` that writes ``value`` at lane
+    ``r`` (no move: ``m == r``); the step picks ``(m, r, value)`` and rewrites the 8 lanes once.
+    """
+    v = item & 0xFFFF
+    fp = item >> 16
+    new_cell = np.uint32(item)
+    best_key = np.int64(_NO_MATCH)
+    empty = 8
+    for i in range(7, -1, -1):
+        c = np.int64(cells[b, i])
+        key = abs(_sat_diff(v, c & 0xFFFF)) * 8 + i  # unsigned distance (fix A), lowest lane on ties
+        best_key = min(best_key, key if (c >> 16) == fp else _NO_MATCH)
+        empty = i if c == 0 else empty
+    lane = best_key & 7
+    md = _s16(v - (np.int64(cells[b, lane]) & 0xFFFF)) if best_key < _NO_MATCH else np.int64(0)
+    matched = best_key < _NO_MATCH
+    report = matched & (md >= t1) & (md < t2)  # major gap: promote to suspect head (m=lane, r=0)
+    absorb = matched & (md > -t2) & (md < t1)  # neglect / in order / minor gap (m=lane, r<=sz)
+    hit = absorb | report
+    # new flow: a free suspect slot, else evict (last_suspect: lane 7 -> max(sz-1, 0);
+    # civilian_front: first empty lane or 7 -> min(sz, 7))
+    new_m = empty if empty < sz else (min(empty, 7) if civilian_front else 7)
+    new_r = empty if empty < sz else (min(sz, 7) if civilian_front else max(sz - 1, 0))
+    m = lane if hit else new_m
+    r = (min(lane, sz) if absorb else 0) if hit else new_r  # civilian hit -> civilian front
+    value = cells[b, lane] if (absorb & (md <= 0)) else new_cell  # modular compare (fix B)
+    for i in range(7, -1, -1):  # downward, so lane i - 1 is still the old value
+        shifted = cells[b, max(i - 1, 0)] if r < i <= m else cells[b, i]
+        cells[b, i] = value if i == r else shifted
+    return report, md
+
+
+# ============================================================================ serial kernels
+_BLOCK = 1024  # items hashed ahead of the ordered step loop (keeps the hash pipeline full)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, fp_mask, idx, items):
+    for i in range(start, stop):
+        h = hash64_5tuple(src[i], dst[i], sport[i], dport[i], proto[i], seed)
+        idx[i - start], items[i - start] = _rotated_item(h, seq[i], n_buckets, magic, fp_mask)
+
+
+@nb.njit(cache=True, nogil=True)
+def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, modular, flags, jumps):
+    """Serial SO loop in arrival order (hashing a block ahead); ``flags`` must be zeroed."""
+    idx = np.empty(_BLOCK, np.int64)
+    items = np.empty(_BLOCK, np.int64)
+    n_buckets = words.shape[0]
+    for start in range(0, src.shape[0], _BLOCK):
+        stop = min(src.shape[0], start + _BLOCK)
+        _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, 0, idx, items)
+        for i in range(start, stop):
+            b = idx[i - start]
+            words[b], rep, md = _so_step(words[b], items[i - start], t1, t2, modular)
+            if rep:
+                flags[i] = True
+                jumps[i] = md
+
+
+@nb.njit(cache=True, nogil=True)
+def _ao_serial(cells, src, dst, sport, dport, proto, seq, seed, magic, fp_mask, sz, t1, t2, civ, flags, jumps):
+    """Serial AO loop in arrival order (hashing a block ahead); ``flags`` must be zeroed."""
+    idx = np.empty(_BLOCK, np.int64)
+    items = np.empty(_BLOCK, np.int64)
+    n_buckets = cells.shape[0]
+    for start in range(0, src.shape[0], _BLOCK):
+        stop = min(src.shape[0], start + _BLOCK)
+        _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, fp_mask, idx, items)
+        for i in range(start, stop):
+            rep, md = _ao_step(cells, idx[i - start], items[i - start], sz, t1, t2, civ)
+            if rep:
+                flags[i] = True
+                jumps[i] = md
+
+
+# ============================================================================ parallel kernels
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _hash_stage(src, dst, sport, dport, proto, seq, seed, n_buckets, magic, fp_mask, idx, items):
+    """Per item: bucket ``idx`` (``int32``) and packed ``v | fp << 16`` (``uint32``), in parallel."""
+    for i in prange(src.shape[0]):
+        h = hash64_5tuple(src[i], dst[i], sport[i], dport[i], proto[i], seed)
+        b, item = _rotated_item(h, seq[i], n_buckets, magic, fp_mask)
+        idx[i] = b
+        items[i] = item
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _partition_by_bucket(idx, items, n_buckets, n_chunks):
+    """Stable counting sort by bucket, chunked for threads.
+
+    Returns ``order`` (``int32[n]``: item positions grouped by bucket, arrival order inside a
+    bucket), the items in that order, and CSR ``starts`` (``int64[n_buckets + 1]``).
+    """
+    n = idx.shape[0]
+    chunk = (n + n_chunks - 1) // n_chunks
+    counts = np.zeros((n_chunks, n_buckets), np.int64)
+    for c in prange(n_chunks):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            counts[c, idx[i]] += 1
+    starts = np.empty(n_buckets + 1, np.int64)
+    run = 0
+    for b in range(n_buckets):
+        starts[b] = run
+        for c in range(n_chunks):
+            k = counts[c, b]
+            counts[c, b] = run
+            run += k
+    starts[n_buckets] = run
+    order = np.empty(n, np.int32)
+    sorted_items = np.empty(n, np.uint32)
+    for c in prange(n_chunks):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            b = idx[i]
+            k = counts[c, b]
+            order[k] = i
+            sorted_items[k] = items[i]
+            counts[c, b] = k + 1
+    return order, sorted_items, starts
+
+
+@nb.njit(cache=True, nogil=True)
+def _schedule(starts, n_workers):
+    """Deal non-empty buckets to workers longest-first in snake order (a cheap LPT schedule).
+
+    Returns ``(buckets, worker_starts)``: worker ``w`` owns ``buckets[worker_starts[w]:worker_starts[w+1]]``.
+    """
+    lengths = starts[1:] - starts[:-1]
+    by_length = np.argsort(-lengths, kind="mergesort")
+    n_busy = 0
+    for b in range(lengths.shape[0]):
+        if lengths[b] > 0:
+            n_busy += 1
+    owner = np.empty(n_busy, np.int64)
+    per_worker = np.zeros(n_workers + 1, np.int64)
+    for k in range(n_busy):
+        r, w = k // n_workers, k % n_workers
+        if r % 2 == 1:
+            w = n_workers - 1 - w
+        owner[k] = w
+        per_worker[w + 1] += 1
+    for w in range(n_workers):
+        per_worker[w + 1] += per_worker[w]
+    fill = per_worker[:-1].copy()
+    buckets = np.empty(n_busy, np.int64)
+    for k in range(n_busy):
+        buckets[fill[owner[k]]] = by_length[k]
+        fill[owner[k]] += 1
+    return buckets, per_worker
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _so_segments(words, order, sorted_items, starts, buckets, worker_starts, t1, t2, modular, flags, jumps):
+    """Run each bucket's items in arrival order; workers (threads) own disjoint buckets."""
+    for worker in prange(worker_starts.shape[0] - 1):
+        for k in range(worker_starts[worker], worker_starts[worker + 1]):
+            b = buckets[k]
+            w = words[b]
+            for j in range(starts[b], starts[b + 1]):
+                w, rep, md = _so_step(w, np.int64(sorted_items[j]), t1, t2, modular)
+                if rep:
+                    flags[order[j]] = True
+                    jumps[order[j]] = md
+            words[b] = w
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _ao_segments(cells, order, sorted_items, starts, buckets, worker_starts, sz, t1, t2, civ, flags, jumps):
+    """AO counterpart of :func:`_so_segments`."""
+    for worker in prange(worker_starts.shape[0] - 1):
+        for k in range(worker_starts[worker], worker_starts[worker + 1]):
+            b = buckets[k]
+            for j in range(starts[b], starts[b + 1]):
+                rep, md = _ao_step(cells, b, np.int64(sorted_items[j]), sz, t1, t2, civ)
+                if rep:
+                    flags[order[j]] = True
+                    jumps[order[j]] = md
+
+
+# ============================================================================ Straw-man (§5.2)
+@nb.njit(cache=True, nogil=True, inline="always")
+def _splitmix64(state):
+    """splitmix64: returns ``(output, new_state)``."""
+    state = state + _U64(0x9E3779B97F4A7C15)
+    z = state
+    z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return z ^ (z >> _U64(31)), state
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _fp_hash(fp, seed):
+    """Hash of the fingerprint's 4 little-endian bytes (``hash_bytes(fp.to_bytes(4, 'little'))``)."""
+    swapped = ((fp & 0xFF) << 24) | ((fp & 0xFF00) << 8) | ((fp >> 8) & 0xFF00) | ((fp >> 24) & 0xFF)
+    return hash64_u32(nb.uint32(swapped), seed)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _straw_alt(k, fp, bb, magic, seed1, seed2):
+    if k < bb:
+        return np.int64(_fastmod(_fp_hash(fp, seed2), _U64(bb), magic)) + bb
+    return np.int64(_fastmod(_fp_hash(fp, seed1), _U64(bb), magic))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _straw_place_empty(fps, seqs, k, fp, s):
+    for j in range(4):
+        if fps[k, j] == 0:
+            fps[k, j] = fp
+            seqs[k, j] = s
+            return True
+    return False
+
+
+@nb.njit(cache=True, nogil=True)
+def _straw_serial(fps, seqs, rng, src, dst, sport, dport, proto, seq, seeds, t1, t2, reset, flags, jumps):
+    """Serial Straw-man loop (lookup, insert, up to 8 cuckoo kicks); ``rng[0]`` is the PRNG state."""
+    bb = fps.shape[0] // 2
+    magic = _U64(0xFFFFFFFFFFFFFFFF) // _U64(bb)
+    seed_fp, seed1, seed2 = seeds[0], seeds[1], seeds[2]
+    state = rng[0]
+    for i in range(src.shape[0]):
+        h = hash64_5tuple(src[i], dst[i], sport[i], dport[i], proto[i], seed_fp)
+        fp = np.int64(h & _U64(0xFFFFFFFF))
+        if fp == 0:
+            fp = 1
+        s = np.int64(seq[i])
+        i1 = np.int64(_fastmod(_fp_hash(fp, seed1), _U64(bb), magic))
+        i2 = np.int64(_fastmod(_fp_hash(fp, seed2), _U64(bb), magic)) + bb
+        found = False
+        for bk in (i1, i2):
+            for j in range(4):
+                if fps[bk, j] == fp:
+                    old = np.int64(seqs[bk, j])
+                    d = (s - old) & 0xFFFF
+                    if t1 <= d < t2:
+                        flags[i] = True
+                        jumps[i] = d
+                    if s > old or old - s >= reset:
+                        seqs[bk, j] = s
+                    found = True
+                    break
+            if found:
+                break
+        if found:
+            continue
+        if _straw_place_empty(fps, seqs, i1, fp, s) or _straw_place_empty(fps, seqs, i2, fp, s):
+            continue
+        r, state = _splitmix64(state)
+        k = i2 if r % _U64(2) == 0 else i1
+        cur_fp, cur_s = fp, s
+        for _ in range(8):
+            r, state = _splitmix64(state)
+            j = np.int64(r % _U64(4))
+            vic_fp, vic_s = np.int64(fps[k, j]), np.int64(seqs[k, j])
+            fps[k, j] = cur_fp
+            seqs[k, j] = cur_s
+            cur_fp, cur_s = vic_fp, vic_s
+            k = _straw_alt(k, cur_fp, bb, magic, seed1, seed2)
+            if _straw_place_empty(fps, seqs, k, cur_fp, cur_s):
+                break
+    rng[0] = state
+
+
+# ============================================================================ input helpers
+def keys_to_columns(keys: np.ndarray) -> dict[str, np.ndarray]:
+    """Split ``uint8[n, 13]`` 5-tuple keys into the batch's numeric key columns (big-endian fields)."""
+    keys = np.ascontiguousarray(keys, dtype=np.uint8)
+    if keys.ndim != 2 or keys.shape[1] != FLOW_KEY_BYTES:
+        raise SketchError(f"keys must be uint8[n, {FLOW_KEY_BYTES}], got shape {keys.shape}")
+
+    def field(a: int, b: int, dtype: str) -> np.ndarray:
+        return np.ascontiguousarray(keys[:, a:b]).view(dtype).ravel().astype("<" + dtype[1:])
+
+    return {
+        "src_ip": field(0, 4, ">u4"),
+        "dst_ip": field(4, 8, ">u4"),
+        "src_port": field(8, 10, ">u2"),
+        "dst_port": field(10, 12, ">u2"),
+        "proto": keys[:, 12].copy(),
+    }
+
+
+def _seq_column(batch: PacketBatch, field: str) -> np.ndarray:
+    col = getattr(batch, field)
+    if col.dtype == np.uint16:
+        return col
+    return (col & 0xFFFF).astype(np.uint16)
+
+
+# ============================================================================ event log
+class _EventLog:
+    """Bounded per-epoch log of gap reports: keeps the first ``capacity``, counts the rest."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._chunks: list[np.ndarray] = []
+        self.count = 0
+        self.dropped = 0
+
+    def add(self, events: np.ndarray) -> None:
+        room = self.capacity - self.count
+        if events.shape[0] > room:
+            self.dropped += events.shape[0] - room
+            events = events[:room]
+        if events.shape[0]:
+            self._chunks.append(events)
+            self.count += events.shape[0]
+
+    def events(self) -> np.ndarray:
+        if not self._chunks:
+            return np.zeros(0, GAP_EVENT_DTYPE)
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        return self._chunks[0].copy()
+
+    def clear(self) -> None:
+        self._chunks, self.count, self.dropped = [], 0, 0
+
+
+# ============================================================================ the sketches
+class _GapFilterBase:
+    """Shared plumbing: parameters, event log, epochs, serialisation, the public verbs."""
+
+    ALGORITHM: ClassVar[str]
+    PARAMS: ClassVar[type]
+    STATE_VERSION: ClassVar[int] = 1
+    #: Use the bucket-partitioned path for large batches even with one Numba thread (measured
+    #: faster for AO: a bucket's items run back to back, hot in cache and branch-predictable).
+    PARTITION_ONE_THREAD: ClassVar[bool] = False
+
+    def __init__(self, memory_bytes: int | None = None, *, params=None, **kwargs) -> None:
+        """Build from a params object, or from keyword parameters (see the params dataclass)."""
+        if params is not None:
+            if memory_bytes is not None or kwargs:
+                raise SketchError("give either params= or keyword parameters, not both")
+            if not isinstance(params, self.PARAMS):
+                raise SketchError(f"params must be {self.PARAMS.__name__}, got {type(params).__name__}")
+        else:
+            if memory_bytes is not None:
+                kwargs["memory_bytes"] = memory_bytes
+            names = {f.name for f in dataclasses.fields(self.PARAMS)}
+            unknown = set(kwargs) - names
+            if unknown:
+                raise SketchError(f"unknown {type(self).__name__} parameter(s) {sorted(unknown)}; known: {sorted(names)}")
+            params = self.PARAMS(**kwargs)
+        self.params = params
+        self.epoch = 0
+        self.items_seen = 0
+        self._log = _EventLog(params.event_capacity)
+        self._init_state()
+
+    # ---------------------------------------------------------------- subclass hooks
+    def _init_state(self) -> None:
+        raise NotImplementedError
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def _kernel(self, cols: dict[str, np.ndarray], seq: np.ndarray, flags, jumps, parallel) -> None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def memory_bytes(self) -> int:
+        """Accounted structure size in bytes (spec §4), at most the requested ``memory_bytes``."""
+        return self.params.accounted_bytes
+
+    @property
+    def dropped_events(self) -> int:
+        """Reports this epoch that did not fit in the event log (``event_capacity``)."""
+        return self._log.dropped
+
+    # ---------------------------------------------------------------- updates
+    def update(self, batch: PacketBatch, parallel: bool | None = None) -> np.ndarray:
+        """Process a batch in arrival order; returns ``bool[n]`` (packet opened a major gap).
+
+        ``parallel``: ``None`` picks the bucket-partitioned path for batches of at least
+        ``PARALLEL_MIN_ITEMS`` when Numba has more than one thread (AO: always, see
+        ``PARTITION_ONE_THREAD``); ``True``/``False`` force it. Results are identical either way.
+        """
+        if not isinstance(batch, PacketBatch):
+            raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}")
+        cols = {name: getattr(batch, name) for name in _KEY_FIELDS}
+        return self._update(cols, _seq_column(batch, self.params.seq_field), batch.ts_ns, parallel)
+
+    def update_keys(self, keys: np.ndarray, seq: np.ndarray, ts_ns: np.ndarray | None = None,
+                    parallel: bool | None = None) -> np.ndarray:
+        """Raw entry point: ``uint8[n, 13]`` 5-tuple keys and ``uint16[n]`` SEQ (e.g. a text trace)."""
+        cols = keys_to_columns(keys)
+        seq = np.asarray(seq)
+        if seq.shape != (cols["src_ip"].shape[0],):
+            raise SketchError(f"seq must have shape ({cols['src_ip'].shape[0]},), got {seq.shape}")
+        seq = np.ascontiguousarray(seq & 0xFFFF, dtype=np.uint16) if seq.dtype != np.uint16 else seq
+        if ts_ns is None:
+            ts_ns = np.zeros(seq.shape[0], np.uint64)
+        return self._update(cols, seq, np.asarray(ts_ns, np.uint64), parallel)
+
+    def _update(self, cols, seq, ts_ns, parallel) -> np.ndarray:
+        n = seq.shape[0]
+        flags = np.zeros(n, np.bool_)
+        jumps = np.empty(n, np.int32)  # written (and read) only where flags is True
+        if n:
+            if parallel is None:
+                parallel = n >= PARALLEL_MIN_ITEMS and (nb.get_num_threads() > 1 or self.PARTITION_ONE_THREAD)
+            self._kernel(cols, seq, flags, jumps, bool(parallel))
+            self._record(cols, ts_ns, flags, jumps)
+            self.items_seen += n
+        return flags
+
+    def _record(self, cols, ts_ns, flags, jumps) -> None:
+        hits = np.flatnonzero(flags)
+        if hits.size and self._log.count >= self._log.capacity:
+            self._log.dropped += hits.size  # log full: count only, build nothing
+            return
+        if hits.size:
+            events = np.empty(hits.size, GAP_EVENT_DTYPE)
+            for name in _KEY_FIELDS:
+                events[name] = cols[name][hits]
+            events["jump"] = jumps[hits]
+            events["ts_ns"] = ts_ns[hits]
+            self._log.add(events)
+
+    # ---------------------------------------------------------------- queries and epochs
+    def gap_events(self) -> np.ndarray:
+        """This epoch's recorded reports as a ``GAP_EVENT_DTYPE`` structured array, arrival order."""
+        return self._log.events()
+
+    def gap_counts(self) -> dict[bytes, int]:
+        """This epoch's gap events aggregated per flow: ``{13-byte key: n_reported_items}``."""
+        ev = self._log.events()
+        if not ev.size:
+            return {}
+        keys = np.empty(ev.shape[0], [(n, ">u4" if n.endswith("ip") else ">u2" if n.endswith("port") else "u1")
+                                     for n in _KEY_FIELDS])
+        for name in _KEY_FIELDS:
+            keys[name] = ev[name]
+        unique, counts = np.unique(keys.view(f"V{FLOW_KEY_BYTES}"), return_counts=True)
+        return {k.tobytes(): int(c) for k, c in zip(unique, counts)}
+
+    def reset_events(self) -> None:
+        """Forget the recorded events (and the dropped count); detection state is kept."""
+        self._log.clear()
+
+    def start_epoch(self, epoch: int) -> None:
+        """Begin epoch ``epoch``: clears the event log; detection state carries over (flows persist)."""
+        _check_int("epoch", epoch, 0, 1 << 62)
+        self.epoch = int(epoch)
+        self._log.clear()
+
+    # ---------------------------------------------------------------- contract verbs
+    def merge(self, other) -> None:
+        """Always raises: GapFilter state is order-dependent and cannot be merged (spec §8)."""
+        raise NotMergeableError(
+            f"{type(self).__name__} state is not mergeable (order-dependent buckets, spec §8); "
+            "shard by flow key and union the shards' gap reports instead"
+        )
+
+    def to_bytes(self) -> bytes:
+        """Serialise parameters, detection state, PRNG state, epoch and event log."""
+        arrays = dict(self._state_arrays())
+        arrays["events"] = self._log.events().view(np.uint8).reshape(-1)
+        extra = {"dropped": self._log.dropped, "items_seen": self.items_seen}
+        return pack_state(self.ALGORITHM, self.STATE_VERSION, self.params, arrays, self.epoch, extra)
+
+    @classmethod
+    def from_bytes(cls, data: bytes):
+        """Restore a sketch written by :meth:`to_bytes`; it continues exactly where it stopped."""
+        params_dict, arrays, epoch, extra = unpack_state(data, cls.ALGORITHM, cls.STATE_VERSION)
+        try:
+            params = cls.PARAMS(**params_dict)
+        except TypeError as exc:
+            raise SketchError(f"{cls.ALGORITHM} state has unexpected parameters: {exc}") from None
+        sketch = cls(params=params)
+        events = arrays.pop("events", None)
+        if events is None or events.dtype != np.uint8 or events.size % GAP_EVENT_DTYPE.itemsize:
+            raise SketchError(f"{cls.ALGORITHM} state has a malformed event log")
+        sketch._load_state(arrays)
+        sketch.epoch = int(epoch)
+        sketch.items_seen = int(extra.get("items_seen", 0))
+        if events.size:
+            sketch._log.add(events.view(GAP_EVENT_DTYPE).copy())
+        sketch._log.dropped = int(extra.get("dropped", 0))
+        return sketch
+
+    def _check_arrays(self, arrays: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+        for name, ref in expected.items():
+            got = arrays.get(name)
+            if got is None or got.dtype != ref.dtype or got.shape != ref.shape:
+                raise SketchError(
+                    f"{self.ALGORITHM} state array {name!r} does not fit these parameters "
+                    f"(expected {ref.dtype}{list(ref.shape)}, got "
+                    f"{'nothing' if got is None else f'{got.dtype}{list(got.shape)}'})"
+                )
+        extra = set(arrays) - set(expected)
+        if extra:
+            raise SketchError(f"{self.ALGORITHM} state has unexpected arrays {sorted(extra)}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params}, epoch={self.epoch}, items_seen={self.items_seen})"
+
+
+def _key_args(cols):
+    return cols["src_ip"], cols["dst_ip"], cols["src_port"], cols["dst_port"], cols["proto"]
+
+
+def _partitioned(cols, seq, seed, n_buckets, fp_mask):
+    """Hash in parallel, partition by bucket and schedule: the inputs of the segment kernels."""
+    n = seq.shape[0]
+    idx = np.empty(n, np.int32)
+    items = np.empty(n, np.uint32)
+    _hash_stage(*_key_args(cols), seq, _U64(seed), n_buckets, mod_magic(n_buckets), fp_mask, idx, items)
+    workers = nb.get_num_threads()
+    order, sorted_items, starts = _partition_by_bucket(idx, items, n_buckets, workers)
+    buckets, worker_starts = _schedule(starts, workers)
+    return order, sorted_items, starts, buckets, worker_starts
+
+
+class GapFilterSO(_GapFilterBase):
+    """GapFilter-SO (speed-optimised, §5.3). ``table``: ``uint16[n_buckets, 4]``, lane 0 = most recent
+    (the kernels view each row as one little-endian ``uint64``).
+
+    >>> gf = GapFilterSO(memory_bytes=16 * 1024, seed=1)
+    >>> flags = gf.update(batch)   # bool[n]
+    """
+
+    ALGORITHM = "gapfilter-so"
+    PARAMS = GapFilterSOParams
+
+    def _init_state(self) -> None:
+        self.table = np.zeros((self.params.n_buckets, 4), np.uint16)
+
+    def _state_arrays(self):
+        return {"table": self.table}
+
+    def _load_state(self, arrays):
+        self._check_arrays(arrays, self._state_arrays())
+        self.table = arrays["table"]
+
+    def _kernel(self, cols, seq, flags, jumps, parallel):
+        p = self.params
+        modular = p.so_diff == "modular"
+        words = self.table.view(np.uint64).reshape(-1)  # 4 lanes per word (little-endian host)
+        if not parallel:
+            _so_serial(words, *_key_args(cols), seq, _U64(p.seed), mod_magic(p.n_buckets), p.t1, p.t2,
+                       modular, flags, jumps)
+            return
+        order, items, starts, buckets, wstarts = _partitioned(cols, seq, p.seed, p.n_buckets, 0)
+        _so_segments(words, order, items, starts, buckets, wstarts, p.t1, p.t2, modular, flags, jumps)
+
+
+class GapFilterAO(_GapFilterBase):
+    """GapFilter-AO (accuracy-optimised, §5.4). ``cells``: ``uint32[n_buckets, 8]``, each lane
+    ``seq | fp << 16`` (0 = empty); lanes ``[0, suspects)`` are suspects, the rest civilians (LRU).
+
+    >>> gf = GapFilterAO(memory_bytes=16 * 1024, seed=1)
+    >>> flags = gf.update(batch)   # bool[n]
+    """
+
+    ALGORITHM = "gapfilter-ao"
+    PARAMS = GapFilterAOParams
+    PARTITION_ONE_THREAD = True
+
+    def _init_state(self) -> None:
+        self.cells = np.zeros((self.params.n_buckets, 8), np.uint32)
+
+    @property
+    def seq_lanes(self) -> np.ndarray:
+        """``uint16[n_buckets, 8]``: stored (rotated) SEQ values."""
+        return (self.cells & 0xFFFF).astype(np.uint16)
+
+    @property
+    def fp_lanes(self) -> np.ndarray:
+        """``uint16[n_buckets, 8]``: stored fingerprints."""
+        return (self.cells >> 16).astype(np.uint16)
+
+    def _state_arrays(self):
+        return {"seq": self.seq_lanes, "fp": self.fp_lanes}
+
+    def _load_state(self, arrays):
+        self._check_arrays(arrays, self._state_arrays())
+        if int(arrays["fp"].max(initial=0)) >= 1 << self.params.fp_bits:
+            raise SketchError(f"{self.ALGORITHM} state holds fingerprints wider than fp_bits={self.params.fp_bits}")
+        self.cells = arrays["seq"].astype(np.uint32) | (arrays["fp"].astype(np.uint32) << 16)
+
+    def _kernel(self, cols, seq, flags, jumps, parallel):
+        p = self.params
+        fp_mask = (1 << p.fp_bits) - 1
+        civ = p.ao_new_flow_pos == "civilian_front"
+        if not parallel:
+            _ao_serial(self.cells, *_key_args(cols), seq, _U64(p.seed), mod_magic(p.n_buckets), fp_mask, p.suspects,
+                       p.t1, p.t2, civ, flags, jumps)
+            return
+        order, items, starts, buckets, wstarts = _partitioned(cols, seq, p.seed, p.n_buckets, fp_mask)
+        _ao_segments(self.cells, order, items, starts, buckets, wstarts, p.suspects, p.t1, p.t2, civ,
+                     flags, jumps)
+
+
+class GapFilterStraw(_GapFilterBase):
+    """Straw-man baseline (§5.2): per-flow ``(fp u32, seq u16)`` in a 2-choice, 4-way cuckoo table.
+
+    Serial only (kicks cross buckets and consume one PRNG stream); ``parallel`` is ignored.
+    """
+
+    ALGORITHM = "gapfilter-straw"
+    PARAMS = GapFilterStrawParams
+
+    def _init_state(self) -> None:
+        rows = 2 * self.params.half_buckets
+        self.fps = np.zeros((rows, 4), np.uint32)
+        self.seqs = np.zeros((rows, 4), np.uint16)
+        self.rng = np.array([self.params.seed], np.uint64)
+        self.seeds = np.array([derive_seed(self.params.seed, r) for r in range(3)], np.uint64)
+
+    def _state_arrays(self):
+        return {"fps": self.fps, "seqs": self.seqs, "rng": self.rng}
+
+    def _load_state(self, arrays):
+        self._check_arrays(arrays, self._state_arrays())
+        self.fps, self.seqs, self.rng = arrays["fps"], arrays["seqs"], arrays["rng"]
+
+    def _kernel(self, cols, seq, flags, jumps, parallel):
+        p = self.params
+        _straw_serial(self.fps, self.seqs, self.rng, *_key_args(cols), seq, self.seeds,
+                      p.t1, p.t2, p.straw_reset, flags, jumps)
