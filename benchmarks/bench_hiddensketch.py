@@ -1,0 +1,301 @@
+"""Hidden Sketch benchmark: accuracy, heavy changers, insert throughput and decode time (spec §14).
+
+Workloads are those of the spec's reference table, produced by ``hiddensketch_gen.py`` with the
+spec's arguments into a cache directory (generated on first use). One sketch per window, 4-byte
+keys (bytes 0..3 of each record, the generator's little-endian ``uint32`` view), ``phi = 1e-4``,
+``thresh = trunc(phi * N - 10)`` with the window's actual ``N``, default parameters otherwise.
+
+    .venv/bin/python benchmarks/bench_hiddensketch.py                 # everything (~ a few minutes)
+    .venv/bin/python benchmarks/bench_hiddensketch.py --only accuracy # one part: accuracy | small_ss |
+                                                                      # changers | big | throughput | 5tuple
+
+Metrics per spec §10: P, Rec, F1 of the reported set against ``{k : f > phi * N}``; ARE and AAE
+over true positives; ARE over all true keys (a miss counts 1). Throughput: items/s of
+``update_keys`` over 64 Ki-item batches (hashing included), best of ``--repeat`` runs. Decode:
+wall time of ``decode()`` (enumeration + FS filter + peel + report), warm kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from telesketch.sketches import exact
+from telesketch.sketches.hiddensketch import HiddenSketch
+
+ROOT = Path(__file__).resolve().parent
+GENERATOR = ROOT.parent.parent / "shared" / "tools" / "hiddensketch_gen.py"
+DEFAULT_CACHE = ROOT / ".cache" / "hiddensketch"
+BATCH = 65536
+PHI = 1e-4
+RECORD = np.dtype([("key", "u1", 13), ("ts", "<f8")])
+
+WORKLOADS = {
+    "zipf_a1.0": "--windows 4 --items 2500000 --universe 1000000 --skew 1.0 --drift 0.01 --seed 1",
+    "zipf_a1.2": "--windows 4 --items 2500000 --universe 1000000 --skew 1.2 --drift 0.01 --seed 2",
+    "zipf10m_a1.0": "--windows 1 --items 10000000 --universe 2000000 --skew 1.0 --seed 3",
+    "zipf10m_a1.2": "--windows 1 --items 10000000 --universe 2000000 --skew 1.2 --seed 4",
+}
+
+# spec §14.1: (workload, KiB) -> (F1, P, Rec, ARE_TP, AAE_TP, decode s, note); None = no result
+REF_ACCURACY = {
+    ("zipf_a1.0", 30): None,
+    ("zipf_a1.0", 40): (0.006, 0.40, 0.003, None, None, 38, "decode failed"),
+    ("zipf_a1.0", 45): (0.782, 0.642, 1.0, 0.0895, 34.4, 0.52, ""),
+    ("zipf_a1.0", 50): (0.829, 0.708, 1.0, 0.0760, 29.0, 0.15, ""),
+    ("zipf_a1.0", 55): (0.858, 0.752, 1.0, 0.0655, 25.0, 0.10, ""),
+    ("zipf_a1.0", 80): (0.934, 0.877, 1.0, 0.0369, 13.9, 0.07, ""),
+    ("zipf_a1.0", 120): (0.967, 0.937, 1.0, 0.0201, 7.5, 0.03, ""),
+    ("zipf_a1.2", 25): None,
+    ("zipf_a1.2", 30): (0.830, 0.709, 1.0, 0.0710, 27.9, 0.13, ""),
+    ("zipf_a1.2", 40): (0.937, 0.882, 1.0, 0.0352, 13.8, 0.03, ""),
+    ("zipf_a1.2", 55): (0.973, 0.948, 1.0, 0.0185, 7.1, 0.02, ""),
+    ("zipf_a1.2", 80): (0.986, 0.972, 1.0, 0.0094, 3.6, 0.03, ""),
+    ("zipf_a1.2", 120): (0.994, 0.988, 1.0, 0.0044, 1.6, 0.02, ""),
+}
+# spec §14.1, smaller SS (M = 6144, bf_row_bits = 1500): (workload, KiB) -> (F1, ARE)
+REF_SMALL_SS = {("zipf_a1.2", 30): (0.913, 0.045), ("zipf_a1.0", 40): (0.311, None)}
+# spec §14.2: (workload, KiB) -> (F1, P, ARE_TP, AAE, Mops, decode s)
+REF_BIG = {
+    ("zipf10m_a1.0", 100): (0.853, 0.744, 0.0670, 103, 2.6, 0.12),
+    ("zipf10m_a1.0", 150): (0.920, 0.852, 0.0395, 61, 2.9, 0.06),
+    ("zipf10m_a1.0", 250): (0.961, 0.925, 0.0210, 32, 3.1, 0.05),
+    ("zipf10m_a1.2", 100): (0.961, 0.925, 0.0198, 31, 1.7, 0.03),
+    ("zipf10m_a1.2", 150): (0.978, 0.957, 0.0096, 15, 1.8, 0.03),
+}
+# spec §14.3: insert Mops of the C++ reference at 55 KiB (quiet host, -O2)
+REF_MOPS = {"zipf_a1.0": (4.0, 4.6), "zipf_a1.2": (2.7, 3.1)}
+# spec §14.1 heavy changers at 55 KiB: F1 range per window pair
+REF_HC = {"zipf_a1.0": (0.93, 1.00), "zipf_a1.2": (0.97, 1.00)}
+
+
+# ---------------------------------------------------------------------------- data
+def ensure_workload(name: str, cache: Path) -> Path:
+    path = cache / f"{name}.dat"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, str(GENERATOR), "--out", str(path), *WORKLOADS[name].split()]
+        print("generating:", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    return path
+
+
+def load_windows(path: Path) -> list[dict]:
+    """Per window: ``keys4`` (``uint32[n]``), ``flows`` (``uint8[n, 13]``), and exact counts."""
+    rec = np.fromfile(path, RECORD)
+    window = np.floor(rec["ts"] / 10.0).astype(np.int64)
+    out = []
+    for w in np.unique(window):
+        part = rec[window == w]
+        flows = np.ascontiguousarray(part["key"])
+        keys4 = np.ascontiguousarray(flows[:, :4]).view("<u4").ravel()
+        out.append({"keys4": keys4, "flows": flows, "n": len(keys4)})
+    return out
+
+
+def truth_for(win: dict) -> tuple[dict, dict]:
+    if "truth" not in win:
+        counts = exact.count_dict(win["keys4"])
+        limit = PHI * win["n"]
+        win["truth"] = (counts, {k: c for k, c in counts.items() if c > limit})
+    return win["truth"]
+
+
+# ---------------------------------------------------------------------------- runs
+def run_window(win: dict, memory_kib: int, **kw) -> tuple[HiddenSketch, dict]:
+    keys = win["keys4"]
+    thresh = max(0, int(PHI * win["n"] - 10))
+    sketch = HiddenSketch(memory_bytes=memory_kib * 1024, phi=PHI, thresh=thresh, **kw)
+    start = time.perf_counter()
+    for i in range(0, len(keys), BATCH):
+        sketch.update_keys(keys[i:i + BATCH])
+    insert_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = sketch.decode()
+    decode_s = time.perf_counter() - start
+    counts, true = truth_for(win)
+    est = dict(result.items)
+    acc = exact.set_accuracy(true, est)
+    tp = [k for k in true if k in est]
+    return sketch, {
+        "f1": acc.f1, "p": acc.precision, "rec": acc.recall,
+        "are_tp": exact.are(true, est, tp), "aae_tp": exact.aae(true, est, tp), "are_all": exact.are(true, est),
+        "under": sum(est[k] < counts.get(k, 0) for k in est),
+        "true": len(true), "reported": len(est), "ss_keys": result.n_ss_keys, "cands": result.n_candidates,
+        "after_fs": result.n_after_fs, "ok": result.decode_ok, "overflow": result.overflow,
+        "mops": len(keys) / insert_s / 1e6, "decode_s": decode_s,
+    }
+
+
+def mean(rows: list[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
+
+
+def fmt(x, spec="{:.3f}") -> str:
+    return "–" if x is None else spec.format(x)
+
+
+def accuracy(cache: Path, lines: list[str], seeds: int, small_ss: bool = False) -> None:
+    refs = REF_SMALL_SS if small_ss else REF_ACCURACY
+    kw = dict(cm_bytes=6144, bf_row_bits=1500) if small_ss else {}
+    title = "smaller SS (M = 6144, bf_row_bits = 1500)" if small_ss else "default SS (18,063 B)"
+    lines += [f"\nAccuracy vs memory, {title}; mean over {seeds} hash seeds x windows (ours | reference)\n",
+              "| α | KiB | F1 | F1 range over seeds | P | Rec | ARE (TP) | AAE (TP) | ARE (all) | decode ms | SS keys | cands / after FS | ok windows | ref F1 | ref P | ref ARE | ref decode s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, kib), ref in refs.items():
+        windows = load_cached(name, cache)
+        rows = [run_window(w, kib, seed=seed, **kw)[1] | {"seed": seed} for seed in range(seeds) for w in windows]
+        per_seed = [np.mean([r["f1"] for r in rows if r["seed"] == seed]) for seed in range(seeds)]
+        ok = sum(r["ok"] for r in rows)
+        ovf = sum(r["overflow"] for r in rows)
+        under = sum(r["under"] for r in rows)
+        if small_ss:
+            ref_f1, ref_are = ref
+            ref_cells = [fmt(ref_f1), "", fmt(ref_are), ""]
+        else:
+            ref_cells = ["–", "–", "–", "–"] if ref is None else [fmt(ref[0]), fmt(ref[1]), fmt(ref[3], "{:.4f}"), fmt(ref[5], "{:.2f}")]
+        alpha = name.split("_a")[1]
+        lines.append(
+            f"| {alpha} | {kib} | {mean(rows, 'f1'):.3f} | {min(per_seed):.3f}–{max(per_seed):.3f} | {mean(rows, 'p'):.3f} | {mean(rows, 'rec'):.3f} | "
+            f"{mean(rows, 'are_tp'):.4f} | {mean(rows, 'aae_tp'):.1f} | {mean(rows, 'are_all'):.4f} | "
+            f"{1e3 * mean(rows, 'decode_s'):.0f} | {mean(rows, 'ss_keys'):.0f} | "
+            f"{mean(rows, 'cands'):.0f} / {mean(rows, 'after_fs'):.0f} | {ok}/{len(rows)}"
+            f"{f' ({ovf} overflow)' if ovf else ''}{f' UNDERCOUNT {under}' if under else ''} | " + " | ".join(ref_cells) + " |"
+        )
+        print(lines[-1], flush=True)
+
+
+def changers(cache: Path, lines: list[str]) -> None:
+    lines += ["\nHeavy changers at 55 KiB (thr_c = phi * max(N_prev, N_now)), per window pair\n",
+              "| α | pair | true changers | reported | P | Rec | F1 | ref F1 range |", "|---|---|---|---|---|---|---|---|"]
+    for name in ("zipf_a1.0", "zipf_a1.2"):
+        windows = load_cached(name, cache)
+        sketches = [run_window(w, 55)[0] for w in windows]
+        for i in range(1, len(windows)):
+            true = exact.heavy_changers(windows[i - 1]["keys4"], windows[i]["keys4"], phi=PHI)
+            got = dict(sketches[i].heavy_changers(sketches[i - 1]))
+            acc = exact.set_accuracy(true, got)
+            lo, hi = REF_HC[name]
+            lines.append(f"| {name.split('_a')[1]} | {i - 1}→{i} | {len(true)} | {len(got)} | {acc.precision:.3f} | "
+                         f"{acc.recall:.3f} | {acc.f1:.3f} | {lo:.2f}–{hi:.2f} |")
+            print(lines[-1], flush=True)
+
+
+def big(cache: Path, lines: list[str]) -> None:
+    lines += ["\nOne 10 M-item window, 16-bit FS counters (thresh = 990)\n",
+              "| α | KiB | F1 | P | Rec | ARE (TP) | AAE | insert Mops | decode ms | ok | ref F1 | ref P | ref ARE | ref AAE | ref Mops | ref decode s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, kib), ref in REF_BIG.items():
+        win = load_cached(name, cache)[0]
+        r = run_window(win, kib, fs_counter_bits=16)[1]
+        lines.append(
+            f"| {name.split('_a')[1]} | {kib} | {r['f1']:.3f} | {r['p']:.3f} | {r['rec']:.3f} | {r['are_tp']:.4f} | "
+            f"{r['aae_tp']:.0f} | {r['mops']:.1f} | {1e3 * r['decode_s']:.0f} | {r['ok']} | "
+            + " | ".join([f"{ref[0]:.3f}", f"{ref[1]:.3f}", f"{ref[2]:.4f}", f"{ref[3]}", f"{ref[4]}", f"{ref[5]}"]) + " |"
+        )
+        print(lines[-1], flush=True)
+
+
+def throughput(cache: Path, lines: list[str], repeat: int) -> None:
+    lines += ["\nInsert throughput at 55 KiB (update_keys, 64 Ki batches, hashing included; best of "
+              f"{repeat}) and decode time per window\n",
+              "| α | ours Mops | reference Mops (spec §14.3) | ratio vs ref upper | ours decode ms (max over windows) | SS-path share |",
+              "|---|---|---|---|---|---|"]
+    for name in ("zipf_a1.0", "zipf_a1.2"):
+        windows = load_cached(name, cache)
+        best, decode_ms, share = 0.0, 0.0, []
+        for _ in range(repeat):
+            for w in windows:
+                sketch, r = run_window(w, 55)
+                best = max(best, r["mops"])
+                decode_ms = max(decode_ms, 1e3 * r["decode_s"])
+        for w in windows:
+            s = HiddenSketch(memory_bytes=55 * 1024, phi=PHI, thresh=int(PHI * w["n"] - 10))
+            s.update_keys(w["keys4"])
+            share.append(float(s.cm[0].sum()) / w["n"])
+        lo, hi = REF_MOPS[name]
+        lines.append(f"| {name.split('_a')[1]} | {best:.1f} | {lo}–{hi} | {best / hi:.1f}x | {decode_ms:.0f} | {np.mean(share):.0%} |")
+        print(lines[-1], flush=True)
+
+
+def five_tuple(cache: Path, lines: list[str]) -> None:
+    lines += ["\n13-byte 5-tuple keys (no reference figures; B = 8, bf_row_bits = 2200, M = 10,240), window 0\n",
+              "| α | KiB | F1 | P | Rec | ARE (TP) | SS keys | cands / after FS | ok | decode ms | insert Mops |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ("zipf_a1.0", "zipf_a1.2"):
+        win = load_cached(name, cache)[0]
+        flows = win["flows"]
+        for kib in (128, 160):
+            sketch = HiddenSketch(key="5tuple", memory_bytes=kib * 1024, phi=PHI, thresh=int(PHI * win["n"] - 10))
+            start = time.perf_counter()
+            for i in range(0, len(flows), BATCH):
+                sketch.update_keys(flows[i:i + BATCH])
+            mops = len(flows) / (time.perf_counter() - start) / 1e6
+            start = time.perf_counter()
+            res = sketch.decode()
+            dec = time.perf_counter() - start
+            true = exact.heavy_hitters(flows, phi=PHI)
+            est = dict(res.items)
+            acc = exact.set_accuracy(true, est)
+            tp = [k for k in true if k in est]
+            lines.append(f"| {name.split('_a')[1]} | {kib} | {acc.f1:.3f} | {acc.precision:.3f} | {acc.recall:.3f} | "
+                         f"{exact.are(true, est, tp):.4f} | {res.n_ss_keys} | {res.n_candidates} / {res.n_after_fs} | "
+                         f"{res.decode_ok} | {1e3 * dec:.0f} | {mops:.1f} |")
+            print(lines[-1], flush=True)
+
+
+_LOADED: dict[str, list[dict]] = {}
+
+
+def load_cached(name: str, cache: Path) -> list[dict]:
+    if name not in _LOADED:
+        _LOADED[name] = load_windows(ensure_workload(name, cache))
+    return _LOADED[name]
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import numba
+    return f"{os.cpu_count()} CPUs ({cpu}), numba {numba.__version__}, numpy {np.__version__}, {numba.get_num_threads()} Numba threads"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--only", choices=["accuracy", "small_ss", "changers", "big", "throughput", "5tuple"], action="append")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=3, help="hash seeds averaged in the accuracy tables")
+    args = ap.parse_args()
+    parts = args.only or ["throughput", "accuracy", "small_ss", "changers", "big", "5tuple"]
+    # warm the kernels (compile or load the Numba cache) before timing anything
+    warm = HiddenSketch(thresh=0)
+    warm.update_keys(np.arange(1000, dtype=np.uint32))
+    warm.decode()
+    lines = [f"machine: {machine()}",
+             f"command: .venv/bin/python benchmarks/bench_hiddensketch.py {' '.join(sys.argv[1:])}".rstrip()]
+    print("\n".join(lines), flush=True)
+    for part in parts:
+        {"accuracy": lambda: accuracy(args.cache, lines, args.seeds),
+         "small_ss": lambda: accuracy(args.cache, lines, args.seeds, small_ss=True),
+         "changers": lambda: changers(args.cache, lines),
+         "big": lambda: big(args.cache, lines),
+         "throughput": lambda: throughput(args.cache, lines, args.repeat),
+         "5tuple": lambda: five_tuple(args.cache, lines)}[part]()
+    print("\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

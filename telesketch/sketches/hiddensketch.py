@@ -1,0 +1,1029 @@
+"""Hidden Sketch: heavy hitters and heavy changers with exact key recovery (spec: hiddensketch.md).
+
+Two stages (spec §2):
+
+* **first stage (FS)**: ``fs_rows`` rows of saturating 8- or 16-bit counters; every item updates
+  it and its estimate gates the item: only items whose FS estimate exceeds ``thresh`` go on;
+* **second stage (SS)**: a reversible Bloom filter (per-block *segment bitmaps* plus
+  *partial-key Bloom filters* on a tree of key intervals) and a 3-row ``uint32`` Count-Min.
+
+``decode()`` enumerates candidate keys block by block (Cartesian products of set segment values
+pruned by the Bloom filters, capped by ``max_enum``), drops those the FS calls light, and recovers
+exact SS counts by peeling the Count-Min over the candidate set. The estimate of a reported key is
+``f_SS + thresh`` (one-pass mode, never an under-count) or ``f_SS`` (``mode="two_pass"``, §9).
+
+Key representation. A key is a ``key_bytes``-byte string (4: the source address big-endian; 13:
+the 5-tuple). Bits are numbered LSB-first within each byte (spec §4), so bit ``i`` of the key is
+bit ``i`` of the *little-endian* integer of its bytes. Internally every key (and partial key) is
+that little-endian integer carried as two ``uint64`` words ``(lo, hi)``; a partial key ``[s, e)``
+is ``(key >> s) & (2**(e-s) - 1)``. Hash input is the zero-padded ``key_bytes``-byte buffer of
+that integer (``int.to_bytes(key_bytes, "little")``) through :mod:`telesketch.hashing`, so a full
+4-byte key hashes exactly as ``hashing.hash_u32(address)``.
+
+Hash functions (independent, derived from ``seed``; index ``= hash % width``)::
+
+    h_fs[r]  : seed * 1000003 + 100 + r          h_blk : seed * 1000003 + 200
+    h_cm[r]  : seed * 1000003 + 300 + r          h_bf[j][r] : seed * 1000003 + 1000 + 64 * j + r
+
+Kernels. The FS gate is order-dependent and runs as one serial pass in arrival order (exact
+reference semantics). The SS insert is commutative; it is serial too, with a small per-call cache
+of keys already in the RBF so that repeated heavy keys cost only their 3 CM hashes. ``prange``
+kernels were measured 10x slower than serial on the shared 2-core host (OpenMP threads spinning
+under load), so the kernels are serial and ``nogil``. Decode runs its blocks, which are independent,
+on a thread pool.
+
+Usage::
+
+    hs = HiddenSketch(memory_bytes=55 * 1024, phi=1e-4)
+    hs.update(batch); hs.heavy_hitters()          # [(key, estimate), ...]
+    hs.decode()                                   # HHResult with decode_ok / overflow / counts
+"""
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Hashable, Iterable, Sequence
+
+import numba as nb
+import numpy as np
+
+from telesketch.hashing import hash64_5tuple, hash64_u32
+from telesketch.sketches.core import NotMergeableError, SketchError, check_same_params, pack_state, unpack_state
+
+__all__ = ["HiddenSketch", "HiddenSketchParams", "HHResult", "seed_for"]
+
+ALGORITHM = "hiddensketch"
+STATE_VERSION = 1
+
+_U64 = np.uint64
+_ZERO = np.uint64(0)
+_ONE = np.uint64(1)
+#: "infinite" FS estimate (every row saturated), larger than any threshold.
+FS_INFINITE = np.int64(1) << np.int64(62)
+_SEED_MUL = 1000003
+_SEED_FS, _SEED_BLK, _SEED_CM, _SEED_BF = 100, 200, 300, 1000
+_MAX_BF_ROWS = 64
+_CM_ROWS = 3
+_SKIP_CACHE = 4096  # direct-mapped cache of keys already in the RBF (per update chunk)
+
+# 5-tuple configuration (spec §5.4); B, bf_row_bits and M are this implementation's choice.
+_TREE_13 = ((0, 104), (0, 56), (56, 104), (0, 33), (33, 56), (56, 80), (80, 104), (0, 22))
+_SEGS_13 = (11, 11, 11, 11, 12, 12, 12, 12, 12)
+_ROWS_13 = (10, 12, 12, 12, 12, 12, 12, 12)
+
+
+def seed_for(seed: int, family: int, index: int = 0) -> int:
+    """Seed of one hash function: ``seed * 1000003 + family + index`` (mod 2**64)."""
+    return (int(seed) * _SEED_MUL + family + index) % (1 << 64)
+
+
+# ============================================================================ parameters
+@dataclass(frozen=True)
+class HiddenSketchParams:
+    """Parameters of a Hidden Sketch (spec §3). ``None`` fields take the key type's defaults.
+
+    ``memory_bytes`` is the total; the second stage takes ``ss_bytes`` (spec §5.2) and the first
+    stage the rest. ``thresh`` is the FS gate (an explicit count, or
+    ``trunc(phi * expected_epoch_items - 10)`` clamped at 0). ``key`` is ``"src_ip"`` (4-byte
+    keys) or ``"5tuple"`` (13-byte keys). ``mode`` is ``"one_pass"`` (reference semantics) or
+    ``"two_pass"`` (the mergeable variant of §9).
+    """
+
+    memory_bytes: int | None = None
+    phi: float = 1e-4
+    key: str = "src_ip"
+    thresh: int | None = None
+    expected_epoch_items: int = 2_500_000
+    fs_rows: int = 3
+    fs_counter_bits: int = 8
+    blocks: int | None = None
+    seg_bits: tuple[int, ...] | None = None
+    bf_intervals: tuple[tuple[int, int], ...] | None = None
+    bf_rows: tuple[int, ...] | int | None = None
+    bf_row_bits: tuple[int, ...] | int | None = None
+    cm_bytes: int = 10_240
+    max_enum: int = 1 << 24
+    seed: int = 0
+    mode: str = "one_pass"
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        if self.key not in ("src_ip", "5tuple"):
+            raise SketchError(f"key must be 'src_ip' (4-byte) or '5tuple' (13-byte), got {self.key!r}")
+        wide = self.key == "5tuple"
+        if self.memory_bytes is None:
+            set_("memory_bytes", (128 if wide else 55) * 1024)
+        if self.blocks is None:
+            set_("blocks", 8 if wide else 16)
+        if self.seg_bits is None:
+            set_("seg_bits", _SEGS_13 if wide else (8, 8, 8, 8))
+        if self.bf_intervals is None:
+            set_("bf_intervals", _TREE_13 if wide else ((0, 32), (0, 16), (16, 32)))
+        set_("seg_bits", tuple(int(b) for b in self.seg_bits))
+        set_("bf_intervals", tuple((int(s), int(e)) for s, e in self.bf_intervals))
+        n_bf = len(self.bf_intervals)
+        if self.bf_rows is None:
+            set_("bf_rows", _ROWS_13 if wide else (7,) * n_bf)
+        if self.bf_row_bits is None:
+            set_("bf_row_bits", 2200)
+        for name in ("bf_rows", "bf_row_bits"):
+            value = getattr(self, name)
+            value = (int(value),) * n_bf if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
+            if len(value) != n_bf:
+                raise SketchError(f"{name} needs one entry per Bloom filter ({n_bf}), got {len(value)}")
+            set_(name, value)
+        if self.fs_counter_bits not in (8, 16):
+            raise SketchError(f"fs_counter_bits must be 8 or 16, got {self.fs_counter_bits}")
+        if not 0.0 < self.phi < 1.0:
+            raise SketchError(f"phi must be in (0, 1), got {self.phi}")
+        if self.thresh is None:
+            if self.expected_epoch_items <= 0:
+                raise SketchError(f"expected_epoch_items must be positive, got {self.expected_epoch_items}")
+            set_("thresh", max(0, int(self.phi * self.expected_epoch_items - 10)))
+        set_("thresh", int(self.thresh))
+        self._validate()
+
+    def _validate(self) -> None:
+        cap = (1 << self.fs_counter_bits) - 1
+        if not 0 <= self.thresh < cap:
+            raise SketchError(
+                f"thresh {self.thresh} must be in [0, {cap}) for {self.fs_counter_bits}-bit FS counters "
+                "(use fs_counter_bits=16 or a smaller expected_epoch_items / phi)"
+            )
+        if self.mode not in ("one_pass", "two_pass"):
+            raise SketchError(f"mode must be 'one_pass' or 'two_pass', got {self.mode!r}")
+        if not 1 <= self.fs_rows <= 8:
+            raise SketchError(f"fs_rows must be in [1, 8], got {self.fs_rows}")
+        if not 1 <= self.blocks <= 4096:
+            raise SketchError(f"blocks must be in [1, 4096], got {self.blocks}")
+        if any(not 1 <= b <= 24 for b in self.seg_bits):
+            raise SketchError(f"every segment must have 1..24 bits, got {self.seg_bits}")
+        if sum(self.seg_bits) != 8 * self.key_bytes:
+            raise SketchError(f"seg_bits {self.seg_bits} must sum to {8 * self.key_bytes} (the key length in bits)")
+        if any(not 1 <= r <= _MAX_BF_ROWS for r in self.bf_rows):
+            raise SketchError(f"bf_rows must be in [1, {_MAX_BF_ROWS}], got {self.bf_rows}")
+        if any(b < 1 for b in self.bf_row_bits):
+            raise SketchError(f"bf_row_bits must be positive, got {self.bf_row_bits}")
+        if self.cm_bytes < 4 * _CM_ROWS:
+            raise SketchError(f"cm_bytes must be at least {4 * _CM_ROWS}, got {self.cm_bytes}")
+        if self.max_enum < 1:
+            raise SketchError(f"max_enum must be positive, got {self.max_enum}")
+        if not 0 <= self.seed < 2**32:
+            raise SketchError(f"seed must be in [0, 2**32), got {self.seed}")
+        build_tree(self.bf_intervals, self.seg_bits, 8 * self.key_bytes)
+        if self.fs_bytes <= 0 or self.fs_width < 1:
+            raise SketchError(
+                f"memory_bytes {self.memory_bytes} leaves no room for the first stage: the second stage "
+                f"alone takes {self.ss_bytes} bytes"
+            )
+        if self.fs_width >= 2**31:
+            raise SketchError(f"first stage too wide ({self.fs_width} counters per row)")
+
+    # ------------------------------------------------------------------ derived sizes (spec §5.2)
+    @property
+    def key_bytes(self) -> int:
+        return 13 if self.key == "5tuple" else 4
+
+    @property
+    def ss_bytes(self) -> int:
+        """Second-stage bytes: CM + Bloom filters + segment bitmaps."""
+        bfs = sum(r * b for r, b in zip(self.bf_rows, self.bf_row_bits)) // 8
+        bitmaps = self.blocks * sum(1 << b for b in self.seg_bits) // 8
+        return self.cm_bytes + bfs + bitmaps
+
+    @property
+    def fs_bytes(self) -> int:
+        return self.memory_bytes - self.ss_bytes
+
+    @property
+    def fs_width(self) -> int:
+        """Counters per FS row: ``fs_bytes * 8 // fs_rows // fs_counter_bits``."""
+        return self.fs_bytes * 8 // self.fs_rows // self.fs_counter_bits
+
+    @property
+    def cm_width(self) -> int:
+        """Counters per CM row: ``cm_bytes // 3 // 4``."""
+        return self.cm_bytes // _CM_ROWS // 4
+
+    @property
+    def fs_cap(self) -> int:
+        return (1 << self.fs_counter_bits) - 1
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HiddenSketchParams":
+        d = dict(d)
+        for name in ("seg_bits", "bf_rows", "bf_row_bits"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
+        if d.get("bf_intervals") is not None:
+            d["bf_intervals"] = tuple(tuple(iv) for iv in d["bf_intervals"])
+        return cls(**d)
+
+
+# ============================================================================ interval tree (§5.3)
+@dataclass
+class _Tree:
+    parent: list[int]
+    children: list[list[int]]
+    suffix: list[tuple[int, int]]  # segment index range [lo, hi) covering each node's uncovered suffix
+    post_order: list[int]
+
+
+def build_tree(intervals: Sequence[tuple[int, int]], seg_bits: Sequence[int], key_bits: int) -> _Tree:
+    """Interval tree of the partial-key Bloom filters (spec §5.3), validated; raises SketchError."""
+    if not intervals:
+        raise SketchError("bf_intervals must not be empty")
+    if tuple(intervals[0]) != (0, key_bits):
+        raise SketchError(f"the first bf interval must be the whole key [0, {key_bits}), got {intervals[0]}")
+    bounds = np.concatenate([[0], np.cumsum(seg_bits)]).tolist()
+    n = len(intervals)
+    parent, children = [-1] * n, [[] for _ in range(n)]
+    depth = [0] * n
+    for j in range(1, n):
+        s, e = intervals[j]
+        if not 0 <= s < e <= key_bits:
+            raise SketchError(f"bf interval {intervals[j]} is not a non-empty part of [0, {key_bits})")
+        holders = [i for i in range(j) if intervals[i][0] <= s and e <= intervals[i][1]]
+        if not holders:
+            raise SketchError(f"bf interval {intervals[j]} is not inside any earlier interval")
+        p = max(holders, key=lambda i: (depth[i], i))
+        parent[j], depth[j] = p, depth[p] + 1
+        children[p].append(j)
+    suffix = []
+    for j, (s, e) in enumerate(intervals):
+        pos = s
+        for c in children[j]:
+            if intervals[c][0] != pos:
+                raise SketchError(
+                    f"children of bf interval {intervals[j]} must be contiguous from its start; "
+                    f"{intervals[c]} starts at {intervals[c][0]}, expected {pos}"
+                )
+            pos = intervals[c][1]
+        if pos not in bounds or e not in bounds:
+            raise SketchError(
+                f"the uncovered part [{pos}, {e}) of bf interval {intervals[j]} must consist of whole "
+                f"segments (segment boundaries {bounds})"
+            )
+        suffix.append((bounds.index(pos), bounds.index(e)))
+    post_order: list[int] = []
+
+    def visit(j: int) -> None:
+        for c in children[j]:
+            visit(c)
+        post_order.append(j)
+
+    visit(0)
+    return _Tree(parent, children, suffix, post_order)
+
+
+class _Layout:
+    """Numba-ready arrays derived from the parameters: seeds, segment and Bloom-filter layout, tree."""
+
+    def __init__(self, p: HiddenSketchParams):
+        self.nbytes = p.key_bytes
+        self.fs_seeds = np.array([seed_for(p.seed, _SEED_FS, r) for r in range(p.fs_rows)], np.uint64)
+        self.cm_seeds = np.array([seed_for(p.seed, _SEED_CM, r) for r in range(_CM_ROWS)], np.uint64)
+        self.blk_seed = np.uint64(seed_for(p.seed, _SEED_BLK))
+        starts = np.concatenate([[0], np.cumsum(p.seg_bits)[:-1]])
+        words = [max(1, (1 << b) // 64) for b in p.seg_bits]
+        # seg_layout[i] = (start bit, bits, first word in a block's row)
+        self.seg_layout = np.array(
+            [(int(s), b, int(o)) for s, b, o in zip(starts, p.seg_bits, np.concatenate([[0], np.cumsum(words)[:-1]]))],
+            np.int64,
+        )
+        self.seg_words = int(sum(words))
+        base = np.concatenate([[0], np.cumsum(p.bf_rows)[:-1]])
+        # bf_layout[j] = (start, end, first row, rows, bits per row)
+        self.bf_layout = np.array(
+            [(s, e, int(b), r, w) for (s, e), b, r, w in zip(p.bf_intervals, base, p.bf_rows, p.bf_row_bits)],
+            np.int64,
+        )
+        self.bf_total_rows = int(sum(p.bf_rows))
+        self.bf_words = max((w + 63) // 64 for w in p.bf_row_bits)
+        self.bf_seeds = np.array(
+            [seed_for(p.seed, _SEED_BF, 64 * j + r) for j, rows in enumerate(p.bf_rows) for r in range(rows)],
+            np.uint64,
+        )
+        tree = build_tree(p.bf_intervals, p.seg_bits, 8 * p.key_bytes)
+        self.post_order = np.array(tree.post_order, np.int64)
+        ptr = np.concatenate([[0], np.cumsum([len(c) for c in tree.children])])
+        self.child_ptr = ptr.astype(np.int64)
+        self.child_idx = np.array([c for cs in tree.children for c in cs] or [0], np.int64)
+        self.suffix = np.array(tree.suffix, np.int64).reshape(-1, 2)
+
+
+# ============================================================================ Numba kernels: keys
+@nb.njit(cache=True, nogil=True, inline="always")
+def _bswap32(x):
+    x = x & _U64(0xFFFFFFFF)
+    return (
+        ((x & _U64(0xFF)) << _U64(24))
+        | ((x & _U64(0xFF00)) << _U64(8))
+        | ((x >> _U64(8)) & _U64(0xFF00))
+        | (x >> _U64(24))
+    )
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _bswap64(x):
+    return (_bswap32(x) << _U64(32)) | _bswap32(x >> _U64(32))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _hash_key(lo, hi, nbytes, seed):
+    """Hash of the ``nbytes``-byte little-endian buffer of the integer ``(hi << 64) | lo``."""
+    if nbytes == 4:
+        return hash64_u32(np.uint32(_bswap32(lo)), seed)
+    w0 = _bswap64(lo)  # bytes 0..7 read big-endian
+    w1 = _bswap64(hi)  # bytes 8..12 (13..15 zero)
+    return hash64_5tuple(
+        np.uint32(w0 >> _U64(32)),
+        np.uint32(w0 & _U64(0xFFFFFFFF)),
+        np.uint16(w1 >> _U64(48)),
+        np.uint16((w1 >> _U64(32)) & _U64(0xFFFF)),
+        np.uint8((w1 >> _U64(24)) & _U64(0xFF)),
+        seed,
+    )
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _shr128(lo, hi, s):
+    if s == 0:
+        return lo, hi
+    if s >= 64:
+        return hi >> _U64(s - 64), _ZERO
+    return (lo >> _U64(s)) | (hi << _U64(64 - s)), hi >> _U64(s)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _shl128(lo, hi, s):
+    if s == 0:
+        return lo, hi
+    if s >= 64:
+        return _ZERO, lo << _U64(s - 64)
+    return lo << _U64(s), (hi << _U64(s)) | (lo >> _U64(64 - s))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _low_bits128(lo, hi, nbits):
+    if nbits >= 128:
+        return lo, hi
+    if nbits >= 64:
+        return lo, hi & ((_ONE << _U64(nbits - 64)) - _ONE)
+    return lo & ((_ONE << _U64(nbits)) - _ONE), _ZERO
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _partial(lo, hi, start, end):
+    """Bits ``[start, end)`` of a key moved to positions ``0 .. end-start-1``."""
+    a, b = _shr128(lo, hi, start)
+    return _low_bits128(a, b, end - start)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _bf_query(bf, bf_layout, j, bf_seeds, lo, hi, nbytes):
+    row0, rows, bits = bf_layout[j, 2], bf_layout[j, 3], _U64(bf_layout[j, 4])
+    for r in range(rows):
+        h = _hash_key(lo, hi, nbytes, bf_seeds[row0 + r]) % bits
+        if not (bf[row0 + r, h >> _U64(6)] >> (h & _U64(63))) & _ONE:
+            return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _fs_query_one(fs, fs_seeds, width, cap, lo, hi, nbytes):
+    est = FS_INFINITE
+    for r in range(fs_seeds.shape[0]):
+        v = np.int64(fs[r, _hash_key(lo, hi, nbytes, fs_seeds[r]) % _U64(width)])
+        if v < cap and v < est:
+            est = v
+    return est
+
+
+# ============================================================================ Numba kernels: update
+@nb.njit(cache=True, nogil=True)
+def _fs_gate(lo, hi, nbytes, fs, fs_seeds, width, cap, thresh, gated):
+    """Serial FS update (spec §6) in arrival order; writes the indices of gated items, returns count.
+
+    The gate value is the minimum over non-saturated rows of the incremented counters; an item
+    whose rows are all saturated has an "infinite" gate value and passes.
+    """
+    w = _U64(width)
+    n_gated = 0
+    for i in range(lo.shape[0]):
+        g = FS_INFINITE
+        for r in range(fs_seeds.shape[0]):
+            c = _hash_key(lo[i], hi[i], nbytes, fs_seeds[r]) % w
+            v = np.int64(fs[r, c])
+            if v < cap:
+                v += 1
+                fs[r, c] = v
+                if v < g:
+                    g = v
+        if g > thresh:
+            gated[n_gated] = i
+            n_gated += 1
+    return n_gated
+
+
+@nb.njit(cache=True, nogil=True)
+def _fs_query_many(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
+    for i in range(lo.shape[0]):
+        out[i] = _fs_query_one(fs, fs_seeds, width, cap, lo[i], hi[i], nbytes)
+
+
+@nb.njit(cache=True, nogil=True)
+def _ss_insert(lo, hi, sel, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds,
+                     cm_seeds, w_cm, seg, bf, cm):
+    """``ss_insert(key, 1)`` (spec §6) for the items ``sel`` into the given SEG / BF / CM arrays.
+
+    Bitmap and Bloom-filter writes are idempotent, so a key found in a small direct-mapped cache of
+    keys already inserted by this call skips them (it still adds to the CM).
+    """
+    wc = _U64(w_cm)
+    cache_lo = np.zeros(_SKIP_CACHE, np.uint64)
+    cache_hi = np.zeros(_SKIP_CACHE, np.uint64)
+    cache_ok = np.zeros(_SKIP_CACHE, np.bool_)
+    for t in range(sel.shape[0]):
+        i = sel[t]
+        klo, khi = lo[i], hi[i]
+        h0 = _hash_key(klo, khi, nbytes, cm_seeds[0])
+        cm[0, h0 % wc] += 1
+        for r in range(1, cm_seeds.shape[0]):
+            cm[r, _hash_key(klo, khi, nbytes, cm_seeds[r]) % wc] += 1
+        slot = (h0 >> _U64(40)) & _U64(_SKIP_CACHE - 1)
+        if cache_ok[slot] and cache_lo[slot] == klo and cache_hi[slot] == khi:
+            continue
+        cache_ok[slot], cache_lo[slot], cache_hi[slot] = True, klo, khi
+        b = _hash_key(klo, khi, nbytes, blk_seed) % _U64(n_blocks)
+        for s in range(seg_layout.shape[0]):
+            a, _ = _partial(klo, khi, seg_layout[s, 0], seg_layout[s, 0] + seg_layout[s, 1])
+            seg[b, seg_layout[s, 2] + np.int64(a >> _U64(6))] |= _ONE << (a & _U64(63))
+        for j in range(bf_layout.shape[0]):
+            plo, phi_ = _partial(klo, khi, bf_layout[j, 0], bf_layout[j, 1])
+            row0, bits = bf_layout[j, 2], _U64(bf_layout[j, 4])
+            for r in range(bf_layout[j, 3]):
+                h = _hash_key(plo, phi_, nbytes, bf_seeds[row0 + r]) % bits
+                bf[row0 + r, h >> _U64(6)] |= _ONE << (h & _U64(63))
+
+
+# ============================================================================ Numba kernels: decode
+@nb.njit(cache=True, nogil=True)
+def _append(buf_lo, buf_hi, n, lo, hi):
+    if n == buf_lo.shape[0]:
+        new_lo = np.empty(2 * n + 16, np.uint64)
+        new_hi = np.empty(2 * n + 16, np.uint64)
+        new_lo[:n] = buf_lo[:n]
+        new_hi[:n] = buf_hi[:n]
+        buf_lo, buf_hi = new_lo, new_hi
+    buf_lo[n] = lo
+    buf_hi[n] = hi
+    return buf_lo, buf_hi
+
+
+@nb.njit(cache=True, nogil=True)
+def _decode_block(b, seg, seg_layout, bf, bf_layout, bf_seeds, blk_seed, n_blocks, nbytes,
+                  post_order, child_ptr, child_idx, suffix, max_enum):
+    """Candidate enumeration of one block (spec §7.1).
+
+    Returns ``(lo, hi, overflow, enumerated)``: the block's candidate keys (root candidates whose
+    block hash is ``b``), whether some node's Cartesian product exceeded ``max_enum`` (then no
+    candidates), and the number of combinations tested against the Bloom filters.
+    """
+    n_nodes = post_order.shape[0]
+    cand_lo = [np.empty(0, np.uint64) for _ in range(n_nodes)]
+    cand_hi = [np.empty(0, np.uint64) for _ in range(n_nodes)]
+    enumerated = 0
+    for t in range(n_nodes):
+        j = post_order[t]
+        start = bf_layout[j, 0]
+        n_child = child_ptr[j + 1] - child_ptr[j]
+        s_lo, s_hi = suffix[j, 0], suffix[j, 1]
+        n_fac = n_child + (s_hi - s_lo)
+        sizes = np.zeros(n_fac, np.int64)
+        for k in range(n_child):
+            sizes[k] = cand_lo[child_idx[child_ptr[j] + k]].shape[0]
+        for s in range(s_lo, s_hi):
+            cnt = 0
+            for w in range(max(1, (1 << seg_layout[s, 1]) // 64)):
+                x = seg[b, seg_layout[s, 2] + w]
+                while x:
+                    x &= x - _ONE
+                    cnt += 1
+            sizes[n_child + s - s_lo] = cnt
+        total = 1
+        for k in range(n_fac):
+            if sizes[k] == 0:
+                total = 0
+                break
+        if total:
+            for k in range(n_fac):
+                total *= sizes[k]
+                if total > max_enum:
+                    return np.empty(0, np.uint64), np.empty(0, np.uint64), True, enumerated
+        # factor values, already shifted into place relative to the node's start
+        ptr = np.zeros(n_fac + 1, np.int64)
+        for k in range(n_fac):
+            ptr[k + 1] = ptr[k] + sizes[k]
+        f_lo = np.empty(ptr[n_fac], np.uint64)
+        f_hi = np.empty(ptr[n_fac], np.uint64)
+        for k in range(n_child):
+            c = child_idx[child_ptr[j] + k]
+            off = bf_layout[c, 0] - start
+            for m in range(sizes[k]):
+                f_lo[ptr[k] + m], f_hi[ptr[k] + m] = _shl128(cand_lo[c][m], cand_hi[c][m], off)
+        for s in range(s_lo, s_hi):
+            k = n_child + s - s_lo
+            off = seg_layout[s, 0] - start
+            m = 0
+            for v in range(1 << seg_layout[s, 1]):
+                if (seg[b, seg_layout[s, 2] + (v >> 6)] >> _U64(v & 63)) & _ONE:
+                    f_lo[ptr[k] + m], f_hi[ptr[k] + m] = _shl128(_U64(v), _ZERO, off)
+                    m += 1
+        out_lo = np.empty(16, np.uint64)
+        out_hi = np.empty(16, np.uint64)
+        n_out = 0
+        digits = np.zeros(n_fac, np.int64)
+        for _ in range(total):
+            x_lo, x_hi = _ZERO, _ZERO
+            for k in range(n_fac):
+                x_lo |= f_lo[ptr[k] + digits[k]]
+                x_hi |= f_hi[ptr[k] + digits[k]]
+            if _bf_query(bf, bf_layout, j, bf_seeds, x_lo, x_hi, nbytes):
+                out_lo, out_hi = _append(out_lo, out_hi, n_out, x_lo, x_hi)
+                n_out += 1
+            k = n_fac - 1  # last factor varies fastest
+            while k >= 0:
+                digits[k] += 1
+                if digits[k] < sizes[k]:
+                    break
+                digits[k] = 0
+                k -= 1
+        enumerated += total
+        cand_lo[j] = out_lo[:n_out]
+        cand_hi[j] = out_hi[:n_out]
+    root = post_order[n_nodes - 1]
+    keep = np.zeros(cand_lo[root].shape[0], np.bool_)
+    for m in range(keep.shape[0]):
+        keep[m] = _hash_key(cand_lo[root][m], cand_hi[root][m], nbytes, blk_seed) % _U64(n_blocks) == _U64(b)
+    return cand_lo[root][keep], cand_hi[root][keep], False, enumerated
+
+
+@nb.njit(cache=True, nogil=True)
+def _peel(lo, hi, nbytes, cm, cm_seeds, w_cm):
+    """Peel the CM over the candidate set (spec §7.3), FIFO queue. Returns ``(f_ss, all_zero)``."""
+    n, rows, w = lo.shape[0], cm.shape[0], cm.shape[1]
+    n_buckets = rows * w
+    bucket = np.empty((n, rows), np.int64)
+    live = np.zeros(n_buckets, np.int64)
+    for x in range(n):
+        for r in range(rows):
+            q = r * w + np.int64(_hash_key(lo[x], hi[x], nbytes, cm_seeds[r]) % _U64(w_cm))
+            bucket[x, r] = q
+            live[q] += 1
+    ptr = np.zeros(n_buckets + 1, np.int64)
+    for q in range(n_buckets):
+        ptr[q + 1] = ptr[q] + live[q]
+    fill = ptr[:-1].copy()
+    members = np.empty(n * rows, np.int64)
+    for x in range(n):  # members of every bucket in candidate order
+        for r in range(rows):
+            q = bucket[x, r]
+            members[fill[q]] = x
+            fill[q] += 1
+    counter = cm.astype(np.int64).ravel()
+    removed = np.zeros(n, np.bool_)
+    f_ss = np.zeros(n, np.int64)
+    queue = np.empty(n_buckets + rows * n + 1, np.int64)
+    head, tail = 0, 0
+    for q in range(n_buckets):
+        if live[q] == 1 or (counter[q] == 0 and live[q] > 0):
+            queue[tail] = q
+            tail += 1
+    while head < tail:
+        q = queue[head]
+        head += 1
+        if live[q] == 0:
+            continue
+        if counter[q] == 0:  # every key here is a false positive
+            for m in range(ptr[q], ptr[q + 1]):
+                x = members[m]
+                if removed[x]:
+                    continue
+                removed[x] = True
+                for r in range(rows):
+                    q2 = bucket[x, r]
+                    live[q2] -= 1
+                    if live[q2] == 1:
+                        queue[tail] = q2
+                        tail += 1
+            continue
+        if live[q] != 1:
+            continue
+        x = -1
+        for m in range(ptr[q], ptr[q + 1]):
+            if not removed[members[m]]:
+                x = members[m]
+                break
+        f_ss[x] = counter[q]
+        removed[x] = True
+        for r in range(rows):
+            q2 = bucket[x, r]
+            counter[q2] -= f_ss[x]
+            live[q2] -= 1
+            if live[q2] == 1 or (counter[q2] == 0 and live[q2] > 0):
+                queue[tail] = q2
+                tail += 1
+    all_zero = True
+    for q in range(n_buckets):
+        if counter[q] != 0:
+            all_zero = False
+            break
+    return f_ss, all_zero
+
+
+@nb.njit(cache=True, nogil=True)
+def _cm_min_many(lo, hi, nbytes, cm, cm_seeds, w_cm, out):
+    wc = _U64(w_cm)
+    for i in range(lo.shape[0]):
+        best = np.int64(cm[0, _hash_key(lo[i], hi[i], nbytes, cm_seeds[0]) % wc])
+        for r in range(1, cm_seeds.shape[0]):
+            best = min(best, np.int64(cm[r, _hash_key(lo[i], hi[i], nbytes, cm_seeds[r]) % wc]))
+        out[i] = best
+
+
+# ============================================================================ key conversion
+def keys_to_words(keys, key_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Public keys -> internal ``(lo, hi)`` ``uint64`` words (little-endian integer of the key bytes).
+
+    4-byte keys: numeric addresses (``uint32[n]`` or Python ints). 13-byte keys: ``uint8[n, 13]``
+    rows, ``V13`` scalars, or a sequence of 13-byte ``bytes``.
+    """
+    if key_bytes == 4:
+        arr = np.asarray(keys)
+        if arr.dtype != np.uint32:
+            if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 0xFFFFFFFF):
+                raise SketchError("4-byte keys must be integers in [0, 2**32)")
+            arr = arr.astype(np.uint32)
+        arr = np.ascontiguousarray(arr).ravel()
+        return arr.byteswap().astype(np.uint64), np.zeros(arr.shape[0], np.uint64)
+    arr = keys
+    if isinstance(keys, (list, tuple)):
+        if any(not isinstance(k, (bytes, bytearray)) or len(k) != 13 for k in keys):
+            raise SketchError("13-byte keys must be 13-byte bytes objects")
+        arr = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, 13)
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "V":
+        if arr.dtype.itemsize != 13:
+            raise SketchError(f"13-byte keys expected, got {arr.dtype}")
+        arr = np.ascontiguousarray(arr).view(np.uint8).reshape(-1, 13)
+    if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 13:
+        raise SketchError(f"13-byte keys must be uint8[n, 13] rows or V13 scalars, got {arr.dtype} {arr.shape}")
+    padded = np.zeros((arr.shape[0], 16), np.uint8)
+    padded[:, :13] = arr
+    words = padded.view("<u8")
+    return np.ascontiguousarray(words[:, 0]), np.ascontiguousarray(words[:, 1])
+
+
+def words_to_keys(lo: np.ndarray, hi: np.ndarray, key_bytes: int) -> list[Hashable]:
+    """Internal words -> public keys: ``int`` addresses or 13-byte ``bytes``."""
+    if key_bytes == 4:
+        return np.asarray(lo, np.uint64).astype(np.uint32).byteswap().tolist()
+    words = np.stack([np.asarray(lo, "<u8"), np.asarray(hi, "<u8")], axis=1)
+    raw = words.view(np.uint8).reshape(-1, 16)
+    return [row[:13].tobytes() for row in raw]
+
+
+def _batch_words(batch, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The internal words of a PacketBatch's sketch keys, straight from its columns."""
+    src = np.asarray(batch.src_ip, np.uint32)
+    if key == "src_ip":
+        return src.byteswap().astype(np.uint64), np.zeros(src.shape[0], np.uint64)
+    u64 = lambda a: np.asarray(a).byteswap().astype(np.uint64)  # noqa: E731
+    lo = u64(src) | (u64(np.asarray(batch.dst_ip, np.uint32)) << _U64(32))
+    hi = (
+        u64(np.asarray(batch.src_port, np.uint16))
+        | (u64(np.asarray(batch.dst_port, np.uint16)) << _U64(16))
+        | (np.asarray(batch.proto, np.uint8).astype(np.uint64) << _U64(32))
+    )
+    return lo, hi
+
+
+# ============================================================================ results
+@dataclass
+class HHResult:
+    """Decode output of one epoch (spec §7.4).
+
+    ``items``: ``[(key, f_hat)]`` reported (``f_hat > phi * N``), largest first. ``decode_ok``:
+    no overflow and every CM counter peeled to zero (then counts are exact and recall is 1).
+    ``overflow``: some block's enumeration exceeded ``max_enum``. ``n_candidates``: enumerated
+    candidates; ``n_after_fs``: those the FS filter kept; ``n_ss_keys``: keys with ``f_SS > 0``.
+    ``ss_counts``: ``{key: f_SS}`` for those keys. ``enumerated``: combinations tested.
+    """
+
+    items: list[tuple[Hashable, int]]
+    decode_ok: bool
+    overflow: bool
+    n_candidates: int
+    n_after_fs: int
+    n_ss_keys: int
+    enumerated: int
+    ss_counts: dict = field(default_factory=dict, repr=False)
+
+
+# ============================================================================ the sketch
+class HiddenSketch:
+    """Hidden Sketch over one epoch: heavy hitters, heavy changers and point queries.
+
+    Construct with keyword parameters (see :class:`HiddenSketchParams`) or ``params=``. State:
+    ``fs`` (``uint8|uint16[fs_rows, fs_width]``), ``seg`` (``uint64[blocks, words]`` packed
+    segment bitmaps), ``bf`` (``uint64[total_bf_rows, words]`` packed Bloom-filter rows), ``cm``
+    (``uint32[3, cm_width]``) and ``n_items`` (items of the epoch).
+
+    ``mode="two_pass"`` (spec §9): ``update`` feeds pass 1 (FS only) until
+    :meth:`begin_second_pass`, then pass 2 (SS only, gated by the merged FS); ``merge`` works in
+    either pass between sketches in the same pass.
+    """
+
+    def __init__(self, params: HiddenSketchParams | None = None, **kwargs):
+        if params is None:
+            params = HiddenSketchParams(**kwargs)
+        elif kwargs:
+            raise SketchError("give either params= or keyword parameters, not both")
+        self.params = params
+        self._layout = _Layout(params)
+        p, lay = params, self._layout
+        self.fs = np.zeros((p.fs_rows, p.fs_width), np.uint8 if p.fs_counter_bits == 8 else np.uint16)
+        self.seg = np.zeros((p.blocks, lay.seg_words), np.uint64)
+        self.bf = np.zeros((lay.bf_total_rows, lay.bf_words), np.uint64)
+        self.cm = np.zeros((_CM_ROWS, p.cm_width), np.uint32)
+        self.n_items = 0
+        self.epoch = 0
+        self.phase = "one_pass" if p.mode == "one_pass" else "first"
+        self._decoded: HHResult | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of sketch state by the spec's accounting (FS counters + ``ss_bytes``)."""
+        p = self.params
+        return p.fs_rows * p.fs_width * p.fs_counter_bits // 8 + p.ss_bytes
+
+    @property
+    def thresh(self) -> int:
+        return self.params.thresh
+
+    @property
+    def decode_ok(self) -> bool:
+        return self.decode().decode_ok
+
+    @property
+    def overflowed(self) -> bool:
+        return self.decode().overflow
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch) -> None:
+        """Add every packet of a :class:`~telesketch.packets.PacketBatch` (key per ``params.key``)."""
+        self._ingest(*_batch_words(batch, self.params.key))
+
+    def update_keys(self, keys) -> None:
+        """Add raw keys: ``uint32[n]`` addresses (4-byte) or ``uint8[n, 13]`` / ``V13`` (13-byte)."""
+        self._ingest(*keys_to_words(keys, self.params.key_bytes))
+
+    def _ingest(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        if lo.shape[0] == 0:
+            return
+        self._decoded = None
+        if self.phase == "second":
+            self._ss_pass(lo, hi)
+            return
+        p, lay = self.params, self._layout
+        gated = np.empty(lo.shape[0], np.int64)
+        n_gated = _fs_gate(lo, hi, lay.nbytes, self.fs, lay.fs_seeds, p.fs_width, p.fs_cap, p.thresh, gated)
+        self.n_items += int(lo.shape[0])
+        if self.phase == "one_pass" and n_gated:
+            self._ss_insert(lo, hi, gated[:n_gated])
+
+    def _ss_pass(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        p, lay = self.params, self._layout
+        est = np.empty(lo.shape[0], np.int64)
+        _fs_query_many(lo, hi, lay.nbytes, self.fs, lay.fs_seeds, p.fs_width, p.fs_cap, est)
+        gated = np.flatnonzero(est > p.thresh)
+        if gated.size:
+            self._ss_insert(lo, hi, gated)
+
+    def _ss_insert(self, lo, hi, sel) -> None:
+        p, lay = self.params, self._layout
+        _ss_insert(lo, hi, sel, lay.nbytes, p.blocks, lay.blk_seed, lay.seg_layout, lay.bf_layout,
+                   lay.bf_seeds, lay.cm_seeds, p.cm_width, self.seg, self.bf, self.cm)
+
+    # ------------------------------------------------------------------ two-pass variant (§9)
+    def begin_second_pass(self, merged_first_stage: "HiddenSketch | None" = None) -> None:
+        """Switch a ``two_pass`` sketch to pass 2, taking the merged FS (and global ``N``) if given.
+
+        Each shard calls this with the same merged pass-1 sketch, then re-feeds its items with
+        ``update``; those whose merged-FS estimate exceeds ``thresh`` enter the second stage.
+        """
+        if self.params.mode != "two_pass":
+            raise SketchError("begin_second_pass is only for mode='two_pass' sketches")
+        if self.phase != "first":
+            raise SketchError("this sketch is already in its second pass")
+        if merged_first_stage is not None:
+            check_same_params(self.params, merged_first_stage.params, ALGORITHM)
+            if merged_first_stage.phase != "first":
+                raise SketchError("the merged first stage must come from pass-1 sketches")
+            self.fs = merged_first_stage.fs.copy()
+            self.n_items = merged_first_stage.n_items
+        self.phase = "second"
+        self._decoded = None
+
+    def merge(self, other: "HiddenSketch") -> None:
+        """Merge another shard's ``two_pass`` sketch into this one (spec §9, §12).
+
+        Pass 1: FS saturating add, ``N`` add. Pass 2: the FS must be the same merged FS; SEG and
+        BF are OR-ed and the CM added. One-pass sketches are not mergeable.
+        """
+        if self.params.mode != "two_pass" or other.params.mode != "two_pass":
+            raise NotMergeableError(
+                "one-pass Hidden Sketches are not mergeable: the FS gate depends on each shard's local "
+                "history. Use mode='two_pass', or route shards by a hash of the sketch key, decode "
+                "each shard separately and union their reports."
+            )
+        check_same_params(self.params, other.params, ALGORITHM)
+        if self.phase != other.phase:
+            raise SketchError(f"cannot merge a {self.phase}-pass sketch with a {other.phase}-pass sketch")
+        if self.phase == "first":
+            total = self.fs.astype(np.int64) + other.fs
+            self.fs = np.minimum(total, self.params.fs_cap).astype(self.fs.dtype)
+            self.n_items += other.n_items
+        else:
+            if not np.array_equal(self.fs, other.fs) or self.n_items != other.n_items:
+                raise SketchError("second-pass shards must share the same merged first stage")
+            self.seg |= other.seg
+            self.bf |= other.bf
+            self.cm += other.cm
+        self._decoded = None
+
+    # ------------------------------------------------------------------ decode (§7)
+    def decode(self, threads: int | None = None) -> HHResult:
+        """Enumerate, FS-filter and peel (cached until the next update or merge)."""
+        if self._decoded is None:
+            self._decoded = self._decode(threads)
+        return self._decoded
+
+    def _decode(self, threads: int | None) -> HHResult:
+        p, lay = self.params, self._layout
+        threads = threads or nb.get_num_threads()
+
+        def block(b: int):
+            return _decode_block(b, self.seg, lay.seg_layout, self.bf, lay.bf_layout, lay.bf_seeds,
+                                 lay.blk_seed, p.blocks, lay.nbytes, lay.post_order, lay.child_ptr,
+                                 lay.child_idx, lay.suffix, p.max_enum)
+
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                parts = list(pool.map(block, range(p.blocks)))
+        else:
+            parts = [block(b) for b in range(p.blocks)]
+        lo = np.concatenate([part[0] for part in parts])
+        hi = np.concatenate([part[1] for part in parts])
+        overflow = any(part[2] for part in parts)
+        enumerated = sum(int(part[3]) for part in parts)
+        n_candidates = lo.shape[0]
+        est = np.empty(n_candidates, np.int64)
+        _fs_query_many(lo, hi, lay.nbytes, self.fs, lay.fs_seeds, p.fs_width, p.fs_cap, est)
+        keep = est > p.thresh
+        lo, hi = lo[keep], hi[keep]
+        order = np.lexsort((lo, hi))  # candidate order: ascending key integer
+        lo, hi = lo[order], hi[order]
+        f_ss, all_zero = _peel(lo, hi, lay.nbytes, self.cm, lay.cm_seeds, p.cm_width)
+        positive = f_ss > 0
+        keys = words_to_keys(lo[positive], hi[positive], p.key_bytes)
+        counts = f_ss[positive].tolist()
+        offset = 0 if p.mode == "two_pass" else p.thresh
+        limit = p.phi * self.n_items
+        items = [(k, c + offset) for k, c in zip(keys, counts) if c + offset > limit]
+        items.sort(key=lambda kv: -kv[1])
+        return HHResult(items, bool(all_zero and not overflow), overflow, int(n_candidates),
+                        int(lo.shape[0]), int(positive.sum()), enumerated, dict(zip(keys, counts)))
+
+    # ------------------------------------------------------------------ queries (§8)
+    def heavy_hitters(self) -> list[tuple[Hashable, int]]:
+        """Reported heavy hitters of the epoch: ``[(key, f_hat)]``, largest first."""
+        return list(self.decode().items)
+
+    def _fs_estimates(self, lo, hi) -> np.ndarray:
+        p, lay = self.params, self._layout
+        out = np.empty(lo.shape[0], np.int64)
+        _fs_query_many(lo, hi, lay.nbytes, self.fs, lay.fs_seeds, p.fs_width, p.fs_cap, out)
+        return out
+
+    def point_estimate(self, keys) -> np.ndarray:
+        """``int64`` upper-bound estimates of the keys' counts (spec §8.1).
+
+        ``fs`` if ``fs <= thresh``, else ``min(fs, thresh + min_r CM)`` (``min(fs, min_r CM)`` in
+        two-pass mode, where a gated key's items are all in the second stage).
+        """
+        p, lay = self.params, self._layout
+        lo, hi = keys_to_words(keys, p.key_bytes)
+        fs = self._fs_estimates(lo, hi)
+        ss = np.empty(lo.shape[0], np.int64)
+        _cm_min_many(lo, hi, lay.nbytes, self.cm, lay.cm_seeds, p.cm_width, ss)
+        offset = 0 if p.mode == "two_pass" else p.thresh
+        return np.where(fs <= p.thresh, fs, np.minimum(fs, ss + offset))
+
+    def estimate(self, key) -> int:
+        """Point estimate of one key (an ``int`` address or 13-byte ``bytes``)."""
+        return int(self.point_estimate([key])[0])
+
+    def heavy_changers(self, previous: "HiddenSketch", hc_threshold: float | None = None) -> list[tuple[Hashable, int]]:
+        """Keys whose count changed by more than ``thr_c`` from ``previous`` to this epoch (spec §8.2).
+
+        ``thr_c = phi * max(N_previous, N_this)`` unless ``hc_threshold`` is given. The estimate of
+        a key in an epoch is its reported ``f_hat``, else its FS estimate clamped to ``[0, cap]``.
+        Returns ``[(key, est_this - est_previous)]``, largest absolute change first.
+        """
+        if previous.params.key != self.params.key:
+            raise SketchError("heavy changers need two sketches over the same key type")
+        now, before = dict(self.heavy_hitters()), dict(previous.heavy_hitters())
+        thr = self.params.phi * max(self.n_items, previous.n_items) if hc_threshold is None else hc_threshold
+        keys = sorted(now.keys() | before.keys(), key=lambda k: (k if isinstance(k, int) else int.from_bytes(k, "big")))
+        if not keys:
+            return []
+        est_now = self._epoch_estimates(keys, now)
+        est_before = previous._epoch_estimates(keys, before)
+        out = [(k, int(a - b)) for k, a, b in zip(keys, est_now, est_before) if abs(a - b) > thr]
+        out.sort(key=lambda kv: -abs(kv[1]))
+        return out
+
+    def _epoch_estimates(self, keys, reported: dict) -> list[int]:
+        lo, hi = keys_to_words(keys, self.params.key_bytes)
+        fs = np.minimum(self._fs_estimates(lo, hi), self.params.fs_cap)
+        return [reported[k] if k in reported else int(f) for k, f in zip(keys, fs.tolist())]
+
+    # ------------------------------------------------------------------ state
+    def unpacked_state(self) -> dict:
+        """State as plain arrays for comparisons: ``fs``, ``cm``, ``n_items``,
+        ``seg[b][i]`` (``bool[2**seg_bits[i]]``) and ``bf[j][r]`` (``bool[bf_row_bits[j]]``)."""
+        p, lay = self.params, self._layout
+        bits = lambda words, n: np.unpackbits(words.view(np.uint8), bitorder="little")[:n].astype(bool)  # noqa: E731
+        seg = [
+            [bits(self.seg[b, o:o + max(1, (1 << w) // 64)].copy(), 1 << w) for _, w, o in lay.seg_layout.tolist()]
+            for b in range(p.blocks)
+        ]
+        bf = [
+            [bits(self.bf[row0 + r].copy(), nbits) for r in range(rows)]
+            for _, _, row0, rows, nbits in lay.bf_layout.tolist()
+        ]
+        return {"fs": self.fs.copy(), "cm": self.cm.copy(), "n_items": self.n_items, "seg": seg, "bf": bf}
+
+    def copy(self) -> "HiddenSketch":
+        return HiddenSketch.from_bytes(self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """Versioned serialised state (parameters, seeds, arrays, epoch, two-pass phase)."""
+        arrays = {"fs": self.fs, "seg": self.seg, "bf": self.bf, "cm": self.cm,
+                  "n_items": np.array([self.n_items], np.int64)}
+        return pack_state(ALGORITHM, STATE_VERSION, self.params, arrays, self.epoch, {"phase": self.phase})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, params: HiddenSketchParams | None = None) -> "HiddenSketch":
+        """Rebuild a sketch from :meth:`to_bytes`; refuses other algorithms, versions, shapes, or
+        (when ``params`` is given) different parameters."""
+        raw_params, arrays, epoch, extra = unpack_state(data, ALGORITHM, STATE_VERSION)
+        try:
+            stored = HiddenSketchParams.from_dict(raw_params)
+        except TypeError as exc:
+            raise SketchError(f"bad Hidden Sketch parameters in state: {exc}") from None
+        if params is not None and params != stored:
+            raise SketchError(f"serialised Hidden Sketch has parameters {stored}, expected {params}")
+        sketch = cls(stored)
+        for name in ("fs", "seg", "bf", "cm"):
+            want = getattr(sketch, name)
+            got = arrays.get(name)
+            if got is None or got.shape != want.shape or got.dtype != want.dtype:
+                raise SketchError(f"serialised array {name!r} does not fit these parameters")
+            setattr(sketch, name, got)
+        sketch.n_items = int(arrays["n_items"][0])
+        sketch.epoch = epoch
+        phase = extra.get("phase", "one_pass")
+        if phase not in (("one_pass",) if stored.mode == "one_pass" else ("first", "second")):
+            raise SketchError(f"bad phase {phase!r} for mode {stored.mode!r}")
+        sketch.phase = phase
+        return sketch
+
+
+def heavy_hitters_union(sketches: Iterable[HiddenSketch], total_items: int | None = None) -> list[tuple[Hashable, int]]:
+    """Union of the reports of key-routed one-pass shards (spec §12), filtered by ``phi * N_global``."""
+    sketches = list(sketches)
+    if not sketches:
+        return []
+    n = sum(s.n_items for s in sketches) if total_items is None else total_items
+    limit = sketches[0].params.phi * n
+    out = []
+    for s in sketches:
+        offset = 0 if s.params.mode == "two_pass" else s.params.thresh
+        out.extend((k, c + offset) for k, c in s.decode().ss_counts.items() if c + offset > limit)
+    out.sort(key=lambda kv: -kv[1])
+    return out

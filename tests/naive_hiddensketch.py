@@ -1,0 +1,240 @@
+"""Readable pure-Python Hidden Sketch (spec hiddensketch.md §4–§8), the oracle for the Numba code.
+
+Written from the spec's pseudo-code with the same hash family (``hashing.hash_bytes``) and the same
+seed derivation as ``telesketch.sketches.hiddensketch`` (documented in its module docstring):
+
+    h_fs[r] = seed*1000003 + 100 + r,  h_blk = +200,  h_cm[r] = +300 + r,  h_bf[j][r] = +1000 + 64*j + r
+
+Keys are byte strings: a 4-byte key is the address big-endian (``addr.to_bytes(4, "big")``), a
+13-byte key the 5-tuple bytes. Partial keys are zero-padded ``KEYLEN``-byte buffers. Bits are LSB
+first within each byte. Bitmaps and Bloom filters are lists of 0/1. The peel uses a FIFO queue
+seeded in (row, column) order and candidates sorted by their little-endian key integer, the order
+the Numba decoder uses, so that even a failed decode gives the same output.
+
+Slow: for small test streams only.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+
+from telesketch.hashing import hash_bytes
+
+INFINITE = float("inf")
+
+
+def seed_for(seed: int, family: int, index: int = 0) -> int:
+    return (seed * 1000003 + family + index) % (1 << 64)
+
+
+def bit(key: bytes, i: int) -> int:
+    return (key[i >> 3] >> (i & 7)) & 1
+
+
+def partial(key: bytes, start: int, end: int) -> bytes:
+    """Bits ``start..end-1`` of ``key`` at positions ``0..end-start-1`` of a zeroed buffer."""
+    buf = bytearray(len(key))
+    for i in range(end - start):
+        if bit(key, start + i):
+            buf[i >> 3] |= 1 << (i & 7)
+    return bytes(buf)
+
+
+def mix(k1: bytes, len1: int, k2: bytes, len2: int) -> bytes:
+    """Bits ``[0, len1)`` of ``k1`` followed by bits ``[0, len2)`` of ``k2``."""
+    buf = bytearray(len(k1))
+    for i in range(len1):
+        if bit(k1, i):
+            buf[i >> 3] |= 1 << (i & 7)
+    for i in range(len2):
+        if bit(k2, i):
+            buf[(len1 + i) >> 3] |= 1 << ((len1 + i) & 7)
+    return bytes(buf)
+
+
+class NaiveHiddenSketch:
+    """One-pass Hidden Sketch over byte-string keys; ``params`` is a ``HiddenSketchParams``."""
+
+    def __init__(self, params):
+        p = self.p = params
+        self.keylen = 13 if p.key == "5tuple" else 4
+        self.cap = (1 << p.fs_counter_bits) - 1
+        ss_bytes = (p.cm_bytes + sum(r * w for r, w in zip(p.bf_rows, p.bf_row_bits)) // 8
+                    + p.blocks * sum(1 << b for b in p.seg_bits) // 8)
+        self.w_fs = (p.memory_bytes - ss_bytes) * 8 // p.fs_rows // p.fs_counter_bits
+        self.w_cm = p.cm_bytes // 3 // 4
+        self.seg_iv = []
+        pos = 0
+        for b in p.seg_bits:
+            self.seg_iv.append((pos, pos + b))
+            pos += b
+        self.FS = [[0] * self.w_fs for _ in range(p.fs_rows)]
+        self.SEG = [[[0] * (1 << b) for b in p.seg_bits] for _ in range(p.blocks)]
+        self.BF = [[[0] * w for _ in range(rows)] for rows, w in zip(p.bf_rows, p.bf_row_bits)]
+        self.CM = [[0] * self.w_cm for _ in range(3)]
+        self.N = 0
+        self._build_tree()
+
+    # ------------------------------------------------------------------ hashing
+    def h(self, family: int, index: int, buf: bytes) -> int:
+        return hash_bytes(buf, seed_for(self.p.seed, family, index))
+
+    def key_bytes(self, key) -> bytes:
+        return key.to_bytes(4, "big") if self.keylen == 4 else bytes(key)
+
+    def public_key(self, key: bytes):
+        return int.from_bytes(key, "big") if self.keylen == 4 else key
+
+    # ------------------------------------------------------------------ update (§6)
+    def update(self, keys) -> None:
+        for key in keys:
+            self.insert(self.key_bytes(key))
+
+    def insert(self, key: bytes) -> None:
+        g = INFINITE
+        for r in range(self.p.fs_rows):
+            pos = self.h(100, r, key) % self.w_fs
+            if self.FS[r][pos] < self.cap:
+                self.FS[r][pos] += 1
+                g = min(g, self.FS[r][pos])
+        self.N += 1
+        if g > self.p.thresh:
+            self.ss_insert(key, 1)
+
+    def ss_insert(self, key: bytes, c: int) -> None:
+        b = self.h(200, 0, key) % self.p.blocks
+        for i, (s, e) in enumerate(self.seg_iv):
+            self.SEG[b][i][int.from_bytes(partial(key, s, e), "little")] = 1
+        for j, (s, e) in enumerate(self.p.bf_intervals):
+            x = partial(key, s, e)
+            for r in range(self.p.bf_rows[j]):
+                self.BF[j][r][self.h(1000, 64 * j + r, x) % self.p.bf_row_bits[j]] = 1
+        for r in range(3):
+            self.CM[r][self.h(300, r, key) % self.w_cm] += c
+
+    # ------------------------------------------------------------------ decode (§7)
+    def _build_tree(self) -> None:
+        ivs = self.p.bf_intervals
+        self.children = [[] for _ in ivs]
+        depth = [0] * len(ivs)
+        for j in range(1, len(ivs)):
+            s, e = ivs[j]
+            holders = [i for i in range(j) if ivs[i][0] <= s and e <= ivs[i][1]]
+            parent = max(holders, key=lambda i: (depth[i], i))
+            depth[j] = depth[parent] + 1
+            self.children[parent].append(j)
+
+    def bf_query(self, j: int, x: bytes) -> bool:
+        return all(self.BF[j][r][self.h(1000, 64 * j + r, x) % self.p.bf_row_bits[j]] for r in range(self.p.bf_rows[j]))
+
+    def extend(self, j: int, b: int, cands: dict) -> None:
+        """Candidates of node ``j`` in block ``b`` (post-order); raises OverflowError."""
+        start, end_node = self.p.bf_intervals[j]
+        for c in self.children[j]:
+            self.extend(c, b, cands)
+        factors = []  # (list of partial keys, bit length)
+        for c in self.children[j]:
+            cs, ce = self.p.bf_intervals[c]
+            factors.append((cands[c], ce - cs))
+        end = self.p.bf_intervals[self.children[j][-1]][1] if self.children[j] else start
+        for i, (s, e) in enumerate(self.seg_iv):
+            if end <= s and e <= end_node:
+                values = [v.to_bytes(self.keylen, "little") for v, on in enumerate(self.SEG[b][i]) if on]
+                factors.append((values, e - s))
+        size = 1
+        for values, _ in factors:
+            size *= len(values)
+        if size > self.p.max_enum:
+            raise OverflowError(b)
+        self.enumerated += size
+        out = []
+        for combo in itertools.product(*[values for values, _ in factors]):
+            x, length = bytes(self.keylen), 0
+            for value, (_, n_bits) in zip(combo, factors):
+                x = mix(x, length, value, n_bits)
+                length += n_bits
+            if self.bf_query(j, x):
+                out.append(x)
+        cands[j] = out
+
+    def fs_query(self, key: bytes):
+        est = INFINITE
+        for r in range(self.p.fs_rows):
+            v = self.FS[r][self.h(100, r, key) % self.w_fs]
+            if v < self.cap:
+                est = min(est, v)
+        return est
+
+    def decode(self) -> dict:
+        """``{"items", "decode_ok", "overflow", "n_candidates", "n_after_fs", "ss_counts", "enumerated"}``."""
+        self.enumerated = 0
+        overflow = False
+        candidates = []
+        for b in range(self.p.blocks):
+            cands = {}
+            try:
+                self.extend(0, b, cands)
+            except OverflowError:
+                overflow = True
+                continue
+            candidates += [x for x in cands[0] if self.h(200, 0, x) % self.p.blocks == b]
+        n_candidates = len(candidates)
+        candidates = [x for x in candidates if self.fs_query(x) > self.p.thresh]
+        candidates.sort(key=lambda x: int.from_bytes(x, "little"))
+        f_ss, all_zero = self.peel(candidates)
+        offset = 0 if self.p.mode == "two_pass" else self.p.thresh
+        items = [(self.public_key(x), f + offset) for x, f in zip(candidates, f_ss)
+                 if f > 0 and f + offset > self.p.phi * self.N]
+        items.sort(key=lambda kv: -kv[1])
+        return {
+            "items": items,
+            "decode_ok": all_zero and not overflow,
+            "overflow": overflow,
+            "n_candidates": n_candidates,
+            "n_after_fs": len(candidates),
+            "ss_counts": {self.public_key(x): f for x, f in zip(candidates, f_ss) if f > 0},
+            "enumerated": self.enumerated,
+        }
+
+    def peel(self, cands: list[bytes]) -> tuple[list[int], bool]:
+        """Peeling of §7.3 over candidate indices, FIFO queue."""
+        w = self.w_cm
+        pos = [[self.h(300, r, x) % w for r in range(3)] for x in cands]
+        L = [[[] for _ in range(w)] for _ in range(3)]
+        for idx in range(len(cands)):
+            for r in range(3):
+                L[r][pos[idx][r]].append(idx)
+        C = [row[:] for row in self.CM]
+        f_ss = [0] * len(cands)
+        queue = deque((r, j) for r in range(3) for j in range(w) if len(L[r][j]) == 1 or (C[r][j] == 0 and L[r][j]))
+        while queue:
+            r, j = queue.popleft()
+            if not L[r][j]:
+                continue
+            if C[r][j] == 0:
+                for x in list(L[r][j]):
+                    for r2 in range(3):
+                        L[r2][pos[x][r2]].remove(x)
+                        if len(L[r2][pos[x][r2]]) == 1:
+                            queue.append((r2, pos[x][r2]))
+                continue
+            if len(L[r][j]) != 1:
+                continue
+            x = L[r][j][0]
+            f_ss[x] = C[r][j]
+            for r2 in range(3):
+                j2 = pos[x][r2]
+                C[r2][j2] -= f_ss[x]
+                L[r2][j2].remove(x)
+                if len(L[r2][j2]) == 1 or (C[r2][j2] == 0 and L[r2][j2]):
+                    queue.append((r2, j2))
+        return f_ss, all(v == 0 for row in C for v in row)
+
+    # ------------------------------------------------------------------ point query (§8.1)
+    def query(self, key) -> int:
+        key = self.key_bytes(key)
+        fs = self.fs_query(key)
+        if fs <= self.p.thresh:
+            return fs
+        ss = min(self.CM[r][self.h(300, r, key) % self.w_cm] for r in range(3))
+        return min(fs, self.p.thresh + ss)
