@@ -1,0 +1,129 @@
+"""LLM-Sketch accuracy and throughput per estimator (specs/llmsketch.md §4-§5).
+
+For each trace: train estimators on the first half (trees, tiny; lm = the shipped adapter unless
+``--lm-path``), replay the second half through LLM-Sketch with per-flow scores (sync mode,
+re-scoring at 1, 2, 4, ...), and report flow-size ARE / AAE (all flows, and ARE over flows > 64
+packets), heavy-hitter F1 (alpha = 1e-4, heavy-hitter configuration) at three memory sizes, for
+each estimator, constant(0.5), the oracle, and a plain Count-Min of the same memory. Also the
+estimator's throughput (scored packets/s, one thread) and the sketch's packets/s with scoring on.
+
+    .venv/bin/python benchmarks/bench_llmsketch.py                     # ndpi + generated
+    .venv/bin/python benchmarks/bench_llmsketch.py --quick             # small generated only
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from telesketch.estimators import ConstantEstimator, OracleEstimator, load_estimator
+from telesketch.estimators.scoring import FlowScorer
+from telesketch.estimators.synthetic import generate_labelled_batch
+from telesketch.estimators.training import fit_estimator, load_trace, split_trace, training_sets
+from telesketch.sketches import exact
+from telesketch.sketches.llmsketch import CountMinBaseline, LLMSketch
+
+NDPI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "traces", "ndpi_merged_hdr128.pcap")
+
+
+def score_trace(estimator, batch, chunk=8192):
+    """Per-packet scores via the packet path; returns (scores, model calls, seconds)."""
+    scorer = FlowScorer(estimator, rescore=True)
+    start = time.perf_counter()
+    scores = np.concatenate([scorer.scores(b) for b in batch.split(chunk)])
+    return scores, scorer.model_calls, time.perf_counter() - start
+
+
+def flow_metrics(truth, keys, est_values):
+    est = dict(zip(keys, est_values.tolist()))
+    big = [k for k, c in truth.items() if c > 64]
+    return {"ARE": exact.are(truth, est), "AAE": exact.aae(truth, est), "ARE>64": exact.are(truth, est, big)}
+
+
+def hh_f1(batch, scores, memory, threshold, true_hh):
+    sketch = LLMSketch(memory, "heavy_hitters")
+    sketch.update(batch, scores)
+    return exact.set_accuracy(true_hh, [k for k, _ in sketch.heavy_hitters(threshold=threshold)]).f1
+
+
+def run_trace(name, batch, memories, estimators, lm_path, tiny_epochs):
+    train_part, eval_part = split_trace(batch, 0.5)
+    keys_void = eval_part.flow_keys_void()
+    uniq = np.unique(keys_void)
+    truth = exact.count_dict(keys_void)
+    query_keys = uniq.tolist()
+    query_rows = np.ascontiguousarray(uniq).view(np.uint8).reshape(-1, 13)
+    n = len(eval_part)
+    threshold = int(1e-4 * n)
+    true_hh = set(exact.heavy_hitters(keys_void, threshold=threshold))
+    print(f"\n## {name}: eval {n:,} packets, {len(truth):,} flows, {sum(c > 64 for c in truth.values())} "
+          f"flows > 64 pkts, HH threshold {threshold} ({len(true_hh)} true HH)", flush=True)
+    train, val, _ = training_sets(batch, 0.5, rescore=True, max_flows=20_000)
+    models = {"constant(0.5)": ConstantEstimator(0.5), "oracle": OracleEstimator(truth)}
+    for kind in estimators:
+        t0 = time.perf_counter()
+        if kind == "trees":
+            models[kind] = fit_estimator("trees", train, val)
+        elif kind == "tiny":
+            models[kind] = fit_estimator("tiny", train, val, epochs=tiny_epochs, seed=0)
+        elif kind == "lm":
+            models[kind] = load_estimator("lm", lm_path)
+        print(f"  {kind}: ready in {time.perf_counter() - t0:.1f} s ({len(train)} training samples)", flush=True)
+    rows = []
+    for label, model in models.items():
+        scores, calls, secs = score_trace(model, eval_part)
+        t0 = time.perf_counter()
+        LLMSketch(memories[1], "flow_size").update(eval_part, scores)
+        upd = time.perf_counter() - t0
+        for mem in memories:
+            sketch = LLMSketch(mem, "flow_size")
+            sketch.update(eval_part, scores)
+            m = flow_metrics(truth, query_keys, sketch.flow_size(query_rows))
+            m["F1"] = hh_f1(eval_part, scores, mem, threshold, true_hh)
+            rows.append((label, mem, m, calls / secs if secs else 0.0, n / (secs + upd)))
+    for mem in memories:
+        cm = CountMinBaseline(mem)
+        cm.update(eval_part)
+        rows.append(("count-min", mem, flow_metrics(truth, query_keys, cm.flow_size(query_rows)) | {"F1": float("nan")},
+                     float("nan"), float("nan")))
+    print("\n| estimator | memory | ARE | AAE | ARE (>64) | HH F1 | scored pkts/s | sketch pkts/s (scoring on) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, mem, m, fps, pps in sorted(rows, key=lambda r: (r[1], r[0])):
+        print(f"| {label} | {mem // 1024} KiB | {m['ARE']:.3f} | {m['AAE']:.2f} | {m['ARE>64']:.3f} | "
+              f"{m['F1']:.3f} | {fps:,.0f} | {pps:,.0f} |")
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trace", default=NDPI)
+    ap.add_argument("--memories-trace", default="4,8,16", help="KiB, comma separated")
+    ap.add_argument("--memories-generated", default="16,32,64")
+    ap.add_argument("--generated-packets", type=int, default=200_000)
+    ap.add_argument("--generated-flows", type=int, default=10_000)
+    ap.add_argument("--estimators", default="trees,tiny,lm")
+    ap.add_argument("--lm-path", default=None, help="trained lm directory (default: the shipped adapter)")
+    ap.add_argument("--tiny-epochs", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="generated trace only, trees only")
+    args = ap.parse_args(argv)
+    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
+    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+    kinds = ["trees"] if args.quick else args.estimators.split(",")
+    kib = lambda s: [int(x) * 1024 for x in s.split(",")]
+    if not args.quick and os.path.exists(args.trace):
+        run_trace(os.path.basename(args.trace), load_trace(args.trace), kib(args.memories_trace), kinds,
+                  args.lm_path, args.tiny_epochs)
+    gen = generate_labelled_batch(args.generated_packets // (10 if args.quick else 1),
+                                  args.generated_flows // (10 if args.quick else 1), seed=7)
+    # the shipped lm adapter is trained on ndpi; on the generated trace it runs only with --lm-path
+    gen_kinds = [k for k in kinds if k != "lm" or args.lm_path]
+    run_trace("generated", gen, kib(args.memories_generated), gen_kinds, args.lm_path, args.tiny_epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

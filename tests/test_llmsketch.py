@@ -1,0 +1,249 @@
+"""LLM-Sketch (specs/llmsketch.md): layout, exact agreement with the naive model, queries, contract."""
+import numpy as np
+import pytest
+
+import naive_llmsketch as naive
+from telesketch.estimators import ConstantEstimator, Estimator
+from telesketch.estimators.scoring import FlowScorer
+from telesketch.packets import PacketBatch
+from telesketch.sketches import exact
+from telesketch.sketches.core import NotMergeableError, SketchError
+from telesketch.sketches.llmsketch import CountMinBaseline, LLMSketch, LLMSketchParams, mmh3_rows
+
+
+def skewed_batch(n=4000, flows=600, seed=0):
+    rng = np.random.default_rng(seed)
+    f = (rng.zipf(1.3, n) + rng.integers(0, 3, n) * 1000) % flows
+    return PacketBatch.from_columns(
+        src_ip=(f * 2654435761) % 2**32, dst_ip=(f * 40503) % 2**32, src_port=f % 60000 + 1,
+        dst_port=np.full(n, 443), proto=np.where(f % 5 == 0, 17, 6))
+
+
+def keys_of(batch, task):
+    if task == "hhh":
+        return [int(a) for a in batch.src_ip]
+    return [k.tobytes() for k in batch.flow_keys()]
+
+
+def run_naive(batch, scores, memory, task, seed):
+    model = naive.NaiveLLMSketch(memory, task, seed=seed)
+    for key, p in zip(keys_of(batch, task), scores.astype(np.float64).tolist()):
+        model.insert(key, p)
+    return model
+
+
+def assert_same_state(sketch, model):
+    for b, bucket in enumerate(model.buckets):
+        for s, (key, count, lock, occ) in enumerate(bucket):
+            assert sketch.occ[b, s] == occ
+            if occ:
+                assert sketch.slot_keys[b, s].tobytes() == key
+                assert (sketch.counts[b, s], sketch.lock[b, s]) == (count, lock)
+    if model.light == "countmin":
+        np.testing.assert_array_equal(sketch.cm, np.array(model.cm))
+    if model.light == "coco":
+        cells = np.array(model.coco)
+        np.testing.assert_array_equal(sketch.coco_ids, cells[..., 0])
+        np.testing.assert_array_equal(sketch.coco_counts, cells[..., 1])
+        np.testing.assert_array_equal(sketch.coco_occ, cells[..., 2])
+
+
+def test_mmh3_matches_reference_package():
+    mmh3 = pytest.importorskip("mmh3")
+    rng = np.random.default_rng(1)
+    for length in (0, 1, 2, 3, 4, 5, 13):
+        rows = rng.integers(0, 256, (20, length), dtype=np.uint8)
+        for seed in (0, 100, 123123):
+            got = mmh3_rows(rows, seed)
+            want = [mmh3.hash(r.tobytes(), seed, signed=False) for r in rows]
+            assert got.tolist() == want
+            assert [naive.mmh3_32(r.tobytes(), seed) for r in rows] == want
+
+
+def test_layout_matches_worked_examples():
+    fs = LLMSketch(200 * 1024, "flow_size")
+    assert fs.params.buckets == 640 and fs.cm.shape == (3, 54613)
+    assert fs.memory_bytes == 640 * 64 + 3 * 54613
+    assert fs.overhead_bytes == 640 * 8 * 2 // 8
+    hh = LLMSketch(50 * 1024, "heavy_hitters")
+    assert hh.params.buckets == 376 and hh.cm.size == 0 and hh.memory_bytes == 376 * 136
+    hhh = LLMSketch(50 * 1024, "hhh")
+    assert hhh.params.buckets == 25600 // 64 and hhh.coco_ids.shape == (2, 25600 // 16)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"memory_bytes": 0}, "memory_bytes"),
+    ({"memory_bytes": 100, "task": "flow_size"}, "no heavy bucket"),
+    ({"task": "sizes"}, "unknown LLM-Sketch task"),
+    ({"heavy_ratio": 1.5}, "heavy_ratio"),
+    ({"seed": -1}, "seed"),
+])
+def test_bad_parameters(kwargs, match):
+    with pytest.raises(SketchError, match=match):
+        LLMSketchParams(**kwargs)
+
+
+@pytest.mark.parametrize("task, memory", [("flow_size", 2000), ("heavy_hitters", 1200), ("hhh", 1300)])
+def test_equals_naive_model_packet_for_packet(task, memory):
+    batch = skewed_batch(seed=3)
+    scores = np.random.default_rng(4).random(len(batch)).astype(np.float32)
+    sketch = LLMSketch(memory, task, seed=11)
+    for part in np.array_split(np.arange(len(batch)), 5):
+        sketch.update(batch[part], scores[part])
+    model = run_naive(batch, scores, memory, task, seed=11)
+    assert_same_state(sketch, model)
+    queries = batch.src_ip if task == "hhh" else batch.flow_keys()
+    assert sketch.flow_size(queries).tolist() == [model.query(k) for k in keys_of(batch, task)]
+    if task != "hhh":
+        assert {k for k, _ in sketch.heavy_hitters(threshold=5)} == {
+            (int.from_bytes(k, "little") if task == "flow_size" else k) for k in model.heavy_hitters(5)}
+
+
+def test_batch_boundaries_do_not_matter():
+    batch = skewed_batch(seed=5)
+    scores = np.random.default_rng(6).random(len(batch))
+    one, many = LLMSketch(3000, seed=2), LLMSketch(3000, seed=2)
+    one.update(batch, scores)
+    for part in np.array_split(np.arange(len(batch)), 13):
+        many.update(batch[part], scores[part])
+    for name, arr in one.state().items():
+        np.testing.assert_array_equal(arr, many.state()[name])
+
+
+def test_round_trip_then_continue_is_identical():
+    batch = skewed_batch(seed=7)
+    scores = np.random.default_rng(8).random(len(batch))
+    a = LLMSketch(2500, "hhh", seed=3)
+    a.update(batch[:2000], scores[:2000])
+    b = LLMSketch.from_bytes(a.to_bytes())
+    for s in (a, b):
+        s.update(batch[2000:], scores[2000:])
+    for name, arr in a.state().items():
+        np.testing.assert_array_equal(arr, b.state()[name])
+    assert a.hhh(threshold=50) == b.hhh(threshold=50)
+
+
+def test_serialised_state_is_checked_and_merge_refused():
+    sketch = LLMSketch(4096)
+    with pytest.raises(SketchError, match="not a telesketch"):
+        LLMSketch.from_bytes(b"junk")
+    with pytest.raises(NotMergeableError, match="arrival"):
+        sketch.merge(LLMSketch(4096))
+
+
+def test_scores_are_required_and_checked():
+    batch = skewed_batch(200)
+    sketch = LLMSketch(4096)
+    with pytest.raises(SketchError, match="needs an estimator"):
+        sketch.update(batch)
+    with pytest.raises(SketchError, match="scores for"):
+        sketch.update(batch, np.zeros(3))
+
+
+def test_constant_zero_never_evicts_and_heavy_counts_are_exact():
+    batch = skewed_batch(seed=9)
+    sketch = LLMSketch(1100, "heavy_hitters")
+    sketch.update(batch, np.zeros(len(batch)))
+    truth = exact.count_dict(batch.flow_keys_void())
+    for key, count in sketch.top_flows(1000):  # admitted on first sight, never evicted: exact
+        assert truth[key] == count
+
+
+def test_large_flows_are_exact_with_oracle_scores_and_light_part_answers_the_rest():
+    batch = skewed_batch(8000, 2000, seed=10)
+    keys = batch.flow_keys_void()
+    truth = exact.count_dict(keys)
+    size = np.array([truth[k] for k in keys.tolist()])
+    sketch = LLMSketch(6000, "flow_size")
+    sketch.update(batch, (size >= 64).astype(float))
+    est = dict(zip(keys.tolist(), sketch.flow_size(batch.flow_keys()).tolist()))
+    big = [k for k, c in truth.items() if c >= 64]
+    assert big and all(est[k] == truth[k] for k in big)
+    assert all(est[k] >= min(truth[k], 1) for k in truth)  # no underestimate below 1 packet
+    cm = CountMinBaseline(6000)
+    cm.update(batch)
+    assert exact.are(truth, est) < exact.are(truth, dict(zip(keys.tolist(), cm.flow_size(batch.flow_keys()).tolist())))
+
+
+def test_hhh_uses_real_cidr_prefixes():
+    rng = np.random.default_rng(0)
+    src = np.concatenate([np.full(3000, 0x0A000000) + rng.integers(0, 4, 3000), rng.integers(0, 2**32, 1000)])
+    batch = PacketBatch.from_columns(src_ip=src.astype(np.uint32))
+    sketch = LLMSketch(64 * 1024, "hhh")
+    sketch.update(batch, np.ones(len(batch)))
+    layers = sketch.hhh_layers()
+    assert layers[30][0x0A000000] == 3000 and layers[0][0] == len(batch)
+    assert (0x0A000000, 30, 3000) in sketch.hhh(threshold=500) or any(
+        p == 0x0A000000 and L >= 30 for p, L, _ in sketch.hhh(threshold=500))
+
+
+class CountingEstimator(Estimator):
+    """Score = first header byte / 255; records how many packets it was asked about."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, headers, hdr_len):
+        self.calls += len(hdr_len)
+        return headers[:, 0].astype(np.float32) / 255
+
+
+def scored_batch(n=3000, seed=0):
+    batch = skewed_batch(n, 300, seed)
+    header = np.random.default_rng(seed).integers(0, 256, (n, 40), dtype=np.uint8)
+    cols = batch.columns() | {"header": header, "hdr_len": np.full(n, 40)}
+    return PacketBatch.from_columns(**cols)
+
+
+@pytest.mark.parametrize("rescore", [False, True])
+def test_flow_scorer_calls_the_model_once_per_scoring_point(rescore):
+    batch = scored_batch()
+    est = CountingEstimator()
+    scorer = FlowScorer(est, rescore=rescore)
+    scores = np.concatenate([scorer.scores(b) for b in batch.split(700)])
+    sizes = np.array(list(exact.count_dict(batch.flow_keys_void()).values()))
+    points = sizes.size if not rescore else int(np.sum(np.floor(np.log2(sizes)) + 1))
+    assert est.calls == points
+    # each packet carries the score of its flow's latest scoring point
+    keys = batch.flow_keys_void()
+    latest, seen = {}, {}
+    for i, k in enumerate(keys.tolist()):
+        seen[k] = seen.get(k, 0) + 1
+        if seen[k] == 1 or (rescore and seen[k] & (seen[k] - 1) == 0):
+            latest[k] = batch.header[i, 0] / 255
+        assert scores[i] == pytest.approx(latest[k], abs=1e-6)
+
+
+def test_flow_scorer_lru_eviction_makes_a_flow_new():
+    batch = scored_batch(400)
+    est = CountingEstimator()
+    scorer = FlowScorer(est, cache_flows=1)
+    scorer.scores(batch[:1])
+    scorer.scores(batch[1:2])
+    scorer.scores(batch[:1])
+    assert est.calls == 3 - (batch.flow_keys_void()[0] == batch.flow_keys_void()[1])
+
+
+def test_async_scorer_never_blocks_and_fills_cache():
+    batch = scored_batch(2000)
+    scorer = FlowScorer(CountingEstimator(), mode="async")
+    first = scorer.scores(batch)
+    assert first.shape == (2000,) and np.all((first >= 0) & (first <= 1))
+    scorer.flush()
+    again = scorer.scores(batch)  # every flow now has its model score
+    keys = batch.flow_keys_void()
+    firsts = {}
+    for i, k in enumerate(keys.tolist()):
+        firsts.setdefault(k, batch.header[i, 0] / 255)
+    assert np.allclose(again, [firsts[k] for k in keys.tolist()], atol=1e-6)
+    scorer.close()
+
+
+def test_sketch_scores_through_its_estimator():
+    batch = scored_batch()
+    sketch = LLMSketch(4096, estimator=ConstantEstimator(1.0))
+    sketch.update(batch)
+    reference = LLMSketch(4096)
+    reference.update(batch, np.ones(len(batch)))
+    for name, arr in sketch.state().items():
+        np.testing.assert_array_equal(arr, reference.state()[name])
