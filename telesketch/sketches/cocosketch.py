@@ -1,0 +1,534 @@
+"""CocoSketch (d = 2) over IPv4 addresses, and the prefix-hierarchy helpers ResidualSketch shares.
+
+Spec: ``specs/residualsketch.md`` §2 (the block), §3 (per-layer estimates, HHH query), §4 (sharding).
+
+A block is ``2`` rows of ``w`` buckets; a bucket is ``(id: uint32, count: int32, occ: uint8)`` and
+is charged 8 bytes (id + count; the occupancy flag is free). State of ``m`` blocks lives in two
+arrays of shape ``(m, 2, w)``: ``cells`` (record dtype :data:`BUCKET_DTYPE`, id and count side by
+side so one probe touches one cache line, about 1.4x faster than separate arrays) and ``occ``.
+Block 0 is the full-key (/32) block.
+
+Row hashes are Bob Jenkins' lookup2 with initial values 181 and 5197 (the spec fixes them, as the
+reference does; every block uses the same two), *not* the telesketch seeded family: the spec names
+this hash so that bucket placement matches the reference code. The seed drives only the replacement
+coins, drawn from the counter-based generator ``rand32(seed, n, j)`` (packet index ``n``, block
+``j``), so runs are deterministic and independent of batch boundaries.
+
+CocoSketch alone answers every layer by aggregating its full keys (``est[L] = Σ prefix(x, L)``);
+it is ResidualSketch with no crucial layers. Its raw state is not merged (order-dependent
+replacement); shards combine through :func:`sum_layer_estimates` + :func:`hhh_pass`
+(:func:`merged_hhh`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+import numba as nb
+import numpy as np
+
+from telesketch.packets import PacketBatch
+from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
+from telesketch.sketches.exact import BIT_LAYERS, BYTE_LAYERS, prefix_mask
+
+BUCKET_BYTES = 8  # id (u32) + count (i32); the occupancy flag is not charged (spec §2)
+ROWS = 2
+ROW_INITS = (181, 5197)  # lookup2 initial values of rows 0 and 1 (spec §2)
+DEFAULT_MEMORY = {"byte": 32 * 1024, "bit": 256 * 1024}
+BUCKET_DTYPE = np.dtype([("id", "<u4"), ("count", "<i4")])
+
+_U64 = np.uint64
+_M32 = _U64(0xFFFFFFFF)
+_GOLDEN32 = _U64(0x9E3779B9)
+_MIX_A = _U64(0xBF58476D1CE4E5B9)
+_MIX_B = _U64(0x94D049BB133111EB)
+_ROW0 = _U64(ROW_INITS[0] + 4)  # + 4: the key length in bytes
+_ROW1 = _U64(ROW_INITS[1] + 4)
+_S = {k: _U64(k) for k in (3, 5, 8, 10, 12, 13, 15, 16, 27, 30, 31, 32, 64)}
+_S3, _S5, _S8, _S10, _S12, _S13, _S15, _S16 = (_S[k] for k in (3, 5, 8, 10, 12, 13, 15, 16))
+_S27, _S30, _S31, _S32, _S64 = (_S[k] for k in (27, 30, 31, 32, 64))
+
+
+# ---------------------------------------------------------------------------- scalar kernels
+@nb.njit(nb.uint64(nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+def bob_hash(x, c):
+    """lookup2 of the 4 little-endian bytes of ``x`` with ``c = initval + 4``; uint32 in a uint64."""
+    a = (_GOLDEN32 + x) & _M32
+    b = _GOLDEN32
+    a = (a - b - c) & _M32
+    a ^= c >> _S13
+    b = (b - c - a) & _M32
+    b ^= (a << _S8) & _M32
+    c = (c - a - b) & _M32
+    c ^= b >> _S13
+    a = (a - b - c) & _M32
+    a ^= c >> _S12
+    b = (b - c - a) & _M32
+    b ^= (a << _S16) & _M32
+    c = (c - a - b) & _M32
+    c ^= b >> _S5
+    a = (a - b - c) & _M32
+    a ^= c >> _S3
+    b = (b - c - a) & _M32
+    b ^= (a << _S10) & _M32
+    c = (c - a - b) & _M32
+    c ^= b >> _S15
+    return c
+
+
+@nb.njit(nb.uint64(nb.uint64), cache=True, nogil=True, inline="always")
+def mix64(z):
+    """splitmix64's finaliser (spec §2), mod 2^64."""
+    z = (z ^ (z >> _S30)) * _MIX_A
+    z = (z ^ (z >> _S27)) * _MIX_B
+    return z ^ (z >> _S31)
+
+
+@nb.njit(nb.uint64(nb.uint64, nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+def rand32(seed_mix, n, j):
+    """``rand32(seed, n, j)`` given ``seed_mix = mix64(seed)``: the replacement coin of block j at packet n."""
+    return mix64(seed_mix ^ (n * _S64 + j)) >> _S32
+
+
+@nb.njit(nb.uint64(nb.uint64, nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+def fastmod(a, magic, d):
+    """``a mod d`` for 32-bit ``a`` and ``d`` via Lemire's fastmod (``magic = 2^64 // d + 1``, mod 2^64).
+
+    Exact for all 32-bit inputs; three multiplies instead of a ~30-cycle division.
+    """
+    low = magic * a
+    t = (low & _M32) * d
+    return ((low >> _S32) * d + (t >> _S32)) >> _S32
+
+
+def fastmod_magic(d: int) -> np.uint64:
+    """The ``magic`` of :func:`fastmod` for divisor ``d`` (1 <= d < 2^32)."""
+    return np.uint64(((2**64 - 1) // d + 1) % 2**64)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def coco_insert(cells, occ, blk, x, w, wmagic, seed_mix, n, T, decrement):
+    """Insert key ``x`` (uint64 holding a u32) with weight 1 into block ``blk`` (spec §2).
+
+    ``pos_r(x) = BOB(x, r) mod w`` (``wmagic = fastmod_magic(w)``). Returns the post-update
+    count if ``x`` was held ("matched"), else 0. With ``decrement`` a held
+    key's count becomes ``max(0, count + 1 - T)``; an unheld key gets a plain +1 insert.
+    """
+    xid = nb.uint32(x)
+    p0 = nb.int64(fastmod(bob_hash(x, _ROW0), wmagic, w))
+    if occ[blk, 0, p0] and cells[blk, 0, p0].id == xid:
+        return _bump(cells, blk, 0, p0, T, decrement)
+    p1 = nb.int64(fastmod(bob_hash(x, _ROW1), wmagic, w))
+    if occ[blk, 1, p1] and cells[blk, 1, p1].id == xid:
+        return _bump(cells, blk, 1, p1, T, decrement)
+    row, pos = 0, p0
+    if cells[blk, 1, p1].count < cells[blk, 0, p0].count:  # strict: ties go to row 0
+        row, pos = 1, p1
+    c = nb.int64(cells[blk, row, pos].count) + 1  # never reset on takeover
+    cells[blk, row, pos].count = c
+    if nb.uint32(rand32(seed_mix, n, nb.uint64(blk))) % nb.uint32(c) == 0:  # 32-bit division
+        cells[blk, row, pos].id = xid
+        occ[blk, row, pos] = 1
+    return 0
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _bump(cells, blk, row, pos, T, decrement):
+    if decrement:
+        c = max(nb.int64(0), nb.int64(cells[blk, row, pos].count) + 1 - T)
+    else:
+        c = nb.int64(cells[blk, row, pos].count) + 1
+    cells[blk, row, pos].count = c
+    return c
+
+
+@nb.njit(cache=True, nogil=True)
+def stream_kernel(keys, cells, occ, masks, T, seed_mix, n0, connection, wmagic):
+    """The sequential update loop of spec §3 over ``keys`` (uint32[n]) for packets ``n0 .. n0+n-1``.
+
+    Block 0 is the full-key block F; block ``j >= 1`` is the Residual Block of prefix mask
+    ``masks[j-1]`` (ascending lengths). With no masks this is plain CocoSketch. With
+    ``connection`` False (the spec's "noConn" column, as the reference's
+    ``HHHKey_without`` runs it) every packet is a plain insert into every block: no bypass, no
+    decrement (and the query adds nothing back).
+    """
+    w = nb.uint64(cells.shape[2])
+    m = masks.shape[0]
+    for i in range(keys.shape[0]):
+        x = nb.uint64(keys[i])
+        n = nb.uint64(n0) + nb.uint64(i)
+        c = coco_insert(cells, occ, 0, x, w, wmagic, seed_mix, n, T, False)
+        decrement = False
+        if connection:
+            if c > T:
+                continue  # confirmed-heavy keys bypass the blocks
+            decrement = c == T
+        for j in range(m):
+            p = x & nb.uint64(masks[j])
+            coco_insert(cells, occ, j + 1, p, w, wmagic, seed_mix, n, T, decrement)
+
+
+# ---------------------------------------------------------------------------- hierarchy helpers
+class HHHEntry(NamedTuple):
+    """One reported hierarchical heavy hitter: prefix value, length, estimates (packets)."""
+
+    prefix: int
+    length: int
+    estimate: int  # unconditioned per-layer estimate est_L(p)
+    discounted: int  # conditioned count c(p): est minus the covered mass of reported descendants
+
+
+LayerEstimates = dict[int, dict[int, int]]  # {length: {prefix value: estimated packets}}
+
+
+def layers_of(mode: str) -> tuple[int, ...]:
+    """Prefix lengths of the hierarchy ``byte`` (0, 8, 16, 24, 32) or ``bit`` (0 .. 32)."""
+    if mode == "byte":
+        return BYTE_LAYERS
+    if mode == "bit":
+        return BIT_LAYERS
+    raise SketchError(f"mode must be 'byte' or 'bit', got {mode!r}")
+
+
+def block_contents(ids: np.ndarray, counts: np.ndarray, occ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``all(S)`` of one block (arrays of shape ``(2, w)``): sorted distinct ids and Σ count (int64)."""
+    held = occ.astype(bool)
+    return _reduce_by_key(ids[held].astype(np.uint32), counts[held].astype(np.int64))
+
+
+def _reduce_by_key(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    unique, inverse = np.unique(keys, return_inverse=True)
+    return unique, np.bincount(inverse, weights=values, minlength=unique.size).astype(np.int64)
+
+
+def _aggregate(keys: np.ndarray, values: np.ndarray, length: int) -> dict[int, int]:
+    """``{prefix(x, length): Σ v}``: one masked segmented reduction."""
+    prefixes, sums = _reduce_by_key(keys & np.uint32(prefix_mask(length)), values)
+    return dict(zip(prefixes.tolist(), sums.tolist()))
+
+
+def block_layer_estimates(
+    ids: np.ndarray,
+    counts: np.ndarray,
+    occ: np.ndarray,
+    crucial_layers: Sequence[int],
+    layers: Sequence[int],
+    threshold: int,
+    addback: str | None,
+) -> LayerEstimates:
+    """Per-layer estimates of spec §3 from block arrays ``(1 + |K|, 2, w)``.
+
+    Layers finer than the finest crucial layer come from all full keys of F; a layer in
+    ``(k_{j-1}, k_j]`` comes from block ``k_j`` plus the add-back of F's heavy keys
+    (``v > T`` with ``addback="gt"``, ``v >= T`` with ``"ge"``, none with ``None``: noConn).
+    """
+    full_keys, full_counts = block_contents(ids[0], counts[0], occ[0])
+    if addback is None:
+        heavy = np.zeros(full_counts.shape, bool)
+    else:
+        heavy = full_counts >= threshold if addback == "ge" else full_counts > threshold
+    blocks = []
+    for j, k in enumerate(crucial_layers, start=1):
+        keys, values = block_contents(ids[j], counts[j], occ[j])
+        keys = np.concatenate([keys, full_keys[heavy] & np.uint32(prefix_mask(k))])
+        blocks.append((k, keys, np.concatenate([values, full_counts[heavy]])))
+    est: LayerEstimates = {}
+    for length in layers:
+        source = next(((keys, values) for k, keys, values in blocks if length <= k), None)
+        keys, values = source if source is not None else (full_keys, full_counts)
+        est[length] = _aggregate(keys, values, length)
+    return est
+
+
+def sum_layer_estimates(maps: Iterable[Mapping[int, Mapping[int, int]]]) -> LayerEstimates:
+    """Add per-layer estimate maps (shards, epochs): ``est[L][p] = Σ_s est_s[L][p]`` (spec §4)."""
+    total: LayerEstimates = {}
+    for est in maps:
+        for length, layer in est.items():
+            acc = total.setdefault(length, {})
+            for prefix, value in layer.items():
+                acc[prefix] = acc.get(prefix, 0) + value
+    return total
+
+
+def hhh_pass(est: Mapping[int, Mapping[int, int]], threshold: float) -> list[HHHEntry]:
+    """The discounted HHH set of per-layer estimates, bottom-up in one pass (spec §3 "HHH query").
+
+    ``p`` at layer ``L`` is reported iff ``est > T`` and ``c = est - cov > T``, where ``cov`` is the
+    mass under ``p`` already covered by reported descendants. Unlike ``exact.hhh_from_counts`` the
+    pass also visits prefixes that only appear in ``cov`` (a sketch may miss a parent whose
+    children it reported), so the covered mass always reaches the coarser layers.
+    Returns entries finest layer first, ascending prefix within a layer.
+    """
+    out: list[HHHEntry] = []
+    carry: dict[int, int] = {}
+    for length in sorted(est, reverse=True):
+        mask = prefix_mask(length)
+        cov: dict[int, int] = {}
+        for q, up in carry.items():
+            cov[q & mask] = cov.get(q & mask, 0) + up
+        layer = est[length]
+        carry = {}
+        for p in layer.keys() | cov.keys():
+            e = layer.get(p, 0)
+            covered = cov.get(p, 0)
+            c = e - covered
+            if e > threshold and c > threshold:
+                out.append(HHHEntry(p, length, e, c))
+                carry[p] = e
+            elif covered > 0:
+                carry[p] = covered
+    out.sort(key=lambda e: (-e.length, e.prefix))
+    return out
+
+
+def merged_hhh(sketches: Sequence, threshold: float) -> list[HHHEntry]:
+    """One HHH pass over the summed layer estimates of shard sketches (spec §4 sharding).
+
+    ``sketches`` are ResidualSketch or CocoSketch objects of the same mode and dimension (e.g. one
+    per shard, each with its own seed and shard threshold :func:`shard_threshold`). ``threshold``
+    is the global report threshold ``T_report`` in packets.
+    """
+    if not sketches:
+        raise SketchError("merged_hhh needs at least one sketch")
+    first = sketches[0].params
+    for s in sketches[1:]:
+        if (s.params.mode, s.params.dimension) != (first.mode, first.dimension):
+            raise SketchError(
+                f"cannot combine estimates of hierarchies {first.mode}/{first.dimension} and "
+                f"{s.params.mode}/{s.params.dimension}"
+            )
+    if threshold is None or threshold < 0:
+        raise SketchError(f"merged_hhh needs the global report threshold (packets >= 0), got {threshold!r}")
+    return hhh_pass(sum_layer_estimates(s.layer_estimates() for s in sketches), threshold)
+
+
+def shard_threshold(threshold: int, shards: int) -> int:
+    """Promotion threshold of one of ``shards`` shards: ``max(1, floor(T / S))`` (spec §4)."""
+    if shards < 1:
+        raise SketchError(f"shards must be >= 1, got {shards}")
+    return max(1, int(threshold) // int(shards))
+
+
+# ---------------------------------------------------------------------------- parameter helpers
+def normalise_dimension(dimension: str) -> str:
+    """``src``/``src_ip`` -> ``src``; ``dst``/``dst_ip`` -> ``dst``."""
+    mapping = {"src": "src", "src_ip": "src", "dst": "dst", "dst_ip": "dst"}
+    if dimension not in mapping:
+        raise SketchError(f"dimension must be 'src' or 'dst' (or 'src_ip'/'dst_ip'), got {dimension!r}")
+    return mapping[dimension]
+
+
+def resolve_threshold(threshold, phi, expected_packets, required: bool) -> int | None:
+    """``T`` from ``threshold``, or ``max(1, floor(phi * expected_packets))`` (spec §1)."""
+    if threshold is not None and expected_packets is not None:
+        raise SketchError("give either threshold or (phi, expected_packets), not both")
+    if not 0.0 < float(phi) < 1.0:
+        raise SketchError(f"phi must be in (0, 1), got {phi}")
+    if threshold is not None:
+        if int(threshold) != threshold or threshold < 1:
+            raise SketchError(f"threshold must be a positive integer packet count, got {threshold!r}")
+        return int(threshold)
+    if expected_packets is not None:
+        if int(expected_packets) != expected_packets or expected_packets < 1:
+            raise SketchError(f"expected_packets must be a positive integer, got {expected_packets!r}")
+        return max(1, int(float(phi) * int(expected_packets)))
+    if required:
+        raise SketchError(
+            "the threshold T drives the update rule: give threshold=<packets>, or phi with "
+            "expected_packets=<packets per epoch>"
+        )
+    return None
+
+
+def buckets_per_row(block_bytes: int, what: str) -> int:
+    """``w = block_bytes // (2 * 8)``; at least one bucket."""
+    w = int(block_bytes) // (ROWS * BUCKET_BYTES)
+    if w < 1:
+        raise SketchError(f"{what}: {block_bytes} bytes per block is less than one bucket per row (16 bytes)")
+    return w
+
+
+def check_memory(memory_bytes) -> int:
+    if isinstance(memory_bytes, bool) or int(memory_bytes) != memory_bytes or memory_bytes <= 0:
+        raise SketchError(f"memory_bytes must be a positive integer, got {memory_bytes!r}")
+    return int(memory_bytes)
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or int(seed) != seed or not 0 <= int(seed) < 2**64:
+        raise SketchError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
+def seed_mix(seed: int) -> np.uint64:
+    """``mix64(seed)``, the per-sketch constant of ``rand32``."""
+    return np.uint64(mix64(np.uint64(seed)))
+
+
+def address_column(batch: PacketBatch, dimension: str) -> np.ndarray:
+    """The batch's source or destination addresses (``uint32[n]``)."""
+    if not isinstance(batch, PacketBatch):
+        raise SketchError(f"update() takes a PacketBatch, got {type(batch).__name__}; use update_addresses() for arrays")
+    return batch.src_ip if dimension == "src" else batch.dst_ip
+
+
+def as_addresses(addresses) -> np.ndarray:
+    """A contiguous ``uint32[n]`` view/copy of an address array; refuses other shapes and values."""
+    arr = np.asarray(addresses)
+    if arr.ndim != 1:
+        raise SketchError(f"addresses must be a 1-D uint32 array, got shape {arr.shape}")
+    if arr.dtype != np.uint32:
+        if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 0xFFFFFFFF):
+            raise SketchError(f"addresses must be uint32 values, got dtype {arr.dtype}")
+        arr = arr.astype(np.uint32)
+    return np.ascontiguousarray(arr)
+
+
+def prefix_estimate(est: Mapping[int, Mapping[int, int]], prefix: int, length: int) -> int:
+    """Look up ``est[length][prefix]`` after checking the prefix is well formed."""
+    if not 0 <= int(length) <= 32:
+        raise SketchError(f"prefix length must be in [0, 32], got {length}")
+    if not 0 <= int(prefix) <= 0xFFFFFFFF or int(prefix) & ~prefix_mask(length) & 0xFFFFFFFF:
+        raise SketchError(f"prefix {prefix:#x}/{length} has host bits set (or is not a u32)")
+    return int(est[length].get(int(prefix), 0))
+
+
+# ---------------------------------------------------------------------------- CocoSketch
+@dataclass(frozen=True)
+class CocoSketchParams:
+    """CocoSketch parameters (spec §2, §8 baseline).
+
+    ``memory_bytes`` buys ``w = memory_bytes // 16`` buckets per row. ``threshold`` (or ``phi`` with
+    ``expected_packets``) only sets the default report threshold of :meth:`CocoSketch.hhh`.
+    """
+
+    mode: str = "byte"
+    dimension: str = "src"
+    memory_bytes: int | None = None
+    threshold: int | None = None
+    phi: float = 1e-3
+    expected_packets: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        layers_of(self.mode)
+        object.__setattr__(self, "dimension", normalise_dimension(self.dimension))
+        memory = DEFAULT_MEMORY[self.mode] if self.memory_bytes is None else check_memory(self.memory_bytes)
+        object.__setattr__(self, "memory_bytes", memory)
+        object.__setattr__(self, "seed", check_seed(self.seed))
+        buckets_per_row(memory, "CocoSketch")
+        resolve_threshold(self.threshold, self.phi, self.expected_packets, required=False)
+
+
+class CocoSketch:
+    """CocoSketch with d = 2 over full IPv4 keys; every HHH layer aggregated from the full keys.
+
+    >>> cs = CocoSketch(memory_bytes=32 * 1024, threshold=8000)
+    >>> cs.update(batch); cs.hhh()      # [(prefix, length, discounted_estimate), ...]
+    """
+
+    ALGORITHM = "cocosketch"
+    VERSION = 1
+
+    def __init__(self, params: CocoSketchParams | None = None, **kwargs):
+        if params is not None and kwargs:
+            raise SketchError("give either a CocoSketchParams or keyword parameters, not both")
+        self.params = params if params is not None else CocoSketchParams(**kwargs)
+        self._T = resolve_threshold(self.params.threshold, self.params.phi, self.params.expected_packets, False)
+        self.width = buckets_per_row(self.params.memory_bytes, "CocoSketch")
+        shape = (1, ROWS, self.width)
+        self.cells = np.zeros(shape, BUCKET_DTYPE)
+        self.occ = np.zeros(shape, np.uint8)
+        self.packets = 0
+        self._seed_mix = seed_mix(self.params.seed)
+        self.layers = layers_of(self.params.mode)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bucket memory charged: ``2 * w * 8`` bytes."""
+        return ROWS * self.width * BUCKET_BYTES
+
+    ids = property(lambda self: self.cells["id"], doc="Bucket ids, ``uint32[1, 2, w]`` (a view).")
+    counts = property(lambda self: self.cells["count"], doc="Bucket counts, ``int32[1, 2, w]`` (a view).")
+
+    def update(self, batch: PacketBatch) -> None:
+        """Count every packet of ``batch`` under its source (or destination) address."""
+        self.update_addresses(address_column(batch, self.params.dimension))
+
+    def update_addresses(self, addresses) -> None:
+        """Count a raw ``uint32[n]`` address array (the benchmark entry point; hashing included)."""
+        keys = as_addresses(addresses)
+        stream_kernel(keys, self.cells, self.occ, np.zeros(0, np.uint32), 0,
+                      self._seed_mix, np.uint64(self.packets), True, fastmod_magic(self.width))
+        self.packets += keys.shape[0]
+
+    def full_keys(self) -> dict[int, int]:
+        """``all(F)``: ``{address: estimated packets}`` of every held key."""
+        keys, values = block_contents(self.ids[0], self.counts[0], self.occ[0])
+        return dict(zip(keys.tolist(), values.tolist()))
+
+    def layer_estimates(self) -> LayerEstimates:
+        """``{length: {prefix: estimate}}`` for every layer of the mode (additive across shards)."""
+        return block_layer_estimates(self.ids, self.counts, self.occ, (), self.layers, 0, None)
+
+    def estimate(self, prefix: int, length: int) -> int:
+        """Estimated packets of ``prefix/length`` (any length 0..32): Σ over held keys under it."""
+        if not 0 <= int(length) <= 32:
+            raise SketchError(f"prefix length must be in [0, 32], got {length}")
+        keys, values = block_contents(self.ids[0], self.counts[0], self.occ[0])
+        return prefix_estimate({length: _aggregate(keys, values, length)}, prefix, length)
+
+    def report_threshold(self, threshold: float | None) -> float:
+        if threshold is not None:
+            if threshold < 0:
+                raise SketchError(f"report threshold must be non-negative, got {threshold}")
+            return threshold
+        if self._T is None:
+            raise SketchError("no threshold: construct with threshold (or phi + expected_packets) or pass one")
+        return self._T
+
+    def hhh_entries(self, threshold: float | None = None) -> list[HHHEntry]:
+        """HHH entries with unconditioned and discounted estimates, finest layer first."""
+        return hhh_pass(self.layer_estimates(), self.report_threshold(threshold))
+
+    def hhh(self, threshold: float | None = None) -> list[tuple[int, int, int]]:
+        """``[(prefix, length, discounted_estimate), ...]`` of the HHH set at ``threshold``."""
+        return [(e.prefix, e.length, e.discounted) for e in self.hhh_entries(threshold)]
+
+    def merge(self, other) -> None:
+        raise NotMergeableError(
+            "CocoSketch state is order-dependent and only approximately mergeable (spec §4); "
+            "combine shards with telesketch.sketches.cocosketch.merged_hhh or sum_layer_estimates"
+        )
+
+    def to_bytes(self) -> bytes:
+        return pack_state(self.ALGORITHM, self.VERSION, self.params,
+                          {"ids": self.ids, "counts": self.counts, "occ": self.occ},
+                          extra={"packets": self.packets})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "CocoSketch":
+        params, arrays, _, extra = unpack_state(data, cls.ALGORITHM, cls.VERSION)
+        try:
+            sketch = cls(CocoSketchParams(**params))
+        except TypeError as exc:
+            raise SketchError(f"serialised CocoSketch parameters do not fit: {exc}") from None
+        _restore(sketch, arrays, extra)
+        return sketch
+
+
+def _restore(sketch, arrays: dict, extra: dict) -> None:
+    """Load ``ids``/``counts``/``occ`` and the packet index into a fresh sketch, checking shapes."""
+    shape = sketch.occ.shape
+    for name, dtype in (("ids", np.uint32), ("counts", np.int32), ("occ", np.uint8)):
+        arr = arrays.get(name)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            raise SketchError(f"serialised {name!r} does not fit these parameters (expected {shape} {np.dtype(dtype)})")
+    sketch.cells["id"] = arrays["ids"]
+    sketch.cells["count"] = arrays["counts"]
+    sketch.occ[...] = arrays["occ"]
+    packets = extra.get("packets")
+    if not isinstance(packets, int) or packets < 0:
+        raise SketchError(f"serialised packet index is missing or invalid: {packets!r}")
+    sketch.packets = packets

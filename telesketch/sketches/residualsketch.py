@@ -1,0 +1,246 @@
+"""ResidualSketch: hierarchical heavy hitters over IPv4 prefixes (spec ``specs/residualsketch.md``).
+
+State: a full-key CocoSketch ``F`` (d = 2) plus one CocoSketch "Residual Block" ``R_k`` per crucial
+prefix length ``k``, memory split equally over the ``1 + |K|`` blocks (8 bytes per bucket). Per
+packet with address ``x`` (packet index ``n`` in the sketch's stream):
+
+    c = insert(F, x)                      # post-update count if x was held, else 0
+    c <  T: insert(R_k, prefix(x, k))     # light traffic is counted at prefix granularity
+    c == T: decrement R_k's prefix by T-1 # Residual Connection: x just became heavy
+    c >  T: bypass                        # heavy keys are counted once, in F
+
+Queries add F's heavy keys back into every block (the skip connection), answer each layer from the
+nearest crucial layer at or above it (or from all of F below the finest one), and run one
+bottom-up discounted HHH pass (:func:`~telesketch.sketches.cocosketch.hhh_pass`).
+
+The update is order-dependent (the connection fires at the instant F's count equals T), so the
+kernel is one sequential ``nogil`` loop (spec §5 "exact mode") and raw state is not mergeable;
+shards combine through :meth:`ResidualSketch.layer_estimates` (:func:`merged_hhh`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from telesketch.packets import PacketBatch
+from telesketch.sketches.cocosketch import (
+    BUCKET_DTYPE,
+    DEFAULT_MEMORY,
+    ROWS,
+    BUCKET_BYTES,
+    CocoSketch,
+    CocoSketchParams,
+    HHHEntry,
+    LayerEstimates,
+    _restore,
+    address_column,
+    as_addresses,
+    block_layer_estimates,
+    buckets_per_row,
+    check_memory,
+    check_seed,
+    fastmod_magic,
+    hhh_pass,
+    layers_of,
+    merged_hhh,
+    normalise_dimension,
+    prefix_estimate,
+    resolve_threshold,
+    seed_mix,
+    shard_threshold,
+    stream_kernel,
+    sum_layer_estimates,
+)
+from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
+from telesketch.sketches.exact import prefix_mask
+
+__all__ = [
+    "ResidualSketch",
+    "ResidualSketchParams",
+    "CocoSketch",
+    "CocoSketchParams",
+    "HHHEntry",
+    "hhh_pass",
+    "merged_hhh",
+    "shard_threshold",
+    "sum_layer_estimates",
+]
+
+DEFAULT_CRUCIAL = {"byte": (16,), "bit": (12,)}
+
+
+@dataclass(frozen=True)
+class ResidualSketchParams:
+    """ResidualSketch parameters (spec §3 table).
+
+    * ``mode``: ``byte`` (layers /0 /8 /16 /24 /32) or ``bit`` (/0 .. /32).
+    * ``dimension``: ``src`` (default) or ``dst`` address hierarchy (``src_ip``/``dst_ip`` accepted).
+    * ``memory_bytes``: bucket memory, split equally over ``1 + |K|`` blocks (default 32 KiB byte,
+      256 KiB bit).
+    * ``crucial_layers``: the Residual Blocks' prefix lengths ``0 < k < 32``, layers of the mode
+      (default ``(16,)`` byte, ``(12,)`` bit).
+    * ``threshold``: ``T`` in packets; or ``phi`` (default 1e-3) with ``expected_packets`` (one
+      epoch), ``T = max(1, floor(phi * expected_packets))``. Comparisons with T are strict.
+    * ``seed``: drives the replacement coins ``rand32(seed, n, j)``.
+    * ``addback``: ``gt`` (reference parity: add back F keys with ``v > T``) or ``ge``.
+    * ``connection``: False gives the spec's "noConn" ablation as the reference code runs it
+      (every packet is a plain insert into every block; no decrement, no add-back).
+    """
+
+    mode: str = "byte"
+    dimension: str = "src"
+    memory_bytes: int | None = None
+    crucial_layers: tuple[int, ...] | None = None
+    threshold: int | None = None
+    phi: float = 1e-3
+    expected_packets: int | None = None
+    seed: int = 0
+    addback: str = "gt"
+    connection: bool = True
+
+    def __post_init__(self):
+        layers = layers_of(self.mode)
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        set_("dimension", normalise_dimension(self.dimension))
+        set_("memory_bytes", DEFAULT_MEMORY[self.mode] if self.memory_bytes is None else check_memory(self.memory_bytes))
+        set_("crucial_layers", _check_crucial(self.crucial_layers, self.mode, layers))
+        set_("seed", check_seed(self.seed))
+        if self.addback not in ("gt", "ge"):
+            raise SketchError(f"addback must be 'gt' (reference parity) or 'ge', got {self.addback!r}")
+        if not isinstance(self.connection, bool):
+            raise SketchError(f"connection must be a bool, got {self.connection!r}")
+        resolve_threshold(self.threshold, self.phi, self.expected_packets, required=True)
+        buckets_per_row(self.memory_bytes // (1 + len(self.crucial_layers)), "ResidualSketch")
+
+    @property
+    def T(self) -> int:
+        """The absolute promotion threshold in packets."""
+        return resolve_threshold(self.threshold, self.phi, self.expected_packets, required=True)
+
+
+def _check_crucial(crucial, mode: str, layers: tuple[int, ...]) -> tuple[int, ...]:
+    if crucial is None:
+        return DEFAULT_CRUCIAL[mode]
+    if isinstance(crucial, (int, np.integer)):
+        crucial = (crucial,)
+    crucial = tuple(int(k) for k in crucial)
+    bad = [k for k in crucial if not 0 < k < 32 or k not in layers]
+    if bad:
+        raise SketchError(f"crucial layers {bad} invalid: need 0 < k < 32 and k a layer of {mode} mode {layers}")
+    if len(set(crucial)) != len(crucial):
+        raise SketchError(f"crucial layers must be distinct, got {crucial}")
+    return tuple(sorted(crucial))
+
+
+class ResidualSketch:
+    """Hierarchical heavy hitters over source (or destination) IPv4 prefixes.
+
+    >>> rs = ResidualSketch(memory_bytes=32 * 1024, mode="byte", threshold=8000)
+    >>> rs.update(batch)                  # PacketBatch; or rs.update_addresses(uint32 array)
+    >>> rs.hhh()                          # [(prefix, length, discounted_estimate), ...]
+    >>> rs.estimate(0x0A010000, 16)       # estimated packets of 10.1.0.0/16
+    """
+
+    ALGORITHM = "residualsketch"
+    VERSION = 1
+
+    def __init__(self, params: ResidualSketchParams | None = None, **kwargs):
+        if params is not None and kwargs:
+            raise SketchError("give either a ResidualSketchParams or keyword parameters, not both")
+        self.params = params if params is not None else ResidualSketchParams(**kwargs)
+        p = self.params
+        self.T = p.T
+        self.layers = layers_of(p.mode)
+        self.crucial_layers = p.crucial_layers
+        self.width = buckets_per_row(p.memory_bytes // (1 + len(p.crucial_layers)), "ResidualSketch")
+        shape = (1 + len(p.crucial_layers), ROWS, self.width)
+        self.cells = np.zeros(shape, BUCKET_DTYPE)  # (id, count); block 0 = F, block j = R_{k_j}
+        self.occ = np.zeros(shape, np.uint8)
+        self.packets = 0  # stream index n of the next packet
+        self._masks = np.array([prefix_mask(k) for k in p.crucial_layers], np.uint32)
+        self._seed_mix = seed_mix(p.seed)
+        self._addback = p.addback if p.connection else None  # noConn adds nothing back
+
+    # ------------------------------------------------------------------ update
+    @property
+    def memory_bytes(self) -> int:
+        """Bucket memory charged: ``(|K| + 1) * 2 * w * 8`` bytes."""
+        return self.cells.shape[0] * ROWS * self.width * BUCKET_BYTES
+
+    ids = property(lambda self: self.cells["id"], doc="Bucket ids, ``uint32[1 + |K|, 2, w]`` (a view).")
+    counts = property(lambda self: self.cells["count"], doc="Bucket counts, ``int32[1 + |K|, 2, w]`` (a view).")
+
+    def update(self, batch: PacketBatch) -> None:
+        """Process every packet of ``batch`` (weight 1 each) under its src (or dst) address."""
+        self.update_addresses(address_column(batch, self.params.dimension))
+
+    def update_addresses(self, addresses) -> None:
+        """Process a raw ``uint32[n]`` address array in order (benchmark entry point)."""
+        keys = as_addresses(addresses)
+        stream_kernel(keys, self.cells, self.occ, self._masks, np.int64(self.T),
+                      self._seed_mix, np.uint64(self.packets), self.params.connection,
+                      fastmod_magic(self.width))
+        self.packets += keys.shape[0]
+
+    # ------------------------------------------------------------------ queries
+    def layer_estimates(self) -> LayerEstimates:
+        """``{length: {prefix: estimated packets}}`` for every layer of the mode (spec §3).
+
+        These maps are additive across shards and epochs (:func:`sum_layer_estimates`).
+        """
+        return block_layer_estimates(self.ids, self.counts, self.occ, self.crucial_layers,
+                                     self.layers, self.T, self._addback)
+
+    def estimate(self, prefix: int, length: int) -> int:
+        """Estimated packets of ``prefix/length`` for any length 0..32 (host bits must be zero).
+
+        A length finer than the finest crucial layer is answered from F's full keys, any other
+        from the nearest crucial layer at or above it (with the heavy-key add-back).
+        """
+        if not 0 <= int(length) <= 32:
+            raise SketchError(f"prefix length must be in [0, 32], got {length}")
+        est = block_layer_estimates(self.ids, self.counts, self.occ, self.crucial_layers,
+                                    (int(length),), self.T, self._addback)
+        return prefix_estimate(est, prefix, length)
+
+    def report_threshold(self, threshold: float | None) -> float:
+        """``T_report``: the given value, or the construction threshold ``T``."""
+        if threshold is None:
+            return self.T
+        if threshold < 0:
+            raise SketchError(f"report threshold must be non-negative, got {threshold}")
+        return threshold
+
+    def hhh_entries(self, threshold: float | None = None) -> list[HHHEntry]:
+        """HHH entries ``(prefix, length, estimate, discounted)``, finest layer first."""
+        return hhh_pass(self.layer_estimates(), self.report_threshold(threshold))
+
+    def hhh(self, threshold: float | None = None) -> list[tuple[int, int, int]]:
+        """``[(prefix, length, discounted_estimate), ...]``: the discounted HHH set at ``T_report``."""
+        return [(e.prefix, e.length, e.discounted) for e in self.hhh_entries(threshold)]
+
+    # ------------------------------------------------------------------ contract
+    def merge(self, other) -> None:
+        """Not supported: raises :class:`NotMergeableError` (spec §4)."""
+        raise NotMergeableError(
+            "ResidualSketch state cannot be merged: each Residual Block only means something with "
+            "its own full-key sketch, and adding blocks double-counts light traffic (spec §4). "
+            "Sum layer_estimates() of the shards and run one HHH pass: merged_hhh(sketches, threshold)"
+        )
+
+    def to_bytes(self) -> bytes:
+        """Parameters, seed, the raw blocks and the packet index (restores bit-identically)."""
+        return pack_state(self.ALGORITHM, self.VERSION, self.params,
+                          {"ids": self.ids, "counts": self.counts, "occ": self.occ},
+                          extra={"packets": self.packets})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ResidualSketch":
+        params, arrays, _, extra = unpack_state(data, cls.ALGORITHM, cls.VERSION)
+        try:
+            sketch = cls(ResidualSketchParams(**params))
+        except TypeError as exc:
+            raise SketchError(f"serialised ResidualSketch parameters do not fit: {exc}") from None
+        _restore(sketch, arrays, extra)
+        return sketch

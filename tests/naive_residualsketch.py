@@ -1,0 +1,169 @@
+"""Pure-Python models of CocoSketch (d = 2) and ResidualSketch, written from specs/residualsketch.md.
+
+Readable and slow: plain lists and ints, one packet at a time. Same row hash (lookup2, §2), same
+counter-based coins ``rand32(seed, n, j)``, so for a fixed seed the Numba sketches must reproduce
+the state (ids, counts, occupancy) and every answer exactly.
+"""
+from __future__ import annotations
+
+M32 = 0xFFFFFFFF
+M64 = (1 << 64) - 1
+ROW_INITS = (181, 5197)
+BYTE_LAYERS = (0, 8, 16, 24, 32)
+BIT_LAYERS = tuple(range(33))
+
+
+def mask(length: int) -> int:
+    return 0 if length == 0 else (M32 << (32 - length)) & M32
+
+
+def prefix(x: int, length: int) -> int:
+    return x & mask(length)
+
+
+def bob(x: int, row: int) -> int:
+    """Bob Jenkins' lookup2 over the 4 little-endian bytes of x, initval ROW_INITS[row]."""
+    a = b = 0x9E3779B9
+    c = (ROW_INITS[row] + 4) & M32
+    a = (a + x) & M32
+    for sa, sb, sc in ((13, 8, 13), (12, 16, 5), (3, 10, 15)):
+        a = (a - b - c) & M32
+        a ^= c >> sa
+        b = (b - c - a) & M32
+        b ^= (a << sb) & M32
+        c = (c - a - b) & M32
+        c ^= b >> sc
+    return c
+
+
+def mix64(z: int) -> int:
+    z &= M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def rand32(seed: int, n: int, j: int) -> int:
+    return mix64(mix64(seed) ^ ((n * 64 + j) & M64)) >> 32
+
+
+class NaiveCoco:
+    """One 2-row CocoSketch block: lists ``ids[r][i]``, ``count[r][i]``, ``occ[r][i]``."""
+
+    def __init__(self, w: int):
+        self.w = w
+        self.ids = [[0] * w for _ in range(2)]
+        self.count = [[0] * w for _ in range(2)]
+        self.occ = [[0] * w for _ in range(2)]
+
+    def insert(self, x: int, u: int, T: int = 0, decrement: bool = False) -> int:
+        best = None
+        for r in (0, 1):
+            i = bob(x, r) % self.w
+            if self.occ[r][i] and self.ids[r][i] == x:
+                if decrement:
+                    self.count[r][i] = max(0, self.count[r][i] + 1 - T)
+                else:
+                    self.count[r][i] += 1
+                return self.count[r][i]
+            if best is None or self.count[r][i] < self.count[best[0]][best[1]]:
+                best = (r, i)
+        r, i = best
+        self.count[r][i] += 1
+        if u % self.count[r][i] == 0:
+            self.ids[r][i] = x
+            self.occ[r][i] = 1
+        return 0
+
+    def all(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for r in (0, 1):
+            for i in range(self.w):
+                if self.occ[r][i]:
+                    out[self.ids[r][i]] = out.get(self.ids[r][i], 0) + self.count[r][i]
+        return out
+
+
+def layer_estimates(full: dict[int, int], blocks: dict[int, dict[int, int]], layers, T: int, ge: bool,
+                    addback: bool = True):
+    """Spec §3 per-layer estimates from all(F) and {k: all(R_k)} (no add-back for noConn)."""
+    E = {}
+    for k, content in blocks.items():
+        e = dict(content)
+        for x, v in full.items():
+            if addback and ((v >= T) if ge else (v > T)):
+                e[prefix(x, k)] = e.get(prefix(x, k), 0) + v
+        E[k] = e
+    ks = sorted(blocks)
+    est = {}
+    for L in layers:
+        source = full
+        for k in ks:
+            if L <= k:
+                source = E[k]
+                break
+        layer: dict[int, int] = {}
+        for q, v in source.items():
+            layer[prefix(q, L)] = layer.get(prefix(q, L), 0) + v
+        est[L] = layer
+    return est
+
+
+def hhh(est, layers, T_report):
+    """Spec §3 query: list of (L, p, est, conditioned)."""
+    out, carry = [], {}
+    for L in sorted(layers, reverse=True):
+        cov: dict[int, int] = {}
+        for q, u in carry.items():
+            cov[prefix(q, L)] = cov.get(prefix(q, L), 0) + u
+        carry = {}
+        for p in set(est[L]) | set(cov):
+            e = est[L].get(p, 0)
+            c = e - cov.get(p, 0)
+            if e > T_report and c > T_report:
+                out.append((L, p, e, c))
+                carry[p] = e
+            elif cov.get(p, 0) > 0:
+                carry[p] = cov[p]
+    return out
+
+
+class NaiveResidualSketch:
+    """ResidualSketch of spec §3: F plus one block per crucial layer; ``crucial=()`` is CocoSketch."""
+
+    def __init__(self, memory_bytes: int, T: int, crucial=(16,), mode="byte", seed=0,
+                 addback="gt", connection=True):
+        self.crucial = tuple(sorted(crucial))
+        self.w = (memory_bytes // (len(self.crucial) + 1)) // 16
+        self.T, self.seed, self.ge, self.connection = T, seed, addback == "ge", connection
+        self.layers = BYTE_LAYERS if mode == "byte" else BIT_LAYERS
+        self.F = NaiveCoco(self.w)
+        self.R = {k: NaiveCoco(self.w) for k in self.crucial}
+        self.n = 0
+
+    def insert(self, x: int) -> None:
+        n = self.n
+        self.n += 1
+        c = self.F.insert(x, rand32(self.seed, n, 0))
+        for j, k in enumerate(self.crucial, start=1):
+            p = prefix(x, k)
+            if c < self.T or not self.connection:  # noConn: every packet, plain insert
+                self.R[k].insert(p, rand32(self.seed, n, j))
+            elif c == self.T:
+                self.R[k].insert(p, rand32(self.seed, n, j), self.T, decrement=True)
+
+    def update(self, addresses) -> None:
+        for x in addresses:
+            self.insert(int(x))
+
+    def layer_estimates(self):
+        return layer_estimates(self.F.all(), {k: b.all() for k, b in self.R.items()},
+                               self.layers, self.T, self.ge, self.connection)
+
+    def hhh(self, T_report=None):
+        return hhh(self.layer_estimates(), self.layers, self.T if T_report is None else T_report)
+
+    def state(self):
+        """(ids, counts, occ) as nested lists [block][row][bucket]; block 0 is F."""
+        blocks = [self.F] + [self.R[k] for k in self.crucial]
+        return ([b.ids for b in blocks], [b.count for b in blocks], [b.occ for b in blocks])

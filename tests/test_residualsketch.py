@@ -1,0 +1,238 @@
+"""ResidualSketch and CocoSketch: against the naive model, the exact oracle, shards and snapshots."""
+import numpy as np
+import pytest
+
+import naive_residualsketch as naive
+from telesketch.hashing import hash_5tuple
+from telesketch.packets import PacketBatch
+from telesketch.sketches import exact
+from telesketch.sketches.cocosketch import bob_hash, mix64, rand32
+from telesketch.sketches.core import NotMergeableError, SketchError
+from telesketch.sketches.residualsketch import (
+    CocoSketch,
+    ResidualSketch,
+    ResidualSketchParams,
+    hhh_pass,
+    merged_hhh,
+    shard_threshold,
+)
+
+
+def hierarchical_stream(n: int, seed: int, pool_size: int = 400) -> np.ndarray:
+    """uint32[n] addresses: Zipf over a pool clustered in a few /8 and /16, plus 0.0.0.0."""
+    rng = np.random.default_rng(seed)
+    top = rng.integers(1, 224, 4, dtype=np.uint32) << np.uint32(24)
+    mid = rng.integers(0, 6, pool_size, dtype=np.uint32) << np.uint32(16)
+    low = rng.integers(0, 1 << 16, pool_size, dtype=np.uint32)
+    pool = top[rng.integers(0, 4, pool_size)] | mid | low
+    pool[0] = 0  # key 0 must not be confused with an empty bucket
+    ranks = np.minimum(rng.zipf(1.2, n) - 1, pool_size - 1)
+    return pool[ranks].astype(np.uint32)
+
+
+def as_entries(naive_out):
+    return sorted((p, L, e, c) for L, p, e, c in naive_out)
+
+
+# ---------------------------------------------------------------------------- primitives
+def test_hash_and_coins_match_the_pure_python_definitions():
+    for x in (0, 1, 0x0A000001, 0xC0A80101, 0xFFFFFFFF):
+        assert bob_hash(np.uint64(x), np.uint64(181 + 4)) == naive.bob(x, 0)
+        assert bob_hash(np.uint64(x), np.uint64(5197 + 4)) == naive.bob(x, 1)
+    for seed, n, j in ((0, 0, 0), (7, 12345, 2), (2**63 + 5, 2**40, 3)):
+        assert rand32(mix64(np.uint64(seed)), np.uint64(n), np.uint64(j)) == naive.rand32(seed, n, j)
+
+
+# ---------------------------------------------------------------------------- Numba == naive
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(mode="byte", crucial=(16,), memory=2048, T=40),
+        dict(mode="byte", crucial=(8, 16, 24), memory=3000, T=25, addback="ge"),
+        dict(mode="bit", crucial=(12,), memory=4096, T=30),
+        dict(mode="bit", crucial=(8, 12, 24), memory=4096, T=30, connection=False),
+    ],
+)
+def test_residualsketch_equals_naive_model(kwargs):
+    addresses = hierarchical_stream(12000, seed=5)
+    extra = {k: kwargs[k] for k in ("addback", "connection") if k in kwargs}
+    rs = ResidualSketch(mode=kwargs["mode"], memory_bytes=kwargs["memory"], crucial_layers=kwargs["crucial"],
+                        threshold=kwargs["T"], seed=11, **extra)
+    for chunk in np.array_split(addresses, 5):  # batch boundaries must not matter
+        rs.update_addresses(chunk)
+    model = naive.NaiveResidualSketch(kwargs["memory"], kwargs["T"], kwargs["crucial"], kwargs["mode"], 11, **extra)
+    model.update(addresses.tolist())
+
+    ids, counts, occ = model.state()
+    np.testing.assert_array_equal(rs.ids, np.array(ids, np.uint32))
+    np.testing.assert_array_equal(rs.counts, np.array(counts, np.int32))
+    np.testing.assert_array_equal(rs.occ, np.array(occ, np.uint8))
+    assert rs.layer_estimates() == model.layer_estimates()
+    assert sorted(rs.hhh_entries()) == as_entries(model.hhh())
+    assert sorted(rs.hhh_entries(threshold=60)) == as_entries(model.hhh(60))
+    assert rs.packets == addresses.size
+
+
+def test_cocosketch_equals_naive_model():
+    addresses = hierarchical_stream(10000, seed=2)
+    cs = CocoSketch(memory_bytes=1600, threshold=30, seed=4)
+    cs.update_addresses(addresses[:3333])
+    cs.update_addresses(addresses[3333:])
+    model = naive.NaiveResidualSketch(1600, 30, crucial=(), seed=4)
+    model.update(addresses.tolist())
+    ids, counts, occ = model.state()
+    np.testing.assert_array_equal(cs.ids, np.array(ids, np.uint32))
+    np.testing.assert_array_equal(cs.counts, np.array(counts, np.int32))
+    np.testing.assert_array_equal(cs.occ, np.array(occ, np.uint8))
+    assert cs.layer_estimates() == model.layer_estimates()
+    assert sorted(cs.hhh_entries()) == as_entries(model.hhh())
+    assert cs.full_keys() == model.F.all()
+
+
+def test_key_zero_is_counted_not_taken_for_an_empty_bucket():
+    rs = ResidualSketch(memory_bytes=1024, threshold=5)
+    rs.update_addresses(np.zeros(20, np.uint32))
+    assert rs.estimate(0, 32) == 20
+    assert (0, 32, 20) in rs.hhh()
+
+
+# ---------------------------------------------------------------------------- HHH pass vs oracle
+@pytest.mark.parametrize("mode", ["byte", "bit"])
+def test_hhh_pass_over_exact_counts_equals_exact_hhh(mode):
+    addresses = hierarchical_stream(20000, seed=8, pool_size=2000)
+    counts = exact.prefix_counts(addresses, exact.layers_for(mode))
+    for T in (50, 200, 900):
+        got = {(e.prefix, e.length): e.discounted for e in hhh_pass(counts, T)}
+        assert got == exact.hhh(addresses, threshold=T, mode=mode)
+        for e in hhh_pass(counts, T):
+            assert e.estimate == counts[e.length][e.prefix]
+
+
+def test_hhh_pass_carries_covered_mass_past_a_missing_parent():
+    # /32 reported, its /16 absent from the estimates: /0 must still be discounted.
+    est = {32: {0x0A010203: 100}, 16: {}, 0: {0: 150}}
+    entries = hhh_pass(est, 60)
+    assert [(e.length, e.discounted) for e in entries] == [(32, 100)]
+
+
+def test_ample_memory_is_exact():
+    addresses = hierarchical_stream(20000, seed=9)
+    rs = ResidualSketch(memory_bytes=1 << 18, threshold=100, addback="ge")
+    rs.update_addresses(addresses)
+    truth = exact.prefix_counts(addresses, exact.BYTE_LAYERS)
+    assert rs.layer_estimates() == truth
+    assert {(p, L): c for p, L, c in rs.hhh()} == exact.hhh(addresses, threshold=100)
+    prefix16 = int(addresses[0]) & 0xFFFF0000
+    assert rs.estimate(prefix16, 16) == truth[16][prefix16]
+    assert rs.estimate(prefix16 & 0xFFF00000, 12) == int(np.sum((addresses & 0xFFF00000) == prefix16 & 0xFFF00000))
+
+
+# ---------------------------------------------------------------------------- sharding
+def test_two_shards_give_the_same_hhh_as_one_sketch():
+    addresses = hierarchical_stream(30000, seed=3)
+    rng = np.random.default_rng(0)
+    batch = PacketBatch.from_columns(src_ip=addresses, dst_ip=rng.integers(0, 2**32, addresses.size, dtype=np.uint64),
+                                     src_port=rng.integers(0, 65536, addresses.size), proto=np.full(addresses.size, 6))
+    T, shards = 300, 2
+    one = ResidualSketch(memory_bytes=1 << 18, threshold=T, addback="ge")
+    one.update(batch)
+    shard_of = hash_5tuple(batch, seed=99) % np.uint64(shards)
+    parts = []
+    for s in range(shards):
+        sk = ResidualSketch(memory_bytes=1 << 18, threshold=shard_threshold(T, shards), seed=s, addback="ge")
+        sk.update_addresses(addresses[shard_of == s])
+        parts.append(sk)
+    combined = {(e.prefix, e.length) for e in merged_hhh(parts, threshold=T)}
+    assert combined == {(p, L) for p, L, _ in one.hhh()} == set(exact.hhh(addresses, threshold=T))
+    with pytest.raises(NotMergeableError, match="merged_hhh"):
+        one.merge(parts[0])
+    with pytest.raises(NotMergeableError):
+        CocoSketch(threshold=5).merge(CocoSketch(threshold=5))
+
+
+# ---------------------------------------------------------------------------- snapshots
+@pytest.mark.parametrize("cls", [ResidualSketch, CocoSketch])
+def test_round_trip_continues_identically(cls):
+    addresses = hierarchical_stream(9000, seed=4)
+    kwargs = dict(memory_bytes=1536, threshold=40, seed=6, mode="bit")
+    a = cls(**kwargs)
+    a.update_addresses(addresses[:4000])
+    b = cls.from_bytes(a.to_bytes())
+    assert b.params == a.params and b.packets == 4000
+    a.update_addresses(addresses[4000:])
+    b.update_addresses(addresses[4000:])
+    assert a.to_bytes() == b.to_bytes()
+    assert a.hhh() == b.hhh()
+
+
+def test_from_bytes_refuses_other_state():
+    blob = ResidualSketch(threshold=10).to_bytes()
+    with pytest.raises(SketchError, match="not 'cocosketch'"):
+        CocoSketch.from_bytes(blob)
+    with pytest.raises(SketchError):
+        ResidualSketch.from_bytes(blob[:-8])
+
+
+# ---------------------------------------------------------------------------- parameters and API
+def test_parameters_and_threshold_resolution():
+    p = ResidualSketchParams(phi=1e-3, expected_packets=8_000_000)
+    assert p.T == 8000 and p.memory_bytes == 32768 and p.crucial_layers == (16,)
+    assert ResidualSketchParams(phi=1e-4, expected_packets=10).T == 1
+    bit = ResidualSketch(mode="bit", threshold=10, crucial_layers=[24, 12])
+    assert bit.crucial_layers == (12, 24) and bit.memory_bytes == 3 * 2 * (262144 // 3 // 16) * 8
+    assert ResidualSketch(threshold=1, dimension="dst_ip").params.dimension == "dst"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(), "threshold"),
+        (dict(threshold=0), "positive integer"),
+        (dict(threshold=5, expected_packets=100), "not both"),
+        (dict(phi=1.5, expected_packets=100), "phi"),
+        (dict(threshold=5, mode="nibble"), "mode"),
+        (dict(threshold=5, crucial_layers=(12,)), "crucial"),
+        (dict(threshold=5, crucial_layers=(32,)), "crucial"),
+        (dict(threshold=5, mode="bit", crucial_layers=(0,)), "crucial"),
+        (dict(threshold=5, memory_bytes=31), "bucket"),
+        (dict(threshold=5, memory_bytes=-1), "memory_bytes"),
+        (dict(threshold=5, dimension="ttl"), "dimension"),
+        (dict(threshold=5, addback="maybe"), "addback"),
+        (dict(threshold=5, seed=-1), "seed"),
+    ],
+)
+def test_bad_parameters_raise_clear_errors(kwargs, message):
+    with pytest.raises(SketchError, match=message):
+        ResidualSketch(**kwargs)
+
+
+def test_bad_queries_and_inputs_raise():
+    rs = ResidualSketch(threshold=5)
+    with pytest.raises(SketchError, match="host bits"):
+        rs.estimate(0x0A000001, 8)
+    with pytest.raises(SketchError, match="length"):
+        rs.estimate(0, 33)
+    with pytest.raises(SketchError, match="PacketBatch"):
+        rs.update(np.zeros(3, np.uint32))
+    with pytest.raises(SketchError, match="uint32"):
+        rs.update_addresses(np.array([-1, 2]))
+    with pytest.raises(SketchError, match="no threshold"):
+        CocoSketch().hhh()
+
+
+def test_destination_hierarchy_reads_dst_ip():
+    dst = hierarchical_stream(5000, seed=1)
+    batch = PacketBatch.from_columns(src_ip=np.zeros(dst.size, np.uint32), dst_ip=dst)
+    rs = ResidualSketch(threshold=200, dimension="dst", memory_bytes=1 << 17, addback="ge")
+    rs.update(batch)
+    assert {(p, L) for p, L, _ in rs.hhh()} == set(exact.hhh(dst, threshold=200))
+
+
+def test_merged_hhh_refuses_mixed_hierarchies_and_missing_threshold():
+    byte, bit = ResidualSketch(threshold=5), ResidualSketch(threshold=5, mode="bit")
+    with pytest.raises(SketchError, match="hierarchies"):
+        merged_hhh([byte, bit], threshold=10)
+    with pytest.raises(SketchError, match="report threshold"):
+        merged_hhh([byte], threshold=None)
+    with pytest.raises(SketchError, match="at least one"):
+        merged_hhh([], threshold=10)
