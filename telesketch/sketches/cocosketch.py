@@ -29,7 +29,7 @@ import numpy as np
 
 from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
-from telesketch.sketches.exact import BIT_LAYERS, BYTE_LAYERS, prefix_mask
+from telesketch.sketches.exact import BIT_LAYERS, BYTE_LAYERS, hhh_from_counts, prefix_mask
 
 BUCKET_BYTES = 8  # id (u32) + count (i32); the occupancy flag is not charged (spec §2)
 ROWS = 2
@@ -252,32 +252,16 @@ def sum_layer_estimates(maps: Iterable[Mapping[int, Mapping[int, int]]]) -> Laye
 
 
 def hhh_pass(est: Mapping[int, Mapping[int, int]], threshold: float) -> list[HHHEntry]:
-    """The discounted HHH set of per-layer estimates, bottom-up in one pass (spec §3 "HHH query").
+    """The discounted HHH set of per-layer estimates (spec §3 "HHH query"), as entries.
 
-    ``p`` at layer ``L`` is reported iff ``est > T`` and ``c = est - cov > T``, where ``cov`` is the
-    mass under ``p`` already covered by reported descendants. Unlike ``exact.hhh_from_counts`` the
-    pass also visits prefixes that only appear in ``cov`` (a sketch may miss a parent whose
-    children it reported), so the covered mass always reaches the coarser layers.
-    Returns entries finest layer first, ascending prefix within a layer.
+    The pass itself is :func:`telesketch.sketches.exact.hhh_from_counts` (``p`` at layer ``L`` is
+    reported iff ``est > T`` and ``c = est - covered > T``); this adds the unconditioned estimate
+    to each entry. Returns entries finest layer first, ascending prefix within a layer.
     """
-    out: list[HHHEntry] = []
-    carry: dict[int, int] = {}
-    for length in sorted(est, reverse=True):
-        mask = prefix_mask(length)
-        cov: dict[int, int] = {}
-        for q, up in carry.items():
-            cov[q & mask] = cov.get(q & mask, 0) + up
-        layer = est[length]
-        carry = {}
-        for p in layer.keys() | cov.keys():
-            e = layer.get(p, 0)
-            covered = cov.get(p, 0)
-            c = e - covered
-            if e > threshold and c > threshold:
-                out.append(HHHEntry(p, length, e, c))
-                carry[p] = e
-            elif covered > 0:
-                carry[p] = covered
+    out = [
+        HHHEntry(prefix, length, est[length].get(prefix, 0), c)
+        for (prefix, length), c in hhh_from_counts(est, threshold).items()
+    ]
     out.sort(key=lambda e: (-e.length, e.prefix))
     return out
 

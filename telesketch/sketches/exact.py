@@ -133,26 +133,29 @@ def hhh_from_counts(
 
     Layers are processed finest to coarsest; ``c(p) = f(p) - sum of c(q)`` over reported ``q``
     below ``p``; ``p`` is an HHH iff ``f(p) > T`` and ``c(p) > T``. Works for exact counts and for
-    per-layer sketch estimates alike (the ResidualSketch query and shard merge use it).
+    per-layer sketch estimates alike (the ResidualSketch query and shard merge use it): a prefix
+    that only carries covered mass (a sketch may miss a parent whose children it reported) is
+    still visited, so covered mass always reaches the coarser layers.
     Returns ``{(prefix, length): c(p)}``.
     """
-    lengths = sorted(counts, reverse=True)
     reported: dict[tuple[int, int], float] = {}
-    covered: dict[int, float] = {}  # prefix at the current layer -> sum of reported c below it
-    for i, length in enumerate(lengths):
+    carry: dict[int, float] = {}  # prefix at the previous (finer) layer -> covered mass below it
+    for length in sorted(counts, reverse=True):
+        mask = prefix_mask(length)
+        covered: dict[int, float] = {}
+        for prefix, mass in carry.items():
+            covered[prefix & mask] = covered.get(prefix & mask, 0) + mass
         layer = counts[length]
-        next_covered: dict[int, float] = {}
-        parent_mask = prefix_mask(lengths[i + 1]) if i + 1 < len(lengths) else 0
-        for prefix, f in layer.items():
-            below = covered.get(prefix, 0.0)
+        carry = {}
+        for prefix in layer.keys() | covered.keys():
+            f = layer.get(prefix, 0)
+            below = covered.get(prefix, 0)
             c = f - below
             if f > threshold and c > threshold:
                 reported[(prefix, length)] = c
-                below += c
+                below = f
             if below:
-                parent = prefix & parent_mask
-                next_covered[parent] = next_covered.get(parent, 0.0) + below
-        covered = next_covered
+                carry[prefix] = below
     return reported
 
 
