@@ -1,0 +1,398 @@
+"""The ``telesketch`` command line (demo, analyze, replay, serve, query, generate, summary, train-estimator).
+
+Each sub-command is a thin layer over the library; errors in user input (missing or corrupt files,
+bad numbers) end with a one-line message and exit status 2, not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _add_report_options(parser) -> None:
+    parser.add_argument("--phi", type=float, default=1e-3, help="heavy hitters/changers: fraction of the window's packets")
+    parser.add_argument("--hhh-phi", type=float, default=1e-3, help="HHH: fraction of the window's packets")
+    parser.add_argument("--last", type=_positive_int, help="window: the last N epochs (default: all retained)")
+    parser.add_argument("--top", type=_positive_int, default=10, help="rows per table")
+    parser.add_argument("--top-flows", type=_positive_int, default=10, help="largest flows asked for")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from telesketch.traces import generate_capture
+
+    start = time.perf_counter()
+    stats = generate_capture(
+        args.output, packets=args.packets, flows=args.flows, zipf=args.zipf, gap_rate=args.gap_rate, seed=args.seed
+    )
+    print(f"wrote {args.output}: {args.packets:,} packets, {args.flows:,} flows "
+          f"in {time.perf_counter() - start:.1f} s ({stats})")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from telesketch.summary import summarize_capture
+
+    for path in args.files:
+        print(summarize_capture(path, batch_size=args.batch_size).render(top=args.top))
+    return 0
+
+
+def _report_options(args: argparse.Namespace):
+    from telesketch.report import ReportOptions
+
+    return ReportOptions(phi=args.phi, hhh_phi=args.hhh_phi, last=args.last, top=args.top, flows=args.top_flows)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate a capture, serve, replay through gRPC, query everything, report (telesketch.demo)."""
+    from telesketch.demo import run_demo
+    from telesketch.replay import Progress
+
+    if args.plot:
+        from telesketch.plots import _pyplot
+
+        _pyplot()  # fail before the work when matplotlib is missing
+    run_demo(packets=args.packets, flows=args.flows, seed=args.seed, duration_s=args.duration,
+             opts=_report_options(args), out=lambda line: print(line, flush=True),
+             progress=Progress(enabled=None if not args.no_progress else False),
+             plot_dir=args.plot, json_path=args.json_out)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Run the configured sketches locally on captures and print the report (telesketch.analyze)."""
+    from telesketch.analyze import analyze, memory_sweep, write_json
+    from telesketch.report import render_text
+    from telesketch.service.config import load_config
+
+    if args.plot:
+        from telesketch.plots import _pyplot
+
+        _pyplot()
+    config = load_config(args.config, {"epoch_seconds": args.epoch_seconds, "keep_epochs": args.keep_epochs})
+    opts = _report_options(args)
+    report, _ = analyze(args.files, config, opts, batch_size=args.batch_size, truth=args.exact)
+    if args.plot:
+        from telesketch.plots import write_plots
+
+        sweep = memory_sweep(args.files, config, opts, batch_size=args.batch_size)
+        report["memory_sweep"] = sweep
+        for path in write_plots(report, args.plot, sweep):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print(write_json(report, None))
+    else:
+        print(render_text(report, opts))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Stream captures to a service (telesketch.replay); Ctrl-C stops after the in-flight batch."""
+    import json
+    import signal
+    import threading
+
+    from telesketch.replay import Progress, ReplayOptions, replay
+
+    token = Path(args.token_file).read_text().strip() if args.token_file else args.token
+    root = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    opts = ReplayOptions(args.target, speed=None if args.max else args.speed, loop=args.loop,
+                         batch_size=args.batch_size, sender_id=args.sender_id, token=token, tls=args.tls,
+                         root_certificates=root, retries=args.retries, backoff_s=args.backoff,
+                         timeout_s=args.timeout)
+    for path in args.files:
+        if not Path(path).is_file():
+            raise OSError(f"{path}: no such file")
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\ntelesketch replay: stopping after the in-flight batch is acknowledged "
+              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        progress = Progress(enabled=None if args.progress is None else args.progress)
+        log = (lambda text: print(f"telesketch replay: {text}", file=sys.stderr, flush=True)) if args.verbose else None
+        summary = replay(args.files, opts, stop=stop, progress=progress, log=log)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(json.dumps(summary.as_dict(), indent=1) if args.json else summary.render(), flush=True)
+    if summary.error:
+        print(f"telesketch replay: error: {summary.error}", file=sys.stderr)
+        from telesketch.traces import CaptureError
+
+        return 2 if "offset" in summary.error or "capture" in summary.error.lower() else 1
+    return 130 if summary.interrupted else 0
+
+
+def cmd_train_estimator(args: argparse.Namespace) -> int:
+    """Train an LLM-Sketch flow-size estimator on the first part of a capture (spec llmsketch §4)."""
+    import json
+
+    from telesketch.estimators import MissingExtraError
+    from telesketch.estimators.training import train_estimator
+
+    config = json.loads(args.config) if args.config else {}
+    try:
+        report = train_estimator(args.trace, args.kind, args.out, train_fraction=args.train_fraction,
+                                 max_flows=args.max_flows, seed=args.seed, **config)
+    except MissingExtraError as exc:
+        print(f"telesketch train-estimator: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the streaming service until SIGINT/SIGTERM (config file, then flags)."""
+    import asyncio
+    import logging
+
+    from telesketch.service.config import load_config
+    from telesketch.service.server import serve
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(message)s")
+    overrides = {"grpc_address": args.grpc_address, "http_address": args.http_address, "data_dir": args.data_dir,
+                 "epoch_seconds": args.epoch_seconds, "keep_epochs": args.keep_epochs, "token": args.token,
+                 "tls_cert": args.tls_cert, "tls_key": args.tls_key, "wal": False if args.no_wal else None}
+    if args.token_file:
+        overrides["token"] = Path(args.token_file).read_text().strip()
+    config = load_config(args.config, overrides)
+
+    def ready(service):
+        print(f"telesketch serving grpc={service.grpc_port} http={service.http_port}", flush=True)
+
+    asyncio.run(serve(config, ready))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Run one query against a server and print a table (or JSON with --json)."""
+    import grpc
+
+    try:
+        return _run_query(args)
+    except grpc.RpcError as exc:
+        print(f"telesketch query: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+
+
+def _run_query(args: argparse.Namespace) -> int:
+    import json
+
+    from telesketch.client import Client
+    from telesketch.packets import format_ipv4
+    from telesketch.service.queries import key_text
+
+    root = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    token = Path(args.token_file).read_text().strip() if args.token_file else args.token
+    window = {"epoch": args.epoch, "last": args.last, "closed_only": args.closed_only, "sketch": args.sketch}
+    thresholds = {"phi": args.phi, "threshold": args.threshold}
+    with Client(args.server, token=token, root_certificates=root, tls=args.tls) as client:
+        what = args.what
+        if what == "stats":
+            print(json.dumps(client.stats(), indent=2))
+            return 0
+        if what == "top-flows":
+            table = [(key_text(k), f"{v:,.0f}") for k, v in client.top_flows(args.k, **window)]
+            header = ("flow", "estimate")
+        elif what in ("heavy-hitters", "heavy-changers"):
+            call = client.heavy_hitters if what == "heavy-hitters" else client.heavy_changers
+            table = [(key_text(k), f"{v:,.0f}") for k, v in call(**window, **thresholds)]
+            header = ("key", "change" if what == "heavy-changers" else "estimate")
+        elif what == "hhh":
+            table = [(f"{format_ipv4(p)}/{n}", f"{c:,.0f}") for p, n, c in client.hhh(**window, **thresholds)]
+            header = ("prefix", "discounted estimate")
+        elif what == "gaps":
+            table = [(str(g.ts_ns), key_text(g.key), str(g.jump)) for g in client.flow_gaps(limit=args.k, **window)]
+            header = ("ts_ns", "flow", "jump")
+        else:  # flow-size
+            keys = [bytes.fromhex(k) for k in args.key]
+            table = [(key_text(k), f"{v:,.0f}") for k, v in zip(keys, client.flow_size(keys, **window))]
+            header = ("flow", "estimate")
+    if args.json:
+        print(json.dumps([dict(zip(header, row)) for row in table], indent=2))
+    else:
+        _print_table(header, table)
+    return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    if not rows:
+        print("(no rows)")
+
+
+def _add_service_commands(sub) -> None:
+    """The ``serve`` and ``query`` sub-commands (the streaming service, telesketch.service)."""
+    serve = sub.add_parser("serve", help="run the streaming service (gRPC + HTTP /metrics and /api/v1)")
+    serve.add_argument("--config", help="TOML or JSON config file (defaults work without one)")
+    serve.add_argument("--grpc-address", help="host:port for gRPC (default 127.0.0.1:50051)")
+    serve.add_argument("--http-address", help="host:port for HTTP (default 127.0.0.1:9108; '' disables)")
+    serve.add_argument("--data-dir", help="snapshots and write-ahead log (default ./telesketch-data)")
+    serve.add_argument("--epoch-seconds", type=float)
+    serve.add_argument("--keep-epochs", type=_positive_int)
+    serve.add_argument("--token", help="require this bearer token")
+    serve.add_argument("--token-file", help="read the bearer token from a file")
+    serve.add_argument("--tls-cert")
+    serve.add_argument("--tls-key")
+    serve.add_argument("--no-wal", action="store_true", help="no write-ahead log (a crash loses the open epoch)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+
+    query = sub.add_parser("query", help="query a running service and print a table")
+    query.add_argument("what", choices=["heavy-hitters", "heavy-changers", "hhh", "gaps", "flow-size",
+                                        "top-flows", "stats"])
+    query.add_argument("--server", default="127.0.0.1:50051")
+    query.add_argument("--epoch", type=int, help="one epoch by id")
+    query.add_argument("--last", type=_positive_int, help="the last N epochs (default 1)")
+    query.add_argument("--closed-only", action="store_true")
+    query.add_argument("--sketch", default="", help="configured sketch name")
+    query.add_argument("--phi", type=float)
+    query.add_argument("--threshold", type=float)
+    query.add_argument("--k", type=int, default=10, help="top-flows: how many; gaps: at most this many (0: all)")
+    query.add_argument("--key", action="append", default=[], help="flow-size: a 13-byte key as 26 hex digits")
+    query.add_argument("--token", default="")
+    query.add_argument("--token-file")
+    query.add_argument("--tls", action="store_true")
+    query.add_argument("--tls-ca", help="PEM root certificate for TLS")
+    query.add_argument("--json", action="store_true")
+    query.set_defaults(func=cmd_query)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="telesketch", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="generate a capture, serve it, replay it through gRPC and report "
+                                        "(the README's main job)")
+    demo.add_argument("--packets", type=_positive_int, default=1_000_000)
+    demo.add_argument("--flows", type=_positive_int, default=5_000,
+                      help="distinct flows (the LLM-Sketch estimator costs one model call per flow and epoch)")
+    demo.add_argument("--duration", type=_positive_float, default=20.0, help="seconds of traffic (epochs are 10 s)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--plot", metavar="DIR", help="also write PNG charts there (needs matplotlib)")
+    demo.add_argument("--json-out", metavar="FILE", help="also write the JSON report there")
+    demo.add_argument("--no-progress", action="store_true")
+    _add_report_options(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    analyze = sub.add_parser("analyze", help="run the sketches locally on captures (no server) and report")
+    analyze.add_argument("files", nargs="+")
+    analyze.add_argument("--config", help="service config file (TOML/JSON): the same sketches as `serve --config`")
+    analyze.add_argument("--epoch-seconds", type=_positive_float)
+    analyze.add_argument("--keep-epochs", type=_positive_int)
+    analyze.add_argument("--batch-size", type=_positive_int, default=65536,
+                         help="packets per batch (use the replay's to compare with a server)")
+    analyze.add_argument("--exact", action="store_true", help="add exact ground truth and the accuracy of every answer")
+    analyze.add_argument("--json", action="store_true", help="print the report as JSON (schema: telesketch.report)")
+    analyze.add_argument("--plot", metavar="DIR", help="write PNG charts there (needs matplotlib: telesketch[plot])")
+    _add_report_options(analyze)
+    analyze.set_defaults(func=cmd_analyze)
+
+    rep = sub.add_parser("replay", help="stream captures to a telesketch service over gRPC")
+    rep.add_argument("files", nargs="+", help="pcap or pcapng, optionally gzip-compressed")
+    rep.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the service's gRPC endpoint")
+    pace = rep.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=_positive_float, help="replay at X times the recorded pace")
+    pace.add_argument("--max", action="store_true", help="as fast as the service acknowledges (default)")
+    rep.add_argument("--loop", type=_positive_int, default=1, help="play the files N times (timestamps shifted)")
+    rep.add_argument("--batch-size", type=_positive_int, default=65536)
+    rep.add_argument("--sender-id", default="", help="resume this sender's sequence (default: a fresh id)")
+    rep.add_argument("--token", default="")
+    rep.add_argument("--token-file")
+    rep.add_argument("--tls", action="store_true")
+    rep.add_argument("--tls-ca", help="PEM root certificate for TLS")
+    rep.add_argument("--retries", type=int, default=6, help="retries of a batch when the server is unreachable")
+    rep.add_argument("--backoff", type=float, default=0.25, help="first retry delay in seconds (doubles, max 5 s)")
+    rep.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds per call")
+    rep.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="progress bar on stderr (default: when stderr is a terminal)")
+    rep.add_argument("--no-progress", dest="progress", action="store_false")
+    rep.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rep.add_argument("-v", "--verbose", action="store_true", help="log retries")
+    rep.set_defaults(func=cmd_replay)
+
+    gen = sub.add_parser("generate", help="write a synthetic pcap")
+    gen.add_argument("output")
+    gen.add_argument("--packets", type=_positive_int, default=1_000_000)
+    gen.add_argument("--flows", type=_positive_int, default=50_000)
+    gen.add_argument("--zipf", type=float, default=1.1)
+    gen.add_argument("--gap-rate", type=float, default=0.01)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=cmd_generate)
+
+    summ = sub.add_parser("summary", help="traffic summary of captures (pcap, pcapng, gzip)")
+    summ.add_argument("files", nargs="+")
+    summ.add_argument("--batch-size", type=_positive_int, default=65536)
+    summ.add_argument("--top", type=_positive_int, default=10)
+    summ.set_defaults(func=cmd_summary)
+
+    train = sub.add_parser("train-estimator", help="train an LLM-Sketch flow-size estimator on a capture")
+    train.add_argument("trace")
+    train.add_argument("--kind", choices=["lm", "tiny", "trees"], default="lm")
+    train.add_argument("--out", required=True, help="directory for the trained model")
+    train.add_argument("--train-fraction", type=float, default=0.5)
+    train.add_argument("--max-flows", type=_positive_int, default=20_000)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--config", default="", help='JSON of model settings, e.g. \'{"epochs": 2, "lr": 1e-3}\'')
+    train.set_defaults(func=cmd_train_estimator)
+
+    _add_service_commands(sub)
+    return parser
+
+
+#: Commands that may leave native worker threads behind (LLM-Sketch's asynchronous scorer holds
+#: onnxruntime); as a console script they end with ``os._exit`` so interpreter shutdown cannot
+#: abort in a C++ destructor ("terminate called without an active exception", status 134).
+_HARD_EXIT = ("demo", "analyze")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if argv is None and args.command in _HARD_EXIT:
+        import os
+
+        code = _run(args)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        return args.func(args)
+    except (OSError, ValueError) as exc:  # CaptureError and BatchError are ValueErrors
+        print(f"telesketch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"telesketch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

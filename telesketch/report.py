@@ -1,0 +1,530 @@
+"""The analysis report: every answer of the service over one window, as JSON-able data and as text.
+
+The report is built by asking a *query source* the service's queries. Two sources exist and they
+run the same query code (:class:`telesketch.service.queries.QueryEngine`):
+
+* :class:`LocalSource`: an :class:`~telesketch.service.epochs.EpochManager` in this process (no
+  server; ``telesketch analyze``);
+* :class:`RemoteSource`: a running service through :class:`telesketch.client.Client` (``telesketch
+  demo``, or any replay followed by queries).
+
+So ``analyze`` on a capture and a replay of it into a server configured the same way give the same
+report (estimates are floats in both, as they travel over gRPC). Ground truth comes from a second
+:class:`LocalSource` whose only sketch is the ``exact`` kind (:func:`truth_specs`), fed the same
+packets and queried with the same windows and thresholds; :func:`add_accuracy` compares the two.
+
+JSON schema (``telesketch analyze --json``; ``schema`` = ``"telesketch.report/1"``)
+--------------------------------------------------------------------------------------
+Keys are written as ``key`` + ``text``: a 4-byte key is an ``int`` (an IPv4 address, or for the
+LLM-Sketch flow-size task a 32-bit fingerprint, text ``fp:0x...``), a 13-byte flow key is 26 hex
+digits (``src_ip dst_ip src_port dst_port proto``, big-endian). Estimates are numbers (packets).
+Every query section carries ``sketch`` (configured name), ``combine`` (how the window's epochs were
+combined, see ``telesketch.service``) and ``error`` (``null``, or why it has no answer: e.g. no
+active sketch answers it, or heavy changers needing two epochs)::
+
+    {
+      "schema": "telesketch.report/1",
+      "source":   {"mode": "analyze" | "service", "files": [paths], "target": "host:port" | null},
+      "window":   {"last": N, "epochs": [epoch ids], "packets": packets in the window,
+                   "epoch_seconds": s | null},
+      "ingest":   {"packets", "bytes" (IP bytes), "late_packets", "batches", "seconds",
+                   "packets_per_second", "bytes_per_second"},
+      "sketches": [{"name", "kind", "active", "note", "memory_bytes"}],
+      "notes":    ["sketch flows (llmsketch) not active: ..."],
+      "heavy_hitters":  {"sketch", "combine", "phi", "threshold", "count", "error",
+                         "rows": [{"key", "text", "estimate"}]},          # largest first
+      "heavy_changers": {..., "before": [epoch ids], "after": [epoch ids],
+                         "rows": [{"key", "text", "change"}]},            # largest |change| first
+      "hhh":            {..., "rows": [{"prefix" (int), "length", "text" ("a.b.c.d/len"), "estimate"}]},
+      "gaps":           {"sketch", "combine", "count", "error",
+                         "events": [{"ts_ns", "key", "text", "jump", "epoch"}]},   # by time
+      "top_flows":      {"sketch", "combine", "k", "error", "rows": [{"key", "text", "estimate"}]},
+      "truth":    null | {the same five sections, answered by the exact kind},
+      "accuracy": null | {
+          "heavy_hitters" | "heavy_changers" | "hhh" | "gaps" | "top_flows":
+              {"precision", "recall", "f1", "tp", "fp", "fn", "are" (mean relative error of the
+               estimate over the true positives; null for gaps)},
+          "flow_size": {"flows" (true flows queried, at most 100,000, largest first),
+                        "are" (over those flows), "are_top" (over the ``k`` largest), "k"}}
+    }
+
+A section whose sketch is not active has ``error`` set and no rows; its accuracy entry is absent.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from telesketch.packets import FLOW_KEY_BYTES, format_ipv4
+from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec, key_text
+from telesketch.service.sketchset import KINDS, QueryError
+from telesketch.sketches import exact
+
+SCHEMA = "telesketch.report/1"
+SECTIONS = ("heavy_hitters", "heavy_changers", "hhh", "gaps", "top_flows")
+TRUTH = "truth"
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What the report asks. ``phi`` (heavy hitters and changers) and ``hhh_phi`` are fractions of
+    the window's packets, passed explicitly to every sketch and to the truth so both use one
+    threshold. ``phi`` defaults to 1e-3, not the service's 1e-4: the embedded Hidden Sketch gates
+    keys below ``1e-4 * expected_epoch_items`` (250 packets an epoch), so a report over a capture
+    of a few million packets asks for keys its sketch is built to report. ``last``: the window is the last N
+    retained epochs (``None``: all retained). ``top``: rows shown per table in text; ``flows``:
+    how many largest flows are asked (``top_flows`` k)."""
+
+    phi: float = 1e-3
+    hhh_phi: float = 1e-3
+    last: int | None = None
+    top: int = 10
+    flows: int = 10
+    gap_rows: int = 10
+
+
+class Unanswered(Exception):
+    """A query the source cannot answer (no active sketch, not enough epochs, ...)."""
+
+
+# ====================================================================== sources
+class LocalSource:
+    """Queries on an in-process :class:`EpochManager` through the service's own QueryEngine."""
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.engine = QueryEngine(manager)
+
+    def _ask(self, fn):
+        try:
+            return fn()
+        except QueryError as exc:
+            raise Unanswered(f"{exc.code}: {exc}") from None
+
+    @staticmethod
+    def _info(answer) -> dict:
+        return {"epochs": list(answer.epochs), "packets": int(answer.packets), "sketch": answer.sketch,
+                "combine": answer.combine}
+
+    def stats(self) -> dict:
+        """Packets, retained epochs and the configured sketches (the service's ``Stats`` fields)."""
+        m = self.manager
+        with m.lock:
+            sketches = [{"name": cs.name, "kind": cs.kind_name, "active": cs.active, "note": cs.note,
+                         "memory_bytes": cs.memory(m.open.states[cs.name]) if cs.active and m.open else 0}
+                        for cs in m.sketchset.sketches]
+            return {"packets": m.counters.packets, "late_packets": m.counters.late_packets,
+                    "batches": m.counters.batches,
+                    "epochs": [{"epoch": e.id, "packets": e.packets, "closed": e.closed} for e in m.epochs()],
+                    "sketches": sketches}
+
+    def keys(self, what: str, last: int, phi: float, sketch: str = ""):
+        call = self.engine.heavy_hitters if what == "heavy_hitters" else self.engine.heavy_changers
+        a = self._ask(lambda: call(WindowSpec(last=last), sketch, phi))
+        info = self._info(a)
+        info["int_keys"] = a.int_keys
+        if "before" in a.extra:
+            info["before"] = list(a.extra["before"])
+        return [(k, float(v)) for k, v in a.rows], info
+
+    def hhh(self, last: int, phi: float, sketch: str = ""):
+        a = self._ask(lambda: self.engine.hhh(WindowSpec(last=last), sketch, phi))
+        return [(int(p), int(n), float(c)) for p, n, c in a.rows], self._info(a)
+
+    def gaps(self, last: int, sketch: str = ""):
+        a = self._ask(lambda: self.engine.gaps(WindowSpec(last=last), sketch, 0))
+        return [(int(t), bytes(k), int(j), int(e)) for t, k, j, e in a.rows], self._info(a)
+
+    def top_flows(self, k: int, last: int, sketch: str = ""):
+        a = self._ask(lambda: self.engine.top_flows(WindowSpec(last=last), k, sketch))
+        info = self._info(a)
+        info["int_keys"] = a.int_keys
+        return [(k_, float(v)) for k_, v in a.rows], info
+
+    def flow_size(self, keys: list[bytes], last: int, sketch: str = ""):
+        a = self._ask(lambda: self.engine.flow_size(WindowSpec(last=last), keys, sketch))
+        return [float(v) for _, v in a.rows], self._info(a)
+
+
+class RemoteSource:
+    """The same queries against a running service (``Client``); gRPC errors become Unanswered."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def _ask(self, fn):
+        import grpc
+
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            raise Unanswered(f"{exc.code().name}: {exc.details()}") from None
+
+    @staticmethod
+    def _info(window) -> dict:
+        return {"epochs": [int(e) for e in window.epochs], "packets": int(window.packets), "sketch": window.sketch,
+                "combine": window.combine}
+
+    def stats(self) -> dict:
+        s = self._ask(self.client.stats)
+        return {"packets": int(s.get("packets", 0)), "late_packets": int(s.get("late_packets", 0)),
+                "batches": int(s.get("batches", 0)),
+                "epochs": [{"epoch": int(e["epoch"]), "packets": int(e.get("packets", 0)),
+                            "closed": bool(e.get("closed", False))} for e in s.get("epochs", [])],
+                "sketches": [{"name": x["name"], "kind": x["kind"], "active": bool(x.get("active", False)),
+                              "note": x.get("note", ""), "memory_bytes": int(x.get("memory_bytes", 0))}
+                             for x in s.get("sketches", [])]}
+
+    def keys(self, what: str, last: int, phi: float, sketch: str = ""):
+        call = self.client.heavy_hitters if what == "heavy_hitters" else self.client.heavy_changers
+        rows, window = self._ask(lambda: call(last=last, phi=phi, sketch=sketch, details=True))
+        info = self._info(window)
+        info["int_keys"] = _int_keys(window.sketch, self)
+        if what == "heavy_changers":
+            info["before"] = self._before(info["epochs"])
+        return [(k, float(v)) for k, v in rows], info
+
+    def _before(self, after: list[int]) -> list[int]:
+        """Epoch ids of the window just before ``after`` (the service compares with it)."""
+        ids = [e["epoch"] for e in self.stats()["epochs"]]
+        start = ids.index(after[0]) if after and after[0] in ids else 0
+        return ids[max(0, start - len(after)):start]
+
+    def hhh(self, last: int, phi: float, sketch: str = ""):
+        rows, window = self._ask(lambda: self.client.hhh(last=last, phi=phi, sketch=sketch, details=True))
+        return [(int(p), int(n), float(c)) for p, n, c in rows], self._info(window)
+
+    def gaps(self, last: int, sketch: str = ""):
+        rows, window = self._ask(lambda: self.client.flow_gaps(last=last, sketch=sketch, details=True))
+        return [(int(g.ts_ns), bytes(g.key), int(g.jump), int(g.epoch)) for g in rows], self._info(window)
+
+    def top_flows(self, k: int, last: int, sketch: str = ""):
+        rows, window = self._ask(lambda: self.client.top_flows(k, last=last, sketch=sketch, details=True))
+        info = self._info(window)
+        info["int_keys"] = _int_keys(window.sketch, self)
+        return [(k_, float(v)) for k_, v in rows], info
+
+    def flow_size(self, keys: list[bytes], last: int, sketch: str = ""):
+        rows, window = self._ask(lambda: self.client.flow_size(keys, last=last, sketch=sketch, details=True))
+        return [float(v) for v in rows], self._info(window)
+
+
+def _int_keys(sketch_name: str, source: RemoteSource) -> str:
+    """How a remote sketch's integer keys read (addresses, or LLM-Sketch fingerprints)."""
+    for s in source.stats()["sketches"]:
+        if s["name"] == sketch_name and s["kind"] in KINDS:
+            return KINDS[s["kind"]].int_keys
+    return "ipv4"
+
+
+# ====================================================================== building
+def _key_json(key, int_keys: str = "ipv4") -> dict:
+    text = key_text(key, int_keys)
+    return {"key": int(key) if isinstance(key, (int, np.integer)) else bytes(key).hex(), "text": text}
+
+
+def _section(fn) -> tuple[dict, Any]:
+    """Run one query; ``(section header, rows or None)``."""
+    try:
+        rows, info = fn()
+    except Unanswered as exc:
+        return {"sketch": None, "combine": None, "error": str(exc)}, None
+    head = {"sketch": info["sketch"], "combine": info["combine"], "error": None, "epochs": info["epochs"],
+            "packets": info["packets"]}
+    for extra in ("before", "int_keys"):
+        if extra in info:
+            head[extra] = info[extra]
+    return head, rows
+
+
+def query_sections(source, opts: ReportOptions, last: int, sketch: str = "") -> dict:
+    """The five answer sections of the report from one source (``sketch`` names one, or default)."""
+    out = {}
+    for what in ("heavy_hitters", "heavy_changers"):
+        last_q = last if what == "heavy_hitters" else 1
+        head, rows = _section(lambda: source.keys(what, last_q, opts.phi, sketch))
+        head.update(phi=opts.phi, threshold=opts.phi * head.get("packets", 0)
+                    if rows is not None and what == "heavy_hitters" else None)
+        value = "change" if what == "heavy_changers" else "estimate"
+        ik = head.pop("int_keys", "ipv4")
+        head["rows"] = [dict(_key_json(k, ik), **{value: v}) for k, v in rows or []]
+        head["count"] = len(head["rows"])
+        out[what] = head
+    head, rows = _section(lambda: source.hhh(last, opts.hhh_phi, sketch))
+    head.update(phi=opts.hhh_phi, rows=[{"prefix": p, "length": n, "text": f"{format_ipv4(p)}/{n}", "estimate": c}
+                                        for p, n, c in rows or []])
+    head["count"] = len(head["rows"])
+    out["hhh"] = head
+    head, rows = _section(lambda: source.gaps(last, sketch))
+    head["events"] = [{"ts_ns": t, "key": k.hex(), "text": key_text(k), "jump": j, "epoch": e}
+                      for t, k, j, e in rows or []]
+    head["count"] = len(head["events"])
+    out["gaps"] = head
+    head, rows = _section(lambda: source.top_flows(opts.flows, last, sketch))
+    ik = head.pop("int_keys", "ipv4")
+    head.update(k=opts.flows, rows=[dict(_key_json(k, ik), estimate=v) for k, v in rows or []])
+    out["top_flows"] = head
+    return out
+
+
+def build_report(source, opts: ReportOptions = ReportOptions(), *, mode: str, files=(), target=None,
+                 ingest: dict | None = None, epoch_seconds: float | None = None, truth=None) -> dict:
+    """The report dict (schema in the module docstring). ``truth``: a LocalSource of the exact kind."""
+    stats = source.stats()
+    retained = len(stats["epochs"])
+    last = min(opts.last or retained, retained) or 1
+    report = {
+        "schema": SCHEMA,
+        "source": {"mode": mode, "files": [str(f) for f in files], "target": target},
+        "window": {"last": last, "epochs": [e["epoch"] for e in stats["epochs"]][-last:],
+                   "packets": sum(e["packets"] for e in stats["epochs"][-last:]), "epoch_seconds": epoch_seconds},
+        "ingest": dict(ingest or {}, packets=stats["packets"], late_packets=stats["late_packets"],
+                       batches=stats["batches"]),
+        "sketches": stats["sketches"],
+        "notes": [f"sketch {s['name']} ({s['kind']}) not active: {s['note']}" for s in stats["sketches"]
+                  if not s["active"]],
+        "truth": None,
+        "accuracy": None,
+    }
+    report.update(query_sections(source, opts, last))
+    if truth is not None:
+        report["truth"] = query_sections(truth, opts, last, TRUTH)
+        add_accuracy(report, source, truth, opts, last)
+    return report
+
+
+# ====================================================================== accuracy
+def truth_specs(sketch_specs: dict[str, dict]) -> dict[str, dict]:
+    """Config of the ``exact`` kind matching the configured sketches' keys and gap thresholds.
+
+    Reads the Hidden Sketch ``key``, the ResidualSketch ``mode`` and the GapFilter ``t1``/``t2``
+    from their parameter dataclasses (defaults included), building each configured class once.
+    """
+    import importlib
+
+    params: dict[str, Any] = {}
+    for spec in sketch_specs.values():
+        kind = KINDS.get(spec.get("kind"))
+        if kind is None or spec["kind"] in ("llmsketch", "exact"):
+            continue
+        try:
+            cls = getattr(importlib.import_module(kind.module), kind.cls)
+            p = cls(**{k: v for k, v in spec.items() if k != "kind"}).params
+        except Exception:  # noqa: BLE001 - a sketch that does not build is skipped by the service too
+            continue
+        if spec["kind"] == "hiddensketch":
+            params.setdefault("key", "flow" if getattr(p, "key", "src_ip") == "flow" else "src_ip")
+        elif spec["kind"] == "residualsketch":
+            params.setdefault("hhh_mode", p.mode)
+        elif spec["kind"].startswith("gapfilter"):
+            params.setdefault("gap_t1", p.t1)
+            params.setdefault("gap_t2", p.t2)
+    return {TRUTH: dict(kind="exact", **params)}
+
+
+def _acc(true_keys, reported: dict, truth_values: dict | None) -> dict:
+    acc = exact.set_accuracy(true_keys, reported).as_dict()
+    if truth_values is not None:
+        tp = [k for k in truth_values if k in reported]
+        acc["are"] = exact.are({k: abs(truth_values[k]) for k in tp}, {k: abs(reported[k]) for k in tp}, tp) \
+            if tp else None
+    else:
+        acc["are"] = None
+    return acc
+
+
+def _fingerprints(keys: list[bytes]) -> list[int]:
+    from telesketch.sketches.llmsketch import fingerprint
+
+    if not keys:
+        return []
+    array = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, FLOW_KEY_BYTES)
+    return fingerprint(array).view("<u4").ravel().tolist()
+
+
+def add_accuracy(report: dict, source, truth, opts: ReportOptions, last: int) -> None:
+    """Fill ``report["accuracy"]`` comparing each answered section with ``report["truth"]``."""
+    acc: dict[str, Any] = {}
+    t = report["truth"]
+    for what, value in (("heavy_hitters", "estimate"), ("heavy_changers", "change")):
+        if report[what]["error"] is None and t[what]["error"] is None:
+            est = {r["key"]: r[value] for r in report[what]["rows"]}
+            true = {r["key"]: r[value] for r in t[what]["rows"]}
+            acc[what] = _acc(true, est, true)
+    if report["hhh"]["error"] is None and t["hhh"]["error"] is None:
+        est = {(r["prefix"], r["length"]): r["estimate"] for r in report["hhh"]["rows"]}
+        true = {(r["prefix"], r["length"]): r["estimate"] for r in t["hhh"]["rows"]}
+        acc["hhh"] = _acc(true, est, true)
+    if report["gaps"]["error"] is None and t["gaps"]["error"] is None:
+        est = {(e["key"], e["ts_ns"]): 1 for e in report["gaps"]["events"]}
+        acc["gaps"] = _acc({(e["key"], e["ts_ns"]) for e in t["gaps"]["events"]}, est, None)
+    if report["top_flows"]["error"] is None and t["top_flows"]["error"] is None:
+        acc.update(_flow_accuracy(report, source, truth, opts, last))
+    report["accuracy"] = acc
+
+
+def _flow_accuracy(report: dict, source, truth, opts: ReportOptions, last: int) -> dict:
+    """Top-k set accuracy (fingerprints matched when the sketch keeps them) and flow-size ARE."""
+    out = {}
+    true_top = [(bytes.fromhex(r["key"]), r["estimate"]) for r in report["truth"]["top_flows"]["rows"]]
+    reported = {r["key"]: r["estimate"] for r in report["top_flows"]["rows"]}
+    fingerprinted = any(isinstance(k, int) for k in reported)
+    names = _fingerprints([k for k, _ in true_top]) if fingerprinted else [k.hex() for k, _ in true_top]
+    true_map = dict(zip(names, (v for _, v in true_top)))
+    out["top_flows"] = _acc(true_map, reported, true_map)
+    try:
+        all_true, _ = truth.top_flows(min(MAX_TOP_K, MAX_FLOW_KEYS), last, TRUTH)
+        keys = [bytes(k) for k, _ in all_true]
+        if fingerprinted:  # name the reported fingerprints after the true flows they match
+            names = dict(zip(_fingerprints(keys), (key_text(k) for k in keys)))
+            for r in report["top_flows"]["rows"]:
+                r.setdefault("flow", names.get(r["key"], r["text"]))
+        if keys:
+            est, _ = source.flow_size(keys, last, report["top_flows"]["sketch"])
+            true = [v for _, v in all_true]
+            k = min(opts.flows, len(keys))
+            rel = np.abs(np.asarray(est) - np.asarray(true)) / np.asarray(true)
+            out["flow_size"] = {"flows": len(keys), "are": float(rel.mean()), "are_top": float(rel[:k].mean()),
+                                "k": k}
+    except Unanswered:
+        pass
+    return out
+
+
+def name_fingerprints(report: dict) -> None:
+    """With truth at hand, give fingerprint keys of ``top_flows`` their 5-tuple text (``flow``)."""
+    truth = report.get("truth")
+    rows = report["top_flows"].get("rows", [])
+    if not truth or not rows or not any(isinstance(r["key"], int) for r in rows):
+        return
+    keys = [bytes.fromhex(r["key"]) for r in truth["top_flows"]["rows"]]
+    names = dict(zip(_fingerprints(keys), (key_text(k) for k in keys)))
+    for r in rows:
+        if r["key"] in names:
+            r["flow"] = names[r["key"]]
+
+
+# ====================================================================== text
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _acc_line(acc: dict | None) -> str:
+    if not acc:
+        return ""
+    parts = [f"precision {acc['precision']:.3f}", f"recall {acc['recall']:.3f}", f"F1 {acc['f1']:.3f}"]
+    if acc.get("are") is not None:
+        parts.append(f"ARE {acc['are']:.4f}")
+    return "  accuracy: " + ", ".join(parts) + f"  (tp {acc['tp']}, fp {acc['fp']}, fn {acc['fn']})"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "  ") -> list[str]:
+    if not rows:
+        return [indent + "(none)"]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    line = lambda cells: indent + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                            for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return [line(header), indent + "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+
+
+def _truth_lookup(report: dict, what: str, value: str) -> dict:
+    t = (report.get("truth") or {}).get(what)
+    if not t or t.get("error"):
+        return {}
+    return {r["key"]: r[value] for r in t["rows"]}
+
+
+def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
+    """The human-readable report (the tables show ``opts.top`` rows; the JSON has them all)."""
+    w, ing = report["window"], report["ingest"]
+    lines = [f"telesketch report ({report['source']['mode']}): "
+             + (", ".join(report["source"]["files"]) or report["source"].get("target") or "")]
+    span = f", {w['epoch_seconds']:g} s each" if w.get("epoch_seconds") else ""
+    ids = w["epochs"]
+    lines.append(f"window     last {w['last']} epoch(s) {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}{span}: "
+                 f"{w['packets']:,} packets")
+    rate = ""
+    if ing.get("seconds"):
+        rate = (f" in {ing['seconds']:.2f} s: {ing['packets_per_second']:,.0f} packets/s, "
+                f"{ing['bytes_per_second'] / 1e6:,.1f} MB/s")
+    lines.append(f"ingest     {ing['packets']:,} packets{rate} (late {ing['late_packets']:,}, batches {ing['batches']:,})")
+    active = [f"{s['name']} ({s['kind']}, {s['memory_bytes'] / 1024:,.1f} KiB)" for s in report["sketches"] if s["active"]]
+    lines.append("sketches   " + (", ".join(active) or "none active"))
+    lines += [f"note       {n}" for n in report["notes"]]
+    acc = report.get("accuracy") or {}
+    top = opts.top
+
+    def head(title: str, sec: dict, extra: str = "") -> None:
+        lines.append("")
+        if sec["error"]:
+            lines.append(f"{title}: not answered ({sec['error']})")
+            return
+        lines.append(f"{title} [sketch {sec['sketch']}, {sec['combine']}]{extra}")
+
+    hh = report["heavy_hitters"]
+    head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}"
+         f" (> {hh['threshold'] or 0:,.0f} packets)" if not hh["error"] else "")
+    if not hh["error"]:
+        truth = _truth_lookup(report, "heavy_hitters", "estimate")
+        rows = [(r["text"], _fmt(r["estimate"])) + ((_fmt(truth[r["key"]]) if r["key"] in truth else "-",) if truth else ())
+                for r in hh["rows"][:top]]
+        lines += _table(("key", "estimate") + (("true",) if truth else ()), rows)
+        lines.append(_acc_line(acc.get("heavy_hitters"))) if acc.get("heavy_hitters") else None
+
+    hc = report["heavy_changers"]
+    head("Heavy changers", hc, f": {hc.get('count', 0)} keys, epoch {hc.get('epochs')} vs {hc.get('before')}"
+         if not hc["error"] else "")
+    if not hc["error"]:
+        truth = _truth_lookup(report, "heavy_changers", "change")
+        rows = [(r["text"], f"{r['change']:+,.0f}") + ((f"{truth[r['key']]:+,.0f}" if r["key"] in truth else "-",) if truth else ())
+                for r in hc["rows"][:top]]
+        lines += _table(("key", "change") + (("true",) if truth else ()), rows)
+        lines.append(_acc_line(acc.get("heavy_changers"))) if acc.get("heavy_changers") else None
+
+    hhh = report["hhh"]
+    head("Hierarchical heavy hitters", hhh, f": {hhh.get('count', 0)} prefixes above phi {hhh['phi']:g}"
+         if not hhh["error"] else "")
+    if not hhh["error"]:
+        t = report.get("truth") or {}
+        truth = {} if not t or t["hhh"]["error"] else {(r["prefix"], r["length"]): r["estimate"] for r in t["hhh"]["rows"]}
+        ordered = sorted(hhh["rows"], key=lambda r: -r["estimate"])[:top]
+        rows = [(r["text"], _fmt(r["estimate"])) + ((_fmt(truth[(r["prefix"], r["length"])])
+                                                     if (r["prefix"], r["length"]) in truth else "-",) if truth else ())
+                for r in ordered]
+        lines += _table(("prefix", "discounted") + (("true",) if truth else ()), rows)
+        lines.append(_acc_line(acc.get("hhh"))) if acc.get("hhh") else None
+
+    gaps = report["gaps"]
+    head("Flow gaps", gaps, f": {gaps.get('count', 0)} major gaps" if not gaps["error"] else "")
+    if not gaps["error"]:
+        rows = [(e["text"], str(e["ts_ns"]), str(e["jump"])) for e in gaps["events"][-opts.gap_rows:]]
+        if rows:
+            lines.append(f"  newest {len(rows)}:")
+        lines += _table(("flow", "ts_ns", "jump"), rows)
+        lines.append(_acc_line(acc.get("gaps"))) if acc.get("gaps") else None
+
+    tf = report["top_flows"]
+    head("Largest flows", tf)
+    if not tf["error"]:
+        t = report.get("truth") or {}
+        truth = {}
+        if t and not t["top_flows"]["error"]:
+            truth = {r["text"]: r["estimate"] for r in t["top_flows"]["rows"]}
+        rows = []
+        for r in tf["rows"][:top]:
+            name = r.get("flow", r["text"])
+            rows.append((name, _fmt(r["estimate"])) + ((_fmt(truth[name]) if name in truth else "-",) if truth else ()))
+        lines += _table(("flow", "estimate") + (("true",) if truth else ()), rows)
+        lines.append(_acc_line(acc.get("top_flows"))) if acc.get("top_flows") else None
+        fs = acc.get("flow_size")
+        if fs:
+            lines.append(f"  flow sizes: ARE {fs['are']:.3f} over {fs['flows']:,} flows, "
+                         f"{fs['are_top']:.3f} over the {fs['k']} largest")
+    return "\n".join(lines)
+
+
+def elapsed(start: float) -> float:
+    return time.perf_counter() - start

@@ -1,0 +1,45 @@
+"""The command line: every sub-command parses; input errors are one line and status 2."""
+from __future__ import annotations
+
+import pytest
+
+from telesketch.cli import build_parser, main
+from telesketch.traces import generate_capture
+
+
+@pytest.mark.parametrize("command", ["demo", "analyze", "replay", "serve", "query", "generate", "summary",
+                                     "train-estimator"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: telesketch " + command in capsys.readouterr().out
+
+
+def test_generate_and_summary_still_work(tmp_path, capsys):
+    path = tmp_path / "g.pcap"
+    assert main(["generate", str(path), "--packets", "2000", "--flows", "20", "--seed", "1"]) == 0
+    assert main(["summary", str(path), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "2,000 packets" in out and "top 3 flows" in out
+
+
+def test_replay_of_a_missing_file_is_status_2(capsys):
+    assert main(["replay", "/nonexistent.pcap", "--target", "127.0.0.1:9"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_replay_cli_to_an_unreachable_server_is_status_1(tmp_path, capsys):
+    path = tmp_path / "r.pcap"
+    generate_capture(path, packets=500, flows=5, seed=1)
+    code = main(["replay", str(path), "--target", "127.0.0.1:9", "--retries", "1", "--backoff", "0.01",
+                 "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "NOT acknowledged      sequence 1" in captured.out
+    assert "error: batch 1" in captured.err and "no answer from 127.0.0.1:9" in captured.err
+
+
+def test_speed_and_max_are_exclusive(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["replay", "x.pcap", "--speed", "2", "--max"])

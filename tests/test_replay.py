@@ -1,0 +1,186 @@
+"""Replay into a real server: same answers as ``analyze``, pacing, corrupt input, server loss."""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from telesketch.analyze import analyze
+from telesketch.client import Client
+from telesketch.replay import ReplayOptions, ranges, replay
+from telesketch.report import SECTIONS, RemoteSource, ReportOptions, build_report
+from telesketch.service.config import DEFAULT_SKETCHES, load_config
+from telesketch.service.server import ServiceThread
+from telesketch.traces import generate_capture
+
+TRACES = ("ndpi_merged_hdr128.pcap", "slips_test-cc-capture-1.pcap", "stopddos_amp.TCP.reflection.SYNACK.pcap",
+          "stopddos_amp.dns.RRSIG.fragmented.pcap", "stopddos_pkt.TCP.synflood.spoofed.pcap")
+
+
+def fast_sketches() -> dict:
+    """The embedded sketch set with LLM-Sketch on the constant estimator (the LM costs ~2 ms a flow)."""
+    specs = copy.deepcopy(DEFAULT_SKETCHES)
+    specs["flows"]["estimator"] = "constant"
+    return specs
+
+
+def service_config(data_dir: str = "", sketches: dict | None = None):
+    config = load_config(None, {"grpc_address": "127.0.0.1:0", "http_address": "", "data_dir": data_dir})
+    config.sketches = sketches if sketches is not None else fast_sketches()
+    return config
+
+
+def answers(report: dict) -> dict:
+    window = {k: v for k, v in report["window"].items() if k != "epoch_seconds"}
+    return dict({name: report[name] for name in SECTIONS}, window=window)
+
+
+@pytest.mark.needs_traces
+@pytest.mark.parametrize("name", TRACES)
+def test_replay_gives_the_same_answers_as_analyze(shared_traces, name):
+    path = shared_traces / name
+    config = service_config()
+    opts = ReportOptions(flows=20)
+    local, _ = analyze([path], config, opts, batch_size=16384)
+    with ServiceThread(config) as svc:
+        target = f"127.0.0.1:{svc.grpc_port}"
+        summary = replay([path], ReplayOptions(target, batch_size=16384))
+        assert summary.error is None and not summary.interrupted
+        assert summary.packets_acked == summary.packets_sent == local["ingest"]["packets"] + local["ingest"]["late_packets"]
+        assert summary.acked_sequences == list(range(1, len(summary.batches) + 1))
+        with Client(target) as client:
+            remote = build_report(RemoteSource(client), opts, mode="service", files=[path])
+    assert answers(remote) == answers(local)
+    # the sections are real answers, not a pair of identical errors
+    assert local["hhh"]["error"] is None and local["gaps"]["error"] is None
+    assert local["heavy_hitters"]["error"] is None
+    flows_active = any(s["active"] for s in local["sketches"] if s["name"] == "flows")
+    assert bool(local["top_flows"]["rows"]) == flows_active
+
+
+def test_speed_is_honoured_within_ten_percent(tmp_path):
+    path = tmp_path / "paced.pcap"
+    generate_capture(path, packets=30_000, flows=300, seed=3, duration_s=3.0)
+    with ServiceThread(service_config(sketches={"gaps": {"kind": "gapfilter_ao"}})) as svc:
+        summary = replay([path], ReplayOptions(f"127.0.0.1:{svc.grpc_port}", speed=2.0))
+    assert summary.error is None and summary.packets_acked == 30_000
+    from telesketch.traces import read_capture
+
+    ts = [int(b.ts_ns.min()) for b in read_capture(path)] + [int(b.ts_ns.max()) for b in read_capture(path)]
+    expected = (max(ts) - min(ts)) / 1e9 / 2.0
+    assert abs(summary.seconds - expected) / expected < 0.10, (summary.seconds, expected)
+    assert len(summary.batches) > 20  # paced batches are cut into 50 ms groups
+
+
+def _record_offsets(path: Path) -> list[int]:
+    data = path.read_bytes()
+    offsets, pos = [], 24
+    while pos + 16 <= len(data):
+        offsets.append(pos)
+        (caplen,) = struct.unpack_from("<I", data, pos + 8)
+        pos += 16 + caplen
+    return offsets
+
+
+def test_corrupt_file_stops_with_the_offset_after_every_good_packet(tmp_path):
+    path = tmp_path / "corrupt.pcap"
+    generate_capture(path, packets=12_000, flows=100, seed=5)
+    bad_record = 9_000
+    offset = _record_offsets(path)[bad_record]
+    with open(path, "r+b") as f:
+        f.seek(offset + 8)
+        f.write(struct.pack("<I", 0x7FFFFFF0))  # an impossible captured length
+    with ServiceThread(service_config(sketches={"gaps": {"kind": "gapfilter_ao"}})) as svc:
+        target = f"127.0.0.1:{svc.grpc_port}"
+        summary = replay([path], ReplayOptions(target, batch_size=4096))
+        with Client(target) as client:
+            applied = int(client.stats()["packets"])
+    assert summary.error is not None and f"offset {offset}" in summary.error
+    assert summary.packets_acked == summary.packets_sent == bad_record == applied
+    assert not summary.unacknowledged
+    assert "offset" in summary.render()
+
+
+def _start_server(tmp_path: Path, data_dir: Path) -> tuple[subprocess.Popen, int]:
+    cfg = tmp_path / "light.json"
+    cfg.write_text('{"sketches": {"gaps": {"kind": "gapfilter_ao"}, "hhh": {"kind": "residualsketch", "phi": 0.001, '
+                   '"expected_packets": 2500000}}}')
+    proc = subprocess.Popen([sys.executable, "-m", "telesketch.cli", "serve", "--config", str(cfg),
+                             "--grpc-address", "127.0.0.1:0", "--http-address", "", "--data-dir", str(data_dir),
+                             "--log-level", "warning"], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("telesketch serving grpc="), line
+    return proc, int(line.split("grpc=")[1].split()[0])
+
+
+def test_server_loss_mid_replay_is_reported_with_the_acknowledged_batches(tmp_path):
+    path = tmp_path / "long.pcap"
+    generate_capture(path, packets=40_000, flows=400, seed=9, duration_s=8.0)
+    data_dir = tmp_path / "data"
+    proc, port = _start_server(tmp_path, data_dir)
+    opts = ReplayOptions(f"127.0.0.1:{port}", speed=2.0, sender_id="loss-test", retries=3, backoff_s=0.05)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(summary=replay([path], opts)))
+    try:
+        worker.start()
+        time.sleep(1.5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        worker.join(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = result["summary"]
+    assert summary.error is not None and "no answer from" in summary.error and "after 4 attempts" in summary.error
+    acked = summary.acked_sequences
+    assert acked and acked == list(range(1, len(acked) + 1))
+    assert len(summary.unacknowledged) == 1 and summary.unacknowledged[0].sequence == acked[-1] + 1
+    assert summary.packets_acked < summary.packets_sent < 40_000
+    text = summary.render()
+    assert f"sequences 1-{acked[-1]}" in text and f"NOT acknowledged      sequence {acked[-1] + 1}" in text
+    # what was acknowledged survived the kill: a restarted server has applied exactly those batches
+    proc, port = _start_server(tmp_path, data_dir)
+    try:
+        with Client(f"127.0.0.1:{port}") as client:
+            assert client.last_sequence("loss-test") == acked[-1]
+            assert int(client.stats()["packets"]) == summary.packets_acked
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_unreachable_server_fails_clearly_after_retries(tmp_path):
+    path = tmp_path / "small.pcap"
+    generate_capture(path, packets=1_000, flows=10, seed=1)
+    summary = replay([path], ReplayOptions("127.0.0.1:9", retries=2, backoff_s=0.01))
+    assert summary.error and "no answer from 127.0.0.1:9 after 3 attempts" in summary.error
+    assert summary.acked_sequences == [] and summary.retries == 2
+    assert "NOT acknowledged      sequence 1" in summary.render()
+
+
+def test_loop_shifts_timestamps_so_nothing_is_late(tmp_path):
+    path = tmp_path / "loop.pcap"
+    generate_capture(path, packets=5_000, flows=50, seed=2, duration_s=2.0)
+    config = service_config(sketches={"gaps": {"kind": "gapfilter_ao"}})
+    config.epoch_seconds = 0.5  # an unshifted second pass would be entirely late
+    with ServiceThread(config) as svc:
+        summary = replay([path], ReplayOptions(f"127.0.0.1:{svc.grpc_port}", loop=3, batch_size=2048))
+        with Client(f"127.0.0.1:{svc.grpc_port}") as client:
+            epochs = [int(e["epoch"]) for e in client.stats()["epochs"]]
+    assert summary.error is None
+    assert summary.packets_acked == 15_000 and summary.packets_late == 0
+    assert summary.batches[-1].loop == 2 and summary.batches[-1].where().startswith("loop.pcap pass 3")
+    assert epochs[-1] >= 3_400_000_000 + 10  # three passes of 2 s from t = 1.7e9 s, in 0.5 s epochs
+
+
+def test_ranges():
+    assert ranges([1, 2, 3, 5, 7, 8]) == [[1, 3], [5, 5], [7, 8]]
+    assert ranges([]) == []
