@@ -266,7 +266,8 @@ def _add_service_commands(sub) -> None:
     query = sub.add_parser("query", help="query a running service and print a table")
     query.add_argument("what", choices=["heavy-hitters", "heavy-changers", "hhh", "gaps", "flow-size",
                                         "top-flows", "stats"])
-    query.add_argument("--server", default="127.0.0.1:50051")
+    query.add_argument("--target", "--server", dest="server", default="127.0.0.1:50051",
+                       help="HOST:PORT of the service's gRPC endpoint")
     query.add_argument("--epoch", type=int, help="one epoch by id")
     query.add_argument("--last", type=_positive_int, help="the last N epochs (default 1)")
     query.add_argument("--closed-only", action="store_true")
