@@ -4,11 +4,18 @@ For each trace: train estimators on the first half (trees, tiny; lm = the shippe
 ``--lm-path``), replay the second half through LLM-Sketch with per-flow scores (sync mode,
 re-scoring at 1, 2, 4, ...), and report flow-size ARE / AAE (all flows, and ARE over flows > 64
 packets), heavy-hitter F1 (alpha = 1e-4, heavy-hitter configuration) at three memory sizes, for
-each estimator, constant(0.5), the oracle, and a plain Count-Min of the same memory. Also the
-estimator's throughput (scored packets/s, one thread) and the sketch's packets/s with scoring on.
+each estimator, constant(0.5), the oracle, and a plain Count-Min of the same memory, and the share
+of the constant -> oracle ARE gap each estimator closes. Also the estimator's throughput (scored
+packets/s) and the sketch's packets/s with scoring on.
 
-    .venv/bin/python benchmarks/bench_llmsketch.py                     # ndpi + generated
+Packet-path throughput (``--throughput``): 1 M packets of ``telesketch.traces.generate_batch``
+(50 k flows, 64 Ki batches) through ``LLMSketch(400 KiB).update``: precomputed scores, then
+``update(batch)`` through the FlowScorer with the constant, trees and lm estimators (lm in the
+default async mode: the packet path never waits for the model).
+
+    .venv/bin/python benchmarks/bench_llmsketch.py                     # ndpi + generated + throughput
     .venv/bin/python benchmarks/bench_llmsketch.py --quick             # small generated only
+    .venv/bin/python benchmarks/bench_llmsketch.py --sections throughput
 """
 from __future__ import annotations
 
@@ -31,8 +38,8 @@ NDPI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "traces", "
 
 
 def score_trace(estimator, batch, chunk=8192):
-    """Per-packet scores via the packet path; returns (scores, model calls, seconds)."""
-    scorer = FlowScorer(estimator, rescore=True)
+    """Per-packet scores via the packet path (sync); returns (scores, model calls, seconds)."""
+    scorer = FlowScorer(estimator, rescore=True, mode="sync")
     start = time.perf_counter()
     scores = np.concatenate([scorer.scores(b) for b in batch.split(chunk)])
     return scores, scorer.model_calls, time.perf_counter() - start
@@ -90,12 +97,79 @@ def run_trace(name, batch, memories, estimators, lm_path, tiny_epochs):
         cm.update(eval_part)
         rows.append(("count-min", mem, flow_metrics(truth, query_keys, cm.flow_size(query_rows)) | {"F1": float("nan")},
                      float("nan"), float("nan")))
-    print("\n| estimator | memory | ARE | AAE | ARE (>64) | HH F1 | scored pkts/s | sketch pkts/s (scoring on) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| estimator | memory | ARE | AAE | ARE (>64) | HH F1 | gap closed (ARE) | gap closed (ARE>64) "
+          "| scored pkts/s | sketch pkts/s (scoring on) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, mem, m, fps, pps in sorted(rows, key=lambda r: (r[1], r[0])):
+        closed = [_gap_closed(rows, mem, m, metric) for metric in ("ARE", "ARE>64")]
         print(f"| {label} | {mem // 1024} KiB | {m['ARE']:.3f} | {m['AAE']:.2f} | {m['ARE>64']:.3f} | "
-              f"{m['F1']:.3f} | {fps:,.0f} | {pps:,.0f} |")
+              f"{m['F1']:.3f} | {closed[0]} | {closed[1]} | {fps:,.0f} | {pps:,.0f} |")
     return rows
+
+
+def _gap_closed(rows, mem, m, metric) -> str:
+    """Share of the constant(0.5) -> oracle gap in ``metric`` closed by ``m`` ("-" if the oracle is not better)."""
+    ref = {label: r[metric] for label, size, r, _, _ in rows if size == mem}
+    gap = ref["constant(0.5)"] - ref["oracle"]
+    return f"{(ref['constant(0.5)'] - m[metric]) / gap:.0%}" if gap > 0 else "– (oracle worse)"
+
+
+def throughput(packets=1_000_000, flows=50_000, batch_size=65536, repeats=3, lm_path=None):
+    """Packet-path M packets/s of ``LLMSketch(400 KiB).update`` (best of ``repeats``)."""
+    from telesketch.traces import generate_batch
+
+    batch = generate_batch(packets, flows, seed=1)
+    parts = batch.split(batch_size)
+    scores = np.random.default_rng(0).random(len(batch))
+    labelled = generate_labelled_batch(100_000, 5_000, seed=3)
+    train, val, _ = training_sets(labelled, 0.5, rescore=True, max_flows=5000)
+    trees = fit_estimator("trees", train, val)
+
+    def precomputed():
+        sketch, at = LLMSketch(400 * 1024), 0
+        for part in parts:
+            sketch.update(part, scores[at:at + len(part)])
+            at += len(part)
+
+    def scored(estimator, **kw):
+        def run():
+            sketch = LLMSketch(400 * 1024, estimator=estimator, **kw)
+            for part in parts:
+                sketch.update(part)
+            return sketch
+        return run
+
+    cases = [("precomputed scores", precomputed), ("constant(0.5), FlowScorer", scored("constant")),
+             ("trees, FlowScorer (sync)", scored(trees)),
+             ("trees, FlowScorer (sync, re-scoring)", scored(trees, rescore=True))]
+    print(f"\n## packet path: {packets:,} packets, {flows:,} flows, batches of {batch_size:,}, "
+          f"LLMSketch(400 KiB, flow_size), serial kernel, best of {repeats}")
+    print("\n| scores | M packets/s |\n|---|---|")
+    for label, run in cases:
+        run()  # compile / warm caches
+        best = min(_timed(run) for _ in range(repeats))
+        print(f"| {label} | {packets / best / 1e6:.2f} |", flush=True)
+    lm = load_estimator("lm", lm_path)
+    run = scored(lm, scoring="async")
+    sketch_holder = []
+    seconds = _timed(lambda: sketch_holder.append(run()))
+    scorer = sketch_holder[0].scorer
+    calls_at_end = scorer.model_calls
+    print(f"| lm, FlowScorer (async: provisional 0.5 until scored) | {packets / seconds / 1e6:.2f} |")
+    t0 = time.perf_counter()
+    scorer.flush()
+    print(f"\nlm async: {calls_at_end:,} of {np.unique(batch.flow_keys_void()).size:,} flows scored by the time the "
+          f"last packet was inserted; the worker needed {time.perf_counter() - t0:.1f} s more for the rest")
+    heads = labelled.header[:4096], labelled.hdr_len[:4096]
+    lm.score(heads[0][:256], heads[1][:256])
+    secs = _timed(lambda: lm.score(*heads))
+    print(f"lm int8 ONNX scoring: {4096 / secs:,.0f} sequences/s (batches of 256, 2 intra-op threads)")
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
@@ -109,19 +183,23 @@ def main(argv=None) -> int:
     ap.add_argument("--lm-path", default=None, help="trained lm directory (default: the shipped adapter)")
     ap.add_argument("--tiny-epochs", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="generated trace only, trees only")
+    ap.add_argument("--sections", default="accuracy,throughput", help="accuracy, throughput (comma separated)")
     args = ap.parse_args(argv)
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
     kinds = ["trees"] if args.quick else args.estimators.split(",")
     kib = lambda s: [int(x) * 1024 for x in s.split(",")]
+    sections = args.sections.split(",")
+    if "throughput" in sections and not args.quick:
+        throughput(lm_path=args.lm_path)
+    if "accuracy" not in sections:
+        return 0
     if not args.quick and os.path.exists(args.trace):
         run_trace(os.path.basename(args.trace), load_trace(args.trace), kib(args.memories_trace), kinds,
                   args.lm_path, args.tiny_epochs)
     gen = generate_labelled_batch(args.generated_packets // (10 if args.quick else 1),
                                   args.generated_flows // (10 if args.quick else 1), seed=7)
-    # the shipped lm adapter is trained on ndpi; on the generated trace it runs only with --lm-path
-    gen_kinds = [k for k in kinds if k != "lm" or args.lm_path]
-    run_trace("generated", gen, kib(args.memories_generated), gen_kinds, args.lm_path, args.tiny_epochs)
+    run_trace("generated", gen, kib(args.memories_generated), kinds, args.lm_path, args.tiny_epochs)
     return 0
 
 

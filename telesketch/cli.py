@@ -145,15 +145,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_train_estimator(args: argparse.Namespace) -> int:
-    """Train an LLM-Sketch flow-size estimator on the first part of a capture (spec llmsketch §4)."""
+    """Train an LLM-Sketch flow-size estimator on the first part of a capture (spec llmsketch §4).
+
+    ``TRACE`` is a capture file, or ``synthetic:PACKETS,FLOWS,SEED`` for the labelled generated
+    capture of ``telesketch.estimators.synthetic`` (headers that carry flow-size information).
+    """
     import json
 
     from telesketch.estimators import MissingExtraError
     from telesketch.estimators.training import train_estimator
 
     config = json.loads(args.config) if args.config else {}
+    trace = args.trace
     try:
-        report = train_estimator(args.trace, args.kind, args.out, train_fraction=args.train_fraction,
+        if trace.startswith("synthetic:"):
+            if args.kind in ("lm", "tiny"):  # fail fast on a missing extra, before generating
+                from telesketch.estimators import require_llm
+
+                require_llm("torch")
+            from telesketch.estimators.synthetic import generate_labelled_batch
+
+            packets, flows, seed = (int(x) for x in trace.split(":", 1)[1].split(","))
+            trace = generate_labelled_batch(packets, flows, seed=seed)
+        report = train_estimator(trace, args.kind, args.out, train_fraction=args.train_fraction,
                                  max_flows=args.max_flows, seed=args.seed, **config)
     except MissingExtraError as exc:
         print(f"telesketch train-estimator: error: {exc}", file=sys.stderr)

@@ -83,11 +83,12 @@ def test_bad_parameters(kwargs, match):
         LLMSketchParams(**kwargs)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("task, memory", [("flow_size", 2000), ("heavy_hitters", 1200), ("hhh", 1300)])
-def test_equals_naive_model_packet_for_packet(task, memory):
+def test_equals_naive_model_packet_for_packet(task, memory, parallel):
     batch = skewed_batch(seed=3)
     scores = np.random.default_rng(4).random(len(batch)).astype(np.float32)
-    sketch = LLMSketch(memory, task, seed=11)
+    sketch = LLMSketch(memory, task, seed=11, parallel=parallel)
     for part in np.array_split(np.arange(len(batch)), 5):
         sketch.update(batch[part], scores[part])
     model = run_naive(batch, scores, memory, task, seed=11)
@@ -247,3 +248,53 @@ def test_sketch_scores_through_its_estimator():
     reference.update(batch, np.ones(len(batch)))
     for name, arr in sketch.state().items():
         np.testing.assert_array_equal(arr, reference.state()[name])
+
+
+class SlowEstimator(CountingEstimator):
+    """A model that takes ``delay`` seconds per call (what the packet path must not wait for)."""
+
+    kind = "tiny"  # a "slow" kind: mode="auto" scores it asynchronously
+
+    def __init__(self, delay):
+        super().__init__()
+        self.delay = delay
+
+    def score(self, headers, hdr_len):
+        import time
+
+        time.sleep(self.delay)
+        return super().score(headers, hdr_len)
+
+
+def test_async_packet_path_does_not_wait_for_the_model():
+    import time
+
+    batch = scored_batch(3000)
+    scorer = FlowScorer(SlowEstimator(0.3))  # auto -> async for slow kinds
+    assert scorer.mode == "async"
+    start = time.perf_counter()
+    first = np.concatenate([scorer.scores(b) for b in batch.split(500)])
+    assert time.perf_counter() - start < 0.25  # six batches, not one model call waited for
+    assert np.all(first[:500] == 0.5)  # the provisional score before any model result
+    scorer.flush()
+    assert scorer.model_calls == np.unique(batch.flow_keys_void()).size
+    scorer.close()
+
+
+def test_sketch_with_async_scoring_counts_every_packet():
+    batch = scored_batch(3000)
+    sketch = LLMSketch(64 * 1024, estimator=SlowEstimator(0.01), scoring="async")
+    for part in batch.split(500):
+        sketch.update(part)
+    sketch.scorer.flush()
+    truth = exact.count_dict(batch.flow_keys_void())
+    keys = np.unique(batch.flow_keys_void())
+    est = sketch.flow_size(np.ascontiguousarray(keys).view(np.uint8).reshape(-1, 13))
+    assert sketch.packets == len(batch) and np.all(est >= [truth[k] for k in keys.tolist()])
+
+
+def test_scorer_cache_is_bounded_and_set_associative():
+    batch = scored_batch(3000)
+    scorer = FlowScorer(CountingEstimator(), cache_flows=20)
+    scorer.scores(batch)
+    assert scorer.cache.capacity == 24 and len(scorer.cache) <= 24

@@ -31,6 +31,7 @@ KINDS = ("lm", "tiny", "trees", "constant", "oracle")
 DATA_DIR = Path(__file__).resolve().parent / "data"
 META_FILE = "estimator.json"
 INSTALL_HINT = "pip install 'telesketch[llm]'"
+ORACLE_SEED = 0x0AC1E
 
 
 class MissingExtraError(ImportError):
@@ -104,12 +105,20 @@ class OracleEstimator(Estimator):
     """``y(s)`` of the true flow size ``s`` in the evaluation segment (an upper bound).
 
     ``sizes`` maps 13-byte keys (``bytes``) to packet counts; unknown flows score ``y(1)``.
+    Lookups are vectorised: the keys' 64-bit hashes are kept sorted next to their counts.
     """
 
     kind = "oracle"
 
     def __init__(self, sizes: Mapping[bytes, int]):
+        from telesketch.hashing import hash_keys
+
         self.sizes = sizes
+        keys = np.frombuffer(b"".join(sizes.keys()), np.uint8).reshape(-1, 13) if sizes else np.zeros((0, 13), np.uint8)
+        hashes = hash_keys(keys, ORACLE_SEED) if len(keys) else np.zeros(0, np.uint64)
+        order = np.argsort(hashes)
+        self._hashes = hashes[order]
+        self._counts = np.fromiter(sizes.values(), np.int64, len(sizes))[order]
 
     @classmethod
     def from_batch(cls, batch) -> "OracleEstimator":
@@ -120,8 +129,12 @@ class OracleEstimator(Estimator):
         raise TypeError("the oracle scores flows by key: use score_packets(batch, idx)")
 
     def score_packets(self, batch, idx: np.ndarray) -> np.ndarray:
-        keys = batch.flow_keys_void()[idx]
-        return soft_label([self.sizes.get(k.tobytes(), 1) for k in keys])
+        from telesketch.hashing import hash_keys
+
+        h = hash_keys(np.ascontiguousarray(batch.flow_keys()[idx]), ORACLE_SEED)
+        at = np.minimum(np.searchsorted(self._hashes, h), max(self._hashes.shape[0] - 1, 0))
+        found = self._hashes[at] == h if self._hashes.size else np.zeros(h.shape[0], bool)
+        return soft_label(np.where(found, self._counts[at] if self._counts.size else 1, 1))
 
 
 def load_estimator(kind: str = "lm", path=None, **kwargs) -> Estimator:
@@ -162,14 +175,26 @@ def load_estimator(kind: str = "lm", path=None, **kwargs) -> Estimator:
     return LMEstimator.load(path, **kwargs)
 
 
+_LOADED: dict[tuple[str, str], Estimator] = {}
+
+
 def as_estimator(spec, path=None) -> Estimator:
-    """An estimator object from a kind name, an object with ``score``, or a float constant."""
+    """An estimator object from a kind name, an object with ``score``, or a float constant.
+
+    Trained kinds (``lm``, ``tiny``, ``trees``) named by string are loaded once per process and
+    shared (a service opens a sketch per epoch; the model must not be rebuilt each time).
+    """
     if isinstance(spec, Estimator):
         return spec
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return ConstantEstimator(float(spec))
     if isinstance(spec, str):
-        return load_estimator(spec, path)
+        if spec not in ("lm", "tiny", "trees"):
+            return load_estimator(spec, path)
+        key = (spec, str(Path(path).resolve()) if path is not None else "")
+        if key not in _LOADED:
+            _LOADED[key] = load_estimator(spec, path)
+        return _LOADED[key]
     if hasattr(spec, "score"):
         return spec
     raise TypeError(f"not an estimator: {spec!r}")

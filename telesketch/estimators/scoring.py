@@ -1,57 +1,212 @@
 """The packet path's per-flow scoring (spec §4): one model call per flow, never per packet.
 
-:class:`FlowScorer` keeps a bounded LRU cache ``flow key -> (packets seen, latest score)``. A packet
-is a *scoring point* when its 1-based position in its flow is 1 (and, with ``rescore``, 2, 4, 8,
-...). Each packet gets the score of the latest scoring point of its flow at or before it; a flow
-evicted from the cache counts as new.
+:class:`FlowScorer` keeps a bounded cache ``flow -> (packets seen, latest model score)`` in numpy
+arrays driven by Numba kernels: no Python object per flow or per packet. A flow is identified by
+the 64-bit telesketch hash of its 5-tuple (``hashing.hash_5tuple``, seed :data:`FLOW_HASH_SEED`);
+two flows colliding on all 64 bits would share an entry (probability ~ flows^2 / 2^65, ignored).
+The cache is 8-way set-associative with LRU replacement inside each set (an exact LRU when
+``cache_flows <= 8``); its capacity is ``cache_flows`` rounded up to a multiple of the ways. A
+flow evicted from the cache counts as new.
+
+A packet is a *scoring point* when its 1-based position in its flow is 1 (and, with ``rescore``,
+2, 4, 8, ...). Each packet gets the score of the latest scoring point of its flow at or before it.
 
 * ``mode="sync"`` (evaluation, tests; deterministic): a batch's scoring points are scored in one
   estimator call before the batch goes to the sketch. Equivalent to the offline two-phase replay.
-* ``mode="async"`` (service): ingest never waits on the model. Flows without a score get a
-  provisional one (the ``provisional`` estimator, e.g. trees, if given, else 0.5) and their
-  scoring-point headers are queued; one worker thread scores the queue in batches of
-  ``batch_size`` and fills the cache, so an arriving score changes only later packets.
-
-Per-flow work is done per *distinct flow in a batch*, vectorised per packet.
+* ``mode="async"`` (service): ingest never waits on the model. A packet whose flow has no model
+  score yet gets a provisional one (the ``provisional`` estimator, e.g. trees, if given, else 0.5).
+  Scoring points, and unscored flows not already queued, go to a bounded queue (``queue_batches``
+  items; when it is full they are not queued and retried on the flow's next packet); one daemon
+  worker thread scores it in batches of ``batch_size`` and fills the cache, so an arriving score
+  changes only later packets. The worker exits when the scorer is garbage-collected or closed.
+* ``mode="auto"``: ``async`` for the model estimators (``lm``, ``tiny``), ``sync`` otherwise.
 """
 from __future__ import annotations
 
 import queue
 import threading
-from collections import OrderedDict
+import weakref
 
+import numba as nb
 import numpy as np
 
 from telesketch.estimators import as_estimator
+from telesketch.hashing import hash_5tuple
 
 PROVISIONAL = 0.5
+WAYS = 8
+FLOW_HASH_SEED = 0x5C0E
+MODES = ("sync", "async", "auto")
+SLOW_KINDS = ("lm", "tiny")  # what "auto" scores asynchronously
 
 
-def _is_power_of_two(x: np.ndarray) -> np.ndarray:
-    return (x > 0) & ((x & (x - 1)) == 0)
+# ---------------------------------------------------------------------------- kernels
+@nb.njit(cache=True, nogil=True)
+def _lookup_kernel(flow_hash, tags, seen, score, stamp, pending, tick0, rescore, queue_unscored,
+                   slot_out, point_out, prev_out, cached_out, enqueue_out):
+    """Find or insert every packet's flow, in arrival order; per packet record its cache slot
+    (flat index), whether it is a scoring point, the index of the previous packet of the same
+    cache entry in this batch (-1: none), the entry's score before the batch (NaN: none) and
+    whether to queue it for the async worker. ``stamp`` (last use, ``tick0 + i``) drives LRU."""
+    nsets, ways = tags.shape
+    for i in range(flow_hash.shape[0]):
+        h = flow_hash[i]
+        tag = h if h != 0 else np.uint64(1)  # 0 marks an empty way
+        row = np.int64((h >> np.uint64(32)) % np.uint64(nsets))
+        way = -1
+        for w in range(ways):
+            if tags[row, w] == tag:
+                way = w
+                break
+        if way >= 0:
+            last = stamp[row, way]
+            prev_out[i] = last - tick0 if last >= tick0 else -1
+        else:
+            way = 0
+            for w in range(ways):  # an empty way, else the least recently used
+                if tags[row, w] == 0:
+                    way = w
+                    break
+                if stamp[row, w] < stamp[row, way]:
+                    way = w
+            tags[row, way] = tag
+            seen[row, way] = 0
+            score[row, way] = np.nan
+            pending[row, way] = 0
+            prev_out[i] = -1
+        stamp[row, way] = tick0 + i
+        seen[row, way] += 1
+        pos = seen[row, way]
+        point = pos == 1 or (rescore and (pos & (pos - 1)) == 0)
+        slot_out[i] = row * ways + way
+        point_out[i] = point
+        cached_out[i] = score[row, way]
+        unscored = score[row, way] != score[row, way]
+        enqueue_out[i] = queue_unscored and (point or (unscored and pending[row, way] == 0))
+        if enqueue_out[i]:
+            pending[row, way] = 1
 
 
+@nb.njit(cache=True, nogil=True)
+def _fill_kernel(point, prev, cached, fresh, use_fresh, slots, score_flat, out):
+    """Per packet the latest model score of its flow (NaN: none yet), written back to the cache.
+
+    ``fresh``: model scores of this batch's scoring points (sync mode; ``use_fresh``)."""
+    for i in range(point.shape[0]):
+        if use_fresh and point[i]:
+            m = fresh[i]
+        elif prev[i] >= 0:
+            m = out[prev[i]]
+        else:
+            m = cached[i]
+        out[i] = m
+        score_flat[slots[i]] = m
+
+
+@nb.njit(cache=True, nogil=True)
+def _store_kernel(flow_hash, scores, tags, score, pending):
+    """Async worker: store model scores of flows still in the cache (matched by tag)."""
+    nsets, ways = tags.shape
+    for i in range(flow_hash.shape[0]):
+        h = flow_hash[i]
+        tag = h if h != 0 else np.uint64(1)
+        row = np.int64((h >> np.uint64(32)) % np.uint64(nsets))
+        for w in range(ways):
+            if tags[row, w] == tag:
+                score[row, w] = scores[i]
+                pending[row, w] = 0
+                break
+
+
+# ---------------------------------------------------------------------------- the cache
+class ScoreCache:
+    """The flow table: ``uint64`` tags, packets seen, latest score (NaN: none), last use, queued flag.
+
+    All arrays are ``[sets, ways]``; ``lock`` serialises the packet path and the async worker.
+    """
+
+    def __init__(self, cache_flows: int):
+        ways = min(WAYS, int(cache_flows))
+        sets = -(-int(cache_flows) // ways)
+        self.tags = np.zeros((sets, ways), np.uint64)
+        self.seen = np.zeros((sets, ways), np.int64)
+        self.score = np.full((sets, ways), np.nan)
+        self.stamp = np.full((sets, ways), -1, np.int64)
+        self.pending = np.zeros((sets, ways), np.uint8)
+        self.tick = 0
+        self.lock = threading.Lock()
+        self.model_calls = 0  # packets sent to the estimator
+
+    @property
+    def capacity(self) -> int:
+        return int(self.tags.size)
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.tags))
+
+
+class _Worker:
+    """The async scoring thread's state; it holds no reference to the :class:`FlowScorer`."""
+
+    def __init__(self, estimator, cache: ScoreCache, batch_size: int, queue_batches: int):
+        self.estimator, self.cache, self.batch_size = estimator, cache, batch_size
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_batches)
+        self.thread = threading.Thread(target=self.run, name="llmsketch-scorer", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                self.score(*item)
+            finally:
+                self.queue.task_done()
+
+    def score(self, flow_hash, headers, hdr_len) -> None:
+        cache = self.cache
+        for start in range(0, flow_hash.shape[0], self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            s = np.asarray(self.estimator.score(headers[sl], hdr_len[sl]), np.float64)
+            with cache.lock:
+                cache.model_calls += s.shape[0]
+                _store_kernel(flow_hash[sl], s, cache.tags, cache.score, cache.pending)
+
+
+def _stop_worker(q: queue.Queue) -> None:
+    try:
+        q.put_nowait(None)
+    except queue.Full:  # the worker drains the queue, then finds no scorer to serve: let it be
+        pass
+
+
+# ---------------------------------------------------------------------------- the scorer
 class FlowScorer:
-    """Scores for every packet of a batch from per-flow estimator calls (see module doc)."""
+    """Scores for every packet of a batch from per-flow estimator calls (see the module doc).
+
+    ``estimator``: an estimator object, a kind (``"trees"`` needs ``path``) or a float constant.
+    """
 
     def __init__(self, estimator, path=None, rescore: bool = False, cache_flows: int = 1 << 20,
-                 mode: str = "sync", provisional=None, batch_size: int = 256):
-        if mode not in ("sync", "async"):
-            raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
-        if cache_flows < 1:
+                 mode: str = "auto", provisional=None, batch_size: int = 256, queue_batches: int = 64):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if int(cache_flows) < 1:
             raise ValueError(f"cache_flows must be positive, got {cache_flows}")
         self.estimator = as_estimator(estimator, path)
+        if mode == "auto":
+            mode = "async" if getattr(self.estimator, "kind", "") in SLOW_KINDS else "sync"
         self.provisional = None if provisional is None else as_estimator(provisional)
-        self.rescore, self.cache_flows, self.mode, self.batch_size = rescore, int(cache_flows), mode, batch_size
-        self.cache: OrderedDict[bytes, list] = OrderedDict()  # key -> [packets seen, score or nan]
-        self.model_calls = 0  # packets sent to the estimator
-        self._lock = threading.Lock()
-        self._queue: queue.Queue | None = None
-        self._worker: threading.Thread | None = None
-        if mode == "async":
-            self._queue = queue.Queue()
-            self._worker = threading.Thread(target=self._drain, name="llmsketch-scorer", daemon=True)
-            self._worker.start()
+        self.rescore, self.mode = bool(rescore), mode
+        self.batch_size, self.queue_batches = int(batch_size), int(queue_batches)
+        self.cache = ScoreCache(cache_flows)
+        self._worker: _Worker | None = None  # started on the first queued flow
+
+    @property
+    def model_calls(self) -> int:
+        """Packets sent to the estimator so far."""
+        return self.cache.model_calls
 
     # ------------------------------------------------------------------ per batch
     def scores(self, batch) -> np.ndarray:
@@ -59,111 +214,55 @@ class FlowScorer:
         n = len(batch)
         if n == 0:
             return np.zeros(0)
-        keys = batch.flow_keys_void()
-        uniq, inv = np.unique(keys, return_inverse=True)
-        ukeys = [k.tobytes() for k in uniq]
-        seen, cached = self._lookup(ukeys)
-        order = np.argsort(inv, kind="stable")  # by flow, arrival order inside
-        sorted_inv = inv[order]
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_inv)) + 1))
-        rank = np.arange(n) - np.repeat(starts, np.diff(np.concatenate((starts, [n]))))
-        pos = np.empty(n, np.int64)
-        pos[order] = seen[sorted_inv] + rank + 1
-        point = _is_power_of_two(pos) if self.rescore else pos == 1
-        idx = np.flatnonzero(point)
-        fresh = np.full(n, np.nan)
-        if self.mode == "sync":
-            if idx.size:
-                fresh[idx] = self.estimator.score_packets(batch, idx)
-                self.model_calls += idx.size
-        out = self._forward_fill(fresh, order, starts, cached, batch)
-        last = np.full(uniq.shape[0], np.nan)
-        has = ~np.isnan(fresh[order])
-        last_sorted = np.where(has, np.arange(n), -1)
-        last_per = np.maximum.reduceat(last_sorted, starts)
-        ok = last_per >= 0
-        last[ok] = fresh[order][last_per[ok]]
-        self._store(ukeys, np.bincount(inv, minlength=uniq.shape[0]), last)
-        if self.mode == "async":
-            self._enqueue(batch, idx, keys)  # after _store, so the worker finds the entries
-        return out
-
-    def _forward_fill(self, fresh, order, starts, cached, batch) -> np.ndarray:
-        n = fresh.shape[0]
-        f = fresh[order]
-        seg = np.repeat(np.arange(starts.shape[0]), np.diff(np.concatenate((starts, [n]))))
-        idx = np.where(~np.isnan(f), np.arange(n), -1)
-        idx = np.maximum.accumulate(idx)
-        valid = idx >= starts[seg]
-        filled = np.where(valid, f[np.maximum(idx, 0)], cached[seg])
-        missing = np.isnan(filled)
+        flow_hash = hash_5tuple(batch, FLOW_HASH_SEED)
+        slots, prev = np.empty(n, np.int64), np.empty(n, np.int64)
+        point, enqueue = np.empty(n, np.bool_), np.empty(n, np.bool_)
+        cached, model = np.empty(n), np.empty(n)
+        cache, is_async = self.cache, self.mode == "async"
+        with cache.lock:
+            _lookup_kernel(flow_hash, cache.tags, cache.seen, cache.score, cache.stamp, cache.pending,
+                           np.int64(cache.tick), self.rescore, is_async, slots, point, prev, cached, enqueue)
+            cache.tick += n
+            fresh = np.full(n, np.nan)
+            if not is_async:
+                idx = np.flatnonzero(point)
+                if idx.size:
+                    fresh[idx] = self.estimator.score_packets(batch, idx)
+                    cache.model_calls += idx.size
+            _fill_kernel(point, prev, cached, fresh, not is_async, slots, cache.score.reshape(-1), model)
+            if is_async:
+                self._enqueue(batch, flow_hash, np.flatnonzero(enqueue), slots)
+        missing = np.isnan(model)
         if missing.any():
-            filled[missing] = self._provisional(batch, order[missing])
-        out = np.empty(n)
-        out[order] = filled
-        return out
+            model[missing] = self._provisional(batch, np.flatnonzero(missing))
+        return model
 
     def _provisional(self, batch, rows) -> np.ndarray:
         if self.provisional is None:
             return np.full(rows.shape[0], PROVISIONAL)
-        return self.provisional.score_packets(batch, rows).astype(np.float64)
-
-    # ------------------------------------------------------------------ cache
-    def _lookup(self, ukeys) -> tuple[np.ndarray, np.ndarray]:
-        seen = np.zeros(len(ukeys), np.int64)
-        score = np.full(len(ukeys), np.nan)
-        with self._lock:
-            for i, k in enumerate(ukeys):
-                entry = self.cache.get(k)
-                if entry is not None:
-                    seen[i], score[i] = entry
-        return seen, score
-
-    def _store(self, ukeys, counts, last) -> None:
-        with self._lock:
-            cache = self.cache
-            for k, c, s in zip(ukeys, counts.tolist(), last.tolist()):
-                entry = cache.get(k)
-                if entry is None:
-                    entry = cache[k] = [0, np.nan]
-                else:
-                    cache.move_to_end(k)
-                entry[0] += c
-                if s == s:  # not NaN
-                    entry[1] = s
-            while len(cache) > self.cache_flows:
-                cache.popitem(last=False)
+        return np.asarray(self.provisional.score_packets(batch, rows), np.float64)
 
     # ------------------------------------------------------------------ async worker
-    def _enqueue(self, batch, idx, keys) -> None:
-        if idx.size:
-            self._queue.put((keys[idx].copy(), batch.header[idx].copy(), batch.hdr_len[idx].copy()))
-
-    def _drain(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            keys, headers, hdr_len = item
-            for start in range(0, keys.shape[0], self.batch_size):
-                sl = slice(start, start + self.batch_size)
-                s = self.estimator.score(headers[sl], hdr_len[sl])
-                with self._lock:
-                    self.model_calls += s.shape[0]
-                    for k, v in zip(keys[sl], s.tolist()):
-                        entry = self.cache.get(k.tobytes())
-                        if entry is not None:
-                            entry[1] = v
-            self._queue.task_done()
+    def _enqueue(self, batch, flow_hash, idx, slots) -> None:
+        """Queue packets ``idx`` (caller holds the cache lock); when full, unmark them for a retry."""
+        if not idx.size:
+            return
+        if self._worker is None:
+            self._worker = _Worker(self.estimator, self.cache, self.batch_size, self.queue_batches)
+            weakref.finalize(self, _stop_worker, self._worker.queue)
+        try:
+            self._worker.queue.put_nowait((flow_hash[idx], batch.header[idx], batch.hdr_len[idx]))
+        except queue.Full:
+            self.cache.pending.reshape(-1)[slots[idx]] = 0
 
     def flush(self) -> None:
         """Async mode: wait until every queued flow has been scored."""
-        if self._queue is not None:
-            self._queue.join()
+        if self._worker is not None:
+            self._worker.queue.join()
 
     def close(self) -> None:
         """Stop the async worker (queued work is finished first)."""
         if self._worker is not None:
-            self._queue.put(None)
-            self._worker.join()
+            self._worker.queue.put(None)
+            self._worker.thread.join()
             self._worker = None

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numba as nb
 import numpy as np
 
 from telesketch.estimators import META_FILE, Estimator, check_headers
@@ -35,7 +36,8 @@ class TreesEstimator(Estimator):
 
     def __init__(self, config: TreesConfig, edges: list[np.ndarray], base: float, nodes: np.ndarray):
         self.config, self.edges, self.base = config, edges, float(base)
-        self.nodes = nodes  # float64[trees, nodes, 4]: feature (-1 leaf), bin threshold, value, unused
+        self.nodes = nodes  # float64[trees, nodes, 3]: feature (-1 leaf), bin threshold, value
+        self._packed = None  # per node: feature int64 (-1 leaf), value threshold float32, leaf value
 
     # ------------------------------------------------------------------ fit
     @classmethod
@@ -59,12 +61,14 @@ class TreesEstimator(Estimator):
 
     # ------------------------------------------------------------------ score
     def predict(self, headers, hdr_len) -> np.ndarray:
+        """Raw boosted prediction ``float64[n]`` (one Numba pass: bin, then walk every tree)."""
         headers, hdr_len = check_headers(headers, hdr_len)
-        bins = _apply_bins(tree_features(headers), self.edges)
-        pred = np.full(bins.shape[0], self.base)
-        for tree in self.nodes:
-            pred += self.config.learning_rate * _predict_tree(tree, bins)
-        return pred
+        if self._packed is None:
+            self._packed = _value_thresholds(self.nodes, self.edges)
+        feature, threshold, value = self._packed
+        out = np.empty(headers.shape[0])
+        _predict_kernel(tree_features(headers), feature, threshold, value, self.base, self.config.learning_rate, out)
+        return out
 
     def score(self, headers, hdr_len) -> np.ndarray:
         return np.clip(self.predict(headers, hdr_len), 0.0, 1.0).astype(np.float32)
@@ -145,3 +149,33 @@ def _predict_tree(nodes: np.ndarray, bins: np.ndarray) -> np.ndarray:
         f = np.where(inner, feat, 0)
         left = bins[rows, f] <= nodes[at, 1]
         at = np.where(inner, np.where(left, 2 * at + 1, 2 * at + 2), at)
+
+
+def _value_thresholds(nodes: np.ndarray, edges: list[np.ndarray]):
+    """Node arrays with the bin threshold turned into a feature-value threshold.
+
+    ``bin(x) <= b`` (``bin = searchsorted(edges, x, 'right')``) holds exactly when ``x < edges[b]``
+    (always when ``b`` is past the last edge), so prediction needs no binning.
+    """
+    feature = nodes[:, :, 0].astype(np.int64)
+    bins = nodes[:, :, 1].astype(np.int64)
+    threshold = np.full(feature.shape, np.inf, np.float32)
+    for f, e in enumerate(edges):
+        at = (feature == f) & (bins < e.shape[0])
+        threshold[at] = e[bins[at]]
+    return feature, threshold, np.ascontiguousarray(nodes[:, :, 2])
+
+
+@nb.njit(cache=True, nogil=True)
+def _predict_kernel(x, feature, threshold, value, base, lr, out):
+    """``out[i] = base + lr * sum_t tree_t(x[i])``, left child when ``x[f] < threshold``."""
+    for i in range(x.shape[0]):
+        total = 0.0
+        for t in range(feature.shape[0]):
+            at = 0
+            f = feature[t, 0]
+            while f >= 0:
+                at = 2 * at + 1 if x[i, f] < threshold[t, at] else 2 * at + 2
+                f = feature[t, at]
+            total += value[t, at]
+        out[i] = base + lr * total

@@ -21,11 +21,22 @@ Randomness (the stochastic lock and the Coco takeover) comes from the counter-ba
 ``uniform(seed, n, j)``, ``n`` being the packet's 0-based index in this sketch's stream, so results
 do not depend on batch boundaries.
 
-Batch execution (spec §2.4): packets are stable-sorted by heavy bucket and each bucket's packets
-run in stream order, buckets in parallel (``prange``). Each packet emits at most one light-part
-operation (``add`` of itself or ``evict`` of the slot it displaced), recorded at the packet's index;
-the light part then applies those operations serially in index order, which is exactly the serial
-loop (saturating add and max do not commute, and Coco rows interact).
+Batch execution (spec §2.4). By default one serial ``nogil`` Numba loop runs the spec's per-packet
+insert over the batch in stream order, light-part operation included: that *is* the serial loop,
+and on this project's small shared machines it beats the parallel form (no sort, no OpenMP
+barriers; ~10 M packets/s). ``parallel=True`` selects the spec's parallel form: packets
+stable-sorted by heavy bucket, each bucket's packets in stream order, buckets in parallel
+(``prange``), each packet's light operation (``add`` of itself or ``evict`` of the slot it
+displaced) recorded at its index and applied serially in index order afterwards (saturating add
+and max do not commute, and Coco rows interact). Both give identical state.
+
+Keys inside the kernels are little-endian ``uint32`` words of the stored key bytes (1 word for
+4-byte keys, 4 for the 13-byte key, zero-padded), computed straight from the batch's columns;
+:attr:`LLMSketch.slot_keys` is a byte view of them, so the state and its serialised form are the
+spec's bytes.
+
+Scores: ``update(batch, scores)`` takes one score per packet; ``update(batch)`` asks the sketch's
+:class:`telesketch.estimators.scoring.FlowScorer` (per-flow scoring, sync or async, spec §4).
 """
 from __future__ import annotations
 
@@ -140,110 +151,217 @@ def uniform(seed_mix, n, j):
     return float(mix64(seed_mix ^ (n * _U64(64) + j)) >> _U64(40)) / _TWO24
 
 
+# ---------------------------------------------------------------------------- keys as words
+# Inside the kernels a stored key is ``W`` little-endian uint32 words of its bytes, zero-padded to
+# ``4 W`` bytes (W = 1 for the 4-byte keys, 4 for the 13-byte key13): one compare per word, and
+# MurmurHash3's 4-byte blocks are exactly these words.
+@nb.njit(cache=True, nogil=True, inline="always")
+def _mmh3_words(words, nbytes, seed):
+    """``mmh3_32`` of the ``nbytes`` bytes held in ``words`` (uint32 little-endian, zero-padded)."""
+    h = _U64(seed) & _M32
+    nblocks = nbytes // 4
+    for b in range(nblocks):
+        k = (_U64(words[b]) * _C1) & _M32
+        k = _rotl32(k, _U64(15))
+        k = (k * _C2) & _M32
+        h ^= k
+        h = _rotl32(h, _U64(13))
+        h = (h * _U64(5) + _U64(0xE6546B64)) & _M32
+    if nbytes & 3:
+        k = (_U64(words[nblocks]) * _C1) & _M32
+        k = _rotl32(k, _U64(15))
+        k = (k * _C2) & _M32
+        h ^= k
+    h ^= _U64(nbytes)
+    h ^= h >> _U64(16)
+    h = (h * _U64(0x85EBCA6B)) & _M32
+    h ^= h >> _U64(13)
+    h = (h * _U64(0xC2B2AE35)) & _M32
+    h ^= h >> _U64(16)
+    return h
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _bswap32(x):
+    x = np.uint32(x)
+    return ((x & np.uint32(0xFF)) << np.uint32(24)) | ((x & np.uint32(0xFF00)) << np.uint32(8)) | (
+        (x >> np.uint32(8)) & np.uint32(0xFF00)) | (x >> np.uint32(24))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _bswap16(x):
+    x = np.uint32(x)
+    return ((x & np.uint32(0xFF)) << np.uint32(8)) | (x >> np.uint32(8))
+
+
+@nb.njit(cache=True, nogil=True)
+def _batch_words_kernel(task, src_ip, dst_ip, src_port, dst_port, proto, out):
+    """Stored keys of a batch straight from its columns (task 0 flow_size, 1 heavy_hitters, 2 hhh)."""
+    k13 = np.zeros(4, np.uint32)
+    for i in range(src_ip.shape[0]):
+        if task == 2:
+            out[i, 0] = _bswap32(src_ip[i])
+            continue
+        k13[0] = _bswap32(src_ip[i])
+        k13[1] = _bswap32(dst_ip[i])
+        k13[2] = _bswap16(src_port[i]) | (_bswap16(dst_port[i]) << np.uint32(16))
+        k13[3] = np.uint32(proto[i])
+        if task == 0:
+            out[i, 0] = np.uint32(_mmh3_words(k13, 13, _U64(FINGERPRINT_SEED)))
+        else:
+            out[i, :] = k13
+
+
 # ---------------------------------------------------------------------------- heavy part
 @nb.njit(cache=True, nogil=True, inline="always")
-def _same_key(slot_keys, b, s, keys, i):
+def _same_key(slot_words, b, s, keys, i):
     for j in range(keys.shape[1]):
-        if slot_keys[b, s, j] != keys[i, j]:
+        if slot_words[b, s, j] != keys[i, j]:
             return False
     return True
 
 
-@nb.njit(cache=True, nogil=True)
-def _heavy_insert(slot_keys, counts, lock, occ, b, keys, i, p, seed_mix, n, op_type, op_key, op_val):
-    """Spec §2.2 for packet ``i`` (stream index ``n``) in bucket ``b``; records its light op."""
+@nb.njit(cache=True, nogil=True, inline="always")
+def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, victim_key):
+    """Spec §2.2 for packet ``i`` (stream index ``n``) in bucket ``b``.
+
+    Returns the light-part operation ``(OP_NONE | OP_ADD | OP_EVICT, value)``; for an eviction the
+    displaced key is copied to ``victim_key`` (uint32[W]).
+    """
     victim = -1
     for s in range(SLOTS):
-        if occ[b, s] and _same_key(slot_keys, b, s, keys, i):
+        if occ[b, s] and _same_key(slot_words, b, s, keys, i):
             c = counts[b, s] + np.uint32(1)
             counts[b, s] = c
             q = (float(lock[b, s]) * (float(c) - 1.0) + p) / float(c)
             lock[b, s] = 1 if uniform(seed_mix, n, _U64(0)) < q else 0
-            return
+            return OP_NONE, np.uint32(0)
         if not occ[b, s]:
-            slot_keys[b, s, :] = keys[i, :]
+            slot_words[b, s, :] = keys[i, :]
             counts[b, s] = 1
             lock[b, s] = 1 if p >= LARGE else 0
             occ[b, s] = 1
-            return
+            return OP_NONE, np.uint32(0)
         if not lock[b, s] and (victim < 0 or counts[b, s] < counts[b, victim]):
             victim = s
     if p < LARGE:
-        op_type[i] = OP_ADD
-        op_key[i, :] = keys[i, :]
-        op_val[i] = 1
-        return
+        return OP_ADD, np.uint32(1)
     if victim < 0:
         victim = 0
         for s in range(1, SLOTS):
             if counts[b, s] < counts[b, victim]:
                 victim = s
-    op_type[i] = OP_EVICT
-    op_key[i, :] = slot_keys[b, victim, :]
-    op_val[i] = counts[b, victim]
-    slot_keys[b, victim, :] = keys[i, :]
+    victim_key[:] = slot_words[b, victim, :]
+    old = counts[b, victim]
+    slot_words[b, victim, :] = keys[i, :]
     counts[b, victim] = 1
     lock[b, victim] = 1
-
-
-@nb.njit(cache=True, nogil=True, parallel=True)
-def _heavy_kernel(slot_keys, counts, lock, occ, keys, buckets, scores, order, seg_starts, n0, seed_mix,
-                  op_type, op_key, op_val):
-    """Run each bucket segment of ``order`` (packets sorted stably by bucket) in stream order."""
-    for g in nb.prange(seg_starts.shape[0] - 1):
-        for t in range(seg_starts[g], seg_starts[g + 1]):
-            i = order[t]
-            _heavy_insert(slot_keys, counts, lock, occ, buckets[i], keys, i, scores[i], seed_mix,
-                          _U64(n0 + i), op_type, op_key, op_val)
+    return OP_EVICT, old
 
 
 # ---------------------------------------------------------------------------- light parts
-@nb.njit(cache=True, nogil=True)
-def _countmin_apply(cm, op_type, op_key, op_val):
+@nb.njit(cache=True, nogil=True, inline="always")
+def _countmin_op(cm, key, nbytes, op, val):
+    """Saturating add (``OP_ADD``) or max-merge (``OP_EVICT``) of ``val`` into every row."""
     w = _U64(cm.shape[1])
-    for i in range(op_type.shape[0]):
-        t = op_type[i]
-        if t == OP_NONE:
-            continue
-        v = min(np.int64(op_val[i]), CM_MAX)
-        for r in range(CM_ROWS):
-            col = np.int64(mmh3_32(op_key[i], _U64(r)) % w)
-            c = np.int64(cm[r, col])
-            if t == OP_ADD:
-                cm[r, col] = min(c + v, CM_MAX)
-            elif v > c:
-                cm[r, col] = v
+    v = min(np.int64(val), CM_MAX)
+    for r in range(CM_ROWS):
+        col = np.int64(_mmh3_words(key, nbytes, _U64(r)) % w)
+        c = np.int64(cm[r, col])
+        if op == OP_ADD:
+            cm[r, col] = min(c + v, CM_MAX)
+        elif v > c:
+            cm[r, col] = v
 
 
-@nb.njit(cache=True, nogil=True)
-def _be_u32(key):
-    return (np.uint32(key[0]) << 24) | (np.uint32(key[1]) << 16) | (np.uint32(key[2]) << 8) | np.uint32(key[3])
-
-
-@nb.njit(cache=True, nogil=True)
-def _coco_apply(ids, ccounts, cocc, op_type, op_key, op_val, n0, seed_mix):
+@nb.njit(cache=True, nogil=True, inline="always")
+def _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix):
+    """``coco_insert(key, val, uniform(seed, n, 1))`` (spec §2.2); ids are big-endian addresses."""
     w = _U64(ids.shape[1])
+    k = _bswap32(key[0])
+    v = np.uint32(val)
+    c0 = np.int64(_mmh3_words(key, nbytes, _U64(0)) % w)
+    c1 = np.int64(_mmh3_words(key, nbytes, _U64(1)) % w)
+    if cocc[0, c0] and ids[0, c0] == k:
+        ccounts[0, c0] += v
+        return
+    if cocc[1, c1] and ids[1, c1] == k:
+        ccounts[1, c1] += v
+        return
+    row, col = 0, c0
+    if ccounts[1, c1] < ccounts[0, c0]:
+        row, col = 1, c1
+    c = ccounts[row, col] + v
+    ccounts[row, col] = c
+    if uniform(seed_mix, n, _U64(1)) < float(v) / float(c):
+        ids[row, col] = k
+        cocc[row, col] = 1
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _light_op(light, cm, ids, ccounts, cocc, key, nbytes, op, val, n, seed_mix):
+    if light == 1:
+        _countmin_op(cm, key, nbytes, op, val)
+    elif light == 2:
+        _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _score_of(scores, i):
+    p = float(scores[i])
+    return 0.0 if p < 0.0 else (1.0 if p > 1.0 else p)
+
+
+@nb.njit(cache=True, nogil=True)
+def _update_serial(slot_words, counts, lock, occ, cm, ids, ccounts, cocc, light, nbytes, keys, scores, n0,
+                   seed_mix):
+    """The spec's serial loop over a batch: heavy insert, then that packet's light operation.
+
+    ``keys``: uint32[n, W] stored keys; ``scores``: float[n] (clipped here); ``n0``: the stream
+    index of the batch's first packet.
+    """
+    nb_buckets = _U64(counts.shape[0])
+    victim_key = np.zeros(keys.shape[1], np.uint32)
+    for i in range(keys.shape[0]):
+        n = _U64(n0 + i)
+        b = np.int64(_mmh3_words(keys[i], nbytes, _U64(BUCKET_SEED)) % nb_buckets)
+        op, val = _heavy_insert(slot_words, counts, lock, occ, b, keys, i, _score_of(scores, i), seed_mix, n,
+                                victim_key)
+        if op == OP_ADD:
+            _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, val, n, seed_mix)
+        elif op == OP_EVICT:
+            _light_op(light, cm, ids, ccounts, cocc, victim_key, nbytes, op, val, n, seed_mix)
+
+
+@nb.njit(cache=True, nogil=True)
+def _buckets_kernel(keys, nbytes, nb_buckets, out):
+    for i in range(keys.shape[0]):
+        out[i] = np.int64(_mmh3_words(keys[i], nbytes, _U64(BUCKET_SEED)) % _U64(nb_buckets))
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _heavy_parallel(slot_words, counts, lock, occ, keys, buckets, scores, order, seg_starts, n0, seed_mix,
+                    op_type, op_key, op_val):
+    """Opt-in parallel heavy part: each bucket segment of ``order`` (packets sorted stably by bucket)
+    in stream order, segments in parallel; each packet's light operation is recorded at its index."""
+    for g in nb.prange(seg_starts.shape[0] - 1):
+        for t in range(seg_starts[g], seg_starts[g + 1]):
+            i = order[t]
+            op, val = _heavy_insert(slot_words, counts, lock, occ, buckets[i], keys, i, _score_of(scores, i),
+                                    seed_mix, _U64(n0 + i), op_key[i])
+            op_type[i] = op
+            op_val[i] = val
+
+
+@nb.njit(cache=True, nogil=True)
+def _light_apply(light, cm, ids, ccounts, cocc, nbytes, keys, op_type, op_key, op_val, n0, seed_mix):
+    """The recorded light-part operations in stream order (they do not commute)."""
     for i in range(op_type.shape[0]):
-        if op_type[i] == OP_NONE:
-            continue
-        k = _be_u32(op_key[i])
-        v = np.uint32(op_val[i])
-        c0 = np.int64(mmh3_32(op_key[i], _U64(0)) % w)
-        c1 = np.int64(mmh3_32(op_key[i], _U64(1)) % w)
-        if cocc[0, c0] and ids[0, c0] == k:
-            ccounts[0, c0] += v
-            continue
-        if cocc[1, c1] and ids[1, c1] == k:
-            ccounts[1, c1] += v
-            continue
-        row, col = 0, c0
-        if ccounts[1, c1] < ccounts[0, c0]:
-            row, col = 1, c1
-        c = ccounts[row, col] + v
-        ccounts[row, col] = c
-        if uniform(seed_mix, _U64(n0 + i), _U64(1)) < float(v) / float(c):
-            ids[row, col] = k
-            cocc[row, col] = 1
+        op = op_type[i]
+        if op == OP_ADD:
+            _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, op_val[i], _U64(n0 + i), seed_mix)
+        elif op == OP_EVICT:
+            _light_op(light, cm, ids, ccounts, cocc, op_key[i], nbytes, op, op_val[i], _U64(n0 + i), seed_mix)
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -325,6 +443,31 @@ def stored_keys(batch_or_keys, task: str) -> np.ndarray:
     return k13
 
 
+TASK_CODE = {"flow_size": 0, "heavy_hitters": 1, "hhh": 2}
+
+
+def key_words(key_len: int) -> int:
+    """uint32 words per stored key inside the kernels (1 for 4-byte keys, 4 for key13)."""
+    return (key_len + 3) // 4
+
+
+def bytes_to_words(keys: np.ndarray) -> np.ndarray:
+    """Stored keys ``uint8[n, key_len]`` as ``uint32[n, W]`` (little-endian words, zero-padded)."""
+    keys = np.asarray(keys, dtype=np.uint8)
+    n, key_len = keys.shape
+    padded = np.zeros((n, 4 * key_words(key_len)), np.uint8)
+    padded[:, :key_len] = keys
+    return padded.view("<u4").astype(np.uint32, copy=False)
+
+
+def batch_words(batch: PacketBatch, task: str) -> np.ndarray:
+    """Stored keys of a batch as ``uint32[n, W]``, computed from the columns in one kernel pass."""
+    out = np.empty((len(batch), key_words(TASKS[task][1])), np.uint32)
+    _batch_words_kernel(TASK_CODE[task], batch.src_ip, batch.dst_ip, batch.src_port, batch.dst_port, batch.proto,
+                        out)
+    return out
+
+
 def fingerprint(keys13: np.ndarray) -> np.ndarray:
     """``fp(k) = mmh3_32(k, 123123).to_bytes(4, 'little')`` of every row: ``uint8[n, 4]``."""
     return mmh3_rows(keys13, FINGERPRINT_SEED).astype("<u4").view(np.uint8).reshape(-1, 4)
@@ -349,16 +492,21 @@ class LLMSketch:
     kind for :func:`telesketch.estimators.load_estimator` (``"lm"``, ``"tiny"``, ``"trees"``,
     ``"constant"``), an estimator object, or ``None`` (then :meth:`update` needs explicit scores).
     ``estimator_path`` is a trained model directory; ``rescore`` turns on re-scoring at in-flow
-    positions 1, 2, 4, 8, ...; ``cache_flows`` bounds the per-flow score cache (LRU).
+    positions 1, 2, 4, 8, ...; ``cache_flows`` bounds the per-flow score cache (LRU);
+    ``scoring`` is the :class:`FlowScorer` mode (``"auto"``: async for ``lm`` / ``tiny``, so the
+    packet path never waits on the model, else ``"sync"``; pass ``"sync"`` for deterministic
+    replays); ``provisional`` scores flows the async worker has not reached (default 0.5);
+    ``parallel`` selects the bucket-parallel kernel (same results).
     """
 
     def __init__(self, memory_bytes: int = 400 * 1024, task: str = "flow_size", estimator: Any = None,
                  *, heavy_ratio: float | None = None, seed: int = 0, estimator_path=None,
-                 rescore: bool = False, cache_flows: int = 1 << 20, params: LLMSketchParams | None = None):
+                 rescore: bool = False, cache_flows: int = 1 << 20, scoring: str = "auto", provisional=None,
+                 parallel: bool = False, params: LLMSketchParams | None = None):
         self.params = params or LLMSketchParams(memory_bytes, task, heavy_ratio, seed)
         p = self.params
         self._seed_mix = _U64(mix64(_U64(p.seed)))  # a uint64 scalar: an int64 would promote to float
-        self.slot_keys = np.zeros((p.buckets, SLOTS, p.key_len), np.uint8)
+        self._slot_words = np.zeros((p.buckets, SLOTS, key_words(p.key_len)), np.uint32)
         self.counts = np.zeros((p.buckets, SLOTS), np.uint32)
         self.lock = np.zeros((p.buckets, SLOTS), np.uint8)
         self.occ = np.zeros((p.buckets, SLOTS), np.uint8)
@@ -370,11 +518,19 @@ class LLMSketch:
         self.coco_occ = np.zeros((COCO_ROWS, cw), np.uint8)
         self.packets = 0  # stream index of the next packet
         self.epoch = 0
+        self.parallel = bool(parallel)
         self.scorer = None
         if estimator is not None:
             from telesketch.estimators.scoring import FlowScorer
 
-            self.scorer = FlowScorer(estimator, path=estimator_path, rescore=rescore, cache_flows=cache_flows)
+            self.scorer = FlowScorer(estimator, path=estimator_path, rescore=rescore, cache_flows=cache_flows,
+                                     mode=scoring, provisional=provisional)
+
+    @property
+    def slot_keys(self) -> np.ndarray:
+        """Heavy-slot keys ``uint8[NB, 8, key_len]`` (a view of the kernels' uint32 words)."""
+        p = self.params
+        return self._slot_words.view(np.uint8).reshape(p.buckets, SLOTS, -1)[..., : p.key_len]
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -395,47 +551,65 @@ class LLMSketch:
     def update(self, batch: PacketBatch, scores: np.ndarray | None = None) -> None:
         """Insert every packet of ``batch`` with its score ``p`` (``float[n]``, clipped to [0, 1]).
 
-        Without ``scores`` the configured estimator scores the batch's flows (spec §4, sync mode).
+        Without ``scores`` the configured estimator's :class:`FlowScorer` supplies them (spec §4).
         """
         n = len(batch)
         if scores is None:
             if self.scorer is None:
                 raise SketchError("update() without scores needs an estimator (LLMSketch(estimator=...))")
             scores = self.scorer.scores(batch)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        if scores.shape[0] != n:
-            raise SketchError(f"got {scores.shape[0]} scores for {n} packets")
-        if n == 0:
-            return
-        if np.isnan(scores).any():
-            raise SketchError("scores contain NaN")
-        self.update_keys(stored_keys(batch, self.params.task), np.clip(scores, 0.0, 1.0))
+        self._insert(batch_words(batch, self.params.task), self._checked_scores(scores, n))
 
     def update_keys(self, keys: np.ndarray, scores: np.ndarray) -> None:
-        """Insert stored keys (``uint8[n, key_len]``) with scores (``float64[n]`` in [0, 1])."""
+        """Insert stored keys (``uint8[n, key_len]``, see :func:`stored_keys`) with scores ``float[n]``."""
+        keys = np.asarray(keys, dtype=np.uint8)
+        if keys.ndim != 2 or keys.shape[1] != self.params.key_len:
+            raise SketchError(f"stored keys must be uint8[n, {self.params.key_len}], got {keys.shape}")
+        self._insert(bytes_to_words(keys), self._checked_scores(scores, keys.shape[0]))
+
+    @staticmethod
+    def _checked_scores(scores, n: int) -> np.ndarray:
+        scores = np.asarray(scores)
+        if scores.dtype not in (np.float32, np.float64):
+            scores = scores.astype(np.float64)
+        scores = scores.reshape(-1)
+        if scores.shape[0] != n:
+            raise SketchError(f"got {scores.shape[0]} scores for {n} packets")
+        if np.isnan(scores).any():
+            raise SketchError("scores contain NaN")
+        return scores
+
+    def _insert(self, words: np.ndarray, scores: np.ndarray) -> None:
+        """Run the kernels over stored-key words ``uint32[n, W]`` and checked scores."""
+        n = words.shape[0]
+        if n == 0:
+            return
         p = self.params
-        n = keys.shape[0]
-        buckets = (mmh3_rows(keys, BUCKET_SEED) % np.uint32(p.buckets)).astype(np.int64)
-        order = np.argsort(buckets, kind="stable")
-        sorted_b = buckets[order]
-        seg_starts = np.concatenate(([0], np.flatnonzero(np.diff(sorted_b)) + 1, [n])).astype(np.int64)
-        op_type = np.zeros(n, np.int8)
-        op_key = np.zeros((n, p.key_len), np.uint8)
-        op_val = np.zeros(n, np.uint32)
-        _heavy_kernel(self.slot_keys, self.counts, self.lock, self.occ, np.ascontiguousarray(keys), buckets,
-                      scores, order, seg_starts, np.int64(self.packets), self._seed_mix, op_type, op_key, op_val)
-        if p.light == "countmin":
-            _countmin_apply(self.cm, op_type, op_key, op_val)
-        elif p.light == "coco":
-            _coco_apply(self.coco_ids, self.coco_counts, self.coco_occ, op_type, op_key, op_val,
-                        np.int64(self.packets), self._seed_mix)
+        light = LIGHT_KIND[p.light]
+        if not self.parallel:
+            _update_serial(self._slot_words, self.counts, self.lock, self.occ, self.cm, self.coco_ids,
+                           self.coco_counts, self.coco_occ, light, p.key_len, words, scores,
+                           np.int64(self.packets), self._seed_mix)
+        else:
+            buckets = np.empty(n, np.int64)
+            _buckets_kernel(words, p.key_len, np.int64(p.buckets), buckets)
+            order = np.argsort(buckets, kind="stable")
+            seg_starts = np.concatenate(([0], np.flatnonzero(np.diff(buckets[order])) + 1, [n])).astype(np.int64)
+            op_type = np.zeros(n, np.int8)
+            op_key = np.zeros_like(words)
+            op_val = np.zeros(n, np.uint32)
+            _heavy_parallel(self._slot_words, self.counts, self.lock, self.occ, words, buckets, scores, order,
+                            seg_starts, np.int64(self.packets), self._seed_mix, op_type, op_key, op_val)
+            _light_apply(light, self.cm, self.coco_ids, self.coco_counts, self.coco_occ, p.key_len, words,
+                         op_type, op_key, op_val, np.int64(self.packets), self._seed_mix)
         self.packets += n
 
     # ------------------------------------------------------------------ queries
     def query_stored(self, keys: np.ndarray) -> np.ndarray:
         """Estimated packet counts (``int64[n]``) of stored keys (spec §2.3 ``query``)."""
-        return _query_kernel(self.slot_keys, self.counts, self.occ, self.cm,
-                             np.ascontiguousarray(keys, dtype=np.uint8), np.int64(self.params.buckets))
+        keys = np.asarray(keys, dtype=np.uint8).reshape(-1, self.params.key_len)
+        return _query_kernel(self._slot_words, self.counts, self.occ, self.cm, bytes_to_words(keys),
+                             self.params.key_len)
 
     def flow_size(self, keys) -> np.ndarray:
         """Estimated packet count of each key (``int64[n]``); keys as in :func:`stored_keys`."""
@@ -555,14 +729,15 @@ class LLMSketch:
 
 
 @nb.njit(cache=True, nogil=True)
-def _query_kernel(slot_keys, counts, occ, cm, keys, nb_buckets):
+def _query_kernel(slot_words, counts, occ, cm, keys, nbytes):
     out = np.zeros(keys.shape[0], np.int64)
     w = _U64(cm.shape[1])
+    nb_buckets = _U64(counts.shape[0])
     for i in range(keys.shape[0]):
-        b = np.int64(mmh3_32(keys[i], _U64(BUCKET_SEED)) % _U64(nb_buckets))
+        b = np.int64(_mmh3_words(keys[i], nbytes, _U64(BUCKET_SEED)) % nb_buckets)
         found = False
         for s in range(SLOTS):
-            if occ[b, s] and _same_key(slot_keys, b, s, keys, i):
+            if occ[b, s] and _same_key(slot_words, b, s, keys, i):
                 out[i] = counts[b, s]
                 found = True
                 break
@@ -570,7 +745,7 @@ def _query_kernel(slot_keys, counts, occ, cm, keys, nb_buckets):
             continue
         best = np.int64(CM_MAX)
         for r in range(CM_ROWS):
-            best = min(best, np.int64(cm[r, np.int64(mmh3_32(keys[i], _U64(r)) % w)]))
+            best = min(best, np.int64(cm[r, np.int64(_mmh3_words(keys[i], nbytes, _U64(r)) % w)]))
         out[i] = best
     return out
 
