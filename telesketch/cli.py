@@ -380,21 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Commands that may leave native worker threads behind (LLM-Sketch's asynchronous scorer holds
-#: onnxruntime); as a console script they end with ``os._exit`` so interpreter shutdown cannot
-#: abort in a C++ destructor ("terminate called without an active exception", status 134).
-_HARD_EXIT = ("demo", "analyze")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if argv is None and args.command in _HARD_EXIT:
-        import os
-
-        code = _run(args)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
     return _run(args)
 
 

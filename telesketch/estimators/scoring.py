@@ -23,6 +23,7 @@ A packet is a *scoring point* when its 1-based position in its flow is 1 (and, w
 """
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import weakref
@@ -151,7 +152,9 @@ class _Worker:
     def __init__(self, estimator, cache: ScoreCache, batch_size: int, queue_batches: int):
         self.estimator, self.cache, self.batch_size = estimator, cache, batch_size
         self.queue: queue.Queue = queue.Queue(maxsize=queue_batches)
+        self.stopping = False
         self.thread = threading.Thread(target=self.run, name="llmsketch-scorer", daemon=True)
+        _LIVE_WORKERS.add(self)
         self.thread.start()
 
     def run(self) -> None:
@@ -160,21 +163,50 @@ class _Worker:
             try:
                 if item is None:
                     return
-                self.score(*item)
+                if not self.stopping:
+                    self.score(*item)
             finally:
                 self.queue.task_done()
 
     def score(self, flow_hash, headers, hdr_len) -> None:
         cache = self.cache
         for start in range(0, flow_hash.shape[0], self.batch_size):
+            if self.stopping:
+                return
             sl = slice(start, start + self.batch_size)
             s = np.asarray(self.estimator.score(headers[sl], hdr_len[sl]), np.float64)
             with cache.lock:
                 cache.model_calls += s.shape[0]
                 _store_kernel(flow_hash[sl], s, cache.tags, cache.score, cache.pending)
 
+    def stop(self, discard: bool, timeout: float | None = None) -> None:
+        """End the thread: after the queued work, or (``discard``) after the model call in flight."""
+        self.stopping = discard
+        while discard:
+            try:
+                self.queue.get_nowait()
+                self.queue.task_done()
+            except queue.Empty:
+                break
+        self.queue.put(None)
+        self.thread.join(timeout)
+        _LIVE_WORKERS.discard(self)
+
+
+#: Workers whose thread may still run. At interpreter exit each is stopped and joined, because a
+#: thread left inside an onnxruntime call while the interpreter finalises aborts the process
+#: ("terminate called without an active exception").
+_LIVE_WORKERS: "weakref.WeakSet[_Worker]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_workers() -> None:
+    for worker in list(_LIVE_WORKERS):
+        worker.stop(discard=True, timeout=30)
+
 
 def _stop_worker(q: queue.Queue) -> None:
+    """A dropped scorer's finaliser: ask its worker to end once the queue drains."""
     try:
         q.put_nowait(None)
     except queue.Full:  # the worker drains the queue, then finds no scorer to serve: let it be
@@ -263,6 +295,5 @@ class FlowScorer:
     def close(self) -> None:
         """Stop the async worker (queued work is finished first)."""
         if self._worker is not None:
-            self._worker.queue.put(None)
-            self._worker.thread.join()
+            self._worker.stop(discard=False)
             self._worker = None
