@@ -37,7 +37,11 @@ SKETCHES = {
     "llmsketch": {"flows": {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size",
                             "estimator": "constant"}},
 }
-CONFIGS = {"none": {}, **SKETCHES, "all": {k: v for d in SKETCHES.values() for k, v in d.items()}}
+ALL = {k: v for d in SKETCHES.values() for k, v in d.items()}
+#: The default estimator: the LoRA MiniLM scores new flows on a background thread (the packet path
+#: uses a provisional score until then), so these rows measure what the model costs ingest.
+LM = {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "lm"}
+CONFIGS = {"none": {}, **SKETCHES, "all": ALL, "llmsketch_lm": {"flows": LM}, "all_lm": {**ALL, "flows": LM}}
 
 
 WITH_HEADER = False
