@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numba as nb
 import numpy as np
+
+from common import machine
 
 from telesketch.packets import PacketBatch
 from telesketch.sketches import exact
@@ -153,20 +154,6 @@ def throughput(batches, mem_kb, runs) -> None:
               f"{mops['SO'] / REF_MOPS['SO']:.2f}x | {mops['AO'] / REF_MOPS['AO']:.2f}x | "
               f"{mops['Straw'] / REF_MOPS['Straw']:.2f}x |", flush=True)
     nb.set_num_threads(max_threads)
-
-
-def machine() -> str:
-    model = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(open("/proc/loadavg").read().split()[:3]) if os.path.exists("/proc/loadavg") else "?"
-    return (f"{os.cpu_count()} CPUs ({model}), numba {nb.__version__}, {nb.config.NUMBA_NUM_THREADS} Numba threads, "
-            f"load average {load}")
 
 
 def main() -> None:

@@ -17,14 +17,14 @@ wall time of ``decode()`` (enumeration + FS filter + peel + report), warm kernel
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from common import machine
 
 from telesketch.sketches import exact
 from telesketch.sketches.hiddensketch import HiddenSketch
@@ -257,19 +257,6 @@ def load_cached(name: str, cache: Path) -> list[dict]:
     if name not in _LOADED:
         _LOADED[name] = load_windows(ensure_workload(name, cache))
     return _LOADED[name]
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import numba
-    return f"{os.cpu_count()} CPUs ({cpu}), numba {numba.__version__}, numpy {np.__version__}, {numba.get_num_threads()} Numba threads"
 
 
 def main() -> None:

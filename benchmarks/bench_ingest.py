@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -22,6 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from common import machine
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -131,9 +131,7 @@ def main() -> None:
     args = ap.parse_args()
     global WITH_HEADER
     WITH_HEADER = args.with_header
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    print(f"# {os.cpu_count()} CPUs ({cpu}); wal={'on' if args.wal else 'off'}; header={'sent' if args.with_header else 'not sent'}; command: "
+    print(f"# {machine()}; wal={'on' if args.wal else 'off'}; header={'sent' if args.with_header else 'not sent'}; command: "
           f"{' '.join([Path(sys.executable).name] + sys.argv)}", flush=True)
     rows = []
     for name in args.only.split(","):

@@ -14,15 +14,14 @@ for IPv4 packets; the fast reader also fills the 40-byte header block.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import struct
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from common import machine
 
 from telesketch.traces import ReadStats, read_capture
 
@@ -134,19 +133,6 @@ def best_of(repeat: int, fn, *args) -> tuple[float, tuple]:
         out = fn(*args)
         best = min(best, time.perf_counter() - t0)
     return best, out
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or os.cpu_count()
-    return f"{cpu}, nproc={nproc}, Python {platform.python_version()}, {platform.system()}"
 
 
 def main() -> None:

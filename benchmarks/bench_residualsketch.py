@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from common import machine
 
 from telesketch.sketches import exact
 from telesketch.sketches.residualsketch import CocoSketch, ResidualSketch
@@ -273,9 +274,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few configurations only")
     ap.add_argument("--json", type=Path, help="write every figure (per-layer F1 included) here")
     args = ap.parse_args()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"# machine: {os.cpu_count()} CPUs ({cpu}), numba threads {os.environ.get('NUMBA_NUM_THREADS', 'default')}")
+    print(f"# machine: {machine()}")
     results = {"byte": {}, "starved": {}, "bit": {}, "throughput": {}, "traces": {}}
     sections = set(args.sections.split(","))
     if "throughput" in sections:

@@ -138,9 +138,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(json.dumps(summary.as_dict(), indent=1) if args.json else summary.render(), flush=True)
     if summary.error:
         print(f"telesketch replay: error: {summary.error}", file=sys.stderr)
-        from telesketch.traces import CaptureError
-
-        return 2 if "offset" in summary.error or "capture" in summary.error.lower() else 1
+        return 2 if summary.error_kind == "input" else 1
     return 130 if summary.interrupted else 0
 
 

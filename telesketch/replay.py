@@ -113,6 +113,8 @@ class ReplaySummary:
     seconds: float = 0.0
     interrupted: bool = False
     error: str | None = None
+    #: ``"input"`` (unreadable or corrupt capture) or ``"server"`` (unreachable, lost, refused)
+    error_kind: str | None = None
 
     @property
     def acked_sequences(self) -> list[int]:
@@ -143,7 +145,8 @@ class ReplaySummary:
                 "rejected": [{"sequence": b.sequence, "where": b.where(), "reason": b.reason} for b in self.rejected],
                 "unacknowledged": [{"sequence": b.sequence, "where": b.where()} for b in self.unacknowledged],
                 "retries": self.retries, "seconds": self.seconds, "packets_per_second": self.packets_per_second,
-                "bytes_per_second": self.bytes_per_second, "interrupted": self.interrupted, "error": self.error}
+                "bytes_per_second": self.bytes_per_second, "interrupted": self.interrupted, "error": self.error,
+                "error_kind": self.error_kind}
 
     def render(self) -> str:
         """The end-of-replay summary (multi-line text)."""
@@ -403,8 +406,10 @@ class Replayer:
                 sequence += 1
                 s.seconds = time.perf_counter() - start
                 self.progress.update(item.fraction, s)
-        except (ReplayError, ValueError, OSError) as exc:  # CaptureError is a ValueError
-            s.error = str(exc)
+        except ReplayError as exc:
+            s.error, s.error_kind = str(exc), "server"
+        except (ValueError, OSError) as exc:  # CaptureError is a ValueError
+            s.error, s.error_kind = str(exc), "input"
         finally:
             s.seconds = time.perf_counter() - start
             s.interrupted = self.stop.is_set() and s.error is None or s.interrupted

@@ -1,5 +1,4 @@
 """Shared pytest fixtures: paths to the shared traces and small generated inputs."""
-import os
 import sys
 from pathlib import Path
 

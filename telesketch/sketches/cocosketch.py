@@ -29,7 +29,7 @@ import numpy as np
 
 from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
-from telesketch.sketches.exact import BIT_LAYERS, BYTE_LAYERS, hhh_from_counts, prefix_mask
+from telesketch.sketches.exact import hhh_from_counts, layers_for, prefix_mask
 
 BUCKET_BYTES = 8  # id (u32) + count (i32); the occupancy flag is not charged (spec §2)
 ROWS = 2
@@ -183,11 +183,10 @@ LayerEstimates = dict[int, dict[int, int]]  # {length: {prefix value: estimated 
 
 def layers_of(mode: str) -> tuple[int, ...]:
     """Prefix lengths of the hierarchy ``byte`` (0, 8, 16, 24, 32) or ``bit`` (0 .. 32)."""
-    if mode == "byte":
-        return BYTE_LAYERS
-    if mode == "bit":
-        return BIT_LAYERS
-    raise SketchError(f"mode must be 'byte' or 'bit', got {mode!r}")
+    try:
+        return layers_for(mode)
+    except ValueError as exc:
+        raise SketchError(str(exc)) from None
 
 
 def block_contents(ids: np.ndarray, counts: np.ndarray, occ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
