@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from telesketch import hashing
-from telesketch.packets import PacketBatch
+
 from test_packets import small_batch
 
 

@@ -7,7 +7,7 @@ health/reflection and restart after ``kill -9``.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +24,6 @@ from telesketch.packets import PacketBatch
 from telesketch.service.config import ServiceConfig
 from telesketch.service.server import ServiceThread
 from telesketch.sketches import exact
-from telesketch.v1 import service_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH_NS = 1_000_000_000
@@ -319,6 +318,36 @@ def test_bearer_token_is_required_and_nothing_is_applied_without_it(tmp_path):
         assert info.value.code == 401
         request = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"})
         assert json.load(urllib.request.urlopen(request))["packets"] == 500
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throw-away certificate for 127.0.0.1/localhost, made by the openssl command line."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    key, cert = directory / "server.key", directory / "server.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def test_tls_with_token_serves_trusted_clients_and_refuses_plaintext(tmp_path):
+    cert, key = _self_signed_certificate(tmp_path)
+    batch = generate_batches(1, 500, 500)[0]
+    cfg = config(tmp_path, token="s3cret", tls_cert=str(cert), tls_key=str(key), http_address="",
+                 sketches={"exact": {"kind": "exact"}})
+    with ServiceThread(cfg) as svc:
+        target = f"localhost:{svc.grpc_port}"
+        trusted = Client(target, token="s3cret", sender_id="tls", root_certificates=cert.read_bytes(), timeout=10)
+        assert trusted.push_one(batch, sequence=1).applied_packets == 500
+        assert int(trusted.stats()["packets"]) == 500
+        plaintext = Client(target, token="s3cret", sender_id="plain", timeout=5)
+        with pytest.raises(grpc.RpcError) as info:
+            plaintext.push_one(batch, sequence=1)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert int(trusted.stats()["packets"]) == 500  # the plaintext attempt applied nothing
 
 
 def test_health_and_reflection(server):
