@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from common import machine
+
 from telesketch.estimators import ConstantEstimator, OracleEstimator, load_estimator
 from telesketch.estimators.scoring import FlowScorer
 from telesketch.estimators.synthetic import generate_labelled_batch
@@ -186,7 +188,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", default="accuracy,throughput", help="accuracy, throughput (comma separated)")
     args = ap.parse_args(argv)
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+    print(f"machine: {machine()}")
     kinds = ["trees"] if args.quick else args.estimators.split(",")
     kib = lambda s: [int(x) * 1024 for x in s.split(",")]
     sections = args.sections.split(",")

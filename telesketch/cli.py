@@ -143,30 +143,37 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_train_estimator(args: argparse.Namespace) -> int:
-    """Train an LLM-Sketch flow-size estimator on the first part of a capture (spec llmsketch §4).
+    """Train an LLM-Sketch flow-size estimator on part of a capture (spec llmsketch §4).
 
-    ``TRACE`` is a capture file, or ``synthetic:PACKETS,FLOWS,SEED`` for the labelled generated
-    capture of ``telesketch.estimators.synthetic`` (headers that carry flow-size information).
+    ``TRACE`` is a capture file (split by packet index), ``synthetic:PACKETS,FLOWS,SEED`` for the
+    labelled generated capture of ``telesketch.estimators.synthetic`` (split by packet index), or
+    ``generated:PACKETS,FLOWS,SEED[,SEED...]`` for the traffic of ``telesketch.traces.generate_batch``
+    / ``generate_capture`` (one trace per seed, concatenated; split by flow: ``--train-fraction`` of
+    the flows train, the rest are the held-out evaluation set).
     """
     import json
 
     from telesketch.estimators import MissingExtraError
-    from telesketch.estimators.training import train_estimator
+    from telesketch.estimators.training import generated_batch, train_estimator
 
     config = json.loads(args.config) if args.config else {}
-    trace = args.trace
+    trace, split = args.trace, "packet"
     try:
-        if trace.startswith("synthetic:"):
+        if trace.startswith(("synthetic:", "generated:")):
             if args.kind in ("lm", "tiny"):  # fail fast on a missing extra, before generating
                 from telesketch.estimators import require_llm
 
                 require_llm("torch")
-            from telesketch.estimators.synthetic import generate_labelled_batch
+            source, spec = trace.split(":", 1)
+            if source == "generated":
+                trace, split = generated_batch(spec), "flow"
+            else:
+                from telesketch.estimators.synthetic import generate_labelled_batch
 
-            packets, flows, seed = (int(x) for x in trace.split(":", 1)[1].split(","))
-            trace = generate_labelled_batch(packets, flows, seed=seed)
+                packets, flows, seed = (int(x) for x in spec.split(","))
+                trace = generate_labelled_batch(packets, flows, seed=seed)
         report = train_estimator(trace, args.kind, args.out, train_fraction=args.train_fraction,
-                                 max_flows=args.max_flows, seed=args.seed, **config)
+                                 max_flows=args.max_flows, seed=args.seed, split=split, **config)
     except MissingExtraError as exc:
         print(f"telesketch train-estimator: error: {exc}", file=sys.stderr)
         return 2

