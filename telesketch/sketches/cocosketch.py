@@ -404,7 +404,44 @@ class CocoSketchParams:
         resolve_threshold(self.threshold, self.phi, self.expected_packets, required=False)
 
 
-class CocoSketch:
+class BlockSketchVerbs:
+    """The verbs CocoSketch and ResidualSketch share: HHH queries over ``layer_estimates()`` and
+    the serialised form (parameters, ``ids``/``counts``/``occ`` blocks, packet index).
+
+    A subclass sets ``ALGORITHM``, ``VERSION``, ``PARAMS`` (its parameter dataclass) and provides
+    ``layer_estimates()`` and ``report_threshold(threshold)``.
+    """
+
+    ALGORITHM: str
+    VERSION: int
+    PARAMS: type
+
+    def hhh_entries(self, threshold: float | None = None) -> list[HHHEntry]:
+        """HHH entries ``(prefix, length, estimate, discounted)``, finest layer first."""
+        return hhh_pass(self.layer_estimates(), self.report_threshold(threshold))
+
+    def hhh(self, threshold: float | None = None) -> list[tuple[int, int, int]]:
+        """``[(prefix, length, discounted_estimate), ...]``: the discounted HHH set at ``T_report``."""
+        return [(e.prefix, e.length, e.discounted) for e in self.hhh_entries(threshold)]
+
+    def to_bytes(self) -> bytes:
+        """Parameters, seed, the raw blocks and the packet index (restores bit-identically)."""
+        return pack_state(self.ALGORITHM, self.VERSION, self.params,
+                          {"ids": self.ids, "counts": self.counts, "occ": self.occ},
+                          extra={"packets": self.packets})
+
+    @classmethod
+    def from_bytes(cls, data: bytes):
+        params, arrays, _, extra = unpack_state(data, cls.ALGORITHM, cls.VERSION)
+        try:
+            sketch = cls(cls.PARAMS(**params))
+        except TypeError as exc:
+            raise SketchError(f"serialised {cls.__name__} parameters do not fit: {exc}") from None
+        _restore(sketch, arrays, extra)
+        return sketch
+
+
+class CocoSketch(BlockSketchVerbs):
     """CocoSketch with d = 2 over full IPv4 keys; every HHH layer aggregated from the full keys.
 
     >>> cs = CocoSketch(memory_bytes=32 * 1024, threshold=8000)
@@ -413,6 +450,7 @@ class CocoSketch:
 
     ALGORITHM = "cocosketch"
     VERSION = 1
+    PARAMS = CocoSketchParams
 
     def __init__(self, params: CocoSketchParams | None = None, **kwargs):
         if params is not None and kwargs:
@@ -471,34 +509,11 @@ class CocoSketch:
             raise SketchError("no threshold: construct with threshold (or phi + expected_packets) or pass one")
         return self._T
 
-    def hhh_entries(self, threshold: float | None = None) -> list[HHHEntry]:
-        """HHH entries with unconditioned and discounted estimates, finest layer first."""
-        return hhh_pass(self.layer_estimates(), self.report_threshold(threshold))
-
-    def hhh(self, threshold: float | None = None) -> list[tuple[int, int, int]]:
-        """``[(prefix, length, discounted_estimate), ...]`` of the HHH set at ``threshold``."""
-        return [(e.prefix, e.length, e.discounted) for e in self.hhh_entries(threshold)]
-
     def merge(self, other) -> None:
         raise NotMergeableError(
             "CocoSketch state is order-dependent and only approximately mergeable (spec §4); "
             "combine shards with telesketch.sketches.cocosketch.merged_hhh or sum_layer_estimates"
         )
-
-    def to_bytes(self) -> bytes:
-        return pack_state(self.ALGORITHM, self.VERSION, self.params,
-                          {"ids": self.ids, "counts": self.counts, "occ": self.occ},
-                          extra={"packets": self.packets})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "CocoSketch":
-        params, arrays, _, extra = unpack_state(data, cls.ALGORITHM, cls.VERSION)
-        try:
-            sketch = cls(CocoSketchParams(**params))
-        except TypeError as exc:
-            raise SketchError(f"serialised CocoSketch parameters do not fit: {exc}") from None
-        _restore(sketch, arrays, extra)
-        return sketch
 
 
 def _restore(sketch, arrays: dict, extra: dict) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from telesketch.packets import PacketBatch
 from telesketch.sketches.cocosketch import (
+    BlockSketchVerbs,
     BUCKET_DTYPE,
     DEFAULT_MEMORY,
     ROWS,
@@ -33,7 +34,6 @@ from telesketch.sketches.cocosketch import (
     CocoSketchParams,
     HHHEntry,
     LayerEstimates,
-    _restore,
     address_column,
     as_addresses,
     block_layer_estimates,
@@ -52,7 +52,7 @@ from telesketch.sketches.cocosketch import (
     stream_kernel,
     sum_layer_estimates,
 )
-from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
+from telesketch.sketches.core import NotMergeableError, SketchError
 from telesketch.sketches.exact import prefix_mask
 
 __all__ = [
@@ -133,7 +133,7 @@ def _check_crucial(crucial, mode: str, layers: tuple[int, ...]) -> tuple[int, ..
     return tuple(sorted(crucial))
 
 
-class ResidualSketch:
+class ResidualSketch(BlockSketchVerbs):
     """Hierarchical heavy hitters over source (or destination) IPv4 prefixes.
 
     >>> rs = ResidualSketch(memory_bytes=32 * 1024, mode="byte", threshold=8000)
@@ -144,6 +144,7 @@ class ResidualSketch:
 
     ALGORITHM = "residualsketch"
     VERSION = 1
+    PARAMS = ResidualSketchParams
 
     def __init__(self, params: ResidualSketchParams | None = None, **kwargs):
         if params is not None and kwargs:
@@ -212,14 +213,6 @@ class ResidualSketch:
             raise SketchError(f"report threshold must be non-negative, got {threshold}")
         return threshold
 
-    def hhh_entries(self, threshold: float | None = None) -> list[HHHEntry]:
-        """HHH entries ``(prefix, length, estimate, discounted)``, finest layer first."""
-        return hhh_pass(self.layer_estimates(), self.report_threshold(threshold))
-
-    def hhh(self, threshold: float | None = None) -> list[tuple[int, int, int]]:
-        """``[(prefix, length, discounted_estimate), ...]``: the discounted HHH set at ``T_report``."""
-        return [(e.prefix, e.length, e.discounted) for e in self.hhh_entries(threshold)]
-
     # ------------------------------------------------------------------ contract
     def merge(self, other) -> None:
         """Not supported: raises :class:`NotMergeableError` (spec §4)."""
@@ -228,19 +221,3 @@ class ResidualSketch:
             "its own full-key sketch, and adding blocks double-counts light traffic (spec §4). "
             "Sum layer_estimates() of the shards and run one HHH pass: merged_hhh(sketches, threshold)"
         )
-
-    def to_bytes(self) -> bytes:
-        """Parameters, seed, the raw blocks and the packet index (restores bit-identically)."""
-        return pack_state(self.ALGORITHM, self.VERSION, self.params,
-                          {"ids": self.ids, "counts": self.counts, "occ": self.occ},
-                          extra={"packets": self.packets})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "ResidualSketch":
-        params, arrays, _, extra = unpack_state(data, cls.ALGORITHM, cls.VERSION)
-        try:
-            sketch = cls(ResidualSketchParams(**params))
-        except TypeError as exc:
-            raise SketchError(f"serialised ResidualSketch parameters do not fit: {exc}") from None
-        _restore(sketch, arrays, extra)
-        return sketch
