@@ -85,6 +85,18 @@ def _rotl32(x, r):
     return ((x << r) | (x >> (_U64(32) - r))) & _M32
 
 
+@nb.njit(nb.uint64(nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+def _fmix32(h, nbytes):
+    """MurmurHash3's length mix-in and 32-bit finaliser."""
+    h ^= nbytes
+    h ^= h >> _U64(16)
+    h = (h * _U64(0x85EBCA6B)) & _M32
+    h ^= h >> _U64(13)
+    h = (h * _U64(0xC2B2AE35)) & _M32
+    h ^= h >> _U64(16)
+    return h
+
+
 @nb.njit(cache=True, nogil=True)
 def mmh3_32(data, seed):
     """MurmurHash3 x86 32-bit (unsigned) of the bytes ``data`` (``uint8[k]``); a uint64 < 2^32."""
@@ -114,13 +126,7 @@ def mmh3_32(data, seed):
         k = _rotl32(k, _U64(15))
         k = (k * _C2) & _M32
         h ^= k
-    h ^= _U64(n)
-    h ^= h >> _U64(16)
-    h = (h * _U64(0x85EBCA6B)) & _M32
-    h ^= h >> _U64(13)
-    h = (h * _U64(0xC2B2AE35)) & _M32
-    h ^= h >> _U64(16)
-    return h
+    return _fmix32(h, _U64(n))
 
 
 @nb.njit(cache=True, nogil=True)
@@ -172,13 +178,7 @@ def _mmh3_words(words, nbytes, seed):
         k = _rotl32(k, _U64(15))
         k = (k * _C2) & _M32
         h ^= k
-    h ^= _U64(nbytes)
-    h ^= h >> _U64(16)
-    h = (h * _U64(0x85EBCA6B)) & _M32
-    h ^= h >> _U64(13)
-    h = (h * _U64(0xC2B2AE35)) & _M32
-    h ^= h >> _U64(16)
-    return h
+    return _fmix32(h, _U64(nbytes))
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
