@@ -206,6 +206,27 @@ def test_llm_sketch_flow_sizes_match_offline(server, traffic):
     assert client.flow_size(keys, epoch=eid, sketch="flows") == offline.flow_size(np.array([list(k) for k in keys], np.uint8)).tolist()
 
 
+
+def test_llm_top_flows_over_a_window_sum_every_epochs_estimate(server, traffic):
+    """A flow in any epoch's top k is ranked by its estimates summed over all the window's epochs."""
+    svc, client = server
+    needs(svc, "flows")
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    offline = []
+    for eid, part in sorted(epoch_parts(traffic).items()):
+        sketch = LLMSketch(memory_bytes=SKETCHES["flows"]["memory_bytes"], task="flow_size", estimator="constant")
+        sketch.update(part)
+        offline.append(sketch)
+    k = 5
+    candidates = list(dict.fromkeys(key for s in offline for key, _ in s.top_flows(k)))
+    totals = {key: sum(int(s.estimate_reported([key])[0]) for s in offline) for key in candidates}
+    expected = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    assert client.top_flows(k, last=len(offline), sketch="flows") == [(key, float(v)) for key, v in expected]
+    # each total is at least the largest single-epoch figure the sketch reported for that flow
+    for key, total in expected:
+        assert total >= max(dict(s.top_flows(k)).get(key, 0) for s in offline)
+
 # ---------------------------------------------------------------------------- retries and late packets
 def test_retried_batches_are_applied_once(tmp_path):
     batches = generate_batches(n_epochs=1, per_epoch=4000, batch_size=1000, seed=5)

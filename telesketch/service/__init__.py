@@ -21,7 +21,8 @@ How a window of several epochs is answered (``WindowInfo.combine``):
 * ``sum of per-epoch estimates`` (Hidden Sketch heavy hitters/changers, LLM-Sketch flow sizes):
   candidates are the keys reported in any epoch; a key's estimate is the sum over epochs of its
   reported estimate or, where not reported, the epoch's point estimate; the window threshold
-  applies to the sum. Top flows sum the per-epoch top-k lists;
+  applies to the sum. Top flows: candidates are the flows in any epoch's top k, each ranked by the
+  sum of its estimates in every epoch of the window;
 * ``summed layer estimates`` (ResidualSketch HHH): per-layer estimates summed over the epochs, one
   discounted HHH pass (the sketch module's ``merged_hhh``);
 * ``union`` (flow gaps): the gap events reported during each epoch, by time.

@@ -294,12 +294,12 @@ def top_flows(cs, states, k: int):
         return _merged(cs, states).top_flows(k), _combine_label(len(states), True, "")
     if len(states) == 1:
         return list(states[0].top_flows(k)), "single"
-    totals: dict = {}
+    candidates = list(dict.fromkeys(key for s in states for key, _ in s.top_flows(k)))
+    totals = np.zeros(len(candidates), np.int64)
     for s in states:
-        for key, count in s.top_flows(k):
-            totals[key] = totals.get(key, 0) + count
-    rows = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-    return rows, "sum of per-epoch top-k lists"
+        totals += np.asarray(s.estimate_reported(candidates), np.int64)
+    order = sorted(range(len(candidates)), key=lambda i: (-totals[i], candidates[i]))[:k]
+    return [(candidates[i], int(totals[i])) for i in order], "sum of per-epoch estimates"
 
 
 @dataclass

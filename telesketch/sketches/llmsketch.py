@@ -626,6 +626,23 @@ class LLMSketch:
             return int.from_bytes(key.tobytes(), "big")
         return int.from_bytes(key.tobytes(), "little")  # the flow-size fingerprint
 
+    def _encode(self, key) -> bytes:
+        """Inverse of :meth:`_decode`: a key as :meth:`top_flows` reports it -> its stored bytes."""
+        if self.params.task == "heavy_hitters":
+            return bytes(key)
+        return int(key).to_bytes(self.params.key_len, "big" if self.params.task == "hhh" else "little")
+
+    def estimate_reported(self, keys) -> np.ndarray:
+        """Estimates (``int64[n]``) of keys in the form :meth:`top_flows` reports them.
+
+        Lets a window of several epochs sum each epoch's estimate of a flow that some epoch
+        reported, including epochs where it was not among the top ``k``.
+        """
+        if not len(keys):
+            return np.zeros(0, np.int64)
+        raw = np.frombuffer(b"".join(self._encode(k) for k in keys), np.uint8)
+        return self.query_stored(raw.reshape(-1, self.params.key_len))
+
     def top_flows(self, k: int = 100) -> list[tuple[Any, int]]:
         """The ``k`` largest heavy-part entries as ``(key, count)``, count descending.
 
