@@ -1,0 +1,262 @@
+"""GPU GapFilter (``telesketch.gpu``) against the CPU sketches: identical flags, jumps and state.
+
+CI has no GPU, so the checks run in a subprocess with ``NUMBA_ENABLE_CUDASIM=1`` (the variable must
+be set before ``numba.cuda`` is first imported, which other test modules may already have done in
+this process); the subprocess is this file run as a script, printing one JSON verdict per case. The
+same checks also run in-process, for real, when this process has a CUDA device.
+Inputs are small (a few thousand items, at most a few hundred buckets): the simulator runs every
+GPU thread as a Python thread.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.gpu
+
+# (class name, keyword parameters): several memories, fp widths, suspect counts and options
+SO_CASES = {
+    "so_1k": dict(memory_bytes=1024, seed=3),
+    "so_4k_modular": dict(memory_bytes=4096, seed=11, so_diff="modular"),
+    "so_2k_t": dict(memory_bytes=2048, seed=5, t1=3, t2=20),
+    "so_one_bucket": dict(memory_bytes=8, seed=1),
+}
+AO_CASES = {
+    "ao_2k": dict(memory_bytes=2048, seed=3),
+    "ao_4k_fp16_s4": dict(memory_bytes=4096, seed=7, fp_bits=16, suspects=4),
+    "ao_1k_fp4_s0": dict(memory_bytes=1024, seed=9, fp_bits=4, suspects=0),
+    "ao_3k_fp0_s8": dict(memory_bytes=3072, seed=2, fp_bits=0, suspects=8),
+    "ao_2k_civ_floor": dict(memory_bytes=2048, seed=4, fp_bits=12, suspects=3,
+                            ao_new_flow_pos="civilian_front", fp_accounting="floor"),
+    "ao_one_bucket": dict(memory_bytes=24, seed=1),
+}
+EQUALITY_CASES = sorted(SO_CASES) + sorted(AO_CASES)
+OTHER_CASES = ["device_hash", "roundtrip_so", "roundtrip_ao", "merge_refused", "memory_bytes", "empty_batch"]
+N_BATCHES = 3
+BATCH_ITEMS = 2000
+
+
+# ---------------------------------------------------------------------------- workload
+def workload(n: int, n_flows: int, seed: int):
+    """A PacketBatch of ``n`` items over ``n_flows`` Zipf flows: +1 SEQ steps, jumps in [-40, 60]."""
+    from telesketch.packets import PacketBatch
+
+    rng = np.random.default_rng(seed)
+    flow = rng.zipf(1.3, n) % n_flows
+    steps = np.where(rng.random(n) < 0.05, rng.integers(-40, 60, n), 1)
+    seq = np.empty(n, np.int64)
+    for f in np.unique(flow):  # per-flow running sum of steps from a random start
+        at = np.flatnonzero(flow == f)
+        seq[at] = (rng.integers(0, 65536) + np.cumsum(steps[at])) & 0xFFFF
+    keys = rng.integers(0, 2**32, (n_flows, 2), dtype=np.uint64)
+    ports = rng.integers(0, 2**16, (n_flows, 2))
+    return PacketBatch.from_columns(
+        src_ip=keys[flow, 0].astype(np.uint32), dst_ip=keys[flow, 1].astype(np.uint32),
+        src_port=ports[flow, 0].astype(np.uint16), dst_port=ports[flow, 1].astype(np.uint16),
+        proto=np.full(n, 6, np.uint8), ip_id=seq.astype(np.uint16),
+        ts_ns=np.arange(n, dtype=np.uint64) * 1000,
+    )
+
+
+def batches(seed: int, n: int = BATCH_ITEMS):
+    return [workload(n, 600, 100 * seed + k) for k in range(N_BATCHES)]
+
+
+# ---------------------------------------------------------------------------- checks
+def _pair(name: str, kwargs: dict):
+    from telesketch import gpu, sketches
+
+    cls = "GapFilterSO" if name.startswith("so") else "GapFilterAO"
+    return getattr(sketches, cls)(**kwargs), getattr(gpu, cls)(**kwargs)
+
+
+def check_equal(name: str) -> str:
+    """GPU flags == CPU flags batch after batch; same events and byte-identical state. '' if ok."""
+    kwargs = {**SO_CASES, **AO_CASES}[name]
+    cpu, dev = _pair(name, kwargs)
+    total = 0
+    for k, batch in enumerate(batches(kwargs["seed"])):
+        want, got = cpu.update(batch), dev.update(batch)
+        if not np.array_equal(want, got):
+            return f"batch {k}: flags differ at {np.flatnonzero(want != got)[:10].tolist()}"
+        total += int(want.sum())
+    if total == 0:
+        return "workload produced no gap reports: the comparison is vacuous"
+    if cpu.gap_events().tobytes() != dev.gap_events().tobytes():
+        return "gap_events differ"
+    if cpu.to_bytes() != dev.to_bytes():
+        return "serialised state differs"
+    return ""
+
+
+def check_roundtrip(kind: str) -> str:
+    """Snapshots move CPU -> GPU, GPU -> CPU and GPU -> GPU and continue identically."""
+    from telesketch import gpu, sketches
+
+    name = f"{kind}_x"
+    kwargs = dict(memory_bytes=2048, seed=21, fp_bits=8) if kind == "ao" else dict(memory_bytes=2048, seed=21)
+    cpu, dev = _pair(name, kwargs)
+    first, second = workload(2000, 400, 1), workload(2000, 400, 2)
+    cpu.update(first)
+    dev.update(first)
+    cls = "GapFilterSO" if kind == "so" else "GapFilterAO"
+    restored = {
+        "cpu->gpu": getattr(gpu, cls).from_bytes(cpu.to_bytes()),
+        "gpu->cpu": getattr(sketches, cls).from_bytes(dev.to_bytes()),
+        "gpu->gpu": getattr(gpu, cls).from_bytes(dev.to_bytes()),
+    }
+    want = cpu.update(second)
+    for how, sketch in restored.items():
+        if not np.array_equal(sketch.update(second), want):
+            return f"{how}: flags differ after restore"
+        if sketch.to_bytes() != cpu.to_bytes():
+            return f"{how}: state differs after restore and update"
+    return ""
+
+
+def check_device_hash() -> str:
+    """The device port of ``hash64_5tuple`` equals the CPU hash, edge keys and seeds included."""
+    from telesketch.gpu import device_hash_5tuple
+    from telesketch.hashing import hash_5tuple
+    from telesketch.packets import PacketBatch
+
+    batch = workload(1500, 700, 5)
+    edges = PacketBatch.from_columns(src_ip=[0, 2**32 - 1, 1], dst_ip=[0, 2**32 - 1, 2**31],
+                                     src_port=[0, 65535, 1], dst_port=[0, 65535, 2**15],
+                                     proto=[0, 255, 17])
+    for b in (batch, edges):
+        for seed in (0, 1, 12345, 2**63, 2**64 - 1):
+            got, want = device_hash_5tuple(b, seed), hash_5tuple(b, seed)
+            if got.dtype != np.uint64 or not np.array_equal(got, want):
+                return f"seed {seed}: device hash differs at {np.flatnonzero(got != want)[:5].tolist()}"
+    return ""
+
+
+def check_merge_refused() -> str:
+    from telesketch import gpu
+    from telesketch.sketches.core import NotMergeableError
+
+    for cls in (gpu.GapFilterSO, gpu.GapFilterAO):
+        a, b = cls(memory_bytes=1024), cls(memory_bytes=1024)
+        try:
+            a.merge(b)
+        except NotMergeableError:
+            continue
+        return f"{cls.__name__}.merge did not raise NotMergeableError"
+    return ""
+
+
+def check_memory_bytes() -> str:
+    from telesketch import gpu, sketches
+
+    for cls, kw in (("GapFilterSO", {}), ("GapFilterAO", {"fp_bits": 12})):
+        want = getattr(sketches, cls)(memory_bytes=3000, **kw).memory_bytes
+        got = getattr(gpu, cls)(memory_bytes=3000, **kw).memory_bytes
+        if want != got:
+            return f"{cls}: memory_bytes {got} != CPU {want}"
+    return ""
+
+
+def check_empty_batch() -> str:
+    from telesketch import gpu
+
+    sketch = gpu.GapFilterAO(memory_bytes=1024)
+    flags = sketch.update(workload(0, 1, 0))
+    return "" if flags.shape == (0,) and flags.dtype == np.bool_ else f"bad empty result {flags!r}"
+
+
+def run_case(name: str) -> str:
+    if name in EQUALITY_CASES:
+        return check_equal(name)
+    if name.startswith("roundtrip_"):
+        return check_roundtrip(name.split("_")[1])
+    return {"device_hash": check_device_hash, "merge_refused": check_merge_refused, "memory_bytes": check_memory_bytes,
+            "empty_batch": check_empty_batch}[name]()
+
+
+def run_all() -> dict:
+    """``{case: {"ok": bool, "detail": str}}`` plus the backend name under ``"_backend"``."""
+    from telesketch.gpu import backend
+
+    out = {"_backend": backend().name}
+    for name in EQUALITY_CASES + OTHER_CASES:
+        try:
+            detail = run_case(name)
+        except Exception as exc:  # report, do not abort the other cases
+            detail = f"{type(exc).__name__}: {exc}"
+        out[name] = {"ok": not detail, "detail": detail}
+    return out
+
+
+def _subprocess(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, __file__, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+# ---------------------------------------------------------------------------- tests: simulator
+@pytest.fixture(scope="module")
+def simulator_verdict() -> dict:
+    proc = _subprocess({"NUMBA_ENABLE_CUDASIM": "1"})
+    if proc.returncode != 0:
+        pytest.fail(f"simulator run failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    verdict = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert verdict["_backend"] == "simulator"
+    return verdict
+
+
+@pytest.mark.parametrize("case", EQUALITY_CASES + OTHER_CASES)
+def test_simulator_matches_cpu(simulator_verdict, case):
+    assert simulator_verdict[case]["ok"], simulator_verdict[case]["detail"]
+
+
+def test_clear_error_without_device_or_simulator():
+    proc = _subprocess({"NUMBA_ENABLE_CUDASIM": "0", "NUMBA_DISABLE_CUDA": "1"}, "--expect-error")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    message = proc.stdout.strip().splitlines()[-1]
+    assert "pip install 'telesketch[gpu]'" in message and "NUMBA_ENABLE_CUDASIM=1" in message, message
+
+
+# ---------------------------------------------------------------------------- tests: in-process
+def _in_process_backend() -> str | None:
+    try:
+        from telesketch.gpu import GpuUnavailableError, backend
+
+        return backend().name
+    except (ImportError, GpuUnavailableError):
+        return None
+
+
+@pytest.mark.skipif(_in_process_backend() in (None, "simulator"),
+                    reason="no CUDA device in this process (the simulator subprocess tests cover the kernels)")
+@pytest.mark.parametrize("case", EQUALITY_CASES + OTHER_CASES)
+def test_in_process_matches_cpu(case):
+    detail = run_case(case)
+    assert not detail, detail
+
+
+# ---------------------------------------------------------------------------- script mode
+def _expect_error() -> None:
+    """Print the construction error's message (exit 1 if construction unexpectedly works)."""
+    from telesketch.gpu import GapFilterSO, GpuUnavailableError
+
+    try:
+        GapFilterSO(memory_bytes=1024)
+    except GpuUnavailableError as exc:
+        print(str(exc))
+        return
+    sys.exit("constructing a GPU sketch did not raise GpuUnavailableError")
+
+
+if __name__ == "__main__":
+    if "--expect-error" in sys.argv:
+        _expect_error()
+    else:
+        print(json.dumps(run_all()))
