@@ -195,7 +195,7 @@ def pick(sketches: list[ConfiguredSketch], query: str, name: str = "") -> Config
 
 
 # ====================================================================== query combination
-def _merged(cs: ConfiguredSketch, states: list):
+def merged_state(cs: ConfiguredSketch, states: list):
     """One merged copy of the states, or None when the kind does not merge."""
     if len(states) == 1:
         return states[0]
@@ -232,7 +232,7 @@ def _hidden_window_estimates(states: list, keys) -> dict:
 
 def heavy_hitters(cs, states, n_packets, phi=None, threshold=None):
     if cs.kind_name == "exact":
-        return _merged(cs, states).heavy_hitters(phi=phi, threshold=threshold), _combine_label(len(states), True, "")
+        return merged_state(cs, states).heavy_hitters(phi=phi, threshold=threshold), _combine_label(len(states), True, "")
     if len(states) == 1 and phi is None and threshold is None:
         return list(states[0].heavy_hitters()), "single"
     thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
@@ -244,7 +244,7 @@ def heavy_hitters(cs, states, n_packets, phi=None, threshold=None):
 
 def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=None):
     if cs.kind_name == "exact":
-        merged_after, merged_before = _merged(cs, after), _merged(cs, before)
+        merged_after, merged_before = merged_state(cs, after), merged_state(cs, before)
         return merged_after.heavy_changers(merged_before, phi=phi, threshold=threshold), \
             _combine_label(len(after), True, "")
     thr = _threshold(phi, threshold, max(n_before, n_after))
@@ -260,7 +260,7 @@ def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=Non
 
 def hhh(cs, states, n_packets, phi=None, threshold=None):
     if cs.kind_name == "exact":
-        return _merged(cs, states).hhh(phi=phi, threshold=threshold), _combine_label(len(states), True, "")
+        return merged_state(cs, states).hhh(phi=phi, threshold=threshold), _combine_label(len(states), True, "")
     thr = _threshold(phi, threshold, n_packets)
     if len(states) == 1:
         return list(states[0].hhh(thr)), "single"
@@ -282,7 +282,7 @@ def gap_events(cs, epoch_states: list[tuple[int, Any]]) -> tuple[list[tuple[int,
 
 def flow_size(cs, states, keys: np.ndarray):
     if cs.kind_name == "exact":
-        return _merged(cs, states).flow_size(keys), _combine_label(len(states), True, "")
+        return merged_state(cs, states).flow_size(keys), _combine_label(len(states), True, "")
     total = np.zeros(keys.shape[0], np.int64)
     for s in states:
         total += np.asarray(s.flow_size(keys), np.int64)
@@ -291,7 +291,7 @@ def flow_size(cs, states, keys: np.ndarray):
 
 def top_flows(cs, states, k: int):
     if cs.kind_name == "exact":
-        return _merged(cs, states).top_flows(k), _combine_label(len(states), True, "")
+        return merged_state(cs, states).top_flows(k), _combine_label(len(states), True, "")
     if len(states) == 1:
         return list(states[0].top_flows(k)), "single"
     candidates = list(dict.fromkeys(key for s in states for key, _ in s.top_flows(k)))

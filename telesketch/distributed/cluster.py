@@ -1,0 +1,260 @@
+"""Sharded sketches on Ray actors: route packets by flow key, fan queries out, combine answers.
+
+Routing. Packet ``i`` goes to shard ``hash_5tuple(batch, ROUTE_SEED)[i] % shards``: every packet
+of a flow lands on one shard, in arrival order, so per-flow state (GapFilter, LLM-Sketch) is whole
+on its shard. Batches travel as :class:`~telesketch.packets.PacketBatch` objects (Ray serialises
+their numpy columns zero-copy through the object store).
+
+Each shard actor builds its sketches from the service's sketch config dicts through
+:mod:`telesketch.service.sketchset` (one epoch, no epoch management). :func:`shard_specs` adapts a
+config for one of S shards: ResidualSketch / CocoSketch get the shard promotion threshold
+``shard_threshold(T, S)`` (spec §4); everything else is built as configured.
+
+How a query combines the shards' states (state sharded by key is *unioned*, mergeable state is
+*merged*, additive estimates are *summed*):
+
+* ``exact``: the shards' states are merged (concatenation) and queried once, so every answer is
+  exactly the single-process answer (gap events come back in shard order; flows are whole).
+* Hidden Sketch, ``key="5tuple"`` (keys sharded): union of the shards' second-stage counts above
+  the *global* limit ``phi * N`` (:func:`hiddensketch.heavy_hitters_union`); each shard's own
+  decode threshold is ``phi * N_shard``, lower, so nothing above the global limit is lost to it.
+  ``key="src_ip"`` (a source's flows spread over shards): the shards are combined like epochs of a
+  window (:func:`sketchset.heavy_hitters`, "sum of per-epoch estimates") at the global threshold.
+* ResidualSketch / CocoSketch: per-layer estimates summed over shards, one HHH pass at the global
+  report threshold (``merged_hhh``).
+* GapFilter: union of the shards' gap events, ordered by timestamp.
+* LLM-Sketch: a flow's size is read from its owning shard; top flows are the shards' top-k lists
+  merged, k largest kept.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from telesketch.hashing import hash_5tuple
+from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
+from telesketch.service import sketchset as ss
+from telesketch.sketches.core import SketchError
+
+#: Seed of the routing hash (independent of every sketch's own seeds).
+ROUTE_SEED = 0x5EED_0001
+
+_HHH_KINDS = ("residualsketch",)
+_GAP_KINDS = ("gapfilter_so", "gapfilter_ao", "gapfilter_straw")
+
+
+class RayNotInstalledError(ImportError):
+    """Ray is needed for scale-out and is not installed."""
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayNotInstalledError(
+            "telesketch.distributed needs Ray: pip install 'telesketch[ray]' (or pip install 'ray>=2.9')"
+        ) from None
+    return ray
+
+
+# ====================================================================== routing (pure numpy)
+def shard_ids(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> np.ndarray:
+    """``int64[n]``: the shard of each packet, ``hash_5tuple(batch, seed) % shards``."""
+    if shards < 1:
+        raise SketchError(f"shards must be >= 1, got {shards}")
+    return (hash_5tuple(batch, seed) % np.uint64(shards)).astype(np.int64)
+
+
+def split_by_shard(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> list[PacketBatch]:
+    """The batch's packets per shard, each in arrival order (the offline reference split)."""
+    ids = shard_ids(batch, shards, seed)
+    return [batch[ids == s] for s in range(shards)]
+
+
+def _keys_batch(keys: np.ndarray) -> PacketBatch:
+    """A batch whose packets carry the 13-byte flow keys ``uint8[n, 13]`` (other columns zero)."""
+    from telesketch.sketches.gapfilter import keys_to_columns
+
+    keys = np.ascontiguousarray(keys, np.uint8).reshape(-1, FLOW_KEY_BYTES)
+    return PacketBatch.from_columns(**keys_to_columns(keys))
+
+
+def shard_specs(specs: dict[str, dict[str, Any]], shards: int) -> dict[str, dict[str, Any]]:
+    """The sketch config of one of ``shards`` shards (see the module docstring)."""
+    out = {}
+    for name, spec in specs.items():
+        spec = dict(spec)
+        if spec.get("kind") in _HHH_KINDS and shards > 1:
+            params = {k: v for k, v in spec.items() if k != "kind"}
+            module = importlib.import_module(ss.KINDS[spec["kind"]].module)
+            T = getattr(module, ss.KINDS[spec["kind"]].cls)(**params).T
+            from telesketch.sketches.cocosketch import shard_threshold
+
+            spec["threshold"] = shard_threshold(T, shards)
+            spec["global_threshold"] = T
+        out[name] = spec
+    return out
+
+
+# ====================================================================== the shard actor
+class ShardWorker:
+    """One shard: the configured sketches' states for one epoch (wrapped by ``ray.remote``)."""
+
+    def __init__(self, specs: dict[str, dict[str, Any]]):
+        clean = {n: {k: v for k, v in s.items() if k != "global_threshold"} for n, s in specs.items()}
+        self.sketchset = ss.SketchSet.from_config(clean)
+        self.states = self.sketchset.new_states(0)
+        self.packets = 0
+
+    def update(self, batch: PacketBatch) -> int:
+        self.sketchset.update(self.states, batch)
+        self.packets += len(batch)
+        return self.packets
+
+    def active(self) -> list[str]:
+        return list(self.states)
+
+    def count(self) -> int:
+        return self.packets
+
+    def state_bytes(self, name: str) -> bytes:
+        return self.states[name].to_bytes()
+
+    def call(self, name: str, method: str, *args, **kwargs):
+        """``states[name].method(*args, **kwargs)`` on the shard (answers travel back)."""
+        return getattr(self.states[name], method)(*args, **kwargs)
+
+
+# ====================================================================== the driver
+class ShardedSketches:
+    """``shards`` Ray actors, each owning one shard's sketches built from ``specs`` (the service's
+    ``[sketches]`` table: ``{name: {"kind": ..., params...}}``).
+
+    ``ingest(batch)`` routes by flow key and returns when every shard has applied its part; the
+    query methods fan out and combine as the module docstring says. Needs ``ray.init()`` first
+    (or pass ``init_kwargs`` to start a local cluster).
+    """
+
+    def __init__(self, specs: dict[str, dict[str, Any]], shards: int = 2, route_seed: int = ROUTE_SEED,
+                 actor_options: dict | None = None, init_kwargs: dict | None = None):
+        ray = _ray()
+        if shards < 1:
+            raise SketchError(f"shards must be >= 1, got {shards}")
+        if not ray.is_initialized():
+            ray.init(**(init_kwargs or {}))
+        self.shards, self.route_seed = shards, route_seed
+        self.specs = shard_specs(specs, shards)
+        self.local = ss.SketchSet.from_config(
+            {n: {k: v for k, v in s.items() if k != "global_threshold"} for n, s in self.specs.items()})
+        remote_cls = ray.remote(ShardWorker).options(**(actor_options or {}))
+        self.actors = [remote_cls.remote(self.specs) for _ in range(shards)]
+        self.packets = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def ingest(self, batch: PacketBatch) -> None:
+        """Send each shard its packets (arrival order kept) and wait until all are applied."""
+        ray = _ray()
+        parts = split_by_shard(batch, self.shards, self.route_seed)
+        ray.get([a.update.remote(p) for a, p in zip(self.actors, parts) if len(p)])
+        self.packets += len(batch)
+
+    def shutdown(self) -> None:
+        """Kill the shard actors (their state is lost)."""
+        ray = _ray()
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+    def shard_packets(self) -> list[int]:
+        return _ray().get([a.count.remote() for a in self.actors])
+
+    def states(self, name: str) -> list:
+        """Copies of each shard's state of sketch ``name`` (via ``to_bytes``), shard order."""
+        cs = self._sketch(name)
+        return [cs.load(b) for b in _ray().get([a.state_bytes.remote(name) for a in self.actors])]
+
+    def _sketch(self, name: str) -> ss.ConfiguredSketch:
+        try:
+            cs = self.local.get(name)
+        except KeyError:
+            raise ss.QueryError("NOT_FOUND", f"no sketch named {name!r}; configured: {list(self.specs)}") from None
+        if not cs.active:
+            raise ss.QueryError("FAILED_PRECONDITION", f"sketch {name!r} is not active: {cs.note}")
+        return cs
+
+    def _fan_out(self, name: str, method: str, *args, **kwargs) -> list:
+        return _ray().get([a.call.remote(name, method, *args, **kwargs) for a in self.actors])
+
+    # ------------------------------------------------------------------ queries
+    def heavy_hitters(self, name: str, phi: float | None = None, threshold: float | None = None) -> list[tuple]:
+        """``[(key, count)]`` over all shards (``exact`` or ``hiddensketch``)."""
+        cs, states = self._sketch(name), self.states(name)
+        if cs.kind_name == "exact":
+            return ss.merged_state(cs, states).heavy_hitters(phi=phi, threshold=threshold)
+        if cs.kind_name != "hiddensketch":
+            raise ss.QueryError("INVALID_ARGUMENT", f"sketch {name!r} ({cs.kind_name}) has no sharded heavy hitters")
+        if cs.params.get("key", "src_ip") == "5tuple":
+            from telesketch.sketches.hiddensketch import heavy_hitters_union
+
+            phi_cfg = states[0].params.phi
+            limit = _limit(phi, threshold, self.packets, phi_cfg)
+            # heavy_hitters_union filters at phi_cfg * total_items: pick total_items so that is `limit`
+            return heavy_hitters_union(states, total_items=limit / phi_cfg)
+        rows, _ = ss.heavy_hitters(cs, states, self.packets, phi=phi,
+                                   threshold=_limit(phi, threshold, self.packets, states[0].params.phi))
+        return rows
+
+    def hhh(self, name: str, threshold: float | None = None) -> list[tuple[int, int, float]]:
+        """``[(prefix, length, discounted)]``: merged exact, or summed layer estimates + one pass at
+        the global report threshold (default: the configured ``T``)."""
+        cs, states = self._sketch(name), self.states(name)
+        if cs.kind_name == "exact":
+            return ss.merged_state(cs, states).hhh(threshold=threshold)
+        if cs.kind_name not in _HHH_KINDS:
+            raise ss.QueryError("INVALID_ARGUMENT", f"sketch {name!r} ({cs.kind_name}) does not answer hhh")
+        module = importlib.import_module(cs.kind.module)
+        thr = self.specs[name].get("global_threshold", states[0].T) if threshold is None else threshold
+        return [(e.prefix, e.length, e.discounted) for e in module.merged_hhh(states, thr)]
+
+    def gap_events(self, name: str) -> np.ndarray:
+        """Union of the shards' gap events (structured array), stably ordered by ``ts_ns``."""
+        cs = self._sketch(name)
+        if cs.kind_name == "exact":
+            return ss.merged_state(cs, self.states(name)).gap_events()
+        if cs.kind_name not in _GAP_KINDS:
+            raise ss.QueryError("INVALID_ARGUMENT", f"sketch {name!r} ({cs.kind_name}) does not answer gaps")
+        parts = self._fan_out(name, "gap_events")
+        events = np.concatenate(parts)
+        return events[np.argsort(events["ts_ns"], kind="stable")]
+
+    def flow_size(self, name: str, keys: np.ndarray) -> np.ndarray:
+        """``int64[n]`` sizes of 13-byte flow keys ``uint8[n, 13]``, each from its owning shard."""
+        cs = self._sketch(name)
+        keys = np.ascontiguousarray(keys, np.uint8).reshape(-1, FLOW_KEY_BYTES)
+        if cs.kind_name == "exact":
+            return ss.merged_state(cs, self.states(name)).flow_size(keys)
+        owner = shard_ids(_keys_batch(keys), self.shards, self.route_seed)
+        refs = [(s, self.actors[s].call.remote(name, "flow_size", keys[owner == s])) for s in range(self.shards)
+                if (owner == s).any()]
+        out = np.zeros(keys.shape[0], np.int64)
+        for s, values in zip([s for s, _ in refs], _ray().get([r for _, r in refs])):
+            out[owner == s] = values
+        return out
+
+    def top_flows(self, name: str, k: int = 100) -> list[tuple[Any, int]]:
+        """The ``k`` largest flows: the shards' top-k lists merged (flows are whole on a shard)."""
+        cs = self._sketch(name)
+        if cs.kind_name == "exact":
+            return ss.merged_state(cs, self.states(name)).top_flows(k)
+        rows = [row for part in self._fan_out(name, "top_flows", k) for row in part]
+        return sorted(rows, key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
+def _limit(phi, threshold, n, default_phi) -> float:
+    if phi is not None and threshold is not None:
+        raise ss.QueryError("INVALID_ARGUMENT", "give phi or threshold, not both")
+    if threshold is not None:
+        return float(threshold)
+    return (default_phi if phi is None else phi) * n
