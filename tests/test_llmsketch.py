@@ -298,3 +298,36 @@ def test_scorer_cache_is_bounded_and_set_associative():
     scorer = FlowScorer(CountingEstimator(), cache_flows=20)
     scorer.scores(batch)
     assert scorer.cache.capacity == 24 and len(scorer.cache) <= 24
+
+
+def test_successor_is_empty_and_keeps_the_flow_scores():
+    """The next epoch's sketch starts empty but does not score continuing flows again."""
+    batch = scored_batch()
+    first, second = batch[:1500], batch[1500:]
+    est = CountingEstimator()
+    sketch = LLMSketch(8192, estimator=est, scoring="sync")
+    sketch.update(first)
+    calls_after_first = est.calls
+    nxt = sketch.successor()
+    assert nxt.scorer is sketch.scorer and nxt.params == sketch.params
+    assert nxt.packets == 0 and not nxt.occ.any() and not nxt.cm.any()
+    nxt.update(second)
+    new_flows = set(second.flow_keys_void().tolist()) - set(first.flow_keys_void().tolist())
+    assert est.calls - calls_after_first == len(new_flows)
+    # the continuing flows carry their first-epoch score, so the state equals a replay with those scores
+    replay = FlowScorer(CountingEstimator(), mode="sync")
+    per_packet = replay.scores(batch)
+    reference = LLMSketch(8192)
+    reference.update(second, per_packet[1500:])
+    for name, arr in nxt.state().items():
+        np.testing.assert_array_equal(arr, reference.state()[name])
+
+
+def test_service_epochs_share_one_scorer():
+    from telesketch.service.sketchset import SketchSet
+
+    sketches = SketchSet.from_config({"flows": {"kind": "llmsketch", "memory_bytes": 8192, "estimator": "constant"}})
+    epoch0 = sketches.new_states(0)
+    epoch1 = sketches.new_states(1, epoch0)
+    assert epoch1["flows"] is not epoch0["flows"]
+    assert epoch1["flows"].scorer is epoch0["flows"].scorer

@@ -13,8 +13,10 @@ the API docs, ``telesketch/service/__init__.py``):
   (the sketch module's own ``merged_hhh``; ``summed layer estimates``);
 * GapFilter: its detection state carries across epochs (flows persist); each epoch keeps the gap
   events reported during it, and a window is the union of its epochs' events (``union``);
-* LLM-Sketch: flow sizes are the sum of per-epoch estimates; top flows sum the per-epoch top-k
-  lists and keep the k largest (``sum of per-epoch estimates``).
+* LLM-Sketch: flow sizes are the sum of per-epoch estimates; top flows sum, for every flow in
+  any epoch's heavy part, its estimates over all the window's epochs (``sum of per-epoch
+  estimates``). Each epoch's sketch is the previous one's ``successor()``: the per-flow score
+  cache carries over, so flows are scored once, not once per epoch.
 
 A kind whose module is missing or fails a probe (build, update a 2-packet batch, round-trip
 through ``to_bytes``) is skipped with a log line and a note in ``Stats``: a sketch not yet built is
@@ -127,11 +129,14 @@ class ConfiguredSketch:
         return state.gap_events() if self.kind.continuous else state
 
     def next_state(self, state, epoch: int):
-        """The state for the next epoch: the same live sketch (continuous kinds) or a fresh one."""
+        """The state for the next epoch: the same live sketch (continuous kinds), an empty
+        ``successor()`` sharing what outlives an epoch (LLM-Sketch's flow-score cache), or a fresh one."""
         if self.kind.continuous and state is not None:
             if hasattr(state, "start_epoch"):
                 state.start_epoch(int(epoch))
             return state
+        if state is not None and hasattr(state, "successor"):
+            return state.successor()
         return self.build()
 
     def memory(self, state) -> int:

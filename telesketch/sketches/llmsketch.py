@@ -526,6 +526,17 @@ class LLMSketch:
             self.scorer = FlowScorer(estimator, path=estimator_path, rescore=rescore, cache_flows=cache_flows,
                                      mode=scoring, provisional=provisional)
 
+    def successor(self) -> "LLMSketch":
+        """An empty sketch with the same parameters that shares this one's :class:`FlowScorer`.
+
+        The service opens one sketch per epoch; sharing the scorer keeps its per-flow cache (scores
+        and in-flow positions) and its async worker, so a flow that continues into the next epoch
+        is not scored again as if it were new. The state itself starts empty.
+        """
+        nxt = type(self)(params=self.params, parallel=self.parallel)
+        nxt.scorer = self.scorer
+        return nxt
+
     @property
     def slot_keys(self) -> np.ndarray:
         """Heavy-slot keys ``uint8[NB, 8, key_len]`` (a view of the kernels' uint32 words)."""
