@@ -13,6 +13,9 @@ from telesketch.gpu.gapfilter import (
     device_hash_5tuple,
     hash64_5tuple_device,
 )
+from telesketch.gpu.hiddensketch import HiddenSketch, device_hash_key_words, hash64_u32_device, hash_key_device
+from telesketch.gpu.llmsketch import LLMSketch
 
-__all__ = ["GapFilterAO", "GapFilterSO", "GpuUnavailableError", "backend", "device_hash_5tuple",
-           "hash64_5tuple_device"]
+__all__ = ["GapFilterAO", "GapFilterSO", "GpuUnavailableError", "HiddenSketch", "LLMSketch", "backend",
+           "device_hash_5tuple", "device_hash_key_words", "hash64_5tuple_device", "hash64_u32_device",
+           "hash_key_device"]

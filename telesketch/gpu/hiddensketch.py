@@ -1,0 +1,363 @@
+"""Hidden Sketch with its state on a GPU (spec ``shared/specs/hiddensketch.md`` §12).
+
+Same parameters, verbs, queries, serialised state and results as
+:class:`telesketch.sketches.hiddensketch.HiddenSketch`: :class:`HiddenSketch` here subclasses it
+and replaces only where the four state arrays live and how a batch is ingested, so a snapshot
+written by either loads in the other and both give byte-identical state for the same input.
+
+Per batch (§12, "FS gate, exact and parallel"; ``n`` items, ``R = fs_rows``):
+
+1. the batch's key words ``(lo, hi)`` (``uint64[n]`` each, built on the host by the CPU class's
+   column packing) are copied to the device; a kernel with one thread per item hashes each key
+   with every FS row's seed (device ports of the project hash, :func:`hash64_u32_device` and
+   ``hash64_5tuple_device``, equal to :mod:`telesketch.hashing`) and writes the flat cell index
+   ``r * fs_width + h_fs[r](key) % fs_width`` (``int64[R * n]``);
+2. the cell indices come back to the host and are stable-sorted (``numpy.argsort(kind="stable")``),
+   which groups every cell's items in arrival order (rows occupy disjoint index ranges, so one sort
+   serves all rows); the order goes back to the device (a device sort would save these copies);
+3. one thread per sorted position finds its rank inside its cell's segment (binary search for the
+   segment start) and computes the counter value after its own increment,
+   ``min(cap, base + rank + 1)``; a second kernel lets the last item of each segment store that
+   value (``min(cap, base + count)``: the clamped scatter-add, one writer per cell, no atomics);
+4. one thread per item takes the gate value ``min_r`` of its rows' values and, if it exceeds
+   ``thresh``, inserts the key into the second stage with commutative atomics:
+   ``cuda.atomic.add`` on the Count-Min, ``cuda.atomic.or_`` on the packed ``uint64`` words of the
+   segment bitmaps and Bloom-filter rows. The result equals the serial loop's for any order.
+
+Saturated rows: the CPU loop skips a row whose counter is already ``cap``; here that row
+contributes ``cap``, which never changes the decision (``thresh < cap``), as §12 notes.
+Two-pass mode (§9): pass 1 runs steps 1-3 only; pass 2 gates each item by the FS point query
+(one thread per item, FS read-only) and runs step 4.
+
+Not on the device: building the key words from the batch columns, the stable sort of step 2,
+``decode`` / ``heavy_hitters`` / ``heavy_changers`` (the state is copied to the host once and the
+CPU decode runs on it), ``point_estimate`` and ``merge`` (host copies of the state, then the CPU
+code). Backends as in :mod:`telesketch.gpu.gapfilter`: CuPy arrays or Numba device arrays on a
+CUDA device, plain numpy arrays under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from telesketch.gpu.gapfilter import (
+    THREADS_PER_BLOCK,
+    GpuUnavailableError,
+    _blocks,
+    _fmix64,
+    backend,
+    hash64_5tuple_device,
+)
+from telesketch.hashing import _SEED_OFFSET, GOLDEN
+from telesketch.sketches import hiddensketch as _cpu
+
+__all__ = ["HiddenSketch", "GpuUnavailableError", "device_hash_key_words", "hash64_u32_device",
+           "hash_key_device"]
+
+# Every operand of the bit arithmetic below is uint64 so that the CUDA target never mixes signed
+# and unsigned integers (Numba would promote the mix to float64); index arithmetic is int64.
+_U64 = np.uint64
+_I64 = np.int64
+_ZERO, _ONE = _U64(0), _U64(1)
+_S6, _S8, _S24, _S32, _S48 = _U64(6), _U64(8), _U64(24), _U64(32), _U64(48)
+_LOW6, _LOW8, _LOW16 = _U64(63), _U64(0xFF), _U64(0xFFFF)
+_LOW32 = _U64(0xFFFFFFFF)
+_B1, _B2 = _U64(0xFF00), _U64(0xFF)
+_LEN4 = _U64((4 * int(GOLDEN)) & (2**64 - 1))  # the 4-byte key length, folded into the initial state
+_CM_ONE = np.uint32(1)
+_FS_INFINITE = _cpu.FS_INFINITE  # "every row saturated": larger than any threshold
+
+
+# ============================================================================ device hashing
+@cuda.jit(device=True)
+def hash64_u32_device(key, seed):
+    """Device port of ``telesketch.hashing.hash64_u32``: a 4-byte key given as its big-endian value."""
+    h = _fmix64(_fmix64(seed * GOLDEN + _SEED_OFFSET) ^ _LEN4)
+    h = _fmix64(h ^ (_U64(key) << _S32)) + GOLDEN
+    return _fmix64(h)
+
+
+@cuda.jit(device=True, inline=True)
+def _bswap32(x):
+    x = x & _LOW32
+    return ((x & _B2) << _S24) | ((x & _B1) << _S8) | ((x >> _S8) & _B1) | (x >> _S24)
+
+
+@cuda.jit(device=True, inline=True)
+def _bswap64(x):
+    return (_bswap32(x) << _S32) | _bswap32(x >> _S32)
+
+
+@cuda.jit(device=True)
+def hash_key_device(lo, hi, nbytes, seed):
+    """Device port of the CPU ``_hash_key``: hash of the ``nbytes``-byte (4 or 13) little-endian
+    buffer of the integer ``(hi << 64) | lo`` (``uint64`` words), through the project hash."""
+    if nbytes == 4:
+        return hash64_u32_device(_bswap32(lo), seed)
+    w0 = _bswap64(lo)  # bytes 0..7 read big-endian
+    w1 = _bswap64(hi)  # bytes 8..12 (13..15 zero)
+    return hash64_5tuple_device(w0 >> _S32, w0 & _LOW32, w1 >> _S48, (w1 >> _S32) & _LOW16,
+                                (w1 >> _S24) & _LOW8, seed)
+
+
+@cuda.jit(device=True, inline=True)
+def _partial(lo, hi, start, end):
+    """Bits ``[start, end)`` of the 128-bit key ``(hi, lo)`` moved to bits ``0 .. end-start-1``
+    (CPU ``_partial``; ``start``/``end`` are ``int64``)."""
+    if start >= 64:
+        lo, hi = hi >> _U64(start - 64), _ZERO
+    elif start > 0:
+        lo, hi = (lo >> _U64(start)) | (hi << _U64(64 - start)), hi >> _U64(start)
+    nbits = end - start
+    if nbits >= 128:
+        return lo, hi
+    if nbits >= 64:
+        return lo, hi & ((_ONE << _U64(nbits - 64)) - _ONE)
+    return lo & ((_ONE << _U64(nbits)) - _ONE), _ZERO
+
+
+@cuda.jit
+def _hash_words_kernel(lo, hi, nbytes, seed, out):
+    """``out[i] = hash_key_device(lo[i], hi[i], nbytes, seed)``, one thread per key."""
+    i = cuda.grid(1)
+    if i < lo.shape[0]:
+        out[i] = hash_key_device(lo[i], hi[i], nbytes, seed)
+
+
+def device_hash_key_words(lo: np.ndarray, hi: np.ndarray, nbytes: int, seed: int) -> np.ndarray:
+    """``uint64[n]`` device hashes of keys given as internal words (host arrays in and out); equal
+    to ``telesketch.hashing.hash_keys`` of the keys' ``nbytes``-byte little-endian buffers."""
+    be = backend()
+    lo = np.ascontiguousarray(lo, np.uint64)
+    out = be.zeros(lo.shape[0], np.uint64)
+    if lo.shape[0]:
+        with be.launching():
+            _hash_words_kernel[_blocks(lo.shape[0]), THREADS_PER_BLOCK](
+                be.to_device(lo), be.to_device(np.ascontiguousarray(hi, np.uint64)), _I64(nbytes),
+                _U64(seed), out)
+    return be.to_host(out)
+
+
+# ============================================================================ kernels: FS gate
+@cuda.jit
+def _fs_cells_kernel(lo, hi, nbytes, fs_seeds, width, cells):
+    """Thread ``i`` (one per item): ``cells[r * n + i] = r * width + h_fs[r](key_i) % width``
+    (``int64``) for every FS row ``r`` (``width`` is ``int64``)."""
+    i = cuda.grid(1)
+    n = lo.shape[0]
+    if i < n:
+        w = _U64(width)
+        for r in range(fs_seeds.shape[0]):
+            c = hash_key_device(lo[i], hi[i], nbytes, fs_seeds[r]) % w
+            cells[r * n + i] = r * width + _I64(c)
+
+
+@cuda.jit
+def _fs_values_kernel(cells, order, fs, width, cap, values):
+    """Thread ``j`` (one per sorted position): the counter value right after item ``order[j]``'s own
+    increment, ``min(cap, base + rank + 1)`` with ``base`` the cell's value before the batch and
+    ``rank`` the number of earlier batch items in the same cell (``j`` minus its segment start,
+    found by binary search: ``cells[order]`` is non-decreasing). Writes ``values[order[j]]``."""
+    j = cuda.grid(1)
+    if j >= order.shape[0]:
+        return
+    pos = order[j]
+    cell = cells[pos]
+    first, last = 0, j  # first sorted position holding `cell`
+    while first < last:
+        mid = (first + last) // 2
+        if cells[order[mid]] < cell:
+            first = mid + 1
+        else:
+            last = mid
+    row = cell // width
+    base = _I64(fs[row, cell - row * width])
+    values[pos] = min(cap, base + (j - first) + 1)
+
+
+@cuda.jit
+def _fs_store_kernel(cells, order, width, values, fs):
+    """Thread ``j``: if ``j`` is the last sorted position of its cell, store the cell's final value
+    ``values[order[j]]`` (= ``min(cap, base + count)``) into ``fs``. Runs after
+    :func:`_fs_values_kernel` has read every base value."""
+    j = cuda.grid(1)
+    m = order.shape[0]
+    if j >= m:
+        return
+    pos = order[j]
+    cell = cells[pos]
+    if j + 1 < m and cells[order[j + 1]] == cell:
+        return
+    row = cell // width
+    fs[row, cell - row * width] = values[pos]
+
+
+@cuda.jit
+def _fs_query_kernel(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
+    """Thread ``i``: the FS point query of key ``i`` (CPU ``_fs_query_one``): minimum over the rows
+    whose counter is below ``cap``, ``FS_INFINITE`` if every row is saturated."""
+    i = cuda.grid(1)
+    if i < lo.shape[0]:
+        w = _U64(width)
+        est = _FS_INFINITE
+        for r in range(fs_seeds.shape[0]):
+            v = _I64(fs[r, hash_key_device(lo[i], hi[i], nbytes, fs_seeds[r]) % w])
+            if v < cap and v < est:
+                est = v
+        out[i] = est
+
+
+# ============================================================================ kernels: SS insert
+@cuda.jit(device=True)
+def _ss_insert_one(klo, khi, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds, cm_seeds,
+                   w_cm, seg, bf, cm):
+    """``ss_insert(key, 1)`` (spec §6) with atomics: CM ``+1`` per row, OR of the key's segment bits
+    in its block's bitmaps and of its partial keys' bits in every Bloom-filter row."""
+    wc = _U64(w_cm)
+    for r in range(cm_seeds.shape[0]):
+        cuda.atomic.add(cm, (r, _I64(hash_key_device(klo, khi, nbytes, cm_seeds[r]) % wc)), _CM_ONE)
+    b = _I64(hash_key_device(klo, khi, nbytes, blk_seed) % _U64(n_blocks))
+    for s in range(seg_layout.shape[0]):
+        a, _ = _partial(klo, khi, seg_layout[s, 0], seg_layout[s, 0] + seg_layout[s, 1])
+        cuda.atomic.or_(seg, (b, seg_layout[s, 2] + _I64(a >> _S6)), _ONE << (a & _LOW6))
+    for j in range(bf_layout.shape[0]):
+        plo, phi_ = _partial(klo, khi, bf_layout[j, 0], bf_layout[j, 1])
+        row0, bits = bf_layout[j, 2], _U64(bf_layout[j, 4])
+        for r in range(bf_layout[j, 3]):
+            h = hash_key_device(plo, phi_, nbytes, bf_seeds[row0 + r]) % bits
+            cuda.atomic.or_(bf, (row0 + r, _I64(h >> _S6)), _ONE << (h & _LOW6))
+
+
+@cuda.jit
+def _ss_insert_kernel(lo, hi, values, n_rows, thresh, nbytes, n_blocks, blk_seed, seg_layout, bf_layout,
+                      bf_seeds, cm_seeds, w_cm, seg, bf, cm):
+    """Thread ``i`` (one per item): gate value ``g = min_r values[r * n + i]`` over ``n_rows`` rows;
+    if ``g > thresh`` the key goes into the second stage (:func:`_ss_insert_one`)."""
+    i = cuda.grid(1)
+    n = lo.shape[0]
+    if i >= n:
+        return
+    g = values[i]
+    for r in range(1, n_rows):
+        g = min(g, values[r * n + i])
+    if g > thresh:
+        _ss_insert_one(lo[i], hi[i], nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds, cm_seeds,
+                       w_cm, seg, bf, cm)
+
+
+# ============================================================================ the sketch
+def _device_state(name: str, doc: str) -> property:
+    """A state attribute kept on the device (``_d_<name>``): reading it gives a HOST copy (so the
+    CPU class's queries, merge and serialisation work unchanged on every backend), assigning it
+    uploads the assigned array. In-place edits of a read copy do not reach the device."""
+    attr = "_d_" + name
+
+    def get(self) -> np.ndarray:
+        return self._backend.to_host(getattr(self, attr))
+
+    def put(self, value) -> None:
+        setattr(self, attr, self._backend.to_device(np.asarray(value)))
+
+    return property(get, put, doc=doc)
+
+
+class HiddenSketch(_cpu.HiddenSketch):
+    """GPU Hidden Sketch: ``fs``, ``seg``, ``bf`` and ``cm`` live on the device.
+
+    Same constructor (keyword parameters or ``params=``), verbs (``update``, ``update_keys``,
+    ``merge`` in two-pass mode, ``begin_second_pass``, ``to_bytes`` / ``from_bytes``, ``copy``),
+    queries (``decode``, ``heavy_hitters``, ``heavy_changers``, ``point_estimate``, ``estimate``)
+    and serialised state as :class:`telesketch.sketches.hiddensketch.HiddenSketch`. Reading
+    ``fs`` / ``seg`` / ``bf`` / ``cm`` returns host copies; the device arrays are ``device_state``.
+    ``update`` runs on the device (see the module docstring); ``decode`` copies the state to the
+    host once and runs the CPU decode; ``point_estimate`` and ``merge`` use host copies too.
+    Raises :class:`GpuUnavailableError` when neither a CUDA device nor the simulator is available.
+    """
+
+    fs = _device_state("fs", "``uint8|uint16[fs_rows, fs_width]`` FS counters (host copy).")
+    seg = _device_state("seg", "``uint64[blocks, words]`` packed segment bitmaps (host copy).")
+    bf = _device_state("bf", "``uint64[total_bf_rows, words]`` packed Bloom-filter rows (host copy).")
+    cm = _device_state("cm", "``uint32[3, cm_width]`` Count-Min counters (host copy).")
+
+    def __init__(self, params: _cpu.HiddenSketchParams | None = None, **kwargs):
+        self._backend = backend()
+        super().__init__(params, **kwargs)
+        lay, be = self._layout, self._backend
+        self._d_layout = {name: be.to_device(getattr(lay, name))
+                          for name in ("fs_seeds", "cm_seeds", "bf_seeds", "seg_layout", "bf_layout")}
+
+    @property
+    def device_backend(self) -> str:
+        """``cupy``, ``numba`` or ``simulator``: where this sketch's state lives."""
+        return self._backend.name
+
+    @property
+    def device_state(self) -> dict:
+        """The device arrays themselves: ``{"fs", "seg", "bf", "cm"}`` (no copy)."""
+        return {"fs": self._d_fs, "seg": self._d_seg, "bf": self._d_bf, "cm": self._d_cm}
+
+    # ------------------------------------------------------------------ update on the device
+    def _ingest(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        n = lo.shape[0]
+        if n == 0:
+            return
+        self._decoded = None
+        be = self._backend
+        d_lo = be.to_device(np.asarray(lo, np.uint64))
+        d_hi = be.to_device(np.asarray(hi, np.uint64))
+        with be.launching():
+            if self.phase == "second":  # two-pass, pass 2: gate by the (merged) FS, FS unchanged
+                estimates = self._fs_query(d_lo, d_hi, n)
+                self._insert(d_lo, d_hi, estimates, 1)
+                return
+            values = self._fs_update(d_lo, d_hi, n)
+            self.n_items += int(n)
+            if self.phase == "one_pass":
+                self._insert(d_lo, d_hi, values, self.params.fs_rows)
+
+    def _fs_update(self, d_lo, d_hi, n: int):
+        """Steps 1-3 of the module docstring: update the FS counters of ``n`` items; returns the
+        device ``int64[fs_rows * n]`` counter values right after each item's increment (row-major)."""
+        p, be = self.params, self._backend
+        m = p.fs_rows * n
+        d_cells = be.zeros(m, np.int64)
+        _fs_cells_kernel[_blocks(n), THREADS_PER_BLOCK](d_lo, d_hi, _I64(p.key_bytes), self._d_layout["fs_seeds"],
+                                                        _I64(p.fs_width), d_cells)
+        d_order = be.to_device(np.argsort(be.to_host(d_cells), kind="stable").astype(np.int64))
+        d_values = be.zeros(m, np.int64)
+        _fs_values_kernel[_blocks(m), THREADS_PER_BLOCK](d_cells, d_order, self._d_fs, _I64(p.fs_width),
+                                                         _I64(p.fs_cap), d_values)
+        _fs_store_kernel[_blocks(m), THREADS_PER_BLOCK](d_cells, d_order, _I64(p.fs_width), d_values, self._d_fs)
+        return d_values
+
+    def _fs_query(self, d_lo, d_hi, n: int):
+        """Device ``int64[n]`` FS point queries (read-only), the two-pass second-pass gate."""
+        p = self.params
+        d_out = self._backend.zeros(n, np.int64)
+        _fs_query_kernel[_blocks(n), THREADS_PER_BLOCK](d_lo, d_hi, _I64(p.key_bytes), self._d_fs,
+                                                        self._d_layout["fs_seeds"], _I64(p.fs_width),
+                                                        _I64(p.fs_cap), d_out)
+        return d_out
+
+    def _insert(self, d_lo, d_hi, d_values, n_rows: int) -> None:
+        """Step 4: gate every item by ``min`` of its ``n_rows`` values and insert the gated keys."""
+        p, lay, d = self.params, self._layout, self._d_layout
+        _ss_insert_kernel[_blocks(d_lo.shape[0]), THREADS_PER_BLOCK](
+            d_lo, d_hi, d_values, _I64(n_rows), _I64(p.thresh), _I64(p.key_bytes), _I64(p.blocks),
+            _U64(lay.blk_seed), d["seg_layout"], d["bf_layout"], d["bf_seeds"], d["cm_seeds"], _I64(p.cm_width),
+            self._d_seg, self._d_bf, self._d_cm)
+
+    # ------------------------------------------------------------------ host-side parts
+    def to_cpu(self) -> _cpu.HiddenSketch:
+        """A CPU :class:`~telesketch.sketches.hiddensketch.HiddenSketch` with a copy of this state."""
+        return _cpu.HiddenSketch.from_bytes(self.to_bytes())
+
+    def _decode(self, threads: int | None) -> _cpu.HHResult:
+        """The CPU decode (§7) on one host copy of the state (not on the device)."""
+        return self.to_cpu()._decode(threads)
+
+    def unpacked_state(self) -> dict:
+        return self.to_cpu().unpacked_state()
+
+    def copy(self) -> "HiddenSketch":
+        return type(self).from_bytes(self.to_bytes())

@@ -1,0 +1,370 @@
+"""LLM-Sketch with its heavy part and Count-Min on a GPU (spec ``shared/specs/llmsketch.md`` §2.4).
+
+Same parameters, verbs, queries, serialised state and results as
+:class:`telesketch.sketches.llmsketch.LLMSketch`: :class:`LLMSketch` here subclasses it and replaces
+only where the state lives and how a batch is run, so a snapshot written by either loads in the
+other, and scores (``update(batch, scores)`` or the sketch's :class:`FlowScorer`) are handled on the
+host exactly as on the CPU.
+
+Per batch (spec §2.4, "Batch execution"; the GPU port of the CPU ``parallel=True`` path):
+
+1. the stored keys of the batch (``uint32[n, W]`` little-endian words, CPU ``batch_words`` /
+   ``bytes_to_words`` on the host: a byte swap, plus the fingerprint hash for the flow-size task)
+   and the scores (clipped on the device, as ``float64``) are copied to the device;
+2. a kernel with one thread per packet hashes each key to its heavy bucket with a device port of
+   MurmurHash3 over key words (:func:`mmh3_words_device`, equal to the CPU ``_mmh3_words``);
+3. the buckets come back and are stable-sorted on the host into CSR segments of the non-empty
+   buckets (``telesketch.gpu.gapfilter._segments``; a device sort would save two copies);
+4. ONE segment kernel with one thread per non-empty bucket runs that bucket's packets in stream
+   order with a device port of the CPU ``_heavy_insert`` (same ``uniform(seed, n, 0)`` lock coin,
+   ``n`` the packet's stream index); it records each packet's light operation at its batch
+   position: ``op_type`` (none / add / evict), ``op_val`` (1 or the evicted count) and ``op_key``
+   (the packet's own key for an add, the displaced key for an evict);
+5. light part, by task:
+
+   * ``flow_size`` (Count-Min) **on the device**: a kernel writes each operation's three target
+     counters ``row * W + col`` (at position ``3 n + row``; a sentinel for no operation); they are
+     stable-sorted on the host by counter, so within a counter the operations stay in index order,
+     and a kernel with one thread per touched counter folds its operations in that order
+     (saturating add, max-merge; they do not commute, hence the order);
+   * ``hhh`` (CocoSketch, rows interact) **on the host**: the operation arrays come back and the
+     CPU ``_light_apply`` runs them serially in index order;
+   * ``heavy_hitters``: no light part.
+
+State placement: the heavy slots (``_slot_words``, ``counts``, ``lock``, ``occ``) and the Count-Min
+``cm`` live on the device between batches; the CocoSketch cells stay on the host. Reading one of the
+device-resident attributes (queries, ``to_bytes``, ``state()``, ``from_bytes``) returns a host copy
+fetched on demand; since the caller may write into that copy (``from_bytes`` does), it becomes the
+authoritative state and is copied back to the device before the next batch. A query between two
+batches therefore costs one state download and one upload. Queries themselves run on the host
+(the CPU class's code over the fetched arrays).
+
+Backends (:func:`telesketch.gpu.gapfilter.backend`): CuPy arrays on a CUDA device when CuPy is
+installed, Numba device arrays otherwise, numpy arrays under Numba's CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1`` set before ``numba.cuda`` is first imported); neither device nor
+simulator raises :class:`GpuUnavailableError` at construction.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from telesketch.gpu.gapfilter import THREADS_PER_BLOCK, GpuUnavailableError, _blocks, _segments, backend
+from telesketch.sketches import llmsketch as _cpu
+
+__all__ = ["LLMSketch", "GpuUnavailableError", "device_mmh3_words", "mmh3_words_device"]
+
+# Every operand of the hash arithmetic below is uint64 so it wraps mod 2^64 (on the device, a mix of
+# signed and unsigned operands would promote to float64).
+_U64 = np.uint64
+_M32 = _U64(0xFFFFFFFF)
+_C1 = _U64(0xCC9E2D51)
+_C2 = _U64(0x1B873593)
+_F1 = _U64(0x85EBCA6B)
+_F2 = _U64(0xC2B2AE35)
+_N1 = _U64(0xE6546B64)
+_MIX_A = _U64(0xBF58476D1CE4E5B9)
+_MIX_B = _U64(0x94D049BB133111EB)
+_S13, _S15, _S16, _S17, _S19 = _U64(13), _U64(15), _U64(16), _U64(17), _U64(19)
+_S27, _S30, _S31, _S40 = _U64(27), _U64(30), _U64(31), _U64(40)
+_U5, _U64_64, _U0 = _U64(5), _U64(64), _U64(0)
+_TWO24 = float(1 << 24)
+_BUCKET_SEED = _U64(_cpu.BUCKET_SEED)
+SLOTS = _cpu.SLOTS
+CM_ROWS = _cpu.CM_ROWS
+CM_MAX = _cpu.CM_MAX
+LARGE = _cpu.LARGE
+OP_NONE, OP_ADD, OP_EVICT = _cpu.OP_NONE, _cpu.OP_ADD, _cpu.OP_EVICT
+
+
+# ============================================================================ device hash and randomness
+@cuda.jit(device=True, inline=True)
+def _mmh3_block(k):
+    """MurmurHash3's per-block scramble of a 32-bit word held in a uint64."""
+    k = (k * _C1) & _M32
+    k = ((k << _S15) | (k >> _S17)) & _M32
+    return (k * _C2) & _M32
+
+
+@cuda.jit(device=True)
+def mmh3_words_device(words, nbytes, seed):
+    """Device port of the CPU ``_mmh3_words``: MurmurHash3 x86-32 of the ``nbytes`` bytes held in
+    ``words`` (``uint32[W]`` little-endian, zero-padded); ``seed`` uint64; a uint64 < 2^32."""
+    h = seed & _M32
+    nblocks = nbytes // 4
+    for b in range(nblocks):
+        h ^= _mmh3_block(_U64(words[b]))
+        h = ((h << _S13) | (h >> _S19)) & _M32
+        h = (h * _U5 + _N1) & _M32
+    if nbytes & 3:
+        h ^= _mmh3_block(_U64(words[nblocks]))
+    h ^= _U64(nbytes)
+    h ^= h >> _S16
+    h = (h * _F1) & _M32
+    h ^= h >> _S13
+    h = (h * _F2) & _M32
+    h ^= h >> _S16
+    return h
+
+
+@cuda.jit(device=True, inline=True)
+def _mix64(z):
+    """splitmix64's finaliser (CPU ``mix64``), mod 2^64."""
+    z = (z ^ (z >> _S30)) * _MIX_A
+    z = (z ^ (z >> _S27)) * _MIX_B
+    return z ^ (z >> _S31)
+
+
+@cuda.jit(device=True, inline=True)
+def _uniform(seed_mix, n, j):
+    """CPU ``uniform(seed_mix, n, j)`` in [0, 1): ``n``, ``j`` and ``seed_mix`` are uint64."""
+    return float(_mix64(seed_mix ^ (n * _U64_64 + j)) >> _S40) / _TWO24
+
+
+# ============================================================================ device heavy insert
+@cuda.jit(device=True, inline=True)
+def _same_key(slot_words, b, s, keys, i):
+    for j in range(keys.shape[1]):
+        if slot_words[b, s, j] != keys[i, j]:
+            return False
+    return True
+
+
+@cuda.jit(device=True)
+def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, op_key):
+    """Device port of the CPU ``_heavy_insert`` (spec §2.2) for packet ``i`` (stream index ``n``,
+    uint64) of bucket ``b``; returns ``(op, value)`` (int64). ``op_key[i]`` receives the key the
+    light operation concerns: the packet's own for ``OP_ADD``, the displaced one for ``OP_EVICT``."""
+    victim = -1
+    for s in range(SLOTS):
+        if occ[b, s] != 0 and _same_key(slot_words, b, s, keys, i):
+            c = np.int64(counts[b, s]) + 1
+            counts[b, s] = c
+            q = (float(lock[b, s]) * (float(c) - 1.0) + p) / float(c)
+            lock[b, s] = 1 if _uniform(seed_mix, n, _U0) < q else 0
+            return OP_NONE, 0
+        if occ[b, s] == 0:
+            for j in range(keys.shape[1]):
+                slot_words[b, s, j] = keys[i, j]
+            counts[b, s] = 1
+            lock[b, s] = 1 if p >= LARGE else 0
+            occ[b, s] = 1
+            return OP_NONE, 0
+        if lock[b, s] == 0 and (victim < 0 or counts[b, s] < counts[b, victim]):
+            victim = s
+    if p < LARGE:
+        for j in range(keys.shape[1]):
+            op_key[i, j] = keys[i, j]
+        return OP_ADD, 1
+    if victim < 0:
+        victim = 0
+        for s in range(1, SLOTS):
+            if counts[b, s] < counts[b, victim]:
+                victim = s
+    for j in range(keys.shape[1]):
+        op_key[i, j] = slot_words[b, victim, j]
+        slot_words[b, victim, j] = keys[i, j]
+    old = np.int64(counts[b, victim])
+    counts[b, victim] = 1
+    lock[b, victim] = 1
+    return OP_EVICT, old
+
+
+# ============================================================================ kernels
+@cuda.jit
+def _buckets_kernel(keys, nbytes, n_buckets, out):
+    """``out[i] = mmh3_32(key i, 100) mod n_buckets`` (int64; ``n_buckets`` uint64), one thread each."""
+    i = cuda.grid(1)
+    if i < keys.shape[0]:
+        out[i] = mmh3_words_device(keys[i], nbytes, _BUCKET_SEED) % n_buckets
+
+
+@cuda.jit
+def _hash_rows_kernel(keys, nbytes, seed, out):
+    """``out[i] = mmh3_32(key i, seed)`` (uint64), one thread per key (exposed for the tests)."""
+    i = cuda.grid(1)
+    if i < keys.shape[0]:
+        out[i] = mmh3_words_device(keys[i], nbytes, seed)
+
+
+@cuda.jit
+def _heavy_segments_kernel(slot_words, counts, lock, occ, keys, scores, buckets, starts, order, n0, seed_mix,
+                           op_type, op_key, op_val):
+    """Thread ``k`` runs non-empty bucket ``buckets[k]``: batch positions ``order[starts[k]:starts[k+1]]``
+    in stream order (packet at position ``i`` has stream index ``n0 + i``), recording each packet's
+    light operation at its position. Scores are clipped to [0, 1] here, as the CPU ``_score_of``."""
+    k = cuda.grid(1)
+    if k >= buckets.shape[0]:
+        return
+    b = buckets[k]
+    for t in range(starts[k], starts[k + 1]):
+        i = order[t]
+        p = min(max(scores[i], 0.0), 1.0)
+        op, val = _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, _U64(n0 + i), op_key)
+        op_type[i] = op
+        op_val[i] = val
+
+
+@cuda.jit
+def _cm_targets_kernel(op_type, op_key, nbytes, width, none_target, targets):
+    """Per packet ``i`` (one thread each): ``targets[3 i + r] = r * W + h_r(op_key[i]) mod W`` for the
+    Count-Min rows ``r``, or ``none_target`` (``3 W``, sorts last) when ``i`` has no light operation.
+    ``width`` is uint64, ``none_target`` int64."""
+    i = cuda.grid(1)
+    if i >= op_type.shape[0]:
+        return
+    for r in range(CM_ROWS):
+        if op_type[i] == OP_NONE:
+            targets[i * CM_ROWS + r] = none_target
+        else:
+            col = np.int64(mmh3_words_device(op_key[i], nbytes, _U64(r)) % width)
+            targets[i * CM_ROWS + r] = r * np.int64(width) + col
+
+
+@cuda.jit
+def _cm_fold_kernel(cm, counters, starts, order, op_type, op_val):
+    """Thread ``k`` folds the operations on Count-Min counter ``counters[k]`` (``row * W + col``):
+    entries ``order[starts[k]:starts[k+1]]`` (``3 i + row``, ascending ``i``), saturating add for
+    ``OP_ADD`` and max-merge for ``OP_EVICT``, values capped at 255 (CPU ``_countmin_op``)."""
+    k = cuda.grid(1)
+    if k >= counters.shape[0]:
+        return
+    width = cm.shape[1]
+    row = counters[k] // width
+    col = counters[k] - row * width
+    c = np.int64(cm[row, col])
+    for t in range(starts[k], starts[k + 1]):
+        i = order[t] // CM_ROWS
+        v = min(np.int64(op_val[i]), CM_MAX)
+        if op_type[i] == OP_ADD:
+            c = min(c + v, CM_MAX)
+        elif v > c:
+            c = v
+    cm[row, col] = c
+
+
+def device_mmh3_words(words: np.ndarray, nbytes: int, seed: int) -> np.ndarray:
+    """``uint32[n]`` MurmurHash3-32 of key words (``uint32[n, W]``) computed by the device kernel
+    (host result); equal to the CPU ``mmh3_rows`` of the key bytes."""
+    be = backend()
+    words = np.ascontiguousarray(words, dtype=np.uint32)
+    out = be.zeros(words.shape[0], np.uint64)
+    if words.shape[0]:
+        with be.launching():
+            _hash_rows_kernel[_blocks(words.shape[0]), THREADS_PER_BLOCK](be.to_device(words), np.int64(nbytes),
+                                                                         _U64(seed), out)
+    return be.to_host(out).astype(np.uint32)
+
+
+# ============================================================================ state placement
+class _DeviceResident:
+    """A state array kept on the device between batches; reading it yields the host copy (fetched
+    on demand), which then counts as authoritative until the next batch uploads it again."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        return obj._host_array(self.name)
+
+    def __set__(self, obj, value):
+        obj._host[self.name] = np.ascontiguousarray(value)
+        obj._dev[self.name] = None
+
+
+class LLMSketch(_cpu.LLMSketch):
+    """GPU LLM-Sketch: the CPU class's constructor, verbs, queries and state format.
+
+    ``_slot_words`` (``uint32[NB, 8, W]``), ``counts`` (``uint32[NB, 8]``), ``lock``, ``occ``
+    (``uint8[NB, 8]``) and ``cm`` (``uint8[3, W]``) live on the device; ``coco_*`` stay on the host.
+    ``parallel`` is accepted and ignored: a batch always runs as the bucket-segment kernel, which
+    gives the serial loop's state exactly. Reading a device-resident attribute gives a host copy
+    that is current until the next ``update`` (keep no reference across batches; on the CPU class
+    such a reference would stay live).
+    """
+
+    _slot_words = _DeviceResident()
+    counts = _DeviceResident()
+    lock = _DeviceResident()
+    occ = _DeviceResident()
+    cm = _DeviceResident()
+
+    def __init__(self, *args, **kwargs):
+        self._backend = backend()  # before anything else: GpuUnavailableError without device or simulator
+        self._host: dict[str, np.ndarray | None] = {}
+        self._dev: dict[str, object] = {}
+        super().__init__(*args, **kwargs)
+
+    @property
+    def device_backend(self) -> str:
+        """``cupy``, ``numba`` or ``simulator``: where the heavy part and Count-Min live."""
+        return self._backend.name
+
+    # ------------------------------------------------------------------ placement
+    def _host_array(self, name: str) -> np.ndarray:
+        host = self._host.get(name)
+        if host is None:
+            host = self._backend.to_host(self._dev[name])
+            self._host[name] = host
+        self._dev[name] = None  # the caller may write into the host copy: it is now the state
+        return host
+
+    def _device_array(self, name: str, written: bool = True):
+        """The device array of ``name`` (uploaded from the host copy if that is authoritative);
+        ``written``: the kernel about to run writes it, so the host copy goes stale."""
+        dev = self._dev.get(name)
+        if dev is None:
+            dev = self._backend.to_device(self._host[name])
+            self._dev[name] = dev
+        if written:
+            self._host[name] = None
+        return dev
+
+    # ------------------------------------------------------------------ batch
+    def _insert(self, words: np.ndarray, scores: np.ndarray) -> None:
+        """Run one batch of stored-key words ``uint32[n, W]`` with checked scores ``float[n]``."""
+        n = words.shape[0]
+        if n == 0:
+            return
+        p, be = self.params, self._backend
+        nbytes = np.int64(p.key_len)
+        d_words = be.to_device(np.ascontiguousarray(words, dtype=np.uint32))
+        d_scores = be.to_device(np.asarray(scores, dtype=np.float64))  # float32 -> float64 is exact
+        d_buckets = be.zeros(n, np.int64)
+        d_op_type, d_op_val = be.zeros(n, np.int8), be.zeros(n, np.uint32)
+        d_op_key = be.zeros(words.shape, np.uint32)
+        n0 = np.int64(self.packets)
+        with be.launching():
+            _buckets_kernel[_blocks(n), THREADS_PER_BLOCK](d_words, nbytes, _U64(p.buckets), d_buckets)
+            buckets, starts, order = _segments(be.to_host(d_buckets))
+            state = [self._device_array(name) for name in ("_slot_words", "counts", "lock", "occ")]
+            _heavy_segments_kernel[_blocks(buckets.shape[0]), THREADS_PER_BLOCK](
+                *state, d_words, d_scores, be.to_device(buckets), be.to_device(starts), be.to_device(order),
+                n0, self._seed_mix, d_op_type, d_op_key, d_op_val)
+            if p.light == "countmin":
+                self._countmin_on_device(d_op_type, d_op_key, d_op_val, n)
+            elif p.light == "coco":
+                op_key = be.to_host(d_op_key)
+                _cpu._light_apply(_cpu.LIGHT_KIND["coco"], self.cm, self.coco_ids, self.coco_counts, self.coco_occ,
+                                  p.key_len, op_key, be.to_host(d_op_type), op_key, be.to_host(d_op_val), n0,
+                                  self._seed_mix)
+        self.packets += n
+
+    def _countmin_on_device(self, d_op_type, d_op_key, d_op_val, n: int) -> None:
+        """Segmented ordered fold of the batch's Count-Min operations, one thread per touched counter."""
+        be = self._backend
+        width = self.params.light_width
+        none_target = CM_ROWS * width
+        d_targets = be.zeros(n * CM_ROWS, np.int64)
+        _cm_targets_kernel[_blocks(n), THREADS_PER_BLOCK](d_op_type, d_op_key, np.int64(self.params.key_len),
+                                                          _U64(width), np.int64(none_target), d_targets)
+        counters, starts, order = _segments(be.to_host(d_targets))
+        if counters.shape[0] and counters[-1] == none_target:  # packets without a light operation
+            counters, starts = counters[:-1], starts[:-1]
+        if counters.shape[0] == 0:
+            return
+        _cm_fold_kernel[_blocks(counters.shape[0]), THREADS_PER_BLOCK](
+            self._device_array("cm"), be.to_device(counters), be.to_device(starts), be.to_device(order), d_op_type,
+            d_op_val)

@@ -1,0 +1,371 @@
+"""GPU Hidden Sketch (``telesketch.gpu.hiddensketch``) against the CPU sketch: identical state and answers.
+
+CI has no GPU, so the checks run in a subprocess with ``NUMBA_ENABLE_CUDASIM=1`` (the variable must
+be set before ``numba.cuda`` is first imported, which other test modules may already have done in
+this process); the subprocess is this file run as a script, printing one JSON verdict per case. The
+same checks also run in-process, for real, when this process has a CUDA device.
+Inputs are small (about a thousand items per sketch, small memories): the simulator runs every GPU
+thread as a Python thread (about 2 s per thousand items here).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.gpu
+
+# 4-byte configuration: ss_bytes = 1200 + 1050 + 512 = 2762 (as tests/test_hiddensketch.py's SMALL)
+SMALL = dict(memory_bytes=8 * 1024, blocks=4, bf_row_bits=400, cm_bytes=1200, phi=2e-3)
+# 13-byte configuration (the spec's 8-filter interval tree and 9 segments, 2 rows per filter to keep
+# the simulator quick): ss_bytes = 1200 + 16 * 300 // 8 + 2 * 28672 // 8 = 8968
+WIDE = dict(key="5tuple", memory_bytes=12 * 1024, blocks=2, bf_rows=2, bf_row_bits=300, cm_bytes=1200, phi=2e-3)
+
+# name: (parameters, epochs, feed through PacketBatch `update` rather than `update_keys`)
+EQUALITY_CASES = {
+    "src_ip_fs8": (dict(SMALL, thresh=5, seed=5), 2, False),
+    "src_ip_fs16_batch": (dict(SMALL, memory_bytes=6000, fs_counter_bits=16, thresh=9, seed=7), 1, True),
+    "src_ip_saturated_fs": (dict(SMALL, memory_bytes=2762 + 3, thresh=30, seed=2), 1, False),  # 1 counter per row
+    "5tuple": (dict(WIDE, thresh=3, seed=11), 2, True),
+}
+OTHER_CASES = ["device_hash", "two_pass", "batch_split", "roundtrip", "merge_refused", "memory_bytes",
+               "empty_batch", "bad_params"]
+ALL_CASES = sorted(EQUALITY_CASES) + OTHER_CASES
+N_BATCHES = 2
+BATCH_ITEMS = 400
+
+
+# ---------------------------------------------------------------------------- workload
+def zipf_ranks(n: int, universe: int, skew: float, seed: int) -> np.ndarray:
+    """``int64[n]`` ranks ``0 .. universe-1`` drawn from a finite Zipf law."""
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(np.arange(1, universe + 1, dtype=np.float64) ** -skew)
+    return np.minimum(np.searchsorted(cdf / cdf[-1], rng.random(n)), universe - 1)
+
+
+def key_table(universe: int, epoch: int, wide: bool, seed: int) -> np.ndarray:
+    """Rank -> key: ``uint32`` addresses or ``uint8[., 13]`` 5-tuples; epoch 1 swaps the top ranks
+    with middle ones (heavy changers)."""
+    rng = np.random.default_rng(seed)
+    if wide:
+        keys = rng.integers(0, 256, (universe, 13), np.uint8)
+    else:
+        keys = rng.choice(2**32, universe, replace=False).astype(np.uint32)
+    if epoch:
+        keys[[0, 1, 2, 40, 41, 42]] = keys[[40, 41, 42, 0, 1, 2]]
+    return keys
+
+
+def batch_of(keys: np.ndarray, wide: bool):
+    """A PacketBatch whose sketch keys (src_ip, or the 13-byte 5-tuple) are ``keys``."""
+    from telesketch.packets import PacketBatch
+
+    if not wide:
+        return PacketBatch.from_columns(src_ip=keys)
+    be = lambda a: a.astype(np.uint64)  # noqa: E731
+    return PacketBatch.from_columns(
+        src_ip=(be(keys[:, 0]) << 24 | be(keys[:, 1]) << 16 | be(keys[:, 2]) << 8 | be(keys[:, 3])).astype(np.uint32),
+        dst_ip=(be(keys[:, 4]) << 24 | be(keys[:, 5]) << 16 | be(keys[:, 6]) << 8 | be(keys[:, 7])).astype(np.uint32),
+        src_port=(be(keys[:, 8]) << 8 | be(keys[:, 9])).astype(np.uint16),
+        dst_port=(be(keys[:, 10]) << 8 | be(keys[:, 11])).astype(np.uint16),
+        proto=keys[:, 12],
+    )
+
+
+def epoch_keys(params: dict, epoch: int, seed: int, n: int = N_BATCHES * BATCH_ITEMS) -> np.ndarray:
+    wide = params.get("key") == "5tuple"
+    universe = 150 if params["memory_bytes"] < 2800 else 400
+    return key_table(universe, epoch, wide, seed)[zipf_ranks(n, universe, 1.1, 100 * seed + epoch)]
+
+
+def feed(sketch, keys: np.ndarray, sizes, through_batch: bool = False):
+    """Update ``sketch`` with consecutive slices of ``keys`` of the given sizes."""
+    at = 0
+    for size in sizes:
+        part = keys[at:at + size]
+        if through_batch:
+            sketch.update(batch_of(part, keys.ndim == 2))
+        else:
+            sketch.update_keys(part)
+        at += size
+    return sketch
+
+
+# ---------------------------------------------------------------------------- checks
+def _classes():
+    from telesketch.gpu.hiddensketch import HiddenSketch as Gpu
+    from telesketch.sketches.hiddensketch import HiddenSketch as Cpu
+
+    return Cpu, Gpu
+
+
+def _state_diff(cpu, dev) -> str:
+    """'' when every state array, ``n_items`` and the serialised bytes are identical."""
+    for name in ("fs", "seg", "bf", "cm"):
+        want, got = getattr(cpu, name), getattr(dev, name)
+        if got.dtype != want.dtype or not np.array_equal(want, got):
+            return f"state array {name} differs at {np.argwhere(want != got)[:5].tolist()}"
+    if cpu.n_items != dev.n_items:
+        return f"n_items {dev.n_items} != CPU {cpu.n_items}"
+    return "" if cpu.to_bytes() == dev.to_bytes() else "serialised state differs"
+
+
+def _answers_diff(cpu, dev, probe) -> str:
+    """'' when decode results (items, counts, flags, candidate counts) and point estimates agree."""
+    if cpu.decode() != dev.decode():
+        return f"decode differs: {dev.decode()} != CPU {cpu.decode()}"
+    if not np.array_equal(cpu.point_estimate(probe), dev.point_estimate(probe)):
+        return "point estimates differ"
+    return ""
+
+
+def check_equal(name: str) -> str:
+    """Per epoch: identical state after every batch, identical decode / estimates; then identical
+    heavy changers between the epochs."""
+    params, epochs, through_batch = EQUALITY_CASES[name]
+    Cpu, Gpu = _classes()
+    sketches = []
+    for epoch in range(epochs):
+        keys = epoch_keys(params, epoch, params["seed"])
+        cpu, dev = Cpu(**params), Gpu(**params)
+        for k in range(N_BATCHES):
+            part = keys[k * BATCH_ITEMS:(k + 1) * BATCH_ITEMS]
+            feed(cpu, part, [len(part)], through_batch)
+            feed(dev, part, [len(part)], through_batch)
+            if detail := _state_diff(cpu, dev):
+                return f"epoch {epoch} batch {k}: {detail}"
+        if int(cpu.cm.sum()) == 0 or not cpu.heavy_hitters():
+            return f"epoch {epoch}: nothing reached the second stage: the comparison is vacuous"
+        if detail := _answers_diff(cpu, dev, keys[:200]):
+            return f"epoch {epoch}: {detail}"
+        sketches.append((cpu, dev))
+    if epochs == 2:
+        (c0, d0), (c1, d1) = sketches
+        want = c1.heavy_changers(c0)
+        if not want:
+            return "no heavy changers: the comparison is vacuous"
+        if d1.heavy_changers(d0) != want or d1.heavy_changers(c0) != want:
+            return "heavy changers differ"
+    return ""
+
+
+def check_device_hash() -> str:
+    """The device key hash equals telesketch.hashing: full 4- and 13-byte keys, partial keys, seeds."""
+    from telesketch.gpu.hiddensketch import device_hash_key_words
+    from telesketch.hashing import hash_5tuple, hash_keys, hash_u32
+    from telesketch.sketches.hiddensketch import keys_to_words
+
+    rng = np.random.default_rng(4)
+    addrs = np.r_[rng.integers(0, 2**32, 300), [0, 1, 2**31, 2**32 - 1]].astype(np.uint32)
+    flows = np.r_[rng.integers(0, 256, (300, 13)), np.zeros((1, 13)), np.full((1, 13), 255)].astype(np.uint8)
+    for seed in (0, 12345, 2**63, 2**64 - 1):
+        if not np.array_equal(device_hash_key_words(*keys_to_words(addrs, 4), 4, seed), hash_u32(addrs, seed)):
+            return f"4-byte keys, seed {seed}: device hash differs"
+        got = device_hash_key_words(*keys_to_words(flows, 13), 13, seed)
+        via_batch = hash_5tuple(batch_of(flows, True), seed)
+        if not (np.array_equal(got, hash_keys(flows, seed)) and np.array_equal(got, via_batch)):
+            return f"13-byte keys, seed {seed}: device hash differs"
+        for nbytes in (4, 13):  # partial keys: small integers, zero-padded little-endian buffers
+            lo = rng.integers(0, 2**63, 200, dtype=np.uint64) >> rng.integers(0, 63, 200).astype(np.uint64)
+            hi = np.zeros(200, np.uint64) if nbytes == 4 else rng.integers(0, 2**40, 200, dtype=np.uint64)
+            lo = lo & np.uint64(0xFFFFFFFF) if nbytes == 4 else lo
+            buf = np.stack([lo, hi], axis=1).astype("<u8").view(np.uint8).reshape(-1, 16)[:, :nbytes]
+            if not np.array_equal(device_hash_key_words(lo, hi, nbytes, seed), hash_keys(buf, seed)):
+                return f"{nbytes}-byte partial keys, seed {seed}: device hash differs"
+    return ""
+
+
+def check_two_pass() -> str:
+    """Two shards, two passes, merges in between: GPU == CPU, and == one two-pass sketch of it all."""
+    Cpu, Gpu = _classes()
+    params = dict(SMALL, thresh=6, seed=9, mode="two_pass")
+    keys = epoch_keys(params, 0, 9, 700)
+    shards = (keys[:400], keys[400:])
+    results = {}
+    for label, cls_a, cls_b in (("cpu", Cpu, Cpu), ("gpu", Gpu, Gpu), ("mixed", Gpu, Cpu)):
+        a, b = cls_a(**params), cls_b(**params)
+        feed(a, shards[0], [150, 250])
+        feed(b, shards[1], [300])
+        merged = cls_a.from_bytes(a.to_bytes())
+        merged.merge(b)
+        a.begin_second_pass(merged)
+        b.begin_second_pass(merged)
+        feed(a, shards[0], [400])
+        feed(b, shards[1], [300])
+        a.merge(b)
+        results[label] = a
+    single = Gpu(**params)
+    feed(single, keys, [700])
+    single.begin_second_pass()
+    feed(single, keys, [700])
+    cpu = results["cpu"]
+    if not cpu.heavy_hitters():
+        return "two-pass run reported nothing: the comparison is vacuous"
+    for label, sketch in (("gpu", results["gpu"]), ("mixed", results["mixed"]), ("single gpu", single)):
+        if detail := _state_diff(cpu, sketch) or _answers_diff(cpu, sketch, keys[:100]):
+            return f"{label}: {detail}"
+    return ""
+
+
+def check_batch_split() -> str:
+    """The same items in one batch or in uneven pieces give identical state (and equal the CPU)."""
+    Cpu, Gpu = _classes()
+    params = dict(SMALL, thresh=4, seed=13)
+    keys = epoch_keys(params, 0, 13, 600)
+    whole = feed(Gpu(**params), keys, [600])
+    pieces = feed(Gpu(**params), keys, [1, 2, 61, 200, 336])
+    cpu = feed(Cpu(**params), keys, [600])
+    return _state_diff(cpu, whole) or _state_diff(cpu, pieces) or _answers_diff(cpu, pieces, keys[:100])
+
+
+def check_roundtrip() -> str:
+    """Snapshots move CPU -> GPU, GPU -> CPU and GPU -> GPU and continue identically."""
+    Cpu, Gpu = _classes()
+    params = dict(SMALL, thresh=5, seed=21)
+    keys = epoch_keys(params, 0, 21, 1000)
+    cpu, dev = feed(Cpu(**params), keys[:500], [500]), feed(Gpu(**params), keys[:500], [500])
+    restored = {"cpu->gpu": Gpu.from_bytes(cpu.to_bytes()), "gpu->cpu": Cpu.from_bytes(dev.to_bytes()),
+                "gpu->gpu": dev.copy()}
+    if type(restored["gpu->gpu"]) is not Gpu:
+        return "copy() of a GPU sketch is not a GPU sketch"
+    feed(cpu, keys[500:], [500])
+    for how, sketch in restored.items():
+        feed(sketch, keys[500:], [500])
+        if detail := _state_diff(cpu, sketch) or _answers_diff(cpu, sketch, keys[:100]):
+            return f"{how}: {detail}"
+    return ""
+
+
+def check_merge_refused() -> str:
+    from telesketch.sketches.core import NotMergeableError
+
+    _, Gpu = _classes()
+    a, b = Gpu(**SMALL, thresh=5), Gpu(**SMALL, thresh=5)
+    try:
+        a.merge(b)
+    except NotMergeableError:
+        return ""
+    return "one-pass GPU merge did not raise NotMergeableError"
+
+
+def check_memory_bytes() -> str:
+    Cpu, Gpu = _classes()
+    for params in (dict(SMALL, thresh=5), dict(WIDE, thresh=3), {}):
+        if Cpu(**params).memory_bytes != Gpu(**params).memory_bytes:
+            return f"memory_bytes differs for {params}"
+    return ""
+
+
+def check_empty_batch() -> str:
+    Cpu, Gpu = _classes()
+    cpu, dev = Cpu(**SMALL, thresh=5), Gpu(**SMALL, thresh=5)
+    for sketch in (cpu, dev):
+        sketch.update_keys(np.zeros(0, np.uint32))
+        sketch.update(batch_of(np.zeros(0, np.uint32), False))
+    return _state_diff(cpu, dev) or ("" if dev.n_items == 0 else "empty batch counted items")
+
+
+def check_bad_params() -> str:
+    from telesketch.sketches.core import SketchError
+
+    _, Gpu = _classes()
+    for bad in (dict(thresh=255), dict(key="ipv6"), dict(memory_bytes=1000)):
+        try:
+            Gpu(**bad)
+        except SketchError:
+            continue
+        return f"{bad} did not raise SketchError"
+    return ""
+
+
+def run_case(name: str) -> str:
+    if name in EQUALITY_CASES:
+        return check_equal(name)
+    return globals()[f"check_{name}"]()
+
+
+def run_all() -> dict:
+    """``{case: {"ok": bool, "detail": str}}`` plus the backend name under ``"_backend"``."""
+    from telesketch.gpu.gapfilter import backend
+
+    out = {"_backend": backend().name}
+    for name in ALL_CASES:
+        try:
+            detail = run_case(name)
+        except Exception as exc:  # report, do not abort the other cases
+            detail = f"{type(exc).__name__}: {exc}"
+        out[name] = {"ok": not detail, "detail": detail}
+    return out
+
+
+def _subprocess(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, __file__, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+# ---------------------------------------------------------------------------- tests: simulator
+@pytest.fixture(scope="module")
+def simulator_verdict() -> dict:
+    proc = _subprocess({"NUMBA_ENABLE_CUDASIM": "1"})
+    if proc.returncode != 0:
+        pytest.fail(f"simulator run failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    verdict = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert verdict["_backend"] == "simulator"
+    return verdict
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_simulator_matches_cpu(simulator_verdict, case):
+    assert simulator_verdict[case]["ok"], simulator_verdict[case]["detail"]
+
+
+def test_clear_error_without_device_or_simulator():
+    proc = _subprocess({"NUMBA_ENABLE_CUDASIM": "0", "NUMBA_DISABLE_CUDA": "1"}, "--expect-error")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    message = proc.stdout.strip().splitlines()[-1]
+    assert "pip install 'telesketch[gpu]'" in message and "NUMBA_ENABLE_CUDASIM=1" in message, message
+
+
+# ---------------------------------------------------------------------------- tests: in-process
+def _in_process_backend() -> str | None:
+    try:
+        from telesketch.gpu.gapfilter import GpuUnavailableError, backend
+
+        return backend().name
+    except (ImportError, GpuUnavailableError):
+        return None
+
+
+@pytest.mark.skipif(_in_process_backend() in (None, "simulator"),
+                    reason="no CUDA device in this process (the simulator subprocess tests cover the kernels)")
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_in_process_matches_cpu(case):
+    detail = run_case(case)
+    assert not detail, detail
+
+
+# ---------------------------------------------------------------------------- script mode
+def _expect_error() -> None:
+    """Print the construction error's message (exit 1 if construction unexpectedly works)."""
+    from telesketch.gpu.hiddensketch import GpuUnavailableError, HiddenSketch
+
+    try:
+        HiddenSketch(**SMALL, thresh=5)
+    except GpuUnavailableError as exc:
+        print(str(exc))
+        return
+    sys.exit("constructing a GPU Hidden Sketch did not raise GpuUnavailableError")
+
+
+if __name__ == "__main__":
+    if "--expect-error" in sys.argv:
+        _expect_error()
+    else:
+        print(json.dumps(run_all()))

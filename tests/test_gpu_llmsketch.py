@@ -1,0 +1,347 @@
+"""GPU LLM-Sketch (``telesketch.gpu.llmsketch``) against the CPU sketch: identical state and answers.
+
+CI has no GPU, so the checks run in a subprocess with ``NUMBA_ENABLE_CUDASIM=1`` (the variable must
+be set before ``numba.cuda`` is first imported, which other test modules may already have done in
+this process); the subprocess is this file run as a script, printing one JSON verdict per case. The
+same checks also run in-process, for real, when this process has a CUDA device.
+Inputs are small (a few thousand packets, a few dozen buckets, a few thousand Count-Min counters):
+the simulator runs every GPU thread as a Python thread.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.gpu
+
+# case -> LLMSketch keyword parameters: the three tasks, several memories, ratios and seeds
+EQUALITY = {
+    "fs_2k": dict(memory_bytes=2048, task="flow_size", seed=3),
+    "fs_3k_seed7": dict(memory_bytes=3000, task="flow_size", seed=7),
+    "fs_saturating": dict(memory_bytes=1100, task="flow_size", heavy_ratio=0.97, seed=5),  # W = 11: counters hit 255
+    "hh_3k": dict(memory_bytes=3000, task="heavy_hitters", seed=2),
+    "hh_1500_seed9": dict(memory_bytes=1500, task="heavy_hitters", seed=9),
+    "hhh_3k": dict(memory_bytes=3000, task="hhh", seed=4),
+    "hhh_2k_ratio03": dict(memory_bytes=2048, task="hhh", heavy_ratio=0.3, seed=8),
+}
+SCORE_RANGE = {"fs_saturating": (-0.5, 0.7)}  # mostly "small" packets: many saturating adds; default (-0.5, 1.5)
+EQUALITY_CASES = sorted(EQUALITY)
+OTHER_CASES = ["device_hash", "batch_split", "roundtrip_flow_size", "roundtrip_heavy_hitters", "roundtrip_hhh",
+               "update_keys", "estimator", "merge_refused", "sizes", "empty_batch", "successor"]
+N_BATCHES = 3
+BATCH_PACKETS = 1500
+FLOWS = 1200
+
+
+# ---------------------------------------------------------------------------- workload
+def workload(n: int, flows: int, seed: int, score_range=(-0.5, 1.5)):
+    """``(batch, scores)``: ``n`` packets over ``flows`` Zipf flows (three flows per source address,
+    so HHH prefixes aggregate) and ``float64`` scores uniform in ``score_range`` (the sketch clips
+    them to [0, 1])."""
+    from telesketch.packets import PacketBatch
+
+    rng = np.random.default_rng(seed)
+    f = (rng.zipf(1.3, n) + rng.integers(0, 3, n) * 1000) % flows
+    batch = PacketBatch.from_columns(
+        src_ip=(f // 3 * 2654435761) % 2**32, dst_ip=(f * 40503) % 2**32, src_port=f % 60000 + 1,
+        dst_port=np.full(n, 443), proto=np.where(f % 5 == 0, 17, 6))
+    return batch, rng.uniform(*score_range, n)
+
+
+def batches(seed: int, score_range=(-0.5, 1.5)):
+    """Three batches; the last one's scores are ``float32`` (the sketch accepts either)."""
+    out = [workload(BATCH_PACKETS, FLOWS, 100 * seed + k, score_range) for k in range(N_BATCHES)]
+    out[-1] = (out[-1][0], out[-1][1].astype(np.float32))
+    return out
+
+
+# ---------------------------------------------------------------------------- comparisons
+def _pair(**kwargs):
+    from telesketch.gpu.llmsketch import LLMSketch as GpuLLMSketch
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    return LLMSketch(**kwargs), GpuLLMSketch(**kwargs)
+
+
+def _query_keys(sketch, batch):
+    return batch.src_ip if sketch.params.task == "hhh" else batch.flow_keys()
+
+
+def same_state(want, got) -> str:
+    """'' when every state array (slot keys, counts, locks, occupancy, Count-Min, Coco cells), the
+    packet count and the serialised bytes agree."""
+    a, b = want.state(), got.state()
+    for name, arr in a.items():
+        if not np.array_equal(arr, b[name]) or np.asarray(arr).dtype != np.asarray(b[name]).dtype:
+            return f"state {name!r} differs"
+    return "" if want.to_bytes() == got.to_bytes() else "serialised state differs"
+
+
+def same_answers(want, got, batch) -> str:
+    """'' when flow_size, top_flows, heavy_hitters (and hhh for the hhh task) agree."""
+    keys = _query_keys(want, batch)
+    if not np.array_equal(want.flow_size(keys), got.flow_size(keys)):
+        return "flow_size differs"
+    if want.top_flows(50) != got.top_flows(50):
+        return "top_flows differs"
+    for threshold in (0, 5, 20):
+        if want.heavy_hitters(threshold) != got.heavy_hitters(threshold):
+            return f"heavy_hitters({threshold}) differs"
+    if want.params.task == "hhh":
+        for phi in (0.01, 0.05):
+            if want.hhh(phi=phi) != got.hhh(phi=phi):
+                return f"hhh(phi={phi}) differs"
+    return ""
+
+
+def not_vacuous(sketch, name: str) -> str:
+    """The workload must fill the buckets (so packets are diverted and slots evicted), lock slots and
+    reach the light part."""
+    if not sketch.occ.all():
+        return "a heavy bucket is not full: no eviction pressure"
+    if not sketch.lock.any():
+        return "no slot is locked"
+    light = sketch.params.light
+    if light == "countmin" and not sketch.cm.any():
+        return "Count-Min untouched"
+    if light == "coco" and not sketch.coco_occ.any():
+        return "CocoSketch untouched"
+    if name == "fs_saturating" and not (sketch.cm == 255).any():
+        return "no saturated Count-Min counter"
+    return ""
+
+
+def check_equal(name: str) -> str:
+    """GPU == CPU after every batch (state) and at the end (queries)."""
+    kwargs = EQUALITY[name]
+    cpu, dev = _pair(**kwargs)
+    for k, (batch, scores) in enumerate(batches(kwargs["seed"], SCORE_RANGE.get(name, (-0.5, 1.5)))):
+        cpu.update(batch, scores)
+        dev.update(batch, scores)
+        if detail := same_state(cpu, dev):
+            return f"batch {k}: {detail}"
+    return same_answers(cpu, dev, batch) or not_vacuous(cpu, name)
+
+
+def check_device_hash() -> str:
+    """The device MurmurHash3 over key words equals the CPU ``mmh3_rows`` of the key bytes."""
+    from telesketch.gpu.llmsketch import device_mmh3_words
+    from telesketch.sketches.llmsketch import bytes_to_words, mmh3_rows
+
+    rng = np.random.default_rng(5)
+    for length in (4, 13):
+        keys = rng.integers(0, 256, (300, length), dtype=np.uint8)
+        keys[0], keys[1] = 0, 255
+        for seed in (0, 1, 2, 100, 123123, 2**32 - 1):
+            got, want = device_mmh3_words(bytes_to_words(keys), length, seed), mmh3_rows(keys, seed)
+            if not np.array_equal(got, want):
+                return f"length {length} seed {seed}: differs at {np.flatnonzero(got != want)[:5].tolist()}"
+    return ""
+
+
+def check_batch_split() -> str:
+    """One batch, or the same packets in uneven pieces (single packets included): same state."""
+    from telesketch.gpu.llmsketch import LLMSketch as GpuLLMSketch
+    from telesketch.packets import PacketBatch
+
+    parts = [workload(1500, FLOWS, 70 + k) for k in range(2)]
+    batch = PacketBatch.concat([b for b, _ in parts])
+    scores = np.concatenate([s for _, s in parts])
+    for task in ("flow_size", "hhh"):
+        whole, pieces = GpuLLMSketch(2048, task, seed=6), GpuLLMSketch(2048, task, seed=6)
+        whole.update(batch, scores)
+        for cut in np.split(np.arange(len(batch)), [1, 700, 2000, 2001]):
+            pieces.update(batch[cut], scores[cut])
+        if detail := same_state(whole, pieces):
+            return f"{task}: {detail}"
+    return ""
+
+
+def check_roundtrip(task: str) -> str:
+    """Snapshots move CPU -> GPU, GPU -> CPU and GPU -> GPU and continue updating identically."""
+    from telesketch.gpu.llmsketch import LLMSketch as GpuLLMSketch
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    cpu, dev = _pair(memory_bytes=2500, task=task, seed=13)
+    (first, s1), (second, s2) = workload(2000, 500, 1), workload(2000, 500, 2)
+    cpu.update(first, s1)
+    dev.update(first, s1)
+    restored = {"cpu->gpu": GpuLLMSketch.from_bytes(cpu.to_bytes()), "gpu->cpu": LLMSketch.from_bytes(dev.to_bytes()),
+                "gpu->gpu": GpuLLMSketch.from_bytes(dev.to_bytes())}
+    cpu.update(second, s2)
+    for how, sketch in restored.items():
+        sketch.update(second, s2)
+        if detail := same_state(cpu, sketch) or same_answers(cpu, sketch, second):
+            return f"{how}: {detail}"
+    if type(restored["cpu->gpu"]) is not GpuLLMSketch or restored["cpu->gpu"].device_backend is None:
+        return "from_bytes did not build a GPU sketch"
+    return ""
+
+
+def check_update_keys() -> str:
+    """``update_keys`` (stored key bytes) runs the same kernels as ``update``."""
+    from telesketch.sketches.llmsketch import stored_keys
+
+    batch, scores = workload(2000, 500, 9)
+    for task in ("flow_size", "heavy_hitters"):
+        cpu, dev = _pair(memory_bytes=2000, task=task, seed=1)
+        keys = stored_keys(batch, task)
+        cpu.update_keys(keys, scores)
+        dev.update_keys(keys, scores)
+        if detail := same_state(cpu, dev):
+            return f"{task}: {detail}"
+    return ""
+
+
+def check_estimator() -> str:
+    """Without explicit scores, the sketch's FlowScorer supplies them on the host, as on the CPU."""
+    from telesketch.estimators import ConstantEstimator
+    from telesketch.packets import PacketBatch
+
+    batch, _ = workload(2000, 300, 11)
+    header = np.random.default_rng(11).integers(0, 256, (len(batch), 40), dtype=np.uint8)
+    batch = PacketBatch.from_columns(**(batch.columns() | {"header": header, "hdr_len": np.full(len(batch), 40)}))
+    cpu, dev = _pair(memory_bytes=4096, estimator=ConstantEstimator(1.0), scoring="sync")
+    cpu.update(batch)
+    dev.update(batch)
+    return same_state(cpu, dev)
+
+
+def check_merge_refused() -> str:
+    from telesketch.gpu.llmsketch import LLMSketch as GpuLLMSketch
+    from telesketch.sketches.core import NotMergeableError
+
+    try:
+        GpuLLMSketch(4096).merge(GpuLLMSketch(4096))
+    except NotMergeableError as exc:
+        return "" if "arrival" in str(exc) else f"unexpected message: {exc}"
+    return "merge did not raise NotMergeableError"
+
+
+def check_sizes() -> str:
+    """memory_bytes, overhead_bytes and array shapes equal the CPU sketch's (spec §2.1 worked examples)."""
+    for kwargs in (dict(memory_bytes=200 * 1024), dict(memory_bytes=50 * 1024, task="heavy_hitters"),
+                   dict(memory_bytes=50 * 1024, task="hhh")):
+        cpu, dev = _pair(**kwargs)
+        if (cpu.memory_bytes, cpu.overhead_bytes) != (dev.memory_bytes, dev.overhead_bytes):
+            return f"{kwargs}: sizes differ"
+        if any(arr.shape != dev.state()[name].shape for name, arr in cpu._arrays().items()):
+            return f"{kwargs}: shapes differ"
+    return ""
+
+
+def check_empty_batch() -> str:
+    cpu, dev = _pair(memory_bytes=2048, task="hhh")
+    batch, scores = workload(0, 1, 0)
+    dev.update(batch, scores)
+    return same_state(cpu, dev) or ("" if dev.packets == 0 else "packets moved")
+
+
+def check_successor() -> str:
+    from telesketch.gpu.llmsketch import LLMSketch as GpuLLMSketch
+
+    _, dev = _pair(memory_bytes=2048, seed=2)
+    batch, scores = workload(500, 100, 3)
+    dev.update(batch, scores)
+    nxt = dev.successor()
+    if type(nxt) is not GpuLLMSketch or nxt.packets != 0 or nxt.occ.any() or nxt.params != dev.params:
+        return "successor is not an empty GPU sketch with the same parameters"
+    return ""
+
+
+def run_case(name: str) -> str:
+    if name in EQUALITY:
+        return check_equal(name)
+    if name.startswith("roundtrip_"):
+        return check_roundtrip(name.split("_", 1)[1])
+    return {"device_hash": check_device_hash, "batch_split": check_batch_split, "update_keys": check_update_keys,
+            "estimator": check_estimator, "merge_refused": check_merge_refused, "sizes": check_sizes,
+            "empty_batch": check_empty_batch, "successor": check_successor}[name]()
+
+
+def run_all() -> dict:
+    """``{case: {"ok": bool, "detail": str}}`` plus the backend name under ``"_backend"``."""
+    from telesketch.gpu.gapfilter import backend
+
+    out = {"_backend": backend().name}
+    for name in EQUALITY_CASES + OTHER_CASES:
+        try:
+            detail = run_case(name)
+        except Exception as exc:  # report, do not abort the other cases
+            detail = f"{type(exc).__name__}: {exc}"
+        out[name] = {"ok": not detail, "detail": detail}
+    return out
+
+
+def _subprocess(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, __file__, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+# ---------------------------------------------------------------------------- tests: simulator
+@pytest.fixture(scope="module")
+def simulator_verdict() -> dict:
+    proc = _subprocess({"NUMBA_ENABLE_CUDASIM": "1"})
+    if proc.returncode != 0:
+        pytest.fail(f"simulator run failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    verdict = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert verdict["_backend"] == "simulator"
+    return verdict
+
+
+@pytest.mark.parametrize("case", EQUALITY_CASES + OTHER_CASES)
+def test_simulator_matches_cpu(simulator_verdict, case):
+    assert simulator_verdict[case]["ok"], simulator_verdict[case]["detail"]
+
+
+def test_clear_error_without_device_or_simulator():
+    proc = _subprocess({"NUMBA_ENABLE_CUDASIM": "0", "NUMBA_DISABLE_CUDA": "1"}, "--expect-error")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    message = proc.stdout.strip().splitlines()[-1]
+    assert "pip install 'telesketch[gpu]'" in message and "NUMBA_ENABLE_CUDASIM=1" in message, message
+
+
+# ---------------------------------------------------------------------------- tests: in-process
+def _in_process_backend() -> str | None:
+    try:
+        from telesketch.gpu.gapfilter import GpuUnavailableError, backend
+
+        return backend().name
+    except (ImportError, GpuUnavailableError):
+        return None
+
+
+@pytest.mark.skipif(_in_process_backend() in (None, "simulator"),
+                    reason="no CUDA device in this process (the simulator subprocess tests cover the kernels)")
+@pytest.mark.parametrize("case", EQUALITY_CASES + OTHER_CASES)
+def test_in_process_matches_cpu(case):
+    detail = run_case(case)
+    assert not detail, detail
+
+
+# ---------------------------------------------------------------------------- script mode
+def _expect_error() -> None:
+    """Print the construction error's message (exit 1 if construction unexpectedly works)."""
+    from telesketch.gpu.llmsketch import GpuUnavailableError, LLMSketch
+
+    try:
+        LLMSketch(memory_bytes=4096)
+    except GpuUnavailableError as exc:
+        print(str(exc))
+        return
+    sys.exit("constructing a GPU LLMSketch did not raise GpuUnavailableError")
+
+
+if __name__ == "__main__":
+    if "--expect-error" in sys.argv:
+        _expect_error()
+    else:
+        print(json.dumps(run_all()))
