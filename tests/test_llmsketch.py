@@ -200,7 +200,7 @@ def scored_batch(n=3000, seed=0):
 def test_flow_scorer_calls_the_model_once_per_scoring_point(rescore):
     batch = scored_batch()
     est = CountingEstimator()
-    scorer = FlowScorer(est, rescore=rescore)
+    scorer = FlowScorer(est, rescore=rescore, floor_from=0)  # the floor is tested on its own below
     scores = np.concatenate([scorer.scores(b) for b in batch.split(700)])
     sizes = np.array(list(exact.count_dict(batch.flow_keys_void()).values()))
     points = sizes.size if not rescore else int(np.sum(np.floor(np.log2(sizes)) + 1))
@@ -227,7 +227,7 @@ def test_flow_scorer_lru_eviction_makes_a_flow_new():
 
 def test_async_scorer_never_blocks_and_fills_cache():
     batch = scored_batch(2000)
-    scorer = FlowScorer(CountingEstimator(), mode="async")
+    scorer = FlowScorer(CountingEstimator(), mode="async", floor_from=0)
     first = scorer.scores(batch)
     assert first.shape == (2000,) and np.all((first >= 0) & (first <= 1))
     scorer.flush()
@@ -331,3 +331,58 @@ def test_service_epochs_share_one_scorer():
     epoch1 = sketches.new_states(1, epoch0)
     assert epoch1["flows"] is not epoch0["flows"]
     assert epoch1["flows"].scorer is epoch0["flows"].scorer
+
+
+def one_flow_batch(packets: int, flow: int = 7) -> PacketBatch:
+    return PacketBatch.from_columns(src_ip=np.full(packets, 0x0A000000 + flow), dst_ip=np.full(packets, 0x0B000001),
+                                    src_port=np.full(packets, 1000 + flow), dst_port=np.full(packets, 443),
+                                    proto=np.full(packets, 6))
+
+
+def test_size_floor_raises_scores_at_floor_positions_only():
+    from telesketch.estimators import soft_label
+
+    scorer = FlowScorer(ConstantEstimator(0.0), floor_from=4)
+    scores = np.concatenate([scorer.scores(b) for b in one_flow_batch(20).split(3)])
+    expected = np.repeat([0.0, soft_label([4])[0], soft_label([8])[0], soft_label([16])[0]], [3, 4, 8, 5])
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    # a floor never lowers a score, and floor_from=0 turns it off
+    assert np.all(FlowScorer(ConstantEstimator(1.0), floor_from=4).scores(one_flow_batch(20)) == 1.0)
+    assert np.all(FlowScorer(ConstantEstimator(0.0), floor_from=0).scores(one_flow_batch(600)) == 0.0)
+
+
+@pytest.mark.parametrize("floor_from", [3, -4, 100])
+def test_size_floor_must_be_a_power_of_two(floor_from):
+    with pytest.raises(ValueError, match="floor_from"):
+        FlowScorer(ConstantEstimator(0.0), floor_from=floor_from)
+
+
+def test_async_model_score_arriving_late_keeps_the_floor():
+    from telesketch.estimators import soft_label
+
+    scorer = FlowScorer(SlowEstimator(0.2), mode="async", floor_from=8)
+    batch = one_flow_batch(10)
+    batch = PacketBatch.from_columns(**(batch.columns() | {"header": np.zeros((10, 40), np.uint8),
+                                                          "hdr_len": np.full(10, 40)}))
+    scorer.scores(batch)  # the model (score 0 for a zero header) answers after the flow passed position 8
+    scorer.flush()
+    assert np.nanmax(scorer.cache.score) == pytest.approx(soft_label([8])[0])
+    scorer.close()
+
+
+def test_size_floor_rescues_an_elephant_the_model_missed():
+    """Buckets full of mice, a model that scores everything 0: without the floor the elephant is
+    stuck in the saturating Count-Min at 255; with it, it takes a heavy slot at packet 256."""
+    mice = PacketBatch.concat([one_flow_batch(1 + f % 3, flow=f) for f in range(1, 400)])
+    elephant = one_flow_batch(2000, flow=5000)
+    traffic = PacketBatch.concat([mice, elephant])
+    key = elephant.flow_keys()[:1]
+    answers = {}
+    for floor_from in (0, 256):
+        sketch = LLMSketch(2048, estimator=ConstantEstimator(0.0), scoring="sync", floor_from=floor_from)
+        assert sketch.params.buckets * 8 < 399  # every bucket is full before the elephant arrives
+        for part in traffic.split(512):
+            sketch.update(part)
+        answers[floor_from] = int(sketch.flow_size(key)[0])
+    assert answers[0] == 255
+    assert answers[256] == 2000 - 255

@@ -11,6 +11,15 @@ flow evicted from the cache counts as new.
 A packet is a *scoring point* when its 1-based position in its flow is 1 (and, with ``rescore``,
 2, 4, 8, ...). Each packet gets the score of the latest scoring point of its flow at or before it.
 
+**Size floor** (``floor_from``, default 256; 0 turns it off). A flow that has reached position
+``k`` has at least ``k`` packets, so its soft label is at least ``y(k)``: that is known, not
+predicted. At positions ``k = floor_from, 2 floor_from, 4 floor_from, ...`` the flow's score is
+raised to ``y(k)`` if lower (no model call; ``y(256) = 0.99``). Why 256: the light part's one-byte
+Count-Min counters saturate at 255, so a large flow the model missed would otherwise be reported
+as at most 255 packets forever; raised to ``p >= 0.5`` it takes a heavy slot at its next packet
+that finds its bucket full and is counted from there (an under-count of about ``floor_from``
+packets instead of a cap at 255), and it stays locked.
+
 * ``mode="sync"`` (evaluation, tests; deterministic): a batch's scoring points are scored in one
   estimator call before the batch goes to the sketch. Equivalent to the offline two-phase replay.
 * ``mode="async"`` (service): ingest never waits on the model. A packet whose flow has no model
@@ -31,10 +40,11 @@ import weakref
 import numba as nb
 import numpy as np
 
-from telesketch.estimators import as_estimator
+from telesketch.estimators import LABEL_PIVOT_LOG2, LABEL_SLOPE, as_estimator
 from telesketch.hashing import hash_5tuple
 
 PROVISIONAL = 0.5
+FLOOR_FROM = 256  # one past the light part's saturating one-byte counter (255)
 WAYS = 8
 FLOW_HASH_SEED = 0x5C0E
 MODES = ("sync", "async", "auto")
@@ -44,11 +54,12 @@ SLOW_KINDS = ("lm", "tiny")  # what "auto" scores asynchronously
 # ---------------------------------------------------------------------------- kernels
 @nb.njit(cache=True, nogil=True)
 def _lookup_kernel(flow_hash, tags, seen, score, stamp, pending, tick0, rescore, queue_unscored,
-                   slot_out, point_out, prev_out, cached_out, enqueue_out):
+                   slot_out, point_out, prev_out, cached_out, enqueue_out, pos_out):
     """Find or insert every packet's flow, in arrival order; per packet record its cache slot
     (flat index), whether it is a scoring point, the index of the previous packet of the same
-    cache entry in this batch (-1: none), the entry's score before the batch (NaN: none) and
-    whether to queue it for the async worker. ``stamp`` (last use, ``tick0 + i``) drives LRU."""
+    cache entry in this batch (-1: none), the entry's score before the batch (NaN: none), whether
+    to queue it for the async worker and its in-flow position. ``stamp`` (last use, ``tick0 + i``)
+    drives LRU."""
     nsets, ways = tags.shape
     for i in range(flow_hash.shape[0]):
         h = flow_hash[i]
@@ -81,6 +92,7 @@ def _lookup_kernel(flow_hash, tags, seen, score, stamp, pending, tick0, rescore,
         point = pos == 1 or (rescore and (pos & (pos - 1)) == 0)
         slot_out[i] = row * ways + way
         point_out[i] = point
+        pos_out[i] = pos
         cached_out[i] = score[row, way]
         unscored = score[row, way] != score[row, way]
         enqueue_out[i] = queue_unscored and (point or (unscored and pending[row, way] == 0))
@@ -89,10 +101,22 @@ def _lookup_kernel(flow_hash, tags, seen, score, stamp, pending, tick0, rescore,
 
 
 @nb.njit(cache=True, nogil=True)
-def _fill_kernel(point, prev, cached, fresh, use_fresh, slots, score_flat, out):
-    """Per packet the latest model score of its flow (NaN: none yet), written back to the cache.
+def _size_floor(pos, floor_from):
+    """``y(k)`` for the largest floor position ``k <= pos`` (``floor_from * 2^j``); -1 when none."""
+    if floor_from <= 0 or pos < floor_from:
+        return -1.0
+    k = floor_from
+    while k * 2 <= pos:
+        k *= 2
+    return 1.0 / (1.0 + np.exp(-LABEL_SLOPE * (np.log2(np.float64(k)) - LABEL_PIVOT_LOG2)))
 
-    ``fresh``: model scores of this batch's scoring points (sync mode; ``use_fresh``)."""
+
+@nb.njit(cache=True, nogil=True)
+def _fill_kernel(point, prev, cached, fresh, use_fresh, slots, score_flat, pos, floor_from, out):
+    """Per packet the latest score of its flow (NaN: none yet), written back to the cache.
+
+    ``fresh``: model scores of this batch's scoring points (sync mode; ``use_fresh``). At a floor
+    position (``floor_from * 2^j``) the score is raised to the size floor ``y(position)``."""
     for i in range(point.shape[0]):
         if use_fresh and point[i]:
             m = fresh[i]
@@ -100,13 +124,19 @@ def _fill_kernel(point, prev, cached, fresh, use_fresh, slots, score_flat, out):
             m = out[prev[i]]
         else:
             m = cached[i]
+        p = pos[i]
+        if floor_from > 0 and p >= floor_from and (p & (p - 1)) == 0:
+            f = _size_floor(p, floor_from)
+            if m != m or m < f:
+                m = f
         out[i] = m
         score_flat[slots[i]] = m
 
 
 @nb.njit(cache=True, nogil=True)
-def _store_kernel(flow_hash, scores, tags, score, pending):
-    """Async worker: store model scores of flows still in the cache (matched by tag)."""
+def _store_kernel(flow_hash, scores, tags, score, pending, seen, floor_from):
+    """Async worker: store model scores of flows still in the cache (matched by tag), never below
+    the size floor the flow has reached meanwhile."""
     nsets, ways = tags.shape
     for i in range(flow_hash.shape[0]):
         h = flow_hash[i]
@@ -114,7 +144,7 @@ def _store_kernel(flow_hash, scores, tags, score, pending):
         row = np.int64((h >> np.uint64(32)) % np.uint64(nsets))
         for w in range(ways):
             if tags[row, w] == tag:
-                score[row, w] = scores[i]
+                score[row, w] = max(scores[i], _size_floor(seen[row, w], floor_from))
                 pending[row, w] = 0
                 break
 
@@ -149,8 +179,9 @@ class ScoreCache:
 class _Worker:
     """The async scoring thread's state; it holds no reference to the :class:`FlowScorer`."""
 
-    def __init__(self, estimator, cache: ScoreCache, batch_size: int, queue_batches: int):
+    def __init__(self, estimator, cache: ScoreCache, batch_size: int, queue_batches: int, floor_from: int):
         self.estimator, self.cache, self.batch_size = estimator, cache, batch_size
+        self.floor_from = floor_from
         self.queue: queue.Queue = queue.Queue(maxsize=queue_batches)
         self.stopping = False
         self.thread = threading.Thread(target=self.run, name="llmsketch-scorer", daemon=True)
@@ -177,7 +208,8 @@ class _Worker:
             s = np.asarray(self.estimator.score(headers[sl], hdr_len[sl]), np.float64)
             with cache.lock:
                 cache.model_calls += s.shape[0]
-                _store_kernel(flow_hash[sl], s, cache.tags, cache.score, cache.pending)
+                _store_kernel(flow_hash[sl], s, cache.tags, cache.score, cache.pending, cache.seen,
+                              np.int64(self.floor_from))
 
     def stop(self, discard: bool, timeout: float | None = None) -> None:
         """End the thread: after the queued work, or (``discard``) after the model call in flight."""
@@ -218,12 +250,18 @@ class FlowScorer:
     """Scores for every packet of a batch from per-flow estimator calls (see the module doc).
 
     ``estimator``: an estimator object, a kind (``"trees"`` needs ``path``) or a float constant.
+    ``floor_from``: first size-floor position (a power of two; 0: no floor).
     """
 
     def __init__(self, estimator, path=None, rescore: bool = False, cache_flows: int = 1 << 20,
-                 mode: str = "auto", provisional=None, batch_size: int = 256, queue_batches: int = 64):
+                 mode: str = "auto", provisional=None, batch_size: int = 256, queue_batches: int = 64,
+                 floor_from: int = FLOOR_FROM):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        floor_from = int(floor_from)
+        if floor_from < 0 or (floor_from & (floor_from - 1)) != 0:
+            raise ValueError(f"floor_from must be 0 (off) or a power of two, got {floor_from}")
+        self.floor_from = floor_from
         if int(cache_flows) < 1:
             raise ValueError(f"cache_flows must be positive, got {cache_flows}")
         self.estimator = as_estimator(estimator, path)
@@ -249,11 +287,11 @@ class FlowScorer:
         flow_hash = hash_5tuple(batch, FLOW_HASH_SEED)
         slots, prev = np.empty(n, np.int64), np.empty(n, np.int64)
         point, enqueue = np.empty(n, np.bool_), np.empty(n, np.bool_)
-        cached, model = np.empty(n), np.empty(n)
+        cached, model, pos = np.empty(n), np.empty(n), np.empty(n, np.int64)
         cache, is_async = self.cache, self.mode == "async"
         with cache.lock:
             _lookup_kernel(flow_hash, cache.tags, cache.seen, cache.score, cache.stamp, cache.pending,
-                           np.int64(cache.tick), self.rescore, is_async, slots, point, prev, cached, enqueue)
+                           np.int64(cache.tick), self.rescore, is_async, slots, point, prev, cached, enqueue, pos)
             cache.tick += n
             fresh = np.full(n, np.nan)
             if not is_async:
@@ -261,7 +299,8 @@ class FlowScorer:
                 if idx.size:
                     fresh[idx] = self.estimator.score_packets(batch, idx)
                     cache.model_calls += idx.size
-            _fill_kernel(point, prev, cached, fresh, not is_async, slots, cache.score.reshape(-1), model)
+            _fill_kernel(point, prev, cached, fresh, not is_async, slots, cache.score.reshape(-1), pos,
+                         np.int64(self.floor_from), model)
             if is_async:
                 self._enqueue(batch, flow_hash, np.flatnonzero(enqueue), slots)
         missing = np.isnan(model)
@@ -280,7 +319,7 @@ class FlowScorer:
         if not idx.size:
             return
         if self._worker is None:
-            self._worker = _Worker(self.estimator, self.cache, self.batch_size, self.queue_batches)
+            self._worker = _Worker(self.estimator, self.cache, self.batch_size, self.queue_batches, self.floor_from)
             weakref.finalize(self, _stop_worker, self._worker.queue)
         try:
             self._worker.queue.put_nowait((flow_hash[idx], batch.header[idx], batch.hdr_len[idx]))

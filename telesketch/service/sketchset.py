@@ -67,7 +67,7 @@ KINDS: dict[str, Kind] = {
                          frozenset({"heavy_hitters", "heavy_changers"})),
     "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"})),
     "llmsketch": Kind("telesketch.sketches.llmsketch", "LLMSketch", frozenset({"flow_size", "top_flows"}),
-                      load_params=("estimator", "estimator_path", "rescore", "cache_flows"), int_keys="fingerprint"),
+                      load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from"), int_keys="fingerprint"),
     "exact": Kind("telesketch.service.exactsketch", "ExactSketch", frozenset(QUERIES)),
 }
 

@@ -496,13 +496,15 @@ class LLMSketch:
     ``scoring`` is the :class:`FlowScorer` mode (``"auto"``: async for ``lm`` / ``tiny``, so the
     packet path never waits on the model, else ``"sync"``; pass ``"sync"`` for deterministic
     replays); ``provisional`` scores flows the async worker has not reached (default 0.5);
+    ``floor_from`` is the scorer's size-floor position (default 256, 0: off; see
+    :mod:`telesketch.estimators.scoring`);
     ``parallel`` selects the bucket-parallel kernel (same results).
     """
 
     def __init__(self, memory_bytes: int = 400 * 1024, task: str = "flow_size", estimator: Any = None,
                  *, heavy_ratio: float | None = None, seed: int = 0, estimator_path=None,
                  rescore: bool = False, cache_flows: int = 1 << 20, scoring: str = "auto", provisional=None,
-                 parallel: bool = False, params: LLMSketchParams | None = None):
+                 floor_from: int | None = None, parallel: bool = False, params: LLMSketchParams | None = None):
         self.params = params or LLMSketchParams(memory_bytes, task, heavy_ratio, seed)
         p = self.params
         self._seed_mix = _U64(mix64(_U64(p.seed)))  # a uint64 scalar: an int64 would promote to float
@@ -523,8 +525,9 @@ class LLMSketch:
         if estimator is not None:
             from telesketch.estimators.scoring import FlowScorer
 
+            floor = {} if floor_from is None else {"floor_from": floor_from}
             self.scorer = FlowScorer(estimator, path=estimator_path, rescore=rescore, cache_flows=cache_flows,
-                                     mode=scoring, provisional=provisional)
+                                     mode=scoring, provisional=provisional, **floor)
 
     def successor(self) -> "LLMSketch":
         """An empty sketch with the same parameters that shares this one's :class:`FlowScorer`.
