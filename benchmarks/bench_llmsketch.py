@@ -67,7 +67,7 @@ CONSTANTS = ("constant(0)", "constant(0.5)", "constant(1)")
 GAP_FLOOR = 1e-3  # a best-constant -> oracle gap this small (in ARE) is noise: no share reported
 
 
-def run_trace(name, batch, memories, estimators, lm_path, tiny_epochs, lm_train_seconds=0.0, floor_from=256):
+def run_trace(name, batch, memories, estimators, lm_path, tiny_epochs, lm_train_seconds=0.0, floor_from=512):
     train_part, eval_part = split_trace(batch, 0.5)
     keys_void = eval_part.flow_keys_void()
     uniq = np.unique(keys_void)
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     ap.add_argument("--estimators", default="trees,tiny,lm")
     ap.add_argument("--lm-path", default=None, help="trained lm directory (default: the shipped adapter)")
     ap.add_argument("--tiny-epochs", type=int, default=2)
-    ap.add_argument("--floor-from", type=int, default=256,
+    ap.add_argument("--floor-from", type=int, default=512,
                     help="the packet path's size-floor position (telesketch.estimators.scoring; 0: off)")
     ap.add_argument("--lm-train-seconds", type=float, default=0.0,
                     help="also fine-tune the LM on each trace's first half for at most this long (0: off)")

@@ -2,7 +2,7 @@
 
 Workload: ``traces.generate_batch(packets=1_000_000, flows=50_000, zipf=1.1, gap_rate=0.01, seed=7)``,
 flow-size task at 400 KiB, sync scoring (first packet of each flow unless ``--rescore``; size floor
-from packet 256 unless ``--floor-from 0``), batches of 65536.
+from packet 512 unless ``--floor-from 0``), batches of 65536.
 Also prints, per estimator, the scores of the top-100 flows' first packets against their soft labels
 y(s) and the first-packet MSE over all flows (vs the best constant, the mean label).
 
@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     ap.add_argument("--lm", default=None, help="LM adapter directory (default: the shipped one)")
     ap.add_argument("--trees", default=None, help="trees directory (skipped when absent)")
     ap.add_argument("--only", default="constant,oracle,trees,lm")
-    ap.add_argument("--floor-from", type=int, default=256, help="size-floor position of the packet path (0: off)")
+    ap.add_argument("--floor-from", type=int, default=512, help="size-floor position of the packet path (0: off)")
     ap.add_argument("--rescore", action="store_true", help="re-score at in-flow positions 1, 2, 4, ...")
     args = ap.parse_args(argv)
     batch = generate_batch(**WORKLOAD)

@@ -11,24 +11,18 @@ flow evicted from the cache counts as new.
 A packet is a *scoring point* when its 1-based position in its flow is 1 (and, with ``rescore``,
 2, 4, 8, ...). Each packet gets the score of the latest scoring point of its flow at or before it.
 
-**Size floor** (``floor_from``, default 256; 0 turns it off). A flow that has reached position
+**Size floor** (``floor_from``, default 512; 0 turns it off). A flow that has reached position
 ``k`` has at least ``k`` packets, so its soft label is at least ``y(k)``: that is known, not
 predicted. At positions ``k = floor_from, 2 floor_from, 4 floor_from, ...`` the flow's score is
-raised to ``y(k)`` if lower (no model call; ``y(256) = 0.99``). Why 256: the light part's one-byte
+raised to ``y(k)`` if lower (no model call; ``y(512) = 0.999``). Why: the light part's one-byte
 Count-Min counters saturate at 255, so a large flow the model missed would otherwise be reported
 as at most 255 packets forever; raised to ``p >= 0.5`` it takes a heavy slot at its next packet
-that finds its bucket full and is counted from there (an under-count of about ``floor_from``
-packets instead of a cap at 255), and it stays locked.
-
-* ``mode="sync"`` (evaluation, tests; deterministic): a batch's scoring points are scored in one
-  estimator call before the batch goes to the sketch. Equivalent to the offline two-phase replay.
-* ``mode="async"`` (service): ingest never waits on the model. A packet whose flow has no model
-  score yet gets a provisional one (the ``provisional`` estimator, e.g. trees, if given, else 0.5).
-  Scoring points, and unscored flows not already queued, go to a bounded queue (``queue_batches``
-  items; when it is full they are not queued and retried on the flow's next packet); one daemon
-  worker thread scores it in batches of ``batch_size`` and fills the cache, so an arriving score
-  changes only later packets. The worker exits when the scorer is garbage-collected or closed.
-* ``mode="auto"``: ``async`` for the model estimators (``lm``, ``tiny``), ``sync`` otherwise.
+that finds its bucket full and is counted from there (it does not inherit its light count, so it
+is under-counted by about ``k`` packets instead of capped at 255), and it stays locked. Admitting
+at ``k`` beats staying in the light part when the flow ends above about ``k + 255`` packets.
+Measured (``benchmarks/check_llm_topflows.py`` and BENCHMARKS.md, "LLM-Sketch"): 512 gave the
+lowest ARE over flows of 256+ packets on both generated traffic and the nDPI capture, against
+256, 1024 and no floor; 256 admits too many 256-510-packet flows that the light part counted better.
 """
 from __future__ import annotations
 
@@ -44,7 +38,7 @@ from telesketch.estimators import LABEL_PIVOT_LOG2, LABEL_SLOPE, as_estimator
 from telesketch.hashing import hash_5tuple
 
 PROVISIONAL = 0.5
-FLOOR_FROM = 256  # one past the light part's saturating one-byte counter (255)
+FLOOR_FROM = 512  # see "Size floor" in the module doc
 WAYS = 8
 FLOW_HASH_SEED = 0x5C0E
 MODES = ("sync", "async", "auto")

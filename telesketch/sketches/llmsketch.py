@@ -496,7 +496,7 @@ class LLMSketch:
     ``scoring`` is the :class:`FlowScorer` mode (``"auto"``: async for ``lm`` / ``tiny``, so the
     packet path never waits on the model, else ``"sync"``; pass ``"sync"`` for deterministic
     replays); ``provisional`` scores flows the async worker has not reached (default 0.5);
-    ``floor_from`` is the scorer's size-floor position (default 256, 0: off; see
+    ``floor_from`` is the scorer's size-floor position (default 512, 0: off; see
     :mod:`telesketch.estimators.scoring`);
     ``parallel`` selects the bucket-parallel kernel (same results).
     """
