@@ -215,7 +215,9 @@ def test_llm_top_flows_over_a_window_sum_every_epochs_estimate(server, traffic):
 
     offline = []
     for eid, part in sorted(epoch_parts(traffic).items()):
-        sketch = LLMSketch(memory_bytes=SKETCHES["flows"]["memory_bytes"], task="flow_size", estimator="constant")
+        # each epoch's sketch succeeds the previous one (it shares the per-flow score cache)
+        sketch = offline[-1].successor() if offline else LLMSketch(
+            memory_bytes=SKETCHES["flows"]["memory_bytes"], task="flow_size", estimator="constant")
         sketch.update(part)
         offline.append(sketch)
     k = 5
