@@ -1,25 +1,19 @@
 """GPU LLM-Sketch (``telesketch.gpu.llmsketch``) against the CPU sketch: identical state and answers.
 
-CI has no GPU, so the checks run in a subprocess with ``NUMBA_ENABLE_CUDASIM=1`` (the variable must
-be set before ``numba.cuda`` is first imported, which other test modules may already have done in
-this process); the subprocess is this file run as a script, printing one JSON verdict per case. The
-same checks also run in-process, for real, when this process has a CUDA device.
+CI has no GPU: the checks run under the CUDA simulator in a subprocess (this file run as a script)
+and, when this process has a CUDA device, in-process too; see ``tests/gpu_harness.py``.
 Inputs are small (a few thousand packets, a few dozen buckets, a few thousand Count-Min counters):
 the simulator runs every GPU thread as a Python thread.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+import gpu_harness
+
 pytestmark = pytest.mark.gpu
+pytest_generate_tests = gpu_harness.pytest_generate_tests  # parametrizes the twin checks by case
 
 # case -> LLMSketch keyword parameters: the three tasks, several memories, ratios and seeds
 EQUALITY = {
@@ -266,82 +260,11 @@ def run_case(name: str) -> str:
             "empty_batch": check_empty_batch, "successor": check_successor}[name]()
 
 
-def run_all() -> dict:
-    """``{case: {"ok": bool, "detail": str}}`` plus the backend name under ``"_backend"``."""
-    from telesketch.gpu.gapfilter import backend
-
-    out = {"_backend": backend().name}
-    for name in EQUALITY_CASES + OTHER_CASES:
-        try:
-            detail = run_case(name)
-        except Exception as exc:  # report, do not abort the other cases
-            detail = f"{type(exc).__name__}: {exc}"
-        out[name] = {"ok": not detail, "detail": detail}
-    return out
-
-
-def _subprocess(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **env_extra}
-    return subprocess.run([sys.executable, __file__, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-# ---------------------------------------------------------------------------- tests: simulator
-@pytest.fixture(scope="module")
-def simulator_verdict() -> dict:
-    proc = _subprocess({"NUMBA_ENABLE_CUDASIM": "1"})
-    if proc.returncode != 0:
-        pytest.fail(f"simulator run failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-    verdict = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert verdict["_backend"] == "simulator"
-    return verdict
-
-
-@pytest.mark.parametrize("case", EQUALITY_CASES + OTHER_CASES)
-def test_simulator_matches_cpu(simulator_verdict, case):
-    assert simulator_verdict[case]["ok"], simulator_verdict[case]["detail"]
-
-
-def test_clear_error_without_device_or_simulator():
-    proc = _subprocess({"NUMBA_ENABLE_CUDASIM": "0", "NUMBA_DISABLE_CUDA": "1"}, "--expect-error")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    message = proc.stdout.strip().splitlines()[-1]
-    assert "pip install 'telesketch[gpu]'" in message and "NUMBA_ENABLE_CUDASIM=1" in message, message
-
-
-# ---------------------------------------------------------------------------- tests: in-process
-def _in_process_backend() -> str | None:
-    try:
-        from telesketch.gpu.gapfilter import GpuUnavailableError, backend
-
-        return backend().name
-    except (ImportError, GpuUnavailableError):
-        return None
-
-
-@pytest.mark.skipif(_in_process_backend() in (None, "simulator"),
-                    reason="no CUDA device in this process (the simulator subprocess tests cover the kernels)")
-@pytest.mark.parametrize("case", EQUALITY_CASES + OTHER_CASES)
-def test_in_process_matches_cpu(case):
-    detail = run_case(case)
-    assert not detail, detail
-
-
-# ---------------------------------------------------------------------------- script mode
-def _expect_error() -> None:
-    """Print the construction error's message (exit 1 if construction unexpectedly works)."""
-    from telesketch.gpu.llmsketch import GpuUnavailableError, LLMSketch
-
-    try:
-        LLMSketch(memory_bytes=4096)
-    except GpuUnavailableError as exc:
-        print(str(exc))
-        return
-    sys.exit("constructing a GPU LLMSketch did not raise GpuUnavailableError")
+class TestLLMSketchGpuTwin(gpu_harness.TwinChecks):
+    script, cases, run_case = __file__, EQUALITY_CASES + OTHER_CASES, staticmethod(run_case)
 
 
 if __name__ == "__main__":
-    if "--expect-error" in sys.argv:
-        _expect_error()
-    else:
-        print(json.dumps(run_all()))
+    from telesketch.gpu.llmsketch import LLMSketch
+
+    gpu_harness.script_main(TestLLMSketchGpuTwin.cases, run_case, [lambda: LLMSketch(memory_bytes=4096)])

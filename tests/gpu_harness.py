@@ -1,0 +1,128 @@
+"""Shared harness of the GPU-twin tests (``tests/test_gpu_*.py``).
+
+CI has no GPU, so each GPU test module's checks run in a subprocess with ``NUMBA_ENABLE_CUDASIM=1``
+(the variable must be set before ``numba.cuda`` is first imported, which other test modules may
+already have done in the pytest process): the subprocess is the test module run as a script, which
+calls :func:`script_main` and prints one JSON verdict per case. The same checks also run in-process,
+for real, when the pytest process has a CUDA device (:data:`needs_device`).
+
+A case is a function returning ``""`` when the GPU twin agrees with the CPU class, else what differs.
+A test module subclasses :class:`TwinChecks` (naming its script, cases and ``run_case``) and binds
+``pytest_generate_tests = gpu_harness.pytest_generate_tests``, which parametrizes the checks by case.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cases(cases: Iterable[str], run_case: Callable[[str], str]) -> dict:
+    """``{case: {"ok": bool, "detail": str}}`` plus the backend name under ``"_backend"``."""
+    from telesketch.gpu.gapfilter import backend
+
+    out = {"_backend": backend().name}
+    for name in cases:
+        try:
+            detail = run_case(name)
+        except Exception as exc:  # noqa: BLE001 - report, do not abort the other cases
+            detail = f"{type(exc).__name__}: {exc}"
+        out[name] = {"ok": not detail, "detail": detail}
+    return out
+
+
+def run_script(script: str, env_extra: dict, *args: str) -> subprocess.CompletedProcess:
+    """Run a test module as a script with extra environment variables (5-minute limit)."""
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def simulator_verdict(script: str) -> dict:
+    """The script's per-case verdicts under the CUDA simulator (fails the test if the run fails)."""
+    proc = run_script(script, {"NUMBA_ENABLE_CUDASIM": "1"})
+    if proc.returncode != 0:
+        pytest.fail(f"simulator run failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    verdict = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert verdict["_backend"] == "simulator"
+    return verdict
+
+
+def assert_clear_error_without_device(script: str) -> None:
+    """With CUDA disabled and no simulator, constructing a GPU sketch names both ways out."""
+    proc = run_script(script, {"NUMBA_ENABLE_CUDASIM": "0", "NUMBA_DISABLE_CUDA": "1"}, "--expect-error")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    message = proc.stdout.strip().splitlines()[-1]
+    assert "pip install 'telesketch[gpu]'" in message and "NUMBA_ENABLE_CUDASIM=1" in message, message
+
+
+def _in_process_backend() -> str | None:
+    try:
+        from telesketch.gpu.gapfilter import GpuUnavailableError, backend
+
+        return backend().name
+    except (ImportError, GpuUnavailableError):
+        return None
+
+
+#: Decorator of the in-process copies of the checks: they need a real CUDA device.
+needs_device = pytest.mark.skipif(
+    _in_process_backend() in (None, "simulator"),
+    reason="no CUDA device in this process (the simulator subprocess tests cover the kernels)")
+
+
+def script_main(cases: Iterable[str], run_case: Callable[[str], str], constructors: Iterable[Callable]) -> None:
+    """A GPU test module's ``__main__``: print the JSON verdicts, or with ``--expect-error`` the
+    message of the error each constructor raises (exit 1 if one unexpectedly succeeds)."""
+    if "--expect-error" not in sys.argv:
+        print(json.dumps(run_cases(cases, run_case)))
+        return
+    from telesketch.gpu.gapfilter import GpuUnavailableError
+
+    message = ""
+    for make in constructors:
+        try:
+            make()
+        except GpuUnavailableError as exc:
+            message = str(exc)
+            continue
+        sys.exit(f"constructing a GPU sketch ({make}) did not raise GpuUnavailableError")
+    print(message)
+
+
+class TwinChecks:
+    """The checks every GPU-twin test module runs; a subclass sets ``script`` (the module's
+    ``__file__``), ``cases`` (names) and ``run_case`` (a staticmethod: name -> "" or a difference)."""
+
+    script: str = ""
+    cases: list = []
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def simulator_verdict(cls) -> dict:
+        return simulator_verdict(cls.script)
+
+    def test_simulator_matches_cpu(self, simulator_verdict, case):
+        assert simulator_verdict[case]["ok"], simulator_verdict[case]["detail"]
+
+    def test_clear_error_without_device_or_simulator(self):
+        assert_clear_error_without_device(self.script)
+
+    @needs_device
+    def test_in_process_matches_cpu(self, case):
+        detail = self.run_case(case)
+        assert not detail, detail
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrize :class:`TwinChecks`' ``case`` argument by the subclass's ``cases``."""
+    cls = metafunc.cls
+    if cls is not None and issubclass(cls, TwinChecks) and "case" in metafunc.fixturenames:
+        metafunc.parametrize("case", cls.cases)
