@@ -15,7 +15,9 @@ from telesketch.gpu.gapfilter import (
 )
 from telesketch.gpu.hiddensketch import HiddenSketch, device_hash_key_words, hash64_u32_device, hash_key_device
 from telesketch.gpu.llmsketch import LLMSketch
+from telesketch.gpu.residualsketch import CocoSketch, ResidualSketch, bob_hash_device, device_bob_hash, rand32_device
 
-__all__ = ["GapFilterAO", "GapFilterSO", "GpuUnavailableError", "HiddenSketch", "LLMSketch", "backend",
-           "device_hash_5tuple", "device_hash_key_words", "hash64_5tuple_device", "hash64_u32_device",
-           "hash_key_device"]
+__all__ = ["CocoSketch", "GapFilterAO", "GapFilterSO", "GpuUnavailableError", "HiddenSketch", "LLMSketch",
+           "ResidualSketch", "backend", "bob_hash_device", "device_bob_hash", "device_hash_5tuple",
+           "device_hash_key_words", "hash64_5tuple_device", "hash64_u32_device", "hash_key_device",
+           "rand32_device"]

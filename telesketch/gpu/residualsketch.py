@@ -1,0 +1,273 @@
+"""ResidualSketch and CocoSketch with their blocks on a GPU (spec ``shared/specs/residualsketch.md`` §5).
+
+Same parameters, verbs, queries, serialised state and results as
+:mod:`telesketch.sketches.residualsketch` / :mod:`telesketch.sketches.cocosketch` (these classes
+subclass the CPU ones and replace only where the blocks live and how a batch is run): a snapshot
+written by either moves to the other.
+
+**Exact mode only.** The update is order-dependent: the two rows of a block interact and the
+Residual Connection fires at the instant F's count of a key equals ``T``, so per-bucket parallelism
+does not reproduce the serial result. As §5 prescribes for the GPU parity path, a batch is ONE
+kernel launched with ONE thread that runs the CPU ``stream_kernel`` loop with device ports of the
+lookup2 row hash (``bob_hash``), Lemire's ``fastmod`` and the replacement coins ``rand32`` (the
+same arithmetic, every hash operand ``uint64`` so nothing promotes to ``float64`` on the device).
+It is meant for small inputs and parity tests, not for speed. The approximate **batched mode** of
+§5 (weighted per-batch updates, validated statistically) is **not implemented**.
+
+State on the device between batches: ``ids`` (``uint32[m, 2, w]``), ``counts`` (``int32[m, 2, w]``)
+and ``occ`` (``uint8[m, 2, w]``), ``m = 1 + |K|`` blocks (block 0 = F); separate arrays rather than
+the CPU's ``(id, count)`` record array, which CuPy cannot hold. Reading ``cells`` / ``ids`` /
+``counts`` / ``occ`` fetches the blocks to the host (the CPU record layout); that host copy then is
+the state until the next batch uploads it again, so a query between two batches costs one download
+and one upload. **Queries run on the host**: ``layer_estimates``, ``estimate``, ``hhh``,
+``hhh_entries``, ``full_keys`` and ``to_bytes`` are the CPU classes' code over the fetched arrays.
+
+Backends (:func:`telesketch.gpu.gapfilter.backend`): CuPy arrays on a CUDA device when CuPy is
+installed, Numba device arrays otherwise, numpy arrays under Numba's CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1`` set before ``numba.cuda`` is first imported); neither device nor
+simulator raises :class:`GpuUnavailableError` at construction.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from telesketch.gpu.gapfilter import THREADS_PER_BLOCK, GpuUnavailableError, _blocks, backend
+from telesketch.sketches import cocosketch as _coco
+from telesketch.sketches import residualsketch as _cpu
+
+__all__ = ["ResidualSketch", "CocoSketch", "GpuUnavailableError", "bob_hash_device", "rand32_device",
+           "device_bob_hash"]
+
+# The CPU module's constants (all uint64): every operand of the hash arithmetic below is uint64 so it
+# wraps mod 2^64 (on the device, a mix of signed and unsigned operands would promote to float64).
+_U64 = np.uint64
+_M32 = _coco._M32
+_GOLDEN32 = _coco._GOLDEN32
+_MIX_A, _MIX_B = _coco._MIX_A, _coco._MIX_B
+_ROW0, _ROW1 = _coco._ROW0, _coco._ROW1
+_S3, _S5, _S8, _S10, _S12, _S13, _S15, _S16 = (_U64(k) for k in (3, 5, 8, 10, 12, 13, 15, 16))
+_S27, _S30, _S31, _S32, _S64 = (_U64(k) for k in (27, 30, 31, 32, 64))
+
+
+# ============================================================================ device hash and coins
+@cuda.jit(device=True)
+def bob_hash_device(x, c):
+    """Device port of the CPU ``bob_hash``: lookup2 of the 4 little-endian bytes of ``x`` with
+    ``c = initval + 4`` (both uint64); a uint32 value in a uint64."""
+    a = (_GOLDEN32 + x) & _M32
+    b = _GOLDEN32
+    a = (a - b - c) & _M32
+    a ^= c >> _S13
+    b = (b - c - a) & _M32
+    b ^= (a << _S8) & _M32
+    c = (c - a - b) & _M32
+    c ^= b >> _S13
+    a = (a - b - c) & _M32
+    a ^= c >> _S12
+    b = (b - c - a) & _M32
+    b ^= (a << _S16) & _M32
+    c = (c - a - b) & _M32
+    c ^= b >> _S5
+    a = (a - b - c) & _M32
+    a ^= c >> _S3
+    b = (b - c - a) & _M32
+    b ^= (a << _S10) & _M32
+    c = (c - a - b) & _M32
+    c ^= b >> _S15
+    return c
+
+
+@cuda.jit(device=True, inline=True)
+def _mix64(z):
+    """splitmix64's finaliser (CPU ``mix64``), mod 2^64."""
+    z = (z ^ (z >> _S30)) * _MIX_A
+    z = (z ^ (z >> _S27)) * _MIX_B
+    return z ^ (z >> _S31)
+
+
+@cuda.jit(device=True, inline=True)
+def rand32_device(seed_mix, n, j):
+    """Device port of the CPU ``rand32``: the replacement coin of block ``j`` at packet ``n`` (uint64 args)."""
+    return _mix64(seed_mix ^ (n * _S64 + j)) >> _S32
+
+
+@cuda.jit(device=True, inline=True)
+def _fastmod(a, magic, d):
+    """CPU ``fastmod``: ``a mod d`` for 32-bit ``a``, ``d`` (``magic = fastmod_magic(d)``), uint64."""
+    low = magic * a
+    t = (low & _M32) * d
+    return ((low >> _S32) * d + (t >> _S32)) >> _S32
+
+
+# ============================================================================ device update
+@cuda.jit(device=True, inline=True)
+def _bump(counts, blk, row, pos, T, decrement):
+    """CPU ``_bump``: ``+1``, or with ``decrement`` ``max(0, count + 1 - T)`` (int64); returns it."""
+    c = np.int64(counts[blk, row, pos]) + 1
+    if decrement:
+        c = max(np.int64(0), c - T)
+    counts[blk, row, pos] = c
+    return c
+
+
+@cuda.jit(device=True)
+def _coco_insert(ids, counts, occ, blk, x, w, wmagic, seed_mix, n, T, decrement):
+    """Device port of the CPU ``coco_insert`` into block ``blk`` (int64) of key ``x`` (uint64 holding a
+    u32) at packet ``n`` (uint64): the post-update count (int64) if ``x`` was held, else 0."""
+    p0 = np.int64(_fastmod(bob_hash_device(x, _ROW0), wmagic, w))
+    if occ[blk, 0, p0] != 0 and _U64(ids[blk, 0, p0]) == x:
+        return _bump(counts, blk, 0, p0, T, decrement)
+    p1 = np.int64(_fastmod(bob_hash_device(x, _ROW1), wmagic, w))
+    if occ[blk, 1, p1] != 0 and _U64(ids[blk, 1, p1]) == x:
+        return _bump(counts, blk, 1, p1, T, decrement)
+    row, pos = 0, p0
+    if counts[blk, 1, p1] < counts[blk, 0, p0]:  # strict: ties go to row 0
+        row, pos = 1, p1
+    c = np.int64(counts[blk, row, pos]) + 1  # never reset on takeover
+    counts[blk, row, pos] = c
+    coin = rand32_device(seed_mix, n, _U64(blk)) & _M32  # the CPU's 32-bit division, in uint64
+    if coin % _U64(c) == _U64(0):
+        ids[blk, row, pos] = x
+        occ[blk, row, pos] = 1
+    return np.int64(0)
+
+
+@cuda.jit
+def _stream_kernel(keys, ids, counts, occ, masks, n_masks, T, seed_mix, n0, connection, w, wmagic):
+    """The CPU ``stream_kernel`` loop (spec §3) over ``keys`` (``uint32[n]``) for packets
+    ``n0 .. n0+n-1``, run by thread 0 only (order-dependent: see the module docstring).
+
+    ``masks[:n_masks]`` (``uint32``) are the Residual Blocks' prefix masks, ascending lengths;
+    ``T`` int64; ``seed_mix``, ``n0``, ``w``, ``wmagic`` uint64; ``connection`` bool.
+    """
+    if cuda.grid(1) != 0:
+        return
+    for i in range(keys.shape[0]):
+        x = _U64(keys[i])
+        n = n0 + _U64(i)
+        c = _coco_insert(ids, counts, occ, 0, x, w, wmagic, seed_mix, n, T, False)
+        decrement = False
+        if connection:
+            if c > T:
+                continue  # confirmed-heavy keys bypass the blocks
+            decrement = c == T
+        for j in range(n_masks):
+            _coco_insert(ids, counts, occ, j + 1, x & _U64(masks[j]), w, wmagic, seed_mix, n, T, decrement)
+
+
+@cuda.jit
+def _bob_hash_kernel(keys, c, out):
+    """``out[i] = bob_hash_device(keys[i], c)`` (uint64), one thread per key (exposed for the tests)."""
+    i = cuda.grid(1)
+    if i < keys.shape[0]:
+        out[i] = bob_hash_device(_U64(keys[i]), c)
+
+
+def device_bob_hash(keys: np.ndarray, row: int) -> np.ndarray:
+    """``uint64[n]`` lookup2 row hashes (row 0 or 1) of ``uint32`` keys, computed by the device kernel
+    (host result); equal to the CPU ``bob_hash(x, ROW_INITS[row] + 4)``."""
+    be = backend()
+    keys = np.ascontiguousarray(keys, dtype=np.uint32)
+    out = be.zeros(keys.shape[0], np.uint64)
+    if keys.shape[0]:
+        with be.launching():
+            _bob_hash_kernel[_blocks(keys.shape[0]), THREADS_PER_BLOCK](be.to_device(keys), (_ROW0, _ROW1)[row], out)
+    return be.to_host(out)
+
+
+# ============================================================================ state placement
+class _DeviceBlock:
+    """``cells`` / ``occ``: reading gives the host copy (the whole state is fetched from the device if
+    the device holds it), which is then the state until the next batch; assigning replaces it."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        obj._fetch()
+        return obj._host[self.name]
+
+    def __set__(self, obj, value):
+        obj._fetch()
+        obj._host[self.name] = value
+
+
+class _DeviceBlocks:
+    """Device-resident blocks and the single-thread stream launch shared by both sketches."""
+
+    cells = _DeviceBlock()
+    occ = _DeviceBlock()
+
+    def __init__(self, *args, **kwargs):
+        self._backend = backend()  # before anything else: GpuUnavailableError without device or simulator
+        self._host: dict[str, np.ndarray] = {}
+        self._dev: tuple | None = None  # (ids, counts, occ) when the device holds the state
+        super().__init__(*args, **kwargs)
+
+    @property
+    def device_backend(self) -> str:
+        """``cupy``, ``numba`` or ``simulator``: where the blocks live."""
+        return self._backend.name
+
+    def _fetch(self) -> None:
+        """Make the host copy the state (download it if the device holds it)."""
+        if self._dev is None:
+            return
+        be = self._backend
+        ids, counts, occ = (be.to_host(arr) for arr in self._dev)
+        cells = np.empty(ids.shape, _coco.BUCKET_DTYPE)
+        cells["id"], cells["count"] = ids, counts
+        self._host = {"cells": cells, "occ": occ}
+        self._dev = None
+
+    def _device_state(self) -> tuple:
+        """The device ``(ids, counts, occ)`` (uploaded from the host copy if that is the state); the
+        kernel about to run writes them, so the host copy is dropped."""
+        if self._dev is None:
+            be, cells = self._backend, self._host["cells"]
+            self._dev = (be.to_device(cells["id"]), be.to_device(cells["count"]), be.to_device(self._host["occ"]))
+            self._host = {}
+        return self._dev
+
+    def _stream(self, keys: np.ndarray, masks: np.ndarray, T: int, connection: bool) -> None:
+        """Run ``keys`` (checked ``uint32[n]``) through the one-thread stream kernel; advance ``packets``."""
+        n = keys.shape[0]
+        if n == 0:
+            return
+        be = self._backend
+        padded = np.zeros(max(1, masks.shape[0]), np.uint32)  # never a zero-length device array
+        padded[:masks.shape[0]] = masks
+        d_keys, d_masks = be.to_device(keys), be.to_device(padded)
+        state = self._device_state()
+        with be.launching():
+            _stream_kernel[1, 1](d_keys, *state, d_masks, np.int64(masks.shape[0]), np.int64(T), _U64(self._seed_mix),
+                                 _U64(self.packets), bool(connection), _U64(self.width),
+                                 _U64(_coco.fastmod_magic(self.width)))
+        self.packets += n
+
+
+class ResidualSketch(_DeviceBlocks, _cpu.ResidualSketch):
+    """GPU ResidualSketch (exact mode): the CPU class's parameters, verbs, queries and state format.
+
+    The blocks (F and one Residual Block per crucial layer) live on the device; ``update`` /
+    ``update_addresses`` run one single-thread kernel per batch; queries fetch the blocks and run
+    on the host. ``merge`` raises :class:`NotMergeableError` as on the CPU.
+    """
+
+    def update_addresses(self, addresses) -> None:
+        """Process a raw ``uint32[n]`` address array in order on the device."""
+        self._stream(_coco.as_addresses(addresses), self._masks, self.T, self.params.connection)
+
+
+class CocoSketch(_DeviceBlocks, _cpu.CocoSketch):
+    """GPU CocoSketch (d = 2, exact mode): the CPU class's parameters, verbs, queries and state format.
+
+    The block lives on the device; a batch is one single-thread kernel; queries run on the host.
+    """
+
+    def update_addresses(self, addresses) -> None:
+        """Count a raw ``uint32[n]`` address array in order on the device."""
+        self._stream(_coco.as_addresses(addresses), np.zeros(0, np.uint32), 0, True)

@@ -1,0 +1,303 @@
+"""GPU ResidualSketch / CocoSketch (``telesketch.gpu.residualsketch``) against the CPU sketches:
+identical state and answers.
+
+CI has no GPU: the checks run under the CUDA simulator in a subprocess (this file run as a script)
+and, when this process has a CUDA device, in-process too; see ``tests/gpu_harness.py``.
+Inputs are small (a few thousand packets): the device path is one thread (spec §5 exact mode) and
+the simulator runs it as Python.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpu_harness
+
+pytestmark = pytest.mark.gpu
+pytest_generate_tests = gpu_harness.pytest_generate_tests  # parametrizes the twin checks by case
+
+# case -> (class name, keyword parameters): byte/bit, src/dst, several memories, thresholds and seeds
+EQUALITY = {
+    "rs_byte_src_2k": ("ResidualSketch", dict(mode="byte", memory_bytes=2048, threshold=40, seed=11)),
+    "rs_byte_dst_3k_ge": ("ResidualSketch", dict(mode="byte", dimension="dst", memory_bytes=3000,
+                                                  crucial_layers=(8, 16, 24), threshold=25, addback="ge", seed=4)),
+    "rs_bit_src_4k": ("ResidualSketch", dict(mode="bit", memory_bytes=4096, threshold=30, seed=7)),
+    "rs_bit_dst_multi": ("ResidualSketch", dict(mode="bit", dimension="dst_ip", memory_bytes=4096,
+                                                 crucial_layers=(8, 12, 24), threshold=20, seed=2**63 + 5)),
+    "rs_bit_noconn": ("ResidualSketch", dict(mode="bit", memory_bytes=3000, crucial_layers=(8, 12, 24),
+                                              threshold=30, connection=False, seed=1)),
+    "coco_byte_src_1k": ("CocoSketch", dict(mode="byte", memory_bytes=1024, threshold=30, seed=3)),
+    "coco_bit_dst_2k": ("CocoSketch", dict(mode="bit", dimension="dst", memory_bytes=2048, threshold=20, seed=9)),
+}
+OTHER_CASES = ["device_hash", "batch_split", "snapshot", "empty_batch", "merge_refused", "sizes"]
+N_BATCHES = 3
+BATCH_PACKETS = 1000
+POOL = 1500  # distinct addresses: more than F's 2 * w buckets in every EQUALITY case
+
+
+# ---------------------------------------------------------------------------- workload
+def address_pool(seed: int, size: int = POOL) -> np.ndarray:
+    """``uint32[size]`` distinct-ish addresses clustered in four /8 and a few /16 (so prefixes
+    aggregate); address 0 included (it must not be confused with an empty bucket)."""
+    rng = np.random.default_rng(seed)
+    top = rng.integers(1, 224, 4, dtype=np.uint32) << np.uint32(24)
+    mid = rng.integers(0, 6, size, dtype=np.uint32) << np.uint32(16)
+    low = rng.integers(0, 1 << 16, size, dtype=np.uint32)
+    pool = top[rng.integers(0, 4, size)] | mid | low
+    pool[0] = 0
+    return pool
+
+
+def zipf_ranks(n: int, universe: int, skew: float, rng) -> np.ndarray:
+    """``int64[n]`` ranks ``0 .. universe-1`` drawn from a finite Zipf law."""
+    cdf = np.cumsum(np.arange(1, universe + 1, dtype=np.float64) ** -skew)
+    return np.minimum(np.searchsorted(cdf / cdf[-1], rng.random(n)), universe - 1)
+
+
+def workload(n: int, seed: int):
+    """A PacketBatch of ``n`` packets: finite-Zipf(1.0) source and destination addresses over two
+    pools (skewed: the top addresses pass the thresholds; the long tail overflows the buckets)."""
+    from telesketch.packets import PacketBatch
+
+    rng = np.random.default_rng(seed)
+    src, dst = address_pool(seed), address_pool(seed + 7919)
+    return PacketBatch.from_columns(src_ip=src[zipf_ranks(n, POOL, 1.0, rng)],
+                                    dst_ip=dst[zipf_ranks(n, POOL, 1.0, rng)])
+
+
+def batches(seed: int) -> list:
+    return [workload(BATCH_PACKETS, 100 * (seed % 1000) + k) for k in range(N_BATCHES)]
+
+
+def addresses_of(sketch, batch) -> np.ndarray:
+    return batch.src_ip if sketch.params.dimension == "src" else batch.dst_ip
+
+
+# ---------------------------------------------------------------------------- comparisons
+def _classes(cls_name: str):
+    """``(CPU class, GPU class)`` of ``ResidualSketch`` or ``CocoSketch``."""
+    from telesketch.gpu import residualsketch as gpu
+    from telesketch.sketches import residualsketch as cpu
+
+    return getattr(cpu, cls_name), getattr(gpu, cls_name)
+
+
+def _pair(cls_name: str, **kwargs):
+    Cpu, Gpu = _classes(cls_name)
+    return Cpu(**kwargs), Gpu(**kwargs)
+
+
+def same_state(want, got) -> str:
+    """'' when ``ids``, ``counts``, ``occ`` (values and dtypes), the packet index and the serialised
+    bytes agree."""
+    for name in ("ids", "counts", "occ"):
+        a, b = getattr(want, name), getattr(got, name)
+        if a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b):
+            return f"state {name!r} differs at {np.argwhere(a != b)[:5].tolist() if a.shape == b.shape else 'shape'}"
+    if want.packets != got.packets:
+        return f"packet index {got.packets} != CPU {want.packets}"
+    return "" if want.to_bytes() == got.to_bytes() else "serialised state differs"
+
+
+def same_answers(want, got, probe: np.ndarray) -> str:
+    """'' when layer estimates, hhh(), hhh_entries at three thresholds and point estimates (several
+    lengths, addresses from ``probe``) agree."""
+    if want.layer_estimates() != got.layer_estimates():
+        return "layer_estimates differ"
+    if want.hhh() != got.hhh():
+        return f"hhh() differs: {got.hhh()} != CPU {want.hhh()}"
+    for threshold in (5, 15, 60):
+        if want.hhh_entries(threshold) != got.hhh_entries(threshold):
+            return f"hhh_entries({threshold}) differs"
+    for x in probe[:8].tolist():
+        for length in (0, 8, 12, 16, 24, 32):
+            p = x & (0 if length == 0 else (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF)
+            if want.estimate(p, length) != got.estimate(p, length):
+                return f"estimate({p:#x}, {length}) differs"
+    return ""
+
+
+def connection_firings(sketch, addresses: np.ndarray) -> int:
+    """How often the Residual Connection fires (F's count of a key reaches exactly T) on
+    ``addresses``, counted by the pure-Python model (tests/naive_residualsketch.py) with the
+    sketch's parameters; the model's final state must equal the sketch's (same stream)."""
+    import naive_residualsketch as naive
+
+    p = sketch.params
+    model = naive.NaiveResidualSketch(p.memory_bytes, sketch.T, p.crucial_layers, p.mode, p.seed,
+                                      p.addback, p.connection)
+    fired = 0
+    plain_insert = model.F.insert
+
+    def counting_insert(x, u, *args, **kwargs):
+        nonlocal fired
+        c = plain_insert(x, u, *args, **kwargs)
+        fired += c == model.T
+        return c
+
+    model.F.insert = counting_insert
+    model.update(addresses)
+    ids, counts, occ = (np.array(a) for a in model.state())
+    if not (np.array_equal(ids, sketch.ids) and np.array_equal(counts, sketch.counts)
+            and np.array_equal(occ, sketch.occ)):
+        return -1
+    return fired
+
+
+def not_vacuous(cpu, addresses: np.ndarray) -> str:
+    """The buckets must overflow (more distinct keys than F's buckets, all full), HHH must report
+    something, and with the connection on it must have fired."""
+    if len(np.unique(addresses)) <= cpu.occ[0].size or not cpu.occ[0].all():
+        return "F is not overfull: no replacement pressure"
+    if not cpu.hhh():
+        return "hhh() is empty: the comparison is vacuous"
+    if getattr(cpu.params, "connection", False):
+        fired = connection_firings(cpu, addresses)
+        if fired < 0:
+            return "the naive model's state differs from the CPU sketch's: cannot count the connection"
+        if fired == 0:
+            return "the Residual Connection never fired"
+    return ""
+
+
+def check_equal(name: str) -> str:
+    """GPU == CPU after every batch (state) and at the end (queries); the workload exercises it."""
+    cls_name, kwargs = EQUALITY[name]
+    cpu, dev = _pair(cls_name, **kwargs)
+    fed = []
+    for k, batch in enumerate(batches(kwargs["seed"])):
+        cpu.update(batch)
+        dev.update(batch)
+        fed.append(addresses_of(cpu, batch))
+        if detail := same_state(cpu, dev):
+            return f"batch {k}: {detail}"
+    addresses = np.concatenate(fed)
+    return same_answers(cpu, dev, addresses) or not_vacuous(cpu, addresses)
+
+
+def check_device_hash() -> str:
+    """``device_bob_hash`` equals the CPU ``bob_hash`` (and the pure-Python lookup2) for edge and
+    random keys, both rows."""
+    import naive_residualsketch as naive
+    from telesketch.gpu.residualsketch import device_bob_hash
+    from telesketch.sketches.cocosketch import ROW_INITS, bob_hash
+
+    rng = np.random.default_rng(3)
+    keys = np.r_[[0, 1, 2**31, 2**32 - 1], rng.integers(0, 2**32, 200)].astype(np.uint32)
+    for row in (0, 1):
+        got = device_bob_hash(keys, row)
+        want = np.array([bob_hash(np.uint64(x), np.uint64(ROW_INITS[row] + 4)) for x in keys], np.uint64)
+        if got.dtype != np.uint64 or not np.array_equal(got, want):
+            return f"row {row}: device hash differs at {np.flatnonzero(got != want)[:5].tolist()}"
+        if got[:4].tolist() != [naive.bob(int(x), row) for x in keys[:4]]:
+            return f"row {row}: differs from the pure-Python lookup2"
+    if device_bob_hash(np.zeros(0, np.uint32), 0).shape != (0,):
+        return "empty key array"
+    return ""
+
+
+def check_batch_split() -> str:
+    """The same packets in one batch or in uneven pieces (single packets included): same state as
+    the CPU sketch fed one batch."""
+    from telesketch.packets import PacketBatch
+
+    batch = PacketBatch.concat([workload(600, 31), workload(600, 32)])
+    for cls_name, kwargs in (("ResidualSketch", dict(mode="bit", memory_bytes=3000, crucial_layers=(8, 16),
+                                                     threshold=15, seed=6)),
+                             ("CocoSketch", dict(memory_bytes=1024, threshold=15, seed=6))):
+        cpu, whole = _pair(cls_name, **kwargs)
+        _, pieces = _pair(cls_name, **kwargs)
+        cpu.update(batch)
+        whole.update(batch)
+        for cut in np.split(np.arange(len(batch)), [1, 2, 400, 401, 1100]):
+            pieces.update(batch[cut])
+        if detail := same_state(cpu, whole) or same_state(cpu, pieces) or same_answers(cpu, pieces, batch.src_ip):
+            return f"{cls_name}: {detail}"
+    return ""
+
+
+def check_snapshot() -> str:
+    """Snapshots move CPU -> GPU, GPU -> CPU and GPU -> GPU and continue updating identically."""
+    first, second = workload(800, 41), workload(800, 42)
+    for cls_name, kwargs in (("ResidualSketch", dict(memory_bytes=2048, threshold=20, seed=13)),
+                             ("CocoSketch", dict(mode="bit", memory_bytes=1024, threshold=20, seed=13))):
+        Cpu, Gpu = _classes(cls_name)
+        cpu, dev = Cpu(**kwargs), Gpu(**kwargs)
+        cpu.update(first)
+        dev.update(first)
+        restored = {"cpu->gpu": Gpu.from_bytes(cpu.to_bytes()), "gpu->cpu": Cpu.from_bytes(dev.to_bytes()),
+                    "gpu->gpu": Gpu.from_bytes(dev.to_bytes())}
+        for how in ("cpu->gpu", "gpu->gpu"):
+            if type(restored[how]) is not Gpu or restored[how].device_backend is None:
+                return f"{cls_name} {how}: from_bytes did not build a GPU sketch"
+        cpu.update(second)
+        for how, sketch in restored.items():
+            sketch.update(second)
+            if detail := same_state(cpu, sketch) or same_answers(cpu, sketch, second.src_ip):
+                return f"{cls_name} {how}: {detail}"
+    return ""
+
+
+def check_empty_batch() -> str:
+    from telesketch.packets import PacketBatch
+
+    for cls_name, kwargs in (("ResidualSketch", dict(memory_bytes=2048, threshold=10)), ("CocoSketch", {})):
+        cpu, dev = _pair(cls_name, **kwargs)
+        empty = PacketBatch.from_columns(src_ip=np.zeros(0, np.uint32), dst_ip=np.zeros(0, np.uint32))
+        for sketch in (cpu, dev):
+            sketch.update(empty)
+            sketch.update_addresses(np.zeros(0, np.uint32))
+        if detail := same_state(cpu, dev) or ("" if dev.packets == 0 and not dev.occ.any() else "state moved"):
+            return f"{cls_name}: {detail}"
+    return ""
+
+
+def check_merge_refused() -> str:
+    """``merge`` raises the CPU class's NotMergeableError (same message)."""
+    from telesketch.sketches.core import NotMergeableError
+
+    for cls_name, kwargs in (("ResidualSketch", dict(threshold=10)), ("CocoSketch", {})):
+        messages = []
+        for sketch_a, sketch_b in zip(_pair(cls_name, **kwargs), _pair(cls_name, **kwargs)):
+            try:
+                sketch_a.merge(sketch_b)
+            except NotMergeableError as exc:
+                messages.append(str(exc))
+            else:
+                return f"{type(sketch_a).__module__}.{cls_name}.merge did not raise NotMergeableError"
+        if messages[0] != messages[1]:
+            return f"{cls_name}: message differs from the CPU's: {messages[1]!r}"
+    return ""
+
+
+def check_sizes() -> str:
+    """``memory_bytes``, ``width`` and the state arrays' shapes and dtypes equal the CPU sketch's."""
+    for cls_name, kwargs in (("ResidualSketch", dict(threshold=10)),
+                             ("ResidualSketch", dict(mode="bit", threshold=10)),
+                             ("ResidualSketch", dict(memory_bytes=3000, crucial_layers=(8, 16, 24), threshold=5)),
+                             ("CocoSketch", {}), ("CocoSketch", dict(mode="bit", memory_bytes=1000))):
+        cpu, dev = _pair(cls_name, **kwargs)
+        if (cpu.memory_bytes, cpu.width) != (dev.memory_bytes, dev.width):
+            return f"{cls_name}({kwargs}): sizes differ"
+        for name in ("ids", "counts", "occ"):
+            a, b = getattr(cpu, name), getattr(dev, name)
+            if (a.shape, a.dtype) != (b.shape, b.dtype):
+                return f"{cls_name}({kwargs}): {name} shape/dtype differs"
+    return ""
+
+
+def run_case(name: str) -> str:
+    if name in EQUALITY:
+        return check_equal(name)
+    return globals()[f"check_{name}"]()
+
+
+class TestResidualSketchGpuTwin(gpu_harness.TwinChecks):
+    script, cases, run_case = __file__, sorted(EQUALITY) + OTHER_CASES, staticmethod(run_case)
+
+
+if __name__ == "__main__":
+    from telesketch.gpu.residualsketch import CocoSketch, ResidualSketch
+
+    gpu_harness.script_main(TestResidualSketchGpuTwin.cases, run_case,
+                            [lambda: ResidualSketch(threshold=10), lambda: CocoSketch()])
