@@ -31,6 +31,19 @@ _S33 = _U64(33)
 _S32 = _U64(32)
 
 
+MIX_A = _U64(0xBF58476D1CE4E5B9)
+MIX_B = _U64(0x94D049BB133111EB)
+
+
+@nb.njit(nb.uint64(nb.uint64), cache=True, nogil=True, inline="always")
+def mix64(z):
+    """splitmix64's finaliser, mod 2^64: the counter-based coins of LLM-Sketch, CocoSketch /
+    ResidualSketch and GapFilter's Straw-man PRNG (their specs fix this function, not ``fmix64``)."""
+    z = (z ^ (z >> _U64(30))) * MIX_A
+    z = (z ^ (z >> _U64(27))) * MIX_B
+    return z ^ (z >> _U64(31))
+
+
 @nb.njit(nb.uint64(nb.uint64), cache=True, nogil=True, inline="always")
 def fmix64(x):
     """murmur3's 64-bit finaliser: a bijection with full avalanche."""

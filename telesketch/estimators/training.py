@@ -44,19 +44,34 @@ def load_trace(path) -> PacketBatch:
     return PacketBatch.concat(read_capture(path))
 
 
-def segment_samples(batch: PacketBatch, rescore: bool = True) -> Samples:
-    """Scoring-point samples of ``batch`` labelled with flow sizes counted inside ``batch``."""
-    keys = batch.flow_keys_void()
-    _, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
+def inflow_positions(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(position, flow, size)``: each packet's 1-based position in its flow (``int64[n]``), its
+    flow's index in ``np.unique`` order (``int64[n]``) and every flow's packet count (``int64[flows]``)."""
+    _, inv, counts = np.unique(batch.flow_keys_void(), return_inverse=True, return_counts=True)
     order = np.argsort(inv, kind="stable")
     starts = np.concatenate(([0], np.flatnonzero(np.diff(inv[order])) + 1))
     rank = np.arange(len(batch)) - np.repeat(starts, np.diff(np.concatenate((starts, [len(batch)]))))
     pos = np.empty(len(batch), np.int64)
     pos[order] = rank + 1
-    point = ((pos & (pos - 1)) == 0) if rescore else pos == 1
-    idx = np.flatnonzero(point)
+    return pos, inv, counts
+
+
+def scoring_points(pos: np.ndarray, rescore: bool) -> np.ndarray:
+    """Packet indices the packet path scores: in-flow positions 1 (and 2, 4, 8, ... with ``rescore``)."""
+    return np.flatnonzero(((pos & (pos - 1)) == 0) if rescore else pos == 1)
+
+
+def segment_samples(batch: PacketBatch, rescore: bool = True) -> Samples:
+    """Scoring-point samples of ``batch`` labelled with flow sizes counted inside ``batch``."""
+    return _segment_samples(batch, rescore)[0]
+
+
+def _segment_samples(batch: PacketBatch, rescore: bool) -> tuple[Samples, np.ndarray]:
+    """The samples and each sample's packet index in ``batch``."""
+    pos, inv, counts = inflow_positions(batch)
+    idx = scoring_points(pos, rescore)
     size = counts[inv[idx]]
-    return Samples(batch.header[idx], batch.hdr_len[idx], soft_label(size), size, inv[idx])
+    return Samples(batch.header[idx], batch.hdr_len[idx], soft_label(size), size, inv[idx]), idx
 
 
 def cap_flows(samples: Samples, max_flows: int | None, seed: int = 0) -> Samples:
@@ -116,26 +131,12 @@ def training_sets(batch: PacketBatch, train_fraction: float = 0.5, rescore: bool
                   max_flows: int | None = 20_000, seed: int = 0) -> tuple[Samples, Samples, Samples]:
     """``(train, validation, evaluation)`` samples (validation: the last 10 % of the training part)."""
     train_part, eval_part = split_trace(batch, train_fraction)
-    train_all = segment_samples(train_part, rescore)
-    # positions inside the training part of every sample, to cut off its last 10 %
-    cut = int(len(train_part) * 0.9)
-    pkt_index = _sample_packet_index(train_part, rescore)
+    train_all, pkt_index = _segment_samples(train_part, rescore)
+    cut = int(len(train_part) * 0.9)  # the last 10 % of the training part's packets validate
     train = cap_flows(train_all.take(pkt_index < cut), max_flows, seed)
     val = cap_flows(train_all.take(pkt_index >= cut), max_flows, seed)
     evaluation = cap_flows(segment_samples(eval_part, rescore), max_flows, seed)
     return train, val, evaluation
-
-
-def _sample_packet_index(batch: PacketBatch, rescore: bool) -> np.ndarray:
-    keys = batch.flow_keys_void()
-    _, inv = np.unique(keys, return_inverse=True)
-    order = np.argsort(inv, kind="stable")
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(inv[order])) + 1))
-    rank = np.arange(len(batch)) - np.repeat(starts, np.diff(np.concatenate((starts, [len(batch)]))))
-    pos = np.empty(len(batch), np.int64)
-    pos[order] = rank + 1
-    point = ((pos & (pos - 1)) == 0) if rescore else pos == 1
-    return np.flatnonzero(point)
 
 
 # ---------------------------------------------------------------------------- progress

@@ -32,7 +32,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from telesketch.hashing import _M1, _M2, _SEED_OFFSET, GOLDEN
+from telesketch.hashing import _M1, _M2, _SEED_OFFSET, GOLDEN, MIX_A, MIX_B
 from telesketch.sketches import gapfilter as _cpu
 from telesketch.sketches.core import SketchError
 
@@ -113,6 +113,7 @@ def backend() -> _Backend:
 # ``telesketch.hashing``'s constants; every operand below is uint64 so the arithmetic wraps mod 2^64.
 _U64 = np.uint64
 _S16, _S24, _S32, _S33, _S48 = _U64(16), _U64(24), _U64(32), _U64(33), _U64(48)
+_S27, _S30, _S31 = _U64(27), _U64(30), _U64(31)
 _LOW16 = _U64(0xFFFF)
 _LEN13 = _U64((13 * int(GOLDEN)) & (2**64 - 1))  # the 13-byte key length, folded into the initial state
 
@@ -126,6 +127,14 @@ def _fmix64(x):
     x *= _M2
     x ^= x >> _S33
     return x
+
+
+@cuda.jit(device=True, inline=True)
+def mix64_device(z):
+    """splitmix64's finaliser (``telesketch.hashing.mix64``), mod 2^64: the twins' random coins."""
+    z = (z ^ (z >> _S30)) * MIX_A
+    z = (z ^ (z >> _S27)) * MIX_B
+    return z ^ (z >> _S31)
 
 
 @cuda.jit(device=True)

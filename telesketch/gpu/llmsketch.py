@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from telesketch.gpu.gapfilter import THREADS_PER_BLOCK, GpuUnavailableError, _blocks, _segments, backend
+from telesketch.gpu.gapfilter import THREADS_PER_BLOCK, GpuUnavailableError, _blocks, _segments, backend, mix64_device
 from telesketch.sketches import llmsketch as _cpu
 
 __all__ = ["LLMSketch", "GpuUnavailableError", "device_mmh3_words", "mmh3_words_device"]
@@ -63,10 +63,8 @@ _C2 = _U64(0x1B873593)
 _F1 = _U64(0x85EBCA6B)
 _F2 = _U64(0xC2B2AE35)
 _N1 = _U64(0xE6546B64)
-_MIX_A = _U64(0xBF58476D1CE4E5B9)
-_MIX_B = _U64(0x94D049BB133111EB)
 _S13, _S15, _S16, _S17, _S19 = _U64(13), _U64(15), _U64(16), _U64(17), _U64(19)
-_S27, _S30, _S31, _S40 = _U64(27), _U64(30), _U64(31), _U64(40)
+_S40 = _U64(40)
 _U5, _U64_64, _U0 = _U64(5), _U64(64), _U64(0)
 _TWO24 = float(1 << 24)
 _BUCKET_SEED = _U64(_cpu.BUCKET_SEED)
@@ -108,17 +106,9 @@ def mmh3_words_device(words, nbytes, seed):
 
 
 @cuda.jit(device=True, inline=True)
-def _mix64(z):
-    """splitmix64's finaliser (CPU ``mix64``), mod 2^64."""
-    z = (z ^ (z >> _S30)) * _MIX_A
-    z = (z ^ (z >> _S27)) * _MIX_B
-    return z ^ (z >> _S31)
-
-
-@cuda.jit(device=True, inline=True)
 def _uniform(seed_mix, n, j):
     """CPU ``uniform(seed_mix, n, j)`` in [0, 1): ``n``, ``j`` and ``seed_mix`` are uint64."""
-    return float(_mix64(seed_mix ^ (n * _U64_64 + j)) >> _S40) / _TWO24
+    return float(mix64_device(seed_mix ^ (n * _U64_64 + j)) >> _S40) / _TWO24
 
 
 # ============================================================================ device heavy insert

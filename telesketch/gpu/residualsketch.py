@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from telesketch.gpu.gapfilter import THREADS_PER_BLOCK, GpuUnavailableError, _blocks, backend
+from telesketch.gpu.gapfilter import THREADS_PER_BLOCK, GpuUnavailableError, _blocks, backend, mix64_device
 from telesketch.sketches import cocosketch as _coco
 from telesketch.sketches import residualsketch as _cpu
 
@@ -44,10 +44,9 @@ __all__ = ["ResidualSketch", "CocoSketch", "GpuUnavailableError", "bob_hash_devi
 _U64 = np.uint64
 _M32 = _coco._M32
 _GOLDEN32 = _coco._GOLDEN32
-_MIX_A, _MIX_B = _coco._MIX_A, _coco._MIX_B
 _ROW0, _ROW1 = _coco._ROW0, _coco._ROW1
 _S3, _S5, _S8, _S10, _S12, _S13, _S15, _S16 = (_U64(k) for k in (3, 5, 8, 10, 12, 13, 15, 16))
-_S27, _S30, _S31, _S32, _S64 = (_U64(k) for k in (27, 30, 31, 32, 64))
+_S32, _S64 = _U64(32), _U64(64)
 
 
 # ============================================================================ device hash and coins
@@ -79,17 +78,9 @@ def bob_hash_device(x, c):
 
 
 @cuda.jit(device=True, inline=True)
-def _mix64(z):
-    """splitmix64's finaliser (CPU ``mix64``), mod 2^64."""
-    z = (z ^ (z >> _S30)) * _MIX_A
-    z = (z ^ (z >> _S27)) * _MIX_B
-    return z ^ (z >> _S31)
-
-
-@cuda.jit(device=True, inline=True)
 def rand32_device(seed_mix, n, j):
     """Device port of the CPU ``rand32``: the replacement coin of block ``j`` at packet ``n`` (uint64 args)."""
-    return _mix64(seed_mix ^ (n * _S64 + j)) >> _S32
+    return mix64_device(seed_mix ^ (n * _S64 + j)) >> _S32
 
 
 @cuda.jit(device=True, inline=True)

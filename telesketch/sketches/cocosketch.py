@@ -27,6 +27,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import numba as nb
 import numpy as np
 
+from telesketch.hashing import mix64
 from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.exact import hhh_from_counts, layers_for, prefix_mask
@@ -40,13 +41,11 @@ BUCKET_DTYPE = np.dtype([("id", "<u4"), ("count", "<i4")])
 _U64 = np.uint64
 _M32 = _U64(0xFFFFFFFF)
 _GOLDEN32 = _U64(0x9E3779B9)
-_MIX_A = _U64(0xBF58476D1CE4E5B9)
-_MIX_B = _U64(0x94D049BB133111EB)
 _ROW0 = _U64(ROW_INITS[0] + 4)  # + 4: the key length in bytes
 _ROW1 = _U64(ROW_INITS[1] + 4)
-_S = {k: _U64(k) for k in (3, 5, 8, 10, 12, 13, 15, 16, 27, 30, 31, 32, 64)}
+_S = {k: _U64(k) for k in (3, 5, 8, 10, 12, 13, 15, 16, 32, 64)}
 _S3, _S5, _S8, _S10, _S12, _S13, _S15, _S16 = (_S[k] for k in (3, 5, 8, 10, 12, 13, 15, 16))
-_S27, _S30, _S31, _S32, _S64 = (_S[k] for k in (27, 30, 31, 32, 64))
+_S32, _S64 = _S[32], _S[64]
 
 
 # ---------------------------------------------------------------------------- scalar kernels
@@ -74,14 +73,6 @@ def bob_hash(x, c):
     c = (c - a - b) & _M32
     c ^= b >> _S15
     return c
-
-
-@nb.njit(nb.uint64(nb.uint64), cache=True, nogil=True, inline="always")
-def mix64(z):
-    """splitmix64's finaliser (spec §2), mod 2^64."""
-    z = (z ^ (z >> _S30)) * _MIX_A
-    z = (z ^ (z >> _S27)) * _MIX_B
-    return z ^ (z >> _S31)
 
 
 @nb.njit(nb.uint64(nb.uint64, nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")

@@ -39,7 +39,7 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from telesketch.hashing import hash64_5tuple, hash64_u32
+from telesketch.hashing import hash64_5tuple, hash64_u32, mix64
 from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 
@@ -493,10 +493,7 @@ def _ao_segments(cells, order, sorted_items, starts, buckets, worker_starts, sz,
 def _splitmix64(state):
     """splitmix64: returns ``(output, new_state)``."""
     state = state + _U64(0x9E3779B97F4A7C15)
-    z = state
-    z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
-    return z ^ (z >> _U64(31)), state
+    return mix64(state), state
 
 
 @nb.njit(cache=True, nogil=True, inline="always")

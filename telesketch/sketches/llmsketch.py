@@ -46,6 +46,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
+from telesketch.hashing import mix64
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.exact import prefix_mask
@@ -74,8 +75,6 @@ _U64 = np.uint64
 _M32 = _U64(0xFFFFFFFF)
 _C1 = _U64(0xCC9E2D51)
 _C2 = _U64(0x1B873593)
-_MIX_A = _U64(0xBF58476D1CE4E5B9)
-_MIX_B = _U64(0x94D049BB133111EB)
 _TWO24 = float(1 << 24)
 
 
@@ -141,14 +140,6 @@ def mmh3_rows(keys: np.ndarray, seed: int) -> np.ndarray:
     out = np.empty(keys.shape[0], np.uint64)
     _mmh3_rows_kernel(keys, _U64(seed), out)
     return out.astype(np.uint32)
-
-
-@nb.njit(nb.uint64(nb.uint64), cache=True, nogil=True, inline="always")
-def mix64(z):
-    """splitmix64's finaliser (spec §2.2), mod 2^64."""
-    z = (z ^ (z >> _U64(30))) * _MIX_A
-    z = (z ^ (z >> _U64(27))) * _MIX_B
-    return z ^ (z >> _U64(31))
 
 
 @nb.njit(nb.float64(nb.uint64, nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
