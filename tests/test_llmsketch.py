@@ -351,10 +351,19 @@ def test_size_floor_raises_scores_at_floor_positions_only():
     assert np.all(FlowScorer(ConstantEstimator(0.0), floor_from=0).scores(one_flow_batch(600)) == 0.0)
 
 
-@pytest.mark.parametrize("floor_from", [3, -4, 100])
+@pytest.mark.parametrize("floor_from", [3, -4, 100, "512", 512.0, True])
 def test_size_floor_must_be_a_power_of_two(floor_from):
     with pytest.raises(ValueError, match="floor_from"):
         FlowScorer(ConstantEstimator(0.0), floor_from=floor_from)
+
+
+def test_bad_size_floor_in_the_service_config_names_the_sketch():
+    from telesketch.service.config import ConfigError
+    from telesketch.service.sketchset import SketchSet
+
+    with pytest.raises(ConfigError, match="sketch 'flows'.*floor_from must be 0 \\(off\\) or a power of two"):
+        SketchSet.from_config({"flows": {"kind": "llmsketch", "memory_bytes": 8192, "estimator": "constant",
+                                         "floor_from": 300}})
 
 
 def test_async_model_score_arriving_late_keeps_the_floor():

@@ -252,9 +252,10 @@ class FlowScorer:
                  floor_from: int = FLOOR_FROM):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if isinstance(floor_from, bool) or not isinstance(floor_from, (int, np.integer)) or floor_from < 0 \
+                or (floor_from & (floor_from - 1)) != 0:
+            raise ValueError(f"floor_from must be 0 (off) or a power of two, got {floor_from!r}")
         floor_from = int(floor_from)
-        if floor_from < 0 or (floor_from & (floor_from - 1)) != 0:
-            raise ValueError(f"floor_from must be 0 (off) or a power of two, got {floor_from}")
         self.floor_from = floor_from
         if int(cache_flows) < 1:
             raise ValueError(f"cache_flows must be positive, got {cache_flows}")
