@@ -23,6 +23,16 @@ at ``k`` beats staying in the light part when the flow ends above about ``k + 25
 Measured (``benchmarks/check_llm_topflows.py`` and BENCHMARKS.md, "LLM-Sketch"): 512 gave the
 lowest ARE over flows of 256+ packets on both generated traffic and the nDPI capture, against
 256, 1024 and no floor; 256 admits too many 256-510-packet flows that the light part counted better.
+
+* ``mode="sync"`` (evaluation, tests; deterministic): a batch's scoring points are scored in one
+  estimator call before the batch goes to the sketch. Equivalent to the offline two-phase replay.
+* ``mode="async"`` (service): ingest never waits on the model. A packet whose flow has no model
+  score yet gets a provisional one (the ``provisional`` estimator, e.g. trees, if given, else 0.5).
+  Scoring points, and unscored flows not already queued, go to a bounded queue (``queue_batches``
+  items; when it is full they are not queued and retried on the flow's next packet); one daemon
+  worker thread scores it in batches of ``batch_size`` and fills the cache, so an arriving score
+  changes only later packets. The worker exits when the scorer is garbage-collected or closed.
+* ``mode="auto"``: ``async`` for the model estimators (``lm``, ``tiny``), ``sync`` otherwise.
 """
 from __future__ import annotations
 
@@ -255,8 +265,7 @@ class FlowScorer:
         if isinstance(floor_from, bool) or not isinstance(floor_from, (int, np.integer)) or floor_from < 0 \
                 or (floor_from & (floor_from - 1)) != 0:
             raise ValueError(f"floor_from must be 0 (off) or a power of two, got {floor_from!r}")
-        floor_from = int(floor_from)
-        self.floor_from = floor_from
+        self.floor_from = int(floor_from)
         if int(cache_flows) < 1:
             raise ValueError(f"cache_flows must be positive, got {cache_flows}")
         self.estimator = as_estimator(estimator, path)
