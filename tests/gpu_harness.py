@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_cases(cases: Iterable[str], run_case: Callable[[str], str]) -> dict:
     """``{case: {"ok": bool, "detail": str}}`` plus the backend name under ``"_backend"``."""
-    from telesketch.gpu.gapfilter import backend
+    from telesketch.gpu.core import backend
 
     out = {"_backend": backend().name}
     for name in cases:
@@ -65,7 +65,7 @@ def assert_clear_error_without_device(script: str) -> None:
 
 def _in_process_backend() -> str | None:
     try:
-        from telesketch.gpu.gapfilter import GpuUnavailableError, backend
+        from telesketch.gpu.core import GpuUnavailableError, backend
 
         return backend().name
     except (ImportError, GpuUnavailableError):
@@ -84,7 +84,7 @@ def script_main(cases: Iterable[str], run_case: Callable[[str], str], constructo
     if "--expect-error" not in sys.argv:
         print(json.dumps(run_cases(cases, run_case)))
         return
-    from telesketch.gpu.gapfilter import GpuUnavailableError
+    from telesketch.gpu.core import GpuUnavailableError
 
     message = ""
     for make in constructors:

@@ -5,14 +5,8 @@ simulator (``NUMBA_ENABLE_CUDASIM=1`` set before ``numba.cuda`` is first importe
 same kernels on the CPU for tests. Constructing a sketch with neither raises
 :class:`GpuUnavailableError` saying so.
 """
-from telesketch.gpu.gapfilter import (
-    GapFilterAO,
-    GapFilterSO,
-    GpuUnavailableError,
-    backend,
-    device_hash_5tuple,
-    hash64_5tuple_device,
-)
+from telesketch.gpu.core import GpuUnavailableError, backend, device_hash_5tuple, hash64_5tuple_device
+from telesketch.gpu.gapfilter import GapFilterAO, GapFilterSO
 from telesketch.gpu.hiddensketch import HiddenSketch, device_hash_key_words, hash64_u32_device, hash_key_device
 from telesketch.gpu.llmsketch import LLMSketch
 from telesketch.gpu.residualsketch import CocoSketch, ResidualSketch, bob_hash_device, device_bob_hash, rand32_device

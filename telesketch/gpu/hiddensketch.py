@@ -32,7 +32,7 @@ Two-pass mode (§9): pass 1 runs steps 1-3 only; pass 2 gates each item by the F
 Not on the device: building the key words from the batch columns, the stable sort of step 2,
 ``decode`` / ``heavy_hitters`` / ``heavy_changers`` (the state is copied to the host once and the
 CPU decode runs on it), ``point_estimate`` and ``merge`` (host copies of the state, then the CPU
-code). Backends as in :mod:`telesketch.gpu.gapfilter`: CuPy arrays or Numba device arrays on a
+code). Backends as in :mod:`telesketch.gpu.core`: CuPy arrays or Numba device arrays on a
 CUDA device, plain numpy arrays under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
 """
 from __future__ import annotations
@@ -40,12 +40,12 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from telesketch.gpu.gapfilter import (
+from telesketch.gpu.core import (
     THREADS_PER_BLOCK,
     GpuUnavailableError,
-    _blocks,
     _fmix64,
     backend,
+    blocks,
     hash64_5tuple_device,
 )
 from telesketch.hashing import _SEED_OFFSET, GOLDEN
@@ -132,7 +132,7 @@ def device_hash_key_words(lo: np.ndarray, hi: np.ndarray, nbytes: int, seed: int
     out = be.zeros(lo.shape[0], np.uint64)
     if lo.shape[0]:
         with be.launching():
-            _hash_words_kernel[_blocks(lo.shape[0]), THREADS_PER_BLOCK](
+            _hash_words_kernel[blocks(lo.shape[0]), THREADS_PER_BLOCK](
                 be.to_device(lo), be.to_device(np.ascontiguousarray(hi, np.uint64)), _I64(nbytes),
                 _U64(seed), out)
     return be.to_host(out)
@@ -321,20 +321,20 @@ class HiddenSketch(_cpu.HiddenSketch):
         p, be = self.params, self._backend
         m = p.fs_rows * n
         d_cells = be.zeros(m, np.int64)
-        _fs_cells_kernel[_blocks(n), THREADS_PER_BLOCK](d_lo, d_hi, _I64(p.key_bytes), self._d_layout["fs_seeds"],
+        _fs_cells_kernel[blocks(n), THREADS_PER_BLOCK](d_lo, d_hi, _I64(p.key_bytes), self._d_layout["fs_seeds"],
                                                         _I64(p.fs_width), d_cells)
         d_order = be.to_device(np.argsort(be.to_host(d_cells), kind="stable").astype(np.int64))
         d_values = be.zeros(m, np.int64)
-        _fs_values_kernel[_blocks(m), THREADS_PER_BLOCK](d_cells, d_order, self._d_fs, _I64(p.fs_width),
+        _fs_values_kernel[blocks(m), THREADS_PER_BLOCK](d_cells, d_order, self._d_fs, _I64(p.fs_width),
                                                          _I64(p.fs_cap), d_values)
-        _fs_store_kernel[_blocks(m), THREADS_PER_BLOCK](d_cells, d_order, _I64(p.fs_width), d_values, self._d_fs)
+        _fs_store_kernel[blocks(m), THREADS_PER_BLOCK](d_cells, d_order, _I64(p.fs_width), d_values, self._d_fs)
         return d_values
 
     def _fs_query(self, d_lo, d_hi, n: int):
         """Device ``int64[n]`` FS point queries (read-only), the two-pass second-pass gate."""
         p = self.params
         d_out = self._backend.zeros(n, np.int64)
-        _fs_query_kernel[_blocks(n), THREADS_PER_BLOCK](d_lo, d_hi, _I64(p.key_bytes), self._d_fs,
+        _fs_query_kernel[blocks(n), THREADS_PER_BLOCK](d_lo, d_hi, _I64(p.key_bytes), self._d_fs,
                                                         self._d_layout["fs_seeds"], _I64(p.fs_width),
                                                         _I64(p.fs_cap), d_out)
         return d_out
@@ -342,7 +342,7 @@ class HiddenSketch(_cpu.HiddenSketch):
     def _insert(self, d_lo, d_hi, d_values, n_rows: int) -> None:
         """Step 4: gate every item by ``min`` of its ``n_rows`` values and insert the gated keys."""
         p, lay, d = self.params, self._layout, self._d_layout
-        _ss_insert_kernel[_blocks(d_lo.shape[0]), THREADS_PER_BLOCK](
+        _ss_insert_kernel[blocks(d_lo.shape[0]), THREADS_PER_BLOCK](
             d_lo, d_hi, d_values, _I64(n_rows), _I64(p.thresh), _I64(p.key_bytes), _I64(p.blocks),
             _U64(lay.blk_seed), d["seg_layout"], d["bf_layout"], d["bf_seeds"], d["cm_seeds"], _I64(p.cm_width),
             self._d_seg, self._d_bf, self._d_cm)

@@ -14,7 +14,7 @@ Per batch (spec §2.4, "Batch execution"; the GPU port of the CPU ``parallel=Tru
 2. a kernel with one thread per packet hashes each key to its heavy bucket with a device port of
    MurmurHash3 over key words (:func:`mmh3_words_device`, equal to the CPU ``_mmh3_words``);
 3. the buckets come back and are stable-sorted on the host into CSR segments of the non-empty
-   buckets (``telesketch.gpu.gapfilter._segments``; a device sort would save two copies);
+   buckets (``telesketch.gpu.core.segments``; a device sort would save two copies);
 4. ONE segment kernel with one thread per non-empty bucket runs that bucket's packets in stream
    order with a device port of the CPU ``_heavy_insert`` (same ``uniform(seed, n, 0)`` lock coin,
    ``n`` the packet's stream index); it records each packet's light operation at its batch
@@ -39,7 +39,7 @@ authoritative state and is copied back to the device before the next batch. A qu
 batches therefore costs one state download and one upload. Queries themselves run on the host
 (the CPU class's code over the fetched arrays).
 
-Backends (:func:`telesketch.gpu.gapfilter.backend`): CuPy arrays on a CUDA device when CuPy is
+Backends (:func:`telesketch.gpu.core.backend`): CuPy arrays on a CUDA device when CuPy is
 installed, Numba device arrays otherwise, numpy arrays under Numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1`` set before ``numba.cuda`` is first imported); neither device nor
 simulator raises :class:`GpuUnavailableError` at construction.
@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from telesketch.gpu.gapfilter import THREADS_PER_BLOCK, GpuUnavailableError, _blocks, _segments, backend, mix64_device
+from telesketch.gpu.core import THREADS_PER_BLOCK, GpuUnavailableError, backend, blocks, mix64_device, segments
 from telesketch.sketches import llmsketch as _cpu
 
 __all__ = ["LLMSketch", "GpuUnavailableError", "device_mmh3_words", "mmh3_words_device"]
@@ -241,7 +241,7 @@ def device_mmh3_words(words: np.ndarray, nbytes: int, seed: int) -> np.ndarray:
     out = be.zeros(words.shape[0], np.uint64)
     if words.shape[0]:
         with be.launching():
-            _hash_rows_kernel[_blocks(words.shape[0]), THREADS_PER_BLOCK](be.to_device(words), np.int64(nbytes),
+            _hash_rows_kernel[blocks(words.shape[0]), THREADS_PER_BLOCK](be.to_device(words), np.int64(nbytes),
                                                                          _U64(seed), out)
     return be.to_host(out).astype(np.uint32)
 
@@ -327,10 +327,10 @@ class LLMSketch(_cpu.LLMSketch):
         d_op_key = be.zeros(words.shape, np.uint32)
         n0 = np.int64(self.packets)
         with be.launching():
-            _buckets_kernel[_blocks(n), THREADS_PER_BLOCK](d_words, nbytes, _U64(p.buckets), d_buckets)
-            buckets, starts, order = _segments(be.to_host(d_buckets))
+            _buckets_kernel[blocks(n), THREADS_PER_BLOCK](d_words, nbytes, _U64(p.buckets), d_buckets)
+            buckets, starts, order = segments(be.to_host(d_buckets))
             state = [self._device_array(name) for name in ("_slot_words", "counts", "lock", "occ")]
-            _heavy_segments_kernel[_blocks(buckets.shape[0]), THREADS_PER_BLOCK](
+            _heavy_segments_kernel[blocks(buckets.shape[0]), THREADS_PER_BLOCK](
                 *state, d_words, d_scores, be.to_device(buckets), be.to_device(starts), be.to_device(order),
                 n0, self._seed_mix, d_op_type, d_op_key, d_op_val)
             if p.light == "countmin":
@@ -348,13 +348,13 @@ class LLMSketch(_cpu.LLMSketch):
         width = self.params.light_width
         none_target = CM_ROWS * width
         d_targets = be.zeros(n * CM_ROWS, np.int64)
-        _cm_targets_kernel[_blocks(n), THREADS_PER_BLOCK](d_op_type, d_op_key, np.int64(self.params.key_len),
+        _cm_targets_kernel[blocks(n), THREADS_PER_BLOCK](d_op_type, d_op_key, np.int64(self.params.key_len),
                                                           _U64(width), np.int64(none_target), d_targets)
-        counters, starts, order = _segments(be.to_host(d_targets))
+        counters, starts, order = segments(be.to_host(d_targets))
         if counters.shape[0] and counters[-1] == none_target:  # packets without a light operation
             counters, starts = counters[:-1], starts[:-1]
         if counters.shape[0] == 0:
             return
-        _cm_fold_kernel[_blocks(counters.shape[0]), THREADS_PER_BLOCK](
+        _cm_fold_kernel[blocks(counters.shape[0]), THREADS_PER_BLOCK](
             self._device_array("cm"), be.to_device(counters), be.to_device(starts), be.to_device(order), d_op_type,
             d_op_val)

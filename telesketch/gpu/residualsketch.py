@@ -22,7 +22,7 @@ the state until the next batch uploads it again, so a query between two batches 
 and one upload. **Queries run on the host**: ``layer_estimates``, ``estimate``, ``hhh``,
 ``hhh_entries``, ``full_keys`` and ``to_bytes`` are the CPU classes' code over the fetched arrays.
 
-Backends (:func:`telesketch.gpu.gapfilter.backend`): CuPy arrays on a CUDA device when CuPy is
+Backends (:func:`telesketch.gpu.core.backend`): CuPy arrays on a CUDA device when CuPy is
 installed, Numba device arrays otherwise, numpy arrays under Numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1`` set before ``numba.cuda`` is first imported); neither device nor
 simulator raises :class:`GpuUnavailableError` at construction.
@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from telesketch.gpu.gapfilter import THREADS_PER_BLOCK, GpuUnavailableError, _blocks, backend, mix64_device
+from telesketch.gpu.core import THREADS_PER_BLOCK, GpuUnavailableError, backend, blocks, mix64_device
 from telesketch.sketches import cocosketch as _coco
 from telesketch.sketches import residualsketch as _cpu
 
@@ -163,7 +163,7 @@ def device_bob_hash(keys: np.ndarray, row: int) -> np.ndarray:
     out = be.zeros(keys.shape[0], np.uint64)
     if keys.shape[0]:
         with be.launching():
-            _bob_hash_kernel[_blocks(keys.shape[0]), THREADS_PER_BLOCK](be.to_device(keys), (_ROW0, _ROW1)[row], out)
+            _bob_hash_kernel[blocks(keys.shape[0]), THREADS_PER_BLOCK](be.to_device(keys), (_ROW0, _ROW1)[row], out)
     return be.to_host(out)
 
 
