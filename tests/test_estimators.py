@@ -161,6 +161,11 @@ def test_lm_length_batches_group_equal_token_counts():
     assert all(len(r) <= 3 and (mask[r].sum(1) == w).all() for r, w in batches)
     w = sample_weights(np.array([0.1, 0.9, 0.2, 0.6]), 3.0)
     assert w.mean() == pytest.approx(1.0) and w[1] == pytest.approx(3 * w[0])
+    # flow_balance: flow 7 has three samples, flow 2 one; each flow carries the same total weight
+    y, flow = np.array([0.1, 0.1, 0.1, 0.1]), np.array([7, 2, 7, 7])
+    w = sample_weights(y, 3.0, flow)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[[0, 2, 3]].sum() == pytest.approx(w[1]) and w[0] == pytest.approx(w[1] / 3)
 
 
 def test_missing_llm_extra_gives_install_hint(monkeypatch, tmp_path, capsys):

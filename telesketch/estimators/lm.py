@@ -44,7 +44,9 @@ class LMConfig:
     """LoRA and training settings (see the module doc for why they differ from the paper's).
 
     ``lr``: adapter learning rate; ``head_lr``: the regression head's; ``pooling``: ``"mean"``
-    (default) or ``"cls"``; ``pos_weight``: MSE weight of samples with ``y >= 0.5``;
+    (default) or ``"cls"``; ``pos_weight``: MSE weight of samples with ``y >= 0.5``; ``flow_balance``:
+    each flow's samples share one unit of weight, so the first packets (which decide admission) are
+    not outvoted by the re-scoring points of long flows;
     ``max_seconds``: stop training after this many seconds (the best-validation weights are kept);
     ``threads``: torch / onnxruntime intra-op threads.
     """
@@ -60,6 +62,7 @@ class LMConfig:
     weight_decay: float = 0.01
     pooling: str = "mean"
     pos_weight: float = 2.0
+    flow_balance: bool = False
     max_seconds: float = 480.0
     seed: int = 0
     threads: int = 2
@@ -316,9 +319,13 @@ def length_batches(mask: np.ndarray, batch_size: int, order: np.ndarray | None =
     return out
 
 
-def sample_weights(y: np.ndarray, pos_weight: float) -> np.ndarray:
-    """``float32[n]`` MSE weights, mean 1: ``pos_weight`` for ``y >= 0.5`` (predicted large), 1 otherwise."""
+def sample_weights(y: np.ndarray, pos_weight: float, flow: np.ndarray | None = None) -> np.ndarray:
+    """``float32[n]`` MSE weights, mean 1: ``pos_weight`` for ``y >= 0.5`` (predicted large), 1 otherwise;
+    with ``flow`` (``int[n]`` flow ids), further divided by the number of samples of the sample's flow."""
     w = np.where(np.asarray(y) >= 0.5, float(pos_weight), 1.0)
+    if flow is not None and w.size:
+        _, inv, counts = np.unique(np.asarray(flow), return_inverse=True, return_counts=True)
+        w = w / counts[inv]
     return (w / w.mean()).astype(np.float32) if w.size else w.astype(np.float32)
 
 
@@ -337,7 +344,7 @@ def train_lm(model, tokenize, train, val, config: LMConfig, progress: bool = Fal
 
     rng = np.random.default_rng(config.seed)
     ids, mask = tokenize(train.headers, train.hdr_len)
-    weights = sample_weights(train.y, config.pos_weight)
+    weights = sample_weights(train.y, config.pos_weight, train.flow if config.flow_balance else None)
     y = np.asarray(train.y, np.float32)
     head = [p for n, p in model.trainable().items() if n.startswith("head.")]
     adapter = [p for n, p in model.trainable().items() if not n.startswith("head.")]
