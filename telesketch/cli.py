@@ -232,26 +232,26 @@ def _run_query(args: argparse.Namespace) -> int:
             print(json.dumps(client.stats(), indent=2))
             return 0
         if what == "top-flows":
-            table = [(key_text(k), f"{v:,.0f}") for k, v in client.top_flows(args.k, **window)]
+            rows = [(t, v) for _, v, t in client.top_flows(args.k, **window, text=True)]
             header = ("flow", "estimate")
         elif what in ("heavy-hitters", "heavy-changers"):
             call = client.heavy_hitters if what == "heavy-hitters" else client.heavy_changers
-            table = [(key_text(k), f"{v:,.0f}") for k, v in call(**window, **thresholds)]
+            rows = [(t, v) for _, v, t in call(**window, **thresholds, text=True)]
             header = ("key", "change" if what == "heavy-changers" else "estimate")
         elif what == "hhh":
-            table = [(f"{format_ipv4(p)}/{n}", f"{c:,.0f}") for p, n, c in client.hhh(**window, **thresholds)]
+            rows = [(f"{format_ipv4(p)}/{n}", c) for p, n, c in client.hhh(**window, **thresholds)]
             header = ("prefix", "discounted estimate")
         elif what == "gaps":
-            table = [(str(g.ts_ns), key_text(g.key), str(g.jump)) for g in client.flow_gaps(limit=args.k, **window)]
+            rows = [(str(g.ts_ns), key_text(g.key), g.jump) for g in client.flow_gaps(limit=args.k, **window)]
             header = ("ts_ns", "flow", "jump")
         else:  # flow-size
             keys = [bytes.fromhex(k) for k in args.key]
-            table = [(key_text(k), f"{v:,.0f}") for k, v in zip(keys, client.flow_size(keys, **window))]
+            rows = [(key_text(k), v) for k, v in zip(keys, client.flow_size(keys, **window))]
             header = ("flow", "estimate")
-    if args.json:
-        print(json.dumps([dict(zip(header, row)) for row in table], indent=2))
+    if args.json:  # numbers stay numbers
+        print(json.dumps([dict(zip(header, row)) for row in rows], indent=2))
     else:
-        _print_table(header, table)
+        _print_table(header, [tuple(c if isinstance(c, str) else f"{c:,.0f}" for c in row) for row in rows])
     return 0
 
 

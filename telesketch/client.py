@@ -135,18 +135,19 @@ class Client:
         return {k: v for k, v in (("phi", phi), ("threshold", threshold)) if v is not None}
 
     def heavy_hitters(self, *, epoch=None, last=None, closed_only=False, phi=None, threshold=None, sketch="",
-                      details=False):
-        """``[(key, estimate)]``, largest first; ``details=True`` also returns the WindowInfo."""
+                      details=False, text=False):
+        """``[(key, estimate)]``, largest first; ``details=True`` also returns the WindowInfo;
+        ``text=True`` adds the server's rendering of each key (``(key, estimate, text)``)."""
         reply = self._call(self._query.HeavyHitters, service_pb2.HeavyHittersRequest(
             window=self._window(epoch, last, closed_only), sketch=sketch, **self._thresholds(phi, threshold)))
-        return _key_rows(reply, details)
+        return _key_rows(reply, details, text)
 
     def heavy_changers(self, *, epoch=None, last=None, closed_only=False, phi=None, threshold=None, sketch="",
-                       details=False):
+                       details=False, text=False):
         """``[(key, change)]`` between the window and the equally long window before it."""
         reply = self._call(self._query.HeavyChangers, service_pb2.HeavyChangersRequest(
             window=self._window(epoch, last, closed_only), sketch=sketch, **self._thresholds(phi, threshold)))
-        return _key_rows(reply, details)
+        return _key_rows(reply, details, text)
 
     def hhh(self, *, epoch=None, last=None, closed_only=False, phi=None, threshold=None, sketch="", details=False):
         """``[(prefix, length, discounted_estimate)]`` ordered by length then prefix."""
@@ -170,11 +171,13 @@ class Client:
         rows = [e.estimate for e in reply.entries]
         return (rows, reply.window) if details else rows
 
-    def top_flows(self, k: int = 10, *, epoch=None, last=None, closed_only=False, sketch="", details=False):
-        """``[(key, estimate)]``: the ``k`` largest flows."""
+    def top_flows(self, k: int = 10, *, epoch=None, last=None, closed_only=False, sketch="", details=False,
+                  text=False):
+        """``[(key, estimate)]``: the ``k`` largest flows (LLM-Sketch keys are 32-bit fingerprints;
+        ``text=True`` adds the server's rendering, e.g. ``fp:0x1234abcd``)."""
         reply = self._call(self._query.TopFlows, service_pb2.TopFlowsRequest(
             window=self._window(epoch, last, closed_only), sketch=sketch, k=k))
-        return _key_rows(reply, details)
+        return _key_rows(reply, details, text)
 
     def stats(self) -> dict:
         """Counters, retained epochs and configured sketches as a dict."""
@@ -203,6 +206,6 @@ class Client:
         self.close()
 
 
-def _key_rows(reply, details: bool):
-    rows = [(_key(e.key), e.estimate) for e in reply.entries]
+def _key_rows(reply, details: bool, text: bool = False):
+    rows = [(_key(e.key), e.estimate, e.text) if text else (_key(e.key), e.estimate) for e in reply.entries]
     return (rows, reply.window) if details else rows

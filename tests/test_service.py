@@ -22,6 +22,7 @@ import pytest
 from telesketch.client import Client
 from telesketch.packets import PacketBatch
 from telesketch.service.config import ServiceConfig
+from telesketch.service.queries import key_text
 from telesketch.service.server import ServiceThread
 from telesketch.sketches import exact
 
@@ -453,3 +454,24 @@ def _restart_queries(n_epochs: int) -> dict:
     queries["window"] = lambda c: c.top_flows(20, last=n_epochs, sketch="exact")
     queries["stats"] = lambda c: {k: v for k, v in c.stats().items() if k in ("packets", "batches", "epochs")}
     return queries
+
+
+def test_query_cli_prints_the_servers_key_text_and_json_numbers(server, traffic, capsys):
+    """LLM-Sketch keys are fingerprints: the CLI shows ``fp:0x...`` (as the server renders them), not
+    a dotted quad, and ``--json`` keeps estimates as numbers."""
+    svc, client = server
+    needs(svc, "flows")
+    from telesketch.cli import main
+
+    eid = sorted(epoch_parts(traffic))[0]
+    target = ["--target", f"127.0.0.1:{svc.grpc_port}", "--epoch", str(eid)]
+    assert main(["query", "top-flows", *target, "--sketch", "flows", "--k", "5", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    want = client.top_flows(5, epoch=eid, sketch="flows")
+    assert [r["flow"] for r in rows] == [f"fp:0x{k:08x}" for k, _ in want]
+    assert [r["estimate"] for r in rows] == [v for _, v in want]
+    assert main(["query", "heavy-hitters", *target, "--sketch", "exact"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    hh = client.heavy_hitters(epoch=eid, sketch="exact")
+    assert table[0].split() == ["key", "estimate"] and len(table) == 2 + len(hh)
+    assert table[2].split() == [key_text(hh[0][0]), f"{hh[0][1]:,.0f}"]
