@@ -192,7 +192,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(message)s")
     overrides = {"grpc_address": args.grpc_address, "http_address": args.http_address, "data_dir": args.data_dir,
                  "epoch_seconds": args.epoch_seconds, "keep_epochs": args.keep_epochs, "token": args.token,
-                 "tls_cert": args.tls_cert, "tls_key": args.tls_key, "wal": False if args.no_wal else None}
+                 "tls_cert": args.tls_cert, "tls_key": args.tls_key, "wal": False if args.no_wal else None,
+                 "shards": args.shards, "ray_address": args.ray_address}
     if args.token_file:
         overrides["token"] = Path(args.token_file).read_text().strip()
     config = load_config(args.config, overrides)
@@ -276,6 +277,9 @@ def _add_service_commands(sub) -> None:
     serve.add_argument("--keep-epochs", type=_positive_int)
     serve.add_argument("--token", help="require this bearer token")
     serve.add_argument("--token-file", help="read the bearer token from a file")
+    serve.add_argument("--shards", type=_positive_int,
+                       help="run the sketches on this many Ray actors (needs telesketch[ray]; default 1: in process)")
+    serve.add_argument("--ray-address", help="Ray cluster to join with --shards (default: start a local one)")
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
     serve.add_argument("--no-wal", action="store_true", help="no write-ahead log (a crash loses the open epoch)")
@@ -394,6 +398,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except (OSError, ValueError) as exc:  # CaptureError and BatchError are ValueErrors
+        print(f"telesketch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        if "pip install" not in str(exc):  # a missing optional extra says how to install it; others are bugs
+            raise
         print(f"telesketch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,6 +1,8 @@
 """The command line: every sub-command parses; input errors are one line and status 2."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from telesketch.cli import build_parser, main
@@ -43,3 +45,17 @@ def test_replay_cli_to_an_unreachable_server_is_status_1(tmp_path, capsys):
 def test_speed_and_max_are_exclusive(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["replay", "x.pcap", "--speed", "2", "--max"])
+
+
+def test_serve_with_shards_but_no_ray_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    code = main(["serve", "--shards", "2", "--data-dir", str(tmp_path), "--grpc-address", "127.0.0.1:0",
+                 "--http-address", ""])
+    assert code == 2
+    assert "pip install 'telesketch[ray]'" in capsys.readouterr().err
+
+
+def test_serve_rejects_zero_shards(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--shards", "0"])
+    assert "--shards" in capsys.readouterr().err

@@ -162,3 +162,17 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(RayNotInstalledError, match=r"pip install 'telesketch\[ray\]'"):
         ShardedSketches({"exact": {"kind": "exact"}}, shards=2)
+
+
+def test_shard_specs_turn_a_phi_threshold_into_the_shards_share():
+    """The service's default ResidualSketch is configured by (phi, expected_packets): each shard gets
+    a plain threshold (its share of T), and the front end keeps T for the window's report."""
+    from telesketch.service.config import DEFAULT_SKETCHES
+    from telesketch.sketches.residualsketch import ResidualSketch
+
+    spec = DEFAULT_SKETCHES["hhh"]
+    T = ResidualSketch(**{k: v for k, v in spec.items() if k != "kind"}).T
+    out = shard_specs({"hhh": spec}, 4)["hhh"]
+    assert "phi" not in out and "expected_packets" not in out and out["global_threshold"] == T
+    assert out["threshold"] == cocosketch.shard_threshold(T, 4) < T
+    ResidualSketch(**{k: v for k, v in out.items() if k not in ("kind", "global_threshold")})  # builds

@@ -92,6 +92,8 @@ def shard_specs(specs: dict[str, dict[str, Any]], shards: int) -> dict[str, dict
             T = getattr(module, ss.KINDS[spec["kind"]].cls)(**params).T
             from telesketch.sketches.cocosketch import shard_threshold
 
+            for key in ("phi", "expected_packets"):  # T now comes as a number, the shard's share of it
+                spec.pop(key, None)
             spec["threshold"] = shard_threshold(T, shards)
             spec["global_threshold"] = T
         out[name] = spec

@@ -54,13 +54,15 @@ class ServiceConfig:
     token: str = ""                         #: bearer token required on every RPC except health ("" = none)
     tls_cert: str = ""                      #: PEM certificate chain; with tls_key enables TLS
     tls_key: str = ""
+    shards: int = 1                         #: >1: the open epoch's sketches on this many Ray actors
+    ray_address: str = ""                   #: Ray cluster to join with shards > 1 ("" = start a local one)
     sketches: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_SKETCHES))
 
     def validate(self) -> "ServiceConfig":
         """Raise :class:`ConfigError` naming the first bad value; returns self."""
         if not self.epoch_seconds > 0:
             raise ConfigError(f"epoch_seconds must be positive, got {self.epoch_seconds}")
-        for name in ("keep_epochs", "queue_batches", "max_message_bytes", "max_batch_packets"):
+        for name in ("keep_epochs", "queue_batches", "max_message_bytes", "max_batch_packets", "shards"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

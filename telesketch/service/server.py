@@ -326,6 +326,15 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 # ====================================================================== the service
+def _sketchset(config: ServiceConfig) -> SketchSet:
+    """The configured sketches: in this process, or (``shards > 1``) the open epoch on Ray actors."""
+    if config.shards == 1:
+        return SketchSet.from_config(config.sketches)
+    from telesketch.distributed.service import ShardedSketchSet
+
+    return ShardedSketchSet.from_config(config.sketches, config.shards, address=config.ray_address)
+
+
 class Service:
     """The whole service: epochs, worker, gRPC server and HTTP server. ``await start()``, ``await stop()``."""
 
@@ -334,9 +343,14 @@ class Service:
 
         self.config = config.validate()
         self.metrics = ServiceMetrics()
-        self.sketchset = SketchSet.from_config(config.sketches)
-        self.manager = EpochManager(self.sketchset, config.epoch_ns, config.keep_epochs, config.data_dir or None,
-                                    wal=config.wal, wal_fsync=config.wal_fsync)
+        self.sketchset = _sketchset(config)
+        try:
+            self.manager = EpochManager(self.sketchset, config.epoch_ns, config.keep_epochs, config.data_dir or None,
+                                        wal=config.wal, wal_fsync=config.wal_fsync)
+        except BaseException:
+            if hasattr(self.sketchset, "shutdown"):  # the shard actors must not outlive a failed start
+                self.sketchset.shutdown()
+            raise
         self.queries = QueryEngine(self.manager, self.metrics.observe_query)
         self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics)
         self.query_pool = ThreadPoolExecutor(2, thread_name_prefix="telesketch-query")
@@ -389,6 +403,8 @@ class Service:
         self.worker.stop()
         self.query_pool.shutdown(wait=True)
         self.manager.close()
+        if hasattr(self.sketchset, "shutdown"):
+            self.sketchset.shutdown()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

@@ -18,6 +18,14 @@ the API docs, ``telesketch/service/__init__.py``):
   estimates``). Each epoch's sketch is the previous one's ``successor()``: the per-flow score
   cache carries over, so flows are scored once, not once per epoch.
 
+Sharded windows (the service on Ray shards, :mod:`telesketch.distributed.service`): a state may
+stand for one sketch's shards (it has ``shard_states()``). ``exact`` merges every shard of every
+epoch; sketches whose state is sharded by key (LLM-Sketch, Hidden Sketch with ``key = "5tuple"``)
+apply the rules above per shard and union the shards' answers (a flow size is read from the
+key's owning shard); additive ones (Hidden Sketch by source address, ResidualSketch) treat every
+shard of every epoch as one more state to sum, at the service-wide threshold; GapFilter unions the
+shards' events.
+
 A kind whose module is missing or fails a probe (build, update a 2-packet batch, round-trip
 through ``to_bytes``) is skipped with a log line and a note in ``Stats``: a sketch not yet built is
 simply not configured. Bad parameters for a kind that does import are a configuration error.
@@ -213,6 +221,20 @@ def merged_state(cs: ConfiguredSketch, states: list):
     return merged
 
 
+def _is_sharded(states: list) -> bool:
+    return bool(states) and hasattr(states[0], "shard_states")
+
+
+def _flat(states: list) -> list:
+    """Every shard's state of every epoch (an unsharded state is its own single shard)."""
+    return [x for s in states for x in (s.shard_states() if hasattr(s, "shard_states") else [s])]
+
+
+def _per_shard(states: list) -> list[list]:
+    """Per shard, that shard's states over the window's epochs (epoch order)."""
+    return [list(col) for col in zip(*(s.shard_states() for s in states))]
+
+
 def _combine_label(n_states: int, merged: bool, rule: str) -> str:
     return "single" if n_states == 1 else ("merged" if merged else rule)
 
@@ -237,42 +259,75 @@ def _hidden_window_estimates(states: list, keys) -> dict:
 
 def heavy_hitters(cs, states, n_packets, phi=None, threshold=None):
     if cs.kind_name == "exact":
-        return merged_state(cs, states).heavy_hitters(phi=phi, threshold=threshold), _combine_label(len(states), True, "")
+        return merged_state(cs, _flat(states)).heavy_hitters(phi=phi, threshold=threshold), \
+            _combine_label(len(states), True, "")
+    if _is_sharded(states):
+        thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
+        if _keyed(cs):
+            rows = [row for shard in _per_shard(states) for row in _hidden_rows(shard, thr)]
+            return _by_count(rows), "union over shards of sums of per-epoch estimates"
+        return _by_count(_hidden_rows(_flat(states), thr)), "sum of per-shard, per-epoch estimates"
     if len(states) == 1 and phi is None and threshold is None:
         return list(states[0].heavy_hitters()), "single"
     thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
+    return _by_count(_hidden_rows(states, thr)), _combine_label(len(states), False, "sum of per-epoch estimates")
+
+
+def _keyed(cs) -> bool:
+    """Whether the sketch's state is sharded by key (each key lives on one shard)."""
+    return cs.kind_name == "llmsketch" or (cs.kind_name == "hiddensketch" and cs.params.get("key") == "5tuple")
+
+
+def _by_count(rows: list) -> list:
+    return sorted(rows, key=lambda kv: (-kv[1], kv[0]))
+
+
+def _hidden_rows(states: list, thr: float) -> list:
+    """``[(key, estimate)]`` above ``thr``: the window rule over ``states`` (one state: its reports)."""
     candidates = {k for s in states for k, _ in s.heavy_hitters()}
     totals = _hidden_window_estimates(states, candidates) if len(states) > 1 else dict(states[0].heavy_hitters())
-    rows = sorted(((k, v) for k, v in totals.items() if v > thr), key=lambda kv: (-kv[1], kv[0]))
-    return rows, _combine_label(len(states), False, "sum of per-epoch estimates")
+    return [(k, v) for k, v in totals.items() if v > thr]
+
+
+def _hidden_changes(before: list, after: list, thr: float) -> list:
+    """``[(key, change)]``: sums of per-epoch estimates of two windows, change above ``thr``."""
+    candidates = {k for s in before + after for k, _ in s.heavy_hitters()}
+    now, then = _hidden_window_estimates(after, candidates), _hidden_window_estimates(before, candidates)
+    return [(k, now[k] - then[k]) for k in candidates if abs(now[k] - then[k]) > thr]
 
 
 def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=None):
     if cs.kind_name == "exact":
-        merged_after, merged_before = merged_state(cs, after), merged_state(cs, before)
+        merged_after, merged_before = merged_state(cs, _flat(after)), merged_state(cs, _flat(before))
         return merged_after.heavy_changers(merged_before, phi=phi, threshold=threshold), \
             _combine_label(len(after), True, "")
+    by_change = lambda rows: sorted(rows, key=lambda kv: (-abs(kv[1]), kv[0]))  # noqa: E731
+    if _is_sharded(after):
+        thr = _threshold(phi, threshold, max(n_before, n_after), after[0].params.phi)
+        if not _keyed(cs):
+            return by_change(_hidden_changes(_flat(before), _flat(after), thr)), "sum of per-shard, per-epoch estimates"
+        rows = []
+        for b, a in zip(_per_shard(before), _per_shard(after)):
+            rows += list(a[0].heavy_changers(b[0], hc_threshold=thr)) if len(a) == 1 else _hidden_changes(b, a, thr)
+        return by_change(rows), "union over shards"
     thr = _threshold(phi, threshold, max(n_before, n_after))
     if len(after) == 1:
         return list(after[0].heavy_changers(before[0], hc_threshold=thr)), "single"
     thr = _threshold(phi, threshold, max(n_before, n_after), after[0].params.phi)
-    candidates = {k for s in before + after for k, _ in s.heavy_hitters()}
-    now, then = _hidden_window_estimates(after, candidates), _hidden_window_estimates(before, candidates)
-    rows = [(k, now[k] - then[k]) for k in candidates if abs(now[k] - then[k]) > thr]
-    rows.sort(key=lambda kv: (-abs(kv[1]), kv[0]))
-    return rows, "sum of per-epoch estimates"
+    return by_change(_hidden_changes(before, after, thr)), "sum of per-epoch estimates"
 
 
 def hhh(cs, states, n_packets, phi=None, threshold=None):
+    flat = _flat(states)
     if cs.kind_name == "exact":
-        return merged_state(cs, states).hhh(phi=phi, threshold=threshold), _combine_label(len(states), True, "")
+        return merged_state(cs, flat).hhh(phi=phi, threshold=threshold), _combine_label(len(states), True, "")
     thr = _threshold(phi, threshold, n_packets)
-    if len(states) == 1:
-        return list(states[0].hhh(thr)), "single"
-    if thr is None:  # each epoch's own threshold T, summed (the window's packets are summed too)
+    if len(flat) == 1:
+        return list(flat[0].hhh(thr)), "single"
+    if thr is None:  # each epoch's own threshold T (service-wide when sharded), summed
         thr = float(sum(s.T for s in states))
     module = importlib.import_module(cs.kind.module)
-    entries = module.merged_hhh(states, thr)
+    entries = module.merged_hhh(flat, thr)
     return [(e.prefix, e.length, e.discounted) for e in entries], "summed layer estimates"
 
 
@@ -280,15 +335,26 @@ def gap_events(cs, epoch_states: list[tuple[int, Any]]) -> tuple[list[tuple[int,
     """``[(epoch, events)]``: each epoch's gap events (structured arrays), window = their union."""
     out = []
     for epoch, state in epoch_states:
-        events = state if isinstance(state, np.ndarray) else state.gap_events()
+        parts = [s if isinstance(s, np.ndarray) else s.gap_events() for s in _flat([state])]
+        events = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(parts) > 1:  # shards: one stream again, by time
+            events = events[np.argsort(events["ts_ns"], kind="stable")]
         out.append((epoch, events))
     return out, _combine_label(len(epoch_states), False, "union")
 
 
 def flow_size(cs, states, keys: np.ndarray):
     if cs.kind_name == "exact":
-        return merged_state(cs, states).flow_size(keys), _combine_label(len(states), True, "")
+        return merged_state(cs, _flat(states)).flow_size(keys), _combine_label(len(states), True, "")
     total = np.zeros(keys.shape[0], np.int64)
+    if _is_sharded(states):  # each key from its owning shard
+        owner = states[0].owner(keys)
+        for shard, shard_states in enumerate(_per_shard(states)):
+            mine = owner == shard
+            if mine.any():
+                for s in shard_states:
+                    total[mine] += np.asarray(s.flow_size(keys[mine]), np.int64)
+        return total, "owning shard, sum of per-epoch estimates"
     for s in states:
         total += np.asarray(s.flow_size(keys), np.int64)
     return total, _combine_label(len(states), False, "sum of per-epoch estimates")
@@ -296,15 +362,25 @@ def flow_size(cs, states, keys: np.ndarray):
 
 def top_flows(cs, states, k: int):
     if cs.kind_name == "exact":
-        return merged_state(cs, states).top_flows(k), _combine_label(len(states), True, "")
+        return merged_state(cs, _flat(states)).top_flows(k), _combine_label(len(states), True, "")
+    if _is_sharded(states):  # flows are whole on one shard: each shard's window answer, unioned
+        rows = [row for shard in _per_shard(states) for row in _top_flows(shard, k)]
+        return _by_count(rows)[:k], "union over shards of sums of per-epoch estimates"
     if len(states) == 1:
         return list(states[0].top_flows(k)), "single"
+    return _top_flows(states, k), "sum of per-epoch estimates"
+
+
+def _top_flows(states: list, k: int) -> list:
+    """The ``k`` largest flows over ``states``: every epoch's top ``k``, re-estimated over all epochs."""
+    if len(states) == 1:
+        return list(states[0].top_flows(k))
     candidates = list(dict.fromkeys(key for s in states for key, _ in s.top_flows(k)))
     totals = np.zeros(len(candidates), np.int64)
     for s in states:
         totals += np.asarray(s.estimate_reported(candidates), np.int64)
     order = sorted(range(len(candidates)), key=lambda i: (-totals[i], candidates[i]))[:k]
-    return [(candidates[i], int(totals[i])) for i in order], "sum of per-epoch estimates"
+    return [(candidates[i], int(totals[i])) for i in order]
 
 
 @dataclass

@@ -1,0 +1,259 @@
+"""The streaming service on Ray shards (``[server] shards = N``, ``telesketch serve --shards N``).
+
+The gRPC front end keeps what makes the service durable and ordered: epochs, the sender sequence
+table, the write-ahead log and the snapshots (:mod:`telesketch.service.epochs`, unchanged). What
+it hands to Ray is the sketch work: :class:`ShardedSketchSet` stands in for the service's
+``SketchSet`` and keeps the *open* epoch's sketches on ``N`` actors, one per shard, each built from
+the shard config of :func:`telesketch.distributed.cluster.shard_specs`. Every batch is split once
+by flow key (:func:`~telesketch.distributed.cluster.split_by_shard`, arrival order kept) and each
+actor applies its part; the batch is acknowledged only after every shard has applied it and the
+front end has logged it, so a restart (snapshot + log replay through the shards) loses nothing
+acknowledged.
+
+States as the epoch manager sees them:
+
+* :class:`OpenShardedState`: a handle to one sketch of the open epoch on the actors. A query
+  fetches the shards' serialised states (the actors run one call at a time, so the copy falls
+  between two batches); a checkpoint stores them all in one envelope.
+* :class:`ShardedState`: a closed epoch's sketch, pulled back from the actors when the epoch
+  closes: one local state per shard. Queries combine the shards as
+  :mod:`telesketch.service.sketchset` says (state sharded by key is read from its owner or unioned;
+  additive estimates are summed; ``exact`` is merged, so it answers exactly as one process).
+
+Snapshots written with ``N`` shards load only with ``N`` shards (a clear error otherwise): a flow's
+shard depends on ``N``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from telesketch.distributed.cluster import ROUTE_SEED, _keys_batch, _ray, shard_ids, shard_specs, split_by_shard
+from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
+from telesketch.service import sketchset as ss
+from telesketch.sketches.core import SketchError, pack_state, unpack_state
+
+ENVELOPE = "service-shards"
+
+
+def _local_specs(specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The shard config without the front end's bookkeeping keys (what the sketch classes accept)."""
+    return {n: {k: v for k, v in s.items() if k != "global_threshold"} for n, s in specs.items()}
+
+
+# ====================================================================== the shard actor
+class ServiceShard:
+    """One shard of the open epoch: the configured sketches' live states (wrapped by ``ray.remote``)."""
+
+    def __init__(self, specs: dict[str, dict[str, Any]]):
+        self.sketchset = ss.SketchSet.from_config(_local_specs(specs))
+        self.states: dict[str, Any] = {}
+
+    def advance(self, epoch: int) -> None:
+        """Open ``epoch``: each sketch's next state (fresh, successor, or the live continuous one)."""
+        self.states = self.sketchset.new_states(epoch, self.states or None)
+
+    def update(self, batch: PacketBatch) -> int:
+        self.sketchset.update(self.states, batch)
+        return len(batch)
+
+    def close(self) -> dict[str, bytes]:
+        """The open epoch's closed representation, serialised per sketch."""
+        closed = self.sketchset.close(self.states)
+        return {name: self.sketchset.get(name).dump_state(state) for name, state in closed.items()}
+
+    def dump(self, name: str) -> bytes:
+        return self.sketchset.get(name).dump_state(self.states[name])
+
+    def load(self, name: str, blob: bytes | None) -> None:
+        """Restore one sketch of the open epoch (``None``: start it empty)."""
+        cs = self.sketchset.get(name)
+        self.states[name] = cs.build() if blob is None else cs.load_state(blob, closed=False)
+
+    def memory(self, name: str) -> int:
+        return self.sketchset.get(name).memory(self.states[name])
+
+
+class ShardPool:
+    """The ``shards`` actors of one service, and the calls the front end makes on all of them."""
+
+    def __init__(self, specs: dict[str, dict[str, Any]], shards: int, route_seed: int = ROUTE_SEED,
+                 address: str = "", actor_options: dict | None = None):
+        ray = _ray()
+        if not isinstance(shards, int) or shards < 1:
+            raise SketchError(f"shards must be a positive integer, got {shards!r}")
+        self._started_ray = False
+        if not ray.is_initialized():
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+            self._started_ray = True
+        self.shards, self.route_seed = shards, route_seed
+        remote_cls = ray.remote(ServiceShard).options(**(actor_options or {}))
+        self.actors = [remote_cls.remote(specs) for _ in range(shards)]
+
+    def _all(self, method: str, *args) -> list:
+        return _ray().get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def advance(self, epoch: int) -> None:
+        self._all("advance", epoch)
+
+    def update(self, batch: PacketBatch) -> None:
+        parts = split_by_shard(batch, self.shards, self.route_seed)
+        _ray().get([a.update.remote(p) for a, p in zip(self.actors, parts) if len(p)])
+
+    def close(self) -> list[dict[str, bytes]]:
+        return self._all("close")
+
+    def dump(self, name: str) -> list[bytes]:
+        return self._all("dump", name)
+
+    def load(self, name: str, blobs: list[bytes | None]) -> None:
+        _ray().get([a.load.remote(name, b) for a, b in zip(self.actors, blobs)])
+
+    def memory(self, name: str) -> int:
+        return int(sum(self._all("memory", name)))
+
+    def owner(self, keys: np.ndarray) -> np.ndarray:
+        """``int64[n]``: the shard owning each 13-byte flow key ``uint8[n, 13]``."""
+        return shard_ids(_keys_batch(keys), self.shards, self.route_seed)
+
+    def shutdown(self) -> None:
+        ray = _ray()
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+        if self._started_ray:
+            ray.shutdown()
+
+
+# ====================================================================== states
+class _Sharded:
+    """What both state kinds share: shard count, key ownership, the global threshold, the envelope."""
+
+    cs: "ShardedConfiguredSketch"
+
+    @property
+    def shard_count(self) -> int:
+        return self.cs.pool.shards
+
+    def owner(self, keys: np.ndarray) -> np.ndarray:
+        return self.cs.pool.owner(np.ascontiguousarray(keys, np.uint8).reshape(-1, FLOW_KEY_BYTES))
+
+    @property
+    def T(self) -> float:
+        """ResidualSketch's report threshold for the whole service (each shard runs with a lower one)."""
+        return float(self.cs.global_threshold)
+
+    @property
+    def params(self):
+        return self.shard_states()[0].params
+
+    def to_bytes(self) -> bytes:
+        blobs = self._blobs()
+        arrays = {f"shard{i}": np.frombuffer(b, np.uint8) for i, b in enumerate(blobs)}
+        return pack_state(ENVELOPE, 1, {"shards": len(blobs), "route_seed": self.cs.pool.route_seed}, arrays)
+
+
+class ShardedState(_Sharded):
+    """A closed epoch's sketch: one local state per shard (shard order)."""
+
+    def __init__(self, cs: "ShardedConfiguredSketch", shards: list):
+        self.cs, self.shards = cs, shards
+
+    def shard_states(self) -> list:
+        return self.shards
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(sum(self.cs.base_memory(s) for s in self.shards))
+
+    def _blobs(self) -> list[bytes]:
+        return [ss.ConfiguredSketch.dump_state(self.cs, s) for s in self.shards]
+
+
+class OpenShardedState(_Sharded):
+    """The open epoch's sketch, living on the shard actors."""
+
+    def __init__(self, cs: "ShardedConfiguredSketch"):
+        self.cs = cs
+
+    def shard_states(self) -> list:
+        """Copies of the shards' current states (fetched now)."""
+        return [ss.ConfiguredSketch.load_state(self.cs, b, closed=False) for b in self._blobs()]
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.cs.pool.memory(self.cs.name)
+
+    def _blobs(self) -> list[bytes]:
+        return self.cs.pool.dump(self.cs.name)
+
+
+# ====================================================================== the sketch set
+class ShardedConfiguredSketch(ss.ConfiguredSketch):
+    """A configured sketch whose states are sharded: snapshots hold one envelope of shard states."""
+
+    pool: ShardPool
+    global_threshold: float = 0.0
+
+    def base_memory(self, state) -> int:
+        return ss.ConfiguredSketch.memory(self, state)
+
+    def dump_state(self, state) -> bytes:
+        return state.to_bytes()
+
+    def load_state(self, data: bytes, closed: bool):
+        params, arrays, _, _ = unpack_state(data, ENVELOPE, 1)
+        if params.get("shards") != self.pool.shards:
+            raise SketchError(f"sketch {self.name!r}: the snapshot holds {params.get('shards')} shards, the "
+                              f"service runs {self.pool.shards}; restart with shards = {params.get('shards')}")
+        blobs = [arrays[f"shard{i}"].tobytes() for i in range(self.pool.shards)]
+        if closed:
+            return ShardedState(self, [ss.ConfiguredSketch.load_state(self, b, closed=True) for b in blobs])
+        self.pool.load(self.name, blobs)
+        return OpenShardedState(self)
+
+    def build(self):
+        """An empty open state on the shards (a snapshot that lacks this sketch)."""
+        self.pool.load(self.name, [None] * self.pool.shards)
+        return OpenShardedState(self)
+
+
+class ShardedSketchSet(ss.SketchSet):
+    """``SketchSet`` whose open epoch lives on Ray shard actors (see the module docstring)."""
+
+    pool: ShardPool | None = None
+
+    @classmethod
+    def from_config(cls, specs: dict[str, dict[str, Any]], shards: int = 2, route_seed: int = ROUTE_SEED,
+                    address: str = "", actor_options: dict | None = None) -> "ShardedSketchSet":
+        sharded = shard_specs(specs, shards)
+        pool = ShardPool(sharded, shards, route_seed, address, actor_options)
+        out = cls()
+        out.pool = pool
+        for cs in ss.configure(_local_specs(sharded)):
+            wrapped = ShardedConfiguredSketch(cs.name, cs.kind_name, cs.params, cs.kind, cs.cls, cs.active, cs.note)
+            wrapped.pool = pool
+            wrapped.global_threshold = sharded[cs.name].get("global_threshold", 0.0)
+            out.sketches.append(wrapped)
+        return out
+
+    def new_states(self, epoch: int, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.pool.advance(epoch)
+        return {cs.name: OpenShardedState(cs) for cs in self.active}
+
+    def update(self, states: dict[str, Any], batch: PacketBatch, on_time=None) -> None:
+        self.pool.update(batch)
+
+    def close(self, states: dict[str, Any]) -> dict[str, Any]:
+        per_shard = self.pool.close()
+        return {name: ShardedState(self.get(name), [ss.ConfiguredSketch.load_state(self.get(name), blobs[name],
+                                                                                    closed=True)
+                                                    for blobs in per_shard])
+                for name in states}
+
+    def shutdown(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None

@@ -1,0 +1,187 @@
+"""The service with its sketches on a real local Ray cluster (``shards = 2``), on loopback.
+
+``exact`` must answer exactly as one process; every other sketch as the same sketch classes run
+offline on each shard's packets (routing by flow key), combined by the sharded window rules; and a
+restart from the data directory must bring back every epoch, the open one included.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from telesketch.client import Client  # noqa: E402
+from telesketch.distributed import shard_ids, shard_specs, split_by_shard  # noqa: E402
+from telesketch.packets import PacketBatch  # noqa: E402
+from telesketch.service.config import ServiceConfig  # noqa: E402
+from telesketch.service.server import ServiceThread  # noqa: E402
+from telesketch.sketches import exact  # noqa: E402
+from test_service import SKETCHES as BASE_SKETCHES  # noqa: E402
+from test_service import config, epoch_parts, generate_batches  # noqa: E402
+
+SHARDS = 2
+SKETCHES = dict(BASE_SKETCHES, hh_flow={"kind": "hiddensketch", "key": "5tuple", "memory_bytes": 128 * 1024,
+                                        "phi": 0.005, "expected_epoch_items": 30_000})
+SHARD_SPECS = shard_specs(SKETCHES, SHARDS)
+
+
+def _params(name: str) -> dict:
+    return {k: v for k, v in SHARD_SPECS[name].items() if k not in ("kind", "global_threshold")}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"NUMBA_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    return generate_batches()
+
+
+@pytest.fixture(scope="module")
+def sharded(ray_cluster, tmp_path_factory, traffic):
+    """A 2-shard server that has ingested ``traffic`` (three epochs; the last one stays open)."""
+    cfg = config(tmp_path_factory.mktemp("sharded"), shards=SHARDS, sketches=dict(SKETCHES))
+    svc = ServiceThread(cfg).start()
+    client = Client(f"127.0.0.1:{svc.grpc_port}", sender_id="collector-1")
+    summary = client.push(traffic)
+    assert summary.applied_packets == sum(map(len, traffic))
+    pool = svc.service.sketchset.pool  # the open epoch really lives on the actors
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    assert pool.shards == SHARDS and pool.memory("flows") == SHARDS * LLMSketch(**_params("flows")).memory_bytes
+    yield svc, client, cfg
+    client.close()
+    svc.stop()
+
+
+def shard_parts(traffic) -> dict[int, list[PacketBatch]]:
+    """Per epoch, each shard's packets (arrival order)."""
+    return {eid: split_by_shard(part, SHARDS) for eid, part in epoch_parts(traffic).items()}
+
+
+def test_exact_answers_as_one_process(sharded, traffic):
+    _, client, _ = sharded
+    parts = epoch_parts(traffic)
+    ids = sorted(parts)
+    for eid, part in parts.items():
+        assert dict(client.heavy_hitters(epoch=eid, sketch="exact")) == exact.heavy_hitters(part.src_ip, phi=0.005)
+        hhh = {(p, length): c for p, length, c in client.hhh(epoch=eid, sketch="exact")}
+        assert hhh == exact.hhh(part.src_ip, phi=1e-3)
+    whole = PacketBatch.concat(traffic)
+    rows, info = client.heavy_hitters(last=3, sketch="exact", threshold=500, details=True)
+    assert dict(rows) == exact.heavy_hitters(whole.src_ip, threshold=500) and info.combine == "merged"
+    counts = exact.count_dict(whole.flow_keys_void())
+    top = client.top_flows(5, last=3, sketch="exact")
+    assert top == sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    assert client.flow_size([k for k, _ in top], last=3, sketch="exact") == [counts[k] for k, _ in top]
+    got = dict(client.heavy_changers(epoch=ids[-1], sketch="exact"))
+    assert got == exact.heavy_changers(parts[ids[-2]].src_ip, parts[ids[-1]].src_ip, phi=0.005) and got
+
+
+def test_llm_flow_sizes_come_from_the_owning_shard(sharded, traffic):
+    _, client, _ = sharded
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    chains = [[] for _ in range(SHARDS)]  # per shard, one sketch per epoch, each the previous one's successor
+    for eid, shards in sorted(shard_parts(traffic).items()):
+        for s, part in enumerate(shards):
+            sketch = chains[s][-1].successor() if chains[s] else LLMSketch(**_params("flows"))
+            sketch.update(part)
+            chains[s].append(sketch)
+    parts = epoch_parts(traffic)
+    for i, (eid, shards) in enumerate(sorted(shard_parts(traffic).items())):
+        keys = np.concatenate([shards[s].flow_keys()[:10] for s in range(SHARDS)])
+        want = np.concatenate([chains[s][i].flow_size(shards[s].flow_keys()[:10]) for s in range(SHARDS)])
+        assert client.flow_size([bytes(k) for k in keys], epoch=eid, sketch="flows") == want.tolist()
+        tops = [row for s in range(SHARDS) for row in chains[s][i].top_flows(10)]
+        assert client.top_flows(10, epoch=eid, sketch="flows") == \
+            [(k, float(v)) for k, v in sorted(tops, key=lambda kv: (-kv[1], kv[0]))[:10]]
+    # a window: each key's estimates summed over the epochs of its own shard only
+    first = parts[sorted(parts)[0]][:20]
+    keys, owner = first.flow_keys(), shard_ids(first, SHARDS)
+    want = [sum(int(sk.flow_size(k[None])[0]) for sk in chains[o]) for k, o in zip(keys, owner)]
+    sizes, info = client.flow_size([bytes(k) for k in keys], last=3, sketch="flows", details=True)
+    assert sizes == want and info.combine == "owning shard, sum of per-epoch estimates"
+
+
+def test_gap_events_are_the_union_of_the_shards(sharded, traffic):
+    _, client, _ = sharded
+    from telesketch.sketches.gapfilter import GapFilterAO
+
+    offline = [GapFilterAO(**_params("gaps")) for _ in range(SHARDS)]
+    for eid, shards in sorted(shard_parts(traffic).items()):
+        events = []
+        for sketch, part in zip(offline, shards):
+            sketch.start_epoch(eid)
+            sketch.update(part)
+            events.append(sketch.gap_events())
+        want = np.concatenate(events)
+        want = want[np.argsort(want["ts_ns"], kind="stable")]
+        got = client.flow_gaps(epoch=eid, sketch="gaps")
+        assert len(got) > 0 and [g.ts_ns for g in got] == want["ts_ns"].tolist()
+        assert [g.jump for g in got] == want["jump"].tolist()
+
+
+def test_hhh_sums_the_shards_layers_at_the_service_threshold(sharded, traffic):
+    _, client, _ = sharded
+    from telesketch.sketches.residualsketch import ResidualSketch, merged_hhh
+
+    global_t = SHARD_SPECS["hhh"]["global_threshold"]
+    offline = {}
+    for eid, shards in sorted(shard_parts(traffic).items()):
+        offline[eid] = [ResidualSketch(**_params("hhh")) for _ in range(SHARDS)]
+        for sketch, part in zip(offline[eid], shards):
+            sketch.update(part)
+        want = merged_hhh(offline[eid], global_t)
+        assert sorted(client.hhh(epoch=eid, sketch="hhh")) == sorted((e.prefix, e.length, float(e.discounted))
+                                                                     for e in want) and want
+    rows = client.hhh(last=3, sketch="hhh")
+    want = merged_hhh([s for e in sorted(offline) for s in offline[e]], 3 * global_t)
+    assert sorted(rows) == sorted((e.prefix, e.length, float(e.discounted)) for e in want)
+
+
+def test_hidden_sketch_by_flow_unions_the_shards_at_the_global_threshold(sharded, traffic):
+    _, client, _ = sharded
+    from telesketch.sketches.hiddensketch import HiddenSketch
+
+    parts = epoch_parts(traffic)
+    for eid, shards in sorted(shard_parts(traffic).items()):
+        limit = 0.005 * len(parts[eid])
+        want = {}
+        for part in shards:
+            sketch = HiddenSketch(**_params("hh_flow"))
+            sketch.update(part)
+            want.update({k: v for k, v in sketch.heavy_hitters() if v > limit})
+        got = dict(client.heavy_hitters(epoch=eid, sketch="hh_flow"))
+        assert got == want and got
+        truth = exact.heavy_hitters(parts[eid].flow_keys_void(), phi=0.005)
+        assert set(got) == {bytes(k) for k in truth}  # recall and precision 1 at this load
+
+
+def test_restart_brings_back_every_epoch_on_the_shards(ray_cluster, tmp_path, traffic):
+    cfg = config(tmp_path, shards=SHARDS, sketches={"exact": SKETCHES["exact"], "flows": SKETCHES["flows"]})
+    with ServiceThread(cfg) as svc:
+        client = Client(f"127.0.0.1:{svc.grpc_port}", sender_id="c")
+        client.push(traffic)
+        keys = [bytes(k) for k in PacketBatch.concat(traffic).flow_keys()[:30]]
+        before = {eid: (client.top_flows(10, epoch=eid, sketch="flows"),
+                        client.flow_size(keys, epoch=eid, sketch="flows"),
+                        client.top_flows(10, epoch=eid, sketch="exact")) for eid in epoch_parts(traffic)}
+        client.close()
+    with ServiceThread(cfg) as svc:  # closed epochs from their files, the open one from open.tsk onto the shards
+        client = Client(f"127.0.0.1:{svc.grpc_port}", sender_id="c")
+        after = {eid: (client.top_flows(10, epoch=eid, sketch="flows"),
+                       client.flow_size(keys, epoch=eid, sketch="flows"),
+                       client.top_flows(10, epoch=eid, sketch="exact")) for eid in epoch_parts(traffic)}
+        assert client.push_one(traffic[-1], sequence=len(traffic)).duplicate  # the sequence table came back too
+        client.close()
+    assert after == before
+    wrong = ServiceConfig(**{**vars(cfg), "shards": 3})
+    with pytest.raises(Exception, match="snapshot holds 2 shards, the service runs 3"):
+        ServiceThread(wrong).start()
