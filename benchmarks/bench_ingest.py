@@ -5,8 +5,10 @@ pre-encoded ``PacketBatch`` messages with ``Ingest.Push`` and times from the fir
 summary (which arrives only after every batch is applied). Configurations: (a) no sketch,
 (b) each sketch alone, (c) all four; batch sizes 8k and 64k; then peak server memory (VmHWM) with
 8 concurrent streaming clients on configuration (c). Write-ahead log off unless ``--wal``.
+``--shards 1,2`` repeats each configuration with the sketches on that many Ray actors (``serve
+--shards``; 1 = in process); the RSS column is then the front end's only.
 
-    .venv/bin/python benchmarks/bench_ingest.py [--packets 4000000] [--wal] [--only none,all]
+    .venv/bin/python benchmarks/bench_ingest.py [--packets 4000000] [--wal] [--only none,all] [--shards 1,2]
 """
 from __future__ import annotations
 
@@ -69,9 +71,10 @@ def make_messages(total: int, batch_size: int, seed: int = 0) -> list:
     return [messages[i % len(messages)] for i in range(count)]
 
 
-def start_server(sketches: dict, data_dir: str, wal: bool):
+def start_server(sketches: dict, data_dir: str, wal: bool, shards: int = 1):
     cfg = {"server": {"grpc_address": "127.0.0.1:0", "http_address": "", "data_dir": data_dir,
-                      "epoch_seconds": 3600.0, "wal": wal, "queue_batches": 8}, "sketches": sketches}
+                      "epoch_seconds": 3600.0, "wal": wal, "queue_batches": 8, "shards": shards},
+           "sketches": sketches}
     path = Path(data_dir) / "config.json"
     path.write_text(json.dumps(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "telesketch.cli", "serve", "--config", str(path),
@@ -91,10 +94,10 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1) -> dict:
+def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1, shards: int = 1) -> dict:
     messages = make_messages(total // clients, batch_size)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        proc, port = start_server(CONFIGS[name], tmp, wal)
+        proc, port = start_server(CONFIGS[name], tmp, wal, shards)
         try:
             warm = Client(f"127.0.0.1:{port}")
             warm.push_messages(messages[:2])  # JIT caches loaded, sketches touched
@@ -113,7 +116,7 @@ def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1) -> 
                 t.join()
             seconds = time.perf_counter() - start
             packets = sum(results)
-            return {"config": name, "batch": batch_size, "clients": clients, "packets": packets,
+            return {"config": name, "shards": shards, "batch": batch_size, "clients": clients, "packets": packets,
                     "seconds": round(seconds, 3), "mpps": round(packets / seconds / 1e6, 2),
                     "peak_rss_mib": round(peak_rss_mib(proc.pid), 1), "rss_after_warmup_mib": round(rss_before, 1)}
         finally:
@@ -128,24 +131,26 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(CONFIGS), help="comma-separated configurations")
     ap.add_argument("--batch-sizes", default="8192,65536")
     ap.add_argument("--with-header", action="store_true", help="also send the 40-byte header block")
+    ap.add_argument("--shards", default="1", help="comma-separated shard counts (>1: Ray actors)")
     args = ap.parse_args()
     global WITH_HEADER
     WITH_HEADER = args.with_header
     print(f"# {machine()}; wal={'on' if args.wal else 'off'}; header={'sent' if args.with_header else 'not sent'}; command: "
           f"{' '.join([Path(sys.executable).name] + sys.argv)}", flush=True)
     rows = []
-    for name in args.only.split(","):
-        for size in map(int, args.batch_sizes.split(",")):
-            row = run(name, size, args.packets, args.wal)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for shards in map(int, args.shards.split(",")):
+        for name in args.only.split(","):
+            for size in map(int, args.batch_sizes.split(",")):
+                row = run(name, size, args.packets, args.wal, shards=shards)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     if "all" in args.only.split(","):
         row = run("all", 65536, args.packets, args.wal, clients=8)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| config | batch | clients | M packets/s | peak server RSS MiB |\n|---|---|---|---|---|")
+    print("\n| config | shards | batch | clients | M packets/s | peak server RSS MiB |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['batch']} | {r['clients']} | {r['mpps']} | {r['peak_rss_mib']} |")
+        print(f"| {r['config']} | {r['shards']} | {r['batch']} | {r['clients']} | {r['mpps']} | {r['peak_rss_mib']} |")
 
 
 if __name__ == "__main__":

@@ -185,3 +185,52 @@ def test_restart_brings_back_every_epoch_on_the_shards(ray_cluster, tmp_path, tr
     wrong = ServiceConfig(**{**vars(cfg), "shards": 3})
     with pytest.raises(Exception, match="snapshot holds 2 shards, the service runs 3"):
         ServiceThread(wrong).start()
+
+
+def _src_window(sketches: list, candidates: set) -> dict:
+    """Per key: the sum over ``sketches`` of its reported estimate, else the point estimate."""
+    out = {}
+    for k in candidates:
+        out[k] = sum(dict(s.heavy_hitters()).get(k, None) or int(s.estimate(k)) for s in sketches)
+    return out
+
+
+def test_hidden_sketch_by_source_sums_the_shards_and_compares_windows(sharded, traffic):
+    """A source's flows spread over the shards: its estimate is the sum of the shards' estimates."""
+    _, client, _ = sharded
+    from telesketch.sketches.hiddensketch import HiddenSketch
+
+    parts = epoch_parts(traffic)
+    ids = sorted(parts)
+    offline = {}
+    for eid, shards in sorted(shard_parts(traffic).items()):
+        offline[eid] = [HiddenSketch(**_params("hh")) for _ in range(SHARDS)]
+        for sketch, part in zip(offline[eid], shards):
+            sketch.update(part)
+        candidates = {k for s in offline[eid] for k, _ in s.heavy_hitters()}
+        want = {k: v for k, v in _src_window(offline[eid], candidates).items() if v > 0.005 * len(parts[eid])}
+        rows, info = client.heavy_hitters(epoch=eid, sketch="hh", details=True)
+        assert dict(rows) == want and want and info.combine == "sum of per-shard, per-epoch estimates"
+    before, after = offline[ids[-2]], offline[ids[-1]]
+    candidates = {k for s in before + after for k, _ in s.heavy_hitters()}
+    now, then = _src_window(after, candidates), _src_window(before, candidates)
+    limit = 0.005 * max(len(parts[ids[-2]]), len(parts[ids[-1]]))
+    want = {k: now[k] - then[k] for k in candidates if abs(now[k] - then[k]) > limit}
+    got = dict(client.heavy_changers(epoch=ids[-1], sketch="hh"))
+    assert got == want and got, "the burst in the last epoch is a heavy changer"
+
+
+def test_hidden_sketch_by_flow_changers_are_each_shards_own(sharded, traffic):
+    _, client, _ = sharded
+    from telesketch.sketches.hiddensketch import HiddenSketch
+
+    parts = epoch_parts(traffic)
+    ids = sorted(parts)
+    limit = 0.005 * max(len(parts[ids[-2]]), len(parts[ids[-1]]))
+    want = {}
+    for before_part, after_part in zip(*(shard_parts(traffic)[e] for e in ids[-2:])):
+        before, after = HiddenSketch(**_params("hh_flow")), HiddenSketch(**_params("hh_flow"))
+        before.update(before_part)
+        after.update(after_part)
+        want.update(dict(after.heavy_changers(before, hc_threshold=limit)))
+    assert dict(client.heavy_changers(epoch=ids[-1], sketch="hh_flow")) == want and want
