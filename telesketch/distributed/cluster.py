@@ -175,7 +175,7 @@ class ShardedSketches:
     def states(self, name: str) -> list:
         """Copies of each shard's state of sketch ``name`` (via ``to_bytes``), shard order."""
         cs = self._sketch(name)
-        return [cs.load(b) for b in _ray().get([a.state_bytes.remote(name) for a in self.actors])]
+        return [cs.load(b, live=False) for b in _ray().get([a.state_bytes.remote(name) for a in self.actors])]
 
     def _sketch(self, name: str) -> ss.ConfiguredSketch:
         try:

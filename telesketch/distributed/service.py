@@ -179,8 +179,8 @@ class OpenShardedState(_Sharded):
         self.cs = cs
 
     def shard_states(self) -> list:
-        """Copies of the shards' current states (fetched now)."""
-        return [ss.ConfiguredSketch.load_state(self.cs, b, closed=False) for b in self._blobs()]
+        """Copies of the shards' current states (fetched now; for queries, so without an estimator)."""
+        return [self.cs.load(b, live=False) for b in self._blobs()]
 
     @property
     def memory_bytes(self) -> int:

@@ -111,8 +111,10 @@ class ConfiguredSketch:
     def build(self):
         return self.cls(**self.params)
 
-    def load(self, data: bytes):
-        extra = {k: self.params[k] for k in self.kind.load_params if k in self.params}
+    def load(self, data: bytes, live: bool = True):
+        """A state from bytes; ``live=False`` (a closed epoch: queried, never updated) leaves out what
+        only updates need, e.g. LLM-Sketch's estimator and its flow-score cache."""
+        extra = {k: self.params[k] for k in self.kind.load_params if k in self.params} if live else {}
         return self.cls.from_bytes(data, **extra)
 
     def copy(self, sketch):
@@ -130,7 +132,7 @@ class ConfiguredSketch:
             _, arrays, _, extra = unpack_state(data, "service-gap-events", 1)
             dtype = np.dtype([tuple(f) for f in extra["dtype"]])
             return arrays["events"].view(dtype)
-        return self.load(data)
+        return self.load(data, live=not closed)
 
     def close(self, state):
         """The closed epoch's representation of ``state`` (events for continuous kinds)."""
