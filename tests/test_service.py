@@ -416,9 +416,12 @@ def _start_subprocess(cfg_path: Path):
     raise AssertionError(f"server did not start: {proc.stdout.read()}")
 
 
-def test_restart_after_kill_loses_nothing_acknowledged(tmp_path):
+@pytest.mark.parametrize("shards", [1, 2], ids=["in-process", "ray-shards"])
+def test_restart_after_kill_loses_nothing_acknowledged(tmp_path, shards):
+    if shards > 1:
+        pytest.importorskip("ray")
     sketches = {"exact": {"kind": "exact", "phi": 0.005}, "hhh": SKETCHES["hhh"]}
-    cfg = config(tmp_path, sketches=sketches)
+    cfg = config(tmp_path, sketches=sketches, shards=shards)
     cfg_path = tmp_path / "telesketch.json"
     cfg_path.write_text(json.dumps({"server": {k: v for k, v in vars(cfg).items() if k != "sketches"},
                                     "sketches": sketches}))
