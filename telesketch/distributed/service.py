@@ -147,7 +147,8 @@ class _Sharded:
 
     @property
     def params(self):
-        return self.shard_states()[0].params
+        """The shards' sketch parameters (all shards share them; no fetch from the actors)."""
+        return self.cs.shard_params()
 
     def to_bytes(self) -> bytes:
         blobs = self._blobs()
@@ -196,6 +197,12 @@ class ShardedConfiguredSketch(ss.ConfiguredSketch):
 
     pool: ShardPool
     global_threshold: float = 0.0
+
+    def shard_params(self):
+        """Parameters of one shard's sketch, from a local build made once."""
+        if getattr(self, "_shard_params", None) is None:
+            self._shard_params = ss.ConfiguredSketch.build(self).params
+        return self._shard_params
 
     def base_memory(self, state) -> int:
         return ss.ConfiguredSketch.memory(self, state)
