@@ -185,6 +185,18 @@ def test_restart_brings_back_every_epoch_on_the_shards(ray_cluster, tmp_path, tr
     wrong = ServiceConfig(**{**vars(cfg), "shards": 3})
     with pytest.raises(Exception, match="snapshot holds 2 shards, the service runs 3"):
         ServiceThread(wrong).start()
+    with pytest.raises(Exception, match="written by a service with its sketches on Ray shards"):
+        ServiceThread(ServiceConfig(**{**vars(cfg), "shards": 1})).start()
+
+
+def test_an_unsharded_data_directory_does_not_start_sharded(ray_cluster, tmp_path, traffic):
+    cfg = config(tmp_path, sketches={"exact": SKETCHES["exact"], "gaps": SKETCHES["gaps"]})
+    with ServiceThread(cfg) as svc:
+        Client(f"127.0.0.1:{svc.grpc_port}").push(traffic[:8])
+    with pytest.raises(Exception, match="written by a service without shards; start it with shards = 1"):
+        ServiceThread(ServiceConfig(**{**vars(cfg), "shards": SHARDS})).start()
+    with ServiceThread(cfg) as svc:  # nothing was changed by the refused start
+        assert Client(f"127.0.0.1:{svc.grpc_port}").stats()["packets"] == str(sum(map(len, traffic[:8])))
 
 
 def _src_window(sketches: list, candidates: set) -> dict:

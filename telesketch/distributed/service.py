@@ -32,9 +32,9 @@ import numpy as np
 from telesketch.distributed.cluster import ROUTE_SEED, _keys_batch, _ray, shard_ids, shard_specs, split_by_shard
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
 from telesketch.service import sketchset as ss
-from telesketch.sketches.core import SketchError, pack_state, unpack_state
+from telesketch.sketches.core import SketchError, envelope_algorithm, pack_state, unpack_state
 
-ENVELOPE = "service-shards"
+ENVELOPE = ss.SHARDS_ENVELOPE
 
 
 def _local_specs(specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -211,6 +211,9 @@ class ShardedConfiguredSketch(ss.ConfiguredSketch):
         return state.to_bytes()
 
     def load_state(self, data: bytes, closed: bool):
+        if envelope_algorithm(data) != ENVELOPE:
+            raise SketchError(f"sketch {self.name!r}: the data directory was written by a service without shards; "
+                              f"start it with shards = 1, or use another data_dir")
         params, arrays, _, _ = unpack_state(data, ENVELOPE, 1)
         if params.get("shards") != self.pool.shards:
             raise SketchError(f"sketch {self.name!r}: the snapshot holds {params.get('shards')} shards, the "

@@ -40,10 +40,13 @@ from typing import Any, Callable
 import numpy as np
 
 from telesketch.packets import PacketBatch
-from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
+from telesketch.sketches.core import NotMergeableError, SketchError, envelope_algorithm, pack_state, unpack_state
 from telesketch.service.config import ConfigError
 
 log = logging.getLogger("telesketch.service")
+
+#: Envelope of a sharded state (:mod:`telesketch.distributed.service`): one blob per shard.
+SHARDS_ENVELOPE = "service-shards"
 
 #: Query names, as used in ``Kind.queries`` and ``Stats``.
 QUERIES = ("heavy_hitters", "heavy_changers", "hhh", "gaps", "flow_size", "top_flows")
@@ -128,6 +131,9 @@ class ConfiguredSketch:
         return state.to_bytes()
 
     def load_state(self, data: bytes, closed: bool):
+        if envelope_algorithm(data) == SHARDS_ENVELOPE:
+            raise SketchError(f"sketch {self.name!r}: the data directory was written by a service with its sketches "
+                              f"on Ray shards; start it with the same `shards` setting, or use another data_dir")
         if self.kind.continuous and closed:
             _, arrays, _, extra = unpack_state(data, "service-gap-events", 1)
             dtype = np.dtype([tuple(f) for f in extra["dtype"]])

@@ -61,6 +61,18 @@ def pack_state(
     return MAGIC + struct.pack("<I", len(blob)) + blob + b"".join(payloads)
 
 
+def envelope_algorithm(data: bytes) -> str | None:
+    """The ``algorithm`` named by an envelope's header, or ``None`` if ``data`` is not one."""
+    data = bytes(data[:8]) + bytes(data[8:8 + _MAX_HEADER])
+    if len(data) < 8 or data[:4] != MAGIC:
+        return None
+    (hlen,) = struct.unpack_from("<I", data, 4)
+    try:
+        return json.loads(data[8 : 8 + hlen]).get("algorithm")
+    except (ValueError, AttributeError):
+        return None
+
+
 def unpack_state(data: bytes, algorithm: str, version: int) -> tuple[dict, dict[str, np.ndarray], int, dict]:
     """Parse an envelope written by :func:`pack_state` for ``algorithm`` at layout ``version``.
 
