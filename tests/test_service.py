@@ -7,6 +7,7 @@ health/reflection and restart after ``kill -9``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -402,8 +403,10 @@ def test_admin_rotate_and_snapshot(tmp_path):
 
 # ---------------------------------------------------------------------------- restart after kill -9
 def _start_subprocess(cfg_path: Path):
+    # its own session: kill -9 of the group also takes the local Ray processes a sharded server started
     proc = subprocess.Popen([sys.executable, "-m", "telesketch.cli", "serve", "--config", str(cfg_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline:
         line = proc.stdout.readline()
@@ -434,7 +437,7 @@ def test_restart_after_kill_loses_nothing_acknowledged(tmp_path, shards):
         assert all(not a.duplicate for a in acks)
         before = {name: query(client) for name, query in _restart_queries(3).items()}
     finally:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     proc, port, _ = _start_subprocess(cfg_path)
     try:

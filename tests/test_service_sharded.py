@@ -143,7 +143,7 @@ def test_hhh_sums_the_shards_layers_at_the_service_threshold(sharded, traffic):
                                                                      for e in want) and want
     rows = client.hhh(last=3, sketch="hhh")
     want = merged_hhh([s for e in sorted(offline) for s in offline[e]], 3 * global_t)
-    assert sorted(rows) == sorted((e.prefix, e.length, float(e.discounted)) for e in want)
+    assert sorted(rows) == sorted((e.prefix, e.length, float(e.discounted)) for e in want) and want
 
 
 def test_hidden_sketch_by_flow_unions_the_shards_at_the_global_threshold(sharded, traffic):
@@ -246,3 +246,85 @@ def test_hidden_sketch_by_flow_changers_are_each_shards_own(sharded, traffic):
         after.update(after_part)
         want.update(dict(after.heavy_changers(before, hc_threshold=limit)))
     assert dict(client.heavy_changers(epoch=ids[-1], sketch="hh_flow")) == want and want
+
+
+def test_heavy_sources_spread_over_many_flows_are_found_on_the_shards(ray_cluster, tmp_path):
+    """A heavy source whose flows spread over the shards is above threshold on none of them alone:
+    each shard's FS gate is the service-wide one divided by the shard count, so it is still found."""
+    rng = np.random.default_rng(1)
+    n, phi = 30_000, 0.005
+    heavy = [(0x0B000000 + s, 1000 + f) for s in range(12) for f in rng.integers(0, 40, int(1.6 * phi * n))]
+    light = [(0x0A000000 + int(x), 2000 + int(x) % 500) for x in rng.integers(0, 20_000, n - len(heavy))]
+    packets = heavy + light
+    rng.shuffle(packets)
+    m = len(packets)
+    batch = PacketBatch.from_columns(
+        ts_ns=np.full(m, 1_700_000_000 * 10**9, np.uint64), src_ip=np.array([p[0] for p in packets], np.uint32),
+        dst_ip=np.full(m, 0xC0A80001, np.uint32), src_port=np.array([p[1] for p in packets], np.uint16),
+        dst_port=np.full(m, 443, np.uint16), proto=np.full(m, 6, np.uint8), ip_id=np.zeros(m, np.uint16))
+    hh = {"kind": "hiddensketch", "memory_bytes": 56320, "phi": phi, "expected_epoch_items": n}
+    truth = exact.heavy_hitters(batch.src_ip, phi=phi)
+    assert len(truth) == 12
+    with ServiceThread(config(tmp_path, shards=4, sketches={"hh": hh})) as svc:
+        client = Client(f"127.0.0.1:{svc.grpc_port}")
+        client.push(batch.split(8192))
+        got = dict(client.heavy_hitters(sketch="hh"))
+    assert set(truth) <= set(got)  # recall 1
+    assert all(got[k] >= truth[k] for k in truth)  # Hidden Sketch never under-counts
+
+
+@pytest.mark.parametrize("shards", [1, SHARDS])
+def test_a_sketch_added_to_the_config_starts_empty_in_restored_epochs(ray_cluster, tmp_path, traffic, shards):
+    first = {"exact": SKETCHES["exact"]}
+    cfg = config(tmp_path, shards=shards, sketches=first)
+    with ServiceThread(cfg) as svc:
+        Client(f"127.0.0.1:{svc.grpc_port}", sender_id="c").push(traffic[:-2])
+    more = ServiceConfig(**{**vars(cfg), "sketches": {**first, "flows": SKETCHES["flows"], "gaps": SKETCHES["gaps"]}})
+    ids = sorted(epoch_parts(traffic))
+    with ServiceThread(more) as svc:
+        client = Client(f"127.0.0.1:{svc.grpc_port}", sender_id="c")
+        for eid in ids[:-1]:  # restored closed epochs: nothing counted by the new sketches
+            assert client.top_flows(5, epoch=eid, sketch="flows") == []
+            assert client.flow_gaps(epoch=eid, sketch="gaps") == []
+        client.push(traffic[-2:])  # the open epoch counts from now on, in the new sketches too
+        keys = PacketBatch.concat(traffic[-2:]).flow_keys()[:5]
+        assert all(v > 0 for v in client.flow_size([bytes(k) for k in keys], epoch=ids[-1], sketch="flows"))
+        assert client.top_flows(5, epoch=ids[-2], sketch="flows") == []
+
+
+def test_a_failed_start_leaves_no_shard_actor_behind(ray_cluster, tmp_path):
+    import asyncio
+
+    from telesketch.service.server import Service
+
+    service = Service(config(tmp_path, shards=SHARDS, sketches={"exact": SKETCHES["exact"]},
+                             tls_cert=str(tmp_path / "missing.pem"), tls_key=str(tmp_path / "missing.key")))
+    actors = list(service.sketchset.pool.actors)
+    assert ray.get(actors[0].active.remote(), timeout=60) == {"exact": ""}
+    with pytest.raises(FileNotFoundError, match="missing.key"):
+        asyncio.run(service.start())
+    assert service.sketchset.pool is None
+    assert all(_dies_soon(a) for a in actors)
+
+
+def _dies_soon(actor, seconds: float = 30.0) -> bool:
+    """Whether calls on ``actor`` fail as on a dead actor within ``seconds`` (``ray.kill`` is asynchronous)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.active.remote(), timeout=seconds)
+        except ray.exceptions.RayActorError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_bad_parameters_fail_before_any_actor_starts(ray_cluster):
+    from telesketch.distributed.service import ShardedSketchSet
+    from telesketch.service.config import ConfigError
+
+    bad = {"hhh": {"kind": "residualsketch", "memroy_bytes": 32 * 1024, "threshold": 100}}
+    with pytest.raises(ConfigError, match=r"sketch 'hhh' \(residualsketch\): bad parameters"):
+        ShardedSketchSet.from_config(bad, SHARDS)

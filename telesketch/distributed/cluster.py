@@ -82,22 +82,43 @@ def _keys_batch(keys: np.ndarray) -> PacketBatch:
 
 
 def shard_specs(specs: dict[str, dict[str, Any]], shards: int) -> dict[str, dict[str, Any]]:
-    """The sketch config of one of ``shards`` shards (see the module docstring)."""
+    """The sketch config of one of ``shards`` shards (see the module docstring).
+
+    Thresholds a source-keyed sketch applies *inside* a shard shrink with the shard's share of
+    the traffic: a source's packets spread over the shards, so one above a service-wide threshold
+    T is above T / shards on at least one of them (and is found there). ResidualSketch / CocoSketch
+    get ``shard_threshold(T, S)`` (spec §4; the front end keeps ``global_threshold = T`` for the
+    report); Hidden Sketch by source gets its FS gate ``thresh // S``. Bad parameters are a
+    :class:`~telesketch.service.config.ConfigError` naming the sketch.
+    """
     out = {}
     for name, spec in specs.items():
         spec = dict(spec)
-        if spec.get("kind") in _HHH_KINDS and shards > 1:
-            params = {k: v for k, v in spec.items() if k != "kind"}
-            module = importlib.import_module(ss.KINDS[spec["kind"]].module)
-            T = getattr(module, ss.KINDS[spec["kind"]].cls)(**params).T
-            from telesketch.sketches.cocosketch import shard_threshold
+        kind = spec.get("kind")
+        if shards > 1 and (kind in _HHH_KINDS or (kind == "hiddensketch" and spec.get("key", "src_ip") == "src_ip")):
+            sketch = _build_for_specs(name, spec)
+            if kind in _HHH_KINDS:
+                from telesketch.sketches.cocosketch import shard_threshold
 
-            for key in ("phi", "expected_packets"):  # T now comes as a number, the shard's share of it
-                spec.pop(key, None)
-            spec["threshold"] = shard_threshold(T, shards)
-            spec["global_threshold"] = T
+                for key in ("phi", "expected_packets"):  # T now comes as a number, the shard's share of it
+                    spec.pop(key, None)
+                spec["threshold"] = shard_threshold(sketch.T, shards)
+                spec["global_threshold"] = sketch.T
+            else:
+                spec["thresh"] = int(sketch.params.thresh) // shards
         out[name] = spec
     return out
+
+
+def _build_for_specs(name: str, spec: dict[str, Any]):
+    from telesketch.service.config import ConfigError
+
+    kind = ss.KINDS[spec["kind"]]
+    params = {k: v for k, v in spec.items() if k != "kind"}
+    try:
+        return getattr(importlib.import_module(kind.module), kind.cls)(**params)
+    except (TypeError, ValueError) as exc:  # SketchError is a ValueError
+        raise ConfigError(f"sketch {name!r} ({spec['kind']}): bad parameters: {exc}") from None
 
 
 # ====================================================================== the shard actor

@@ -74,6 +74,10 @@ class ServiceShard:
     def memory(self, name: str) -> int:
         return self.sketchset.get(name).memory(self.states[name])
 
+    def active(self) -> dict[str, str]:
+        """``{name: note}`` of every configured sketch this shard could not build ("" if active)."""
+        return {cs.name: ("" if cs.active else cs.note) for cs in self.sketchset.sketches}
+
 
 class ShardPool:
     """The ``shards`` actors of one service, and the calls the front end makes on all of them."""
@@ -117,6 +121,15 @@ class ShardPool:
     def owner(self, keys: np.ndarray) -> np.ndarray:
         """``int64[n]``: the shard owning each 13-byte flow key ``uint8[n, 13]``."""
         return shard_ids(_keys_batch(keys), self.shards, self.route_seed)
+
+    def check_active(self, names: list[str]) -> None:
+        """Every shard must run the sketches the front end runs (a kind missing on a Ray node would
+        fail at the first rotation otherwise): :class:`SketchError` naming the sketch and shard."""
+        for shard, notes in enumerate(self._all("active")):
+            for name in names:
+                if notes.get(name, "not configured"):
+                    raise SketchError(f"sketch {name!r} is active on the front end but not on shard {shard}: "
+                                      f"{notes.get(name, 'not configured')}")
 
     def shutdown(self) -> None:
         ray = _ray()
@@ -224,8 +237,11 @@ class ShardedConfiguredSketch(ss.ConfiguredSketch):
         self.pool.load(self.name, blobs)
         return OpenShardedState(self)
 
-    def build(self):
-        """An empty open state on the shards (a snapshot that lacks this sketch)."""
+    def empty_state(self, closed: bool):
+        """An epoch whose snapshot lacks this sketch: empty local shards (closed), or empty states on
+        the actors (the open epoch)."""
+        if closed:
+            return ShardedState(self, [ss.ConfiguredSketch.empty_state(self, True) for _ in range(self.pool.shards)])
         self.pool.load(self.name, [None] * self.pool.shards)
         return OpenShardedState(self)
 
@@ -238,11 +254,17 @@ class ShardedSketchSet(ss.SketchSet):
     @classmethod
     def from_config(cls, specs: dict[str, dict[str, Any]], shards: int = 2, route_seed: int = ROUTE_SEED,
                     address: str = "", actor_options: dict | None = None) -> "ShardedSketchSet":
-        sharded = shard_specs(specs, shards)
+        sharded = shard_specs(specs, shards)  # bad parameters: ConfigError before anything starts
+        configured = ss.configure(_local_specs(sharded))
         pool = ShardPool(sharded, shards, route_seed, address, actor_options)
+        try:
+            pool.check_active([cs.name for cs in configured if cs.active])
+        except BaseException:
+            pool.shutdown()
+            raise
         out = cls()
         out.pool = pool
-        for cs in ss.configure(_local_specs(sharded)):
+        for cs in configured:
             wrapped = ShardedConfiguredSketch(cs.name, cs.kind_name, cs.params, cs.kind, cs.cls, cs.active, cs.note)
             wrapped.pool = pool
             wrapped.global_threshold = sharded[cs.name].get("global_threshold", 0.0)

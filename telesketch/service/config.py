@@ -64,7 +64,7 @@ class ServiceConfig:
             raise ConfigError(f"epoch_seconds must be positive, got {self.epoch_seconds}")
         for name in ("keep_epochs", "queue_batches", "max_message_bytes", "max_batch_packets", "shards"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("TLS needs both tls_cert and tls_key")

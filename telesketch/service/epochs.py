@@ -274,7 +274,7 @@ class EpochManager:
                 states[cs.name] = cs.load_state(blobs[cs.name], closed=header["closed"])
             else:
                 log.warning("epoch %s has no state for sketch %s; it starts empty", header["epoch"], cs.name)
-                states[cs.name] = cs.build() if not header["closed"] or not cs.kind.continuous else np.zeros(0)
+                states[cs.name] = cs.empty_state(closed=header["closed"])
         return states
 
     def _load(self) -> None:

@@ -105,8 +105,9 @@ class SketchWorker:
         m.epoch.set(result.epoch)
 
     def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=30)
 
 
 # ====================================================================== ingest
@@ -348,8 +349,7 @@ class Service:
             self.manager = EpochManager(self.sketchset, config.epoch_ns, config.keep_epochs, config.data_dir or None,
                                         wal=config.wal, wal_fsync=config.wal_fsync)
         except BaseException:
-            if hasattr(self.sketchset, "shutdown"):  # the shard actors must not outlive a failed start
-                self.sketchset.shutdown()
+            self._shutdown_sketches()  # the shard actors must not outlive a failed start
             raise
         self.queries = QueryEngine(self.manager, self.metrics.observe_query)
         self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics)
@@ -364,6 +364,27 @@ class Service:
         self.started_at = time.time()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:  # e.g. the port is taken: nothing may outlive the failed start
+            self._http_stop()
+            if self._server is not None:
+                await self._server.stop(0)
+            self.worker.stop()
+            self.manager.close()
+            self._shutdown_sketches()
+            raise
+
+    def _http_stop(self) -> None:
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
+
+    def _shutdown_sketches(self) -> None:
+        if hasattr(self.sketchset, "shutdown"):  # Ray shard actors
+            self.sketchset.shutdown()
+
+    async def _start(self) -> None:
         cfg = self.config
         interceptors = [BearerTokenInterceptor(cfg.token, self.metrics)] if cfg.token else []
         options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -396,15 +417,15 @@ class Service:
         log.info("telesketch serving gRPC on port %d, HTTP on port %d", self.grpc_port, self.http_port)
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self._http is not None:
-            self._http.stop()
-        if self._server is not None:
-            await self._server.stop(grace)
-        self.worker.stop()
-        self.query_pool.shutdown(wait=True)
-        self.manager.close()
-        if hasattr(self.sketchset, "shutdown"):
-            self.sketchset.shutdown()
+        try:
+            self._http_stop()
+            if self._server is not None:
+                await self._server.stop(grace)
+            self.worker.stop()
+            self.query_pool.shutdown(wait=True)
+            self.manager.close()
+        finally:
+            self._shutdown_sketches()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

@@ -140,6 +140,11 @@ class ConfiguredSketch:
             return arrays["events"].view(dtype)
         return self.load(data, live=not closed)
 
+    def empty_state(self, closed: bool):
+        """An empty state (an epoch whose snapshot lacks this sketch, e.g. one added to the config):
+        no gap events for a closed epoch of a continuous kind, else a fresh sketch."""
+        return self.build().gap_events() if self.kind.continuous and closed else self.build()
+
     def close(self, state):
         """The closed epoch's representation of ``state`` (events for continuous kinds)."""
         return state.gap_events() if self.kind.continuous else state
@@ -247,6 +252,11 @@ def _combine_label(n_states: int, merged: bool, rule: str) -> str:
     return "single" if n_states == 1 else ("merged" if merged else rule)
 
 
+def _merged_label(states: list) -> str:
+    """``single`` for one unsharded state, else ``merged`` (several epochs, or one epoch's shards)."""
+    return _combine_label(len(_flat(states)), True, "")
+
+
 def _threshold(phi, threshold, n, default_phi=None):
     if threshold is not None:
         return float(threshold)
@@ -267,8 +277,7 @@ def _hidden_window_estimates(states: list, keys) -> dict:
 
 def heavy_hitters(cs, states, n_packets, phi=None, threshold=None):
     if cs.kind_name == "exact":
-        return merged_state(cs, _flat(states)).heavy_hitters(phi=phi, threshold=threshold), \
-            _combine_label(len(states), True, "")
+        return merged_state(cs, _flat(states)).heavy_hitters(phi=phi, threshold=threshold), _merged_label(states)
     if _is_sharded(states):
         thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
         if _keyed(cs):
@@ -307,8 +316,7 @@ def _hidden_changes(before: list, after: list, thr: float) -> list:
 def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=None):
     if cs.kind_name == "exact":
         merged_after, merged_before = merged_state(cs, _flat(after)), merged_state(cs, _flat(before))
-        return merged_after.heavy_changers(merged_before, phi=phi, threshold=threshold), \
-            _combine_label(len(after), True, "")
+        return merged_after.heavy_changers(merged_before, phi=phi, threshold=threshold), _merged_label(after)
     by_change = lambda rows: sorted(rows, key=lambda kv: (-abs(kv[1]), kv[0]))  # noqa: E731
     if _is_sharded(after):
         thr = _threshold(phi, threshold, max(n_before, n_after), after[0].params.phi)
@@ -328,7 +336,7 @@ def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=Non
 def hhh(cs, states, n_packets, phi=None, threshold=None):
     flat = _flat(states)
     if cs.kind_name == "exact":
-        return merged_state(cs, flat).hhh(phi=phi, threshold=threshold), _combine_label(len(states), True, "")
+        return merged_state(cs, flat).hhh(phi=phi, threshold=threshold), _merged_label(states)
     thr = _threshold(phi, threshold, n_packets)
     if len(flat) == 1:
         return list(flat[0].hhh(thr)), "single"
@@ -353,7 +361,7 @@ def gap_events(cs, epoch_states: list[tuple[int, Any]]) -> tuple[list[tuple[int,
 
 def flow_size(cs, states, keys: np.ndarray):
     if cs.kind_name == "exact":
-        return merged_state(cs, _flat(states)).flow_size(keys), _combine_label(len(states), True, "")
+        return merged_state(cs, _flat(states)).flow_size(keys), _merged_label(states)
     total = np.zeros(keys.shape[0], np.int64)
     if _is_sharded(states):  # each key from its owning shard
         owner = states[0].owner(keys)
@@ -370,7 +378,7 @@ def flow_size(cs, states, keys: np.ndarray):
 
 def top_flows(cs, states, k: int):
     if cs.kind_name == "exact":
-        return merged_state(cs, _flat(states)).top_flows(k), _combine_label(len(states), True, "")
+        return merged_state(cs, _flat(states)).top_flows(k), _merged_label(states)
     if _is_sharded(states):  # flows are whole on one shard: each shard's window answer, unioned
         rows = [row for shard in _per_shard(states) for row in _top_flows(shard, k)]
         return _by_count(rows)[:k], "union over shards of sums of per-epoch estimates"
