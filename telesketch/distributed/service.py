@@ -89,8 +89,7 @@ class ShardPool:
             raise SketchError(f"shards must be a positive integer, got {shards!r}")
         self._started_ray = False
         if not ray.is_initialized():
-            ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            ray.init(address=address or None, include_dashboard=False, configure_logging=False)  # actor logs: stderr
             self._started_ray = True
         self.shards, self.route_seed = shards, route_seed
         remote_cls = ray.remote(ServiceShard).options(**(actor_options or {}))
@@ -228,6 +227,9 @@ class ShardedConfiguredSketch(ss.ConfiguredSketch):
             raise SketchError(f"sketch {self.name!r}: the data directory was written by a service without shards; "
                               f"start it with shards = 1, or use another data_dir")
         params, arrays, _, _ = unpack_state(data, ENVELOPE, 1)
+        if params.get("route_seed") != self.pool.route_seed:
+            raise SketchError(f"sketch {self.name!r}: the snapshot routed flows with seed {params.get('route_seed')}, "
+                              f"the service with {self.pool.route_seed}; flows would change shards")
         if params.get("shards") != self.pool.shards:
             raise SketchError(f"sketch {self.name!r}: the snapshot holds {params.get('shards')} shards, the "
                               f"service runs {self.pool.shards}; restart with shards = {params.get('shards')}")
