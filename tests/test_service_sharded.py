@@ -328,3 +328,29 @@ def test_bad_parameters_fail_before_any_actor_starts(ray_cluster):
     bad = {"hhh": {"kind": "residualsketch", "memroy_bytes": 32 * 1024, "threshold": 100}}
     with pytest.raises(ConfigError, match=r"sketch 'hhh' \(residualsketch\): bad parameters"):
         ShardedSketchSet.from_config(bad, SHARDS)
+
+
+def test_a_lost_shard_answers_unavailable_and_a_restart_loses_nothing_acknowledged(ray_cluster, tmp_path, traffic):
+    import grpc
+
+    cfg = config(tmp_path, shards=SHARDS, sketches={"exact": SKETCHES["exact"]})
+    half = len(traffic) // 2
+    with ServiceThread(cfg) as svc:
+        client = Client(f"127.0.0.1:{svc.grpc_port}", sender_id="c")
+        client.push(traffic[:half])
+        ray.kill(svc.service.sketchset.pool.actors[1])
+        with pytest.raises(grpc.RpcError) as err:
+            for batch in traffic[half:]:  # ray.kill is asynchronous: a batch or two may still land
+                client.push_one(batch)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "Restart the service" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            client.heavy_hitters(sketch="exact")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    with ServiceThread(cfg) as svc:  # checkpoint + write-ahead log rebuild the shards
+        client = Client(f"127.0.0.1:{svc.grpc_port}", sender_id="c")
+        client.push(traffic[client.last_sequence():])  # resume after the last acknowledged batch
+        whole = PacketBatch.concat(traffic)
+        counts = exact.count_dict(whole.flow_keys_void())
+        top = client.top_flows(5, last=3, sketch="exact")
+        assert top == sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        assert client.stats()["packets"] == str(len(whole))

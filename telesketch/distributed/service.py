@@ -37,6 +37,11 @@ from telesketch.sketches.core import SketchError, envelope_algorithm, pack_state
 ENVELOPE = ss.SHARDS_ENVELOPE
 
 
+class ShardLostError(ss.StateUnavailableError):
+    """A shard actor died: its part of the open epoch is gone until the service restarts (ingest
+    and queries answer ``UNAVAILABLE``; nothing acknowledged is lost, the log replays it)."""
+
+
 def _local_specs(specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The shard config without the front end's bookkeeping keys (what the sketch classes accept)."""
     return {n: {k: v for k, v in s.items() if k != "global_threshold"} for n, s in specs.items()}
@@ -92,18 +97,31 @@ class ShardPool:
             ray.init(address=address or None, include_dashboard=False, configure_logging=False)  # actor logs: stderr
             self._started_ray = True
         self.shards, self.route_seed = shards, route_seed
+        self.lost = ""  # why the pool is unusable ("" while every actor lives)
         remote_cls = ray.remote(ServiceShard).options(**(actor_options or {}))
         self.actors = [remote_cls.remote(specs) for _ in range(shards)]
 
     def _all(self, method: str, *args) -> list:
-        return _ray().get([getattr(a, method).remote(*args) for a in self.actors])
+        return self._get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def _get(self, refs: list) -> list:
+        """``ray.get`` of calls on the actors; a dead actor makes the pool unusable (ShardLostError)."""
+        ray = _ray()
+        if self.lost:
+            raise ShardLostError(self.lost)
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayActorError as exc:
+            self.lost = (f"a shard actor died ({type(exc).__name__}); the open epoch's state on it is gone. Restart "
+                         f"the service: it rebuilds every acknowledged batch from its checkpoint and write-ahead log")
+            raise ShardLostError(self.lost) from None
 
     def advance(self, epoch: int) -> None:
         self._all("advance", epoch)
 
     def update(self, batch: PacketBatch) -> None:
         parts = split_by_shard(batch, self.shards, self.route_seed)
-        _ray().get([a.update.remote(p) for a, p in zip(self.actors, parts) if len(p)])
+        self._get([a.update.remote(p) for a, p in zip(self.actors, parts) if len(p)])
 
     def close(self) -> list[dict[str, bytes]]:
         return self._all("close")
@@ -112,7 +130,7 @@ class ShardPool:
         return self._all("dump", name)
 
     def load(self, name: str, blobs: list[bytes | None]) -> None:
-        _ray().get([a.load.remote(name, b) for a, b in zip(self.actors, blobs)])
+        self._get([a.load.remote(name, b) for a, b in zip(self.actors, blobs)])
 
     def memory(self, name: str) -> int:
         return int(sum(self._all("memory", name)))

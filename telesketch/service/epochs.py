@@ -330,10 +330,12 @@ class EpochManager:
     def close(self) -> None:
         """Checkpoint and close the log (graceful shutdown)."""
         with self.lock:
-            self.checkpoint()
-            if self._wal is not None:
-                self._wal.close()
-                self._wal = None
+            try:
+                self.checkpoint()
+            finally:  # no checkpoint (e.g. a lost shard): the log keeps everything for the next start
+                if self._wal is not None:
+                    self._wal.close()
+                    self._wal = None
 
     # ------------------------------------------------------------------ windows
     def epochs(self) -> list[Epoch]:

@@ -97,6 +97,8 @@ class QueryEngine:
                 return fn()
         except SketchError as exc:  # the sketch refused the parameters
             raise QueryError("INVALID_ARGUMENT", f"{query}: {exc}") from None
+        except ss.StateUnavailableError as exc:
+            raise QueryError("UNAVAILABLE", f"{query}: {exc}") from None
         finally:
             self.observe(query, time.perf_counter() - start)
 

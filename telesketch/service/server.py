@@ -29,7 +29,7 @@ from telesketch.service.config import ServiceConfig
 from telesketch.service.epochs import ApplyResult, EpochManager
 from telesketch.service.metrics import ServiceMetrics
 from telesketch.service.queries import QueryEngine, WindowSpec, key_bytes, key_text
-from telesketch.service.sketchset import QueryError, SketchSet
+from telesketch.service.sketchset import QueryError, SketchSet, StateUnavailableError
 from telesketch.v1 import batch_pb2, service_pb2, service_pb2_grpc
 
 log = logging.getLogger("telesketch.service")
@@ -200,7 +200,9 @@ async def _result(future: asyncio.Future, context) -> ApplyResult:
     try:
         return await future
     except Exception as exc:  # noqa: BLE001
-        await context.abort(grpc.StatusCode.INTERNAL, f"applying the batch failed: {type(exc).__name__}: {exc}")
+        retry_later = isinstance(exc, StateUnavailableError)  # not acknowledged: the sender retries
+        code = grpc.StatusCode.UNAVAILABLE if retry_later else grpc.StatusCode.INTERNAL
+        await context.abort(code, f"applying the batch failed: {type(exc).__name__}: {exc}")
 
 
 # ====================================================================== queries
@@ -423,7 +425,10 @@ class Service:
                 await self._server.stop(grace)
             self.worker.stop()
             self.query_pool.shutdown(wait=True)
-            self.manager.close()
+            try:
+                self.manager.close()
+            except StateUnavailableError as exc:
+                log.warning("no checkpoint at shutdown (%s); the next start replays the write-ahead log", exc)
         finally:
             self._shutdown_sketches()
 

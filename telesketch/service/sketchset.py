@@ -83,6 +83,11 @@ KINDS: dict[str, Kind] = {
 }
 
 
+class StateUnavailableError(RuntimeError):
+    """A sketch state cannot be reached now (a lost Ray shard): the caller should retry later;
+    ingest and queries answer ``UNAVAILABLE``."""
+
+
 class QueryError(Exception):
     """A query that cannot be answered: ``code`` is a gRPC status name (``NOT_FOUND``, ...)."""
 
