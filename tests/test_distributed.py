@@ -4,9 +4,16 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from telesketch.distributed import ShardedSketches, shard_ids, shard_specs, split_by_shard  # noqa: E402
+from telesketch.distributed import (  # noqa: E402
+    ShardedSketches,
+    shard_ids,
+    shard_specs,
+    source_shard_ids,
+    split_by_shard,
+    split_by_source,
+)
 from telesketch.service import sketchset as ss  # noqa: E402
-from telesketch.sketches import cocosketch, hiddensketch  # noqa: E402
+from telesketch.sketches import cocosketch, exact, hiddensketch  # noqa: E402
 from telesketch.traces import generate_batch  # noqa: E402
 
 SHARDS = 2
@@ -133,11 +140,17 @@ def test_hiddensketch_5tuple_union_equals_offline(batch, cluster):
     assert true_heavy <= {bytes(k) for k, _ in got}  # one-pass estimates never under-count
 
 
-def test_hiddensketch_src_sum_equals_offline(batch, cluster):
-    sketches = offline("hh_src", split_by_shard(batch, SHARDS))
-    cs = ss.SketchSet.from_config({"hh_src": SKETCHES["hh_src"]}).get("hh_src")
-    want, _ = ss.heavy_hitters(cs, sketches, len(batch), threshold=SKETCHES["hh_src"]["phi"] * len(batch))
-    assert cluster.heavy_hitters("hh_src") == want and len(want) > 0
+def test_hiddensketch_by_source_is_routed_by_source_and_unioned(batch, cluster):
+    ids = source_shard_ids(batch, SHARDS)
+    owners = {}
+    for src, s in zip(batch.src_ip.tolist(), ids.tolist()):
+        assert owners.setdefault(src, s) == s  # every packet of a source on one shard
+    sketches = offline("hh_src", split_by_source(batch, SHARDS))
+    want = hiddensketch.heavy_hitters_union(sketches, total_items=len(batch))
+    got = cluster.heavy_hitters("hh_src")
+    assert got == want and len(got) > 0
+    true_heavy = exact.heavy_hitters(batch.src_ip, phi=SKETCHES["hh_src"]["phi"])
+    assert set(true_heavy) <= {k for k, _ in got}  # recall 1: a source is whole on its shard
 
 
 def test_residualsketch_summed_layers_equals_offline(batch, cluster):

@@ -12,7 +12,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from telesketch.client import Client  # noqa: E402
-from telesketch.distributed import shard_ids, shard_specs, split_by_shard  # noqa: E402
+from telesketch.distributed import shard_ids, shard_specs, split_by_shard, split_by_source  # noqa: E402
 from telesketch.packets import PacketBatch  # noqa: E402
 from telesketch.service.config import ServiceConfig  # noqa: E402
 from telesketch.service.server import ServiceThread  # noqa: E402
@@ -199,35 +199,27 @@ def test_an_unsharded_data_directory_does_not_start_sharded(ray_cluster, tmp_pat
         assert Client(f"127.0.0.1:{svc.grpc_port}").stats()["packets"] == str(sum(map(len, traffic[:8])))
 
 
-def _src_window(sketches: list, candidates: set) -> dict:
-    """Per key: the sum over ``sketches`` of its reported estimate, else the point estimate."""
-    out = {}
-    for k in candidates:
-        out[k] = sum(dict(s.heavy_hitters()).get(k, None) or int(s.estimate(k)) for s in sketches)
-    return out
-
-
-def test_hidden_sketch_by_source_sums_the_shards_and_compares_windows(sharded, traffic):
-    """A source's flows spread over the shards: its estimate is the sum of the shards' estimates."""
+def test_hidden_sketch_by_source_is_routed_by_source_and_unioned(sharded, traffic):
+    """Every packet of a source goes to one shard, so each shard answers for its own sources."""
     _, client, _ = sharded
     from telesketch.sketches.hiddensketch import HiddenSketch
 
     parts = epoch_parts(traffic)
     ids = sorted(parts)
     offline = {}
-    for eid, shards in sorted(shard_parts(traffic).items()):
+    for eid, part in parts.items():
         offline[eid] = [HiddenSketch(**_params("hh")) for _ in range(SHARDS)]
-        for sketch, part in zip(offline[eid], shards):
-            sketch.update(part)
-        candidates = {k for s in offline[eid] for k, _ in s.heavy_hitters()}
-        want = {k: v for k, v in _src_window(offline[eid], candidates).items() if v > 0.005 * len(parts[eid])}
+        for sketch, shard_part in zip(offline[eid], split_by_source(part, SHARDS)):
+            sketch.update(shard_part)
+        limit = 0.005 * len(part)
+        want = {k: v for s in offline[eid] for k, v in s.heavy_hitters() if v > limit}
         rows, info = client.heavy_hitters(epoch=eid, sketch="hh", details=True)
-        assert dict(rows) == want and want and info.combine == "sum of per-shard, per-epoch estimates"
-    before, after = offline[ids[-2]], offline[ids[-1]]
-    candidates = {k for s in before + after for k, _ in s.heavy_hitters()}
-    now, then = _src_window(after, candidates), _src_window(before, candidates)
+        assert dict(rows) == want and want and info.combine == "union over shards of sums of per-epoch estimates"
+        assert set(exact.heavy_hitters(part.src_ip, phi=0.005)) <= set(want)  # recall 1
     limit = 0.005 * max(len(parts[ids[-2]]), len(parts[ids[-1]]))
-    want = {k: now[k] - then[k] for k in candidates if abs(now[k] - then[k]) > limit}
+    want = {}
+    for before, after in zip(offline[ids[-2]], offline[ids[-1]]):
+        want.update(dict(after.heavy_changers(before, hc_threshold=limit)))
     got = dict(client.heavy_changers(epoch=ids[-1], sketch="hh"))
     assert got == want and got, "the burst in the last epoch is a heavy changer"
 
@@ -249,8 +241,8 @@ def test_hidden_sketch_by_flow_changers_are_each_shards_own(sharded, traffic):
 
 
 def test_heavy_sources_spread_over_many_flows_are_found_on_the_shards(ray_cluster, tmp_path):
-    """A heavy source whose flows spread over the shards is above threshold on none of them alone:
-    each shard's FS gate is the service-wide one divided by the shard count, so it is still found."""
+    """A heavy source with many flows: routed by source, it is whole on one shard, where the
+    one-pass FS gate sees all of it (routed by flow, it was below the gate on every shard)."""
     rng = np.random.default_rng(1)
     n, phi = 30_000, 0.005
     heavy = [(0x0B000000 + s, 1000 + f) for s in range(12) for f in rng.integers(0, 40, int(1.6 * phi * n))]

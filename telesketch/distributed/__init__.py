@@ -7,9 +7,13 @@ from telesketch.distributed.cluster import (
     ROUTE_SEED,
     RayNotInstalledError,
     ShardedSketches,
+    routed_by_source,
     shard_ids,
     shard_specs,
+    source_shard_ids,
     split_by_shard,
+    split_by_source,
 )
 
-__all__ = ["ROUTE_SEED", "RayNotInstalledError", "ShardedSketches", "shard_ids", "shard_specs", "split_by_shard"]
+__all__ = ["ROUTE_SEED", "RayNotInstalledError", "ShardedSketches", "routed_by_source", "shard_ids", "shard_specs",
+           "source_shard_ids", "split_by_shard", "split_by_source"]

@@ -1,9 +1,13 @@
-"""Sharded sketches on Ray actors: route packets by flow key, fan queries out, combine answers.
+"""Sharded sketches on Ray actors: route packets by key, fan queries out, combine answers.
 
-Routing. Packet ``i`` goes to shard ``hash_5tuple(batch, ROUTE_SEED)[i] % shards``: every packet
-of a flow lands on one shard, in arrival order, so per-flow state (GapFilter, LLM-Sketch) is whole
-on its shard. Batches travel as :class:`~telesketch.packets.PacketBatch` objects (Ray serialises
-their numpy columns zero-copy through the object store).
+Routing. Every sketch sees whole keys of its own kind. Packet ``i`` goes to shard
+``hash_5tuple(batch, ROUTE_SEED)[i] % shards`` for the per-flow sketches (every packet of a flow
+lands on one shard, in arrival order: GapFilter, LLM-Sketch, Hidden Sketch by 5-tuple,
+ResidualSketch as its spec §4 says, ``exact``), and to ``hash_u32(src_ip, ROUTE_SEED) % shards``
+for Hidden Sketch by source address (:func:`routed_by_source`; every packet of a source on one
+shard, so its one-pass FS gate sees the source's whole count, as in one process). Batches travel
+as :class:`~telesketch.packets.PacketBatch` objects (Ray serialises their numpy columns zero-copy
+through the object store).
 
 Each shard actor builds its sketches from the service's sketch config dicts through
 :mod:`telesketch.service.sketchset` (one epoch, no epoch management). :func:`shard_specs` adapts a
@@ -15,13 +19,12 @@ How a query combines the shards' states (state sharded by key is *unioned*, merg
 
 * ``exact``: the shards' states are merged (concatenation) and queried once, so every answer is
   exactly the single-process answer (gap events come back in shard order; flows are whole).
-* Hidden Sketch, ``key="5tuple"`` (keys sharded): union of the shards' second-stage counts above
-  the *global* limit ``phi * N`` (:func:`hiddensketch.heavy_hitters_union`); each shard's own
-  decode threshold is ``phi * N_shard``, lower, so nothing above the global limit is lost to it.
-  ``key="src_ip"`` (a source's flows spread over shards): the shards are combined like epochs of a
-  window (:func:`sketchset.heavy_hitters`, "sum of per-epoch estimates") at the global threshold.
-* ResidualSketch / CocoSketch: per-layer estimates summed over shards, one HHH pass at the global
-  report threshold (``merged_hhh``).
+* Hidden Sketch (keys whole on their shard, by 5-tuple or by source): union of the shards'
+  second-stage counts above the *global* limit ``phi * N`` (:func:`hiddensketch.heavy_hitters_union`);
+  each shard's own decode threshold is ``phi * N_shard``, lower, so nothing above the global limit
+  is lost to it.
+* ResidualSketch / CocoSketch (a prefix's sources spread over shards): per-layer estimates summed
+  over shards, one HHH pass at the global report threshold (``merged_hhh``).
 * GapFilter: union of the shards' gap events, ordered by timestamp.
 * LLM-Sketch: a flow's size is read from its owning shard; top flows are the shards' top-k lists
   merged, k largest kept.
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from telesketch.hashing import hash_5tuple
+from telesketch.hashing import hash_5tuple, hash_u32
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
 from telesketch.service import sketchset as ss
 from telesketch.sketches.core import SketchError
@@ -73,6 +76,40 @@ def split_by_shard(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> l
     return [batch[ids == s] for s in range(shards)]
 
 
+def routed_by_source(spec: dict[str, Any]) -> bool:
+    """Whether a sketch config is routed by source address (Hidden Sketch keyed by ``src_ip``)."""
+    return spec.get("kind") == "hiddensketch" and spec.get("key", "src_ip") == "src_ip"
+
+
+def source_shard_ids(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> np.ndarray:
+    """``int64[n]``: the shard of each packet's source address, ``hash_u32(src_ip, seed) % shards``."""
+    if shards < 1:
+        raise SketchError(f"shards must be >= 1, got {shards}")
+    return (hash_u32(batch.src_ip, seed) % np.uint64(shards)).astype(np.int64)
+
+
+def split_by_source(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> list[PacketBatch]:
+    """The batch's packets per source shard, each in arrival order."""
+    ids = source_shard_ids(batch, shards, seed)
+    return [batch[ids == s] for s in range(shards)]
+
+
+def route(batch: PacketBatch, shards: int, seed: int, by_source: bool) -> list[tuple[PacketBatch, PacketBatch | None]]:
+    """Per shard ``(packets by flow, packets by source or None)``: what each shard applies."""
+    flows = split_by_shard(batch, shards, seed)
+    sources = split_by_source(batch, shards, seed) if by_source else [None] * shards
+    return list(zip(flows, sources))
+
+
+def apply_routed(sketchset: ss.SketchSet, states: dict[str, Any], by_flow: PacketBatch,
+                 by_source: PacketBatch | None) -> None:
+    """Update a shard's states: source-routed sketches with ``by_source``, the others with ``by_flow``."""
+    for cs in sketchset.active:
+        part = by_source if routed_by_source({"kind": cs.kind_name, **cs.params}) else by_flow
+        if part is not None and len(part):
+            states[cs.name].update(part)
+
+
 def _keys_batch(keys: np.ndarray) -> PacketBatch:
     """A batch whose packets carry the 13-byte flow keys ``uint8[n, 13]`` (other columns zero)."""
     from telesketch.sketches.gapfilter import keys_to_columns
@@ -84,28 +121,24 @@ def _keys_batch(keys: np.ndarray) -> PacketBatch:
 def shard_specs(specs: dict[str, dict[str, Any]], shards: int) -> dict[str, dict[str, Any]]:
     """The sketch config of one of ``shards`` shards (see the module docstring).
 
-    Thresholds a source-keyed sketch applies *inside* a shard shrink with the shard's share of
-    the traffic: a source's packets spread over the shards, so one above a service-wide threshold
-    T is above T / shards on at least one of them (and is found there). ResidualSketch / CocoSketch
-    get ``shard_threshold(T, S)`` (spec §4; the front end keeps ``global_threshold = T`` for the
-    report); Hidden Sketch by source gets its FS gate ``thresh // S``. Bad parameters are a
-    :class:`~telesketch.service.config.ConfigError` naming the sketch.
+    ResidualSketch / CocoSketch see a prefix's sources spread over the shards, so their promotion
+    threshold shrinks with the shard's share of the traffic: ``shard_threshold(T, S)`` (spec §4; the
+    front end keeps ``global_threshold = T`` for the report). Sketches routed by their own key
+    (flows, or sources for Hidden Sketch) see whole keys and keep their thresholds. Bad parameters
+    are a :class:`~telesketch.service.config.ConfigError` naming the sketch.
     """
     out = {}
     for name, spec in specs.items():
         spec = dict(spec)
         kind = spec.get("kind")
-        if shards > 1 and (kind in _HHH_KINDS or (kind == "hiddensketch" and spec.get("key", "src_ip") == "src_ip")):
-            sketch = _build_for_specs(name, spec)
-            if kind in _HHH_KINDS:
-                from telesketch.sketches.cocosketch import shard_threshold
+        if shards > 1 and kind in _HHH_KINDS:
+            from telesketch.sketches.cocosketch import shard_threshold
 
-                for key in ("phi", "expected_packets"):  # T now comes as a number, the shard's share of it
-                    spec.pop(key, None)
-                spec["threshold"] = shard_threshold(sketch.T, shards)
-                spec["global_threshold"] = sketch.T
-            else:
-                spec["thresh"] = int(sketch.params.thresh) // shards
+            T = _build_for_specs(name, spec).T
+            for key in ("phi", "expected_packets"):  # T now comes as a number, the shard's share of it
+                spec.pop(key, None)
+            spec["threshold"] = shard_threshold(T, shards)
+            spec["global_threshold"] = T
         out[name] = spec
     return out
 
@@ -131,9 +164,9 @@ class ShardWorker:
         self.states = self.sketchset.new_states(0)
         self.packets = 0
 
-    def update(self, batch: PacketBatch) -> int:
-        self.sketchset.update(self.states, batch)
-        self.packets += len(batch)
+    def update(self, by_flow: PacketBatch, by_source: PacketBatch | None = None) -> int:
+        apply_routed(self.sketchset, self.states, by_flow, by_source)
+        self.packets += len(by_flow)
         return self.packets
 
     def active(self) -> list[str]:
@@ -179,8 +212,9 @@ class ShardedSketches:
     def ingest(self, batch: PacketBatch) -> None:
         """Send each shard its packets (arrival order kept) and wait until all are applied."""
         ray = _ray()
-        parts = split_by_shard(batch, self.shards, self.route_seed)
-        ray.get([a.update.remote(p) for a, p in zip(self.actors, parts) if len(p)])
+        by_source = any(routed_by_source(spec) for spec in self.specs.values())
+        parts = route(batch, self.shards, self.route_seed, by_source)
+        ray.get([a.update.remote(f, s) for a, (f, s) in zip(self.actors, parts) if len(f) or (s is not None and len(s))])
         self.packets += len(batch)
 
     def shutdown(self) -> None:
@@ -218,16 +252,12 @@ class ShardedSketches:
             return ss.merged_state(cs, states).heavy_hitters(phi=phi, threshold=threshold)
         if cs.kind_name != "hiddensketch":
             raise ss.QueryError("INVALID_ARGUMENT", f"sketch {name!r} ({cs.kind_name}) has no sharded heavy hitters")
-        if cs.params.get("key", "src_ip") == "5tuple":
-            from telesketch.sketches.hiddensketch import heavy_hitters_union
+        from telesketch.sketches.hiddensketch import heavy_hitters_union
 
-            phi_cfg = states[0].params.phi
-            limit = _limit(phi, threshold, self.packets, phi_cfg)
-            # heavy_hitters_union filters at phi_cfg * total_items: pick total_items so that is `limit`
-            return heavy_hitters_union(states, total_items=limit / phi_cfg)
-        rows, _ = ss.heavy_hitters(cs, states, self.packets, phi=phi,
-                                   threshold=_limit(phi, threshold, self.packets, states[0].params.phi))
-        return rows
+        phi_cfg = states[0].params.phi
+        limit = _limit(phi, threshold, self.packets, phi_cfg)
+        # heavy_hitters_union filters at phi_cfg * total_items: pick total_items so that is `limit`
+        return heavy_hitters_union(states, total_items=limit / phi_cfg)
 
     def hhh(self, name: str, threshold: float | None = None) -> list[tuple[int, int, float]]:
         """``[(prefix, length, discounted)]``: merged exact, or summed layer estimates + one pass at

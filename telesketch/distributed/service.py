@@ -4,9 +4,9 @@ The gRPC front end keeps what makes the service durable and ordered: epochs, the
 table, the write-ahead log and the snapshots (:mod:`telesketch.service.epochs`, unchanged). What
 it hands to Ray is the sketch work: :class:`ShardedSketchSet` stands in for the service's
 ``SketchSet`` and keeps the *open* epoch's sketches on ``N`` actors, one per shard, each built from
-the shard config of :func:`telesketch.distributed.cluster.shard_specs`. Every batch is split once
-by flow key (:func:`~telesketch.distributed.cluster.split_by_shard`, arrival order kept) and each
-actor applies its part; the batch is acknowledged only after every shard has applied it and the
+the shard config of :func:`telesketch.distributed.cluster.shard_specs`. Every batch is split by
+flow key, and by source address too when a Hidden Sketch is keyed by source
+(:func:`~telesketch.distributed.cluster.route`, arrival order kept), and each actor applies its parts; the batch is acknowledged only after every shard has applied it and the
 front end has logged it, so a restart (snapshot + log replay through the shards) loses nothing
 acknowledged.
 
@@ -18,7 +18,8 @@ States as the epoch manager sees them:
 * :class:`ShardedState`: a closed epoch's sketch, pulled back from the actors when the epoch
   closes: one local state per shard. Queries combine the shards as
   :mod:`telesketch.service.sketchset` says (state sharded by key is read from its owner or unioned;
-  additive estimates are summed; ``exact`` is merged, so it answers exactly as one process).
+  ResidualSketch's layer estimates are summed; ``exact`` is merged, so it answers exactly as one
+  process).
 
 Snapshots written with ``N`` shards load only with ``N`` shards (a clear error otherwise): a flow's
 shard depends on ``N``.
@@ -29,7 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from telesketch.distributed.cluster import ROUTE_SEED, _keys_batch, _ray, shard_ids, shard_specs, split_by_shard
+from telesketch.distributed.cluster import (
+    ROUTE_SEED,
+    _keys_batch,
+    _ray,
+    apply_routed,
+    route,
+    routed_by_source,
+    shard_ids,
+    shard_specs,
+)
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
 from telesketch.service import sketchset as ss
 from telesketch.sketches.core import SketchError, envelope_algorithm, pack_state, unpack_state
@@ -59,9 +69,9 @@ class ServiceShard:
         """Open ``epoch``: each sketch's next state (fresh, successor, or the live continuous one)."""
         self.states = self.sketchset.new_states(epoch, self.states or None)
 
-    def update(self, batch: PacketBatch) -> int:
-        self.sketchset.update(self.states, batch)
-        return len(batch)
+    def update(self, by_flow: PacketBatch, by_source: PacketBatch | None) -> int:
+        apply_routed(self.sketchset, self.states, by_flow, by_source)
+        return len(by_flow)
 
     def close(self) -> dict[str, bytes]:
         """The open epoch's closed representation, serialised per sketch."""
@@ -98,6 +108,7 @@ class ShardPool:
             self._started_ray = True
         self.shards, self.route_seed = shards, route_seed
         self.lost = ""  # why the pool is unusable ("" while every actor lives)
+        self.by_source = any(routed_by_source(spec) for spec in specs.values())  # a second split needed
         remote_cls = ray.remote(ServiceShard).options(**(actor_options or {}))
         self.actors = [remote_cls.remote(specs) for _ in range(shards)]
 
@@ -120,8 +131,9 @@ class ShardPool:
         self._all("advance", epoch)
 
     def update(self, batch: PacketBatch) -> None:
-        parts = split_by_shard(batch, self.shards, self.route_seed)
-        self._get([a.update.remote(p) for a, p in zip(self.actors, parts) if len(p)])
+        parts = route(batch, self.shards, self.route_seed, self.by_source)
+        self._get([a.update.remote(f, s) for a, (f, s) in zip(self.actors, parts)
+                   if len(f) or (s is not None and len(s))])
 
     def close(self) -> list[dict[str, bytes]]:
         return self._all("close")

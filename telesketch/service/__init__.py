@@ -31,12 +31,12 @@ Heavy changers compare the window with the equally long window just before it.
 
 With the sketches on Ray shards (``shards > 1``, :mod:`telesketch.distributed.service`) even one
 epoch is several states. ``exact`` is still ``merged`` (the answer of one process). Sketches whose
-state is sharded by flow answer per shard and union the shards: ``owning shard, sum of per-epoch
-estimates`` (LLM-Sketch flow sizes), ``union over shards of sums of per-epoch estimates`` (LLM-Sketch
-top flows, Hidden Sketch by 5-tuple), ``union over shards`` (Hidden Sketch by 5-tuple, changers).
-Per-source estimates are summed over every shard and epoch at the service-wide threshold: ``sum of
-per-shard, per-epoch estimates`` (Hidden Sketch by source), ``summed layer estimates`` (ResidualSketch,
-at the configured T, not the shards' lower one). Gap events are the shards' union, by time.
+packets are routed by their own key (flows; sources for Hidden Sketch by source) answer per shard
+and union the shards: ``owning shard, sum of per-epoch estimates`` (LLM-Sketch flow sizes), ``union
+over shards of sums of per-epoch estimates`` (LLM-Sketch top flows, Hidden Sketch), ``union over
+shards`` (Hidden Sketch changers). ResidualSketch sums the layer estimates of every shard and epoch
+(``summed layer estimates``, at the configured T, not the shards' lower one). Gap events are the
+shards' union, by time.
 """
 from telesketch.service.config import ConfigError, ServiceConfig, load_config
 

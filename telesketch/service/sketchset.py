@@ -20,11 +20,11 @@ the API docs, ``telesketch/service/__init__.py``):
 
 Sharded windows (the service on Ray shards, :mod:`telesketch.distributed.service`): a state may
 stand for one sketch's shards (it has ``shard_states()``). ``exact`` merges every shard of every
-epoch; sketches whose state is sharded by key (LLM-Sketch, Hidden Sketch with ``key = "5tuple"``)
-apply the rules above per shard and union the shards' answers (a flow size is read from the
-key's owning shard); additive ones (Hidden Sketch by source address, ResidualSketch) treat every
-shard of every epoch as one more state to sum, at the service-wide threshold; GapFilter unions the
-shards' events.
+epoch; sketches whose state is sharded by their key (LLM-Sketch and Hidden Sketch: packets are
+routed by flow, or by source for Hidden Sketch keyed by source) apply the rules above per shard and
+union the shards' answers (a flow size is read from the key's owning shard); ResidualSketch (a
+prefix's sources spread over shards) treats every shard of every epoch as one more state to sum, at
+the service-wide threshold; GapFilter unions the shards' events.
 
 A kind whose module is missing or fails a probe (build, update a 2-packet batch, round-trip
 through ``to_bytes``) is skipped with a log line and a note in ``Stats``: a sketch not yet built is
@@ -285,19 +285,12 @@ def heavy_hitters(cs, states, n_packets, phi=None, threshold=None):
         return merged_state(cs, _flat(states)).heavy_hitters(phi=phi, threshold=threshold), _merged_label(states)
     if _is_sharded(states):
         thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
-        if _keyed(cs):
-            rows = [row for shard in _per_shard(states) for row in _hidden_rows(shard, thr)]
-            return _by_count(rows), "union over shards of sums of per-epoch estimates"
-        return _by_count(_hidden_rows(_flat(states), thr)), "sum of per-shard, per-epoch estimates"
+        rows = [row for shard in _per_shard(states) for row in _hidden_rows(shard, thr)]
+        return _by_count(rows), "union over shards of sums of per-epoch estimates"
     if len(states) == 1 and phi is None and threshold is None:
         return list(states[0].heavy_hitters()), "single"
     thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
     return _by_count(_hidden_rows(states, thr)), _combine_label(len(states), False, "sum of per-epoch estimates")
-
-
-def _keyed(cs) -> bool:
-    """Whether the sketch's state is sharded by key (each key lives on one shard)."""
-    return cs.kind_name == "llmsketch" or (cs.kind_name == "hiddensketch" and cs.params.get("key") == "5tuple")
 
 
 def _by_count(rows: list) -> list:
@@ -325,9 +318,7 @@ def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=Non
     by_change = lambda rows: sorted(rows, key=lambda kv: (-abs(kv[1]), kv[0]))  # noqa: E731
     if _is_sharded(after):
         thr = _threshold(phi, threshold, max(n_before, n_after), after[0].params.phi)
-        if not _keyed(cs):
-            return by_change(_hidden_changes(_flat(before), _flat(after), thr)), "sum of per-shard, per-epoch estimates"
-        rows = []
+        rows = []  # each key lives on one shard (routed by its own key)
         for b, a in zip(_per_shard(before), _per_shard(after)):
             rows += list(a[0].heavy_changers(b[0], hc_threshold=thr)) if len(a) == 1 else _hidden_changes(b, a, thr)
         return by_change(rows), "union over shards"
