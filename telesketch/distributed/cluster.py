@@ -72,8 +72,16 @@ def shard_ids(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> np.nda
 
 def split_by_shard(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> list[PacketBatch]:
     """The batch's packets per shard, each in arrival order (the offline reference split)."""
-    ids = shard_ids(batch, shards, seed)
-    return [batch[ids == s] for s in range(shards)]
+    return _split(batch, shard_ids(batch, shards, seed), shards)
+
+
+def _split(batch: PacketBatch, ids: np.ndarray, shards: int) -> list[PacketBatch]:
+    """Packets grouped by ``ids`` (arrival order kept): one stable sort and one gather of every
+    column, then a slice per shard (a boolean mask per shard gathered every column S times)."""
+    order = np.argsort(ids, kind="stable")
+    bounds = np.searchsorted(ids[order], np.arange(shards + 1))
+    grouped = batch[order]
+    return [grouped[int(bounds[s]):int(bounds[s + 1])] for s in range(shards)]
 
 
 def routed_by_source(spec: dict[str, Any]) -> bool:
@@ -90,8 +98,7 @@ def source_shard_ids(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) ->
 
 def split_by_source(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> list[PacketBatch]:
     """The batch's packets per source shard, each in arrival order."""
-    ids = source_shard_ids(batch, shards, seed)
-    return [batch[ids == s] for s in range(shards)]
+    return _split(batch, source_shard_ids(batch, shards, seed), shards)
 
 
 def route(batch: PacketBatch, shards: int, seed: int, by_source: bool) -> list[tuple[PacketBatch, PacketBatch | None]]:
