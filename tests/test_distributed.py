@@ -7,6 +7,7 @@ ray = pytest.importorskip("ray")
 from telesketch.distributed import (  # noqa: E402
     ShardedSketches,
     shard_ids,
+    shard_spec,
     shard_specs,
     source_shard_ids,
     split_by_shard,
@@ -49,13 +50,12 @@ def cluster(batch):
 
 
 def offline(name, parts):
-    """One sketch per shard partition, built from the same shard config and fed that partition."""
+    """One sketch per shard partition, built from that shard's config and fed that partition."""
     specs = shard_specs({name: SKETCHES[name]}, SHARDS)
-    specs[name].pop("global_threshold", None)
-    cs = ss.SketchSet.from_config(specs).get(name)
-    assert cs.active, cs.note
     out = []
-    for part in parts:
+    for shard, part in enumerate(parts):
+        cs = ss.SketchSet.from_config(shard_spec(specs, shard)).get(name)
+        assert cs.active, cs.note
         sketch = cs.build()
         for chunk in part.split(12_500):
             sketch.update(chunk)
@@ -156,6 +156,7 @@ def test_hiddensketch_by_source_is_routed_by_source_and_unioned(batch, cluster):
 def test_residualsketch_summed_layers_equals_offline(batch, cluster):
     sketches = offline("hhh", split_by_shard(batch, SHARDS))
     assert sketches[0].T == cocosketch.shard_threshold(500, SHARDS)
+    assert [s.params.seed for s in sketches] == list(range(SHARDS))  # spec §4: each shard its own seed
     want = [(e.prefix, e.length, e.discounted) for e in cocosketch.merged_hhh(sketches, 500)]
     assert cluster.hhh("hhh") == want and len(want) > 0
 

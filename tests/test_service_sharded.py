@@ -12,7 +12,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from telesketch.client import Client  # noqa: E402
-from telesketch.distributed import shard_ids, shard_specs, split_by_shard, split_by_source  # noqa: E402
+from telesketch.distributed import shard_ids, shard_spec, shard_specs, split_by_shard, split_by_source  # noqa: E402
 from telesketch.packets import PacketBatch  # noqa: E402
 from telesketch.service.config import ServiceConfig  # noqa: E402
 from telesketch.service.server import ServiceThread  # noqa: E402
@@ -26,8 +26,9 @@ SKETCHES = dict(BASE_SKETCHES, hh_flow={"kind": "hiddensketch", "key": "5tuple",
 SHARD_SPECS = shard_specs(SKETCHES, SHARDS)
 
 
-def _params(name: str) -> dict:
-    return {k: v for k, v in SHARD_SPECS[name].items() if k not in ("kind", "global_threshold")}
+def _params(name: str, shard: int = 0) -> dict:
+    """Shard ``shard``'s parameters of sketch ``name`` (ResidualSketch: its own seed)."""
+    return {k: v for k, v in shard_spec(SHARD_SPECS, shard)[name].items() if k != "kind"}
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def test_hhh_sums_the_shards_layers_at_the_service_threshold(sharded, traffic):
     global_t = SHARD_SPECS["hhh"]["global_threshold"]
     offline = {}
     for eid, shards in sorted(shard_parts(traffic).items()):
-        offline[eid] = [ResidualSketch(**_params("hhh")) for _ in range(SHARDS)]
+        offline[eid] = [ResidualSketch(**_params("hhh", shard)) for shard in range(SHARDS)]
         for sketch, part in zip(offline[eid], shards):
             sketch.update(part)
         want = merged_hhh(offline[eid], global_t)

@@ -9,11 +9,12 @@ from telesketch.distributed.cluster import (
     ShardedSketches,
     routed_by_source,
     shard_ids,
+    shard_spec,
     shard_specs,
     source_shard_ids,
     split_by_shard,
     split_by_source,
 )
 
-__all__ = ["ROUTE_SEED", "RayNotInstalledError", "ShardedSketches", "routed_by_source", "shard_ids", "shard_specs",
+__all__ = ["ROUTE_SEED", "RayNotInstalledError", "ShardedSketches", "routed_by_source", "shard_ids", "shard_spec", "shard_specs",
            "source_shard_ids", "split_by_shard", "split_by_source"]

@@ -150,6 +150,19 @@ def shard_specs(specs: dict[str, dict[str, Any]], shards: int) -> dict[str, dict
     return out
 
 
+def shard_spec(specs: dict[str, dict[str, Any]], shard: int) -> dict[str, dict[str, Any]]:
+    """What shard ``shard`` builds from :func:`shard_specs`'s output: ResidualSketch / CocoSketch
+    draw their coins from their own ``seed + shard`` (spec §4: "each shard uses its own seed"),
+    everything else exactly as configured."""
+    out = {}
+    for name, spec in specs.items():
+        spec = {k: v for k, v in spec.items() if k != "global_threshold"}
+        if spec.get("kind") in _HHH_KINDS:
+            spec["seed"] = (int(spec.get("seed", 0)) + shard) % 2**64
+        out[name] = spec
+    return out
+
+
 def _build_for_specs(name: str, spec: dict[str, Any]):
     from telesketch.service.config import ConfigError
 
@@ -165,9 +178,8 @@ def _build_for_specs(name: str, spec: dict[str, Any]):
 class ShardWorker:
     """One shard: the configured sketches' states for one epoch (wrapped by ``ray.remote``)."""
 
-    def __init__(self, specs: dict[str, dict[str, Any]]):
-        clean = {n: {k: v for k, v in s.items() if k != "global_threshold"} for n, s in specs.items()}
-        self.sketchset = ss.SketchSet.from_config(clean)
+    def __init__(self, specs: dict[str, dict[str, Any]], shard: int = 0):
+        self.sketchset = ss.SketchSet.from_config(shard_spec(specs, shard))
         self.states = self.sketchset.new_states(0)
         self.packets = 0
 
@@ -212,7 +224,7 @@ class ShardedSketches:
         self.local = ss.SketchSet.from_config(
             {n: {k: v for k, v in s.items() if k != "global_threshold"} for n, s in self.specs.items()})
         remote_cls = ray.remote(ShardWorker).options(**(actor_options or {}))
-        self.actors = [remote_cls.remote(self.specs) for _ in range(shards)]
+        self.actors = [remote_cls.remote(self.specs, shard) for shard in range(shards)]
         self.packets = 0
 
     # ------------------------------------------------------------------ lifecycle

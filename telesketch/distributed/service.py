@@ -38,6 +38,7 @@ from telesketch.distributed.cluster import (
     route,
     routed_by_source,
     shard_ids,
+    shard_spec,
     shard_specs,
 )
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
@@ -61,8 +62,8 @@ def _local_specs(specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 class ServiceShard:
     """One shard of the open epoch: the configured sketches' live states (wrapped by ``ray.remote``)."""
 
-    def __init__(self, specs: dict[str, dict[str, Any]]):
-        self.sketchset = ss.SketchSet.from_config(_local_specs(specs))
+    def __init__(self, specs: dict[str, dict[str, Any]], shard: int = 0):
+        self.sketchset = ss.SketchSet.from_config(shard_spec(specs, shard))
         self.states: dict[str, Any] = {}
 
     def advance(self, epoch: int) -> None:
@@ -110,7 +111,7 @@ class ShardPool:
         self.lost = ""  # why the pool is unusable ("" while every actor lives)
         self.by_source = any(routed_by_source(spec) for spec in specs.values())  # a second split needed
         remote_cls = ray.remote(ServiceShard).options(**(actor_options or {}))
-        self.actors = [remote_cls.remote(specs) for _ in range(shards)]
+        self.actors = [remote_cls.remote(specs, shard) for shard in range(shards)]
 
     def _all(self, method: str, *args) -> list:
         return self._get([getattr(a, method).remote(*args) for a in self.actors])
