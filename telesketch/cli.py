@@ -6,23 +6,52 @@ bad numbers) end with a one-line message and exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def _flow_key(text: str) -> bytes:
+    """A 13-byte flow key given as 26 hex digits (src ip, dst ip, src port, dst port, proto)."""
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 13:
+        raise argparse.ArgumentTypeError(
+            f"must be 26 hex digits (src ip 8, dst ip 8, src port 4, dst port 4, proto 2), got {text!r}")
+    return key
 
 
 def _add_report_options(parser) -> None:
@@ -229,6 +258,8 @@ def _run_query(args: argparse.Namespace) -> int:
     thresholds = {"phi": args.phi, "threshold": args.threshold}
     with Client(args.server, token=token, root_certificates=root, tls=args.tls) as client:
         what = args.what
+        if what == "top-flows" and args.k < 1:
+            raise ValueError(f"top-flows needs --k >= 1, got {args.k}")
         if what == "stats":
             print(json.dumps(client.stats(), indent=2))
             return 0
@@ -246,7 +277,7 @@ def _run_query(args: argparse.Namespace) -> int:
             rows = [(str(g.ts_ns), key_text(g.key), g.jump) for g in client.flow_gaps(limit=args.k, **window)]
             header = ("ts_ns", "flow", "jump")
         else:  # flow-size
-            keys = [bytes.fromhex(k) for k in args.key]
+            keys = args.key
             rows = [(key_text(k), v) for k, v in zip(keys, client.flow_size(keys, **window))]
             header = ("flow", "estimate")
     if args.json:  # numbers stay numbers
@@ -297,8 +328,9 @@ def _add_service_commands(sub) -> None:
     query.add_argument("--sketch", default="", help="configured sketch name")
     query.add_argument("--phi", type=float)
     query.add_argument("--threshold", type=float)
-    query.add_argument("--k", type=int, default=10, help="top-flows: how many; gaps: at most this many (0: all)")
-    query.add_argument("--key", action="append", default=[], help="flow-size: a 13-byte key as 26 hex digits")
+    query.add_argument("--k", type=_count, default=10, help="top-flows: how many (>= 1); gaps: at most this many (0: all)")
+    query.add_argument("--key", type=_flow_key, action="append", default=[],
+                       help="flow-size: a 13-byte flow key as 26 hex digits (src ip, dst ip, src port, dst port, proto)")
     query.add_argument("--token", default="")
     query.add_argument("--token-file")
     query.add_argument("--tls", action="store_true")
@@ -408,6 +440,9 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"telesketch {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `telesketch query ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

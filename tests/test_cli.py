@@ -59,3 +59,19 @@ def test_serve_rejects_zero_shards(capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--shards", "0"])
     assert "--shards" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["query", "flow-size", "--key", "zz"], "--key: must be 26 hex digits"),
+    (["query", "top-flows", "--k", "-1"], "--k: must be an integer >= 0, got '-1'"),
+    (["replay", "x.pcap", "--loop", "abc"], "--loop: must be a positive integer, got 'abc'"),
+])
+def test_bad_option_values_name_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_top_flows_needs_at_least_one(capsys):
+    assert main(["query", "top-flows", "--k", "0", "--target", "127.0.0.1:9"]) == 2
+    assert "top-flows needs --k >= 1" in capsys.readouterr().err

@@ -481,3 +481,25 @@ def test_query_cli_prints_the_servers_key_text_and_json_numbers(server, traffic,
     hh = client.heavy_hitters(epoch=eid, sketch="exact")
     assert table[0].split() == ["key", "estimate"] and len(table) == 2 + len(hh)
     assert table[2].split() == [key_text(hh[0][0]), f"{hh[0][1]:,.0f}"]
+
+
+def test_a_second_server_on_the_same_port_or_data_directory_is_refused(tmp_path):
+    """Two servers must never share a gRPC port (requests would be split between them) or a data
+    directory (two writers of one log); each refusal names what is in use."""
+    sketches = {"exact": {"kind": "exact"}}
+    with ServiceThread(config(tmp_path / "a", sketches=sketches)) as first:
+        clashes = [
+            (config(tmp_path / "b", sketches=sketches, grpc_address=f"127.0.0.1:{first.grpc_port}"),
+             f"cannot listen for gRPC on 127.0.0.1:{first.grpc_port}"),
+            (config(tmp_path / "c", sketches=sketches, http_address=f"127.0.0.1:{first.http_port}"),
+             f"cannot listen for HTTP on 127.0.0.1:{first.http_port}"),
+            (config(tmp_path / "a", sketches=sketches), "is in use by another telesketch server"),
+        ]
+        for cfg, message in clashes:
+            with pytest.raises(OSError, match=message):
+                ServiceThread(cfg).start()
+        client = Client(f"127.0.0.1:{first.grpc_port}")
+        client.push_one(generate_batches(1, 100, 100)[0])  # the first server is untouched
+        assert client.stats()["packets"] == "100"
+    with ServiceThread(config(tmp_path / "a", sketches=sketches)) as again:  # released on stop
+        assert Client(f"127.0.0.1:{again.grpc_port}").stats()["packets"] == "100"

@@ -49,6 +49,31 @@ class SnapshotError(ValueError):
     """A snapshot file is not one this server wrote (bad magic, format, truncated)."""
 
 
+class DataDirInUseError(OSError):
+    """Another running server holds the data directory (two writers would corrupt its log)."""
+
+
+def _lock_data_dir(data_dir: Path):
+    """An exclusive ``flock`` on ``data_dir/LOCK`` (holding our pid), released when the returned
+    file is closed or the process dies; :class:`DataDirInUseError` if another process holds it."""
+    import fcntl
+
+    lock = open(data_dir / "LOCK", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise DataDirInUseError(f"data directory {data_dir} is in use by another telesketch server (pid {holder}); "
+                                f"stop it or give this one another --data-dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
 @dataclass
 class Epoch:
     """One epoch: its sketch states by sketch name and its counters."""
@@ -145,13 +170,27 @@ class EpochManager:
         self._wal = None
         self._replaying = False
         self._replayed = 0
+        self._lock = None
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._load()
-            if self.wal_enabled:
-                self._wal = open(self.data_dir / "wal.log", "ab")
-            if self._replayed:
-                self.checkpoint()  # folds the replayed batches into open.tsk, empties the log
+            self._lock = _lock_data_dir(self.data_dir)
+            try:
+                self._load()
+                if self.wal_enabled:
+                    self._wal = open(self.data_dir / "wal.log", "ab")
+                if self._replayed:
+                    self.checkpoint()  # folds the replayed batches into open.tsk, empties the log
+            except BaseException:
+                self._release()
+                raise
+
+    def _release(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+            self._wal = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # ------------------------------------------------------------------ ingest
     def apply(self, batch: PacketBatch, sender_id: str = "", sequence: int = 0, raw: bytes | None = None) -> ApplyResult:
@@ -333,9 +372,7 @@ class EpochManager:
             try:
                 self.checkpoint()
             finally:  # no checkpoint (e.g. a lost shard): the log keeps everything for the next start
-                if self._wal is not None:
-                    self._wal.close()
-                    self._wal = None
+                self._release()
 
     # ------------------------------------------------------------------ windows
     def epochs(self) -> list[Epoch]:

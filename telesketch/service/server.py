@@ -390,7 +390,8 @@ class Service:
         cfg = self.config
         interceptors = [BearerTokenInterceptor(cfg.token, self.metrics)] if cfg.token else []
         options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-                   ("grpc.max_send_message_length", cfg.max_message_bytes)]
+                   ("grpc.max_send_message_length", cfg.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]  # a second server on the same port must fail, not share it
         self._server = grpc.aio.server(interceptors=interceptors, options=options)
         self._server.add_generic_rpc_handlers((IngestService(self).handlers(),))
         service_pb2_grpc.add_QueryServicer_to_server(QueryService(self), self._server)
@@ -399,12 +400,15 @@ class Service:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
         reflection.enable_server_reflection(SERVICE_NAMES + (reflection.SERVICE_NAME, health.SERVICE_NAME),
                                             self._server)
-        if cfg.tls_cert:
-            with open(cfg.tls_key, "rb") as k, open(cfg.tls_cert, "rb") as c:
-                creds = grpc.ssl_server_credentials([(k.read(), c.read())])
-            self.grpc_port = self._server.add_secure_port(cfg.grpc_address, creds)
-        else:
-            self.grpc_port = self._server.add_insecure_port(cfg.grpc_address)
+        try:
+            if cfg.tls_cert:
+                with open(cfg.tls_key, "rb") as k, open(cfg.tls_cert, "rb") as c:
+                    creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+                self.grpc_port = self._server.add_secure_port(cfg.grpc_address, creds)
+            else:
+                self.grpc_port = self._server.add_insecure_port(cfg.grpc_address)
+        except RuntimeError as exc:  # grpc's "Failed to bind"
+            raise OSError(f"cannot listen for gRPC on {cfg.grpc_address} (in use?): {exc}") from None
         self.worker.start()
         await self._server.start()
         for name in ("",) + SERVICE_NAMES:
@@ -413,7 +417,10 @@ class Service:
             from telesketch.service.http import HttpServer
 
             host, port = cfg.http_address.rsplit(":", 1)
-            self._http = HttpServer(self, host, int(port))
+            try:
+                self._http = HttpServer(self, host, int(port))
+            except OSError as exc:
+                raise OSError(f"cannot listen for HTTP on {cfg.http_address}: {exc.strerror or exc}") from None
             self._http.start()
             self.http_port = self._http.port
         log.info("telesketch serving gRPC on port %d, HTTP on port %d", self.grpc_port, self.http_port)
