@@ -503,3 +503,14 @@ def test_a_second_server_on_the_same_port_or_data_directory_is_refused(tmp_path)
         assert client.stats()["packets"] == "100"
     with ServiceThread(config(tmp_path / "a", sketches=sketches)) as again:  # released on stop
         assert Client(f"127.0.0.1:{again.grpc_port}").stats()["packets"] == "100"
+
+
+def test_the_example_config_loads_and_builds_every_sketch():
+    from telesketch.service.config import load_config
+    from telesketch.service.sketchset import SketchSet
+
+    cfg = load_config(REPO / "examples" / "telesketch.toml")
+    assert set(cfg.sketches) == {"gaps", "hh", "hhh", "flows"} and cfg.wal
+    sketches = {**cfg.sketches, "flows": {**cfg.sketches["flows"], "estimator": "constant"}}  # no model load
+    built = SketchSet.from_config(sketches).sketches
+    assert all(cs.active for cs in built), [(cs.name, cs.note) for cs in built]

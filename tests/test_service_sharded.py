@@ -186,7 +186,8 @@ def test_restart_brings_back_every_epoch_on_the_shards(ray_cluster, tmp_path, tr
     wrong = ServiceConfig(**{**vars(cfg), "shards": 3})
     with pytest.raises(Exception, match="snapshot holds 2 shards, the service runs 3"):
         ServiceThread(wrong).start()
-    with pytest.raises(Exception, match="written by a service with its sketches on Ray shards"):
+    with pytest.raises(Exception, match="written by a service with its sketches on 2 Ray shards; start it with "
+                                         "shards = 2"):
         ServiceThread(ServiceConfig(**{**vars(cfg), "shards": 1})).start()
 
 

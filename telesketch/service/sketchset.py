@@ -137,8 +137,9 @@ class ConfiguredSketch:
 
     def load_state(self, data: bytes, closed: bool):
         if envelope_algorithm(data) == SHARDS_ENVELOPE:
+            shards = unpack_state(data, SHARDS_ENVELOPE, 1)[0].get("shards")
             raise SketchError(f"sketch {self.name!r}: the data directory was written by a service with its sketches "
-                              f"on Ray shards; start it with the same `shards` setting, or use another data_dir")
+                              f"on {shards} Ray shards; start it with shards = {shards}, or use another data_dir")
         if self.kind.continuous and closed:
             _, arrays, _, extra = unpack_state(data, "service-gap-events", 1)
             dtype = np.dtype([tuple(f) for f in extra["dtype"]])
