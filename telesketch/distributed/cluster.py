@@ -108,15 +108,6 @@ def route(batch: PacketBatch, shards: int, seed: int, by_source: bool) -> list[t
     return list(zip(flows, sources))
 
 
-def apply_routed(sketchset: ss.SketchSet, states: dict[str, Any], by_flow: PacketBatch,
-                 by_source: PacketBatch | None) -> None:
-    """Update a shard's states: source-routed sketches with ``by_source``, the others with ``by_flow``."""
-    for cs in sketchset.active:
-        part = by_source if routed_by_source({"kind": cs.kind_name, **cs.params}) else by_flow
-        if part is not None and len(part):
-            states[cs.name].update(part)
-
-
 def _keys_batch(keys: np.ndarray) -> PacketBatch:
     """A batch whose packets carry the 13-byte flow keys ``uint8[n, 13]`` (other columns zero)."""
     from telesketch.sketches.gapfilter import keys_to_columns
@@ -176,26 +167,54 @@ def _build_for_specs(name: str, spec: dict[str, Any]):
 
 # ====================================================================== the shard actor
 class ShardWorker:
-    """One shard: the configured sketches' states for one epoch (wrapped by ``ray.remote``)."""
+    """One shard: the configured sketches' live states for the open epoch (wrapped by ``ray.remote``).
+
+    :class:`ShardedSketches` runs one epoch (``advance(0)``); the sharded service
+    (:mod:`telesketch.distributed.service`) advances, closes, dumps and restores it epoch by epoch.
+    """
 
     def __init__(self, specs: dict[str, dict[str, Any]], shard: int = 0):
         self.sketchset = ss.SketchSet.from_config(shard_spec(specs, shard))
-        self.states = self.sketchset.new_states(0)
+        self.source_routed = {cs.name for cs in self.sketchset.active
+                              if routed_by_source({"kind": cs.kind_name, **cs.params})}
+        self.states: dict[str, Any] = {}
         self.packets = 0
 
+    def advance(self, epoch: int) -> None:
+        """Open ``epoch``: each sketch's next state (fresh, successor, or the live continuous one)."""
+        self.states = self.sketchset.new_states(epoch, self.states or None)
+
     def update(self, by_flow: PacketBatch, by_source: PacketBatch | None = None) -> int:
-        apply_routed(self.sketchset, self.states, by_flow, by_source)
+        """Source-routed sketches take ``by_source``, the others ``by_flow``; returns packets so far."""
+        for cs in self.sketchset.active:
+            part = by_source if cs.name in self.source_routed else by_flow
+            if part is not None and len(part):
+                self.states[cs.name].update(part)
         self.packets += len(by_flow)
         return self.packets
-
-    def active(self) -> list[str]:
-        return list(self.states)
 
     def count(self) -> int:
         return self.packets
 
-    def state_bytes(self, name: str) -> bytes:
-        return self.states[name].to_bytes()
+    def close(self) -> dict[str, bytes]:
+        """The open epoch's closed representation, serialised per sketch."""
+        closed = self.sketchset.close(self.states)
+        return {name: self.sketchset.get(name).dump_state(state) for name, state in closed.items()}
+
+    def dump(self, name: str) -> bytes:
+        return self.sketchset.get(name).dump_state(self.states[name])
+
+    def load(self, name: str, blob: bytes | None) -> None:
+        """Restore one sketch of the open epoch (``None``: start it empty)."""
+        cs = self.sketchset.get(name)
+        self.states[name] = cs.build() if blob is None else cs.load_state(blob, closed=False)
+
+    def memory(self, name: str) -> int:
+        return self.sketchset.get(name).memory(self.states[name])
+
+    def active(self) -> dict[str, str]:
+        """``{name: note}`` of every configured sketch this shard could not build ("" if active)."""
+        return {cs.name: ("" if cs.active else cs.note) for cs in self.sketchset.sketches}
 
     def call(self, name: str, method: str, *args, **kwargs):
         """``states[name].method(*args, **kwargs)`` on the shard (answers travel back)."""
@@ -221,10 +240,10 @@ class ShardedSketches:
             ray.init(**(init_kwargs or {}))
         self.shards, self.route_seed = shards, route_seed
         self.specs = shard_specs(specs, shards)
-        self.local = ss.SketchSet.from_config(
-            {n: {k: v for k, v in s.items() if k != "global_threshold"} for n, s in self.specs.items()})
+        self.local = ss.SketchSet.from_config(shard_spec(self.specs, 0))
         remote_cls = ray.remote(ShardWorker).options(**(actor_options or {}))
         self.actors = [remote_cls.remote(self.specs, shard) for shard in range(shards)]
+        ray.get([a.advance.remote(0) for a in self.actors])
         self.packets = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -249,7 +268,7 @@ class ShardedSketches:
     def states(self, name: str) -> list:
         """Copies of each shard's state of sketch ``name`` (via ``to_bytes``), shard order."""
         cs = self._sketch(name)
-        return [cs.load(b, live=False) for b in _ray().get([a.state_bytes.remote(name) for a in self.actors])]
+        return [cs.load(b, live=False) for b in _ray().get([a.dump.remote(name) for a in self.actors])]
 
     def _sketch(self, name: str) -> ss.ConfiguredSketch:
         try:

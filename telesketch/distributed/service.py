@@ -32,9 +32,9 @@ import numpy as np
 
 from telesketch.distributed.cluster import (
     ROUTE_SEED,
+    ShardWorker,
     _keys_batch,
     _ray,
-    apply_routed,
     route,
     routed_by_source,
     shard_ids,
@@ -53,48 +53,6 @@ class ShardLostError(ss.StateUnavailableError):
     and queries answer ``UNAVAILABLE``; nothing acknowledged is lost, the log replays it)."""
 
 
-def _local_specs(specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The shard config without the front end's bookkeeping keys (what the sketch classes accept)."""
-    return {n: {k: v for k, v in s.items() if k != "global_threshold"} for n, s in specs.items()}
-
-
-# ====================================================================== the shard actor
-class ServiceShard:
-    """One shard of the open epoch: the configured sketches' live states (wrapped by ``ray.remote``)."""
-
-    def __init__(self, specs: dict[str, dict[str, Any]], shard: int = 0):
-        self.sketchset = ss.SketchSet.from_config(shard_spec(specs, shard))
-        self.states: dict[str, Any] = {}
-
-    def advance(self, epoch: int) -> None:
-        """Open ``epoch``: each sketch's next state (fresh, successor, or the live continuous one)."""
-        self.states = self.sketchset.new_states(epoch, self.states or None)
-
-    def update(self, by_flow: PacketBatch, by_source: PacketBatch | None) -> int:
-        apply_routed(self.sketchset, self.states, by_flow, by_source)
-        return len(by_flow)
-
-    def close(self) -> dict[str, bytes]:
-        """The open epoch's closed representation, serialised per sketch."""
-        closed = self.sketchset.close(self.states)
-        return {name: self.sketchset.get(name).dump_state(state) for name, state in closed.items()}
-
-    def dump(self, name: str) -> bytes:
-        return self.sketchset.get(name).dump_state(self.states[name])
-
-    def load(self, name: str, blob: bytes | None) -> None:
-        """Restore one sketch of the open epoch (``None``: start it empty)."""
-        cs = self.sketchset.get(name)
-        self.states[name] = cs.build() if blob is None else cs.load_state(blob, closed=False)
-
-    def memory(self, name: str) -> int:
-        return self.sketchset.get(name).memory(self.states[name])
-
-    def active(self) -> dict[str, str]:
-        """``{name: note}`` of every configured sketch this shard could not build ("" if active)."""
-        return {cs.name: ("" if cs.active else cs.note) for cs in self.sketchset.sketches}
-
-
 class ShardPool:
     """The ``shards`` actors of one service, and the calls the front end makes on all of them."""
 
@@ -110,7 +68,7 @@ class ShardPool:
         self.shards, self.route_seed = shards, route_seed
         self.lost = ""  # why the pool is unusable ("" while every actor lives)
         self.by_source = any(routed_by_source(spec) for spec in specs.values())  # a second split needed
-        remote_cls = ray.remote(ServiceShard).options(**(actor_options or {}))
+        remote_cls = ray.remote(ShardWorker).options(**(actor_options or {}))
         self.actors = [remote_cls.remote(specs, shard) for shard in range(shards)]
 
     def _all(self, method: str, *args) -> list:
@@ -288,7 +246,7 @@ class ShardedSketchSet(ss.SketchSet):
     def from_config(cls, specs: dict[str, dict[str, Any]], shards: int = 2, route_seed: int = ROUTE_SEED,
                     address: str = "", actor_options: dict | None = None) -> "ShardedSketchSet":
         sharded = shard_specs(specs, shards)  # bad parameters: ConfigError before anything starts
-        configured = ss.configure(_local_specs(sharded))
+        configured = ss.configure(shard_spec(sharded, 0))
         pool = ShardPool(sharded, shards, route_seed, address, actor_options)
         try:
             pool.check_active([cs.name for cs in configured if cs.active])
