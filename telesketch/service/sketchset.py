@@ -250,7 +250,10 @@ def _flat(states: list) -> list:
 
 
 def _per_shard(states: list) -> list[list]:
-    """Per shard, that shard's states over the window's epochs (epoch order)."""
+    """Per shard, that shard's states over the window's epochs (epoch order); an unsharded window
+    is one shard, so the per-shard rules below are also the one-process rules."""
+    if not _is_sharded(states):
+        return [list(states)]
     return [list(col) for col in zip(*(s.shard_states() for s in states))]
 
 
@@ -259,8 +262,9 @@ def _combine_label(n_states: int, merged: bool, rule: str) -> str:
 
 
 def _merged_label(states: list) -> str:
-    """``single`` for one unsharded state, else ``merged`` (several epochs, or one epoch's shards)."""
-    return _combine_label(len(_flat(states)), True, "")
+    """``single`` for one unsharded state, else ``merged`` (several epochs, or one epoch's shards);
+    counted without fetching a sharded state."""
+    return _combine_label(sum(getattr(s, "shard_count", 1) for s in states), True, "")
 
 
 def _threshold(phi, threshold, n, default_phi=None):
@@ -284,14 +288,14 @@ def _hidden_window_estimates(states: list, keys) -> dict:
 def heavy_hitters(cs, states, n_packets, phi=None, threshold=None):
     if cs.kind_name == "exact":
         return merged_state(cs, _flat(states)).heavy_hitters(phi=phi, threshold=threshold), _merged_label(states)
-    if _is_sharded(states):
-        thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
-        rows = [row for shard in _per_shard(states) for row in _hidden_rows(shard, thr)]
-        return _by_count(rows), "union over shards of sums of per-epoch estimates"
-    if len(states) == 1 and phi is None and threshold is None:
+    sharded = _is_sharded(states)
+    if not sharded and len(states) == 1 and phi is None and threshold is None:
         return list(states[0].heavy_hitters()), "single"
     thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
-    return _by_count(_hidden_rows(states, thr)), _combine_label(len(states), False, "sum of per-epoch estimates")
+    rows = _by_count([row for shard in _per_shard(states) for row in _hidden_rows(shard, thr)])
+    if sharded:  # each key lives on one shard (routed by its own key)
+        return rows, "union over shards of sums of per-epoch estimates"
+    return rows, _combine_label(len(states), False, "sum of per-epoch estimates")
 
 
 def _by_count(rows: list) -> list:
@@ -316,18 +320,16 @@ def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=Non
     if cs.kind_name == "exact":
         merged_after, merged_before = merged_state(cs, _flat(after)), merged_state(cs, _flat(before))
         return merged_after.heavy_changers(merged_before, phi=phi, threshold=threshold), _merged_label(after)
-    by_change = lambda rows: sorted(rows, key=lambda kv: (-abs(kv[1]), kv[0]))  # noqa: E731
-    if _is_sharded(after):
-        thr = _threshold(phi, threshold, max(n_before, n_after), after[0].params.phi)
-        rows = []  # each key lives on one shard (routed by its own key)
-        for b, a in zip(_per_shard(before), _per_shard(after)):
-            rows += list(a[0].heavy_changers(b[0], hc_threshold=thr)) if len(a) == 1 else _hidden_changes(b, a, thr)
-        return by_change(rows), "union over shards"
-    thr = _threshold(phi, threshold, max(n_before, n_after))
-    if len(after) == 1:
+    sharded = _is_sharded(after)
+    if not sharded and len(after) == 1:  # the sketch's own rule, at its own default threshold
+        thr = _threshold(phi, threshold, max(n_before, n_after))
         return list(after[0].heavy_changers(before[0], hc_threshold=thr)), "single"
     thr = _threshold(phi, threshold, max(n_before, n_after), after[0].params.phi)
-    return by_change(_hidden_changes(before, after, thr)), "sum of per-epoch estimates"
+    rows = []
+    for b, a in zip(_per_shard(before), _per_shard(after)):
+        rows += list(a[0].heavy_changers(b[0], hc_threshold=thr)) if len(a) == 1 else _hidden_changes(b, a, thr)
+    rows.sort(key=lambda kv: (-abs(kv[1]), kv[0]))
+    return rows, "union over shards" if sharded else "sum of per-epoch estimates"
 
 
 def hhh(cs, states, n_packets, phi=None, threshold=None):
@@ -359,29 +361,28 @@ def gap_events(cs, epoch_states: list[tuple[int, Any]]) -> tuple[list[tuple[int,
 def flow_size(cs, states, keys: np.ndarray):
     if cs.kind_name == "exact":
         return merged_state(cs, _flat(states)).flow_size(keys), _merged_label(states)
+    sharded = _is_sharded(states)
+    owner = states[0].owner(keys) if sharded else np.zeros(keys.shape[0], np.int64)
     total = np.zeros(keys.shape[0], np.int64)
-    if _is_sharded(states):  # each key from its owning shard
-        owner = states[0].owner(keys)
-        for shard, shard_states in enumerate(_per_shard(states)):
-            mine = owner == shard
-            if mine.any():
-                for s in shard_states:
-                    total[mine] += np.asarray(s.flow_size(keys[mine]), np.int64)
+    for shard, shard_states in enumerate(_per_shard(states)):  # each key from its owning shard
+        mine = owner == shard
+        if mine.any():
+            for s in shard_states:
+                total[mine] += np.asarray(s.flow_size(keys[mine]), np.int64)
+    if sharded:
         return total, "owning shard, sum of per-epoch estimates"
-    for s in states:
-        total += np.asarray(s.flow_size(keys), np.int64)
     return total, _combine_label(len(states), False, "sum of per-epoch estimates")
 
 
 def top_flows(cs, states, k: int):
     if cs.kind_name == "exact":
         return merged_state(cs, _flat(states)).top_flows(k), _merged_label(states)
-    if _is_sharded(states):  # flows are whole on one shard: each shard's window answer, unioned
-        rows = [row for shard in _per_shard(states) for row in _top_flows(shard, k)]
-        return _by_count(rows)[:k], "union over shards of sums of per-epoch estimates"
-    if len(states) == 1:
+    sharded = _is_sharded(states)
+    if not sharded and len(states) == 1:
         return list(states[0].top_flows(k)), "single"
-    return _top_flows(states, k), "sum of per-epoch estimates"
+    # flows are whole on one shard: each shard's window answer, unioned
+    rows = _by_count([row for shard in _per_shard(states) for row in _top_flows(shard, k)])[:k]
+    return rows, "union over shards of sums of per-epoch estimates" if sharded else "sum of per-epoch estimates"
 
 
 def _top_flows(states: list, k: int) -> list:
