@@ -19,14 +19,27 @@ or ``last=<N>`` (default: the last epoch), ``closed_only=1``, ``sketch=<name>``.
 ``/api/v1/flow_size``       ``flow estimate`` for ``key=<26 hex digits>`` (repeatable)
 ==========================  ========================================================================
 
+``/`` is a read-only status page (server-rendered HTML with inline SVG, refreshed every 10 s): the
+open epoch, ingest rate per epoch, heavy hitters, the HHH tree, top flows and gap events.
+
 With a token configured, every path but ``/api/v1/health`` needs ``Authorization: Bearer <token>``
 (401 otherwise). Errors are ``{"error": message}`` with 400 (bad parameters), 404 (unknown window or sketch),
-409 (no active sketch answers) or 413 (too large).
+409 (no active sketch answers) or 413 (too large). ``last=N`` with fewer than N epochs retained
+answers over the epochs there are and says so in an ``X-Telesketch-Note`` header (a dashboard
+asking for the last 3 epochs of a service that has seen one shows that one, not an error).
+
+With ``tls_cert``/``tls_key`` configured (the gRPC certificate), the port speaks HTTPS only. A token
+over plain HTTP on a non-loopback address is logged as a warning at start (it travels in clear).
+At most :data:`MAX_CONCURRENT_REQUESTS` connections are served at once (more get 503 at once), and a
+connection idle for :data:`REQUEST_TIMEOUT_S` seconds is closed, so idle clients cannot hold threads.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -39,7 +52,14 @@ from telesketch.service.sketchset import QueryError
 
 log = logging.getLogger("telesketch.service")
 
-HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "FAILED_PRECONDITION": 409, "RESOURCE_EXHAUSTED": 413}
+HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "FAILED_PRECONDITION": 409, "RESOURCE_EXHAUSTED": 413,
+               "UNAVAILABLE": 503}
+#: Connections served at once; one more gets ``503`` without a thread of its own.
+MAX_CONCURRENT_REQUESTS = 32
+#: Seconds a connection may sit without sending its request (or reading the answer) before it is closed.
+REQUEST_TIMEOUT_S = 10.0
+#: Response header carrying a note about the answer (e.g. a window shortened to what is retained).
+NOTE_HEADER = "X-Telesketch-Note"
 
 #: Endpoint -> fields of every row it returns (the dashboard test checks panels against this and
 #: against real answers).
@@ -73,6 +93,19 @@ def _window(params: dict) -> WindowSpec:
                       closed_only=_one(params, "closed_only", str, "0") in ("1", "true", "yes"))
 
 
+def _fit_window(window: WindowSpec, retained: int, windows: int = 1) -> tuple[WindowSpec, str]:
+    """``last=N`` shortened to what is retained (``windows`` back-to-back windows: 2 for heavy
+    changers); returns the window and a note ("" when unchanged). Too few for even one epoch per
+    window: unchanged, so the query answers 404 with its own message."""
+    if window.last is None or window.epoch is not None or window.last < 1:
+        return window, ""
+    fits = retained // windows
+    if window.last <= fits or fits < 1:
+        return window, ""
+    note = f"last={window.last} asked, {retained} epochs retained: answered over the last {fits}"
+    return WindowSpec(epoch=None, last=fits, closed_only=window.closed_only), note
+
+
 def _hhh_rows(rows) -> list[dict]:
     out, reported = [], []
     for prefix, length, estimate in sorted(rows, key=lambda r: (r[1], r[0])):
@@ -91,10 +124,15 @@ class Api:
 
     def __init__(self, service):
         self.service = service
+        self.note = threading.local()  # per request: the note for NOTE_HEADER
+
+    def _retained(self, closed_only: bool) -> int:
+        return sum(1 for e in self.service.stats()["epochs"] if e["closed"] or not closed_only)
 
     def handle(self, path: str, params: dict):
         q = self.service.queries
         s = self.service
+        self.note.text = ""
         if path == "/api/v1/health":
             return {"status": "ok"}
         if path == "/api/v1/stats":
@@ -102,6 +140,9 @@ class Api:
         if path == "/api/v1/epochs":
             return self._epochs()
         window = _window(params)
+        if path in ROUTES and path != "/api/v1/flow_size":
+            windows = 2 if path == "/api/v1/heavy_changers" else 1
+            window, self.note.text = _fit_window(window, self._retained(window.closed_only), windows)
         sketch = _one(params, "sketch", str, "")
         phi, threshold = _one(params, "phi", float), _one(params, "threshold", float)
         if path == "/api/v1/heavy_hitters":
@@ -142,6 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "telesketch"
     api: Api = None  # set per server
 
+    timeout = REQUEST_TIMEOUT_S  # socket timeout: an idle or slow client is dropped, its thread freed
+
     def do_GET(self):  # noqa: N802 - http.server naming
         url = urlparse(self.path)
         token = self.api.service.config.token
@@ -150,6 +193,10 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/metrics":
             self.api.service.stats()  # refreshes the gauges computed on demand
             return self._send(200, generate_latest(self.api.service.metrics.registry), CONTENT_TYPE_LATEST)
+        if url.path in ("/", "/index.html"):
+            from telesketch.service.status_page import render_status_page
+
+            return self._send(200, render_status_page(self.api.service).encode(), "text/html; charset=utf-8")
         try:
             body = self.api.handle(url.path.rstrip("/") or "/", parse_qs(url.query))
             status = 200
@@ -158,12 +205,15 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # noqa: BLE001
             log.exception("HTTP %s failed", self.path)
             body, status = {"error": f"internal error: {type(exc).__name__}: {exc}"}, 500
-        self._send(status, json.dumps(body).encode(), "application/json")
+        note = getattr(self.api.note, "text", "") if status == 200 else ""
+        self._send(status, json.dumps(body).encode(), "application/json", {NOTE_HEADER: note} if note else None)
 
-    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+    def _send(self, status: int, payload: bytes, content_type: str, headers: dict | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
 
@@ -171,14 +221,97 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http %s - %s", self.address_string(), fmt % args)
 
 
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` with at most ``max_requests`` connections served at once.
+
+    A connection over the bound is answered ``503`` and closed on the accepting thread (a short
+    write with a timeout), so a flood of connections costs no threads. TLS (``ssl_context``) is
+    wrapped per connection in the handler thread, so a slow handshake holds no other client."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address, handler, max_requests: int, ssl_context: ssl.SSLContext | None = None):
+        self._slots = threading.BoundedSemaphore(max_requests)
+        self.ssl_context = ssl_context
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            log.warning("HTTP: %d connections in service, refusing %s with 503", MAX_CONCURRENT_REQUESTS,
+                        client_address[0])
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            if self.ssl_context is not None:
+                request.settimeout(REQUEST_TIMEOUT_S)
+                try:
+                    request = self.ssl_context.wrap_socket(request, server_side=True)
+                except (OSError, ssl.SSLError) as exc:
+                    log.debug("HTTPS handshake with %s failed: %s", client_address[0], exc)
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request) -> None:
+        body = json.dumps({"error": "too many concurrent HTTP requests; retry later"}).encode()
+        try:
+            if self.ssl_context is None:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)
+        except OSError:
+            pass
+        finally:
+            self.shutdown_request(request)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+        except (OSError, ValueError):
+            return False
+
+
+def ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server TLS context from the PEM files the gRPC port uses (TLS 1.2 or newer)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
 class HttpServer:
-    """``ThreadingHTTPServer`` in a daemon thread; ``port`` is the bound port (0 asks for a free one)."""
+    """The HTTP(S) server in a daemon thread; ``port`` is the bound port (0 asks for a free one).
+
+    ``tls_cert``/``tls_key`` (the service's gRPC certificate) make it HTTPS only; a bearer token
+    over plain HTTP on an address other than loopback is logged as a warning."""
 
     def __init__(self, service, host: str, port: int):
+        cfg = service.config
         handler = type("Handler", (_Handler,), {"api": Api(service)})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
+        context = ssl_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+        self._httpd = _BoundedHTTPServer((host, port), handler, MAX_CONCURRENT_REQUESTS, context)
         self.port = self._httpd.server_address[1]
+        self.scheme = "https" if context else "http"
+        if cfg.token and context is None and not _is_loopback(host):
+            log.warning("HTTP on %s:%d is plain HTTP and a bearer token is configured: the token travels in "
+                        "clear. Configure tls_cert/tls_key (HTTPS) or listen on loopback only.", host, self.port)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="telesketch-http", daemon=True)
 
     def start(self) -> None:

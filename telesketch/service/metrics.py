@@ -1,20 +1,55 @@
 """Prometheus metrics of one service instance (its own registry: several servers may share a process).
 
 No flow keys, addresses or sender ids appear as labels: label values are fixed sets (rejection
-reasons, query names) or configured sketch names.
+reasons, query names), configured sketch names, or the build's version strings.
+
+The ``_created`` series prometheus_client adds beside every counter and histogram are turned off
+(they are start times, one extra series per counter, and no dashboard reads them). Process metrics
+(CPU seconds, resident memory, open file descriptors, start time) come from prometheus_client's
+``ProcessCollector`` (Linux ``/proc``) and the Python version from its ``PlatformCollector``.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import PlatformCollector, ProcessCollector
 
 QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
+# One switch for the whole process (prometheus_client has no per-registry setting); the service's
+# registry is the only one telesketch exposes, so nothing else relies on the series.
+prometheus_client.disable_created_metrics()
+
+
+def build_labels() -> dict[str, str]:
+    """``telesketch_build_info`` labels: package version, Python, numba and grpcio versions."""
+    import grpc
+    import numba
+
+    from telesketch import __version__
+
+    return {"version": __version__, "python": platform.python_version(), "numba": numba.__version__,
+            "grpcio": grpc.__version__}
+
 
 class ServiceMetrics:
-    """The counters, gauges and histograms ``/metrics`` exposes (names prefixed ``telesketch_``)."""
+    """The counters, gauges and histograms ``/metrics`` exposes (names prefixed ``telesketch_``).
 
-    def __init__(self):
+    ``telesketch_epoch`` is the open epoch's id; ``telesketch_epoch_start_seconds`` is when it
+    starts, in Unix seconds of packet time (``id * epoch length``), so a panel can show how far the
+    service's packet clock is from now (a replayed capture lives in its own years).
+    """
+
+    def __init__(self, epoch_ns: int = 10_000_000_000):
         r = self.registry = CollectorRegistry()
+        self.epoch_ns = int(epoch_ns)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Info("telesketch_build", "Version of the running service and its main libraries",
+                               registry=r)
+        self.build_info.info(build_labels())
         self.packets = Counter("telesketch_packets_ingested", "Packets applied to an epoch", registry=r)
         self.batches = Counter("telesketch_batches_ingested", "Batches accepted (duplicates included)", registry=r)
         self.late = Counter("telesketch_packets_late", "Packets older than the open epoch (not applied)", registry=r)
@@ -23,6 +58,8 @@ class ServiceMetrics:
         self.queue_depth = Gauge("telesketch_queue_depth", "Batches admitted and not yet applied", registry=r)
         self.queue_capacity = Gauge("telesketch_queue_capacity", "Batches the queue admits", registry=r)
         self.epoch = Gauge("telesketch_epoch", "Id of the open epoch (ts_ns // epoch length)", registry=r)
+        self.epoch_start = Gauge("telesketch_epoch_start_seconds",
+                                 "Start of the open epoch, Unix seconds of packet time", registry=r)
         self.epochs_retained = Gauge("telesketch_epochs_retained", "Epochs held (closed and open)", registry=r)
         self.sketch_memory = Gauge("telesketch_sketch_memory_bytes", "Sketch state of the open epoch",
                                    ["sketch"], registry=r)
@@ -32,6 +69,11 @@ class ServiceMetrics:
                                        buckets=QUERY_BUCKETS, registry=r)
         for reason in ("invalid", "oversized", "unauthenticated"):
             self.rejected.labels(reason)
+
+    def set_epoch(self, epoch_id: int) -> None:
+        """The open epoch changed: its id and its start time (packet clock, Unix seconds)."""
+        self.epoch.set(epoch_id)
+        self.epoch_start.set(epoch_id * self.epoch_ns / 1e9)
 
     def observe_query(self, query: str, seconds: float) -> None:
         self.query_seconds.labels(query).observe(seconds)

@@ -102,7 +102,7 @@ class SketchWorker:
         m.apply_seconds.observe(seconds)
         m.packets.inc(result.applied_packets)
         m.late.inc(result.late_packets)
-        m.epoch.set(result.epoch)
+        m.set_epoch(result.epoch)
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -127,9 +127,15 @@ class IngestService:
     def __init__(self, service: "Service"):
         self.service = service
 
-    def _decode(self, message: batch_pb2.PacketBatch) -> PacketBatch:
-        """Validate everything the sender controls; raises QueryError with the status to send."""
+    def _decode(self, message: batch_pb2.PacketBatch, raw_size: int = 0) -> PacketBatch:
+        """Validate everything the sender controls; raises QueryError with the status to send.
+
+        ``raw_size``: the serialised message's bytes. The size limit is checked here, not only by
+        gRPC, so that refusals are counted in ``rejected{reason="oversized"}`` (see ``_start``)."""
         cfg = self.service.config
+        if raw_size > cfg.max_message_bytes:
+            raise QueryError("RESOURCE_EXHAUSTED",
+                             f"batch message of {raw_size:,} bytes exceeds max_message_bytes {cfg.max_message_bytes:,}")
         if message.count > cfg.max_batch_packets:
             raise QueryError("RESOURCE_EXHAUSTED",
                              f"batch of {message.count} packets exceeds max_batch_packets {cfg.max_batch_packets}")
@@ -151,7 +157,7 @@ class IngestService:
     async def PushOne(self, request: RawBatch, context) -> service_pb2.Ack:
         message = request.message
         try:
-            batch = self._decode(message)
+            batch = self._decode(message, len(request.raw))
         except QueryError as exc:
             await self._reject(context, exc)
         future = await self.service.worker.admit(batch, message.sender_id, message.sequence, request.raw)
@@ -164,7 +170,7 @@ class IngestService:
             index += 1
             message = request.message
             try:
-                batch = self._decode(message)
+                batch = self._decode(message, len(request.raw))
             except QueryError as exc:
                 await asyncio.gather(*futures, return_exceptions=True)
                 await self._reject(context, exc, f"batch #{index} of the stream (sender {message.sender_id!r}, "
@@ -288,7 +294,7 @@ class AdminService(service_pb2_grpc.AdminServicer):
     async def RotateEpoch(self, request, context):
         loop = asyncio.get_running_loop()
         closed, old, new = await loop.run_in_executor(self.service.query_pool, self.service.manager.rotate)
-        self.service.metrics.epoch.set(new)
+        self.service.metrics.set_epoch(new)
         return service_pb2.RotateEpochReply(closed=closed, closed_epoch=old, open_epoch=new)
 
     async def Snapshot(self, request, context):
@@ -329,6 +335,33 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 # ====================================================================== the service
+#: Keepalive: the server pings an idle connection every 60 s and drops it when the ping is not
+#: answered in 20 s (a collector that vanished without closing frees its stream); clients may ping
+#: as often as every 10 s, also without calls in flight, without being told "too many pings".
+KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+)
+
+
+def grpc_server_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
+    """Channel arguments of the gRPC server.
+
+    Receive limit: gRPC itself refuses messages over twice ``max_message_bytes`` before any
+    handler sees them (a memory backstop; the client gets RESOURCE_EXHAUSTED, uncounted here);
+    messages between the two limits reach the ingest handler, which refuses and counts them as
+    ``rejected{reason="oversized"}``. Compression: gzip and deflate requests (``grpc-encoding``)
+    are decompressed by gRPC before the size checks; answers are sent uncompressed.
+    """
+    return [("grpc.max_receive_message_length", min(2 * cfg.max_message_bytes, 2**31 - 1)),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+            *KEEPALIVE_OPTIONS]
+
+
 def _sketchset(config: ServiceConfig) -> SketchSet:
     """The configured sketches: in this process, or (``shards > 1``) the open epoch on Ray actors."""
     if config.shards == 1:
@@ -345,7 +378,7 @@ class Service:
         from concurrent.futures import ThreadPoolExecutor
 
         self.config = config.validate()
-        self.metrics = ServiceMetrics()
+        self.metrics = ServiceMetrics(config.epoch_ns)
         self.sketchset = _sketchset(config)
         try:
             self.manager = EpochManager(self.sketchset, config.epoch_ns, config.keep_epochs, config.data_dir or None,
@@ -358,10 +391,11 @@ class Service:
         self.query_pool = ThreadPoolExecutor(2, thread_name_prefix="telesketch-query")
         self.metrics.queue_capacity.set(config.queue_batches)
         if self.manager.open is not None:
-            self.metrics.epoch.set(self.manager.open.id)
+            self.metrics.set_epoch(self.manager.open.id)
         self.grpc_port = 0
         self.http_port = 0
         self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
         self._http = None
         self.started_at = time.time()
 
@@ -389,14 +423,11 @@ class Service:
     async def _start(self) -> None:
         cfg = self.config
         interceptors = [BearerTokenInterceptor(cfg.token, self.metrics)] if cfg.token else []
-        options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-                   ("grpc.max_send_message_length", cfg.max_message_bytes),
-                   ("grpc.so_reuseport", 0)]  # a second server on the same port must fail, not share it
-        self._server = grpc.aio.server(interceptors=interceptors, options=options)
+        self._server = grpc.aio.server(interceptors=interceptors, options=grpc_server_options(cfg))
         self._server.add_generic_rpc_handlers((IngestService(self).handlers(),))
         service_pb2_grpc.add_QueryServicer_to_server(QueryService(self), self._server)
         service_pb2_grpc.add_AdminServicer_to_server(AdminService(self), self._server)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self._server)
         reflection.enable_server_reflection(SERVICE_NAMES + (reflection.SERVICE_NAME, health.SERVICE_NAME),
                                             self._server)
@@ -427,6 +458,8 @@ class Service:
 
     async def stop(self, grace: float = 2.0) -> None:
         try:
+            if self._health is not None:  # load balancers see NOT_SERVING while in-flight calls drain
+                await self._health.enter_graceful_shutdown()
             self._http_stop()
             if self._server is not None:
                 await self._server.stop(grace)
