@@ -103,13 +103,24 @@ def _hhh_tree(rows) -> str:
         return "<p>(no prefixes over the threshold in this window)</p>"
     top = max(r["estimate"] for r in items) or 1.0
     out = ["<table><tr><th>prefix (indented under its parent)</th><th>discounted packets</th><th></th></tr>"]
-    ordered = _tree_order(items)
-    for r in ordered[:HHH_ROWS]:
+    ordered = _tree_order(_largest_with_ancestors(items, HHH_ROWS))
+    for r in ordered:
         pad = 1.2 * r["depth"]
         out.append(f'<tr><td class="mono" style="padding-left:{pad + 0.4:.1f}em">{_esc(r["prefix"])}</td>'
                    f'<td class="n">{r["estimate"]:,.0f}</td><td>{_bar(r["estimate"], top, 120, "#2e9d6a")}</td></tr>')
-    more = f"<p>{len(ordered) - HHH_ROWS} more prefixes: /api/v1/hhh</p>" if len(ordered) > HHH_ROWS else ""
+    more = f"<p>{len(items) - len(ordered)} smaller prefixes not shown: /api/v1/hhh</p>" if len(items) > len(ordered) else ""
     return "".join(out) + "</table>" + more
+
+
+def _largest_with_ancestors(items: list[dict], n: int) -> list[dict]:
+    """The ``n`` largest prefixes and every prefix above them (so the tree stays connected)."""
+    by_prefix = {r["prefix"]: r for r in items}
+    keep: dict[str, dict] = {}
+    for r in sorted(items, key=lambda r: -r["estimate"])[:n]:
+        while r is not None and r["prefix"] not in keep:
+            keep[r["prefix"]] = r
+            r = by_prefix.get(r["parent"])
+    return list(keep.values())
 
 
 def _tree_order(items: list[dict]) -> list[dict]:
