@@ -185,6 +185,6 @@ def test_load_estimator_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown estimator kind"):
         load_estimator("gpt")
     with pytest.raises(ValueError, match="trained model directory"):
-        load_estimator("trees")
+        load_estimator("tiny")
     with pytest.raises(FileNotFoundError, match="no trained estimator"):
         load_estimator("trees", tmp_path)

@@ -29,7 +29,8 @@ DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
     "hh": {"kind": "hiddensketch", "memory_bytes": 56320, "phi": 1e-4},
     "hhh": {"kind": "residualsketch", "mode": "byte", "memory_bytes": 32 * 1024, "phi": 1e-3,
             "expected_packets": 2_500_000},
-    "flows": {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "lm"},
+    # "auto": the shipped MiniLM ("lm") with the [llm] extra, else the shipped numpy trees
+    "flows": {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "auto"},
 }
 
 

@@ -3,7 +3,10 @@
 The JSON API is shaped for Grafana's Infinity data source: every query endpoint returns a JSON
 array of flat objects (one row each; times in milliseconds since the Unix epoch in ``time``), so a
 panel needs only the URL and column selectors. Window parameters are the gRPC ones: ``epoch=<id>``
-or ``last=<N>`` (default: the last epoch), ``closed_only=1``, ``sketch=<name>``.
+or ``last=<N>`` (default: the last epoch), ``closed_only=1``, ``sketch=<name>``. Endpoints with a
+``time`` column take ``clock=now`` to shift times so that the newest epoch ends at the current wall
+time (the packet time stays in ``packet_time``): a dashboard's "last 15 minutes" then shows a
+replayed capture; ``clock=packet`` (default) keeps packet times.
 
 ==========================  ========================================================================
 ``/api/v1/health``          ``{"status": "ok"}`` (the data source's health check)
@@ -41,6 +44,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -138,7 +142,7 @@ class Api:
         if path == "/api/v1/stats":
             return s.stats()
         if path == "/api/v1/epochs":
-            return self._epochs()
+            return self._shift(self._epochs(), params)
         window = _window(params)
         if path in ROUTES and path != "/api/v1/flow_size":
             windows = 2 if path == "/api/v1/heavy_changers" else 1
@@ -155,12 +159,13 @@ class Api:
             return _hhh_rows(q.hhh(window, sketch, phi, threshold).rows)
         if path == "/api/v1/gaps":
             a = q.gaps(window, sketch, _one(params, "limit", int, 1000))
-            return [{"time": ts // 1_000_000, "ts_ns": ts, "flow": key_text(k), "jump": j, "epoch": e}
-                    for ts, k, j, e in a.rows]
+            return self._shift([{"time": ts // 1_000_000, "ts_ns": ts, "flow": key_text(k), "jump": j, "epoch": e}
+                                for ts, k, j, e in a.rows], params)
         if path == "/api/v1/gap_counts":
             a = q.gaps(window, sketch, 0)
             ns = self.service.manager.epoch_ns
-            return [{"time": e * ns // 1_000_000, "epoch": e, "gaps": n} for e, n in a.extra["per_epoch"].items()]
+            return self._shift([{"time": e * ns // 1_000_000, "epoch": e, "gaps": n}
+                                for e, n in a.extra["per_epoch"].items()], params)
         if path == "/api/v1/top_flows":
             a = q.top_flows(window, _one(params, "k", int, 10), sketch)
             return [{"flow": key_text(k, a.int_keys), "estimate": v} for k, v in a.rows]
@@ -173,6 +178,20 @@ class Api:
             return [{"flow": key_text(k), "estimate": v} for k, v in a.rows]
         raise QueryError("NOT_FOUND", f"no such endpoint {path}; endpoints: {sorted(ROUTES)} and /metrics")
 
+    def _shift(self, rows: list[dict], params: dict) -> list[dict]:
+        """``clock=now``: move every ``time`` so that the newest retained epoch ends now (a replayed
+        capture from years ago then lands in a dashboard's "last 15 minutes"); the packet time stays
+        in ``packet_time``. ``clock=packet`` (default): times are packet times."""
+        clock = _one(params, "clock", str, "packet")
+        if clock not in ("packet", "now"):
+            raise QueryError("INVALID_ARGUMENT", f"clock must be 'packet' or 'now', got {clock!r}")
+        if clock == "packet":
+            return rows
+        epochs = self.service.stats()["epochs"]
+        newest_end_ms = max((e["end_ns"] for e in epochs), default=0) // 1_000_000
+        offset = int(time.time() * 1000) - newest_end_ms
+        return [{**r, "packet_time": r["time"], "time": r["time"] + offset} for r in rows]
+
     def _epochs(self):
         stats = self.service.stats()
         seconds = stats["epoch_seconds"]
@@ -184,6 +203,12 @@ class _Handler(BaseHTTPRequestHandler):
     api: Api = None  # set per server
 
     timeout = REQUEST_TIMEOUT_S  # socket timeout: an idle or slow client is dropped, its thread freed
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError, ssl.SSLError) as exc:  # the client left
+            log.debug("HTTP connection from %s ended early: %s", self.client_address[0], exc)
 
     def do_GET(self):  # noqa: N802 - http.server naming
         url = urlparse(self.path)
