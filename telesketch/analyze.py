@@ -61,11 +61,12 @@ def manager_for(specs: dict[str, dict], config: ServiceConfig, tolerant: bool = 
 
 
 def run_local(files, config: ServiceConfig, batch_size: int = 65536, truth: bool = False,
-              extra: EpochManager | None = None) -> LocalRun:
+              extra: EpochManager | None = None, progress=None) -> LocalRun:
     """Read every capture (in order) into the configured sketches; ``truth`` adds the exact kind.
 
     ``extra``: one more manager fed the same batches (the accuracy-vs-memory sweep). A corrupt
     capture raises :class:`~telesketch.traces.CaptureError` after its good packets were applied.
+    ``progress(packets)``: called after each batch with the packets applied so far.
     """
     from telesketch.traces import read_capture
 
@@ -82,13 +83,16 @@ def run_local(files, config: ServiceConfig, batch_size: int = 65536, truth: bool
             for other in (run.truth, extra):
                 if other is not None:
                     other.apply(batch)
+            if progress is not None:
+                progress(run.packets)
     return run
 
 
 def analyze(files, config: ServiceConfig, opts: ReportOptions = ReportOptions(), batch_size: int = 65536,
-            truth: bool = False) -> tuple[dict, LocalRun]:
-    """``(report, run)`` for captures analysed locally (see the module docstring)."""
-    run = run_local(files, config, batch_size, truth)
+            truth: bool = False, progress=None) -> tuple[dict, LocalRun]:
+    """``(report, run)`` for captures analysed locally (see the module docstring); ``progress``
+    as for :func:`run_local`."""
+    run = run_local(files, config, batch_size, truth, progress=progress)
     report = build_report(LocalSource(run.manager), opts, mode="analyze", files=files, ingest=run.ingest(),
                           epoch_seconds=config.epoch_seconds,
                           truth=LocalSource(run.truth) if run.truth is not None else None)

@@ -1,7 +1,16 @@
 """The ``telesketch`` command line (demo, analyze, replay, serve, query, generate, summary, train-estimator).
 
-Each sub-command is a thin layer over the library; errors in user input (missing or corrupt files,
-bad numbers) end with a one-line message and exit status 2, not a traceback.
+Each sub-command is a thin layer over the library. Exit status, the same for every command:
+
+* 0: success;
+* 1: a runtime failure (the server is unreachable or refuses, a port is taken, a replay could not
+  be fully acknowledged);
+* 2: a usage error: bad options or config, a named input file that is missing or not a capture,
+  an optional extra that is not installed. Errors are one line on stderr, not a traceback;
+* 130: interrupted (Ctrl-C).
+
+Every command that prints a result takes ``--json`` (numbers stay numbers). Progress goes to stderr:
+a bar on a terminal, a plain line every few seconds otherwise (``--no-progress``: none).
 """
 from __future__ import annotations
 
@@ -10,6 +19,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _int_at_least(minimum: int, what: str):
@@ -61,22 +72,56 @@ def _add_report_options(parser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from telesketch.progress import ProgressBar
     from telesketch.traces import generate_capture
 
     start = time.perf_counter()
-    stats = generate_capture(
-        args.output, packets=args.packets, flows=args.flows, zipf=args.zipf, gap_rate=args.gap_rate, seed=args.seed
-    )
-    print(f"wrote {args.output}: {args.packets:,} packets, {args.flows:,} flows "
-          f"in {time.perf_counter() - start:.1f} s ({stats})")
+    with ProgressBar("generate", total=args.packets, enabled=False if args.no_progress else None) as bar:
+        stats = generate_capture(args.output, packets=args.packets, flows=args.flows, zipf=args.zipf,
+                                 gap_rate=args.gap_rate, seed=args.seed, progress=bar.set)
+    seconds = time.perf_counter() - start
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(stats), "seconds": round(seconds, 3)}, indent=1))
+    else:
+        print(f"wrote {args.output}: {stats.packets:,} packets, {stats.flows:,} flows, {stats.gaps:,} IP-ID gaps, "
+              f"largest flow {stats.max_flow_size:,} packets, {stats.bytes_written / 1e6:.1f} MB in {seconds:.1f} s")
     return 0
 
 
+def _summary_dict(summary, top: int) -> dict:
+    """A :class:`~telesketch.summary.TrafficSummary` as JSON-able data (``top`` sources and flows)."""
+    from telesketch.packets import format_ipv4, unpack_flow_key
+    from telesketch.summary import PROTO_NAMES
+
+    flows = []
+    for key, count in summary.flows.most_common(top):
+        src, dst, sport, dport, proto = unpack_flow_key(key)
+        flows.append({"src": format_ipv4(src), "dst": format_ipv4(dst), "src_port": sport, "dst_port": dport,
+                      "proto": PROTO_NAMES.get(proto, str(proto)), "packets": count})
+    return {"path": summary.path, "packets": summary.packets, "ip_bytes": summary.ip_bytes,
+            "flows": len(summary.flows), "sources": len(summary.sources), "duration_s": summary.duration_s,
+            "protocols": {PROTO_NAMES.get(p, str(p)): c for p, c in summary.protocols.most_common()},
+            "top_sources": [{"src": format_ipv4(ip), "packets": c} for ip, c in summary.sources.most_common(top)],
+            "top_flows": flows}
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
+    import json
+
     from telesketch.summary import summarize_capture
 
+    results = []
     for path in args.files:
-        print(summarize_capture(path, batch_size=args.batch_size).render(top=args.top))
+        summary = summarize_capture(path, batch_size=args.batch_size)
+        if args.json:
+            results.append(_summary_dict(summary, args.top))
+        else:
+            print(summary.render(top=args.top))
+    if args.json:
+        print(json.dumps(results, indent=1))
     return 0
 
 
@@ -95,10 +140,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from telesketch.plots import _pyplot
 
         _pyplot()  # fail before the work when matplotlib is missing
-    run_demo(packets=args.packets, flows=args.flows, seed=args.seed, duration_s=args.duration,
-             opts=_report_options(args), out=lambda line: print(line, flush=True),
-             progress=Progress(enabled=None if not args.no_progress else False),
-             plot_dir=args.plot, json_path=args.json_out)
+    import json
+
+    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
+        (lambda line: print(line, flush=True))
+    report = run_demo(packets=args.packets, flows=args.flows, seed=args.seed, duration_s=args.duration,
+                      opts=_report_options(args), out=out,
+                      progress=Progress(enabled=None if not args.no_progress else False),
+                      plot_dir=args.plot, json_path=args.json_out)
+    if args.json:
+        from telesketch.analyze import write_json
+
+        print(write_json(report, None) if isinstance(report, dict) else json.dumps(report))
     return 0
 
 
@@ -114,7 +167,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         _pyplot()
     config = load_config(args.config, {"epoch_seconds": args.epoch_seconds, "keep_epochs": args.keep_epochs})
     opts = _report_options(args)
-    report, _ = analyze(args.files, config, opts, batch_size=args.batch_size, truth=args.exact)
+    from telesketch.progress import ProgressBar
+
+    with ProgressBar("analyze", enabled=False if args.no_progress else None) as bar:
+        report, _ = analyze(args.files, config, opts, batch_size=args.batch_size, truth=args.exact,
+                            progress=bar.set)
     if args.plot:
         from telesketch.plots import write_plots
 
@@ -145,7 +202,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                          timeout_s=args.timeout)
     for path in args.files:
         if not Path(path).is_file():
-            raise OSError(f"{path}: no such file")
+            raise FileNotFoundError(f"{path}: no such file")
     stop = threading.Event()
 
     def on_sigint(signum, frame):
@@ -165,8 +222,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(json.dumps(summary.as_dict(), indent=1) if args.json else summary.render(), flush=True)
     if summary.error:
         print(f"telesketch replay: error: {summary.error}", file=sys.stderr)
-        return 2 if summary.error_kind == "input" else 1
-    return 130 if summary.interrupted else 0
+        return EXIT_USAGE if summary.error_kind == "input" else EXIT_FAILURE
+    return 130 if summary.interrupted else EXIT_OK
 
 
 def cmd_train_estimator(args: argparse.Namespace) -> int:
@@ -200,10 +257,11 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
                 packets, flows, seed = (int(x) for x in spec.split(","))
                 trace = generate_labelled_batch(packets, flows, seed=seed)
         report = train_estimator(trace, args.kind, args.out, train_fraction=args.train_fraction,
-                                 max_flows=args.max_flows, seed=args.seed, split=split, **config)
+                                 max_flows=args.max_flows, seed=args.seed, split=split,
+                                 progress=not args.no_progress, **config)
     except MissingExtraError as exc:
         print(f"telesketch train-estimator: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(json.dumps(report, indent=1))
     return 0
 
@@ -240,7 +298,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         return _run_query(args)
     except grpc.RpcError as exc:
         print(f"telesketch query: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 2
+        return EXIT_FAILURE
 
 
 def _run_query(args: argparse.Namespace) -> int:
@@ -302,63 +360,71 @@ def _add_service_commands(sub) -> None:
     serve.add_argument("--grpc-address", help="host:port for gRPC (default 127.0.0.1:50051)")
     serve.add_argument("--http-address", help="host:port for HTTP (default 127.0.0.1:9108; '' disables)")
     serve.add_argument("--data-dir", help="snapshots and write-ahead log (default ./telesketch-data)")
-    serve.add_argument("--epoch-seconds", type=float)
-    serve.add_argument("--keep-epochs", type=_positive_int)
+    serve.add_argument("--epoch-seconds", type=_positive_float, help="tumbling epoch length in seconds of packet time "
+                       "(default 10)")
+    serve.add_argument("--keep-epochs", type=_positive_int, help="closed epochs kept for windowed queries (default 6)")
     serve.add_argument("--token", help="require this bearer token")
     serve.add_argument("--token-file", help="read the bearer token from a file")
     serve.add_argument("--shards", type=_positive_int,
                        help="run the sketches on this many Ray actors (needs telesketch[ray]; default 1: in process)")
     serve.add_argument("--ray-address", help="Ray cluster to join with --shards (default: start a local one)")
-    serve.add_argument("--tls-cert")
-    serve.add_argument("--tls-key")
+    serve.add_argument("--tls-cert", help="PEM certificate chain: gRPC and HTTP speak TLS only (with --tls-key)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--no-wal", action="store_true", help="no write-ahead log (a crash loses the open epoch)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="logging threshold on stderr (default info)")
     serve.set_defaults(func=cmd_serve)
 
     query = sub.add_parser("query", help="query a running service and print a table")
     query.add_argument("what", choices=["heavy-hitters", "heavy-changers", "hhh", "gaps", "flow-size",
-                                        "top-flows", "stats"])
+                                        "top-flows", "stats"], help="which query to run")
     query.add_argument("--target", "--server", dest="server", default="127.0.0.1:50051",
                        help="HOST:PORT of the service's gRPC endpoint")
     query.add_argument("--epoch", type=int, help="one epoch by id")
     query.add_argument("--last", type=_positive_int, help="the last N epochs (default 1)")
-    query.add_argument("--closed-only", action="store_true")
+    query.add_argument("--closed-only", action="store_true", help="window: closed epochs only (not the open one)")
     query.add_argument("--sketch", default="", help="configured sketch name")
-    query.add_argument("--phi", type=float)
-    query.add_argument("--threshold", type=float)
+    query.add_argument("--phi", type=float, help="heavy hitters/changers, hhh: fraction of the window's packets")
+    query.add_argument("--threshold", type=float, help="heavy hitters/changers, hhh: absolute packets (instead of --phi)")
     query.add_argument("--k", type=_count, default=10, help="top-flows: how many (>= 1); gaps: at most this many (0: all)")
     query.add_argument("--key", type=_flow_key, action="append", default=[],
                        help="flow-size: a 13-byte flow key as 26 hex digits (src ip, dst ip, src port, dst port, proto)")
-    query.add_argument("--token", default="")
-    query.add_argument("--token-file")
-    query.add_argument("--tls", action="store_true")
+    query.add_argument("--token", default="", help="bearer token the server requires")
+    query.add_argument("--token-file", help="read the bearer token from a file")
+    query.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --tls-ca)")
     query.add_argument("--tls-ca", help="PEM root certificate for TLS")
-    query.add_argument("--json", action="store_true")
+    query.add_argument("--json", action="store_true", help="print JSON (numbers stay numbers) instead of a table")
     query.set_defaults(func=cmd_query)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="telesketch", description=__doc__.splitlines()[0])
+    from telesketch import __version__
+
+    parser = argparse.ArgumentParser(prog="telesketch", description=__doc__.splitlines()[0],
+                                     epilog="exit status: 0 success, 1 runtime failure, 2 usage error, 130 interrupted")
+    parser.add_argument("--version", action="version", version=f"telesketch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="generate a capture, serve it, replay it through gRPC and report "
                                         "(the README's main job)")
-    demo.add_argument("--packets", type=_positive_int, default=1_000_000)
+    demo.add_argument("--packets", type=_positive_int, default=1_000_000, help="packets to generate and replay")
     demo.add_argument("--flows", type=_positive_int, default=5_000,
                       help="distinct flows (the LLM-Sketch estimator costs one model call per flow and epoch)")
     demo.add_argument("--duration", type=_positive_float, default=20.0, help="seconds of traffic (epochs are 10 s)")
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--seed", type=int, default=7, help="generator seed (same seed, same capture)")
     demo.add_argument("--plot", metavar="DIR", help="also write PNG charts there (needs matplotlib)")
     demo.add_argument("--json-out", metavar="FILE", help="also write the JSON report there")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
+    demo.add_argument("--json", action="store_true", help="print the report as JSON on stdout (steps go to stderr)")
     _add_report_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     analyze = sub.add_parser("analyze", help="run the sketches locally on captures (no server) and report")
-    analyze.add_argument("files", nargs="+")
+    analyze.add_argument("files", nargs="+", help="pcap or pcapng captures, optionally gzip-compressed")
     analyze.add_argument("--config", help="service config file (TOML/JSON): the same sketches as `serve --config`")
-    analyze.add_argument("--epoch-seconds", type=_positive_float)
-    analyze.add_argument("--keep-epochs", type=_positive_int)
+    analyze.add_argument("--epoch-seconds", type=_positive_float, help="epoch length in seconds (default: config, 10)")
+    analyze.add_argument("--keep-epochs", type=_positive_int, help="closed epochs kept (default: config, 6)")
+    analyze.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
     analyze.add_argument("--batch-size", type=_positive_int, default=65536,
                          help="packets per batch (use the replay's to compare with a server)")
     analyze.add_argument("--exact", action="store_true", help="add exact ground truth and the accuracy of every answer")
@@ -374,44 +440,49 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--speed", type=_positive_float, help="replay at X times the recorded pace")
     pace.add_argument("--max", action="store_true", help="as fast as the service acknowledges (default)")
     rep.add_argument("--loop", type=_positive_int, default=1, help="play the files N times (timestamps shifted)")
-    rep.add_argument("--batch-size", type=_positive_int, default=65536)
+    rep.add_argument("--batch-size", type=_positive_int, default=65536, help="packets per gRPC call")
     rep.add_argument("--sender-id", default="", help="resume this sender's sequence (default: a fresh id)")
-    rep.add_argument("--token", default="")
-    rep.add_argument("--token-file")
-    rep.add_argument("--tls", action="store_true")
+    rep.add_argument("--token", default="", help="bearer token the server requires")
+    rep.add_argument("--token-file", help="read the bearer token from a file")
+    rep.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --tls-ca)")
     rep.add_argument("--tls-ca", help="PEM root certificate for TLS")
     rep.add_argument("--retries", type=int, default=6, help="retries of a batch when the server is unreachable")
     rep.add_argument("--backoff", type=float, default=0.25, help="first retry delay in seconds (doubles, max 5 s)")
     rep.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds per call")
     rep.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="progress bar on stderr (default: when stderr is a terminal)")
-    rep.add_argument("--no-progress", dest="progress", action="store_false")
+                     help="progress on stderr (the default: a bar on a terminal, a line every 10 s otherwise)")
+    rep.add_argument("--no-progress", dest="progress", action="store_false", help="no progress on stderr")
     rep.add_argument("--json", action="store_true", help="print the summary as JSON")
     rep.add_argument("-v", "--verbose", action="store_true", help="log retries")
     rep.set_defaults(func=cmd_replay)
 
     gen = sub.add_parser("generate", help="write a synthetic pcap")
-    gen.add_argument("output")
-    gen.add_argument("--packets", type=_positive_int, default=1_000_000)
-    gen.add_argument("--flows", type=_positive_int, default=50_000)
-    gen.add_argument("--zipf", type=float, default=1.1)
-    gen.add_argument("--gap-rate", type=float, default=0.01)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("output", help="pcap file to write")
+    gen.add_argument("--packets", type=_positive_int, default=1_000_000, help="IPv4 packets to write")
+    gen.add_argument("--flows", type=_positive_int, default=50_000, help="distinct 5-tuple flows")
+    gen.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of flow sizes (larger: more skewed)")
+    gen.add_argument("--gap-rate", type=float, default=0.01, help="fraction of packets followed by an IP-ID gap")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
+    gen.add_argument("--json", action="store_true", help="print what was written as JSON")
+    gen.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
     gen.set_defaults(func=cmd_generate)
 
     summ = sub.add_parser("summary", help="traffic summary of captures (pcap, pcapng, gzip)")
-    summ.add_argument("files", nargs="+")
-    summ.add_argument("--batch-size", type=_positive_int, default=65536)
-    summ.add_argument("--top", type=_positive_int, default=10)
+    summ.add_argument("files", nargs="+", help="pcap or pcapng captures, optionally gzip-compressed")
+    summ.add_argument("--batch-size", type=_positive_int, default=65536, help="packets per read batch")
+    summ.add_argument("--top", type=_positive_int, default=10, help="sources and flows listed")
+    summ.add_argument("--json", action="store_true", help="print a JSON array, one object per capture")
     summ.set_defaults(func=cmd_summary)
 
     train = sub.add_parser("train-estimator", help="train an LLM-Sketch flow-size estimator on a capture")
-    train.add_argument("trace")
-    train.add_argument("--kind", choices=["lm", "tiny", "trees"], default="lm")
+    train.add_argument("trace", help="a capture, synthetic:PACKETS,FLOWS,SEED or generated:PACKETS,FLOWS,SEED[,SEED...]")
+    train.add_argument("--kind", choices=["lm", "tiny", "trees"], default="lm",
+                       help="lm: MiniLM + LoRA; tiny: small transformer (both need [llm]); trees: numpy GBDT")
     train.add_argument("--out", required=True, help="directory for the trained model")
-    train.add_argument("--train-fraction", type=float, default=0.5)
-    train.add_argument("--max-flows", type=_positive_int, default=20_000)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--train-fraction", type=float, default=0.5, help="share of the trace that trains (rest: evaluation)")
+    train.add_argument("--max-flows", type=_positive_int, default=20_000, help="at most this many training flows")
+    train.add_argument("--seed", type=int, default=0, help="random seed of sampling and training")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
     train.add_argument("--config", default="", help='JSON of model settings, e.g. \'{"epochs": 2, "lr": 1e-3}\'')
     train.set_defaults(func=cmd_train_estimator)
 
@@ -420,27 +491,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
     return _run(args)
+
+
+def exit_status(exc: BaseException) -> int | None:
+    """The exit status for an exception a command raised (None: a bug, let it raise).
+
+    Usage (2): bad values (``ValueError``: option checks, ``ConfigError``, a file that is not a
+    capture), a named file that is missing or unreadable, an optional extra not installed. Runtime
+    failure (1): other ``OSError`` (a port in use, a lost connection), ``grpc.RpcError``."""
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ValueError)):
+        return EXIT_USAGE
+    if isinstance(exc, ImportError):  # a missing optional extra says how to install it; others are bugs
+        return EXIT_USAGE if "pip install" in str(exc) else None
+    if isinstance(exc, OSError):
+        return EXIT_FAILURE
+    try:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            return EXIT_FAILURE
+    except ImportError:  # pragma: no cover - grpcio is a base dependency
+        pass
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
-    except (OSError, ValueError) as exc:  # CaptureError and BatchError are ValueErrors
-        print(f"telesketch {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        if "pip install" not in str(exc):  # a missing optional extra says how to install it; others are bugs
-            raise
-        print(f"telesketch {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"telesketch {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `telesketch query ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - mapped to a status, or re-raised as a bug
+        status = exit_status(exc)
+        if status is None:
+            raise
+        detail = f"{exc.code().name}: {exc.details()}" if hasattr(exc, "details") and hasattr(exc, "code") else exc
+        print(f"telesketch {args.command}: error: {detail}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

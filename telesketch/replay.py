@@ -196,35 +196,35 @@ def default_sender_id() -> str:
 
 # ====================================================================== progress
 class Progress:
-    """One status line on a stream (stderr), redrawn at most every ``interval`` seconds."""
+    """Replay progress (:class:`telesketch.progress.ProgressBar`): the share of the replay that the
+    server has *acknowledged* (by file position of the last acknowledged packet), packets
+    acknowledged and rates; a tqdm bar on a terminal, a plain line every 10 s otherwise.
+    ``enabled=False``: nothing."""
 
-    def __init__(self, stream=None, enabled: bool | None = None, interval: float = 0.2, width: int = 24):
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.interval, self.width = interval, width
-        self._last = 0.0
-        self._shown = False
+    def __init__(self, stream=None, enabled: bool | None = None, interval: float | None = None):
+        from telesketch.progress import ProgressBar
+
+        self._bar = ProgressBar("replay", total=100.0, unit="%", enabled=enabled, stream=stream,
+                                interval_s=interval)
+        self.enabled = self._bar.mode != "off"
+        if self._bar._bar is not None:  # percent of the replay, then the counts that matter
+            self._bar._bar.bar_format = "{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}"
+        self._percent = 0.0
 
     def update(self, fraction: float | None, summary: ReplaySummary, note: str = "", force: bool = False) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (not force and now - self._last < self.interval):
+        if not self.enabled:
             return
-        self._last = now
-        bar = ""
         if fraction is not None:
-            done = int(round(min(max(fraction, 0.0), 1.0) * self.width))
-            bar = f"{fraction:4.0%} [{'#' * done}{'.' * (self.width - done)}] "
-        line = (f"\rreplay {bar}{summary.packets_acked:,} pkts  {summary.packets_per_second:,.0f} pkt/s  "
-                f"{summary.bytes_per_second / 1e6:,.1f} MB/s  acked {len(summary.acked_sequences):,}"
-                f"  late {summary.packets_late:,}  rejected {summary.packets_rejected:,}{'  ' + note if note else ''}")
-        self.stream.write(line.ljust(100)[:160])
-        self.stream.flush()
-        self._shown = True
+            self._percent = 100.0 * min(max(fraction, 0.0), 1.0)
+        text = (f"{summary.packets_acked:,} pkts acked  {summary.packets_per_second:,.0f} pkt/s  "
+                f"{summary.bytes_per_second / 1e6:,.1f} MB/s  late {summary.packets_late:,}  "
+                f"rejected {summary.packets_rejected:,}")
+        if note:
+            self._bar.note(f"replay: {note}")
+        self._bar.set(self._percent, text)
 
     def close(self) -> None:
-        if self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._bar.close()
 
 
 # ====================================================================== reading
@@ -282,7 +282,9 @@ def _reader(files, opts: ReplayOptions, out: queue.Queue, stop: threading.Event)
                         hi = int(batch.ts_ns.max())
                         lo_ts = lo if lo_ts is None else min(lo_ts, lo)
                         hi_ts = hi if hi_ts is None else max(hi_ts, hi)
-                    done = (p * len(files) + i + (0 if stats.compressed else min(1.0, stats.bytes_read / sizes[i])))
+                    before = done_after if first else 0.0  # file fraction before this batch
+                    done_after = 0.0 if stats.compressed else min(1.0, stats.bytes_read / sizes[i])
+                    done = p * len(files) + i + done_after
                     batch = _shifted(batch, shift * p)
                     if opts.speed is None:
                         out.put(_Item(batch, str(path), p, first, None, done / total))
@@ -294,7 +296,8 @@ def _reader(files, opts: ReplayOptions, out: queue.Queue, stop: threading.Event)
                         part = batch[a:b]
                         due = file_start + max(0, int(part.ts_ns[-1]) - ts0) / 1e9 / opts.speed
                         file_end = max(file_end, due)
-                        out.put(_Item(part, str(path), p, first, due, done / total))
+                        at = p * len(files) + i + before + (done_after - before) * b / len(batch)
+                        out.put(_Item(part, str(path), p, first, due, at / total))
                         first += len(part)
                 file_start = file_end
     except BaseException as exc:  # noqa: BLE001 - handed to the sender, which raises it in order

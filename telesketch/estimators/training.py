@@ -9,7 +9,6 @@ the best constant (the training mean).
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,35 +140,24 @@ def training_sets(batch: PacketBatch, train_fraction: float = 0.5, rescore: bool
 
 # ---------------------------------------------------------------------------- progress
 class Progress:
-    """A progress bar: tqdm when installed, else a plain line on stderr every few seconds."""
+    """Training progress in steps: :class:`telesketch.progress.ProgressBar` (a tqdm bar on a
+    terminal, a plain line every few seconds otherwise); ``update(n, **metrics)``."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True):
-        self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
-        self._bar, self._last = None, 0.0
-        if enabled:
-            try:
-                from tqdm import tqdm
+        from telesketch.progress import ProgressBar
 
-                self._bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr)
-            except ImportError:
-                pass
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self._bar = ProgressBar(desc, total=total, unit="step", enabled=None if enabled else False)
+
+    @property
+    def n(self) -> int:
+        return int(self._bar.n)
 
     def update(self, n: int = 1, **info) -> None:
-        self.n += n
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.update(n)
-            if info:
-                self._bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()})
-        elif time.monotonic() - self._last > 2 or self.n == self.total:
-            self._last = time.monotonic()
-            extra = " ".join(f"{k}={v:.4g}" for k, v in info.items())
-            print(f"{self.desc}: {self.n}/{self.total} {extra}", file=sys.stderr, flush=True)
+        self._bar.update(n, " ".join(f"{k}={v:.4g}" for k, v in info.items()) if info else None)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._bar.close()
 
 
 # ---------------------------------------------------------------------------- the job

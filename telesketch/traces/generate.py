@@ -583,13 +583,14 @@ def generate_capture(path, packets: int = 1_000_000, flows: int = 50_000, zipf: 
                      byteorder: str = "little", format: str = "pcap",
                      reorder_rate: float | None = None, ip_options_rate: float = 0.0,
                      frag_rate: float = 0.0, ipv6_rate: float = 0.0,
-                     start_s: float = 1.7e9) -> GenerateStats:
+                     start_s: float = 1.7e9, progress=None) -> GenerateStats:
     """Write a synthetic capture (classic pcap, or pcapng with ``format="pcapng"``) to ``path``.
 
     ``link`` is one of ethernet, vlan (802.1Q, a quarter QinQ), raw (101), ipv4 (228), sll (113),
     sll2 (276), null (0). ``byteorder`` sets the file's byte order; ``nanosecond`` the timestamp
     resolution. ``ipv6_rate`` adds that fraction of extra IPv6 frames, which readers skip.
     See the module docstring for the traffic model. Returns a :class:`GenerateStats`.
+    ``progress(packets_written)``: called after each chunk written (for a progress bar).
     """
     _check_args(link, format, byteorder)
     synth = _model(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
@@ -621,6 +622,8 @@ def generate_capture(path, packets: int = 1_000_000, flows: int = 50_000, zipf: 
             data = records(fr, caplen, origlen, ts[s], nanosecond, byteorder)
             f.write(data)
             written += len(data)
+            if progress is not None:  # packets written so far (IPv4 and IPv6 noise frames)
+                progress(min(a + _CHUNK, len(ts)))
     st = synth.stats
     st.path, st.link, st.linktype, st.format = os.fspath(path), link, linktype, format
     st.noise_packets, st.bytes_written = n6, written
