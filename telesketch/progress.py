@@ -28,7 +28,7 @@ class ProgressBar:
                  stream=None, interval_s: float | None = None):
         self.desc, self.total, self.unit = desc, total, unit
         self.stream = stream or sys.stderr
-        self.n = 0.0
+        self.n = 0
         self.postfix = ""
         self._bar = None
         self._started = time.monotonic()
