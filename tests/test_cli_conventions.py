@@ -159,3 +159,23 @@ def test_scapy_is_not_imported_at_runtime_and_is_a_test_dependency():
 
 def test_data_directory_is_ignored_by_git():
     assert "telesketch-data/" in (REPO / ".gitignore").read_text().split()
+
+
+def test_every_config_key_appears_in_the_example_config():
+    """examples/telesketch.toml claims every key: each server setting is written there (set or as a
+    commented line), with its default value when it is set."""
+    import re
+    from dataclasses import fields
+
+    from telesketch.service.config import ServiceConfig, load_config
+
+    text = (REPO / "examples" / "telesketch.toml").read_text()
+    written = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.MULTILINE))
+    keys = {f.name for f in fields(ServiceConfig)} - {"sketches"}
+    assert keys <= written, f"keys missing from examples/telesketch.toml: {sorted(keys - written)}"
+    example, default = load_config(REPO / "examples" / "telesketch.toml"), ServiceConfig()
+    for key in keys:
+        assert getattr(example, key) == getattr(default, key), f"{key}: the example differs from the default"
+    assert set(example.sketches) == set(default.sketches)  # the example's sketch set is the embedded default
+    for name, spec in default.sketches.items():
+        assert {k: example.sketches[name].get(k) for k in spec} == spec, name
