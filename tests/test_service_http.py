@@ -61,11 +61,17 @@ def test_dashboard_refers_only_to_served_endpoints_and_fields(http_server):
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("heavy hitters", "hierarchical", "gaps over time", "top flows", "ingest rate"):
         assert topic in titles
+    variables = {v["name"]: v["current"]["value"] for v in dashboard.get("templating", {}).get("list", [])}
     for panel in dashboard["panels"]:
+        if panel["datasource"]["uid"] != "telesketch-api":  # Prometheus panels: tests/test_dashboard.py
+            continue
         for target in panel["targets"]:
-            url = urlparse(target["url"])
+            path = target["url"]
+            for name, value in variables.items():
+                path = path.replace(f"${name}", value)
+            url = urlparse(path)
             assert url.path in ROUTES, f"panel {panel['title']!r} uses {url.path}, which the API does not serve"
-            rows = get(http_server, target["url"])
+            rows = get(http_server, path)
             assert isinstance(rows, list) and rows, f"panel {panel['title']!r}: no rows from {target['url']}"
             for column in target["columns"]:
                 assert column["selector"] in ROUTES[url.path] and column["selector"] in rows[0], \
@@ -92,7 +98,9 @@ def test_prometheus_scrapes_metrics(http_server, tmp_path):
 
     labels = {name for family in text_string_to_metric_families(text) for sample in family.samples
               for name in sample.labels}
-    assert labels <= {"reason", "query", "sketch", "le"}  # fixed sets: no flow keys as labels
+    versions = {"version", "python", "numba", "grpcio",  # telesketch_build_info
+                "implementation", "major", "minor", "patchlevel"}  # python_info
+    assert labels <= {"reason", "query", "sketch", "le"} | versions  # fixed sets: no flow keys as labels
     shipped = (DEPLOY / "prometheus.yml").read_text()
     scrape = shipped.replace("15s", "1s").replace("127.0.0.1:9108", f"127.0.0.1:{http_server.http_port}")
     (tmp_path / "prometheus.yml").write_text(scrape)
