@@ -67,12 +67,14 @@ def _closed_port() -> int:
 def test_runtime_failures_are_status_1(tmp_path, capsys):
     assert main(["query", "stats", "--target", f"127.0.0.1:{_closed_port()}"]) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
+    light = tmp_path / "light.json"  # one small sketch: the failure, not model loading, is under test
+    light.write_text(json.dumps({"sketches": {"gaps": {"kind": "gapfilter_ao"}}}))
     with socket.socket() as taken:  # serve on a port that is in use
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["serve", "--grpc-address", "127.0.0.1:0", "--http-address", f"127.0.0.1:{port}",
-                     "--data-dir", str(tmp_path / "d"), "--log-level", "error"]) == 1
+        assert main(["serve", "--config", str(light), "--grpc-address", "127.0.0.1:0", "--http-address",
+                     f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "d"), "--log-level", "error"]) == 1
     assert "cannot listen for HTTP" in capsys.readouterr().err
 
 
