@@ -141,6 +141,19 @@ def test_last_n_beyond_what_is_retained_answers_what_is_kept_with_a_note(live):
     assert info.value.code == 404
 
 
+def test_clock_now_moves_times_so_the_newest_epoch_ends_now(live):
+    before = time.time() * 1000
+    shifted = json.load(fetch(live, "/api/v1/gap_counts?last=2&clock=now"))
+    packet = json.load(fetch(live, "/api/v1/gap_counts?last=2"))
+    assert [r["packet_time"] for r in shifted] == [r["time"] for r in packet]
+    newest_end = shifted[-1]["time"] + EPOCH_NS // 1_000_000
+    assert before - 1000 <= newest_end <= time.time() * 1000 + 1000
+    assert [r["gaps"] for r in shifted] == [r["gaps"] for r in packet]
+    with pytest.raises(urllib.error.HTTPError) as info:
+        fetch(live, "/api/v1/epochs?clock=yesterday")
+    assert info.value.code == 400 and "clock" in json.load(info.value)["error"]
+
+
 def test_https_with_the_grpc_certificate(tmp_path):
     cert, key = _self_signed_certificate(tmp_path)
     cfg = config(tmp_path, tls_cert=str(cert), tls_key=str(key), token="s3cret", sketches={"exact": {"kind": "exact"}})

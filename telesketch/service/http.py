@@ -131,7 +131,9 @@ class Api:
         self.note = threading.local()  # per request: the note for NOTE_HEADER
 
     def _retained(self, closed_only: bool) -> int:
-        return sum(1 for e in self.service.stats()["epochs"] if e["closed"] or not closed_only)
+        manager = self.service.manager
+        with manager.lock:
+            return sum(1 for e in manager.epochs() if e.closed or not closed_only)
 
     def handle(self, path: str, params: dict):
         q = self.service.queries
@@ -187,8 +189,10 @@ class Api:
             raise QueryError("INVALID_ARGUMENT", f"clock must be 'packet' or 'now', got {clock!r}")
         if clock == "packet":
             return rows
-        epochs = self.service.stats()["epochs"]
-        newest_end_ms = max((e["end_ns"] for e in epochs), default=0) // 1_000_000
+        manager = self.service.manager
+        with manager.lock:
+            newest = max((e.id for e in manager.epochs()), default=-1)
+        newest_end_ms = (newest + 1) * manager.epoch_ns // 1_000_000
         offset = int(time.time() * 1000) - newest_end_ms
         return [{**r, "packet_time": r["time"], "time": r["time"] + offset} for r in rows]
 
