@@ -21,11 +21,11 @@ class ProgressBar:
 
     ``unit``: what is counted ("pkt", "step"); ``postfix``: extra text after the counts.
     ``enabled``: None shows a bar on a terminal and periodic lines otherwise; True the same;
-    False nothing. ``stream``: where to draw (default stderr).
+    False nothing. ``stream``: where to draw (default stderr). ``bar_format``: tqdm's, for the bar.
     """
 
     def __init__(self, desc: str, total: float | None = None, unit: str = "pkt", enabled: bool | None = None,
-                 stream=None, interval_s: float | None = None):
+                 stream=None, interval_s: float | None = None, bar_format: str | None = None):
         self.desc, self.total, self.unit = desc, total, unit
         self.stream = stream or sys.stderr
         self.n = 0
@@ -40,7 +40,7 @@ class ProgressBar:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=self.stream,
-                             dynamic_ncols=True, leave=True, smoothing=0.1)
+                             dynamic_ncols=True, leave=True, smoothing=0.1, bar_format=bar_format)
 
     # ------------------------------------------------------------------ updates
     def update(self, n: float = 1, postfix: str | None = None) -> None:

@@ -204,11 +204,9 @@ class Progress:
     def __init__(self, stream=None, enabled: bool | None = None, interval: float | None = None):
         from telesketch.progress import ProgressBar
 
-        self._bar = ProgressBar("replay", total=100.0, unit="%", enabled=enabled, stream=stream,
-                                interval_s=interval)
+        self._bar = ProgressBar("replay", total=100.0, unit="%", enabled=enabled, stream=stream, interval_s=interval,
+                                bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}")
         self.enabled = self._bar.mode != "off"
-        if self._bar._bar is not None:  # percent of the replay, then the counts that matter
-            self._bar._bar.bar_format = "{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}"
         self._percent = 0.0
 
     def update(self, fraction: float | None, summary: ReplaySummary, note: str = "", force: bool = False) -> None:
