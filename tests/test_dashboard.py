@@ -173,3 +173,21 @@ def test_every_prometheus_panel_answers(replayed_server):
             assert all(v == v for v in values), f"panel {panel['title']!r}: NaN from {expr}"  # NaN != NaN
             if "ingested" in expr or "apply_seconds" in expr:
                 assert max(values) > 0, f"panel {panel['title']!r}: {expr} is zero after a replay"
+
+
+def test_auto_estimator_is_the_shipped_trees_without_the_llm_extra(monkeypatch):
+    import numpy as np
+
+    from telesketch import estimators
+
+    real = estimators.auto_kind()
+    monkeypatch.setitem(sys.modules, "torch", None)  # find_spec on a None module raises: not installed
+    assert estimators.auto_kind() == "trees"
+    shipped = estimators.load_estimator("auto")
+    assert shipped.kind == "trees"
+    scores = shipped.score(np.zeros((4, 40), np.uint8), np.full(4, 40, np.uint8))
+    assert scores.shape == (4,) and ((scores >= 0) & (scores <= 1)).all()
+    with pytest.raises(ValueError, match="auto"):
+        estimators.load_estimator("auto", "/some/model")
+    monkeypatch.undo()
+    assert estimators.auto_kind() == real
