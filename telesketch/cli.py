@@ -40,6 +40,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
+
+
 def _flow_key(text: str) -> bytes:
     """A 13-byte flow key given as 26 hex digits (src ip, dst ip, src port, dst port, proto)."""
     try:
@@ -142,7 +153,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     opts = ReplayOptions(args.target, speed=None if args.max else args.speed, loop=args.loop,
                          batch_size=args.batch_size, sender_id=args.sender_id, token=token, tls=args.tls,
                          root_certificates=root, retries=args.retries, backoff_s=args.backoff,
-                         timeout_s=args.timeout)
+                         timeout_s=args.timeout, keep_timestamps=args.keep_timestamps, max_late=args.max_late)
     for path in args.files:
         if not Path(path).is_file():
             raise OSError(f"{path}: no such file")
@@ -163,10 +174,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     print(json.dumps(summary.as_dict(), indent=1) if args.json else summary.render(), flush=True)
+    for warning in summary.warnings:
+        print(f"telesketch replay: warning: {warning}", file=sys.stderr)
     if summary.error:
         print(f"telesketch replay: error: {summary.error}", file=sys.stderr)
         return 2 if summary.error_kind == "input" else 1
-    return 130 if summary.interrupted else 0
+    if summary.interrupted:
+        return 130
+    return 3 if summary.too_late else 0
 
 
 def cmd_train_estimator(args: argparse.Namespace) -> int:
@@ -374,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--speed", type=_positive_float, help="replay at X times the recorded pace")
     pace.add_argument("--max", action="store_true", help="as fast as the service acknowledges (default)")
     rep.add_argument("--loop", type=_positive_int, default=1, help="play the files N times (timestamps shifted)")
+    rep.add_argument("--keep-timestamps", action="store_true",
+                     help="send the recorded timestamps (default: re-time the capture to now, gaps kept)")
+    rep.add_argument("--max-late", type=_fraction, default=0.01,
+                     help="fraction of packets the service may refuse as late before the replay exits "
+                          "with status 3 (default 0.01; any late packet is warned about)")
     rep.add_argument("--batch-size", type=_positive_int, default=65536)
     rep.add_argument("--sender-id", default="", help="resume this sender's sequence (default: a fresh id)")
     rep.add_argument("--token", default="")

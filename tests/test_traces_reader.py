@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from telesketch.packets import COLUMN_DTYPES, HEADER_BYTES, PacketBatch
 from telesketch.traces import CaptureError, ReadStats, generate_capture, read_capture
 
-TRACES = Path(__file__).parents[1].parent / "shared" / "traces"
+from conftest import SHARED_TRACES as TRACES  # noqa: E402 - tests/ is on sys.path (conftest)
 REAL = sorted(TRACES.glob("*.pcap")) if TRACES.is_dir() else []
 needs_traces = pytest.mark.skipif(not REAL, reason=f"real traces not found at {TRACES}")
 VLAN = (0x8100, 0x88A8, 0x9100)
