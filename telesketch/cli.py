@@ -123,7 +123,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from telesketch.plots import _pyplot
 
         _pyplot()
-    config = load_config(args.config, {"epoch_seconds": args.epoch_seconds, "keep_epochs": args.keep_epochs})
+    from telesketch.analyze import WHOLE_CAPTURE
+
+    config = load_config(args.config, {"epoch_seconds": args.epoch_seconds,
+                                       "keep_epochs": args.keep_epochs or WHOLE_CAPTURE})
     opts = _report_options(args)
     report, _ = analyze(args.files, config, opts, batch_size=args.batch_size, truth=args.exact)
     if args.plot:
@@ -373,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("files", nargs="+")
     analyze.add_argument("--config", help="service config file (TOML/JSON): the same sketches as `serve --config`")
     analyze.add_argument("--epoch-seconds", type=_positive_float)
-    analyze.add_argument("--keep-epochs", type=_positive_int)
+    analyze.add_argument("--keep-epochs", type=_positive_int,
+                         help="keep only the last N epochs (default: every epoch, the whole capture)")
     analyze.add_argument("--batch-size", type=_positive_int, default=65536,
                          help="packets per batch (use the replay's to compare with a server)")
     analyze.add_argument("--exact", action="store_true", help="add exact ground truth and the accuracy of every answer")

@@ -26,7 +26,8 @@ active sketch answers it, or heavy changers needing two epochs)::
       "schema": "telesketch.report/1",
       "source":   {"mode": "analyze" | "service", "files": [paths], "target": "host:port" | null},
       "window":   {"last": N, "epochs": [epoch ids], "packets": packets in the window,
-                   "epoch_seconds": s | null},
+                   "epoch_seconds": s | null, "applied_packets": packets applied in all,
+                   "whole_capture": the window holds every applied packet (no epoch dropped or left out)},
       "ingest":   {"packets", "bytes" (IP bytes), "late_packets", "batches", "seconds",
                    "packets_per_second", "bytes_per_second"},
       "sketches": [{"name", "kind", "active", "note", "memory_bytes"}],
@@ -280,7 +281,9 @@ def build_report(source, opts: ReportOptions = ReportOptions(), *, mode: str, fi
         "schema": SCHEMA,
         "source": {"mode": mode, "files": [str(f) for f in files], "target": target},
         "window": {"last": last, "epochs": [e["epoch"] for e in stats["epochs"]][-last:],
-                   "packets": sum(e["packets"] for e in stats["epochs"][-last:]), "epoch_seconds": epoch_seconds},
+                   "packets": sum(e["packets"] for e in stats["epochs"][-last:]), "epoch_seconds": epoch_seconds,
+                   "applied_packets": stats["packets"],
+                   "whole_capture": sum(e["packets"] for e in stats["epochs"][-last:]) == stats["packets"]},
         "ingest": dict(ingest or {}, packets=stats["packets"], late_packets=stats["late_packets"],
                        batches=stats["batches"]),
         "sketches": stats["sketches"],
@@ -444,8 +447,13 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
              + (", ".join(report["source"]["files"]) or report["source"].get("target") or "")]
     span = f", {w['epoch_seconds']:g} s each" if w.get("epoch_seconds") else ""
     ids = w["epochs"]
-    lines.append(f"window     last {w['last']} epoch(s) {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}{span}: "
-                 f"{w['packets']:,} packets")
+    epochs = f"{w['last']} epoch(s) {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}{span}"
+    if w.get("whole_capture", True):
+        whole = "capture" if report["source"]["mode"] == "analyze" else "stream"
+        lines.append(f"window     whole {whole}: {epochs}: {w['packets']:,} packets")
+    else:  # say what the window leaves out, and why
+        lines.append(f"window     last {epochs}: {w['packets']:,} of {w.get('applied_packets', 0):,} packets "
+                     "(older epochs are not retained: keep_epochs; or narrowed by --last)")
     rate = ""
     if ing.get("seconds"):
         rate = (f" in {ing['seconds']:.2f} s: {ing['packets_per_second']:,.0f} packets/s, "

@@ -134,3 +134,22 @@ def test_missing_matplotlib_message(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     with pytest.raises(plots.PlotsUnavailable, match=r"telesketch\[plot\]"):
         plots._pyplot()
+
+
+def test_analyze_covers_the_whole_capture_by_default(tmp_path, capsys):
+    """Issue 17 obs. 3: 60 s of traffic in 2 s epochs is 30 epochs, more than keep_epochs (6)."""
+    path = tmp_path / "long.pcap"
+    generate_capture(path, packets=6_000, flows=60, seed=4, duration_s=60.0)
+    cfg = tmp_path / "gaps.json"
+    cfg.write_text(json.dumps({"server": {"epoch_seconds": 2}, "sketches": {"gaps": {"kind": "gapfilter_ao"}}}))
+    assert main(["analyze", str(path), "--config", str(cfg), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["window"]["packets"] == report["ingest"]["packets"] == 6_000
+    assert report["window"]["whole_capture"] is True and report["window"]["last"] >= 30
+    assert main(["analyze", str(path), "--config", str(cfg)]) == 0
+    assert "window     whole capture: 3" in capsys.readouterr().out
+    # an explicit --keep-epochs still limits it, and the header says what was left out
+    assert main(["analyze", str(path), "--config", str(cfg), "--keep-epochs", "3"]) == 0
+    header = capsys.readouterr().out.splitlines()[1]
+    assert header.startswith("window     last 4 epoch(s)") and "of 6,000 packets" in header, header
+    assert "keep_epochs" in header
