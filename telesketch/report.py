@@ -319,7 +319,8 @@ def truth_specs(sketch_specs: dict[str, dict]) -> dict[str, dict]:
         except Exception:  # noqa: BLE001 - a sketch that does not build is skipped by the service too
             continue
         if spec["kind"] == "hiddensketch":
-            params.setdefault("key", "flow" if getattr(p, "key", "src_ip") == "flow" else "src_ip")
+            key = getattr(p, "key", "src_ip")
+            params.setdefault("key", "flow" if key in ("flow", "5tuple") else key)
         elif spec["kind"] == "residualsketch":
             params.setdefault("hhh_mode", p.mode)
         elif spec["kind"].startswith("gapfilter"):

@@ -153,3 +153,16 @@ def test_analyze_covers_the_whole_capture_by_default(tmp_path, capsys):
     header = capsys.readouterr().out.splitlines()[1]
     assert header.startswith("window     last 4 epoch(s)") and "of 6,000 packets" in header, header
     assert "keep_epochs" in header
+
+
+@pytest.mark.needs_traces
+def test_heavy_hitters_by_destination_find_the_syn_flood_victim(shared_traces):
+    """Issue 17 obs. 7: spoofed sources, so only a destination key points at 10.10.10.10."""
+    path = shared_traces / "stopddos_pkt.TCP.synflood.spoofed.pcap"
+    config = light_config(keep_epochs=100)
+    config.sketches = {"victims": {"kind": "hiddensketch", "key": "dst_ip", "memory_bytes": 56320, "phi": 1e-4}}
+    report, _ = analyze([path], config, ReportOptions(phi=0.05), truth=True)
+    rows = report["heavy_hitters"]["rows"]
+    assert rows and rows[0]["text"] == "10.10.10.10", rows[:3]
+    assert report["truth"]["heavy_hitters"]["rows"][0]["text"] == "10.10.10.10"
+    assert report["accuracy"]["heavy_hitters"]["recall"] == 1.0
