@@ -72,11 +72,21 @@ class ServiceConfig:
             addr = getattr(self, addr_name)
             if addr and (":" not in addr or not addr.rsplit(":", 1)[1].isdigit()):
                 raise ConfigError(f"{addr_name} must be host:port, got {addr!r}")
+            if addr and not 0 <= int(addr.rsplit(":", 1)[1]) <= 65535:
+                raise ConfigError(f"{addr_name} port must be in 0..65535 (0: pick a free one), got {addr!r}")
         if not isinstance(self.sketches, dict):
             raise ConfigError("[sketches] must be a table of name -> {kind = ..., parameters}")
         for name, spec in self.sketches.items():
             if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
                 raise ConfigError(f"sketch {name!r} needs a 'kind' (e.g. kind = \"hiddensketch\")")
+            model = spec.get("estimator_path")
+            if model and not Path(model).exists():  # else the sketch would be skipped with a warning
+                raise ConfigError(f"sketch {name!r}: estimator_path {str(model)!r} does not exist (a model directory "
+                                  "written by `telesketch train-estimator --out DIR`; relative paths are from "
+                                  f"the working directory {Path.cwd()})")
+            if self.shards > 1 and spec["kind"] == "hiddensketch" and spec.get("key") == "dst_ip":
+                raise ConfigError(f"sketch {name!r}: a Hidden Sketch keyed by dst_ip is not supported with shards > 1 "
+                                  "yet (packets are routed by source or flow); run it with shards = 1")
         return self
 
     @property

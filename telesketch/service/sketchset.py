@@ -405,7 +405,13 @@ class SketchSet:
 
     @classmethod
     def from_config(cls, specs: dict[str, dict[str, Any]]) -> "SketchSet":
-        return cls(configure(specs))
+        """The configured sketches; :class:`ConfigError` when none of them is active (a service
+        that would answer nothing does not start)."""
+        built = cls(configure(specs))
+        if specs and not built.active:
+            raise ConfigError("no configured sketch is active, so the service would answer nothing: "
+                              + "; ".join(f"{cs.name!r} ({cs.kind_name}) {cs.note}" for cs in built.sketches))
+        return built
 
     @property
     def active(self) -> list[ConfiguredSketch]:
