@@ -6,6 +6,7 @@ bad numbers) end with a one-line message and exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -40,15 +41,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _fraction(text: str) -> float:
-    """An argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
-    return value
+def _float_where(accept, what: str):
+    """An argparse type: a float for which ``accept(value)`` holds (NaN never does); the error
+    names the rule and the value as typed."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if math.isnan(value) or not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_fraction = _float_where(lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]")
+_open_fraction = _float_where(lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)")
+_non_negative = _float_where(lambda v: 0.0 <= v < math.inf, "a number >= 0")
 
 
 def _flow_key(text: str) -> bytes:
@@ -64,8 +74,9 @@ def _flow_key(text: str) -> bytes:
 
 
 def _add_report_options(parser) -> None:
-    parser.add_argument("--phi", type=float, default=1e-3, help="heavy hitters/changers: fraction of the window's packets")
-    parser.add_argument("--hhh-phi", type=float, default=1e-3, help="HHH: fraction of the window's packets")
+    parser.add_argument("--phi", type=_open_fraction, default=1e-3,
+                        help="heavy hitters/changers: fraction of the window's packets")
+    parser.add_argument("--hhh-phi", type=_open_fraction, default=1e-3, help="HHH: fraction of the window's packets")
     parser.add_argument("--last", type=_positive_int, help="window: the last N epochs (default: all retained)")
     parser.add_argument("--top", type=_positive_int, default=10, help="rows per table")
     parser.add_argument("--top-flows", type=_positive_int, default=10, help="largest flows asked for")
@@ -78,7 +89,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     stats = generate_capture(
         args.output, packets=args.packets, flows=args.flows, zipf=args.zipf, gap_rate=args.gap_rate, seed=args.seed
     )
-    print(f"wrote {args.output}: {args.packets:,} packets, {args.flows:,} flows "
+    print(f"wrote {args.output}: {stats.packets:,} packets, {stats.flows:,} flows "
           f"in {time.perf_counter() - start:.1f} s ({stats})")
     return 0
 
@@ -320,7 +331,7 @@ def _add_service_commands(sub) -> None:
     serve.add_argument("--grpc-address", help="host:port for gRPC (default 127.0.0.1:50051)")
     serve.add_argument("--http-address", help="host:port for HTTP (default 127.0.0.1:9108; '' disables)")
     serve.add_argument("--data-dir", help="snapshots and write-ahead log (default ./telesketch-data)")
-    serve.add_argument("--epoch-seconds", type=float)
+    serve.add_argument("--epoch-seconds", type=_positive_float)
     serve.add_argument("--keep-epochs", type=_positive_int)
     serve.add_argument("--token", help="require this bearer token")
     serve.add_argument("--token-file", help="read the bearer token from a file")
@@ -342,8 +353,8 @@ def _add_service_commands(sub) -> None:
     query.add_argument("--last", type=_positive_int, help="the last N epochs (default 1)")
     query.add_argument("--closed-only", action="store_true")
     query.add_argument("--sketch", default="", help="configured sketch name")
-    query.add_argument("--phi", type=float)
-    query.add_argument("--threshold", type=float)
+    query.add_argument("--phi", type=_open_fraction, help="fraction of the window's packets")
+    query.add_argument("--threshold", type=_non_negative, help="packets")
     query.add_argument("--k", type=_count, default=10, help="top-flows: how many (>= 1); gaps: at most this many (0: all)")
     query.add_argument("--key", type=_flow_key, action="append", default=[],
                        help="flow-size: a 13-byte flow key as 26 hex digits (src ip, dst ip, src port, dst port, proto)")
@@ -404,8 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--token-file")
     rep.add_argument("--tls", action="store_true")
     rep.add_argument("--tls-ca", help="PEM root certificate for TLS")
-    rep.add_argument("--retries", type=int, default=6, help="retries of a batch when the server is unreachable")
-    rep.add_argument("--backoff", type=float, default=0.25, help="first retry delay in seconds (doubles, max 5 s)")
+    rep.add_argument("--retries", type=_count, default=6, help="retries of a batch when the server is unreachable")
+    rep.add_argument("--backoff", type=_non_negative, default=0.25, help="first retry delay in seconds (doubles, max 5 s)")
     rep.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds per call")
     rep.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="progress bar on stderr (default: when stderr is a terminal)")
@@ -418,8 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("output")
     gen.add_argument("--packets", type=_positive_int, default=1_000_000)
     gen.add_argument("--flows", type=_positive_int, default=50_000)
-    gen.add_argument("--zipf", type=float, default=1.1)
-    gen.add_argument("--gap-rate", type=float, default=0.01)
+    gen.add_argument("--zipf", type=_non_negative, default=1.1, help="flow-size skew (0: uniform)")
+    gen.add_argument("--gap-rate", type=_fraction, default=0.01, help="fraction of packets with an injected IP-ID gap")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate)
 
@@ -433,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("trace")
     train.add_argument("--kind", choices=["lm", "tiny", "trees"], default="lm")
     train.add_argument("--out", required=True, help="directory for the trained model")
-    train.add_argument("--train-fraction", type=float, default=0.5)
+    train.add_argument("--train-fraction", type=_open_fraction, default=0.5)
     train.add_argument("--max-flows", type=_positive_int, default=20_000)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--config", default="", help='JSON of model settings, e.g. \'{"epochs": 2, "lr": 1e-3}\'')
@@ -451,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
+    except BrokenPipeError:  # `telesketch summary ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (OSError, ValueError) as exc:  # CaptureError and BatchError are ValueErrors
         print(f"telesketch {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -462,9 +476,6 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"telesketch {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `telesketch query ... | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":
