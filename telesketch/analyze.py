@@ -118,7 +118,7 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
     Rows ``{"sketch", "kind", "query", "memory_bytes", "f1", "precision", "recall"}``. LLM-Sketch is
     left out (its estimator dominates the cost and its answers are sizes, not sets).
     """
-    from telesketch.report import TRUTH, query_sections, add_accuracy
+    from telesketch.report import TRUTH, add_accuracy, query_sections, raised_floors
 
     specs = {}
     for name, spec in config.sketches.items():
@@ -139,13 +139,13 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
     source, tsource = LocalSource(sweep), LocalSource(truth)
     stats = source.stats()
     last = min(opts.last or len(stats["epochs"]), len(stats["epochs"])) or 1
-    truth_sections = query_sections(tsource, opts, last, TRUTH)
     rows = []
     for s in stats["sketches"]:
         if not s["active"]:
             continue
         query = SWEEP_KINDS[s["kind"]]
         sections = query_sections(_Only(source, query), opts, last, s["name"])
+        truth_sections = query_sections(tsource, opts, last, TRUTH, floors=raised_floors(sections))
         report = dict(sections, truth=truth_sections)
         add_accuracy(report, source, tsource, opts, last)
         acc = report["accuracy"].get(query)

@@ -33,6 +33,8 @@ active sketch answers it, or heavy changers needing two epochs)::
       "sketches": [{"name", "kind", "active", "note", "memory_bytes"}],
       "notes":    ["sketch flows (llmsketch) not active: ..."],
       "heavy_hitters":  {"sketch", "combine", "phi", "threshold", "count", "error",
+                         "floor" (packets; present when phi x packets was below the sketch's floor,
+                         which the service refuses: then asked at the floor, "asked_threshold" = phi x packets),
                          "rows": [{"key", "text", "estimate"}]},          # largest first
       "heavy_changers": {..., "before": [epoch ids], "after": [epoch ids],
                          "rows": [{"key", "text", "change"}]},            # largest |change| first
@@ -122,9 +124,10 @@ class LocalSource:
                     "epochs": [{"epoch": e.id, "packets": e.packets, "closed": e.closed} for e in m.epochs()],
                     "sketches": sketches}
 
-    def keys(self, what: str, last: int, phi: float, sketch: str = ""):
+    def keys(self, what: str, last: int, phi: float, sketch: str = "", threshold: float | None = None):
+        """Heavy hitters or changers above ``phi`` of the window's packets (or ``threshold`` packets)."""
         call = self.engine.heavy_hitters if what == "heavy_hitters" else self.engine.heavy_changers
-        a = self._ask(lambda: call(WindowSpec(last=last), sketch, phi))
+        a = self._ask(lambda: call(WindowSpec(last=last), sketch, None if threshold is not None else phi, threshold))
         info = self._info(a)
         info["int_keys"] = a.int_keys
         if "before" in a.extra:
@@ -179,9 +182,10 @@ class RemoteSource:
                               "note": x.get("note", ""), "memory_bytes": int(x.get("memory_bytes", 0))}
                              for x in s.get("sketches", [])]}
 
-    def keys(self, what: str, last: int, phi: float, sketch: str = ""):
+    def keys(self, what: str, last: int, phi: float, sketch: str = "", threshold: float | None = None):
         call = self.client.heavy_hitters if what == "heavy_hitters" else self.client.heavy_changers
-        rows, window = self._ask(lambda: call(last=last, phi=phi, sketch=sketch, details=True))
+        asked = {"phi": phi} if threshold is None else {"threshold": threshold}
+        rows, window = self._ask(lambda: call(last=last, sketch=sketch, details=True, **asked))
         info = self._info(window)
         info["int_keys"] = _int_keys(window.sketch, self)
         if what == "heavy_changers":
@@ -241,14 +245,33 @@ def _section(fn) -> tuple[dict, Any]:
     return head, rows
 
 
-def query_sections(source, opts: ReportOptions, last: int, sketch: str = "") -> dict:
-    """The five answer sections of the report from one source (``sketch`` names one, or default)."""
+def _floor_in(error: str | None) -> int | None:
+    """The sketch floor named by a refused threshold (``... floor of 240 packets ...``), or None."""
+    import re
+
+    found = re.search(r"floor of ([\d,]+) packets", error or "")
+    return int(found.group(1).replace(",", "")) if found else None
+
+
+def query_sections(source, opts: ReportOptions, last: int, sketch: str = "", floors: dict | None = None) -> dict:
+    """The five answer sections of the report from one source (``sketch`` names one, or default).
+
+    A heavy-hitter or changer threshold (``phi`` of the window) below the sketch's floor is refused
+    by the service; the report then asks at the floor and says so (``floor``: packets; the truth is
+    asked at the same threshold, ``floors``: ``{section: packets}``).
+    """
     out = {}
     for what in ("heavy_hitters", "heavy_changers"):
         last_q = last if what == "heavy_hitters" else 1
-        head, rows = _section(lambda: source.keys(what, last_q, opts.phi, sketch))
+        floor = (floors or {}).get(what)
+        head, rows = _section(lambda: source.keys(what, last_q, opts.phi, sketch, floor))
+        if rows is None and floors is None and _floor_in(head["error"]) is not None:
+            floor = _floor_in(head["error"])
+            head, rows = _section(lambda: source.keys(what, last_q, opts.phi, sketch, floor))
         head.update(phi=opts.phi, threshold=opts.phi * head.get("packets", 0)
                     if rows is not None and what == "heavy_hitters" else None)
+        if floor is not None and rows is not None:
+            head.update(threshold=float(floor), floor=floor, asked_threshold=opts.phi * head.get("packets", 0))
         value = "change" if what == "heavy_changers" else "estimate"
         ik = head.pop("int_keys", "ipv4")
         head["rows"] = [dict(_key_json(k, ik), **{value: v}) for k, v in rows or []]
@@ -294,9 +317,15 @@ def build_report(source, opts: ReportOptions = ReportOptions(), *, mode: str, fi
     }
     report.update(query_sections(source, opts, last))
     if truth is not None:
-        report["truth"] = query_sections(truth, opts, last, TRUTH)
+        report["truth"] = query_sections(truth, opts, last, TRUTH, floors=raised_floors(report))
         add_accuracy(report, source, truth, opts, last)
     return report
+
+
+def raised_floors(sections: dict) -> dict:
+    """``{section: floor}`` of the sections asked at their sketch's floor (the truth must match)."""
+    return {what: sections[what]["floor"] for what in ("heavy_hitters", "heavy_changers")
+            if sections.get(what, {}).get("floor") is not None}
 
 
 # ====================================================================== accuracy
@@ -474,8 +503,12 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
         lines.append(f"{title} [sketch {sec['sketch']}, {sec['combine']}]{extra}")
 
     hh = report["heavy_hitters"]
-    head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}"
-         f" (> {hh['threshold'] or 0:,.0f} packets)" if not hh["error"] else "")
+    if hh.get("floor") is not None and not hh["error"]:
+        head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above {hh['floor']:,} packets, the sketch's floor "
+             f"(phi {hh['phi']:g} asks > {hh['asked_threshold']:,.0f}; a smaller expected_epoch_items lowers it)")
+    else:
+        head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}"
+             f" (> {hh['threshold'] or 0:,.0f} packets)" if not hh["error"] else "")
     if not hh["error"]:
         truth = _truth_lookup(report, "heavy_hitters", "estimate")
         rows = [(r["text"], _fmt(r["estimate"])) + ((_fmt(truth[r["key"]]) if r["key"] in truth else "-",) if truth else ())
@@ -485,6 +518,7 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
 
     hc = report["heavy_changers"]
     head("Heavy changers", hc, f": {hc.get('count', 0)} keys, epoch {hc.get('epochs')} vs {hc.get('before')}"
+         + (f", change > {hc['floor']:,} packets (the sketch's floor)" if hc.get("floor") is not None else "")
          if not hc["error"] else "")
     if not hc["error"]:
         truth = _truth_lookup(report, "heavy_changers", "change")

@@ -166,3 +166,16 @@ def test_heavy_hitters_by_destination_find_the_syn_flood_victim(shared_traces):
     assert rows and rows[0]["text"] == "10.10.10.10", rows[:3]
     assert report["truth"]["heavy_hitters"]["rows"][0]["text"] == "10.10.10.10"
     assert report["accuracy"]["heavy_hitters"]["recall"] == 1.0
+
+
+def test_a_report_threshold_below_the_sketch_floor_says_so(capture):
+    """Issue 17 obs. 4: 1e-3 of 60,000 packets is 60, under Hidden Sketch's 240-packet floor."""
+    config = light_config(epoch_seconds=100.0)  # one epoch: the floor holds per epoch
+    report, _ = analyze([capture], config, ReportOptions(phi=1e-3), truth=True)
+    hh = report["heavy_hitters"]
+    assert hh["error"] is None and hh["floor"] == 240 and hh["threshold"] == 240.0
+    assert hh["asked_threshold"] == pytest.approx(60.0)
+    # the truth is asked at the same threshold, so the accuracy is that of what the header says
+    assert min(r["estimate"] for r in report["truth"]["heavy_hitters"]["rows"]) > 240
+    assert report["accuracy"]["heavy_hitters"]["recall"] == 1.0
+    assert "keys above 240 packets, the sketch's floor (phi 0.001 asks > 60;" in render_text(report)
