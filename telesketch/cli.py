@@ -277,7 +277,7 @@ def _run_query(args: argparse.Namespace) -> int:
 
     from telesketch.client import Client
     from telesketch.packets import format_ipv4
-    from telesketch.service.queries import key_text
+    from telesketch.service.queries import key_text, time_text
 
     root = Path(args.tls_ca).read_bytes() if args.tls_ca else None
     token = Path(args.token_file).read_text().strip() if args.token_file else args.token
@@ -301,8 +301,13 @@ def _run_query(args: argparse.Namespace) -> int:
             rows = [(f"{format_ipv4(p)}/{n}", c) for p, n, c in client.hhh(**window, **thresholds)]
             header = ("prefix", "discounted estimate")
         elif what == "gaps":
-            rows = [(str(g.ts_ns), key_text(g.key), g.jump) for g in client.flow_gaps(limit=args.k, **window)]
-            header = ("ts_ns", "flow", "jump")
+            gaps = client.flow_gaps(limit=args.k, **window)
+            if args.json:  # numbers stay numbers; the time as text beside them
+                print(json.dumps([{"time": time_text(g.ts_ns), "ts_ns": g.ts_ns, "flow": key_text(g.key),
+                                   "jump": g.jump} for g in gaps], indent=2))
+                return 0
+            rows = [(time_text(g.ts_ns), key_text(g.key), g.jump) for g in gaps]
+            header = ("time (UTC)", "flow", "jump")
         else:  # flow-size
             keys = args.key
             rows = [(key_text(k), v) for k, v in zip(keys, client.flow_size(keys, **window))]

@@ -227,7 +227,9 @@ class ReplaySummary:
             last = next(b for b in reversed(self.batches) if b.sequence == acked[-1])
             lines.append(f"  last acknowledged     sequence {last.sequence} ({last.where()})")
         if self.retimed_to_ns is not None:
-            lines.append(f"  timestamps            re-timed: first packet at {iso_utc(self.retimed_to_ns)}"
+            from telesketch.service.queries import time_text
+
+            lines.append(f"  timestamps            re-timed: first packet at {time_text(self.retimed_to_ns)}"
                          " (--keep-timestamps sends the recorded ones)")
         for w in self.warnings:
             lines.append(f"  WARNING {w}")
@@ -249,13 +251,6 @@ def ranges(values: list[int]) -> list[list[int]]:
 
 def _ranges_text(values: list[int]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges(values))
-
-
-def iso_utc(ts_ns: int) -> str:
-    """``2026-12-06T21:00:00.123456Z``: a nanosecond UNIX timestamp as ISO-8601 UTC (µs shown)."""
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(int(ts_ns) // 1000 / 1e6, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def default_sender_id() -> str:

@@ -40,7 +40,7 @@ active sketch answers it, or heavy changers needing two epochs)::
                          "rows": [{"key", "text", "change"}]},            # largest |change| first
       "hhh":            {..., "rows": [{"prefix" (int), "length", "text" ("a.b.c.d/len"), "estimate"}]},
       "gaps":           {"sketch", "combine", "count", "error",
-                         "events": [{"ts_ns", "key", "text", "jump", "epoch"}]},   # by time
+                         "events": [{"ts_ns", "time" (ISO-8601 UTC), "key", "text", "jump", "epoch"}]},  # by time
       "top_flows":      {"sketch", "combine", "k", "error", "rows": [{"key", "text", "estimate"}]},
       "truth":    null | {the same five sections, answered by the exact kind},
       "accuracy": null | {
@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from telesketch.packets import FLOW_KEY_BYTES, format_ipv4
-from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec, key_text
+from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec, key_text, time_text
 from telesketch.service.sketchset import KINDS, QueryError
 from telesketch.sketches import exact
 
@@ -283,7 +283,7 @@ def query_sections(source, opts: ReportOptions, last: int, sketch: str = "", flo
     head["count"] = len(head["rows"])
     out["hhh"] = head
     head, rows = _section(lambda: source.gaps(last, sketch))
-    head["events"] = [{"ts_ns": t, "key": k.hex(), "text": key_text(k), "jump": j, "epoch": e}
+    head["events"] = [{"ts_ns": t, "time": time_text(t), "key": k.hex(), "text": key_text(k), "jump": j, "epoch": e}
                       for t, k, j, e in rows or []]
     head["count"] = len(head["events"])
     out["gaps"] = head
@@ -543,10 +543,10 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
     gaps = report["gaps"]
     head("Flow gaps", gaps, f": {gaps.get('count', 0)} major gaps" if not gaps["error"] else "")
     if not gaps["error"]:
-        rows = [(e["text"], str(e["ts_ns"]), str(e["jump"])) for e in gaps["events"][-opts.gap_rows:]]
+        rows = [(e["text"], time_text(e["ts_ns"]), str(e["jump"])) for e in gaps["events"][-opts.gap_rows:]]
         if rows:
             lines.append(f"  newest {len(rows)}:")
-        lines += _table(("flow", "ts_ns", "jump"), rows)
+        lines += _table(("flow", "time (UTC)", "jump"), rows)
         lines.append(_acc_line(acc.get("gaps"))) if acc.get("gaps") else None
 
     tf = report["top_flows"]
