@@ -591,9 +591,9 @@ class LLMSketch:
         changed = self.occ.astype(bool) & (after != before).any(axis=-1)
         if not changed.any():
             return
-        index = np.full(changed.shape, -1, np.int64)
-        _slot_packets_kernel(after, changed, words, self.params.key_len, index)
-        found = index[changed]
+        slots = np.flatnonzero(changed)
+        found = np.full(slots.shape[0], -1, np.int64)
+        _slot_packets_kernel(after.reshape(-1)[slots], words[:, 0], found)
         names = np.zeros((found.shape[0], FLOW_KEY_BYTES), np.uint8)
         ok = found >= 0
         if ok.any():
@@ -809,16 +809,29 @@ class LLMSketch:
 
 
 @nb.njit(cache=True, nogil=True)
-def _slot_packets_kernel(slot_words, changed, words, nbytes, index):
-    """``index[b, s]``: the last packet ``i`` of the batch whose stored key is that of slot
-    ``(b, s)``, for the slots marked ``changed`` (others untouched; -1 stays where none is)."""
-    nb_buckets = _U64(changed.shape[0])
-    for i in range(words.shape[0]):
-        b = np.int64(_mmh3_words(words[i], nbytes, _U64(BUCKET_SEED)) % nb_buckets)
-        for s in range(SLOTS):
-            if changed[b, s] and _same_key(slot_words, b, s, words, i):
-                index[b, s] = i
+def _slot_packets_kernel(slot_keys, packet_keys, index):
+    """``index[j]``: the last packet ``i`` with ``packet_keys[i] == slot_keys[j]`` (-1 stays where
+    none is). Keys are 32-bit fingerprints (flow-size task), distinct among the slots, so they index
+    an open-addressing table directly: one probe per packet, no hashing."""
+    size = 1
+    while size < 2 * slot_keys.shape[0]:
+        size *= 2
+    mask = np.uint32(size - 1)
+    table = np.full(size, -1, np.int64)
+    for j in range(slot_keys.shape[0]):
+        h = slot_keys[j] & mask
+        while table[h] != -1:
+            h = (h + np.uint32(1)) & mask
+        table[h] = j
+    for i in range(packet_keys.shape[0]):
+        k = packet_keys[i]
+        h = k & mask
+        while table[h] != -1:
+            j = table[h]
+            if slot_keys[j] == k:
+                index[j] = i
                 break
+            h = (h + np.uint32(1)) & mask
 
 
 @nb.njit(cache=True, nogil=True)
