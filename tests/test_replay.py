@@ -268,3 +268,17 @@ def test_replay_target_needs_a_port_and_an_unknown_host_fails_fast(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "telesketch.cli", "replay", str(path), "--target", "127.0.0.1",
                           "--no-progress"], capture_output=True, text=True, timeout=60)
     assert cli.returncode == 2 and "HOST:PORT" in cli.stderr
+
+
+@pytest.mark.needs_traces
+def test_the_issue_17_sequence_of_captures_is_applied_in_full(shared_traces):
+    """Obs. 1: nDPI (2020), SYN flood (2021), slips (2024), then SYN-ACK (2021) and RRSIG (2021)."""
+    order = ("ndpi_merged_hdr128.pcap", "stopddos_pkt.TCP.synflood.spoofed.pcap", "slips_test-cc-capture-1.pcap",
+             "stopddos_amp.TCP.reflection.SYNACK.pcap", "stopddos_amp.dns.RRSIG.fragmented.pcap")
+    config = service_config(sketches={"gaps": {"kind": "gapfilter_ao"}, "hh": DEFAULT_SKETCHES["hh"]})
+    with ServiceThread(config) as svc:
+        target = f"127.0.0.1:{svc.grpc_port}"
+        for name in order:
+            summary = replay([shared_traces / name], ReplayOptions(target))
+            assert summary.error is None and summary.packets_late == 0 and not summary.too_late, name
+            assert summary.packets_applied == summary.packets_sent > 0, name
