@@ -504,8 +504,11 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
 
     hh = report["heavy_hitters"]
     if hh.get("floor") is not None and not hh["error"]:
+        spread = (f"; the floor holds per epoch, so a key under it in each of the {len(hh['epochs'])} epochs is "
+                  "missed" if len(hh.get("epochs") or []) > 1 else "")
         head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above {hh['floor']:,} packets, the sketch's floor "
-             f"(phi {hh['phi']:g} asks > {hh['asked_threshold']:,.0f}; a smaller expected_epoch_items lowers it)")
+             f"(phi {hh['phi']:g} asks > {hh['asked_threshold']:,.0f}; a smaller expected_epoch_items lowers it"
+             f"{spread})")
     else:
         head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}"
              f" (> {hh['threshold'] or 0:,.0f} packets)" if not hh["error"] else "")

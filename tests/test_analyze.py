@@ -179,3 +179,9 @@ def test_a_report_threshold_below_the_sketch_floor_says_so(capture):
     assert min(r["estimate"] for r in report["truth"]["heavy_hitters"]["rows"]) > 240
     assert report["accuracy"]["heavy_hitters"]["recall"] == 1.0
     assert "keys above 240 packets, the sketch's floor (phi 0.001 asks > 60;" in render_text(report)
+
+
+def test_a_raised_floor_over_several_epochs_says_the_floor_is_per_epoch(capture):
+    report, _ = analyze([capture], light_config(), ReportOptions(phi=1e-3))  # 15 s: 2 epochs of 10 s
+    assert report["heavy_hitters"]["floor"] == 240
+    assert "the floor holds per epoch, so a key under it in each of the 2 epochs is missed" in render_text(report)
