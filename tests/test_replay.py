@@ -282,3 +282,16 @@ def test_the_issue_17_sequence_of_captures_is_applied_in_full(shared_traces):
             summary = replay([shared_traces / name], ReplayOptions(target))
             assert summary.error is None and summary.packets_late == 0 and not summary.too_late, name
             assert summary.packets_applied == summary.packets_sent > 0, name
+
+
+def test_retimed_loop_passes_follow_each_other(tmp_path):
+    path = tmp_path / "loop.pcap"
+    generate_capture(path, packets=3_000, flows=30, seed=2, duration_s=2.0)
+    config = service_config(sketches={"gaps": {"kind": "gapfilter_ao"}})
+    config.epoch_seconds, config.keep_epochs = 0.5, 100
+    with ServiceThread(config) as svc:
+        summary = replay([path], ReplayOptions(f"127.0.0.1:{svc.grpc_port}", loop=3, batch_size=1024))
+        with Client(f"127.0.0.1:{svc.grpc_port}") as client:
+            epochs = [int(e["epoch"]) for e in client.stats()["epochs"]]
+    assert summary.error is None and summary.packets_applied == 9_000 and summary.packets_late == 0
+    assert epochs[-1] - epochs[0] >= 11  # three passes of ~2 s back to back, in 0.5 s epochs
