@@ -36,6 +36,8 @@ active sketch answers it, or heavy changers needing two epochs)::
                          "floor" (packets; present when phi x packets was below the sketch's floor,
                          which the service refuses: then asked at the floor, "asked_threshold" = phi x packets),
                          "rows": [{"key", "text", "estimate"}]},          # largest first
+      "more_heavy_hitters": [sections like heavy_hitters, one per other active Hidden Sketch (e.g. keyed by
+                         dst_ip), no truth or accuracy],
       "heavy_changers": {..., "before": [epoch ids], "after": [epoch ids],
                          "rows": [{"key", "text", "change"}]},            # largest |change| first
       "hhh":            {..., "rows": [{"prefix" (int), "length", "text" ("a.b.c.d/len"), "estimate"}]},
@@ -253,6 +255,24 @@ def _floor_in(error: str | None) -> int | None:
     return int(found.group(1).replace(",", "")) if found else None
 
 
+def _keys_section(source, what: str, last: int, opts: ReportOptions, sketch: str, floors: dict | None) -> dict:
+    """One heavy-hitter or changer section (asked at the sketch's floor when phi is below it)."""
+    floor = (floors or {}).get(what)
+    head, rows = _section(lambda: source.keys(what, last, opts.phi, sketch, floor))
+    if rows is None and floors is None and _floor_in(head["error"]) is not None:
+        floor = _floor_in(head["error"])
+        head, rows = _section(lambda: source.keys(what, last, opts.phi, sketch, floor))
+    head.update(phi=opts.phi, threshold=opts.phi * head.get("packets", 0)
+                if rows is not None and what == "heavy_hitters" else None)
+    if floor is not None and rows is not None:
+        head.update(threshold=float(floor), floor=floor, asked_threshold=opts.phi * head.get("packets", 0))
+    value = "change" if what == "heavy_changers" else "estimate"
+    ik = head.pop("int_keys", "ipv4")
+    head["rows"] = [dict(_key_json(k, ik), **{value: v}) for k, v in rows or []]
+    head["count"] = len(head["rows"])
+    return head
+
+
 def query_sections(source, opts: ReportOptions, last: int, sketch: str = "", floors: dict | None = None) -> dict:
     """The five answer sections of the report from one source (``sketch`` names one, or default).
 
@@ -262,21 +282,7 @@ def query_sections(source, opts: ReportOptions, last: int, sketch: str = "", flo
     """
     out = {}
     for what in ("heavy_hitters", "heavy_changers"):
-        last_q = last if what == "heavy_hitters" else 1
-        floor = (floors or {}).get(what)
-        head, rows = _section(lambda: source.keys(what, last_q, opts.phi, sketch, floor))
-        if rows is None and floors is None and _floor_in(head["error"]) is not None:
-            floor = _floor_in(head["error"])
-            head, rows = _section(lambda: source.keys(what, last_q, opts.phi, sketch, floor))
-        head.update(phi=opts.phi, threshold=opts.phi * head.get("packets", 0)
-                    if rows is not None and what == "heavy_hitters" else None)
-        if floor is not None and rows is not None:
-            head.update(threshold=float(floor), floor=floor, asked_threshold=opts.phi * head.get("packets", 0))
-        value = "change" if what == "heavy_changers" else "estimate"
-        ik = head.pop("int_keys", "ipv4")
-        head["rows"] = [dict(_key_json(k, ik), **{value: v}) for k, v in rows or []]
-        head["count"] = len(head["rows"])
-        out[what] = head
+        out[what] = _keys_section(source, what, last if what == "heavy_hitters" else 1, opts, sketch, floors)
     head, rows = _section(lambda: source.hhh(last, opts.hhh_phi, sketch))
     head.update(phi=opts.hhh_phi, rows=[{"prefix": p, "length": n, "text": f"{format_ipv4(p)}/{n}", "estimate": c}
                                         for p, n, c in rows or []])
@@ -316,6 +322,10 @@ def build_report(source, opts: ReportOptions = ReportOptions(), *, mode: str, fi
         "accuracy": None,
     }
     report.update(query_sections(source, opts, last))
+    # every other Hidden Sketch too (e.g. one keyed by destination: a flood's victim), no truth
+    others = [s["name"] for s in stats["sketches"]
+              if s["active"] and s["kind"] == "hiddensketch" and s["name"] != report["heavy_hitters"]["sketch"]]
+    report["more_heavy_hitters"] = [_keys_section(source, "heavy_hitters", last, opts, name, None) for name in others]
     if truth is not None:
         report["truth"] = query_sections(truth, opts, last, TRUTH, floors=raised_floors(report))
         add_accuracy(report, source, truth, opts, last)
@@ -502,22 +512,29 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
             return
         lines.append(f"{title} [sketch {sec['sketch']}, {sec['combine']}]{extra}")
 
+    def hh_head(hh: dict) -> None:
+        if hh.get("floor") is not None and not hh["error"]:
+            spread = (f"; the floor holds per epoch, so a key under it in each of the {len(hh['epochs'])} epochs "
+                      "is missed" if len(hh.get("epochs") or []) > 1 else "")
+            head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above {hh['floor']:,} packets, the sketch's "
+                 f"floor (phi {hh['phi']:g} asks > {hh['asked_threshold']:,.0f}; a smaller expected_epoch_items "
+                 f"lowers it{spread})")
+        else:
+            head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}"
+                 f" (> {hh['threshold'] or 0:,.0f} packets)" if not hh["error"] else "")
+
     hh = report["heavy_hitters"]
-    if hh.get("floor") is not None and not hh["error"]:
-        spread = (f"; the floor holds per epoch, so a key under it in each of the {len(hh['epochs'])} epochs is "
-                  "missed" if len(hh.get("epochs") or []) > 1 else "")
-        head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above {hh['floor']:,} packets, the sketch's floor "
-             f"(phi {hh['phi']:g} asks > {hh['asked_threshold']:,.0f}; a smaller expected_epoch_items lowers it"
-             f"{spread})")
-    else:
-        head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}"
-             f" (> {hh['threshold'] or 0:,.0f} packets)" if not hh["error"] else "")
+    hh_head(hh)
     if not hh["error"]:
         truth = _truth_lookup(report, "heavy_hitters", "estimate")
         rows = [(r["text"], _fmt(r["estimate"])) + ((_fmt(truth[r["key"]]) if r["key"] in truth else "-",) if truth else ())
                 for r in hh["rows"][:top]]
         lines += _table(("key", "estimate") + (("true",) if truth else ()), rows)
         lines.append(_acc_line(acc.get("heavy_hitters"))) if acc.get("heavy_hitters") else None
+    for more in report.get("more_heavy_hitters") or []:
+        hh_head(more)
+        if not more["error"]:
+            lines += _table(("key", "estimate"), [(r["text"], _fmt(r["estimate"])) for r in more["rows"][:top]])
 
     hc = report["heavy_changers"]
     head("Heavy changers", hc, f": {hc.get('count', 0)} keys, epoch {hc.get('epochs')} vs {hc.get('before')}"

@@ -185,3 +185,23 @@ def test_a_raised_floor_over_several_epochs_says_the_floor_is_per_epoch(capture)
     report, _ = analyze([capture], light_config(), ReportOptions(phi=1e-3))  # 15 s: 2 epochs of 10 s
     assert report["heavy_hitters"]["floor"] == 240
     assert "the floor holds per epoch, so a key under it in each of the 2 epochs is missed" in render_text(report)
+
+
+@pytest.mark.needs_traces
+def test_the_report_shows_every_hidden_sketch_so_the_victim_is_in_it(shared_traces, tmp_path, capsys):
+    """The example config's 'victims' sketch (keyed by destination) gets its own table."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "telesketch.toml"
+    cfg = tmp_path / "cfg.toml"
+    text = example.read_text().replace('estimator = "lm"', 'estimator = "constant"')
+    cfg.write_text(text)
+    path = shared_traces / "stopddos_pkt.TCP.synflood.spoofed.pcap"
+    assert main(["analyze", str(path), "--config", str(cfg), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["heavy_hitters"]["sketch"] == "hh" and report["heavy_hitters"]["rows"] == []
+    [victims] = report["more_heavy_hitters"]
+    assert victims["sketch"] == "victims" and victims["rows"][0]["text"] == "10.10.10.10"
+    assert main(["analyze", str(path), "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "Heavy hitters [sketch victims" in out and "10.10.10.10" in out
