@@ -26,7 +26,8 @@ from telesketch.traces import generate_capture
     (["train-estimator", "t.pcap", "--out", "m", "--train-fraction", "1.5"],
      "--train-fraction: must be a fraction in (0, 1), got '1.5'"),
 ])
-def test_numeric_options_are_validated(argv, message, capsys):
+def test_numeric_options_are_validated(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a regression would write x.pcap here, not into the checkout
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
