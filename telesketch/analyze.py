@@ -6,6 +6,11 @@ The packets go through the service's own epoch manager and sketch set
 asked through the service's query engine (:mod:`telesketch.report`). So ``analyze FILE`` and
 ``replay FILE`` + queries against a server with the same configuration give the same answers.
 
+``telesketch analyze`` keeps every epoch (``keep_epochs`` = :data:`WHOLE_CAPTURE`, whatever the
+config says, unless ``--keep-epochs`` is given), so its report covers the whole capture and its
+header says so (``window     whole capture: N epoch(s)``); memory grows with the epochs (each keeps
+its sketches' states: about 0.5 MiB an epoch with the default set).
+
 ``--exact`` feeds the same batches to a second manager whose only sketch is the ``exact`` kind
 (ground truth with the same epochs, window and thresholds) and adds the accuracy of every answer.
 """
@@ -21,6 +26,10 @@ from telesketch.report import LocalSource, ReportOptions, build_report, name_fin
 from telesketch.service.config import ServiceConfig
 from telesketch.service.epochs import EpochManager
 from telesketch.service.sketchset import SketchSet, configure
+
+
+#: ``keep_epochs`` of ``telesketch analyze`` by default: never drop an epoch (the whole capture).
+WHOLE_CAPTURE = 2**31 - 1
 
 
 @dataclass
@@ -113,7 +122,7 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
     Rows ``{"sketch", "kind", "query", "memory_bytes", "f1", "precision", "recall"}``. LLM-Sketch is
     left out (its estimator dominates the cost and its answers are sizes, not sets).
     """
-    from telesketch.report import TRUTH, query_sections, add_accuracy
+    from telesketch.report import TRUTH, add_accuracy, query_sections, raised_floors
 
     specs = {}
     for name, spec in config.sketches.items():
@@ -134,13 +143,13 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
     source, tsource = LocalSource(sweep), LocalSource(truth)
     stats = source.stats()
     last = min(opts.last or len(stats["epochs"]), len(stats["epochs"])) or 1
-    truth_sections = query_sections(tsource, opts, last, TRUTH)
     rows = []
     for s in stats["sketches"]:
         if not s["active"]:
             continue
         query = SWEEP_KINDS[s["kind"]]
         sections = query_sections(_Only(source, query), opts, last, s["name"])
+        truth_sections = query_sections(tsource, opts, last, TRUTH, floors=raised_floors(sections))
         report = dict(sections, truth=truth_sections)
         add_accuracy(report, source, tsource, opts, last)
         acc = report["accuracy"].get(query)

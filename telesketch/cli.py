@@ -7,6 +7,7 @@ Each sub-command is a thin layer over the library. Exit status, the same for eve
   be fully acknowledged);
 * 2: a usage error: bad options or config, a named input file that is missing or not a capture,
   an optional extra that is not installed. Errors are one line on stderr, not a traceback;
+* 3: ``replay`` ran, but more than ``--max-late`` of its packets were refused as late;
 * 130: interrupted (Ctrl-C).
 
 Every command that prints a result takes ``--json`` (numbers stay numbers). Progress goes to stderr:
@@ -15,12 +16,14 @@ a bar on a terminal, a plain line every few seconds otherwise (``--no-progress``
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_LATE = 3  # replay: more than --max-late of the packets were refused as late
 
 
 def _int_at_least(minimum: int, what: str):
@@ -51,6 +54,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _float_where(accept, what: str):
+    """An argparse type: a float for which ``accept(value)`` holds (NaN never does); the error
+    names the rule and the value as typed."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if math.isnan(value) or not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_fraction = _float_where(lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]")
+_open_fraction = _float_where(lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)")
+_non_negative = _float_where(lambda v: 0.0 <= v < math.inf, "a number >= 0")
+
+
 def _flow_key(text: str) -> bytes:
     """A 13-byte flow key given as 26 hex digits (src ip, dst ip, src port, dst port, proto)."""
     try:
@@ -64,8 +87,9 @@ def _flow_key(text: str) -> bytes:
 
 
 def _add_report_options(parser) -> None:
-    parser.add_argument("--phi", type=float, default=1e-3, help="heavy hitters/changers: fraction of the window's packets")
-    parser.add_argument("--hhh-phi", type=float, default=1e-3, help="HHH: fraction of the window's packets")
+    parser.add_argument("--phi", type=_open_fraction, default=1e-3,
+                        help="heavy hitters/changers: fraction of the window's packets")
+    parser.add_argument("--hhh-phi", type=_open_fraction, default=1e-3, help="HHH: fraction of the window's packets")
     parser.add_argument("--last", type=_positive_int, help="window: the last N epochs (default: all retained)")
     parser.add_argument("--top", type=_positive_int, default=10, help="rows per table")
     parser.add_argument("--top-flows", type=_positive_int, default=10, help="largest flows asked for")
@@ -165,7 +189,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from telesketch.plots import _pyplot
 
         _pyplot()
-    config = load_config(args.config, {"epoch_seconds": args.epoch_seconds, "keep_epochs": args.keep_epochs})
+    from telesketch.analyze import WHOLE_CAPTURE
+
+    config = load_config(args.config, {"epoch_seconds": args.epoch_seconds,
+                                       "keep_epochs": args.keep_epochs or WHOLE_CAPTURE})
     opts = _report_options(args)
     from telesketch.progress import ProgressBar
 
@@ -199,7 +226,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     opts = ReplayOptions(args.target, speed=None if args.max else args.speed, loop=args.loop,
                          batch_size=args.batch_size, sender_id=args.sender_id, token=token, tls=args.tls,
                          root_certificates=root, retries=args.retries, backoff_s=args.backoff,
-                         timeout_s=args.timeout)
+                         timeout_s=args.timeout, keep_timestamps=args.keep_timestamps, max_late=args.max_late)
     for path in args.files:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such file")
@@ -220,10 +247,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     print(json.dumps(summary.as_dict(), indent=1) if args.json else summary.render(), flush=True)
+    for warning in summary.warnings:
+        print(f"telesketch replay: warning: {warning}", file=sys.stderr)
     if summary.error:
         print(f"telesketch replay: error: {summary.error}", file=sys.stderr)
         return EXIT_USAGE if summary.error_kind == "input" else EXIT_FAILURE
-    return 130 if summary.interrupted else EXIT_OK
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_LATE if summary.too_late else EXIT_OK
 
 
 def cmd_train_estimator(args: argparse.Namespace) -> int:
@@ -306,7 +337,7 @@ def _run_query(args: argparse.Namespace) -> int:
 
     from telesketch.client import Client
     from telesketch.packets import format_ipv4
-    from telesketch.service.queries import key_text
+    from telesketch.service.queries import key_text, time_text
 
     root = Path(args.tls_ca).read_bytes() if args.tls_ca else None
     token = Path(args.token_file).read_text().strip() if args.token_file else args.token
@@ -330,8 +361,13 @@ def _run_query(args: argparse.Namespace) -> int:
             rows = [(f"{format_ipv4(p)}/{n}", c) for p, n, c in client.hhh(**window, **thresholds)]
             header = ("prefix", "discounted estimate")
         elif what == "gaps":
-            rows = [(str(g.ts_ns), key_text(g.key), g.jump) for g in client.flow_gaps(limit=args.k, **window)]
-            header = ("ts_ns", "flow", "jump")
+            gaps = client.flow_gaps(limit=args.k, **window)
+            if args.json:  # numbers stay numbers; the time as text beside them
+                print(json.dumps([{"time": time_text(g.ts_ns), "ts_ns": g.ts_ns, "flow": key_text(g.key),
+                                   "jump": g.jump} for g in gaps], indent=2))
+                return 0
+            rows = [(time_text(g.ts_ns), key_text(g.key), g.jump) for g in gaps]
+            header = ("time (UTC)", "flow", "jump")
         else:  # flow-size
             keys = args.key
             rows = [(key_text(k), v) for k, v in zip(keys, client.flow_size(keys, **window))]
@@ -384,8 +420,8 @@ def _add_service_commands(sub) -> None:
     query.add_argument("--last", type=_positive_int, help="the last N epochs (default 1)")
     query.add_argument("--closed-only", action="store_true", help="window: closed epochs only (not the open one)")
     query.add_argument("--sketch", default="", help="configured sketch name")
-    query.add_argument("--phi", type=float, help="heavy hitters/changers, hhh: fraction of the window's packets")
-    query.add_argument("--threshold", type=float, help="heavy hitters/changers, hhh: absolute packets (instead of --phi)")
+    query.add_argument("--phi", type=_open_fraction, help="heavy hitters/changers, hhh: fraction of the window's packets")
+    query.add_argument("--threshold", type=_non_negative, help="heavy hitters/changers, hhh: absolute packets (instead of --phi)")
     query.add_argument("--k", type=_count, default=10, help="top-flows: how many (>= 1); gaps: at most this many (0: all)")
     query.add_argument("--key", type=_flow_key, action="append", default=[],
                        help="flow-size: a 13-byte flow key as 26 hex digits (src ip, dst ip, src port, dst port, proto)")
@@ -401,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     from telesketch import __version__
 
     parser = argparse.ArgumentParser(prog="telesketch", description=__doc__.splitlines()[0],
-                                     epilog="exit status: 0 success, 1 runtime failure, 2 usage error, 130 interrupted")
+                                     epilog="exit status: 0 success, 1 runtime failure, 2 usage error, 3 replay: too many packets late, 130 interrupted")
     parser.add_argument("--version", action="version", version=f"telesketch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -423,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("files", nargs="+", help="pcap or pcapng captures, optionally gzip-compressed")
     analyze.add_argument("--config", help="service config file (TOML/JSON): the same sketches as `serve --config`")
     analyze.add_argument("--epoch-seconds", type=_positive_float, help="epoch length in seconds (default: config, 10)")
-    analyze.add_argument("--keep-epochs", type=_positive_int, help="closed epochs kept (default: config, 6)")
+    analyze.add_argument("--keep-epochs", type=_positive_int,
+                         help="keep only the last N epochs (default: every epoch, the whole capture)")
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
     analyze.add_argument("--batch-size", type=_positive_int, default=65536,
                          help="packets per batch (use the replay's to compare with a server)")
@@ -440,14 +477,19 @@ def build_parser() -> argparse.ArgumentParser:
     pace.add_argument("--speed", type=_positive_float, help="replay at X times the recorded pace")
     pace.add_argument("--max", action="store_true", help="as fast as the service acknowledges (default)")
     rep.add_argument("--loop", type=_positive_int, default=1, help="play the files N times (timestamps shifted)")
+    rep.add_argument("--keep-timestamps", action="store_true",
+                     help="send the recorded timestamps (default: re-time the capture to now, gaps kept)")
+    rep.add_argument("--max-late", type=_fraction, default=0.01,
+                     help="fraction of packets the service may refuse as late before the replay exits "
+                          "with status 3 (default 0.01; any late packet is warned about)")
     rep.add_argument("--batch-size", type=_positive_int, default=65536, help="packets per gRPC call")
     rep.add_argument("--sender-id", default="", help="resume this sender's sequence (default: a fresh id)")
     rep.add_argument("--token", default="", help="bearer token the server requires")
     rep.add_argument("--token-file", help="read the bearer token from a file")
     rep.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --tls-ca)")
     rep.add_argument("--tls-ca", help="PEM root certificate for TLS")
-    rep.add_argument("--retries", type=int, default=6, help="retries of a batch when the server is unreachable")
-    rep.add_argument("--backoff", type=float, default=0.25, help="first retry delay in seconds (doubles, max 5 s)")
+    rep.add_argument("--retries", type=_count, default=6, help="retries of a batch when the server is unreachable")
+    rep.add_argument("--backoff", type=_non_negative, default=0.25, help="first retry delay in seconds (doubles, max 5 s)")
     rep.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds per call")
     rep.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="progress on stderr (the default: a bar on a terminal, a line every 10 s otherwise)")
@@ -460,8 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("output", help="pcap file to write")
     gen.add_argument("--packets", type=_positive_int, default=1_000_000, help="IPv4 packets to write")
     gen.add_argument("--flows", type=_positive_int, default=50_000, help="distinct 5-tuple flows")
-    gen.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of flow sizes (larger: more skewed)")
-    gen.add_argument("--gap-rate", type=float, default=0.01, help="fraction of packets followed by an IP-ID gap")
+    gen.add_argument("--zipf", type=_non_negative, default=1.1, help="Zipf exponent of flow sizes (0: uniform; larger: more skewed)")
+    gen.add_argument("--gap-rate", type=_fraction, default=0.01, help="fraction of packets followed by an IP-ID gap")
     gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
     gen.add_argument("--json", action="store_true", help="print what was written as JSON")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
@@ -479,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kind", choices=["lm", "tiny", "trees"], default="lm",
                        help="lm: MiniLM + LoRA; tiny: small transformer (both need [llm]); trees: numpy GBDT")
     train.add_argument("--out", required=True, help="directory for the trained model")
-    train.add_argument("--train-fraction", type=float, default=0.5, help="share of the trace that trains (rest: evaluation)")
+    train.add_argument("--train-fraction", type=_open_fraction, default=0.5, help="share of the trace that trains (rest: evaluation)")
     train.add_argument("--max-flows", type=_positive_int, default=20_000, help="at most this many training flows")
     train.add_argument("--seed", type=int, default=0, help="random seed of sampling and training")
     train.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")

@@ -81,8 +81,9 @@ def run_demo(packets: int = 1_000_000, flows: int = 5_000, seed: int = 7, durati
 
             target = f"127.0.0.1:{svc.grpc_port}"
             out(f"[3/5] replaying the capture to {target} through gRPC ...")
-            summary = replay([path], ReplayOptions(target, batch_size=batch_size, sender_id="demo"),
-                             progress=progress or Progress(enabled=False))
+            # recorded stamps: the ground truth below reads the same file into the same epochs
+            summary = replay([path], ReplayOptions(target, batch_size=batch_size, sender_id="demo",
+                                                   keep_timestamps=True), progress=progress or Progress(enabled=False))
             timings["replay"] = summary.seconds
             for line in summary.render().splitlines():
                 out("      " + line)

@@ -10,8 +10,18 @@ the wait for the acknowledgement (a reader thread keeps two batches ready).
   times the recorded pace: inside each file a packet is due ``(ts - first ts of the file) / X``
   seconds after the file started; batches are cut into groups of at most ``tick_s`` of wall time
   and a group is sent when its last packet is due. Files play back to back.
-* **Loops.** ``loop=N`` plays the files N times; pass ``p`` shifts every timestamp by ``p`` times
-  the span of the first pass (plus 1 µs) so the service sees continuous traffic, not late packets.
+* **Timestamps.** By default (like tcpreplay) a replay happens *now*: every file is re-timed so
+  its first packet is stamped at the replay's start (the later of the wall clock and the start of
+  the service's open epoch, so a replay never lands before traffic already there), the next file
+  right after the previous one's last packet, inter-packet gaps kept. ``keep_timestamps=True``
+  sends the recorded stamps (a capture older than what the service already holds is then late).
+* **Loops.** ``loop=N`` plays the files N times; with ``keep_timestamps`` pass ``p`` shifts every
+  timestamp by ``p`` times the span of the first pass (plus 1 µs) so the service sees continuous
+  traffic, not late packets (re-timed passes simply follow each other).
+* **Late packets.** Packets the service refuses as late (older than its open epoch) are counted;
+  any makes the summary carry a warning with the count and the reason, and more than ``max_late``
+  (a fraction of the acknowledged packets, default 1%) sets :attr:`ReplaySummary.too_late` (the
+  CLI then exits with status 3).
 * **Failures.** ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED`` / ``ABORTED`` / ``CANCELLED`` (server not
   there, or gone mid-call) are retried with the same sequence number after ``backoff_s``,
   doubling up to ``max_backoff_s``, at most ``retries`` times; the server deduplicates a batch it
@@ -49,6 +59,26 @@ class ReplayError(RuntimeError):
     """The replay stopped: server unreachable after the retries, refused credentials, bad input."""
 
 
+#: Default ``max_late``: the fraction of acknowledged packets that may be refused as late before
+#: the replay counts as failed (``ReplaySummary.too_late``; ``telesketch replay`` exit status 3).
+DEFAULT_MAX_LATE = 0.01
+
+
+def split_target(target: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``HOST:PORT`` / ``[IPv6]:PORT`` target (None for ``unix:`` paths);
+    ``ValueError`` naming the rule when the port is missing or outside 1..65535."""
+    if target.startswith("unix:"):
+        return None
+    host, sep, port = target.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or (":" in host and not target.startswith("[")):
+        raise ValueError(f"target must be HOST:PORT (e.g. 127.0.0.1:50051), got {target!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"target port must be in 1..65535, got {target!r}")
+    return host, int(port)
+
+
 @dataclass(frozen=True)
 class ReplayOptions:
     """How to replay. ``speed``: multiple of the recorded pace, ``None`` = as fast as possible."""
@@ -66,8 +96,13 @@ class ReplayOptions:
     max_backoff_s: float = 5.0
     timeout_s: float = 60.0         #: per call
     tick_s: float = 0.05            #: paced mode: wall-clock length of one batch at most
+    keep_timestamps: bool = False   #: send the recorded stamps (default: re-timed to now)
+    max_late: float = DEFAULT_MAX_LATE  #: fraction of acked packets that may be late (else too_late)
 
     def __post_init__(self):
+        split_target(self.target)
+        if not 0.0 <= self.max_late <= 1.0:
+            raise ValueError(f"max_late must be a fraction in [0, 1], got {self.max_late}")
         if self.speed is not None and not self.speed > 0:
             raise ValueError(f"speed must be positive, got {self.speed}")
         if self.loop < 1:
@@ -115,6 +150,26 @@ class ReplaySummary:
     error: str | None = None
     #: ``"input"`` (unreadable or corrupt capture) or ``"server"`` (unreachable, lost, refused)
     error_kind: str | None = None
+    max_late: float = DEFAULT_MAX_LATE
+    keep_timestamps: bool = False
+    retimed_to_ns: int | None = None  #: where the first packet was stamped (None: recorded stamps)
+
+    @property
+    def too_late(self) -> bool:
+        """More packets refused as late than ``max_late`` of the acknowledged ones."""
+        return self.packets_late > self.max_late * self.packets_acked
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per thing an operator should know although the replay itself succeeded."""
+        if not self.packets_late:
+            return []
+        share = self.packets_late / max(1, self.packets_acked)
+        why = ("their timestamps are older than the service's open epoch (it only moves forward)")
+        fix = ("; replay without --keep-timestamps to re-time the capture to now" if self.keep_timestamps
+               else "; the capture is out of order across epochs")
+        return [f"{self.packets_late:,} of {self.packets_acked:,} acknowledged packets ({share:.1%}) were refused "
+                f"as late and not counted: {why}{fix} (limit --max-late {self.max_late:g})"]
 
     @property
     def acked_sequences(self) -> list[int]:
@@ -146,7 +201,8 @@ class ReplaySummary:
                 "unacknowledged": [{"sequence": b.sequence, "where": b.where()} for b in self.unacknowledged],
                 "retries": self.retries, "seconds": self.seconds, "packets_per_second": self.packets_per_second,
                 "bytes_per_second": self.bytes_per_second, "interrupted": self.interrupted, "error": self.error,
-                "error_kind": self.error_kind}
+                "error_kind": self.error_kind, "keep_timestamps": self.keep_timestamps,
+                "retimed_to_ns": self.retimed_to_ns, "warnings": self.warnings, "too_late": self.too_late}
 
     def render(self) -> str:
         """The end-of-replay summary (multi-line text)."""
@@ -170,6 +226,13 @@ class ReplaySummary:
         if acked:
             last = next(b for b in reversed(self.batches) if b.sequence == acked[-1])
             lines.append(f"  last acknowledged     sequence {last.sequence} ({last.where()})")
+        if self.retimed_to_ns is not None:
+            from telesketch.service.queries import time_text
+
+            lines.append(f"  timestamps            re-timed: first packet at {time_text(self.retimed_to_ns)}"
+                         " (--keep-timestamps sends the recorded ones)")
+        for w in self.warnings:
+            lines.append(f"  WARNING {w}")
         if self.error:
             lines.append(f"  error                 {self.error}")
         return "\n".join(lines)
@@ -250,26 +313,38 @@ def _groups(ts: np.ndarray, ts0: int, speed: float, tick_s: float) -> list[tuple
 
 
 def _shifted(batch: PacketBatch, shift: int) -> PacketBatch:
+    """The batch with ``shift`` ns added to every timestamp (negative shifts clamp at 0)."""
     if not shift:
         return batch
     cols = batch.columns()
-    cols["ts_ns"] = batch.ts_ns + np.uint64(shift)
+    if shift > 0:
+        cols["ts_ns"] = batch.ts_ns + np.uint64(shift)
+    else:
+        ts = batch.ts_ns
+        cols["ts_ns"] = np.where(ts > np.uint64(-shift), ts - np.uint64(min(-shift, 2**64 - 1)), np.uint64(0))
     return PacketBatch(**cols)
 
 
-def _reader(files, opts: ReplayOptions, out: queue.Queue, stop: threading.Event) -> None:
-    """Producer thread: batches (cut and timed when paced) into ``out``; an error item at the end."""
+def _reader(files, opts: ReplayOptions, out: queue.Queue, stop: threading.Event,
+            anchor_ns: int | None = None) -> None:
+    """Producer thread: batches (cut and timed when paced) into ``out``; an error item at the end.
+
+    ``anchor_ns``: re-time (the first file's first packet there, each next file right after the
+    previous one's last packet); None keeps the recorded stamps (loop passes shifted).
+    """
     from telesketch.traces import ReadStats, read_capture
 
     sizes = [max(1, Path(f).stat().st_size) for f in files]
     total = len(files) * opts.loop
     lo_ts, hi_ts, shift, file_start = None, None, 0, 0.0
+    cursor = anchor_ns  # re-timing: where the next file's first packet goes
     try:
         for p in range(opts.loop):
             if p == 1:
                 shift = (hi_ts - lo_ts + 1000) if lo_ts is not None else 0
             for i, path in enumerate(files):
                 stats, first, ts0, file_end = ReadStats(), 0, None, file_start
+                file_shift = None
                 for batch in read_capture(path, batch_size=opts.batch_size, stats=stats):
                     if stop.is_set():
                         return
@@ -283,7 +358,13 @@ def _reader(files, opts: ReplayOptions, out: queue.Queue, stop: threading.Event)
                     before = done_after if first else 0.0  # file fraction before this batch
                     done_after = 0.0 if stats.compressed else min(1.0, stats.bytes_read / sizes[i])
                     done = p * len(files) + i + done_after
-                    batch = _shifted(batch, shift * p)
+                    if cursor is None:
+                        batch = _shifted(batch, shift * p)
+                    else:
+                        if file_shift is None:
+                            file_shift = cursor - int(batch.ts_ns.min())
+                        batch = _shifted(batch, file_shift)
+                        cursor = max(cursor, int(batch.ts_ns.max()) + 1000)
                     if opts.speed is None:
                         out.put(_Item(batch, str(path), p, first, None, done / total))
                         first += len(batch)
@@ -319,7 +400,8 @@ class Replayer:
         self.log = log or (lambda text: None)
         self.client = Client(opts.target, sender_id=opts.sender_id or default_sender_id(), token=opts.token,
                              tls=opts.tls, root_certificates=opts.root_certificates, timeout=opts.timeout_s)
-        self.summary = ReplaySummary(opts.target, self.client.sender_id)
+        self.summary = ReplaySummary(opts.target, self.client.sender_id, max_late=opts.max_late,
+                                     keep_timestamps=opts.keep_timestamps)
 
     # ------------------------------------------------------------------ retry
     def _call(self, what: str, fn):
@@ -348,6 +430,29 @@ class Replayer:
                 if self.stop.wait(delay):
                     raise ReplayError(f"{what}: interrupted while waiting to retry ({detail})") from None
                 delay = min(delay * 2 if delay else self.opts.backoff_s, self.opts.max_backoff_s)
+
+    def _resolve(self) -> None:
+        """Fail fast (no retries) when the target's host name does not resolve."""
+        where = split_target(self.opts.target)
+        if where is None:
+            return
+        try:
+            socket.getaddrinfo(where[0], where[1], type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ReplayError(f"cannot resolve the target host {where[0]!r} ({self.opts.target}): "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+
+    def _anchor_ns(self) -> int:
+        """Where a re-timed replay starts: now, or the start of the service's open epoch when that
+        is later (an earlier fast replay stamped packets ahead of the clock), so none is late."""
+        now = time.time_ns()
+        try:
+            stats = self.client.stats()
+        except Exception as exc:  # noqa: BLE001 - no stats (old server, no answer yet): the clock
+            self.log(f"no Stats from the server ({type(exc).__name__}); re-timing to the clock")
+            return now
+        open_starts = [int(e["start_ns"]) for e in stats.get("epochs", []) if not e.get("closed")]
+        return max([now, *open_starts])
 
     def _first_sequence(self) -> int:
         if not self.opts.sender_id:
@@ -381,12 +486,15 @@ class Replayer:
         """Replay everything (or until ``stop``); the summary, with ``error`` set on failure."""
         s = self.summary
         items: queue.Queue = queue.Queue(maxsize=2)
-        reader = threading.Thread(target=_reader, args=(self.files, self.opts, items, self.stop),
-                                  name="telesketch-replay-reader", daemon=True)
         start = time.perf_counter()
         try:
+            self._resolve()
             sequence = self._first_sequence()
             s.first_sequence = sequence
+            anchor = None if self.opts.keep_timestamps else self._anchor_ns()
+            s.retimed_to_ns = anchor
+            reader = threading.Thread(target=_reader, args=(self.files, self.opts, items, self.stop, anchor),
+                                      name="telesketch-replay-reader", daemon=True)
             reader.start()
             start = time.perf_counter()
             while True:

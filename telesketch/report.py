@@ -26,18 +26,23 @@ active sketch answers it, or heavy changers needing two epochs)::
       "schema": "telesketch.report/1",
       "source":   {"mode": "analyze" | "service", "files": [paths], "target": "host:port" | null},
       "window":   {"last": N, "epochs": [epoch ids], "packets": packets in the window,
-                   "epoch_seconds": s | null},
+                   "epoch_seconds": s | null, "applied_packets": packets applied in all,
+                   "whole_capture": the window holds every applied packet (no epoch dropped or left out)},
       "ingest":   {"packets", "bytes" (IP bytes), "late_packets", "batches", "seconds",
                    "packets_per_second", "bytes_per_second"},
       "sketches": [{"name", "kind", "active", "note", "memory_bytes"}],
       "notes":    ["sketch flows (llmsketch) not active: ..."],
       "heavy_hitters":  {"sketch", "combine", "phi", "threshold", "count", "error",
+                         "floor" (packets; present when phi x packets was below the sketch's floor,
+                         which the service refuses: then asked at the floor, "asked_threshold" = phi x packets),
                          "rows": [{"key", "text", "estimate"}]},          # largest first
+      "more_heavy_hitters": [sections like heavy_hitters, one per other active Hidden Sketch (e.g. keyed by
+                         dst_ip), no truth or accuracy],
       "heavy_changers": {..., "before": [epoch ids], "after": [epoch ids],
                          "rows": [{"key", "text", "change"}]},            # largest |change| first
       "hhh":            {..., "rows": [{"prefix" (int), "length", "text" ("a.b.c.d/len"), "estimate"}]},
       "gaps":           {"sketch", "combine", "count", "error",
-                         "events": [{"ts_ns", "key", "text", "jump", "epoch"}]},   # by time
+                         "events": [{"ts_ns", "time" (ISO-8601 UTC), "key", "text", "jump", "epoch"}]},  # by time
       "top_flows":      {"sketch", "combine", "k", "error", "rows": [{"key", "text", "estimate"}]},
       "truth":    null | {the same five sections, answered by the exact kind},
       "accuracy": null | {
@@ -59,7 +64,7 @@ from typing import Any
 import numpy as np
 
 from telesketch.packets import FLOW_KEY_BYTES, format_ipv4
-from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec, key_text
+from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec, key_text, time_text
 from telesketch.service.sketchset import KINDS, QueryError
 from telesketch.sketches import exact
 
@@ -121,9 +126,10 @@ class LocalSource:
                     "epochs": [{"epoch": e.id, "packets": e.packets, "closed": e.closed} for e in m.epochs()],
                     "sketches": sketches}
 
-    def keys(self, what: str, last: int, phi: float, sketch: str = ""):
+    def keys(self, what: str, last: int, phi: float, sketch: str = "", threshold: float | None = None):
+        """Heavy hitters or changers above ``phi`` of the window's packets (or ``threshold`` packets)."""
         call = self.engine.heavy_hitters if what == "heavy_hitters" else self.engine.heavy_changers
-        a = self._ask(lambda: call(WindowSpec(last=last), sketch, phi))
+        a = self._ask(lambda: call(WindowSpec(last=last), sketch, None if threshold is not None else phi, threshold))
         info = self._info(a)
         info["int_keys"] = a.int_keys
         if "before" in a.extra:
@@ -178,9 +184,10 @@ class RemoteSource:
                               "note": x.get("note", ""), "memory_bytes": int(x.get("memory_bytes", 0))}
                              for x in s.get("sketches", [])]}
 
-    def keys(self, what: str, last: int, phi: float, sketch: str = ""):
+    def keys(self, what: str, last: int, phi: float, sketch: str = "", threshold: float | None = None):
         call = self.client.heavy_hitters if what == "heavy_hitters" else self.client.heavy_changers
-        rows, window = self._ask(lambda: call(last=last, phi=phi, sketch=sketch, details=True))
+        asked = {"phi": phi} if threshold is None else {"threshold": threshold}
+        rows, window = self._ask(lambda: call(last=last, sketch=sketch, details=True, **asked))
         info = self._info(window)
         info["int_keys"] = _int_keys(window.sketch, self)
         if what == "heavy_changers":
@@ -240,26 +247,49 @@ def _section(fn) -> tuple[dict, Any]:
     return head, rows
 
 
-def query_sections(source, opts: ReportOptions, last: int, sketch: str = "") -> dict:
-    """The five answer sections of the report from one source (``sketch`` names one, or default)."""
+def _floor_in(error: str | None) -> int | None:
+    """The sketch floor named by a refused threshold (``... floor of 240 packets ...``), or None."""
+    import re
+
+    found = re.search(r"floor of ([\d,]+) packets", error or "")
+    return int(found.group(1).replace(",", "")) if found else None
+
+
+def _keys_section(source, what: str, last: int, opts: ReportOptions, sketch: str, floors: dict | None) -> dict:
+    """One heavy-hitter or changer section (asked at the sketch's floor when phi is below it)."""
+    floor = (floors or {}).get(what)
+    head, rows = _section(lambda: source.keys(what, last, opts.phi, sketch, floor))
+    if rows is None and floors is None and _floor_in(head["error"]) is not None:
+        floor = _floor_in(head["error"])
+        head, rows = _section(lambda: source.keys(what, last, opts.phi, sketch, floor))
+    head.update(phi=opts.phi, threshold=opts.phi * head.get("packets", 0)
+                if rows is not None and what == "heavy_hitters" else None)
+    if floor is not None and rows is not None:
+        head.update(threshold=float(floor), floor=floor, asked_threshold=opts.phi * head.get("packets", 0))
+    value = "change" if what == "heavy_changers" else "estimate"
+    ik = head.pop("int_keys", "ipv4")
+    head["rows"] = [dict(_key_json(k, ik), **{value: v}) for k, v in rows or []]
+    head["count"] = len(head["rows"])
+    return head
+
+
+def query_sections(source, opts: ReportOptions, last: int, sketch: str = "", floors: dict | None = None) -> dict:
+    """The five answer sections of the report from one source (``sketch`` names one, or default).
+
+    A heavy-hitter or changer threshold (``phi`` of the window) below the sketch's floor is refused
+    by the service; the report then asks at the floor and says so (``floor``: packets; the truth is
+    asked at the same threshold, ``floors``: ``{section: packets}``).
+    """
     out = {}
     for what in ("heavy_hitters", "heavy_changers"):
-        last_q = last if what == "heavy_hitters" else 1
-        head, rows = _section(lambda: source.keys(what, last_q, opts.phi, sketch))
-        head.update(phi=opts.phi, threshold=opts.phi * head.get("packets", 0)
-                    if rows is not None and what == "heavy_hitters" else None)
-        value = "change" if what == "heavy_changers" else "estimate"
-        ik = head.pop("int_keys", "ipv4")
-        head["rows"] = [dict(_key_json(k, ik), **{value: v}) for k, v in rows or []]
-        head["count"] = len(head["rows"])
-        out[what] = head
+        out[what] = _keys_section(source, what, last if what == "heavy_hitters" else 1, opts, sketch, floors)
     head, rows = _section(lambda: source.hhh(last, opts.hhh_phi, sketch))
     head.update(phi=opts.hhh_phi, rows=[{"prefix": p, "length": n, "text": f"{format_ipv4(p)}/{n}", "estimate": c}
                                         for p, n, c in rows or []])
     head["count"] = len(head["rows"])
     out["hhh"] = head
     head, rows = _section(lambda: source.gaps(last, sketch))
-    head["events"] = [{"ts_ns": t, "key": k.hex(), "text": key_text(k), "jump": j, "epoch": e}
+    head["events"] = [{"ts_ns": t, "time": time_text(t), "key": k.hex(), "text": key_text(k), "jump": j, "epoch": e}
                       for t, k, j, e in rows or []]
     head["count"] = len(head["events"])
     out["gaps"] = head
@@ -280,7 +310,9 @@ def build_report(source, opts: ReportOptions = ReportOptions(), *, mode: str, fi
         "schema": SCHEMA,
         "source": {"mode": mode, "files": [str(f) for f in files], "target": target},
         "window": {"last": last, "epochs": [e["epoch"] for e in stats["epochs"]][-last:],
-                   "packets": sum(e["packets"] for e in stats["epochs"][-last:]), "epoch_seconds": epoch_seconds},
+                   "packets": sum(e["packets"] for e in stats["epochs"][-last:]), "epoch_seconds": epoch_seconds,
+                   "applied_packets": stats["packets"],
+                   "whole_capture": sum(e["packets"] for e in stats["epochs"][-last:]) == stats["packets"]},
         "ingest": dict(ingest or {}, packets=stats["packets"], late_packets=stats["late_packets"],
                        batches=stats["batches"]),
         "sketches": stats["sketches"],
@@ -290,10 +322,20 @@ def build_report(source, opts: ReportOptions = ReportOptions(), *, mode: str, fi
         "accuracy": None,
     }
     report.update(query_sections(source, opts, last))
+    # every other Hidden Sketch too (e.g. one keyed by destination: a flood's victim), no truth
+    others = [s["name"] for s in stats["sketches"]
+              if s["active"] and s["kind"] == "hiddensketch" and s["name"] != report["heavy_hitters"]["sketch"]]
+    report["more_heavy_hitters"] = [_keys_section(source, "heavy_hitters", last, opts, name, None) for name in others]
     if truth is not None:
-        report["truth"] = query_sections(truth, opts, last, TRUTH)
+        report["truth"] = query_sections(truth, opts, last, TRUTH, floors=raised_floors(report))
         add_accuracy(report, source, truth, opts, last)
     return report
+
+
+def raised_floors(sections: dict) -> dict:
+    """``{section: floor}`` of the sections asked at their sketch's floor (the truth must match)."""
+    return {what: sections[what]["floor"] for what in ("heavy_hitters", "heavy_changers")
+            if sections.get(what, {}).get("floor") is not None}
 
 
 # ====================================================================== accuracy
@@ -316,7 +358,8 @@ def truth_specs(sketch_specs: dict[str, dict]) -> dict[str, dict]:
         except Exception:  # noqa: BLE001 - a sketch that does not build is skipped by the service too
             continue
         if spec["kind"] == "hiddensketch":
-            params.setdefault("key", "flow" if getattr(p, "key", "src_ip") == "flow" else "src_ip")
+            key = getattr(p, "key", "src_ip")
+            params.setdefault("key", "flow" if key in ("flow", "5tuple") else key)
         elif spec["kind"] == "residualsketch":
             params.setdefault("hhh_mode", p.mode)
         elif spec["kind"].startswith("gapfilter"):
@@ -444,8 +487,13 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
              + (", ".join(report["source"]["files"]) or report["source"].get("target") or "")]
     span = f", {w['epoch_seconds']:g} s each" if w.get("epoch_seconds") else ""
     ids = w["epochs"]
-    lines.append(f"window     last {w['last']} epoch(s) {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}{span}: "
-                 f"{w['packets']:,} packets")
+    epochs = f"{w['last']} epoch(s) {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}{span}"
+    if w.get("whole_capture", True):
+        whole = "capture" if report["source"]["mode"] == "analyze" else "stream"
+        lines.append(f"window     whole {whole}: {epochs}: {w['packets']:,} packets")
+    else:  # say what the window leaves out, and why
+        lines.append(f"window     last {epochs}: {w['packets']:,} of {w.get('applied_packets', 0):,} packets "
+                     "(older epochs are not retained: keep_epochs; or narrowed by --last)")
     rate = ""
     if ing.get("seconds"):
         rate = (f" in {ing['seconds']:.2f} s: {ing['packets_per_second']:,.0f} packets/s, "
@@ -464,18 +512,33 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
             return
         lines.append(f"{title} [sketch {sec['sketch']}, {sec['combine']}]{extra}")
 
+    def hh_head(hh: dict) -> None:
+        if hh.get("floor") is not None and not hh["error"]:
+            spread = (f"; the floor holds per epoch, so a key under it in each of the {len(hh['epochs'])} epochs "
+                      "is missed" if len(hh.get("epochs") or []) > 1 else "")
+            head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above {hh['floor']:,} packets, the sketch's "
+                 f"floor (phi {hh['phi']:g} asks > {hh['asked_threshold']:,.0f}; a smaller expected_epoch_items "
+                 f"lowers it{spread})")
+        else:
+            head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}"
+                 f" (> {hh['threshold'] or 0:,.0f} packets)" if not hh["error"] else "")
+
     hh = report["heavy_hitters"]
-    head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}"
-         f" (> {hh['threshold'] or 0:,.0f} packets)" if not hh["error"] else "")
+    hh_head(hh)
     if not hh["error"]:
         truth = _truth_lookup(report, "heavy_hitters", "estimate")
         rows = [(r["text"], _fmt(r["estimate"])) + ((_fmt(truth[r["key"]]) if r["key"] in truth else "-",) if truth else ())
                 for r in hh["rows"][:top]]
         lines += _table(("key", "estimate") + (("true",) if truth else ()), rows)
         lines.append(_acc_line(acc.get("heavy_hitters"))) if acc.get("heavy_hitters") else None
+    for more in report.get("more_heavy_hitters") or []:
+        hh_head(more)
+        if not more["error"]:
+            lines += _table(("key", "estimate"), [(r["text"], _fmt(r["estimate"])) for r in more["rows"][:top]])
 
     hc = report["heavy_changers"]
     head("Heavy changers", hc, f": {hc.get('count', 0)} keys, epoch {hc.get('epochs')} vs {hc.get('before')}"
+         + (f", change > {hc['floor']:,} packets (the sketch's floor)" if hc.get("floor") is not None else "")
          if not hc["error"] else "")
     if not hc["error"]:
         truth = _truth_lookup(report, "heavy_changers", "change")
@@ -500,10 +563,10 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
     gaps = report["gaps"]
     head("Flow gaps", gaps, f": {gaps.get('count', 0)} major gaps" if not gaps["error"] else "")
     if not gaps["error"]:
-        rows = [(e["text"], str(e["ts_ns"]), str(e["jump"])) for e in gaps["events"][-opts.gap_rows:]]
+        rows = [(e["text"], time_text(e["ts_ns"]), str(e["jump"])) for e in gaps["events"][-opts.gap_rows:]]
         if rows:
             lines.append(f"  newest {len(rows)}:")
-        lines += _table(("flow", "ts_ns", "jump"), rows)
+        lines += _table(("flow", "time (UTC)", "jump"), rows)
         lines.append(_acc_line(acc.get("gaps"))) if acc.get("gaps") else None
 
     tf = report["top_flows"]

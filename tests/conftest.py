@@ -1,4 +1,5 @@
 """Shared pytest fixtures: paths to the shared traces and small generated inputs."""
+import os
 import sys
 from pathlib import Path
 
@@ -8,7 +9,8 @@ TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS_DIR))  # so tests can `import naive`
 
 #: ../shared/traces beside the checkout (CI has it; a bare clone may not).
-SHARED_TRACES = TESTS_DIR.parent.parent / "shared" / "traces"
+#: ``TELESKETCH_SHARED_TRACES`` points elsewhere (a git worktree whose parent has no shared/).
+SHARED_TRACES = Path(os.environ.get("TELESKETCH_SHARED_TRACES") or TESTS_DIR.parent.parent / "shared" / "traces")
 
 
 @pytest.fixture(scope="session")

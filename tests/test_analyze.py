@@ -134,3 +134,74 @@ def test_missing_matplotlib_message(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     with pytest.raises(plots.PlotsUnavailable, match=r"telesketch\[plot\]"):
         plots._pyplot()
+
+
+def test_analyze_covers_the_whole_capture_by_default(tmp_path, capsys):
+    """Issue 17 obs. 3: 60 s of traffic in 2 s epochs is 30 epochs, more than keep_epochs (6)."""
+    path = tmp_path / "long.pcap"
+    generate_capture(path, packets=6_000, flows=60, seed=4, duration_s=60.0)
+    cfg = tmp_path / "gaps.json"
+    cfg.write_text(json.dumps({"server": {"epoch_seconds": 2}, "sketches": {"gaps": {"kind": "gapfilter_ao"}}}))
+    assert main(["analyze", str(path), "--config", str(cfg), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["window"]["packets"] == report["ingest"]["packets"] == 6_000
+    assert report["window"]["whole_capture"] is True and report["window"]["last"] >= 30
+    assert main(["analyze", str(path), "--config", str(cfg)]) == 0
+    assert "window     whole capture: 3" in capsys.readouterr().out
+    # an explicit --keep-epochs still limits it, and the header says what was left out
+    assert main(["analyze", str(path), "--config", str(cfg), "--keep-epochs", "3"]) == 0
+    header = capsys.readouterr().out.splitlines()[1]
+    assert header.startswith("window     last 4 epoch(s)") and "of 6,000 packets" in header, header
+    assert "keep_epochs" in header
+
+
+@pytest.mark.needs_traces
+def test_heavy_hitters_by_destination_find_the_syn_flood_victim(shared_traces):
+    """Issue 17 obs. 7: spoofed sources, so only a destination key points at 10.10.10.10."""
+    path = shared_traces / "stopddos_pkt.TCP.synflood.spoofed.pcap"
+    config = light_config(keep_epochs=100)
+    config.sketches = {"victims": {"kind": "hiddensketch", "key": "dst_ip", "memory_bytes": 56320, "phi": 1e-4}}
+    report, _ = analyze([path], config, ReportOptions(phi=0.05), truth=True)
+    rows = report["heavy_hitters"]["rows"]
+    assert rows and rows[0]["text"] == "10.10.10.10", rows[:3]
+    assert report["truth"]["heavy_hitters"]["rows"][0]["text"] == "10.10.10.10"
+    assert report["accuracy"]["heavy_hitters"]["recall"] == 1.0
+
+
+def test_a_report_threshold_below_the_sketch_floor_says_so(capture):
+    """Issue 17 obs. 4: 1e-3 of 60,000 packets is 60, under Hidden Sketch's 240-packet floor."""
+    config = light_config(epoch_seconds=100.0)  # one epoch: the floor holds per epoch
+    report, _ = analyze([capture], config, ReportOptions(phi=1e-3), truth=True)
+    hh = report["heavy_hitters"]
+    assert hh["error"] is None and hh["floor"] == 240 and hh["threshold"] == 240.0
+    assert hh["asked_threshold"] == pytest.approx(60.0)
+    # the truth is asked at the same threshold, so the accuracy is that of what the header says
+    assert min(r["estimate"] for r in report["truth"]["heavy_hitters"]["rows"]) > 240
+    assert report["accuracy"]["heavy_hitters"]["recall"] == 1.0
+    assert "keys above 240 packets, the sketch's floor (phi 0.001 asks > 60;" in render_text(report)
+
+
+def test_a_raised_floor_over_several_epochs_says_the_floor_is_per_epoch(capture):
+    report, _ = analyze([capture], light_config(), ReportOptions(phi=1e-3))  # 15 s: 2 epochs of 10 s
+    assert report["heavy_hitters"]["floor"] == 240
+    assert "the floor holds per epoch, so a key under it in each of the 2 epochs is missed" in render_text(report)
+
+
+@pytest.mark.needs_traces
+def test_the_report_shows_every_hidden_sketch_so_the_victim_is_in_it(shared_traces, tmp_path, capsys):
+    """The example config's 'victims' sketch (keyed by destination) gets its own table."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "telesketch.toml"
+    cfg = tmp_path / "cfg.toml"
+    text = example.read_text().replace('estimator = "lm"', 'estimator = "constant"')
+    cfg.write_text(text)
+    path = shared_traces / "stopddos_pkt.TCP.synflood.spoofed.pcap"
+    assert main(["analyze", str(path), "--config", str(cfg), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["heavy_hitters"]["sketch"] == "hh" and report["heavy_hitters"]["rows"] == []
+    [victims] = report["more_heavy_hitters"]
+    assert victims["sketch"] == "victims" and victims["rows"][0]["text"] == "10.10.10.10"
+    assert main(["analyze", str(path), "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "Heavy hitters [sketch victims" in out and "10.10.10.10" in out

@@ -299,7 +299,7 @@ def test_default_sizes_follow_spec():
         (dict(bf_rows=(7, 7)), "one entry per Bloom filter"),
         (dict(memory_bytes=18_000), "no room"),
         (dict(mode="sharded"), "mode"),
-        (dict(key="dst_ip"), "key"),
+        (dict(key="dst_port"), "key"),  # dst_ip is a key since issue 17
         (dict(phi=0.0), "phi"),
         (dict(max_enum=0), "max_enum"),
         (dict(seed=-1), "seed"),
@@ -320,3 +320,29 @@ def test_bad_keys():
         HiddenSketch().update_keys(np.array([-1, 5]))
     with pytest.raises(SketchError):
         HiddenSketch(key="5tuple", memory_bytes=128 * 1024).update_keys(np.zeros((3, 12), np.uint8))
+
+
+# ---------------------------------------------------------------------- issue 17: keyed by destination
+def test_keyed_by_destination_reports_the_victim_of_many_sources():
+    """A SYN flood: 2,000 spoofed sources, one packet each, all to one destination."""
+    from telesketch.packets import PacketBatch
+
+    n = 2_000
+    rng = np.random.default_rng(5)
+    victim = 0x0A0A0A0A  # 10.10.10.10
+    background_dst = rng.integers(1, 2**32 - 1, 300, dtype=np.uint32)
+    dst = np.concatenate([np.full(n, victim, np.uint32), background_dst])
+    src = rng.integers(1, 2**32 - 1, dst.shape[0], dtype=np.uint32)
+    batch = PacketBatch.from_columns(
+        ts_ns=np.arange(dst.shape[0], dtype=np.uint64), src_ip=src, dst_ip=dst,
+        src_port=np.full(dst.shape[0], 1234, np.uint16), dst_port=np.full(dst.shape[0], 80, np.uint16),
+        proto=np.full(dst.shape[0], 6, np.uint8), ip_id=np.zeros(dst.shape[0], np.uint16))
+    by_dst = HiddenSketch(key="dst_ip", phi=0.1, thresh=20)
+    by_src = HiddenSketch(key="src_ip", phi=0.1, thresh=20)
+    by_dst.update(batch)
+    by_src.update(batch)
+    assert [k for k, _ in by_dst.heavy_hitters()] == [victim]
+    assert by_dst.heavy_hitters()[0][1] >= n and by_dst.estimate(victim) >= n
+    assert by_src.heavy_hitters() == []  # nothing points at the victim when keyed by source
+    again = HiddenSketch.from_bytes(by_dst.to_bytes())
+    assert again.params.key == "dst_ip" and again.heavy_hitters() == by_dst.heavy_hitters()

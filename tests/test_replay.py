@@ -52,7 +52,7 @@ def test_replay_gives_the_same_answers_as_analyze(shared_traces, name):
     local, _ = analyze([path], config, opts, batch_size=16384)
     with ServiceThread(config) as svc:
         target = f"127.0.0.1:{svc.grpc_port}"
-        summary = replay([path], ReplayOptions(target, batch_size=16384))
+        summary = replay([path], ReplayOptions(target, batch_size=16384, keep_timestamps=True))
         assert summary.error is None and not summary.interrupted
         assert summary.packets_acked == summary.packets_sent == local["ingest"]["packets"] + local["ingest"]["late_packets"]
         assert summary.acked_sequences == list(range(1, len(summary.batches) + 1))
@@ -131,7 +131,11 @@ def test_server_loss_mid_replay_is_reported_with_the_acknowledged_batches(tmp_pa
     worker = threading.Thread(target=lambda: result.update(summary=replay([path], opts)))
     try:
         worker.start()
-        time.sleep(1.5)
+        with Client(f"127.0.0.1:{port}") as client:  # kill once some batches are in (not a fixed sleep: load)
+            deadline = time.monotonic() + 30
+            while int(client.stats()["packets"]) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        time.sleep(0.3)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         worker.join(timeout=60)
@@ -172,7 +176,8 @@ def test_loop_shifts_timestamps_so_nothing_is_late(tmp_path):
     config = service_config(sketches={"gaps": {"kind": "gapfilter_ao"}})
     config.epoch_seconds = 0.5  # an unshifted second pass would be entirely late
     with ServiceThread(config) as svc:
-        summary = replay([path], ReplayOptions(f"127.0.0.1:{svc.grpc_port}", loop=3, batch_size=2048))
+        summary = replay([path], ReplayOptions(f"127.0.0.1:{svc.grpc_port}", loop=3, batch_size=2048,
+                                               keep_timestamps=True))
         with Client(f"127.0.0.1:{svc.grpc_port}") as client:
             epochs = [int(e["epoch"]) for e in client.stats()["epochs"]]
     assert summary.error is None
@@ -184,3 +189,109 @@ def test_loop_shifts_timestamps_so_nothing_is_late(tmp_path):
 def test_ranges():
     assert ranges([1, 2, 3, 5, 7, 8]) == [[1, 3], [5, 5], [7, 8]]
     assert ranges([]) == []
+
+
+# ---------------------------------------------------------------------- issue 17: replay semantics
+def _two_captures(tmp_path: Path) -> tuple[Path, Path]:
+    """A newer and an older capture (the older one starts a day before the newer one)."""
+    newer, older = tmp_path / "newer.pcap", tmp_path / "older.pcap"
+    generate_capture(newer, packets=2_000, flows=20, seed=1, duration_s=30.0, start_s=1.7e9)
+    generate_capture(older, packets=1_000, flows=20, seed=2, duration_s=1.0, start_s=1.7e9 - 86_400)
+    return newer, older
+
+
+def test_replay_retimes_to_now_so_an_older_capture_after_a_newer_one_is_applied(tmp_path):
+    newer, older = _two_captures(tmp_path)
+    config = service_config(sketches={"gaps": {"kind": "gapfilter_ao"}})
+    config.epoch_seconds, config.keep_epochs = 1.0, 100
+    before = time.time_ns()
+    with ServiceThread(config) as svc:
+        target = f"127.0.0.1:{svc.grpc_port}"
+        first = replay([newer], ReplayOptions(target))       # as fast as possible: 30 s of stamps ahead
+        second = replay([older], ReplayOptions(target))
+        with Client(target) as client:
+            epochs = [int(e["epoch"]) for e in client.stats()["epochs"]]
+    assert first.error is None and second.error is None
+    assert (first.packets_applied, first.packets_late) == (2_000, 0)
+    assert (second.packets_applied, second.packets_late) == (1_000, 0)
+    assert second.warnings == []
+    # stamps are now, not 2023: the first epoch starts at the replay's wall-clock time
+    assert before // 10**9 - 1 <= min(epochs) <= time.time_ns() // 10**9 + 1
+    # the second capture went after the first one's last (future) packet, gaps kept
+    assert max(epochs) >= min(epochs) + 29
+
+
+def test_keep_timestamps_reports_late_packets_with_the_count_and_reason(tmp_path):
+    newer, older = _two_captures(tmp_path)
+    config = service_config(sketches={"gaps": {"kind": "gapfilter_ao"}})
+    with ServiceThread(config) as svc:
+        target = f"127.0.0.1:{svc.grpc_port}"
+        replay([newer], ReplayOptions(target, keep_timestamps=True))
+        summary = replay([older], ReplayOptions(target, keep_timestamps=True))
+    assert summary.error is None and summary.packets_late == 1_000
+    assert summary.too_late  # past the default threshold: the CLI exits non-zero
+    text = summary.render()
+    assert "WARNING 1,000 of 1,000 acknowledged packets (100.0%) were refused as late" in text
+    assert "older than the service's open epoch" in text and "--keep-timestamps" in text
+
+
+def test_cli_replay_exits_non_zero_when_packets_are_late(tmp_path):
+    newer, older = _two_captures(tmp_path)
+    config = service_config(sketches={"gaps": {"kind": "gapfilter_ao"}})
+    with ServiceThread(config) as svc:
+        target = f"127.0.0.1:{svc.grpc_port}"
+        run = lambda *files, extra=(): subprocess.run(  # noqa: E731
+            [sys.executable, "-m", "telesketch.cli", "replay", *map(str, files), "--target", target, "--no-progress",
+             *extra], capture_output=True, text=True, timeout=120)
+        ok = run(newer, extra=("--keep-timestamps",))
+        late = run(older, extra=("--keep-timestamps",))
+        tolerated = run(older, extra=("--keep-timestamps", "--max-late", "1"))
+        retimed = run(older)
+    assert ok.returncode == 0, ok.stderr
+    assert late.returncode == 3, (late.stdout, late.stderr)
+    assert "1,000 of 1,000" in late.stderr and "late" in late.stderr
+    assert tolerated.returncode == 0 and "WARNING" in tolerated.stdout
+    assert retimed.returncode == 0 and "applied / late        1,000 / 0" in retimed.stdout
+
+
+def test_replay_target_needs_a_port_and_an_unknown_host_fails_fast(tmp_path):
+    path = tmp_path / "small.pcap"
+    generate_capture(path, packets=100, flows=5, seed=1)
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        ReplayOptions("127.0.0.1")
+    with pytest.raises(ValueError, match="port"):
+        ReplayOptions("127.0.0.1:99999")
+    start = time.perf_counter()
+    summary = replay([path], ReplayOptions("no-such-host.invalid:50051"))
+    assert time.perf_counter() - start < 3.0
+    assert summary.error and "no-such-host.invalid" in summary.error and "resolve" in summary.error
+    cli = subprocess.run([sys.executable, "-m", "telesketch.cli", "replay", str(path), "--target", "127.0.0.1",
+                          "--no-progress"], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and "HOST:PORT" in cli.stderr
+
+
+@pytest.mark.needs_traces
+def test_the_issue_17_sequence_of_captures_is_applied_in_full(shared_traces):
+    """Obs. 1: nDPI (2020), SYN flood (2021), slips (2024), then SYN-ACK (2021) and RRSIG (2021)."""
+    order = ("ndpi_merged_hdr128.pcap", "stopddos_pkt.TCP.synflood.spoofed.pcap", "slips_test-cc-capture-1.pcap",
+             "stopddos_amp.TCP.reflection.SYNACK.pcap", "stopddos_amp.dns.RRSIG.fragmented.pcap")
+    config = service_config(sketches={"gaps": {"kind": "gapfilter_ao"}, "hh": DEFAULT_SKETCHES["hh"]})
+    with ServiceThread(config) as svc:
+        target = f"127.0.0.1:{svc.grpc_port}"
+        for name in order:
+            summary = replay([shared_traces / name], ReplayOptions(target))
+            assert summary.error is None and summary.packets_late == 0 and not summary.too_late, name
+            assert summary.packets_applied == summary.packets_sent > 0, name
+
+
+def test_retimed_loop_passes_follow_each_other(tmp_path):
+    path = tmp_path / "loop.pcap"
+    generate_capture(path, packets=3_000, flows=30, seed=2, duration_s=2.0)
+    config = service_config(sketches={"gaps": {"kind": "gapfilter_ao"}})
+    config.epoch_seconds, config.keep_epochs = 0.5, 100
+    with ServiceThread(config) as svc:
+        summary = replay([path], ReplayOptions(f"127.0.0.1:{svc.grpc_port}", loop=3, batch_size=1024))
+        with Client(f"127.0.0.1:{svc.grpc_port}") as client:
+            epochs = [int(e["epoch"]) for e in client.stats()["epochs"]]
+    assert summary.error is None and summary.packets_applied == 9_000 and summary.packets_late == 0
+    assert epochs[-1] - epochs[0] >= 11  # three passes of ~2 s back to back, in 0.5 s epochs

@@ -510,7 +510,7 @@ def test_the_example_config_loads_and_builds_every_sketch():
     from telesketch.service.sketchset import SketchSet
 
     cfg = load_config(REPO / "examples" / "telesketch.toml")
-    assert set(cfg.sketches) == {"gaps", "hh", "hhh", "flows"} and cfg.wal
+    assert set(cfg.sketches) == {"gaps", "hh", "victims", "hhh", "flows"} and cfg.wal
     sketches = {**cfg.sketches, "flows": {**cfg.sketches["flows"], "estimator": "constant"}}  # no model load
     built = SketchSet.from_config(sketches).sketches
     assert all(cs.active for cs in built), [(cs.name, cs.note) for cs in built]

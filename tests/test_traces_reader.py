@@ -8,6 +8,7 @@ second check decodes the real traces with scapy's own layers (``Ether``/``IP``/`
 from __future__ import annotations
 
 import gzip
+import zlib
 import struct
 import tempfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from telesketch.packets import COLUMN_DTYPES, HEADER_BYTES, PacketBatch
 from telesketch.traces import CaptureError, ReadStats, generate_capture, read_capture
 
-TRACES = Path(__file__).parents[1].parent / "shared" / "traces"
+from conftest import SHARED_TRACES as TRACES  # noqa: E402 - tests/ is on sys.path (conftest)
 REAL = sorted(TRACES.glob("*.pcap")) if TRACES.is_dir() else []
 needs_traces = pytest.mark.skipif(not REAL, reason=f"real traces not found at {TRACES}")
 VLAN = (0x8100, 0x88A8, 0x9100)
@@ -561,3 +562,38 @@ def test_garbage_after_valid_header(data, kind):
     got, err = _read_until_error(head + data)
     assert err is None or isinstance(err, CaptureError)
     assert all(len(getattr(got, c)) == len(got) for c in got.columns())
+
+
+# ------------------------------------------------------------------------- issue 17: truncated gzip
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_truncated_gzip_yields_every_complete_packet_before_the_damage(tmp_path, fmt):
+    p = tmp_path / f"t.{fmt}"
+    generate_capture(p, packets=3000, flows=50, seed=8, format=fmt)
+    whole = read_all(p)
+    z = gzip.compress(p.read_bytes())
+    (tmp_path / "t.gz").write_bytes(z[: len(z) * 2 // 3])  # a download cut short
+    got, error = [], None
+    try:
+        for batch in read_capture(tmp_path / "t.gz", batch_size=256):
+            got.append(batch)
+    except CaptureError as exc:
+        error = str(exc)
+    assert error is not None and "gzip" in error and "truncated" in error, error
+    n = sum(len(b) for b in got)
+    offset = int(error.split("offset ")[1].split()[0].rstrip(":,"))
+    assert offset > 0
+    # every packet whose record lies wholly in the decompressible part, and nothing else
+    assert 1000 < n < 3000
+    assert np.array_equal(np.concatenate([b.ts_ns for b in got]), whole.ts_ns[:n])
+
+
+def test_truncated_gzip_on_a_record_boundary_is_still_an_error(tmp_path):
+    """The damage must not pass for a clean end when the cut falls between records."""
+    p = tmp_path / "b.pcap"
+    generate_capture(p, packets=200, flows=5, seed=8)
+    raw = p.read_bytes()
+    co = zlib.compressobj(6, zlib.DEFLATED, 31)
+    partial = co.compress(raw) + co.flush(zlib.Z_SYNC_FLUSH)  # all of it, but no end-of-stream marker
+    (tmp_path / "b.gz").write_bytes(partial)
+    with pytest.raises(CaptureError, match="gzip"):
+        read_all(tmp_path / "b.gz")

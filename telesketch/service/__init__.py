@@ -13,7 +13,11 @@ most recent retained epochs, the open one included unless ``closed_only``); defa
 An epoch that is not retained, or fewer retained epochs than asked, is ``NOT_FOUND``. ``sketch``
 picks a configured sketch by name; by default the first active one that answers the query.
 Thresholds: ``phi`` (fraction of the window's packets N) or ``threshold`` (packets), never both;
-with neither, the sketch's own default.
+with neither, the sketch's own default (HHH: the sketch's ``phi`` of the window's N, or its
+configured absolute ``threshold`` per epoch). A threshold below what the sketch can report is
+refused with ``FAILED_PRECONDITION`` naming its floor and the setting that lowers it, rather than
+answered incompletely: Hidden Sketch never reports a key with at most ``thresh`` packets in every
+epoch (``phi x expected_epoch_items - 10``: 240 with the defaults).
 
 How a window of several epochs is answered (``WindowInfo.combine``):
 

@@ -29,8 +29,10 @@ DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
     "hh": {"kind": "hiddensketch", "memory_bytes": 56320, "phi": 1e-4},
     "hhh": {"kind": "residualsketch", "mode": "byte", "memory_bytes": 32 * 1024, "phi": 1e-3,
             "expected_packets": 2_500_000},
-    # "auto": the shipped MiniLM ("lm") with the [llm] extra, else the shipped numpy trees
-    "flows": {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "auto"},
+    # "auto": the shipped MiniLM ("lm") with the [llm] extra, else the shipped numpy trees;
+    # keep_keys: top flows print as 5-tuples, not fingerprints (+130 KiB, charged: llmsketch.py)
+    "flows": {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "auto",
+              "keep_keys": True},
 }
 
 
@@ -73,11 +75,21 @@ class ServiceConfig:
             addr = getattr(self, addr_name)
             if addr and (":" not in addr or not addr.rsplit(":", 1)[1].isdigit()):
                 raise ConfigError(f"{addr_name} must be host:port, got {addr!r}")
+            if addr and not 0 <= int(addr.rsplit(":", 1)[1]) <= 65535:
+                raise ConfigError(f"{addr_name} port must be in 0..65535 (0: pick a free one), got {addr!r}")
         if not isinstance(self.sketches, dict):
             raise ConfigError("[sketches] must be a table of name -> {kind = ..., parameters}")
         for name, spec in self.sketches.items():
             if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
                 raise ConfigError(f"sketch {name!r} needs a 'kind' (e.g. kind = \"hiddensketch\")")
+            model = spec.get("estimator_path")
+            if model and not Path(model).exists():  # else the sketch would be skipped with a warning
+                raise ConfigError(f"sketch {name!r}: estimator_path {str(model)!r} does not exist (a model directory "
+                                  "written by `telesketch train-estimator --out DIR`; relative paths are from "
+                                  f"the working directory {Path.cwd()})")
+            if self.shards > 1 and spec["kind"] == "hiddensketch" and spec.get("key") == "dst_ip":
+                raise ConfigError(f"sketch {name!r}: a Hidden Sketch keyed by dst_ip is not supported with shards > 1 "
+                                  "yet (packets are routed by source or flow); run it with shards = 1")
         return self
 
     @property

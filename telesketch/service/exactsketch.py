@@ -25,7 +25,7 @@ _COLUMNS = ("ts_ns", "src_ip", "dst_ip", "src_port", "dst_port", "proto", "ip_id
 
 @dataclass(frozen=True)
 class ExactSketchParams:
-    """``key``: ``src_ip`` (4-byte keys) or ``flow`` (13-byte 5-tuples) for heavy hitters/changers;
+    """``key``: ``src_ip`` / ``dst_ip`` (4-byte keys) or ``flow`` (13-byte 5-tuples) for heavy hitters/changers;
     ``phi`` their default fraction; ``hhh_phi`` and ``hhh_mode`` (``byte``/``bit``) for HHH over
     source prefixes; ``gap_t1``/``gap_t2``/``gap_reset`` the GapFilter ground-truth thresholds."""
 
@@ -38,8 +38,8 @@ class ExactSketchParams:
     gap_reset: int = 10000
 
     def __post_init__(self):
-        if self.key not in ("src_ip", "flow"):
-            raise SketchError(f"exact key must be 'src_ip' or 'flow', got {self.key!r}")
+        if self.key not in ("src_ip", "dst_ip", "flow"):
+            raise SketchError(f"exact key must be 'src_ip', 'dst_ip' or 'flow', got {self.key!r}")
         for name in ("phi", "hhh_phi"):
             if not 0 < getattr(self, name) < 1:
                 raise SketchError(f"exact {name} must be in (0, 1), got {getattr(self, name)}")
@@ -112,8 +112,10 @@ class ExactSketch:
 
     # ------------------------------------------------------------------ queries
     def keys(self) -> np.ndarray:
-        """Heavy-hitter keys: ``uint32`` addresses or ``V13`` flow keys."""
-        return self._columns()["src_ip"] if self.params.key == "src_ip" else self.batch().flow_keys_void()
+        """Heavy-hitter keys: ``uint32`` addresses (source or destination) or ``V13`` flow keys."""
+        if self.params.key in ("src_ip", "dst_ip"):
+            return self._columns()[self.params.key]
+        return self.batch().flow_keys_void()
 
     def heavy_hitters(self, phi: float | None = None, threshold: float | None = None) -> list[tuple]:
         """``[(key, count)]`` with count ``> phi * N`` (default ``params.phi``) or ``> threshold``."""

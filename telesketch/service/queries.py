@@ -56,6 +56,14 @@ def key_text(key, int_keys: str = "ipv4") -> str:
     return bytes(key).hex()
 
 
+def time_text(ts_ns: int) -> str:
+    """``2023-11-14T22:13:39.521010Z``: a UNIX timestamp in nanoseconds as ISO-8601 UTC (µs shown)."""
+    from datetime import datetime, timezone
+
+    seconds, ns = divmod(int(ts_ns), 1_000_000_000)
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}Z"
+
+
 def key_bytes(key) -> bytes:
     """Wire form: ints as 4 big-endian bytes, flow keys as their 13 bytes."""
     return int(key).to_bytes(4, "big") if isinstance(key, (int, np.integer)) else bytes(key)

@@ -285,12 +285,37 @@ def _hidden_window_estimates(states: list, keys) -> dict:
     return totals
 
 
+def check_floor(cs, states, thr, query: str) -> None:
+    """Refuse (``FAILED_PRECONDITION``) an asked threshold below what the sketch can report.
+
+    Hidden Sketch: only keys whose first-stage estimate passes ``thresh`` in an epoch reach the
+    second stage, so a key with at most ``thresh`` packets in every epoch is never reported. A
+    threshold below that floor would silently miss keys; the message names the floor and the
+    settings that lower it. (Over several epochs a key above the threshold in the window but at
+    most ``thresh`` in each epoch can still be missed: the floor holds per epoch.)
+    """
+    if cs.kind_name != "hiddensketch" or thr is None or not states:
+        return
+    p = states[0].params
+    if thr >= p.thresh:
+        return
+    how = f"its thresh: phi {p.phi:g} x expected_epoch_items {p.expected_epoch_items:,} - 10, unless set"
+    raise QueryError("FAILED_PRECONDITION", (
+        f"{query}: threshold {thr:,.0f} packets is below sketch {cs.name!r} ({cs.kind_name})'s floor of "
+        f"{p.thresh:,} packets per epoch ({how}): keys at or under it are never reported, so the answer "
+        f"would be incomplete. Ask for a threshold >= {p.thresh:,} packets, or lower the floor with a "
+        f"smaller expected_epoch_items (or phi, or thresh) under [sketches.{cs.name}] (more keys reach "
+        "the second stage: give it more memory_bytes)"))
+
+
 def heavy_hitters(cs, states, n_packets, phi=None, threshold=None):
     if cs.kind_name == "exact":
         return merged_state(cs, _flat(states)).heavy_hitters(phi=phi, threshold=threshold), _merged_label(states)
     sharded = _is_sharded(states)
     if not sharded and len(states) == 1 and phi is None and threshold is None:
         return list(states[0].heavy_hitters()), "single"
+    if phi is not None or threshold is not None:
+        check_floor(cs, states, _threshold(phi, threshold, n_packets), "heavy_hitters")
     thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
     rows = _by_count([row for shard in _per_shard(states) for row in _hidden_rows(shard, thr)])
     if sharded:  # each key lives on one shard (routed by its own key)
@@ -321,6 +346,8 @@ def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=Non
         merged_after, merged_before = merged_state(cs, _flat(after)), merged_state(cs, _flat(before))
         return merged_after.heavy_changers(merged_before, phi=phi, threshold=threshold), _merged_label(after)
     sharded = _is_sharded(after)
+    if phi is not None or threshold is not None:
+        check_floor(cs, after, _threshold(phi, threshold, max(n_before, n_after)), "heavy_changers")
     if not sharded and len(after) == 1:  # the sketch's own rule, at its own default threshold
         thr = _threshold(phi, threshold, max(n_before, n_after))
         return list(after[0].heavy_changers(before[0], hc_threshold=thr)), "single"
@@ -337,9 +364,13 @@ def hhh(cs, states, n_packets, phi=None, threshold=None):
     if cs.kind_name == "exact":
         return merged_state(cs, flat).hhh(phi=phi, threshold=threshold), _merged_label(states)
     thr = _threshold(phi, threshold, n_packets)
+    if thr is None and getattr(flat[0].params, "threshold", None) is None:
+        # default: the sketch's phi of the window's packets (not its construction T, which is
+        # phi x expected_packets whatever the window holds)
+        thr = flat[0].params.phi * n_packets
     if len(flat) == 1:
         return list(flat[0].hhh(thr)), "single"
-    if thr is None:  # each epoch's own threshold T (service-wide when sharded), summed
+    if thr is None:  # a configured absolute threshold: each epoch's own T (service-wide when sharded), summed
         thr = float(sum(s.T for s in states))
     module = importlib.import_module(cs.kind.module)
     entries = module.merged_hhh(flat, thr)
@@ -405,7 +436,13 @@ class SketchSet:
 
     @classmethod
     def from_config(cls, specs: dict[str, dict[str, Any]]) -> "SketchSet":
-        return cls(configure(specs))
+        """The configured sketches; :class:`ConfigError` when none of them is active (a service
+        that would answer nothing does not start)."""
+        built = cls(configure(specs))
+        if specs and not built.active:
+            raise ConfigError("no configured sketch is active, so the service would answer nothing: "
+                              + "; ".join(f"{cs.name!r} ({cs.kind_name}) {cs.note}" for cs in built.sketches))
+        return built
 
     @property
     def active(self) -> list[ConfiguredSketch]:

@@ -12,8 +12,8 @@ pruned by the Bloom filters, capped by ``max_enum``), drops those the FS calls l
 exact SS counts by peeling the Count-Min over the candidate set. The estimate of a reported key is
 ``f_SS + thresh`` (one-pass mode, never an under-count) or ``f_SS`` (``mode="two_pass"``, §9).
 
-Key representation. A key is a ``key_bytes``-byte string (4: the source address big-endian; 13:
-the 5-tuple). Bits are numbered LSB-first within each byte (spec §4), so bit ``i`` of the key is
+Key representation. A key is a ``key_bytes``-byte string (4: the source or destination address
+big-endian, ``key="src_ip"`` / ``"dst_ip"``; 13: the 5-tuple). Bits are numbered LSB-first within each byte (spec §4), so bit ``i`` of the key is
 bit ``i`` of the *little-endian* integer of its bytes. Internally every key (and partial key) is
 that little-endian integer carried as two ``uint64`` words ``(lo, hi)``; a partial key ``[s, e)``
 is ``(key >> s) & (2**(e-s) - 1)``. Hash input is the zero-padded ``key_bytes``-byte buffer of
@@ -72,6 +72,10 @@ _SEGS_13 = (11, 11, 11, 11, 12, 12, 12, 12, 12)
 _ROWS_13 = (10, 12, 12, 12, 12, 12, 12, 12)
 
 
+#: Sketch keys: source address, destination address (4 bytes each, big-endian), the 5-tuple (13 bytes).
+KEYS = ("src_ip", "dst_ip", "5tuple")
+
+
 def seed_for(seed: int, family: int, index: int = 0) -> int:
     """Seed of one hash function: ``seed * 1000003 + family + index`` (mod 2**64)."""
     return (int(seed) * _SEED_MUL + family + index) % (1 << 64)
@@ -85,7 +89,8 @@ class HiddenSketchParams:
     ``memory_bytes`` is the total; the second stage takes ``ss_bytes`` (spec §5.2) and the first
     stage the rest. ``thresh`` is the FS gate (an explicit count, or
     ``trunc(phi * expected_epoch_items - 10)`` clamped at 0). ``key`` is ``"src_ip"`` (4-byte
-    keys) or ``"5tuple"`` (13-byte keys). ``mode`` is ``"one_pass"`` (reference semantics) or
+    keys: top talkers), ``"dst_ip"`` (4-byte keys: the most-targeted destinations, e.g. a DDoS
+    victim whose packets come from many spoofed sources) or ``"5tuple"`` (13-byte keys). ``mode`` is ``"one_pass"`` (reference semantics) or
     ``"two_pass"`` (the mergeable variant of §9).
     """
 
@@ -108,8 +113,8 @@ class HiddenSketchParams:
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        if self.key not in ("src_ip", "5tuple"):
-            raise SketchError(f"key must be 'src_ip' (4-byte) or '5tuple' (13-byte), got {self.key!r}")
+        if self.key not in KEYS:
+            raise SketchError(f"key must be 'src_ip' or 'dst_ip' (4-byte) or '5tuple' (13-byte), got {self.key!r}")
         wide = self.key == "5tuple"
         if self.memory_bytes is None:
             set_("memory_bytes", (128 if wide else 55) * 1024)
@@ -697,8 +702,9 @@ def words_to_keys(lo: np.ndarray, hi: np.ndarray, key_bytes: int) -> list[Hashab
 def _batch_words(batch, key: str) -> tuple[np.ndarray, np.ndarray]:
     """The internal words of a PacketBatch's sketch keys, straight from its columns."""
     src = np.asarray(batch.src_ip, np.uint32)
-    if key == "src_ip":
-        return src.byteswap().astype(np.uint64), np.zeros(src.shape[0], np.uint64)
+    if key in ("src_ip", "dst_ip"):
+        address = src if key == "src_ip" else np.asarray(batch.dst_ip, np.uint32)
+        return address.byteswap().astype(np.uint64), np.zeros(address.shape[0], np.uint64)
     u64 = lambda a: np.asarray(a).byteswap().astype(np.uint64)  # noqa: E731
     lo = u64(src) | (u64(np.asarray(batch.dst_ip, np.uint32)) << _U64(32))
     hi = (

@@ -35,6 +35,14 @@ Keys inside the kernels are little-endian ``uint32`` words of the stored key byt
 :attr:`LLMSketch.slot_keys` is a byte view of them, so the state and its serialised form are the
 spec's bytes.
 
+Flow names (``keep_keys=True``, flow-size task; not in the spec). The heavy part stores 4-byte
+fingerprints, which an operator cannot act on. With ``keep_keys`` every heavy slot also keeps the
+13-byte 5-tuple of the flow it holds (``slot_names``, ``uint8[NB, 8, 13]``, charged in
+:attr:`LLMSketch.memory_bytes`: ``NB * 8 * 13`` bytes, +33 KiB per 100 KiB of heavy part), filled
+after each batch for the slots whose key changed (one extra pass over the batch, only then), so
+:meth:`LLMSketch.top_flows` reports 5-tuples. The counts, hashes and the serialised spec arrays are
+unchanged; the names travel as one more array of the state.
+
 Scores: ``update(batch, scores)`` takes one score per packet; ``update(batch)`` asks the sketch's
 :class:`telesketch.estimators.scoring.FlowScorer` (per-flow scoring, sync or async, spec §4).
 """
@@ -495,9 +503,16 @@ class LLMSketch:
     def __init__(self, memory_bytes: int = 400 * 1024, task: str = "flow_size", estimator: Any = None,
                  *, heavy_ratio: float | None = None, seed: int = 0, estimator_path=None,
                  rescore: bool = False, cache_flows: int = 1 << 20, scoring: str = "auto", provisional=None,
-                 floor_from: int | None = None, parallel: bool = False, params: LLMSketchParams | None = None):
+                 floor_from: int | None = None, parallel: bool = False, params: LLMSketchParams | None = None,
+                 keep_keys: bool = False):
         self.params = params or LLMSketchParams(memory_bytes, task, heavy_ratio, seed)
         p = self.params
+        if keep_keys and p.task != "flow_size":
+            raise SketchError(f"keep_keys is for the flow_size task (the {p.task} task stores full keys already)")
+        self.keep_keys = bool(keep_keys)
+        #: 5-tuple of each heavy slot's flow (``keep_keys``); all zero: not known
+        self.slot_names = np.zeros((p.buckets, SLOTS, FLOW_KEY_BYTES) if keep_keys else (0, SLOTS, FLOW_KEY_BYTES),
+                                   np.uint8)
         self._seed_mix = _U64(mix64(_U64(p.seed)))  # a uint64 scalar: an int64 would promote to float
         self._slot_words = np.zeros((p.buckets, SLOTS, key_words(p.key_len)), np.uint32)
         self.counts = np.zeros((p.buckets, SLOTS), np.uint32)
@@ -527,7 +542,7 @@ class LLMSketch:
         and in-flow positions) and its async worker, so a flow that continues into the next epoch
         is not scored again as if it were new. The state itself starts empty.
         """
-        nxt = type(self)(params=self.params, parallel=self.parallel)
+        nxt = type(self)(params=self.params, parallel=self.parallel, keep_keys=self.keep_keys)
         nxt.scorer = self.scorer
         return nxt
 
@@ -540,11 +555,12 @@ class LLMSketch:
     # ------------------------------------------------------------------ sizes
     @property
     def memory_bytes(self) -> int:
-        """Charged bytes (spec §2.1): heavy slots (key + u32 count) and light counters."""
+        """Charged bytes (spec §2.1): heavy slots (key + u32 count) and light counters, plus the
+        slots' 5-tuples with ``keep_keys``."""
         p = self.params
         heavy = p.buckets * SLOTS * (p.key_len + 4)
         light = self.cm.size + self.coco_ids.size * COCO_CELL_BYTES
-        return heavy + light
+        return heavy + light + self.slot_names.size
 
     @property
     def overhead_bytes(self) -> int:
@@ -563,14 +579,36 @@ class LLMSketch:
             if self.scorer is None:
                 raise SketchError("update() without scores needs an estimator (LLMSketch(estimator=...))")
             scores = self.scorer.scores(batch)
-        self._insert(batch_words(batch, self.params.task), self._checked_scores(scores, n))
+        words = batch_words(batch, self.params.task)
+        before = self._slot_words.copy() if self.keep_keys else None
+        self._insert(words, self._checked_scores(scores, n))
+        if before is not None:
+            self._name_slots(batch, words, before)
+
+    def _name_slots(self, batch: PacketBatch, words: np.ndarray, before: np.ndarray) -> None:
+        """Record the 5-tuple of every heavy slot whose key this batch changed."""
+        after = self._slot_words
+        changed = self.occ.astype(bool) & (after != before).any(axis=-1)
+        if not changed.any():
+            return
+        slots = np.flatnonzero(changed)
+        found = np.full(slots.shape[0], -1, np.int64)
+        _slot_packets_kernel(after.reshape(-1)[slots], words[:, 0], found)
+        names = np.zeros((found.shape[0], FLOW_KEY_BYTES), np.uint8)
+        ok = found >= 0
+        if ok.any():
+            names[ok] = batch[found[ok]].flow_keys()
+        self.slot_names[changed] = names
 
     def update_keys(self, keys: np.ndarray, scores: np.ndarray) -> None:
         """Insert stored keys (``uint8[n, key_len]``, see :func:`stored_keys`) with scores ``float[n]``."""
         keys = np.asarray(keys, dtype=np.uint8)
         if keys.ndim != 2 or keys.shape[1] != self.params.key_len:
             raise SketchError(f"stored keys must be uint8[n, {self.params.key_len}], got {keys.shape}")
+        before = self._slot_words.copy() if self.keep_keys else None
         self._insert(bytes_to_words(keys), self._checked_scores(scores, keys.shape[0]))
+        if before is not None:  # no 5-tuples here: the changed slots' names are unknown
+            self.slot_names[self.occ.astype(bool) & (self._slot_words != before).any(axis=-1)] = 0
 
     @staticmethod
     def _checked_scores(scores, n: int) -> np.ndarray:
@@ -624,6 +662,10 @@ class LLMSketch:
         mask = self.occ.astype(bool)
         return self.slot_keys[mask], self.counts[mask].astype(np.int64)
 
+    def _heavy_names(self) -> np.ndarray | None:
+        """``uint8[m, 13]`` 5-tuples of the occupied slots (rows of zeros: unknown), or None."""
+        return self.slot_names[self.occ.astype(bool)] if self.keep_keys else None
+
     def _decode(self, key: np.ndarray):
         if self.params.task == "heavy_hitters":
             return key.tobytes()
@@ -635,6 +677,8 @@ class LLMSketch:
         """Inverse of :meth:`_decode`: a key as :meth:`top_flows` reports it -> its stored bytes."""
         if self.params.task == "heavy_hitters":
             return bytes(key)
+        if isinstance(key, (bytes, bytearray)) and len(key) == FLOW_KEY_BYTES:  # a named flow (keep_keys)
+            return fingerprint(np.frombuffer(bytes(key), np.uint8).reshape(1, -1))[0].tobytes()
         return int(key).to_bytes(self.params.key_len, "big" if self.params.task == "hhh" else "little")
 
     def estimate_reported(self, keys) -> np.ndarray:
@@ -653,11 +697,15 @@ class LLMSketch:
 
         Keys are 13-byte ``bytes`` (heavy-hitter task), the numeric source address (HHH task) or
         the 32-bit fingerprint ``mmh3_32(key13, 123123)`` (flow-size task, which stores no full key;
-        see :func:`fingerprint`).
+        see :func:`fingerprint`); with ``keep_keys`` the flow-size task's 13-byte 5-tuples (the
+        fingerprint where a slot's name is not known).
         """
         keys, counts = self._heavy_entries()
+        names = self._heavy_names()
         order = np.lexsort((np.arange(counts.shape[0]), -counts))[: max(int(k), 0)]
-        return [(self._decode(keys[i]), int(counts[i])) for i in order]
+        if names is None:
+            return [(self._decode(keys[i]), int(counts[i])) for i in order]
+        return [(names[i].tobytes() if names[i].any() else self._decode(keys[i]), int(counts[i])) for i in order]
 
     def heavy_hitters(self, threshold: float | None = None, phi: float | None = None) -> list[tuple[Any, int]]:
         """Heavy-part entries with count ``> threshold`` (or ``> int(phi * packets)``), largest first.
@@ -724,14 +772,19 @@ class LLMSketch:
                 "coco_occ": self.coco_occ}
 
     def to_bytes(self) -> bytes:
-        """The sketch state (not the estimator or its score cache) in the versioned envelope."""
-        return pack_state(ALGORITHM, STATE_VERSION, asdict(self.params), self._arrays(), self.epoch,
+        """The sketch state (not the estimator or its score cache) in the versioned envelope
+        (with ``keep_keys``, one more array: ``slot_names``)."""
+        arrays = self._arrays()
+        if self.keep_keys:
+            arrays["slot_names"] = self.slot_names
+        return pack_state(ALGORITHM, STATE_VERSION, asdict(self.params), arrays, self.epoch,
                           extra={"packets": int(self.packets)})
 
     @classmethod
     def from_bytes(cls, data: bytes, estimator: Any = None, **kwargs) -> "LLMSketch":
         """Rebuild a sketch from :meth:`to_bytes`; refuses other algorithms, versions and shapes."""
         params, arrays, epoch, extra = unpack_state(data, ALGORITHM, STATE_VERSION)
+        kwargs.setdefault("keep_keys", "slot_names" in arrays)
         try:
             sketch = cls(params=LLMSketchParams(**params), estimator=estimator, **kwargs)
         except TypeError as exc:
@@ -741,6 +794,11 @@ class LLMSketch:
             if got is None or got.shape != ref.shape or got.dtype != ref.dtype:
                 raise SketchError(f"LLM-Sketch state array {name!r} does not match the parameters")
             ref[...] = got
+        if sketch.keep_keys and "slot_names" in arrays:
+            names = arrays["slot_names"]
+            if names.shape != sketch.slot_names.shape or names.dtype != np.uint8:
+                raise SketchError("LLM-Sketch state array 'slot_names' does not match the parameters")
+            sketch.slot_names[...] = names
         sketch.packets = int(extra.get("packets", 0))
         sketch.epoch = epoch
         return sketch
@@ -748,6 +806,32 @@ class LLMSketch:
     def state(self) -> dict[str, Any]:
         """Plain-Python copy of the whole state, for comparison with the naive model."""
         return {name: arr.copy() for name, arr in self._arrays().items()} | {"packets": self.packets}
+
+
+@nb.njit(cache=True, nogil=True)
+def _slot_packets_kernel(slot_keys, packet_keys, index):
+    """``index[j]``: the last packet ``i`` with ``packet_keys[i] == slot_keys[j]`` (-1 stays where
+    none is). Keys are 32-bit fingerprints (flow-size task), distinct among the slots, so they index
+    an open-addressing table directly: one probe per packet, no hashing."""
+    size = 1
+    while size < 2 * slot_keys.shape[0]:
+        size *= 2
+    mask = np.uint32(size - 1)
+    table = np.full(size, -1, np.int64)
+    for j in range(slot_keys.shape[0]):
+        h = slot_keys[j] & mask
+        while table[h] != -1:
+            h = (h + np.uint32(1)) & mask
+        table[h] = j
+    for i in range(packet_keys.shape[0]):
+        k = packet_keys[i]
+        h = k & mask
+        while table[h] != -1:
+            j = table[h]
+            if slot_keys[j] == k:
+                index[j] = i
+                break
+            h = (h + np.uint32(1)) & mask
 
 
 @nb.njit(cache=True, nogil=True)

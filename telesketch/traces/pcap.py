@@ -31,7 +31,6 @@ Per-packet semantics (shared with the pcapng reader through :func:`parse_frame`)
 """
 from __future__ import annotations
 
-import gzip
 import mmap
 import os
 import zlib
@@ -405,9 +404,15 @@ class ByteSource:
     A plain file is memory-mapped whole (``eof`` is true from the start). A gzip file is
     decompressed into a window that :meth:`refill` slides forward; ``base`` is the stream offset
     of ``buf[0]``, so ``base + pos`` is the offset reported in errors.
+
+    A damaged gzip stream (cut short, or corrupt) keeps every byte decompressed before the damage:
+    ``eof`` becomes true there and ``damage`` holds the message, which :meth:`ensure` and the
+    readers raise once the complete records before it have been yielded (zlib directly, not
+    ``gzip.GzipFile``, whose ``readinto`` drops what it decompressed in a call that fails).
     """
 
     WINDOW = 8 * 1024 * 1024
+    CHUNK = 256 * 1024  #: compressed bytes read at a time
 
     def __init__(self, path):
         self.path = os.fspath(path)
@@ -416,11 +421,13 @@ class ByteSource:
         self._file = open(self.path, "rb")
         self._mmap = None
         self._gz = None
+        self._pending = b""   # compressed input not yet given to the decompressor
+        self.damage: str | None = None
         head = self._file.read(2)
         self._file.seek(0)
         self.compressed = head == b"\x1f\x8b"
         if self.compressed:
-            self._gz = gzip.GzipFile(fileobj=self._file, mode="rb")
+            self._gz = zlib.decompressobj(31)  # gzip member (header and CRC/length trailer checked)
             self.buf = np.empty(self.WINDOW, np.uint8)
             self.end = 0
             self.eof = False
@@ -460,21 +467,52 @@ class ByteSource:
             self.buf = grown
         while self.end < self.buf.shape[0]:
             try:
-                got = self._gz.readinto(memoryview(self.buf)[self.end:])
+                out = self._inflate(self.buf.shape[0] - self.end)
             except (OSError, EOFError, zlib.error) as exc:
-                raise CaptureError(
-                    f"{self.path}: corrupt gzip stream near decompressed offset "
-                    f"{self.base + self.end}: {exc}"
-                ) from None
-            if not got:
+                self.eof = True  # keep what came before: the readers yield it, then raise
+                self.damage = (f"{self.path}: corrupt gzip stream near decompressed offset "
+                               f"{self.base + self.end}: {exc}")
+                break
+            if not out:
                 self.eof = True
                 break
-            self.end += got
+            self.buf[self.end:self.end + len(out)] = np.frombuffer(out, np.uint8)
+            self.end += len(out)
+
+    def _inflate(self, max_length: int) -> bytes:
+        """Up to ``max_length`` decompressed bytes; ``b""`` at the clean end of the last member
+        (concatenated members and trailing zero padding are read as ``gzip`` does)."""
+        while True:
+            if self._gz is None:
+                return b""
+            if self._gz.eof:  # a member ended: another may follow
+                rest = self._gz.unused_data + self._pending
+                while not rest.strip(b"\0"):
+                    more = self._file.read(self.CHUNK)
+                    if not more:
+                        self._gz, self._pending = None, b""
+                        return b""
+                    rest = more
+                self._gz, self._pending = zlib.decompressobj(31), rest.lstrip(b"\0")
+            data = self._pending or self._file.read(self.CHUNK)
+            if not data:
+                raise EOFError("the compressed stream is truncated (it ends before its end-of-stream marker)")
+            out = self._gz.decompress(data, max_length)
+            self._pending = self._gz.unconsumed_tail
+            if out:
+                return out
+
+    def check(self) -> None:
+        """Raise the gzip damage, if any (at the end of what could be decompressed)."""
+        if self.damage:
+            raise CaptureError(self.damage)
 
     def ensure(self, nbytes: int) -> bool:
         """Make ``buf[pos:pos+nbytes]`` available if the stream has it; False at end of stream."""
         while self.end - self.pos < nbytes and not self.eof:
             self.refill()
+        if self.end - self.pos < nbytes:
+            self.check()
         return self.end - self.pos >= nbytes
 
     def close(self) -> None:
@@ -485,8 +523,7 @@ class ByteSource:
             except BufferError:  # a caller still holds a view; the GC will unmap it
                 pass
             self._mmap = None
-        if self._gz is not None:
-            self._gz.close()
+        self._gz = None
         self._file.close()
 
 
@@ -621,9 +658,11 @@ def read_pcap(source: ByteSource, batch_size: int, stats: ReadStats):
         else:
             if batcher.n:
                 yield batcher.take()
+            source.check()  # a cut gzip stream: name that, not the record it cut
             raise CaptureError(_pcap_damage(source, hdr, max_caplen, status))
     if batcher.n:
         yield batcher.take()
+    source.check()
 
 
 def _pcap_damage(source: ByteSource, hdr: PcapHeader, max_caplen: int, status: int) -> str:

@@ -250,6 +250,7 @@ class _Reader:
                         break
                     s.refill()
                 else:
+                    s.check()  # a cut gzip stream: name that, not the block it cut
                     raise self._block_error(status)
             except CaptureError:
                 if batcher.n:
@@ -257,6 +258,7 @@ class _Reader:
                 raise
         if batcher.n:
             yield batcher.take()
+        s.check()
 
     def _block_error(self, status: int) -> CaptureError:
         s = self.src
