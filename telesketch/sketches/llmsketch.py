@@ -48,6 +48,7 @@ import numpy as np
 
 from telesketch.hashing import mix64
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
+from telesketch.sketches.cocosketch import fastmod
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.exact import prefix_mask
 
@@ -252,12 +253,13 @@ def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, vic
 
 # ---------------------------------------------------------------------------- light parts
 @nb.njit(cache=True, nogil=True, inline="always")
-def _countmin_op(cm, key, nbytes, op, val):
-    """Saturating add (``OP_ADD``) or max-merge (``OP_EVICT``) of ``val`` into every row."""
+def _countmin_op(cm, key, nbytes, op, val, wmagic):
+    """Saturating add (``OP_ADD``) or max-merge (``OP_EVICT``) of ``val`` into every row
+    (``wmagic = _mod_magic(width)``)."""
     w = _U64(cm.shape[1])
     v = min(np.int64(val), CM_MAX)
     for r in range(CM_ROWS):
-        col = np.int64(_mmh3_words(key, nbytes, _U64(r)) % w)
+        col = np.int64(fastmod(_mmh3_words(key, nbytes, _U64(r)), wmagic, w))
         c = np.int64(cm[r, col])
         if op == OP_ADD:
             cm[r, col] = min(c + v, CM_MAX)
@@ -266,13 +268,13 @@ def _countmin_op(cm, key, nbytes, op, val):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix):
+def _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix, wmagic):
     """``coco_insert(key, val, uniform(seed, n, 1))`` (spec §2.2); ids are big-endian addresses."""
     w = _U64(ids.shape[1])
     k = _bswap32(key[0])
     v = np.uint32(val)
-    c0 = np.int64(_mmh3_words(key, nbytes, _U64(0)) % w)
-    c1 = np.int64(_mmh3_words(key, nbytes, _U64(1)) % w)
+    c0 = np.int64(fastmod(_mmh3_words(key, nbytes, _U64(0)), wmagic, w))
+    c1 = np.int64(fastmod(_mmh3_words(key, nbytes, _U64(1)), wmagic, w))
     if cocc[0, c0] and ids[0, c0] == k:
         ccounts[0, c0] += v
         return
@@ -290,11 +292,27 @@ def _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _light_op(light, cm, ids, ccounts, cocc, key, nbytes, op, val, n, seed_mix):
+def _light_op(light, cm, ids, ccounts, cocc, key, nbytes, op, val, n, seed_mix, wmagic):
     if light == 1:
-        _countmin_op(cm, key, nbytes, op, val)
+        _countmin_op(cm, key, nbytes, op, val, wmagic)
     elif light == 2:
-        _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix)
+        _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix, wmagic)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _mod_magic(d):
+    """``fastmod``'s multiplier for divisor ``d`` (``2^64 // d + 1`` mod 2^64); 0 for ``d == 0``.
+
+    The kernels' ``h % d`` (32-bit ``h`` and ``d``) is ``fastmod(h, _mod_magic(d), d)``: the
+    same value, three multiplies instead of a 64-bit division per hash."""
+    if d == 0:
+        return _U64(0)
+    return _U64(0xFFFFFFFFFFFFFFFF) // _U64(d) + _U64(1)
+
+
+@nb.njit(cache=True, nogil=True)
+def _light_width(light, cm, ids):
+    return _U64(cm.shape[1]) if light == 1 else (_U64(ids.shape[1]) if light == 2 else _U64(0))
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -312,16 +330,18 @@ def _update_serial(slot_words, counts, lock, occ, cm, ids, ccounts, cocc, light,
     index of the batch's first packet.
     """
     nb_buckets = _U64(counts.shape[0])
+    bmagic = _mod_magic(nb_buckets)
+    wmagic = _mod_magic(_light_width(light, cm, ids))
     victim_key = np.zeros(keys.shape[1], np.uint32)
     for i in range(keys.shape[0]):
         n = _U64(n0 + i)
-        b = np.int64(_mmh3_words(keys[i], nbytes, _U64(BUCKET_SEED)) % nb_buckets)
+        b = np.int64(fastmod(_mmh3_words(keys[i], nbytes, _U64(BUCKET_SEED)), bmagic, nb_buckets))
         op, val = _heavy_insert(slot_words, counts, lock, occ, b, keys, i, _score_of(scores, i), seed_mix, n,
                                 victim_key)
         if op == OP_ADD:
-            _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, val, n, seed_mix)
+            _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, val, n, seed_mix, wmagic)
         elif op == OP_EVICT:
-            _light_op(light, cm, ids, ccounts, cocc, victim_key, nbytes, op, val, n, seed_mix)
+            _light_op(light, cm, ids, ccounts, cocc, victim_key, nbytes, op, val, n, seed_mix, wmagic)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -347,12 +367,14 @@ def _heavy_parallel(slot_words, counts, lock, occ, keys, buckets, scores, order,
 @nb.njit(cache=True, nogil=True)
 def _light_apply(light, cm, ids, ccounts, cocc, nbytes, keys, op_type, op_key, op_val, n0, seed_mix):
     """The recorded light-part operations in stream order (they do not commute)."""
+    wmagic = _mod_magic(_light_width(light, cm, ids))
     for i in range(op_type.shape[0]):
         op = op_type[i]
         if op == OP_ADD:
-            _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, op_val[i], _U64(n0 + i), seed_mix)
+            _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, op_val[i], _U64(n0 + i), seed_mix, wmagic)
         elif op == OP_EVICT:
-            _light_op(light, cm, ids, ccounts, cocc, op_key[i], nbytes, op, op_val[i], _U64(n0 + i), seed_mix)
+            _light_op(light, cm, ids, ccounts, cocc, op_key[i], nbytes, op, op_val[i], _U64(n0 + i), seed_mix,
+                      wmagic)
 
 
 # ---------------------------------------------------------------------------- parameters
