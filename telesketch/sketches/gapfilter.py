@@ -37,6 +37,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from telesketch.hashing import hash64_5tuple, hash64_u32, mix64
@@ -275,29 +276,64 @@ def _rotated_item(h, seq, n_buckets, magic, fp_mask):
 
 
 # ============================================================================ SO step (§5.3)
+def _vector_intrinsic(builder, name, ret, args):
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+@intrinsic
+def _so_nearest(typingctx, w, v, modular):
+    """``(lane, d)`` of the lane of bucket word ``w`` nearest to ``v``: ``d`` is
+    ``s16(v - x)`` (``modular``) or ``sat16(s16(v) - s16(x))`` for each lane ``x``; the lane with
+    the smallest ``|d|`` wins, the lowest on ties.
+
+    All four lanes at once, as one ``<4 x i16>`` vector: a (saturating) subtraction, ``abs``
+    and an unsigned-minimum reduction over ``|d| << 2 | lane``. Written lane by lane, LLVM
+    turned the saturation into branches that the CPU mispredicts on new flows."""
+    sig = types.UniTuple(types.int64, 2)(types.uint64, types.int64, types.boolean)
+
+    def codegen(context, builder, signature, args):
+        word, value, is_modular = args
+        i1, i16, i32, i64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        v4i16, v4i32 = ir.VectorType(i16, 4), ir.VectorType(i32, 4)
+        lanes = builder.bitcast(word, v4i16)  # lane i = bits 16i..16i+15 (little-endian host)
+        one = builder.insert_element(ir.Constant(v4i16, None), builder.trunc(value, i16), ir.Constant(i32, 0))
+        splat = builder.shuffle_vector(one, ir.Constant(v4i16, None), ir.Constant(v4i32, [0, 0, 0, 0]))
+        saturated = _vector_intrinsic(builder, "llvm.ssub.sat.v4i16", v4i16, [splat, lanes])
+        wrapped = builder.sub(splat, lanes)
+        flag = context.cast(builder, is_modular, types.boolean, types.boolean)
+        diff = builder.select(builder.trunc(flag, i1) if flag.type != i1 else flag, wrapped, saturated)
+        magnitude = _vector_intrinsic(builder, "llvm.abs.v4i16", v4i16, [diff, ir.Constant(i1, 0)])
+        keys = builder.or_(builder.shl(builder.zext(magnitude, v4i32), ir.Constant(v4i32, [2] * 4)),
+                           ir.Constant(v4i32, [0, 1, 2, 3]))
+        best_key = _vector_intrinsic(builder, "llvm.vector.reduce.umin.v4i32", i32, [keys])
+        lane = builder.and_(best_key, ir.Constant(i32, 3))
+        d = builder.sext(builder.extract_element(diff, lane), i64)
+        return context.make_tuple(builder, signature.return_type, [builder.zext(lane, i64), d])
+
+    return sig, codegen
+
+
 @nb.njit(cache=True, nogil=True, inline="always")
 def _so_step(w, v, t1, t2, modular):
     """One SO item into a bucket word; returns ``(new_word, report, md)``.
 
     A bucket (a row of the ``uint16[nb, 4]`` table) is handled as one little-endian ``uint64``
-    (lane ``i`` in bits ``16i..16i+15``), so the nearest-lane search and the move-to-front are a
-    few branch-free word operations, and a run of one bucket's items stays in a register.
+    (lane ``i`` in bits ``16i..16i+15``), so the nearest-lane search (:func:`_so_nearest`, one
+    vector) and the move-to-front are a few branch-free word operations, and a run of one
+    bucket's items stays in a register.
     """
-    best_key = np.int64(1 << 40)
-    for i in range(4):
-        x = np.int64((w >> _U64(16 * i)) & _U64(0xFFFF))
-        d = _s16(v - x) if modular else _sat_diff(v, x)
-        # key orders by |d|, then lane (lowest wins ties); its low 16 bits carry d itself
-        best_key = min(best_key, (abs(d) << 19) | (i << 17) | (d + 32768))
-    best = (best_key >> 17) & 3
-    md = (best_key & 0xFFFF) - 32768
-    absorbed = -t2 < md < t2
-    x = np.int64((w >> _U64(16 * best)) & _U64(0xFFFF))
-    keep = x if (absorbed and md <= 0) else v  # absorbed: keep the max; new flow: push v
-    shift = _U64(16 * best) if absorbed else _U64(48)  # new flow: lane 3 is evicted
+    best, md = _so_nearest(w, v, modular)
+    absorbed = (md > -t2) & (md < t2)
+    # selects as masks (all ones / zero): LLVM kept "x if absorbed else y" as a mispredicted branch
+    absorbed_mask = _U64(0) - _U64(absorbed)
+    keep_mask = _U64(0) - _U64(absorbed & (md <= 0))
+    x = (w >> _U64(16 * best)) & _U64(0xFFFF)
+    keep = (x & keep_mask) | (_U64(v) & ~keep_mask)  # absorbed: keep the max; new flow: push v
+    shift = (_U64(16 * best) & absorbed_mask) | (_U64(48) & ~absorbed_mask)  # new flow: lane 3 is evicted
     below = w & ((_U64(1) << shift) - _U64(1))
     above = w & ~((_U64(2) << (shift + _U64(15))) - _U64(1))  # 2 << 63 == 0 for lane 3
-    return above | (below << _U64(16)) | _U64(keep), absorbed and md >= t1, md
+    return above | (below << _U64(16)) | keep, absorbed & (md >= t1), md
 
 
 # ============================================================================ AO step (§5.4)
