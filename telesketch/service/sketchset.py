@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numba
 import numpy as np
 
 from telesketch.packets import PacketBatch
@@ -447,7 +448,8 @@ class SketchSet:
 
         With more than one thread the updates run concurrently: the calling thread and
         ``concurrency - 1`` pool threads take sketches from one list, the costliest first
-        (per-packet seconds of earlier batches), and this returns when all are done. If updates
+        (per-packet seconds of earlier batches), each on one Numba thread, and this returns when
+        all are done. If updates
         fail, the first failing sketch's exception (in ``parts`` order) is raised after the
         others have finished. ``on_time(name, seconds)`` is told each sketch's wall time.
         """
@@ -463,6 +465,9 @@ class SketchSet:
         take = threading.Lock()
 
         def drain() -> None:
+            # the cores are taken by the sketches themselves: each kernel runs on one thread
+            # (Numba's thread count is per calling thread; the parallel kernels give the same results)
+            numba.set_num_threads(1)
             while True:
                 with take:
                     name = next(pending, None)
@@ -475,7 +480,11 @@ class SketchSet:
 
         pool = self._executor()
         helpers = [pool.submit(drain) for _ in range(threads - 1)]
-        drain()
+        own_threads = numba.get_num_threads()
+        try:
+            drain()
+        finally:
+            numba.set_num_threads(own_threads)
         for helper in helpers:
             helper.result()
         for name in parts:

@@ -340,6 +340,91 @@ def _so_step(w, v, t1, t2, modular):
 _NO_MATCH = 1 << 40
 
 
+def _bucket_vector(context, builder, arrty, arr, bucket):
+    """Pointer to row ``bucket`` of a C-contiguous ``uint32[nb, 8]`` array, as ``<8 x i32>*``."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    first = cgutils.get_item_pointer(context, builder, arrty, ary, [bucket, ir.Constant(ir.IntType(64), 0)],
+                                     wraparound=False, boundscheck=False)
+    return builder.bitcast(first, ir.VectorType(ir.IntType(32), 8).as_pointer())
+
+
+def _lane_ids(n_lanes, width=32):
+    return ir.Constant(ir.VectorType(ir.IntType(width), n_lanes), list(range(n_lanes)))
+
+
+def _splat(builder, value, n_lanes):
+    vec = ir.VectorType(value.type, n_lanes)
+    one = builder.insert_element(ir.Constant(vec, None), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vec, None), ir.Constant(ir.VectorType(ir.IntType(32), n_lanes),
+                                                                           [0] * n_lanes))
+
+
+@intrinsic
+def _ao_scan(typingctx, cells, bucket, v, fp):
+    """``(lane, matched, empty)`` of bucket ``bucket``: among lanes whose fingerprint is ``fp``,
+    the one with the smallest ``|sat16(s16(v) - s16(seq))|`` (lowest lane on ties; lane 0 and
+    ``matched`` 0 when none), and the lowest lane holding 0 (8: none). All 8 lanes as one vector
+    (compare, saturating subtract, abs, two unsigned-minimum reductions): lane-by-lane code
+    compiled to branches that new flows mispredict."""
+    if not (isinstance(cells, types.Array) and cells.ndim == 2 and cells.layout == "C"
+            and cells.dtype == types.uint32):
+        return None
+    sig = types.UniTuple(types.int64, 3)(cells, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        arr, b, value, fingerprint = args
+        i1, i16, i32, i64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        v8i32 = ir.VectorType(i32, 8)
+        lanes = builder.load(_bucket_vector(context, builder, signature.args[0], arr, b), align=4)
+        seqs = builder.trunc(lanes, ir.VectorType(i16, 8))
+        same_fp = builder.icmp_unsigned("==", builder.lshr(lanes, ir.Constant(v8i32, [16] * 8)),
+                                        _splat(builder, builder.trunc(fingerprint, i32), 8))
+        diff = _vector_intrinsic(builder, "llvm.ssub.sat.v8i16", ir.VectorType(i16, 8),
+                                 [_splat(builder, builder.trunc(value, i16), 8), seqs])
+        magnitude = _vector_intrinsic(builder, "llvm.abs.v8i16", ir.VectorType(i16, 8), [diff, ir.Constant(i1, 0)])
+        keys = builder.or_(builder.shl(builder.zext(magnitude, v8i32), ir.Constant(v8i32, [3] * 8)), _lane_ids(8))
+        keys = builder.select(same_fp, keys, ir.Constant(v8i32, [0xFFFFFFFF] * 8))
+        best = _vector_intrinsic(builder, "llvm.vector.reduce.umin.v8i32", i32, [keys])
+        matched = builder.icmp_unsigned("!=", best, ir.Constant(i32, 0xFFFFFFFF))
+        lane = builder.select(matched, builder.and_(best, ir.Constant(i32, 7)), ir.Constant(i32, 0))
+        is_empty = builder.icmp_unsigned("==", lanes, ir.Constant(v8i32, [0] * 8))
+        empties = builder.select(is_empty, _lane_ids(8), ir.Constant(v8i32, [8] * 8))
+        empty = _vector_intrinsic(builder, "llvm.vector.reduce.umin.v8i32", i32, [empties])
+        return context.make_tuple(builder, signature.return_type,
+                                  [builder.zext(lane, i64), builder.zext(matched, i64), builder.zext(empty, i64)])
+
+    return sig, codegen
+
+
+@intrinsic
+def _ao_move(typingctx, cells, bucket, m, r, value):
+    """``move(m -> r)`` in bucket ``bucket``: lanes ``r+1..m`` take the old lanes ``r..m-1`` and
+    lane ``r`` takes ``value``; the other lanes keep theirs. One vector shuffle and two selects."""
+    if not (isinstance(cells, types.Array) and cells.ndim == 2 and cells.layout == "C"
+            and cells.dtype == types.uint32):
+        return None
+    sig = types.void(cells, types.int64, types.int64, types.int64, types.uint32)
+
+    def codegen(context, builder, signature, args):
+        arr, b, last, first, new_value = args
+        i32 = ir.IntType(32)
+        v8i32 = ir.VectorType(i32, 8)
+        ptr = _bucket_vector(context, builder, signature.args[0], arr, b)
+        lanes = builder.load(ptr, align=4)
+        shifted = builder.shuffle_vector(lanes, ir.Constant(v8i32, None),
+                                         ir.Constant(v8i32, [0, 0, 1, 2, 3, 4, 5, 6]))
+        ids = _lane_ids(8)
+        r_vec = _splat(builder, builder.trunc(first, i32), 8)
+        m_vec = _splat(builder, builder.trunc(last, i32), 8)
+        moving = builder.and_(builder.icmp_signed(">", ids, r_vec), builder.icmp_signed("<=", ids, m_vec))
+        out = builder.select(moving, shifted, lanes)
+        out = builder.select(builder.icmp_signed("==", ids, r_vec), _splat(builder, new_value, 8), out)
+        builder.store(out, ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @nb.njit(cache=True, nogil=True, inline="always")
 def _ao_step(cells, b, item, sz, t1, t2, civilian_front):
     """One AO item (``v | fp << 16``) into bucket ``b`` of ``cells`` (``uint32[nb, 8]``, lane =
@@ -351,29 +436,22 @@ def _ao_step(cells, b, item, sz, t1, t2, civilian_front):
     v = item & 0xFFFF
     fp = item >> 16
     new_cell = np.uint32(item)
-    best_key = np.int64(_NO_MATCH)
-    empty = 8
-    for i in range(7, -1, -1):
-        c = np.int64(cells[b, i])
-        key = abs(_sat_diff(v, c & 0xFFFF)) * 8 + i  # unsigned distance (fix A), lowest lane on ties
-        best_key = min(best_key, key if (c >> 16) == fp else _NO_MATCH)
-        empty = i if c == 0 else empty
-    lane = best_key & 7
-    md = _s16(v - (np.int64(cells[b, lane]) & 0xFFFF)) if best_key < _NO_MATCH else np.int64(0)
-    matched = best_key < _NO_MATCH
+    # nearest lane of the same fingerprint by unsigned distance (fix A), lowest lane on ties
+    lane, found, empty = _ao_scan(cells, b, v, fp)
+    matched = found != 0
+    md = _s16(v - (np.int64(cells[b, lane]) & 0xFFFF)) * found
     report = matched & (md >= t1) & (md < t2)  # major gap: promote to suspect head (m=lane, r=0)
     absorb = matched & (md > -t2) & (md < t1)  # neglect / in order / minor gap (m=lane, r<=sz)
     hit = absorb | report
     # new flow: a free suspect slot, else evict (last_suspect: lane 7 -> max(sz-1, 0);
     # civilian_front: first empty lane or 7 -> min(sz, 7))
-    new_m = empty if empty < sz else (min(empty, 7) if civilian_front else 7)
-    new_r = empty if empty < sz else (min(sz, 7) if civilian_front else max(sz - 1, 0))
+    free = empty < sz
+    new_m = empty if free else (min(empty, 7) if civilian_front else 7)
+    new_r = empty if free else (min(sz, 7) if civilian_front else max(sz - 1, 0))
     m = lane if hit else new_m
     r = (min(lane, sz) if absorb else 0) if hit else new_r  # civilian hit -> civilian front
     value = cells[b, lane] if (absorb & (md <= 0)) else new_cell  # modular compare (fix B)
-    for i in range(7, -1, -1):  # downward, so lane i - 1 is still the old value
-        shifted = cells[b, max(i - 1, 0)] if r < i <= m else cells[b, i]
-        cells[b, i] = value if i == r else shifted
+    _ao_move(cells, b, m, r, value)
     return report, md
 
 
@@ -669,8 +747,9 @@ class _GapFilterBase:
     ALGORITHM: ClassVar[str]
     PARAMS: ClassVar[type]
     STATE_VERSION: ClassVar[int] = 1
-    #: Use the bucket-partitioned path for large batches even with one Numba thread (measured
-    #: faster for AO: a bucket's items run back to back, hot in cache and branch-predictable).
+    #: Use the bucket-partitioned path for large batches even with one Numba thread. Off for
+    #: every variant: it was faster for AO while AO's step branched (a bucket's items back to
+    #: back were branch-predictable), but the vectorised step is faster in arrival order.
     PARTITION_ONE_THREAD: ClassVar[bool] = False
 
     def __init__(self, memory_bytes: int | None = None, *, params=None, **kwargs) -> None:
@@ -723,8 +802,8 @@ class _GapFilterBase:
         """Process a batch in arrival order; returns ``bool[n]`` (packet opened a major gap).
 
         ``parallel``: ``None`` picks the bucket-partitioned path for batches of at least
-        ``PARALLEL_MIN_ITEMS`` when Numba has more than one thread (AO: always, see
-        ``PARTITION_ONE_THREAD``); ``True``/``False`` force it. Results are identical either way.
+        ``PARALLEL_MIN_ITEMS`` when Numba has more than one thread (see ``PARTITION_ONE_THREAD``);
+        ``True``/``False`` force it. Results are identical either way.
         """
         if not isinstance(batch, PacketBatch):
             raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}")
@@ -906,7 +985,6 @@ class GapFilterAO(_GapFilterBase):
 
     ALGORITHM = "gapfilter-ao"
     PARAMS = GapFilterAOParams
-    PARTITION_ONE_THREAD = True
 
     def _init_state(self) -> None:
         self.cells = np.zeros((self.params.n_buckets, 8), np.uint32)
