@@ -6,9 +6,12 @@ summary (which arrives only after every batch is applied). Configurations: (a) n
 (b) each sketch alone, (c) all four; batch sizes 8k and 64k; then peak server memory (VmHWM) with
 8 concurrent streaming clients on configuration (c). Write-ahead log off unless ``--wal``.
 ``--shards 1,2`` repeats each configuration with the sketches on that many Ray actors (``serve
---shards``; 1 = in process); the RSS column is then the front end's only.
+--shards``; 1 = in process); the RSS column is then the front end's only. ``--sketch-threads 1,0``
+repeats each configuration with the sketches of a batch applied one after another (1) and
+concurrently on the cores (0, the default), so the two pipelines compare within one run.
 
     .venv/bin/python benchmarks/bench_ingest.py [--packets 4000000] [--wal] [--only none,all] [--shards 1,2]
+        [--sketch-threads 1,0] [--clients 1,8]
 """
 from __future__ import annotations
 
@@ -71,9 +74,10 @@ def make_messages(total: int, batch_size: int, seed: int = 0) -> list:
     return [messages[i % len(messages)] for i in range(count)]
 
 
-def start_server(sketches: dict, data_dir: str, wal: bool, shards: int = 1):
+def start_server(sketches: dict, data_dir: str, wal: bool, shards: int = 1, sketch_threads: int = 0):
     cfg = {"server": {"grpc_address": "127.0.0.1:0", "http_address": "", "data_dir": data_dir,
-                      "epoch_seconds": 3600.0, "wal": wal, "queue_batches": 8, "shards": shards},
+                      "epoch_seconds": 3600.0, "wal": wal, "queue_batches": 8, "shards": shards,
+                      "sketch_threads": sketch_threads},
            "sketches": sketches}
     path = Path(data_dir) / "config.json"
     path.write_text(json.dumps(cfg))
@@ -94,10 +98,11 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1, shards: int = 1) -> dict:
+def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1, shards: int = 1,
+        sketch_threads: int = 0) -> dict:
     messages = make_messages(total // clients, batch_size)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        proc, port = start_server(CONFIGS[name], tmp, wal, shards)
+        proc, port = start_server(CONFIGS[name], tmp, wal, shards, sketch_threads)
         try:
             warm = Client(f"127.0.0.1:{port}")
             warm.push_messages(messages[:2])  # JIT caches loaded, sketches touched
@@ -116,7 +121,8 @@ def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1, sha
                 t.join()
             seconds = time.perf_counter() - start
             packets = sum(results)
-            return {"config": name, "shards": shards, "batch": batch_size, "clients": clients, "packets": packets,
+            return {"config": name, "shards": shards, "sketch_threads": sketch_threads, "batch": batch_size,
+                    "clients": clients, "packets": packets,
                     "seconds": round(seconds, 3), "mpps": round(packets / seconds / 1e6, 2),
                     "peak_rss_mib": round(peak_rss_mib(proc.pid), 1), "rss_after_warmup_mib": round(rss_before, 1)}
         finally:
@@ -132,6 +138,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="8192,65536")
     ap.add_argument("--with-header", action="store_true", help="also send the 40-byte header block")
     ap.add_argument("--shards", default="1", help="comma-separated shard counts (>1: Ray actors)")
+    ap.add_argument("--sketch-threads", default="0", help="comma-separated sketch_threads (0: the cores, 1: serial)")
+    ap.add_argument("--clients", default="1", help="comma-separated client counts for every row")
     args = ap.parse_args()
     global WITH_HEADER
     WITH_HEADER = args.with_header
@@ -141,16 +149,22 @@ def main() -> None:
     for shards in map(int, args.shards.split(",")):
         for name in args.only.split(","):
             for size in map(int, args.batch_sizes.split(",")):
-                row = run(name, size, args.packets, args.wal, shards=shards)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    if "all" in args.only.split(","):
+                for clients in map(int, args.clients.split(",")):
+                    for threads in map(int, args.sketch_threads.split(",")):
+                        row = run(name, size, args.packets, args.wal, clients=clients, shards=shards,
+                                  sketch_threads=threads)
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+    if "all" in args.only.split(",") and args.clients == "1":
         row = run("all", 65536, args.packets, args.wal, clients=8)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| config | shards | batch | clients | M packets/s | peak server RSS MiB |\n|---|---|---|---|---|---|")
+    print("\n| config | shards | sketch_threads | batch | clients | M packets/s | peak server RSS MiB |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['shards']} | {r['batch']} | {r['clients']} | {r['mpps']} | {r['peak_rss_mib']} |")
+        print(f"| {r['config']} | {r['shards']} | {r['sketch_threads']} | {r['batch']} | {r['clients']} | "
+              f"{r['mpps']} | {r['peak_rss_mib']} |")
+    print(f"# load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
 
 
 if __name__ == "__main__":
