@@ -12,10 +12,15 @@ runs of thread CPU time, so a loaded machine depresses both sides alike: compare
 not the absolute Mops, across runs.
 
     .venv/bin/python benchmarks/bench_kernels.py [--packets 2000000] [--runs 5] [--only SO,AO]
+    .venv/bin/python benchmarks/bench_kernels.py --workload spec [--shared ../shared]
 
-Workload: ``--packets`` packets of Zipf(1.1) flows over ``--flows`` distinct 5-tuples; each flow's
-SEQ (``ip_id``) counts up by one per packet, with a jump of 5..29 (a GapFilter major gap) on 1 %
-of packets and a random value on 0.1 %. ResidualSketch / CocoSketch take the source addresses.
+Workload ``synthetic`` (default): ``--packets`` packets of Zipf(1.1) flows over ``--flows``
+distinct 5-tuples; each flow's SEQ (``ip_id``) counts up by one per packet, with a jump of 5..29
+(a GapFilter major gap) on 1 % of packets and a random value on 0.1 %. ResidualSketch /
+CocoSketch take the source addresses. Workload ``spec``: the specs' own generators, as the
+reference figures were measured: GapFilter rows on ``tools/gapfilter_gen.py -n 2000000 --seed 1``
+(bench_gapfilter's trace), ResidualSketch / CocoSketch rows on ``tools/residualsketch_gen.py
+--seed 1`` cut to ``--packets`` (bench_residualsketch's "synth"); generated once into ``--cache``.
 
 Target (issue 21): each kernel's fraction of the ceiling at least 1.2x the reference C++'s
 fraction measured against the same kind of ceiling (``REF_FRACTION``).
@@ -125,6 +130,21 @@ def workload(packets: int, flows: int, seed: int = 7) -> PacketBatch:
         ip_id=seq.astype(np.uint16), length=np.full(packets, 800, np.uint16))
 
 
+def spec_workloads(shared: Path, cache: Path, packets: int) -> dict[str, PacketBatch]:
+    """``{"gap": batch, "hhh": batch}`` from the specs' generators (generated and cached)."""
+    import bench_gapfilter
+    import bench_residualsketch
+
+    bench_gapfilter.GEN_TOOL = shared / "tools" / "gapfilter_gen.py"
+    bench_residualsketch.GEN = shared / "tools" / "residualsketch_gen.py"
+    gap = bench_gapfilter.to_batch(bench_gapfilter.load_workload(cache, 2_000_000, 1))
+    bench_residualsketch.load_workload("synth", cache, packets)  # generates the file once
+    rec = np.fromfile(cache / f"synth_{packets}.dat", bench_residualsketch.RECORD)
+    hhh = PacketBatch.from_columns(src_ip=rec["src"], dst_ip=rec["dst"], src_port=rec["sp"], dst_port=rec["dp"],
+                                   proto=rec["proto"], ts_ns=np.arange(rec.size, dtype=np.uint64))
+    return {"gap": gap, "hhh": hhh}
+
+
 def _segmented_cumsum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     total = np.cumsum(values)
     offsets = np.repeat(np.r_[0, total[starts[1:] - 1]], np.diff(np.r_[starts, values.size]))
@@ -171,29 +191,42 @@ def main() -> None:
     ap.add_argument("--flows", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=65536)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--workload", choices=("synthetic", "spec"), default="synthetic")
+    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared",
+                    help="the shared directory holding tools/ (for --workload spec)")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "telesketch" / "bench")
     ap.add_argument("--only", default="", help="comma-separated families (Straw,SO,AO,Residual,Coco,LLM)")
     args = ap.parse_args()
     nb.set_num_threads(1)
     only = set(filter(None, args.only.split(",")))
     rows = [k for k in KERNELS if not only or k[1] in only]
-    full = workload(args.packets, args.flows)
-    batches = full.split(args.batch)
+    if args.workload == "spec":
+        loads = spec_workloads(args.shared, args.cache, args.packets)
+        describe = (f"spec workloads: gapfilter_gen 2,000,000 items (GapFilter, LLM-Sketch rows), "
+                    f"residualsketch_gen synth {args.packets} packets (ResidualSketch, CocoSketch rows)")
+    else:
+        loads = {"gap": workload(args.packets, args.flows)}
+        loads["hhh"] = loads["gap"]
+        describe = f"synthetic: {args.packets} packets, {args.flows} Zipf(1.1) flows"
     print(f"# {machine()}\n# command: {' '.join([Path(sys.executable).name] + sys.argv)}\n"
-          f"# {args.packets} packets, {args.flows} Zipf(1.1) flows, batches of {args.batch}, one Numba thread, "
+          f"# {describe}; batches of {args.batch}, one Numba thread, "
           f"median of {args.runs} interleaved runs (thread CPU time)", flush=True)
-    small = full.split(4096)[0:1]  # compile / load caches outside the timed runs
-    for _, _, memory, factory, entry in rows:
-        time_kernel(factory, memory, entry, small)
-    time_ceiling(small[0], 4096)
+    for full in loads.values():
+        small = full.split(4096)[0:1]  # compile / load caches outside the timed runs
+        for _, _, memory, factory, entry in rows:
+            time_kernel(factory, memory, entry, small)
+        time_ceiling(small[0], 4096)
     print("\n| kernel | ceiling Mops | kernel Mops | fraction of ceiling | target (1.2x ref) | met |")
     print("|---|---|---|---|---|---|")
     for label, family, memory, factory, entry in rows:
+        full = loads["hhh" if family in ("Residual", "Coco") else "gap"]
+        batches = full.split(args.batch)
         ceiling, kernel = [], []
         for _ in range(args.runs):
             ceiling.append(time_ceiling(full, memory))
             kernel.append(time_kernel(factory, memory, entry, batches))
-        c_mops = args.packets / np.median(ceiling) / 1e6
-        k_mops = args.packets / np.median(kernel) / 1e6
+        c_mops = len(full) / np.median(ceiling) / 1e6
+        k_mops = len(full) / np.median(kernel) / 1e6
         fraction = float(np.median(np.array(ceiling) / np.array(kernel)))  # per-run pairs
         if family in REF_FRACTION:
             target = TARGET_FACTOR * REF_FRACTION[family]

@@ -448,9 +448,13 @@ def _ao_step(cells, b, item, sz, t1, t2, civilian_front):
     free = empty < sz
     new_m = empty if free else (min(empty, 7) if civilian_front else 7)
     new_r = empty if free else (min(sz, 7) if civilian_front else max(sz - 1, 0))
-    m = lane if hit else new_m
-    r = (min(lane, sz) if absorb else 0) if hit else new_r  # civilian hit -> civilian front
-    value = cells[b, lane] if (absorb & (md <= 0)) else new_cell  # modular compare (fix B)
+    # selects by arithmetic: as conditional expressions LLVM compiled them to branches that
+    # mispredict between hits and new flows
+    hit_i, keep_i = np.int64(hit), np.int64(absorb & (md <= 0))
+    m = new_m + (lane - new_m) * hit_i
+    r = new_r + (min(lane, sz) * np.int64(absorb) - new_r) * hit_i  # civilian hit -> civilian front
+    old = np.int64(cells[b, lane])
+    value = np.uint32(np.int64(new_cell) + (old - np.int64(new_cell)) * keep_i)  # modular compare (fix B)
     _ao_move(cells, b, m, r, value)
     return report, md
 
