@@ -45,6 +45,10 @@ from typing import Any
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from telesketch.hashing import mix64
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
@@ -213,6 +217,98 @@ def _same_key(slot_words, b, s, keys, i):
     return True
 
 
+def _row_pointer(context, builder, arrty, arr, index, lanes, width):
+    """Pointer to ``arr[index..., 0]`` (C-contiguous) as ``<lanes x i{width}>*``."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    zero = ir.Constant(ir.IntType(64), 0)
+    first = cgutils.get_item_pointer(context, builder, arrty, ary, list(index) + [zero] * (arrty.ndim - len(index)),
+                                     wraparound=False, boundscheck=False)
+    return builder.bitcast(first, ir.VectorType(ir.IntType(width), lanes).as_pointer())
+
+
+def _reduce_umin(builder, vector):
+    elem = vector.type.element
+    fnty = ir.FunctionType(elem, [vector.type])
+    name = f"llvm.vector.reduce.umin.v{vector.type.count}i{elem.width}"
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), [vector])
+
+
+def _is_c_array(t, ndim, dtype):
+    return isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C" and t.dtype == dtype
+
+
+@intrinsic
+def _heavy_scan(typingctx, slot_words, counts, lock, occ, bucket, key):
+    """The 8 slots of bucket ``bucket`` for a one-word key, as vectors: ``(stop, unlocked, any)``.
+
+    ``stop``: the first slot that holds ``key`` or is empty (8: none); ``unlocked``: the unlocked
+    slot with the smallest count, lowest on ties (-1: all locked); ``any``: the same over all
+    slots. These are exactly what :func:`_heavy_insert`'s slot-by-slot loop finds, without its
+    data-dependent branches."""
+    if not (_is_c_array(slot_words, 3, types.uint32) and _is_c_array(counts, 2, types.uint32)
+            and _is_c_array(lock, 2, types.uint8) and _is_c_array(occ, 2, types.uint8)):
+        return None
+    sig = types.UniTuple(types.int64, 3)(slot_words, counts, lock, occ, types.int64, types.uint32)
+
+    def codegen(context, builder, signature, args):
+        words_a, counts_a, lock_a, occ_a, b, k = args
+        i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        v8i32, v8i64 = ir.VectorType(i32, 8), ir.VectorType(i64, 8)
+        wt, ct, lt, ot = signature.args[:4]
+        slot_keys = builder.load(_row_pointer(context, builder, wt, words_a, [b], 8, 32), align=4)
+        slot_counts = builder.load(_row_pointer(context, builder, ct, counts_a, [b], 8, 32), align=4)
+        locked = builder.load(_row_pointer(context, builder, lt, lock_a, [b], 8, 8), align=1)
+        held = builder.icmp_unsigned("!=", builder.load(_row_pointer(context, builder, ot, occ_a, [b], 8, 8), align=1),
+                                     ir.Constant(ir.VectorType(i8, 8), [0] * 8))
+        one = builder.insert_element(ir.Constant(v8i32, None), k, ir.Constant(i32, 0))
+        splat = builder.shuffle_vector(one, ir.Constant(v8i32, None), ir.Constant(v8i32, [0] * 8))
+        same = builder.icmp_unsigned("==", slot_keys, splat)
+        stops = builder.or_(builder.and_(held, same), builder.not_(held))
+        ids32 = ir.Constant(v8i32, list(range(8)))
+        stop = _reduce_umin(builder, builder.select(stops, ids32, ir.Constant(v8i32, [8] * 8)))
+        ranked = builder.or_(builder.shl(builder.zext(slot_counts, v8i64), ir.Constant(v8i64, [3] * 8)),
+                             ir.Constant(v8i64, list(range(8))))
+        any_slot = builder.and_(_reduce_umin(builder, ranked), ir.Constant(i64, 7))
+        none = ir.Constant(v8i64, [0xFFFFFFFFFFFFFFFF] * 8)
+        unlocked = builder.icmp_unsigned("==", locked, ir.Constant(ir.VectorType(i8, 8), [0] * 8))
+        best_unlocked = _reduce_umin(builder, builder.select(unlocked, ranked, none))
+        found = builder.icmp_unsigned("!=", best_unlocked, ir.Constant(i64, 0xFFFFFFFFFFFFFFFF))
+        victim = builder.select(found, builder.and_(best_unlocked, ir.Constant(i64, 7)), ir.Constant(i64, -1))
+        return context.make_tuple(builder, signature.return_type, [builder.zext(stop, i64), victim, any_slot])
+
+    return sig, codegen
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _heavy_insert_one_word(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, victim_key):
+    """:func:`_heavy_insert` for one-word keys (``flow_size``, ``hhh``), the slot scan vectorised."""
+    key = keys[i, 0]
+    stop, victim, lowest = _heavy_scan(slot_words, counts, lock, occ, b, key)
+    if stop < SLOTS:
+        s = stop
+        if occ[b, s]:
+            c = counts[b, s] + np.uint32(1)
+            counts[b, s] = c
+            q = (float(lock[b, s]) * (float(c) - 1.0) + p) / float(c)
+            lock[b, s] = 1 if uniform(seed_mix, n, _U64(0)) < q else 0
+            return OP_NONE, np.uint32(0)
+        slot_words[b, s, 0] = key
+        counts[b, s] = 1
+        lock[b, s] = 1 if p >= LARGE else 0
+        occ[b, s] = 1
+        return OP_NONE, np.uint32(0)
+    if p < LARGE:
+        return OP_ADD, np.uint32(1)
+    if victim < 0:
+        victim = lowest
+    victim_key[0] = slot_words[b, victim, 0]
+    old = counts[b, victim]
+    slot_words[b, victim, 0] = key
+    counts[b, victim] = 1
+    lock[b, victim] = 1
+    return OP_EVICT, old
+
+
 @nb.njit(cache=True, nogil=True, inline="always")
 def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, victim_key):
     """Spec §2.2 for packet ``i`` (stream index ``n``) in bucket ``b``.
@@ -336,8 +432,12 @@ def _update_serial(slot_words, counts, lock, occ, cm, ids, ccounts, cocc, light,
     for i in range(keys.shape[0]):
         n = _U64(n0 + i)
         b = np.int64(fastmod(_mmh3_words(keys[i], nbytes, _U64(BUCKET_SEED)), bmagic, nb_buckets))
-        op, val = _heavy_insert(slot_words, counts, lock, occ, b, keys, i, _score_of(scores, i), seed_mix, n,
-                                victim_key)
+        if keys.shape[1] == 1:
+            op, val = _heavy_insert_one_word(slot_words, counts, lock, occ, b, keys, i, _score_of(scores, i),
+                                             seed_mix, n, victim_key)
+        else:
+            op, val = _heavy_insert(slot_words, counts, lock, occ, b, keys, i, _score_of(scores, i), seed_mix, n,
+                                    victim_key)
         if op == OP_ADD:
             _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, val, n, seed_mix, wmagic)
         elif op == OP_EVICT:
