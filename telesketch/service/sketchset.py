@@ -449,9 +449,9 @@ class SketchSet:
         With more than one thread the updates run concurrently: the calling thread and
         ``concurrency - 1`` pool threads take sketches from one list, the costliest first
         (per-packet seconds of earlier batches), each on one Numba thread, and this returns when
-        all are done. If updates
-        fail, the first failing sketch's exception (in ``parts`` order) is raised after the
-        others have finished. ``on_time(name, seconds)`` is told each sketch's wall time.
+        all are done. If updates fail, the first failing sketch's exception (in ``parts`` order)
+        is raised after the others have finished. ``on_time(name, seconds)`` is told each
+        sketch's wall time.
         """
         names = [name for name, part in parts.items() if part is not None and len(part)]
         threads = min(len(names), self.threads)
