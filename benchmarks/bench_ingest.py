@@ -4,16 +4,22 @@ The server runs as a separate process (``python -m telesketch.cli serve``); this
 pre-encoded ``PacketBatch`` messages with ``Ingest.Push`` and times from the first send to the
 summary (which arrives only after every batch is applied). Configurations: (a) no sketch,
 (b) each sketch alone, (c) all four; batch sizes 8k and 64k; then peak server memory (VmHWM) with
-8 concurrent streaming clients on configuration (c). Write-ahead log off unless ``--wal``.
+8 concurrent streaming clients on configuration (c). Beside the wall-clock rate, packets per
+second of the server's own CPU time (all its threads): on a shared machine the wall clock
+measures the load, the CPU time much less so. Write-ahead log off unless ``--wal``.
 ``--shards 1,2`` repeats each configuration with the sketches on that many Ray actors (``serve
---shards``; 1 = in process); the RSS column is then the front end's only.
+--shards``; 1 = in process); the RSS column is then the front end's only. ``--sketch-threads 1,0``
+repeats each configuration with the sketches of a batch applied one after another (1) and
+concurrently on the cores (0, the default), so the two pipelines compare within one run.
 
     .venv/bin/python benchmarks/bench_ingest.py [--packets 4000000] [--wal] [--only none,all] [--shards 1,2]
+        [--sketch-threads 1,0] [--clients 1,8] [--compare-with /tmp/main-tree]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -71,20 +77,32 @@ def make_messages(total: int, batch_size: int, seed: int = 0) -> list:
     return [messages[i % len(messages)] for i in range(count)]
 
 
-def start_server(sketches: dict, data_dir: str, wal: bool, shards: int = 1):
-    cfg = {"server": {"grpc_address": "127.0.0.1:0", "http_address": "", "data_dir": data_dir,
-                      "epoch_seconds": 3600.0, "wal": wal, "queue_batches": 8, "shards": shards},
-           "sketches": sketches}
+def start_server(sketches: dict, data_dir: str, wal: bool, shards: int = 1, sketch_threads: int = 0,
+                 code: Path | None = None):
+    """``telesketch serve`` from this tree, or from the tree ``code`` (``--compare-with``)."""
+    server = {"grpc_address": "127.0.0.1:0", "http_address": "", "data_dir": data_dir,
+              "epoch_seconds": 3600.0, "wal": wal, "queue_batches": 8, "shards": shards}
+    if sketch_threads:  # 0 is the default: left out, so an older tree without the setting runs too
+        server["sketch_threads"] = sketch_threads
+    cfg = {"server": server, "sketches": sketches}
     path = Path(data_dir) / "config.json"
     path.write_text(json.dumps(cfg))
+    root = REPO if code is None else code
+    env = dict(os.environ, PYTHONPATH=str(root))
     proc = subprocess.Popen([sys.executable, "-m", "telesketch.cli", "serve", "--config", str(path),
-                             "--log-level", "warning"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+                             "--log-level", "warning"], stdout=subprocess.PIPE, text=True, cwd=root, env=env)
     line = proc.stdout.readline()
     if not line.startswith("telesketch serving"):
         proc.kill()
         raise RuntimeError(f"server did not start: {line}")
     port = int(line.split()[2].split("=")[1])
     return proc, port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (all its threads), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -94,14 +112,16 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1, shards: int = 1) -> dict:
+def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1, shards: int = 1,
+        sketch_threads: int = 0, code: Path | None = None) -> dict:
     messages = make_messages(total // clients, batch_size)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        proc, port = start_server(CONFIGS[name], tmp, wal, shards)
+        proc, port = start_server(CONFIGS[name], tmp, wal, shards, sketch_threads, code)
         try:
             warm = Client(f"127.0.0.1:{port}")
             warm.push_messages(messages[:2])  # JIT caches loaded, sketches touched
             rss_before = peak_rss_mib(proc.pid)
+            cpu_before = cpu_seconds(proc.pid)
             results = []
 
             def stream():
@@ -115,9 +135,13 @@ def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1, sha
             for t in threads:
                 t.join()
             seconds = time.perf_counter() - start
+            server_cpu = cpu_seconds(proc.pid) - cpu_before
             packets = sum(results)
-            return {"config": name, "shards": shards, "batch": batch_size, "clients": clients, "packets": packets,
+            return {"code": "this tree" if code is None else str(code), "config": name, "shards": shards, "sketch_threads": sketch_threads, "batch": batch_size,
+                    "clients": clients, "packets": packets,
                     "seconds": round(seconds, 3), "mpps": round(packets / seconds / 1e6, 2),
+                    "server_cpu_s": round(server_cpu, 2),
+                    "mpps_per_server_cpu": round(packets / max(server_cpu, 1e-9) / 1e6, 2),
                     "peak_rss_mib": round(peak_rss_mib(proc.pid), 1), "rss_after_warmup_mib": round(rss_before, 1)}
         finally:
             proc.terminate()
@@ -132,6 +156,10 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="8192,65536")
     ap.add_argument("--with-header", action="store_true", help="also send the 40-byte header block")
     ap.add_argument("--shards", default="1", help="comma-separated shard counts (>1: Ray actors)")
+    ap.add_argument("--sketch-threads", default="0", help="comma-separated sketch_threads (0: the cores, 1: serial)")
+    ap.add_argument("--clients", default="1", help="comma-separated client counts for every row")
+    ap.add_argument("--compare-with", type=Path, default=None,
+                    help="another source tree (e.g. `git archive` of main): each row also runs its server, interleaved")
     args = ap.parse_args()
     global WITH_HEADER
     WITH_HEADER = args.with_header
@@ -141,16 +169,25 @@ def main() -> None:
     for shards in map(int, args.shards.split(",")):
         for name in args.only.split(","):
             for size in map(int, args.batch_sizes.split(",")):
-                row = run(name, size, args.packets, args.wal, shards=shards)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    if "all" in args.only.split(","):
+                for clients in map(int, args.clients.split(",")):
+                    for threads in map(int, args.sketch_threads.split(",")):
+                        for code in ([args.compare_with] if args.compare_with else []) + [None]:
+                            if code is not None and threads:
+                                continue  # an older tree runs its own (serial) pipeline only
+                            row = run(name, size, args.packets, args.wal, clients=clients, shards=shards,
+                                      sketch_threads=threads, code=code)
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
+    if "all" in args.only.split(",") and args.clients == "1":
         row = run("all", 65536, args.packets, args.wal, clients=8)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| config | shards | batch | clients | M packets/s | peak server RSS MiB |\n|---|---|---|---|---|---|")
+    print("\n| code | config | shards | sketch_threads | batch | clients | M packets/s | M packets per server CPU-second "
+          "| peak server RSS MiB |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['shards']} | {r['batch']} | {r['clients']} | {r['mpps']} | {r['peak_rss_mib']} |")
+        print(f"| {r['code']} | {r['config']} | {r['shards']} | {r['sketch_threads']} | {r['batch']} | {r['clients']} | "
+              f"{r['mpps']} | {r['mpps_per_server_cpu']} | {r['peak_rss_mib']} |")
+    print(f"# load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
 
 
 if __name__ == "__main__":

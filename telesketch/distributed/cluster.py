@@ -6,8 +6,9 @@ lands on one shard, in arrival order: GapFilter, LLM-Sketch, Hidden Sketch by 5-
 ResidualSketch as its spec §4 says, ``exact``), and to ``hash_u32(src_ip, ROUTE_SEED) % shards``
 for Hidden Sketch by source address (:func:`routed_by_source`; every packet of a source on one
 shard, so its one-pass FS gate sees the source's whole count, as in one process). Batches travel
-as :class:`~telesketch.packets.PacketBatch` objects (Ray serialises their numpy columns zero-copy
-through the object store).
+as :class:`ShardPart` objects: the columns that hold data (Ray serialises numpy columns zero-copy
+through the object store); columns the collector did not send stay behind and are zero again on
+the shard.
 
 Each shard actor builds its sketches from the service's sketch config dicts through
 :mod:`telesketch.service.sketchset` (one epoch, no epoch management). :func:`shard_specs` adapts a
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from telesketch.hashing import hash_5tuple, hash_u32
-from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
+from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, HEADER_BYTES, PacketBatch
 from telesketch.service import sketchset as ss
 from telesketch.sketches.core import SketchError
 
@@ -106,6 +107,52 @@ def route(batch: PacketBatch, shards: int, seed: int, by_source: bool) -> list[t
     flows = split_by_shard(batch, shards, seed)
     sources = split_by_source(batch, shards, seed) if by_source else [None] * shards
     return list(zip(flows, sources))
+
+
+class ShardPart:
+    """Packets on their way to a shard: their count and the batch's columns that are not all zero.
+
+    A column the collector did not send (the 40-byte ``header`` block without a learned estimator,
+    TCP fields, ...) decodes as zeros. Routing a full :class:`PacketBatch` gathered, serialised and
+    copied every such column to the shards: 150 bytes a packet for a batch split both ways, against
+    34 on the wire. ``batch()`` rebuilds the same batch (the absent columns zero again).
+    """
+
+    __slots__ = ("n", "columns")
+
+    def __init__(self, n: int, columns: dict[str, np.ndarray]):
+        self.n, self.columns = int(n), columns
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self) -> PacketBatch:
+        fields = {}
+        for name, dtype in COLUMN_DTYPES.items():
+            fields[name] = self.columns[name] if name in self.columns else np.zeros(self.n, dtype)
+        header = self.columns.get("header")
+        fields["header"] = header if header is not None else np.zeros((self.n, HEADER_BYTES), np.uint8)
+        return PacketBatch(**fields)
+
+
+def route_parts(batch: PacketBatch, shards: int, seed: int, by_source: bool) -> list[tuple[ShardPart, ShardPart | None]]:
+    """:func:`route` as :class:`ShardPart` pairs: only the columns holding data are gathered and sent."""
+    present = {name: col for name, col in batch.columns().items() if col.any()}
+
+    def split(ids: np.ndarray) -> list[ShardPart]:
+        order = np.argsort(ids, kind="stable")
+        bounds = np.searchsorted(ids[order], np.arange(shards + 1)).tolist()
+        grouped = {name: col[order] for name, col in present.items()}
+        return [ShardPart(bounds[s + 1] - bounds[s], {name: col[bounds[s]:bounds[s + 1]] for name, col in grouped.items()})
+                for s in range(shards)]
+
+    flows = split(shard_ids(batch, shards, seed))
+    sources = split(source_shard_ids(batch, shards, seed)) if by_source else [None] * shards
+    return list(zip(flows, sources))
+
+
+def _as_batch(part):
+    return part.batch() if isinstance(part, ShardPart) else part
 
 
 def _keys_batch(keys: np.ndarray) -> PacketBatch:
@@ -184,8 +231,9 @@ class ShardWorker:
         """Open ``epoch``: each sketch's next state (fresh, successor, or the live continuous one)."""
         self.states = self.sketchset.new_states(epoch, self.states or None)
 
-    def update(self, by_flow: PacketBatch, by_source: PacketBatch | None = None) -> int:
+    def update(self, by_flow: PacketBatch | ShardPart, by_source: PacketBatch | ShardPart | None = None) -> int:
         """Source-routed sketches take ``by_source``, the others ``by_flow``; returns packets so far."""
+        by_flow, by_source = _as_batch(by_flow), _as_batch(by_source)
         for cs in self.sketchset.active:
             part = by_source if cs.name in self.source_routed else by_flow
             if part is not None and len(part):
@@ -251,7 +299,7 @@ class ShardedSketches:
         """Send each shard its packets (arrival order kept) and wait until all are applied."""
         ray = _ray()
         by_source = any(routed_by_source(spec) for spec in self.specs.values())
-        parts = route(batch, self.shards, self.route_seed, by_source)
+        parts = route_parts(batch, self.shards, self.route_seed, by_source)
         ray.get([a.update.remote(f, s) for a, (f, s) in zip(self.actors, parts) if len(f) or (s is not None and len(s))])
         self.packets += len(batch)
 

@@ -35,7 +35,7 @@ from telesketch.distributed.cluster import (
     ShardWorker,
     _keys_batch,
     _ray,
-    route,
+    route_parts,
     routed_by_source,
     shard_ids,
     shard_spec,
@@ -90,7 +90,7 @@ class ShardPool:
         self._all("advance", epoch)
 
     def update(self, batch: PacketBatch) -> None:
-        parts = route(batch, self.shards, self.route_seed, self.by_source)
+        parts = route_parts(batch, self.shards, self.route_seed, self.by_source)
         self._get([a.update.remote(f, s) for a, (f, s) in zip(self.actors, parts)
                    if len(f) or (s is not None and len(s))])
 

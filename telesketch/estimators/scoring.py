@@ -46,12 +46,14 @@ import numpy as np
 
 from telesketch.estimators import LABEL_PIVOT_LOG2, LABEL_SLOPE, as_estimator
 from telesketch.hashing import hash_5tuple
+from telesketch.intrinsics import prefetch
 
 PROVISIONAL = 0.5
 FLOOR_FROM = 512  # see "Size floor" in the module doc
 WAYS = 8
 FLOW_HASH_SEED = 0x5C0E
 MODES = ("sync", "async", "auto")
+_PREFETCH_AHEAD = 12  # packets between prefetching a cache set and using it
 SLOW_KINDS = ("lm", "tiny")  # what "auto" scores asynchronously
 
 
@@ -63,12 +65,26 @@ def _lookup_kernel(flow_hash, tags, seen, score, stamp, pending, tick0, rescore,
     (flat index), whether it is a scoring point, the index of the previous packet of the same
     cache entry in this batch (-1: none), the entry's score before the batch (NaN: none), whether
     to queue it for the async worker and its in-flow position. ``stamp`` (last use, ``tick0 + i``)
-    drives LRU."""
+    drives LRU.
+
+    Speed: every packet's set is computed first (``slot_out`` holds it until overwritten), so the
+    set of the packet ``_PREFETCH_AHEAD`` places on is prefetched: the table is far bigger than
+    the caches, and its loads for successive packets then overlap instead of waiting in turn."""
     nsets, ways = tags.shape
-    for i in range(flow_hash.shape[0]):
+    n = flow_hash.shape[0]
+    for i in range(n):
+        slot_out[i] = np.int64((flow_hash[i] >> np.uint64(32)) % np.uint64(nsets))
+    tags_flat, stamp_flat, seen_flat, score_flat = tags.reshape(-1), stamp.reshape(-1), seen.reshape(-1), score.reshape(-1)
+    for i in range(n):
+        if i + _PREFETCH_AHEAD < n:
+            ahead = slot_out[i + _PREFETCH_AHEAD] * ways
+            prefetch(tags_flat, ahead)
+            prefetch(stamp_flat, ahead)
+            prefetch(seen_flat, ahead)
+            prefetch(score_flat, ahead)
         h = flow_hash[i]
         tag = h if h != 0 else np.uint64(1)  # 0 marks an empty way
-        row = np.int64((h >> np.uint64(32)) % np.uint64(nsets))
+        row = slot_out[i]
         way = -1
         for w in range(ways):
             if tags[row, w] == tag:
@@ -121,7 +137,10 @@ def _fill_kernel(point, prev, cached, fresh, use_fresh, slots, score_flat, pos, 
 
     ``fresh``: model scores of this batch's scoring points (sync mode; ``use_fresh``). At a floor
     position (``floor_from * 2^j``) the score is raised to the size floor ``y(position)``."""
-    for i in range(point.shape[0]):
+    n = point.shape[0]
+    for i in range(n):
+        if i + _PREFETCH_AHEAD < n:
+            prefetch(score_flat, slots[i + _PREFETCH_AHEAD])
         if use_fresh and point[i]:
             m = fresh[i]
         elif prev[i] >= 0:

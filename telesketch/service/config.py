@@ -59,6 +59,7 @@ class ServiceConfig:
     tls_key: str = ""
     shards: int = 1                         #: >1: the open epoch's sketches on this many Ray actors
     ray_address: str = ""                   #: Ray cluster to join with shards > 1 ("" = start a local one)
+    sketch_threads: int = 0                 #: threads applying a batch to the sketches (0 = the cores, 1 = serial)
     sketches: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_SKETCHES))
 
     def validate(self) -> "ServiceConfig":
@@ -69,6 +70,9 @@ class ServiceConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.sketch_threads, bool) or not isinstance(self.sketch_threads, int) or self.sketch_threads < 0:
+            raise ConfigError(f"sketch_threads must be a non-negative integer (0 = the available cores), "
+                              f"got {self.sketch_threads!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("TLS needs both tls_cert and tls_key")
         for addr_name in ("grpc_address", "http_address"):

@@ -3,8 +3,9 @@
 Packet path: the RPC handler decodes and validates a ``PacketBatch`` on the event loop (column
 ``np.frombuffer``, no per-packet work), waits for a slot in the bounded queue (backpressure: at
 most ``queue_batches`` batches admitted and not applied, so memory is bounded), and hands the batch
-to the one sketch worker thread. The worker applies batches in admission order (Numba kernels
-release the GIL, so the event loop keeps reading meanwhile) and resolves the RPC's future; the ack
+to the one sketch worker thread. The worker applies batches in admission order, the sketches of
+one batch concurrently on the cores (``sketch_threads``; Numba kernels release the GIL, so the
+event loop keeps reading meanwhile) and resolves the RPC's future; the ack
 is sent only after the batch is applied (and logged, see :mod:`telesketch.service.epochs`).
 
 ``Push`` pipelines: it admits the stream's batches as fast as slots free up and answers once all
@@ -365,7 +366,9 @@ def grpc_server_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
 def _sketchset(config: ServiceConfig) -> SketchSet:
     """The configured sketches: in this process, or (``shards > 1``) the open epoch on Ray actors."""
     if config.shards == 1:
-        return SketchSet.from_config(config.sketches)
+        sketchset = SketchSet.from_config(config.sketches)
+        sketchset.concurrency = config.sketch_threads or None
+        return sketchset
     from telesketch.distributed.service import ShardedSketchSet
 
     return ShardedSketchSet.from_config(config.sketches, config.shards, address=config.ray_address)
@@ -417,6 +420,7 @@ class Service:
             self._http = None
 
     def _shutdown_sketches(self) -> None:
+        self.sketchset.shutdown_pool()
         if hasattr(self.sketchset, "shutdown"):  # Ray shard actors
             self.sketchset.shutdown()
 

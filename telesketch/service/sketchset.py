@@ -34,9 +34,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numba
 import numpy as np
 
 from telesketch.packets import PacketBatch
@@ -428,11 +433,29 @@ def _top_flows(states: list, k: int) -> list:
     return [(candidates[i], int(totals[i])) for i in order]
 
 
+def default_concurrency() -> int:
+    """Threads that update one batch's sketches: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass
 class SketchSet:
-    """The configured sketches plus helpers to make, update and serialise one epoch's states."""
+    """The configured sketches plus helpers to make, update and serialise one epoch's states.
+
+    ``concurrency``: threads that apply one batch to the sketches (``None``: the available cores;
+    1: one after another on the calling thread). The sketches' kernels release the GIL, so
+    different sketches of the same batch run on different cores; each sketch still sees the
+    batches one at a time and in order (``update`` returns when every sketch has applied the
+    batch), so every state and answer is the same as with ``concurrency=1``.
+    """
 
     sketches: list[ConfiguredSketch] = field(default_factory=list)
+    concurrency: int | None = None
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False, compare=False)
+    _cost: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, specs: dict[str, dict[str, Any]]) -> "SketchSet":
@@ -453,8 +476,83 @@ class SketchSet:
         return {cs.name: cs.next_state(previous.get(cs.name), epoch) for cs in self.active}
 
     def update(self, states: dict[str, Any], batch: PacketBatch, on_time: Callable[[str, float], None] | None = None) -> None:
-        for cs in self.active:
-            states[cs.name].update(batch)
+        """Apply ``batch`` to every active sketch's state (concurrently, see ``concurrency``)."""
+        self.update_parts(states, {cs.name: batch for cs in self.active}, on_time)
+
+    def update_parts(self, states: dict[str, Any], parts: dict[str, PacketBatch | None],
+                     on_time: Callable[[str, float], None] | None = None) -> None:
+        """``states[name].update(parts[name])`` for every name (empty or ``None`` parts skipped).
+
+        With more than one thread the updates run concurrently: the calling thread and
+        ``concurrency - 1`` pool threads take sketches from one list, the costliest first
+        (per-packet seconds of earlier batches), each on one Numba thread, and this returns when
+        all are done. If updates fail, the first failing sketch's exception (in ``parts`` order)
+        is raised after the others have finished. ``on_time(name, seconds)`` is told each
+        sketch's wall time.
+        """
+        names = [name for name, part in parts.items() if part is not None and len(part)]
+        threads = min(len(names), self.threads)
+        if threads <= 1:
+            for name in names:
+                self._timed_update(states[name], name, parts[name], on_time)
+            return
+        names.sort(key=lambda name: -self._cost.get(name, 0.0) * len(parts[name]))
+        errors: dict[str, BaseException] = {}
+        pending = iter(names)
+        take = threading.Lock()
+
+        def drain() -> None:
+            # the cores are taken by the sketches themselves: each kernel runs on one thread
+            # (Numba's thread count is per calling thread; the parallel kernels give the same results)
+            numba.set_num_threads(1)
+            while True:
+                with take:
+                    name = next(pending, None)
+                if name is None:
+                    return
+                try:
+                    self._timed_update(states[name], name, parts[name], on_time)
+                except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
+                    errors[name] = exc
+
+        pool = self._executor()
+        helpers = [pool.submit(drain) for _ in range(threads - 1)]
+        own_threads = numba.get_num_threads()
+        try:
+            drain()
+        finally:
+            numba.set_num_threads(own_threads)
+        for helper in helpers:
+            helper.result()
+        for name in parts:
+            if name in errors:
+                raise errors[name]
+
+    def _timed_update(self, state, name: str, part: PacketBatch, on_time) -> None:
+        start = time.perf_counter()
+        state.update(part)
+        seconds = time.perf_counter() - start
+        previous = self._cost.get(name)
+        per_packet = seconds / len(part)
+        self._cost[name] = per_packet if previous is None else 0.8 * previous + 0.2 * per_packet
+        if on_time is not None:
+            on_time(name, seconds)
+
+    @property
+    def threads(self) -> int:
+        """Threads used per batch (``concurrency``, or the available cores when ``None``)."""
+        return default_concurrency() if self.concurrency is None else max(1, int(self.concurrency))
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max(1, self.threads - 1), thread_name_prefix="telesketch-sketch")
+        return self._pool
+
+    def shutdown_pool(self) -> None:
+        """Stop the update threads (a later update starts them again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def close(self, states: dict[str, Any]) -> dict[str, Any]:
         return {name: self.get(name).close(state) for name, state in states.items()}

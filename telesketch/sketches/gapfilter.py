@@ -37,6 +37,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from telesketch.hashing import hash64_5tuple, hash64_u32, mix64
@@ -275,33 +276,153 @@ def _rotated_item(h, seq, n_buckets, magic, fp_mask):
 
 
 # ============================================================================ SO step (§5.3)
+def _vector_intrinsic(builder, name, ret, args):
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+@intrinsic
+def _so_nearest(typingctx, w, v, modular):
+    """``(lane, d)`` of the lane of bucket word ``w`` nearest to ``v``: ``d`` is
+    ``s16(v - x)`` (``modular``) or ``sat16(s16(v) - s16(x))`` for each lane ``x``; the lane with
+    the smallest ``|d|`` wins, the lowest on ties.
+
+    All four lanes at once, as one ``<4 x i16>`` vector: a (saturating) subtraction, ``abs``
+    and an unsigned-minimum reduction over ``|d| << 2 | lane``. Written lane by lane, LLVM
+    turned the saturation into branches that the CPU mispredicts on new flows."""
+    sig = types.UniTuple(types.int64, 2)(types.uint64, types.int64, types.boolean)
+
+    def codegen(context, builder, signature, args):
+        word, value, is_modular = args
+        i1, i16, i32, i64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        v4i16, v4i32 = ir.VectorType(i16, 4), ir.VectorType(i32, 4)
+        lanes = builder.bitcast(word, v4i16)  # lane i = bits 16i..16i+15 (little-endian host)
+        one = builder.insert_element(ir.Constant(v4i16, None), builder.trunc(value, i16), ir.Constant(i32, 0))
+        splat = builder.shuffle_vector(one, ir.Constant(v4i16, None), ir.Constant(v4i32, [0, 0, 0, 0]))
+        saturated = _vector_intrinsic(builder, "llvm.ssub.sat.v4i16", v4i16, [splat, lanes])
+        wrapped = builder.sub(splat, lanes)
+        flag = context.cast(builder, is_modular, types.boolean, types.boolean)
+        diff = builder.select(builder.trunc(flag, i1) if flag.type != i1 else flag, wrapped, saturated)
+        magnitude = _vector_intrinsic(builder, "llvm.abs.v4i16", v4i16, [diff, ir.Constant(i1, 0)])
+        keys = builder.or_(builder.shl(builder.zext(magnitude, v4i32), ir.Constant(v4i32, [2] * 4)),
+                           ir.Constant(v4i32, [0, 1, 2, 3]))
+        best_key = _vector_intrinsic(builder, "llvm.vector.reduce.umin.v4i32", i32, [keys])
+        lane = builder.and_(best_key, ir.Constant(i32, 3))
+        d = builder.sext(builder.extract_element(diff, lane), i64)
+        return context.make_tuple(builder, signature.return_type, [builder.zext(lane, i64), d])
+
+    return sig, codegen
+
+
 @nb.njit(cache=True, nogil=True, inline="always")
 def _so_step(w, v, t1, t2, modular):
     """One SO item into a bucket word; returns ``(new_word, report, md)``.
 
     A bucket (a row of the ``uint16[nb, 4]`` table) is handled as one little-endian ``uint64``
-    (lane ``i`` in bits ``16i..16i+15``), so the nearest-lane search and the move-to-front are a
-    few branch-free word operations, and a run of one bucket's items stays in a register.
+    (lane ``i`` in bits ``16i..16i+15``), so the nearest-lane search (:func:`_so_nearest`, one
+    vector) and the move-to-front are a few branch-free word operations, and a run of one
+    bucket's items stays in a register.
     """
-    best_key = np.int64(1 << 40)
-    for i in range(4):
-        x = np.int64((w >> _U64(16 * i)) & _U64(0xFFFF))
-        d = _s16(v - x) if modular else _sat_diff(v, x)
-        # key orders by |d|, then lane (lowest wins ties); its low 16 bits carry d itself
-        best_key = min(best_key, (abs(d) << 19) | (i << 17) | (d + 32768))
-    best = (best_key >> 17) & 3
-    md = (best_key & 0xFFFF) - 32768
-    absorbed = -t2 < md < t2
-    x = np.int64((w >> _U64(16 * best)) & _U64(0xFFFF))
-    keep = x if (absorbed and md <= 0) else v  # absorbed: keep the max; new flow: push v
-    shift = _U64(16 * best) if absorbed else _U64(48)  # new flow: lane 3 is evicted
+    best, md = _so_nearest(w, v, modular)
+    absorbed = (md > -t2) & (md < t2)
+    # selects as masks (all ones / zero): LLVM kept "x if absorbed else y" as a mispredicted branch
+    absorbed_mask = _U64(0) - _U64(absorbed)
+    keep_mask = _U64(0) - _U64(absorbed & (md <= 0))
+    x = (w >> _U64(16 * best)) & _U64(0xFFFF)
+    keep = (x & keep_mask) | (_U64(v) & ~keep_mask)  # absorbed: keep the max; new flow: push v
+    shift = (_U64(16 * best) & absorbed_mask) | (_U64(48) & ~absorbed_mask)  # new flow: lane 3 is evicted
     below = w & ((_U64(1) << shift) - _U64(1))
     above = w & ~((_U64(2) << (shift + _U64(15))) - _U64(1))  # 2 << 63 == 0 for lane 3
-    return above | (below << _U64(16)) | _U64(keep), absorbed and md >= t1, md
+    return above | (below << _U64(16)) | keep, absorbed & (md >= t1), md
 
 
 # ============================================================================ AO step (§5.4)
 _NO_MATCH = 1 << 40
+
+
+def _bucket_vector(context, builder, arrty, arr, bucket):
+    """Pointer to row ``bucket`` of a C-contiguous ``uint32[nb, 8]`` array, as ``<8 x i32>*``."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    first = cgutils.get_item_pointer(context, builder, arrty, ary, [bucket, ir.Constant(ir.IntType(64), 0)],
+                                     wraparound=False, boundscheck=False)
+    return builder.bitcast(first, ir.VectorType(ir.IntType(32), 8).as_pointer())
+
+
+def _lane_ids(n_lanes, width=32):
+    return ir.Constant(ir.VectorType(ir.IntType(width), n_lanes), list(range(n_lanes)))
+
+
+def _splat(builder, value, n_lanes):
+    vec = ir.VectorType(value.type, n_lanes)
+    one = builder.insert_element(ir.Constant(vec, None), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vec, None), ir.Constant(ir.VectorType(ir.IntType(32), n_lanes),
+                                                                           [0] * n_lanes))
+
+
+@intrinsic
+def _ao_scan(typingctx, cells, bucket, v, fp):
+    """``(lane, matched, empty)`` of bucket ``bucket``: among lanes whose fingerprint is ``fp``,
+    the one with the smallest ``|sat16(s16(v) - s16(seq))|`` (lowest lane on ties; lane 0 and
+    ``matched`` 0 when none), and the lowest lane holding 0 (8: none). All 8 lanes as one vector
+    (compare, saturating subtract, abs, two unsigned-minimum reductions): lane-by-lane code
+    compiled to branches that new flows mispredict."""
+    if not (isinstance(cells, types.Array) and cells.ndim == 2 and cells.layout == "C"
+            and cells.dtype == types.uint32):
+        return None
+    sig = types.UniTuple(types.int64, 3)(cells, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        arr, b, value, fingerprint = args
+        i1, i16, i32, i64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        v8i32 = ir.VectorType(i32, 8)
+        lanes = builder.load(_bucket_vector(context, builder, signature.args[0], arr, b), align=4)
+        seqs = builder.trunc(lanes, ir.VectorType(i16, 8))
+        same_fp = builder.icmp_unsigned("==", builder.lshr(lanes, ir.Constant(v8i32, [16] * 8)),
+                                        _splat(builder, builder.trunc(fingerprint, i32), 8))
+        diff = _vector_intrinsic(builder, "llvm.ssub.sat.v8i16", ir.VectorType(i16, 8),
+                                 [_splat(builder, builder.trunc(value, i16), 8), seqs])
+        magnitude = _vector_intrinsic(builder, "llvm.abs.v8i16", ir.VectorType(i16, 8), [diff, ir.Constant(i1, 0)])
+        keys = builder.or_(builder.shl(builder.zext(magnitude, v8i32), ir.Constant(v8i32, [3] * 8)), _lane_ids(8))
+        keys = builder.select(same_fp, keys, ir.Constant(v8i32, [0xFFFFFFFF] * 8))
+        best = _vector_intrinsic(builder, "llvm.vector.reduce.umin.v8i32", i32, [keys])
+        matched = builder.icmp_unsigned("!=", best, ir.Constant(i32, 0xFFFFFFFF))
+        lane = builder.select(matched, builder.and_(best, ir.Constant(i32, 7)), ir.Constant(i32, 0))
+        is_empty = builder.icmp_unsigned("==", lanes, ir.Constant(v8i32, [0] * 8))
+        empties = builder.select(is_empty, _lane_ids(8), ir.Constant(v8i32, [8] * 8))
+        empty = _vector_intrinsic(builder, "llvm.vector.reduce.umin.v8i32", i32, [empties])
+        return context.make_tuple(builder, signature.return_type,
+                                  [builder.zext(lane, i64), builder.zext(matched, i64), builder.zext(empty, i64)])
+
+    return sig, codegen
+
+
+@intrinsic
+def _ao_move(typingctx, cells, bucket, m, r, value):
+    """``move(m -> r)`` in bucket ``bucket``: lanes ``r+1..m`` take the old lanes ``r..m-1`` and
+    lane ``r`` takes ``value``; the other lanes keep theirs. One vector shuffle and two selects."""
+    if not (isinstance(cells, types.Array) and cells.ndim == 2 and cells.layout == "C"
+            and cells.dtype == types.uint32):
+        return None
+    sig = types.void(cells, types.int64, types.int64, types.int64, types.uint32)
+
+    def codegen(context, builder, signature, args):
+        arr, b, last, first, new_value = args
+        i32 = ir.IntType(32)
+        v8i32 = ir.VectorType(i32, 8)
+        ptr = _bucket_vector(context, builder, signature.args[0], arr, b)
+        lanes = builder.load(ptr, align=4)
+        shifted = builder.shuffle_vector(lanes, ir.Constant(v8i32, None),
+                                         ir.Constant(v8i32, [0, 0, 1, 2, 3, 4, 5, 6]))
+        ids = _lane_ids(8)
+        r_vec = _splat(builder, builder.trunc(first, i32), 8)
+        m_vec = _splat(builder, builder.trunc(last, i32), 8)
+        moving = builder.and_(builder.icmp_signed(">", ids, r_vec), builder.icmp_signed("<=", ids, m_vec))
+        out = builder.select(moving, shifted, lanes)
+        out = builder.select(builder.icmp_signed("==", ids, r_vec), _splat(builder, new_value, 8), out)
+        builder.store(out, ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -315,29 +436,26 @@ def _ao_step(cells, b, item, sz, t1, t2, civilian_front):
     v = item & 0xFFFF
     fp = item >> 16
     new_cell = np.uint32(item)
-    best_key = np.int64(_NO_MATCH)
-    empty = 8
-    for i in range(7, -1, -1):
-        c = np.int64(cells[b, i])
-        key = abs(_sat_diff(v, c & 0xFFFF)) * 8 + i  # unsigned distance (fix A), lowest lane on ties
-        best_key = min(best_key, key if (c >> 16) == fp else _NO_MATCH)
-        empty = i if c == 0 else empty
-    lane = best_key & 7
-    md = _s16(v - (np.int64(cells[b, lane]) & 0xFFFF)) if best_key < _NO_MATCH else np.int64(0)
-    matched = best_key < _NO_MATCH
+    # nearest lane of the same fingerprint by unsigned distance (fix A), lowest lane on ties
+    lane, found, empty = _ao_scan(cells, b, v, fp)
+    matched = found != 0
+    md = _s16(v - (np.int64(cells[b, lane]) & 0xFFFF)) * found
     report = matched & (md >= t1) & (md < t2)  # major gap: promote to suspect head (m=lane, r=0)
     absorb = matched & (md > -t2) & (md < t1)  # neglect / in order / minor gap (m=lane, r<=sz)
     hit = absorb | report
     # new flow: a free suspect slot, else evict (last_suspect: lane 7 -> max(sz-1, 0);
     # civilian_front: first empty lane or 7 -> min(sz, 7))
-    new_m = empty if empty < sz else (min(empty, 7) if civilian_front else 7)
-    new_r = empty if empty < sz else (min(sz, 7) if civilian_front else max(sz - 1, 0))
-    m = lane if hit else new_m
-    r = (min(lane, sz) if absorb else 0) if hit else new_r  # civilian hit -> civilian front
-    value = cells[b, lane] if (absorb & (md <= 0)) else new_cell  # modular compare (fix B)
-    for i in range(7, -1, -1):  # downward, so lane i - 1 is still the old value
-        shifted = cells[b, max(i - 1, 0)] if r < i <= m else cells[b, i]
-        cells[b, i] = value if i == r else shifted
+    free = empty < sz
+    new_m = empty if free else (min(empty, 7) if civilian_front else 7)
+    new_r = empty if free else (min(sz, 7) if civilian_front else max(sz - 1, 0))
+    # selects by arithmetic: as conditional expressions LLVM compiled them to branches that
+    # mispredict between hits and new flows
+    hit_i, keep_i = np.int64(hit), np.int64(absorb & (md <= 0))
+    m = new_m + (lane - new_m) * hit_i
+    r = new_r + (min(lane, sz) * np.int64(absorb) - new_r) * hit_i  # civilian hit -> civilian front
+    old = np.int64(cells[b, lane])
+    value = np.uint32(np.int64(new_cell) + (old - np.int64(new_cell)) * keep_i)  # modular compare (fix B)
+    _ao_move(cells, b, m, r, value)
     return report, md
 
 
@@ -633,8 +751,9 @@ class _GapFilterBase:
     ALGORITHM: ClassVar[str]
     PARAMS: ClassVar[type]
     STATE_VERSION: ClassVar[int] = 1
-    #: Use the bucket-partitioned path for large batches even with one Numba thread (measured
-    #: faster for AO: a bucket's items run back to back, hot in cache and branch-predictable).
+    #: Use the bucket-partitioned path for large batches even with one Numba thread. Off for
+    #: every variant: it was faster for AO while AO's step branched (a bucket's items back to
+    #: back were branch-predictable), but the vectorised step is faster in arrival order.
     PARTITION_ONE_THREAD: ClassVar[bool] = False
 
     def __init__(self, memory_bytes: int | None = None, *, params=None, **kwargs) -> None:
@@ -687,8 +806,8 @@ class _GapFilterBase:
         """Process a batch in arrival order; returns ``bool[n]`` (packet opened a major gap).
 
         ``parallel``: ``None`` picks the bucket-partitioned path for batches of at least
-        ``PARALLEL_MIN_ITEMS`` when Numba has more than one thread (AO: always, see
-        ``PARTITION_ONE_THREAD``); ``True``/``False`` force it. Results are identical either way.
+        ``PARALLEL_MIN_ITEMS`` when Numba has more than one thread (see ``PARTITION_ONE_THREAD``);
+        ``True``/``False`` force it. Results are identical either way.
         """
         if not isinstance(batch, PacketBatch):
             raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}")
@@ -870,7 +989,6 @@ class GapFilterAO(_GapFilterBase):
 
     ALGORITHM = "gapfilter-ao"
     PARAMS = GapFilterAOParams
-    PARTITION_ONE_THREAD = True
 
     def _init_state(self) -> None:
         self.cells = np.zeros((self.params.n_buckets, 8), np.uint32)

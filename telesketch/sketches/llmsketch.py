@@ -53,9 +53,14 @@ from typing import Any
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from telesketch.hashing import mix64
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
+from telesketch.sketches.cocosketch import fastmod
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.exact import prefix_mask
 
@@ -220,6 +225,98 @@ def _same_key(slot_words, b, s, keys, i):
     return True
 
 
+def _row_pointer(context, builder, arrty, arr, index, lanes, width):
+    """Pointer to ``arr[index..., 0]`` (C-contiguous) as ``<lanes x i{width}>*``."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    zero = ir.Constant(ir.IntType(64), 0)
+    first = cgutils.get_item_pointer(context, builder, arrty, ary, list(index) + [zero] * (arrty.ndim - len(index)),
+                                     wraparound=False, boundscheck=False)
+    return builder.bitcast(first, ir.VectorType(ir.IntType(width), lanes).as_pointer())
+
+
+def _reduce_umin(builder, vector):
+    elem = vector.type.element
+    fnty = ir.FunctionType(elem, [vector.type])
+    name = f"llvm.vector.reduce.umin.v{vector.type.count}i{elem.width}"
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), [vector])
+
+
+def _is_c_array(t, ndim, dtype):
+    return isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C" and t.dtype == dtype
+
+
+@intrinsic
+def _heavy_scan(typingctx, slot_words, counts, lock, occ, bucket, key):
+    """The 8 slots of bucket ``bucket`` for a one-word key, as vectors: ``(stop, unlocked, any)``.
+
+    ``stop``: the first slot that holds ``key`` or is empty (8: none); ``unlocked``: the unlocked
+    slot with the smallest count, lowest on ties (-1: all locked); ``any``: the same over all
+    slots. These are exactly what :func:`_heavy_insert`'s slot-by-slot loop finds, without its
+    data-dependent branches."""
+    if not (_is_c_array(slot_words, 3, types.uint32) and _is_c_array(counts, 2, types.uint32)
+            and _is_c_array(lock, 2, types.uint8) and _is_c_array(occ, 2, types.uint8)):
+        return None
+    sig = types.UniTuple(types.int64, 3)(slot_words, counts, lock, occ, types.int64, types.uint32)
+
+    def codegen(context, builder, signature, args):
+        words_a, counts_a, lock_a, occ_a, b, k = args
+        i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        v8i32, v8i64 = ir.VectorType(i32, 8), ir.VectorType(i64, 8)
+        wt, ct, lt, ot = signature.args[:4]
+        slot_keys = builder.load(_row_pointer(context, builder, wt, words_a, [b], 8, 32), align=4)
+        slot_counts = builder.load(_row_pointer(context, builder, ct, counts_a, [b], 8, 32), align=4)
+        locked = builder.load(_row_pointer(context, builder, lt, lock_a, [b], 8, 8), align=1)
+        held = builder.icmp_unsigned("!=", builder.load(_row_pointer(context, builder, ot, occ_a, [b], 8, 8), align=1),
+                                     ir.Constant(ir.VectorType(i8, 8), [0] * 8))
+        one = builder.insert_element(ir.Constant(v8i32, None), k, ir.Constant(i32, 0))
+        splat = builder.shuffle_vector(one, ir.Constant(v8i32, None), ir.Constant(v8i32, [0] * 8))
+        same = builder.icmp_unsigned("==", slot_keys, splat)
+        stops = builder.or_(builder.and_(held, same), builder.not_(held))
+        ids32 = ir.Constant(v8i32, list(range(8)))
+        stop = _reduce_umin(builder, builder.select(stops, ids32, ir.Constant(v8i32, [8] * 8)))
+        ranked = builder.or_(builder.shl(builder.zext(slot_counts, v8i64), ir.Constant(v8i64, [3] * 8)),
+                             ir.Constant(v8i64, list(range(8))))
+        any_slot = builder.and_(_reduce_umin(builder, ranked), ir.Constant(i64, 7))
+        none = ir.Constant(v8i64, [0xFFFFFFFFFFFFFFFF] * 8)
+        unlocked = builder.icmp_unsigned("==", locked, ir.Constant(ir.VectorType(i8, 8), [0] * 8))
+        best_unlocked = _reduce_umin(builder, builder.select(unlocked, ranked, none))
+        found = builder.icmp_unsigned("!=", best_unlocked, ir.Constant(i64, 0xFFFFFFFFFFFFFFFF))
+        victim = builder.select(found, builder.and_(best_unlocked, ir.Constant(i64, 7)), ir.Constant(i64, -1))
+        return context.make_tuple(builder, signature.return_type, [builder.zext(stop, i64), victim, any_slot])
+
+    return sig, codegen
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _heavy_insert_one_word(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, victim_key):
+    """:func:`_heavy_insert` for one-word keys (``flow_size``, ``hhh``), the slot scan vectorised."""
+    key = keys[i, 0]
+    stop, victim, lowest = _heavy_scan(slot_words, counts, lock, occ, b, key)
+    if stop < SLOTS:
+        s = stop
+        if occ[b, s]:
+            c = counts[b, s] + np.uint32(1)
+            counts[b, s] = c
+            q = (float(lock[b, s]) * (float(c) - 1.0) + p) / float(c)
+            lock[b, s] = 1 if uniform(seed_mix, n, _U64(0)) < q else 0
+            return OP_NONE, np.uint32(0)
+        slot_words[b, s, 0] = key
+        counts[b, s] = 1
+        lock[b, s] = 1 if p >= LARGE else 0
+        occ[b, s] = 1
+        return OP_NONE, np.uint32(0)
+    if p < LARGE:
+        return OP_ADD, np.uint32(1)
+    if victim < 0:
+        victim = lowest
+    victim_key[0] = slot_words[b, victim, 0]
+    old = counts[b, victim]
+    slot_words[b, victim, 0] = key
+    counts[b, victim] = 1
+    lock[b, victim] = 1
+    return OP_EVICT, old
+
+
 @nb.njit(cache=True, nogil=True, inline="always")
 def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, victim_key):
     """Spec §2.2 for packet ``i`` (stream index ``n``) in bucket ``b``.
@@ -260,12 +357,13 @@ def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, vic
 
 # ---------------------------------------------------------------------------- light parts
 @nb.njit(cache=True, nogil=True, inline="always")
-def _countmin_op(cm, key, nbytes, op, val):
-    """Saturating add (``OP_ADD``) or max-merge (``OP_EVICT``) of ``val`` into every row."""
+def _countmin_op(cm, key, nbytes, op, val, wmagic):
+    """Saturating add (``OP_ADD``) or max-merge (``OP_EVICT``) of ``val`` into every row
+    (``wmagic = _mod_magic(width)``)."""
     w = _U64(cm.shape[1])
     v = min(np.int64(val), CM_MAX)
     for r in range(CM_ROWS):
-        col = np.int64(_mmh3_words(key, nbytes, _U64(r)) % w)
+        col = np.int64(fastmod(_mmh3_words(key, nbytes, _U64(r)), wmagic, w))
         c = np.int64(cm[r, col])
         if op == OP_ADD:
             cm[r, col] = min(c + v, CM_MAX)
@@ -274,13 +372,13 @@ def _countmin_op(cm, key, nbytes, op, val):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix):
+def _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix, wmagic):
     """``coco_insert(key, val, uniform(seed, n, 1))`` (spec §2.2); ids are big-endian addresses."""
     w = _U64(ids.shape[1])
     k = _bswap32(key[0])
     v = np.uint32(val)
-    c0 = np.int64(_mmh3_words(key, nbytes, _U64(0)) % w)
-    c1 = np.int64(_mmh3_words(key, nbytes, _U64(1)) % w)
+    c0 = np.int64(fastmod(_mmh3_words(key, nbytes, _U64(0)), wmagic, w))
+    c1 = np.int64(fastmod(_mmh3_words(key, nbytes, _U64(1)), wmagic, w))
     if cocc[0, c0] and ids[0, c0] == k:
         ccounts[0, c0] += v
         return
@@ -298,11 +396,27 @@ def _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix):
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
-def _light_op(light, cm, ids, ccounts, cocc, key, nbytes, op, val, n, seed_mix):
+def _light_op(light, cm, ids, ccounts, cocc, key, nbytes, op, val, n, seed_mix, wmagic):
     if light == 1:
-        _countmin_op(cm, key, nbytes, op, val)
+        _countmin_op(cm, key, nbytes, op, val, wmagic)
     elif light == 2:
-        _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix)
+        _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix, wmagic)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _mod_magic(d):
+    """``fastmod``'s multiplier for divisor ``d`` (``2^64 // d + 1`` mod 2^64); 0 for ``d == 0``.
+
+    The kernels' ``h % d`` (32-bit ``h`` and ``d``) is ``fastmod(h, _mod_magic(d), d)``: the
+    same value, three multiplies instead of a 64-bit division per hash."""
+    if d == 0:
+        return _U64(0)
+    return _U64(0xFFFFFFFFFFFFFFFF) // _U64(d) + _U64(1)
+
+
+@nb.njit(cache=True, nogil=True)
+def _light_width(light, cm, ids):
+    return _U64(cm.shape[1]) if light == 1 else (_U64(ids.shape[1]) if light == 2 else _U64(0))
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -320,16 +434,22 @@ def _update_serial(slot_words, counts, lock, occ, cm, ids, ccounts, cocc, light,
     index of the batch's first packet.
     """
     nb_buckets = _U64(counts.shape[0])
+    bmagic = _mod_magic(nb_buckets)
+    wmagic = _mod_magic(_light_width(light, cm, ids))
     victim_key = np.zeros(keys.shape[1], np.uint32)
     for i in range(keys.shape[0]):
         n = _U64(n0 + i)
-        b = np.int64(_mmh3_words(keys[i], nbytes, _U64(BUCKET_SEED)) % nb_buckets)
-        op, val = _heavy_insert(slot_words, counts, lock, occ, b, keys, i, _score_of(scores, i), seed_mix, n,
-                                victim_key)
+        b = np.int64(fastmod(_mmh3_words(keys[i], nbytes, _U64(BUCKET_SEED)), bmagic, nb_buckets))
+        if keys.shape[1] == 1:
+            op, val = _heavy_insert_one_word(slot_words, counts, lock, occ, b, keys, i, _score_of(scores, i),
+                                             seed_mix, n, victim_key)
+        else:
+            op, val = _heavy_insert(slot_words, counts, lock, occ, b, keys, i, _score_of(scores, i), seed_mix, n,
+                                    victim_key)
         if op == OP_ADD:
-            _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, val, n, seed_mix)
+            _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, val, n, seed_mix, wmagic)
         elif op == OP_EVICT:
-            _light_op(light, cm, ids, ccounts, cocc, victim_key, nbytes, op, val, n, seed_mix)
+            _light_op(light, cm, ids, ccounts, cocc, victim_key, nbytes, op, val, n, seed_mix, wmagic)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -355,12 +475,14 @@ def _heavy_parallel(slot_words, counts, lock, occ, keys, buckets, scores, order,
 @nb.njit(cache=True, nogil=True)
 def _light_apply(light, cm, ids, ccounts, cocc, nbytes, keys, op_type, op_key, op_val, n0, seed_mix):
     """The recorded light-part operations in stream order (they do not commute)."""
+    wmagic = _mod_magic(_light_width(light, cm, ids))
     for i in range(op_type.shape[0]):
         op = op_type[i]
         if op == OP_ADD:
-            _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, op_val[i], _U64(n0 + i), seed_mix)
+            _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, op_val[i], _U64(n0 + i), seed_mix, wmagic)
         elif op == OP_EVICT:
-            _light_op(light, cm, ids, ccounts, cocc, op_key[i], nbytes, op, op_val[i], _U64(n0 + i), seed_mix)
+            _light_op(light, cm, ids, ccounts, cocc, op_key[i], nbytes, op, op_val[i], _U64(n0 + i), seed_mix,
+                      wmagic)
 
 
 # ---------------------------------------------------------------------------- parameters
