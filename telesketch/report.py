@@ -107,7 +107,7 @@ class LocalSource:
     @staticmethod
     def _info(answer) -> dict:
         return {"epochs": list(answer.epochs), "packets": int(answer.packets), "sketch": answer.sketch,
-                "combine": answer.combine}
+                "combine": answer.combine, "partial": bool(answer.partial)}
 
     def stats(self) -> dict:
         """Packets, retained epochs and the configured sketches (the service's ``Stats`` fields)."""
@@ -166,7 +166,7 @@ class RemoteSource:
     @staticmethod
     def _info(window) -> dict:
         return {"epochs": [int(e) for e in window.epochs], "packets": int(window.packets), "sketch": window.sketch,
-                "combine": window.combine}
+                "combine": window.combine, "partial": bool(window.partial)}
 
     def stats(self) -> dict:
         s = self._ask(self.client.stats)
@@ -237,6 +237,8 @@ def _section(fn) -> tuple[dict, Any]:
     for extra in ("before", "int_keys"):
         if extra in info:
             head[extra] = info[extra]
+    if info.get("partial"):
+        head["partial"] = True
     return head, rows
 
 
@@ -463,6 +465,9 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
             lines.append(f"{title}: not answered ({sec['error']})")
             return
         lines.append(f"{title} [sketch {sec['sketch']}, {sec['combine']}]{extra}")
+        if sec.get("partial"):
+            lines.append("PARTIAL: the sketch's decode could not finish (too little memory for this traffic): "
+                         "keys may be missing and some estimates are upper bounds; see `telesketch size`")
 
     hh = report["heavy_hitters"]
     head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}"

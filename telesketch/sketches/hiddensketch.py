@@ -799,6 +799,30 @@ class HiddenSketch:
     def decode_ok(self) -> bool:
         return self.decode().decode_ok
 
+    #: keys per CM bucket above which peeling a 3-row Count-Min fails (the 3-uniform hypergraph
+    #: peeling threshold, c*_3 = 0.818), so ``load_factor`` 1 is where decodes start to fail
+    PEEL_LIMIT = 0.818
+
+    @property
+    def ss_keys_estimate(self) -> float:
+        """Distinct keys in the second stage, estimated from the fill of the whole-key Bloom filter
+        (``-m ln(1 - set/m)`` per row, averaged; ``inf`` when a row is full). Cheap: no decode."""
+        _, _, row0, rows, bits = self._layout.bf_layout[0].tolist()
+        set_bits = np.unpackbits(self.bf[row0:row0 + rows].view(np.uint8), axis=1, bitorder="little")[:, :bits].sum(axis=1)
+        fill = set_bits / bits
+        if np.any(fill >= 1.0):
+            return float("inf")
+        return float(np.mean(-bits * np.log1p(-fill)))
+
+    @property
+    def load_factor(self) -> float:
+        """Second-stage keys over what its Count-Min can peel (``PEEL_LIMIT * 3 * cm_width``).
+
+        Above 1 the decode is expected to stop short (a partial answer): the sketch needs more
+        memory for this traffic (``telesketch size`` says how much). Cheap enough for every epoch.
+        """
+        return self.ss_keys_estimate / (self.PEEL_LIMIT * _CM_ROWS * self.params.cm_width)
+
     @property
     def overflowed(self) -> bool:
         return self.decode().overflow
