@@ -1,4 +1,4 @@
-"""The ``telesketch`` command line (demo, analyze, replay, serve, query, generate, summary, train-estimator).
+"""The ``telesketch`` command line (demo, analyze, size, replay, serve, query, generate, summary, train-estimator).
 
 Each sub-command is a thin layer over the library; errors in user input (missing or corrupt files,
 bad numbers) end with a one-line message and exit status 2, not a traceback.
@@ -38,6 +38,11 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def _factor_list(text: str) -> tuple[float, ...]:
+    """Comma-separated positive numbers (memory multiples)."""
+    return tuple(_positive_float(part) for part in text.split(","))
 
 
 def _flow_key(text: str) -> bytes:
@@ -126,6 +131,33 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(write_json(report, None))
     else:
         print(render_text(report, opts))
+    return 0
+
+
+def cmd_size(args: argparse.Namespace) -> int:
+    """Sweep each configured sketch's memory on captures; print the smallest that reaches the target F1."""
+    import json
+
+    from telesketch.service.config import load_config
+    from telesketch.sizing import SIZE_FACTORS, render, size_sketches, write_plot
+
+    if args.plot:
+        from telesketch.plots import _pyplot
+
+        _pyplot()
+    if not 0.0 < args.target <= 1.0:
+        raise ValueError(f"--target must be an F1 in (0, 1], got {args.target}")
+    config = load_config(args.config, {"epoch_seconds": args.epoch_seconds, "keep_epochs": args.keep_epochs})
+    advice = size_sketches(args.files, config, _report_options(args), args.target, args.factors or SIZE_FACTORS,
+                           args.batch_size)
+    if args.plot and advice:
+        print(f"wrote {write_plot(advice, args.plot)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([{"sketch": a.sketch, "kind": a.kind, "query": a.query, "target": a.target,
+                           "configured_bytes": a.configured_bytes, "memory_bytes": a.memory_bytes,
+                           "points": a.points} for a in advice], indent=1))
+    else:
+        print(render(advice))
     return 0
 
 
@@ -366,6 +398,20 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--plot", metavar="DIR", help="write PNG charts there (needs matplotlib: telesketch[plot])")
     _add_report_options(analyze)
     analyze.set_defaults(func=cmd_analyze)
+
+    size = sub.add_parser("size", help="the smallest memory per sketch that reaches a target F1 on captures")
+    size.add_argument("files", nargs="+")
+    size.add_argument("--config", help="service config file (TOML/JSON): the sketches to size")
+    size.add_argument("--target", type=_positive_float, default=0.95, help="F1 to reach (default 0.95)")
+    size.add_argument("--factors", type=_factor_list, help="comma-separated multiples of each configured memory "
+                      "(default 1/8x..8x in sqrt(2) steps)")
+    size.add_argument("--epoch-seconds", type=_positive_float)
+    size.add_argument("--keep-epochs", type=_positive_int)
+    size.add_argument("--batch-size", type=_positive_int, default=65536)
+    size.add_argument("--json", action="store_true", help="print the sweep and the advice as JSON")
+    size.add_argument("--plot", metavar="DIR", help="write accuracy_vs_memory.png there (needs telesketch[plot])")
+    _add_report_options(size)
+    size.set_defaults(func=cmd_size)
 
     rep = sub.add_parser("replay", help="stream captures to a telesketch service over gRPC")
     rep.add_argument("files", nargs="+", help="pcap or pcapng, optionally gzip-compressed")
