@@ -20,7 +20,9 @@ LLM-Sketch flow-size task a 32-bit fingerprint, text ``fp:0x...``), a 13-byte fl
 digits (``src_ip dst_ip src_port dst_port proto``, big-endian). Estimates are numbers (packets).
 Every query section carries ``sketch`` (configured name), ``combine`` (how the window's epochs were
 combined, see ``telesketch.service``) and ``error`` (``null``, or why it has no answer: e.g. no
-active sketch answers it, or heavy changers needing two epochs)::
+active sketch answers it, or heavy changers needing two epochs). A heavy hitters / changers section
+whose Hidden Sketch decode could not finish also has ``"partial": true`` (keys may be missing,
+estimates are upper bounds; the text report prints a PARTIAL line)::
 
     {
       "schema": "telesketch.report/1",
