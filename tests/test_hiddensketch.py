@@ -327,7 +327,7 @@ def test_bad_keys():
 def _partial_case(overflow: bool, seed: int):
     """A sketch whose decode cannot finish: an undersized CM (the peel stops) or an enumeration cap."""
     keys = zipf_keys(12_000 if not overflow else 20_000, 2_000 if not overflow else 3_000, 1.1, seed=60 + seed)
-    extra = {"max_enum": 250} if overflow else {"cm_bytes": 240, "thresh": 10}
+    extra = {"max_enum": 250} if overflow else {"cm_bytes": 360, "thresh": 10}
     return keys, feed(HiddenSketch(**{**SMALL, **extra, "seed": seed}), keys)
 
 
@@ -358,6 +358,20 @@ def test_stuck_peel_keeps_exact_counts_of_peeled_keys():
     assert peeled and not (peeled & result.bounded)
     for k in peeled:
         assert result.ss_counts[k] == paper.ss_counts[k]
+
+
+def test_far_too_small_cm_reports_only_the_largest_bounds():
+    """Past what the CM can tell apart (PEEL_LIMIT * 3 * cm_width keys), the largest bounds only."""
+    keys = zipf_keys(12_000, 2_000, 1.1, seed=60)
+    sketch = feed(HiddenSketch(**{**SMALL, "cm_bytes": 240, "thresh": 10}), keys)
+    result = sketch.decode()
+    cap = int(HiddenSketch.PEEL_LIMIT * 3 * sketch.params.cm_width)
+    above = sum(1 for k, c in result.ss_counts.items() if c + sketch.thresh > SMALL["phi"] * len(keys))
+    assert result.partial and above > cap >= len(result.items)
+    counts = exact.count_dict(keys)
+    assert all(est >= counts.get(k, 0) for k, est in result.items)
+    top = sorted(counts, key=counts.get, reverse=True)[:10]
+    assert set(top) <= dict(result.items).keys()
 
 
 def test_complete_decode_is_not_partial():

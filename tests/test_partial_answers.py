@@ -16,8 +16,8 @@ from telesketch.service.server import ServiceThread
 from telesketch.sketches import exact
 from test_service import BASE_EPOCH, EPOCH_NS, config
 
-# an undersized second stage (CM of 2 x 3 x 20 counters): the peel cannot finish on the traffic below
-SMALL_HH = {"kind": "hiddensketch", "memory_bytes": 8192, "blocks": 4, "bf_row_bits": 400, "cm_bytes": 240,
+# an undersized second stage (CM of 3 x 30 counters): the peel cannot finish on the traffic below
+SMALL_HH = {"kind": "hiddensketch", "memory_bytes": 8192, "blocks": 4, "bf_row_bits": 400, "cm_bytes": 360,
             "phi": 2e-3, "thresh": 10}
 BIG_HH = dict(SMALL_HH, memory_bytes=24576, cm_bytes=4800)
 

@@ -943,8 +943,11 @@ class HiddenSketch:
 
         Both bounds are at least the key's true count (the FS counts every item of a key, a
         non-saturated FS row never under-counts, and the items before a key passes the gate are
-        at most ``thresh``), so a recovered key is never under-counted; its precision, not its
-        recall, is what a too-small sketch loses.
+        at most ``thresh``), so a recovered key is never under-counted. Bounded keys are reported
+        when their bound passes ``phi * N``, so with every block enumerated no heavy hitter is
+        missed; precision, not recall, is what a too-small sketch loses. Only when more keys
+        pass than the CM can tell apart (``PEEL_LIMIT * 3 * cm_width``) are the largest bounds
+        kept (the sketch is then far too small; measured in BENCHMARKS.md).
         """
         p, lay = self.params, self._layout
         threads = threads or nb.get_num_threads()
@@ -994,13 +997,17 @@ class HiddenSketch:
         bound = per_row.min(axis=1)
         total = np.where(exact_count, f_ss + offset, np.minimum(fs_est, bound + offset))
         # A bounded key is reported when its bound passes the limit: with every block enumerated
-        # no true heavy hitter is missed (recall 1). Reporting only those whose Count-Mean-Min
-        # estimate passes was measured too (BENCHMARKS.md): a little more F1, recall below 1.
+        # no true heavy hitter is missed (recall 1). But 3 * cm_width counters cannot tell more
+        # than about PEEL_LIMIT * 3 * cm_width keys apart: past that many, only the largest
+        # bounds are reported (a heavy key's bound is its count plus noise, a light key's noise).
         present = np.where(exact_count, f_ss, bound) > 0
         keys = words_to_keys(lo[present], hi[present], p.key_bytes)
         totals = total[present].tolist()
         bounded_flags = (~exact_count[present]).tolist()
-        items = [(k, t) for k, t in zip(keys, totals) if t > limit]
+        sure = [(k, t) for k, t, b in zip(keys, totals, bounded_flags) if t > limit and not b]
+        maybe = sorted(((k, t) for k, t, b in zip(keys, totals, bounded_flags) if t > limit and b), key=lambda kv: -kv[1])
+        room = max(0, int(self.PEEL_LIMIT * _CM_ROWS * p.cm_width) - len(sure))
+        items = sure + maybe[:room]
         items.sort(key=lambda kv: -kv[1])
         bounded = frozenset(k for k, flag in zip(keys, bounded_flags) if flag)
         n_peeled = int((exact_count & (f_ss > 0)).sum())
