@@ -70,7 +70,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     stats = generate_capture(
-        args.output, packets=args.packets, flows=args.flows, zipf=args.zipf, gap_rate=args.gap_rate, seed=args.seed
+        args.output, packets=args.packets, flows=args.flows, zipf=args.zipf, gap_rate=args.gap_rate, seed=args.seed,
+        mix=args.mix,
     )
     print(f"wrote {args.output}: {args.packets:,} packets, {args.flows:,} flows "
           f"in {time.perf_counter() - start:.1f} s ({stats})")
@@ -443,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--zipf", type=float, default=1.1)
     gen.add_argument("--gap-rate", type=float, default=0.01)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--mix", choices=["zipf", "hard"], default="zipf",
+                     help="hard: scanners, elephants, Zipf sources, hot /16 and /24 (a stress test for sketches)")
     gen.set_defaults(func=cmd_generate)
 
     summ = sub.add_parser("summary", help="traffic summary of captures (pcap, pcapng, gzip)")
