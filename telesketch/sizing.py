@@ -46,6 +46,11 @@ class SizingAdvice:
         if self.memory_bytes is None:
             best = max(self.points, key=lambda p: p["f1"], default=None)
             top = f"; best F1 {best['f1']:.3f} at {best['memory_bytes']:,} bytes" if best else ""
+            f1s = [p["f1"] for p in self.points]
+            if len(f1s) >= 3 and max(f1s) - min(f1s) < 0.01:
+                return (f"no memory on the grid reaches F1 {self.target:g}{top}, and F1 does not change with "
+                        "memory: something else limits it (e.g. a threshold set for other traffic: Hidden "
+                        "Sketch's expected_epoch_items, ResidualSketch's threshold)")
             return f"no memory on the grid reaches F1 {self.target:g}{top}: try a larger grid"
         ratio = self.memory_bytes / self.configured_bytes if self.configured_bytes else float("nan")
         change = "enough" if ratio <= 1 else "too small"

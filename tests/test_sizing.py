@@ -68,4 +68,7 @@ def test_size_cli_errors_and_no_target_reached(tmp_path):
         main(["size", "x.pcap", "--factors", "1,-2"])
     a = SizingAdvice("hh", "hiddensketch", "heavy_hitters", 0.99, 1000, None,
                      [{"memory_bytes": 1000, "f1": 0.5, "precision": 0.4, "recall": 1.0}])
-    assert "no memory on the grid reaches F1 0.99" in render([a])
+    assert "no memory on the grid reaches F1 0.99" in render([a]) and "larger grid" in render([a])
+    flat = SizingAdvice("hh", "hiddensketch", "heavy_hitters", 0.95, 1000, None,
+                        [{"memory_bytes": m, "f1": 0.25, "precision": 1.0, "recall": 0.14} for m in (1000, 2000, 4000)])
+    assert "does not change with memory" in render([flat])
