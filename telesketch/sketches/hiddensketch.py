@@ -649,6 +649,48 @@ def _peel(lo, hi, nbytes, cm, cm_seeds, w_cm):
 
 
 @nb.njit(cache=True, nogil=True)
+def _tighten(buckets, residual, upper, unresolved, rounds):
+    """Interval propagation over the residual CM of a complete candidate set (``int64`` in place).
+
+    Every bucket's residual is exactly the sum of its unresolved keys' counts, all ``>= 0``. With
+    ``lower`` starting at 0 and ``upper`` at a valid upper bound, each round applies, per key ``x``
+    and bucket ``q`` of ``x``: ``upper[x] <= R_q - sum(lower of the others in q)`` and
+    ``lower[x] >= R_q - sum(upper of the others in q)``. Both stay valid bounds of the true count.
+    Only ``unresolved`` keys take part. Returns ``lower``.
+    """
+    n, rows = buckets.shape
+    n_buckets = residual.shape[0]
+    lower = np.zeros(n, np.int64)
+    sum_lo = np.zeros(n_buckets, np.int64)
+    sum_up = np.zeros(n_buckets, np.int64)
+    for _ in range(rounds):
+        sum_lo[:] = 0
+        sum_up[:] = 0
+        for x in range(n):
+            if unresolved[x]:
+                for r in range(rows):
+                    sum_lo[buckets[x, r]] += lower[x]
+                    sum_up[buckets[x, r]] += upper[x]
+        changed = False
+        for x in range(n):
+            if not unresolved[x]:
+                continue
+            for r in range(rows):
+                q = buckets[x, r]
+                up = residual[q] - (sum_lo[q] - lower[x])
+                lo_ = residual[q] - (sum_up[q] - upper[x])
+                if up < upper[x]:
+                    upper[x] = max(up, lower[x])
+                    changed = True
+                if lo_ > lower[x]:
+                    lower[x] = min(lo_, upper[x])
+                    changed = True
+        if not changed:
+            break
+    return lower
+
+
+@nb.njit(cache=True, nogil=True)
 def _cm_buckets(lo, hi, nbytes, cm_seeds, w_cm, out):
     """``out[i, r] = r * w_cm + h_r(key i) % w_cm``: key ``i``'s bucket in the flat (row-major) CM."""
     wc = _U64(w_cm)
@@ -802,6 +844,8 @@ class HiddenSketch:
     #: keys per CM bucket above which peeling a 3-row Count-Min fails (the 3-uniform hypergraph
     #: peeling threshold, c*_3 = 0.818), so ``load_factor`` 1 is where decodes start to fail
     PEEL_LIMIT = 0.818
+    #: rounds of interval propagation over the residual CM in a partial decode (``_tighten``)
+    TIGHTEN_ROUNDS = 8
 
     @property
     def ss_keys_estimate(self) -> float:
@@ -936,7 +980,8 @@ class HiddenSketch:
         * the peel stopped short, every block enumerated: the candidate set holds every key of
           the second stage, so a peeled count is exact; an unpeeled candidate gets the upper
           bound ``min(FS estimate, thresh + min_r residual_r)``, the residual CM being the CM
-          less the peeled counts (only unpeeled keys remain in it);
+          less the peeled counts (only unpeeled keys remain in it, so each residual counter is
+          exactly their sum), tightened by interval propagation over it (:func:`_tighten`);
         * some block overflowed: keys of that block are missing from the candidate set, so a
           peeled count may be off either way; every candidate gets ``min(FS estimate, thresh +
           min_r CM_r)`` (the Count-Min bound) instead.
@@ -995,6 +1040,9 @@ class HiddenSketch:
             exact_count = resolved
         per_row = remaining[buckets]                                    # int64[n, rows]
         bound = per_row.min(axis=1)
+        if not overflow:  # complete candidates: the residual is exact, so bounds can be tightened
+            bound = np.minimum(bound, fs_est)
+            _tighten(buckets, remaining, bound, ~exact_count, self.TIGHTEN_ROUNDS)
         total = np.where(exact_count, f_ss + offset, np.minimum(fs_est, bound + offset))
         # A bounded key is reported when its bound passes the limit: with every block enumerated
         # no true heavy hitter is missed (recall 1). But 3 * cm_width counters cannot tell more
