@@ -299,8 +299,13 @@ def _run_query(args: argparse.Namespace) -> int:
             header = ("flow", "estimate")
         elif what in ("heavy-hitters", "heavy-changers"):
             call = client.heavy_hitters if what == "heavy-hitters" else client.heavy_changers
-            rows = [(t, v) for _, v, t in call(**window, **thresholds, text=True)]
+            answer, info = call(**window, **thresholds, text=True, details=True)
+            rows = [(t, v) for _, v, t in answer]
             header = ("key", "change" if what == "heavy-changers" else "estimate")
+            if info.partial:
+                print(f"telesketch query: PARTIAL answer from sketch {info.sketch}: its decode could not finish "
+                      "(too little memory for this traffic): keys may be missing, estimates are upper bounds",
+                      file=sys.stderr)
         elif what == "hhh":
             rows = [(f"{format_ipv4(p)}/{n}", c) for p, n, c in client.hhh(**window, **thresholds)]
             header = ("prefix", "discounted estimate")

@@ -85,3 +85,14 @@ def test_report_marks_partial_sections(served):
     report = build_report(source, opts, mode="analyze")
     assert report["heavy_hitters"]["sketch"] == "small"          # the first configured answers by default
     assert "PARTIAL: the sketch's decode could not finish" in render_text(report)
+
+
+def test_query_cli_says_partial(served, capsys):
+    from telesketch.cli import main
+
+    svc, _, _ = served
+    assert main(["query", "heavy-hitters", "--target", f"127.0.0.1:{svc.grpc_port}", "--sketch", "small"]) == 0
+    out = capsys.readouterr()
+    assert "PARTIAL answer from sketch small" in out.err and out.out.strip()
+    assert main(["query", "heavy-hitters", "--target", f"127.0.0.1:{svc.grpc_port}", "--sketch", "big"]) == 0
+    assert "PARTIAL" not in capsys.readouterr().err
