@@ -7,7 +7,8 @@ keys (bytes 0..3 of each record, the generator's little-endian ``uint32`` view),
 
     .venv/bin/python benchmarks/bench_hiddensketch.py                 # everything (~ a few minutes)
     .venv/bin/python benchmarks/bench_hiddensketch.py --only accuracy # one part: accuracy | small_ss |
-                                                                      # changers | big | throughput | 5tuple
+                                                                      # changers | big | throughput | 5tuple |
+                                                                      # overflow (issue 20: 0.25x..2x, hard mix)
 
 Metrics per spec §10: P, Rec, F1 of the reported set against ``{k : f > phi * N}``; ARE and AAE
 over true positives; ARE over all true keys (a miss counts 1). Throughput: items/s of
@@ -250,6 +251,66 @@ def five_tuple(cache: Path, lines: list[str]) -> None:
             print(lines[-1], flush=True)
 
 
+# ---------------------------------------------------------------------------- overflow (issue 20)
+HARD = dict(packets=2_500_000, flows=150_000, zipf=1.0, seed=7)
+OVERFLOW_FACTORS = (0.25, 0.375, 0.5, 0.55, 0.6, 0.625, 0.75, 1.0, 1.5, 2.0)
+
+
+def overflow(lines: list[str], target: float = 0.95, step_kib: int = 4) -> None:
+    """Recall / F1 from 0.25x to 2x of the memory the hard mix needs, spec decode vs partial decode.
+
+    Trace: ``generate_batch(mix="hard")`` (scanners, elephants, Zipf sources, hot /16 and /24),
+    heavy hitters by source at ``phi = 1e-4``, default parameters (``thresh = 240``). "Needed" is
+    the smallest memory on a ``step_kib`` grid from which every larger grid point's (spec) decode
+    reaches F1 ``target`` (scanned from 256 KiB down).
+    """
+    from telesketch.traces import generate_batch
+
+    src = np.asarray(generate_batch(mix="hard", **HARD).src_ip)
+    counts = exact.count_dict(src)
+    true = {k: c for k, c in counts.items() if c > PHI * len(src)}
+    ss = HiddenSketch(phi=PHI).params.ss_bytes
+
+    def run(memory: int, decodes=(("paper", False), ("partial", True))) -> dict:
+        sketch = HiddenSketch(memory_bytes=memory, phi=PHI)
+        for i in range(0, len(src), BATCH):
+            sketch.update_keys(src[i:i + BATCH])
+        out = {"load": sketch.load_factor}
+        for name, partial in decodes:
+            start = time.perf_counter()
+            res = sketch.decode(partial=partial)
+            est = dict(res.items)
+            acc = exact.set_accuracy(true, est)
+            out[name] = {"rec": acc.recall, "p": acc.precision, "f1": acc.f1, "reported": len(est),
+                         "under": sum(est[k] < counts.get(k, 0) for k in est), "ok": res.decode_ok,
+                         "overflow": res.overflow, "bounded": len(res.bounded), "s": time.perf_counter() - start}
+        return out
+
+    needed = None  # scanning down from 256 KiB: the smallest memory from which every grid point reaches the target
+    for kib in range(256, 19, -step_kib):
+        if run(kib * 1024, (("paper", False),))["paper"]["f1"] < target:
+            break
+        needed = kib * 1024
+    lines += [f"\nHidden Sketch under overflow: mix='hard' {HARD}, {len(true)} true heavy sources at phi = {PHI:g}; "
+              f"needed = {needed / 1024:g} KiB (from it up, every {step_kib} KiB grid point has F1 >= {target}); "
+              f"the second stage alone is {ss:,} B\n",
+              "| x needed | KiB | load factor | spec decode: ok / overflow | spec Rec | spec F1 | spec keys | partial Rec | partial P | partial F1 | partial keys (bounded) | under-counts | decode s (spec / partial) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for factor in OVERFLOW_FACTORS:
+        memory = int(needed * factor)
+        if memory <= ss:
+            lines.append(f"| {factor:g} | {memory / 1024:.1f} | – | not buildable: below the second stage ({ss:,} B) "
+                         "| | | | | | | | | |")
+            print(lines[-1], flush=True)
+            continue
+        r = run(memory)
+        a, b = r["paper"], r["partial"]
+        lines.append(f"| {factor:g} | {memory / 1024:.1f} | {r['load']:.2f} | {a['ok']} / {a['overflow']} | {a['rec']:.3f} | "
+                     f"{a['f1']:.3f} | {a['reported']} | {b['rec']:.3f} | {b['p']:.3f} | {b['f1']:.3f} | "
+                     f"{b['reported']} ({b['bounded']}) | {a['under'] + b['under']} | {a['s']:.1f} / {b['s']:.1f} |")
+        print(lines[-1], flush=True)
+
+
 _LOADED: dict[str, list[dict]] = {}
 
 
@@ -262,7 +323,8 @@ def load_cached(name: str, cache: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    ap.add_argument("--only", choices=["accuracy", "small_ss", "changers", "big", "throughput", "5tuple"], action="append")
+    ap.add_argument("--only", choices=["accuracy", "small_ss", "changers", "big", "throughput", "5tuple", "overflow"],
+                    action="append")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=3, help="hash seeds averaged in the accuracy tables")
     args = ap.parse_args()
@@ -280,7 +342,8 @@ def main() -> None:
          "changers": lambda: changers(args.cache, lines),
          "big": lambda: big(args.cache, lines),
          "throughput": lambda: throughput(args.cache, lines, args.repeat),
-         "5tuple": lambda: five_tuple(args.cache, lines)}[part]()
+         "5tuple": lambda: five_tuple(args.cache, lines),
+         "overflow": lambda: overflow(lines)}[part]()
     print("\n" + "\n".join(lines))
 
 

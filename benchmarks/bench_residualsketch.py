@@ -7,6 +7,7 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py                 # everything (~5-10 min, 2 cores)
     .venv/bin/python benchmarks/bench_residualsketch.py --sections throughput
     .venv/bin/python benchmarks/bench_residualsketch.py --sections accuracy --quick
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections hard          # issue 20's hard mix
 
 Accuracy (§6 headline): HHH pairs (layer, prefix) pooled over every layer except /32 (which still
 takes part in conditioning); precision, recall, F1; ARE/AAE of the unconditioned estimate over true
@@ -126,7 +127,8 @@ def per_layer_f1(entries, truth: Truth, T: float) -> dict[int, float]:
 def make(alg: str, mode: str, memory: int, T: int, seed: int):
     if alg == "coco":
         return CocoSketch(mode=mode, memory_bytes=memory, threshold=T, seed=seed)
-    crucial = {"residual": None, "noconn": None, "k12_24": (12, 24), "k8_12_24": (8, 12, 24), "k16_24": (16, 24)}[alg]
+    crucial = {"residual": None, "noconn": None, "k12_24": (12, 24), "k8_12_24": (8, 12, 24), "k16_24": (16, 24),
+               "k24": (24,)}[alg]
     return ResidualSketch(mode=mode, memory_bytes=memory, threshold=T, seed=seed, crucial_layers=crucial,
                           connection=alg != "noconn")
 
@@ -264,6 +266,38 @@ def traces_section(args, cache: Path, results: dict) -> None:
                       f"| {fmt(n['f1'])} | {fmt(row['k16_24']['f1'])} | {fmt(c['f1'])} / {fmt(c['are'])} | {r['true']:.0f} |", flush=True)
 
 
+# ---------------------------------------------------------------------------- hard mix (issue 20)
+HARD = dict(packets=2_500_000, flows=150_000, zipf=1.0, seed=7)
+
+
+def hard_section(args, cache: Path, results: dict) -> None:
+    """ResidualSketch vs CocoSketch on ``generate_batch(mix="hard")``: phi = 2e-3, /0../24 scored.
+
+    Columns: the paper's ResidualSketch (K = {16}), K = {24}, K = {16, 24}, noConn and CocoSketch,
+    F1 mean of ``--seeds`` seeds, and per-layer F1 (seed 0) of the paper's version and CocoSketch,
+    which shows where the paper's version loses (the layers answered from F, which has half the
+    memory CocoSketch has).
+    """
+    from telesketch.traces import generate_batch
+
+    addresses = np.ascontiguousarray(generate_batch(mix="hard", **HARD).src_ip)
+    truth = Truth(addresses, "byte")
+    T = int(2e-3 * addresses.size)
+    by_layer = {L: sum(1 for (_, l) in truth.hhh(T) if l == L) for L in truth.counts}
+    print(f"\n### Hard mix (generate_batch mix='hard' {HARD}), byte mode, T = {T} (phi 2e-3), "
+          f"F1 mean of {args.seeds} seeds; true HHH per layer {by_layer}\n")
+    print("| memory | Residual {16} (paper) | {24} | {16,24} | noConn | CocoSketch | paper − Coco | per-layer F1 paper | per-layer F1 Coco |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kib in (32, 64, 128):
+        row = {alg: run_accuracy(addresses, truth, alg, "byte", kib * KIB, T, args.seeds)
+               for alg in ("residual", "k24", "k16_24", "noconn", "coco")}
+        results["hard"][f"{kib}KiB"] = row
+        f = {alg: row[alg]["f1"] for alg in row}
+        print(f"| {kib} KiB | {f['residual']:.3f} | {f['k24']:.3f} | {f['k16_24']:.3f} | {f['noconn']:.3f} | "
+              f"{f['coco']:.3f} | {f['residual'] - f['coco']:+.3f} | {row['residual']['per_layer_f1_seed0']} | "
+              f"{row['coco']['per_layer_f1_seed0']} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("TELESKETCH_CACHE", "/tmp/telesketch-bench-cache")) / "residualsketch")
@@ -276,7 +310,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"# machine: {machine()}")
-    results = {"byte": {}, "starved": {}, "bit": {}, "throughput": {}, "traces": {}}
+    results = {"byte": {}, "starved": {}, "bit": {}, "throughput": {}, "traces": {}, "hard": {}}
     sections = set(args.sections.split(","))
     if "throughput" in sections:
         throughput_section(args, args.cache, results)
@@ -284,6 +318,8 @@ def main() -> None:
         accuracy_section(args, args.cache, results)
     if "traces" in sections:
         traces_section(args, args.cache, results)
+    if "hard" in sections:
+        hard_section(args, args.cache, results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
         print(f"# wrote {args.json}")

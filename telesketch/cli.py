@@ -1,4 +1,4 @@
-"""The ``telesketch`` command line (demo, analyze, replay, serve, query, generate, summary, train-estimator).
+"""The ``telesketch`` command line (demo, analyze, size, replay, serve, query, generate, summary, train-estimator).
 
 Each sub-command is a thin layer over the library. Exit status, the same for every command:
 
@@ -74,6 +74,11 @@ _open_fraction = _float_where(lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)")
 _non_negative = _float_where(lambda v: 0.0 <= v < math.inf, "a number >= 0")
 
 
+def _factor_list(text: str) -> tuple[float, ...]:
+    """Comma-separated positive numbers (memory multiples)."""
+    return tuple(_positive_float(part) for part in text.split(","))
+
+
 def _flow_key(text: str) -> bytes:
     """A 13-byte flow key given as 26 hex digits (src ip, dst ip, src port, dst port, proto)."""
     try:
@@ -105,7 +110,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with ProgressBar("generate", total=args.packets, enabled=False if args.no_progress else None) as bar:
         stats = generate_capture(args.output, packets=args.packets, flows=args.flows, zipf=args.zipf,
-                                 gap_rate=args.gap_rate, seed=args.seed, progress=bar.set)
+                                 gap_rate=args.gap_rate, seed=args.seed, mix=args.mix, progress=bar.set)
     seconds = time.perf_counter() - start
     if args.json:
         print(json.dumps({**dataclasses.asdict(stats), "seconds": round(seconds, 3)}, indent=1))
@@ -210,6 +215,33 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(write_json(report, None))
     else:
         print(render_text(report, opts))
+    return 0
+
+
+def cmd_size(args: argparse.Namespace) -> int:
+    """Sweep each configured sketch's memory on captures; print the smallest that reaches the target F1."""
+    import json
+
+    from telesketch.service.config import load_config
+    from telesketch.sizing import SIZE_FACTORS, render, size_sketches, write_plot
+
+    if args.plot:
+        from telesketch.plots import _pyplot
+
+        _pyplot()
+    if not 0.0 < args.target <= 1.0:
+        raise ValueError(f"--target must be an F1 in (0, 1], got {args.target}")
+    config = load_config(args.config, {"epoch_seconds": args.epoch_seconds, "keep_epochs": args.keep_epochs})
+    advice = size_sketches(args.files, config, _report_options(args), args.target, args.factors or SIZE_FACTORS,
+                           args.batch_size)
+    if args.plot and advice:
+        print(f"wrote {write_plot(advice, args.plot)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([{"sketch": a.sketch, "kind": a.kind, "query": a.query, "target": a.target,
+                           "configured_bytes": a.configured_bytes, "memory_bytes": a.memory_bytes,
+                           "points": a.points} for a in advice], indent=1))
+    else:
+        print(render(advice))
     return 0
 
 
@@ -355,8 +387,13 @@ def _run_query(args: argparse.Namespace) -> int:
             header = ("flow", "estimate")
         elif what in ("heavy-hitters", "heavy-changers"):
             call = client.heavy_hitters if what == "heavy-hitters" else client.heavy_changers
-            rows = [(t, v) for _, v, t in call(**window, **thresholds, text=True)]
+            answer, info = call(**window, **thresholds, text=True, details=True)
+            rows = [(t, v) for _, v, t in answer]
             header = ("key", "change" if what == "heavy-changers" else "estimate")
+            if info.partial:
+                print(f"telesketch query: PARTIAL answer from sketch {info.sketch}: its decode could not finish "
+                      "(too little memory for this traffic): keys may be missing, estimates are upper bounds",
+                      file=sys.stderr)
         elif what == "hhh":
             rows = [(f"{format_ipv4(p)}/{n}", c) for p, n, c in client.hhh(**window, **thresholds)]
             header = ("prefix", "discounted estimate")
@@ -470,6 +507,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_options(analyze)
     analyze.set_defaults(func=cmd_analyze)
 
+    size = sub.add_parser("size", help="the smallest memory per sketch that reaches a target F1 on captures")
+    size.add_argument("files", nargs="+")
+    size.add_argument("--config", help="service config file (TOML/JSON): the sketches to size")
+    size.add_argument("--target", type=_positive_float, default=0.95, help="F1 to reach (default 0.95)")
+    size.add_argument("--factors", type=_factor_list, help="comma-separated multiples of each configured memory "
+                      "(default 1/8x..8x in sqrt(2) steps)")
+    size.add_argument("--epoch-seconds", type=_positive_float)
+    size.add_argument("--keep-epochs", type=_positive_int)
+    size.add_argument("--batch-size", type=_positive_int, default=65536)
+    size.add_argument("--json", action="store_true", help="print the sweep and the advice as JSON")
+    size.add_argument("--plot", metavar="DIR", help="write accuracy_vs_memory.png there (needs telesketch[plot])")
+    _add_report_options(size)
+    size.set_defaults(func=cmd_size)
+
     rep = sub.add_parser("replay", help="stream captures to a telesketch service over gRPC")
     rep.add_argument("files", nargs="+", help="pcap or pcapng, optionally gzip-compressed")
     rep.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the service's gRPC endpoint")
@@ -505,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--zipf", type=_non_negative, default=1.1, help="Zipf exponent of flow sizes (0: uniform; larger: more skewed)")
     gen.add_argument("--gap-rate", type=_fraction, default=0.01, help="fraction of packets followed by an IP-ID gap")
     gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
+    gen.add_argument("--mix", choices=["zipf", "hard"], default="zipf",
+                     help="hard: scanners, elephants, Zipf sources, hot /16 and /24 (a stress test for sketches)")
     gen.add_argument("--json", action="store_true", help="print what was written as JSON")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
     gen.set_defaults(func=cmd_generate)

@@ -20,7 +20,9 @@ LLM-Sketch flow-size task a 32-bit fingerprint, text ``fp:0x...``), a 13-byte fl
 digits (``src_ip dst_ip src_port dst_port proto``, big-endian). Estimates are numbers (packets).
 Every query section carries ``sketch`` (configured name), ``combine`` (how the window's epochs were
 combined, see ``telesketch.service``) and ``error`` (``null``, or why it has no answer: e.g. no
-active sketch answers it, or heavy changers needing two epochs)::
+active sketch answers it, or heavy changers needing two epochs). A heavy hitters / changers section
+whose Hidden Sketch decode could not finish also has ``"partial": true`` (keys may be missing,
+estimates are upper bounds; the text report prints a PARTIAL line)::
 
     {
       "schema": "telesketch.report/1",
@@ -112,7 +114,7 @@ class LocalSource:
     @staticmethod
     def _info(answer) -> dict:
         return {"epochs": list(answer.epochs), "packets": int(answer.packets), "sketch": answer.sketch,
-                "combine": answer.combine}
+                "combine": answer.combine, "partial": bool(answer.partial)}
 
     def stats(self) -> dict:
         """Packets, retained epochs and the configured sketches (the service's ``Stats`` fields)."""
@@ -172,7 +174,7 @@ class RemoteSource:
     @staticmethod
     def _info(window) -> dict:
         return {"epochs": [int(e) for e in window.epochs], "packets": int(window.packets), "sketch": window.sketch,
-                "combine": window.combine}
+                "combine": window.combine, "partial": bool(window.partial)}
 
     def stats(self) -> dict:
         s = self._ask(self.client.stats)
@@ -244,6 +246,8 @@ def _section(fn) -> tuple[dict, Any]:
     for extra in ("before", "int_keys"):
         if extra in info:
             head[extra] = info[extra]
+    if info.get("partial"):
+        head["partial"] = True
     return head, rows
 
 
@@ -511,6 +515,9 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
             lines.append(f"{title}: not answered ({sec['error']})")
             return
         lines.append(f"{title} [sketch {sec['sketch']}, {sec['combine']}]{extra}")
+        if sec.get("partial"):
+            lines.append("PARTIAL: the sketch's decode could not finish (too little memory for this traffic): "
+                         "keys may be missing and some estimates are upper bounds; see `telesketch size`")
 
     def hh_head(hh: dict) -> None:
         if hh.get("floor") is not None and not hh["error"]:

@@ -59,7 +59,8 @@ def assert_same_state(sketch: HiddenSketch, model: naive.NaiveHiddenSketch) -> N
 
 
 def assert_same_decode(sketch: HiddenSketch, model: naive.NaiveHiddenSketch) -> None:
-    got, want = sketch.decode(), model.decode()
+    """The spec's §7 decode (``partial=False``) equals the naive model's, failed decodes included."""
+    got, want = sketch.decode(partial=False), model.decode()
     assert got.items == want["items"]
     assert got.ss_counts == want["ss_counts"]
     assert (got.decode_ok, got.overflow) == (want["decode_ok"], want["overflow"])
@@ -346,3 +347,60 @@ def test_keyed_by_destination_reports_the_victim_of_many_sources():
     assert by_src.heavy_hitters() == []  # nothing points at the victim when keyed by source
     again = HiddenSketch.from_bytes(by_dst.to_bytes())
     assert again.params.key == "dst_ip" and again.heavy_hitters() == by_dst.heavy_hitters()
+
+
+# ---------------------------------------------------------------------------- partial decode (issue 20)
+def _partial_case(overflow: bool, seed: int):
+    """A sketch whose decode cannot finish: an undersized CM (the peel stops) or an enumeration cap."""
+    keys = zipf_keys(12_000 if not overflow else 20_000, 2_000 if not overflow else 3_000, 1.1, seed=60 + seed)
+    extra = {"max_enum": 250} if overflow else {"cm_bytes": 360, "thresh": 10}
+    return keys, feed(HiddenSketch(**{**SMALL, **extra, "seed": seed}), keys)
+
+
+@pytest.mark.parametrize("overflow", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_partial_answer_is_flagged_and_never_undercounts(overflow, seed):
+    keys, sketch = _partial_case(overflow, seed)
+    result, paper = sketch.decode(), sketch.decode(partial=False)
+    assert not result.decode_ok and result.partial and paper.partial
+    assert result.overflow == overflow and result.bounded
+    counts = exact.count_dict(keys)
+    reported = dict(result.items)
+    assert reported and all(est >= counts.get(k, 0) for k, est in reported.items())
+    assert all(c + sketch.thresh >= counts.get(k, 0) for k, c in result.ss_counts.items())
+    true = exact.heavy_hitters(keys, phi=SMALL["phi"])
+    recall, paper_recall = (exact.set_accuracy(true, dict(r.items)).recall for r in (result, paper))
+    if overflow:  # the overflowing blocks' keys are lost either way
+        assert recall >= paper_recall
+    else:  # every block enumerated: no heavy hitter is missed, where the spec's decode finds ~none
+        assert recall == 1.0 and paper_recall < 0.1
+
+
+def test_stuck_peel_keeps_exact_counts_of_peeled_keys():
+    """No overflow: the candidate set is complete, so a peeled key keeps its exact spec estimate."""
+    keys, sketch = _partial_case(False, 0)
+    result, paper = sketch.decode(), sketch.decode(partial=False)
+    peeled = {k for k, c in paper.ss_counts.items()}
+    assert peeled and not (peeled & result.bounded)
+    for k in peeled:
+        assert result.ss_counts[k] == paper.ss_counts[k]
+
+
+def test_far_too_small_cm_reports_only_the_largest_bounds():
+    """Past what the CM can tell apart (PEEL_LIMIT * 3 * cm_width keys), the largest bounds only."""
+    keys = zipf_keys(12_000, 2_000, 1.1, seed=60)
+    sketch = feed(HiddenSketch(**{**SMALL, "cm_bytes": 240, "thresh": 10}), keys)
+    result = sketch.decode()
+    cap = int(HiddenSketch.PEEL_LIMIT * 3 * sketch.params.cm_width)
+    above = sum(1 for k, c in result.ss_counts.items() if c + sketch.thresh > SMALL["phi"] * len(keys))
+    assert result.partial and above > cap >= len(result.items)
+    counts = exact.count_dict(keys)
+    assert all(est >= counts.get(k, 0) for k, est in result.items)
+    top = sorted(counts, key=counts.get, reverse=True)[:10]
+    assert set(top) <= dict(result.items).keys()
+
+
+def test_complete_decode_is_not_partial():
+    keys = zipf_keys(12_000, 2_000, 1.1, seed=3)
+    result = feed(HiddenSketch(**SMALL, seed=5), keys, 1000).decode()
+    assert result.decode_ok and not result.partial and not result.bounded

@@ -147,3 +147,20 @@ def test_million_packets_is_fast(tmp_path):
     s = generate_capture(tmp_path / "m.pcap", packets=1_000_000, flows=50_000, zipf=1.1, gap_rate=0.01, seed=7)
     assert time.perf_counter() - t0 < 30
     assert s.packets == 1_000_000
+
+
+def test_hard_mix_has_scanners_elephants_and_hot_prefixes():
+    """``mix="hard"`` (issue 20): scanners, elephants, many sources, a hot /16 and /24."""
+    b = generate_batch(200_000, 12_000, zipf=1.0, seed=3, mix="hard")
+    src, dst = np.asarray(b.src_ip), np.asarray(b.dst_ip)
+    fanout = {}
+    for s, d in zip(src.tolist(), dst.tolist()):
+        fanout.setdefault(s, set()).add(d)
+    assert max(len(v) for v in fanout.values()) > 40                # a scanner touches many destinations
+    assert len(np.unique(src)) > 3_000                              # a wide body of sources
+    flows, sizes = np.unique(b.flow_keys_void(), return_counts=True)
+    assert np.sort(sizes)[-6:].min() >= 0.01 * len(src)             # six elephants
+    assert np.mean((src >> 16) == 0x8E1F) > 0.05                    # 142.31.0.0/16
+    assert np.mean((src >> 8) == 0xB9402A) > 0.05                   # 185.64.42.0/24
+    with pytest.raises(ValueError, match="mix"):
+        generate_batch(1000, 10, mix="nope")

@@ -352,9 +352,9 @@ class HiddenSketch(_cpu.HiddenSketch):
         """A CPU :class:`~telesketch.sketches.hiddensketch.HiddenSketch` with a copy of this state."""
         return _cpu.HiddenSketch.from_bytes(self.to_bytes())
 
-    def _decode(self, threads: int | None) -> _cpu.HHResult:
-        """The CPU decode (§7) on one host copy of the state (not on the device)."""
-        return self.to_cpu()._decode(threads)
+    def _decode(self, threads: int | None, partial: bool = True) -> _cpu.HHResult:
+        """The CPU decode (§7, with its partial answer) on one host copy of the state (not on the device)."""
+        return self.to_cpu()._decode(threads, partial)
 
     def unpacked_state(self) -> dict:
         return self.to_cpu().unpacked_state()

@@ -33,6 +33,12 @@ How a window of several epochs is answered (``WindowInfo.combine``):
 
 Heavy changers compare the window with the equally long window just before it.
 
+``WindowInfo.partial`` (HTTP: a ``partial`` column): a Hidden Sketch decode behind the answer (some
+epoch's or shard's) could not finish; the answer holds every key it recovered, keys may be missing
+and some estimates are upper bounds (never under-counts). The sketch needs more memory for this
+traffic (``telesketch size``); the service also logs it and counts it in
+``telesketch_partial_answers_total``.
+
 With the sketches on Ray shards (``shards > 1``, :mod:`telesketch.distributed.service`) even one
 epoch is several states. ``exact`` is still ``merged`` (the answer of one process). Sketches whose
 packets are routed by their own key (flows; sources for Hidden Sketch by source) answer per shard

@@ -12,8 +12,9 @@ replayed capture; ``clock=packet`` (default) keeps packet times.
 ``/api/v1/health``          ``{"status": "ok"}`` (the data source's health check)
 ``/api/v1/stats``           counters, epochs and sketches (one object, as gRPC ``Stats``)
 ``/api/v1/epochs``          ``time epoch start_ns end_ns packets batches closed rate_pps``
-``/api/v1/heavy_hitters``   ``key estimate`` (``phi`` or ``threshold``)
-``/api/v1/heavy_changers``  ``key change`` (window vs the equally long window before it)
+``/api/v1/heavy_hitters``   ``key estimate partial`` (``phi`` or ``threshold``; ``partial``: the
+                            decode could not finish, keys may be missing, estimates are bounds)
+``/api/v1/heavy_changers``  ``key change partial`` (window vs the equally long window before it)
 ``/api/v1/hhh``             ``prefix value length estimate parent depth`` (``parent``: the nearest
                             reported enclosing prefix, ``""`` at the top; ``depth``: its level)
 ``/api/v1/gaps``            ``time ts_ns flow jump epoch`` (``limit``)
@@ -72,8 +73,8 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/api/v1/stats": ("packets", "batches", "late_packets", "duplicate_batches", "rejected_batches",
                       "queue_depth", "queue_capacity", "open_epoch", "epoch_seconds", "epochs", "sketches"),
     "/api/v1/epochs": ("time", "epoch", "start_ns", "end_ns", "packets", "batches", "closed", "rate_pps"),
-    "/api/v1/heavy_hitters": ("key", "estimate"),
-    "/api/v1/heavy_changers": ("key", "change"),
+    "/api/v1/heavy_hitters": ("key", "estimate", "partial"),
+    "/api/v1/heavy_changers": ("key", "change", "partial"),
     "/api/v1/hhh": ("prefix", "value", "length", "estimate", "parent", "depth"),
     "/api/v1/gaps": ("time", "ts_ns", "flow", "jump", "epoch"),
     "/api/v1/gap_counts": ("time", "epoch", "gaps"),
@@ -153,10 +154,10 @@ class Api:
         phi, threshold = _one(params, "phi", float), _one(params, "threshold", float)
         if path == "/api/v1/heavy_hitters":
             a = q.heavy_hitters(window, sketch, phi, threshold)
-            return [{"key": key_text(k, a.int_keys), "estimate": v} for k, v in a.rows]
+            return [{"key": key_text(k, a.int_keys), "estimate": v, "partial": a.partial} for k, v in a.rows]
         if path == "/api/v1/heavy_changers":
             a = q.heavy_changers(window, sketch, phi, threshold)
-            return [{"key": key_text(k, a.int_keys), "change": v} for k, v in a.rows]
+            return [{"key": key_text(k, a.int_keys), "change": v, "partial": a.partial} for k, v in a.rows]
         if path == "/api/v1/hhh":
             return _hhh_rows(q.hhh(window, sketch, phi, threshold).rows)
         if path == "/api/v1/gaps":

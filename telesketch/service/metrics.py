@@ -65,6 +65,12 @@ class ServiceMetrics:
                                    ["sketch"], registry=r)
         self.query_seconds = Histogram("telesketch_query_seconds", "Query latency", ["query"],
                                        buckets=QUERY_BUCKETS, registry=r)
+        self.load_factor = Gauge("telesketch_sketch_load_factor",
+                                 "Open epoch's load over what the sketch decodes (Hidden Sketch: >= 1 means "
+                                 "answers will likely be partial: the sketch needs more memory)", ["sketch"], registry=r)
+        self.partial_answers = Counter("telesketch_partial_answers",
+                                       "Answers from a decode that could not finish (keys may be missing, "
+                                       "estimates are upper bounds): the sketch needs more memory", ["sketch"], registry=r)
         self.apply_seconds = Histogram("telesketch_apply_seconds", "Time to apply one batch to the sketches",
                                        buckets=QUERY_BUCKETS, registry=r)
         for reason in ("invalid", "oversized", "unauthenticated"):
@@ -77,3 +83,6 @@ class ServiceMetrics:
 
     def observe_query(self, query: str, seconds: float) -> None:
         self.query_seconds.labels(query).observe(seconds)
+
+    def observe_partial(self, sketch: str) -> None:
+        self.partial_answers.labels(sketch).inc()

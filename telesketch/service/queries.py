@@ -7,6 +7,7 @@ it validates them (``QueryError`` with a gRPC status name), resolves the epochs,
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from telesketch.service import sketchset as ss
 from telesketch.service.epochs import EpochManager
 from telesketch.service.sketchset import QueryError
 from telesketch.sketches.core import SketchError
+
+log = logging.getLogger("telesketch.service")
 
 MAX_TOP_K = 100_000
 MAX_FLOW_KEYS = 100_000
@@ -44,6 +47,9 @@ class Answer:
     combine: str
     int_keys: str = "ipv4"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: some epoch's (or shard's) decode could not finish: keys may be missing and some estimates
+    #: are upper bounds (Hidden Sketch too small for the traffic; see HHResult.partial)
+    partial: bool = False
 
 
 def key_text(key, int_keys: str = "ipv4") -> str:
@@ -79,11 +85,13 @@ def _check_fraction(phi, threshold) -> None:
 
 
 class QueryEngine:
-    """Answers queries against an :class:`EpochManager`; ``observe(query, seconds)`` records latency."""
+    """Answers queries against an :class:`EpochManager`; ``observe(query, seconds)`` records latency,
+    ``on_partial(sketch)`` a partial answer (also logged as a warning)."""
 
-    def __init__(self, manager: EpochManager, observe=None):
+    def __init__(self, manager: EpochManager, observe=None, on_partial=None):
         self.manager = manager
         self.observe = observe or (lambda query, seconds: None)
+        self.on_partial = on_partial or (lambda sketch: None)
 
     # ------------------------------------------------------------------ helpers
     def _epochs(self, window: WindowSpec, offset: int = 0):
@@ -110,9 +118,14 @@ class QueryEngine:
         finally:
             self.observe(query, time.perf_counter() - start)
 
-    def _answer(self, cs, epochs, rows, combine, **extra) -> Answer:
+    def _answer(self, cs, epochs, rows, combine, partial: bool = False, **extra) -> Answer:
+        if partial:
+            log.warning("sketch %s: partial answer over epochs %s: its decode could not finish, so keys may be "
+                        "missing and estimates are upper bounds; it needs more memory (see `telesketch size`)",
+                        cs.name, [e.id for e in epochs])
+            self.on_partial(cs.name)
         return Answer(rows, [e.id for e in epochs], sum(e.packets for e in epochs), cs.name, combine,
-                      cs.kind.int_keys, extra)
+                      cs.kind.int_keys, extra, partial)
 
     # ------------------------------------------------------------------ queries
     def heavy_hitters(self, window: WindowSpec, sketch: str = "", phi=None, threshold=None) -> Answer:
@@ -122,8 +135,9 @@ class QueryEngine:
             cs = ss.pick(self.manager.sketchset.sketches, "heavy_hitters", sketch)
             epochs = self._epochs(window)
             n = sum(e.packets for e in epochs)
-            rows, combine = ss.heavy_hitters(cs, [e.states[cs.name] for e in epochs], n, phi, threshold)
-            return self._answer(cs, epochs, rows, combine)
+            noted: dict = {}
+            rows, combine = ss.heavy_hitters(cs, [e.states[cs.name] for e in epochs], n, phi, threshold, noted)
+            return self._answer(cs, epochs, rows, combine, partial=noted.get("partial", 0) > 0)
         return self._run("heavy_hitters", run)
 
     def heavy_changers(self, window: WindowSpec, sketch: str = "", phi=None, threshold=None) -> Answer:
@@ -133,10 +147,12 @@ class QueryEngine:
             cs = ss.pick(self.manager.sketchset.sketches, "heavy_changers", sketch)
             after = self._epochs(window)
             before = self._epochs(window, offset=1)
+            noted: dict = {}
             rows, combine = ss.heavy_changers(
                 cs, [e.states[cs.name] for e in before], [e.states[cs.name] for e in after],
-                sum(e.packets for e in before), sum(e.packets for e in after), phi, threshold)
-            return self._answer(cs, after, rows, combine, before=[e.id for e in before])
+                sum(e.packets for e in before), sum(e.packets for e in after), phi, threshold, noted)
+            return self._answer(cs, after, rows, combine, partial=noted.get("partial", 0) > 0,
+                                before=[e.id for e in before])
         return self._run("heavy_changers", run)
 
     def hhh(self, window: WindowSpec, sketch: str = "", phi=None, threshold=None) -> Answer:

@@ -226,7 +226,7 @@ def _opt(request, name):
 
 def _info(answer) -> service_pb2.WindowInfo:
     return service_pb2.WindowInfo(epochs=answer.epochs, packets=answer.packets, sketch=answer.sketch,
-                                  combine=answer.combine)
+                                  combine=answer.combine, partial=answer.partial)
 
 
 def _keys(answer) -> service_pb2.KeyEstimates:
@@ -389,7 +389,7 @@ class Service:
         except BaseException:
             self._shutdown_sketches()  # the shard actors must not outlive a failed start
             raise
-        self.queries = QueryEngine(self.manager, self.metrics.observe_query)
+        self.queries = QueryEngine(self.manager, self.metrics.observe_query, self.metrics.observe_partial)
         self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics)
         self.query_pool = ThreadPoolExecutor(2, thread_name_prefix="telesketch-query")
         self.metrics.queue_capacity.set(config.queue_batches)
@@ -491,6 +491,9 @@ class Service:
                 memory = cs.memory(m.open.states[cs.name]) if cs.active and m.open is not None else 0
                 if cs.active:
                     self.metrics.sketch_memory.labels(cs.name).set(memory)
+                    load = getattr(m.open.states[cs.name], "load_factor", None) if m.open is not None else None
+                    if load is not None:
+                        self.metrics.load_factor.labels(cs.name).set(load)
                 sketches.append({"name": cs.name, "kind": cs.kind_name, "active": cs.active, "note": cs.note,
                                  "memory_bytes": memory, "queries": sorted(cs.kind.queries) if cs.kind else []})
             self.metrics.epochs_retained.set(len(epochs))

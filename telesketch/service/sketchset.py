@@ -157,7 +157,15 @@ class ConfiguredSketch:
         return self.build().gap_events() if self.kind.continuous and closed else self.build()
 
     def close(self, state):
-        """The closed epoch's representation of ``state`` (events for continuous kinds)."""
+        """The closed epoch's representation of ``state`` (events for continuous kinds).
+
+        Warns when the state's ``load_factor`` (Hidden Sketch) is 1 or more: its answers for the
+        epoch will likely be partial, the configured memory is too small for the traffic."""
+        load = getattr(state, "load_factor", None)
+        if isinstance(load, float) and load >= 1.0:
+            log.warning("sketch %s: load factor %.2f at the end of an epoch: its memory (%d bytes) is too small "
+                        "for this traffic, its answers will be partial (see `telesketch size`)",
+                        self.name, load, self.memory(state))
         return state.gap_events() if self.kind.continuous else state
 
     def next_state(self, state, epoch: int):
@@ -245,6 +253,15 @@ def merged_state(cs: ConfiguredSketch, states: list):
     return merged
 
 
+def _note_partial(report: dict | None, states: list) -> None:
+    """``report["partial"]``: how many of ``states`` (local states: shards of epochs) decoded only
+    partially. A Hidden Sketch whose decode cannot finish answers with what it recovered (its
+    ``decode().partial``): keys may be missing and some estimates are upper bounds."""
+    if report is not None:
+        report["partial"] = report.get("partial", 0) + sum(
+            1 for s in states if hasattr(s, "decode") and getattr(s.decode(), "partial", False))
+
+
 def _is_sharded(states: list) -> bool:
     return bool(states) and hasattr(states[0], "shard_states")
 
@@ -313,16 +330,21 @@ def check_floor(cs, states, thr, query: str) -> None:
         "the second stage: give it more memory_bytes)"))
 
 
-def heavy_hitters(cs, states, n_packets, phi=None, threshold=None):
+def heavy_hitters(cs, states, n_packets, phi=None, threshold=None, report: dict | None = None):
+    """``(rows, combine)``; ``report``, when given, gets ``"partial"``: the states whose decode
+    could not finish (see :func:`_note_partial`)."""
     if cs.kind_name == "exact":
         return merged_state(cs, _flat(states)).heavy_hitters(phi=phi, threshold=threshold), _merged_label(states)
     sharded = _is_sharded(states)
     if not sharded and len(states) == 1 and phi is None and threshold is None:
+        _note_partial(report, states)
         return list(states[0].heavy_hitters()), "single"
     if phi is not None or threshold is not None:
         check_floor(cs, states, _threshold(phi, threshold, n_packets), "heavy_hitters")
     thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
-    rows = _by_count([row for shard in _per_shard(states) for row in _hidden_rows(shard, thr)])
+    shards = _per_shard(states)
+    rows = _by_count([row for shard in shards for row in _hidden_rows(shard, thr)])
+    _note_partial(report, [s for shard in shards for s in shard])
     if sharded:  # each key lives on one shard (routed by its own key)
         return rows, "union over shards of sums of per-epoch estimates"
     return rows, _combine_label(len(states), False, "sum of per-epoch estimates")
@@ -346,7 +368,8 @@ def _hidden_changes(before: list, after: list, thr: float) -> list:
     return [(k, now[k] - then[k]) for k in candidates if abs(now[k] - then[k]) > thr]
 
 
-def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=None):
+def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=None, report: dict | None = None):
+    """``(rows, combine)``; ``report`` as in :func:`heavy_hitters`."""
     if cs.kind_name == "exact":
         merged_after, merged_before = merged_state(cs, _flat(after)), merged_state(cs, _flat(before))
         return merged_after.heavy_changers(merged_before, phi=phi, threshold=threshold), _merged_label(after)
@@ -355,11 +378,14 @@ def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=Non
         check_floor(cs, after, _threshold(phi, threshold, max(n_before, n_after)), "heavy_changers")
     if not sharded and len(after) == 1:  # the sketch's own rule, at its own default threshold
         thr = _threshold(phi, threshold, max(n_before, n_after))
-        return list(after[0].heavy_changers(before[0], hc_threshold=thr)), "single"
+        rows = list(after[0].heavy_changers(before[0], hc_threshold=thr))
+        _note_partial(report, [*before, *after])
+        return rows, "single"
     thr = _threshold(phi, threshold, max(n_before, n_after), after[0].params.phi)
     rows = []
     for b, a in zip(_per_shard(before), _per_shard(after)):
         rows += list(a[0].heavy_changers(b[0], hc_threshold=thr)) if len(a) == 1 else _hidden_changes(b, a, thr)
+        _note_partial(report, [*b, *a])
     rows.sort(key=lambda kv: (-abs(kv[1]), kv[0]))
     return rows, "union over shards" if sharded else "sum of per-epoch estimates"
 

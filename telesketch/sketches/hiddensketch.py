@@ -576,7 +576,13 @@ def _decode_block(b, seg, seg_layout, bf, bf_layout, bf_seeds, blk_seed, n_block
 
 @nb.njit(cache=True, nogil=True)
 def _peel(lo, hi, nbytes, cm, cm_seeds, w_cm):
-    """Peel the CM over the candidate set (spec §7.3), FIFO queue. Returns ``(f_ss, all_zero)``."""
+    """Peel the CM over the candidate set (spec §7.3), FIFO queue.
+
+    Returns ``(f_ss, all_zero, resolved, residual)``: ``resolved[x]`` is true for candidates the
+    peel settled (a count from a pure bucket, or 0 from an empty one); ``residual`` is the CM
+    (``int64[rows * w]``, row-major) minus the settled counts, i.e. the sum, per bucket, of what the
+    unresolved keys (and keys missing from the candidate set) put there.
+    """
     n, rows, w = lo.shape[0], cm.shape[0], cm.shape[1]
     n_buckets = rows * w
     bucket = np.empty((n, rows), np.int64)
@@ -644,7 +650,58 @@ def _peel(lo, hi, nbytes, cm, cm_seeds, w_cm):
         if counter[q] != 0:
             all_zero = False
             break
-    return f_ss, all_zero
+    return f_ss, all_zero, removed, counter
+
+
+@nb.njit(cache=True, nogil=True)
+def _tighten(buckets, residual, upper, unresolved, rounds):
+    """Interval propagation over the residual CM of a complete candidate set (``int64`` in place).
+
+    Every bucket's residual is exactly the sum of its unresolved keys' counts, all ``>= 0``. With
+    ``lower`` starting at 0 and ``upper`` at a valid upper bound, each round applies, per key ``x``
+    and bucket ``q`` of ``x``: ``upper[x] <= R_q - sum(lower of the others in q)`` and
+    ``lower[x] >= R_q - sum(upper of the others in q)``. Both stay valid bounds of the true count.
+    Only ``unresolved`` keys take part. Returns ``lower``.
+    """
+    n, rows = buckets.shape
+    n_buckets = residual.shape[0]
+    lower = np.zeros(n, np.int64)
+    sum_lo = np.zeros(n_buckets, np.int64)
+    sum_up = np.zeros(n_buckets, np.int64)
+    for _ in range(rounds):
+        sum_lo[:] = 0
+        sum_up[:] = 0
+        for x in range(n):
+            if unresolved[x]:
+                for r in range(rows):
+                    sum_lo[buckets[x, r]] += lower[x]
+                    sum_up[buckets[x, r]] += upper[x]
+        changed = False
+        for x in range(n):
+            if not unresolved[x]:
+                continue
+            for r in range(rows):
+                q = buckets[x, r]
+                up = residual[q] - (sum_lo[q] - lower[x])
+                lo_ = residual[q] - (sum_up[q] - upper[x])
+                if up < upper[x]:
+                    upper[x] = max(up, lower[x])
+                    changed = True
+                if lo_ > lower[x]:
+                    lower[x] = min(lo_, upper[x])
+                    changed = True
+        if not changed:
+            break
+    return lower
+
+
+@nb.njit(cache=True, nogil=True)
+def _cm_buckets(lo, hi, nbytes, cm_seeds, w_cm, out):
+    """``out[i, r] = r * w_cm + h_r(key i) % w_cm``: key ``i``'s bucket in the flat (row-major) CM."""
+    wc = _U64(w_cm)
+    for i in range(lo.shape[0]):
+        for r in range(cm_seeds.shape[0]):
+            out[i, r] = r * w_cm + np.int64(_hash_key(lo[i], hi[i], nbytes, cm_seeds[r]) % wc)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -725,6 +782,11 @@ class HHResult:
     ``overflow``: some block's enumeration exceeded ``max_enum``. ``n_candidates``: enumerated
     candidates; ``n_after_fs``: those the FS filter kept; ``n_ss_keys``: keys with ``f_SS > 0``.
     ``ss_counts``: ``{key: f_SS}`` for those keys. ``enumerated``: combinations tested.
+
+    ``partial``: the decode did not finish (``not decode_ok``): keys may be missing and, with the
+    default partial decode, the keys in ``bounded`` carry upper bounds (never under-counts) rather
+    than peeled counts; ``ss_counts`` then holds ``estimate - thresh`` for every recovered key
+    (``estimate`` in two-pass mode) and ``n_ss_keys`` counts the peeled ones.
     """
 
     items: list[tuple[Hashable, int]]
@@ -735,6 +797,8 @@ class HHResult:
     n_ss_keys: int
     enumerated: int
     ss_counts: dict = field(default_factory=dict, repr=False)
+    partial: bool = False
+    bounded: frozenset = field(default_factory=frozenset, repr=False)
 
 
 # ============================================================================ the sketch
@@ -782,6 +846,32 @@ class HiddenSketch:
     @property
     def decode_ok(self) -> bool:
         return self.decode().decode_ok
+
+    #: keys per CM bucket above which peeling a 3-row Count-Min fails (the 3-uniform hypergraph
+    #: peeling threshold, c*_3 = 0.818), so ``load_factor`` 1 is where decodes start to fail
+    PEEL_LIMIT = 0.818
+    #: rounds of interval propagation over the residual CM in a partial decode (``_tighten``)
+    TIGHTEN_ROUNDS = 8
+
+    @property
+    def ss_keys_estimate(self) -> float:
+        """Distinct keys in the second stage, estimated from the fill of the whole-key Bloom filter
+        (``-m ln(1 - set/m)`` per row, averaged; ``inf`` when a row is full). Cheap: no decode."""
+        _, _, row0, rows, bits = self._layout.bf_layout[0].tolist()
+        set_bits = np.unpackbits(self.bf[row0:row0 + rows].view(np.uint8), axis=1, bitorder="little")[:, :bits].sum(axis=1)
+        fill = set_bits / bits
+        if np.any(fill >= 1.0):
+            return float("inf")
+        return float(np.mean(-bits * np.log1p(-fill)))
+
+    @property
+    def load_factor(self) -> float:
+        """Second-stage keys over what its Count-Min can peel (``PEEL_LIMIT * 3 * cm_width``).
+
+        Above 1 the decode is expected to stop short (a partial answer): the sketch needs more
+        memory for this traffic (``telesketch size`` says how much). Cheap enough for every epoch.
+        """
+        return self.ss_keys_estimate / (self.PEEL_LIMIT * _CM_ROWS * self.params.cm_width)
 
     @property
     def overflowed(self) -> bool:
@@ -871,13 +961,45 @@ class HiddenSketch:
         self._decoded = None
 
     # ------------------------------------------------------------------ decode (§7)
-    def decode(self, threads: int | None = None) -> HHResult:
-        """Enumerate, FS-filter and peel (cached until the next update or merge)."""
+    def decode(self, threads: int | None = None, partial: bool = True) -> HHResult:
+        """Enumerate, FS-filter and peel (cached until the next update or merge).
+
+        ``partial=True`` (default): when the decode cannot finish (an overflowing block or a peel
+        that stops short), the answer still holds every candidate it could recover, flagged
+        ``partial``, each with an estimate that never under-counts (see :meth:`_decode`).
+        ``partial=False``: the spec's §7 output only (the peeled keys; what the paper reports), not
+        cached.
+        """
+        if not partial:
+            return self._decode(threads, partial=False)
         if self._decoded is None:
             self._decoded = self._decode(threads)
         return self._decoded
 
-    def _decode(self, threads: int | None) -> HHResult:
+    def _decode(self, threads: int | None, partial: bool = True) -> HHResult:
+        """Decode of spec §7, with the graceful partial answer of issue 20.
+
+        A complete decode (no overflow, every CM counter peeled to zero) reports the peeled keys
+        with ``f_SS + thresh`` (``f_SS`` in two-pass mode), as the spec. Otherwise, with
+        ``partial``:
+
+        * the peel stopped short, every block enumerated: the candidate set holds every key of
+          the second stage, so a peeled count is exact; an unpeeled candidate gets the upper
+          bound ``min(FS estimate, thresh + min_r residual_r)``, the residual CM being the CM
+          less the peeled counts (only unpeeled keys remain in it, so each residual counter is
+          exactly their sum), tightened by interval propagation over it (:func:`_tighten`);
+        * some block overflowed: keys of that block are missing from the candidate set, so a
+          peeled count may be off either way; every candidate gets ``min(FS estimate, thresh +
+          min_r CM_r)`` (the Count-Min bound) instead.
+
+        Both bounds are at least the key's true count (the FS counts every item of a key, a
+        non-saturated FS row never under-counts, and the items before a key passes the gate are
+        at most ``thresh``), so a recovered key is never under-counted. Bounded keys are reported
+        when their bound passes ``phi * N``, so with every block enumerated no heavy hitter is
+        missed; precision, not recall, is what a too-small sketch loses. Only when more keys
+        pass than the CM can tell apart (``PEEL_LIMIT * 3 * cm_width``) are the largest bounds
+        kept (the sketch is then far too small; measured in BENCHMARKS.md).
+        """
         p, lay = self.params, self._layout
         threads = threads or nb.get_num_threads()
 
@@ -899,19 +1021,52 @@ class HiddenSketch:
         est = np.empty(n_candidates, np.int64)
         _fs_query_many(lo, hi, lay.nbytes, self.fs, lay.fs_seeds, p.fs_width, p.fs_cap, est)
         keep = est > p.thresh
-        lo, hi = lo[keep], hi[keep]
+        lo, hi, fs_est = lo[keep], hi[keep], est[keep]
         order = np.lexsort((lo, hi))  # candidate order: ascending key integer
-        lo, hi = lo[order], hi[order]
-        f_ss, all_zero = _peel(lo, hi, lay.nbytes, self.cm, lay.cm_seeds, p.cm_width)
-        positive = f_ss > 0
-        keys = words_to_keys(lo[positive], hi[positive], p.key_bytes)
-        counts = f_ss[positive].tolist()
+        lo, hi, fs_est = lo[order], hi[order], fs_est[order]
+        f_ss, all_zero, resolved, residual = _peel(lo, hi, lay.nbytes, self.cm, lay.cm_seeds, p.cm_width)
+        decode_ok = bool(all_zero and not overflow)
         offset = 0 if p.mode == "two_pass" else p.thresh
         limit = p.phi * self.n_items
-        items = [(k, c + offset) for k, c in zip(keys, counts) if c + offset > limit]
+        if decode_ok or not partial:
+            positive = f_ss > 0
+            keys = words_to_keys(lo[positive], hi[positive], p.key_bytes)
+            counts = f_ss[positive].tolist()
+            items = [(k, c + offset) for k, c in zip(keys, counts) if c + offset > limit]
+            items.sort(key=lambda kv: -kv[1])
+            return HHResult(items, decode_ok, overflow, int(n_candidates), int(lo.shape[0]),
+                            int(positive.sum()), enumerated, dict(zip(keys, counts)), partial=not decode_ok)
+        buckets = np.empty((lo.shape[0], _CM_ROWS), np.int64)
+        _cm_buckets(lo, hi, lay.nbytes, lay.cm_seeds, p.cm_width, buckets)
+        if overflow:
+            remaining = self.cm.astype(np.int64).ravel()
+            exact_count = np.zeros(lo.shape[0], np.bool_)
+        else:
+            remaining = np.maximum(residual, 0)
+            exact_count = resolved
+        per_row = remaining[buckets]                                    # int64[n, rows]
+        bound = per_row.min(axis=1)
+        if not overflow:  # complete candidates: the residual is exact, so bounds can be tightened
+            bound = np.minimum(bound, fs_est)
+            _tighten(buckets, remaining, bound, ~exact_count, self.TIGHTEN_ROUNDS)
+        total = np.where(exact_count, f_ss + offset, np.minimum(fs_est, bound + offset))
+        # A bounded key is reported when its bound passes the limit: with every block enumerated
+        # no true heavy hitter is missed (recall 1). But 3 * cm_width counters cannot tell more
+        # than about PEEL_LIMIT * 3 * cm_width keys apart: past that many, only the largest
+        # bounds are reported (a heavy key's bound is its count plus noise, a light key's noise).
+        present = np.where(exact_count, f_ss, bound) > 0
+        keys = words_to_keys(lo[present], hi[present], p.key_bytes)
+        totals = total[present].tolist()
+        bounded_flags = (~exact_count[present]).tolist()
+        sure = [(k, t) for k, t, b in zip(keys, totals, bounded_flags) if t > limit and not b]
+        maybe = sorted(((k, t) for k, t, b in zip(keys, totals, bounded_flags) if t > limit and b), key=lambda kv: -kv[1])
+        room = max(0, int(self.PEEL_LIMIT * _CM_ROWS * p.cm_width) - len(sure))
+        items = sure + maybe[:room]
         items.sort(key=lambda kv: -kv[1])
-        return HHResult(items, bool(all_zero and not overflow), overflow, int(n_candidates),
-                        int(lo.shape[0]), int(positive.sum()), enumerated, dict(zip(keys, counts)))
+        bounded = frozenset(k for k, flag in zip(keys, bounded_flags) if flag)
+        n_peeled = int((exact_count & (f_ss > 0)).sum())
+        return HHResult(items, False, overflow, int(n_candidates), int(lo.shape[0]), n_peeled, enumerated,
+                        {k: t - offset for k, t in zip(keys, totals)}, partial=True, bounded=bounded)
 
     # ------------------------------------------------------------------ queries (§8)
     def heavy_hitters(self) -> list[tuple[Hashable, int]]:

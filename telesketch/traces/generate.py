@@ -120,6 +120,50 @@ def _addresses(rng, flows: int, n8: int, n16: int, n24: int, first_octets) -> np
             | (o3.astype(np.uint64) << 8) | o4.astype(np.uint64)).astype(np.uint32)
 
 
+MIXES = ("zipf", "hard")
+
+
+def _hard_mix(rng, packets: int, flows: int, zipf: float):
+    """Flow sizes and endpoints of the ``mix="hard"`` setting: ``(sizes, src, dst)``.
+
+    Built to stress sketches beyond the papers' workloads (issue 20):
+
+    * **scanners**: 24 sources, 10 % of the flows, one packet each to a distinct destination;
+    * **elephants**: 6 flows with 1.5 % of the packets each (9 % together);
+    * **Zipf body**: the other flows, Zipf(``zipf``) sizes, their sources drawn with Zipf(1.1)
+      weights from a pool of ``flows // 5`` addresses, so a source carries many flows;
+    * **hot prefixes**: 30 % of the pool lies in one /16 and 10 % in one /24 (inside another /16),
+      and half the elephants are in that /24, so /16 and /24 aggregates are heavy without any of
+      their sources being heavy.
+    """
+    n_scan = max(1, flows // 10)
+    n_eleph = min(6, max(0, flows - n_scan - 1))
+    n_body = flows - n_scan - n_eleph
+    eleph_pkts = int(packets * 0.015)
+    body_pkts = packets - n_scan - n_eleph * eleph_pkts
+    if n_body < 1 or body_pkts < n_body:
+        raise ValueError(f"mix='hard' needs more packets than flows (got {packets:,} packets, {flows:,} flows)")
+    sizes = np.concatenate([np.full(n_eleph, eleph_pkts, np.int64), _zipf_sizes(rng, body_pkts, n_body, zipf),
+                            np.ones(n_scan, np.int64)])
+    pool_n = max(16, flows)
+    pool = _addresses(rng, pool_n, 8, 64, 128, [23, 31, 45, 52, 64, 77, 91, 104, 142, 151, 172, 185, 203, 212])
+    hot16, hot24 = np.uint32(0x8E1F0000), np.uint32(0xB9402A00)  # 142.31.0.0/16, 185.64.42.0/24
+    k16, k24 = int(0.30 * pool_n), int(0.10 * pool_n)
+    pool[:k16] = hot16 | rng.integers(0, 1 << 16, k16).astype(np.uint32)
+    pool[k16:k16 + k24] = hot24 | rng.integers(1, 255, k24).astype(np.uint32)
+    pool = rng.permutation(pool)
+    weights = np.arange(1, pool_n + 1, dtype=np.float64) ** -0.6
+    body_src = pool[rng.choice(pool_n, n_body, p=weights / weights.sum())]
+    eleph_src = np.where(np.arange(n_eleph) % 2 == 0, hot24 | rng.integers(1, 255, n_eleph).astype(np.uint32),
+                         pool[rng.integers(0, pool_n, n_eleph)]).astype(np.uint32)
+    scanners = _addresses(rng, 24, 4, 8, 16, [5, 37, 89, 193])
+    scan_src = scanners[rng.integers(0, 24, n_scan)]
+    src = np.concatenate([eleph_src, body_src, scan_src]).astype(np.uint32)
+    dst = _addresses(rng, flows, 3, 8, 32, [10, 100, 192])
+    dst[-n_scan:] = (np.uint32(0x0A000000) | rng.integers(0, 1 << 24, n_scan).astype(np.uint32))
+    return sizes, src, dst
+
+
 def _pick(rng, mask, choices, probs, out) -> None:
     """``out[mask] = choice(choices, p=probs)`` for each masked element."""
     m = int(mask.sum())
@@ -261,16 +305,22 @@ def _tcp_layer(rng, flow, first, last, ft, ip_len, ihl, nfl):
 
 
 def _synthesize(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
-                reorder_rate, ip_options_rate, frag_rate, start_s) -> _Synth:
+                reorder_rate, ip_options_rate, frag_rate, start_s, mix="zipf") -> _Synth:
     packets, flows = int(packets), int(flows)
     if packets < 1 or flows < 1:
         raise ValueError(f"packets and flows must be positive, got {packets}, {flows}")
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {MIXES}, got {mix!r}")
     flows = min(flows, packets)
     rng = np.random.default_rng(seed)
-    sizes = _zipf_sizes(rng, packets, flows, zipf)
-    ft = _flow_table(rng, sizes)
-    src = _addresses(rng, flows, 6, 12, 24, [23, 31, 45, 52, 64, 77, 91, 104, 142, 151, 172, 185, 203, 212])
-    dst = _addresses(rng, flows, 3, 8, 32, [10, 100, 192])
+    if mix == "hard":
+        sizes, src, dst = _hard_mix(rng, packets, flows, zipf)
+        ft = _flow_table(rng, sizes)
+    else:
+        sizes = _zipf_sizes(rng, packets, flows, zipf)
+        ft = _flow_table(rng, sizes)
+        src = _addresses(rng, flows, 6, 12, 24, [23, 31, 45, 52, 64, 77, 91, 104, 142, 151, 172, 185, 203, 212])
+        dst = _addresses(rng, flows, 3, 8, 32, [10, 100, 192])
     _dedupe_ports(rng, src, dst, ft)
     flow = np.repeat(np.arange(flows), sizes)
     first = np.zeros(packets, bool)
@@ -559,22 +609,24 @@ def generate_batch(packets: int, flows: int, zipf: float = 1.1, gap_rate: float 
                    *, duration_s: float = 10.0, nanosecond: bool = False, snaplen: int = 128,
                    link: str = "ethernet", reorder_rate: float | None = None,
                    ip_options_rate: float = 0.0, frag_rate: float = 0.0,
-                   start_s: float = 1.7e9) -> PacketBatch:
+                   start_s: float = 1.7e9, mix: str = "zipf") -> PacketBatch:
     """The IPv4 packets ``generate_capture`` would write with the same arguments, as a batch.
 
     Identical, column for column, to reading that file back (timestamps are rounded to
     microseconds unless ``nanosecond``; fields cut off by ``snaplen`` read as zero).
+    ``mix="hard"``: scanners, elephants, a Zipf body of sources and hot /16 and /24 prefixes
+    (see ``_hard_mix``).
     """
     _check_args(link, "pcap", "little")
     return _model(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
-                  reorder_rate, ip_options_rate, frag_rate, start_s).batch
+                  reorder_rate, ip_options_rate, frag_rate, start_s, mix).batch
 
 
 def _model(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
-           reorder_rate, ip_options_rate, frag_rate, start_s) -> _Synth:
+           reorder_rate, ip_options_rate, frag_rate, start_s, mix="zipf") -> _Synth:
     reorder_rate = gap_rate / 10 if reorder_rate is None else reorder_rate
     return _synthesize(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
-                       reorder_rate, ip_options_rate, frag_rate, start_s)
+                       reorder_rate, ip_options_rate, frag_rate, start_s, mix)
 
 
 def generate_capture(path, packets: int = 1_000_000, flows: int = 50_000, zipf: float = 1.1,
@@ -583,18 +635,19 @@ def generate_capture(path, packets: int = 1_000_000, flows: int = 50_000, zipf: 
                      byteorder: str = "little", format: str = "pcap",
                      reorder_rate: float | None = None, ip_options_rate: float = 0.0,
                      frag_rate: float = 0.0, ipv6_rate: float = 0.0,
-                     start_s: float = 1.7e9, progress=None) -> GenerateStats:
+                     start_s: float = 1.7e9, progress=None, mix: str = "zipf") -> GenerateStats:
     """Write a synthetic capture (classic pcap, or pcapng with ``format="pcapng"``) to ``path``.
 
     ``link`` is one of ethernet, vlan (802.1Q, a quarter QinQ), raw (101), ipv4 (228), sll (113),
     sll2 (276), null (0). ``byteorder`` sets the file's byte order; ``nanosecond`` the timestamp
     resolution. ``ipv6_rate`` adds that fraction of extra IPv6 frames, which readers skip.
-    See the module docstring for the traffic model. Returns a :class:`GenerateStats`.
-    ``progress(packets_written)``: called after each chunk written (for a progress bar).
+    See the module docstring for the traffic model (``mix="hard"``: see ``_hard_mix``). Returns a
+    :class:`GenerateStats`. ``progress(packets_written)``: called after each chunk written (for a
+    progress bar).
     """
     _check_args(link, format, byteorder)
     synth = _model(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
-                   reorder_rate, ip_options_rate, frag_rate, start_s)
+                   reorder_rate, ip_options_rate, frag_rate, start_s, mix)
     rng = np.random.default_rng([int(seed), 1])
     l3, dlen, ts = synth.l3, synth.l3_len, synth.batch.ts_ns
     src, dst = synth.batch.src_ip, synth.batch.dst_ip
