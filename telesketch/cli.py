@@ -231,7 +231,10 @@ def cmd_size(args: argparse.Namespace) -> int:
         _pyplot()
     if not 0.0 < args.target <= 1.0:
         raise ValueError(f"--target must be an F1 in (0, 1], got {args.target}")
-    config = load_config(args.config, {"epoch_seconds": args.epoch_seconds, "keep_epochs": args.keep_epochs})
+    from telesketch.analyze import WHOLE_CAPTURE
+
+    config = load_config(args.config, {"epoch_seconds": args.epoch_seconds,
+                                       "keep_epochs": args.keep_epochs or WHOLE_CAPTURE})
     advice = size_sketches(args.files, config, _report_options(args), args.target, args.factors or SIZE_FACTORS,
                            args.batch_size)
     if args.plot and advice:
@@ -361,7 +364,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         return _run_query(args)
     except grpc.RpcError as exc:
         print(f"telesketch query: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exit_status(exc)
 
 
 def _run_query(args: argparse.Namespace) -> int:
@@ -508,14 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(func=cmd_analyze)
 
     size = sub.add_parser("size", help="the smallest memory per sketch that reaches a target F1 on captures")
-    size.add_argument("files", nargs="+")
+    size.add_argument("files", nargs="+", help="pcap or pcapng captures, optionally gzip-compressed")
     size.add_argument("--config", help="service config file (TOML/JSON): the sketches to size")
     size.add_argument("--target", type=_positive_float, default=0.95, help="F1 to reach (default 0.95)")
     size.add_argument("--factors", type=_factor_list, help="comma-separated multiples of each configured memory "
                       "(default 1/8x..8x in sqrt(2) steps)")
-    size.add_argument("--epoch-seconds", type=_positive_float)
-    size.add_argument("--keep-epochs", type=_positive_int)
-    size.add_argument("--batch-size", type=_positive_int, default=65536)
+    size.add_argument("--epoch-seconds", type=_positive_float, help="epoch length in seconds (default: config, 10)")
+    size.add_argument("--keep-epochs", type=_positive_int, help="keep only the last N epochs (default: the whole capture)")
+    size.add_argument("--batch-size", type=_positive_int, default=65536, help="packets per batch")
     size.add_argument("--json", action="store_true", help="print the sweep and the advice as JSON")
     size.add_argument("--plot", metavar="DIR", help="write accuracy_vs_memory.png there (needs telesketch[plot])")
     _add_report_options(size)
@@ -594,8 +597,10 @@ def exit_status(exc: BaseException) -> int | None:
     """The exit status for an exception a command raised (None: a bug, let it raise).
 
     Usage (2): bad values (``ValueError``: option checks, ``ConfigError``, a file that is not a
-    capture), a named file that is missing or unreadable, an optional extra not installed. Runtime
-    failure (1): other ``OSError`` (a port in use, a lost connection), ``grpc.RpcError``."""
+    capture), a named file that is missing or unreadable, an optional extra not installed, and a
+    request the server refused for what it asks (INVALID_ARGUMENT, FAILED_PRECONDITION,
+    OUT_OF_RANGE: a threshold below a sketch's floor, an unknown sketch). Runtime failure (1): other
+    ``OSError`` (a port in use, a lost connection), any other ``grpc.RpcError``."""
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ValueError)):
         return EXIT_USAGE
     if isinstance(exc, ImportError):  # a missing optional extra says how to install it; others are bugs
@@ -606,7 +611,10 @@ def exit_status(exc: BaseException) -> int | None:
         import grpc
 
         if isinstance(exc, grpc.RpcError):
-            return EXIT_FAILURE
+            asked_wrong = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                           grpc.StatusCode.OUT_OF_RANGE)
+            code = exc.code() if callable(getattr(exc, "code", None)) else None
+            return EXIT_USAGE if code in asked_wrong else EXIT_FAILURE
     except ImportError:  # pragma: no cover - grpcio is a base dependency
         pass
     return None
