@@ -51,12 +51,12 @@ def manager_for(specs: dict[str, dict], config: ServiceConfig, tolerant: bool = 
         sketches = []
         for name, spec in specs.items():
             try:
-                sketches += configure({name: spec})
+                sketches += configure({name: spec}, config.device)
             except ValueError:
                 continue
         sketchset = SketchSet(sketches)
     else:
-        sketchset = SketchSet.from_config(specs)
+        sketchset = SketchSet.from_config(specs, config.device)
     return EpochManager(sketchset, config.epoch_ns, config.keep_epochs, None)
 
 

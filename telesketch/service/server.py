@@ -329,10 +329,14 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
 
 # ====================================================================== the service
+#: ``stats()`` sketch fields that the gRPC ``SketchInfo`` message does not carry (HTTP and /metrics do).
+_NOT_IN_SKETCH_INFO = ("device", "backend")
+
+
 def _sketchset(config: ServiceConfig) -> SketchSet:
     """The configured sketches: in this process, or (``shards > 1``) the open epoch on Ray actors."""
     if config.shards == 1:
-        return SketchSet.from_config(config.sketches)
+        return SketchSet.from_config(config.sketches, config.device)
     from telesketch.distributed.service import ShardedSketchSet
 
     return ShardedSketchSet.from_config(config.sketches, config.shards, address=config.ray_address)
@@ -357,6 +361,9 @@ class Service:
         self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics)
         self.query_pool = ThreadPoolExecutor(2, thread_name_prefix="telesketch-query")
         self.metrics.queue_capacity.set(config.queue_batches)
+        for cs in self.sketchset.sketches:
+            if cs.active:
+                self.metrics.sketch_device.labels(cs.name, cs.device, cs.backend).set(1)
         if self.manager.open is not None:
             self.metrics.epoch.set(self.manager.open.id)
         self.grpc_port = 0
@@ -455,7 +462,8 @@ class Service:
                 if cs.active:
                     self.metrics.sketch_memory.labels(cs.name).set(memory)
                 sketches.append({"name": cs.name, "kind": cs.kind_name, "active": cs.active, "note": cs.note,
-                                 "memory_bytes": memory, "queries": sorted(cs.kind.queries) if cs.kind else []})
+                                 "memory_bytes": memory, "queries": sorted(cs.kind.queries) if cs.kind else [],
+                                 "device": cs.device, "backend": cs.backend})
             self.metrics.epochs_retained.set(len(epochs))
             return {
                 "packets": m.counters.packets, "batches": m.counters.batches,
@@ -473,7 +481,8 @@ class Service:
         return service_pb2.StatsReply(
             **{k: v for k, v in s.items() if k not in ("epochs", "sketches")},
             epochs=[service_pb2.EpochInfo(**e) for e in s["epochs"]],
-            sketches=[service_pb2.SketchInfo(**x) for x in s["sketches"]])
+            sketches=[service_pb2.SketchInfo(**{k: v for k, v in x.items() if k not in _NOT_IN_SKETCH_INFO})
+                      for x in s["sketches"]])
 
 
 # ====================================================================== running it
