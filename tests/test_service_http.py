@@ -92,7 +92,7 @@ def test_prometheus_scrapes_metrics(http_server, tmp_path):
 
     labels = {name for family in text_string_to_metric_families(text) for sample in family.samples
               for name in sample.labels}
-    assert labels <= {"reason", "query", "sketch", "le"}  # fixed sets: no flow keys as labels
+    assert labels <= {"reason", "query", "sketch", "le", "device", "backend"}  # fixed sets: no flow keys as labels
     shipped = (DEPLOY / "prometheus.yml").read_text()
     scrape = shipped.replace("15s", "1s").replace("127.0.0.1:9108", f"127.0.0.1:{http_server.http_port}")
     (tmp_path / "prometheus.yml").write_text(scrape)
