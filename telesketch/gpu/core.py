@@ -322,7 +322,7 @@ def device_hash_5tuple(batch, seed: int = 0) -> np.ndarray:
     if n:
         cols = [be.to_device(getattr(batch, name)) for name in _KEY_FIELDS]
         with be.launching():
-            _hash_kernel[blocks(n), THREADS_PER_BLOCK](*cols, _U64(seed), out)
+            launch(_hash_kernel, n, *cols, _U64(seed), out)
     return be.to_host(out)
 
 

@@ -41,12 +41,11 @@ import numpy as np
 from numba import cuda
 
 from telesketch.gpu.core import (
-    THREADS_PER_BLOCK,
     GpuUnavailableError,
     _fmix64,
     backend,
-    blocks,
     hash64_5tuple_device,
+    launch,
 )
 from telesketch.hashing import _SEED_OFFSET, GOLDEN
 from telesketch.sketches import hiddensketch as _cpu
@@ -116,7 +115,7 @@ def _partial(lo, hi, start, end):
     return lo & ((_ONE << _U64(nbits)) - _ONE), _ZERO
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _hash_words_kernel(lo, hi, nbytes, seed, out):
     """``out[i] = hash_key_device(lo[i], hi[i], nbytes, seed)``, one thread per key."""
     i = cuda.grid(1)
@@ -132,14 +131,14 @@ def device_hash_key_words(lo: np.ndarray, hi: np.ndarray, nbytes: int, seed: int
     out = be.zeros(lo.shape[0], np.uint64)
     if lo.shape[0]:
         with be.launching():
-            _hash_words_kernel[blocks(lo.shape[0]), THREADS_PER_BLOCK](
+            launch(_hash_words_kernel, lo.shape[0],
                 be.to_device(lo), be.to_device(np.ascontiguousarray(hi, np.uint64)), _I64(nbytes),
                 _U64(seed), out)
     return be.to_host(out)
 
 
 # ============================================================================ kernels: FS gate
-@cuda.jit
+@cuda.jit(cache=True)
 def _fs_cells_kernel(lo, hi, nbytes, fs_seeds, width, cells):
     """Thread ``i`` (one per item): ``cells[r * n + i] = r * width + h_fs[r](key_i) % width``
     (``int64``) for every FS row ``r`` (``width`` is ``int64``)."""
@@ -152,7 +151,7 @@ def _fs_cells_kernel(lo, hi, nbytes, fs_seeds, width, cells):
             cells[r * n + i] = r * width + _I64(c)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _fs_values_kernel(cells, order, fs, width, cap, values):
     """Thread ``j`` (one per sorted position): the counter value right after item ``order[j]``'s own
     increment, ``min(cap, base + rank + 1)`` with ``base`` the cell's value before the batch and
@@ -175,7 +174,7 @@ def _fs_values_kernel(cells, order, fs, width, cap, values):
     values[pos] = min(cap, base + (j - first) + 1)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _fs_store_kernel(cells, order, width, values, fs):
     """Thread ``j``: if ``j`` is the last sorted position of its cell, store the cell's final value
     ``values[order[j]]`` (= ``min(cap, base + count)``) into ``fs``. Runs after
@@ -192,7 +191,7 @@ def _fs_store_kernel(cells, order, width, values, fs):
     fs[row, cell - row * width] = values[pos]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _fs_query_kernel(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
     """Thread ``i``: the FS point query of key ``i`` (CPU ``_fs_query_one``): minimum over the rows
     whose counter is below ``cap``, ``FS_INFINITE`` if every row is saturated."""
@@ -228,7 +227,7 @@ def _ss_insert_one(klo, khi, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, 
             cuda.atomic.or_(bf, (row0 + r, _I64(h >> _S6)), _ONE << (h & _LOW6))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _ss_insert_kernel(lo, hi, values, n_rows, thresh, nbytes, n_blocks, blk_seed, seg_layout, bf_layout,
                       bf_seeds, cm_seeds, w_cm, seg, bf, cm):
     """Thread ``i`` (one per item): gate value ``g = min_r values[r * n + i]`` over ``n_rows`` rows;
@@ -321,20 +320,20 @@ class HiddenSketch(_cpu.HiddenSketch):
         p, be = self.params, self._backend
         m = p.fs_rows * n
         d_cells = be.zeros(m, np.int64)
-        _fs_cells_kernel[blocks(n), THREADS_PER_BLOCK](d_lo, d_hi, _I64(p.key_bytes), self._d_layout["fs_seeds"],
+        launch(_fs_cells_kernel, n, d_lo, d_hi, _I64(p.key_bytes), self._d_layout["fs_seeds"],
                                                         _I64(p.fs_width), d_cells)
         d_order = be.to_device(np.argsort(be.to_host(d_cells), kind="stable").astype(np.int64))
         d_values = be.zeros(m, np.int64)
-        _fs_values_kernel[blocks(m), THREADS_PER_BLOCK](d_cells, d_order, self._d_fs, _I64(p.fs_width),
+        launch(_fs_values_kernel, m, d_cells, d_order, self._d_fs, _I64(p.fs_width),
                                                          _I64(p.fs_cap), d_values)
-        _fs_store_kernel[blocks(m), THREADS_PER_BLOCK](d_cells, d_order, _I64(p.fs_width), d_values, self._d_fs)
+        launch(_fs_store_kernel, m, d_cells, d_order, _I64(p.fs_width), d_values, self._d_fs)
         return d_values
 
     def _fs_query(self, d_lo, d_hi, n: int):
         """Device ``int64[n]`` FS point queries (read-only), the two-pass second-pass gate."""
         p = self.params
         d_out = self._backend.zeros(n, np.int64)
-        _fs_query_kernel[blocks(n), THREADS_PER_BLOCK](d_lo, d_hi, _I64(p.key_bytes), self._d_fs,
+        launch(_fs_query_kernel, n, d_lo, d_hi, _I64(p.key_bytes), self._d_fs,
                                                         self._d_layout["fs_seeds"], _I64(p.fs_width),
                                                         _I64(p.fs_cap), d_out)
         return d_out
@@ -342,7 +341,7 @@ class HiddenSketch(_cpu.HiddenSketch):
     def _insert(self, d_lo, d_hi, d_values, n_rows: int) -> None:
         """Step 4: gate every item by ``min`` of its ``n_rows`` values and insert the gated keys."""
         p, lay, d = self.params, self._layout, self._d_layout
-        _ss_insert_kernel[blocks(d_lo.shape[0]), THREADS_PER_BLOCK](
+        launch(_ss_insert_kernel, d_lo.shape[0],
             d_lo, d_hi, d_values, _I64(n_rows), _I64(p.thresh), _I64(p.key_bytes), _I64(p.blocks),
             _U64(lay.blk_seed), d["seg_layout"], d["bf_layout"], d["bf_seeds"], d["cm_seeds"], _I64(p.cm_width),
             self._d_seg, self._d_bf, self._d_cm)

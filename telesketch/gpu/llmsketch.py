@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from telesketch.gpu.core import THREADS_PER_BLOCK, GpuUnavailableError, backend, blocks, mix64_device, segments
+from telesketch.gpu.core import GpuUnavailableError, backend, launch, mix64_device, segments
 from telesketch.sketches import llmsketch as _cpu
 
 __all__ = ["LLMSketch", "GpuUnavailableError", "device_mmh3_words", "mmh3_words_device"]
@@ -161,7 +161,7 @@ def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, op_
 
 
 # ============================================================================ kernels
-@cuda.jit
+@cuda.jit(cache=True)
 def _buckets_kernel(keys, nbytes, n_buckets, out):
     """``out[i] = mmh3_32(key i, 100) mod n_buckets`` (int64; ``n_buckets`` uint64), one thread each."""
     i = cuda.grid(1)
@@ -169,7 +169,7 @@ def _buckets_kernel(keys, nbytes, n_buckets, out):
         out[i] = mmh3_words_device(keys[i], nbytes, _BUCKET_SEED) % n_buckets
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _hash_rows_kernel(keys, nbytes, seed, out):
     """``out[i] = mmh3_32(key i, seed)`` (uint64), one thread per key (exposed for the tests)."""
     i = cuda.grid(1)
@@ -177,7 +177,7 @@ def _hash_rows_kernel(keys, nbytes, seed, out):
         out[i] = mmh3_words_device(keys[i], nbytes, seed)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _heavy_segments_kernel(slot_words, counts, lock, occ, keys, scores, buckets, starts, order, n0, seed_mix,
                            op_type, op_key, op_val):
     """Thread ``k`` runs non-empty bucket ``buckets[k]``: batch positions ``order[starts[k]:starts[k+1]]``
@@ -195,7 +195,7 @@ def _heavy_segments_kernel(slot_words, counts, lock, occ, keys, scores, buckets,
         op_val[i] = val
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _cm_targets_kernel(op_type, op_key, nbytes, width, none_target, targets):
     """Per packet ``i`` (one thread each): ``targets[3 i + r] = r * W + h_r(op_key[i]) mod W`` for the
     Count-Min rows ``r``, or ``none_target`` (``3 W``, sorts last) when ``i`` has no light operation.
@@ -211,7 +211,7 @@ def _cm_targets_kernel(op_type, op_key, nbytes, width, none_target, targets):
             targets[i * CM_ROWS + r] = r * np.int64(width) + col
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _cm_fold_kernel(cm, counters, starts, order, op_type, op_val):
     """Thread ``k`` folds the operations on Count-Min counter ``counters[k]`` (``row * W + col``):
     entries ``order[starts[k]:starts[k+1]]`` (``3 i + row``, ascending ``i``), saturating add for
@@ -241,7 +241,7 @@ def device_mmh3_words(words: np.ndarray, nbytes: int, seed: int) -> np.ndarray:
     out = be.zeros(words.shape[0], np.uint64)
     if words.shape[0]:
         with be.launching():
-            _hash_rows_kernel[blocks(words.shape[0]), THREADS_PER_BLOCK](be.to_device(words), np.int64(nbytes),
+            launch(_hash_rows_kernel, words.shape[0], be.to_device(words), np.int64(nbytes),
                                                                          _U64(seed), out)
     return be.to_host(out).astype(np.uint32)
 
@@ -327,10 +327,10 @@ class LLMSketch(_cpu.LLMSketch):
         d_op_key = be.zeros(words.shape, np.uint32)
         n0 = np.int64(self.packets)
         with be.launching():
-            _buckets_kernel[blocks(n), THREADS_PER_BLOCK](d_words, nbytes, _U64(p.buckets), d_buckets)
+            launch(_buckets_kernel, n, d_words, nbytes, _U64(p.buckets), d_buckets)
             buckets, starts, order = segments(be.to_host(d_buckets))
             state = [self._device_array(name) for name in ("_slot_words", "counts", "lock", "occ")]
-            _heavy_segments_kernel[blocks(buckets.shape[0]), THREADS_PER_BLOCK](
+            launch(_heavy_segments_kernel, buckets.shape[0],
                 *state, d_words, d_scores, be.to_device(buckets), be.to_device(starts), be.to_device(order),
                 n0, self._seed_mix, d_op_type, d_op_key, d_op_val)
             if p.light == "countmin":
@@ -348,13 +348,13 @@ class LLMSketch(_cpu.LLMSketch):
         width = self.params.light_width
         none_target = CM_ROWS * width
         d_targets = be.zeros(n * CM_ROWS, np.int64)
-        _cm_targets_kernel[blocks(n), THREADS_PER_BLOCK](d_op_type, d_op_key, np.int64(self.params.key_len),
+        launch(_cm_targets_kernel, n, d_op_type, d_op_key, np.int64(self.params.key_len),
                                                           _U64(width), np.int64(none_target), d_targets)
         counters, starts, order = segments(be.to_host(d_targets))
         if counters.shape[0] and counters[-1] == none_target:  # packets without a light operation
             counters, starts = counters[:-1], starts[:-1]
         if counters.shape[0] == 0:
             return
-        _cm_fold_kernel[blocks(counters.shape[0]), THREADS_PER_BLOCK](
+        launch(_cm_fold_kernel, counters.shape[0],
             self._device_array("cm"), be.to_device(counters), be.to_device(starts), be.to_device(order), d_op_type,
             d_op_val)
