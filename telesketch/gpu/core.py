@@ -38,7 +38,7 @@ from telesketch.sketches.core import SketchError
 
 __all__ = ["THREADS_PER_BLOCK", "DeviceBuffers", "GpuUnavailableError", "backend", "blocks", "composite_shift",
            "device_hash_5tuple", "hash64_5tuple_device", "launch", "mix64_device", "recording_signatures",
-           "segments", "sort_composite"]
+           "segments", "sort_composite", "stable_argsort"]
 
 THREADS_PER_BLOCK = 128
 
@@ -324,6 +324,37 @@ def device_hash_5tuple(batch, seed: int = 0) -> np.ndarray:
         with be.launching():
             launch(_hash_kernel, n, *cols, _U64(seed), out)
     return be.to_host(out)
+
+
+@cuda.jit(cache=True)
+def _composite_kernel(values, shift, keys):
+    """``keys[i] = values[i] << shift | i`` (``values`` non-negative ``int64``; ``uint64`` keys); grid-stride."""
+    for i in range(cuda.grid(1), values.shape[0], cuda.gridsize(1)):
+        keys[i] = (_U64(values[i]) << shift) | _U64(i)
+
+
+@cuda.jit(cache=True)
+def _positions_kernel(keys, shift, order):
+    """``order[j] = keys[j] & (2^shift - 1)``: the positions of the sorted composite keys; grid-stride."""
+    mask = (_U64(1) << shift) - _U64(1)
+    for j in range(cuda.grid(1), keys.shape[0], cuda.gridsize(1)):
+        order[j] = np.int64(keys[j] & mask)
+
+
+def stable_argsort(be: "_Backend", buffers: DeviceBuffers, values, bound: int):
+    """Device ``int64[n]`` order that stably sorts the device array ``values`` (``int64``, each in
+    ``[0, bound)``): ``numpy.argsort(values, kind="stable")`` without leaving the device. It sorts
+    the composite keys ``value << shift | position`` (:func:`sort_composite`), in ``buffers``'
+    ``argsort_keys`` and ``argsort_order``."""
+    n = values.shape[0]
+    shift = composite_shift(n, bound)
+    keys = buffers.get("argsort_keys", n, np.uint64)
+    with be.launching():
+        launch(_composite_kernel, n, values, _U64(shift), keys, grid_stride=True)
+        keys = sort_composite(be, buffers, "argsort_keys", n)
+        order = buffers.get("argsort_order", n, np.int64)
+        launch(_positions_kernel, n, keys, _U64(shift), order, grid_stride=True)
+    return order
 
 
 def segments(idx: np.ndarray):

@@ -12,9 +12,10 @@ Per batch (§12, "FS gate, exact and parallel"; ``n`` items, ``R = fs_rows``):
    with every FS row's seed (device ports of the project hash, :func:`hash64_u32_device` and
    ``hash64_5tuple_device``, equal to :mod:`telesketch.hashing`) and writes the flat cell index
    ``r * fs_width + h_fs[r](key) % fs_width`` (``int64[R * n]``);
-2. the cell indices come back to the host and are stable-sorted (``numpy.argsort(kind="stable")``),
-   which groups every cell's items in arrival order (rows occupy disjoint index ranges, so one sort
-   serves all rows); the order goes back to the device (a device sort would save these copies);
+2. the cell indices are stably sorted on the device (:func:`~telesketch.gpu.core.stable_argsort`:
+   composite keys ``cell << shift | position`` sorted by ``cupy.sort`` or the bitonic kernel),
+   which groups every cell's items in arrival order (rows occupy disjoint index ranges, so one
+   sort serves all rows); no host round trip;
 3. one thread per sorted position finds its rank inside its cell's segment (binary search for the
    segment start) and computes the counter value after its own increment,
    ``min(cap, base + rank + 1)``; a second kernel lets the last item of each segment store that
@@ -29,8 +30,7 @@ contributes ``cap``, which never changes the decision (``thresh < cap``), as §1
 Two-pass mode (§9): pass 1 runs steps 1-3 only; pass 2 gates each item by the FS point query
 (one thread per item, FS read-only) and runs step 4.
 
-Not on the device: building the key words from the batch columns, the stable sort of step 2,
-``decode`` / ``heavy_hitters`` / ``heavy_changers`` (the state is copied to the host once and the
+Not on the device: building the key words from the batch columns, ``decode`` / ``heavy_hitters`` / ``heavy_changers`` (the state is copied to the host once and the
 CPU decode runs on it), ``point_estimate`` and ``merge`` (host copies of the state, then the CPU
 code). Backends as in :mod:`telesketch.gpu.core`: CuPy arrays or Numba device arrays on a
 CUDA device, plain numpy arrays under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
@@ -44,8 +44,10 @@ from telesketch.gpu.core import (
     GpuUnavailableError,
     _fmix64,
     backend,
+    DeviceBuffers,
     hash64_5tuple_device,
     launch,
+    stable_argsort,
 )
 from telesketch.hashing import _SEED_OFFSET, GOLDEN
 from telesketch.sketches import hiddensketch as _cpu
@@ -280,6 +282,7 @@ class HiddenSketch(_cpu.HiddenSketch):
 
     def __init__(self, params: _cpu.HiddenSketchParams | None = None, **kwargs):
         self._backend = backend()
+        self._buffers = DeviceBuffers(self._backend)  # a batch's key words, cells, sort keys: reused
         super().__init__(params, **kwargs)
         lay, be = self._layout, self._backend
         self._d_layout = {name: be.to_device(getattr(lay, name))
@@ -302,8 +305,8 @@ class HiddenSketch(_cpu.HiddenSketch):
             return
         self._decoded = None
         be = self._backend
-        d_lo = be.to_device(np.asarray(lo, np.uint64))
-        d_hi = be.to_device(np.asarray(hi, np.uint64))
+        d_lo = self._buffers.put("lo", np.asarray(lo, np.uint64))
+        d_hi = self._buffers.put("hi", np.asarray(hi, np.uint64))
         with be.launching():
             if self.phase == "second":  # two-pass, pass 2: gate by the (merged) FS, FS unchanged
                 estimates = self._fs_query(d_lo, d_hi, n)
@@ -317,13 +320,13 @@ class HiddenSketch(_cpu.HiddenSketch):
     def _fs_update(self, d_lo, d_hi, n: int):
         """Steps 1-3 of the module docstring: update the FS counters of ``n`` items; returns the
         device ``int64[fs_rows * n]`` counter values right after each item's increment (row-major)."""
-        p, be = self.params, self._backend
+        p, be, buf = self.params, self._backend, self._buffers
         m = p.fs_rows * n
-        d_cells = be.zeros(m, np.int64)
+        d_cells = buf.get("cells", m, np.int64)
         launch(_fs_cells_kernel, n, d_lo, d_hi, _I64(p.key_bytes), self._d_layout["fs_seeds"],
                                                         _I64(p.fs_width), d_cells)
-        d_order = be.to_device(np.argsort(be.to_host(d_cells), kind="stable").astype(np.int64))
-        d_values = be.zeros(m, np.int64)
+        d_order = stable_argsort(be, buf, d_cells, p.fs_rows * p.fs_width)  # on the device
+        d_values = buf.get("values", m, np.int64)
         launch(_fs_values_kernel, m, d_cells, d_order, self._d_fs, _I64(p.fs_width),
                                                          _I64(p.fs_cap), d_values)
         launch(_fs_store_kernel, m, d_cells, d_order, _I64(p.fs_width), d_values, self._d_fs)
