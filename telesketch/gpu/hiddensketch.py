@@ -30,8 +30,9 @@ contributes ``cap``, which never changes the decision (``thresh < cap``), as §1
 Two-pass mode (§9): pass 1 runs steps 1-3 only; pass 2 gates each item by the FS point query
 (one thread per item, FS read-only) and runs step 4.
 
-Not on the device: building the key words from the batch columns, ``decode`` / ``heavy_hitters`` / ``heavy_changers`` (the state is copied to the host once and the
-CPU decode runs on it), ``point_estimate`` and ``merge`` (host copies of the state, then the CPU
+Not on the device: building the key words from the batch columns, ``decode`` /
+``heavy_hitters`` / ``heavy_changers`` (the state is copied to the host once and the CPU decode
+runs on it), ``point_estimate`` and ``merge`` (host copies of the state, then the CPU
 code). Backends as in :mod:`telesketch.gpu.core`: CuPy arrays or Numba device arrays on a
 CUDA device, plain numpy arrays under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
 """
