@@ -38,7 +38,7 @@ from telesketch.sketches.core import SketchError
 
 __all__ = ["THREADS_PER_BLOCK", "DeviceBuffers", "GpuUnavailableError", "backend", "blocks", "composite_shift",
            "device_hash_5tuple", "hash64_5tuple_device", "launch", "mix64_device", "recording_signatures",
-           "segments", "sort_composite", "stable_argsort"]
+           "sort_composite", "stable_argsort"]
 
 THREADS_PER_BLOCK = 128
 
@@ -355,17 +355,3 @@ def stable_argsort(be: "_Backend", buffers: DeviceBuffers, values, bound: int):
         order = buffers.get("argsort_order", n, np.int64)
         launch(_positions_kernel, n, keys, _U64(shift), order, grid_stride=True)
     return order
-
-
-def segments(idx: np.ndarray):
-    """Stable partition of the batch by bucket (``idx``: ``int64[n]`` host array).
-
-    Returns host ``int64`` arrays: ``buckets`` (the ``m`` non-empty buckets, ascending), ``starts``
-    (``m + 1`` CSR bounds into ``order``) and ``order`` (batch positions grouped by bucket, arrival
-    order inside a bucket).
-    """
-    order = np.argsort(idx, kind="stable")
-    sorted_idx = idx[order]
-    first = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
-    starts = np.r_[first, sorted_idx.shape[0]].astype(np.int64)
-    return sorted_idx[first], starts, order.astype(np.int64)
