@@ -95,6 +95,20 @@ class _Backend:
             return arr.copy_to_host()
         return np.array(arr, copy=True)
 
+    def synchronize(self) -> None:
+        """Wait for every launched kernel and copy (benchmarks time whole batches with it)."""
+        if self.name == "cupy":
+            self._cupy.cuda.Device().synchronize()
+        elif self.name == "numba":
+            cuda.synchronize()
+
+    def device_name(self) -> str:
+        """The GPU's name (``simulator`` under the simulator)."""
+        if self.name == "simulator":
+            return "simulator"
+        return cuda.get_current_device().name.decode() if isinstance(cuda.get_current_device().name, bytes) \
+            else str(cuda.get_current_device().name)
+
     @contextlib.contextmanager
     def launching(self):
         """Context for kernel launches: under the simulator, silence numpy's scalar-overflow
