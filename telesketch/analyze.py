@@ -158,7 +158,7 @@ def _configured_memory(spec: dict) -> int | None:
     kind = KINDS[spec["kind"]]
     try:
         cls = getattr(importlib.import_module(kind.module), kind.cls)
-        return int(cls(**{k: v for k, v in spec.items() if k != "kind"}).params.memory_bytes)
+        return int(cls(**{k: v for k, v in spec.items() if k not in ("kind", "device")}).params.memory_bytes)
     except Exception:  # noqa: BLE001 - not buildable here: not swept
         return None
 

@@ -314,7 +314,7 @@ def truth_specs(sketch_specs: dict[str, dict]) -> dict[str, dict]:
             continue
         try:
             cls = getattr(importlib.import_module(kind.module), kind.cls)
-            p = cls(**{k: v for k, v in spec.items() if k != "kind"}).params
+            p = cls(**{k: v for k, v in spec.items() if k not in ("kind", "device")}).params
         except Exception:  # noqa: BLE001 - a sketch that does not build is skipped by the service too
             continue
         if spec["kind"] == "hiddensketch":

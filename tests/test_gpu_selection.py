@@ -173,3 +173,23 @@ def test_serve_device_gpu_metrics_and_stats_say_where(small, tmp_path):
     assert 'telesketch_sketch_device{backend="numpy",device="cpu",sketch="truth"} 1.0' in metrics
     where = {s["name"]: (s["device"], s["backend"]) for s in stats["sketches"]}
     assert where == {"gaps": ("gpu", "simulator"), "hhh": ("gpu", "simulator"), "truth": ("cpu", "numpy")}
+
+
+def test_per_sketch_cpu_key_works_everywhere_the_spec_goes(small, tmp_path):
+    """A ``device = "cpu"`` key in a sketch table is not a sketch parameter: the truth sketch, the
+    memory sweep and the sharded spec builders leave it out (no TypeError)."""
+    from telesketch.analyze import _configured_memory, analyze
+    from telesketch.distributed.cluster import _build_for_specs
+    from telesketch.report import truth_specs
+
+    capture, _ = small
+    config = tmp_path / "cpu.toml"
+    config.write_text('[sketches.hhh]\nkind = "residualsketch"\ndevice = "cpu"\nmode = "byte"\n'
+                      'memory_bytes = 4096\nphi = 0.01\nexpected_packets = 2000\n'
+                      '[sketches.gaps]\nkind = "gapfilter_so"\ndevice = "cpu"\n')
+    cfg = load_config(config)
+    report, _ = analyze([capture], cfg, truth=True)
+    assert [(s["name"], s["device"]) for s in report["sketches"]] == [("hhh", "cpu"), ("gaps", "cpu")]
+    assert report["truth"] and truth_specs(cfg.sketches)
+    assert _configured_memory(cfg.sketches["gaps"]) > 0
+    assert _build_for_specs("hhh", cfg.sketches["hhh"]).params.memory_bytes == 4096
