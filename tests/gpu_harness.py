@@ -133,6 +133,7 @@ class TwinChecks:
     def test_simulator_matches_cpu_slow(self, simulator_verdict_slow, slow_case):
         assert simulator_verdict_slow[slow_case]["ok"], simulator_verdict_slow[slow_case]["detail"]
 
+    @pytest.mark.slow  # one subprocess per module; tests/test_gpu_selection.py covers every class in one
     def test_clear_error_without_device_or_simulator(self):
         assert_clear_error_without_device(self.script)
 

@@ -43,7 +43,7 @@ def record_workload(out: str) -> None:
     from telesketch.sketches.hiddensketch import keys_to_words
     from telesketch.traces import generate_batch
 
-    batch = generate_batch(300, 30, seed=3, duration_s=1.0)
+    batch = generate_batch(200, 30, seed=3, duration_s=1.0)
     rng = np.random.default_rng(1)
     scores = rng.uniform(0, 1, len(batch))
     addrs = rng.integers(0, 2**32, 50).astype(np.uint32)
@@ -64,9 +64,8 @@ def record_workload(out: str) -> None:
             hs.heavy_hitters()
         gpu.ResidualSketch(memory_bytes=4096, mode="byte", threshold=5).update(batch)
         gpu.CocoSketch(memory_bytes=4096).update(batch)
-        many = generate_batch(1500, 1200, seed=4, duration_s=1.0)  # more flows than slots: the light part fills
         for task in ("flow_size", "hhh"):
-            gpu.LLMSketch(memory_bytes=2048, task=task, seed=2).update(many, rng.uniform(0, 1, len(many)))
+            gpu.LLMSketch(memory_bytes=2048, task=task, seed=2).update(batch, scores)
         gpu.LLMSketch(memory_bytes=4096, estimator=ConstantEstimator(1.0), scoring="sync").update(batch)
     Path(out).write_bytes(pickle.dumps(sorted(seen, key=str)))
 

@@ -128,6 +128,26 @@ def test_serve_gpu_without_gpu_extra_is_a_clear_error(small, tmp_path):
     assert "serving" not in proc.stdout
 
 
+def test_every_gpu_class_without_device_names_both_ways_out():
+    """Constructing any GPU twin with neither a device nor the simulator raises
+    GpuUnavailableError naming the [gpu] extra and the simulator (one subprocess for all)."""
+    probe = ("from telesketch import gpu\n"
+             "makers = [lambda: gpu.GapFilterSO(memory_bytes=1024), lambda: gpu.GapFilterAO(memory_bytes=1024),\n"
+             "          lambda: gpu.HiddenSketch(memory_bytes=8192, phi=1e-3), lambda: gpu.ResidualSketch(threshold=10),\n"
+             "          lambda: gpu.CocoSketch(), lambda: gpu.LLMSketch(memory_bytes=4096)]\n"
+             "for make in makers:\n"
+             "    try:\n"
+             "        make()\n"
+             "    except gpu.GpuUnavailableError as exc:\n"
+             "        print(exc)\n")
+    env = {**os.environ, **NO_DEVICE, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 6, proc.stdout
+    assert all("pip install 'telesketch[gpu]'" in m and "NUMBA_ENABLE_CUDASIM=1" in m for m in lines), lines
+
+
 # ---------------------------------------------------------------------------- on the (simulated) GPU
 def test_analyze_on_gpu_equals_cpu_and_says_where(small):
     """The same report on the GPU (simulator) as on the CPU; the report names each sketch's device."""
@@ -140,14 +160,15 @@ def test_analyze_on_gpu_equals_cpu_and_says_where(small):
     where = {d: {s["name"]: (s["device"], s["backend"]) for s in r["sketches"]} for d, r in reports.items()}
     assert where["cpu"] == {"gaps": ("cpu", "numpy"), "hhh": ("cpu", "numpy"), "truth": ("cpu", "numpy")}
     assert where["gpu"] == {"gaps": ("gpu", "simulator"), "hhh": ("gpu", "simulator"), "truth": ("cpu", "numpy")}
+    from telesketch.report import render_text
+
+    assert "gaps (gapfilter_ao, 4.0 KiB, on GPU (simulator))" in render_text(reports["gpu"])
     for r in reports.values():
         for s in r["sketches"]:
             s.pop("device"), s.pop("backend")
         r.pop("ingest")
     assert reports["gpu"]["hhh"]["rows"], "the comparison needs some HHH rows"
     assert reports["gpu"] == reports["cpu"]
-    text = _cli(["analyze", "--device", "gpu", "--config", config, capture], SIMULATOR)
-    assert "gaps (gapfilter_ao, 4.0 KiB, on GPU (simulator))" in text.stdout, text.stdout
 
 
 def test_serve_device_gpu_metrics_and_stats_say_where(small, tmp_path):
