@@ -214,3 +214,45 @@ def test_per_sketch_cpu_key_works_everywhere_the_spec_goes(small, tmp_path):
     assert report["truth"] and truth_specs(cfg.sketches)
     assert _configured_memory(cfg.sketches["gaps"]) > 0
     assert _build_for_specs("hhh", cfg.sketches["hhh"]).params.memory_bytes == 4096
+
+
+REPLAY_SCRIPT = """
+import json, sys
+from telesketch.analyze import analyze
+from telesketch.client import Client
+from telesketch.replay import ReplayOptions, replay
+from telesketch.report import SECTIONS, RemoteSource, ReportOptions, build_report
+from telesketch.service.config import load_config
+from telesketch.service.server import ServiceThread
+
+capture, config_path = sys.argv[1], sys.argv[2]
+overrides = {"grpc_address": "127.0.0.1:0", "http_address": "", "data_dir": "", "device": "gpu"}
+config = load_config(config_path, overrides)
+opts = ReportOptions()
+local, _ = analyze([capture], load_config(config_path, dict(overrides, device="cpu")), opts, batch_size=500)
+with ServiceThread(config) as svc:
+    target = f"127.0.0.1:{svc.grpc_port}"
+    summary = replay([capture], ReplayOptions(target, batch_size=500))
+    with Client(target) as client:
+        remote = build_report(RemoteSource(client), opts, mode="service", files=[capture])
+    where = {s["name"]: s["device"] for s in svc.service.stats()["sketches"]}
+answers = lambda r: {name: r[name] for name in SECTIONS}
+print(json.dumps({"acked": summary.packets_acked, "error": summary.error, "where": where,
+                  "same": answers(remote) == answers(local), "hhh_rows": len(local["hhh"]["rows"]),
+                  "local": answers(local), "remote": answers(remote)}))
+"""
+
+
+def test_service_on_gpu_answers_as_analyze_on_cpu(small):
+    """Replayed over gRPC into ``device = "gpu"`` sketches (simulator), the service answers every
+    query exactly as ``analyze`` does on the CPU: the GPU twins in the real ingest path."""
+    capture, config = small
+    env = {**os.environ, **SIMULATOR, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", REPLAY_SCRIPT, str(capture), str(config)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["error"] is None and out["acked"] == 1500
+    assert out["where"] == {"gaps": "gpu", "hhh": "gpu", "truth": "cpu"}
+    assert out["hhh_rows"] > 0
+    assert out["same"], (out["local"], out["remote"])
