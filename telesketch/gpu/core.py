@@ -106,8 +106,8 @@ class _Backend:
         """The GPU's name (``simulator`` under the simulator)."""
         if self.name == "simulator":
             return "simulator"
-        return cuda.get_current_device().name.decode() if isinstance(cuda.get_current_device().name, bytes) \
-            else str(cuda.get_current_device().name)
+        name = cuda.get_current_device().name
+        return name.decode() if isinstance(name, bytes) else str(name)
 
     @contextlib.contextmanager
     def launching(self):
@@ -139,18 +139,13 @@ class DeviceBuffers:
         return buf
 
     def get(self, name: str, n: int, dtype):
+        """A length-``n`` view of buffer ``name`` (contents: whatever the last batch left)."""
         return self.capacity(name, n, dtype)[:n]
 
     def put(self, name: str, host: np.ndarray):
         """``host`` copied into buffer ``name`` (its dtype); returns the device view."""
         dev = self.get(name, host.shape[0], host.dtype)
         self._be.upload(dev, host)
-        return dev
-
-    def zeroed(self, name: str, n: int, dtype):
-        """A length-``n`` view of buffer ``name``, set to zero on the device."""
-        dev = self.get(name, n, dtype)
-        self._be.fill(dev, dtype(0) if isinstance(dtype, type) else np.dtype(dtype).type(0))
         return dev
 
 
@@ -264,7 +259,7 @@ def recording_signatures():
     try:
         yield _recorded
     finally:
-        previous, _recorded = _recorded, previous
+        _recorded = previous
 
 
 @cuda.jit(cache=True)
