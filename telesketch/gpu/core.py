@@ -130,21 +130,22 @@ class DeviceBuffers:
         self._be = be
         self._bufs: dict[str, object] = {}
 
-    def capacity(self, name: str, n: int, dtype) -> object:
-        """The whole buffer ``name`` (``dtype``, capacity a power of two >= ``n``)."""
+    def capacity(self, name: str, n: int, dtype, tail: tuple = ()) -> object:
+        """The whole buffer ``name``: ``dtype[cap, *tail]``, ``cap`` a power of two >= ``n``."""
         buf = self._bufs.get(name)
-        if buf is None or buf.shape[0] < n or buf.dtype != np.dtype(dtype):
-            buf = self._be.zeros(1 << max(0, int(n) - 1).bit_length(), dtype)
+        if buf is None or buf.shape[0] < n or buf.dtype != np.dtype(dtype) or tuple(buf.shape[1:]) != tuple(tail):
+            buf = self._be.zeros((1 << max(0, int(n) - 1).bit_length(),) + tuple(tail), dtype)
             self._bufs[name] = buf
         return buf
 
-    def get(self, name: str, n: int, dtype):
-        """A length-``n`` view of buffer ``name`` (contents: whatever the last batch left)."""
-        return self.capacity(name, n, dtype)[:n]
+    def get(self, name: str, n: int, dtype, tail: tuple = ()):
+        """The first ``n`` rows of buffer ``name`` (contents: whatever the last batch left)."""
+        return self.capacity(name, n, dtype, tail)[:n]
 
     def put(self, name: str, host: np.ndarray):
-        """``host`` copied into buffer ``name`` (its dtype); returns the device view."""
-        dev = self.get(name, host.shape[0], host.dtype)
+        """``host`` (any shape) copied into buffer ``name`` (its dtype and trailing shape); returns
+        the device view of its ``len(host)`` rows."""
+        dev = self.get(name, host.shape[0], host.dtype, host.shape[1:])
         self._be.upload(dev, host)
         return dev
 

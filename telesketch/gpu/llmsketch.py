@@ -330,7 +330,7 @@ class LLMSketch(_cpu.LLMSketch):
             return
         p, be, buf = self.params, self._backend, self._buffers
         nbytes = np.int64(p.key_len)
-        d_words = be.to_device(np.ascontiguousarray(words, dtype=np.uint32))
+        d_words = buf.put("words", np.ascontiguousarray(words, dtype=np.uint32))
         d_scores = buf.put("scores", np.asarray(scores, dtype=np.float64))  # float32 -> float64 is exact
         d_buckets = buf.get("buckets", n, np.int64)
         d_op_type, d_op_val = be.zeros(n, np.int8), be.zeros(n, np.uint32)
