@@ -60,12 +60,12 @@ def manager_for(specs: dict[str, dict], config: ServiceConfig, tolerant: bool = 
         sketches = []
         for name, spec in specs.items():
             try:
-                sketches += configure({name: spec})
+                sketches += configure({name: spec}, config.device)
             except ValueError:
                 continue
         sketchset = SketchSet(sketches)
     else:
-        sketchset = SketchSet.from_config(specs)
+        sketchset = SketchSet.from_config(specs, config.device)
     return EpochManager(sketchset, config.epoch_ns, config.keep_epochs, None)
 
 
@@ -171,7 +171,7 @@ def _configured_memory(spec: dict) -> int | None:
     kind = KINDS[spec["kind"]]
     try:
         cls = getattr(importlib.import_module(kind.module), kind.cls)
-        return int(cls(**{k: v for k, v in spec.items() if k != "kind"}).params.memory_bytes)
+        return int(cls(**{k: v for k, v in spec.items() if k not in ("kind", "device")}).params.memory_bytes)
     except Exception:  # noqa: BLE001 - not buildable here: not swept
         return None
 

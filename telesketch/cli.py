@@ -197,7 +197,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from telesketch.analyze import WHOLE_CAPTURE
 
     config = load_config(args.config, {"epoch_seconds": args.epoch_seconds,
-                                       "keep_epochs": args.keep_epochs or WHOLE_CAPTURE})
+                                       "keep_epochs": args.keep_epochs or WHOLE_CAPTURE, "device": args.device})
     opts = _report_options(args)
     from telesketch.progress import ProgressBar
 
@@ -344,7 +344,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {"grpc_address": args.grpc_address, "http_address": args.http_address, "data_dir": args.data_dir,
                  "epoch_seconds": args.epoch_seconds, "keep_epochs": args.keep_epochs, "token": args.token,
                  "tls_cert": args.tls_cert, "tls_key": args.tls_key, "wal": False if args.no_wal else None,
-                 "shards": args.shards, "ray_address": args.ray_address}
+                 "shards": args.shards, "ray_address": args.ray_address, "device": args.device}
     if args.token_file:
         overrides["token"] = Path(args.token_file).read_text().strip()
     config = load_config(args.config, overrides)
@@ -429,6 +429,10 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         print("(no rows)")
 
 
+_DEVICE_HELP = ("where the sketches with a GPU twin run (default: the config's, else cpu); gpu needs a CUDA "
+                "device and pip install 'telesketch[gpu]', and is an error without them")
+
+
 def _add_service_commands(sub) -> None:
     """The ``serve`` and ``query`` sub-commands (the streaming service, telesketch.service)."""
     serve = sub.add_parser("serve", help="run the streaming service (gRPC + HTTP /metrics and /api/v1)")
@@ -444,6 +448,7 @@ def _add_service_commands(sub) -> None:
     serve.add_argument("--shards", type=_positive_int,
                        help="run the sketches on this many Ray actors (needs telesketch[ray]; default 1: in process)")
     serve.add_argument("--ray-address", help="Ray cluster to join with --shards (default: start a local one)")
+    serve.add_argument("--device", choices=["cpu", "gpu"], help=_DEVICE_HELP)
     serve.add_argument("--tls-cert", help="PEM certificate chain: gRPC and HTTP speak TLS only (with --tls-key)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--no-wal", action="store_true", help="no write-ahead log (a crash loses the open epoch)")
@@ -501,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--epoch-seconds", type=_positive_float, help="epoch length in seconds (default: config, 10)")
     analyze.add_argument("--keep-epochs", type=_positive_int,
                          help="keep only the last N epochs (default: every epoch, the whole capture)")
+    analyze.add_argument("--device", choices=["cpu", "gpu"], help=_DEVICE_HELP)
     analyze.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
     analyze.add_argument("--batch-size", type=_positive_int, default=65536,
                          help="packets per batch (use the replay's to compare with a server)")

@@ -32,7 +32,8 @@ estimates are upper bounds; the text report prints a PARTIAL line)::
                    "whole_capture": the window holds every applied packet (no epoch dropped or left out)},
       "ingest":   {"packets", "bytes" (IP bytes), "late_packets", "batches", "seconds",
                    "packets_per_second", "bytes_per_second"},
-      "sketches": [{"name", "kind", "active", "note", "memory_bytes"}],
+      "sketches": [{"name", "kind", "active", "note", "memory_bytes",
+                    "device" ("cpu" | "gpu"), "backend" (numpy | cupy | numba | simulator)}],  # local runs
       "notes":    ["sketch flows (llmsketch) not active: ..."],
       "heavy_hitters":  {"sketch", "combine", "phi", "threshold", "count", "error",
                          "floor" (packets; present when phi x packets was below the sketch's floor,
@@ -121,7 +122,8 @@ class LocalSource:
         m = self.manager
         with m.lock:
             sketches = [{"name": cs.name, "kind": cs.kind_name, "active": cs.active, "note": cs.note,
-                         "memory_bytes": cs.memory(m.open.states[cs.name]) if cs.active and m.open else 0}
+                         "memory_bytes": cs.memory(m.open.states[cs.name]) if cs.active and m.open else 0,
+                         "device": cs.device, "backend": cs.backend}
                         for cs in m.sketchset.sketches]
             return {"packets": m.counters.packets, "late_packets": m.counters.late_packets,
                     "batches": m.counters.batches,
@@ -358,7 +360,7 @@ def truth_specs(sketch_specs: dict[str, dict]) -> dict[str, dict]:
             continue
         try:
             cls = getattr(importlib.import_module(kind.module), kind.cls)
-            p = cls(**{k: v for k, v in spec.items() if k != "kind"}).params
+            p = cls(**{k: v for k, v in spec.items() if k not in ("kind", "device")}).params
         except Exception:  # noqa: BLE001 - a sketch that does not build is skipped by the service too
             continue
         if spec["kind"] == "hiddensketch":
@@ -484,6 +486,11 @@ def _truth_lookup(report: dict, what: str, value: str) -> dict:
     return {r["key"]: r[value] for r in t["rows"]}
 
 
+def _on_gpu(sketch: dict) -> str:
+    """``", on GPU (cupy)"`` for a sketch that runs on the GPU, else ``""``."""
+    return f", on GPU ({sketch.get('backend', '?')})" if sketch.get("device") == "gpu" else ""
+
+
 def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
     """The human-readable report (the tables show ``opts.top`` rows; the JSON has them all)."""
     w, ing = report["window"], report["ingest"]
@@ -503,7 +510,8 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
         rate = (f" in {ing['seconds']:.2f} s: {ing['packets_per_second']:,.0f} packets/s, "
                 f"{ing['bytes_per_second'] / 1e6:,.1f} MB/s")
     lines.append(f"ingest     {ing['packets']:,} packets{rate} (late {ing['late_packets']:,}, batches {ing['batches']:,})")
-    active = [f"{s['name']} ({s['kind']}, {s['memory_bytes'] / 1024:,.1f} KiB)" for s in report["sketches"] if s["active"]]
+    active = [f"{s['name']} ({s['kind']}, {s['memory_bytes'] / 1024:,.1f} KiB{_on_gpu(s)})"
+              for s in report["sketches"] if s["active"]]
     lines.append("sketches   " + (", ".join(active) or "none active"))
     lines += [f"note       {n}" for n in report["notes"]]
     acc = report.get("accuracy") or {}

@@ -9,6 +9,10 @@ for real, when the pytest process has a CUDA device (:data:`needs_device`).
 A case is a function returning ``""`` when the GPU twin agrees with the CPU class, else what differs.
 A test module subclasses :class:`TwinChecks` (naming its script, cases and ``run_case``) and binds
 ``pytest_generate_tests = gpu_harness.pytest_generate_tests``, which parametrizes the checks by case.
+
+The simulator is slow (every GPU thread a Python thread), so a module names its ``slow_cases``:
+the default run keeps at least one equality case per kernel, the slow cases run in a second
+subprocess under ``@pytest.mark.slow``.
 """
 from __future__ import annotations
 
@@ -45,9 +49,9 @@ def run_script(script: str, env_extra: dict, *args: str) -> subprocess.Completed
                           text=True, timeout=300)
 
 
-def simulator_verdict(script: str) -> dict:
-    """The script's per-case verdicts under the CUDA simulator (fails the test if the run fails)."""
-    proc = run_script(script, {"NUMBA_ENABLE_CUDASIM": "1"})
+def simulator_verdict(script: str, cases: Iterable[str]) -> dict:
+    """The script's verdicts for ``cases`` under the CUDA simulator (fails the test if the run fails)."""
+    proc = run_script(script, {"NUMBA_ENABLE_CUDASIM": "1"}, "--cases", ",".join(cases))
     if proc.returncode != 0:
         pytest.fail(f"simulator run failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     verdict = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -82,6 +86,9 @@ def script_main(cases: Iterable[str], run_case: Callable[[str], str], constructo
     """A GPU test module's ``__main__``: print the JSON verdicts, or with ``--expect-error`` the
     message of the error each constructor raises (exit 1 if one unexpectedly succeeds)."""
     if "--expect-error" not in sys.argv:
+        if "--cases" in sys.argv:
+            wanted = sys.argv[sys.argv.index("--cases") + 1].split(",")
+            cases = [c for c in cases if c in wanted]
         print(json.dumps(run_cases(cases, run_case)))
         return
     from telesketch.gpu.core import GpuUnavailableError
@@ -103,15 +110,30 @@ class TwinChecks:
 
     script: str = ""
     cases: list = []
+    slow_cases: list = []  #: of ``cases``: run only with the slow tests
+
+    @classmethod
+    def fast_cases(cls) -> list:
+        return [c for c in cls.cases if c not in cls.slow_cases]
 
     @pytest.fixture(scope="class")
     @classmethod
     def simulator_verdict(cls) -> dict:
-        return simulator_verdict(cls.script)
+        return simulator_verdict(cls.script, cls.fast_cases())
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def simulator_verdict_slow(cls) -> dict:
+        return simulator_verdict(cls.script, cls.slow_cases)
 
     def test_simulator_matches_cpu(self, simulator_verdict, case):
         assert simulator_verdict[case]["ok"], simulator_verdict[case]["detail"]
 
+    @pytest.mark.slow
+    def test_simulator_matches_cpu_slow(self, simulator_verdict_slow, slow_case):
+        assert simulator_verdict_slow[slow_case]["ok"], simulator_verdict_slow[slow_case]["detail"]
+
+    @pytest.mark.slow  # one subprocess per module; tests/test_gpu_selection.py covers every class in one
     def test_clear_error_without_device_or_simulator(self):
         assert_clear_error_without_device(self.script)
 
@@ -124,5 +146,10 @@ class TwinChecks:
 def pytest_generate_tests(metafunc):
     """Parametrize :class:`TwinChecks`' ``case`` argument by the subclass's ``cases``."""
     cls = metafunc.cls
-    if cls is not None and issubclass(cls, TwinChecks) and "case" in metafunc.fixturenames:
-        metafunc.parametrize("case", cls.cases)
+    if cls is None or not issubclass(cls, TwinChecks):
+        return
+    if "case" in metafunc.fixturenames:
+        cases = cls.fast_cases() if metafunc.function.__name__ == "test_simulator_matches_cpu" else cls.cases
+        metafunc.parametrize("case", cases)
+    if "slow_case" in metafunc.fixturenames:
+        metafunc.parametrize("slow_case", cls.slow_cases)

@@ -100,7 +100,7 @@ def test_prometheus_scrapes_metrics(http_server, tmp_path):
               for name in sample.labels}
     versions = {"version", "python", "numba", "grpcio",  # telesketch_build_info
                 "implementation", "major", "minor", "patchlevel"}  # python_info
-    assert labels <= {"reason", "query", "sketch", "le"} | versions  # fixed sets: no flow keys as labels
+    assert labels <= {"reason", "query", "sketch", "le", "device", "backend"} | versions  # fixed sets: no flow keys as labels
     shipped = (DEPLOY / "prometheus.yml").read_text()
     scrape = shipped.replace("15s", "1s").replace("127.0.0.1:9108", f"127.0.0.1:{http_server.http_port}")
     (tmp_path / "prometheus.yml").write_text(scrape)

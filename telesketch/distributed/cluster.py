@@ -205,7 +205,7 @@ def _build_for_specs(name: str, spec: dict[str, Any]):
     from telesketch.service.config import ConfigError
 
     kind = ss.KINDS[spec["kind"]]
-    params = {k: v for k, v in spec.items() if k != "kind"}
+    params = {k: v for k, v in spec.items() if k not in ("kind", "device")}
     try:
         return getattr(importlib.import_module(kind.module), kind.cls)(**params)
     except (TypeError, ValueError) as exc:  # SketchError is a ValueError

@@ -4,6 +4,10 @@ CuPy arrays on a CUDA device (``pip install 'telesketch[gpu]'``), or numpy array
 simulator (``NUMBA_ENABLE_CUDASIM=1`` set before ``numba.cuda`` is first imported), which runs the
 same kernels on the CPU for tests. Constructing a sketch with neither raises
 :class:`GpuUnavailableError` saying so.
+
+The service and ``analyze`` reach these classes through ``device = "gpu"`` (per sketch, or
+service-wide: ``serve --device gpu``, ``analyze --device gpu``; see
+:mod:`telesketch.service.sketchset`), which never falls back to the CPU.
 """
 from telesketch.gpu.core import GpuUnavailableError, backend, device_hash_5tuple, hash64_5tuple_device
 from telesketch.gpu.gapfilter import GapFilterAO, GapFilterSO

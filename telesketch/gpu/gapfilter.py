@@ -6,16 +6,22 @@ lanes live and how a batch is run): a snapshot written by either moves to the ot
 
 Per batch (§8, "the bucket is the unit of ordering"):
 
-1. one host-to-device copy per key column and of SEQ; a kernel with one thread per item hashes
-   it with a device port of the project hash (:func:`hash64_5tuple_device`, equal to
+1. one host-to-device copy per key column and of SEQ, into device buffers the sketch reuses from
+   batch to batch (:class:`~telesketch.gpu.core.DeviceBuffers`); a kernel with one thread per item
+   hashes it with a device port of the project hash (:func:`hash64_5tuple_device`, equal to
    ``telesketch.hashing.hash64_5tuple``, same constants) and derives ``idx = h mod n_buckets`` and
-   the packed item ``v | fp << 16`` exactly as the CPU does (§3);
-2. ``idx`` comes back to the host and is stable-sorted (``numpy.argsort(kind="stable")``) into CSR
-   segments of the non-empty buckets; the order and segment bounds go back to the device
-   (first version: a device sort, e.g. CuPy's, would save these two copies);
-3. ONE segment kernel with one thread per non-empty bucket: it loads the bucket's lanes into a
-   local array, runs the bucket's items in arrival order with device ports of the CPU step
-   functions (``_so_step`` / ``_ao_step``), writes each item's flag and jump and stores the lanes.
+   the packed item ``v | fp << 16`` exactly as the CPU does (§3); it writes the item and the
+   composite key ``idx << shift | position``;
+2. the composite keys are sorted on the device (:func:`~telesketch.gpu.core.sort_composite`:
+   ``cupy.sort``, or a bitonic sort kernel), which groups each bucket's items in arrival order;
+3. ONE segment kernel with one thread per sorted position: the first position of each bucket
+   loads the bucket's lanes into a local array, runs the bucket's items in arrival order with
+   device ports of the CPU step functions (``_so_step`` / ``_ao_step``), writes each item's flag
+   and jump and stores the lanes; the other threads return at once.
+
+Then the flags and jumps come back (two device-to-host copies): no host round trip inside a batch.
+A bucket's items stay serial (the step functions are order-dependent), so an elephant flow's
+bucket is one thread's work.
 
 Backends, launch geometry and the device hash ports live in :mod:`telesketch.gpu.core`.
 """
@@ -32,13 +38,14 @@ from telesketch.gpu.core import (
     _S32,
     _S48,
     _U64,
-    THREADS_PER_BLOCK,
+    DeviceBuffers,
     GpuUnavailableError,
     backend,
-    blocks,
+    composite_shift,
     device_hash_5tuple,
     hash64_5tuple_device,
-    segments,
+    launch,
+    sort_composite,
 )
 from telesketch.sketches import gapfilter as _cpu
 from telesketch.sketches.core import SketchError
@@ -49,15 +56,15 @@ __all__ = ["GapFilterSO", "GapFilterAO", "GpuUnavailableError", "backend", "devi
 _NO_MATCH = 1 << 40  # same sentinel as the CPU AO step
 
 
-@cuda.jit
-def _items_kernel(src, dst, sport, dport, proto, seq, seed, n_buckets, fp_mask, idx, items):
-    """Per item (one thread each): bucket ``idx`` and packed ``v | fp << 16`` (both ``int64``),
-    as the CPU ``_rotated_item``: ``idx = h mod nb``, ``v = (seq + (h >> 32 & 0xFFFF)) & 0xFFFF``,
-    ``fp = (h >> 48) & fp_mask`` (``n_buckets`` and ``fp_mask`` are ``uint64``)."""
-    i = cuda.grid(1)
-    if i < src.shape[0]:
+@cuda.jit(cache=True)
+def _items_kernel(src, dst, sport, dport, proto, seq, seed, n_buckets, fp_mask, shift, keys, items):
+    """Per item (one thread each): composite key ``idx << shift | i`` (``uint64``) and packed
+    ``v | fp << 16`` (``int64``), as the CPU ``_rotated_item``: ``idx = h mod nb``,
+    ``v = (seq + (h >> 32 & 0xFFFF)) & 0xFFFF``, ``fp = (h >> 48) & fp_mask`` (``n_buckets``,
+    ``fp_mask`` and ``shift`` are ``uint64``)."""
+    for i in range(cuda.grid(1), src.shape[0], cuda.gridsize(1)):  # grid-stride
         h = hash64_5tuple_device(src[i], dst[i], sport[i], dport[i], proto[i], seed)
-        idx[i] = h % n_buckets
+        keys[i] = ((h % n_buckets) << shift) | _U64(i)
         off = (h >> _S32) & _LOW16
         fp = (h >> _S48) & fp_mask
         items[i] = ((seq[i] + off) & _LOW16) | (fp << _S16)
@@ -138,77 +145,88 @@ def _ao_step(lanes, item, sz, t1, t2, civilian_front):
 
 
 # ============================================================================ kernels
-@cuda.jit
-def _so_segments_kernel(table, buckets, starts, order, items, t1, t2, modular, flags, jumps):
-    """Thread ``k`` runs non-empty bucket ``buckets[k]``: batch positions
-    ``order[starts[k]:starts[k+1]]`` (arrival order), reading ``items`` and writing
-    ``flags``/``jumps`` at those positions."""
-    k = cuda.grid(1)
-    if k >= buckets.shape[0]:
-        return
-    b = buckets[k]
+@cuda.jit(cache=True)
+def _so_heads_kernel(table, keys, shift, items, t1, t2, modular, flags, jumps):
+    """Thread ``j`` of the sorted composite ``keys`` (``bucket << shift | position``, ``uint64``):
+    if ``j`` is its bucket's first position, run the bucket's items (``items[position]``) in
+    arrival order, writing ``flags`` (``uint8``) and ``jumps`` (``int32``, 0 unless flagged) at
+    each position."""
+    n = keys.shape[0]
+    mask = (_U64(1) << shift) - _U64(1)
     lanes = cuda.local.array(4, numba.int64)
-    for i in range(4):
-        lanes[i] = table[b, i]
-    for j in range(starts[k], starts[k + 1]):
-        pos = order[j]
-        rep, md = _so_step(lanes, items[pos], t1, t2, modular)
-        if rep:
-            flags[pos] = 1
-            jumps[pos] = md
-    for i in range(4):
-        table[b, i] = lanes[i]
+    for head in range(cuda.grid(1), n, cuda.gridsize(1)):  # grid-stride over sorted positions
+        b = keys[head] >> shift
+        if head > 0 and (keys[head - 1] >> shift) == b:
+            continue
+        row = np.int64(b)
+        for i in range(4):
+            lanes[i] = table[row, i]
+        j = head
+        while j < n and (keys[j] >> shift) == b:
+            pos = np.int64(keys[j] & mask)
+            rep, md = _so_step(lanes, items[pos], t1, t2, modular)
+            flags[pos] = 1 if rep else 0
+            jumps[pos] = md if rep else 0
+            j += 1
+        for i in range(4):
+            table[row, i] = lanes[i]
 
 
-@cuda.jit
-def _ao_segments_kernel(cells, buckets, starts, order, items, sz, t1, t2, civilian_front, flags, jumps):
-    """AO counterpart of :func:`_so_segments_kernel` (8 lanes per bucket)."""
-    k = cuda.grid(1)
-    if k >= buckets.shape[0]:
-        return
-    b = buckets[k]
+@cuda.jit(cache=True)
+def _ao_heads_kernel(cells, keys, shift, items, sz, t1, t2, civilian_front, flags, jumps):
+    """AO counterpart of :func:`_so_heads_kernel` (8 lanes per bucket)."""
+    n = keys.shape[0]
+    mask = (_U64(1) << shift) - _U64(1)
     lanes = cuda.local.array(8, numba.int64)
-    for i in range(8):
-        lanes[i] = cells[b, i]
-    for j in range(starts[k], starts[k + 1]):
-        pos = order[j]
-        rep, md = _ao_step(lanes, items[pos], sz, t1, t2, civilian_front)
-        if rep:
-            flags[pos] = 1
-            jumps[pos] = md
-    for i in range(8):
-        cells[b, i] = lanes[i]
+    for head in range(cuda.grid(1), n, cuda.gridsize(1)):  # grid-stride over sorted positions
+        b = keys[head] >> shift
+        if head > 0 and (keys[head - 1] >> shift) == b:
+            continue
+        row = np.int64(b)
+        for i in range(8):
+            lanes[i] = cells[row, i]
+        j = head
+        while j < n and (keys[j] >> shift) == b:
+            pos = np.int64(keys[j] & mask)
+            rep, md = _ao_step(lanes, items[pos], sz, t1, t2, civilian_front)
+            flags[pos] = 1 if rep else 0
+            jumps[pos] = md if rep else 0
+            j += 1
+        for i in range(8):
+            cells[row, i] = lanes[i]
 
 
 # ============================================================================ host side
 class _GpuMixin:
-    """Device-side state and the segment-kernel launch shared by SO and AO."""
+    """Device-side state and the batch pipeline shared by SO and AO."""
 
     LANES: int
     STATE_DTYPE: np.dtype
 
     def _init_state(self) -> None:
         self._backend = backend()
+        self._buffers = DeviceBuffers(self._backend)
         self._set_lanes(self._backend.zeros((self.params.n_buckets, self.LANES), self.STATE_DTYPE))
 
     def _host_lanes(self) -> np.ndarray:
         return self._backend.to_host(self._lanes())
 
     def _launch(self, kernel, cols, seq, fp_mask, flags, jumps, *step_args) -> None:
-        """Hash on the device, partition on the host, run the segment ``kernel``; fills the host
-        ``flags`` (``bool[n]``) and ``jumps`` (``int32[n]``, meaningful where flagged)."""
-        p, be = self.params, self._backend
+        """Hash, sort and run the segment ``kernel`` on the device (module docstring); fills the
+        host ``flags`` (``bool[n]``) and ``jumps`` (``int32[n]``, meaningful where flagged)."""
+        p, be, buf = self.params, self._backend, self._buffers
         n = flags.shape[0]
-        d_cols = [be.to_device(cols[name]) for name in _KEY_FIELDS]
-        d_idx, d_items = be.zeros(n, np.int64), be.zeros(n, np.int64)
-        d_flags, d_jumps = be.zeros(n, np.uint8), be.zeros(n, np.int32)
+        shift = composite_shift(n, p.n_buckets)
+        d_cols = [buf.put(name, np.asarray(cols[name])) for name in _KEY_FIELDS]
+        d_seq = buf.put("seq", np.asarray(seq))
+        d_keys, d_items = buf.get("keys", n, np.uint64), buf.get("items", n, np.int64)
+        d_flags, d_jumps = buf.get("flags", n, np.uint8), buf.get("jumps", n, np.int32)
         with be.launching():
-            _items_kernel[blocks(n), THREADS_PER_BLOCK](*d_cols, be.to_device(seq), _U64(p.seed),
-                                                        _U64(p.n_buckets), _U64(fp_mask), d_idx, d_items)
-            buckets, starts, order = segments(be.to_host(d_idx))
-            kernel[blocks(buckets.shape[0]), THREADS_PER_BLOCK](
-                self._lanes(), be.to_device(buckets), be.to_device(starts), be.to_device(order), d_items,
-                *step_args, d_flags, d_jumps)
+            launch(_items_kernel, n, *d_cols, d_seq, _U64(p.seed), _U64(p.n_buckets), _U64(fp_mask), _U64(shift),
+                   d_keys, d_items, grid_stride=True)
+            d_keys = sort_composite(be, buf, "keys", n)
+            launch(kernel, n, self._lanes(), d_keys, _U64(shift), d_items, *step_args, d_flags, d_jumps,
+                   grid_stride=True)
         flags[:] = be.to_host(d_flags).view(np.bool_)
         jumps[:] = be.to_host(d_jumps)
 
@@ -243,7 +261,7 @@ class GapFilterSO(_GpuMixin, _cpu.GapFilterSO):
 
     def _kernel(self, cols, seq, flags, jumps, parallel):
         p = self.params
-        self._launch(_so_segments_kernel, cols, seq, 0, flags, jumps, p.t1, p.t2, p.so_diff == "modular")
+        self._launch(_so_heads_kernel, cols, seq, 0, flags, jumps, p.t1, p.t2, p.so_diff == "modular")
 
 
 class GapFilterAO(_GpuMixin, _cpu.GapFilterAO):
@@ -280,5 +298,5 @@ class GapFilterAO(_GpuMixin, _cpu.GapFilterAO):
 
     def _kernel(self, cols, seq, flags, jumps, parallel):
         p = self.params
-        self._launch(_ao_segments_kernel, cols, seq, (1 << p.fp_bits) - 1, flags, jumps,
+        self._launch(_ao_heads_kernel, cols, seq, (1 << p.fp_bits) - 1, flags, jumps,
                      p.suspects, p.t1, p.t2, p.ao_new_flow_pos == "civilian_front")

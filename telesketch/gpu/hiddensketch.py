@@ -12,9 +12,10 @@ Per batch (§12, "FS gate, exact and parallel"; ``n`` items, ``R = fs_rows``):
    with every FS row's seed (device ports of the project hash, :func:`hash64_u32_device` and
    ``hash64_5tuple_device``, equal to :mod:`telesketch.hashing`) and writes the flat cell index
    ``r * fs_width + h_fs[r](key) % fs_width`` (``int64[R * n]``);
-2. the cell indices come back to the host and are stable-sorted (``numpy.argsort(kind="stable")``),
-   which groups every cell's items in arrival order (rows occupy disjoint index ranges, so one sort
-   serves all rows); the order goes back to the device (a device sort would save these copies);
+2. the cell indices are stably sorted on the device (:func:`~telesketch.gpu.core.stable_argsort`:
+   composite keys ``cell << shift | position`` sorted by ``cupy.sort`` or the bitonic kernel),
+   which groups every cell's items in arrival order (rows occupy disjoint index ranges, so one
+   sort serves all rows); no host round trip;
 3. one thread per sorted position finds its rank inside its cell's segment (binary search for the
    segment start) and computes the counter value after its own increment,
    ``min(cap, base + rank + 1)``; a second kernel lets the last item of each segment store that
@@ -29,9 +30,9 @@ contributes ``cap``, which never changes the decision (``thresh < cap``), as §1
 Two-pass mode (§9): pass 1 runs steps 1-3 only; pass 2 gates each item by the FS point query
 (one thread per item, FS read-only) and runs step 4.
 
-Not on the device: building the key words from the batch columns, the stable sort of step 2,
-``decode`` / ``heavy_hitters`` / ``heavy_changers`` (the state is copied to the host once and the
-CPU decode runs on it), ``point_estimate`` and ``merge`` (host copies of the state, then the CPU
+Not on the device: building the key words from the batch columns, ``decode`` /
+``heavy_hitters`` / ``heavy_changers`` (the state is copied to the host once and the CPU decode
+runs on it), ``point_estimate`` and ``merge`` (host copies of the state, then the CPU
 code). Backends as in :mod:`telesketch.gpu.core`: CuPy arrays or Numba device arrays on a
 CUDA device, plain numpy arrays under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
 """
@@ -41,12 +42,13 @@ import numpy as np
 from numba import cuda
 
 from telesketch.gpu.core import (
-    THREADS_PER_BLOCK,
     GpuUnavailableError,
     _fmix64,
     backend,
-    blocks,
+    DeviceBuffers,
     hash64_5tuple_device,
+    launch,
+    stable_argsort,
 )
 from telesketch.hashing import _SEED_OFFSET, GOLDEN
 from telesketch.sketches import hiddensketch as _cpu
@@ -116,7 +118,7 @@ def _partial(lo, hi, start, end):
     return lo & ((_ONE << _U64(nbits)) - _ONE), _ZERO
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _hash_words_kernel(lo, hi, nbytes, seed, out):
     """``out[i] = hash_key_device(lo[i], hi[i], nbytes, seed)``, one thread per key."""
     i = cuda.grid(1)
@@ -132,14 +134,14 @@ def device_hash_key_words(lo: np.ndarray, hi: np.ndarray, nbytes: int, seed: int
     out = be.zeros(lo.shape[0], np.uint64)
     if lo.shape[0]:
         with be.launching():
-            _hash_words_kernel[blocks(lo.shape[0]), THREADS_PER_BLOCK](
+            launch(_hash_words_kernel, lo.shape[0],
                 be.to_device(lo), be.to_device(np.ascontiguousarray(hi, np.uint64)), _I64(nbytes),
                 _U64(seed), out)
     return be.to_host(out)
 
 
 # ============================================================================ kernels: FS gate
-@cuda.jit
+@cuda.jit(cache=True)
 def _fs_cells_kernel(lo, hi, nbytes, fs_seeds, width, cells):
     """Thread ``i`` (one per item): ``cells[r * n + i] = r * width + h_fs[r](key_i) % width``
     (``int64``) for every FS row ``r`` (``width`` is ``int64``)."""
@@ -152,7 +154,7 @@ def _fs_cells_kernel(lo, hi, nbytes, fs_seeds, width, cells):
             cells[r * n + i] = r * width + _I64(c)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _fs_values_kernel(cells, order, fs, width, cap, values):
     """Thread ``j`` (one per sorted position): the counter value right after item ``order[j]``'s own
     increment, ``min(cap, base + rank + 1)`` with ``base`` the cell's value before the batch and
@@ -175,7 +177,7 @@ def _fs_values_kernel(cells, order, fs, width, cap, values):
     values[pos] = min(cap, base + (j - first) + 1)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _fs_store_kernel(cells, order, width, values, fs):
     """Thread ``j``: if ``j`` is the last sorted position of its cell, store the cell's final value
     ``values[order[j]]`` (= ``min(cap, base + count)``) into ``fs``. Runs after
@@ -192,7 +194,7 @@ def _fs_store_kernel(cells, order, width, values, fs):
     fs[row, cell - row * width] = values[pos]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _fs_query_kernel(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
     """Thread ``i``: the FS point query of key ``i`` (CPU ``_fs_query_one``): minimum over the rows
     whose counter is below ``cap``, ``FS_INFINITE`` if every row is saturated."""
@@ -228,7 +230,7 @@ def _ss_insert_one(klo, khi, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, 
             cuda.atomic.or_(bf, (row0 + r, _I64(h >> _S6)), _ONE << (h & _LOW6))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _ss_insert_kernel(lo, hi, values, n_rows, thresh, nbytes, n_blocks, blk_seed, seg_layout, bf_layout,
                       bf_seeds, cm_seeds, w_cm, seg, bf, cm):
     """Thread ``i`` (one per item): gate value ``g = min_r values[r * n + i]`` over ``n_rows`` rows;
@@ -281,6 +283,7 @@ class HiddenSketch(_cpu.HiddenSketch):
 
     def __init__(self, params: _cpu.HiddenSketchParams | None = None, **kwargs):
         self._backend = backend()
+        self._buffers = DeviceBuffers(self._backend)  # a batch's key words, cells, sort keys: reused
         super().__init__(params, **kwargs)
         lay, be = self._layout, self._backend
         self._d_layout = {name: be.to_device(getattr(lay, name))
@@ -303,8 +306,8 @@ class HiddenSketch(_cpu.HiddenSketch):
             return
         self._decoded = None
         be = self._backend
-        d_lo = be.to_device(np.asarray(lo, np.uint64))
-        d_hi = be.to_device(np.asarray(hi, np.uint64))
+        d_lo = self._buffers.put("lo", np.asarray(lo, np.uint64))
+        d_hi = self._buffers.put("hi", np.asarray(hi, np.uint64))
         with be.launching():
             if self.phase == "second":  # two-pass, pass 2: gate by the (merged) FS, FS unchanged
                 estimates = self._fs_query(d_lo, d_hi, n)
@@ -318,23 +321,23 @@ class HiddenSketch(_cpu.HiddenSketch):
     def _fs_update(self, d_lo, d_hi, n: int):
         """Steps 1-3 of the module docstring: update the FS counters of ``n`` items; returns the
         device ``int64[fs_rows * n]`` counter values right after each item's increment (row-major)."""
-        p, be = self.params, self._backend
+        p, be, buf = self.params, self._backend, self._buffers
         m = p.fs_rows * n
-        d_cells = be.zeros(m, np.int64)
-        _fs_cells_kernel[blocks(n), THREADS_PER_BLOCK](d_lo, d_hi, _I64(p.key_bytes), self._d_layout["fs_seeds"],
+        d_cells = buf.get("cells", m, np.int64)
+        launch(_fs_cells_kernel, n, d_lo, d_hi, _I64(p.key_bytes), self._d_layout["fs_seeds"],
                                                         _I64(p.fs_width), d_cells)
-        d_order = be.to_device(np.argsort(be.to_host(d_cells), kind="stable").astype(np.int64))
-        d_values = be.zeros(m, np.int64)
-        _fs_values_kernel[blocks(m), THREADS_PER_BLOCK](d_cells, d_order, self._d_fs, _I64(p.fs_width),
+        d_order = stable_argsort(be, buf, d_cells, p.fs_rows * p.fs_width)  # on the device
+        d_values = buf.get("values", m, np.int64)
+        launch(_fs_values_kernel, m, d_cells, d_order, self._d_fs, _I64(p.fs_width),
                                                          _I64(p.fs_cap), d_values)
-        _fs_store_kernel[blocks(m), THREADS_PER_BLOCK](d_cells, d_order, _I64(p.fs_width), d_values, self._d_fs)
+        launch(_fs_store_kernel, m, d_cells, d_order, _I64(p.fs_width), d_values, self._d_fs)
         return d_values
 
     def _fs_query(self, d_lo, d_hi, n: int):
         """Device ``int64[n]`` FS point queries (read-only), the two-pass second-pass gate."""
         p = self.params
         d_out = self._backend.zeros(n, np.int64)
-        _fs_query_kernel[blocks(n), THREADS_PER_BLOCK](d_lo, d_hi, _I64(p.key_bytes), self._d_fs,
+        launch(_fs_query_kernel, n, d_lo, d_hi, _I64(p.key_bytes), self._d_fs,
                                                         self._d_layout["fs_seeds"], _I64(p.fs_width),
                                                         _I64(p.fs_cap), d_out)
         return d_out
@@ -342,7 +345,7 @@ class HiddenSketch(_cpu.HiddenSketch):
     def _insert(self, d_lo, d_hi, d_values, n_rows: int) -> None:
         """Step 4: gate every item by ``min`` of its ``n_rows`` values and insert the gated keys."""
         p, lay, d = self.params, self._layout, self._d_layout
-        _ss_insert_kernel[blocks(d_lo.shape[0]), THREADS_PER_BLOCK](
+        launch(_ss_insert_kernel, d_lo.shape[0],
             d_lo, d_hi, d_values, _I64(n_rows), _I64(p.thresh), _I64(p.key_bytes), _I64(p.blocks),
             _U64(lay.blk_seed), d["seg_layout"], d["bf_layout"], d["bf_seeds"], d["cm_seeds"], _I64(p.cm_width),
             self._d_seg, self._d_bf, self._d_cm)

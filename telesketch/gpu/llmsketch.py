@@ -13,10 +13,10 @@ Per batch (spec §2.4, "Batch execution"; the GPU port of the CPU ``parallel=Tru
    and the scores (clipped on the device, as ``float64``) are copied to the device;
 2. a kernel with one thread per packet hashes each key to its heavy bucket with a device port of
    MurmurHash3 over key words (:func:`mmh3_words_device`, equal to the CPU ``_mmh3_words``);
-3. the buckets come back and are stable-sorted on the host into CSR segments of the non-empty
-   buckets (``telesketch.gpu.core.segments``; a device sort would save two copies);
-4. ONE segment kernel with one thread per non-empty bucket runs that bucket's packets in stream
-   order with a device port of the CPU ``_heavy_insert`` (same ``uniform(seed, n, 0)`` lock coin,
+3. the buckets are stably sorted on the device (:func:`~telesketch.gpu.core.stable_argsort`:
+   ``cupy.sort`` or the bitonic kernel over composite keys), no host round trip;
+4. ONE segment kernel, where the first sorted position of each bucket runs that bucket's packets
+   in stream order with a device port of the CPU ``_heavy_insert`` (same ``uniform(seed, n, 0)`` lock coin,
    ``n`` the packet's stream index); it records each packet's light operation at its batch
    position: ``op_type`` (none / add / evict), ``op_val`` (1 or the evicted count) and ``op_key``
    (the packet's own key for an add, the displaced key for an evict);
@@ -24,8 +24,8 @@ Per batch (spec §2.4, "Batch execution"; the GPU port of the CPU ``parallel=Tru
 
    * ``flow_size`` (Count-Min) **on the device**: a kernel writes each operation's three target
      counters ``row * W + col`` (at position ``3 n + row``; a sentinel for no operation); they are
-     stable-sorted on the host by counter, so within a counter the operations stay in index order,
-     and a kernel with one thread per touched counter folds its operations in that order
+     stably sorted on the device by counter, so within a counter the operations stay in index
+     order, and a kernel whose head positions (one per touched counter) fold its operations in order
      (saturating add, max-merge; they do not commute, hence the order);
    * ``hhh`` (CocoSketch, rows interact) **on the host**: the operation arrays come back and the
      CPU ``_light_apply`` runs them serially in index order;
@@ -49,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from telesketch.gpu.core import THREADS_PER_BLOCK, GpuUnavailableError, backend, blocks, mix64_device, segments
+from telesketch.gpu.core import DeviceBuffers, GpuUnavailableError, backend, launch, mix64_device, stable_argsort
 from telesketch.sketches import llmsketch as _cpu
 
 __all__ = ["LLMSketch", "GpuUnavailableError", "device_mmh3_words", "mmh3_words_device"]
@@ -161,7 +161,7 @@ def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, op_
 
 
 # ============================================================================ kernels
-@cuda.jit
+@cuda.jit(cache=True)
 def _buckets_kernel(keys, nbytes, n_buckets, out):
     """``out[i] = mmh3_32(key i, 100) mod n_buckets`` (int64; ``n_buckets`` uint64), one thread each."""
     i = cuda.grid(1)
@@ -169,7 +169,7 @@ def _buckets_kernel(keys, nbytes, n_buckets, out):
         out[i] = mmh3_words_device(keys[i], nbytes, _BUCKET_SEED) % n_buckets
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _hash_rows_kernel(keys, nbytes, seed, out):
     """``out[i] = mmh3_32(key i, seed)`` (uint64), one thread per key (exposed for the tests)."""
     i = cuda.grid(1)
@@ -177,25 +177,29 @@ def _hash_rows_kernel(keys, nbytes, seed, out):
         out[i] = mmh3_words_device(keys[i], nbytes, seed)
 
 
-@cuda.jit
-def _heavy_segments_kernel(slot_words, counts, lock, occ, keys, scores, buckets, starts, order, n0, seed_mix,
+@cuda.jit(cache=True)
+def _heavy_segments_kernel(slot_words, counts, lock, occ, keys, scores, buckets, order, n0, seed_mix,
                            op_type, op_key, op_val):
-    """Thread ``k`` runs non-empty bucket ``buckets[k]``: batch positions ``order[starts[k]:starts[k+1]]``
-    in stream order (packet at position ``i`` has stream index ``n0 + i``), recording each packet's
-    light operation at its position. Scores are clipped to [0, 1] here, as the CPU ``_score_of``."""
-    k = cuda.grid(1)
-    if k >= buckets.shape[0]:
-        return
-    b = buckets[k]
-    for t in range(starts[k], starts[k + 1]):
-        i = order[t]
-        p = min(max(scores[i], 0.0), 1.0)
-        op, val = _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, _U64(n0 + i), op_key)
-        op_type[i] = op
-        op_val[i] = val
+    """Grid-stride over sorted positions ``j`` (``order`` stably sorts ``buckets``, ``int64``): the
+    first position of each bucket runs that bucket's packets in stream order (packet at position
+    ``i`` has stream index ``n0 + i``), recording each packet's light operation at its position.
+    Scores are clipped to [0, 1] here, as the CPU ``_score_of``."""
+    m = order.shape[0]
+    for head in range(cuda.grid(1), m, cuda.gridsize(1)):
+        b = buckets[order[head]]
+        if head > 0 and buckets[order[head - 1]] == b:
+            continue
+        t = head
+        while t < m and buckets[order[t]] == b:
+            i = order[t]
+            p = min(max(scores[i], 0.0), 1.0)
+            op, val = _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, _U64(n0 + i), op_key)
+            op_type[i] = op
+            op_val[i] = val
+            t += 1
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _cm_targets_kernel(op_type, op_key, nbytes, width, none_target, targets):
     """Per packet ``i`` (one thread each): ``targets[3 i + r] = r * W + h_r(op_key[i]) mod W`` for the
     Count-Min rows ``r``, or ``none_target`` (``3 W``, sorts last) when ``i`` has no light operation.
@@ -211,26 +215,31 @@ def _cm_targets_kernel(op_type, op_key, nbytes, width, none_target, targets):
             targets[i * CM_ROWS + r] = r * np.int64(width) + col
 
 
-@cuda.jit
-def _cm_fold_kernel(cm, counters, starts, order, op_type, op_val):
-    """Thread ``k`` folds the operations on Count-Min counter ``counters[k]`` (``row * W + col``):
-    entries ``order[starts[k]:starts[k+1]]`` (``3 i + row``, ascending ``i``), saturating add for
-    ``OP_ADD`` and max-merge for ``OP_EVICT``, values capped at 255 (CPU ``_countmin_op``)."""
-    k = cuda.grid(1)
-    if k >= counters.shape[0]:
-        return
+@cuda.jit(cache=True)
+def _cm_fold_kernel(cm, targets, order, none_target, op_type, op_val):
+    """Grid-stride over sorted positions ``j`` (``order`` stably sorts ``targets``, the counters
+    ``row * W + col`` of entry ``3 i + row``): the first position of each counter folds the
+    operations on it in ascending ``i``, saturating add for ``OP_ADD`` and max-merge for
+    ``OP_EVICT``, values capped at 255 (CPU ``_countmin_op``); ``none_target`` entries are skipped."""
+    m = order.shape[0]
     width = cm.shape[1]
-    row = counters[k] // width
-    col = counters[k] - row * width
-    c = np.int64(cm[row, col])
-    for t in range(starts[k], starts[k + 1]):
-        i = order[t] // CM_ROWS
-        v = min(np.int64(op_val[i]), CM_MAX)
-        if op_type[i] == OP_ADD:
-            c = min(c + v, CM_MAX)
-        elif v > c:
-            c = v
-    cm[row, col] = c
+    for head in range(cuda.grid(1), m, cuda.gridsize(1)):
+        target = targets[order[head]]
+        if target == none_target or (head > 0 and targets[order[head - 1]] == target):
+            continue
+        row = target // width
+        col = target - row * width
+        c = np.int64(cm[row, col])
+        t = head
+        while t < m and targets[order[t]] == target:
+            i = order[t] // CM_ROWS
+            v = min(np.int64(op_val[i]), CM_MAX)
+            if op_type[i] == OP_ADD:
+                c = min(c + v, CM_MAX)
+            elif v > c:
+                c = v
+            t += 1
+        cm[row, col] = c
 
 
 def device_mmh3_words(words: np.ndarray, nbytes: int, seed: int) -> np.ndarray:
@@ -241,7 +250,7 @@ def device_mmh3_words(words: np.ndarray, nbytes: int, seed: int) -> np.ndarray:
     out = be.zeros(words.shape[0], np.uint64)
     if words.shape[0]:
         with be.launching():
-            _hash_rows_kernel[blocks(words.shape[0]), THREADS_PER_BLOCK](be.to_device(words), np.int64(nbytes),
+            launch(_hash_rows_kernel, words.shape[0], be.to_device(words), np.int64(nbytes),
                                                                          _U64(seed), out)
     return be.to_host(out).astype(np.uint32)
 
@@ -283,6 +292,7 @@ class LLMSketch(_cpu.LLMSketch):
 
     def __init__(self, *args, **kwargs):
         self._backend = backend()  # before anything else: GpuUnavailableError without device or simulator
+        self._buffers = DeviceBuffers(self._backend)  # a batch's scores, buckets, sort keys: reused
         self._host: dict[str, np.ndarray | None] = {}
         self._dev: dict[str, object] = {}
         super().__init__(*args, **kwargs)
@@ -318,21 +328,20 @@ class LLMSketch(_cpu.LLMSketch):
         n = words.shape[0]
         if n == 0:
             return
-        p, be = self.params, self._backend
+        p, be, buf = self.params, self._backend, self._buffers
         nbytes = np.int64(p.key_len)
-        d_words = be.to_device(np.ascontiguousarray(words, dtype=np.uint32))
-        d_scores = be.to_device(np.asarray(scores, dtype=np.float64))  # float32 -> float64 is exact
-        d_buckets = be.zeros(n, np.int64)
+        d_words = buf.put("words", np.ascontiguousarray(words, dtype=np.uint32))
+        d_scores = buf.put("scores", np.asarray(scores, dtype=np.float64))  # float32 -> float64 is exact
+        d_buckets = buf.get("buckets", n, np.int64)
         d_op_type, d_op_val = be.zeros(n, np.int8), be.zeros(n, np.uint32)
         d_op_key = be.zeros(words.shape, np.uint32)
         n0 = np.int64(self.packets)
         with be.launching():
-            _buckets_kernel[blocks(n), THREADS_PER_BLOCK](d_words, nbytes, _U64(p.buckets), d_buckets)
-            buckets, starts, order = segments(be.to_host(d_buckets))
+            launch(_buckets_kernel, n, d_words, nbytes, _U64(p.buckets), d_buckets)
+            d_order = stable_argsort(be, buf, d_buckets, p.buckets)  # on the device
             state = [self._device_array(name) for name in ("_slot_words", "counts", "lock", "occ")]
-            _heavy_segments_kernel[blocks(buckets.shape[0]), THREADS_PER_BLOCK](
-                *state, d_words, d_scores, be.to_device(buckets), be.to_device(starts), be.to_device(order),
-                n0, self._seed_mix, d_op_type, d_op_key, d_op_val)
+            launch(_heavy_segments_kernel, n, *state, d_words, d_scores, d_buckets, d_order, n0, self._seed_mix,
+                   d_op_type, d_op_key, d_op_val, grid_stride=True)
             if p.light == "countmin":
                 self._countmin_on_device(d_op_type, d_op_key, d_op_val, n)
             elif p.light == "coco":
@@ -344,17 +353,12 @@ class LLMSketch(_cpu.LLMSketch):
 
     def _countmin_on_device(self, d_op_type, d_op_key, d_op_val, n: int) -> None:
         """Segmented ordered fold of the batch's Count-Min operations, one thread per touched counter."""
-        be = self._backend
+        be, buf = self._backend, self._buffers
         width = self.params.light_width
         none_target = CM_ROWS * width
-        d_targets = be.zeros(n * CM_ROWS, np.int64)
-        _cm_targets_kernel[blocks(n), THREADS_PER_BLOCK](d_op_type, d_op_key, np.int64(self.params.key_len),
+        d_targets = buf.get("targets", n * CM_ROWS, np.int64)
+        launch(_cm_targets_kernel, n, d_op_type, d_op_key, np.int64(self.params.key_len),
                                                           _U64(width), np.int64(none_target), d_targets)
-        counters, starts, order = segments(be.to_host(d_targets))
-        if counters.shape[0] and counters[-1] == none_target:  # packets without a light operation
-            counters, starts = counters[:-1], starts[:-1]
-        if counters.shape[0] == 0:
-            return
-        _cm_fold_kernel[blocks(counters.shape[0]), THREADS_PER_BLOCK](
-            self._device_array("cm"), be.to_device(counters), be.to_device(starts), be.to_device(order), d_op_type,
-            d_op_val)
+        d_order = stable_argsort(be, buf, d_targets, none_target + 1)  # on the device
+        launch(_cm_fold_kernel, n * CM_ROWS, self._device_array("cm"), d_targets, d_order, np.int64(none_target),
+               d_op_type, d_op_val, grid_stride=True)

@@ -5,14 +5,25 @@ Same parameters, verbs, queries, serialised state and results as
 subclass the CPU ones and replace only where the blocks live and how a batch is run): a snapshot
 written by either moves to the other.
 
-**Exact mode only.** The update is order-dependent: the two rows of a block interact and the
-Residual Connection fires at the instant F's count of a key equals ``T``, so per-bucket parallelism
-does not reproduce the serial result. As §5 prescribes for the GPU parity path, a batch is ONE
-kernel launched with ONE thread that runs the CPU ``stream_kernel`` loop with device ports of the
-lookup2 row hash (``bob_hash``), Lemire's ``fastmod`` and the replacement coins ``rand32`` (the
-same arithmetic, every hash operand ``uint64`` so nothing promotes to ``float64`` on the device).
-It is meant for small inputs and parity tests, not for speed. The approximate **batched mode** of
-§5 (weighted per-batch updates, validated statistically) is **not implemented**.
+**Exact mode only.** The update is order-dependent inside a block: the two rows of a block
+interact, so per-bucket parallelism does not reproduce the serial result. But the blocks only
+depend on one another through F: a Residual Block's insert of packet ``i`` needs nothing but F's
+post-update count of packet ``i`` (bypass when ``c > T``, decrement when ``c == T``), and the
+replacement coin of block ``j`` at packet ``n`` is a hash of ``(seed, n, j)``. So a batch is two
+kernels, each keeping the spec's packet order where it matters:
+
+1. ``_f_kernel``, one thread: F's ``stream_kernel`` loop over the batch, writing each packet's
+   action for the blocks (``uint8``: 0 bypass, 1 decrement, 2 plain insert);
+2. ``_blocks_kernel``, one thread per Residual Block (``|K|`` threads, in parallel): the block's
+   loop over the batch in packet order, following the actions.
+
+The result equals the serial loop's bit for bit (``tests/test_gpu_residualsketch.py``): this is the
+per-layer parallel update, not an approximation. Its parallelism is ``|K|`` (4 in byte mode, up to
+32 in bit mode), and F stays one serial thread, so it is far from a GPU's width; the approximate
+**batched mode** of §5 (weighted per-batch updates, validated statistically) is **not
+implemented**. The device ports: lookup2 row hash (``bob_hash``), Lemire's ``fastmod`` and the
+replacement coins ``rand32`` (the same arithmetic, every hash operand ``uint64`` so nothing
+promotes to ``float64`` on the device).
 
 State on the device between batches: ``ids`` (``uint32[m, 2, w]``), ``counts`` (``int32[m, 2, w]``)
 and ``occ`` (``uint8[m, 2, w]``), ``m = 1 + |K|`` blocks (block 0 = F); separate arrays rather than
@@ -32,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from telesketch.gpu.core import THREADS_PER_BLOCK, GpuUnavailableError, backend, blocks, mix64_device
+from telesketch.gpu.core import DeviceBuffers, GpuUnavailableError, backend, launch, mix64_device
 from telesketch.sketches import cocosketch as _coco
 from telesketch.sketches import residualsketch as _cpu
 
@@ -124,30 +135,49 @@ def _coco_insert(ids, counts, occ, blk, x, w, wmagic, seed_mix, n, T, decrement)
     return np.int64(0)
 
 
-@cuda.jit
-def _stream_kernel(keys, ids, counts, occ, masks, n_masks, T, seed_mix, n0, connection, w, wmagic):
-    """The CPU ``stream_kernel`` loop (spec §3) over ``keys`` (``uint32[n]``) for packets
-    ``n0 .. n0+n-1``, run by thread 0 only (order-dependent: see the module docstring).
+#: Per-packet actions of ``_f_kernel`` for the Residual Blocks.
+_BYPASS, _DECREMENT, _INSERT = 0, 1, 2
 
-    ``masks[:n_masks]`` (``uint32``) are the Residual Blocks' prefix masks, ascending lengths;
+
+@cuda.jit(cache=True)
+def _f_kernel(keys, ids, counts, occ, T, seed_mix, n0, connection, w, wmagic, actions):
+    """Block F's part of the CPU ``stream_kernel`` loop (spec §3) over ``keys`` (``uint32[n]``) for
+    packets ``n0 .. n0+n-1``, run by thread 0 only (order-dependent); ``actions[i]`` (``uint8``)
+    says what the Residual Blocks do with packet ``i``: bypass (confirmed heavy, ``c > T``),
+    insert with decrement (``c == T``) or plain insert (no connection, or ``c < T``).
+
     ``T`` int64; ``seed_mix``, ``n0``, ``w``, ``wmagic`` uint64; ``connection`` bool.
     """
     if cuda.grid(1) != 0:
         return
     for i in range(keys.shape[0]):
         x = _U64(keys[i])
-        n = n0 + _U64(i)
-        c = _coco_insert(ids, counts, occ, 0, x, w, wmagic, seed_mix, n, T, False)
-        decrement = False
+        c = _coco_insert(ids, counts, occ, 0, x, w, wmagic, seed_mix, n0 + _U64(i), T, False)
+        action = _INSERT
         if connection:
             if c > T:
-                continue  # confirmed-heavy keys bypass the blocks
-            decrement = c == T
-        for j in range(n_masks):
-            _coco_insert(ids, counts, occ, j + 1, x & _U64(masks[j]), w, wmagic, seed_mix, n, T, decrement)
+                action = _BYPASS  # confirmed-heavy keys bypass the blocks
+            elif c == T:
+                action = _DECREMENT
+        actions[i] = action
 
 
-@cuda.jit
+@cuda.jit(cache=True)
+def _blocks_kernel(keys, ids, counts, occ, masks, n_masks, T, seed_mix, n0, w, wmagic, actions):
+    """Thread ``j`` runs Residual Block ``j + 1`` (prefix mask ``masks[j]``, ``uint32``) over the
+    batch in packet order, following F's ``actions``; blocks share no state, so they run at once."""
+    j = cuda.grid(1)
+    if j >= n_masks:
+        return
+    mask = _U64(masks[j])
+    for i in range(keys.shape[0]):
+        action = actions[i]
+        if action != _BYPASS:
+            _coco_insert(ids, counts, occ, j + 1, _U64(keys[i]) & mask, w, wmagic, seed_mix, n0 + _U64(i), T,
+                         action == _DECREMENT)
+
+
+@cuda.jit(cache=True)
 def _bob_hash_kernel(keys, c, out):
     """``out[i] = bob_hash_device(keys[i], c)`` (uint64), one thread per key (exposed for the tests)."""
     i = cuda.grid(1)
@@ -163,7 +193,7 @@ def device_bob_hash(keys: np.ndarray, row: int) -> np.ndarray:
     out = be.zeros(keys.shape[0], np.uint64)
     if keys.shape[0]:
         with be.launching():
-            _bob_hash_kernel[blocks(keys.shape[0]), THREADS_PER_BLOCK](be.to_device(keys), (_ROW0, _ROW1)[row], out)
+            launch(_bob_hash_kernel, keys.shape[0], be.to_device(keys), (_ROW0, _ROW1)[row], out)
     return be.to_host(out)
 
 
@@ -194,6 +224,7 @@ class _DeviceBlocks:
 
     def __init__(self, *args, **kwargs):
         self._backend = backend()  # before anything else: GpuUnavailableError without device or simulator
+        self._buffers = DeviceBuffers(self._backend)  # the batch's keys and actions, reused
         self._host: dict[str, np.ndarray] = {}
         self._dev: tuple | None = None  # (ids, counts, occ) when the device holds the state
         super().__init__(*args, **kwargs)
@@ -224,19 +255,23 @@ class _DeviceBlocks:
         return self._dev
 
     def _stream(self, keys: np.ndarray, masks: np.ndarray, T: int, connection: bool) -> None:
-        """Run ``keys`` (checked ``uint32[n]``) through the one-thread stream kernel; advance ``packets``."""
+        """Run ``keys`` (checked ``uint32[n]``) through F's kernel then the blocks' kernel; advance ``packets``."""
         n = keys.shape[0]
         if n == 0:
             return
-        be = self._backend
+        be, buf = self._backend, self._buffers
         padded = np.zeros(max(1, masks.shape[0]), np.uint32)  # never a zero-length device array
         padded[:masks.shape[0]] = masks
-        d_keys, d_masks = be.to_device(keys), be.to_device(padded)
+        d_keys, d_masks = buf.put("keys", keys), buf.put("masks", padded)
+        d_actions = buf.get("actions", n, np.uint8)
         state = self._device_state()
         with be.launching():
-            _stream_kernel[1, 1](d_keys, *state, d_masks, np.int64(masks.shape[0]), np.int64(T), _U64(self._seed_mix),
-                                 _U64(self.packets), bool(connection), _U64(self.width),
-                                 _U64(_coco.fastmod_magic(self.width)))
+            common = (np.int64(T), _U64(self._seed_mix), _U64(self.packets))
+            geometry = (_U64(self.width), _U64(_coco.fastmod_magic(self.width)))
+            launch(_f_kernel, 1, d_keys, *state, *common, bool(connection), *geometry, d_actions)
+            if masks.shape[0]:
+                launch(_blocks_kernel, masks.shape[0], d_keys, *state, d_masks, np.int64(masks.shape[0]), *common,
+                       *geometry, d_actions)
         self.packets += n
 
 

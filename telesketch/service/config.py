@@ -11,6 +11,7 @@ only what it changes::
     [sketches.hh]                 # a sketch instance called "hh"
     kind = "hiddensketch"         # see telesketch.service.sketchset.KINDS
     memory_bytes = 56320
+    device = "gpu"                # optional: "cpu" or "gpu" (default: [server] device)
 
 ``[sketches]`` in a file replaces the default set as a whole (so a file can configure fewer).
 """
@@ -34,6 +35,10 @@ DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
     "flows": {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "auto",
               "keep_keys": True},
 }
+
+
+#: Where a sketch runs (``device`` in ``[server]`` and in each ``[sketches.NAME]``).
+DEVICES = ("cpu", "gpu")
 
 
 class ConfigError(ValueError):
@@ -60,6 +65,8 @@ class ServiceConfig:
     shards: int = 1                         #: >1: the open epoch's sketches on this many Ray actors
     ray_address: str = ""                   #: Ray cluster to join with shards > 1 ("" = start a local one)
     sketch_threads: int = 0                 #: threads applying a batch to the sketches (0 = the cores, 1 = serial)
+    device: str = "cpu"                     #: where sketches with a GPU twin run: "cpu" or "gpu" (a sketch's own
+                                            #: ``device`` key wins); "gpu" without a usable GPU is an error
     sketches: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEFAULT_SKETCHES))
 
     def validate(self) -> "ServiceConfig":
@@ -94,7 +101,19 @@ class ServiceConfig:
             if self.shards > 1 and spec["kind"] == "hiddensketch" and spec.get("key") == "dst_ip":
                 raise ConfigError(f"sketch {name!r}: a Hidden Sketch keyed by dst_ip is not supported with shards > 1 "
                                   "yet (packets are routed by source or flow); run it with shards = 1")
+        self._validate_devices()
         return self
+
+    def _validate_devices(self) -> None:
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {list(DEVICES)}, got {self.device!r}")
+        for name, spec in self.sketches.items():
+            if spec.get("device", self.device) not in DEVICES:
+                raise ConfigError(f"sketch {name!r}: device must be one of {list(DEVICES)}, got {spec['device']!r}")
+        on_gpu = self.device == "gpu" or any(spec.get("device") == "gpu" for spec in self.sketches.values())
+        if on_gpu and self.shards > 1:
+            raise ConfigError("device = \"gpu\" with shards > 1 is not supported: run the GPU sketches unsharded "
+                              "(shards = 1) or the sharded service on the CPU")
 
     @property
     def epoch_ns(self) -> int:

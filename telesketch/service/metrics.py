@@ -63,6 +63,9 @@ class ServiceMetrics:
         self.epochs_retained = Gauge("telesketch_epochs_retained", "Epochs held (closed and open)", registry=r)
         self.sketch_memory = Gauge("telesketch_sketch_memory_bytes", "Sketch state of the open epoch",
                                    ["sketch"], registry=r)
+        self.sketch_device = Gauge("telesketch_sketch_device", "1 for each active sketch: where it runs "
+                                   "(device cpu or gpu; backend numpy, cupy, numba or simulator)",
+                                   ["sketch", "device", "backend"], registry=r)
         self.query_seconds = Histogram("telesketch_query_seconds", "Query latency", ["query"],
                                        buckets=QUERY_BUCKETS, registry=r)
         self.load_factor = Gauge("telesketch_sketch_load_factor",

@@ -362,11 +362,14 @@ def grpc_server_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
             *KEEPALIVE_OPTIONS]
 
+#: ``stats()`` sketch fields that the gRPC ``SketchInfo`` message does not carry (HTTP and /metrics do).
+_NOT_IN_SKETCH_INFO = ("device", "backend")
+
 
 def _sketchset(config: ServiceConfig) -> SketchSet:
     """The configured sketches: in this process, or (``shards > 1``) the open epoch on Ray actors."""
     if config.shards == 1:
-        sketchset = SketchSet.from_config(config.sketches)
+        sketchset = SketchSet.from_config(config.sketches, config.device)
         sketchset.concurrency = config.sketch_threads or None
         return sketchset
     from telesketch.distributed.service import ShardedSketchSet
@@ -393,6 +396,9 @@ class Service:
         self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics)
         self.query_pool = ThreadPoolExecutor(2, thread_name_prefix="telesketch-query")
         self.metrics.queue_capacity.set(config.queue_batches)
+        for cs in self.sketchset.sketches:
+            if cs.active:
+                self.metrics.sketch_device.labels(cs.name, cs.device, cs.backend).set(1)
         if self.manager.open is not None:
             self.metrics.set_epoch(self.manager.open.id)
         self.grpc_port = 0
@@ -495,7 +501,8 @@ class Service:
                     if load is not None:
                         self.metrics.load_factor.labels(cs.name).set(load)
                 sketches.append({"name": cs.name, "kind": cs.kind_name, "active": cs.active, "note": cs.note,
-                                 "memory_bytes": memory, "queries": sorted(cs.kind.queries) if cs.kind else []})
+                                 "memory_bytes": memory, "queries": sorted(cs.kind.queries) if cs.kind else [],
+                                 "device": cs.device, "backend": cs.backend})
             self.metrics.epochs_retained.set(len(epochs))
             return {
                 "packets": m.counters.packets, "batches": m.counters.batches,
@@ -513,7 +520,8 @@ class Service:
         return service_pb2.StatsReply(
             **{k: v for k, v in s.items() if k not in ("epochs", "sketches")},
             epochs=[service_pb2.EpochInfo(**e) for e in s["epochs"]],
-            sketches=[service_pb2.SketchInfo(**x) for x in s["sketches"]])
+            sketches=[service_pb2.SketchInfo(**{k: v for k, v in x.items() if k not in _NOT_IN_SKETCH_INFO})
+                      for x in s["sketches"]])
 
 
 # ====================================================================== running it

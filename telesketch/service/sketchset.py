@@ -73,17 +73,26 @@ class Kind:
     continuous: bool = False
     load_params: tuple[str, ...] = ()
     int_keys: str = "ipv4"
+    gpu_cls: str = ""  #: ``module:Class`` of the GPU twin (:mod:`telesketch.gpu`), "" when there is none
+
+
+def _twin(cls: str) -> str:
+    return f"telesketch.gpu.{cls}"
 
 
 KINDS: dict[str, Kind] = {
-    "gapfilter_so": Kind("telesketch.sketches.gapfilter", "GapFilterSO", frozenset({"gaps"}), continuous=True),
-    "gapfilter_ao": Kind("telesketch.sketches.gapfilter", "GapFilterAO", frozenset({"gaps"}), continuous=True),
+    "gapfilter_so": Kind("telesketch.sketches.gapfilter", "GapFilterSO", frozenset({"gaps"}), continuous=True,
+                         gpu_cls=_twin("gapfilter:GapFilterSO")),
+    "gapfilter_ao": Kind("telesketch.sketches.gapfilter", "GapFilterAO", frozenset({"gaps"}), continuous=True,
+                         gpu_cls=_twin("gapfilter:GapFilterAO")),
     "gapfilter_straw": Kind("telesketch.sketches.gapfilter", "GapFilterStraw", frozenset({"gaps"}), continuous=True),
     "hiddensketch": Kind("telesketch.sketches.hiddensketch", "HiddenSketch",
-                         frozenset({"heavy_hitters", "heavy_changers"})),
-    "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"})),
+                         frozenset({"heavy_hitters", "heavy_changers"}), gpu_cls=_twin("hiddensketch:HiddenSketch")),
+    "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"}),
+                           gpu_cls=_twin("residualsketch:ResidualSketch")),
     "llmsketch": Kind("telesketch.sketches.llmsketch", "LLMSketch", frozenset({"flow_size", "top_flows"}),
-                      load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from"), int_keys="fingerprint"),
+                      load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from"), int_keys="fingerprint",
+                      gpu_cls=_twin("llmsketch:LLMSketch")),
     "exact": Kind("telesketch.service.exactsketch", "ExactSketch", frozenset(QUERIES)),
 }
 
@@ -119,6 +128,8 @@ class ConfiguredSketch:
     cls: type | None = None
     active: bool = False
     note: str = ""
+    device: str = "cpu"     #: where its states live and update: "cpu" or "gpu"
+    backend: str = "numpy"  #: the array backend there: numpy (CPU), or cupy / numba / simulator (GPU)
 
     # ------------------------------------------------------------------ lifecycle
     def build(self):
@@ -183,17 +194,30 @@ class ConfiguredSketch:
         return int(state.nbytes if isinstance(state, np.ndarray) else state.memory_bytes)
 
 
-def configure(specs: dict[str, dict[str, Any]]) -> list[ConfiguredSketch]:
-    """Resolve the ``[sketches]`` table: import, build and probe each; skip the unavailable ones."""
+def configure(specs: dict[str, dict[str, Any]], device: str = "cpu") -> list[ConfiguredSketch]:
+    """Resolve the ``[sketches]`` table: import, build and probe each; skip the unavailable ones.
+
+    ``device`` (``cpu`` or ``gpu``) is where sketches without their own ``device`` key run; a kind
+    without a GPU twin (``exact``, ``gapfilter_straw``) stays on the CPU unless its own key asks for
+    the GPU, which is a :class:`ConfigError`. A sketch on the GPU is never skipped and never falls
+    back to the CPU: a missing ``[gpu]`` extra, no usable device, or a failed probe is a
+    :class:`ConfigError` saying so.
+    """
     out = []
     for name, spec in specs.items():
-        params = {k: v for k, v in spec.items() if k != "kind"}
+        params = {k: v for k, v in spec.items() if k not in ("kind", "device")}
         cs = ConfiguredSketch(name, spec["kind"], params)
         out.append(cs)
         kind = KINDS.get(cs.kind_name)
         if kind is None:
             raise ConfigError(f"sketch {name!r}: unknown kind {cs.kind_name!r}; known: {sorted(KINDS)}")
         cs.kind = kind
+        wanted = spec.get("device", device if kind.gpu_cls else "cpu")
+        if wanted == "gpu":
+            _configure_gpu(cs)
+            continue
+        if wanted != "cpu":
+            raise ConfigError(f"sketch {name!r}: device must be 'cpu' or 'gpu', got {wanted!r}")
         try:
             cs.cls = getattr(importlib.import_module(kind.module), kind.cls)
         except Exception as exc:  # noqa: BLE001 - a half-written module must not stop the service
@@ -218,6 +242,37 @@ def configure(specs: dict[str, dict[str, Any]]) -> list[ConfiguredSketch]:
         cs.active = True
         log.info("sketch %s: %s %s", name, cs.kind_name, params)
     return out
+
+
+def _configure_gpu(cs: ConfiguredSketch) -> None:
+    """Make ``cs`` a sketch on the GPU twin of its kind, or raise :class:`ConfigError` saying why not."""
+    where = f"sketch {cs.name!r} ({cs.kind_name}) on device gpu"
+    if not cs.kind.gpu_cls:
+        twins = sorted(k for k, v in KINDS.items() if v.gpu_cls)
+        raise ConfigError(f"{where}: kind {cs.kind_name!r} has no GPU implementation (kinds with one: {twins}); "
+                          f"set device = \"cpu\" for it")
+    module, cls = cs.kind.gpu_cls.split(":")
+    try:
+        cs.cls = getattr(importlib.import_module(module), cls)
+    except ImportError as exc:
+        raise ConfigError(f"{where}: the GPU support does not import ({exc}); "
+                          f"install it with pip install 'telesketch[gpu]'") from None
+    from telesketch.gpu.core import GpuUnavailableError
+
+    try:
+        sketch = cs.build()
+    except GpuUnavailableError as exc:
+        raise ConfigError(f"{where}: no usable GPU: {exc}") from None
+    except (SketchError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: bad parameters: {exc}") from None
+    try:
+        sketch.update(_probe_batch())
+        cs.load(sketch.to_bytes())
+    except Exception as exc:  # noqa: BLE001 - never a silent fall-back to the CPU
+        raise ConfigError(f"{where}: failed its probe (update + to_bytes/from_bytes): "
+                          f"{type(exc).__name__}: {exc}") from None
+    cs.device, cs.backend, cs.active = "gpu", sketch.device_backend, True
+    log.info("sketch %s: %s on the GPU (%s) %s", cs.name, cs.kind_name, cs.backend, cs.params)
 
 
 def pick(sketches: list[ConfiguredSketch], query: str, name: str = "") -> ConfiguredSketch:
@@ -484,10 +539,11 @@ class SketchSet:
     _cost: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
-    def from_config(cls, specs: dict[str, dict[str, Any]]) -> "SketchSet":
-        """The configured sketches; :class:`ConfigError` when none of them is active (a service
-        that would answer nothing does not start)."""
-        built = cls(configure(specs))
+    def from_config(cls, specs: dict[str, dict[str, Any]], device: str = "cpu") -> "SketchSet":
+        """The sketches of ``specs``; ``device``: where those without a ``device`` key run.
+        :class:`ConfigError` when none of them is active (a service that would answer nothing does
+        not start)."""
+        built = cls(configure(specs, device))
         if specs and not built.active:
             raise ConfigError("no configured sketch is active, so the service would answer nothing: "
                               + "; ".join(f"{cs.name!r} ({cs.kind_name}) {cs.note}" for cs in built.sketches))
