@@ -232,7 +232,7 @@ opts = ReportOptions()
 local, _ = analyze([capture], load_config(config_path, dict(overrides, device="cpu")), opts, batch_size=500)
 with ServiceThread(config) as svc:
     target = f"127.0.0.1:{svc.grpc_port}"
-    summary = replay([capture], ReplayOptions(target, batch_size=500))
+    summary = replay([capture], ReplayOptions(target, batch_size=500, keep_timestamps=True))
     with Client(target) as client:
         remote = build_report(RemoteSource(client), opts, mode="service", files=[capture])
     where = {s["name"]: s["device"] for s in svc.service.stats()["sketches"]}

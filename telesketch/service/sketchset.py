@@ -578,8 +578,18 @@ class SketchSet:
             for name in names:
                 self._timed_update(states[name], name, parts[name], on_time)
             return
-        names.sort(key=lambda name: -self._cost.get(name, 0.0) * len(parts[name]))
         errors: dict[str, BaseException] = {}
+        # GPU sketches launch their kernels from the calling thread only (one device queue; Numba's
+        # CUDA simulator is not thread-safe), before the CPU sketches are shared out
+        on_device = {cs.name for cs in self.sketches if cs.device == "gpu"}
+        for name in [name for name in names if name in on_device]:
+            try:
+                self._timed_update(states[name], name, parts[name], on_time)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, in parts order
+                errors[name] = exc
+        names = [name for name in names if name not in on_device]
+        threads = min(len(names), self.threads)
+        names.sort(key=lambda name: -self._cost.get(name, 0.0) * len(parts[name]))
         pending = iter(names)
         take = threading.Lock()
 
