@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+#: ``telesketch_batches_rejected`` reasons (see telesketch.service.server).
+REJECT_REASONS = ("invalid", "oversized", "unauthenticated", "undecodable", "future_timestamp", "too_many_epochs",
+                  "sequence_jump", "admin_denied")
+
 QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
@@ -30,7 +34,10 @@ class ServiceMetrics:
                                        buckets=QUERY_BUCKETS, registry=r)
         self.apply_seconds = Histogram("telesketch_apply_seconds", "Time to apply one batch to the sketches",
                                        buckets=QUERY_BUCKETS, registry=r)
-        for reason in ("invalid", "oversized", "unauthenticated"):
+        self.log_write_failures = Counter(
+            "telesketch_log_write_failures", "Batches refused because the write-ahead log write failed (disk full, "
+            "I/O error): not applied, the sender retries", registry=r)
+        for reason in REJECT_REASONS:
             self.rejected.labels(reason)
 
     def observe_query(self, query: str, seconds: float) -> None:
