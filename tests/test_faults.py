@@ -607,3 +607,24 @@ def test_a_slow_query_does_not_hold_ingestion_back(tmp_path, monkeypatch):
             by_source[key if isinstance(key, int) else int.from_bytes(key[:4], "big")] += int(value)
         assert by_source == counts_of([first])  # the state as it was when the query began
         assert server_counts(c) == counts_of([first, second])
+
+
+def test_idle_senders_leave_the_sequence_table_and_the_table_survives_restarts(tmp_path):
+    from telesketch.service.epochs import EpochManager
+    from telesketch.service.sketchset import SketchSet
+
+    def manager():
+        return EpochManager(SketchSet.from_config(EXACT), 10**9, 6, tmp_path / "data", durability="none",
+                            sender_ttl_seconds=3600)
+
+    m = manager()
+    b = old_batches(2, epochs=1)
+    m.apply(b[0], "idle", 1)
+    m.apply(b[1], "busy", 1)
+    m.sender_seen["idle"] -= 7200  # its last batch two hours ago
+    m.checkpoint()
+    assert m.senders == {"busy": 1}
+    m.close()
+    again = manager()
+    assert again.senders == {"busy": 1} and abs(again.sender_seen["busy"] - time.time()) < 60
+    again.close()

@@ -57,6 +57,7 @@ class ServiceConfig:
     max_future_skew_seconds: float = 300.0  #: packets stamped further ahead of the server clock: batch refused
     max_epochs_per_batch: int = 256         #: a batch spanning more epochs is refused
     max_sequence_jump: int = 1_000_000      #: a sender's sequence may run at most this far past its last one
+    sender_ttl_seconds: float = 7 * 86400.0  #: a sender idle this long leaves the sequence table (0 = never)
     token: str = ""                         #: bearer token required on every RPC except health ("" = none)
     admin_token: str = ""                   #: token for Admin calls ("" = Admin only from loopback peers)
     tls_cert: str = ""                      #: PEM certificate chain; with tls_key enables TLS
@@ -77,6 +78,8 @@ class ServiceConfig:
         for name in ("fsync_interval_seconds", "max_future_skew_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.sender_ttl_seconds >= 0:
+            raise ConfigError(f"sender_ttl_seconds must be >= 0, got {self.sender_ttl_seconds}")
         from telesketch.service.epochs import DURABILITY_MODES
 
         if self.durability not in DURABILITY_MODES:

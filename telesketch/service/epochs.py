@@ -337,13 +337,15 @@ class EpochManager:
     ``every-batch``); ``settings`` (see :func:`data_dir_settings`) is recorded in, and checked
     against, the data directory; ``max_sequence_jump`` (0: no limit) refuses a sender's sequence
     that jumps further past its last applied one; ``recover`` starts from a damaged directory,
-    keeping what is intact and logging every loss (:attr:`recovered` lists them).
+    keeping what is intact and logging every loss (:attr:`recovered` lists them);
+    ``sender_ttl_seconds`` (0: never) drops a sender from the sequence table at a checkpoint once it
+    has sent nothing for that long (a retry older than that would be applied again).
     """
 
     def __init__(self, sketchset: SketchSet, epoch_ns: int, keep_epochs: int, data_dir: str | Path | None,
                  wal: bool = True, wal_fsync: bool = False, *, durability: str | None = None,
                  fsync_interval_seconds: float = 1.0, settings: dict | None = None, max_sequence_jump: int = 0,
-                 recover: bool = False, max_record_bytes: int = 1 << 30):
+                 recover: bool = False, max_record_bytes: int = 1 << 30, sender_ttl_seconds: float = 0.0):
         self.sketchset = sketchset
         self.epoch_ns = int(epoch_ns)
         self.keep_epochs = int(keep_epochs)
@@ -360,6 +362,8 @@ class EpochManager:
         self.open: Epoch | None = None
         self.closed: OrderedDict[int, Epoch] = OrderedDict()
         self.senders: dict[str, int] = {}
+        self.sender_seen: dict[str, float] = {}  #: wall-clock time of each sender's last batch
+        self.sender_ttl_seconds = float(sender_ttl_seconds)
         self.counters = Counters()
         self.lsn = 0                       #: log sequence number of the last batch applied
         self.recovered: list[str] = []     #: what a ``recover`` start dropped, one line each
@@ -462,6 +466,7 @@ class EpochManager:
                 self.open.batches += 1
             if sender_id:
                 self.senders[sender_id] = sequence
+                self.sender_seen[sender_id] = time.time()
             self.counters.batches += 1
             self.counters.packets += n - late
             self.counters.late_packets += late
@@ -631,12 +636,13 @@ class EpochManager:
         with self.lock:
             if self.data_dir is None or self.open is None:
                 return []
+            self._expire_senders()
             written = []
             for eid in sorted(self._unsaved):
                 written.append(str(self._write_epoch(self.closed[eid])))
                 self._unsaved.discard(eid)
             path = self.data_dir / "open.tsk"
-            header = dict(self._header(self.open), lsn=self.lsn, wal=self.wal_enabled,
+            header = dict(self._header(self.open), lsn=self.lsn, wal=self.wal_enabled, senders_seen=self.sender_seen,
                           manifest={str(e.id): e.packets for e in self.closed.values()})
             _atomic_write(path, _encode(header, self._blobs(self.open)))
             written.append(str(path))
@@ -648,6 +654,17 @@ class EpochManager:
             elif (self.data_dir / "wal.log").exists():
                 os.truncate(self.data_dir / "wal.log", 0)
             return written[::-1]
+
+    def _expire_senders(self) -> None:
+        if not self.sender_ttl_seconds:
+            return
+        cutoff = time.time() - self.sender_ttl_seconds
+        idle = [s for s in self.senders if self.sender_seen.get(s, cutoff) < cutoff]
+        for s in idle:
+            del self.senders[s]
+            self.sender_seen.pop(s, None)
+        if idle:
+            log.info("%d senders idle for more than %g s left the sequence table", len(idle), self.sender_ttl_seconds)
 
     def _damage(self, message: str) -> None:
         """Damage found at start-up: refuse (:class:`DataDirError`), or with ``recover`` log the loss."""
@@ -723,6 +740,9 @@ class EpochManager:
             header, blobs = checkpoint
             self.open = Epoch(header["epoch"], self._load_states(header, blobs), header["packets"], header["batches"])
             self.senders = dict(header["senders"])
+            now = time.time()
+            seen = header.get("senders_seen", {})
+            self.sender_seen = {s: float(seen.get(s, now)) for s in self.senders}
             self.counters = Counters(**header["counters"])
             self.lsn = int(header.get("lsn", 0))
             if header.get("wal") and self.wal_enabled and data is None:
