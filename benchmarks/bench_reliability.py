@@ -5,13 +5,13 @@ Three parts, each against a server subprocess on loopback:
 * ``durability``: ingest packets/s with the write-ahead log off and in each durability mode
   (``none``, ``interval``, ``every-batch``), one client streaming pre-encoded batches with
   ``Ingest.Push``; no sketch configured, so the figure is the log's cost and nothing else.
-* ``kill``: rounds of kill -9 while one client pushes batches one by one (``PushOne``, a sender id),
-  then restart, resume from ``Ingest.Resume`` and push the rest. Counts acknowledged packets that
+* ``kill``: rounds of kill -9 (0.05-0.5 s into the round) while one client pushes 500-packet
+  batches one by one (``PushOne``, a sender id, durability every-batch), then restart, resume from ``Ingest.Resume`` and push the rest. Counts acknowledged packets that
   the restarted server does not have (lost), and checks every flow's count against the ``exact``
   sketch (each batch applied exactly once).
 * ``query``: 8 clients each pushing streams of 8 batches; packets/s and the worst stream latency
   (start of a stream to its summary), without and then with one more client polling
-  ``HeavyHitters`` back to back.
+  ``HeavyHitters`` back to back (the four default sketches, LLM-Sketch on the constant estimator, log off).
 
     .venv/bin/python benchmarks/bench_reliability.py [--parts durability,kill,query] [--packets 2000000] [--rounds 20]
 """
@@ -112,7 +112,7 @@ def durability(total: int, batch_size: int, repeat: int = 3) -> list[dict]:
 # ---------------------------------------------------------------------------- kill -9 rounds
 def kill_rounds(rounds: int, seed: int = 0) -> dict:
     rng = random.Random(seed)
-    plan = batches(rounds * 12 * 500, 500, seed=seed)
+    plan = batches(rounds * 400 * 500, 500, seed=seed)
     expected = Counter()
     for b in plan:
         values, n = np.unique(b.src_ip, return_counts=True)
@@ -125,10 +125,10 @@ def kill_rounds(rounds: int, seed: int = 0) -> dict:
             client = Client(f"127.0.0.1:{port}", sender_id="collector", timeout=10)
             sent = client.last_sequence()
             acked_seqs = []
-            killer = threading.Timer(rng.uniform(0.01, 0.3), lambda p=proc: os.killpg(p.pid, signal.SIGKILL))
+            killer = threading.Timer(rng.uniform(0.05, 0.5), lambda p=proc: os.killpg(p.pid, signal.SIGKILL))
             killer.start()
-            try:
-                for seq in range(sent + 1, min(sent + 13, len(plan)) + 1):
+            try:  # push until the kill interrupts a call
+                for seq in range(sent + 1, len(plan) + 1):
                     client.push_one(plan[seq - 1], sequence=seq)
                     acked_seqs.append(seq)
             except grpc.RpcError:
@@ -149,7 +149,7 @@ def kill_rounds(rounds: int, seed: int = 0) -> dict:
         for key, estimate in client.top_flows(100_000, last=len(epochs), sketch="exact"):
             got[int.from_bytes(key[:4], "big")] += int(estimate)
         stop(proc)
-    row = {"part": "kill", "rounds": rounds, "acked_packets": acked, "acked_lost": lost,
+    row = {"part": "kill", "rounds": rounds, "acked_batches": acked // 500, "acked_packets": acked, "acked_lost": lost,
            "every_batch_once": got == expected, "packets": sum(expected.values())}
     print(json.dumps(row), flush=True)
     return row
@@ -161,7 +161,7 @@ def query_poll(total: int, clients: int = 8, batch_size: int = 8192, stream_batc
     rows = []
     for polling in (False, True):
         with tempfile.TemporaryDirectory(prefix="bench-rel-") as tmp:
-            proc, port = start_server(tmp, ALL, durability="interval")
+            proc, port = start_server(tmp, ALL, wal=False)  # the log off: only queries vs. ingest
             try:
                 Client(f"127.0.0.1:{port}").push_messages(messages[:2])
                 latencies, done, queries = [], threading.Event(), [0]
