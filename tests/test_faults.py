@@ -246,6 +246,9 @@ def test_disk_full_during_ingest_then_kill_and_restart_loses_nothing_acknowledge
     assert srv.metric("telesketch_log_write_failures_total") == 1
     assert (srv.data_dir / "wal.log").stat().st_size == 20 + 30 * record  # the partial record was cut off
     resource.prlimit(srv.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    # the next batch must not overtake the one that failed (its retry would be taken for a duplicate)
+    err = rpc_error(lambda: c.push_one(batches[31], sequence=32))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "resend from sequence 31" in err.details()
     ack = c.push_one(failed, sequence=31)  # the retry
     assert not ack.duplicate and ack.applied_packets == 400
     acked.append(failed)

@@ -369,6 +369,7 @@ class EpochManager:
         self.recovered: list[str] = []     #: what a ``recover`` start dropped, one line each
         self.log_write_failures = 0
         self.checkpoint_failures = 0
+        self._unlogged: dict[str, int] = {}  # sender -> the sequence whose log write failed (resend it first)
         self._unsaved: set[int] = set()    # closed epochs not yet written
         self._doomed: set[int] = set()     # evicted epochs whose files go after the next checkpoint
         self._wal_fd: int | None = None
@@ -442,11 +443,24 @@ class EpochManager:
                     f"({last}); at most {self.max_sequence_jump} ahead is accepted (max_sequence_jump). "
                     f"Continue from Resume's last_sequence + 1")
             if not self._replaying:
+                pending = self._unlogged.get(sender_id) if sender_id else None
+                if pending is not None and sequence > pending:
+                    # applying it would move the sender past the batch that failed, and that batch's
+                    # retry would then be taken for a duplicate: lost. The sender resends it first.
+                    raise LogWriteError(f"sender {sender_id!r}: batch {pending} failed to reach the write-ahead log "
+                                        f"and was not applied; resend from sequence {pending}", space=False)
                 if self._wal_fd is not None:
-                    self._log(raw if raw is not None
-                              else batch.to_message(sender_id=sender_id, sequence=sequence).SerializeToString())
+                    try:
+                        self._log(raw if raw is not None
+                                  else batch.to_message(sender_id=sender_id, sequence=sequence).SerializeToString())
+                    except LogWriteError:
+                        if sender_id:
+                            self._unlogged[sender_id] = min(sequence, pending or sequence)
+                        raise
                 else:
                     self.lsn += 1
+                if pending is not None and sequence == pending:
+                    del self._unlogged[sender_id]
             rotated = False
             late = 0
             if n:

@@ -504,7 +504,7 @@ class Service:
                 durability=config.durability_mode, fsync_interval_seconds=config.fsync_interval_seconds,
                 settings=data_dir_settings(config.epoch_ns, config.sketches, config.shards),
                 max_sequence_jump=config.max_sequence_jump, recover=config.recover,
-                max_record_bytes=config.max_message_bytes + 1024, sender_ttl_seconds=config.sender_ttl_seconds)
+                sender_ttl_seconds=config.sender_ttl_seconds)
         except BaseException:
             self._shutdown_sketches()  # the shard actors must not outlive a failed start
             raise
