@@ -631,3 +631,15 @@ def test_idle_senders_leave_the_sequence_table_and_the_table_survives_restarts(t
     again = manager()
     assert again.senders == {"busy": 1} and abs(again.sender_seen["busy"] - time.time()) < 60
     again.close()
+
+
+def test_adding_a_sketch_is_allowed_but_removing_one_is_refused(tmp_path, servers):
+    srv, batches = _fill_epochs(tmp_path, servers)
+    more = dict(EXACT, exact2={"kind": "exact", "phi": 0.01})
+    config = json.loads(srv.config_path.read_text())["server"]
+    added = start(servers, tmp_path, sketches=more, **config)
+    assert server_counts(added.client()) == counts_of(batches)
+    added.stop()
+    removed = Server(tmp_path, sketches={"exact2": more["exact2"]}, **config)
+    removed.start(expect_failure=True)
+    assert removed.proc.returncode == 2 and "sketch 'exact' was configured when it was created" in removed.output()

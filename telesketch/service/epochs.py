@@ -22,7 +22,8 @@ Durability (data directory). The rule is *log first, then apply, then acknowledg
   and only then starts a fresh log. A failed checkpoint keeps the log, which still holds every
   batch since the last good one. Closed epochs evicted before they were ever written cost nothing.
 * ``settings.json``: the settings that shape the directory (epoch length, sketches and their
-  parameters, shards). A start with different settings is refused, naming the setting.
+  parameters, shards). A start with different settings is refused, naming the setting; only
+  adding a sketch is allowed (it starts empty in the restored epochs).
 
 Start-up = settings check, closed epochs named by the manifest, checkpoint, replay of the log
 records after the checkpoint's LSN. A torn last record (a write cut short by a crash: never
@@ -319,8 +320,10 @@ def _settings_difference(recorded: dict, now: dict) -> str | None:
     if recorded.get("shards") != now["shards"]:
         return f"shards was {recorded.get('shards')} when it was created (now {now['shards']})"
     old, new = recorded.get("sketches", {}), now["sketches"]
-    if sorted(old) != sorted(new):
-        return f"the sketch set was {sorted(old)} when it was created (now {sorted(new)})"
+    removed = sorted(set(old) - set(new))
+    if removed:  # its retained epochs would be dropped at the next checkpoint
+        return (f"sketch {removed[0]!r} was configured when it was created and is missing now "
+                f"(sketches then: {sorted(old)}, now: {sorted(new)})")
     for name in sorted(old):
         for key in sorted(set(old[name]) | set(new[name])):
             if old[name].get(key) != new[name].get(key):
@@ -701,6 +704,11 @@ class EpochManager:
         if difference is not None:
             raise DataDirError(f"data directory {self.data_dir}: {difference}; start with the settings it was "
                                f"made with, or give another --data-dir")
+        added = sorted(set(settings["sketches"]) - set(recorded.get("sketches", {})))
+        if added:  # a new sketch starts empty in the restored epochs (nothing of theirs is lost)
+            log.info("sketch(es) %s added to data directory %s: empty in the epochs restored from it",
+                     added, self.data_dir)
+            _atomic_write(path, [json.dumps(dict(settings, format=1), indent=1, sort_keys=True).encode()])
 
     def _load_states(self, header: dict, blobs: dict[str, bytes]) -> dict[str, Any]:
         states = {}
