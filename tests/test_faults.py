@@ -485,7 +485,7 @@ def test_undecodable_messages_are_invalid_argument_counted_and_logged_once(tmp_p
 
 
 # ---------------------------------------------------------------------------- fuzzed wire messages
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 COLUMN_FIELDS = ("ts_ns", "src_ip", "dst_ip", "src_port", "dst_port", "proto", "length", "ip_id", "ttl", "tos",
@@ -545,8 +545,10 @@ def _fuzz_one(fuzz_server, raw: bytes) -> None:
     except grpc.RpcError as err:
         assert err.code() in REFUSALS, (err.code(), err.details(), raw[:100])
         accepted = False
+        event(f"refused {err.code().name}")
     after = _state(client)
     if accepted:
+        event("accepted")
         assert after[1] + after[3] == before[1] + before[3] + 1  # one batch, applied or a duplicate
     else:
         assert after == before  # a refusal changes nothing
