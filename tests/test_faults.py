@@ -645,3 +645,23 @@ def test_adding_a_sketch_is_allowed_but_removing_one_is_refused(tmp_path, server
     removed = Server(tmp_path, sketches={"exact2": more["exact2"]}, **config)
     removed.start(expect_failure=True)
     assert removed.proc.returncode == 2 and "sketch 'exact' was configured when it was created" in removed.output()
+
+
+def test_a_failed_checkpoint_keeps_the_log_and_is_counted(tmp_path, servers):
+    """Closing an epoch whose snapshot cannot be written (here a directory sits where its temporary
+    file goes; a full disk does the same): the batch is still acknowledged (it is in the log), the
+    failure is logged and counted, the log is not cut, and kill -9 and restart bring every batch back."""
+    batches = old_batches(6, per_batch=400, epochs=3)
+    srv = start(servers, tmp_path)
+    blocker = srv.data_dir / f"epoch-{OLD_EPOCH:020d}.tsk.tmp"
+    blocker.mkdir()
+    c = srv.client(sender_id="c")
+    for b in batches:
+        c.push_one(b)
+    assert srv.metric("telesketch_checkpoint_failures") >= 1
+    assert "checkpoint after closing an epoch failed" in srv.output()
+    srv.kill()
+    blocker.rmdir()
+    srv.start()
+    assert server_counts(srv.client()) == counts_of(batches)
+    srv.stop()

@@ -37,6 +37,9 @@ class ServiceMetrics:
         self.log_write_failures = Counter(
             "telesketch_log_write_failures", "Batches refused because the write-ahead log write failed (disk full, "
             "I/O error): not applied, the sender retries", registry=r)
+        self.checkpoint_failures = Gauge(
+            "telesketch_checkpoint_failures", "Checkpoints that failed since start (disk full, I/O error); the "
+            "write-ahead log keeps every batch until one succeeds", registry=r)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
 

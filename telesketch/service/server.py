@@ -508,6 +508,7 @@ class Service:
         except BaseException:
             self._shutdown_sketches()  # the shard actors must not outlive a failed start
             raise
+        self.metrics.checkpoint_failures.set_function(lambda: self.manager.checkpoint_failures)
         self.queries = QueryEngine(self.manager, self.metrics.observe_query)
         self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics)
         self.query_pool = ThreadPoolExecutor(2, thread_name_prefix="telesketch-query")
