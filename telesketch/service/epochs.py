@@ -335,7 +335,8 @@ def _settings_difference(recorded: dict, now: dict) -> str | None:
 class EpochManager:
     """Owns the epochs, the sender sequence table and the data directory; every method takes the lock.
 
-    ``apply`` runs on the single sketch worker thread; queries take the same lock and read.
+    ``apply`` runs on the single sketch worker thread; queries take the same lock only to pick
+    their epochs and copy the open epoch's state they read (:mod:`telesketch.service.queries`).
     ``durability`` is one of :data:`DURABILITY_MODES` (``wal_fsync=True`` is the older spelling of
     ``every-batch``); ``settings`` (see :func:`data_dir_settings`) is recorded in, and checked
     against, the data directory; ``max_sequence_jump`` (0: no limit) refuses a sender's sequence
