@@ -577,7 +577,7 @@ def test_the_fuzzed_server_is_alive(fuzz_server):
 def test_a_slow_query_does_not_hold_ingestion_back(tmp_path, monkeypatch):
     """A client polling HeavyHitters cut 8-client ingest to a quarter and raised the worst stream
     latency from 1.1 s to 22 s: each query held the ingest lock while it computed. Here a query is
-    made slow on purpose (2 s inside the sketch's answer); a batch pushed meanwhile must be
+    made slow on purpose (3 s inside the sketch's answer); a batch pushed meanwhile must be
     acknowledged at once, and the query answers from the state it copied."""
     from telesketch.service import sketchset
     from telesketch.service.config import ServiceConfig
@@ -588,7 +588,7 @@ def test_a_slow_query_does_not_hold_ingestion_back(tmp_path, monkeypatch):
 
     def slow_heavy_hitters(*args, **kw):
         in_query.set()
-        time.sleep(2.0)
+        time.sleep(3.0)
         return real(*args, **kw)
 
     monkeypatch.setattr(sketchset, "heavy_hitters", slow_heavy_hitters)
@@ -606,7 +606,7 @@ def test_a_slow_query_does_not_hold_ingestion_back(tmp_path, monkeypatch):
         c.push_one(second)
         pushed_in = time.perf_counter() - t
         query.join()
-        assert pushed_in < 1.0, f"the push waited {pushed_in:.2f} s for the query"
+        assert pushed_in < 1.5, f"the push waited {pushed_in:.2f} s for the query"
         by_source = Counter()
         for key, value in answer[0]:
             by_source[key if isinstance(key, int) else int.from_bytes(key[:4], "big")] += int(value)
