@@ -683,3 +683,18 @@ def test_kill_during_ingest_loses_nothing_acknowledged_in_every_durability_mode(
     c = srv.client(sender_id="c")
     assert c.last_sequence() == 10 and server_counts(c) == counts_of(batches)
     srv.stop()
+
+
+def test_stats_answers_for_an_epoch_that_ends_past_2_64_ns(tmp_path):
+    """A data directory from before timestamps were checked may hold such an epoch; Stats failed
+    with UNKNOWN (epoch end out of range)."""
+    from telesketch.service.config import ServiceConfig
+    from telesketch.service.server import Service
+
+    service = Service(ServiceConfig(data_dir=str(tmp_path / "data"), epoch_seconds=10, sketches=EXACT))
+    try:
+        service.manager.apply(make_batch(10, 2**64 - 2))  # straight to the manager: the RPC would refuse it
+        reply = service.stats_message()
+        assert reply.epochs[-1].end_ns == 2**64 - 1 and reply.packets == 10
+    finally:
+        service.manager.close()

@@ -608,7 +608,9 @@ class Service:
         """Everything ``Stats`` / ``/api/v1/stats`` report, as plain Python."""
         m = self.manager
         with m.lock:
-            epochs = [{"epoch": e.id, "start_ns": e.id * m.epoch_ns, "end_ns": (e.id + 1) * m.epoch_ns,
+            last_ns = (1 << 64) - 1  # an epoch restored from before timestamps were checked may end past 2**64
+            epochs = [{"epoch": e.id, "start_ns": min(e.id * m.epoch_ns, last_ns),
+                       "end_ns": min((e.id + 1) * m.epoch_ns, last_ns),
                        "packets": e.packets, "batches": e.batches, "closed": e.closed} for e in m.epochs()]
             sketches = []
             for cs in self.sketchset.sketches:
