@@ -72,7 +72,7 @@ SETTINGS_FILE = "settings.json"
 #: ``fsync_interval_seconds`` after a write, ``every-batch`` fsyncs before each acknowledgement.
 DURABILITY_MODES = ("none", "interval", "every-batch")
 
-#: errno values of a full disk or quota: refused as RESOURCE_EXHAUSTED (the rest: UNAVAILABLE).
+#: errno values of a full disk or quota (named "disk full" in the refusal).
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
@@ -91,7 +91,7 @@ class DataDirInUseError(OSError):
 
 class LogWriteError(OSError):
     """Writing a batch to the log failed: nothing was applied, the sender should retry.
-    ``space`` is true for a full disk or quota (RESOURCE_EXHAUSTED), else UNAVAILABLE."""
+    ``space`` is true for a full disk or quota. The service answers UNAVAILABLE either way."""
 
     def __init__(self, message: str, space: bool):
         super().__init__(message)
@@ -596,8 +596,9 @@ class EpochManager:
                 except OSError:
                     pass  # cut again before the next write
                 self.log_write_failures += 1
-                raise LogWriteError(f"writing the batch to the write-ahead log failed ({exc.strerror or exc}); "
-                                    f"nothing was applied: retry", space=exc.errno in _SPACE_ERRNOS) from None
+                space = exc.errno in _SPACE_ERRNOS
+                raise LogWriteError(f"writing the batch to the write-ahead log failed ({'disk full: ' if space else ''}"
+                                    f"{exc.strerror or exc}); nothing was applied: retry", space=space) from None
             self._wal_size += len(record)
             self._unsynced = self.durability != "every-batch"
         self.lsn = lsn

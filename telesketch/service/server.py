@@ -15,7 +15,8 @@ Refusals change nothing and are counted in ``telesketch_batches_rejected{reason=
 (not a ``PacketBatch``; logged once per peer per minute, no traceback), ``invalid``, ``oversized``,
 ``future_timestamp`` (stamped more than ``max_future_skew_seconds`` ahead of the server clock),
 ``too_many_epochs``, ``sequence_jump``, ``unauthenticated``, ``admin_denied``. A batch whose log
-write fails is not applied and answers RESOURCE_EXHAUSTED (disk full) or UNAVAILABLE: retry.
+write fails is not applied and answers UNAVAILABLE with the reason (e.g. disk full): retryable, as
+clients such as ``telesketch replay`` treat it (RESOURCE_EXHAUSTED means an oversized batch: not retried).
 
 Roles: with ``token`` set every RPC but health needs it (or the admin token); Admin calls need
 ``admin_token`` when one is set, else they are served to loopback peers only. Tokens are compared
@@ -278,8 +279,7 @@ async def _result(future: asyncio.Future, context, metrics: ServiceMetrics) -> A
         await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
     except LogWriteError as exc:  # not applied, not acknowledged: the sender's retry applies it once
         metrics.log_write_failures.inc()
-        code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.space else grpc.StatusCode.UNAVAILABLE
-        await context.abort(code, str(exc))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     except Exception as exc:  # noqa: BLE001
         retry_later = isinstance(exc, StateUnavailableError)  # not acknowledged: the sender retries
         code = grpc.StatusCode.UNAVAILABLE if retry_later else grpc.StatusCode.INTERNAL
