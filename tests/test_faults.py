@@ -699,3 +699,37 @@ def test_stats_answers_for_an_epoch_that_ends_past_2_64_ns(tmp_path):
         assert reply.epochs[-1].end_ns == 2**64 - 1 and reply.packets == 10
     finally:
         service.manager.close()
+
+
+def test_telesketch_replay_rides_out_a_full_disk(tmp_path, servers):
+    """The replay client retries UNAVAILABLE: a disk that fills mid-replay and frees up again costs
+    retries, not packets; every flow's count matches the capture."""
+    from telesketch.replay import ReplayOptions, replay
+    from telesketch.traces import generate_capture, read_capture
+
+    capture = tmp_path / "capture.pcap"
+    generate_capture(capture, packets=20_000, flows=500, duration_s=1.0, seed=4)
+    sent = list(read_capture(capture, batch_size=1000))
+    record = len(sent[0].to_message(sender_id="r", sequence=1).SerializeToString()) + 16
+    srv = start(servers, tmp_path, epoch_seconds=10, fsize_limit=20 + int(record * 5.5))
+    done = threading.Event()
+
+    def free_space_after_the_first_failure():
+        while not done.is_set():
+            if srv.metric("telesketch_log_write_failures_total") >= 1:
+                time.sleep(0.3)
+                resource.prlimit(srv.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=free_space_after_the_first_failure)
+    watcher.start()
+    try:
+        summary = replay([capture], ReplayOptions(f"127.0.0.1:{srv.port}", batch_size=1000, sender_id="r",
+                                                  retries=40, backoff_s=0.05, max_backoff_s=0.2))
+    finally:
+        done.set()
+        watcher.join()
+    assert summary.error is None and summary.packets_rejected == 0 and summary.retries >= 1
+    assert summary.packets_applied == 20_000
+    assert server_counts(srv.client()) == counts_of(sent)
