@@ -428,11 +428,36 @@ def test_admin_calls_need_the_admin_token_and_cannot_push_the_open_epoch_ahead(t
     assert srv.metric("telesketch_batches_rejected_total", reason="admin_denied") == 1
 
 
-def test_admin_without_a_configured_admin_token_is_loopback_only():
+def _non_loopback_address() -> str | None:
+    """An IPv4 address of this machine other than loopback (None when it has none)."""
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the outgoing address
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+def test_admin_without_a_configured_admin_token_is_loopback_only(tmp_path, servers):
     from telesketch.service.server import is_loopback_peer
 
     assert is_loopback_peer("ipv4:127.0.0.1:5000") and is_loopback_peer("ipv6:[::1]:5000")
     assert not is_loopback_peer("ipv4:10.1.2.3:5000") and not is_loopback_peer("ipv6:[2001:db8::1]:80")
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    srv = start(servers, tmp_path, grpc_address="0.0.0.0:0")
+    srv.client(sender_id="c").push_one(old_batches(1)[0])
+    remote = Client(f"{address}:{srv.port}", timeout=10)
+    err = rpc_error(lambda: remote.rotate_epoch())
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "admin_token" in err.details()
+    assert remote.stats()["packets"] == "500"  # queries and ingest stay open; only Admin is loopback-only
+    assert srv.client().rotate_epoch()[0]  # from loopback it is served
 
 
 def test_a_token_without_tls_off_loopback_is_warned_about(tmp_path, servers):
