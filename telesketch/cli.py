@@ -344,9 +344,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {"grpc_address": args.grpc_address, "http_address": args.http_address, "data_dir": args.data_dir,
                  "epoch_seconds": args.epoch_seconds, "keep_epochs": args.keep_epochs, "token": args.token,
                  "tls_cert": args.tls_cert, "tls_key": args.tls_key, "wal": False if args.no_wal else None,
-                 "shards": args.shards, "ray_address": args.ray_address, "device": args.device}
+                 "shards": args.shards, "ray_address": args.ray_address, "device": args.device,
+                 "durability": args.durability, "recover": True if args.recover else None,
+                 "admin_token": args.admin_token}
     if args.token_file:
         overrides["token"] = Path(args.token_file).read_text().strip()
+    if args.admin_token_file:
+        overrides["admin_token"] = Path(args.admin_token_file).read_text().strip()
     config = load_config(args.config, overrides)
 
     def ready(service):
@@ -452,6 +456,12 @@ def _add_service_commands(sub) -> None:
     serve.add_argument("--tls-cert", help="PEM certificate chain: gRPC and HTTP speak TLS only (with --tls-key)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--no-wal", action="store_true", help="no write-ahead log (a crash loses the open epoch)")
+    serve.add_argument("--durability", choices=["none", "interval", "every-batch"],
+                       help="when the log is fsynced (default every-batch; see README, Durability)")
+    serve.add_argument("--recover", action="store_true",
+                       help="start from a damaged data directory: keep what is intact, log exactly what is dropped")
+    serve.add_argument("--admin-token", help="require this token for Admin calls (default: Admin from loopback only)")
+    serve.add_argument("--admin-token-file", help="read the admin token from a file")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="logging threshold on stderr (default info)")
     serve.set_defaults(func=cmd_serve)

@@ -21,6 +21,10 @@ from telesketch.packets import PacketBatch
 from telesketch.v1 import service_pb2, service_pb2_grpc
 
 
+#: Sequence numbers are uint64 on the wire.
+MAX_SEQUENCE = (1 << 64) - 1
+
+
 @dataclass(frozen=True)
 class Ack:
     sender_id: str
@@ -62,7 +66,10 @@ def _fields(message, cls):
 class Client:
     """A synchronous gRPC client. ``token``: bearer token; ``root_certificates``: PEM bytes for TLS
     (``tls=True`` with none uses the system roots). ``sender_id`` enables idempotent retries:
-    sequence numbers continue from the server's last applied one (``Ingest.Resume``)."""
+    sequence numbers continue from the server's last applied one (``Ingest.Resume``). Without a
+    ``sender_id`` a batch has no identity: a retry after DEADLINE_EXCEEDED (the first try may have
+    been applied) counts it twice, so give every collector a ``sender_id``. Admin calls need a
+    client made with the server's admin token (or, with none configured, a loopback connection)."""
 
     def __init__(self, target: str, *, sender_id: str = "", token: str = "", tls: bool = False,
                  root_certificates: bytes | None = None, timeout: float = 60.0,
@@ -83,13 +90,20 @@ class Client:
 
     # ------------------------------------------------------------------ ingest
     def _sequence(self, sequence: int | None) -> int:
+        """The sequence for the next batch: the given one, else one past the last (asked of the
+        server once). ``OverflowError`` (nothing sent) when it would not fit in 64 bits."""
         if not self.sender_id:
             return 0 if sequence is None else sequence
         if sequence is not None:
+            if not 0 < sequence <= MAX_SEQUENCE:
+                raise OverflowError(f"sequence {sequence} is outside 1..{MAX_SEQUENCE}")
             self._next_sequence = sequence + 1
             return sequence
         if self._next_sequence is None:
             self._next_sequence = self.last_sequence() + 1
+        if self._next_sequence > MAX_SEQUENCE:
+            raise OverflowError(f"sender {self.sender_id!r} has used every 64-bit sequence number; "
+                                f"use a new sender_id")
         self._next_sequence += 1
         return self._next_sequence - 1
 

@@ -343,7 +343,7 @@ def _reader(files, opts: ReplayOptions, out: queue.Queue, stop: threading.Event,
             if p == 1:
                 shift = (hi_ts - lo_ts + 1000) if lo_ts is not None else 0
             for i, path in enumerate(files):
-                stats, first, ts0, file_end = ReadStats(), 0, None, file_start
+                stats, first, ts0, file_end, done_after = ReadStats(), 0, None, file_start, 0.0
                 file_shift = None
                 for batch in read_capture(path, batch_size=opts.batch_size, stats=stats):
                     if stop.is_set():

@@ -57,9 +57,17 @@ class ServiceConfig:
     queue_batches: int = 8                  #: batches admitted but not yet applied (backpressure)
     max_message_bytes: int = 64 << 20       #: gRPC receive limit; larger: RESOURCE_EXHAUSTED
     max_batch_packets: int = 1 << 20        #: packets per batch; more: RESOURCE_EXHAUSTED
-    wal: bool = True                        #: log applied batches before acking (restart loses nothing)
-    wal_fsync: bool = False                 #: fsync the log before each ack (survives power loss too)
+    wal: bool = True                        #: log each batch before applying and acking it (restart loses nothing)
+    durability: str = "every-batch"         #: log fsync: "none", "interval" or "every-batch" (see epochs.DURABILITY_MODES)
+    fsync_interval_seconds: float = 1.0     #: with durability = "interval": fsync at most this long after a write
+    wal_fsync: bool = False                 #: older spelling of durability = "every-batch"
+    recover: bool = False                   #: start from a damaged data directory, logging every loss
+    max_future_skew_seconds: float = 300.0  #: packets stamped further ahead of the server clock: batch refused
+    max_epochs_per_batch: int = 256         #: a batch spanning more epochs is refused
+    max_sequence_jump: int = 1_000_000      #: a sender's sequence may run at most this far past its last one
+    sender_ttl_seconds: float = 7 * 86400.0  #: a sender idle this long leaves the sequence table (0 = never)
     token: str = ""                         #: bearer token required on every RPC except health ("" = none)
+    admin_token: str = ""                   #: token for Admin calls ("" = Admin only from loopback peers)
     tls_cert: str = ""                      #: PEM certificate chain; with tls_key enables TLS
     tls_key: str = ""
     shards: int = 1                         #: >1: the open epoch's sketches on this many Ray actors
@@ -73,13 +81,26 @@ class ServiceConfig:
         """Raise :class:`ConfigError` naming the first bad value; returns self."""
         if not self.epoch_seconds > 0:
             raise ConfigError(f"epoch_seconds must be positive, got {self.epoch_seconds}")
-        for name in ("keep_epochs", "queue_batches", "max_message_bytes", "max_batch_packets", "shards"):
+        for name in ("keep_epochs", "queue_batches", "max_message_bytes", "max_batch_packets", "shards",
+                     "max_epochs_per_batch", "max_sequence_jump"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(self.sketch_threads, bool) or not isinstance(self.sketch_threads, int) or self.sketch_threads < 0:
             raise ConfigError(f"sketch_threads must be a non-negative integer (0 = the available cores), "
                               f"got {self.sketch_threads!r}")
+
+        for name in ("fsync_interval_seconds", "max_future_skew_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.sender_ttl_seconds >= 0:
+            raise ConfigError(f"sender_ttl_seconds must be >= 0, got {self.sender_ttl_seconds}")
+        from telesketch.service.epochs import DURABILITY_MODES
+
+        if self.durability not in DURABILITY_MODES:
+            raise ConfigError(f"durability must be one of {', '.join(DURABILITY_MODES)}, got {self.durability!r}")
+        if self.admin_token and self.admin_token == self.token:
+            raise ConfigError("admin_token must differ from token (the ingest token must not grant Admin calls)")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("TLS needs both tls_cert and tls_key")
         for addr_name in ("grpc_address", "http_address"):
@@ -118,6 +139,11 @@ class ServiceConfig:
     @property
     def epoch_ns(self) -> int:
         return int(round(self.epoch_seconds * 1e9))
+
+    @property
+    def durability_mode(self) -> str:
+        """The log's durability mode (``wal_fsync = true`` is the older spelling of every-batch)."""
+        return "every-batch" if self.wal_fsync else self.durability
 
 
 def _server_keys() -> set[str]:

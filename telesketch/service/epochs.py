@@ -1,30 +1,45 @@
 """Epochs: tumbling windows by packet timestamp, retention, snapshots, checkpoint and write-ahead log.
 
 Epoch ``e`` holds the packets with ``e * epoch_ns <= ts_ns < (e + 1) * epoch_ns``. One epoch is
-open; packets of a later epoch close it (it is snapshotted) and open theirs; packets of an earlier
-epoch than the open one are *late*: counted, reported in the ack, not applied. A batch that spans
-epochs is applied epoch by epoch in ascending order (each part keeps arrival order).
+open; packets of a later epoch close it and open theirs; packets of an earlier epoch than the open
+one are *late*: counted, reported in the ack, not applied. A batch that spans epochs is applied
+epoch by epoch in ascending order (each part keeps arrival order).
 
-Durability (data directory):
+Durability (data directory). The rule is *log first, then apply, then acknowledge*:
 
-* ``epoch-<id>.tsk``: a closed epoch, written atomically (temporary file, fsync, rename, fsync of
-  the directory) when it closes; the last ``keep_epochs`` are kept.
-* ``open.tsk``: checkpoint of the open epoch (sketch states, counters, each sender's last applied
-  sequence), written after every rotation, on ``Admin.Snapshot`` and on shutdown.
-* ``wal.log``: every batch applied since the checkpoint (length-prefixed ``PacketBatch`` messages),
-  appended before the batch is acknowledged (``fsync`` too with ``wal_fsync``); truncated at each
-  checkpoint. Restart = closed epochs + checkpoint + replay of the log, so a restart (even after
-  ``kill -9``) loses nothing that was acknowledged. With ``wal = false`` only closed epochs and
-  the last checkpoint survive a crash.
+* ``wal.log``: the write-ahead log. A 20-byte file header (``TSKWAL2\n``, the checkpoint LSN the
+  log starts after, CRC32C) and then one record per accepted batch: ``u32 length, u32 CRC32C of
+  (lsn + payload), u64 lsn`` and the serialised ``PacketBatch``. A batch is logged *before* it
+  touches any sketch: a failed write (disk full) is cut back off the log, applies nothing and is
+  refused with :class:`LogWriteError` (the sender retries; its retry applies once). How often the
+  log is forced to disk is the durability mode (:data:`DURABILITY_MODES`).
+* ``epoch-<id>.tsk``: a closed epoch; ``open.tsk``: the checkpoint of the open epoch (sketch
+  states, counters, each sender's last sequence, the last LSN it covers) and the *manifest*: the
+  closed epochs that must exist, with their packet counts. Every snapshot carries a CRC32C of its
+  header and of each sketch blob, so a missing, truncated or flipped file is refused by name.
+* A checkpoint (after a rotation, on ``Admin.Snapshot``, at shutdown) writes the closed epochs not
+  yet on disk, then ``open.tsk`` (each atomically: temporary file, fsync, rename, directory fsync),
+  and only then starts a fresh log. A failed checkpoint keeps the log, which still holds every
+  batch since the last good one. Closed epochs evicted before they were ever written cost nothing.
+* ``settings.json``: the settings that shape the directory (epoch length, sketches and their
+  parameters, shards). A start with different settings is refused, naming the setting; only
+  adding a sketch is allowed (it starts empty in the restored epochs).
 
-Closed-epoch files whose id is at or above the checkpoint's open epoch come from a rotation whose
-checkpoint did not complete; they are ignored on load and rebuilt by the log replay.
+Start-up = settings check, closed epochs named by the manifest, checkpoint, replay of the log
+records after the checkpoint's LSN. A torn last record (a write cut short by a crash: never
+acknowledged) is cut with one warning naming offset and bytes. Any other damage (a record that
+fails its checksum with intact records after it, a missing or damaged snapshot, a deleted
+checkpoint) refuses to start with :class:`DataDirError`, one line naming the file and offset;
+``recover=True`` (``telesketch serve --recover``) keeps what precedes the damage, copies the
+damaged log aside and logs exactly what was dropped.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import shutil
 import struct
 import threading
 import time
@@ -33,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import crc32c
 import numpy as np
 
 from telesketch.packets import PacketBatch
@@ -40,17 +56,56 @@ from telesketch.service.sketchset import SketchSet
 
 log = logging.getLogger("telesketch.service")
 
-MAGIC = b"TSKE"
-FORMAT = 1
+MAGIC_V1 = b"TSKE"   # format 1 snapshots: no checksums (still read)
+MAGIC = b"TSK2"      # format 2: header CRC32C, a CRC32C per sketch blob
+FORMAT = 2
 _LEN = struct.Struct("<I")
+_SNAP_HEAD = struct.Struct("<4sII")          # magic, header length, header crc32c
+WAL_MAGIC = b"TSKWAL2\n"
+_WAL_HEAD = struct.Struct("<8sQI")           # magic, base lsn, crc32c of (magic + base lsn)
+_REC = struct.Struct("<IIQ")                 # payload length, crc32c(lsn + payload), lsn
+SETTINGS_FILE = "settings.json"
+
+#: Durability modes of the write-ahead log. Every mode logs a batch before acknowledging it, so
+#: a killed server (``kill -9``) loses nothing in any mode; they differ on power loss / OS crash:
+#: ``none`` never fsyncs (the OS writes back, typically within 30 s), ``interval`` fsyncs at most
+#: ``fsync_interval_seconds`` after a write, ``every-batch`` fsyncs before each acknowledgement.
+DURABILITY_MODES = ("none", "interval", "every-batch")
+
+#: errno values of a full disk or quota (named "disk full" in the refusal).
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 class SnapshotError(ValueError):
-    """A snapshot file is not one this server wrote (bad magic, format, truncated)."""
+    """A snapshot file is not one this server wrote intact (bad magic, format, checksum, truncated)."""
+
+
+class DataDirError(ValueError):
+    """The data directory is damaged or was made with other settings; the server refuses to start.
+    The message is one line naming the file (and offset) and what to do."""
 
 
 class DataDirInUseError(OSError):
     """Another running server holds the data directory (two writers would corrupt its log)."""
+
+
+class LogWriteError(OSError):
+    """Writing a batch to the log failed: nothing was applied, the sender should retry.
+    ``space`` is true for a full disk or quota. The service answers UNAVAILABLE either way."""
+
+    def __init__(self, message: str, space: bool):
+        super().__init__(message)
+        self.space = space
+
+
+class BatchRejected(Exception):
+    """A batch refused as a whole before anything is logged or applied: ``code`` is the gRPC
+    status name, ``reason`` the ``telesketch_batches_rejected`` label."""
+
+    def __init__(self, code: str, reason: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
 
 
 def _lock_data_dir(data_dir: Path):
@@ -106,39 +161,79 @@ class Counters:
     duplicate_batches: int = 0
 
 
-def _atomic_write(path: Path, chunks: list[bytes]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
+def _atomic_write(path: Path, chunks: list[bytes]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep the partial file's space
+        raise
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 def _encode(header: dict, blobs: dict[str, bytes]) -> list[bytes]:
-    header = dict(header, format=FORMAT, sketches=[[name, len(b)] for name, b in blobs.items()])
+    header = dict(header, format=FORMAT,
+                  sketches=[[name, len(b), crc32c.crc32c(b)] for name, b in blobs.items()])
     raw = json.dumps(header, sort_keys=True).encode()
-    return [MAGIC, _LEN.pack(len(raw)), raw, *blobs.values()]
+    return [_SNAP_HEAD.pack(MAGIC, len(raw), crc32c.crc32c(raw)), raw, *blobs.values()]
 
 
 def read_snapshot(path: Path) -> tuple[dict, dict[str, bytes]]:
-    """``(header, {sketch name: state bytes})`` of a snapshot file; :class:`SnapshotError` if bad."""
-    data = path.read_bytes()
-    if data[:4] != MAGIC or len(data) < 8:
-        raise SnapshotError(f"{path} is not a telesketch epoch snapshot")
+    """``(header, {sketch name: state bytes})`` of a snapshot file, every checksum verified;
+    :class:`SnapshotError` (naming the file and what is wrong) if it is not intact."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SnapshotError(f"{path} is missing") from None
+    if data[:4] == MAGIC_V1 and len(data) >= 8:
+        return _read_snapshot_v1(path, data)
+    if data[:4] != MAGIC or len(data) < _SNAP_HEAD.size:
+        raise SnapshotError(f"{path} is not a telesketch epoch snapshot ({len(data)} bytes)")
+    _, hlen, hcrc = _SNAP_HEAD.unpack_from(data)
+    start = _SNAP_HEAD.size
+    raw = data[start : start + hlen]
+    if len(raw) < hlen:
+        raise SnapshotError(f"{path}: truncated in the header ({len(data)} bytes)")
+    if crc32c.crc32c(raw) != hcrc:
+        raise SnapshotError(f"{path}: header checksum mismatch (offset {start})")
+    header = json.loads(raw)
+    if header.get("format") != FORMAT:
+        raise SnapshotError(f"{path}: snapshot format {header.get('format')!r}, expected {FORMAT}")
+    blobs, offset = {}, start + hlen
+    for name, size, crc in header["sketches"]:
+        if offset + size > len(data):
+            raise SnapshotError(f"{path}: truncated in sketch {name!r} (offset {offset}, {len(data)} bytes)")
+        blob = data[offset : offset + size]
+        if crc32c.crc32c(blob) != crc:
+            raise SnapshotError(f"{path}: checksum mismatch in sketch {name!r} (offset {offset})")
+        blobs[name] = blob
+        offset += size
+    if offset != len(data):
+        raise SnapshotError(f"{path}: {len(data) - offset} unexpected bytes after the last sketch (offset {offset})")
+    return header, blobs
+
+
+def _read_snapshot_v1(path: Path, data: bytes) -> tuple[dict, dict[str, bytes]]:
     (hlen,) = _LEN.unpack_from(data, 4)
     try:
         header = json.loads(data[8 : 8 + hlen])
     except ValueError as exc:
         raise SnapshotError(f"{path}: corrupt header ({exc})") from None
-    if header.get("format") != FORMAT:
-        raise SnapshotError(f"{path}: snapshot format {header.get('format')!r}, expected {FORMAT}")
+    if header.get("format") != 1:
+        raise SnapshotError(f"{path}: snapshot format {header.get('format')!r}, expected 1")
     blobs, offset = {}, 8 + hlen
     for name, size in header["sketches"]:
         if offset + size > len(data):
@@ -148,58 +243,228 @@ def read_snapshot(path: Path) -> tuple[dict, dict[str, bytes]]:
     return header, blobs
 
 
-class EpochManager:
-    """Owns the epochs and the sender sequence table; every method takes the lock.
+def _epoch_file(epoch: int) -> str:
+    return f"epoch-{epoch:020d}.tsk"
 
-    ``apply`` runs on the single sketch worker thread; queries take the same lock and read.
+
+def _wal_header(base_lsn: int) -> bytes:
+    head = WAL_MAGIC + struct.pack("<Q", base_lsn)
+    return head + _LEN.pack(crc32c.crc32c(head))
+
+
+def _record(lsn: int, payload: bytes) -> bytes:
+    lsn_bytes = struct.pack("<Q", lsn)
+    return struct.pack("<II", len(payload), crc32c.crc32c(payload, crc32c.crc32c(lsn_bytes))) + lsn_bytes + payload
+
+
+def _record_at(data, offset: int, limit: int):
+    """``(lsn, payload)`` of an intact record at ``offset``, else None (bad length or checksum)."""
+    if offset + _REC.size > len(data):
+        return None
+    size, crc, lsn = _REC.unpack_from(data, offset)
+    end = offset + _REC.size + size
+    if size > limit or end > len(data):
+        return None
+    payload = data[offset + _REC.size : end]
+    if crc32c.crc32c(payload, crc32c.crc32c(data[offset + 8 : offset + 16])) != crc:
+        return None
+    return lsn, payload
+
+
+def _intact_after(data, start: int, limit: int, after_lsn: int) -> list[tuple[int, int, bytes]]:
+    """Intact records anywhere after ``start`` (``[(offset, lsn, payload)]``), so damage in a
+    length field cannot hide the good records behind it. Candidates are the offsets whose LSN
+    field holds a plausible value (``after_lsn`` < lsn <= ``after_lsn`` + records that could
+    fit), found with numpy in 8 passes (one per alignment); each is checked by its checksum."""
+    found = []
+    if len(data) - start < _REC.size:
+        return found
+    lo, hi = after_lsn, after_lsn + len(data) // _REC.size + 1
+    candidates = []
+    for align in range(8):
+        first = start + 8 + align  # the LSN field sits 8 bytes into a record
+        count = (len(data) - first) // 8
+        if count <= 0:
+            continue
+        values = np.frombuffer(data, dtype="<u8", count=count, offset=first)
+        hits = np.flatnonzero((values > lo) & (values <= hi))
+        candidates.append(first - 8 + hits * 8)
+    if not candidates:
+        return found
+    pos_list = np.unique(np.concatenate(candidates)).tolist()
+    next_free = start
+    for pos in pos_list:
+        if pos < next_free:
+            continue
+        while True:
+            rec = _record_at(data, pos, limit)
+            if rec is None:
+                break
+            found.append((pos, rec[0], bytes(rec[1])))
+            pos += _REC.size + len(rec[1])
+            next_free = pos
+    return found
+
+
+def data_dir_settings(epoch_ns: int, sketches: dict, shards: int) -> dict:
+    """The settings that shape a data directory (recorded in ``settings.json``)."""
+    return {"epoch_ns": int(epoch_ns), "sketches": json.loads(json.dumps(sketches, sort_keys=True)),
+            "shards": int(shards)}
+
+
+def _settings_difference(recorded: dict, now: dict) -> str | None:
+    """The first setting that differs, as words, or None."""
+    if recorded.get("epoch_ns") != now["epoch_ns"]:
+        return (f"epoch_seconds was {recorded.get('epoch_ns', 0) / 1e9:g} when it was created "
+                f"(now {now['epoch_ns'] / 1e9:g})")
+    if recorded.get("shards") != now["shards"]:
+        return f"shards was {recorded.get('shards')} when it was created (now {now['shards']})"
+    old, new = recorded.get("sketches", {}), now["sketches"]
+    removed = sorted(set(old) - set(new))
+    if removed:  # its retained epochs would be dropped at the next checkpoint
+        return (f"sketch {removed[0]!r} was configured when it was created and is missing now "
+                f"(sketches then: {sorted(old)}, now: {sorted(new)})")
+    for name in sorted(old):
+        for key in sorted(set(old[name]) | set(new[name])):
+            if old[name].get(key) != new[name].get(key):
+                return (f"sketch {name!r} setting {key!r} was {old[name].get(key)!r} when it was created "
+                        f"(now {new[name].get(key)!r})")
+    return None
+
+
+class EpochManager:
+    """Owns the epochs, the sender sequence table and the data directory; every method takes the lock.
+
+    ``apply`` runs on the single sketch worker thread; queries take the same lock only to pick
+    their epochs and copy the open epoch's state they read (:mod:`telesketch.service.queries`).
+    ``durability`` is one of :data:`DURABILITY_MODES` (``wal_fsync=True`` is the older spelling of
+    ``every-batch``); ``settings`` (see :func:`data_dir_settings`) is recorded in, and checked
+    against, the data directory; ``max_sequence_jump`` (0: no limit) refuses a sender's sequence
+    that jumps further past its last applied one; ``recover`` starts from a damaged directory,
+    keeping what is intact and logging every loss (:attr:`recovered` lists them);
+    ``sender_ttl_seconds`` (0: never) drops a sender from the sequence table at a checkpoint once it
+    has sent nothing for that long (a retry older than that would be applied again).
     """
 
     def __init__(self, sketchset: SketchSet, epoch_ns: int, keep_epochs: int, data_dir: str | Path | None,
-                 wal: bool = True, wal_fsync: bool = False):
+                 wal: bool = True, wal_fsync: bool = False, *, durability: str | None = None,
+                 fsync_interval_seconds: float = 1.0, settings: dict | None = None, max_sequence_jump: int = 0,
+                 recover: bool = False, max_record_bytes: int = 1 << 30, sender_ttl_seconds: float = 0.0):
         self.sketchset = sketchset
         self.epoch_ns = int(epoch_ns)
         self.keep_epochs = int(keep_epochs)
         self.data_dir = Path(data_dir) if data_dir else None
         self.wal_enabled = bool(wal) and self.data_dir is not None
-        self.wal_fsync = wal_fsync
+        self.durability = durability or ("every-batch" if wal_fsync else "interval")
+        if self.durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY_MODES)}; got {self.durability!r}")
+        self.fsync_interval_seconds = float(fsync_interval_seconds)
+        self.max_sequence_jump = int(max_sequence_jump)
+        self.recover = bool(recover)
+        self.max_record_bytes = int(max_record_bytes)
         self.lock = threading.RLock()
         self.open: Epoch | None = None
         self.closed: OrderedDict[int, Epoch] = OrderedDict()
         self.senders: dict[str, int] = {}
+        self.sender_seen: dict[str, float] = {}  #: wall-clock time of each sender's last batch
+        self.sender_ttl_seconds = float(sender_ttl_seconds)
         self.counters = Counters()
-        self._wal = None
+        self.lsn = 0                       #: log sequence number of the last batch applied
+        self.recovered: list[str] = []     #: what a ``recover`` start dropped, one line each
+        self.log_write_failures = 0
+        self.checkpoint_failures = 0
+        self._unlogged: dict[str, int] = {}  # sender -> the sequence whose log write failed (resend it first)
+        self._unsaved: set[int] = set()    # closed epochs not yet written
+        self._doomed: set[int] = set()     # evicted epochs whose files go after the next checkpoint
+        self._wal_fd: int | None = None
+        self._wal_size = 0
+        self._wal_dirty = False            # a failed write may have left bytes past _wal_size
+        self._unsynced = False
+        self._io = threading.Lock()        # the log's file descriptor (worker vs. interval fsync)
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
         self._replaying = False
         self._replayed = 0
+        self._rewrite_log = False
         self._lock = None
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._lock = _lock_data_dir(self.data_dir)
             try:
+                if settings is not None:
+                    self._check_settings(settings)
                 self._load()
                 if self.wal_enabled:
-                    self._wal = open(self.data_dir / "wal.log", "ab")
-                if self._replayed:
-                    self.checkpoint()  # folds the replayed batches into open.tsk, empties the log
+                    if self._replayed or self._rewrite_log or not (self.data_dir / "wal.log").exists():
+                        if self.open is not None:
+                            self.checkpoint()  # folds the replayed batches into open.tsk, starts a fresh log
+                        else:
+                            self._new_log(self.lsn)
+                    else:
+                        self._open_log()
+                    if self.durability == "interval":
+                        self._syncer = threading.Thread(target=self._sync_loop, name="telesketch-wal-fsync",
+                                                        daemon=True)
+                        self._syncer.start()
             except BaseException:
                 self._release()
                 raise
 
     def _release(self) -> None:
-        if self._wal is not None:
-            self._wal.close()
-            self._wal = None
+        self._stop.set()
+        if self._syncer is not None:
+            self._syncer.join(timeout=10)
+            self._syncer = None
+        with self._io:
+            if self._wal_fd is not None:
+                try:
+                    if self._unsynced and self.durability != "none":
+                        os.fsync(self._wal_fd)
+                except OSError as exc:
+                    log.error("fsync of the write-ahead log at shutdown failed: %s", exc.strerror)
+                os.close(self._wal_fd)
+                self._wal_fd = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None
 
     # ------------------------------------------------------------------ ingest
     def apply(self, batch: PacketBatch, sender_id: str = "", sequence: int = 0, raw: bytes | None = None) -> ApplyResult:
-        """Apply a validated batch (dedup by sender sequence, split by epoch, log, checkpoint)."""
+        """Apply a validated batch: dedup by sender sequence, log it, then split it by epoch and
+        update the sketches, checkpointing after a rotation. Raises :class:`BatchRejected` (a
+        sequence jump) or :class:`LogWriteError` (the log write failed) with nothing changed."""
         with self.lock:
             n = len(batch)
-            if sender_id and sequence <= self.senders.get(sender_id, 0):
+            last = self.senders.get(sender_id, 0) if sender_id else 0
+            if sender_id and sequence <= last:
                 self.counters.duplicate_batches += 1
                 return ApplyResult(sender_id, sequence, True, n, 0, 0, self._open_id())
+            if (sender_id and self.max_sequence_jump and not self._replaying
+                    and sequence - last > self.max_sequence_jump):
+                raise BatchRejected(
+                    "FAILED_PRECONDITION", "sequence_jump",
+                    f"sender {sender_id!r}: sequence {sequence} is {sequence - last} past the last applied one "
+                    f"({last}); at most {self.max_sequence_jump} ahead is accepted (max_sequence_jump). "
+                    f"Continue from Resume's last_sequence + 1")
+            if not self._replaying:
+                pending = self._unlogged.get(sender_id) if sender_id else None
+                if pending is not None and sequence > pending:
+                    # applying it would move the sender past the batch that failed, and that batch's
+                    # retry would then be taken for a duplicate: lost. The sender resends it first.
+                    raise LogWriteError(f"sender {sender_id!r}: batch {pending} failed to reach the write-ahead log "
+                                        f"and was not applied; resend from sequence {pending}", space=False)
+                if self._wal_fd is not None:
+                    try:
+                        self._log(raw if raw is not None
+                                  else batch.to_message(sender_id=sender_id, sequence=sequence).SerializeToString())
+                    except LogWriteError:
+                        if sender_id:
+                            self._unlogged[sender_id] = min(sequence, pending or sequence)
+                        raise
+                else:
+                    self.lsn += 1
+                if pending is not None and sequence == pending:
+                    del self._unlogged[sender_id]
             rotated = False
             late = 0
             if n:
@@ -214,22 +479,42 @@ class EpochManager:
                         rotated |= self._rotate_to(lo)
                         self._update(batch)
                 else:
-                    late = int(np.count_nonzero(eids < np.uint64(self.open.id)))
-                    for eid in np.unique(eids[eids >= np.uint64(self.open.id)]).tolist():
-                        rotated |= self._rotate_to(eid)
-                        self._update(batch[eids == np.uint64(eid)])
+                    late, rotated = self._apply_spanning(batch, eids)
             if self.open is not None:
                 self.open.batches += 1
             if sender_id:
                 self.senders[sender_id] = sequence
+                self.sender_seen[sender_id] = time.time()
             self.counters.batches += 1
             self.counters.packets += n - late
             self.counters.late_packets += late
-            if self._wal is not None and not self._replaying:
-                self._log(batch, sender_id, sequence, raw)
             if rotated and not self._replaying:
-                self.checkpoint()
+                try:
+                    self.checkpoint()
+                except (OSError, SnapshotError) as exc:  # the log still holds every batch: nothing is lost
+                    self.checkpoint_failures += 1
+                    log.error("checkpoint after closing an epoch failed (%s); the write-ahead log keeps the "
+                              "batches and the next checkpoint retries", exc)
             return ApplyResult(sender_id, sequence, False, n, n - late, late, self._open_id())
+
+    def _apply_spanning(self, batch: PacketBatch, eids: np.ndarray) -> tuple[int, bool]:
+        """A batch over several epochs: the late part counted, the rest applied epoch by epoch in
+        ascending order (arrival order kept within each), one grouping pass, no per-epoch mask."""
+        keep = eids >= np.uint64(self.open.id)
+        late = len(batch) - int(np.count_nonzero(keep))
+        if late:
+            batch, eids = batch[keep], eids[keep]
+        if len(eids) > 1 and not bool(np.all(eids[1:] >= eids[:-1])):
+            order = np.argsort(eids, kind="stable")
+            batch, eids = batch[order], eids[order]
+        bounds = [0, *(np.flatnonzero(eids[1:] != eids[:-1]) + 1).tolist(), len(eids)]
+        rotated = False
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            if start == end:
+                continue
+            rotated |= self._rotate_to(int(eids[start]))
+            self._update(batch[start:end])
+        return late, rotated
 
     def _open_id(self) -> int:
         return self.open.id if self.open is not None else 0
@@ -248,27 +533,106 @@ class EpochManager:
         return True
 
     def _close_open(self, next_epoch: int) -> None:
+        """Close the open epoch in memory; its file is written by the next checkpoint (so a batch
+        over many epochs writes only the ones still retained at its end)."""
         old = self.open
         closed = Epoch(old.id, self.sketchset.close(old.states), old.packets, old.batches, closed=True)
         self.open = Epoch(next_epoch, self.sketchset.new_states(next_epoch, old.states))
         self.closed[closed.id] = closed
         self.closed.move_to_end(closed.id)
-        if self.data_dir is not None:
-            self._write_epoch(closed)
+        self._unsaved.add(closed.id)
         while len(self.closed) > self.keep_epochs:
             dropped, _ = self.closed.popitem(last=False)
-            if self.data_dir is not None:
-                (self.data_dir / f"epoch-{dropped:020d}.tsk").unlink(missing_ok=True)
+            if dropped in self._unsaved:
+                self._unsaved.discard(dropped)
+            else:
+                self._doomed.add(dropped)
 
-    def rotate(self) -> tuple[bool, int, int]:
-        """Close the open epoch now and open the next: ``(closed?, closed id, open id)``."""
+    def rotate(self, now_ns: int | None = None) -> tuple[bool, int, int]:
+        """Close the open epoch now and open the next: ``(closed?, closed id, open id)``.
+
+        Refused (``closed`` false) when the open epoch holds no packets (repeated calls cannot
+        evict the retained epochs) or has not ended by the server's clock (``now_ns``): rotating
+        then would move the open epoch ahead of live traffic and make it late."""
         with self.lock:
             if self.open is None:
                 return False, 0, 0
             old = self.open.id
+            now_ns = time.time_ns() if now_ns is None else now_ns
+            if self.open.packets == 0:
+                log.info("RotateEpoch: open epoch %d holds no packets; not rotated", old)
+                return False, 0, old
+            if (old + 1) * self.epoch_ns > now_ns:
+                log.info("RotateEpoch: open epoch %d has not ended by the server clock; not rotated", old)
+                return False, 0, old
             self._close_open(old + 1)
             self.checkpoint()
             return True, old, self.open.id
+
+    # ------------------------------------------------------------------ the log
+    def _log(self, payload: bytes) -> None:
+        """Append one framed record and make it as durable as the mode says; on any failure the
+        partial record is cut off again (a torn record must never sit mid-log) and
+        :class:`LogWriteError` is raised."""
+        lsn = self.lsn + 1
+        record = _record(lsn, payload)
+        with self._io:
+            fd = self._wal_fd
+            try:
+                if self._wal_dirty:
+                    os.ftruncate(fd, self._wal_size)
+                    self._wal_dirty = False
+                self._wal_dirty = True
+                view, written = memoryview(record), 0
+                while written < len(record):
+                    written += os.write(fd, view[written:])
+                if self.durability == "every-batch":
+                    os.fsync(fd)
+                self._wal_dirty = False
+            except OSError as exc:
+                try:
+                    os.ftruncate(fd, self._wal_size)
+                    self._wal_dirty = False
+                except OSError:
+                    pass  # cut again before the next write
+                self.log_write_failures += 1
+                space = exc.errno in _SPACE_ERRNOS
+                raise LogWriteError(f"writing the batch to the write-ahead log failed ({'disk full: ' if space else ''}"
+                                    f"{exc.strerror or exc}); nothing was applied: retry", space=space) from None
+            self._wal_size += len(record)
+            self._unsynced = self.durability != "every-batch"
+        self.lsn = lsn
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(self.fsync_interval_seconds):
+            with self._io:
+                if self._wal_fd is None or not self._unsynced:
+                    continue
+                try:
+                    os.fsync(self._wal_fd)
+                    self._unsynced = False
+                except OSError as exc:
+                    log.error("fsync of the write-ahead log failed (%s); retrying in %g s",
+                              exc.strerror, self.fsync_interval_seconds)
+
+    def _open_log(self) -> None:
+        path = self.data_dir / "wal.log"
+        with self._io:
+            self._wal_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            self._wal_size = os.fstat(self._wal_fd).st_size
+            self._wal_dirty = self._unsynced = False
+
+    def _new_log(self, base_lsn: int) -> None:
+        """Replace the log by an empty one starting after ``base_lsn`` (atomic: temporary file,
+        fsync, rename, directory fsync); only called once a checkpoint covering ``base_lsn`` is durable."""
+        path = self.data_dir / "wal.log"
+        _atomic_write(path, [_wal_header(base_lsn)])
+        with self._io:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+            self._wal_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            self._wal_size = _WAL_HEAD.size
+            self._wal_dirty = self._unsynced = False
 
     # ------------------------------------------------------------------ durability
     def _header(self, epoch: Epoch) -> dict:
@@ -280,31 +644,73 @@ class EpochManager:
         return {name: self.sketchset.get(name).dump_state(state) for name, state in epoch.states.items()}
 
     def _write_epoch(self, epoch: Epoch) -> Path:
-        path = self.data_dir / f"epoch-{epoch.id:020d}.tsk"
+        path = self.data_dir / _epoch_file(epoch.id)
         _atomic_write(path, _encode(self._header(epoch), self._blobs(epoch)))
         return path
 
     def checkpoint(self) -> list[str]:
-        """Write ``open.tsk`` and truncate the log; returns the files written."""
+        """Write the closed epochs not yet on disk, then ``open.tsk`` (with the manifest of the
+        closed epochs and the LSN it covers), then start a fresh log; returns the files written.
+        A failure leaves the log as it was (it still holds everything since the last checkpoint)."""
         with self.lock:
             if self.data_dir is None or self.open is None:
                 return []
+            self._expire_senders()
+            written = []
+            for eid in sorted(self._unsaved):
+                written.append(str(self._write_epoch(self.closed[eid])))
+                self._unsaved.discard(eid)
             path = self.data_dir / "open.tsk"
-            _atomic_write(path, _encode(self._header(self.open), self._blobs(self.open)))
-            if self._wal is not None:
-                self._wal.truncate(0)
-                self._wal.seek(0)
+            header = dict(self._header(self.open), lsn=self.lsn, wal=self.wal_enabled, senders_seen=self.sender_seen,
+                          manifest={str(e.id): e.packets for e in self.closed.values()})
+            _atomic_write(path, _encode(header, self._blobs(self.open)))
+            written.append(str(path))
+            for eid in sorted(self._doomed):
+                (self.data_dir / _epoch_file(eid)).unlink(missing_ok=True)
+            self._doomed.clear()
+            if self.wal_enabled:
+                self._new_log(self.lsn)
             elif (self.data_dir / "wal.log").exists():
                 os.truncate(self.data_dir / "wal.log", 0)
-            return [str(path)]
+            return written[::-1]
 
-    def _log(self, batch: PacketBatch, sender_id: str, sequence: int, raw: bytes | None) -> None:
-        if raw is None:
-            raw = batch.to_message(sender_id=sender_id, sequence=sequence).SerializeToString()
-        self._wal.write(_LEN.pack(len(raw)) + raw)
-        self._wal.flush()
-        if self.wal_fsync:
-            os.fsync(self._wal.fileno())
+    def _expire_senders(self) -> None:
+        if not self.sender_ttl_seconds:
+            return
+        cutoff = time.time() - self.sender_ttl_seconds
+        idle = [s for s in self.senders if self.sender_seen.get(s, cutoff) < cutoff]
+        for s in idle:
+            del self.senders[s]
+            self.sender_seen.pop(s, None)
+        if idle:
+            log.info("%d senders idle for more than %g s left the sequence table", len(idle), self.sender_ttl_seconds)
+
+    def _damage(self, message: str) -> None:
+        """Damage found at start-up: refuse (:class:`DataDirError`), or with ``recover`` log the loss."""
+        if not self.recover:
+            raise DataDirError(f"{message}; refusing to start. `telesketch serve --recover` keeps what is intact "
+                               f"and logs exactly what it drops")
+        log.error("recovery: %s", message)
+        self.recovered.append(message)
+
+    def _check_settings(self, settings: dict) -> None:
+        path = self.data_dir / SETTINGS_FILE
+        if not path.exists():
+            _atomic_write(path, [json.dumps(dict(settings, format=1), indent=1, sort_keys=True).encode()])
+            return
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataDirError(f"{path} is unreadable ({exc}); it records the settings the directory was made with") from None
+        difference = _settings_difference(recorded, settings)
+        if difference is not None:
+            raise DataDirError(f"data directory {self.data_dir}: {difference}; start with the settings it was "
+                               f"made with, or give another --data-dir")
+        added = sorted(set(settings["sketches"]) - set(recorded.get("sketches", {})))
+        if added:  # a new sketch starts empty in the restored epochs (nothing of theirs is lost)
+            log.info("sketch(es) %s added to data directory %s: empty in the epochs restored from it",
+                     added, self.data_dir)
+            _atomic_write(path, [json.dumps(dict(settings, format=1), indent=1, sort_keys=True).encode()])
 
     def _load_states(self, header: dict, blobs: dict[str, bytes]) -> dict[str, Any]:
         states = {}
@@ -316,54 +722,193 @@ class EpochManager:
                 states[cs.name] = cs.empty_state(closed=header["closed"])
         return states
 
+    def _read_log(self, wal_path: Path) -> tuple[bytes | None, int, int | None]:
+        """``(data, first record offset, base lsn)``; base lsn None for a format-1 (unframed) log."""
+        if not wal_path.exists():
+            return None, 0, 0
+        data = wal_path.read_bytes()
+        if not data:
+            return data, 0, None
+        if not data.startswith(WAL_MAGIC[:4]):
+            return data, 0, None
+        if len(data) < _WAL_HEAD.size:
+            log.warning("%s: cut a torn log header (%d bytes dropped: a write cut short by a crash)", wal_path, len(data))
+            self._rewrite_log = True
+            return data, len(data), 0
+        magic, base, crc = _WAL_HEAD.unpack_from(data)
+        if magic != WAL_MAGIC or crc32c.crc32c(data[:16]) != crc:
+            self._damage(f"{wal_path}: damaged log header at offset 0 ({len(data)} bytes in the log dropped)")
+            self._rewrite_log = True
+            return data, len(data), 0
+        return data, _WAL_HEAD.size, base
+
     def _load(self) -> None:
         open_path, wal_path = self.data_dir / "open.tsk", self.data_dir / "wal.log"
-        checkpoint = read_snapshot(open_path) if open_path.exists() else None
-        wal_pending = wal_path.exists() and wal_path.stat().st_size > 0
-        files = sorted(self.data_dir.glob("epoch-*.tsk"))
-        for path in files:
-            header, blobs = read_snapshot(path)
-            if checkpoint is not None and header["epoch"] >= checkpoint[0]["epoch"]:
-                continue  # an unfinished rotation: the log replay rebuilds it
-            if checkpoint is None and wal_pending:
-                continue
-            if header["epoch_ns"] != self.epoch_ns:
-                log.warning("%s was written with epoch length %s ns, not %s", path, header["epoch_ns"], self.epoch_ns)
-            self.closed[header["epoch"]] = Epoch(header["epoch"], self._load_states(header, blobs),
-                                                 header["packets"], header["batches"], closed=True)
-            self.senders = dict(header["senders"])
-            self.counters = Counters(**header["counters"])
+        data, start, base_lsn = self._read_log(wal_path)
+        checkpoint = None
+        if open_path.exists():
+            try:
+                checkpoint = read_snapshot(open_path)
+            except SnapshotError as exc:
+                self._damage(f"{exc} (the open epoch's checkpoint: its packets up to the log's start are lost)")
+        elif base_lsn:
+            self._damage(f"{open_path} is missing, but {wal_path} starts after checkpoint LSN {base_lsn}: "
+                         f"the checkpoint was deleted (the open epoch's packets before it are lost)")
+        if checkpoint is not None and "manifest" in checkpoint[0]:
+            self._load_manifest(checkpoint[0])
+        else:
+            self._load_closed_v1(checkpoint, wal_pending=bool(data) and len(data) > start)
         while len(self.closed) > self.keep_epochs:
             self.closed.popitem(last=False)
         if checkpoint is not None:
             header, blobs = checkpoint
             self.open = Epoch(header["epoch"], self._load_states(header, blobs), header["packets"], header["batches"])
             self.senders = dict(header["senders"])
+            now = time.time()
+            seen = header.get("senders_seen", {})
+            self.sender_seen = {s: float(seen.get(s, now)) for s in self.senders}
             self.counters = Counters(**header["counters"])
-            # the live state of continuous kinds continues in the open epoch
-        if wal_pending:
-            self._replay(wal_path)
+            self.lsn = int(header.get("lsn", 0))
+            if header.get("wal") and self.wal_enabled and data is None:
+                self._damage(f"{wal_path} is missing (the checkpoint was written with the log on): the batches "
+                             f"acknowledged since the checkpoint are lost")
+            if base_lsn and self.lsn < base_lsn:
+                self._damage(f"{wal_path} starts after LSN {base_lsn} but {open_path} covers only up to LSN "
+                             f"{self.lsn}: batches {self.lsn + 1}..{base_lsn} are lost")
+                self.lsn = base_lsn
+        elif base_lsn:
+            self.lsn = base_lsn
+        if data and len(data) > start:
+            if base_lsn is None:
+                self._replay_v1(data, wal_path)
+            else:
+                self._replay(data, start, wal_path)
         log.info("loaded %d closed epochs%s from %s", len(self.closed),
                  f" and open epoch {self.open.id}" if self.open else "", self.data_dir)
 
-    def _replay(self, wal_path: Path) -> None:
+    def _load_manifest(self, header: dict) -> None:
+        """The closed epochs a format-2 checkpoint lists: each must exist and verify."""
+        listed = {int(eid): packets for eid, packets in header["manifest"].items()}
+        for eid in sorted(listed):
+            path = self.data_dir / _epoch_file(eid)
+            try:
+                h, blobs = read_snapshot(path)
+                if h["epoch"] != eid:
+                    raise SnapshotError(f"{path} holds epoch {h['epoch']}, not {eid}")
+            except SnapshotError as exc:
+                self._damage(f"{exc} (closed epoch {eid}, {listed[eid]} packets, listed in the checkpoint's manifest)")
+                continue
+            self.closed[eid] = Epoch(eid, self._load_states(h, blobs), h["packets"], h["batches"], closed=True)
+        for path in sorted(self.data_dir.glob("epoch-*.tsk")):
+            try:
+                eid = int(path.stem.split("-", 1)[1])
+            except ValueError:
+                continue
+            if eid not in listed:  # from a checkpoint that did not complete (or evicted): the log rebuilds it
+                log.info("%s is not in the checkpoint's manifest; ignored", path.name)
+
+    def _load_closed_v1(self, checkpoint, wal_pending: bool) -> None:
+        """Closed epochs of a directory written before manifests (format 1)."""
+        for path in sorted(self.data_dir.glob("epoch-*.tsk")):
+            try:
+                header, blobs = read_snapshot(path)
+            except SnapshotError as exc:
+                self._damage(str(exc))
+                continue
+            if checkpoint is not None and header["epoch"] >= checkpoint[0]["epoch"]:
+                continue  # an unfinished rotation: the log replay rebuilds it
+            if checkpoint is None and wal_pending:
+                continue
+            self.closed[header["epoch"]] = Epoch(header["epoch"], self._load_states(header, blobs),
+                                                 header["packets"], header["batches"], closed=True)
+            self.senders = dict(header["senders"])
+            self.counters = Counters(**header["counters"])
+
+    def _replay(self, data: bytes, offset: int, wal_path: Path) -> None:
+        """Apply the log's records after the checkpoint's LSN (see the module docstring for damage)."""
         from telesketch.v1 import batch_pb2
 
-        data = wal_path.read_bytes()
-        offset, replayed = 0, 0
+        replayed = 0
         self._replaying = True
         try:
-            while offset + 4 <= len(data):
-                (size,) = _LEN.unpack_from(data, offset)
-                if offset + 4 + size > len(data):
-                    break  # torn last record: it was never acknowledged
-                message = batch_pb2.PacketBatch.FromString(data[offset + 4 : offset + 4 + size])
-                self.apply(PacketBatch.from_message(message), message.sender_id, message.sequence)
-                offset += 4 + size
+            while offset < len(data):
+                rec = _record_at(data, offset, self.max_record_bytes)
+                if rec is None:
+                    self._damaged_record(data, offset, wal_path)
+                    break
+                lsn, payload = rec
+                end = offset + _REC.size + len(payload)
+                if lsn <= self.lsn:  # already in the checkpoint
+                    offset = end
+                    continue
+                if lsn != self.lsn + 1:
+                    self._damage(f"{wal_path}: record at offset {offset} has LSN {lsn}, expected {self.lsn + 1}: "
+                                 f"batches {self.lsn + 1}..{lsn - 1} are missing")
+                try:
+                    message = batch_pb2.PacketBatch.FromString(payload)
+                    batch = PacketBatch.from_message(message)
+                except Exception as exc:  # noqa: BLE001 - any decode failure is damage, named by offset
+                    self._damage(f"{wal_path}: record at offset {offset} (LSN {lsn}) does not decode "
+                                 f"({type(exc).__name__}: {exc}); dropped")
+                    self.lsn = lsn
+                    offset = end
+                    self._rewrite_log = True
+                    continue
+                self.apply(batch, message.sender_id, message.sequence)
+                self.lsn = lsn
+                offset = end
                 replayed += 1
         finally:
             self._replaying = False
         log.info("replayed %d logged batches", replayed)
+        self._replayed = replayed
+
+    def _damaged_record(self, data: bytes, offset: int, wal_path: Path) -> None:
+        """A record at ``offset`` that fails its length or checksum: a torn tail (nothing intact
+        after it) is cut with a warning; otherwise damage (refuse, or recover and report)."""
+        from telesketch.v1 import batch_pb2
+
+        self._rewrite_log = True
+        later = _intact_after(data, offset + 1, self.max_record_bytes, self.lsn)
+        if not later:
+            log.warning("%s: cut a torn record at offset %d (%d bytes dropped: a write cut short by a crash, "
+                        "never acknowledged)", wal_path, offset, len(data) - offset)
+            return
+        packets = 0
+        for _, _, payload in later:
+            try:
+                packets += batch_pb2.PacketBatch.FromString(payload).count
+            except Exception:  # noqa: BLE001
+                pass
+        self._damage(f"{wal_path}: damaged record at offset {offset} (LSN {self.lsn + 1}), with {len(later)} intact "
+                     f"records after it (LSN {later[0][1]}..{later[-1][1]}, {packets} packets); "
+                     f"{len(data) - offset} bytes from offset {offset} dropped")
+        aside = wal_path.with_name(f"wal.log.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        shutil.copyfile(wal_path, aside)
+        log.error("recovery: the damaged log is kept as %s", aside)
+
+    def _replay_v1(self, data: bytes, wal_path: Path) -> None:
+        """A format-1 log (length-prefixed messages, no checksums or LSNs): dedup by sequence."""
+        from telesketch.v1 import batch_pb2
+
+        offset, replayed = 0, 0
+        self._replaying = True
+        self._rewrite_log = True
+        try:
+            while offset + 4 <= len(data):
+                (size,) = _LEN.unpack_from(data, offset)
+                if offset + 4 + size > len(data):
+                    log.warning("%s: cut a torn record at offset %d (%d bytes dropped)", wal_path, offset,
+                                len(data) - offset)
+                    break
+                message = batch_pb2.PacketBatch.FromString(data[offset + 4 : offset + 4 + size])
+                self.apply(PacketBatch.from_message(message), message.sender_id, message.sequence)
+                self.lsn += 1
+                offset += 4 + size
+                replayed += 1
+        finally:
+            self._replaying = False
+        log.info("replayed %d batches of a format-1 log", replayed)
         self._replayed = replayed
 
     def close(self) -> None:
@@ -371,8 +916,11 @@ class EpochManager:
         with self.lock:
             try:
                 self.checkpoint()
+            except (OSError, SnapshotError) as exc:  # the log keeps everything for the next start
+                log.error("no checkpoint at shutdown (%s); the next start replays the write-ahead log", exc)
             finally:  # no checkpoint (e.g. a lost shard): the log keeps everything for the next start
                 self._release()
+
 
     # ------------------------------------------------------------------ windows
     def epochs(self) -> list[Epoch]:

@@ -16,6 +16,10 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client import PlatformCollector, ProcessCollector
 
+#: ``telesketch_batches_rejected`` reasons (see telesketch.service.server).
+REJECT_REASONS = ("invalid", "oversized", "unauthenticated", "undecodable", "future_timestamp", "too_many_epochs",
+                  "sequence_jump", "admin_denied")
+
 QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 # One switch for the whole process (prometheus_client has no per-registry setting); the service's
@@ -76,7 +80,13 @@ class ServiceMetrics:
                                        "estimates are upper bounds): the sketch needs more memory", ["sketch"], registry=r)
         self.apply_seconds = Histogram("telesketch_apply_seconds", "Time to apply one batch to the sketches",
                                        buckets=QUERY_BUCKETS, registry=r)
-        for reason in ("invalid", "oversized", "unauthenticated"):
+        self.log_write_failures = Counter(
+            "telesketch_log_write_failures", "Batches refused because the write-ahead log write failed (disk full, "
+            "I/O error): not applied, the sender retries", registry=r)
+        self.checkpoint_failures = Gauge(
+            "telesketch_checkpoint_failures", "Checkpoints that failed since start (disk full, I/O error); the "
+            "write-ahead log keeps every batch until one succeeds", registry=r)
+        for reason in REJECT_REASONS:
             self.rejected.labels(reason)
 
     def set_epoch(self, epoch_id: int) -> None:

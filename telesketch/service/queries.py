@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 
 from telesketch.packets import FLOW_KEY_BYTES, format_ipv4, unpack_flow_key
 from telesketch.service import sketchset as ss
-from telesketch.service.epochs import EpochManager
+from telesketch.service.epochs import Epoch, EpochManager
 from telesketch.service.sketchset import QueryError
 from telesketch.sketches.core import SketchError
 
@@ -86,15 +87,33 @@ def _check_fraction(phi, threshold) -> None:
 
 class QueryEngine:
     """Answers queries against an :class:`EpochManager`; ``observe(query, seconds)`` records latency,
-    ``on_partial(sketch)`` a partial answer (also logged as a warning)."""
+    ``on_partial(sketch)`` a partial answer (also logged as a warning).
+
+    Queries do not hold ingestion back: with the sketches in this process, a query takes the
+    manager's lock only to pick its epochs and copy the one sketch state it reads from the open
+    epoch (closed epochs are never updated), then answers without it. Queries still run one at a
+    time among themselves (``_query_lock``), as before. Sharded sketches (Ray) keep the old rule:
+    the manager's lock for the whole query.
+    """
 
     def __init__(self, manager: EpochManager, observe=None, on_partial=None):
         self.manager = manager
         self.observe = observe or (lambda query, seconds: None)
         self.on_partial = on_partial or (lambda sketch: None)
+        self._query_lock = threading.Lock()
+        self._copy_open = type(manager.sketchset) is ss.SketchSet
 
     # ------------------------------------------------------------------ helpers
-    def _epochs(self, window: WindowSpec, offset: int = 0):
+    def _epochs(self, window: WindowSpec, offset: int = 0, cs=None):
+        """The window's epochs; with ``cs``, the open one as a copy holding only ``cs``'s state."""
+        if not self._copy_open or cs is None:
+            return self._window(window, offset)
+        with self.manager.lock:
+            epochs = self._window(window, offset)
+            return [e if e.closed else Epoch(e.id, {cs.name: cs.copy(e.states[cs.name])}, e.packets, e.batches)
+                    for e in epochs]
+
+    def _window(self, window: WindowSpec, offset: int = 0):
         if window.epoch is not None and window.last is not None:
             raise QueryError("INVALID_ARGUMENT", "a window names an epoch or the last N epochs, not both")
         if window.last is not None and window.last < 1:
@@ -109,7 +128,7 @@ class QueryEngine:
     def _run(self, query: str, fn):
         start = time.perf_counter()
         try:
-            with self.manager.lock:
+            with self._query_lock if self._copy_open else self.manager.lock:
                 return fn()
         except SketchError as exc:  # the sketch refused the parameters
             raise QueryError("INVALID_ARGUMENT", f"{query}: {exc}") from None
@@ -133,7 +152,7 @@ class QueryEngine:
 
         def run():
             cs = ss.pick(self.manager.sketchset.sketches, "heavy_hitters", sketch)
-            epochs = self._epochs(window)
+            epochs = self._epochs(window, cs=cs)
             n = sum(e.packets for e in epochs)
             noted: dict = {}
             rows, combine = ss.heavy_hitters(cs, [e.states[cs.name] for e in epochs], n, phi, threshold, noted)
@@ -145,8 +164,8 @@ class QueryEngine:
 
         def run():
             cs = ss.pick(self.manager.sketchset.sketches, "heavy_changers", sketch)
-            after = self._epochs(window)
-            before = self._epochs(window, offset=1)
+            after = self._epochs(window, cs=cs)
+            before = self._epochs(window, offset=1, cs=cs)
             noted: dict = {}
             rows, combine = ss.heavy_changers(
                 cs, [e.states[cs.name] for e in before], [e.states[cs.name] for e in after],
@@ -160,7 +179,7 @@ class QueryEngine:
 
         def run():
             cs = ss.pick(self.manager.sketchset.sketches, "hhh", sketch)
-            epochs = self._epochs(window)
+            epochs = self._epochs(window, cs=cs)
             n = sum(e.packets for e in epochs)
             rows, combine = ss.hhh(cs, [e.states[cs.name] for e in epochs], n, phi, threshold)
             rows = sorted(((int(p), int(length), float(c)) for p, length, c in rows), key=lambda r: (r[1], r[0]))
@@ -174,7 +193,7 @@ class QueryEngine:
 
         def run():
             cs = ss.pick(self.manager.sketchset.sketches, "gaps", sketch)
-            epochs = self._epochs(window)
+            epochs = self._epochs(window, cs=cs)
             per_epoch, combine = ss.gap_events(cs, [(e.id, e.states[cs.name]) for e in epochs])
             rows = []
             for eid, ev in per_epoch:
@@ -199,7 +218,7 @@ class QueryEngine:
 
         def run():
             cs = ss.pick(self.manager.sketchset.sketches, "flow_size", sketch)
-            epochs = self._epochs(window)
+            epochs = self._epochs(window, cs=cs)
             sizes, combine = ss.flow_size(cs, [e.states[cs.name] for e in epochs], array)
             return self._answer(cs, epochs, list(zip(keys, np.asarray(sizes).tolist())), combine)
         return self._run("flow_size", run)
@@ -210,7 +229,7 @@ class QueryEngine:
 
         def run():
             cs = ss.pick(self.manager.sketchset.sketches, "top_flows", sketch)
-            epochs = self._epochs(window)
+            epochs = self._epochs(window, cs=cs)
             rows, combine = ss.top_flows(cs, [e.states[cs.name] for e in epochs], k)
             return self._answer(cs, epochs, rows, combine)
         return self._run("top_flows", run)

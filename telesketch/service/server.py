@@ -9,12 +9,25 @@ event loop keeps reading meanwhile) and resolves the RPC's future; the ack
 is sent only after the batch is applied (and logged, see :mod:`telesketch.service.epochs`).
 
 ``Push`` pipelines: it admits the stream's batches as fast as slots free up and answers once all
-are applied. A malformed batch in a stream ends the stream with ``INVALID_ARGUMENT`` naming it; the
-batches before it were applied (their sequence numbers make a retry of the whole stream safe).
+are applied. A malformed batch in a stream ends the stream with ``INVALID_ARGUMENT`` naming it, after
+the batches before it were applied (their sequence numbers make a retry of the whole stream safe).
+
+Refusals change nothing and are counted in ``telesketch_batches_rejected{reason=...}``: ``undecodable``
+(not a ``PacketBatch``; logged once per peer per minute, no traceback), ``invalid``, ``oversized``,
+``future_timestamp`` (stamped more than ``max_future_skew_seconds`` ahead of the server clock),
+``too_many_epochs``, ``sequence_jump``, ``unauthenticated``, ``admin_denied``. A batch whose log
+write fails is not applied and answers UNAVAILABLE with the reason (e.g. disk full): retryable, as
+clients such as ``telesketch replay`` treat it (RESOURCE_EXHAUSTED means an oversized batch: not retried).
+
+Roles: with ``token`` set every RPC but health needs it (or the admin token); Admin calls need
+``admin_token`` when one is set, else they are served to loopback peers only. Tokens are compared
+in constant time.
 """
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import logging
 import queue
 import threading
@@ -22,12 +35,14 @@ import time
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from telesketch.packets import BatchError, PacketBatch
 from telesketch.service.config import ServiceConfig
-from telesketch.service.epochs import ApplyResult, EpochManager
+from telesketch.service.epochs import (ApplyResult, BatchRejected, EpochManager, LogWriteError,
+                                       data_dir_settings)
 from telesketch.service.metrics import ServiceMetrics
 from telesketch.service.queries import QueryEngine, WindowSpec, key_bytes, key_text
 from telesketch.service.sketchset import QueryError, SketchSet, StateUnavailableError
@@ -89,6 +104,10 @@ class SketchWorker:
             try:
                 result = self.manager.apply(batch, sender_id, sequence, raw)
                 self._account(result, time.perf_counter() - start)
+            except (BatchRejected, LogWriteError) as exc:  # nothing applied; the handler answers and counts
+                if isinstance(exc, LogWriteError):
+                    log.error("%s", exc)
+                error = exc
             except Exception as exc:  # noqa: BLE001 - reported to the caller as INTERNAL
                 log.exception("applying a batch failed")
                 error = exc
@@ -114,55 +133,111 @@ class SketchWorker:
 # ====================================================================== ingest
 @dataclass
 class RawBatch:
-    """A request as received: the serialised bytes (for the write-ahead log) and the message."""
+    """A request as received: the serialised bytes (for the write-ahead log) and the message
+    (None when the bytes are not a ``PacketBatch``: ``error`` says why)."""
 
     raw: bytes
-    message: batch_pb2.PacketBatch
+    message: batch_pb2.PacketBatch | None
+    error: str = ""
 
 
 def _deserialize_batch(raw: bytes) -> RawBatch:
-    return RawBatch(raw, batch_pb2.PacketBatch.FromString(raw))
+    """Never raises: a failure here would answer UNKNOWN with a traceback in the log."""
+    try:
+        return RawBatch(raw, batch_pb2.PacketBatch.FromString(raw))
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or anything a hostile input triggers
+        return RawBatch(raw, None, f"{type(exc).__name__}: {exc}")
+
+
+#: Undecodable messages are logged at most once per peer address per this many seconds.
+UNDECODABLE_LOG_INTERVAL = 60.0
 
 
 class IngestService:
     def __init__(self, service: "Service"):
         self.service = service
+        self._undecodable_logged: dict[str, float] = {}
 
-    def _decode(self, message: batch_pb2.PacketBatch, raw_size: int = 0) -> PacketBatch:
-        """Validate everything the sender controls; raises QueryError with the status to send.
+    def _decode(self, request: RawBatch, context) -> PacketBatch:
+        """Validate everything the sender controls; raises BatchRejected with the status to send.
 
-        ``raw_size``: the serialised message's bytes. The size limit is checked here, not only by
-        gRPC, so that refusals are counted in ``rejected{reason="oversized"}`` (see ``_start``)."""
+        The size limit is checked here, not only by gRPC, so that refusals are counted in
+        ``rejected{reason="oversized"}`` (gRPC itself refuses only messages over twice the limit;
+        see :func:`grpc_server_options`)."""
         cfg = self.service.config
-        if raw_size > cfg.max_message_bytes:
-            raise QueryError("RESOURCE_EXHAUSTED",
-                             f"batch message of {raw_size:,} bytes exceeds max_message_bytes {cfg.max_message_bytes:,}")
+        if len(request.raw) > cfg.max_message_bytes:
+            raise BatchRejected("RESOURCE_EXHAUSTED", "oversized",
+                                f"batch message of {len(request.raw):,} bytes exceeds max_message_bytes "
+                                f"{cfg.max_message_bytes:,}")
+        message = request.message
+        if message is None:
+            self._log_undecodable(context, request)
+            raise BatchRejected("INVALID_ARGUMENT", "undecodable",
+                                f"not a telesketch.v1.PacketBatch message ({request.error})")
         if message.count > cfg.max_batch_packets:
-            raise QueryError("RESOURCE_EXHAUSTED",
-                             f"batch of {message.count} packets exceeds max_batch_packets {cfg.max_batch_packets}")
+            raise BatchRejected("RESOURCE_EXHAUSTED", "oversized",
+                                f"batch of {message.count} packets exceeds max_batch_packets {cfg.max_batch_packets}")
         if len(message.sender_id) > MAX_SENDER_ID:
-            raise QueryError("INVALID_ARGUMENT", f"sender_id longer than {MAX_SENDER_ID} characters")
+            raise BatchRejected("INVALID_ARGUMENT", "invalid", f"sender_id longer than {MAX_SENDER_ID} characters")
         if message.sender_id and message.sequence == 0:
-            raise QueryError("INVALID_ARGUMENT",
-                             f"sender {message.sender_id!r}: sequence numbers start at 1 (0 is only for anonymous senders)")
+            raise BatchRejected("INVALID_ARGUMENT", "invalid",
+                                f"sender {message.sender_id!r}: sequence numbers start at 1 (0 is only for anonymous senders)")
         try:
-            return PacketBatch.from_message(message)
+            batch = PacketBatch.from_message(message)
         except BatchError as exc:
-            raise QueryError("INVALID_ARGUMENT", str(exc)) from None
+            raise BatchRejected("INVALID_ARGUMENT", "invalid", str(exc)) from None
+        if len(batch):
+            self._check_time(batch)
+        return batch
 
-    async def _reject(self, context, error: QueryError, prefix: str = ""):
-        reason = "oversized" if error.code == "RESOURCE_EXHAUSTED" else "invalid"
-        self.service.metrics.rejected.labels(reason).inc()
+    def _check_time(self, batch: PacketBatch) -> None:
+        """Refuse a batch stamped too far in the future (one would move the open epoch ahead and make
+        every real packet late) or spanning too many epochs (each one opened costs a rotation)."""
+        cfg, epoch_ns = self.service.config, self.service.manager.epoch_ns
+        ts = batch.ts_ns
+        hi = int(ts.max())
+        limit = time.time_ns() + int(cfg.max_future_skew_seconds * 1e9)
+        if hi > limit:
+            ahead = int(np.count_nonzero(ts > np.uint64(limit)))
+            raise BatchRejected(
+                "INVALID_ARGUMENT", "future_timestamp",
+                f"{ahead} of {len(batch)} packets are stamped more than {cfg.max_future_skew_seconds:g} s ahead of the "
+                f"server clock (the latest by {(hi - time.time_ns()) / 1e9:.0f} s; max_future_skew_seconds): "
+                f"check the collector's clock; nothing of the batch was applied")
+        lo = int(ts.min())
+        if (hi - lo) // epoch_ns + 1 > cfg.max_epochs_per_batch:
+            spanned = int(np.unique(ts // np.uint64(epoch_ns)).size)
+            if spanned > cfg.max_epochs_per_batch:
+                raise BatchRejected(
+                    "INVALID_ARGUMENT", "too_many_epochs",
+                    f"batch spans {spanned} epochs, more than max_epochs_per_batch {cfg.max_epochs_per_batch}: "
+                    f"send it in smaller, time-ordered batches")
+
+    def _log_undecodable(self, context, request: RawBatch) -> None:
+        peer = _peer_host(context.peer() or "")
+        now = time.monotonic()
+        last = self._undecodable_logged.get(peer)
+        if last is not None and now - last < UNDECODABLE_LOG_INTERVAL:
+            return
+        if len(self._undecodable_logged) > 10_000:  # bounded: many peers only cost more log lines
+            self._undecodable_logged.clear()
+        self._undecodable_logged[peer] = now
+        log.warning("undecodable PacketBatch from %s (%d bytes: %s); further ones from it are counted in "
+                    "telesketch_batches_rejected{reason=\"undecodable\"}, logged at most once a minute",
+                    peer, len(request.raw), request.error[:200])
+
+    async def _reject(self, context, error: BatchRejected, prefix: str = ""):
+        self.service.metrics.rejected.labels(error.reason).inc()
         await context.abort(getattr(grpc.StatusCode, error.code), prefix + str(error))
 
     async def PushOne(self, request: RawBatch, context) -> service_pb2.Ack:
-        message = request.message
         try:
-            batch = self._decode(message, len(request.raw))
-        except QueryError as exc:
+            batch = self._decode(request, context)
+        except BatchRejected as exc:
             await self._reject(context, exc)
+        message = request.message
         future = await self.service.worker.admit(batch, message.sender_id, message.sequence, request.raw)
-        result = await _result(future, context)
+        result = await _result(future, context, self.service.metrics)
         return service_pb2.Ack(**vars(result))
 
     async def Push(self, request_iterator, context) -> service_pb2.PushSummary:
@@ -171,15 +246,17 @@ class IngestService:
             index += 1
             message = request.message
             try:
-                batch = self._decode(message, len(request.raw))
-            except QueryError as exc:
+                batch = self._decode(request, context)
+            except BatchRejected as exc:
+                # the earlier batches are applied before the error goes out, so Resume agrees with it
                 await asyncio.gather(*futures, return_exceptions=True)
-                await self._reject(context, exc, f"batch #{index} of the stream (sender {message.sender_id!r}, "
-                                                 f"sequence {message.sequence}); the {index - 1} before it were applied: ")
+                who = f" (sender {message.sender_id!r}, sequence {message.sequence})" if message is not None else ""
+                await self._reject(context, exc, f"batch #{index} of the stream{who}; the {index - 1} before it "
+                                                 f"were applied: ")
             futures.append(await self.service.worker.admit(batch, message.sender_id, message.sequence, request.raw))
         summary = service_pb2.PushSummary()
         for future in futures:
-            r = await _result(future, context)
+            r = await _result(future, context, self.service.metrics)
             summary.batches += 1
             summary.duplicate_batches += r.duplicate
             summary.packets += r.packets
@@ -203,9 +280,15 @@ class IngestService:
         })
 
 
-async def _result(future: asyncio.Future, context) -> ApplyResult:
+async def _result(future: asyncio.Future, context, metrics: ServiceMetrics) -> ApplyResult:
     try:
         return await future
+    except BatchRejected as exc:
+        metrics.rejected.labels(exc.reason).inc()
+        await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+    except LogWriteError as exc:  # not applied, not acknowledged: the sender's retry applies it once
+        metrics.log_write_failures.inc()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     except Exception as exc:  # noqa: BLE001
         retry_later = isinstance(exc, StateUnavailableError)  # not acknowledged: the sender retries
         code = grpc.StatusCode.UNAVAILABLE if retry_later else grpc.StatusCode.INTERNAL
@@ -288,51 +371,112 @@ class QueryService(service_pb2_grpc.QueryServicer):
         return self.service.stats_message()
 
 
+def _peer_host(peer: str) -> str:
+    """The address of a gRPC peer string (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``, ``unix:...``)."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    return peer
+
+
+def is_loopback_peer(peer: str) -> bool:
+    """True for loopback (and unix-socket) peers of a gRPC call."""
+    if peer.startswith("unix:"):
+        return True
+    try:
+        return ipaddress.ip_address(_peer_host(peer)).is_loopback
+    except ValueError:
+        return False
+
+
 class AdminService(service_pb2_grpc.AdminServicer):
+    """Admin calls: the bearer check (admin token) is in :class:`BearerTokenInterceptor`; without an
+    admin token they are served to loopback peers only."""
+
     def __init__(self, service: "Service"):
         self.service = service
 
+    async def _authorize(self, context) -> None:
+        if self.service.config.admin_token or is_loopback_peer(context.peer() or ""):
+            return
+        self.service.metrics.rejected.labels("admin_denied").inc()
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            "Admin calls from other hosts need admin_token to be configured on the server")
+
     async def RotateEpoch(self, request, context):
+        await self._authorize(context)
         loop = asyncio.get_running_loop()
         closed, old, new = await loop.run_in_executor(self.service.query_pool, self.service.manager.rotate)
         self.service.metrics.set_epoch(new)
         return service_pb2.RotateEpochReply(closed=closed, closed_epoch=old, open_epoch=new)
 
     async def Snapshot(self, request, context):
+        await self._authorize(context)
         manager = self.service.manager
-        files = await asyncio.get_running_loop().run_in_executor(self.service.query_pool, manager.checkpoint)
+        try:
+            files = await asyncio.get_running_loop().run_in_executor(self.service.query_pool, manager.checkpoint)
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"checkpoint failed ({exc}); the write-ahead log still holds every batch")
         return service_pb2.SnapshotReply(files=files, epoch=manager.open.id if manager.open else 0)
 
 
 # ====================================================================== auth
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Every RPC except health checking needs ``authorization: Bearer <token>``; otherwise the call
-    ends with UNAUTHENTICATED before its handler runs (so nothing is applied)."""
+def _same(supplied: bytes, token: str) -> bool:
+    """Constant-time comparison of a supplied ``authorization`` value with ``Bearer <token>``."""
+    return bool(token) and hmac.compare_digest(supplied, f"Bearer {token}".encode())
 
-    def __init__(self, token: str, metrics: ServiceMetrics):
-        self._expected = f"Bearer {token}"
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Roles by bearer token. With ``token`` set, every RPC except health checking needs
+    ``authorization: Bearer <token>`` (or the admin token). With ``admin_token`` set, Admin calls
+    need exactly it (PERMISSION_DENIED for the ingest token). A refused call ends before its handler
+    runs, so nothing is applied."""
+
+    def __init__(self, token: str, metrics: ServiceMetrics, admin_token: str = ""):
+        self._token = token
+        self._admin_token = admin_token
         self._metrics = metrics
 
     async def intercept_service(self, continuation, details):
         if details.method.startswith("/grpc.health.v1.Health/"):
             return await continuation(details)
         supplied = dict(details.invocation_metadata or ()).get("authorization", "")
+        supplied = supplied.encode() if isinstance(supplied, str) else bytes(supplied)
         handler = await continuation(details)
-        if supplied == self._expected or handler is None:
+        if handler is None:
+            return handler
+        admin = _same(supplied, self._admin_token)
+        if details.method.startswith("/telesketch.v1.Admin/") and self._admin_token:
+            if admin:
+                return handler
+            ingest = _same(supplied, self._token)
+            self._metrics.rejected.labels("admin_denied" if ingest else "unauthenticated").inc()
+            code = grpc.StatusCode.PERMISSION_DENIED if ingest else grpc.StatusCode.UNAUTHENTICATED
+            message = ("Admin calls need the admin token, not the ingest token" if ingest
+                       else "missing bearer token" if not supplied else "wrong bearer token")
+            return _deny(handler, code, message)
+        if not self._token or admin or _same(supplied, self._token):
             return handler
         self._metrics.rejected.labels("unauthenticated").inc()
-        message = "missing bearer token" if not supplied else "wrong bearer token"
+        return _deny(handler, grpc.StatusCode.UNAUTHENTICATED,
+                     "missing bearer token" if not supplied else "wrong bearer token")
 
-        async def deny(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(deny)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(deny)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(deny)
-        return grpc.unary_unary_rpc_method_handler(deny)
+def _deny(handler, code, message):
+    """A handler of the same shape as ``handler`` that ends the call with ``code``."""
+    async def deny(request, context):
+        await context.abort(code, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny)
+    return grpc.unary_unary_rpc_method_handler(deny)
 
 
 # ====================================================================== the service
@@ -365,6 +509,14 @@ def grpc_server_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
 #: ``stats()`` sketch fields that the gRPC ``SketchInfo`` message does not carry (HTTP and /metrics do).
 _NOT_IN_SKETCH_INFO = ("device", "backend")
 
+def _is_loopback_host(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 def _sketchset(config: ServiceConfig) -> SketchSet:
     """The configured sketches: in this process, or (``shards > 1``) the open epoch on Ray actors."""
@@ -387,11 +539,16 @@ class Service:
         self.metrics = ServiceMetrics(config.epoch_ns)
         self.sketchset = _sketchset(config)
         try:
-            self.manager = EpochManager(self.sketchset, config.epoch_ns, config.keep_epochs, config.data_dir or None,
-                                        wal=config.wal, wal_fsync=config.wal_fsync)
+            self.manager = EpochManager(
+                self.sketchset, config.epoch_ns, config.keep_epochs, config.data_dir or None, wal=config.wal,
+                durability=config.durability_mode, fsync_interval_seconds=config.fsync_interval_seconds,
+                settings=data_dir_settings(config.epoch_ns, config.sketches, config.shards),
+                max_sequence_jump=config.max_sequence_jump, recover=config.recover,
+                sender_ttl_seconds=config.sender_ttl_seconds)
         except BaseException:
             self._shutdown_sketches()  # the shard actors must not outlive a failed start
             raise
+        self.metrics.checkpoint_failures.set_function(lambda: self.manager.checkpoint_failures)
         self.queries = QueryEngine(self.manager, self.metrics.observe_query, self.metrics.observe_partial)
         self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics)
         self.query_pool = ThreadPoolExecutor(2, thread_name_prefix="telesketch-query")
@@ -432,7 +589,12 @@ class Service:
 
     async def _start(self) -> None:
         cfg = self.config
-        interceptors = [BearerTokenInterceptor(cfg.token, self.metrics)] if cfg.token else []
+        interceptors = ([BearerTokenInterceptor(cfg.token, self.metrics, cfg.admin_token)]
+                        if cfg.token or cfg.admin_token else [])
+        host = cfg.grpc_address.rsplit(":", 1)[0].strip("[]")
+        if (cfg.token or cfg.admin_token) and not cfg.tls_cert and not _is_loopback_host(host):
+            log.warning("bearer tokens will travel in clear text: gRPC listens on %s without TLS "
+                        "(set tls_cert and tls_key)", cfg.grpc_address)
         self._server = grpc.aio.server(interceptors=interceptors, options=grpc_server_options(cfg))
         self._server.add_generic_rpc_handlers((IngestService(self).handlers(),))
         service_pb2_grpc.add_QueryServicer_to_server(QueryService(self), self._server)
@@ -490,7 +652,9 @@ class Service:
         """Everything ``Stats`` / ``/api/v1/stats`` report, as plain Python."""
         m = self.manager
         with m.lock:
-            epochs = [{"epoch": e.id, "start_ns": e.id * m.epoch_ns, "end_ns": (e.id + 1) * m.epoch_ns,
+            last_ns = (1 << 64) - 1  # an epoch restored from before timestamps were checked may end past 2**64
+            epochs = [{"epoch": e.id, "start_ns": min(e.id * m.epoch_ns, last_ns),
+                       "end_ns": min((e.id + 1) * m.epoch_ns, last_ns),
                        "packets": e.packets, "batches": e.batches, "closed": e.closed} for e in m.epochs()]
             sketches = []
             for cs in self.sketchset.sketches:

@@ -1,0 +1,224 @@
+"""Reliability figures of ``telesketch serve`` (BENCHMARKS.md, "Reliability").
+
+Three parts, each against a server subprocess on loopback:
+
+* ``durability``: ingest packets/s with the write-ahead log off and in each durability mode
+  (``none``, ``interval``, ``every-batch``), one client streaming pre-encoded batches with
+  ``Ingest.Push``; no sketch configured, so the figure is the log's cost and nothing else.
+* ``kill``: rounds of kill -9 (0.05-0.5 s into the round) while one client pushes 500-packet
+  batches one by one (``PushOne``, a sender id, durability every-batch), then restart, resume from ``Ingest.Resume`` and push the rest. Counts acknowledged packets that
+  the restarted server does not have (lost), and checks every flow's count against the ``exact``
+  sketch (each batch applied exactly once).
+* ``query``: 8 clients each pushing streams of 8 batches; packets/s and the worst stream latency
+  (start of a stream to its summary), without and then with one more client polling
+  ``HeavyHitters`` back to back (the four default sketches, LLM-Sketch on the constant estimator, log off).
+
+    .venv/bin/python benchmarks/bench_reliability.py [--parts durability,kill,query] [--packets 2000000] [--rounds 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from common import machine
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+
+from telesketch.client import Client  # noqa: E402
+from telesketch.packets import PacketBatch  # noqa: E402
+
+ALL = {"gaps": {"kind": "gapfilter_ao", "memory_bytes": 16 * 1024},
+       "hh": {"kind": "hiddensketch", "memory_bytes": 56320, "phi": 1e-4},
+       "hhh": {"kind": "residualsketch", "mode": "byte", "memory_bytes": 32 * 1024, "phi": 1e-3,
+               "expected_packets": 2_500_000},
+       "flows": {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "constant"}}
+
+
+def batches(total: int, batch_size: int, seed: int = 0, first_ts_ns: int = 1_700_000_000 * 10**9) -> list[PacketBatch]:
+    """Zipf traffic in one epoch; flows told apart by source address."""
+    rng = np.random.default_rng(seed)
+    flow = (rng.zipf(1.1, total) % 50_000).astype(np.int64)
+    batch = PacketBatch.from_columns(
+        ts_ns=np.full(total, first_ts_ns, np.uint64), src_ip=(0x0A000000 + flow).astype(np.uint32),
+        dst_ip=np.full(total, 0xC0A80001, np.uint32), src_port=np.full(total, 1000, np.uint16),
+        dst_port=np.full(total, 443, np.uint16), proto=np.full(total, 6, np.uint8),
+        length=np.full(total, 800, np.uint16))
+    return batch.split(batch_size)
+
+
+def start_server(data_dir: str, sketches: dict, **server) -> tuple[subprocess.Popen, int]:
+    values = {"grpc_address": "127.0.0.1:0", "http_address": "", "data_dir": data_dir, "epoch_seconds": 3600.0}
+    values.update(server)
+    path = Path(data_dir) / "config.json"
+    path.write_text(json.dumps({"server": values, "sketches": sketches}))
+    proc = subprocess.Popen([sys.executable, "-m", "telesketch.cli", "serve", "--config", str(path),
+                             "--data-dir", str(Path(data_dir) / "data"), "--log-level", "warning"],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True)
+    line = proc.stdout.readline()
+    if not line.startswith("telesketch serving"):
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line}")
+    return proc, int(line.split()[2].split("=")[1])
+
+
+def stop(proc) -> None:
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+# ---------------------------------------------------------------------------- durability modes
+def durability(total: int, batch_size: int, repeat: int = 3) -> list[dict]:
+    """Each mode ``repeat`` times, the modes interleaved (a shared machine's load drifts); the
+    median run per mode is reported."""
+    messages = [b.to_message() for b in batches(total, batch_size)]
+    runs: dict[str, list[float]] = {}
+    for _ in range(repeat):
+        for mode in ("off", "none", "interval", "every-batch"):
+            with tempfile.TemporaryDirectory(prefix="bench-rel-") as tmp:
+                server = {"wal": False} if mode == "off" else {"durability": mode}
+                proc, port = start_server(tmp, {}, **server)
+                try:
+                    with Client(f"127.0.0.1:{port}") as c:
+                        c.push_messages(messages[:2])
+                        start = time.perf_counter()
+                        applied = c.push_messages(messages).applied_packets
+                        runs.setdefault(mode, []).append(applied / (time.perf_counter() - start) / 1e6)
+                finally:
+                    stop(proc)
+    rows = []
+    for mode, mpps in runs.items():
+        row = {"part": "durability", "mode": mode, "batch": batch_size, "packets": total, "runs": len(mpps),
+               "median_mpps": round(float(np.median(mpps)), 2), "all_mpps": [round(x, 2) for x in mpps]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------- kill -9 rounds
+def kill_rounds(rounds: int, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    plan = batches(rounds * 400 * 500, 500, seed=seed)
+    expected = Counter()
+    for b in plan:
+        values, n = np.unique(b.src_ip, return_counts=True)
+        expected.update(dict(zip(values.tolist(), n.tolist())))
+    acked = lost = 0
+    with tempfile.TemporaryDirectory(prefix="bench-rel-") as tmp:
+        proc, port = start_server(tmp, {"exact": {"kind": "exact"}})
+        sent = 0
+        for r in range(rounds):
+            client = Client(f"127.0.0.1:{port}", sender_id="collector", timeout=10)
+            sent = client.last_sequence()
+            acked_seqs = []
+            killer = threading.Timer(rng.uniform(0.05, 0.5), lambda p=proc: os.killpg(p.pid, signal.SIGKILL))
+            killer.start()
+            try:  # push until the kill interrupts a call
+                for seq in range(sent + 1, len(plan) + 1):
+                    client.push_one(plan[seq - 1], sequence=seq)
+                    acked_seqs.append(seq)
+            except grpc.RpcError:
+                pass
+            killer.join()
+            proc.wait()
+            client.close()
+            acked += sum(len(plan[s - 1]) for s in acked_seqs)
+            proc, port = start_server(tmp, {"exact": {"kind": "exact"}})
+            last = Client(f"127.0.0.1:{port}", sender_id="collector").last_sequence()
+            lost += sum(len(plan[s - 1]) for s in acked_seqs if s > last)
+        client = Client(f"127.0.0.1:{port}", sender_id="collector", timeout=60)
+        rest = plan[client.last_sequence():]
+        if rest:
+            client.push(rest)
+        epochs = client.stats()["epochs"]
+        got = Counter()
+        for key, estimate in client.top_flows(100_000, last=len(epochs), sketch="exact"):
+            got[int.from_bytes(key[:4], "big")] += int(estimate)
+        stop(proc)
+    row = {"part": "kill", "rounds": rounds, "acked_batches": acked // 500, "acked_packets": acked, "acked_lost": lost,
+           "every_batch_once": got == expected, "packets": sum(expected.values())}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+# ---------------------------------------------------------------------------- queries vs. ingest
+def query_poll(total: int, clients: int = 8, batch_size: int = 8192, stream_batches: int = 8) -> list[dict]:
+    messages = [b.to_message() for b in batches(total // clients, batch_size)]
+    rows = []
+    for polling in (False, True):
+        with tempfile.TemporaryDirectory(prefix="bench-rel-") as tmp:
+            proc, port = start_server(tmp, ALL, wal=False)  # the log off: only queries vs. ingest
+            try:
+                Client(f"127.0.0.1:{port}").push_messages(messages[:2])
+                latencies, done, queries = [], threading.Event(), [0]
+
+                def poll():
+                    with Client(f"127.0.0.1:{port}") as q:
+                        while not done.is_set():
+                            q.heavy_hitters(sketch="hh")
+                            queries[0] += 1
+
+                def stream():
+                    with Client(f"127.0.0.1:{port}") as c:
+                        for i in range(0, len(messages), stream_batches):
+                            t = time.perf_counter()
+                            c.push_messages(messages[i : i + stream_batches])
+                            latencies.append(time.perf_counter() - t)
+
+                poller = threading.Thread(target=poll) if polling else None
+                if poller:
+                    poller.start()
+                threads = [threading.Thread(target=stream) for _ in range(clients)]
+                start = time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                seconds = time.perf_counter() - start
+                done.set()
+                if poller:
+                    poller.join()
+            finally:
+                stop(proc)
+        packets = clients * sum(len(b.ts_ns) // 8 for b in messages)  # ts_ns is 8 bytes per packet
+        row = {"part": "query", "polling": polling, "clients": clients, "mpps": round(packets / seconds / 1e6, 2),
+               "worst_stream_s": round(max(latencies), 3), "queries": queries[0]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="durability,kill,query")
+    ap.add_argument("--packets", type=int, default=2_000_000, help="packets per durability / query measurement")
+    ap.add_argument("--batch-size", type=int, default=8192)
+    ap.add_argument("--rounds", type=int, default=20, help="kill -9 rounds")
+    args = ap.parse_args()
+    print(f"# {machine()}; command: {' '.join([Path(sys.executable).name] + sys.argv)}", flush=True)
+    parts = args.parts.split(",")
+    if "durability" in parts:
+        for size in (args.batch_size, 65536):
+            durability(args.packets, size)
+    if "kill" in parts:
+        kill_rounds(args.rounds)
+    if "query" in parts:
+        query_poll(args.packets)
+
+
+if __name__ == "__main__":
+    main()
