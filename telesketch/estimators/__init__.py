@@ -60,10 +60,13 @@ def require_llm(*modules: str):
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def soft_label(sizes) -> np.ndarray:
-    """``float32`` soft label ``y(s) = sigmoid(2.298 (log2 s - 6))`` of flow sizes ``s >= 1``."""
+def soft_label(sizes, pivot: float | None = None) -> np.ndarray:
+    """``float32`` soft label ``y(s) = sigmoid(2.298 (log2 s - log2 T))`` of flow sizes ``s >= 1``.
+
+    ``pivot`` ``T`` (packets, default 64): ``y(T) = 0.5``, the sketch's "large" cut."""
     s = np.maximum(np.asarray(sizes, dtype=np.float64), 1.0)
-    return (1.0 / (1.0 + np.exp(-LABEL_SLOPE * (np.log2(s) - LABEL_PIVOT_LOG2)))).astype(np.float32)
+    at = LABEL_PIVOT_LOG2 if pivot is None else float(np.log2(pivot))
+    return (1.0 / (1.0 + np.exp(-LABEL_SLOPE * (np.log2(s) - at)))).astype(np.float32)
 
 
 def check_headers(headers, hdr_len) -> tuple[np.ndarray, np.ndarray]:
@@ -112,15 +115,16 @@ class OracleEstimator(Estimator):
     """``y(s)`` of the true flow size ``s`` in the evaluation segment (an upper bound).
 
     ``sizes`` maps 13-byte keys (``bytes``) to packet counts; unknown flows score ``y(1)``.
+    ``pivot``: the label's pivot ``T`` (default 64, :func:`soft_label`).
     Lookups are vectorised: the keys' 64-bit hashes are kept sorted next to their counts.
     """
 
     kind = "oracle"
 
-    def __init__(self, sizes: Mapping[bytes, int]):
+    def __init__(self, sizes: Mapping[bytes, int], pivot: float | None = None):
         from telesketch.hashing import hash_keys
 
-        self.sizes = sizes
+        self.sizes, self.pivot = sizes, pivot
         keys = np.frombuffer(b"".join(sizes.keys()), np.uint8).reshape(-1, 13) if sizes else np.zeros((0, 13), np.uint8)
         hashes = hash_keys(keys, ORACLE_SEED) if len(keys) else np.zeros(0, np.uint64)
         order = np.argsort(hashes)
@@ -141,7 +145,7 @@ class OracleEstimator(Estimator):
         h = hash_keys(np.ascontiguousarray(batch.flow_keys()[idx]), ORACLE_SEED)
         at = np.minimum(np.searchsorted(self._hashes, h), max(self._hashes.shape[0] - 1, 0))
         found = self._hashes[at] == h if self._hashes.size else np.zeros(h.shape[0], bool)
-        return soft_label(np.where(found, self._counts[at] if self._counts.size else 1, 1))
+        return soft_label(np.where(found, self._counts[at] if self._counts.size else 1, 1), self.pivot)
 
 
 def auto_kind() -> str:
@@ -188,9 +192,9 @@ def load_estimator(kind: str = "lm", path=None, **kwargs) -> Estimator:
     if meta.get("kind") != kind:
         raise ValueError(f"{path} holds a {meta.get('kind')!r} estimator, not {kind!r}")
     if kind == "trees":
-        from telesketch.estimators.trees import TreesEstimator
+        from telesketch.estimators.trees import HGB_FORMAT, BoostedTreesEstimator, TreesEstimator
 
-        return TreesEstimator.load(path)
+        return (BoostedTreesEstimator if meta.get("format") == HGB_FORMAT else TreesEstimator).load(path)
     if kind == "tiny":
         from telesketch.estimators.tiny import TinyEstimator
 

@@ -1,4 +1,8 @@
-"""Gradient-boosted regression trees on header words (spec §3.2 (c)), in numpy: no torch, no sklearn.
+"""Gradient-boosted regression trees on header words (spec §3.2 (c)).
+
+:class:`BoostedTreesEstimator` (new models): scikit-learn's ``HistGradientBoostingRegressor`` of
+``log2`` flow size, exported to numpy for serving, with a pivot-calibrated score. Below: the
+original hand-written GBDT (:class:`TreesEstimator`), kept so saved models of that format still load.
 
 A small histogram GBDT in the style of sklearn's ``HistGradientBoostingRegressor``: features are
 binned once into at most ``max_bins`` quantile bins; each round fits a depth-limited tree to the
@@ -14,7 +18,7 @@ from pathlib import Path
 import numba as nb
 import numpy as np
 
-from telesketch.estimators import META_FILE, Estimator, check_headers
+from telesketch.estimators import LABEL_SLOPE, META_FILE, Estimator, check_headers
 from telesketch.estimators.tokens import tree_features
 
 
@@ -179,3 +183,142 @@ def _predict_kernel(x, feature, threshold, value, base, lr, out):
                 f = feature[t, at]
             total += value[t, at]
         out[i] = base + lr * total
+
+
+# ============================================================================ scikit-learn boosting
+#: ``meta["format"]`` of a :class:`BoostedTreesEstimator` directory (the hand-written GBDT has none).
+HGB_FORMAT = "sklearn-hgb-log2size"
+
+
+class BoostedTreesEstimator(Estimator):
+    """scikit-learn ``HistGradientBoostingRegressor`` of ``log2(flow size)``, served without sklearn.
+
+    Fitting needs scikit-learn (the ``[llm]`` extra); the fitted trees are exported to numpy arrays
+    (per tree and node: ``feature`` int64 (-1: leaf), ``threshold`` float64 (``x <= t``: left),
+    ``left``/``right`` int64 child indices, ``value`` float64), so serving is numpy + one Numba pass.
+
+    The score is *calibrated* for a pivot ``T`` (packets): ``p = sigmoid(LABEL_SLOPE * (pred - cut))``
+    with ``pred`` the predicted ``log2`` size and ``cut`` the training-set quantile of ``pred`` above
+    which lies the training share of flows ``>= T`` (quantile mapping: ``p >= 0.5`` exactly for the
+    same share of training samples as are truly large). Regression on a rare class under-predicts;
+    a fixed cut at ``log2 T`` would admit too few large flows. :meth:`with_pivot` recalibrates.
+    """
+
+    kind = "trees"
+
+    def __init__(self, forest: dict, base: float, cut: float, pivot: int, train_pred: np.ndarray | None = None,
+                 train_size: np.ndarray | None = None, config: dict | None = None):
+        self.forest, self.base, self.cut, self.pivot = forest, float(base), float(cut), int(pivot)
+        self.train_pred, self.train_size = train_pred, train_size  # kept for recalibration (not saved)
+        self.config = dict(config or {})
+
+    # ------------------------------------------------------------------ fit
+    @classmethod
+    def fit(cls, headers, hdr_len, size, pivot: int = 64, max_iter: int = 200, learning_rate: float = 0.1,
+            max_leaf_nodes: int = 31, min_samples_leaf: int = 20, seed: int = 0) -> "BoostedTreesEstimator":
+        """Fit on header blocks and flow sizes (``int[n]`` packets) of the scoring-point samples."""
+        from telesketch.estimators import require_llm
+
+        ensemble = require_llm("sklearn.ensemble")
+        headers, hdr_len = check_headers(headers, hdr_len)
+        x = tree_features(headers).astype(np.float64)
+        target = np.log2(np.maximum(np.asarray(size, np.float64), 1.0))
+        model = ensemble.HistGradientBoostingRegressor(
+            max_iter=max_iter, learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
+            min_samples_leaf=min_samples_leaf, early_stopping=False, random_state=seed)
+        model.fit(x, target)
+        forest = export_hgb(model)
+        base = float(np.ravel(model._baseline_prediction)[0])
+        est = cls(forest, base, 0.0, pivot, config={"max_iter": max_iter, "learning_rate": learning_rate,
+                                                    "max_leaf_nodes": max_leaf_nodes,
+                                                    "min_samples_leaf": min_samples_leaf, "seed": seed})
+        est.train_pred = est.predict(headers, hdr_len)
+        est.train_size = np.asarray(size, np.int64)
+        return est.with_pivot(pivot)
+
+    def with_pivot(self, pivot: int) -> "BoostedTreesEstimator":
+        """The same trees calibrated for pivot ``pivot`` on the training predictions (a new object)."""
+        if self.train_pred is None:
+            raise ValueError("recalibration needs the training predictions (fit in this process)")
+        cut = quantile_cut(self.train_pred, self.train_size >= int(pivot))
+        return BoostedTreesEstimator(self.forest, self.base, cut, pivot, self.train_pred, self.train_size, self.config)
+
+    # ------------------------------------------------------------------ score
+    def predict(self, headers, hdr_len) -> np.ndarray:
+        """Predicted ``log2`` flow size, ``float64[n]``."""
+        headers, hdr_len = check_headers(headers, hdr_len)
+        out = np.empty(headers.shape[0])
+        f = self.forest
+        _forest_kernel(tree_features(headers), f["feature"], f["threshold"], f["left"], f["right"], f["value"],
+                       self.base, out)
+        return out
+
+    def score(self, headers, hdr_len) -> np.ndarray:
+        z = LABEL_SLOPE * (self.predict(headers, hdr_len) - self.cut)
+        return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(np.float32)
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(directory / "trees.npz", **self.forest)
+        meta = {"kind": self.kind, "format": HGB_FORMAT, "base": self.base, "cut": self.cut, "pivot": self.pivot,
+                "config": self.config}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory) -> "BoostedTreesEstimator":
+        directory = Path(directory)
+        meta = json.loads((directory / META_FILE).read_text())
+        with np.load(directory / "trees.npz") as z:
+            forest = {k: z[k] for k in ("feature", "threshold", "left", "right", "value")}
+        return cls(forest, meta["base"], meta["cut"], meta["pivot"], config=meta.get("config"))
+
+
+def quantile_cut(pred: np.ndarray, large: np.ndarray) -> float:
+    """The cut on ``pred`` above which lies the share ``mean(large)`` of ``pred`` (quantile mapping).
+
+    No large sample: above every prediction (nothing predicted large)."""
+    pred = np.asarray(pred, np.float64)
+    share = float(np.mean(large)) if len(large) else 0.0
+    if share <= 0.0 or pred.size == 0:
+        return float(pred.max() + 1.0) if pred.size else 0.0
+    return float(np.quantile(pred, 1.0 - share))
+
+
+def export_hgb(model) -> dict[str, np.ndarray]:
+    """A fitted ``HistGradientBoostingRegressor``'s trees as padded numpy arrays ``[trees, nodes]``.
+
+    Reads the predictors' node tables (sklearn's ``TreePredictor.nodes``: numeric splits
+    ``x <= num_threshold`` go left; no categorical features or missing values here).
+    """
+    trees = [p[0].nodes for p in model._predictors]
+    width = max(t.shape[0] for t in trees)
+    shape = (len(trees), width)
+    out = {"feature": np.full(shape, -1, np.int64), "threshold": np.zeros(shape), "left": np.zeros(shape, np.int64),
+           "right": np.zeros(shape, np.int64), "value": np.zeros(shape)}
+    for i, t in enumerate(trees):
+        m = t.shape[0]
+        leaf = t["is_leaf"].astype(bool)
+        out["feature"][i, :m] = np.where(leaf, -1, t["feature_idx"])
+        out["threshold"][i, :m] = t["num_threshold"]
+        out["left"][i, :m] = t["left"]
+        out["right"][i, :m] = t["right"]
+        out["value"][i, :m] = t["value"]
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _forest_kernel(x, feature, threshold, left, right, value, base, out):
+    """``out[i] = base + sum_t tree_t(x[i])``; at a node, ``x[f] <= threshold`` goes left."""
+    for i in range(x.shape[0]):
+        total = base
+        for t in range(feature.shape[0]):
+            at = 0
+            f = feature[t, 0]
+            while f >= 0:
+                at = left[t, at] if x[i, f] <= threshold[t, at] else right[t, at]
+                f = feature[t, at]
+            total += value[t, at]
+        out[i] = total
