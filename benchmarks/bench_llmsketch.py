@@ -201,7 +201,7 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None):
             rows[label] = sketch_metrics(true, base.flow_size(query_rows), pivot) | {"F1": float("nan"),
                                                                                      "AUC": float("nan")}
         for label, r in rows.items():
-            print(f"| {mem // 1024} KiB | {pivot} | {pivot_hh} | {label} | {r['ARE']:.4f} | {r['AAE']:.3f} | "
+            print(f"| {mem / 1024:g} KiB | {pivot} | {pivot_hh} | {label} | {r['ARE']:.4f} | {r['AAE']:.3f} | "
                   f"{r['ARE>=T']:.4f} | {r['top100 ARE']:.4f} | {r['F1']:.3f} | {r['AUC']:.3f} |", flush=True)
         out.append((mem, pivot, pivot_hh, rows))
     if summary is not None:
@@ -232,7 +232,7 @@ def print_ratios(summary, model="trees (sklearn HGB, calibrated)"):
                     cells.append(f"{rows[model][metric]:.3f} vs {best:.3f} ({rows['oracle'][metric]:.3f})")
             beats = all(rows[model][m] < rows[b][m] for m in ("ARE", "AAE")
                         for b in ("count-min (4 B counters)", "CU (4 B counters)"))
-            print(f"| {name} | {mem // 1024} KiB | " + " | ".join(cells) + f" | {'yes' if beats else 'no'} |")
+            print(f"| {name} | {mem / 1024:g} KiB | " + " | ".join(cells) + f" | {'yes' if beats else 'no'} |")
 
 
 def paper_evaluation(args):
@@ -241,7 +241,7 @@ def paper_evaluation(args):
     from telesketch.estimators.training import segment_samples
     from telesketch.estimators.trees import BoostedTreesEstimator
 
-    kib = lambda s: [int(x) * 1024 for x in s.split(",")]
+    kib = lambda s: [int(float(x) * 1024) for x in s.split(",")]
     lm = load_estimator("lm", args.lm_path) if "lm" in args.estimators.split(",") else None
     summary = []
 
@@ -267,7 +267,7 @@ def paper_evaluation(args):
             path = os.path.join(os.path.dirname(args.trace), name)
             if os.path.exists(path):
                 paper_trace(f"held-out {name}, zero-shot (trees trained on N's training part)", train,
-                            load_trace(path), kib(args.memories_trace), model_n, lm, summary)
+                            load_trace(path), kib(args.memories_held_out), model_n, lm, summary)
     for seed in [int(x) for x in args.generated_seeds.split(",")]:
         gen = generate_labelled_batch(args.generated_packets, args.generated_flows, seed=seed)
         train, test = split_trace(gen, 0.5)
@@ -351,6 +351,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trace", default=NDPI, help="capture to train/evaluate on ('none': the generated trace only)")
     ap.add_argument("--memories-trace", default="4,8,16", help="KiB, comma separated")
     ap.add_argument("--memories-generated", default="16,32,64")
+    ap.add_argument("--memories-held-out", default="0.5,1,2",
+                    help="KiB for the small held-out real captures (4-38 k packets: scaled down from 4-16 KiB)")
     ap.add_argument("--generated-packets", type=int, default=200_000)
     ap.add_argument("--generated-flows", type=int, default=10_000)
     ap.add_argument("--generated-seeds", default="7,8,9", help="seeds of the generated trace, comma separated "

@@ -135,3 +135,50 @@ def test_capture_ids_of_the_ndpi_trace(shared_traces):
     capture = capture_ids(batch, pcap, shared_traces / "ndpi_merged_manifest.json")
     assert capture.shape == (len(batch),) and (np.diff(capture) >= 0).all()
     assert capture[0] == 0 and capture[-1] == 486 and np.unique(capture).size > 400
+
+
+def test_train_estimator_time_split_reports_heldout_figures(tmp_path, capsys):
+    """train-estimator on a capture: time split, pivot from memory, AUC / calibration / sketch figures."""
+    import json
+
+    from telesketch.cli import main
+    from telesketch.traces import generate_capture
+
+    pcap = tmp_path / "gen.pcap"
+    generate_capture(pcap, packets=30_000, flows=1_500, seed=5)
+    assert main(["train-estimator", str(pcap), "--kind", "trees", "--out", str(tmp_path / "m"), "--no-progress",
+                 "--memory-kib", "8", "--config", '{"max_iter": 30}']) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "time" and report["captures"] is None
+    held = report["heldout"]
+    assert held["pivot"] == report["pivot"] >= 2
+    assert 0.0 <= held["first_packet_auc"] <= 1.0
+    assert set(held["calibration"]) == {"large_share", "predicted_large_share", "precision", "recall"}
+    assert set(held["sketch"]["best_constant"]) == {"ARE", "AAE", "ARE>=T", "top100 ARE"}
+    est = load_estimator("trees", tmp_path / "m")
+    assert est.pivot == report["pivot"]
+
+
+def test_train_estimator_warns_when_no_better_than_a_constant(tmp_path):
+    from telesketch.estimators.training import constant_warnings
+
+    report = {"first_packet_auc": 0.45,
+              "sketch": {"model": {"ARE>=T": 0.2, "top100 ARE": 0.3},
+                         "best_constant": {"ARE>=T": {"constant": 0.0, "value": 0.1},
+                                           "top100 ARE": {"constant": 1.0, "value": 0.2}}}}
+    warnings = constant_warnings(report)
+    assert len(warnings) == 2 and "AUC 0.450" in warnings[0] and "no better than with a constant" in warnings[1]
+    report["first_packet_auc"] = 0.9
+    report["sketch"]["model"] = {"ARE>=T": 0.05, "top100 ARE": 0.3}
+    assert constant_warnings(report) == []
+
+
+def test_train_estimator_split_by_capture_needs_a_manifest(tmp_path, capsys):
+    from telesketch.cli import main
+    from telesketch.traces import generate_capture
+
+    pcap = tmp_path / "gen.pcap"
+    generate_capture(pcap, packets=2_000, flows=100, seed=5)
+    assert main(["train-estimator", str(pcap), "--kind", "trees", "--out", str(tmp_path / "m"), "--no-progress",
+                 "--split", "capture"]) == 2
+    assert "needs the source captures" in capsys.readouterr().err
