@@ -182,3 +182,29 @@ def test_train_estimator_split_by_capture_needs_a_manifest(tmp_path, capsys):
     assert main(["train-estimator", str(pcap), "--kind", "trees", "--out", str(tmp_path / "m"), "--no-progress",
                  "--split", "capture"]) == 2
     assert "needs the source captures" in capsys.readouterr().err
+
+
+def test_old_hand_written_trees_are_refused_with_a_hint(tmp_path):
+    (tmp_path / "estimator.json").write_text('{"kind": "trees", "config": {"rounds": 1}, "base": 0.3, "features": 16}')
+    with pytest.raises(ValueError, match="old hand-written format.*retrain"):
+        load_estimator("trees", tmp_path)
+
+
+def test_shipped_trees_load_without_training_data_and_recalibrate():
+    est = load_estimator("trees")
+    assert est.pivot >= 2 and est.train_pred is None
+    assert est.with_pivot(est.pivot).cut == pytest.approx(est.cuts.get(est.pivot, est.cut), abs=1e-9) \
+        if est.pivot in est.cuts else True
+    assert est.with_pivot(16).cut < est.with_pivot(256).cut  # from the saved cut table
+
+
+def test_scorer_state_is_reported_and_capped_by_cache_flows():
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    assert LLMSketch(8 * 1024).scorer_bytes == 0
+    small = LLMSketch(8 * 1024, estimator=0.5, cache_flows=1024)
+    big = LLMSketch(8 * 1024, estimator=0.5, cache_flows=4096)
+    assert small.scorer_bytes == 1024 * 33 and big.scorer_bytes == 4 * small.scorer_bytes
+    batch = generate_labelled_batch(5_000, 3_000, seed=1)
+    small.update(batch)
+    assert small.scorer_bytes == 1024 * 33 and len(small.scorer.cache) <= 1024  # capped, never grows

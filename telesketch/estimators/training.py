@@ -179,14 +179,9 @@ def evaluate(estimator, samples: Samples, baseline: float) -> dict:
 def fit_estimator(kind: str, train: Samples, val: Samples, progress: bool = False, **config):
     """Train an estimator of ``kind`` (``trees``, ``tiny``, ``lm``) on samples; returns it."""
     if kind == "trees":
-        from telesketch.estimators.trees import TreesConfig, TreesEstimator
+        from telesketch.estimators.trees import BoostedTreesEstimator
 
-        cfg = TreesConfig(**config)
-        bar = Progress(cfg.rounds, "trees", progress)
-        est = TreesEstimator.fit(train.headers, train.hdr_len, train.y, cfg,
-                                 progress=lambda i, n, m: bar.update(1, train_mse=m))
-        bar.close()
-        return est
+        return BoostedTreesEstimator.fit(train.headers, train.hdr_len, train.size, **config)
     if kind == "tiny":
         from telesketch.estimators.tiny import TinyConfig, TinyEstimator
 
