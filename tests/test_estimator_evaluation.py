@@ -208,3 +208,15 @@ def test_scorer_state_is_reported_and_capped_by_cache_flows():
     batch = generate_labelled_batch(5_000, 3_000, seed=1)
     small.update(batch)
     assert small.scorer_bytes == 1024 * 33 and len(small.scorer.cache) <= 1024  # capped, never grows
+
+
+def test_quantile_calibration_of_any_model_keeps_ranking_and_moves_the_cut():
+    from telesketch.estimators import ConstantEstimator
+    from telesketch.estimators.evaluation import QuantileCalibrated
+
+    scores = np.linspace(0.0, 0.4, 101)  # an under-confident model: never 0.5
+    sizes = np.where(scores >= 0.3, 100, 1)  # the top quarter is large
+    cal = QuantileCalibrated.fit(ConstantEstimator(0.0), scores, sizes, pivot=64)
+    mapped = cal._map(scores)
+    assert (np.diff(mapped) >= 0).all()
+    assert float(np.mean(mapped >= 0.5)) == pytest.approx(float(np.mean(sizes >= 64)), abs=0.02)
