@@ -1,5 +1,14 @@
 """LLM-Sketch accuracy and throughput per estimator (specs/llmsketch.md §4-§5).
 
+``--sections paper`` (default, issue #19): the paper's way of measuring. N: the nDPI trace with each
+source capture split in time; N-unseen: split by capture; the other real captures zero-shot; G: the
+generated trace per seed. At each memory the pivot T is chosen from the memory and the training traffic
+(``estimators.evaluation.choose_pivot``); sklearn boosted trees calibrated to T, the shipped LM
+(``--calibrate-lm``: also quantile-calibrated to T), constants 0 / 0.5 / 1, the oracle, Count-Min and
+CU of equal memory; all-flow ARE / AAE, ARE over flows >= T, top-100 ARE, HH F1, first-packet AUC,
+and the ratios to the best constant per metric. The older per-estimator tables follow
+(``--sections accuracy``).
+
 For each trace: train estimators on the first half (trees, tiny; lm = the shipped adapter unless
 ``--lm-path``), replay the second half through LLM-Sketch with per-flow scores (sync mode,
 re-scoring at 1, 2, 4, ...), and report flow-size ARE / AAE (all flows, and ARE over flows > 64
