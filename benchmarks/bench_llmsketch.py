@@ -183,8 +183,8 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None):
     ``fitted``: a ``BoostedTreesEstimator`` trained on ``train`` (or on another trace: zero-shot);
     recalibrated here to each memory point's pivot ``T``, chosen from ``train`` and the memory.
     """
-    from telesketch.estimators.evaluation import (ConservativeUpdateBaseline, choose_pivot, first_packet_auc,
-                                                  heavy_slots, hh_f1, sketch_metrics)
+    from telesketch.estimators.evaluation import (ConservativeUpdateBaseline, ElasticBaseline, choose_pivot,
+                                                  first_packet_auc, heavy_slots, hh_f1, sketch_metrics)
 
     keys_void = test.flow_keys_void()
     uniq, true = np.unique(keys_void, return_counts=True)
@@ -240,7 +240,8 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None):
                 else float("nan")
             rows[label] = r
         for label, base in (("count-min (4 B counters)", CountMinBaseline(mem)),
-                            ("CU (4 B counters)", ConservativeUpdateBaseline(mem))):
+                            ("CU (4 B counters)", ConservativeUpdateBaseline(mem)),
+                            ("Elastic (1/4 heavy, 1 B light counters)", ElasticBaseline(mem))):
             base.update(test)
             rows[label] = sketch_metrics(true, base.flow_size(query_rows), pivot) | {"F1": float("nan"),
                                                                                      "AUC": float("nan")}
@@ -258,8 +259,8 @@ def print_ratios(summary, model="trees (sklearn HGB, calibrated)"):
     (errors: model / best constant; F1: the difference); and whether ``model`` beats CM and CU."""
     print(f"\n### ratios to the best constant per metric ({model}; oracle in brackets)")
     print("\n| trace | memory | ARE | AAE | ARE>=T | top-100 ARE | HH F1 (model - best const) | "
-          "ARE, AAE below CM and CU |")
-    print("|---|---|---|---|---|---|---|---|")
+          "ARE, AAE below CM and CU | ARE, AAE below Elastic |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, out in summary:
         for mem, _, _, rows in out:
             if model not in rows:
@@ -276,7 +277,10 @@ def print_ratios(summary, model="trees (sklearn HGB, calibrated)"):
                     cells.append(f"{rows[model][metric]:.3f} vs {best:.3f} ({rows['oracle'][metric]:.3f})")
             beats = all(rows[model][m] < rows[b][m] for m in ("ARE", "AAE")
                         for b in ("count-min (4 B counters)", "CU (4 B counters)"))
-            print(f"| {name} | {mem / 1024:g} KiB | " + " | ".join(cells) + f" | {'yes' if beats else 'no'} |")
+            elastic = "Elastic (1/4 heavy, 1 B light counters)"
+            beats_el = all(rows[model][m] < rows[elastic][m] for m in ("ARE", "AAE"))
+            print(f"| {name} | {mem / 1024:g} KiB | " + " | ".join(cells) + f" | {'yes' if beats else 'no'} | "
+                  f"{'yes' if beats_el else 'no'} |")
 
 
 def paper_evaluation(args):

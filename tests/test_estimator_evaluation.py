@@ -220,3 +220,23 @@ def test_quantile_calibration_of_any_model_keeps_ranking_and_moves_the_cut():
     mapped = cal._map(scores)
     assert (np.diff(mapped) >= 0).all()
     assert float(np.mean(mapped >= 0.5)) == pytest.approx(float(np.mean(sizes >= 64)), abs=0.02)
+
+
+def test_elastic_counts_a_lone_flow_exactly_and_beats_count_min_at_equal_memory():
+    from telesketch.estimators.evaluation import ElasticBaseline
+    from telesketch.sketches.llmsketch import CountMinBaseline
+
+    batch = generate_labelled_batch(20_000, 2_000, seed=4)
+    uniq, true = np.unique(batch.flow_keys_void(), return_counts=True)
+    rows = np.ascontiguousarray(uniq).view(np.uint8).reshape(-1, 13)
+    el, cm = ElasticBaseline(4096), CountMinBaseline(4096)
+    el.update(batch)
+    cm.update(batch)
+    got = el.flow_size(rows)
+    assert el.buckets * 21 + el.light.size <= 4096
+    big = np.argsort(-true)[:20]  # most of the largest flows own their buckets: counted (almost) exactly
+    assert np.median(np.abs(got[big] - true[big]) / true[big]) < 0.02
+    assert np.mean(np.abs(got - true) / true) < np.mean(np.abs(cm.flow_size(rows) - true) / true)
+    one = ElasticBaseline(1024)
+    one.update(batch[:1])
+    assert one.flow_size(batch.flow_keys()[:1]).tolist() == [1]

@@ -8,8 +8,8 @@
   flows of ``>= T`` packets fill about half the heavy slots.
 * :func:`sketch_metrics`: all-flow ARE / AAE, ARE over flows ``>= T``, top-100 ARE; :func:`hh_f1`;
   :func:`first_packet_auc` (does the score at a flow's first packet rank flows ``>= T`` first?).
-* Baselines of equal memory with 4-byte counters: Count-Min (``llmsketch.CountMinBaseline``) and
-  :class:`ConservativeUpdateBaseline` (CU).
+* Baselines of equal memory: Count-Min (``llmsketch.CountMinBaseline``) and
+  :class:`ConservativeUpdateBaseline` (CU), 4-byte counters; :class:`ElasticBaseline` (Elastic Sketch).
 """
 from __future__ import annotations
 
@@ -134,6 +134,109 @@ def _cu_kernel(table, cols):
         for r in range(table.shape[0]):
             if table[r, cols[r, i]] == low:
                 table[r, cols[r, i]] = low + 1
+
+
+ELASTIC_LAMBDA = 8
+ELASTIC_ENTRY_BYTES = 13 + 4 + 4  # key, vote+, vote- (the flag bit is not charged)
+ELASTIC_ROWS = 3
+ELASTIC_SEED = 0xE1A5
+
+
+class ElasticBaseline:
+    """Elastic Sketch (Yang et al., SIGCOMM 2018), simplified, as an equal-memory baseline.
+
+    Heavy part: ``heavy_ratio`` of the memory in one-entry buckets ``(key, vote+, vote-, flag)``
+    charged 21 bytes (13-byte key, two 4-byte votes); light part: 3 rows of 1-byte saturating
+    Count-Min counters. A packet of a flow in its bucket adds to ``vote+``; another flow adds to
+    ``vote-`` and, once ``vote- >= 8 vote+`` (lambda = 8), evicts the resident (its ``vote+`` goes to
+    the light part) and takes the bucket with ``flag`` set; otherwise it goes to the light part. A
+    flagged resident's estimate adds its light count. Keys are held as 64-bit hashes (collisions
+    ignored); the light part hashes those. Not the reference code: no multi-entry buckets."""
+
+    def __init__(self, memory_bytes: int, heavy_ratio: float = 0.25):
+        self.buckets = max(int(memory_bytes * heavy_ratio / ELASTIC_ENTRY_BYTES), 1)
+        width = int((memory_bytes - self.buckets * ELASTIC_ENTRY_BYTES) / ELASTIC_ROWS)
+        if width < 1:
+            raise ValueError(f"memory_bytes={memory_bytes} is too small for an Elastic sketch")
+        self.key = np.zeros(self.buckets, np.uint64)
+        self.vplus = np.zeros(self.buckets, np.int64)
+        self.vminus = np.zeros(self.buckets, np.int64)
+        self.flag = np.zeros(self.buckets, np.uint8)
+        self.light = np.zeros((ELASTIC_ROWS, width), np.int64)
+
+    @staticmethod
+    def _fingerprints(keys13: np.ndarray) -> np.ndarray:
+        from telesketch.hashing import hash_keys
+
+        h = hash_keys(np.ascontiguousarray(keys13, np.uint8).reshape(-1, 13), ELASTIC_SEED)
+        return np.where(h == 0, np.uint64(1), h)  # 0 marks an empty bucket
+
+    def update(self, batch: PacketBatch) -> None:
+        _elastic_kernel(self._fingerprints(batch.flow_keys()), self.key, self.vplus, self.vminus, self.flag,
+                        self.light, ELASTIC_LAMBDA)
+
+    def flow_size(self, keys) -> np.ndarray:
+        fp = self._fingerprints(keys)
+        out = np.empty(fp.shape[0], np.int64)
+        _elastic_query(fp, self.key, self.vplus, self.flag, self.light, out)
+        return out
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _mix(x, r):
+    """splitmix64 finaliser of ``x`` for row ``r`` (bucket: r = ELASTIC_ROWS)."""
+    z = x + np.uint64(0x9E3779B97F4A7C15) * np.uint64(r + 1)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _light_add(light, k, v):
+    w = np.uint64(light.shape[1])
+    for r in range(light.shape[0]):
+        c = np.int64(_mix(k, r) % w)
+        light[r, c] = min(light[r, c] + v, 255)
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _light_get(light, k):
+    w = np.uint64(light.shape[1])
+    low = np.int64(255)
+    for r in range(light.shape[0]):
+        low = min(low, light[r, np.int64(_mix(k, r) % w)])
+    return low
+
+
+@nb.njit(cache=True, nogil=True)
+def _elastic_kernel(fp, key, vplus, vminus, flag, light, lam):
+    nb_ = np.uint64(key.shape[0])
+    for i in range(fp.shape[0]):
+        k = fp[i]
+        b = np.int64(_mix(k, light.shape[0]) % nb_)
+        if key[b] == 0:
+            key[b], vplus[b], vminus[b], flag[b] = k, 1, 0, 0
+        elif key[b] == k:
+            vplus[b] += 1
+        else:
+            vminus[b] += 1
+            if vminus[b] >= lam * vplus[b]:
+                _light_add(light, key[b], vplus[b])
+                key[b], vplus[b], vminus[b], flag[b] = k, 1, 1, 1
+            else:
+                _light_add(light, k, 1)
+
+
+@nb.njit(cache=True, nogil=True)
+def _elastic_query(fp, key, vplus, flag, light, out):
+    nb_ = np.uint64(key.shape[0])
+    for i in range(fp.shape[0]):
+        k = fp[i]
+        b = np.int64(_mix(k, light.shape[0]) % nb_)
+        if key[b] == k:
+            out[i] = vplus[b] + (_light_get(light, k) if flag[b] else 0)
+        else:
+            out[i] = _light_get(light, k)
 
 
 # ---------------------------------------------------------------------------- metrics
