@@ -1,5 +1,14 @@
 """LLM-Sketch accuracy and throughput per estimator (specs/llmsketch.md §4-§5).
 
+``--sections paper`` (default, issue #19): the paper's way of measuring. N: the nDPI trace with each
+source capture split in time; N-unseen: split by capture; the other real captures zero-shot; G: the
+generated trace per seed. At each memory the pivot T is chosen from the memory and the training traffic
+(``estimators.evaluation.choose_pivot``); sklearn boosted trees calibrated to T, the shipped LM
+(``--calibrate-lm``: also quantile-calibrated to T), constants 0 / 0.5 / 1, the oracle, Count-Min and
+CU of equal memory; all-flow ARE / AAE, ARE over flows >= T, top-100 ARE, HH F1, first-packet AUC,
+and the ratios to the best constant per metric. The older per-estimator tables follow
+(``--sections accuracy``).
+
 For each trace: train estimators on the first half (trees, tiny; lm = the shipped adapter unless
 ``--lm-path``), replay the second half through LLM-Sketch with per-flow scores (sync mode,
 re-scoring at 1, 2, 4, ...), and report flow-size ARE / AAE (all flows, and ARE over flows > 64
@@ -126,6 +135,201 @@ def run_trace(name, batch, memories, estimators, lm_path, tiny_epochs, lm_train_
     return rows
 
 
+# ============================================================================ the paper's way (issue #19)
+MANIFEST = "ndpi_merged_manifest.json"  # next to the nDPI trace: each source capture and its packets
+HELD_OUT = ("slips_test-cc-capture-1.pcap", "stopddos_amp.dns.RRSIG.fragmented.pcap",
+            "stopddos_amp.TCP.reflection.SYNACK.pcap", "stopddos_pkt.TCP.synflood.spoofed.pcap")
+PAPER_METRICS = ("ARE", "AAE", "ARE>=T", "top100 ARE", "F1")
+LOWER_IS_BETTER = {"ARE": True, "AAE": True, "ARE>=T": True, "top100 ARE": True, "F1": False}
+
+
+def _flow_sizes(batch):
+    return np.unique(batch.flow_keys_void(), return_counts=True)[1]
+
+
+def _floor_for(pivot: int) -> int:
+    """The scorer's size floor must not mark flows below the pivot large: first floor >= T, >= 512."""
+    return max(512, 1 << int(np.ceil(np.log2(max(pivot, 1)))))
+
+
+class MemoScores:
+    """An estimator's scores memoised by header row, so recalibrating a slow model (the LM) for
+    each pivot re-scores nothing."""
+
+    kind = "memo"
+
+    def __init__(self, base):
+        self.base, self.memo = base, {}
+
+    def score(self, headers, hdr_len):
+        keys = [bytes(h[:n]) for h, n in zip(headers, hdr_len)]
+        first = {}
+        for i, k in enumerate(keys):
+            if k not in self.memo and k not in first:
+                first[k] = i
+        missing = np.array(list(first.values()), np.int64)
+        if missing.size:
+            got = self.base.score(headers[missing], hdr_len[missing])
+            self.memo.update(zip((keys[i] for i in missing), got.tolist()))
+        return np.array([self.memo[k] for k in keys], np.float32)
+
+    def score_packets(self, batch, idx):
+        return self.score(batch.header[idx], batch.hdr_len[idx])
+
+
+def paper_trace(name, train, test, memories, fitted, lm=None, summary=None):
+    """One trace of the issue-#19 evaluation: every memory point, every estimator and baseline.
+
+    ``fitted``: a ``BoostedTreesEstimator`` trained on ``train`` (or on another trace: zero-shot);
+    recalibrated here to each memory point's pivot ``T``, chosen from ``train`` and the memory.
+    """
+    from telesketch.estimators.evaluation import (ConservativeUpdateBaseline, ElasticBaseline, choose_pivot,
+                                                  first_packet_auc, heavy_slots, hh_f1, sketch_metrics)
+
+    keys_void = test.flow_keys_void()
+    uniq, true = np.unique(keys_void, return_counts=True)
+    truth = dict(zip(uniq.tolist(), true.tolist()))
+    query_rows = np.ascontiguousarray(uniq).view(np.uint8).reshape(-1, 13)
+    n = len(test)
+    threshold = int(1e-4 * n)
+    true_hh = set(exact.heavy_hitters(keys_void, threshold=threshold))
+    train_sizes = _flow_sizes(train)
+    scale = n / max(len(train), 1)
+    print(f"\n### {name}: train {len(train):,} packets / {train_sizes.size:,} flows; test {n:,} packets, "
+          f"{len(truth):,} flows, HH threshold {threshold} ({len(true_hh)} true HH)", flush=True)
+    print("\n| memory | T (flow size) | T (HH) | estimator | ARE | AAE | ARE>=T | top-100 ARE | HH F1 | first-pkt AUC |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    cache = {}
+    out = []
+    for mem in memories:
+        pivot = choose_pivot(train_sizes, heavy_slots(mem), scale=scale)
+        pivot_hh = min(choose_pivot(train_sizes, heavy_slots(mem, "heavy_hitters"), scale=scale), threshold + 1)
+        models = {"constant(0)": (ConstantEstimator(0.0),) * 2, "constant(0.5)": (ConstantEstimator(0.5),) * 2,
+                  "constant(1)": (ConstantEstimator(1.0),) * 2,
+                  "oracle": (OracleEstimator(truth, pivot), OracleEstimator(truth, pivot_hh))}
+        if fitted is not None:
+            models["trees (sklearn HGB, calibrated)"] = (fitted.with_pivot(pivot), fitted.with_pivot(pivot_hh))
+        if lm is not None:
+            models["lm (shipped)"] = (lm, lm)
+            if isinstance(lm, MemoScores):
+                from telesketch.estimators.evaluation import QuantileCalibrated
+                from telesketch.estimators.training import segment_samples
+
+                if "lm_train" not in cache:  # the LM's scores of the training part's scoring points
+                    s = segment_samples(train, rescore=True)
+                    cache["lm_train"] = (lm.score(s.headers, s.hdr_len), s.size)
+                sc, sz = cache["lm_train"]
+                models["lm (shipped, quantile-calibrated)"] = (QuantileCalibrated.fit(lm, sc, sz, pivot),
+                                                               QuantileCalibrated.fit(lm, sc, sz, pivot_hh))
+        rows = {}
+        for label, (model, model_hh) in models.items():
+            fs = {}
+            for which, m, t in (("size", model, pivot), ("hh", model_hh, pivot_hh)):
+                key = (id(m), _floor_for(t)) if label.startswith(("constant", "lm")) else None
+                if key is not None and key in cache:
+                    fs[which] = cache[key]
+                else:
+                    fs[which] = score_trace(m, test, _floor_for(t))[0]
+                    if key is not None:
+                        cache[key] = fs[which]
+            sketch = LLMSketch(mem, "flow_size")
+            sketch.update(test, fs["size"])
+            r = sketch_metrics(true, sketch.flow_size(query_rows), pivot)
+            r["F1"] = hh_f1(test, fs["hh"], mem, threshold, true_hh)
+            r["AUC"] = first_packet_auc(model, test, pivot) if not label.startswith(("constant", "oracle")) \
+                else float("nan")
+            rows[label] = r
+        for label, base in (("count-min (4 B counters)", CountMinBaseline(mem)),
+                            ("CU (4 B counters)", ConservativeUpdateBaseline(mem)),
+                            ("Elastic (1/4 heavy, 1 B light counters)", ElasticBaseline(mem))):
+            base.update(test)
+            rows[label] = sketch_metrics(true, base.flow_size(query_rows), pivot) | {"F1": float("nan"),
+                                                                                     "AUC": float("nan")}
+        for label, r in rows.items():
+            print(f"| {mem / 1024:g} KiB | {pivot} | {pivot_hh} | {label} | {r['ARE']:.4f} | {r['AAE']:.3f} | "
+                  f"{r['ARE>=T']:.4f} | {r['top100 ARE']:.4f} | {r['F1']:.3f} | {r['AUC']:.3f} |", flush=True)
+        out.append((mem, pivot, pivot_hh, rows))
+    if summary is not None:
+        summary.append((name, out))
+    return out
+
+
+def print_ratios(summary, model="trees (sklearn HGB, calibrated)"):
+    """Per trace and memory: best constant per metric, and the oracle's and ``model``'s ratio to it
+    (errors: model / best constant; F1: the difference); and whether ``model`` beats CM and CU."""
+    print(f"\n### ratios to the best constant per metric ({model}; oracle in brackets)")
+    print("\n| trace | memory | ARE | AAE | ARE>=T | top-100 ARE | HH F1 (model - best const) | "
+          "ARE, AAE below CM and CU | ARE, AAE below Elastic |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, out in summary:
+        for mem, _, _, rows in out:
+            if model not in rows:
+                continue
+            cells = []
+            for metric in PAPER_METRICS:
+                consts = [rows[c][metric] for c in CONSTANTS]
+                if LOWER_IS_BETTER[metric]:
+                    best = min(consts)
+                    ratio = lambda v: (f"{v / best:.2f}x" if best > 0 else "–")
+                    cells.append(f"{ratio(rows[model][metric])} ({ratio(rows['oracle'][metric])}; best c {best:.4f})")
+                else:
+                    best = max(consts)
+                    cells.append(f"{rows[model][metric]:.3f} vs {best:.3f} ({rows['oracle'][metric]:.3f})")
+            beats = all(rows[model][m] < rows[b][m] for m in ("ARE", "AAE")
+                        for b in ("count-min (4 B counters)", "CU (4 B counters)"))
+            elastic = "Elastic (1/4 heavy, 1 B light counters)"
+            beats_el = all(rows[model][m] < rows[elastic][m] for m in ("ARE", "AAE"))
+            print(f"| {name} | {mem / 1024:g} KiB | " + " | ".join(cells) + f" | {'yes' if beats else 'no'} | "
+                  f"{'yes' if beats_el else 'no'} |")
+
+
+def paper_evaluation(args):
+    """N (per-capture time split), N-unseen (capture split), held-out real captures zero-shot, G."""
+    from telesketch.estimators.evaluation import capture_ids, capture_split, time_split_per_capture
+    from telesketch.estimators.training import segment_samples
+    from telesketch.estimators.trees import BoostedTreesEstimator
+
+    kib = lambda s: [int(float(x) * 1024) for x in s.split(",")]
+    lm = load_estimator("lm", args.lm_path) if "lm" in args.estimators.split(",") else None
+    if lm is not None and args.calibrate_lm:
+        lm = MemoScores(lm)
+    summary = []
+
+    def fit(train):
+        t0 = time.perf_counter()
+        s = segment_samples(train, rescore=True)
+        est = BoostedTreesEstimator.fit(s.headers, s.hdr_len, s.size)
+        print(f"\n(trees: {len(s):,} samples, fitted in {time.perf_counter() - t0:.1f} s)", flush=True)
+        return est
+
+    manifest = os.path.join(os.path.dirname(args.trace), MANIFEST)
+    if os.path.exists(args.trace) and os.path.exists(manifest):
+        batch = load_trace(args.trace)
+        capture = capture_ids(batch, args.trace, manifest)
+        train, test = time_split_per_capture(batch, capture, 0.5)
+        model_n = fit(train)
+        paper_trace("N: nDPI, each capture split in time (first half trains)", train, test,
+                    kib(args.memories_trace), model_n, lm, summary)
+        train_u, test_u = capture_split(batch, capture, 0.5, seed=0)
+        paper_trace("N-unseen: nDPI split by capture (half the captures train)", train_u, test_u,
+                    kib(args.memories_trace), fit(train_u), lm, summary)
+        for name in HELD_OUT:
+            path = os.path.join(os.path.dirname(args.trace), name)
+            if os.path.exists(path):
+                paper_trace(f"held-out {name}, zero-shot (trees trained on N's training part)", train,
+                            load_trace(path), kib(args.memories_held_out), model_n, lm, summary)
+    for seed in [int(x) for x in args.generated_seeds.split(",") if x]:
+        gen = generate_labelled_batch(args.generated_packets, args.generated_flows, seed=seed)
+        train, test = split_trace(gen, 0.5)
+        paper_trace(f"G: generated seed {seed} (first half trains)", train, test, kib(args.memories_generated),
+                    fit(train), lm, summary)
+    print_ratios(summary)
+    if lm is not None:
+        print_ratios(summary, "lm (shipped)")
+    if isinstance(lm, MemoScores):
+        print_ratios(summary, "lm (shipped, quantile-calibrated)")
+
+
 def _gap_closed(rows, mem, m, metric) -> str:
     """Share of the best-constant -> oracle gap in ``metric`` closed by ``m`` ("-" if the oracle is not better)."""
     ref = {label: r[metric] for label, size, r, _, _ in rows if size == mem}
@@ -199,9 +403,11 @@ def main(argv=None) -> int:
     ap.add_argument("--trace", default=NDPI, help="capture to train/evaluate on ('none': the generated trace only)")
     ap.add_argument("--memories-trace", default="4,8,16", help="KiB, comma separated")
     ap.add_argument("--memories-generated", default="16,32,64")
+    ap.add_argument("--memories-held-out", default="0.5,1,2",
+                    help="KiB for the small held-out real captures (4-38 k packets: scaled down from 4-16 KiB)")
     ap.add_argument("--generated-packets", type=int, default=200_000)
     ap.add_argument("--generated-flows", type=int, default=10_000)
-    ap.add_argument("--generated-seeds", default="7", help="seeds of the generated trace, comma separated "
+    ap.add_argument("--generated-seeds", default="7,8,9", help="seeds of the generated trace, comma separated "
                     "(more than one: also the mean over seeds)")
     ap.add_argument("--estimators", default="trees,tiny,lm")
     ap.add_argument("--lm-path", default=None, help="trained lm directory (default: the shipped adapter)")
@@ -210,8 +416,12 @@ def main(argv=None) -> int:
                     help="the packet path's size-floor position (telesketch.estimators.scoring; 0: off)")
     ap.add_argument("--lm-train-seconds", type=float, default=0.0,
                     help="also fine-tune the LM on each trace's first half for at most this long (0: off)")
+    ap.add_argument("--calibrate-lm", action="store_true",
+                    help="paper section: also the shipped LM with its score quantile-calibrated to each pivot")
     ap.add_argument("--quick", action="store_true", help="generated trace only, trees only")
-    ap.add_argument("--sections", default="accuracy,throughput", help="accuracy, throughput (comma separated)")
+    ap.add_argument("--sections", default="paper,throughput",
+                    help="paper (issue #19: N, N-unseen, held-out, G), accuracy (the older per-estimator "
+                         "tables), throughput (comma separated)")
     args = ap.parse_args(argv)
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"machine: {machine()}")
@@ -220,6 +430,8 @@ def main(argv=None) -> int:
     sections = args.sections.split(",")
     if "throughput" in sections and not args.quick:
         throughput(lm_path=args.lm_path)
+    if "paper" in sections and not args.quick:
+        paper_evaluation(args)
     if "accuracy" not in sections:
         return 0
     if not args.quick and os.path.exists(args.trace):

@@ -295,7 +295,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_train_estimator(args: argparse.Namespace) -> int:
     """Train an LLM-Sketch flow-size estimator on part of a capture (spec llmsketch §4).
 
-    ``TRACE`` is a capture file (split by packet index), ``synthetic:PACKETS,FLOWS,SEED`` for the
+    ``TRACE`` is a capture file (split in time: each source capture's first part trains, see
+    ``--split``; ``--memory-kib`` picks the pivot of ``trees``), ``synthetic:PACKETS,FLOWS,SEED`` for the
     labelled generated capture of ``telesketch.estimators.synthetic`` (split by packet index), or
     ``generated:PACKETS,FLOWS,SEED[,SEED...]`` for the traffic of ``telesketch.traces.generate_batch``
     / ``generate_capture`` (one trace per seed, concatenated; split by flow: ``--train-fraction`` of
@@ -307,7 +308,7 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
     from telesketch.estimators.training import generated_batch, train_estimator
 
     config = json.loads(args.config) if args.config else {}
-    trace, split = args.trace, "packet"
+    trace, split = args.trace, args.split or "time"
     try:
         if trace.startswith(("synthetic:", "generated:")):
             if args.kind in ("lm", "tiny"):  # fail fast on a missing extra, before generating
@@ -316,7 +317,7 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
                 require_llm("torch")
             source, spec = trace.split(":", 1)
             if source == "generated":
-                trace, split = generated_batch(spec), "flow"
+                trace, split = generated_batch(spec), args.split or "flow"
             else:
                 from telesketch.estimators.synthetic import generate_labelled_batch
 
@@ -324,11 +325,17 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
                 trace = generate_labelled_batch(packets, flows, seed=seed)
         report = train_estimator(trace, args.kind, args.out, train_fraction=args.train_fraction,
                                  max_flows=args.max_flows, seed=args.seed, split=split,
+                                 memory_kib=args.memory_kib, manifest=args.manifest,
                                  progress=not args.no_progress, **config)
     except MissingExtraError as exc:
         print(f"telesketch train-estimator: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ValueError as exc:
+        print(f"telesketch train-estimator: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(json.dumps(report, indent=1))
+    for warning in report.get("warnings", []):
+        print(f"telesketch train-estimator: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -591,9 +598,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-estimator", help="train an LLM-Sketch flow-size estimator on a capture")
     train.add_argument("trace", help="a capture, synthetic:PACKETS,FLOWS,SEED or generated:PACKETS,FLOWS,SEED[,SEED...]")
     train.add_argument("--kind", choices=["lm", "tiny", "trees"], default="lm",
-                       help="lm: MiniLM + LoRA; tiny: small transformer (both need [llm]); trees: numpy GBDT")
+                       help="lm: MiniLM + LoRA; tiny: small transformer (both need [llm]); trees: scikit-learn "
+                            "boosted trees ([llm] to train; served with numpy)")
     train.add_argument("--out", required=True, help="directory for the trained model")
     train.add_argument("--train-fraction", type=_open_fraction, default=0.5, help="share of the trace that trains (rest: evaluation)")
+    train.add_argument("--split", choices=["time", "packet", "capture", "flow"], default=None,
+                       help="time (default for captures): each source capture's first part trains; capture: "
+                            "whole captures train or test; packet: by packet index; flow (default for generated:)")
+    train.add_argument("--manifest", default=None,
+                       help="JSON [[file, packets], ...] of a joined capture's sources (default: a *manifest.json "
+                            "beside the trace whose counts match it)")
+    train.add_argument("--memory-kib", type=_positive_float, default=400,
+                       help="LLM-Sketch memory the model is for: sets the pivot T and the held-out sketch figures")
     train.add_argument("--max-flows", type=_positive_int, default=20_000, help="at most this many training flows")
     train.add_argument("--seed", type=int, default=0, help="random seed of sampling and training")
     train.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")

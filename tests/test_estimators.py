@@ -76,8 +76,14 @@ def test_constant_and_oracle():
 
 
 def test_trees_train_beat_constant_and_round_trip(samples, tmp_path):
-    est = fit_estimator("trees", samples[0], samples[1], rounds=60)
-    beats_constant(est, samples)
+    # the trees (scikit-learn boosting since issue #19) regress log2 flow size; their score is a
+    # pivot calibration of it, so the "beats a constant" check is on the regression target
+    est = fit_estimator("trees", samples[0], samples[1], max_iter=60)
+    train, _, held_out = samples
+    target = np.log2(held_out.size)
+    constant = np.full(target.shape, np.log2(train.size).mean())
+    assert np.mean((est.predict(held_out.headers, held_out.hdr_len) - target) ** 2) < \
+        0.9 * np.mean((constant - target) ** 2)
     est.save(tmp_path)
     again = load_estimator("trees", tmp_path)
     h, n = samples[2].headers, samples[2].hdr_len

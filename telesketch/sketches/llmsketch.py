@@ -690,6 +690,19 @@ class LLMSketch:
         bits = self.occ.size * 2 + self.coco_occ.size
         return (bits + 7) // 8
 
+    @property
+    def scorer_bytes(self) -> int:
+        """Bytes of per-flow scoring state outside :attr:`memory_bytes` (0 without an estimator).
+
+        The :class:`~telesketch.estimators.scoring.FlowScorer` cache keeps, per entry, a 64-bit tag,
+        packets seen, the latest score, the last use and a queued flag (33 bytes); it is capped by
+        ``cache_flows`` (LRU) and allocated up front, so this is its full size. Not charged to the
+        sketch's memory: report it next to it (issue #19)."""
+        cache = getattr(self.scorer, "cache", None)
+        if cache is None:
+            return 0
+        return int(sum(a.nbytes for a in (cache.tags, cache.seen, cache.score, cache.stamp, cache.pending)))
+
     # ------------------------------------------------------------------ update
     def update(self, batch: PacketBatch, scores: np.ndarray | None = None) -> None:
         """Insert every packet of ``batch`` with its score ``p`` (``float[n]``, clipped to [0, 1]).

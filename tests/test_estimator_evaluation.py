@@ -1,0 +1,242 @@
+"""Issue #19: scikit-learn boosted trees served from numpy, pivot calibration, the paper-style splits,
+the pivot chosen from memory, the CU baseline and the sketch-level metrics."""
+import numpy as np
+import pytest
+
+from telesketch.estimators import OracleEstimator, load_estimator, soft_label
+from telesketch.estimators.evaluation import (ConservativeUpdateBaseline, capture_ids, capture_split, choose_pivot,
+                                              first_packet_auc, heavy_slots, rank_auc, sketch_metrics,
+                                              time_split_per_capture)
+from telesketch.estimators.synthetic import generate_labelled_batch
+from telesketch.estimators.training import segment_samples, split_trace
+from telesketch.packets import PacketBatch
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """Boosted trees on the first half of a small generated capture, and the second half."""
+    from telesketch.estimators.trees import BoostedTreesEstimator
+
+    batch = generate_labelled_batch(40_000, 2_000, seed=2)
+    train, test = split_trace(batch, 0.5)
+    s = segment_samples(train, rescore=True)
+    return BoostedTreesEstimator.fit(s.headers, s.hdr_len, s.size, pivot=32, max_iter=40), s, test
+
+
+def test_boosted_trees_match_sklearn_and_round_trip(fitted, tmp_path):
+    est, s, test = fitted
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from telesketch.estimators.tokens import tree_features
+
+    ref = HistGradientBoostingRegressor(max_iter=40, learning_rate=0.1, max_leaf_nodes=31, min_samples_leaf=20,
+                                        early_stopping=False, random_state=0)
+    ref.fit(tree_features(s.headers).astype(np.float64), np.log2(s.size))
+    x = test.header[:5000], test.hdr_len[:5000]
+    np.testing.assert_allclose(est.predict(*x), ref.predict(tree_features(x[0]).astype(np.float64)), atol=1e-9)
+    est.save(tmp_path)
+    again = load_estimator("trees", tmp_path)
+    assert again.pivot == 32 and again.cut == est.cut
+    np.testing.assert_array_equal(again.score(*x), est.score(*x))
+
+
+def test_quantile_calibration_predicts_the_training_share_large(fitted):
+    est, s, test = fitted
+    for pivot in (8, 32, 128):
+        cal = est.with_pivot(pivot)
+        predicted_large = float(np.mean(cal.score(s.headers, s.hdr_len) >= 0.5))
+        assert predicted_large == pytest.approx(float(np.mean(s.size >= pivot)), abs=0.02)
+    # a higher pivot needs a higher predicted size to score 0.5
+    assert est.with_pivot(8).cut < est.with_pivot(128).cut
+
+
+def test_boosted_trees_rank_large_flows_first(fitted):
+    est, _, test = fitted
+    assert first_packet_auc(est, test, 32) > 0.75  # generated classes are learnable from headers
+
+
+def test_oracle_pivot_moves_the_half_point():
+    assert soft_label([100], pivot=100)[0] == pytest.approx(0.5)
+    assert soft_label([64])[0] == pytest.approx(0.5)
+    batch = generate_labelled_batch(5_000, 300, seed=1)
+    oracle = OracleEstimator.from_batch(batch)
+    oracle.pivot = 10_000
+    assert oracle.score_packets(batch, np.arange(len(batch))).max() < 0.5
+
+
+def test_choose_pivot_fills_half_the_heavy_slots():
+    sizes = np.arange(1, 1001)  # one flow of each size 1..1000
+    t = choose_pivot(sizes, slots=200)
+    assert t == 901 and np.sum(sizes >= t) == 100
+    assert choose_pivot(sizes, slots=200, scale=2.0) == 1801  # a test epoch twice the training part
+    assert choose_pivot(sizes, slots=10_000) == 2  # more slots than flows: everything may be large
+    assert heavy_slots(16 * 1024) < heavy_slots(64 * 1024)
+
+
+def test_rank_auc_counts_ties_half():
+    assert rank_auc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([False, False, True, True])) == 1.0
+    assert rank_auc(np.array([0.5, 0.5]), np.array([False, True])) == 0.5
+
+
+def test_sketch_metrics_by_hand():
+    true = np.array([1, 2, 100, 200])
+    est = np.array([2, 2, 50, 200])
+    m = sketch_metrics(true, est, pivot=100, top=1)
+    assert m["ARE"] == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+    assert m["AAE"] == pytest.approx((1 + 0 + 50 + 0) / 4)
+    assert m["ARE>=T"] == pytest.approx(0.25) and m["top100 ARE"] == 0.0 and m["flows>=T"] == 2
+
+
+def test_cu_never_underestimates_and_beats_count_min():
+    from telesketch.sketches.llmsketch import CountMinBaseline
+
+    batch = generate_labelled_batch(20_000, 2_000, seed=4)
+    uniq, true = np.unique(batch.flow_keys_void(), return_counts=True)
+    rows = np.ascontiguousarray(uniq).view(np.uint8).reshape(-1, 13)
+    cu, cm = ConservativeUpdateBaseline(4096), CountMinBaseline(4096)
+    cu.update(batch)
+    cm.update(batch)
+    got_cu, got_cm = cu.flow_size(rows), cm.flow_size(rows)
+    assert (got_cu >= true).all() and (got_cu <= got_cm).all()
+    assert np.abs(got_cu - true).sum() < np.abs(got_cm - true).sum()
+
+
+def _toy_batch(captures):
+    """Packets of several captures, one flow per capture, 1 ms apart between captures."""
+    ts, src = [], []
+    t = 10**9
+    for c, n in enumerate(captures):
+        for _ in range(n):
+            ts.append(t)
+            src.append(c + 1)
+            t += 10
+        t += 1_000_000
+    return PacketBatch.from_columns(ts_ns=np.array(ts, np.uint64), src_ip=np.array(src, np.uint32),
+                                    proto=np.full(len(ts), 6, np.uint8))
+
+
+def test_time_split_cuts_every_capture_and_capture_split_keeps_them_whole():
+    batch = _toy_batch([4, 10, 2])
+    capture = np.repeat([0, 1, 2], [4, 10, 2])
+    train, test = time_split_per_capture(batch, capture, 0.5)
+    assert train.src_ip.tolist() == [1, 1] + [2] * 5 + [3]
+    assert test.src_ip.tolist() == [1, 1] + [2] * 5 + [3]
+    tr, te = capture_split(batch, capture, 0.5, seed=0)
+    assert set(tr.src_ip.tolist()).isdisjoint(te.src_ip.tolist()) and len(tr) + len(te) == len(batch)
+
+
+def test_capture_ids_of_the_ndpi_trace(shared_traces):
+    from telesketch.estimators.training import load_trace
+
+    pcap = shared_traces / "ndpi_merged_hdr128.pcap"
+    batch = load_trace(pcap)
+    capture = capture_ids(batch, pcap, shared_traces / "ndpi_merged_manifest.json")
+    assert capture.shape == (len(batch),) and (np.diff(capture) >= 0).all()
+    assert capture[0] == 0 and capture[-1] == 486 and np.unique(capture).size > 400
+
+
+def test_train_estimator_time_split_reports_heldout_figures(tmp_path, capsys):
+    """train-estimator on a capture: time split, pivot from memory, AUC / calibration / sketch figures."""
+    import json
+
+    from telesketch.cli import main
+    from telesketch.traces import generate_capture
+
+    pcap = tmp_path / "gen.pcap"
+    generate_capture(pcap, packets=30_000, flows=1_500, seed=5)
+    assert main(["train-estimator", str(pcap), "--kind", "trees", "--out", str(tmp_path / "m"), "--no-progress",
+                 "--memory-kib", "8", "--config", '{"max_iter": 30}']) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "time" and report["captures"] is None
+    held = report["heldout"]
+    assert held["pivot"] == report["pivot"] >= 2
+    assert 0.0 <= held["first_packet_auc"] <= 1.0
+    assert set(held["calibration"]) == {"large_share", "predicted_large_share", "precision", "recall"}
+    assert set(held["sketch"]["best_constant"]) == {"ARE", "AAE", "ARE>=T", "top100 ARE"}
+    est = load_estimator("trees", tmp_path / "m")
+    assert est.pivot == report["pivot"]
+
+
+def test_train_estimator_warns_when_no_better_than_a_constant(tmp_path):
+    from telesketch.estimators.training import constant_warnings
+
+    report = {"first_packet_auc": 0.45,
+              "sketch": {"model": {"ARE>=T": 0.2, "top100 ARE": 0.3},
+                         "best_constant": {"ARE>=T": {"constant": 0.0, "value": 0.1},
+                                           "top100 ARE": {"constant": 1.0, "value": 0.2}}}}
+    warnings = constant_warnings(report)
+    assert len(warnings) == 2 and "AUC 0.450" in warnings[0] and "no better than with a constant" in warnings[1]
+    report["first_packet_auc"] = 0.9
+    report["sketch"]["model"] = {"ARE>=T": 0.05, "top100 ARE": 0.3}
+    assert constant_warnings(report) == []
+
+
+def test_train_estimator_split_by_capture_needs_a_manifest(tmp_path, capsys):
+    from telesketch.cli import main
+    from telesketch.traces import generate_capture
+
+    pcap = tmp_path / "gen.pcap"
+    generate_capture(pcap, packets=2_000, flows=100, seed=5)
+    assert main(["train-estimator", str(pcap), "--kind", "trees", "--out", str(tmp_path / "m"), "--no-progress",
+                 "--split", "capture"]) == 2
+    assert "needs the source captures" in capsys.readouterr().err
+
+
+def test_old_hand_written_trees_are_refused_with_a_hint(tmp_path):
+    (tmp_path / "estimator.json").write_text('{"kind": "trees", "config": {"rounds": 1}, "base": 0.3, "features": 16}')
+    with pytest.raises(ValueError, match="old hand-written format.*retrain"):
+        load_estimator("trees", tmp_path)
+
+
+def test_shipped_trees_load_without_training_data_and_recalibrate():
+    est = load_estimator("trees")
+    assert est.pivot >= 2 and est.train_pred is None
+    assert est.with_pivot(est.pivot).cut == pytest.approx(est.cuts.get(est.pivot, est.cut), abs=1e-9) \
+        if est.pivot in est.cuts else True
+    assert est.with_pivot(16).cut < est.with_pivot(256).cut  # from the saved cut table
+
+
+def test_scorer_state_is_reported_and_capped_by_cache_flows():
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    assert LLMSketch(8 * 1024).scorer_bytes == 0
+    small = LLMSketch(8 * 1024, estimator=0.5, cache_flows=1024)
+    big = LLMSketch(8 * 1024, estimator=0.5, cache_flows=4096)
+    assert small.scorer_bytes == 1024 * 33 and big.scorer_bytes == 4 * small.scorer_bytes
+    batch = generate_labelled_batch(5_000, 3_000, seed=1)
+    small.update(batch)
+    assert small.scorer_bytes == 1024 * 33 and len(small.scorer.cache) <= 1024  # capped, never grows
+
+
+def test_quantile_calibration_of_any_model_keeps_ranking_and_moves_the_cut():
+    from telesketch.estimators import ConstantEstimator
+    from telesketch.estimators.evaluation import QuantileCalibrated
+
+    scores = np.linspace(0.0, 0.4, 101)  # an under-confident model: never 0.5
+    sizes = np.where(scores >= 0.3, 100, 1)  # the top quarter is large
+    cal = QuantileCalibrated.fit(ConstantEstimator(0.0), scores, sizes, pivot=64)
+    mapped = cal._map(scores)
+    assert (np.diff(mapped) >= 0).all()
+    assert float(np.mean(mapped >= 0.5)) == pytest.approx(float(np.mean(sizes >= 64)), abs=0.02)
+
+
+def test_elastic_counts_a_lone_flow_exactly_and_beats_count_min_at_equal_memory():
+    from telesketch.estimators.evaluation import ElasticBaseline
+    from telesketch.sketches.llmsketch import CountMinBaseline
+
+    batch = generate_labelled_batch(20_000, 2_000, seed=4)
+    uniq, true = np.unique(batch.flow_keys_void(), return_counts=True)
+    rows = np.ascontiguousarray(uniq).view(np.uint8).reshape(-1, 13)
+    el, cm = ElasticBaseline(4096), CountMinBaseline(4096)
+    el.update(batch)
+    cm.update(batch)
+    got = el.flow_size(rows)
+    assert el.buckets * 21 + el.light.size <= 4096
+    big = np.argsort(-true)[:20]  # most of the largest flows own their buckets: counted (almost) exactly
+    assert np.median(np.abs(got[big] - true[big]) / true[big]) < 0.02
+    assert np.mean(np.abs(got - true) / true) < np.mean(np.abs(cm.flow_size(rows) - true) / true)
+    one = ElasticBaseline(1024)
+    one.update(batch[:1])
+    assert one.flow_size(batch.flow_keys()[:1]).tolist() == [1]
