@@ -341,6 +341,10 @@ def test_bearer_token_is_required_and_nothing_is_applied_without_it(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(url)
         assert info.value.code == 401
+        for wrong in ("Bearer s3creT", "Bearer s3cret ", "s3cret", "Bearer \u00e9"):
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": wrong}))
+            assert info.value.code == 401, wrong
         request = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"})
         assert json.load(urllib.request.urlopen(request))["packets"] == 500
 

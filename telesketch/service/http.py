@@ -52,6 +52,7 @@ from urllib.parse import parse_qs, urlparse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from telesketch.packets import format_ipv4
+from telesketch.service.auth import bearer_matches
 from telesketch.service.queries import WindowSpec, key_text
 from telesketch.service.sketchset import QueryError
 
@@ -218,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server naming
         url = urlparse(self.path)
         token = self.api.service.config.token
-        if token and url.path != "/api/v1/health" and self.headers.get("Authorization", "") != f"Bearer {token}":
+        if token and url.path != "/api/v1/health" and not bearer_matches(self.headers.get("Authorization", ""), token):
             return self._send(401, json.dumps({"error": "missing or wrong bearer token"}).encode(), "application/json")
         if url.path == "/metrics":
             self.api.service.stats()  # refreshes the gauges computed on demand

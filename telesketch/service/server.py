@@ -26,7 +26,6 @@ in constant time.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import logging
 import queue
@@ -41,6 +40,7 @@ from grpc_reflection.v1alpha import reflection
 
 from telesketch.packets import BatchError, PacketBatch
 from telesketch.service.config import ServiceConfig
+from telesketch.service.auth import bearer_matches
 from telesketch.service.epochs import (ApplyResult, BatchRejected, EpochManager, LogWriteError,
                                        data_dir_settings)
 from telesketch.service.metrics import ServiceMetrics
@@ -426,7 +426,7 @@ class AdminService(service_pb2_grpc.AdminServicer):
 # ====================================================================== auth
 def _same(supplied: bytes, token: str) -> bool:
     """Constant-time comparison of a supplied ``authorization`` value with ``Bearer <token>``."""
-    return bool(token) and hmac.compare_digest(supplied, f"Bearer {token}".encode())
+    return bearer_matches(supplied, token)
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
