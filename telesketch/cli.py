@@ -289,6 +289,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_USAGE if summary.error_kind == "input" else EXIT_FAILURE
     if summary.interrupted:
         return EXIT_INTERRUPTED
+    if summary.packets_rejected:  # refused batches are lost to the answers: loud, not a success
+        return EXIT_FAILURE
     return EXIT_LATE if summary.too_late else EXIT_OK
 
 

@@ -13,7 +13,11 @@ the wait for the acknowledgement (a reader thread keeps two batches ready).
 * **Timestamps.** By default (like tcpreplay) a replay happens *now*: every file is re-timed so
   its first packet is stamped at the replay's start (the later of the wall clock and the start of
   the service's open epoch, so a replay never lands before traffic already there), the next file
-  right after the previous one's last packet, inter-packet gaps kept. ``keep_timestamps=True``
+  right after the previous one's last packet, inter-packet gaps kept. Sent as fast as possible, a
+  capture longer than the time since its anchor would run ahead of the clock (the service refuses
+  stamps past its ``max_future_skew_seconds``): stamps are held within :data:`RETIME_LEAD_NS` (60 s)
+  of the wall clock by shrinking the gaps of the batches that would pass it, order kept, and the
+  summary says how much recorded time was squeezed out (``speed=1`` keeps every gap). ``keep_timestamps=True``
   sends the recorded stamps (a capture older than what the service already holds is then late).
 * **Loops.** ``loop=N`` plays the files N times; with ``keep_timestamps`` pass ``p`` shifts every
   timestamp by ``p`` times the span of the first pass (plus 1 µs) so the service sees continuous
@@ -153,6 +157,9 @@ class ReplaySummary:
     max_late: float = DEFAULT_MAX_LATE
     keep_timestamps: bool = False
     retimed_to_ns: int | None = None  #: where the first packet was stamped (None: recorded stamps)
+    #: re-timed at full speed: nanoseconds of recorded time squeezed out, per batch it happened to,
+    #: so that no stamp ran more than ``RETIME_LEAD_NS`` ahead of the clock
+    held_back: list[int] = field(default_factory=list)
 
     @property
     def too_late(self) -> bool:
@@ -162,14 +169,23 @@ class ReplaySummary:
     @property
     def warnings(self) -> list[str]:
         """One line per thing an operator should know although the replay itself succeeded."""
+        notes = []
+        if self.packets_rejected:
+            notes.append(f"{self.packets_rejected:,} packets in {len(self.rejected):,} batch(es) were refused by the "
+                         "service and not counted (see 'rejected batch' above)")
+        if self.held_back:
+            notes.append(f"re-timed at full speed: {sum(self.held_back) / 1e9:,.1f} s of recorded time squeezed out "
+                         f"of {len(self.held_back):,} batch(es) so that no packet is stamped more than "
+                         f"{RETIME_LEAD_NS // 10**9} s ahead of the clock (order kept; --speed 1 or "
+                         "--keep-timestamps keeps every gap)")
         if not self.packets_late:
-            return []
+            return notes
         share = self.packets_late / max(1, self.packets_acked)
         why = ("their timestamps are older than the service's open epoch (it only moves forward)")
         fix = ("; replay without --keep-timestamps to re-time the capture to now" if self.keep_timestamps
                else "; the capture is out of order across epochs")
-        return [f"{self.packets_late:,} of {self.packets_acked:,} acknowledged packets ({share:.1%}) were refused "
-                f"as late and not counted: {why}{fix} (limit --max-late {self.max_late:g})"]
+        return notes + [f"{self.packets_late:,} of {self.packets_acked:,} acknowledged packets ({share:.1%}) were "
+                        f"refused as late and not counted: {why}{fix} (limit --max-late {self.max_late:g})"]
 
     @property
     def acked_sequences(self) -> list[int]:
@@ -325,12 +341,41 @@ def _shifted(batch: PacketBatch, shift: int) -> PacketBatch:
     return PacketBatch(**cols)
 
 
+#: A re-timed replay sent as fast as possible never stamps a packet more than this far ahead of
+#: the wall clock (the service refuses batches past its ``max_future_skew_seconds``, 300 s by default).
+RETIME_LEAD_NS = 60 * 10**9
+
+
+def _not_ahead(batch: PacketBatch, floor_ns: int, limit_ns: int) -> PacketBatch:
+    """``batch`` (re-timed, time-ordered stamps) with no stamp past ``limit_ns``.
+
+    A batch that ends past the limit is moved back so that it ends there, but not before
+    ``floor_ns`` (the newest stamp already sent: nothing may become late); if it is longer than
+    ``[floor_ns, limit_ns]`` its gaps are shrunk in proportion to fit. Order is kept.
+    """
+    ts = batch.ts_ns
+    hi = int(ts.max())
+    if hi <= limit_ns:
+        return batch
+    lo = int(ts.min())
+    limit_ns = max(limit_ns, floor_ns)
+    if hi - lo <= limit_ns - floor_ns:
+        return _shifted(batch, limit_ns - hi)
+    scale = (limit_ns - floor_ns) / (hi - lo)
+    cols = batch.columns()
+    cols["ts_ns"] = (np.uint64(floor_ns) + ((ts - np.uint64(lo)).astype(np.float64) * scale).astype(np.uint64))
+    return PacketBatch(**cols)
+
+
 def _reader(files, opts: ReplayOptions, out: queue.Queue, stop: threading.Event,
-            anchor_ns: int | None = None) -> None:
+            anchor_ns: int | None = None, held_back: list | None = None) -> None:
     """Producer thread: batches (cut and timed when paced) into ``out``; an error item at the end.
 
     ``anchor_ns``: re-time (the first file's first packet there, each next file right after the
-    previous one's last packet); None keeps the recorded stamps (loop passes shifted).
+    previous one's last packet); None keeps the recorded stamps (loop passes shifted). Re-timed and
+    sent as fast as possible (``speed=None``), a capture longer than the time since its anchor would
+    run ahead of the clock: its stamps are held within :data:`RETIME_LEAD_NS` of the wall clock
+    (see :func:`_not_ahead`); ``held_back`` gets the nanoseconds of recorded time so squeezed.
     """
     from telesketch.traces import ReadStats, read_capture
 
@@ -338,6 +383,7 @@ def _reader(files, opts: ReplayOptions, out: queue.Queue, stop: threading.Event,
     total = len(files) * opts.loop
     lo_ts, hi_ts, shift, file_start = None, None, 0, 0.0
     cursor = anchor_ns  # re-timing: where the next file's first packet goes
+    newest = None  # re-timing: the newest stamp handed out so far
     try:
         for p in range(opts.loop):
             if p == 1:
@@ -364,6 +410,16 @@ def _reader(files, opts: ReplayOptions, out: queue.Queue, stop: threading.Event,
                         if file_shift is None:
                             file_shift = cursor - int(batch.ts_ns.min())
                         batch = _shifted(batch, file_shift)
+                        if opts.speed is None:
+                            wanted_hi = int(batch.ts_ns.max())
+                            floor = anchor_ns if newest is None else newest
+                            batch = _not_ahead(batch, floor, time.time_ns() + RETIME_LEAD_NS)
+                            pulled = wanted_hi - int(batch.ts_ns.max())
+                            if pulled:  # the rest of the file follows on from where this batch now ends
+                                file_shift -= pulled
+                                if held_back is not None:
+                                    held_back.append(pulled)
+                            newest = int(batch.ts_ns.max()) if newest is None else max(newest, int(batch.ts_ns.max()))
                         cursor = max(cursor, int(batch.ts_ns.max()) + 1000)
                     if opts.speed is None:
                         out.put(_Item(batch, str(path), p, first, None, done / total))
@@ -493,7 +549,8 @@ class Replayer:
             s.first_sequence = sequence
             anchor = None if self.opts.keep_timestamps else self._anchor_ns()
             s.retimed_to_ns = anchor
-            reader = threading.Thread(target=_reader, args=(self.files, self.opts, items, self.stop, anchor),
+            reader = threading.Thread(target=_reader, args=(self.files, self.opts, items, self.stop, anchor,
+                                                            s.held_back),
                                       name="telesketch-replay-reader", daemon=True)
             reader.start()
             start = time.perf_counter()
