@@ -318,3 +318,17 @@ def test_retimed_loop_passes_follow_each_other(tmp_path):
             epochs = [int(e["epoch"]) for e in client.stats()["epochs"]]
     assert summary.error is None and summary.packets_applied == 9_000 and summary.packets_late == 0
     assert epochs[-1] - epochs[0] >= 11  # three passes of ~2 s back to back, in 0.5 s epochs
+
+
+def test_replay_cli_exits_1_when_the_service_refuses_batches(tmp_path, capsys):
+    """Refused packets are lost to the answers: replay must not report success (it exited 0)."""
+    from telesketch.cli import main
+
+    path = tmp_path / "ahead.pcap"  # recorded a day ahead of this clock: refused as future_timestamp
+    generate_capture(path, packets=2_000, flows=20, seed=4, start_s=time.time() + 86_400)
+    with ServiceThread(service_config(sketches={"hh": DEFAULT_SKETCHES["hh"]})) as svc:
+        code = main(["replay", str(path), "--target", f"127.0.0.1:{svc.grpc_port}", "--keep-timestamps",
+                     "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "refused by the service and not counted" in err
