@@ -23,13 +23,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 
-from common import machine
+from common import machine, timed_threads
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -128,13 +126,7 @@ def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1, sha
                 with Client(f"127.0.0.1:{port}") as c:
                     results.append(c.push_messages(messages).applied_packets)
 
-            threads = [threading.Thread(target=stream) for _ in range(clients)]
-            start = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            seconds = time.perf_counter() - start
+            seconds = timed_threads(stream, clients)
             server_cpu = cpu_seconds(proc.pid) - cpu_before
             packets = sum(results)
             return {"code": "this tree" if code is None else str(code), "config": name, "shards": shards, "sketch_threads": sketch_threads, "batch": batch_size,

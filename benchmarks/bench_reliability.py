@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine
+from common import machine, timed_threads
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -182,13 +182,7 @@ def query_poll(total: int, clients: int = 8, batch_size: int = 8192, stream_batc
                 poller = threading.Thread(target=poll) if polling else None
                 if poller:
                     poller.start()
-                threads = [threading.Thread(target=stream) for _ in range(clients)]
-                start = time.perf_counter()
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                seconds = time.perf_counter() - start
+                seconds = timed_threads(stream, clients)
                 done.set()
                 if poller:
                     poller.join()

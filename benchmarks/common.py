@@ -1,4 +1,4 @@
-"""What every benchmark prints about the machine it ran on (``from common import machine``)."""
+"""Helpers every benchmark shares: what it prints about the machine it ran on, timed client threads."""
 from __future__ import annotations
 
 import os
@@ -31,3 +31,17 @@ def machine() -> str:
         load = "?"
     return (f"{os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
             f"numba {numba.__version__} with {numba.get_num_threads()} threads, load average {load}")
+
+
+def timed_threads(target, count: int) -> float:
+    """Run ``target`` on ``count`` threads at once; the wall seconds until the last one ends."""
+    import threading
+    import time
+
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
