@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from telesketch.analyze import analyze
@@ -19,7 +20,7 @@ from telesketch.replay import ReplayOptions, ranges, replay
 from telesketch.report import SECTIONS, RemoteSource, ReportOptions, build_report
 from telesketch.service.config import DEFAULT_SKETCHES, load_config
 from telesketch.service.server import ServiceThread
-from telesketch.traces import generate_capture
+from telesketch.traces import generate_capture, read_capture
 
 TRACES = ("ndpi_merged_hdr128.pcap", "slips_test-cc-capture-1.pcap", "stopddos_amp.TCP.reflection.SYNACK.pcap",
           "stopddos_amp.dns.RRSIG.fragmented.pcap", "stopddos_pkt.TCP.synflood.spoofed.pcap")
@@ -317,7 +318,11 @@ def test_retimed_loop_passes_follow_each_other(tmp_path):
         with Client(f"127.0.0.1:{svc.grpc_port}") as client:
             epochs = [int(e["epoch"]) for e in client.stats()["epochs"]]
     assert summary.error is None and summary.packets_applied == 9_000 and summary.packets_late == 0
-    assert epochs[-1] - epochs[0] >= 11  # three passes of ~2 s back to back, in 0.5 s epochs
+    # three passes back to back (not on top of each other) span at least 3x the capture: in 0.5 s
+    # epochs that is floor(3 * span / 0.5) epoch boundaries, wherever the re-timing anchor falls
+    stamps = np.concatenate([b.ts_ns for b in read_capture(path)])
+    span_s = (int(stamps.max()) - int(stamps.min())) / 1e9
+    assert epochs[-1] - epochs[0] >= int(3 * span_s / 0.5) >= 9
 
 
 def test_replay_cli_exits_1_when_the_service_refuses_batches(tmp_path, capsys):
