@@ -1,14 +1,27 @@
 """PacketBatch: the columnar packet batch every layer of telesketch speaks.
 
 A batch is a structure of arrays: one little-endian numpy array per header field, all of the same
-length ``n``, plus a ``header`` block (``uint8[n, 40]``) of raw header bytes for the learned
-flow-size estimator and its valid length ``hdr_len`` (``uint8[n]``).
+length ``n``, plus fixed-width byte blocks (``BLOCK_COLUMNS``): the ``header`` block
+(``uint8[n, 40]``) of raw header bytes for the learned flow-size estimator with its valid length
+``hdr_len`` (``uint8[n]``), and the IPv6 address blocks ``src_ip6``/``dst_ip6`` (``uint8[n, 16]``).
 
-Addresses are numeric ``u32`` values (10.0.0.1 is ``0x0A000001``). The flow key is the 13-byte
-5-tuple ``src_ip(4, big-endian) dst_ip(4) src_port(2) dst_port(2) proto(1)``.
+Both address families share one batch. The ``ipv6`` column is 0 for an IPv4 packet and 1 for an
+IPv6 packet (zero, the default of an absent column, means IPv4, so IPv4-only producers and old wire
+messages need not know about IPv6):
+
+- IPv4 rows: ``src_ip``/``dst_ip`` hold the numeric ``u32`` address (10.0.0.1 is ``0x0A000001``);
+  ``src_ip6``/``dst_ip6`` are all zero. The flow key is the 13-byte 5-tuple
+  ``src_ip(4, big-endian) dst_ip(4) src_port(2) dst_port(2) proto(1)``.
+- IPv6 rows: ``src_ip6``/``dst_ip6`` hold the 16 address bytes in network order; ``src_ip``/``dst_ip``
+  are 0. ``ttl`` holds the hop limit, ``tos`` the traffic class, ``flow_label`` the 20-bit flow
+  label, ``proto`` the upper-layer protocol after the extension headers, ``length`` the IPv6 payload
+  length + 40. The flow key is the 37-byte 5-tuple ``src(16) dst(16) src_port(2) dst_port(2)
+  proto(1)``; :meth:`PacketBatch.flow_keys37` gives it for every row, IPv4 rows as v4-mapped
+  ``::ffff:a.b.c.d`` addresses.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -33,16 +46,27 @@ COLUMN_DTYPES: dict[str, np.dtype] = {
     "tcp_window": np.dtype("<u2"),
     "tcp_seq": np.dtype("<u4"),
     "hdr_len": np.dtype("u1"),
+    "ipv6": np.dtype("u1"),
+    "flow_label": np.dtype("<u4"),
 }
 
-#: Every column name, the ``header`` block last.
-COLUMNS: tuple[str, ...] = tuple(COLUMN_DTYPES) + ("header",)
+#: Width in bytes of each ``uint8[n, width]`` block column, in canonical order.
+BLOCK_COLUMNS: dict[str, int] = {"header": HEADER_BYTES, "src_ip6": 16, "dst_ip6": 16}
+
+#: Every column name: the scalar columns, then the block columns.
+COLUMNS: tuple[str, ...] = tuple(COLUMN_DTYPES) + tuple(BLOCK_COLUMNS)
 
 #: numpy dtype of one packed 13-byte flow key (big-endian fields, no padding).
 FLOW_KEY_DTYPE = np.dtype(
     [("src_ip", ">u4"), ("dst_ip", ">u4"), ("src_port", ">u2"), ("dst_port", ">u2"), ("proto", "u1")]
 )
 FLOW_KEY_BYTES = FLOW_KEY_DTYPE.itemsize  # 13
+
+#: Bytes of one packed IPv6-capable flow key: ``src(16) dst(16) src_port(2) dst_port(2) proto(1)``.
+FLOW_KEY37_BYTES = 37
+
+#: The 12-byte prefix of a v4-mapped IPv6 address (``::ffff:0:0/96``, RFC 4291 section 2.5.5.2).
+V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 class BatchError(ValueError):
@@ -70,14 +94,15 @@ def _as_column(name: str, value, n: int | None) -> np.ndarray:
     return arr
 
 
-def _as_header(value, n: int) -> np.ndarray:
+def _as_block(name: str, value, n: int) -> np.ndarray:
+    width = BLOCK_COLUMNS[name]
     arr = np.asarray(value)
     if arr.dtype != np.uint8:
-        raise BatchError(f"column 'header' must be uint8, got {arr.dtype}")
-    if arr.ndim != 2 or arr.shape[1] != HEADER_BYTES:
-        raise BatchError(f"column 'header' must have shape (n, {HEADER_BYTES}), got {arr.shape}")
+        raise BatchError(f"column {name!r} must be uint8, got {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise BatchError(f"column {name!r} must have shape (n, {width}), got {arr.shape}")
     if arr.shape[0] != n:
-        raise BatchError(f"column 'header' has {arr.shape[0]} rows, expected {n} (columns must agree)")
+        raise BatchError(f"column {name!r} has {arr.shape[0]} rows, expected {n} (columns must agree)")
     return arr
 
 
@@ -103,7 +128,11 @@ class PacketBatch:
     tcp_window: np.ndarray
     tcp_seq: np.ndarray
     hdr_len: np.ndarray
+    ipv6: np.ndarray
+    flow_label: np.ndarray
     header: np.ndarray
+    src_ip6: np.ndarray
+    dst_ip6: np.ndarray
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -131,10 +160,11 @@ class PacketBatch:
         for name, dtype in COLUMN_DTYPES.items():
             value = columns.get(name)
             fields[name] = np.zeros(n, dtype) if value is None else _as_column(name, value, n)
-        header = columns.get("header")
-        fields["header"] = (
-            np.zeros((n, HEADER_BYTES), np.uint8) if header is None else _as_header(header, n)
-        )
+        for name, width in BLOCK_COLUMNS.items():
+            value = columns.get(name)
+            fields[name] = np.zeros((n, width), np.uint8) if value is None else _as_block(name, value, n)
+        if n and int(fields["ipv6"].max()) > 1:
+            raise BatchError("column 'ipv6' must hold 0 (IPv4) or 1 (IPv6)")
         return cls(**fields)
 
     @classmethod
@@ -189,6 +219,27 @@ class PacketBatch:
             packed[name] = getattr(self, name)
         return packed.view(np.uint8).reshape(len(self), FLOW_KEY_BYTES)
 
+    def flow_keys37(self) -> np.ndarray:
+        """The 37-byte keys of both families as ``uint8[n, 37]`` (IPv4 rows v4-mapped)."""
+        n = len(self)
+        keys = np.zeros((n, FLOW_KEY37_BYTES), np.uint8)
+        v6 = self.ipv6.astype(bool)
+        keys[:, 0:16] = self.src_ip6
+        keys[:, 16:32] = self.dst_ip6
+        v4 = ~v6
+        keys[v4, 10:12] = 0xFF
+        keys[v4, 26:28] = 0xFF
+        keys[v4, 12:16] = self.src_ip[v4].astype(">u4").view(np.uint8).reshape(-1, 4)
+        keys[v4, 28:32] = self.dst_ip[v4].astype(">u4").view(np.uint8).reshape(-1, 4)
+        keys[:, 32:34] = self.src_port.astype(">u2").view(np.uint8).reshape(n, 2)
+        keys[:, 34:36] = self.dst_port.astype(">u2").view(np.uint8).reshape(n, 2)
+        keys[:, 36] = self.proto
+        return keys
+
+    def has_ipv6(self) -> bool:
+        """True when at least one packet is IPv6."""
+        return bool(len(self) and self.ipv6.any())
+
     def flow_keys_void(self) -> np.ndarray:
         """The 13-byte keys as ``V13`` scalars: hashable, sortable, usable with ``np.unique``."""
         return np.ascontiguousarray(self.flow_keys()).view(f"V{FLOW_KEY_BYTES}").ravel()
@@ -234,6 +285,26 @@ def unpack_flow_key(key: bytes) -> tuple[int, int, int, int, int]:
         int.from_bytes(key[10:12], "big"),
         key[12],
     )
+
+
+def format_ipv6(address: bytes) -> str:
+    """RFC 5952 text of a 16-byte address (``2001:db8::1``; v4-mapped as ``::ffff:10.0.0.1``).
+
+    Python's ``ipaddress`` compresses per RFC 5952 section 4 but prints a v4-mapped address in hex
+    (``::ffff:a00:1``); section 5 recommends the dotted form, which operators expect.
+    """
+    address = bytes(address)
+    if address[:12] == V4_MAPPED_PREFIX:
+        return "::ffff:" + format_ipv4(int.from_bytes(address[12:], "big"))
+    return str(ipaddress.IPv6Address(address))
+
+
+def parse_ipv6(text: str) -> bytes:
+    """The 16 network-order bytes of an IPv6 address in any RFC 4291 text form; ValueError if bad."""
+    try:
+        return ipaddress.IPv6Address(text).packed
+    except ipaddress.AddressValueError as exc:
+        raise ValueError(f"not an IPv6 address: {text!r}") from exc
 
 
 def format_ipv4(value: int) -> str:

@@ -18,10 +18,15 @@ SCHEMA_VERSION = 1
 #: Columns a non-empty batch must carry; the others default to zeros when absent.
 REQUIRED_COLUMNS = ("ts_ns", "src_ip", "dst_ip", "src_port", "dst_port", "proto")
 
+#: Scalar columns that schema version 1 carries (IPv4 only).
+V1_COLUMNS = tuple(name for name in COLUMN_DTYPES if name not in ("ipv6", "flow_label"))
+
 
 def batch_to_message(batch: PacketBatch, sender_id: str = "", sequence: int = 0) -> batch_pb2.PacketBatch:
     """Encode a batch as a protobuf message (one ``bytes`` field per column)."""
-    fields = {name: getattr(batch, name).tobytes() for name in COLUMN_DTYPES}
+    if batch.has_ipv6():
+        raise BatchError("IPv6 packets need wire schema version 2, which this build does not speak yet")
+    fields = {name: getattr(batch, name).tobytes() for name in V1_COLUMNS}
     return batch_pb2.PacketBatch(
         schema_version=SCHEMA_VERSION,
         sender_id=sender_id,
@@ -56,7 +61,7 @@ def message_to_batch(message: batch_pb2.PacketBatch) -> PacketBatch:
         )
     count = int(message.count)
     columns = {}
-    for name in COLUMN_DTYPES:
+    for name in V1_COLUMNS:
         column = _decode_column(name, getattr(message, name), count)
         if column is not None:
             columns[name] = column

@@ -100,3 +100,47 @@ def test_ipv4_text_round_trip_and_errors():
 def test_columns_lists_every_field_once():
     assert len(set(COLUMNS)) == len(COLUMNS)
     assert set(small_batch().columns()) == set(COLUMNS)
+
+
+# ---------------------------------------------------------------- both address families in one batch
+def test_absent_family_column_means_ipv4_and_blocks_are_zero():
+    from telesketch.packets import PacketBatch
+
+    batch = PacketBatch.from_columns(src_ip=[1, 2], dst_ip=[3, 4])
+    assert batch.ipv6.tolist() == [0, 0] and not batch.has_ipv6()
+    assert batch.src_ip6.shape == (2, 16) and not batch.src_ip6.any() and not batch.dst_ip6.any()
+
+
+def test_flow_keys37_maps_ipv4_and_carries_ipv6_bytes():
+    from telesketch.packets import PacketBatch, parse_ipv6
+
+    v6 = np.frombuffer(parse_ipv6("2001:db8::1") + parse_ipv6("2001:db8::2"), np.uint8).reshape(2, 16)
+    batch = PacketBatch.from_columns(
+        src_ip=[0x0A000001, 0], dst_ip=[0x0A000002, 0], src_port=[1000, 443], dst_port=[80, 5353],
+        proto=[6, 17], ipv6=[0, 1], src_ip6=np.stack([np.zeros(16, np.uint8), v6[0]]),
+        dst_ip6=np.stack([np.zeros(16, np.uint8), v6[1]]),
+    )
+    keys = batch.flow_keys37()
+    assert bytes(keys[0]) == (parse_ipv6("::ffff:10.0.0.1") + parse_ipv6("::ffff:10.0.0.2")
+                              + (1000).to_bytes(2, "big") + (80).to_bytes(2, "big") + b"\x06")
+    assert bytes(keys[1]) == (parse_ipv6("2001:db8::1") + parse_ipv6("2001:db8::2")
+                              + (443).to_bytes(2, "big") + (5353).to_bytes(2, "big") + b"\x11")
+
+
+def test_family_column_refuses_values_other_than_0_and_1():
+    from telesketch.packets import BatchError, PacketBatch
+
+    with pytest.raises(BatchError, match="'ipv6'"):
+        PacketBatch.from_columns(src_ip=[1], ipv6=[4])
+    with pytest.raises(BatchError, match="'src_ip6'.*shape"):
+        PacketBatch.from_columns(src_ip=[1], src_ip6=np.zeros((1, 4), np.uint8))
+
+
+def test_ipv6_text_is_rfc5952():
+    from telesketch.packets import format_ipv6, parse_ipv6
+
+    assert format_ipv6(parse_ipv6("2001:0DB8:0000:0000:0000:0000:0000:0001")) == "2001:db8::1"
+    assert format_ipv6(parse_ipv6("2001:db8:0:0:1:0:0:1")) == "2001:db8::1:0:0:1"
+    assert format_ipv6(parse_ipv6("::ffff:10.0.0.1")) == "::ffff:10.0.0.1"
+    with pytest.raises(ValueError, match="not an IPv6 address"):
+        parse_ipv6("2001:db8::g")

@@ -103,7 +103,7 @@ def ref_frame(frame: bytes, linktype: int, ts_ns: int):
 
 
 def rows_to_batch(rows) -> PacketBatch:
-    cols = {name: np.array([r[name] for r in rows], dtype=np.uint64).astype(dt)
+    cols = {name: np.array([r.get(name, 0) for r in rows], dtype=np.uint64).astype(dt)
             for name, dt in COLUMN_DTYPES.items()}
     cols["header"] = np.frombuffer(b"".join(r["header"] for r in rows), np.uint8).reshape(-1, HEADER_BYTES)
     return PacketBatch.from_columns(**cols)

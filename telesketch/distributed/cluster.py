@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from telesketch.hashing import hash_5tuple, hash_u32
-from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, HEADER_BYTES, PacketBatch
+from telesketch.packets import BLOCK_COLUMNS, COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
 from telesketch.service import sketchset as ss
 from telesketch.sketches.core import SketchError
 
@@ -130,8 +130,9 @@ class ShardPart:
         fields = {}
         for name, dtype in COLUMN_DTYPES.items():
             fields[name] = self.columns[name] if name in self.columns else np.zeros(self.n, dtype)
-        header = self.columns.get("header")
-        fields["header"] = header if header is not None else np.zeros((self.n, HEADER_BYTES), np.uint8)
+        for name, width in BLOCK_COLUMNS.items():
+            block = self.columns.get(name)
+            fields[name] = block if block is not None else np.zeros((self.n, width), np.uint8)
         return PacketBatch(**fields)
 
 

@@ -87,7 +87,7 @@ def derive_seed(seed: int, row: int) -> int:
 
 
 # ============================================================================ parameters
-_SEQ_FIELDS = tuple(n for n, dt in COLUMN_DTYPES.items() if n not in ("hdr_len",) and dt.kind == "u")
+_SEQ_FIELDS = tuple(n for n, dt in COLUMN_DTYPES.items() if n not in ("hdr_len", "ipv6", "flow_label") and dt.kind == "u")
 
 
 def _check_int(name: str, value, lo: int, hi: int) -> None:

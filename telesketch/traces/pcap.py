@@ -124,7 +124,8 @@ MAX_RECORD = 16 * 1024 * 1024
 _PCAP_MIN_BOUND = 262144
 
 #: The scalar columns in the order the kernels take them, then ``header``.
-SCALAR_COLUMNS = tuple(COLUMN_DTYPES)
+KERNEL_COLUMN_DTYPES = {k: v for k, v in COLUMN_DTYPES.items() if k not in ("ipv6", "flow_label")}
+SCALAR_COLUMNS = tuple(KERNEL_COLUMN_DTYPES)
 
 
 def link_type_name(linktype: int) -> str:
@@ -528,8 +529,11 @@ class ByteSource:
 
 
 def new_columns(size: int) -> list:
-    """Uninitialised scalar columns (kernel order) followed by the ``header`` block."""
-    cols = [np.empty(size, dtype) for dtype in COLUMN_DTYPES.values()]
+    """Uninitialised scalar columns (kernel order) followed by the ``header`` block.
+
+    The IPv6 columns are not filled by the IPv4 walker; :func:`columns_to_batch` zero-fills them.
+    """
+    cols = [np.empty(size, dtype) for dtype in KERNEL_COLUMN_DTYPES.values()]
     cols.append(np.empty((size, HEADER_BYTES), np.uint8))
     return cols
 
@@ -538,7 +542,7 @@ def columns_to_batch(cols: list, n: int) -> PacketBatch:
     """The first ``n`` rows as a batch (copied when the batch is mostly empty, to free memory)."""
     shrink = n < cols[0].shape[0] // 2
     arrays = [c[:n].copy() if shrink else c[:n] for c in cols]
-    return PacketBatch(**dict(zip(SCALAR_COLUMNS + ("header",), arrays)))
+    return PacketBatch.from_columns(**dict(zip(SCALAR_COLUMNS + ("header",), arrays)))
 
 
 class Batcher:
