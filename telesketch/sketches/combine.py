@@ -131,23 +131,11 @@ class HHHWindow(Window):
 
 
 # ====================================================================== GapFilter
-def _events(state) -> np.ndarray:
-    """A closed epoch keeps only its gap events (an array); a live GapFilter reports them."""
-    return state if isinstance(state, np.ndarray) else state.gap_events()
-
-
 class GapWindow(Window):
     """GapFilter over epochs (union of their events) and shards (one stream again, by time)."""
 
     def gap_events(self) -> Combined:
-        out = []
-        for shards in self.per_epoch():
-            parts = [_events(s) for s in shards]
-            events = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            if len(parts) > 1:
-                events = events[np.argsort(events["ts_ns"], kind="stable")]
-            out.append(events)
-        return Combined(out, "single" if len(out) == 1 else "union")
+        return self.epoch_events()
 
 
 # ====================================================================== LLM-Sketch

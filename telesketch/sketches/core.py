@@ -212,6 +212,19 @@ class Window:
         """Rows: per epoch, its gap events (a structured array)."""
         self._refuse("gaps")
 
+    def epoch_events(self) -> Combined:
+        """Per epoch, its gap events: the union of its shards' events (one stream again, by time);
+        ``union`` over several epochs. A closed epoch of a continuous kind keeps only its events (an
+        array); a live state reports them (``gap_events()``)."""
+        out = []
+        for shards in self.per_epoch():
+            parts = [s if isinstance(s, np.ndarray) else s.gap_events() for s in shards]
+            events = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            if len(parts) > 1:
+                events = events[np.argsort(events["ts_ns"], kind="stable")]
+            out.append(events)
+        return Combined(out, "single" if len(out) == 1 else "union")
+
     def flow_size(self, keys: np.ndarray) -> Combined:
         self._refuse("flow_size")
 
@@ -246,7 +259,7 @@ class MergedWindow(Window):
         return Combined(self.merged().hhh(phi=phi, threshold=threshold), self._label())
 
     def gap_events(self) -> Combined:
-        return Combined([self.merged().gap_events()], self._label())
+        return self.epoch_events()  # per epoch, as every kind answers gaps
 
     def flow_size(self, keys) -> Combined:
         return Combined(self.merged().flow_size(keys), self._label())
