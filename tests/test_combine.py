@@ -87,3 +87,18 @@ def test_hidden_sketch_refuses_a_threshold_below_its_floor(epochs):
     with pytest.raises(Precondition, match=f"floor of {floor:,} packets"):
         sketch.combine([sketch]).check_floor(floor - 1, "heavy_hitters", "hh")
     sketch.combine([sketch]).check_floor(floor, "heavy_hitters", "hh")  # at the floor: answered
+
+
+@pytest.mark.parametrize("kind", ["exact", "gapfilter_so"])
+def test_gaps_are_answered_per_epoch_by_every_kind(kind, epochs):
+    """A window's gaps are each epoch's events (the report pairs them with epoch ids), merged or not."""
+    cs = SketchSet.from_config({"s": {"kind": kind, **SPECS[kind]}}).get("s")
+    states = []
+    for batch in epochs:
+        state = cs.build()
+        state.update(batch)
+        states.append(state)
+    got = cs.window(states).gap_events()
+    assert got.combine == "union" and len(got.rows) == len(epochs)
+    for events, state in zip(got.rows, states):
+        np.testing.assert_array_equal(events, state.gap_events())

@@ -15,15 +15,16 @@ Each shard actor builds its sketches from the service's sketch config dicts thro
 config for one of S shards: ResidualSketch / CocoSketch get the shard promotion threshold
 ``shard_threshold(T, S)`` (spec §4); everything else is built as configured.
 
-How a query combines the shards' states (state sharded by key is *unioned*, mergeable state is
-*merged*, additive estimates are *summed*):
+How a query combines the shards' states: by the kind's ``combine`` over the shards
+(:func:`~telesketch.sketches.core.over_shards`; the rules in :mod:`telesketch.sketches.combine`),
+the same rule the sharded service applies to each epoch. State sharded by key is *unioned*,
+mergeable state is *merged*, additive estimates are *summed*:
 
 * ``exact``: the shards' states are merged (concatenation) and queried once, so every answer is
-  exactly the single-process answer (gap events come back in shard order; flows are whole).
-* Hidden Sketch (keys whole on their shard, by 5-tuple or by source): union of the shards'
-  second-stage counts above the *global* limit ``phi * N`` (:func:`hiddensketch.heavy_hitters_union`);
-  each shard's own decode threshold is ``phi * N_shard``, lower, so nothing above the global limit
-  is lost to it.
+  exactly the single-process answer.
+* Hidden Sketch (keys whole on their shard, by 5-tuple or by source): union of the shards' reports
+  above the *global* limit ``phi * N``; each shard's own decode threshold is ``phi * N_shard``,
+  lower, so nothing above the global limit is lost to it.
 * ResidualSketch / CocoSketch (a prefix's sources spread over shards): per-layer estimates summed
   over shards, one HHH pass at the global report threshold (``merged_hhh``).
 * GapFilter: union of the shards' gap events, ordered by timestamp.
