@@ -97,9 +97,9 @@ def _section(title: str, body) -> str:
 
 
 def _hhh_tree(rows) -> str:
-    from telesketch.service.http import _hhh_rows
+    from telesketch.presenter import hhh_rows
 
-    items = _hhh_rows(rows)
+    items = hhh_rows(rows)
     if not items:
         return "<p>(no prefixes over the threshold in this window)</p>"
     top = max(r["estimate"] for r in items) or 1.0
