@@ -33,11 +33,11 @@ from telesketch.service.sketchset import SketchSet  # noqa: E402
 
 def run(sketchset: SketchSet, previous: dict | None, batches) -> tuple[float, dict, dict]:
     states = sketchset.new_states(0, previous)
-    per_sketch: dict[str, float] = {}
+    sketchset.update_seconds.clear()
     start = time.perf_counter()
     for b in batches:
-        sketchset.update(states, b, on_time=lambda name, s: per_sketch.__setitem__(name, per_sketch.get(name, 0) + s))
-    return time.perf_counter() - start, states, per_sketch
+        sketchset.update(states, b)
+    return time.perf_counter() - start, states, dict(sketchset.update_seconds)
 
 
 def main() -> None:

@@ -122,18 +122,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _summary_dict(summary, top: int) -> dict:
     """A :class:`~telesketch.summary.TrafficSummary` as JSON-able data (``top`` sources and flows)."""
-    from telesketch.packets import format_ipv4, unpack_flow_key
+    from telesketch.packets import unpack_flow_key
+    from telesketch.presenter import format_address
     from telesketch.summary import PROTO_NAMES
 
     flows = []
     for key, count in summary.flows.most_common(top):
         src, dst, sport, dport, proto = unpack_flow_key(key)
-        flows.append({"src": format_ipv4(src), "dst": format_ipv4(dst), "src_port": sport, "dst_port": dport,
+        flows.append({"src": format_address(src), "dst": format_address(dst), "src_port": sport, "dst_port": dport,
                       "proto": PROTO_NAMES.get(proto, str(proto)), "packets": count})
     return {"path": summary.path, "packets": summary.packets, "ip_bytes": summary.ip_bytes,
             "flows": len(summary.flows), "sources": len(summary.sources), "duration_s": summary.duration_s,
             "protocols": {PROTO_NAMES.get(p, str(p)): c for p, c in summary.protocols.most_common()},
-            "top_sources": [{"src": format_ipv4(ip), "packets": c} for ip, c in summary.sources.most_common(top)],
+            "top_sources": [{"src": format_address(ip), "packets": c} for ip, c in summary.sources.most_common(top)],
             "top_flows": flows}
 
 
@@ -384,8 +385,7 @@ def _run_query(args: argparse.Namespace) -> int:
     import json
 
     from telesketch.client import Client
-    from telesketch.packets import format_ipv4
-    from telesketch.service.queries import key_text, time_text
+    from telesketch.presenter import format_prefix, key_text, time_text
 
     root = Path(args.tls_ca).read_bytes() if args.tls_ca else None
     token = Path(args.token_file).read_text().strip() if args.token_file else args.token
@@ -411,7 +411,7 @@ def _run_query(args: argparse.Namespace) -> int:
                       "(too little memory for this traffic): keys may be missing, estimates are upper bounds",
                       file=sys.stderr)
         elif what == "hhh":
-            rows = [(f"{format_ipv4(p)}/{n}", c) for p, n, c in client.hhh(**window, **thresholds)]
+            rows = [(format_prefix(p, n), c) for p, n, c in client.hhh(**window, **thresholds)]
             header = ("prefix", "discounted estimate")
         elif what == "gaps":
             gaps = client.flow_gaps(limit=args.k, **window)

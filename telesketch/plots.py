@@ -136,13 +136,13 @@ def _top_flows(plt, report: dict):
 
 
 def _hhh_tree(plt, report: dict):
-    from telesketch.service.http import _hhh_rows
+    from telesketch.presenter import hhh_rows
     from telesketch.service.status_page import _largest_with_ancestors, _tree_order
 
     sec = report["hhh"]
     if sec["error"] or not sec["rows"]:
         return None
-    items = _hhh_rows([(r["prefix"], r["length"], r["estimate"]) for r in sec["rows"]])
+    items = hhh_rows([(r["prefix"], r["length"], r["estimate"]) for r in sec["rows"]])
     rows = _tree_order(_largest_with_ancestors(items, HHH_ROWS))
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.6))

@@ -66,9 +66,11 @@ from typing import Any
 
 import numpy as np
 
-from telesketch.packets import FLOW_KEY_BYTES, format_ipv4
-from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec, key_text, time_text
-from telesketch.service.sketchset import KINDS, QueryError
+from telesketch.packets import FLOW_KEY_BYTES
+from telesketch.presenter import format_prefix, key_text, time_text
+from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec
+from telesketch.errors import TelesketchError
+from telesketch.service.sketchset import KINDS
 from telesketch.sketches import exact
 
 SCHEMA = "telesketch.report/1"
@@ -109,8 +111,10 @@ class LocalSource:
     def _ask(self, fn):
         try:
             return fn()
-        except QueryError as exc:
-            raise Unanswered(f"{exc.code}: {exc}") from None
+        except TelesketchError as exc:  # worded as the service would answer it
+            from telesketch.service.server import grpc_status
+
+            raise Unanswered(f"{grpc_status(exc).name}: {exc}") from None
 
     @staticmethod
     def _info(answer) -> dict:
@@ -290,7 +294,7 @@ def query_sections(source, opts: ReportOptions, last: int, sketch: str = "", flo
     for what in ("heavy_hitters", "heavy_changers"):
         out[what] = _keys_section(source, what, last if what == "heavy_hitters" else 1, opts, sketch, floors)
     head, rows = _section(lambda: source.hhh(last, opts.hhh_phi, sketch))
-    head.update(phi=opts.hhh_phi, rows=[{"prefix": p, "length": n, "text": f"{format_ipv4(p)}/{n}", "estimate": c}
+    head.update(phi=opts.hhh_phi, rows=[{"prefix": p, "length": n, "text": format_prefix(p, n), "estimate": c}
                                         for p, n, c in rows or []])
     head["count"] = len(head["rows"])
     out["hhh"] = head

@@ -11,7 +11,7 @@ from telesketch.packets import PacketBatch
 from telesketch.service.config import load_config
 from telesketch.service.queries import QueryEngine, WindowSpec
 from telesketch.service.server import ServiceThread
-from telesketch.service.sketchset import QueryError
+from telesketch.errors import Precondition, QueryError
 from telesketch.traces import generate_batch
 
 SKETCHES = {"hh": {"kind": "hiddensketch", "memory_bytes": 56320, "phi": 1e-4},  # floor: 240 packets an epoch
@@ -33,7 +33,7 @@ def engine():
 def test_a_threshold_below_the_hidden_sketch_floor_is_refused_naming_it(engine):
     with pytest.raises(QueryError) as exc:
         engine.heavy_hitters(WindowSpec(last=1), threshold=10)
-    assert exc.value.code == "FAILED_PRECONDITION"
+    assert isinstance(exc.value, Precondition)  # answered FAILED_PRECONDITION / HTTP 409
     text = str(exc.value)
     assert "threshold 10 packets is below" in text and "floor of 240 packets" in text
     assert "expected_epoch_items" in text and "[sketches.hh]" in text

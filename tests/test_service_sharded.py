@@ -325,6 +325,10 @@ def test_bad_parameters_fail_before_any_actor_starts(ray_cluster):
 
 
 def test_a_lost_shard_answers_unavailable_and_a_restart_loses_nothing_acknowledged(ray_cluster, tmp_path, traffic):
+    import json
+    import urllib.error
+    import urllib.request
+
     import grpc
 
     cfg = config(tmp_path, shards=SHARDS, sketches={"exact": SKETCHES["exact"]})
@@ -340,6 +344,9 @@ def test_a_lost_shard_answers_unavailable_and_a_restart_loses_nothing_acknowledg
         with pytest.raises(grpc.RpcError) as err:
             client.heavy_hitters(sketch="exact")
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(urllib.error.HTTPError) as http_err:  # the HTTP API: 503, retry later
+            urllib.request.urlopen(f"http://127.0.0.1:{svc.http_port}/api/v1/heavy_hitters?sketch=exact", timeout=30)
+        assert http_err.value.code == 503 and "Restart the service" in json.load(http_err.value)["error"]
     with ServiceThread(cfg) as svc:  # checkpoint + write-ahead log rebuild the shards
         client = Client(f"127.0.0.1:{svc.grpc_port}", sender_id="c")
         client.push(traffic[client.last_sequence():])  # resume after the last acknowledged batch

@@ -15,15 +15,16 @@ Each shard actor builds its sketches from the service's sketch config dicts thro
 config for one of S shards: ResidualSketch / CocoSketch get the shard promotion threshold
 ``shard_threshold(T, S)`` (spec §4); everything else is built as configured.
 
-How a query combines the shards' states (state sharded by key is *unioned*, mergeable state is
-*merged*, additive estimates are *summed*):
+How a query combines the shards' states: by the kind's ``combine`` over the shards
+(:func:`~telesketch.sketches.core.over_shards`; the rules in :mod:`telesketch.sketches.combine`),
+the same rule the sharded service applies to each epoch. State sharded by key is *unioned*,
+mergeable state is *merged*, additive estimates are *summed*:
 
 * ``exact``: the shards' states are merged (concatenation) and queried once, so every answer is
-  exactly the single-process answer (gap events come back in shard order; flows are whole).
-* Hidden Sketch (keys whole on their shard, by 5-tuple or by source): union of the shards'
-  second-stage counts above the *global* limit ``phi * N`` (:func:`hiddensketch.heavy_hitters_union`);
-  each shard's own decode threshold is ``phi * N_shard``, lower, so nothing above the global limit
-  is lost to it.
+  exactly the single-process answer.
+* Hidden Sketch (keys whole on their shard, by 5-tuple or by source): union of the shards' reports
+  above the *global* limit ``phi * N``; each shard's own decode threshold is ``phi * N_shard``,
+  lower, so nothing above the global limit is lost to it.
 * ResidualSketch / CocoSketch (a prefix's sources spread over shards): per-layer estimates summed
   over shards, one HHH pass at the global report threshold (``merged_hhh``).
 * GapFilter: union of the shards' gap events, ordered by timestamp.
@@ -40,13 +41,15 @@ import numpy as np
 from telesketch.hashing import hash_5tuple, hash_u32
 from telesketch.packets import BLOCK_COLUMNS, COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
 from telesketch.service import sketchset as ss
-from telesketch.sketches.core import SketchError
+from telesketch.errors import NotFound, Precondition, QueryError
+from telesketch.sketches.core import EPOCHS, SketchError, Window, over_shards
 
 #: Seed of the routing hash (independent of every sketch's own seeds).
 ROUTE_SEED = 0x5EED_0001
 
-_HHH_KINDS = ("residualsketch",)
-_GAP_KINDS = ("gapfilter_so", "gapfilter_ao", "gapfilter_straw")
+
+def _kind(spec: dict[str, Any]) -> ss.Kind | None:
+    return ss.KINDS.get(spec.get("kind"))
 
 
 class RayNotInstalledError(ImportError):
@@ -87,7 +90,8 @@ def _split(batch: PacketBatch, ids: np.ndarray, shards: int) -> list[PacketBatch
 
 def routed_by_source(spec: dict[str, Any]) -> bool:
     """Whether a sketch config is routed by source address (Hidden Sketch keyed by ``src_ip``)."""
-    return spec.get("kind") == "hiddensketch" and spec.get("key", "src_ip") == "src_ip"
+    kind = _kind(spec)
+    return kind is not None and bool(kind.route_key) and spec.get("key", kind.route_key) == kind.route_key
 
 
 def source_shard_ids(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> np.ndarray:
@@ -176,8 +180,8 @@ def shard_specs(specs: dict[str, dict[str, Any]], shards: int) -> dict[str, dict
     out = {}
     for name, spec in specs.items():
         spec = dict(spec)
-        kind = spec.get("kind")
-        if shards > 1 and kind in _HHH_KINDS:
+        kind = _kind(spec)
+        if shards > 1 and kind is not None and kind.spread_keys:
             from telesketch.sketches.cocosketch import shard_threshold
 
             T = _build_for_specs(name, spec).T
@@ -196,7 +200,8 @@ def shard_spec(specs: dict[str, dict[str, Any]], shard: int) -> dict[str, dict[s
     out = {}
     for name, spec in specs.items():
         spec = {k: v for k, v in spec.items() if k != "global_threshold"}
-        if spec.get("kind") in _HHH_KINDS:
+        kind = _kind(spec)
+        if kind is not None and kind.spread_keys:
             spec["seed"] = (int(spec.get("seed", 0)) + shard) % 2**64
         out[name] = spec
     return out
@@ -323,78 +328,47 @@ class ShardedSketches:
         try:
             cs = self.local.get(name)
         except KeyError:
-            raise ss.QueryError("NOT_FOUND", f"no sketch named {name!r}; configured: {list(self.specs)}") from None
+            raise NotFound(f"no sketch named {name!r}; configured: {list(self.specs)}") from None
         if not cs.active:
-            raise ss.QueryError("FAILED_PRECONDITION", f"sketch {name!r} is not active: {cs.note}")
+            raise Precondition(f"sketch {name!r} is not active: {cs.note}")
         return cs
 
-    def _fan_out(self, name: str, method: str, *args, **kwargs) -> list:
-        return _ray().get([a.call.remote(name, method, *args, **kwargs) for a in self.actors])
+    def _owner(self, keys: np.ndarray) -> np.ndarray:
+        """``int64[n]``: the shard owning each 13-byte flow key ``uint8[n, 13]``."""
+        return shard_ids(_keys_batch(keys), self.shards, self.route_seed)
+
+    def window(self, name: str, query: str) -> Window:
+        """Sketch ``name``'s shards combined by its kind's rule (:meth:`Sketch.combine` over shards),
+        the same rule the sharded service applies to one epoch. ``QueryError`` if it does not answer
+        ``query``."""
+        cs = self._sketch(name)
+        if query not in cs.kind.queries:
+            raise QueryError(f"sketch {name!r} ({cs.kind_name}) does not answer {query}")
+        shards = [cs.cls.combine([state], EPOCHS) for state in self.states(name)]
+        return cs.cls.combine(shards, over_shards(self._owner, self.specs[name].get("global_threshold", 0.0)))
 
     # ------------------------------------------------------------------ queries
     def heavy_hitters(self, name: str, phi: float | None = None, threshold: float | None = None) -> list[tuple]:
-        """``[(key, count)]`` over all shards (``exact`` or ``hiddensketch``)."""
-        cs, states = self._sketch(name), self.states(name)
-        if cs.kind_name == "exact":
-            return ss.merged_state(cs, states).heavy_hitters(phi=phi, threshold=threshold)
-        if cs.kind_name != "hiddensketch":
-            raise ss.QueryError("INVALID_ARGUMENT", f"sketch {name!r} ({cs.kind_name}) has no sharded heavy hitters")
-        from telesketch.sketches.hiddensketch import heavy_hitters_union
-
-        phi_cfg = states[0].params.phi
-        limit = _limit(phi, threshold, self.packets, phi_cfg)
-        # heavy_hitters_union filters at phi_cfg * total_items: pick total_items so that is `limit`
-        return heavy_hitters_union(states, total_items=limit / phi_cfg)
+        """``[(key, count)]`` over all shards (``exact`` or ``hiddensketch``); default threshold: the
+        sketch's ``phi`` of every packet ingested."""
+        if phi is not None and threshold is not None:
+            raise QueryError("give phi or threshold, not both")
+        return self.window(name, "heavy_hitters").heavy_hitters(self.packets, phi, threshold).rows
 
     def hhh(self, name: str, threshold: float | None = None) -> list[tuple[int, int, float]]:
         """``[(prefix, length, discounted)]``: merged exact, or summed layer estimates + one pass at
         the global report threshold (default: the configured ``T``)."""
-        cs, states = self._sketch(name), self.states(name)
-        if cs.kind_name == "exact":
-            return ss.merged_state(cs, states).hhh(threshold=threshold)
-        if cs.kind_name not in _HHH_KINDS:
-            raise ss.QueryError("INVALID_ARGUMENT", f"sketch {name!r} ({cs.kind_name}) does not answer hhh")
-        module = importlib.import_module(cs.kind.module)
-        thr = self.specs[name].get("global_threshold", states[0].T) if threshold is None else threshold
-        return [(e.prefix, e.length, e.discounted) for e in module.merged_hhh(states, thr)]
+        return self.window(name, "hhh").hhh(self.packets, None, threshold).rows
 
     def gap_events(self, name: str) -> np.ndarray:
         """Union of the shards' gap events (structured array), stably ordered by ``ts_ns``."""
-        cs = self._sketch(name)
-        if cs.kind_name == "exact":
-            return ss.merged_state(cs, self.states(name)).gap_events()
-        if cs.kind_name not in _GAP_KINDS:
-            raise ss.QueryError("INVALID_ARGUMENT", f"sketch {name!r} ({cs.kind_name}) does not answer gaps")
-        parts = self._fan_out(name, "gap_events")
-        events = np.concatenate(parts)
-        return events[np.argsort(events["ts_ns"], kind="stable")]
+        return self.window(name, "gaps").gap_events().rows[0]
 
     def flow_size(self, name: str, keys: np.ndarray) -> np.ndarray:
         """``int64[n]`` sizes of 13-byte flow keys ``uint8[n, 13]``, each from its owning shard."""
-        cs = self._sketch(name)
         keys = np.ascontiguousarray(keys, np.uint8).reshape(-1, FLOW_KEY_BYTES)
-        if cs.kind_name == "exact":
-            return ss.merged_state(cs, self.states(name)).flow_size(keys)
-        owner = shard_ids(_keys_batch(keys), self.shards, self.route_seed)
-        refs = [(s, self.actors[s].call.remote(name, "flow_size", keys[owner == s])) for s in range(self.shards)
-                if (owner == s).any()]
-        out = np.zeros(keys.shape[0], np.int64)
-        for s, values in zip([s for s, _ in refs], _ray().get([r for _, r in refs])):
-            out[owner == s] = values
-        return out
+        return self.window(name, "flow_size").flow_size(keys).rows
 
     def top_flows(self, name: str, k: int = 100) -> list[tuple[Any, int]]:
         """The ``k`` largest flows: the shards' top-k lists merged (flows are whole on a shard)."""
-        cs = self._sketch(name)
-        if cs.kind_name == "exact":
-            return ss.merged_state(cs, self.states(name)).top_flows(k)
-        rows = [row for part in self._fan_out(name, "top_flows", k) for row in part]
-        return sorted(rows, key=lambda kv: (-kv[1], kv[0]))[:k]
-
-
-def _limit(phi, threshold, n, default_phi) -> float:
-    if phi is not None and threshold is not None:
-        raise ss.QueryError("INVALID_ARGUMENT", "give phi or threshold, not both")
-    if threshold is not None:
-        return float(threshold)
-    return (default_phi if phi is None else phi) * n
+        return self.window(name, "top_flows").top_flows(k).rows

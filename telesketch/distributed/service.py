@@ -43,12 +43,13 @@ from telesketch.distributed.cluster import (
 )
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
 from telesketch.service import sketchset as ss
-from telesketch.sketches.core import SketchError, envelope_algorithm, pack_state, unpack_state
+from telesketch.errors import Unavailable
+from telesketch.sketches.core import EPOCHS, SketchError, Window, envelope_algorithm, over_shards, pack_state, unpack_state
 
 ENVELOPE = ss.SHARDS_ENVELOPE
 
 
-class ShardLostError(ss.StateUnavailableError):
+class ShardLostError(Unavailable):
     """A shard actor died: its part of the open epoch is gone until the service restarts (ingest
     and queries answer ``UNAVAILABLE``; nothing acknowledged is lost, the log replays it)."""
 
@@ -130,21 +131,11 @@ class ShardPool:
 
 # ====================================================================== states
 class _Sharded:
-    """What both state kinds share: shard count, key ownership, the global threshold, the envelope."""
+    """What both state kinds share: the parameters and the envelope (queries combine the shards
+    through :meth:`ShardedConfiguredSketch.window`)."""
 
     cs: "ShardedConfiguredSketch"
-
-    @property
-    def shard_count(self) -> int:
-        return self.cs.pool.shards
-
-    def owner(self, keys: np.ndarray) -> np.ndarray:
-        return self.cs.pool.owner(np.ascontiguousarray(keys, np.uint8).reshape(-1, FLOW_KEY_BYTES))
-
-    @property
-    def T(self) -> float:
-        """ResidualSketch's report threshold for the whole service (each shard runs with a lower one)."""
-        return float(self.cs.global_threshold)
+    load_factor = None  #: not tracked across shards (the stats' gauge is left out)
 
     @property
     def params(self):
@@ -199,11 +190,20 @@ class ShardedConfiguredSketch(ss.ConfiguredSketch):
     pool: ShardPool
     global_threshold: float = 0.0
 
+    _shard_params: Any = None
+
     def shard_params(self):
         """Parameters of one shard's sketch, from a local build made once."""
-        if getattr(self, "_shard_params", None) is None:
+        if self._shard_params is None:
             self._shard_params = ss.ConfiguredSketch.build(self).params
         return self._shard_params
+
+    def window(self, states: list) -> Window:
+        """Each shard's window over the epochs (the kind's ``combine``), combined over the shards:
+        keys owned by their shard, ResidualSketch at the service-wide threshold."""
+        per_shard = zip(*(s.shard_states() for s in states))
+        windows = [self.cls.combine(list(column), EPOCHS) for column in per_shard]
+        return self.cls.combine(windows, over_shards(self.pool.owner, self.global_threshold))
 
     def base_memory(self, state) -> int:
         return ss.ConfiguredSketch.memory(self, state)
@@ -266,7 +266,7 @@ class ShardedSketchSet(ss.SketchSet):
         self.pool.advance(epoch)
         return {cs.name: OpenShardedState(cs) for cs in self.active}
 
-    def update(self, states: dict[str, Any], batch: PacketBatch, on_time=None) -> None:
+    def update(self, states: dict[str, Any], batch: PacketBatch) -> None:
         self.pool.update(batch)
 
     def close(self, states: dict[str, Any]) -> dict[str, Any]:
@@ -277,6 +277,7 @@ class ShardedSketchSet(ss.SketchSet):
                 for name in states}
 
     def shutdown(self) -> None:
+        self.shutdown_pool()
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None

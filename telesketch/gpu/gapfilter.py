@@ -200,6 +200,8 @@ def _ao_heads_kernel(cells, keys, shift, items, sz, t1, t2, civilian_front, flag
 class _GpuMixin:
     """Device-side state and the batch pipeline shared by SO and AO."""
 
+    caller_thread_only = True  #: kernels launch from the calling thread only (one device queue)
+
     LANES: int
     STATE_DTYPE: np.dtype
 

@@ -276,6 +276,8 @@ class HiddenSketch(_cpu.HiddenSketch):
     Raises :class:`GpuUnavailableError` when neither a CUDA device nor the simulator is available.
     """
 
+    caller_thread_only = True  #: kernels launch from the calling thread only (one device queue)
+
     fs = _device_state("fs", "``uint8|uint16[fs_rows, fs_width]`` FS counters (host copy).")
     seg = _device_state("seg", "``uint64[blocks, words]`` packed segment bitmaps (host copy).")
     bf = _device_state("bf", "``uint64[total_bf_rows, words]`` packed Bloom-filter rows (host copy).")

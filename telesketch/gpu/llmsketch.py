@@ -284,6 +284,8 @@ class LLMSketch(_cpu.LLMSketch):
     such a reference would stay live).
     """
 
+    caller_thread_only = True  #: kernels launch from the calling thread only (one device queue)
+
     _slot_words = _DeviceResident()
     counts = _DeviceResident()
     lock = _DeviceResident()

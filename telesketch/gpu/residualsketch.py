@@ -219,6 +219,8 @@ class _DeviceBlock:
 class _DeviceBlocks:
     """Device-resident blocks and the single-thread stream launch shared by both sketches."""
 
+    caller_thread_only = True  #: kernels launch from the calling thread only (one device queue)
+
     cells = _DeviceBlock()
     occ = _DeviceBlock()
 

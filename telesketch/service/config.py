@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from telesketch.errors import ConfigurationError
+
 #: Default sketch set: the four paper sketches with the papers' defaults (skipped when not built).
 DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
     "gaps": {"kind": "gapfilter_ao", "memory_bytes": 16 * 1024},
@@ -41,8 +43,8 @@ DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
 DEVICES = ("cpu", "gpu")
 
 
-class ConfigError(ValueError):
-    """A configuration file or value is unusable; the message names the key."""
+#: A configuration file or value is unusable; the message names the key.
+ConfigError = ConfigurationError
 
 
 @dataclass

@@ -52,6 +52,7 @@ import crc32c
 import numpy as np
 
 from telesketch.packets import PacketBatch
+from telesketch.errors import IngestRejected, Precondition
 from telesketch.service.sketchset import SketchSet
 
 log = logging.getLogger("telesketch.service")
@@ -98,14 +99,9 @@ class LogWriteError(OSError):
         self.space = space
 
 
-class BatchRejected(Exception):
-    """A batch refused as a whole before anything is logged or applied: ``code`` is the gRPC
-    status name, ``reason`` the ``telesketch_batches_rejected`` label."""
-
-    def __init__(self, code: str, reason: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
+class BatchRejected(IngestRejected):
+    """A batch refused as a whole before anything is logged or applied (see
+    :class:`telesketch.errors.IngestRejected`: ``refusal``, ``reason``)."""
 
 
 def _lock_data_dir(data_dir: Path):
@@ -442,7 +438,7 @@ class EpochManager:
             if (sender_id and self.max_sequence_jump and not self._replaying
                     and sequence - last > self.max_sequence_jump):
                 raise BatchRejected(
-                    "FAILED_PRECONDITION", "sequence_jump",
+                    Precondition, "sequence_jump",
                     f"sender {sender_id!r}: sequence {sequence} is {sequence - last} past the last applied one "
                     f"({last}); at most {self.max_sequence_jump} ahead is accepted (max_sequence_jump). "
                     f"Continue from Resume's last_sequence + 1")

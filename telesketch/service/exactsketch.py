@@ -15,6 +15,7 @@ import numpy as np
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
 from telesketch.sketches import exact
 from telesketch.sketches.core import SketchError, check_same_params, pack_state, unpack_state
+from telesketch.sketches.core import Sketch
 
 #: Gap events, field for field like GapFilter's log (``jump`` is 0: the oracle does not report it).
 GAP_EVENT_DTYPE = np.dtype([("src_ip", "<u4"), ("dst_ip", "<u4"), ("src_port", "<u2"), ("dst_port", "<u2"),
@@ -48,7 +49,7 @@ class ExactSketchParams:
             raise SketchError(f"need 0 < gap_t1 < gap_t2 < 32768, got {self.gap_t1}, {self.gap_t2}")
 
 
-class ExactSketch:
+class ExactSketch(Sketch):
     """Exact per-epoch counters over the stored packets (see the module docstring)."""
 
     ALGORITHM = "exact-service"

@@ -51,15 +51,23 @@ from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from telesketch.packets import format_ipv4
 from telesketch.service.auth import bearer_matches
-from telesketch.service.queries import WindowSpec, key_text
-from telesketch.service.sketchset import QueryError
+from telesketch.presenter import hhh_rows, key_text
+from telesketch.service.queries import WindowSpec
+from telesketch.errors import NotFound, Precondition, QueryError, TelesketchError, TooLarge, Unavailable
 
 log = logging.getLogger("telesketch.service")
 
-HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "FAILED_PRECONDITION": 409, "RESOURCE_EXHAUSTED": 413,
-               "UNAVAILABLE": 503}
+#: The one table from domain errors (:mod:`telesketch.errors`) to HTTP statuses; an error maps as its
+#: nearest listed class (see :func:`http_status`). A lost Ray shard is ``Unavailable``: 503, retry later.
+HTTP_STATUS: dict[type, int] = {QueryError: 400, NotFound: 404, Precondition: 409, TooLarge: 413, Unavailable: 503}
+
+
+def http_status(error: TelesketchError) -> int:
+    """The HTTP status of a domain error (400 for one the table does not list)."""
+    return next((HTTP_STATUS[cls] for cls in type(error).__mro__ if cls in HTTP_STATUS), 400)
+
+
 #: Connections served at once; one more gets ``503`` without a thread of its own.
 MAX_CONCURRENT_REQUESTS = 32
 #: Seconds a connection may sit without sending its request (or reading the answer) before it is closed.
@@ -91,7 +99,7 @@ def _one(params: dict, name: str, parse, default=None):
     try:
         return parse(values[-1])
     except ValueError:
-        raise QueryError("INVALID_ARGUMENT", f"parameter {name}={values[-1]!r} is not a valid {parse.__name__}") from None
+        raise QueryError(f"parameter {name}={values[-1]!r} is not a valid {parse.__name__}") from None
 
 
 def _window(params: dict) -> WindowSpec:
@@ -112,21 +120,8 @@ def _fit_window(window: WindowSpec, retained: int, windows: int = 1) -> tuple[Wi
     return WindowSpec(epoch=None, last=fits, closed_only=window.closed_only), note
 
 
-def _hhh_rows(rows) -> list[dict]:
-    out, reported = [], []
-    for prefix, length, estimate in sorted(rows, key=lambda r: (r[1], r[0])):
-        parents = [(p, n) for p, n in reported if n < length and (prefix >> (32 - n) if n else 0) == (p >> (32 - n) if n else 0)]
-        parent = max(parents, key=lambda x: x[1]) if parents else None
-        depth = sum(1 for _ in parents)
-        reported.append((prefix, length))
-        out.append({"prefix": f"{format_ipv4(prefix)}/{length}", "value": prefix, "length": length,
-                    "estimate": estimate, "parent": f"{format_ipv4(parent[0])}/{parent[1]}" if parent else "",
-                    "depth": depth})
-    return out
-
-
 class Api:
-    """Turns a path and query parameters into a JSON-able answer; raises QueryError."""
+    """Turns a path and query parameters into a JSON-able answer; raises :mod:`telesketch.errors`."""
 
     def __init__(self, service):
         self.service = service
@@ -160,13 +155,13 @@ class Api:
             a = q.heavy_changers(window, sketch, phi, threshold)
             return [{"key": key_text(k, a.int_keys), "change": v, "partial": a.partial} for k, v in a.rows]
         if path == "/api/v1/hhh":
-            return _hhh_rows(q.hhh(window, sketch, phi, threshold).rows)
+            return hhh_rows(q.hhh(window, sketch, phi, threshold).rows)  # sorted by the engine
         if path == "/api/v1/gaps":
             a = q.gaps(window, sketch, _one(params, "limit", int, 1000))
             return self._shift([{"time": ts // 1_000_000, "ts_ns": ts, "flow": key_text(k), "jump": j, "epoch": e}
                                 for ts, k, j, e in a.rows], params)
         if path == "/api/v1/gap_counts":
-            a = q.gaps(window, sketch, 0)
+            a = q.gaps(window, sketch, 0, with_rows=False)
             ns = self.service.manager.epoch_ns
             return self._shift([{"time": e * ns // 1_000_000, "epoch": e, "gaps": n}
                                 for e, n in a.extra["per_epoch"].items()], params)
@@ -177,10 +172,10 @@ class Api:
             try:
                 keys = [bytes.fromhex(k) for k in params.get("key", [])]
             except ValueError:
-                raise QueryError("INVALID_ARGUMENT", "key must be 26 hex digits (a 13-byte flow key)") from None
+                raise QueryError("key must be 26 hex digits (a 13-byte flow key)") from None
             a = q.flow_size(window, keys, sketch)
             return [{"flow": key_text(k), "estimate": v} for k, v in a.rows]
-        raise QueryError("NOT_FOUND", f"no such endpoint {path}; endpoints: {sorted(ROUTES)} and /metrics")
+        raise NotFound(f"no such endpoint {path}; endpoints: {sorted(ROUTES)} and /metrics")
 
     def _shift(self, rows: list[dict], params: dict) -> list[dict]:
         """``clock=now``: move every ``time`` so that the newest retained epoch ends now (a replayed
@@ -188,7 +183,7 @@ class Api:
         in ``packet_time``. ``clock=packet`` (default): times are packet times."""
         clock = _one(params, "clock", str, "packet")
         if clock not in ("packet", "now"):
-            raise QueryError("INVALID_ARGUMENT", f"clock must be 'packet' or 'now', got {clock!r}")
+            raise QueryError(f"clock must be 'packet' or 'now', got {clock!r}")
         if clock == "packet":
             return rows
         manager = self.service.manager
@@ -231,8 +226,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             body = self.api.handle(url.path.rstrip("/") or "/", parse_qs(url.query))
             status = 200
-        except QueryError as exc:
-            body, status = {"error": str(exc)}, HTTP_STATUS.get(exc.code, 400)
+        except TelesketchError as exc:
+            body, status = {"error": str(exc)}, http_status(exc)
         except Exception as exc:  # noqa: BLE001
             log.exception("HTTP %s failed", self.path)
             body, status = {"error": f"internal error: {type(exc).__name__}: {exc}"}, 500

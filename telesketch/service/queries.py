@@ -1,7 +1,7 @@
 """The query engine shared by the gRPC ``Query`` service and the HTTP ``/api/v1`` API.
 
 Each query names a window (:meth:`EpochManager.window`), optionally a sketch, and its parameters;
-it validates them (``QueryError`` with a gRPC status name), resolves the epochs, and asks
+it validates them (:mod:`telesketch.errors`: ``QueryError`` and its kinds), resolves the epochs, and asks
 :mod:`telesketch.service.sketchset` for the answer. Answers are plain Python: keys are ``int``
 (4-byte keys: addresses; LLM-Sketch: 32-bit fingerprints) or 13-byte ``bytes`` flow keys.
 """
@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from telesketch.packets import FLOW_KEY_BYTES, format_ipv4, unpack_flow_key
+from telesketch.packets import FLOW_KEY_BYTES
+from telesketch.presenter import key_bytes, key_text, time_text  # noqa: F401 - re-exported for callers
 from telesketch.service import sketchset as ss
 from telesketch.service.epochs import Epoch, EpochManager
-from telesketch.service.sketchset import QueryError
+from telesketch.errors import NotFound, QueryError, TooLarge, Unavailable
 from telesketch.sketches.core import SketchError
 
 log = logging.getLogger("telesketch.service")
@@ -53,36 +54,13 @@ class Answer:
     partial: bool = False
 
 
-def key_text(key, int_keys: str = "ipv4") -> str:
-    """Readable key: ``10.0.0.1``, ``10.0.0.1:1234 > 10.0.0.2:80 proto 6`` or ``fp:0x1234abcd``."""
-    if isinstance(key, (bytes, bytearray)) and len(key) == FLOW_KEY_BYTES:
-        s, d, sp, dp, proto = unpack_flow_key(bytes(key))
-        return f"{format_ipv4(s)}:{sp} > {format_ipv4(d)}:{dp} proto {proto}"
-    if isinstance(key, (int, np.integer)):
-        return f"fp:0x{int(key):08x}" if int_keys == "fingerprint" else format_ipv4(int(key))
-    return bytes(key).hex()
-
-
-def time_text(ts_ns: int) -> str:
-    """``2023-11-14T22:13:39.521010Z``: a UNIX timestamp in nanoseconds as ISO-8601 UTC (µs shown)."""
-    from datetime import datetime, timezone
-
-    seconds, ns = divmod(int(ts_ns), 1_000_000_000)
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}Z"
-
-
-def key_bytes(key) -> bytes:
-    """Wire form: ints as 4 big-endian bytes, flow keys as their 13 bytes."""
-    return int(key).to_bytes(4, "big") if isinstance(key, (int, np.integer)) else bytes(key)
-
-
 def _check_fraction(phi, threshold) -> None:
     if phi is not None and threshold is not None:
-        raise QueryError("INVALID_ARGUMENT", "give phi or threshold, not both")
+        raise QueryError("give phi or threshold, not both")
     if phi is not None and not (0.0 < phi < 1.0):
-        raise QueryError("INVALID_ARGUMENT", f"phi must be in (0, 1), got {phi}")
+        raise QueryError(f"phi must be in (0, 1), got {phi}")
     if threshold is not None and not (threshold >= 0 and math.isfinite(threshold)):
-        raise QueryError("INVALID_ARGUMENT", f"threshold must be a finite number >= 0, got {threshold}")
+        raise QueryError(f"threshold must be a finite number >= 0, got {threshold}")
 
 
 class QueryEngine:
@@ -115,15 +93,15 @@ class QueryEngine:
 
     def _window(self, window: WindowSpec, offset: int = 0):
         if window.epoch is not None and window.last is not None:
-            raise QueryError("INVALID_ARGUMENT", "a window names an epoch or the last N epochs, not both")
+            raise QueryError("a window names an epoch or the last N epochs, not both")
         if window.last is not None and window.last < 1:
-            raise QueryError("INVALID_ARGUMENT", f"window.last must be at least 1, got {window.last}")
+            raise QueryError(f"window.last must be at least 1, got {window.last}")
         try:
             return self.manager.window(window.epoch, window.last, window.closed_only, offset)
         except LookupError as exc:
-            raise QueryError("NOT_FOUND", str(exc)) from None
+            raise NotFound(str(exc)) from None
         except ValueError as exc:
-            raise QueryError("INVALID_ARGUMENT", str(exc)) from None
+            raise QueryError(str(exc)) from None
 
     def _run(self, query: str, fn):
         start = time.perf_counter()
@@ -131,9 +109,9 @@ class QueryEngine:
             with self._query_lock if self._copy_open else self.manager.lock:
                 return fn()
         except SketchError as exc:  # the sketch refused the parameters
-            raise QueryError("INVALID_ARGUMENT", f"{query}: {exc}") from None
-        except ss.StateUnavailableError as exc:
-            raise QueryError("UNAVAILABLE", f"{query}: {exc}") from None
+            raise QueryError(f"{query}: {exc}") from None
+        except Unavailable as exc:
+            raise Unavailable(f"{query}: {exc}") from None
         finally:
             self.observe(query, time.perf_counter() - start)
 
@@ -154,9 +132,8 @@ class QueryEngine:
             cs = ss.pick(self.manager.sketchset.sketches, "heavy_hitters", sketch)
             epochs = self._epochs(window, cs=cs)
             n = sum(e.packets for e in epochs)
-            noted: dict = {}
-            rows, combine = ss.heavy_hitters(cs, [e.states[cs.name] for e in epochs], n, phi, threshold, noted)
-            return self._answer(cs, epochs, rows, combine, partial=noted.get("partial", 0) > 0)
+            got = ss.heavy_hitters(cs, [e.states[cs.name] for e in epochs], n, phi, threshold)
+            return self._answer(cs, epochs, got.rows, got.combine, partial=got.partial > 0)
         return self._run("heavy_hitters", run)
 
     def heavy_changers(self, window: WindowSpec, sketch: str = "", phi=None, threshold=None) -> Answer:
@@ -166,11 +143,10 @@ class QueryEngine:
             cs = ss.pick(self.manager.sketchset.sketches, "heavy_changers", sketch)
             after = self._epochs(window, cs=cs)
             before = self._epochs(window, offset=1, cs=cs)
-            noted: dict = {}
-            rows, combine = ss.heavy_changers(
+            got = ss.heavy_changers(
                 cs, [e.states[cs.name] for e in before], [e.states[cs.name] for e in after],
-                sum(e.packets for e in before), sum(e.packets for e in after), phi, threshold, noted)
-            return self._answer(cs, after, rows, combine, partial=noted.get("partial", 0) > 0,
+                sum(e.packets for e in before), sum(e.packets for e in after), phi, threshold)
+            return self._answer(cs, after, got.rows, got.combine, partial=got.partial > 0,
                                 before=[e.id for e in before])
         return self._run("heavy_changers", run)
 
@@ -181,22 +157,24 @@ class QueryEngine:
             cs = ss.pick(self.manager.sketchset.sketches, "hhh", sketch)
             epochs = self._epochs(window, cs=cs)
             n = sum(e.packets for e in epochs)
-            rows, combine = ss.hhh(cs, [e.states[cs.name] for e in epochs], n, phi, threshold)
-            rows = sorted(((int(p), int(length), float(c)) for p, length, c in rows), key=lambda r: (r[1], r[0]))
-            return self._answer(cs, epochs, rows, combine)
+            got = ss.hhh(cs, [e.states[cs.name] for e in epochs], n, phi, threshold)
+            rows = sorted(((int(p), int(length), float(c)) for p, length, c in got.rows), key=lambda r: (r[1], r[0]))
+            return self._answer(cs, epochs, rows, got.combine)
         return self._run("hhh", run)
 
-    def gaps(self, window: WindowSpec, sketch: str = "", limit: int = 0) -> Answer:
-        """Rows ``(ts_ns, 13-byte key, jump, epoch)`` ordered by time (the newest ``limit``)."""
+    def gaps(self, window: WindowSpec, sketch: str = "", limit: int = 0, with_rows: bool = True) -> Answer:
+        """Rows ``(ts_ns, 13-byte key, jump, epoch)`` ordered by time (the newest ``limit``);
+        ``extra["per_epoch"]``: events per epoch. ``with_rows=False``: only the counts (no rows built)."""
         if limit < 0:
-            raise QueryError("INVALID_ARGUMENT", f"limit must be >= 0, got {limit}")
+            raise QueryError(f"limit must be >= 0, got {limit}")
 
         def run():
             cs = ss.pick(self.manager.sketchset.sketches, "gaps", sketch)
             epochs = self._epochs(window, cs=cs)
-            per_epoch, combine = ss.gap_events(cs, [(e.id, e.states[cs.name]) for e in epochs])
+            got = ss.gap_events(cs, [e.states[cs.name] for e in epochs])
+            per_epoch, combine = list(zip([e.id for e in epochs], got.rows)), got.combine
             rows = []
-            for eid, ev in per_epoch:
+            for eid, ev in per_epoch if with_rows else ():
                 keys = _event_keys(ev)
                 rows.extend(zip(ev["ts_ns"].tolist(), keys, ev["jump"].tolist(), [eid] * len(keys)))
             rows.sort(key=lambda r: r[0])
@@ -208,30 +186,30 @@ class QueryEngine:
 
     def flow_size(self, window: WindowSpec, keys: list[bytes], sketch: str = "") -> Answer:
         if not keys:
-            raise QueryError("INVALID_ARGUMENT", "flow_size needs at least one key")
+            raise QueryError("flow_size needs at least one key")
         if len(keys) > MAX_FLOW_KEYS:
-            raise QueryError("RESOURCE_EXHAUSTED", f"at most {MAX_FLOW_KEYS} keys per flow_size query, got {len(keys)}")
+            raise TooLarge(f"at most {MAX_FLOW_KEYS} keys per flow_size query, got {len(keys)}")
         bad = [i for i, k in enumerate(keys) if len(k) != FLOW_KEY_BYTES]
         if bad:
-            raise QueryError("INVALID_ARGUMENT", f"flow keys are {FLOW_KEY_BYTES} bytes; key #{bad[0]} has {len(keys[bad[0]])}")
+            raise QueryError(f"flow keys are {FLOW_KEY_BYTES} bytes; key #{bad[0]} has {len(keys[bad[0]])}")
         array = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, FLOW_KEY_BYTES)
 
         def run():
             cs = ss.pick(self.manager.sketchset.sketches, "flow_size", sketch)
             epochs = self._epochs(window, cs=cs)
-            sizes, combine = ss.flow_size(cs, [e.states[cs.name] for e in epochs], array)
-            return self._answer(cs, epochs, list(zip(keys, np.asarray(sizes).tolist())), combine)
+            got = ss.flow_size(cs, [e.states[cs.name] for e in epochs], array)
+            return self._answer(cs, epochs, list(zip(keys, np.asarray(got.rows).tolist())), got.combine)
         return self._run("flow_size", run)
 
     def top_flows(self, window: WindowSpec, k: int = 10, sketch: str = "") -> Answer:
         if not 1 <= k <= MAX_TOP_K:
-            raise QueryError("INVALID_ARGUMENT", f"k must be in [1, {MAX_TOP_K}], got {k}")
+            raise QueryError(f"k must be in [1, {MAX_TOP_K}], got {k}")
 
         def run():
             cs = ss.pick(self.manager.sketchset.sketches, "top_flows", sketch)
             epochs = self._epochs(window, cs=cs)
-            rows, combine = ss.top_flows(cs, [e.states[cs.name] for e in epochs], k)
-            return self._answer(cs, epochs, rows, combine)
+            got = ss.top_flows(cs, [e.states[cs.name] for e in epochs], k)
+            return self._answer(cs, epochs, got.rows, got.combine)
         return self._run("top_flows", run)
 
 

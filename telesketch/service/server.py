@@ -44,8 +44,11 @@ from telesketch.service.auth import bearer_matches
 from telesketch.service.epochs import (ApplyResult, BatchRejected, EpochManager, LogWriteError,
                                        data_dir_settings)
 from telesketch.service.metrics import ServiceMetrics
-from telesketch.service.queries import QueryEngine, WindowSpec, key_bytes, key_text
-from telesketch.service.sketchset import QueryError, SketchSet, StateUnavailableError
+from telesketch.presenter import format_prefix, key_bytes, key_text
+from telesketch.service.queries import QueryEngine, WindowSpec
+from telesketch.errors import (IngestRejected, NotFound, Precondition, QueryError, TelesketchError, TooLarge,
+                               Unavailable)
+from telesketch.service.sketchset import SketchSet
 from telesketch.v1 import batch_pb2, service_pb2, service_pb2_grpc
 
 log = logging.getLogger("telesketch.service")
@@ -166,26 +169,26 @@ class IngestService:
         see :func:`grpc_server_options`)."""
         cfg = self.service.config
         if len(request.raw) > cfg.max_message_bytes:
-            raise BatchRejected("RESOURCE_EXHAUSTED", "oversized",
+            raise BatchRejected(TooLarge, "oversized",
                                 f"batch message of {len(request.raw):,} bytes exceeds max_message_bytes "
                                 f"{cfg.max_message_bytes:,}")
         message = request.message
         if message is None:
             self._log_undecodable(context, request)
-            raise BatchRejected("INVALID_ARGUMENT", "undecodable",
+            raise BatchRejected(QueryError, "undecodable",
                                 f"not a telesketch.v1.PacketBatch message ({request.error})")
         if message.count > cfg.max_batch_packets:
-            raise BatchRejected("RESOURCE_EXHAUSTED", "oversized",
+            raise BatchRejected(TooLarge, "oversized",
                                 f"batch of {message.count} packets exceeds max_batch_packets {cfg.max_batch_packets}")
         if len(message.sender_id) > MAX_SENDER_ID:
-            raise BatchRejected("INVALID_ARGUMENT", "invalid", f"sender_id longer than {MAX_SENDER_ID} characters")
+            raise BatchRejected(QueryError, "invalid", f"sender_id longer than {MAX_SENDER_ID} characters")
         if message.sender_id and message.sequence == 0:
-            raise BatchRejected("INVALID_ARGUMENT", "invalid",
+            raise BatchRejected(QueryError, "invalid",
                                 f"sender {message.sender_id!r}: sequence numbers start at 1 (0 is only for anonymous senders)")
         try:
             batch = PacketBatch.from_message(message)
         except BatchError as exc:
-            raise BatchRejected("INVALID_ARGUMENT", "invalid", str(exc)) from None
+            raise BatchRejected(QueryError, "invalid", str(exc)) from None
         if len(batch):
             self._check_time(batch)
         return batch
@@ -200,7 +203,7 @@ class IngestService:
         if hi > limit:
             ahead = int(np.count_nonzero(ts > np.uint64(limit)))
             raise BatchRejected(
-                "INVALID_ARGUMENT", "future_timestamp",
+                QueryError, "future_timestamp",
                 f"{ahead} of {len(batch)} packets are stamped more than {cfg.max_future_skew_seconds:g} s ahead of the "
                 f"server clock (the latest by {(hi - time.time_ns()) / 1e9:.0f} s; max_future_skew_seconds): "
                 f"check the collector's clock; nothing of the batch was applied")
@@ -209,7 +212,7 @@ class IngestService:
             spanned = int(np.unique(ts // np.uint64(epoch_ns)).size)
             if spanned > cfg.max_epochs_per_batch:
                 raise BatchRejected(
-                    "INVALID_ARGUMENT", "too_many_epochs",
+                    QueryError, "too_many_epochs",
                     f"batch spans {spanned} epochs, more than max_epochs_per_batch {cfg.max_epochs_per_batch}: "
                     f"send it in smaller, time-ordered batches")
 
@@ -228,7 +231,7 @@ class IngestService:
 
     async def _reject(self, context, error: BatchRejected, prefix: str = ""):
         self.service.metrics.rejected.labels(error.reason).inc()
-        await context.abort(getattr(grpc.StatusCode, error.code), prefix + str(error))
+        await context.abort(grpc_status(error), prefix + str(error))
 
     async def PushOne(self, request: RawBatch, context) -> service_pb2.Ack:
         try:
@@ -285,14 +288,29 @@ async def _result(future: asyncio.Future, context, metrics: ServiceMetrics) -> A
         return await future
     except BatchRejected as exc:
         metrics.rejected.labels(exc.reason).inc()
-        await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        await context.abort(grpc_status(exc), str(exc))
     except LogWriteError as exc:  # not applied, not acknowledged: the sender's retry applies it once
         metrics.log_write_failures.inc()
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     except Exception as exc:  # noqa: BLE001
-        retry_later = isinstance(exc, StateUnavailableError)  # not acknowledged: the sender retries
-        code = grpc.StatusCode.UNAVAILABLE if retry_later else grpc.StatusCode.INTERNAL
-        await context.abort(code, f"applying the batch failed: {type(exc).__name__}: {exc}")
+        # Unavailable (a lost shard): not acknowledged, the sender retries; anything else INTERNAL
+        await context.abort(grpc_status(exc), f"applying the batch failed: {type(exc).__name__}: {exc}")
+
+
+# ====================================================================== errors -> gRPC status
+#: The one table from domain errors (:mod:`telesketch.errors`) to gRPC status codes; an error maps
+#: as its nearest listed class, an ingest rejection as its ``refusal`` (see :func:`grpc_status`).
+GRPC_STATUS: dict[type, grpc.StatusCode] = {
+    QueryError: grpc.StatusCode.INVALID_ARGUMENT, NotFound: grpc.StatusCode.NOT_FOUND,
+    Precondition: grpc.StatusCode.FAILED_PRECONDITION, TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def grpc_status(error: BaseException) -> grpc.StatusCode:
+    """The gRPC status of an error: a domain error's by the table, anything else ``INTERNAL``."""
+    kind = error.refusal if isinstance(error, IngestRejected) else type(error)
+    return next((GRPC_STATUS[cls] for cls in kind.__mro__ if cls in GRPC_STATUS), grpc.StatusCode.INTERNAL)
 
 
 # ====================================================================== queries
@@ -325,8 +343,8 @@ class QueryService(service_pb2_grpc.QueryServicer):
     async def _call(self, context, fn):
         try:
             return await asyncio.get_running_loop().run_in_executor(self.service.query_pool, fn)
-        except QueryError as exc:
-            await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        except TelesketchError as exc:
+            await context.abort(grpc_status(exc), str(exc))
 
     async def HeavyHitters(self, request, context):
         q = self.service.queries
@@ -341,13 +359,11 @@ class QueryService(service_pb2_grpc.QueryServicer):
         return _keys(answer)
 
     async def HierarchicalHeavyHitters(self, request, context):
-        from telesketch.packets import format_ipv4
-
         q = self.service.queries
         answer = await self._call(context, lambda: q.hhh(
             _window(request.window), request.sketch, _opt(request, "phi"), _opt(request, "threshold")))
         return service_pb2.PrefixEstimates(
-            entries=[service_pb2.PrefixEstimate(prefix=p, length=length, estimate=c, text=f"{format_ipv4(p)}/{length}")
+            entries=[service_pb2.PrefixEstimate(prefix=p, length=length, estimate=c, text=format_prefix(p, length))
                      for p, length, c in answer.rows], window=_info(answer))
 
     async def FlowGaps(self, request, context):
@@ -583,9 +599,7 @@ class Service:
             self._http = None
 
     def _shutdown_sketches(self) -> None:
-        self.sketchset.shutdown_pool()
-        if hasattr(self.sketchset, "shutdown"):  # Ray shard actors
-            self.sketchset.shutdown()
+        self.sketchset.shutdown()
 
     async def _start(self) -> None:
         cfg = self.config
@@ -639,7 +653,7 @@ class Service:
             self.query_pool.shutdown(wait=True)
             try:
                 self.manager.close()
-            except StateUnavailableError as exc:
+            except Unavailable as exc:
                 log.warning("no checkpoint at shutdown (%s); the next start replays the write-ahead log", exc)
         finally:
             self._shutdown_sketches()
@@ -661,7 +675,7 @@ class Service:
                 memory = cs.memory(m.open.states[cs.name]) if cs.active and m.open is not None else 0
                 if cs.active:
                     self.metrics.sketch_memory.labels(cs.name).set(memory)
-                    load = getattr(m.open.states[cs.name], "load_factor", None) if m.open is not None else None
+                    load = m.open.states[cs.name].load_factor if m.open is not None else None
                     if load is not None:
                         self.metrics.load_factor.labels(cs.name).set(load)
                 sketches.append({"name": cs.name, "kind": cs.kind_name, "active": cs.active, "note": cs.note,

@@ -1,30 +1,15 @@
-"""The configured sketches: build them by kind name, and map each query to their public methods.
+"""The configured sketches: build them by kind name, and ask each query of their kind's window.
 
-The service holds no sketch arithmetic. It calls ``update``, ``to_bytes``/``from_bytes``, ``merge``
-and the sketches' own queries; answers over several epochs are combined by the rules below (also in
-the API docs, ``telesketch/service/__init__.py``):
+The service holds no sketch arithmetic. It calls the sketch contract
+(:class:`telesketch.sketches.core.SketchContract`): ``update``, ``to_bytes``/``from_bytes``,
+``copy``, ``successor``, ``start_epoch``, and for a query the kind's ``combine`` over the window's
+states, whose window answers it with the kind's rule (:mod:`telesketch.sketches.combine`; also in
+the API docs, ``telesketch/service/__init__.py``). Each epoch's LLM-Sketch is the previous one's
+``successor()``: the per-flow score cache carries over, so flows are scored once, not once per epoch.
 
-* a kind whose state merges (``exact``) is merged at query time and queried once (``merged``);
-* Hidden Sketch (not mergeable, one-pass): a key's window estimate is the sum over the window's
-  epochs of its reported estimate, or the epoch's point estimate where it was not reported; keys
-  reported in any epoch are candidates; reported when the sum passes the window threshold
-  (``sum of per-epoch estimates``). Heavy changers compare such sums of two adjacent windows;
-* ResidualSketch: the per-layer estimates of the epochs are summed and one HHH pass runs over them
-  (the sketch module's own ``merged_hhh``; ``summed layer estimates``);
-* GapFilter: its detection state carries across epochs (flows persist); each epoch keeps the gap
-  events reported during it, and a window is the union of its epochs' events (``union``);
-* LLM-Sketch: flow sizes are the sum of per-epoch estimates; top flows sum, for every flow in
-  any epoch's heavy part, its estimates over all the window's epochs (``sum of per-epoch
-  estimates``). Each epoch's sketch is the previous one's ``successor()``: the per-flow score
-  cache carries over, so flows are scored once, not once per epoch.
-
-Sharded windows (the service on Ray shards, :mod:`telesketch.distributed.service`): a state may
-stand for one sketch's shards (it has ``shard_states()``). ``exact`` merges every shard of every
-epoch; sketches whose state is sharded by their key (LLM-Sketch and Hidden Sketch: packets are
-routed by flow, or by source for Hidden Sketch keyed by source) apply the rules above per shard and
-union the shards' answers (a flow size is read from the key's owning shard); ResidualSketch (a
-prefix's sources spread over shards) treats every shard of every epoch as one more state to sum, at
-the service-wide threshold; GapFilter unions the shards' events.
+Sharded windows (the service on Ray shards, :mod:`telesketch.distributed.service`): the sharded
+configured sketch combines each shard's states over the epochs, then the shards' windows, by the
+same kind rule the Ray front end (:mod:`telesketch.distributed.cluster`) uses.
 
 A kind whose module is missing or fails a probe (build, update a 2-packet batch, round-trip
 through ``to_bytes``) is skipped with a log line and a note in ``Stats``: a sketch not yet built is
@@ -39,14 +24,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numba
 import numpy as np
 
+from telesketch.errors import NotFound, Precondition, QueryError, Unavailable
 from telesketch.packets import PacketBatch
-from telesketch.sketches.core import NotMergeableError, SketchError, envelope_algorithm, pack_state, unpack_state
 from telesketch.service.config import ConfigError
+from telesketch.sketches.core import (EPOCHS, Combined, MergedWindow, SketchError, Window, envelope_algorithm,
+                                      pack_state, unpack_state, window_threshold)
 
 log = logging.getLogger("telesketch.service")
 
@@ -74,6 +61,11 @@ class Kind:
     load_params: tuple[str, ...] = ()
     int_keys: str = "ipv4"
     gpu_cls: str = ""  #: ``module:Class`` of the GPU twin (:mod:`telesketch.gpu`), "" when there is none
+    #: Ray shards: a key's packets spread over the shards (prefixes: ResidualSketch), so each shard
+    #: promotes at its share of the threshold and reseeds (spec §4)
+    spread_keys: bool = False
+    #: Ray shards: packets routed by this address column when the sketch's ``key`` is it ("" : by flow)
+    route_key: str = ""
 
 
 def _twin(cls: str) -> str:
@@ -87,9 +79,10 @@ KINDS: dict[str, Kind] = {
                          gpu_cls=_twin("gapfilter:GapFilterAO")),
     "gapfilter_straw": Kind("telesketch.sketches.gapfilter", "GapFilterStraw", frozenset({"gaps"}), continuous=True),
     "hiddensketch": Kind("telesketch.sketches.hiddensketch", "HiddenSketch",
-                         frozenset({"heavy_hitters", "heavy_changers"}), gpu_cls=_twin("hiddensketch:HiddenSketch")),
+                         frozenset({"heavy_hitters", "heavy_changers"}), gpu_cls=_twin("hiddensketch:HiddenSketch"),
+                         route_key="src_ip"),
     "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"}),
-                           gpu_cls=_twin("residualsketch:ResidualSketch")),
+                           gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True),
     "llmsketch": Kind("telesketch.sketches.llmsketch", "LLMSketch", frozenset({"flow_size", "top_flows"}),
                       load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from"), int_keys="fingerprint",
                       gpu_cls=_twin("llmsketch:LLMSketch")),
@@ -97,17 +90,8 @@ KINDS: dict[str, Kind] = {
 }
 
 
-class StateUnavailableError(RuntimeError):
-    """A sketch state cannot be reached now (a lost Ray shard): the caller should retry later;
-    ingest and queries answer ``UNAVAILABLE``."""
-
-
-class QueryError(Exception):
-    """A query that cannot be answered: ``code`` is a gRPC status name (``NOT_FOUND``, ...)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
+#: A sketch state cannot be reached now (a lost Ray shard): ingest and queries answer ``UNAVAILABLE``.
+StateUnavailableError = Unavailable
 
 
 def _probe_batch() -> PacketBatch:
@@ -142,7 +126,11 @@ class ConfiguredSketch:
         return self.cls.from_bytes(data, **extra)
 
     def copy(self, sketch):
-        return sketch.copy() if hasattr(sketch, "copy") else self.load(sketch.to_bytes())
+        return sketch.copy()
+
+    def window(self, states: list) -> Window:
+        """The kind's combination of one state per epoch of a query window (:meth:`Sketch.combine`)."""
+        return self.cls.combine(states, EPOCHS)
 
     def dump_state(self, state) -> bytes:
         """Bytes of a per-epoch state: the sketch's ``to_bytes``, or a closed epoch's gap events."""
@@ -172,8 +160,8 @@ class ConfiguredSketch:
 
         Warns when the state's ``load_factor`` (Hidden Sketch) is 1 or more: its answers for the
         epoch will likely be partial, the configured memory is too small for the traffic."""
-        load = getattr(state, "load_factor", None)
-        if isinstance(load, float) and load >= 1.0:
+        load = state.load_factor
+        if load is not None and load >= 1.0:
             log.warning("sketch %s: load factor %.2f at the end of an epoch: its memory (%d bytes) is too small "
                         "for this traffic, its answers will be partial (see `telesketch size`)",
                         self.name, load, self.memory(state))
@@ -182,13 +170,13 @@ class ConfiguredSketch:
     def next_state(self, state, epoch: int):
         """The state for the next epoch: the same live sketch (continuous kinds), an empty
         ``successor()`` sharing what outlives an epoch (LLM-Sketch's flow-score cache), or a fresh one."""
-        if self.kind.continuous and state is not None:
-            if hasattr(state, "start_epoch"):
-                state.start_epoch(int(epoch))
+        if state is None:
+            return self.build()
+        if self.kind.continuous:
+            state.start_epoch(int(epoch))
             return state
-        if state is not None and hasattr(state, "successor"):
-            return state.successor()
-        return self.build()
+        successor = state.successor()
+        return self.build() if successor is None else successor
 
     def memory(self, state) -> int:
         return int(state.nbytes if isinstance(state, np.ndarray) else state.memory_bytes)
@@ -281,237 +269,55 @@ def pick(sketches: list[ConfiguredSketch], query: str, name: str = "") -> Config
         for cs in sketches:
             if cs.name == name:
                 if not cs.active:
-                    raise QueryError("FAILED_PRECONDITION", f"sketch {name!r} is configured but not active: {cs.note}")
+                    raise Precondition(f"sketch {name!r} is configured but not active: {cs.note}")
                 if query not in cs.kind.queries:
-                    raise QueryError("INVALID_ARGUMENT", f"sketch {name!r} ({cs.kind_name}) does not answer {query}; "
+                    raise QueryError(f"sketch {name!r} ({cs.kind_name}) does not answer {query}; "
                                                          f"it answers {sorted(cs.kind.queries)}")
                 return cs
-        raise QueryError("NOT_FOUND", f"no sketch named {name!r}; configured: {[c.name for c in sketches]}")
+        raise NotFound(f"no sketch named {name!r}; configured: {[c.name for c in sketches]}")
     for cs in sketches:
         if cs.active and query in cs.kind.queries:
             return cs
-    raise QueryError("FAILED_PRECONDITION", f"no active sketch answers {query}; configured: "
+    raise Precondition(f"no active sketch answers {query}; configured: "
                                             f"{[(c.name, c.kind_name, c.active) for c in sketches]}")
 
 
-# ====================================================================== query combination
+# ====================================================================== queries over a window
+# Each function asks the kind's window (``cs.window(states)``: the kind's ``combine`` over the
+# window's epochs, and over the shards of a sharded sketch) for the query's rows; the rules live in
+# the kinds (:mod:`telesketch.sketches.combine`), none here.
 def merged_state(cs: ConfiguredSketch, states: list):
-    """One merged copy of the states, or None when the kind does not merge."""
-    if len(states) == 1:
-        return states[0]
-    merged = cs.copy(states[0])
-    try:
-        for s in states[1:]:
-            merged.merge(s)
-    except NotMergeableError:
-        return None
-    return merged
+    """One merged copy of the states of a mergeable kind (``exact``)."""
+    return MergedWindow(states).merged()
 
 
-def _note_partial(report: dict | None, states: list) -> None:
-    """``report["partial"]``: how many of ``states`` (local states: shards of epochs) decoded only
-    partially. A Hidden Sketch whose decode cannot finish answers with what it recovered (its
-    ``decode().partial``): keys may be missing and some estimates are upper bounds."""
-    if report is not None:
-        report["partial"] = report.get("partial", 0) + sum(
-            1 for s in states if hasattr(s, "decode") and getattr(s.decode(), "partial", False))
+def heavy_hitters(cs, states, n_packets, phi=None, threshold=None) -> Combined:
+    window = cs.window(states)
+    window.check_floor(window_threshold(phi, threshold, n_packets), "heavy_hitters", cs.name)
+    return window.heavy_hitters(n_packets, phi, threshold)
 
 
-def _is_sharded(states: list) -> bool:
-    return bool(states) and hasattr(states[0], "shard_states")
+def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=None) -> Combined:
+    window, packets = cs.window(after), max(n_before, n_after)
+    window.check_floor(window_threshold(phi, threshold, packets), "heavy_changers", cs.name)
+    return window.heavy_changers(cs.window(before), packets, phi, threshold)
 
 
-def _flat(states: list) -> list:
-    """Every shard's state of every epoch (an unsharded state is its own single shard)."""
-    return [x for s in states for x in (s.shard_states() if hasattr(s, "shard_states") else [s])]
+def hhh(cs, states, n_packets, phi=None, threshold=None) -> Combined:
+    return cs.window(states).hhh(n_packets, phi, threshold)
 
 
-def _per_shard(states: list) -> list[list]:
-    """Per shard, that shard's states over the window's epochs (epoch order); an unsharded window
-    is one shard, so the per-shard rules below are also the one-process rules."""
-    if not _is_sharded(states):
-        return [list(states)]
-    return [list(col) for col in zip(*(s.shard_states() for s in states))]
+def gap_events(cs, states) -> Combined:
+    """Rows: per epoch of ``states``, its gap events (structured arrays); the window is their union."""
+    return cs.window(states).gap_events()
 
 
-def _combine_label(n_states: int, merged: bool, rule: str) -> str:
-    return "single" if n_states == 1 else ("merged" if merged else rule)
+def flow_size(cs, states, keys: np.ndarray) -> Combined:
+    return cs.window(states).flow_size(keys)
 
 
-def _merged_label(states: list) -> str:
-    """``single`` for one unsharded state, else ``merged`` (several epochs, or one epoch's shards);
-    counted without fetching a sharded state."""
-    return _combine_label(sum(getattr(s, "shard_count", 1) for s in states), True, "")
-
-
-def _threshold(phi, threshold, n, default_phi=None):
-    if threshold is not None:
-        return float(threshold)
-    if phi is not None:
-        return phi * n
-    return None if default_phi is None else default_phi * n
-
-
-def _hidden_window_estimates(states: list, keys) -> dict:
-    """Per key: sum over epochs of its reported estimate, or the epoch's point estimate."""
-    totals = {k: 0 for k in keys}
-    for s in states:
-        reported = dict(s.heavy_hitters())
-        for k in totals:
-            totals[k] += reported[k] if k in reported else int(s.estimate(k))
-    return totals
-
-
-def check_floor(cs, states, thr, query: str) -> None:
-    """Refuse (``FAILED_PRECONDITION``) an asked threshold below what the sketch can report.
-
-    Hidden Sketch: only keys whose first-stage estimate passes ``thresh`` in an epoch reach the
-    second stage, so a key with at most ``thresh`` packets in every epoch is never reported. A
-    threshold below that floor would silently miss keys; the message names the floor and the
-    settings that lower it. (Over several epochs a key above the threshold in the window but at
-    most ``thresh`` in each epoch can still be missed: the floor holds per epoch.)
-    """
-    if cs.kind_name != "hiddensketch" or thr is None or not states:
-        return
-    p = states[0].params
-    if thr >= p.thresh:
-        return
-    how = f"its thresh: phi {p.phi:g} x expected_epoch_items {p.expected_epoch_items:,} - 10, unless set"
-    raise QueryError("FAILED_PRECONDITION", (
-        f"{query}: threshold {thr:,.0f} packets is below sketch {cs.name!r} ({cs.kind_name})'s floor of "
-        f"{p.thresh:,} packets per epoch ({how}): keys at or under it are never reported, so the answer "
-        f"would be incomplete. Ask for a threshold >= {p.thresh:,} packets, or lower the floor with a "
-        f"smaller expected_epoch_items (or phi, or thresh) under [sketches.{cs.name}] (more keys reach "
-        "the second stage: give it more memory_bytes)"))
-
-
-def heavy_hitters(cs, states, n_packets, phi=None, threshold=None, report: dict | None = None):
-    """``(rows, combine)``; ``report``, when given, gets ``"partial"``: the states whose decode
-    could not finish (see :func:`_note_partial`)."""
-    if cs.kind_name == "exact":
-        return merged_state(cs, _flat(states)).heavy_hitters(phi=phi, threshold=threshold), _merged_label(states)
-    sharded = _is_sharded(states)
-    if not sharded and len(states) == 1 and phi is None and threshold is None:
-        _note_partial(report, states)
-        return list(states[0].heavy_hitters()), "single"
-    if phi is not None or threshold is not None:
-        check_floor(cs, states, _threshold(phi, threshold, n_packets), "heavy_hitters")
-    thr = _threshold(phi, threshold, n_packets, states[0].params.phi)
-    shards = _per_shard(states)
-    rows = _by_count([row for shard in shards for row in _hidden_rows(shard, thr)])
-    _note_partial(report, [s for shard in shards for s in shard])
-    if sharded:  # each key lives on one shard (routed by its own key)
-        return rows, "union over shards of sums of per-epoch estimates"
-    return rows, _combine_label(len(states), False, "sum of per-epoch estimates")
-
-
-def _by_count(rows: list) -> list:
-    return sorted(rows, key=lambda kv: (-kv[1], kv[0]))
-
-
-def _hidden_rows(states: list, thr: float) -> list:
-    """``[(key, estimate)]`` above ``thr``: the window rule over ``states`` (one state: its reports)."""
-    candidates = {k for s in states for k, _ in s.heavy_hitters()}
-    totals = _hidden_window_estimates(states, candidates) if len(states) > 1 else dict(states[0].heavy_hitters())
-    return [(k, v) for k, v in totals.items() if v > thr]
-
-
-def _hidden_changes(before: list, after: list, thr: float) -> list:
-    """``[(key, change)]``: sums of per-epoch estimates of two windows, change above ``thr``."""
-    candidates = {k for s in before + after for k, _ in s.heavy_hitters()}
-    now, then = _hidden_window_estimates(after, candidates), _hidden_window_estimates(before, candidates)
-    return [(k, now[k] - then[k]) for k in candidates if abs(now[k] - then[k]) > thr]
-
-
-def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=None, report: dict | None = None):
-    """``(rows, combine)``; ``report`` as in :func:`heavy_hitters`."""
-    if cs.kind_name == "exact":
-        merged_after, merged_before = merged_state(cs, _flat(after)), merged_state(cs, _flat(before))
-        return merged_after.heavy_changers(merged_before, phi=phi, threshold=threshold), _merged_label(after)
-    sharded = _is_sharded(after)
-    if phi is not None or threshold is not None:
-        check_floor(cs, after, _threshold(phi, threshold, max(n_before, n_after)), "heavy_changers")
-    if not sharded and len(after) == 1:  # the sketch's own rule, at its own default threshold
-        thr = _threshold(phi, threshold, max(n_before, n_after))
-        rows = list(after[0].heavy_changers(before[0], hc_threshold=thr))
-        _note_partial(report, [*before, *after])
-        return rows, "single"
-    thr = _threshold(phi, threshold, max(n_before, n_after), after[0].params.phi)
-    rows = []
-    for b, a in zip(_per_shard(before), _per_shard(after)):
-        rows += list(a[0].heavy_changers(b[0], hc_threshold=thr)) if len(a) == 1 else _hidden_changes(b, a, thr)
-        _note_partial(report, [*b, *a])
-    rows.sort(key=lambda kv: (-abs(kv[1]), kv[0]))
-    return rows, "union over shards" if sharded else "sum of per-epoch estimates"
-
-
-def hhh(cs, states, n_packets, phi=None, threshold=None):
-    flat = _flat(states)
-    if cs.kind_name == "exact":
-        return merged_state(cs, flat).hhh(phi=phi, threshold=threshold), _merged_label(states)
-    thr = _threshold(phi, threshold, n_packets)
-    if thr is None and getattr(flat[0].params, "threshold", None) is None:
-        # default: the sketch's phi of the window's packets (not its construction T, which is
-        # phi x expected_packets whatever the window holds)
-        thr = flat[0].params.phi * n_packets
-    if len(flat) == 1:
-        return list(flat[0].hhh(thr)), "single"
-    if thr is None:  # a configured absolute threshold: each epoch's own T (service-wide when sharded), summed
-        thr = float(sum(s.T for s in states))
-    module = importlib.import_module(cs.kind.module)
-    entries = module.merged_hhh(flat, thr)
-    return [(e.prefix, e.length, e.discounted) for e in entries], "summed layer estimates"
-
-
-def gap_events(cs, epoch_states: list[tuple[int, Any]]) -> tuple[list[tuple[int, np.ndarray]], str]:
-    """``[(epoch, events)]``: each epoch's gap events (structured arrays), window = their union."""
-    out = []
-    for epoch, state in epoch_states:
-        parts = [s if isinstance(s, np.ndarray) else s.gap_events() for s in _flat([state])]
-        events = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if len(parts) > 1:  # shards: one stream again, by time
-            events = events[np.argsort(events["ts_ns"], kind="stable")]
-        out.append((epoch, events))
-    return out, _combine_label(len(epoch_states), False, "union")
-
-
-def flow_size(cs, states, keys: np.ndarray):
-    if cs.kind_name == "exact":
-        return merged_state(cs, _flat(states)).flow_size(keys), _merged_label(states)
-    sharded = _is_sharded(states)
-    owner = states[0].owner(keys) if sharded else np.zeros(keys.shape[0], np.int64)
-    total = np.zeros(keys.shape[0], np.int64)
-    for shard, shard_states in enumerate(_per_shard(states)):  # each key from its owning shard
-        mine = owner == shard
-        if mine.any():
-            for s in shard_states:
-                total[mine] += np.asarray(s.flow_size(keys[mine]), np.int64)
-    if sharded:
-        return total, "owning shard, sum of per-epoch estimates"
-    return total, _combine_label(len(states), False, "sum of per-epoch estimates")
-
-
-def top_flows(cs, states, k: int):
-    if cs.kind_name == "exact":
-        return merged_state(cs, _flat(states)).top_flows(k), _merged_label(states)
-    sharded = _is_sharded(states)
-    if not sharded and len(states) == 1:
-        return list(states[0].top_flows(k)), "single"
-    # flows are whole on one shard: each shard's window answer, unioned
-    rows = _by_count([row for shard in _per_shard(states) for row in _top_flows(shard, k)])[:k]
-    return rows, "union over shards of sums of per-epoch estimates" if sharded else "sum of per-epoch estimates"
-
-
-def _top_flows(states: list, k: int) -> list:
-    """The ``k`` largest flows over ``states``: every epoch's top ``k``, re-estimated over all epochs."""
-    if len(states) == 1:
-        return list(states[0].top_flows(k))
-    candidates = list(dict.fromkeys(key for s in states for key, _ in s.top_flows(k)))
-    totals = np.zeros(len(candidates), np.int64)
-    for s in states:
-        totals += np.asarray(s.estimate_reported(candidates), np.int64)
-    order = sorted(range(len(candidates)), key=lambda i: (-totals[i], candidates[i]))[:k]
-    return [(candidates[i], int(totals[i])) for i in order]
+def top_flows(cs, states, k: int) -> Combined:
+    return cs.window(states).top_flows(k)
 
 
 def default_concurrency() -> int:
@@ -537,6 +343,8 @@ class SketchSet:
     concurrency: int | None = None
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False, compare=False)
     _cost: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: wall seconds each sketch spent in ``update`` so far (for benchmarks)
+    update_seconds: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, specs: dict[str, dict[str, Any]], device: str = "cpu") -> "SketchSet":
@@ -557,37 +365,35 @@ class SketchSet:
         previous = previous or {}
         return {cs.name: cs.next_state(previous.get(cs.name), epoch) for cs in self.active}
 
-    def update(self, states: dict[str, Any], batch: PacketBatch, on_time: Callable[[str, float], None] | None = None) -> None:
+    def update(self, states: dict[str, Any], batch: PacketBatch) -> None:
         """Apply ``batch`` to every active sketch's state (concurrently, see ``concurrency``)."""
-        self.update_parts(states, {cs.name: batch for cs in self.active}, on_time)
+        self.update_parts(states, {cs.name: batch for cs in self.active})
 
-    def update_parts(self, states: dict[str, Any], parts: dict[str, PacketBatch | None],
-                     on_time: Callable[[str, float], None] | None = None) -> None:
+    def update_parts(self, states: dict[str, Any], parts: dict[str, PacketBatch | None]) -> None:
         """``states[name].update(parts[name])`` for every name (empty or ``None`` parts skipped).
 
         With more than one thread the updates run concurrently: the calling thread and
         ``concurrency - 1`` pool threads take sketches from one list, the costliest first
         (per-packet seconds of earlier batches), each on one Numba thread, and this returns when
         all are done. If updates fail, the first failing sketch's exception (in ``parts`` order)
-        is raised after the others have finished. ``on_time(name, seconds)`` is told each
-        sketch's wall time.
+        is raised after the others have finished. ``update_seconds[name]`` adds up each sketch's
+        wall time. A state whose ``caller_thread_only`` is set (the GPU twins: one device queue, and
+        Numba's CUDA simulator is not thread-safe) is updated on the calling thread, first.
         """
         names = [name for name, part in parts.items() if part is not None and len(part)]
         threads = min(len(names), self.threads)
         if threads <= 1:
             for name in names:
-                self._timed_update(states[name], name, parts[name], on_time)
+                self._timed_update(states[name], name, parts[name])
             return
         errors: dict[str, BaseException] = {}
-        # GPU sketches launch their kernels from the calling thread only (one device queue; Numba's
-        # CUDA simulator is not thread-safe), before the CPU sketches are shared out
-        on_device = {cs.name for cs in self.sketches if cs.device == "gpu"}
-        for name in [name for name in names if name in on_device]:
+        on_caller = {cs.name for cs in self.sketches if cs.active and cs.cls.caller_thread_only}
+        for name in [name for name in names if name in on_caller]:
             try:
-                self._timed_update(states[name], name, parts[name], on_time)
+                self._timed_update(states[name], name, parts[name])
             except BaseException as exc:  # noqa: BLE001 - re-raised below, in parts order
                 errors[name] = exc
-        names = [name for name in names if name not in on_device]
+        names = [name for name in names if name not in on_caller]
         threads = min(len(names), self.threads)
         names.sort(key=lambda name: -self._cost.get(name, 0.0) * len(parts[name]))
         pending = iter(names)
@@ -603,7 +409,7 @@ class SketchSet:
                 if name is None:
                     return
                 try:
-                    self._timed_update(states[name], name, parts[name], on_time)
+                    self._timed_update(states[name], name, parts[name])
                 except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
                     errors[name] = exc
 
@@ -620,15 +426,14 @@ class SketchSet:
             if name in errors:
                 raise errors[name]
 
-    def _timed_update(self, state, name: str, part: PacketBatch, on_time) -> None:
+    def _timed_update(self, state, name: str, part: PacketBatch) -> None:
         start = time.perf_counter()
         state.update(part)
         seconds = time.perf_counter() - start
         previous = self._cost.get(name)
         per_packet = seconds / len(part)
         self._cost[name] = per_packet if previous is None else 0.8 * previous + 0.2 * per_packet
-        if on_time is not None:
-            on_time(name, seconds)
+        self.update_seconds[name] = self.update_seconds.get(name, 0.0) + seconds
 
     @property
     def threads(self) -> int:
@@ -645,6 +450,11 @@ class SketchSet:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+    def shutdown(self) -> None:
+        """Release what the sketches hold outside this object: the update threads (and, for the
+        sharded set, the Ray shard actors)."""
+        self.shutdown_pool()
 
     def close(self, states: dict[str, Any]) -> dict[str, Any]:
         return {name: self.get(name).close(state) for name, state in states.items()}

@@ -12,8 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import html
 
-from telesketch.service.queries import WindowSpec, key_text
-from telesketch.service.sketchset import QueryError
+from telesketch.errors import TelesketchError
+from telesketch.presenter import key_text
+from telesketch.service.queries import WindowSpec
 
 REFRESH_S = 10
 TOP_ROWS = 10
@@ -90,15 +91,15 @@ def _rate_chart(epochs: list[dict], epoch_seconds: float, width: int = 420, heig
 def _section(title: str, body) -> str:
     try:
         content = body()
-    except QueryError as exc:
+    except TelesketchError as exc:
         content = f'<p class="note">{_esc(exc)}</p>'
     return f'<div class="card"><h2>{_esc(title)}</h2>{content}</div>'
 
 
 def _hhh_tree(rows) -> str:
-    from telesketch.service.http import _hhh_rows
+    from telesketch.presenter import hhh_rows
 
-    items = _hhh_rows(rows)
+    items = hhh_rows(rows)
     if not items:
         return "<p>(no prefixes over the threshold in this window)</p>"
     top = max(r["estimate"] for r in items) or 1.0

@@ -30,6 +30,7 @@ import numpy as np
 from telesketch.hashing import mix64
 from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
+from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
 from telesketch.sketches.exact import hhh_from_counts, layers_for, prefix_mask
 
 BUCKET_BYTES = 8  # id (u32) + count (i32); the occupancy flag is not charged (spec §2)
@@ -395,7 +396,7 @@ class CocoSketchParams:
         resolve_threshold(self.threshold, self.phi, self.expected_packets, required=False)
 
 
-class BlockSketchVerbs:
+class BlockSketchVerbs(Sketch):
     """The verbs CocoSketch and ResidualSketch share: HHH queries over ``layer_estimates()`` and
     the serialised form (parameters, ``ids``/``counts``/``occ`` blocks, packet index).
 
@@ -406,6 +407,13 @@ class BlockSketchVerbs:
     ALGORITHM: str
     VERSION: int
     PARAMS: type
+
+    @classmethod
+    def combine(cls, parts: list, rule: Rule = EPOCHS) -> Window:
+        """Epochs and shards alike: summed layer estimates, one HHH pass (:class:`HHHWindow`)."""
+        from telesketch.sketches.combine import HHHWindow
+
+        return HHHWindow(parts, rule)
 
     def hhh_entries(self, threshold: float | None = None) -> list[HHHEntry]:
         """HHH entries ``(prefix, length, estimate, discounted)``, finest layer first."""

@@ -1,4 +1,5 @@
-"""Pieces every sketch shares: the serialisation envelope and the error types.
+"""Pieces every sketch shares: the serialisation envelope, the error types and the contract
+(:class:`SketchContract`, :class:`Sketch`, and :meth:`Sketch.combine` windows over epochs and shards).
 
 Serialised form (``to_bytes``), versioned so that a reader refuses what it cannot interpret:
 
@@ -13,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -113,3 +115,208 @@ def check_same_params(a: Any, b: Any, algorithm: str) -> None:
     """Raise :class:`SketchError` unless two sketches' parameters (seeds included) are equal."""
     if a != b:
         raise SketchError(f"cannot merge {algorithm} sketches with different parameters: {a} vs {b}")
+
+
+# ====================================================================== the sketch contract
+def window_threshold(phi: float | None, threshold: float | None, packets: float,
+                     default_phi: float | None = None) -> float | None:
+    """The one report threshold of a query, in packets: ``threshold`` if given, else ``phi`` (or
+    ``default_phi``, the sketch's own) times the window's ``packets``; ``None`` when neither is set."""
+    if threshold is not None:
+        return float(threshold)
+    if phi is not None:
+        return phi * packets
+    return None if default_phi is None else default_phi * packets
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a kind's :meth:`Sketch.combine` joins its inputs.
+
+    ``shards=False`` (:data:`EPOCHS`): the inputs are one process's states of consecutive epochs of
+    a window. ``shards=True`` (:func:`over_shards`): the inputs are the windows of the shards of a
+    sharded sketch (each already combined over its epochs); ``owner(keys)`` gives the owning shard
+    of 13-byte flow keys ``uint8[n, 13]`` (``int64[n]``), ``threshold`` is the service-wide report
+    threshold of one epoch (ResidualSketch's configured ``T``; each shard runs with a lower one).
+    """
+
+    shards: bool = False
+    owner: Callable[[np.ndarray], np.ndarray] | None = None
+    threshold: float = 0.0
+
+
+#: Combine the states of a window's epochs (one process, or one shard).
+EPOCHS = Rule()
+
+
+def over_shards(owner: Callable[[np.ndarray], np.ndarray] | None = None, threshold: float = 0.0) -> Rule:
+    """The rule that combines the shards' windows of a sharded sketch (see :class:`Rule`)."""
+    return Rule(True, owner, float(threshold))
+
+
+class Combined(NamedTuple):
+    """A query's rows over a combination of states, the rule that combined them (the ``combine``
+    label of the answer: ``single``, ``merged``, ``sum of per-epoch estimates``, ...) and how many
+    of the states decoded only partially (Hidden Sketch too small for its traffic)."""
+
+    rows: Any
+    combine: str
+    partial: int = 0
+
+
+class Window:
+    """Several states of one kind seen as one: what :meth:`Sketch.combine` returns.
+
+    ``parts`` are sketch states (rule :data:`EPOCHS`) or the shards' windows (``rule.shards``).
+    A kind's window subclass answers the kind's queries (``heavy_hitters``, ``hhh``, ...) with the
+    kind's rule for combining them; a query the kind does not answer raises :class:`SketchError`.
+    """
+
+    def __init__(self, parts: list, rule: Rule = EPOCHS):
+        self.parts, self.rule = list(parts), rule
+
+    @property
+    def sharded(self) -> bool:
+        return self.rule.shards
+
+    def per_shard(self) -> list[list]:
+        """Per shard, that shard's states over the window's epochs (epoch order); a window of one
+        process is one shard, so a per-shard rule is also the one-process rule."""
+        return [w.parts for w in self.parts] if self.sharded else [self.parts]
+
+    def flat(self) -> list:
+        """Every state: every shard's state of every epoch."""
+        return [s for shard in self.per_shard() for s in shard]
+
+    def per_epoch(self) -> list[list]:
+        """Per epoch, its shards' states."""
+        return [list(col) for col in zip(*self.per_shard())]
+
+    def label(self, rule: str) -> str:
+        """``single`` for one epoch of one process, else ``rule``."""
+        return "single" if not self.sharded and len(self.parts) == 1 else rule
+
+    def _refuse(self, query: str):
+        raise SketchError(f"{type(self).__name__} does not answer {query}")
+
+    def heavy_hitters(self, packets: int, phi=None, threshold=None) -> Combined:
+        self._refuse("heavy_hitters")
+
+    def heavy_changers(self, before: "Window", packets: int, phi=None, threshold=None) -> Combined:
+        self._refuse("heavy_changers")
+
+    def hhh(self, packets: int, phi=None, threshold=None) -> Combined:
+        self._refuse("hhh")
+
+    def gap_events(self) -> Combined:
+        """Rows: per epoch, its gap events (a structured array)."""
+        self._refuse("gaps")
+
+    def epoch_events(self) -> Combined:
+        """Per epoch, its gap events: the union of its shards' events (one stream again, by time);
+        ``union`` over several epochs. A closed epoch of a continuous kind keeps only its events (an
+        array); a live state reports them (``gap_events()``)."""
+        out = []
+        for shards in self.per_epoch():
+            parts = [s if isinstance(s, np.ndarray) else s.gap_events() for s in shards]
+            events = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            if len(parts) > 1:
+                events = events[np.argsort(events["ts_ns"], kind="stable")]
+            out.append(events)
+        return Combined(out, "single" if len(out) == 1 else "union")
+
+    def flow_size(self, keys: np.ndarray) -> Combined:
+        self._refuse("flow_size")
+
+    def top_flows(self, k: int) -> Combined:
+        self._refuse("top_flows")
+
+    def check_floor(self, threshold: float | None, query: str, name: str) -> None:
+        """Refuse (:class:`~telesketch.errors.Precondition`) an asked ``threshold`` below what the
+        kind can report; most kinds report at any threshold."""
+
+
+class MergedWindow(Window):
+    """A mergeable kind's window: every state merged into a copy, queried once (``merged``)."""
+
+    def merged(self):
+        flat = self.flat()
+        merged = flat[0] if len(flat) == 1 else flat[0].copy()
+        for s in flat[1:]:
+            merged.merge(s)
+        return merged
+
+    def _label(self) -> str:
+        return "single" if len(self.flat()) == 1 else "merged"
+
+    def heavy_hitters(self, packets, phi=None, threshold=None) -> Combined:
+        return Combined(self.merged().heavy_hitters(phi=phi, threshold=threshold), self._label())
+
+    def heavy_changers(self, before, packets, phi=None, threshold=None) -> Combined:
+        return Combined(self.merged().heavy_changers(before.merged(), phi=phi, threshold=threshold), self._label())
+
+    def hhh(self, packets, phi=None, threshold=None) -> Combined:
+        return Combined(self.merged().hhh(phi=phi, threshold=threshold), self._label())
+
+    def gap_events(self) -> Combined:
+        return self.epoch_events()  # per epoch, as every kind answers gaps
+
+    def flow_size(self, keys) -> Combined:
+        return Combined(self.merged().flow_size(keys), self._label())
+
+    def top_flows(self, k) -> Combined:
+        return Combined(self.merged().top_flows(k), self._label())
+
+
+@runtime_checkable
+class SketchContract(Protocol):
+    """What the service, the Ray shards and the tests may call on every sketch kind (CPU and GPU).
+
+    Besides these, a kind answers its own queries (``heavy_hitters``, ``hhh``, ``gap_events``,
+    ``flow_size``, ``top_flows``, ...), each also answered over several states by its
+    :meth:`combine` window.
+    """
+
+    params: Any
+
+    def update(self, batch) -> None: ...
+    def merge(self, other) -> None: ...
+    def to_bytes(self) -> bytes: ...
+    @classmethod
+    def from_bytes(cls, data: bytes): ...
+    @property
+    def memory_bytes(self) -> int: ...
+    @classmethod
+    def combine(cls, parts: list, rule: Rule = EPOCHS) -> Window: ...
+
+
+class Sketch:
+    """Base class of every sketch kind: the lifecycle defaults of :class:`SketchContract`.
+
+    A kind overrides what differs: ``combine`` (its rule over epochs and shards; default: merge),
+    ``copy`` (default: a round trip through ``to_bytes``), ``successor`` (what outlives an epoch;
+    default ``None``: nothing, the service builds a fresh sketch), ``start_epoch`` (continuous
+    kinds), ``load_factor`` (how full it is; ``None`` when the kind cannot tell).
+    """
+
+    @classmethod
+    def combine(cls, parts: list, rule: Rule = EPOCHS) -> Window:
+        return MergedWindow(parts, rule)
+
+    def copy(self):
+        return type(self).from_bytes(self.to_bytes())
+
+    def successor(self):
+        return None
+
+    def start_epoch(self, epoch: int) -> None:
+        """A new epoch starts (continuous kinds keep their state and tag what follows)."""
+
+    #: updates must run on the thread that made the sketch (the GPU twins: one device queue, and
+    #: Numba's CUDA simulator is not thread-safe); the service then never hands it to a pool thread
+    caller_thread_only: bool = False
+
+    @property
+    def load_factor(self) -> float | None:
+        """How full the sketch is (1: answers start to be partial); ``None`` when the kind cannot tell."""
+        return None

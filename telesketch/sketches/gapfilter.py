@@ -43,6 +43,7 @@ from numba.extending import intrinsic
 from telesketch.hashing import hash64_5tuple, hash64_u32, mix64
 from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
+from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
 
 __all__ = [
     "GapFilterSO",
@@ -745,7 +746,7 @@ class _EventLog:
 
 
 # ============================================================================ the sketches
-class _GapFilterBase:
+class _GapFilterBase(Sketch):
     """Shared plumbing: parameters, event log, epochs, serialisation, the public verbs."""
 
     ALGORITHM: ClassVar[str]
@@ -852,6 +853,13 @@ class _GapFilterBase:
             self._log.add(events)
 
     # ---------------------------------------------------------------- queries and epochs
+    @classmethod
+    def combine(cls, parts: list, rule: Rule = EPOCHS) -> Window:
+        """Epochs: the union of their gap events; shards: one stream again, by time (:class:`GapWindow`)."""
+        from telesketch.sketches.combine import GapWindow
+
+        return GapWindow(parts, rule)
+
     def gap_events(self) -> np.ndarray:
         """This epoch's recorded reports as a ``GAP_EVENT_DTYPE`` structured array, arrival order."""
         return self._log.events()

@@ -49,6 +49,7 @@ import numpy as np
 
 from telesketch.hashing import hash64_5tuple, hash64_u32
 from telesketch.sketches.core import NotMergeableError, SketchError, check_same_params, pack_state, unpack_state
+from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
 
 __all__ = ["HiddenSketch", "HiddenSketchParams", "HHResult", "seed_for"]
 
@@ -802,7 +803,7 @@ class HHResult:
 
 
 # ============================================================================ the sketch
-class HiddenSketch:
+class HiddenSketch(Sketch):
     """Hidden Sketch over one epoch: heavy hitters, heavy changers and point queries.
 
     Construct with keyword parameters (see :class:`HiddenSketchParams`) or ``params=``. State:
@@ -1069,6 +1070,13 @@ class HiddenSketch:
                         {k: t - offset for k, t in zip(keys, totals)}, partial=True, bounded=bounded)
 
     # ------------------------------------------------------------------ queries (§8)
+    @classmethod
+    def combine(cls, parts: list, rule: Rule = EPOCHS) -> Window:
+        """Epochs: sums of per-epoch estimates; shards: their union (:class:`HiddenWindow`)."""
+        from telesketch.sketches.combine import HiddenWindow
+
+        return HiddenWindow(parts, rule)
+
     def heavy_hitters(self) -> list[tuple[Hashable, int]]:
         """Reported heavy hitters of the epoch: ``[(key, f_hat)]``, largest first."""
         return list(self.decode().items)

@@ -62,6 +62,7 @@ from telesketch.hashing import mix64
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
 from telesketch.sketches.cocosketch import fastmod
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
+from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
 from telesketch.sketches.exact import prefix_mask
 
 ALGORITHM = "llmsketch"
@@ -606,7 +607,7 @@ def _as_key13(raw) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- the sketch
-class LLMSketch:
+class LLMSketch(Sketch):
     """Two-tier LLM-Sketch (spec §2) with a pluggable flow-size estimator (spec §3, §4).
 
     ``LLMSketch(memory_bytes=400*1024, task="flow_size", estimator="tiny")``. ``estimator`` is a
@@ -656,6 +657,13 @@ class LLMSketch:
             floor = {} if floor_from is None else {"floor_from": floor_from}
             self.scorer = FlowScorer(estimator, path=estimator_path, rescore=rescore, cache_flows=cache_flows,
                                      mode=scoring, provisional=provisional, **floor)
+
+    @classmethod
+    def combine(cls, parts: list, rule: Rule = EPOCHS) -> Window:
+        """Epochs: sums of per-epoch estimates; shards: each flow from its owner (:class:`FlowWindow`)."""
+        from telesketch.sketches.combine import FlowWindow
+
+        return FlowWindow(parts, rule)
 
     def successor(self) -> "LLMSketch":
         """An empty sketch with the same parameters that shares this one's :class:`FlowScorer`.
