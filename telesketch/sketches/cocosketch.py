@@ -28,6 +28,7 @@ import numba as nb
 import numpy as np
 
 from telesketch.hashing import mix64
+from telesketch.jit import kernel
 from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.exact import hhh_from_counts, layers_for, prefix_mask
@@ -49,7 +50,7 @@ _S32, _S64 = _S[32], _S[64]
 
 
 # ---------------------------------------------------------------------------- scalar kernels
-@nb.njit(nb.uint64(nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+@kernel(nb.uint64(nb.uint64, nb.uint64), inline="always")
 def bob_hash(x, c):
     """lookup2 of the 4 little-endian bytes of ``x`` with ``c = initval + 4``; uint32 in a uint64."""
     a = (_GOLDEN32 + x) & _M32
@@ -75,13 +76,13 @@ def bob_hash(x, c):
     return c
 
 
-@nb.njit(nb.uint64(nb.uint64, nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+@kernel(nb.uint64(nb.uint64, nb.uint64, nb.uint64), inline="always")
 def rand32(seed_mix, n, j):
     """``rand32(seed, n, j)`` given ``seed_mix = mix64(seed)``: the replacement coin of block j at packet n."""
     return mix64(seed_mix ^ (n * _S64 + j)) >> _S32
 
 
-@nb.njit(nb.uint64(nb.uint64, nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+@kernel(nb.uint64(nb.uint64, nb.uint64, nb.uint64), inline="always")
 def fastmod(a, magic, d):
     """``a mod d`` for 32-bit ``a`` and ``d`` via Lemire's fastmod (``magic = 2^64 // d + 1``, mod 2^64).
 
@@ -97,7 +98,7 @@ def fastmod_magic(d: int) -> np.uint64:
     return np.uint64(((2**64 - 1) // d + 1) % 2**64)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def coco_insert(cells, occ, blk, x, w, wmagic, seed_mix, n, T, decrement):
     """Insert key ``x`` (uint64 holding a u32) with weight 1 into block ``blk`` (spec §2).
 
@@ -123,7 +124,7 @@ def coco_insert(cells, occ, blk, x, w, wmagic, seed_mix, n, T, decrement):
     return 0
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _bump(cells, blk, row, pos, T, decrement):
     if decrement:
         c = max(nb.int64(0), nb.int64(cells[blk, row, pos].count) + 1 - T)
@@ -133,7 +134,7 @@ def _bump(cells, blk, row, pos, T, decrement):
     return c
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def stream_kernel(keys, cells, occ, masks, T, seed_mix, n0, connection, wmagic):
     """The sequential update loop of spec §3 over ``keys`` (uint32[n]) for packets ``n0 .. n0+n-1``.
 

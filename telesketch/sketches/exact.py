@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Mapping, Sequence
 
-import numba as nb
 import numpy as np
+
+from telesketch.jit import kernel
 
 BYTE_LAYERS: tuple[int, ...] = (0, 8, 16, 24, 32)
 BIT_LAYERS: tuple[int, ...] = tuple(range(33))
@@ -172,7 +173,7 @@ def hhh(
 
 
 # ---------------------------------------------------------------------------- GapFilter ground truth
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _gap_labels_kernel(flow_ids, seq, n_flows, t1, t2, reset):
     labels = np.zeros(flow_ids.shape[0], np.bool_)
     last = np.zeros(n_flows, np.int64)
