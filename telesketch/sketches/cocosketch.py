@@ -28,7 +28,7 @@ import numba as nb
 import numpy as np
 
 from telesketch.hashing import mix64
-from telesketch.jit import kernel
+from telesketch.jit import kernel, twin
 from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.exact import hhh_from_counts, layers_for, prefix_mask
@@ -50,7 +50,7 @@ _S32, _S64 = _S[32], _S[64]
 
 
 # ---------------------------------------------------------------------------- scalar kernels
-@kernel(nb.uint64(nb.uint64, nb.uint64), inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64), inline=True, device_inline=False)
 def bob_hash(x, c):
     """lookup2 of the 4 little-endian bytes of ``x`` with ``c = initval + 4``; uint32 in a uint64."""
     a = (_GOLDEN32 + x) & _M32
@@ -76,13 +76,13 @@ def bob_hash(x, c):
     return c
 
 
-@kernel(nb.uint64(nb.uint64, nb.uint64, nb.uint64), inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64, nb.uint64), inline=True)
 def rand32(seed_mix, n, j):
     """``rand32(seed, n, j)`` given ``seed_mix = mix64(seed)``: the replacement coin of block j at packet n."""
     return mix64(seed_mix ^ (n * _S64 + j)) >> _S32
 
 
-@kernel(nb.uint64(nb.uint64, nb.uint64, nb.uint64), inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64, nb.uint64), inline=True)
 def fastmod(a, magic, d):
     """``a mod d`` for 32-bit ``a`` and ``d`` via Lemire's fastmod (``magic = 2^64 // d + 1``, mod 2^64).
 

@@ -41,7 +41,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from telesketch.hashing import hash64_5tuple, hash64_u32, mix64
-from telesketch.jit import kernel
+from telesketch.jit import kernel, twin
 from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 
@@ -222,13 +222,13 @@ class GapFilterStrawParams(_CommonParams):
 
 
 # ============================================================================ scalar helpers
-@kernel(nb.int64(nb.int64), inline="always")
+@twin(nb.int64(nb.int64), inline=True)
 def _s16(x):
     """``x mod 2^16`` read as a signed 16-bit value."""
     return ((x + 32768) & 0xFFFF) - 32768
 
 
-@kernel(nb.int64(nb.int64, nb.int64), inline="always")
+@twin(nb.int64(nb.int64, nb.int64), inline=True)
 def _sat_diff(a, b):
     """``sat16(s16(a) - s16(b))``: the reference's saturating int16 subtraction."""
     d = _s16(a) - _s16(b)

@@ -48,7 +48,7 @@ import numba as nb
 import numpy as np
 
 from telesketch.hashing import hash64_5tuple, hash64_u32
-from telesketch.jit import kernel
+from telesketch.jit import kernel, twin
 from telesketch.sketches.core import NotMergeableError, SketchError, check_same_params, pack_state, unpack_state
 
 __all__ = ["HiddenSketch", "HiddenSketchParams", "HHResult", "seed_for"]
@@ -319,7 +319,7 @@ class _Layout:
 
 
 # ============================================================================ Numba kernels: keys
-@kernel(inline="always")
+@twin(inline=True)
 def _bswap32(x):
     x = x & _U64(0xFFFFFFFF)
     return (
@@ -330,12 +330,12 @@ def _bswap32(x):
     )
 
 
-@kernel(inline="always")
+@twin(inline=True)
 def _bswap64(x):
     return (_bswap32(x) << _U64(32)) | _bswap32(x >> _U64(32))
 
 
-@kernel(inline="always")
+@twin(inline=True, device_inline=False)
 def _hash_key(lo, hi, nbytes, seed):
     """Hash of the ``nbytes``-byte little-endian buffer of the integer ``(hi << 64) | lo``."""
     if nbytes == 4:
@@ -352,7 +352,7 @@ def _hash_key(lo, hi, nbytes, seed):
     )
 
 
-@kernel(inline="always")
+@twin(inline=True)
 def _shr128(lo, hi, s):
     if s == 0:
         return lo, hi
@@ -370,7 +370,7 @@ def _shl128(lo, hi, s):
     return lo << _U64(s), (hi << _U64(s)) | (lo >> _U64(64 - s))
 
 
-@kernel(inline="always")
+@twin(inline=True)
 def _low_bits128(lo, hi, nbits):
     if nbits >= 128:
         return lo, hi
@@ -379,7 +379,7 @@ def _low_bits128(lo, hi, nbits):
     return lo & ((_ONE << _U64(nbits)) - _ONE), _ZERO
 
 
-@kernel(inline="always")
+@twin(inline=True)
 def _partial(lo, hi, start, end):
     """Bits ``[start, end)`` of a key moved to positions ``0 .. end-start-1``."""
     a, b = _shr128(lo, hi, start)

@@ -59,7 +59,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from telesketch.hashing import mix64
-from telesketch.jit import kernel
+from telesketch.jit import kernel, twin
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
 from telesketch.sketches.cocosketch import fastmod
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
@@ -93,12 +93,12 @@ _TWO24 = float(1 << 24)
 
 
 # ---------------------------------------------------------------------------- hash and randomness
-@kernel(nb.uint64(nb.uint64, nb.uint64), inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64), inline=True)
 def _rotl32(x, r):
     return ((x << r) | (x >> (_U64(32) - r))) & _M32
 
 
-@kernel(nb.uint64(nb.uint64, nb.uint64), inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64), inline=True)
 def _fmix32(h, nbytes):
     """MurmurHash3's length mix-in and 32-bit finaliser."""
     h ^= nbytes
@@ -156,7 +156,7 @@ def mmh3_rows(keys: np.ndarray, seed: int) -> np.ndarray:
     return out.astype(np.uint32)
 
 
-@kernel(nb.float64(nb.uint64, nb.uint64, nb.uint64), inline="always")
+@twin(nb.float64(nb.uint64, nb.uint64, nb.uint64), inline=True)
 def uniform(seed_mix, n, j):
     """``uniform(seed, n, j)`` in [0, 1) given ``seed_mix = mix64(seed)``; j=0 lock, j=1 Coco."""
     return float(mix64(seed_mix ^ (n * _U64(64) + j)) >> _U64(40)) / _TWO24
@@ -166,7 +166,7 @@ def uniform(seed_mix, n, j):
 # Inside the kernels a stored key is ``W`` little-endian uint32 words of its bytes, zero-padded to
 # ``4 W`` bytes (W = 1 for the 4-byte keys, 4 for the 13-byte key13): one compare per word, and
 # MurmurHash3's 4-byte blocks are exactly these words.
-@kernel(inline="always")
+@twin(inline=True, device_inline=False)
 def _mmh3_words(words, nbytes, seed):
     """``mmh3_32`` of the ``nbytes`` bytes held in ``words`` (uint32 little-endian, zero-padded)."""
     h = _U64(seed) & _M32
