@@ -31,7 +31,7 @@ from telesketch.hashing import mix64
 from telesketch.jit import kernel, twin
 from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
-from telesketch.sketches.exact import hhh_from_counts, layers_for, prefix_mask
+from telesketch.sketches.hierarchy import hhh_from_counts, layers_for, prefix_mask
 
 BUCKET_BYTES = 8  # id (u32) + count (i32); the occupancy flag is not charged (spec §2)
 ROWS = 2
@@ -245,7 +245,7 @@ def sum_layer_estimates(maps: Iterable[Mapping[int, Mapping[int, int]]]) -> Laye
 def hhh_pass(est: Mapping[int, Mapping[int, int]], threshold: float) -> list[HHHEntry]:
     """The discounted HHH set of per-layer estimates (spec §3 "HHH query"), as entries.
 
-    The pass itself is :func:`telesketch.sketches.exact.hhh_from_counts` (``p`` at layer ``L`` is
+    The pass itself is :func:`telesketch.sketches.hierarchy.hhh_from_counts` (``p`` at layer ``L`` is
     reported iff ``est > T`` and ``c = est - covered > T``); this adds the unconditioned estimate
     to each entry. Returns entries finest layer first, ascending prefix within a layer.
     """

@@ -63,7 +63,7 @@ from telesketch.jit import kernel, twin
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
 from telesketch.sketches.cocosketch import fastmod
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
-from telesketch.sketches.exact import prefix_mask
+from telesketch.sketches.hierarchy import prefix_mask
 
 ALGORITHM = "llmsketch"
 STATE_VERSION = 1
