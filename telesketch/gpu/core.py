@@ -1,5 +1,5 @@
 """What every GPU twin shares: the array backend, launch geometry, reused device buffers, the
-device-side sort that segments a batch by bucket, and the device ports of :mod:`telesketch.hashing`.
+device-side sort that segments a batch by bucket, and the device twins of :mod:`telesketch.hashing`.
 
 The device-side segmenting (:func:`sort_composite`, :func:`composite_shift`): a kernel writes one
 ``uint64`` composite key per item, ``bucket << shift | position``; sorting those keys groups every

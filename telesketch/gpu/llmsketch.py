@@ -11,8 +11,8 @@ Per batch (spec §2.4, "Batch execution"; the GPU port of the CPU ``parallel=Tru
 1. the stored keys of the batch (``uint32[n, W]`` little-endian words, CPU ``batch_words`` /
    ``bytes_to_words`` on the host: a byte swap, plus the fingerprint hash for the flow-size task)
    and the scores (clipped on the device, as ``float64``) are copied to the device;
-2. a kernel with one thread per packet hashes each key to its heavy bucket with a device port of
-   MurmurHash3 over key words (:func:`mmh3_words_device`, equal to the CPU ``_mmh3_words``);
+2. a kernel with one thread per packet hashes each key to its heavy bucket with the device twin of
+   MurmurHash3 over key words (:func:`mmh3_words_device`: the CPU ``_mmh3_words``, same source);
 3. the buckets are stably sorted on the device (:func:`~telesketch.gpu.core.stable_argsort`:
    ``cupy.sort`` or the bitonic kernel over composite keys), no host round trip;
 4. ONE segment kernel, where the first sorted position of each bucket runs that bucket's packets
