@@ -28,7 +28,7 @@ import numpy as np
 
 from common import machine
 
-from telesketch.sketches import exact
+from telesketch.sketches import exact, hierarchy
 from telesketch.sketches.residualsketch import CocoSketch, ResidualSketch
 
 GEN = Path(__file__).resolve().parents[2] / "shared" / "tools" / "residualsketch_gen.py"
@@ -88,12 +88,12 @@ class Truth:
     """Exact per-layer counts of one address stream, and its HHH sets per threshold (cached)."""
 
     def __init__(self, addresses: np.ndarray, mode: str):
-        self.counts = exact.prefix_counts(addresses, exact.layers_for(mode))
+        self.counts = exact.prefix_counts(addresses, hierarchy.layers_for(mode))
         self._hhh: dict[float, dict] = {}
 
     def hhh(self, T: float) -> dict:
         if T not in self._hhh:
-            self._hhh[T] = exact.hhh_from_counts(self.counts, T)
+            self._hhh[T] = hierarchy.hhh_from_counts(self.counts, T)
         return self._hhh[T]
 
 

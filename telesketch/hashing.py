@@ -14,13 +14,17 @@ So ``hash_u32(k)`` equals ``hash_bytes(k.to_bytes(4, "big"))`` and ``hash_5tuple
 independent-looking functions (the seed goes through ``fmix64`` before use).
 
 Scalar ``@njit`` functions (``hash64_u32``, ``hash64_5tuple``, ``hash64_words``) are for use inside
-other kernels; the vectorised wrappers (``hash_u32``, ``hash_5tuple``, ``hash_keys``) hash a whole
-batch and return ``uint64[n]``.
+other kernels; those written as :func:`telesketch.jit.twin` (``mix64``, ``fmix64``, ``hash64_u32``,
+``hash64_5tuple`` and their helpers) are also compiled, from the same source, as the CUDA device
+functions of :mod:`telesketch.gpu` (:func:`telesketch.jit.device_twin`); the vectorised wrappers
+(``hash_u32``, ``hash_5tuple``, ``hash_keys``) hash a whole batch and return ``uint64[n]``.
 """
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
+
+from telesketch.jit import kernel, twin
 
 _U64 = np.uint64
 GOLDEN = _U64(0x9E3779B97F4A7C15)
@@ -35,7 +39,7 @@ MIX_A = _U64(0xBF58476D1CE4E5B9)
 MIX_B = _U64(0x94D049BB133111EB)
 
 
-@nb.njit(nb.uint64(nb.uint64), cache=True, nogil=True, inline="always")
+@twin(nb.uint64(nb.uint64), inline=True)
 def mix64(z):
     """splitmix64's finaliser, mod 2^64: the counter-based coins of LLM-Sketch, CocoSketch /
     ResidualSketch and GapFilter's Straw-man PRNG (their specs fix this function, not ``fmix64``)."""
@@ -44,7 +48,7 @@ def mix64(z):
     return z ^ (z >> _U64(31))
 
 
-@nb.njit(nb.uint64(nb.uint64), cache=True, nogil=True, inline="always")
+@twin(nb.uint64(nb.uint64), inline=True)
 def fmix64(x):
     """murmur3's 64-bit finaliser: a bijection with full avalanche."""
     x ^= x >> _S33
@@ -55,17 +59,17 @@ def fmix64(x):
     return x
 
 
-@nb.njit(nb.uint64(nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64), inline=True)
 def _initial_state(seed, nbytes):
     return fmix64(fmix64(seed * GOLDEN + _SEED_OFFSET) ^ (nbytes * GOLDEN))
 
 
-@nb.njit(nb.uint64(nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64), inline=True)
 def _absorb(h, word):
     return fmix64(h ^ word) + GOLDEN
 
 
-@nb.njit(nb.uint64(nb.uint32, nb.uint64), cache=True, nogil=True)
+@twin(nb.uint64(nb.uint32, nb.uint64))
 def hash64_u32(key, seed):
     """Hash of a 4-byte key given as its numeric (big-endian) value."""
     h = _initial_state(seed, _U64(4))
@@ -73,7 +77,7 @@ def hash64_u32(key, seed):
     return fmix64(h)
 
 
-@nb.njit(nb.uint64(nb.uint32, nb.uint32, nb.uint16, nb.uint16, nb.uint8, nb.uint64), cache=True, nogil=True)
+@twin(nb.uint64(nb.uint32, nb.uint32, nb.uint16, nb.uint16, nb.uint8, nb.uint64))
 def hash64_5tuple(src_ip, dst_ip, src_port, dst_port, proto, seed):
     """Hash of the 13-byte 5-tuple key ``src_ip dst_ip src_port dst_port proto`` (big-endian)."""
     h = _initial_state(seed, _U64(13))
@@ -84,7 +88,7 @@ def hash64_5tuple(src_ip, dst_ip, src_port, dst_port, proto, seed):
     return fmix64(h)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def hash64_words(words, nbytes, seed):
     """Hash of a key already cut into big-endian ``uint64`` words (``ceil(nbytes / 8)`` of them)."""
     h = _initial_state(seed, _U64(nbytes))
@@ -93,19 +97,19 @@ def hash64_words(words, nbytes, seed):
     return fmix64(h)
 
 
-@nb.njit(cache=True, nogil=True, parallel=False)
+@kernel
 def _hash_u32_kernel(keys, seed, out):
     for i in range(keys.shape[0]):
         out[i] = hash64_u32(keys[i], seed)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _hash_5tuple_kernel(src_ip, dst_ip, src_port, dst_port, proto, seed, out):
     for i in range(src_ip.shape[0]):
         out[i] = hash64_5tuple(src_ip[i], dst_ip[i], src_port[i], dst_port[i], proto[i], seed)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _hash_rows_kernel(keys, seed, out):
     n, nbytes = keys.shape
     nwords = (nbytes + 7) // 8

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from telesketch.sketches import exact
+from telesketch.sketches import exact, hierarchy
 from telesketch.packets import PacketBatch, parse_ipv4 as ip
 
 
@@ -52,8 +52,8 @@ def test_discounted_hhh_bit_hierarchy_finds_the_tightest_prefix():
 
 def test_hhh_from_counts_matches_hhh_and_rejects_bad_modes():
     addresses = np.random.default_rng(0).choice(np.array([ip("1.2.3.4"), ip("1.2.9.9"), ip("5.6.7.8")], np.uint32), 1000)
-    counts = exact.prefix_counts(addresses, exact.BIT_LAYERS)
-    assert exact.hhh_from_counts(counts, 100) == exact.hhh(addresses, threshold=100, mode="bit")
+    counts = exact.prefix_counts(addresses, hierarchy.BIT_LAYERS)
+    assert hierarchy.hhh_from_counts(counts, 100) == exact.hhh(addresses, threshold=100, mode="bit")
     with pytest.raises(ValueError, match="mode"):
         exact.hhh(addresses, threshold=1, mode="nibble")
 

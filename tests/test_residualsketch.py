@@ -5,7 +5,7 @@ import pytest
 import naive_residualsketch as naive
 from telesketch.hashing import hash_5tuple
 from telesketch.packets import PacketBatch
-from telesketch.sketches import exact
+from telesketch.sketches import exact, hierarchy
 from telesketch.sketches.cocosketch import bob_hash, mix64, rand32
 from telesketch.sketches.core import NotMergeableError, SketchError
 from telesketch.sketches.residualsketch import (
@@ -100,7 +100,7 @@ def test_key_zero_is_counted_not_taken_for_an_empty_bucket():
 @pytest.mark.parametrize("mode", ["byte", "bit"])
 def test_hhh_pass_over_exact_counts_equals_exact_hhh(mode):
     addresses = hierarchical_stream(20000, seed=8, pool_size=2000)
-    counts = exact.prefix_counts(addresses, exact.layers_for(mode))
+    counts = exact.prefix_counts(addresses, hierarchy.layers_for(mode))
     for T in (50, 200, 900):
         got = {(e.prefix, e.length): e.discounted for e in hhh_pass(counts, T)}
         assert got == exact.hhh(addresses, threshold=T, mode=mode)
@@ -119,7 +119,7 @@ def test_ample_memory_is_exact():
     addresses = hierarchical_stream(20000, seed=9)
     rs = ResidualSketch(memory_bytes=1 << 18, threshold=100, addback="ge")
     rs.update_addresses(addresses)
-    truth = exact.prefix_counts(addresses, exact.BYTE_LAYERS)
+    truth = exact.prefix_counts(addresses, hierarchy.BYTE_LAYERS)
     assert rs.layer_estimates() == truth
     assert {(p, L): c for p, L, c in rs.hhh()} == exact.hhh(addresses, threshold=100)
     prefix16 = int(addresses[0]) & 0xFFFF0000

@@ -17,9 +17,9 @@ import json
 import struct
 from pathlib import Path
 
-import numba as nb
 import numpy as np
 
+from telesketch.jit import kernel
 from telesketch.packets import PacketBatch
 
 CU_ROWS = 3
@@ -124,7 +124,7 @@ class ConservativeUpdateBaseline:
         return np.min(np.stack([self.table[r][cols[r]] for r in range(CU_ROWS)]), axis=0)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _cu_kernel(table, cols):
     """Conservative update, packet by packet: raise only the row counters equal to the minimum."""
     for i in range(cols.shape[1]):
@@ -182,7 +182,7 @@ class ElasticBaseline:
         return out
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _mix(x, r):
     """splitmix64 finaliser of ``x`` for row ``r`` (bucket: r = ELASTIC_ROWS)."""
     z = x + np.uint64(0x9E3779B97F4A7C15) * np.uint64(r + 1)
@@ -191,7 +191,7 @@ def _mix(x, r):
     return z ^ (z >> np.uint64(31))
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _light_add(light, k, v):
     w = np.uint64(light.shape[1])
     for r in range(light.shape[0]):
@@ -199,7 +199,7 @@ def _light_add(light, k, v):
         light[r, c] = min(light[r, c] + v, 255)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _light_get(light, k):
     w = np.uint64(light.shape[1])
     low = np.int64(255)
@@ -208,7 +208,7 @@ def _light_get(light, k):
     return low
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _elastic_kernel(fp, key, vplus, vminus, flag, light, lam):
     nb_ = np.uint64(key.shape[0])
     for i in range(fp.shape[0]):
@@ -227,7 +227,7 @@ def _elastic_kernel(fp, key, vplus, vminus, flag, light, lam):
                 _light_add(light, k, 1)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _elastic_query(fp, key, vplus, flag, light, out):
     nb_ = np.uint64(key.shape[0])
     for i in range(fp.shape[0]):

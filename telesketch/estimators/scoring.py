@@ -41,12 +41,12 @@ import queue
 import threading
 import weakref
 
-import numba as nb
 import numpy as np
 
 from telesketch.estimators import LABEL_PIVOT_LOG2, LABEL_SLOPE, as_estimator
 from telesketch.hashing import hash_5tuple
 from telesketch.intrinsics import prefetch
+from telesketch.jit import kernel
 
 PROVISIONAL = 0.5
 FLOOR_FROM = 512  # see "Size floor" in the module doc
@@ -58,7 +58,7 @@ SLOW_KINDS = ("lm", "tiny")  # what "auto" scores asynchronously
 
 
 # ---------------------------------------------------------------------------- kernels
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _lookup_kernel(flow_hash, tags, seen, score, stamp, pending, tick0, rescore, queue_unscored,
                    slot_out, point_out, prev_out, cached_out, enqueue_out, pos_out):
     """Find or insert every packet's flow, in arrival order; per packet record its cache slot
@@ -120,7 +120,7 @@ def _lookup_kernel(flow_hash, tags, seen, score, stamp, pending, tick0, rescore,
             pending[row, way] = 1
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _size_floor(pos, floor_from):
     """``y(k)`` for the largest floor position ``k <= pos`` (``floor_from * 2^j``); -1 when none."""
     if floor_from <= 0 or pos < floor_from:
@@ -131,7 +131,7 @@ def _size_floor(pos, floor_from):
     return 1.0 / (1.0 + np.exp(-LABEL_SLOPE * (np.log2(np.float64(k)) - LABEL_PIVOT_LOG2)))
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _fill_kernel(point, prev, cached, fresh, use_fresh, slots, score_flat, pos, floor_from, out):
     """Per packet the latest score of its flow (NaN: none yet), written back to the cache.
 
@@ -156,7 +156,7 @@ def _fill_kernel(point, prev, cached, fresh, use_fresh, slots, score_flat, pos, 
         score_flat[slots[i]] = m
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _store_kernel(flow_hash, scores, tags, score, pending, seen, floor_from):
     """Async worker: store model scores of flows still in the cache (matched by tag), never below
     the size floor the flow has reached meanwhile."""

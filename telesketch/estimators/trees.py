@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numba as nb
 import numpy as np
 
 from telesketch.estimators import LABEL_SLOPE, META_FILE, Estimator, check_headers
 from telesketch.estimators.tokens import tree_features
+from telesketch.jit import kernel
 
 
 #: ``meta["format"]`` of a :class:`BoostedTreesEstimator` directory (the hand-written GBDT had none).
@@ -157,7 +157,7 @@ def export_hgb(model) -> dict[str, np.ndarray]:
     return out
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _forest_kernel(x, feature, threshold, left, right, value, base, out):
     """``out[i] = base + sum_t tree_t(x[i])``; at a node, ``x[f] <= threshold`` goes left."""
     for i in range(x.shape[0]):

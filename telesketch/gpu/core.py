@@ -1,5 +1,5 @@
 """What every GPU twin shares: the array backend, launch geometry, reused device buffers, the
-device-side sort that segments a batch by bucket, and the device ports of :mod:`telesketch.hashing`.
+device-side sort that segments a batch by bucket, and the device twins of :mod:`telesketch.hashing`.
 
 The device-side segmenting (:func:`sort_composite`, :func:`composite_shift`): a kernel writes one
 ``uint64`` composite key per item, ``bucket << shift | position``; sorting those keys groups every
@@ -19,9 +19,10 @@ installed, Numba device arrays on a real device otherwise, and plain numpy array
 CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before ``numba.cuda`` is first imported), which is
 how CI (no GPU) runs the very same kernel code on small inputs.
 
-The device hash ports cast every operand to ``uint64`` so the arithmetic wraps mod 2^64 exactly as
-the CPU ``@njit`` originals do (a signed/unsigned mix would promote to float64 on the device); the
-equality tests in ``tests/test_gpu_*.py`` pin them to the CPU versions.
+The device hash functions are not ports: they are :func:`telesketch.jit.device_twin` of the CPU
+kernels of :mod:`telesketch.hashing`, compiled from the same Python source (every operand ``uint64``
+so the arithmetic wraps mod 2^64 on both targets); the equality tests in ``tests/test_gpu_*.py`` pin
+the results to the CPU versions.
 """
 from __future__ import annotations
 
@@ -33,14 +34,14 @@ import numba
 import numpy as np
 from numba import cuda
 
-from telesketch.hashing import _M1, _M2, _SEED_OFFSET, GOLDEN, MIX_A, MIX_B
+from telesketch import hashing
+from telesketch.jit import THREADS_PER_BLOCK, device_twin, gpu_kernel
 from telesketch.sketches.core import SketchError
 
 __all__ = ["THREADS_PER_BLOCK", "DeviceBuffers", "GpuUnavailableError", "backend", "blocks", "composite_shift",
            "device_hash_5tuple", "hash64_5tuple_device", "launch", "mix64_device", "recording_signatures",
            "sort_composite", "stable_argsort"]
 
-THREADS_PER_BLOCK = 128
 
 
 class GpuUnavailableError(SketchError):
@@ -171,45 +172,19 @@ def backend() -> _Backend:
 
 
 # ============================================================================ device hash
-# ``telesketch.hashing``'s constants; every operand below is uint64 so the arithmetic wraps mod 2^64.
+# The device functions of ``telesketch.hashing``'s twins: the same Python source as the CPU kernels.
 _U64 = np.uint64
-_S16, _S24, _S32, _S33, _S48 = _U64(16), _U64(24), _U64(32), _U64(33), _U64(48)
-_S27, _S30, _S31 = _U64(27), _U64(30), _U64(31)
+_S16, _S32, _S48 = _U64(16), _U64(32), _U64(48)
 _LOW16 = _U64(0xFFFF)
-_LEN13 = _U64((13 * int(GOLDEN)) & (2**64 - 1))  # the 13-byte key length, folded into the initial state
+
+_fmix64 = device_twin(hashing.fmix64)
+#: splitmix64's finaliser (``telesketch.hashing.mix64``), mod 2^64: the twins' random coins.
+mix64_device = device_twin(hashing.mix64)
+#: ``telesketch.hashing.hash64_5tuple`` on the device: the 13-byte big-endian 5-tuple key.
+hash64_5tuple_device = device_twin(hashing.hash64_5tuple)
 
 
-@cuda.jit(device=True, inline=True)
-def _fmix64(x):
-    """murmur3's 64-bit finaliser (``telesketch.hashing.fmix64``)."""
-    x ^= x >> _S33
-    x *= _M1
-    x ^= x >> _S33
-    x *= _M2
-    x ^= x >> _S33
-    return x
-
-
-@cuda.jit(device=True, inline=True)
-def mix64_device(z):
-    """splitmix64's finaliser (``telesketch.hashing.mix64``), mod 2^64: the twins' random coins."""
-    z = (z ^ (z >> _S30)) * MIX_A
-    z = (z ^ (z >> _S27)) * MIX_B
-    return z ^ (z >> _S31)
-
-
-@cuda.jit(device=True)
-def hash64_5tuple_device(src_ip, dst_ip, src_port, dst_port, proto, seed):
-    """Device port of ``telesketch.hashing.hash64_5tuple``: the 13-byte big-endian 5-tuple key."""
-    h = _fmix64(_fmix64(seed * GOLDEN + _SEED_OFFSET) ^ _LEN13)
-    w0 = (_U64(src_ip) << _S32) | _U64(dst_ip)
-    w1 = (_U64(src_port) << _S48) | (_U64(dst_port) << _S32) | (_U64(proto) << _S24)
-    h = _fmix64(h ^ w0) + GOLDEN
-    h = _fmix64(h ^ w1) + GOLDEN
-    return _fmix64(h)
-
-
-@cuda.jit(cache=True)
+@gpu_kernel
 def _hash_kernel(src, dst, sport, dport, proto, seed, out):
     """``out[i] = hash64_5tuple_device(key i, seed)`` (``uint64``), one thread per item."""
     i = cuda.grid(1)
@@ -263,7 +238,7 @@ def recording_signatures():
         _recorded = previous
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _fill_kernel(out, value):
     """``out[i] = value`` for every ``i`` (Numba device arrays have no ``fill``); grid-stride."""
     for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
@@ -283,7 +258,7 @@ def composite_shift(n: int, n_buckets: int) -> int:
     return shift
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _bitonic_step_kernel(keys, j, k):
     """One compare-exchange step of the bitonic sort of ``keys`` (``uint64[2^m]``, ascending):
     pair ``t`` (grid-stride over ``2^(m-1)`` pairs) orders ``(i, i | j)``, ``i`` = ``t`` with a
@@ -336,14 +311,14 @@ def device_hash_5tuple(batch, seed: int = 0) -> np.ndarray:
     return be.to_host(out)
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _composite_kernel(values, shift, keys):
     """``keys[i] = values[i] << shift | i`` (``values`` non-negative ``int64``; ``uint64`` keys); grid-stride."""
     for i in range(cuda.grid(1), values.shape[0], cuda.gridsize(1)):
         keys[i] = (_U64(values[i]) << shift) | _U64(i)
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _positions_kernel(keys, shift, order):
     """``order[j] = keys[j] & (2^shift - 1)``: the positions of the sorted composite keys; grid-stride."""
     mask = (_U64(1) << shift) - _U64(1)

@@ -8,7 +8,7 @@ Per batch (§8, "the bucket is the unit of ordering"):
 
 1. one host-to-device copy per key column and of SEQ, into device buffers the sketch reuses from
    batch to batch (:class:`~telesketch.gpu.core.DeviceBuffers`); a kernel with one thread per item
-   hashes it with a device port of the project hash (:func:`hash64_5tuple_device`, equal to
+   hashes it with the device twin of the project hash (:func:`hash64_5tuple_device`, equal to
    ``telesketch.hashing.hash64_5tuple``, same constants) and derives ``idx = h mod n_buckets`` and
    the packed item ``v | fp << 16`` exactly as the CPU does (§3); it writes the item and the
    composite key ``idx << shift | position``;
@@ -16,14 +16,14 @@ Per batch (§8, "the bucket is the unit of ordering"):
    ``cupy.sort``, or a bitonic sort kernel), which groups each bucket's items in arrival order;
 3. ONE segment kernel with one thread per sorted position: the first position of each bucket
    loads the bucket's lanes into a local array, runs the bucket's items in arrival order with
-   device ports of the CPU step functions (``_so_step`` / ``_ao_step``), writes each item's flag
+   device ports of the CPU step functions (``_so_step`` / ``_ao_step``, one kernel for both), writes each item's flag
    and jump and stores the lanes; the other threads return at once.
 
 Then the flags and jumps come back (two device-to-host copies): no host round trip inside a batch.
 A bucket's items stay serial (the step functions are order-dependent), so an elephant flow's
 bucket is one thread's work.
 
-Backends, launch geometry and the device hash ports live in :mod:`telesketch.gpu.core`.
+Backends, launch geometry and the device hash twins live in :mod:`telesketch.gpu.core`.
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ from telesketch.gpu.core import (
     launch,
     sort_composite,
 )
+from telesketch.jit import device, device_twin, gpu_kernel
 from telesketch.sketches import gapfilter as _cpu
 from telesketch.sketches.core import SketchError
 
@@ -56,7 +57,7 @@ __all__ = ["GapFilterSO", "GapFilterAO", "GpuUnavailableError", "backend", "devi
 _NO_MATCH = 1 << 40  # same sentinel as the CPU AO step
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _items_kernel(src, dst, sport, dport, proto, seq, seed, n_buckets, fp_mask, shift, keys, items):
     """Per item (one thread each): composite key ``idx << shift | i`` (``uint64``) and packed
     ``v | fp << 16`` (``int64``), as the CPU ``_rotated_item``: ``idx = h mod nb``,
@@ -73,24 +74,12 @@ def _items_kernel(src, dst, sport, dport, proto, seq, seed, n_buckets, fp_mask, 
 # ============================================================================ device step functions
 # Integer arithmetic is int64 throughout (lanes are loaded into an int64 local array), so the CUDA
 # target never mixes signed and unsigned operands (which Numba would promote to float64).
-@cuda.jit(device=True, inline=True)
-def _s16(x):
-    """``x mod 2^16`` read as a signed 16-bit value (CPU ``_s16``)."""
-    return ((x + 32768) & 0xFFFF) - 32768
+#: The CPU ``_s16`` and ``_sat_diff`` (telesketch.jit.device_twin: the same Python source).
+_s16 = device_twin(_cpu._s16)
+_sat_diff = device_twin(_cpu._sat_diff)
 
 
-@cuda.jit(device=True, inline=True)
-def _sat_diff(a, b):
-    """``sat16(s16(a) - s16(b))`` (CPU ``_sat_diff``)."""
-    d = _s16(a) - _s16(b)
-    if d > 32767:
-        return 32767
-    if d < -32768:
-        return -32768
-    return d
-
-
-@cuda.jit(device=True)
+@device
 def _so_step(lanes, v, t1, t2, modular):
     """One SO item into ``lanes`` (``int64[4]``, lane 0 most recent); returns ``(report, md)``.
 
@@ -114,7 +103,7 @@ def _so_step(lanes, v, t1, t2, modular):
     return absorbed and md >= t1, md
 
 
-@cuda.jit(device=True)
+@device
 def _ao_step(lanes, item, sz, t1, t2, civilian_front):
     """One AO item (``v | fp << 16``) into ``lanes`` (``int64[8]``, ``seq | fp << 16``, 0 = empty);
     returns ``(report, md)``. A line-by-line port of the CPU ``_ao_step`` (fixes A+B)."""
@@ -145,55 +134,37 @@ def _ao_step(lanes, item, sz, t1, t2, civilian_front):
 
 
 # ============================================================================ kernels
-@cuda.jit(cache=True)
-def _so_heads_kernel(table, keys, shift, items, t1, t2, modular, flags, jumps):
+@gpu_kernel
+def _heads_kernel(table, keys, shift, items, ao, sz, t1, t2, option, flags, jumps):
     """Thread ``j`` of the sorted composite ``keys`` (``bucket << shift | position``, ``uint64``):
     if ``j`` is its bucket's first position, run the bucket's items (``items[position]``) in
     arrival order, writing ``flags`` (``uint8``) and ``jumps`` (``int32``, 0 unless flagged) at
-    each position."""
+    each position. SO (``ao`` false): 4 lanes of ``table`` (``uint16[nb, 4]``), :func:`_so_step`
+    with ``option`` = modular differences (``sz`` unused). AO (``ao`` true): 8 lanes of ``table``
+    (``uint32[nb, 8]``), :func:`_ao_step` with ``sz`` suspects and ``option`` = civilian_front."""
     n = keys.shape[0]
     mask = (_U64(1) << shift) - _U64(1)
-    lanes = cuda.local.array(4, numba.int64)
-    for head in range(cuda.grid(1), n, cuda.gridsize(1)):  # grid-stride over sorted positions
-        b = keys[head] >> shift
-        if head > 0 and (keys[head - 1] >> shift) == b:
-            continue
-        row = np.int64(b)
-        for i in range(4):
-            lanes[i] = table[row, i]
-        j = head
-        while j < n and (keys[j] >> shift) == b:
-            pos = np.int64(keys[j] & mask)
-            rep, md = _so_step(lanes, items[pos], t1, t2, modular)
-            flags[pos] = 1 if rep else 0
-            jumps[pos] = md if rep else 0
-            j += 1
-        for i in range(4):
-            table[row, i] = lanes[i]
-
-
-@cuda.jit(cache=True)
-def _ao_heads_kernel(cells, keys, shift, items, sz, t1, t2, civilian_front, flags, jumps):
-    """AO counterpart of :func:`_so_heads_kernel` (8 lanes per bucket)."""
-    n = keys.shape[0]
-    mask = (_U64(1) << shift) - _U64(1)
+    width = 8 if ao else 4
     lanes = cuda.local.array(8, numba.int64)
     for head in range(cuda.grid(1), n, cuda.gridsize(1)):  # grid-stride over sorted positions
         b = keys[head] >> shift
         if head > 0 and (keys[head - 1] >> shift) == b:
             continue
         row = np.int64(b)
-        for i in range(8):
-            lanes[i] = cells[row, i]
+        for i in range(width):
+            lanes[i] = table[row, i]
         j = head
         while j < n and (keys[j] >> shift) == b:
             pos = np.int64(keys[j] & mask)
-            rep, md = _ao_step(lanes, items[pos], sz, t1, t2, civilian_front)
+            if ao:
+                rep, md = _ao_step(lanes, items[pos], sz, t1, t2, option)
+            else:
+                rep, md = _so_step(lanes, items[pos], t1, t2, option)
             flags[pos] = 1 if rep else 0
             jumps[pos] = md if rep else 0
             j += 1
-        for i in range(8):
-            cells[row, i] = lanes[i]
+        for i in range(width):
+            table[row, i] = lanes[i]
 
 
 # ============================================================================ host side
@@ -213,9 +184,10 @@ class _GpuMixin:
     def _host_lanes(self) -> np.ndarray:
         return self._backend.to_host(self._lanes())
 
-    def _launch(self, kernel, cols, seq, fp_mask, flags, jumps, *step_args) -> None:
-        """Hash, sort and run the segment ``kernel`` on the device (module docstring); fills the
-        host ``flags`` (``bool[n]``) and ``jumps`` (``int32[n]``, meaningful where flagged)."""
+    def _launch(self, cols, seq, fp_mask, flags, jumps, *step_args) -> None:
+        """Hash, sort and run :func:`_heads_kernel` with ``step_args`` (``ao, sz, t1, t2, option``)
+        on the device (module docstring); fills the host ``flags`` (``bool[n]``) and ``jumps``
+        (``int32[n]``, meaningful where flagged)."""
         p, be, buf = self.params, self._backend, self._buffers
         n = flags.shape[0]
         shift = composite_shift(n, p.n_buckets)
@@ -227,7 +199,7 @@ class _GpuMixin:
             launch(_items_kernel, n, *d_cols, d_seq, _U64(p.seed), _U64(p.n_buckets), _U64(fp_mask), _U64(shift),
                    d_keys, d_items, grid_stride=True)
             d_keys = sort_composite(be, buf, "keys", n)
-            launch(kernel, n, self._lanes(), d_keys, _U64(shift), d_items, *step_args, d_flags, d_jumps,
+            launch(_heads_kernel, n, self._lanes(), d_keys, _U64(shift), d_items, *step_args, d_flags, d_jumps,
                    grid_stride=True)
         flags[:] = be.to_host(d_flags).view(np.bool_)
         jumps[:] = be.to_host(d_jumps)
@@ -263,7 +235,7 @@ class GapFilterSO(_GpuMixin, _cpu.GapFilterSO):
 
     def _kernel(self, cols, seq, flags, jumps, parallel):
         p = self.params
-        self._launch(_so_heads_kernel, cols, seq, 0, flags, jumps, p.t1, p.t2, p.so_diff == "modular")
+        self._launch(cols, seq, 0, flags, jumps, False, 0, p.t1, p.t2, p.so_diff == "modular")
 
 
 class GapFilterAO(_GpuMixin, _cpu.GapFilterAO):
@@ -300,5 +272,5 @@ class GapFilterAO(_GpuMixin, _cpu.GapFilterAO):
 
     def _kernel(self, cols, seq, flags, jumps, parallel):
         p = self.params
-        self._launch(_ao_heads_kernel, cols, seq, (1 << p.fp_bits) - 1, flags, jumps,
-                     p.suspects, p.t1, p.t2, p.ao_new_flow_pos == "civilian_front")
+        self._launch(cols, seq, (1 << p.fp_bits) - 1, flags, jumps,
+                     True, p.suspects, p.t1, p.t2, p.ao_new_flow_pos == "civilian_front")

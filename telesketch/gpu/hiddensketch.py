@@ -9,7 +9,7 @@ Per batch (§12, "FS gate, exact and parallel"; ``n`` items, ``R = fs_rows``):
 
 1. the batch's key words ``(lo, hi)`` (``uint64[n]`` each, built on the host by the CPU class's
    column packing) are copied to the device; a kernel with one thread per item hashes each key
-   with every FS row's seed (device ports of the project hash, :func:`hash64_u32_device` and
+   with every FS row's seed (device twins of the project hash, :func:`hash64_u32_device` and
    ``hash64_5tuple_device``, equal to :mod:`telesketch.hashing`) and writes the flat cell index
    ``r * fs_width + h_fs[r](key) % fs_width`` (``int64[R * n]``);
 2. the cell indices are stably sorted on the device (:func:`~telesketch.gpu.core.stable_argsort`:
@@ -41,16 +41,15 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from telesketch import hashing
 from telesketch.gpu.core import (
     GpuUnavailableError,
-    _fmix64,
     backend,
     DeviceBuffers,
-    hash64_5tuple_device,
     launch,
     stable_argsort,
 )
-from telesketch.hashing import _SEED_OFFSET, GOLDEN
+from telesketch.jit import device, device_twin, gpu_kernel
 from telesketch.sketches import hiddensketch as _cpu
 
 __all__ = ["HiddenSketch", "GpuUnavailableError", "device_hash_key_words", "hash64_u32_device",
@@ -60,65 +59,25 @@ __all__ = ["HiddenSketch", "GpuUnavailableError", "device_hash_key_words", "hash
 # and unsigned integers (Numba would promote the mix to float64); index arithmetic is int64.
 _U64 = np.uint64
 _I64 = np.int64
-_ZERO, _ONE = _U64(0), _U64(1)
-_S6, _S8, _S24, _S32, _S48 = _U64(6), _U64(8), _U64(24), _U64(32), _U64(48)
-_LOW6, _LOW8, _LOW16 = _U64(63), _U64(0xFF), _U64(0xFFFF)
-_LOW32 = _U64(0xFFFFFFFF)
-_B1, _B2 = _U64(0xFF00), _U64(0xFF)
-_LEN4 = _U64((4 * int(GOLDEN)) & (2**64 - 1))  # the 4-byte key length, folded into the initial state
+_ONE = _U64(1)
+_S6 = _U64(6)
+_LOW6 = _U64(63)
 _CM_ONE = np.uint32(1)
 _FS_INFINITE = _cpu.FS_INFINITE  # "every row saturated": larger than any threshold
 
 
 # ============================================================================ device hashing
-@cuda.jit(device=True)
-def hash64_u32_device(key, seed):
-    """Device port of ``telesketch.hashing.hash64_u32``: a 4-byte key given as its big-endian value."""
-    h = _fmix64(_fmix64(seed * GOLDEN + _SEED_OFFSET) ^ _LEN4)
-    h = _fmix64(h ^ (_U64(key) << _S32)) + GOLDEN
-    return _fmix64(h)
+# The device functions of the CPU twins (telesketch.jit.device_twin): the same Python source.
+#: ``telesketch.hashing.hash64_u32`` on the device: a 4-byte key given as its big-endian value.
+hash64_u32_device = device_twin(hashing.hash64_u32)
+#: The CPU ``_hash_key`` on the device: hash of the ``nbytes``-byte (4 or 13) little-endian buffer
+#: of the integer ``(hi << 64) | lo`` (``uint64`` words), through the project hash.
+hash_key_device = device_twin(_cpu._hash_key)
+#: The CPU ``_partial``: bits ``[start, end)`` of the 128-bit key ``(hi, lo)`` moved to bit 0.
+_partial = device_twin(_cpu._partial)
 
 
-@cuda.jit(device=True, inline=True)
-def _bswap32(x):
-    x = x & _LOW32
-    return ((x & _B2) << _S24) | ((x & _B1) << _S8) | ((x >> _S8) & _B1) | (x >> _S24)
-
-
-@cuda.jit(device=True, inline=True)
-def _bswap64(x):
-    return (_bswap32(x) << _S32) | _bswap32(x >> _S32)
-
-
-@cuda.jit(device=True)
-def hash_key_device(lo, hi, nbytes, seed):
-    """Device port of the CPU ``_hash_key``: hash of the ``nbytes``-byte (4 or 13) little-endian
-    buffer of the integer ``(hi << 64) | lo`` (``uint64`` words), through the project hash."""
-    if nbytes == 4:
-        return hash64_u32_device(_bswap32(lo), seed)
-    w0 = _bswap64(lo)  # bytes 0..7 read big-endian
-    w1 = _bswap64(hi)  # bytes 8..12 (13..15 zero)
-    return hash64_5tuple_device(w0 >> _S32, w0 & _LOW32, w1 >> _S48, (w1 >> _S32) & _LOW16,
-                                (w1 >> _S24) & _LOW8, seed)
-
-
-@cuda.jit(device=True, inline=True)
-def _partial(lo, hi, start, end):
-    """Bits ``[start, end)`` of the 128-bit key ``(hi, lo)`` moved to bits ``0 .. end-start-1``
-    (CPU ``_partial``; ``start``/``end`` are ``int64``)."""
-    if start >= 64:
-        lo, hi = hi >> _U64(start - 64), _ZERO
-    elif start > 0:
-        lo, hi = (lo >> _U64(start)) | (hi << _U64(64 - start)), hi >> _U64(start)
-    nbits = end - start
-    if nbits >= 128:
-        return lo, hi
-    if nbits >= 64:
-        return lo, hi & ((_ONE << _U64(nbits - 64)) - _ONE)
-    return lo & ((_ONE << _U64(nbits)) - _ONE), _ZERO
-
-
-@cuda.jit(cache=True)
+@gpu_kernel
 def _hash_words_kernel(lo, hi, nbytes, seed, out):
     """``out[i] = hash_key_device(lo[i], hi[i], nbytes, seed)``, one thread per key."""
     i = cuda.grid(1)
@@ -141,7 +100,7 @@ def device_hash_key_words(lo: np.ndarray, hi: np.ndarray, nbytes: int, seed: int
 
 
 # ============================================================================ kernels: FS gate
-@cuda.jit(cache=True)
+@gpu_kernel
 def _fs_cells_kernel(lo, hi, nbytes, fs_seeds, width, cells):
     """Thread ``i`` (one per item): ``cells[r * n + i] = r * width + h_fs[r](key_i) % width``
     (``int64``) for every FS row ``r`` (``width`` is ``int64``)."""
@@ -154,7 +113,7 @@ def _fs_cells_kernel(lo, hi, nbytes, fs_seeds, width, cells):
             cells[r * n + i] = r * width + _I64(c)
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _fs_values_kernel(cells, order, fs, width, cap, values):
     """Thread ``j`` (one per sorted position): the counter value right after item ``order[j]``'s own
     increment, ``min(cap, base + rank + 1)`` with ``base`` the cell's value before the batch and
@@ -177,7 +136,7 @@ def _fs_values_kernel(cells, order, fs, width, cap, values):
     values[pos] = min(cap, base + (j - first) + 1)
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _fs_store_kernel(cells, order, width, values, fs):
     """Thread ``j``: if ``j`` is the last sorted position of its cell, store the cell's final value
     ``values[order[j]]`` (= ``min(cap, base + count)``) into ``fs``. Runs after
@@ -194,7 +153,7 @@ def _fs_store_kernel(cells, order, width, values, fs):
     fs[row, cell - row * width] = values[pos]
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _fs_query_kernel(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
     """Thread ``i``: the FS point query of key ``i`` (CPU ``_fs_query_one``): minimum over the rows
     whose counter is below ``cap``, ``FS_INFINITE`` if every row is saturated."""
@@ -210,7 +169,7 @@ def _fs_query_kernel(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
 
 
 # ============================================================================ kernels: SS insert
-@cuda.jit(device=True)
+@device
 def _ss_insert_one(klo, khi, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds, cm_seeds,
                    w_cm, seg, bf, cm):
     """``ss_insert(key, 1)`` (spec §6) with atomics: CM ``+1`` per row, OR of the key's segment bits
@@ -230,7 +189,7 @@ def _ss_insert_one(klo, khi, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, 
             cuda.atomic.or_(bf, (row0 + r, _I64(h >> _S6)), _ONE << (h & _LOW6))
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _ss_insert_kernel(lo, hi, values, n_rows, thresh, nbytes, n_blocks, blk_seed, seg_layout, bf_layout,
                       bf_seeds, cm_seeds, w_cm, seg, bf, cm):
     """Thread ``i`` (one per item): gate value ``g = min_r values[r * n + i]`` over ``n_rows`` rows;

@@ -11,8 +11,8 @@ Per batch (spec §2.4, "Batch execution"; the GPU port of the CPU ``parallel=Tru
 1. the stored keys of the batch (``uint32[n, W]`` little-endian words, CPU ``batch_words`` /
    ``bytes_to_words`` on the host: a byte swap, plus the fingerprint hash for the flow-size task)
    and the scores (clipped on the device, as ``float64``) are copied to the device;
-2. a kernel with one thread per packet hashes each key to its heavy bucket with a device port of
-   MurmurHash3 over key words (:func:`mmh3_words_device`, equal to the CPU ``_mmh3_words``);
+2. a kernel with one thread per packet hashes each key to its heavy bucket with the device twin of
+   MurmurHash3 over key words (:func:`mmh3_words_device`: the CPU ``_mmh3_words``, same source);
 3. the buckets are stably sorted on the device (:func:`~telesketch.gpu.core.stable_argsort`:
    ``cupy.sort`` or the bitonic kernel over composite keys), no host round trip;
 4. ONE segment kernel, where the first sorted position of each bucket runs that bucket's packets
@@ -49,24 +49,14 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from telesketch.gpu.core import DeviceBuffers, GpuUnavailableError, backend, launch, mix64_device, stable_argsort
+from telesketch.gpu.core import DeviceBuffers, GpuUnavailableError, backend, launch, stable_argsort
+from telesketch.jit import device, device_twin, gpu_kernel
 from telesketch.sketches import llmsketch as _cpu
 
 __all__ = ["LLMSketch", "GpuUnavailableError", "device_mmh3_words", "mmh3_words_device"]
 
-# Every operand of the hash arithmetic below is uint64 so it wraps mod 2^64 (on the device, a mix of
-# signed and unsigned operands would promote to float64).
 _U64 = np.uint64
-_M32 = _U64(0xFFFFFFFF)
-_C1 = _U64(0xCC9E2D51)
-_C2 = _U64(0x1B873593)
-_F1 = _U64(0x85EBCA6B)
-_F2 = _U64(0xC2B2AE35)
-_N1 = _U64(0xE6546B64)
-_S13, _S15, _S16, _S17, _S19 = _U64(13), _U64(15), _U64(16), _U64(17), _U64(19)
-_S40 = _U64(40)
-_U5, _U64_64, _U0 = _U64(5), _U64(64), _U64(0)
-_TWO24 = float(1 << 24)
+_U0 = _U64(0)
 _BUCKET_SEED = _U64(_cpu.BUCKET_SEED)
 SLOTS = _cpu.SLOTS
 CM_ROWS = _cpu.CM_ROWS
@@ -76,43 +66,17 @@ OP_NONE, OP_ADD, OP_EVICT = _cpu.OP_NONE, _cpu.OP_ADD, _cpu.OP_EVICT
 
 
 # ============================================================================ device hash and randomness
-@cuda.jit(device=True, inline=True)
-def _mmh3_block(k):
-    """MurmurHash3's per-block scramble of a 32-bit word held in a uint64."""
-    k = (k * _C1) & _M32
-    k = ((k << _S15) | (k >> _S17)) & _M32
-    return (k * _C2) & _M32
-
-
-@cuda.jit(device=True)
-def mmh3_words_device(words, nbytes, seed):
-    """Device port of the CPU ``_mmh3_words``: MurmurHash3 x86-32 of the ``nbytes`` bytes held in
-    ``words`` (``uint32[W]`` little-endian, zero-padded); ``seed`` uint64; a uint64 < 2^32."""
-    h = seed & _M32
-    nblocks = nbytes // 4
-    for b in range(nblocks):
-        h ^= _mmh3_block(_U64(words[b]))
-        h = ((h << _S13) | (h >> _S19)) & _M32
-        h = (h * _U5 + _N1) & _M32
-    if nbytes & 3:
-        h ^= _mmh3_block(_U64(words[nblocks]))
-    h ^= _U64(nbytes)
-    h ^= h >> _S16
-    h = (h * _F1) & _M32
-    h ^= h >> _S13
-    h = (h * _F2) & _M32
-    h ^= h >> _S16
-    return h
-
-
-@cuda.jit(device=True, inline=True)
-def _uniform(seed_mix, n, j):
-    """CPU ``uniform(seed_mix, n, j)`` in [0, 1): ``n``, ``j`` and ``seed_mix`` are uint64."""
-    return float(mix64_device(seed_mix ^ (n * _U64_64 + j)) >> _S40) / _TWO24
+# The device functions of the CPU twins (telesketch.jit.device_twin): the same Python source, every
+# hash operand uint64 so it wraps mod 2^64 (a signed/unsigned mix would promote to float64 on the device).
+#: The CPU ``_mmh3_words``: MurmurHash3 x86-32 of the ``nbytes`` bytes held in ``words``
+#: (``uint32[W]`` little-endian, zero-padded); ``seed`` uint64; a uint64 < 2^32.
+mmh3_words_device = device_twin(_cpu._mmh3_words)
+#: The CPU ``uniform(seed_mix, n, j)`` in [0, 1): ``n``, ``j`` and ``seed_mix`` are uint64.
+_uniform = device_twin(_cpu.uniform)
 
 
 # ============================================================================ device heavy insert
-@cuda.jit(device=True, inline=True)
+@device(inline=True)
 def _same_key(slot_words, b, s, keys, i):
     for j in range(keys.shape[1]):
         if slot_words[b, s, j] != keys[i, j]:
@@ -120,7 +84,7 @@ def _same_key(slot_words, b, s, keys, i):
     return True
 
 
-@cuda.jit(device=True)
+@device
 def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, op_key):
     """Device port of the CPU ``_heavy_insert`` (spec §2.2) for packet ``i`` (stream index ``n``,
     uint64) of bucket ``b``; returns ``(op, value)`` (int64). ``op_key[i]`` receives the key the
@@ -161,7 +125,7 @@ def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, op_
 
 
 # ============================================================================ kernels
-@cuda.jit(cache=True)
+@gpu_kernel
 def _buckets_kernel(keys, nbytes, n_buckets, out):
     """``out[i] = mmh3_32(key i, 100) mod n_buckets`` (int64; ``n_buckets`` uint64), one thread each."""
     i = cuda.grid(1)
@@ -169,7 +133,7 @@ def _buckets_kernel(keys, nbytes, n_buckets, out):
         out[i] = mmh3_words_device(keys[i], nbytes, _BUCKET_SEED) % n_buckets
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _hash_rows_kernel(keys, nbytes, seed, out):
     """``out[i] = mmh3_32(key i, seed)`` (uint64), one thread per key (exposed for the tests)."""
     i = cuda.grid(1)
@@ -177,7 +141,7 @@ def _hash_rows_kernel(keys, nbytes, seed, out):
         out[i] = mmh3_words_device(keys[i], nbytes, seed)
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _heavy_segments_kernel(slot_words, counts, lock, occ, keys, scores, buckets, order, n0, seed_mix,
                            op_type, op_key, op_val):
     """Grid-stride over sorted positions ``j`` (``order`` stably sorts ``buckets``, ``int64``): the
@@ -199,7 +163,7 @@ def _heavy_segments_kernel(slot_words, counts, lock, occ, keys, scores, buckets,
             t += 1
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _cm_targets_kernel(op_type, op_key, nbytes, width, none_target, targets):
     """Per packet ``i`` (one thread each): ``targets[3 i + r] = r * W + h_r(op_key[i]) mod W`` for the
     Count-Min rows ``r``, or ``none_target`` (``3 W``, sorts last) when ``i`` has no light operation.
@@ -215,7 +179,7 @@ def _cm_targets_kernel(op_type, op_key, nbytes, width, none_target, targets):
             targets[i * CM_ROWS + r] = r * np.int64(width) + col
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _cm_fold_kernel(cm, targets, order, none_target, op_type, op_val):
     """Grid-stride over sorted positions ``j`` (``order`` stably sorts ``targets``, the counters
     ``row * W + col`` of entry ``3 i + row``): the first position of each counter folds the

@@ -21,9 +21,9 @@ The result equals the serial loop's bit for bit (``tests/test_gpu_residualsketch
 per-layer parallel update, not an approximation. Its parallelism is ``|K|`` (4 in byte mode, up to
 32 in bit mode), and F stays one serial thread, so it is far from a GPU's width; the approximate
 **batched mode** of §5 (weighted per-batch updates, validated statistically) is **not
-implemented**. The device ports: lookup2 row hash (``bob_hash``), Lemire's ``fastmod`` and the
-replacement coins ``rand32`` (the same arithmetic, every hash operand ``uint64`` so nothing
-promotes to ``float64`` on the device).
+implemented**. The lookup2 row hash (``bob_hash``), Lemire's ``fastmod`` and the replacement
+coins ``rand32`` are the CPU functions themselves, compiled as device functions
+(:func:`telesketch.jit.device_twin`).
 
 State on the device between batches: ``ids`` (``uint32[m, 2, w]``), ``counts`` (``int32[m, 2, w]``)
 and ``occ`` (``uint8[m, 2, w]``), ``m = 1 + |K|`` blocks (block 0 = F); separate arrays rather than
@@ -43,67 +43,33 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from telesketch.gpu.core import DeviceBuffers, GpuUnavailableError, backend, launch, mix64_device
+from telesketch.gpu.core import DeviceBuffers, GpuUnavailableError, backend, launch
+from telesketch.jit import device, device_twin, gpu_kernel
 from telesketch.sketches import cocosketch as _coco
 from telesketch.sketches import residualsketch as _cpu
 
 __all__ = ["ResidualSketch", "CocoSketch", "GpuUnavailableError", "bob_hash_device", "rand32_device",
            "device_bob_hash"]
 
-# The CPU module's constants (all uint64): every operand of the hash arithmetic below is uint64 so it
-# wraps mod 2^64 (on the device, a mix of signed and unsigned operands would promote to float64).
 _U64 = np.uint64
 _M32 = _coco._M32
-_GOLDEN32 = _coco._GOLDEN32
 _ROW0, _ROW1 = _coco._ROW0, _coco._ROW1
-_S3, _S5, _S8, _S10, _S12, _S13, _S15, _S16 = (_U64(k) for k in (3, 5, 8, 10, 12, 13, 15, 16))
-_S32, _S64 = _U64(32), _U64(64)
 
 
 # ============================================================================ device hash and coins
-@cuda.jit(device=True)
-def bob_hash_device(x, c):
-    """Device port of the CPU ``bob_hash``: lookup2 of the 4 little-endian bytes of ``x`` with
-    ``c = initval + 4`` (both uint64); a uint32 value in a uint64."""
-    a = (_GOLDEN32 + x) & _M32
-    b = _GOLDEN32
-    a = (a - b - c) & _M32
-    a ^= c >> _S13
-    b = (b - c - a) & _M32
-    b ^= (a << _S8) & _M32
-    c = (c - a - b) & _M32
-    c ^= b >> _S13
-    a = (a - b - c) & _M32
-    a ^= c >> _S12
-    b = (b - c - a) & _M32
-    b ^= (a << _S16) & _M32
-    c = (c - a - b) & _M32
-    c ^= b >> _S5
-    a = (a - b - c) & _M32
-    a ^= c >> _S3
-    b = (b - c - a) & _M32
-    b ^= (a << _S10) & _M32
-    c = (c - a - b) & _M32
-    c ^= b >> _S15
-    return c
-
-
-@cuda.jit(device=True, inline=True)
-def rand32_device(seed_mix, n, j):
-    """Device port of the CPU ``rand32``: the replacement coin of block ``j`` at packet ``n`` (uint64 args)."""
-    return mix64_device(seed_mix ^ (n * _S64 + j)) >> _S32
-
-
-@cuda.jit(device=True, inline=True)
-def _fastmod(a, magic, d):
-    """CPU ``fastmod``: ``a mod d`` for 32-bit ``a``, ``d`` (``magic = fastmod_magic(d)``), uint64."""
-    low = magic * a
-    t = (low & _M32) * d
-    return ((low >> _S32) * d + (t >> _S32)) >> _S32
+# The device functions of the CPU twins (telesketch.jit.device_twin): the same Python source, every
+# operand uint64 so it wraps mod 2^64 (a signed/unsigned mix would promote to float64 on the device).
+#: The CPU ``bob_hash``: lookup2 of the 4 little-endian bytes of ``x`` with ``c = initval + 4``
+#: (both uint64); a uint32 value in a uint64.
+bob_hash_device = device_twin(_coco.bob_hash)
+#: The CPU ``rand32``: the replacement coin of block ``j`` at packet ``n`` (uint64 args).
+rand32_device = device_twin(_coco.rand32)
+#: The CPU ``fastmod``: ``a mod d`` for 32-bit ``a``, ``d`` (``magic = fastmod_magic(d)``), uint64.
+_fastmod = device_twin(_coco.fastmod)
 
 
 # ============================================================================ device update
-@cuda.jit(device=True, inline=True)
+@device(inline=True)
 def _bump(counts, blk, row, pos, T, decrement):
     """CPU ``_bump``: ``+1``, or with ``decrement`` ``max(0, count + 1 - T)`` (int64); returns it."""
     c = np.int64(counts[blk, row, pos]) + 1
@@ -113,7 +79,7 @@ def _bump(counts, blk, row, pos, T, decrement):
     return c
 
 
-@cuda.jit(device=True)
+@device
 def _coco_insert(ids, counts, occ, blk, x, w, wmagic, seed_mix, n, T, decrement):
     """Device port of the CPU ``coco_insert`` into block ``blk`` (int64) of key ``x`` (uint64 holding a
     u32) at packet ``n`` (uint64): the post-update count (int64) if ``x`` was held, else 0."""
@@ -139,7 +105,7 @@ def _coco_insert(ids, counts, occ, blk, x, w, wmagic, seed_mix, n, T, decrement)
 _BYPASS, _DECREMENT, _INSERT = 0, 1, 2
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _f_kernel(keys, ids, counts, occ, T, seed_mix, n0, connection, w, wmagic, actions):
     """Block F's part of the CPU ``stream_kernel`` loop (spec §3) over ``keys`` (``uint32[n]``) for
     packets ``n0 .. n0+n-1``, run by thread 0 only (order-dependent); ``actions[i]`` (``uint8``)
@@ -162,7 +128,7 @@ def _f_kernel(keys, ids, counts, occ, T, seed_mix, n0, connection, w, wmagic, ac
         actions[i] = action
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _blocks_kernel(keys, ids, counts, occ, masks, n_masks, T, seed_mix, n0, w, wmagic, actions):
     """Thread ``j`` runs Residual Block ``j + 1`` (prefix mask ``masks[j]``, ``uint32``) over the
     batch in packet order, following F's ``actions``; blocks share no state, so they run at once."""
@@ -177,7 +143,7 @@ def _blocks_kernel(keys, ids, counts, occ, masks, n_masks, T, seed_mix, n0, w, w
                          action == _DECREMENT)
 
 
-@cuda.jit(cache=True)
+@gpu_kernel
 def _bob_hash_kernel(keys, c, out):
     """``out[i] = bob_hash_device(keys[i], c)`` (uint64), one thread per key (exposed for the tests)."""
     i = cuda.grid(1)

@@ -28,10 +28,11 @@ import numba as nb
 import numpy as np
 
 from telesketch.hashing import mix64
+from telesketch.jit import kernel, twin
 from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
-from telesketch.sketches.exact import hhh_from_counts, layers_for, prefix_mask
+from telesketch.sketches.hierarchy import hhh_from_counts, layers_for, prefix_mask
 
 BUCKET_BYTES = 8  # id (u32) + count (i32); the occupancy flag is not charged (spec §2)
 ROWS = 2
@@ -50,7 +51,7 @@ _S32, _S64 = _S[32], _S[64]
 
 
 # ---------------------------------------------------------------------------- scalar kernels
-@nb.njit(nb.uint64(nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64), inline=True, device_inline=False)
 def bob_hash(x, c):
     """lookup2 of the 4 little-endian bytes of ``x`` with ``c = initval + 4``; uint32 in a uint64."""
     a = (_GOLDEN32 + x) & _M32
@@ -76,13 +77,13 @@ def bob_hash(x, c):
     return c
 
 
-@nb.njit(nb.uint64(nb.uint64, nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64, nb.uint64), inline=True)
 def rand32(seed_mix, n, j):
     """``rand32(seed, n, j)`` given ``seed_mix = mix64(seed)``: the replacement coin of block j at packet n."""
     return mix64(seed_mix ^ (n * _S64 + j)) >> _S32
 
 
-@nb.njit(nb.uint64(nb.uint64, nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64, nb.uint64), inline=True)
 def fastmod(a, magic, d):
     """``a mod d`` for 32-bit ``a`` and ``d`` via Lemire's fastmod (``magic = 2^64 // d + 1``, mod 2^64).
 
@@ -98,7 +99,7 @@ def fastmod_magic(d: int) -> np.uint64:
     return np.uint64(((2**64 - 1) // d + 1) % 2**64)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def coco_insert(cells, occ, blk, x, w, wmagic, seed_mix, n, T, decrement):
     """Insert key ``x`` (uint64 holding a u32) with weight 1 into block ``blk`` (spec §2).
 
@@ -124,7 +125,7 @@ def coco_insert(cells, occ, blk, x, w, wmagic, seed_mix, n, T, decrement):
     return 0
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _bump(cells, blk, row, pos, T, decrement):
     if decrement:
         c = max(nb.int64(0), nb.int64(cells[blk, row, pos].count) + 1 - T)
@@ -134,7 +135,7 @@ def _bump(cells, blk, row, pos, T, decrement):
     return c
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def stream_kernel(keys, cells, occ, masks, T, seed_mix, n0, connection, wmagic):
     """The sequential update loop of spec §3 over ``keys`` (uint32[n]) for packets ``n0 .. n0+n-1``.
 
@@ -245,7 +246,7 @@ def sum_layer_estimates(maps: Iterable[Mapping[int, Mapping[int, int]]]) -> Laye
 def hhh_pass(est: Mapping[int, Mapping[int, int]], threshold: float) -> list[HHHEntry]:
     """The discounted HHH set of per-layer estimates (spec §3 "HHH query"), as entries.
 
-    The pass itself is :func:`telesketch.sketches.exact.hhh_from_counts` (``p`` at layer ``L`` is
+    The pass itself is :func:`telesketch.sketches.hierarchy.hhh_from_counts` (``p`` at layer ``L`` is
     reported iff ``est > T`` and ``c = est - covered > T``); this adds the unconditioned estimate
     to each entry. Returns entries finest layer first, ascending prefix within a layer.
     """

@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Mapping, Sequence
 
-import numba as nb
 import numpy as np
 
-BYTE_LAYERS: tuple[int, ...] = (0, 8, 16, 24, 32)
-BIT_LAYERS: tuple[int, ...] = tuple(range(33))
+from telesketch.jit import kernel
+from telesketch.sketches.hierarchy import BYTE_LAYERS, hhh_from_counts, layers_for, prefix_mask
 
 
 # ---------------------------------------------------------------------------- keys and counts
@@ -100,22 +99,6 @@ def heavy_changers(
 
 
 # ---------------------------------------------------------------------------- hierarchical heavy hitters
-def prefix_mask(length: int) -> int:
-    """Network mask of a prefix length as a ``u32`` value (``/0`` is 0)."""
-    if not 0 <= length <= 32:
-        raise ValueError(f"prefix length must be in [0, 32], got {length}")
-    return 0 if length == 0 else (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
-
-
-def layers_for(mode: str) -> tuple[int, ...]:
-    """Prefix lengths of a hierarchy: ``byte`` (5 layers) or ``bit`` (33 layers)."""
-    if mode == "byte":
-        return BYTE_LAYERS
-    if mode == "bit":
-        return BIT_LAYERS
-    raise ValueError(f"unknown hierarchy mode {mode!r}; use 'byte' or 'bit'")
-
-
 def prefix_counts(addresses: np.ndarray, layers: Sequence[int] = BYTE_LAYERS) -> dict[int, dict[int, int]]:
     """Exact ``{length: {prefix_value: count}}`` of every prefix that occurs, for each layer."""
     addresses = np.asarray(addresses, dtype=np.uint32)
@@ -124,39 +107,6 @@ def prefix_counts(addresses: np.ndarray, layers: Sequence[int] = BYTE_LAYERS) ->
         values, counts = np.unique(addresses & np.uint32(prefix_mask(length)), return_counts=True)
         out[length] = dict(zip(values.tolist(), counts.tolist()))
     return out
-
-
-def hhh_from_counts(
-    counts: Mapping[int, Mapping[int, float]], threshold: float
-) -> dict[tuple[int, int], float]:
-    """The discounted HHH set from per-layer counts ``{length: {prefix: count}}``.
-
-    Layers are processed finest to coarsest; ``c(p) = f(p) - sum of c(q)`` over reported ``q``
-    below ``p``; ``p`` is an HHH iff ``f(p) > T`` and ``c(p) > T``. Works for exact counts and for
-    per-layer sketch estimates alike (the ResidualSketch query and shard merge use it): a prefix
-    that only carries covered mass (a sketch may miss a parent whose children it reported) is
-    still visited, so covered mass always reaches the coarser layers.
-    Returns ``{(prefix, length): c(p)}``.
-    """
-    reported: dict[tuple[int, int], float] = {}
-    carry: dict[int, float] = {}  # prefix at the previous (finer) layer -> covered mass below it
-    for length in sorted(counts, reverse=True):
-        mask = prefix_mask(length)
-        covered: dict[int, float] = {}
-        for prefix, mass in carry.items():
-            covered[prefix & mask] = covered.get(prefix & mask, 0) + mass
-        layer = counts[length]
-        carry = {}
-        for prefix in layer.keys() | covered.keys():
-            f = layer.get(prefix, 0)
-            below = covered.get(prefix, 0)
-            c = f - below
-            if f > threshold and c > threshold:
-                reported[(prefix, length)] = c
-                below = f
-            if below:
-                carry[prefix] = below
-    return reported
 
 
 def hhh(
@@ -172,7 +122,7 @@ def hhh(
 
 
 # ---------------------------------------------------------------------------- GapFilter ground truth
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _gap_labels_kernel(flow_ids, seq, n_flows, t1, t2, reset):
     labels = np.zeros(flow_ids.shape[0], np.bool_)
     last = np.zeros(n_flows, np.int64)

@@ -41,6 +41,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from telesketch.hashing import hash64_5tuple, hash64_u32, mix64
+from telesketch.jit import kernel, twin
 from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
@@ -222,13 +223,13 @@ class GapFilterStrawParams(_CommonParams):
 
 
 # ============================================================================ scalar helpers
-@nb.njit(nb.int64(nb.int64), cache=True, nogil=True, inline="always")
+@twin(nb.int64(nb.int64), inline=True)
 def _s16(x):
     """``x mod 2^16`` read as a signed 16-bit value."""
     return ((x + 32768) & 0xFFFF) - 32768
 
 
-@nb.njit(nb.int64(nb.int64, nb.int64), cache=True, nogil=True, inline="always")
+@twin(nb.int64(nb.int64, nb.int64), inline=True)
 def _sat_diff(a, b):
     """``sat16(s16(a) - s16(b))``: the reference's saturating int16 subtraction."""
     d = _s16(a) - _s16(b)
@@ -257,7 +258,7 @@ def mod_magic(divisor: int) -> np.uint64:
     return np.uint64(_MASK64 // int(divisor))
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _fastmod(h, divisor, magic):
     """Exactly ``h % divisor`` (``uint64``) via a multiply-high estimate and at most a few
     two corrections: a 64-bit division costs tens of cycles and dominated the per-item cost."""
@@ -266,7 +267,7 @@ def _fastmod(h, divisor, magic):
     return r - divisor if r >= divisor else r
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _rotated_item(h, seq, n_buckets, magic, fp_mask):
     """``(idx, v | fp << 16)`` of an item from its 64-bit hash and raw SEQ (§3)."""
     idx = np.int64(_fastmod(h, _U64(n_buckets), magic))
@@ -315,7 +316,7 @@ def _so_nearest(typingctx, w, v, modular):
     return sig, codegen
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _so_step(w, v, t1, t2, modular):
     """One SO item into a bucket word; returns ``(new_word, report, md)``.
 
@@ -426,7 +427,7 @@ def _ao_move(typingctx, cells, bucket, m, r, value):
     return sig, codegen
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _ao_step(cells, b, item, sz, t1, t2, civilian_front):
     """One AO item (``v | fp << 16``) into bucket ``b`` of ``cells`` (``uint32[nb, 8]``, lane =
     ``seq | fp << 16``, 0 = empty); returns ``(report, md)``. Project-default semantics (fixes A+B).
@@ -464,14 +465,14 @@ def _ao_step(cells, b, item, sz, t1, t2, civilian_front):
 _BLOCK = 1024  # items hashed ahead of the ordered step loop (keeps the hash pipeline full)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, fp_mask, idx, items):
     for i in range(start, stop):
         h = hash64_5tuple(src[i], dst[i], sport[i], dport[i], proto[i], seed)
         idx[i - start], items[i - start] = _rotated_item(h, seq[i], n_buckets, magic, fp_mask)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, modular, flags, jumps):
     """Serial SO loop in arrival order (hashing a block ahead); ``flags`` must be zeroed."""
     idx = np.empty(_BLOCK, np.int64)
@@ -488,7 +489,7 @@ def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, m
                 jumps[i] = md
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _ao_serial(cells, src, dst, sport, dport, proto, seq, seed, magic, fp_mask, sz, t1, t2, civ, flags, jumps):
     """Serial AO loop in arrival order (hashing a block ahead); ``flags`` must be zeroed."""
     idx = np.empty(_BLOCK, np.int64)
@@ -505,7 +506,7 @@ def _ao_serial(cells, src, dst, sport, dport, proto, seq, seed, magic, fp_mask, 
 
 
 # ============================================================================ parallel kernels
-@nb.njit(cache=True, nogil=True, parallel=True)
+@kernel(parallel=True)
 def _hash_stage(src, dst, sport, dport, proto, seq, seed, n_buckets, magic, fp_mask, idx, items):
     """Per item: bucket ``idx`` (``int32``) and packed ``v | fp << 16`` (``uint32``), in parallel."""
     for i in prange(src.shape[0]):
@@ -515,7 +516,7 @@ def _hash_stage(src, dst, sport, dport, proto, seq, seed, n_buckets, magic, fp_m
         items[i] = item
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@kernel(parallel=True)
 def _partition_by_bucket(idx, items, n_buckets, n_chunks):
     """Stable counting sort by bucket, chunked for threads.
 
@@ -549,7 +550,7 @@ def _partition_by_bucket(idx, items, n_buckets, n_chunks):
     return order, sorted_items, starts
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _schedule(starts, n_workers):
     """Deal non-empty buckets to workers longest-first in snake order (a cheap LPT schedule).
 
@@ -579,7 +580,7 @@ def _schedule(starts, n_workers):
     return buckets, per_worker
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@kernel(parallel=True)
 def _so_segments(words, order, sorted_items, starts, buckets, worker_starts, t1, t2, modular, flags, jumps):
     """Run each bucket's items in arrival order; workers (threads) own disjoint buckets."""
     for worker in prange(worker_starts.shape[0] - 1):
@@ -594,7 +595,7 @@ def _so_segments(words, order, sorted_items, starts, buckets, worker_starts, t1,
             words[b] = w
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@kernel(parallel=True)
 def _ao_segments(cells, order, sorted_items, starts, buckets, worker_starts, sz, t1, t2, civ, flags, jumps):
     """AO counterpart of :func:`_so_segments`."""
     for worker in prange(worker_starts.shape[0] - 1):
@@ -608,28 +609,28 @@ def _ao_segments(cells, order, sorted_items, starts, buckets, worker_starts, sz,
 
 
 # ============================================================================ Straw-man (§5.2)
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _splitmix64(state):
     """splitmix64: returns ``(output, new_state)``."""
     state = state + _U64(0x9E3779B97F4A7C15)
     return mix64(state), state
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _fp_hash(fp, seed):
     """Hash of the fingerprint's 4 little-endian bytes (``hash_bytes(fp.to_bytes(4, 'little'))``)."""
     swapped = ((fp & 0xFF) << 24) | ((fp & 0xFF00) << 8) | ((fp >> 8) & 0xFF00) | ((fp >> 24) & 0xFF)
     return hash64_u32(nb.uint32(swapped), seed)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _straw_alt(k, fp, bb, magic, seed1, seed2):
     if k < bb:
         return np.int64(_fastmod(_fp_hash(fp, seed2), _U64(bb), magic)) + bb
     return np.int64(_fastmod(_fp_hash(fp, seed1), _U64(bb), magic))
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _straw_place_empty(fps, seqs, k, fp, s):
     for j in range(4):
         if fps[k, j] == 0:
@@ -639,7 +640,7 @@ def _straw_place_empty(fps, seqs, k, fp, s):
     return False
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _straw_serial(fps, seqs, rng, src, dst, sport, dport, proto, seq, seeds, t1, t2, reset, flags, jumps):
     """Serial Straw-man loop (lookup, insert, up to 8 cuckoo kicks); ``rng[0]`` is the PRNG state."""
     bb = fps.shape[0] // 2

@@ -48,6 +48,7 @@ import numba as nb
 import numpy as np
 
 from telesketch.hashing import hash64_5tuple, hash64_u32
+from telesketch.jit import kernel, twin
 from telesketch.sketches.core import NotMergeableError, SketchError, check_same_params, pack_state, unpack_state
 from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
 
@@ -319,7 +320,7 @@ class _Layout:
 
 
 # ============================================================================ Numba kernels: keys
-@nb.njit(cache=True, nogil=True, inline="always")
+@twin(inline=True)
 def _bswap32(x):
     x = x & _U64(0xFFFFFFFF)
     return (
@@ -330,12 +331,12 @@ def _bswap32(x):
     )
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@twin(inline=True)
 def _bswap64(x):
     return (_bswap32(x) << _U64(32)) | _bswap32(x >> _U64(32))
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@twin(inline=True, device_inline=False)
 def _hash_key(lo, hi, nbytes, seed):
     """Hash of the ``nbytes``-byte little-endian buffer of the integer ``(hi << 64) | lo``."""
     if nbytes == 4:
@@ -352,7 +353,7 @@ def _hash_key(lo, hi, nbytes, seed):
     )
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@twin(inline=True)
 def _shr128(lo, hi, s):
     if s == 0:
         return lo, hi
@@ -361,7 +362,7 @@ def _shr128(lo, hi, s):
     return (lo >> _U64(s)) | (hi << _U64(64 - s)), hi >> _U64(s)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _shl128(lo, hi, s):
     if s == 0:
         return lo, hi
@@ -370,7 +371,7 @@ def _shl128(lo, hi, s):
     return lo << _U64(s), (hi << _U64(s)) | (lo >> _U64(64 - s))
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@twin(inline=True)
 def _low_bits128(lo, hi, nbits):
     if nbits >= 128:
         return lo, hi
@@ -379,14 +380,14 @@ def _low_bits128(lo, hi, nbits):
     return lo & ((_ONE << _U64(nbits)) - _ONE), _ZERO
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@twin(inline=True)
 def _partial(lo, hi, start, end):
     """Bits ``[start, end)`` of a key moved to positions ``0 .. end-start-1``."""
     a, b = _shr128(lo, hi, start)
     return _low_bits128(a, b, end - start)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _bf_query(bf, bf_layout, j, bf_seeds, lo, hi, nbytes):
     row0, rows, bits = bf_layout[j, 2], bf_layout[j, 3], _U64(bf_layout[j, 4])
     for r in range(rows):
@@ -396,7 +397,7 @@ def _bf_query(bf, bf_layout, j, bf_seeds, lo, hi, nbytes):
     return True
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _fs_query_one(fs, fs_seeds, width, cap, lo, hi, nbytes):
     est = FS_INFINITE
     for r in range(fs_seeds.shape[0]):
@@ -407,7 +408,7 @@ def _fs_query_one(fs, fs_seeds, width, cap, lo, hi, nbytes):
 
 
 # ============================================================================ Numba kernels: update
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _fs_gate(lo, hi, nbytes, fs, fs_seeds, width, cap, thresh, gated):
     """Serial FS update (spec §6) in arrival order; writes the indices of gated items, returns count.
 
@@ -432,13 +433,13 @@ def _fs_gate(lo, hi, nbytes, fs, fs_seeds, width, cap, thresh, gated):
     return n_gated
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _fs_query_many(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
     for i in range(lo.shape[0]):
         out[i] = _fs_query_one(fs, fs_seeds, width, cap, lo[i], hi[i], nbytes)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _ss_insert(lo, hi, sel, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds,
                      cm_seeds, w_cm, seg, bf, cm):
     """``ss_insert(key, 1)`` (spec §6) for the items ``sel`` into the given SEG / BF / CM arrays.
@@ -474,7 +475,7 @@ def _ss_insert(lo, hi, sel, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, b
 
 
 # ============================================================================ Numba kernels: decode
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _append(buf_lo, buf_hi, n, lo, hi):
     if n == buf_lo.shape[0]:
         new_lo = np.empty(2 * n + 16, np.uint64)
@@ -487,7 +488,7 @@ def _append(buf_lo, buf_hi, n, lo, hi):
     return buf_lo, buf_hi
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _decode_block(b, seg, seg_layout, bf, bf_layout, bf_seeds, blk_seed, n_blocks, nbytes,
                   post_order, child_ptr, child_idx, suffix, max_enum):
     """Candidate enumeration of one block (spec §7.1).
@@ -575,7 +576,7 @@ def _decode_block(b, seg, seg_layout, bf, bf_layout, bf_seeds, blk_seed, n_block
     return cand_lo[root][keep], cand_hi[root][keep], False, enumerated
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _peel(lo, hi, nbytes, cm, cm_seeds, w_cm):
     """Peel the CM over the candidate set (spec §7.3), FIFO queue.
 
@@ -654,7 +655,7 @@ def _peel(lo, hi, nbytes, cm, cm_seeds, w_cm):
     return f_ss, all_zero, removed, counter
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _tighten(buckets, residual, upper, unresolved, rounds):
     """Interval propagation over the residual CM of a complete candidate set (``int64`` in place).
 
@@ -696,7 +697,7 @@ def _tighten(buckets, residual, upper, unresolved, rounds):
     return lower
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _cm_buckets(lo, hi, nbytes, cm_seeds, w_cm, out):
     """``out[i, r] = r * w_cm + h_r(key i) % w_cm``: key ``i``'s bucket in the flat (row-major) CM."""
     wc = _U64(w_cm)
@@ -705,7 +706,7 @@ def _cm_buckets(lo, hi, nbytes, cm_seeds, w_cm, out):
             out[i, r] = r * w_cm + np.int64(_hash_key(lo[i], hi[i], nbytes, cm_seeds[r]) % wc)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _cm_min_many(lo, hi, nbytes, cm, cm_seeds, w_cm, out):
     wc = _U64(w_cm)
     for i in range(lo.shape[0]):

@@ -59,11 +59,12 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from telesketch.hashing import mix64
+from telesketch.jit import kernel, twin
 from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
 from telesketch.sketches.cocosketch import fastmod
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
-from telesketch.sketches.exact import prefix_mask
+from telesketch.sketches.hierarchy import prefix_mask
 
 ALGORITHM = "llmsketch"
 STATE_VERSION = 1
@@ -93,12 +94,12 @@ _TWO24 = float(1 << 24)
 
 
 # ---------------------------------------------------------------------------- hash and randomness
-@nb.njit(nb.uint64(nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64), inline=True)
 def _rotl32(x, r):
     return ((x << r) | (x >> (_U64(32) - r))) & _M32
 
 
-@nb.njit(nb.uint64(nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+@twin(nb.uint64(nb.uint64, nb.uint64), inline=True)
 def _fmix32(h, nbytes):
     """MurmurHash3's length mix-in and 32-bit finaliser."""
     h ^= nbytes
@@ -110,7 +111,7 @@ def _fmix32(h, nbytes):
     return h
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def mmh3_32(data, seed):
     """MurmurHash3 x86 32-bit (unsigned) of the bytes ``data`` (``uint8[k]``); a uint64 < 2^32."""
     h = _U64(seed) & _M32
@@ -142,7 +143,7 @@ def mmh3_32(data, seed):
     return _fmix32(h, _U64(n))
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _mmh3_rows_kernel(keys, seed, out):
     for i in range(keys.shape[0]):
         out[i] = mmh3_32(keys[i], seed)
@@ -156,7 +157,7 @@ def mmh3_rows(keys: np.ndarray, seed: int) -> np.ndarray:
     return out.astype(np.uint32)
 
 
-@nb.njit(nb.float64(nb.uint64, nb.uint64, nb.uint64), cache=True, nogil=True, inline="always")
+@twin(nb.float64(nb.uint64, nb.uint64, nb.uint64), inline=True)
 def uniform(seed_mix, n, j):
     """``uniform(seed, n, j)`` in [0, 1) given ``seed_mix = mix64(seed)``; j=0 lock, j=1 Coco."""
     return float(mix64(seed_mix ^ (n * _U64(64) + j)) >> _U64(40)) / _TWO24
@@ -166,7 +167,7 @@ def uniform(seed_mix, n, j):
 # Inside the kernels a stored key is ``W`` little-endian uint32 words of its bytes, zero-padded to
 # ``4 W`` bytes (W = 1 for the 4-byte keys, 4 for the 13-byte key13): one compare per word, and
 # MurmurHash3's 4-byte blocks are exactly these words.
-@nb.njit(cache=True, nogil=True, inline="always")
+@twin(inline=True, device_inline=False)
 def _mmh3_words(words, nbytes, seed):
     """``mmh3_32`` of the ``nbytes`` bytes held in ``words`` (uint32 little-endian, zero-padded)."""
     h = _U64(seed) & _M32
@@ -186,20 +187,20 @@ def _mmh3_words(words, nbytes, seed):
     return _fmix32(h, _U64(nbytes))
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _bswap32(x):
     x = np.uint32(x)
     return ((x & np.uint32(0xFF)) << np.uint32(24)) | ((x & np.uint32(0xFF00)) << np.uint32(8)) | (
         (x >> np.uint32(8)) & np.uint32(0xFF00)) | (x >> np.uint32(24))
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _bswap16(x):
     x = np.uint32(x)
     return ((x & np.uint32(0xFF)) << np.uint32(8)) | (x >> np.uint32(8))
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _batch_words_kernel(task, src_ip, dst_ip, src_port, dst_port, proto, out):
     """Stored keys of a batch straight from its columns (task 0 flow_size, 1 heavy_hitters, 2 hhh)."""
     k13 = np.zeros(4, np.uint32)
@@ -218,7 +219,7 @@ def _batch_words_kernel(task, src_ip, dst_ip, src_port, dst_port, proto, out):
 
 
 # ---------------------------------------------------------------------------- heavy part
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _same_key(slot_words, b, s, keys, i):
     for j in range(keys.shape[1]):
         if slot_words[b, s, j] != keys[i, j]:
@@ -288,7 +289,7 @@ def _heavy_scan(typingctx, slot_words, counts, lock, occ, bucket, key):
     return sig, codegen
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _heavy_insert_one_word(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, victim_key):
     """:func:`_heavy_insert` for one-word keys (``flow_size``, ``hhh``), the slot scan vectorised."""
     key = keys[i, 0]
@@ -318,7 +319,7 @@ def _heavy_insert_one_word(slot_words, counts, lock, occ, b, keys, i, p, seed_mi
     return OP_EVICT, old
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, victim_key):
     """Spec §2.2 for packet ``i`` (stream index ``n``) in bucket ``b``.
 
@@ -357,7 +358,7 @@ def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, vic
 
 
 # ---------------------------------------------------------------------------- light parts
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _countmin_op(cm, key, nbytes, op, val, wmagic):
     """Saturating add (``OP_ADD``) or max-merge (``OP_EVICT``) of ``val`` into every row
     (``wmagic = _mod_magic(width)``)."""
@@ -372,7 +373,7 @@ def _countmin_op(cm, key, nbytes, op, val, wmagic):
             cm[r, col] = v
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix, wmagic):
     """``coco_insert(key, val, uniform(seed, n, 1))`` (spec §2.2); ids are big-endian addresses."""
     w = _U64(ids.shape[1])
@@ -396,7 +397,7 @@ def _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix, wmagic):
         cocc[row, col] = 1
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _light_op(light, cm, ids, ccounts, cocc, key, nbytes, op, val, n, seed_mix, wmagic):
     if light == 1:
         _countmin_op(cm, key, nbytes, op, val, wmagic)
@@ -404,7 +405,7 @@ def _light_op(light, cm, ids, ccounts, cocc, key, nbytes, op, val, n, seed_mix, 
         _coco_op(ids, ccounts, cocc, key, nbytes, val, n, seed_mix, wmagic)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _mod_magic(d):
     """``fastmod``'s multiplier for divisor ``d`` (``2^64 // d + 1`` mod 2^64); 0 for ``d == 0``.
 
@@ -415,18 +416,18 @@ def _mod_magic(d):
     return _U64(0xFFFFFFFFFFFFFFFF) // _U64(d) + _U64(1)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _light_width(light, cm, ids):
     return _U64(cm.shape[1]) if light == 1 else (_U64(ids.shape[1]) if light == 2 else _U64(0))
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _score_of(scores, i):
     p = float(scores[i])
     return 0.0 if p < 0.0 else (1.0 if p > 1.0 else p)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _update_serial(slot_words, counts, lock, occ, cm, ids, ccounts, cocc, light, nbytes, keys, scores, n0,
                    seed_mix):
     """The spec's serial loop over a batch: heavy insert, then that packet's light operation.
@@ -453,13 +454,13 @@ def _update_serial(slot_words, counts, lock, occ, cm, ids, ccounts, cocc, light,
             _light_op(light, cm, ids, ccounts, cocc, victim_key, nbytes, op, val, n, seed_mix, wmagic)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _buckets_kernel(keys, nbytes, nb_buckets, out):
     for i in range(keys.shape[0]):
         out[i] = np.int64(_mmh3_words(keys[i], nbytes, _U64(BUCKET_SEED)) % _U64(nb_buckets))
 
 
-@nb.njit(cache=True, nogil=True, parallel=True)
+@kernel(parallel=True)
 def _heavy_parallel(slot_words, counts, lock, occ, keys, buckets, scores, order, seg_starts, n0, seed_mix,
                     op_type, op_key, op_val):
     """Opt-in parallel heavy part: each bucket segment of ``order`` (packets sorted stably by bucket)
@@ -473,7 +474,7 @@ def _heavy_parallel(slot_words, counts, lock, occ, keys, buckets, scores, order,
             op_val[i] = val
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _light_apply(light, cm, ids, ccounts, cocc, nbytes, keys, op_type, op_key, op_val, n0, seed_mix):
     """The recorded light-part operations in stream order (they do not commute)."""
     wmagic = _mod_magic(_light_width(light, cm, ids))
@@ -951,7 +952,7 @@ class LLMSketch(Sketch):
         return {name: arr.copy() for name, arr in self._arrays().items()} | {"packets": self.packets}
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _slot_packets_kernel(slot_keys, packet_keys, index):
     """``index[j]``: the last packet ``i`` with ``packet_keys[i] == slot_keys[j]`` (-1 stays where
     none is). Keys are 32-bit fingerprints (flow-size task), distinct among the slots, so they index
@@ -977,7 +978,7 @@ def _slot_packets_kernel(slot_keys, packet_keys, index):
             h = (h + np.uint32(1)) & mask
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _query_kernel(slot_words, counts, occ, cm, keys, nbytes):
     out = np.zeros(keys.shape[0], np.int64)
     w = _U64(cm.shape[1])

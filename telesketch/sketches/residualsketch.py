@@ -53,7 +53,7 @@ from telesketch.sketches.cocosketch import (
     sum_layer_estimates,
 )
 from telesketch.sketches.core import NotMergeableError, SketchError
-from telesketch.sketches.exact import prefix_mask
+from telesketch.sketches.hierarchy import prefix_mask
 
 __all__ = [
     "ResidualSketch",

@@ -36,9 +36,9 @@ import os
 import zlib
 from dataclasses import dataclass, field
 
-import numba as nb
 import numpy as np
 
+from telesketch.jit import kernel
 from telesketch.packets import COLUMN_DTYPES, HEADER_BYTES, PacketBatch
 
 
@@ -146,7 +146,7 @@ def check_link_type(linktype: int, where: str) -> None:
 # Numba: byte helpers and the per-frame parser
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def rd32(buf, p, swap):
     """u32 at ``buf[p]`` as int64: little-endian, or big-endian when ``swap``."""
     b0 = np.int64(buf[p])
@@ -158,12 +158,12 @@ def rd32(buf, p, swap):
     return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _be16(buf, p):
     return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _byte(buf, base, k, lim):
     """Byte ``k`` of the datagram at ``base``, or 0 when ``k`` is past the usable ``lim``."""
     if k < lim:
@@ -171,7 +171,7 @@ def _byte(buf, base, k, lim):
     return np.int64(0)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _network_offset(buf, off, caplen, linktype):
     """(offset of the network header relative to ``off``, KIND_*) for one frame."""
     if linktype == 1 or linktype == 113:
@@ -252,7 +252,7 @@ def _network_offset(buf, off, caplen, linktype):
     return 0, KIND_OTHER
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def parse_frame(buf, off, caplen, linktype):
     """Decode one frame ``buf[off:off+caplen]`` into scalars (no arrays: cheap to inline).
 
@@ -309,7 +309,7 @@ def parse_frame(buf, off, caplen, linktype):
             flags, win, seq)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def store_frames(buf, rec_off, rec_len, rec_link, rec_ts, m, n, counters, ts_ns, src_ip, dst_ip,
                  src_port, dst_port, proto, length, ip_id, ttl, tos, tcp_flags, tcp_window, tcp_seq,
                  hdr_len, header):
@@ -362,7 +362,7 @@ def store_frames(buf, rec_off, rec_len, rec_link, rec_ts, m, n, counters, ts_ns,
 # Numba: the classic pcap record walker
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _pcap_walk(buf, pos, end, swap, frac_ns, linktype, max_caplen, max_m, rec_off, rec_len,
                rec_link, rec_ts, counters):
     """Locate up to ``max_m`` records in ``buf[pos:end]`` (offset, captured length, ts in ns).

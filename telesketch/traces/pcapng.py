@@ -13,9 +13,9 @@ after the packets before it have been yielded.
 """
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
+from telesketch.jit import kernel
 from telesketch.traces.pcap import (
     C_TRUNC,
     MAX_RECORD,
@@ -46,7 +46,7 @@ TS_MUL, TS_DIV, TS_BIN = 0, 1, 2
 _NS = np.uint64(1_000_000_000)
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@kernel(inline="always")
 def _units_to_ns(units, mode, param, offset_ns):
     """Timestamp in interface units -> u64 nanoseconds (+ the interface's ``if_tsoffset``)."""
     if mode == TS_MUL:
@@ -60,7 +60,7 @@ def _units_to_ns(units, mode, param, offset_ns):
     return ns + np.uint64(offset_ns)
 
 
-@nb.njit(cache=True, nogil=True)
+@kernel
 def _pcapng_walk(buf, pos, end, swap, if_link, if_snap, if_mode, if_param, if_offset, max_m,
                  rec_off, rec_len, rec_link, rec_ts, counters):
     """Walk blocks in ``buf[pos:end]``, listing up to ``max_m`` EPB/SPB frames in ``rec_*``.
