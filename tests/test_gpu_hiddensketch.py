@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import gpu_harness
+from workloads import zipf_ranks
 
 pytestmark = pytest.mark.gpu
 pytest_generate_tests = gpu_harness.pytest_generate_tests  # parametrizes the twin checks by case
@@ -36,13 +37,6 @@ BATCH_ITEMS = 400
 
 
 # ---------------------------------------------------------------------------- workload
-def zipf_ranks(n: int, universe: int, skew: float, seed: int) -> np.ndarray:
-    """``int64[n]`` ranks ``0 .. universe-1`` drawn from a finite Zipf law."""
-    rng = np.random.default_rng(seed)
-    cdf = np.cumsum(np.arange(1, universe + 1, dtype=np.float64) ** -skew)
-    return np.minimum(np.searchsorted(cdf / cdf[-1], rng.random(n)), universe - 1)
-
-
 def key_table(universe: int, epoch: int, wide: bool, seed: int) -> np.ndarray:
     """Rank -> key: ``uint32`` addresses or ``uint8[., 13]`` 5-tuples; epoch 1 swaps the top ranks
     with middle ones (heavy changers)."""
