@@ -114,9 +114,9 @@ def run_dpkt(path: Path, limit: int) -> tuple[int, int]:
             if not isinstance(ip, dpkt.ip.IP):
                 continue
             l4 = ip.data
-            sport = dport = flags = win = seq = 0
+            sport = dport = flags = win = _seq = 0
             if isinstance(l4, dpkt.tcp.TCP):
-                sport, dport, flags, win, seq = l4.sport, l4.dport, l4.flags, l4.win, l4.seq
+                sport, dport, flags, win, _seq = l4.sport, l4.dport, l4.flags, l4.win, l4.seq
             elif isinstance(l4, dpkt.udp.UDP):
                 sport, dport = l4.sport, l4.dport
             for c, v in zip(cols, (int(ts * 1e9), int.from_bytes(ip.src, "big"), int.from_bytes(ip.dst, "big"),

@@ -1,10 +1,12 @@
 """Python client of the telesketch service: push batches, run queries, get plain Python back.
 
+With a service listening on port 50051 (so the doctest run skips the session):
+
 >>> from telesketch.client import Client
->>> with Client("127.0.0.1:50051", sender_id="collector-1") as c:
+>>> with Client("127.0.0.1:50051", sender_id="collector-1") as c:  # doctest: +SKIP
 ...     c.push(batches)                      # one stream; sequence numbers assigned 1, 2, ...
 ...     c.heavy_hitters(last=3)              # [(key, estimate), ...]
-...     c.hhh(epoch=172000000)               # [(prefix, length, discounted_estimate), ...]
+...     c.hhh(epoch=1_700_000_000)           # [(prefix, length, discounted_estimate), ...]
 
 Keys come back as in :mod:`telesketch.sketches.exact`: 4-byte keys as ``int`` (addresses; for
 LLM-Sketch's flow-size task the 32-bit fingerprints), 13-byte flow keys as ``bytes``. Errors are

@@ -45,7 +45,6 @@ from __future__ import annotations
 import os
 import queue
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(TESTS_DIR))  # so tests can `import naive`
+sys.path.insert(0, str(TESTS_DIR))  # so tests can `import naive_hiddensketch`, `workloads`, ...
 
 #: ../shared/traces beside the checkout (CI has it; a bare clone may not).
 #: ``TELESKETCH_SHARED_TRACES`` points elsewhere (a git worktree whose parent has no shared/).

@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -29,16 +30,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cases(cases: Iterable[str], run_case: Callable[[str], str]) -> dict:
-    """``{case: {"ok": bool, "detail": str}}`` plus the backend name under ``"_backend"``."""
+    """``{case: {"ok": bool, "detail": str, "cpu_s": float}}`` plus the backend name under ``"_backend"``.
+
+    ``cpu_s`` is the case's CPU time in this process (seconds; unlike wall time, it does not grow
+    with the machine's load): what decides which cases are ``slow_cases``."""
     from telesketch.gpu.core import backend
 
     out = {"_backend": backend().name}
     for name in cases:
+        start = time.process_time()
         try:
             detail = run_case(name)
         except Exception as exc:  # noqa: BLE001 - report, do not abort the other cases
             detail = f"{type(exc).__name__}: {exc}"
-        out[name] = {"ok": not detail, "detail": detail}
+        out[name] = {"ok": not detail, "detail": detail, "cpu_s": round(time.process_time() - start, 2)}
     return out
 
 

@@ -11,7 +11,6 @@ reads; time-series panels must land in the dashboard's default time range.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -27,6 +27,7 @@ def test_without_a_device_it_says_so_and_exits_0():
     assert "pip install 'telesketch[gpu]'" in proc.stdout and "|" not in proc.stdout
 
 
+@pytest.mark.slow  # ~10 s subprocess; test_without_a_device_it_says_so_and_exits_0 keeps the no-device path
 def test_simulator_is_no_device_either():
     proc = _bench("--sizes", "100", NUMBA_ENABLE_CUDASIM="1")
     assert proc.returncode == 0 and "the CUDA simulator is no device to time" in proc.stdout

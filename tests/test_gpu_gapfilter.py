@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import gpu_harness
+from workloads import ip_id_flows as workload
 
 pytestmark = pytest.mark.gpu
 pytest_generate_tests = gpu_harness.pytest_generate_tests  # parametrizes the twin checks by case
@@ -38,27 +39,6 @@ BATCH_ITEMS = 2000
 
 
 # ---------------------------------------------------------------------------- workload
-def workload(n: int, n_flows: int, seed: int):
-    """A PacketBatch of ``n`` items over ``n_flows`` Zipf flows: +1 SEQ steps, jumps in [-40, 60]."""
-    from telesketch.packets import PacketBatch
-
-    rng = np.random.default_rng(seed)
-    flow = rng.zipf(1.3, n) % n_flows
-    steps = np.where(rng.random(n) < 0.05, rng.integers(-40, 60, n), 1)
-    seq = np.empty(n, np.int64)
-    for f in np.unique(flow):  # per-flow running sum of steps from a random start
-        at = np.flatnonzero(flow == f)
-        seq[at] = (rng.integers(0, 65536) + np.cumsum(steps[at])) & 0xFFFF
-    keys = rng.integers(0, 2**32, (n_flows, 2), dtype=np.uint64)
-    ports = rng.integers(0, 2**16, (n_flows, 2))
-    return PacketBatch.from_columns(
-        src_ip=keys[flow, 0].astype(np.uint32), dst_ip=keys[flow, 1].astype(np.uint32),
-        src_port=ports[flow, 0].astype(np.uint16), dst_port=ports[flow, 1].astype(np.uint16),
-        proto=np.full(n, 6, np.uint8), ip_id=seq.astype(np.uint16),
-        ts_ns=np.arange(n, dtype=np.uint64) * 1000,
-    )
-
-
 def batches(seed: int, n: int = BATCH_ITEMS):
     return [workload(n, 600, 100 * seed + k) for k in range(N_BATCHES)]
 

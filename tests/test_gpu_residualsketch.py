@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import gpu_harness
+from workloads import address_pool, zipf_ranks
 
 pytestmark = pytest.mark.gpu
 pytest_generate_tests = gpu_harness.pytest_generate_tests  # parametrizes the twin checks by case
@@ -36,31 +37,13 @@ POOL = 1500  # distinct addresses: more than F's 2 * w buckets in every EQUALITY
 
 
 # ---------------------------------------------------------------------------- workload
-def address_pool(seed: int, size: int = POOL) -> np.ndarray:
-    """``uint32[size]`` distinct-ish addresses clustered in four /8 and a few /16 (so prefixes
-    aggregate); address 0 included (it must not be confused with an empty bucket)."""
-    rng = np.random.default_rng(seed)
-    top = rng.integers(1, 224, 4, dtype=np.uint32) << np.uint32(24)
-    mid = rng.integers(0, 6, size, dtype=np.uint32) << np.uint32(16)
-    low = rng.integers(0, 1 << 16, size, dtype=np.uint32)
-    pool = top[rng.integers(0, 4, size)] | mid | low
-    pool[0] = 0
-    return pool
-
-
-def zipf_ranks(n: int, universe: int, skew: float, rng) -> np.ndarray:
-    """``int64[n]`` ranks ``0 .. universe-1`` drawn from a finite Zipf law."""
-    cdf = np.cumsum(np.arange(1, universe + 1, dtype=np.float64) ** -skew)
-    return np.minimum(np.searchsorted(cdf / cdf[-1], rng.random(n)), universe - 1)
-
-
 def workload(n: int, seed: int):
     """A PacketBatch of ``n`` packets: finite-Zipf(1.0) source and destination addresses over two
     pools (skewed: the top addresses pass the thresholds; the long tail overflows the buckets)."""
     from telesketch.packets import PacketBatch
 
     rng = np.random.default_rng(seed)
-    src, dst = address_pool(seed), address_pool(seed + 7919)
+    src, dst = address_pool(seed, POOL), address_pool(seed + 7919, POOL)
     return PacketBatch.from_columns(src_ip=src[zipf_ranks(n, POOL, 1.0, rng)],
                                     dst_ip=dst[zipf_ranks(n, POOL, 1.0, rng)])
 

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -100,6 +99,7 @@ def test_analyze_gpu_without_device_is_a_clear_error(small):
     assert "pip install 'telesketch[gpu]'" in err and "report" not in proc.stdout
 
 
+@pytest.mark.slow  # ~10 s of subprocesses; the same refusal as test_analyze_gpu_without_device_is_a_clear_error
 def test_per_sketch_gpu_without_device_is_a_clear_error(small, tmp_path):
     capture, _ = small
     config = tmp_path / "one.toml"

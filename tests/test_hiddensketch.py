@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import naive_hiddensketch as naive
+from workloads import zipf_addresses as zipf_keys
+from workloads import zipf_flow_keys as zipf_flows
 from telesketch.hashing import hash_u32
 from telesketch.packets import PacketBatch
 from telesketch.sketches import exact
@@ -15,22 +17,6 @@ from telesketch.sketches.hiddensketch import HiddenSketch, HiddenSketchParams, h
 
 # a small 4-byte configuration: ss_bytes = 1200 + 1050 + 512 = 2762, w_fs = 1810, w_cm = 100
 SMALL = dict(memory_bytes=8 * 1024, blocks=4, bf_row_bits=400, cm_bytes=1200, phi=2e-3, thresh=30)
-
-
-def zipf_keys(n: int, universe: int, skew: float, seed: int) -> np.ndarray:
-    """``uint32[n]`` addresses drawn from a finite Zipf law over random distinct addresses."""
-    rng = np.random.default_rng(seed)
-    ids = rng.choice(2**32, universe, replace=False).astype(np.uint32)
-    cdf = np.cumsum(np.arange(1, universe + 1, dtype=np.float64) ** -skew)
-    return ids[np.minimum(np.searchsorted(cdf / cdf[-1], rng.random(n)), universe - 1)]
-
-
-def zipf_flows(n: int, universe: int, skew: float, seed: int) -> np.ndarray:
-    """``uint8[n, 13]`` 5-tuple keys from a finite Zipf law."""
-    rng = np.random.default_rng(seed)
-    flows = rng.integers(0, 256, size=(universe, 13), dtype=np.uint8)
-    cdf = np.cumsum(np.arange(1, universe + 1, dtype=np.float64) ** -skew)
-    return flows[np.minimum(np.searchsorted(cdf / cdf[-1], rng.random(n)), universe - 1)]
 
 
 def feed(sketch: HiddenSketch, keys: np.ndarray, batch: int = 4096) -> HiddenSketch:

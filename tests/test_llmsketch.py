@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import naive_llmsketch as naive
+from workloads import skewed_flows
 from telesketch.estimators import ConstantEstimator, Estimator
 from telesketch.estimators.scoring import FlowScorer
 from telesketch.packets import PacketBatch
@@ -12,11 +13,7 @@ from telesketch.sketches.llmsketch import CountMinBaseline, LLMSketch, LLMSketch
 
 
 def skewed_batch(n=4000, flows=600, seed=0):
-    rng = np.random.default_rng(seed)
-    f = (rng.zipf(1.3, n) + rng.integers(0, 3, n) * 1000) % flows
-    return PacketBatch.from_columns(
-        src_ip=(f * 2654435761) % 2**32, dst_ip=(f * 40503) % 2**32, src_port=f % 60000 + 1,
-        dst_port=np.full(n, 443), proto=np.where(f % 5 == 0, 17, 6))
+    return skewed_flows(n, flows, seed)
 
 
 def keys_of(batch, task):

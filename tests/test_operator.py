@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from telesketch.client import Client
 from telesketch.service import http as service_http
 from telesketch.service.server import ServiceThread, grpc_server_options
-from telesketch.v1 import batch_pb2, service_pb2, service_pb2_grpc
+from telesketch.v1 import service_pb2, service_pb2_grpc
 from test_service import EPOCH_NS, _message, _self_signed_certificate, config, generate_batches
 
 SMALL = {"exact": {"kind": "exact", "phi": 0.01}, "gaps": {"kind": "gapfilter_ao", "memory_bytes": 16 * 1024}}

@@ -15,6 +15,7 @@ from telesketch.report import LocalSource, ReportOptions, build_report, query_se
 from telesketch.service.server import ServiceThread
 from telesketch.sketches import exact
 from test_service import BASE_EPOCH, EPOCH_NS, config
+from workloads import zipf_addresses
 
 # an undersized second stage (CM of 3 x 30 counters): the peel cannot finish on the traffic below
 SMALL_HH = {"kind": "hiddensketch", "memory_bytes": 8192, "blocks": 4, "bf_row_bits": 400, "cm_bytes": 360,
@@ -25,9 +26,7 @@ BIG_HH = dict(SMALL_HH, memory_bytes=24576, cm_bytes=4800)
 def traffic(n: int = 24_000, seed: int = 5) -> list[PacketBatch]:
     """One epoch of Zipf sources (2,000 of them), in time order."""
     rng = np.random.default_rng(seed)
-    ids = rng.choice(2**32, 2000, replace=False).astype(np.uint32)
-    cdf = np.cumsum(np.arange(1, 2001, dtype=np.float64) ** -1.1)
-    src = ids[np.minimum(np.searchsorted(cdf / cdf[-1], rng.random(n)), 1999)]
+    src = zipf_addresses(n, 2000, 1.1, rng)
     ts = (BASE_EPOCH * EPOCH_NS + np.sort(rng.integers(0, EPOCH_NS // 2, n))).astype(np.uint64)
     batch = PacketBatch.from_columns(ts_ns=ts, src_ip=src, dst_ip=np.full(n, 0xC0A80001, np.uint32),
                                      src_port=np.full(n, 1234, np.uint16), dst_port=np.full(n, 443, np.uint16),

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import naive_residualsketch as naive
+from workloads import hierarchical_addresses as hierarchical_stream
 from telesketch.hashing import hash_5tuple
 from telesketch.packets import PacketBatch
 from telesketch.sketches import exact, hierarchy
@@ -16,18 +17,6 @@ from telesketch.sketches.residualsketch import (
     merged_hhh,
     shard_threshold,
 )
-
-
-def hierarchical_stream(n: int, seed: int, pool_size: int = 400) -> np.ndarray:
-    """uint32[n] addresses: Zipf over a pool clustered in a few /8 and /16, plus 0.0.0.0."""
-    rng = np.random.default_rng(seed)
-    top = rng.integers(1, 224, 4, dtype=np.uint32) << np.uint32(24)
-    mid = rng.integers(0, 6, pool_size, dtype=np.uint32) << np.uint32(16)
-    low = rng.integers(0, 1 << 16, pool_size, dtype=np.uint32)
-    pool = top[rng.integers(0, 4, pool_size)] | mid | low
-    pool[0] = 0  # key 0 must not be confused with an empty bucket
-    ranks = np.minimum(rng.zipf(1.2, n) - 1, pool_size - 1)
-    return pool[ranks].astype(np.uint32)
 
 
 def as_entries(naive_out):

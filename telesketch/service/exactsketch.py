@@ -67,6 +67,8 @@ class ExactSketch(Sketch):
     # ------------------------------------------------------------------ state
     def update(self, batch: PacketBatch) -> None:
         """Keep the batch's key, timestamp and ``ip_id`` columns (copies, so the batch may go)."""
+        if not isinstance(batch, PacketBatch):
+            raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}")
         if len(batch):
             self._chunks.append({name: np.array(getattr(batch, name)) for name in _COLUMNS})
 

@@ -727,7 +727,9 @@ async def serve(config: ServiceConfig, ready=None) -> None:
 class ServiceThread:
     """A service on its own event loop in a background thread (tests, benchmarks, notebooks).
 
-    >>> with ServiceThread(config) as svc:
+    With ``config`` a :class:`ServiceConfig` (skipped by the doctest run: it starts a server):
+
+    >>> with ServiceThread(config) as svc:  # doctest: +SKIP
     ...     client = Client(f"127.0.0.1:{svc.grpc_port}")
     """
 

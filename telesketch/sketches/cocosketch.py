@@ -444,8 +444,11 @@ class BlockSketchVerbs(Sketch):
 class CocoSketch(BlockSketchVerbs):
     """CocoSketch with d = 2 over full IPv4 keys; every HHH layer aggregated from the full keys.
 
-    >>> cs = CocoSketch(memory_bytes=32 * 1024, threshold=8000)
-    >>> cs.update(batch); cs.hhh()      # [(prefix, length, discounted_estimate), ...]
+    >>> from telesketch.traces.generate import generate_batch
+    >>> cs = CocoSketch(memory_bytes=32 * 1024, threshold=1000)
+    >>> cs.update(generate_batch(20_000, 2_000, seed=1))
+    >>> cs.hhh()[:3]                    # [(prefix, length, discounted_estimate), ...]
+    [(875026394, 32, 3019), (887566926, 32, 1369), (874643456, 16, 1137)]
     """
 
     ALGORITHM = "cocosketch"

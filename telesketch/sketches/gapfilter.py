@@ -959,8 +959,11 @@ class GapFilterSO(_GapFilterBase):
     """GapFilter-SO (speed-optimised, §5.3). ``table``: ``uint16[n_buckets, 4]``, lane 0 = most recent
     (the kernels view each row as one little-endian ``uint64``).
 
+    >>> from telesketch.traces.generate import generate_batch
     >>> gf = GapFilterSO(memory_bytes=16 * 1024, seed=1)
-    >>> flags = gf.update(batch)   # bool[n]
+    >>> flags = gf.update(generate_batch(20_000, 2_000, seed=1))   # bool[n]: opened a major gap
+    >>> flags.shape, int(flags.sum()), len(gf.gap_events())
+    ((20000,), 65, 65)
     """
 
     ALGORITHM = "gapfilter-so"
@@ -992,8 +995,11 @@ class GapFilterAO(_GapFilterBase):
     """GapFilter-AO (accuracy-optimised, §5.4). ``cells``: ``uint32[n_buckets, 8]``, each lane
     ``seq | fp << 16`` (0 = empty); lanes ``[0, suspects)`` are suspects, the rest civilians (LRU).
 
+    >>> from telesketch.traces.generate import generate_batch
     >>> gf = GapFilterAO(memory_bytes=16 * 1024, seed=1)
-    >>> flags = gf.update(batch)   # bool[n]
+    >>> flags = gf.update(generate_batch(20_000, 2_000, seed=1))   # bool[n]: opened a major gap
+    >>> flags.shape, int(flags.sum()), len(gf.gap_events())
+    ((20000,), 64, 64)
     """
 
     ALGORITHM = "gapfilter-ao"

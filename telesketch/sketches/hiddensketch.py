@@ -49,6 +49,7 @@ import numpy as np
 
 from telesketch.hashing import hash64_5tuple, hash64_u32
 from telesketch.jit import kernel, twin
+from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, check_same_params, pack_state, unpack_state
 from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
 
@@ -882,6 +883,8 @@ class HiddenSketch(Sketch):
     # ------------------------------------------------------------------ update
     def update(self, batch) -> None:
         """Add every packet of a :class:`~telesketch.packets.PacketBatch` (key per ``params.key``)."""
+        if not isinstance(batch, PacketBatch):
+            raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}; use update_keys() for arrays")
         self._ingest(*_batch_words(batch, self.params.key))
 
     def update_keys(self, keys) -> None:

@@ -718,6 +718,8 @@ class LLMSketch(Sketch):
 
         Without ``scores`` the configured estimator's :class:`FlowScorer` supplies them (spec §4).
         """
+        if not isinstance(batch, PacketBatch):
+            raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}; use update_keys() for arrays")
         n = len(batch)
         if scores is None:
             if self.scorer is None:

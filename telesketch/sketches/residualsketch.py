@@ -136,10 +136,14 @@ def _check_crucial(crucial, mode: str, layers: tuple[int, ...]) -> tuple[int, ..
 class ResidualSketch(BlockSketchVerbs):
     """Hierarchical heavy hitters over source (or destination) IPv4 prefixes.
 
-    >>> rs = ResidualSketch(memory_bytes=32 * 1024, mode="byte", threshold=8000)
+    >>> from telesketch.traces.generate import generate_batch
+    >>> batch = generate_batch(20_000, 2_000, seed=1)   # a PacketBatch of 20 000 packets
+    >>> rs = ResidualSketch(memory_bytes=32 * 1024, mode="byte", threshold=1000)
     >>> rs.update(batch)                  # PacketBatch; or rs.update_addresses(uint32 array)
-    >>> rs.hhh()                          # [(prefix, length, discounted_estimate), ...]
-    >>> rs.estimate(0x0A010000, 16)       # estimated packets of 10.1.0.0/16
+    >>> rs.hhh()[:3]                      # [(prefix, length, discounted_estimate), ...]
+    [(875026394, 32, 3025), (887566926, 32, 1369), (874643456, 16, 1135)]
+    >>> rs.estimate(0x34270000, 16)       # estimated packets of 52.39.0.0/16
+    3126
     """
 
     ALGORITHM = "residualsketch"
