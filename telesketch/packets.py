@@ -9,6 +9,7 @@ Addresses are numeric ``u32`` values (10.0.0.1 is ``0x0A000001``). The flow key 
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -237,9 +238,11 @@ def unpack_flow_key(key: bytes) -> tuple[int, int, int, int, int]:
 
 
 def format_ipv4(value: int) -> str:
-    """Dotted-quad text of a numeric address (``0x0A000001`` -> ``'10.0.0.1'``)."""
-    value = int(value)
-    return ".".join(str((value >> s) & 0xFF) for s in (24, 16, 8, 0))
+    """Dotted-quad text of a numeric address (``0x0A000001`` -> ``'10.0.0.1'``; the low 32 bits).
+
+    ``socket.inet_ntoa``: a query answer formats every key; this took 3.3 us against 5.5 us for
+    joining the four octets in Python (timeit, 2-core host under load)."""
+    return socket.inet_ntoa((int(value) & 0xFFFFFFFF).to_bytes(4, "big"))
 
 
 def parse_ipv4(text: str) -> int:
