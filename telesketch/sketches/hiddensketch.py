@@ -1160,7 +1160,16 @@ class HiddenSketch:
         return {"fs": self.fs.copy(), "cm": self.cm.copy(), "n_items": self.n_items, "seg": seg, "bf": bf}
 
     def copy(self) -> "HiddenSketch":
-        return HiddenSketch.from_bytes(self.to_bytes())
+        """An independent sketch in the same state: the four arrays copied, the parameters and the
+        layout (derived from them, never written after construction) shared. A service copies the
+        open epoch's sketch under the ingest lock for every heavy-hitter query, and going through
+        :meth:`to_bytes` / :meth:`from_bytes` also rebuilt the layout."""
+        clone = object.__new__(HiddenSketch)
+        clone.__dict__.update(self.__dict__)
+        for name in ("fs", "seg", "bf", "cm"):
+            setattr(clone, name, getattr(self, name).copy())
+        clone._decoded = None
+        return clone
 
     def to_bytes(self) -> bytes:
         """Versioned serialised state (parameters, seeds, arrays, epoch, two-pass phase)."""
