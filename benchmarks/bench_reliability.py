@@ -14,6 +14,7 @@ Three parts, each against a server subprocess on loopback:
   ``HeavyHitters`` back to back (the four default sketches, LLM-Sketch on the constant estimator, log off).
 
     .venv/bin/python benchmarks/bench_reliability.py [--parts durability,kill,query] [--packets 2000000] [--rounds 20]
+        [--repeat 1]
 """
 from __future__ import annotations
 
@@ -156,21 +157,25 @@ def kill_rounds(rounds: int, seed: int = 0) -> dict:
 
 
 # ---------------------------------------------------------------------------- queries vs. ingest
-def query_poll(total: int, clients: int = 8, batch_size: int = 8192, stream_batches: int = 8) -> list[dict]:
+def query_poll(total: int, clients: int = 8, batch_size: int = 8192, stream_batches: int = 8,
+               repeat: int = 1) -> list[dict]:
+    """``repeat`` pairs of runs (without, then with the polling client), each pair's ratio printed;
+    a pair is measured back to back so that a shared machine's load drifts little within it."""
     messages = [b.to_message() for b in batches(total // clients, batch_size)]
     rows = []
-    for polling in (False, True):
+    for polling in [False, True] * repeat:
         with tempfile.TemporaryDirectory(prefix="bench-rel-") as tmp:
             proc, port = start_server(tmp, ALL, wal=False)  # the log off: only queries vs. ingest
             try:
                 Client(f"127.0.0.1:{port}").push_messages(messages[:2])
-                latencies, done, queries = [], threading.Event(), [0]
+                latencies, done, query_seconds = [], threading.Event(), []
 
                 def poll():
                     with Client(f"127.0.0.1:{port}") as q:
                         while not done.is_set():
+                            t = time.perf_counter()
                             q.heavy_hitters(sketch="hh")
-                            queries[0] += 1
+                            query_seconds.append(time.perf_counter() - t)
 
                 def stream():
                     with Client(f"127.0.0.1:{port}") as c:
@@ -190,9 +195,16 @@ def query_poll(total: int, clients: int = 8, batch_size: int = 8192, stream_batc
                 stop(proc)
         packets = clients * sum(len(b.ts_ns) // 8 for b in messages)  # ts_ns is 8 bytes per packet
         row = {"part": "query", "polling": polling, "clients": clients, "mpps": round(packets / seconds / 1e6, 2),
-               "worst_stream_s": round(max(latencies), 3), "queries": queries[0]}
+               "worst_stream_s": round(max(latencies), 3), "queries": len(query_seconds),
+               "median_query_s": round(float(np.median(query_seconds)), 4) if query_seconds else None,
+               "worst_query_s": round(max(query_seconds), 3) if query_seconds else None}
+        if polling:
+            row["polled_over_unpolled"] = round(row["mpps"] / rows[-1]["mpps"], 2)
         print(json.dumps(row), flush=True)
         rows.append(row)
+    ratios = [r["polled_over_unpolled"] for r in rows if r["polling"]]
+    print(json.dumps({"part": "query", "pairs": len(ratios), "median_polled_over_unpolled": float(np.median(ratios)),
+                      "ratios": ratios}), flush=True)
     return rows
 
 
@@ -202,6 +214,7 @@ def main() -> None:
     ap.add_argument("--packets", type=int, default=2_000_000, help="packets per durability / query measurement")
     ap.add_argument("--batch-size", type=int, default=8192)
     ap.add_argument("--rounds", type=int, default=20, help="kill -9 rounds")
+    ap.add_argument("--repeat", type=int, default=1, help="query part: pairs of runs (without / with polling)")
     args = ap.parse_args()
     print(f"# {machine()}; command: {' '.join([Path(sys.executable).name] + sys.argv)}", flush=True)
     parts = args.parts.split(",")
@@ -211,7 +224,7 @@ def main() -> None:
     if "kill" in parts:
         kill_rounds(args.rounds)
     if "query" in parts:
-        query_poll(args.packets)
+        query_poll(args.packets, repeat=args.repeat)
 
 
 if __name__ == "__main__":

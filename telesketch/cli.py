@@ -356,7 +356,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  "tls_cert": args.tls_cert, "tls_key": args.tls_key, "wal": False if args.no_wal else None,
                  "shards": args.shards, "ray_address": args.ray_address, "device": args.device,
                  "durability": args.durability, "recover": True if args.recover else None,
-                 "admin_token": args.admin_token}
+                 "admin_token": args.admin_token, "max_inflight_bytes": args.max_inflight_bytes}
     if args.token_file:
         overrides["token"] = Path(args.token_file).read_text().strip()
     if args.admin_token_file:
@@ -469,6 +469,9 @@ def _add_service_commands(sub) -> None:
                        help="when the log is fsynced (default every-batch; see README, Durability)")
     serve.add_argument("--recover", action="store_true",
                        help="start from a damaged data directory: keep what is intact, log exactly what is dropped")
+    serve.add_argument("--max-inflight-bytes", type=_positive_int,
+                       help="batch bytes all ingest calls may hold at once (default 268435456 = 256 MiB); a batch "
+                            "beyond it is refused as busy (RESOURCE_EXHAUSTED) and clients retry with backoff")
     serve.add_argument("--admin-token", help="require this token for Admin calls (default: Admin from loopback only)")
     serve.add_argument("--admin-token-file", help="read the admin token from a file")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],

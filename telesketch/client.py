@@ -11,20 +11,46 @@ With a service listening on port 50051 (so the doctest run skips the session):
 Keys come back as in :mod:`telesketch.sketches.exact`: 4-byte keys as ``int`` (addresses; for
 LLM-Sketch's flow-size task the 32-bit fingerprints), 13-byte flow keys as ``bytes``. Errors are
 ``grpc.RpcError`` with the server's status code and message.
+
+A batch the server refuses as busy (its in-flight budget is full: ``RESOURCE_EXHAUSTED`` with
+``telesketch-retry-after-ms`` in the trailing metadata; nothing of it was applied) is sent again
+after a backoff (from the server's hint, doubling, at most :data:`MAX_BUSY_BACKOFF_S`) for up to
+``timeout`` seconds; ``busy_retries`` counts them. A ``Push`` stream refused part-way is resumed at
+the refused batch (the server says how many were applied), so each batch is applied once, with or
+without a ``sender_id``.
 """
 from __future__ import annotations
 
+import random
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
 
 import grpc
 
 from telesketch.packets import PacketBatch
+from telesketch.service.budget import APPLIED_BATCHES_KEY, PARTIAL_SUMMARY_KEY, RETRY_AFTER_KEY
 from telesketch.v1 import service_pb2, service_pb2_grpc
 
 
 #: Sequence numbers are uint64 on the wire.
 MAX_SEQUENCE = (1 << 64) - 1
+#: Longest wait between two retries of a batch the server refused as busy (seconds).
+MAX_BUSY_BACKOFF_S = 1.0
+
+
+def busy_retry_after(error: grpc.RpcError) -> float | None:
+    """Seconds the server asked to wait when it refused a batch as busy; None for any other error."""
+    if not hasattr(error, "code") or error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    trailing = dict(error.trailing_metadata() or ())
+    value = trailing.get(RETRY_AFTER_KEY)
+    try:
+        return max(0.0, int(value) / 1000) if value is not None else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -85,6 +111,7 @@ class Client:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.sender_id = sender_id
+        self.busy_retries = 0  #: batches (or stream remainders) sent again after a busy refusal
         self._next_sequence: int | None = None
         self._ingest = service_pb2_grpc.IngestStub(self._channel)
         self._query = service_pb2_grpc.QueryStub(self._channel)
@@ -116,14 +143,39 @@ class Client:
         return reply.last_sequence
 
     def push_one(self, batch: PacketBatch, sequence: int | None = None) -> Ack:
-        """Send one batch; returns the server's ack (after the batch is applied)."""
+        """Send one batch; returns the server's ack (after the batch is applied). Busy refusals
+        are retried (module docstring)."""
         message = batch.to_message(sender_id=self.sender_id, sequence=self._sequence(sequence))
-        return _fields(self._ingest.PushOne(message, timeout=self.timeout, metadata=self._metadata), Ack)
+        backoff = _Backoff(self.timeout)
+        while True:
+            try:
+                return _fields(self._ingest.PushOne(message, timeout=self.timeout, metadata=self._metadata), Ack)
+            except grpc.RpcError as exc:
+                backoff.wait_or_raise(exc)
+                self.busy_retries += 1
 
     def push_messages(self, messages: Iterable) -> PushSummary:
-        """Stream already-encoded ``PacketBatch`` messages (benchmarks, replays of recorded traffic)."""
-        reply = self._ingest.Push(iter(messages), timeout=self.timeout, metadata=self._metadata)
-        return _fields(reply, PushSummary)
+        """Stream already-encoded ``PacketBatch`` messages (benchmarks, replays of recorded traffic).
+
+        A stream refused as busy part-way goes on in a new stream from the refused batch; the
+        stream's messages are kept until the server answers, to resend them (module docstring)."""
+        source = _Resendable(messages)
+        backoff = _Backoff(self.timeout)
+        total: service_pb2.PushSummary | None = None
+        while True:
+            stream = _Stream()
+            try:
+                reply = self._ingest.Push(source.stream(stream), timeout=self.timeout, metadata=self._metadata)
+                return _fields(_add_summaries(total, reply), PushSummary)
+            except grpc.RpcError as exc:
+                source.close(stream)
+                backoff.wait_or_raise(exc)
+                trailing = dict(exc.trailing_metadata() or ())
+                applied = int(trailing.get(APPLIED_BATCHES_KEY, 0))
+                total = _add_summaries(total, service_pb2.PushSummary.FromString(
+                    trailing.get(PARTIAL_SUMMARY_KEY, b"")))
+                source.resend(stream.sent[applied:])
+                self.busy_retries += 1
 
     def push(self, batches: Iterable[PacketBatch], start_sequence: int | None = None) -> PushSummary:
         """Stream batches; sequence numbers continue from ``start_sequence`` (or the server's)."""
@@ -220,6 +272,85 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Backoff:
+    """Waits between retries of busy refusals: the server's hint, doubling, with jitter, up to
+    :data:`MAX_BUSY_BACKOFF_S`; re-raises any other error, or a busy one past ``budget_s``."""
+
+    def __init__(self, budget_s: float):
+        self.deadline = time.monotonic() + budget_s
+        self.delay = 0.0
+
+    def wait_or_raise(self, error: grpc.RpcError) -> None:
+        hint = busy_retry_after(error)
+        if hint is None:
+            raise error
+        self.delay = min(max(hint, 2 * self.delay), MAX_BUSY_BACKOFF_S)
+        wait = self.delay * random.uniform(0.5, 1.0)
+        if time.monotonic() + wait > self.deadline:
+            raise error
+        time.sleep(wait)
+
+
+class _Stream:
+    """One ``Push`` call's record: the messages handed to gRPC, and whether the call has ended."""
+
+    def __init__(self):
+        self.sent: list = []
+        self.closed = False
+
+
+class _Resendable:
+    """The messages of a ``Push`` that may span several streams: each stream's generator records
+    what it handed to gRPC; after a refusal the unapplied ones are sent first in the next stream.
+
+    gRPC pulls requests on its own thread, which may still be inside ``next`` when a call ends;
+    the lock makes every message either recorded in the closed stream's list or left for the next
+    stream, and keeps two streams from pulling the source at once."""
+
+    def __init__(self, messages: Iterable):
+        self._source = iter(messages)
+        self._backlog: deque = deque()
+        self._lock = threading.Lock()
+
+    def stream(self, record: _Stream):
+        while True:
+            with self._lock:
+                if record.closed:
+                    return
+                if self._backlog:
+                    message = self._backlog.popleft()
+                else:
+                    message = next(self._source, _END)
+                    if message is _END:
+                        return
+                record.sent.append(message)
+            yield message
+
+    def close(self, record: _Stream) -> None:
+        """That stream's call has ended: it takes no more messages."""
+        with self._lock:
+            record.closed = True
+
+    def resend(self, messages: list) -> None:
+        """Send these first (in order), before anything not yet sent."""
+        with self._lock:
+            self._backlog.extendleft(reversed(messages))
+
+
+_END = object()
+
+
+def _add_summaries(total: service_pb2.PushSummary | None, part: service_pb2.PushSummary) -> service_pb2.PushSummary:
+    """Two streams' summaries as one (counts added; the later epoch)."""
+    if total is None:
+        return part
+    return service_pb2.PushSummary(
+        batches=total.batches + part.batches, duplicate_batches=total.duplicate_batches + part.duplicate_batches,
+        packets=total.packets + part.packets, applied_packets=total.applied_packets + part.applied_packets,
+        late_packets=total.late_packets + part.late_packets,
+        last_sequence=max(total.last_sequence, part.last_sequence), epoch=part.epoch if part.batches else total.epoch)
 
 
 def _key_rows(reply, details: bool, text: bool = False):

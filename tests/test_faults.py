@@ -488,6 +488,89 @@ def test_one_batch_over_many_epochs_is_bounded_and_cheap(tmp_path, servers):
     assert bounded.metric("telesketch_batches_rejected_total", reason="too_many_epochs") == 1
 
 
+# ---------------------------------------------------------------------------- 10. in-flight budget
+def test_concurrent_large_batches_stay_within_the_inflight_budget_and_refusals_are_retried(tmp_path, servers):
+    """16 concurrent 57 MB pushes took the server from 298 MB to 2.8 GB. Here the budget holds 3 of
+    the ~300 KB batches that 8 clients push at once (4 streams without a sender id, 4 senders batch
+    by batch): the bytes held never pass the budget, refusals are busy (RESOURCE_EXHAUSTED with a
+    retry hint), the client retries them, and every flow's count is exactly what was sent."""
+    budget = 1 << 20
+    srv = start(servers, tmp_path, max_message_bytes=budget, max_inflight_bytes=budget, durability="every-batch")
+    plans = [[make_batch(4000, (OLD_EPOCH + 1) * 10**9 + 10 * i + c, seed=100 * c + i, flows=200)
+              for i in range(6)] for c in range(8)]
+    assert all(len(b.to_message().SerializeToString()) > budget // 4 for b in plans[0])
+    retries, errors = [0] * 8, []
+
+    def push(c: int) -> None:
+        try:
+            if c < 4:  # one anonymous stream: resumed exactly at the refused batch
+                with srv.client() as client:
+                    summary = client.push(plans[c])
+                    assert (summary.batches, summary.applied_packets) == (6, 24_000)
+            else:  # batch by batch, with a sender id
+                with srv.client(sender_id=f"collector-{c}") as client:
+                    for b in plans[c]:
+                        assert client.push_one(b).applied_packets == 4000
+            retries[c] = client.busy_retries
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=push, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    busy = srv.metric("telesketch_batches_rejected_total", reason="busy")
+    assert busy > 0 and sum(retries) == busy, (busy, retries)  # every refusal was retried by a client
+    print(f"busy refusals {busy:.0f}, retries per client {retries}")
+    assert 0 < srv.metric("telesketch_inflight_bytes_peak") <= budget
+    assert srv.metric("telesketch_inflight_bytes") == 0  # every reservation given back
+    assert srv.metric("telesketch_inflight_bytes_limit") == budget
+    with srv.client() as client:
+        assert server_counts(client) == counts_of([b for plan in plans for b in plan])
+        assert int(client.stats()["batches"]) == 48
+
+
+def test_a_busy_refusal_of_a_lone_batch_names_the_budget_and_changes_nothing(tmp_path):
+    """Without retries (a raw stub), a batch that does not fit is RESOURCE_EXHAUSTED with the
+    reason, the retry hint in the trailing metadata, and nothing applied; an oversized batch is
+    still "oversized" (not busy: no retry could fit it)."""
+    from telesketch.service.budget import RETRY_AFTER_KEY
+    from telesketch.service.config import ServiceConfig
+    from telesketch.service.server import ServiceThread
+    from telesketch.v1 import service_pb2_grpc
+
+    config = ServiceConfig(grpc_address="127.0.0.1:0", http_address="", data_dir=str(tmp_path / "data"),
+                           epoch_seconds=3600, sketches=EXACT, durability="none",
+                           max_message_bytes=1 << 20, max_inflight_bytes=1 << 20)
+    batch = make_batch(4000, OLD_EPOCH * 10**9, seed=3)
+    with ServiceThread(config) as svc:
+        budget = svc.service.budget
+        assert budget.try_reserve(budget.limit - 1000)  # as if other calls held nearly all of it
+        stub = service_pb2_grpc.IngestStub(grpc.insecure_channel(f"127.0.0.1:{svc.grpc_port}"))
+        err = rpc_error(lambda: stub.PushOne(batch.to_message(sender_id="x", sequence=1), timeout=10))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "server busy" in err.details() and "max_inflight_bytes" in err.details()
+        assert dict(err.trailing_metadata())[RETRY_AFTER_KEY] == "50"
+        big = make_batch(20_000, OLD_EPOCH * 10**9, seed=4).to_message()
+        err = rpc_error(lambda: stub.PushOne(big, timeout=10))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_message_bytes" in err.details()
+        assert RETRY_AFTER_KEY not in dict(err.trailing_metadata() or ())
+        budget.release(budget.limit - 1000)
+        assert budget.in_use == 0
+        with Client(f"127.0.0.1:{svc.grpc_port}", sender_id="x") as c:
+            assert c.last_sequence() == 0 and int(c.stats()["batches"]) == 0
+            assert c.push_one(batch).applied_packets == 4000 and c.busy_retries == 0
+
+
+def test_max_inflight_bytes_below_max_message_bytes_is_a_config_error():
+    from telesketch.service.config import ConfigError, ServiceConfig
+
+    with pytest.raises(ConfigError, match="max_inflight_bytes"):
+        ServiceConfig(max_message_bytes=2 << 20, max_inflight_bytes=1 << 20).validate()
+
+
 # ---------------------------------------------------------------------------- 9. undecodable messages
 def test_undecodable_messages_are_invalid_argument_counted_and_logged_once(tmp_path, servers):
     srv = start(servers, tmp_path)

@@ -236,6 +236,23 @@ def test_one_pass_merge_not_mergeable():
 
 
 # ---------------------------------------------------------------------------- serialisation
+def test_copy_is_the_same_state_and_independent():
+    """``copy`` (arrays copied, layout shared; a service copies per query) equals a round trip
+    through bytes, and updating either side leaves the other as it was."""
+    keys = zipf_keys(40_000, 5_000, 1.1, seed=43)
+    original = feed(HiddenSketch(**SMALL, seed=5), keys[:20_000])
+    before = original.to_bytes()
+    original.heavy_hitters()  # a cached decode must not leak into the copy's later answers
+    clone = original.copy()
+    assert clone.to_bytes() == before and clone.heavy_hitters() == original.heavy_hitters()
+    feed(clone, keys[20_000:])
+    assert original.to_bytes() == before
+    straight = feed(HiddenSketch(**SMALL, seed=5), keys)
+    assert clone.to_bytes() == straight.to_bytes() and clone.heavy_hitters() == straight.heavy_hitters()
+    feed(original, keys[20_000:30_000])
+    assert clone.to_bytes() == straight.to_bytes()
+
+
 @pytest.mark.parametrize("mode", ["one_pass", "two_pass"])
 def test_round_trip_then_continue(mode):
     keys = zipf_keys(40_000, 5_000, 1.1, seed=41)

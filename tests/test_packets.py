@@ -92,6 +92,11 @@ def test_flow_keys_are_big_endian_13_byte_5_tuples():
 def test_ipv4_text_round_trip_and_errors():
     assert format_ipv4(0x0A000001) == "10.0.0.1"
     assert parse_ipv4("255.255.255.255") == 0xFFFFFFFF
+    # numpy scalars, and the low 32 bits of anything wider (as the octet-by-octet version did)
+    assert format_ipv4(np.uint32(0xC0A80001)) == "192.168.0.1" and format_ipv4(np.int64(0)) == "0.0.0.0"
+    assert format_ipv4((1 << 40) | 0x7F000001) == "127.0.0.1" and format_ipv4(-1) == "255.255.255.255"
+    for value in np.random.default_rng(0).integers(0, 1 << 32, 1000).tolist():
+        assert parse_ipv4(format_ipv4(value)) == value
     for bad in ("1.2.3", "1.2.3.256", "a.b.c.d"):
         with pytest.raises(ValueError):
             parse_ipv4(bad)

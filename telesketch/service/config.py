@@ -59,6 +59,9 @@ class ServiceConfig:
     queue_batches: int = 8                  #: batches admitted but not yet applied (backpressure)
     max_message_bytes: int = 64 << 20       #: gRPC receive limit; larger: RESOURCE_EXHAUSTED
     max_batch_packets: int = 1 << 20        #: packets per batch; more: RESOURCE_EXHAUSTED
+    max_inflight_bytes: int = 256 << 20     #: batch bytes held at once by all ingest RPCs (received, queued,
+                                            #: being applied); a batch that does not fit: RESOURCE_EXHAUSTED
+                                            #: "busy", retried by the client (service/budget.py)
     wal: bool = True                        #: log each batch before applying and acking it (restart loses nothing)
     durability: str = "every-batch"         #: log fsync: "none", "interval" or "every-batch" (see epochs.DURABILITY_MODES)
     fsync_interval_seconds: float = 1.0     #: with durability = "interval": fsync at most this long after a write
@@ -84,7 +87,7 @@ class ServiceConfig:
         if not self.epoch_seconds > 0:
             raise ConfigError(f"epoch_seconds must be positive, got {self.epoch_seconds}")
         for name in ("keep_epochs", "queue_batches", "max_message_bytes", "max_batch_packets", "shards",
-                     "max_epochs_per_batch", "max_sequence_jump"):
+                     "max_epochs_per_batch", "max_sequence_jump", "max_inflight_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -92,6 +95,10 @@ class ServiceConfig:
             raise ConfigError(f"sketch_threads must be a non-negative integer (0 = the available cores), "
                               f"got {self.sketch_threads!r}")
 
+        if self.max_inflight_bytes < self.max_message_bytes:
+            raise ConfigError(f"max_inflight_bytes ({self.max_inflight_bytes:,}) must be at least max_message_bytes "
+                              f"({self.max_message_bytes:,}), or a batch of the largest accepted size could never "
+                              f"be admitted")
         for name in ("fsync_interval_seconds", "max_future_skew_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")

@@ -18,7 +18,7 @@ from prometheus_client import PlatformCollector, ProcessCollector
 
 #: ``telesketch_batches_rejected`` reasons (see telesketch.service.server).
 REJECT_REASONS = ("invalid", "oversized", "unauthenticated", "undecodable", "future_timestamp", "too_many_epochs",
-                  "sequence_jump", "admin_denied")
+                  "sequence_jump", "admin_denied", "busy")
 
 QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -60,6 +60,13 @@ class ServiceMetrics:
         self.duplicates = Counter("telesketch_batches_duplicate", "Retried batches already applied", registry=r)
         self.rejected = Counter("telesketch_batches_rejected", "Batches refused", ["reason"], registry=r)
         self.queue_depth = Gauge("telesketch_queue_depth", "Batches admitted and not yet applied", registry=r)
+        self.inflight_bytes = Gauge("telesketch_inflight_bytes", "Batch message bytes held by ingest calls "
+                                    "(received and not yet applied); at the limit new batches are refused as busy",
+                                    registry=r)
+        self.inflight_limit = Gauge("telesketch_inflight_bytes_limit", "max_inflight_bytes: the in-flight budget",
+                                    registry=r)
+        self.inflight_peak = Gauge("telesketch_inflight_bytes_peak", "Most batch bytes held at once since start",
+                                   registry=r)
         self.queue_capacity = Gauge("telesketch_queue_capacity", "Batches the queue admits", registry=r)
         self.epoch = Gauge("telesketch_epoch", "Id of the open epoch (ts_ns // epoch length)", registry=r)
         self.epoch_start = Gauge("telesketch_epoch_start_seconds",

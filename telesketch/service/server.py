@@ -15,9 +15,19 @@ the batches before it were applied (their sequence numbers make a retry of the w
 Refusals change nothing and are counted in ``telesketch_batches_rejected{reason=...}``: ``undecodable``
 (not a ``PacketBatch``; logged once per peer per minute, no traceback), ``invalid``, ``oversized``,
 ``future_timestamp`` (stamped more than ``max_future_skew_seconds`` ahead of the server clock),
-``too_many_epochs``, ``sequence_jump``, ``unauthenticated``, ``admin_denied``. A batch whose log
+``too_many_epochs``, ``sequence_jump``, ``unauthenticated``, ``admin_denied``, ``busy`` (the
+in-flight budget is full, see below). A batch whose log
 write fails is not applied and answers UNAVAILABLE with the reason (e.g. disk full): retryable, as
-clients such as ``telesketch replay`` treat it (RESOURCE_EXHAUSTED means an oversized batch: not retried).
+clients such as ``telesketch replay`` treat it (RESOURCE_EXHAUSTED means an oversized batch: not retried,
+unless the trailing metadata carries ``telesketch-retry-after-ms``: busy).
+
+In-flight budget: every ingest message reserves its size from one shared budget
+(``max_inflight_bytes``, :mod:`telesketch.service.budget`) in the request deserializer, before it
+is decoded, and gives it back when the worker is done with the batch. A message that does not fit
+is refused at once, undecoded: RESOURCE_EXHAUSTED "busy" with ``telesketch-retry-after-ms`` in the
+trailing metadata; :class:`telesketch.client.Client` retries it with backoff. A ``Push`` stream
+refused part-way says in its trailing metadata how many of its batches were applied
+(``telesketch-applied-batches``) and their summary, so the client resends exactly the rest.
 
 Roles: with ``token`` set every RPC but health needs it (or the admin token); Admin calls need
 ``admin_token`` when one is set, else they are served to loopback peers only. Tokens are compared
@@ -41,6 +51,8 @@ from grpc_reflection.v1alpha import reflection
 from telesketch.packets import BatchError, PacketBatch
 from telesketch.service.config import ServiceConfig
 from telesketch.service.auth import bearer_matches
+from telesketch.service.budget import (APPLIED_BATCHES_KEY, PARTIAL_SUMMARY_KEY, RETRY_AFTER_KEY, RETRY_AFTER_MS,
+                                       InflightBudget)
 from telesketch.service.epochs import (ApplyResult, BatchRejected, EpochManager, LogWriteError,
                                        data_dir_settings)
 from telesketch.service.metrics import ServiceMetrics
@@ -61,8 +73,10 @@ SERVICE_NAMES = ("telesketch.v1.Ingest", "telesketch.v1.Query", "telesketch.v1.A
 class SketchWorker:
     """One thread applying batches in order; ``admit`` is the bounded, awaitable entry."""
 
-    def __init__(self, manager: EpochManager, capacity: int, metrics: ServiceMetrics):
+    def __init__(self, manager: EpochManager, capacity: int, metrics: ServiceMetrics,
+                 budget: InflightBudget | None = None):
         self.manager = manager
+        self.budget = budget
         self.capacity = capacity
         self.metrics = metrics
         self.depth = 0
@@ -76,19 +90,25 @@ class SketchWorker:
         self._slots = asyncio.Semaphore(self.capacity)
         self._thread.start()
 
-    async def admit(self, batch: PacketBatch, sender_id: str, sequence: int, raw: bytes | None) -> asyncio.Future:
-        """Wait for a queue slot, enqueue; the returned future resolves to the ApplyResult."""
+    async def admit(self, batch: PacketBatch, sender_id: str, sequence: int, raw: bytes | None,
+                    reserved: int = 0) -> asyncio.Future:
+        """Wait for a queue slot, enqueue; the returned future resolves to the ApplyResult.
+
+        ``reserved``: bytes of the in-flight budget the batch holds; once enqueued, the worker
+        gives them back when it is done with the batch (not when the caller stops waiting)."""
         await self._slots.acquire()
         self.depth += 1
         self.metrics.queue_depth.set(self.depth)
         future = self._loop.create_future()
-        self._queue.put((batch, sender_id, sequence, raw, future))
+        self._queue.put((batch, sender_id, sequence, raw, future, reserved))
         return future
 
-    def _done(self, future: asyncio.Future, result, error) -> None:
+    def _done(self, future: asyncio.Future, result, error, reserved: int = 0) -> None:
         self.depth -= 1
         self.metrics.queue_depth.set(self.depth)
         self._slots.release()
+        if reserved and self.budget is not None:
+            self.budget.release(reserved)
         if future.cancelled():
             return
         if error is not None:
@@ -101,7 +121,8 @@ class SketchWorker:
             item = self._queue.get()
             if item is None:
                 return
-            batch, sender_id, sequence, raw, future = item
+            batch, sender_id, sequence, raw, future, reserved = item
+            del item
             start = time.perf_counter()
             result = error = None
             try:
@@ -114,7 +135,8 @@ class SketchWorker:
             except Exception as exc:  # noqa: BLE001 - reported to the caller as INTERNAL
                 log.exception("applying a batch failed")
                 error = exc
-            self._loop.call_soon_threadsafe(self._done, future, result, error)
+            del batch, raw  # the budget is given back only once the worker holds no reference
+            self._loop.call_soon_threadsafe(self._done, future, result, error, reserved)
 
     def _account(self, result: ApplyResult, seconds: float) -> None:
         m = self.metrics
@@ -142,14 +164,19 @@ class RawBatch:
     raw: bytes
     message: batch_pb2.PacketBatch | None
     error: str = ""
+    #: bytes of the in-flight budget this request holds (0: none, e.g. an oversized message)
+    reserved: int = 0
+    #: the budget had no room: refused undecoded (``raw`` is empty, ``size`` is what arrived)
+    busy: bool = False
+    size: int = 0
 
 
 def _deserialize_batch(raw: bytes) -> RawBatch:
     """Never raises: a failure here would answer UNKNOWN with a traceback in the log."""
     try:
-        return RawBatch(raw, batch_pb2.PacketBatch.FromString(raw))
+        return RawBatch(raw, batch_pb2.PacketBatch.FromString(raw), size=len(raw))
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or anything a hostile input triggers
-        return RawBatch(raw, None, f"{type(exc).__name__}: {exc}")
+        return RawBatch(raw, None, f"{type(exc).__name__}: {exc}", size=len(raw))
 
 
 #: Undecodable messages are logged at most once per peer address per this many seconds.
@@ -161,6 +188,33 @@ class IngestService:
         self.service = service
         self._undecodable_logged: dict[str, float] = {}
 
+    def _admit_bytes(self, raw: bytes) -> RawBatch:
+        """The request deserializer: reserve the message's bytes from the in-flight budget, then
+        decode. No room: the bytes are dropped undecoded and the handler refuses the call as busy.
+        An oversized message reserves nothing (the handler refuses it as oversized, not busy: a
+        retry could never fit)."""
+        size = len(raw)
+        if size > self.service.config.max_message_bytes:
+            return _deserialize_batch(raw)
+        if not self.service.budget.try_reserve(size):
+            return RawBatch(b"", None, busy=True, size=size)
+        request = _deserialize_batch(raw)
+        request.reserved = size
+        return request
+
+    def _release(self, request: RawBatch) -> None:
+        """Give back a request's bytes when it will not reach the worker (refused, cancelled)."""
+        if request.reserved:
+            self.service.budget.release(request.reserved)
+            request.reserved = 0
+
+    def _busy(self, request: RawBatch) -> BatchRejected:
+        budget = self.service.budget
+        return BatchRejected(
+            TooLarge, "busy",
+            f"server busy: batches in flight hold {budget.in_use:,} of max_inflight_bytes {budget.limit:,} bytes, "
+            f"no room for this batch of {request.size:,} bytes; it was not applied: retry after a short wait")
+
     def _decode(self, request: RawBatch, context) -> PacketBatch:
         """Validate everything the sender controls; raises BatchRejected with the status to send.
 
@@ -168,6 +222,8 @@ class IngestService:
         ``rejected{reason="oversized"}`` (gRPC itself refuses only messages over twice the limit;
         see :func:`grpc_server_options`)."""
         cfg = self.service.config
+        if request.busy:
+            raise self._busy(request)
         if len(request.raw) > cfg.max_message_bytes:
             raise BatchRejected(TooLarge, "oversized",
                                 f"batch message of {len(request.raw):,} bytes exceeds max_message_bytes "
@@ -229,17 +285,32 @@ class IngestService:
                     "telesketch_batches_rejected{reason=\"undecodable\"}, logged at most once a minute",
                     peer, len(request.raw), request.error[:200])
 
-    async def _reject(self, context, error: BatchRejected, prefix: str = ""):
+    async def _reject(self, context, error: BatchRejected, prefix: str = "", trailing=()):
         self.service.metrics.rejected.labels(error.reason).inc()
-        await context.abort(grpc_status(error), prefix + str(error))
+        if error.reason == "busy":
+            trailing = (*trailing, (RETRY_AFTER_KEY, str(RETRY_AFTER_MS)))
+        await context.abort(grpc_status(error), prefix + str(error), tuple(trailing))
+
+    async def _admit(self, request: RawBatch, batch: PacketBatch) -> asyncio.Future:
+        """Hand a decoded batch to the worker, which then owns its budget bytes; released here if
+        the call ends (cancelled) before the batch is queued."""
+        message = request.message
+        try:
+            future = await self.service.worker.admit(batch, message.sender_id, message.sequence, request.raw,
+                                                     request.reserved)
+        except BaseException:
+            self._release(request)
+            raise
+        request.reserved = 0
+        return future
 
     async def PushOne(self, request: RawBatch, context) -> service_pb2.Ack:
         try:
             batch = self._decode(request, context)
         except BatchRejected as exc:
+            self._release(request)
             await self._reject(context, exc)
-        message = request.message
-        future = await self.service.worker.admit(batch, message.sender_id, message.sequence, request.raw)
+        future = await self._admit(request, batch)
         result = await _result(future, context, self.service.metrics)
         return service_pb2.Ack(**vars(result))
 
@@ -251,12 +322,14 @@ class IngestService:
             try:
                 batch = self._decode(request, context)
             except BatchRejected as exc:
-                # the earlier batches are applied before the error goes out, so Resume agrees with it
-                await asyncio.gather(*futures, return_exceptions=True)
-                who = f" (sender {message.sender_id!r}, sequence {message.sequence})" if message is not None else ""
-                await self._reject(context, exc, f"batch #{index} of the stream{who}; the {index - 1} before it "
-                                                 f"were applied: ")
-            futures.append(await self.service.worker.admit(batch, message.sender_id, message.sequence, request.raw))
+                self._release(request)
+                await self._refuse_in_stream(context, exc, futures, index, message)
+            futures.append(await self._admit(request, batch))
+            del request, batch
+        return await self._summary(futures, context)
+
+    async def _summary(self, futures, context) -> service_pb2.PushSummary:
+        """The stream's summary once every batch is applied (aborts with the first batch's error)."""
         summary = service_pb2.PushSummary()
         for future in futures:
             r = await _result(future, context, self.service.metrics)
@@ -269,6 +342,15 @@ class IngestService:
             summary.epoch = r.epoch
         return summary
 
+    async def _refuse_in_stream(self, context, exc: BatchRejected, futures, index: int, message) -> None:
+        """End a stream at its refused batch #``index``: the batches before it are applied first (so
+        Resume agrees with the answer); the trailing metadata says how many and their summary, so a
+        client resends exactly the rest. An earlier batch that failed ends the stream with its error."""
+        summary = await self._summary(futures, context)
+        who = f" (sender {message.sender_id!r}, sequence {message.sequence})" if message is not None else ""
+        await self._reject(context, exc, f"batch #{index} of the stream{who}; the {index - 1} before it were applied: ",
+                           ((APPLIED_BATCHES_KEY, str(index - 1)), (PARTIAL_SUMMARY_KEY, summary.SerializeToString())))
+
     async def Resume(self, request, context) -> service_pb2.ResumeReply:
         with self.service.manager.lock:
             return service_pb2.ResumeReply(last_sequence=self.service.manager.senders.get(request.sender_id, 0))
@@ -276,8 +358,8 @@ class IngestService:
     def handlers(self) -> grpc.GenericRpcHandler:
         reply = lambda m: m.SerializeToString()  # noqa: E731
         return grpc.method_handlers_generic_handler("telesketch.v1.Ingest", {
-            "Push": grpc.stream_unary_rpc_method_handler(self.Push, _deserialize_batch, reply),
-            "PushOne": grpc.unary_unary_rpc_method_handler(self.PushOne, _deserialize_batch, reply),
+            "Push": grpc.stream_unary_rpc_method_handler(self.Push, self._admit_bytes, reply),
+            "PushOne": grpc.unary_unary_rpc_method_handler(self.PushOne, self._admit_bytes, reply),
             "Resume": grpc.unary_unary_rpc_method_handler(
                 self.Resume, service_pb2.ResumeRequest.FromString, reply),
         })
@@ -566,7 +648,10 @@ class Service:
             raise
         self.metrics.checkpoint_failures.set_function(lambda: self.manager.checkpoint_failures)
         self.queries = QueryEngine(self.manager, self.metrics.observe_query, self.metrics.observe_partial)
-        self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics)
+        self.budget = InflightBudget(config.max_inflight_bytes, self.metrics.inflight_bytes.set)
+        self.metrics.inflight_limit.set(config.max_inflight_bytes)
+        self.metrics.inflight_peak.set_function(lambda: self.budget.peak)
+        self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics, self.budget)
         self.query_pool = ThreadPoolExecutor(2, thread_name_prefix="telesketch-query")
         self.metrics.queue_capacity.set(config.queue_batches)
         for cs in self.sketchset.sketches:
