@@ -20,6 +20,8 @@ import numpy as np
 
 BYTE_LAYERS: tuple[int, ...] = (0, 8, 16, 24, 32)
 BIT_LAYERS: tuple[int, ...] = tuple(range(33))
+#: IPv6 allocation hierarchy: /0, RIR-scale /16, ISP /32, site /48, home /56, subnet /64, host /128.
+IPV6_LAYERS: tuple[int, ...] = (0, 16, 32, 48, 56, 64, 128)
 
 
 # ---------------------------------------------------------------------------- keys and counts
@@ -100,11 +102,12 @@ def heavy_changers(
 
 
 # ---------------------------------------------------------------------------- hierarchical heavy hitters
-def prefix_mask(length: int) -> int:
-    """Network mask of a prefix length as a ``u32`` value (``/0`` is 0)."""
-    if not 0 <= length <= 32:
-        raise ValueError(f"prefix length must be in [0, 32], got {length}")
-    return 0 if length == 0 else (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+def prefix_mask(length: int, width: int = 32) -> int:
+    """Network mask of a prefix length as a ``width``-bit value (``u32`` by default, 128 for IPv6; ``/0`` is 0)."""
+    if not 0 <= length <= width:
+        raise ValueError(f"prefix length must be in [0, {width}], got {length}")
+    full = (1 << width) - 1
+    return 0 if length == 0 else (full << (width - length)) & full
 
 
 def layers_for(mode: str) -> tuple[int, ...]:
@@ -127,7 +130,7 @@ def prefix_counts(addresses: np.ndarray, layers: Sequence[int] = BYTE_LAYERS) ->
 
 
 def hhh_from_counts(
-    counts: Mapping[int, Mapping[int, float]], threshold: float
+    counts: Mapping[int, Mapping[int, float]], threshold: float, width: int = 32
 ) -> dict[tuple[int, int], float]:
     """The discounted HHH set from per-layer counts ``{length: {prefix: count}}``.
 
@@ -136,12 +139,14 @@ def hhh_from_counts(
     per-layer sketch estimates alike (the ResidualSketch query and shard merge use it): a prefix
     that only carries covered mass (a sketch may miss a parent whose children it reported) is
     still visited, so covered mass always reaches the coarser layers.
+    ``width`` is the address width in bits: 32 (IPv4 ``u32`` prefixes) or 128 (IPv6 prefixes as
+    128-bit ints, see :func:`ipv6_ints`).
     Returns ``{(prefix, length): c(p)}``.
     """
     reported: dict[tuple[int, int], float] = {}
     carry: dict[int, float] = {}  # prefix at the previous (finer) layer -> covered mass below it
     for length in sorted(counts, reverse=True):
-        mask = prefix_mask(length)
+        mask = prefix_mask(length, width)
         covered: dict[int, float] = {}
         for prefix, mass in carry.items():
             covered[prefix & mask] = covered.get(prefix & mask, 0) + mass
@@ -169,6 +174,42 @@ def hhh(
     addresses = np.asarray(addresses, dtype=np.uint32)
     thr = _threshold(addresses.shape[0], phi, threshold)
     return hhh_from_counts(prefix_counts(addresses, layers_for(mode)), thr)
+
+
+# ---------------------------------------------------------------------------- IPv6 hierarchical heavy hitters
+def ipv6_ints(addresses: np.ndarray) -> list[int]:
+    """128-bit Python ints of ``uint8[n, 16]`` network-order IPv6 addresses (``2001:db8::1`` ->
+    ``0x20010db8000000000000000000000001``): the prefix values of IPv6 HHH answers."""
+    addresses = np.ascontiguousarray(addresses, dtype=np.uint8)
+    if addresses.ndim != 2 or addresses.shape[1] != 16:
+        raise ValueError(f"IPv6 addresses must be uint8[n, 16], got shape {addresses.shape}")
+    halves = addresses.view(">u8").astype(np.uint64)
+    return [(int(hi) << 64) | int(lo) for hi, lo in halves.tolist()]
+
+
+def prefix_counts6(addresses: np.ndarray, layers: Sequence[int] = IPV6_LAYERS) -> dict[int, dict[int, int]]:
+    """Exact ``{length: {prefix (128-bit int): count}}`` of IPv6 ``uint8[n, 16]`` addresses per layer."""
+    addresses = np.ascontiguousarray(addresses, dtype=np.uint8).reshape(-1, 16)
+    whole = {int.from_bytes(k, "big"): c for k, c in count_dict(addresses).items()} if len(addresses) else {}
+    out: dict[int, dict[int, int]] = {}
+    for length in layers:
+        mask = prefix_mask(length, 128)
+        layer: dict[int, int] = {}
+        for address, count in whole.items():
+            layer[address & mask] = layer.get(address & mask, 0) + count
+        out[length] = layer
+    return out
+
+
+def hhh6(
+    addresses: np.ndarray,
+    phi: float | None = None,
+    threshold: float | None = None,
+    layers: Sequence[int] = IPV6_LAYERS,
+) -> dict[tuple[int, int], float]:
+    """Exact discounted HHH of IPv6 ``uint8[n, 16]`` addresses: ``{(prefix int, length): c}``."""
+    thr = _threshold(len(addresses), phi, threshold)
+    return hhh_from_counts(prefix_counts6(addresses, layers), thr, width=128)
 
 
 # ---------------------------------------------------------------------------- GapFilter ground truth

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from telesketch.packets import PacketBatch
 from telesketch.sketches.cocosketch import (
     BlockSketchVerbs,
     BUCKET_DTYPE,
@@ -33,15 +32,18 @@ from telesketch.sketches.cocosketch import (
     CocoSketch,
     CocoSketchParams,
     HHHEntry,
+    HHHRow,
     LayerEstimates,
-    address_column,
     as_addresses,
     block_layer_estimates,
     buckets_per_row,
+    buckets6_per_row,
     check_memory,
     check_seed,
     fastmod_magic,
+    format_prefix,
     hhh_pass,
+    hhh_rows,
     layers_of,
     merged_hhh,
     normalise_dimension,
@@ -53,7 +55,7 @@ from telesketch.sketches.cocosketch import (
     sum_layer_estimates,
 )
 from telesketch.sketches.core import NotMergeableError, SketchError
-from telesketch.sketches.exact import prefix_mask
+from telesketch.sketches.exact import IPV6_LAYERS, prefix_mask
 
 __all__ = [
     "ResidualSketch",
@@ -61,6 +63,10 @@ __all__ = [
     "CocoSketch",
     "CocoSketchParams",
     "HHHEntry",
+    "HHHRow",
+    "IPV6_LAYERS",
+    "format_prefix",
+    "hhh_rows",
     "hhh_pass",
     "merged_hhh",
     "shard_threshold",
@@ -68,6 +74,8 @@ __all__ = [
 ]
 
 DEFAULT_CRUCIAL = {"byte": (16,), "bit": (12,)}
+#: Crucial layers of the IPv6 tree (layers /0 /16 /32 /48 /56 /64 /128); see the module docstring.
+DEFAULT_CRUCIAL6 = (64,)
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,8 @@ class ResidualSketchParams:
     seed: int = 0
     addback: str = "gt"
     connection: bool = True
+    ipv6_memory_bytes: int | None = None
+    ipv6_crucial_layers: tuple[int, ...] | None = None
 
     def __post_init__(self):
         layers = layers_of(self.mode)
@@ -112,6 +122,10 @@ class ResidualSketchParams:
             raise SketchError(f"connection must be a bool, got {self.connection!r}")
         resolve_threshold(self.threshold, self.phi, self.expected_packets, required=True)
         buckets_per_row(self.memory_bytes // (1 + len(self.crucial_layers)), "ResidualSketch")
+        set_("ipv6_memory_bytes", self.memory_bytes if self.ipv6_memory_bytes is None
+             else check_memory(self.ipv6_memory_bytes))
+        set_("ipv6_crucial_layers", _check_crucial6(self.ipv6_crucial_layers))
+        buckets6_per_row(self.ipv6_memory_bytes // (1 + len(self.ipv6_crucial_layers)), "ResidualSketch IPv6 tree")
 
     @property
     def T(self) -> int:
@@ -133,6 +147,20 @@ def _check_crucial(crucial, mode: str, layers: tuple[int, ...]) -> tuple[int, ..
     return tuple(sorted(crucial))
 
 
+def _check_crucial6(crucial) -> tuple[int, ...]:
+    if crucial is None:
+        return DEFAULT_CRUCIAL6
+    if isinstance(crucial, (int, np.integer)):
+        crucial = (crucial,)
+    crucial = tuple(int(k) for k in crucial)
+    bad = [k for k in crucial if not 0 < k < 128 or k not in IPV6_LAYERS]
+    if bad:
+        raise SketchError(f"IPv6 crucial layers {bad} invalid: need 0 < k < 128 and k a layer of {IPV6_LAYERS}")
+    if len(set(crucial)) != len(crucial):
+        raise SketchError(f"IPv6 crucial layers must be distinct, got {crucial}")
+    return tuple(sorted(crucial))
+
+
 class ResidualSketch(BlockSketchVerbs):
     """Hierarchical heavy hitters over source (or destination) IPv4 prefixes.
 
@@ -143,7 +171,7 @@ class ResidualSketch(BlockSketchVerbs):
     """
 
     ALGORITHM = "residualsketch"
-    VERSION = 1
+    VERSION = 2  # 2: the IPv6 tree; version 1 (IPv4 only) still loads
     PARAMS = ResidualSketchParams
 
     def __init__(self, params: ResidualSketchParams | None = None, **kwargs):
@@ -162,6 +190,11 @@ class ResidualSketch(BlockSketchVerbs):
         self._masks = np.array([prefix_mask(k) for k in p.crucial_layers], np.uint32)
         self._seed_mix = seed_mix(p.seed)
         self._addback = p.addback if p.connection else None  # noConn adds nothing back
+        self._init_ipv6(p.ipv6_memory_bytes, p.ipv6_crucial_layers, "ResidualSketch IPv6 tree")
+
+    def _tree_rule(self) -> tuple[int, bool, str | None]:
+        """``(T, connection, addback)``: both trees use the same threshold and rules."""
+        return self.T, self.params.connection, self._addback
 
     # ------------------------------------------------------------------ update
     @property
@@ -171,10 +204,6 @@ class ResidualSketch(BlockSketchVerbs):
 
     ids = property(lambda self: self.cells["id"], doc="Bucket ids, ``uint32[1 + |K|, 2, w]`` (a view).")
     counts = property(lambda self: self.cells["count"], doc="Bucket counts, ``int32[1 + |K|, 2, w]`` (a view).")
-
-    def update(self, batch: PacketBatch) -> None:
-        """Process every packet of ``batch`` (weight 1 each) under its src (or dst) address."""
-        self.update_addresses(address_column(batch, self.params.dimension))
 
     def update_addresses(self, addresses) -> None:
         """Process a raw ``uint32[n]`` address array in order (benchmark entry point)."""
