@@ -272,4 +272,4 @@ def test_bad_ipv6_inputs_and_parameters_raise_clear_errors():
         CocoSketch(threshold=10, ipv6_memory_bytes=39)
     assert rs.packets6 == 0 and not rs.occ6.any()
     p = ResidualSketch(threshold=10).params
-    assert p.ipv6_memory_bytes == p.memory_bytes and p.ipv6_crucial_layers == (64,)
+    assert p.ipv6_memory_bytes == p.memory_bytes and p.ipv6_crucial_layers == (32, 64)

@@ -75,7 +75,7 @@ __all__ = [
 
 DEFAULT_CRUCIAL = {"byte": (16,), "bit": (12,)}
 #: Crucial layers of the IPv6 tree (layers /0 /16 /32 /48 /56 /64 /128); see the module docstring.
-DEFAULT_CRUCIAL6 = (64,)
+DEFAULT_CRUCIAL6 = (32, 64)
 
 
 @dataclass(frozen=True)
