@@ -405,7 +405,7 @@ def ipv6_section(args, cache: Path, results: dict) -> None:
           "| mixed Coco IPv4 | mixed Coco IPv6 | IPv6 memory for the IPv4-only Residual F1 |")
     print("|---|---|---|---|---|---|---|---|")
     for kib in (32, 64, 128):
-        only = {alg: ipv6_runs(alg, (synth, truth_only), (v6[:0], truth6), kib * KIB, 80, T, seeds)["f1_v4"]
+        only = {alg: ipv6_runs(alg, (synth, truth_only), (v6[:0], truth6), kib * KIB, 240, T, seeds)["f1_v4"]
                 for alg in ("residual", "coco")}
         mixed = {alg: ipv6_runs(alg, (v4, truth4), (v6, truth6), kib * KIB, kib * KIB, T, seeds)
                  for alg in ("residual", "coco")}

@@ -1,4 +1,4 @@
-"""CocoSketch (d = 2) over IPv4 addresses, and the prefix-hierarchy helpers ResidualSketch shares.
+"""CocoSketch (d = 2) over IPv4 and IPv6 addresses, and the prefix-hierarchy helpers ResidualSketch shares.
 
 Spec: ``specs/residualsketch.md`` §2 (the block), §3 (per-layer estimates, HHH query), §4 (sharding).
 
@@ -13,6 +13,10 @@ reference does; every block uses the same two), *not* the telesketch seeded fami
 this hash so that bucket placement matches the reference code. The seed drives only the replacement
 coins, drawn from the counter-based generator ``rand32(seed, n, j)`` (packet index ``n``, block
 ``j``), so runs are deterministic and independent of batch boundaries.
+
+Both sketches keep an **IPv6 tree** beside the IPv4 blocks: the same blocks over 128-bit keys
+(see "IPv6 tree kernels" below), layers :data:`~telesketch.sketches.exact.IPV6_LAYERS`, answered by
+``layer_estimates6`` / ``hhh6_entries`` / ``estimate6`` and, with the IPv4 tree, ``hhh_rows``.
 
 CocoSketch alone answers every layer by aggregating its full keys (``est[L] = Σ prefix(x, L)``);
 it is ResidualSketch with no crucial layers. Its raw state is not merged (order-dependent

@@ -1,4 +1,4 @@
-"""ResidualSketch: hierarchical heavy hitters over IPv4 prefixes (spec ``specs/residualsketch.md``).
+"""ResidualSketch: hierarchical heavy hitters over IPv4 and IPv6 prefixes (spec ``specs/residualsketch.md``).
 
 State: a full-key CocoSketch ``F`` (d = 2) plus one CocoSketch "Residual Block" ``R_k`` per crucial
 prefix length ``k``, memory split equally over the ``1 + |K|`` blocks (8 bytes per bucket). Per
@@ -12,6 +12,27 @@ packet with address ``x`` (packet index ``n`` in the sketch's stream):
 Queries add F's heavy keys back into every block (the skip connection), answer each layer from the
 nearest crucial layer at or above it (or from all of F below the finest one), and run one
 bottom-up discounted HHH pass (:func:`~telesketch.sketches.cocosketch.hhh_pass`).
+
+**IPv6.** Every sketch holds a second tree beside the IPv4 one: the same algorithm over 128-bit
+keys (:mod:`~telesketch.sketches.cocosketch` "IPv6 tree"), fed the IPv6 rows of each batch, with
+its own memory (``ipv6_memory_bytes``, default ``memory_bytes``, 20 bytes a bucket) and packet
+index, so IPv4 state and answers are exactly those of the IPv4 rows alone. Its hierarchy follows
+address allocation, the boundaries an operator reads: ``/0``, ``/16`` (RIR-scale blocks), ``/32``
+(an ISP/LIR allocation), ``/48`` (a site), ``/56`` (a home or small-business delegation), ``/64``
+(one subnet: SLAAC and temporary addresses live below it) and ``/128`` (a host) -- the layers
+:data:`~telesketch.sketches.exact.IPV6_LAYERS`. Its crucial layers default to ``{32, 64}``:
+
+* ``/64`` because below it hosts rotate temporary (privacy) addresses, so a busy LAN is a heavy
+  /64 made of light /128s; answered from F, such a /64 is only seen through the few full keys F
+  holds (per-layer F1 0.5-0.75 on the benchmark's mixed traffic), from its own block exactly (1.0);
+* ``/32`` because it is the middle of the hierarchy, as /16 is for IPv4 byte mode: with ``/64``
+  alone, /32../0 are aggregated from /64 prefixes and /32 drops to F1 ~0.7.
+
+``{32}`` alone scores a slightly higher pooled F1 on the benchmark (its many /16 HHH get more
+memory) but misses the heavy /64s, which is the answer an operator most needs from IPv6 traffic;
+see ``docs/IPV6.md`` and BENCHMARKS.md for the measurement. :meth:`ResidualSketch.hhh_rows` answers
+both trees at once (:class:`HHHRow`: family, 4- or 16-byte prefix, length) and :func:`format_prefix`
+prints ``10.1.0.0/16`` / ``2001:db8::/32`` (RFC 5952).
 
 The update is order-dependent (the connection fires at the instant F's count equals T), so the
 kernel is one sequential ``nogil`` loop (spec §5 "exact mode") and raw state is not mergeable;
