@@ -26,7 +26,7 @@ address allocation, the boundaries an operator reads: ``/0``, ``/16`` (RIR-scale
   /64 made of light /128s; answered from F, such a /64 is only seen through the few full keys F
   holds (per-layer F1 0.5-0.75 on the benchmark's mixed traffic), from its own block exactly (1.0);
 * ``/32`` because it is the middle of the hierarchy, as /16 is for IPv4 byte mode: with ``/64``
-  alone, /32../0 are aggregated from /64 prefixes and /32 drops to F1 ~0.7.
+  alone, /32../0 are aggregated from /64 prefixes and /32 drops to F1 0.5-0.7.
 
 ``{32}`` alone scores a slightly higher pooled F1 on the benchmark (its many /16 HHH get more
 memory) but misses the heavy /64s, which is the answer an operator most needs from IPv6 traffic;
