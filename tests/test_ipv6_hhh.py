@@ -273,3 +273,21 @@ def test_bad_ipv6_inputs_and_parameters_raise_clear_errors():
     assert rs.packets6 == 0 and not rs.occ6.any()
     p = ResidualSketch(threshold=10).params
     assert p.ipv6_memory_bytes == p.memory_bytes and p.ipv6_crucial_layers == (32, 64)
+
+
+def test_exact_ipv6_oracle_equals_the_pure_python_hhh_definition():
+    """``exact.hhh6`` / ``prefix_counts6`` against per-layer counts written out with Python ints."""
+    batch = mixed_batch(4000, seed=12)
+    rows = v6_rows(batch)
+    counts = {L: {} for L in naive.IPV6_LAYERS}
+    for row in rows:
+        x = int.from_bytes(bytes(row), "big")
+        for L in naive.IPV6_LAYERS:
+            p = naive.prefix(x, L, 128)
+            counts[L][p] = counts[L].get(p, 0) + 1
+    assert exact.prefix_counts6(rows) == counts
+    for T in (20, 80):
+        want = {(p, L): c for L, p, _, c in naive.hhh(counts, naive.IPV6_LAYERS, T, width=128)}
+        assert exact.hhh6(rows, threshold=T) == want and len(want) > 3
+    assert exact.ipv6_ints(np.array([list(parse_ipv6("2001:db8::1"))], np.uint8)) == [0x20010DB8 << 96 | 1]
+    assert exact.prefix_mask(32, 128) == 0xFFFFFFFF << 96 and exact.prefix_mask(16) == 0xFFFF0000
