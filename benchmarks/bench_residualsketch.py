@@ -8,6 +8,8 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py --sections throughput
     .venv/bin/python benchmarks/bench_residualsketch.py --sections accuracy --quick
     .venv/bin/python benchmarks/bench_residualsketch.py --sections hard          # issue 20's hard mix
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv6          # mixed IPv4/IPv6 (issue 18)
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv4_ab --baseline-tree /tmp/base
 
 Accuracy (§6 headline): HHH pairs (layer, prefix) pooled over every layer except /32 (which still
 takes part in conditioning); precision, recall, F1; ARE/AAE of the unconditioned estimate over true
@@ -298,6 +300,178 @@ def hard_section(args, cache: Path, results: dict) -> None:
               f"{row['coco']['per_layer_f1_seed0']} |", flush=True)
 
 
+# ---------------------------------------------------------------------------- IPv6 (issue 18)
+IPV6_SHARE = 0.4
+IPV6_PRIVACY = 0.3  # share of IPv6 hosts (by /64) whose clients use per-packet random interface ids
+
+
+def ipv6_from_ipv4_structure(addresses: np.ndarray, seed: int) -> np.ndarray:
+    """``uint8[n, 16]`` IPv6 sources with the hierarchy and skew of an IPv4 stream mapped onto the
+    IPv6 allocation layers: ``a.b.c.d`` -> ``20aa:bb00:cc00:0dd0::/60`` style, i.e. octet ``a`` picks
+    the /16, ``b`` the /32 (ISP), ``c`` the /48 (site), ``d`` the /56 (high nibble) and /64 (low
+    nibble). Interface ids: ``::1`` (servers, stable) for most /64s; in ``IPV6_PRIVACY`` of them a
+    fresh random id per packet (temporary addresses), so those /64s are heavy with no heavy host.
+    """
+    rng = np.random.default_rng(seed)
+    a = (addresses >> np.uint32(24)).astype(np.uint8)
+    b = (addresses >> np.uint32(16)).astype(np.uint8)
+    c = (addresses >> np.uint32(8)).astype(np.uint8)
+    d = addresses.astype(np.uint8)
+    out = np.zeros((addresses.size, 16), np.uint8)
+    out[:, 0], out[:, 1], out[:, 2], out[:, 4] = 0x20, a, b, c
+    out[:, 6], out[:, 7] = d >> 4, d & 0x0F
+    privacy = (((addresses * np.uint32(2654435761)) >> np.uint32(16)) % np.uint32(1000)) < IPV6_PRIVACY * 1000
+    out[~privacy, 15] = 1
+    out[privacy, 8:] = rng.integers(0, 256, (int(privacy.sum()), 8), dtype=np.uint8)
+    return out
+
+
+class Truth6:
+    """Exact per-layer counts of an IPv6 stream (128-bit int prefixes) and its HHH sets."""
+
+    def __init__(self, addresses6: np.ndarray):
+        self.counts = exact.prefix_counts6(addresses6)
+        self._hhh: dict[float, dict] = {}
+
+    def hhh(self, T: float) -> dict:
+        if T not in self._hhh:
+            self._hhh[T] = exact.hhh_from_counts(self.counts, T, width=128)
+        return self._hhh[T]
+
+
+def f1_excluding_full_keys(entries, truth, T: float, full: int) -> float:
+    """F1 of reported (prefix, length) pairs pooled over every layer except the full-key one."""
+    true_set = {k for k in truth.hhh(T) if k[1] != full}
+    return exact.set_accuracy(true_set, {(e.prefix, e.length) for e in entries if e.length != full}).f1
+
+
+def ipv6_runs(alg: str, v4, v6, memory: int, memory6: int, T: int, seeds: int, crucial6=None) -> dict:
+    """Mean F1 of both trees of ``seeds`` sketches fed the mixed stream (``v4`` then ``v6`` keys:
+    each tree has its own packet index, so the interleaving does not change any state)."""
+    f4, f6 = [], []
+    for seed in range(seeds):
+        if alg == "coco":
+            sketch = CocoSketch(memory_bytes=memory, ipv6_memory_bytes=memory6, threshold=T, seed=seed)
+        else:
+            sketch = ResidualSketch(memory_bytes=memory, ipv6_memory_bytes=memory6, threshold=T, seed=seed,
+                                    ipv6_crucial_layers=crucial6)
+        sketch.update_addresses(v4[0])
+        sketch.update_addresses6(v6[0])
+        entries6 = sketch.hhh6_entries()
+        f4.append(f1_excluding_full_keys(sketch.hhh_entries(), v4[1], T, 32))
+        f6.append(f1_excluding_full_keys(entries6, v6[1], T, 128))
+        if seed == 0:
+            layers6 = per_layer_f1(entries6, v6[1], T)
+    return {"f1_v4": float(np.mean(f4)), "f1_v6": float(np.mean(f6)), "per_layer_f1_v6_seed0": layers6}
+
+
+def ipv6_section(args, cache: Path, results: dict) -> None:
+    """Mixed traffic: 60 % the synth workload's IPv4 sources, 40 % IPv6 sources with the structure
+    of the synth workload's other packets (:func:`ipv6_from_ipv4_structure`)."""
+    synth = load_workload("synth", cache, args.packets)
+    n6 = int(IPV6_SHARE * synth.size)
+    v4 = synth[: synth.size - n6]
+    v6 = ipv6_from_ipv4_structure(synth[synth.size - n6:], seed=1)
+    print(f"# truth: {v4.size} IPv4 + {v6.shape[0]} IPv6 packets; IPv4-only: {synth.size}", flush=True)
+    truth4, truth6, truth_only = Truth(v4, "byte"), Truth6(v6), Truth(synth, "byte")
+    T = 8000
+    seeds = args.seeds
+    results["ipv6"] = {"T": T, "crucial": {}, "f1": {}, "memory_for_same_f1": {}}
+    print(f"\n### IPv6 crucial layers, ResidualSketch, mixed synth (40 % IPv6), T = {T}, IPv6 F1 "
+          f"(/0../64 scored), mean of {seeds} seeds\n")
+    choices = [(), (32,), (48,), (56,), (64,), (32, 64), (48, 64), (32, 48, 64)]
+    print("| IPv6 memory | " + " | ".join("{" + ",".join(map(str, k)) + "}" for k in choices) + " | CocoSketch |")
+    print("|---" * (len(choices) + 2) + "|")
+    layered = []
+    for kib in (32, 64):
+        runs = [ipv6_runs("residual", (v4[:0], truth4), (v6, truth6), KIB, kib * KIB, T, seeds, k) for k in choices]
+        coco = ipv6_runs("coco", (v4[:0], truth4), (v6, truth6), KIB, kib * KIB, T, seeds)
+        results["ipv6"]["crucial"][f"{kib}KiB"] = dict(zip(map(str, choices), runs), coco=coco)
+        print(f"| {kib} KiB | " + " | ".join(f"{r['f1_v6']:.3f}" for r in runs) + f" | {coco['f1_v6']:.3f} |",
+              flush=True)
+        layered += [(kib, "{" + ",".join(map(str, k)) + "}", r["per_layer_f1_v6_seed0"])
+                    for k, r in zip(choices, runs) if k in ((32,), (64,), (32, 64))]
+        layered.append((kib, "CocoSketch", coco["per_layer_f1_v6_seed0"]))
+    print(f"\nTrue IPv6 HHH per layer: { {L: sum(1 for k in truth6.hhh(T) if k[1] == L) for L in truth6.counts} }; "
+          "per-layer F1, seed 0:\n")
+    print("| IPv6 memory | crucial layers | F1 per layer |")
+    print("|---|---|---|")
+    for kib, name, layers in layered:
+        print(f"| {kib} KiB | {name} | {layers} |")
+
+    print(f"\n### HHH F1 on mixed traffic vs IPv4-only, T = {T}, each tree given the memory point "
+          f"(IPv4 scored /0../24, IPv6 /0../64), mean of {seeds} seeds\n")
+    print("| memory per tree | IPv4-only Residual | mixed: IPv4 tree | mixed: IPv6 tree | IPv4-only Coco "
+          "| mixed Coco IPv4 | mixed Coco IPv6 | IPv6 memory for the IPv4-only Residual F1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kib in (32, 64, 128):
+        only = {alg: ipv6_runs(alg, (synth, truth_only), (v6[:0], truth6), kib * KIB, 240, T, seeds)["f1_v4"]
+                for alg in ("residual", "coco")}
+        mixed = {alg: ipv6_runs(alg, (v4, truth4), (v6, truth6), kib * KIB, kib * KIB, T, seeds)
+                 for alg in ("residual", "coco")}
+        needed = None
+        for factor in (1, 1.5, 2, 2.5, 3, 4, 6, 8):
+            f6 = mixed["residual"]["f1_v6"] if factor == 1 else ipv6_runs(
+                "residual", (v4[:0], truth4), (v6, truth6), KIB, int(factor * kib * KIB), T, seeds)["f1_v6"]
+            if f6 >= only["residual"]:
+                needed = (factor, f6)
+                break
+        results["ipv6"]["f1"][f"{kib}KiB"] = {"ipv4_only": only, "mixed": mixed}
+        results["ipv6"]["memory_for_same_f1"][f"{kib}KiB"] = needed
+        need = f"{needed[0]:g}x = {needed[0] * kib:g} KiB (F1 {needed[1]:.3f})" if needed else "> 8x"
+        print(f"| {kib} KiB | {only['residual']:.3f} | {mixed['residual']['f1_v4']:.3f} | "
+              f"{mixed['residual']['f1_v6']:.3f} | {only['coco']:.3f} | {mixed['coco']['f1_v4']:.3f} | "
+              f"{mixed['coco']['f1_v6']:.3f} | {need} |", flush=True)
+
+
+IPV4_AB_SNIPPET = """
+import sys, time, numpy as np
+from telesketch.packets import PacketBatch
+from telesketch.sketches.residualsketch import CocoSketch, ResidualSketch
+addresses = np.fromfile(sys.argv[1], np.dtype([("src", "<u4"), ("pad", "V17")]))["src"][: int(sys.argv[2])].copy()
+batch = PacketBatch.from_columns(src_ip=addresses)
+for name, make in (("residual", lambda s: ResidualSketch(memory_bytes=32768, threshold=8000, seed=s)),
+                   ("coco", lambda s: CocoSketch(memory_bytes=32768, threshold=8000, seed=s))):
+    make(0).update_addresses(addresses[:1000])
+    for how in ("update_addresses", "update(batch)"):
+        best = 0.0
+        for rep in range(int(sys.argv[3])):
+            sketch = make(rep)
+            start = time.perf_counter()
+            sketch.update_addresses(addresses) if how == "update_addresses" else sketch.update(batch)
+            best = max(best, addresses.size / (time.perf_counter() - start) / 1e6)
+        print(name, how, best)
+"""
+
+
+def ipv4_ab_section(args, cache: Path, results: dict) -> None:
+    """IPv4-only throughput before (``--baseline-tree``, e.g. ``git archive`` of main) and after (this
+    tree), byte mode 32 KiB, alternating subprocesses (before, after, before, after, ...) in one run."""
+    if args.baseline_tree is None:
+        raise SystemExit("--sections ipv4_ab needs --baseline-tree (a checkout of the code before the change)")
+    load_workload("synth", cache, args.packets)
+    path = cache / f"synth_{args.packets}.dat"
+    trees = {"before": str(args.baseline_tree), "after": str(Path(__file__).resolve().parents[1])}
+    best: dict[tuple, float] = {}
+    for _ in range(args.rounds):
+        for label, tree in trees.items():
+            out = subprocess.run([sys.executable, "-c", IPV4_AB_SNIPPET, str(path), str(args.ab_packets),
+                                  str(args.repeats)], env={**os.environ, "PYTHONPATH": tree}, check=True,
+                                 capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                alg, how, mpps = line.split(" ")
+                best[(label, alg, how)] = max(best.get((label, alg, how), 0.0), float(mpps))
+    print(f"\n### IPv4-only throughput before / after the IPv6 tree, Mpps, byte 32 KiB, synth "
+          f"({args.ab_packets} packets), best of {args.rounds} x {args.repeats} alternating runs\n")
+    print("| sketch | entry point | before | after | after / before |")
+    print("|---|---|---|---|---|")
+    for alg in ("residual", "coco"):
+        for how in ("update_addresses", "update(batch)"):
+            b, a = best[("before", alg, how)], best[("after", alg, how)]
+            results.setdefault("ipv4_ab", {})[f"{alg} {how}"] = {"before": b, "after": a}
+            print(f"| {alg} | {how} | {b:.1f} | {a:.1f} | {a / b:.3f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("TELESKETCH_CACHE", "/tmp/telesketch-bench-cache")) / "residualsketch")
@@ -307,6 +481,9 @@ def main() -> None:
     ap.add_argument("--sections", default="accuracy,throughput,traces")
     ap.add_argument("--quick", action="store_true", help="a few configurations only")
     ap.add_argument("--json", type=Path, help="write every figure (per-layer F1 included) here")
+    ap.add_argument("--baseline-tree", type=Path, help="ipv4_ab: a checkout of the code before the change")
+    ap.add_argument("--rounds", type=int, default=3, help="ipv4_ab: alternating before/after rounds")
+    ap.add_argument("--ab-packets", type=int, default=4_000_000, help="ipv4_ab: packets per timed run")
     args = ap.parse_args()
     print(f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"# machine: {machine()}")
@@ -320,6 +497,10 @@ def main() -> None:
         traces_section(args, args.cache, results)
     if "hard" in sections:
         hard_section(args, args.cache, results)
+    if "ipv6" in sections:
+        ipv6_section(args, args.cache, results)
+    if "ipv4_ab" in sections:
+        ipv4_ab_section(args, args.cache, results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
         print(f"# wrote {args.json}")

@@ -3,6 +3,10 @@
 Readable and slow: plain lists and ints, one packet at a time. Same row hash (lookup2, §2), same
 counter-based coins ``rand32(seed, n, j)``, so for a fixed seed the Numba sketches must reproduce
 the state (ids, counts, occupancy) and every answer exactly.
+
+The IPv6 tree (:class:`NaiveResidualSketch6`) is the same model over 128-bit int keys with the
+hierarchy /0 /16 /32 /48 /56 /64 /128, the row hash ``mix64(mix64(hi ^ initval) ^ lo) >> 32``,
+20-byte buckets and coins ``rand32(seed, n6, 32 + j)``.
 """
 from __future__ import annotations
 
@@ -11,14 +15,17 @@ M64 = (1 << 64) - 1
 ROW_INITS = (181, 5197)
 BYTE_LAYERS = (0, 8, 16, 24, 32)
 BIT_LAYERS = tuple(range(33))
+IPV6_LAYERS = (0, 16, 32, 48, 56, 64, 128)
+M128 = (1 << 128) - 1
 
 
-def mask(length: int) -> int:
-    return 0 if length == 0 else (M32 << (32 - length)) & M32
+def mask(length: int, width: int = 32) -> int:
+    full = (1 << width) - 1
+    return 0 if length == 0 else (full << (width - length)) & full
 
 
-def prefix(x: int, length: int) -> int:
-    return x & mask(length)
+def prefix(x: int, length: int, width: int = 32) -> int:
+    return x & mask(length, width)
 
 
 def bob(x: int, row: int) -> int:
@@ -47,11 +54,17 @@ def rand32(seed: int, n: int, j: int) -> int:
     return mix64(mix64(seed) ^ ((n * 64 + j) & M64)) >> 32
 
 
+def hash6(x: int, row: int) -> int:
+    """Row hash of a 128-bit key: mix64(mix64(hi ^ initval) ^ lo) >> 32."""
+    return mix64(mix64((x >> 64) ^ ROW_INITS[row]) ^ (x & M64)) >> 32
+
+
 class NaiveCoco:
     """One 2-row CocoSketch block: lists ``ids[r][i]``, ``count[r][i]``, ``occ[r][i]``."""
 
-    def __init__(self, w: int):
+    def __init__(self, w: int, hash_fn=bob):
         self.w = w
+        self.hash = hash_fn
         self.ids = [[0] * w for _ in range(2)]
         self.count = [[0] * w for _ in range(2)]
         self.occ = [[0] * w for _ in range(2)]
@@ -59,7 +72,7 @@ class NaiveCoco:
     def insert(self, x: int, u: int, T: int = 0, decrement: bool = False) -> int:
         best = None
         for r in (0, 1):
-            i = bob(x, r) % self.w
+            i = self.hash(x, r) % self.w
             if self.occ[r][i] and self.ids[r][i] == x:
                 if decrement:
                     self.count[r][i] = max(0, self.count[r][i] + 1 - T)
@@ -85,14 +98,14 @@ class NaiveCoco:
 
 
 def layer_estimates(full: dict[int, int], blocks: dict[int, dict[int, int]], layers, T: int, ge: bool,
-                    addback: bool = True):
+                    addback: bool = True, width: int = 32):
     """Spec §3 per-layer estimates from all(F) and {k: all(R_k)} (no add-back for noConn)."""
     E = {}
     for k, content in blocks.items():
         e = dict(content)
         for x, v in full.items():
             if addback and ((v >= T) if ge else (v > T)):
-                e[prefix(x, k)] = e.get(prefix(x, k), 0) + v
+                e[prefix(x, k, width)] = e.get(prefix(x, k, width), 0) + v
         E[k] = e
     ks = sorted(blocks)
     est = {}
@@ -104,18 +117,18 @@ def layer_estimates(full: dict[int, int], blocks: dict[int, dict[int, int]], lay
                 break
         layer: dict[int, int] = {}
         for q, v in source.items():
-            layer[prefix(q, L)] = layer.get(prefix(q, L), 0) + v
+            layer[prefix(q, L, width)] = layer.get(prefix(q, L, width), 0) + v
         est[L] = layer
     return est
 
 
-def hhh(est, layers, T_report):
+def hhh(est, layers, T_report, width: int = 32):
     """Spec §3 query: list of (L, p, est, conditioned)."""
     out, carry = [], {}
     for L in sorted(layers, reverse=True):
         cov: dict[int, int] = {}
         for q, u in carry.items():
-            cov[prefix(q, L)] = cov.get(prefix(q, L), 0) + u
+            cov[prefix(q, L, width)] = cov.get(prefix(q, L, width), 0) + u
         carry = {}
         for p in set(est[L]) | set(cov):
             e = est[L].get(p, 0)
@@ -167,3 +180,46 @@ class NaiveResidualSketch:
         """(ids, counts, occ) as nested lists [block][row][bucket]; block 0 is F."""
         blocks = [self.F] + [self.R[k] for k in self.crucial]
         return ([b.ids for b in blocks], [b.count for b in blocks], [b.occ for b in blocks])
+
+
+class NaiveResidualSketch6:
+    """The IPv6 tree: ResidualSketch over 128-bit int keys (``crucial=()`` is CocoSketch's IPv6 tree)."""
+
+    def __init__(self, memory_bytes: int, T: int, crucial=(64,), seed=0, addback="gt", connection=True):
+        self.crucial = tuple(sorted(crucial))
+        self.w = (memory_bytes // (len(self.crucial) + 1)) // 40  # 20-byte buckets, 2 rows
+        self.T, self.seed, self.ge, self.connection = T, seed, addback == "ge", connection
+        self.layers = IPV6_LAYERS
+        self.F = NaiveCoco(self.w, hash6)
+        self.R = {k: NaiveCoco(self.w, hash6) for k in self.crucial}
+        self.n = 0
+
+    def insert(self, x: int) -> None:
+        n = self.n
+        self.n += 1
+        c = self.F.insert(x, rand32(self.seed, n, 32))
+        for j, k in enumerate(self.crucial, start=1):
+            p = prefix(x, k, 128)
+            if c < self.T or not self.connection:
+                self.R[k].insert(p, rand32(self.seed, n, 32 + j))
+            elif c == self.T:
+                self.R[k].insert(p, rand32(self.seed, n, 32 + j), self.T, decrement=True)
+
+    def update(self, addresses) -> None:
+        """``addresses``: 16-byte strings or 128-bit ints."""
+        for x in addresses:
+            self.insert(int.from_bytes(x, "big") if isinstance(x, (bytes, bytearray)) else int(x))
+
+    def layer_estimates(self):
+        return layer_estimates(self.F.all(), {k: b.all() for k, b in self.R.items()},
+                               self.layers, self.T, self.ge, self.connection, width=128)
+
+    def hhh(self, T_report=None):
+        return hhh(self.layer_estimates(), self.layers, self.T if T_report is None else T_report, width=128)
+
+    def state(self):
+        """(hi, lo, counts, occ) as nested lists [block][row][bucket]; block 0 is F."""
+        blocks = [self.F] + [self.R[k] for k in self.crucial]
+        return ([[[x >> 64 for x in row] for row in b.ids] for b in blocks],
+                [[[x & M64 for x in row] for row in b.ids] for b in blocks],
+                [b.count for b in blocks], [b.occ for b in blocks])

@@ -64,6 +64,9 @@ def record_workload(out: str) -> None:
             hs.heavy_hitters()
         gpu.ResidualSketch(memory_bytes=4096, mode="byte", threshold=5).update(batch)
         gpu.CocoSketch(memory_bytes=4096).update(batch)
+        addrs6 = rng.integers(0, 256, (50, 16)).astype(np.uint8)  # the IPv6 trees' kernels
+        gpu.ResidualSketch(memory_bytes=4096, threshold=5).update_addresses6(addrs6)
+        gpu.CocoSketch(memory_bytes=4096).update_addresses6(addrs6)
         for task in ("flow_size", "hhh"):
             gpu.LLMSketch(memory_bytes=2048, task=task, seed=2).update(batch, scores)
         gpu.LLMSketch(memory_bytes=4096, estimator=ConstantEstimator(1.0), scoring="sync").update(batch)

@@ -30,7 +30,8 @@ EQUALITY = {
     "coco_byte_src_1k": ("CocoSketch", dict(mode="byte", memory_bytes=1024, threshold=30, seed=3)),
     "coco_bit_dst_2k": ("CocoSketch", dict(mode="bit", dimension="dst", memory_bytes=2048, threshold=20, seed=9)),
 }
-OTHER_CASES = ["device_hash", "batch_split", "snapshot", "empty_batch", "merge_refused", "sizes"]
+OTHER_CASES = ["device_hash", "batch_split", "snapshot", "empty_batch", "merge_refused", "sizes", "ipv6_mixed",
+               "ipv6_snapshot"]
 N_BATCHES = 3
 BATCH_PACKETS = 1000
 POOL = 1500  # distinct addresses: more than F's 2 * w buckets in every EQUALITY case
@@ -266,6 +267,63 @@ def check_sizes() -> str:
             a, b = getattr(cpu, name), getattr(dev, name)
             if (a.shape, a.dtype) != (b.shape, b.dtype):
                 return f"{cls_name}({kwargs}): {name} shape/dtype differs"
+    return ""
+
+
+def same_ipv6(want, got) -> str:
+    """'' when the IPv6 trees' arrays, packet index and answers agree."""
+    for name in ("hi6", "lo6", "counts6", "occ6"):
+        a, b = getattr(want, name), getattr(got, name)
+        if a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b):
+            return f"IPv6 state {name!r} differs"
+    if want.packets6 != got.packets6:
+        return f"IPv6 packet index {got.packets6} != CPU {want.packets6}"
+    if want.layer_estimates6() != got.layer_estimates6() or want.hhh_rows() != got.hhh_rows():
+        return "IPv6 answers differ"
+    for threshold in (5, 40):
+        if want.hhh6_entries(threshold) != got.hhh6_entries(threshold):
+            return f"hhh6_entries({threshold}) differs"
+    return ""
+
+
+def check_ipv6_mixed() -> str:
+    """Mixed traffic (40 % IPv6): both trees of the GPU twin equal the CPU's after every batch, and
+    the IPv6 tree reports prefixes above /128 (not vacuous)."""
+    from test_ipv6_hhh import mixed_batch
+
+    cases = (("ResidualSketch", dict(memory_bytes=2048, ipv6_memory_bytes=4000, ipv6_crucial_layers=(32, 64),
+                                     threshold=20, seed=5)),
+             ("ResidualSketch", dict(memory_bytes=2048, ipv6_memory_bytes=3000, threshold=20, addback="ge",
+                                     connection=False, seed=6)),
+             ("CocoSketch", dict(memory_bytes=1024, ipv6_memory_bytes=2000, threshold=20, seed=7)))
+    for cls_name, kwargs in cases:
+        cpu, dev = _pair(cls_name, **kwargs)
+        for k, batch in enumerate(mixed_batch(2400, seed=kwargs["seed"]).split(800)):
+            cpu.update(batch)
+            dev.update(batch)
+            if detail := same_state(cpu, dev) or same_ipv6(cpu, dev):
+                return f"{cls_name} batch {k}: {detail}"
+        if not any(e.length < 128 for e in cpu.hhh6_entries()):
+            return f"{cls_name}: vacuous, no IPv6 prefix above /128 reported"
+    return ""
+
+
+def check_ipv6_snapshot() -> str:
+    """Snapshots with an IPv6 tree move CPU <-> GPU and continue identically."""
+    from test_ipv6_hhh import mixed_batch
+
+    first, second = mixed_batch(700, seed=11), mixed_batch(700, seed=12)
+    Cpu, Gpu = _classes("ResidualSketch")
+    kwargs = dict(memory_bytes=2048, ipv6_memory_bytes=3000, threshold=15, seed=3)
+    cpu, dev = Cpu(**kwargs), Gpu(**kwargs)
+    cpu.update(first)
+    dev.update(first)
+    restored = {"cpu->gpu": Gpu.from_bytes(cpu.to_bytes()), "gpu->cpu": Cpu.from_bytes(dev.to_bytes())}
+    cpu.update(second)
+    for how, sketch in restored.items():
+        sketch.update(second)
+        if detail := same_state(cpu, sketch) or same_ipv6(cpu, sketch):
+            return f"{how}: {detail}"
     return ""
 
 

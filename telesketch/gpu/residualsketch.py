@@ -33,6 +33,11 @@ the state until the next batch uploads it again, so a query between two batches 
 and one upload. **Queries run on the host**: ``layer_estimates``, ``estimate``, ``hhh``,
 ``hhh_entries``, ``full_keys`` and ``to_bytes`` are the CPU classes' code over the fetched arrays.
 
+**IPv6 tree.** IPv6 rows of a batch run through ``_f6_kernel`` / ``_blocks6_kernel``, the same two
+kernels over 128-bit keys (``hash6_device``, coins ``rand32(seed, n6, 32 + j)``), equal to the CPU's
+``stream_kernel6``. Its arrays (``hi6``/``lo6``/``counts6``/``occ6``) stay on the host between
+batches and are uploaded and fetched per batch that holds IPv6 rows (simple; a transfer per batch).
+
 Backends (:func:`telesketch.gpu.core.backend`): CuPy arrays on a CUDA device when CuPy is
 installed, Numba device arrays otherwise, numpy arrays under Numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1`` set before ``numba.cuda`` is first imported); neither device nor
@@ -49,7 +54,7 @@ from telesketch.sketches import cocosketch as _coco
 from telesketch.sketches import residualsketch as _cpu
 
 __all__ = ["ResidualSketch", "CocoSketch", "GpuUnavailableError", "bob_hash_device", "rand32_device",
-           "device_bob_hash"]
+           "device_bob_hash", "hash6_device"]
 
 _U64 = np.uint64
 _M32 = _coco._M32
@@ -141,6 +146,70 @@ def _blocks_kernel(keys, ids, counts, occ, masks, n_masks, T, seed_mix, n0, w, w
         if action != _BYPASS:
             _coco_insert(ids, counts, occ, j + 1, _U64(keys[i]) & mask, w, wmagic, seed_mix, n0 + _U64(i), T,
                          action == _DECREMENT)
+
+
+# ============================================================================ device update, IPv6 tree
+_ROW6_0, _ROW6_1 = _coco._ROW6_0, _coco._ROW6_1
+_COIN6 = _U64(_coco.IPV6_COIN_BLOCK)
+
+
+#: The CPU ``hash6``: row hash of a 128-bit key ``(hi, lo)`` (uint64 args), a uint32 in a uint64.
+hash6_device = device_twin(_coco.hash6)
+
+
+@device
+def _coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, T, decrement):
+    """Device port of the CPU ``coco_insert6``: key ``(xh, xl)`` (uint64) into IPv6 block ``blk``."""
+    p0 = np.int64(_fastmod(hash6_device(xh, xl, _ROW6_0), wmagic, w))
+    if occ6[blk, 0, p0] != 0 and hi6[blk, 0, p0] == xh and lo6[blk, 0, p0] == xl:
+        return _bump(counts6, blk, 0, p0, T, decrement)
+    p1 = np.int64(_fastmod(hash6_device(xh, xl, _ROW6_1), wmagic, w))
+    if occ6[blk, 1, p1] != 0 and hi6[blk, 1, p1] == xh and lo6[blk, 1, p1] == xl:
+        return _bump(counts6, blk, 1, p1, T, decrement)
+    row, pos = 0, p0
+    if counts6[blk, 1, p1] < counts6[blk, 0, p0]:  # strict: ties go to row 0
+        row, pos = 1, p1
+    c = np.int64(counts6[blk, row, pos]) + 1  # never reset on takeover
+    counts6[blk, row, pos] = c
+    coin = rand32_device(seed_mix, n, _COIN6 + _U64(blk)) & _M32
+    if coin % _U64(c) == _U64(0):
+        hi6[blk, row, pos] = xh
+        lo6[blk, row, pos] = xl
+        occ6[blk, row, pos] = 1
+    return np.int64(0)
+
+
+@gpu_kernel
+def _f6_kernel(key_hi, key_lo, hi6, lo6, counts6, occ6, T, seed_mix, n0, connection, w, wmagic, actions):
+    """``_f_kernel`` for the IPv6 tree's F over 128-bit keys ``(key_hi, key_lo)`` (thread 0 only)."""
+    if cuda.grid(1) != 0:
+        return
+    for i in range(key_hi.shape[0]):
+        c = _coco_insert6(hi6, lo6, counts6, occ6, 0, key_hi[i], key_lo[i], w, wmagic, seed_mix, n0 + _U64(i), T,
+                          False)
+        action = _INSERT
+        if connection:
+            if c > T:
+                action = _BYPASS
+            elif c == T:
+                action = _DECREMENT
+        actions[i] = action
+
+
+@gpu_kernel
+def _blocks6_kernel(key_hi, key_lo, hi6, lo6, counts6, occ6, mask_hi, mask_lo, n_masks, T, seed_mix, n0, w,
+                    wmagic, actions):
+    """``_blocks_kernel`` for the IPv6 Residual Blocks: thread ``j`` runs block ``j + 1`` (mask
+    ``(mask_hi[j], mask_lo[j])``) over the batch in packet order, following F's ``actions``."""
+    j = cuda.grid(1)
+    if j >= n_masks:
+        return
+    mh, ml = mask_hi[j], mask_lo[j]
+    for i in range(key_hi.shape[0]):
+        action = actions[i]
+        if action != _BYPASS:
+            _coco_insert6(hi6, lo6, counts6, occ6, j + 1, key_hi[i] & mh, key_lo[i] & ml, w, wmagic, seed_mix,
+                          n0 + _U64(i), T, action == _DECREMENT)
 
 
 @gpu_kernel
@@ -241,6 +310,31 @@ class _DeviceBlocks:
                 launch(_blocks_kernel, masks.shape[0], d_keys, *state, d_masks, np.int64(masks.shape[0]), *common,
                        *geometry, d_actions)
         self.packets += n
+
+    def _stream6(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        """Run IPv6 keys ``(hi, lo)`` (``uint64[n]``, n > 0) through the IPv6 tree's two kernels.
+
+        The IPv6 tree's arrays stay on the host between batches (uploaded and fetched per batch):
+        correct and simple, at the price of a transfer per batch; the caller advances ``packets6``.
+        """
+        be, buf = self._backend, self._buffers
+        T, connection, _ = self._tree_rule()
+        mask_hi, mask_lo = self._masks6
+        m = mask_hi.shape[0]
+        padded = np.zeros((2, max(1, m)), np.uint64)  # never a zero-length device array
+        padded[0, :m], padded[1, :m] = mask_hi, mask_lo
+        d_hi, d_lo = buf.put("keys6_hi", hi), buf.put("keys6_lo", lo)
+        d_mask_hi, d_mask_lo = buf.put("masks6_hi", padded[0].copy()), buf.put("masks6_lo", padded[1].copy())
+        d_actions = buf.get("actions6", hi.shape[0], np.uint8)
+        state = tuple(be.to_device(arr) for arr in (self.hi6, self.lo6, self.counts6, self.occ6))
+        common = (np.int64(T), _U64(self._seed_mix), _U64(self.packets6))
+        geometry = (_U64(self.width6), _U64(_coco.fastmod_magic(self.width6)))
+        with be.launching():
+            launch(_f6_kernel, 1, d_hi, d_lo, *state, *common, bool(connection), *geometry, d_actions)
+            if m:
+                launch(_blocks6_kernel, m, d_hi, d_lo, *state, d_mask_hi, d_mask_lo, np.int64(m), *common,
+                       *geometry, d_actions)
+        self.hi6, self.lo6, self.counts6, self.occ6 = (be.to_host(arr) for arr in state)
 
 
 class ResidualSketch(_DeviceBlocks, _cpu.ResidualSketch):

@@ -1,4 +1,4 @@
-"""CocoSketch (d = 2) over IPv4 addresses, and the prefix-hierarchy helpers ResidualSketch shares.
+"""CocoSketch (d = 2) over IPv4 and IPv6 addresses, and the prefix-hierarchy helpers ResidualSketch shares.
 
 Spec: ``specs/residualsketch.md`` §2 (the block), §3 (per-layer estimates, HHH query), §4 (sharding).
 
@@ -13,6 +13,10 @@ reference does; every block uses the same two), *not* the telesketch seeded fami
 this hash so that bucket placement matches the reference code. The seed drives only the replacement
 coins, drawn from the counter-based generator ``rand32(seed, n, j)`` (packet index ``n``, block
 ``j``), so runs are deterministic and independent of batch boundaries.
+
+Both sketches keep an **IPv6 tree** beside the IPv4 blocks: the same blocks over 128-bit keys
+(see "IPv6 tree kernels" below), layers :data:`~telesketch.sketches.hierarchy.IPV6_LAYERS`, answered by
+``layer_estimates6`` / ``hhh6_entries`` / ``estimate6`` and, with the IPv4 tree, ``hhh_rows``.
 
 CocoSketch alone answers every layer by aggregating its full keys (``est[L] = Σ prefix(x, L)``);
 it is ResidualSketch with no crucial layers. Its raw state is not merged (order-dependent
@@ -29,10 +33,10 @@ import numpy as np
 
 from telesketch.hashing import mix64
 from telesketch.jit import kernel, twin
-from telesketch.packets import PacketBatch
+from telesketch.packets import PacketBatch, format_ipv4, format_ipv6
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
-from telesketch.sketches.hierarchy import hhh_from_counts, layers_for, prefix_mask
+from telesketch.sketches.hierarchy import IPV6_LAYERS, hhh_from_counts, layers_for, prefix_mask
 
 BUCKET_BYTES = 8  # id (u32) + count (i32); the occupancy flag is not charged (spec §2)
 ROWS = 2
@@ -161,6 +165,79 @@ def stream_kernel(keys, cells, occ, masks, T, seed_mix, n0, connection, wmagic):
             coco_insert(cells, occ, j + 1, p, w, wmagic, seed_mix, n, T, decrement)
 
 
+# ---------------------------------------------------------------------------- IPv6 tree kernels
+# An IPv6 key is 128 bits, held as two uint64 halves ``(hi, lo)`` of the network-order address
+# (``hi`` = bytes 0..7 read big-endian). Its blocks are separate arrays ``hi6``/``lo6`` (``uint64``),
+# ``counts6`` (``int32``) and ``occ6`` (``uint8``) of shape ``(m6, 2, w6)``; a bucket is charged 20
+# bytes (16-byte id + count). The spec's lookup2 is defined over 4-byte keys only, so the row hash of
+# a 128-bit key is ``mix64(mix64(hi ^ initval) ^ lo) >> 32`` (same row initvals 181 / 5197); the coin
+# of IPv6 block ``j`` at IPv6 packet ``n6`` is ``rand32(seed, n6, IPV6_COIN_BLOCK + j)``. Every other
+# rule (ties to row 0, takeover with probability 1/count, Residual decrement, bypass) is §2/§3's.
+BUCKET6_BYTES = 20
+IPV6_COIN_BLOCK = 32
+_ROW6_0 = _U64(ROW_INITS[0])
+_ROW6_1 = _U64(ROW_INITS[1])
+
+
+@twin(nb.uint64(nb.uint64, nb.uint64, nb.uint64), inline=True)
+def hash6(hi, lo, initval):
+    """Row hash of a 128-bit key ``(hi, lo)``: ``mix64(mix64(hi ^ initval) ^ lo) >> 32`` (a u32 in a u64)."""
+    return mix64(mix64(hi ^ initval) ^ lo) >> _S32
+
+
+@kernel(inline="always")
+def _bump6(counts6, blk, row, pos, T, decrement):
+    c = nb.int64(counts6[blk, row, pos]) + 1
+    if decrement:
+        c = max(nb.int64(0), c - T)
+    counts6[blk, row, pos] = c
+    return c
+
+
+@kernel(inline="always")
+def coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, T, decrement):
+    """:func:`coco_insert` for a 128-bit key ``(xh, xl)`` into IPv6 block ``blk``; same return value."""
+    p0 = nb.int64(fastmod(hash6(xh, xl, _ROW6_0), wmagic, w))
+    if occ6[blk, 0, p0] and hi6[blk, 0, p0] == xh and lo6[blk, 0, p0] == xl:
+        return _bump6(counts6, blk, 0, p0, T, decrement)
+    p1 = nb.int64(fastmod(hash6(xh, xl, _ROW6_1), wmagic, w))
+    if occ6[blk, 1, p1] and hi6[blk, 1, p1] == xh and lo6[blk, 1, p1] == xl:
+        return _bump6(counts6, blk, 1, p1, T, decrement)
+    row, pos = 0, p0
+    if counts6[blk, 1, p1] < counts6[blk, 0, p0]:  # strict: ties go to row 0
+        row, pos = 1, p1
+    c = nb.int64(counts6[blk, row, pos]) + 1  # never reset on takeover
+    counts6[blk, row, pos] = c
+    coin = nb.uint32(rand32(seed_mix, n, nb.uint64(IPV6_COIN_BLOCK + blk)))
+    if coin % nb.uint32(c) == 0:
+        hi6[blk, row, pos] = xh
+        lo6[blk, row, pos] = xl
+        occ6[blk, row, pos] = 1
+    return 0
+
+
+@kernel
+def stream_kernel6(key_hi, key_lo, hi6, lo6, counts6, occ6, mask_hi, mask_lo, T, seed_mix, n0, connection,
+                   wmagic):
+    """:func:`stream_kernel` over 128-bit keys ``(key_hi[i], key_lo[i])`` (``uint64[n]`` each) for IPv6
+    packets ``n0 .. n0+n-1``; block ``j >= 1`` is the Residual Block of mask ``(mask_hi, mask_lo)[j-1]``."""
+    w = nb.uint64(counts6.shape[2])
+    m = mask_hi.shape[0]
+    for i in range(key_hi.shape[0]):
+        xh = nb.uint64(key_hi[i])
+        xl = nb.uint64(key_lo[i])
+        n = nb.uint64(n0) + nb.uint64(i)
+        c = coco_insert6(hi6, lo6, counts6, occ6, 0, xh, xl, w, wmagic, seed_mix, n, T, False)
+        decrement = False
+        if connection:
+            if c > T:
+                continue  # confirmed-heavy keys bypass the blocks
+            decrement = c == T
+        for j in range(m):
+            coco_insert6(hi6, lo6, counts6, occ6, j + 1, xh & mask_hi[j], xl & mask_lo[j], w, wmagic, seed_mix, n,
+                         T, decrement)
+
+
 # ---------------------------------------------------------------------------- hierarchy helpers
 class HHHEntry(NamedTuple):
     """One reported hierarchical heavy hitter: prefix value, length, estimates (packets)."""
@@ -232,6 +309,76 @@ def block_layer_estimates(
     return est
 
 
+def block_contents6(hi: np.ndarray, lo: np.ndarray, counts: np.ndarray, occ: np.ndarray) -> dict[int, int]:
+    """``all(S)`` of one IPv6 block (arrays of shape ``(2, w6)``): ``{128-bit key: Σ count}``."""
+    held = occ.astype(bool)
+    out: dict[int, int] = {}
+    for h, l, c in zip(hi[held].tolist(), lo[held].tolist(), counts[held].tolist()):
+        key = (h << 64) | l
+        out[key] = out.get(key, 0) + c
+    return out
+
+
+def _aggregate6(content: Mapping[int, int], length: int) -> dict[int, int]:
+    mask = prefix_mask(length, 128)
+    out: dict[int, int] = {}
+    for key, value in content.items():
+        out[key & mask] = out.get(key & mask, 0) + value
+    return out
+
+
+def block_layer_estimates6(hi, lo, counts, occ, crucial_layers: Sequence[int], layers: Sequence[int],
+                           threshold: int, addback: str | None) -> LayerEstimates:
+    """:func:`block_layer_estimates` for the IPv6 blocks ``(1 + |K6|, 2, w6)``; prefixes are 128-bit ints.
+
+    Block contents are at most ``2 * w6`` keys each, so this runs over Python ints (no hot path).
+    """
+    full = block_contents6(hi[0], lo[0], counts[0], occ[0])
+    if addback is None:
+        heavy = {}
+    else:
+        heavy = {x: v for x, v in full.items() if (v >= threshold if addback == "ge" else v > threshold)}
+    blocks = []
+    for j, k in enumerate(crucial_layers, start=1):
+        content = block_contents6(hi[j], lo[j], counts[j], occ[j])
+        mask = prefix_mask(k, 128)
+        for x, v in heavy.items():
+            content[x & mask] = content.get(x & mask, 0) + v
+        blocks.append((k, content))
+    return {length: _aggregate6(next((c for k, c in blocks if length <= k), full), length) for length in layers}
+
+
+class HHHRow(NamedTuple):
+    """One heavy prefix of either family, exactly identified: what a presenter formats.
+
+    ``family`` is 4 or 6; ``prefix`` the network-order prefix bytes (4 for IPv4, 16 for IPv6, host
+    bits zero); ``length`` the prefix length; ``estimate``/``discounted`` packets as in
+    :class:`HHHEntry`. :func:`format_prefix` gives ``10.1.0.0/16`` or ``2001:db8::/32``.
+    """
+
+    family: int
+    prefix: bytes
+    length: int
+    estimate: int
+    discounted: int
+
+
+def hhh_rows(entries4: Iterable[HHHEntry], entries6: Iterable[HHHEntry] = ()) -> list[HHHRow]:
+    """Both families' HHH entries as :class:`HHHRow` (IPv4 rows first, each family finest first)."""
+    rows = [HHHRow(4, int(e.prefix).to_bytes(4, "big"), e.length, e.estimate, e.discounted) for e in entries4]
+    rows += [HHHRow(6, int(e.prefix).to_bytes(16, "big"), e.length, e.estimate, e.discounted) for e in entries6]
+    return rows
+
+
+def format_prefix(family: int, prefix: bytes, length: int) -> str:
+    """CIDR text of a prefix: ``10.1.0.0/16`` or RFC 5952 ``2001:db8::/32`` (via ``format_ipv6``)."""
+    if family == 4 and len(prefix) == 4:
+        return f"{format_ipv4(int.from_bytes(prefix, 'big'))}/{int(length)}"
+    if family == 6 and len(prefix) == 16:
+        return f"{format_ipv6(prefix)}/{int(length)}"
+    raise SketchError(f"not a family-{family} prefix: {bytes(prefix).hex()} ({len(prefix)} bytes)")
+
+
 def sum_layer_estimates(maps: Iterable[Mapping[int, Mapping[int, int]]]) -> LayerEstimates:
     """Add per-layer estimate maps (shards, epochs): ``est[L][p] = Σ_s est_s[L][p]`` (spec §4)."""
     total: LayerEstimates = {}
@@ -243,27 +390,29 @@ def sum_layer_estimates(maps: Iterable[Mapping[int, Mapping[int, int]]]) -> Laye
     return total
 
 
-def hhh_pass(est: Mapping[int, Mapping[int, int]], threshold: float) -> list[HHHEntry]:
+def hhh_pass(est: Mapping[int, Mapping[int, int]], threshold: float, width: int = 32) -> list[HHHEntry]:
     """The discounted HHH set of per-layer estimates (spec §3 "HHH query"), as entries.
 
     The pass itself is :func:`telesketch.sketches.hierarchy.hhh_from_counts` (``p`` at layer ``L`` is
     reported iff ``est > T`` and ``c = est - covered > T``); this adds the unconditioned estimate
-    to each entry. Returns entries finest layer first, ascending prefix within a layer.
+    to each entry. ``width`` is 32 (IPv4 tree) or 128 (IPv6 tree, prefixes as 128-bit ints).
+    Returns entries finest layer first, ascending prefix within a layer.
     """
     out = [
         HHHEntry(prefix, length, est[length].get(prefix, 0), c)
-        for (prefix, length), c in hhh_from_counts(est, threshold).items()
+        for (prefix, length), c in hhh_from_counts(est, threshold, width).items()
     ]
     out.sort(key=lambda e: (-e.length, e.prefix))
     return out
 
 
-def merged_hhh(sketches: Sequence, threshold: float) -> list[HHHEntry]:
+def merged_hhh(sketches: Sequence, threshold: float, family: int = 4) -> list[HHHEntry]:
     """One HHH pass over the summed layer estimates of shard sketches (spec §4 sharding).
 
     ``sketches`` are ResidualSketch or CocoSketch objects of the same mode and dimension (e.g. one
     per shard, each with its own seed and shard threshold :func:`shard_threshold`). ``threshold``
-    is the global report threshold ``T_report`` in packets.
+    is the global report threshold ``T_report`` in packets. ``family`` 4 (default, today's answer)
+    combines the IPv4 trees, 6 the IPv6 trees (prefixes as 128-bit ints).
     """
     if not sketches:
         raise SketchError("merged_hhh needs at least one sketch")
@@ -276,6 +425,10 @@ def merged_hhh(sketches: Sequence, threshold: float) -> list[HHHEntry]:
             )
     if threshold is None or threshold < 0:
         raise SketchError(f"merged_hhh needs the global report threshold (packets >= 0), got {threshold!r}")
+    if family == 6:
+        return hhh_pass(sum_layer_estimates(s.layer_estimates6() for s in sketches), threshold, width=128)
+    if family != 4:
+        raise SketchError(f"family must be 4 or 6, got {family!r}")
     return hhh_pass(sum_layer_estimates(s.layer_estimates() for s in sketches), threshold)
 
 
@@ -323,6 +476,44 @@ def buckets_per_row(block_bytes: int, what: str) -> int:
     if w < 1:
         raise SketchError(f"{what}: {block_bytes} bytes per block is less than one bucket per row (16 bytes)")
     return w
+
+
+def buckets6_per_row(block_bytes: int, what: str) -> int:
+    """``w6 = block_bytes // (2 * 20)`` buckets per row of an IPv6 block; at least one bucket."""
+    w = int(block_bytes) // (ROWS * BUCKET6_BYTES)
+    if w < 1:
+        raise SketchError(f"{what}: {block_bytes} bytes per block is less than one IPv6 bucket per row (40 bytes)")
+    return w
+
+
+def as_addresses6(addresses) -> tuple[np.ndarray, np.ndarray]:
+    """``(hi, lo)`` ``uint64[n]`` halves of ``uint8[n, 16]`` network-order IPv6 addresses."""
+    arr = np.asarray(addresses)
+    if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 16:
+        raise SketchError(f"IPv6 addresses must be uint8[n, 16] (network order), got {arr.dtype} {arr.shape}")
+    halves = np.ascontiguousarray(arr).view(">u8").astype(np.uint64)
+    return np.ascontiguousarray(halves[:, 0]), np.ascontiguousarray(halves[:, 1])
+
+
+def mask6_halves(lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(hi, lo)`` ``uint64`` halves of the 128-bit masks of ``lengths``."""
+    masks = [prefix_mask(int(k), 128) for k in lengths]
+    return (np.array([m >> 64 for m in masks], np.uint64),
+            np.array([m & 0xFFFFFFFFFFFFFFFF for m in masks], np.uint64))
+
+
+def check_prefix6(prefix, length: int) -> int:
+    """A 16-byte (or 128-bit int) IPv6 prefix as a 128-bit int, refusing host bits and bad lengths."""
+    if not 0 <= int(length) <= 128:
+        raise SketchError(f"IPv6 prefix length must be in [0, 128], got {length}")
+    if isinstance(prefix, (bytes, bytearray)):
+        if len(prefix) != 16:
+            raise SketchError(f"an IPv6 prefix has 16 bytes, got {len(prefix)}")
+        prefix = int.from_bytes(prefix, "big")
+    prefix = int(prefix)
+    if not 0 <= prefix < 1 << 128 or prefix & ~prefix_mask(int(length), 128):
+        raise SketchError(f"IPv6 prefix {prefix:#x}/{length} has host bits set (or is not 128-bit)")
+    return prefix
 
 
 def check_memory(memory_bytes) -> int:
@@ -375,8 +566,10 @@ def prefix_estimate(est: Mapping[int, Mapping[int, int]], prefix: int, length: i
 class CocoSketchParams:
     """CocoSketch parameters (spec §2, §8 baseline).
 
-    ``memory_bytes`` buys ``w = memory_bytes // 16`` buckets per row. ``threshold`` (or ``phi`` with
-    ``expected_packets``) only sets the default report threshold of :meth:`CocoSketch.hhh`.
+    ``memory_bytes`` buys ``w = memory_bytes // 16`` buckets per row for IPv4 keys;
+    ``ipv6_memory_bytes`` (default: ``memory_bytes``) buys ``w6 = ipv6_memory_bytes // 40`` buckets
+    per row of the IPv6 tree (20 bytes a bucket). ``threshold`` (or ``phi`` with
+    ``expected_packets``) only sets the default report threshold of :meth:`CocoSketch.hhh` (both trees).
     """
 
     mode: str = "byte"
@@ -386,12 +579,16 @@ class CocoSketchParams:
     phi: float = 1e-3
     expected_packets: int | None = None
     seed: int = 0
+    ipv6_memory_bytes: int | None = None
 
     def __post_init__(self):
         layers_of(self.mode)
         object.__setattr__(self, "dimension", normalise_dimension(self.dimension))
         memory = DEFAULT_MEMORY[self.mode] if self.memory_bytes is None else check_memory(self.memory_bytes)
         object.__setattr__(self, "memory_bytes", memory)
+        memory6 = memory if self.ipv6_memory_bytes is None else check_memory(self.ipv6_memory_bytes)
+        object.__setattr__(self, "ipv6_memory_bytes", memory6)
+        buckets6_per_row(memory6, "CocoSketch IPv6 tree")
         object.__setattr__(self, "seed", check_seed(self.seed))
         buckets_per_row(memory, "CocoSketch")
         resolve_threshold(self.threshold, self.phi, self.expected_packets, required=False)
@@ -416,6 +613,81 @@ class BlockSketchVerbs(Sketch):
 
         return HHHWindow(parts, rule)
 
+    # ------------------------------------------------------------------ IPv6 tree
+    def _init_ipv6(self, memory_bytes: int, crucial: tuple[int, ...], what: str) -> None:
+        """Allocate the IPv6 tree: ``1 + |K6|`` blocks of ``w6`` buckets per row, zero packets."""
+        self.ipv6_layers = IPV6_LAYERS
+        self.ipv6_crucial_layers = tuple(crucial)
+        self.width6 = buckets6_per_row(memory_bytes // (1 + len(crucial)), what)
+        shape = (1 + len(crucial), ROWS, self.width6)
+        self.hi6 = np.zeros(shape, np.uint64)
+        self.lo6 = np.zeros(shape, np.uint64)
+        self.counts6 = np.zeros(shape, np.int32)
+        self.occ6 = np.zeros(shape, np.uint8)
+        self.packets6 = 0  # stream index of the next IPv6 packet
+        self._masks6 = mask6_halves(crucial)
+
+    def _tree_rule(self) -> tuple[int, bool, str | None]:
+        """``(T, connection, addback)`` of the update and query rules (plain CocoSketch: no connection)."""
+        return 0, True, None
+
+    @property
+    def ipv6_memory_bytes(self) -> int:
+        """Bucket memory charged to the IPv6 tree: ``(|K6| + 1) * 2 * w6 * 20`` bytes."""
+        return self.counts6.shape[0] * ROWS * self.width6 * BUCKET6_BYTES
+
+    def update(self, batch: PacketBatch) -> None:
+        """Count every packet of ``batch`` (weight 1) under its source (or destination) address.
+
+        IPv4 rows go to the IPv4 tree, IPv6 rows (``ipv6 == 1``) to the IPv6 tree, each tree in
+        batch order with its own packet index, so a tree's state depends only on its family's
+        packets (an IPv4-only stream gives exactly today's state and answers).
+        """
+        column = address_column(batch, self.params.dimension)
+        if not batch.has_ipv6():
+            self.update_addresses(column)
+            return
+        v6 = batch.ipv6.astype(bool)
+        self.update_addresses(column[~v6])
+        self.update_addresses6((batch.src_ip6 if self.params.dimension == "src" else batch.dst_ip6)[v6])
+
+    def update_addresses6(self, addresses) -> None:
+        """Process IPv6 addresses ``uint8[n, 16]`` (network order) in order into the IPv6 tree."""
+        hi, lo = as_addresses6(addresses)
+        if hi.shape[0]:
+            self._stream6(hi, lo)
+            self.packets6 += hi.shape[0]
+
+    def _stream6(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        T, connection, _ = self._tree_rule()
+        stream_kernel6(hi, lo, self.hi6, self.lo6, self.counts6, self.occ6, *self._masks6, np.int64(T),
+                       self._seed_mix, np.uint64(self.packets6), connection, fastmod_magic(self.width6))
+
+    def layer_estimates6(self) -> LayerEstimates:
+        """``{length: {prefix (128-bit int): estimated packets}}`` of the IPv6 tree, every layer of
+        :data:`~telesketch.sketches.hierarchy.IPV6_LAYERS` (additive across shards like the IPv4 maps)."""
+        T, _, addback = self._tree_rule()
+        return block_layer_estimates6(self.hi6, self.lo6, self.counts6, self.occ6, self.ipv6_crucial_layers,
+                                      IPV6_LAYERS, T, addback)
+
+    def estimate6(self, prefix, length: int) -> int:
+        """Estimated packets of an IPv6 prefix (16 bytes or a 128-bit int, host bits zero), any length 0..128."""
+        value = check_prefix6(prefix, length)
+        T, _, addback = self._tree_rule()
+        est = block_layer_estimates6(self.hi6, self.lo6, self.counts6, self.occ6, self.ipv6_crucial_layers,
+                                     (int(length),), T, addback)
+        return int(est[int(length)].get(value, 0))
+
+    def hhh6_entries(self, threshold: float | None = None) -> list[HHHEntry]:
+        """IPv6 HHH entries (prefixes as 128-bit ints), finest layer first, at ``T_report``."""
+        return hhh_pass(self.layer_estimates6(), self.report_threshold(threshold), width=128)
+
+    def hhh_rows(self, threshold: float | None = None) -> list[HHHRow]:
+        """Both trees' heavy prefixes in one answer (:class:`HHHRow`: family, prefix bytes, length,
+        estimates), IPv4 rows first; format each with :func:`format_prefix`."""
+        return hhh_rows(self.hhh_entries(threshold), self.hhh6_entries(threshold))
+
+    # ------------------------------------------------------------------ IPv4 queries and state
     def hhh_entries(self, threshold: float | None = None) -> list[HHHEntry]:
         """HHH entries ``(prefix, length, estimate, discounted)``, finest layer first."""
         return hhh_pass(self.layer_estimates(), self.report_threshold(threshold))
@@ -425,24 +697,35 @@ class BlockSketchVerbs(Sketch):
         return [(e.prefix, e.length, e.discounted) for e in self.hhh_entries(threshold)]
 
     def to_bytes(self) -> bytes:
-        """Parameters, seed, the raw blocks and the packet index (restores bit-identically)."""
+        """Parameters, seed, both trees' raw blocks and packet indices (restores bit-identically).
+
+        Layout version 2 adds the IPv6 tree (``hi6``/``lo6``/``counts6``/``occ6``, ``packets6``);
+        :meth:`from_bytes` still reads version 1 (IPv4 only: the IPv6 tree starts empty).
+        """
         return pack_state(self.ALGORITHM, self.VERSION, self.params,
-                          {"ids": self.ids, "counts": self.counts, "occ": self.occ},
-                          extra={"packets": self.packets})
+                          {"ids": self.ids, "counts": self.counts, "occ": self.occ, "hi6": self.hi6,
+                           "lo6": self.lo6, "counts6": self.counts6, "occ6": self.occ6},
+                          extra={"packets": self.packets, "packets6": self.packets6})
 
     @classmethod
     def from_bytes(cls, data: bytes):
-        params, arrays, _, extra = unpack_state(data, cls.ALGORITHM, cls.VERSION)
+        version, (params, arrays, _, extra) = _unpack_any_version(data, cls.ALGORITHM, (cls.VERSION, 1))
         try:
             sketch = cls(cls.PARAMS(**params))
         except TypeError as exc:
             raise SketchError(f"serialised {cls.__name__} parameters do not fit: {exc}") from None
         _restore(sketch, arrays, extra)
+        if version >= 2:
+            _restore6(sketch, arrays, extra)
         return sketch
 
 
 class CocoSketch(BlockSketchVerbs):
-    """CocoSketch with d = 2 over full IPv4 keys; every HHH layer aggregated from the full keys.
+    """CocoSketch with d = 2 over full keys; every HHH layer aggregated from the full keys.
+
+    Two trees side by side: one block of IPv4 keys (``u32``) and one of IPv6 keys (128-bit), each
+    fed its family's rows of a batch; ``hhh()`` answers IPv4 as before, ``hhh6_entries()`` IPv6,
+    ``hhh_rows()`` both.
 
     >>> from telesketch.traces.generate import generate_batch
     >>> cs = CocoSketch(memory_bytes=32 * 1024, threshold=1000)
@@ -452,7 +735,7 @@ class CocoSketch(BlockSketchVerbs):
     """
 
     ALGORITHM = "cocosketch"
-    VERSION = 1
+    VERSION = 2  # 2: the IPv6 tree; version 1 (IPv4 only) still loads
     PARAMS = CocoSketchParams
 
     def __init__(self, params: CocoSketchParams | None = None, **kwargs):
@@ -467,6 +750,7 @@ class CocoSketch(BlockSketchVerbs):
         self.packets = 0
         self._seed_mix = seed_mix(self.params.seed)
         self.layers = layers_of(self.params.mode)
+        self._init_ipv6(self.params.ipv6_memory_bytes, (), "CocoSketch IPv6 tree")
 
     @property
     def memory_bytes(self) -> int:
@@ -475,10 +759,6 @@ class CocoSketch(BlockSketchVerbs):
 
     ids = property(lambda self: self.cells["id"], doc="Bucket ids, ``uint32[1, 2, w]`` (a view).")
     counts = property(lambda self: self.cells["count"], doc="Bucket counts, ``int32[1, 2, w]`` (a view).")
-
-    def update(self, batch: PacketBatch) -> None:
-        """Count every packet of ``batch`` under its source (or destination) address."""
-        self.update_addresses(address_column(batch, self.params.dimension))
 
     def update_addresses(self, addresses) -> None:
         """Count a raw ``uint32[n]`` address array (the benchmark entry point; hashing included)."""
@@ -517,6 +797,30 @@ class CocoSketch(BlockSketchVerbs):
             "CocoSketch state is order-dependent and only approximately mergeable (spec §4); "
             "combine shards with telesketch.sketches.cocosketch.merged_hhh or sum_layer_estimates"
         )
+
+
+def _unpack_any_version(data: bytes, algorithm: str, versions: Sequence[int]):
+    """``(version, unpack_state(...))`` for the first of ``versions`` the envelope carries."""
+    for version in versions:
+        try:
+            return version, unpack_state(data, algorithm, version)
+        except SketchError as exc:
+            if "layout version" not in str(exc) or version == versions[-1]:
+                raise
+
+
+def _restore6(sketch, arrays: dict, extra: dict) -> None:
+    """Load the IPv6 tree (``hi6``/``lo6``/``counts6``/``occ6``, ``packets6``) of a version-2 state."""
+    shape = sketch.occ6.shape
+    for name, dtype in (("hi6", np.uint64), ("lo6", np.uint64), ("counts6", np.int32), ("occ6", np.uint8)):
+        arr = arrays.get(name)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            raise SketchError(f"serialised {name!r} does not fit these parameters (expected {shape} {np.dtype(dtype)})")
+        getattr(sketch, name)[...] = arr
+    packets6 = extra.get("packets6")
+    if not isinstance(packets6, int) or packets6 < 0:
+        raise SketchError(f"serialised IPv6 packet index is missing or invalid: {packets6!r}")
+    sketch.packets6 = packets6
 
 
 def _restore(sketch, arrays: dict, extra: dict) -> None:

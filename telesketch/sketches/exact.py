@@ -18,7 +18,7 @@ from typing import Hashable, Iterable, Mapping, Sequence
 import numpy as np
 
 from telesketch.jit import kernel
-from telesketch.sketches.hierarchy import BYTE_LAYERS, hhh_from_counts, layers_for, prefix_mask
+from telesketch.sketches.hierarchy import BYTE_LAYERS, IPV6_LAYERS, hhh_from_counts, layers_for, prefix_mask
 
 
 # ---------------------------------------------------------------------------- keys and counts
@@ -119,6 +119,42 @@ def hhh(
     addresses = np.asarray(addresses, dtype=np.uint32)
     thr = _threshold(addresses.shape[0], phi, threshold)
     return hhh_from_counts(prefix_counts(addresses, layers_for(mode)), thr)
+
+
+# ---------------------------------------------------------------------------- IPv6 hierarchical heavy hitters
+def ipv6_ints(addresses: np.ndarray) -> list[int]:
+    """128-bit Python ints of ``uint8[n, 16]`` network-order IPv6 addresses (``2001:db8::1`` ->
+    ``0x20010db8000000000000000000000001``): the prefix values of IPv6 HHH answers."""
+    addresses = np.ascontiguousarray(addresses, dtype=np.uint8)
+    if addresses.ndim != 2 or addresses.shape[1] != 16:
+        raise ValueError(f"IPv6 addresses must be uint8[n, 16], got shape {addresses.shape}")
+    halves = addresses.view(">u8").astype(np.uint64)
+    return [(int(hi) << 64) | int(lo) for hi, lo in halves.tolist()]
+
+
+def prefix_counts6(addresses: np.ndarray, layers: Sequence[int] = IPV6_LAYERS) -> dict[int, dict[int, int]]:
+    """Exact ``{length: {prefix (128-bit int): count}}`` of IPv6 ``uint8[n, 16]`` addresses per layer."""
+    addresses = np.ascontiguousarray(addresses, dtype=np.uint8).reshape(-1, 16)
+    whole = {int.from_bytes(k, "big"): c for k, c in count_dict(addresses).items()} if len(addresses) else {}
+    out: dict[int, dict[int, int]] = {}
+    for length in layers:
+        mask = prefix_mask(length, 128)
+        layer: dict[int, int] = {}
+        for address, count in whole.items():
+            layer[address & mask] = layer.get(address & mask, 0) + count
+        out[length] = layer
+    return out
+
+
+def hhh6(
+    addresses: np.ndarray,
+    phi: float | None = None,
+    threshold: float | None = None,
+    layers: Sequence[int] = IPV6_LAYERS,
+) -> dict[tuple[int, int], float]:
+    """Exact discounted HHH of IPv6 ``uint8[n, 16]`` addresses: ``{(prefix int, length): c}``."""
+    thr = _threshold(len(addresses), phi, threshold)
+    return hhh_from_counts(prefix_counts6(addresses, layers), thr, width=128)
 
 
 # ---------------------------------------------------------------------------- GapFilter ground truth

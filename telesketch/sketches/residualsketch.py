@@ -1,4 +1,4 @@
-"""ResidualSketch: hierarchical heavy hitters over IPv4 prefixes (spec ``specs/residualsketch.md``).
+"""ResidualSketch: hierarchical heavy hitters over IPv4 and IPv6 prefixes (spec ``specs/residualsketch.md``).
 
 State: a full-key CocoSketch ``F`` (d = 2) plus one CocoSketch "Residual Block" ``R_k`` per crucial
 prefix length ``k``, memory split equally over the ``1 + |K|`` blocks (8 bytes per bucket). Per
@@ -13,6 +13,27 @@ Queries add F's heavy keys back into every block (the skip connection), answer e
 nearest crucial layer at or above it (or from all of F below the finest one), and run one
 bottom-up discounted HHH pass (:func:`~telesketch.sketches.cocosketch.hhh_pass`).
 
+**IPv6.** Every sketch holds a second tree beside the IPv4 one: the same algorithm over 128-bit
+keys (:mod:`~telesketch.sketches.cocosketch` "IPv6 tree"), fed the IPv6 rows of each batch, with
+its own memory (``ipv6_memory_bytes``, default ``memory_bytes``, 20 bytes a bucket) and packet
+index, so IPv4 state and answers are exactly those of the IPv4 rows alone. Its hierarchy follows
+address allocation, the boundaries an operator reads: ``/0``, ``/16`` (RIR-scale blocks), ``/32``
+(an ISP/LIR allocation), ``/48`` (a site), ``/56`` (a home or small-business delegation), ``/64``
+(one subnet: SLAAC and temporary addresses live below it) and ``/128`` (a host) -- the layers
+:data:`~telesketch.sketches.exact.IPV6_LAYERS`. Its crucial layers default to ``{32, 64}``:
+
+* ``/64`` because below it hosts rotate temporary (privacy) addresses, so a busy LAN is a heavy
+  /64 made of light /128s; answered from F, such a /64 is only seen through the few full keys F
+  holds (per-layer F1 0.5-0.75 on the benchmark's mixed traffic), from its own block exactly (1.0);
+* ``/32`` because it is the middle of the hierarchy, as /16 is for IPv4 byte mode: with ``/64``
+  alone, /32../0 are aggregated from /64 prefixes and /32 drops to F1 0.5-0.7.
+
+``{32}`` alone scores a slightly higher pooled F1 on the benchmark (its many /16 HHH get more
+memory) but misses the heavy /64s, which is the answer an operator most needs from IPv6 traffic;
+see ``docs/IPV6.md`` and BENCHMARKS.md for the measurement. :meth:`ResidualSketch.hhh_rows` answers
+both trees at once (:class:`HHHRow`: family, 4- or 16-byte prefix, length) and :func:`format_prefix`
+prints ``10.1.0.0/16`` / ``2001:db8::/32`` (RFC 5952).
+
 The update is order-dependent (the connection fires at the instant F's count equals T), so the
 kernel is one sequential ``nogil`` loop (spec §5 "exact mode") and raw state is not mergeable;
 shards combine through :meth:`ResidualSketch.layer_estimates` (:func:`merged_hhh`).
@@ -23,7 +44,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from telesketch.packets import PacketBatch
 from telesketch.sketches.cocosketch import (
     BlockSketchVerbs,
     BUCKET_DTYPE,
@@ -33,15 +53,18 @@ from telesketch.sketches.cocosketch import (
     CocoSketch,
     CocoSketchParams,
     HHHEntry,
+    HHHRow,
     LayerEstimates,
-    address_column,
     as_addresses,
     block_layer_estimates,
     buckets_per_row,
+    buckets6_per_row,
     check_memory,
     check_seed,
     fastmod_magic,
+    format_prefix,
     hhh_pass,
+    hhh_rows,
     layers_of,
     merged_hhh,
     normalise_dimension,
@@ -53,7 +76,7 @@ from telesketch.sketches.cocosketch import (
     sum_layer_estimates,
 )
 from telesketch.sketches.core import NotMergeableError, SketchError
-from telesketch.sketches.hierarchy import prefix_mask
+from telesketch.sketches.hierarchy import IPV6_LAYERS, prefix_mask
 
 __all__ = [
     "ResidualSketch",
@@ -61,6 +84,10 @@ __all__ = [
     "CocoSketch",
     "CocoSketchParams",
     "HHHEntry",
+    "HHHRow",
+    "IPV6_LAYERS",
+    "format_prefix",
+    "hhh_rows",
     "hhh_pass",
     "merged_hhh",
     "shard_threshold",
@@ -68,6 +95,8 @@ __all__ = [
 ]
 
 DEFAULT_CRUCIAL = {"byte": (16,), "bit": (12,)}
+#: Crucial layers of the IPv6 tree (layers /0 /16 /32 /48 /56 /64 /128); see the module docstring.
+DEFAULT_CRUCIAL6 = (32, 64)
 
 
 @dataclass(frozen=True)
@@ -98,6 +127,8 @@ class ResidualSketchParams:
     seed: int = 0
     addback: str = "gt"
     connection: bool = True
+    ipv6_memory_bytes: int | None = None
+    ipv6_crucial_layers: tuple[int, ...] | None = None
 
     def __post_init__(self):
         layers = layers_of(self.mode)
@@ -112,6 +143,10 @@ class ResidualSketchParams:
             raise SketchError(f"connection must be a bool, got {self.connection!r}")
         resolve_threshold(self.threshold, self.phi, self.expected_packets, required=True)
         buckets_per_row(self.memory_bytes // (1 + len(self.crucial_layers)), "ResidualSketch")
+        set_("ipv6_memory_bytes", self.memory_bytes if self.ipv6_memory_bytes is None
+             else check_memory(self.ipv6_memory_bytes))
+        set_("ipv6_crucial_layers", _check_crucial6(self.ipv6_crucial_layers))
+        buckets6_per_row(self.ipv6_memory_bytes // (1 + len(self.ipv6_crucial_layers)), "ResidualSketch IPv6 tree")
 
     @property
     def T(self) -> int:
@@ -133,6 +168,20 @@ def _check_crucial(crucial, mode: str, layers: tuple[int, ...]) -> tuple[int, ..
     return tuple(sorted(crucial))
 
 
+def _check_crucial6(crucial) -> tuple[int, ...]:
+    if crucial is None:
+        return DEFAULT_CRUCIAL6
+    if isinstance(crucial, (int, np.integer)):
+        crucial = (crucial,)
+    crucial = tuple(int(k) for k in crucial)
+    bad = [k for k in crucial if not 0 < k < 128 or k not in IPV6_LAYERS]
+    if bad:
+        raise SketchError(f"IPv6 crucial layers {bad} invalid: need 0 < k < 128 and k a layer of {IPV6_LAYERS}")
+    if len(set(crucial)) != len(crucial):
+        raise SketchError(f"IPv6 crucial layers must be distinct, got {crucial}")
+    return tuple(sorted(crucial))
+
+
 class ResidualSketch(BlockSketchVerbs):
     """Hierarchical heavy hitters over source (or destination) IPv4 prefixes.
 
@@ -147,7 +196,7 @@ class ResidualSketch(BlockSketchVerbs):
     """
 
     ALGORITHM = "residualsketch"
-    VERSION = 1
+    VERSION = 2  # 2: the IPv6 tree; version 1 (IPv4 only) still loads
     PARAMS = ResidualSketchParams
 
     def __init__(self, params: ResidualSketchParams | None = None, **kwargs):
@@ -166,6 +215,11 @@ class ResidualSketch(BlockSketchVerbs):
         self._masks = np.array([prefix_mask(k) for k in p.crucial_layers], np.uint32)
         self._seed_mix = seed_mix(p.seed)
         self._addback = p.addback if p.connection else None  # noConn adds nothing back
+        self._init_ipv6(p.ipv6_memory_bytes, p.ipv6_crucial_layers, "ResidualSketch IPv6 tree")
+
+    def _tree_rule(self) -> tuple[int, bool, str | None]:
+        """``(T, connection, addback)``: both trees use the same threshold and rules."""
+        return self.T, self.params.connection, self._addback
 
     # ------------------------------------------------------------------ update
     @property
@@ -175,10 +229,6 @@ class ResidualSketch(BlockSketchVerbs):
 
     ids = property(lambda self: self.cells["id"], doc="Bucket ids, ``uint32[1 + |K|, 2, w]`` (a view).")
     counts = property(lambda self: self.cells["count"], doc="Bucket counts, ``int32[1 + |K|, 2, w]`` (a view).")
-
-    def update(self, batch: PacketBatch) -> None:
-        """Process every packet of ``batch`` (weight 1 each) under its src (or dst) address."""
-        self.update_addresses(address_column(batch, self.params.dimension))
 
     def update_addresses(self, addresses) -> None:
         """Process a raw ``uint32[n]`` address array in order (benchmark entry point)."""
