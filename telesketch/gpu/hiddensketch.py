@@ -66,6 +66,7 @@ _LOW6, _LOW8, _LOW16 = _U64(63), _U64(0xFF), _U64(0xFFFF)
 _LOW32 = _U64(0xFFFFFFFF)
 _B1, _B2 = _U64(0xFF00), _U64(0xFF)
 _LEN4 = _U64((4 * int(GOLDEN)) & (2**64 - 1))  # the 4-byte key length, folded into the initial state
+_LEN16 = _U64((16 * int(GOLDEN)) & (2**64 - 1))  # the 16-byte (IPv6 address) key length
 _CM_ONE = np.uint32(1)
 _FS_INFINITE = _cpu.FS_INFINITE  # "every row saturated": larger than any threshold
 
@@ -76,6 +77,15 @@ def hash64_u32_device(key, seed):
     """Device port of ``telesketch.hashing.hash64_u32``: a 4-byte key given as its big-endian value."""
     h = _fmix64(_fmix64(seed * GOLDEN + _SEED_OFFSET) ^ _LEN4)
     h = _fmix64(h ^ (_U64(key) << _S32)) + GOLDEN
+    return _fmix64(h)
+
+
+@cuda.jit(device=True)
+def hash64_u128_device(w0, w1, seed):
+    """Device port of the CPU ``hiddensketch.hash64_u128``: a 16-byte key as two big-endian words."""
+    h = _fmix64(_fmix64(seed * GOLDEN + _SEED_OFFSET) ^ _LEN16)
+    h = _fmix64(h ^ w0) + GOLDEN
+    h = _fmix64(h ^ w1) + GOLDEN
     return _fmix64(h)
 
 
@@ -92,12 +102,14 @@ def _bswap64(x):
 
 @cuda.jit(device=True)
 def hash_key_device(lo, hi, nbytes, seed):
-    """Device port of the CPU ``_hash_key``: hash of the ``nbytes``-byte (4 or 13) little-endian
+    """Device port of the CPU ``_hash_key``: hash of the ``nbytes``-byte (4, 13 or 16) little-endian
     buffer of the integer ``(hi << 64) | lo`` (``uint64`` words), through the project hash."""
     if nbytes == 4:
         return hash64_u32_device(_bswap32(lo), seed)
     w0 = _bswap64(lo)  # bytes 0..7 read big-endian
-    w1 = _bswap64(hi)  # bytes 8..12 (13..15 zero)
+    w1 = _bswap64(hi)  # bytes 8..12 (13..15 zero), or 8..15 of a 16-byte key
+    if nbytes == 16:
+        return hash64_u128_device(w0, w1, seed)
     return hash64_5tuple_device(w0 >> _S32, w0 & _LOW32, w1 >> _S48, (w1 >> _S32) & _LOW16,
                                 (w1 >> _S24) & _LOW8, seed)
 
