@@ -306,3 +306,27 @@ def test_point_estimates_of_mixed_keys():
     fresh = HiddenSketch(**MIXED)
     assert fresh.estimate(bytes(16)) == 0  # no IPv6 seen yet: no companion, estimate 0
     assert format_key(parse_ipv6("2001:db8::1")) == "2001:db8::1" and format_key(0x0A000001) == "10.0.0.1"
+
+
+def test_service_window_rules_take_both_families():
+    """The service's window rules (two epochs, summed estimates) over mixed states: IPv4 and IPv6
+    keys side by side, ties between an IPv4 and an IPv6 key sorted without error."""
+    from telesketch.service import sketchset as ss
+
+    cs = ss.configure({"hh": dict(kind="hiddensketch", **MIXED)})[0]
+    assert cs.active
+    v4, v6 = 0x0A000001, parse_ipv6("2001:db8::1")
+    src6 = np.zeros((120, 16), np.uint8)
+    src6[60:] = np.frombuffer(v6, np.uint8)
+    tie = PacketBatch.from_columns(src_ip=[v4] * 60 + [0] * 60, src_ip6=src6, ipv6=[0] * 60 + [1] * 60)
+    states = []
+    for seed in (41, 42):
+        state = cs.build()
+        feed(state, PacketBatch.concat([mixed_traffic(3000, 0.4, seed=seed, universe=150), tie]))
+        states.append(cs.load(state.to_bytes(), live=False))
+    n = sum(s.n_items for s in states)
+    rows, _ = ss.heavy_hitters(cs, states, n, threshold=100)
+    found = dict(rows)
+    assert found[v4] == found[v6] >= 120  # a tie across the families
+    changes, _ = ss.heavy_changers(cs, states[:1], states[1:], states[0].n_items, states[1].n_items, threshold=40)
+    assert any(isinstance(k, bytes) for k, _ in changes) and any(isinstance(k, int) for k, _ in changes)

@@ -46,6 +46,7 @@ import numpy as np
 
 from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, envelope_algorithm, pack_state, unpack_state
+from telesketch.sketches.hiddensketch import key_order
 from telesketch.service.config import ConfigError
 
 log = logging.getLogger("telesketch.service")
@@ -406,7 +407,7 @@ def heavy_hitters(cs, states, n_packets, phi=None, threshold=None, report: dict 
 
 
 def _by_count(rows: list) -> list:
-    return sorted(rows, key=lambda kv: (-kv[1], kv[0]))
+    return sorted(rows, key=lambda kv: (-kv[1], key_order(kv[0])))  # IPv4 ints and IPv6 bytes mix
 
 
 def _hidden_rows(states: list, thr: float) -> list:
@@ -441,7 +442,7 @@ def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=Non
     for b, a in zip(_per_shard(before), _per_shard(after)):
         rows += list(a[0].heavy_changers(b[0], hc_threshold=thr)) if len(a) == 1 else _hidden_changes(b, a, thr)
         _note_partial(report, [*b, *a])
-    rows.sort(key=lambda kv: (-abs(kv[1]), kv[0]))
+    rows.sort(key=lambda kv: (-abs(kv[1]), key_order(kv[0])))
     return rows, "union over shards" if sharded else "sum of per-epoch estimates"
 
 
