@@ -13,7 +13,8 @@ exact SS counts by peeling the Count-Min over the candidate set. The estimate of
 ``f_SS + thresh`` (one-pass mode, never an under-count) or ``f_SS`` (``mode="two_pass"``, §9).
 
 Key representation. A key is a ``key_bytes``-byte string (4: the source or destination address
-big-endian, ``key="src_ip"`` / ``"dst_ip"``; 13: the 5-tuple). Bits are numbered LSB-first within each byte (spec §4), so bit ``i`` of the key is
+big-endian, ``key="src_ip"`` / ``"dst_ip"``; 13: the 5-tuple; 16: an IPv6 address in network
+order, ``key="src_ip6"`` / ``"dst_ip6"``, IPv4 rows v4-mapped). Bits are numbered LSB-first within each byte (spec §4), so bit ``i`` of the key is
 bit ``i`` of the *little-endian* integer of its bytes. Internally every key (and partial key) is
 that little-endian integer carried as two ``uint64`` words ``(lo, hi)``; a partial key ``[s, e)``
 is ``(key >> s) & (2**(e-s) - 1)``. Hash input is the zero-padded ``key_bytes``-byte buffer of
@@ -31,6 +32,17 @@ of keys already in the RBF so that repeated heavy keys cost only their 3 CM hash
 kernels were measured 10x slower than serial on the shared 2-core host (OpenMP threads spinning
 under load), so the kernels are serial and ``nogil``. Decode runs its blocks, which are independent,
 on a thread pool.
+
+IPv6 (docs/IPV6.md). An address sketch (``src_ip`` / ``dst_ip``) splits each batch by family:
+IPv4 rows update its 4-byte state exactly as before IPv6 existed (same state, answers and speed),
+IPv6 rows a 16-byte companion sketch (:attr:`HiddenSketch.ipv6`, made at the first IPv6 row,
+``ipv6_memory_bytes``, default 128 KiB) with the same ``phi``, ``thresh``, CM and seed. Both
+report against ``phi * N`` of all traffic; answers hold ``int`` IPv4 keys and 16-byte IPv6 keys
+(:func:`format_key` prints them, :func:`key_order` sorts them). A 16-byte key costs more second
+stage: 11 Bloom filters over a 128-bit interval tree and 12 segment bitmaps of 1-2 Kibit per block
+(66,470 B at the default 10 KiB CM) against 3 filters and 4 x 256-bit bitmaps (18,063 B) for
+4-byte keys. A ``5tuple`` sketch (13-byte keys cannot hold IPv6 tuples) or ``ipv6_memory_bytes=0``
+counts IPv6 rows in ``skipped_ipv6`` and logs once: never a silent loss.
 
 Usage::
 
