@@ -330,3 +330,15 @@ def test_service_window_rules_take_both_families():
     assert found[v4] == found[v6] >= 120  # a tie across the families
     changes, _ = ss.heavy_changers(cs, states[:1], states[1:], states[0].n_items, states[1].n_items, threshold=40)
     assert any(isinstance(k, bytes) for k, _ in changes) and any(isinstance(k, int) for k, _ in changes)
+
+
+@pytest.mark.parametrize("key", ["src_ip6", "dst_ip6"])
+def test_sixteen_byte_keys_cannot_be_sharded_yet(key):
+    """Shards route Hidden Sketch packets by IPv4 source (src_ip) or flow: a 16-byte key's packets
+    would spread over shards, so the config refuses it (as for dst_ip)."""
+    from telesketch.service.config import ConfigError, load_config
+
+    config = load_config(None, {"shards": 2})
+    config.sketches = {"v6": {"kind": "hiddensketch", "key": key}}
+    with pytest.raises(ConfigError, match=f"sketch 'v6'.*{key}.*shards"):
+        config.validate()
