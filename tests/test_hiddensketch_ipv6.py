@@ -241,9 +241,12 @@ def test_ipv6_memory_parameter_checks():
         HiddenSketch(**dict(SMALL, ipv6_memory_bytes=-1))
     with pytest.raises(SketchError, match="no IPv6 companion"):
         HiddenSketch(key="5tuple", ipv6_memory_bytes=1 << 17)
-    with pytest.raises(SketchError, match="leaves no room"):
-        HiddenSketch(**dict(SMALL, ipv6_memory_bytes=1000)).update(mixed_traffic(10, 1.0, seed=1))
+    with pytest.raises(SketchError, match="ipv6_memory_bytes 1000: the IPv6 companion: .*leaves no room"):
+        HiddenSketch(**dict(SMALL, ipv6_memory_bytes=1000))  # at construction, not at the first IPv6 row
     assert HiddenSketchParams(key="src_ip6").key_bytes == 16
+    assert HiddenSketchParams().ipv6_companion().memory_bytes == 128 * 1024
+    big_cm = HiddenSketchParams(cm_bytes=100_000, memory_bytes=200_000)  # its 16-byte SS alone > 128 KiB
+    assert big_cm.ipv6_companion().fs_bytes == big_cm.fs_bytes
 
 
 # ---------------------------------------------------------------------------- state

@@ -94,6 +94,7 @@ _SEGS_16 = (11, 11, 11, 11, 11, 11, 11, 11, 10, 10, 10, 10)
 _TREE_16 = ((0, 128), (0, 66), (66, 128), (0, 33), (33, 66), (66, 98), (98, 128),
             (0, 22), (33, 55), (66, 88), (98, 118))
 _ROWS_16 = (10,) + (12,) * 10
+_SS16_FIXED = sum(_ROWS_16) * 2200 // 8 + 8 * sum(1 << b for b in _SEGS_16) // 8  # 16-byte SS less its CM
 
 
 #: Sketch keys: source address, destination address (4 bytes each, big-endian), the 5-tuple (13
@@ -220,6 +221,11 @@ class HiddenSketchParams:
             )
         if self.fs_width >= 2**31:
             raise SketchError(f"first stage too wide ({self.fs_width} counters per row)")
+        if self.key in IPV6_COMPANION:  # a bad ipv6_memory_bytes fails here, not at the first IPv6 row
+            try:
+                self.ipv6_companion()
+            except SketchError as exc:
+                raise SketchError(f"ipv6_memory_bytes {self.ipv6_memory_bytes}: the IPv6 companion: {exc}") from None
 
     # ------------------------------------------------------------------ derived sizes (spec §5.2)
     @property
@@ -231,13 +237,17 @@ class HiddenSketchParams:
 
         Same ``phi``, ``thresh``, FS rows and counter width, CM, ``max_enum``, seed and mode (so a
         key's gate and report rule are those of an IPv4 key); the 16-byte default layout; memory
-        ``ipv6_memory_bytes`` (default: that of a 16-byte sketch, 128 KiB). ``None`` for other keys
-        or ``ipv6_memory_bytes=0`` (IPv6 rows then only counted, in ``skipped_ipv6``).
+        ``ipv6_memory_bytes``, by default that of a 16-byte sketch (128 KiB) or, if more, the
+        16-byte second stage plus this sketch's first stage. ``None`` for other keys or
+        ``ipv6_memory_bytes=0`` (IPv6 rows then only counted, in ``skipped_ipv6``).
         """
         if self.key not in IPV6_COMPANION or self.ipv6_memory_bytes == 0:
             return None
+        memory = self.ipv6_memory_bytes
+        if memory is None:
+            memory = max(_DEFAULT_MEMORY[16], self.cm_bytes + _SS16_FIXED + self.fs_bytes)
         return HiddenSketchParams(
-            memory_bytes=self.ipv6_memory_bytes, phi=self.phi, key=IPV6_COMPANION[self.key], thresh=self.thresh,
+            memory_bytes=memory, phi=self.phi, key=IPV6_COMPANION[self.key], thresh=self.thresh,
             expected_epoch_items=self.expected_epoch_items, fs_rows=self.fs_rows,
             fs_counter_bits=self.fs_counter_bits, cm_bytes=self.cm_bytes, max_enum=self.max_enum,
             seed=self.seed, mode=self.mode)
