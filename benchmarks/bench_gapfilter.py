@@ -15,6 +15,14 @@ statistically, not item for item), printed beside the reference figures of §10.
 Throughput: items per second of ``update`` over the preloaded trace in batches of
 ``--batch`` packets, hashing and event logging included, median of ``--runs`` runs, with one
 Numba thread and with all threads; the Straw-man is measured in the same run for the ratios.
+
+IPv6 (issue 18), ``--ipv6``: 40 % of the flows (by a hash of the 5-tuple) become IPv6 flows (the
+addresses under 2001:db8::/32, one to one with the IPv4 ones, so the ground truth is unchanged)
+and every SEQ is also in ``tcp_seq``. Per memory point: F1 of the IPv4-only trace, of the mixed
+trace with ``seq_field="tcp_seq"`` (IPv6 flows inspected under their folded 37-byte keys; F1 of
+the IPv6 and IPv4 parts), and with ``ip_id`` (IPv6 packets skipped: coverage and the IPv4 part).
+``--baseline TREE``: IPv4-only Mops per CPU second (serial path, one thread) of this tree and
+``TREE`` alternating in subprocesses, best of ``--runs`` rounds per tree: before/after in one run.
 """
 from __future__ import annotations
 
@@ -120,17 +128,99 @@ def accuracy(batches, truth, sizes, seeds) -> None:
         print("| " + " | ".join(cells) + " |", flush=True)
 
 
+# ---------------------------------------------------------------------------- IPv6 (issue 18)
+def mixed_batch(batch: PacketBatch) -> PacketBatch:
+    """``batch`` with 40 % of its flows turned IPv6 (addresses 2001:db8:H::a.b.c.d, one to one
+    with the IPv4 ones) and the SEQ copied into ``tcp_seq`` (flows are TCP)."""
+    from telesketch.hashing import hash_keys
+
+    is6 = hash_keys(batch.flow_keys(), 18) % np.uint64(1000) < np.uint64(400)
+    cols = batch.columns()
+
+    def addr6(ip):
+        out = np.zeros((len(batch), 16), np.uint8)
+        out[:, :4] = (0x20, 0x01, 0x0D, 0xB8)
+        out[:, 12:] = ip.astype(">u4").view(np.uint8).reshape(-1, 4)
+        return np.where(is6[:, None], out, 0).astype(np.uint8)
+
+    cols.update(src_ip6=addr6(batch.src_ip), dst_ip6=addr6(batch.dst_ip), ipv6=is6.astype(np.uint8),
+                src_ip=np.where(is6, 0, batch.src_ip), dst_ip=np.where(is6, 0, batch.dst_ip),
+                tcp_seq=batch.ip_id.astype(np.uint32), proto=np.full(len(batch), 6))
+    return PacketBatch.from_columns(**cols)
+
+
+def ipv6_accuracy(batch: PacketBatch, truth, sizes, seeds, size: int) -> None:
+    mixed = mixed_batch(batch)
+    v6 = mixed.ipv6.astype(bool)
+    parts = mixed.split(size)
+    plain = batch.split(size)
+    print(f"\n## IPv6: {v6.mean():.1%} of items IPv6 (40 % of flows); F1 mean over hash seeds {list(seeds)}")
+    print("| KiB | variant | IPv4-only F1 | mixed tcp_seq F1 | IPv6 part F1 | IPv4 part F1 | mixed ip_id: covered | IPv4 part F1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kb in sizes:
+        for name, cls in ALGORITHMS.items():
+            f = {"v4": [], "mix": [], "six": [], "four": [], "ipid4": []}
+            covered = 0.0
+            for seed in seeds:
+                f["v4"].append(exact.label_accuracy(truth, run_sketch(cls(kb * 1024, seed=seed), plain)).f1)
+                flags = run_sketch(cls(kb * 1024, seed=seed, seq_field="tcp_seq"), parts)
+                f["mix"].append(exact.label_accuracy(truth, flags).f1)
+                f["six"].append(exact.label_accuracy(truth[v6], flags[v6]).f1)
+                f["four"].append(exact.label_accuracy(truth[~v6], flags[~v6]).f1)
+                sketch = cls(kb * 1024, seed=seed)
+                flags = run_sketch(sketch, parts)
+                assert not flags[v6].any(), "an IPv6 gap with ip_id"
+                f["ipid4"].append(exact.label_accuracy(truth[~v6], flags[~v6]).f1)
+                covered = sketch.coverage()["covered_packets"] / len(mixed)
+            m = {k: float(np.mean(v)) for k, v in f.items()}
+            print(f"| {kb} | {name} | {m['v4']:.4f} | {m['mix']:.4f} | {m['six']:.4f} | {m['four']:.4f} | "
+                  f"{covered:.1%} | {m['ipid4']:.4f} |", flush=True)
+
+
+def _speed_child(cache: Path, items: int, seed: int, size: int, mem_kb: int) -> None:
+    """Print this tree's IPv4-only Mops per CPU second per variant (serial path, one thread: CPU time
+    is what other jobs on a shared host do not distort) as JSON."""
+    import json
+
+    nb.set_num_threads(1)
+    batches = to_batch(load_workload(cache, items, seed)).split(size)
+    print(json.dumps({name: time_updates(cls, batches, mem_kb, 1, False, time.process_time)
+                      for name, cls in ALGORITHMS.items()}))
+
+
+def before_after(baseline: Path, a) -> None:
+    import json
+
+    trees = {"before": Path(baseline).resolve(), "after": Path(__file__).resolve().parents[1]}
+    best: dict[str, dict] = {k: {} for k in trees}
+    for _ in range(a.runs):
+        for label, tree in trees.items():
+            cmd = [sys.executable, __file__, "--speed-child", "--items", str(a.items), "--gen-seed", str(a.gen_seed),
+                   "--cache", str(a.cache), "--batch", str(a.batch), "--mem-kb", str(a.mem_kb)]
+            out = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(tree)}, check=True, capture_output=True,
+                                 text=True)
+            for name, mops in json.loads(out.stdout.strip().splitlines()[-1]).items():
+                best[label][name] = max(best[label].get(name, 0.0), mops)
+    print(f"\n## IPv4-only Mops per CPU second before / after (this tree vs {baseline}; {a.mem_kb} KiB, one thread, "
+          f"serial path, best of {a.runs} alternating rounds)")
+    print("| variant | before | after | after / before |")
+    print("|---|---|---|---|")
+    for name in ALGORITHMS:
+        b, f = best["before"][name], best["after"][name]
+        print(f"| {name} | {b:.2f} | {f:.2f} | {f / b:.3f} |", flush=True)
+
+
 # ---------------------------------------------------------------------------- throughput
-def time_updates(cls, batches, mem_kb, runs, parallel) -> float:
+def time_updates(cls, batches, mem_kb, runs, parallel, clock=time.perf_counter) -> float:
     """Median Mops of updating a fresh sketch over all batches (one untimed warm-up run)."""
     n = sum(len(b) for b in batches)
     rates = []
     for r in range(runs + 1):
         sketch = cls(memory_bytes=mem_kb * 1024, seed=1)
-        t0 = time.perf_counter()
+        t0 = clock()
         for b in batches:
             sketch.update(b, parallel=parallel)
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         if r:
             rates.append(n / dt / 1e6)
     return float(np.median(rates))
@@ -168,7 +258,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--ipv6", action="store_true", help="add the IPv6 accuracy table (mixed traffic, 40 %% of flows)")
+    p.add_argument("--baseline", type=Path, help="tree to compare IPv4-only Mops against (e.g. ../main)")
+    p.add_argument("--speed-child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.speed_child:
+        _speed_child(a.cache, a.items, a.gen_seed, a.batch, a.mem_kb)
+        return
 
     print("command:", " ".join([Path(sys.executable).name] + sys.argv))
     print("machine:", machine())
@@ -185,6 +281,10 @@ def main() -> None:
         cls(memory_bytes=4096).update(batches[0], parallel=True)
     if not a.skip_accuracy:
         accuracy(batches, truth, a.sizes, a.seeds)
+    if a.ipv6:
+        ipv6_accuracy(batch, truth, a.sizes, a.seeds, a.batch)
+    if a.baseline:
+        before_after(a.baseline, a)
     if not a.skip_throughput:
         throughput(batches, a.mem_kb, a.runs)
         print("load average after:", " ".join(open("/proc/loadavg").read().split()[:3]))

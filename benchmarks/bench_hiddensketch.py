@@ -9,6 +9,19 @@ keys (bytes 0..3 of each record, the generator's little-endian ``uint32`` view),
     .venv/bin/python benchmarks/bench_hiddensketch.py --only accuracy # one part: accuracy | small_ss |
                                                                       # changers | big | throughput | 5tuple |
                                                                       # overflow (issue 20: 0.25x..2x, hard mix)
+    .venv/bin/python benchmarks/bench_hiddensketch.py --only ipv6     # issue 18: mixed traffic, 16-byte keys
+    .venv/bin/python benchmarks/bench_hiddensketch.py --only v4speed --baseline ../main
+                                                                      # IPv4-only Mops: this tree vs another
+
+IPv6 (``--only ipv6``): 40 % of the keys (by a hash of the key) become IPv6 sources (one of 256
+/64s under 2001:db8::/32, a hashed interface id), window 0 of each workload. Rows: the 4-byte
+sketch on the IPv4-only stream; the same memory on the mixed stream (IPv6 rows in the 16-byte
+companion, 128 KiB) per family; then the whole stream as 16-byte keys (``key="src_ip6"``) over a
+memory sweep: the memory a 16-byte sketch needs for the 4-byte sketch's accuracy.
+``--only v4speed --baseline TREE``: ``update(batch)`` and ``update_keys`` Mops of the 4-byte
+sketch at 55 KiB on IPv4-only window 0 per CPU second of the process (the insert is serial; CPU
+time is what other jobs on a shared host do not distort), this tree and ``TREE`` alternating in
+subprocesses (``--repeat`` rounds, best per tree): before/after ratios measured in one run.
 
 Metrics per spec §10: P, Rec, F1 of the reported set against ``{k : f > phi * N}``; ARE and AAE
 over true positives; ARE over all true keys (a miss counts 1). Throughput: items/s of
@@ -314,6 +327,146 @@ def overflow(lines: list[str], target: float = 0.95, step_kib: int = 4) -> None:
 _LOADED: dict[str, list[dict]] = {}
 
 
+# ---------------------------------------------------------------------------- IPv6 (issue 18)
+IPV6_SHARE = 0.4
+IPV6_MIXED_KIB = {"zipf_a1.0": (45, 55, 80, 120), "zipf_a1.2": (30, 40, 55, 80)}
+IPV6_SWEEP_KIB = (72, 80, 96, 112, 128, 160, 192)
+
+
+def ipv6_addresses(keys4: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(is6, addr16)`` per item: whether its key is an IPv6 source (40 % of keys, by hash) and the
+    key's 16-byte address (2001:db8:0:P::/64, ``P`` one of 256, interface id a 64-bit hash)."""
+    from telesketch.hashing import hash_u32
+
+    h = hash_u32(keys4, 18)
+    is6 = (h % np.uint64(1000)) < np.uint64(IPV6_SHARE * 1000)
+    addr = np.zeros((len(keys4), 16), np.uint8)
+    addr[:, :4] = (0x20, 0x01, 0x0D, 0xB8)
+    addr[:, 7] = (h >> np.uint64(56)).astype(np.uint8)
+    addr[:, 8:] = hash_u32(keys4, 19).astype(">u8").view(np.uint8).reshape(-1, 8)
+    return is6, addr
+
+
+def _score(result, counts: dict, limit: float) -> dict:
+    est = dict(result.items)
+    true = {k: c for k, c in counts.items() if c > limit}
+    acc = exact.set_accuracy(true, est)
+    tp = [k for k in true if k in est]
+    return {"f1": acc.f1, "p": acc.precision, "rec": acc.recall, "are_tp": exact.are(true, est, tp) if tp else 0.0,
+            "true": len(true), "ok": result.decode_ok, "under": sum(est[k] < counts.get(k, 0) for k in est)}
+
+
+def _timed(sketch: HiddenSketch, feed) -> tuple:
+    start = time.perf_counter()
+    feed(sketch)
+    insert_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = sketch.decode()
+    return result, insert_s, time.perf_counter() - start
+
+
+def ipv6(cache: Path, lines: list[str]) -> None:
+    from telesketch.packets import PacketBatch
+
+    lines += ["\nIPv6 (issue 18): window 0, 40 % of keys IPv6, phi = 1e-4, IPv6 companion 128 KiB\n",
+              "| α | KiB | stream | IPv6 share of items | F1 | P | Rec | ARE (TP) | true HH | ok | insert Mops | decode ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, points in IPV6_MIXED_KIB.items():
+        win = load_cached(name, cache)[0]
+        keys4, n = win["keys4"], win["n"]
+        thresh = max(0, int(PHI * n - 10))
+        is6, addr = ipv6_addresses(keys4)
+        batch = PacketBatch.from_columns(src_ip=np.where(is6, 0, keys4).astype(np.uint32),
+                                         src_ip6=np.where(is6[:, None], addr, 0).astype(np.uint8),
+                                         ipv6=is6.astype(np.uint8))
+        parts = batch.split(BATCH)
+        counts4 = exact.count_dict(keys4)
+        truth_mixed = exact.count_dict(keys4[~is6])
+        six = {}
+        for a in addr[is6]:
+            six[a.tobytes()] = six.get(a.tobytes(), 0) + 1
+        alpha = name.split("_a")[1]
+
+        def row(kib, stream, share, r, insert_s, decode_s):
+            lines.append(f"| {alpha} | {kib} | {stream} | {share} | {r['f1']:.3f} | {r['p']:.3f} | {r['rec']:.3f} | "
+                         f"{r['are_tp']:.4f} | {r['true']} | {r['ok']}{' UNDERCOUNT' if r['under'] else ''} | "
+                         f"{n / insert_s / 1e6:.2f} | {1e3 * decode_s:.0f} |")
+            print(lines[-1], flush=True)
+
+        for kib in points:
+            four = HiddenSketch(memory_bytes=kib * 1024, phi=PHI, thresh=thresh)
+            res, ins, dec = _timed(four, lambda s: [s.update_keys(keys4[i:i + BATCH]) for i in range(0, n, BATCH)])
+            row(kib, "IPv4 only", "0 %", _score(res, counts4, PHI * n), ins, dec)
+            mixed = HiddenSketch(memory_bytes=kib * 1024, phi=PHI, thresh=thresh)
+            res, ins, dec = _timed(mixed, lambda s: [s.update(p) for p in parts])
+            row(kib, "mixed: all", f"{is6.mean():.0%}", _score(res, {**truth_mixed, **six}, PHI * n), ins, dec)
+            fam4 = [(k, c) for k, c in res.items if isinstance(k, int)]
+            fam6 = [(k, c) for k, c in res.items if isinstance(k, bytes)]
+            for label, items, truth in (("mixed: IPv4 part", fam4, truth_mixed), ("mixed: IPv6 part", fam6, six)):
+                r = _score(type(res)(items, res.decode_ok, res.overflow, 0, 0, 0, 0), truth, PHI * n)
+                row(kib, label, "", r, ins, dec)
+        all6 = np.ascontiguousarray(addr)  # the same stream, every key as its 16-byte address
+        uniq = np.fromiter(counts4.keys(), np.uint32, len(counts4))
+        truth16 = {a.tobytes(): counts4[int(k)] for k, a in zip(uniq, ipv6_addresses(uniq)[1])}
+        for kib in IPV6_SWEEP_KIB:
+            wide = HiddenSketch(key="src_ip6", memory_bytes=kib * 1024, phi=PHI, thresh=thresh)
+            res, ins, dec = _timed(wide, lambda s: [s.update_keys(all6[i:i + BATCH]) for i in range(0, n, BATCH)])
+            row(kib, "all as 16-byte keys", "100 %", _score(res, truth16, PHI * n), ins, dec)
+
+
+def _v4speed_child(cache: Path, repeat: int) -> None:
+    """Print ``{"update_keys": Mops, "update_batch": Mops}`` (best of ``repeat``) for this tree."""
+    import json
+
+    from telesketch.packets import PacketBatch
+
+    win = load_cached("zipf_a1.2", cache)[0]
+    keys4, n = win["keys4"], win["n"]
+    parts = PacketBatch.from_columns(src_ip=keys4).split(BATCH)
+    thresh = int(PHI * n - 10)
+    warm = HiddenSketch(memory_bytes=55 * 1024, phi=PHI, thresh=thresh)  # load the kernels untimed
+    warm.update(parts[0])
+    warm.update_keys(keys4[:BATCH])
+    best = {"update_keys": 0.0, "update_batch": 0.0}
+    for _ in range(repeat):
+        for how in best:
+            sketch = HiddenSketch(memory_bytes=55 * 1024, phi=PHI, thresh=thresh)
+            start = time.process_time()  # CPU seconds: other jobs on a shared host do not count
+            if how == "update_keys":
+                for i in range(0, n, BATCH):
+                    sketch.update_keys(keys4[i:i + BATCH])
+            else:
+                for part in parts:
+                    sketch.update(part)
+            best[how] = max(best[how], n / (time.process_time() - start) / 1e6)
+    print(json.dumps(best))
+
+
+def v4speed(cache: Path, lines: list[str], baseline: Path, repeat: int) -> None:
+    """IPv4-only insert Mops, this tree vs ``baseline``, alternating subprocesses; best per tree."""
+    import json
+    import os
+
+    ours = ROOT.parent
+    trees = {"before (baseline)": Path(baseline).resolve(), "after (this tree)": ours}
+    best: dict[str, dict] = {label: {} for label in trees}
+    for _ in range(repeat):
+        for label, tree in trees.items():
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            out = subprocess.run([sys.executable, __file__, "--only", "v4speed_child", "--repeat", "1",
+                                  "--cache", str(cache)], env=env, check=True, capture_output=True, text=True)
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            for how, mops in got.items():
+                best[label][how] = max(best[label].get(how, 0.0), mops)
+    b, a = best["before (baseline)"], best["after (this tree)"]
+    lines += [f"\nIPv4-only insert at 55 KiB, zipf α = 1.2 window 0, items per CPU second (best of {repeat} "
+              "alternating runs per tree)\n",
+              "| path | before Mops | after Mops | after / before |", "|---|---|---|---|"]
+    for how in ("update_keys", "update_batch"):
+        lines.append(f"| {how} | {b[how]:.2f} | {a[how]:.2f} | {a[how] / b[how]:.3f} |")
+        print(lines[-1], flush=True)
+
+
 def load_cached(name: str, cache: Path) -> list[dict]:
     if name not in _LOADED:
         _LOADED[name] = load_windows(ensure_workload(name, cache))
@@ -323,11 +476,16 @@ def load_cached(name: str, cache: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    ap.add_argument("--only", choices=["accuracy", "small_ss", "changers", "big", "throughput", "5tuple", "overflow"],
-                    action="append")
+    ap.add_argument("--only", choices=["accuracy", "small_ss", "changers", "big", "throughput", "5tuple", "overflow",
+                                       "ipv6", "v4speed", "v4speed_child"],
+                    action="append", help="run only these parts (repeatable)")
+    ap.add_argument("--baseline", type=Path, help="for --only v4speed: the tree to compare against (e.g. ../main)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=3, help="hash seeds averaged in the accuracy tables")
     args = ap.parse_args()
+    if args.only == ["v4speed_child"]:
+        _v4speed_child(args.cache, args.repeat)
+        return
     parts = args.only or ["throughput", "accuracy", "small_ss", "changers", "big", "5tuple"]
     # warm the kernels (compile or load the Numba cache) before timing anything
     warm = HiddenSketch(thresh=0)
@@ -343,7 +501,9 @@ def main() -> None:
          "big": lambda: big(args.cache, lines),
          "throughput": lambda: throughput(args.cache, lines, args.repeat),
          "5tuple": lambda: five_tuple(args.cache, lines),
-         "overflow": lambda: overflow(lines)}[part]()
+         "overflow": lambda: overflow(lines),
+         "ipv6": lambda: ipv6(args.cache, lines),
+         "v4speed": lambda: v4speed(args.cache, lines, args.baseline, args.repeat)}[part]()
     print("\n" + "\n".join(lines))
 
 

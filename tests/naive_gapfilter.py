@@ -200,3 +200,33 @@ def gap_labels(keys, seqs, t1=5, t2=30, reset=10000) -> list[bool]:
         if seq > old or old - seq >= reset:
             last[key] = seq
     return labels
+
+
+# ---------------------------------------------------------------------------- IPv6 (issue 18b)
+#: ``derive_seed(seed, IPV6_FOLD_ROW)`` seeds the fold of an IPv6 flow's 37-byte key.
+IPV6_FOLD_ROW = 6
+
+
+def ipv6_key13(key37: bytes, seed: int) -> bytes:
+    """The 13-byte key the sketch hashes for an inspected IPv6 packet: the 64-bit hash of its
+    37-byte flow key (high word, low word) in place of the two IPv4 addresses, then ports, proto."""
+    fold = hash_bytes(key37, derive_seed(seed, IPV6_FOLD_ROW))
+    return fold.to_bytes(8, "big") + key37[32:37]
+
+
+def inspected(is_ipv6: bool, proto: int, src_port: int, dst_port: int, seq_field: str) -> tuple[bool, str]:
+    """``(inspect, skip reason)`` of one packet: every IPv4 packet; an IPv6 packet only when its
+    sequence field exists (never IP-ID or the IPv4 addresses; TCP fields only on TCP packets that
+    carry a TCP header, i.e. not non-first fragments, which have no ports)."""
+    if not is_ipv6:
+        return True, ""
+    if seq_field == "ip_id":
+        return False, "no_ip_id"
+    if seq_field in ("src_ip", "dst_ip"):
+        return False, "no_ipv4_address"
+    if seq_field in ("tcp_seq", "tcp_window", "tcp_flags"):
+        if proto != 6:
+            return False, "not_tcp"
+        if src_port == 0 and dst_port == 0:
+            return False, "fragment"
+    return True, ""

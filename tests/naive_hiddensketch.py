@@ -6,7 +6,7 @@ seed derivation as ``telesketch.sketches.hiddensketch`` (documented in its modul
     h_fs[r] = seed*1000003 + 100 + r,  h_blk = +200,  h_cm[r] = +300 + r,  h_bf[j][r] = +1000 + 64*j + r
 
 Keys are byte strings: a 4-byte key is the address big-endian (``addr.to_bytes(4, "big")``), a
-13-byte key the 5-tuple bytes. Partial keys are zero-padded ``KEYLEN``-byte buffers. Bits are LSB
+13-byte key the 5-tuple bytes, a 16-byte key an IPv6 address in network order. Partial keys are zero-padded ``KEYLEN``-byte buffers. Bits are LSB
 first within each byte. Bitmaps and Bloom filters are lists of 0/1. The peel uses a FIFO queue
 seeded in (row, column) order and candidates sorted by their little-endian key integer, the order
 the Numba decoder uses, so that even a failed decode gives the same output.
@@ -57,7 +57,7 @@ class NaiveHiddenSketch:
 
     def __init__(self, params):
         p = self.p = params
-        self.keylen = 13 if p.key == "5tuple" else 4
+        self.keylen = p.key_bytes  # 4 (address), 13 (5-tuple) or 16 (IPv6 address)
         self.cap = (1 << p.fs_counter_bits) - 1
         ss_bytes = (p.cm_bytes + sum(r * w for r, w in zip(p.bf_rows, p.bf_row_bits)) // 8
                     + p.blocks * sum(1 << b for b in p.seg_bits) // 8)

@@ -33,7 +33,7 @@ AO_CASES = {
     "ao_one_bucket": dict(memory_bytes=24, seed=1),
 }
 EQUALITY_CASES = sorted(SO_CASES) + sorted(AO_CASES)
-OTHER_CASES = ["device_hash", "roundtrip_so", "roundtrip_ao", "merge_refused", "memory_bytes", "empty_batch"]
+OTHER_CASES = ["device_hash", "mixed_ipv6_so", "mixed_ipv6_ao", "roundtrip_so", "roundtrip_ao", "merge_refused", "memory_bytes", "empty_batch"]
 N_BATCHES = 3
 BATCH_ITEMS = 2000
 
@@ -95,6 +95,46 @@ def check_roundtrip(kind: str) -> str:
     return ""
 
 
+def mixed_workload(n: int, seed: int):
+    """``workload`` with 40 % of the flows IPv6 (their addresses in ``src_ip6``/``dst_ip6``), one
+    in five UDP, the SEQ in ``tcp_seq`` too: with ``seq_field="tcp_seq"`` IPv6 TCP packets are
+    inspected under their folded 37-byte keys, IPv6 UDP packets skipped."""
+    from telesketch.packets import PacketBatch
+
+    base = workload(n, 300, seed)
+    rng = np.random.default_rng(seed + 1)
+    flow = (base.src_ip.astype(np.uint64) * 2654435761 % 1000).astype(np.int64)  # a stable flow id
+    is6 = flow < 400
+    addr6 = rng.integers(0, 256, (1000, 2, 16), np.uint8)
+    cols = base.columns()
+    cols.update(ipv6=is6.astype(np.uint8), src_ip=np.where(is6, 0, base.src_ip), dst_ip=np.where(is6, 0, base.dst_ip),
+                src_ip6=np.where(is6[:, None], addr6[flow, 0], 0).astype(np.uint8),
+                dst_ip6=np.where(is6[:, None], addr6[flow, 1], 0).astype(np.uint8),
+                proto=np.where(flow % 5 == 0, 17, 6), tcp_seq=base.ip_id.astype(np.uint32))
+    return PacketBatch.from_columns(**cols)
+
+
+def check_mixed_ipv6(kind: str) -> str:
+    """Mixed IPv4/IPv6 batches, ``seq_field="tcp_seq"``: GPU flags == CPU flags (IPv6 gaps among
+    them), same events (with IPv6 addresses), coverage counters and serialised state."""
+    kwargs = dict(memory_bytes=2048, seed=13, seq_field="tcp_seq")
+    cpu, dev = _pair(f"{kind}_mixed", kwargs)
+    six = 0
+    for k in range(2):
+        batch = mixed_workload(1500, 40 + k)
+        want, got = cpu.update(batch), dev.update(batch)
+        if not np.array_equal(want, got):
+            return f"batch {k}: flags differ at {np.flatnonzero(want != got)[:10].tolist()}"
+        six += int(want[batch.ipv6.astype(bool)].sum())
+    if six == 0:
+        return "no IPv6 gap reported: the comparison is vacuous"
+    if not cpu.coverage()["skipped_packets"].get("not_tcp") or cpu.coverage() != dev.coverage():
+        return f"coverage differs or is vacuous: {dev.coverage()} vs CPU {cpu.coverage()}"
+    if cpu.gap_events().tobytes() != dev.gap_events().tobytes():
+        return "gap_events differ"
+    return "" if cpu.to_bytes() == dev.to_bytes() else "serialised state differs"
+
+
 def check_device_hash() -> str:
     """The device port of ``hash64_5tuple`` equals the CPU hash, edge keys and seeds included."""
     from telesketch.gpu import device_hash_5tuple
@@ -151,6 +191,8 @@ def run_case(name: str) -> str:
         return check_equal(name)
     if name.startswith("roundtrip_"):
         return check_roundtrip(name.split("_")[1])
+    if name.startswith("mixed_ipv6_"):
+        return check_mixed_ipv6(name.split("_")[2])
     return {"device_hash": check_device_hash, "merge_refused": check_merge_refused, "memory_bytes": check_memory_bytes,
             "empty_batch": check_empty_batch}[name]()
 

@@ -29,7 +29,7 @@ EQUALITY_CASES = {
     "src_ip_saturated_fs": (dict(SMALL, memory_bytes=2762 + 3, thresh=30, seed=2), 1, False),  # 1 counter per row
     "5tuple": (dict(WIDE, thresh=3, seed=11), 2, True),
 }
-OTHER_CASES = ["device_hash", "two_pass", "batch_split", "roundtrip", "merge_refused", "memory_bytes",
+OTHER_CASES = ["device_hash", "device_hash16", "mixed_families", "two_pass", "batch_split", "roundtrip", "merge_refused", "memory_bytes",
                "empty_batch", "bad_params"]
 ALL_CASES = sorted(EQUALITY_CASES) + OTHER_CASES
 N_BATCHES = 2
@@ -167,6 +167,73 @@ def check_device_hash() -> str:
             if not np.array_equal(device_hash_key_words(lo, hi, nbytes, seed), hash_keys(buf, seed)):
                 return f"{nbytes}-byte partial keys, seed {seed}: device hash differs"
     return ""
+
+
+def check_device_hash16() -> str:
+    """The device hash of 16-byte (IPv6 address) keys equals telesketch.hashing, partial keys too."""
+    from telesketch.gpu.hiddensketch import device_hash_key_words
+    from telesketch.hashing import hash_keys
+    from telesketch.sketches.hiddensketch import keys_to_words
+
+    rng = np.random.default_rng(16)
+    keys = np.r_[rng.integers(0, 256, (300, 16)), np.zeros((1, 16)), np.full((1, 16), 255)].astype(np.uint8)
+    for seed in (0, 12345, 2**64 - 1):
+        if not np.array_equal(device_hash_key_words(*keys_to_words(keys, 16), 16, seed), hash_keys(keys, seed)):
+            return f"16-byte keys, seed {seed}: device hash differs"
+        lo = rng.integers(0, 2**63, 200, dtype=np.uint64) >> rng.integers(0, 63, 200).astype(np.uint64)
+        hi = rng.integers(0, 2**62, 200, dtype=np.uint64) >> rng.integers(0, 62, 200).astype(np.uint64)
+        buf = np.stack([lo, hi], axis=1).astype("<u8").view(np.uint8).reshape(-1, 16)
+        if not np.array_equal(device_hash_key_words(lo, hi, 16, seed), hash_keys(buf, seed)):
+            return f"16-byte partial keys, seed {seed}: device hash differs"
+    return ""
+
+
+def mixed_batch(n: int, epoch: int, seed: int):
+    """``n`` packets, 40 % IPv6, sources from a Zipf law over 60 IPv4 and 60 IPv6 addresses (one
+    /64); epoch 1 swaps the top ranks with middle ones (heavy changers in both families)."""
+    from telesketch.packets import PacketBatch
+
+    rng = np.random.default_rng(seed)
+    v4 = rng.choice(2**32, 60, replace=False).astype(np.uint32)
+    v6 = rng.integers(0, 256, (60, 16), np.uint8)
+    v6[:, :8] = (0x20, 0x01, 0x0D, 0xB8, 0, 0, 0, 1)
+    if epoch:
+        v4[[0, 1, 30, 31]], v6[[0, 1, 30, 31]] = v4[[30, 31, 0, 1]], v6[[30, 31, 0, 1]]
+    rank = zipf_ranks(n, 60, 1.1, 100 * seed + epoch)
+    is6 = np.random.default_rng(seed + epoch).random(n) < 0.4
+    return PacketBatch.from_columns(src_ip=np.where(is6, 0, v4[rank]).astype(np.uint32),
+                                    src_ip6=np.where(is6[:, None], v6[rank], 0).astype(np.uint8),
+                                    ipv6=is6.astype(np.uint8))
+
+
+def check_mixed_families() -> str:
+    """Mixed IPv4/IPv6 batches (the family split): identical 4-byte state and 16-byte companion
+    state after every batch, identical decodes, point estimates of both key kinds, heavy changers."""
+    Cpu, Gpu = _classes()
+    params = dict(SMALL, thresh=4, seed=3, ipv6_memory_bytes=62 * 1024)
+    sketches = []
+    for epoch in range(2):
+        batch = mixed_batch(600, epoch, 3)
+        cpu, dev = Cpu(**params), Gpu(**params)
+        for part in batch.split(300):
+            cpu.update(part)
+            dev.update(part)
+            if type(dev.ipv6) is not Gpu:
+                return f"epoch {epoch}: the IPv6 companion of a GPU sketch is {type(dev.ipv6).__name__}"
+            if detail := _state_diff(cpu, dev) or _state_diff(cpu.ipv6, dev.ipv6):
+                return f"epoch {epoch}: {detail}"
+        items = cpu.heavy_hitters()
+        if not any(isinstance(k, bytes) for k, _ in items) or not any(isinstance(k, int) for k, _ in items):
+            return f"epoch {epoch}: heavy hitters lack a family: the comparison is vacuous"
+        probe = [k for k, _ in items] + [int(batch.src_ip[0]), bytes(16)]
+        if cpu.decode() != dev.decode() or not np.array_equal(cpu.point_estimate(probe), dev.point_estimate(probe)):
+            return f"epoch {epoch}: answers differ"
+        sketches.append((cpu, dev))
+    (c0, d0), (c1, d1) = sketches
+    want = c1.heavy_changers(c0)
+    if not any(isinstance(k, bytes) for k, _ in want):
+        return "no IPv6 heavy changer: the comparison is vacuous"
+    return "" if d1.heavy_changers(d0) == want else "heavy changers differ"
 
 
 def check_two_pass() -> str:

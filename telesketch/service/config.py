@@ -128,8 +128,8 @@ class ServiceConfig:
                 raise ConfigError(f"sketch {name!r}: estimator_path {str(model)!r} does not exist (a model directory "
                                   "written by `telesketch train-estimator --out DIR`; relative paths are from "
                                   f"the working directory {Path.cwd()})")
-            if self.shards > 1 and spec["kind"] == "hiddensketch" and spec.get("key") == "dst_ip":
-                raise ConfigError(f"sketch {name!r}: a Hidden Sketch keyed by dst_ip is not supported with shards > 1 "
+            if self.shards > 1 and spec["kind"] == "hiddensketch" and spec.get("key") in ("dst_ip", "src_ip6", "dst_ip6"):
+                raise ConfigError(f"sketch {name!r}: a Hidden Sketch keyed by {spec['key']} is not supported with shards > 1 "
                                   "yet (packets are routed by source or flow); run it with shards = 1")
         self._validate_devices()
         return self

@@ -23,11 +23,12 @@ import numpy as np
 
 from telesketch.errors import Precondition
 from telesketch.sketches.core import Combined, Window, window_threshold
+from telesketch.sketches.hiddensketch import key_order
 
 
 def by_count(rows: list) -> list:
-    """Rows ``(key, count)`` largest count first, ties by key."""
-    return sorted(rows, key=lambda kv: (-kv[1], kv[0]))
+    """Rows ``(key, count)`` largest count first, ties by key (IPv4 ``int`` keys before IPv6 bytes)."""
+    return sorted(rows, key=lambda kv: (-kv[1], key_order(kv[0])))
 
 
 class FloorError(Precondition):
@@ -81,7 +82,7 @@ class HiddenWindow(Window):
         for b, a in zip(before.per_shard(), self.per_shard()):
             rows += list(a[0].heavy_changers(b[0], hc_threshold=thr)) if len(a) == 1 else _hidden_changes(b, a, thr)
             partial += self._partial([*b, *a])
-        rows.sort(key=lambda kv: (-abs(kv[1]), kv[0]))
+        rows.sort(key=lambda kv: (-abs(kv[1]), key_order(kv[0])))
         return Combined(rows, "union over shards" if self.sharded else "sum of per-epoch estimates", partial)
 
 

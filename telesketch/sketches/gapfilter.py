@@ -25,6 +25,27 @@ the serial loop is used directly: same results, no sort. The Straw-man is serial
 
 GapFilter state is order-dependent and not mergeable (§8): :meth:`merge` raises
 :class:`~telesketch.sketches.core.NotMergeableError`; shards' outputs are unioned instead.
+
+IPv6 (issue 18; docs/IPV6.md). A gap is a jump in a per-flow sequence, and IPv6 has no IP-ID in
+its base header (the Fragment header's identification is per datagram, absent on unfragmented
+packets, and not a sequence). So which IPv6 packets are inspected depends on ``seq_field``
+(:func:`ipv6_inspection`); IPv4 packets are always inspected, exactly as before:
+
+* ``ip_id`` (the default), ``src_ip``, ``dst_ip``: no IPv6 packet is inspected (skip reasons
+  ``no_ip_id`` / ``no_ipv4_address``), so an IPv6 flow never gets a (false) gap;
+* ``tcp_seq``, ``tcp_window``, ``tcp_flags``: IPv6 TCP packets are inspected, except non-first
+  fragments (no TCP header: both ports 0, reason ``fragment``); other IPv6 packets are skipped
+  (``not_tcp``);
+* the fields every IPv6 packet has (``ts_ns``, ports, ``proto``, ``length``, ``ttl`` = hop limit,
+  ``tos`` = traffic class): every IPv6 packet is inspected.
+
+An inspected IPv6 packet keys on its 37-byte flow tuple: a 64-bit hash of it
+(``hash_bytes(key37, derive_seed(seed, IPV6_FOLD_ROW))``, high word, low word) replaces the two
+32-bit address columns the kernels hash, so CPU and GPU kernels are unchanged and two IPv6 flows
+share state only when their folds collide (probability ``2^-64``). Skipped packets change nothing.
+Per epoch the sketch counts ``covered_packets`` (inspected) and ``skipped_packets`` by reason
+(:meth:`coverage`), for the report and the metrics. Gap events of IPv6 flows carry their
+addresses in ``src_ip6``/``dst_ip6`` (``ipv6`` = 1, ``src_ip``/``dst_ip`` 0, as in the batch).
 """
 from __future__ import annotations
 
@@ -40,7 +61,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from telesketch.hashing import hash64_5tuple, hash64_u32, mix64
+from telesketch.hashing import hash64_5tuple, hash64_u32, hash_keys, mix64
 from telesketch.jit import kernel, twin
 from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
@@ -56,10 +77,13 @@ __all__ = [
     "GAP_EVENT_DTYPE",
     "derive_seed",
     "keys_to_columns",
+    "ipv6_inspection",
+    "ipv6_fold",
+    "SKIP_REASONS",
 ]
 
-#: One recorded gap: the flow's 5-tuple, the SEQ jump ``d`` that was reported, the packet time.
-GAP_EVENT_DTYPE = np.dtype(
+#: One recorded gap as state layout 1 stored it (IPv4 only): the 5-tuple, the jump, the time.
+GAP_EVENT_DTYPE_V1 = np.dtype(
     [
         ("src_ip", "<u4"),
         ("dst_ip", "<u4"),
@@ -69,6 +93,12 @@ GAP_EVENT_DTYPE = np.dtype(
         ("jump", "<i4"),
         ("ts_ns", "<u8"),
     ]
+)
+#: One recorded gap: the flow's 5-tuple, the SEQ jump ``d`` that was reported, the packet time,
+#: then the family (``ipv6`` 0/1) and, for IPv6 flows, the 16-byte addresses (network order;
+#: ``src_ip``/``dst_ip`` are then 0). IPv4 events have zero ``src_ip6``/``dst_ip6``.
+GAP_EVENT_DTYPE = np.dtype(
+    GAP_EVENT_DTYPE_V1.descr + [("ipv6", "u1"), ("src_ip6", "u1", (16,)), ("dst_ip6", "u1", (16,))]
 )
 _KEY_FIELDS = ("src_ip", "dst_ip", "src_port", "dst_port", "proto")
 
@@ -86,6 +116,38 @@ _SEED_STRIDE = 1000003
 def derive_seed(seed: int, row: int) -> int:
     """Seed of the ``row``-th independent hash function derived from ``seed`` (mod 2^64)."""
     return (int(seed) * _SEED_STRIDE + int(row)) & _MASK64
+
+
+# ============================================================================ IPv6 (module docstring)
+#: ``derive_seed(seed, IPV6_FOLD_ROW)`` seeds the fold of an IPv6 row's 37-byte flow key.
+IPV6_FOLD_ROW = 6
+#: Why an IPv6 packet was not inspected (the keys of :meth:`_GapFilterBase.coverage`'s ``skipped``).
+SKIP_REASONS = ("no_ip_id", "no_ipv4_address", "not_tcp", "fragment")
+_IPV6_NO_SEQUENCE = {"ip_id": "no_ip_id", "src_ip": "no_ipv4_address", "dst_ip": "no_ipv4_address"}
+_TCP_SEQUENCES = ("tcp_seq", "tcp_window", "tcp_flags")
+
+
+def ipv6_inspection(batch: PacketBatch, seq_field: str) -> tuple[np.ndarray, dict[str, int]]:
+    """``(inspect, skipped)``: ``bool[n]``, the packets gap detection inspects for this
+    ``seq_field`` (every IPv4 packet; IPv6 packets per the module docstring), and the number of
+    IPv6 packets skipped per reason (only reasons that occurred)."""
+    v6 = np.asarray(batch.ipv6).astype(bool)
+    if seq_field in _IPV6_NO_SEQUENCE:
+        n6 = int(v6.sum())
+        return ~v6, ({_IPV6_NO_SEQUENCE[seq_field]: n6} if n6 else {})
+    if seq_field not in _TCP_SEQUENCES:
+        return np.ones(v6.shape[0], np.bool_), {}
+    tcp = np.asarray(batch.proto) == 6
+    fragment = tcp & (np.asarray(batch.src_port) == 0) & (np.asarray(batch.dst_port) == 0)
+    counts = {"not_tcp": int((v6 & ~tcp).sum()), "fragment": int((v6 & fragment).sum())}
+    return ~v6 | (tcp & ~fragment), {k: c for k, c in counts.items() if c}
+
+
+def ipv6_fold(keys37: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(src, dst)`` ``uint32[n]`` stand-ins for the address columns of IPv6 rows: the high and low
+    words of ``hash_bytes(key37, derive_seed(seed, IPV6_FOLD_ROW))`` of their 37-byte flow keys."""
+    h = hash_keys(keys37, derive_seed(seed, IPV6_FOLD_ROW))
+    return (h >> _U64(32)).astype(np.uint32), (h & _U64(0xFFFFFFFF)).astype(np.uint32)
 
 
 # ============================================================================ parameters
@@ -752,7 +814,8 @@ class _GapFilterBase(Sketch):
 
     ALGORITHM: ClassVar[str]
     PARAMS: ClassVar[type]
-    STATE_VERSION: ClassVar[int] = 1
+    #: layout 2: events with the IPv6 fields, coverage counters; layout 1 (IPv4 events) still loads
+    STATE_VERSION: ClassVar[int] = 2
     #: Use the bucket-partitioned path for large batches even with one Numba thread. Off for
     #: every variant: it was faster for AO while AO's step branched (a bucket's items back to
     #: back were branch-predictable), but the vectorised step is faster in arrival order.
@@ -776,6 +839,9 @@ class _GapFilterBase(Sketch):
         self.params = params
         self.epoch = 0
         self.items_seen = 0
+        #: this epoch's packets gap detection inspected, and IPv6 packets it skipped, by reason
+        self.covered_packets = 0
+        self.skipped_packets: dict[str, int] = {}
         self._log = _EventLog(params.event_capacity)
         self._init_state()
 
@@ -803,6 +869,11 @@ class _GapFilterBase(Sketch):
         """Reports this epoch that did not fit in the event log (``event_capacity``)."""
         return self._log.dropped
 
+    def coverage(self) -> dict:
+        """This epoch's coverage: ``{"covered_packets": n, "skipped_packets": {reason: n}}`` (reasons
+        in ``SKIP_REASONS``; only IPv6 packets are ever skipped, see the module docstring)."""
+        return {"covered_packets": self.covered_packets, "skipped_packets": dict(self.skipped_packets)}
+
     # ---------------------------------------------------------------- updates
     def update(self, batch: PacketBatch, parallel: bool | None = None) -> np.ndarray:
         """Process a batch in arrival order; returns ``bool[n]`` (packet opened a major gap).
@@ -814,7 +885,31 @@ class _GapFilterBase(Sketch):
         if not isinstance(batch, PacketBatch):
             raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}")
         cols = {name: getattr(batch, name) for name in _KEY_FIELDS}
-        return self._update(cols, _seq_column(batch, self.params.seq_field), batch.ts_ns, parallel)
+        seq = _seq_column(batch, self.params.seq_field)
+        if batch.has_ipv6():
+            return self._update_mixed(batch, cols, seq, parallel)
+        self.covered_packets += len(batch)
+        return self._update(cols, seq, batch.ts_ns, parallel)
+
+    def _update_mixed(self, batch: PacketBatch, cols, seq, parallel) -> np.ndarray:
+        """A batch with IPv6 rows: inspect the rows :func:`ipv6_inspection` allows (in arrival
+        order), IPv6 ones keyed by the fold of their 37-byte key; count the skipped ones."""
+        inspect, skipped = ipv6_inspection(batch, self.params.seq_field)
+        for reason, count in skipped.items():
+            self.skipped_packets[reason] = self.skipped_packets.get(reason, 0) + count
+        rows = np.flatnonzero(inspect)
+        self.covered_packets += int(rows.size)
+        record = {name: col[rows] for name, col in cols.items()}
+        v6 = np.asarray(batch.ipv6)[rows].astype(bool)
+        kernel_cols = dict(record)
+        if v6.any():
+            src, dst = ipv6_fold(batch[rows[v6]].flow_keys37(), self.params.seed)
+            kernel_cols["src_ip"], kernel_cols["dst_ip"] = record["src_ip"].copy(), record["dst_ip"].copy()
+            kernel_cols["src_ip"][v6], kernel_cols["dst_ip"][v6] = src, dst
+        family = {"ipv6": v6.astype(np.uint8), "src_ip6": batch.src_ip6[rows], "dst_ip6": batch.dst_ip6[rows]}
+        flags = np.zeros(len(batch), np.bool_)
+        flags[rows] = self._update(kernel_cols, seq[rows], batch.ts_ns[rows], parallel, record, family)
+        return flags
 
     def update_keys(self, keys: np.ndarray, seq: np.ndarray, ts_ns: np.ndarray | None = None,
                     parallel: bool | None = None) -> np.ndarray:
@@ -826,9 +921,12 @@ class _GapFilterBase(Sketch):
         seq = np.ascontiguousarray(seq & 0xFFFF, dtype=np.uint16) if seq.dtype != np.uint16 else seq
         if ts_ns is None:
             ts_ns = np.zeros(seq.shape[0], np.uint64)
+        self.covered_packets += int(seq.shape[0])
         return self._update(cols, seq, np.asarray(ts_ns, np.uint64), parallel)
 
-    def _update(self, cols, seq, ts_ns, parallel) -> np.ndarray:
+    def _update(self, cols, seq, ts_ns, parallel, record=None, family=None) -> np.ndarray:
+        """Run the kernel on ``cols`` (the key columns it hashes) and log the reports with the
+        columns of ``record`` (default ``cols``) and the IPv6 fields of ``family`` (default IPv4)."""
         n = seq.shape[0]
         flags = np.zeros(n, np.bool_)
         jumps = np.empty(n, np.int32)  # written (and read) only where flags is True
@@ -836,21 +934,24 @@ class _GapFilterBase(Sketch):
             if parallel is None:
                 parallel = n >= PARALLEL_MIN_ITEMS and (nb.get_num_threads() > 1 or self.PARTITION_ONE_THREAD)
             self._kernel(cols, seq, flags, jumps, bool(parallel))
-            self._record(cols, ts_ns, flags, jumps)
+            self._record(cols if record is None else record, ts_ns, flags, jumps, family)
             self.items_seen += n
         return flags
 
-    def _record(self, cols, ts_ns, flags, jumps) -> None:
+    def _record(self, cols, ts_ns, flags, jumps, family=None) -> None:
         hits = np.flatnonzero(flags)
         if hits.size and self._log.count >= self._log.capacity:
             self._log.dropped += hits.size  # log full: count only, build nothing
             return
         if hits.size:
-            events = np.empty(hits.size, GAP_EVENT_DTYPE)
+            events = np.zeros(hits.size, GAP_EVENT_DTYPE)
             for name in _KEY_FIELDS:
                 events[name] = cols[name][hits]
             events["jump"] = jumps[hits]
             events["ts_ns"] = ts_ns[hits]
+            if family is not None:
+                for name, col in family.items():
+                    events[name] = col[hits]
             self._log.add(events)
 
     # ---------------------------------------------------------------- queries and epochs
@@ -866,16 +967,31 @@ class _GapFilterBase(Sketch):
         return self._log.events()
 
     def gap_counts(self) -> dict[bytes, int]:
-        """This epoch's gap events aggregated per flow: ``{13-byte key: n_reported_items}``."""
+        """This epoch's gap events aggregated per flow: ``{key: n_reported_items}``, the key being
+        the 13-byte 5-tuple of an IPv4 flow, the 37-byte tuple (``PacketBatch.flow_keys37``) of an
+        IPv6 flow."""
         ev = self._log.events()
         if not ev.size:
             return {}
-        keys = np.empty(ev.shape[0], [(n, ">u4" if n.endswith("ip") else ">u2" if n.endswith("port") else "u1")
-                                     for n in _KEY_FIELDS])
-        for name in _KEY_FIELDS:
-            keys[name] = ev[name]
-        unique, counts = np.unique(keys.view(f"V{FLOW_KEY_BYTES}"), return_counts=True)
-        return {k.tobytes(): int(c) for k, c in zip(unique, counts)}
+        v6 = ev["ipv6"].astype(bool)
+        out = {}
+        if (~v6).any():
+            four = ev[~v6]
+            keys = np.empty(four.shape[0], [(n, ">u4" if n.endswith("ip") else ">u2" if n.endswith("port") else "u1")
+                                           for n in _KEY_FIELDS])
+            for name in _KEY_FIELDS:
+                keys[name] = four[name]
+            unique, counts = np.unique(keys.view(f"V{FLOW_KEY_BYTES}"), return_counts=True)
+            out.update({k.tobytes(): int(c) for k, c in zip(unique, counts)})
+        if v6.any():
+            six = ev[v6]
+            keys = np.concatenate([six["src_ip6"], six["dst_ip6"],
+                                   six["src_port"].astype(">u2").view(np.uint8).reshape(-1, 2),
+                                   six["dst_port"].astype(">u2").view(np.uint8).reshape(-1, 2),
+                                   six["proto"].reshape(-1, 1)], axis=1)
+            unique, counts = np.unique(np.ascontiguousarray(keys).view("V37").ravel(), return_counts=True)
+            out.update({k.tobytes(): int(c) for k, c in zip(unique, counts)})
+        return out
 
     def reset_events(self) -> None:
         """Forget the recorded events (and the dropped count); detection state is kept."""
@@ -886,6 +1002,7 @@ class _GapFilterBase(Sketch):
         _check_int("epoch", epoch, 0, 1 << 62)
         self.epoch = int(epoch)
         self._log.clear()
+        self.covered_packets, self.skipped_packets = 0, {}
 
     # ---------------------------------------------------------------- contract verbs
     def merge(self, other) -> None:
@@ -899,26 +1016,41 @@ class _GapFilterBase(Sketch):
         """Serialise parameters, detection state, PRNG state, epoch and event log."""
         arrays = dict(self._state_arrays())
         arrays["events"] = self._log.events().view(np.uint8).reshape(-1)
-        extra = {"dropped": self._log.dropped, "items_seen": self.items_seen}
+        extra = {"dropped": self._log.dropped, "items_seen": self.items_seen,
+                 "covered_packets": self.covered_packets, "skipped_packets": dict(self.skipped_packets)}
         return pack_state(self.ALGORITHM, self.STATE_VERSION, self.params, arrays, self.epoch, extra)
 
     @classmethod
     def from_bytes(cls, data: bytes):
         """Restore a sketch written by :meth:`to_bytes`; it continues exactly where it stopped."""
-        params_dict, arrays, epoch, extra = unpack_state(data, cls.ALGORITHM, cls.STATE_VERSION)
+        try:
+            params_dict, arrays, epoch, extra = unpack_state(data, cls.ALGORITHM, cls.STATE_VERSION)
+            event_dtype = GAP_EVENT_DTYPE
+        except SketchError as current:
+            try:  # layout 1: written before IPv6, events without the IPv6 fields
+                params_dict, arrays, epoch, extra = unpack_state(data, cls.ALGORITHM, 1)
+            except SketchError:
+                raise current from None
+            event_dtype = GAP_EVENT_DTYPE_V1
         try:
             params = cls.PARAMS(**params_dict)
         except TypeError as exc:
             raise SketchError(f"{cls.ALGORITHM} state has unexpected parameters: {exc}") from None
         sketch = cls(params=params)
         events = arrays.pop("events", None)
-        if events is None or events.dtype != np.uint8 or events.size % GAP_EVENT_DTYPE.itemsize:
+        if events is None or events.dtype != np.uint8 or events.size % event_dtype.itemsize:
             raise SketchError(f"{cls.ALGORITHM} state has a malformed event log")
         sketch._load_state(arrays)
         sketch.epoch = int(epoch)
         sketch.items_seen = int(extra.get("items_seen", 0))
+        sketch.covered_packets = int(extra.get("covered_packets", 0))
+        sketch.skipped_packets = {str(k): int(v) for k, v in extra.get("skipped_packets", {}).items()}
         if events.size:
-            sketch._log.add(events.view(GAP_EVENT_DTYPE).copy())
+            stored = events.view(event_dtype)
+            upgraded = np.zeros(stored.shape[0], GAP_EVENT_DTYPE)
+            for name in event_dtype.names:
+                upgraded[name] = stored[name]
+            sketch._log.add(upgraded)
         sketch._log.dropped = int(extra.get("dropped", 0))
         return sketch
 

@@ -13,7 +13,8 @@ exact SS counts by peeling the Count-Min over the candidate set. The estimate of
 ``f_SS + thresh`` (one-pass mode, never an under-count) or ``f_SS`` (``mode="two_pass"``, §9).
 
 Key representation. A key is a ``key_bytes``-byte string (4: the source or destination address
-big-endian, ``key="src_ip"`` / ``"dst_ip"``; 13: the 5-tuple). Bits are numbered LSB-first within each byte (spec §4), so bit ``i`` of the key is
+big-endian, ``key="src_ip"`` / ``"dst_ip"``; 13: the 5-tuple; 16: an IPv6 address in network
+order, ``key="src_ip6"`` / ``"dst_ip6"``, IPv4 rows v4-mapped). Bits are numbered LSB-first within each byte (spec §4), so bit ``i`` of the key is
 bit ``i`` of the *little-endian* integer of its bytes. Internally every key (and partial key) is
 that little-endian integer carried as two ``uint64`` words ``(lo, hi)``; a partial key ``[s, e)``
 is ``(key >> s) & (2**(e-s) - 1)``. Hash input is the zero-padded ``key_bytes``-byte buffer of
@@ -32,6 +33,17 @@ kernels were measured 10x slower than serial on the shared 2-core host (OpenMP t
 under load), so the kernels are serial and ``nogil``. Decode runs its blocks, which are independent,
 on a thread pool.
 
+IPv6 (docs/IPV6.md). An address sketch (``src_ip`` / ``dst_ip``) splits each batch by family:
+IPv4 rows update its 4-byte state exactly as before IPv6 existed (same state, answers and speed),
+IPv6 rows a 16-byte companion sketch (:attr:`HiddenSketch.ipv6`, made at the first IPv6 row,
+``ipv6_memory_bytes``, default 128 KiB) with the same ``phi``, ``thresh``, CM and seed. Both
+report against ``phi * N`` of all traffic; answers hold ``int`` IPv4 keys and 16-byte IPv6 keys
+(:func:`format_key` prints them, :func:`key_order` sorts them). A 16-byte key costs more second
+stage: 11 Bloom filters over a 128-bit interval tree and 12 segment bitmaps of 1-2 Kibit per block
+(66,470 B at the default 10 KiB CM) against 3 filters and 4 x 256-bit bitmaps (18,063 B) for
+4-byte keys. A ``5tuple`` sketch (13-byte keys cannot hold IPv6 tuples) or ``ipv6_memory_bytes=0``
+counts IPv6 rows in ``skipped_ipv6`` and logs once: never a silent loss.
+
 Usage::
 
     hs = HiddenSketch(memory_bytes=55 * 1024, phi=1e-4)
@@ -40,6 +52,7 @@ Usage::
 """
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,7 +61,7 @@ from typing import Hashable, Iterable, Sequence
 import numba as nb
 import numpy as np
 
-from telesketch.hashing import hash64_5tuple, hash64_u32
+from telesketch.hashing import _absorb, _initial_state, fmix64, hash64_5tuple, hash64_u32
 from telesketch.jit import kernel, twin
 from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, check_same_params, pack_state, unpack_state
@@ -57,7 +70,11 @@ from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
 __all__ = ["HiddenSketch", "HiddenSketchParams", "HHResult", "seed_for"]
 
 ALGORITHM = "hiddensketch"
-STATE_VERSION = 1
+#: State layout 2 adds the IPv6 companion (array ``ipv6_state``) and ``skipped_ipv6``; layout 1
+#: (IPv4 only, written before IPv6) still loads.
+STATE_VERSION = 2
+_READABLE_VERSIONS = (2, 1)
+_log = logging.getLogger(__name__)
 
 _U64 = np.uint64
 _ZERO = np.uint64(0)
@@ -75,9 +92,22 @@ _TREE_13 = ((0, 104), (0, 56), (56, 104), (0, 33), (33, 56), (56, 80), (80, 104)
 _SEGS_13 = (11, 11, 11, 11, 12, 12, 12, 12, 12)
 _ROWS_13 = (10, 12, 12, 12, 12, 12, 12, 12)
 
+# 16-byte (IPv6 address) configuration: 12 segments (eight of 11 bits, four of 10) and a tree whose
+# leaves join two segments, so no node enumerates more than two segment factors (see docs/IPV6.md).
+_SEGS_16 = (11, 11, 11, 11, 11, 11, 11, 11, 10, 10, 10, 10)
+_TREE_16 = ((0, 128), (0, 66), (66, 128), (0, 33), (33, 66), (66, 98), (98, 128),
+            (0, 22), (33, 55), (66, 88), (98, 118))
+_ROWS_16 = (10,) + (12,) * 10
+_SS16_FIXED = sum(_ROWS_16) * 2200 // 8 + 8 * sum(1 << b for b in _SEGS_16) // 8  # 16-byte SS less its CM
 
-#: Sketch keys: source address, destination address (4 bytes each, big-endian), the 5-tuple (13 bytes).
-KEYS = ("src_ip", "dst_ip", "5tuple")
+
+#: Sketch keys: source address, destination address (4 bytes each, big-endian), the 5-tuple (13
+#: bytes), and the IPv6 forms of the addresses (16 bytes, network order; IPv4 rows v4-mapped).
+KEYS = ("src_ip", "dst_ip", "5tuple", "src_ip6", "dst_ip6")
+#: The 16-byte key that sketches the IPv6 rows of a 4-byte address sketch (the family split).
+IPV6_COMPANION = {"src_ip": "src_ip6", "dst_ip": "dst_ip6"}
+_KEY_BYTES = {"src_ip": 4, "dst_ip": 4, "5tuple": 13, "src_ip6": 16, "dst_ip6": 16}
+_DEFAULT_MEMORY = {4: 55 * 1024, 13: 128 * 1024, 16: 128 * 1024}
 
 
 def seed_for(seed: int, family: int, index: int = 0) -> int:
@@ -129,25 +159,29 @@ class HiddenSketchParams:
     max_enum: int = 1 << 24
     seed: int = 0
     mode: str = "one_pass"
+    ipv6_memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         if self.key not in KEYS:
-            raise SketchError(f"key must be 'src_ip' or 'dst_ip' (4-byte) or '5tuple' (13-byte), got {self.key!r}")
-        wide = self.key == "5tuple"
+            raise SketchError(
+                f"key must be 'src_ip' or 'dst_ip' (4-byte), '5tuple' (13-byte) or 'src_ip6' or 'dst_ip6' "
+                f"(16-byte), got {self.key!r}"
+            )
+        nbytes = _KEY_BYTES[self.key]
         if self.memory_bytes is None:
-            set_("memory_bytes", (128 if wide else 55) * 1024)
+            set_("memory_bytes", _DEFAULT_MEMORY[nbytes])
         if self.blocks is None:
-            set_("blocks", 8 if wide else 16)
+            set_("blocks", 16 if nbytes == 4 else 8)
         if self.seg_bits is None:
-            set_("seg_bits", _SEGS_13 if wide else (8, 8, 8, 8))
+            set_("seg_bits", {4: (8, 8, 8, 8), 13: _SEGS_13, 16: _SEGS_16}[nbytes])
         if self.bf_intervals is None:
-            set_("bf_intervals", _TREE_13 if wide else ((0, 32), (0, 16), (16, 32)))
+            set_("bf_intervals", {4: ((0, 32), (0, 16), (16, 32)), 13: _TREE_13, 16: _TREE_16}[nbytes])
         set_("seg_bits", tuple(int(b) for b in self.seg_bits))
         set_("bf_intervals", tuple((int(s), int(e)) for s, e in self.bf_intervals))
         n_bf = len(self.bf_intervals)
         if self.bf_rows is None:
-            set_("bf_rows", _ROWS_13 if wide else (7,) * n_bf)
+            set_("bf_rows", {13: _ROWS_13, 16: _ROWS_16}.get(nbytes, (7,) * n_bf))
         if self.bf_row_bits is None:
             set_("bf_row_bits", 2200)
         for name in ("bf_rows", "bf_row_bits"):
@@ -194,6 +228,10 @@ class HiddenSketchParams:
             raise SketchError(f"max_enum must be positive, got {self.max_enum}")
         if not 0 <= self.seed < 2**32:
             raise SketchError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.ipv6_memory_bytes is not None and self.ipv6_memory_bytes < 0:
+            raise SketchError(f"ipv6_memory_bytes must be >= 0 (0: IPv6 rows not sketched), got {self.ipv6_memory_bytes}")
+        if self.ipv6_memory_bytes and self.key not in IPV6_COMPANION:
+            raise SketchError(f"ipv6_memory_bytes is for key 'src_ip' or 'dst_ip' (key {self.key!r} has no IPv6 companion)")
         build_tree(self.bf_intervals, self.seg_bits, 8 * self.key_bytes)
         if self.fs_bytes <= 0 or self.fs_width < 1:
             raise SketchError(
@@ -202,11 +240,36 @@ class HiddenSketchParams:
             )
         if self.fs_width >= 2**31:
             raise SketchError(f"first stage too wide ({self.fs_width} counters per row)")
+        if self.key in IPV6_COMPANION:  # a bad ipv6_memory_bytes fails here, not at the first IPv6 row
+            try:
+                self.ipv6_companion()
+            except SketchError as exc:
+                raise SketchError(f"ipv6_memory_bytes {self.ipv6_memory_bytes}: the IPv6 companion: {exc}") from None
 
     # ------------------------------------------------------------------ derived sizes (spec §5.2)
     @property
     def key_bytes(self) -> int:
-        return 13 if self.key == "5tuple" else 4
+        return _KEY_BYTES[self.key]
+
+    def ipv6_companion(self) -> "HiddenSketchParams | None":
+        """Parameters of the 16-byte sketch that takes the IPv6 rows of a 4-byte address sketch.
+
+        Same ``phi``, ``thresh``, FS rows and counter width, CM, ``max_enum``, seed and mode (so a
+        key's gate and report rule are those of an IPv4 key); the 16-byte default layout; memory
+        ``ipv6_memory_bytes``, by default that of a 16-byte sketch (128 KiB) or, if more, the
+        16-byte second stage plus this sketch's first stage. ``None`` for other keys or
+        ``ipv6_memory_bytes=0`` (IPv6 rows then only counted, in ``skipped_ipv6``).
+        """
+        if self.key not in IPV6_COMPANION or self.ipv6_memory_bytes == 0:
+            return None
+        memory = self.ipv6_memory_bytes
+        if memory is None:
+            memory = max(_DEFAULT_MEMORY[16], self.cm_bytes + _SS16_FIXED + self.fs_bytes)
+        return HiddenSketchParams(
+            memory_bytes=memory, phi=self.phi, key=IPV6_COMPANION[self.key], thresh=self.thresh,
+            expected_epoch_items=self.expected_epoch_items, fs_rows=self.fs_rows,
+            fs_counter_bits=self.fs_counter_bits, cm_bytes=self.cm_bytes, max_enum=self.max_enum,
+            seed=self.seed, mode=self.mode)
 
     @property
     def ss_bytes(self) -> int:
@@ -353,13 +416,25 @@ def _bswap64(x):
     return (_bswap32(x) << _U64(32)) | _bswap32(x >> _U64(32))
 
 
+@twin(nb.uint64(nb.uint64, nb.uint64, nb.uint64))
+def hash64_u128(w0, w1, seed):
+    """Hash of a 16-byte key given as its two big-endian ``uint64`` words (bytes 0..7, 8..15):
+    ``telesketch.hashing.hash_bytes`` of the 16 bytes (an IPv6 address in network order)."""
+    h = _initial_state(seed, _U64(16))
+    h = _absorb(h, w0)
+    h = _absorb(h, w1)
+    return fmix64(h)
+
+
 @twin(inline=True, device_inline=False)
 def _hash_key(lo, hi, nbytes, seed):
     """Hash of the ``nbytes``-byte little-endian buffer of the integer ``(hi << 64) | lo``."""
     if nbytes == 4:
         return hash64_u32(np.uint32(_bswap32(lo)), seed)
     w0 = _bswap64(lo)  # bytes 0..7 read big-endian
-    w1 = _bswap64(hi)  # bytes 8..12 (13..15 zero)
+    w1 = _bswap64(hi)  # bytes 8..12 (13..15 zero), or 8..15 of a 16-byte key
+    if nbytes == 16:
+        return hash64_u128(w0, w1, seed)
     return hash64_5tuple(
         np.uint32(w0 >> _U64(32)),
         np.uint32(w0 & _U64(0xFFFFFFFF)),
@@ -737,8 +812,8 @@ def _cm_min_many(lo, hi, nbytes, cm, cm_seeds, w_cm, out):
 def keys_to_words(keys, key_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Public keys -> internal ``(lo, hi)`` ``uint64`` words (little-endian integer of the key bytes).
 
-    4-byte keys: numeric addresses (``uint32[n]`` or Python ints). 13-byte keys: ``uint8[n, 13]``
-    rows, ``V13`` scalars, or a sequence of 13-byte ``bytes``.
+    4-byte keys: numeric addresses (``uint32[n]`` or Python ints). 13- and 16-byte keys:
+    ``uint8[n, k]`` rows, ``Vk`` scalars, or a sequence of ``k``-byte ``bytes``.
     """
     if key_bytes == 4:
         arr = np.asarray(keys)
@@ -748,35 +823,38 @@ def keys_to_words(keys, key_bytes: int) -> tuple[np.ndarray, np.ndarray]:
             arr = arr.astype(np.uint32)
         arr = np.ascontiguousarray(arr).ravel()
         return arr.byteswap().astype(np.uint64), np.zeros(arr.shape[0], np.uint64)
+    k = key_bytes
     arr = keys
     if isinstance(keys, (list, tuple)):
-        if any(not isinstance(k, (bytes, bytearray)) or len(k) != 13 for k in keys):
-            raise SketchError("13-byte keys must be 13-byte bytes objects")
-        arr = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, 13)
+        if any(not isinstance(x, (bytes, bytearray)) or len(x) != k for x in keys):
+            raise SketchError(f"{k}-byte keys must be {k}-byte bytes objects")
+        arr = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, k)
     arr = np.asarray(arr)
     if arr.dtype.kind == "V":
-        if arr.dtype.itemsize != 13:
-            raise SketchError(f"13-byte keys expected, got {arr.dtype}")
-        arr = np.ascontiguousarray(arr).view(np.uint8).reshape(-1, 13)
-    if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 13:
-        raise SketchError(f"13-byte keys must be uint8[n, 13] rows or V13 scalars, got {arr.dtype} {arr.shape}")
+        if arr.dtype.itemsize != k:
+            raise SketchError(f"{k}-byte keys expected, got {arr.dtype}")
+        arr = np.ascontiguousarray(arr).view(np.uint8).reshape(-1, k)
+    if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != k:
+        raise SketchError(f"{k}-byte keys must be uint8[n, {k}] rows or V{k} scalars, got {arr.dtype} {arr.shape}")
     padded = np.zeros((arr.shape[0], 16), np.uint8)
-    padded[:, :13] = arr
+    padded[:, :k] = arr
     words = padded.view("<u8")
     return np.ascontiguousarray(words[:, 0]), np.ascontiguousarray(words[:, 1])
 
 
 def words_to_keys(lo: np.ndarray, hi: np.ndarray, key_bytes: int) -> list[Hashable]:
-    """Internal words -> public keys: ``int`` addresses or 13-byte ``bytes``."""
+    """Internal words -> public keys: ``int`` addresses, 13-byte or 16-byte ``bytes``."""
     if key_bytes == 4:
         return np.asarray(lo, np.uint64).astype(np.uint32).byteswap().tolist()
     words = np.stack([np.asarray(lo, "<u8"), np.asarray(hi, "<u8")], axis=1)
     raw = words.view(np.uint8).reshape(-1, 16)
-    return [row[:13].tobytes() for row in raw]
+    return [row[:key_bytes].tobytes() for row in raw]
 
 
 def _batch_words(batch, key: str) -> tuple[np.ndarray, np.ndarray]:
     """The internal words of a PacketBatch's sketch keys, straight from its columns."""
+    if key in ("src_ip6", "dst_ip6"):
+        return keys_to_words(address16(batch, key[:3]), 16)
     src = np.asarray(batch.src_ip, np.uint32)
     if key in ("src_ip", "dst_ip"):
         address = src if key == "src_ip" else np.asarray(batch.dst_ip, np.uint32)
@@ -789,6 +867,39 @@ def _batch_words(batch, key: str) -> tuple[np.ndarray, np.ndarray]:
         | (np.asarray(batch.proto, np.uint8).astype(np.uint64) << _U64(32))
     )
     return lo, hi
+
+
+def address16(batch, side: str) -> np.ndarray:
+    """``uint8[n, 16]``: the ``side`` (``"src"`` or ``"dst"``) address of every row in network
+    order, IPv6 rows as they are, IPv4 rows v4-mapped (``::ffff:a.b.c.d``)."""
+    out = np.array(getattr(batch, side + "_ip6"), np.uint8, copy=True)
+    v4 = ~np.asarray(batch.ipv6).astype(bool)
+    if v4.any():
+        out[v4, 10:12] = 0xFF
+        out[v4, 12:16] = np.asarray(getattr(batch, side + "_ip"))[v4].astype(">u4").view(np.uint8).reshape(-1, 4)
+    return out
+
+
+def format_key(key) -> str:
+    """Readable text of a Hidden Sketch key, for the presenter: ``int`` -> ``10.0.0.1``, 16-byte
+    ``bytes`` -> RFC 5952 IPv6 text (``2001:db8::1``, v4-mapped ``::ffff:10.0.0.1``), 13-byte
+    ``bytes`` -> ``10.0.0.1:1234 > 10.0.0.2:80 proto 6``."""
+    from telesketch.packets import format_ipv4, format_ipv6, unpack_flow_key
+
+    if isinstance(key, (int, np.integer)):
+        return format_ipv4(int(key))
+    key = bytes(key)
+    if len(key) == 16:
+        return format_ipv6(key)
+    s, d, sp, dp, proto = unpack_flow_key(key)
+    return f"{format_ipv4(s)}:{sp} > {format_ipv4(d)}:{dp} proto {proto}"
+
+
+def key_order(key) -> tuple[int, int]:
+    """A sort key that orders a mix of IPv4 (``int``) and IPv6 (16-byte) keys: IPv4 first."""
+    if isinstance(key, (int, np.integer)):
+        return (0, int(key))
+    return (len(key), int.from_bytes(bytes(key), "big"))
 
 
 # ============================================================================ results
@@ -850,13 +961,20 @@ class HiddenSketch(Sketch):
         self.epoch = 0
         self.phase = "one_pass" if p.mode == "one_pass" else "first"
         self._decoded: HHResult | None = None
+        #: the 16-byte sketch of the IPv6 rows (address keys only; made at the first IPv6 row)
+        self.ipv6: HiddenSketch | None = None
+        #: IPv6 rows not sketched: a 5-tuple sketch (13-byte keys cannot hold them) or
+        #: ``ipv6_memory_bytes=0``; logged once per sketch, never silent
+        self.skipped_ipv6 = 0
 
     # ------------------------------------------------------------------ properties
     @property
     def memory_bytes(self) -> int:
-        """Bytes of sketch state by the spec's accounting (FS counters + ``ss_bytes``)."""
+        """Bytes of sketch state by the spec's accounting (FS counters + ``ss_bytes``), plus the
+        IPv6 companion's once it exists (``ipv6_memory_bytes``, made at the first IPv6 row)."""
         p = self.params
-        return p.fs_rows * p.fs_width * p.fs_counter_bits // 8 + p.ss_bytes
+        own = p.fs_rows * p.fs_width * p.fs_counter_bits // 8 + p.ss_bytes
+        return own + (self.ipv6.memory_bytes if self.ipv6 is not None else 0)
 
     @property
     def thresh(self) -> int:
@@ -889,8 +1007,10 @@ class HiddenSketch(Sketch):
 
         Above 1 the decode is expected to stop short (a partial answer): the sketch needs more
         memory for this traffic (``telesketch size`` says how much). Cheap enough for every epoch.
+        With an IPv6 companion, the larger of the two families' load factors.
         """
-        return self.ss_keys_estimate / (self.PEEL_LIMIT * _CM_ROWS * self.params.cm_width)
+        own = self.ss_keys_estimate / (self.PEEL_LIMIT * _CM_ROWS * self.params.cm_width)
+        return own if self.ipv6 is None else max(own, self.ipv6.load_factor)
 
     @property
     def overflowed(self) -> bool:
@@ -898,10 +1018,51 @@ class HiddenSketch(Sketch):
 
     # ------------------------------------------------------------------ update
     def update(self, batch) -> None:
-        """Add every packet of a :class:`~telesketch.packets.PacketBatch` (key per ``params.key``)."""
+        """Add every packet of a :class:`~telesketch.packets.PacketBatch` (key per ``params.key``).
+
+        Address keys (``src_ip``/``dst_ip``) split the batch by family: IPv4 rows go to this
+        sketch's 4-byte state exactly as before IPv6 existed, IPv6 rows to the 16-byte companion
+        :attr:`ipv6` (both in arrival order; ``n_items`` counts both families, so ``phi * N`` is
+        over all traffic). ``src_ip6``/``dst_ip6`` sketches take every row (IPv4 v4-mapped). A
+        ``5tuple`` sketch (or ``ipv6_memory_bytes=0``) counts IPv6 rows in ``skipped_ipv6``.
+        """
         if not isinstance(batch, PacketBatch):
             raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}; use update_keys() for arrays")
-        self._ingest(*_batch_words(batch, self.params.key))
+        key = self.params.key
+        lo, hi = _batch_words(batch, key)
+        if key in ("src_ip6", "dst_ip6") or not batch.has_ipv6():
+            self._ingest(lo, hi)
+            return
+        v6 = np.asarray(batch.ipv6).astype(bool)
+        self._ingest(lo[~v6], hi[~v6])
+        n6 = int(v6.sum())
+        companion = self._ipv6_sketch()
+        if companion is None:
+            self._skip_ipv6(n6)
+            return
+        if self.phase != "second":
+            self.n_items += n6
+        self._decoded = None
+        companion._ingest(*keys_to_words(address16(batch[v6], key[:3]), 16))
+
+    def _ipv6_sketch(self) -> "HiddenSketch | None":
+        """The IPv6 companion, made (in this sketch's pass) on first use; ``None`` if there is none."""
+        if self.ipv6 is None:
+            params = self.params.ipv6_companion()
+            if params is None:
+                return None
+            self.ipv6 = type(self)(params)
+            self.ipv6.epoch = self.epoch
+            if self.phase == "second":
+                self.ipv6.begin_second_pass()
+        return self.ipv6
+
+    def _skip_ipv6(self, n: int) -> None:
+        if self.skipped_ipv6 == 0:
+            _log.warning("Hidden Sketch (key %s) does not sketch IPv6 rows: %d skipped so far; "
+                         "counted in skipped_ipv6 (use key src_ip/dst_ip with ipv6_memory_bytes > 0)",
+                         self.params.key, n)
+        self.skipped_ipv6 += n
 
     def update_keys(self, keys) -> None:
         """Add raw keys: ``uint32[n]`` addresses (4-byte) or ``uint8[n, 13]`` / ``V13`` (13-byte)."""
@@ -951,8 +1112,13 @@ class HiddenSketch(Sketch):
                 raise SketchError("the merged first stage must come from pass-1 sketches")
             self.fs = merged_first_stage.fs.copy()
             self.n_items = merged_first_stage.n_items
+            if merged_first_stage.ipv6 is not None and self.ipv6 is None:
+                self._ipv6_sketch()
         self.phase = "second"
         self._decoded = None
+        if self.ipv6 is not None and self.ipv6.phase == "first":
+            merged6 = merged_first_stage.ipv6 if merged_first_stage is not None else None
+            self.ipv6.begin_second_pass(merged6)
 
     def merge(self, other: "HiddenSketch") -> None:
         """Merge another shard's ``two_pass`` sketch into this one (spec §9, §12).
@@ -979,6 +1145,13 @@ class HiddenSketch(Sketch):
             self.seg |= other.seg
             self.bf |= other.bf
             self.cm += other.cm
+        if other.ipv6 is not None:
+            if self.ipv6 is None and self.phase == "first":
+                self._ipv6_sketch()
+            if self.ipv6 is None:
+                raise SketchError("second-pass shards must share the same merged first stage (IPv6 part)")
+            self.ipv6.merge(other.ipv6)
+        self.skipped_ipv6 += other.skipped_ipv6
         self._decoded = None
 
     # ------------------------------------------------------------------ decode (§7)
@@ -1004,6 +1177,15 @@ class HiddenSketch(Sketch):
         return self._decoded
 
     def _decode(self, threads: int | None, partial: bool = True) -> HHResult:
+        """Decode of both families: this sketch's (:meth:`_decode_family`) and, when it exists, the
+        IPv6 companion's, each reporting against ``phi * N`` of all traffic, joined by
+        :func:`_join_results` (keys of the two families never collide: ``int`` vs 16 bytes)."""
+        result = self._decode_family(threads, partial, self.n_items)
+        if self.ipv6 is None:
+            return result
+        return _join_results(result, self.ipv6._decode_family(threads, partial, self.n_items))
+
+    def _decode_family(self, threads: int | None, partial: bool, n_total: int) -> HHResult:
         """Decode of spec §7, with the graceful partial answer of issue 20.
 
         A complete decode (no overflow, every CM counter peeled to zero) reports the peeled keys
@@ -1053,7 +1235,7 @@ class HiddenSketch(Sketch):
         f_ss, all_zero, resolved, residual = _peel(lo, hi, lay.nbytes, self.cm, lay.cm_seeds, p.cm_width)
         decode_ok = bool(all_zero and not overflow)
         offset = 0 if p.mode == "two_pass" else p.thresh
-        limit = p.phi * self.n_items
+        limit = p.phi * n_total
         if decode_ok or not partial:
             positive = f_ss > 0
             keys = words_to_keys(lo[positive], hi[positive], p.key_bytes)
@@ -1119,6 +1301,9 @@ class HiddenSketch(Sketch):
         two-pass mode, where a gated key's items are all in the second stage).
         """
         p, lay = self.params, self._layout
+        if p.key in IPV6_COMPANION and isinstance(keys, (list, tuple)) and any(
+                isinstance(k, (bytes, bytearray)) for k in keys):
+            return self._mixed_estimates(keys)
         lo, hi = keys_to_words(keys, p.key_bytes)
         fs = self._fs_estimates(lo, hi)
         ss = np.empty(lo.shape[0], np.int64)
@@ -1126,8 +1311,19 @@ class HiddenSketch(Sketch):
         offset = 0 if p.mode == "two_pass" else p.thresh
         return np.where(fs <= p.thresh, fs, np.minimum(fs, ss + offset))
 
+    def _mixed_estimates(self, keys) -> np.ndarray:
+        """Point estimates of a list mixing IPv4 (``int``) and IPv6 (16-byte) keys: each family
+        from its own sketch; an IPv6 key is 0 while no IPv6 row has been seen."""
+        out = np.zeros(len(keys), np.int64)
+        is6 = np.array([isinstance(k, (bytes, bytearray)) for k in keys], bool)
+        if (~is6).any():
+            out[~is6] = self.point_estimate(np.array([k for k, m in zip(keys, is6) if not m], np.int64))
+        if self.ipv6 is not None:
+            out[is6] = self.ipv6.point_estimate([bytes(k) for k, m in zip(keys, is6) if m])
+        return out
+
     def estimate(self, key) -> int:
-        """Point estimate of one key (an ``int`` address or 13-byte ``bytes``)."""
+        """Point estimate of one key (an ``int`` address, 13-byte or 16-byte ``bytes``)."""
         return int(self.point_estimate([key])[0])
 
     def heavy_changers(self, previous: "HiddenSketch", hc_threshold: float | None = None) -> list[tuple[Hashable, int]]:
@@ -1141,7 +1337,7 @@ class HiddenSketch(Sketch):
             raise SketchError("heavy changers need two sketches over the same key type")
         now, before = dict(self.heavy_hitters()), dict(previous.heavy_hitters())
         thr = self.params.phi * max(self.n_items, previous.n_items) if hc_threshold is None else hc_threshold
-        keys = sorted(now.keys() | before.keys(), key=lambda k: (k if isinstance(k, int) else int.from_bytes(k, "big")))
+        keys = sorted(now.keys() | before.keys(), key=key_order)
         if not keys:
             return []
         est_now = self._epoch_estimates(keys, now)
@@ -1151,9 +1347,24 @@ class HiddenSketch(Sketch):
         return out
 
     def _epoch_estimates(self, keys, reported: dict) -> list[int]:
-        lo, hi = keys_to_words(keys, self.params.key_bytes)
-        fs = np.minimum(self._fs_estimates(lo, hi), self.params.fs_cap)
+        if self.params.key in IPV6_COMPANION and any(isinstance(k, (bytes, bytearray)) for k in keys):
+            fs = self._mixed_fs_estimates(keys)
+        else:
+            lo, hi = keys_to_words(keys, self.params.key_bytes)
+            fs = np.minimum(self._fs_estimates(lo, hi), self.params.fs_cap)
         return [reported[k] if k in reported else int(f) for k, f in zip(keys, fs.tolist())]
+
+    def _mixed_fs_estimates(self, keys) -> np.ndarray:
+        """FS estimates (clamped to the cap) of IPv4 and IPv6 keys, each from its family's sketch."""
+        out = np.zeros(len(keys), np.int64)
+        is6 = np.array([isinstance(k, (bytes, bytearray)) for k in keys], bool)
+        v4 = [k for k, m in zip(keys, is6) if not m]
+        if v4:
+            out[~is6] = np.minimum(self._fs_estimates(*keys_to_words(v4, 4)), self.params.fs_cap)
+        if self.ipv6 is not None:
+            lo, hi = keys_to_words([bytes(k) for k, m in zip(keys, is6) if m], 16)
+            out[is6] = np.minimum(self.ipv6._fs_estimates(lo, hi), self.params.fs_cap)
+        return out
 
     # ------------------------------------------------------------------ state
     def unpacked_state(self) -> dict:
@@ -1189,13 +1400,16 @@ class HiddenSketch(Sketch):
         """Versioned serialised state (parameters, seeds, arrays, epoch, two-pass phase)."""
         arrays = {"fs": self.fs, "seg": self.seg, "bf": self.bf, "cm": self.cm,
                   "n_items": np.array([self.n_items], np.int64)}
-        return pack_state(ALGORITHM, STATE_VERSION, self.params, arrays, self.epoch, {"phase": self.phase})
+        if self.ipv6 is not None:
+            arrays["ipv6_state"] = np.frombuffer(self.ipv6.to_bytes(), np.uint8)
+        extra = {"phase": self.phase, "skipped_ipv6": self.skipped_ipv6}
+        return pack_state(ALGORITHM, STATE_VERSION, self.params, arrays, self.epoch, extra)
 
     @classmethod
     def from_bytes(cls, data: bytes, params: HiddenSketchParams | None = None) -> "HiddenSketch":
         """Rebuild a sketch from :meth:`to_bytes`; refuses other algorithms, versions, shapes, or
         (when ``params`` is given) different parameters."""
-        raw_params, arrays, epoch, extra = unpack_state(data, ALGORITHM, STATE_VERSION)
+        raw_params, arrays, epoch, extra = _unpack_any_version(data)
         try:
             stored = HiddenSketchParams.from_dict(raw_params)
         except TypeError as exc:
@@ -1215,7 +1429,39 @@ class HiddenSketch(Sketch):
         if phase not in (("one_pass",) if stored.mode == "one_pass" else ("first", "second")):
             raise SketchError(f"bad phase {phase!r} for mode {stored.mode!r}")
         sketch.phase = phase
+        sketch.skipped_ipv6 = int(extra.get("skipped_ipv6", 0))
+        if "ipv6_state" in arrays:
+            companion = cls.from_bytes(arrays["ipv6_state"].tobytes(), stored.ipv6_companion())
+            if companion.phase != ("one_pass" if phase == "one_pass" else companion.phase):
+                raise SketchError("the IPv6 part of a serialised Hidden Sketch is in another pass")
+            sketch.ipv6 = companion
         return sketch
+
+
+def _unpack_any_version(data: bytes):
+    """:func:`unpack_state` of the current layout, else of an older readable one (layout 1: an
+    IPv4-only sketch written before IPv6 support); the error of the current layout otherwise."""
+    try:
+        return unpack_state(data, ALGORITHM, STATE_VERSION)
+    except SketchError as exc:
+        first = exc
+    for version in _READABLE_VERSIONS[1:]:
+        try:
+            return unpack_state(data, ALGORITHM, version)
+        except SketchError:
+            continue
+    raise first
+
+
+def _join_results(v4: HHResult, v6: HHResult) -> HHResult:
+    """One answer from the two families' decodes: items merged largest first, flags OR-ed (a
+    partial family makes the answer partial), counters summed."""
+    items = sorted(v4.items + v6.items, key=lambda kv: -kv[1])
+    return HHResult(items, v4.decode_ok and v6.decode_ok, v4.overflow or v6.overflow,
+                    v4.n_candidates + v6.n_candidates, v4.n_after_fs + v6.n_after_fs,
+                    v4.n_ss_keys + v6.n_ss_keys, v4.enumerated + v6.enumerated,
+                    {**v4.ss_counts, **v6.ss_counts}, partial=v4.partial or v6.partial,
+                    bounded=v4.bounded | v6.bounded)
 
 
 def heavy_hitters_union(sketches: Iterable[HiddenSketch], total_items: int | None = None) -> list[tuple[Hashable, int]]:
