@@ -64,8 +64,6 @@ _S6, _S8, _S24, _S32, _S48 = _U64(6), _U64(8), _U64(24), _U64(32), _U64(48)
 _LOW6, _LOW8, _LOW16 = _U64(63), _U64(0xFF), _U64(0xFFFF)
 _LOW32 = _U64(0xFFFFFFFF)
 _B1, _B2 = _U64(0xFF00), _U64(0xFF)
-_LEN4 = _U64((4 * int(GOLDEN)) & (2**64 - 1))  # the 4-byte key length, folded into the initial state
-_LEN16 = _U64((16 * int(GOLDEN)) & (2**64 - 1))  # the 16-byte (IPv6 address) key length
 _CM_ONE = np.uint32(1)
 _FS_INFINITE = _cpu.FS_INFINITE  # "every row saturated": larger than any threshold
 
