@@ -33,6 +33,7 @@ import gpu_harness
 from workloads import contract_batch, flow_scores
 
 from telesketch.sketches.core import NotMergeableError, SketchError
+from telesketch.sketches.gapfilter import GAP_EVENT_DTYPE_V1
 
 # ---------------------------------------------------------------------------- answers (JSON-able)
 
@@ -53,7 +54,9 @@ def _plain(value: Any) -> Any:
 
 
 def gap_answers(sketch, batch) -> dict:
+    """IPv4 events as layout 1 recorded them (the IPv6 fields added in layout 2 are zero there)."""
     events = sketch.gap_events()
+    events = events[list(GAP_EVENT_DTYPE_V1.names)] if events.dtype.names else events
     return {"events": [_plain(list(e)) for e in events.tolist()],
             "counts": _plain(dict(sorted(sketch.gap_counts().items())))}
 
