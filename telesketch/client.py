@@ -18,22 +18,12 @@ from typing import Iterable
 import grpc
 
 from telesketch.packets import PacketBatch
+from telesketch.wire import Ack, ack_from_message, batch_to_message
 from telesketch.v1 import service_pb2, service_pb2_grpc
 
 
 #: Sequence numbers are uint64 on the wire.
 MAX_SEQUENCE = (1 << 64) - 1
-
-
-@dataclass(frozen=True)
-class Ack:
-    sender_id: str
-    sequence: int
-    duplicate: bool
-    packets: int
-    applied_packets: int
-    late_packets: int
-    epoch: int
 
 
 @dataclass(frozen=True)
@@ -115,8 +105,8 @@ class Client:
 
     def push_one(self, batch: PacketBatch, sequence: int | None = None) -> Ack:
         """Send one batch; returns the server's ack (after the batch is applied)."""
-        message = batch.to_message(sender_id=self.sender_id, sequence=self._sequence(sequence))
-        return _fields(self._ingest.PushOne(message, timeout=self.timeout, metadata=self._metadata), Ack)
+        message = batch_to_message(batch, sender_id=self.sender_id, sequence=self._sequence(sequence))
+        return ack_from_message(self._ingest.PushOne(message, timeout=self.timeout, metadata=self._metadata))
 
     def push_messages(self, messages: Iterable) -> PushSummary:
         """Stream already-encoded ``PacketBatch`` messages (benchmarks, replays of recorded traffic)."""
@@ -130,7 +120,7 @@ class Client:
         def messages():
             for batch in batches:
                 seq = self._sequence(first.pop() if first else None)
-                yield batch.to_message(sender_id=self.sender_id, sequence=seq)
+                yield batch_to_message(batch, sender_id=self.sender_id, sequence=seq)
         return self.push_messages(messages())
 
     # ------------------------------------------------------------------ queries

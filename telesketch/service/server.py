@@ -46,6 +46,7 @@ from telesketch.service.epochs import (ApplyResult, BatchRejected, EpochManager,
 from telesketch.service.metrics import ServiceMetrics
 from telesketch.service.queries import QueryEngine, WindowSpec, key_bytes, key_text
 from telesketch.service.sketchset import QueryError, SketchSet, StateUnavailableError
+from telesketch import wire
 from telesketch.v1 import batch_pb2, service_pb2, service_pb2_grpc
 
 log = logging.getLogger("telesketch.service")
@@ -183,7 +184,7 @@ class IngestService:
             raise BatchRejected("INVALID_ARGUMENT", "invalid",
                                 f"sender {message.sender_id!r}: sequence numbers start at 1 (0 is only for anonymous senders)")
         try:
-            batch = PacketBatch.from_message(message)
+            batch = wire.message_to_batch(message)
         except BatchError as exc:
             raise BatchRejected("INVALID_ARGUMENT", "invalid", str(exc)) from None
         if len(batch):
@@ -238,7 +239,7 @@ class IngestService:
         message = request.message
         future = await self.service.worker.admit(batch, message.sender_id, message.sequence, request.raw)
         result = await _result(future, context, self.service.metrics)
-        return service_pb2.Ack(**vars(result))
+        return wire.ack_to_message(result)
 
     async def Push(self, request_iterator, context) -> service_pb2.PushSummary:
         futures, index = [], 0
