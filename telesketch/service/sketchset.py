@@ -537,6 +537,8 @@ class SketchSet:
     concurrency: int | None = None
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False, compare=False)
     _cost: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: IPv6 packets withheld from each IPv4-only sketch (a kind is IPv6-capable when its class says ``IPV6 = True``)
+    ipv6_withheld: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, specs: dict[str, dict[str, Any]], device: str = "cpu") -> "SketchSet":
@@ -572,6 +574,10 @@ class SketchSet:
         is raised after the others have finished. ``on_time(name, seconds)`` is told each
         sketch's wall time.
         """
+        parts = dict(parts)
+        for cs in (cs for cs in self.sketches if parts.get(cs.name) is not None and not getattr(cs.cls, "IPV6", False)):
+            parts[cs.name], skipped = parts[cs.name].only_ipv4()  # IPv6 rows must not count as IPv4
+            self.ipv6_withheld[cs.name] = self.ipv6_withheld.get(cs.name, 0) + skipped
         names = [name for name, part in parts.items() if part is not None and len(part)]
         threads = min(len(names), self.threads)
         if threads <= 1:
