@@ -268,7 +268,7 @@ def _message(**changes):
 
 
 BAD_BATCHES = [
-    ({"schema_version": 2}, grpc.StatusCode.INVALID_ARGUMENT, "schema_version 2"),
+    ({"schema_version": 3}, grpc.StatusCode.INVALID_ARGUMENT, "schema_version 3"),
     ({"dst_ip": b"\x00" * 12}, grpc.StatusCode.INVALID_ARGUMENT, "columns must agree"),
     ({"src_port": b"\x00" * 127}, grpc.StatusCode.INVALID_ARGUMENT, "not a multiple of its 2-byte"),
     ({"ts_ns": b""}, grpc.StatusCode.INVALID_ARGUMENT, "'ts_ns' is missing"),

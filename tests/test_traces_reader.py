@@ -276,8 +276,11 @@ def assert_scapy_ipv6(ip6, got: PacketBatch, i: int) -> None:
     assert bytes(got.src_ip6[i]) == socket.inet_pton(socket.AF_INET6, ip6.src)
     assert bytes(got.dst_ip6[i]) == socket.inet_pton(socket.AF_INET6, ip6.dst)
     assert (got.ttl[i], got.tos[i], got.flow_label[i], got.length[i]) == (ip6.hlim, ip6.tc, ip6.fl, ip6.plen + 40)
+    classes = {0: IPv6ExtHdrHopByHop, 43: IPv6ExtHdrRouting, 44: IPv6ExtHdrFragment, 60: IPv6ExtHdrDestOpt, 51: AH}
     proto, layer, frag_id, first = ip6.nh, ip6.payload, 0, True
-    while isinstance(layer, (IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, AH)):
+    while proto in classes:
+        if not isinstance(layer, classes[proto]):  # scapy leaves what follows AH undecoded
+            layer = classes[proto](bytes(layer))
         proto = layer.nh
         if isinstance(layer, IPv6ExtHdrFragment):
             frag_id, first = layer.id & 0xFFFF, layer.offset == 0
@@ -285,6 +288,8 @@ def assert_scapy_ipv6(ip6, got: PacketBatch, i: int) -> None:
                 break
         layer = layer.payload
     assert (got.proto[i], got.ip_id[i]) == (proto, frag_id)
+    if first and proto in (6, 17) and not isinstance(layer, (TCP, UDP)):
+        layer = (TCP if proto == 6 else UDP)(bytes(layer))  # scapy leaves what follows AH undecoded
     if first and isinstance(layer, (TCP, UDP)) and proto in (6, 17):
         assert (got.src_port[i], got.dst_port[i]) == (layer.sport, layer.dport)
         if isinstance(layer, TCP):
@@ -475,7 +480,7 @@ def test_encapsulations_and_edge_frames(tmp_path):
     udp[3], udp[9] = 28, 17
     frames = [
         mac + b"\x88\x64" + bytes([0x11, 0, 0, 1]) + struct.pack(">HH", len(tcp) + 2, 0x21) + tcp,
-        mac + b"\x88\x64" + bytes(6) + b"\x00\x57" + b"\x60" + bytes(39),       # PPPoE IPv6
+        mac + b"\x88\x64" + bytes(6) + b"\x00\x57" + b"\x60" + bytes(5) + b"\x3b" + bytes(33),  # PPPoE IPv6
         mac + b"\x88\x47" + bytes([0, 1, 0, 64, 0, 2, 1, 64]) + tcp,           # MPLS, 2 labels
         mac + b"\x91\x00\x00\x05\x81\x00\x00\x06\x08\x00" + bytes(opts_ip),  # 0x9100 + 802.1Q
         mac + b"\x08\x00" + bytes(frag),
@@ -701,3 +706,92 @@ def test_pcapng_many_interface_blocks_read_in_linear_time(tmp_path):
     elapsed = time.perf_counter() - start
     assert list(b.ts_ns) == [7_000, 7] and len(stats.link_types) == n_if
     assert elapsed < 5.0, f"{n_if} interface blocks took {elapsed:.1f} s"
+
+
+# ------------------------------------------------------------------------- IPv6 (issue 18)
+@pytest.mark.parametrize("link", ["ethernet", "vlan", "raw", "sll", "sll2", "null"])
+def test_generated_ipv6_matches_scapy(tmp_path, link):
+    """Mixed captures with every extension header and fragments; snaplen 96 cuts some chains."""
+    path = tmp_path / f"g6_{link}.pcap"
+    generate_capture(path, packets=1500, flows=150, seed=12, link=link, ipv6_share=0.5, frag_rate=0.05,
+                     snaplen=96, ipv6_rate=0.02)
+    got, stats = check_against_scapy(path, batch_size=500)
+    assert stats.ipv6 == got.ipv6_count() > 500 and stats.ipv6_skipped == 0
+    assert stats.short_headers > 0
+
+
+def test_generated_ipv6_matches_scapy_layers(tmp_path):
+    """Every IPv6 row of a fully captured mixed capture against scapy's own extension-header walk."""
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    path = tmp_path / "g6.pcap"
+    generate_capture(path, packets=1200, flows=120, seed=13, ipv6_share=0.6, frag_rate=0.1, snaplen=256)
+    got = read_all(path)
+    checked = 0
+    for i, (frame, lt, ts, cut) in enumerate(scapy_records(path)):
+        pkt = Ether(frame)
+        if IPv6 in pkt:
+            assert_scapy_ipv6(pkt[IPv6], got, i)
+            checked += 1
+    assert checked == got.ipv6_count() > 500
+
+
+def _v6(nh, ext=b"", upper=b"", plen=None, tc=0xB8, label=0x12345, hlim=61):
+    src = bytes.fromhex("20010db8000000000000000000000001")
+    dst = bytes.fromhex("20010db8000000000000000000000002")
+    body = ext + upper
+    plen = len(body) if plen is None else plen
+    return (bytes([0x60 | tc >> 4, (tc & 15) << 4 | label >> 16]) + (label & 0xFFFF).to_bytes(2, "big")
+            + plen.to_bytes(2, "big") + bytes([nh, hlim]) + src + dst + body)
+
+
+def test_ipv6_extension_headers_by_hand(tmp_path):
+    """Each extension header, ESP, fragments, cut chains, padding, and the IPv6 link types."""
+    tcp = struct.pack(">HHIIBBHHH", 4242, 443, 77, 0, 0x50, 0x12, 999, 0, 0)
+    udp = struct.pack(">HHHH", 5353, 53, 8, 0)
+    hbh = lambda nxt: bytes([nxt, 0, 1, 4, 0, 0, 0, 0])  # noqa: E731
+    ah = lambda nxt: bytes([nxt, 4, 0, 0]) + bytes(20)    # noqa: E731 - (4 + 2) * 4 = 24 bytes
+    rt = lambda nxt: bytes([nxt, 2, 2, 1]) + bytes(20)    # noqa: E731 - (2 + 1) * 8 = 24 bytes
+    frag = lambda nxt, off, ident: bytes([nxt, 0]) + (off << 3 | 1).to_bytes(2, "big") + ident.to_bytes(4, "big")  # noqa: E731
+    eth = bytes(12) + b"\x86\xdd"
+    frames = [
+        eth + _v6(6, upper=tcp),                                                   # 0 plain TCP
+        eth + _v6(0, hbh(60) + hbh(43) + rt(51) + ah(6), tcp),                    # 1 HBH, DST, RT, AH
+        eth + _v6(44, frag(17, 0, 0xABCD1234), udp),                              # 2 first fragment
+        eth + _v6(44, frag(17, 185, 0xABCD1235), b"\xee" * 16),                    # 3 later fragment
+        eth + _v6(50, bytes(8) + b"\x11" * 16),                                   # 4 ESP
+        eth + _v6(0, hbh(50) + bytes(8)),                                         # 5 HBH then ESP
+        eth + _v6(0, b"\x06", plen=40),                                           # 6 HBH cut after 1 byte
+        eth + _v6(17, upper=udp) + b"\xee" * 20,                                  # 7 Ethernet padding
+        eth + _v6(59, plen=0),                                                    # 8 no next header
+        eth + b"\x45" + bytes(39),                                                # 9 0x86DD, version 4: other
+        eth + _v6(6, upper=tcp)[:30],                                             # 10 cut in the addresses
+    ]
+    p = tmp_path / "v6.pcap"
+    p.write_bytes(_pcap_file([(f, len(f)) for f in frames]))
+    got, stats = check_against_scapy(p, batch_size=4)
+    assert (stats.ipv4, stats.ipv6, stats.other_skipped) == (0, 10, 1)
+    assert got.proto.tolist() == [6, 6, 17, 17, 50, 50, 0, 17, 59, 6]
+    assert got.src_port.tolist() == [4242, 4242, 5353, 0, 0, 0, 0, 5353, 0, 0]
+    assert got.ip_id.tolist() == [0, 0, 0x1234, 0x1235, 0, 0, 0, 0, 0, 0]
+    assert got.hdr_len.tolist() == [28, 28, 16, 8, 8, 8, 8, 16, 8, 28]
+    assert got.length.tolist()[:3] == [60, 40 + 8 * 2 + 24 + 24 + 20, 56]
+    assert (got.ttl[0], got.tos[0], got.flow_label[0], got.tcp_seq[0], got.tcp_window[0]) == (61, 0xB8, 0x12345, 77, 999)
+    assert bytes(got.header[0, :8]) == frames[0][14:22] and bytes(got.header[0, 8:28]) == tcp
+    assert bytes(got.header[1, 8:28]) == tcp  # extension headers are not kept, the TCP header is
+    assert not got.header[7, 16:].any()  # padding past 40 + payload length ignored
+    assert got.src_ip6[0].tolist()[-1] == 1 and got.dst_ip6[0].tolist()[-1] == 2 and not got.src_ip.any()
+    assert got.dst_ip6[9].tolist() == [0x20, 1, 0x0D, 0xB8, 0, 0] + [0] * 10 and got.src_ip6[9, 15] == 1  # cut at 30
+    assert stats.short_headers == 2  # rows 6 and 9 lack part of their headers
+
+
+@pytest.mark.parametrize("linktype,prefix", [(229, b""), (101, b""), (108, (30).to_bytes(4, "big")),
+                                             (0, (28).to_bytes(4, "little")), (113, bytes(14) + b"\x86\xdd"),
+                                             (276, b"\x86\xdd" + bytes(18))])
+def test_ipv6_on_every_link_type(tmp_path, linktype, prefix):
+    tcp = struct.pack(">HHIIBBHHH", 1, 2, 3, 0, 0x50, 0x10, 5, 0, 0)
+    p = tmp_path / "l.pcap"
+    p.write_bytes(_pcap_file([(prefix + _v6(6, upper=tcp), 0)] * 3, linktype=linktype))
+    got, stats = check_against_scapy(p)
+    assert stats.ipv6 == 3 and got.src_port.tolist() == [1, 1, 1] and got.dst_port.tolist() == [2, 2, 2]

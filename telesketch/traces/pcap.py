@@ -339,7 +339,8 @@ def parse_ipv6(buf, base, avail):
     """Decode the IPv6 datagram at ``buf[base:base+avail]`` and walk its extension headers.
 
     Returns ``(lim, l4, thl, proto, length, ip_id, ttl, tos, flow_label, sport, dport, tcp_flags,
-    tcp_window, tcp_seq)``: ``lim`` the usable datagram bytes (``min(avail, 40 + payload
+    tcp_window, tcp_seq, need)``: ``need`` the bytes the headers span (``lim < need``: a short
+    header, the chain or the upper-layer header cut), ``lim`` the usable datagram bytes (``min(avail, 40 + payload
     length)``; a payload length of 0, as in jumbograms, keeps ``avail``), ``l4`` the offset of the
     upper-layer header and ``thl`` its nominal length (20 TCP, 8 UDP, else 0). Extension headers
     hop-by-hop (0), routing (43), destination options (60) (length ``(byte 1 + 1) * 8``), AH (51)
@@ -398,7 +399,11 @@ def parse_ipv6(buf, base, avail):
         flags = _byte(buf, base, p + 13, lim)
         win = (_byte(buf, base, p + 14, lim) << 8) | _byte(buf, base, p + 15, lim)
     length = min(plen + 40, 65535)
-    return lim, p, thl, nh, length, ip_id, ttl, tos, label, sport, dport, flags, win, seq
+    need = p + thl  # bytes the headers span; a chain cut inside an extension header needs more
+    if first and (nh == EXT_HOP_BY_HOP or nh == EXT_ROUTING or nh == EXT_DEST_OPTS or nh == EXT_AH
+                  or nh == EXT_FRAGMENT):
+        need = p + 2
+    return lim, p, thl, nh, length, ip_id, ttl, tos, label, sport, dport, flags, win, seq, need
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -433,7 +438,7 @@ def _store_ipv6(buf, base, avail, n, ts, counters, ts_ns, src_port, dst_port, pr
     for k in range(IPV6_HEADER_KEEP + thl, HEADER_BYTES):
         header[n, k] = 0
     hdr_len[n] = IPV6_HEADER_KEEP + thl
-    if lim < l4 + thl:
+    if lim < r[14]:
         counters[C_SHORT] += 1
     counters[C_IPV6] += 1
 
