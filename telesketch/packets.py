@@ -324,6 +324,36 @@ def parse_ipv6(text: str) -> bytes:
         raise ValueError(f"not an IPv6 address: {text!r}") from exc
 
 
+def unpack_flow_key37(key: bytes) -> tuple[bytes, bytes, int, int, int]:
+    """A 37-byte key as ``(src 16 bytes, dst 16 bytes, src_port, dst_port, proto)``."""
+    if len(key) != FLOW_KEY37_BYTES:
+        raise ValueError(f"an IPv6-capable flow key has {FLOW_KEY37_BYTES} bytes, got {len(key)}")
+    return bytes(key[0:16]), bytes(key[16:32]), int.from_bytes(key[32:34], "big"), int.from_bytes(key[34:36], "big"), key[36]
+
+
+def format_key(key) -> str:
+    """Text of any key an answer holds, for the presenter: an ``int`` or 4 bytes is an IPv4
+    address (``10.0.0.1``), 16 bytes an IPv6 address (RFC 5952, ``2001:db8::1``), 13 or 37 bytes a
+    flow (``10.0.0.1:1234 > 10.0.0.2:80 proto 6``; IPv6 endpoints bracketed, ``[2001:db8::1]:443``,
+    as in RFC 5952 section 6). Other lengths print as hex."""
+    if isinstance(key, (int, np.integer)):
+        return format_ipv4(int(key))
+    key = bytes(key)
+    if len(key) == 4:
+        return format_ipv4(int.from_bytes(key, "big"))
+    if len(key) == 16:
+        return format_ipv6(key)
+    if len(key) == FLOW_KEY_BYTES:
+        s, d, sp, dp, proto = unpack_flow_key(key)
+        return f"{format_ipv4(s)}:{sp} > {format_ipv4(d)}:{dp} proto {proto}"
+    if len(key) == FLOW_KEY37_BYTES:
+        s, d, sp, dp, proto = unpack_flow_key37(key)
+        if s[:12] == V4_MAPPED_PREFIX and d[:12] == V4_MAPPED_PREFIX:
+            return format_key(s[12:] + d[12:] + key[32:])
+        return f"[{format_ipv6(s)}]:{sp} > [{format_ipv6(d)}]:{dp} proto {proto}"
+    return key.hex()
+
+
 def format_ipv4(value: int) -> str:
     """Dotted-quad text of a numeric address (``0x0A000001`` -> ``'10.0.0.1'``)."""
     value = int(value)

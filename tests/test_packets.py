@@ -181,3 +181,17 @@ def test_src_keys16_and_flow_keys37_void_agree_with_flow_keys37():
     assert [k.tobytes() for k in batch.flow_keys37_void()] == [bytes(k) for k in keys]
     assert bytes(batch.src_keys16()[0]) == bytes(10) + b"\xff\xff" + int(batch.src_ip[0]).to_bytes(4, "big")
     assert bytes(batch.src_keys16()[1]) == bytes(batch.src_ip6[1])
+
+
+def test_format_key_prints_every_key_form():
+    from telesketch.packets import flow_key_bytes, format_key, parse_ipv6
+
+    v6 = parse_ipv6("2001:db8::1")
+    assert format_key(0x0A000001) == "10.0.0.1" == format_key(b"\x0a\x00\x00\x01")
+    assert format_key(v6) == "2001:db8::1"
+    assert format_key(flow_key_bytes(0x0A000001, 0x0A000002, 1234, 80, 6)) == "10.0.0.1:1234 > 10.0.0.2:80 proto 6"
+    key37 = v6 + parse_ipv6("2001:db8::2") + (443).to_bytes(2, "big") + (5000).to_bytes(2, "big") + b"\x11"
+    assert format_key(key37) == "[2001:db8::1]:443 > [2001:db8::2]:5000 proto 17"
+    batch = PacketBatch.from_columns(src_ip=[0x0A000001], dst_ip=[0x0A000002], src_port=[1], dst_port=[2], proto=[6])
+    assert format_key(bytes(batch.flow_keys37()[0])) == "10.0.0.1:1 > 10.0.0.2:2 proto 6"
+    assert format_key(b"\x01\x02") == "0102"
