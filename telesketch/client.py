@@ -18,7 +18,7 @@ from typing import Iterable
 import grpc
 
 from telesketch.packets import PacketBatch
-from telesketch.wire import Ack, ack_from_message, batch_to_message
+from telesketch.wire import SCHEMA_VERSION, Ack, ack_from_message, batch_to_message
 from telesketch.v1 import service_pb2, service_pb2_grpc
 
 
@@ -59,11 +59,13 @@ class Client:
     sequence numbers continue from the server's last applied one (``Ingest.Resume``). Without a
     ``sender_id`` a batch has no identity: a retry after DEADLINE_EXCEEDED (the first try may have
     been applied) counts it twice, so give every collector a ``sender_id``. Admin calls need a
-    client made with the server's admin token (or, with none configured, a loopback connection)."""
+    client made with the server's admin token (or, with none configured, a loopback connection).
+    ``schema_version``: the batch wire schema written (2, both address families; 1 speaks to
+    servers older than IPv6 support and refuses batches holding IPv6)."""
 
     def __init__(self, target: str, *, sender_id: str = "", token: str = "", tls: bool = False,
                  root_certificates: bytes | None = None, timeout: float = 60.0,
-                 max_message_bytes: int = 64 << 20):
+                 max_message_bytes: int = 64 << 20, schema_version: int = SCHEMA_VERSION):
         options = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
         if tls or root_certificates:
@@ -73,6 +75,7 @@ class Client:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.sender_id = sender_id
+        self.schema_version = schema_version
         self._next_sequence: int | None = None
         self._ingest = service_pb2_grpc.IngestStub(self._channel)
         self._query = service_pb2_grpc.QueryStub(self._channel)
@@ -105,7 +108,8 @@ class Client:
 
     def push_one(self, batch: PacketBatch, sequence: int | None = None) -> Ack:
         """Send one batch; returns the server's ack (after the batch is applied)."""
-        message = batch_to_message(batch, sender_id=self.sender_id, sequence=self._sequence(sequence))
+        message = batch_to_message(batch, sender_id=self.sender_id, sequence=self._sequence(sequence),
+                                   schema_version=self.schema_version)
         return ack_from_message(self._ingest.PushOne(message, timeout=self.timeout, metadata=self._metadata))
 
     def push_messages(self, messages: Iterable) -> PushSummary:
@@ -120,7 +124,8 @@ class Client:
         def messages():
             for batch in batches:
                 seq = self._sequence(first.pop() if first else None)
-                yield batch_to_message(batch, sender_id=self.sender_id, sequence=seq)
+                yield batch_to_message(batch, sender_id=self.sender_id, sequence=seq,
+                                       schema_version=self.schema_version)
         return self.push_messages(messages())
 
     # ------------------------------------------------------------------ queries

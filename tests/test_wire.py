@@ -161,3 +161,38 @@ def test_generated_code_matches_the_proto_sources(tmp_path):
         fresh = tmp_path / "telesketch" / "v1" / module
         committed = REPO / "telesketch" / "v1" / module
         assert _serialized_descriptor(committed) == _serialized_descriptor(fresh), f"{module} is stale: run `make proto`"
+
+
+def test_both_schema_versions_through_a_real_server(tmp_path):
+    """A v2 client's mixed batch and a v1 client's IPv4 batch on one loopback server: the exact kind
+    counts the IPv6 flows and sources exactly, the IPv4-only sketch is fed the IPv4 rows only."""
+    from telesketch.client import Client
+    from telesketch.service.config import ServiceConfig
+    from telesketch.service.server import ServiceThread
+    from telesketch.sketches import exact
+    from test_exact_ipv6 import skewed_mixed_batch
+
+    epoch_ns = 1_700_000_000 * 10**9
+    mixed = skewed_mixed_batch(400, seed=11)
+    mixed = PacketBatch.from_columns(**{**mixed.columns(), "ts_ns": mixed.ts_ns + np.uint64(epoch_ns)})
+    older = small_batch(50, seed=12)
+    older = PacketBatch.from_columns(**{**older.columns(), "ts_ns": older.ts_ns + np.uint64(epoch_ns + 10)})
+    cfg = ServiceConfig(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0", data_dir=str(tmp_path / "d"),
+                        epoch_seconds=1.0, sketches={"exact": {"kind": "exact", "key": "src_ip", "phi": 0.05},
+                                                     "hh": {"kind": "hiddensketch", "memory_bytes": 64 * 1024}})
+    svc = ServiceThread(cfg).start()
+    try:
+        with Client(f"127.0.0.1:{svc.grpc_port}", sender_id="v2") as new, \
+                Client(f"127.0.0.1:{svc.grpc_port}", sender_id="v1", schema_version=1) as old:
+            with pytest.raises(BatchError, match="schema version 2"):
+                old.push_one(mixed)  # refused before anything is sent
+            ack = new.push_one(mixed)
+            assert (ack.packets, ack.applied_packets, ack.duplicate) == (400, 400, False)
+            assert old.push_one(older).applied_packets == 50
+            both = PacketBatch.concat([mixed, older])
+            want = exact.mixed_heavy_hitters(both, "src_ip", phi=0.05)
+            got = dict(new.heavy_hitters(epoch=1_700_000_000, sketch="exact"))
+            assert got == want and any(isinstance(k, bytes) and len(k) == 16 for k in got)
+        assert svc.service.sketchset.ipv6_withheld == {"hh": mixed.ipv6_count()}
+    finally:
+        svc.stop()
