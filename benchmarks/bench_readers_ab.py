@@ -3,6 +3,8 @@
 The other revision's ``telesketch`` package is extracted with ``git archive`` into a temporary
 directory; each round reads every input once per tree, alternating, in a fresh subprocess (a
 warm-up read first: Numba cache load or compile, page cache), and the best of the rounds counts.
+Times are the subprocess's CPU time (user + system), not wall time: on a shared, loaded machine
+wall time mostly measures the neighbours (the reader is single-threaded).
 Inputs: an IPv4-only generated capture and, when present, the nDPI trace looped (about 5 % IPv6).
 
     .venv/bin/python benchmarks/bench_readers_ab.py --base main --packets 2000000 --rounds 3
@@ -35,7 +37,7 @@ def once():
 once()
 best = float("inf")
 for _ in range(2):
-    t = time.perf_counter(); records, rows = once(); best = min(best, time.perf_counter() - t)
+    t = time.process_time(); records, rows = once(); best = min(best, time.process_time() - t)
 print(best, records, rows)
 """
 
@@ -50,7 +52,7 @@ def extract(rev: str, dest: Path) -> Path:
 
 
 def timed_read(root: Path, path: Path) -> tuple[float, int, int]:
-    """(best seconds, records, rows) of reading ``path`` with the package under ``root``."""
+    """(best CPU seconds, records, rows) of reading ``path`` with the package under ``root``."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     code = f"import telesketch; assert telesketch.__file__.startswith({str(root)!r}), telesketch.__file__\n"
     out = subprocess.run([sys.executable, "-c", code + _READ, str(path)], env=env, cwd=root, check=True,
@@ -87,9 +89,8 @@ def main() -> None:
     for name in inputs:
         b, t = best[name, "base"], best[name, "this"]
         records = rows[name, "this"][0]
-        print(f"{name}: base {records / b / 1e6:.2f} M packets/s ({rows[name, 'base'][1]:,} rows), "
-              f"this {records / t / 1e6:.2f} M packets/s ({rows[name, 'this'][1]:,} rows), "
-              f"this/base time {t / b:.3f}")
+        print(f"{name}: base {records / b / 1e6:.2f} M packets per CPU second ({rows[name, 'base'][1]:,} rows), "
+              f"this {records / t / 1e6:.2f} M ({rows[name, 'this'][1]:,} rows), this/base CPU time {t / b:.3f}")
 
 
 if __name__ == "__main__":

@@ -406,28 +406,11 @@ def parse_ipv6(buf, base, avail):
     return lim, p, thl, nh, length, ip_id, ttl, tos, label, sport, dport, flags, win, seq, need
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def _store_ipv6(buf, base, avail, n, ts, counters, ts_ns, src_port, dst_port, proto, length, ip_id,
-                ttl, tos, tcp_flags, tcp_window, tcp_seq, hdr_len, header, ipv6, flow_label,
-                src_ip6, dst_ip6):
-    """Row ``n`` from the IPv6 datagram at ``buf[base:base+avail]`` (``src_ip``/``dst_ip`` stay as
-    the caller set them: 0). ``header``: the first 8 bytes of the IPv6 header (addresses dropped),
-    then the upper-layer header (TCP 20 / UDP 8 bytes, extension headers skipped)."""
-    r = parse_ipv6(buf, base, avail)
-    lim, l4, thl = r[0], r[1], r[2]
-    ts_ns[n] = ts
-    proto[n] = r[3]
-    length[n] = r[4]
-    ip_id[n] = r[5]
-    ttl[n] = r[6]
-    tos[n] = r[7]
-    flow_label[n] = r[8]
-    src_port[n] = r[9]
-    dst_port[n] = r[10]
-    tcp_flags[n] = r[11]
-    tcp_window[n] = r[12]
-    tcp_seq[n] = r[13]
-    ipv6[n] = 1
+@nb.njit(cache=True, nogil=True)  # not inlined: called once per IPv6 row with few arrays
+def _copy_ipv6_bytes(buf, base, lim, l4, thl, n, header, src_ip6, dst_ip6):
+    """Row ``n``'s addresses and ``header`` from the IPv6 datagram at ``buf[base:base+lim]``:
+    the first 8 bytes of the IPv6 header (addresses dropped), then the upper-layer header (TCP 20
+    / UDP 8 bytes at ``l4``, extension headers skipped), zero padded."""
     for k in range(16):
         src_ip6[n, k] = _byte(buf, base, 8 + k, lim)
         dst_ip6[n, k] = _byte(buf, base, 24 + k, lim)
@@ -437,39 +420,76 @@ def _store_ipv6(buf, base, avail, n, ts, counters, ts_ns, src_port, dst_port, pr
         header[n, IPV6_HEADER_KEEP + k] = _byte(buf, base, l4 + k, lim)
     for k in range(IPV6_HEADER_KEEP + thl, HEADER_BYTES):
         header[n, k] = 0
-    hdr_len[n] = IPV6_HEADER_KEEP + thl
-    if lim < r[14]:
-        counters[C_SHORT] += 1
-    counters[C_IPV6] += 1
+
+
+@nb.njit(cache=True, nogil=True)  # not inlined: runs once per batch holding IPv6
+def _zero_ipv6_columns(ipv6, flow_label, src_ip6, dst_ip6, n):
+    """Zero rows ``[0, n)`` of the IPv6-only columns (IPv4 rows stored before the first IPv6 one)."""
+    for i in range(n):
+        ipv6[i] = 0
+        flow_label[i] = 0
+        for k in range(16):
+            src_ip6[i, k] = 0
+            dst_ip6[i, k] = 0
 
 
 @nb.njit(cache=True, nogil=True)
-def store_frames(buf, rec_off, rec_len, rec_link, rec_ts, m, n, counters, ts_ns, src_ip, dst_ip,
+def store_frames(buf, rec_off, rec_len, rec_link, rec_ts, m, n, counters, mixed, ts_ns, src_ip, dst_ip,
                  src_port, dst_port, proto, length, ip_id, ttl, tos, tcp_flags, tcp_window, tcp_seq,
                  hdr_len, header, ipv6, flow_label, src_ip6, dst_ip6):
     """Parse the ``m`` frames listed in ``rec_*`` and append the IP ones as rows from ``n``.
 
     The walkers (pcap records, pcapng blocks) only locate frames; this shared second pass does
     all per-frame work, so the column arrays cross a function boundary once per call rather than
-    once per packet. Returns the new row count. The caller guarantees ``n + m <= len(columns)``
-    and that ``ipv6``, ``flow_label``, ``src_ip6`` and ``dst_ip6`` are zero-filled (only IPv6 rows
-    write them).
+    once per packet. Returns the new row count. The caller guarantees ``n + m <= len(columns)``.
+
+    The IPv6-only columns (``ipv6``, ``flow_label``, ``src_ip6``, ``dst_ip6``) are left alone by
+    IPv4 rows until the batch's first IPv6 row: ``mixed[0]`` (per batch, kept across calls) is 0
+    until then, when the rows before it are zeroed and it becomes 1; from then on IPv4 rows zero
+    them too. A batch that stays IPv4-only thus pays one branch per row, and
+    :func:`columns_to_batch` gives it shared zeros.
     """
     for j in range(m):
         r = parse_frame(buf, rec_off[j], rec_len[j], rec_link[j])
         kind = r[0]
         if kind == KIND_IPV6:
-            _store_ipv6(buf, r[1], r[2], n, rec_ts[j], counters, ts_ns, src_port, dst_port, proto,
-                        length, ip_id, ttl, tos, tcp_flags, tcp_window, tcp_seq, hdr_len, header,
-                        ipv6, flow_label, src_ip6, dst_ip6)
+            if mixed[0] == 0:
+                _zero_ipv6_columns(ipv6, flow_label, src_ip6, dst_ip6, n)
+                mixed[0] = 1
+            base = r[1]
+            v = parse_ipv6(buf, base, r[2])
+            ts_ns[n] = rec_ts[j]
             src_ip[n] = 0
             dst_ip[n] = 0
+            proto[n] = v[3]
+            length[n] = v[4]
+            ip_id[n] = v[5]
+            ttl[n] = v[6]
+            tos[n] = v[7]
+            flow_label[n] = v[8]
+            src_port[n] = v[9]
+            dst_port[n] = v[10]
+            tcp_flags[n] = v[11]
+            tcp_window[n] = v[12]
+            tcp_seq[n] = v[13]
+            ipv6[n] = 1
+            _copy_ipv6_bytes(buf, base, v[0], v[1], v[2], n, header, src_ip6, dst_ip6)
+            hdr_len[n] = IPV6_HEADER_KEEP + v[2]
+            if v[0] < v[14]:
+                counters[C_SHORT] += 1
+            counters[C_IPV6] += 1
             n += 1
             continue
         if kind != KIND_IPV4:
             counters[C_OTHER] += 1
             continue
         base, lim, total = r[1], r[2], r[3]
+        if mixed[0]:
+            ipv6[n] = 0
+            flow_label[n] = 0
+            for k in range(16):
+                src_ip6[n, k] = 0
+                dst_ip6[n, k] = 0
         ts_ns[n] = rec_ts[j]
         src_ip[n] = r[4]
         dst_ip[n] = r[5]
@@ -670,23 +690,42 @@ class ByteSource:
 
 
 def new_columns(size: int) -> list:
-    """The columns :func:`store_frames` fills, in its argument order: uninitialised scalar columns
-    (kernel order) and ``header`` (every row writes them), then the zero-filled IPv6 columns
-    ``ipv6``, ``flow_label``, ``src_ip6``, ``dst_ip6`` (only IPv6 rows write them)."""
+    """The uninitialised columns :func:`store_frames` fills, in its argument order (``KERNEL_ORDER``):
+    the scalar columns, ``header``, then ``ipv6``, ``flow_label``, ``src_ip6``, ``dst_ip6``."""
     cols = [np.empty(size, dtype) for dtype in KERNEL_COLUMN_DTYPES.values()]
     cols.append(np.empty((size, HEADER_BYTES), np.uint8))
-    cols.append(np.zeros(size, COLUMN_DTYPES["ipv6"]))
-    cols.append(np.zeros(size, COLUMN_DTYPES["flow_label"]))
-    cols.append(np.zeros((size, 16), np.uint8))
-    cols.append(np.zeros((size, 16), np.uint8))
+    cols.append(np.empty(size, COLUMN_DTYPES["ipv6"]))
+    cols.append(np.empty(size, COLUMN_DTYPES["flow_label"]))
+    cols.append(np.empty((size, 16), np.uint8))
+    cols.append(np.empty((size, 16), np.uint8))
     return cols
 
 
-def columns_to_batch(cols: list, n: int) -> PacketBatch:
-    """The first ``n`` rows as a batch (copied when the batch is mostly empty, to free memory)."""
+_IPV6_ONLY = ("ipv6", "flow_label", "src_ip6", "dst_ip6")
+_ZEROS: dict = {}
+
+
+def _shared_zeros(like: np.ndarray, n: int) -> np.ndarray:
+    """A read-only all-zero array shaped like ``like[:n]``, shared between batches (no memory per batch)."""
+    key = (like.dtype.str, like.shape[1:])
+    if key not in _ZEROS or _ZEROS[key].shape[0] < n:
+        zeros = np.zeros((max(n, 65536),) + like.shape[1:], like.dtype)
+        zeros.flags.writeable = False
+        _ZEROS[key] = zeros
+    return _ZEROS[key][:n]
+
+
+def columns_to_batch(cols: list, n: int, mixed: bool = True) -> PacketBatch:
+    """The first ``n`` rows as a batch (copied when the batch is mostly empty, to free memory).
+
+    ``mixed`` False (no IPv6 row was stored: the IPv6-only columns were never written): those
+    columns are shared read-only zeros."""
     shrink = n < cols[0].shape[0] // 2
-    arrays = [c[:n].copy() if shrink else c[:n] for c in cols]
-    return PacketBatch.from_columns(**dict(zip(KERNEL_ORDER, arrays)))
+    arrays = dict(zip(KERNEL_ORDER, [c[:n].copy() if shrink else c[:n] for c in cols]))
+    if not mixed:
+        for name in _IPV6_ONLY:
+            arrays[name] = _shared_zeros(arrays[name], n)
+    return PacketBatch.from_columns(**arrays)
 
 
 class Batcher:
@@ -702,12 +741,13 @@ class Batcher:
                         np.empty(batch_size, np.int64), np.empty(batch_size, np.uint64)]
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self.cols = new_columns(batch_size)
+        self.mixed = np.zeros(1, np.int64)  # store_frames: 1 once this batch holds an IPv6 row
         self.n = 0
 
     def step(self, walk) -> int:
         """``walk(room) -> (pos, m, status)``; parse the ``m`` frames found, return status."""
         pos, m, status = walk(self.size - self.n)
-        self.n = store_frames(self.source.buf, *self.records, m, self.n, self.counters, *self.cols)
+        self.n = store_frames(self.source.buf, *self.records, m, self.n, self.counters, self.mixed, *self.cols)
         self.source.pos = pos
         self.counters[C_RECORDS] += m
         self.stats._add(self.counters)
@@ -719,8 +759,9 @@ class Batcher:
 
     def take(self) -> PacketBatch:
         """The rows filled so far as a batch; starts a fresh one."""
-        batch = columns_to_batch(self.cols, self.n)
+        batch = columns_to_batch(self.cols, self.n, bool(self.mixed[0]))
         self.cols, self.n = new_columns(self.size), 0
+        self.mixed[0] = 0
         return batch
 
 
