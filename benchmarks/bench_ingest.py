@@ -32,6 +32,7 @@ from common import machine, timed_threads
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from telesketch import wire  # noqa: E402
 from telesketch.client import Client  # noqa: E402
 from telesketch.packets import PacketBatch  # noqa: E402
 
@@ -67,7 +68,7 @@ def make_messages(total: int, batch_size: int, seed: int = 0) -> list:
         ip_id=rng.integers(0, 65536, n).astype(np.uint16), length=np.full(n, 800, np.uint16))
     parts = batch.split(batch_size)
     count = max(1, total // batch_size)
-    messages = [p.to_message() for p in parts]
+    messages = [wire.batch_to_message(p) for p in parts]
     if not WITH_HEADER:
         for m in messages:
             m.ClearField("header")

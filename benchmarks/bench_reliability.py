@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 
+from telesketch import wire  # noqa: E402
 from telesketch.client import Client  # noqa: E402
 from telesketch.packets import PacketBatch  # noqa: E402
 
@@ -86,7 +87,7 @@ def stop(proc) -> None:
 def durability(total: int, batch_size: int, repeat: int = 3) -> list[dict]:
     """Each mode ``repeat`` times, the modes interleaved (a shared machine's load drifts); the
     median run per mode is reported."""
-    messages = [b.to_message() for b in batches(total, batch_size)]
+    messages = [wire.batch_to_message(b) for b in batches(total, batch_size)]
     runs: dict[str, list[float]] = {}
     for _ in range(repeat):
         for mode in ("off", "none", "interval", "every-batch"):
@@ -161,7 +162,7 @@ def query_poll(total: int, clients: int = 8, batch_size: int = 8192, stream_batc
                repeat: int = 1) -> list[dict]:
     """``repeat`` pairs of runs (without, then with the polling client), each pair's ratio printed;
     a pair is measured back to back so that a shared machine's load drifts little within it."""
-    messages = [b.to_message() for b in batches(total // clients, batch_size)]
+    messages = [wire.batch_to_message(b) for b in batches(total // clients, batch_size)]
     rows = []
     for polling in [False, True] * repeat:
         with tempfile.TemporaryDirectory(prefix="bench-rel-") as tmp:

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_ingest import make_messages  # noqa: E402
 from common import machine  # noqa: E402
 
+from telesketch import wire  # noqa: E402
 from telesketch.distributed.cluster import route, route_parts  # noqa: E402
-from telesketch.packets import PacketBatch  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for size in (8192, 65536):
         message = make_messages(size, size)[0]
-        batch = PacketBatch.from_message(message)
+        batch = wire.message_to_batch(message)
         for fn in (route, route_parts):
             times, sent = [], 0
             for _ in range(args.runs):

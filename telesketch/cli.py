@@ -110,7 +110,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with ProgressBar("generate", total=args.packets, enabled=False if args.no_progress else None) as bar:
         stats = generate_capture(args.output, packets=args.packets, flows=args.flows, zipf=args.zipf,
-                                 gap_rate=args.gap_rate, seed=args.seed, mix=args.mix, progress=bar.set)
+                                 gap_rate=args.gap_rate, seed=args.seed, mix=args.mix, progress=bar.set,
+                                 ipv6_share=args.ipv6_share)
     seconds = time.perf_counter() - start
     if args.json:
         print(json.dumps({**dataclasses.asdict(stats), "seconds": round(seconds, 3)}, indent=1))
@@ -589,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
     gen.add_argument("--mix", choices=["zipf", "hard"], default="zipf",
                      help="hard: scanners, elephants, Zipf sources, hot /16 and /24 (a stress test for sketches)")
+    gen.add_argument("--ipv6-share", type=_fraction, default=0.0,
+                     help="fraction of flows sent over IPv6, with extension headers and fragments (0: IPv4 only)")
     gen.add_argument("--json", action="store_true", help="print what was written as JSON")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
     gen.set_defaults(func=cmd_generate)

@@ -32,6 +32,7 @@ import grpc
 
 from telesketch.packets import PacketBatch
 from telesketch.service.budget import APPLIED_BATCHES_KEY, PARTIAL_SUMMARY_KEY, RETRY_AFTER_KEY
+from telesketch.wire import SCHEMA_VERSION, Ack, ack_from_message, batch_to_message
 from telesketch.v1 import service_pb2, service_pb2_grpc
 
 
@@ -51,17 +52,6 @@ def busy_retry_after(error: grpc.RpcError) -> float | None:
         return max(0.0, int(value) / 1000) if value is not None else None
     except ValueError:
         return None
-
-
-@dataclass(frozen=True)
-class Ack:
-    sender_id: str
-    sequence: int
-    duplicate: bool
-    packets: int
-    applied_packets: int
-    late_packets: int
-    epoch: int
 
 
 @dataclass(frozen=True)
@@ -97,11 +87,13 @@ class Client:
     sequence numbers continue from the server's last applied one (``Ingest.Resume``). Without a
     ``sender_id`` a batch has no identity: a retry after DEADLINE_EXCEEDED (the first try may have
     been applied) counts it twice, so give every collector a ``sender_id``. Admin calls need a
-    client made with the server's admin token (or, with none configured, a loopback connection)."""
+    client made with the server's admin token (or, with none configured, a loopback connection).
+    ``schema_version``: the batch wire schema written (2, both address families; 1 speaks to
+    servers older than IPv6 support and refuses batches holding IPv6)."""
 
     def __init__(self, target: str, *, sender_id: str = "", token: str = "", tls: bool = False,
                  root_certificates: bytes | None = None, timeout: float = 60.0,
-                 max_message_bytes: int = 64 << 20):
+                 max_message_bytes: int = 64 << 20, schema_version: int = SCHEMA_VERSION):
         options = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
         if tls or root_certificates:
@@ -112,6 +104,7 @@ class Client:
         self.timeout = timeout
         self.sender_id = sender_id
         self.busy_retries = 0  #: batches (or stream remainders) sent again after a busy refusal
+        self.schema_version = schema_version
         self._next_sequence: int | None = None
         self._ingest = service_pb2_grpc.IngestStub(self._channel)
         self._query = service_pb2_grpc.QueryStub(self._channel)
@@ -145,11 +138,12 @@ class Client:
     def push_one(self, batch: PacketBatch, sequence: int | None = None) -> Ack:
         """Send one batch; returns the server's ack (after the batch is applied). Busy refusals
         are retried (module docstring)."""
-        message = batch.to_message(sender_id=self.sender_id, sequence=self._sequence(sequence))
+        message = batch_to_message(batch, sender_id=self.sender_id, sequence=self._sequence(sequence),
+                                   schema_version=self.schema_version)
         backoff = _Backoff(self.timeout)
         while True:
             try:
-                return _fields(self._ingest.PushOne(message, timeout=self.timeout, metadata=self._metadata), Ack)
+                return ack_from_message(self._ingest.PushOne(message, timeout=self.timeout, metadata=self._metadata))
             except grpc.RpcError as exc:
                 backoff.wait_or_raise(exc)
                 self.busy_retries += 1
@@ -184,7 +178,8 @@ class Client:
         def messages():
             for batch in batches:
                 seq = self._sequence(first.pop() if first else None)
-                yield batch.to_message(sender_id=self.sender_id, sequence=seq)
+                yield batch_to_message(batch, sender_id=self.sender_id, sequence=seq,
+                                       schema_version=self.schema_version)
         return self.push_messages(messages())
 
     # ------------------------------------------------------------------ queries

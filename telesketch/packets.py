@@ -249,19 +249,36 @@ class PacketBatch:
         """The 4-byte source-address keys (``uint32[n]``, numeric address)."""
         return self.src_ip
 
-    # ------------------------------------------------------------------ wire format
-    def to_message(self, sender_id: str = "", sequence: int = 0):
-        """The protobuf ``telesketch.v1.PacketBatch`` message (one ``bytes`` field per column)."""
-        from telesketch import wire
+    # ------------------------------------------------------------------ address families
+    def family(self, version: int) -> "PacketBatch":
+        """The rows of one address family (``4`` or ``6``), in order; ``self`` when all rows are.
 
-        return wire.batch_to_message(self, sender_id=sender_id, sequence=sequence)
+        For a sketch that handles only IPv4: feed it ``batch.family(4)`` and count
+        ``batch.ipv6_count()`` as skipped, so IPv6 is never silently mis-counted as IPv4.
+        """
+        if version not in (4, 6):
+            raise ValueError(f"address family must be 4 or 6, got {version!r}")
+        n6 = self.ipv6_count()
+        if version == 4:
+            return self if n6 == 0 else self[self.ipv6 == 0]
+        return self if n6 == len(self) else self[self.ipv6 != 0]
 
-    @classmethod
-    def from_message(cls, message) -> "PacketBatch":
-        """Decode a ``telesketch.v1.PacketBatch`` message; raises :class:`BatchError` if malformed."""
-        from telesketch import wire
+    def only_ipv4(self) -> tuple["PacketBatch", int]:
+        """``(IPv4 rows, number of IPv6 rows left out)``: the input of an IPv4-only sketch and the
+        count to report as skipped. No copy when the batch has no IPv6 row."""
+        return self.family(4), self.ipv6_count()
 
-        return wire.message_to_batch(message)
+    def ipv6_count(self) -> int:
+        """Number of IPv6 rows."""
+        return int(np.count_nonzero(self.ipv6)) if len(self) else 0
+
+    def src_keys16(self) -> np.ndarray:
+        """The 16-byte source addresses of every row as ``uint8[n, 16]`` (IPv4 rows v4-mapped)."""
+        return np.ascontiguousarray(self.flow_keys37()[:, 0:16])
+
+    def flow_keys37_void(self) -> np.ndarray:
+        """The 37-byte keys as ``V37`` scalars: hashable, sortable, usable with ``np.unique``."""
+        return np.ascontiguousarray(self.flow_keys37()).view(f"V{FLOW_KEY37_BYTES}").ravel()
 
 
 def flow_key_bytes(src_ip: int, dst_ip: int, src_port: int, dst_port: int, proto: int) -> bytes:
@@ -306,6 +323,36 @@ def parse_ipv6(text: str) -> bytes:
         return ipaddress.IPv6Address(text).packed
     except ipaddress.AddressValueError as exc:
         raise ValueError(f"not an IPv6 address: {text!r}") from exc
+
+
+def unpack_flow_key37(key: bytes) -> tuple[bytes, bytes, int, int, int]:
+    """A 37-byte key as ``(src 16 bytes, dst 16 bytes, src_port, dst_port, proto)``."""
+    if len(key) != FLOW_KEY37_BYTES:
+        raise ValueError(f"an IPv6-capable flow key has {FLOW_KEY37_BYTES} bytes, got {len(key)}")
+    return bytes(key[0:16]), bytes(key[16:32]), int.from_bytes(key[32:34], "big"), int.from_bytes(key[34:36], "big"), key[36]
+
+
+def format_key(key) -> str:
+    """Text of any key an answer holds, for the presenter: an ``int`` or 4 bytes is an IPv4
+    address (``10.0.0.1``), 16 bytes an IPv6 address (RFC 5952, ``2001:db8::1``), 13 or 37 bytes a
+    flow (``10.0.0.1:1234 > 10.0.0.2:80 proto 6``; IPv6 endpoints bracketed, ``[2001:db8::1]:443``,
+    as in RFC 5952 section 6). Other lengths print as hex."""
+    if isinstance(key, (int, np.integer)):
+        return format_ipv4(int(key))
+    key = bytes(key)
+    if len(key) == 4:
+        return format_ipv4(int.from_bytes(key, "big"))
+    if len(key) == 16:
+        return format_ipv6(key)
+    if len(key) == FLOW_KEY_BYTES:
+        s, d, sp, dp, proto = unpack_flow_key(key)
+        return f"{format_ipv4(s)}:{sp} > {format_ipv4(d)}:{dp} proto {proto}"
+    if len(key) == FLOW_KEY37_BYTES:
+        s, d, sp, dp, proto = unpack_flow_key37(key)
+        if s[:12] == V4_MAPPED_PREFIX and d[:12] == V4_MAPPED_PREFIX:
+            return format_key(s[12:] + d[12:] + key[32:])
+        return f"[{format_ipv6(s)}]:{sp} > [{format_ipv6(d)}]:{dp} proto {proto}"
+    return key.hex()
 
 
 def format_ipv4(value: int) -> str:

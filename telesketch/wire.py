@@ -1,43 +1,84 @@
-"""Conversion between :class:`PacketBatch` and the protobuf ``telesketch.v1.PacketBatch`` message.
+"""Conversion between telesketch records and their protobuf messages; the one place that knows both.
 
-Each column travels as one ``bytes`` field (little-endian, dtype as in ``COLUMN_DTYPES``); decoding
-is ``np.frombuffer`` per column, no per-packet work. Decoding validates everything a remote sender
-controls and raises :class:`~telesketch.packets.BatchError` with a precise message, so the service
-can answer ``INVALID_ARGUMENT`` and apply nothing.
+:class:`~telesketch.packets.PacketBatch` <-> ``telesketch.v1.PacketBatch``: each column travels as
+one ``bytes`` field (little-endian, dtype as in ``COLUMN_DTYPES``; blocks row-major); decoding is
+``np.frombuffer`` per column, no per-packet work. Decoding validates everything a remote sender
+controls, once, and raises :class:`~telesketch.packets.BatchError` with a precise message, so the
+service can answer ``INVALID_ARGUMENT`` and apply nothing.
+
+Schema versions (``schema_version``):
+
+* 1: IPv4 only (the fields up to ``header``). Still accepted: every row is read as IPv4.
+* 2: adds ``ipv6`` (u8 flag per row), ``flow_label`` (u32) and the ``src_ip6``/``dst_ip6`` blocks
+  (16 bytes per row). They may be absent (all IPv4); an IPv4-only batch is encoded without them,
+  so IPv4 traffic costs the same bytes as in version 1. The row invariants of
+  :mod:`telesketch.packets` are checked: an IPv6 row has ``src_ip``/``dst_ip`` 0, an IPv4 row
+  all-zero ``src_ip6``/``dst_ip6`` and flow label 0, and flow labels fit 20 bits.
+
+:class:`Ack` <-> ``telesketch.v1.Ack``: what applying one batch did, the one record the service,
+the server and the client share.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
 
-from telesketch.packets import COLUMN_DTYPES, HEADER_BYTES, BatchError, PacketBatch
-from telesketch.v1 import batch_pb2
+from telesketch.packets import BLOCK_COLUMNS, COLUMN_DTYPES, HEADER_BYTES, BatchError, PacketBatch
+from telesketch.v1 import batch_pb2, service_pb2
 
-#: The wire schema version this code writes and accepts.
-SCHEMA_VERSION = 1
+#: The wire schema version this code writes.
+SCHEMA_VERSION = 2
+
+#: Every schema version this code accepts.
+SUPPORTED_VERSIONS = (1, 2)
 
 #: Columns a non-empty batch must carry; the others default to zeros when absent.
 REQUIRED_COLUMNS = ("ts_ns", "src_ip", "dst_ip", "src_port", "dst_port", "proto")
 
+#: Scalar and block columns added by schema version 2 (IPv6).
+V2_SCALAR_COLUMNS = ("ipv6", "flow_label")
+V2_BLOCK_COLUMNS = ("src_ip6", "dst_ip6")
+
 #: Scalar columns that schema version 1 carries (IPv4 only).
-V1_COLUMNS = tuple(name for name in COLUMN_DTYPES if name not in ("ipv6", "flow_label"))
+V1_COLUMNS = tuple(name for name in COLUMN_DTYPES if name not in V2_SCALAR_COLUMNS)
+
+#: Largest IPv6 flow label (20 bits).
+MAX_FLOW_LABEL = (1 << 20) - 1
 
 
-def batch_to_message(batch: PacketBatch, sender_id: str = "", sequence: int = 0) -> batch_pb2.PacketBatch:
-    """Encode a batch as a protobuf message (one ``bytes`` field per column)."""
-    if batch.has_ipv6():
-        raise BatchError("IPv6 packets need wire schema version 2, which this build does not speak yet")
-    fields = {name: getattr(batch, name).tobytes() for name in V1_COLUMNS}
+# ---------------------------------------------------------------------------------------------
+# PacketBatch
+
+
+def batch_to_message(batch: PacketBatch, sender_id: str = "", sequence: int = 0,
+                     schema_version: int = SCHEMA_VERSION) -> batch_pb2.PacketBatch:
+    """Encode a batch as a protobuf message (one ``bytes`` field per column).
+
+    ``schema_version=1`` speaks to servers that predate IPv6 and refuses batches with IPv6 rows.
+    In version 2 the IPv6 columns are left out when the batch has no IPv6 row.
+    """
+    if schema_version not in SUPPORTED_VERSIONS:
+        raise BatchError(f"cannot encode schema_version {schema_version}; supported: {SUPPORTED_VERSIONS}")
+    has_ipv6 = batch.has_ipv6()
+    if has_ipv6 and schema_version < 2:
+        raise BatchError("IPv6 packets need wire schema version 2; version 1 carries IPv4 only")
+    columns = {name: getattr(batch, name).tobytes() for name in V1_COLUMNS}
+    if has_ipv6:
+        columns.update({name: getattr(batch, name).tobytes() for name in V2_SCALAR_COLUMNS})
+        columns.update({name: np.ascontiguousarray(getattr(batch, name)).tobytes() for name in V2_BLOCK_COLUMNS})
     return batch_pb2.PacketBatch(
-        schema_version=SCHEMA_VERSION,
+        schema_version=schema_version,
         sender_id=sender_id,
         sequence=sequence,
         count=len(batch),
         header=np.ascontiguousarray(batch.header).tobytes(),
-        **fields,
+        **columns,
     )
 
 
 def _decode_column(name: str, raw: bytes, count: int) -> np.ndarray | None:
+    """One scalar column as a read-only ``frombuffer`` view, or None when absent."""
     dtype = COLUMN_DTYPES[name]
     if not raw:
         if count and name in REQUIRED_COLUMNS:
@@ -53,24 +94,107 @@ def _decode_column(name: str, raw: bytes, count: int) -> np.ndarray | None:
     return np.frombuffer(raw, dtype)
 
 
-def message_to_batch(message: batch_pb2.PacketBatch) -> PacketBatch:
-    """Decode and validate a message; raises :class:`BatchError` naming the first problem."""
-    if message.schema_version != SCHEMA_VERSION:
+def _decode_block(name: str, raw: bytes, count: int) -> np.ndarray | None:
+    """One ``uint8[count, width]`` block column, or None when absent."""
+    if not raw:
+        return None
+    width = BLOCK_COLUMNS[name]
+    if len(raw) != count * width:
+        raise BatchError(f"column {name!r} has {len(raw)} bytes, expected count * {width} = {count * width}")
+    return np.frombuffer(raw, np.uint8).reshape(count, width)
+
+
+def _check_version(message: batch_pb2.PacketBatch) -> int:
+    version = int(message.schema_version)
+    if version not in SUPPORTED_VERSIONS:
         raise BatchError(
-            f"unsupported schema_version {message.schema_version}; this server speaks {SCHEMA_VERSION}"
+            f"unsupported schema_version {version}; this server speaks {', '.join(map(str, SUPPORTED_VERSIONS))}"
         )
+    if version == 1:
+        extra = [name for name in V2_SCALAR_COLUMNS + V2_BLOCK_COLUMNS if getattr(message, name)]
+        if extra:
+            raise BatchError(f"schema_version 1 message carries version-2 column(s) {extra}; send schema_version 2")
+    return version
+
+
+def _check_families(columns: dict[str, np.ndarray]) -> None:
+    """The IPv4/IPv6 row invariants (see the module docstring); ``columns`` hold what was sent."""
+    ipv6 = columns.get("ipv6")
+    if ipv6 is not None and ipv6.size and int(ipv6.max()) > 1:
+        bad = int(np.flatnonzero(ipv6 > 1)[0])
+        raise BatchError(f"column 'ipv6' must hold 0 (IPv4) or 1 (IPv6); row {bad} holds {int(ipv6[bad])}")
+    is_v6 = ipv6.astype(bool) if ipv6 is not None else None
+    label = columns.get("flow_label")
+    if label is not None and label.size and int(label.max()) > MAX_FLOW_LABEL:
+        raise BatchError(f"column 'flow_label' has values above {MAX_FLOW_LABEL} (flow labels are 20 bits)")
+    if is_v6 is None or not is_v6.any():
+        for name in V2_BLOCK_COLUMNS + ("flow_label",):
+            if name in columns and columns[name].any():
+                raise BatchError(f"column {name!r} is non-zero but no row is IPv6 (column 'ipv6' all 0)")
+        return
+    for name in ("src_ip", "dst_ip"):
+        if columns[name][is_v6].any():
+            raise BatchError(f"column {name!r} must be 0 on IPv6 rows (their address is in {name}6)")
+    is_v4 = ~is_v6
+    for name in V2_BLOCK_COLUMNS + ("flow_label",):
+        if name in columns and columns[name][is_v4].any():
+            raise BatchError(f"column {name!r} must be zero on IPv4 rows")
+
+
+def message_to_batch(message: batch_pb2.PacketBatch) -> PacketBatch:
+    """Decode and validate a version-1 or version-2 message; raises :class:`BatchError` naming the
+    first problem. The batch is built from the validated arrays directly (no second pass)."""
+    version = _check_version(message)
     count = int(message.count)
-    columns = {}
-    for name in V1_COLUMNS:
+    sent: dict[str, np.ndarray] = {}
+    for name in V1_COLUMNS + (V2_SCALAR_COLUMNS if version >= 2 else ()):
         column = _decode_column(name, getattr(message, name), count)
         if column is not None:
-            columns[name] = column
-    if message.header:
-        if len(message.header) != count * HEADER_BYTES:
-            raise BatchError(
-                f"column 'header' has {len(message.header)} bytes, expected count * {HEADER_BYTES} = {count * HEADER_BYTES}"
-            )
-        columns["header"] = np.frombuffer(message.header, np.uint8).reshape(count, HEADER_BYTES)
-    if "hdr_len" in columns and count and int(columns["hdr_len"].max()) > HEADER_BYTES:
+            sent[name] = column
+    for name in ("header",) + (V2_BLOCK_COLUMNS if version >= 2 else ()):
+        block = _decode_block(name, getattr(message, name), count)
+        if block is not None:
+            sent[name] = block
+    if "hdr_len" in sent and count and int(sent["hdr_len"].max()) > HEADER_BYTES:
         raise BatchError(f"column 'hdr_len' has values above {HEADER_BYTES}")
-    return PacketBatch.from_columns(**columns)
+    if count:
+        _check_families(sent)
+    return _trusted_batch(sent, count)
+
+
+def _trusted_batch(columns: dict[str, np.ndarray], count: int) -> PacketBatch:
+    """A batch from arrays already of the right dtype and length, absent ones zero-filled."""
+    arrays = {}
+    for name, dtype in COLUMN_DTYPES.items():
+        arrays[name] = columns[name] if name in columns else np.zeros(count, dtype)
+    for name, width in BLOCK_COLUMNS.items():
+        arrays[name] = columns[name] if name in columns else np.zeros((count, width), np.uint8)
+    return PacketBatch(**arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ack
+
+
+@dataclass(frozen=True)
+class Ack:
+    """What applying one batch did: the service returns it, the server sends it as
+    ``telesketch.v1.Ack``, the client hands it back. Counts are packets."""
+
+    sender_id: str
+    sequence: int
+    duplicate: bool       #: already applied earlier: nothing changed
+    packets: int          #: packets in the batch
+    applied_packets: int  #: packets counted into an epoch
+    late_packets: int     #: packets older than the open epoch: counted, not applied
+    epoch: int            #: the open epoch after this batch
+
+
+def ack_to_message(ack: Ack) -> service_pb2.Ack:
+    """The protobuf ``telesketch.v1.Ack`` of an :class:`Ack`."""
+    return service_pb2.Ack(**{f.name: getattr(ack, f.name) for f in fields(Ack)})
+
+
+def ack_from_message(message: service_pb2.Ack) -> Ack:
+    """The :class:`Ack` of a protobuf ``telesketch.v1.Ack``."""
+    return Ack(**{f.name: getattr(message, f.name) for f in fields(Ack)})

@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 import pytest
 
+from telesketch import wire
 from telesketch.client import Client
 from telesketch.packets import PacketBatch
 
@@ -231,7 +232,7 @@ def test_disk_full_during_ingest_then_kill_and_restart_loses_nothing_acknowledge
     sender gets a retryable status, its retry applies once, and a torn record must not sit in the
     middle of the log: 20 batches acknowledged after space came back survive kill -9."""
     batches = old_batches(60, per_batch=400, epochs=1)  # one epoch: everything stays in the log
-    record = len(batches[0].to_message(sender_id="c", sequence=1).SerializeToString()) + 16
+    record = len(wire.batch_to_message(batches[0], sender_id="c", sequence=1).SerializeToString()) + 16
     limit = 20 + record * 30 + record // 2  # room for 30 records and half of the 31st
     srv = start(servers, tmp_path, fsize_limit=limit)
     c = srv.client(sender_id="c")
@@ -498,7 +499,7 @@ def test_concurrent_large_batches_stay_within_the_inflight_budget_and_refusals_a
     srv = start(servers, tmp_path, max_message_bytes=budget, max_inflight_bytes=budget, durability="every-batch")
     plans = [[make_batch(4000, (OLD_EPOCH + 1) * 10**9 + 10 * i + c, seed=100 * c + i, flows=200)
               for i in range(6)] for c in range(8)]
-    assert all(len(b.to_message().SerializeToString()) > budget // 4 for b in plans[0])
+    assert all(len(wire.batch_to_message(b).SerializeToString()) > budget // 4 for b in plans[0])
     retries, errors = [0] * 8, []
 
     def push(c: int) -> None:
@@ -549,11 +550,11 @@ def test_a_busy_refusal_of_a_lone_batch_names_the_budget_and_changes_nothing(tmp
         budget = svc.service.budget
         assert budget.try_reserve(budget.limit - 1000)  # as if other calls held nearly all of it
         stub = service_pb2_grpc.IngestStub(grpc.insecure_channel(f"127.0.0.1:{svc.grpc_port}"))
-        err = rpc_error(lambda: stub.PushOne(batch.to_message(sender_id="x", sequence=1), timeout=10))
+        err = rpc_error(lambda: stub.PushOne(wire.batch_to_message(batch, sender_id="x", sequence=1), timeout=10))
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "server busy" in err.details() and "max_inflight_bytes" in err.details()
         assert dict(err.trailing_metadata())[RETRY_AFTER_KEY] == "50"
-        big = make_batch(20_000, OLD_EPOCH * 10**9, seed=4).to_message()
+        big = wire.batch_to_message(make_batch(20_000, OLD_EPOCH * 10**9, seed=4))
         err = rpc_error(lambda: stub.PushOne(big, timeout=10))
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_message_bytes" in err.details()
         assert RETRY_AFTER_KEY not in dict(err.trailing_metadata() or ())
@@ -584,7 +585,7 @@ def test_undecodable_messages_are_invalid_argument_counted_and_logged_once(tmp_p
     assert "Traceback" not in srv.output()
     # in a stream, the batches before the bad one are applied before the error returns
     batches = old_batches(5)
-    raw = [b.to_message(sender_id="s", sequence=i + 1).SerializeToString() for i, b in enumerate(batches)]
+    raw = [wire.batch_to_message(b, sender_id="s", sequence=i + 1).SerializeToString() for i, b in enumerate(batches)]
     push = channel.stream_unary("/telesketch.v1.Ingest/Push")
     err = rpc_error(lambda: push(iter(raw + [b"\xff\xff\xff\xff\x0f"]), timeout=10))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "batch #6 of the stream" in err.details()
@@ -616,7 +617,7 @@ def wire_messages(draw) -> bytes:
     batch = make_batch(n, base, span if base < 2**63 else 1, seed=draw(st.integers(0, 1000)))
     sender = draw(st.sampled_from(["", "fuzz-a", "fuzz-b", "s" * 300]))
     sequence = draw(st.one_of(st.integers(0, 8), st.integers(0, 2**64 - 1)))
-    message = batch.to_message(sender_id=sender, sequence=sequence)
+    message = wire.batch_to_message(batch, sender_id=sender, sequence=sequence)
     if kind == "field":
         name = draw(st.sampled_from(COLUMN_FIELDS + ("count", "schema_version")))
         if name in COLUMN_FIELDS:
@@ -818,7 +819,7 @@ def test_telesketch_replay_rides_out_a_full_disk(tmp_path, servers):
     capture = tmp_path / "capture.pcap"
     generate_capture(capture, packets=20_000, flows=500, duration_s=1.0, seed=4)
     sent = list(read_capture(capture, batch_size=1000))
-    record = len(sent[0].to_message(sender_id="r", sequence=1).SerializeToString()) + 16
+    record = len(wire.batch_to_message(sent[0], sender_id="r", sequence=1).SerializeToString()) + 16
     srv = start(servers, tmp_path, epoch_seconds=10, fsize_limit=20 + int(record * 5.5))
     done = threading.Event()
 

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from telesketch import wire
 from telesketch.client import Client
 from telesketch.service import http as service_http
 from telesketch.service.server import ServiceThread, grpc_server_options
@@ -85,7 +86,7 @@ def test_gzip_compressed_batches_are_accepted(tmp_path):
     with ServiceThread(config(tmp_path, sketches={"exact": {"kind": "exact"}}, http_address="")) as svc:
         with grpc.insecure_channel(f"127.0.0.1:{svc.grpc_port}", compression=grpc.Compression.Gzip) as channel:
             ingest = service_pb2_grpc.IngestStub(channel)
-            ack = ingest.PushOne(batch.to_message(sender_id="gz", sequence=1), timeout=10,
+            ack = ingest.PushOne(wire.batch_to_message(batch, sender_id="gz", sequence=1), timeout=10,
                                  compression=grpc.Compression.Gzip)
             assert ack.applied_packets == 2_000
             stats = service_pb2_grpc.QueryStub(channel).Stats(service_pb2.StatsRequest(), timeout=10)

@@ -149,3 +149,54 @@ def test_ipv6_text_is_rfc5952():
     assert format_ipv6(parse_ipv6("::ffff:10.0.0.1")) == "::ffff:10.0.0.1"
     with pytest.raises(ValueError, match="not an IPv6 address"):
         parse_ipv6("2001:db8::g")
+
+
+def mixed_batch(n=8, seed=0):
+    """``n`` packets, every other one IPv6 (random addresses, flow labels), valid per the wire rules."""
+    from telesketch.packets import PacketBatch
+
+    base = small_batch(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    v6 = (np.arange(n) % 2).astype(np.uint8)
+    cols = base.columns()
+    cols["ipv6"] = v6
+    cols["src_ip"] = np.where(v6 == 1, 0, base.src_ip).astype(np.uint32)
+    cols["dst_ip"] = np.where(v6 == 1, 0, base.dst_ip).astype(np.uint32)
+    cols["flow_label"] = np.where(v6 == 1, rng.integers(0, 1 << 20, n), 0).astype(np.uint32)
+    for name in ("src_ip6", "dst_ip6"):
+        cols[name] = rng.integers(0, 256, (n, 16), dtype=np.uint8) * v6[:, None]
+    return PacketBatch.from_columns(**cols)
+
+
+def test_family_selects_rows_and_only_ipv4_counts_what_it_left_out():
+    batch = mixed_batch(9, seed=2)
+    v4, skipped = batch.only_ipv4()
+    assert skipped == 4 == batch.ipv6_count() and len(v4) == 5 and not v4.has_ipv6()
+    assert v4.equals(batch[batch.ipv6 == 0]) and batch.family(6).equals(batch[batch.ipv6 == 1])
+    plain = small_batch(6)
+    assert plain.family(4) is plain and plain.only_ipv4() == (plain, 0) and len(plain.family(6)) == 0
+    with pytest.raises(ValueError, match="4 or 6"):
+        batch.family(5)
+
+
+def test_src_keys16_and_flow_keys37_void_agree_with_flow_keys37():
+    batch = mixed_batch(6, seed=3)
+    keys = batch.flow_keys37()
+    assert np.array_equal(batch.src_keys16(), keys[:, :16])
+    assert [k.tobytes() for k in batch.flow_keys37_void()] == [bytes(k) for k in keys]
+    assert bytes(batch.src_keys16()[0]) == bytes(10) + b"\xff\xff" + int(batch.src_ip[0]).to_bytes(4, "big")
+    assert bytes(batch.src_keys16()[1]) == bytes(batch.src_ip6[1])
+
+
+def test_format_key_prints_every_key_form():
+    from telesketch.packets import flow_key_bytes, format_key, parse_ipv6
+
+    v6 = parse_ipv6("2001:db8::1")
+    assert format_key(0x0A000001) == "10.0.0.1" == format_key(b"\x0a\x00\x00\x01")
+    assert format_key(v6) == "2001:db8::1"
+    assert format_key(flow_key_bytes(0x0A000001, 0x0A000002, 1234, 80, 6)) == "10.0.0.1:1234 > 10.0.0.2:80 proto 6"
+    key37 = v6 + parse_ipv6("2001:db8::2") + (443).to_bytes(2, "big") + (5000).to_bytes(2, "big") + b"\x11"
+    assert format_key(key37) == "[2001:db8::1]:443 > [2001:db8::2]:5000 proto 17"
+    batch = PacketBatch.from_columns(src_ip=[0x0A000001], dst_ip=[0x0A000002], src_port=[1], dst_port=[2], proto=[6])
+    assert format_key(bytes(batch.flow_keys37()[0])) == "10.0.0.1:1 > 10.0.0.2:2 proto 6"
+    assert format_key(b"\x01\x02") == "0102"

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 import pytest
 
+from telesketch import wire
 from telesketch.client import Client
 from telesketch.packets import PacketBatch
 from telesketch.service.config import ServiceConfig
@@ -233,14 +234,14 @@ def test_late_packets_are_counted_and_reported_not_applied(tmp_path):
 
 # ---------------------------------------------------------------------------- bad input
 def _message(**changes):
-    message = generate_batches(1, 64, 64, seed=9)[0].to_message(sender_id="bad", sequence=1000)
+    message = wire.batch_to_message(generate_batches(1, 64, 64, seed=9)[0], sender_id="bad", sequence=1000)
     for name, value in changes.items():
         setattr(message, name, value)
     return message
 
 
 BAD_BATCHES = [
-    ({"schema_version": 2}, grpc.StatusCode.INVALID_ARGUMENT, "schema_version 2"),
+    ({"schema_version": 3}, grpc.StatusCode.INVALID_ARGUMENT, "schema_version 3"),
     ({"dst_ip": b"\x00" * 12}, grpc.StatusCode.INVALID_ARGUMENT, "columns must agree"),
     ({"src_port": b"\x00" * 127}, grpc.StatusCode.INVALID_ARGUMENT, "not a multiple of its 2-byte"),
     ({"ts_ns": b""}, grpc.StatusCode.INVALID_ARGUMENT, "'ts_ns' is missing"),

@@ -164,3 +164,80 @@ def test_hard_mix_has_scanners_elephants_and_hot_prefixes():
     assert np.mean((src >> 8) == 0xB9402A) > 0.05                   # 185.64.42.0/24
     with pytest.raises(ValueError, match="mix"):
         generate_batch(1000, 10, mix="nope")
+
+
+# ------------------------------------------------------------------------- IPv6 flows (issue 18)
+def test_default_ipv6_share_keeps_todays_bytes(tmp_path):
+    """Digests of captures written before ``ipv6_share`` existed (same seeds and arguments)."""
+    a, b = tmp_path / "a.pcap", tmp_path / "b.pcapng"
+    generate_capture(a, packets=3000, flows=200, seed=5)
+    generate_capture(b, packets=3000, flows=200, seed=5, link="vlan", format="pcapng", ip_options_rate=0.1,
+                     frag_rate=0.05, ipv6_rate=0.02, byteorder="big", nanosecond=True, ipv6_share=0.0)
+    assert _digest(a) == "7bc1c799e1303c6e3fa2863b582282f1592cc80217354c6ee975aefc57ecd818"
+    assert _digest(b) == "d3aa86d56610d530d76da3680c3bc22ac0d826bcc725df3fde1a8d98dfd95c0e"
+
+
+MIXED = dict(packets=4000, flows=400, seed=5, ipv6_share=0.4, frag_rate=0.05, ip_options_rate=0.05)
+
+
+@pytest.mark.parametrize("link,fmt", [("ethernet", "pcap"), ("vlan", "pcapng"), ("raw", "pcap"), ("null", "pcap"),
+                                      ("sll2", "pcapng")])
+def test_mixed_batch_equals_file(tmp_path, link, fmt):
+    p = tmp_path / f"m.{fmt}"
+    stats = generate_capture(p, **MIXED, link=link, format=fmt)
+    got = PacketBatch.concat(read_capture(p, batch_size=999))
+    want = generate_batch(**MIXED, link=link)
+    assert got.equals(want)
+    assert stats.packets == len(got) and stats.ipv6_packets == got.ipv6_count() > 0
+
+
+def test_ipv6_flows_are_a_share_of_flows_and_ipv4_flows_are_unchanged(tmp_path):
+    mixed = generate_batch(**MIXED)
+    only4 = generate_batch(**{**MIXED, "ipv6_share": 0.0})
+    stats = generate_capture(tmp_path / "s.pcap", **MIXED)
+    assert 0.3 < stats.ipv6_flows / stats.flows < 0.5 and stats.ipv6_packets == mixed.ipv6_count()
+    assert np.array_equal(mixed.ts_ns, only4.ts_ns)
+    assert mixed.family(4).equals(only4[mixed.ipv6 == 0])  # same IPv4 packets, field for field
+    six = mixed.family(6)
+    assert not six.src_ip.any() and not six.dst_ip.any() and six.flow_label.any()
+    assert set(np.unique(six.proto)) <= {6, 17, 50, 58}
+    # the fragment identification carries the flow's IP-ID sequence (injected gaps included)
+    fragmented = six[(six.ip_id != 0)]
+    assert len(fragmented) > 0
+
+
+def test_ipv6_prefixes_mirror_the_ipv4_hierarchy():
+    six = generate_batch(packets=20_000, flows=2_000, seed=2, ipv6_share=0.5).family(6)
+    top32 = np.unique(six.src_ip6[:, :4].copy().view(">u4").ravel(), return_counts=True)[1].max()
+    assert top32 / len(six) > 0.3  # a few /32 allocations carry most traffic
+    assert len(np.unique(six.src_keys16().view("V16"))) > 100
+
+
+def test_mixed_capture_has_every_extension_header_and_fragments(tmp_path):
+    """scapy's dissectors find each extension header, first and non-first fragments, ESP."""
+    from scapy.layers.inet6 import (IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
+                                    IPv6ExtHdrRouting)
+    from scapy.layers.ipsec import AH, ESP
+    from scapy.utils import rdpcap
+
+    p = tmp_path / "x.pcap"
+    generate_capture(p, **MIXED, snaplen=256)
+    seen = dict.fromkeys(["hbh", "dst", "rt", "ah", "esp", "frag_first", "frag_later"], 0)
+    for pkt in rdpcap(str(p)):
+        if IPv6 not in pkt:
+            continue
+        seen["hbh"] += IPv6ExtHdrHopByHop in pkt
+        seen["dst"] += IPv6ExtHdrDestOpt in pkt
+        seen["rt"] += IPv6ExtHdrRouting in pkt
+        seen["ah"] += AH in pkt
+        seen["esp"] += ESP in pkt
+        if IPv6ExtHdrFragment in pkt:
+            seen["frag_first" if pkt[IPv6ExtHdrFragment].offset == 0 else "frag_later"] += 1
+    assert all(seen.values()), seen
+
+
+def test_ipv6_share_arguments_checked(tmp_path):
+    with pytest.raises(ValueError, match="ipv6_share"):
+        generate_batch(packets=10, flows=2, ipv6_share=1.5)
+    with pytest.raises(ValueError, match="IPv4 only"):
+        generate_capture(tmp_path / "x.pcap", packets=10, flows=2, link="ipv4", ipv6_share=0.5)

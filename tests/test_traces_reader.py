@@ -74,9 +74,44 @@ def _link(frame: bytes, linktype: int):
     raise AssertionError(linktype)
 
 
+EXTENSIONS_8 = (0, 43, 60)  # hop-by-hop, routing, destination options: (len + 1) * 8 bytes
+
+
+def ref_ipv6(ip: bytes, ts_ns: int):
+    """('v6', row dict) for the IPv6 datagram ``ip`` (semantics of ``telesketch.traces.pcap``)."""
+    plen = int.from_bytes(ip[4:6], "big") if len(ip) >= 6 else 0
+    if 0 < plen and plen + 40 < len(ip):
+        ip = ip[:plen + 40]
+    lim = len(ip)
+    ip = ip + bytes(400)  # absent bytes read as zero
+    nh, p, frag_id, first = ip[6], 40, 0, True
+    while p + 2 <= lim and first and nh in EXTENSIONS_8 + (44, 51):
+        if nh == 44:
+            frag_id = int.from_bytes(ip[p + 6:p + 8], "big")
+            first = int.from_bytes(ip[p + 2:p + 4], "big") >> 3 == 0
+            step = 8
+        else:
+            step = (ip[p + 1] + 1) * 8 if nh in EXTENSIONS_8 else (ip[p + 1] + 2) * 4
+        nh, p = ip[p], p + step
+    thl = {6: 20, 17: 8}.get(nh, 0) if first else 0
+    u = lambda a, b: int.from_bytes(ip[a:b], "big")  # noqa: E731
+    header = ip[:8] + ip[p:p + thl]
+    row = dict(ts_ns=ts_ns, ipv6=1, src_ip6=ip[8:24], dst_ip6=ip[24:40], proto=nh,
+               length=min(plen + 40, 65535), ip_id=frag_id, ttl=ip[7], tos=u(0, 2) >> 4 & 0xFF,
+               flow_label=u(1, 4) & 0xFFFFF,
+               src_port=u(p, p + 2) if thl else 0, dst_port=u(p + 2, p + 4) if thl else 0,
+               tcp_seq=u(p + 4, p + 8) if thl == 20 else 0, tcp_flags=ip[p + 13] if thl == 20 else 0,
+               tcp_window=u(p + 14, p + 16) if thl == 20 else 0, hdr_len=len(header),
+               header=header + bytes(HEADER_BYTES - len(header)), short=lim < p + thl)
+    return "v6", row
+
+
 def ref_frame(frame: bytes, linktype: int, ts_ns: int):
-    """('v4', row dict) / ('v6', None) / ('other', None) for one captured frame."""
+    """('v4' | 'v6', row dict) / ('other', None) for one captured frame."""
     off, kind = _link(frame, linktype)
+    if kind == "v6":
+        ip = frame[off:]
+        return ref_ipv6(ip, ts_ns) if ip and ip[0] >> 4 == 6 else ("other", None)
     if kind != "v4":
         return kind, None
     ip = frame[off:]
@@ -106,6 +141,8 @@ def rows_to_batch(rows) -> PacketBatch:
     cols = {name: np.array([r.get(name, 0) for r in rows], dtype=np.uint64).astype(dt)
             for name, dt in COLUMN_DTYPES.items()}
     cols["header"] = np.frombuffer(b"".join(r["header"] for r in rows), np.uint8).reshape(-1, HEADER_BYTES)
+    for name in ("src_ip6", "dst_ip6"):
+        cols[name] = np.frombuffer(b"".join(r.get(name, bytes(16)) for r in rows), np.uint8).reshape(-1, 16)
     return PacketBatch.from_columns(**cols)
 
 
@@ -129,12 +166,12 @@ def scapy_records(path):
 
 def reference(path):
     """(expected batch, expected ReadStats counters) from scapy records + ``ref_frame``."""
-    rows, counts = [], dict(packets_read=0, ipv4=0, ipv6_skipped=0, other_skipped=0, truncated_records=0)
+    rows, counts = [], dict(packets_read=0, ipv4=0, ipv6=0, ipv6_skipped=0, other_skipped=0, truncated_records=0)
     for frame, lt, ts, cut in scapy_records(path):
         kind, row = ref_frame(frame, lt, ts)
         counts["packets_read"] += 1
         counts["truncated_records"] += cut
-        counts[{"v4": "ipv4", "v6": "ipv6_skipped", "other": "other_skipped"}[kind]] += 1
+        counts[{"v4": "ipv4", "v6": "ipv6", "other": "other_skipped"}[kind]] += 1
         if row:
             rows.append(row)
     return rows_to_batch(rows), counts
@@ -169,45 +206,97 @@ def check_against_scapy(path, batch_size=65536):
 def test_real_trace_matches_scapy(path):
     """Every file in ../shared/traces: all columns equal, all counters equal (about 2 s in all)."""
     got, stats = check_against_scapy(path, batch_size=4096)
-    assert stats.ipv4 == len(got) > 0
+    assert stats.ipv4 + stats.ipv6 == len(got) > 0 and stats.ipv6 == got.ipv6_count()
     if path.name.startswith("ndpi"):
-        assert stats.ipv6_skipped > 5000  # the nDPI mix has IPv6
+        assert stats.ipv6 == 5132 and stats.ipv6_skipped == 0  # the nDPI mix has IPv6
 
 
 @needs_traces
 @pytest.mark.needs_traces
 @pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
 def test_real_trace_matches_scapy_layers(path):
-    """Independent decode with scapy's layers on the first 1500 fully captured IPv4 packets."""
-    from scapy.layers.inet import IP, TCP, UDP
+    """Independent decode with scapy's layers on the first 1500 fully captured packets of each family."""
+    from scapy.layers.inet import IP
+    from scapy.layers.inet6 import IPv6
     from scapy.layers.l2 import Ether
 
     got = read_all(path)
-    i = checked = 0
+    i, checked = 0, {"v4": 0, "v6": 0}
     for frame, lt, ts, cut in scapy_records(path):
-        if checked >= 1500:
+        if min(checked.values()) >= 1500:
             break
         kind, _ = ref_frame(frame, lt, ts)
-        if kind != "v4":
+        if kind == "other":
             continue
-        pkt = Ether(frame)
-        off, _ = _link(frame, lt)
-        if IP in pkt and not cut and len(frame) - off >= pkt[IP].len:
-            ip = pkt[IP]
-            assert got.src_ip[i] == int.from_bytes(bytes(map(int, ip.src.split("."))), "big")
-            assert got.dst_ip[i] == int.from_bytes(bytes(map(int, ip.dst.split("."))), "big")
-            assert (got.proto[i], got.length[i], got.ip_id[i], got.ttl[i], got.tos[i]) == (
-                ip.proto, ip.len, ip.id, ip.ttl, ip.tos)
-            l4 = ip.payload
-            if ip.frag == 0 and isinstance(l4, (TCP, UDP)):
-                assert (got.src_port[i], got.dst_port[i]) == (l4.sport, l4.dport)
-            if ip.frag == 0 and isinstance(l4, TCP):
-                assert (got.tcp_seq[i], got.tcp_window[i], got.tcp_flags[i]) == (
-                    l4.seq, l4.window, int(l4.flags) & 0xFF)
+        if checked[kind] < 1500 and not cut:
+            pkt = Ether(frame)
+            off, _ = _link(frame, lt)
+            if kind == "v4" and IP in pkt and len(frame) - off >= pkt[IP].len:
+                assert_scapy_ipv4(pkt[IP], got, i)
+                checked["v4"] += 1
+            elif kind == "v6" and IPv6 in pkt and len(frame) - off >= 40 + pkt[IPv6].plen:
+                assert_scapy_ipv6(pkt[IPv6], got, i)
+                checked["v6"] += 1
             assert got.ts_ns[i] == ts
-            checked += 1
         i += 1
-    assert checked > 0
+    assert checked["v4"] > 0
+    if path.name.startswith("ndpi"):
+        assert checked["v6"] == 1500
+
+
+def assert_scapy_ipv4(ip, got: PacketBatch, i: int) -> None:
+    """Row ``i`` of ``got`` agrees with scapy's decode of the IPv4 layer ``ip``."""
+    from scapy.layers.inet import TCP, UDP
+
+    assert got.ipv6[i] == 0
+    assert got.src_ip[i] == int.from_bytes(bytes(map(int, ip.src.split("."))), "big")
+    assert got.dst_ip[i] == int.from_bytes(bytes(map(int, ip.dst.split("."))), "big")
+    assert (got.proto[i], got.length[i], got.ip_id[i], got.ttl[i], got.tos[i]) == (
+        ip.proto, ip.len, ip.id, ip.ttl, ip.tos)
+    l4 = ip.payload
+    if ip.frag == 0 and isinstance(l4, (TCP, UDP)):
+        assert (got.src_port[i], got.dst_port[i]) == (l4.sport, l4.dport)
+    if ip.frag == 0 and isinstance(l4, TCP):
+        assert (got.tcp_seq[i], got.tcp_window[i], got.tcp_flags[i]) == (
+            l4.seq, l4.window, int(l4.flags) & 0xFF)
+
+
+def assert_scapy_ipv6(ip6, got: PacketBatch, i: int) -> None:
+    """Row ``i`` of ``got`` agrees with scapy's decode of the IPv6 layer ``ip6``: addresses, hop
+    limit, traffic class, flow label, length, and the protocol and ports after scapy's own walk of
+    the extension headers (a non-first fragment ends it: no ports)."""
+    import socket
+
+    from scapy.layers.inet import TCP, UDP
+    from scapy.layers.inet6 import (IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
+                                    IPv6ExtHdrRouting)
+    from scapy.layers.ipsec import AH
+
+    assert got.ipv6[i] == 1 and got.src_ip[i] == 0 == got.dst_ip[i]
+    assert bytes(got.src_ip6[i]) == socket.inet_pton(socket.AF_INET6, ip6.src)
+    assert bytes(got.dst_ip6[i]) == socket.inet_pton(socket.AF_INET6, ip6.dst)
+    assert (got.ttl[i], got.tos[i], got.flow_label[i], got.length[i]) == (ip6.hlim, ip6.tc, ip6.fl, ip6.plen + 40)
+    classes = {0: IPv6ExtHdrHopByHop, 43: IPv6ExtHdrRouting, 44: IPv6ExtHdrFragment, 60: IPv6ExtHdrDestOpt, 51: AH}
+    proto, layer, frag_id, first = ip6.nh, ip6.payload, 0, True
+    while proto in classes:
+        if not isinstance(layer, classes[proto]):  # scapy leaves what follows AH undecoded
+            layer = classes[proto](bytes(layer))
+        proto = layer.nh
+        if isinstance(layer, IPv6ExtHdrFragment):
+            frag_id, first = layer.id & 0xFFFF, layer.offset == 0
+            if not first:
+                break
+        layer = layer.payload
+    assert (got.proto[i], got.ip_id[i]) == (proto, frag_id)
+    if first and proto in (6, 17) and not isinstance(layer, (TCP, UDP)):
+        layer = (TCP if proto == 6 else UDP)(bytes(layer))  # scapy leaves what follows AH undecoded
+    if first and isinstance(layer, (TCP, UDP)) and proto in (6, 17):
+        assert (got.src_port[i], got.dst_port[i]) == (layer.sport, layer.dport)
+        if isinstance(layer, TCP):
+            assert (got.tcp_seq[i], got.tcp_window[i], got.tcp_flags[i]) == (
+                layer.seq, layer.window, int(layer.flags) & 0xFF)
+    else:
+        assert got.src_port[i] == 0 == got.dst_port[i]
 
 
 @needs_traces
@@ -391,7 +480,7 @@ def test_encapsulations_and_edge_frames(tmp_path):
     udp[3], udp[9] = 28, 17
     frames = [
         mac + b"\x88\x64" + bytes([0x11, 0, 0, 1]) + struct.pack(">HH", len(tcp) + 2, 0x21) + tcp,
-        mac + b"\x88\x64" + bytes(6) + b"\x00\x57" + bytes(40),               # PPPoE IPv6
+        mac + b"\x88\x64" + bytes(6) + b"\x00\x57" + b"\x60" + bytes(5) + b"\x3b" + bytes(33),  # PPPoE IPv6
         mac + b"\x88\x47" + bytes([0, 1, 0, 64, 0, 2, 1, 64]) + tcp,           # MPLS, 2 labels
         mac + b"\x91\x00\x00\x05\x81\x00\x00\x06\x08\x00" + bytes(opts_ip),  # 0x9100 + 802.1Q
         mac + b"\x08\x00" + bytes(frag),
@@ -407,7 +496,9 @@ def test_encapsulations_and_edge_frames(tmp_path):
     p = tmp_path / "edge.pcap"
     p.write_bytes(_pcap_file([(f, len(f) + 10) for f in frames]))
     got, stats = check_against_scapy(p, batch_size=3)
-    assert (stats.ipv4, stats.ipv6_skipped, stats.other_skipped) == (8, 1, 4)
+    assert (stats.ipv4, stats.ipv6, stats.other_skipped) == (8, 1, 4)
+    assert got.ipv6.tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0]  # the PPPoE IPv6 frame is a row
+    got = got.family(4)
     assert list(got.src_port) == [4242, 4242, 4242, 0, 0, 53, 4242, 0]
     assert list(got.hdr_len) == [40, 40, 40, 20, 20, 28, 40, 20]
     assert got.header[2, 20:24].tolist() == [0x94, 4, 0, 0] and got.header[2, 24:26].tolist() == [0x10, 0x92]
@@ -615,3 +706,92 @@ def test_pcapng_many_interface_blocks_read_in_linear_time(tmp_path):
     elapsed = time.perf_counter() - start
     assert list(b.ts_ns) == [7_000, 7] and len(stats.link_types) == n_if
     assert elapsed < 5.0, f"{n_if} interface blocks took {elapsed:.1f} s"
+
+
+# ------------------------------------------------------------------------- IPv6 (issue 18)
+@pytest.mark.parametrize("link", ["ethernet", "vlan", "raw", "sll", "sll2", "null"])
+def test_generated_ipv6_matches_scapy(tmp_path, link):
+    """Mixed captures with every extension header and fragments; snaplen 96 cuts some chains."""
+    path = tmp_path / f"g6_{link}.pcap"
+    generate_capture(path, packets=1500, flows=150, seed=12, link=link, ipv6_share=0.5, frag_rate=0.05,
+                     snaplen=96, ipv6_rate=0.02)
+    got, stats = check_against_scapy(path, batch_size=500)
+    assert stats.ipv6 == got.ipv6_count() > 500 and stats.ipv6_skipped == 0
+    assert stats.short_headers > 0
+
+
+def test_generated_ipv6_matches_scapy_layers(tmp_path):
+    """Every IPv6 row of a fully captured mixed capture against scapy's own extension-header walk."""
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    path = tmp_path / "g6.pcap"
+    generate_capture(path, packets=1200, flows=120, seed=13, ipv6_share=0.6, frag_rate=0.1, snaplen=256)
+    got = read_all(path)
+    checked = 0
+    for i, (frame, lt, ts, cut) in enumerate(scapy_records(path)):
+        pkt = Ether(frame)
+        if IPv6 in pkt:
+            assert_scapy_ipv6(pkt[IPv6], got, i)
+            checked += 1
+    assert checked == got.ipv6_count() > 500
+
+
+def _v6(nh, ext=b"", upper=b"", plen=None, tc=0xB8, label=0x12345, hlim=61):
+    src = bytes.fromhex("20010db8000000000000000000000001")
+    dst = bytes.fromhex("20010db8000000000000000000000002")
+    body = ext + upper
+    plen = len(body) if plen is None else plen
+    return (bytes([0x60 | tc >> 4, (tc & 15) << 4 | label >> 16]) + (label & 0xFFFF).to_bytes(2, "big")
+            + plen.to_bytes(2, "big") + bytes([nh, hlim]) + src + dst + body)
+
+
+def test_ipv6_extension_headers_by_hand(tmp_path):
+    """Each extension header, ESP, fragments, cut chains, padding, and the IPv6 link types."""
+    tcp = struct.pack(">HHIIBBHHH", 4242, 443, 77, 0, 0x50, 0x12, 999, 0, 0)
+    udp = struct.pack(">HHHH", 5353, 53, 8, 0)
+    hbh = lambda nxt: bytes([nxt, 0, 1, 4, 0, 0, 0, 0])  # noqa: E731
+    ah = lambda nxt: bytes([nxt, 4, 0, 0]) + bytes(20)    # noqa: E731 - (4 + 2) * 4 = 24 bytes
+    rt = lambda nxt: bytes([nxt, 2, 2, 1]) + bytes(20)    # noqa: E731 - (2 + 1) * 8 = 24 bytes
+    frag = lambda nxt, off, ident: bytes([nxt, 0]) + (off << 3 | 1).to_bytes(2, "big") + ident.to_bytes(4, "big")  # noqa: E731
+    eth = bytes(12) + b"\x86\xdd"
+    frames = [
+        eth + _v6(6, upper=tcp),                                                   # 0 plain TCP
+        eth + _v6(0, hbh(60) + hbh(43) + rt(51) + ah(6), tcp),                    # 1 HBH, DST, RT, AH
+        eth + _v6(44, frag(17, 0, 0xABCD1234), udp),                              # 2 first fragment
+        eth + _v6(44, frag(17, 185, 0xABCD1235), b"\xee" * 16),                    # 3 later fragment
+        eth + _v6(50, bytes(8) + b"\x11" * 16),                                   # 4 ESP
+        eth + _v6(0, hbh(50) + bytes(8)),                                         # 5 HBH then ESP
+        eth + _v6(0, b"\x06", plen=40),                                           # 6 HBH cut after 1 byte
+        eth + _v6(17, upper=udp) + b"\xee" * 20,                                  # 7 Ethernet padding
+        eth + _v6(59, plen=0),                                                    # 8 no next header
+        eth + b"\x45" + bytes(39),                                                # 9 0x86DD, version 4: other
+        eth + _v6(6, upper=tcp)[:30],                                             # 10 cut in the addresses
+    ]
+    p = tmp_path / "v6.pcap"
+    p.write_bytes(_pcap_file([(f, len(f)) for f in frames]))
+    got, stats = check_against_scapy(p, batch_size=4)
+    assert (stats.ipv4, stats.ipv6, stats.other_skipped) == (0, 10, 1)
+    assert got.proto.tolist() == [6, 6, 17, 17, 50, 50, 0, 17, 59, 6]
+    assert got.src_port.tolist() == [4242, 4242, 5353, 0, 0, 0, 0, 5353, 0, 0]
+    assert got.ip_id.tolist() == [0, 0, 0x1234, 0x1235, 0, 0, 0, 0, 0, 0]
+    assert got.hdr_len.tolist() == [28, 28, 16, 8, 8, 8, 8, 16, 8, 28]
+    assert got.length.tolist()[:3] == [60, 40 + 8 * 2 + 24 + 24 + 20, 56]
+    assert (got.ttl[0], got.tos[0], got.flow_label[0], got.tcp_seq[0], got.tcp_window[0]) == (61, 0xB8, 0x12345, 77, 999)
+    assert bytes(got.header[0, :8]) == frames[0][14:22] and bytes(got.header[0, 8:28]) == tcp
+    assert bytes(got.header[1, 8:28]) == tcp  # extension headers are not kept, the TCP header is
+    assert not got.header[7, 16:].any()  # padding past 40 + payload length ignored
+    assert got.src_ip6[0].tolist()[-1] == 1 and got.dst_ip6[0].tolist()[-1] == 2 and not got.src_ip.any()
+    assert got.dst_ip6[9].tolist() == [0x20, 1, 0x0D, 0xB8, 0, 0] + [0] * 10 and got.src_ip6[9, 15] == 1  # cut at 30
+    assert stats.short_headers == 2  # rows 6 and 9 lack part of their headers
+
+
+@pytest.mark.parametrize("linktype,prefix", [(229, b""), (101, b""), (108, (30).to_bytes(4, "big")),
+                                             (0, (28).to_bytes(4, "little")), (113, bytes(14) + b"\x86\xdd"),
+                                             (276, b"\x86\xdd" + bytes(18))])
+def test_ipv6_on_every_link_type(tmp_path, linktype, prefix):
+    tcp = struct.pack(">HHIIBBHHH", 1, 2, 3, 0, 0x50, 0x10, 5, 0, 0)
+    p = tmp_path / "l.pcap"
+    p.write_bytes(_pcap_file([(prefix + _v6(6, upper=tcp), 0)] * 3, linktype=linktype))
+    got, stats = check_against_scapy(p)
+    assert stats.ipv6 == 3 and got.src_port.tolist() == [1, 1, 1] and got.dst_port.tolist() == [2, 2, 2]

@@ -4,30 +4,87 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from telesketch import wire
 from telesketch.packets import BatchError, PacketBatch
-from telesketch.v1 import batch_pb2
-from test_packets import small_batch
+from telesketch.v1 import batch_pb2, service_pb2
+from test_packets import mixed_batch, small_batch
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_round_trip_through_serialized_bytes_is_exact():
+def _through_bytes(message):
+    return batch_pb2.PacketBatch.FromString(message.SerializeToString())
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_round_trip_through_serialized_bytes_is_exact(version):
     batch = small_batch(100, seed=3)
-    message = batch.to_message(sender_id="collector-1", sequence=42)
-    decoded_message = batch_pb2.PacketBatch.FromString(message.SerializeToString())
+    message = wire.batch_to_message(batch, sender_id="collector-1", sequence=42, schema_version=version)
+    decoded_message = _through_bytes(message)
     assert decoded_message.sender_id == "collector-1" and decoded_message.sequence == 42
-    assert PacketBatch.from_message(decoded_message).equals(batch)
+    assert decoded_message.schema_version == version
+    assert wire.message_to_batch(decoded_message).equals(batch)
+
+
+def test_mixed_families_round_trip_in_schema_2():
+    batch = mixed_batch(50, seed=4)
+    message = wire.batch_to_message(batch, sender_id="c", sequence=1)
+    assert message.schema_version == 2 == wire.SCHEMA_VERSION
+    decoded = wire.message_to_batch(_through_bytes(message))
+    assert decoded.equals(batch) and decoded.ipv6_count() == 25
+    assert np.array_equal(decoded.flow_keys37(), batch.flow_keys37())
+
+
+def test_ipv4_only_batch_in_schema_2_costs_the_bytes_of_schema_1():
+    batch = small_batch(64, seed=5)
+    v1 = wire.batch_to_message(batch, schema_version=1).SerializeToString()
+    v2 = wire.batch_to_message(batch).SerializeToString()
+    assert len(v2) == len(v1)
+
+
+def test_version_1_message_from_todays_clients_is_read_as_ipv4():
+    """A message built field by field as a schema-1 client does (no IPv6 fields at all)."""
+    batch = small_batch(10, seed=6)
+    old = batch_pb2.PacketBatch(schema_version=1, count=10, header=batch.header.tobytes(),
+                                **{name: getattr(batch, name).tobytes() for name in wire.V1_COLUMNS})
+    decoded = wire.message_to_batch(_through_bytes(old))
+    assert decoded.equals(batch) and not decoded.has_ipv6() and not decoded.src_ip6.any()
+
+
+def test_schema_1_cannot_carry_ipv6_rows():
+    with pytest.raises(BatchError, match="schema version 2"):
+        wire.batch_to_message(mixed_batch(4), schema_version=1)
+    with pytest.raises(BatchError, match="schema_version 3"):
+        wire.batch_to_message(small_batch(4), schema_version=3)
 
 
 def test_empty_batch_round_trips():
-    assert len(PacketBatch.from_message(PacketBatch.empty().to_message())) == 0
+    assert len(wire.message_to_batch(wire.batch_to_message(PacketBatch.empty()))) == 0
+
+
+def test_decoded_batch_is_built_without_a_second_validation_pass(monkeypatch):
+    """wire validates once; PacketBatch.from_columns (the validating constructor) is not called."""
+    message = _through_bytes(wire.batch_to_message(mixed_batch(8)))
+
+    def refuse(**columns):
+        raise AssertionError("from_columns called on an already validated wire batch")
+
+    monkeypatch.setattr(PacketBatch, "from_columns", staticmethod(refuse))
+    assert len(wire.message_to_batch(message)) == 8
 
 
 def _message(**overrides):
-    message = small_batch(4).to_message()
+    message = wire.batch_to_message(small_batch(4))
+    for name, value in overrides.items():
+        setattr(message, name, value)
+    return message
+
+
+def _v6_message(**overrides):
+    message = wire.batch_to_message(mixed_batch(4))
     for name, value in overrides.items():
         setattr(message, name, value)
     return message
@@ -36,7 +93,7 @@ def _message(**overrides):
 @pytest.mark.parametrize(
     "overrides, error",
     [
-        ({"schema_version": 2}, "schema_version 2"),
+        ({"schema_version": 3}, "schema_version 3"),
         ({"schema_version": 0}, "schema_version 0"),
         ({"src_port": b"\x00" * 7}, "not a multiple of its 2-byte"),
         ({"dst_ip": b"\x00" * 12}, "3 values but count is 4"),
@@ -49,6 +106,33 @@ def _message(**overrides):
 def test_malformed_messages_raise_precise_errors(overrides, error):
     with pytest.raises(BatchError, match=error):
         wire.message_to_batch(_message(**overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        ({"src_ip6": b"\x00" * 63}, "'src_ip6' has 63 bytes, expected count \\* 16 = 64"),
+        ({"dst_ip6": b"\x00" * 65}, "'dst_ip6' has 65 bytes"),
+        ({"ipv6": b"\x00\x01\x02\x01"}, "'ipv6' must hold 0 \\(IPv4\\) or 1 \\(IPv6\\); row 2 holds 2"),
+        ({"ipv6": b"\x00\x01\x00"}, "'ipv6' holds 3 values but count is 4"),
+        ({"flow_label": np.full(4, 1 << 20, "<u4").tobytes()}, "above 1048575"),
+        ({"src_ip": np.full(4, 7, "<u4").tobytes()}, "'src_ip' must be 0 on IPv6 rows"),
+        ({"dst_ip": np.full(4, 7, "<u4").tobytes()}, "'dst_ip' must be 0 on IPv6 rows"),
+        ({"src_ip6": b"\x01" * 64}, "'src_ip6' must be zero on IPv4 rows"),
+        ({"flow_label": np.full(4, 1, "<u4").tobytes()}, "'flow_label' must be zero on IPv4 rows"),
+        ({"ipv6": b""}, "'src_ip6' is non-zero but no row is IPv6"),
+        ({"schema_version": 1}, "schema_version 1 message carries version-2 column"),
+    ],
+)
+def test_malformed_version_2_messages_raise_precise_errors(overrides, error):
+    with pytest.raises(BatchError, match=error):
+        wire.message_to_batch(_v6_message(**overrides))
+
+
+def test_ack_round_trips_through_its_message():
+    ack = wire.Ack("c", 7, False, 10, 9, 1, 42)
+    message = service_pb2.Ack.FromString(wire.ack_to_message(ack).SerializeToString())
+    assert wire.ack_from_message(message) == ack
 
 
 def test_optional_columns_may_be_absent():
@@ -77,3 +161,38 @@ def test_generated_code_matches_the_proto_sources(tmp_path):
         fresh = tmp_path / "telesketch" / "v1" / module
         committed = REPO / "telesketch" / "v1" / module
         assert _serialized_descriptor(committed) == _serialized_descriptor(fresh), f"{module} is stale: run `make proto`"
+
+
+def test_both_schema_versions_through_a_real_server(tmp_path):
+    """A v2 client's mixed batch and a v1 client's IPv4 batch on one loopback server: the exact kind
+    counts the IPv6 flows and sources exactly, the IPv4-only sketch is fed the IPv4 rows only."""
+    from telesketch.client import Client
+    from telesketch.service.config import ServiceConfig
+    from telesketch.service.server import ServiceThread
+    from telesketch.sketches import exact
+    from test_exact_ipv6 import skewed_mixed_batch
+
+    epoch_ns = 1_700_000_000 * 10**9
+    mixed = skewed_mixed_batch(400, seed=11)
+    mixed = PacketBatch.from_columns(**{**mixed.columns(), "ts_ns": mixed.ts_ns + np.uint64(epoch_ns)})
+    older = small_batch(50, seed=12)
+    older = PacketBatch.from_columns(**{**older.columns(), "ts_ns": older.ts_ns + np.uint64(epoch_ns + 10)})
+    cfg = ServiceConfig(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0", data_dir=str(tmp_path / "d"),
+                        epoch_seconds=1.0, sketches={"exact": {"kind": "exact", "key": "src_ip", "phi": 0.05},
+                                                     "hh": {"kind": "hiddensketch", "memory_bytes": 64 * 1024}})
+    svc = ServiceThread(cfg).start()
+    try:
+        with Client(f"127.0.0.1:{svc.grpc_port}", sender_id="v2") as new, \
+                Client(f"127.0.0.1:{svc.grpc_port}", sender_id="v1", schema_version=1) as old:
+            with pytest.raises(BatchError, match="schema version 2"):
+                old.push_one(mixed)  # refused before anything is sent
+            ack = new.push_one(mixed)
+            assert (ack.packets, ack.applied_packets, ack.duplicate) == (400, 400, False)
+            assert old.push_one(older).applied_packets == 50
+            both = PacketBatch.concat([mixed, older])
+            want = exact.mixed_heavy_hitters(both, "src_ip", phi=0.05)
+            got = dict(new.heavy_hitters(epoch=1_700_000_000, sketch="exact"))
+            assert got == want and any(isinstance(k, bytes) and len(k) == 16 for k in got)
+        assert svc.service.sketchset.ipv6_withheld == {"hh": mixed.ipv6_count()}
+    finally:
+        svc.stop()

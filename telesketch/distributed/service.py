@@ -41,7 +41,7 @@ from telesketch.distributed.cluster import (
     shard_spec,
     shard_specs,
 )
-from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
+from telesketch.packets import PacketBatch
 from telesketch.service import sketchset as ss
 from telesketch.errors import Unavailable
 from telesketch.sketches.core import EPOCHS, SketchError, Window, envelope_algorithm, over_shards, pack_state, unpack_state

@@ -44,7 +44,7 @@ def load_trace(path) -> PacketBatch:
     """Every IPv4 packet of a capture as one batch (``telesketch.traces.read_capture``)."""
     from telesketch.traces import read_capture
 
-    return PacketBatch.concat(read_capture(path))
+    return PacketBatch.concat(read_capture(path)).family(4)  # the readers also yield IPv6 rows
 
 
 def inflow_positions(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

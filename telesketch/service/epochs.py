@@ -53,6 +53,7 @@ import numpy as np
 
 from telesketch.packets import PacketBatch
 from telesketch.errors import IngestRejected, Precondition
+from telesketch.wire import Ack, batch_to_message, message_to_batch
 from telesketch.service.sketchset import SketchSet
 
 log = logging.getLogger("telesketch.service")
@@ -136,17 +137,8 @@ class Epoch:
     closed: bool = False
 
 
-@dataclass
-class ApplyResult:
-    """What applying one batch did (becomes the gRPC ``Ack``)."""
-
-    sender_id: str
-    sequence: int
-    duplicate: bool
-    packets: int
-    applied_packets: int
-    late_packets: int
-    epoch: int
+#: What applying one batch did (becomes the gRPC ``Ack``): the one record in telesketch.wire.
+ApplyResult = Ack
 
 
 @dataclass
@@ -452,7 +444,7 @@ class EpochManager:
                 if self._wal_fd is not None:
                     try:
                         self._log(raw if raw is not None
-                                  else batch.to_message(sender_id=sender_id, sequence=sequence).SerializeToString())
+                                  else batch_to_message(batch, sender_id=sender_id, sequence=sequence).SerializeToString())
                     except LogWriteError:
                         if sender_id:
                             self._unlogged[sender_id] = min(sequence, pending or sequence)
@@ -842,7 +834,7 @@ class EpochManager:
                                  f"batches {self.lsn + 1}..{lsn - 1} are missing")
                 try:
                     message = batch_pb2.PacketBatch.FromString(payload)
-                    batch = PacketBatch.from_message(message)
+                    batch = message_to_batch(message)
                 except Exception as exc:  # noqa: BLE001 - any decode failure is damage, named by offset
                     self._damage(f"{wal_path}: record at offset {offset} (LSN {lsn}) does not decode "
                                  f"({type(exc).__name__}: {exc}); dropped")
@@ -898,7 +890,7 @@ class EpochManager:
                                 len(data) - offset)
                     break
                 message = batch_pb2.PacketBatch.FromString(data[offset + 4 : offset + 4 + size])
-                self.apply(PacketBatch.from_message(message), message.sender_id, message.sequence)
+                self.apply(message_to_batch(message), message.sender_id, message.sequence)
                 self.lsn += 1
                 offset += 4 + size
                 replayed += 1

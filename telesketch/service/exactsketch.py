@@ -1,10 +1,19 @@
 """The ``exact`` sketch kind: exact answers for small deployments and end-to-end tests.
 
-It keeps the epoch's packets (the 5-tuple, ``ts_ns`` and ``ip_id`` columns: 23 bytes per packet)
-and answers every query with the ground-truth oracles of :mod:`telesketch.sketches.exact`, so its
-answers are exactly what those oracles say on the same packets. Memory grows with the epoch's
-packet count; use it where an epoch holds at most a few million packets. It merges (concatenation),
-so windows over several epochs are answered exactly.
+It keeps the epoch's packets (the 5-tuple, ``ts_ns`` and ``ip_id`` columns: 23 bytes per packet,
+plus ``ipv6`` and the 16-byte ``src_ip6``/``dst_ip6`` for batches holding IPv6: 56 bytes per
+packet) and answers every query with the ground-truth oracles of :mod:`telesketch.sketches.exact`,
+so its answers are exactly what those oracles say on the same packets. Memory grows with the
+epoch's packet count; use it where an epoch holds at most a few million packets. It merges
+(concatenation), so windows over several epochs are answered exactly.
+
+Both address families are counted exactly (``exact.mixed_*``): heavy hitters/changers and flow
+counts hold IPv4 keys as before (``int`` addresses, 13-byte flows) and IPv6 keys as 16-byte
+addresses / 37-byte flows, against thresholds over all packets. HHH and gap events cover the IPv4
+rows only for now (IPv6 prefix trees and IPv6 gap semantics come with the sketches that answer
+them, issue 18); their thresholds still count every packet. The state is written in layout
+version 1 (today's) while it holds no IPv6 packet, so IPv4-only snapshots are unchanged; version 2
+adds the IPv6 columns, and both are read.
 """
 from __future__ import annotations
 
@@ -12,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
+from telesketch.packets import FLOW_KEY37_BYTES, FLOW_KEY_BYTES, V4_MAPPED_PREFIX, PacketBatch
 from telesketch.sketches import exact
 from telesketch.sketches.core import SketchError, check_same_params, pack_state, unpack_state
 from telesketch.sketches.core import Sketch
@@ -22,6 +31,8 @@ GAP_EVENT_DTYPE = np.dtype([("src_ip", "<u4"), ("dst_ip", "<u4"), ("src_port", "
                             ("proto", "u1"), ("jump", "<i4"), ("ts_ns", "<u8")])
 
 _COLUMNS = ("ts_ns", "src_ip", "dst_ip", "src_port", "dst_port", "proto", "ip_id")
+#: Columns kept in addition for batches holding IPv6 (zero-filled for chunks without them).
+_IPV6_COLUMNS = ("ipv6", "src_ip6", "dst_ip6")
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,15 @@ class ExactSketchParams:
 class ExactSketch(Sketch):
     """Exact per-epoch counters over the stored packets (see the module docstring)."""
 
+    @classmethod
+    def takes_ipv6(cls, params: dict) -> bool:
+        """IPv6 rows are counted (module docstring: how)."""
+        return True
+
     ALGORITHM = "exact-service"
-    VERSION = 1
+    VERSION = 2           #: layout with the IPv6 columns
+    VERSION_IPV4 = 1      #: layout without them (written while no IPv6 packet is held)
+    IPV6 = True           #: counts IPv6 packets exactly (the service feeds it both families)
 
     def __init__(self, params: ExactSketchParams | None = None, **kwargs):
         if params is not None and kwargs:
@@ -66,18 +84,33 @@ class ExactSketch(Sketch):
 
     # ------------------------------------------------------------------ state
     def update(self, batch: PacketBatch) -> None:
-        """Keep the batch's key, timestamp and ``ip_id`` columns (copies, so the batch may go)."""
+        """Keep the batch's key, timestamp and ``ip_id`` columns, and the IPv6 ones when it holds
+        IPv6 (copies, so the batch may go)."""
         if not isinstance(batch, PacketBatch):
             raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}")
         if len(batch):
-            self._chunks.append({name: np.array(getattr(batch, name)) for name in _COLUMNS})
+            names = _COLUMNS + _IPV6_COLUMNS if batch.has_ipv6() else _COLUMNS
+            self._chunks.append({name: np.array(getattr(batch, name)) for name in names})
 
     def _columns(self) -> dict[str, np.ndarray]:
+        """All stored packets as one chunk (the IPv6 columns only when some chunk has them)."""
         if len(self._chunks) != 1:
             empty = PacketBatch.empty()
             parts = self._chunks or [{name: getattr(empty, name) for name in _COLUMNS}]
-            self._chunks = [{name: np.concatenate([p[name] for p in parts]) for name in _COLUMNS}]
+            names = _COLUMNS + (_IPV6_COLUMNS if any(_IPV6_COLUMNS[0] in p for p in parts) else ())
+
+            def part(p, name):
+                if name in p:
+                    return p[name]
+                n = len(p["ts_ns"])
+                return np.zeros((n, 16) if name in ("src_ip6", "dst_ip6") else n, getattr(empty, name).dtype)
+
+            self._chunks = [{name: np.concatenate([part(p, name) for p in parts]) for name in names}]
         return self._chunks[0]
+
+    def _has_ipv6(self) -> bool:
+        cols = self._columns()
+        return "ipv6" in cols and bool(cols["ipv6"].any())
 
     def batch(self) -> PacketBatch:
         """The stored packets as a batch (absent columns zero)."""
@@ -102,70 +135,104 @@ class ExactSketch(Sketch):
         return twin
 
     def to_bytes(self) -> bytes:
-        return pack_state(self.ALGORITHM, self.VERSION, self.params, self._columns())
+        """Layout version 1 (the IPv4 columns) while no IPv6 packet is held, else version 2."""
+        cols = self._columns()
+        if self._has_ipv6():
+            return pack_state(self.ALGORITHM, self.VERSION, self.params, cols)
+        return pack_state(self.ALGORITHM, self.VERSION_IPV4, self.params, {n: cols[n] for n in _COLUMNS})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ExactSketch":
-        params, arrays, _, _ = unpack_state(data, cls.ALGORITHM, cls.VERSION)
+        """A sketch from :meth:`to_bytes` output of either layout version."""
+        try:
+            params, arrays, _, _ = unpack_state(data, cls.ALGORITHM, cls.VERSION)
+            expected = set(_COLUMNS + _IPV6_COLUMNS)
+        except SketchError as exc:
+            if f"version {cls.VERSION_IPV4}," not in str(exc):
+                raise
+            params, arrays, _, _ = unpack_state(data, cls.ALGORITHM, cls.VERSION_IPV4)
+            expected = set(_COLUMNS)
         sketch = cls(**params)
-        if set(arrays) != set(_COLUMNS) or len({len(a) for a in arrays.values()}) != 1:
+        if set(arrays) != expected or len({len(a) for a in arrays.values()}) != 1:
             raise SketchError("exact sketch state has missing or ragged columns")
         sketch._chunks = [arrays]
         return sketch
 
     # ------------------------------------------------------------------ queries
     def keys(self) -> np.ndarray:
-        """Heavy-hitter keys: ``uint32`` addresses (source or destination) or ``V13`` flow keys."""
+        """IPv4 heavy-hitter keys: ``uint32`` addresses (source or destination) or ``V13`` flow keys
+        (the IPv6 ones: :func:`telesketch.sketches.exact.family_keys` of :meth:`batch`)."""
         if self.params.key in ("src_ip", "dst_ip"):
-            return self._columns()[self.params.key]
-        return self.batch().flow_keys_void()
+            return getattr(self.batch().family(4), self.params.key)
+        return self.batch().family(4).flow_keys_void()
 
     def heavy_hitters(self, phi: float | None = None, threshold: float | None = None) -> list[tuple]:
-        """``[(key, count)]`` with count ``> phi * N`` (default ``params.phi``) or ``> threshold``."""
+        """``[(key, count)]`` with count ``> phi * N`` (default ``params.phi``) or ``> threshold``;
+        IPv4 and IPv6 keys (see the module docstring), ``N`` all packets."""
         if phi is None and threshold is None:
             phi = self.params.phi
-        return _sorted(exact.heavy_hitters(self.keys(), phi=phi, threshold=threshold).items())
+        return _sorted(exact.mixed_heavy_hitters(self.batch(), self.params.key, phi=phi, threshold=threshold).items())
 
     def heavy_changers(self, previous: "ExactSketch", phi: float | None = None,
                        threshold: float | None = None) -> list[tuple]:
         """``[(key, count_now - count_before)]`` with ``|change| > phi * max(N_before, N_now)``."""
         if phi is None and threshold is None:
             phi = self.params.phi
-        return _sorted(exact.heavy_changers(previous.keys(), self.keys(), phi=phi, threshold=threshold).items(),
-                       by_abs=True)
+        changes = exact.mixed_heavy_changers(previous.batch(), self.batch(), self.params.key, phi=phi,
+                                             threshold=threshold)
+        return _sorted(changes.items(), by_abs=True)
 
     def hhh(self, phi: float | None = None, threshold: float | None = None) -> list[tuple[int, int, float]]:
-        """Discounted HHH over source prefixes: ``[(prefix, length, discounted_count)]``."""
+        """Discounted HHH over IPv4 source prefixes: ``[(prefix, length, discounted_count)]``
+        (``phi`` a fraction of all packets, IPv6 included)."""
         if phi is None and threshold is None:
             phi = self.params.hhh_phi
-        found = exact.hhh(self._columns()["src_ip"], phi=phi, threshold=threshold, mode=self.params.hhh_mode)
+        if threshold is None:
+            threshold = exact.threshold_for(self.packets, phi)
+        v4 = self.batch().family(4)
+        found = exact.hhh(v4.src_ip, threshold=threshold, mode=self.params.hhh_mode)
         return sorted(((p, length, c) for (p, length), c in found.items()), key=lambda e: (-e[1], e[0]))
 
     def gap_events(self) -> np.ndarray:
-        """Ground-truth gap items of these packets (``ip_id`` as SEQ): a structured array with the
-        5-tuple and ``ts_ns`` of every packet that opens a major gap, arrival order."""
-        cols = self._columns()
+        """Ground-truth gap items of the IPv4 packets (``ip_id`` as SEQ; IPv6 rows have no IP-ID
+        sequence and open no gap): a structured array with the 5-tuple and ``ts_ns`` of every
+        packet that opens a major gap, arrival order."""
+        v4 = self.batch().family(4)
         p = self.params
-        keys = self.batch().flow_keys()
-        flags = exact.gap_labels(keys, cols["ip_id"], p.gap_t1, p.gap_t2, p.gap_reset) if len(keys) else np.zeros(0, bool)
+        keys = v4.flow_keys()
+        flags = exact.gap_labels(keys, v4.ip_id, p.gap_t1, p.gap_t2, p.gap_reset) if len(keys) else np.zeros(0, bool)
         events = np.zeros(int(flags.sum()), GAP_EVENT_DTYPE)
         for name in ("ts_ns", "src_ip", "dst_ip", "src_port", "dst_port", "proto"):
-            events[name] = cols[name][flags]
+            events[name] = getattr(v4, name)[flags]
         return events
 
     def flow_counts(self) -> dict[bytes, int]:
-        return exact.count_dict(self.batch().flow_keys_void())
+        """Packets per flow: 13-byte keys for IPv4 flows, 37-byte keys for IPv6 flows."""
+        return exact.mixed_count_dict(self.batch(), "flow")
 
     def flow_size(self, keys: np.ndarray) -> np.ndarray:
-        """Exact packet count of each 13-byte key (``uint8[n, 13]``): ``int64[n]``."""
+        """Exact packet count of each key: ``uint8[n, 13]`` (IPv4) or ``uint8[n, 37]`` (either
+        family; v4-mapped addresses name IPv4 flows): ``int64[n]``."""
         counts = self.flow_counts()
-        keys = np.ascontiguousarray(keys, np.uint8).reshape(-1, FLOW_KEY_BYTES)
-        return np.array([counts.get(k.tobytes(), 0) for k in keys], np.int64)
+        keys = np.ascontiguousarray(keys, np.uint8)
+        width = keys.shape[-1] if keys.ndim == 2 else FLOW_KEY_BYTES
+        if width not in (FLOW_KEY_BYTES, FLOW_KEY37_BYTES):
+            raise SketchError(f"flow keys must be {FLOW_KEY_BYTES} or {FLOW_KEY37_BYTES} bytes wide, got {width}")
+        keys = keys.reshape(-1, width)
+        return np.array([counts.get(_lookup_key(k.tobytes()), 0) for k in keys], np.int64)
 
     def top_flows(self, k: int) -> list[tuple[bytes, int]]:
         """The ``k`` largest flows ``(13-byte key, count)``, count descending then key ascending."""
         return _sorted(self.flow_counts().items())[:k]
 
 
+def _lookup_key(key: bytes) -> bytes:
+    """The :meth:`ExactSketch.flow_counts` form of a 13- or 37-byte key (v4-mapped -> 13 bytes)."""
+    if len(key) == FLOW_KEY37_BYTES and key[:12] == V4_MAPPED_PREFIX and key[16:28] == V4_MAPPED_PREFIX:
+        return key[12:16] + key[28:32] + key[32:37]
+    return key
+
+
 def _sorted(items, by_abs: bool = False) -> list[tuple]:
-    return sorted(items, key=lambda kv: (-(abs(kv[1]) if by_abs else kv[1]), kv[0]))
+    """Count descending, then IPv4 (``int``) keys before IPv6 (``bytes``) keys, then key ascending."""
+    return sorted(items, key=lambda kv: (-(abs(kv[1]) if by_abs else kv[1]), isinstance(kv[0], bytes), kv[0]))

@@ -61,6 +61,7 @@ from telesketch.service.queries import QueryEngine, WindowSpec
 from telesketch.errors import (IngestRejected, NotFound, Precondition, QueryError, TelesketchError, TooLarge,
                                Unavailable)
 from telesketch.service.sketchset import SketchSet
+from telesketch import wire
 from telesketch.v1 import batch_pb2, service_pb2, service_pb2_grpc
 
 log = logging.getLogger("telesketch.service")
@@ -242,7 +243,7 @@ class IngestService:
             raise BatchRejected(QueryError, "invalid",
                                 f"sender {message.sender_id!r}: sequence numbers start at 1 (0 is only for anonymous senders)")
         try:
-            batch = PacketBatch.from_message(message)
+            batch = wire.message_to_batch(message)
         except BatchError as exc:
             raise BatchRejected(QueryError, "invalid", str(exc)) from None
         if len(batch):
@@ -312,7 +313,7 @@ class IngestService:
             await self._reject(context, exc)
         future = await self._admit(request, batch)
         result = await _result(future, context, self.service.metrics)
-        return service_pb2.Ack(**vars(result))
+        return wire.ack_to_message(result)
 
     async def Push(self, request_iterator, context) -> service_pb2.PushSummary:
         futures, index = [], 0

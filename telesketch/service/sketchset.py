@@ -345,6 +345,8 @@ class SketchSet:
     _cost: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
     #: wall seconds each sketch spent in ``update`` so far (for benchmarks)
     update_seconds: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: IPv6 packets withheld from each IPv4-only sketch (``Sketch.takes_ipv6``)
+    ipv6_withheld: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, specs: dict[str, dict[str, Any]], device: str = "cpu") -> "SketchSet":
@@ -380,6 +382,10 @@ class SketchSet:
         wall time. A state whose ``caller_thread_only`` is set (the GPU twins: one device queue, and
         Numba's CUDA simulator is not thread-safe) is updated on the calling thread, first.
         """
+        parts = dict(parts)
+        for cs in (cs for cs in self.sketches if parts.get(cs.name) is not None and not cs.cls.takes_ipv6(cs.params)):
+            parts[cs.name], skipped = parts[cs.name].only_ipv4()  # IPv6 rows must not count as IPv4
+            self.ipv6_withheld[cs.name] = self.ipv6_withheld.get(cs.name, 0) + skipped
         names = [name for name, part in parts.items() if part is not None and len(part)]
         threads = min(len(names), self.threads)
         if threads <= 1:

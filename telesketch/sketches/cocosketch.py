@@ -602,6 +602,11 @@ class BlockSketchVerbs(Sketch):
     ``layer_estimates()`` and ``report_threshold(threshold)``.
     """
 
+    @classmethod
+    def takes_ipv6(cls, params: dict) -> bool:
+        """IPv6 rows are counted (module docstring: how)."""
+        return True
+
     ALGORITHM: str
     VERSION: int
     PARAMS: type

@@ -312,6 +312,12 @@ class Sketch:
     def start_epoch(self, epoch: int) -> None:
         """A new epoch starts (continuous kinds keep their state and tag what follows)."""
 
+    @classmethod
+    def takes_ipv6(cls, params: dict) -> bool:
+        """Whether a sketch built from ``params`` counts IPv6 rows. When not, the service withholds
+        them from it (``PacketBatch.only_ipv4``) and counts them, so they never count as IPv4."""
+        return False
+
     #: updates must run on the thread that made the sketch (the GPU twins: one device queue, and
     #: Numba's CUDA simulator is not thread-safe); the service then never hands it to a pool thread
     caller_thread_only: bool = False

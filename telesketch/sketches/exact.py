@@ -4,7 +4,13 @@ Keys are given as numpy arrays and answers use plain Python keys:
 
 * 4-byte keys (source addresses): ``uint32[n]`` in, ``int`` out;
 * 13-byte flow keys: ``uint8[n, 13]`` rows or ``V13`` scalars (``PacketBatch.flow_keys()`` /
-  ``flow_keys_void()``) in, ``bytes`` out.
+  ``flow_keys_void()``) in, ``bytes`` out;
+* IPv6: 16-byte source addresses and 37-byte flow keys (``uint8[n, 16]`` / ``uint8[n, 37]`` rows,
+  e.g. ``PacketBatch.src_keys16()`` / ``flow_keys37()``, IPv4 v4-mapped) work with every
+  function above as any other byte key. For a batch of both families, :func:`family_keys` and the
+  ``mixed_*`` functions count each family in its own key form (IPv4 sources ``int``, IPv6 sources
+  16 ``bytes``; IPv4 flows 13 ``bytes``, IPv6 flows 37 ``bytes``) against one threshold over
+  all packets, so IPv4 answers are unchanged by IPv6 traffic other than through ``N``.
 
 Thresholds are strict everywhere (a key is heavy when its count is ``> threshold``), as the specs
 define them. Memory is O(distinct keys); these functions are for tests, benchmarks and ``--exact``
@@ -66,6 +72,11 @@ def _threshold(n_items: int, phi: float | None, threshold: float | None) -> floa
     return float(threshold)
 
 
+def threshold_for(n_items: int, phi: float) -> float:
+    """The absolute threshold ``phi * n_items`` (ValueError unless ``0 < phi < 1``)."""
+    return _threshold(n_items, phi, None)
+
+
 def heavy_hitters(keys: np.ndarray, phi: float | None = None, threshold: float | None = None) -> dict[Hashable, int]:
     """Keys whose count is ``> phi * n`` (or ``> threshold``): ``{key: count}``."""
     keys = _as_key_array(keys)
@@ -96,6 +107,48 @@ def heavy_changers(
         if abs(delta) > thr:
             changes[key] = delta
     return changes
+
+
+# ---------------------------------------------------------------------------- both address families
+#: Key forms of :func:`family_keys`: the batch column of IPv4 keys for each key name.
+FAMILY_KEYS = ("src_ip", "dst_ip", "flow")
+
+
+def family_keys(batch, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(IPv4 keys, IPv6 keys)`` of a :class:`~telesketch.packets.PacketBatch`, in row order.
+
+    ``key`` ``src_ip``/``dst_ip``: ``(uint32[n4], uint8[n6, 16])``; ``flow``: ``(uint8[n4, 13],
+    uint8[n6, 37])``.
+    """
+    if key not in FAMILY_KEYS:
+        raise ValueError(f"key must be one of {FAMILY_KEYS}, got {key!r}")
+    v4, v6 = batch.family(4), batch.family(6)
+    if key == "flow":
+        return v4.flow_keys(), v6.flow_keys37()
+    return getattr(v4, key), np.ascontiguousarray(getattr(v6, key + "6"))
+
+
+def mixed_count_dict(batch, key: str) -> dict[Hashable, int]:
+    """Exact count of every key of both families (key forms as in the module docstring)."""
+    keys4, keys6 = family_keys(batch, key)
+    return {**count_dict(keys4), **(count_dict(keys6) if len(keys6) else {})}
+
+
+def mixed_heavy_hitters(batch, key: str, phi: float | None = None,
+                        threshold: float | None = None) -> dict[Hashable, int]:
+    """Keys of both families whose count is ``> phi * len(batch)`` (or ``> threshold``)."""
+    thr = _threshold(len(batch), phi, threshold)
+    return {k: c for k, c in mixed_count_dict(batch, key).items() if c > thr}
+
+
+def mixed_heavy_changers(before, after, key: str, phi: float | None = None,
+                         threshold: float | None = None) -> dict[Hashable, int]:
+    """Keys of both families whose count changes by more than ``phi * max(n_before, n_after)``
+    (or ``threshold``) between two batches: ``{key: count_after - count_before}``."""
+    thr = _threshold(max(len(before), len(after)), phi, threshold)
+    old, new = mixed_count_dict(before, key), mixed_count_dict(after, key)
+    changes = {k: new.get(k, 0) - old.get(k, 0) for k in old.keys() | new.keys()}
+    return {k: d for k, d in changes.items() if abs(d) > thr}
 
 
 # ---------------------------------------------------------------------------- hierarchical heavy hitters

@@ -812,6 +812,11 @@ class _EventLog:
 class _GapFilterBase(Sketch):
     """Shared plumbing: parameters, event log, epochs, serialisation, the public verbs."""
 
+    @classmethod
+    def takes_ipv6(cls, params: dict) -> bool:
+        """IPv6 rows are counted (module docstring: how)."""
+        return True
+
     ALGORITHM: ClassVar[str]
     PARAMS: ClassVar[type]
     #: layout 2: events with the IPv6 fields, coverage counters; layout 1 (IPv4 events) still loads

@@ -945,6 +945,11 @@ class HiddenSketch(Sketch):
     either pass between sketches in the same pass.
     """
 
+    @classmethod
+    def takes_ipv6(cls, params: dict) -> bool:
+        """IPv6 rows are counted (module docstring: how)."""
+        return True
+
     def __init__(self, params: HiddenSketchParams | None = None, **kwargs):
         if params is None:
             params = HiddenSketchParams(**kwargs)

@@ -624,6 +624,12 @@ class LLMSketch(Sketch):
     ``parallel`` selects the bucket-parallel kernel (same results).
     """
 
+    @classmethod
+    def takes_ipv6(cls, params: dict) -> bool:
+        """The flow-size tasks key IPv6 flows on their 37-byte tuple; ``heavy_hitters`` and ``hhh``
+        store IPv4 keys and refuse IPv6 rows, so the service withholds those from them."""
+        return params.get("task", "flow_size") in ("flow_size", "heavy_hitters37")
+
     def __init__(self, memory_bytes: int = 400 * 1024, task: str = "flow_size", estimator: Any = None,
                  *, heavy_ratio: float | None = None, seed: int = 0, estimator_path=None,
                  rescore: bool = False, cache_flows: int = 1 << 20, scoring: str = "auto", provisional=None,

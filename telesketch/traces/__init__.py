@@ -3,8 +3,9 @@
 ``read_capture(path)`` yields :class:`~telesketch.packets.PacketBatch` objects from classic pcap
 (either byte order, micro- or nanosecond), pcapng, or gzip-compressed either, detected by magic
 bytes. ``generate_capture(path, ...)`` writes a synthetic classic pcap (or pcapng) whose flows
-follow a Zipf law, with IPv4-ID gaps for gap detection; ``generate_batch(...)`` returns the same
-packets as a batch without touching the disk.
+follow a Zipf law, with IPv4-ID gaps for gap detection (and, with ``ipv6_share``, IPv6 flows with
+extension headers and fragments); ``generate_batch(...)`` returns the same packets as a batch
+without touching the disk.
 """
 from __future__ import annotations
 
@@ -54,10 +55,11 @@ def _kind(source: ByteSource) -> str:
 
 
 def read_capture(path, batch_size: int = 65536, stats: ReadStats | None = None):
-    """Yield ``PacketBatch`` objects (at most ``batch_size`` IPv4 packets each) from a capture.
+    """Yield ``PacketBatch`` objects (at most ``batch_size`` IPv4 and IPv6 packets each) from a capture.
 
     Memory stays bounded: the file is memory-mapped (gzip input decompressed through a sliding
-    window) and each batch is parsed straight into its columns by a Numba kernel. Non-IPv4
+    window) and each batch is parsed straight into its columns by a Numba kernel. IPv6 packets are
+    rows with ``ipv6 == 1`` (``batch.family(4)`` keeps the IPv4 ones; docs/IPV6.md); non-IP
     packets are skipped and counted in ``stats`` (a :class:`ReadStats`, updated in place as
     batches are yielded). Unknown formats or link types, and truncated or corrupt data, raise
     :class:`CaptureError`; for damage mid-file the good packets before it are yielded first.

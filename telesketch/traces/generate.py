@@ -20,6 +20,18 @@ deterministic):
 
 Frames are written truncated to ``snaplen`` bytes (headers only, as in CAIDA traces); the IPv4
 total length keeps the full size. Optional noise: IPv4 options, non-first fragments, IPv6 frames.
+
+**IPv6 flows** (``ipv6_share``: the fraction of flows, drawn from a separate random stream so the
+IPv4 flows are those of the IPv4-only capture, and ``ipv6_share=0`` writes today's bytes): the
+same sizes, timestamps, ports and TCP fields, sent over IPv6. Addresses follow the IPv4 hierarchy
+one level down: /32 from the IPv4 /8 (a few real-looking allocations), /48 from the /16, /56 from
+the /24, and a per-host interface identifier. Hop limit = TTL, traffic class = TOS, a random flow
+label per flow (0 for ICMPv6). Each packet carries an extension-header chain from
+``_EXT_TEMPLATES`` (none, hop-by-hop, destination options, routing type 2, hop-by-hop +
+destination options + AH, ESP), and UDP packets may carry a fragment header (first fragments
+with the UDP header, non-first ones without; the IPv4 model's non-first fragments become IPv6
+non-first fragments). The fragment identification's low 16 bits run the flow's IP-ID sequence
+(with its injected gaps); ICMP becomes ICMPv6 echo (58).
 """
 from __future__ import annotations
 
@@ -35,12 +47,27 @@ from telesketch.packets import HEADER_BYTES, PacketBatch
 LINKS = {"ethernet": 1, "vlan": 1, "raw": 101, "ipv4": 228, "sll": 113, "sll2": 276, "null": 0}
 GAP_CLASSES = (("minor", 2, 5, 0.50), ("major", 5, 30, 0.35), ("large", 30, 2000, 0.15))
 _L3L4 = 96  # widest IPv4 header (60) + TCP header with options (32), rounded up
+#: IPv6 extension-header chains (next-header values in order) and their weights per IPv6 packet.
+_EXT_TEMPLATES = ((), (0,), (60,), (43,), (0, 60, 51), (50,))
+_EXT_WEIGHTS = (0.70, 0.07, 0.06, 0.05, 0.06, 0.06)
+#: Bytes of each extension header as written (ESP: SPI + sequence number, then opaque payload).
+_EXT_LEN = {0: 8, 60: 8, 43: 24, 51: 24, 44: 8, 50: 8}
+_ESP_PAYLOAD = 16
+#: Widest IPv6 datagram prefix written: header (40) + longest chain with a fragment header (48)
+#: + TCP header with options (32).
+_L3L4_V6 = 40 + 48 + 32
+#: Share of UDP packets of IPv6 flows that get a first / a non-first fragment header.
+_V6_FIRST_FRAG, _V6_LATER_FRAG = 0.04, 0.04
+#: /32 allocations the IPv6 addresses are drawn into (by the IPv4 first octet).
+_V6_PREFIXES = np.array([0x20010DB8, 0x2A001450, 0x26001F18, 0x2001067C, 0x2C0FFB50, 0x2406DA00], np.uint64)
 _CHUNK = 65536
 
 
 @dataclass
 class GenerateStats:
-    """What a generator call produced (packets are IPv4 rows; ``noise_packets`` are extra IPv6)."""
+    """What a generator call produced: ``packets`` rows of both families (``ipv6_packets`` of them
+    in ``ipv6_flows`` IPv6 flows); ``noise_packets`` are the extra IPv6/UDP frames of
+    ``ipv6_rate``, outside the model and not in ``generate_batch``."""
 
     path: str | None
     packets: int
@@ -55,16 +82,21 @@ class GenerateStats:
     nanosecond: bool = False
     bytes_written: int = 0
     max_flow_size: int = 0
+    ipv6_packets: int = 0
+    ipv6_flows: int = 0
 
 
 @dataclass
 class _Synth:
-    """Per-packet model output in file order (IPv4 only), plus the summary."""
+    """Per-packet model output in file order, plus the summary."""
 
     batch: PacketBatch
-    l3: np.ndarray          # uint8[n, _L3L4] IPv4 + transport bytes as written
-    l3_len: np.ndarray      # IPv4 total length of each datagram (bytes on the wire after the link header)
+    l3: np.ndarray          # uint8[n, W] IP (+ extension) + transport bytes as written
+    l3_len: np.ndarray      # length of each datagram (bytes on the wire after the link header)
     stats: GenerateStats
+    l2_src: np.ndarray      # u32 per packet: the flow's IPv4 source (link-layer addresses, VLAN choice)
+    l2_dst: np.ndarray
+    is_ipv6: np.ndarray     # bool per packet
 
 
 def _be(arr: np.ndarray, col: int, values, width: int) -> None:
@@ -305,7 +337,7 @@ def _tcp_layer(rng, flow, first, last, ft, ip_len, ihl, nfl):
 
 
 def _synthesize(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
-                reorder_rate, ip_options_rate, frag_rate, start_s, mix="zipf") -> _Synth:
+                reorder_rate, ip_options_rate, frag_rate, start_s, mix="zipf", ipv6_share=0.0) -> _Synth:
     packets, flows = int(packets), int(flows)
     if packets < 1 or flows < 1:
         raise ValueError(f"packets and flows must be positive, got {packets}, {flows}")
@@ -352,18 +384,33 @@ def _synthesize(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, sn
     _be(l3, 10, _ip_checksum(l3, ihl), 2)
     l4 = _transport(n, proto, ft, flow, flags, doff, seq, ack, window, ip_len, ihl, rng)
     _place(l3, ihl * 4, l4, thl)
+    is6 = np.zeros(n, bool)
+    dlen = ip_len
+    if ipv6_share > 0:
+        rng6 = np.random.default_rng([int(seed), 2])  # its own stream: the IPv4 flows stay as they were
+        is6 = (rng6.random(flows) < ipv6_share)[flow]
+        l3, dlen = _ipv6_rows(rng6, l3, is6, flow, flows, proto, l4, thl, ip_len, ihl, frag, ids, ft, src, dst)
 
-    avail = np.minimum(np.minimum(snaplen - _l2_len(link, src[flow]), ip_len), _L3L4)
+    avail = np.minimum(np.minimum(snaplen - _l2_len(link, src[flow]), dlen), l3.shape[1])
     if np.any(avail < 20):
         raise ValueError(f"snaplen {snaplen} leaves less than an IPv4 header after the link header")
     order = np.argsort(ts, kind="stable")
-    l3, ts, ihl, proto, frag, ip_len, avail, flow = (
-        l3[order], ts[order], ihl[order], proto[order], frag[order], ip_len[order], avail[order], flow[order])
-    batch = _batch_from_bytes(l3, avail, ts, ihl, proto, frag)
+    l3, ts, ihl, proto, frag, dlen, avail, flow, is6 = (
+        l3[order], ts[order], ihl[order], proto[order], frag[order], dlen[order], avail[order], flow[order],
+        is6[order])
+    if is6.any():
+        four = ~is6
+        parts = [_batch_from_bytes(l3[four, :_L3L4], avail[four], ts[four], ihl[four], proto[four], frag[four]),
+                 _batch6_from_bytes(l3[is6], avail[is6], ts[is6])]
+        where = np.concatenate([np.flatnonzero(four), np.flatnonzero(is6)])
+        batch = PacketBatch.concat(parts)[np.argsort(where, kind="stable")]
+    else:
+        batch = _batch_from_bytes(l3, avail, ts, ihl, proto, frag)
     stats = GenerateStats(path=None, packets=n, flows=flows, gaps=sum(gaps_by_class.values()),
                           gaps_by_class=gaps_by_class, reorders=reorders, nanosecond=nanosecond,
-                          max_flow_size=int(sizes.max()))
-    return _Synth(batch=batch, l3=l3, l3_len=ip_len, stats=stats)
+                          max_flow_size=int(sizes.max()), ipv6_packets=int(is6.sum()),
+                          ipv6_flows=len(np.unique(flow[is6])))
+    return _Synth(batch=batch, l3=l3, l3_len=dlen, stats=stats, l2_src=src[flow], l2_dst=dst[flow], is_ipv6=is6)
 
 
 def _dedupe_ports(rng, src, dst, ft) -> None:
@@ -466,6 +513,170 @@ def _batch_from_bytes(l3, avail, ts, ihl, proto, frag) -> PacketBatch:
 
 
 # ---------------------------------------------------------------------------------------------
+# IPv6 flows
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """A 64-bit mix of each value (splitmix64 finaliser): per-host interface identifiers."""
+    z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _ipv6_addresses(v4: np.ndarray, salt: int) -> np.ndarray:
+    """``uint8[k, 16]`` addresses mirroring the IPv4 hierarchy: /32 from the /8, /48 from the /16,
+    /56 from the /24, interface identifier from the whole address (``salt`` separates sources and
+    destinations)."""
+    v4 = np.asarray(v4, np.uint64)
+    out = np.zeros((len(v4), 16), np.uint8)
+    o1, o2, o3 = v4 >> np.uint64(24), (v4 >> np.uint64(16)) & np.uint64(255), (v4 >> np.uint64(8)) & np.uint64(255)
+    _be(out, 0, _V6_PREFIXES[(o1 + np.uint64(salt)) % np.uint64(len(_V6_PREFIXES))], 4)
+    _be(out, 4, o2 * np.uint64(251) & np.uint64(0xFFFF), 2)
+    out[:, 6] = o3
+    _be(out, 8, _mix64(v4 ^ np.uint64(salt << 40)), 8)
+    return out
+
+
+def _ipv6_rows(rng, l3, is6, flow, flows, proto, l4, thl, ip_len, ihl, frag, ids, ft, src, dst):
+    """``(l3, datagram lengths)`` with the rows ``is6`` rewritten as IPv6 datagrams (see the module
+    docstring) carrying the same upper-layer bytes (``ip_len - ihl * 4``); ``l3`` widens to
+    ``_L3L4_V6`` bytes."""
+    n = len(flow)
+    out = np.zeros((n, _L3L4_V6), np.uint8)
+    out[:, :_L3L4] = l3
+    dlen = np.asarray(ip_len, np.int64).copy()
+    upper_len = dlen - ihl * 4
+    rows = np.flatnonzero(is6)
+    label = np.where(ft["proto"] == 1, 0, rng.integers(1, 1 << 20, flows))
+    frag_hi = rng.integers(0, 1 << 16, flows)
+    template = rng.choice(len(_EXT_TEMPLATES), size=len(rows), p=_EXT_WEIGHTS)
+    udp = proto[rows] == 17
+    u = rng.random(len(rows))
+    later = frag[rows] | (udp & (u < _V6_LATER_FRAG))
+    first = udp & ~later & (u < _V6_LATER_FRAG + _V6_FIRST_FRAG)
+    later &= template != 5
+    first &= template != 5  # no fragment header inside ESP
+    upper = np.where(proto[rows] == 1, 58, proto[rows])
+    f = flow[rows]
+    head = np.zeros((len(rows), 40), np.uint8)
+    tc = ft["tos"][f]
+    head[:, 0] = 0x60 | (tc >> 4)
+    head[:, 1] = ((tc & 15) << 4) | (label[f] >> 16)
+    _be(head, 2, label[f] & 0xFFFF, 2)
+    head[:, 7] = ft["ttl"][f]
+    head[:, 8:24] = _ipv6_addresses(src[f], 0)
+    head[:, 24:40] = _ipv6_addresses(dst[f], 1)
+    body = upper_len[rows]
+    for t, chain in enumerate(_EXT_TEMPLATES):
+        for fragment in (None, "first", "later"):
+            sel = (template == t) & {None: ~(first | later), "first": first, "later": later}[fragment]
+            if not sel.any():
+                continue
+            k = np.flatnonzero(sel)
+            types = chain + ((44,) if fragment else ())
+            nexts = types[1:] + ((int(-1),) if types and types[-1] == 50 else (-2,))
+            block = np.zeros((len(k), _L3L4_V6), np.uint8)
+            block[:, :40] = head[k]
+            block[:, 6] = types[0] if types else 0
+            if not types:
+                block[:, 6] = upper[k]
+            pos = 40
+            for typ, nxt in zip(types, nexts):
+                nxt_val = upper[k] if nxt == -2 else (nxt if nxt >= 0 else 0)
+                pos = _write_extension(block, k, pos, typ, nxt_val, fragment, rows, ids, frag_hi, f, rng)
+            ext_len = pos - 40
+            if types and types[-1] == 50:
+                block[:, pos:pos + _ESP_PAYLOAD] = rng.integers(0, 256, (len(k), _ESP_PAYLOAD), dtype=np.uint8)
+                plen = ext_len + _ESP_PAYLOAD + body[k]
+            elif fragment == "later":
+                plen = ext_len + body[k]
+            else:
+                width = np.where(upper[k] == 58, 8, thl[rows[k]])
+                icmp6 = l4[rows[k]].copy()
+                icmp6[upper[k] == 58, 0] = 128  # ICMPv6 echo request
+                _place(block, np.full(len(k), pos), icmp6, width)
+                plen = ext_len + body[k]
+            _be(block, 4, plen, 2)
+            out[rows[k]] = block
+            dlen[rows[k]] = 40 + plen
+    return out, dlen
+
+
+def _write_extension(block, k, pos, typ, nxt, fragment, rows, ids, frag_hi, f, rng) -> int:
+    """Write one extension header of type ``typ`` at ``pos`` in every row of ``block``; returns the
+    offset after it."""
+    block[:, pos] = nxt
+    if typ in (0, 60):      # hop-by-hop / destination options: PadN over the 6 option bytes
+        block[:, pos + 2:pos + 4] = [1, 4]
+    elif typ == 43:         # routing type 2 (mobile IPv6): one home address
+        block[:, pos + 1:pos + 4] = [2, 2, 1]
+        block[:, pos + 8:pos + 24] = block[:, 8:24]
+    elif typ == 51:         # AH: payload length 4 -> (4 + 2) * 4 = 24 bytes; SPI, sequence, ICV
+        block[:, pos + 1] = 4
+        block[:, pos + 4:pos + 24] = rng.integers(0, 256, (len(k), 20), dtype=np.uint8)
+    elif typ == 44:         # fragment: offset (8-byte units) << 3 | M, identification
+        offset = rng.integers(185, 193, len(k)) if fragment == "later" else np.zeros(len(k), np.int64)
+        more = rng.random(len(k)) < 0.5 if fragment == "later" else np.ones(len(k), bool)
+        _be(block, pos + 2, (offset << 3) | more, 2)
+        _be(block, pos + 4, (frag_hi[f[k]].astype(np.uint64) << np.uint64(16)) | ids[rows[k]].astype(np.uint64), 4)
+    elif typ == 50:         # ESP: SPI, sequence number (the rest is opaque)
+        block[:, pos:pos + 8] = rng.integers(0, 256, (len(k), 8), dtype=np.uint8)
+    return pos + _EXT_LEN[typ]
+
+
+#: IPv6 extension headers the readers walk (ESP ends the walk).
+_WALKED = (0, 43, 60, 51, 44)
+
+
+def _batch6_from_bytes(l3, avail, ts) -> PacketBatch:
+    """The IPv6 rows a reader extracts from these datagrams (bytes past ``avail`` absent), by the
+    rules of ``telesketch.traces.pcap.parse_ipv6`` applied to whole columns."""
+    n, width = l3.shape
+    rows = np.arange(n)
+    seen = np.zeros((n, width + 64), np.uint8)
+    seen[:, :width] = l3
+    plen = _read_be(seen, 4, 2).astype(np.int64)
+    lim = np.where((plen > 0) & (plen + 40 < avail), plen + 40, avail)
+    seen[np.arange(width + 64)[None, :] >= lim[:, None]] = 0
+    nh = seen[:, 6].astype(np.int64)
+    p = np.full(n, 40, np.int64)
+    ip_id = np.zeros(n, np.int64)
+    first = np.ones(n, bool)
+    active = np.ones(n, bool)
+    for _ in range(8):
+        q = np.minimum(p, width)  # past ``width`` every byte is absent (lim <= width)
+        walk = active & (p + 2 <= lim) & np.isin(nh, _WALKED)
+        frag = walk & (nh == 44)
+        step = np.where(nh == 51, (seen[rows, q + 1].astype(np.int64) + 2) * 4,
+                        np.where(frag, 8, (seen[rows, q + 1].astype(np.int64) + 1) * 8))
+        ip_id = np.where(frag, _read_be(seen, q + 6, 2).astype(np.int64), ip_id)
+        later = frag & ((_read_be(seen, q + 2, 2).astype(np.int64) >> 3) != 0)
+        first &= ~later
+        nh = np.where(walk, seen[rows, q].astype(np.int64), nh)
+        p = np.where(walk, p + step, p)
+        active = walk & ~later
+    thl = np.where(first & (nh == 6), 20, np.where(first & (nh == 17), 8, 0))
+    q = np.minimum(p, width)
+    header = np.zeros((n, HEADER_BYTES), np.uint8)
+    header[:, :8] = seen[:, :8]
+    for k in range(20):
+        header[:, 8 + k] = np.where(k < thl, seen[rows, q + k], 0)
+    ports, is_tcp = thl > 0, thl == 20
+    z = np.zeros(n, np.uint64)
+    return PacketBatch.from_columns(
+        ts_ns=ts, ipv6=np.ones(n, np.uint8), src_ip6=seen[:, 8:24], dst_ip6=seen[:, 24:40],
+        src_port=np.where(ports, _read_be(seen, q, 2), z), dst_port=np.where(ports, _read_be(seen, q + 2, 2), z),
+        proto=nh, length=np.minimum(plen + 40, 65535), ip_id=ip_id, ttl=seen[:, 7],
+        tos=(_read_be(seen, 0, 2) >> np.uint64(4)) & np.uint64(0xFF), flow_label=_read_be(seen, 1, 3) & np.uint64(0xFFFFF),
+        tcp_flags=np.where(is_tcp, _read_be(seen, q + 13, 1), z),
+        tcp_window=np.where(is_tcp, _read_be(seen, q + 14, 2), z),
+        tcp_seq=np.where(is_tcp, _read_be(seen, q + 4, 4), z),
+        hdr_len=8 + thl, header=header,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # link layers and file writers
 
 
@@ -519,9 +730,10 @@ def _l2(link: str, ethertype: np.ndarray, src: np.ndarray, dst: np.ndarray, rng)
     return out, np.zeros(n, np.int64)          # raw / ipv4
 
 
-def _ipv6_noise(rng, count: int, ts_all: np.ndarray):
-    """IPv6/UDP datagrams (header bytes, length, timestamps) to interleave as skipped noise."""
-    l3 = np.zeros((count, _L3L4), np.uint8)
+def _ipv6_noise(rng, count: int, ts_all: np.ndarray, width: int = _L3L4):
+    """IPv6/UDP datagrams (header bytes ``uint8[count, width]``, length, timestamps) to interleave
+    as noise outside the traffic model."""
+    l3 = np.zeros((count, width), np.uint8)
     l3[:, 0] = 0x60
     plen = rng.integers(16, 600, count)
     _be(l3, 4, plen, 2)
@@ -540,9 +752,9 @@ def _frames(link, l3, dlen, ethertype, src, dst, snaplen, rng):
     origlen = l2len + dlen
     caplen = np.minimum(origlen, snaplen)
     width = int(caplen.max()) if len(caplen) else 0
-    fr = np.zeros((len(l3), max(width, 22 + _L3L4)), np.uint8)
+    fr = np.zeros((len(l3), max(width, 22 + l3.shape[1])), np.uint8)
     _place(fr, np.zeros(len(l3), np.int64), l2, l2len)
-    _place(fr, l2len, l3, np.minimum(caplen - l2len, _L3L4))
+    _place(fr, l2len, l3, np.minimum(caplen - l2len, l3.shape[1]))
     return fr, caplen, origlen
 
 
@@ -596,9 +808,13 @@ def _file_header(fmt, linktype, snaplen, nanosecond, order) -> bytes:
     return shb + idb
 
 
-def _check_args(link, fmt, byteorder):
+def _check_args(link, fmt, byteorder, ipv6_share=0.0):
     if link not in LINKS:
         raise ValueError(f"unknown link {link!r}; choose one of {sorted(LINKS)}")
+    if not 0.0 <= ipv6_share <= 1.0:
+        raise ValueError(f"ipv6_share must be in [0, 1], got {ipv6_share}")
+    if ipv6_share > 0 and link == "ipv4":
+        raise ValueError("link 'ipv4' (228) carries IPv4 only; use another link for ipv6_share > 0")
     if fmt not in ("pcap", "pcapng"):
         raise ValueError(f"format must be 'pcap' or 'pcapng', got {fmt!r}")
     if byteorder not in ("little", "big"):
@@ -609,24 +825,25 @@ def generate_batch(packets: int, flows: int, zipf: float = 1.1, gap_rate: float 
                    *, duration_s: float = 10.0, nanosecond: bool = False, snaplen: int = 128,
                    link: str = "ethernet", reorder_rate: float | None = None,
                    ip_options_rate: float = 0.0, frag_rate: float = 0.0,
-                   start_s: float = 1.7e9, mix: str = "zipf") -> PacketBatch:
-    """The IPv4 packets ``generate_capture`` would write with the same arguments, as a batch.
+                   start_s: float = 1.7e9, mix: str = "zipf", ipv6_share: float = 0.0) -> PacketBatch:
+    """The packets ``generate_capture`` would write with the same arguments, as a batch (both
+    families with ``ipv6_share``; the ``ipv6_rate`` noise frames are not part of it).
 
     Identical, column for column, to reading that file back (timestamps are rounded to
     microseconds unless ``nanosecond``; fields cut off by ``snaplen`` read as zero).
     ``mix="hard"``: scanners, elephants, a Zipf body of sources and hot /16 and /24 prefixes
     (see ``_hard_mix``).
     """
-    _check_args(link, "pcap", "little")
+    _check_args(link, "pcap", "little", ipv6_share)
     return _model(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
-                  reorder_rate, ip_options_rate, frag_rate, start_s, mix).batch
+                  reorder_rate, ip_options_rate, frag_rate, start_s, mix, ipv6_share).batch
 
 
 def _model(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
-           reorder_rate, ip_options_rate, frag_rate, start_s, mix="zipf") -> _Synth:
+           reorder_rate, ip_options_rate, frag_rate, start_s, mix="zipf", ipv6_share=0.0) -> _Synth:
     reorder_rate = gap_rate / 10 if reorder_rate is None else reorder_rate
     return _synthesize(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
-                       reorder_rate, ip_options_rate, frag_rate, start_s, mix)
+                       reorder_rate, ip_options_rate, frag_rate, start_s, mix, ipv6_share)
 
 
 def generate_capture(path, packets: int = 1_000_000, flows: int = 50_000, zipf: float = 1.1,
@@ -635,26 +852,30 @@ def generate_capture(path, packets: int = 1_000_000, flows: int = 50_000, zipf: 
                      byteorder: str = "little", format: str = "pcap",
                      reorder_rate: float | None = None, ip_options_rate: float = 0.0,
                      frag_rate: float = 0.0, ipv6_rate: float = 0.0,
-                     start_s: float = 1.7e9, progress=None, mix: str = "zipf") -> GenerateStats:
+                     start_s: float = 1.7e9, progress=None, mix: str = "zipf",
+                     ipv6_share: float = 0.0) -> GenerateStats:
     """Write a synthetic capture (classic pcap, or pcapng with ``format="pcapng"``) to ``path``.
 
     ``link`` is one of ethernet, vlan (802.1Q, a quarter QinQ), raw (101), ipv4 (228), sll (113),
     sll2 (276), null (0). ``byteorder`` sets the file's byte order; ``nanosecond`` the timestamp
-    resolution. ``ipv6_rate`` adds that fraction of extra IPv6 frames, which readers skip.
+    resolution. ``ipv6_share`` sends that fraction of the flows over IPv6 (extension headers and
+    fragments in the mix, see the module docstring); 0 writes today's IPv4-only bytes.
+    ``ipv6_rate`` adds that fraction of extra IPv6/UDP noise frames outside the traffic model
+    (readers read them; ``generate_batch`` does not hold them).
     See the module docstring for the traffic model (``mix="hard"``: see ``_hard_mix``). Returns a
     :class:`GenerateStats`. ``progress(packets_written)``: called after each chunk written (for a
     progress bar).
     """
-    _check_args(link, format, byteorder)
+    _check_args(link, format, byteorder, ipv6_share)
     synth = _model(packets, flows, zipf, gap_rate, seed, duration_s, nanosecond, snaplen, link,
-                   reorder_rate, ip_options_rate, frag_rate, start_s, mix)
+                   reorder_rate, ip_options_rate, frag_rate, start_s, mix, ipv6_share)
     rng = np.random.default_rng([int(seed), 1])
     l3, dlen, ts = synth.l3, synth.l3_len, synth.batch.ts_ns
-    src, dst = synth.batch.src_ip, synth.batch.dst_ip
-    ethertype = np.full(len(ts), 0x0800)
+    src, dst = synth.l2_src, synth.l2_dst
+    ethertype = np.where(synth.is_ipv6, 0x86DD, 0x0800)
     n6 = int(round(len(ts) * ipv6_rate))
     if n6:
-        l3_6, dlen6, ts6 = _ipv6_noise(rng, n6, ts)
+        l3_6, dlen6, ts6 = _ipv6_noise(rng, n6, ts, l3.shape[1])
         order = np.argsort(np.concatenate([ts, ts6]), kind="stable")
         l3 = np.concatenate([l3, l3_6])[order]
         dlen = np.concatenate([dlen, dlen6])[order]

@@ -15,9 +15,15 @@ Per-packet semantics (shared with the pcapng reader through :func:`parse_frame`)
   sessions and MPLS label stacks), raw IP (101),
   IPv4 (228), IPv6 (229), Linux cooked v1 (113) and v2 (276), BSD null (0, host byte order) and
   loop (108, network byte order);
-* only IPv4 becomes a row. IPv6 and everything else is skipped and counted in :class:`ReadStats`.
-  A frame whose IPv4 header has a version nibble other than 4, an IHL below 5, or no IP byte at
-  all counts as ``other_skipped``;
+* IPv4 and IPv6 packets become rows; everything else is skipped and counted in
+  :class:`ReadStats`. A frame whose IPv4 header has a version nibble other than 4 or an IHL below
+  5, whose IPv6 header has a version nibble other than 6, or with no IP byte at all counts as
+  ``other_skipped``;
+* IPv6 rows (see :func:`parse_ipv6` and docs/IPV6.md): addresses in ``src_ip6``/``dst_ip6``
+  (``src_ip``/``dst_ip`` 0), ``ttl`` the hop limit, ``tos`` the traffic class, ``flow_label``,
+  ``length`` the payload length + 40 (saturating at 65535), extension headers walked to the
+  upper-layer ``proto`` and ports, ``ip_id`` the low 16 bits of the fragment identification (0
+  without a fragment header); bytes past ``40 + payload length`` are ignored as for IPv4;
 * ``length`` is the IPv4 total-length field; ``ip_id``, ``ttl``, ``tos``, ``proto``, addresses
   (numeric u32) come from the IPv4 header; ports and TCP fields from the transport header, which is
   looked for only when the fragment offset is 0 (non-first fragments and ICMP have ports 0);
@@ -27,7 +33,10 @@ Per-packet semantics (shared with the pcapng reader through :func:`parse_frame`)
   yield a row with whatever was captured;
 * ``header`` is the first ``min(40, IHL*4 + 20 (TCP) | 8 (UDP) | 0)`` bytes of the datagram
   (IPv4 header with options, then the transport header without TCP options), bytes 12-19
-  (addresses) zeroed, zero padded to 40; ``hdr_len`` is that length.
+  (addresses) zeroed, zero padded to 40; ``hdr_len`` is that length. For IPv6 rows it is the
+  first 8 bytes of the IPv6 header (version, traffic class, flow label, payload length, next
+  header, hop limit: the addresses dropped), then the upper-layer header (20 TCP / 8 UDP / 0
+  bytes; extension headers not kept), zero padded; ``hdr_len`` is ``8 + 20 | 8 | 0``.
 """
 from __future__ import annotations
 
@@ -54,10 +63,12 @@ class CaptureError(ValueError):
 class ReadStats:
     """Counters of one read (updated in place while iterating; pass one to ``read_capture``).
 
-    ``packets_read`` counts every packet record, ``ipv4`` the rows yielded, ``ipv6_skipped`` and
-    ``other_skipped`` the rest. ``truncated_records`` counts records cut by the snap length
-    (captured < original length) and ``short_headers`` the IPv4 rows whose IP + transport header
-    was not fully captured. ``bytes_read`` is the offset reached (decompressed bytes for gzip).
+    ``packets_read`` counts every packet record, ``ipv4`` and ``ipv6`` the rows yielded of each
+    family, ``other_skipped`` the rest. ``ipv6_skipped`` is kept for compatibility and stays 0:
+    IPv6 packets are read, not skipped (before IPv6 support it counted them). ``truncated_records``
+    counts records cut by the snap length (captured < original length) and ``short_headers`` the
+    rows whose IP (+ extension) + transport header was not fully captured. ``bytes_read`` is the
+    offset reached (decompressed bytes for gzip).
     """
 
     format: str = ""
@@ -65,6 +76,7 @@ class ReadStats:
     link_types: list = field(default_factory=list)
     packets_read: int = 0
     ipv4: int = 0
+    ipv6: int = 0
     ipv6_skipped: int = 0
     other_skipped: int = 0
     truncated_records: int = 0
@@ -74,7 +86,7 @@ class ReadStats:
     def _add(self, counters: np.ndarray) -> None:
         self.packets_read += int(counters[C_RECORDS])
         self.ipv4 += int(counters[C_IPV4])
-        self.ipv6_skipped += int(counters[C_IPV6])
+        self.ipv6 += int(counters[C_IPV6])
         self.other_skipped += int(counters[C_OTHER])
         self.truncated_records += int(counters[C_TRUNC])
         self.short_headers += int(counters[C_SHORT])
@@ -126,6 +138,8 @@ _PCAP_MIN_BOUND = 262144
 #: The scalar columns in the order the kernels take them, then ``header``.
 KERNEL_COLUMN_DTYPES = {k: v for k, v in COLUMN_DTYPES.items() if k not in ("ipv6", "flow_label")}
 SCALAR_COLUMNS = tuple(KERNEL_COLUMN_DTYPES)
+#: Every column in the order :func:`new_columns` makes them and :func:`store_frames` takes them.
+KERNEL_ORDER = SCALAR_COLUMNS + ("header", "ipv6", "flow_label", "src_ip6", "dst_ip6")
 
 
 def link_type_name(linktype: int) -> str:
@@ -258,15 +272,19 @@ def parse_frame(buf, off, caplen, linktype):
 
     Returns ``(kind, base, lim, total, src, dst, sport, dport, proto, length, ip_id, ttl, tos,
     tcp_flags, tcp_window, tcp_seq)``: ``base`` is the buffer offset of the IPv4 header, ``lim``
-    the usable datagram bytes, ``total`` the nominal IP + transport header length. Only
-    ``kind`` is meaningful unless it is KIND_IPV4.
+    the usable datagram bytes, ``total`` the nominal IP + transport header length. For KIND_IPV6
+    only ``base`` (offset of the IPv6 header) and ``lim`` (captured bytes from there) are set:
+    :func:`parse_ipv6` decodes it. Only ``kind`` is meaningful for KIND_OTHER.
     """
     z = np.int64(0)
     l3, kind = _network_offset(buf, off, caplen, linktype)
     avail = caplen - l3
-    if kind != KIND_IPV4 or avail < 1:
-        kind = KIND_IPV6 if kind == KIND_IPV6 else KIND_OTHER
-        return kind, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z
+    if avail < 1 or kind == KIND_OTHER:
+        return KIND_OTHER, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z
+    if kind == KIND_IPV6:
+        if (buf[off + l3] >> 4) != 6:
+            return KIND_OTHER, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z
+        return KIND_IPV6, off + l3, avail, z, z, z, z, z, z, z, z, z, z, z, z, z
     base = off + l3
     b0 = np.int64(buf[base])
     ihl = b0 & 15
@@ -309,26 +327,169 @@ def parse_frame(buf, off, caplen, linktype):
             flags, win, seq)
 
 
+#: IPv6 extension headers walked by :func:`parse_ipv6` (ESP, 50, ends the walk as the protocol).
+EXT_HOP_BY_HOP, EXT_ROUTING, EXT_FRAGMENT, EXT_ESP, EXT_AH, EXT_DEST_OPTS = 0, 43, 44, 50, 51, 60
+
+#: Bytes of the IPv6 fixed header kept at the start of an IPv6 row's ``header`` block.
+IPV6_HEADER_KEEP = 8
+
+
+@kernel(inline="always")
+def parse_ipv6(buf, base, avail):
+    """Decode the IPv6 datagram at ``buf[base:base+avail]`` and walk its extension headers.
+
+    Returns ``(lim, l4, thl, proto, length, ip_id, ttl, tos, flow_label, sport, dport, tcp_flags,
+    tcp_window, tcp_seq, need)``: ``need`` the bytes the headers span (``lim < need``: a short
+    header, the chain or the upper-layer header cut), ``lim`` the usable datagram bytes (``min(avail, 40 + payload
+    length)``; a payload length of 0, as in jumbograms, keeps ``avail``), ``l4`` the offset of the
+    upper-layer header and ``thl`` its nominal length (20 TCP, 8 UDP, else 0). Extension headers
+    hop-by-hop (0), routing (43), destination options (60) (length ``(byte 1 + 1) * 8``), AH (51)
+    (``(byte 1 + 2) * 4``) and fragment (44, 8 bytes) are walked while their first two bytes are
+    captured; ESP (50), a non-first fragment or any other next-header value ends the walk, and
+    ``proto`` is the next-header value reached. Ports and TCP fields come only from a first (or
+    no) fragment. ``ip_id`` is the low 16 bits of the fragment header's identification, 0 without
+    one. Absent bytes read as zero, as for IPv4.
+    """
+    lim = avail
+    plen = (_byte(buf, base, 4, lim) << 8) | _byte(buf, base, 5, lim)
+    if plen > 0 and plen + 40 < lim:
+        lim = plen + 40
+    b1 = _byte(buf, base, 1, lim)
+    tos = ((_byte(buf, base, 0, lim) & 15) << 4) | (b1 >> 4)
+    label = ((b1 & 15) << 16) | (_byte(buf, base, 2, lim) << 8) | _byte(buf, base, 3, lim)
+    nh = _byte(buf, base, 6, lim)
+    ttl = _byte(buf, base, 7, lim)
+    p = np.int64(40)
+    ip_id = np.int64(0)
+    first = True
+    while p + 2 <= lim:
+        if nh == EXT_HOP_BY_HOP or nh == EXT_ROUTING or nh == EXT_DEST_OPTS:
+            step = (_byte(buf, base, p + 1, lim) + 1) * 8
+        elif nh == EXT_AH:
+            step = (_byte(buf, base, p + 1, lim) + 2) * 4
+        elif nh == EXT_FRAGMENT:
+            step = np.int64(8)
+            ip_id = (_byte(buf, base, p + 6, lim) << 8) | _byte(buf, base, p + 7, lim)
+            if ((_byte(buf, base, p + 2, lim) << 8) | _byte(buf, base, p + 3, lim)) >> 3:
+                first = False
+        else:
+            break
+        nh = _byte(buf, base, p, lim)
+        p += step
+        if not first:
+            break
+    thl = np.int64(0)
+    if first:
+        if nh == 6:
+            thl = 20
+        elif nh == 17:
+            thl = 8
+    z = np.int64(0)
+    sport = z
+    dport = z
+    flags = z
+    win = z
+    seq = z
+    if thl > 0:
+        sport = (_byte(buf, base, p, lim) << 8) | _byte(buf, base, p + 1, lim)
+        dport = (_byte(buf, base, p + 2, lim) << 8) | _byte(buf, base, p + 3, lim)
+    if thl == 20:
+        seq = ((_byte(buf, base, p + 4, lim) << 24) | (_byte(buf, base, p + 5, lim) << 16)
+               | (_byte(buf, base, p + 6, lim) << 8) | _byte(buf, base, p + 7, lim))
+        flags = _byte(buf, base, p + 13, lim)
+        win = (_byte(buf, base, p + 14, lim) << 8) | _byte(buf, base, p + 15, lim)
+    length = min(plen + 40, 65535)
+    need = p + thl  # bytes the headers span; a chain cut inside an extension header needs more
+    if first and (nh == EXT_HOP_BY_HOP or nh == EXT_ROUTING or nh == EXT_DEST_OPTS or nh == EXT_AH
+                  or nh == EXT_FRAGMENT):
+        need = p + 2
+    return lim, p, thl, nh, length, ip_id, ttl, tos, label, sport, dport, flags, win, seq, need
+
+
+@kernel  # not inlined: called once per IPv6 row with few arrays
+def _copy_ipv6_bytes(buf, base, lim, l4, thl, n, header, src_ip6, dst_ip6):
+    """Row ``n``'s addresses and ``header`` from the IPv6 datagram at ``buf[base:base+lim]``:
+    the first 8 bytes of the IPv6 header (addresses dropped), then the upper-layer header (TCP 20
+    / UDP 8 bytes at ``l4``, extension headers skipped), zero padded."""
+    for k in range(16):
+        src_ip6[n, k] = _byte(buf, base, 8 + k, lim)
+        dst_ip6[n, k] = _byte(buf, base, 24 + k, lim)
+    for k in range(IPV6_HEADER_KEEP):
+        header[n, k] = _byte(buf, base, k, lim)
+    for k in range(thl):
+        header[n, IPV6_HEADER_KEEP + k] = _byte(buf, base, l4 + k, lim)
+    for k in range(IPV6_HEADER_KEEP + thl, HEADER_BYTES):
+        header[n, k] = 0
+
+
+@kernel  # not inlined: runs once per batch holding IPv6
+def _zero_ipv6_columns(ipv6, flow_label, src_ip6, dst_ip6, n):
+    """Zero rows ``[0, n)`` of the IPv6-only columns (IPv4 rows stored before the first IPv6 one)."""
+    for i in range(n):
+        ipv6[i] = 0
+        flow_label[i] = 0
+        for k in range(16):
+            src_ip6[i, k] = 0
+            dst_ip6[i, k] = 0
+
+
 @kernel
-def store_frames(buf, rec_off, rec_len, rec_link, rec_ts, m, n, counters, ts_ns, src_ip, dst_ip,
+def store_frames(buf, rec_off, rec_len, rec_link, rec_ts, m, n, counters, mixed, ts_ns, src_ip, dst_ip,
                  src_port, dst_port, proto, length, ip_id, ttl, tos, tcp_flags, tcp_window, tcp_seq,
-                 hdr_len, header):
-    """Parse the ``m`` frames listed in ``rec_*`` and append the IPv4 ones as rows from ``n``.
+                 hdr_len, header, ipv6, flow_label, src_ip6, dst_ip6):
+    """Parse the ``m`` frames listed in ``rec_*`` and append the IP ones as rows from ``n``.
 
     The walkers (pcap records, pcapng blocks) only locate frames; this shared second pass does
     all per-frame work, so the column arrays cross a function boundary once per call rather than
     once per packet. Returns the new row count. The caller guarantees ``n + m <= len(columns)``.
+
+    The IPv6-only columns (``ipv6``, ``flow_label``, ``src_ip6``, ``dst_ip6``) are left alone by
+    IPv4 rows until the batch's first IPv6 row: ``mixed[0]`` (per batch, kept across calls) is 0
+    until then, when the rows before it are zeroed and it becomes 1; from then on IPv4 rows zero
+    them too. A batch that stays IPv4-only thus pays one branch per row, and
+    :func:`columns_to_batch` gives it shared zeros.
     """
     for j in range(m):
         r = parse_frame(buf, rec_off[j], rec_len[j], rec_link[j])
         kind = r[0]
         if kind == KIND_IPV6:
+            if mixed[0] == 0:
+                _zero_ipv6_columns(ipv6, flow_label, src_ip6, dst_ip6, n)
+                mixed[0] = 1
+            base = r[1]
+            v = parse_ipv6(buf, base, r[2])
+            ts_ns[n] = rec_ts[j]
+            src_ip[n] = 0
+            dst_ip[n] = 0
+            proto[n] = v[3]
+            length[n] = v[4]
+            ip_id[n] = v[5]
+            ttl[n] = v[6]
+            tos[n] = v[7]
+            flow_label[n] = v[8]
+            src_port[n] = v[9]
+            dst_port[n] = v[10]
+            tcp_flags[n] = v[11]
+            tcp_window[n] = v[12]
+            tcp_seq[n] = v[13]
+            ipv6[n] = 1
+            _copy_ipv6_bytes(buf, base, v[0], v[1], v[2], n, header, src_ip6, dst_ip6)
+            hdr_len[n] = IPV6_HEADER_KEEP + v[2]
+            if v[0] < v[14]:
+                counters[C_SHORT] += 1
             counters[C_IPV6] += 1
+            n += 1
             continue
         if kind != KIND_IPV4:
             counters[C_OTHER] += 1
             continue
         base, lim, total = r[1], r[2], r[3]
+        if mixed[0]:
+            ipv6[n] = 0
+            flow_label[n] = 0
+            for k in range(16):
+                src_ip6[n, k] = 0
+                dst_ip6[n, k] = 0
         ts_ns[n] = rec_ts[j]
         src_ip[n] = r[4]
         dst_ip[n] = r[5]
@@ -529,20 +690,42 @@ class ByteSource:
 
 
 def new_columns(size: int) -> list:
-    """Uninitialised scalar columns (kernel order) followed by the ``header`` block.
-
-    The IPv6 columns are not filled by the IPv4 walker; :func:`columns_to_batch` zero-fills them.
-    """
+    """The uninitialised columns :func:`store_frames` fills, in its argument order (``KERNEL_ORDER``):
+    the scalar columns, ``header``, then ``ipv6``, ``flow_label``, ``src_ip6``, ``dst_ip6``."""
     cols = [np.empty(size, dtype) for dtype in KERNEL_COLUMN_DTYPES.values()]
     cols.append(np.empty((size, HEADER_BYTES), np.uint8))
+    cols.append(np.empty(size, COLUMN_DTYPES["ipv6"]))
+    cols.append(np.empty(size, COLUMN_DTYPES["flow_label"]))
+    cols.append(np.empty((size, 16), np.uint8))
+    cols.append(np.empty((size, 16), np.uint8))
     return cols
 
 
-def columns_to_batch(cols: list, n: int) -> PacketBatch:
-    """The first ``n`` rows as a batch (copied when the batch is mostly empty, to free memory)."""
+_IPV6_ONLY = ("ipv6", "flow_label", "src_ip6", "dst_ip6")
+_ZEROS: dict = {}
+
+
+def _shared_zeros(like: np.ndarray, n: int) -> np.ndarray:
+    """A read-only all-zero array shaped like ``like[:n]``, shared between batches (no memory per batch)."""
+    key = (like.dtype.str, like.shape[1:])
+    if key not in _ZEROS or _ZEROS[key].shape[0] < n:
+        zeros = np.zeros((max(n, 65536),) + like.shape[1:], like.dtype)
+        zeros.flags.writeable = False
+        _ZEROS[key] = zeros
+    return _ZEROS[key][:n]
+
+
+def columns_to_batch(cols: list, n: int, mixed: bool = True) -> PacketBatch:
+    """The first ``n`` rows as a batch (copied when the batch is mostly empty, to free memory).
+
+    ``mixed`` False (no IPv6 row was stored: the IPv6-only columns were never written): those
+    columns are shared read-only zeros."""
     shrink = n < cols[0].shape[0] // 2
-    arrays = [c[:n].copy() if shrink else c[:n] for c in cols]
-    return PacketBatch.from_columns(**dict(zip(SCALAR_COLUMNS + ("header",), arrays)))
+    arrays = dict(zip(KERNEL_ORDER, [c[:n].copy() if shrink else c[:n] for c in cols]))
+    if not mixed:
+        for name in _IPV6_ONLY:
+            arrays[name] = _shared_zeros(arrays[name], n)
+    return PacketBatch.from_columns(**arrays)
 
 
 class Batcher:
@@ -558,12 +741,13 @@ class Batcher:
                         np.empty(batch_size, np.int64), np.empty(batch_size, np.uint64)]
         self.counters = np.zeros(N_COUNTERS, np.int64)
         self.cols = new_columns(batch_size)
+        self.mixed = np.zeros(1, np.int64)  # store_frames: 1 once this batch holds an IPv6 row
         self.n = 0
 
     def step(self, walk) -> int:
         """``walk(room) -> (pos, m, status)``; parse the ``m`` frames found, return status."""
         pos, m, status = walk(self.size - self.n)
-        self.n = store_frames(self.source.buf, *self.records, m, self.n, self.counters, *self.cols)
+        self.n = store_frames(self.source.buf, *self.records, m, self.n, self.counters, self.mixed, *self.cols)
         self.source.pos = pos
         self.counters[C_RECORDS] += m
         self.stats._add(self.counters)
@@ -575,8 +759,9 @@ class Batcher:
 
     def take(self) -> PacketBatch:
         """The rows filled so far as a batch; starts a fresh one."""
-        batch = columns_to_batch(self.cols, self.n)
+        batch = columns_to_batch(self.cols, self.n, bool(self.mixed[0]))
         self.cols, self.n = new_columns(self.size), 0
+        self.mixed[0] = 0
         return batch
 
 

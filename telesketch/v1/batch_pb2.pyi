@@ -5,7 +5,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PacketBatch(_message.Message):
-    __slots__ = ("schema_version", "sender_id", "sequence", "count", "ts_ns", "src_ip", "dst_ip", "src_port", "dst_port", "proto", "length", "ip_id", "ttl", "tos", "tcp_flags", "tcp_window", "tcp_seq", "hdr_len", "header")
+    __slots__ = ("schema_version", "sender_id", "sequence", "count", "ts_ns", "src_ip", "dst_ip", "src_port", "dst_port", "proto", "length", "ip_id", "ttl", "tos", "tcp_flags", "tcp_window", "tcp_seq", "hdr_len", "header", "ipv6", "flow_label", "src_ip6", "dst_ip6")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,10 @@ class PacketBatch(_message.Message):
     TCP_SEQ_FIELD_NUMBER: _ClassVar[int]
     HDR_LEN_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
+    IPV6_FIELD_NUMBER: _ClassVar[int]
+    FLOW_LABEL_FIELD_NUMBER: _ClassVar[int]
+    SRC_IP6_FIELD_NUMBER: _ClassVar[int]
+    DST_IP6_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     sender_id: str
     sequence: int
@@ -44,4 +48,8 @@ class PacketBatch(_message.Message):
     tcp_seq: bytes
     hdr_len: bytes
     header: bytes
-    def __init__(self, schema_version: _Optional[int] = ..., sender_id: _Optional[str] = ..., sequence: _Optional[int] = ..., count: _Optional[int] = ..., ts_ns: _Optional[bytes] = ..., src_ip: _Optional[bytes] = ..., dst_ip: _Optional[bytes] = ..., src_port: _Optional[bytes] = ..., dst_port: _Optional[bytes] = ..., proto: _Optional[bytes] = ..., length: _Optional[bytes] = ..., ip_id: _Optional[bytes] = ..., ttl: _Optional[bytes] = ..., tos: _Optional[bytes] = ..., tcp_flags: _Optional[bytes] = ..., tcp_window: _Optional[bytes] = ..., tcp_seq: _Optional[bytes] = ..., hdr_len: _Optional[bytes] = ..., header: _Optional[bytes] = ...) -> None: ...
+    ipv6: bytes
+    flow_label: bytes
+    src_ip6: bytes
+    dst_ip6: bytes
+    def __init__(self, schema_version: _Optional[int] = ..., sender_id: _Optional[str] = ..., sequence: _Optional[int] = ..., count: _Optional[int] = ..., ts_ns: _Optional[bytes] = ..., src_ip: _Optional[bytes] = ..., dst_ip: _Optional[bytes] = ..., src_port: _Optional[bytes] = ..., dst_port: _Optional[bytes] = ..., proto: _Optional[bytes] = ..., length: _Optional[bytes] = ..., ip_id: _Optional[bytes] = ..., ttl: _Optional[bytes] = ..., tos: _Optional[bytes] = ..., tcp_flags: _Optional[bytes] = ..., tcp_window: _Optional[bytes] = ..., tcp_seq: _Optional[bytes] = ..., hdr_len: _Optional[bytes] = ..., header: _Optional[bytes] = ..., ipv6: _Optional[bytes] = ..., flow_label: _Optional[bytes] = ..., src_ip6: _Optional[bytes] = ..., dst_ip6: _Optional[bytes] = ...) -> None: ...
