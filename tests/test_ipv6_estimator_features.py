@@ -31,9 +31,12 @@ def ipv6_block(tc=0xB8, flow_label=0x12345, payload=1000, next_header=6, hop_lim
     return block, np.array([len(raw)], np.uint8)
 
 
-def ipv4_equivalent(tos=0xB8, total=1040, ttl=57, proto=6, transport=TCP):
-    """The IPv4 block of the same packet (ID 0, DF, checksum 0, addresses zeroed)."""
-    ip = bytes([0x45, tos, total >> 8, total & 0xFF, 0, 0, 0x40, 0, ttl, proto, 0, 0]) + bytes(8)
+def ipv4_equivalent(tos=0xB8, total=1040, ttl=57, proto=6, transport=TCP, flow_label=0x12345):
+    """The IPv4 block of the same packet (DF, addresses zeroed; the identification and checksum
+    words carry the flow label: its low 16 bits, and the top of ``label * 2654435761 mod 2^32``)."""
+    mix = (flow_label * 2654435761) % 2**32 >> 16
+    ip = bytes([0x45, tos, total >> 8, total & 0xFF, (flow_label >> 8) & 0xFF, flow_label & 0xFF, 0x40, 0, ttl,
+                proto, mix >> 8, mix & 0xFF]) + bytes(8)
     raw = (ip + transport)[:40]
     block = np.zeros((1, 40), np.uint8)
     block[0, : len(raw)] = np.frombuffer(raw, np.uint8)
@@ -56,6 +59,7 @@ def test_ipv4_view_maps_each_field_and_the_transport_header():
     assert view_len.tolist() == want_len.tolist() == [40]
     words = tree_features(view)[0]
     assert words[0] == 0x45B8 and words[1] == 1040 and words[3] == 0x4000 and words[4] == (57 << 8) | 6
+    assert words[2] == 0x2345 and words[5] == (0x12345 * 2654435761) % 2**32 >> 16  # the flow label
     assert words[6] == 443 and words[7] == 51000  # the ports, where an IPv4 row has them
     raw_words = tree_features(block)[0]
     assert raw_words[6] != 443  # read as IPv4, the IPv6 block puts other bytes there: why the view exists
@@ -66,6 +70,7 @@ def test_short_and_udp_ipv6_blocks():
     block, n = ipv6_block(tc=0, flow_label=0, payload=64, next_header=17, hop_limit=255, transport=udp)
     view, view_len = ipv4_view(block, n)
     assert view_len.tolist() == [28] and view[0, 9] == 17 and view[0, 8] == 255 and view[0, 1] == 0
+    assert not view[0, 4:6].any() and not view[0, 10:12].any()  # no flow label: zero ID and checksum words
     assert view[0, 20:28].tobytes() == udp and not view[0, 28:].any()
     keep = kept_byte_mask(view, view_len)[0]
     assert not keep[26:28].any() and keep[20:26].all()  # the UDP checksum is dropped, as for IPv4
