@@ -7,7 +7,8 @@ from __future__ import annotations
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
 SLOTS = 8
-TASKS = {"flow_size": (0.2, 4, "countmin"), "heavy_hitters": (1.0, 13, "none"), "hhh": (0.5, 4, "coco")}
+TASKS = {"flow_size": (0.2, 4, "countmin"), "heavy_hitters": (1.0, 13, "none"), "hhh": (0.5, 4, "coco"),
+         "heavy_hitters37": (1.0, 37, "none")}
 
 
 def mmh3_32(data: bytes, seed: int) -> int:
@@ -91,6 +92,8 @@ class NaiveLLMSketch:
             return int(key).to_bytes(4, "big")
         if self.task == "flow_size":
             return mmh3_32(canonical(bytes(key)), 123123).to_bytes(4, "little")
+        if self.task == "heavy_hitters37" and len(key) == 13:  # an IPv4 key, v4-mapped
+            return V4_MAPPED + key[0:4] + V4_MAPPED + key[4:8] + key[8:13]
         return bytes(key)
 
     def insert(self, key, p: float) -> None:

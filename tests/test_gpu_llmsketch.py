@@ -247,7 +247,16 @@ def check_mixed_ipv6() -> str:
     back = LLMSketch.from_bytes(dev.to_bytes())
     back.update(*parts[2])
     cpu.update(*parts[2])
-    return same_state(cpu, back) or not_vacuous(cpu, "mixed_ipv6")
+    if detail := same_state(cpu, back) or not_vacuous(cpu, "mixed_ipv6"):
+        return detail
+    cpu, dev = _pair(memory_bytes=3000, task="heavy_hitters37", seed=5)  # 37-byte stored keys: 10 words
+    for batch, scores in parts:
+        cpu.update(batch, scores)
+        dev.update(batch, scores)
+    keys = [k.tobytes() for k in parts[2][0].flow_keys37()]
+    if not np.array_equal(cpu.flow_size(keys), dev.flow_size(keys)) or cpu.top_flows(50) != dev.top_flows(50):
+        return "heavy_hitters37: answers differ"
+    return same_state(cpu, dev) or not_vacuous(cpu, "hh37")
 
 
 def check_merge_refused() -> str:

@@ -202,3 +202,34 @@ def test_countmin_baseline_counts_ipv6_flows_apart():
     base.update(batch)
     t = truth(batch)
     assert base.flow_size(list(t)).tolist() == list(t.values())
+
+
+@pytest.mark.parametrize("memory, seed", [(3000, 1), (8000, 4)])
+def test_heavy_hitters37_stores_37_byte_keys_like_the_naive_model(memory, seed):
+    batch = mixed_batch(3000, 400, seed=seed)
+    scores = np.random.default_rng(seed).uniform(-0.2, 1.2, len(batch))
+    sketch = LLMSketch(memory, "heavy_hitters37", seed=seed)
+    assert sketch.params.buckets == int(memory / 8 / 41)
+    for part, s in zip(batch.split(1000), np.split(scores, 3)):
+        sketch.update(part, s)
+    model = naive.NaiveLLMSketch(memory, "heavy_hitters37", seed=seed)
+    for key, p in zip(batch.flow_keys37(), scores.tolist()):
+        model.insert(key.tobytes(), p)
+    assert_same_state(sketch, model)
+    np.testing.assert_array_equal(stored_keys(batch, "heavy_hitters37"), batch.flow_keys37())
+    t = truth(batch)
+    keys = list(t)
+    assert sketch.flow_size(keys).tolist() == [model.query(k) for k in keys]
+    top = sketch.top_flows(20)
+    assert {len(k) for k, _ in top} == {13, 37} and all(k in t for k, _ in top)
+    assert sketch.estimate_reported([k for k, _ in top]).tolist() == [c for _, c in top]
+    back = LLMSketch.from_bytes(sketch.to_bytes())
+    assert back.top_flows(20) == top
+
+
+def test_heavy_hitters37_exact_with_room_for_every_flow():
+    batch = mixed_batch(5000, 300, seed=8)
+    t = truth(batch)
+    sketch = LLMSketch(200 * 1024, "heavy_hitters37")
+    sketch.update(batch, np.full(len(batch), 0.9))
+    assert dict(sketch.heavy_hitters(threshold=0)) == t

@@ -53,8 +53,11 @@ Names: ``slot_names`` is 13 bytes wide until the first IPv6 flow is named, then 
 37 (IPv4 names v4-mapped; ``memory_bytes`` then charges ``NB * 8 * 37``): IPv4-only traffic pays
 nothing, and its serialised state keeps layout 1 byte for byte; a state with 37-byte names is layout
 2. ``top_flows`` reports 13-byte keys for IPv4 flows and 37-byte keys for IPv6 flows either way.
-The ``heavy_hitters`` (13-byte stored keys) and ``hhh`` (IPv4 source addresses) tasks refuse
-batches with IPv6 rows (:func:`check_families`); IPv6 prefix hierarchies are ResidualSketch's.
+The ``heavy_hitters`` task stores the 13-byte key itself, so it refuses batches with IPv6 rows
+(:func:`check_families`), as does ``hhh`` (IPv4 source addresses; IPv6 prefix hierarchies are
+ResidualSketch's). For mixed traffic, ``heavy_hitters37`` stores every flow's 37-byte key (IPv4
+v4-mapped; slot 41 B, bucket 328 B, so 2.4 times the memory of ``heavy_hitters`` for the same
+slots) and reports IPv4 flows as 13-byte keys, IPv6 flows as 37-byte keys.
 
 Scores: ``update(batch, scores)`` takes one score per packet; ``update(batch)`` asks the sketch's
 :class:`telesketch.estimators.scoring.FlowScorer` (per-flow scoring, sync or async, spec §4).
@@ -93,6 +96,7 @@ LARGE = 0.5  # scores >= this are "predicted large"
 TASKS: dict[str, tuple[float, int, str]] = {
     "flow_size": (0.2, 4, "countmin"),
     "heavy_hitters": (1.0, FLOW_KEY_BYTES, "none"),
+    "heavy_hitters37": (1.0, FLOW_KEY37_BYTES, "none"),  # both families: 37-byte keys, IPv4 v4-mapped
     "hhh": (0.5, 4, "coco"),
 }
 LIGHT_KIND = {"none": 0, "countmin": 1, "coco": 2}
@@ -244,11 +248,23 @@ def _batch_words_kernel(task, src_ip, dst_ip, src_port, dst_port, proto, ipv6, s
     IPv6 rows for the other tasks before this runs."""
     k13 = np.zeros(4, np.uint32)
     k37 = np.zeros(10, np.uint32)
+    mapped = np.uint32(0xFFFF0000)  # bytes 8..11 of a v4-mapped address as a little-endian word
     for i in range(src_ip.shape[0]):
         if task == 2:
             out[i, 0] = _bswap32(src_ip[i])
             continue
         ports = _bswap16(src_port[i]) | (_bswap16(dst_port[i]) << np.uint32(16))
+        if task == 3:  # heavy_hitters37: the 37-byte key of every row (PacketBatch.flow_keys37)
+            if ipv6[i] != 0:
+                for j in range(4):
+                    out[i, j] = _le_word(src_ip6, i, 4 * j)
+                    out[i, 4 + j] = _le_word(dst_ip6, i, 4 * j)
+            else:
+                out[i, 0], out[i, 1], out[i, 2], out[i, 3] = 0, 0, mapped, _bswap32(src_ip[i])
+                out[i, 4], out[i, 5], out[i, 6], out[i, 7] = 0, 0, mapped, _bswap32(dst_ip[i])
+            out[i, 8] = ports
+            out[i, 9] = np.uint32(proto[i])
+            continue
         if ipv6[i] != 0:
             if not (_is_v4_mapped(src_ip6, i) and _is_v4_mapped(dst_ip6, i)):
                 for j in range(4):
@@ -622,9 +638,11 @@ def stored_keys(batch_or_keys, task: str) -> np.ndarray:
     keys37, v4 = canonical_flow_keys(raw)
     if task == "flow_size":
         return flow_fingerprints(keys37, v4)
+    if task == "heavy_hitters37":
+        return np.ascontiguousarray(keys37)
     if not v4.all():
         raise SketchError("the heavy_hitters task stores 13-byte IPv4 keys: an IPv6 flow key cannot be asked "
-                          "(the flow_size task keys IPv6 flows on their 37-byte tuple)")
+                          "(heavy_hitters37 and flow_size key IPv6 flows on their 37-byte tuple)")
     return key13_of(keys37)
 
 
@@ -696,7 +714,7 @@ def flow_fingerprints(keys37: np.ndarray, v4: np.ndarray) -> np.ndarray:
     return out
 
 
-TASK_CODE = {"flow_size": 0, "heavy_hitters": 1, "hhh": 2}
+TASK_CODE = {"flow_size": 0, "heavy_hitters": 1, "hhh": 2, "heavy_hitters37": 3}
 
 
 def key_words(key_len: int) -> int:
@@ -726,7 +744,7 @@ def check_families(batch: PacketBatch, task: str) -> None:
     """Refuse IPv6 rows for the tasks that store IPv4 keys (``heavy_hitters``: 13-byte keys; ``hhh``:
     source addresses), with :class:`SketchError` and before anything changes. IPv6 rows whose
     addresses are both v4-mapped are IPv4 flows and pass."""
-    if task == "flow_size" or not batch.has_ipv6():
+    if task in ("flow_size", "heavy_hitters37") or not batch.has_ipv6():
         return
     v6 = batch.ipv6.astype(bool)
     if not v4_mapped_rows(batch[v6].flow_keys37()).all():
@@ -958,6 +976,8 @@ class LLMSketch:
     def _decode(self, key: np.ndarray):
         if self.params.task == "heavy_hitters":
             return key.tobytes()
+        if self.params.task == "heavy_hitters37":  # an IPv4 flow as its 13-byte key, as everywhere
+            return key13_of(key)[0].tobytes() if v4_mapped_rows(key)[0] else key.tobytes()
         if self.params.task == "hhh":
             return int.from_bytes(key.tobytes(), "big")
         return int.from_bytes(key.tobytes(), "little")  # the flow-size fingerprint
@@ -966,6 +986,8 @@ class LLMSketch:
         """Inverse of :meth:`_decode`: a key as :meth:`top_flows` reports it -> its stored bytes."""
         if self.params.task == "heavy_hitters":
             return bytes(key)
+        if self.params.task == "heavy_hitters37":
+            return canonical_flow_keys([key])[0][0].tobytes()
         if isinstance(key, (bytes, bytearray)) and len(key) in (FLOW_KEY_BYTES, FLOW_KEY37_BYTES):  # keep_keys name
             return flow_fingerprints(*canonical_flow_keys([key]))[0].tobytes()
         return int(key).to_bytes(self.params.key_len, "big" if self.params.task == "hhh" else "little")
