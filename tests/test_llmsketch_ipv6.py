@@ -233,3 +233,16 @@ def test_heavy_hitters37_exact_with_room_for_every_flow():
     sketch = LLMSketch(200 * 1024, "heavy_hitters37")
     sketch.update(batch, np.full(len(batch), 0.9))
     assert dict(sketch.heavy_hitters(threshold=0)) == t
+
+
+def test_flow_key_parts_for_the_presenter():
+    from telesketch.packets import parse_ipv6
+    from telesketch.sketches.llmsketch import flow_key_parts, key37_of
+
+    k13 = flow_key_bytes(0x0A000001, 0xC0A80102, 1234, 80, 6)
+    assert flow_key_parts(k13) == ("10.0.0.1", "192.168.1.2", 1234, 80, 6)
+    assert flow_key_parts(key37_of(np.frombuffer(k13, np.uint8))[0].tobytes()) == flow_key_parts(k13)
+    k37 = parse_ipv6("2001:db8::1") + parse_ipv6("2001:db8:0:1::2") + bytes([0x01, 0xBB, 0xC7, 0x38, 17])
+    assert flow_key_parts(k37) == ("2001:db8::1", "2001:db8:0:1::2", 443, 51000, 17)
+    with pytest.raises(SketchError, match="13 or 37"):
+        flow_key_parts(b"\0" * 5)

@@ -703,6 +703,25 @@ def canonical_flow_keys(raw) -> tuple[np.ndarray, np.ndarray]:
     return keys37, v4_mapped_rows(keys37)
 
 
+def flow_key_parts(key: bytes) -> tuple[str, str, int, int, int]:
+    """``(src, dst, src_port, dst_port, proto)`` of a reported flow key, addresses as text (dotted
+    quad for a 13-byte key or a v4-mapped 37-byte one, RFC 5952 for IPv6): for the presenter, which
+    formats every answer; not for hot paths."""
+    from telesketch.packets import format_ipv4, format_ipv6
+
+    key = bytes(key)
+    if len(key) == FLOW_KEY37_BYTES:
+        keys37 = np.frombuffer(key, np.uint8).reshape(1, -1)
+        if not v4_mapped_rows(keys37)[0]:
+            return (format_ipv6(key[0:16]), format_ipv6(key[16:32]), int.from_bytes(key[32:34], "big"),
+                    int.from_bytes(key[34:36], "big"), key[36])
+        key = key13_of(keys37)[0].tobytes()
+    if len(key) != FLOW_KEY_BYTES:
+        raise SketchError(f"a flow key has {FLOW_KEY_BYTES} or {FLOW_KEY37_BYTES} bytes, got {len(key)}")
+    return (format_ipv4(int.from_bytes(key[0:4], "big")), format_ipv4(int.from_bytes(key[4:8], "big")),
+            int.from_bytes(key[8:10], "big"), int.from_bytes(key[10:12], "big"), key[12])
+
+
 def flow_fingerprints(keys37: np.ndarray, v4: np.ndarray) -> np.ndarray:
     """Flow-size stored keys ``uint8[n, 4]``: :func:`fingerprint` of the 13-byte key of IPv4 rows
     (``v4``), of the 37-byte key of the others (what ``_batch_words_kernel`` computes per packet)."""
