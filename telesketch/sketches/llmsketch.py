@@ -239,8 +239,28 @@ def _is_v4_mapped(block, i):
 
 
 @nb.njit(cache=True, nogil=True)
-def _batch_words_kernel(task, src_ip, dst_ip, src_port, dst_port, proto, ipv6, src_ip6, dst_ip6, out):
-    """Stored keys of a batch straight from its columns (task 0 flow_size, 1 heavy_hitters, 2 hhh).
+def _batch_words_kernel(task, src_ip, dst_ip, src_port, dst_port, proto, out):
+    """Stored keys of an IPv4-only batch straight from its columns (task 0 flow_size, 1 heavy_hitters,
+    2 hhh). Batches with IPv6 rows, and the heavy_hitters37 task, take :func:`_batch_words_mixed_kernel`:
+    this loop stays exactly the IPv4 one, so IPv4-only traffic pays no per-packet family test."""
+    k13 = np.zeros(4, np.uint32)
+    for i in range(src_ip.shape[0]):
+        if task == 2:
+            out[i, 0] = _bswap32(src_ip[i])
+            continue
+        k13[0] = _bswap32(src_ip[i])
+        k13[1] = _bswap32(dst_ip[i])
+        k13[2] = _bswap16(src_port[i]) | (_bswap16(dst_port[i]) << np.uint32(16))
+        k13[3] = np.uint32(proto[i])
+        if task == 0:
+            out[i, 0] = np.uint32(_mmh3_words(k13, 13, _U64(FINGERPRINT_SEED)))
+        else:
+            out[i, :] = k13
+
+
+@nb.njit(cache=True, nogil=True)
+def _batch_words_mixed_kernel(task, src_ip, dst_ip, src_port, dst_port, proto, ipv6, src_ip6, dst_ip6, out):
+    """:func:`_batch_words_kernel` for batches of both families (and task 3, heavy_hitters37).
 
     IPv6 rows (``ipv6[i] != 0``) of the flow-size task are fingerprinted over their 37-byte key
     (:func:`canonical_flow_keys`), unless both addresses are v4-mapped: those are the IPv4 flow's
@@ -754,8 +774,12 @@ def batch_words(batch: PacketBatch, task: str) -> np.ndarray:
     """Stored keys of a batch as ``uint32[n, W]``, computed from the columns in one kernel pass."""
     check_families(batch, task)
     out = np.empty((len(batch), key_words(TASKS[task][1])), np.uint32)
-    _batch_words_kernel(TASK_CODE[task], batch.src_ip, batch.dst_ip, batch.src_port, batch.dst_port, batch.proto,
-                        batch.ipv6, batch.src_ip6, batch.dst_ip6, out)
+    if task == "heavy_hitters37" or batch.has_ipv6():
+        _batch_words_mixed_kernel(TASK_CODE[task], batch.src_ip, batch.dst_ip, batch.src_port, batch.dst_port,
+                                  batch.proto, batch.ipv6, batch.src_ip6, batch.dst_ip6, out)
+    else:
+        _batch_words_kernel(TASK_CODE[task], batch.src_ip, batch.dst_ip, batch.src_port, batch.dst_port, batch.proto,
+                            out)
     return out
 
 
@@ -901,12 +925,16 @@ class LLMSketch:
         slots = np.flatnonzero(changed)
         found = np.full(slots.shape[0], -1, np.int64)
         _slot_packets_kernel(after.reshape(-1)[slots], words[:, 0], found)
-        keys37 = batch[found[found >= 0]].flow_keys37()
-        v4 = v4_mapped_rows(keys37)
-        if not v4.all() and self.slot_names.shape[-1] == FLOW_KEY_BYTES:
-            self._widen_names()
+        rows = batch[found[found >= 0]]
+        if rows.has_ipv6() or self.slot_names.shape[-1] == FLOW_KEY37_BYTES:
+            keys37 = rows.flow_keys37()
+            if not v4_mapped_rows(keys37).all() and self.slot_names.shape[-1] == FLOW_KEY_BYTES:
+                self._widen_names()
+            named = key13_of(keys37) if self.slot_names.shape[-1] == FLOW_KEY_BYTES else keys37
+        else:
+            named = rows.flow_keys()  # IPv4 rows, 13-byte names: as before IPv6
         names = np.zeros((found.shape[0], self.slot_names.shape[-1]), np.uint8)
-        names[found >= 0] = key13_of(keys37) if self.slot_names.shape[-1] == FLOW_KEY_BYTES else keys37
+        names[found >= 0] = named
         self.slot_names[changed] = names
 
     def _widen_names(self) -> None:
