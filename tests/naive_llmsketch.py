@@ -7,7 +7,8 @@ from __future__ import annotations
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
 SLOTS = 8
-TASKS = {"flow_size": (0.2, 4, "countmin"), "heavy_hitters": (1.0, 13, "none"), "hhh": (0.5, 4, "coco")}
+TASKS = {"flow_size": (0.2, 4, "countmin"), "heavy_hitters": (1.0, 13, "none"), "hhh": (0.5, 4, "coco"),
+         "heavy_hitters37": (1.0, 37, "none")}
 
 
 def mmh3_32(data: bytes, seed: int) -> int:
@@ -52,8 +53,21 @@ def uniform(seed: int, n: int, j: int) -> float:
     return (mix64(mix64(seed) ^ ((n * 64 + j) & M64)) >> 40) / 2**24
 
 
+V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def canonical(key: bytes) -> bytes:
+    """A flow's canonical key: a 13-byte IPv4 key as is; a 37-byte key
+    ``src(16) dst(16) sport dport proto`` whose two addresses are v4-mapped (``::ffff:a.b.c.d``)
+    as that IPv4 flow's 13-byte key; any other 37-byte key (an IPv6 flow) as is."""
+    if len(key) == 37 and key[:12] == V4_MAPPED and key[16:28] == V4_MAPPED:
+        return key[12:16] + key[28:32] + key[32:37]
+    return key
+
+
 class NaiveLLMSketch:
-    """Slot lists and counter lists; ``insert(key13_or_addr, p)`` per packet."""
+    """Slot lists and counter lists; ``insert(key, p)`` per packet: a flow key (13 or 37 bytes,
+    :func:`canonical`) or, for the hhh task, a source address."""
 
     def __init__(self, memory_bytes: int, task: str = "flow_size", heavy_ratio=None, seed: int = 0):
         ratio, self.key_len, light = TASKS[task]
@@ -77,7 +91,9 @@ class NaiveLLMSketch:
         if self.task == "hhh":
             return int(key).to_bytes(4, "big")
         if self.task == "flow_size":
-            return mmh3_32(bytes(key), 123123).to_bytes(4, "little")
+            return mmh3_32(canonical(bytes(key)), 123123).to_bytes(4, "little")
+        if self.task == "heavy_hitters37" and len(key) == 13:  # an IPv4 key, v4-mapped
+            return V4_MAPPED + key[0:4] + V4_MAPPED + key[4:8] + key[8:13]
         return bytes(key)
 
     def insert(self, key, p: float) -> None:

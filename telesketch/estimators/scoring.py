@@ -2,7 +2,8 @@
 
 :class:`FlowScorer` keeps a bounded cache ``flow -> (packets seen, latest model score)`` in numpy
 arrays driven by Numba kernels: no Python object per flow or per packet. A flow is identified by
-the 64-bit telesketch hash of its 5-tuple (``hashing.hash_5tuple``, seed :data:`FLOW_HASH_SEED`);
+the 64-bit telesketch hash of its 5-tuple (``hashing.hash_5tuple``, seed :data:`FLOW_HASH_SEED`;
+an IPv6 flow: ``hashing.hash_keys`` of its 37-byte key);
 two flows colliding on all 64 bits would share an entry (probability ~ flows^2 / 2^65, ignored).
 The cache is 8-way set-associative with LRU replacement inside each set (an exact LRU when
 ``cache_flows <= 8``); its capacity is ``cache_flows`` rounded up to a multiple of the ways. A
@@ -44,7 +45,7 @@ import weakref
 import numpy as np
 
 from telesketch.estimators import LABEL_PIVOT_LOG2, LABEL_SLOPE, as_estimator
-from telesketch.hashing import hash_5tuple
+from telesketch.hashing import hash_5tuple, hash_keys
 from telesketch.intrinsics import prefetch
 from telesketch.jit import kernel
 
@@ -308,6 +309,9 @@ class FlowScorer:
         if n == 0:
             return np.zeros(0)
         flow_hash = hash_5tuple(batch, FLOW_HASH_SEED)
+        if batch.has_ipv6():  # IPv6 rows have src_ip = dst_ip = 0: they are told apart by their 37-byte key
+            six = batch.ipv6.astype(bool)
+            flow_hash[six] = hash_keys(np.ascontiguousarray(batch[six].flow_keys37()), FLOW_HASH_SEED)
         slots, prev = np.empty(n, np.int64), np.empty(n, np.int64)
         point, enqueue = np.empty(n, np.bool_), np.empty(n, np.bool_)
         cached, model, pos = np.empty(n), np.empty(n), np.empty(n, np.int64)

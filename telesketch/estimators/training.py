@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from telesketch.estimators import require_llm, soft_label
+from telesketch.estimators.tokens import ipv4_view
 from telesketch.packets import PacketBatch
 
 
@@ -47,10 +48,19 @@ def load_trace(path) -> PacketBatch:
     return PacketBatch.concat(read_capture(path)).family(4)  # the readers also yield IPv6 rows
 
 
+def flow_ids(batch: PacketBatch) -> np.ndarray:
+    """Each packet's flow key as a sortable void scalar: the 13-byte key (``V13``) for IPv4-only
+    batches, as always; the 37-byte key (``V37``, IPv4 v4-mapped) once IPv6 rows are present, so
+    IPv6 flows that share ports are told apart by their addresses."""
+    if not batch.has_ipv6():
+        return batch.flow_keys_void()
+    return np.ascontiguousarray(batch.flow_keys37()).view("V37").ravel()
+
+
 def inflow_positions(batch: PacketBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(position, flow, size)``: each packet's 1-based position in its flow (``int64[n]``), its
     flow's index in ``np.unique`` order (``int64[n]``) and every flow's packet count (``int64[flows]``)."""
-    _, inv, counts = np.unique(batch.flow_keys_void(), return_inverse=True, return_counts=True)
+    _, inv, counts = np.unique(flow_ids(batch), return_inverse=True, return_counts=True)
     order = np.argsort(inv, kind="stable")
     starts = np.concatenate(([0], np.flatnonzero(np.diff(inv[order])) + 1))
     rank = np.arange(len(batch)) - np.repeat(starts, np.diff(np.concatenate((starts, [len(batch)]))))
@@ -74,7 +84,10 @@ def _segment_samples(batch: PacketBatch, rescore: bool) -> tuple[Samples, np.nda
     pos, inv, counts = inflow_positions(batch)
     idx = scoring_points(pos, rescore)
     size = counts[inv[idx]]
-    return Samples(batch.header[idx], batch.hdr_len[idx], soft_label(size), size, inv[idx]), idx
+    headers, hdr_len = batch.header[idx], batch.hdr_len[idx]
+    if batch.has_ipv6():  # IPv6 rows in the IPv4 layout the models read (tokens.ipv4_view)
+        headers, hdr_len = ipv4_view(headers, hdr_len, batch.proto[idx])
+    return Samples(headers, hdr_len, soft_label(size), size, inv[idx]), idx
 
 
 def cap_flows(samples: Samples, max_flows: int | None, seed: int = 0) -> Samples:

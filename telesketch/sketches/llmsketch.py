@@ -37,11 +37,27 @@ spec's bytes.
 
 Flow names (``keep_keys=True``, flow-size task; not in the spec). The heavy part stores 4-byte
 fingerprints, which an operator cannot act on. With ``keep_keys`` every heavy slot also keeps the
-13-byte 5-tuple of the flow it holds (``slot_names``, ``uint8[NB, 8, 13]``, charged in
+flow key of the flow it holds (``slot_names``, ``uint8[NB, 8, 13]``, charged in
 :attr:`LLMSketch.memory_bytes`: ``NB * 8 * 13`` bytes, +33 KiB per 100 KiB of heavy part), filled
 after each batch for the slots whose key changed (one extra pass over the batch, only then), so
 :meth:`LLMSketch.top_flows` reports 5-tuples. The counts, hashes and the serialised spec arrays are
 unchanged; the names travel as one more array of the state.
+
+IPv6 (issue #18). The flow-size task keys a flow on its *canonical* key: the 13-byte 5-tuple for
+an IPv4 flow (unchanged, so IPv4 answers and speed are as before), the 37-byte tuple
+``src(16) dst(16) sport(2) dport(2) proto(1)`` for an IPv6 flow (:meth:`PacketBatch.flow_keys37`);
+an IPv6 row whose addresses are both v4-mapped (``::ffff:a.b.c.d``) is the IPv4 flow. The stored key
+stays the 4-byte fingerprint ``mmh3_32(canonical key, 123123)``, so the heavy part's and Count-Min's
+memory per flow do not grow for IPv6. Queries take 13- or 37-byte keys (:func:`canonical_flow_keys`).
+Names: ``slot_names`` is 13 bytes wide until the first IPv6 flow is named, then it widens once to
+37 (IPv4 names v4-mapped; ``memory_bytes`` then charges ``NB * 8 * 37``): IPv4-only traffic pays
+nothing, and its serialised state keeps layout 1 byte for byte; a state with 37-byte names is layout
+2. ``top_flows`` reports 13-byte keys for IPv4 flows and 37-byte keys for IPv6 flows either way.
+The ``heavy_hitters`` task stores the 13-byte key itself, so it refuses batches with IPv6 rows
+(:func:`check_families`), as does ``hhh`` (IPv4 source addresses; IPv6 prefix hierarchies are
+ResidualSketch's). For mixed traffic, ``heavy_hitters37`` stores every flow's 37-byte key (IPv4
+v4-mapped; slot 41 B, bucket 328 B, so 2.4 times the memory of ``heavy_hitters`` for the same
+slots) and reports IPv4 flows as 13-byte keys, IPv6 flows as 37-byte keys.
 
 Scores: ``update(batch, scores)`` takes one score per packet; ``update(batch)`` asks the sketch's
 :class:`telesketch.estimators.scoring.FlowScorer` (per-flow scoring, sync or async, spec §4).
@@ -60,14 +76,15 @@ from numba.extending import intrinsic
 
 from telesketch.hashing import mix64
 from telesketch.jit import kernel, twin
-from telesketch.packets import FLOW_KEY_BYTES, PacketBatch
+from telesketch.packets import FLOW_KEY37_BYTES, FLOW_KEY_BYTES, V4_MAPPED_PREFIX, PacketBatch
 from telesketch.sketches.cocosketch import fastmod
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
 from telesketch.sketches.hierarchy import prefix_mask
 
 ALGORITHM = "llmsketch"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: slot_names may be 37 bytes wide (IPv6 names); 1 is still read
+STATE_VERSIONS = (1, 2)
 SLOTS = 8
 CM_ROWS = 3
 COCO_ROWS = 2
@@ -81,6 +98,7 @@ LARGE = 0.5  # scores >= this are "predicted large"
 TASKS: dict[str, tuple[float, int, str]] = {
     "flow_size": (0.2, 4, "countmin"),
     "heavy_hitters": (1.0, FLOW_KEY_BYTES, "none"),
+    "heavy_hitters37": (1.0, FLOW_KEY37_BYTES, "none"),  # both families: 37-byte keys, IPv4 v4-mapped
     "hhh": (0.5, 4, "coco"),
 }
 LIGHT_KIND = {"none": 0, "countmin": 1, "coco": 2}
@@ -200,9 +218,33 @@ def _bswap16(x):
     return ((x & np.uint32(0xFF)) << np.uint32(8)) | (x >> np.uint32(8))
 
 
+@kernel(inline="always")
+def _be_word(block, i, at):
+    """The 4 bytes ``block[i, at:at + 4]`` as one big-endian uint32 (an IPv4 address)."""
+    return (np.uint32(block[i, at]) << np.uint32(24)) | (np.uint32(block[i, at + 1]) << np.uint32(16)) | (
+        np.uint32(block[i, at + 2]) << np.uint32(8)) | np.uint32(block[i, at + 3])
+
+
+@kernel(inline="always")
+def _le_word(block, i, at):
+    """The 4 bytes ``block[i, at:at + 4]`` as one little-endian uint32 (a MurmurHash3 block)."""
+    return np.uint32(block[i, at]) | (np.uint32(block[i, at + 1]) << np.uint32(8)) | (
+        np.uint32(block[i, at + 2]) << np.uint32(16)) | (np.uint32(block[i, at + 3]) << np.uint32(24))
+
+
+@kernel(inline="always")
+def _is_v4_mapped(block, i):
+    for j in range(10):
+        if block[i, j] != 0:
+            return False
+    return block[i, 10] == 0xFF and block[i, 11] == 0xFF
+
+
 @kernel
 def _batch_words_kernel(task, src_ip, dst_ip, src_port, dst_port, proto, out):
-    """Stored keys of a batch straight from its columns (task 0 flow_size, 1 heavy_hitters, 2 hhh)."""
+    """Stored keys of an IPv4-only batch straight from its columns (task 0 flow_size, 1 heavy_hitters,
+    2 hhh). Batches with IPv6 rows, and the heavy_hitters37 task, take :func:`_batch_words_mixed_kernel`:
+    this loop stays exactly the IPv4 one, so IPv4-only traffic pays no per-packet family test."""
     k13 = np.zeros(4, np.uint32)
     for i in range(src_ip.shape[0]):
         if task == 2:
@@ -211,6 +253,55 @@ def _batch_words_kernel(task, src_ip, dst_ip, src_port, dst_port, proto, out):
         k13[0] = _bswap32(src_ip[i])
         k13[1] = _bswap32(dst_ip[i])
         k13[2] = _bswap16(src_port[i]) | (_bswap16(dst_port[i]) << np.uint32(16))
+        k13[3] = np.uint32(proto[i])
+        if task == 0:
+            out[i, 0] = np.uint32(_mmh3_words(k13, 13, _U64(FINGERPRINT_SEED)))
+        else:
+            out[i, :] = k13
+
+
+@kernel
+def _batch_words_mixed_kernel(task, src_ip, dst_ip, src_port, dst_port, proto, ipv6, src_ip6, dst_ip6, out):
+    """:func:`_batch_words_kernel` for batches of both families (and task 3, heavy_hitters37).
+
+    IPv6 rows (``ipv6[i] != 0``) of the flow-size task are fingerprinted over their 37-byte key
+    (:func:`canonical_flow_keys`), unless both addresses are v4-mapped: those are the IPv4 flow's
+    13-byte key, so one flow has one fingerprint whichever family carried it. The callers refuse
+    IPv6 rows for the other tasks before this runs."""
+    k13 = np.zeros(4, np.uint32)
+    k37 = np.zeros(10, np.uint32)
+    mapped = np.uint32(0xFFFF0000)  # bytes 8..11 of a v4-mapped address as a little-endian word
+    for i in range(src_ip.shape[0]):
+        if task == 2:
+            out[i, 0] = _bswap32(src_ip[i])
+            continue
+        ports = _bswap16(src_port[i]) | (_bswap16(dst_port[i]) << np.uint32(16))
+        if task == 3:  # heavy_hitters37: the 37-byte key of every row (PacketBatch.flow_keys37)
+            if ipv6[i] != 0:
+                for j in range(4):
+                    out[i, j] = _le_word(src_ip6, i, 4 * j)
+                    out[i, 4 + j] = _le_word(dst_ip6, i, 4 * j)
+            else:
+                out[i, 0], out[i, 1], out[i, 2], out[i, 3] = 0, 0, mapped, _bswap32(src_ip[i])
+                out[i, 4], out[i, 5], out[i, 6], out[i, 7] = 0, 0, mapped, _bswap32(dst_ip[i])
+            out[i, 8] = ports
+            out[i, 9] = np.uint32(proto[i])
+            continue
+        if ipv6[i] != 0:
+            if not (_is_v4_mapped(src_ip6, i) and _is_v4_mapped(dst_ip6, i)):
+                for j in range(4):
+                    k37[j] = _le_word(src_ip6, i, 4 * j)
+                    k37[4 + j] = _le_word(dst_ip6, i, 4 * j)
+                k37[8] = ports
+                k37[9] = np.uint32(proto[i])
+                out[i, 0] = np.uint32(_mmh3_words(k37, 37, _U64(FINGERPRINT_SEED)))
+                continue
+            k13[0] = _bswap32(_be_word(src_ip6, i, 12))
+            k13[1] = _bswap32(_be_word(dst_ip6, i, 12))
+        else:
+            k13[0] = _bswap32(src_ip[i])
+            k13[1] = _bswap32(dst_ip[i])
+        k13[2] = ports
         k13[3] = np.uint32(proto[i])
         if task == 0:
             out[i, 0] = np.uint32(_mmh3_words(k13, 13, _U64(FINGERPRINT_SEED)))
@@ -550,23 +641,121 @@ class LLMSketchParams:
 def stored_keys(batch_or_keys, task: str) -> np.ndarray:
     """The stored key bytes (``uint8[n, key_len]``) of a batch or of query keys (spec §1).
 
-    Query keys: ``flow_size`` / ``heavy_hitters`` take 13-byte 5-tuples (``uint8[n, 13]``, ``V13``
-    or a list of ``bytes``); ``hhh`` takes numeric source addresses (``uint32[n]``).
+    Query keys: ``flow_size`` / ``heavy_hitters`` take flow keys as in :func:`canonical_flow_keys`
+    (13-byte 5-tuples, 37-byte IPv6-capable keys, or a mix of both in a list); ``hhh`` takes numeric
+    source addresses (``uint32[n]``). The flow-size task fingerprints a flow's canonical key (the
+    13-byte key of an IPv4 flow, however it is written; the 37-byte key of an IPv6 flow). The
+    ``heavy_hitters`` and ``hhh`` tasks store IPv4 keys only and refuse IPv6 keys.
     """
     if isinstance(batch_or_keys, PacketBatch):
-        raw = batch_or_keys.src_ip if task == "hhh" else batch_or_keys.flow_keys()
+        if task == "hhh":
+            raw = batch_or_keys.src_ip
+        else:
+            return batch_words(batch_or_keys, task).view(np.uint8)[:, : TASKS[task][1]]
     else:
         raw = batch_or_keys
     if task == "hhh":
         addr = np.asarray(raw, dtype=np.uint32).reshape(-1)
         return addr.astype(">u4").view(np.uint8).reshape(-1, 4)
-    k13 = _as_key13(raw)
+    keys37, v4 = canonical_flow_keys(raw)
     if task == "flow_size":
-        return fingerprint(k13)
-    return k13
+        return flow_fingerprints(keys37, v4)
+    if task == "heavy_hitters37":
+        return np.ascontiguousarray(keys37)
+    if not v4.all():
+        raise SketchError("the heavy_hitters task stores 13-byte IPv4 keys: an IPv6 flow key cannot be asked "
+                          "(heavy_hitters37 and flow_size key IPv6 flows on their 37-byte tuple)")
+    return key13_of(keys37)
 
 
-TASK_CODE = {"flow_size": 0, "heavy_hitters": 1, "hhh": 2}
+def key37_of(keys13: np.ndarray) -> np.ndarray:
+    """13-byte IPv4 keys (``uint8[n, 13]``) as 37-byte keys with v4-mapped addresses (``uint8[n, 37]``)."""
+    keys13 = np.asarray(keys13, np.uint8).reshape(-1, FLOW_KEY_BYTES)
+    out = np.zeros((keys13.shape[0], FLOW_KEY37_BYTES), np.uint8)
+    out[:, 10:12] = out[:, 26:28] = 0xFF
+    out[:, 12:16] = keys13[:, 0:4]
+    out[:, 28:32] = keys13[:, 4:8]
+    out[:, 32:37] = keys13[:, 8:13]
+    return out
+
+
+def key13_of(keys37: np.ndarray) -> np.ndarray:
+    """The 13-byte keys of 37-byte keys whose addresses are v4-mapped (``uint8[n, 13]``)."""
+    keys37 = np.asarray(keys37, np.uint8).reshape(-1, FLOW_KEY37_BYTES)
+    return np.ascontiguousarray(np.concatenate([keys37[:, 12:16], keys37[:, 28:32], keys37[:, 32:37]], axis=1))
+
+
+def v4_mapped_rows(keys37: np.ndarray) -> np.ndarray:
+    """``bool[n]``: rows of ``uint8[n, 37]`` whose source and destination are both v4-mapped (IPv4 flows)."""
+    prefix = np.frombuffer(V4_MAPPED_PREFIX, np.uint8)
+    keys37 = np.asarray(keys37, np.uint8).reshape(-1, FLOW_KEY37_BYTES)
+    return (keys37[:, 0:12] == prefix).all(axis=1) & (keys37[:, 16:28] == prefix).all(axis=1)
+
+
+def canonical_flow_keys(raw) -> tuple[np.ndarray, np.ndarray]:
+    """Query flow keys as ``(uint8[n, 37], bool[n] is-IPv4)``.
+
+    Accepts ``uint8[n, 13]`` / ``V13`` / flat bytes (13-byte IPv4 5-tuples), ``uint8[n, 37]`` /
+    ``V37`` (``src(16) dst(16) sport dport proto``, :meth:`PacketBatch.flow_keys37`), or a list of
+    ``bytes`` of either length. A 37-byte key with both addresses v4-mapped is the IPv4 flow."""
+    if isinstance(raw, (list, tuple)):
+        rows = [bytes(k) for k in raw]
+        bad = [len(k) for k in rows if len(k) not in (FLOW_KEY_BYTES, FLOW_KEY37_BYTES)]
+        if bad:
+            raise SketchError(f"a flow key has {FLOW_KEY_BYTES} or {FLOW_KEY37_BYTES} bytes, got {bad[0]}")
+        keys37 = np.zeros((len(rows), FLOW_KEY37_BYTES), np.uint8)
+        short = np.array([len(k) == FLOW_KEY_BYTES for k in rows], bool)
+        if short.any():
+            keys37[short] = key37_of(np.frombuffer(b"".join(k for k in rows if len(k) == FLOW_KEY_BYTES), np.uint8))
+        if (~short).any():
+            keys37[~short] = np.frombuffer(b"".join(k for k in rows if len(k) != FLOW_KEY_BYTES),
+                                           np.uint8).reshape(-1, FLOW_KEY37_BYTES)
+    else:
+        arr = np.asarray(raw)
+        if arr.dtype.kind == "V":
+            arr = np.ascontiguousarray(arr).view(np.uint8).reshape(-1, arr.dtype.itemsize)
+        arr = np.ascontiguousarray(arr, dtype=np.uint8)
+        if arr.ndim == 2 and arr.shape[1] == FLOW_KEY37_BYTES:
+            keys37 = arr
+        elif arr.size % FLOW_KEY_BYTES == 0 and (arr.ndim == 1 or arr.shape[-1] == FLOW_KEY_BYTES):
+            keys37 = key37_of(arr.reshape(-1, FLOW_KEY_BYTES))
+        else:
+            raise SketchError(f"flow keys must be uint8[n, {FLOW_KEY_BYTES}] or uint8[n, {FLOW_KEY37_BYTES}], "
+                              f"got shape {arr.shape}")
+    return keys37, v4_mapped_rows(keys37)
+
+
+def flow_key_parts(key: bytes) -> tuple[str, str, int, int, int]:
+    """``(src, dst, src_port, dst_port, proto)`` of a reported flow key, addresses as text (dotted
+    quad for a 13-byte key or a v4-mapped 37-byte one, RFC 5952 for IPv6): for the presenter, which
+    formats every answer; not for hot paths."""
+    from telesketch.packets import format_ipv4, format_ipv6
+
+    key = bytes(key)
+    if len(key) == FLOW_KEY37_BYTES:
+        keys37 = np.frombuffer(key, np.uint8).reshape(1, -1)
+        if not v4_mapped_rows(keys37)[0]:
+            return (format_ipv6(key[0:16]), format_ipv6(key[16:32]), int.from_bytes(key[32:34], "big"),
+                    int.from_bytes(key[34:36], "big"), key[36])
+        key = key13_of(keys37)[0].tobytes()
+    if len(key) != FLOW_KEY_BYTES:
+        raise SketchError(f"a flow key has {FLOW_KEY_BYTES} or {FLOW_KEY37_BYTES} bytes, got {len(key)}")
+    return (format_ipv4(int.from_bytes(key[0:4], "big")), format_ipv4(int.from_bytes(key[4:8], "big")),
+            int.from_bytes(key[8:10], "big"), int.from_bytes(key[10:12], "big"), key[12])
+
+
+def flow_fingerprints(keys37: np.ndarray, v4: np.ndarray) -> np.ndarray:
+    """Flow-size stored keys ``uint8[n, 4]``: :func:`fingerprint` of the 13-byte key of IPv4 rows
+    (``v4``), of the 37-byte key of the others (what ``_batch_words_kernel`` computes per packet)."""
+    out = np.empty((keys37.shape[0], 4), np.uint8)
+    if v4.any():
+        out[v4] = fingerprint(key13_of(keys37[v4]))
+    if (~v4).any():
+        out[~v4] = fingerprint(keys37[~v4])
+    return out
+
+
+TASK_CODE = {"flow_size": 0, "heavy_hitters": 1, "hhh": 2, "heavy_hitters37": 3}
 
 
 def key_words(key_len: int) -> int:
@@ -585,26 +774,32 @@ def bytes_to_words(keys: np.ndarray) -> np.ndarray:
 
 def batch_words(batch: PacketBatch, task: str) -> np.ndarray:
     """Stored keys of a batch as ``uint32[n, W]``, computed from the columns in one kernel pass."""
+    check_families(batch, task)
     out = np.empty((len(batch), key_words(TASKS[task][1])), np.uint32)
-    _batch_words_kernel(TASK_CODE[task], batch.src_ip, batch.dst_ip, batch.src_port, batch.dst_port, batch.proto,
-                        out)
+    if task == "heavy_hitters37" or batch.has_ipv6():
+        _batch_words_mixed_kernel(TASK_CODE[task], batch.src_ip, batch.dst_ip, batch.src_port, batch.dst_port,
+                                  batch.proto, batch.ipv6, batch.src_ip6, batch.dst_ip6, out)
+    else:
+        _batch_words_kernel(TASK_CODE[task], batch.src_ip, batch.dst_ip, batch.src_port, batch.dst_port, batch.proto,
+                            out)
     return out
 
 
-def fingerprint(keys13: np.ndarray) -> np.ndarray:
-    """``fp(k) = mmh3_32(k, 123123).to_bytes(4, 'little')`` of every row: ``uint8[n, 4]``."""
-    return mmh3_rows(keys13, FINGERPRINT_SEED).astype("<u4").view(np.uint8).reshape(-1, 4)
+def check_families(batch: PacketBatch, task: str) -> None:
+    """Refuse IPv6 rows for the tasks that store IPv4 keys (``heavy_hitters``: 13-byte keys; ``hhh``:
+    source addresses), with :class:`SketchError` and before anything changes. IPv6 rows whose
+    addresses are both v4-mapped are IPv4 flows and pass."""
+    if task in ("flow_size", "heavy_hitters37") or not batch.has_ipv6():
+        return
+    v6 = batch.ipv6.astype(bool)
+    if not v4_mapped_rows(batch[v6].flow_keys37()).all():
+        raise SketchError(f"the LLM-Sketch {task} task keys IPv4 flows only; this batch has "
+                          f"{int(v6.sum())} IPv6 packets (the flow_size task keys IPv6 flows on their 37-byte tuple)")
 
 
-def _as_key13(raw) -> np.ndarray:
-    if isinstance(raw, (list, tuple)):
-        raw = np.frombuffer(b"".join(bytes(k) for k in raw), np.uint8) if raw else np.empty(0, np.uint8)
-    arr = np.asarray(raw)
-    if arr.dtype.kind == "V":
-        arr = np.ascontiguousarray(arr).view(np.uint8)
-    arr = np.ascontiguousarray(arr, dtype=np.uint8).reshape(-1, FLOW_KEY_BYTES) if arr.size else np.empty(
-        (0, FLOW_KEY_BYTES), np.uint8)
-    return arr
+def fingerprint(keys: np.ndarray) -> np.ndarray:
+    """``fp(k) = mmh3_32(k, 123123).to_bytes(4, 'little')`` of every row (13- or 37-byte keys): ``uint8[n, 4]``."""
+    return mmh3_rows(keys, FINGERPRINT_SEED).astype("<u4").view(np.uint8).reshape(-1, 4)
 
 
 # ---------------------------------------------------------------------------- the sketch
@@ -727,6 +922,7 @@ class LLMSketch(Sketch):
         if not isinstance(batch, PacketBatch):
             raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}; use update_keys() for arrays")
         n = len(batch)
+        check_families(batch, self.params.task)
         if scores is None:
             if self.scorer is None:
                 raise SketchError("update() without scores needs an estimator (LLMSketch(estimator=...))")
@@ -746,11 +942,25 @@ class LLMSketch(Sketch):
         slots = np.flatnonzero(changed)
         found = np.full(slots.shape[0], -1, np.int64)
         _slot_packets_kernel(after.reshape(-1)[slots], words[:, 0], found)
-        names = np.zeros((found.shape[0], FLOW_KEY_BYTES), np.uint8)
-        ok = found >= 0
-        if ok.any():
-            names[ok] = batch[found[ok]].flow_keys()
+        rows = batch[found[found >= 0]]
+        if rows.has_ipv6() or self.slot_names.shape[-1] == FLOW_KEY37_BYTES:
+            keys37 = rows.flow_keys37()
+            if not v4_mapped_rows(keys37).all() and self.slot_names.shape[-1] == FLOW_KEY_BYTES:
+                self._widen_names()
+            named = key13_of(keys37) if self.slot_names.shape[-1] == FLOW_KEY_BYTES else keys37
+        else:
+            named = rows.flow_keys()  # IPv4 rows, 13-byte names: as before IPv6
+        names = np.zeros((found.shape[0], self.slot_names.shape[-1]), np.uint8)
+        names[found >= 0] = named
         self.slot_names[changed] = names
+
+    def _widen_names(self) -> None:
+        """Hold 37-byte names from now on (the first IPv6 flow named): the IPv4 names become their
+        v4-mapped 37-byte keys, unknown names stay all zero."""
+        wide = np.zeros(self.slot_names.shape[:-1] + (FLOW_KEY37_BYTES,), np.uint8)
+        named = self.slot_names.any(axis=-1)
+        wide[named] = key37_of(self.slot_names[named])
+        self.slot_names = wide
 
     def update_keys(self, keys: np.ndarray, scores: np.ndarray) -> None:
         """Insert stored keys (``uint8[n, key_len]``, see :func:`stored_keys`) with scores ``float[n]``."""
@@ -814,13 +1024,24 @@ class LLMSketch(Sketch):
         mask = self.occ.astype(bool)
         return self.slot_keys[mask], self.counts[mask].astype(np.int64)
 
-    def _heavy_names(self) -> np.ndarray | None:
-        """``uint8[m, 13]`` 5-tuples of the occupied slots (rows of zeros: unknown), or None."""
-        return self.slot_names[self.occ.astype(bool)] if self.keep_keys else None
+    def _heavy_names(self) -> list[bytes | None] | None:
+        """The flow key of each occupied slot (13 bytes for an IPv4 flow, 37 for an IPv6 one; None:
+        unknown), or None without ``keep_keys``."""
+        if not self.keep_keys:
+            return None
+        names = self.slot_names[self.occ.astype(bool)]
+        known = names.any(axis=1)
+        if names.shape[1] == FLOW_KEY37_BYTES:
+            v4 = v4_mapped_rows(names)
+            return [None if not k else (n[12:16].tobytes() + n[28:37].tobytes() if f else n.tobytes())
+                    for n, k, f in zip(names, known, v4)]
+        return [n.tobytes() if k else None for n, k in zip(names, known)]
 
     def _decode(self, key: np.ndarray):
         if self.params.task == "heavy_hitters":
             return key.tobytes()
+        if self.params.task == "heavy_hitters37":  # an IPv4 flow as its 13-byte key, as everywhere
+            return key13_of(key)[0].tobytes() if v4_mapped_rows(key)[0] else key.tobytes()
         if self.params.task == "hhh":
             return int.from_bytes(key.tobytes(), "big")
         return int.from_bytes(key.tobytes(), "little")  # the flow-size fingerprint
@@ -829,8 +1050,10 @@ class LLMSketch(Sketch):
         """Inverse of :meth:`_decode`: a key as :meth:`top_flows` reports it -> its stored bytes."""
         if self.params.task == "heavy_hitters":
             return bytes(key)
-        if isinstance(key, (bytes, bytearray)) and len(key) == FLOW_KEY_BYTES:  # a named flow (keep_keys)
-            return fingerprint(np.frombuffer(bytes(key), np.uint8).reshape(1, -1))[0].tobytes()
+        if self.params.task == "heavy_hitters37":
+            return canonical_flow_keys([key])[0][0].tobytes()
+        if isinstance(key, (bytes, bytearray)) and len(key) in (FLOW_KEY_BYTES, FLOW_KEY37_BYTES):  # keep_keys name
+            return flow_fingerprints(*canonical_flow_keys([key]))[0].tobytes()
         return int(key).to_bytes(self.params.key_len, "big" if self.params.task == "hhh" else "little")
 
     def estimate_reported(self, keys) -> np.ndarray:
@@ -848,8 +1071,9 @@ class LLMSketch(Sketch):
         """The ``k`` largest heavy-part entries as ``(key, count)``, count descending.
 
         Keys are 13-byte ``bytes`` (heavy-hitter task), the numeric source address (HHH task) or
-        the 32-bit fingerprint ``mmh3_32(key13, 123123)`` (flow-size task, which stores no full key;
-        see :func:`fingerprint`); with ``keep_keys`` the flow-size task's 13-byte 5-tuples (the
+        the 32-bit fingerprint ``mmh3_32(key, 123123)`` (flow-size task, which stores no full key;
+        see :func:`fingerprint` and :func:`flow_fingerprints`); with ``keep_keys`` the flow-size
+        task's flow keys: 13-byte 5-tuples for IPv4 flows, 37-byte keys for IPv6 flows (the
         fingerprint where a slot's name is not known).
         """
         keys, counts = self._heavy_entries()
@@ -857,7 +1081,7 @@ class LLMSketch(Sketch):
         order = np.lexsort((np.arange(counts.shape[0]), -counts))[: max(int(k), 0)]
         if names is None:
             return [(self._decode(keys[i]), int(counts[i])) for i in order]
-        return [(names[i].tobytes() if names[i].any() else self._decode(keys[i]), int(counts[i])) for i in order]
+        return [(names[i] if names[i] is not None else self._decode(keys[i]), int(counts[i])) for i in order]
 
     def heavy_hitters(self, threshold: float | None = None, phi: float | None = None) -> list[tuple[Any, int]]:
         """Heavy-part entries with count ``> threshold`` (or ``> int(phi * packets)``), largest first.
@@ -929,13 +1153,15 @@ class LLMSketch(Sketch):
         arrays = self._arrays()
         if self.keep_keys:
             arrays["slot_names"] = self.slot_names
-        return pack_state(ALGORITHM, STATE_VERSION, asdict(self.params), arrays, self.epoch,
+        # layout 1 unless 37-byte names are held: IPv4-only states stay byte-identical to layout 1
+        version = 2 if self.slot_names.shape[-1] == FLOW_KEY37_BYTES else 1
+        return pack_state(ALGORITHM, version, asdict(self.params), arrays, self.epoch,
                           extra={"packets": int(self.packets)})
 
     @classmethod
     def from_bytes(cls, data: bytes, estimator: Any = None, **kwargs) -> "LLMSketch":
         """Rebuild a sketch from :meth:`to_bytes`; refuses other algorithms, versions and shapes."""
-        params, arrays, epoch, extra = unpack_state(data, ALGORITHM, STATE_VERSION)
+        params, arrays, epoch, extra = unpack_state(data, ALGORITHM, _state_version(data))
         kwargs.setdefault("keep_keys", "slot_names" in arrays)
         try:
             sketch = cls(params=LLMSketchParams(**params), estimator=estimator, **kwargs)
@@ -948,9 +1174,10 @@ class LLMSketch(Sketch):
             ref[...] = got
         if sketch.keep_keys and "slot_names" in arrays:
             names = arrays["slot_names"]
-            if names.shape != sketch.slot_names.shape or names.dtype != np.uint8:
+            widths = (FLOW_KEY_BYTES, FLOW_KEY37_BYTES)
+            if names.shape[:-1] != sketch.slot_names.shape[:-1] or names.shape[-1] not in widths or names.dtype != np.uint8:
                 raise SketchError("LLM-Sketch state array 'slot_names' does not match the parameters")
-            sketch.slot_names[...] = names
+            sketch.slot_names = names
         sketch.packets = int(extra.get("packets", 0))
         sketch.epoch = epoch
         return sketch
@@ -1008,6 +1235,20 @@ def _query_kernel(slot_words, counts, occ, cm, keys, nbytes):
     return out
 
 
+def _state_version(data: bytes) -> int:
+    """The layout version in a state envelope's header if it is one this module reads, else
+    :data:`STATE_VERSION` (so ``unpack_state`` names what is wrong)."""
+    import json
+    import struct
+
+    try:
+        (hlen,) = struct.unpack_from("<I", data, 4)
+        version = json.loads(bytes(data[8: 8 + hlen])).get("version")
+    except (struct.error, ValueError, AttributeError):
+        return STATE_VERSION
+    return version if version in STATE_VERSIONS else STATE_VERSION
+
+
 class CountMinBaseline:
     """A plain Count-Min of the same memory, the benchmark baseline: 3 rows of ``W =
     int(memory_bytes / 3 / 4)`` 4-byte counters over the 13-byte key, rows hashed with mmh3 seeds 0..2."""
@@ -1018,14 +1259,26 @@ class CountMinBaseline:
             raise SketchError(f"memory_bytes={memory_bytes} is too small for a Count-Min")
         self.table = np.zeros((CM_ROWS, self.width), np.int64)
 
-    def _cols(self, keys13: np.ndarray) -> np.ndarray:
-        return np.stack([mmh3_rows(keys13, r).astype(np.int64) % self.width for r in range(CM_ROWS)])
+    def _cols(self, keys37: np.ndarray, v4: np.ndarray) -> np.ndarray:
+        """Counter columns ``int64[3, n]``: IPv4 flows hashed over their 13-byte key, IPv6 over 37."""
+        cols = np.empty((CM_ROWS, keys37.shape[0]), np.int64)
+        for r in range(CM_ROWS):
+            if v4.any():
+                cols[r, v4] = mmh3_rows(key13_of(keys37[v4]), r).astype(np.int64) % self.width
+            if (~v4).any():
+                cols[r, ~v4] = mmh3_rows(keys37[~v4], r).astype(np.int64) % self.width
+        return cols
 
     def update(self, batch: PacketBatch) -> None:
-        cols = self._cols(batch.flow_keys())
+        if batch.has_ipv6():
+            keys37 = batch.flow_keys37()
+            cols = self._cols(keys37, v4_mapped_rows(keys37))
+        else:
+            keys13 = batch.flow_keys()
+            cols = np.stack([mmh3_rows(keys13, r).astype(np.int64) % self.width for r in range(CM_ROWS)])
         for r in range(CM_ROWS):
             np.add.at(self.table[r], cols[r], 1)
 
     def flow_size(self, keys) -> np.ndarray:
-        cols = self._cols(_as_key13(keys))
+        cols = self._cols(*canonical_flow_keys(keys))
         return np.min(np.stack([self.table[r][cols[r]] for r in range(CM_ROWS)]), axis=0)
