@@ -73,6 +73,10 @@ class GapEvent:
     epoch: int
 
 
+#: ``families`` of :meth:`Client.hhh` as the request's ``AddressFamilies``.
+_FAMILIES = {(4,): service_pb2.FAMILIES_IPV4, (4, 6): service_pb2.FAMILIES_BOTH, (6,): service_pb2.FAMILIES_IPV6}
+
+
 def _key(raw: bytes):
     return int.from_bytes(raw, "big") if len(raw) == 4 else bytes(raw)
 
@@ -212,11 +216,24 @@ class Client:
             window=self._window(epoch, last, closed_only), sketch=sketch, **self._thresholds(phi, threshold)))
         return _key_rows(reply, details, text)
 
-    def hhh(self, *, epoch=None, last=None, closed_only=False, phi=None, threshold=None, sketch="", details=False):
-        """``[(prefix, length, discounted_estimate)]`` ordered by length then prefix."""
+    def hhh(self, *, epoch=None, last=None, closed_only=False, phi=None, threshold=None, sketch="", details=False,
+            families=None):
+        """``[(prefix, length, discounted_estimate)]`` of IPv4 prefixes, ordered by length then prefix.
+
+        ``families`` ``(4, 6)``, ``(6,)`` or ``(4,)``: those families' rows instead, as
+        ``HHHRow(family, prefix bytes, length, estimate, discounted)`` (``estimate`` the prefix's
+        whole count), IPv4 first, each by length then prefix."""
+        from telesketch.sketches.cocosketch import HHHRow
+
+        which = _FAMILIES[tuple(sorted(set(families)))] if families is not None else service_pb2.FAMILIES_IPV4
         reply = self._call(self._query.HierarchicalHeavyHitters, service_pb2.HHHRequest(
-            window=self._window(epoch, last, closed_only), sketch=sketch, **self._thresholds(phi, threshold)))
-        rows = [(e.prefix, e.length, e.estimate) for e in reply.entries]
+            window=self._window(epoch, last, closed_only), sketch=sketch, families=which,
+            **self._thresholds(phi, threshold)))
+        if families is None:
+            rows = [(e.prefix, e.length, e.estimate) for e in reply.entries]
+        else:
+            rows = [HHHRow(e.family, bytes(e.prefix_bytes), e.length, e.undiscounted_estimate, e.estimate)
+                    for e in reply.entries]
         return (rows, reply.window) if details else rows
 
     def flow_gaps(self, *, epoch=None, last=None, closed_only=False, limit=0, sketch="", details=False):
@@ -227,7 +244,8 @@ class Client:
         return (rows, reply.window) if details else rows
 
     def flow_size(self, keys, *, epoch=None, last=None, closed_only=False, sketch="", details=False):
-        """Estimated packets of each 13-byte key (``bytes`` or ``uint8[n, 13]`` rows): ``[int]``."""
+        """Estimated packets of each flow key: 13-byte IPv4 keys or 37-byte keys of either family
+        (``bytes``, or ``uint8[n, 13]`` / ``uint8[n, 37]`` rows): ``[int]``."""
         keys = [bytes(k) for k in keys]
         reply = self._call(self._query.FlowSize, service_pb2.FlowSizeRequest(
             window=self._window(epoch, last, closed_only), sketch=sketch, keys=keys))

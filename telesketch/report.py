@@ -68,7 +68,7 @@ import numpy as np
 
 from telesketch.packets import FLOW_KEY_BYTES
 from telesketch.presenter import format_prefix, key_text, time_text
-from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec
+from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec, ipv4_triples
 from telesketch.errors import TelesketchError
 from telesketch.service.sketchset import KINDS
 from telesketch.sketches import exact
@@ -145,8 +145,8 @@ class LocalSource:
         return [(k, float(v)) for k, v in a.rows], info
 
     def hhh(self, last: int, phi: float, sketch: str = ""):
-        a = self._ask(lambda: self.engine.hhh(WindowSpec(last=last), sketch, phi))
-        return [(int(p), int(n), float(c)) for p, n, c in a.rows], self._info(a)
+        a = self._ask(lambda: self.engine.hhh(WindowSpec(last=last), sketch, phi, families=(4,)))
+        return [(int(p), int(n), float(c)) for p, n, c in ipv4_triples(a.rows)], self._info(a)
 
     def gaps(self, last: int, sketch: str = ""):
         a = self._ask(lambda: self.engine.gaps(WindowSpec(last=last), sketch, 0))

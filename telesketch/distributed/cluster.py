@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from telesketch.hashing import hash_5tuple, hash_u32
-from telesketch.packets import BLOCK_COLUMNS, COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
+from telesketch.packets import BLOCK_COLUMNS, COLUMN_DTYPES, FLOW_KEY37_BYTES, FLOW_KEY_BYTES, PacketBatch
 from telesketch.service import sketchset as ss
 from telesketch.errors import NotFound, Precondition, QueryError
 from telesketch.sketches.core import EPOCHS, SketchError, Window, over_shards
@@ -161,11 +161,30 @@ def _as_batch(part):
 
 
 def _keys_batch(keys: np.ndarray) -> PacketBatch:
-    """A batch whose packets carry the 13-byte flow keys ``uint8[n, 13]`` (other columns zero)."""
+    """A batch whose packets carry the flow keys (other columns zero): 13-byte IPv4 keys
+    ``uint8[n, 13]``, or 37-byte keys ``uint8[n, 37]`` (an IPv6 row each; both addresses v4-mapped:
+    the IPv4 row), so :func:`shard_ids` routes each key as it routed the flow's packets."""
     from telesketch.sketches.gapfilter import keys_to_columns
+    from telesketch.sketches.llmsketch import canonical_flow_keys
 
-    keys = np.ascontiguousarray(keys, np.uint8).reshape(-1, FLOW_KEY_BYTES)
-    return PacketBatch.from_columns(**keys_to_columns(keys))
+    keys = np.ascontiguousarray(keys, np.uint8)
+    if keys.ndim != 2 or keys.shape[1] != FLOW_KEY37_BYTES:
+        return PacketBatch.from_columns(**keys_to_columns(keys.reshape(-1, FLOW_KEY_BYTES)))
+    keys37, v4 = canonical_flow_keys(keys)
+    columns = keys_to_columns(_key13_fields(keys37, v4))
+    if not v4.all():
+        columns.update(ipv6=(~v4).astype(np.uint8), src_ip6=np.where(v4[:, None], 0, keys37[:, 0:16]),
+                       dst_ip6=np.where(v4[:, None], 0, keys37[:, 16:32]))
+    return PacketBatch.from_columns(**columns)
+
+
+def _key13_fields(keys37: np.ndarray, v4: np.ndarray) -> np.ndarray:
+    """``uint8[n, 13]``: the 13-byte key of IPv4 rows; for IPv6 rows zero addresses and the ports
+    and protocol (the batch's layout of an IPv6 row: ``src_ip``/``dst_ip`` 0)."""
+    out = np.zeros((keys37.shape[0], FLOW_KEY_BYTES), np.uint8)
+    out[v4, 0:4], out[v4, 4:8] = keys37[v4, 12:16], keys37[v4, 28:32]
+    out[:, 8:13] = keys37[:, 32:37]
+    return out
 
 
 def shard_specs(specs: dict[str, dict[str, Any]], shards: int) -> dict[str, dict[str, Any]]:
@@ -334,7 +353,7 @@ class ShardedSketches:
         return cs
 
     def _owner(self, keys: np.ndarray) -> np.ndarray:
-        """``int64[n]``: the shard owning each 13-byte flow key ``uint8[n, 13]``."""
+        """``int64[n]``: the shard owning each flow key ``uint8[n, 13]`` or ``uint8[n, 37]``."""
         return shard_ids(_keys_batch(keys), self.shards, self.route_seed)
 
     def window(self, name: str, query: str) -> Window:
@@ -360,13 +379,21 @@ class ShardedSketches:
         the global report threshold (default: the configured ``T``)."""
         return self.window(name, "hhh").hhh(self.packets, None, threshold).rows
 
+    def hhh_rows(self, name: str, threshold: float | None = None) -> list:
+        """:meth:`hhh` for both address families: ``[HHHRow]`` (IPv4 rows first), the IPv6 tree's
+        layer estimates summed over the shards the same way, one pass per family."""
+        return self.window(name, "hhh").hhh_rows(self.packets, None, threshold).rows
+
     def gap_events(self, name: str) -> np.ndarray:
         """Union of the shards' gap events (structured array), stably ordered by ``ts_ns``."""
         return self.window(name, "gaps").gap_events().rows[0]
 
     def flow_size(self, name: str, keys: np.ndarray) -> np.ndarray:
-        """``int64[n]`` sizes of 13-byte flow keys ``uint8[n, 13]``, each from its owning shard."""
-        keys = np.ascontiguousarray(keys, np.uint8).reshape(-1, FLOW_KEY_BYTES)
+        """``int64[n]`` sizes of flow keys ``uint8[n, 13]`` (IPv4) or ``uint8[n, 37]`` (either
+        family), each from its owning shard."""
+        keys = np.ascontiguousarray(keys, np.uint8)
+        if keys.ndim != 2 or keys.shape[1] != FLOW_KEY37_BYTES:
+            keys = keys.reshape(-1, FLOW_KEY_BYTES)
         return self.window(name, "flow_size").flow_size(keys).rows
 
     def top_flows(self, name: str, k: int = 100) -> list[tuple[Any, int]]:

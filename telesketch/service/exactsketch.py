@@ -193,6 +193,31 @@ class ExactSketch(Sketch):
         found = exact.hhh(v4.src_ip, threshold=threshold, mode=self.params.hhh_mode)
         return sorted(((p, length, c) for (p, length), c in found.items()), key=lambda e: (-e[1], e[0]))
 
+    def hhh_rows(self, phi: float | None = None, threshold: float | None = None) -> list:
+        """Discounted HHH over the source prefixes of both families, one threshold over all packets:
+        ``[HHHRow(family, prefix bytes, length, estimate, discounted)]`` (``cocosketch.HHHRow``),
+        IPv4 rows first (the :meth:`hhh` answer, hierarchy ``hhh_mode``), then IPv6 rows over
+        :data:`~telesketch.sketches.hierarchy.IPV6_LAYERS` (ResidualSketch's IPv6 tree); each
+        family finest first, then by prefix. ``estimate`` is the prefix's whole count."""
+        from telesketch.sketches.cocosketch import HHHRow
+        from telesketch.sketches.hierarchy import IPV6_LAYERS, hhh_from_counts
+
+        if phi is None and threshold is None:
+            phi = self.params.hhh_phi
+        if threshold is None:
+            threshold = exact.threshold_for(self.packets, phi)
+        batch = self.batch()
+        v4, v6 = batch.family(4), batch.family(6)
+        layers4 = exact.layers_for(self.params.hhh_mode)
+        counts4 = exact.prefix_counts(v4.src_ip, layers4)
+        found4 = hhh_from_counts(counts4, threshold)
+        counts6 = exact.prefix_counts6(v6.src_ip6, IPV6_LAYERS)
+        found6 = hhh_from_counts(counts6, threshold, width=128)
+        rows = [HHHRow(4, int(p).to_bytes(4, "big"), n, counts4[n][p], c) for (p, n), c in found4.items()]
+        rows.sort(key=lambda r: (-r.length, r.prefix))
+        six = [HHHRow(6, int(p).to_bytes(16, "big"), n, counts6[n][p], c) for (p, n), c in found6.items()]
+        return rows + sorted(six, key=lambda r: (-r.length, r.prefix))
+
     def gap_events(self) -> np.ndarray:
         """Ground-truth gap items of the IPv4 packets (``ip_id`` as SEQ; IPv6 rows have no IP-ID
         sequence and open no gap): a structured array with the 5-tuple and ``ts_ns`` of every

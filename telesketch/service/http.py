@@ -53,7 +53,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from telesketch.service.auth import bearer_matches
 from telesketch.presenter import hhh_rows, key_text
-from telesketch.service.queries import WindowSpec
+from telesketch.service.queries import WindowSpec, ipv4_triples
 from telesketch.errors import NotFound, Precondition, QueryError, TelesketchError, TooLarge, Unavailable
 
 log = logging.getLogger("telesketch.service")
@@ -155,7 +155,7 @@ class Api:
             a = q.heavy_changers(window, sketch, phi, threshold)
             return [{"key": key_text(k, a.int_keys), "change": v, "partial": a.partial} for k, v in a.rows]
         if path == "/api/v1/hhh":
-            return hhh_rows(q.hhh(window, sketch, phi, threshold).rows)  # sorted by the engine
+            return hhh_rows(ipv4_triples(q.hhh(window, sketch, phi, threshold, families=(4,)).rows))  # sorted by the engine
         if path == "/api/v1/gaps":
             a = q.gaps(window, sketch, _one(params, "limit", int, 1000))
             return self._shift([{"time": ts // 1_000_000, "ts_ns": ts, "flow": key_text(k), "jump": j, "epoch": e}

@@ -3,7 +3,8 @@
 Each query names a window (:meth:`EpochManager.window`), optionally a sketch, and its parameters;
 it validates them (:mod:`telesketch.errors`: ``QueryError`` and its kinds), resolves the epochs, and asks
 :mod:`telesketch.service.sketchset` for the answer. Answers are plain Python: keys are ``int``
-(4-byte keys: addresses; LLM-Sketch: 32-bit fingerprints) or 13-byte ``bytes`` flow keys.
+(4-byte keys: IPv4 addresses; LLM-Sketch: 32-bit fingerprints), 16-byte ``bytes`` (IPv6 addresses),
+13-byte (IPv4) or 37-byte (IPv6) ``bytes`` flow keys; HHH rows are ``HHHRow`` of both families.
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from telesketch.packets import FLOW_KEY_BYTES
+from telesketch.packets import FLOW_KEY37_BYTES, FLOW_KEY_BYTES, V4_MAPPED_PREFIX
 from telesketch.presenter import key_bytes, key_text, time_text  # noqa: F401 - re-exported for callers
 from telesketch.service import sketchset as ss
 from telesketch.service.epochs import Epoch, EpochManager
 from telesketch.errors import NotFound, QueryError, TooLarge, Unavailable
+from telesketch.sketches.cocosketch import HHHRow
 from telesketch.sketches.core import SketchError
 
 log = logging.getLogger("telesketch.service")
@@ -150,20 +152,26 @@ class QueryEngine:
                                 before=[e.id for e in before])
         return self._run("heavy_changers", run)
 
-    def hhh(self, window: WindowSpec, sketch: str = "", phi=None, threshold=None) -> Answer:
+    def hhh(self, window: WindowSpec, sketch: str = "", phi=None, threshold=None, families=(4, 6)) -> Answer:
+        """Rows :class:`HHHRow` ``(family, prefix bytes, length, estimate, discounted)`` of the
+        ``families`` asked (4, 6 or both: the IPv4 and IPv6 trees side by side, one threshold over
+        the window's packets of both), IPv4 first, then by length and prefix (coarsest first)."""
         _check_fraction(phi, threshold)
+        families = _families(families)
 
         def run():
             cs = ss.pick(self.manager.sketchset.sketches, "hhh", sketch)
             epochs = self._epochs(window, cs=cs)
             n = sum(e.packets for e in epochs)
             got = ss.hhh(cs, [e.states[cs.name] for e in epochs], n, phi, threshold)
-            rows = sorted(((int(p), int(length), float(c)) for p, length, c in got.rows), key=lambda r: (r[1], r[0]))
+            rows = sorted((HHHRow(int(r.family), bytes(r.prefix), int(r.length), float(r.estimate), float(r.discounted))
+                           for r in got.rows if r.family in families),
+                          key=lambda r: (r.family, r.length, r.prefix))
             return self._answer(cs, epochs, rows, got.combine)
         return self._run("hhh", run)
 
     def gaps(self, window: WindowSpec, sketch: str = "", limit: int = 0, with_rows: bool = True) -> Answer:
-        """Rows ``(ts_ns, 13-byte key, jump, epoch)`` ordered by time (the newest ``limit``);
+        """Rows ``(ts_ns, key, jump, epoch)`` (key: 13 bytes, 37 for an IPv6 flow) ordered by time (the newest ``limit``);
         ``extra["per_epoch"]``: events per epoch. ``with_rows=False``: only the counts (no rows built)."""
         if limit < 0:
             raise QueryError(f"limit must be >= 0, got {limit}")
@@ -189,10 +197,7 @@ class QueryEngine:
             raise QueryError("flow_size needs at least one key")
         if len(keys) > MAX_FLOW_KEYS:
             raise TooLarge(f"at most {MAX_FLOW_KEYS} keys per flow_size query, got {len(keys)}")
-        bad = [i for i, k in enumerate(keys) if len(k) != FLOW_KEY_BYTES]
-        if bad:
-            raise QueryError(f"flow keys are {FLOW_KEY_BYTES} bytes; key #{bad[0]} has {len(keys[bad[0]])}")
-        array = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, FLOW_KEY_BYTES)
+        array = _flow_key_array(keys)
 
         def run():
             cs = ss.pick(self.manager.sketchset.sketches, "flow_size", sketch)
@@ -213,6 +218,40 @@ class QueryEngine:
         return self._run("top_flows", run)
 
 
+def ipv4_triples(rows: list) -> list[tuple[int, int, float]]:
+    """The IPv4 rows of an HHH answer as ``(prefix int, length, discounted)``, the row form of
+    answers before IPv6 (for callers that print IPv4 prefixes only)."""
+    return [(int.from_bytes(r.prefix, "big"), r.length, r.discounted) for r in rows if r.family == 4]
+
+
+def _flow_key_array(keys: list[bytes]) -> np.ndarray:
+    """Flow keys as one array: ``uint8[n, 13]`` when every key is a 13-byte IPv4 key, else
+    ``uint8[n, 37]`` (13-byte keys written as their v4-mapped 37-byte form, which every kind reads
+    as the same IPv4 flow). ``QueryError`` naming the first key of another length."""
+    bad = [i for i, k in enumerate(keys) if len(k) not in (FLOW_KEY_BYTES, FLOW_KEY37_BYTES)]
+    if bad:
+        raise QueryError(f"flow keys are {FLOW_KEY_BYTES} bytes (IPv4) or {FLOW_KEY37_BYTES} bytes (either family); "
+                         f"key #{bad[0]} has {len(keys[bad[0]])}")
+    if all(len(k) == FLOW_KEY_BYTES for k in keys):
+        return np.frombuffer(b"".join(keys), np.uint8).reshape(-1, FLOW_KEY_BYTES)
+    return np.frombuffer(b"".join(bytes(_key37(k)) for k in keys), np.uint8).reshape(-1, FLOW_KEY37_BYTES)
+
+
+def _key37(key: bytes) -> bytes:
+    """A 13-byte IPv4 flow key as its 37-byte v4-mapped form; a 37-byte key as it is."""
+    if len(key) == FLOW_KEY37_BYTES:
+        return key
+    return V4_MAPPED_PREFIX + key[0:4] + V4_MAPPED_PREFIX + key[4:8] + key[8:13]
+
+
+def _families(families) -> tuple[int, ...]:
+    """The address families a query asks for: a non-empty subset of (4, 6)."""
+    families = tuple(sorted({int(f) for f in families}))
+    if not families or any(f not in (4, 6) for f in families):
+        raise QueryError(f"address families are 4 and/or 6, got {list(families)}")
+    return families
+
+
 def _event_keys(events: np.ndarray) -> list[bytes]:
     from telesketch.packets import FLOW_KEY_DTYPE
 
@@ -220,4 +259,10 @@ def _event_keys(events: np.ndarray) -> list[bytes]:
     for name in FLOW_KEY_DTYPE.names:
         packed[name] = events[name]
     raw = packed.tobytes()
-    return [raw[i : i + FLOW_KEY_BYTES] for i in range(0, len(raw), FLOW_KEY_BYTES)]
+    keys = [raw[i : i + FLOW_KEY_BYTES] for i in range(0, len(raw), FLOW_KEY_BYTES)]
+    if "ipv6" in (events.dtype.names or ()):  # IPv6 flows (GapFilter layout 2): their 37-byte keys
+        for i in np.flatnonzero(events["ipv6"]).tolist():
+            e = events[i]
+            keys[i] = (bytes(e["src_ip6"]) + bytes(e["dst_ip6"]) + int(e["src_port"]).to_bytes(2, "big")
+                       + int(e["dst_port"]).to_bytes(2, "big") + bytes([int(e["proto"])]))
+    return keys

@@ -48,7 +48,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from telesketch.packets import BatchError, PacketBatch
+from telesketch.packets import FLOW_KEY37_BYTES, V4_MAPPED_PREFIX, BatchError, PacketBatch
 from telesketch.service.config import ServiceConfig
 from telesketch.service.auth import bearer_matches
 from telesketch.service.budget import (APPLIED_BATCHES_KEY, PARTIAL_SUMMARY_KEY, RETRY_AFTER_KEY, RETRY_AFTER_MS,
@@ -413,10 +413,45 @@ def _info(answer) -> service_pb2.WindowInfo:
                                   combine=answer.combine, partial=answer.partial)
 
 
+#: Address families of an ``AddressFamilies`` value (unset: IPv4, what clients before IPv6 expect).
+HHH_FAMILIES = {service_pb2.FAMILIES_IPV4: (4,), service_pb2.FAMILIES_BOTH: (4, 6), service_pb2.FAMILIES_IPV6: (6,)}
+
+
+def _family(key, int_keys: str = "ipv4") -> int:
+    """A key's address family: 6 for 16-byte addresses and 37-byte flow keys not v4-mapped, 0 for
+    an LLM-Sketch fingerprint, else 4."""
+    if isinstance(key, (int, np.integer)):
+        return 0 if int_keys == "fingerprint" else 4
+    key = bytes(key)
+    if len(key) == 16:
+        return 6
+    if len(key) == FLOW_KEY37_BYTES:
+        return 4 if key[:12] == V4_MAPPED_PREFIX and key[16:28] == V4_MAPPED_PREFIX else 6
+    return 4
+
+
 def _keys(answer) -> service_pb2.KeyEstimates:
     return service_pb2.KeyEstimates(
-        entries=[service_pb2.KeyEstimate(key=key_bytes(k), estimate=float(v), text=key_text(k, answer.int_keys))
+        entries=[service_pb2.KeyEstimate(key=key_bytes(k), estimate=float(v), text=key_text(k, answer.int_keys),
+                                         family=_family(k, answer.int_keys))
                  for k, v in answer.rows], window=_info(answer))
+
+
+def _prefix_text(row) -> str:
+    """CIDR text of an ``HHHRow``: the presenter's for IPv4; RFC 5952 for IPv6."""
+    if row.family == 4:
+        return format_prefix(int.from_bytes(row.prefix, "big"), row.length)
+    from telesketch.sketches.cocosketch import format_prefix as format_family_prefix
+
+    return format_family_prefix(row.family, row.prefix, row.length)
+
+
+def _prefixes(answer) -> service_pb2.PrefixEstimates:
+    return service_pb2.PrefixEstimates(
+        entries=[service_pb2.PrefixEstimate(
+            prefix=int.from_bytes(r.prefix, "big") if r.family == 4 else 0, length=r.length, estimate=r.discounted,
+            text=_prefix_text(r), family=r.family, prefix_bytes=r.prefix, undiscounted_estimate=r.estimate)
+            for r in answer.rows], window=_info(answer))
 
 
 class QueryService(service_pb2_grpc.QueryServicer):
@@ -443,17 +478,18 @@ class QueryService(service_pb2_grpc.QueryServicer):
 
     async def HierarchicalHeavyHitters(self, request, context):
         q = self.service.queries
+        families = HHH_FAMILIES.get(request.families)
+        if families is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown address families value {request.families}")
         answer = await self._call(context, lambda: q.hhh(
-            _window(request.window), request.sketch, _opt(request, "phi"), _opt(request, "threshold")))
-        return service_pb2.PrefixEstimates(
-            entries=[service_pb2.PrefixEstimate(prefix=p, length=length, estimate=c, text=format_prefix(p, length))
-                     for p, length, c in answer.rows], window=_info(answer))
+            _window(request.window), request.sketch, _opt(request, "phi"), _opt(request, "threshold"), families))
+        return _prefixes(answer)
 
     async def FlowGaps(self, request, context):
         q = self.service.queries
         answer = await self._call(context, lambda: q.gaps(_window(request.window), request.sketch, request.limit))
         return service_pb2.GapEvents(
-            events=[service_pb2.GapEvent(ts_ns=ts, key=k, jump=j, epoch=e, text=key_text(k))
+            events=[service_pb2.GapEvent(ts_ns=ts, key=k, jump=j, epoch=e, text=key_text(k), family=_family(k))
                     for ts, k, j, e in answer.rows], window=_info(answer))
 
     async def FlowSize(self, request, context):

@@ -304,7 +304,8 @@ def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=Non
 
 
 def hhh(cs, states, n_packets, phi=None, threshold=None) -> Combined:
-    return cs.window(states).hhh(n_packets, phi, threshold)
+    """Rows: ``HHHRow`` of both address families (:meth:`Window.hhh_rows`)."""
+    return cs.window(states).hhh_rows(n_packets, phi, threshold)
 
 
 def gap_events(cs, states) -> Combined:

@@ -14,7 +14,7 @@ import html
 
 from telesketch.errors import TelesketchError
 from telesketch.presenter import key_text
-from telesketch.service.queries import WindowSpec
+from telesketch.service.queries import WindowSpec, ipv4_triples
 
 REFRESH_S = 10
 TOP_ROWS = 10
@@ -178,7 +178,7 @@ def render_status_page(service) -> str:
         f'<div class="card"><h2>Ingest</h2><div class="kv">{kv}</div>{notes}</div>',
         f'<div class="card"><h2>Ingest rate</h2>{_rate_chart(epochs, seconds)}</div>',
         _section("Heavy hitters (open epoch, by source address)", heavy_hitters),
-        _section("Hierarchical heavy hitters (open epoch, source prefixes)", lambda: _hhh_tree(q.hhh(window).rows)),
+        _section("Hierarchical heavy hitters (open epoch, source prefixes)", lambda: _hhh_tree(ipv4_triples(q.hhh(window, families=(4,)).rows))),
         _section("Top flows (open epoch)", top_flows),
         _section("Flow gap events per epoch", gaps),
     ]

@@ -10,7 +10,8 @@ ask these, so every rule is written once:
   epoch are candidates (``sum of per-epoch estimates``). Keys are whole on one shard (routed by their
   own key), so shards are unioned. A threshold below the per-epoch floor ``thresh`` is refused.
 * ResidualSketch: the per-layer estimates of every state (every shard of every epoch) are summed and
-  one HHH pass runs over them (``summed layer estimates``).
+  one HHH pass runs over them (``summed layer estimates``); ``hhh_rows`` does so once per address
+  family (the IPv4 and IPv6 trees, side by side, at one threshold).
 * GapFilter: a window is the union of its epochs' gap events (``union``); shards are one stream
   again, ordered by time.
 * LLM-Sketch: a flow's size is the sum of its per-epoch estimates, read from its owning shard; top
@@ -121,14 +122,36 @@ class HHHWindow(Window):
         from telesketch.sketches.cocosketch import merged_hhh
 
         flat = self.flat()
+        thr = self._threshold(packets, phi, threshold)
+        if len(flat) == 1:
+            return Combined(list(flat[0].hhh(thr)), "single")
+        return Combined([(e.prefix, e.length, e.discounted) for e in merged_hhh(flat, thr)], "summed layer estimates")
+
+    def hhh_rows(self, packets, phi=None, threshold=None) -> Combined:
+        """Both trees' heavy prefixes (:class:`~telesketch.sketches.cocosketch.HHHRow`: family,
+        prefix bytes, length, estimate, discounted), IPv4 rows first, each family finest first.
+
+        The same rule as :meth:`hhh`, once per family: each tree's layer estimates are summed over
+        every state (epochs and shards) and one HHH pass runs over them, at the same threshold
+        (a fraction of the window's packets of both families, or the summed ``T``)."""
+        from telesketch.sketches.cocosketch import hhh_rows, merged_hhh
+
+        flat = self.flat()
+        thr = self._threshold(packets, phi, threshold)
+        if len(flat) == 1:
+            return Combined(list(flat[0].hhh_rows(thr)), "single")
+        return Combined(hhh_rows(merged_hhh(flat, thr, family=4), merged_hhh(flat, thr, family=6)),
+                        "summed layer estimates")
+
+    def _threshold(self, packets, phi, threshold) -> float | None:
+        """:meth:`hhh`'s threshold in packets (``None``: the one state's own ``T``)."""
+        flat = self.flat()
         thr = window_threshold(phi, threshold, packets)
         if thr is None and flat[0].params.threshold is None:
             thr = flat[0].params.phi * packets
-        if len(flat) == 1:
-            return Combined(list(flat[0].hhh(thr)), "single")
-        if thr is None:
+        if thr is None and len(flat) > 1:
             thr = self.rule.threshold * len(self.per_epoch()) if self.sharded else float(sum(s.T for s in flat))
-        return Combined([(e.prefix, e.length, e.discounted) for e in merged_hhh(flat, thr)], "summed layer estimates")
+        return thr
 
 
 # ====================================================================== GapFilter

@@ -208,6 +208,10 @@ class Window:
     def hhh(self, packets: int, phi=None, threshold=None) -> Combined:
         self._refuse("hhh")
 
+    def hhh_rows(self, packets: int, phi=None, threshold=None) -> Combined:
+        """Rows: both address families' heavy prefixes as ``HHHRow`` (``cocosketch.HHHRow``)."""
+        self._refuse("hhh")
+
     def gap_events(self) -> Combined:
         """Rows: per epoch, its gap events (a structured array)."""
         self._refuse("gaps")
@@ -257,6 +261,9 @@ class MergedWindow(Window):
 
     def hhh(self, packets, phi=None, threshold=None) -> Combined:
         return Combined(self.merged().hhh(phi=phi, threshold=threshold), self._label())
+
+    def hhh_rows(self, packets, phi=None, threshold=None) -> Combined:
+        return Combined(self.merged().hhh_rows(phi=phi, threshold=threshold), self._label())
 
     def gap_events(self) -> Combined:
         return self.epoch_events()  # per epoch, as every kind answers gaps

@@ -1,11 +1,21 @@
 from telesketch.v1 import batch_pb2 as _batch_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class AddressFamilies(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAMILIES_IPV4: _ClassVar[AddressFamilies]
+    FAMILIES_BOTH: _ClassVar[AddressFamilies]
+    FAMILIES_IPV6: _ClassVar[AddressFamilies]
+FAMILIES_IPV4: AddressFamilies
+FAMILIES_BOTH: AddressFamilies
+FAMILIES_IPV6: AddressFamilies
 
 class Ack(_message.Message):
     __slots__ = ("sender_id", "sequence", "duplicate", "packets", "applied_packets", "late_packets", "epoch")
@@ -104,16 +114,18 @@ class HeavyChangersRequest(_message.Message):
     def __init__(self, window: _Optional[_Union[Window, _Mapping]] = ..., sketch: _Optional[str] = ..., phi: _Optional[float] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class HHHRequest(_message.Message):
-    __slots__ = ("window", "sketch", "phi", "threshold")
+    __slots__ = ("window", "sketch", "phi", "threshold", "families")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     SKETCH_FIELD_NUMBER: _ClassVar[int]
     PHI_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FAMILIES_FIELD_NUMBER: _ClassVar[int]
     window: Window
     sketch: str
     phi: float
     threshold: float
-    def __init__(self, window: _Optional[_Union[Window, _Mapping]] = ..., sketch: _Optional[str] = ..., phi: _Optional[float] = ..., threshold: _Optional[float] = ...) -> None: ...
+    families: AddressFamilies
+    def __init__(self, window: _Optional[_Union[Window, _Mapping]] = ..., sketch: _Optional[str] = ..., phi: _Optional[float] = ..., threshold: _Optional[float] = ..., families: _Optional[_Union[AddressFamilies, str]] = ...) -> None: ...
 
 class FlowGapsRequest(_message.Message):
     __slots__ = ("window", "sketch", "limit")
@@ -146,14 +158,16 @@ class TopFlowsRequest(_message.Message):
     def __init__(self, window: _Optional[_Union[Window, _Mapping]] = ..., sketch: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
 
 class KeyEstimate(_message.Message):
-    __slots__ = ("key", "estimate", "text")
+    __slots__ = ("key", "estimate", "text", "family")
     KEY_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     estimate: float
     text: str
-    def __init__(self, key: _Optional[bytes] = ..., estimate: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
+    family: int
+    def __init__(self, key: _Optional[bytes] = ..., estimate: _Optional[float] = ..., text: _Optional[str] = ..., family: _Optional[int] = ...) -> None: ...
 
 class KeyEstimates(_message.Message):
     __slots__ = ("entries", "window")
@@ -164,16 +178,22 @@ class KeyEstimates(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[KeyEstimate, _Mapping]]] = ..., window: _Optional[_Union[WindowInfo, _Mapping]] = ...) -> None: ...
 
 class PrefixEstimate(_message.Message):
-    __slots__ = ("prefix", "length", "estimate", "text")
+    __slots__ = ("prefix", "length", "estimate", "text", "family", "prefix_bytes", "undiscounted_estimate")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UNDISCOUNTED_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     prefix: int
     length: int
     estimate: float
     text: str
-    def __init__(self, prefix: _Optional[int] = ..., length: _Optional[int] = ..., estimate: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
+    family: int
+    prefix_bytes: bytes
+    undiscounted_estimate: float
+    def __init__(self, prefix: _Optional[int] = ..., length: _Optional[int] = ..., estimate: _Optional[float] = ..., text: _Optional[str] = ..., family: _Optional[int] = ..., prefix_bytes: _Optional[bytes] = ..., undiscounted_estimate: _Optional[float] = ...) -> None: ...
 
 class PrefixEstimates(_message.Message):
     __slots__ = ("entries", "window")
@@ -184,18 +204,20 @@ class PrefixEstimates(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[PrefixEstimate, _Mapping]]] = ..., window: _Optional[_Union[WindowInfo, _Mapping]] = ...) -> None: ...
 
 class GapEvent(_message.Message):
-    __slots__ = ("ts_ns", "key", "jump", "epoch", "text")
+    __slots__ = ("ts_ns", "key", "jump", "epoch", "text", "family")
     TS_NS_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     JUMP_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     ts_ns: int
     key: bytes
     jump: int
     epoch: int
     text: str
-    def __init__(self, ts_ns: _Optional[int] = ..., key: _Optional[bytes] = ..., jump: _Optional[int] = ..., epoch: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+    family: int
+    def __init__(self, ts_ns: _Optional[int] = ..., key: _Optional[bytes] = ..., jump: _Optional[int] = ..., epoch: _Optional[int] = ..., text: _Optional[str] = ..., family: _Optional[int] = ...) -> None: ...
 
 class GapEvents(_message.Message):
     __slots__ = ("events", "window")
