@@ -28,7 +28,8 @@ How a window of several epochs is answered (``WindowInfo.combine``):
   applies to the sum. Top flows: candidates are the flows in any epoch's top k, each ranked by the
   sum of its estimates in every epoch of the window;
 * ``summed layer estimates`` (ResidualSketch HHH): per-layer estimates summed over the epochs, one
-  discounted HHH pass (the sketch module's ``merged_hhh``);
+  discounted HHH pass (the sketch module's ``merged_hhh``), once per address family (IPv4 and IPv6
+  trees side by side; gRPC: ``HHHRequest.families``, unset = IPv4 only);
 * ``union`` (flow gaps): the gap events reported during each epoch, by time.
 
 Heavy changers compare the window with the equally long window just before it.

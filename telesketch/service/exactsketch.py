@@ -9,9 +9,12 @@ epoch's packet count; use it where an epoch holds at most a few million packets.
 
 Both address families are counted exactly (``exact.mixed_*``): heavy hitters/changers and flow
 counts hold IPv4 keys as before (``int`` addresses, 13-byte flows) and IPv6 keys as 16-byte
-addresses / 37-byte flows, against thresholds over all packets. HHH and gap events cover the IPv4
-rows only for now (IPv6 prefix trees and IPv6 gap semantics come with the sketches that answer
-them, issue 18); their thresholds still count every packet. The state is written in layout
+addresses / 37-byte flows, against thresholds over all packets. HHH: :meth:`ExactSketch.hhh` answers
+the IPv4 tree (as before IPv6), :meth:`ExactSketch.hhh_rows` (what the service's queries ask) both
+trees side by side, IPv6 over ResidualSketch's IPv6 layers (``hierarchy.IPV6_LAYERS``), one threshold
+over every packet. Gap events follow GapFilter's rule for its default ``seq_field`` (``ip_id``): an
+IPv6 packet has no IP-ID sequence, so IPv6 flows are not inspected and never open a gap
+(docs/IPV6.md); the events are the IPv4 flows' ones. The state is written in layout
 version 1 (today's) while it holds no IPv6 packet, so IPv4-only snapshots are unchanged; version 2
 adds the IPv6 columns, and both are read.
 """
