@@ -204,3 +204,14 @@ def test_gap_events_say_their_family(server, traffic):
         window=service_pb2.Window(last=EPOCHS), sketch="exact"))
     # ip_id is IPv4's sequence: IPv6 flows never gap under it (docs/IPV6.md, GapFilter)
     assert all(e.family == 4 and len(e.key) == FLOW_KEY_BYTES for e in reply.events)
+
+
+@pytest.mark.parametrize("sketch", ["hh", "exact"])
+def test_heavy_changers_name_ipv6_sources(server, traffic, sketch):
+    _, client = server
+    parts = epoch_parts(traffic)
+    ids = sorted(parts)
+    threshold = 2 * HH_T
+    got = dict(client.heavy_changers(epoch=ids[-1], sketch=sketch, threshold=threshold))
+    want = exact.mixed_heavy_changers(parts[ids[-2]], parts[ids[-1]], "src_ip", threshold=threshold)
+    assert got == want and any(isinstance(k, bytes) and len(k) == 16 for k in want)
