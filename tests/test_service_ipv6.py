@@ -31,6 +31,8 @@ SKETCHES = {
     "hh": {"kind": "hiddensketch", "memory_bytes": 256 * 1024, "phi": PHI, "expected_epoch_items": 10_000},
     "hhh": {"kind": "residualsketch", "mode": "byte", "memory_bytes": 256 * 1024, "threshold": HHH_T},
     "flows": {"kind": "llmsketch", "memory_bytes": 512 * 1024, "task": "flow_size", "estimator": "constant"},
+    # TCP sequence gaps cover both families (docs/IPV6.md: ip_id does not exist for IPv6 flows)
+    "gaps6": {"kind": "gapfilter_ao", "memory_bytes": 64 * 1024, "seq_field": "tcp_seq"},
 }
 
 
@@ -215,3 +217,28 @@ def test_heavy_changers_name_ipv6_sources(server, traffic, sketch):
     got = dict(client.heavy_changers(epoch=ids[-1], sketch=sketch, threshold=threshold))
     want = exact.mixed_heavy_changers(parts[ids[-2]], parts[ids[-1]], "src_ip", threshold=threshold)
     assert got == want and any(isinstance(k, bytes) and len(k) == 16 for k in want)
+
+
+def _event_key(event) -> bytes:
+    """The flow key an answer names for a GapFilter event: 13 bytes (IPv4) or 37 (IPv6)."""
+    ports = int(event["src_port"]).to_bytes(2, "big") + int(event["dst_port"]).to_bytes(2, "big") + bytes([int(event["proto"])])
+    if event["ipv6"]:
+        return bytes(event["src_ip6"]) + bytes(event["dst_ip6"]) + ports
+    return int(event["src_ip"]).to_bytes(4, "big") + int(event["dst_ip"]).to_bytes(4, "big") + ports
+
+
+def test_ipv6_gap_events_name_37_byte_flow_keys(server, traffic):
+    _, client = server
+    from telesketch.sketches.gapfilter import GapFilterAO
+
+    offline = GapFilterAO(memory_bytes=SKETCHES["gaps6"]["memory_bytes"], seq_field="tcp_seq")
+    for eid, part in epoch_parts(traffic).items():
+        offline.start_epoch(eid)
+        offline.update(part)
+        want = offline.gap_events()
+        reply = client._call(client._query.FlowGaps, service_pb2.FlowGapsRequest(
+            window=service_pb2.Window(epoch=eid), sketch="gaps6"))
+        assert [(e.ts_ns, bytes(e.key), e.family) for e in reply.events] == [
+            (int(ev["ts_ns"]), _event_key(ev), 6 if ev["ipv6"] else 4) for ev in want]
+        assert {e.family for e in reply.events} == {4, 6}
+        assert all(len(e.key) == (FLOW_KEY37_BYTES if e.family == 6 else FLOW_KEY_BYTES) for e in reply.events)
