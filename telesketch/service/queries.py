@@ -171,8 +171,8 @@ class QueryEngine:
         return self._run("hhh", run)
 
     def gaps(self, window: WindowSpec, sketch: str = "", limit: int = 0, with_rows: bool = True) -> Answer:
-        """Rows ``(ts_ns, key, jump, epoch)`` (key: 13 bytes, 37 for an IPv6 flow) ordered by time (the newest ``limit``);
-        ``extra["per_epoch"]``: events per epoch. ``with_rows=False``: only the counts (no rows built)."""
+        """Rows ``(ts_ns, key, jump, epoch)`` (key: 13 bytes; 37 for an IPv6 flow) ordered by time (the
+        newest ``limit``); ``extra["per_epoch"]``: events per epoch. ``with_rows=False``: only the counts (no rows built)."""
         if limit < 0:
             raise QueryError(f"limit must be >= 0, got {limit}")
 
@@ -253,6 +253,7 @@ def _families(families) -> tuple[int, ...]:
 
 
 def _event_keys(events: np.ndarray) -> list[bytes]:
+    """Each gap event's flow key: 13 bytes (IPv4), 37 (IPv6 events of GapFilter's layout 2)."""
     from telesketch.packets import FLOW_KEY_DTYPE
 
     packed = np.empty(events.shape[0], FLOW_KEY_DTYPE)
@@ -260,9 +261,14 @@ def _event_keys(events: np.ndarray) -> list[bytes]:
         packed[name] = events[name]
     raw = packed.tobytes()
     keys = [raw[i : i + FLOW_KEY_BYTES] for i in range(0, len(raw), FLOW_KEY_BYTES)]
-    if "ipv6" in (events.dtype.names or ()):  # IPv6 flows (GapFilter layout 2): their 37-byte keys
-        for i in np.flatnonzero(events["ipv6"]).tolist():
-            e = events[i]
-            keys[i] = (bytes(e["src_ip6"]) + bytes(e["dst_ip6"]) + int(e["src_port"]).to_bytes(2, "big")
-                       + int(e["dst_port"]).to_bytes(2, "big") + bytes([int(e["proto"])]))
+    six = np.flatnonzero(events["ipv6"]) if "ipv6" in (events.dtype.names or ()) else ()
+    if len(six):  # IPv6 flows (GapFilter layout 2): their 37-byte keys
+        keys37 = np.zeros((len(six), FLOW_KEY37_BYTES), np.uint8)
+        keys37[:, 0:16], keys37[:, 16:32] = events["src_ip6"][six], events["dst_ip6"][six]
+        keys37[:, 32:34] = events["src_port"][six].astype(">u2").view(np.uint8).reshape(-1, 2)
+        keys37[:, 34:36] = events["dst_port"][six].astype(">u2").view(np.uint8).reshape(-1, 2)
+        keys37[:, 36] = events["proto"][six]
+        raw37 = keys37.tobytes()
+        for j, i in enumerate(six.tolist()):
+            keys[i] = raw37[j * FLOW_KEY37_BYTES:(j + 1) * FLOW_KEY37_BYTES]
     return keys
