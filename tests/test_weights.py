@@ -184,3 +184,79 @@ def test_exact_oracle_weights_match_a_brute_force_sum(mixed):
     weighted = exact.mixed_count_dict(mixed, "src_ip", weight="bytes")
     assert sum(weighted.values()) == total
     assert exact.mixed_count_dict(mixed, "src_ip") == exact.mixed_count_dict(mixed, "src_ip", weight="packets")
+
+
+def test_service_config_takes_a_weight_per_sketch():
+    from telesketch.service.config import ConfigError, ServiceConfig
+
+    hhh = {"kind": "residualsketch", "weight": "bytes", "phi": 1e-3, "expected_bytes": 10**9}
+    ServiceConfig(sketches={"hhh_bytes": hhh}).validate()
+    with pytest.raises(ConfigError, match="'hhh_bytes': weight must be"):
+        ServiceConfig(sketches={"hhh_bytes": {**hhh, "weight": "octets"}}).validate()
+    with pytest.raises(ConfigError, match="'gaps': kind 'gapfilter_ao' counts packets only"):
+        ServiceConfig(sketches={"gaps": {"kind": "gapfilter_ao", "weight": "bytes"}}).validate()
+    ServiceConfig(sketches={"gaps": {"kind": "gapfilter_ao", "weight": "packets"}}).validate()
+
+
+def test_a_packet_weight_on_a_packet_only_kind_builds_the_sketch():
+    from telesketch.service.config import ServiceConfig
+    from telesketch.service.sketchset import SketchSet
+
+    config = ServiceConfig(sketches={"gaps": {"kind": "gapfilter_ao", "memory_bytes": 4096, "weight": "packets"},
+                                     "hhh": {"kind": "residualsketch", "memory_bytes": 4096, "threshold": 500,
+                                             "weight": "bytes"}}).validate()
+    sketches = SketchSet.from_config(config.sketches)
+    assert sorted(cs.name for cs in sketches.sketches if cs.active) == ["gaps", "hhh"]
+
+
+def test_a_window_of_byte_weighted_epochs_answers_phi_of_its_bytes(mixed):
+    """The query's phi is a fraction of the window's bytes (not packets) for a byte-weighted sketch."""
+    parts = mixed.split(1500)
+    states = []
+    for part in parts:
+        sketch = ResidualSketch(memory_bytes=256 * 1024, threshold=10**6, weight="bytes")
+        sketch.update(part)
+        states.append(ResidualSketch.from_bytes(sketch.to_bytes()))
+    assert sum(s.total_weight for s in states) == int(mixed.length.astype(np.int64).sum())
+    answer = ResidualSketch.combine(states).hhh(len(mixed), phi=0.03)
+    v6 = mixed.ipv6.astype(bool)
+    truth = exact.hhh(mixed.src_ip[~v6], threshold=0.03 * int(mixed.length.astype(np.int64).sum()),
+                      weights=mixed.length[~v6])
+    assert truth and {(p, L): d for p, L, d in answer.rows} == truth
+
+
+def test_service_answers_byte_weighted_hhh_in_bytes_and_says_so(tmp_path):
+    """A real service (gRPC ingest, HTTP query) with a byte-weighted and a packet ResidualSketch."""
+    import urllib.request
+
+    from telesketch.client import Client
+    from telesketch.packets import PacketBatch
+    from telesketch.service.config import ServiceConfig
+    from telesketch.service.server import ServiceThread
+    from workloads import BASE_EPOCH, EPOCH_NS, service_traffic
+
+    traffic = PacketBatch.concat(service_traffic(n_epochs=2, per_epoch=4000))
+    traffic.length[:] = 64 + (traffic.src_ip % 23) * 60  # sizes differ by source: byte ranks != packet ranks
+    sketches = {"hhh_bytes": {"kind": "residualsketch", "memory_bytes": 256 * 1024, "threshold": 10**6,
+                              "weight": "bytes"},
+                "hhh": {"kind": "residualsketch", "memory_bytes": 256 * 1024, "threshold": 300}}
+    config = ServiceConfig(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0", data_dir=str(tmp_path / "d"),
+                           epoch_seconds=1.0, sketches=sketches).validate()
+    svc = ServiceThread(config).start()
+    try:
+        Client(f"127.0.0.1:{svc.grpc_port}", sender_id="w").push(traffic.split(2048))
+
+        def get(query):
+            with urllib.request.urlopen(f"http://127.0.0.1:{svc.http_port}/api/v1/hhh?{query}", timeout=10) as r:
+                return json.load(r)
+
+        in_epoch = (traffic.ts_ns // np.uint64(EPOCH_NS)) == BASE_EPOCH
+        rows = get(f"sketch=hhh_bytes&epoch={BASE_EPOCH}&phi=0.05")
+        truth = exact.hhh(traffic.src_ip[in_epoch], phi=0.05, weights=traffic.length[in_epoch])
+        assert rows and all(r["unit"] == "bytes" for r in rows)
+        assert {(r["value"], r["length"]): r["estimate"] for r in rows} == truth
+        packet_rows = get(f"sketch=hhh&epoch={BASE_EPOCH}&phi=0.05")
+        assert packet_rows and all("unit" not in r for r in packet_rows)
+        assert {(r["value"], r["length"]) for r in packet_rows} != set(truth)
+    finally:
+        svc.stop()

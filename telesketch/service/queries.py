@@ -159,7 +159,8 @@ class QueryEngine:
             n = sum(e.packets for e in epochs)
             got = ss.hhh(cs, [e.states[cs.name] for e in epochs], n, phi, threshold)
             rows = sorted(((int(p), int(length), float(c)) for p, length, c in got.rows), key=lambda r: (r[1], r[0]))
-            return self._answer(cs, epochs, rows, got.combine)
+            unit = cs.params.get("weight", "packets")  # byte-weighted: estimates and thresholds in bytes
+            return self._answer(cs, epochs, rows, got.combine, **({"unit": unit} if unit == "bytes" else {}))
         return self._run("hhh", run)
 
     def gaps(self, window: WindowSpec, sketch: str = "", limit: int = 0, with_rows: bool = True) -> Answer:

@@ -745,6 +745,7 @@ class BlockSketchVerbs(Sketch):
         self.counts6 = np.zeros(shape, self._count_dtype())
         self.occ6 = np.zeros(shape, np.uint8)
         self.packets6 = 0  # stream index of the next IPv6 packet
+        self.bytes_counted = 0  # byte-weighted: sum of the weights counted (both trees)
         self._masks6 = mask6_halves(crucial)
 
     def _tree_rule(self) -> tuple[int, bool, str | None]:
@@ -774,18 +775,27 @@ class BlockSketchVerbs(Sketch):
         self.update_addresses6((batch.src_ip6 if self.params.dimension == "src" else batch.dst_ip6)[v6],
                                None if weights is None else weights[v6])
 
-    def _check_weights(self, weights, n: int) -> np.ndarray:
-        """``as_weights``; weights given to a packet-counting sketch are refused (it would ignore them)."""
+    def _take_weights(self, weights, n: int) -> np.ndarray:
+        """``as_weights`` of ``n`` packets about to be counted, added to :attr:`bytes_counted`; weights
+        given to a packet-counting sketch are refused (it would ignore them)."""
         if weights is not None and self.params.weight != "bytes":
             raise SketchError("this sketch counts packets (weight = 'packets'); construct it with "
                               "weight='bytes' to count per-packet weights")
-        return as_weights(weights, n)
+        arr = as_weights(weights, n)
+        self.bytes_counted += int(arr.sum())
+        return arr
+
+    @property
+    def total_weight(self) -> int:
+        """Everything counted so far, in :attr:`unit`: packets (both trees), or bytes. What a
+        query's ``phi`` is a fraction of."""
+        return self.bytes_counted if self.params.weight == "bytes" else self.packets + self.packets6
 
     def update_addresses6(self, addresses, weights=None) -> None:
         """Process IPv6 addresses ``uint8[n, 16]`` (network order) in order into the IPv6 tree;
         ``weights`` (byte-weighted sketches): ``n`` non-negative integers."""
         hi, lo = as_addresses6(addresses)
-        weights = self._check_weights(weights, hi.shape[0])
+        weights = self._take_weights(weights, hi.shape[0])
         if hi.shape[0]:
             self._stream6(hi, lo, weights)
             self.packets6 += hi.shape[0]
@@ -841,7 +851,8 @@ class BlockSketchVerbs(Sketch):
         return pack_state(self.ALGORITHM, self.VERSION, params,
                           {"ids": self.ids, "counts": self.counts, "occ": self.occ, "hi6": self.hi6,
                            "lo6": self.lo6, "counts6": self.counts6, "occ6": self.occ6},
-                          extra={"packets": self.packets, "packets6": self.packets6})
+                          extra={"packets": self.packets, "packets6": self.packets6,
+                                 **({"bytes": self.bytes_counted} if self.params.weight == "bytes" else {})})
 
     @classmethod
     def from_bytes(cls, data: bytes):
@@ -853,6 +864,11 @@ class BlockSketchVerbs(Sketch):
         _restore(sketch, arrays, extra)
         if version >= 2:
             _restore6(sketch, arrays, extra)
+        if sketch.params.weight == "bytes":
+            counted = extra.get("bytes")
+            if not isinstance(counted, int) or counted < 0:
+                raise SketchError(f"serialised byte total of a byte-weighted sketch is missing or invalid: {counted!r}")
+            sketch.bytes_counted = counted
         return sketch
 
 
@@ -900,7 +916,7 @@ class CocoSketch(BlockSketchVerbs):
         """Count a raw ``uint32[n]`` address array (the benchmark entry point; hashing included);
         ``weights`` (byte-weighted sketches): ``n`` non-negative integers."""
         keys = as_addresses(addresses)
-        stream_kernel(keys, self._check_weights(weights, keys.shape[0]), self.cells, self.occ,
+        stream_kernel(keys, self._take_weights(weights, keys.shape[0]), self.cells, self.occ,
                       np.zeros(0, np.uint32), 0,
                       self._seed_mix, np.uint64(self.packets), True, fastmod_magic(self.width))
         self.packets += keys.shape[0]

@@ -121,6 +121,8 @@ class HHHWindow(Window):
         from telesketch.sketches.cocosketch import merged_hhh
 
         flat = self.flat()
+        if getattr(flat[0], "unit", "packets") == "bytes":  # byte-weighted: phi of the window's bytes
+            packets = sum(s.total_weight for s in flat)
         thr = window_threshold(phi, threshold, packets)
         if thr is None and flat[0].params.threshold is None:
             thr = flat[0].params.phi * packets
