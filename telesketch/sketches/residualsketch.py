@@ -243,7 +243,7 @@ class ResidualSketch(BlockSketchVerbs):
         """Process a raw ``uint32[n]`` address array in order (benchmark entry point); ``weights``
         (byte-weighted sketches): ``n`` non-negative integers."""
         keys = as_addresses(addresses)
-        stream_kernel(keys, self._check_weights(weights, keys.shape[0]), self.cells, self.occ, self._masks, np.int64(self.T),
+        stream_kernel(keys, self._take_weights(weights, keys.shape[0]), self.cells, self.occ, self._masks, np.int64(self.T),
                       self._seed_mix, np.uint64(self.packets), self.params.connection,
                       fastmod_magic(self.width))
         self.packets += keys.shape[0]
