@@ -33,6 +33,11 @@ the state until the next batch uploads it again, so a query between two batches 
 and one upload. **Queries run on the host**: ``layer_estimates``, ``estimate``, ``hhh``,
 ``hhh_entries``, ``full_keys`` and ``to_bytes`` are the CPU classes' code over the fetched arrays.
 
+**Bytes** (``weight="bytes"``): both kernels take the batch's weights (``int64``; a one-value dummy
+and ``unit=True`` when counting packets) and ``_f_kernel`` also writes F's answer ``c`` per packet
+(``fcounts``), the Residual Blocks' decrement amount; zero-weight packets are skipped (``_SKIP``).
+Counts are int64 on the device then, as on the CPU.
+
 **IPv6 tree.** IPv6 rows of a batch run through ``_f6_kernel`` / ``_blocks6_kernel``, the same two
 kernels over 128-bit keys (``hash6_device``, coins ``rand32(seed, n6, 32 + j)``), equal to the CPU's
 ``stream_kernel6``. Its arrays (``hi6``/``lo6``/``counts6``/``occ6``) stay on the host between

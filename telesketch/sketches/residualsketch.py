@@ -34,6 +34,14 @@ see ``docs/IPV6.md`` and BENCHMARKS.md for the measurement. :meth:`ResidualSketc
 both trees at once (:class:`HHHRow`: family, 4- or 16-byte prefix, length) and :func:`format_prefix`
 prints ``10.1.0.0/16`` / ``2001:db8::/32`` (RFC 5952).
 
+**Bytes.** ``weight="bytes"`` counts each packet's ``length`` (IPv4 total length, IPv6 payload
+length + 40) instead of 1, for top talkers and HHH by bytes: counts are int64 (12-byte IPv4 and
+24-byte IPv6 buckets, so 2/3 and 5/6 as many buckets for the same ``memory_bytes``), ``threshold``
+and every answer are bytes (``expected_bytes`` replaces ``expected_packets``), a newcomer takes a
+bucket with probability ``length / count``, and the Residual Connection fires when a packet carries
+F's count to ``T`` or past it (``cocosketch.connection_rule``; with unit weights exactly ``c == T``).
+``weight="packets"`` (the default) keeps int32 counts and today's state and snapshots byte for byte.
+
 The update is order-dependent (the connection fires at the instant F's count equals T), so the
 kernel is one sequential ``nogil`` loop (spec §5 "exact mode") and raw state is not mergeable;
 shards combine through :meth:`ResidualSketch.layer_estimates` (:func:`merged_hhh`).
