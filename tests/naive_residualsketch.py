@@ -15,6 +15,8 @@ bits); the Residual Connection bypasses a key already at ``T`` before the packet
 """
 from __future__ import annotations
 
+import itertools
+
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
 ROW_INITS = (181, 5197)
@@ -180,7 +182,7 @@ class NaiveResidualSketch:
             _residual_insert(self.R[k], prefix(x, k), rand32(self.seed, n, j), c, wt, self.T, self.connection)
 
     def update(self, addresses, weights=None) -> None:
-        weights = [1] * len(addresses) if weights is None else weights
+        weights = itertools.repeat(1) if weights is None else weights
         for x, wt in zip(addresses, weights):
             self.insert(int(x), int(wt))
 
@@ -222,7 +224,7 @@ class NaiveResidualSketch6:
 
     def update(self, addresses, weights=None) -> None:
         """``addresses``: 16-byte strings or 128-bit ints; ``weights``: one int each (default 1)."""
-        weights = [1] * len(addresses) if weights is None else weights
+        weights = itertools.repeat(1) if weights is None else weights
         for x, wt in zip(addresses, weights):
             self.insert(int.from_bytes(x, "big") if isinstance(x, (bytes, bytearray)) else int(x), int(wt))
 
