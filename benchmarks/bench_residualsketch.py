@@ -10,6 +10,7 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py --sections hard          # issue 20's hard mix
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv6          # mixed IPv4/IPv6 (issue 18)
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv4_ab --baseline-tree /tmp/base
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections bytes          # byte-weighted (issue 17)
 
 Accuracy (§6 headline): HHH pairs (layer, prefix) pooled over every layer except /32 (which still
 takes part in conditioning); precision, recall, F1; ARE/AAE of the unconditioned estimate over true
@@ -444,6 +445,93 @@ for name, make in (("residual", lambda s: ResidualSketch(memory_bytes=32768, thr
 """
 
 
+# ---------------------------------------------------------------------------- byte-weighted (issue 17)
+def read_batch(path: Path):
+    """All packets of a capture as one PacketBatch (both families; ``length`` is each packet's bytes)."""
+    from telesketch.packets import PacketBatch
+    from telesketch.traces import read_capture
+
+    return PacketBatch.concat(list(read_capture(str(path))))
+
+
+def weighted_score(sketch, truth4: dict, layers4: dict, T: float) -> dict:
+    """§6 headline (pooled, /32 excluded) of the IPv4 tree's HHH against a weighted truth."""
+    true_set = {k for k in truth4 if k[1] != 32}
+    reported = {(e.prefix, e.length): e for e in sketch.hhh_entries(T) if e.length != 32}
+    acc = exact.set_accuracy(true_set, reported)
+    tp = true_set & reported.keys()
+    f = {k: layers4[k[1]][k[0]] for k in tp}
+    est = {k: reported[k].estimate for k in tp}
+    return {"f1": acc.f1, "are": exact.are(f, est) if tp else 0.0, "true": len(true_set)}
+
+
+def bytes_section(args, cache: Path, results: dict) -> None:
+    """Byte-weighted against packet-counting ResidualSketch / CocoSketch at the same memory: each
+    against its own exact truth (packet counts; byte sums of the ``length`` column), T = phi x total."""
+    print(f"\n### Byte-weighted (weight = \"bytes\") beside packet counting, byte mode, source hierarchy, IPv4 tree, "
+          f"F1 / ARE, mean of {args.seeds} seeds\n")
+    print("| trace | phi | memory | packets: Residual F1 / ARE | bytes: Residual F1 / ARE | packets: Coco F1 / ARE "
+          "| bytes: Coco F1 / ARE | true HHH packets / bytes |")
+    print("|---|---|---|---|---|---|---|---|")
+    from telesketch.traces.generate import generate_batch
+
+    inputs = {name: (lambda p=TRACES / name: read_batch(p)) for name in
+              ("stopddos_amp.TCP.reflection.SYNACK.pcap", "ndpi_merged_hdr128.pcap")}
+    inputs["generate_batch(1M, 20k flows, 30 % IPv6)"] = lambda: generate_batch(1_000_000, 20_000, seed=4,
+                                                                                   ipv6_share=0.3)
+    for name, load in inputs.items():
+        if name.endswith(".pcap") and not (TRACES / name).exists():
+            print(f"| {name} | missing | | | | | | |")
+            continue
+        batch = load()
+        v4 = ~batch.ipv6.astype(bool)
+        src, lengths = batch.src_ip[v4], batch.length[v4]
+        layers = {"packets": exact.prefix_counts(src), "bytes": exact.prefix_counts(src, weights=lengths)}
+        totals = {"packets": int(batch.ipv6.size), "bytes": int(batch.length.astype(np.int64).sum())}
+        for phi in (1e-2, 1e-3):
+            for kib in (2, 8, 32):
+                cells = {}
+                for weight in ("packets", "bytes"):
+                    T = max(1, int(phi * totals[weight]))
+                    truth = hierarchy.hhh_from_counts(layers[weight], T)
+                    for alg, cls in (("residual", ResidualSketch), ("coco", CocoSketch)):
+                        runs = []
+                        for seed in range(args.seeds):
+                            sketch = cls(memory_bytes=kib * KIB, threshold=T, seed=seed, weight=weight)
+                            sketch.update(batch)
+                            runs.append(weighted_score(sketch, truth, layers[weight], T))
+                        cells[(weight, alg)] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+                results.setdefault("bytes", {})[f"{name} phi={phi} {kib}KiB"] = {
+                    f"{w} {a}": v for (w, a), v in cells.items()}
+                text = " | ".join(f"{fmt(cells[(w, a)]['f1'])} / {fmt(cells[(w, a)]['are'])}"
+                                  for a in ("residual", "coco") for w in ("packets", "bytes"))
+                # column order: packets Residual, bytes Residual, packets Coco, bytes Coco
+                print(f"| {name} | {phi:g} | {kib} KiB | {text} | {cells[('packets', 'residual')]['true']:.0f} / "
+                      f"{cells[('bytes', 'residual')]['true']:.0f} |", flush=True)
+    bytes_speed(batch, args.repeats, results)
+
+
+def bytes_speed(batch, repeats: int, results: dict) -> None:
+    """``update(batch)`` Mpps, packets against bytes, same batch, byte mode 32 KiB, best of ``repeats``."""
+    print(f"\n### update(batch) Mpps, weight packets / bytes, byte mode 32 KiB, {len(batch):,} packets "
+          f"(both families), best of {repeats}\n")
+    print("| sketch | packets | bytes | bytes / packets |")
+    print("|---|---|---|---|")
+    for alg, cls in (("residual", ResidualSketch), ("coco", CocoSketch)):
+        best = {}
+        for weight in ("packets", "bytes"):
+            T = 8000 if weight == "packets" else 8000 * 700
+            cls(memory_bytes=32 * KIB, threshold=T, weight=weight).update(batch.split(1000)[0])  # compile
+            for rep_ in range(repeats):
+                sketch = cls(memory_bytes=32 * KIB, threshold=T, seed=rep_, weight=weight)
+                start = time.perf_counter()
+                sketch.update(batch)
+                best[weight] = max(best.get(weight, 0.0), len(batch) / (time.perf_counter() - start) / 1e6)
+        results.setdefault("bytes_speed", {})[alg] = best
+        print(f"| {alg} | {best['packets']:.1f} | {best['bytes']:.1f} | {best['bytes'] / best['packets']:.2f} |",
+              flush=True)
+
+
 def ipv4_ab_section(args, cache: Path, results: dict) -> None:
     """IPv4-only throughput before (``--baseline-tree``, e.g. ``git archive`` of main) and after (this
     tree), byte mode 32 KiB, alternating subprocesses (before, after, before, after, ...) in one run."""
@@ -461,7 +549,7 @@ def ipv4_ab_section(args, cache: Path, results: dict) -> None:
             for line in out.splitlines():
                 alg, how, mpps = line.split(" ")
                 best[(label, alg, how)] = max(best.get((label, alg, how), 0.0), float(mpps))
-    print(f"\n### IPv4-only throughput before / after the IPv6 tree, Mpps, byte 32 KiB, synth "
+    print(f"\n### IPv4-only throughput before (--baseline-tree) / after (this tree), Mpps, byte 32 KiB, synth "
           f"({args.ab_packets} packets), best of {args.rounds} x {args.repeats} alternating runs\n")
     print("| sketch | entry point | before | after | after / before |")
     print("|---|---|---|---|---|")
@@ -501,6 +589,8 @@ def main() -> None:
         ipv6_section(args, args.cache, results)
     if "ipv4_ab" in sections:
         ipv4_ab_section(args, args.cache, results)
+    if "bytes" in sections:
+        bytes_section(args, args.cache, results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
         print(f"# wrote {args.json}")

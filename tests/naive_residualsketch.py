@@ -7,8 +7,15 @@ the state (ids, counts, occupancy) and every answer exactly.
 The IPv6 tree (:class:`NaiveResidualSketch6`) is the same model over 128-bit int keys with the
 hierarchy /0 /16 /32 /48 /56 /64 /128, the row hash ``mix64(mix64(hi ^ initval) ^ lo) >> 32``,
 20-byte buckets and coins ``rand32(seed, n6, 32 + j)``.
+
+Weights (``weight="bytes"``): a packet of weight ``wt`` adds ``wt``; a new key takes the bucket with
+probability ``wt / count`` (``u mod count < wt``; ``u * count < wt * 2^32`` once count passes 32
+bits); the Residual Connection bypasses a key already at ``T`` before the packet and decrements
+(``count + wt - c``) when the packet carries F's count ``c`` to ``T`` or past; buckets are 12 / 24 bytes.
 """
 from __future__ import annotations
+
+import itertools
 
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
@@ -69,21 +76,23 @@ class NaiveCoco:
         self.count = [[0] * w for _ in range(2)]
         self.occ = [[0] * w for _ in range(2)]
 
-    def insert(self, x: int, u: int, T: int = 0, decrement: bool = False) -> int:
+    def insert(self, x: int, u: int, T: int = 0, decrement: bool = False, wt: int = 1) -> int:
+        """Add ``wt`` for key ``x`` (coin ``u``); with ``decrement`` a held key's count drops by ``T``."""
         best = None
         for r in (0, 1):
             i = self.hash(x, r) % self.w
             if self.occ[r][i] and self.ids[r][i] == x:
                 if decrement:
-                    self.count[r][i] = max(0, self.count[r][i] + 1 - T)
+                    self.count[r][i] = max(0, self.count[r][i] + wt - T)
                 else:
-                    self.count[r][i] += 1
+                    self.count[r][i] += wt
                 return self.count[r][i]
             if best is None or self.count[r][i] < self.count[best[0]][best[1]]:
                 best = (r, i)
         r, i = best
-        self.count[r][i] += 1
-        if u % self.count[r][i] == 0:
+        self.count[r][i] += wt
+        c = self.count[r][i]
+        if (u % c < wt) if c <= M32 else (u * c < wt << 32):
             self.ids[r][i] = x
             self.occ[r][i] = 1
         return 0
@@ -141,33 +150,41 @@ def hhh(est, layers, T_report, width: int = 32):
     return out
 
 
+def _residual_insert(block: NaiveCoco, p: int, u: int, c: int, wt: int, T: int, connection: bool) -> None:
+    """One Residual Block's part of a packet: F answered ``c`` (0: not held) for weight ``wt``."""
+    if not connection or c == 0 or c < T:  # noConn: every packet, plain insert
+        block.insert(p, u, wt=wt)
+    elif c - wt < T:  # this packet carried the key to T or past: drop its whole mass c
+        block.insert(p, u, c, decrement=True, wt=wt)
+    # else: already heavy before this packet, bypass
+
+
 class NaiveResidualSketch:
     """ResidualSketch of spec §3: F plus one block per crucial layer; ``crucial=()`` is CocoSketch."""
 
     def __init__(self, memory_bytes: int, T: int, crucial=(16,), mode="byte", seed=0,
-                 addback="gt", connection=True):
+                 addback="gt", connection=True, weight="packets"):
         self.crucial = tuple(sorted(crucial))
-        self.w = (memory_bytes // (len(self.crucial) + 1)) // 16
+        self.w = (memory_bytes // (len(self.crucial) + 1)) // (24 if weight == "bytes" else 16)
         self.T, self.seed, self.ge, self.connection = T, seed, addback == "ge", connection
         self.layers = BYTE_LAYERS if mode == "byte" else BIT_LAYERS
         self.F = NaiveCoco(self.w)
         self.R = {k: NaiveCoco(self.w) for k in self.crucial}
         self.n = 0
 
-    def insert(self, x: int) -> None:
+    def insert(self, x: int, wt: int = 1) -> None:
         n = self.n
         self.n += 1
-        c = self.F.insert(x, rand32(self.seed, n, 0))
+        if wt == 0:
+            return
+        c = self.F.insert(x, rand32(self.seed, n, 0), wt=wt)
         for j, k in enumerate(self.crucial, start=1):
-            p = prefix(x, k)
-            if c < self.T or not self.connection:  # noConn: every packet, plain insert
-                self.R[k].insert(p, rand32(self.seed, n, j))
-            elif c == self.T:
-                self.R[k].insert(p, rand32(self.seed, n, j), self.T, decrement=True)
+            _residual_insert(self.R[k], prefix(x, k), rand32(self.seed, n, j), c, wt, self.T, self.connection)
 
-    def update(self, addresses) -> None:
-        for x in addresses:
-            self.insert(int(x))
+    def update(self, addresses, weights=None) -> None:
+        weights = itertools.repeat(1) if weights is None else weights
+        for x, wt in zip(addresses, weights):
+            self.insert(int(x), int(wt))
 
     def layer_estimates(self):
         return layer_estimates(self.F.all(), {k: b.all() for k, b in self.R.items()},
@@ -185,30 +202,31 @@ class NaiveResidualSketch:
 class NaiveResidualSketch6:
     """The IPv6 tree: ResidualSketch over 128-bit int keys (``crucial=()`` is CocoSketch's IPv6 tree)."""
 
-    def __init__(self, memory_bytes: int, T: int, crucial=(64,), seed=0, addback="gt", connection=True):
+    def __init__(self, memory_bytes: int, T: int, crucial=(64,), seed=0, addback="gt", connection=True,
+                 weight="packets"):
         self.crucial = tuple(sorted(crucial))
-        self.w = (memory_bytes // (len(self.crucial) + 1)) // 40  # 20-byte buckets, 2 rows
+        self.w = (memory_bytes // (len(self.crucial) + 1)) // (48 if weight == "bytes" else 40)  # 2 rows
         self.T, self.seed, self.ge, self.connection = T, seed, addback == "ge", connection
         self.layers = IPV6_LAYERS
         self.F = NaiveCoco(self.w, hash6)
         self.R = {k: NaiveCoco(self.w, hash6) for k in self.crucial}
         self.n = 0
 
-    def insert(self, x: int) -> None:
+    def insert(self, x: int, wt: int = 1) -> None:
         n = self.n
         self.n += 1
-        c = self.F.insert(x, rand32(self.seed, n, 32))
+        if wt == 0:
+            return
+        c = self.F.insert(x, rand32(self.seed, n, 32), wt=wt)
         for j, k in enumerate(self.crucial, start=1):
-            p = prefix(x, k, 128)
-            if c < self.T or not self.connection:
-                self.R[k].insert(p, rand32(self.seed, n, 32 + j))
-            elif c == self.T:
-                self.R[k].insert(p, rand32(self.seed, n, 32 + j), self.T, decrement=True)
+            _residual_insert(self.R[k], prefix(x, k, 128), rand32(self.seed, n, 32 + j), c, wt, self.T,
+                             self.connection)
 
-    def update(self, addresses) -> None:
-        """``addresses``: 16-byte strings or 128-bit ints."""
-        for x in addresses:
-            self.insert(int.from_bytes(x, "big") if isinstance(x, (bytes, bytearray)) else int(x))
+    def update(self, addresses, weights=None) -> None:
+        """``addresses``: 16-byte strings or 128-bit ints; ``weights``: one int each (default 1)."""
+        weights = itertools.repeat(1) if weights is None else weights
+        for x, wt in zip(addresses, weights):
+            self.insert(int.from_bytes(x, "big") if isinstance(x, (bytes, bytearray)) else int(x), int(wt))
 
     def layer_estimates(self):
         return layer_estimates(self.F.all(), {k: b.all() for k, b in self.R.items()},

@@ -33,6 +33,11 @@ the state until the next batch uploads it again, so a query between two batches 
 and one upload. **Queries run on the host**: ``layer_estimates``, ``estimate``, ``hhh``,
 ``hhh_entries``, ``full_keys`` and ``to_bytes`` are the CPU classes' code over the fetched arrays.
 
+**Bytes** (``weight="bytes"``): both kernels take the batch's weights (``int64``; a one-value dummy
+and ``unit=True`` when counting packets) and ``_f_kernel`` also writes F's answer ``c`` per packet
+(``fcounts``), the Residual Blocks' decrement amount; zero-weight packets are skipped (``_SKIP``).
+Counts are int64 on the device then, as on the CPU.
+
 **IPv6 tree.** IPv6 rows of a batch run through ``_f6_kernel`` / ``_blocks6_kernel``, the same two
 kernels over 128-bit keys (``hash6_device``, coins ``rand32(seed, n6, 32 + j)``), equal to the CPU's
 ``stream_kernel6``. Its arrays (``hi6``/``lo6``/``counts6``/``occ6``) stay on the host between
@@ -75,66 +80,97 @@ _fastmod = device_twin(_coco.fastmod)
 
 # ============================================================================ device update
 @device(inline=True)
-def _bump(counts, blk, row, pos, T, decrement):
-    """CPU ``_bump``: ``+1``, or with ``decrement`` ``max(0, count + 1 - T)`` (int64); returns it."""
-    c = np.int64(counts[blk, row, pos]) + 1
+def _bump(counts, blk, row, pos, wt, dec, decrement):
+    """CPU ``_bump``: ``+wt``, or with ``decrement`` ``max(0, count + wt - dec)`` (int64); returns it."""
+    c = np.int64(counts[blk, row, pos]) + wt
     if decrement:
-        c = max(np.int64(0), c - T)
+        c = max(np.int64(0), c - dec)
     counts[blk, row, pos] = c
     return c
 
 
+@device(inline=True)
+def _takes_over(coin, c, wt):
+    """CPU ``takes_over`` in uint64: ``coin mod c < wt`` while ``c`` fits 32 bits, else the float64
+    comparison ``coin * c < wt * 2^32`` (``coin`` a u32 in a uint64, ``c``/``wt`` int64)."""
+    if c <= np.int64(0xFFFFFFFF):
+        return coin % _U64(c) < _U64(wt)
+    return np.float64(coin) * np.float64(c) < np.float64(wt) * 4294967296.0
+
+
 @device
-def _coco_insert(ids, counts, occ, blk, x, w, wmagic, seed_mix, n, T, decrement):
+def _coco_insert(ids, counts, occ, blk, x, w, wmagic, seed_mix, n, wt, dec, decrement):
     """Device port of the CPU ``coco_insert`` into block ``blk`` (int64) of key ``x`` (uint64 holding a
-    u32) at packet ``n`` (uint64): the post-update count (int64) if ``x`` was held, else 0."""
+    u32) at packet ``n`` (uint64) with weight ``wt`` (int64): the post-update count (int64) if ``x``
+    was held, else 0."""
     p0 = np.int64(_fastmod(bob_hash_device(x, _ROW0), wmagic, w))
     if occ[blk, 0, p0] != 0 and _U64(ids[blk, 0, p0]) == x:
-        return _bump(counts, blk, 0, p0, T, decrement)
+        return _bump(counts, blk, 0, p0, wt, dec, decrement)
     p1 = np.int64(_fastmod(bob_hash_device(x, _ROW1), wmagic, w))
     if occ[blk, 1, p1] != 0 and _U64(ids[blk, 1, p1]) == x:
-        return _bump(counts, blk, 1, p1, T, decrement)
+        return _bump(counts, blk, 1, p1, wt, dec, decrement)
     row, pos = 0, p0
     if counts[blk, 1, p1] < counts[blk, 0, p0]:  # strict: ties go to row 0
         row, pos = 1, p1
-    c = np.int64(counts[blk, row, pos]) + 1  # never reset on takeover
+    c = np.int64(counts[blk, row, pos]) + wt  # never reset on takeover
     counts[blk, row, pos] = c
-    coin = rand32_device(seed_mix, n, _U64(blk)) & _M32  # the CPU's 32-bit division, in uint64
-    if coin % _U64(c) == _U64(0):
+    if _takes_over(rand32_device(seed_mix, n, _U64(blk)) & _M32, c, wt):
         ids[blk, row, pos] = x
         occ[blk, row, pos] = 1
     return np.int64(0)
 
 
-#: Per-packet actions of ``_f_kernel`` for the Residual Blocks.
-_BYPASS, _DECREMENT, _INSERT = 0, 1, 2
+#: Per-packet actions of ``_f_kernel`` for the Residual Blocks (``_SKIP``: a zero-weight packet).
+_BYPASS, _DECREMENT, _INSERT, _SKIP = 0, 1, 2, 3
+
+
+@device(inline=True)
+def _weight(weights, unit, i):
+    """Packet ``i``'s weight (int64): 1 when ``unit`` (packet counting), else ``weights[i]``."""
+    if unit:
+        return np.int64(1)
+    return np.int64(weights[i])
+
+
+@device(inline=True)
+def _action(c, wt, T, connection):
+    """CPU ``connection_rule`` as an action: bypass if already heavy before the packet (``c - wt >= T``),
+    decrement if the packet carried F's count ``c`` to ``T`` or past, else plain insert."""
+    if not connection or c == 0:
+        return _INSERT
+    if c - wt >= T:
+        return _BYPASS
+    if c >= T:
+        return _DECREMENT
+    return _INSERT
 
 
 @gpu_kernel
-def _f_kernel(keys, ids, counts, occ, T, seed_mix, n0, connection, w, wmagic, actions):
+def _f_kernel(keys, weights, unit, ids, counts, occ, T, seed_mix, n0, connection, w, wmagic, actions, fcounts):
     """Block F's part of the CPU ``stream_kernel`` loop (spec §3) over ``keys`` (``uint32[n]``) for
     packets ``n0 .. n0+n-1``, run by thread 0 only (order-dependent); ``actions[i]`` (``uint8``)
-    says what the Residual Blocks do with packet ``i``: bypass (confirmed heavy, ``c > T``),
-    insert with decrement (``c == T``) or plain insert (no connection, or ``c < T``).
+    says what the Residual Blocks do with packet ``i`` (:func:`_action`; ``_SKIP`` for weight 0)
+    and ``fcounts[i]`` (int64) is F's answer ``c``, the decrement amount.
 
-    ``T`` int64; ``seed_mix``, ``n0``, ``w``, ``wmagic`` uint64; ``connection`` bool.
+    ``weights`` int64 (ignored when ``unit``: every packet weighs 1); ``T`` int64; ``seed_mix``,
+    ``n0``, ``w``, ``wmagic`` uint64; ``connection``, ``unit`` bool.
     """
     if cuda.grid(1) != 0:
         return
     for i in range(keys.shape[0]):
-        x = _U64(keys[i])
-        c = _coco_insert(ids, counts, occ, 0, x, w, wmagic, seed_mix, n0 + _U64(i), T, False)
-        action = _INSERT
-        if connection:
-            if c > T:
-                action = _BYPASS  # confirmed-heavy keys bypass the blocks
-            elif c == T:
-                action = _DECREMENT
-        actions[i] = action
+        wt = _weight(weights, unit, i)
+        if wt <= 0:
+            actions[i] = _SKIP
+            continue
+        c = _coco_insert(ids, counts, occ, 0, _U64(keys[i]), w, wmagic, seed_mix, n0 + _U64(i), wt, np.int64(0),
+                         False)
+        actions[i] = _action(c, wt, T, connection)
+        fcounts[i] = c
 
 
 @gpu_kernel
-def _blocks_kernel(keys, ids, counts, occ, masks, n_masks, T, seed_mix, n0, w, wmagic, actions):
+def _blocks_kernel(keys, weights, unit, ids, counts, occ, masks, n_masks, seed_mix, n0, w, wmagic, actions,
+                   fcounts):
     """Thread ``j`` runs Residual Block ``j + 1`` (prefix mask ``masks[j]``, ``uint32``) over the
     batch in packet order, following F's ``actions``; blocks share no state, so they run at once."""
     j = cuda.grid(1)
@@ -143,9 +179,9 @@ def _blocks_kernel(keys, ids, counts, occ, masks, n_masks, T, seed_mix, n0, w, w
     mask = _U64(masks[j])
     for i in range(keys.shape[0]):
         action = actions[i]
-        if action != _BYPASS:
-            _coco_insert(ids, counts, occ, j + 1, _U64(keys[i]) & mask, w, wmagic, seed_mix, n0 + _U64(i), T,
-                         action == _DECREMENT)
+        if action == _INSERT or action == _DECREMENT:
+            _coco_insert(ids, counts, occ, j + 1, _U64(keys[i]) & mask, w, wmagic, seed_mix, n0 + _U64(i),
+                         _weight(weights, unit, i), fcounts[i], action == _DECREMENT)
 
 
 # ============================================================================ device update, IPv6 tree
@@ -158,21 +194,20 @@ hash6_device = device_twin(_coco.hash6)
 
 
 @device
-def _coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, T, decrement):
+def _coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, wt, dec, decrement):
     """Device port of the CPU ``coco_insert6``: key ``(xh, xl)`` (uint64) into IPv6 block ``blk``."""
     p0 = np.int64(_fastmod(hash6_device(xh, xl, _ROW6_0), wmagic, w))
     if occ6[blk, 0, p0] != 0 and hi6[blk, 0, p0] == xh and lo6[blk, 0, p0] == xl:
-        return _bump(counts6, blk, 0, p0, T, decrement)
+        return _bump(counts6, blk, 0, p0, wt, dec, decrement)
     p1 = np.int64(_fastmod(hash6_device(xh, xl, _ROW6_1), wmagic, w))
     if occ6[blk, 1, p1] != 0 and hi6[blk, 1, p1] == xh and lo6[blk, 1, p1] == xl:
-        return _bump(counts6, blk, 1, p1, T, decrement)
+        return _bump(counts6, blk, 1, p1, wt, dec, decrement)
     row, pos = 0, p0
     if counts6[blk, 1, p1] < counts6[blk, 0, p0]:  # strict: ties go to row 0
         row, pos = 1, p1
-    c = np.int64(counts6[blk, row, pos]) + 1  # never reset on takeover
+    c = np.int64(counts6[blk, row, pos]) + wt  # never reset on takeover
     counts6[blk, row, pos] = c
-    coin = rand32_device(seed_mix, n, _COIN6 + _U64(blk)) & _M32
-    if coin % _U64(c) == _U64(0):
+    if _takes_over(rand32_device(seed_mix, n, _COIN6 + _U64(blk)) & _M32, c, wt):
         hi6[blk, row, pos] = xh
         lo6[blk, row, pos] = xl
         occ6[blk, row, pos] = 1
@@ -180,25 +215,25 @@ def _coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, 
 
 
 @gpu_kernel
-def _f6_kernel(key_hi, key_lo, hi6, lo6, counts6, occ6, T, seed_mix, n0, connection, w, wmagic, actions):
+def _f6_kernel(key_hi, key_lo, weights, unit, hi6, lo6, counts6, occ6, T, seed_mix, n0, connection, w, wmagic,
+               actions, fcounts):
     """``_f_kernel`` for the IPv6 tree's F over 128-bit keys ``(key_hi, key_lo)`` (thread 0 only)."""
     if cuda.grid(1) != 0:
         return
     for i in range(key_hi.shape[0]):
-        c = _coco_insert6(hi6, lo6, counts6, occ6, 0, key_hi[i], key_lo[i], w, wmagic, seed_mix, n0 + _U64(i), T,
-                          False)
-        action = _INSERT
-        if connection:
-            if c > T:
-                action = _BYPASS
-            elif c == T:
-                action = _DECREMENT
-        actions[i] = action
+        wt = _weight(weights, unit, i)
+        if wt <= 0:
+            actions[i] = _SKIP
+            continue
+        c = _coco_insert6(hi6, lo6, counts6, occ6, 0, key_hi[i], key_lo[i], w, wmagic, seed_mix, n0 + _U64(i), wt,
+                          np.int64(0), False)
+        actions[i] = _action(c, wt, T, connection)
+        fcounts[i] = c
 
 
 @gpu_kernel
-def _blocks6_kernel(key_hi, key_lo, hi6, lo6, counts6, occ6, mask_hi, mask_lo, n_masks, T, seed_mix, n0, w,
-                    wmagic, actions):
+def _blocks6_kernel(key_hi, key_lo, weights, unit, hi6, lo6, counts6, occ6, mask_hi, mask_lo, n_masks, seed_mix,
+                    n0, w, wmagic, actions, fcounts):
     """``_blocks_kernel`` for the IPv6 Residual Blocks: thread ``j`` runs block ``j + 1`` (mask
     ``(mask_hi[j], mask_lo[j])``) over the batch in packet order, following F's ``actions``."""
     j = cuda.grid(1)
@@ -207,9 +242,9 @@ def _blocks6_kernel(key_hi, key_lo, hi6, lo6, counts6, occ6, mask_hi, mask_lo, n
     mh, ml = mask_hi[j], mask_lo[j]
     for i in range(key_hi.shape[0]):
         action = actions[i]
-        if action != _BYPASS:
+        if action == _INSERT or action == _DECREMENT:
             _coco_insert6(hi6, lo6, counts6, occ6, j + 1, key_hi[i] & mh, key_lo[i] & ml, w, wmagic, seed_mix,
-                          n0 + _U64(i), T, action == _DECREMENT)
+                          n0 + _U64(i), _weight(weights, unit, i), fcounts[i], action == _DECREMENT)
 
 
 @gpu_kernel
@@ -277,7 +312,7 @@ class _DeviceBlocks:
             return
         be = self._backend
         ids, counts, occ = (be.to_host(arr) for arr in self._dev)
-        cells = np.empty(ids.shape, _coco.BUCKET_DTYPE)
+        cells = np.empty(ids.shape, _coco.BUCKET_DTYPE_BYTES if self.params.weight == "bytes" else _coco.BUCKET_DTYPE)
         cells["id"], cells["count"] = ids, counts
         self._host = {"cells": cells, "occ": occ}
         self._dev = None
@@ -291,8 +326,14 @@ class _DeviceBlocks:
             self._host = {}
         return self._dev
 
-    def _stream(self, keys: np.ndarray, masks: np.ndarray, T: int, connection: bool) -> None:
-        """Run ``keys`` (checked ``uint32[n]``) through F's kernel then the blocks' kernel; advance ``packets``."""
+    def _weights_on_device(self, name: str, weights: np.ndarray) -> tuple:
+        """``(device weights, unit)``: an empty ``weights`` (packet counting) travels as one dummy value."""
+        unit = weights.shape[0] == 0
+        return self._buffers.put(name, np.ones(1, np.int64) if unit else weights), bool(unit)
+
+    def _stream(self, keys: np.ndarray, masks: np.ndarray, T: int, connection: bool, weights: np.ndarray) -> None:
+        """Run ``keys`` (checked ``uint32[n]``) with ``weights`` (checked ``int64[n]``, or empty: weight 1)
+        through F's kernel then the blocks' kernel; advance ``packets``."""
         n = keys.shape[0]
         if n == 0:
             return
@@ -300,18 +341,20 @@ class _DeviceBlocks:
         padded = np.zeros(max(1, masks.shape[0]), np.uint32)  # never a zero-length device array
         padded[:masks.shape[0]] = masks
         d_keys, d_masks = buf.put("keys", keys), buf.put("masks", padded)
-        d_actions = buf.get("actions", n, np.uint8)
+        d_weights = self._weights_on_device("weights", weights)
+        d_actions, d_fcounts = buf.get("actions", n, np.uint8), buf.get("fcounts", n, np.int64)
         state = self._device_state()
         with be.launching():
-            common = (np.int64(T), _U64(self._seed_mix), _U64(self.packets))
+            common = (_U64(self._seed_mix), _U64(self.packets))
             geometry = (_U64(self.width), _U64(_coco.fastmod_magic(self.width)))
-            launch(_f_kernel, 1, d_keys, *state, *common, bool(connection), *geometry, d_actions)
+            launch(_f_kernel, 1, d_keys, *d_weights, *state, np.int64(T), *common, bool(connection), *geometry,
+                   d_actions, d_fcounts)
             if masks.shape[0]:
-                launch(_blocks_kernel, masks.shape[0], d_keys, *state, d_masks, np.int64(masks.shape[0]), *common,
-                       *geometry, d_actions)
+                launch(_blocks_kernel, masks.shape[0], d_keys, *d_weights, *state, d_masks,
+                       np.int64(masks.shape[0]), *common, *geometry, d_actions, d_fcounts)
         self.packets += n
 
-    def _stream6(self, hi: np.ndarray, lo: np.ndarray) -> None:
+    def _stream6(self, hi: np.ndarray, lo: np.ndarray, weights: np.ndarray) -> None:
         """Run IPv6 keys ``(hi, lo)`` (``uint64[n]``, n > 0) through the IPv6 tree's two kernels.
 
         The IPv6 tree's arrays stay on the host between batches (uploaded and fetched per batch):
@@ -325,15 +368,17 @@ class _DeviceBlocks:
         padded[0, :m], padded[1, :m] = mask_hi, mask_lo
         d_hi, d_lo = buf.put("keys6_hi", hi), buf.put("keys6_lo", lo)
         d_mask_hi, d_mask_lo = buf.put("masks6_hi", padded[0].copy()), buf.put("masks6_lo", padded[1].copy())
-        d_actions = buf.get("actions6", hi.shape[0], np.uint8)
+        d_weights = self._weights_on_device("weights6", weights)
+        d_actions, d_fcounts = buf.get("actions6", hi.shape[0], np.uint8), buf.get("fcounts6", hi.shape[0], np.int64)
         state = tuple(be.to_device(arr) for arr in (self.hi6, self.lo6, self.counts6, self.occ6))
-        common = (np.int64(T), _U64(self._seed_mix), _U64(self.packets6))
+        common = (_U64(self._seed_mix), _U64(self.packets6))
         geometry = (_U64(self.width6), _U64(_coco.fastmod_magic(self.width6)))
         with be.launching():
-            launch(_f6_kernel, 1, d_hi, d_lo, *state, *common, bool(connection), *geometry, d_actions)
+            launch(_f6_kernel, 1, d_hi, d_lo, *d_weights, *state, np.int64(T), *common, bool(connection), *geometry,
+                   d_actions, d_fcounts)
             if m:
-                launch(_blocks6_kernel, m, d_hi, d_lo, *state, d_mask_hi, d_mask_lo, np.int64(m), *common,
-                       *geometry, d_actions)
+                launch(_blocks6_kernel, m, d_hi, d_lo, *d_weights, *state, d_mask_hi, d_mask_lo, np.int64(m), *common,
+                       *geometry, d_actions, d_fcounts)
         self.hi6, self.lo6, self.counts6, self.occ6 = (be.to_host(arr) for arr in state)
 
 
@@ -345,9 +390,10 @@ class ResidualSketch(_DeviceBlocks, _cpu.ResidualSketch):
     on the host. ``merge`` raises :class:`NotMergeableError` as on the CPU.
     """
 
-    def update_addresses(self, addresses) -> None:
-        """Process a raw ``uint32[n]`` address array in order on the device."""
-        self._stream(_coco.as_addresses(addresses), self._masks, self.T, self.params.connection)
+    def update_addresses(self, addresses, weights=None) -> None:
+        """Process a raw ``uint32[n]`` address array (with ``weights``: byte-weighted) in order on the device."""
+        keys = _coco.as_addresses(addresses)
+        self._stream(keys, self._masks, self.T, self.params.connection, self._take_weights(weights, keys.shape[0]))
 
 
 class CocoSketch(_DeviceBlocks, _cpu.CocoSketch):
@@ -356,6 +402,7 @@ class CocoSketch(_DeviceBlocks, _cpu.CocoSketch):
     The block lives on the device; a batch is one single-thread kernel; queries run on the host.
     """
 
-    def update_addresses(self, addresses) -> None:
-        """Count a raw ``uint32[n]`` address array in order on the device."""
-        self._stream(_coco.as_addresses(addresses), np.zeros(0, np.uint32), 0, True)
+    def update_addresses(self, addresses, weights=None) -> None:
+        """Count a raw ``uint32[n]`` address array (with ``weights``: byte-weighted) in order on the device."""
+        keys = _coco.as_addresses(addresses)
+        self._stream(keys, np.zeros(0, np.uint32), 0, True, self._take_weights(weights, keys.shape[0]))

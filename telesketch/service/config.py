@@ -39,6 +39,13 @@ DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
 }
 
 
+#: What a sketch counts (its ``weight`` key): every packet as 1, or its length in bytes
+#: (``telesketch.sketches.cocosketch.WEIGHTS``; thresholds and answers are then bytes).
+WEIGHTS = ("packets", "bytes")
+#: Kinds that take ``weight = "bytes"`` (the others count packets, or gaps, only).
+BYTE_WEIGHTED_KINDS = ("residualsketch",)
+
+
 #: Where a sketch runs (``device`` in ``[server]`` and in each ``[sketches.NAME]``).
 DEVICES = ("cpu", "gpu")
 
@@ -123,6 +130,7 @@ class ServiceConfig:
         for name, spec in self.sketches.items():
             if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
                 raise ConfigError(f"sketch {name!r} needs a 'kind' (e.g. kind = \"hiddensketch\")")
+            _validate_weight(name, spec)
             model = spec.get("estimator_path")
             if model and not Path(model).exists():  # else the sketch would be skipped with a warning
                 raise ConfigError(f"sketch {name!r}: estimator_path {str(model)!r} does not exist (a model directory "
@@ -153,6 +161,18 @@ class ServiceConfig:
     def durability_mode(self) -> str:
         """The log's durability mode (``wal_fsync = true`` is the older spelling of every-batch)."""
         return "every-batch" if self.wal_fsync else self.durability
+
+
+def _validate_weight(name: str, spec: dict[str, Any]) -> None:
+    """``weight`` is "packets" (the default) or "bytes", and "bytes" only for kinds that count bytes."""
+    weight = spec.get("weight", "packets")
+    if weight not in WEIGHTS:
+        raise ConfigError(f"sketch {name!r}: weight must be \"packets\" or \"bytes\", got {weight!r}")
+    if weight == "bytes" and spec["kind"] not in BYTE_WEIGHTED_KINDS:
+        raise ConfigError(f"sketch {name!r}: kind {spec['kind']!r} counts packets only; weight = \"bytes\" is "
+                          f"supported by {', '.join(BYTE_WEIGHTED_KINDS)}")
+    if spec["kind"] not in BYTE_WEIGHTED_KINDS:
+        spec.pop("weight", None)  # "packets" is what such a sketch counts anyway; its parameters lack the key
 
 
 def _server_keys() -> set[str]:

@@ -155,7 +155,9 @@ class Api:
             a = q.heavy_changers(window, sketch, phi, threshold)
             return [{"key": key_text(k, a.int_keys), "change": v, "partial": a.partial} for k, v in a.rows]
         if path == "/api/v1/hhh":
-            return hhh_rows(ipv4_triples(q.hhh(window, sketch, phi, threshold, families=(4,)).rows))  # sorted by the engine
+            a = q.hhh(window, sketch, phi, threshold, families=(4,))
+            unit = {"unit": a.extra["unit"]} if "unit" in a.extra else {}  # byte-weighted sketches say so
+            return [{**row, **unit} for row in hhh_rows(ipv4_triples(a.rows))]  # sorted by the engine
         if path == "/api/v1/gaps":
             a = q.gaps(window, sketch, _one(params, "limit", int, 1000))
             return self._shift([{"time": ts // 1_000_000, "ts_ns": ts, "flow": key_text(k), "jump": j, "epoch": e}

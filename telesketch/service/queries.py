@@ -167,7 +167,8 @@ class QueryEngine:
             rows = sorted((HHHRow(int(r.family), bytes(r.prefix), int(r.length), float(r.estimate), float(r.discounted))
                            for r in got.rows if r.family in families),
                           key=lambda r: (r.family, r.length, r.prefix))
-            return self._answer(cs, epochs, rows, got.combine)
+            unit = cs.params.get("weight", "packets")  # byte-weighted: estimates and thresholds in bytes
+            return self._answer(cs, epochs, rows, got.combine, **({"unit": unit} if unit == "bytes" else {}))
         return self._run("hhh", run)
 
     def gaps(self, window: WindowSpec, sketch: str = "", limit: int = 0, with_rows: bool = True) -> Answer:

@@ -25,6 +25,7 @@ replacement); shards combine through :func:`sum_layer_estimates` + :func:`hhh_pa
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
@@ -43,6 +44,16 @@ ROWS = 2
 ROW_INITS = (181, 5197)  # lookup2 initial values of rows 0 and 1 (spec §2)
 DEFAULT_MEMORY = {"byte": 32 * 1024, "bit": 256 * 1024}
 BUCKET_DTYPE = np.dtype([("id", "<u4"), ("count", "<i4")])
+
+#: What a sketch counts (its ``weight`` parameter): ``packets`` (every packet weighs 1, the default and
+#: the papers' measure) or ``bytes`` (a packet weighs its ``length`` column: the IPv4 total length, or
+#: the IPv6 payload length + 40). Byte sums pass 2^31 after ~1.4 M full-size packets in one bucket, so
+#: a byte-weighted sketch keeps **int64** counts: buckets of 12 bytes (IPv4: id u32 + count i64) and 24
+#: bytes (IPv6: 16-byte id + count i64) instead of 8 and 20, i.e. 2/3 (IPv4) and 5/6 (IPv6) as many
+#: buckets for the same ``memory_bytes``. Thresholds and answers of a byte-weighted sketch are bytes.
+WEIGHTS = ("packets", "bytes")
+BUCKET_DTYPE_BYTES = np.dtype([("id", "<u4"), ("count", "<i8")])  # packed: 12 bytes
+BUCKET_BYTES_WIDE = 12
 
 _U64 = np.uint64
 _M32 = _U64(0xFFFFFFFF)
@@ -103,45 +114,76 @@ def fastmod_magic(d: int) -> np.uint64:
     return np.uint64(((2**64 - 1) // d + 1) % 2**64)
 
 
+@twin(nb.boolean(nb.uint64, nb.int64, nb.int64), inline=True)
+def takes_over(coin, c, wt):
+    """The weighted CocoSketch coin: True with probability ``wt / c`` for a u32 ``coin``.
+
+    ``coin mod c < wt`` while ``c`` fits 32 bits (with ``wt = 1`` exactly the unweighted
+    ``coin mod c == 0``, so packet counting is unchanged); beyond that (byte counts)
+    ``coin * c < wt * 2^32`` in float64.
+    """
+    if c <= nb.int64(0xFFFFFFFF):
+        return nb.uint32(coin) % nb.uint32(c) < nb.uint32(wt)  # 32-bit division
+    return nb.float64(coin) * nb.float64(c) < nb.float64(wt) * 4294967296.0
+
+
 @kernel(inline="always")
-def coco_insert(cells, occ, blk, x, w, wmagic, seed_mix, n, T, decrement):
-    """Insert key ``x`` (uint64 holding a u32) with weight 1 into block ``blk`` (spec §2).
+def coco_insert(cells, occ, blk, x, w, wmagic, seed_mix, n, wt, dec, decrement):
+    """Insert key ``x`` (uint64 holding a u32) with weight ``wt >= 1`` into block ``blk`` (spec §2).
 
     ``pos_r(x) = BOB(x, r) mod w`` (``wmagic = fastmod_magic(w)``). Returns the post-update
-    count if ``x`` was held ("matched"), else 0. With ``decrement`` a held
-    key's count becomes ``max(0, count + 1 - T)``; an unheld key gets a plain +1 insert.
+    count if ``x`` was held ("matched"), else 0. With ``decrement`` a held key's count becomes
+    ``max(0, count + wt - dec)``; an unheld key gets a plain ``+wt`` insert and takes the bucket
+    with probability ``wt / count`` (:func:`takes_over`).
     """
     xid = nb.uint32(x)
     p0 = nb.int64(fastmod(bob_hash(x, _ROW0), wmagic, w))
     if occ[blk, 0, p0] and cells[blk, 0, p0].id == xid:
-        return _bump(cells, blk, 0, p0, T, decrement)
+        return _bump(cells, blk, 0, p0, wt, dec, decrement)
     p1 = nb.int64(fastmod(bob_hash(x, _ROW1), wmagic, w))
     if occ[blk, 1, p1] and cells[blk, 1, p1].id == xid:
-        return _bump(cells, blk, 1, p1, T, decrement)
+        return _bump(cells, blk, 1, p1, wt, dec, decrement)
     row, pos = 0, p0
     if cells[blk, 1, p1].count < cells[blk, 0, p0].count:  # strict: ties go to row 0
         row, pos = 1, p1
-    c = nb.int64(cells[blk, row, pos].count) + 1  # never reset on takeover
+    c = nb.int64(cells[blk, row, pos].count) + wt  # never reset on takeover
     cells[blk, row, pos].count = c
-    if nb.uint32(rand32(seed_mix, n, nb.uint64(blk))) % nb.uint32(c) == 0:  # 32-bit division
+    if takes_over(rand32(seed_mix, n, nb.uint64(blk)), c, wt):
         cells[blk, row, pos].id = xid
         occ[blk, row, pos] = 1
     return 0
 
 
 @kernel(inline="always")
-def _bump(cells, blk, row, pos, T, decrement):
+def _bump(cells, blk, row, pos, wt, dec, decrement):
+    c = nb.int64(cells[blk, row, pos].count) + wt
     if decrement:
-        c = max(nb.int64(0), nb.int64(cells[blk, row, pos].count) + 1 - T)
-    else:
-        c = nb.int64(cells[blk, row, pos].count) + 1
+        c = max(nb.int64(0), c - dec)
     cells[blk, row, pos].count = c
     return c
 
 
+@kernel(inline="always")
+def connection_rule(c, wt, T, connection):
+    """``(bypass, decrement)`` of the Residual Connection for F's answer ``c`` to a packet of weight ``wt``.
+
+    Unit weights: bypass iff ``c > T``, decrement iff ``c == T`` (spec §3). Weighted: bypass iff the key
+    was already heavy before this packet (``c - wt >= T``), decrement iff this packet carried it to
+    ``T`` or past (``c >= T``); the Residual Blocks then drop the key's whole mass ``c`` (``dec = c``).
+    """
+    if not connection or c == 0:
+        return False, False
+    if c - wt >= T:
+        return True, False
+    return False, c >= T
+
+
 @kernel
-def stream_kernel(keys, cells, occ, masks, T, seed_mix, n0, connection, wmagic):
+def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection, wmagic):
     """The sequential update loop of spec §3 over ``keys`` (uint32[n]) for packets ``n0 .. n0+n-1``.
+
+    ``weights``: empty (every packet weighs 1: packet counting) or one non-negative integer per key
+    (bytes); a zero weight changes nothing (the packet index still advances).
 
     Block 0 is the full-key block F; block ``j >= 1`` is the Residual Block of prefix mask
     ``masks[j-1]`` (ascending lengths). With no masks this is plain CocoSketch. With
@@ -151,18 +193,20 @@ def stream_kernel(keys, cells, occ, masks, T, seed_mix, n0, connection, wmagic):
     """
     w = nb.uint64(cells.shape[2])
     m = masks.shape[0]
+    unit = weights.shape[0] == 0
     for i in range(keys.shape[0]):
+        wt = nb.int64(1) if unit else nb.int64(weights[i])
+        if wt <= 0:
+            continue
         x = nb.uint64(keys[i])
         n = nb.uint64(n0) + nb.uint64(i)
-        c = coco_insert(cells, occ, 0, x, w, wmagic, seed_mix, n, T, False)
-        decrement = False
-        if connection:
-            if c > T:
-                continue  # confirmed-heavy keys bypass the blocks
-            decrement = c == T
+        c = coco_insert(cells, occ, 0, x, w, wmagic, seed_mix, n, wt, 0, False)
+        bypass, decrement = connection_rule(c, wt, T, connection)
+        if bypass:
+            continue  # confirmed-heavy keys bypass the blocks
         for j in range(m):
             p = x & nb.uint64(masks[j])
-            coco_insert(cells, occ, j + 1, p, w, wmagic, seed_mix, n, T, decrement)
+            coco_insert(cells, occ, j + 1, p, w, wmagic, seed_mix, n, wt, c, decrement)
 
 
 # ---------------------------------------------------------------------------- IPv6 tree kernels
@@ -186,30 +230,29 @@ def hash6(hi, lo, initval):
 
 
 @kernel(inline="always")
-def _bump6(counts6, blk, row, pos, T, decrement):
-    c = nb.int64(counts6[blk, row, pos]) + 1
+def _bump6(counts6, blk, row, pos, wt, dec, decrement):
+    c = nb.int64(counts6[blk, row, pos]) + wt
     if decrement:
-        c = max(nb.int64(0), c - T)
+        c = max(nb.int64(0), c - dec)
     counts6[blk, row, pos] = c
     return c
 
 
 @kernel(inline="always")
-def coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, T, decrement):
+def coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, wt, dec, decrement):
     """:func:`coco_insert` for a 128-bit key ``(xh, xl)`` into IPv6 block ``blk``; same return value."""
     p0 = nb.int64(fastmod(hash6(xh, xl, _ROW6_0), wmagic, w))
     if occ6[blk, 0, p0] and hi6[blk, 0, p0] == xh and lo6[blk, 0, p0] == xl:
-        return _bump6(counts6, blk, 0, p0, T, decrement)
+        return _bump6(counts6, blk, 0, p0, wt, dec, decrement)
     p1 = nb.int64(fastmod(hash6(xh, xl, _ROW6_1), wmagic, w))
     if occ6[blk, 1, p1] and hi6[blk, 1, p1] == xh and lo6[blk, 1, p1] == xl:
-        return _bump6(counts6, blk, 1, p1, T, decrement)
+        return _bump6(counts6, blk, 1, p1, wt, dec, decrement)
     row, pos = 0, p0
     if counts6[blk, 1, p1] < counts6[blk, 0, p0]:  # strict: ties go to row 0
         row, pos = 1, p1
-    c = nb.int64(counts6[blk, row, pos]) + 1  # never reset on takeover
+    c = nb.int64(counts6[blk, row, pos]) + wt  # never reset on takeover
     counts6[blk, row, pos] = c
-    coin = nb.uint32(rand32(seed_mix, n, nb.uint64(IPV6_COIN_BLOCK + blk)))
-    if coin % nb.uint32(c) == 0:
+    if takes_over(rand32(seed_mix, n, nb.uint64(IPV6_COIN_BLOCK + blk)), c, wt):
         hi6[blk, row, pos] = xh
         lo6[blk, row, pos] = xl
         occ6[blk, row, pos] = 1
@@ -217,25 +260,28 @@ def coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, T
 
 
 @kernel
-def stream_kernel6(key_hi, key_lo, hi6, lo6, counts6, occ6, mask_hi, mask_lo, T, seed_mix, n0, connection,
-                   wmagic):
+def stream_kernel6(key_hi, key_lo, weights, hi6, lo6, counts6, occ6, mask_hi, mask_lo, T, seed_mix, n0,
+                   connection, wmagic):
     """:func:`stream_kernel` over 128-bit keys ``(key_hi[i], key_lo[i])`` (``uint64[n]`` each) for IPv6
-    packets ``n0 .. n0+n-1``; block ``j >= 1`` is the Residual Block of mask ``(mask_hi, mask_lo)[j-1]``."""
+    packets ``n0 .. n0+n-1``; block ``j >= 1`` is the Residual Block of mask ``(mask_hi, mask_lo)[j-1]``;
+    ``weights`` as in :func:`stream_kernel`."""
     w = nb.uint64(counts6.shape[2])
     m = mask_hi.shape[0]
+    unit = weights.shape[0] == 0
     for i in range(key_hi.shape[0]):
+        wt = nb.int64(1) if unit else nb.int64(weights[i])
+        if wt <= 0:
+            continue
         xh = nb.uint64(key_hi[i])
         xl = nb.uint64(key_lo[i])
         n = nb.uint64(n0) + nb.uint64(i)
-        c = coco_insert6(hi6, lo6, counts6, occ6, 0, xh, xl, w, wmagic, seed_mix, n, T, False)
-        decrement = False
-        if connection:
-            if c > T:
-                continue  # confirmed-heavy keys bypass the blocks
-            decrement = c == T
+        c = coco_insert6(hi6, lo6, counts6, occ6, 0, xh, xl, w, wmagic, seed_mix, n, wt, 0, False)
+        bypass, decrement = connection_rule(c, wt, T, connection)
+        if bypass:
+            continue  # confirmed-heavy keys bypass the blocks
         for j in range(m):
             coco_insert6(hi6, lo6, counts6, occ6, j + 1, xh & mask_hi[j], xl & mask_lo[j], w, wmagic, seed_mix, n,
-                         T, decrement)
+                         wt, c, decrement)
 
 
 # ---------------------------------------------------------------------------- hierarchy helpers
@@ -470,20 +516,67 @@ def resolve_threshold(threshold, phi, expected_packets, required: bool) -> int |
     return None
 
 
-def buckets_per_row(block_bytes: int, what: str) -> int:
-    """``w = block_bytes // (2 * 8)``; at least one bucket."""
-    w = int(block_bytes) // (ROWS * BUCKET_BYTES)
+def buckets_per_row(block_bytes: int, what: str, weight: str = "packets") -> int:
+    """``w = block_bytes // (2 * 8)`` (``// (2 * 12)`` byte-weighted: int64 counts); at least one bucket."""
+    size = bucket_bytes(weight)
+    w = int(block_bytes) // (ROWS * size)
     if w < 1:
-        raise SketchError(f"{what}: {block_bytes} bytes per block is less than one bucket per row (16 bytes)")
+        raise SketchError(f"{what}: {block_bytes} bytes per block is less than one bucket per row "
+                          f"({ROWS * size} bytes)")
     return w
 
 
-def buckets6_per_row(block_bytes: int, what: str) -> int:
-    """``w6 = block_bytes // (2 * 20)`` buckets per row of an IPv6 block; at least one bucket."""
-    w = int(block_bytes) // (ROWS * BUCKET6_BYTES)
+def buckets6_per_row(block_bytes: int, what: str, weight: str = "packets") -> int:
+    """``w6 = block_bytes // (2 * 20)`` (``// (2 * 24)`` byte-weighted) buckets per row of an IPv6 block."""
+    size = bucket_bytes(weight, family=6)
+    w = int(block_bytes) // (ROWS * size)
     if w < 1:
-        raise SketchError(f"{what}: {block_bytes} bytes per block is less than one IPv6 bucket per row (40 bytes)")
+        raise SketchError(f"{what}: {block_bytes} bytes per block is less than one IPv6 bucket per row "
+                          f"({ROWS * size} bytes)")
     return w
+
+
+def check_weight(weight) -> str:
+    """``packets`` or ``bytes`` (see :data:`WEIGHTS`); anything else is refused."""
+    if weight not in WEIGHTS:
+        raise SketchError(f"weight must be 'packets' or 'bytes', got {weight!r}")
+    return weight
+
+
+def bucket_bytes(weight: str, family: int = 4) -> int:
+    """Bytes charged per bucket: IPv4 8 (packets) / 12 (bytes), IPv6 20 / 24 (int64 counts)."""
+    wide = check_weight(weight) == "bytes"
+    if family == 6:
+        return BUCKET6_BYTES + 4 * wide
+    return BUCKET_BYTES_WIDE if wide else BUCKET_BYTES
+
+
+def weight_column(batch: PacketBatch, weight: str) -> np.ndarray | None:
+    """The per-packet weights of ``batch``: None for packet counting, its ``length`` column for bytes."""
+    return batch.length if weight == "bytes" else None
+
+
+def as_weights(weights, n: int) -> np.ndarray:
+    """``weights`` as a contiguous ``int64[n]`` (non-negative), or an empty array for None (weight 1)."""
+    if weights is None:
+        return np.zeros(0, np.int64)
+    arr = np.asarray(weights)
+    if arr.shape != (n,) or (arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0)):
+        raise SketchError(f"weights must be {n} non-negative integers, got {arr.dtype} {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def resolve_weighted_threshold(threshold, phi, expected_packets, expected_bytes, weight: str,
+                               required: bool) -> int | None:
+    """``T`` in the sketch's unit: packets, or bytes (``expected_bytes`` instead of ``expected_packets``)."""
+    if weight == "bytes":
+        if expected_packets is not None:
+            raise SketchError("a byte-weighted sketch's threshold is in bytes: give expected_bytes "
+                              "(bytes per epoch) or threshold=<bytes>, not expected_packets")
+        return resolve_threshold(threshold, phi, expected_bytes, required)
+    if expected_bytes is not None:
+        raise SketchError("expected_bytes needs weight = 'bytes' (a packet-counting sketch takes expected_packets)")
+    return resolve_threshold(threshold, phi, expected_packets, required)
 
 
 def as_addresses6(addresses) -> tuple[np.ndarray, np.ndarray]:
@@ -570,6 +663,8 @@ class CocoSketchParams:
     ``ipv6_memory_bytes`` (default: ``memory_bytes``) buys ``w6 = ipv6_memory_bytes // 40`` buckets
     per row of the IPv6 tree (20 bytes a bucket). ``threshold`` (or ``phi`` with
     ``expected_packets``) only sets the default report threshold of :meth:`CocoSketch.hhh` (both trees).
+    ``weight``: ``packets`` (default) or ``bytes`` (:data:`WEIGHTS`: int64 counts, 12/24-byte buckets;
+    ``threshold`` in bytes, ``expected_bytes`` instead of ``expected_packets``).
     """
 
     mode: str = "byte"
@@ -580,18 +675,22 @@ class CocoSketchParams:
     expected_packets: int | None = None
     seed: int = 0
     ipv6_memory_bytes: int | None = None
+    weight: str = "packets"
+    expected_bytes: int | None = None
 
     def __post_init__(self):
         layers_of(self.mode)
+        check_weight(self.weight)
         object.__setattr__(self, "dimension", normalise_dimension(self.dimension))
         memory = DEFAULT_MEMORY[self.mode] if self.memory_bytes is None else check_memory(self.memory_bytes)
         object.__setattr__(self, "memory_bytes", memory)
         memory6 = memory if self.ipv6_memory_bytes is None else check_memory(self.ipv6_memory_bytes)
         object.__setattr__(self, "ipv6_memory_bytes", memory6)
-        buckets6_per_row(memory6, "CocoSketch IPv6 tree")
+        buckets6_per_row(memory6, "CocoSketch IPv6 tree", self.weight)
         object.__setattr__(self, "seed", check_seed(self.seed))
-        buckets_per_row(memory, "CocoSketch")
-        resolve_threshold(self.threshold, self.phi, self.expected_packets, required=False)
+        buckets_per_row(memory, "CocoSketch", self.weight)
+        resolve_weighted_threshold(self.threshold, self.phi, self.expected_packets, self.expected_bytes,
+                                   self.weight, required=False)
 
 
 class BlockSketchVerbs(Sketch):
@@ -619,17 +718,34 @@ class BlockSketchVerbs(Sketch):
         return HHHWindow(parts, rule)
 
     # ------------------------------------------------------------------ IPv6 tree
+    @property
+    def unit(self) -> str:
+        """What counts, thresholds and answers are in: ``packets`` or ``bytes`` (the ``weight`` parameter)."""
+        return self.params.weight
+
+    def _count_dtype(self):
+        """``int32`` counts for packets (today's state), ``int64`` for byte sums."""
+        return np.int64 if self.params.weight == "bytes" else np.int32
+
+    def _alloc_ipv4(self, blocks: int, what: str) -> None:
+        """Allocate ``blocks`` IPv4 blocks of ``w`` buckets per row (8- or 12-byte buckets by weight)."""
+        self.width = buckets_per_row(self.params.memory_bytes // blocks, what, self.params.weight)
+        shape = (blocks, ROWS, self.width)
+        self.cells = np.zeros(shape, BUCKET_DTYPE_BYTES if self.params.weight == "bytes" else BUCKET_DTYPE)
+        self.occ = np.zeros(shape, np.uint8)
+
     def _init_ipv6(self, memory_bytes: int, crucial: tuple[int, ...], what: str) -> None:
         """Allocate the IPv6 tree: ``1 + |K6|`` blocks of ``w6`` buckets per row, zero packets."""
         self.ipv6_layers = IPV6_LAYERS
         self.ipv6_crucial_layers = tuple(crucial)
-        self.width6 = buckets6_per_row(memory_bytes // (1 + len(crucial)), what)
+        self.width6 = buckets6_per_row(memory_bytes // (1 + len(crucial)), what, self.params.weight)
         shape = (1 + len(crucial), ROWS, self.width6)
         self.hi6 = np.zeros(shape, np.uint64)
         self.lo6 = np.zeros(shape, np.uint64)
-        self.counts6 = np.zeros(shape, np.int32)
+        self.counts6 = np.zeros(shape, self._count_dtype())
         self.occ6 = np.zeros(shape, np.uint8)
         self.packets6 = 0  # stream index of the next IPv6 packet
+        self.bytes_counted = 0  # byte-weighted: sum of the weights counted (both trees)
         self._masks6 = mask6_halves(crucial)
 
     def _tree_rule(self) -> tuple[int, bool, str | None]:
@@ -638,34 +754,55 @@ class BlockSketchVerbs(Sketch):
 
     @property
     def ipv6_memory_bytes(self) -> int:
-        """Bucket memory charged to the IPv6 tree: ``(|K6| + 1) * 2 * w6 * 20`` bytes."""
-        return self.counts6.shape[0] * ROWS * self.width6 * BUCKET6_BYTES
+        """Bucket memory charged to the IPv6 tree: ``(|K6| + 1) * 2 * w6 * 20`` bytes (24 byte-weighted)."""
+        return self.counts6.shape[0] * ROWS * self.width6 * bucket_bytes(self.params.weight, family=6)
 
     def update(self, batch: PacketBatch) -> None:
-        """Count every packet of ``batch`` (weight 1) under its source (or destination) address.
+        """Count every packet of ``batch`` under its source (or destination) address, by its weight
+        (1, or its ``length`` column with ``weight = "bytes"``).
 
         IPv4 rows go to the IPv4 tree, IPv6 rows (``ipv6 == 1``) to the IPv6 tree, each tree in
         batch order with its own packet index, so a tree's state depends only on its family's
         packets (an IPv4-only stream gives exactly today's state and answers).
         """
         column = address_column(batch, self.params.dimension)
+        weights = weight_column(batch, self.params.weight)
         if not batch.has_ipv6():
-            self.update_addresses(column)
+            self.update_addresses(column, weights)
             return
         v6 = batch.ipv6.astype(bool)
-        self.update_addresses(column[~v6])
-        self.update_addresses6((batch.src_ip6 if self.params.dimension == "src" else batch.dst_ip6)[v6])
+        self.update_addresses(column[~v6], None if weights is None else weights[~v6])
+        self.update_addresses6((batch.src_ip6 if self.params.dimension == "src" else batch.dst_ip6)[v6],
+                               None if weights is None else weights[v6])
 
-    def update_addresses6(self, addresses) -> None:
-        """Process IPv6 addresses ``uint8[n, 16]`` (network order) in order into the IPv6 tree."""
+    def _take_weights(self, weights, n: int) -> np.ndarray:
+        """``as_weights`` of ``n`` packets about to be counted, added to :attr:`bytes_counted`; weights
+        given to a packet-counting sketch are refused (it would ignore them)."""
+        if weights is not None and self.params.weight != "bytes":
+            raise SketchError("this sketch counts packets (weight = 'packets'); construct it with "
+                              "weight='bytes' to count per-packet weights")
+        arr = as_weights(weights, n)
+        self.bytes_counted += int(arr.sum())
+        return arr
+
+    @property
+    def total_weight(self) -> int:
+        """Everything counted so far, in :attr:`unit`: packets (both trees), or bytes. What a
+        query's ``phi`` is a fraction of."""
+        return self.bytes_counted if self.params.weight == "bytes" else self.packets + self.packets6
+
+    def update_addresses6(self, addresses, weights=None) -> None:
+        """Process IPv6 addresses ``uint8[n, 16]`` (network order) in order into the IPv6 tree;
+        ``weights`` (byte-weighted sketches): ``n`` non-negative integers."""
         hi, lo = as_addresses6(addresses)
+        weights = self._take_weights(weights, hi.shape[0])
         if hi.shape[0]:
-            self._stream6(hi, lo)
+            self._stream6(hi, lo, weights)
             self.packets6 += hi.shape[0]
 
-    def _stream6(self, hi: np.ndarray, lo: np.ndarray) -> None:
+    def _stream6(self, hi: np.ndarray, lo: np.ndarray, weights: np.ndarray) -> None:
         T, connection, _ = self._tree_rule()
-        stream_kernel6(hi, lo, self.hi6, self.lo6, self.counts6, self.occ6, *self._masks6, np.int64(T),
+        stream_kernel6(hi, lo, weights, self.hi6, self.lo6, self.counts6, self.occ6, *self._masks6, np.int64(T),
                        self._seed_mix, np.uint64(self.packets6), connection, fastmod_magic(self.width6))
 
     def layer_estimates6(self) -> LayerEstimates:
@@ -707,10 +844,15 @@ class BlockSketchVerbs(Sketch):
         Layout version 2 adds the IPv6 tree (``hi6``/``lo6``/``counts6``/``occ6``, ``packets6``);
         :meth:`from_bytes` still reads version 1 (IPv4 only: the IPv6 tree starts empty).
         """
-        return pack_state(self.ALGORITHM, self.VERSION, self.params,
+        params = dataclasses.asdict(self.params)
+        for name in ("weight", "expected_bytes"):  # packet-counting snapshots stay byte-identical to before
+            if params[name] == CocoSketchParams.__dataclass_fields__[name].default:
+                del params[name]
+        return pack_state(self.ALGORITHM, self.VERSION, params,
                           {"ids": self.ids, "counts": self.counts, "occ": self.occ, "hi6": self.hi6,
                            "lo6": self.lo6, "counts6": self.counts6, "occ6": self.occ6},
-                          extra={"packets": self.packets, "packets6": self.packets6})
+                          extra={"packets": self.packets, "packets6": self.packets6,
+                                 **({"bytes": self.bytes_counted} if self.params.weight == "bytes" else {})})
 
     @classmethod
     def from_bytes(cls, data: bytes):
@@ -722,6 +864,11 @@ class BlockSketchVerbs(Sketch):
         _restore(sketch, arrays, extra)
         if version >= 2:
             _restore6(sketch, arrays, extra)
+        if sketch.params.weight == "bytes":
+            counted = extra.get("bytes")
+            if not isinstance(counted, int) or counted < 0:
+                raise SketchError(f"serialised byte total of a byte-weighted sketch is missing or invalid: {counted!r}")
+            sketch.bytes_counted = counted
         return sketch
 
 
@@ -747,11 +894,10 @@ class CocoSketch(BlockSketchVerbs):
         if params is not None and kwargs:
             raise SketchError("give either a CocoSketchParams or keyword parameters, not both")
         self.params = params if params is not None else CocoSketchParams(**kwargs)
-        self._T = resolve_threshold(self.params.threshold, self.params.phi, self.params.expected_packets, False)
-        self.width = buckets_per_row(self.params.memory_bytes, "CocoSketch")
-        shape = (1, ROWS, self.width)
-        self.cells = np.zeros(shape, BUCKET_DTYPE)
-        self.occ = np.zeros(shape, np.uint8)
+        p = self.params
+        self._T = resolve_weighted_threshold(p.threshold, p.phi, p.expected_packets, p.expected_bytes, p.weight,
+                                             False)
+        self._alloc_ipv4(1, "CocoSketch")
         self.packets = 0
         self._seed_mix = seed_mix(self.params.seed)
         self.layers = layers_of(self.params.mode)
@@ -759,16 +905,19 @@ class CocoSketch(BlockSketchVerbs):
 
     @property
     def memory_bytes(self) -> int:
-        """Bucket memory charged: ``2 * w * 8`` bytes."""
-        return ROWS * self.width * BUCKET_BYTES
+        """Bucket memory charged: ``2 * w * 8`` bytes (``2 * w * 12`` byte-weighted)."""
+        return ROWS * self.width * bucket_bytes(self.params.weight)
 
     ids = property(lambda self: self.cells["id"], doc="Bucket ids, ``uint32[1, 2, w]`` (a view).")
-    counts = property(lambda self: self.cells["count"], doc="Bucket counts, ``int32[1, 2, w]`` (a view).")
+    counts = property(lambda self: self.cells["count"],
+                      doc="Bucket counts, ``int32[1, 2, w]`` (``int64`` byte-weighted; a view).")
 
-    def update_addresses(self, addresses) -> None:
-        """Count a raw ``uint32[n]`` address array (the benchmark entry point; hashing included)."""
+    def update_addresses(self, addresses, weights=None) -> None:
+        """Count a raw ``uint32[n]`` address array (the benchmark entry point; hashing included);
+        ``weights`` (byte-weighted sketches): ``n`` non-negative integers."""
         keys = as_addresses(addresses)
-        stream_kernel(keys, self.cells, self.occ, np.zeros(0, np.uint32), 0,
+        stream_kernel(keys, self._take_weights(weights, keys.shape[0]), self.cells, self.occ,
+                      np.zeros(0, np.uint32), 0,
                       self._seed_mix, np.uint64(self.packets), True, fastmod_magic(self.width))
         self.packets += keys.shape[0]
 
@@ -817,7 +966,8 @@ def _unpack_any_version(data: bytes, algorithm: str, versions: Sequence[int]):
 def _restore6(sketch, arrays: dict, extra: dict) -> None:
     """Load the IPv6 tree (``hi6``/``lo6``/``counts6``/``occ6``, ``packets6``) of a version-2 state."""
     shape = sketch.occ6.shape
-    for name, dtype in (("hi6", np.uint64), ("lo6", np.uint64), ("counts6", np.int32), ("occ6", np.uint8)):
+    for name, dtype in (("hi6", np.uint64), ("lo6", np.uint64), ("counts6", sketch.counts6.dtype),
+                        ("occ6", np.uint8)):
         arr = arrays.get(name)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
             raise SketchError(f"serialised {name!r} does not fit these parameters (expected {shape} {np.dtype(dtype)})")
@@ -831,7 +981,7 @@ def _restore6(sketch, arrays: dict, extra: dict) -> None:
 def _restore(sketch, arrays: dict, extra: dict) -> None:
     """Load ``ids``/``counts``/``occ`` and the packet index into a fresh sketch, checking shapes."""
     shape = sketch.occ.shape
-    for name, dtype in (("ids", np.uint32), ("counts", np.int32), ("occ", np.uint8)):
+    for name, dtype in (("ids", np.uint32), ("counts", sketch.counts.dtype), ("occ", np.uint8)):
         arr = arrays.get(name)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
             raise SketchError(f"serialised {name!r} does not fit these parameters (expected {shape} {np.dtype(dtype)})")

@@ -144,8 +144,10 @@ class HHHWindow(Window):
                         "summed layer estimates")
 
     def _threshold(self, packets, phi, threshold) -> float | None:
-        """:meth:`hhh`'s threshold in packets (``None``: the one state's own ``T``)."""
+        """:meth:`hhh`'s threshold in the sketch's unit, packets or bytes (``None``: the one state's own ``T``)."""
         flat = self.flat()
+        if flat[0].unit == "bytes":  # byte-weighted: phi of the window's bytes
+            packets = sum(s.total_weight for s in flat)
         thr = window_threshold(phi, threshold, packets)
         if thr is None and flat[0].params.threshold is None:
             thr = flat[0].params.phi * packets

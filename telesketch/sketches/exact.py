@@ -12,6 +12,11 @@ Keys are given as numpy arrays and answers use plain Python keys:
   16 ``bytes``; IPv4 flows 13 ``bytes``, IPv6 flows 37 ``bytes``) against one threshold over
   all packets, so IPv4 answers are unchanged by IPv6 traffic other than through ``N``.
 
+**Weights.** Every counting function takes optional ``weights`` (one non-negative integer per key,
+e.g. ``PacketBatch.length`` for bytes; the ``mixed_*`` functions take ``weight="packets"|"bytes"``):
+counts become weight sums and ``phi`` is a fraction of the total weight, the ground truth of a
+byte-weighted sketch. Without weights every answer is the packet count, as before.
+
 Thresholds are strict everywhere (a key is heavy when its count is ``> threshold``), as the specs
 define them. Memory is O(distinct keys); these functions are for tests, benchmarks and ``--exact``
 reports, not for the packet path.
@@ -48,15 +53,35 @@ def _python_keys(unique: np.ndarray) -> list[Hashable]:
     return [int(k) for k in unique.tolist()]
 
 
-def flow_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys (sorted, same dtype as given, ``V`` for rows) and their ``int64`` counts."""
-    unique, counts = np.unique(_as_key_array(keys), return_counts=True)
-    return unique, counts.astype(np.int64)
+def flow_counts(keys: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys (sorted, same dtype as given, ``V`` for rows) and their ``int64`` counts
+    (weight sums with ``weights``)."""
+    keys = _as_key_array(keys)
+    if weights is None:
+        unique, counts = np.unique(keys, return_counts=True)
+        return unique, counts.astype(np.int64)
+    weights = _as_weights(weights, keys.shape[0])
+    unique, inverse = np.unique(keys, return_inverse=True)
+    sums = np.zeros(unique.shape[0], np.int64)
+    np.add.at(sums, inverse.ravel(), weights)
+    return unique, sums
 
 
-def count_dict(keys: np.ndarray) -> dict[Hashable, int]:
-    """Exact count of every key as ``{key: count}``."""
-    unique, counts = flow_counts(keys)
+def _as_weights(weights, n: int) -> np.ndarray:
+    weights = np.asarray(weights)
+    if weights.shape != (n,) or (weights.size and (weights.dtype.kind not in "iu" or weights.min() < 0)):
+        raise ValueError(f"weights must be {n} non-negative integers, got {weights.dtype} {weights.shape}")
+    return weights.astype(np.int64)
+
+
+def total_weight(n_items: int, weights: np.ndarray | None) -> int:
+    """``n_items`` without weights, else their sum: what ``phi`` is a fraction of."""
+    return n_items if weights is None else int(np.asarray(weights, dtype=np.int64).sum())
+
+
+def count_dict(keys: np.ndarray, weights: np.ndarray | None = None) -> dict[Hashable, int]:
+    """Exact count (or weight sum) of every key as ``{key: count}``."""
+    unique, counts = flow_counts(keys, weights)
     return dict(zip(_python_keys(unique), counts.tolist()))
 
 
@@ -77,11 +102,13 @@ def threshold_for(n_items: int, phi: float) -> float:
     return _threshold(n_items, phi, None)
 
 
-def heavy_hitters(keys: np.ndarray, phi: float | None = None, threshold: float | None = None) -> dict[Hashable, int]:
-    """Keys whose count is ``> phi * n`` (or ``> threshold``): ``{key: count}``."""
+def heavy_hitters(keys: np.ndarray, phi: float | None = None, threshold: float | None = None,
+                  weights: np.ndarray | None = None) -> dict[Hashable, int]:
+    """Keys whose count is ``> phi * n`` (or ``> threshold``): ``{key: count}``; with ``weights``
+    weight sums against ``phi *`` the total weight."""
     keys = _as_key_array(keys)
-    thr = _threshold(keys.shape[0], phi, threshold)
-    unique, counts = flow_counts(keys)
+    thr = _threshold(total_weight(keys.shape[0], weights), phi, threshold)
+    unique, counts = flow_counts(keys, weights)
     heavy = counts > thr
     return dict(zip(_python_keys(unique[heavy]), counts[heavy].tolist()))
 
@@ -128,17 +155,29 @@ def family_keys(batch, key: str) -> tuple[np.ndarray, np.ndarray]:
     return getattr(v4, key), np.ascontiguousarray(getattr(v6, key + "6"))
 
 
-def mixed_count_dict(batch, key: str) -> dict[Hashable, int]:
-    """Exact count of every key of both families (key forms as in the module docstring)."""
+def family_weights(batch, weight: str = "packets") -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(IPv4 weights, IPv6 weights)`` in :func:`family_keys` row order: ``(None, None)`` for packets,
+    the ``length`` column of each family for bytes."""
+    if weight == "packets":
+        return None, None
+    if weight != "bytes":
+        raise ValueError(f"weight must be 'packets' or 'bytes', got {weight!r}")
+    return batch.family(4).length, batch.family(6).length
+
+
+def mixed_count_dict(batch, key: str, weight: str = "packets") -> dict[Hashable, int]:
+    """Exact count (or byte sum) of every key of both families (key forms as in the module docstring)."""
     keys4, keys6 = family_keys(batch, key)
-    return {**count_dict(keys4), **(count_dict(keys6) if len(keys6) else {})}
+    w4, w6 = family_weights(batch, weight)
+    return {**count_dict(keys4, w4), **(count_dict(keys6, w6) if len(keys6) else {})}
 
 
 def mixed_heavy_hitters(batch, key: str, phi: float | None = None,
-                        threshold: float | None = None) -> dict[Hashable, int]:
-    """Keys of both families whose count is ``> phi * len(batch)`` (or ``> threshold``)."""
-    thr = _threshold(len(batch), phi, threshold)
-    return {k: c for k, c in mixed_count_dict(batch, key).items() if c > thr}
+                        threshold: float | None = None, weight: str = "packets") -> dict[Hashable, int]:
+    """Keys of both families whose count is ``> phi * len(batch)`` (or ``> threshold``); byte-weighted:
+    byte sums against ``phi *`` the batch's bytes."""
+    thr = _threshold(total_weight(len(batch), batch.length if weight == "bytes" else None), phi, threshold)
+    return {k: c for k, c in mixed_count_dict(batch, key, weight).items() if c > thr}
 
 
 def mixed_heavy_changers(before, after, key: str, phi: float | None = None,
@@ -152,12 +191,14 @@ def mixed_heavy_changers(before, after, key: str, phi: float | None = None,
 
 
 # ---------------------------------------------------------------------------- hierarchical heavy hitters
-def prefix_counts(addresses: np.ndarray, layers: Sequence[int] = BYTE_LAYERS) -> dict[int, dict[int, int]]:
-    """Exact ``{length: {prefix_value: count}}`` of every prefix that occurs, for each layer."""
+def prefix_counts(addresses: np.ndarray, layers: Sequence[int] = BYTE_LAYERS,
+                  weights: np.ndarray | None = None) -> dict[int, dict[int, int]]:
+    """Exact ``{length: {prefix_value: count}}`` (weight sums with ``weights``) of every prefix that
+    occurs, for each layer."""
     addresses = np.asarray(addresses, dtype=np.uint32)
     out = {}
     for length in layers:
-        values, counts = np.unique(addresses & np.uint32(prefix_mask(length)), return_counts=True)
+        values, counts = flow_counts(addresses & np.uint32(prefix_mask(length)), weights)
         out[length] = dict(zip(values.tolist(), counts.tolist()))
     return out
 
@@ -167,11 +208,13 @@ def hhh(
     phi: float | None = None,
     threshold: float | None = None,
     mode: str = "byte",
+    weights: np.ndarray | None = None,
 ) -> dict[tuple[int, int], float]:
-    """Exact discounted HHH of an address column: ``{(prefix, length): discounted_count}``."""
+    """Exact discounted HHH of an address column: ``{(prefix, length): discounted_count}``; with
+    ``weights`` counts are weight sums and ``phi`` a fraction of the total weight."""
     addresses = np.asarray(addresses, dtype=np.uint32)
-    thr = _threshold(addresses.shape[0], phi, threshold)
-    return hhh_from_counts(prefix_counts(addresses, layers_for(mode)), thr)
+    thr = _threshold(total_weight(addresses.shape[0], weights), phi, threshold)
+    return hhh_from_counts(prefix_counts(addresses, layers_for(mode), weights), thr)
 
 
 # ---------------------------------------------------------------------------- IPv6 hierarchical heavy hitters
@@ -185,10 +228,13 @@ def ipv6_ints(addresses: np.ndarray) -> list[int]:
     return [(int(hi) << 64) | int(lo) for hi, lo in halves.tolist()]
 
 
-def prefix_counts6(addresses: np.ndarray, layers: Sequence[int] = IPV6_LAYERS) -> dict[int, dict[int, int]]:
-    """Exact ``{length: {prefix (128-bit int): count}}`` of IPv6 ``uint8[n, 16]`` addresses per layer."""
+def prefix_counts6(addresses: np.ndarray, layers: Sequence[int] = IPV6_LAYERS,
+                   weights: np.ndarray | None = None) -> dict[int, dict[int, int]]:
+    """Exact ``{length: {prefix (128-bit int): count}}`` (weight sums with ``weights``) of IPv6
+    ``uint8[n, 16]`` addresses per layer."""
     addresses = np.ascontiguousarray(addresses, dtype=np.uint8).reshape(-1, 16)
-    whole = {int.from_bytes(k, "big"): c for k, c in count_dict(addresses).items()} if len(addresses) else {}
+    whole = ({int.from_bytes(k, "big"): c for k, c in count_dict(addresses, weights).items()}
+             if len(addresses) else {})
     out: dict[int, dict[int, int]] = {}
     for length in layers:
         mask = prefix_mask(length, 128)
@@ -204,10 +250,12 @@ def hhh6(
     phi: float | None = None,
     threshold: float | None = None,
     layers: Sequence[int] = IPV6_LAYERS,
+    weights: np.ndarray | None = None,
 ) -> dict[tuple[int, int], float]:
-    """Exact discounted HHH of IPv6 ``uint8[n, 16]`` addresses: ``{(prefix int, length): c}``."""
-    thr = _threshold(len(addresses), phi, threshold)
-    return hhh_from_counts(prefix_counts6(addresses, layers), thr, width=128)
+    """Exact discounted HHH of IPv6 ``uint8[n, 16]`` addresses: ``{(prefix int, length): c}``
+    (weight sums with ``weights``, ``phi`` of the total weight)."""
+    thr = _threshold(total_weight(len(addresses), weights), phi, threshold)
+    return hhh_from_counts(prefix_counts6(addresses, layers, weights), thr, width=128)
 
 
 # ---------------------------------------------------------------------------- GapFilter ground truth

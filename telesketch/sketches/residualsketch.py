@@ -34,6 +34,14 @@ see ``docs/IPV6.md`` and BENCHMARKS.md for the measurement. :meth:`ResidualSketc
 both trees at once (:class:`HHHRow`: family, 4- or 16-byte prefix, length) and :func:`format_prefix`
 prints ``10.1.0.0/16`` / ``2001:db8::/32`` (RFC 5952).
 
+**Bytes.** ``weight="bytes"`` counts each packet's ``length`` (IPv4 total length, IPv6 payload
+length + 40) instead of 1, for top talkers and HHH by bytes: counts are int64 (12-byte IPv4 and
+24-byte IPv6 buckets, so 2/3 and 5/6 as many buckets for the same ``memory_bytes``), ``threshold``
+and every answer are bytes (``expected_bytes`` replaces ``expected_packets``), a newcomer takes a
+bucket with probability ``length / count``, and the Residual Connection fires when a packet carries
+F's count to ``T`` or past it (``cocosketch.connection_rule``; with unit weights exactly ``c == T``).
+``weight="packets"`` (the default) keeps int32 counts and today's state and snapshots byte for byte.
+
 The update is order-dependent (the connection fires at the instant F's count equals T), so the
 kernel is one sequential ``nogil`` loop (spec §5 "exact mode") and raw state is not mergeable;
 shards combine through :meth:`ResidualSketch.layer_estimates` (:func:`merged_hhh`).
@@ -46,10 +54,8 @@ import numpy as np
 
 from telesketch.sketches.cocosketch import (
     BlockSketchVerbs,
-    BUCKET_DTYPE,
     DEFAULT_MEMORY,
     ROWS,
-    BUCKET_BYTES,
     CocoSketch,
     CocoSketchParams,
     HHHEntry,
@@ -60,7 +66,9 @@ from telesketch.sketches.cocosketch import (
     buckets_per_row,
     buckets6_per_row,
     check_memory,
+    bucket_bytes,
     check_seed,
+    check_weight,
     fastmod_magic,
     format_prefix,
     hhh_pass,
@@ -69,7 +77,7 @@ from telesketch.sketches.cocosketch import (
     merged_hhh,
     normalise_dimension,
     prefix_estimate,
-    resolve_threshold,
+    resolve_weighted_threshold,
     seed_mix,
     shard_threshold,
     stream_kernel,
@@ -115,6 +123,10 @@ class ResidualSketchParams:
     * ``addback``: ``gt`` (reference parity: add back F keys with ``v > T``) or ``ge``.
     * ``connection``: False gives the spec's "noConn" ablation as the reference code runs it
       (every packet is a plain insert into every block; no decrement, no add-back).
+    * ``weight``: ``packets`` (default) or ``bytes``: a packet weighs its ``length``; counts are
+      int64 (12-byte IPv4 / 24-byte IPv6 buckets), ``threshold`` is in bytes and ``expected_bytes``
+      replaces ``expected_packets``; the Residual Connection fires when a packet carries F's count to
+      ``T`` or past it (see ``cocosketch.connection_rule``).
     """
 
     mode: str = "byte"
@@ -129,9 +141,12 @@ class ResidualSketchParams:
     connection: bool = True
     ipv6_memory_bytes: int | None = None
     ipv6_crucial_layers: tuple[int, ...] | None = None
+    weight: str = "packets"
+    expected_bytes: int | None = None
 
     def __post_init__(self):
         layers = layers_of(self.mode)
+        check_weight(self.weight)
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         set_("dimension", normalise_dimension(self.dimension))
         set_("memory_bytes", DEFAULT_MEMORY[self.mode] if self.memory_bytes is None else check_memory(self.memory_bytes))
@@ -141,17 +156,22 @@ class ResidualSketchParams:
             raise SketchError(f"addback must be 'gt' (reference parity) or 'ge', got {self.addback!r}")
         if not isinstance(self.connection, bool):
             raise SketchError(f"connection must be a bool, got {self.connection!r}")
-        resolve_threshold(self.threshold, self.phi, self.expected_packets, required=True)
-        buckets_per_row(self.memory_bytes // (1 + len(self.crucial_layers)), "ResidualSketch")
+        self._T()
+        buckets_per_row(self.memory_bytes // (1 + len(self.crucial_layers)), "ResidualSketch", self.weight)
         set_("ipv6_memory_bytes", self.memory_bytes if self.ipv6_memory_bytes is None
              else check_memory(self.ipv6_memory_bytes))
         set_("ipv6_crucial_layers", _check_crucial6(self.ipv6_crucial_layers))
-        buckets6_per_row(self.ipv6_memory_bytes // (1 + len(self.ipv6_crucial_layers)), "ResidualSketch IPv6 tree")
+        buckets6_per_row(self.ipv6_memory_bytes // (1 + len(self.ipv6_crucial_layers)), "ResidualSketch IPv6 tree",
+                         self.weight)
+
+    def _T(self) -> int:
+        return resolve_weighted_threshold(self.threshold, self.phi, self.expected_packets, self.expected_bytes,
+                                          self.weight, required=True)
 
     @property
     def T(self) -> int:
-        """The absolute promotion threshold in packets."""
-        return resolve_threshold(self.threshold, self.phi, self.expected_packets, required=True)
+        """The absolute promotion threshold in the sketch's unit (packets, or bytes byte-weighted)."""
+        return self._T()
 
 
 def _check_crucial(crucial, mode: str, layers: tuple[int, ...]) -> tuple[int, ...]:
@@ -207,10 +227,7 @@ class ResidualSketch(BlockSketchVerbs):
         self.T = p.T
         self.layers = layers_of(p.mode)
         self.crucial_layers = p.crucial_layers
-        self.width = buckets_per_row(p.memory_bytes // (1 + len(p.crucial_layers)), "ResidualSketch")
-        shape = (1 + len(p.crucial_layers), ROWS, self.width)
-        self.cells = np.zeros(shape, BUCKET_DTYPE)  # (id, count); block 0 = F, block j = R_{k_j}
-        self.occ = np.zeros(shape, np.uint8)
+        self._alloc_ipv4(1 + len(p.crucial_layers), "ResidualSketch")  # cells (id, count): block 0 = F, j = R_{k_j}
         self.packets = 0  # stream index n of the next packet
         self._masks = np.array([prefix_mask(k) for k in p.crucial_layers], np.uint32)
         self._seed_mix = seed_mix(p.seed)
@@ -224,16 +241,17 @@ class ResidualSketch(BlockSketchVerbs):
     # ------------------------------------------------------------------ update
     @property
     def memory_bytes(self) -> int:
-        """Bucket memory charged: ``(|K| + 1) * 2 * w * 8`` bytes."""
-        return self.cells.shape[0] * ROWS * self.width * BUCKET_BYTES
+        """Bucket memory charged: ``(|K| + 1) * 2 * w * 8`` bytes (12 a bucket byte-weighted)."""
+        return self.cells.shape[0] * ROWS * self.width * bucket_bytes(self.params.weight)
 
     ids = property(lambda self: self.cells["id"], doc="Bucket ids, ``uint32[1 + |K|, 2, w]`` (a view).")
     counts = property(lambda self: self.cells["count"], doc="Bucket counts, ``int32[1 + |K|, 2, w]`` (a view).")
 
-    def update_addresses(self, addresses) -> None:
-        """Process a raw ``uint32[n]`` address array in order (benchmark entry point)."""
+    def update_addresses(self, addresses, weights=None) -> None:
+        """Process a raw ``uint32[n]`` address array in order (benchmark entry point); ``weights``
+        (byte-weighted sketches): ``n`` non-negative integers."""
         keys = as_addresses(addresses)
-        stream_kernel(keys, self.cells, self.occ, self._masks, np.int64(self.T),
+        stream_kernel(keys, self._take_weights(weights, keys.shape[0]), self.cells, self.occ, self._masks, np.int64(self.T),
                       self._seed_mix, np.uint64(self.packets), self.params.connection,
                       fastmod_magic(self.width))
         self.packets += keys.shape[0]
