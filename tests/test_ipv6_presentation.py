@@ -19,7 +19,7 @@ from telesketch.presenter import key_family, key_text, parse_flow_key
 from telesketch.service.server import ServiceThread
 from telesketch.sketches import exact
 from telesketch.traces.generate import generate_batch
-from test_service import config
+from test_service import SKETCHES, config
 
 START_S = 1_700_000_000.0
 
@@ -31,7 +31,10 @@ def mixed():
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, mixed):
-    svc = ServiceThread(config(tmp_path_factory.mktemp("v6"), epoch_seconds=10.0)).start()
+    # plus one IPv4-only sketch (LLM-Sketch's 13-byte heavy_hitters task): the service withholds IPv6 from it
+    sketches = dict(SKETCHES, flows4={"kind": "llmsketch", "memory_bytes": 32 * 1024, "task": "heavy_hitters",
+                                      "estimator": "constant"})
+    svc = ServiceThread(config(tmp_path_factory.mktemp("v6"), epoch_seconds=10.0, sketches=sketches)).start()
     Client(f"127.0.0.1:{svc.grpc_port}", sender_id="v6").push([mixed])
     yield svc
     svc.stop()
@@ -91,3 +94,22 @@ def test_cli_heavy_hitters_table_prints_ipv6_text(live, capsys):
                  "--threshold", "150"]) == 0
     out = capsys.readouterr().out
     assert any(":" in line.split()[0] for line in out.splitlines()[2:] if line.strip()), out
+
+
+def test_metrics_count_withheld_ipv6_and_gap_coverage(live, mixed):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{live.http_port}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    n6 = int(mixed.ipv6.sum())
+    assert n6 > 0
+    assert live.service.manager.sketchset.ipv6_withheld == {"flows4": n6}
+    withheld = {dict(labels)["sketch"]: v for (name, labels), v in samples.items() if name == "telesketch_ipv6_withheld_total"}
+    assert withheld == {"flows4": n6}
+    # the default GapFilter keys on ip_id: every IPv4 packet inspected, every IPv6 one skipped
+    covered = samples[("telesketch_gap_covered_packets_total", (("sketch", "gaps"),))]
+    skipped = sum(v for (name, labels), v in samples.items()
+                  if name == "telesketch_gap_skipped_packets_total" and ("sketch", "gaps") in labels)
+    assert (covered, skipped) == (len(mixed) - n6, n6)
