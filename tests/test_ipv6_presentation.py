@@ -113,3 +113,70 @@ def test_metrics_count_withheld_ipv6_and_gap_coverage(live, mixed):
     skipped = sum(v for (name, labels), v in samples.items()
                   if name == "telesketch_gap_skipped_packets_total" and ("sketch", "gaps") in labels)
     assert (covered, skipped) == (len(mixed) - n6, n6)
+
+
+@pytest.fixture(scope="module")
+def mixed_report(tmp_path_factory):
+    from telesketch.analyze import analyze
+    from telesketch.service.config import load_config
+    from telesketch.traces import generate_capture
+
+    path = tmp_path_factory.mktemp("report") / "mixed.pcap"
+    generate_capture(path, packets=20_000, flows=300, seed=5, duration_s=4.0, ipv6_share=0.4)
+    cfg = load_config(None, {"grpc_address": "127.0.0.1:0", "http_address": "", "data_dir": ""})
+    cfg.sketches = {k: v for k, v in SKETCHES.items() if k != "exact"} | {
+        "flows4": {"kind": "llmsketch", "memory_bytes": 32 * 1024, "task": "heavy_hitters", "estimator": "constant"}}
+    report, run = analyze([path], cfg, truth=True, batch_size=4096)
+    return report, run
+
+
+def test_report_says_what_gap_detection_covered_and_what_was_withheld(mixed_report):
+    from telesketch.report import render_text
+
+    report, run = mixed_report
+    n6 = sum(int(e.states["gaps"].coverage()["skipped_packets"].get("no_ip_id", 0)) for e in run.manager.epochs())
+    assert n6 > 0
+    ipv6 = report["ipv6"]
+    assert ipv6["withheld"] == {"flows4": n6}
+    cov = ipv6["gap_coverage"]["gaps"]
+    assert cov["covered_packets"] + sum(cov["skipped_packets"].values()) == report["window"]["packets"]
+    assert cov["skipped_packets"]["no_ip_id"] == n6
+    text = render_text(report)
+    assert f"flows4 {n6:,}" in text and "withheld from IPv4-only sketches" in text
+    assert f"gap cover  gaps (window): {cov['covered_packets']:,} of {report['window']['packets']:,} packets" in text
+    assert f"no_ip_id {n6:,}" in text
+
+
+def test_report_heavy_hitters_of_both_families_match_the_truth(mixed_report):
+    from telesketch.report import render_text
+
+    report, _ = mixed_report
+    rows = report["heavy_hitters"]["rows"]
+    assert {r["family"] for r in rows} == {4, 6}
+    for r in rows:
+        assert r["text"] == key_text(bytes.fromhex(r["key"]) if isinstance(r["key"], str) else r["key"])
+    truth = {r["key"]: r["estimate"] for r in report["truth"]["heavy_hitters"]["rows"]}
+    six = {r["key"] for r in rows if r["family"] == 6}
+    assert six == {k for k, r in zip(truth, report["truth"]["heavy_hitters"]["rows"]) if r["family"] == 6}
+    assert report["accuracy"]["heavy_hitters"]["f1"] == 1.0
+    text = render_text(report)
+    six_text = [r["text"] for r in rows if r["family"] == 6]
+    assert any(t in text for t in six_text)
+
+
+def test_report_hhh_section_keeps_two_trees_in_text():
+    from telesketch.report import render_text
+
+    rows = [{"family": 4, "prefix": 0x0A000000, "length": 8, "text": "10.0.0.0/8", "estimate": 90.0},
+            {"family": 6, "prefix": "20010db8" + "0" * 24, "length": 32, "text": "2001:db8::/32", "estimate": 70.0}]
+    report = {"source": {"mode": "analyze", "files": ["x"], "target": None},
+              "window": {"last": 1, "epochs": [0], "packets": 100, "epoch_seconds": 10.0},
+              "ingest": {"packets": 100, "late_packets": 0, "batches": 1}, "sketches": [], "notes": [],
+              "ipv6": {"scope": "window", "withheld": {}, "gap_coverage": {}}}
+    for what in ("heavy_hitters", "heavy_changers", "gaps", "top_flows"):
+        report[what] = {"error": "not configured"}
+    report["hhh"] = {"sketch": "hhh", "combine": "single", "error": None, "phi": 0.01, "count": 2, "rows": rows}
+    text = render_text(report)
+    assert "IPv4 tree: 1 prefixes" in text and "IPv6 tree: 1 prefixes" in text
+    assert text.index("10.0.0.0/8") < text.index("IPv6 tree") < text.index("2001:db8::/32")
+    assert "every active sketch takes IPv6 packets" in text
