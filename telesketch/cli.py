@@ -178,7 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = run_demo(packets=args.packets, flows=args.flows, seed=args.seed, duration_s=args.duration,
                       opts=_report_options(args), out=out,
                       progress=Progress(enabled=None if not args.no_progress else False),
-                      plot_dir=args.plot, json_path=args.json_out)
+                      plot_dir=args.plot, json_path=args.json_out, ipv6_share=args.ipv6_share)
     if args.json:
         from telesketch.analyze import write_json
 
@@ -520,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="distinct flows (the LLM-Sketch estimator costs one model call per flow and epoch)")
     demo.add_argument("--duration", type=_positive_float, default=20.0, help="seconds of traffic (epochs are 10 s)")
     demo.add_argument("--seed", type=int, default=7, help="generator seed (same seed, same capture)")
+    demo.add_argument("--ipv6-share", type=_fraction, default=0.4,
+                      help="fraction of the flows sent over IPv6, with extension headers and fragments "
+                           "(default 0.4; 0: IPv4 only); answers are checked against exact truth per family")
     demo.add_argument("--plot", metavar="DIR", help="also write PNG charts there (needs matplotlib)")
     demo.add_argument("--json-out", metavar="FILE", help="also write the JSON report there")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")

@@ -55,6 +55,7 @@ estimates are upper bounds; the text report prints a PARTIAL line)::
                           "withheld": {sketch: IPv6 packets withheld from an IPv4-only sketch},
                           "gap_coverage": {sketch: {"covered_packets", "skipped_packets": {reason: n}}}},
       "truth":    null | {the same five sections, answered by the exact kind},
+      "by_family": {"4" | "6": {section: {"precision", "recall", "f1", "tp", "fp", "fn"}}} (with truth),
       "accuracy": null | {
           "heavy_hitters" | "heavy_changers" | "hhh" | "gaps" | "top_flows":
               {"precision", "recall", "f1", "tp", "fp", "fn", "are" (mean relative error of the
@@ -505,6 +506,68 @@ def add_accuracy(report: dict, source, truth, opts: ReportOptions, last: int) ->
     if report["top_flows"]["error"] is None and t["top_flows"]["error"] is None:
         acc.update(_flow_accuracy(report, source, truth, opts, last))
     report["accuracy"] = acc
+    report["by_family"] = family_accuracy(report)
+
+
+def _family_rows(report: dict, what: str) -> tuple[dict, dict, dict] | None:
+    """``(reported {id: 1}, true {id: 1}, {id: family})`` of one section and its truth, ids as the
+    accuracy compares them; ``None`` when either side has no answer."""
+    sec, t = report.get(what) or {}, (report.get("truth") or {}).get(what) or {}
+    if not sec or not t or sec.get("error") or t.get("error"):
+        return None
+    if what == "gaps":
+        ident = lambda r: (r["key"], r["ts_ns"])  # noqa: E731
+        rows, true_rows = sec["events"], t["events"]
+    elif what == "hhh":
+        ident = lambda r: (r["prefix"], r["length"])  # noqa: E731
+        rows, true_rows = sec["rows"], t["rows"]
+    else:
+        ident = lambda r: r["key"]  # noqa: E731
+        rows, true_rows = sec["rows"], t["rows"]
+    family = {ident(r): r.get("family", 4) for r in true_rows}
+    if what == "top_flows" and any(isinstance(r["key"], int) for r in rows):  # fingerprints: name them
+        keys = [bytes.fromhex(r["key"]) for r in true_rows]
+        fps = _fingerprints(keys)
+        family = {fp: r.get("family", 4) for fp, r in zip(fps, true_rows)}
+        true_ids = {fp: 1 for fp in fps}
+    else:
+        true_ids = {ident(r): 1 for r in true_rows}
+    for r in rows:
+        family.setdefault(ident(r), r.get("family", 4))
+    return {ident(r): 1 for r in rows}, true_ids, family
+
+
+def family_accuracy(report: dict) -> dict:
+    """Each answered section against the exact truth, per address family: ``{"4" | "6": {section:
+    {"precision", "recall", "f1", "tp", "fp", "fn"}}}`` (a family appears where the truth or the
+    answer has a row of it). The demo prints it, so both families' answers are checked."""
+    out: dict[str, dict] = {}
+    for what in SECTIONS:
+        got = _family_rows(report, what)
+        if got is None:
+            continue
+        reported, true, family = got
+        for fam in sorted(set(family.values())):
+            mine = {k: v for k, v in reported.items() if family.get(k) == fam}
+            truth = {k for k in true if family.get(k) == fam}
+            out.setdefault(str(fam), {})[what] = exact.set_accuracy(truth, mine).as_dict()
+    return out
+
+
+def family_lines(by_family: dict | None) -> list[str]:
+    """The per-family check as a table (section x family: F1 and tp/true), for the demo and report."""
+    if not by_family or set(by_family) == {"4"}:
+        return []  # one family: the accuracy lines above say it all
+    fams = sorted(by_family)
+    rows = []
+    for what in SECTIONS:
+        cells = []
+        for fam in fams:
+            a = by_family[fam].get(what)
+            cells.append("-" if a is None else f"F1 {a['f1']:.3f} ({a['tp']}/{a['tp'] + a['fn']} true, {a['fp']} false)")
+        if any(c != "-" for c in cells):
+            rows.append((what.replace("_", " "),) + tuple(cells))
+    return ["", "Both families against exact truth"] + _table(("answer",) + tuple(f"IPv{f}" for f in fams), rows)
 
 
 def _flow_accuracy(report: dict, source, truth, opts: ReportOptions, last: int) -> dict:
@@ -745,6 +808,7 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
             lines.append(f"  flow sizes: ARE {fs['are']:.3f} over {fs['flows']:,} flows, "
                          f"{fs['are_top']:.3f} over the {fs['k']} largest"
                          + (f"; {fs['note']}" if fs.get("note") else ""))
+    lines += family_lines(report.get("by_family"))
     return "\n".join(lines)
 
 
