@@ -10,7 +10,7 @@
    ``exact`` kind locally on the same packets with the same epochs and thresholds;
 5. print the report, with the ingest rate and the time of each step, and every answer checked
    against the exact truth per address family (IPv4 and IPv6 side by side), plus which packets
-   gap detection covered and the IPv6 packets withheld from IPv4-only sketches (``/metrics``).
+   gap detection covered and the IPv6 packets withheld from IPv4-only sketches.
 
 Default sizes (1,000,000 packets, 5,000 flows, 20 s of traffic: two 10 s epochs, so heavy changers
 have a previous epoch) keep it under a minute on two cores: the LLM-Sketch ``lm`` estimator runs
@@ -113,7 +113,10 @@ def run_demo(packets: int = 1_000_000, flows: int = 5_000, seed: int = 7, durati
                 ingest = {"bytes": sum(b.ip_bytes for b in summary.batches), "seconds": summary.seconds,
                           "packets_per_second": summary.packets_per_second,
                           "bytes_per_second": summary.bytes_per_second}
-                source = RemoteSource(client, metrics_url=f"http://127.0.0.1:{svc.http_port}/metrics")
+                source = RemoteSource(client)
+                # the service runs in this process: its IPv6 counters per epoch of the window (a
+                # remote one gives them since start, from /metrics: RemoteSource(metrics_url=...))
+                source.ipv6 = LocalSource(svc.service.manager).ipv6
                 report = build_report(source, opts, mode="service", files=[f"demo.pcap ({packets:,} "
                                       f"packets, {flows:,} flows)"], target=target, ingest=ingest,
                                       epoch_seconds=config.epoch_seconds, truth=LocalSource(truth))

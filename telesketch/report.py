@@ -53,7 +53,8 @@ estimates are upper bounds; the text report prints a PARTIAL line)::
       "top_flows":      {"sketch", "combine", "k", "error", "rows": [{"key", "text", "estimate"}]},
       "ipv6":     null | {"scope": "window" | "since start" (a remote service's counters),
                           "withheld": {sketch: IPv6 packets withheld from an IPv4-only sketch},
-                          "gap_coverage": {sketch: {"covered_packets", "skipped_packets": {reason: n}}}},
+                          "gap_coverage": {sketch: {"covered_packets", "skipped_packets": {reason: n},
+                                           "epochs": the window's epochs that kept it (local runs)}}},
       "truth":    null | {the same five sections, answered by the exact kind},
       "by_family": {"4" | "6": {section: {"precision", "recall", "f1", "tp", "fp", "fn"}}} (with truth),
       "accuracy": null | {
@@ -173,16 +174,19 @@ class LocalSource:
     def ipv6(self, last: int) -> dict:
         """What IPv6 traffic the sketches saw: withheld packets per IPv4-only sketch (since start:
         the service counts them per sketch, not per epoch) and each GapFilter's coverage over the
-        last ``last`` epochs."""
+        epochs of the last ``last`` that still hold it (``epochs``): a continuous GapFilter's closed
+        epoch keeps only its events, so its coverage is the open epoch's."""
         from telesketch.service.metrics import gap_coverage, ipv4_only_sketches, sum_coverage
 
         m = self.manager
         with m.lock:
             window = {e.id for e in m.epochs()[-last:]}
             withheld = {name: 0 for name in ipv4_only_sketches(m)} | dict(m.sketchset.ipv6_withheld)
-            coverage = {name: sum_coverage(c for eid, c in per.items() if eid in window)
-                        for name, per in gap_coverage(m).items()}
-        return {"scope": "window", "withheld": withheld, "gap_coverage": coverage}
+            coverage = {}
+            for name, per in gap_coverage(m).items():
+                ids = sorted(eid for eid in per if eid in window)
+                coverage[name] = dict(sum_coverage(per[eid] for eid in ids), epochs=ids)
+        return {"scope": "window", "window_epochs": len(window), "withheld": withheld, "gap_coverage": coverage}
 
 
 class RemoteSource:
@@ -685,7 +689,12 @@ def ipv6_lines(section: dict | None) -> list[str]:
         total = cov["covered_packets"] + sum(skipped.values())
         why = (": " + ", ".join(f"{r} {n:,}" for r, n in sorted(skipped.items()))
                + "; no gap is reported for them (IPv6 packets without the sequence field)") if skipped else ""
-        lines.append(f"gap cover  {name} ({scope}): {cov['covered_packets']:,} of {total:,} packets inspected, "
+        where = scope
+        ids = cov.get("epochs")
+        if ids is not None and len(ids) != section.get("window_epochs", len(ids)):  # say what it counts
+            where = (f"epoch {', '.join(map(str, ids))} of the window: a closed epoch of this sketch keeps only "
+                     "its events" if ids else "no epoch of the window kept it")
+        lines.append(f"gap cover  {name} ({where}): {cov['covered_packets']:,} of {total:,} packets inspected, "
                      f"{sum(skipped.values()):,} skipped{why}")
     return lines
 

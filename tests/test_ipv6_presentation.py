@@ -180,3 +180,18 @@ def test_report_hhh_section_keeps_two_trees_in_text():
     assert "IPv4 tree: 1 prefixes" in text and "IPv6 tree: 1 prefixes" in text
     assert text.index("10.0.0.0/8") < text.index("IPv6 tree") < text.index("2001:db8::/32")
     assert "every active sketch takes IPv6 packets" in text
+
+
+def test_family_accuracy_checks_each_family_on_its_own():
+    from telesketch.report import family_accuracy, family_lines
+
+    v6 = "20010db8" + "0" * 23 + "1"
+    rows = lambda keys: [{"key": k, "family": 6 if isinstance(k, str) else 4, "estimate": 1} for k in keys]  # noqa: E731
+    report = {"heavy_hitters": {"error": None, "rows": rows([1, 2, v6])},
+              "truth": {"heavy_hitters": {"error": None, "rows": rows([1, 3, v6, "ff" * 16])}}}
+    by = family_accuracy(report)
+    assert (by["4"]["heavy_hitters"]["tp"], by["4"]["heavy_hitters"]["fp"], by["4"]["heavy_hitters"]["fn"]) == (1, 1, 1)
+    assert (by["6"]["heavy_hitters"]["tp"], by["6"]["heavy_hitters"]["fp"], by["6"]["heavy_hitters"]["fn"]) == (1, 0, 1)
+    text = "\n".join(family_lines(by))
+    assert "IPv4" in text and "IPv6" in text and "F1 0.667 (1/2 true, 0 false)" in text
+    assert family_lines({"4": by["4"]}) == []  # IPv4-only traffic: no extra table

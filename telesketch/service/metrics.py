@@ -154,11 +154,12 @@ class IPv6Collector:
     * ``telesketch_gap_skipped_packets_total{sketch,reason}``: packets it could not inspect (IPv6
       packets without the configured sequence field; reasons as ``gapfilter.SKIP_REASONS``).
 
-    Gap coverage lives in each epoch's state, so the counters add the epochs retained now to those
-    dropped since start (the last value seen of each, at a scrape or when the epoch closed: an
-    epoch opened, closed and dropped between two scrapes is not counted; with the default 6
-    retained epochs that needs a scrape interval over five epochs). All restart at 0 with the
-    service, as counters do.
+    Gap coverage lives in each epoch's state, so the counters add the epochs that hold it now to
+    the last value seen (at a scrape) of those that no longer do. A continuous GapFilter's closed
+    epoch keeps only its events (``ConfiguredSketch.close``), so packets it applied after the
+    last scrape before its epoch closed are not counted: the gap counters are a lower bound, exact
+    for the open epoch (a hook in the service keeping ``coverage()`` at close would make them
+    exact). All restart at 0 with the service, as counters do.
     """
 
     def __init__(self, manager):
