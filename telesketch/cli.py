@@ -386,7 +386,7 @@ def _run_query(args: argparse.Namespace) -> int:
     import json
 
     from telesketch.client import Client
-    from telesketch.presenter import hhh_rows, key_text, ranked, time_text
+    from telesketch.presenter import hhh_rows, key_family, key_text, ranked, time_text
 
     root = Path(args.tls_ca).read_bytes() if args.tls_ca else None
     token = Path(args.token_file).read_text().strip() if args.token_file else args.token
@@ -420,7 +420,7 @@ def _run_query(args: argparse.Namespace) -> int:
             gaps = client.flow_gaps(limit=args.k, **window)
             if args.json:  # numbers stay numbers; the time as text beside them
                 print(json.dumps([{"time": time_text(g.ts_ns), "ts_ns": g.ts_ns, "flow": key_text(g.key),
-                                   "jump": g.jump} for g in gaps], indent=2))
+                                   "family": key_family(g.key), "jump": g.jump} for g in gaps], indent=2))
                 return 0
             rows = [(time_text(g.ts_ns), key_text(g.key), g.jump) for g in gaps]
             header = ("time (UTC)", "flow", "jump")

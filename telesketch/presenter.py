@@ -80,11 +80,12 @@ def key_text(key, int_keys: str = "ipv4") -> str:
     return format_key(bytes(key))
 
 
-def key_family(key) -> int:
+def key_family(key, int_keys: str = "ipv4") -> int:
     """4 or 6: the family of an address or flow key (a 37-byte key is 4 when both ends are
-    v4-mapped). Fingerprints and other forms count as 4."""
+    v4-mapped); 0 for a fingerprint (``int_keys="fingerprint"``: the flow it names is unknown).
+    Other forms count as 4."""
     if isinstance(key, (int, np.integer)):
-        return 4
+        return 0 if int_keys == "fingerprint" else 4
     key = bytes(key)
     if len(key) == 16:
         return 4 if key[:12] == V4_MAPPED_PREFIX else 6
@@ -118,7 +119,7 @@ def key_bytes(key) -> bytes:
 def key_json(key, int_keys: str = "ipv4") -> dict:
     """``{"key", "text", "family"}``: an ``int`` key stays an int, byte keys are hex."""
     return {"key": int(key) if isinstance(key, (int, np.integer)) else bytes(key).hex(),
-            "text": key_text(key, int_keys), "family": key_family(key)}
+            "text": key_text(key, int_keys), "family": key_family(key, int_keys)}
 
 
 # ---------------------------------------------------------------------------------------- parsing

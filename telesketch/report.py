@@ -374,7 +374,7 @@ def query_sections(source, opts: ReportOptions, last: int, sketch: str = "", flo
     out["gaps"] = head
     head, rows = _section(lambda: source.top_flows(opts.flows, last, sketch))
     ik = head.pop("int_keys", "ipv4")
-    head.update(k=opts.flows, rows=[dict(_key_json(k, ik), estimate=v) for k, v in rows or []])
+    head.update(k=opts.flows, rows=[dict(_key_json(k, ik), estimate=v) for k, v in ranked(rows or [])])
     out["top_flows"] = head
     return out
 
@@ -551,7 +551,7 @@ def family_accuracy(report: dict) -> dict:
         if got is None:
             continue
         reported, true, family = got
-        for fam in sorted(set(family.values())):
+        for fam in sorted(set(family.values()) - {0}):  # 0: a fingerprint no true flow names
             mine = {k: v for k, v in reported.items() if family.get(k) == fam}
             truth = {k for k in true if family.get(k) == fam}
             out.setdefault(str(fam), {})[what] = exact.set_accuracy(truth, mine).as_dict()

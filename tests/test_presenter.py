@@ -68,6 +68,7 @@ def test_every_key_form_prints_and_has_a_family():
     assert key_bytes(ipv6) == ipv6
     assert key_json(v6("2001:db8::1")) == {"key": "20010db8" + "0" * 23 + "1", "text": "2001:db8::1", "family": 6}
     assert key_json(0x0A000001) == {"key": 0x0A000001, "text": "10.0.0.1", "family": 4}
+    assert key_json(0x1234ABCD, "fingerprint") == {"key": 0x1234ABCD, "text": "fp:0x1234abcd", "family": 0}
     with pytest.raises(ValueError, match="4 or 16 bytes"):
         format_address(b"\x01\x02")
     with pytest.raises(ValueError, match="13 or 37 bytes"):

@@ -20,7 +20,7 @@ replayed capture; ``clock=packet`` (default) keeps packet times.
                             ``depth``: its level; ``value``: an int for IPv4, 32 hex digits for IPv6)
 ``/api/v1/gaps``            ``time ts_ns flow family jump epoch`` (``limit``)
 ``/api/v1/gap_counts``      ``time epoch gaps``: gap events per epoch (the "gaps over time" panel)
-``/api/v1/top_flows``       ``flow family estimate`` (``k``, default 10)
+``/api/v1/top_flows``       ``flow family estimate`` (``k``, default 10; ``family`` 0: a fingerprint)
 ``/api/v1/flow_size``       ``flow family estimate`` for ``key=<flow>`` (repeatable): 26 or 74 hex
                             digits, or flow text ``10.0.0.1:1234 > 10.0.0.2:80 proto 6`` /
                             ``[2001:db8::1]:443 > [2001:db8::2]:53 udp``
@@ -169,7 +169,8 @@ class Api:
         phi, threshold = _one(params, "phi", float), _one(params, "threshold", float)
         if path == "/api/v1/heavy_hitters":
             a = q.heavy_hitters(window, sketch, phi, threshold)
-            return [{"key": key_text(k, a.int_keys), "family": key_family(k), "estimate": v, "partial": a.partial}
+            return [{"key": key_text(k, a.int_keys), "family": key_family(k, a.int_keys), "estimate": v,
+                     "partial": a.partial}
                     for k, v in ranked(a.rows)]
         if path == "/api/v1/heavy_changers":
             a = q.heavy_changers(window, sketch, phi, threshold)
@@ -188,7 +189,8 @@ class Api:
                                 for e, n in a.extra["per_epoch"].items()], params)
         if path == "/api/v1/top_flows":
             a = q.top_flows(window, _one(params, "k", int, 10), sketch)
-            return [{"flow": key_text(k, a.int_keys), "family": key_family(k), "estimate": v} for k, v in a.rows]
+            return [{"flow": key_text(k, a.int_keys), "family": key_family(k, a.int_keys), "estimate": v}
+                    for k, v in ranked(a.rows)]
         if path == "/api/v1/flow_size":
             a = q.flow_size(window, flow_keys(params.get("key", [])), sketch)
             return [{"flow": key_text(k), "family": key_family(k), "estimate": v} for k, v in a.rows]
