@@ -195,3 +195,71 @@ def test_family_accuracy_checks_each_family_on_its_own():
     text = "\n".join(family_lines(by))
     assert "IPv4" in text and "IPv6" in text and "F1 0.667 (1/2 true, 0 false)" in text
     assert family_lines({"4": by["4"]}) == []  # IPv4-only traffic: no extra table
+
+
+class _FakeQueries:
+    """The query layer's answers in the forms the IPv6 query layer returns (issue 18): HHHRow rows
+    of both families, 37-byte gap and flow keys, 16-byte heavy-hitter keys."""
+
+    def __init__(self):
+        from telesketch.sketches.cocosketch import HHHRow
+
+        v6 = parse_ipv6
+        self.flow6 = parse_flow_key("[2001:db8::1]:443 > [2001:db8::2]:5353 udp")
+        self.hhh_rows = [HHHRow(4, bytes([10, 0, 0, 0]), 8, 90, 50), HHHRow(6, v6("2001:db8::"), 32, 80, 60),
+                         HHHRow(6, v6("2001:db8:1::"), 48, 30, 30)]
+        self.hitters = [(v6("2001:db8::1"), 40.0), (0x0A000001, 40.0), (0x0A000002, 70.0)]
+
+    def _answer(self, rows, **extra):
+        from telesketch.service.queries import Answer
+
+        return Answer(rows, [0], 100, "fake", "single", extra=extra)
+
+    def heavy_hitters(self, *args):
+        return self._answer(self.hitters)
+
+    def hhh(self, *args):
+        return self._answer(self.hhh_rows)
+
+    def gaps(self, window, sketch, limit, with_rows=True):
+        return self._answer([(1_000_000_000, self.flow6, 7, 0)], per_epoch={0: 1})
+
+    def top_flows(self, window, k, sketch):
+        return self._answer([(self.flow6, 5.0)])
+
+    def flow_size(self, window, keys, sketch):
+        return self._answer([(k, 5.0) for k in keys])
+
+
+class _FakeManager:
+    import threading
+
+    lock = threading.RLock()
+    epoch_ns = 10_000_000_000
+
+    def epochs(self):
+        return []
+
+
+class _FakeService:
+    queries = _FakeQueries()
+    manager = _FakeManager()
+
+
+def test_http_json_renders_the_ipv6_query_layer_rows():
+    from telesketch.service.http import ROUTES, Api
+
+    api = Api(_FakeService())
+    hitters = api.handle("/api/v1/heavy_hitters", {})
+    assert [(r["key"], r["family"]) for r in hitters] == [("10.0.0.2", 4), ("10.0.0.1", 4), ("2001:db8::1", 6)]
+    hhh = api.handle("/api/v1/hhh", {})
+    assert [(r["family"], r["prefix"], r["parent"], r["depth"]) for r in hhh] == [
+        (4, "10.0.0.0/8", "", 0), (6, "2001:db8::/32", "", 0), (6, "2001:db8:1::/48", "2001:db8::/32", 1)]
+    json.dumps(hhh)  # JSON-able: the IPv6 value is hex text, not a 128-bit number
+    gaps = api.handle("/api/v1/gaps", {})
+    assert gaps[0]["flow"] == "[2001:db8::1]:443 > [2001:db8::2]:5353 proto 17" and gaps[0]["family"] == 6
+    top = api.handle("/api/v1/top_flows", {})
+    asked = api.handle("/api/v1/flow_size", {"key": ["[2001:db8::1]:443 > [2001:db8::2]:5353 udp"]})
+    assert top == asked == [{"flow": gaps[0]["flow"], "family": 6, "estimate": 5.0}]
+    for path, rows in (("/api/v1/heavy_hitters", hitters), ("/api/v1/hhh", hhh), ("/api/v1/gaps", gaps)):
+        assert all(set(ROUTES[path]) <= set(r) for r in rows)
