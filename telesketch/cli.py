@@ -80,15 +80,15 @@ def _factor_list(text: str) -> tuple[float, ...]:
 
 
 def _flow_key(text: str) -> bytes:
-    """A 13-byte flow key given as 26 hex digits (src ip, dst ip, src port, dst port, proto)."""
+    """A flow key of either family (:func:`telesketch.presenter.parse_flow_key`): flow text such as
+    ``10.0.0.1:1234 > 10.0.0.2:80 proto 6`` or ``[2001:db8::1]:443 > [2001:db8::2]:53 udp`` (13 or
+    37 bytes), or 26/74 hex digits."""
+    from telesketch.presenter import parse_flow_key
+
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != 13:
-        raise argparse.ArgumentTypeError(
-            f"must be 26 hex digits (src ip 8, dst ip 8, src port 4, dst port 4, proto 2), got {text!r}")
-    return key
+        return parse_flow_key(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_report_options(parser) -> None:
@@ -178,7 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = run_demo(packets=args.packets, flows=args.flows, seed=args.seed, duration_s=args.duration,
                       opts=_report_options(args), out=out,
                       progress=Progress(enabled=None if not args.no_progress else False),
-                      plot_dir=args.plot, json_path=args.json_out)
+                      plot_dir=args.plot, json_path=args.json_out, ipv6_share=args.ipv6_share)
     if args.json:
         from telesketch.analyze import write_json
 
@@ -386,7 +386,7 @@ def _run_query(args: argparse.Namespace) -> int:
     import json
 
     from telesketch.client import Client
-    from telesketch.presenter import format_prefix, key_text, time_text
+    from telesketch.presenter import hhh_rows, key_family, key_text, ranked, time_text
 
     root = Path(args.tls_ca).read_bytes() if args.tls_ca else None
     token = Path(args.token_file).read_text().strip() if args.token_file else args.token
@@ -405,20 +405,22 @@ def _run_query(args: argparse.Namespace) -> int:
         elif what in ("heavy-hitters", "heavy-changers"):
             call = client.heavy_hitters if what == "heavy-hitters" else client.heavy_changers
             answer, info = call(**window, **thresholds, text=True, details=True)
-            rows = [(t, v) for _, v, t in answer]
+            # mixed families: equal values list IPv4 before IPv6, the same order on every call
+            rows = [(t, v) for _, v, t in ranked(answer, by_magnitude=what == "heavy-changers")]
             header = ("key", "change" if what == "heavy-changers" else "estimate")
             if info.partial:
                 print(f"telesketch query: PARTIAL answer from sketch {info.sketch}: its decode could not finish "
                       "(too little memory for this traffic): keys may be missing, estimates are upper bounds",
                       file=sys.stderr)
         elif what == "hhh":
-            rows = [(format_prefix(p, n), c) for p, n, c in client.hhh(**window, **thresholds)]
-            header = ("prefix", "discounted estimate")
+            # the IPv4 tree, then the IPv6 tree (each by length, then prefix)
+            rows = [(f"IPv{r['family']}", r["prefix"], r["estimate"]) for r in hhh_rows(client.hhh(**window, **thresholds))]
+            header = ("family", "prefix", "discounted estimate")
         elif what == "gaps":
             gaps = client.flow_gaps(limit=args.k, **window)
             if args.json:  # numbers stay numbers; the time as text beside them
                 print(json.dumps([{"time": time_text(g.ts_ns), "ts_ns": g.ts_ns, "flow": key_text(g.key),
-                                   "jump": g.jump} for g in gaps], indent=2))
+                                   "family": key_family(g.key), "jump": g.jump} for g in gaps], indent=2))
                 return 0
             rows = [(time_text(g.ts_ns), key_text(g.key), g.jump) for g in gaps]
             header = ("time (UTC)", "flow", "jump")
@@ -492,7 +494,9 @@ def _add_service_commands(sub) -> None:
     query.add_argument("--threshold", type=_non_negative, help="heavy hitters/changers, hhh: absolute packets (instead of --phi)")
     query.add_argument("--k", type=_count, default=10, help="top-flows: how many (>= 1); gaps: at most this many (0: all)")
     query.add_argument("--key", type=_flow_key, action="append", default=[],
-                       help="flow-size: a 13-byte flow key as 26 hex digits (src ip, dst ip, src port, dst port, proto)")
+                       help="flow-size: a flow, '10.0.0.1:1234 > 10.0.0.2:80 proto 6' or "
+                            "'[2001:db8::1]:443 > [2001:db8::2]:53 udp' (IPv6 ends in brackets), or its key as "
+                            "26 (IPv4) or 74 (either family) hex digits; repeatable")
     query.add_argument("--token", default="", help="bearer token the server requires")
     query.add_argument("--token-file", help="read the bearer token from a file")
     query.add_argument("--tls", action="store_true", help="connect with TLS (system roots unless --tls-ca)")
@@ -516,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="distinct flows (the LLM-Sketch estimator costs one model call per flow and epoch)")
     demo.add_argument("--duration", type=_positive_float, default=20.0, help="seconds of traffic (epochs are 10 s)")
     demo.add_argument("--seed", type=int, default=7, help="generator seed (same seed, same capture)")
+    demo.add_argument("--ipv6-share", type=_fraction, default=0.4,
+                      help="fraction of the flows sent over IPv6, with extension headers and fragments "
+                           "(default 0.4; 0: IPv4 only); answers are checked against exact truth per family")
     demo.add_argument("--plot", metavar="DIR", help="also write PNG charts there (needs matplotlib)")
     demo.add_argument("--json-out", metavar="FILE", help="also write the JSON report there")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")

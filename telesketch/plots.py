@@ -142,7 +142,8 @@ def _hhh_tree(plt, report: dict):
     sec = report["hhh"]
     if sec["error"] or not sec["rows"]:
         return None
-    items = hhh_rows([(r["prefix"], r["length"], r["estimate"]) for r in sec["rows"]])
+    items = hhh_rows([(r.get("family", 4), bytes.fromhex(r["prefix"]) if isinstance(r["prefix"], str) else r["prefix"],
+                       r["length"], r["estimate"]) for r in sec["rows"]])
     rows = _tree_order(_largest_with_ancestors(items, HHH_ROWS))
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.6))

@@ -2,48 +2,198 @@
 
 gRPC (:mod:`telesketch.service.server`), HTTP (:mod:`telesketch.service.http`), the CLI
 (:mod:`telesketch.cli`) and the report (:mod:`telesketch.report`) all format through these
-functions, so a key reads the same everywhere, and IPv6 text (RFC 5952) is added here once.
+functions, so a key reads the same everywhere, in both address families.
 
-Keys as answers carry them: ``int`` (a 4-byte address, or a 32-bit fingerprint for LLM-Sketch's
-``int_keys="fingerprint"``) or 13-byte ``bytes`` flow keys.
+Keys as answers carry them:
+
+=====================  ===========================================================================
+``int``                an IPv4 address (host order), or a 32-bit fingerprint for LLM-Sketch's
+                       ``int_keys="fingerprint"``
+4 / 16 ``bytes``       an IPv4 / IPv6 address, network order (IPv6 text per RFC 5952)
+13 ``bytes``           an IPv4 flow ``src(4) dst(4) sport(2) dport(2) proto(1)``
+37 ``bytes``           a flow of either family ``src(16) dst(16) sport(2) dport(2) proto(1)``
+                       (IPv4 as v4-mapped ``::ffff:a.b.c.d``, printed as IPv4)
+=====================  ===========================================================================
+
+The ``parse_*`` functions go the other way for CLI and HTTP key arguments; bad text is a
+``ValueError`` that says what was expected.
+
+>>> key_text(bytes.fromhex("20010db8000000000000000000000001"))
+'2001:db8::1'
+>>> format_prefix(bytes.fromhex("20010db8") + bytes(12), 32)
+'2001:db8::/32'
 """
 from __future__ import annotations
 
+import ipaddress
+import re
 from datetime import datetime, timezone
 
 import numpy as np
 
-from telesketch.packets import FLOW_KEY_BYTES, format_ipv4, unpack_flow_key
+from telesketch.packets import (FLOW_KEY37_BYTES, FLOW_KEY_BYTES, V4_MAPPED_PREFIX, format_ipv4, format_ipv6,
+                                format_key, parse_ipv6)
+
+#: IP protocol names accepted in flow text (``... udp``) besides ``proto <number>``.
+PROTOCOL_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51, "icmpv6": 58, "sctp": 132}
 
 
-def format_address(address: int) -> str:
-    """``10.0.0.1``: an address (``int``, IPv4 host order) as text."""
-    return format_ipv4(int(address))
+def format_address(address) -> str:
+    """``10.0.0.1`` or ``2001:db8::1``: an address (``int`` IPv4 host order, or 4/16 network-order
+    bytes) as text; IPv6 per RFC 5952 (v4-mapped as ``::ffff:10.0.0.1``)."""
+    if isinstance(address, (int, np.integer)):
+        return format_ipv4(int(address))
+    address = bytes(address)
+    if len(address) == 4:
+        return format_ipv4(int.from_bytes(address, "big"))
+    if len(address) == 16:
+        return format_ipv6(address)
+    raise ValueError(f"an address has 4 or 16 bytes, got {len(address)}")
 
 
-def format_prefix(prefix: int, length: int) -> str:
-    """``10.1.0.0/16``: a prefix and its length as text."""
-    return f"{format_address(prefix)}/{length}"
+def prefix_bytes(prefix, family: int | None = None) -> bytes:
+    """Network-order bytes of a prefix: an ``int`` is 4 bytes (IPv4) unless ``family`` is 6."""
+    if isinstance(prefix, (int, np.integer)):
+        return int(prefix).to_bytes(16 if family == 6 else 4, "big")
+    return bytes(prefix)
+
+
+def format_prefix(prefix, length: int, family: int | None = None) -> str:
+    """``10.1.0.0/16`` or ``2001:db8::/32``: a prefix (``int`` or 4/16 bytes) and its length as text."""
+    return f"{format_address(prefix_bytes(prefix, family))}/{int(length)}"
 
 
 def format_flow(key: bytes) -> str:
-    """``10.0.0.1:1234 > 10.0.0.2:80 proto 6``: a 13-byte flow key as text."""
-    src, dst, sport, dport, proto = unpack_flow_key(bytes(key))
-    return f"{format_address(src)}:{sport} > {format_address(dst)}:{dport} proto {proto}"
+    """``10.0.0.1:1234 > 10.0.0.2:80 proto 6`` or ``[2001:db8::1]:443 > [2001:db8::2]:5353 proto 17``:
+    a 13- or 37-byte flow key as text (a 37-byte key of two v4-mapped addresses prints as IPv4)."""
+    key = bytes(key)
+    if len(key) not in (FLOW_KEY_BYTES, FLOW_KEY37_BYTES):
+        raise ValueError(f"a flow key has {FLOW_KEY_BYTES} or {FLOW_KEY37_BYTES} bytes, got {len(key)}")
+    return format_key(key)
 
 
 def key_text(key, int_keys: str = "ipv4") -> str:
-    """Readable key: an address, a flow (see :func:`format_flow`) or ``fp:0x1234abcd`` (a fingerprint)."""
-    if isinstance(key, (bytes, bytearray)) and len(key) == FLOW_KEY_BYTES:
-        return format_flow(key)
+    """Readable key of any form in the module table (``fp:0x1234abcd`` for a fingerprint); other
+    byte lengths print as hex."""
     if isinstance(key, (int, np.integer)):
         return f"fp:0x{int(key):08x}" if int_keys == "fingerprint" else format_address(int(key))
-    return bytes(key).hex()
+    return format_key(bytes(key))
+
+
+def key_family(key, int_keys: str = "ipv4") -> int:
+    """4 or 6: the family of an address or flow key (a 37-byte key is 4 when both ends are
+    v4-mapped); 0 for a fingerprint (``int_keys="fingerprint"``: the flow it names is unknown).
+    Other forms count as 4."""
+    if isinstance(key, (int, np.integer)):
+        return 0 if int_keys == "fingerprint" else 4
+    key = bytes(key)
+    if len(key) == 16:
+        return 4 if key[:12] == V4_MAPPED_PREFIX else 6
+    if len(key) == FLOW_KEY37_BYTES:
+        return 4 if key[:12] == V4_MAPPED_PREFIX and key[16:28] == V4_MAPPED_PREFIX else 6
+    return 4
+
+
+def key_order(key) -> tuple:
+    """A total order over mixed keys: IPv4 before IPv6, then by network-order bytes (stable ties)."""
+    if isinstance(key, (int, np.integer)):
+        return (4, 0, int(key).to_bytes(8, "big"))
+    key = bytes(key)
+    return (key_family(key), len(key), key)
+
+
+def ranked(rows, value_index: int = 1, by_magnitude: bool = False) -> list:
+    """Rows ``(key, value, ...)`` largest value first (``by_magnitude``: largest ``|value|``), ties
+    IPv4 before IPv6 then by key bytes, so mixed answers print in the same order every time."""
+    def order(row):
+        value = float(row[value_index])
+        return (-abs(value) if by_magnitude else -value, key_order(row[0]))
+    return sorted(rows, key=order)
 
 
 def key_bytes(key) -> bytes:
-    """Wire form: ints as 4 big-endian bytes, flow keys as their 13 bytes."""
+    """Wire form: ints as 4 big-endian bytes, byte keys (4, 13, 16, 37 bytes) as they are."""
     return int(key).to_bytes(4, "big") if isinstance(key, (int, np.integer)) else bytes(key)
+
+
+def key_json(key, int_keys: str = "ipv4") -> dict:
+    """``{"key", "text", "family"}``: an ``int`` key stays an int, byte keys are hex."""
+    return {"key": int(key) if isinstance(key, (int, np.integer)) else bytes(key).hex(),
+            "text": key_text(key, int_keys), "family": key_family(key, int_keys)}
+
+
+# ---------------------------------------------------------------------------------------- parsing
+def parse_address(text: str):
+    """An address typed by an operator: IPv4 dotted quad -> ``int``; IPv6 (any RFC 4291 form,
+    e.g. ``2001:db8::1``, ``::ffff:10.0.0.1``) -> 16 bytes. ValueError naming the text if neither."""
+    text = text.strip()
+    if ":" in text:
+        return parse_ipv6(text.strip("[]"))
+    try:
+        return int(ipaddress.IPv4Address(text))
+    except ipaddress.AddressValueError:
+        raise ValueError(f"not an IPv4 or IPv6 address: {text!r}") from None
+
+
+def parse_prefix(text: str) -> tuple[int, bytes, int]:
+    """``10.1.0.0/16`` or ``2001:db8::/32`` -> ``(family, network-order prefix bytes, length)``;
+    ValueError for bad text or host bits set."""
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"not a prefix like 10.1.0.0/16 or 2001:db8::/32: {text!r} ({exc})") from None
+    return net.version, net.network_address.packed, net.prefixlen
+
+
+_ENDPOINT = r"(?:\[(?P<{0}6>[^\]]+)\]|(?P<{0}4>[0-9.]+)):(?P<{0}port>\d+)"
+_FLOW_TEXT = re.compile(r"^\s*" + _ENDPOINT.format("s") + r"\s*(?:>|->)\s*" + _ENDPOINT.format("d")
+                        + r"\s+(?:proto\s+)?(?P<proto>\w+)\s*$", re.IGNORECASE)
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return port
+
+
+def _proto(text: str) -> int:
+    if text.isdigit():
+        proto = int(text)
+        if proto > 255:
+            raise ValueError(f"protocol {proto} is out of range 0-255")
+        return proto
+    if text.lower() not in PROTOCOL_NUMBERS:
+        raise ValueError(f"unknown protocol {text!r} (a number or one of {sorted(PROTOCOL_NUMBERS)})")
+    return PROTOCOL_NUMBERS[text.lower()]
+
+
+def parse_flow_key(text: str) -> bytes:
+    """A flow key typed by an operator: the text :func:`format_flow` prints (``10.0.0.1:1234 >
+    10.0.0.2:80 proto 6``, ``[2001:db8::1]:443 -> [2001:db8::2]:5353 udp``) or hex (26 digits: a
+    13-byte key; 74: a 37-byte key). Two IPv4 ends give the 13-byte key, any IPv6 end the 37-byte
+    key (an IPv4 end as ``::ffff:a.b.c.d``). ValueError saying what was expected otherwise."""
+    stripped = text.strip()
+    if re.fullmatch(r"[0-9a-fA-F]+", stripped):
+        if len(stripped) in (2 * FLOW_KEY_BYTES, 2 * FLOW_KEY37_BYTES):
+            return bytes.fromhex(stripped)
+        raise ValueError(f"a hex flow key has {2 * FLOW_KEY_BYTES} or {2 * FLOW_KEY37_BYTES} digits, "
+                         f"got {len(stripped)}: {text!r}")
+    m = _FLOW_TEXT.match(text)
+    if not m:
+        raise ValueError(f"not a flow key: {text!r}; write 'SRC:PORT > DST:PORT proto N' "
+                         "(IPv6 ends in brackets, [2001:db8::1]:443) or 26/74 hex digits")
+    ends = []
+    for side in ("s", "d"):
+        if m[side + "6"] is not None:
+            ends.append(parse_ipv6(m[side + "6"]))
+        else:
+            ends.append(int(ipaddress.IPv4Address(m[side + "4"])))
+    tail = _port(m["sport"]).to_bytes(2, "big") + _port(m["dport"]).to_bytes(2, "big") + bytes([_proto(m["proto"])])
+    if all(isinstance(e, int) for e in ends):
+        return ends[0].to_bytes(4, "big") + ends[1].to_bytes(4, "big") + tail
+    wide = [e if isinstance(e, bytes) else V4_MAPPED_PREFIX + e.to_bytes(4, "big") for e in ends]
+    return wide[0] + wide[1] + tail
 
 
 def time_text(ts_ns: int) -> str:
@@ -52,15 +202,40 @@ def time_text(ts_ns: int) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}Z"
 
 
+# ---------------------------------------------------------------------------------------- HHH rows
+def hhh_row_parts(row) -> tuple[int, bytes, int, float]:
+    """``(family, prefix bytes, length, estimate)`` of an HHH row in any form an answer holds: an
+    ``HHHRow(family, prefix, length, estimate, discounted)`` (estimate: the discounted one, as the
+    IPv4-only answers always reported), ``(family, prefix, length, estimate)``, or the IPv4-only
+    ``(prefix, length, estimate)`` with an ``int`` or bytes prefix."""
+    if hasattr(row, "family") and hasattr(row, "discounted"):
+        return int(row.family), prefix_bytes(row.prefix, row.family), int(row.length), row.discounted
+    if len(row) >= 4:
+        family, prefix, length, estimate = row[:4]
+        return int(family), prefix_bytes(prefix, family), int(length), estimate
+    prefix, length, estimate = row
+    raw = prefix_bytes(prefix)
+    return (6 if len(raw) == 16 else 4), raw, int(length), estimate
+
+
+def _covers(outer: tuple[bytes, int], inner: bytes) -> bool:
+    prefix, length = outer
+    bits = 8 * len(prefix)
+    return length == 0 or int.from_bytes(prefix, "big") >> (bits - length) == int.from_bytes(inner, "big") >> (bits - length)
+
+
 def hhh_rows(rows) -> list[dict]:
-    """HHH rows ``(prefix, length, estimate)``, as the query engine sorts them (by length, then
-    prefix), as dicts: ``prefix`` text, ``value``, ``length``, ``estimate``, the closest reported
-    ``parent`` prefix's text ("" for none) and ``depth`` (how many reported prefixes cover it)."""
-    out, reported = [], []
-    for prefix, length, estimate in rows:
-        parents = [(p, n) for p, n in reported if n < length and (prefix >> (32 - n) if n else 0) == (p >> (32 - n) if n else 0)]
+    """HHH rows of both families (any form :func:`hhh_row_parts` reads) as dicts, in the answer's
+    order (the engine's: by length, then prefix) with the IPv4 tree first: ``family``, ``prefix``
+    text, ``value`` (the prefix as an ``int`` for IPv4, 32 hex digits for IPv6: JSON numbers cannot
+    hold 128 bits), ``length``, ``estimate``, the closest reported ``parent`` prefix's text of the
+    same family (``""`` for none) and ``depth`` (how many reported prefixes cover it)."""
+    parts = sorted((hhh_row_parts(r) for r in rows), key=lambda p: p[0])  # stable: keeps each tree's order
+    out = []
+    for family, prefix, length, estimate in parts:
+        parents = [(p, n) for f, p, n, _ in parts if f == family and n < length and _covers((p, n), prefix)]
         parent = max(parents, key=lambda x: x[1]) if parents else None
-        reported.append((prefix, length))
-        out.append({"prefix": format_prefix(prefix, length), "value": prefix, "length": length,
+        out.append({"family": family, "prefix": format_prefix(prefix, length),
+                    "value": int.from_bytes(prefix, "big") if family == 4 else prefix.hex(), "length": length,
                     "estimate": estimate, "parent": format_prefix(*parent) if parent else "", "depth": len(parents)})
     return out

@@ -15,9 +15,12 @@ packets and queried with the same windows and thresholds; :func:`add_accuracy` c
 
 JSON schema (``telesketch analyze --json``; ``schema`` = ``"telesketch.report/1"``)
 --------------------------------------------------------------------------------------
-Keys are written as ``key`` + ``text``: a 4-byte key is an ``int`` (an IPv4 address, or for the
-LLM-Sketch flow-size task a 32-bit fingerprint, text ``fp:0x...``), a 13-byte flow key is 26 hex
-digits (``src_ip dst_ip src_port dst_port proto``, big-endian). Estimates are numbers (packets).
+Keys are written as ``key`` + ``text`` + ``family`` (4 or 6): a 4-byte key is an ``int`` (an IPv4
+address, or for the LLM-Sketch flow-size task a 32-bit fingerprint, text ``fp:0x...``), a 16-byte
+IPv6 address is 32 hex digits (text RFC 5952, ``2001:db8::1``), a 13-byte flow key is 26 hex
+digits (``src_ip dst_ip src_port dst_port proto``, big-endian), a 37-byte one 74 (IPv6 endpoints
+print bracketed, ``[2001:db8::1]:443``). Rows of equal value list IPv4 before IPv6. Estimates are
+numbers (packets).
 Every query section carries ``sketch`` (configured name), ``combine`` (how the window's epochs were
 combined, see ``telesketch.service``) and ``error`` (``null``, or why it has no answer: e.g. no
 active sketch answers it, or heavy changers needing two epochs). A heavy hitters / changers section
@@ -43,11 +46,17 @@ estimates are upper bounds; the text report prints a PARTIAL line)::
                          dst_ip), no truth or accuracy],
       "heavy_changers": {..., "before": [epoch ids], "after": [epoch ids],
                          "rows": [{"key", "text", "change"}]},            # largest |change| first
-      "hhh":            {..., "rows": [{"prefix" (int), "length", "text" ("a.b.c.d/len"), "estimate"}]},
+      "hhh":            {..., "rows": [{"family", "prefix" (int for IPv4, 32 hex digits for IPv6), "length",
+                                    "text" ("10.1.0.0/16", "2001:db8::/32"), "estimate"}]},  # IPv4 tree first
       "gaps":           {"sketch", "combine", "count", "error",
                          "events": [{"ts_ns", "time" (ISO-8601 UTC), "key", "text", "jump", "epoch"}]},  # by time
       "top_flows":      {"sketch", "combine", "k", "error", "rows": [{"key", "text", "estimate"}]},
+      "ipv6":     null | {"scope": "window" | "since start" (a remote service's counters),
+                          "withheld": {sketch: IPv6 packets withheld from an IPv4-only sketch},
+                          "gap_coverage": {sketch: {"covered_packets", "skipped_packets": {reason: n},
+                                           "epochs": the window's epochs that kept it (local runs)}}},
       "truth":    null | {the same five sections, answered by the exact kind},
+      "by_family": {"4" | "6": {section: {"precision", "recall", "f1", "tp", "fp", "fn"}}} (with truth),
       "accuracy": null | {
           "heavy_hitters" | "heavy_changers" | "hhh" | "gaps" | "top_flows":
               {"precision", "recall", "f1", "tp", "fp", "fn", "are" (mean relative error of the
@@ -66,9 +75,9 @@ from typing import Any
 
 import numpy as np
 
-from telesketch.packets import FLOW_KEY_BYTES
-from telesketch.presenter import format_prefix, key_text, time_text
-from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec, ipv4_triples
+from telesketch.packets import FLOW_KEY37_BYTES, FLOW_KEY_BYTES
+from telesketch.presenter import format_prefix, hhh_row_parts, key_json, key_text, ranked, time_text
+from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec
 from telesketch.errors import TelesketchError
 from telesketch.service.sketchset import KINDS
 from telesketch.sketches import exact
@@ -145,8 +154,8 @@ class LocalSource:
         return [(k, float(v)) for k, v in a.rows], info
 
     def hhh(self, last: int, phi: float, sketch: str = ""):
-        a = self._ask(lambda: self.engine.hhh(WindowSpec(last=last), sketch, phi, families=(4,)))
-        return [(int(p), int(n), float(c)) for p, n, c in ipv4_triples(a.rows)], self._info(a)
+        a = self._ask(lambda: self.engine.hhh(WindowSpec(last=last), sketch, phi))
+        return [_hhh_parts(r) for r in a.rows], self._info(a)
 
     def gaps(self, last: int, sketch: str = ""):
         a = self._ask(lambda: self.engine.gaps(WindowSpec(last=last), sketch, 0))
@@ -162,12 +171,33 @@ class LocalSource:
         a = self._ask(lambda: self.engine.flow_size(WindowSpec(last=last), keys, sketch))
         return [float(v) for _, v in a.rows], self._info(a)
 
+    def ipv6(self, last: int) -> dict:
+        """What IPv6 traffic the sketches saw: withheld packets per IPv4-only sketch (since start:
+        the service counts them per sketch, not per epoch) and each GapFilter's coverage over the
+        epochs of the last ``last`` that still hold it (``epochs``): a continuous GapFilter's closed
+        epoch keeps only its events, so its coverage is the open epoch's."""
+        from telesketch.service.metrics import gap_coverage, ipv4_only_sketches, sum_coverage
+
+        m = self.manager
+        with m.lock:
+            window = {e.id for e in m.epochs()[-last:]}
+            withheld = {name: 0 for name in ipv4_only_sketches(m)} | dict(m.sketchset.ipv6_withheld)
+            coverage = {}
+            for name, per in gap_coverage(m).items():
+                ids = sorted(eid for eid in per if eid in window)
+                coverage[name] = dict(sum_coverage(per[eid] for eid in ids), epochs=ids)
+        return {"scope": "window", "window_epochs": len(window), "withheld": withheld, "gap_coverage": coverage}
+
 
 class RemoteSource:
-    """The same queries against a running service (``Client``); gRPC errors become Unanswered."""
+    """The same queries against a running service (``Client``); gRPC errors become Unanswered.
+    ``metrics_url``: the service's ``/metrics`` (``http://host:port/metrics``), read for the IPv6
+    counters (withheld packets, gap coverage since start); ``None``: the report has no ``ipv6``."""
 
-    def __init__(self, client):
+    def __init__(self, client, metrics_url: str | None = None, token: str = ""):
         self.client = client
+        self.metrics_url = metrics_url
+        self.token = token
 
     def _ask(self, fn):
         import grpc
@@ -210,7 +240,7 @@ class RemoteSource:
 
     def hhh(self, last: int, phi: float, sketch: str = ""):
         rows, window = self._ask(lambda: self.client.hhh(last=last, phi=phi, sketch=sketch, details=True))
-        return [(int(p), int(n), float(c)) for p, n, c in rows], self._info(window)
+        return [_hhh_parts(r) for r in rows], self._info(window)
 
     def gaps(self, last: int, sketch: str = ""):
         rows, window = self._ask(lambda: self.client.flow_gaps(last=last, sketch=sketch, details=True))
@@ -226,6 +256,33 @@ class RemoteSource:
         rows, window = self._ask(lambda: self.client.flow_size(keys, last=last, sketch=sketch, details=True))
         return [float(v) for v in rows], self._info(window)
 
+    def ipv6(self, last: int) -> dict | None:
+        """The IPv6 counters of ``/metrics`` (since the service started), or ``None`` without a URL."""
+        if not self.metrics_url:
+            return None
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        request = urllib.request.Request(self.metrics_url)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            text = reply.read().decode()
+        out: dict[str, Any] = {"scope": "since start", "withheld": {}, "gap_coverage": {}}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                name, sketch = sample.name, sample.labels.get("sketch", "")
+                if name == "telesketch_ipv6_withheld_total":
+                    out["withheld"][sketch] = int(sample.value)
+                elif name == "telesketch_gap_covered_packets_total":
+                    out["gap_coverage"].setdefault(sketch, {"covered_packets": 0, "skipped_packets": {}})
+                    out["gap_coverage"][sketch]["covered_packets"] = int(sample.value)
+                elif name == "telesketch_gap_skipped_packets_total":
+                    cov = out["gap_coverage"].setdefault(sketch, {"covered_packets": 0, "skipped_packets": {}})
+                    cov["skipped_packets"][sample.labels["reason"]] = int(sample.value)
+        return out
+
 
 def _int_keys(sketch_name: str, source: RemoteSource) -> str:
     """How a remote sketch's integer keys read (addresses, or LLM-Sketch fingerprints)."""
@@ -236,9 +293,21 @@ def _int_keys(sketch_name: str, source: RemoteSource) -> str:
 
 
 # ====================================================================== building
+def _hhh_parts(row) -> tuple[int, bytes, int, float]:
+    """``(family, prefix bytes, length, estimate)`` of an HHH answer row of either family."""
+    family, prefix, length, estimate = hhh_row_parts(row)
+    return family, prefix, length, float(estimate)
+
+
 def _key_json(key, int_keys: str = "ipv4") -> dict:
-    text = key_text(key, int_keys)
-    return {"key": int(key) if isinstance(key, (int, np.integer)) else bytes(key).hex(), "text": text}
+    return key_json(key, int_keys)
+
+
+def _prefix_json(family: int, prefix: bytes, length: int, estimate: float) -> dict:
+    """An HHH row: ``prefix`` an int for IPv4 (as before IPv6), 32 hex digits for IPv6."""
+    value = int.from_bytes(prefix, "big") if family == 4 else prefix.hex()
+    return {"family": family, "prefix": value, "length": length, "text": format_prefix(prefix, length),
+            "estimate": estimate}
 
 
 def _section(fn) -> tuple[dict, Any]:
@@ -278,7 +347,8 @@ def _keys_section(source, what: str, last: int, opts: ReportOptions, sketch: str
         head.update(threshold=float(floor), floor=floor, asked_threshold=opts.phi * head.get("packets", 0))
     value = "change" if what == "heavy_changers" else "estimate"
     ik = head.pop("int_keys", "ipv4")
-    head["rows"] = [dict(_key_json(k, ik), **{value: v}) for k, v in rows or []]
+    ordered = ranked(rows or [], by_magnitude=what == "heavy_changers")  # ties: IPv4 before IPv6
+    head["rows"] = [dict(_key_json(k, ik), **{value: v}) for k, v in ordered]
     head["count"] = len(head["rows"])
     return head
 
@@ -294,18 +364,17 @@ def query_sections(source, opts: ReportOptions, last: int, sketch: str = "", flo
     for what in ("heavy_hitters", "heavy_changers"):
         out[what] = _keys_section(source, what, last if what == "heavy_hitters" else 1, opts, sketch, floors)
     head, rows = _section(lambda: source.hhh(last, opts.hhh_phi, sketch))
-    head.update(phi=opts.hhh_phi, rows=[{"prefix": p, "length": n, "text": format_prefix(p, n), "estimate": c}
-                                        for p, n, c in rows or []])
+    head.update(phi=opts.hhh_phi, rows=[_prefix_json(*r) for r in sorted(rows or [], key=lambda r: r[0])])
     head["count"] = len(head["rows"])
     out["hhh"] = head
     head, rows = _section(lambda: source.gaps(last, sketch))
-    head["events"] = [{"ts_ns": t, "time": time_text(t), "key": k.hex(), "text": key_text(k), "jump": j, "epoch": e}
-                      for t, k, j, e in rows or []]
+    head["events"] = [{"ts_ns": t, "time": time_text(t), "key": k.hex(), "text": key_text(k),
+                       "family": key_json(k)["family"], "jump": j, "epoch": e} for t, k, j, e in rows or []]
     head["count"] = len(head["events"])
     out["gaps"] = head
     head, rows = _section(lambda: source.top_flows(opts.flows, last, sketch))
     ik = head.pop("int_keys", "ipv4")
-    head.update(k=opts.flows, rows=[dict(_key_json(k, ik), estimate=v) for k, v in rows or []])
+    head.update(k=opts.flows, rows=[dict(_key_json(k, ik), estimate=v) for k, v in ranked(rows or [])])
     out["top_flows"] = head
     return out
 
@@ -332,6 +401,7 @@ def build_report(source, opts: ReportOptions = ReportOptions(), *, mode: str, fi
         "accuracy": None,
     }
     report.update(query_sections(source, opts, last))
+    report["ipv6"] = _ipv6_section(source, last)
     # every other Hidden Sketch too (e.g. one keyed by destination: a flood's victim), no truth
     others = [s["name"] for s in stats["sketches"]
               if s["active"] and s["kind"] == "hiddensketch" and s["name"] != report["heavy_hitters"]["sketch"]]
@@ -340,6 +410,17 @@ def build_report(source, opts: ReportOptions = ReportOptions(), *, mode: str, fi
         report["truth"] = query_sections(truth, opts, last, TRUTH, floors=raised_floors(report))
         add_accuracy(report, source, truth, opts, last)
     return report
+
+
+def _ipv6_section(source, last: int) -> dict | None:
+    """The source's IPv6 counters (``None`` when it has none to give, e.g. no metrics URL)."""
+    ask = getattr(source, "ipv6", None)
+    if ask is None:
+        return None
+    try:
+        return ask(last)
+    except OSError as exc:  # a remote /metrics that does not answer: say so, keep the report
+        return {"scope": "unavailable", "error": str(exc), "withheld": {}, "gap_coverage": {}}
 
 
 def raised_floors(sections: dict) -> dict:
@@ -390,12 +471,24 @@ def _acc(true_keys, reported: dict, truth_values: dict | None) -> dict:
 
 
 def _fingerprints(keys: list[bytes]) -> list[int]:
+    """LLM-Sketch's stored 32-bit fingerprint of each flow key: of the 13-byte key for IPv4 flows
+    (a 37-byte key of two v4-mapped ends is shortened first), of the 37-byte key for IPv6 flows."""
+    from telesketch.packets import V4_MAPPED_PREFIX
     from telesketch.sketches.llmsketch import fingerprint
 
-    if not keys:
-        return []
-    array = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, FLOW_KEY_BYTES)
-    return fingerprint(array).view("<u4").ravel().tolist()
+    def stored(key: bytes) -> bytes:
+        if len(key) == FLOW_KEY37_BYTES and key[:12] == V4_MAPPED_PREFIX and key[16:28] == V4_MAPPED_PREFIX:
+            return key[12:16] + key[28:32] + key[32:]
+        return key
+
+    keys = [stored(bytes(k)) for k in keys]
+    out: list[int] = [0] * len(keys)
+    for width in {len(k) for k in keys}:
+        at = [i for i, k in enumerate(keys) if len(k) == width]
+        array = np.frombuffer(b"".join(keys[i] for i in at), np.uint8).reshape(-1, width)
+        for i, fp in zip(at, fingerprint(array).view("<u4").ravel().tolist()):
+            out[i] = fp
+    return out
 
 
 def add_accuracy(report: dict, source, truth, opts: ReportOptions, last: int) -> None:
@@ -417,6 +510,68 @@ def add_accuracy(report: dict, source, truth, opts: ReportOptions, last: int) ->
     if report["top_flows"]["error"] is None and t["top_flows"]["error"] is None:
         acc.update(_flow_accuracy(report, source, truth, opts, last))
     report["accuracy"] = acc
+    report["by_family"] = family_accuracy(report)
+
+
+def _family_rows(report: dict, what: str) -> tuple[dict, dict, dict] | None:
+    """``(reported {id: 1}, true {id: 1}, {id: family})`` of one section and its truth, ids as the
+    accuracy compares them; ``None`` when either side has no answer."""
+    sec, t = report.get(what) or {}, (report.get("truth") or {}).get(what) or {}
+    if not sec or not t or sec.get("error") or t.get("error"):
+        return None
+    if what == "gaps":
+        ident = lambda r: (r["key"], r["ts_ns"])  # noqa: E731
+        rows, true_rows = sec["events"], t["events"]
+    elif what == "hhh":
+        ident = lambda r: (r["prefix"], r["length"])  # noqa: E731
+        rows, true_rows = sec["rows"], t["rows"]
+    else:
+        ident = lambda r: r["key"]  # noqa: E731
+        rows, true_rows = sec["rows"], t["rows"]
+    family = {ident(r): r.get("family", 4) for r in true_rows}
+    if what == "top_flows" and any(isinstance(r["key"], int) for r in rows):  # fingerprints: name them
+        keys = [bytes.fromhex(r["key"]) for r in true_rows]
+        fps = _fingerprints(keys)
+        family = {fp: r.get("family", 4) for fp, r in zip(fps, true_rows)}
+        true_ids = {fp: 1 for fp in fps}
+    else:
+        true_ids = {ident(r): 1 for r in true_rows}
+    for r in rows:
+        family.setdefault(ident(r), r.get("family", 4))
+    return {ident(r): 1 for r in rows}, true_ids, family
+
+
+def family_accuracy(report: dict) -> dict:
+    """Each answered section against the exact truth, per address family: ``{"4" | "6": {section:
+    {"precision", "recall", "f1", "tp", "fp", "fn"}}}`` (a family appears where the truth or the
+    answer has a row of it). The demo prints it, so both families' answers are checked."""
+    out: dict[str, dict] = {}
+    for what in SECTIONS:
+        got = _family_rows(report, what)
+        if got is None:
+            continue
+        reported, true, family = got
+        for fam in sorted(set(family.values()) - {0}):  # 0: a fingerprint no true flow names
+            mine = {k: v for k, v in reported.items() if family.get(k) == fam}
+            truth = {k for k in true if family.get(k) == fam}
+            out.setdefault(str(fam), {})[what] = exact.set_accuracy(truth, mine).as_dict()
+    return out
+
+
+def family_lines(by_family: dict | None) -> list[str]:
+    """The per-family check as a table (section x family: F1 and tp/true), for the demo and report."""
+    if not by_family or set(by_family) == {"4"}:
+        return []  # one family: the accuracy lines above say it all
+    fams = sorted(by_family)
+    rows = []
+    for what in SECTIONS:
+        cells = []
+        for fam in fams:
+            a = by_family[fam].get(what)
+            cells.append("-" if a is None else f"F1 {a['f1']:.3f} ({a['tp']}/{a['tp'] + a['fn']} true, {a['fp']} false)")
+        if any(c != "-" for c in cells):
+            rows.append((what.replace("_", " "),) + tuple(cells))
+    return ["", "Both families against exact truth"] + _table(("answer",) + tuple(f"IPv{f}" for f in fams), rows)
 
 
 def _flow_accuracy(report: dict, source, truth, opts: ReportOptions, last: int) -> dict:
@@ -435,16 +590,35 @@ def _flow_accuracy(report: dict, source, truth, opts: ReportOptions, last: int) 
             names = dict(zip(_fingerprints(keys), (key_text(k) for k in keys)))
             for r in report["top_flows"]["rows"]:
                 r.setdefault("flow", names.get(r["key"], r["text"]))
-        if keys:
-            est, _ = source.flow_size(keys, last, report["top_flows"]["sketch"])
-            true = [v for _, v in all_true]
-            k = min(opts.flows, len(keys))
+        est, true, note = _sizes(source, all_true, last, report["top_flows"]["sketch"])
+        if true:
+            k = min(opts.flows, len(true))
             rel = np.abs(np.asarray(est) - np.asarray(true)) / np.asarray(true)
-            out["flow_size"] = {"flows": len(keys), "are": float(rel.mean()), "are_top": float(rel[:k].mean()),
+            out["flow_size"] = {"flows": len(true), "are": float(rel.mean()), "are_top": float(rel[:k].mean()),
                                 "k": k}
+            if note:
+                out["flow_size"]["note"] = note
     except Unanswered:
         pass
     return out
+
+
+def _sizes(source, all_true: list, last: int, sketch: str) -> tuple[list, list, str]:
+    """``(estimated, true sizes, note)`` of the true flows, largest first. A source whose
+    flow-size query takes 13-byte keys only (before IPv6 flow keys reached the query layer) is
+    asked the IPv4 flows, and the note says so ("" otherwise)."""
+    keys = [bytes(k) for k, _ in all_true]
+    if not keys:
+        return [], [], ""
+    try:
+        est, _ = source.flow_size(keys, last, sketch)
+        return est, [v for _, v in all_true], ""
+    except Unanswered as exc:
+        ipv4 = [(k, v) for k, (_, v) in zip(keys, all_true) if len(k) == FLOW_KEY_BYTES]
+        if len(ipv4) == len(keys) or not ipv4:
+            raise
+        est, _ = source.flow_size([k for k, _ in ipv4], last, sketch)
+        return est, [v for _, v in ipv4], f"IPv4 flows only ({len(keys) - len(ipv4):,} IPv6 flows not asked: {exc})"
 
 
 def name_fingerprints(report: dict) -> None:
@@ -495,6 +669,36 @@ def _on_gpu(sketch: dict) -> str:
     return f", on GPU ({sketch.get('backend', '?')})" if sketch.get("device") == "gpu" else ""
 
 
+def ipv6_lines(section: dict | None) -> list[str]:
+    """Text lines saying which packets gap detection covered and how many IPv6 packets were
+    withheld from IPv4-only sketches (nothing for a report without the ``ipv6`` section)."""
+    if not section:
+        return []
+    scope = section.get("scope", "")
+    if section.get("error"):
+        return [f"ipv6       counters unavailable ({section['error']})"]
+    withheld = {name: n for name, n in section.get("withheld", {}).items()}
+    if withheld:
+        parts = ", ".join(f"{name} {n:,}" for name, n in sorted(withheld.items()))
+        lines = [f"ipv6       IPv6 packets withheld from IPv4-only sketches ({scope}): {parts}; "
+                 "their answers cover IPv4 traffic only"]
+    else:
+        lines = ["ipv6       every active sketch takes IPv6 packets (none withheld)"]
+    for name, cov in sorted(section.get("gap_coverage", {}).items()):
+        skipped = {r: n for r, n in cov.get("skipped_packets", {}).items() if n}
+        total = cov["covered_packets"] + sum(skipped.values())
+        why = (": " + ", ".join(f"{r} {n:,}" for r, n in sorted(skipped.items()))
+               + "; no gap is reported for them (IPv6 packets without the sequence field)") if skipped else ""
+        where = scope
+        ids = cov.get("epochs")
+        if ids is not None and len(ids) != section.get("window_epochs", len(ids)):  # say what it counts
+            where = (f"epoch {', '.join(map(str, ids))} of the window: a closed epoch of this sketch keeps only "
+                     "its events" if ids else "no epoch of the window kept it")
+        lines.append(f"gap cover  {name} ({where}): {cov['covered_packets']:,} of {total:,} packets inspected, "
+                     f"{sum(skipped.values()):,} skipped{why}")
+    return lines
+
+
 def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
     """The human-readable report (the tables show ``opts.top`` rows; the JSON has them all)."""
     w, ing = report["window"], report["ingest"]
@@ -518,6 +722,7 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
               for s in report["sketches"] if s["active"]]
     lines.append("sketches   " + (", ".join(active) or "none active"))
     lines += [f"note       {n}" for n in report["notes"]]
+    lines += ipv6_lines(report.get("ipv6"))
     acc = report.get("accuracy") or {}
     top = opts.top
 
@@ -572,11 +777,17 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
     if not hhh["error"]:
         t = report.get("truth") or {}
         truth = {} if not t or t["hhh"]["error"] else {(r["prefix"], r["length"]): r["estimate"] for r in t["hhh"]["rows"]}
-        ordered = sorted(hhh["rows"], key=lambda r: -r["estimate"])[:top]
-        rows = [(r["text"], _fmt(r["estimate"])) + ((_fmt(truth[(r["prefix"], r["length"])])
-                                                     if (r["prefix"], r["length"]) in truth else "-",) if truth else ())
-                for r in ordered]
-        lines += _table(("prefix", "discounted") + (("true",) if truth else ()), rows)
+        families = sorted({r.get("family", 4) for r in hhh["rows"]} | {r.get("family", 4) for r in
+                                                                      (t.get("hhh") or {}).get("rows") or []})
+        for family in families or [4]:  # the IPv4 tree, then the IPv6 tree (when either side has one)
+            tree = [r for r in hhh["rows"] if r.get("family", 4) == family]
+            ordered = sorted(tree, key=lambda r: -r["estimate"])[:top]
+            rows = [(r["text"], _fmt(r["estimate"])) + ((_fmt(truth[(r["prefix"], r["length"])])
+                                                         if (r["prefix"], r["length"]) in truth else "-",) if truth else ())
+                    for r in ordered]
+            if len(families) > 1:
+                lines.append(f"  IPv{family} tree: {len(tree)} prefixes")
+            lines += _table(("prefix", "discounted") + (("true",) if truth else ()), rows)
         lines.append(_acc_line(acc.get("hhh"))) if acc.get("hhh") else None
 
     gaps = report["gaps"]
@@ -604,7 +815,9 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
         fs = acc.get("flow_size")
         if fs:
             lines.append(f"  flow sizes: ARE {fs['are']:.3f} over {fs['flows']:,} flows, "
-                         f"{fs['are_top']:.3f} over the {fs['k']} largest")
+                         f"{fs['are_top']:.3f} over the {fs['k']} largest"
+                         + (f"; {fs['note']}" if fs.get("note") else ""))
+    lines += family_lines(report.get("by_family"))
     return "\n".join(lines)
 
 

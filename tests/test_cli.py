@@ -62,7 +62,8 @@ def test_serve_rejects_zero_shards(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["query", "flow-size", "--key", "zz"], "--key: must be 26 hex digits"),
+    (["query", "flow-size", "--key", "zz"], "--key: not a flow key: 'zz'"),
+    (["query", "flow-size", "--key", "[2001:db8::g]:1 > [::1]:2 udp"], "--key: not an IPv6 address"),
     (["query", "top-flows", "--k", "-1"], "--k: must be an integer >= 0, got '-1'"),
     (["replay", "x.pcap", "--loop", "abc"], "--loop: must be a positive integer, got 'abc'"),
 ])

@@ -70,10 +70,11 @@ def _dashboard_variables(dashboard: dict) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def replayed_server(tmp_path_factory):
-    """``telesketch serve`` (base install, default sketches, 1 s epochs) fed by ``telesketch replay``."""
+    """``telesketch serve`` (base install, default sketches, 1 s epochs) fed by ``telesketch replay``
+    of mixed traffic (40 % of the flows over IPv6)."""
     tmp = tmp_path_factory.mktemp("dash")
     capture = tmp / "replay.pcap"
-    generate_capture(capture, packets=60_000, flows=2_000, seed=5, duration_s=4.0)
+    generate_capture(capture, packets=60_000, flows=2_000, seed=5, duration_s=4.0, ipv6_share=0.4)
     prometheus = shutil.which("prometheus")
     http_port = _free_port()
     server = subprocess.Popen(
@@ -153,6 +154,24 @@ def test_every_infinity_panel_answers_on_a_base_install_after_a_replay(replayed_
     stats = _get(replayed_server["api"] + "/api/v1/stats")
     assert all(s["active"] for s in stats["sketches"]), stats["sketches"]  # the default set, all of it
     assert stats["packets"] + stats["late_packets"] == 60_000
+
+
+def test_tables_show_ipv6_rows_in_rfc5952_text(replayed_server):
+    """Mixed traffic: the heavy-hitter and top-flow panels carry IPv6 rows (``family`` 6) whose
+    text is RFC 5952 (what ``ipaddress`` prints back) and IPv6 flow endpoints in brackets."""
+    import ipaddress
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = _dashboard_variables(dashboard)
+    urls = {p["title"].split(" (")[0]: _substitute(p["targets"][0]["url"], variables) for p in dashboard["panels"]
+            if p["datasource"]["uid"] == "telesketch-api"}
+    hitters = _get(replayed_server["api"] + urls["Heavy hitters"])
+    six = [r for r in hitters if r["family"] == 6]
+    assert six and all(str(ipaddress.IPv6Address(r["key"])) == r["key"] for r in six), hitters
+    flows = _get(replayed_server["api"] + urls["Top flows"])
+    assert any(r["family"] == 6 and r["flow"].startswith("[") for r in flows), flows
+    for r in _get(replayed_server["api"] + urls["Hierarchical heavy hitters"]):
+        assert (":" in r["prefix"]) == (r["family"] == 6)
 
 
 def test_every_prometheus_panel_answers(replayed_server):

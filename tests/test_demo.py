@@ -24,6 +24,15 @@ def test_demo_end_to_end_small():
     for title in ("[1/5] generating", "acknowledged          20,000", "Heavy hitters", "Hierarchical heavy hitters",
                   "Flow gaps", "Largest flows", "ingest", "timings"):
         assert title in text, title
+    # mixed traffic by default: IPv6 answers checked against the truth beside IPv4's, coverage said
+    assert "40% of the flows over IPv6" in text and "Both families against exact truth" in text
+    assert report["by_family"]["6"]["heavy_hitters"]["tp"] > 0
+    assert report["by_family"]["6"]["heavy_hitters"]["fp"] == 0
+    cov = report["ipv6"]["gap_coverage"]["gaps"]  # the open epoch's (a closed one keeps its events only)
+    opened = report["window"]["epochs"][-1]
+    assert cov["epochs"] == [opened] and f"gap cover  gaps (epoch {opened} of the window" in text
+    seen = cov["covered_packets"] + sum(cov["skipped_packets"].values())
+    assert 0 < cov["skipped_packets"]["no_ip_id"] < seen < 20_000
 
 
 def test_demo_cli(capsys):

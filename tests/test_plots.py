@@ -77,3 +77,17 @@ def test_gap_timeline_has_real_dates(report):
                                                                      ax.get_title()])
     assert "2023" in shown and "UTC" in ax.get_xlabel() + ax.get_title()
     plt.close(fig)
+
+
+def test_hhh_tree_chart_takes_ipv6_rows(report, tmp_path):
+    """An HHH section of both families (IPv6 prefixes as 32 hex digits) charts both trees."""
+    import copy
+
+    from telesketch.plots import write_plots
+
+    mixed = copy.deepcopy(report)
+    mixed["hhh"]["rows"] = list(mixed["hhh"]["rows"]) + [
+        {"family": 6, "prefix": "20010db8" + "0" * 24, "length": 32, "text": "2001:db8::/32", "estimate": 900.0},
+        {"family": 6, "prefix": "20010db80001" + "0" * 20, "length": 48, "text": "2001:db8:1::/48", "estimate": 400.0}]
+    written = {p.name: p for p in write_plots(mixed, tmp_path)}
+    assert written["hhh_tree.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -49,3 +49,25 @@ def test_status_page_in_headless_chromium(tmp_path):
     assert "telesketch" in dom and "<svg" in dom
     assert hitters and all(row["key"] in dom for row in hitters[:5])
     assert "Ingest rate" in dom and "Hierarchical heavy hitters" in dom
+
+
+def test_status_page_renders_ipv6_rows_and_gap_coverage(tmp_path):
+    """Mixed traffic: the page shows IPv6 heavy hitters in RFC 5952 text, the IPv6 HHH tree and how
+    many packets gap detection checked (Chromium parses the page as served)."""
+    import html
+
+    from telesketch.traces.generate import generate_batch
+
+    browser = _browser()
+    batch = generate_batch(8_000, 100, seed=4, duration_s=0.5, start_s=1_700_000_000.0, ipv6_share=0.5)
+    with ServiceThread(config(tmp_path, epoch_seconds=10.0, sketches={
+            "exact": {"kind": "exact", "phi": 0.01}, "gaps": {"kind": "gapfilter_ao"},
+            "hhh": {"kind": "residualsketch", "mode": "byte", "memory_bytes": 32 * 1024, "threshold": 200}})) as svc:
+        Client(f"127.0.0.1:{svc.grpc_port}", sender_id="browser6").push([batch])
+        url = f"http://127.0.0.1:{svc.http_port}/"
+        hitters = json.load(urllib.request.urlopen(url + "api/v1/heavy_hitters?last=1", timeout=10))
+        dom = headless(browser, str(tmp_path / "profile"), "--dump-dom", url).stdout
+    six = [r["key"] for r in hitters if r["family"] == 6]
+    assert six and any(key in dom for key in six), (six, dom[:500])
+    n4 = int((batch.ipv6 == 0).sum())
+    assert html.escape("gap-checked (gaps)") in dom and f"{n4:,} of {len(batch):,}" in dom

@@ -12,16 +12,23 @@ replayed capture; ``clock=packet`` (default) keeps packet times.
 ``/api/v1/health``          ``{"status": "ok"}`` (the data source's health check)
 ``/api/v1/stats``           counters, epochs and sketches (one object, as gRPC ``Stats``)
 ``/api/v1/epochs``          ``time epoch start_ns end_ns packets batches closed rate_pps``
-``/api/v1/heavy_hitters``   ``key estimate partial`` (``phi`` or ``threshold``; ``partial``: the
-                            decode could not finish, keys may be missing, estimates are bounds)
-``/api/v1/heavy_changers``  ``key change partial`` (window vs the equally long window before it)
-``/api/v1/hhh``             ``prefix value length estimate parent depth`` (``parent``: the nearest
-                            reported enclosing prefix, ``""`` at the top; ``depth``: its level)
-``/api/v1/gaps``            ``time ts_ns flow jump epoch`` (``limit``)
+``/api/v1/heavy_hitters``   ``key family estimate partial`` (``phi`` or ``threshold``; ``partial``:
+                            the decode could not finish, keys may be missing, estimates are bounds)
+``/api/v1/heavy_changers``  ``key family change partial`` (window vs the equally long window before)
+``/api/v1/hhh``             ``family prefix value length estimate parent depth`` (``parent``: the
+                            nearest reported enclosing prefix of the same family, ``""`` at the top;
+                            ``depth``: its level; ``value``: an int for IPv4, 32 hex digits for IPv6)
+``/api/v1/gaps``            ``time ts_ns flow family jump epoch`` (``limit``)
 ``/api/v1/gap_counts``      ``time epoch gaps``: gap events per epoch (the "gaps over time" panel)
-``/api/v1/top_flows``       ``flow estimate`` (``k``, default 10)
-``/api/v1/flow_size``       ``flow estimate`` for ``key=<26 hex digits>`` (repeatable)
+``/api/v1/top_flows``       ``flow family estimate`` (``k``, default 10; ``family`` 0: a fingerprint)
+``/api/v1/flow_size``       ``flow family estimate`` for ``key=<flow>`` (repeatable): 26 or 74 hex
+                            digits, or flow text ``10.0.0.1:1234 > 10.0.0.2:80 proto 6`` /
+                            ``[2001:db8::1]:443 > [2001:db8::2]:53 udp``
 ==========================  ========================================================================
+
+Keys and prefixes are text (IPv6 per RFC 5952, ``2001:db8::1``, ``2001:db8::/32``; IPv6 flow
+endpoints bracketed); ``family`` (4 or 6) lets a panel filter or group the two families. Rows
+with equal values list IPv4 before IPv6, then by key bytes, so an answer's order is stable.
 
 ``/`` is a read-only status page (server-rendered HTML with inline SVG, refreshed every 10 s): the
 open epoch, ingest rate per epoch, heavy hitters, the HHH tree, top flows and gap events.
@@ -52,8 +59,8 @@ from urllib.parse import parse_qs, urlparse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from telesketch.service.auth import bearer_matches
-from telesketch.presenter import hhh_rows, key_text
-from telesketch.service.queries import WindowSpec, ipv4_triples
+from telesketch.presenter import hhh_rows, key_family, key_text, parse_flow_key, ranked
+from telesketch.service.queries import WindowSpec
 from telesketch.errors import NotFound, Precondition, QueryError, TelesketchError, TooLarge, Unavailable
 
 log = logging.getLogger("telesketch.service")
@@ -82,13 +89,13 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "/api/v1/stats": ("packets", "batches", "late_packets", "duplicate_batches", "rejected_batches",
                       "queue_depth", "queue_capacity", "open_epoch", "epoch_seconds", "epochs", "sketches"),
     "/api/v1/epochs": ("time", "epoch", "start_ns", "end_ns", "packets", "batches", "closed", "rate_pps"),
-    "/api/v1/heavy_hitters": ("key", "estimate", "partial"),
-    "/api/v1/heavy_changers": ("key", "change", "partial"),
-    "/api/v1/hhh": ("prefix", "value", "length", "estimate", "parent", "depth"),
-    "/api/v1/gaps": ("time", "ts_ns", "flow", "jump", "epoch"),
+    "/api/v1/heavy_hitters": ("key", "family", "estimate", "partial"),
+    "/api/v1/heavy_changers": ("key", "family", "change", "partial"),
+    "/api/v1/hhh": ("family", "prefix", "value", "length", "estimate", "parent", "depth"),
+    "/api/v1/gaps": ("time", "ts_ns", "flow", "family", "jump", "epoch"),
     "/api/v1/gap_counts": ("time", "epoch", "gaps"),
-    "/api/v1/top_flows": ("flow", "estimate"),
-    "/api/v1/flow_size": ("flow", "estimate"),
+    "/api/v1/top_flows": ("flow", "family", "estimate"),
+    "/api/v1/flow_size": ("flow", "family", "estimate"),
 }
 
 
@@ -100,6 +107,15 @@ def _one(params: dict, name: str, parse, default=None):
         return parse(values[-1])
     except ValueError:
         raise QueryError(f"parameter {name}={values[-1]!r} is not a valid {parse.__name__}") from None
+
+
+def flow_keys(texts: list[str]) -> list[bytes]:
+    """The ``key`` parameters of ``/api/v1/flow_size`` as flow keys (hex or flow text, either family,
+    see :func:`telesketch.presenter.parse_flow_key`); a bad one is a ``QueryError`` (400) naming it."""
+    try:
+        return [parse_flow_key(text) for text in texts]
+    except ValueError as exc:
+        raise QueryError(f"key: {exc}") from None
 
 
 def _window(params: dict) -> WindowSpec:
@@ -126,6 +142,9 @@ class Api:
     def __init__(self, service):
         self.service = service
         self.note = threading.local()  # per request: the note for NOTE_HEADER
+        watch = getattr(getattr(service, "metrics", None), "watch", None)
+        if watch is not None and getattr(service, "manager", None) is not None:
+            watch(service.manager)  # the IPv6 series of /metrics read this service's epochs
 
     def _retained(self, closed_only: bool) -> int:
         manager = self.service.manager
@@ -150,18 +169,21 @@ class Api:
         phi, threshold = _one(params, "phi", float), _one(params, "threshold", float)
         if path == "/api/v1/heavy_hitters":
             a = q.heavy_hitters(window, sketch, phi, threshold)
-            return [{"key": key_text(k, a.int_keys), "estimate": v, "partial": a.partial} for k, v in a.rows]
+            return [{"key": key_text(k, a.int_keys), "family": key_family(k, a.int_keys), "estimate": v,
+                     "partial": a.partial}
+                    for k, v in ranked(a.rows)]
         if path == "/api/v1/heavy_changers":
             a = q.heavy_changers(window, sketch, phi, threshold)
-            return [{"key": key_text(k, a.int_keys), "change": v, "partial": a.partial} for k, v in a.rows]
+            return [{"key": key_text(k, a.int_keys), "family": key_family(k), "change": v, "partial": a.partial}
+                    for k, v in ranked(a.rows, by_magnitude=True)]
         if path == "/api/v1/hhh":
-            a = q.hhh(window, sketch, phi, threshold, families=(4,))
+            a = q.hhh(window, sketch, phi, threshold)
             unit = {"unit": a.extra["unit"]} if "unit" in a.extra else {}  # byte-weighted sketches say so
-            return [{**row, **unit} for row in hhh_rows(ipv4_triples(a.rows))]  # sorted by the engine
+            return [{**row, **unit} for row in hhh_rows(a.rows)]  # IPv4 tree, then IPv6, by length
         if path == "/api/v1/gaps":
             a = q.gaps(window, sketch, _one(params, "limit", int, 1000))
-            return self._shift([{"time": ts // 1_000_000, "ts_ns": ts, "flow": key_text(k), "jump": j, "epoch": e}
-                                for ts, k, j, e in a.rows], params)
+            return self._shift([{"time": ts // 1_000_000, "ts_ns": ts, "flow": key_text(k), "family": key_family(k),
+                                 "jump": j, "epoch": e} for ts, k, j, e in a.rows], params)
         if path == "/api/v1/gap_counts":
             a = q.gaps(window, sketch, 0, with_rows=False)
             ns = self.service.manager.epoch_ns
@@ -169,14 +191,11 @@ class Api:
                                 for e, n in a.extra["per_epoch"].items()], params)
         if path == "/api/v1/top_flows":
             a = q.top_flows(window, _one(params, "k", int, 10), sketch)
-            return [{"flow": key_text(k, a.int_keys), "estimate": v} for k, v in a.rows]
+            return [{"flow": key_text(k, a.int_keys), "family": key_family(k, a.int_keys), "estimate": v}
+                    for k, v in ranked(a.rows)]
         if path == "/api/v1/flow_size":
-            try:
-                keys = [bytes.fromhex(k) for k in params.get("key", [])]
-            except ValueError:
-                raise QueryError("key must be 26 hex digits (a 13-byte flow key)") from None
-            a = q.flow_size(window, keys, sketch)
-            return [{"flow": key_text(k), "estimate": v} for k, v in a.rows]
+            a = q.flow_size(window, flow_keys(params.get("key", [])), sketch)
+            return [{"flow": key_text(k), "family": key_family(k), "estimate": v} for k, v in a.rows]
         raise NotFound(f"no such endpoint {path}; endpoints: {sorted(ROUTES)} and /metrics")
 
     def _shift(self, rows: list[dict], params: dict) -> list[dict]:

@@ -15,6 +15,7 @@ import platform
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client import PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily
 
 #: ``telesketch_batches_rejected`` reasons (see telesketch.service.server).
 REJECT_REASONS = ("invalid", "oversized", "unauthenticated", "undecodable", "future_timestamp", "too_many_epochs",
@@ -96,6 +97,13 @@ class ServiceMetrics:
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
 
+    def watch(self, manager) -> None:
+        """Expose the IPv6 series of ``manager`` (an :class:`~telesketch.service.epochs.EpochManager`),
+        read at scrape time by :class:`IPv6Collector`; a second call changes nothing."""
+        if getattr(self, "ipv6", None) is None:
+            self.ipv6 = IPv6Collector(manager)
+            self.registry.register(self.ipv6)
+
     def set_epoch(self, epoch_id: int) -> None:
         """The open epoch changed: its id and its start time (packet clock, Unix seconds)."""
         self.epoch.set(epoch_id)
@@ -106,3 +114,91 @@ class ServiceMetrics:
 
     def observe_partial(self, sketch: str) -> None:
         self.partial_answers.labels(sketch).inc()
+
+
+def gap_coverage(manager) -> dict[str, dict]:
+    """Per GapFilter sketch and retained epoch id: ``{name: {epoch: coverage}}``, where coverage is
+    the sketch's ``coverage()`` (``{"covered_packets": n, "skipped_packets": {reason: n}}``).
+    Sketches whose states have no ``coverage()`` (not a GapFilter, or a sharded state) are absent."""
+    out: dict[str, dict] = {}
+    with manager.lock:
+        for epoch in manager.epochs():
+            for name, state in epoch.states.items():
+                coverage = getattr(state, "coverage", None)
+                if callable(coverage):
+                    out.setdefault(name, {})[epoch.id] = coverage()
+    return out
+
+
+def sum_coverage(parts) -> dict:
+    """The sum of ``coverage()`` dicts: ``{"covered_packets": n, "skipped_packets": {reason: n}}``."""
+    total = {"covered_packets": 0, "skipped_packets": {}}
+    for part in parts:
+        total["covered_packets"] += int(part.get("covered_packets", 0))
+        for reason, n in part.get("skipped_packets", {}).items():
+            total["skipped_packets"][reason] = total["skipped_packets"].get(reason, 0) + int(n)
+    return total
+
+
+def ipv4_only_sketches(manager) -> list[str]:
+    """Names of the active sketches that are fed IPv4 rows only (``Sketch.takes_ipv6`` False)."""
+    return [cs.name for cs in manager.sketchset.active if not cs.cls.takes_ipv6(cs.params)]
+
+
+class IPv6Collector:
+    """Scrape-time counters of what IPv6 traffic each sketch saw (issue 18):
+
+    * ``telesketch_ipv6_withheld_total{sketch}``: IPv6 packets withheld from an IPv4-only sketch
+      (``SketchSet.ipv6_withheld``; 0 for every IPv4-only sketch before its first);
+    * ``telesketch_gap_covered_packets_total{sketch}``: packets a GapFilter inspected;
+    * ``telesketch_gap_skipped_packets_total{sketch,reason}``: packets it could not inspect (IPv6
+      packets without the configured sequence field; reasons as ``gapfilter.SKIP_REASONS``).
+
+    Gap coverage lives in each epoch's state, so the counters add the epochs that hold it now to
+    the last value seen (at a scrape) of those that no longer do. A continuous GapFilter's closed
+    epoch keeps only its events (``ConfiguredSketch.close``), so packets it applied after the
+    last scrape before its epoch closed are not counted: the gap counters are a lower bound, exact
+    for the open epoch (a hook in the service keeping ``coverage()`` at close would make them
+    exact). All restart at 0 with the service, as counters do.
+    """
+
+    def __init__(self, manager):
+        self.manager = manager
+        self._seen: dict[tuple[str, int], dict] = {}  # (sketch, epoch) -> last coverage seen
+        self._dropped: dict[str, list[dict]] = {}  # sketch -> coverage of epochs no longer retained
+
+    def coverage_totals(self) -> dict[str, dict]:
+        """``{sketch: coverage}`` summed over every epoch seen since start (see the class docstring)."""
+        from telesketch.sketches.gapfilter import SKIP_REASONS
+
+        now = gap_coverage(self.manager)
+        current = {(name, eid): cov for name, per in now.items() for eid, cov in per.items()}
+        for key in [k for k in self._seen if k not in current]:
+            self._dropped.setdefault(key[0], []).append(self._seen.pop(key))
+        self._seen.update(current)
+        names = sorted(set(now) | set(self._dropped))
+        totals = {}
+        for name in names:
+            total = sum_coverage(self._dropped.get(name, []) + [c for (n, _), c in self._seen.items() if n == name])
+            total["skipped_packets"] = {r: total["skipped_packets"].get(r, 0) for r in SKIP_REASONS}
+            totals[name] = total
+        return totals
+
+    def collect(self):
+        withheld = CounterMetricFamily("telesketch_ipv6_withheld",
+                                       "IPv6 packets withheld from a sketch that takes IPv4 rows only "
+                                       "(its answers cover IPv4 traffic)", labels=["sketch"])
+        counts = dict(self.manager.sketchset.ipv6_withheld)
+        for name in sorted(set(ipv4_only_sketches(self.manager)) | set(counts)):
+            withheld.add_metric([name], counts.get(name, 0))
+        covered = CounterMetricFamily("telesketch_gap_covered_packets",
+                                      "Packets a GapFilter inspected for gaps (every IPv4 packet; IPv6 packets "
+                                      "that carry its sequence field)", labels=["sketch"])
+        skipped = CounterMetricFamily("telesketch_gap_skipped_packets",
+                                      "Packets a GapFilter could not inspect (IPv6 without its sequence field), "
+                                      "by reason: no gap is ever reported for them", labels=["sketch", "reason"])
+        for name, total in self.coverage_totals().items():
+            covered.add_metric([name], total["covered_packets"])
+            for reason, n in total["skipped_packets"].items():
+                skipped.add_metric([name, reason], n)
+        return [withheld, covered, skipped]

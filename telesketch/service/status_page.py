@@ -13,8 +13,8 @@ import datetime as dt
 import html
 
 from telesketch.errors import TelesketchError
-from telesketch.presenter import key_text
-from telesketch.service.queries import WindowSpec, ipv4_triples
+from telesketch.presenter import key_text, ranked
+from telesketch.service.queries import WindowSpec
 
 REFRESH_S = 10
 TOP_ROWS = 10
@@ -124,6 +124,13 @@ def _largest_with_ancestors(items: list[dict], n: int) -> list[dict]:
     return list(keep.values())
 
 
+def _address_order(row: dict) -> tuple[int, int]:
+    """Siblings by address, the IPv4 tree before the IPv6 one (``value``: an int for IPv4, 32 hex
+    digits for IPv6, see :func:`telesketch.presenter.hhh_rows`)."""
+    value = row["value"]
+    return row.get("family", 4), int(value, 16) if isinstance(value, str) else int(value)
+
+
 def _tree_order(items: list[dict]) -> list[dict]:
     """Depth-first order: each prefix right under its parent, siblings by address."""
     children: dict[str, list[dict]] = {}
@@ -132,11 +139,31 @@ def _tree_order(items: list[dict]) -> list[dict]:
     out: list[dict] = []
 
     def walk(parent: str) -> None:
-        for r in sorted(children.get(parent, []), key=lambda r: r["value"]):
+        for r in sorted(children.get(parent, []), key=_address_order):
             out.append(r)
             walk(r["prefix"])
 
     walk("")
+    return out
+
+
+def _ipv6_counters(service) -> list[tuple[str, object]]:
+    """IPv6 packets withheld from IPv4-only sketches (since start) and, per GapFilter, the open
+    epoch's packets inspected for gaps out of all it saw (IPv6 ones lack the sequence field)."""
+    from telesketch.service.metrics import gap_coverage, sum_coverage
+
+    manager = getattr(service, "manager", None)
+    if manager is None:
+        return []
+    out: list[tuple[str, object]] = []
+    withheld = sum(manager.sketchset.ipv6_withheld.values())
+    if withheld:
+        out.append(("IPv6 withheld (IPv4-only sketches)", withheld))
+    open_id = manager.open.id if manager.open is not None else None
+    for name, per in sorted(gap_coverage(manager).items()):
+        cov = sum_coverage([per[open_id]] if open_id in per else [])
+        seen = cov["covered_packets"] + sum(cov["skipped_packets"].values())
+        out.append((f"gap-checked ({name})", f"{cov['covered_packets']:,} of {seen:,}"))
     return out
 
 
@@ -154,13 +181,14 @@ def render_status_page(service) -> str:
                 ("rejected batches", stats["rejected_batches"]), ("duplicate batches", stats["duplicate_batches"]),
                 ("queue", f'{stats["queue_depth"]}/{stats["queue_capacity"]}'),
                 ("epochs retained", len(epochs)), ("latest epoch rate", f"{latest_rate:,.0f} pkt/s")]
+    counters += _ipv6_counters(service)
     kv = "".join(f"<div>{_esc(k)}<b>{v:,}</b></div>" if isinstance(v, int) else f"<div>{_esc(k)}<b>{_esc(v)}</b></div>"
                  for k, v in counters)
     notes = "".join(f'<p class="note">{_esc(n)}</p>' for n in stats.get("notes", []))
 
     def heavy_hitters():
         a = q.heavy_hitters(window)
-        rows = sorted(a.rows, key=lambda kv: -kv[1])[:TOP_ROWS]
+        rows = ranked(a.rows)[:TOP_ROWS]  # mixed families: ties IPv4 before IPv6
         return _table(("key", "packets"), [(_esc(key_text(k, a.int_keys)), float(v)) for k, v in rows], bars=1)
 
     def top_flows():
@@ -178,7 +206,7 @@ def render_status_page(service) -> str:
         f'<div class="card"><h2>Ingest</h2><div class="kv">{kv}</div>{notes}</div>',
         f'<div class="card"><h2>Ingest rate</h2>{_rate_chart(epochs, seconds)}</div>',
         _section("Heavy hitters (open epoch, by source address)", heavy_hitters),
-        _section("Hierarchical heavy hitters (open epoch, source prefixes)", lambda: _hhh_tree(ipv4_triples(q.hhh(window, families=(4,)).rows))),
+        _section("Hierarchical heavy hitters (open epoch, source prefixes)", lambda: _hhh_tree(q.hhh(window).rows)),
         _section("Top flows (open epoch)", top_flows),
         _section("Flow gap events per epoch", gaps),
     ]
