@@ -1,5 +1,6 @@
-"""Until every sketch handles IPv6, the service feeds IPv4-only sketches the IPv4 rows only and
-counts the IPv6 rows it withheld; the exact kind sees both families."""
+"""The service feeds a sketch whose ``takes_ipv6`` is False (LLM-Sketch's IPv4-keyed
+``heavy_hitters`` task) the IPv4 rows only and counts the IPv6 rows it withheld; the exact kind sees
+both families."""
 import numpy as np
 
 from telesketch.service.sketchset import SketchSet
@@ -8,7 +9,7 @@ from test_exact_ipv6 import skewed_mixed_batch
 
 
 def test_ipv4_only_sketch_gets_ipv4_rows_and_withheld_rows_are_counted():
-    specs = {"hh": {"kind": "hiddensketch", "memory_bytes": 64 * 1024}, "truth": {"kind": "exact"}}
+    specs = {"hh": {"kind": "llmsketch", "task": "heavy_hitters", "estimator": "auto", "memory_bytes": 64 * 1024}, "truth": {"kind": "exact"}}
     sketches = SketchSet.from_config(specs)
     states = sketches.new_states(1)
     seen = {}

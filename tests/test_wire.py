@@ -179,7 +179,7 @@ def test_both_schema_versions_through_a_real_server(tmp_path):
     older = PacketBatch.from_columns(**{**older.columns(), "ts_ns": older.ts_ns + np.uint64(epoch_ns + 10)})
     cfg = ServiceConfig(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0", data_dir=str(tmp_path / "d"),
                         epoch_seconds=1.0, sketches={"exact": {"kind": "exact", "key": "src_ip", "phi": 0.05},
-                                                     "hh": {"kind": "hiddensketch", "memory_bytes": 64 * 1024}})
+                                                     "hh": {"kind": "llmsketch", "task": "heavy_hitters", "estimator": "auto", "memory_bytes": 64 * 1024}})
     svc = ServiceThread(cfg).start()
     try:
         with Client(f"127.0.0.1:{svc.grpc_port}", sender_id="v2") as new, \
