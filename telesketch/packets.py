@@ -28,6 +28,8 @@ from typing import Iterable
 
 import numpy as np
 
+from telesketch.errors import BatchError  # re-exported: packets.BatchError is errors.BatchError
+
 #: Bytes of raw header kept per packet (IPv4 header + transport header, addresses zeroed).
 HEADER_BYTES = 40
 
@@ -68,10 +70,6 @@ FLOW_KEY37_BYTES = 37
 
 #: The 12-byte prefix of a v4-mapped IPv6 address (``::ffff:0:0/96``, RFC 4291 section 2.5.5.2).
 V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
-
-
-class BatchError(ValueError):
-    """A batch (or its wire message) is malformed: wrong dtype, length, shape or version."""
 
 
 def _as_column(name: str, value, n: int | None) -> np.ndarray:
