@@ -52,7 +52,7 @@ from urllib.parse import parse_qs, urlparse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from telesketch.service.auth import bearer_matches
-from telesketch.presenter import hhh_rows, key_text
+from telesketch.presenter import gap_rows, hhh_rows, key_text
 from telesketch.service.queries import WindowSpec
 from telesketch.errors import NotFound, Precondition, QueryError, TelesketchError, TooLarge, Unavailable
 
@@ -158,8 +158,8 @@ class Api:
             return hhh_rows(q.hhh(window, sketch, phi, threshold).rows)  # sorted by the engine
         if path == "/api/v1/gaps":
             a = q.gaps(window, sketch, _one(params, "limit", int, 1000))
-            return self._shift([{"time": ts // 1_000_000, "ts_ns": ts, "flow": key_text(k), "jump": j, "epoch": e}
-                                for ts, k, j, e in a.rows], params)
+            return self._shift([{"time": r["ts_ns"] // 1_000_000, "ts_ns": r["ts_ns"], "flow": r["text"], "jump": r["jump"],
+                                 "epoch": r["epoch"]} for r in gap_rows(a.rows)], params)
         if path == "/api/v1/gap_counts":
             a = q.gaps(window, sketch, 0, with_rows=False)
             ns = self.service.manager.epoch_ns
