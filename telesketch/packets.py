@@ -279,6 +279,15 @@ class PacketBatch:
         return np.ascontiguousarray(self.flow_keys37()).view(f"V{FLOW_KEY37_BYTES}").ravel()
 
 
+def pack_flow_keys37(src_ip6: np.ndarray, dst_ip6: np.ndarray, src_port: np.ndarray, dst_port: np.ndarray,
+                     proto: np.ndarray) -> np.ndarray:
+    """``uint8[n, 37]`` keys ``src6 dst6 sport dport proto`` (big-endian ports) from columns: the
+    16-byte addresses ``uint8[n, 16]`` as they are (the layout of :meth:`PacketBatch.flow_keys37`
+    for IPv6 rows)."""
+    ports = np.stack([np.asarray(src_port), np.asarray(dst_port)], axis=1).astype(">u2").view(np.uint8)
+    return np.concatenate([src_ip6, dst_ip6, ports, np.asarray(proto, np.uint8).reshape(-1, 1)], axis=1)
+
+
 def flow_key_bytes(src_ip: int, dst_ip: int, src_port: int, dst_port: int, proto: int) -> bytes:
     """The canonical 13-byte key of one flow (for answers and tests, not hot paths)."""
     return (

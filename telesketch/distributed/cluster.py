@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from telesketch.hashing import hash_5tuple, hash_keys, hash_u32
-from telesketch.packets import BLOCK_COLUMNS, COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
+from telesketch.packets import BLOCK_COLUMNS, COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch, pack_flow_keys37
 from telesketch.service import sketchset as ss
 from telesketch.errors import NotFound, Precondition, QueryError
 from telesketch.sketches.core import EPOCHS, SketchError, Window, over_shards
@@ -83,8 +83,8 @@ def flow_route_hashes(batch: PacketBatch, seed: int = ROUTE_SEED) -> np.ndarray:
 def _ipv6_flow_keys(batch: PacketBatch, v6: np.ndarray) -> np.ndarray:
     """``uint8[m, 37]``: the 37-byte flow keys of the rows ``v6`` (the IPv6 ones) only, the layout
     of :meth:`PacketBatch.flow_keys37` without building it for the IPv4 rows."""
-    ports = np.stack([batch.src_port[v6], batch.dst_port[v6]], axis=1).astype(">u2").view(np.uint8)
-    return np.concatenate([batch.src_ip6[v6], batch.dst_ip6[v6], ports, batch.proto[v6, None]], axis=1)
+    return pack_flow_keys37(batch.src_ip6[v6], batch.dst_ip6[v6], batch.src_port[v6], batch.dst_port[v6],
+                            batch.proto[v6])
 
 
 def source_route_hashes(batch: PacketBatch, seed: int = ROUTE_SEED) -> np.ndarray:

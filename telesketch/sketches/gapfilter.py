@@ -63,7 +63,7 @@ from numba.extending import intrinsic
 
 from telesketch.hashing import hash64_5tuple, hash64_u32, hash_keys, mix64
 from telesketch.jit import kernel, twin
-from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
+from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch, pack_flow_keys37
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
 
@@ -117,8 +117,7 @@ def event_flow_keys(events: np.ndarray) -> list[bytes]:
     if "ipv6" in (events.dtype.names or ()):
         rows6 = np.flatnonzero(events["ipv6"])
         six = events[rows6]
-        ports = np.stack([six["src_port"], six["dst_port"]], axis=1).astype(">u2").view(np.uint8)
-        keys37 = np.concatenate([six["src_ip6"], six["dst_ip6"], ports, six["proto"].reshape(-1, 1)], axis=1)
+        keys37 = pack_flow_keys37(six["src_ip6"], six["dst_ip6"], six["src_port"], six["dst_port"], six["proto"])
         for row, key in zip(rows6.tolist(), keys37):
             out[row] = key.tobytes()
     return out
