@@ -65,3 +65,21 @@ def test_route_parts_carry_ipv6_rows_whole(mixed):
     for shard, (flow_part, source_part) in enumerate(rebuilt):
         assert (shard_ids(flow_part, 2, SEED) == shard).all()
         assert (source_shard_ids(source_part, 2, SEED) == shard).all()
+
+
+def test_an_ipv6_row_with_v4_mapped_addresses_routes_as_its_ipv4_flow():
+    """The sketches count such a row as the IPv4 flow (its 37-byte key is that flow's), so it must
+    land on that flow's shard, and the key owner must agree."""
+    from telesketch.packets import V4_MAPPED_PREFIX, PacketBatch
+
+    src, dst = np.array([0x0A000001, 0x0A000002], np.uint32), np.array([0xC0A80001, 0xC0A80002], np.uint32)
+
+    def mapped(addresses):
+        return np.array([list(V4_MAPPED_PREFIX + int(a).to_bytes(4, "big")) for a in addresses], np.uint8)
+
+    ports = dict(src_port=[1000, 2000], dst_port=[443, 80], proto=[6, 17])
+    four = PacketBatch.from_columns(src_ip=src, dst_ip=dst, **ports)
+    six = PacketBatch.from_columns(ipv6=[1, 1], src_ip6=mapped(src), dst_ip6=mapped(dst), **ports)
+    for shards in (2, 3, 5):
+        assert np.array_equal(shard_ids(six, shards, SEED), shard_ids(four, shards, SEED))
+        assert np.array_equal(key_shard_ids(six.flow_keys37(), shards, SEED), shard_ids(four, shards, SEED))

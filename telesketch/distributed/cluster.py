@@ -46,6 +46,7 @@ from telesketch.packets import BLOCK_COLUMNS, COLUMN_DTYPES, FLOW_KEY_BYTES, Pac
 from telesketch.service import sketchset as ss
 from telesketch.errors import NotFound, Precondition, QueryError
 from telesketch.sketches.core import EPOCHS, SketchError, Window, over_shards
+from telesketch.sketches.llmsketch import canonical_flow_keys, key13_of, v4_mapped_rows
 
 #: Seed of the routing hash (independent of every sketch's own seeds).
 ROUTE_SEED = 0x5EED_0001
@@ -72,19 +73,24 @@ def _ray():
 # ====================================================================== routing (pure numpy)
 def flow_route_hashes(batch: PacketBatch, seed: int = ROUTE_SEED) -> np.ndarray:
     """``uint64[n]``: each packet's flow routing hash: ``hash_5tuple`` of its 13-byte key on IPv4
-    rows, ``hash_keys`` of its 37-byte key (``src6 dst6 sport dport proto``) on IPv6 rows."""
+    rows, ``hash_keys`` of its 37-byte key (``src6 dst6 sport dport proto``) on IPv6 rows (of the
+    13-byte key where both addresses are v4-mapped: the sketches count that as the IPv4 flow)."""
     hashes = hash_5tuple(batch, seed)
     v6 = batch.ipv6.astype(bool)
     if v6.any():
-        hashes[v6] = hash_keys(_ipv6_flow_keys(batch, v6), seed)
+        keys37 = pack_flow_keys37(batch.src_ip6[v6], batch.dst_ip6[v6], batch.src_port[v6], batch.dst_port[v6],
+                                  batch.proto[v6])
+        hashes[v6] = _flow_key_hashes(keys37, v4_mapped_rows(keys37), seed)
     return hashes
 
 
-def _ipv6_flow_keys(batch: PacketBatch, v6: np.ndarray) -> np.ndarray:
-    """``uint8[m, 37]``: the 37-byte flow keys of the rows ``v6`` (the IPv6 ones) only, the layout
-    of :meth:`PacketBatch.flow_keys37` without building it for the IPv4 rows."""
-    return pack_flow_keys37(batch.src_ip6[v6], batch.dst_ip6[v6], batch.src_port[v6], batch.dst_port[v6],
-                            batch.proto[v6])
+def _flow_key_hashes(keys37: np.ndarray, v4: np.ndarray, seed: int) -> np.ndarray:
+    """``uint64[n]``: routing hashes of 37-byte keys: of the 13-byte key on the ``v4`` rows (equal
+    to ``hash_5tuple``), of the 37 bytes on the others."""
+    hashes = np.empty(keys37.shape[0], np.uint64)
+    hashes[v4] = hash_keys(key13_of(keys37[v4]), seed)
+    hashes[~v4] = hash_keys(keys37[~v4], seed)
+    return hashes
 
 
 def source_route_hashes(batch: PacketBatch, seed: int = ROUTE_SEED) -> np.ndarray:
@@ -114,13 +120,8 @@ def key_shard_ids(keys, shards: int, seed: int = ROUTE_SEED) -> np.ndarray:
     to. ``keys``: 13-byte IPv4 keys or 37-byte keys of either family (any form
     :func:`~telesketch.sketches.llmsketch.canonical_flow_keys` takes; a 37-byte key with v4-mapped
     addresses is the IPv4 flow and routes like its 13-byte key)."""
-    from telesketch.sketches.llmsketch import canonical_flow_keys, key13_of
-
     keys37, v4 = canonical_flow_keys(keys)
-    hashes = np.empty(keys37.shape[0], np.uint64)
-    hashes[v4] = hash_keys(key13_of(keys37[v4]), seed)
-    hashes[~v4] = hash_keys(keys37[~v4], seed)
-    return _shard_of(hashes, shards)
+    return _shard_of(_flow_key_hashes(keys37, v4, seed), shards)
 
 
 def split_by_shard(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> list[PacketBatch]:
