@@ -212,6 +212,7 @@ def _single_mixed(name, batch):
     return sketch
 
 
+@pytest.mark.slow  # a second set of shard actors: about 15 s on 2 shared cores
 def test_mixed_families_shard_balanced_and_equal_one_process(mixed_cluster):
     mixed, sharded = mixed_cluster
     v6_per_shard = [p.ipv6_count() for p in split_by_shard(mixed, SHARDS)]
