@@ -38,6 +38,7 @@ import numpy as np
 
 from common import machine
 
+from telesketch.jit import kernel
 from telesketch.packets import PacketBatch
 from telesketch.sketches import exact
 from telesketch.sketches.gapfilter import GapFilterAO, GapFilterSO, GapFilterStraw, keys_to_columns
@@ -57,7 +58,7 @@ ALGORITHMS = {"Straw": GapFilterStraw, "SO": GapFilterSO, "AO": GapFilterAO}
 
 
 # ---------------------------------------------------------------------------- workload
-@nb.njit(cache=True)
+@kernel
 def _parse_ints(buf, out):
     """Parse whitespace-separated non-negative decimal integers from ``uint8`` text into ``out``."""
     k = 0

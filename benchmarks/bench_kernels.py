@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine  # noqa: E402
 
 from telesketch.hashing import hash64_5tuple  # noqa: E402
+from telesketch.jit import kernel  # noqa: E402
 from telesketch.packets import PacketBatch  # noqa: E402
 from telesketch.estimators.scoring import FlowScorer  # noqa: E402
 from telesketch.sketches.gapfilter import GapFilterAO, GapFilterSO, GapFilterStraw  # noqa: E402
@@ -96,7 +97,7 @@ KERNELS = [
 
 
 # ---------------------------------------------------------------------------- ceiling
-@nb.njit(cache=True, nogil=True)
+@kernel
 def ceiling_loop(src, dst, sport, dport, proto, seed, counters):
     """Hash each 13-byte key and increment one ``uint32`` counter (multiply-shift index)."""
     n = np.uint64(counters.shape[0])

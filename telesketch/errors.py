@@ -6,8 +6,9 @@ HTTP status in one table (``HTTP_STATUS`` in :mod:`telesketch.service.http`); no
 gRPC code. A subclass maps as its nearest listed ancestor.
 
 * :class:`ConfigurationError`: a configuration that cannot run (bad values, no active sketch);
-* :class:`BatchError`: packet columns that do not form a batch (``packets.BatchError`` is its own
-  ``ValueError``, kept there; the wire layer turns it into an ingest rejection);
+* :class:`BatchError`: packet columns (or their wire message) that do not form a batch: wrong
+  dtype, length, shape or version (``packets.BatchError`` is this class, re-exported; it is a
+  ``ValueError`` too; the wire layer turns it into an ingest rejection);
 * :class:`IngestRejected`: a batch the service refuses (``reason`` labels the rejection metric,
   ``refusal`` says which query-error kind it maps like);
 * :class:`QueryError` (a query asked wrongly) and its kinds :class:`NotFound` (no such sketch,
@@ -27,7 +28,8 @@ class ConfigurationError(TelesketchError, ValueError):
 
 
 class BatchError(TelesketchError, ValueError):
-    """Packet columns that do not form a batch."""
+    """Packet columns (or their wire message) that do not form a batch: wrong dtype, length, shape or
+    version. Raised by :mod:`telesketch.packets` and :mod:`telesketch.wire`."""
 
 
 class IngestRejected(TelesketchError):

@@ -28,6 +28,8 @@ from typing import Iterable
 
 import numpy as np
 
+from telesketch.errors import BatchError  # re-exported: packets.BatchError is errors.BatchError
+
 #: Bytes of raw header kept per packet (IPv4 header + transport header, addresses zeroed).
 HEADER_BYTES = 40
 
@@ -68,10 +70,6 @@ FLOW_KEY37_BYTES = 37
 
 #: The 12-byte prefix of a v4-mapped IPv6 address (``::ffff:0:0/96``, RFC 4291 section 2.5.5.2).
 V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
-
-
-class BatchError(ValueError):
-    """A batch (or its wire message) is malformed: wrong dtype, length, shape or version."""
 
 
 def _as_column(name: str, value, n: int | None) -> np.ndarray:
@@ -279,6 +277,15 @@ class PacketBatch:
     def flow_keys37_void(self) -> np.ndarray:
         """The 37-byte keys as ``V37`` scalars: hashable, sortable, usable with ``np.unique``."""
         return np.ascontiguousarray(self.flow_keys37()).view(f"V{FLOW_KEY37_BYTES}").ravel()
+
+
+def pack_flow_keys37(src_ip6: np.ndarray, dst_ip6: np.ndarray, src_port: np.ndarray, dst_port: np.ndarray,
+                     proto: np.ndarray) -> np.ndarray:
+    """``uint8[n, 37]`` keys ``src6 dst6 sport dport proto`` (big-endian ports) from columns: the
+    16-byte addresses ``uint8[n, 16]`` as they are (the layout of :meth:`PacketBatch.flow_keys37`
+    for IPv6 rows)."""
+    ports = np.stack([np.asarray(src_port), np.asarray(dst_port)], axis=1).astype(">u2").view(np.uint8)
+    return np.concatenate([src_ip6, dst_ip6, ports, np.asarray(proto, np.uint8).reshape(-1, 1)], axis=1)
 
 
 def flow_key_bytes(src_ip: int, dst_ip: int, src_port: int, dst_port: int, proto: int) -> bytes:

@@ -239,3 +239,26 @@ def hhh_rows(rows) -> list[dict]:
                     "value": int.from_bytes(prefix, "big") if family == 4 else prefix.hex(), "length": length,
                     "estimate": estimate, "parent": format_prefix(*parent) if parent else "", "depth": len(parents)})
     return out
+
+
+def gap_rows(events: np.ndarray) -> list[dict]:
+    """Gap events as the query engine orders them (structured rows: the ``GAP_EVENT_DTYPE`` fields
+    and ``epoch``), as dicts: ``ts_ns``, ``key`` (wire form: 13 bytes for an IPv4 flow, 37 for an
+    IPv6 one), ``text`` (the flow as :func:`format_flow` writes it; IPv6 endpoints bracketed, RFC
+    5952), ``jump`` and ``epoch``. The text is read from the rows' fields, not from the key bytes."""
+    from telesketch.sketches.gapfilter import event_flow_keys
+
+    n = events.shape[0]
+    cols = {name: events[name].tolist() for name in ("ts_ns", "src_ip", "dst_ip", "src_port", "dst_port", "proto",
+                                                     "jump", "epoch")}
+    v6 = events["ipv6"].tolist() if "ipv6" in (events.dtype.names or ()) else [0] * n
+    out = []
+    for i, key in enumerate(event_flow_keys(events)):
+        if v6[i]:
+            src, dst = f"[{format_ipv6(events['src_ip6'][i].tobytes())}]", f"[{format_ipv6(events['dst_ip6'][i].tobytes())}]"
+        else:
+            src, dst = format_address(cols["src_ip"][i]), format_address(cols["dst_ip"][i])
+        text = f"{src}:{cols['src_port'][i]} > {dst}:{cols['dst_port'][i]} proto {cols['proto'][i]}"
+        out.append({"ts_ns": cols["ts_ns"][i], "key": key, "text": text, "jump": cols["jump"][i],
+                    "epoch": cols["epoch"][i]})
+    return out

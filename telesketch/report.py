@@ -76,7 +76,7 @@ from typing import Any
 import numpy as np
 
 from telesketch.packets import FLOW_KEY37_BYTES, FLOW_KEY_BYTES
-from telesketch.presenter import format_prefix, hhh_row_parts, key_json, key_text, ranked, time_text
+from telesketch.presenter import format_prefix, gap_rows, hhh_row_parts, key_json, key_text, ranked, time_text
 from telesketch.service.queries import MAX_FLOW_KEYS, MAX_TOP_K, QueryEngine, WindowSpec
 from telesketch.errors import TelesketchError
 from telesketch.service.sketchset import KINDS
@@ -159,7 +159,7 @@ class LocalSource:
 
     def gaps(self, last: int, sketch: str = ""):
         a = self._ask(lambda: self.engine.gaps(WindowSpec(last=last), sketch, 0))
-        return [(int(t), bytes(k), int(j), int(e)) for t, k, j, e in a.rows], self._info(a)
+        return [(r["ts_ns"], r["key"], r["jump"], r["epoch"]) for r in gap_rows(a.rows)], self._info(a)
 
     def top_flows(self, k: int, last: int, sketch: str = ""):
         a = self._ask(lambda: self.engine.top_flows(WindowSpec(last=last), k, sketch))

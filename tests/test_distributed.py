@@ -190,3 +190,43 @@ def test_shard_specs_turn_a_phi_threshold_into_the_shards_share():
     assert "phi" not in out and "expected_packets" not in out and out["global_threshold"] == T
     assert out["threshold"] == cocosketch.shard_threshold(T, 4) < T
     ResidualSketch(**{k: v for k, v in out.items() if k not in ("kind", "global_threshold")})  # builds
+
+
+MIXED_SKETCHES = {name: SKETCHES[name] for name in ("exact", "hh_src", "gaps_big", "flows")}
+
+
+@pytest.fixture(scope="module")
+def mixed_cluster(cluster):
+    """Both families (40 % IPv6 flows) on 2 shards: IPv6 rows routed by their 37-byte / 16-byte keys."""
+    mixed = generate_batch(packets=20_000, flows=1_000, seed=9, ipv6_share=0.4)
+    sharded = ShardedSketches(MIXED_SKETCHES, shards=SHARDS)
+    for part in mixed.split(10_000):
+        sharded.ingest(part)
+    yield mixed, sharded
+    sharded.shutdown()
+
+
+def _single_mixed(name, batch):
+    sketch = ss.SketchSet.from_config({name: MIXED_SKETCHES[name]}).get(name).build()
+    sketch.update(batch)
+    return sketch
+
+
+@pytest.mark.slow  # a second set of shard actors: about 15 s on 2 shared cores
+def test_mixed_families_shard_balanced_and_equal_one_process(mixed_cluster):
+    mixed, sharded = mixed_cluster
+    v6_per_shard = [p.ipv6_count() for p in split_by_shard(mixed, SHARDS)]
+    assert min(v6_per_shard) > 0.25 * mixed.ipv6_count(), v6_per_shard  # IPv6 flows spread, not on one shard
+    assert min(p.ipv6_count() for p in split_by_source(mixed, SHARDS)) > 0.1 * mixed.ipv6_count()
+    one = _single_mixed("exact", mixed)
+    got = sharded.heavy_hitters("exact", threshold=20)
+    assert got == one.heavy_hitters(threshold=20) and any(isinstance(k, bytes) for k, _ in got)
+    assert sharded.top_flows("exact", 30) == one.top_flows(30)
+    want = hiddensketch.heavy_hitters_union(offline("hh_src", split_by_source(mixed, SHARDS)), total_items=len(mixed))
+    got = sharded.heavy_hitters("hh_src")
+    assert got == want and any(isinstance(k, bytes) and len(k) == 16 for k, _ in got)
+    whole = _single_mixed("gaps_big", mixed).gap_events()
+    events = sharded.gap_events("gaps_big")
+    assert len(whole) > 0 and len(events) == len(whole)
+    order = ["ts_ns", "src_ip", "dst_ip", "src_port", "dst_port", "proto", "src_ip6", "dst_ip6"]
+    np.testing.assert_array_equal(np.sort(events, order=order), np.sort(whole, order=order))

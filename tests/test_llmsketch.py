@@ -392,3 +392,23 @@ def test_size_floor_rescues_an_elephant_the_model_missed():
         answers[floor_from] = int(sketch.flow_size(key)[0])
     assert answers[0] == 255
     assert answers[256] == 2000 - 255
+
+
+def test_update_is_pure_and_the_scored_sketch_owns_the_scorer():
+    """LLMSketch keeps no model: update(batch, scores) is all it does; the scored sketch scores first
+    and then runs the same update, byte for byte."""
+    from telesketch.estimators.scoring import ScoredLLMSketch
+
+    batch = scored_batch()
+    pure = LLMSketch(8192)
+    assert type(pure) is LLMSketch and not hasattr(pure, "scorer") and pure.scorer_bytes == 0
+    with pytest.raises(SketchError, match="needs an estimator"):
+        pure.update(batch)
+    scored = LLMSketch(8192, estimator=CountingEstimator(), scoring="sync")
+    assert isinstance(scored, ScoredLLMSketch) and isinstance(scored, LLMSketch)
+    assert type(LLMSketch(8192, "flow_size", "constant")) is ScoredLLMSketch  # positional estimator too
+    scored.update(batch)
+    pure.update(batch, FlowScorer(CountingEstimator(), mode="sync").scores(batch))
+    assert scored.to_bytes() == pure.to_bytes()
+    assert type(LLMSketch.from_bytes(pure.to_bytes())) is LLMSketch
+    assert type(LLMSketch.from_bytes(pure.to_bytes(), estimator="constant")) is ScoredLLMSketch

@@ -200,3 +200,13 @@ def test_format_key_prints_every_key_form():
     batch = PacketBatch.from_columns(src_ip=[0x0A000001], dst_ip=[0x0A000002], src_port=[1], dst_port=[2], proto=[6])
     assert format_key(bytes(batch.flow_keys37()[0])) == "10.0.0.1:1 > 10.0.0.2:2 proto 6"
     assert format_key(b"\x01\x02") == "0102"
+
+
+def test_batch_error_is_the_domain_error():
+    """One BatchError: packets re-exports errors' class, so the edges map it like any domain error."""
+    from telesketch import errors, packets
+
+    assert packets.BatchError is errors.BatchError
+    assert issubclass(packets.BatchError, errors.TelesketchError) and issubclass(packets.BatchError, ValueError)
+    with pytest.raises(errors.BatchError):
+        packets.PacketBatch.from_columns(src_ip=[1, 2], dst_ip=[1])

@@ -7,6 +7,7 @@ from telesketch.distributed.cluster import (
     ROUTE_SEED,
     RayNotInstalledError,
     ShardedSketches,
+    key_shard_ids,
     routed_by_source,
     shard_ids,
     shard_spec,
@@ -16,5 +17,6 @@ from telesketch.distributed.cluster import (
     split_by_source,
 )
 
-__all__ = ["ROUTE_SEED", "RayNotInstalledError", "ShardedSketches", "routed_by_source", "shard_ids", "shard_spec", "shard_specs",
+__all__ = ["ROUTE_SEED", "RayNotInstalledError", "ShardedSketches", "key_shard_ids",
+           "routed_by_source", "shard_ids", "shard_spec", "shard_specs",
            "source_shard_ids", "split_by_shard", "split_by_source"]

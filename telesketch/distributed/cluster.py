@@ -1,11 +1,14 @@
 """Sharded sketches on Ray actors: route packets by key, fan queries out, combine answers.
 
 Routing. Every sketch sees whole keys of its own kind. Packet ``i`` goes to shard
-``hash_5tuple(batch, ROUTE_SEED)[i] % shards`` for the per-flow sketches (every packet of a flow
-lands on one shard, in arrival order: GapFilter, LLM-Sketch, Hidden Sketch by 5-tuple,
-ResidualSketch as its spec §4 says, ``exact``), and to ``hash_u32(src_ip, ROUTE_SEED) % shards``
-for Hidden Sketch by source address (:func:`routed_by_source`; every packet of a source on one
-shard, so its one-pass FS gate sees the source's whole count, as in one process). Batches travel
+``flow_route_hashes(batch, ROUTE_SEED)[i] % shards`` for the per-flow sketches (every packet of a
+flow lands on one shard, in arrival order: GapFilter, LLM-Sketch, Hidden Sketch by 5-tuple,
+ResidualSketch as its spec §4 says, ``exact``), and to ``source_route_hashes(batch, ROUTE_SEED)[i]
+% shards`` for Hidden Sketch by source address (:func:`routed_by_source`; every packet of a source
+on one shard, so its one-pass FS gate sees the source's whole count, as in one process). An IPv4
+row hashes its 13-byte 5-tuple / 4-byte source (``hash_5tuple`` / ``hash_u32``); an IPv6 row its
+37-byte flow key (:meth:`PacketBatch.flow_keys37`) / 16-byte source address (``hash_keys``), so
+IPv6 flows and sources spread over the shards like IPv4 ones (their IPv4 columns are 0). Batches travel
 as :class:`ShardPart` objects: the columns that hold data (Ray serialises numpy columns zero-copy
 through the object store); columns the collector did not send stay behind and are zero again on
 the shard.
@@ -38,11 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from telesketch.hashing import hash_5tuple, hash_u32
-from telesketch.packets import BLOCK_COLUMNS, COLUMN_DTYPES, FLOW_KEY37_BYTES, FLOW_KEY_BYTES, PacketBatch
+from telesketch.hashing import hash_5tuple, hash_keys, hash_u32
+from telesketch.packets import (BLOCK_COLUMNS, COLUMN_DTYPES, FLOW_KEY37_BYTES, FLOW_KEY_BYTES, PacketBatch,
+                                pack_flow_keys37)
 from telesketch.service import sketchset as ss
 from telesketch.errors import NotFound, Precondition, QueryError
 from telesketch.sketches.core import EPOCHS, SketchError, Window, over_shards
+from telesketch.sketches.llmsketch import canonical_flow_keys, key13_of, v4_mapped_rows
 
 #: Seed of the routing hash (independent of every sketch's own seeds).
 ROUTE_SEED = 0x5EED_0001
@@ -67,11 +72,57 @@ def _ray():
 
 
 # ====================================================================== routing (pure numpy)
-def shard_ids(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> np.ndarray:
-    """``int64[n]``: the shard of each packet, ``hash_5tuple(batch, seed) % shards``."""
+def flow_route_hashes(batch: PacketBatch, seed: int = ROUTE_SEED) -> np.ndarray:
+    """``uint64[n]``: each packet's flow routing hash: ``hash_5tuple`` of its 13-byte key on IPv4
+    rows, ``hash_keys`` of its 37-byte key (``src6 dst6 sport dport proto``) on IPv6 rows (of the
+    13-byte key where both addresses are v4-mapped: the sketches count that as the IPv4 flow)."""
+    hashes = hash_5tuple(batch, seed)
+    v6 = batch.ipv6.astype(bool)
+    if v6.any():
+        keys37 = pack_flow_keys37(batch.src_ip6[v6], batch.dst_ip6[v6], batch.src_port[v6], batch.dst_port[v6],
+                                  batch.proto[v6])
+        hashes[v6] = _flow_key_hashes(keys37, v4_mapped_rows(keys37), seed)
+    return hashes
+
+
+def _flow_key_hashes(keys37: np.ndarray, v4: np.ndarray, seed: int) -> np.ndarray:
+    """``uint64[n]``: routing hashes of 37-byte keys: of the 13-byte key on the ``v4`` rows (equal
+    to ``hash_5tuple``), of the 37 bytes on the others."""
+    hashes = np.empty(keys37.shape[0], np.uint64)
+    hashes[v4] = hash_keys(key13_of(keys37[v4]), seed)
+    hashes[~v4] = hash_keys(keys37[~v4], seed)
+    return hashes
+
+
+def source_route_hashes(batch: PacketBatch, seed: int = ROUTE_SEED) -> np.ndarray:
+    """``uint64[n]``: each packet's source routing hash: ``hash_u32(src_ip)`` on IPv4 rows,
+    ``hash_keys`` of the 16-byte ``src_ip6`` on IPv6 rows."""
+    hashes = hash_u32(batch.src_ip, seed)
+    v6 = batch.ipv6.astype(bool)
+    if v6.any():
+        hashes[v6] = hash_keys(batch.src_ip6[v6], seed)
+    return hashes
+
+
+def _shard_of(hashes: np.ndarray, shards: int) -> np.ndarray:
+    """``int64[n]``: ``hashes % shards`` (``SketchError`` unless ``shards >= 1``)."""
     if shards < 1:
         raise SketchError(f"shards must be >= 1, got {shards}")
-    return (hash_5tuple(batch, seed) % np.uint64(shards)).astype(np.int64)
+    return (hashes % np.uint64(shards)).astype(np.int64)
+
+
+def shard_ids(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> np.ndarray:
+    """``int64[n]``: the shard of each packet, ``flow_route_hashes(batch, seed) % shards``."""
+    return _shard_of(flow_route_hashes(batch, seed), shards)
+
+
+def key_shard_ids(keys, shards: int, seed: int = ROUTE_SEED) -> np.ndarray:
+    """``int64[n]``: the shard owning each flow key, the shard :func:`shard_ids` routes its packets
+    to. ``keys``: 13-byte IPv4 keys or 37-byte keys of either family (any form
+    :func:`~telesketch.sketches.llmsketch.canonical_flow_keys` takes; a 37-byte key with v4-mapped
+    addresses is the IPv4 flow and routes like its 13-byte key)."""
+    keys37, v4 = canonical_flow_keys(keys)
+    return _shard_of(_flow_key_hashes(keys37, v4, seed), shards)
 
 
 def split_by_shard(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> list[PacketBatch]:
@@ -95,10 +146,8 @@ def routed_by_source(spec: dict[str, Any]) -> bool:
 
 
 def source_shard_ids(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> np.ndarray:
-    """``int64[n]``: the shard of each packet's source address, ``hash_u32(src_ip, seed) % shards``."""
-    if shards < 1:
-        raise SketchError(f"shards must be >= 1, got {shards}")
-    return (hash_u32(batch.src_ip, seed) % np.uint64(shards)).astype(np.int64)
+    """``int64[n]``: the shard of each packet's source address, ``source_route_hashes(batch, seed) % shards``."""
+    return _shard_of(source_route_hashes(batch, seed), shards)
 
 
 def split_by_source(batch: PacketBatch, shards: int, seed: int = ROUTE_SEED) -> list[PacketBatch]:
@@ -158,33 +207,6 @@ def route_parts(batch: PacketBatch, shards: int, seed: int, by_source: bool) -> 
 
 def _as_batch(part):
     return part.batch() if isinstance(part, ShardPart) else part
-
-
-def _keys_batch(keys: np.ndarray) -> PacketBatch:
-    """A batch whose packets carry the flow keys (other columns zero): 13-byte IPv4 keys
-    ``uint8[n, 13]``, or 37-byte keys ``uint8[n, 37]`` (an IPv6 row each; both addresses v4-mapped:
-    the IPv4 row), so :func:`shard_ids` routes each key as it routed the flow's packets."""
-    from telesketch.sketches.gapfilter import keys_to_columns
-    from telesketch.sketches.llmsketch import canonical_flow_keys
-
-    keys = np.ascontiguousarray(keys, np.uint8)
-    if keys.ndim != 2 or keys.shape[1] != FLOW_KEY37_BYTES:
-        return PacketBatch.from_columns(**keys_to_columns(keys.reshape(-1, FLOW_KEY_BYTES)))
-    keys37, v4 = canonical_flow_keys(keys)
-    columns = keys_to_columns(_key13_fields(keys37, v4))
-    if not v4.all():
-        columns.update(ipv6=(~v4).astype(np.uint8), src_ip6=np.where(v4[:, None], 0, keys37[:, 0:16]),
-                       dst_ip6=np.where(v4[:, None], 0, keys37[:, 16:32]))
-    return PacketBatch.from_columns(**columns)
-
-
-def _key13_fields(keys37: np.ndarray, v4: np.ndarray) -> np.ndarray:
-    """``uint8[n, 13]``: the 13-byte key of IPv4 rows; for IPv6 rows zero addresses and the ports
-    and protocol (the batch's layout of an IPv6 row: ``src_ip``/``dst_ip`` 0)."""
-    out = np.zeros((keys37.shape[0], FLOW_KEY_BYTES), np.uint8)
-    out[v4, 0:4], out[v4, 4:8] = keys37[v4, 12:16], keys37[v4, 28:32]
-    out[:, 8:13] = keys37[:, 32:37]
-    return out
 
 
 def shard_specs(specs: dict[str, dict[str, Any]], shards: int) -> dict[str, dict[str, Any]]:
@@ -353,8 +375,8 @@ class ShardedSketches:
         return cs
 
     def _owner(self, keys: np.ndarray) -> np.ndarray:
-        """``int64[n]``: the shard owning each flow key ``uint8[n, 13]`` or ``uint8[n, 37]``."""
-        return shard_ids(_keys_batch(keys), self.shards, self.route_seed)
+        """``int64[n]``: the shard owning each flow key (13-byte ``uint8[n, 13]`` or 37-byte)."""
+        return key_shard_ids(keys, self.shards, self.route_seed)
 
     def window(self, name: str, query: str) -> Window:
         """Sketch ``name``'s shards combined by its kind's rule (:meth:`Sketch.combine` over shards),

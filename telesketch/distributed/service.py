@@ -33,11 +33,10 @@ import numpy as np
 from telesketch.distributed.cluster import (
     ROUTE_SEED,
     ShardWorker,
-    _keys_batch,
     _ray,
+    key_shard_ids,
     route_parts,
     routed_by_source,
-    shard_ids,
     shard_spec,
     shard_specs,
 )
@@ -108,8 +107,8 @@ class ShardPool:
         return int(sum(self._all("memory", name)))
 
     def owner(self, keys: np.ndarray) -> np.ndarray:
-        """``int64[n]``: the shard owning each 13-byte flow key ``uint8[n, 13]``."""
-        return shard_ids(_keys_batch(keys), self.shards, self.route_seed)
+        """``int64[n]``: the shard owning each flow key (13-byte ``uint8[n, 13]`` or 37-byte)."""
+        return key_shard_ids(keys, self.shards, self.route_seed)
 
     def check_active(self, names: list[str]) -> None:
         """Every shard must run the sketches the front end runs (a kind missing on a Ray node would

@@ -48,6 +48,8 @@ from telesketch.estimators import LABEL_PIVOT_LOG2, LABEL_SLOPE, as_estimator
 from telesketch.hashing import hash_5tuple, hash_keys
 from telesketch.intrinsics import prefetch
 from telesketch.jit import kernel
+from telesketch.packets import PacketBatch
+from telesketch.sketches.llmsketch import LLMSketch
 
 PROVISIONAL = 0.5
 FLOOR_FROM = 512  # see "Size floor" in the module doc
@@ -363,3 +365,66 @@ class FlowScorer:
         if self._worker is not None:
             self._worker.stop(discard=False)
             self._worker = None
+
+
+# ---------------------------------------------------------------------------- a sketch with its scorer
+class ScoringMixin:
+    """Owns the :class:`FlowScorer` beside a pure LLM-Sketch (CPU or GPU twin) and its lifecycle.
+
+    ``update(batch)`` scores the batch (spec §4) and calls the pure ``update(batch, scores)``;
+    ``update(batch, scores)`` passes given scores through. Settings (``SCORER_PARAMS``):
+    ``estimator`` -- a kind for :func:`telesketch.estimators.load_estimator` (``"lm"``, ``"tiny"``,
+    ``"trees"``, ``"constant"``), an estimator object, or ``None`` (no scorer: updates need scores);
+    ``estimator_path`` -- a trained model directory; ``rescore`` -- re-score at in-flow positions
+    1, 2, 4, 8, ...; ``cache_flows`` -- bound of the per-flow score cache (LRU); ``scoring`` -- the
+    :class:`FlowScorer` mode (``"auto"``: async for ``lm`` / ``tiny``, so the packet path never
+    waits on the model, else ``"sync"``; ``"sync"`` for deterministic replays); ``provisional`` --
+    the score of flows the async worker has not reached (default 0.5); ``floor_from`` -- the size
+    floor position (default 512, 0: off). The sketch state (``to_bytes``) holds no scorer state.
+    """
+
+    scored_class = ""  #: already scored: ``LLMSketch.__new__`` builds this class as asked
+
+    def __init__(self, memory_bytes: int = 400 * 1024, task: str = "flow_size", estimator=None, *,
+                 estimator_path=None, rescore: bool = False, cache_flows: int = 1 << 20, scoring: str = "auto",
+                 provisional=None, floor_from: int | None = None, **sketch_kwargs):
+        super().__init__(memory_bytes, task, **sketch_kwargs)
+        self.scorer: FlowScorer | None = None
+        if estimator is not None:
+            floor = {} if floor_from is None else {"floor_from": floor_from}
+            self.scorer = FlowScorer(estimator, path=estimator_path, rescore=rescore, cache_flows=cache_flows,
+                                     mode=scoring, provisional=provisional, **floor)
+
+    def update(self, batch, scores: np.ndarray | None = None) -> None:
+        """Insert ``batch``: with ``scores`` as given, else with this sketch's scorer's (spec §4)."""
+        if scores is None and self.scorer is not None and isinstance(batch, PacketBatch):
+            scores = self.scorer.scores(batch)
+        super().update(batch, scores)
+
+    def successor(self):
+        """An empty sketch with the same parameters that shares this one's :class:`FlowScorer`.
+
+        The service opens one sketch per epoch; sharing the scorer keeps its per-flow cache (scores
+        and in-flow positions) and its async worker, so a flow that continues into the next epoch
+        is not scored again as if it were new. The state itself starts empty."""
+        nxt = super().successor()
+        nxt.scorer = self.scorer
+        return nxt
+
+    @property
+    def scorer_bytes(self) -> int:
+        """Bytes of per-flow scoring state outside ``memory_bytes`` (0 without an estimator).
+
+        The :class:`FlowScorer` cache keeps, per entry, a 64-bit tag, packets seen, the latest
+        score, the last use and a queued flag (33 bytes); it is capped by ``cache_flows`` (LRU) and
+        allocated up front, so this is its full size. Not charged to the sketch's memory: report it
+        next to it (issue #19)."""
+        if self.scorer is None:
+            return 0
+        cache = self.scorer.cache
+        return int(sum(a.nbytes for a in (cache.tags, cache.seen, cache.score, cache.stamp, cache.pending)))
+
+
+class ScoredLLMSketch(ScoringMixin, LLMSketch):
+    """The CPU LLM-Sketch with its scorer (:class:`ScoringMixin`): what ``LLMSketch(estimator=...)``
+    and the service's ``llmsketch`` kind build."""

@@ -49,6 +49,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
+from telesketch.estimators.scoring import ScoringMixin
 from telesketch.gpu.core import DeviceBuffers, GpuUnavailableError, backend, launch, stable_argsort
 from telesketch.jit import device, device_twin, gpu_kernel
 from telesketch.sketches import llmsketch as _cpu
@@ -249,6 +250,7 @@ class LLMSketch(_cpu.LLMSketch):
     """
 
     caller_thread_only = True  #: kernels launch from the calling thread only (one device queue)
+    scored_class = "telesketch.gpu.llmsketch:ScoredLLMSketch"  #: built when a scorer setting is given
 
     _slot_words = _DeviceResident()
     counts = _DeviceResident()
@@ -328,3 +330,8 @@ class LLMSketch(_cpu.LLMSketch):
         d_order = stable_argsort(be, buf, d_targets, none_target + 1)  # on the device
         launch(_cm_fold_kernel, n * CM_ROWS, self._device_array("cm"), d_targets, d_order, np.int64(none_target),
                d_op_type, d_op_val, grid_stride=True)
+
+
+class ScoredLLMSketch(ScoringMixin, LLMSketch):
+    """The GPU LLM-Sketch with its scorer (:class:`~telesketch.estimators.scoring.ScoringMixin`):
+    scores on the host, the pure ``update(batch, scores)`` on the device."""

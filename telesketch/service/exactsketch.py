@@ -28,6 +28,7 @@ from telesketch.packets import FLOW_KEY37_BYTES, FLOW_KEY_BYTES, V4_MAPPED_PREFI
 from telesketch.sketches import exact
 from telesketch.sketches.core import SketchError, check_same_params, pack_state, unpack_state
 from telesketch.sketches.core import Sketch
+from telesketch.sketches.hierarchy import layers_for
 
 #: Gap events, field for field like GapFilter's log (``jump`` is 0: the oracle does not report it).
 GAP_EVENT_DTYPE = np.dtype([("src_ip", "<u4"), ("dst_ip", "<u4"), ("src_port", "<u2"), ("dst_port", "<u2"),
@@ -58,7 +59,7 @@ class ExactSketchParams:
         for name in ("phi", "hhh_phi"):
             if not 0 < getattr(self, name) < 1:
                 raise SketchError(f"exact {name} must be in (0, 1), got {getattr(self, name)}")
-        exact.layers_for(self.hhh_mode)
+        layers_for(self.hhh_mode)
         if not 0 < self.gap_t1 < self.gap_t2 < 2**15:
             raise SketchError(f"need 0 < gap_t1 < gap_t2 < 32768, got {self.gap_t1}, {self.gap_t2}")
 

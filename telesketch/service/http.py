@@ -59,7 +59,7 @@ from urllib.parse import parse_qs, urlparse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from telesketch.service.auth import bearer_matches
-from telesketch.presenter import hhh_rows, key_family, key_text, parse_flow_key, ranked
+from telesketch.presenter import gap_rows, hhh_rows, key_family, key_text, parse_flow_key, ranked
 from telesketch.service.queries import WindowSpec
 from telesketch.errors import NotFound, Precondition, QueryError, TelesketchError, TooLarge, Unavailable
 
@@ -182,8 +182,9 @@ class Api:
             return [{**row, **unit} for row in hhh_rows(a.rows)]  # IPv4 tree, then IPv6, by length
         if path == "/api/v1/gaps":
             a = q.gaps(window, sketch, _one(params, "limit", int, 1000))
-            return self._shift([{"time": ts // 1_000_000, "ts_ns": ts, "flow": key_text(k), "family": key_family(k),
-                                 "jump": j, "epoch": e} for ts, k, j, e in a.rows], params)
+            return self._shift([{"time": r["ts_ns"] // 1_000_000, "ts_ns": r["ts_ns"], "flow": r["text"],
+                                 "family": key_family(r["key"]), "jump": r["jump"],
+                                 "epoch": r["epoch"]} for r in gap_rows(a.rows)], params)
         if path == "/api/v1/gap_counts":
             a = q.gaps(window, sketch, 0, with_rows=False)
             ns = self.service.manager.epoch_ns

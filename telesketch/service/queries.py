@@ -24,11 +24,14 @@ from telesketch.service.epochs import Epoch, EpochManager
 from telesketch.errors import NotFound, QueryError, TooLarge, Unavailable
 from telesketch.sketches.cocosketch import HHHRow
 from telesketch.sketches.core import SketchError
+from telesketch.sketches.gapfilter import GAP_EVENT_DTYPE
 
 log = logging.getLogger("telesketch.service")
 
 MAX_TOP_K = 100_000
 MAX_FLOW_KEYS = 100_000
+#: One row of a gaps answer: a gap event's fields and the id of the epoch that holds it.
+GAP_ROW_DTYPE = np.dtype(GAP_EVENT_DTYPE.descr + [("epoch", "<u8")])
 
 
 @dataclass
@@ -172,8 +175,10 @@ class QueryEngine:
         return self._run("hhh", run)
 
     def gaps(self, window: WindowSpec, sketch: str = "", limit: int = 0, with_rows: bool = True) -> Answer:
-        """Rows ``(ts_ns, key, jump, epoch)`` (key: 13 bytes; 37 for an IPv6 flow) ordered by time (the
-        newest ``limit``); ``extra["per_epoch"]``: events per epoch. ``with_rows=False``: only the counts (no rows built)."""
+        """Rows: the window's gap events as one structured array (:data:`GAP_ROW_DTYPE`: the event
+        fields and ``epoch``) ordered by time (the newest ``limit``), formatted by
+        :func:`telesketch.presenter.gap_rows`; ``extra["per_epoch"]``: events per epoch.
+        ``with_rows=False``: only the counts (no rows built)."""
         if limit < 0:
             raise QueryError(f"limit must be >= 0, got {limit}")
 
@@ -182,14 +187,8 @@ class QueryEngine:
             epochs = self._epochs(window, cs=cs)
             got = ss.gap_events(cs, [e.states[cs.name] for e in epochs])
             per_epoch, combine = list(zip([e.id for e in epochs], got.rows)), got.combine
-            rows = []
-            for eid, ev in per_epoch if with_rows else ():
-                keys = _event_keys(ev)
-                rows.extend(zip(ev["ts_ns"].tolist(), keys, ev["jump"].tolist(), [eid] * len(keys)))
-            rows.sort(key=lambda r: r[0])
+            rows = _gap_rows(per_epoch if with_rows else [], limit)
             counts = {eid: len(ev) for eid, ev in per_epoch}
-            if limit:
-                rows = rows[-limit:]
             return self._answer(cs, epochs, rows, combine, per_epoch=counts)
         return self._run("gaps", run)
 
@@ -253,23 +252,17 @@ def _families(families) -> tuple[int, ...]:
     return families
 
 
-def _event_keys(events: np.ndarray) -> list[bytes]:
-    """Each gap event's flow key: 13 bytes (IPv4), 37 (IPv6 events of GapFilter's layout 2)."""
-    from telesketch.packets import FLOW_KEY_DTYPE
-
-    packed = np.empty(events.shape[0], FLOW_KEY_DTYPE)
-    for name in FLOW_KEY_DTYPE.names:
-        packed[name] = events[name]
-    raw = packed.tobytes()
-    keys = [raw[i : i + FLOW_KEY_BYTES] for i in range(0, len(raw), FLOW_KEY_BYTES)]
-    six = np.flatnonzero(events["ipv6"]) if "ipv6" in (events.dtype.names or ()) else ()
-    if len(six):  # IPv6 flows (GapFilter layout 2): their 37-byte keys
-        keys37 = np.zeros((len(six), FLOW_KEY37_BYTES), np.uint8)
-        keys37[:, 0:16], keys37[:, 16:32] = events["src_ip6"][six], events["dst_ip6"][six]
-        keys37[:, 32:34] = events["src_port"][six].astype(">u2").view(np.uint8).reshape(-1, 2)
-        keys37[:, 34:36] = events["dst_port"][six].astype(">u2").view(np.uint8).reshape(-1, 2)
-        keys37[:, 36] = events["proto"][six]
-        raw37 = keys37.tobytes()
-        for j, i in enumerate(six.tolist()):
-            keys[i] = raw37[j * FLOW_KEY37_BYTES:(j + 1) * FLOW_KEY37_BYTES]
-    return keys
+def _gap_rows(per_epoch: list[tuple[int, np.ndarray]], limit: int) -> np.ndarray:
+    """Every ``(epoch id, events)`` pair's events in one :data:`GAP_ROW_DTYPE` array, each tagged
+    with its epoch, stably ordered by ``ts_ns``; the newest ``limit`` (0: all). Fields an epoch's
+    events lack (layout-1 snapshots: IPv4 only) stay zero."""
+    rows = np.zeros(sum(len(ev) for _, ev in per_epoch), GAP_ROW_DTYPE)
+    at = 0
+    for eid, ev in per_epoch:
+        part = rows[at:at + len(ev)]
+        for name in ev.dtype.names:
+            part[name] = ev[name]
+        part["epoch"] = eid
+        at += len(ev)
+    rows = rows[np.argsort(rows["ts_ns"], kind="stable")]
+    return rows[-limit:] if limit else rows

@@ -56,7 +56,7 @@ from telesketch.service.budget import (APPLIED_BATCHES_KEY, PARTIAL_SUMMARY_KEY,
 from telesketch.service.epochs import (ApplyResult, BatchRejected, EpochManager, LogWriteError,
                                        data_dir_settings)
 from telesketch.service.metrics import ServiceMetrics
-from telesketch.presenter import format_prefix, key_bytes, key_text
+from telesketch.presenter import format_prefix, gap_rows, key_bytes, key_text
 from telesketch.service.queries import QueryEngine, WindowSpec
 from telesketch.errors import (IngestRejected, NotFound, Precondition, QueryError, TelesketchError, TooLarge,
                                Unavailable)
@@ -489,8 +489,9 @@ class QueryService(service_pb2_grpc.QueryServicer):
         q = self.service.queries
         answer = await self._call(context, lambda: q.gaps(_window(request.window), request.sketch, request.limit))
         return service_pb2.GapEvents(
-            events=[service_pb2.GapEvent(ts_ns=ts, key=k, jump=j, epoch=e, text=key_text(k), family=_family(k))
-                    for ts, k, j, e in answer.rows], window=_info(answer))
+            events=[service_pb2.GapEvent(ts_ns=r["ts_ns"], key=r["key"], jump=r["jump"], epoch=r["epoch"], text=r["text"],
+                                      family=_family(r["key"]))
+                    for r in gap_rows(answer.rows)], window=_info(answer))
 
     async def FlowSize(self, request, context):
         q = self.service.queries

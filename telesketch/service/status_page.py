@@ -196,7 +196,7 @@ def render_status_page(service) -> str:
         return _table(("flow", "packets"), [(_esc(key_text(k, a.int_keys)), float(v)) for k, v in a.rows], bars=1)
 
     def gaps():
-        a = q.gaps(WindowSpec(last=max(1, len(epochs))), "", 0)
+        a = q.gaps(WindowSpec(last=max(1, len(epochs))), "", 0, with_rows=False)  # counts only
         rows = [(_esc(_when(e * service.manager.epoch_ns)), float(n)) for e, n in a.extra["per_epoch"].items()]
         return _table(("epoch start", "gap events"), rows, bars=1)
 

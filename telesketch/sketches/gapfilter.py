@@ -63,7 +63,7 @@ from numba.extending import intrinsic
 
 from telesketch.hashing import hash64_5tuple, hash64_u32, hash_keys, mix64
 from telesketch.jit import kernel, twin
-from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch
+from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch, pack_flow_keys37
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
 
@@ -101,6 +101,26 @@ GAP_EVENT_DTYPE = np.dtype(
     GAP_EVENT_DTYPE_V1.descr + [("ipv6", "u1"), ("src_ip6", "u1", (16,)), ("dst_ip6", "u1", (16,))]
 )
 _KEY_FIELDS = ("src_ip", "dst_ip", "src_port", "dst_port", "proto")
+
+
+def event_flow_keys(events: np.ndarray) -> list[bytes]:
+    """The flow key of each gap event (``GAP_EVENT_DTYPE`` or layout-1 rows), in order: the 13-byte
+    5-tuple of an IPv4 flow, the 37-byte tuple (``src6 dst6 sport dport proto``, as
+    ``PacketBatch.flow_keys37``) of an IPv6 flow. For the wire and per-flow counts; text is read
+    from the rows' fields (:func:`telesketch.presenter.gap_rows`)."""
+    keys13 = np.empty(events.shape[0], [(n, ">u4" if n.endswith("ip") else ">u2" if n.endswith("port") else "u1")
+                                        for n in _KEY_FIELDS])
+    for name in _KEY_FIELDS:
+        keys13[name] = events[name]
+    raw13 = keys13.tobytes()
+    out = [raw13[i:i + FLOW_KEY_BYTES] for i in range(0, len(raw13), FLOW_KEY_BYTES)]
+    if "ipv6" in (events.dtype.names or ()):
+        rows6 = np.flatnonzero(events["ipv6"])
+        six = events[rows6]
+        keys37 = pack_flow_keys37(six["src_ip6"], six["dst_ip6"], six["src_port"], six["dst_port"], six["proto"])
+        for row, key in zip(rows6.tolist(), keys37):
+            out[row] = key.tobytes()
+    return out
 
 #: Batches smaller than this run the serial kernel even with several threads (sort overhead).
 PARALLEL_MIN_ITEMS = 1 << 15
@@ -974,29 +994,9 @@ class _GapFilterBase(Sketch):
     def gap_counts(self) -> dict[bytes, int]:
         """This epoch's gap events aggregated per flow: ``{key: n_reported_items}``, the key being
         the 13-byte 5-tuple of an IPv4 flow, the 37-byte tuple (``PacketBatch.flow_keys37``) of an
-        IPv6 flow."""
-        ev = self._log.events()
-        if not ev.size:
-            return {}
-        v6 = ev["ipv6"].astype(bool)
-        out = {}
-        if (~v6).any():
-            four = ev[~v6]
-            keys = np.empty(four.shape[0], [(n, ">u4" if n.endswith("ip") else ">u2" if n.endswith("port") else "u1")
-                                           for n in _KEY_FIELDS])
-            for name in _KEY_FIELDS:
-                keys[name] = four[name]
-            unique, counts = np.unique(keys.view(f"V{FLOW_KEY_BYTES}"), return_counts=True)
-            out.update({k.tobytes(): int(c) for k, c in zip(unique, counts)})
-        if v6.any():
-            six = ev[v6]
-            keys = np.concatenate([six["src_ip6"], six["dst_ip6"],
-                                   six["src_port"].astype(">u2").view(np.uint8).reshape(-1, 2),
-                                   six["dst_port"].astype(">u2").view(np.uint8).reshape(-1, 2),
-                                   six["proto"].reshape(-1, 1)], axis=1)
-            unique, counts = np.unique(np.ascontiguousarray(keys).view("V37").ravel(), return_counts=True)
-            out.update({k.tobytes(): int(c) for k, c in zip(unique, counts)})
-        return out
+        IPv6 flow (:func:`event_flow_keys`)."""
+        keys, counts = np.unique(np.array(event_flow_keys(self._log.events()), object), return_counts=True)
+        return {bytes(k): int(c) for k, c in zip(keys.tolist(), counts.tolist())}
 
     def reset_events(self) -> None:
         """Forget the recorded events (and the dropped count); detection state is kept."""

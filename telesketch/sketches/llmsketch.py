@@ -59,11 +59,15 @@ ResidualSketch's). For mixed traffic, ``heavy_hitters37`` stores every flow's 37
 v4-mapped; slot 41 B, bucket 328 B, so 2.4 times the memory of ``heavy_hitters`` for the same
 slots) and reports IPv4 flows as 13-byte keys, IPv6 flows as 37-byte keys.
 
-Scores: ``update(batch, scores)`` takes one score per packet; ``update(batch)`` asks the sketch's
-:class:`telesketch.estimators.scoring.FlowScorer` (per-flow scoring, sync or async, spec §4).
+Scores: ``update(batch, scores)`` takes one score per packet and is pure: the sketch owns no model.
+The scorer lives beside it: :class:`telesketch.estimators.scoring.ScoredLLMSketch` (what
+``LLMSketch(estimator=...)`` builds, and what the service's ``llmsketch`` kind builds from its
+``estimator`` settings) owns a :class:`~telesketch.estimators.scoring.FlowScorer` (per-flow
+scoring, sync or async, spec §4) and its lifecycle, scores each batch and calls this update.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -93,6 +97,9 @@ CM_MAX = 255
 BUCKET_SEED = 100
 FINGERPRINT_SEED = 123123
 LARGE = 0.5  # scores >= this are "predicted large"
+#: The settings of the scorer beside a sketch (:class:`telesketch.estimators.scoring.ScoredLLMSketch`);
+#: giving any of them to :class:`LLMSketch` builds the scored sketch.
+SCORER_PARAMS = ("estimator", "estimator_path", "rescore", "cache_flows", "scoring", "provisional", "floor_from")
 
 #: task -> (heavy_ratio default, key_len, light part)
 TASKS: dict[str, tuple[float, int, str]] = {
@@ -804,20 +811,26 @@ def fingerprint(keys: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- the sketch
 class LLMSketch(Sketch):
-    """Two-tier LLM-Sketch (spec §2) with a pluggable flow-size estimator (spec §3, §4).
+    """Two-tier LLM-Sketch (spec §2); :meth:`update` takes the packets' scores (spec §3, §4).
 
-    ``LLMSketch(memory_bytes=400*1024, task="flow_size", estimator="tiny")``. ``estimator`` is a
-    kind for :func:`telesketch.estimators.load_estimator` (``"lm"``, ``"tiny"``, ``"trees"``,
-    ``"constant"``), an estimator object, or ``None`` (then :meth:`update` needs explicit scores).
-    ``estimator_path`` is a trained model directory; ``rescore`` turns on re-scoring at in-flow
-    positions 1, 2, 4, 8, ...; ``cache_flows`` bounds the per-flow score cache (LRU);
-    ``scoring`` is the :class:`FlowScorer` mode (``"auto"``: async for ``lm`` / ``tiny``, so the
-    packet path never waits on the model, else ``"sync"``; pass ``"sync"`` for deterministic
-    replays); ``provisional`` scores flows the async worker has not reached (default 0.5);
-    ``floor_from`` is the scorer's size-floor position (default 512, 0: off; see
-    :mod:`telesketch.estimators.scoring`);
-    ``parallel`` selects the bucket-parallel kernel (same results).
+    ``LLMSketch(memory_bytes=400*1024, task="flow_size")``; ``parallel`` selects the
+    bucket-parallel kernel (same results). The convenience ``LLMSketch(..., estimator="tiny")``
+    (or any of :data:`~telesketch.estimators.scoring.SCORER_PARAMS`) builds this class's
+    :attr:`scored_class` instead: the same sketch with a
+    :class:`~telesketch.estimators.scoring.FlowScorer` beside it, so ``update(batch)`` scores the
+    batch first (see :class:`telesketch.estimators.scoring.ScoredLLMSketch` for those settings).
     """
+
+    #: ``"module:Class"`` of this class with a scorer attached (what a scorer setting builds).
+    scored_class = "telesketch.estimators.scoring:ScoredLLMSketch"
+
+    def __new__(cls, *args, **kwargs):
+        """Build :attr:`scored_class` when a scorer setting is given (the third positional
+        argument is ``estimator``), else this pure class."""
+        if cls.scored_class and (len(args) > 2 or any(k in kwargs for k in SCORER_PARAMS)):
+            module, name = cls.scored_class.split(":")
+            cls = getattr(importlib.import_module(module), name)
+        return super().__new__(cls)
 
     @classmethod
     def takes_ipv6(cls, params: dict) -> bool:
@@ -825,10 +838,8 @@ class LLMSketch(Sketch):
         store IPv4 keys and refuse IPv6 rows, so the service withholds those from them."""
         return params.get("task", "flow_size") in ("flow_size", "heavy_hitters37")
 
-    def __init__(self, memory_bytes: int = 400 * 1024, task: str = "flow_size", estimator: Any = None,
-                 *, heavy_ratio: float | None = None, seed: int = 0, estimator_path=None,
-                 rescore: bool = False, cache_flows: int = 1 << 20, scoring: str = "auto", provisional=None,
-                 floor_from: int | None = None, parallel: bool = False, params: LLMSketchParams | None = None,
+    def __init__(self, memory_bytes: int = 400 * 1024, task: str = "flow_size", *, heavy_ratio: float | None = None,
+                 seed: int = 0, parallel: bool = False, params: LLMSketchParams | None = None,
                  keep_keys: bool = False):
         self.params = params or LLMSketchParams(memory_bytes, task, heavy_ratio, seed)
         p = self.params
@@ -852,13 +863,6 @@ class LLMSketch(Sketch):
         self.packets = 0  # stream index of the next packet
         self.epoch = 0
         self.parallel = bool(parallel)
-        self.scorer = None
-        if estimator is not None:
-            from telesketch.estimators.scoring import FlowScorer
-
-            floor = {} if floor_from is None else {"floor_from": floor_from}
-            self.scorer = FlowScorer(estimator, path=estimator_path, rescore=rescore, cache_flows=cache_flows,
-                                     mode=scoring, provisional=provisional, **floor)
 
     @classmethod
     def combine(cls, parts: list, rule: Rule = EPOCHS) -> Window:
@@ -868,15 +872,9 @@ class LLMSketch(Sketch):
         return FlowWindow(parts, rule)
 
     def successor(self) -> "LLMSketch":
-        """An empty sketch with the same parameters that shares this one's :class:`FlowScorer`.
-
-        The service opens one sketch per epoch; sharing the scorer keeps its per-flow cache (scores
-        and in-flow positions) and its async worker, so a flow that continues into the next epoch
-        is not scored again as if it were new. The state itself starts empty.
-        """
-        nxt = type(self)(params=self.params, parallel=self.parallel, keep_keys=self.keep_keys)
-        nxt.scorer = self.scorer
-        return nxt
+        """An empty sketch with the same parameters (the next epoch's; a scored sketch's successor
+        also shares its scorer, see :class:`~telesketch.estimators.scoring.ScoredLLMSketch`)."""
+        return type(self)(params=self.params, parallel=self.parallel, keep_keys=self.keep_keys)
 
     @property
     def slot_keys(self) -> np.ndarray:
@@ -902,31 +900,21 @@ class LLMSketch(Sketch):
 
     @property
     def scorer_bytes(self) -> int:
-        """Bytes of per-flow scoring state outside :attr:`memory_bytes` (0 without an estimator).
-
-        The :class:`~telesketch.estimators.scoring.FlowScorer` cache keeps, per entry, a 64-bit tag,
-        packets seen, the latest score, the last use and a queued flag (33 bytes); it is capped by
-        ``cache_flows`` (LRU) and allocated up front, so this is its full size. Not charged to the
-        sketch's memory: report it next to it (issue #19)."""
-        cache = getattr(self.scorer, "cache", None)
-        if cache is None:
-            return 0
-        return int(sum(a.nbytes for a in (cache.tags, cache.seen, cache.score, cache.stamp, cache.pending)))
+        """Bytes of per-flow scoring state outside :attr:`memory_bytes`: 0, a pure sketch has no
+        scorer (:class:`~telesketch.estimators.scoring.ScoredLLMSketch` reports its cache)."""
+        return 0
 
     # ------------------------------------------------------------------ update
     def update(self, batch: PacketBatch, scores: np.ndarray | None = None) -> None:
-        """Insert every packet of ``batch`` with its score ``p`` (``float[n]``, clipped to [0, 1]).
-
-        Without ``scores`` the configured estimator's :class:`FlowScorer` supplies them (spec §4).
-        """
+        """Insert every packet of ``batch`` with its score ``p`` (``float[n]`` or ``uint8[n]``-like,
+        one per packet, clipped to [0, 1]). Pure: no model runs here; ``SketchError`` without scores
+        (``LLMSketch(estimator=...)`` builds the scored sketch that supplies them)."""
         if not isinstance(batch, PacketBatch):
             raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}; use update_keys() for arrays")
         n = len(batch)
         check_families(batch, self.params.task)
         if scores is None:
-            if self.scorer is None:
-                raise SketchError("update() without scores needs an estimator (LLMSketch(estimator=...))")
-            scores = self.scorer.scores(batch)
+            raise SketchError("update() without scores needs an estimator (LLMSketch(estimator=...))")
         words = batch_words(batch, self.params.task)
         before = self._slot_words.copy() if self.keep_keys else None
         self._insert(words, self._checked_scores(scores, n))
@@ -1159,12 +1147,13 @@ class LLMSketch(Sketch):
                           extra={"packets": int(self.packets)})
 
     @classmethod
-    def from_bytes(cls, data: bytes, estimator: Any = None, **kwargs) -> "LLMSketch":
-        """Rebuild a sketch from :meth:`to_bytes`; refuses other algorithms, versions and shapes."""
+    def from_bytes(cls, data: bytes, **kwargs) -> "LLMSketch":
+        """Rebuild a sketch from :meth:`to_bytes`; refuses other algorithms, versions and shapes.
+        ``kwargs``: ``parallel``, ``keep_keys``, or scorer settings (then a scored sketch)."""
         params, arrays, epoch, extra = unpack_state(data, ALGORITHM, _state_version(data))
         kwargs.setdefault("keep_keys", "slot_names" in arrays)
         try:
-            sketch = cls(params=LLMSketchParams(**params), estimator=estimator, **kwargs)
+            sketch = cls(params=LLMSketchParams(**params), **kwargs)
         except TypeError as exc:
             raise SketchError(f"bad LLM-Sketch parameters in state: {exc}") from None
         for name, ref in sketch._arrays().items():
