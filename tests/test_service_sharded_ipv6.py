@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray")
 
 from telesketch.client import Client  # noqa: E402
 from telesketch.distributed import shard_spec, shard_specs, split_by_shard  # noqa: E402
-from telesketch.distributed.cluster import _keys_batch, shard_ids  # noqa: E402
+from telesketch.distributed.cluster import key_shard_ids, shard_ids  # noqa: E402
 from telesketch.packets import FLOW_KEY37_BYTES  # noqa: E402
 from telesketch.service.server import ServiceThread  # noqa: E402
 from telesketch.sketches import exact  # noqa: E402
@@ -32,9 +32,9 @@ def test_37_byte_keys_are_owned_by_the_shard_their_packets_went_to():
     assert batch.ipv6.any() and not batch.ipv6.all()
     for shards in (2, 3):
         want = shard_ids(batch, shards)
-        assert np.array_equal(shard_ids(_keys_batch(batch.flow_keys37()), shards), want)
+        assert np.array_equal(key_shard_ids(batch.flow_keys37(), shards), want)
         v4 = ~batch.ipv6.astype(bool)
-        assert np.array_equal(shard_ids(_keys_batch(batch.family(4).flow_keys()), shards), want[v4])
+        assert np.array_equal(key_shard_ids(batch.family(4).flow_keys(), shards), want[v4])
 
 
 def offline_hhh(parts: list, threshold: float) -> list:
