@@ -68,7 +68,9 @@ def make_messages(total: int, batch_size: int, seed: int = 0) -> list:
         ip_id=rng.integers(0, 65536, n).astype(np.uint16), length=np.full(n, 800, np.uint16))
     parts = batch.split(batch_size)
     count = max(1, total // batch_size)
-    messages = [wire.batch_to_message(p) for p in parts]
+    # IPv4 only, so schema 1: the same bytes a schema-2 sender writes (it leaves the IPv6 fields out)
+    # and what a --compare-with tree older than schema 2 reads
+    messages = [wire.batch_to_message(p, schema_version=1) for p in parts]
     if not WITH_HEADER:
         for m in messages:
             m.ClearField("header")

@@ -414,7 +414,7 @@ def _run_query(args: argparse.Namespace) -> int:
                       file=sys.stderr)
         elif what == "hhh":
             # the IPv4 tree, then the IPv6 tree (each by length, then prefix)
-            rows = [(f"IPv{r['family']}", r["prefix"], r["estimate"]) for r in hhh_rows(client.hhh(**window, **thresholds))]
+            rows = [(f"IPv{r['family']}", r["prefix"], r["estimate"]) for r in hhh_rows(client.hhh(**window, **thresholds, families=(4, 6)))]
             header = ("family", "prefix", "discounted estimate")
         elif what == "gaps":
             gaps = client.flow_gaps(limit=args.k, **window)

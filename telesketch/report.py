@@ -239,7 +239,8 @@ class RemoteSource:
         return ids[max(0, start - len(after)):start]
 
     def hhh(self, last: int, phi: float, sketch: str = ""):
-        rows, window = self._ask(lambda: self.client.hhh(last=last, phi=phi, sketch=sketch, details=True))
+        rows, window = self._ask(lambda: self.client.hhh(last=last, phi=phi, sketch=sketch, details=True,
+                                                         families=(4, 6)))
         return [_hhh_parts(r) for r in rows], self._info(window)
 
     def gaps(self, last: int, sketch: str = ""):

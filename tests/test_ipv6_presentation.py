@@ -10,6 +10,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import numpy as np
 import pytest
 
 from telesketch.cli import build_parser, main
@@ -222,7 +223,15 @@ class _FakeQueries:
         return self._answer(self.hhh_rows)
 
     def gaps(self, window, sketch, limit, with_rows=True):
-        return self._answer([(1_000_000_000, self.flow6, 7, 0)], per_epoch={0: 1})
+        """One IPv6 gap event as the engine returns it: a ``GAP_ROW_DTYPE`` structured array."""
+        from telesketch.service.queries import GAP_ROW_DTYPE
+
+        row = np.zeros(1, GAP_ROW_DTYPE)
+        key = np.frombuffer(self.flow6, np.uint8)
+        row["ts_ns"], row["jump"], row["epoch"], row["ipv6"] = 1_000_000_000, 7, 0, 1
+        row["src_ip6"], row["dst_ip6"] = key[0:16], key[16:32]
+        row["src_port"], row["dst_port"], row["proto"] = 443, 5353, 17
+        return self._answer(row, per_epoch={0: 1})
 
     def top_flows(self, window, k, sketch):
         return self._answer([(self.flow6, 5.0)])

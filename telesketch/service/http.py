@@ -142,9 +142,6 @@ class Api:
     def __init__(self, service):
         self.service = service
         self.note = threading.local()  # per request: the note for NOTE_HEADER
-        watch = getattr(getattr(service, "metrics", None), "watch", None)
-        if watch is not None and getattr(service, "manager", None) is not None:
-            watch(service.manager)  # the IPv6 series of /metrics read this service's epochs
 
     def _retained(self, closed_only: bool) -> int:
         manager = self.service.manager

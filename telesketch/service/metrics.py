@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily
 
+from telesketch.sketches.core import Sketch
+
 #: ``telesketch_batches_rejected`` reasons (see telesketch.service.server).
 REJECT_REASONS = ("invalid", "oversized", "unauthenticated", "undecodable", "future_timestamp", "too_many_epochs",
                   "sequence_jump", "admin_denied", "busy")
@@ -50,6 +52,7 @@ class ServiceMetrics:
     def __init__(self, epoch_ns: int = 10_000_000_000):
         r = self.registry = CollectorRegistry()
         self.epoch_ns = int(epoch_ns)
+        self.ipv6: IPv6Collector | None = None  #: registered by :meth:`watch`
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         self.build_info = Info("telesketch_build", "Version of the running service and its main libraries",
@@ -100,7 +103,7 @@ class ServiceMetrics:
     def watch(self, manager) -> None:
         """Expose the IPv6 series of ``manager`` (an :class:`~telesketch.service.epochs.EpochManager`),
         read at scrape time by :class:`IPv6Collector`; a second call changes nothing."""
-        if getattr(self, "ipv6", None) is None:
+        if self.ipv6 is None:
             self.ipv6 = IPv6Collector(manager)
             self.registry.register(self.ipv6)
 
@@ -119,14 +122,16 @@ class ServiceMetrics:
 def gap_coverage(manager) -> dict[str, dict]:
     """Per GapFilter sketch and retained epoch id: ``{name: {epoch: coverage}}``, where coverage is
     the sketch's ``coverage()`` (``{"covered_packets": n, "skipped_packets": {reason: n}}``).
-    Sketches whose states have no ``coverage()`` (not a GapFilter, or a sharded state) are absent."""
+    Sketches whose ``coverage()`` is ``None`` (not a GapFilter, or a sharded state) are absent."""
     out: dict[str, dict] = {}
     with manager.lock:
         for epoch in manager.epochs():
             for name, state in epoch.states.items():
-                coverage = getattr(state, "coverage", None)
-                if callable(coverage):
-                    out.setdefault(name, {})[epoch.id] = coverage()
+                # a closed continuous GapFilter epoch keeps only its events array, a sharded state
+                # its shards' envelopes: neither tracks coverage
+                coverage = state.coverage() if isinstance(state, Sketch) else None
+                if coverage is not None:
+                    out.setdefault(name, {})[epoch.id] = coverage
     return out
 
 

@@ -685,6 +685,7 @@ class Service:
             self._shutdown_sketches()  # the shard actors must not outlive a failed start
             raise
         self.metrics.checkpoint_failures.set_function(lambda: self.manager.checkpoint_failures)
+        self.metrics.watch(self.manager)  # the IPv6 and gap-coverage series, read at scrape time
         self.queries = QueryEngine(self.manager, self.metrics.observe_query, self.metrics.observe_partial)
         self.budget = InflightBudget(config.max_inflight_bytes, self.metrics.inflight_bytes.set)
         self.metrics.inflight_limit.set(config.max_inflight_bytes)

@@ -319,6 +319,12 @@ class Sketch:
     def start_epoch(self, epoch: int) -> None:
         """A new epoch starts (continuous kinds keep their state and tag what follows)."""
 
+    def coverage(self) -> dict | None:
+        """Which packets the sketch inspected: ``{"covered_packets": n, "skipped_packets": {reason:
+        n}}`` for kinds that skip some (GapFilter: IPv6 packets without a sequence), ``None`` for
+        kinds that count every packet they are given."""
+        return None
+
     @classmethod
     def takes_ipv6(cls, params: dict) -> bool:
         """Whether a sketch built from ``params`` counts IPv6 rows. When not, the service withholds
