@@ -395,3 +395,47 @@ def test_bad_hiddensketch_weight_settings_are_refused():
         HiddenSketch(weight="bytes").update_keys(np.ones(3, np.uint32))
     with pytest.raises(SketchError, match="non-negative"):
         HiddenSketch(weight="bytes").update_keys(np.ones(3, np.uint32), np.array([1, -1, 1]))
+
+
+def test_service_answers_byte_weighted_heavy_hitters_in_bytes_and_says_so(tmp_path):
+    """A real service (gRPC ingest, HTTP query): a byte-weighted Hidden Sketch with ample memory
+    answers the exact byte heavy hitters of both families, per epoch and over the window, in bytes."""
+    import urllib.request
+
+    from telesketch.client import Client
+    from telesketch.packets import PacketBatch, format_ipv4, format_ipv6
+    from telesketch.service.config import ServiceConfig
+    from telesketch.service.server import ServiceThread
+    from workloads import BASE_EPOCH, EPOCH_NS, service_traffic
+
+    traffic = PacketBatch.concat(service_traffic(n_epochs=2, per_epoch=4000))
+    traffic.length[:] = 64 + (traffic.src_ip % 23) * 60  # sizes differ by source: byte ranks != packet ranks
+    hs = {"kind": "hiddensketch", "memory_bytes": 256 * 1024, "cm_bytes": 64 * 1024, "thresh": 0, "phi": 0.01}
+    config = ServiceConfig(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0", data_dir=str(tmp_path / "d"),
+                           epoch_seconds=1.0, sketches={"talkers_bytes": {**hs, "weight": "bytes"},
+                                                        "talkers": hs}).validate()
+    svc = ServiceThread(config).start()
+    try:
+        Client(f"127.0.0.1:{svc.grpc_port}", sender_id="w").push(traffic.split(2048))
+
+        def get(query):
+            with urllib.request.urlopen(f"http://127.0.0.1:{svc.http_port}/api/v1/heavy_hitters?{query}",
+                                        timeout=10) as r:
+                return json.load(r)
+
+        def text(key):
+            return format_ipv4(key) if isinstance(key, int) else format_ipv6(key)
+
+        in_epoch = (traffic.ts_ns // np.uint64(EPOCH_NS)) == BASE_EPOCH
+        for part, query in ((traffic[in_epoch], f"epoch={BASE_EPOCH}"),
+                            (traffic, "last=2")):
+            truth = _byte_truth(part)
+            total = int(part.length.astype(np.int64).sum())
+            want = {text(k): v for k, v in truth.items() if v > 0.03 * total}
+            rows = get(f"sketch=talkers_bytes&{query}&phi=0.03")
+            assert rows and all(r["unit"] == "bytes" and not r["partial"] for r in rows)
+            assert {r["key"]: r["estimate"] for r in rows} == want, query
+        packet_rows = get(f"sketch=talkers&epoch={BASE_EPOCH}&phi=0.03")
+        assert packet_rows and all("unit" not in r for r in packet_rows)
+    finally:
+        svc.stop()
