@@ -158,7 +158,10 @@ class HiddenSketchParams:
     ``trunc(phi * expected_epoch_items - 10)`` clamped at 0). ``key`` is ``"src_ip"`` (4-byte
     keys: top talkers), ``"dst_ip"`` (4-byte keys: the most-targeted destinations, e.g. a DDoS
     victim whose packets come from many spoofed sources) or ``"5tuple"`` (13-byte keys). ``mode`` is ``"one_pass"`` (reference semantics) or
-    ``"two_pass"`` (the mergeable variant of §9).
+    ``"two_pass"`` (the mergeable variant of §9). ``weight`` is ``"packets"`` (default) or
+    ``"bytes"`` (each packet counts its ``length``; ``thresh``, ``phi * N`` and answers in bytes,
+    ``fs_counter_bits`` default 32, 64-bit CM, one-pass only; ``expected_epoch_bytes`` then sets the
+    default ``thresh``: see the module docstring).
     """
 
     memory_bytes: int | None = None
