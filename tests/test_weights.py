@@ -413,6 +413,7 @@ def test_service_answers_byte_weighted_heavy_hitters_in_bytes_and_says_so(tmp_pa
     hs = {"kind": "hiddensketch", "memory_bytes": 256 * 1024, "cm_bytes": 64 * 1024, "thresh": 0, "phi": 0.01}
     config = ServiceConfig(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0", data_dir=str(tmp_path / "d"),
                            epoch_seconds=1.0, sketches={"talkers_bytes": {**hs, "weight": "bytes"},
+                                                        "gated_bytes": {**hs, "weight": "bytes", "thresh": 2000},
                                                         "talkers": hs}).validate()
     svc = ServiceThread(config).start()
     try:
@@ -435,6 +436,13 @@ def test_service_answers_byte_weighted_heavy_hitters_in_bytes_and_says_so(tmp_pa
             rows = get(f"sketch=talkers_bytes&{query}&phi=0.03")
             assert rows and all(r["unit"] == "bytes" and not r["partial"] for r in rows)
             assert {r["key"]: r["estimate"] for r in rows} == want, query
+            # a 2,000-byte gate is above phi x the window's packets but below phi x its bytes: answered,
+            # each estimate within [bytes, bytes + gate]
+            gated = {r["key"]: r["estimate"] for r in get(f"sketch=gated_bytes&{query}&phi=0.03")}
+            by_text = {text(k): v for k, v in truth.items()}
+            epochs = 1 if "epoch" in query else 2  # the window sums per-epoch estimates
+            assert set(want) <= set(gated)
+            assert all(by_text[k] <= v <= by_text[k] + 2000 * epochs for k, v in gated.items())
         packet_rows = get(f"sketch=talkers&epoch={BASE_EPOCH}&phi=0.03")
         assert packet_rows and all("unit" not in r for r in packet_rows)
     finally:

@@ -43,6 +43,10 @@ class HiddenWindow(Window):
     def _partial(self, states: list) -> int:
         return sum(1 for s in states if s.decode().partial)
 
+    def volume(self, packets: int) -> int:
+        """``N`` of the window's ``phi * N``: ``packets``, or its bytes when the sketch counts bytes."""
+        return _hidden_volume(self.flat(), packets)
+
     def check_floor(self, threshold: float | None, query: str, name: str = "") -> None:
         """Raise :class:`FloorError` for a threshold below the sketch's per-epoch floor ``thresh``:
         only keys whose first-stage estimate passes it in an epoch are reported, so the answer would
