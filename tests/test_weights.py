@@ -8,13 +8,16 @@ byte-identical to a sketch built without the key.
 """
 import json
 import struct
+from collections import Counter
 
 import numpy as np
 import pytest
 
+import naive_hiddensketch as naive_hs
 import naive_residualsketch as naive
 from telesketch.sketches import exact
 from telesketch.sketches.core import SketchError
+from telesketch.sketches.hiddensketch import HiddenSketch
 from telesketch.sketches.residualsketch import CocoSketch, ResidualSketch
 from telesketch.traces.generate import generate_batch
 
@@ -263,11 +266,6 @@ def test_service_answers_byte_weighted_hhh_in_bytes_and_says_so(tmp_path):
 
 
 # ---------------------------------------------------------------------------- Hidden Sketch by bytes
-import naive_hiddensketch as naive_hs  # noqa: E402
-from collections import Counter  # noqa: E402
-
-from telesketch.sketches.hiddensketch import HiddenSketch, HiddenSketchParams  # noqa: E402
-
 # the small 4-byte configuration of test_hiddensketch.py, byte-weighted (thresh in bytes) and with an
 # IPv6 companion the naive model can follow
 HS_SMALL = dict(memory_bytes=8 * 1024, blocks=4, bf_row_bits=400, cm_bytes=1200, phi=2e-3, thresh=20_000,
