@@ -445,3 +445,27 @@ def test_service_answers_byte_weighted_heavy_hitters_in_bytes_and_says_so(tmp_pa
         assert packet_rows and all("unit" not in r for r in packet_rows)
     finally:
         svc.stop()
+
+
+def test_byte_weighted_heavy_changers_take_phi_of_the_larger_windows_bytes(mixed):
+    """Heavy changers between two byte-weighted epochs (ample memory, thresh 0: exact counts) are the
+    exact byte changes above phi x max(bytes before, bytes after), over a window and from the sketch."""
+    from telesketch.service import sketchset as ss
+    from telesketch.service.config import ServiceConfig
+
+    before_batch, after_batch = mixed[:1500], mixed[1500:]
+    states = []
+    for part in (before_batch, after_batch):
+        sketch = HiddenSketch(memory_bytes=256 * 1024, cm_bytes=64 * 1024, phi=0.01, thresh=0, weight="bytes")
+        sketch.update(part)
+        states.append(sketch)
+    old, new = _byte_truth(before_batch), _byte_truth(after_batch)
+    volume = max(int(before_batch.length.astype(np.int64).sum()), int(after_batch.length.astype(np.int64).sum()))
+    want = {k: new[k] - old[k] for k in old.keys() | new.keys() if abs(new[k] - old[k]) > 0.02 * volume}
+    assert want
+    config = ServiceConfig(sketches={"hc": {"kind": "hiddensketch", "memory_bytes": 256 * 1024, "cm_bytes": 65536,
+                                            "thresh": 0, "phi": 0.01, "weight": "bytes"}}).validate()
+    cs = ss.SketchSet.from_config(config.sketches).sketches[0]
+    got = ss.heavy_changers(cs, [states[0]], [states[1]], len(before_batch), len(after_batch), phi=0.02)
+    assert dict(got.rows) == want
+    assert dict(states[1].heavy_changers(states[0], hc_threshold=0.02 * volume)) == want
