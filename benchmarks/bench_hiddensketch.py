@@ -11,6 +11,7 @@ keys (bytes 0..3 of each record, the generator's little-endian ``uint32`` view),
                                                                       # overflow (issue 20: 0.25x..2x, hard mix)
     .venv/bin/python benchmarks/bench_hiddensketch.py --only ipv6     # issue 18: mixed traffic, 16-byte keys
     .venv/bin/python benchmarks/bench_hiddensketch.py --only v4speed --baseline ../main
+    .venv/bin/python benchmarks/bench_hiddensketch.py --only bytes --seeds 1   # issue 17: by bytes vs packets
                                                                       # IPv4-only Mops: this tree vs another
 
 IPv6 (``--only ipv6``): 40 % of the keys (by a hash of the key) become IPv6 sources (one of 256
@@ -22,6 +23,14 @@ memory sweep: the memory a 16-byte sketch needs for the 4-byte sketch's accuracy
 sketch at 55 KiB on IPv4-only window 0 per CPU second of the process (the insert is serial; CPU
 time is what other jobs on a shared host do not distort), this tree and ``TREE`` alternating in
 subprocesses (``--repeat`` rounds, best per tree): before/after ratios measured in one run.
+
+Bytes (``--only bytes``): window 0 of each §14.1 workload at the spec's memory points, every key
+given a fixed packet size ``40 + hash_u32(key, 17) % 1461`` bytes (sizes differ by source, so byte
+ranks are not packet ranks); the packet sketch as above, the byte sketch (``weight="bytes"``) with
+``thresh = trunc(phi * B - 10)``, ``B`` the window's bytes, scored against ``{k : bytes > phi * B}``;
+both at the same ``memory_bytes`` (the byte sketch's counters are wider, so it has fewer), and the
+byte sketch again with as many counters as the packet sketch (:func:`equal_counter_memory`); insert
+Mops of both in the same run (ratios only).
 
 Metrics per spec §10: P, Rec, F1 of the reported set against ``{k : f > phi * N}``; ARE and AAE
 over true positives; ARE over all true keys (a miss counts 1). Throughput: items/s of
@@ -467,6 +476,69 @@ def v4speed(cache: Path, lines: list[str], baseline: Path, repeat: int) -> None:
         print(lines[-1], flush=True)
 
 
+def equal_counter_memory(memory_bytes: int) -> tuple[int, int]:
+    """``(memory_bytes, cm_bytes)`` of a byte-weighted sketch with as many FS and CM counters as a
+    packet sketch of ``memory_bytes`` (8-bit FS -> 32-bit: 4x its bytes; 32-bit CM -> 64-bit: 2x)."""
+    packets = HiddenSketch(memory_bytes=memory_bytes, phi=PHI, thresh=0).params
+    return packets.ss_bytes + packets.cm_bytes + 4 * packets.fs_bytes, 2 * packets.cm_bytes
+
+
+def _bytes_run(win: dict, memory_kib: int, seed: int, weighted: bool, equal_counters: bool = False) -> dict:
+    """One window at one memory, packets or bytes: F1 / P / Rec / ARE (TP) against its own truth, Mops."""
+    from telesketch.hashing import hash_u32
+
+    keys = win["keys4"]
+    if "sizes" not in win:
+        win["sizes"] = (40 + hash_u32(keys, 17) % np.uint64(1461)).astype(np.int64)
+        win["byte_counts"] = exact.count_dict(keys, win["sizes"])
+    sizes = win["sizes"]
+    if weighted:
+        volume, counts = int(sizes.sum()), win["byte_counts"]
+        memory, cm = equal_counter_memory(memory_kib * 1024) if equal_counters else (memory_kib * 1024, 10_240)
+        sketch = HiddenSketch(memory_bytes=memory, cm_bytes=cm, phi=PHI, thresh=max(0, int(PHI * volume - 10)),
+                              weight="bytes", seed=seed)
+    else:
+        volume, counts = win["n"], truth_for(win)[0]
+        sketch = HiddenSketch(memory_bytes=memory_kib * 1024, phi=PHI, thresh=max(0, int(PHI * volume - 10)), seed=seed)
+    start = time.process_time()
+    for i in range(0, len(keys), BATCH):
+        if weighted:
+            sketch.update_keys(keys[i:i + BATCH], sizes[i:i + BATCH])
+        else:
+            sketch.update_keys(keys[i:i + BATCH])
+    insert_s = time.process_time() - start
+    result = sketch.decode()
+    true = {k: c for k, c in counts.items() if c > PHI * volume}
+    est = dict(result.items)
+    acc = exact.set_accuracy(true, est)
+    tp = [k for k in true if k in est]
+    return {"f1": acc.f1, "p": acc.precision, "rec": acc.recall, "are_tp": exact.are(true, est, tp),
+            "true": len(true), "ok": result.decode_ok, "mops": len(keys) / insert_s / 1e6,
+            "under": sum(est[k] < counts.get(k, 0) for k in est)}
+
+
+def bytes_accuracy(cache: Path, lines: list[str], seeds: int) -> None:
+    """Issue 17: byte-weighted F1 beside packet F1 at the spec's memory points (module docstring)."""
+    lines += [f"\nBy bytes vs by packets, window 0, mean over {seeds} hash seeds (same memory_bytes)\n",
+              "| α | KiB | packets: F1 / P / Rec / ARE (TP) | bytes: F1 / P / Rec / ARE (TP) | "
+              "bytes, equal counters: KiB, F1 / P / Rec / ARE (TP) | true HH packets / bytes | "
+              "decode ok packets / bytes / equal | Mops packets / bytes (CPU s) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for (name, kib) in REF_ACCURACY:
+        win = load_cached(name, cache)[0]
+        cols = []
+        for weighted, equal in ((False, False), (True, False), (True, True)):
+            cols.append([_bytes_run(win, kib, seed, weighted, equal) for seed in range(seeds)])
+        cell = lambda rows: (f"{mean(rows, 'f1'):.3f} / {mean(rows, 'p'):.3f} / {mean(rows, 'rec'):.3f} / "  # noqa: E731
+                             f"{mean(rows, 'are_tp'):.4f}" + (" UNDERCOUNT" if any(r["under"] for r in rows) else ""))
+        equal_kib = equal_counter_memory(kib * 1024)[0] / 1024
+        lines.append(f"| {name.split('_a')[1]} | {kib} | {cell(cols[0])} | {cell(cols[1])} | {equal_kib:.0f}, {cell(cols[2])} | "
+                     f"{cols[0][0]['true']} / {cols[1][0]['true']} | "
+                     + " / ".join(f"{sum(r['ok'] for r in c)}/{seeds}" for c in cols)
+                     + f" | {mean(cols[0], 'mops'):.2f} / {mean(cols[1], 'mops'):.2f} |")
+        print(lines[-1], flush=True)
+
+
 def load_cached(name: str, cache: Path) -> list[dict]:
     if name not in _LOADED:
         _LOADED[name] = load_windows(ensure_workload(name, cache))
@@ -477,7 +549,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--only", choices=["accuracy", "small_ss", "changers", "big", "throughput", "5tuple", "overflow",
-                                       "ipv6", "v4speed", "v4speed_child"],
+                                       "ipv6", "v4speed", "v4speed_child", "bytes"],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--baseline", type=Path, help="for --only v4speed: the tree to compare against (e.g. ../main)")
     ap.add_argument("--repeat", type=int, default=3)
@@ -503,6 +575,7 @@ def main() -> None:
          "5tuple": lambda: five_tuple(args.cache, lines),
          "overflow": lambda: overflow(lines),
          "ipv6": lambda: ipv6(args.cache, lines),
+         "bytes": lambda: bytes_accuracy(args.cache, lines, args.seeds),
          "v4speed": lambda: v4speed(args.cache, lines, args.baseline, args.repeat)}[part]()
     print("\n" + "\n".join(lines))
 

@@ -62,7 +62,7 @@ class NaiveHiddenSketch:
         ss_bytes = (p.cm_bytes + sum(r * w for r, w in zip(p.bf_rows, p.bf_row_bits)) // 8
                     + p.blocks * sum(1 << b for b in p.seg_bits) // 8)
         self.w_fs = (p.memory_bytes - ss_bytes) * 8 // p.fs_rows // p.fs_counter_bits
-        self.w_cm = p.cm_bytes // 3 // 4
+        self.w_cm = p.cm_bytes // 3 // (8 if p.weight == "bytes" else 4)
         self.seg_iv = []
         pos = 0
         for b in p.seg_bits:
@@ -86,20 +86,25 @@ class NaiveHiddenSketch:
         return int.from_bytes(key, "big") if self.keylen == 4 else key
 
     # ------------------------------------------------------------------ update (§6)
-    def update(self, keys) -> None:
-        for key in keys:
-            self.insert(self.key_bytes(key))
+    def update(self, keys, weights=None) -> None:
+        """``weights`` (byte weighting): one per key; ``None``: every key weighs 1."""
+        for key, w in zip(keys, weights if weights is not None else itertools.repeat(1)):
+            self.insert(self.key_bytes(key), int(w))
 
-    def insert(self, key: bytes) -> None:
+    def insert(self, key: bytes, w: int = 1) -> None:
+        """Weight ``w``: each row adds ``w`` (saturating at the cap); past the gate the second stage
+        gets the part of ``w`` above ``thresh``, ``min(w, g - thresh)`` (``w`` = 1: the spec's 1)."""
+        self.N += w
+        if w == 0:
+            return
         g = INFINITE
         for r in range(self.p.fs_rows):
             pos = self.h(100, r, key) % self.w_fs
             if self.FS[r][pos] < self.cap:
-                self.FS[r][pos] += 1
+                self.FS[r][pos] = min(self.FS[r][pos] + w, self.cap)
                 g = min(g, self.FS[r][pos])
-        self.N += 1
         if g > self.p.thresh:
-            self.ss_insert(key, 1)
+            self.ss_insert(key, w if g == INFINITE else min(w, g - self.p.thresh))
 
     def ss_insert(self, key: bytes, c: int) -> None:
         b = self.h(200, 0, key) % self.p.blocks

@@ -8,13 +8,16 @@ byte-identical to a sketch built without the key.
 """
 import json
 import struct
+from collections import Counter
 
 import numpy as np
 import pytest
 
+import naive_hiddensketch as naive_hs
 import naive_residualsketch as naive
 from telesketch.sketches import exact
 from telesketch.sketches.core import SketchError
+from telesketch.sketches.hiddensketch import HiddenSketch
 from telesketch.sketches.residualsketch import CocoSketch, ResidualSketch
 from telesketch.traces.generate import generate_batch
 
@@ -260,3 +263,209 @@ def test_service_answers_byte_weighted_hhh_in_bytes_and_says_so(tmp_path):
         assert {(r["value"], r["length"]) for r in packet_rows} != set(truth)
     finally:
         svc.stop()
+
+
+# ---------------------------------------------------------------------------- Hidden Sketch by bytes
+# the small 4-byte configuration of test_hiddensketch.py, byte-weighted (thresh in bytes) and with an
+# IPv6 companion the naive model can follow
+HS_SMALL = dict(memory_bytes=8 * 1024, blocks=4, bf_row_bits=400, cm_bytes=1200, phi=2e-3, thresh=20_000,
+                weight="bytes", ipv6_memory_bytes=64 * 1024)
+
+
+def _byte_truth(batch, side="src"):
+    """Exact bytes per source in the sketch's key form: ``int`` IPv4, 16-byte IPv6."""
+    v6 = batch.ipv6.astype(bool)
+    truth = Counter()
+    for key, size in zip(getattr(batch, side + "_ip")[~v6].tolist(), batch.length[~v6].tolist()):
+        truth[key] += size
+    for key, size in zip(getattr(batch, side + "_ip6")[v6], batch.length[v6].tolist()):
+        truth[bytes(key)] += size
+    return truth
+
+
+def _assert_hs_state(sketch, model):
+    state = sketch.unpacked_state()
+    assert np.array_equal(state["fs"], np.array(model.FS)) and np.array_equal(state["cm"], np.array(model.CM))
+    for b in range(sketch.params.blocks):
+        for i, bitmap in enumerate(state["seg"][b]):
+            assert np.array_equal(bitmap, np.array(model.SEG[b][i], bool))
+    for j, rows in enumerate(state["bf"]):
+        for r, row in enumerate(rows):
+            assert np.array_equal(row, np.array(model.BF[j][r], bool))
+
+
+def test_byte_weighted_hiddensketch_matches_the_naive_model_on_mixed_traffic(mixed):
+    sketch = HiddenSketch(**HS_SMALL)
+    for part in mixed.split(700):
+        sketch.update(part)
+    assert sketch.fs.dtype == np.uint32 and sketch.cm.dtype == np.uint64 and sketch.unit == "bytes"
+    assert sketch.params.cm_width == 1200 // 3 // 8 and sketch.ipv6.cm.dtype == np.uint64
+    v6 = mixed.ipv6.astype(bool)
+    model4 = naive_hs.NaiveHiddenSketch(sketch.params)
+    model4.update(mixed.src_ip[~v6].tolist(), mixed.length[~v6].tolist())
+    model6 = naive_hs.NaiveHiddenSketch(sketch.params.ipv6_companion())
+    model6.update([bytes(k) for k in mixed.src_ip6[v6]], mixed.length[v6].tolist())
+    _assert_hs_state(sketch, model4)
+    _assert_hs_state(sketch.ipv6, model6)
+    assert sketch.total_weight == model4.N + model6.N == int(mixed.length.astype(np.int64).sum())
+    assert sketch.n_items == len(mixed)
+    # the decode: each family's second-stage counts are its model's; reports against phi of all bytes
+    want = {**model4.decode()["ss_counts"], **model6.decode()["ss_counts"]}
+    result = sketch.decode()
+    assert result.ss_counts == want and result.decode_ok
+    limit = HS_SMALL["phi"] * sketch.total_weight
+    assert dict(result.items) == {k: c + HS_SMALL["thresh"] for k, c in want.items() if c + HS_SMALL["thresh"] > limit}
+    # never an under-count: estimate within [bytes, bytes + thresh]
+    truth = _byte_truth(mixed)
+    assert {type(k) for k, _ in result.items} == {int, bytes}
+    for key, estimate in result.items:
+        assert truth[key] <= estimate <= truth[key] + HS_SMALL["thresh"]
+    probe = mixed.src_ip[~v6][:40]
+    assert sketch.point_estimate(probe).tolist() == [model4.query(int(k)) for k in probe]
+
+
+def test_byte_weighted_hiddensketch_answers_the_exact_byte_heavy_hitters(mixed):
+    """Ample memory and thresh 0: every byte goes to the second stage and the decode is exact."""
+    phi = 0.01
+    sketch = HiddenSketch(memory_bytes=256 * 1024, cm_bytes=64 * 1024, phi=phi, thresh=0, weight="bytes")
+    sketch.update(mixed)
+    truth = _byte_truth(mixed)
+    total = int(mixed.length.astype(np.int64).sum())
+    want = {k: v for k, v in truth.items() if v > phi * total}
+    assert dict(sketch.heavy_hitters()) == want and sketch.decode().decode_ok
+    assert {type(k) for k in want} == {int, bytes}
+    v6 = mixed.ipv6.astype(bool)
+    assert exact.heavy_hitters(mixed.src_ip[~v6], threshold=phi * total, weights=mixed.length[~v6]) == {
+        k: v for k, v in want.items() if isinstance(k, int)}
+    packets = HiddenSketch(memory_bytes=256 * 1024, cm_bytes=64 * 1024, phi=phi, thresh=0)
+    packets.update(mixed)
+    assert set(dict(packets.heavy_hitters())) != set(want), "bytes and packets should rank sources differently"
+
+
+def test_byte_weighted_hiddensketch_passes_32_bits_without_wrapping():
+    """70,000 full-size packets of one source: 4.6e9 bytes saturate every 32-bit FS row; the 64-bit
+    CM still holds the exact count (the gate passes whole packets once every row is saturated)."""
+    n = 70_000
+    sketch = HiddenSketch(memory_bytes=64 * 1024, thresh=1_000_000, weight="bytes")
+    keys = np.concatenate([np.full(n, 0x0A000001, np.uint32), np.arange(1, 101, dtype=np.uint32)])
+    weights = np.concatenate([np.full(n, 65_535, np.int64), np.full(100, 1500, np.int64)])
+    sketch.update_keys(keys, weights)
+    assert sketch.fs.max() == 2**32 - 1
+    assert dict(sketch.heavy_hitters()) == {0x0A000001: n * 65_535} and n * 65_535 > 2**32
+    assert sketch.total_weight == n * 65_535 + 150_000
+
+
+def test_hiddensketch_packet_counting_is_unchanged_by_the_weight_key(mixed):
+    plain = HiddenSketch(**{**HS_SMALL, "weight": "packets", "thresh": 30})
+    base = {k: v for k, v in HS_SMALL.items() if k != "weight"}
+    named = HiddenSketch(**{**base, "thresh": 30})
+    plain.update(mixed)
+    named.update(mixed)
+    assert plain.fs.dtype == np.uint8 and plain.cm.dtype == np.uint32 and plain.unit == "packets"
+    assert plain.to_bytes() == named.to_bytes()
+    header = json.loads(plain.to_bytes()[8:8 + struct.unpack_from("<I", plain.to_bytes(), 4)[0]])
+    assert "weight" not in header["params"] and "expected_epoch_bytes" not in header["params"]
+    assert HiddenSketch.from_bytes(plain.to_bytes()).params.weight == "packets"
+
+
+def test_byte_weighted_hiddensketch_snapshot_round_trips(mixed):
+    sketch = HiddenSketch(**HS_SMALL)
+    sketch.update(mixed)
+    again = HiddenSketch.from_bytes(sketch.to_bytes())
+    assert again.params.weight == "bytes" and again.total_weight == sketch.total_weight
+    assert again.to_bytes() == sketch.to_bytes() and again.heavy_hitters() == sketch.heavy_hitters()
+    assert again.ipv6.cm.dtype == np.uint64
+
+
+def test_bad_hiddensketch_weight_settings_are_refused():
+    with pytest.raises(SketchError, match="weight must be 'packets' or 'bytes'"):
+        HiddenSketch(weight="octets")
+    with pytest.raises(SketchError, match="one-pass only"):
+        HiddenSketch(weight="bytes", mode="two_pass")
+    with pytest.raises(SketchError, match="expected_epoch_bytes needs weight"):
+        HiddenSketch(expected_epoch_bytes=10**9)
+    with pytest.raises(SketchError, match="fs_counter_bits"):
+        HiddenSketch(fs_counter_bits=32)
+    assert HiddenSketch(weight="bytes", phi=1e-4, expected_epoch_bytes=10**9).thresh == 10**5 - 10
+    with pytest.raises(SketchError, match="weights are required"):
+        HiddenSketch().update_keys(np.ones(3, np.uint32), np.ones(3, np.int64))
+    with pytest.raises(SketchError, match="weights are required"):
+        HiddenSketch(weight="bytes").update_keys(np.ones(3, np.uint32))
+    with pytest.raises(SketchError, match="non-negative"):
+        HiddenSketch(weight="bytes").update_keys(np.ones(3, np.uint32), np.array([1, -1, 1]))
+
+
+def test_service_answers_byte_weighted_heavy_hitters_in_bytes_and_says_so(tmp_path):
+    """A real service (gRPC ingest, HTTP query): a byte-weighted Hidden Sketch with ample memory
+    answers the exact byte heavy hitters of both families, per epoch and over the window, in bytes."""
+    import urllib.request
+
+    from telesketch.client import Client
+    from telesketch.packets import PacketBatch, format_ipv4, format_ipv6
+    from telesketch.service.config import ServiceConfig
+    from telesketch.service.server import ServiceThread
+    from workloads import BASE_EPOCH, EPOCH_NS, service_traffic
+
+    traffic = PacketBatch.concat(service_traffic(n_epochs=2, per_epoch=4000))
+    traffic.length[:] = 64 + (traffic.src_ip % 23) * 60  # sizes differ by source: byte ranks != packet ranks
+    hs = {"kind": "hiddensketch", "memory_bytes": 256 * 1024, "cm_bytes": 64 * 1024, "thresh": 0, "phi": 0.01}
+    config = ServiceConfig(grpc_address="127.0.0.1:0", http_address="127.0.0.1:0", data_dir=str(tmp_path / "d"),
+                           epoch_seconds=1.0, sketches={"talkers_bytes": {**hs, "weight": "bytes"},
+                                                        "gated_bytes": {**hs, "weight": "bytes", "thresh": 2000},
+                                                        "talkers": hs}).validate()
+    svc = ServiceThread(config).start()
+    try:
+        Client(f"127.0.0.1:{svc.grpc_port}", sender_id="w").push(traffic.split(2048))
+
+        def get(query):
+            with urllib.request.urlopen(f"http://127.0.0.1:{svc.http_port}/api/v1/heavy_hitters?{query}",
+                                        timeout=10) as r:
+                return json.load(r)
+
+        def text(key):
+            return format_ipv4(key) if isinstance(key, int) else format_ipv6(key)
+
+        in_epoch = (traffic.ts_ns // np.uint64(EPOCH_NS)) == BASE_EPOCH
+        for part, query in ((traffic[in_epoch], f"epoch={BASE_EPOCH}"),
+                            (traffic, "last=2")):
+            truth = _byte_truth(part)
+            total = int(part.length.astype(np.int64).sum())
+            want = {text(k): v for k, v in truth.items() if v > 0.03 * total}
+            rows = get(f"sketch=talkers_bytes&{query}&phi=0.03")
+            assert rows and all(r["unit"] == "bytes" and not r["partial"] for r in rows)
+            assert {r["key"]: r["estimate"] for r in rows} == want, query
+            # a 2,000-byte gate is above phi x the window's packets but below phi x its bytes: answered,
+            # each estimate within [bytes, bytes + gate]
+            gated = {r["key"]: r["estimate"] for r in get(f"sketch=gated_bytes&{query}&phi=0.03")}
+            by_text = {text(k): v for k, v in truth.items()}
+            epochs = 1 if "epoch" in query else 2  # the window sums per-epoch estimates
+            assert set(want) <= set(gated)
+            assert all(by_text[k] <= v <= by_text[k] + 2000 * epochs for k, v in gated.items())
+        packet_rows = get(f"sketch=talkers&epoch={BASE_EPOCH}&phi=0.03")
+        assert packet_rows and all("unit" not in r for r in packet_rows)
+    finally:
+        svc.stop()
+
+
+def test_byte_weighted_heavy_changers_take_phi_of_the_larger_windows_bytes(mixed):
+    """Heavy changers between two byte-weighted epochs (ample memory, thresh 0: exact counts) are the
+    exact byte changes above phi x max(bytes before, bytes after), over a window and from the sketch."""
+    from telesketch.service import sketchset as ss
+    from telesketch.service.config import ServiceConfig
+
+    before_batch, after_batch = mixed[:1500], mixed[1500:]
+    states = []
+    for part in (before_batch, after_batch):
+        sketch = HiddenSketch(memory_bytes=256 * 1024, cm_bytes=64 * 1024, phi=0.01, thresh=0, weight="bytes")
+        sketch.update(part)
+        states.append(sketch)
+    old, new = _byte_truth(before_batch), _byte_truth(after_batch)
+    volume = max(int(before_batch.length.astype(np.int64).sum()), int(after_batch.length.astype(np.int64).sum()))
+    want = {k: new[k] - old[k] for k in old.keys() | new.keys() if abs(new[k] - old[k]) > 0.02 * volume}
+    assert want
+    config = ServiceConfig(sketches={"hc": {"kind": "hiddensketch", "memory_bytes": 256 * 1024, "cm_bytes": 65536,
+                                            "thresh": 0, "phi": 0.01, "weight": "bytes"}}).validate()
+    cs = ss.SketchSet.from_config(config.sketches).sketches[0]
+    got = ss.heavy_changers(cs, [states[0]], [states[1]], len(before_batch), len(after_batch), phi=0.02)
+    assert dict(got.rows) == want
+    assert dict(states[1].heavy_changers(states[0], hc_threshold=0.02 * volume)) == want

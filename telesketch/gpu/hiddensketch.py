@@ -30,6 +30,14 @@ contributes ``cap``, which never changes the decision (``thresh < cap``), as §1
 Two-pass mode (§9): pass 1 runs steps 1-3 only; pass 2 gates each item by the FS point query
 (one thread per item, FS read-only) and runs step 4.
 
+Bytes (``weight="bytes"``, issue 17): steps 1-2 as above; step 3 takes the exclusive prefix sums
+``ex`` of the items' weights in sorted order (``cupy.cumsum`` on the device, else one host round
+trip of the sorted order) so a position's counter before its own add is ``min(cap, base + ex[j] -
+ex[first])``, after it ``min(cap, before + w)``, a row already saturated before the item dropping
+out of its gate as in the CPU loop; step 4 inserts ``min(w, g - thresh)`` (``w`` when every row is
+saturated) with a 64-bit ``atomic.add``; zero weights are skipped. Equal to the CPU loop state for
+state (tests/test_gpu_hiddensketch.py).
+
 Not on the device: building the key words from the batch columns, ``decode`` /
 ``heavy_hitters`` / ``heavy_changers`` (the state is copied to the host once and the CPU decode
 runs on it), ``point_estimate`` and ``merge`` (host copies of the state, then the CPU
@@ -138,6 +146,60 @@ def _fs_values_kernel(cells, order, fs, width, cap, values):
     values[pos] = min(cap, base + (j - first) + 1)
 
 
+@device
+def _segment_start(cells, order, j):
+    """The first sorted position holding ``cells[order[j]]`` (binary search: ``cells[order]`` is
+    non-decreasing)."""
+    cell = cells[order[j]]
+    first, last = 0, j
+    while first < last:
+        mid = (first + last) // 2
+        if cells[order[mid]] < cell:
+            first = mid + 1
+        else:
+            last = mid
+    return first
+
+
+@gpu_kernel
+def _fs_values_weighted_kernel(cells, order, ex, fs, width, cap, values):
+    """Byte weighting, thread ``j``: the gate contribution of item ``order[j]``'s row: its counter
+    after the item's own add, ``min(cap, before + w)`` with ``before = min(cap, base + ex[j] -
+    ex[first])`` (``ex``: exclusive prefix sums of the sorted weights, ``int64[m + 1]``), or
+    ``FS_INFINITE`` when the row was saturated before the item (the CPU loop skips such a row)."""
+    j = cuda.grid(1)
+    if j >= order.shape[0]:
+        return
+    pos = order[j]
+    cell = cells[pos]
+    first = _segment_start(cells, order, j)
+    row = cell // width
+    base = _I64(fs[row, cell - row * width])
+    before = min(cap, base + ex[j] - ex[first])
+    if before >= cap:
+        values[pos] = _FS_INFINITE
+    else:
+        values[pos] = min(cap, before + ex[j + 1] - ex[j])
+
+
+@gpu_kernel
+def _fs_store_weighted_kernel(cells, order, ex, width, cap, fs):
+    """Byte weighting, thread ``j``: the last sorted position of its cell stores the cell's final
+    value ``min(cap, base + its weights)`` (it alone reads and writes that cell here)."""
+    j = cuda.grid(1)
+    m = order.shape[0]
+    if j >= m:
+        return
+    pos = order[j]
+    cell = cells[pos]
+    if j + 1 < m and cells[order[j + 1]] == cell:
+        return
+    first = _segment_start(cells, order, j)
+    row = cell // width
+    base = _I64(fs[row, cell - row * width])
+    fs[row, cell - row * width] = min(cap, base + ex[j + 1] - ex[first])
+
+
 @gpu_kernel
 def _fs_store_kernel(cells, order, width, values, fs):
     """Thread ``j``: if ``j`` is the last sorted position of its cell, store the cell's final value
@@ -173,12 +235,13 @@ def _fs_query_kernel(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
 # ============================================================================ kernels: SS insert
 @device
 def _ss_insert_one(klo, khi, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds, cm_seeds,
-                   w_cm, seg, bf, cm):
-    """``ss_insert(key, 1)`` (spec §6) with atomics: CM ``+1`` per row, OR of the key's segment bits
-    in its block's bitmaps and of its partial keys' bits in every Bloom-filter row."""
+                   w_cm, seg, bf, cm, amount):
+    """``ss_insert(key, amount)`` (spec §6) with atomics: CM ``+amount`` per row (``_CM_ONE``
+    counting packets), OR of the key's segment bits in its block's bitmaps and of its partial keys'
+    bits in every Bloom-filter row."""
     wc = _U64(w_cm)
     for r in range(cm_seeds.shape[0]):
-        cuda.atomic.add(cm, (r, _I64(hash_key_device(klo, khi, nbytes, cm_seeds[r]) % wc)), _CM_ONE)
+        cuda.atomic.add(cm, (r, _I64(hash_key_device(klo, khi, nbytes, cm_seeds[r]) % wc)), amount)
     b = _I64(hash_key_device(klo, khi, nbytes, blk_seed) % _U64(n_blocks))
     for s in range(seg_layout.shape[0]):
         a, _ = _partial(klo, khi, seg_layout[s, 0], seg_layout[s, 0] + seg_layout[s, 1])
@@ -205,7 +268,29 @@ def _ss_insert_kernel(lo, hi, values, n_rows, thresh, nbytes, n_blocks, blk_seed
         g = min(g, values[r * n + i])
     if g > thresh:
         _ss_insert_one(lo[i], hi[i], nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds, cm_seeds,
-                       w_cm, seg, bf, cm)
+                       w_cm, seg, bf, cm, _CM_ONE)
+
+
+@gpu_kernel
+def _ss_insert_weighted_kernel(lo, hi, weights, values, n_rows, thresh, nbytes, n_blocks, blk_seed, seg_layout,
+                               bf_layout, bf_seeds, cm_seeds, w_cm, seg, bf, cm):
+    """Byte weighting, thread ``i``: a non-zero weight ``w`` whose gate value ``g`` (minimum of its
+    rows' :func:`_fs_values_weighted_kernel` values) passes ``thresh`` inserts ``min(w, g - thresh)``
+    (``w`` when every row was saturated) into the ``uint64`` CM."""
+    i = cuda.grid(1)
+    n = lo.shape[0]
+    if i >= n:
+        return
+    w = weights[i]
+    if w <= 0:
+        return
+    g = values[i]
+    for r in range(1, n_rows):
+        g = min(g, values[r * n + i])
+    if g > thresh:
+        amount = w if g == _FS_INFINITE else min(w, g - thresh)
+        _ss_insert_one(lo[i], hi[i], nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds, cm_seeds,
+                       w_cm, seg, bf, cm, _U64(amount))
 
 
 # ============================================================================ the sketch
@@ -239,10 +324,10 @@ class HiddenSketch(_cpu.HiddenSketch):
 
     caller_thread_only = True  #: kernels launch from the calling thread only (one device queue)
 
-    fs = _device_state("fs", "``uint8|uint16[fs_rows, fs_width]`` FS counters (host copy).")
+    fs = _device_state("fs", "``uint8|uint16[fs_rows, fs_width]`` FS counters (``uint32`` byte-weighted; host copy).")
     seg = _device_state("seg", "``uint64[blocks, words]`` packed segment bitmaps (host copy).")
     bf = _device_state("bf", "``uint64[total_bf_rows, words]`` packed Bloom-filter rows (host copy).")
-    cm = _device_state("cm", "``uint32[3, cm_width]`` Count-Min counters (host copy).")
+    cm = _device_state("cm", "``uint32[3, cm_width]`` Count-Min counters (``uint64`` byte-weighted; host copy).")
 
     def __init__(self, params: _cpu.HiddenSketchParams | None = None, **kwargs):
         self._backend = backend()
@@ -263,7 +348,7 @@ class HiddenSketch(_cpu.HiddenSketch):
         return {"fs": self._d_fs, "seg": self._d_seg, "bf": self._d_bf, "cm": self._d_cm}
 
     # ------------------------------------------------------------------ update on the device
-    def _ingest(self, lo: np.ndarray, hi: np.ndarray) -> None:
+    def _ingest(self, lo: np.ndarray, hi: np.ndarray, weights: np.ndarray | None = None) -> None:
         n = lo.shape[0]
         if n == 0:
             return
@@ -271,6 +356,12 @@ class HiddenSketch(_cpu.HiddenSketch):
         be = self._backend
         d_lo = self._buffers.put("lo", np.asarray(lo, np.uint64))
         d_hi = self._buffers.put("hi", np.asarray(hi, np.uint64))
+        if weights is not None:  # byte weighting (one-pass only); packets keep the kernels below
+            with be.launching():
+                self._ingest_weighted(d_lo, d_hi, np.ascontiguousarray(weights, np.int64))
+            self.n_items += int(n)
+            self.total_weight += int(weights.sum())
+            return
         with be.launching():
             if self.phase == "second":  # two-pass, pass 2: gate by the (merged) FS, FS unchanged
                 estimates = self._fs_query(d_lo, d_hi, n)
@@ -295,6 +386,39 @@ class HiddenSketch(_cpu.HiddenSketch):
                                                          _I64(p.fs_cap), d_values)
         launch(_fs_store_kernel, m, d_cells, d_order, _I64(p.fs_width), d_values, self._d_fs)
         return d_values
+
+    def _ingest_weighted(self, d_lo, d_hi, weights: np.ndarray) -> None:
+        """Byte weighting: steps 1-4 of the module docstring with the weights' prefix sums."""
+        p, lay, d, be, buf = self.params, self._layout, self._d_layout, self._backend, self._buffers
+        n = weights.shape[0]
+        m = p.fs_rows * n
+        d_w = buf.put("weights", weights)
+        d_cells = buf.get("cells", m, np.int64)
+        launch(_fs_cells_kernel, n, d_lo, d_hi, _I64(p.key_bytes), d["fs_seeds"], _I64(p.fs_width), d_cells)
+        d_order = stable_argsort(be, buf, d_cells, p.fs_rows * p.fs_width)
+        d_ex = self._sorted_prefix_sums(d_order, d_w, weights, n)
+        d_values = buf.get("values", m, np.int64)
+        launch(_fs_values_weighted_kernel, m, d_cells, d_order, d_ex, self._d_fs, _I64(p.fs_width),
+               _I64(p.fs_cap), d_values)
+        launch(_fs_store_weighted_kernel, m, d_cells, d_order, d_ex, _I64(p.fs_width), _I64(p.fs_cap), self._d_fs)
+        launch(_ss_insert_weighted_kernel, n, d_lo, d_hi, d_w, d_values, _I64(p.fs_rows), _I64(p.thresh),
+               _I64(p.key_bytes), _I64(p.blocks), _U64(lay.blk_seed), d["seg_layout"], d["bf_layout"],
+               d["bf_seeds"], d["cm_seeds"], _I64(p.cm_width), self._d_seg, self._d_bf, self._d_cm)
+
+    def _sorted_prefix_sums(self, d_order, d_w, weights: np.ndarray, n: int):
+        """``int64[m + 1]`` exclusive prefix sums of the weights in sorted order (position ``j``
+        holds item ``order[j] % n``): on the device with CuPy, else from a host copy of the order."""
+        be = self._backend
+        if be.name == "cupy":
+            import cupy
+
+            ex = cupy.zeros(d_order.shape[0] + 1, cupy.int64)
+            cupy.cumsum(d_w[d_order % n], out=ex[1:])
+            return ex
+        order = be.to_host(d_order)
+        ex = np.zeros(order.shape[0] + 1, np.int64)
+        np.cumsum(weights[order % n], out=ex[1:])
+        return be.to_device(ex)
 
     def _fs_query(self, d_lo, d_hi, n: int):
         """Device ``int64[n]`` FS point queries (read-only), the two-pass second-pass gate."""

@@ -166,12 +166,15 @@ class Api:
         phi, threshold = _one(params, "phi", float), _one(params, "threshold", float)
         if path == "/api/v1/heavy_hitters":
             a = q.heavy_hitters(window, sketch, phi, threshold)
+            unit = {"unit": a.extra["unit"]} if "unit" in a.extra else {}  # byte-weighted sketches say so
             return [{"key": key_text(k, a.int_keys), "family": key_family(k, a.int_keys), "estimate": v,
-                     "partial": a.partial}
+                     "partial": a.partial, **unit}
                     for k, v in ranked(a.rows)]
         if path == "/api/v1/heavy_changers":
             a = q.heavy_changers(window, sketch, phi, threshold)
-            return [{"key": key_text(k, a.int_keys), "family": key_family(k), "change": v, "partial": a.partial}
+            unit = {"unit": a.extra["unit"]} if "unit" in a.extra else {}
+            return [{"key": key_text(k, a.int_keys), "family": key_family(k), "change": v, "partial": a.partial,
+                     **unit}
                     for k, v in ranked(a.rows, by_magnitude=True)]
         if path == "/api/v1/hhh":
             a = q.hhh(window, sketch, phi, threshold)

@@ -138,7 +138,7 @@ class QueryEngine:
             epochs = self._epochs(window, cs=cs)
             n = sum(e.packets for e in epochs)
             got = ss.heavy_hitters(cs, [e.states[cs.name] for e in epochs], n, phi, threshold)
-            return self._answer(cs, epochs, got.rows, got.combine, partial=got.partial > 0)
+            return self._answer(cs, epochs, got.rows, got.combine, partial=got.partial > 0, **_unit(cs))
         return self._run("heavy_hitters", run)
 
     def heavy_changers(self, window: WindowSpec, sketch: str = "", phi=None, threshold=None) -> Answer:
@@ -152,7 +152,7 @@ class QueryEngine:
                 cs, [e.states[cs.name] for e in before], [e.states[cs.name] for e in after],
                 sum(e.packets for e in before), sum(e.packets for e in after), phi, threshold)
             return self._answer(cs, after, got.rows, got.combine, partial=got.partial > 0,
-                                before=[e.id for e in before])
+                                before=[e.id for e in before], **_unit(cs))
         return self._run("heavy_changers", run)
 
     def hhh(self, window: WindowSpec, sketch: str = "", phi=None, threshold=None, families=(4, 6)) -> Answer:
@@ -266,3 +266,8 @@ def _gap_rows(per_epoch: list[tuple[int, np.ndarray]], limit: int) -> np.ndarray
         at += len(ev)
     rows = rows[np.argsort(rows["ts_ns"], kind="stable")]
     return rows[-limit:] if limit else rows
+
+
+def _unit(cs) -> dict:
+    """``{"unit": "bytes"}`` for a byte-weighted sketch (estimates and thresholds in bytes), else nothing."""
+    return {"unit": "bytes"} if cs.params.get("weight", "packets") == "bytes" else {}

@@ -43,6 +43,10 @@ class HiddenWindow(Window):
     def _partial(self, states: list) -> int:
         return sum(1 for s in states if s.decode().partial)
 
+    def volume(self, packets: int) -> int:
+        """``N`` of the window's ``phi * N``: ``packets``, or its bytes when the sketch counts bytes."""
+        return _hidden_volume(self.flat(), packets)
+
     def check_floor(self, threshold: float | None, query: str, name: str = "") -> None:
         """Raise :class:`FloorError` for a threshold below the sketch's per-epoch floor ``thresh``:
         only keys whose first-stage estimate passes it in an epoch are reported, so the answer would
@@ -54,18 +58,24 @@ class HiddenWindow(Window):
         p = flat[0].params
         if threshold >= p.thresh:
             return
-        how = f"its thresh: phi {p.phi:g} x expected_epoch_items {p.expected_epoch_items:,} - 10, unless set"
+        unit = getattr(p, "weight", "packets")
+        setting = "expected_epoch_bytes" if unit == "bytes" else "expected_epoch_items"
+        expected = p.expected_epoch_bytes if unit == "bytes" else p.expected_epoch_items
+        how = (f"its thresh: phi {p.phi:g} x {setting} {expected:,} - 10, unless set" if expected is not None
+               else f"its thresh: phi {p.phi:g} x expected_epoch_items x {_mean_packet_bytes()} bytes - 10, unless set")
         raise FloorError(
-            f"{query}: threshold {threshold:,.0f} packets is below sketch {name!r} (hiddensketch)'s floor of "
-            f"{p.thresh:,} packets per epoch ({how}): keys at or under it are never reported, so the answer "
-            f"would be incomplete. Ask for a threshold >= {p.thresh:,} packets, or lower the floor with a "
-            f"smaller expected_epoch_items (or phi, or thresh) under [sketches.{name}] (more keys reach "
+            f"{query}: threshold {threshold:,.0f} {unit} is below sketch {name!r} (hiddensketch)'s floor of "
+            f"{p.thresh:,} {unit} per epoch ({how}): keys at or under it are never reported, so the answer "
+            f"would be incomplete. Ask for a threshold >= {p.thresh:,} {unit}, or lower the floor with a "
+            f"smaller {setting} (or phi, or thresh) under [sketches.{name}] (more keys reach "
             "the second stage: give it more memory_bytes)")
 
     def heavy_hitters(self, packets, phi=None, threshold=None) -> Combined:
+        """``packets``: the window's packets; a byte-weighted sketch takes phi of its bytes instead."""
         flat = self.flat()
         if not self.sharded and len(flat) == 1 and phi is None and threshold is None:
             return Combined(list(flat[0].heavy_hitters()), "single", self._partial(flat))
+        packets = _hidden_volume(flat, packets)
         thr = window_threshold(phi, threshold, packets, flat[0].params.phi)
         rows = by_count([row for shard in self.per_shard() for row in _hidden_rows(shard, thr)])
         if self.sharded:  # each key lives on one shard (routed by its own key)
@@ -75,6 +85,8 @@ class HiddenWindow(Window):
     def heavy_changers(self, before, packets, phi=None, threshold=None) -> Combined:
         """``packets``: the larger of the two windows' packet counts."""
         after = self.flat()
+        if getattr(after[0], "unit", "packets") == "bytes":  # the larger of the two windows' bytes
+            packets = max(_hidden_volume(after, packets), _hidden_volume(before.flat(), packets))
         if not self.sharded and len(after) == 1:  # the sketch's own rule, at its own default threshold
             rows = list(after[0].heavy_changers(before.flat()[0], hc_threshold=window_threshold(phi, threshold, packets)))
             return Combined(rows, "single", self._partial([*before.flat(), *after]))
@@ -85,6 +97,19 @@ class HiddenWindow(Window):
             partial += self._partial([*b, *a])
         rows.sort(key=lambda kv: (-abs(kv[1]), key_order(kv[0])))
         return Combined(rows, "union over shards" if self.sharded else "sum of per-epoch estimates", partial)
+
+
+def _mean_packet_bytes() -> int:
+    from telesketch.sketches.hiddensketch import MEAN_PACKET_BYTES
+
+    return MEAN_PACKET_BYTES
+
+
+def _hidden_volume(states: list, packets: int) -> int:
+    """``N`` of a window's ``phi * N``: ``packets``, or the states' bytes when they count bytes."""
+    if states and getattr(states[0], "unit", "packets") == "bytes":
+        return sum(s.volume for s in states)
+    return packets
 
 
 def _hidden_window_estimates(states: list, keys) -> dict:

@@ -44,6 +44,20 @@ stage: 11 Bloom filters over a 128-bit interval tree and 12 segment bitmaps of 1
 4-byte keys. A ``5tuple`` sketch (13-byte keys cannot hold IPv6 tuples) or ``ipv6_memory_bytes=0``
 counts IPv6 rows in ``skipped_ipv6`` and logs once: never a silent loss.
 
+Bytes (issue 17). ``weight="bytes"`` counts each packet's ``length`` column (IPv4 total length,
+IPv6 payload length + 40) instead of 1: "top talkers by bytes". The FS then has 32-bit counters
+(saturating at 2**32 - 1, ~4.3 GB per counter, and a saturated row drops out of the gate exactly as
+an 8-bit one does) and the Count-Min 64-bit counters, so for the same ``memory_bytes`` the FS has a
+quarter of the 8-bit counters and the CM half of the buckets (``cm_bytes`` 10 KiB: 426 buckets a row
+against 853); the IPv6 companion is byte-weighted the same way. A packet of weight ``w`` adds ``w``
+to its FS rows and, once the gate value ``g`` (the minimum over non-saturated incremented rows)
+passes ``thresh``, ``min(w, g - thresh)`` to the second stage: exactly the part of the key's bytes
+above ``thresh``, so ``f_SS + thresh`` still never under-counts (with ``w = 1`` this is the packet
+rule, 1). ``thresh`` and ``phi * N`` are bytes (``N``: the epoch's bytes, :attr:`total_weight`);
+the default ``thresh`` takes ``expected_epoch_bytes`` (default ``expected_epoch_items *
+MEAN_PACKET_BYTES``). Packet counting (the default) keeps its kernels, state and snapshots byte for
+byte. Byte weighting is one-pass only.
+
 Usage::
 
     hs = HiddenSketch(memory_bytes=55 * 1024, phi=1e-4)
@@ -55,7 +69,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Hashable, Iterable, Sequence
 
 import numba as nb
@@ -108,6 +122,10 @@ KEYS = ("src_ip", "dst_ip", "5tuple", "src_ip6", "dst_ip6")
 IPV6_COMPANION = {"src_ip": "src_ip6", "dst_ip": "dst_ip6"}
 _KEY_BYTES = {"src_ip": 4, "dst_ip": 4, "5tuple": 13, "src_ip6": 16, "dst_ip6": 16}
 _DEFAULT_MEMORY = {4: 55 * 1024, 13: 128 * 1024, 16: 128 * 1024}
+#: What a sketch counts: each packet as 1, or its ``length`` in bytes (module docstring).
+WEIGHTS = ("packets", "bytes")
+#: Bytes per packet assumed for the default byte threshold when ``expected_epoch_bytes`` is not given.
+MEAN_PACKET_BYTES = 700
 
 
 def seed_for(seed: int, family: int, index: int = 0) -> int:
@@ -140,7 +158,10 @@ class HiddenSketchParams:
     ``trunc(phi * expected_epoch_items - 10)`` clamped at 0). ``key`` is ``"src_ip"`` (4-byte
     keys: top talkers), ``"dst_ip"`` (4-byte keys: the most-targeted destinations, e.g. a DDoS
     victim whose packets come from many spoofed sources) or ``"5tuple"`` (13-byte keys). ``mode`` is ``"one_pass"`` (reference semantics) or
-    ``"two_pass"`` (the mergeable variant of §9).
+    ``"two_pass"`` (the mergeable variant of §9). ``weight`` is ``"packets"`` (default) or
+    ``"bytes"`` (each packet counts its ``length``; ``thresh``, ``phi * N`` and answers in bytes,
+    ``fs_counter_bits`` default 32, 64-bit CM, one-pass only; ``expected_epoch_bytes`` then sets the
+    default ``thresh``: see the module docstring).
     """
 
     memory_bytes: int | None = None
@@ -149,7 +170,7 @@ class HiddenSketchParams:
     thresh: int | None = None
     expected_epoch_items: int = 2_500_000
     fs_rows: int = 3
-    fs_counter_bits: int = 8
+    fs_counter_bits: int | None = None
     blocks: int | None = None
     seg_bits: tuple[int, ...] | None = None
     bf_intervals: tuple[tuple[int, int], ...] | None = None
@@ -160,9 +181,15 @@ class HiddenSketchParams:
     seed: int = 0
     mode: str = "one_pass"
     ipv6_memory_bytes: int | None = None
+    weight: str = "packets"
+    expected_epoch_bytes: int | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        if self.weight not in WEIGHTS:
+            raise SketchError(f"weight must be 'packets' or 'bytes', got {self.weight!r}")
+        if self.fs_counter_bits is None:
+            set_("fs_counter_bits", 32 if self.weight == "bytes" else 8)
         if self.key not in KEYS:
             raise SketchError(
                 f"key must be 'src_ip' or 'dst_ip' (4-byte), '5tuple' (13-byte) or 'src_ip6' or 'dst_ip6' "
@@ -190,14 +217,25 @@ class HiddenSketchParams:
             if len(value) != n_bf:
                 raise SketchError(f"{name} needs one entry per Bloom filter ({n_bf}), got {len(value)}")
             set_(name, value)
-        if self.fs_counter_bits not in (8, 16):
-            raise SketchError(f"fs_counter_bits must be 8 or 16, got {self.fs_counter_bits}")
+        allowed_bits = (8, 16, 32) if self.weight == "bytes" else (8, 16)
+        if self.fs_counter_bits not in allowed_bits:
+            raise SketchError(f"fs_counter_bits must be one of {allowed_bits} for weight {self.weight!r}, "
+                              f"got {self.fs_counter_bits}")
         if not 0.0 < self.phi < 1.0:
             raise SketchError(f"phi must be in (0, 1), got {self.phi}")
+        if self.weight == "bytes" and self.mode != "one_pass":
+            raise SketchError("weight='bytes' is one-pass only (mode='one_pass')")
+        if self.expected_epoch_bytes is not None and self.weight != "bytes":
+            raise SketchError("expected_epoch_bytes needs weight='bytes' (a packet sketch takes expected_epoch_items)")
         if self.thresh is None:
             if self.expected_epoch_items <= 0:
                 raise SketchError(f"expected_epoch_items must be positive, got {self.expected_epoch_items}")
-            set_("thresh", max(0, int(self.phi * self.expected_epoch_items - 10)))
+            if self.expected_epoch_bytes is not None and self.expected_epoch_bytes <= 0:
+                raise SketchError(f"expected_epoch_bytes must be positive, got {self.expected_epoch_bytes}")
+            expected = self.expected_epoch_items
+            if self.weight == "bytes":
+                expected = self.expected_epoch_bytes or self.expected_epoch_items * MEAN_PACKET_BYTES
+            set_("thresh", max(0, int(self.phi * expected - 10)))
         set_("thresh", int(self.thresh))
         self._validate()
 
@@ -222,8 +260,8 @@ class HiddenSketchParams:
             raise SketchError(f"bf_rows must be in [1, {_MAX_BF_ROWS}], got {self.bf_rows}")
         if any(b < 1 for b in self.bf_row_bits):
             raise SketchError(f"bf_row_bits must be positive, got {self.bf_row_bits}")
-        if self.cm_bytes < 4 * _CM_ROWS:
-            raise SketchError(f"cm_bytes must be at least {4 * _CM_ROWS}, got {self.cm_bytes}")
+        if self.cm_bytes < self.cm_counter_bytes * _CM_ROWS:
+            raise SketchError(f"cm_bytes must be at least {self.cm_counter_bytes * _CM_ROWS}, got {self.cm_bytes}")
         if self.max_enum < 1:
             raise SketchError(f"max_enum must be positive, got {self.max_enum}")
         if not 0 <= self.seed < 2**32:
@@ -269,7 +307,7 @@ class HiddenSketchParams:
             memory_bytes=memory, phi=self.phi, key=IPV6_COMPANION[self.key], thresh=self.thresh,
             expected_epoch_items=self.expected_epoch_items, fs_rows=self.fs_rows,
             fs_counter_bits=self.fs_counter_bits, cm_bytes=self.cm_bytes, max_enum=self.max_enum,
-            seed=self.seed, mode=self.mode)
+            seed=self.seed, mode=self.mode, weight=self.weight)
 
     @property
     def ss_bytes(self) -> int:
@@ -288,9 +326,22 @@ class HiddenSketchParams:
         return self.fs_bytes * 8 // self.fs_rows // self.fs_counter_bits
 
     @property
+    def cm_counter_bytes(self) -> int:
+        """Bytes of one CM counter: 4 (``uint32``) counting packets, 8 (``uint64``) counting bytes."""
+        return 8 if self.weight == "bytes" else 4
+
+    @property
     def cm_width(self) -> int:
-        """Counters per CM row: ``cm_bytes // 3 // 4``."""
-        return self.cm_bytes // _CM_ROWS // 4
+        """Counters per CM row: ``cm_bytes // 3 // 4`` (``// 8`` byte-weighted)."""
+        return self.cm_bytes // _CM_ROWS // self.cm_counter_bytes
+
+    def to_dict(self) -> dict:
+        """The parameters as stored in a snapshot; a packet sketch's lack the byte-only keys, so its
+        snapshots stay byte-identical to those written before byte weighting."""
+        d = asdict(self)
+        if self.weight == "packets":
+            del d["weight"], d["expected_epoch_bytes"]
+        return d
 
     @property
     def fs_cap(self) -> int:
@@ -526,6 +577,34 @@ def _fs_gate(lo, hi, nbytes, fs, fs_seeds, width, cap, thresh, gated):
 
 
 @kernel
+def _fs_gate_weighted(lo, hi, nbytes, weights, fs, fs_seeds, width, cap, thresh, gated, passed):
+    """:func:`_fs_gate` with a weight per item (bytes): each row adds ``weights[i]`` saturating at
+    ``cap``; an item whose gate value ``g`` passes ``thresh`` goes on with ``passed = min(w, g -
+    thresh)`` (its weight above the gate; ``w`` when every row is saturated). Zero weights change
+    nothing. Returns the count of gated items."""
+    w = _U64(width)
+    n_gated = 0
+    for i in range(lo.shape[0]):
+        wt = np.int64(weights[i])
+        if wt <= 0:
+            continue
+        g = FS_INFINITE
+        for r in range(fs_seeds.shape[0]):
+            c = _hash_key(lo[i], hi[i], nbytes, fs_seeds[r]) % w
+            v = np.int64(fs[r, c])
+            if v < cap:
+                v = min(v + wt, cap)
+                fs[r, c] = v
+                if v < g:
+                    g = v
+        if g > thresh:
+            gated[n_gated] = i
+            passed[n_gated] = wt if g == FS_INFINITE else min(wt, g - thresh)
+            n_gated += 1
+    return n_gated
+
+
+@kernel
 def _fs_query_many(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
     for i in range(lo.shape[0]):
         out[i] = _fs_query_one(fs, fs_seeds, width, cap, lo[i], hi[i], nbytes)
@@ -550,6 +629,40 @@ def _ss_insert(lo, hi, sel, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, b
         cm[0, h0 % wc] += 1
         for r in range(1, cm_seeds.shape[0]):
             cm[r, _hash_key(klo, khi, nbytes, cm_seeds[r]) % wc] += 1
+        slot = (h0 >> _U64(40)) & _U64(_SKIP_CACHE - 1)
+        if cache_ok[slot] and cache_lo[slot] == klo and cache_hi[slot] == khi:
+            continue
+        cache_ok[slot], cache_lo[slot], cache_hi[slot] = True, klo, khi
+        b = _hash_key(klo, khi, nbytes, blk_seed) % _U64(n_blocks)
+        for s in range(seg_layout.shape[0]):
+            a, _ = _partial(klo, khi, seg_layout[s, 0], seg_layout[s, 0] + seg_layout[s, 1])
+            seg[b, seg_layout[s, 2] + np.int64(a >> _U64(6))] |= _ONE << (a & _U64(63))
+        for j in range(bf_layout.shape[0]):
+            plo, phi_ = _partial(klo, khi, bf_layout[j, 0], bf_layout[j, 1])
+            row0, bits = bf_layout[j, 2], _U64(bf_layout[j, 4])
+            for r in range(bf_layout[j, 3]):
+                h = _hash_key(plo, phi_, nbytes, bf_seeds[row0 + r]) % bits
+                bf[row0 + r, h >> _U64(6)] |= _ONE << (h & _U64(63))
+
+
+@kernel
+def _ss_insert_weighted(lo, hi, sel, amounts, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds,
+                        cm_seeds, w_cm, seg, bf, cm):
+    """``ss_insert(key, amounts[t])`` for the items ``sel[t]`` (byte weighting): the CM rows get the
+    amount, the bitmaps and Bloom filters the key (idempotent, so one write per distinct key is enough:
+    the same direct-mapped cache as :func:`_ss_insert`)."""
+    wc = _U64(w_cm)
+    cache_lo = np.zeros(_SKIP_CACHE, np.uint64)
+    cache_hi = np.zeros(_SKIP_CACHE, np.uint64)
+    cache_ok = np.zeros(_SKIP_CACHE, np.bool_)
+    for t in range(sel.shape[0]):
+        i = sel[t]
+        amount = _U64(amounts[t])
+        klo, khi = lo[i], hi[i]
+        h0 = _hash_key(klo, khi, nbytes, cm_seeds[0])
+        cm[0, h0 % wc] += amount
+        for r in range(1, cm_seeds.shape[0]):
+            cm[r, _hash_key(klo, khi, nbytes, cm_seeds[r]) % wc] += amount
         slot = (h0 >> _U64(40)) & _U64(_SKIP_CACHE - 1)
         if cache_ok[slot] and cache_lo[slot] == klo and cache_hi[slot] == khi:
             continue
@@ -958,11 +1071,13 @@ class HiddenSketch(Sketch):
         self.params = params
         self._layout = _Layout(params)
         p, lay = params, self._layout
-        self.fs = np.zeros((p.fs_rows, p.fs_width), np.uint8 if p.fs_counter_bits == 8 else np.uint16)
+        self.fs = np.zeros((p.fs_rows, p.fs_width), {8: np.uint8, 16: np.uint16, 32: np.uint32}[p.fs_counter_bits])
         self.seg = np.zeros((p.blocks, lay.seg_words), np.uint64)
         self.bf = np.zeros((lay.bf_total_rows, lay.bf_words), np.uint64)
-        self.cm = np.zeros((_CM_ROWS, p.cm_width), np.uint32)
+        self.cm = np.zeros((_CM_ROWS, p.cm_width), np.uint64 if p.weight == "bytes" else np.uint32)
         self.n_items = 0
+        #: bytes of the epoch (both families) of a byte-weighted sketch; 0 counting packets
+        self.total_weight = 0
         self.epoch = 0
         self.phase = "one_pass" if p.mode == "one_pass" else "first"
         self._decoded: HHResult | None = None
@@ -984,6 +1099,16 @@ class HiddenSketch(Sketch):
     @property
     def thresh(self) -> int:
         return self.params.thresh
+
+    @property
+    def unit(self) -> str:
+        """What counts and thresholds are in: ``"packets"`` or ``"bytes"``."""
+        return self.params.weight
+
+    @property
+    def volume(self) -> int:
+        """``N`` of ``phi * N``: the epoch's packets, or its bytes when byte-weighted."""
+        return self.total_weight if self.params.weight == "bytes" else self.n_items
 
     @property
     def decode_ok(self) -> bool:
@@ -1035,11 +1160,12 @@ class HiddenSketch(Sketch):
             raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}; use update_keys() for arrays")
         key = self.params.key
         lo, hi = _batch_words(batch, key)
+        weights = np.asarray(batch.length, np.int64) if self.params.weight == "bytes" else None
         if key in ("src_ip6", "dst_ip6") or not batch.has_ipv6():
-            self._ingest(lo, hi)
+            self._ingest(lo, hi, weights)
             return
         v6 = np.asarray(batch.ipv6).astype(bool)
-        self._ingest(lo[~v6], hi[~v6])
+        self._ingest(lo[~v6], hi[~v6], None if weights is None else weights[~v6])
         n6 = int(v6.sum())
         companion = self._ipv6_sketch()
         if companion is None:
@@ -1047,8 +1173,11 @@ class HiddenSketch(Sketch):
             return
         if self.phase != "second":
             self.n_items += n6
+            if weights is not None:
+                self.total_weight += int(weights[v6].sum())
         self._decoded = None
-        companion._ingest(*keys_to_words(address16(batch[v6], key[:3]), 16))
+        companion._ingest(*keys_to_words(address16(batch[v6], key[:3]), 16),
+                          None if weights is None else weights[v6])
 
     def _ipv6_sketch(self) -> "HiddenSketch | None":
         """The IPv6 companion, made (in this sketch's pass) on first use; ``None`` if there is none."""
@@ -1069,11 +1198,20 @@ class HiddenSketch(Sketch):
                          self.params.key, n)
         self.skipped_ipv6 += n
 
-    def update_keys(self, keys) -> None:
-        """Add raw keys: ``uint32[n]`` addresses (4-byte) or ``uint8[n, 13]`` / ``V13`` (13-byte)."""
-        self._ingest(*keys_to_words(keys, self.params.key_bytes))
+    def update_keys(self, keys, weights=None) -> None:
+        """Add raw keys: ``uint32[n]`` addresses (4-byte) or ``uint8[n, 13]`` / ``V13`` (13-byte);
+        ``weights`` (byte-weighted sketches only, required there): ``n`` non-negative integers."""
+        lo, hi = keys_to_words(keys, self.params.key_bytes)
+        if (weights is None) != (self.params.weight == "packets"):
+            raise SketchError("weights are required by (and only by) a weight='bytes' sketch")
+        if weights is not None:
+            weights = np.asarray(weights)
+            if weights.shape != lo.shape or weights.dtype.kind not in "iu" or (weights < 0).any():
+                raise SketchError(f"weights must be {lo.shape[0]} non-negative integers, got {weights.dtype} {weights.shape}")
+            weights = np.ascontiguousarray(weights, np.int64)
+        self._ingest(lo, hi, weights)
 
-    def _ingest(self, lo: np.ndarray, hi: np.ndarray) -> None:
+    def _ingest(self, lo: np.ndarray, hi: np.ndarray, weights: np.ndarray | None = None) -> None:
         if lo.shape[0] == 0:
             return
         self._decoded = None
@@ -1081,6 +1219,18 @@ class HiddenSketch(Sketch):
             self._ss_pass(lo, hi)
             return
         p, lay = self.params, self._layout
+        if weights is not None:  # byte weighting; packets keep the weight-1 kernels below
+            gated = np.empty(lo.shape[0], np.int64)
+            passed = np.empty(lo.shape[0], np.int64)
+            n_gated = _fs_gate_weighted(lo, hi, lay.nbytes, weights, self.fs, lay.fs_seeds, p.fs_width,
+                                        p.fs_cap, p.thresh, gated, passed)
+            self.n_items += int(lo.shape[0])
+            self.total_weight += int(weights.sum())
+            if n_gated:
+                _ss_insert_weighted(lo, hi, gated[:n_gated], passed[:n_gated], lay.nbytes, p.blocks, lay.blk_seed,
+                                    lay.seg_layout, lay.bf_layout, lay.bf_seeds, lay.cm_seeds, p.cm_width,
+                                    self.seg, self.bf, self.cm)
+            return
         gated = np.empty(lo.shape[0], np.int64)
         n_gated = _fs_gate(lo, hi, lay.nbytes, self.fs, lay.fs_seeds, p.fs_width, p.fs_cap, p.thresh, gated)
         self.n_items += int(lo.shape[0])
@@ -1185,10 +1335,10 @@ class HiddenSketch(Sketch):
         """Decode of both families: this sketch's (:meth:`_decode_family`) and, when it exists, the
         IPv6 companion's, each reporting against ``phi * N`` of all traffic, joined by
         :func:`_join_results` (keys of the two families never collide: ``int`` vs 16 bytes)."""
-        result = self._decode_family(threads, partial, self.n_items)
+        result = self._decode_family(threads, partial, self.volume)
         if self.ipv6 is None:
             return result
-        return _join_results(result, self.ipv6._decode_family(threads, partial, self.n_items))
+        return _join_results(result, self.ipv6._decode_family(threads, partial, self.volume))
 
     def _decode_family(self, threads: int | None, partial: bool, n_total: int) -> HHResult:
         """Decode of spec §7, with the graceful partial answer of issue 20.
@@ -1341,7 +1491,9 @@ class HiddenSketch(Sketch):
         if previous.params.key != self.params.key:
             raise SketchError("heavy changers need two sketches over the same key type")
         now, before = dict(self.heavy_hitters()), dict(previous.heavy_hitters())
-        thr = self.params.phi * max(self.n_items, previous.n_items) if hc_threshold is None else hc_threshold
+        if previous.params.weight != self.params.weight:
+            raise SketchError("heavy changers need two sketches of the same weight (packets or bytes)")
+        thr = self.params.phi * max(self.volume, previous.volume) if hc_threshold is None else hc_threshold
         keys = sorted(now.keys() | before.keys(), key=key_order)
         if not keys:
             return []
@@ -1408,7 +1560,9 @@ class HiddenSketch(Sketch):
         if self.ipv6 is not None:
             arrays["ipv6_state"] = np.frombuffer(self.ipv6.to_bytes(), np.uint8)
         extra = {"phase": self.phase, "skipped_ipv6": self.skipped_ipv6}
-        return pack_state(ALGORITHM, STATE_VERSION, self.params, arrays, self.epoch, extra)
+        if self.params.weight == "bytes":
+            extra["total_weight"] = self.total_weight
+        return pack_state(ALGORITHM, STATE_VERSION, self.params.to_dict(), arrays, self.epoch, extra)
 
     @classmethod
     def from_bytes(cls, data: bytes, params: HiddenSketchParams | None = None) -> "HiddenSketch":
@@ -1435,6 +1589,7 @@ class HiddenSketch(Sketch):
             raise SketchError(f"bad phase {phase!r} for mode {stored.mode!r}")
         sketch.phase = phase
         sketch.skipped_ipv6 = int(extra.get("skipped_ipv6", 0))
+        sketch.total_weight = int(extra.get("total_weight", 0))
         if "ipv6_state" in arrays:
             companion = cls.from_bytes(arrays["ipv6_state"].tobytes(), stored.ipv6_companion())
             if companion.phase != ("one_pass" if phase == "one_pass" else companion.phase):
@@ -1474,7 +1629,7 @@ def heavy_hitters_union(sketches: Iterable[HiddenSketch], total_items: int | Non
     sketches = list(sketches)
     if not sketches:
         return []
-    n = sum(s.n_items for s in sketches) if total_items is None else total_items
+    n = sum(s.volume for s in sketches) if total_items is None else total_items
     limit = sketches[0].params.phi * n
     out = []
     for s in sketches:
