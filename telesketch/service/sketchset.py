@@ -293,16 +293,14 @@ def merged_state(cs: ConfiguredSketch, states: list):
 
 def heavy_hitters(cs, states, n_packets, phi=None, threshold=None) -> Combined:
     window = cs.window(states)
-    volume = window.volume(n_packets) if hasattr(window, "volume") else n_packets  # bytes, byte-weighted
+    volume = window.volume(n_packets)  # bytes for a byte-weighted sketch
     window.check_floor(window_threshold(phi, threshold, volume), "heavy_hitters", cs.name)
     return window.heavy_hitters(n_packets, phi, threshold)
 
 
 def heavy_changers(cs, before, after, n_before, n_after, phi=None, threshold=None) -> Combined:
     window, packets = cs.window(after), max(n_before, n_after)
-    volume = packets
-    if hasattr(window, "volume"):  # a byte-weighted sketch: the larger of the two windows' bytes
-        volume = max(window.volume(n_after), cs.window(before).volume(n_before))
+    volume = max(window.volume(n_after), cs.window(before).volume(n_before))  # the larger window's
     window.check_floor(window_threshold(phi, threshold, volume), "heavy_changers", cs.name)
     return window.heavy_changers(cs.window(before), packets, phi, threshold)
 

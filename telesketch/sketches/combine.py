@@ -58,7 +58,7 @@ class HiddenWindow(Window):
         p = flat[0].params
         if threshold >= p.thresh:
             return
-        unit = getattr(p, "weight", "packets")
+        unit = p.weight
         setting = "expected_epoch_bytes" if unit == "bytes" else "expected_epoch_items"
         expected = p.expected_epoch_bytes if unit == "bytes" else p.expected_epoch_items
         how = (f"its thresh: phi {p.phi:g} x {setting} {expected:,} - 10, unless set" if expected is not None
@@ -85,7 +85,7 @@ class HiddenWindow(Window):
     def heavy_changers(self, before, packets, phi=None, threshold=None) -> Combined:
         """``packets``: the larger of the two windows' packet counts."""
         after = self.flat()
-        if getattr(after[0], "unit", "packets") == "bytes":  # the larger of the two windows' bytes
+        if after[0].unit == "bytes":  # the larger of the two windows' bytes
             packets = max(_hidden_volume(after, packets), _hidden_volume(before.flat(), packets))
         if not self.sharded and len(after) == 1:  # the sketch's own rule, at its own default threshold
             rows = list(after[0].heavy_changers(before.flat()[0], hc_threshold=window_threshold(phi, threshold, packets)))
@@ -107,7 +107,7 @@ def _mean_packet_bytes() -> int:
 
 def _hidden_volume(states: list, packets: int) -> int:
     """``N`` of a window's ``phi * N``: ``packets``, or the states' bytes when they count bytes."""
-    if states and getattr(states[0], "unit", "packets") == "bytes":
+    if states and states[0].unit == "bytes":
         return sum(s.volume for s in states)
     return packets
 

@@ -175,6 +175,11 @@ class Window:
     def __init__(self, parts: list, rule: Rule = EPOCHS):
         self.parts, self.rule = list(parts), rule
 
+    def volume(self, packets: int) -> int:
+        """``N`` of the window's ``phi * N`` in the sketch's unit: ``packets`` for packet-counting
+        kinds; a byte-weighted kind's window returns its bytes."""
+        return packets
+
     @property
     def sharded(self) -> bool:
         return self.rule.shards
