@@ -62,6 +62,10 @@ def record_workload(out: str) -> None:
                 hs.begin_second_pass()
                 hs.update(batch)
             hs.heavy_hitters()
+        hs = gpu.HiddenSketch(memory_bytes=8 * 1024, blocks=4, bf_row_bits=400, cm_bytes=1200, phi=2e-3,
+                              thresh=2, weight="bytes")  # the byte-weighted kernels
+        hs.update(batch)
+        hs.heavy_hitters()
         gpu.ResidualSketch(memory_bytes=4096, mode="byte", threshold=5).update(batch)
         gpu.CocoSketch(memory_bytes=4096).update(batch)
         addrs6 = rng.integers(0, 256, (50, 16)).astype(np.uint8)  # the IPv6 trees' kernels

@@ -201,7 +201,7 @@ class TestGapFilterGpuTwin(gpu_harness.TwinChecks):
     script, cases, run_case = __file__, EQUALITY_CASES + OTHER_CASES, staticmethod(run_case)
     # the default run keeps one equality case per kernel and path; the rest run with -m slow
     slow_cases = ["so_4k_modular", "so_2k_t", "so_one_bucket", "ao_4k_fp16_s4", "ao_1k_fp4_s0", "ao_3k_fp0_s8",
-                  "ao_2k_civ_floor", "ao_one_bucket", "roundtrip_so", "roundtrip_ao"]
+                  "ao_2k_civ_floor", "ao_one_bucket", "roundtrip_so", "roundtrip_ao", "mixed_ipv6_so"]
 
 
 if __name__ == "__main__":

@@ -406,7 +406,8 @@ class TestHiddenSketchGpuTwin(gpu_harness.TwinChecks):
     # Simulator CPU seconds (gpu_harness verdicts): two_pass 6.8, 5tuple 5.3, src_ip_fs8 5.3, roundtrip 4.3,
     # batch_split 3.6, src_ip_fs16_batch 3.3: the default run keeps src_ip_fs16_batch and the instant ones.
     # bytes_mixed: 33 s (both families byte-weighted); bytes_saturated (3.7 s) keeps the weighted kernels in the default run
-    slow_cases = ["src_ip_fs8", "two_pass", "src_ip_saturated_fs", "5tuple", "batch_split", "roundtrip", "bytes_mixed"]
+    slow_cases = ["src_ip_fs8", "two_pass", "src_ip_saturated_fs", "5tuple", "batch_split", "roundtrip", "bytes_mixed",
+                  "bytes_saturated"]
 
 
 if __name__ == "__main__":

@@ -377,7 +377,8 @@ def run_case(name: str) -> str:
 class TestResidualSketchGpuTwin(gpu_harness.TwinChecks):
     script, cases, run_case = __file__, sorted(EQUALITY) + OTHER_CASES, staticmethod(run_case)
     # the default run keeps one equality case per kernel and path; the rest run with -m slow
-    slow_cases = ["rs_byte_dst_3k_ge", "rs_bit_src_4k", "rs_bit_noconn", "coco_bit_dst_2k", "batch_split", "snapshot"]
+    slow_cases = ["rs_byte_dst_3k_ge", "rs_bit_src_4k", "rs_bit_noconn", "coco_bit_dst_2k", "batch_split", "snapshot",
+                  "bytes_wide", "ipv6_snapshot"]
 
 
 if __name__ == "__main__":
