@@ -19,3 +19,16 @@ def shared_traces() -> Path:
     if not SHARED_TRACES.is_dir():
         pytest.skip(f"real traces not found at {SHARED_TRACES}")
     return SHARED_TRACES
+
+
+def pytest_collection_finish(session):
+    """GPU-twin simulator subprocesses start now and run beside the suite (see gpu_harness)."""
+    import gpu_harness
+
+    gpu_harness.prefetch_simulator_runs(session.items)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import gpu_harness
+
+    gpu_harness.PREFETCH.stop()

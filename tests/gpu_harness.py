@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -27,6 +28,8 @@ from typing import Callable, Iterable
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: Limit of one simulator subprocess (seconds): on a fresh clone it compiles every CPU kernel it touches first.
+SCRIPT_TIMEOUT_S = 900
 
 
 def run_cases(cases: Iterable[str], run_case: Callable[[str], str]) -> dict:
@@ -52,12 +55,90 @@ def run_script(script: str, env_extra: dict, *args: str) -> subprocess.Completed
     clone every CPU kernel the cases touch is compiled first, before the simulated kernels run)."""
     env = {**os.environ, **env_extra}
     return subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=SCRIPT_TIMEOUT_S)
+
+
+class _Prefetch:
+    """Simulator runs started in the background when collection ends, one at a time, in the order
+    the tests will ask for them: the pytest process runs tests on one core, so on CI's two cores the
+    slow simulator subprocesses run beside the rest of the suite instead of after it."""
+
+    def __init__(self) -> None:
+        self.runs: dict[tuple[str, tuple[str, ...]], tuple[threading.Event, list]] = {}
+        self.proc: subprocess.Popen | None = None
+        self.stopped = False
+
+    def start(self, wanted: list[tuple[str, tuple[str, ...]]]) -> None:
+        for key in wanted:
+            self.runs.setdefault(key, (threading.Event(), []))
+        if self.runs:
+            threading.Thread(target=self._run_all, name="simulator-prefetch", daemon=True).start()
+
+    def _run_all(self) -> None:
+        for (script, cases), (done, result) in list(self.runs.items()):
+            if self.stopped:
+                return
+            try:
+                result.append(self._run(script, cases))
+            except Exception as exc:  # noqa: BLE001 - handed to the test that waits for it
+                result.append(exc)
+            done.set()
+
+    def _run(self, script: str, cases: tuple[str, ...]) -> subprocess.CompletedProcess:
+        args = [sys.executable, script, "--cases", ",".join(cases)]
+        self.proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"},
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = self.proc.communicate(timeout=SCRIPT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise
+        return subprocess.CompletedProcess(args, self.proc.returncode, out, err)
+
+    def result(self, script: str, cases: tuple[str, ...]) -> subprocess.CompletedProcess | None:
+        """The prefetched run of ``(script, cases)``, waiting for it; None if it was not prefetched."""
+        entry = self.runs.get((script, cases))
+        if entry is None:
+            return None
+        done, result = entry
+        done.wait()
+        if isinstance(result[0], Exception):
+            raise result[0]
+        return result[0]
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
+
+PREFETCH = _Prefetch()
+
+
+def prefetch_simulator_runs(items) -> None:
+    """Start the simulator subprocesses that the collected ``items`` will ask for (conftest hook;
+    ``TELESKETCH_SIMULATOR_PREFETCH=0`` turns it off)."""
+    if os.environ.get("TELESKETCH_SIMULATOR_PREFETCH", "1") == "0":
+        return
+    wanted: list[tuple[str, tuple[str, ...]]] = []
+    for item in items:
+        cls = getattr(item, "cls", None)
+        if cls is None or not issubclass(cls, TwinChecks):
+            continue
+        name = getattr(item, "originalname", item.name)
+        cases = {"test_simulator_matches_cpu": cls.fast_cases, "test_simulator_matches_cpu_slow":
+                 lambda cls=cls: list(cls.slow_cases)}.get(name)
+        if cases is not None and (key := (cls.script, tuple(cases()))) not in wanted:
+            wanted.append(key)
+    PREFETCH.start(wanted)
 
 
 def simulator_verdict(script: str, cases: Iterable[str]) -> dict:
     """The script's verdicts for ``cases`` under the CUDA simulator (fails the test if the run fails)."""
-    proc = run_script(script, {"NUMBA_ENABLE_CUDASIM": "1"}, "--cases", ",".join(cases))
+    cases = tuple(cases)
+    proc = PREFETCH.result(script, cases) or run_script(script, {"NUMBA_ENABLE_CUDASIM": "1"}, "--cases",
+                                                        ",".join(cases))
     if proc.returncode != 0:
         pytest.fail(f"simulator run failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     verdict = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -90,7 +171,12 @@ needs_device = pytest.mark.skipif(
 
 def script_main(cases: Iterable[str], run_case: Callable[[str], str], constructors: Iterable[Callable]) -> None:
     """A GPU test module's ``__main__``: print the JSON verdicts, or with ``--expect-error`` the
-    message of the error each constructor raises (exit 1 if one unexpectedly succeeds)."""
+    message of the error each constructor raises (exit 1 if one unexpectedly succeeds).
+
+    The process keeps to one CPU: the simulator runs each block's threads as Python threads that
+    meet at barriers, and on several cores they would fight over the GIL for nothing."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     if "--expect-error" not in sys.argv:
         if "--cases" in sys.argv:
             wanted = sys.argv[sys.argv.index("--cases") + 1].split(",")
