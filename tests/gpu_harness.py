@@ -29,7 +29,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: Limit of one simulator subprocess (seconds): on a fresh clone it compiles every CPU kernel it touches first.
-SCRIPT_TIMEOUT_S = 900
+SCRIPT_TIMEOUT_S = 1200
 
 
 def run_cases(cases: Iterable[str], run_case: Callable[[str], str]) -> dict:
