@@ -15,7 +15,8 @@ import gpu_harness
 pytestmark = pytest.mark.gpu
 pytest_generate_tests = gpu_harness.pytest_generate_tests
 
-CASES = ["argsort_lengths", "argsort_duplicates", "buffers_shrink_and_grow", "composite_shift_limits", "fill"]
+CASES = ["argsort_lengths", "argsort_duplicates", "buffers_shrink_and_grow", "staging_reused", "composite_shift_limits",
+         "fill"]
 
 
 def _argsort(values: np.ndarray, bound: int, buffers=None) -> np.ndarray:
@@ -55,6 +56,30 @@ def check_buffers_shrink_and_grow() -> str:
         values = rng.integers(0, 9, n)
         if not np.array_equal(_argsort(values, 9, buffers), np.argsort(values, kind="stable")):
             return f"batch of {n}: order differs"
+    return ""
+
+
+def check_staging_reused() -> str:
+    """``put`` copies through one page-locked staging buffer per name, allocated once for a stream
+    of batches that fit its capacity, and the device rows equal the host rows of each batch."""
+    from telesketch.gpu.core import DeviceBuffers, backend
+
+    be = backend()
+    buffers = DeviceBuffers(be)
+    rng = np.random.default_rng(4)
+    first = None
+    for n in (1000, 700, 1024, 3):
+        host = rng.integers(0, 2**40, (n, 2)).astype(np.uint64)
+        dev = buffers.put("keys", host)
+        if not np.array_equal(be.to_host(dev), host):
+            return f"batch of {n}: device rows differ from the host rows"
+        stage = buffers.staging("keys", n, np.uint64, (2,))
+        first = stage if first is None else first
+        if stage is not first or stage.shape != (1024, 2):
+            return f"batch of {n}: the staging buffer was reallocated ({stage.shape})"
+    if buffers.put("keys", np.zeros((1025, 2), np.uint64)).shape != (1025, 2) or \
+            buffers.staging("keys", 1025, np.uint64, (2,)).shape[0] != 2048:
+        return "a larger batch did not grow the staging buffer to the next power of two"
     return ""
 
 

@@ -71,6 +71,15 @@ class _Backend:
             return cuda.to_device(host)
         return host.copy()
 
+    def pinned_empty(self, shape, dtype) -> np.ndarray:
+        """A page-locked host array (DMA-able, so a host-to-device copy from it runs at full speed
+        and needs no driver-side staging); a plain numpy array under the simulator."""
+        if self.name == "cupy":
+            import cupyx
+
+            return cupyx.empty_pinned(shape, dtype)
+        return cuda.pinned_array(shape, dtype)
+
     def upload(self, dev, host: np.ndarray) -> None:
         """Copy ``host`` into the existing device array ``dev`` (same shape): no allocation."""
         host = np.ascontiguousarray(host, dtype=dev.dtype)
@@ -125,11 +134,13 @@ class _Backend:
 class DeviceBuffers:
     """Device arrays reused from batch to batch (one set per sketch): ``get(name, n, dtype)`` is a
     length-``n`` view of a buffer whose capacity grows to the next power of two (so a stream of
-    similar batch sizes allocates once); ``put(name, host)`` is one host-to-device copy into it."""
+    similar batch sizes allocates once); ``put(name, host)`` is one host-to-device copy into it,
+    staged through a page-locked host buffer of the same capacity, also reused."""
 
     def __init__(self, be: "_Backend"):
         self._be = be
         self._bufs: dict[str, object] = {}
+        self._staging: dict[str, np.ndarray] = {}
 
     def capacity(self, name: str, n: int, dtype, tail: tuple = ()) -> object:
         """The whole buffer ``name``: ``dtype[cap, *tail]``, ``cap`` a power of two >= ``n``."""
@@ -146,9 +157,20 @@ class DeviceBuffers:
     def put(self, name: str, host: np.ndarray):
         """``host`` (any shape) copied into buffer ``name`` (its dtype and trailing shape); returns
         the device view of its ``len(host)`` rows."""
-        dev = self.get(name, host.shape[0], host.dtype, host.shape[1:])
-        self._be.upload(dev, host)
+        n = host.shape[0]
+        dev = self.get(name, n, host.dtype, host.shape[1:])
+        stage = self.staging(name, n, host.dtype, host.shape[1:])[:n]
+        np.copyto(stage, host)
+        self._be.upload(dev, stage)
         return dev
+
+    def staging(self, name: str, n: int, dtype, tail: tuple = ()) -> np.ndarray:
+        """The page-locked host buffer of ``name``: ``dtype[cap, *tail]``, grown like :meth:`capacity`."""
+        stage = self._staging.get(name)
+        if stage is None or stage.shape[0] < n or stage.dtype != np.dtype(dtype) or stage.shape[1:] != tuple(tail):
+            stage = self._be.pinned_empty((1 << max(0, int(n) - 1).bit_length(),) + tuple(tail), dtype)
+            self._staging[name] = stage
+        return stage
 
 
 def _simulator_enabled() -> bool:
