@@ -268,7 +268,7 @@ class ShardedSketchSet(ss.SketchSet):
     def update(self, states: dict[str, Any], batch: PacketBatch) -> None:
         self.pool.update(batch)
 
-    def close(self, states: dict[str, Any]) -> dict[str, Any]:
+    def close(self, states: dict[str, Any], epoch: int | None = None) -> dict[str, Any]:
         per_shard = self.pool.close()
         return {name: ShardedState(self.get(name), [ss.ConfiguredSketch.load_state(self.get(name), blobs[name],
                                                                                     closed=True)
