@@ -58,6 +58,14 @@ the default ``thresh`` takes ``expected_epoch_bytes`` (default ``expected_epoch_
 MEAN_PACKET_BYTES``). Packet counting (the default) keeps its kernels, state and snapshots byte for
 byte. Byte weighting is one-pass only.
 
+Too small for the traffic (issue 20, docs/HIDDENSKETCH_OVERFLOW.md). When the peel cannot finish,
+:meth:`HiddenSketch.decode` returns every key it can recover, flagged ``partial``: peeled keys exact,
+the others with upper bounds from the residual Count-Min tightened by interval propagation (plain
+Count-Min bounds after an enumeration overflow), reported largest bound first up to what the CM can
+tell apart; never an under-count. Of the variants measured (``bench_hiddensketch.py --only
+overflow_strategies``: orders of the bounded keys, room, tightening rounds) this keeps the most heavy
+keys; :attr:`HiddenSketch.load_factor` (1: the decode starts to fail) warns without a decode.
+
 Usage::
 
     hs = HiddenSketch(memory_bytes=55 * 1024, phi=1e-4)
