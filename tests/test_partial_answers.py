@@ -97,6 +97,28 @@ def test_query_cli_says_partial(served, capsys):
     assert "PARTIAL" not in capsys.readouterr().err
 
 
+def test_overload_watch_warns_once_per_sketch_epoch_and_signal(caplog):
+    """Without metrics: one warning per (sketch, epoch, signal); a load under 1 is silent; an
+    unknown epoch (``None``) always warns; the oldest remembered epochs are forgotten first."""
+    from telesketch.service import overload
+
+    watch = overload.OverloadWatch()
+    with caplog.at_level(logging.WARNING, logger="telesketch.service"):
+        for _ in range(3):
+            watch.epoch_closed("a", 7, 1.5, 1000)
+            watch.epoch_closed("a", 8, 0.9, 1000)                     # under the threshold: silent
+            watch.epoch_closed("b", 7, 2.0, 1000)                     # another sketch, same epoch
+            assert watch.partial_epochs("a", [7, 9]) in ([7, 9], [])  # a signal of its own
+        watch.epoch_closed("a", None, 1.5, 1000)
+        watch.epoch_closed("a", None, 1.5, 1000)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("load factor" in m for m in messages) == 4 and sum("partial answer" in m for m in messages) == 1
+    assert [m for m in messages if "sketch a: load factor" in m and "epoch 7" in m]
+    for e in range(overload.REMEMBERED + 1):
+        watch.partial_epochs("c", [e])
+    assert watch.partial_epochs("c", [0]) == [0] and watch.partial_epochs("c", [overload.REMEMBERED]) == []
+
+
 def metric(metrics: str, name: str, sketch: str) -> float | None:
     """The value of series ``name{sketch="..."}`` in a /metrics text, ``None`` when absent."""
     for line in metrics.splitlines():
