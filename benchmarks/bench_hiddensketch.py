@@ -8,7 +8,8 @@ keys (bytes 0..3 of each record, the generator's little-endian ``uint32`` view),
     .venv/bin/python benchmarks/bench_hiddensketch.py                 # everything (~ a few minutes)
     .venv/bin/python benchmarks/bench_hiddensketch.py --only accuracy # one part: accuracy | small_ss |
                                                                       # changers | big | throughput | 5tuple |
-                                                                      # overflow (issue 20: 0.25x..2x, hard mix)
+                                                                      # overflow (issue 20: 0.25x..2x, hard mix) |
+                                                                      # overflow_strategies (partial-decode variants)
     .venv/bin/python benchmarks/bench_hiddensketch.py --only ipv6     # issue 18: mixed traffic, 16-byte keys
     .venv/bin/python benchmarks/bench_hiddensketch.py --only v4speed --baseline ../main
     .venv/bin/python benchmarks/bench_hiddensketch.py --only bytes --seeds 1   # issue 17: by bytes vs packets
@@ -333,6 +334,108 @@ def overflow(lines: list[str], target: float = 0.95, step_kib: int = 4) -> None:
         print(lines[-1], flush=True)
 
 
+# Memory points of the strategy comparison: 0.55x, 0.6x and 0.625x of the 56 KiB the hard mix needs
+# (the overflow table): the FS mostly saturated, the peel stopping short, the last complete decode.
+STRATEGY_KIB = (30.8, 33.6, 35.0)
+STRATEGY_ROOMS = (1.0, 0.75, 0.5)
+
+
+def _partial_bounds(sketch: HiddenSketch, rounds: int) -> dict:
+    """The arrays behind a partial decode (as ``HiddenSketch._decode_family`` computes them, with
+    ``rounds`` of tightening), candidate order: keys, FS estimates, peeled counts and which keys
+    are exact, upper and lower bounds of ``f_SS``, the per-row counters under each key."""
+    from telesketch.sketches import hiddensketch as hs
+
+    p, lay = sketch.params, sketch._layout
+    parts = [hs._decode_block(b, sketch.seg, lay.seg_layout, sketch.bf, lay.bf_layout, lay.bf_seeds, lay.blk_seed,
+                              p.blocks, lay.nbytes, lay.post_order, lay.child_ptr, lay.child_idx, lay.suffix,
+                              p.max_enum) for b in range(p.blocks)]
+    lo, hi = np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts])
+    overflow = any(q[2] for q in parts)
+    fs = np.empty(lo.shape[0], np.int64)
+    hs._fs_query_many(lo, hi, lay.nbytes, sketch.fs, lay.fs_seeds, p.fs_width, p.fs_cap, fs)
+    keep = fs > p.thresh
+    lo, hi, fs = lo[keep], hi[keep], fs[keep]
+    order = np.lexsort((lo, hi))
+    lo, hi, fs = lo[order], hi[order], fs[order]
+    f_ss, _, resolved, residual = hs._peel(lo, hi, lay.nbytes, sketch.cm, lay.cm_seeds, p.cm_width)
+    buckets = np.empty((lo.shape[0], 3), np.int64)
+    hs._cm_buckets(lo, hi, lay.nbytes, lay.cm_seeds, p.cm_width, buckets)
+    remaining = sketch.cm.astype(np.int64).ravel() if overflow else np.maximum(residual, 0)
+    exact_count = np.zeros(lo.shape[0], bool) if overflow else resolved
+    per_row = remaining[buckets]
+    upper, lower = per_row.min(axis=1), np.zeros(lo.shape[0], np.int64)
+    if not overflow:
+        upper = np.minimum(upper, fs)
+        lower = hs._tighten(buckets, remaining, upper, ~exact_count, rounds)
+    return {"keys": hs.words_to_keys(lo, hi, 4), "fs": fs, "f_ss": f_ss, "exact": exact_count, "upper": upper,
+            "lower": lower, "per_row": per_row, "remaining": remaining.reshape(3, -1), "overflow": overflow}
+
+
+def _cmm_rank(d: dict) -> np.ndarray:
+    """Count-Mean-Min style: median over rows of (counter - the row's median counter)."""
+    return np.median(d["per_row"] - np.median(d["remaining"], axis=1)[None, :], axis=1)
+
+
+#: orders of the bounded keys when more pass phi * N than the room (the default: "upper bound")
+STRATEGY_RANKS = {
+    "upper bound (default)": lambda d: d["upper"].astype(float),
+    "lower bound, then upper": lambda d: d["lower"] * 1e9 + d["upper"],
+    "lower + upper": lambda d: (d["lower"] + d["upper"]).astype(float),
+    "median over rows": lambda d: np.median(d["per_row"], axis=1),
+    "Count-Mean-Min": _cmm_rank,
+    "FS estimate, then upper": lambda d: np.minimum(d["fs"], 1 << 40) * 1e6 + d["upper"],
+}
+
+
+def overflow_strategies(lines: list[str]) -> None:
+    """Partial-decode variants on the hard mix at ``STRATEGY_KIB``: the order in which bounded keys
+    fill the room (``STRATEGY_RANKS``), the room itself (x ``PEEL_LIMIT * 3 * cm_width`` keys) and
+    the rounds of bound tightening. Every variant keeps the estimates (upper bounds, never an
+    under-count); only which keys are reported changes."""
+    from telesketch.traces import generate_batch
+
+    src = np.asarray(generate_batch(mix="hard", **HARD).src_ip)
+    counts = exact.count_dict(src)
+    limit = PHI * len(src)
+    true = {k for k, c in counts.items() if c > limit}
+
+    def score(sketch: HiddenSketch, d: dict, rank, room_scale: float) -> str:
+        offset = sketch.thresh
+        total = np.where(d["exact"], d["f_ss"] + offset, np.minimum(d["fs"], d["upper"] + offset))
+        present = np.where(d["exact"], d["f_ss"], d["upper"]) > 0
+        sure = np.flatnonzero(present & d["exact"] & (total > limit))
+        maybe = np.flatnonzero(present & ~d["exact"] & (total > limit))
+        room = max(0, int(room_scale * HiddenSketch.PEEL_LIMIT * 3 * sketch.params.cm_width) - len(sure))
+        picked = maybe[np.argsort(-rank(d)[maybe], kind="stable")[:room]]
+        reported = {d["keys"][i]: int(total[i]) for i in [*sure, *picked]}
+        acc = exact.set_accuracy(true, reported)
+        under = sum(est < counts.get(k, 0) for k, est in reported.items())
+        return f"{acc.recall:.3f} | {acc.precision:.3f} | {acc.f1:.3f} | {len(reported)} | {under}"
+
+    lines += [f"\nHidden Sketch partial-decode strategies: mix='hard' {HARD}, {len(true)} true heavy sources at "
+              f"phi = {PHI:g}; room = x * 0.818 * 3 * cm_width keys\n",
+              "| KiB | load factor | candidates / peeled | strategy | room x | tighten rounds | Rec | P | F1 | keys | under-counts |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for kib in STRATEGY_KIB:
+        sketch = HiddenSketch(memory_bytes=int(kib * 1024), phi=PHI)
+        for i in range(0, len(src), BATCH):
+            sketch.update_keys(src[i:i + BATCH])
+        for rounds in (0, 8, 64):
+            d = _partial_bounds(sketch, rounds)
+            head = (f"| {kib:g} | {sketch.load_factor:.2f} | {len(d['keys'])} / "
+                    f"{int((d['exact'] & (d['f_ss'] > 0)).sum())}{' (overflow)' if d['overflow'] else ''}")
+            if d["exact"].all():  # a complete decode: no bounded key, every variant answers the same
+                lines.append(f"{head} | complete decode: every variant | | | {score(sketch, d, STRATEGY_RANKS['upper bound (default)'], 1.0)} |")
+                print(lines[-1], flush=True)
+                break
+            ranks = STRATEGY_RANKS if rounds == HiddenSketch.TIGHTEN_ROUNDS else {"upper bound (default)": STRATEGY_RANKS["upper bound (default)"]}
+            for name, rank in ranks.items():
+                for room in STRATEGY_ROOMS:
+                    lines.append(f"{head} | {name} | {room:g} | {rounds} | {score(sketch, d, rank, room)} |")
+                    print(lines[-1], flush=True)
+
+
 _LOADED: dict[str, list[dict]] = {}
 
 
@@ -549,7 +652,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--only", choices=["accuracy", "small_ss", "changers", "big", "throughput", "5tuple", "overflow",
-                                       "ipv6", "v4speed", "v4speed_child", "bytes"],
+                                       "overflow_strategies", "ipv6", "v4speed", "v4speed_child", "bytes"],
                     action="append", help="run only these parts (repeatable)")
     ap.add_argument("--baseline", type=Path, help="for --only v4speed: the tree to compare against (e.g. ../main)")
     ap.add_argument("--repeat", type=int, default=3)
@@ -574,6 +677,7 @@ def main() -> None:
          "throughput": lambda: throughput(args.cache, lines, args.repeat),
          "5tuple": lambda: five_tuple(args.cache, lines),
          "overflow": lambda: overflow(lines),
+         "overflow_strategies": lambda: overflow_strategies(lines),
          "ipv6": lambda: ipv6(args.cache, lines),
          "bytes": lambda: bytes_accuracy(args.cache, lines, args.seeds),
          "v4speed": lambda: v4speed(args.cache, lines, args.baseline, args.repeat)}[part]()

@@ -170,8 +170,9 @@ class NaiveHiddenSketch:
                 est = min(est, v)
         return est
 
-    def decode(self) -> dict:
-        """``{"items", "decode_ok", "overflow", "n_candidates", "n_after_fs", "ss_counts", "enumerated"}``."""
+    def candidates(self) -> tuple[list[bytes], bool, int]:
+        """``(candidates, overflow, n_candidates)``: the enumerated keys the FS calls heavy, sorted by
+        their little-endian integer; whether some block overflowed; how many were enumerated."""
         self.enumerated = 0
         overflow = False
         candidates = []
@@ -186,6 +187,11 @@ class NaiveHiddenSketch:
         n_candidates = len(candidates)
         candidates = [x for x in candidates if self.fs_query(x) > self.p.thresh]
         candidates.sort(key=lambda x: int.from_bytes(x, "little"))
+        return candidates, overflow, n_candidates
+
+    def decode(self) -> dict:
+        """``{"items", "decode_ok", "overflow", "n_candidates", "n_after_fs", "ss_counts", "enumerated"}``."""
+        candidates, overflow, n_candidates = self.candidates()
         f_ss, all_zero = self.peel(candidates)
         offset = 0 if self.p.mode == "two_pass" else self.p.thresh
         items = [(self.public_key(x), f + offset) for x, f in zip(candidates, f_ss)
@@ -202,7 +208,13 @@ class NaiveHiddenSketch:
         }
 
     def peel(self, cands: list[bytes]) -> tuple[list[int], bool]:
-        """Peeling of §7.3 over candidate indices, FIFO queue."""
+        """Peeling of §7.3 over candidate indices, FIFO queue: ``(f_ss, all counters zero)``."""
+        f_ss, all_zero, _, _ = self.peel_full(cands)
+        return f_ss, all_zero
+
+    def peel_full(self, cands: list[bytes]) -> tuple[list[int], bool, list[bool], list[list[int]]]:
+        """:meth:`peel`, plus which candidates it settled (peeled, or dropped by an empty bucket) and
+        the residual CM (the CM less the peeled counts)."""
         w = self.w_cm
         pos = [[self.h(300, r, x) % w for r in range(3)] for x in cands]
         L = [[[] for _ in range(w)] for _ in range(3)]
@@ -211,6 +223,7 @@ class NaiveHiddenSketch:
                 L[r][pos[idx][r]].append(idx)
         C = [row[:] for row in self.CM]
         f_ss = [0] * len(cands)
+        settled = [False] * len(cands)
         queue = deque((r, j) for r in range(3) for j in range(w) if len(L[r][j]) == 1 or (C[r][j] == 0 and L[r][j]))
         while queue:
             r, j = queue.popleft()
@@ -218,6 +231,7 @@ class NaiveHiddenSketch:
                 continue
             if C[r][j] == 0:
                 for x in list(L[r][j]):
+                    settled[x] = True
                     for r2 in range(3):
                         L[r2][pos[x][r2]].remove(x)
                         if len(L[r2][pos[x][r2]]) == 1:
@@ -227,13 +241,96 @@ class NaiveHiddenSketch:
                 continue
             x = L[r][j][0]
             f_ss[x] = C[r][j]
+            settled[x] = True
             for r2 in range(3):
                 j2 = pos[x][r2]
                 C[r2][j2] -= f_ss[x]
                 L[r2][j2].remove(x)
                 if len(L[r2][j2]) == 1 or (C[r2][j2] == 0 and L[r2][j2]):
                     queue.append((r2, j2))
-        return f_ss, all(v == 0 for row in C for v in row)
+        return f_ss, all(v == 0 for row in C for v in row), settled, C
+
+    # ------------------------------------------------------------------ partial decode (issue 20)
+    #: keys per CM bucket a 3-row Count-Min can peel (the 3-uniform hypergraph threshold)
+    PEEL_LIMIT = 0.818
+    #: rounds of interval propagation over the residual CM
+    TIGHTEN_ROUNDS = 8
+
+    def decode_partial(self) -> dict:
+        """The default decode of ``HiddenSketch`` (its ``_decode_family`` docstring): :meth:`decode`
+        when it finishes; otherwise every recovered key with an estimate that never under-counts.
+
+        With every block enumerated a peeled key keeps ``f_SS + thresh``; an unpeeled candidate
+        gets ``min(FS, thresh + upper)``, ``upper`` starting at ``min(FS, min_r residual_r)`` and
+        tightened by :meth:`tighten`. After an overflow nothing peeled is trusted: every candidate
+        gets ``min(FS, thresh + min_r CM_r)``. Keys above ``phi * N`` are reported, peeled ones
+        all, bounded ones largest first up to ``PEEL_LIMIT * 3 * w_cm`` keys in all. Returns
+        :meth:`decode`'s dict plus ``"partial"`` and ``"bounded"`` (the set of bounded keys)."""
+        candidates, overflow, n_candidates = self.candidates()
+        f_ss, all_zero, settled, residual = self.peel_full(candidates)
+        if all_zero and not overflow:
+            return {**self.decode(), "partial": False, "bounded": set()}
+        offset = 0 if self.p.mode == "two_pass" else self.p.thresh
+        limit = self.p.phi * self.N
+        pos = [[self.h(300, r, x) % self.w_cm for r in range(3)] for x in candidates]
+        fs = [self.fs_query(x) for x in candidates]
+        if overflow:
+            remaining, exact = self.CM, [False] * len(candidates)
+        else:
+            remaining, exact = [[max(v, 0) for v in row] for row in residual], settled
+        upper = [min(remaining[r][pos[i][r]] for r in range(3)) for i in range(len(candidates))]
+        if not overflow:
+            upper = [min(u, f) for u, f in zip(upper, fs)]
+            self.tighten(pos, remaining, upper, [not e for e in exact])
+        sure, maybe, ss_counts, bounded = [], [], {}, set()
+        for i, x in enumerate(candidates):
+            if (f_ss[i] if exact[i] else upper[i]) <= 0:
+                continue
+            key = self.public_key(x)
+            total = f_ss[i] + offset if exact[i] else min(fs[i], upper[i] + offset)
+            ss_counts[key] = total - offset
+            if not exact[i]:
+                bounded.add(key)
+            if total > limit:
+                (sure if exact[i] else maybe).append((key, total))
+        maybe.sort(key=lambda kv: -kv[1])
+        room = max(0, int(self.PEEL_LIMIT * 3 * self.w_cm) - len(sure))
+        items = sure + maybe[:room]
+        items.sort(key=lambda kv: -kv[1])
+        return {"items": items, "decode_ok": False, "overflow": overflow, "n_candidates": n_candidates,
+                "n_after_fs": len(candidates), "ss_counts": ss_counts, "enumerated": self.enumerated,
+                "partial": True, "bounded": bounded}
+
+    def tighten(self, pos: list[list[int]], residual: list[list[int]], upper: list[int], unresolved: list[bool]) -> None:
+        """Interval propagation (in place on ``upper``): each residual counter is exactly the sum of
+        its unresolved keys' counts, so per key ``x`` and row ``r``, ``upper[x] <= R - (sum of the
+        others' lower bounds)`` and ``lower[x] >= R - (sum of the others' upper bounds)``. The sums
+        are taken once per round (a key's own new bounds are used at once), as the Numba code."""
+        lower = [0] * len(pos)
+        for _ in range(self.TIGHTEN_ROUNDS):
+            sum_lo = [[0] * self.w_cm for _ in range(3)]
+            sum_up = [[0] * self.w_cm for _ in range(3)]
+            for x in range(len(pos)):
+                if unresolved[x]:
+                    for r in range(3):
+                        sum_lo[r][pos[x][r]] += lower[x]
+                        sum_up[r][pos[x][r]] += upper[x]
+            changed = False
+            for x in range(len(pos)):
+                if not unresolved[x]:
+                    continue
+                for r in range(3):
+                    j = pos[x][r]
+                    up = residual[r][j] - (sum_lo[r][j] - lower[x])
+                    lo = residual[r][j] - (sum_up[r][j] - upper[x])
+                    if up < upper[x]:
+                        upper[x] = max(up, lower[x])
+                        changed = True
+                    if lo > lower[x]:
+                        lower[x] = min(lo, upper[x])
+                        changed = True
+            if not changed:
+                break
 
     # ------------------------------------------------------------------ point query (§8.1)
     def query(self, key) -> int:

@@ -28,6 +28,9 @@ EQUALITY_CASES = {
     "src_ip_fs16_batch": (dict(SMALL, memory_bytes=6000, fs_counter_bits=16, thresh=9, seed=7), 1, True),
     "src_ip_saturated_fs": (dict(SMALL, memory_bytes=2762 + 3, thresh=30, seed=2), 1, False),  # 1 counter per row
     "5tuple": (dict(WIDE, thresh=3, seed=11), 2, True),
+    # a CM of 3 x 6 counters: the peel stops, so the decode is partial (issue 20's graceful answer,
+    # CPU code run on the device state's host copy: the twin agrees once the state does)
+    "src_ip_partial": (dict(SMALL, cm_bytes=72, thresh=3, seed=3), 1, False),
 }
 OTHER_CASES = ["device_hash", "device_hash16", "mixed_families", "bytes_mixed", "bytes_saturated", "two_pass", "batch_split", "roundtrip", "merge_refused", "memory_bytes",
                "empty_batch", "bad_params"]
@@ -130,6 +133,8 @@ def check_equal(name: str) -> str:
                 return f"epoch {epoch} batch {k}: {detail}"
         if int(cpu.cm.sum()) == 0 or not cpu.heavy_hitters():
             return f"epoch {epoch}: nothing reached the second stage: the comparison is vacuous"
+        if name.endswith("_partial") and not (cpu.decode().partial and cpu.decode().bounded):
+            return f"epoch {epoch}: the decode finished: the partial comparison is vacuous"
         if detail := _answers_diff(cpu, dev, keys[:200]):
             return f"epoch {epoch}: {detail}"
         sketches.append((cpu, dev))
@@ -406,6 +411,7 @@ class TestHiddenSketchGpuTwin(gpu_harness.TwinChecks):
     # Simulator CPU seconds (gpu_harness verdicts): two_pass 6.8, 5tuple 5.3, src_ip_fs8 5.3, roundtrip 4.3,
     # batch_split 3.6, src_ip_fs16_batch 3.3: the default run keeps src_ip_fs16_batch and the instant ones.
     # bytes_mixed: 33 s (both families byte-weighted); bytes_saturated (3.7 s) keeps the weighted kernels in the default run
+    # src_ip_partial (3.7 s) keeps a partial decode of the device state in the default run
     slow_cases = ["src_ip_fs8", "two_pass", "src_ip_saturated_fs", "5tuple", "batch_split", "roundtrip", "bytes_mixed",
                   "bytes_saturated"]
 

@@ -407,3 +407,31 @@ def test_complete_decode_is_not_partial():
     keys = zipf_keys(12_000, 2_000, 1.1, seed=3)
     result = feed(HiddenSketch(**SMALL, seed=5), keys, 1000).decode()
     assert result.decode_ok and not result.partial and not result.bounded
+
+
+def _partial_sketch(case: str):
+    """Keys and a sketch whose default decode is partial in the way ``case`` names (or complete)."""
+    if case == "stuck":      # undersized CM: the peel stops, every block enumerated
+        return _partial_case(False, 1)
+    if case == "overflow":   # enumeration cap: some blocks overflow
+        return _partial_case(True, 1)
+    keys = zipf_keys(12_000, 2_000, 1.1, seed=60)
+    if case == "room":       # far too small a CM: only the largest bounds fit
+        return keys, feed(HiddenSketch(**{**SMALL, "cm_bytes": 240, "thresh": 10}), keys)
+    return keys, feed(HiddenSketch(**SMALL, seed=5), keys, 1000)
+
+
+@pytest.mark.parametrize("case", ["stuck", "overflow", "room", "complete"])
+def test_partial_decode_matches_naive(case):
+    """The default (graceful) decode equals the naive model's readable version of it: the same keys,
+    bounds, bounded set and truncation, partial or not."""
+    keys, sketch = _partial_sketch(case)
+    got, want = sketch.decode(), naive_from(sketch.params, keys).decode_partial()
+    assert got.partial == want["partial"] == (case != "complete")
+    assert (got.decode_ok, got.overflow) == (want["decode_ok"], want["overflow"])
+    assert (got.n_candidates, got.n_after_fs) == (want["n_candidates"], want["n_after_fs"])
+    assert got.items == want["items"]
+    assert got.ss_counts == want["ss_counts"]
+    assert set(got.bounded) == want["bounded"] and bool(got.bounded) == got.partial
+    counts = exact.count_dict(keys)
+    assert all(est >= counts.get(k, 0) for k, est in got.items)    # never an under-count

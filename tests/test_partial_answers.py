@@ -95,3 +95,66 @@ def test_query_cli_says_partial(served, capsys):
     assert "PARTIAL answer from sketch small" in out.err and out.out.strip()
     assert main(["query", "heavy-hitters", "--target", f"127.0.0.1:{svc.grpc_port}", "--sketch", "big"]) == 0
     assert "PARTIAL" not in capsys.readouterr().err
+
+
+def test_overload_watch_warns_once_per_sketch_epoch_and_signal(caplog):
+    """Without metrics: one warning per (sketch, epoch, signal); a load under 1 is silent; an
+    unknown epoch (``None``) always warns; the oldest remembered epochs are forgotten first."""
+    from telesketch.service import overload
+
+    watch = overload.OverloadWatch()
+    with caplog.at_level(logging.WARNING, logger="telesketch.service"):
+        for _ in range(3):
+            watch.epoch_closed("a", 7, 1.5, 1000)
+            watch.epoch_closed("a", 8, 0.9, 1000)                     # under the threshold: silent
+            watch.epoch_closed("b", 7, 2.0, 1000)                     # another sketch, same epoch
+            assert watch.partial_epochs("a", [7, 9]) in ([7, 9], [])  # a signal of its own
+        watch.epoch_closed("a", None, 1.5, 1000)
+        watch.epoch_closed("a", None, 1.5, 1000)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("load factor" in m for m in messages) == 4 and sum("partial answer" in m for m in messages) == 1
+    assert [m for m in messages if "sketch a: load factor" in m and "epoch 7" in m]
+    for e in range(overload.REMEMBERED + 1):
+        watch.partial_epochs("c", [e])
+    assert watch.partial_epochs("c", [0]) == [0] and watch.partial_epochs("c", [overload.REMEMBERED]) == []
+
+
+def metric(metrics: str, name: str, sketch: str) -> float | None:
+    """The value of series ``name{sketch="..."}`` in a /metrics text, ``None`` when absent."""
+    for line in metrics.splitlines():
+        if line.startswith(f'{name}{{sketch="{sketch}"}} '):
+            return float(line.split()[-1])
+    return None
+
+
+def test_each_partial_or_overloaded_epoch_is_warned_once(served, caplog):
+    """Runs last in this module: it closes the epoch the other tests read."""
+    svc, client, _ = served
+    with caplog.at_level(logging.WARNING, logger="telesketch.service"):
+        for _ in range(3):  # the same open epoch, read again and again (a dashboard polling it)
+            assert client.heavy_hitters(sketch="small", details=True)[1].partial
+            http(svc, "/api/v1/heavy_hitters?sketch=small")
+    partial_logs = [r for r in caplog.records if "partial answer" in r.getMessage()]
+    assert len(partial_logs) <= 1                                  # the first query of the module warned
+    metrics = http(svc, "/metrics")
+    assert metric(metrics, "telesketch_sketch_partial_epochs_total", "small") == 1.0
+    assert metric(metrics, "telesketch_partial_answers_total", "small") >= 6.0   # every answer still counts
+    assert metric(metrics, "telesketch_sketch_partial_epochs_total", "big") is None
+    assert metric(metrics, "telesketch_sketch_overloaded_epochs_total", "small") is None  # nothing closed yet
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="telesketch.service"):
+        closed, old, _ = client.rotate_epoch()
+        assert closed
+        rows, window = client.heavy_hitters(sketch="small", epoch=old, details=True)
+        assert window.partial and rows
+    messages = [r.getMessage() for r in caplog.records]
+    overload = [m for m in messages if "load factor" in m]
+    assert len(overload) == 1 and "small" in overload[0] and f"epoch {old}" in overload[0]
+    assert not any("partial answer" in m for m in messages)       # epoch `old` was already warned about
+    metrics = http(svc, "/metrics")
+    assert metric(metrics, "telesketch_sketch_overloaded_epochs_total", "small") == 1.0
+    assert metric(metrics, "telesketch_sketch_overloaded_epochs_total", "big") is None
+    assert metric(metrics, "telesketch_sketch_closed_load_factor", "small") > 1.0 > \
+        metric(metrics, "telesketch_sketch_closed_load_factor", "big")
+    assert metric(metrics, "telesketch_sketch_partial_epochs_total", "small") == 1.0

@@ -355,3 +355,36 @@ def test_a_lost_shard_answers_unavailable_and_a_restart_loses_nothing_acknowledg
         top = client.top_flows(5, last=3, sketch="exact")
         assert top == sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         assert client.stats()["packets"] == str(len(whole))
+
+
+def test_an_overloaded_hidden_sketch_is_warned_about_once_per_epoch_on_the_shards(ray_cluster, tmp_path, caplog):
+    """Issue 20 on shards: a second stage too small for the traffic (a CM of 3 x 30 counters per
+    shard) closes its epoch with a load factor over 1 (one warning, counted) and answers partially,
+    the partial epoch warned about and counted once however often it is read."""
+    import logging
+    import urllib.request
+
+    from test_partial_answers import SMALL_HH, metric, traffic as zipf_epoch
+
+    batches = zipf_epoch()
+    with caplog.at_level(logging.WARNING, logger="telesketch.service"):
+        with ServiceThread(config(tmp_path, shards=SHARDS, sketches={"small": SMALL_HH})) as svc:
+            client = Client(f"127.0.0.1:{svc.grpc_port}", sender_id="p")
+            client.push(batches)
+            closed, old, _ = client.rotate_epoch()
+            assert closed
+            for _ in range(3):
+                rows, window = client.heavy_hitters(sketch="small", epoch=old, details=True)
+                assert window.partial and rows
+            with urllib.request.urlopen(f"http://127.0.0.1:{svc.http_port}/metrics", timeout=10) as reply:
+                metrics = reply.read().decode()
+            client.close()
+    src = np.concatenate([np.asarray(b.src_ip) for b in batches])
+    counts = exact.count_dict(src)
+    assert all(est >= counts.get(k, 0) for k, est in rows)                    # never an under-count
+    assert metric(metrics, "telesketch_sketch_overloaded_epochs_total", "small") == 1.0
+    assert metric(metrics, "telesketch_sketch_closed_load_factor", "small") > 1.0
+    assert metric(metrics, "telesketch_sketch_partial_epochs_total", "small") == 1.0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("load factor" in m and f"epoch {old}" in m for m in messages) == 1
+    assert sum("partial answer" in m for m in messages) == 1

@@ -42,6 +42,7 @@ from telesketch.distributed.cluster import (
 )
 from telesketch.packets import PacketBatch
 from telesketch.service import sketchset as ss
+from telesketch.service.overload import OverloadWatch
 from telesketch.errors import Unavailable
 from telesketch.sketches.core import EPOCHS, SketchError, Window, envelope_algorithm, over_shards, pack_state, unpack_state
 
@@ -268,12 +269,21 @@ class ShardedSketchSet(ss.SketchSet):
     def update(self, states: dict[str, Any], batch: PacketBatch) -> None:
         self.pool.update(batch)
 
-    def close(self, states: dict[str, Any]) -> dict[str, Any]:
+    def close(self, states: dict[str, Any], epoch: int | None = None) -> dict[str, Any]:
+        """The shards' closed states of epoch ``epoch``; the largest shard load factor of each sketch
+        goes to ``watch`` as one process's would (a warning once per epoch at 1 or more)."""
         per_shard = self.pool.close()
-        return {name: ShardedState(self.get(name), [ss.ConfiguredSketch.load_state(self.get(name), blobs[name],
-                                                                                    closed=True)
-                                                    for blobs in per_shard])
-                for name in states}
+        closed = {name: ShardedState(self.get(name), [ss.ConfiguredSketch.load_state(self.get(name), blobs[name],
+                                                                                      closed=True)
+                                                      for blobs in per_shard])
+                  for name in states}
+        watch = self.watch or OverloadWatch()
+        for name, state in closed.items():
+            loads = [s.load_factor for s in state.shards if not isinstance(s, np.ndarray)]  # arrays: gap events
+            loads = [x for x in loads if x is not None]
+            if loads:
+                watch.epoch_closed(name, epoch, max(loads), state.memory_bytes)
+        return closed
 
     def shutdown(self) -> None:
         self.shutdown_pool()

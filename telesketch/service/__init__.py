@@ -37,8 +37,11 @@ Heavy changers compare the window with the equally long window just before it.
 ``WindowInfo.partial`` (HTTP: a ``partial`` column): a Hidden Sketch decode behind the answer (some
 epoch's or shard's) could not finish; the answer holds every key it recovered, keys may be missing
 and some estimates are upper bounds (never under-counts). The sketch needs more memory for this
-traffic (``telesketch size``); the service also logs it and counts it in
-``telesketch_partial_answers_total``.
+traffic (``telesketch size``); the service counts every such answer in
+``telesketch_partial_answers_total`` and logs one WARNING per partial epoch, however often it is
+read (``telesketch_sketch_partial_epochs_total``); an epoch closing with a load factor of 1 or more
+is also warned about once and counted (``telesketch_sketch_overloaded_epochs_total``,
+``telesketch_sketch_closed_load_factor``; :mod:`telesketch.service.overload`).
 
 With the sketches on Ray shards (``shards > 1``, :mod:`telesketch.distributed.service`) even one
 epoch is several states. ``exact`` is still ``merged`` (the answer of one process). Sketches whose

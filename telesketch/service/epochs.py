@@ -524,7 +524,7 @@ class EpochManager:
         """Close the open epoch in memory; its file is written by the next checkpoint (so a batch
         over many epochs writes only the ones still retained at its end)."""
         old = self.open
-        closed = Epoch(old.id, self.sketchset.close(old.states), old.packets, old.batches, closed=True)
+        closed = Epoch(old.id, self.sketchset.close(old.states, old.id), old.packets, old.batches, closed=True)
         self.open = Epoch(next_epoch, self.sketchset.new_states(next_epoch, old.states))
         self.closed[closed.id] = closed
         self.closed.move_to_end(closed.id)

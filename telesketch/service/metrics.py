@@ -89,6 +89,16 @@ class ServiceMetrics:
         self.partial_answers = Counter("telesketch_partial_answers",
                                        "Answers from a decode that could not finish (keys may be missing, "
                                        "estimates are upper bounds): the sketch needs more memory", ["sketch"], registry=r)
+        self.partial_epochs = Counter("telesketch_sketch_partial_epochs",
+                                      "Epochs whose decode was found partial by a query, each counted once (keys "
+                                      "may be missing, estimates are upper bounds): the sketch needs more memory",
+                                      ["sketch"], registry=r)
+        self.closed_load_factor = Gauge("telesketch_sketch_closed_load_factor",
+                                        "Load factor of the sketch's last closed epoch (Hidden Sketch: >= 1 means "
+                                        "its answers are likely partial)", ["sketch"], registry=r)
+        self.overloaded_epochs = Counter("telesketch_sketch_overloaded_epochs",
+                                         "Epochs that closed with a load factor of 1 or more (logged once each): "
+                                         "the sketch's memory is too small for the traffic", ["sketch"], registry=r)
         self.apply_seconds = Histogram("telesketch_apply_seconds", "Time to apply one batch to the sketches",
                                        buckets=QUERY_BUCKETS, registry=r)
         self.log_write_failures = Counter(

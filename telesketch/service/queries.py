@@ -21,6 +21,7 @@ from telesketch.packets import FLOW_KEY37_BYTES, FLOW_KEY_BYTES, V4_MAPPED_PREFI
 from telesketch.presenter import key_bytes, key_text, time_text  # noqa: F401 - re-exported for callers
 from telesketch.service import sketchset as ss
 from telesketch.service.epochs import Epoch, EpochManager
+from telesketch.service.overload import OverloadWatch
 from telesketch.errors import NotFound, QueryError, TooLarge, Unavailable
 from telesketch.sketches.cocosketch import HHHRow
 from telesketch.sketches.core import SketchError
@@ -70,7 +71,7 @@ def _check_fraction(phi, threshold) -> None:
 
 class QueryEngine:
     """Answers queries against an :class:`EpochManager`; ``observe(query, seconds)`` records latency,
-    ``on_partial(sketch)`` a partial answer (also logged as a warning).
+    ``on_partial(sketch)`` a partial answer; ``watch`` logs each partial epoch once (a WARNING).
 
     Queries do not hold ingestion back: with the sketches in this process, a query takes the
     manager's lock only to pick its epochs and copy the one sketch state it reads from the open
@@ -79,10 +80,12 @@ class QueryEngine:
     the manager's lock for the whole query.
     """
 
-    def __init__(self, manager: EpochManager, observe=None, on_partial=None):
+    def __init__(self, manager: EpochManager, observe=None, on_partial=None, watch: OverloadWatch | None = None):
         self.manager = manager
         self.observe = observe or (lambda query, seconds: None)
         self.on_partial = on_partial or (lambda sketch: None)
+        #: logs (and counts) each partial epoch once, however many queries read it
+        self.watch = watch or OverloadWatch()
         self._query_lock = threading.Lock()
         self._copy_open = type(manager.sketchset) is ss.SketchSet
 
@@ -120,12 +123,15 @@ class QueryEngine:
         finally:
             self.observe(query, time.perf_counter() - start)
 
-    def _answer(self, cs, epochs, rows, combine, partial: bool = False, **extra) -> Answer:
+    def _answer(self, cs, epochs, rows, combine, partial: bool = False, read=None, **extra) -> Answer:
+        """The answer over ``epochs``; a partial one is counted (``on_partial``) and the epochs of
+        ``read`` (default ``epochs``) whose decode was partial are logged, each once per sketch
+        (:class:`~telesketch.service.overload.OverloadWatch`)."""
         if partial:
-            log.warning("sketch %s: partial answer over epochs %s: its decode could not finish, so keys may be "
-                        "missing and estimates are upper bounds; it needs more memory (see `telesketch size`)",
-                        cs.name, [e.id for e in epochs])
             self.on_partial(cs.name)
+            read = epochs if read is None else read
+            positions = cs.window([e.states[cs.name] for e in read]).partial_epochs()
+            self.watch.partial_epochs(cs.name, [read[i].id for i in positions])
         return Answer(rows, [e.id for e in epochs], sum(e.packets for e in epochs), cs.name, combine,
                       cs.kind.int_keys, extra, partial)
 
@@ -151,7 +157,7 @@ class QueryEngine:
             got = ss.heavy_changers(
                 cs, [e.states[cs.name] for e in before], [e.states[cs.name] for e in after],
                 sum(e.packets for e in before), sum(e.packets for e in after), phi, threshold)
-            return self._answer(cs, after, got.rows, got.combine, partial=got.partial > 0,
+            return self._answer(cs, after, got.rows, got.combine, partial=got.partial > 0, read=before + after,
                                 before=[e.id for e in before], **_unit(cs))
         return self._run("heavy_changers", run)
 

@@ -56,6 +56,7 @@ from telesketch.service.budget import (APPLIED_BATCHES_KEY, PARTIAL_SUMMARY_KEY,
 from telesketch.service.epochs import (ApplyResult, BatchRejected, EpochManager, LogWriteError,
                                        data_dir_settings)
 from telesketch.service.metrics import ServiceMetrics
+from telesketch.service.overload import OverloadWatch
 from telesketch.presenter import format_prefix, gap_rows, key_bytes, key_text
 from telesketch.service.queries import QueryEngine, WindowSpec
 from telesketch.errors import (IngestRejected, NotFound, Precondition, QueryError, TelesketchError, TooLarge,
@@ -674,6 +675,7 @@ class Service:
         self.config = config.validate()
         self.metrics = ServiceMetrics(config.epoch_ns)
         self.sketchset = _sketchset(config)
+        self.sketchset.watch = OverloadWatch(self.metrics)  # once-per-epoch sizing warnings (closes, queries)
         try:
             self.manager = EpochManager(
                 self.sketchset, config.epoch_ns, config.keep_epochs, config.data_dir or None, wal=config.wal,
@@ -686,7 +688,8 @@ class Service:
             raise
         self.metrics.checkpoint_failures.set_function(lambda: self.manager.checkpoint_failures)
         self.metrics.watch(self.manager)  # the IPv6 and gap-coverage series, read at scrape time
-        self.queries = QueryEngine(self.manager, self.metrics.observe_query, self.metrics.observe_partial)
+        self.queries = QueryEngine(self.manager, self.metrics.observe_query, self.metrics.observe_partial,
+                                   self.sketchset.watch)
         self.budget = InflightBudget(config.max_inflight_bytes, self.metrics.inflight_bytes.set)
         self.metrics.inflight_limit.set(config.max_inflight_bytes)
         self.metrics.inflight_peak.set_function(lambda: self.budget.peak)

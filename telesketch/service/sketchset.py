@@ -32,6 +32,7 @@ import numpy as np
 from telesketch.errors import NotFound, Precondition, QueryError, Unavailable
 from telesketch.packets import PacketBatch
 from telesketch.service.config import ConfigError
+from telesketch.service.overload import OverloadWatch
 from telesketch.sketches.core import (EPOCHS, Combined, MergedWindow, SketchError, Window, envelope_algorithm,
                                       pack_state, unpack_state, window_threshold)
 
@@ -155,16 +156,15 @@ class ConfiguredSketch:
         no gap events for a closed epoch of a continuous kind, else a fresh sketch."""
         return self.build().gap_events() if self.kind.continuous and closed else self.build()
 
-    def close(self, state):
+    def close(self, state, epoch: int | None = None, watch: OverloadWatch | None = None):
         """The closed epoch's representation of ``state`` (events for continuous kinds).
 
-        Warns when the state's ``load_factor`` (Hidden Sketch) is 1 or more: its answers for the
-        epoch will likely be partial, the configured memory is too small for the traffic."""
+        Hands the state's ``load_factor`` to ``watch`` (a fresh log-only one when ``None``), which
+        warns once per epoch when it is 1 or more (Hidden Sketch: its answers for the epoch will
+        likely be partial, the configured memory is too small for the traffic) and counts it."""
         load = state.load_factor
-        if load is not None and load >= 1.0:
-            log.warning("sketch %s: load factor %.2f at the end of an epoch: its memory (%d bytes) is too small "
-                        "for this traffic, its answers will be partial (see `telesketch size`)",
-                        self.name, load, self.memory(state))
+        if load is not None:
+            (watch or OverloadWatch()).epoch_closed(self.name, epoch, load, self.memory(state))
         return state.gap_events() if self.kind.continuous else state
 
     def next_state(self, state, epoch: int):
@@ -350,6 +350,9 @@ class SketchSet:
     update_seconds: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
     #: IPv6 packets withheld from each IPv4-only sketch (``Sketch.takes_ipv6``)
     ipv6_withheld: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: warns about (and counts) epochs closing over their sketch's load factor, once each (the
+    #: service sets one with its metrics; ``None``: log only)
+    watch: OverloadWatch | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_config(cls, specs: dict[str, dict[str, Any]], device: str = "cpu") -> "SketchSet":
@@ -465,8 +468,9 @@ class SketchSet:
         sharded set, the Ray shard actors)."""
         self.shutdown_pool()
 
-    def close(self, states: dict[str, Any]) -> dict[str, Any]:
-        return {name: self.get(name).close(state) for name, state in states.items()}
+    def close(self, states: dict[str, Any], epoch: int | None = None) -> dict[str, Any]:
+        """The closed representations of epoch ``epoch``'s ``states`` (:meth:`ConfiguredSketch.close`)."""
+        return {name: self.get(name).close(state, epoch, self.watch) for name, state in states.items()}
 
     def get(self, name: str) -> ConfiguredSketch:
         for cs in self.sketches:

@@ -47,6 +47,11 @@ class HiddenWindow(Window):
         """``N`` of the window's ``phi * N``: ``packets``, or its bytes when the sketch counts bytes."""
         return _hidden_volume(self.flat(), packets)
 
+    def partial_epochs(self) -> list[int]:
+        """Positions of the epochs with a partial decode on some shard (decodes are cached, so after
+        a query this costs no second decode)."""
+        return [i for i, shards in enumerate(self.per_epoch()) if self._partial(shards)]
+
     def check_floor(self, threshold: float | None, query: str, name: str = "") -> None:
         """Raise :class:`FloorError` for a threshold below the sketch's per-epoch floor ``thresh``:
         only keys whose first-stage estimate passes it in an epoch are reported, so the answer would

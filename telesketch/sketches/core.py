@@ -197,6 +197,11 @@ class Window:
         """Per epoch, its shards' states."""
         return [list(col) for col in zip(*self.per_shard())]
 
+    def partial_epochs(self) -> list[int]:
+        """Positions (epoch order) of the epochs whose answer is partial: some shard's decode could
+        not finish (Hidden Sketch too small for its traffic). None for kinds that always answer whole."""
+        return []
+
     def label(self, rule: str) -> str:
         """``single`` for one epoch of one process, else ``rule``."""
         return "single" if not self.sharded and len(self.parts) == 1 else rule

@@ -58,6 +58,14 @@ the default ``thresh`` takes ``expected_epoch_bytes`` (default ``expected_epoch_
 MEAN_PACKET_BYTES``). Packet counting (the default) keeps its kernels, state and snapshots byte for
 byte. Byte weighting is one-pass only.
 
+Too small for the traffic (issue 20, docs/HIDDENSKETCH_OVERFLOW.md). When the peel cannot finish,
+:meth:`HiddenSketch.decode` returns every key it can recover, flagged ``partial``: peeled keys exact,
+the others with upper bounds from the residual Count-Min tightened by interval propagation (plain
+Count-Min bounds after an enumeration overflow), reported largest bound first up to what the CM can
+tell apart; never an under-count. Of the variants measured (``bench_hiddensketch.py --only
+overflow_strategies``: orders of the bounded keys, room, tightening rounds) this keeps the most heavy
+keys; :attr:`HiddenSketch.load_factor` (1: the decode starts to fail) warns without a decode.
+
 Usage::
 
     hs = HiddenSketch(memory_bytes=55 * 1024, phi=1e-4)
@@ -610,54 +618,28 @@ def _fs_query_many(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
         out[i] = _fs_query_one(fs, fs_seeds, width, cap, lo[i], hi[i], nbytes)
 
 
+#: ``amounts`` of :func:`_ss_insert` for packet counting: every item adds 1
+UNIT_AMOUNTS = np.zeros(0, np.int64)
+
+
 @kernel
-def _ss_insert(lo, hi, sel, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds,
-                     cm_seeds, w_cm, seg, bf, cm):
-    """``ss_insert(key, 1)`` (spec §6) for the items ``sel`` into the given SEG / BF / CM arrays.
+def _ss_insert(lo, hi, sel, amounts, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds,
+               cm_seeds, w_cm, seg, bf, cm):
+    """``ss_insert(key, amount)`` (spec §6) for the items ``sel[t]`` into the given SEG / BF / CM
+    arrays: the CM rows get ``amounts[t]`` (byte weighting), or 1 when ``amounts`` is empty
+    (:data:`UNIT_AMOUNTS`, packet counting); the bitmaps and Bloom filters get the key.
 
     Bitmap and Bloom-filter writes are idempotent, so a key found in a small direct-mapped cache of
     keys already inserted by this call skips them (it still adds to the CM).
     """
     wc = _U64(w_cm)
+    unit = amounts.shape[0] == 0
     cache_lo = np.zeros(_SKIP_CACHE, np.uint64)
     cache_hi = np.zeros(_SKIP_CACHE, np.uint64)
     cache_ok = np.zeros(_SKIP_CACHE, np.bool_)
     for t in range(sel.shape[0]):
         i = sel[t]
-        klo, khi = lo[i], hi[i]
-        h0 = _hash_key(klo, khi, nbytes, cm_seeds[0])
-        cm[0, h0 % wc] += 1
-        for r in range(1, cm_seeds.shape[0]):
-            cm[r, _hash_key(klo, khi, nbytes, cm_seeds[r]) % wc] += 1
-        slot = (h0 >> _U64(40)) & _U64(_SKIP_CACHE - 1)
-        if cache_ok[slot] and cache_lo[slot] == klo and cache_hi[slot] == khi:
-            continue
-        cache_ok[slot], cache_lo[slot], cache_hi[slot] = True, klo, khi
-        b = _hash_key(klo, khi, nbytes, blk_seed) % _U64(n_blocks)
-        for s in range(seg_layout.shape[0]):
-            a, _ = _partial(klo, khi, seg_layout[s, 0], seg_layout[s, 0] + seg_layout[s, 1])
-            seg[b, seg_layout[s, 2] + np.int64(a >> _U64(6))] |= _ONE << (a & _U64(63))
-        for j in range(bf_layout.shape[0]):
-            plo, phi_ = _partial(klo, khi, bf_layout[j, 0], bf_layout[j, 1])
-            row0, bits = bf_layout[j, 2], _U64(bf_layout[j, 4])
-            for r in range(bf_layout[j, 3]):
-                h = _hash_key(plo, phi_, nbytes, bf_seeds[row0 + r]) % bits
-                bf[row0 + r, h >> _U64(6)] |= _ONE << (h & _U64(63))
-
-
-@kernel
-def _ss_insert_weighted(lo, hi, sel, amounts, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds,
-                        cm_seeds, w_cm, seg, bf, cm):
-    """``ss_insert(key, amounts[t])`` for the items ``sel[t]`` (byte weighting): the CM rows get the
-    amount, the bitmaps and Bloom filters the key (idempotent, so one write per distinct key is enough:
-    the same direct-mapped cache as :func:`_ss_insert`)."""
-    wc = _U64(w_cm)
-    cache_lo = np.zeros(_SKIP_CACHE, np.uint64)
-    cache_hi = np.zeros(_SKIP_CACHE, np.uint64)
-    cache_ok = np.zeros(_SKIP_CACHE, np.bool_)
-    for t in range(sel.shape[0]):
-        i = sel[t]
-        amount = _U64(amounts[t])
+        amount = _ONE if unit else _U64(amounts[t])
         klo, khi = lo[i], hi[i]
         h0 = _hash_key(klo, khi, nbytes, cm_seeds[0])
         cm[0, h0 % wc] += amount
@@ -1219,7 +1201,7 @@ class HiddenSketch(Sketch):
             self._ss_pass(lo, hi)
             return
         p, lay = self.params, self._layout
-        if weights is not None:  # byte weighting; packets keep the weight-1 kernels below
+        if weights is not None:  # byte weighting; packets keep the weight-1 gate below
             gated = np.empty(lo.shape[0], np.int64)
             passed = np.empty(lo.shape[0], np.int64)
             n_gated = _fs_gate_weighted(lo, hi, lay.nbytes, weights, self.fs, lay.fs_seeds, p.fs_width,
@@ -1227,9 +1209,7 @@ class HiddenSketch(Sketch):
             self.n_items += int(lo.shape[0])
             self.total_weight += int(weights.sum())
             if n_gated:
-                _ss_insert_weighted(lo, hi, gated[:n_gated], passed[:n_gated], lay.nbytes, p.blocks, lay.blk_seed,
-                                    lay.seg_layout, lay.bf_layout, lay.bf_seeds, lay.cm_seeds, p.cm_width,
-                                    self.seg, self.bf, self.cm)
+                self._ss_insert(lo, hi, gated[:n_gated], passed[:n_gated])
             return
         gated = np.empty(lo.shape[0], np.int64)
         n_gated = _fs_gate(lo, hi, lay.nbytes, self.fs, lay.fs_seeds, p.fs_width, p.fs_cap, p.thresh, gated)
@@ -1245,9 +1225,11 @@ class HiddenSketch(Sketch):
         if gated.size:
             self._ss_insert(lo, hi, gated)
 
-    def _ss_insert(self, lo, hi, sel) -> None:
+    def _ss_insert(self, lo, hi, sel, amounts: np.ndarray = UNIT_AMOUNTS) -> None:
+        """Second-stage insert of the items ``sel``, each adding its ``amounts`` entry (``int64``,
+        byte weighting) or 1 (the default, packet counting) to the CM."""
         p, lay = self.params, self._layout
-        _ss_insert(lo, hi, sel, lay.nbytes, p.blocks, lay.blk_seed, lay.seg_layout, lay.bf_layout,
+        _ss_insert(lo, hi, sel, amounts, lay.nbytes, p.blocks, lay.blk_seed, lay.seg_layout, lay.bf_layout,
                    lay.bf_seeds, lay.cm_seeds, p.cm_width, self.seg, self.bf, self.cm)
 
     # ------------------------------------------------------------------ two-pass variant (§9)
