@@ -240,3 +240,54 @@ def test_elastic_counts_a_lone_flow_exactly_and_beats_count_min_at_equal_memory(
     one = ElasticBaseline(1024)
     one.update(batch[:1])
     assert one.flow_size(batch.flow_keys()[:1]).tolist() == [1]
+
+
+def test_shipped_trees_choose_their_pivot_from_the_sketch_memory():
+    """The shipped trees carry their training traffic's flow sizes: at 400 KiB the pivot is the one
+    they were trained for (25), a smaller sketch gets a larger T, and flows >= T fill at most half
+    the heavy slots (flows >= T - 1 more than half)."""
+    est = load_estimator("trees")
+    sizes = np.repeat(est.traffic["sizes"], est.traffic["flows"])
+    assert est.pivot_for_memory(400 * 1024) == est.pivot == 25
+    pivots = [est.pivot_for_memory(kib * 1024) for kib in (4, 16, 64, 400)]
+    assert pivots == sorted(pivots, reverse=True) and pivots[0] > pivots[-1]
+    for kib, t in zip((4, 16, 64), pivots):
+        half = heavy_slots(kib * 1024) // 2
+        assert (sizes >= t).sum() <= half < (sizes >= t - 1).sum()
+    assert est.for_memory(4 * 1024, max_pivot=50).pivot == 50  # e.g. a heavy-hitter threshold + 1
+    assert est.for_memory(400 * 1024) is est
+
+
+def test_scored_sketch_calibrates_the_trees_for_its_memory():
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    est = load_estimator("trees")
+    small = LLMSketch(16 * 1024, estimator="trees")
+    t = est.pivot_for_memory(16 * 1024)
+    assert small.pivot == t != est.pivot
+    assert small.scorer.estimator.cut == pytest.approx(est.with_pivot(t).cut)
+    assert LLMSketch(16 * 1024, estimator="trees", pivot="model").pivot == est.pivot
+    assert LLMSketch(16 * 1024, estimator="trees", pivot=100).pivot == 100
+    hh = LLMSketch(16 * 1024, "heavy_hitters", estimator="trees")
+    assert hh.pivot == est.pivot_for_memory(16 * 1024, "heavy_hitters")
+    assert LLMSketch(16 * 1024, estimator="constant").pivot is None  # nothing to recalibrate
+    for bad in ("big", 1, True, 2.5):
+        with pytest.raises(ValueError, match="pivot must be"):
+            LLMSketch(16 * 1024, estimator="constant", pivot=bad)
+    # a larger pivot admits fewer flows as large: the share of first packets scored >= 0.5 falls
+    batch = generate_labelled_batch(20_000, 1_000, seed=3)
+    idx = np.arange(len(batch))
+    share = [float(np.mean(LLMSketch(16 * 1024, estimator="trees", pivot=p).scorer.estimator
+                           .score_packets(batch, idx) >= 0.5)) for p in (8, 64, 512)]
+    assert share[0] > share[1] > share[2]
+
+
+def test_trained_trees_save_their_traffic_and_rechoose_the_pivot(tmp_path):
+    from telesketch.estimators.training import train_estimator
+    from telesketch.traces import generate_batch
+
+    batch = generate_batch(packets=20_000, flows=1_000, seed=5)
+    report = train_estimator(batch, "trees", tmp_path / "m", memory_kib=8, progress=False, max_iter=20)
+    est = load_estimator("trees", tmp_path / "m")
+    assert est.traffic["packets"] == 10_000 and sum(np.multiply(est.traffic["sizes"], est.traffic["flows"])) == 10_000
+    assert est.pivot_for_memory(8 * 1024) == report["pivot"] == est.pivot

@@ -84,7 +84,8 @@ KINDS: dict[str, Kind] = {
     "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"}),
                            gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True),
     "llmsketch": Kind("telesketch.sketches.llmsketch", "LLMSketch", frozenset({"flow_size", "top_flows"}),
-                      load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from"), int_keys="fingerprint",
+                      load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from", "pivot"),
+                      int_keys="fingerprint",
                       gpu_cls=_twin("llmsketch:LLMSketch")),
     "exact": Kind("telesketch.service.exactsketch", "ExactSketch", frozenset(QUERIES)),
 }
