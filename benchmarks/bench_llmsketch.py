@@ -28,7 +28,7 @@ Packet-path throughput (``--throughput``): 1 M packets of ``telesketch.traces.ge
 default async mode: the packet path never waits for the model).
 
     .venv/bin/python benchmarks/bench_llmsketch.py                     # ndpi + generated + throughput
-    .venv/bin/python benchmarks/bench_llmsketch.py --quick             # small generated only
+    .venv/bin/python benchmarks/bench_llmsketch.py --quick             # paper section, one memory per trace
     .venv/bin/python benchmarks/bench_llmsketch.py --sections throughput
 """
 from __future__ import annotations
@@ -398,6 +398,10 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+#: ``--quick``: KiB of the nDPI splits, of the held-out captures and of the generated trace
+QUICK_MEMORIES = ("8", "1", "32")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", default=NDPI, help="capture to train/evaluate on ('none': the generated trace only)")
@@ -418,7 +422,10 @@ def main(argv=None) -> int:
                     help="also fine-tune the LM on each trace's first half for at most this long (0: off)")
     ap.add_argument("--calibrate-lm", action="store_true",
                     help="paper section: also the shipped LM with its score quantile-calibrated to each pivot")
-    ap.add_argument("--quick", action="store_true", help="generated trace only, trees only")
+    ap.add_argument("--quick", action="store_true",
+                    help="a few minutes: the paper section with the trees only, one memory point per trace "
+                         "(N and N-unseen at 8 KiB, held-out at 1 KiB, G seed 7 at 32 KiB), no throughput; "
+                         "with --sections accuracy: the small generated traces only")
     ap.add_argument("--sections", default="paper,throughput",
                     help="paper (issue #19: N, N-unseen, held-out, G), accuracy (the older per-estimator "
                          "tables), throughput (comma separated)")
@@ -428,9 +435,14 @@ def main(argv=None) -> int:
     kinds = ["trees"] if args.quick else args.estimators.split(",")
     kib = lambda s: [int(x) * 1024 for x in s.split(",")]
     sections = args.sections.split(",")
+    if args.quick:
+        args.estimators = "trees"
+        args.memories_trace, args.memories_held_out, args.memories_generated = QUICK_MEMORIES
+        if "paper" in sections:
+            args.generated_seeds = "7"
     if "throughput" in sections and not args.quick:
         throughput(lm_path=args.lm_path)
-    if "paper" in sections and not args.quick:
+    if "paper" in sections:
         paper_evaluation(args)
     if "accuracy" not in sections:
         return 0
