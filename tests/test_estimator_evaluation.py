@@ -291,3 +291,16 @@ def test_trained_trees_save_their_traffic_and_rechoose_the_pivot(tmp_path):
     est = load_estimator("trees", tmp_path / "m")
     assert est.traffic["packets"] == 10_000 and sum(np.multiply(est.traffic["sizes"], est.traffic["flows"])) == 10_000
     assert est.pivot_for_memory(8 * 1024) == report["pivot"] == est.pivot
+
+
+def test_service_config_takes_the_pivot_and_refuses_a_bad_one():
+    from telesketch.service.config import ConfigError
+    from telesketch.service.sketchset import configure
+
+    spec = {"kind": "llmsketch", "memory_bytes": 16 * 1024, "estimator": "trees", "cache_flows": 1024}
+    (cs,) = configure({"flows": {**spec, "pivot": 100}})
+    assert cs.active and cs.build().pivot == 100
+    (cs,) = configure({"flows": spec})
+    assert cs.build().pivot == load_estimator("trees").pivot_for_memory(16 * 1024)
+    with pytest.raises(ConfigError, match="pivot must be"):
+        configure({"flows": {**spec, "pivot": "bogus"}})

@@ -230,6 +230,9 @@ def configure(specs: dict[str, dict[str, Any]], device: str = "cpu") -> list[Con
             continue
         cs.active = True
         log.info("sketch %s: %s %s", name, cs.kind_name, params)
+        if getattr(sketch, "scorer_bytes", 0):
+            log.info("sketch %s: its flow-score cache holds %.1f MiB beside the sketch's %d bytes (cache_flows caps it)",
+                     name, sketch.scorer_bytes / 2**20, sketch.memory_bytes)
     return out
 
 
