@@ -177,11 +177,13 @@ class MemoScores:
         return self.score(batch.header[idx], batch.hdr_len[idx])
 
 
-def paper_trace(name, train, test, memories, fitted, lm=None, summary=None):
+def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, validate=None):
     """One trace of the issue-#19 evaluation: every memory point, every estimator and baseline.
 
     ``fitted``: a ``BoostedTreesEstimator`` trained on ``train`` (or on another trace: zero-shot);
     recalibrated here to each memory point's pivot ``T``, chosen from ``train`` and the memory.
+    ``validate(memory, test_packets) -> m``: also the trees with score 0.5 at ``m * T``, ``m`` chosen
+    on a validation split of the training part (``evaluation.validation_cut_scale``).
     """
     from telesketch.estimators.evaluation import (ConservativeUpdateBaseline, ElasticBaseline, choose_pivot,
                                                   first_packet_auc, heavy_slots, hh_f1, sketch_metrics)
@@ -209,6 +211,10 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None):
                   "oracle": (OracleEstimator(truth, pivot), OracleEstimator(truth, pivot_hh))}
         if fitted is not None:
             models["trees (sklearn HGB, calibrated)"] = (fitted.with_pivot(pivot), fitted.with_pivot(pivot_hh))
+            if validate is not None:
+                m = validate(mem, n)
+                models[VALIDATED] = (fitted.with_pivot(max(2, int(round(m * pivot)))), fitted.with_pivot(pivot_hh))
+                print(f"\n(validated cut at {mem / 1024:g} KiB: score 0.5 at {m:g} T)", flush=True)
         if lm is not None:
             models["lm (shipped)"] = (lm, lm)
             if isinstance(lm, MemoScores):
@@ -252,6 +258,33 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None):
     if summary is not None:
         summary.append((name, out))
     return out
+
+
+VALIDATED = "trees (cut chosen on validation)"
+
+
+def validator(fit, train, capture=None, split="time"):
+    """``validate(memory, test_packets) -> m`` for :func:`paper_trace`: trees fitted (once, lazily) on
+    the first part of :func:`evaluation.validation_split` of ``train``, ``m`` chosen on the second."""
+    from telesketch.estimators.evaluation import validation_cut_scale, validation_split
+    from telesketch.sketches.core import SketchError
+
+    held = {}
+
+    def validate(mem, test_packets):
+        if not held:
+            held["parts"] = validation_split(train, capture, split)
+            held["model"] = fit(held["parts"][0])
+        try:
+            m, found = validation_cut_scale(held["model"], *held["parts"], mem, test_packets)
+        except SketchError as exc:  # the scaled-down memory holds no sketch
+            print(f"\n(validated cut at {mem / 1024:g} KiB: none, {exc}; m = 1)", flush=True)
+            return 1.0
+        print("\n(validation ARE>=T / top-100 per m: " + ", ".join(f"{k:g}: {a:.4f} / {b:.4f}"
+                                                               for k, (a, b) in found.items()) + ")")
+        return m
+
+    return validate
 
 
 def print_ratios(summary, model="trees (sklearn HGB, calibrated)"):
@@ -308,22 +341,25 @@ def paper_evaluation(args):
         capture = capture_ids(batch, args.trace, manifest)
         train, test = time_split_per_capture(batch, capture, 0.5)
         model_n = fit(train)
+        validate_n = validator(fit, train, capture_ids(train, args.trace, manifest), "time")
         paper_trace("N: nDPI, each capture split in time (first half trains)", train, test,
-                    kib(args.memories_trace), model_n, lm, summary)
+                    kib(args.memories_trace), model_n, lm, summary, validate_n)
         train_u, test_u = capture_split(batch, capture, 0.5, seed=0)
         paper_trace("N-unseen: nDPI split by capture (half the captures train)", train_u, test_u,
-                    kib(args.memories_trace), fit(train_u), lm, summary)
+                    kib(args.memories_trace), fit(train_u), lm, summary,
+                    validator(fit, train_u, capture_ids(train_u, args.trace, manifest), "capture"))
         for name in HELD_OUT:
             path = os.path.join(os.path.dirname(args.trace), name)
             if os.path.exists(path):
                 paper_trace(f"held-out {name}, zero-shot (trees trained on N's training part)", train,
-                            load_trace(path), kib(args.memories_held_out), model_n, lm, summary)
+                            load_trace(path), kib(args.memories_held_out), model_n, lm, summary, validate_n)
     for seed in [int(x) for x in args.generated_seeds.split(",") if x]:
         gen = generate_labelled_batch(args.generated_packets, args.generated_flows, seed=seed)
         train, test = split_trace(gen, 0.5)
         paper_trace(f"G: generated seed {seed} (first half trains)", train, test, kib(args.memories_generated),
-                    fit(train), lm, summary)
+                    fit(train), lm, summary, validator(fit, train))
     print_ratios(summary)
+    print_ratios(summary, VALIDATED)
     if lm is not None:
         print_ratios(summary, "lm (shipped)")
     if isinstance(lm, MemoScores):

@@ -304,3 +304,26 @@ def test_service_config_takes_the_pivot_and_refuses_a_bad_one():
     assert cs.build().pivot == load_estimator("trees").pivot_for_memory(16 * 1024)
     with pytest.raises(ConfigError, match="pivot must be"):
         configure({"flows": {**spec, "pivot": "bogus"}})
+
+
+def test_validation_cut_scale_is_chosen_on_the_training_part_alone():
+    """The cut scale m comes from a second split of the training part: the first part fits, LLM-Sketch
+    on the second scores each m; the test half is never read. Per-capture splits keep every capture."""
+    from telesketch.estimators.evaluation import CUT_SCALES, validation_cut_scale, validation_split
+    from telesketch.estimators.trees import BoostedTreesEstimator
+
+    batch = generate_labelled_batch(20_000, 1_000, seed=4)
+    train, _ = split_trace(batch, 0.5)
+    fit_part, val = validation_split(train, None)
+    assert len(fit_part) + len(val) == len(train) and np.array_equal(fit_part.ts_ns, train.ts_ns[:len(fit_part)])
+    s = segment_samples(fit_part, rescore=True)
+    model = BoostedTreesEstimator.fit(s.headers, s.hdr_len, s.size, max_iter=20)
+    m, found = validation_cut_scale(model, fit_part, val, 8 * 1024, test_packets=len(train))
+    assert set(found) == set(CUT_SCALES) and m in CUT_SCALES
+    assert sum(found[m]) == min(sum(v) for v in found.values())
+    toy = _toy_batch([300, 500])
+    capture = np.repeat([0, 1], [300, 500])
+    a, b = validation_split(toy, capture, "time")
+    assert (len(a), len(b)) == (400, 400)
+    a, b = validation_split(toy, capture, "capture")
+    assert sorted((len(a), len(b))) == [300, 500]
