@@ -8,6 +8,8 @@
   flows of ``>= T`` packets fill about half the heavy slots.
 * :func:`sketch_metrics`: all-flow ARE / AAE, ARE over flows ``>= T``, top-100 ARE; :func:`hh_f1`;
   :func:`first_packet_auc` (does the score at a flow's first packet rank flows ``>= T`` first?).
+* :func:`validation_cut_scale`: the calibration cut (score 0.5 at ``m * T``) chosen on a second split
+  of the training part (:func:`validation_split`), never on the test part.
 * Baselines of equal memory: Count-Min (``llmsketch.CountMinBaseline``) and
   :class:`ConservativeUpdateBaseline` (CU), 4-byte counters; :class:`ElasticBaseline` (Elastic Sketch).
 """

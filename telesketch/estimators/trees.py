@@ -34,7 +34,9 @@ class BoostedTreesEstimator(Estimator):
     with ``pred`` the predicted ``log2`` size and ``cut`` the training-set quantile of ``pred`` above
     which lies the training share of flows ``>= T`` (quantile mapping: ``p >= 0.5`` exactly for the
     same share of training samples as are truly large). Regression on a rare class under-predicts;
-    a fixed cut at ``log2 T`` would admit too few large flows. :meth:`with_pivot` recalibrates.
+    a fixed cut at ``log2 T`` would admit too few large flows. :meth:`with_pivot` recalibrates;
+    :meth:`for_memory` recalibrates for the pivot a sketch of given memory needs, from the training
+    traffic's flow sizes saved with the model (``traffic``, :func:`traffic_summary`).
     """
 
     kind = "trees"
