@@ -48,7 +48,10 @@ ALL = {k: v for d in SKETCHES.values() for k, v in d.items()}
 #: The default estimator: the LoRA MiniLM scores new flows on a background thread (the packet path
 #: uses a provisional score until then), so these rows measure what the model costs ingest.
 LM = {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "lm"}
-CONFIGS = {"none": {}, **SKETCHES, "all": ALL, "llmsketch_lm": {"flows": LM}, "all_lm": {**ALL, "flows": LM}}
+#: The default on a base install (no ``[llm]`` extra): the shipped numpy trees, scored in the packet path.
+TREES = {**LM, "estimator": "trees"}
+CONFIGS = {"none": {}, **SKETCHES, "all": ALL, "llmsketch_lm": {"flows": LM}, "all_lm": {**ALL, "flows": LM},
+           "llmsketch_trees": {"flows": TREES}}
 
 
 WITH_HEADER = False

@@ -28,7 +28,7 @@ Packet-path throughput (``--throughput``): 1 M packets of ``telesketch.traces.ge
 default async mode: the packet path never waits for the model).
 
     .venv/bin/python benchmarks/bench_llmsketch.py                     # ndpi + generated + throughput
-    .venv/bin/python benchmarks/bench_llmsketch.py --quick             # small generated only
+    .venv/bin/python benchmarks/bench_llmsketch.py --quick             # paper section, one memory per trace
     .venv/bin/python benchmarks/bench_llmsketch.py --sections throughput
 """
 from __future__ import annotations
@@ -177,11 +177,13 @@ class MemoScores:
         return self.score(batch.header[idx], batch.hdr_len[idx])
 
 
-def paper_trace(name, train, test, memories, fitted, lm=None, summary=None):
+def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, validate=None):
     """One trace of the issue-#19 evaluation: every memory point, every estimator and baseline.
 
     ``fitted``: a ``BoostedTreesEstimator`` trained on ``train`` (or on another trace: zero-shot);
     recalibrated here to each memory point's pivot ``T``, chosen from ``train`` and the memory.
+    ``validate(memory, test_packets) -> m``: also the trees with score 0.5 at ``m * T``, ``m`` chosen
+    on a validation split of the training part (``evaluation.validation_cut_scale``).
     """
     from telesketch.estimators.evaluation import (ConservativeUpdateBaseline, ElasticBaseline, choose_pivot,
                                                   first_packet_auc, heavy_slots, hh_f1, sketch_metrics)
@@ -209,6 +211,10 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None):
                   "oracle": (OracleEstimator(truth, pivot), OracleEstimator(truth, pivot_hh))}
         if fitted is not None:
             models["trees (sklearn HGB, calibrated)"] = (fitted.with_pivot(pivot), fitted.with_pivot(pivot_hh))
+            if validate is not None:
+                m = validate(mem, n)
+                models[VALIDATED] = (fitted.with_pivot(max(2, int(round(m * pivot)))), fitted.with_pivot(pivot_hh))
+                print(f"\n(validated cut at {mem / 1024:g} KiB: score 0.5 at {m:g} T)", flush=True)
         if lm is not None:
             models["lm (shipped)"] = (lm, lm)
             if isinstance(lm, MemoScores):
@@ -252,6 +258,33 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None):
     if summary is not None:
         summary.append((name, out))
     return out
+
+
+VALIDATED = "trees (cut chosen on validation)"
+
+
+def validator(fit, train, capture=None, split="time"):
+    """``validate(memory, test_packets) -> m`` for :func:`paper_trace`: trees fitted (once, lazily) on
+    the first part of :func:`evaluation.validation_split` of ``train``, ``m`` chosen on the second."""
+    from telesketch.estimators.evaluation import validation_cut_scale, validation_split
+    from telesketch.sketches.core import SketchError
+
+    held = {}
+
+    def validate(mem, test_packets):
+        if not held:
+            held["parts"] = validation_split(train, capture, split)
+            held["model"] = fit(held["parts"][0])
+        try:
+            m, found = validation_cut_scale(held["model"], *held["parts"], mem, test_packets)
+        except SketchError as exc:  # the scaled-down memory holds no sketch
+            print(f"\n(validated cut at {mem / 1024:g} KiB: none, {exc}; m = 1)", flush=True)
+            return 1.0
+        print("\n(validation ARE>=T / top-100 per m: " + ", ".join(f"{k:g}: {a:.4f} / {b:.4f}"
+                                                               for k, (a, b) in found.items()) + ")")
+        return m
+
+    return validate
 
 
 def print_ratios(summary, model="trees (sklearn HGB, calibrated)"):
@@ -308,22 +341,25 @@ def paper_evaluation(args):
         capture = capture_ids(batch, args.trace, manifest)
         train, test = time_split_per_capture(batch, capture, 0.5)
         model_n = fit(train)
+        validate_n = validator(fit, train, capture_ids(train, args.trace, manifest), "time")
         paper_trace("N: nDPI, each capture split in time (first half trains)", train, test,
-                    kib(args.memories_trace), model_n, lm, summary)
+                    kib(args.memories_trace), model_n, lm, summary, validate_n)
         train_u, test_u = capture_split(batch, capture, 0.5, seed=0)
         paper_trace("N-unseen: nDPI split by capture (half the captures train)", train_u, test_u,
-                    kib(args.memories_trace), fit(train_u), lm, summary)
+                    kib(args.memories_trace), fit(train_u), lm, summary,
+                    validator(fit, train_u, capture_ids(train_u, args.trace, manifest), "capture"))
         for name in HELD_OUT:
             path = os.path.join(os.path.dirname(args.trace), name)
             if os.path.exists(path):
                 paper_trace(f"held-out {name}, zero-shot (trees trained on N's training part)", train,
-                            load_trace(path), kib(args.memories_held_out), model_n, lm, summary)
+                            load_trace(path), kib(args.memories_held_out), model_n, lm, summary, validate_n)
     for seed in [int(x) for x in args.generated_seeds.split(",") if x]:
         gen = generate_labelled_batch(args.generated_packets, args.generated_flows, seed=seed)
         train, test = split_trace(gen, 0.5)
         paper_trace(f"G: generated seed {seed} (first half trains)", train, test, kib(args.memories_generated),
-                    fit(train), lm, summary)
+                    fit(train), lm, summary, validator(fit, train))
     print_ratios(summary)
+    print_ratios(summary, VALIDATED)
     if lm is not None:
         print_ratios(summary, "lm (shipped)")
     if isinstance(lm, MemoScores):
@@ -398,6 +434,10 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+#: ``--quick``: KiB of the nDPI splits, of the held-out captures and of the generated trace
+QUICK_MEMORIES = ("8", "1", "32")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trace", default=NDPI, help="capture to train/evaluate on ('none': the generated trace only)")
@@ -418,7 +458,10 @@ def main(argv=None) -> int:
                     help="also fine-tune the LM on each trace's first half for at most this long (0: off)")
     ap.add_argument("--calibrate-lm", action="store_true",
                     help="paper section: also the shipped LM with its score quantile-calibrated to each pivot")
-    ap.add_argument("--quick", action="store_true", help="generated trace only, trees only")
+    ap.add_argument("--quick", action="store_true",
+                    help="a few minutes: the paper section with the trees only, one memory point per trace "
+                         "(N and N-unseen at 8 KiB, held-out at 1 KiB, G seed 7 at 32 KiB), no throughput; "
+                         "with --sections accuracy: the small generated traces only")
     ap.add_argument("--sections", default="paper,throughput",
                     help="paper (issue #19: N, N-unseen, held-out, G), accuracy (the older per-estimator "
                          "tables), throughput (comma separated)")
@@ -428,9 +471,14 @@ def main(argv=None) -> int:
     kinds = ["trees"] if args.quick else args.estimators.split(",")
     kib = lambda s: [int(x) * 1024 for x in s.split(",")]
     sections = args.sections.split(",")
+    if args.quick:
+        args.estimators = "trees"
+        args.memories_trace, args.memories_held_out, args.memories_generated = QUICK_MEMORIES
+        if "paper" in sections:
+            args.generated_seeds = "7"
     if "throughput" in sections and not args.quick:
         throughput(lm_path=args.lm_path)
-    if "paper" in sections and not args.quick:
+    if "paper" in sections:
         paper_evaluation(args)
     if "accuracy" not in sections:
         return 0

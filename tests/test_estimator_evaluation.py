@@ -240,3 +240,90 @@ def test_elastic_counts_a_lone_flow_exactly_and_beats_count_min_at_equal_memory(
     one = ElasticBaseline(1024)
     one.update(batch[:1])
     assert one.flow_size(batch.flow_keys()[:1]).tolist() == [1]
+
+
+def test_shipped_trees_choose_their_pivot_from_the_sketch_memory():
+    """The shipped trees carry their training traffic's flow sizes: at 400 KiB the pivot is the one
+    they were trained for (25), a smaller sketch gets a larger T, and flows >= T fill at most half
+    the heavy slots (flows >= T - 1 more than half)."""
+    est = load_estimator("trees")
+    sizes = np.repeat(est.traffic["sizes"], est.traffic["flows"])
+    assert est.pivot_for_memory(400 * 1024) == est.pivot == 25
+    pivots = [est.pivot_for_memory(kib * 1024) for kib in (4, 16, 64, 400)]
+    assert pivots == sorted(pivots, reverse=True) and pivots[0] > pivots[-1]
+    for kib, t in zip((4, 16, 64), pivots):
+        half = heavy_slots(kib * 1024) // 2
+        assert (sizes >= t).sum() <= half < (sizes >= t - 1).sum()
+    assert est.for_memory(4 * 1024, max_pivot=50).pivot == 50  # e.g. a heavy-hitter threshold + 1
+    assert est.for_memory(400 * 1024) is est
+
+
+def test_scored_sketch_calibrates_the_trees_for_its_memory():
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    est = load_estimator("trees")
+    small = LLMSketch(16 * 1024, estimator="trees")
+    t = est.pivot_for_memory(16 * 1024)
+    assert small.pivot == t != est.pivot
+    assert small.scorer.estimator.cut == pytest.approx(est.with_pivot(t).cut)
+    assert LLMSketch(16 * 1024, estimator="trees", pivot="model").pivot == est.pivot
+    assert LLMSketch(16 * 1024, estimator="trees", pivot=100).pivot == 100
+    hh = LLMSketch(16 * 1024, "heavy_hitters", estimator="trees")
+    assert hh.pivot == est.pivot_for_memory(16 * 1024, "heavy_hitters")
+    assert LLMSketch(16 * 1024, estimator="constant").pivot is None  # nothing to recalibrate
+    for bad in ("big", 1, True, 2.5):
+        with pytest.raises(ValueError, match="pivot must be"):
+            LLMSketch(16 * 1024, estimator="constant", pivot=bad)
+    # a larger pivot admits fewer flows as large: the share of first packets scored >= 0.5 falls
+    batch = generate_labelled_batch(20_000, 1_000, seed=3)
+    idx = np.arange(len(batch))
+    share = [float(np.mean(LLMSketch(16 * 1024, estimator="trees", pivot=p).scorer.estimator
+                           .score_packets(batch, idx) >= 0.5)) for p in (8, 64, 512)]
+    assert share[0] > share[1] > share[2]
+
+
+def test_trained_trees_save_their_traffic_and_rechoose_the_pivot(tmp_path):
+    from telesketch.estimators.training import train_estimator
+    from telesketch.traces import generate_batch
+
+    batch = generate_batch(packets=20_000, flows=1_000, seed=5)
+    report = train_estimator(batch, "trees", tmp_path / "m", memory_kib=8, progress=False, max_iter=20)
+    est = load_estimator("trees", tmp_path / "m")
+    assert est.traffic["packets"] == 10_000 and sum(np.multiply(est.traffic["sizes"], est.traffic["flows"])) == 10_000
+    assert est.pivot_for_memory(8 * 1024) == report["pivot"] == est.pivot
+
+
+def test_service_config_takes_the_pivot_and_refuses_a_bad_one():
+    from telesketch.service.config import ConfigError
+    from telesketch.service.sketchset import configure
+
+    spec = {"kind": "llmsketch", "memory_bytes": 16 * 1024, "estimator": "trees", "cache_flows": 1024}
+    (cs,) = configure({"flows": {**spec, "pivot": 100}})
+    assert cs.active and cs.build().pivot == 100
+    (cs,) = configure({"flows": spec})
+    assert cs.build().pivot == load_estimator("trees").pivot_for_memory(16 * 1024)
+    with pytest.raises(ConfigError, match="pivot must be"):
+        configure({"flows": {**spec, "pivot": "bogus"}})
+
+
+def test_validation_cut_scale_is_chosen_on_the_training_part_alone():
+    """The cut scale m comes from a second split of the training part: the first part fits, LLM-Sketch
+    on the second scores each m; the test half is never read. Per-capture splits keep every capture."""
+    from telesketch.estimators.evaluation import CUT_SCALES, validation_cut_scale, validation_split
+    from telesketch.estimators.trees import BoostedTreesEstimator
+
+    batch = generate_labelled_batch(20_000, 1_000, seed=4)
+    train, _ = split_trace(batch, 0.5)
+    fit_part, val = validation_split(train, None)
+    assert len(fit_part) + len(val) == len(train) and np.array_equal(fit_part.ts_ns, train.ts_ns[:len(fit_part)])
+    s = segment_samples(fit_part, rescore=True)
+    model = BoostedTreesEstimator.fit(s.headers, s.hdr_len, s.size, max_iter=20)
+    m, found = validation_cut_scale(model, fit_part, val, 8 * 1024, test_packets=len(train))
+    assert set(found) == set(CUT_SCALES) and m in CUT_SCALES
+    assert sum(found[m]) == min(sum(v) for v in found.values())
+    toy = _toy_batch([300, 500])
+    capture = np.repeat([0, 1], [300, 500])
+    a, b = validation_split(toy, capture, "time")
+    assert (len(a), len(b)) == (400, 400)
+    a, b = validation_split(toy, capture, "capture")
+    assert sorted((len(a), len(b))) == [300, 500]

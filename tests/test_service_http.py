@@ -126,3 +126,16 @@ def test_prometheus_scrapes_metrics(http_server, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_scorer_state_beside_a_sketch_is_reported(http_server):
+    """LLM-Sketch's flow-score cache is outside its memory_bytes: stats and /metrics report it (issue #19)."""
+    sketches = {s["name"]: s for s in get(http_server, "/api/v1/stats")["sketches"]}
+    assert sketches["flows"]["scorer_bytes"] == 33 * (1 << 20)  # default cache_flows = 2^20 entries of 33 bytes
+    assert all(s["scorer_bytes"] == 0 for name, s in sketches.items() if name != "flows")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http_server.http_port}/metrics").read().decode()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    gauge = {sample.labels["sketch"]: sample.value for family in text_string_to_metric_families(text)
+             for sample in family.samples if sample.name == "telesketch_scorer_memory_bytes"}
+    assert gauge == {"flows": 33 * (1 << 20)}

@@ -22,7 +22,8 @@ IPv4 rows score exactly as before. Kinds (:func:`load_estimator`):
   serves every query; :func:`auto_kind` says which one a process uses. The shipped trees were
   trained by ``telesketch train-estimator generated:1000000,5000,11,12,13 --kind trees --split time``
   (pivot T = 25 packets for 400 KiB; held-out second half: first-packet AUC 0.66, recall 0.74 and
-  precision 0.68 at the 0.5 cut).
+  precision 0.68 at the 0.5 cut). They carry their training traffic's flow sizes, so a sketch of
+  other memory recalibrates them to its own pivot (``trees.BoostedTreesEstimator.for_memory``).
 
 The torch / onnxruntime kinds need the ``[llm]`` extra; without it they raise
 :class:`MissingExtraError` naming ``pip install 'telesketch[llm]'``.

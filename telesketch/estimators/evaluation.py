@@ -8,6 +8,8 @@
   flows of ``>= T`` packets fill about half the heavy slots.
 * :func:`sketch_metrics`: all-flow ARE / AAE, ARE over flows ``>= T``, top-100 ARE; :func:`hh_f1`;
   :func:`first_packet_auc` (does the score at a flow's first packet rank flows ``>= T`` first?).
+* :func:`validation_cut_scale`: the calibration cut (score 0.5 at ``m * T``) chosen on a second split
+  of the training part (:func:`validation_split`), never on the test part.
 * Baselines of equal memory: Count-Min (``llmsketch.CountMinBaseline``) and
   :class:`ConservativeUpdateBaseline` (CU), 4-byte counters; :class:`ElasticBaseline` (Elastic Sketch).
 """
@@ -321,3 +323,50 @@ class QuantileCalibrated:
 
     def score_packets(self, batch, idx) -> np.ndarray:
         return self._map(self.base.score_packets(batch, idx))
+
+
+# ---------------------------------------------------------------------------- the cut, chosen on validation
+CUT_SCALES = (0.5, 1.0, 2.0, 4.0)
+
+
+def validation_split(train: PacketBatch, capture: np.ndarray | None, split: str = "time", seed: int = 0):
+    """``(fit part, validation part)`` of a training part, split again the way the evaluation splits
+    (``time``: each capture's first half; ``capture``: half the captures; no ``capture``: by packet index)."""
+    if split == "capture" and capture is not None:
+        return capture_split(train, capture, 0.5, seed)
+    if capture is not None:
+        return time_split_per_capture(train, capture, 0.5)
+    cut = len(train) // 2
+    return train[:cut], train[cut:]
+
+
+def validation_cut_scale(model, fit_part: PacketBatch, val: PacketBatch, memory_bytes: int, test_packets: int,
+                         scales=CUT_SCALES) -> tuple[float, dict]:
+    """The calibration scale ``m`` (score 0.5 at ``m * T``) chosen on the training part alone.
+
+    ``model``: trees fitted on ``fit_part`` (:func:`validation_split`); LLM-Sketch runs on ``val`` at
+    ``memory_bytes`` scaled by its length over ``test_packets`` (the evaluated epoch's load per
+    byte), with ``T`` chosen from ``fit_part`` as the evaluation does; ``m`` minimises ARE over
+    flows ``>= T`` plus top-100 ARE there. Why: no single ``m`` wins at every memory (BENCHMARKS.md,
+    issue #19 second pass), and choosing it on the test half would tune on the test set.
+    Returns ``(m, {m: (ARE>=T, top-100 ARE)})``; ``m = 1`` when no scale gives finite errors."""
+    from telesketch.estimators.scoring import FlowScorer
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    mem = max(int(memory_bytes * len(val) / max(test_packets, 1)), 256)
+    sizes = np.unique(fit_part.flow_keys_void(), return_counts=True)[1]
+    pivot = choose_pivot(sizes, heavy_slots(mem), scale=len(val) / max(len(fit_part), 1))
+    uniq, true = np.unique(val.flow_keys_void(), return_counts=True)
+    rows = np.ascontiguousarray(uniq).view(np.uint8).reshape(-1, 13)
+    floor = max(512, 1 << int(np.ceil(np.log2(max(pivot, 1)))))
+    found = {}
+    for m in scales:
+        scorer = FlowScorer(model.with_pivot(max(2, int(round(m * pivot)))), rescore=True, mode="sync",
+                            floor_from=floor)
+        scores = np.concatenate([scorer.scores(b) for b in val.split(8192)])
+        sketch = LLMSketch(mem, "flow_size")
+        sketch.update(val, scores)
+        r = sketch_metrics(true, sketch.flow_size(rows), pivot)
+        found[m] = (r["ARE>=T"], r["top100 ARE"])
+    finite = {m: sum(v) for m, v in found.items() if all(np.isfinite(v))}
+    return (min(finite, key=finite.get) if finite else 1.0), found

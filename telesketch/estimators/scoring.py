@@ -368,6 +368,26 @@ class FlowScorer:
 
 
 # ---------------------------------------------------------------------------- a sketch with its scorer
+PIVOT_CHOICES = ("memory", "model")
+
+
+def calibrated_for(estimator, pivot, memory_bytes: int, task: str):
+    """``estimator`` recalibrated for the sketch's pivot (see ``pivot`` in :class:`ScoringMixin`).
+
+    Estimators without ``for_memory`` / ``with_pivot`` come back unchanged; a bad ``pivot`` is
+    refused (``ValueError``) whatever the estimator."""
+    if isinstance(pivot, str):
+        if pivot not in PIVOT_CHOICES:
+            raise ValueError(f"pivot must be an int >= 2 or one of {PIVOT_CHOICES}, got {pivot!r}")
+    elif isinstance(pivot, bool) or not isinstance(pivot, (int, np.integer)) or pivot < 2:
+        raise ValueError(f"pivot must be an int >= 2 or one of {PIVOT_CHOICES}, got {pivot!r}")
+    if pivot == "model" or not hasattr(estimator, "with_pivot"):
+        return estimator
+    if pivot == "memory":
+        return estimator.for_memory(memory_bytes, task) if hasattr(estimator, "for_memory") else estimator
+    return estimator.with_pivot(int(pivot))
+
+
 class ScoringMixin:
     """Owns the :class:`FlowScorer` beside a pure LLM-Sketch (CPU or GPU twin) and its lifecycle.
 
@@ -380,20 +400,33 @@ class ScoringMixin:
     :class:`FlowScorer` mode (``"auto"``: async for ``lm`` / ``tiny``, so the packet path never
     waits on the model, else ``"sync"``; ``"sync"`` for deterministic replays); ``provisional`` --
     the score of flows the async worker has not reached (default 0.5); ``floor_from`` -- the size
-    floor position (default 512, 0: off). The sketch state (``to_bytes``) holds no scorer state.
+    floor position (default 512, 0: off); ``pivot`` -- the size ``T`` (packets) a score of 0.5 stands
+    for, for estimators that can be recalibrated (the trees: ``for_memory`` / ``with_pivot``):
+    ``"memory"`` (default) chooses it from this sketch's memory and the model's training traffic so
+    that flows of ``>= T`` packets fill about half the heavy slots (issue #19: with one fixed ``T``
+    a small sketch locks more "large" flows than it has slots and they evict each other), an int
+    sets it, ``"model"`` keeps the one saved with the model; other estimators ignore it.
+    The sketch state (``to_bytes``) holds no scorer state.
     """
 
     scored_class = ""  #: already scored: ``LLMSketch.__new__`` builds this class as asked
 
     def __init__(self, memory_bytes: int = 400 * 1024, task: str = "flow_size", estimator=None, *,
                  estimator_path=None, rescore: bool = False, cache_flows: int = 1 << 20, scoring: str = "auto",
-                 provisional=None, floor_from: int | None = None, **sketch_kwargs):
+                 provisional=None, floor_from: int | None = None, pivot="memory", **sketch_kwargs):
         super().__init__(memory_bytes, task, **sketch_kwargs)
         self.scorer: FlowScorer | None = None
         if estimator is not None:
             floor = {} if floor_from is None else {"floor_from": floor_from}
             self.scorer = FlowScorer(estimator, path=estimator_path, rescore=rescore, cache_flows=cache_flows,
                                      mode=scoring, provisional=provisional, **floor)
+            self.scorer.estimator = calibrated_for(self.scorer.estimator, pivot, memory_bytes, task)
+
+    @property
+    def pivot(self) -> int | None:
+        """The pivot ``T`` (packets) of the scorer's estimator; None when it has none (LM, constant)."""
+        est = self.scorer.estimator if self.scorer is not None else None
+        return getattr(est, "pivot", None) if hasattr(est, "with_pivot") else None
 
     def update(self, batch, scores: np.ndarray | None = None) -> None:
         """Insert ``batch``: with ``scores`` as given, else with this sketch's scorer's (spec §4)."""

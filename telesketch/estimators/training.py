@@ -345,7 +345,9 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     if split == "flow":
         train, val, evaluation = flow_split_sets(batch, train_fraction, rescore, max_flows, seed)
         train_part = held_out = None
-        pivot = choose_pivot(train.size[np.unique(train.flow, return_index=True)[1]], heavy_slots(memory_bytes))
+        sizes = train.size[np.unique(train.flow, return_index=True)[1]]
+        train_packets = int(sizes.sum())
+        pivot = choose_pivot(sizes, heavy_slots(memory_bytes))
     else:
         train_part, held_out = split_parts(batch, split, train_fraction, capture, seed)
         train_all, pkt_index = _segment_samples(train_part, rescore)
@@ -354,15 +356,17 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
         val = cap_flows(train_all.take(pkt_index >= cut), max_flows, seed)
         evaluation = cap_flows(segment_samples(held_out, rescore), max_flows, seed)
         sizes = np.unique(train_part.flow_keys_void(), return_counts=True)[1]
+        train_packets = len(train_part)
         pivot = choose_pivot(sizes, heavy_slots(memory_bytes), scale=len(held_out) / max(len(train_part), 1))
     if len(train) == 0:
         raise ValueError("the training part of the trace has no packets")
     start = time.perf_counter()
     if kind == "trees":
-        from telesketch.estimators.trees import BoostedTreesEstimator
+        from telesketch.estimators.trees import BoostedTreesEstimator, traffic_summary
 
         fit = train if split == "flow" else cap_flows(train_all, max_flows, seed)  # no early stopping: use all
         est = BoostedTreesEstimator.fit(fit.headers, fit.hdr_len, fit.size, pivot=pivot, seed=seed, **config)
+        est.traffic = traffic_summary(sizes, train_packets)  # saved: a sketch of other memory re-chooses T
     else:
         est = fit_estimator(kind, train, val, progress=progress, seed=seed, **config)
     seconds = time.perf_counter() - start

@@ -34,17 +34,21 @@ class BoostedTreesEstimator(Estimator):
     with ``pred`` the predicted ``log2`` size and ``cut`` the training-set quantile of ``pred`` above
     which lies the training share of flows ``>= T`` (quantile mapping: ``p >= 0.5`` exactly for the
     same share of training samples as are truly large). Regression on a rare class under-predicts;
-    a fixed cut at ``log2 T`` would admit too few large flows. :meth:`with_pivot` recalibrates.
+    a fixed cut at ``log2 T`` would admit too few large flows. :meth:`with_pivot` recalibrates;
+    :meth:`for_memory` recalibrates for the pivot a sketch of given memory needs, from the training
+    traffic's flow sizes saved with the model (``traffic``, :func:`traffic_summary`).
     """
 
     kind = "trees"
 
     def __init__(self, forest: dict, base: float, cut: float, pivot: int, train_pred: np.ndarray | None = None,
                  train_size: np.ndarray | None = None, config: dict | None = None,
-                 cuts: dict[int, float] | None = None):
+                 cuts: dict[int, float] | None = None, traffic: dict | None = None):
         self.forest, self.base, self.cut, self.pivot = forest, float(base), float(cut), int(pivot)
         self.train_pred, self.train_size = train_pred, train_size  # kept for recalibration (not saved)
         self.config = dict(config or {})
+        #: the training traffic's flow sizes (:func:`traffic_summary`; saved), for :meth:`for_memory`
+        self.traffic = traffic
         if cuts is None and train_pred is not None:
             cuts = {t: quantile_cut(train_pred, train_size >= t) for t in TABLE_PIVOTS}
         self.cuts = {int(k): float(v) for k, v in (cuts or {}).items()}  # pivot -> cut (saved)
@@ -85,7 +89,29 @@ class BoostedTreesEstimator(Estimator):
         else:
             raise ValueError("recalibration needs the training predictions or a saved cut table")
         return BoostedTreesEstimator(self.forest, self.base, cut, pivot, self.train_pred, self.train_size, self.config,
-                                     self.cuts)
+                                     self.cuts, self.traffic)
+
+    def pivot_for_memory(self, memory_bytes: int, task: str = "flow_size", epoch_packets: int | None = None) -> int:
+        """The pivot ``T`` for an ``LLMSketch(memory_bytes, task)``: flows of ``>= T`` packets in the
+        training traffic fill about half its heavy slots (:func:`~telesketch.estimators.evaluation.choose_pivot`),
+        sizes scaled by ``epoch_packets`` / training packets when the epoch length is known. The
+        saved pivot when the model carries no traffic summary (trained before it was saved)."""
+        from telesketch.estimators.evaluation import choose_pivot, heavy_slots
+
+        if not self.traffic:
+            return self.pivot
+        sizes = np.repeat(np.asarray(self.traffic["sizes"], np.float64), np.asarray(self.traffic["flows"], np.int64))
+        scale = 1.0 if not epoch_packets else float(epoch_packets) / max(int(self.traffic["packets"]), 1)
+        return choose_pivot(sizes, heavy_slots(int(memory_bytes), task), scale=scale)
+
+    def for_memory(self, memory_bytes: int, task: str = "flow_size", epoch_packets: int | None = None,
+                   max_pivot: int | None = None) -> "BoostedTreesEstimator":
+        """These trees calibrated for the pivot :meth:`pivot_for_memory` chooses (never above
+        ``max_pivot``, e.g. a heavy-hitter threshold + 1, so every heavy hitter is predicted large)."""
+        pivot = self.pivot_for_memory(memory_bytes, task, epoch_packets)
+        if max_pivot is not None:
+            pivot = max(2, min(pivot, int(max_pivot)))
+        return self if pivot == self.pivot else self.with_pivot(pivot)
 
     # ------------------------------------------------------------------ score
     def predict(self, headers, hdr_len) -> np.ndarray:
@@ -108,6 +134,8 @@ class BoostedTreesEstimator(Estimator):
         np.savez_compressed(directory / "trees.npz", **self.forest)
         meta = {"kind": self.kind, "format": HGB_FORMAT, "base": self.base, "cut": self.cut, "pivot": self.pivot,
                 "cuts": {str(k): v for k, v in sorted(self.cuts.items())}, "config": self.config}
+        if self.traffic:
+            meta["traffic"] = self.traffic
         (directory / META_FILE).write_text(json.dumps(meta, indent=1))
         return directory
 
@@ -121,7 +149,14 @@ class BoostedTreesEstimator(Estimator):
         with np.load(directory / "trees.npz") as z:
             forest = {k: z[k] for k in ("feature", "threshold", "left", "right", "value")}
         return cls(forest, meta["base"], meta["cut"], meta["pivot"], config=meta.get("config"),
-                   cuts={int(k): v for k, v in meta.get("cuts", {}).items()})
+                   cuts={int(k): v for k, v in meta.get("cuts", {}).items()}, traffic=meta.get("traffic"))
+
+
+def traffic_summary(flow_sizes, packets: int) -> dict:
+    """The training traffic's flow-size distribution as saved with a model: distinct sizes
+    (packets, ascending), how many flows have each, and the packets of that traffic (``int``)."""
+    sizes, flows = np.unique(np.asarray(flow_sizes, np.int64), return_counts=True)
+    return {"sizes": sizes.tolist(), "flows": flows.tolist(), "packets": int(packets)}
 
 
 def quantile_cut(pred: np.ndarray, large: np.ndarray) -> float:

@@ -78,6 +78,9 @@ class ServiceMetrics:
         self.epochs_retained = Gauge("telesketch_epochs_retained", "Epochs held (closed and open)", registry=r)
         self.sketch_memory = Gauge("telesketch_sketch_memory_bytes", "Sketch state of the open epoch",
                                    ["sketch"], registry=r)
+        self.scorer_memory = Gauge("telesketch_scorer_memory_bytes", "Per-flow scoring state beside a sketch, not "
+                                   "in its memory_bytes (LLM-Sketch's flow-score cache, capped by cache_flows)",
+                                   ["sketch"], registry=r)
         self.sketch_device = Gauge("telesketch_sketch_device", "1 for each active sketch: where it runs "
                                    "(device cpu or gpu; backend numpy, cupy, numba or simulator)",
                                    ["sketch", "device", "backend"], registry=r)

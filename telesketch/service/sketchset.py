@@ -85,7 +85,8 @@ KINDS: dict[str, Kind] = {
     "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"}),
                            gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True),
     "llmsketch": Kind("telesketch.sketches.llmsketch", "LLMSketch", frozenset({"flow_size", "top_flows"}),
-                      load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from"), int_keys="fingerprint",
+                      load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from", "pivot"),
+                      int_keys="fingerprint",
                       gpu_cls=_twin("llmsketch:LLMSketch")),
     "exact": Kind("telesketch.service.exactsketch", "ExactSketch", frozenset(QUERIES)),
 }
@@ -229,6 +230,9 @@ def configure(specs: dict[str, dict[str, Any]], device: str = "cpu") -> list[Con
             continue
         cs.active = True
         log.info("sketch %s: %s %s", name, cs.kind_name, params)
+        if getattr(sketch, "scorer_bytes", 0):
+            log.info("sketch %s: its flow-score cache holds %.1f MiB beside the sketch's %d bytes (cache_flows caps it)",
+                     name, sketch.scorer_bytes / 2**20, sketch.memory_bytes)
     return out
 
 

@@ -99,7 +99,8 @@ FINGERPRINT_SEED = 123123
 LARGE = 0.5  # scores >= this are "predicted large"
 #: The settings of the scorer beside a sketch (:class:`telesketch.estimators.scoring.ScoredLLMSketch`);
 #: giving any of them to :class:`LLMSketch` builds the scored sketch.
-SCORER_PARAMS = ("estimator", "estimator_path", "rescore", "cache_flows", "scoring", "provisional", "floor_from")
+SCORER_PARAMS = ("estimator", "estimator_path", "rescore", "cache_flows", "scoring", "provisional", "floor_from",
+                 "pivot")
 
 #: task -> (heavy_ratio default, key_len, light part)
 TASKS: dict[str, tuple[float, int, str]] = {
