@@ -204,3 +204,52 @@ def test_service_answers_byte_flow_sizes_equal_to_the_exact_truth_and_says_bytes
         assert reply.window.unit == "packets"
     finally:
         svc.stop()
+
+
+def test_grpc_hhh_reply_and_cli_tables_name_the_unit(tmp_path, capsys):
+    """The gRPC HHH reply carries ``window.unit`` (bytes for a byte-weighted ResidualSketch, packets
+    otherwise), and ``telesketch query`` tables name it in the count column's header (``--json``
+    rows carry ``unit``): hhh, top-flows, flow-size and heavy-hitters."""
+    from telesketch.cli import main
+    from telesketch.client import Client
+    from telesketch.packets import PacketBatch
+    from telesketch.service.config import ServiceConfig
+    from telesketch.service.server import ServiceThread
+    from workloads import service_traffic
+
+    traffic = PacketBatch.concat(service_traffic(n_epochs=1, per_epoch=3000))
+    traffic.length[:] = 64 + (traffic.src_ip % 23) * 60
+    sketches = {"hhh_bytes": {"kind": "residualsketch", "memory_bytes": 64 * 1024, "threshold": 10**5, "weight": "bytes"},
+                "hhh": {"kind": "residualsketch", "memory_bytes": 64 * 1024, "threshold": 100},
+                "flow_bytes": {"kind": "llmsketch", "memory_bytes": 256 * 1024, "estimator": "constant",
+                               "keep_keys": True, "weight": "bytes"},
+                "exact": {"kind": "exact"}}
+    config = ServiceConfig(grpc_address="127.0.0.1:0", http_address="", data_dir=str(tmp_path / "d"),
+                           epoch_seconds=1.0, sketches=sketches).validate()
+    svc = ServiceThread(config).start()
+    try:
+        client = Client(f"127.0.0.1:{svc.grpc_port}", sender_id="u")
+        client.push(traffic.split(2048))
+        rows, info = client.hhh(sketch="hhh_bytes", phi=0.05, details=True, families=(4, 6))
+        assert rows and info.unit == "bytes"
+        rows, info = client.hhh(sketch="hhh", phi=0.05, details=True)
+        assert rows and info.unit == "packets"
+        target = ["--target", f"127.0.0.1:{svc.grpc_port}"]
+
+        def table(*args):
+            assert main(["query", *args, *target]) == 0
+            return capsys.readouterr().out.splitlines()
+
+        assert table("hhh", "--sketch", "hhh_bytes", "--phi", "0.05")[0].split() == [
+            "family", "prefix", "discounted", "estimate", "(bytes)"]
+        assert table("hhh", "--sketch", "hhh", "--phi", "0.05")[0].split()[-1] == "(packets)"
+        top = table("top-flows", "--sketch", "flow_bytes", "--k", "3")
+        assert top[0].split() == ["flow", "estimate", "(bytes)"] and len(top) == 5
+        assert table("heavy-hitters", "--sketch", "exact", "--phi", "0.05")[0].split() == ["key", "estimate", "(packets)"]
+        key = traffic.flow_keys()[0].tobytes().hex()
+        assert table("flow-size", "--sketch", "flow_bytes", "--key", key)[0].split() == ["flow", "estimate", "(bytes)"]
+        assert main(["query", "hhh", *target, "--sketch", "hhh_bytes", "--phi", "0.05", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert rows and all(r["unit"] == "bytes" and "discounted estimate" in r for r in rows)
+    finally:
+        svc.stop()
