@@ -244,7 +244,7 @@ def cmd_size(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"sketch": a.sketch, "kind": a.kind, "query": a.query, "target": a.target,
                            "configured_bytes": a.configured_bytes, "memory_bytes": a.memory_bytes,
-                           "points": a.points} for a in advice], indent=1))
+                           "unit": a.unit, "points": a.points} for a in advice], indent=1))
     else:
         print(render(advice))
     return 0

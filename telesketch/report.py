@@ -332,10 +332,11 @@ def _section(fn) -> tuple[dict, Any]:
 
 
 def _floor_in(error: str | None) -> int | None:
-    """The sketch floor named by a refused threshold (``... floor of 240 packets ...``), or None."""
+    """The sketch floor named by a refused threshold (``... floor of 240 packets ...``, or bytes for a
+    byte-weighted sketch), or None."""
     import re
 
-    found = re.search(r"floor of ([\d,]+) packets", error or "")
+    found = re.search(r"floor of ([\d,]+) (?:packets|bytes)", error or "")  # bytes: a byte-weighted sketch
     return int(found.group(1).replace(",", "")) if found else None
 
 

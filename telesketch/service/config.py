@@ -43,7 +43,7 @@ DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
 #: (``telesketch.sketches.cocosketch.WEIGHTS``; thresholds and answers are then bytes).
 WEIGHTS = ("packets", "bytes")
 #: Kinds that take ``weight = "bytes"`` (the others count packets, or gaps, only).
-BYTE_WEIGHTED_KINDS = ("residualsketch", "hiddensketch", "llmsketch")
+BYTE_WEIGHTED_KINDS = ("residualsketch", "hiddensketch", "llmsketch", "exact")
 
 
 #: Where a sketch runs (``device`` in ``[server]`` and in each ``[sketches.NAME]``).
