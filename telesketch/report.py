@@ -751,7 +751,7 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
                  f"lowers it{spread})")
         else:
             bound = (" of the window's bytes" if hh.get("unit") == "bytes"
-                     else f" (> {hh['threshold'] or 0:,.0f} packets)")
+                     else f" (> {hh.get('threshold') or 0:,.0f} packets)")
             head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}{bound}"
                  if not hh["error"] else "")
 
