@@ -253,3 +253,23 @@ def test_grpc_hhh_reply_and_cli_tables_name_the_unit(tmp_path, capsys):
         assert rows and all(r["unit"] == "bytes" and "discounted estimate" in r for r in rows)
     finally:
         svc.stop()
+
+
+def test_report_tables_of_byte_weighted_sections_say_bytes():
+    """``render_text``: a byte-weighted section's count column reads ``estimate (bytes)`` and its heavy
+    hitters head says phi of the window's bytes (not a packet threshold); packet sections as before."""
+    from telesketch.report import render_text
+
+    report = {"source": {"mode": "analyze", "files": ["x"], "target": None},
+              "window": {"last": 1, "epochs": [0], "packets": 100, "epoch_seconds": 10.0},
+              "ingest": {"packets": 100, "late_packets": 0, "batches": 1}, "sketches": [], "notes": []}
+    for what in ("heavy_changers", "gaps", "hhh"):
+        report[what] = {"error": "not configured"}
+    report["heavy_hitters"] = {"sketch": "hh", "combine": "single", "error": None, "phi": 0.01, "threshold": None,
+                               "count": 1, "unit": "bytes", "rows": [{"key": 1, "text": "0.0.0.1", "estimate": 9e5}]}
+    report["top_flows"] = {"sketch": "flows", "combine": "single", "error": None, "unit": "packets",
+                           "rows": [{"key": 7, "text": "fp:0x00000007", "estimate": 12.0}]}
+    lines = render_text(report).splitlines()
+    assert any("keys above phi 0.01 of the window's bytes" in line for line in lines)
+    assert any(line.split() == ["key", "estimate", "(bytes)"] for line in lines)
+    assert any(line.split() == ["flow", "estimate"] for line in lines)
