@@ -26,6 +26,9 @@ replayed capture; ``clock=packet`` (default) keeps packet times.
                             ``[2001:db8::1]:443 > [2001:db8::2]:53 udp``
 ==========================  ========================================================================
 
+Rows of a byte-weighted sketch (``weight = "bytes"``: heavy hitters/changers, HHH, top flows, flow
+sizes) carry one more column, ``unit`` = ``bytes``: their estimates and thresholds are bytes.
+
 Keys and prefixes are text (IPv6 per RFC 5952, ``2001:db8::1``, ``2001:db8::/32``; IPv6 flow
 endpoints bracketed); ``family`` (4 or 6) lets a panel filter or group the two families. Rows
 with equal values list IPv4 before IPv6, then by key bytes, so an answer's order is stable.

@@ -59,6 +59,17 @@ ResidualSketch's). For mixed traffic, ``heavy_hitters37`` stores every flow's 37
 v4-mapped; slot 41 B, bucket 328 B, so 2.4 times the memory of ``heavy_hitters`` for the same
 slots) and reports IPv4 flows as 13-byte keys, IPv6 flows as 37-byte keys.
 
+Bytes (issue 17). ``weight="bytes"`` (the ``flow_size`` and ``heavy_hitters`` tasks) counts each
+packet's ``length`` column instead of 1: heavy counts are ``uint64`` (a slot is ``key_len + 8``
+charged bytes) and the Count-Min counters ``uint32`` saturating at 2^32 - 1 (4 charged bytes each, so
+``W = int(Ml / 3 / 4)``). A hit adds ``w``; the lock's running mean of the flow's scores is weighted by
+bytes, ``q = (lock (c - w) + p w) / c`` (the spec's rule at ``w = 1``); a new or evicting flow starts
+at ``w``; a light add carries ``w`` and an eviction max-merges the displaced byte count. A zero-length
+packet changes nothing but takes its stream index. ``phi`` is a fraction of the bytes
+(:attr:`LLMSketch.total_weight`). Batches run :func:`_update_serial_weighted`; the packet kernels,
+state and snapshots are unchanged (a packet sketch's parameters carry no ``weight`` key, so its
+snapshots load anywhere they did). The ``hhh`` task counts packets only (byte HHH: ResidualSketch).
+
 Scores: ``update(batch, scores)`` takes one score per packet and is pure: the sketch owns no model.
 The scorer lives beside it: :class:`telesketch.estimators.scoring.ScoredLLMSketch` (what
 ``LLMSketch(estimator=...)`` builds, and what the service's ``llmsketch`` kind builds from its
@@ -1198,7 +1209,8 @@ class LLMSketch(Sketch):
         return [(names[i] if names[i] is not None else self._decode(keys[i]), int(counts[i])) for i in order]
 
     def heavy_hitters(self, threshold: float | None = None, phi: float | None = None) -> list[tuple[Any, int]]:
-        """Heavy-part entries with count ``> threshold`` (or ``> int(phi * packets)``), largest first.
+        """Heavy-part entries with count ``> threshold`` (or ``> int(phi * N)``, ``N`` the packets, or
+        the bytes of a byte-weighted sketch), largest first.
 
         The light part is never enumerated (spec §2.3). Default ``phi = 1e-4`` (spec §5).
         """
