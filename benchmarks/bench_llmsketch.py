@@ -48,7 +48,7 @@ from telesketch.estimators.scoring import FlowScorer
 from telesketch.estimators.synthetic import generate_labelled_batch
 from telesketch.estimators.training import fit_estimator, load_trace, split_trace, training_sets
 from telesketch.sketches import exact
-from telesketch.sketches.llmsketch import CountMinBaseline, LLMSketch
+from telesketch.sketches.llmsketch import CountMinBaseline, LLMSketch, stored_keys
 
 NDPI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "traces", "ndpi_merged_hdr128.pcap")
 
@@ -428,6 +428,51 @@ def throughput(packets=1_000_000, flows=50_000, batch_size=65536, repeats=3, lm_
     print(f"lm int8 ONNX scoring: {4096 / secs:,.0f} sequences/s (batches of 256, 2 intra-op threads)")
 
 
+# ============================================================================ bytes (issue 17)
+BYTE_MEMORIES = {"flow_size": (200, 400, 600, 800, 1000), "heavy_hitters": (50, 150, 250)}  # KiB, spec §2.1
+
+
+def byte_accuracy(name, batch, estimator, label) -> None:
+    """Flow sizes and heavy hitters by bytes (``weight="bytes"``) beside packets at the spec's memory
+    points, same scores, same charged memory: byte-weighted slots are 12 B (flow_size) / 21 B (heavy
+    hitters) instead of 8 / 17 and the Count-Min counters 4 B instead of 1, so fewer fit. Flow sizes:
+    ARE and AAE over all flows, ARE over the flows above the trace's top-1 % size (each unit's own);
+    heavy hitters: F1 at phi = 1e-4 of the packets (bytes)."""
+    keys_void = batch.flow_keys_void()
+    uniq, inverse = np.unique(keys_void, return_inverse=True)
+    rows = np.ascontiguousarray(uniq).view(np.uint8).reshape(-1, 13)
+    query_keys = uniq.tolist()
+    counts = {"packets": np.bincount(inverse.ravel()).astype(np.int64),
+              "bytes": np.bincount(inverse.ravel(), weights=batch.length.astype(np.float64)).astype(np.int64)}
+    scores, _, secs = score_trace(estimator, batch, 512)
+    print(f"\n## {name}: {len(batch):,} packets, {len(uniq):,} flows, {int(batch.length.astype(np.int64).sum()):,} bytes; "
+          f"scores: {label} ({secs:.1f} s)")
+    print("\n| task | memory | unit | slots | Count-Min counters | ARE | AAE | ARE (top 1 %) | HH F1 (phi 1e-4) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for task, memories in BYTE_MEMORIES.items():
+        for kib in memories:
+            for unit in ("packets", "bytes"):
+                sketch = LLMSketch(kib * 1024, task, weight=unit)
+                sketch.update(batch, scores)
+                truth = counts[unit]
+                cells = ["-", "-", "-"]
+                if task == "flow_size":
+                    est = sketch.flow_size(rows)
+                    t = dict(zip(query_keys, truth.tolist()))
+                    big = [k for k, c in t.items() if c >= np.quantile(truth, 0.99)]
+                    e = dict(zip(query_keys, est.tolist()))
+                    cells = [f"{exact.are(t, e):.3f}", f"{exact.aae(t, e):,.1f}", f"{exact.are(t, e, big):.4f}"]
+                thr = int(1e-4 * truth.sum())
+                true_hh = {k for k, c in zip(query_keys, truth.tolist()) if c > thr}
+                got = [k for k, c in sketch.heavy_hitters(threshold=thr)]
+                if task == "flow_size":  # fingerprints: compare by the stored key of each true flow
+                    fp = {bytes(f): k for f, k in zip(stored_keys(rows, "flow_size"), query_keys)}
+                    got = [fp.get(int(k).to_bytes(4, "little")) for k in got]
+                f1 = exact.set_accuracy(true_hh, [k for k in got if k is not None]).f1
+                print(f"| {task} | {kib} KiB | {unit} | {sketch.occ.size:,} | {sketch.cm.size:,} | "
+                      + " | ".join(cells) + f" | {f1:.3f} |", flush=True)
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -464,7 +509,8 @@ def main(argv=None) -> int:
                          "with --sections accuracy: the small generated traces only")
     ap.add_argument("--sections", default="paper,throughput",
                     help="paper (issue #19: N, N-unseen, held-out, G), accuracy (the older per-estimator "
-                         "tables), throughput (comma separated)")
+                         "tables), throughput, bytes (flow sizes and heavy hitters by bytes beside packets at "
+                         "the spec's memory points, shipped trees scores) (comma separated)")
     args = ap.parse_args(argv)
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"machine: {machine()}")
@@ -480,6 +526,13 @@ def main(argv=None) -> int:
         throughput(lm_path=args.lm_path)
     if "paper" in sections:
         paper_evaluation(args)
+    if "bytes" in sections:
+        trees = load_estimator("trees")
+        if os.path.exists(args.trace):
+            byte_accuracy(os.path.basename(args.trace), load_trace(args.trace), trees, "shipped trees")
+        for seed in [int(x) for x in args.generated_seeds.split(",") if x][:1]:
+            gen = generate_labelled_batch(args.generated_packets, args.generated_flows, seed=seed)
+            byte_accuracy(f"generated (seed {seed}, {args.generated_flows:,} flows)", gen, trees, "shipped trees")
     if "accuracy" not in sections:
         return 0
     if not args.quick and os.path.exists(args.trace):

@@ -119,8 +119,11 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
                  factors=SWEEP_FACTORS) -> list[dict]:
     """F1 of each sweepable configured sketch at ``factors`` x its memory (one pass over the files).
 
-    Rows ``{"sketch", "kind", "query", "memory_bytes", "f1", "precision", "recall"}``. LLM-Sketch is
-    left out (its estimator dominates the cost and its answers are sizes, not sets).
+    Rows ``{"sketch", "kind", "query", "memory_bytes", "f1", "precision", "recall", "unit"}``.
+    LLM-Sketch is left out (its estimator dominates the cost and its answers are sizes, not sets).
+    A sketch configured with ``weight = "bytes"`` is scored against byte truth (the ``exact`` kind
+    counting bytes: keys above phi of the window's bytes), ``unit`` "bytes"; the others against
+    packet truth, ``unit`` "packets".
     """
     from telesketch.report import TRUTH, add_accuracy, query_sections, raised_floors
 
@@ -133,14 +136,18 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
         return []
     sweep = manager_for(specs, config, tolerant=True)
     specs_truth = truth_specs(config.sketches)
-    truth = manager_for(specs_truth, config)
+    truths = {"packets": manager_for(specs_truth, config)}
+    if any(spec.get("weight") == "bytes" for spec in specs.values()):  # byte-weighted sketches: byte truth
+        truths["bytes"] = manager_for({n: dict(t, weight="bytes") for n, t in specs_truth.items()}, config)
     from telesketch.traces import read_capture
 
     for path in files:
         for batch in read_capture(path, batch_size=batch_size):
             sweep.apply(batch)
-            truth.apply(batch)
-    source, tsource = LocalSource(sweep), LocalSource(truth)
+            for truth in truths.values():
+                truth.apply(batch)
+    source = LocalSource(sweep)
+    tsources = {unit: LocalSource(truth) for unit, truth in truths.items()}
     stats = source.stats()
     last = min(opts.last or len(stats["epochs"]), len(stats["epochs"])) or 1
     rows = []
@@ -148,6 +155,8 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
         if not s["active"]:
             continue
         query = SWEEP_KINDS[s["kind"]]
+        unit = specs[s["name"]].get("weight", "packets") if s["name"] in specs else "packets"
+        tsource = tsources[unit]
         sections = query_sections(_Only(source, query), opts, last, s["name"])
         truth_sections = query_sections(tsource, opts, last, TRUTH, floors=raised_floors(sections))
         report = dict(sections, truth=truth_sections)
@@ -156,7 +165,7 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
         if acc:
             rows.append({"sketch": s["name"].split("@")[0], "kind": s["kind"], "query": query,
                          "memory_bytes": s["memory_bytes"], "f1": acc["f1"], "precision": acc["precision"],
-                         "recall": acc["recall"]})
+                         "recall": acc["recall"], "unit": unit})
     return rows
 
 

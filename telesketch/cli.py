@@ -244,7 +244,7 @@ def cmd_size(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"sketch": a.sketch, "kind": a.kind, "query": a.query, "target": a.target,
                            "configured_bytes": a.configured_bytes, "memory_bytes": a.memory_bytes,
-                           "points": a.points} for a in advice], indent=1))
+                           "unit": a.unit, "points": a.points} for a in advice], indent=1))
     else:
         print(render(advice))
     return 0
@@ -399,23 +399,26 @@ def _run_query(args: argparse.Namespace) -> int:
         if what == "stats":
             print(json.dumps(client.stats(), indent=2))
             return 0
+        unit = ""  # what the estimates count, as the server says (WindowInfo.unit; "" from an older server)
         if what == "top-flows":
-            rows = [(t, v) for _, v, t in client.top_flows(args.k, **window, text=True)]
+            answer, info = client.top_flows(args.k, **window, text=True, details=True)
+            rows, unit = [(t, v) for _, v, t in answer], info.unit
             header = ("flow", "estimate")
         elif what in ("heavy-hitters", "heavy-changers"):
             call = client.heavy_hitters if what == "heavy-hitters" else client.heavy_changers
             answer, info = call(**window, **thresholds, text=True, details=True)
             # mixed families: equal values list IPv4 before IPv6, the same order on every call
             rows = [(t, v) for _, v, t in ranked(answer, by_magnitude=what == "heavy-changers")]
-            header = ("key", "change" if what == "heavy-changers" else "estimate")
+            header, unit = ("key", "change" if what == "heavy-changers" else "estimate"), info.unit
             if info.partial:
                 print(f"telesketch query: PARTIAL answer from sketch {info.sketch}: its decode could not finish "
                       "(too little memory for this traffic): keys may be missing, estimates are upper bounds",
                       file=sys.stderr)
         elif what == "hhh":
             # the IPv4 tree, then the IPv6 tree (each by length, then prefix)
-            rows = [(f"IPv{r['family']}", r["prefix"], r["estimate"]) for r in hhh_rows(client.hhh(**window, **thresholds, families=(4, 6)))]
-            header = ("family", "prefix", "discounted estimate")
+            answer, info = client.hhh(**window, **thresholds, families=(4, 6), details=True)
+            rows = [(f"IPv{r['family']}", r["prefix"], r["estimate"]) for r in hhh_rows(answer)]
+            header, unit = ("family", "prefix", "discounted estimate"), info.unit
         elif what == "gaps":
             gaps = client.flow_gaps(limit=args.k, **window)
             if args.json:  # numbers stay numbers; the time as text beside them
@@ -426,11 +429,13 @@ def _run_query(args: argparse.Namespace) -> int:
             header = ("time (UTC)", "flow", "jump")
         else:  # flow-size
             keys = args.key
-            rows = [(key_text(k), v) for k, v in zip(keys, client.flow_size(keys, **window))]
+            sizes, info = client.flow_size(keys, **window, details=True)
+            rows, unit = [(key_text(k), v) for k, v in zip(keys, sizes)], info.unit
             header = ("flow", "estimate")
-    if args.json:  # numbers stay numbers
-        print(json.dumps([dict(zip(header, row)) for row in rows], indent=2))
-    else:
+    if args.json:  # numbers stay numbers; each row says what they count
+        print(json.dumps([dict(zip(header, row)) | ({"unit": unit} if unit else {}) for row in rows], indent=2))
+    else:  # the count column's header names its unit: "estimate (bytes)"
+        header = header[:-1] + (f"{header[-1]} ({unit})",) if unit else header
         _print_table(header, [tuple(c if isinstance(c, str) else f"{c:,.0f}" for c in row) for row in rows])
     return 0
 

@@ -245,7 +245,8 @@ class Client:
 
     def flow_size(self, keys, *, epoch=None, last=None, closed_only=False, sketch="", details=False):
         """Estimated packets of each flow key: 13-byte IPv4 keys or 37-byte keys of either family
-        (``bytes``, or ``uint8[n, 13]`` / ``uint8[n, 37]`` rows): ``[int]``."""
+        (``bytes``, or ``uint8[n, 13]`` / ``uint8[n, 37]`` rows): ``[int]``. Bytes for a byte-weighted
+        sketch: with ``details=True`` the reply's ``WindowInfo.unit`` says which (as on every count query)."""
         keys = [bytes(k) for k in keys]
         reply = self._call(self._query.FlowSize, service_pb2.FlowSizeRequest(
             window=self._window(epoch, last, closed_only), sketch=sketch, keys=keys))

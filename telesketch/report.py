@@ -38,6 +38,8 @@ estimates are upper bounds; the text report prints a PARTIAL line)::
       "sketches": [{"name", "kind", "active", "note", "memory_bytes",
                     "device" ("cpu" | "gpu"), "backend" (numpy | cupy | numba | simulator)}],  # local runs
       "notes":    ["sketch flows (llmsketch) not active: ..."],
+      (every answered section also has "unit": "packets", or "bytes" for a byte-weighted sketch, whose
+       estimates are bytes and whose heavy-hitter "threshold" is null: phi of the window's bytes)
       "heavy_hitters":  {"sketch", "combine", "phi", "threshold", "count", "error",
                          "floor" (packets; present when phi x packets was below the sketch's floor,
                          which the service refuses: then asked at the floor, "asked_threshold" = phi x packets),
@@ -128,7 +130,8 @@ class LocalSource:
     @staticmethod
     def _info(answer) -> dict:
         return {"epochs": list(answer.epochs), "packets": int(answer.packets), "sketch": answer.sketch,
-                "combine": answer.combine, "partial": bool(answer.partial)}
+                "combine": answer.combine, "partial": bool(answer.partial),
+                "unit": answer.extra.get("unit", "packets")}
 
     def stats(self) -> dict:
         """Packets, retained epochs and the configured sketches (the service's ``Stats`` fields)."""
@@ -210,7 +213,8 @@ class RemoteSource:
     @staticmethod
     def _info(window) -> dict:
         return {"epochs": [int(e) for e in window.epochs], "packets": int(window.packets), "sketch": window.sketch,
-                "combine": window.combine, "partial": bool(window.partial)}
+                "combine": window.combine, "partial": bool(window.partial),
+                "unit": getattr(window, "unit", "") or "packets"}  # "": a server before WindowInfo.unit
 
     def stats(self) -> dict:
         s = self._ask(self.client.stats)
@@ -318,7 +322,7 @@ def _section(fn) -> tuple[dict, Any]:
     except Unanswered as exc:
         return {"sketch": None, "combine": None, "error": str(exc)}, None
     head = {"sketch": info["sketch"], "combine": info["combine"], "error": None, "epochs": info["epochs"],
-            "packets": info["packets"]}
+            "packets": info["packets"], "unit": info.get("unit", "packets")}
     for extra in ("before", "int_keys"):
         if extra in info:
             head[extra] = info[extra]
@@ -328,10 +332,11 @@ def _section(fn) -> tuple[dict, Any]:
 
 
 def _floor_in(error: str | None) -> int | None:
-    """The sketch floor named by a refused threshold (``... floor of 240 packets ...``), or None."""
+    """The sketch floor named by a refused threshold (``... floor of 240 packets ...``, or bytes for a
+    byte-weighted sketch), or None."""
     import re
 
-    found = re.search(r"floor of ([\d,]+) packets", error or "")
+    found = re.search(r"floor of ([\d,]+) (?:packets|bytes)", error or "")  # bytes: a byte-weighted sketch
     return int(found.group(1).replace(",", "")) if found else None
 
 
@@ -343,7 +348,7 @@ def _keys_section(source, what: str, last: int, opts: ReportOptions, sketch: str
         floor = _floor_in(head["error"])
         head, rows = _section(lambda: source.keys(what, last, opts.phi, sketch, floor))
     head.update(phi=opts.phi, threshold=opts.phi * head.get("packets", 0)
-                if rows is not None and what == "heavy_hitters" else None)
+                if rows is not None and what == "heavy_hitters" and head.get("unit") != "bytes" else None)
     if floor is not None and rows is not None:
         head.update(threshold=float(floor), floor=floor, asked_threshold=opts.phi * head.get("packets", 0))
     value = "change" if what == "heavy_changers" else "estimate"
@@ -745,8 +750,10 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
                  f"floor (phi {hh['phi']:g} asks > {hh['asked_threshold']:,.0f}; a smaller expected_epoch_items "
                  f"lowers it{spread})")
         else:
-            head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}"
-                 f" (> {hh['threshold'] or 0:,.0f} packets)" if not hh["error"] else "")
+            bound = (" of the window's bytes" if hh.get("unit") == "bytes"
+                     else f" (> {hh.get('threshold') or 0:,.0f} packets)")
+            head("Heavy hitters", hh, f": {hh.get('count', 0)} keys above phi {hh['phi']:g}{bound}"
+                 if not hh["error"] else "")
 
     hh = report["heavy_hitters"]
     hh_head(hh)
@@ -754,12 +761,13 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
         truth = _truth_lookup(report, "heavy_hitters", "estimate")
         rows = [(r["text"], _fmt(r["estimate"])) + ((_fmt(truth[r["key"]]) if r["key"] in truth else "-",) if truth else ())
                 for r in hh["rows"][:top]]
-        lines += _table(("key", "estimate") + (("true",) if truth else ()), rows)
+        lines += _table(("key", _counted("estimate", hh)) + (("true",) if truth else ()), rows)
         lines.append(_acc_line(acc.get("heavy_hitters"))) if acc.get("heavy_hitters") else None
     for more in report.get("more_heavy_hitters") or []:
         hh_head(more)
         if not more["error"]:
-            lines += _table(("key", "estimate"), [(r["text"], _fmt(r["estimate"])) for r in more["rows"][:top]])
+            lines += _table(("key", _counted("estimate", more)), [(r["text"], _fmt(r["estimate"]))
+                                                                   for r in more["rows"][:top]])
 
     hc = report["heavy_changers"]
     head("Heavy changers", hc, f": {hc.get('count', 0)} keys, epoch {hc.get('epochs')} vs {hc.get('before')}"
@@ -769,7 +777,7 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
         truth = _truth_lookup(report, "heavy_changers", "change")
         rows = [(r["text"], f"{r['change']:+,.0f}") + ((f"{truth[r['key']]:+,.0f}" if r["key"] in truth else "-",) if truth else ())
                 for r in hc["rows"][:top]]
-        lines += _table(("key", "change") + (("true",) if truth else ()), rows)
+        lines += _table(("key", _counted("change", hc)) + (("true",) if truth else ()), rows)
         lines.append(_acc_line(acc.get("heavy_changers"))) if acc.get("heavy_changers") else None
 
     hhh = report["hhh"]
@@ -788,7 +796,7 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
                     for r in ordered]
             if len(families) > 1:
                 lines.append(f"  IPv{family} tree: {len(tree)} prefixes")
-            lines += _table(("prefix", "discounted") + (("true",) if truth else ()), rows)
+            lines += _table(("prefix", _counted("discounted", hhh)) + (("true",) if truth else ()), rows)
         lines.append(_acc_line(acc.get("hhh"))) if acc.get("hhh") else None
 
     gaps = report["gaps"]
@@ -811,7 +819,7 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
         for r in tf["rows"][:top]:
             name = r.get("flow", r["text"])
             rows.append((name, _fmt(r["estimate"])) + ((_fmt(truth[name]) if name in truth else "-",) if truth else ()))
-        lines += _table(("flow", "estimate") + (("true",) if truth else ()), rows)
+        lines += _table(("flow", _counted("estimate", tf)) + (("true",) if truth else ()), rows)
         lines.append(_acc_line(acc.get("top_flows"))) if acc.get("top_flows") else None
         fs = acc.get("flow_size")
         if fs:
@@ -820,6 +828,12 @@ def render_text(report: dict, opts: ReportOptions = ReportOptions()) -> str:
                          + (f"; {fs['note']}" if fs.get("note") else ""))
     lines += family_lines(report.get("by_family"))
     return "\n".join(lines)
+
+
+def _counted(column: str, section: dict) -> str:
+    """A count column's header: ``estimate (bytes)`` for a byte-weighted sketch's section; packet
+    counts keep the plain header (the section's title line already says packets)."""
+    return f"{column} (bytes)" if section.get("unit") == "bytes" else column
 
 
 def elapsed(start: float) -> float:

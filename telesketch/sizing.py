@@ -6,7 +6,8 @@ against exact truth on the captures, in one pass (:func:`telesketch.analyze.memo
 service's own epochs, windows and queries). The advice for a sketch is the **smallest memory on
 that grid whose F1 reaches the target** (0.95 by default); ``None`` when no point reaches it (the
 grid should go higher). A memory a sketch refuses (Hidden Sketch below its second stage) is left
-out of the grid.
+out of the grid. A sketch configured with ``weight = "bytes"`` is sized by its byte F1: its keys
+above phi of the window's bytes against the exact byte truth (``unit`` "bytes" in the advice).
 
 The accuracy-vs-memory chart is ``accuracy_vs_memory.png`` (``--plot DIR``), the same chart as
 ``telesketch analyze --plot``, with the target line.
@@ -40,6 +41,7 @@ class SizingAdvice:
     configured_bytes: int
     memory_bytes: int | None
     points: list[dict] = field(default_factory=list)
+    unit: str = "packets"  #: what the sketch counts, and so what its F1 is scored against
 
     @property
     def verdict(self) -> str:
@@ -79,7 +81,8 @@ def size_sketches(files, config: ServiceConfig, opts: ReportOptions = ReportOpti
         mine = sorted((r for r in rows if r["sketch"] == name), key=lambda r: r["memory_bytes"])
         points = [{k: r[k] for k in ("memory_bytes", "f1", "precision", "recall")} for r in mine]
         out.append(SizingAdvice(name, mine[0]["kind"], mine[0]["query"], target,
-                                int(_configured_memory(config.sketches[name]) or 0), pick_memory(points, target), points))
+                                int(_configured_memory(config.sketches[name]) or 0), pick_memory(points, target), points,
+                                mine[0].get("unit", "packets")))
     return out
 
 
@@ -94,7 +97,7 @@ def render(advice: list[SizingAdvice]) -> str:
         return "no sweepable sketch configured (Hidden Sketch, ResidualSketch and GapFilter are)"
     lines = []
     for a in advice:
-        lines.append(f"{a.sketch} ({a.kind}, {a.query}): {a.verdict}")
+        lines.append(f"{a.sketch} ({a.kind}, {a.query} by {a.unit}): {a.verdict}")
         lines.append(f"  {'KiB':>9}  {'F1':>6}  {'precision':>9}  {'recall':>6}")
         for p in a.points:
             mark = "  <- smallest reaching the target" if p["memory_bytes"] == a.memory_bytes else ""

@@ -66,21 +66,26 @@ def canonical(key: bytes) -> bytes:
 
 
 class NaiveLLMSketch:
-    """Slot lists and counter lists; ``insert(key, p)`` per packet: a flow key (13 or 37 bytes,
-    :func:`canonical`) or, for the hhh task, a source address."""
+    """Slot lists and counter lists; ``insert(key, p, w)`` per packet: a flow key (13 or 37 bytes,
+    :func:`canonical`) or, for the hhh task, a source address; ``w`` its weight (1 counting packets,
+    its length with ``weight="bytes"``: 8-byte heavy counts, 4-byte Count-Min counters saturating at
+    2^32 - 1, the lock's mean of scores weighted by bytes)."""
 
-    def __init__(self, memory_bytes: int, task: str = "flow_size", heavy_ratio=None, seed: int = 0):
+    def __init__(self, memory_bytes: int, task: str = "flow_size", heavy_ratio=None, seed: int = 0,
+                 weight: str = "packets"):
         ratio, self.key_len, light = TASKS[task]
         self.ratio = ratio if heavy_ratio is None else heavy_ratio
         self.task, self.seed = task, seed
         self.light = light if self.ratio < 1.0 else "none"
+        by_bytes = weight == "bytes"
+        self.cm_max = M32 if by_bytes else 255
         mh = int(memory_bytes * self.ratio)
-        self.nb = int(mh / 8 / (self.key_len + 4))
+        self.nb = int(mh / 8 / (self.key_len + (8 if by_bytes else 4)))
         ml = memory_bytes - mh
         # each slot: [key, count, lock, occ]
         self.buckets = [[[b"", 0, 0, 0] for _ in range(SLOTS)] for _ in range(self.nb)]
         if self.light == "countmin":
-            self.w = int(ml / 3)
+            self.w = int(ml / 3 / (4 if by_bytes else 1))
             self.cm = [[0] * self.w for _ in range(3)]
         elif self.light == "coco":
             self.w = int(ml / 2 / 8)
@@ -96,26 +101,28 @@ class NaiveLLMSketch:
             return V4_MAPPED + key[0:4] + V4_MAPPED + key[4:8] + key[8:13]
         return bytes(key)
 
-    def insert(self, key, p: float) -> None:
+    def insert(self, key, p: float, w: int = 1) -> None:
         n = self.n
         self.n += 1
+        if w == 0:  # a zero-weight packet only takes its stream index
+            return
         p = min(max(float(p), 0.0), 1.0)
         key = self.stored(key)
         bucket = self.buckets[mmh3_32(key, 100) % self.nb]
         victim = None
         for s in bucket:
             if s[3] and s[0] == key:
-                s[1] += 1
-                q = (s[2] * (s[1] - 1) + p) / s[1]
+                s[1] += w
+                q = (s[2] * (s[1] - w) + p * w) / s[1]
                 s[2] = 1 if uniform(self.seed, n, 0) < q else 0
                 return
             if not s[3]:
-                s[0], s[1], s[2], s[3] = key, 1, 1 if p >= 0.5 else 0, 1
+                s[0], s[1], s[2], s[3] = key, w, 1 if p >= 0.5 else 0, 1
                 return
             if not s[2] and (victim is None or s[1] < victim[1]):
                 victim = s
         if p < 0.5:
-            self.light_op(key, 1, n, evict=False)
+            self.light_op(key, w, n, evict=False)
             return
         if victim is None:
             victim = bucket[0]
@@ -123,7 +130,7 @@ class NaiveLLMSketch:
                 if s[1] < victim[1]:
                     victim = s
         old_key, old_count = victim[0], victim[1]
-        victim[0], victim[1], victim[2] = key, 1, 1
+        victim[0], victim[1], victim[2] = key, w, 1
         self.light_op(old_key, old_count, n, evict=True)
 
     def light_op(self, key: bytes, v: int, n: int, evict: bool) -> None:
@@ -131,7 +138,7 @@ class NaiveLLMSketch:
             for i in range(3):
                 j = mmh3_32(key, i) % self.w
                 c = self.cm[i][j]
-                self.cm[i][j] = max(c, min(v, 255)) if evict else min(c + v, 255)
+                self.cm[i][j] = max(c, min(v, self.cm_max)) if evict else min(c + v, self.cm_max)
         elif self.light == "coco":
             k = int.from_bytes(key, "big")
             cells = [self.coco[r][mmh3_32(key, r) % self.w] for r in (0, 1)]

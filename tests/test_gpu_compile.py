@@ -73,6 +73,7 @@ def record_workload(out: str) -> None:
         gpu.CocoSketch(memory_bytes=4096).update_addresses6(addrs6)
         for task in ("flow_size", "hhh"):
             gpu.LLMSketch(memory_bytes=2048, task=task, seed=2).update(batch, scores)
+        gpu.LLMSketch(memory_bytes=4096, task="flow_size", seed=2, weight="bytes").update(batch, scores)  # bytes
         gpu.LLMSketch(memory_bytes=4096, estimator=ConstantEstimator(1.0), scoring="sync").update(batch)
     Path(out).write_bytes(pickle.dumps(sorted(seen, key=str)))
 

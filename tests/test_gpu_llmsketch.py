@@ -28,7 +28,7 @@ EQUALITY = {
 }
 SCORE_RANGE = {"fs_saturating": (-0.5, 0.7)}  # mostly "small" packets: many saturating adds; default (-0.5, 1.5)
 EQUALITY_CASES = sorted(EQUALITY)
-OTHER_CASES = ["device_hash", "batch_split", "roundtrip_flow_size", "roundtrip_heavy_hitters", "roundtrip_hhh",
+OTHER_CASES = ["bytes_fs_small", "bytes_fs", "bytes_hh", "device_hash", "batch_split", "roundtrip_flow_size", "roundtrip_heavy_hitters", "roundtrip_hhh",
                "update_keys", "estimator", "merge_refused", "sizes", "empty_batch", "successor", "mixed_ipv6"]
 N_BATCHES = 3
 BATCH_PACKETS = 1500
@@ -255,6 +255,42 @@ def check_mixed_ipv6() -> str:
     return same_state(cpu, dev) or not_vacuous(cpu, "hh37")
 
 
+def byte_workload(n: int, flows: int, seed: int):
+    """:func:`workload` with per-flow packet lengths (40 .. 1500 bytes, jittered per packet) and
+    every 97th packet of weight 0 (which must change nothing but take its stream index)."""
+    from telesketch.packets import PacketBatch
+
+    batch, scores = workload(n, flows, seed)
+    rng = np.random.default_rng(seed + 7)
+    length = (40 + (batch.src_port.astype(np.int64) * 389) % 1400 + rng.integers(0, 60, n)).astype(np.uint16)
+    length[::97] = 0
+    return PacketBatch.from_columns(**(batch.columns() | {"length": length})), scores
+
+
+def check_bytes(task: str, memory: int, n: int, n_batches: int) -> str:
+    """``weight="bytes"``: uint64 heavy counts, uint32 Count-Min (flow_size), zero weights; GPU == CPU
+    after every batch, the answers, and a GPU snapshot continues on the CPU identically."""
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    cpu, dev = _pair(memory_bytes=memory, task=task, seed=3, weight="bytes")
+    parts = [byte_workload(n, FLOWS, 60 + k) for k in range(n_batches + 1)]
+    for k, (batch, scores) in enumerate(parts[:-1]):
+        cpu.update(batch, scores)
+        dev.update(batch, scores)
+        if detail := same_state(cpu, dev):
+            return f"batch {k}: {detail}"
+    if detail := same_answers(cpu, dev, parts[-2][0]) or not_vacuous(cpu, task):
+        return detail
+    if cpu.counts.dtype != np.uint64 or cpu.total_weight != dev.total_weight or cpu.total_weight == 0:
+        return "byte-weighted counts are not uint64 or the byte totals differ"
+    if task == "flow_size" and (cpu.cm.dtype != np.uint32 or cpu.cm.max() <= 255):
+        return "Count-Min is not uint32 or never counted past 255"
+    back = LLMSketch.from_bytes(dev.to_bytes())
+    back.update(*parts[-1])
+    cpu.update(*parts[-1])
+    return same_state(cpu, back)
+
+
 def check_merge_refused() -> str:
     from telesketch.gpu.llmsketch import LLMSketch as GpuLLMSketch
     from telesketch.sketches.core import NotMergeableError
@@ -302,6 +338,10 @@ def run_case(name: str) -> str:
         return check_equal(name)
     if name.startswith("roundtrip_"):
         return check_roundtrip(name.split("_", 1)[1])
+    if name.startswith("bytes_"):
+        return {"bytes_fs_small": lambda: check_bytes("flow_size", 1500, 800, 1),
+                "bytes_fs": lambda: check_bytes("flow_size", 3000, BATCH_PACKETS, 2),
+                "bytes_hh": lambda: check_bytes("heavy_hitters", 3000, BATCH_PACKETS, 2)}[name]()
     return {"device_hash": check_device_hash, "batch_split": check_batch_split, "update_keys": check_update_keys,
             "estimator": check_estimator, "merge_refused": check_merge_refused, "sizes": check_sizes,
             "empty_batch": check_empty_batch, "successor": check_successor, "mixed_ipv6": check_mixed_ipv6}[name]()
@@ -313,7 +353,8 @@ class TestLLMSketchGpuTwin(gpu_harness.TwinChecks):
     # Simulator CPU seconds (gpu_harness verdicts): flow_size cases ~10 s each, hh/hhh ~2.5 s; the
     # default run keeps hhh_3k, device_hash, estimator and the instant ones.
     slow_cases = ["fs_2k", "fs_3k_seed7", "fs_saturating", "hh_3k", "hh_1500_seed9", "hhh_2k_ratio03", "batch_split",
-                  "roundtrip_flow_size", "roundtrip_heavy_hitters", "roundtrip_hhh", "update_keys", "successor"]
+                  "roundtrip_flow_size", "roundtrip_heavy_hitters", "roundtrip_hhh", "update_keys", "successor",
+                  "bytes_fs", "bytes_hh"]
 
 
 if __name__ == "__main__":

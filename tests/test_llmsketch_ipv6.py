@@ -162,7 +162,8 @@ def test_state_layouts_old_snapshot_loads_and_new_roundtrips():
     assert b'"version": 1' in old or b'"version":1' in old  # IPv4-only: still layout 1, byte for byte
     # a layout-1 snapshot as today's main writes it (built with the envelope directly)
     arrays = sketch._arrays() | {"slot_names": sketch.slot_names}
-    legacy = pack_state(ALGORITHM, 1, sketch.params.__dict__, arrays, sketch.epoch,
+    fields = {k: v for k, v in sketch.params.__dict__.items() if k != "weight"}  # the parameters before bytes
+    legacy = pack_state(ALGORITHM, 1, fields, arrays, sketch.epoch,
                         extra={"packets": sketch.packets})
     assert legacy == old
     back = LLMSketch.from_bytes(legacy)

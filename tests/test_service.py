@@ -458,7 +458,7 @@ def test_query_cli_prints_the_servers_key_text_and_json_numbers(server, traffic,
     assert main(["query", "heavy-hitters", *target, "--sketch", "exact"]) == 0
     table = capsys.readouterr().out.splitlines()
     hh = client.heavy_hitters(epoch=eid, sketch="exact")
-    assert table[0].split() == ["key", "estimate"] and len(table) == 2 + len(hh)
+    assert table[0].split() == ["key", "estimate", "(packets)"] and len(table) == 2 + len(hh)  # the unit named
     assert table[2].split() == [key_text(hh[0][0]), f"{hh[0][1]:,.0f}"]
 
 

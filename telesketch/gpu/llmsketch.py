@@ -62,6 +62,7 @@ _BUCKET_SEED = _U64(_cpu.BUCKET_SEED)
 SLOTS = _cpu.SLOTS
 CM_ROWS = _cpu.CM_ROWS
 CM_MAX = _cpu.CM_MAX
+CM_MAX_BYTES = _cpu.CM_MAX_BYTES
 LARGE = _cpu.LARGE
 OP_NONE, OP_ADD, OP_EVICT = _cpu.OP_NONE, _cpu.OP_ADD, _cpu.OP_EVICT
 
@@ -125,6 +126,46 @@ def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, op_
     return OP_EVICT, old
 
 
+@device
+def _heavy_insert_weighted(slot_words, counts, lock, occ, b, keys, i, p, w, seed_mix, n, op_key):
+    """Device port of the CPU ``_heavy_insert_weighted`` (``weight="bytes"``): :func:`_heavy_insert`
+    with a weight ``w`` (uint64, > 0) per packet; ``counts`` is uint64. Returns ``(op, value)``
+    (uint64): ``OP_ADD`` carries ``w``, ``OP_EVICT`` the displaced count."""
+    victim = -1
+    for s in range(SLOTS):
+        if occ[b, s] != 0 and _same_key(slot_words, b, s, keys, i):
+            c = counts[b, s] + w
+            counts[b, s] = c
+            q = (float(lock[b, s]) * float(c - w) + p * float(w)) / float(c)
+            lock[b, s] = 1 if _uniform(seed_mix, n, _U0) < q else 0
+            return OP_NONE, _U0
+        if occ[b, s] == 0:
+            for j in range(keys.shape[1]):
+                slot_words[b, s, j] = keys[i, j]
+            counts[b, s] = w
+            lock[b, s] = 1 if p >= LARGE else 0
+            occ[b, s] = 1
+            return OP_NONE, _U0
+        if lock[b, s] == 0 and (victim < 0 or counts[b, s] < counts[b, victim]):
+            victim = s
+    if p < LARGE:
+        for j in range(keys.shape[1]):
+            op_key[i, j] = keys[i, j]
+        return OP_ADD, w
+    if victim < 0:
+        victim = 0
+        for s in range(1, SLOTS):
+            if counts[b, s] < counts[b, victim]:
+                victim = s
+    for j in range(keys.shape[1]):
+        op_key[i, j] = slot_words[b, victim, j]
+        slot_words[b, victim, j] = keys[i, j]
+    old = counts[b, victim]
+    counts[b, victim] = w
+    lock[b, victim] = 1
+    return OP_EVICT, old
+
+
 # ============================================================================ kernels
 @gpu_kernel
 def _buckets_kernel(keys, nbytes, n_buckets, out):
@@ -165,6 +206,29 @@ def _heavy_segments_kernel(slot_words, counts, lock, occ, keys, scores, buckets,
 
 
 @gpu_kernel
+def _heavy_segments_weighted_kernel(slot_words, counts, lock, occ, keys, scores, weights, buckets, order, n0,
+                                    seed_mix, op_type, op_key, op_val):
+    """:func:`_heavy_segments_kernel` for byte weighting: packet ``i`` weighs ``weights[i]`` (uint64);
+    a zero-weight packet records no operation and changes nothing (CPU ``_update_serial_weighted``)."""
+    m = order.shape[0]
+    for head in range(cuda.grid(1), m, cuda.gridsize(1)):
+        b = buckets[order[head]]
+        if head > 0 and buckets[order[head - 1]] == b:
+            continue
+        t = head
+        while t < m and buckets[order[t]] == b:
+            i = order[t]
+            w = weights[i]
+            if w != 0:
+                p = min(max(scores[i], 0.0), 1.0)
+                op, val = _heavy_insert_weighted(slot_words, counts, lock, occ, b, keys, i, p, w, seed_mix,
+                                                 _U64(n0 + i), op_key)
+                op_type[i] = op
+                op_val[i] = val
+            t += 1
+
+
+@gpu_kernel
 def _cm_targets_kernel(op_type, op_key, nbytes, width, none_target, targets):
     """Per packet ``i`` (one thread each): ``targets[3 i + r] = r * W + h_r(op_key[i]) mod W`` for the
     Count-Min rows ``r``, or ``none_target`` (``3 W``, sorts last) when ``i`` has no light operation.
@@ -181,11 +245,12 @@ def _cm_targets_kernel(op_type, op_key, nbytes, width, none_target, targets):
 
 
 @gpu_kernel
-def _cm_fold_kernel(cm, targets, order, none_target, op_type, op_val):
+def _cm_fold_kernel(cm, targets, order, none_target, op_type, op_val, cm_max):
     """Grid-stride over sorted positions ``j`` (``order`` stably sorts ``targets``, the counters
     ``row * W + col`` of entry ``3 i + row``): the first position of each counter folds the
     operations on it in ascending ``i``, saturating add for ``OP_ADD`` and max-merge for
-    ``OP_EVICT``, values capped at 255 (CPU ``_countmin_op``); ``none_target`` entries are skipped."""
+    ``OP_EVICT``, values capped at ``cm_max`` (int64: 255, or 2^32 - 1 byte-weighted; CPU
+    ``_countmin_op``); ``none_target`` entries are skipped."""
     m = order.shape[0]
     width = cm.shape[1]
     for head in range(cuda.grid(1), m, cuda.gridsize(1)):
@@ -198,9 +263,9 @@ def _cm_fold_kernel(cm, targets, order, none_target, op_type, op_val):
         t = head
         while t < m and targets[order[t]] == target:
             i = order[t] // CM_ROWS
-            v = min(np.int64(op_val[i]), CM_MAX)
+            v = min(np.int64(op_val[i]), cm_max)
             if op_type[i] == OP_ADD:
-                c = min(c + v, CM_MAX)
+                c = min(c + v, cm_max)
             elif v > c:
                 c = v
             t += 1
@@ -241,8 +306,8 @@ class _DeviceResident:
 class LLMSketch(_cpu.LLMSketch):
     """GPU LLM-Sketch: the CPU class's constructor, verbs, queries and state format.
 
-    ``_slot_words`` (``uint32[NB, 8, W]``), ``counts`` (``uint32[NB, 8]``), ``lock``, ``occ``
-    (``uint8[NB, 8]``) and ``cm`` (``uint8[3, W]``) live on the device; ``coco_*`` stay on the host.
+    ``_slot_words`` (``uint32[NB, 8, W]``), ``counts`` (``uint32[NB, 8]``; ``uint64`` byte-weighted),
+    ``lock``, ``occ`` (``uint8[NB, 8]``) and ``cm`` (``uint8[3, W]``; ``uint32`` byte-weighted) live on the device; ``coco_*`` stay on the host.
     ``parallel`` is accepted and ignored: a batch always runs as the bucket-segment kernel, which
     gives the serial loop's state exactly. Reading a device-resident attribute gives a host copy
     that is current until the next ``update`` (keep no reference across batches; on the CPU class
@@ -291,8 +356,9 @@ class LLMSketch(_cpu.LLMSketch):
         return dev
 
     # ------------------------------------------------------------------ batch
-    def _insert(self, words: np.ndarray, scores: np.ndarray) -> None:
-        """Run one batch of stored-key words ``uint32[n, W]`` with checked scores ``float[n]``."""
+    def _insert(self, words: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Run one batch of stored-key words ``uint32[n, W]`` with checked scores ``float[n]`` (and
+        ``weights``, ``uint64[n]``, for a byte-weighted sketch: uint64 counts and operation values)."""
         n = words.shape[0]
         if n == 0:
             return
@@ -301,15 +367,21 @@ class LLMSketch(_cpu.LLMSketch):
         d_words = buf.put("words", np.ascontiguousarray(words, dtype=np.uint32))
         d_scores = buf.put("scores", np.asarray(scores, dtype=np.float64))  # float32 -> float64 is exact
         d_buckets = buf.get("buckets", n, np.int64)
-        d_op_type, d_op_val = be.zeros(n, np.int8), be.zeros(n, np.uint32)
+        d_op_type = be.zeros(n, np.int8)
+        d_op_val = be.zeros(n, np.uint32 if weights is None else np.uint64)
         d_op_key = be.zeros(words.shape, np.uint32)
         n0 = np.int64(self.packets)
         with be.launching():
             launch(_buckets_kernel, n, d_words, nbytes, _U64(p.buckets), d_buckets)
             d_order = stable_argsort(be, buf, d_buckets, p.buckets)  # on the device
             state = [self._device_array(name) for name in ("_slot_words", "counts", "lock", "occ")]
-            launch(_heavy_segments_kernel, n, *state, d_words, d_scores, d_buckets, d_order, n0, self._seed_mix,
-                   d_op_type, d_op_key, d_op_val, grid_stride=True)
+            if weights is None:
+                launch(_heavy_segments_kernel, n, *state, d_words, d_scores, d_buckets, d_order, n0, self._seed_mix,
+                       d_op_type, d_op_key, d_op_val, grid_stride=True)
+            else:
+                d_weights = buf.put("weights", np.ascontiguousarray(weights, dtype=np.uint64))
+                launch(_heavy_segments_weighted_kernel, n, *state, d_words, d_scores, d_weights, d_buckets, d_order,
+                       n0, self._seed_mix, d_op_type, d_op_key, d_op_val, grid_stride=True)
             if p.light == "countmin":
                 self._countmin_on_device(d_op_type, d_op_key, d_op_val, n)
             elif p.light == "coco":
@@ -318,6 +390,8 @@ class LLMSketch(_cpu.LLMSketch):
                                   p.key_len, op_key, be.to_host(d_op_type), op_key, be.to_host(d_op_val), n0,
                                   self._seed_mix)
         self.packets += n
+        if weights is not None:
+            self.total_weight += int(weights.sum())
 
     def _countmin_on_device(self, d_op_type, d_op_key, d_op_val, n: int) -> None:
         """Segmented ordered fold of the batch's Count-Min operations, one thread per touched counter."""
@@ -328,8 +402,9 @@ class LLMSketch(_cpu.LLMSketch):
         launch(_cm_targets_kernel, n, d_op_type, d_op_key, np.int64(self.params.key_len),
                                                           _U64(width), np.int64(none_target), d_targets)
         d_order = stable_argsort(be, buf, d_targets, none_target + 1)  # on the device
+        cm_max = CM_MAX_BYTES if self.params.weight == "bytes" else CM_MAX
         launch(_cm_fold_kernel, n * CM_ROWS, self._device_array("cm"), d_targets, d_order, np.int64(none_target),
-               d_op_type, d_op_val, grid_stride=True)
+               d_op_type, d_op_val, np.int64(cm_max), grid_stride=True)
 
 
 class ScoredLLMSketch(ScoringMixin, LLMSketch):

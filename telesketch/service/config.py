@@ -43,7 +43,7 @@ DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
 #: (``telesketch.sketches.cocosketch.WEIGHTS``; thresholds and answers are then bytes).
 WEIGHTS = ("packets", "bytes")
 #: Kinds that take ``weight = "bytes"`` (the others count packets, or gaps, only).
-BYTE_WEIGHTED_KINDS = ("residualsketch", "hiddensketch")
+BYTE_WEIGHTED_KINDS = ("residualsketch", "hiddensketch", "llmsketch", "exact")
 
 
 #: Where a sketch runs (``device`` in ``[server]`` and in each ``[sketches.NAME]``).
@@ -171,6 +171,9 @@ def _validate_weight(name: str, spec: dict[str, Any]) -> None:
     if weight == "bytes" and spec["kind"] not in BYTE_WEIGHTED_KINDS:
         raise ConfigError(f"sketch {name!r}: kind {spec['kind']!r} counts packets only; weight = \"bytes\" is "
                           f"supported by {', '.join(BYTE_WEIGHTED_KINDS)}")
+    if weight == "bytes" and spec["kind"] == "llmsketch" and spec.get("task", "flow_size") == "hhh":
+        raise ConfigError(f"sketch {name!r}: the llmsketch hhh task counts packets only; weight = \"bytes\" is for "
+                          "its flow_size and heavy_hitters tasks (byte-weighted HHH: kind residualsketch)")
     if spec["kind"] not in BYTE_WEIGHTED_KINDS:
         spec.pop("weight", None)  # "packets" is what such a sketch counts anyway; its parameters lack the key
 

@@ -17,10 +17,16 @@ IPv6 packet has no IP-ID sequence, so IPv6 flows are not inspected and never ope
 (docs/IPV6.md); the events are the IPv4 flows' ones. The state is written in layout
 version 1 (today's) while it holds no IPv6 packet, so IPv4-only snapshots are unchanged; version 2
 adds the IPv6 columns, and both are read.
+
+Bytes (issue 17). ``weight = "bytes"`` also keeps each packet's ``length`` column (2 more bytes per
+packet) and answers in bytes: counts are byte sums and ``phi`` is a fraction of the window's bytes,
+the ground truth of a byte-weighted sketch (what ``telesketch size`` sizes such a sketch against).
+Its state is layout version 3 (``weight`` in the parameters, the ``length`` column beside the others);
+a packet sketch's parameters and layouts are unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -52,8 +58,11 @@ class ExactSketchParams:
     gap_t1: int = 5
     gap_t2: int = 30
     gap_reset: int = 10000
+    weight: str = "packets"
 
     def __post_init__(self):
+        if self.weight not in ("packets", "bytes"):
+            raise SketchError(f"exact weight must be 'packets' or 'bytes', got {self.weight!r}")
         if self.key not in ("src_ip", "dst_ip", "flow"):
             raise SketchError(f"exact key must be 'src_ip', 'dst_ip' or 'flow', got {self.key!r}")
         for name in ("phi", "hhh_phi"):
@@ -75,6 +84,7 @@ class ExactSketch(Sketch):
     ALGORITHM = "exact-service"
     VERSION = 2           #: layout with the IPv6 columns
     VERSION_IPV4 = 1      #: layout without them (written while no IPv6 packet is held)
+    VERSION_BYTES = 3     #: byte-weighted: every column, IPv6 and ``length`` included
     IPV6 = True           #: counts IPv6 packets exactly (the service feeds it both families)
 
     def __init__(self, params: ExactSketchParams | None = None, **kwargs):
@@ -94,6 +104,7 @@ class ExactSketch(Sketch):
             raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}")
         if len(batch):
             names = _COLUMNS + _IPV6_COLUMNS if batch.has_ipv6() else _COLUMNS
+            names += ("length",) if self.params.weight == "bytes" else ()
             self._chunks.append({name: np.array(getattr(batch, name)) for name in names})
 
     def _columns(self) -> dict[str, np.ndarray]:
@@ -102,6 +113,7 @@ class ExactSketch(Sketch):
             empty = PacketBatch.empty()
             parts = self._chunks or [{name: getattr(empty, name) for name in _COLUMNS}]
             names = _COLUMNS + (_IPV6_COLUMNS if any(_IPV6_COLUMNS[0] in p for p in parts) else ())
+            names += ("length",) if self.params.weight == "bytes" else ()
 
             def part(p, name):
                 if name in p:
@@ -125,6 +137,17 @@ class ExactSketch(Sketch):
         return sum(len(c["ts_ns"]) for c in self._chunks)
 
     @property
+    def unit(self) -> str:
+        return self.params.weight
+
+    @property
+    def volume(self) -> int:
+        """``N`` of ``phi * N``: the stored packets, or their bytes when byte-weighted."""
+        if self.params.weight == "bytes":
+            return int(sum(int(c["length"].astype(np.int64).sum()) for c in self._chunks))
+        return self.packets
+
+    @property
     def memory_bytes(self) -> int:
         return sum(a.nbytes for c in self._chunks for a in c.values())
 
@@ -139,23 +162,33 @@ class ExactSketch(Sketch):
         return twin
 
     def to_bytes(self) -> bytes:
-        """Layout version 1 (the IPv4 columns) while no IPv6 packet is held, else version 2."""
+        """Layout version 1 (the IPv4 columns) while no IPv6 packet is held, else version 2;
+        byte-weighted: version 3 (every column)."""
         cols = self._columns()
+        if self.params.weight == "bytes":
+            names = _COLUMNS + _IPV6_COLUMNS + ("length",)
+            full = self.batch()
+            return pack_state(self.ALGORITHM, self.VERSION_BYTES, self.params,
+                              {n: np.ascontiguousarray(getattr(full, n)) for n in names})
+        params = {k: v for k, v in asdict(self.params).items() if k != "weight"}  # packet layouts as before
         if self._has_ipv6():
-            return pack_state(self.ALGORITHM, self.VERSION, self.params, cols)
-        return pack_state(self.ALGORITHM, self.VERSION_IPV4, self.params, {n: cols[n] for n in _COLUMNS})
+            return pack_state(self.ALGORITHM, self.VERSION, params, cols)
+        return pack_state(self.ALGORITHM, self.VERSION_IPV4, params, {n: cols[n] for n in _COLUMNS})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ExactSketch":
         """A sketch from :meth:`to_bytes` output of either layout version."""
-        try:
-            params, arrays, _, _ = unpack_state(data, cls.ALGORITHM, cls.VERSION)
-            expected = set(_COLUMNS + _IPV6_COLUMNS)
-        except SketchError as exc:
-            if f"version {cls.VERSION_IPV4}," not in str(exc):
-                raise
-            params, arrays, _, _ = unpack_state(data, cls.ALGORITHM, cls.VERSION_IPV4)
-            expected = set(_COLUMNS)
+        params = arrays = None
+        for version, columns in ((cls.VERSION, _COLUMNS + _IPV6_COLUMNS), (cls.VERSION_IPV4, _COLUMNS),
+                                 (cls.VERSION_BYTES, _COLUMNS + _IPV6_COLUMNS + ("length",))):
+            try:
+                params, arrays, _, _ = unpack_state(data, cls.ALGORITHM, version)
+            except SketchError as exc:
+                if "layout version" not in str(exc) or version == cls.VERSION_BYTES:
+                    raise
+                continue
+            expected = set(columns)
+            break
         sketch = cls(**params)
         if set(arrays) != expected or len({len(a) for a in arrays.values()}) != 1:
             raise SketchError("exact sketch state has missing or ragged columns")
@@ -175,13 +208,20 @@ class ExactSketch(Sketch):
         IPv4 and IPv6 keys (see the module docstring), ``N`` all packets."""
         if phi is None and threshold is None:
             phi = self.params.phi
-        return _sorted(exact.mixed_heavy_hitters(self.batch(), self.params.key, phi=phi, threshold=threshold).items())
+        return _sorted(exact.mixed_heavy_hitters(self.batch(), self.params.key, phi=phi, threshold=threshold,
+                                                 weight=self.params.weight).items())
 
     def heavy_changers(self, previous: "ExactSketch", phi: float | None = None,
                        threshold: float | None = None) -> list[tuple]:
         """``[(key, count_now - count_before)]`` with ``|change| > phi * max(N_before, N_now)``."""
         if phi is None and threshold is None:
             phi = self.params.phi
+        if self.params.weight == "bytes":  # byte changes above phi x the larger window's bytes
+            thr = threshold if threshold is not None else phi * max(previous.volume, self.volume)
+            old = exact.mixed_count_dict(previous.batch(), self.params.key, weight="bytes")
+            new = exact.mixed_count_dict(self.batch(), self.params.key, weight="bytes")
+            changes = {k: new.get(k, 0) - old.get(k, 0) for k in old.keys() | new.keys()}
+            return _sorted(((k, d) for k, d in changes.items() if abs(d) > thr), by_abs=True)
         changes = exact.mixed_heavy_changers(previous.batch(), self.batch(), self.params.key, phi=phi,
                                              threshold=threshold)
         return _sorted(changes.items(), by_abs=True)
@@ -192,9 +232,9 @@ class ExactSketch(Sketch):
         if phi is None and threshold is None:
             phi = self.params.hhh_phi
         if threshold is None:
-            threshold = exact.threshold_for(self.packets, phi)
+            threshold = exact.threshold_for(self.volume, phi)
         v4 = self.batch().family(4)
-        found = exact.hhh(v4.src_ip, threshold=threshold, mode=self.params.hhh_mode)
+        found = exact.hhh(v4.src_ip, threshold=threshold, mode=self.params.hhh_mode, weights=self._weights(v4))
         return sorted(((p, length, c) for (p, length), c in found.items()), key=lambda e: (-e[1], e[0]))
 
     def hhh_rows(self, phi: float | None = None, threshold: float | None = None) -> list:
@@ -209,13 +249,13 @@ class ExactSketch(Sketch):
         if phi is None and threshold is None:
             phi = self.params.hhh_phi
         if threshold is None:
-            threshold = exact.threshold_for(self.packets, phi)
+            threshold = exact.threshold_for(self.volume, phi)
         batch = self.batch()
         v4, v6 = batch.family(4), batch.family(6)
         layers4 = exact.layers_for(self.params.hhh_mode)
-        counts4 = exact.prefix_counts(v4.src_ip, layers4)
+        counts4 = exact.prefix_counts(v4.src_ip, layers4, weights=self._weights(v4))
         found4 = hhh_from_counts(counts4, threshold)
-        counts6 = exact.prefix_counts6(v6.src_ip6, IPV6_LAYERS)
+        counts6 = exact.prefix_counts6(v6.src_ip6, IPV6_LAYERS, weights=self._weights(v6))
         found6 = hhh_from_counts(counts6, threshold, width=128)
         rows = [HHHRow(4, int(p).to_bytes(4, "big"), n, counts4[n][p], c) for (p, n), c in found4.items()]
         rows.sort(key=lambda r: (-r.length, r.prefix))
@@ -235,9 +275,13 @@ class ExactSketch(Sketch):
             events[name] = getattr(v4, name)[flags]
         return events
 
+    def _weights(self, part: PacketBatch) -> np.ndarray | None:
+        """The rows' weights for the ``exact`` oracles: None counting packets, lengths counting bytes."""
+        return part.length if self.params.weight == "bytes" else None
+
     def flow_counts(self) -> dict[bytes, int]:
-        """Packets per flow: 13-byte keys for IPv4 flows, 37-byte keys for IPv6 flows."""
-        return exact.mixed_count_dict(self.batch(), "flow")
+        """Packets (bytes, byte-weighted) per flow: 13-byte keys for IPv4 flows, 37-byte keys for IPv6 flows."""
+        return exact.mixed_count_dict(self.batch(), "flow", weight=self.params.weight)
 
     def flow_size(self, keys: np.ndarray) -> np.ndarray:
         """Exact packet count of each key: ``uint8[n, 13]`` (IPv4) or ``uint8[n, 37]`` (either

@@ -26,6 +26,9 @@ replayed capture; ``clock=packet`` (default) keeps packet times.
                             ``[2001:db8::1]:443 > [2001:db8::2]:53 udp``
 ==========================  ========================================================================
 
+Rows of a byte-weighted sketch (``weight = "bytes"``: heavy hitters/changers, HHH, top flows, flow
+sizes) carry one more column, ``unit`` = ``bytes``: their estimates and thresholds are bytes.
+
 Keys and prefixes are text (IPv6 per RFC 5952, ``2001:db8::1``, ``2001:db8::/32``; IPv6 flow
 endpoints bracketed); ``family`` (4 or 6) lets a panel filter or group the two families. Rows
 with equal values list IPv4 before IPv6, then by key bytes, so an answer's order is stable.
@@ -192,11 +195,13 @@ class Api:
                                 for e, n in a.extra["per_epoch"].items()], params)
         if path == "/api/v1/top_flows":
             a = q.top_flows(window, _one(params, "k", int, 10), sketch)
-            return [{"flow": key_text(k, a.int_keys), "family": key_family(k, a.int_keys), "estimate": v}
+            unit = {"unit": a.extra["unit"]} if "unit" in a.extra else {}  # byte-weighted sketches say so
+            return [{"flow": key_text(k, a.int_keys), "family": key_family(k, a.int_keys), "estimate": v, **unit}
                     for k, v in ranked(a.rows)]
         if path == "/api/v1/flow_size":
             a = q.flow_size(window, flow_keys(params.get("key", [])), sketch)
-            return [{"flow": key_text(k), "family": key_family(k), "estimate": v} for k, v in a.rows]
+            unit = {"unit": a.extra["unit"]} if "unit" in a.extra else {}
+            return [{"flow": key_text(k), "family": key_family(k), "estimate": v, **unit} for k, v in a.rows]
         raise NotFound(f"no such endpoint {path}; endpoints: {sorted(ROUTES)} and /metrics")
 
     def _shift(self, rows: list[dict], params: dict) -> list[dict]:

@@ -209,7 +209,7 @@ class QueryEngine:
             cs = ss.pick(self.manager.sketchset.sketches, "flow_size", sketch)
             epochs = self._epochs(window, cs=cs)
             got = ss.flow_size(cs, [e.states[cs.name] for e in epochs], array)
-            return self._answer(cs, epochs, list(zip(keys, np.asarray(got.rows).tolist())), got.combine)
+            return self._answer(cs, epochs, list(zip(keys, np.asarray(got.rows).tolist())), got.combine, **_unit(cs))
         return self._run("flow_size", run)
 
     def top_flows(self, window: WindowSpec, k: int = 10, sketch: str = "") -> Answer:
@@ -220,7 +220,7 @@ class QueryEngine:
             cs = ss.pick(self.manager.sketchset.sketches, "top_flows", sketch)
             epochs = self._epochs(window, cs=cs)
             got = ss.top_flows(cs, [e.states[cs.name] for e in epochs], k)
-            return self._answer(cs, epochs, got.rows, got.combine)
+            return self._answer(cs, epochs, got.rows, got.combine, **_unit(cs))
         return self._run("top_flows", run)
 
 

@@ -409,9 +409,11 @@ def _opt(request, name):
     return getattr(request, name) if request.HasField(name) else None
 
 
-def _info(answer) -> service_pb2.WindowInfo:
+def _info(answer, with_unit: bool = False) -> service_pb2.WindowInfo:
+    """The reply's ``WindowInfo``; ``with_unit``: estimates are counts, say in what (``unit``)."""
+    unit = answer.extra.get("unit", "packets") if with_unit else ""
     return service_pb2.WindowInfo(epochs=answer.epochs, packets=answer.packets, sketch=answer.sketch,
-                                  combine=answer.combine, partial=answer.partial)
+                                  combine=answer.combine, partial=answer.partial, unit=unit)
 
 
 #: Address families of an ``AddressFamilies`` value (unset: IPv4, what clients before IPv6 expect).
@@ -435,7 +437,7 @@ def _keys(answer) -> service_pb2.KeyEstimates:
     return service_pb2.KeyEstimates(
         entries=[service_pb2.KeyEstimate(key=key_bytes(k), estimate=float(v), text=key_text(k, answer.int_keys),
                                          family=_family(k, answer.int_keys))
-                 for k, v in answer.rows], window=_info(answer))
+                 for k, v in answer.rows], window=_info(answer, with_unit=True))
 
 
 def _prefix_text(row) -> str:
@@ -452,7 +454,7 @@ def _prefixes(answer) -> service_pb2.PrefixEstimates:
         entries=[service_pb2.PrefixEstimate(
             prefix=int.from_bytes(r.prefix, "big") if r.family == 4 else 0, length=r.length, estimate=r.discounted,
             text=_prefix_text(r), family=r.family, prefix_bytes=r.prefix, undiscounted_estimate=r.estimate)
-            for r in answer.rows], window=_info(answer))
+            for r in answer.rows], window=_info(answer, with_unit=True))
 
 
 class QueryService(service_pb2_grpc.QueryServicer):

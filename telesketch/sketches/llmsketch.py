@@ -59,6 +59,17 @@ ResidualSketch's). For mixed traffic, ``heavy_hitters37`` stores every flow's 37
 v4-mapped; slot 41 B, bucket 328 B, so 2.4 times the memory of ``heavy_hitters`` for the same
 slots) and reports IPv4 flows as 13-byte keys, IPv6 flows as 37-byte keys.
 
+Bytes (issue 17). ``weight="bytes"`` (the ``flow_size`` and ``heavy_hitters`` tasks) counts each
+packet's ``length`` column instead of 1: heavy counts are ``uint64`` (a slot is ``key_len + 8``
+charged bytes) and the Count-Min counters ``uint32`` saturating at 2^32 - 1 (4 charged bytes each, so
+``W = int(Ml / 3 / 4)``). A hit adds ``w``; the lock's running mean of the flow's scores is weighted by
+bytes, ``q = (lock (c - w) + p w) / c`` (the spec's rule at ``w = 1``); a new or evicting flow starts
+at ``w``; a light add carries ``w`` and an eviction max-merges the displaced byte count. A zero-length
+packet changes nothing but takes its stream index. ``phi`` is a fraction of the bytes
+(:attr:`LLMSketch.total_weight`). Batches run :func:`_update_serial_weighted`; the packet kernels,
+state and snapshots are unchanged (a packet sketch's parameters carry no ``weight`` key, so its
+snapshots load anywhere they did). The ``hhh`` task counts packets only (byte HHH: ResidualSketch).
+
 Scores: ``update(batch, scores)`` takes one score per packet and is pure: the sketch owns no model.
 The scorer lives beside it: :class:`telesketch.estimators.scoring.ScoredLLMSketch` (what
 ``LLMSketch(estimator=...)`` builds, and what the service's ``llmsketch`` kind builds from its
@@ -94,6 +105,10 @@ CM_ROWS = 3
 COCO_ROWS = 2
 COCO_CELL_BYTES = 8
 CM_MAX = 255
+#: Byte weighting (``weight="bytes"``): heavy counts are ``uint64`` (slot ``key_len + 8`` bytes) and the
+#: Count-Min counters ``uint32`` saturating here (4 GiB of one flow's bytes per epoch).
+CM_MAX_BYTES = 0xFFFFFFFF
+WEIGHTS = ("packets", "bytes")
 BUCKET_SEED = 100
 FINGERPRINT_SEED = 123123
 LARGE = 0.5  # scores >= this are "predicted large"
@@ -586,23 +601,108 @@ def _light_apply(light, cm, ids, ccounts, cocc, nbytes, keys, op_type, op_key, o
                       wmagic)
 
 
+# ---------------------------------------------------------------------------- byte weighting
+@kernel(inline="always")
+def _heavy_insert_weighted(slot_words, counts, lock, occ, b, keys, i, p, w, seed_mix, n, victim_key):
+    """:func:`_heavy_insert` with a weight ``w`` (uint64, > 0) per packet (``weight="bytes"``).
+
+    A hit adds ``w``; the lock's running mean of the flow's scores is weighted by bytes,
+    ``q = (lock (c - w) + p w) / c`` with ``c`` the new count (the spec's rule when ``w = 1``); a new
+    or evicting flow starts at ``w``. ``counts`` is ``uint64``. Returns ``(op, value)``: ``OP_ADD``
+    carries ``w``, ``OP_EVICT`` the displaced count."""
+    victim = -1
+    for s in range(SLOTS):
+        if occ[b, s] and _same_key(slot_words, b, s, keys, i):
+            c = counts[b, s] + w
+            counts[b, s] = c
+            q = (float(lock[b, s]) * float(c - w) + p * float(w)) / float(c)
+            lock[b, s] = 1 if uniform(seed_mix, n, _U64(0)) < q else 0
+            return OP_NONE, _U64(0)
+        if not occ[b, s]:
+            slot_words[b, s, :] = keys[i, :]
+            counts[b, s] = w
+            lock[b, s] = 1 if p >= LARGE else 0
+            occ[b, s] = 1
+            return OP_NONE, _U64(0)
+        if not lock[b, s] and (victim < 0 or counts[b, s] < counts[b, victim]):
+            victim = s
+    if p < LARGE:
+        return OP_ADD, w
+    if victim < 0:
+        victim = 0
+        for s in range(1, SLOTS):
+            if counts[b, s] < counts[b, victim]:
+                victim = s
+    victim_key[:] = slot_words[b, victim, :]
+    old = counts[b, victim]
+    slot_words[b, victim, :] = keys[i, :]
+    counts[b, victim] = w
+    lock[b, victim] = 1
+    return OP_EVICT, _U64(old)
+
+
+@kernel(inline="always")
+def _countmin_op_weighted(cm, key, nbytes, op, val, wmagic):
+    """:func:`_countmin_op` on ``uint32`` counters saturating at :data:`CM_MAX_BYTES`."""
+    w = _U64(cm.shape[1])
+    v = min(np.int64(val), np.int64(CM_MAX_BYTES))
+    for r in range(CM_ROWS):
+        col = np.int64(fastmod(_mmh3_words(key, nbytes, _U64(r)), wmagic, w))
+        c = np.int64(cm[r, col])
+        if op == OP_ADD:
+            cm[r, col] = min(c + v, np.int64(CM_MAX_BYTES))
+        elif v > c:
+            cm[r, col] = v
+
+
+@kernel
+def _update_serial_weighted(slot_words, counts, lock, occ, cm, light, nbytes, keys, scores, weights, n0, seed_mix):
+    """:func:`_update_serial` for byte weighting (light part none or Count-Min): packet ``i`` weighs
+    ``weights[i]`` (uint64). A zero-weight packet changes nothing but takes its stream index."""
+    nb_buckets = _U64(counts.shape[0])
+    bmagic = _mod_magic(nb_buckets)
+    wmagic = _mod_magic(_U64(cm.shape[1]) if light == 1 else _U64(0))
+    victim_key = np.zeros(keys.shape[1], np.uint32)
+    for i in range(keys.shape[0]):
+        w = _U64(weights[i])
+        if w == 0:
+            continue
+        n = _U64(n0 + i)
+        b = np.int64(fastmod(_mmh3_words(keys[i], nbytes, _U64(BUCKET_SEED)), bmagic, nb_buckets))
+        op, val = _heavy_insert_weighted(slot_words, counts, lock, occ, b, keys, i, _score_of(scores, i), w,
+                                         seed_mix, n, victim_key)
+        if light == 1 and op == OP_ADD:
+            _countmin_op_weighted(cm, keys[i], nbytes, op, val, wmagic)
+        elif light == 1 and op == OP_EVICT:
+            _countmin_op_weighted(cm, victim_key, nbytes, op, val, wmagic)
+
+
 # ---------------------------------------------------------------------------- parameters
 @dataclass(frozen=True)
 class LLMSketchParams:
     """LLM-Sketch parameters (spec §2.1); ``heavy_ratio=None`` takes the task's default.
 
     ``memory_bytes``: charged bytes (heavy slots + light counters). ``task``: ``flow_size``,
-    ``heavy_hitters`` or ``hhh``. ``seed``: the lock / Coco random stream.
+    ``heavy_hitters`` or ``hhh``. ``seed``: the lock / Coco random stream. ``weight``: ``"packets"``
+    (default) or ``"bytes"`` (each packet adds its ``length``; ``uint64`` heavy counts, so a slot is
+    ``key_len + 8`` bytes, and ``uint32`` Count-Min counters, a quarter as many for the same memory;
+    not for the ``hhh`` task, whose byte HHH ResidualSketch answers).
     """
 
     memory_bytes: int = 400 * 1024
     task: str = "flow_size"
     heavy_ratio: float | None = None
     seed: int = 0
+    weight: str = "packets"
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise SketchError(f"unknown LLM-Sketch task {self.task!r}; use one of {sorted(TASKS)}")
+        if self.weight not in WEIGHTS:
+            raise SketchError(f"weight must be 'packets' or 'bytes', got {self.weight!r}")
+        if self.weight == "bytes" and self.task == "hhh":
+            raise SketchError("weight='bytes' is for the flow_size and heavy_hitters tasks; the hhh task counts "
+                              "packets (byte-weighted HHH: the residualsketch kind)")
         if self.heavy_ratio is None:
             object.__setattr__(self, "heavy_ratio", TASKS[self.task][0])
         if not isinstance(self.memory_bytes, (int, np.integer)) or self.memory_bytes <= 0:
@@ -614,7 +714,7 @@ class LLMSketchParams:
         if self.buckets < 1:
             raise SketchError(
                 f"memory_bytes={self.memory_bytes} with heavy_ratio={self.heavy_ratio} leaves no heavy bucket "
-                f"(one bucket is {SLOTS * (self.key_len + 4)} bytes)")
+                f"(one bucket is {SLOTS * (self.key_len + self.count_bytes)} bytes)")
         if self.light != "none" and self.light_width < 1:
             raise SketchError(f"memory_bytes={self.memory_bytes} leaves no light-part counter; "
                               f"give more memory or heavy_ratio=1")
@@ -632,17 +732,35 @@ class LLMSketchParams:
         return int(self.memory_bytes * self.heavy_ratio)
 
     @property
+    def count_bytes(self) -> int:
+        """Bytes of a heavy slot's count: 4 (``uint32``) counting packets, 8 (``uint64``) bytes."""
+        return 8 if self.weight == "bytes" else 4
+
+    @property
+    def cm_counter_bytes(self) -> int:
+        """Bytes of a Count-Min counter: 1 (saturating at 255) counting packets, 4 (at 2^32 - 1) bytes."""
+        return 4 if self.weight == "bytes" else 1
+
+    @property
     def buckets(self) -> int:
-        return int(self.heavy_memory / SLOTS / (self.key_len + 4))
+        return int(self.heavy_memory / SLOTS / (self.key_len + self.count_bytes))
 
     @property
     def light_width(self) -> int:
         ml = self.memory_bytes - self.heavy_memory
         if self.light == "countmin":
-            return int(ml / CM_ROWS)
+            return int(ml / CM_ROWS / self.cm_counter_bytes)
         if self.light == "coco":
             return int(ml / COCO_ROWS / COCO_CELL_BYTES)
         return 0
+
+    def to_dict(self) -> dict:
+        """The parameters as stored in a snapshot; a packet sketch's lack ``weight``, so its
+        snapshots stay byte-identical to those written before byte weighting (and load as packets)."""
+        d = asdict(self)
+        if self.weight == "packets":
+            del d["weight"]
+        return d
 
 
 # ---------------------------------------------------------------------------- key preparation
@@ -841,8 +959,8 @@ class LLMSketch(Sketch):
 
     def __init__(self, memory_bytes: int = 400 * 1024, task: str = "flow_size", *, heavy_ratio: float | None = None,
                  seed: int = 0, parallel: bool = False, params: LLMSketchParams | None = None,
-                 keep_keys: bool = False):
-        self.params = params or LLMSketchParams(memory_bytes, task, heavy_ratio, seed)
+                 keep_keys: bool = False, weight: str = "packets"):
+        self.params = params or LLMSketchParams(memory_bytes, task, heavy_ratio, seed, weight)
         p = self.params
         if keep_keys and p.task != "flow_size":
             raise SketchError(f"keep_keys is for the flow_size task (the {p.task} task stores full keys already)")
@@ -852,16 +970,18 @@ class LLMSketch(Sketch):
                                    np.uint8)
         self._seed_mix = _U64(mix64(_U64(p.seed)))  # a uint64 scalar: an int64 would promote to float
         self._slot_words = np.zeros((p.buckets, SLOTS, key_words(p.key_len)), np.uint32)
-        self.counts = np.zeros((p.buckets, SLOTS), np.uint32)
+        self.counts = np.zeros((p.buckets, SLOTS), np.uint64 if p.weight == "bytes" else np.uint32)
         self.lock = np.zeros((p.buckets, SLOTS), np.uint8)
         self.occ = np.zeros((p.buckets, SLOTS), np.uint8)
         w = max(p.light_width, 0)
-        self.cm = np.zeros((CM_ROWS, w if p.light == "countmin" else 0), np.uint8)
+        self.cm = np.zeros((CM_ROWS, w if p.light == "countmin" else 0), np.uint32 if p.weight == "bytes" else np.uint8)
         cw = w if p.light == "coco" else 0
         self.coco_ids = np.zeros((COCO_ROWS, cw), np.uint32)
         self.coco_counts = np.zeros((COCO_ROWS, cw), np.uint32)
         self.coco_occ = np.zeros((COCO_ROWS, cw), np.uint8)
         self.packets = 0  # stream index of the next packet
+        #: bytes inserted (``weight="bytes"``; 0 counting packets): the ``N`` of ``phi * N``
+        self.total_weight = 0
         self.epoch = 0
         self.parallel = bool(parallel)
 
@@ -886,11 +1006,11 @@ class LLMSketch(Sketch):
     # ------------------------------------------------------------------ sizes
     @property
     def memory_bytes(self) -> int:
-        """Charged bytes (spec §2.1): heavy slots (key + u32 count) and light counters, plus the
-        slots' 5-tuples with ``keep_keys``."""
+        """Charged bytes (spec §2.1): heavy slots (key + u32 count, u64 byte-weighted) and light
+        counters (1 byte each, 4 byte-weighted), plus the slots' 5-tuples with ``keep_keys``."""
         p = self.params
-        heavy = p.buckets * SLOTS * (p.key_len + 4)
-        light = self.cm.size + self.coco_ids.size * COCO_CELL_BYTES
+        heavy = p.buckets * SLOTS * (p.key_len + p.count_bytes)
+        light = self.cm.size * p.cm_counter_bytes + self.coco_ids.size * COCO_CELL_BYTES
         return heavy + light + self.slot_names.size
 
     @property
@@ -918,7 +1038,8 @@ class LLMSketch(Sketch):
             raise SketchError("update() without scores needs an estimator (LLMSketch(estimator=...))")
         words = batch_words(batch, self.params.task)
         before = self._slot_words.copy() if self.keep_keys else None
-        self._insert(words, self._checked_scores(scores, n))
+        weights = np.ascontiguousarray(batch.length, np.uint64) if self.params.weight == "bytes" else None
+        self._insert(words, self._checked_scores(scores, n), weights)
         if before is not None:
             self._name_slots(batch, words, before)
 
@@ -951,13 +1072,22 @@ class LLMSketch(Sketch):
         wide[named] = key37_of(self.slot_names[named])
         self.slot_names = wide
 
-    def update_keys(self, keys: np.ndarray, scores: np.ndarray) -> None:
-        """Insert stored keys (``uint8[n, key_len]``, see :func:`stored_keys`) with scores ``float[n]``."""
+    def update_keys(self, keys: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Insert stored keys (``uint8[n, key_len]``, see :func:`stored_keys`) with scores ``float[n]``;
+        ``weights`` (``n`` non-negative integers) is required by, and only by, a byte-weighted sketch."""
         keys = np.asarray(keys, dtype=np.uint8)
         if keys.ndim != 2 or keys.shape[1] != self.params.key_len:
             raise SketchError(f"stored keys must be uint8[n, {self.params.key_len}], got {keys.shape}")
+        if (weights is None) != (self.params.weight == "packets"):
+            raise SketchError("weights are required by (and only by) a weight='bytes' sketch")
+        if weights is not None:
+            weights = np.asarray(weights)
+            if weights.shape != (keys.shape[0],) or weights.dtype.kind not in "iu" or (weights < 0).any():
+                raise SketchError(f"weights must be {keys.shape[0]} non-negative integers, got {weights.dtype} "
+                                  f"{weights.shape}")
+            weights = np.ascontiguousarray(weights, np.uint64)
         before = self._slot_words.copy() if self.keep_keys else None
-        self._insert(bytes_to_words(keys), self._checked_scores(scores, keys.shape[0]))
+        self._insert(bytes_to_words(keys), self._checked_scores(scores, keys.shape[0]), weights)
         if before is not None:  # no 5-tuples here: the changed slots' names are unknown
             self.slot_names[self.occ.astype(bool) & (self._slot_words != before).any(axis=-1)] = 0
 
@@ -973,14 +1103,20 @@ class LLMSketch(Sketch):
             raise SketchError("scores contain NaN")
         return scores
 
-    def _insert(self, words: np.ndarray, scores: np.ndarray) -> None:
-        """Run the kernels over stored-key words ``uint32[n, W]`` and checked scores."""
+    def _insert(self, words: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> None:
+        """Run the kernels over stored-key words ``uint32[n, W]`` and checked scores; ``weights``
+        (``uint64[n]``) for a byte-weighted sketch, whose batch always runs the serial loop (the
+        state is the parallel form's anyway)."""
         n = words.shape[0]
         if n == 0:
             return
         p = self.params
         light = LIGHT_KIND[p.light]
-        if not self.parallel:
+        if weights is not None:
+            _update_serial_weighted(self._slot_words, self.counts, self.lock, self.occ, self.cm, light, p.key_len,
+                                    words, scores, weights, np.int64(self.packets), self._seed_mix)
+            self.total_weight += int(weights.sum())
+        elif not self.parallel:
             _update_serial(self._slot_words, self.counts, self.lock, self.occ, self.cm, self.coco_ids,
                            self.coco_counts, self.coco_occ, light, p.key_len, words, scores,
                            np.int64(self.packets), self._seed_mix)
@@ -1006,7 +1142,8 @@ class LLMSketch(Sketch):
                              self.params.key_len)
 
     def flow_size(self, keys) -> np.ndarray:
-        """Estimated packet count of each key (``int64[n]``); keys as in :func:`stored_keys`."""
+        """Estimated packet count (bytes, byte-weighted) of each key (``int64[n]``); keys as in
+        :func:`stored_keys`."""
         return self.query_stored(stored_keys(keys, self.params.task))
 
     def _heavy_entries(self) -> tuple[np.ndarray, np.ndarray]:
@@ -1073,7 +1210,8 @@ class LLMSketch(Sketch):
         return [(names[i] if names[i] is not None else self._decode(keys[i]), int(counts[i])) for i in order]
 
     def heavy_hitters(self, threshold: float | None = None, phi: float | None = None) -> list[tuple[Any, int]]:
-        """Heavy-part entries with count ``> threshold`` (or ``> int(phi * packets)``), largest first.
+        """Heavy-part entries with count ``> threshold`` (or ``> int(phi * N)``, ``N`` the packets, or
+        the bytes of a byte-weighted sketch), largest first.
 
         The light part is never enumerated (spec §2.3). Default ``phi = 1e-4`` (spec §5).
         """
@@ -1087,8 +1225,18 @@ class LLMSketch(Sketch):
             phi = 1e-4 if phi is None else phi
             if not 0 < phi < 1:
                 raise SketchError(f"phi must be in (0, 1), got {phi}")
-            threshold = int(phi * self.packets)
+            threshold = int(phi * self.volume)
         return threshold
+
+    @property
+    def unit(self) -> str:
+        """What the counts are: ``"packets"`` or ``"bytes"`` (the ``weight`` parameter)."""
+        return self.params.weight
+
+    @property
+    def volume(self) -> int:
+        """``N`` of ``phi * N``: the packets inserted, or their bytes when byte-weighted."""
+        return self.total_weight if self.params.weight == "bytes" else self.packets
 
     def full_key_counts(self) -> dict[int, int]:
         """HHH task: ``{address: estimate}`` over heavy slots plus occupied Coco cells, summed."""
@@ -1144,8 +1292,10 @@ class LLMSketch(Sketch):
             arrays["slot_names"] = self.slot_names
         # layout 1 unless 37-byte names are held: IPv4-only states stay byte-identical to layout 1
         version = 2 if self.slot_names.shape[-1] == FLOW_KEY37_BYTES else 1
-        return pack_state(ALGORITHM, version, asdict(self.params), arrays, self.epoch,
-                          extra={"packets": int(self.packets)})
+        extra = {"packets": int(self.packets)}
+        if self.params.weight == "bytes":
+            extra["total_weight"] = int(self.total_weight)
+        return pack_state(ALGORITHM, version, self.params.to_dict(), arrays, self.epoch, extra=extra)
 
     @classmethod
     def from_bytes(cls, data: bytes, **kwargs) -> "LLMSketch":
@@ -1169,12 +1319,14 @@ class LLMSketch(Sketch):
                 raise SketchError("LLM-Sketch state array 'slot_names' does not match the parameters")
             sketch.slot_names = names
         sketch.packets = int(extra.get("packets", 0))
+        sketch.total_weight = int(extra.get("total_weight", 0))
         sketch.epoch = epoch
         return sketch
 
     def state(self) -> dict[str, Any]:
         """Plain-Python copy of the whole state, for comparison with the naive model."""
-        return {name: arr.copy() for name, arr in self._arrays().items()} | {"packets": self.packets}
+        return {name: arr.copy() for name, arr in self._arrays().items()} | {"packets": self.packets,
+                                                                              "total_weight": self.total_weight}
 
 
 @kernel
@@ -1218,7 +1370,7 @@ def _query_kernel(slot_words, counts, occ, cm, keys, nbytes):
                 break
         if found or w == 0:
             continue
-        best = np.int64(CM_MAX)
+        best = np.int64(0x7FFFFFFFFFFFFFFF)  # every counter is below it (255, or 2^32 - 1 byte-weighted)
         for r in range(CM_ROWS):
             best = min(best, np.int64(cm[r, np.int64(_mmh3_words(keys[i], nbytes, _U64(r)) % w)]))
         out[i] = best

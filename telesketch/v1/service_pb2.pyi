@@ -76,18 +76,20 @@ class Window(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., last: _Optional[int] = ..., closed_only: _Optional[bool] = ...) -> None: ...
 
 class WindowInfo(_message.Message):
-    __slots__ = ("epochs", "packets", "sketch", "combine", "partial")
+    __slots__ = ("epochs", "packets", "sketch", "combine", "partial", "unit")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     PACKETS_FIELD_NUMBER: _ClassVar[int]
     SKETCH_FIELD_NUMBER: _ClassVar[int]
     COMBINE_FIELD_NUMBER: _ClassVar[int]
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
     epochs: _containers.RepeatedScalarFieldContainer[int]
     packets: int
     sketch: str
     combine: str
     partial: bool
-    def __init__(self, epochs: _Optional[_Iterable[int]] = ..., packets: _Optional[int] = ..., sketch: _Optional[str] = ..., combine: _Optional[str] = ..., partial: _Optional[bool] = ...) -> None: ...
+    unit: str
+    def __init__(self, epochs: _Optional[_Iterable[int]] = ..., packets: _Optional[int] = ..., sketch: _Optional[str] = ..., combine: _Optional[str] = ..., partial: _Optional[bool] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class HeavyHittersRequest(_message.Message):
     __slots__ = ("window", "sketch", "phi", "threshold")
