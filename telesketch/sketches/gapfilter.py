@@ -712,63 +712,130 @@ def _straw_alt(k, fp, bb, magic, seed1, seed2):
     return np.int64(_fastmod(_fp_hash(fp, seed1), _U64(bb), magic))
 
 
+@intrinsic
+def _lanes_equal4(typingctx, table, row, value):
+    """Bit ``j`` set where ``table[row, j] == value``, for a C-contiguous ``uint32[rows, 4]``
+    table: one ``<4 x i32>`` compare (a movemask), not four data-dependent branches."""
+    if not (isinstance(table, types.Array) and table.ndim == 2 and table.layout == "C"
+            and table.dtype == types.uint32):
+        return None
+    sig = types.int64(table, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        arr, r, needle = args
+        i32, v4i32 = ir.IntType(32), ir.VectorType(ir.IntType(32), 4)
+        ary = context.make_array(signature.args[0])(context, builder, arr)
+        first = cgutils.get_item_pointer(context, builder, signature.args[0], ary,
+                                         [r, ir.Constant(ir.IntType(64), 0)], wraparound=False, boundscheck=False)
+        lanes = builder.load(builder.bitcast(first, v4i32.as_pointer()), align=4)
+        equal = builder.icmp_unsigned("==", lanes, _splat(builder, builder.trunc(needle, i32), 4))
+        return builder.zext(builder.bitcast(equal, ir.IntType(4)), ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _lowest_bit(typingctx, mask):
+    """Index of the lowest set bit of a non-zero ``int64`` (``cttz``; 64 for 0)."""
+    if not isinstance(mask, types.Integer):
+        return None
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        value = context.cast(builder, args[0], signature.args[0], types.int64)
+        return _vector_intrinsic(builder, "llvm.cttz.i64", i64, [value, ir.Constant(ir.IntType(1), 0)])
+
+    return sig, codegen
+
+
 @kernel(inline="always")
 def _straw_place_empty(fps, seqs, k, fp, s):
-    for j in range(4):
-        if fps[k, j] == 0:
-            fps[k, j] = fp
-            seqs[k, j] = s
-            return True
-    return False
+    """Put ``(fp, s)`` in the first empty cell (``fp == 0``) of bucket ``k``; False if it is full."""
+    empty = _lanes_equal4(fps, k, 0)
+    if empty == 0:
+        return False
+    j = _lowest_bit(empty)
+    fps[k, j] = fp
+    seqs[k, j] = s
+    return True
+
+
+@kernel(inline="always")
+def _straw_hash_block(src, dst, sport, dport, proto, start, stop, seeds, bb, magic, fp_out, i1_out, i2_out):
+    """Fingerprint and both candidate buckets of items ``[start, stop)`` (three hashes each),
+    ahead of the ordered loop: no branch between them, so consecutive items' hashes overlap."""
+    seed_fp, seed1, seed2 = seeds[0], seeds[1], seeds[2]
+    for k in range(stop - start):
+        i = _U64(start + k)  # unsigned index: no negative-index wraparound code
+        h = hash64_5tuple(src[i], dst[i], sport[i], dport[i], proto[i], seed_fp)
+        fp = np.int64(h & _U64(0xFFFFFFFF))
+        fp += np.int64(fp == 0)  # fingerprint 0 marks an empty cell
+        fp_out[k] = fp
+        i1_out[k] = np.int64(_fastmod(_fp_hash(fp, seed1), _U64(bb), magic))
+        i2_out[k] = np.int64(_fastmod(_fp_hash(fp, seed2), _U64(bb), magic)) + bb
+
+
+@kernel(inline="always")
+def _straw_kick(fps, seqs, state, i1, i2, fp, s, bb, magic, seed1, seed2):
+    """Both buckets full: evict along the cuckoo path (at most 8 kicks); returns the PRNG state."""
+    r, state = _splitmix64(state)
+    k = i2 if r % _U64(2) == 0 else i1
+    cur_fp, cur_s = fp, s
+    for _ in range(8):
+        r, state = _splitmix64(state)
+        j = np.int64(r % _U64(4))
+        vic_fp, vic_s = np.int64(fps[k, j]), np.int64(seqs[k, j])
+        fps[k, j] = cur_fp
+        seqs[k, j] = cur_s
+        cur_fp, cur_s = vic_fp, vic_s
+        k = _straw_alt(k, cur_fp, bb, magic, seed1, seed2)
+        if _straw_place_empty(fps, seqs, k, cur_fp, cur_s):
+            break
+    return state
 
 
 @kernel
 def _straw_serial(fps, seqs, rng, src, dst, sport, dport, proto, seq, seeds, t1, t2, reset, flags, jumps):
-    """Serial Straw-man loop (lookup, insert, up to 8 cuckoo kicks); ``rng[0]`` is the PRNG state."""
+    """Serial Straw-man loop (lookup, insert, up to 8 cuckoo kicks); ``rng[0]`` is the PRNG state.
+
+    Hashes a block ahead (:func:`_straw_hash_block`); the lookup tests the 4 cells of both
+    buckets as two vector compares, and the first match (bucket ``i1`` first, lowest cell) is the
+    lowest set bit of ``m1 | m2 << 4``, the same cell the spec's cell-by-cell scan finds."""
     bb = fps.shape[0] // 2
     magic = _U64(0xFFFFFFFFFFFFFFFF) // _U64(bb)
-    seed_fp, seed1, seed2 = seeds[0], seeds[1], seeds[2]
+    seed1, seed2 = seeds[1], seeds[2]
     state = rng[0]
-    for i in range(src.shape[0]):
-        h = hash64_5tuple(src[i], dst[i], sport[i], dport[i], proto[i], seed_fp)
-        fp = np.int64(h & _U64(0xFFFFFFFF))
-        if fp == 0:
-            fp = 1
-        s = np.int64(seq[i])
-        i1 = np.int64(_fastmod(_fp_hash(fp, seed1), _U64(bb), magic))
-        i2 = np.int64(_fastmod(_fp_hash(fp, seed2), _U64(bb), magic)) + bb
-        found = False
-        for bk in (i1, i2):
-            for j in range(4):
-                if fps[bk, j] == fp:
-                    old = np.int64(seqs[bk, j])
-                    d = (s - old) & 0xFFFF
-                    if t1 <= d < t2:
-                        flags[i] = True
-                        jumps[i] = d
-                    if s > old or old - s >= reset:
-                        seqs[bk, j] = s
-                    found = True
-                    break
-            if found:
-                break
-        if found:
-            continue
-        if _straw_place_empty(fps, seqs, i1, fp, s) or _straw_place_empty(fps, seqs, i2, fp, s):
-            continue
-        r, state = _splitmix64(state)
-        k = i2 if r % _U64(2) == 0 else i1
-        cur_fp, cur_s = fp, s
-        for _ in range(8):
-            r, state = _splitmix64(state)
-            j = np.int64(r % _U64(4))
-            vic_fp, vic_s = np.int64(fps[k, j]), np.int64(seqs[k, j])
-            fps[k, j] = cur_fp
-            seqs[k, j] = cur_s
-            cur_fp, cur_s = vic_fp, vic_s
-            k = _straw_alt(k, cur_fp, bb, magic, seed1, seed2)
-            if _straw_place_empty(fps, seqs, k, cur_fp, cur_s):
-                break
+    fpb = np.empty(_BLOCK, np.int64)
+    b1 = np.empty(_BLOCK, np.int64)
+    b2 = np.empty(_BLOCK, np.int64)
+    for start in range(0, src.shape[0], _BLOCK):
+        stop = min(src.shape[0], start + _BLOCK)
+        _straw_hash_block(src, dst, sport, dport, proto, start, stop, seeds, bb, magic, fpb, b1, b2)
+        for k in range(stop - start):
+            i = _U64(start + k)
+            fp, i1, i2, s = fpb[k], b1[k], b2[k], np.int64(seq[i])
+            match = _lanes_equal4(fps, i1, fp) | (_lanes_equal4(fps, i2, fp) << 4)
+            if match != 0:
+                j = _lowest_bit(match)
+                bk = i1 + (i2 - i1) * (j >> 2)
+                j &= 3
+                old = np.int64(seqs[bk, j])
+                d = (s - old) & 0xFFFF
+                if t1 <= d < t2:
+                    flags[i] = True
+                    jumps[i] = d
+                if s > old or old - s >= reset:
+                    seqs[bk, j] = s
+                continue
+            empty = _lanes_equal4(fps, i1, 0) | (_lanes_equal4(fps, i2, 0) << 4)
+            if empty != 0:
+                j = _lowest_bit(empty)
+                bk = i1 + (i2 - i1) * (j >> 2)
+                fps[bk, j & 3] = fp
+                seqs[bk, j & 3] = s
+                continue
+            state = _straw_kick(fps, seqs, state, i1, i2, fp, s, bb, magic, seed1, seed2)
     rng[0] = state
 
 
