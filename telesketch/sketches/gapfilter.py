@@ -392,7 +392,10 @@ def _so_nearest(typingctx, w, v, modular):
                            ir.Constant(v4i32, [0, 1, 2, 3]))
         best_key = _vector_intrinsic(builder, "llvm.vector.reduce.umin.v4i32", i32, [keys])
         lane = builder.and_(best_key, ir.Constant(i32, 3))
-        d = builder.sext(builder.extract_element(diff, lane), i64)
+        # d = lane ``lane`` of diff, by a shift of the 64-bit word (extractelement at a variable
+        # lane went through a stack store and reload)
+        shift = builder.zext(builder.shl(lane, ir.Constant(i32, 4)), i64)
+        d = builder.sext(builder.trunc(builder.lshr(builder.bitcast(diff, i64), shift), i16), i64)
         return context.make_tuple(builder, signature.return_type, [builder.zext(lane, i64), d])
 
     return sig, codegen
@@ -549,9 +552,11 @@ _BLOCK = 1024  # items hashed ahead of the ordered step loop (keeps the hash pip
 
 @kernel(inline="always")
 def _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, fp_mask, idx, items):
-    for i in range(start, stop):
+    """Bucket and packed item of items ``[start, stop)`` into ``idx[k]``, ``items[k]`` (``k = i - start``)."""
+    for k in range(stop - start):
+        i = _U64(start + k)  # unsigned index: no negative-index wraparound code
         h = hash64_5tuple(src[i], dst[i], sport[i], dport[i], proto[i], seed)
-        idx[i - start], items[i - start] = _rotated_item(h, seq[i], n_buckets, magic, fp_mask)
+        idx[k], items[k] = _rotated_item(h, seq[i], n_buckets, magic, fp_mask)
 
 
 @kernel
@@ -563,9 +568,10 @@ def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, m
     for start in range(0, src.shape[0], _BLOCK):
         stop = min(src.shape[0], start + _BLOCK)
         _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, 0, idx, items)
-        for i in range(start, stop):
-            b = idx[i - start]
-            words[b], rep, md = _so_step(words[b], items[i - start], t1, t2, modular)
+        for k in range(stop - start):
+            i = _U64(start + k)
+            b = _U64(idx[k])  # in [0, n_buckets): fastmod
+            words[b], rep, md = _so_step(words[b], items[k], t1, t2, modular)
             if rep:
                 flags[i] = True
                 jumps[i] = md
@@ -580,8 +586,9 @@ def _ao_serial(cells, src, dst, sport, dport, proto, seq, seed, magic, fp_mask, 
     for start in range(0, src.shape[0], _BLOCK):
         stop = min(src.shape[0], start + _BLOCK)
         _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, fp_mask, idx, items)
-        for i in range(start, stop):
-            rep, md = _ao_step(cells, idx[i - start], items[i - start], sz, t1, t2, civ)
+        for k in range(stop - start):
+            i = _U64(start + k)
+            rep, md = _ao_step(cells, idx[k], items[k], sz, t1, t2, civ)
             if rep:
                 flags[i] = True
                 jumps[i] = md
