@@ -62,6 +62,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from telesketch.hashing import hash64_5tuple, hash64_u32, hash_keys, mix64
+from telesketch.intrinsics import prefetch
 from telesketch.jit import kernel, twin
 from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch, pack_flow_keys37
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
@@ -548,6 +549,8 @@ def _ao_step(cells, b, item, sz, t1, t2, civilian_front):
 
 # ============================================================================ serial kernels
 _BLOCK = 1024  # items hashed ahead of the ordered step loop (keeps the hash pipeline full)
+#: Items between prefetching a bucket and stepping into it (SO / AO: tables past the L1 cache)
+_PREFETCH_AHEAD = 8
 
 
 @kernel(inline="always")
@@ -561,8 +564,10 @@ def _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets
 
 @kernel
 def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, modular, flags, jumps):
-    """Serial SO loop in arrival order (hashing a block ahead); ``flags`` must be zeroed."""
-    idx = np.empty(_BLOCK, np.int64)
+    """Serial SO loop in arrival order (hashing a block ahead, prefetching the bucket of the item
+    ``_PREFETCH_AHEAD`` places on; the wrapped index past a block's end names a bucket already
+    visited, harmless); ``flags`` must be zeroed."""
+    idx = np.zeros(_BLOCK, np.int64)
     items = np.empty(_BLOCK, np.int64)
     n_buckets = words.shape[0]
     for start in range(0, src.shape[0], _BLOCK):
@@ -570,6 +575,7 @@ def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, m
         _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, 0, idx, items)
         for k in range(stop - start):
             i = _U64(start + k)
+            prefetch(words, idx[(k + _PREFETCH_AHEAD) & (_BLOCK - 1)])
             b = _U64(idx[k])  # in [0, n_buckets): fastmod
             words[b], rep, md = _so_step(words[b], items[k], t1, t2, modular)
             if rep:
@@ -579,15 +585,18 @@ def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, m
 
 @kernel
 def _ao_serial(cells, src, dst, sport, dport, proto, seq, seed, magic, fp_mask, sz, t1, t2, civ, flags, jumps):
-    """Serial AO loop in arrival order (hashing a block ahead); ``flags`` must be zeroed."""
-    idx = np.empty(_BLOCK, np.int64)
+    """Serial AO loop in arrival order (hashing a block ahead and prefetching, as
+    :func:`_so_serial`); ``flags`` must be zeroed."""
+    idx = np.zeros(_BLOCK, np.int64)
     items = np.empty(_BLOCK, np.int64)
     n_buckets = cells.shape[0]
+    flat = cells.reshape(cells.size)
     for start in range(0, src.shape[0], _BLOCK):
         stop = min(src.shape[0], start + _BLOCK)
         _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, fp_mask, idx, items)
         for k in range(stop - start):
             i = _U64(start + k)
+            prefetch(flat, idx[(k + _PREFETCH_AHEAD) & (_BLOCK - 1)] * 8)
             rep, md = _ao_step(cells, idx[k], items[k], sz, t1, t2, civ)
             if rep:
                 flags[i] = True
