@@ -563,12 +563,15 @@ def _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets
 
 
 @kernel
-def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, modular, flags, jumps):
+def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, modular, flags, jumps, hits):
     """Serial SO loop in arrival order (hashing a block ahead, prefetching the bucket of the item
     ``_PREFETCH_AHEAD`` places on; the wrapped index past a block's end names a bucket already
-    visited, harmless); ``flags`` must be zeroed."""
+    visited, harmless); ``flags`` must be zeroed. Returns the number of reports, whose positions
+    it writes to ``hits[:count]`` in arrival order (the event log reads them without a pass over
+    ``flags``)."""
     idx = np.zeros(_BLOCK, np.int64)
     items = np.empty(_BLOCK, np.int64)
+    count = 0
     n_buckets = words.shape[0]
     for start in range(0, src.shape[0], _BLOCK):
         stop = min(src.shape[0], start + _BLOCK)
@@ -581,14 +584,20 @@ def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, m
             if rep:
                 flags[i] = True
                 jumps[i] = md
+                hits[count] = i
+                count += 1
+    return count
 
 
 @kernel
-def _ao_serial(cells, src, dst, sport, dport, proto, seq, seed, magic, fp_mask, sz, t1, t2, civ, flags, jumps):
+def _ao_serial(cells, src, dst, sport, dport, proto, seq, seed, magic, fp_mask, sz, t1, t2, civ, flags, jumps,
+               hits):
     """Serial AO loop in arrival order (hashing a block ahead and prefetching, as
-    :func:`_so_serial`); ``flags`` must be zeroed."""
+    :func:`_so_serial`); ``flags`` must be zeroed. Returns the report count (``hits``: as
+    :func:`_so_serial`)."""
     idx = np.zeros(_BLOCK, np.int64)
     items = np.empty(_BLOCK, np.int64)
+    count = 0
     n_buckets = cells.shape[0]
     flat = cells.reshape(cells.size)
     for start in range(0, src.shape[0], _BLOCK):
@@ -601,6 +610,9 @@ def _ao_serial(cells, src, dst, sport, dport, proto, seq, seed, magic, fp_mask, 
             if rep:
                 flags[i] = True
                 jumps[i] = md
+                hits[count] = i
+                count += 1
+    return count
 
 
 # ============================================================================ parallel kernels
@@ -812,8 +824,9 @@ def _straw_kick(fps, seqs, state, i1, i2, fp, s, bb, magic, seed1, seed2):
 
 
 @kernel
-def _straw_serial(fps, seqs, rng, src, dst, sport, dport, proto, seq, seeds, t1, t2, reset, flags, jumps):
+def _straw_serial(fps, seqs, rng, src, dst, sport, dport, proto, seq, seeds, t1, t2, reset, flags, jumps, hits):
     """Serial Straw-man loop (lookup, insert, up to 8 cuckoo kicks); ``rng[0]`` is the PRNG state.
+    Returns the report count (``hits``: as :func:`_so_serial`).
 
     Hashes a block ahead (:func:`_straw_hash_block`); the lookup tests the 4 cells of both
     buckets as two vector compares, and the first match (bucket ``i1`` first, lowest cell) is the
@@ -825,6 +838,7 @@ def _straw_serial(fps, seqs, rng, src, dst, sport, dport, proto, seq, seeds, t1,
     fpb = np.empty(_BLOCK, np.int64)
     b1 = np.empty(_BLOCK, np.int64)
     b2 = np.empty(_BLOCK, np.int64)
+    count = 0
     for start in range(0, src.shape[0], _BLOCK):
         stop = min(src.shape[0], start + _BLOCK)
         _straw_hash_block(src, dst, sport, dport, proto, start, stop, seeds, bb, magic, fpb, b1, b2)
@@ -841,6 +855,8 @@ def _straw_serial(fps, seqs, rng, src, dst, sport, dport, proto, seq, seeds, t1,
                 if t1 <= d < t2:
                     flags[i] = True
                     jumps[i] = d
+                    hits[count] = i
+                    count += 1
                 if s > old or old - s >= reset:
                     seqs[bk, j] = s
                 continue
@@ -853,6 +869,7 @@ def _straw_serial(fps, seqs, rng, src, dst, sport, dport, proto, seq, seeds, t1,
                 continue
             state = _straw_kick(fps, seqs, state, i1, i2, fp, s, bb, magic, seed1, seed2)
     rng[0] = state
+    return count
 
 
 # ============================================================================ input helpers
@@ -963,7 +980,9 @@ class _GapFilterBase(Sketch):
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
-    def _kernel(self, cols: dict[str, np.ndarray], seq: np.ndarray, flags, jumps, parallel) -> None:
+    def _kernel(self, cols: dict[str, np.ndarray], seq: np.ndarray, flags, jumps, parallel) -> np.ndarray | None:
+        """Run the detection kernel: set ``flags[i]`` and ``jumps[i]`` for each report; return the
+        report positions in arrival order (``int64``), or None to have them read from ``flags``."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- properties
@@ -1041,13 +1060,15 @@ class _GapFilterBase(Sketch):
         if n:
             if parallel is None:
                 parallel = n >= PARALLEL_MIN_ITEMS and (nb.get_num_threads() > 1 or self.PARTITION_ONE_THREAD)
-            self._kernel(cols, seq, flags, jumps, bool(parallel))
-            self._record(cols if record is None else record, ts_ns, flags, jumps, family)
+            hits = self._kernel(cols, seq, flags, jumps, bool(parallel))
+            if hits is None:
+                hits = np.flatnonzero(flags)
+            self._record(cols if record is None else record, ts_ns, hits, jumps, family)
             self.items_seen += n
         return flags
 
-    def _record(self, cols, ts_ns, flags, jumps, family=None) -> None:
-        hits = np.flatnonzero(flags)
+    def _record(self, cols, ts_ns, hits, jumps, family=None) -> None:
+        """Log the reports at positions ``hits`` (arrival order) with their key, jump and time."""
         if hits.size and self._log.count >= self._log.capacity:
             self._log.dropped += hits.size  # log full: count only, build nothing
             return
@@ -1204,11 +1225,13 @@ class GapFilterSO(_GapFilterBase):
         modular = p.so_diff == "modular"
         words = self.table.view(np.uint64).reshape(-1)  # 4 lanes per word (little-endian host)
         if not parallel:
-            _so_serial(words, *_key_args(cols), seq, _U64(p.seed), mod_magic(p.n_buckets), p.t1, p.t2,
-                       modular, flags, jumps)
-            return
+            hits = np.empty(seq.shape[0], np.int64)
+            count = _so_serial(words, *_key_args(cols), seq, _U64(p.seed), mod_magic(p.n_buckets), p.t1, p.t2,
+                               modular, flags, jumps, hits)
+            return hits[:count]
         order, items, starts, buckets, wstarts = _partitioned(cols, seq, p.seed, p.n_buckets, 0)
         _so_segments(words, order, items, starts, buckets, wstarts, p.t1, p.t2, modular, flags, jumps)
+        return None
 
 
 class GapFilterAO(_GapFilterBase):
@@ -1252,12 +1275,14 @@ class GapFilterAO(_GapFilterBase):
         fp_mask = (1 << p.fp_bits) - 1
         civ = p.ao_new_flow_pos == "civilian_front"
         if not parallel:
-            _ao_serial(self.cells, *_key_args(cols), seq, _U64(p.seed), mod_magic(p.n_buckets), fp_mask, p.suspects,
-                       p.t1, p.t2, civ, flags, jumps)
-            return
+            hits = np.empty(seq.shape[0], np.int64)
+            count = _ao_serial(self.cells, *_key_args(cols), seq, _U64(p.seed), mod_magic(p.n_buckets), fp_mask,
+                               p.suspects, p.t1, p.t2, civ, flags, jumps, hits)
+            return hits[:count]
         order, items, starts, buckets, wstarts = _partitioned(cols, seq, p.seed, p.n_buckets, fp_mask)
         _ao_segments(self.cells, order, items, starts, buckets, wstarts, p.suspects, p.t1, p.t2, civ,
                      flags, jumps)
+        return None
 
 
 class GapFilterStraw(_GapFilterBase):
@@ -1285,5 +1310,7 @@ class GapFilterStraw(_GapFilterBase):
 
     def _kernel(self, cols, seq, flags, jumps, parallel):
         p = self.params
-        _straw_serial(self.fps, self.seqs, self.rng, *_key_args(cols), seq, self.seeds,
-                      p.t1, p.t2, p.straw_reset, flags, jumps)
+        hits = np.empty(seq.shape[0], np.int64)
+        count = _straw_serial(self.fps, self.seqs, self.rng, *_key_args(cols), seq, self.seeds,
+                              p.t1, p.t2, p.straw_reset, flags, jumps, hits)
+        return hits[:count]
