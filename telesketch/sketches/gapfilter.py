@@ -20,8 +20,9 @@ seeded with ``seed``, carried in the serialised state.
 Parallel formulation (§8): SO and AO touch one bucket per packet, so a batch is partitioned by
 bucket with a stable, chunked counting sort (CSR segments), buckets are dealt to threads
 longest-first (snake order), and each bucket's packets run in arrival order. The result is
-bit-identical to the serial loop on any number of threads. With one thread (SO) or a small batch
-the serial loop is used directly: same results, no sort. The Straw-man is serial.
+bit-identical to the serial loop on any number of threads. By default (``update(parallel=None)``)
+the partitioned path runs only for large batches with at least ``PARTITION_MIN_THREADS`` Numba
+threads: the serial loop is used otherwise, same results, no sort. The Straw-man is serial.
 
 GapFilter state is order-dependent and not mergeable (§8): :meth:`merge` raises
 :class:`~telesketch.sketches.core.NotMergeableError`; shards' outputs are unioned instead.
@@ -125,6 +126,11 @@ def event_flow_keys(events: np.ndarray) -> list[bytes]:
 
 #: Batches smaller than this run the serial kernel even with several threads (sort overhead).
 PARALLEL_MIN_ITEMS = 1 << 15
+#: Fewer Numba threads than this run the serial kernel by default. On a 2-core EPYC the partitioned
+#: path took 1.6-6x the serial kernel's CPU time per packet (hash, sort, schedule and segment
+#: passes against one ordered loop; issue 21) and was 1.04-5x slower in wall time on 2 threads, so
+#: it cannot win below about 6 threads even with perfect scaling. Not measured above 2 cores.
+PARTITION_MIN_THREADS = 8
 
 if sys.byteorder != "little":  # GapFilterSO views each 4-lane uint16 row as one uint64
     raise ImportError("telesketch.sketches.gapfilter needs a little-endian host")
@@ -941,10 +947,6 @@ class _GapFilterBase(Sketch):
     PARAMS: ClassVar[type]
     #: layout 2: events with the IPv6 fields, coverage counters; layout 1 (IPv4 events) still loads
     STATE_VERSION: ClassVar[int] = 2
-    #: Use the bucket-partitioned path for large batches even with one Numba thread. Off for
-    #: every variant: it was faster for AO while AO's step branched (a bucket's items back to
-    #: back were branch-predictable), but the vectorised step is faster in arrival order.
-    PARTITION_ONE_THREAD: ClassVar[bool] = False
 
     def __init__(self, memory_bytes: int | None = None, *, params=None, **kwargs) -> None:
         """Build from a params object, or from keyword parameters (see the params dataclass)."""
@@ -1006,8 +1008,8 @@ class _GapFilterBase(Sketch):
         """Process a batch in arrival order; returns ``bool[n]`` (packet opened a major gap).
 
         ``parallel``: ``None`` picks the bucket-partitioned path for batches of at least
-        ``PARALLEL_MIN_ITEMS`` when Numba has more than one thread (see ``PARTITION_ONE_THREAD``);
-        ``True``/``False`` force it. Results are identical either way.
+        ``PARALLEL_MIN_ITEMS`` when Numba has at least ``PARTITION_MIN_THREADS`` threads (the serial
+        kernel otherwise); ``True``/``False`` force it. Results are identical either way.
         """
         if not isinstance(batch, PacketBatch):
             raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}")
@@ -1059,7 +1061,7 @@ class _GapFilterBase(Sketch):
         jumps = np.empty(n, np.int32)  # written (and read) only where flags is True
         if n:
             if parallel is None:
-                parallel = n >= PARALLEL_MIN_ITEMS and (nb.get_num_threads() > 1 or self.PARTITION_ONE_THREAD)
+                parallel = n >= PARALLEL_MIN_ITEMS and nb.get_num_threads() >= PARTITION_MIN_THREADS
             hits = self._kernel(cols, seq, flags, jumps, bool(parallel))
             if hits is None:
                 hits = np.flatnonzero(flags)
