@@ -10,6 +10,10 @@ two sketches' serialised states must be equal (``to_bytes``): a change that is o
 the only kind this benchmark accepts.
 
     .venv/bin/python benchmarks/bench_gapfilter_ab.py --base main [--workload spec --shared ../shared]
+
+``--paths`` compares instead this tree's two SO / AO paths with every Numba thread: the serial
+kernel (``update(parallel=False)``) against the bucket-partitioned one (``parallel=True``),
+alternating, by wall time and by process CPU time (all threads), states compared likewise.
 """
 from __future__ import annotations
 
@@ -59,6 +63,38 @@ def run_once(module, variant: str, memory: int, batches) -> tuple[float, bytes]:
     return time.thread_time() - start, sketch.to_bytes()
 
 
+def run_path(variant: str, memory: int, batches, parallel: bool) -> tuple[float, float, bytes]:
+    """Wall and process CPU seconds of one fresh sketch of this tree on one path, and its state."""
+    sketch = getattr(current, f"GapFilter{variant}")(memory_bytes=memory, seed=1)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for batch in batches:
+        sketch.update(batch, parallel=parallel)
+    return time.perf_counter() - wall, time.process_time() - cpu, sketch.to_bytes()
+
+
+def compare_paths(variants, memories, batches, rounds: int, packets: int) -> None:
+    """Serial kernel against the partitioned path on every Numba thread (module docstring)."""
+    print(f"| variant | KiB | serial Mops (wall / CPU) | partitioned, {nb.get_num_threads()} threads, Mops "
+          "(wall / CPU) | partitioned wall time / serial |")
+    print("|---|---|---|---|---|")
+    for variant in variants:
+        for kib in memories:
+            run_path(variant, 4 * KIB, batches[:1], False)
+            run_path(variant, 4 * KIB, batches[:1], True)
+            serial, partitioned = [], []
+            for _ in range(rounds):
+                *serial_s, state_serial = run_path(variant, kib * KIB, batches, False)
+                *partitioned_s, state_partitioned = run_path(variant, kib * KIB, batches, True)
+                if state_serial != state_partitioned:
+                    sys.exit(f"{variant} {kib} KiB: the paths' states differ")
+                serial.append(serial_s)
+                partitioned.append(partitioned_s)
+            s, p = np.array(serial), np.array(partitioned)
+            rate = lambda seconds: packets / np.median(seconds) / 1e6  # noqa: E731
+            print(f"| {variant} | {kib} | {rate(s[:, 0]):.1f} / {rate(s[:, 1]):.1f} | {rate(p[:, 0]):.1f} / "
+                  f"{rate(p[:, 1]):.1f} | {float(np.median(p[:, 0] / s[:, 0])):.2f}x |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="main", help="git revision whose gapfilter.py is the baseline")
@@ -73,8 +109,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="alternating base/this-tree rounds per row")
     ap.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants (Straw,SO,AO)")
     ap.add_argument("--memory-kib", default="16,64,210", help="comma-separated memory points in KiB")
+    ap.add_argument("--paths", action="store_true",
+                    help="compare this tree's serial and partitioned SO / AO paths instead of two revisions")
     args = ap.parse_args()
-    nb.set_num_threads(1)
+    if not args.paths:
+        nb.set_num_threads(1)
     if args.workload == "spec":
         full = bench_kernels.spec_workloads(args.shared, args.cache, args.packets)["gap"]
     else:
@@ -82,13 +121,20 @@ def main() -> None:
     batches = full.split(args.batch)
     print(f"# {machine()}\n# command: {' '.join([Path(sys.executable).name] + sys.argv)}\n"
           f"# {args.workload} workload, {len(full)} packets in batches of {args.batch}; "
-          f"median of {args.rounds} alternating rounds (thread CPU time)\n")
+          f"median of {args.rounds} alternating rounds "
+          f"({'wall and process CPU time' if args.paths else 'thread CPU time'})\n")
+    variants = [v for v in args.only.split(",") if v]
+    memories = [int(k) for k in args.memory_kib.split(",")]
+    if args.paths:
+        compare_paths([v for v in variants if v != "Straw"], memories, batches, args.rounds, len(full))
+        print(f"\n# load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+        return
     print(f"| variant | KiB | {args.base} Mops | this tree Mops | this tree / {args.base} |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         base = load_base(args.base, Path(tmp))
-        for variant in filter(None, args.only.split(",")):
-            for kib in (int(k) for k in args.memory_kib.split(",")):
+        for variant in variants:
+            for kib in memories:
                 for module in (base, current):  # compile or load caches outside the timed rounds
                     run_once(module, variant, 4 * KIB, batches[:1])
                 base_s, ours_s = [], []

@@ -127,9 +127,10 @@ def event_flow_keys(events: np.ndarray) -> list[bytes]:
 #: Batches smaller than this run the serial kernel even with several threads (sort overhead).
 PARALLEL_MIN_ITEMS = 1 << 15
 #: Fewer Numba threads than this run the serial kernel by default. On a 2-core EPYC the partitioned
-#: path took 1.6-6x the serial kernel's CPU time per packet (hash, sort, schedule and segment
-#: passes against one ordered loop; issue 21) and was 1.04-5x slower in wall time on 2 threads, so
-#: it cannot win below about 6 threads even with perfect scaling. Not measured above 2 cores.
+#: path took 1.6-6.4x the serial kernel's CPU time per packet (hash, sort, schedule and segment
+#: passes against one ordered loop; ``bench_gapfilter_ab.py --paths``, issue 21) and 1.04-6.7x its
+#: wall time on 2 threads, so it cannot win below about 6 threads even with perfect scaling. Not
+#: measured above 2 cores.
 PARTITION_MIN_THREADS = 8
 
 if sys.byteorder != "little":  # GapFilterSO views each 4-lane uint16 row as one uint64
