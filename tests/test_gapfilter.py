@@ -291,6 +291,25 @@ def test_parallel_equals_serial(gen_batch, rand_batch, cls, kw):
         numba.set_num_threads(before)
 
 
+@pytest.mark.parametrize("cls", [GapFilterSO, GapFilterAO])
+def test_default_path_is_serial_below_partition_min_threads(gen_batch, monkeypatch, cls):
+    """``update(parallel=None)`` runs the serial kernel on a large batch unless Numba has
+    ``PARTITION_MIN_THREADS`` threads (the partitioned path costs several times its CPU, issue 21),
+    and the partitioned path when it has; the results are the same."""
+    big = PacketBatch.concat([gen_batch, gen_batch])
+    assert len(big) >= gfmod.PARALLEL_MIN_ITEMS
+    want = cls(memory_bytes=1024, seed=4).update(big, parallel=False)
+    partitioned = gfmod._partitioned
+    calls = []
+    monkeypatch.setattr(gfmod, "_partitioned", lambda *a: calls.append(1) or partitioned(*a))
+    monkeypatch.setattr(gfmod, "PARTITION_MIN_THREADS", numba.get_num_threads() + 1)
+    assert np.array_equal(cls(memory_bytes=1024, seed=4).update(big), want)
+    assert not calls  # below the thread minimum: serial
+    monkeypatch.setattr(gfmod, "PARTITION_MIN_THREADS", 1)
+    assert np.array_equal(cls(memory_bytes=1024, seed=4).update(big), want)
+    assert calls == [1]
+
+
 def test_partition_is_stable_argsort():
     rng = np.random.default_rng(1)
     idx = rng.zipf(1.5, 50000).astype(np.int32) % 300
