@@ -189,6 +189,47 @@ def test_straw_matches_naive(gen_batch, memory, reset):
     assert int(sk.rng[0]) == model.prng.state  # same number of PRNG draws (kicks happened at small sizes)
 
 
+def _straw_pair(memory: int, seed: int):
+    """A Straw-man sketch and its naive model holding the same crafted cells (set via ``fill``)."""
+    sk, model = GapFilterStraw(memory_bytes=memory, seed=seed), naive.NaiveStraw(memory, seed=seed)
+
+    def fill(bucket: int, cell: int, fp: int, seq: int) -> None:
+        sk.fps[bucket, cell], sk.seqs[bucket, cell] = fp, seq
+        model.F[bucket][cell], model.S[bucket][cell] = fp, seq
+
+    return sk, model, fill
+
+
+@pytest.mark.parametrize("case", ["match_in_both", "match_in_i2", "empty_in_i2", "empty_late_in_i1"])
+def test_straw_cell_order_on_crafted_buckets(case):
+    """The vectorised lookup takes the spec's cell-by-cell order: bucket ``i1`` before ``i2``, the
+    lowest cell first, for a matching fingerprint and for an empty cell (one packet, crafted cells)."""
+    key = bytes(range(1, 14))
+    batch = batch_from_keys(np.frombuffer(key, np.uint8).reshape(1, 13), np.array([1000]))
+    sk, model, fill = _straw_pair(4096, 5)
+    fp = hash_bytes(key, derive_seed(5, 0)) & 0xFFFFFFFF or 1
+    i1, i2 = model.h1(fp), model.h2(fp)
+    other = (fp % 0xFFFFFFF0) + 1  # a different non-zero fingerprint
+    for cell in range(4):  # both buckets full of another flow, then the case's cells
+        fill(i1, cell, other, 7)
+        fill(i2, cell, other, 7)
+    if case == "match_in_both":
+        fill(i1, 2, fp, 1000 - 8)  # i1's copy: a major gap (d = 8) ...
+        fill(i2, 0, fp, 1000 - 1)  # ... i2's copy (a lower cell) would be in order
+    elif case == "match_in_i2":
+        fill(i2, 3, fp, 1000 - 9)
+    elif case == "empty_in_i2":
+        fill(i2, 2, 0, 0)
+        fill(i2, 3, 0, 0)
+    else:
+        fill(i1, 3, 0, 0)
+        fill(i2, 0, 0, 0)
+    flags = sk.update(batch)
+    expect = [r for r, _ in model.update(None, [1000], hashes=[hash_bytes(key, derive_seed(5, 0))])]
+    assert flags.tolist() == expect == [case in ("match_in_both", "match_in_i2")]
+    assert sk.fps.tolist() == model.F and sk.seqs.tolist() == model.S
+
+
 def test_naive_hash_path_matches_precomputed(rand_batch):
     """The naive models' own ``hash_bytes`` path equals the vectorised hashes used elsewhere."""
     part = rand_batch[:500]
@@ -248,6 +289,25 @@ def test_parallel_equals_serial(gen_batch, rand_batch, cls, kw):
             assert par.to_bytes() == serial.to_bytes()
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cls", [GapFilterSO, GapFilterAO])
+def test_default_path_is_serial_below_partition_min_threads(gen_batch, monkeypatch, cls):
+    """``update(parallel=None)`` runs the serial kernel on a large batch unless Numba has
+    ``PARTITION_MIN_THREADS`` threads (the partitioned path costs several times its CPU, issue 21),
+    and the partitioned path when it has; the results are the same."""
+    big = PacketBatch.concat([gen_batch, gen_batch])
+    assert len(big) >= gfmod.PARALLEL_MIN_ITEMS
+    want = cls(memory_bytes=1024, seed=4).update(big, parallel=False)
+    partitioned = gfmod._partitioned
+    calls = []
+    monkeypatch.setattr(gfmod, "_partitioned", lambda *a: calls.append(1) or partitioned(*a))
+    monkeypatch.setattr(gfmod, "PARTITION_MIN_THREADS", numba.get_num_threads() + 1)
+    assert np.array_equal(cls(memory_bytes=1024, seed=4).update(big), want)
+    assert not calls  # below the thread minimum: serial
+    monkeypatch.setattr(gfmod, "PARTITION_MIN_THREADS", 1)
+    assert np.array_equal(cls(memory_bytes=1024, seed=4).update(big), want)
+    assert calls == [1]
 
 
 def test_partition_is_stable_argsort():

@@ -20,8 +20,9 @@ seeded with ``seed``, carried in the serialised state.
 Parallel formulation (§8): SO and AO touch one bucket per packet, so a batch is partitioned by
 bucket with a stable, chunked counting sort (CSR segments), buckets are dealt to threads
 longest-first (snake order), and each bucket's packets run in arrival order. The result is
-bit-identical to the serial loop on any number of threads. With one thread (SO) or a small batch
-the serial loop is used directly: same results, no sort. The Straw-man is serial.
+bit-identical to the serial loop on any number of threads. By default (``update(parallel=None)``)
+the partitioned path runs only for large batches with at least ``PARTITION_MIN_THREADS`` Numba
+threads: the serial loop is used otherwise, same results, no sort. The Straw-man is serial.
 
 GapFilter state is order-dependent and not mergeable (§8): :meth:`merge` raises
 :class:`~telesketch.sketches.core.NotMergeableError`; shards' outputs are unioned instead.
@@ -62,6 +63,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from telesketch.hashing import hash64_5tuple, hash64_u32, hash_keys, mix64
+from telesketch.intrinsics import prefetch
 from telesketch.jit import kernel, twin
 from telesketch.packets import COLUMN_DTYPES, FLOW_KEY_BYTES, PacketBatch, pack_flow_keys37
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
@@ -124,6 +126,12 @@ def event_flow_keys(events: np.ndarray) -> list[bytes]:
 
 #: Batches smaller than this run the serial kernel even with several threads (sort overhead).
 PARALLEL_MIN_ITEMS = 1 << 15
+#: Fewer Numba threads than this run the serial kernel by default. On a 2-core EPYC the partitioned
+#: path took 1.6-6.4x the serial kernel's CPU time per packet (hash, sort, schedule and segment
+#: passes against one ordered loop; ``bench_gapfilter_ab.py --paths``, issue 21) and 1.04-6.7x its
+#: wall time on 2 threads, so it cannot win below about 6 threads even with perfect scaling. Not
+#: measured above 2 cores.
+PARTITION_MIN_THREADS = 8
 
 if sys.byteorder != "little":  # GapFilterSO views each 4-lane uint16 row as one uint64
     raise ImportError("telesketch.sketches.gapfilter needs a little-endian host")
@@ -392,7 +400,10 @@ def _so_nearest(typingctx, w, v, modular):
                            ir.Constant(v4i32, [0, 1, 2, 3]))
         best_key = _vector_intrinsic(builder, "llvm.vector.reduce.umin.v4i32", i32, [keys])
         lane = builder.and_(best_key, ir.Constant(i32, 3))
-        d = builder.sext(builder.extract_element(diff, lane), i64)
+        # d = lane ``lane`` of diff, by a shift of the 64-bit word (extractelement at a variable
+        # lane went through a stack store and reload)
+        shift = builder.zext(builder.shl(lane, ir.Constant(i32, 4)), i64)
+        d = builder.sext(builder.trunc(builder.lshr(builder.bitcast(diff, i64), shift), i16), i64)
         return context.make_tuple(builder, signature.return_type, [builder.zext(lane, i64), d])
 
     return sig, codegen
@@ -545,46 +556,70 @@ def _ao_step(cells, b, item, sz, t1, t2, civilian_front):
 
 # ============================================================================ serial kernels
 _BLOCK = 1024  # items hashed ahead of the ordered step loop (keeps the hash pipeline full)
+#: Items between prefetching a bucket and stepping into it (SO / AO: tables past the L1 cache)
+_PREFETCH_AHEAD = 8
 
 
 @kernel(inline="always")
 def _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, fp_mask, idx, items):
-    for i in range(start, stop):
+    """Bucket and packed item of items ``[start, stop)`` into ``idx[k]``, ``items[k]`` (``k = i - start``)."""
+    for k in range(stop - start):
+        i = _U64(start + k)  # unsigned index: no negative-index wraparound code
         h = hash64_5tuple(src[i], dst[i], sport[i], dport[i], proto[i], seed)
-        idx[i - start], items[i - start] = _rotated_item(h, seq[i], n_buckets, magic, fp_mask)
+        idx[k], items[k] = _rotated_item(h, seq[i], n_buckets, magic, fp_mask)
 
 
 @kernel
-def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, modular, flags, jumps):
-    """Serial SO loop in arrival order (hashing a block ahead); ``flags`` must be zeroed."""
-    idx = np.empty(_BLOCK, np.int64)
+def _so_serial(words, src, dst, sport, dport, proto, seq, seed, magic, t1, t2, modular, flags, jumps, hits):
+    """Serial SO loop in arrival order (hashing a block ahead, prefetching the bucket of the item
+    ``_PREFETCH_AHEAD`` places on; the wrapped index past a block's end names a bucket already
+    visited, harmless); ``flags`` must be zeroed. Returns the number of reports, whose positions
+    it writes to ``hits[:count]`` in arrival order (the event log reads them without a pass over
+    ``flags``)."""
+    idx = np.zeros(_BLOCK, np.int64)
     items = np.empty(_BLOCK, np.int64)
+    count = 0
     n_buckets = words.shape[0]
     for start in range(0, src.shape[0], _BLOCK):
         stop = min(src.shape[0], start + _BLOCK)
         _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, 0, idx, items)
-        for i in range(start, stop):
-            b = idx[i - start]
-            words[b], rep, md = _so_step(words[b], items[i - start], t1, t2, modular)
+        for k in range(stop - start):
+            i = _U64(start + k)
+            prefetch(words, idx[(k + _PREFETCH_AHEAD) & (_BLOCK - 1)])
+            b = _U64(idx[k])  # in [0, n_buckets): fastmod
+            words[b], rep, md = _so_step(words[b], items[k], t1, t2, modular)
             if rep:
                 flags[i] = True
                 jumps[i] = md
+                hits[count] = i
+                count += 1
+    return count
 
 
 @kernel
-def _ao_serial(cells, src, dst, sport, dport, proto, seq, seed, magic, fp_mask, sz, t1, t2, civ, flags, jumps):
-    """Serial AO loop in arrival order (hashing a block ahead); ``flags`` must be zeroed."""
-    idx = np.empty(_BLOCK, np.int64)
+def _ao_serial(cells, src, dst, sport, dport, proto, seq, seed, magic, fp_mask, sz, t1, t2, civ, flags, jumps,
+               hits):
+    """Serial AO loop in arrival order (hashing a block ahead and prefetching, as
+    :func:`_so_serial`); ``flags`` must be zeroed. Returns the report count (``hits``: as
+    :func:`_so_serial`)."""
+    idx = np.zeros(_BLOCK, np.int64)
     items = np.empty(_BLOCK, np.int64)
+    count = 0
     n_buckets = cells.shape[0]
+    flat = cells.reshape(cells.size)
     for start in range(0, src.shape[0], _BLOCK):
         stop = min(src.shape[0], start + _BLOCK)
         _hash_block(src, dst, sport, dport, proto, seq, start, stop, seed, n_buckets, magic, fp_mask, idx, items)
-        for i in range(start, stop):
-            rep, md = _ao_step(cells, idx[i - start], items[i - start], sz, t1, t2, civ)
+        for k in range(stop - start):
+            i = _U64(start + k)
+            prefetch(flat, idx[(k + _PREFETCH_AHEAD) & (_BLOCK - 1)] * 8)
+            rep, md = _ao_step(cells, idx[k], items[k], sz, t1, t2, civ)
             if rep:
                 flags[i] = True
                 jumps[i] = md
+                hits[count] = i
+                count += 1
+    return count
 
 
 # ============================================================================ parallel kernels
@@ -712,64 +747,136 @@ def _straw_alt(k, fp, bb, magic, seed1, seed2):
     return np.int64(_fastmod(_fp_hash(fp, seed1), _U64(bb), magic))
 
 
+@intrinsic
+def _lanes_equal4(typingctx, table, row, value):
+    """Bit ``j`` set where ``table[row, j] == value``, for a C-contiguous ``uint32[rows, 4]``
+    table: one ``<4 x i32>`` compare (a movemask), not four data-dependent branches."""
+    if not (isinstance(table, types.Array) and table.ndim == 2 and table.layout == "C"
+            and table.dtype == types.uint32):
+        return None
+    sig = types.int64(table, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        arr, r, needle = args
+        i32, v4i32 = ir.IntType(32), ir.VectorType(ir.IntType(32), 4)
+        ary = context.make_array(signature.args[0])(context, builder, arr)
+        first = cgutils.get_item_pointer(context, builder, signature.args[0], ary,
+                                         [r, ir.Constant(ir.IntType(64), 0)], wraparound=False, boundscheck=False)
+        lanes = builder.load(builder.bitcast(first, v4i32.as_pointer()), align=4)
+        equal = builder.icmp_unsigned("==", lanes, _splat(builder, builder.trunc(needle, i32), 4))
+        return builder.zext(builder.bitcast(equal, ir.IntType(4)), ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _lowest_bit(typingctx, mask):
+    """Index of the lowest set bit of a non-zero ``int64`` (``cttz``; 64 for 0)."""
+    if not isinstance(mask, types.Integer):
+        return None
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        value = context.cast(builder, args[0], signature.args[0], types.int64)
+        return _vector_intrinsic(builder, "llvm.cttz.i64", i64, [value, ir.Constant(ir.IntType(1), 0)])
+
+    return sig, codegen
+
+
 @kernel(inline="always")
 def _straw_place_empty(fps, seqs, k, fp, s):
-    for j in range(4):
-        if fps[k, j] == 0:
-            fps[k, j] = fp
-            seqs[k, j] = s
-            return True
-    return False
+    """Put ``(fp, s)`` in the first empty cell (``fp == 0``) of bucket ``k``; False if it is full."""
+    empty = _lanes_equal4(fps, k, 0)
+    if empty == 0:
+        return False
+    j = _lowest_bit(empty)
+    fps[k, j] = fp
+    seqs[k, j] = s
+    return True
+
+
+@kernel(inline="always")
+def _straw_hash_block(src, dst, sport, dport, proto, start, stop, seeds, bb, magic, fp_out, i1_out, i2_out):
+    """Fingerprint and both candidate buckets of items ``[start, stop)`` (three hashes each),
+    ahead of the ordered loop: no branch between them, so consecutive items' hashes overlap."""
+    seed_fp, seed1, seed2 = seeds[0], seeds[1], seeds[2]
+    for k in range(stop - start):
+        i = _U64(start + k)  # unsigned index: no negative-index wraparound code
+        h = hash64_5tuple(src[i], dst[i], sport[i], dport[i], proto[i], seed_fp)
+        fp = np.int64(h & _U64(0xFFFFFFFF))
+        fp += np.int64(fp == 0)  # fingerprint 0 marks an empty cell
+        fp_out[k] = fp
+        i1_out[k] = np.int64(_fastmod(_fp_hash(fp, seed1), _U64(bb), magic))
+        i2_out[k] = np.int64(_fastmod(_fp_hash(fp, seed2), _U64(bb), magic)) + bb
+
+
+@kernel(inline="always")
+def _straw_kick(fps, seqs, state, i1, i2, fp, s, bb, magic, seed1, seed2):
+    """Both buckets full: evict along the cuckoo path (at most 8 kicks); returns the PRNG state."""
+    r, state = _splitmix64(state)
+    k = i2 if r % _U64(2) == 0 else i1
+    cur_fp, cur_s = fp, s
+    for _ in range(8):
+        r, state = _splitmix64(state)
+        j = np.int64(r % _U64(4))
+        vic_fp, vic_s = np.int64(fps[k, j]), np.int64(seqs[k, j])
+        fps[k, j] = cur_fp
+        seqs[k, j] = cur_s
+        cur_fp, cur_s = vic_fp, vic_s
+        k = _straw_alt(k, cur_fp, bb, magic, seed1, seed2)
+        if _straw_place_empty(fps, seqs, k, cur_fp, cur_s):
+            break
+    return state
 
 
 @kernel
-def _straw_serial(fps, seqs, rng, src, dst, sport, dport, proto, seq, seeds, t1, t2, reset, flags, jumps):
-    """Serial Straw-man loop (lookup, insert, up to 8 cuckoo kicks); ``rng[0]`` is the PRNG state."""
+def _straw_serial(fps, seqs, rng, src, dst, sport, dport, proto, seq, seeds, t1, t2, reset, flags, jumps, hits):
+    """Serial Straw-man loop (lookup, insert, up to 8 cuckoo kicks); ``rng[0]`` is the PRNG state.
+    Returns the report count (``hits``: as :func:`_so_serial`).
+
+    Hashes a block ahead (:func:`_straw_hash_block`); the lookup tests the 4 cells of both
+    buckets as two vector compares, and the first match (bucket ``i1`` first, lowest cell) is the
+    lowest set bit of ``m1 | m2 << 4``, the same cell the spec's cell-by-cell scan finds."""
     bb = fps.shape[0] // 2
     magic = _U64(0xFFFFFFFFFFFFFFFF) // _U64(bb)
-    seed_fp, seed1, seed2 = seeds[0], seeds[1], seeds[2]
+    seed1, seed2 = seeds[1], seeds[2]
     state = rng[0]
-    for i in range(src.shape[0]):
-        h = hash64_5tuple(src[i], dst[i], sport[i], dport[i], proto[i], seed_fp)
-        fp = np.int64(h & _U64(0xFFFFFFFF))
-        if fp == 0:
-            fp = 1
-        s = np.int64(seq[i])
-        i1 = np.int64(_fastmod(_fp_hash(fp, seed1), _U64(bb), magic))
-        i2 = np.int64(_fastmod(_fp_hash(fp, seed2), _U64(bb), magic)) + bb
-        found = False
-        for bk in (i1, i2):
-            for j in range(4):
-                if fps[bk, j] == fp:
-                    old = np.int64(seqs[bk, j])
-                    d = (s - old) & 0xFFFF
-                    if t1 <= d < t2:
-                        flags[i] = True
-                        jumps[i] = d
-                    if s > old or old - s >= reset:
-                        seqs[bk, j] = s
-                    found = True
-                    break
-            if found:
-                break
-        if found:
-            continue
-        if _straw_place_empty(fps, seqs, i1, fp, s) or _straw_place_empty(fps, seqs, i2, fp, s):
-            continue
-        r, state = _splitmix64(state)
-        k = i2 if r % _U64(2) == 0 else i1
-        cur_fp, cur_s = fp, s
-        for _ in range(8):
-            r, state = _splitmix64(state)
-            j = np.int64(r % _U64(4))
-            vic_fp, vic_s = np.int64(fps[k, j]), np.int64(seqs[k, j])
-            fps[k, j] = cur_fp
-            seqs[k, j] = cur_s
-            cur_fp, cur_s = vic_fp, vic_s
-            k = _straw_alt(k, cur_fp, bb, magic, seed1, seed2)
-            if _straw_place_empty(fps, seqs, k, cur_fp, cur_s):
-                break
+    fpb = np.empty(_BLOCK, np.int64)
+    b1 = np.empty(_BLOCK, np.int64)
+    b2 = np.empty(_BLOCK, np.int64)
+    count = 0
+    for start in range(0, src.shape[0], _BLOCK):
+        stop = min(src.shape[0], start + _BLOCK)
+        _straw_hash_block(src, dst, sport, dport, proto, start, stop, seeds, bb, magic, fpb, b1, b2)
+        for k in range(stop - start):
+            i = _U64(start + k)
+            fp, i1, i2, s = fpb[k], b1[k], b2[k], np.int64(seq[i])
+            match = _lanes_equal4(fps, i1, fp) | (_lanes_equal4(fps, i2, fp) << 4)
+            if match != 0:
+                j = _lowest_bit(match)
+                bk = i1 + (i2 - i1) * (j >> 2)
+                j &= 3
+                old = np.int64(seqs[bk, j])
+                d = (s - old) & 0xFFFF
+                if t1 <= d < t2:
+                    flags[i] = True
+                    jumps[i] = d
+                    hits[count] = i
+                    count += 1
+                if s > old or old - s >= reset:
+                    seqs[bk, j] = s
+                continue
+            empty = _lanes_equal4(fps, i1, 0) | (_lanes_equal4(fps, i2, 0) << 4)
+            if empty != 0:
+                j = _lowest_bit(empty)
+                bk = i1 + (i2 - i1) * (j >> 2)
+                fps[bk, j & 3] = fp
+                seqs[bk, j & 3] = s
+                continue
+            state = _straw_kick(fps, seqs, state, i1, i2, fp, s, bb, magic, seed1, seed2)
     rng[0] = state
+    return count
 
 
 # ============================================================================ input helpers
@@ -841,10 +948,6 @@ class _GapFilterBase(Sketch):
     PARAMS: ClassVar[type]
     #: layout 2: events with the IPv6 fields, coverage counters; layout 1 (IPv4 events) still loads
     STATE_VERSION: ClassVar[int] = 2
-    #: Use the bucket-partitioned path for large batches even with one Numba thread. Off for
-    #: every variant: it was faster for AO while AO's step branched (a bucket's items back to
-    #: back were branch-predictable), but the vectorised step is faster in arrival order.
-    PARTITION_ONE_THREAD: ClassVar[bool] = False
 
     def __init__(self, memory_bytes: int | None = None, *, params=None, **kwargs) -> None:
         """Build from a params object, or from keyword parameters (see the params dataclass)."""
@@ -880,7 +983,9 @@ class _GapFilterBase(Sketch):
     def _load_state(self, arrays: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
-    def _kernel(self, cols: dict[str, np.ndarray], seq: np.ndarray, flags, jumps, parallel) -> None:
+    def _kernel(self, cols: dict[str, np.ndarray], seq: np.ndarray, flags, jumps, parallel) -> np.ndarray | None:
+        """Run the detection kernel: set ``flags[i]`` and ``jumps[i]`` for each report; return the
+        report positions in arrival order (``int64``), or None to have them read from ``flags``."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- properties
@@ -904,8 +1009,8 @@ class _GapFilterBase(Sketch):
         """Process a batch in arrival order; returns ``bool[n]`` (packet opened a major gap).
 
         ``parallel``: ``None`` picks the bucket-partitioned path for batches of at least
-        ``PARALLEL_MIN_ITEMS`` when Numba has more than one thread (see ``PARTITION_ONE_THREAD``);
-        ``True``/``False`` force it. Results are identical either way.
+        ``PARALLEL_MIN_ITEMS`` when Numba has at least ``PARTITION_MIN_THREADS`` threads (the serial
+        kernel otherwise); ``True``/``False`` force it. Results are identical either way.
         """
         if not isinstance(batch, PacketBatch):
             raise SketchError(f"update expects a PacketBatch, got {type(batch).__name__}")
@@ -957,14 +1062,16 @@ class _GapFilterBase(Sketch):
         jumps = np.empty(n, np.int32)  # written (and read) only where flags is True
         if n:
             if parallel is None:
-                parallel = n >= PARALLEL_MIN_ITEMS and (nb.get_num_threads() > 1 or self.PARTITION_ONE_THREAD)
-            self._kernel(cols, seq, flags, jumps, bool(parallel))
-            self._record(cols if record is None else record, ts_ns, flags, jumps, family)
+                parallel = n >= PARALLEL_MIN_ITEMS and nb.get_num_threads() >= PARTITION_MIN_THREADS
+            hits = self._kernel(cols, seq, flags, jumps, bool(parallel))
+            if hits is None:
+                hits = np.flatnonzero(flags)
+            self._record(cols if record is None else record, ts_ns, hits, jumps, family)
             self.items_seen += n
         return flags
 
-    def _record(self, cols, ts_ns, flags, jumps, family=None) -> None:
-        hits = np.flatnonzero(flags)
+    def _record(self, cols, ts_ns, hits, jumps, family=None) -> None:
+        """Log the reports at positions ``hits`` (arrival order) with their key, jump and time."""
         if hits.size and self._log.count >= self._log.capacity:
             self._log.dropped += hits.size  # log full: count only, build nothing
             return
@@ -1121,11 +1228,13 @@ class GapFilterSO(_GapFilterBase):
         modular = p.so_diff == "modular"
         words = self.table.view(np.uint64).reshape(-1)  # 4 lanes per word (little-endian host)
         if not parallel:
-            _so_serial(words, *_key_args(cols), seq, _U64(p.seed), mod_magic(p.n_buckets), p.t1, p.t2,
-                       modular, flags, jumps)
-            return
+            hits = np.empty(seq.shape[0], np.int64)
+            count = _so_serial(words, *_key_args(cols), seq, _U64(p.seed), mod_magic(p.n_buckets), p.t1, p.t2,
+                               modular, flags, jumps, hits)
+            return hits[:count]
         order, items, starts, buckets, wstarts = _partitioned(cols, seq, p.seed, p.n_buckets, 0)
         _so_segments(words, order, items, starts, buckets, wstarts, p.t1, p.t2, modular, flags, jumps)
+        return None
 
 
 class GapFilterAO(_GapFilterBase):
@@ -1169,12 +1278,14 @@ class GapFilterAO(_GapFilterBase):
         fp_mask = (1 << p.fp_bits) - 1
         civ = p.ao_new_flow_pos == "civilian_front"
         if not parallel:
-            _ao_serial(self.cells, *_key_args(cols), seq, _U64(p.seed), mod_magic(p.n_buckets), fp_mask, p.suspects,
-                       p.t1, p.t2, civ, flags, jumps)
-            return
+            hits = np.empty(seq.shape[0], np.int64)
+            count = _ao_serial(self.cells, *_key_args(cols), seq, _U64(p.seed), mod_magic(p.n_buckets), fp_mask,
+                               p.suspects, p.t1, p.t2, civ, flags, jumps, hits)
+            return hits[:count]
         order, items, starts, buckets, wstarts = _partitioned(cols, seq, p.seed, p.n_buckets, fp_mask)
         _ao_segments(self.cells, order, items, starts, buckets, wstarts, p.suspects, p.t1, p.t2, civ,
                      flags, jumps)
+        return None
 
 
 class GapFilterStraw(_GapFilterBase):
@@ -1202,5 +1313,7 @@ class GapFilterStraw(_GapFilterBase):
 
     def _kernel(self, cols, seq, flags, jumps, parallel):
         p = self.params
-        _straw_serial(self.fps, self.seqs, self.rng, *_key_args(cols), seq, self.seeds,
-                      p.t1, p.t2, p.straw_reset, flags, jumps)
+        hits = np.empty(seq.shape[0], np.int64)
+        count = _straw_serial(self.fps, self.seqs, self.rng, *_key_args(cols), seq, self.seeds,
+                              p.t1, p.t2, p.straw_reset, flags, jumps, hits)
+        return hits[:count]
