@@ -169,14 +169,17 @@ def _f_kernel(keys, weights, unit, ids, counts, occ, T, seed_mix, n0, connection
 
 
 @gpu_kernel
-def _blocks_kernel(keys, weights, unit, ids, counts, occ, masks, n_masks, seed_mix, n0, w, wmagic, actions,
+def _blocks_kernel(keys, weights, unit, ids, counts, occ, masks, n_masks, seed_mix, n0, widths, wmagics, actions,
                    fcounts):
-    """Thread ``j`` runs Residual Block ``j + 1`` (prefix mask ``masks[j]``, ``uint32``) over the
-    batch in packet order, following F's ``actions``; blocks share no state, so they run at once."""
+    """Thread ``j`` runs Residual Block ``j + 1`` (prefix mask ``masks[j]``, ``uint32``; ``widths[j + 1]``
+    buckets per row, ``wmagics[j + 1]`` its fastmod magic, ``uint64`` arrays) over the batch in packet
+    order, following F's ``actions``; blocks share no state, so they run at once."""
     j = cuda.grid(1)
     if j >= n_masks:
         return
     mask = _U64(masks[j])
+    w = _U64(widths[j + 1])
+    wmagic = _U64(wmagics[j + 1])
     for i in range(keys.shape[0]):
         action = actions[i]
         if action == _INSERT or action == _DECREMENT:
@@ -346,12 +349,13 @@ class _DeviceBlocks:
         state = self._device_state()
         with be.launching():
             common = (_U64(self._seed_mix), _U64(self.packets))
-            geometry = (_U64(self.width), _U64(_coco.fastmod_magic(self.width)))
-            launch(_f_kernel, 1, d_keys, *d_weights, *state, np.int64(T), *common, bool(connection), *geometry,
-                   d_actions, d_fcounts)
+            widths, wmagics = self._geometry  # per block (F first): an unequal split narrows some
+            launch(_f_kernel, 1, d_keys, *d_weights, *state, np.int64(T), *common, bool(connection),
+                   _U64(widths[0]), _U64(wmagics[0]), d_actions, d_fcounts)
             if masks.shape[0]:
                 launch(_blocks_kernel, masks.shape[0], d_keys, *d_weights, *state, d_masks,
-                       np.int64(masks.shape[0]), *common, *geometry, d_actions, d_fcounts)
+                       np.int64(masks.shape[0]), *common, buf.put("widths", widths), buf.put("wmagics", wmagics),
+                       d_actions, d_fcounts)
         self.packets += n
 
     def _stream6(self, hi: np.ndarray, lo: np.ndarray, weights: np.ndarray) -> None:

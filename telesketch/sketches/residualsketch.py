@@ -143,6 +143,7 @@ class ResidualSketchParams:
     ipv6_crucial_layers: tuple[int, ...] | None = None
     weight: str = "packets"
     expected_bytes: int | None = None
+    split: float | tuple[float, ...] | None = None
 
     def __post_init__(self):
         layers = layers_of(self.mode)
@@ -157,12 +158,23 @@ class ResidualSketchParams:
         if not isinstance(self.connection, bool):
             raise SketchError(f"connection must be a bool, got {self.connection!r}")
         self._T()
-        buckets_per_row(self.memory_bytes // (1 + len(self.crucial_layers)), "ResidualSketch", self.weight)
+        set_("split", _check_split(self.split, len(self.crucial_layers)))
+        for share in self.block_shares():
+            buckets_per_row(int(self.memory_bytes * share), "ResidualSketch", self.weight)
         set_("ipv6_memory_bytes", self.memory_bytes if self.ipv6_memory_bytes is None
              else check_memory(self.ipv6_memory_bytes))
         set_("ipv6_crucial_layers", _check_crucial6(self.ipv6_crucial_layers))
         buckets6_per_row(self.ipv6_memory_bytes // (1 + len(self.ipv6_crucial_layers)), "ResidualSketch IPv6 tree",
                          self.weight)
+
+    def block_shares(self) -> tuple[float, ...]:
+        """Fraction of ``memory_bytes`` given to each block, F first (equal by default, spec §3)."""
+        if self.split is None:
+            return (1 / (1 + len(self.crucial_layers)),) * (1 + len(self.crucial_layers))
+        if isinstance(self.split, tuple):
+            return self.split
+        rest = (1 - self.split) / max(1, len(self.crucial_layers))
+        return (self.split,) + (rest,) * len(self.crucial_layers)
 
     def _T(self) -> int:
         return resolve_weighted_threshold(self.threshold, self.phi, self.expected_packets, self.expected_bytes,
@@ -186,6 +198,28 @@ def _check_crucial(crucial, mode: str, layers: tuple[int, ...]) -> tuple[int, ..
     if len(set(crucial)) != len(crucial):
         raise SketchError(f"crucial layers must be distinct, got {crucial}")
     return tuple(sorted(crucial))
+
+
+def _check_split(split, blocks: int):
+    """``None`` (equal split), F's share ``0 < s < 1`` (the rest split equally over the Residual
+    Blocks), or one share per block (F first), each in ``(0, 1]`` and summing to at most 1."""
+    if split is None:
+        return None
+    if isinstance(split, (int, float, np.floating)) and not isinstance(split, bool):
+        split = float(split)
+        if not 0 < split < 1 or (blocks == 0 and split != 1):
+            raise SketchError(f"split (F's share of memory_bytes) must be in (0, 1), got {split}")
+        return split
+    if isinstance(split, (str, bytes)):
+        raise SketchError(f"split must be a number or one share per block, got {split!r}")
+    try:
+        shares = tuple(float(v) for v in split)
+    except (TypeError, ValueError):
+        raise SketchError(f"split must be a number or one share per block, got {split!r}") from None
+    if len(shares) != 1 + blocks or not all(0 < v <= 1 for v in shares) or sum(shares) > 1 + 1e-9:
+        raise SketchError(f"split must give {1 + blocks} shares in (0, 1] (F first) summing to at most 1, "
+                          f"got {split!r}")
+    return shares
 
 
 def _check_crucial6(crucial) -> tuple[int, ...]:
@@ -227,7 +261,7 @@ class ResidualSketch(BlockSketchVerbs):
         self.T = p.T
         self.layers = layers_of(p.mode)
         self.crucial_layers = p.crucial_layers
-        self._alloc_ipv4(1 + len(p.crucial_layers), "ResidualSketch")  # cells (id, count): block 0 = F, j = R_{k_j}
+        self._alloc_ipv4(1 + len(p.crucial_layers), "ResidualSketch", None if p.split is None else p.block_shares())  # cells (id, count): block 0 = F, j = R_{k_j}
         self.packets = 0  # stream index n of the next packet
         self._masks = np.array([prefix_mask(k) for k in p.crucial_layers], np.uint32)
         self._seed_mix = seed_mix(p.seed)
@@ -242,7 +276,7 @@ class ResidualSketch(BlockSketchVerbs):
     @property
     def memory_bytes(self) -> int:
         """Bucket memory charged: ``(|K| + 1) * 2 * w * 8`` bytes (12 a bucket byte-weighted)."""
-        return self.cells.shape[0] * ROWS * self.width * bucket_bytes(self.params.weight)
+        return sum(self.widths) * ROWS * bucket_bytes(self.params.weight)
 
     ids = property(lambda self: self.cells["id"], doc="Bucket ids, ``uint32[1 + |K|, 2, w]`` (a view).")
     counts = property(lambda self: self.cells["count"], doc="Bucket counts, ``int32[1 + |K|, 2, w]`` (a view).")
@@ -252,8 +286,7 @@ class ResidualSketch(BlockSketchVerbs):
         (byte-weighted sketches): ``n`` non-negative integers."""
         keys = as_addresses(addresses)
         stream_kernel(keys, self._take_weights(weights, keys.shape[0]), self.cells, self.occ, self._masks, np.int64(self.T),
-                      self._seed_mix, np.uint64(self.packets), self.params.connection,
-                      fastmod_magic(self.width))
+                      self._seed_mix, np.uint64(self.packets), self.params.connection, *self._geometry)
         self.packets += keys.shape[0]
 
     # ------------------------------------------------------------------ queries
