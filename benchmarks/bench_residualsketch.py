@@ -9,6 +9,7 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py --sections accuracy --quick
     .venv/bin/python benchmarks/bench_residualsketch.py --sections hard          # issue 20's hard mix
     .venv/bin/python benchmarks/bench_residualsketch.py --sections split --seeds 3   # issue 20: split variants, every row
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections why --seeds 2     # issue 20: crucial layers, connection T
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv6          # mixed IPv4/IPv6 (issue 18)
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv4_ab --baseline-tree /tmp/base
     .venv/bin/python benchmarks/bench_residualsketch.py --sections bytes          # byte-weighted (issue 17)
@@ -312,6 +313,17 @@ SPLIT_VARIANTS = {
 }
 
 
+#: Issue 20 hypotheses beside the paper's version: name -> (constructor keywords, promotion threshold as a function
+#: of the report threshold T). "Tc" moves the Residual Connection's threshold (the HHH query still reports at T).
+WHY_VARIANTS = {
+    "paper": ({}, lambda T: T),
+    "K={24}": ({"crucial_layers": (24,)}, lambda T: T),
+    "K={16,24}": ({"crucial_layers": (16, 24)}, lambda T: T),
+    "Tc=T/2": ({}, lambda T: max(1, T // 2)),
+    "Tc=2T": ({}, lambda T: 2 * T),
+}
+
+
 def split_rows(args, cache: Path):
     """``(workload name, addresses, T, KiB)`` of every byte-mode row the benchmark scores: the hard mix,
     spec §8.1 and the starved regime on the generated traces, and the real traces at phi 1e-2 / 1e-3."""
@@ -329,11 +341,13 @@ def split_rows(args, cache: Path):
                         for phi in (1e-2, 1e-3) for kib in (2, 8, 32))
 
 
-def split_section(args, cache: Path, results: dict) -> None:
-    """Issue 20: CocoSketch against the paper's ResidualSketch and the ``split`` variants at equal memory
-    on every byte-mode row (F1, headline metric, mean of ``--seeds`` seeds)."""
-    print(f"\n### ResidualSketch variants vs CocoSketch, byte mode, F1 mean of {args.seeds} seeds\n")
-    names = list(SPLIT_VARIANTS)
+def split_section(args, cache: Path, results: dict, variants=None, key: str = "split") -> None:
+    """Issue 20: CocoSketch against the paper's ResidualSketch and the ``split`` variants (or ``variants``:
+    name -> (keywords, promotion threshold of T)) at equal memory on every byte-mode row (F1, headline
+    metric, mean of ``--seeds`` seeds)."""
+    variants = variants or {name: (kwargs, lambda T: T) for name, kwargs in SPLIT_VARIANTS.items()}
+    print(f"\n### ResidualSketch variants ({key}) vs CocoSketch, byte mode, F1 mean of {args.seeds} seeds\n")
+    names = list(variants)
     print("| workload | T | memory | CocoSketch | " + " | ".join(f"Residual {n}" for n in names)
           + " | paper − Coco |")
     print("|---|---|---|---|" + "---|" * len(names) + "---|")
@@ -341,14 +355,15 @@ def split_section(args, cache: Path, results: dict) -> None:
     for name, addresses, T, kib in split_rows(args, cache):
         truth = truths.setdefault(name, Truth(addresses, "byte"))
         f1 = {"coco": run_accuracy(addresses, truth, "coco", "byte", kib * KIB, T, args.seeds)["f1"]}
-        for variant, kwargs in SPLIT_VARIANTS.items():
+        for variant, (kwargs, promote) in variants.items():
             runs = []
             for seed in range(args.seeds):
-                sketch = ResidualSketch(mode="byte", memory_bytes=kib * KIB, threshold=T, seed=seed, **kwargs)
+                sketch = ResidualSketch(mode="byte", memory_bytes=kib * KIB, threshold=promote(T), seed=seed,
+                                        **kwargs)
                 sketch.update_addresses(addresses)
-                runs.append(score(sketch.hhh_entries(), truth, T)["f1"])
+                runs.append(score(sketch.hhh_entries(T), truth, T)["f1"])
             f1[variant] = float(np.mean(runs))
-        results.setdefault("split", {})[f"{name} T={T} {kib}KiB"] = f1
+        results.setdefault(key, {})[f"{name} T={T} {kib}KiB"] = f1
         print(f"| {name} | {T} | {kib} KiB | {f1['coco']:.3f} | " + " | ".join(f"{f1[n]:.3f}" for n in names)
               + f" | {f1['paper'] - f1['coco']:+.3f} |", flush=True)
 
@@ -641,6 +656,8 @@ def main() -> None:
         ipv6_section(args, args.cache, results)
     if "split" in sections:
         split_section(args, args.cache, results)
+    if "why" in sections:
+        split_section(args, args.cache, results, WHY_VARIANTS, "why")
     if "ipv4_ab" in sections:
         ipv4_ab_section(args, args.cache, results)
     if "bytes" in sections:

@@ -42,6 +42,10 @@ bucket with probability ``length / count``, and the Residual Connection fires wh
 F's count to ``T`` or past it (``cocosketch.connection_rule``; with unit weights exactly ``c == T``).
 ``weight="packets"`` (the default) keeps int32 counts and today's state and snapshots byte for byte.
 
+**Memory split.** ``split`` (default ``None``: the paper's equal split) gives F and the blocks unequal
+shares; each block then has its own width (``widths``), stored in arrays as wide as the widest block
+(the tail of a narrower block stays empty and is not charged in ``memory_bytes``).
+
 The update is order-dependent (the connection fires at the instant F's count equals T), so the
 kernel is one sequential ``nogil`` loop (spec §5 "exact mode") and raw state is not mergeable;
 shards combine through :meth:`ResidualSketch.layer_estimates` (:func:`merged_hhh`).
@@ -127,6 +131,13 @@ class ResidualSketchParams:
       int64 (12-byte IPv4 / 24-byte IPv6 buckets), ``threshold`` is in bytes and ``expected_bytes``
       replaces ``expected_packets``; the Residual Connection fires when a packet carries F's count to
       ``T`` or past it (see ``cocosketch.connection_rule``).
+    * ``split``: how ``memory_bytes`` is divided over the blocks. ``None`` (default) is the paper's
+      equal split; a number ``0 < s < 1`` gives F that share and splits the rest equally over the
+      Residual Blocks; a tuple gives one share per block, F first. A departure from the paper (issue
+      20): F answers the layers finer than the finest crucial layer and conditions every coarser one,
+      so on traffic whose fine layers need the memory (the hard mix: F 2/3 scores F1 0.950 against the
+      paper's 0.900 at 32 KiB) more F helps, while on traffic with many light /16s (spec §8 synth) the
+      block needs it (T = 4000, 32 KiB: F 2/3 0.517 against 0.874). BENCHMARKS.md "issue 20" has every row.
     """
 
     mode: str = "byte"
