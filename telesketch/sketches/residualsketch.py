@@ -73,7 +73,6 @@ from telesketch.sketches.cocosketch import (
     bucket_bytes,
     check_seed,
     check_weight,
-    fastmod_magic,
     format_prefix,
     hhh_pass,
     hhh_rows,
