@@ -89,6 +89,19 @@ def test_unequal_split_equals_naive_model(crucial, split):
     assert restored.hhh_entries() == rs.hhh_entries()
 
 
+def test_unequal_split_byte_weighted_equals_naive_model():
+    """``split`` with 12-byte (byte-weighted) buckets: widths and answers as the naive model's."""
+    addresses = hierarchical_stream(6000, seed=3)
+    weights = np.random.default_rng(1).integers(40, 1500, addresses.size)
+    rs = ResidualSketch(memory_bytes=4800, threshold=20000, weight="bytes", split=0.7, seed=2)
+    rs.update_addresses(addresses, weights)
+    model = naive.NaiveResidualSketch(4800, 20000, (16,), seed=2, weight="bytes", shares=rs.params.block_shares())
+    model.update(addresses.tolist(), weights.tolist())
+    assert rs.widths == (4800 * 7 // 10 // 24, int(4800 * 0.3) // 24) == (model.F.w, model.R[16].w)
+    assert rs.layer_estimates() == model.layer_estimates()
+    assert sorted(rs.hhh_entries()) == as_entries(model.hhh())
+
+
 def test_cocosketch_equals_naive_model():
     addresses = hierarchical_stream(10000, seed=2)
     cs = CocoSketch(memory_bytes=1600, threshold=30, seed=4)
