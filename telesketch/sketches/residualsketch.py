@@ -130,8 +130,8 @@ class ResidualSketchParams:
       int64 (12-byte IPv4 / 24-byte IPv6 buckets), ``threshold`` is in bytes and ``expected_bytes``
       replaces ``expected_packets``; the Residual Connection fires when a packet carries F's count to
       ``T`` or past it (see ``cocosketch.connection_rule``).
-    * ``split``: how ``memory_bytes`` is divided over the blocks. ``None`` (default) is the paper's
-      equal split; a number ``0 < s < 1`` gives F that share and splits the rest equally over the
+    * ``split``: how ``memory_bytes`` is divided over the IPv4 tree's blocks (the IPv6 tree keeps the
+      equal split). ``None`` (default) is the paper's equal split; a number ``0 < s < 1`` gives F that share and splits the rest equally over the
       Residual Blocks; a tuple gives one share per block, F first. A departure from the paper (issue
       20): F answers the layers finer than the finest crucial layer and conditions every coarser one,
       so on traffic whose fine layers need the memory (the hard mix: F 2/3 scores F1 0.950 against the
