@@ -189,32 +189,15 @@ def _blocks_kernel(keys, weights, unit, ids, counts, occ, masks, n_masks, seed_m
 
 # ============================================================================ device update, IPv6 tree
 _ROW6_0, _ROW6_1 = _coco._ROW6_0, _coco._ROW6_1
-_COIN6 = _U64(_coco.IPV6_COIN_BLOCK)
 
 
 #: The CPU ``hash6``: row hash of a 128-bit key ``(hi, lo)`` (uint64 args), a uint32 in a uint64.
 hash6_device = device_twin(_coco.hash6)
 
 
-@device
-def _coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, wt, dec, decrement):
-    """Device port of the CPU ``coco_insert6``: key ``(xh, xl)`` (uint64) into IPv6 block ``blk``."""
-    p0 = np.int64(_fastmod(hash6_device(xh, xl, _ROW6_0), wmagic, w))
-    if occ6[blk, 0, p0] != 0 and hi6[blk, 0, p0] == xh and lo6[blk, 0, p0] == xl:
-        return _bump(counts6, blk, 0, p0, wt, dec, decrement)
-    p1 = np.int64(_fastmod(hash6_device(xh, xl, _ROW6_1), wmagic, w))
-    if occ6[blk, 1, p1] != 0 and hi6[blk, 1, p1] == xh and lo6[blk, 1, p1] == xl:
-        return _bump(counts6, blk, 1, p1, wt, dec, decrement)
-    row, pos = 0, p0
-    if counts6[blk, 1, p1] < counts6[blk, 0, p0]:  # strict: ties go to row 0
-        row, pos = 1, p1
-    c = np.int64(counts6[blk, row, pos]) + wt  # never reset on takeover
-    counts6[blk, row, pos] = c
-    if _takes_over(rand32_device(seed_mix, n, _COIN6 + _U64(blk)) & _M32, c, wt):
-        hi6[blk, row, pos] = xh
-        lo6[blk, row, pos] = xl
-        occ6[blk, row, pos] = 1
-    return np.int64(0)
+#: The CPU ``coco_insert6`` itself as a device function (a twin): key ``(xh, xl)`` (uint64) into IPv6 block
+#: ``blk``; the post-update count (int64) if the key was held, else 0.
+_coco_insert6 = device_twin(_coco.coco_insert6)
 
 
 @gpu_kernel

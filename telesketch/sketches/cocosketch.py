@@ -235,7 +235,7 @@ def hash6(hi, lo, initval):
     return mix64(mix64(hi ^ initval) ^ lo) >> _S32
 
 
-@kernel(inline="always")
+@twin(inline=True)
 def _bump6(counts6, blk, row, pos, wt, dec, decrement):
     c = nb.int64(counts6[blk, row, pos]) + wt
     if decrement:
@@ -244,9 +244,12 @@ def _bump6(counts6, blk, row, pos, wt, dec, decrement):
     return c
 
 
-@kernel(inline="always")
+@twin(inline=True)
 def coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, wt, dec, decrement):
-    """:func:`coco_insert` for a 128-bit key ``(xh, xl)`` into IPv6 block ``blk``; same return value."""
+    """:func:`coco_insert` for a 128-bit key ``(xh, xl)`` into IPv6 block ``blk``; same return value.
+
+    A :func:`~telesketch.jit.twin`: the GPU twin's IPv6 kernels run this same source as a device function
+    (its blocks are plain arrays, unlike the IPv4 record array ``cells``)."""
     p0 = nb.int64(fastmod(hash6(xh, xl, _ROW6_0), wmagic, w))
     if occ6[blk, 0, p0] and hi6[blk, 0, p0] == xh and lo6[blk, 0, p0] == xl:
         return _bump6(counts6, blk, 0, p0, wt, dec, decrement)
