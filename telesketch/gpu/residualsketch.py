@@ -40,7 +40,8 @@ Counts are int64 on the device then, as on the CPU.
 
 **IPv6 tree.** IPv6 rows of a batch run through ``_f6_kernel`` / ``_blocks6_kernel``, the same two
 kernels over 128-bit keys (``hash6_device``, coins ``rand32(seed, n6, 32 + j)``), equal to the CPU's
-``stream_kernel6``. Its arrays (``hi6``/``lo6``/``counts6``/``occ6``) stay on the host between
+``stream_kernel6``; their insert is the CPU ``coco_insert6`` itself, compiled as a device function
+(:func:`telesketch.jit.device_twin`). Its arrays (``hi6``/``lo6``/``counts6``/``occ6``) stay on the host between
 batches and are uploaded and fetched per batch that holds IPv6 rows (simple; a transfer per batch).
 
 Backends (:func:`telesketch.gpu.core.backend`): CuPy arrays on a CUDA device when CuPy is
