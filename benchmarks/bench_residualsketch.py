@@ -8,6 +8,8 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py --sections throughput
     .venv/bin/python benchmarks/bench_residualsketch.py --sections accuracy --quick
     .venv/bin/python benchmarks/bench_residualsketch.py --sections hard          # issue 20's hard mix
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections split --seeds 3   # issue 20: split variants, every row
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections why --seeds 2     # issue 20: crucial layers, connection T
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv6          # mixed IPv4/IPv6 (issue 18)
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv4_ab --baseline-tree /tmp/base
     .venv/bin/python benchmarks/bench_residualsketch.py --sections bytes          # byte-weighted (issue 17)
@@ -234,8 +236,8 @@ def read_sources(path: Path) -> np.ndarray:
         from telesketch.traces import read_capture
     except ImportError:
         read_capture = None
-    if read_capture is not None:
-        return np.concatenate([b.src_ip for b in read_capture(str(path))])
+    if read_capture is not None:  # IPv4 rows only (an IPv6 row's src_ip is 0, not an address)
+        return np.concatenate([b.src_ip[~b.ipv6.astype(bool)] for b in read_capture(str(path))])
     import dpkt  # fallback while the trace reader is not there
 
     out = []
@@ -299,6 +301,71 @@ def hard_section(args, cache: Path, results: dict) -> None:
         print(f"| {kib} KiB | {f['residual']:.3f} | {f['k24']:.3f} | {f['k16_24']:.3f} | {f['noconn']:.3f} | "
               f"{f['coco']:.3f} | {f['residual'] - f['coco']:+.3f} | {row['residual']['per_layer_f1_seed0']} | "
               f"{row['coco']['per_layer_f1_seed0']} |", flush=True)
+
+
+# ---------------------------------------------------------------------------- issue 20: split variants
+#: ResidualSketch variants beside the paper's (equal split, K = {16}): name -> constructor keywords.
+SPLIT_VARIANTS = {
+    "paper": {},
+    "F2/3": {"split": 2 / 3},
+    "F3/4": {"split": 0.75},
+    "{16,24} 1/2-1/4-1/4": {"crucial_layers": (16, 24), "split": (0.5, 0.25, 0.25)},
+}
+
+
+#: Issue 20 hypotheses beside the paper's version: name -> (constructor keywords, promotion threshold as a function
+#: of the report threshold T). "Tc" moves the Residual Connection's threshold (the HHH query still reports at T).
+WHY_VARIANTS = {
+    "paper": ({}, lambda T: T),
+    "K={24}": ({"crucial_layers": (24,)}, lambda T: T),
+    "K={16,24}": ({"crucial_layers": (16, 24)}, lambda T: T),
+    "Tc=T/2": ({}, lambda T: max(1, T // 2)),
+    "Tc=2T": ({}, lambda T: 2 * T),
+}
+
+
+def split_rows(args, cache: Path):
+    """``(workload name, addresses, T, KiB)`` of every byte-mode row the benchmark scores: the hard mix,
+    spec §8.1 and the starved regime on the generated traces, and the real traces at phi 1e-2 / 1e-3."""
+    from telesketch.traces import generate_batch
+
+    hard = np.ascontiguousarray(generate_batch(mix="hard", **HARD).src_ip)
+    yield from (("hard", hard, int(2e-3 * hard.size), kib) for kib in (32, 64, 128))
+    workloads = {name: load_workload(name, cache, args.packets) for name in WORKLOADS}
+    yield from ((name, workloads[name], T, kib) for (name, T, kib) in BYTE_REF)
+    yield from ((name, workloads[name], 1500, kib) for (name, kib) in STARVED_REF)
+    for name in ("stopddos_amp.TCP.reflection.SYNACK.pcap", "ndpi_merged_hdr128.pcap"):
+        if (TRACES / name).exists():
+            addresses = read_sources(TRACES / name)
+            yield from ((name.split(".")[0], addresses, max(1, int(phi * addresses.size)), kib)
+                        for phi in (1e-2, 1e-3) for kib in (2, 8, 32))
+
+
+def split_section(args, cache: Path, results: dict, variants=None, key: str = "split") -> None:
+    """Issue 20: CocoSketch against the paper's ResidualSketch and the ``split`` variants (or ``variants``:
+    name -> (keywords, promotion threshold of T)) at equal memory on every byte-mode row (F1, headline
+    metric, mean of ``--seeds`` seeds)."""
+    variants = variants or {name: (kwargs, lambda T: T) for name, kwargs in SPLIT_VARIANTS.items()}
+    print(f"\n### ResidualSketch variants ({key}) vs CocoSketch, byte mode, F1 mean of {args.seeds} seeds\n")
+    names = list(variants)
+    print("| workload | T | memory | CocoSketch | " + " | ".join(f"Residual {n}" for n in names)
+          + " | paper − Coco |")
+    print("|---|---|---|---|" + "---|" * len(names) + "---|")
+    truths: dict[str, Truth] = {}
+    for name, addresses, T, kib in split_rows(args, cache):
+        truth = truths.setdefault(name, Truth(addresses, "byte"))
+        f1 = {"coco": run_accuracy(addresses, truth, "coco", "byte", kib * KIB, T, args.seeds)["f1"]}
+        for variant, (kwargs, promote) in variants.items():
+            runs = []
+            for seed in range(args.seeds):
+                sketch = ResidualSketch(mode="byte", memory_bytes=kib * KIB, threshold=promote(T), seed=seed,
+                                        **kwargs)
+                sketch.update_addresses(addresses)
+                runs.append(score(sketch.hhh_entries(T), truth, T)["f1"])
+            f1[variant] = float(np.mean(runs))
+        results.setdefault(key, {})[f"{name} T={T} {kib}KiB"] = f1
+        print(f"| {name} | {T} | {kib} KiB | {f1['coco']:.3f} | " + " | ".join(f"{f1[n]:.3f}" for n in names)
+              + f" | {f1['paper'] - f1['coco']:+.3f} |", flush=True)
 
 
 # ---------------------------------------------------------------------------- IPv6 (issue 18)
@@ -587,6 +654,10 @@ def main() -> None:
         hard_section(args, args.cache, results)
     if "ipv6" in sections:
         ipv6_section(args, args.cache, results)
+    if "split" in sections:
+        split_section(args, args.cache, results)
+    if "why" in sections:
+        split_section(args, args.cache, results, WHY_VARIANTS, "why")
     if "ipv4_ab" in sections:
         ipv4_ab_section(args, args.cache, results)
     if "bytes" in sections:

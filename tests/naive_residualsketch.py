@@ -163,13 +163,20 @@ class NaiveResidualSketch:
     """ResidualSketch of spec §3: F plus one block per crucial layer; ``crucial=()`` is CocoSketch."""
 
     def __init__(self, memory_bytes: int, T: int, crucial=(16,), mode="byte", seed=0,
-                 addback="gt", connection=True, weight="packets"):
+                 addback="gt", connection=True, weight="packets", shares=None):
+        """``shares``: fraction of ``memory_bytes`` per block, F first (default: equal, spec §3)."""
         self.crucial = tuple(sorted(crucial))
-        self.w = (memory_bytes // (len(self.crucial) + 1)) // (24 if weight == "bytes" else 16)
+        bucket_pair = 24 if weight == "bytes" else 16  # two rows of one bucket
+        if shares is None:
+            shares = [1 / (len(self.crucial) + 1)] * (len(self.crucial) + 1)
+            widths = [(memory_bytes // (len(self.crucial) + 1)) // bucket_pair] * len(shares)
+        else:
+            widths = [int(memory_bytes * s) // bucket_pair for s in shares]
+        self.w = widths[0]
         self.T, self.seed, self.ge, self.connection = T, seed, addback == "ge", connection
         self.layers = BYTE_LAYERS if mode == "byte" else BIT_LAYERS
-        self.F = NaiveCoco(self.w)
-        self.R = {k: NaiveCoco(self.w) for k in self.crucial}
+        self.F = NaiveCoco(widths[0])
+        self.R = {k: NaiveCoco(w) for k, w in zip(self.crucial, widths[1:])}
         self.n = 0
 
     def insert(self, x: int, wt: int = 1) -> None:

@@ -27,6 +27,8 @@ EQUALITY = {
                                                  crucial_layers=(8, 12, 24), threshold=20, seed=2**63 + 5)),
     "rs_bit_noconn": ("ResidualSketch", dict(mode="bit", memory_bytes=3000, crucial_layers=(8, 12, 24),
                                               threshold=30, connection=False, seed=1)),
+    "rs_byte_split": ("ResidualSketch", dict(mode="byte", memory_bytes=3000, crucial_layers=(16, 24),
+                                             split=(0.5, 0.2, 0.3), threshold=30, seed=5)),  # unequal widths
     "coco_byte_src_1k": ("CocoSketch", dict(mode="byte", memory_bytes=1024, threshold=30, seed=3)),
     "coco_bit_dst_2k": ("CocoSketch", dict(mode="bit", dimension="dst", memory_bytes=2048, threshold=20, seed=9)),
 }
@@ -109,8 +111,9 @@ def connection_firings(sketch, addresses: np.ndarray) -> int:
     import naive_residualsketch as naive
 
     p = sketch.params
-    model = naive.NaiveResidualSketch(p.memory_bytes, sketch.T, p.crucial_layers, p.mode, p.seed,
-                                      p.addback, p.connection)
+    model = naive.NaiveResidualSketch(p.memory_bytes, sketch.T,
+                                      p.crucial_layers, p.mode, p.seed, p.addback, p.connection,
+                                      shares=None if p.split is None else p.block_shares())
     fired = 0
     plain_insert = model.F.insert
 
@@ -122,11 +125,21 @@ def connection_firings(sketch, addresses: np.ndarray) -> int:
 
     model.F.insert = counting_insert
     model.update(addresses)
-    ids, counts, occ = (np.array(a) for a in model.state())
+    ids, counts, occ = (padded(a, sketch.occ.shape) for a in model.state())
     if not (np.array_equal(ids, sketch.ids) and np.array_equal(counts, sketch.counts)
             and np.array_equal(occ, sketch.occ)):
         return -1
     return fired
+
+
+def padded(blocks, shape) -> np.ndarray:
+    """The naive model's ``[block][row][bucket]`` lists in an array of the sketch's ``shape``: blocks
+    narrower than the widest (an unequal ``split``) are zero-padded, as the sketch leaves them."""
+    out = np.zeros(shape, np.int64)
+    for j, block in enumerate(blocks):
+        row = np.array(block, np.int64)
+        out[j, :, :row.shape[1]] = row
+    return out
 
 
 def not_vacuous(cpu, addresses: np.ndarray) -> str:

@@ -62,6 +62,46 @@ def test_residualsketch_equals_naive_model(kwargs):
     assert rs.packets == addresses.size
 
 
+@pytest.mark.parametrize("crucial, split", [((16,), 0.75), ((16, 24), (0.5, 0.2, 0.3))])
+def test_unequal_split_equals_naive_model(crucial, split):
+    """An unequal memory split (``split``: F's share, or one share per block) gives each block its own
+    width; state (padded to the widest block), estimates and HHH equal the naive model's."""
+    addresses = hierarchical_stream(12000, seed=8)
+    rs = ResidualSketch(memory_bytes=4096, crucial_layers=crucial, threshold=40, seed=3, split=split)
+    for chunk in np.array_split(addresses, 3):
+        rs.update_addresses(chunk)
+    shares = rs.params.block_shares()
+    model = naive.NaiveResidualSketch(4096, 40, crucial, seed=3, shares=shares)
+    model.update(addresses.tolist())
+    widths = [int(4096 * s) // 16 for s in shares]
+    assert rs.widths == tuple(widths) and len(set(widths)) > 1
+    assert rs.memory_bytes == sum(widths) * 2 * 8 <= 4096
+    blocks = [model.F] + [model.R[k] for k in model.crucial]
+    for j, (block, w) in enumerate(zip(blocks, widths)):
+        np.testing.assert_array_equal(rs.ids[j, :, :w], np.array(block.ids, np.uint32))
+        np.testing.assert_array_equal(rs.counts[j, :, :w], np.array(block.count, np.int32))
+        np.testing.assert_array_equal(rs.occ[j, :, :w], np.array(block.occ, np.uint8))
+        assert not rs.occ[j, :, w:].any() and not rs.counts[j, :, w:].any()  # the padding stays unused
+    assert rs.layer_estimates() == model.layer_estimates()
+    assert sorted(rs.hhh_entries()) == as_entries(model.hhh())
+    restored = ResidualSketch.from_bytes(rs.to_bytes())  # a split survives a snapshot
+    assert restored.params == rs.params and restored.widths == rs.widths
+    assert restored.hhh_entries() == rs.hhh_entries()
+
+
+def test_unequal_split_byte_weighted_equals_naive_model():
+    """``split`` with 12-byte (byte-weighted) buckets: widths and answers as the naive model's."""
+    addresses = hierarchical_stream(6000, seed=3)
+    weights = np.random.default_rng(1).integers(40, 1500, addresses.size)
+    rs = ResidualSketch(memory_bytes=4800, threshold=20000, weight="bytes", split=0.7, seed=2)
+    rs.update_addresses(addresses, weights)
+    model = naive.NaiveResidualSketch(4800, 20000, (16,), seed=2, weight="bytes", shares=rs.params.block_shares())
+    model.update(addresses.tolist(), weights.tolist())
+    assert rs.widths == (4800 * 7 // 10 // 24, int(4800 * 0.3) // 24) == (model.F.w, model.R[16].w)
+    assert rs.layer_estimates() == model.layer_estimates()
+    assert sorted(rs.hhh_entries()) == as_entries(model.hhh())
+
+
 def test_cocosketch_equals_naive_model():
     addresses = hierarchical_stream(10000, seed=2)
     cs = CocoSketch(memory_bytes=1600, threshold=30, seed=4)
@@ -188,6 +228,11 @@ def test_parameters_and_threshold_resolution():
         (dict(threshold=5, dimension="ttl"), "dimension"),
         (dict(threshold=5, addback="maybe"), "addback"),
         (dict(threshold=5, seed=-1), "seed"),
+        (dict(threshold=5, split=1.0), "split"),
+        (dict(threshold=5, split=(0.5, 0.6)), "split"),
+        (dict(threshold=5, split=(0.5,)), "split"),
+        (dict(threshold=5, split="half"), "split"),
+        (dict(threshold=5, memory_bytes=64, split=0.9), "bucket"),
     ],
 )
 def test_bad_parameters_raise_clear_errors(kwargs, message):

@@ -40,7 +40,8 @@ Counts are int64 on the device then, as on the CPU.
 
 **IPv6 tree.** IPv6 rows of a batch run through ``_f6_kernel`` / ``_blocks6_kernel``, the same two
 kernels over 128-bit keys (``hash6_device``, coins ``rand32(seed, n6, 32 + j)``), equal to the CPU's
-``stream_kernel6``. Its arrays (``hi6``/``lo6``/``counts6``/``occ6``) stay on the host between
+``stream_kernel6``; their insert is the CPU ``coco_insert6`` itself, compiled as a device function
+(:func:`telesketch.jit.device_twin`). Its arrays (``hi6``/``lo6``/``counts6``/``occ6``) stay on the host between
 batches and are uploaded and fetched per batch that holds IPv6 rows (simple; a transfer per batch).
 
 Backends (:func:`telesketch.gpu.core.backend`): CuPy arrays on a CUDA device when CuPy is
@@ -169,14 +170,17 @@ def _f_kernel(keys, weights, unit, ids, counts, occ, T, seed_mix, n0, connection
 
 
 @gpu_kernel
-def _blocks_kernel(keys, weights, unit, ids, counts, occ, masks, n_masks, seed_mix, n0, w, wmagic, actions,
+def _blocks_kernel(keys, weights, unit, ids, counts, occ, masks, n_masks, seed_mix, n0, widths, wmagics, actions,
                    fcounts):
-    """Thread ``j`` runs Residual Block ``j + 1`` (prefix mask ``masks[j]``, ``uint32``) over the
-    batch in packet order, following F's ``actions``; blocks share no state, so they run at once."""
+    """Thread ``j`` runs Residual Block ``j + 1`` (prefix mask ``masks[j]``, ``uint32``; ``widths[j + 1]``
+    buckets per row, ``wmagics[j + 1]`` its fastmod magic, ``uint64`` arrays) over the batch in packet
+    order, following F's ``actions``; blocks share no state, so they run at once."""
     j = cuda.grid(1)
     if j >= n_masks:
         return
     mask = _U64(masks[j])
+    w = _U64(widths[j + 1])
+    wmagic = _U64(wmagics[j + 1])
     for i in range(keys.shape[0]):
         action = actions[i]
         if action == _INSERT or action == _DECREMENT:
@@ -186,32 +190,15 @@ def _blocks_kernel(keys, weights, unit, ids, counts, occ, masks, n_masks, seed_m
 
 # ============================================================================ device update, IPv6 tree
 _ROW6_0, _ROW6_1 = _coco._ROW6_0, _coco._ROW6_1
-_COIN6 = _U64(_coco.IPV6_COIN_BLOCK)
 
 
 #: The CPU ``hash6``: row hash of a 128-bit key ``(hi, lo)`` (uint64 args), a uint32 in a uint64.
 hash6_device = device_twin(_coco.hash6)
 
 
-@device
-def _coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, wt, dec, decrement):
-    """Device port of the CPU ``coco_insert6``: key ``(xh, xl)`` (uint64) into IPv6 block ``blk``."""
-    p0 = np.int64(_fastmod(hash6_device(xh, xl, _ROW6_0), wmagic, w))
-    if occ6[blk, 0, p0] != 0 and hi6[blk, 0, p0] == xh and lo6[blk, 0, p0] == xl:
-        return _bump(counts6, blk, 0, p0, wt, dec, decrement)
-    p1 = np.int64(_fastmod(hash6_device(xh, xl, _ROW6_1), wmagic, w))
-    if occ6[blk, 1, p1] != 0 and hi6[blk, 1, p1] == xh and lo6[blk, 1, p1] == xl:
-        return _bump(counts6, blk, 1, p1, wt, dec, decrement)
-    row, pos = 0, p0
-    if counts6[blk, 1, p1] < counts6[blk, 0, p0]:  # strict: ties go to row 0
-        row, pos = 1, p1
-    c = np.int64(counts6[blk, row, pos]) + wt  # never reset on takeover
-    counts6[blk, row, pos] = c
-    if _takes_over(rand32_device(seed_mix, n, _COIN6 + _U64(blk)) & _M32, c, wt):
-        hi6[blk, row, pos] = xh
-        lo6[blk, row, pos] = xl
-        occ6[blk, row, pos] = 1
-    return np.int64(0)
+#: The CPU ``coco_insert6`` itself as a device function (a twin): key ``(xh, xl)`` (uint64) into IPv6 block
+#: ``blk``; the post-update count (int64) if the key was held, else 0.
+_coco_insert6 = device_twin(_coco.coco_insert6)
 
 
 @gpu_kernel
@@ -346,12 +333,13 @@ class _DeviceBlocks:
         state = self._device_state()
         with be.launching():
             common = (_U64(self._seed_mix), _U64(self.packets))
-            geometry = (_U64(self.width), _U64(_coco.fastmod_magic(self.width)))
-            launch(_f_kernel, 1, d_keys, *d_weights, *state, np.int64(T), *common, bool(connection), *geometry,
-                   d_actions, d_fcounts)
+            widths, wmagics = self._geometry  # per block (F first): an unequal split narrows some
+            launch(_f_kernel, 1, d_keys, *d_weights, *state, np.int64(T), *common, bool(connection),
+                   _U64(widths[0]), _U64(wmagics[0]), d_actions, d_fcounts)
             if masks.shape[0]:
                 launch(_blocks_kernel, masks.shape[0], d_keys, *d_weights, *state, d_masks,
-                       np.int64(masks.shape[0]), *common, *geometry, d_actions, d_fcounts)
+                       np.int64(masks.shape[0]), *common, buf.put("widths", widths), buf.put("wmagics", wmagics),
+                       d_actions, d_fcounts)
         self.packets += n
 
     def _stream6(self, hi: np.ndarray, lo: np.ndarray, weights: np.ndarray) -> None:

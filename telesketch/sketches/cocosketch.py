@@ -179,7 +179,7 @@ def connection_rule(c, wt, T, connection):
 
 
 @kernel
-def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection, wmagic):
+def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection, widths, wmagics):
     """The sequential update loop of spec §3 over ``keys`` (uint32[n]) for packets ``n0 .. n0+n-1``.
 
     ``weights``: empty (every packet weighs 1: packet counting) or one non-negative integer per key
@@ -190,9 +190,14 @@ def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection,
     ``connection`` False (the spec's "noConn" column, as the reference's
     ``HHHKey_without`` runs it) every packet is a plain insert into every block: no bypass, no
     decrement (and the query adds nothing back).
+
+    ``widths`` / ``wmagics`` (``uint64[1 + m]``): buckets per row of each block and their
+    :func:`fastmod_magic`; a block narrower than ``cells.shape[2]`` leaves its tail unused (an
+    unequal memory split, ``ResidualSketchParams.split``).
     """
-    w = nb.uint64(cells.shape[2])
     m = masks.shape[0]
+    w0 = nb.uint64(widths[0])
+    wmagic0 = nb.uint64(wmagics[0])
     unit = weights.shape[0] == 0
     for i in range(keys.shape[0]):
         wt = nb.int64(1) if unit else nb.int64(weights[i])
@@ -200,13 +205,14 @@ def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection,
             continue
         x = nb.uint64(keys[i])
         n = nb.uint64(n0) + nb.uint64(i)
-        c = coco_insert(cells, occ, 0, x, w, wmagic, seed_mix, n, wt, 0, False)
+        c = coco_insert(cells, occ, 0, x, w0, wmagic0, seed_mix, n, wt, 0, False)
         bypass, decrement = connection_rule(c, wt, T, connection)
         if bypass:
             continue  # confirmed-heavy keys bypass the blocks
         for j in range(m):
             p = x & nb.uint64(masks[j])
-            coco_insert(cells, occ, j + 1, p, w, wmagic, seed_mix, n, wt, c, decrement)
+            coco_insert(cells, occ, j + 1, p, nb.uint64(widths[j + 1]), nb.uint64(wmagics[j + 1]), seed_mix, n, wt,
+                        c, decrement)
 
 
 # ---------------------------------------------------------------------------- IPv6 tree kernels
@@ -229,7 +235,7 @@ def hash6(hi, lo, initval):
     return mix64(mix64(hi ^ initval) ^ lo) >> _S32
 
 
-@kernel(inline="always")
+@twin(inline=True)
 def _bump6(counts6, blk, row, pos, wt, dec, decrement):
     c = nb.int64(counts6[blk, row, pos]) + wt
     if decrement:
@@ -238,9 +244,12 @@ def _bump6(counts6, blk, row, pos, wt, dec, decrement):
     return c
 
 
-@kernel(inline="always")
+@twin(inline=True)
 def coco_insert6(hi6, lo6, counts6, occ6, blk, xh, xl, w, wmagic, seed_mix, n, wt, dec, decrement):
-    """:func:`coco_insert` for a 128-bit key ``(xh, xl)`` into IPv6 block ``blk``; same return value."""
+    """:func:`coco_insert` for a 128-bit key ``(xh, xl)`` into IPv6 block ``blk``; same return value.
+
+    A :func:`~telesketch.jit.twin`: the GPU twin's IPv6 kernels run this same source as a device function
+    (its blocks are plain arrays, unlike the IPv4 record array ``cells``)."""
     p0 = nb.int64(fastmod(hash6(xh, xl, _ROW6_0), wmagic, w))
     if occ6[blk, 0, p0] and hi6[blk, 0, p0] == xh and lo6[blk, 0, p0] == xl:
         return _bump6(counts6, blk, 0, p0, wt, dec, decrement)
@@ -727,12 +736,24 @@ class BlockSketchVerbs(Sketch):
         """``int32`` counts for packets (today's state), ``int64`` for byte sums."""
         return np.int64 if self.params.weight == "bytes" else np.int32
 
-    def _alloc_ipv4(self, blocks: int, what: str) -> None:
-        """Allocate ``blocks`` IPv4 blocks of ``w`` buckets per row (8- or 12-byte buckets by weight)."""
-        self.width = buckets_per_row(self.params.memory_bytes // blocks, what, self.params.weight)
+    def _alloc_ipv4(self, blocks: int, what: str, shares: Sequence[float] | None = None) -> None:
+        """Allocate ``blocks`` IPv4 blocks (8- or 12-byte buckets by weight): ``w`` buckets per row each
+        (``memory_bytes // blocks``), or with ``shares`` (one fraction of ``memory_bytes`` per block)
+        ``widths[j]`` buckets per row for block ``j``, stored in arrays as wide as the widest block.
+
+        Sets ``widths`` (tuple of int, one per block), ``width`` (the widest) and ``_geometry`` (the
+        ``widths`` / ``wmagics`` arrays :func:`stream_kernel` takes).
+        """
+        if shares is None:
+            widths = (buckets_per_row(self.params.memory_bytes // blocks, what, self.params.weight),) * blocks
+        else:
+            widths = tuple(buckets_per_row(int(self.params.memory_bytes * s), what, self.params.weight) for s in shares)
+        self.widths = widths
+        self.width = max(widths)
         shape = (blocks, ROWS, self.width)
         self.cells = np.zeros(shape, BUCKET_DTYPE_BYTES if self.params.weight == "bytes" else BUCKET_DTYPE)
         self.occ = np.zeros(shape, np.uint8)
+        self._geometry = (np.array(widths, np.uint64), np.array([fastmod_magic(w) for w in widths], np.uint64))
 
     def _init_ipv6(self, memory_bytes: int, crucial: tuple[int, ...], what: str) -> None:
         """Allocate the IPv6 tree: ``1 + |K6|`` blocks of ``w6`` buckets per row, zero packets."""
@@ -848,6 +869,8 @@ class BlockSketchVerbs(Sketch):
         for name in ("weight", "expected_bytes"):  # packet-counting snapshots stay byte-identical to before
             if params[name] == CocoSketchParams.__dataclass_fields__[name].default:
                 del params[name]
+        if params.get("split", 0) is None:  # ResidualSketch's equal (paper) split: today's layout, byte for byte
+            del params["split"]
         return pack_state(self.ALGORITHM, self.VERSION, params,
                           {"ids": self.ids, "counts": self.counts, "occ": self.occ, "hi6": self.hi6,
                            "lo6": self.lo6, "counts6": self.counts6, "occ6": self.occ6},
@@ -918,7 +941,7 @@ class CocoSketch(BlockSketchVerbs):
         keys = as_addresses(addresses)
         stream_kernel(keys, self._take_weights(weights, keys.shape[0]), self.cells, self.occ,
                       np.zeros(0, np.uint32), 0,
-                      self._seed_mix, np.uint64(self.packets), True, fastmod_magic(self.width))
+                      self._seed_mix, np.uint64(self.packets), True, *self._geometry)
         self.packets += keys.shape[0]
 
     def full_keys(self) -> dict[int, int]:

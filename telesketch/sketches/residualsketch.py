@@ -42,6 +42,10 @@ bucket with probability ``length / count``, and the Residual Connection fires wh
 F's count to ``T`` or past it (``cocosketch.connection_rule``; with unit weights exactly ``c == T``).
 ``weight="packets"`` (the default) keeps int32 counts and today's state and snapshots byte for byte.
 
+**Memory split.** ``split`` (default ``None``: the paper's equal split) gives F and the blocks unequal
+shares; each block then has its own width (``widths``), stored in arrays as wide as the widest block
+(the tail of a narrower block stays empty and is not charged in ``memory_bytes``).
+
 The update is order-dependent (the connection fires at the instant F's count equals T), so the
 kernel is one sequential ``nogil`` loop (spec §5 "exact mode") and raw state is not mergeable;
 shards combine through :meth:`ResidualSketch.layer_estimates` (:func:`merged_hhh`).
@@ -69,7 +73,6 @@ from telesketch.sketches.cocosketch import (
     bucket_bytes,
     check_seed,
     check_weight,
-    fastmod_magic,
     format_prefix,
     hhh_pass,
     hhh_rows,
@@ -127,6 +130,13 @@ class ResidualSketchParams:
       int64 (12-byte IPv4 / 24-byte IPv6 buckets), ``threshold`` is in bytes and ``expected_bytes``
       replaces ``expected_packets``; the Residual Connection fires when a packet carries F's count to
       ``T`` or past it (see ``cocosketch.connection_rule``).
+    * ``split``: how ``memory_bytes`` is divided over the IPv4 tree's blocks (the IPv6 tree keeps the
+      equal split). ``None`` (default) is the paper's equal split; a number ``0 < s < 1`` gives F that share and splits the rest equally over the
+      Residual Blocks; a tuple gives one share per block, F first. A departure from the paper (issue
+      20): F answers the layers finer than the finest crucial layer and conditions every coarser one,
+      so on traffic whose fine layers need the memory (the hard mix: F 2/3 scores F1 0.950 against the
+      paper's 0.900 at 32 KiB) more F helps, while on traffic with many light /16s (spec §8 synth) the
+      block needs it (T = 4000, 32 KiB: F 2/3 0.517 against 0.874). BENCHMARKS.md "issue 20" has every row.
     """
 
     mode: str = "byte"
@@ -143,6 +153,7 @@ class ResidualSketchParams:
     ipv6_crucial_layers: tuple[int, ...] | None = None
     weight: str = "packets"
     expected_bytes: int | None = None
+    split: float | tuple[float, ...] | None = None
 
     def __post_init__(self):
         layers = layers_of(self.mode)
@@ -157,12 +168,23 @@ class ResidualSketchParams:
         if not isinstance(self.connection, bool):
             raise SketchError(f"connection must be a bool, got {self.connection!r}")
         self._T()
-        buckets_per_row(self.memory_bytes // (1 + len(self.crucial_layers)), "ResidualSketch", self.weight)
+        set_("split", _check_split(self.split, len(self.crucial_layers)))
+        for share in self.block_shares():
+            buckets_per_row(int(self.memory_bytes * share), "ResidualSketch", self.weight)
         set_("ipv6_memory_bytes", self.memory_bytes if self.ipv6_memory_bytes is None
              else check_memory(self.ipv6_memory_bytes))
         set_("ipv6_crucial_layers", _check_crucial6(self.ipv6_crucial_layers))
         buckets6_per_row(self.ipv6_memory_bytes // (1 + len(self.ipv6_crucial_layers)), "ResidualSketch IPv6 tree",
                          self.weight)
+
+    def block_shares(self) -> tuple[float, ...]:
+        """Fraction of ``memory_bytes`` given to each block, F first (equal by default, spec §3)."""
+        if self.split is None:
+            return (1 / (1 + len(self.crucial_layers)),) * (1 + len(self.crucial_layers))
+        if isinstance(self.split, tuple):
+            return self.split
+        rest = (1 - self.split) / max(1, len(self.crucial_layers))
+        return (self.split,) + (rest,) * len(self.crucial_layers)
 
     def _T(self) -> int:
         return resolve_weighted_threshold(self.threshold, self.phi, self.expected_packets, self.expected_bytes,
@@ -186,6 +208,28 @@ def _check_crucial(crucial, mode: str, layers: tuple[int, ...]) -> tuple[int, ..
     if len(set(crucial)) != len(crucial):
         raise SketchError(f"crucial layers must be distinct, got {crucial}")
     return tuple(sorted(crucial))
+
+
+def _check_split(split, blocks: int):
+    """``None`` (equal split), F's share ``0 < s < 1`` (the rest split equally over the Residual
+    Blocks), or one share per block (F first), each in ``(0, 1]`` and summing to at most 1."""
+    if split is None:
+        return None
+    if isinstance(split, (int, float, np.floating)) and not isinstance(split, bool):
+        split = float(split)
+        if not 0 < split < 1 or (blocks == 0 and split != 1):
+            raise SketchError(f"split (F's share of memory_bytes) must be in (0, 1), got {split}")
+        return split
+    if isinstance(split, (str, bytes)):
+        raise SketchError(f"split must be a number or one share per block, got {split!r}")
+    try:
+        shares = tuple(float(v) for v in split)
+    except (TypeError, ValueError):
+        raise SketchError(f"split must be a number or one share per block, got {split!r}") from None
+    if len(shares) != 1 + blocks or not all(0 < v <= 1 for v in shares) or sum(shares) > 1 + 1e-9:
+        raise SketchError(f"split must give {1 + blocks} shares in (0, 1] (F first) summing to at most 1, "
+                          f"got {split!r}")
+    return shares
 
 
 def _check_crucial6(crucial) -> tuple[int, ...]:
@@ -227,7 +271,7 @@ class ResidualSketch(BlockSketchVerbs):
         self.T = p.T
         self.layers = layers_of(p.mode)
         self.crucial_layers = p.crucial_layers
-        self._alloc_ipv4(1 + len(p.crucial_layers), "ResidualSketch")  # cells (id, count): block 0 = F, j = R_{k_j}
+        self._alloc_ipv4(1 + len(p.crucial_layers), "ResidualSketch", None if p.split is None else p.block_shares())  # cells (id, count): block 0 = F, j = R_{k_j}
         self.packets = 0  # stream index n of the next packet
         self._masks = np.array([prefix_mask(k) for k in p.crucial_layers], np.uint32)
         self._seed_mix = seed_mix(p.seed)
@@ -242,7 +286,7 @@ class ResidualSketch(BlockSketchVerbs):
     @property
     def memory_bytes(self) -> int:
         """Bucket memory charged: ``(|K| + 1) * 2 * w * 8`` bytes (12 a bucket byte-weighted)."""
-        return self.cells.shape[0] * ROWS * self.width * bucket_bytes(self.params.weight)
+        return sum(self.widths) * ROWS * bucket_bytes(self.params.weight)
 
     ids = property(lambda self: self.cells["id"], doc="Bucket ids, ``uint32[1 + |K|, 2, w]`` (a view).")
     counts = property(lambda self: self.cells["count"], doc="Bucket counts, ``int32[1 + |K|, 2, w]`` (a view).")
@@ -252,8 +296,7 @@ class ResidualSketch(BlockSketchVerbs):
         (byte-weighted sketches): ``n`` non-negative integers."""
         keys = as_addresses(addresses)
         stream_kernel(keys, self._take_weights(weights, keys.shape[0]), self.cells, self.occ, self._masks, np.int64(self.T),
-                      self._seed_mix, np.uint64(self.packets), self.params.connection,
-                      fastmod_magic(self.width))
+                      self._seed_mix, np.uint64(self.packets), self.params.connection, *self._geometry)
         self.packets += keys.shape[0]
 
     # ------------------------------------------------------------------ queries
