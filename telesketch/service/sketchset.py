@@ -66,6 +66,9 @@ class Kind:
     spread_keys: bool = False
     #: Ray shards: packets routed by this address column when the sketch's ``key`` is it ("" : by flow)
     route_key: str = ""
+    #: the state charges its IPv6 tree apart from ``memory_bytes`` (``ipv6_memory_bytes``, allocated
+    #: with the sketch: ResidualSketch); :meth:`ConfiguredSketch.memory` adds the two
+    ipv6_tree_memory: bool = False
 
 
 def _twin(cls: str) -> str:
@@ -82,7 +85,7 @@ KINDS: dict[str, Kind] = {
                          frozenset({"heavy_hitters", "heavy_changers"}), gpu_cls=_twin("hiddensketch:HiddenSketch"),
                          route_key="src_ip"),
     "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"}),
-                           gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True),
+                           gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True, ipv6_tree_memory=True),
     "llmsketch": Kind("telesketch.sketches.llmsketch", "LLMSketch", frozenset({"flow_size", "top_flows"}),
                       load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from"), int_keys="fingerprint",
                       gpu_cls=_twin("llmsketch:LLMSketch")),
@@ -179,7 +182,14 @@ class ConfiguredSketch:
         return self.build() if successor is None else successor
 
     def memory(self, state) -> int:
-        return int(state.nbytes if isinstance(state, np.ndarray) else state.memory_bytes)
+        """Bytes of one epoch's state, both address families: an array state's ``nbytes`` (a closed
+        GapFilter epoch's events), else ``memory_bytes`` plus, for a kind with
+        :attr:`Kind.ipv6_tree_memory`, the IPv6 tree's ``ipv6_memory_bytes`` (Hidden Sketch's
+        ``memory_bytes`` already counts its IPv6 companion once the first IPv6 row made it)."""
+        if isinstance(state, np.ndarray):
+            return int(state.nbytes)
+        ipv6 = state.ipv6_memory_bytes if self.kind.ipv6_tree_memory else 0
+        return int(state.memory_bytes + ipv6)
 
 
 def configure(specs: dict[str, dict[str, Any]], device: str = "cpu") -> list[ConfiguredSketch]:
