@@ -174,8 +174,8 @@ class LocalSource:
     def ipv6(self, last: int) -> dict:
         """What IPv6 traffic the sketches saw: withheld packets per IPv4-only sketch (since start:
         the service counts them per sketch, not per epoch) and each GapFilter's coverage over the
-        epochs of the last ``last`` that still hold it (``epochs``): a continuous GapFilter's closed
-        epoch keeps only its events, so its coverage is the open epoch's."""
+        epochs of the last ``last`` that hold it (``epochs``; a closed epoch keeps its coverage at
+        close, except one restored from a snapshot written before it was kept)."""
         from telesketch.service.metrics import gap_coverage, ipv4_only_sketches, sum_coverage
 
         m = self.manager
