@@ -13,23 +13,22 @@ from telesketch.sketches.core import SketchError, pack_state
 from telesketch.sketches.llmsketch import (
     ALGORITHM, CountMinBaseline, LLMSketch, canonical_flow_keys, flow_fingerprints, stored_keys)
 from test_llmsketch import assert_same_state, skewed_batch
+from workloads import skewed_flow_columns, skewed_flow_ids
 
 
 def mixed_batch(n=4000, flows=600, ipv6_share=0.4, seed=0):
     """``n`` packets over ``flows`` Zipf flows; a share ``ipv6_share`` of the flows are IPv6 (random
     2001:db8::/32 addresses), the others IPv4. The IPv6 flows reuse IPv4 flows' ports and protocols,
     so only the 16-byte addresses tell them apart."""
-    rng = np.random.default_rng(seed)
-    f = (rng.zipf(1.3, n) + rng.integers(0, 3, n) * 1000) % flows
+    f = skewed_flow_ids(n, flows, seed)  # the flows of skewed_batch(n, flows, seed)
     is6 = (np.random.default_rng(seed + 1).random(flows) < ipv6_share)[f]
     addr = np.random.default_rng(seed + 2).integers(0, 256, (flows, 2, 16), dtype=np.uint8)
     addr[:, :, 0:4] = (0x20, 0x01, 0x0D, 0xB8)
-    src6 = np.where(is6[:, None], addr[f, 0], 0).astype(np.uint8)
-    dst6 = np.where(is6[:, None], addr[f, 1], 0).astype(np.uint8)
+    cols = skewed_flow_columns(f)
+    cols["src_ip"], cols["dst_ip"] = np.where(is6, 0, cols["src_ip"]), np.where(is6, 0, cols["dst_ip"])
     return PacketBatch.from_columns(
-        src_ip=np.where(is6, 0, (f * 2654435761) % 2**32), dst_ip=np.where(is6, 0, (f * 40503) % 2**32),
-        src_port=f % 60000 + 1, dst_port=np.full(n, 443), proto=np.where(f % 5 == 0, 17, 6),
-        ipv6=is6.astype(np.uint8), src_ip6=src6, dst_ip6=dst6, ttl=np.full(n, 64))
+        **cols, ipv6=is6.astype(np.uint8), src_ip6=np.where(is6[:, None], addr[f, 0], 0).astype(np.uint8),
+        dst_ip6=np.where(is6[:, None], addr[f, 1], 0).astype(np.uint8), ttl=np.full(n, 64))
 
 
 def truth(batch):
