@@ -37,6 +37,19 @@ def truth(batch):
     return {naive.canonical(k.tobytes()): int(c) for k, c in zip(keys, counts)}
 
 
+def sketch_and_model(batch, memory: int, task: str, seed: int):
+    """``(LLMSketch, naive model)`` of ``task`` fed ``batch`` (three updates) with the same scores,
+    uniform in [-0.2, 1.2] (scores outside [0, 1] included) and fixed by ``seed``."""
+    scores = np.random.default_rng(seed).uniform(-0.2, 1.2, len(batch))
+    sketch = LLMSketch(memory, task, seed=seed)
+    for part, s in zip(batch.split(1000), np.split(scores, 3)):
+        sketch.update(part, s)
+    model = naive.NaiveLLMSketch(memory, task, seed=seed)
+    for key, p in zip(batch.flow_keys37(), scores.tolist()):
+        model.insert(key.tobytes(), p)
+    return sketch, model
+
+
 def test_mixed_traffic_has_both_families():
     batch = mixed_batch()
     share = batch.ipv6.mean()
@@ -48,13 +61,7 @@ def test_mixed_traffic_has_both_families():
 @pytest.mark.parametrize("memory, seed", [(2048, 0), (6000, 3)])
 def test_state_equals_naive_model_on_mixed_traffic(memory, seed):
     batch = mixed_batch(3000, 500, seed=seed)
-    scores = np.random.default_rng(seed).uniform(-0.2, 1.2, len(batch))
-    sketch = LLMSketch(memory, "flow_size", seed=seed)
-    for part, s in zip(batch.split(1000), np.split(scores, 3)):
-        sketch.update(part, s)
-    model = naive.NaiveLLMSketch(memory, "flow_size", seed=seed)
-    for key, p in zip(batch.flow_keys37(), scores.tolist()):
-        model.insert(key.tobytes(), p)
+    sketch, model = sketch_and_model(batch, memory, "flow_size", seed)
     assert_same_state(sketch, model)
     assert sketch.occ.all() and sketch.cm.any()  # evictions and the light part happened
     keys = list(truth(batch))
@@ -206,14 +213,8 @@ def test_countmin_baseline_counts_ipv6_flows_apart():
 @pytest.mark.parametrize("memory, seed", [(3000, 1), (8000, 4)])
 def test_heavy_hitters37_stores_37_byte_keys_like_the_naive_model(memory, seed):
     batch = mixed_batch(3000, 400, seed=seed)
-    scores = np.random.default_rng(seed).uniform(-0.2, 1.2, len(batch))
-    sketch = LLMSketch(memory, "heavy_hitters37", seed=seed)
+    sketch, model = sketch_and_model(batch, memory, "heavy_hitters37", seed)
     assert sketch.params.buckets == int(memory / 8 / 41)
-    for part, s in zip(batch.split(1000), np.split(scores, 3)):
-        sketch.update(part, s)
-    model = naive.NaiveLLMSketch(memory, "heavy_hitters37", seed=seed)
-    for key, p in zip(batch.flow_keys37(), scores.tolist()):
-        model.insert(key.tobytes(), p)
     assert_same_state(sketch, model)
     np.testing.assert_array_equal(stored_keys(batch, "heavy_hitters37"), batch.flow_keys37())
     t = truth(batch)
