@@ -693,8 +693,8 @@ def ipv6_lines(section: dict | None) -> list[str]:
         where = scope
         ids = cov.get("epochs")
         if ids is not None and len(ids) != section.get("window_epochs", len(ids)):  # say what it counts
-            where = (f"epoch {', '.join(map(str, ids))} of the window: a closed epoch of this sketch keeps only "
-                     "its events" if ids else "no epoch of the window kept it")
+            where = (f"epoch {', '.join(map(str, ids))} of the window: the others were restored from snapshots "
+                     "written before closed epochs kept it" if ids else "no epoch of the window kept it")
         lines.append(f"gap cover  {name} ({where}): {cov['covered_packets']:,} of {total:,} packets inspected, "
                      f"{sum(skipped.values()):,} skipped{why}")
     return lines

@@ -49,7 +49,7 @@ class Kind:
     """A sketch kind: where its class lives and which queries it answers.
 
     ``continuous``: one instance lives across epochs (GapFilter: flows persist); a closed epoch
-    keeps only its gap events. ``load_params``: parameters also passed to ``from_bytes`` (things
+    keeps only its gap events and coverage (:class:`ClosedGapEpoch`). ``load_params``: parameters also passed to ``from_bytes`` (things
     not in the serialised state, e.g. LLM-Sketch's estimator). ``int_keys``: how integer keys read
     (``ipv4`` addresses, or ``fingerprint`` for LLM-Sketch's flow-size task).
     """
