@@ -355,3 +355,16 @@ def test_a_lost_shard_answers_unavailable_and_a_restart_loses_nothing_acknowledg
         top = client.top_flows(5, last=3, sketch="exact")
         assert top == sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         assert client.stats()["packets"] == str(len(whole))
+
+
+def test_sketch_memory_counts_every_shard_and_both_address_families(sharded):
+    """Stats (and the memory gauge) add the shards' states, each with ResidualSketch's IPv6 tree."""
+    from telesketch.sketches.residualsketch import ResidualSketch
+
+    svc, _, _ = sharded
+    shards = [ResidualSketch(**_params("hhh", s)) for s in range(SHARDS)]
+    want = sum(r.memory_bytes + r.ipv6_memory_bytes for r in shards)
+    assert all(r.ipv6_memory_bytes > 0 for r in shards)
+    assert {s["name"]: s["memory_bytes"] for s in svc.service.stats()["sketches"]}["hhh"] == want  # the open epoch
+    closed = next(e for e in svc.service.manager.epochs() if e.closed)
+    assert svc.service.sketchset.get("hhh").memory(closed.states["hhh"]) == want
