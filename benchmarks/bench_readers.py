@@ -1,7 +1,7 @@
 """Capture-reader throughput: the Numba fast path vs scapy RawPcapReader + struct and vs dpkt.
 
-Input: ../shared/traces/ndpi_merged_hdr128.pcap with its records repeated until the file holds at
-least ``--packets`` packets (a temporary file). The fast reader parses the whole file; scapy and
+Input: ../shared/traces/ndpi_merged_hdr128.pcap (or under ``$TELESKETCH_SHARED_TRACES``) with its
+records repeated until the file holds at least ``--packets`` packets (a temporary file). The fast reader parses the whole file; scapy and
 dpkt parse the first ``--subset`` packets and their per-packet rate is extrapolated (they are
 linear in the packet count). Each figure is the best of ``--repeat`` runs, after a warm-up run
 that loads the Numba kernels and the page cache.
@@ -14,6 +14,7 @@ for IPv4 packets; the fast reader also fills the 40-byte header block.
 from __future__ import annotations
 
 import argparse
+import os
 import struct
 import tempfile
 import time
@@ -25,7 +26,9 @@ from common import machine
 
 from telesketch.traces import ReadStats, read_capture
 
-TRACE = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "ndpi_merged_hdr128.pcap"
+#: ../shared/traces beside the checkout, or $TELESKETCH_SHARED_TRACES (as the tests: a git worktree has none beside it)
+TRACES = Path(os.environ.get("TELESKETCH_SHARED_TRACES") or Path(__file__).resolve().parents[2] / "shared" / "traces")
+TRACE = TRACES / "ndpi_merged_hdr128.pcap"
 
 
 def build_looped(src: Path, packets: int, dst: Path) -> int:

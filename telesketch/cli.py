@@ -123,14 +123,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _summary_dict(summary, top: int) -> dict:
     """A :class:`~telesketch.summary.TrafficSummary` as JSON-able data (``top`` sources and flows)."""
-    from telesketch.packets import unpack_flow_key
     from telesketch.presenter import format_address
-    from telesketch.summary import PROTO_NAMES
+    from telesketch.summary import PROTO_NAMES, flow_parts
 
     flows = []
     for key, count in summary.flows.most_common(top):
-        src, dst, sport, dport, proto = unpack_flow_key(key)
-        flows.append({"src": format_address(src), "dst": format_address(dst), "src_port": sport, "dst_port": dport,
+        src, dst, sport, dport, proto = flow_parts(key)
+        flows.append({"src": src, "dst": dst, "src_port": sport, "dst_port": dport,
                       "proto": PROTO_NAMES.get(proto, str(proto)), "packets": count})
     return {"path": summary.path, "packets": summary.packets, "ip_bytes": summary.ip_bytes,
             "flows": len(summary.flows), "sources": len(summary.sources), "duration_s": summary.duration_s,

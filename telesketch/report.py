@@ -177,8 +177,8 @@ class LocalSource:
     def ipv6(self, last: int) -> dict:
         """What IPv6 traffic the sketches saw: withheld packets per IPv4-only sketch (since start:
         the service counts them per sketch, not per epoch) and each GapFilter's coverage over the
-        epochs of the last ``last`` that still hold it (``epochs``): a continuous GapFilter's closed
-        epoch keeps only its events, so its coverage is the open epoch's."""
+        epochs of the last ``last`` that hold it (``epochs``; a closed epoch keeps its coverage at
+        close, except one restored from a snapshot written before it was kept)."""
         from telesketch.service.metrics import gap_coverage, ipv4_only_sketches, sum_coverage
 
         m = self.manager
@@ -698,8 +698,8 @@ def ipv6_lines(section: dict | None) -> list[str]:
         where = scope
         ids = cov.get("epochs")
         if ids is not None and len(ids) != section.get("window_epochs", len(ids)):  # say what it counts
-            where = (f"epoch {', '.join(map(str, ids))} of the window: a closed epoch of this sketch keeps only "
-                     "its events" if ids else "no epoch of the window kept it")
+            where = (f"epoch {', '.join(map(str, ids))} of the window: the others were restored from snapshots "
+                     "written before closed epochs kept it" if ids else "no epoch of the window kept it")
         lines.append(f"gap cover  {name} ({where}): {cov['covered_packets']:,} of {total:,} packets inspected, "
                      f"{sum(skipped.values()):,} skipped{why}")
     return lines

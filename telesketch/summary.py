@@ -11,9 +11,32 @@ from pathlib import Path
 
 import numpy as np
 
-from telesketch.packets import PacketBatch, format_ipv4, unpack_flow_key
+from telesketch.packets import FLOW_KEY37_BYTES, PacketBatch, unpack_flow_key, unpack_flow_key37
+from telesketch.presenter import format_address
 
 PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 47: "GRE", 50: "ESP", 58: "ICMPv6"}
+
+
+def flow_parts(key: bytes) -> tuple[str, str, int, int, int]:
+    """``(src text, dst text, src_port, dst_port, proto)`` of a summary flow key: 13 bytes (IPv4,
+    dotted quads) or 37 bytes (IPv6, RFC 5952 text)."""
+    if len(key) == FLOW_KEY37_BYTES:
+        src, dst, sport, dport, proto = unpack_flow_key37(key)
+    else:
+        src, dst, sport, dport, proto = unpack_flow_key(key)
+    return format_address(src), format_address(dst), sport, dport, proto
+
+
+def _endpoint(address: str, port: int) -> str:
+    """``10.0.0.1:80`` or ``[2001:db8::1]:80`` (RFC 5952 section 6: IPv6 bracketed before a port)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _count(counter: Counter, values: np.ndarray) -> None:
+    """Add the occurrences of each value of ``values`` (numbers stay ints; ``V`` scalars become bytes)."""
+    keys, counts = np.unique(values, return_counts=True)
+    names = [k.tobytes() for k in keys] if keys.dtype.kind == "V" else keys.tolist()
+    counter.update(dict(zip(names, counts.tolist())))
 
 
 @dataclass
@@ -27,7 +50,9 @@ class TrafficSummary:
     last_ts_ns: int = 0
     read_seconds: float = 0.0
     protocols: Counter = field(default_factory=Counter)
+    #: packets per source address: ``int`` keys IPv4, 16-byte ``bytes`` keys IPv6
     sources: Counter = field(default_factory=Counter)
+    #: packets per 5-tuple: 13-byte keys IPv4 (:func:`~telesketch.packets.flow_key_bytes`), 37-byte keys IPv6
     flows: Counter = field(default_factory=Counter)
 
     @property
@@ -44,11 +69,14 @@ class TrafficSummary:
         self.last_ts_ns = max(self.last_ts_ns, int(batch.ts_ns.max()))
         self.packets += n
         self.ip_bytes += int(batch.length.sum(dtype=np.uint64))
-        for values, counter in ((batch.proto, self.protocols), (batch.src_ip, self.sources)):
-            keys, counts = np.unique(values, return_counts=True)
-            counter.update(dict(zip(keys.tolist(), counts.tolist())))
-        keys, counts = np.unique(batch.flow_keys_void(), return_counts=True)
-        self.flows.update({k.tobytes(): c for k, c in zip(keys, counts.tolist())})
+        _count(self.protocols, batch.proto)
+        v4 = batch.family(4)  # the batch itself when it holds no IPv6 row
+        _count(self.sources, v4.src_ip)
+        _count(self.flows, v4.flow_keys_void())
+        if len(v4) < n:  # IPv6 rows: their src_ip is 0, so they are counted by 16-byte address
+            v6 = batch.family(6)
+            _count(self.sources, np.ascontiguousarray(v6.src_ip6).view("V16").ravel())
+            _count(self.flows, v6.flow_keys37_void())
 
     def render(self, top: int = 5) -> str:
         """Human-readable multi-line report."""
@@ -64,12 +92,12 @@ class TrafficSummary:
             ),
             f"top {top} sources:",
         ]
-        lines += [f"  {format_ipv4(ip):<15} {c:>10,} pkts" for ip, c in self.sources.most_common(top)]
+        lines += [f"  {format_address(ip):<15} {c:>10,} pkts" for ip, c in self.sources.most_common(top)]
         lines.append(f"top {top} flows:")
         for key, count in self.flows.most_common(top):
-            src, dst, sport, dport, proto = unpack_flow_key(key)
+            src, dst, sport, dport, proto = flow_parts(key)
             lines.append(
-                f"  {format_ipv4(src)}:{sport} -> {format_ipv4(dst)}:{dport} "
+                f"  {_endpoint(src, sport)} -> {_endpoint(dst, dport)} "
                 f"{PROTO_NAMES.get(proto, str(proto))}  {count:,} pkts"
             )
         return "\n".join(lines)

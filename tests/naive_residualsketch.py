@@ -162,6 +162,9 @@ def _residual_insert(block: NaiveCoco, p: int, u: int, c: int, wt: int, T: int, 
 class NaiveResidualSketch:
     """ResidualSketch of spec §3: F plus one block per crucial layer; ``crucial=()`` is CocoSketch."""
 
+    width = 32  #: key bits
+    coin_base = 0  #: a packet's coins are ``rand32(seed, n, coin_base + j)``, j = 0 for F
+
     def __init__(self, memory_bytes: int, T: int, crucial=(16,), mode="byte", seed=0,
                  addback="gt", connection=True, weight="packets", shares=None):
         """``shares``: fraction of ``memory_bytes`` per block, F first (default: equal, spec §3)."""
@@ -184,21 +187,28 @@ class NaiveResidualSketch:
         self.n += 1
         if wt == 0:
             return
-        c = self.F.insert(x, rand32(self.seed, n, 0), wt=wt)
+        c = self.F.insert(x, rand32(self.seed, n, self.coin_base), wt=wt)
         for j, k in enumerate(self.crucial, start=1):
-            _residual_insert(self.R[k], prefix(x, k), rand32(self.seed, n, j), c, wt, self.T, self.connection)
+            _residual_insert(self.R[k], prefix(x, k, self.width), rand32(self.seed, n, self.coin_base + j), c, wt,
+                             self.T, self.connection)
+
+    @staticmethod
+    def key(x) -> int:
+        """An address as the model's int key."""
+        return int(x)
 
     def update(self, addresses, weights=None) -> None:
+        """``addresses``: one key each (:meth:`key`); ``weights``: one int each (default 1)."""
         weights = itertools.repeat(1) if weights is None else weights
         for x, wt in zip(addresses, weights):
-            self.insert(int(x), int(wt))
+            self.insert(self.key(x), int(wt))
 
     def layer_estimates(self):
         return layer_estimates(self.F.all(), {k: b.all() for k, b in self.R.items()},
-                               self.layers, self.T, self.ge, self.connection)
+                               self.layers, self.T, self.ge, self.connection, width=self.width)
 
     def hhh(self, T_report=None):
-        return hhh(self.layer_estimates(), self.layers, self.T if T_report is None else T_report)
+        return hhh(self.layer_estimates(), self.layers, self.T if T_report is None else T_report, width=self.width)
 
     def state(self):
         """(ids, counts, occ) as nested lists [block][row][bucket]; block 0 is F."""
@@ -206,8 +216,11 @@ class NaiveResidualSketch:
         return ([b.ids for b in blocks], [b.count for b in blocks], [b.occ for b in blocks])
 
 
-class NaiveResidualSketch6:
+class NaiveResidualSketch6(NaiveResidualSketch):
     """The IPv6 tree: ResidualSketch over 128-bit int keys (``crucial=()`` is CocoSketch's IPv6 tree)."""
+
+    width = 128
+    coin_base = 32
 
     def __init__(self, memory_bytes: int, T: int, crucial=(64,), seed=0, addback="gt", connection=True,
                  weight="packets"):
@@ -219,28 +232,10 @@ class NaiveResidualSketch6:
         self.R = {k: NaiveCoco(self.w, hash6) for k in self.crucial}
         self.n = 0
 
-    def insert(self, x: int, wt: int = 1) -> None:
-        n = self.n
-        self.n += 1
-        if wt == 0:
-            return
-        c = self.F.insert(x, rand32(self.seed, n, 32), wt=wt)
-        for j, k in enumerate(self.crucial, start=1):
-            _residual_insert(self.R[k], prefix(x, k, 128), rand32(self.seed, n, 32 + j), c, wt, self.T,
-                             self.connection)
-
-    def update(self, addresses, weights=None) -> None:
-        """``addresses``: 16-byte strings or 128-bit ints; ``weights``: one int each (default 1)."""
-        weights = itertools.repeat(1) if weights is None else weights
-        for x, wt in zip(addresses, weights):
-            self.insert(int.from_bytes(x, "big") if isinstance(x, (bytes, bytearray)) else int(x), int(wt))
-
-    def layer_estimates(self):
-        return layer_estimates(self.F.all(), {k: b.all() for k, b in self.R.items()},
-                               self.layers, self.T, self.ge, self.connection, width=128)
-
-    def hhh(self, T_report=None):
-        return hhh(self.layer_estimates(), self.layers, self.T if T_report is None else T_report, width=128)
+    @staticmethod
+    def key(x) -> int:
+        """A 16-byte string or a 128-bit int as the model's int key."""
+        return int.from_bytes(x, "big") if isinstance(x, (bytes, bytearray)) else int(x)
 
     def state(self):
         """(hi, lo, counts, occ) as nested lists [block][row][bucket]; block 0 is F."""

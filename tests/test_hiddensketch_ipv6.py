@@ -26,6 +26,8 @@ from telesketch.sketches.hiddensketch import (
     keys_to_words,
     words_to_keys,
 )
+from test_hiddensketch import assert_same_state
+from workloads import zipf_ranks
 
 # small configurations: the 4-byte SMALL of test_hiddensketch.py; its IPv6 companion with the
 # default 16-byte layout over that CM: ss_bytes = 1200 + 36300 + 20480 = 57980
@@ -44,8 +46,7 @@ def mixed_traffic(n: int, share6: float, seed: int, universe: int = 400, skew: f
     v6 = rng.integers(0, 256, (universe, 16), np.uint8)
     v6[:, :8] = np.frombuffer(parse_ipv6("2001:db8:0:1::"), np.uint8)[:8]
     v6[::3, 6:8] = (7, 0)  # a second /64
-    cdf = np.cumsum(np.arange(1, universe + 1, dtype=np.float64) ** -skew)
-    rank = np.minimum(np.searchsorted(cdf / cdf[-1], rng.random(n)), universe - 1)
+    rank = zipf_ranks(n, universe, skew, rng)
     is6 = rng.random(n) < share6
     return PacketBatch.from_columns(
         src_ip=np.where(is6, 0, v4[rank]).astype(np.uint32),
@@ -70,19 +71,6 @@ def feed(sketch: HiddenSketch, batch: PacketBatch, size: int = 1000) -> HiddenSk
     for part in batch.split(size):
         sketch.update(part)
     return sketch
-
-
-def assert_same_state(sketch: HiddenSketch, model: naive.NaiveHiddenSketch) -> None:
-    state = sketch.unpacked_state()
-    assert state["n_items"] == model.N
-    np.testing.assert_array_equal(state["fs"], np.array(model.FS))
-    np.testing.assert_array_equal(state["cm"], np.array(model.CM))
-    for b in range(sketch.params.blocks):
-        for i, bitmap in enumerate(state["seg"][b]):
-            np.testing.assert_array_equal(bitmap, np.array(model.SEG[b][i], bool))
-    for j, rows in enumerate(state["bf"]):
-        for r, row in enumerate(rows):
-            np.testing.assert_array_equal(row, np.array(model.BF[j][r], bool))
 
 
 def assert_exact(result, truth: Counter, n_total: int, phi: float, thresh: int) -> None:

@@ -13,29 +13,41 @@ from telesketch.sketches.core import SketchError, pack_state
 from telesketch.sketches.llmsketch import (
     ALGORITHM, CountMinBaseline, LLMSketch, canonical_flow_keys, flow_fingerprints, stored_keys)
 from test_llmsketch import assert_same_state, skewed_batch
+from workloads import skewed_flow_columns, skewed_flow_ids
 
 
 def mixed_batch(n=4000, flows=600, ipv6_share=0.4, seed=0):
     """``n`` packets over ``flows`` Zipf flows; a share ``ipv6_share`` of the flows are IPv6 (random
     2001:db8::/32 addresses), the others IPv4. The IPv6 flows reuse IPv4 flows' ports and protocols,
     so only the 16-byte addresses tell them apart."""
-    rng = np.random.default_rng(seed)
-    f = (rng.zipf(1.3, n) + rng.integers(0, 3, n) * 1000) % flows
+    f = skewed_flow_ids(n, flows, seed)  # the flows of skewed_batch(n, flows, seed)
     is6 = (np.random.default_rng(seed + 1).random(flows) < ipv6_share)[f]
     addr = np.random.default_rng(seed + 2).integers(0, 256, (flows, 2, 16), dtype=np.uint8)
     addr[:, :, 0:4] = (0x20, 0x01, 0x0D, 0xB8)
-    src6 = np.where(is6[:, None], addr[f, 0], 0).astype(np.uint8)
-    dst6 = np.where(is6[:, None], addr[f, 1], 0).astype(np.uint8)
+    cols = skewed_flow_columns(f)
+    cols["src_ip"], cols["dst_ip"] = np.where(is6, 0, cols["src_ip"]), np.where(is6, 0, cols["dst_ip"])
     return PacketBatch.from_columns(
-        src_ip=np.where(is6, 0, (f * 2654435761) % 2**32), dst_ip=np.where(is6, 0, (f * 40503) % 2**32),
-        src_port=f % 60000 + 1, dst_port=np.full(n, 443), proto=np.where(f % 5 == 0, 17, 6),
-        ipv6=is6.astype(np.uint8), src_ip6=src6, dst_ip6=dst6, ttl=np.full(n, 64))
+        **cols, ipv6=is6.astype(np.uint8), src_ip6=np.where(is6[:, None], addr[f, 0], 0).astype(np.uint8),
+        dst_ip6=np.where(is6[:, None], addr[f, 1], 0).astype(np.uint8), ttl=np.full(n, 64))
 
 
 def truth(batch):
     """Exact packets per flow: ``{canonical key bytes: count}`` (13 bytes IPv4, 37 bytes IPv6)."""
     keys, counts = np.unique(batch.flow_keys37(), axis=0, return_counts=True)
     return {naive.canonical(k.tobytes()): int(c) for k, c in zip(keys, counts)}
+
+
+def sketch_and_model(batch, memory: int, task: str, seed: int):
+    """``(LLMSketch, naive model)`` of ``task`` fed ``batch`` (three updates) with the same scores,
+    uniform in [-0.2, 1.2] (scores outside [0, 1] included) and fixed by ``seed``."""
+    scores = np.random.default_rng(seed).uniform(-0.2, 1.2, len(batch))
+    sketch = LLMSketch(memory, task, seed=seed)
+    for part, s in zip(batch.split(1000), np.split(scores, 3)):
+        sketch.update(part, s)
+    model = naive.NaiveLLMSketch(memory, task, seed=seed)
+    for key, p in zip(batch.flow_keys37(), scores.tolist()):
+        model.insert(key.tobytes(), p)
+    return sketch, model
 
 
 def test_mixed_traffic_has_both_families():
@@ -49,13 +61,7 @@ def test_mixed_traffic_has_both_families():
 @pytest.mark.parametrize("memory, seed", [(2048, 0), (6000, 3)])
 def test_state_equals_naive_model_on_mixed_traffic(memory, seed):
     batch = mixed_batch(3000, 500, seed=seed)
-    scores = np.random.default_rng(seed).uniform(-0.2, 1.2, len(batch))
-    sketch = LLMSketch(memory, "flow_size", seed=seed)
-    for part, s in zip(batch.split(1000), np.split(scores, 3)):
-        sketch.update(part, s)
-    model = naive.NaiveLLMSketch(memory, "flow_size", seed=seed)
-    for key, p in zip(batch.flow_keys37(), scores.tolist()):
-        model.insert(key.tobytes(), p)
+    sketch, model = sketch_and_model(batch, memory, "flow_size", seed)
     assert_same_state(sketch, model)
     assert sketch.occ.all() and sketch.cm.any()  # evictions and the light part happened
     keys = list(truth(batch))
@@ -208,14 +214,8 @@ def test_countmin_baseline_counts_ipv6_flows_apart():
 @pytest.mark.parametrize("memory, seed", [(3000, 1), (8000, 4)])
 def test_heavy_hitters37_stores_37_byte_keys_like_the_naive_model(memory, seed):
     batch = mixed_batch(3000, 400, seed=seed)
-    scores = np.random.default_rng(seed).uniform(-0.2, 1.2, len(batch))
-    sketch = LLMSketch(memory, "heavy_hitters37", seed=seed)
+    sketch, model = sketch_and_model(batch, memory, "heavy_hitters37", seed)
     assert sketch.params.buckets == int(memory / 8 / 41)
-    for part, s in zip(batch.split(1000), np.split(scores, 3)):
-        sketch.update(part, s)
-    model = naive.NaiveLLMSketch(memory, "heavy_hitters37", seed=seed)
-    for key, p in zip(batch.flow_keys37(), scores.tolist()):
-        model.insert(key.tobytes(), p)
     assert_same_state(sketch, model)
     np.testing.assert_array_equal(stored_keys(batch, "heavy_hitters37"), batch.flow_keys37())
     t = truth(batch)

@@ -19,6 +19,7 @@ from telesketch import wire
 from telesketch.client import Client
 from telesketch.service import http as service_http
 from telesketch.service.server import ServiceThread, grpc_server_options
+from telesketch.service.status_page import StatusSource
 from telesketch.v1 import service_pb2, service_pb2_grpc
 from test_service import EPOCH_NS, _message, _self_signed_certificate, config, generate_batches
 
@@ -205,6 +206,8 @@ def test_status_page_shows_the_current_answers(live):
     for row in hhh[:5]:
         assert f'>{row["prefix"]}<' in page and (not row["parent"] or f'>{row["parent"]}<' in page)
     assert "2023-11-14" in page  # the packet clock as a date
+    assert "gap-checked (gaps)" in page  # the GapFilter's coverage, read through StatusSource.manager
+    assert isinstance(live.service, StatusSource)
 
 
 def test_status_page_of_an_empty_service_says_why(tmp_path):

@@ -242,3 +242,27 @@ def test_ipv6_gap_events_name_37_byte_flow_keys(server, traffic):
             (int(ev["ts_ns"]), _event_key(ev), 6 if ev["ipv6"] else 4) for ev in want]
         assert {e.family for e in reply.events} == {4, 6}
         assert all(len(e.key) == (FLOW_KEY37_BYTES if e.family == 6 else FLOW_KEY_BYTES) for e in reply.events)
+
+
+def test_memory_gauge_and_stats_count_both_address_families(server):
+    """ResidualSketch charges its IPv6 tree apart (``ipv6_memory_bytes``); Hidden Sketch counts its
+    IPv6 companion in ``memory_bytes`` once made: stats, the gauge and the report hold the sum."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from telesketch.report import LocalSource
+    from telesketch.sketches.residualsketch import ResidualSketch
+
+    svc, _ = server
+    memory = {s["name"]: s["memory_bytes"] for s in svc.service.stats()["sketches"]}
+    hhh = ResidualSketch(**{k: v for k, v in SKETCHES["hhh"].items() if k != "kind"})
+    assert hhh.ipv6_memory_bytes > 0
+    assert memory["hhh"] == hhh.memory_bytes + hhh.ipv6_memory_bytes
+    hh = svc.service.manager.open.states["hh"]
+    assert hh.ipv6 is not None and memory["hh"] == hh.memory_bytes > hh.ipv6.memory_bytes > 0
+    text = generate_latest(svc.service.metrics.registry).decode()
+    gauge = {s.labels["sketch"]: s.value for f in text_string_to_metric_families(text)
+             if f.name == "telesketch_sketch_memory_bytes" for s in f.samples}
+    assert gauge["hhh"] == memory["hhh"] and gauge["hh"] == memory["hh"]
+    report = {s["name"]: s["memory_bytes"] for s in LocalSource(svc.service.manager).stats()["sketches"]}
+    assert report["hhh"] == memory["hhh"] and report["hh"] == memory["hh"]

@@ -388,3 +388,16 @@ def test_an_overloaded_hidden_sketch_is_warned_about_once_per_epoch_on_the_shard
     messages = [r.getMessage() for r in caplog.records]
     assert sum("load factor" in m and f"epoch {old}" in m for m in messages) == 1
     assert sum("partial answer" in m for m in messages) == 1
+
+
+def test_sketch_memory_counts_every_shard_and_both_address_families(sharded):
+    """Stats (and the memory gauge) add the shards' states, each with ResidualSketch's IPv6 tree."""
+    from telesketch.sketches.residualsketch import ResidualSketch
+
+    svc, _, _ = sharded
+    shards = [ResidualSketch(**_params("hhh", s)) for s in range(SHARDS)]
+    want = sum(r.memory_bytes + r.ipv6_memory_bytes for r in shards)
+    assert all(r.ipv6_memory_bytes > 0 for r in shards)
+    assert {s["name"]: s["memory_bytes"] for s in svc.service.stats()["sketches"]}["hhh"] == want  # the open epoch
+    closed = next(e for e in svc.service.manager.epochs() if e.closed)
+    assert svc.service.sketchset.get("hhh").memory(closed.states["hhh"]) == want

@@ -64,14 +64,24 @@ def hierarchical_addresses(n: int, seed: int, pool_size: int = 400) -> np.ndarra
 
 
 # ---------------------------------------------------------------------------- packet batches
+def skewed_flow_ids(n: int, flows: int, rng) -> np.ndarray:
+    """``int64[n]`` flow ids in ``[0, flows)``: Zipf(1.3) ranks shifted by 0, 1000 or 2000 (the
+    flows of :func:`skewed_flows`)."""
+    rng = generator(rng)
+    return (rng.zipf(1.3, n) + rng.integers(0, 3, n) * 1000) % flows
+
+
+def skewed_flow_columns(f: np.ndarray, flows_per_source: int = 1) -> dict[str, np.ndarray]:
+    """The IPv4 columns of flow ids ``f`` (see :func:`skewed_flows`), for ``PacketBatch.from_columns``."""
+    n = f.shape[0]
+    return dict(src_ip=(f // flows_per_source * 2654435761) % 2**32, dst_ip=(f * 40503) % 2**32,
+                src_port=f % 60000 + 1, dst_port=np.full(n, 443), proto=np.where(f % 5 == 0, 17, 6))
+
+
 def skewed_flows(n: int, flows: int, rng, flows_per_source: int = 1) -> PacketBatch:
     """``n`` packets over ``flows`` Zipf(1.3) flows to port 443 (every fifth flow UDP); with
     ``flows_per_source`` > 1, that many consecutive flows share a source address (HHH aggregates)."""
-    rng = generator(rng)
-    f = (rng.zipf(1.3, n) + rng.integers(0, 3, n) * 1000) % flows
-    return PacketBatch.from_columns(
-        src_ip=(f // flows_per_source * 2654435761) % 2**32, dst_ip=(f * 40503) % 2**32, src_port=f % 60000 + 1,
-        dst_port=np.full(n, 443), proto=np.where(f % 5 == 0, 17, 6))
+    return PacketBatch.from_columns(**skewed_flow_columns(skewed_flow_ids(n, flows, rng), flows_per_source))
 
 
 def ip_id_flows(n: int, n_flows: int, seed: int) -> PacketBatch:

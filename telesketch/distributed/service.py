@@ -206,7 +206,12 @@ class ShardedConfiguredSketch(ss.ConfiguredSketch):
         return self.cls.combine(windows, over_shards(self.pool.owner, self.global_threshold))
 
     def base_memory(self, state) -> int:
+        """One shard's state: :meth:`ConfiguredSketch.memory` (both address families)."""
         return ss.ConfiguredSketch.memory(self, state)
+
+    def memory(self, state) -> int:
+        """A sharded state's bytes: its ``memory_bytes`` already sums :meth:`base_memory` over the shards."""
+        return int(state.memory_bytes)
 
     def dump_state(self, state) -> bytes:
         return state.to_bytes()

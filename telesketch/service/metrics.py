@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily
 
+from telesketch.service.sketchset import ClosedGapEpoch
 from telesketch.sketches.core import Sketch
 
 #: ``telesketch_batches_rejected`` reasons (see telesketch.service.server).
@@ -134,15 +135,15 @@ class ServiceMetrics:
 
 def gap_coverage(manager) -> dict[str, dict]:
     """Per GapFilter sketch and retained epoch id: ``{name: {epoch: coverage}}``, where coverage is
-    the sketch's ``coverage()`` (``{"covered_packets": n, "skipped_packets": {reason: n}}``).
-    Sketches whose ``coverage()`` is ``None`` (not a GapFilter, or a sharded state) are absent."""
+    the sketch's ``coverage()`` (``{"covered_packets": n, "skipped_packets": {reason: n}}``), a
+    closed GapFilter epoch's the one kept at close (:class:`~telesketch.service.sketchset.ClosedGapEpoch`).
+    Sketches whose ``coverage()`` is ``None`` (not a GapFilter, a closed epoch written before coverage
+    was kept) and sharded states (their shards' envelopes track none) are absent."""
     out: dict[str, dict] = {}
     with manager.lock:
         for epoch in manager.epochs():
             for name, state in epoch.states.items():
-                # a closed continuous GapFilter epoch keeps only its events array, a sharded state
-                # its shards' envelopes: neither tracks coverage
-                coverage = state.coverage() if isinstance(state, Sketch) else None
+                coverage = state.coverage() if isinstance(state, (Sketch, ClosedGapEpoch)) else None
                 if coverage is not None:
                     out.setdefault(name, {})[epoch.id] = coverage
     return out
@@ -172,12 +173,11 @@ class IPv6Collector:
     * ``telesketch_gap_skipped_packets_total{sketch,reason}``: packets it could not inspect (IPv6
       packets without the configured sequence field; reasons as ``gapfilter.SKIP_REASONS``).
 
-    Gap coverage lives in each epoch's state, so the counters add the epochs that hold it now to
-    the last value seen (at a scrape) of those that no longer do. A continuous GapFilter's closed
-    epoch keeps only its events (``ConfiguredSketch.close``), so packets it applied after the
-    last scrape before its epoch closed are not counted: the gap counters are a lower bound, exact
-    for the open epoch (a hook in the service keeping ``coverage()`` at close would make them
-    exact). All restart at 0 with the service, as counters do.
+    Gap coverage lives in each epoch's state (a continuous GapFilter's closed epoch keeps the
+    coverage it had at close, ``ConfiguredSketch.close``), so the counters add the epochs that hold
+    it now to the last value seen (at a scrape) of those that no longer do: exact while every epoch
+    is scraped at least once before it leaves retention. All restart at 0 with the service, as
+    counters do.
     """
 
     def __init__(self, manager):

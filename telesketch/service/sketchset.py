@@ -50,7 +50,7 @@ class Kind:
     """A sketch kind: where its class lives and which queries it answers.
 
     ``continuous``: one instance lives across epochs (GapFilter: flows persist); a closed epoch
-    keeps only its gap events. ``load_params``: parameters also passed to ``from_bytes`` (things
+    keeps only its gap events and coverage (:class:`ClosedGapEpoch`). ``load_params``: parameters also passed to ``from_bytes`` (things
     not in the serialised state, e.g. LLM-Sketch's estimator). ``int_keys``: how integer keys read
     (``ipv4`` addresses, or ``fingerprint`` for LLM-Sketch's flow-size task).
     """
@@ -67,6 +67,37 @@ class Kind:
     spread_keys: bool = False
     #: Ray shards: packets routed by this address column when the sketch's ``key`` is it ("" : by flow)
     route_key: str = ""
+    #: the state charges its IPv6 tree apart from ``memory_bytes`` (``ipv6_memory_bytes``, allocated
+    #: with the sketch: ResidualSketch); :meth:`ConfiguredSketch.memory` adds the two
+    ipv6_tree_memory: bool = False
+
+
+class ClosedGapEpoch:
+    """A closed epoch of a continuous kind (GapFilter): the live sketch moves on to the next epoch,
+    the closed one keeps its gap ``events`` (``GAP_EVENT_DTYPE`` structured array, arrival order) and
+    its :meth:`coverage` (the sketch's ``coverage()`` at close: packets inspected and IPv6 packets
+    skipped by reason), so the report and the metrics count the closed epochs' IPv6 coverage too.
+    ``coverage`` is ``None`` where it is unknown: an epoch written before it was kept, or one whose
+    snapshot lacked this sketch."""
+
+    def __init__(self, events: np.ndarray, coverage: dict | None):
+        self.events = events
+        self._coverage = coverage
+
+    def gap_events(self) -> np.ndarray:
+        return self.events
+
+    def coverage(self) -> dict | None:
+        """``{"covered_packets": n, "skipped_packets": {reason: n}}`` at close, or ``None`` (unknown)."""
+        if self._coverage is None:
+            return None
+        return {"covered_packets": int(self._coverage["covered_packets"]),
+                "skipped_packets": {str(r): int(n) for r, n in self._coverage["skipped_packets"].items()}}
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the events kept."""
+        return int(self.events.nbytes)
 
 
 def _twin(cls: str) -> str:
@@ -83,7 +114,7 @@ KINDS: dict[str, Kind] = {
                          frozenset({"heavy_hitters", "heavy_changers"}), gpu_cls=_twin("hiddensketch:HiddenSketch"),
                          route_key="src_ip"),
     "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"}),
-                           gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True),
+                           gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True, ipv6_tree_memory=True),
     "llmsketch": Kind("telesketch.sketches.llmsketch", "LLMSketch", frozenset({"flow_size", "top_flows"}),
                       load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from", "pivot"),
                       int_keys="fingerprint",
@@ -135,10 +166,14 @@ class ConfiguredSketch:
         return self.cls.combine(states, EPOCHS)
 
     def dump_state(self, state) -> bytes:
-        """Bytes of a per-epoch state: the sketch's ``to_bytes``, or a closed epoch's gap events."""
-        if isinstance(state, np.ndarray):
-            return pack_state("service-gap-events", 1, {}, {"events": state.view(np.uint8).reshape(-1)},
-                              extra={"dtype": state.dtype.descr})
+        """Bytes of a per-epoch state: the sketch's ``to_bytes``, or a closed epoch's gap events and
+        coverage (:class:`ClosedGapEpoch`; layout 1, the coverage an optional parameter that earlier
+        readers ignore)."""
+        if isinstance(state, ClosedGapEpoch):
+            events, coverage = state.events, state.coverage()
+            params = {} if coverage is None else {"coverage": coverage}
+            return pack_state("service-gap-events", 1, params, {"events": events.view(np.uint8).reshape(-1)},
+                              extra={"dtype": events.dtype.descr})
         return state.to_bytes()
 
     def load_state(self, data: bytes, closed: bool):
@@ -147,15 +182,17 @@ class ConfiguredSketch:
             raise SketchError(f"sketch {self.name!r}: the data directory was written by a service with its sketches "
                               f"on {shards} Ray shards; start it with shards = {shards}, or use another data_dir")
         if self.kind.continuous and closed:
-            _, arrays, _, extra = unpack_state(data, "service-gap-events", 1)
+            params, arrays, _, extra = unpack_state(data, "service-gap-events", 1)
             dtype = np.dtype([tuple(f) for f in extra["dtype"]])
-            return arrays["events"].view(dtype)
+            return ClosedGapEpoch(arrays["events"].view(dtype), params.get("coverage"))
         return self.load(data, live=not closed)
 
     def empty_state(self, closed: bool):
         """An empty state (an epoch whose snapshot lacks this sketch, e.g. one added to the config):
-        no gap events for a closed epoch of a continuous kind, else a fresh sketch."""
-        return self.build().gap_events() if self.kind.continuous and closed else self.build()
+        no gap events (coverage unknown) for a closed epoch of a continuous kind, else a fresh sketch."""
+        if self.kind.continuous and closed:
+            return ClosedGapEpoch(self.build().gap_events(), None)
+        return self.build()
 
     def close(self, state, epoch: int | None = None, watch: OverloadWatch | None = None):
         """The closed epoch's representation of ``state`` (events for continuous kinds).
@@ -166,7 +203,7 @@ class ConfiguredSketch:
         load = state.load_factor
         if load is not None:
             (watch or OverloadWatch()).epoch_closed(self.name, epoch, load, self.memory(state))
-        return state.gap_events() if self.kind.continuous else state
+        return ClosedGapEpoch(state.gap_events(), state.coverage()) if self.kind.continuous else state
 
     def next_state(self, state, epoch: int):
         """The state for the next epoch: the same live sketch (continuous kinds), an empty
@@ -180,7 +217,12 @@ class ConfiguredSketch:
         return self.build() if successor is None else successor
 
     def memory(self, state) -> int:
-        return int(state.nbytes if isinstance(state, np.ndarray) else state.memory_bytes)
+        """Bytes of one epoch's state, both address families: ``memory_bytes`` (a closed GapFilter
+        epoch's: its events) plus, for a kind with :attr:`Kind.ipv6_tree_memory`, the IPv6 tree's
+        ``ipv6_memory_bytes`` (Hidden Sketch's ``memory_bytes`` already counts its IPv6 companion
+        once the first IPv6 row made it)."""
+        ipv6 = state.ipv6_memory_bytes if self.kind.ipv6_tree_memory else 0
+        return int(state.memory_bytes + ipv6)
 
 
 def configure(specs: dict[str, dict[str, Any]], device: str = "cpu") -> list[ConfiguredSketch]:

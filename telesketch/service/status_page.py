@@ -11,14 +11,28 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+from typing import Protocol, runtime_checkable
 
 from telesketch.errors import TelesketchError
 from telesketch.presenter import key_text, ranked
-from telesketch.service.queries import WindowSpec
+from telesketch.service.epochs import EpochManager
+from telesketch.service.queries import QueryEngine, WindowSpec
 
 REFRESH_S = 10
 TOP_ROWS = 10
 HHH_ROWS = 24
+
+
+@runtime_checkable
+class StatusSource(Protocol):
+    """What the page reads from the service (:class:`telesketch.service.server.Service` is one):
+    ``stats()`` for the counters and epochs, ``queries`` for the answers, ``manager`` for the epoch
+    length, the IPv6 withheld counts and the GapFilter coverage of the open epoch."""
+
+    manager: EpochManager
+    queries: QueryEngine
+
+    def stats(self) -> dict: ...
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1d2330;background:#f6f7f9}
@@ -147,14 +161,11 @@ def _tree_order(items: list[dict]) -> list[dict]:
     return out
 
 
-def _ipv6_counters(service) -> list[tuple[str, object]]:
+def _ipv6_counters(manager: EpochManager) -> list[tuple[str, object]]:
     """IPv6 packets withheld from IPv4-only sketches (since start) and, per GapFilter, the open
     epoch's packets inspected for gaps out of all it saw (IPv6 ones lack the sequence field)."""
     from telesketch.service.metrics import gap_coverage, sum_coverage
 
-    manager = getattr(service, "manager", None)
-    if manager is None:
-        return []
     out: list[tuple[str, object]] = []
     withheld = sum(manager.sketchset.ipv6_withheld.values())
     if withheld:
@@ -167,7 +178,7 @@ def _ipv6_counters(service) -> list[tuple[str, object]]:
     return out
 
 
-def render_status_page(service) -> str:
+def render_status_page(service: StatusSource) -> str:
     """The whole page as an HTML string (the handler encodes it as UTF-8)."""
     stats = service.stats()
     q = service.queries
@@ -181,7 +192,7 @@ def render_status_page(service) -> str:
                 ("rejected batches", stats["rejected_batches"]), ("duplicate batches", stats["duplicate_batches"]),
                 ("queue", f'{stats["queue_depth"]}/{stats["queue_capacity"]}'),
                 ("epochs retained", len(epochs)), ("latest epoch rate", f"{latest_rate:,.0f} pkt/s")]
-    counters += _ipv6_counters(service)
+    counters += _ipv6_counters(service.manager)
     kv = "".join(f"<div>{_esc(k)}<b>{v:,}</b></div>" if isinstance(v, int) else f"<div>{_esc(k)}<b>{_esc(v)}</b></div>"
                  for k, v in counters)
     notes = "".join(f'<p class="note">{_esc(n)}</p>' for n in stats.get("notes", []))

@@ -228,8 +228,9 @@ class Window:
 
     def epoch_events(self) -> Combined:
         """Per epoch, its gap events: the union of its shards' events (one stream again, by time);
-        ``union`` over several epochs. A closed epoch of a continuous kind keeps only its events (an
-        array); a live state reports them (``gap_events()``)."""
+        ``union`` over several epochs. A live state and a closed epoch of a continuous kind (the
+        service's ``ClosedGapEpoch``: its events and coverage) report them (``gap_events()``); a
+        bare events array stands for itself."""
         out = []
         for shards in self.per_epoch():
             parts = [s if isinstance(s, np.ndarray) else s.gap_events() for s in shards]

@@ -186,6 +186,31 @@ def _byte(buf, base, k, lim):
 
 
 @kernel(inline="always")
+def _transport_fields(buf, base, l4, thl, lim):
+    """Ports and TCP fields of the upper-layer header at datagram offset ``l4`` (IPv4 and IPv6 alike).
+
+    ``thl`` is the header's nominal length: 20 (TCP: ports, sequence number, flags, window), 8
+    (UDP: ports) or 0 (no transport fields: all zero). Returns ``(sport, dport, tcp_flags,
+    tcp_window, tcp_seq)`` as int64; bytes at or past ``lim`` read as zero (see :func:`_byte`).
+    """
+    z = np.int64(0)
+    sport = z
+    dport = z
+    flags = z
+    win = z
+    seq = z
+    if thl > 0:
+        sport = (_byte(buf, base, l4, lim) << 8) | _byte(buf, base, l4 + 1, lim)
+        dport = (_byte(buf, base, l4 + 2, lim) << 8) | _byte(buf, base, l4 + 3, lim)
+    if thl == 20:
+        seq = ((_byte(buf, base, l4 + 4, lim) << 24) | (_byte(buf, base, l4 + 5, lim) << 16)
+               | (_byte(buf, base, l4 + 6, lim) << 8) | _byte(buf, base, l4 + 7, lim))
+        flags = _byte(buf, base, l4 + 13, lim)
+        win = (_byte(buf, base, l4 + 14, lim) << 8) | _byte(buf, base, l4 + 15, lim)
+    return sport, dport, flags, win, seq
+
+
+@kernel(inline="always")
 def _network_offset(buf, off, caplen, linktype):
     """(offset of the network header relative to ``off``, KIND_*) for one frame."""
     if linktype == 1 or linktype == 113:
@@ -310,19 +335,7 @@ def parse_frame(buf, off, caplen, linktype):
     ip_id = (_byte(buf, base, 4, lim) << 8) | _byte(buf, base, 5, lim)
     ttl = _byte(buf, base, 8, lim)
     tos = _byte(buf, base, 1, lim)
-    sport = z
-    dport = z
-    flags = z
-    win = z
-    seq = z
-    if thl > 0:
-        sport = (_byte(buf, base, hlen, lim) << 8) | _byte(buf, base, hlen + 1, lim)
-        dport = (_byte(buf, base, hlen + 2, lim) << 8) | _byte(buf, base, hlen + 3, lim)
-    if thl == 20:
-        seq = ((_byte(buf, base, hlen + 4, lim) << 24) | (_byte(buf, base, hlen + 5, lim) << 16)
-               | (_byte(buf, base, hlen + 6, lim) << 8) | _byte(buf, base, hlen + 7, lim))
-        flags = _byte(buf, base, hlen + 13, lim)
-        win = (_byte(buf, base, hlen + 14, lim) << 8) | _byte(buf, base, hlen + 15, lim)
+    sport, dport, flags, win, seq = _transport_fields(buf, base, hlen, thl, lim)
     return (KIND_IPV4, base, lim, hlen + thl, src, dst, sport, dport, pr, tot, ip_id, ttl, tos,
             flags, win, seq)
 
@@ -384,20 +397,7 @@ def parse_ipv6(buf, base, avail):
             thl = 20
         elif nh == 17:
             thl = 8
-    z = np.int64(0)
-    sport = z
-    dport = z
-    flags = z
-    win = z
-    seq = z
-    if thl > 0:
-        sport = (_byte(buf, base, p, lim) << 8) | _byte(buf, base, p + 1, lim)
-        dport = (_byte(buf, base, p + 2, lim) << 8) | _byte(buf, base, p + 3, lim)
-    if thl == 20:
-        seq = ((_byte(buf, base, p + 4, lim) << 24) | (_byte(buf, base, p + 5, lim) << 16)
-               | (_byte(buf, base, p + 6, lim) << 8) | _byte(buf, base, p + 7, lim))
-        flags = _byte(buf, base, p + 13, lim)
-        win = (_byte(buf, base, p + 14, lim) << 8) | _byte(buf, base, p + 15, lim)
+    sport, dport, flags, win, seq = _transport_fields(buf, base, p, thl, lim)
     length = min(plen + 40, 65535)
     need = p + thl  # bytes the headers span; a chain cut inside an extension header needs more
     if first and (nh == EXT_HOP_BY_HOP or nh == EXT_ROUTING or nh == EXT_DEST_OPTS or nh == EXT_AH
