@@ -284,8 +284,7 @@ class ShardedSketchSet(ss.SketchSet):
                   for name in states}
         watch = self.watch or OverloadWatch()
         for name, state in closed.items():
-            loads = [s.load_factor for s in state.shards if not isinstance(s, np.ndarray)]  # arrays: gap events
-            loads = [x for x in loads if x is not None]
+            loads = [s.load_factor for s in state.shards if s.load_factor is not None]
             if loads:
                 watch.epoch_closed(name, epoch, max(loads), state.memory_bytes)
         return closed

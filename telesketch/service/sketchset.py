@@ -80,6 +80,8 @@ class ClosedGapEpoch:
     ``coverage`` is ``None`` where it is unknown: an epoch written before it was kept, or one whose
     snapshot lacked this sketch."""
 
+    load_factor = None  #: a closed gap epoch holds no sketch whose decode could overflow
+
     def __init__(self, events: np.ndarray, coverage: dict | None):
         self.events = events
         self._coverage = coverage
