@@ -78,6 +78,10 @@ _uniform = device_twin(_cpu.uniform)
 
 
 # ============================================================================ device heavy insert
+#: The CPU twins of spec §2.2's slot claim and eviction (the same source on both targets).
+_claim_slot = device_twin(_cpu._claim_slot)
+_evict_least = device_twin(_cpu._evict_least)
+
 @device(inline=True)
 def _same_key(slot_words, b, s, keys, i):
     for j in range(keys.shape[1]):
@@ -88,7 +92,7 @@ def _same_key(slot_words, b, s, keys, i):
 
 @device
 def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, op_key):
-    """Device port of the CPU ``_heavy_insert`` (spec §2.2) for packet ``i`` (stream index ``n``,
+    """The CPU ``_heavy_insert`` on the device (spec §2.2) for packet ``i`` (stream index ``n``,
     uint64) of bucket ``b``; returns ``(op, value)`` (int64). ``op_key[i]`` receives the key the
     light operation concerns: the packet's own for ``OP_ADD``, the displaced one for ``OP_EVICT``."""
     victim = -1
@@ -100,11 +104,7 @@ def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, op_
             lock[b, s] = 1 if _uniform(seed_mix, n, _U0) < q else 0
             return OP_NONE, 0
         if occ[b, s] == 0:
-            for j in range(keys.shape[1]):
-                slot_words[b, s, j] = keys[i, j]
-            counts[b, s] = 1
-            lock[b, s] = 1 if p >= LARGE else 0
-            occ[b, s] = 1
+            _claim_slot(slot_words, counts, lock, occ, b, s, keys, i, 1, p)
             return OP_NONE, 0
         if lock[b, s] == 0 and (victim < 0 or counts[b, s] < counts[b, victim]):
             victim = s
@@ -112,23 +112,12 @@ def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, op_
         for j in range(keys.shape[1]):
             op_key[i, j] = keys[i, j]
         return OP_ADD, 1
-    if victim < 0:
-        victim = 0
-        for s in range(1, SLOTS):
-            if counts[b, s] < counts[b, victim]:
-                victim = s
-    for j in range(keys.shape[1]):
-        op_key[i, j] = slot_words[b, victim, j]
-        slot_words[b, victim, j] = keys[i, j]
-    old = np.int64(counts[b, victim])
-    counts[b, victim] = 1
-    lock[b, victim] = 1
-    return OP_EVICT, old
+    return OP_EVICT, np.int64(_evict_least(slot_words, counts, lock, b, keys, i, victim, 1, op_key[i]))
 
 
 @device
 def _heavy_insert_weighted(slot_words, counts, lock, occ, b, keys, i, p, w, seed_mix, n, op_key):
-    """Device port of the CPU ``_heavy_insert_weighted`` (``weight="bytes"``): :func:`_heavy_insert`
+    """The CPU ``_heavy_insert_weighted`` on the device (``weight="bytes"``): :func:`_heavy_insert`
     with a weight ``w`` (uint64, > 0) per packet; ``counts`` is uint64. Returns ``(op, value)``
     (uint64): ``OP_ADD`` carries ``w``, ``OP_EVICT`` the displaced count."""
     victim = -1
@@ -140,11 +129,7 @@ def _heavy_insert_weighted(slot_words, counts, lock, occ, b, keys, i, p, w, seed
             lock[b, s] = 1 if _uniform(seed_mix, n, _U0) < q else 0
             return OP_NONE, _U0
         if occ[b, s] == 0:
-            for j in range(keys.shape[1]):
-                slot_words[b, s, j] = keys[i, j]
-            counts[b, s] = w
-            lock[b, s] = 1 if p >= LARGE else 0
-            occ[b, s] = 1
+            _claim_slot(slot_words, counts, lock, occ, b, s, keys, i, w, p)
             return OP_NONE, _U0
         if lock[b, s] == 0 and (victim < 0 or counts[b, s] < counts[b, victim]):
             victim = s
@@ -152,18 +137,7 @@ def _heavy_insert_weighted(slot_words, counts, lock, occ, b, keys, i, p, w, seed
         for j in range(keys.shape[1]):
             op_key[i, j] = keys[i, j]
         return OP_ADD, w
-    if victim < 0:
-        victim = 0
-        for s in range(1, SLOTS):
-            if counts[b, s] < counts[b, victim]:
-                victim = s
-    for j in range(keys.shape[1]):
-        op_key[i, j] = slot_words[b, victim, j]
-        slot_words[b, victim, j] = keys[i, j]
-    old = counts[b, victim]
-    counts[b, victim] = w
-    lock[b, victim] = 1
-    return OP_EVICT, old
+    return OP_EVICT, _evict_least(slot_words, counts, lock, b, keys, i, victim, w, op_key[i])
 
 
 # ============================================================================ kernels

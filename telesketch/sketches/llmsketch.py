@@ -433,6 +433,38 @@ def _heavy_insert_one_word(slot_words, counts, lock, occ, b, keys, i, p, seed_mi
     return OP_EVICT, old
 
 
+@twin(inline=True)
+def _claim_slot(slot_words, counts, lock, occ, b, s, keys, i, start, p):
+    """Spec §2.2, an empty slot: slot ``s`` of bucket ``b`` takes packet ``i``'s key with count
+    ``start``, locked when its score ``p`` says large. A twin (loops, no slices): the GPU's heavy
+    insert runs the same code."""
+    for j in range(keys.shape[1]):
+        slot_words[b, s, j] = keys[i, j]
+    counts[b, s] = start
+    lock[b, s] = 1 if p >= LARGE else 0
+    occ[b, s] = 1
+
+
+@twin(inline=True)
+def _evict_least(slot_words, counts, lock, b, keys, i, victim, start, victim_key):
+    """Spec §2.2, a large flow and a full bucket: it replaces ``victim`` (the least-counted unlocked
+    slot), or the least-counted slot when every slot is locked (``victim < 0``). The displaced key
+    goes to ``victim_key`` (uint32[W]); the flow starts at ``start``, locked. Returns the displaced
+    count."""
+    if victim < 0:
+        victim = 0
+        for s in range(1, SLOTS):
+            if counts[b, s] < counts[b, victim]:
+                victim = s
+    old = counts[b, victim]
+    for j in range(keys.shape[1]):
+        victim_key[j] = slot_words[b, victim, j]
+        slot_words[b, victim, j] = keys[i, j]
+    counts[b, victim] = start
+    lock[b, victim] = 1
+    return old
+
+
 @kernel(inline="always")
 def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, victim_key):
     """Spec §2.2 for packet ``i`` (stream index ``n``) in bucket ``b``.
@@ -449,26 +481,13 @@ def _heavy_insert(slot_words, counts, lock, occ, b, keys, i, p, seed_mix, n, vic
             lock[b, s] = 1 if uniform(seed_mix, n, _U64(0)) < q else 0
             return OP_NONE, np.uint32(0)
         if not occ[b, s]:
-            slot_words[b, s, :] = keys[i, :]
-            counts[b, s] = 1
-            lock[b, s] = 1 if p >= LARGE else 0
-            occ[b, s] = 1
+            _claim_slot(slot_words, counts, lock, occ, b, s, keys, i, np.uint32(1), p)
             return OP_NONE, np.uint32(0)
         if not lock[b, s] and (victim < 0 or counts[b, s] < counts[b, victim]):
             victim = s
     if p < LARGE:
         return OP_ADD, np.uint32(1)
-    if victim < 0:
-        victim = 0
-        for s in range(1, SLOTS):
-            if counts[b, s] < counts[b, victim]:
-                victim = s
-    victim_key[:] = slot_words[b, victim, :]
-    old = counts[b, victim]
-    slot_words[b, victim, :] = keys[i, :]
-    counts[b, victim] = 1
-    lock[b, victim] = 1
-    return OP_EVICT, old
+    return OP_EVICT, _evict_least(slot_words, counts, lock, b, keys, i, victim, np.uint32(1), victim_key)
 
 
 # ---------------------------------------------------------------------------- light parts
@@ -619,26 +638,13 @@ def _heavy_insert_weighted(slot_words, counts, lock, occ, b, keys, i, p, w, seed
             lock[b, s] = 1 if uniform(seed_mix, n, _U64(0)) < q else 0
             return OP_NONE, _U64(0)
         if not occ[b, s]:
-            slot_words[b, s, :] = keys[i, :]
-            counts[b, s] = w
-            lock[b, s] = 1 if p >= LARGE else 0
-            occ[b, s] = 1
+            _claim_slot(slot_words, counts, lock, occ, b, s, keys, i, w, p)
             return OP_NONE, _U64(0)
         if not lock[b, s] and (victim < 0 or counts[b, s] < counts[b, victim]):
             victim = s
     if p < LARGE:
         return OP_ADD, w
-    if victim < 0:
-        victim = 0
-        for s in range(1, SLOTS):
-            if counts[b, s] < counts[b, victim]:
-                victim = s
-    victim_key[:] = slot_words[b, victim, :]
-    old = counts[b, victim]
-    slot_words[b, victim, :] = keys[i, :]
-    counts[b, victim] = w
-    lock[b, victim] = 1
-    return OP_EVICT, _U64(old)
+    return OP_EVICT, _U64(_evict_least(slot_words, counts, lock, b, keys, i, victim, w, victim_key))
 
 
 @kernel(inline="always")
