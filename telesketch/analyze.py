@@ -135,7 +135,7 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
     if not specs:
         return []
     sweep = manager_for(specs, config, tolerant=True)
-    specs_truth = truth_specs(config.sketches)
+    specs_truth = {TRUTH: truth_specs(config.sketches)[TRUTH]}  # the byte truth is built from it below
     truths = {"packets": manager_for(specs_truth, config)}
     if any(spec.get("weight") == "bytes" for spec in specs.values()):  # byte-weighted sketches: byte truth
         truths["bytes"] = manager_for({n: dict(t, weight="bytes") for n, t in specs_truth.items()}, config)

@@ -87,6 +87,8 @@ from telesketch.sketches import exact
 SCHEMA = "telesketch.report/1"
 SECTIONS = ("heavy_hitters", "heavy_changers", "hhh", "gaps", "top_flows")
 TRUTH = "truth"
+#: The exact kind counting bytes: the truth of byte-weighted sections (``unit`` "bytes").
+TRUTH_BYTES = "truth_bytes"
 
 
 @dataclass(frozen=True)
@@ -413,9 +415,22 @@ def build_report(source, opts: ReportOptions = ReportOptions(), *, mode: str, fi
               if s["active"] and s["kind"] == "hiddensketch" and s["name"] != report["heavy_hitters"]["sketch"]]
     report["more_heavy_hitters"] = [_keys_section(source, "heavy_hitters", last, opts, name, None) for name in others]
     if truth is not None:
-        report["truth"] = query_sections(truth, opts, last, TRUTH, floors=raised_floors(report))
+        report["truth"] = truth_sections(truth, report, opts, last)
         add_accuracy(report, source, truth, opts, last)
     return report
+
+
+def truth_sections(truth, report: dict, opts: ReportOptions, last: int) -> dict:
+    """The exact answers of the report's sections: from :data:`TRUTH` (packets), and for a section a
+    byte-weighted sketch answered (``unit`` "bytes") from :data:`TRUTH_BYTES`, so each section is
+    scored against a count of what its sketch counts."""
+    floors = raised_floors(report)
+    out = query_sections(truth, opts, last, TRUTH, floors=floors)
+    by_bytes = [what for what in out if (report.get(what) or {}).get("unit") == "bytes"]
+    if by_bytes:
+        byte_truth = query_sections(truth, opts, last, TRUTH_BYTES, floors=floors)
+        out.update({what: byte_truth[what] for what in by_bytes})
+    return out
 
 
 def _ipv6_section(source, last: int) -> dict | None:
@@ -437,7 +452,8 @@ def raised_floors(sections: dict) -> dict:
 
 # ====================================================================== accuracy
 def truth_specs(sketch_specs: dict[str, dict]) -> dict[str, dict]:
-    """Config of the ``exact`` kind matching the configured sketches' keys and gap thresholds.
+    """Config of the ``exact`` kind matching the configured sketches' keys and gap thresholds:
+    :data:`TRUTH`, plus :data:`TRUTH_BYTES` counting bytes when a configured sketch does.
 
     Reads the Hidden Sketch ``key``, the ResidualSketch ``mode`` and the GapFilter ``t1``/``t2``
     from their parameter dataclasses (defaults included), building each configured class once.
@@ -462,7 +478,10 @@ def truth_specs(sketch_specs: dict[str, dict]) -> dict[str, dict]:
         elif spec["kind"].startswith("gapfilter"):
             params.setdefault("gap_t1", p.t1)
             params.setdefault("gap_t2", p.t2)
-    return {TRUTH: dict(kind="exact", **params)}
+    specs = {TRUTH: dict(kind="exact", **params)}
+    if any(spec.get("weight") == "bytes" for spec in sketch_specs.values()):
+        specs[TRUTH_BYTES] = dict(kind="exact", weight="bytes", **params)
+    return specs
 
 
 def _acc(true_keys, reported: dict, truth_values: dict | None) -> dict:
@@ -590,7 +609,8 @@ def _flow_accuracy(report: dict, source, truth, opts: ReportOptions, last: int) 
     true_map = dict(zip(names, (v for _, v in true_top)))
     out["top_flows"] = _acc(true_map, reported, true_map)
     try:
-        all_true, _ = truth.top_flows(min(MAX_TOP_K, MAX_FLOW_KEYS), last, TRUTH)
+        exact_kind = TRUTH_BYTES if report["top_flows"].get("unit") == "bytes" else TRUTH
+        all_true, _ = truth.top_flows(min(MAX_TOP_K, MAX_FLOW_KEYS), last, exact_kind)
         keys = [bytes(k) for k, _ in all_true]
         if fingerprinted:  # name the reported fingerprints after the true flows they match
             names = dict(zip(_fingerprints(keys), (key_text(k) for k in keys)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from telesketch.analyze import analyze, memory_sweep
@@ -205,3 +206,24 @@ def test_the_report_shows_every_hidden_sketch_so_the_victim_is_in_it(shared_trac
     assert main(["analyze", str(path), "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "Heavy hitters [sketch victims" in out and "10.10.10.10" in out
+
+
+def test_byte_weighted_sections_are_scored_against_byte_truth(capture):
+    """A sketch that counts bytes is compared with an exact count of bytes (the truth rows are the
+    window's byte sums), not with packet counts; packet-counting sections keep packet truth."""
+    config = light_config(epoch_seconds=100.0)  # one epoch: the whole capture
+    config.sketches = dict(LIGHT, hh=dict(LIGHT["hh"], weight="bytes", memory_bytes=4 * 56320),
+                           hhh={k: v for k, v in LIGHT["hhh"].items() if k != "expected_packets"}
+                           | {"weight": "bytes", "expected_bytes": 2_500_000 * 600})
+    config.sketches.pop("gaps")
+    report, _ = analyze([capture], config, ReportOptions(phi=1e-2, hhh_phi=1e-2), truth=True)
+    batch = generate_batch(60_000, 600, seed=11, duration_s=15.0)
+    weights = batch.length.astype(np.int64)
+    truth = report["truth"]
+    assert report["heavy_hitters"]["unit"] == truth["heavy_hitters"]["unit"] == "bytes"
+    assert {r["key"]: r["estimate"] for r in truth["heavy_hitters"]["rows"]} == \
+        exact.heavy_hitters(batch.src_ip, phi=1e-2, weights=weights)
+    assert {(r["prefix"], r["length"]): r["estimate"] for r in truth["hhh"]["rows"]} == \
+        {k: float(v) for k, v in exact.hhh(batch.src_ip, phi=1e-2, mode="byte", weights=weights).items()}
+    for name in ("heavy_hitters", "hhh"):
+        assert report["accuracy"][name]["f1"] >= 0.9, (name, report["accuracy"][name])
