@@ -33,6 +33,7 @@ import numba as nb
 import numpy as np
 
 from telesketch.hashing import mix64
+from telesketch.intrinsics import prefetch
 from telesketch.jit import kernel, twin
 from telesketch.packets import PacketBatch, format_ipv4, format_ipv6
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
@@ -178,6 +179,43 @@ def connection_rule(c, wt, T, connection):
     return False, c >= T
 
 
+#: Packets whose bucket positions are hashed ahead of the ordered insert loop (:func:`stream_kernel`):
+#: the hash loop over a chunk has no dependence between packets, so it pipelines (and vectorises),
+#: while the insert loop, which must run in arrival order, only reads the positions.
+_CHUNK = 512
+#: Packets between prefetching a packet's buckets and inserting it (tables past the L1 cache).
+_PREFETCH_AHEAD = 8
+
+
+@kernel(inline="always")
+def _hash_chunk(keys, start, stop, mask, w, wmagic, pos, base):
+    """Row-0 and row-1 positions of ``keys[start:stop] & mask`` in a block of ``w`` buckets, into
+    ``pos[base + 2k]`` and ``pos[base + 2k + 1]`` (``k = i - start``; ``uint32``)."""
+    for k in range(stop - start):
+        x = nb.uint64(keys[nb.uint64(start + k)]) & mask  # unsigned index: no wraparound code
+        pos[nb.uint64(base + 2 * k)] = nb.uint32(fastmod(bob_hash(x, _ROW0), wmagic, w))
+        pos[nb.uint64(base + 2 * k + 1)] = nb.uint32(fastmod(bob_hash(x, _ROW1), wmagic, w))
+
+
+@kernel(inline="always")
+def _insert_at(cells, occ, blk, xid, p0, p1, seed_mix, n, wt, dec, decrement):
+    """:func:`coco_insert` of id ``xid`` whose row positions ``p0`` / ``p1`` are already hashed
+    (same answer; the id is compared before the occupancy flag, so the flag is read only on a match)."""
+    if cells[blk, 0, p0].id == xid and occ[blk, 0, p0]:
+        return _bump(cells, blk, 0, p0, wt, dec, decrement)
+    if cells[blk, 1, p1].id == xid and occ[blk, 1, p1]:
+        return _bump(cells, blk, 1, p1, wt, dec, decrement)
+    row, pos = nb.uint64(0), p0
+    if cells[blk, 1, p1].count < cells[blk, 0, p0].count:  # strict: ties go to row 0
+        row, pos = nb.uint64(1), p1
+    c = nb.int64(cells[blk, row, pos].count) + wt  # never reset on takeover
+    cells[blk, row, pos].count = c
+    if takes_over(rand32(seed_mix, n, blk), c, wt):
+        cells[blk, row, pos].id = xid
+        occ[blk, row, pos] = 1
+    return 0
+
+
 @kernel
 def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection, widths, wmagics):
     """The sequential update loop of spec §3 over ``keys`` (uint32[n]) for packets ``n0 .. n0+n-1``.
@@ -194,25 +232,48 @@ def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection,
     ``widths`` / ``wmagics`` (``uint64[1 + m]``): buckets per row of each block and their
     :func:`fastmod_magic`; a block narrower than ``cells.shape[2]`` leaves its tail unused (an
     unequal memory split, ``ResidualSketchParams.split``).
+
+    Speed (issue 21): every block's row positions of a chunk of ``_CHUNK`` packets are hashed first
+    (:func:`_hash_chunk`; positions do not depend on the state), then the ordered loop inserts
+    packet by packet, prefetching the buckets of the packet ``_PREFETCH_AHEAD`` places on. The
+    state and every answer are those of one :func:`coco_insert` per packet and block.
     """
     m = masks.shape[0]
-    w0 = nb.uint64(widths[0])
-    wmagic0 = nb.uint64(wmagics[0])
+    blocks = nb.uint64(m + 1)
     unit = weights.shape[0] == 0
-    for i in range(keys.shape[0]):
-        wt = nb.int64(1) if unit else nb.int64(weights[i])
-        if wt <= 0:
-            continue
-        x = nb.uint64(keys[i])
-        n = nb.uint64(n0) + nb.uint64(i)
-        c = coco_insert(cells, occ, 0, x, w0, wmagic0, seed_mix, n, wt, 0, False)
-        bypass, decrement = connection_rule(c, wt, T, connection)
-        if bypass:
-            continue  # confirmed-heavy keys bypass the blocks
+    n_keys = keys.shape[0]
+    pos = np.zeros(2 * _CHUNK * (m + 1), np.uint32)  # [block][packet][row]
+    width = nb.uint64(cells.shape[2])
+    cells_flat = cells.reshape(cells.size)
+    for start in range(0, n_keys, _CHUNK):
+        stop = min(n_keys, start + _CHUNK)
+        _hash_chunk(keys, start, stop, _M32, nb.uint64(widths[0]), nb.uint64(wmagics[0]), pos, 0)
         for j in range(m):
-            p = x & nb.uint64(masks[j])
-            coco_insert(cells, occ, j + 1, p, nb.uint64(widths[j + 1]), nb.uint64(wmagics[j + 1]), seed_mix, n, wt,
-                        c, decrement)
+            _hash_chunk(keys, start, stop, nb.uint64(masks[j]), nb.uint64(widths[j + 1]), nb.uint64(wmagics[j + 1]),
+                        pos, 2 * _CHUNK * (j + 1))
+        for k in range(stop - start):
+            ahead = nb.uint64((k + _PREFETCH_AHEAD) & (_CHUNK - 1))
+            for b in range(blocks):
+                base = nb.uint64(2 * _CHUNK * b) + 2 * ahead
+                row0 = nb.uint64(2 * b) * width
+                prefetch(cells_flat, row0 + pos[base])
+                prefetch(cells_flat, row0 + width + pos[base + 1])
+            i = nb.uint64(start + k)
+            wt = nb.int64(1) if unit else nb.int64(weights[i])
+            if wt <= 0:
+                continue
+            x = nb.uint64(keys[i])
+            n = nb.uint64(n0) + i
+            at = nb.uint64(2 * k)
+            c = _insert_at(cells, occ, nb.uint64(0), nb.uint32(x), nb.uint64(pos[at]), nb.uint64(pos[at + 1]),
+                           seed_mix, n, wt, 0, False)
+            bypass, decrement = connection_rule(c, wt, T, connection)
+            if bypass:
+                continue  # confirmed-heavy keys bypass the blocks
+            for j in range(m):
+                at = nb.uint64(2 * _CHUNK * (j + 1) + 2 * k)
+                _insert_at(cells, occ, nb.uint64(j + 1), nb.uint32(x & nb.uint64(masks[j])), nb.uint64(pos[at]),
+                           nb.uint64(pos[at + 1]), seed_mix, n, wt, c, decrement)
 
 
 # ---------------------------------------------------------------------------- IPv6 tree kernels
