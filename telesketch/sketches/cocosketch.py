@@ -197,25 +197,6 @@ def _hash_chunk(keys, start, stop, mask, w, wmagic, pos, base):
         pos[nb.uint64(base + 2 * k + 1)] = nb.uint32(fastmod(bob_hash(x, _ROW1), wmagic, w))
 
 
-@kernel(inline="always")
-def _insert_at(cells, occ, blk, xid, p0, p1, seed_mix, n, wt, dec, decrement):
-    """:func:`coco_insert` of id ``xid`` whose row positions ``p0`` / ``p1`` are already hashed
-    (same answer; the id is compared before the occupancy flag, so the flag is read only on a match)."""
-    if cells[blk, 0, p0].id == xid and occ[blk, 0, p0]:
-        return _bump(cells, blk, 0, p0, wt, dec, decrement)
-    if cells[blk, 1, p1].id == xid and occ[blk, 1, p1]:
-        return _bump(cells, blk, 1, p1, wt, dec, decrement)
-    row, pos = nb.uint64(0), p0
-    if cells[blk, 1, p1].count < cells[blk, 0, p0].count:  # strict: ties go to row 0
-        row, pos = nb.uint64(1), p1
-    c = nb.int64(cells[blk, row, pos].count) + wt  # never reset on takeover
-    cells[blk, row, pos].count = c
-    if takes_over(rand32(seed_mix, n, blk), c, wt):
-        cells[blk, row, pos].id = xid
-        occ[blk, row, pos] = 1
-    return 0
-
-
 @kernel
 def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection, widths, wmagics):
     """The sequential update loop of spec §3 over ``keys`` (uint32[n]) for packets ``n0 .. n0+n-1``.
@@ -233,10 +214,17 @@ def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection,
     :func:`fastmod_magic`; a block narrower than ``cells.shape[2]`` leaves its tail unused (an
     unequal memory split, ``ResidualSketchParams.split``).
 
-    Speed (issue 21): every block's row positions of a chunk of ``_CHUNK`` packets are hashed first
-    (:func:`_hash_chunk`; positions do not depend on the state), then the ordered loop inserts
-    packet by packet, prefetching the buckets of the packet ``_PREFETCH_AHEAD`` places on. The
-    state and every answer are those of one :func:`coco_insert` per packet and block.
+    Each block's step is :func:`coco_insert` (F's answer ``c`` then picks the Residual Connection,
+    :func:`connection_rule`), with the same state and answers, written for speed (issue 21):
+
+    * every block's row positions of a chunk of ``_CHUNK`` packets are hashed first
+      (:func:`_hash_chunk`: positions do not depend on the state, so that loop pipelines and
+      vectorises), then the ordered loop inserts packet by packet, prefetching the buckets of the
+      packet ``_PREFETCH_AHEAD`` places on;
+    * the insert is written out in the loop over blocks rather than called: Numba's IR-level
+      ``inline="always"`` of ``coco_insert`` ran the loop at about half the speed (measured,
+      bench_residual_ab.py);
+    * the id is compared before the occupancy flag, so the flag is read only on a match.
     """
     m = masks.shape[0]
     blocks = nb.uint64(m + 1)
@@ -264,16 +252,34 @@ def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection,
                 continue
             x = nb.uint64(keys[i])
             n = nb.uint64(n0) + i
-            at = nb.uint64(2 * k)
-            c = _insert_at(cells, occ, nb.uint64(0), nb.uint32(x), nb.uint64(pos[at]), nb.uint64(pos[at + 1]),
-                           seed_mix, n, wt, 0, False)
-            bypass, decrement = connection_rule(c, wt, T, connection)
-            if bypass:
-                continue  # confirmed-heavy keys bypass the blocks
-            for j in range(m):
-                at = nb.uint64(2 * _CHUNK * (j + 1) + 2 * k)
-                _insert_at(cells, occ, nb.uint64(j + 1), nb.uint32(x & nb.uint64(masks[j])), nb.uint64(pos[at]),
-                           nb.uint64(pos[at + 1]), seed_mix, n, wt, c, decrement)
+            c = nb.int64(0)  # F's answer: its post-update count if x was held, else 0
+            decrement = False
+            for b in range(blocks):
+                xid = nb.uint32(x) if b == 0 else nb.uint32(x & nb.uint64(masks[b - 1]))
+                at = nb.uint64(2 * _CHUNK * b + 2 * k)
+                p0, p1 = nb.uint64(pos[at]), nb.uint64(pos[at + 1])
+                hit = True
+                if cells[b, 0, p0].id == xid and occ[b, 0, p0]:
+                    row, p = nb.uint64(0), p0
+                elif cells[b, 1, p1].id == xid and occ[b, 1, p1]:
+                    row, p = nb.uint64(1), p1
+                else:
+                    hit = False
+                    row, p = nb.uint64(0), p0
+                    if cells[b, 1, p1].count < cells[b, 0, p0].count:  # strict: ties go to row 0
+                        row, p = nb.uint64(1), p1
+                new = nb.int64(cells[b, row, p].count) + wt  # never reset on takeover
+                if hit and decrement:  # Residual Blocks only: F's count just reached T
+                    new = max(nb.int64(0), new - c)
+                cells[b, row, p].count = new
+                if not hit and takes_over(rand32(seed_mix, n, b), new, wt):
+                    cells[b, row, p].id = xid
+                    occ[b, row, p] = 1
+                if b == 0:
+                    c = new if hit else nb.int64(0)
+                    bypass, decrement = connection_rule(c, wt, T, connection)
+                    if bypass:
+                        break  # confirmed-heavy keys bypass the blocks
 
 
 # ---------------------------------------------------------------------------- IPv6 tree kernels
