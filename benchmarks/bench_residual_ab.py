@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import subprocess
 import sys
 import tempfile
@@ -59,11 +60,13 @@ def load_base(rev: str, workdir: Path):
     return module
 
 
-def kernel_args(sketch):
-    """``stream_kernel``'s arguments after the keys and weights, as ``update_addresses`` passes them."""
+def kernel_args(module, sketch):
+    """``stream_kernel``'s arguments after the keys and weights, as ``update_addresses`` passes them
+    (CocoSketch: ``masks`` None where the module has the F-only path, else an empty array)."""
     if isinstance(sketch, ResidualSketch):
         return (sketch.cells, sketch.occ, sketch._masks, np.int64(sketch.T), sketch._seed_mix)
-    return (sketch.cells, sketch.occ, np.zeros(0, np.uint32), 0, sketch._seed_mix)
+    f_only = None if "if masks is None" in inspect.getsource(module) else np.zeros(0, np.uint32)
+    return (sketch.cells, sketch.occ, f_only, 0, sketch._seed_mix)
 
 
 def run_once(module, factory, memory: int, batches) -> tuple[float, np.ndarray, np.ndarray]:
@@ -71,7 +74,7 @@ def run_once(module, factory, memory: int, batches) -> tuple[float, np.ndarray, 
     sketch = factory(memory)
     connection = sketch.params.connection if isinstance(sketch, ResidualSketch) else True
     no_weights = np.zeros(0, np.int64)
-    args = kernel_args(sketch)
+    args = kernel_args(module, sketch)
     packets = 0
     start = time.thread_time()
     for keys in batches:

@@ -183,8 +183,19 @@ def connection_rule(c, wt, T, connection):
 #: the hash loop over a chunk has no dependence between packets, so it pipelines (and vectorises),
 #: while the insert loop, which must run in arrival order, only reads the positions.
 _CHUNK = 512
-#: Packets between prefetching a packet's buckets and inserting it (tables past the L1 cache).
+#: Packets between prefetching a packet's buckets and inserting it.
 _PREFETCH_AHEAD = 8
+#: Bucket arrays up to this many bytes are not prefetched: they stay in the L1 / L2 cache, where the
+#: prefetches only cost instructions (measured slower at 32 KiB).
+_PREFETCH_ABOVE = 48 * 1024
+
+
+@kernel(inline="always")
+def _mask(masks, j):
+    """``masks[j]`` as ``uint64`` (``masks`` None: plain CocoSketch, never called)."""
+    if masks is None:
+        return _M32
+    return nb.uint64(masks[j])
 
 
 @kernel(inline="always")
@@ -205,7 +216,8 @@ def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection,
     (bytes); a zero weight changes nothing (the packet index still advances).
 
     Block 0 is the full-key block F; block ``j >= 1`` is the Residual Block of prefix mask
-    ``masks[j-1]`` (ascending lengths). With no masks this is plain CocoSketch. With
+    ``masks[j-1]`` (ascending lengths). With ``masks`` None (or empty) this is plain CocoSketch (None
+    compiles a loop for F alone, about 1.5x faster). With
     ``connection`` False (the spec's "noConn" column, as the reference's
     ``HHHKey_without`` runs it) every packet is a plain insert into every block: no bypass, no
     decrement (and the query adds nothing back).
@@ -226,8 +238,13 @@ def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection,
       bench_residual_ab.py);
     * the id is compared before the occupancy flag, so the flag is read only on a match.
     """
-    m = masks.shape[0]
-    blocks = nb.uint64(m + 1)
+    if masks is None:  # plain CocoSketch: a compile-time branch, so the block loop below runs once
+        m = 0
+        blocks = nb.uint64(1)
+    else:
+        m = masks.shape[0]
+        blocks = nb.uint64(m + 1)
+    prefetching = cells.size * cells.itemsize > _PREFETCH_ABOVE
     unit = weights.shape[0] == 0
     n_keys = keys.shape[0]
     pos = np.zeros(2 * _CHUNK * (m + 1), np.uint32)  # [block][packet][row]
@@ -237,11 +254,11 @@ def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection,
         stop = min(n_keys, start + _CHUNK)
         _hash_chunk(keys, start, stop, _M32, nb.uint64(widths[0]), nb.uint64(wmagics[0]), pos, 0)
         for j in range(m):
-            _hash_chunk(keys, start, stop, nb.uint64(masks[j]), nb.uint64(widths[j + 1]), nb.uint64(wmagics[j + 1]),
+            _hash_chunk(keys, start, stop, _mask(masks, j), nb.uint64(widths[j + 1]), nb.uint64(wmagics[j + 1]),
                         pos, 2 * _CHUNK * (j + 1))
         for k in range(stop - start):
             ahead = nb.uint64((k + _PREFETCH_AHEAD) & (_CHUNK - 1))
-            for b in range(blocks):
+            for b in range(blocks if prefetching else nb.uint64(0)):
                 base = nb.uint64(2 * _CHUNK * b) + 2 * ahead
                 row0 = nb.uint64(2 * b) * width
                 prefetch(cells_flat, row0 + pos[base])
@@ -255,7 +272,7 @@ def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection,
             c = nb.int64(0)  # F's answer: its post-update count if x was held, else 0
             decrement = False
             for b in range(blocks):
-                xid = nb.uint32(x) if b == 0 else nb.uint32(x & nb.uint64(masks[b - 1]))
+                xid = nb.uint32(x) if b == 0 else nb.uint32(x & _mask(masks, b - 1))
                 at = nb.uint64(2 * _CHUNK * b + 2 * k)
                 p0, p1 = nb.uint64(pos[at]), nb.uint64(pos[at + 1])
                 hit = True
@@ -1006,8 +1023,7 @@ class CocoSketch(BlockSketchVerbs):
         """Count a raw ``uint32[n]`` address array (the benchmark entry point; hashing included);
         ``weights`` (byte-weighted sketches): ``n`` non-negative integers."""
         keys = as_addresses(addresses)
-        stream_kernel(keys, self._take_weights(weights, keys.shape[0]), self.cells, self.occ,
-                      np.zeros(0, np.uint32), 0,
+        stream_kernel(keys, self._take_weights(weights, keys.shape[0]), self.cells, self.occ, None, 0,
                       self._seed_mix, np.uint64(self.packets), True, *self._geometry)
         self.packets += keys.shape[0]
 
