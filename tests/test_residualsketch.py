@@ -119,17 +119,16 @@ def test_cocosketch_equals_naive_model():
 
 
 @pytest.mark.parametrize("cls", ["residual", "coco"])
-def test_prefetching_kernel_equals_naive_model(cls):
-    """Bucket arrays past ``_PREFETCH_ABOVE`` take the prefetching loop, and batches that end inside a
-    hashing chunk (``_CHUNK``) leave stale positions ahead: state as the naive model's."""
-    from telesketch.sketches.cocosketch import _CHUNK, _PREFETCH_ABOVE
+def test_kernel_over_batches_cut_inside_a_hashing_chunk_equals_naive_model(cls):
+    """Batches that end inside a hashing chunk (``_CHUNK``), at a memory past the other tests':
+    state as the naive model's."""
+    from telesketch.sketches.cocosketch import _CHUNK
 
-    memory = 2 * _PREFETCH_ABOVE
+    memory = 96 * 1024
     addresses = hierarchical_stream(9000, seed=7)
     crucial = (16,) if cls == "residual" else ()
     sketch = (ResidualSketch(memory_bytes=memory, crucial_layers=crucial, threshold=20, seed=5) if crucial
               else CocoSketch(memory_bytes=memory, threshold=20, seed=5))
-    assert sketch.cells.nbytes > _PREFETCH_ABOVE
     for chunk in np.split(addresses, [_CHUNK // 3, _CHUNK + 7, 5000]):
         sketch.update_addresses(chunk)
     model = naive.NaiveResidualSketch(memory, 20, crucial, seed=5)
