@@ -62,10 +62,12 @@ def load_base(rev: str, workdir: Path):
 
 def kernel_args(module, sketch):
     """``stream_kernel``'s arguments after the keys and weights, as ``update_addresses`` passes them
-    (CocoSketch: ``masks`` None where the module has the F-only path, else an empty array)."""
+    (``masks``: ResidualSketch's tuple and CocoSketch's None where the module takes them, else arrays)."""
+    source = inspect.getsource(module)
     if isinstance(sketch, ResidualSketch):
-        return (sketch.cells, sketch.occ, sketch._masks, np.int64(sketch.T), sketch._seed_mix)
-    f_only = None if "if masks is None" in inspect.getsource(module) else np.zeros(0, np.uint32)
+        masks = sketch.kernel_masks() if "m = len(masks)" in source else sketch._masks
+        return (sketch.cells, sketch.occ, masks, np.int64(sketch.T), sketch._seed_mix)
+    f_only = None if "if masks is None" in source else np.zeros(0, np.uint32)
     return (sketch.cells, sketch.occ, f_only, 0, sketch._seed_mix)
 
 
