@@ -118,6 +118,41 @@ def test_cocosketch_equals_naive_model():
     assert cs.full_keys() == model.F.all()
 
 
+@pytest.mark.parametrize("cls", ["residual", "coco"])
+def test_kernel_over_batches_cut_inside_a_hashing_chunk_equals_naive_model(cls):
+    """Batches that end inside a hashing chunk (``_CHUNK``), at a memory past the other tests':
+    state as the naive model's."""
+    from telesketch.sketches.cocosketch import _CHUNK
+
+    memory = 96 * 1024
+    addresses = hierarchical_stream(9000, seed=7)
+    crucial = (16,) if cls == "residual" else ()
+    sketch = (ResidualSketch(memory_bytes=memory, crucial_layers=crucial, threshold=20, seed=5) if crucial
+              else CocoSketch(memory_bytes=memory, threshold=20, seed=5))
+    for chunk in np.split(addresses, [_CHUNK // 3, _CHUNK + 7, 5000]):
+        sketch.update_addresses(chunk)
+    model = naive.NaiveResidualSketch(memory, 20, crucial, seed=5)
+    model.update(addresses.tolist())
+    ids, counts, occ = model.state()
+    np.testing.assert_array_equal(sketch.ids, np.array(ids, np.uint32))
+    np.testing.assert_array_equal(sketch.counts, np.array(counts, np.int32))
+    np.testing.assert_array_equal(sketch.occ, np.array(occ, np.uint8))
+
+
+def test_cocosketch_f_only_loop_equals_the_general_loop():
+    """CocoSketch's kernel (``masks`` None: F alone, compiled apart) and ResidualSketch's general loop
+    with no crucial layers give the same state, packet-counted and byte-weighted."""
+    addresses = hierarchical_stream(6000, seed=9)
+    weights = np.random.default_rng(9).integers(0, 1500, addresses.size)
+    for weight, w in (("packets", None), ("bytes", weights)):
+        coco = CocoSketch(memory_bytes=2400, threshold=30, seed=6, weight=weight)
+        general = ResidualSketch(memory_bytes=2400, crucial_layers=(), threshold=30, seed=6, weight=weight)
+        coco.update_addresses(addresses, w)
+        general.update_addresses(addresses, w)
+        np.testing.assert_array_equal(coco.cells, general.cells)
+        np.testing.assert_array_equal(coco.occ, general.occ)
+
+
 def test_key_zero_is_counted_not_taken_for_an_empty_bucket():
     rs = ResidualSketch(memory_bytes=1024, threshold=5)
     rs.update_addresses(np.zeros(20, np.uint32))

@@ -295,9 +295,15 @@ class ResidualSketch(BlockSketchVerbs):
         """Process a raw ``uint32[n]`` address array in order (benchmark entry point); ``weights``
         (byte-weighted sketches): ``n`` non-negative integers."""
         keys = as_addresses(addresses)
-        stream_kernel(keys, self._take_weights(weights, keys.shape[0]), self.cells, self.occ, self._masks, np.int64(self.T),
+        stream_kernel(keys, self._take_weights(weights, keys.shape[0]), self.cells, self.occ, self.kernel_masks(),
+                      np.int64(self.T),
                       self._seed_mix, np.uint64(self.packets), self.params.connection, *self._geometry)
         self.packets += keys.shape[0]
+
+    def kernel_masks(self) -> tuple[np.uint64, ...] | None:
+        """The crucial layers' prefix masks as :func:`stream_kernel` takes them: a tuple of ``uint64`` (the
+        kernel is compiled for its length, so its loop over the blocks unrolls), None without crucial layers."""
+        return tuple(np.uint64(mask) for mask in self._masks) or None
 
     # ------------------------------------------------------------------ queries
     def layer_estimates(self) -> LayerEstimates:
