@@ -18,8 +18,6 @@ alternating, by wall time and by process CPU time (all threads), states compared
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
 import bench_kernels  # noqa: E402
-from common import machine  # noqa: E402
+from common import add_ab_options, machine, module_at_revision  # noqa: E402
 
 from telesketch.sketches import gapfilter as current  # noqa: E402
 
@@ -43,15 +41,7 @@ VARIANTS = ("Straw", "SO", "AO")
 
 def load_base(rev: str, workdir: Path):
     """Import ``telesketch/sketches/gapfilter.py`` as of ``rev`` (a module named ``gapfilter_base``)."""
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:telesketch/sketches/gapfilter.py"],
-                            check=True, capture_output=True, text=True).stdout
-    path = workdir / "gapfilter_base.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("gapfilter_base", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gapfilter_base"] = module  # Numba's cache locates kernels by module
-    spec.loader.exec_module(module)
-    return module
+    return module_at_revision(REPO, rev, "telesketch/sketches/gapfilter.py", workdir)
 
 
 def run_once(module, variant: str, memory: int, batches) -> tuple[float, bytes]:
@@ -97,16 +87,7 @@ def compare_paths(variants, memories, batches, rounds: int, packets: int) -> Non
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="main", help="git revision whose gapfilter.py is the baseline")
-    ap.add_argument("--workload", choices=("synthetic", "spec"), default="spec",
-                    help="bench_kernels' workloads: the specs' generated trace (default) or synthetic Zipf flows")
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared",
-                    help="the shared directory holding tools/ (for --workload spec)")
-    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "telesketch" / "bench",
-                    help="where the spec workload is generated once")
-    ap.add_argument("--packets", type=int, default=2_000_000, help="packets of the synthetic workload")
-    ap.add_argument("--batch", type=int, default=65536, help="packets per update call")
-    ap.add_argument("--rounds", type=int, default=7, help="alternating base/this-tree rounds per row")
+    add_ab_options(ap, REPO, "gapfilter.py", "main")
     ap.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants (Straw,SO,AO)")
     ap.add_argument("--memory-kib", default="16,64,210", help="comma-separated memory points in KiB")
     ap.add_argument("--paths", action="store_true",

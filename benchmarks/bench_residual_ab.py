@@ -14,9 +14,7 @@ only faster is the only kind this benchmark accepts.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
 import bench_kernels  # noqa: E402
-from common import machine  # noqa: E402
+from common import add_ab_options, machine, module_at_revision  # noqa: E402
 
 from telesketch.sketches import cocosketch as current  # noqa: E402
 from telesketch.sketches.residualsketch import CocoSketch, ResidualSketch  # noqa: E402
@@ -49,15 +47,7 @@ ROWS = [
 
 def load_base(rev: str, workdir: Path):
     """Import ``telesketch/sketches/cocosketch.py`` as of ``rev`` (a module named ``cocosketch_base``)."""
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:telesketch/sketches/cocosketch.py"],
-                            check=True, capture_output=True, text=True).stdout
-    path = workdir / "cocosketch_base.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("cocosketch_base", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cocosketch_base"] = module  # Numba's cache locates kernels by module
-    spec.loader.exec_module(module)
-    return module
+    return module_at_revision(REPO, rev, "telesketch/sketches/cocosketch.py", workdir)
 
 
 def kernel_args(module, sketch):
@@ -87,16 +77,7 @@ def run_once(module, factory, memory: int, batches) -> tuple[float, np.ndarray, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="HEAD", help="git revision whose cocosketch.py is the baseline")
-    ap.add_argument("--workload", choices=("synthetic", "spec"), default="spec",
-                    help="bench_kernels' workloads: the spec's residualsketch_gen synth trace (default) or synthetic Zipf")
-    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared",
-                    help="the shared directory holding tools/ (for --workload spec)")
-    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "telesketch" / "bench",
-                    help="where the spec workload is generated once")
-    ap.add_argument("--packets", type=int, default=2_000_000, help="packets of the workload")
-    ap.add_argument("--batch", type=int, default=65536, help="packets per update call")
-    ap.add_argument("--rounds", type=int, default=7, help="alternating base/this-tree rounds per row")
+    add_ab_options(ap, REPO, "cocosketch.py", "HEAD")
     ap.add_argument("--only", default="", help="comma-separated row prefixes (Residual,Coco)")
     args = ap.parse_args()
     nb.set_num_threads(1)

@@ -45,3 +45,40 @@ def timed_threads(target, count: int) -> float:
     for t in threads:
         t.join()
     return time.perf_counter() - start
+
+
+def module_at_revision(repo, rev: str, relpath: str, workdir):
+    """Import ``relpath`` (e.g. ``telesketch/sketches/gapfilter.py``) as of git revision ``rev``, as a
+    module named ``<stem>_base`` written into ``workdir``: the baseline of a one-process A/B."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    source = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{relpath}"],
+                            check=True, capture_output=True, text=True).stdout
+    name = f"{Path(relpath).stem}_base"
+    path = Path(workdir) / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # Numba's cache locates kernels by module
+    spec.loader.exec_module(module)
+    return module
+
+
+def add_ab_options(ap, repo, module: str, base_default: str) -> None:
+    """The options of every one-process A/B kernel benchmark (``bench_*_ab.py``): the baseline revision
+    of ``module``, the workload, and rounds."""
+    from pathlib import Path
+
+    ap.add_argument("--base", default=base_default, help=f"git revision whose {module} is the baseline")
+    ap.add_argument("--workload", choices=("synthetic", "spec"), default="spec",
+                    help="bench_kernels' workloads: the spec's generated trace (default) or synthetic Zipf flows")
+    ap.add_argument("--shared", type=Path, default=Path(repo).parent / "shared",
+                    help="the shared directory holding tools/ (for --workload spec)")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "telesketch" / "bench",
+                    help="where the spec workload is generated once")
+    ap.add_argument("--packets", type=int, default=2_000_000, help="packets of the synthetic workload")
+    ap.add_argument("--batch", type=int, default=65536, help="packets per update call")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating base/this-tree rounds per row")
