@@ -65,7 +65,7 @@ def fitted():
 def test_packed_forest_predicts_bit_for_bit_like_the_node_walk(shipped, fitted):
     rng = np.random.default_rng(2)
     for trees in (shipped, fitted):
-        for rows in (0, 1, 3, 4, 7, 1029, 2500):  # the 4-row groups, their tail and the 1024-row blocks
+        for rows in (0, 1, 3, 7, 8, 9, 17, 1029, 2500):  # the 8-row groups, their tail and the 1024-row blocks
             headers = rng.integers(0, 256, (rows, 40), dtype=np.uint8)
             headers[:, 0] = 0x45
             headers[: rows // 2, 20:40] = rng.integers(0, 4, (rows // 2, 20), dtype=np.uint8) * 60  # on thresholds
