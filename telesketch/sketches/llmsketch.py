@@ -948,6 +948,9 @@ class LLMSketch(Sketch):
 
     #: ``"module:Class"`` of this class with a scorer attached (what a scorer setting builds).
     scored_class = "telesketch.estimators.scoring:ScoredLLMSketch"
+    #: what updates write (``copy`` duplicates these; the GPU twin keeps some on the device)
+    COPY_ARRAYS = ("slot_names", "_slot_words", "counts", "lock", "occ", "cm", "coco_ids", "coco_counts", "coco_occ")
+    COPY_EXACT = ("telesketch.sketches.llmsketch:LLMSketch", "telesketch.estimators.scoring:ScoredLLMSketch")
 
     def __new__(cls, *args, **kwargs):
         """Build :attr:`scored_class` when a scorer setting is given (the third positional
