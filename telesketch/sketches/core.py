@@ -323,7 +323,7 @@ class Sketch:
     """Base class of every sketch kind: the lifecycle defaults of :class:`SketchContract`.
 
     A kind overrides what differs: ``combine`` (its rule over epochs and shards; default: merge),
-    ``copy`` (default: a round trip through ``to_bytes``), ``successor`` (what outlives an epoch;
+    ``copy`` (default: the ``COPY_ARRAYS`` it names copied, else a round trip through ``to_bytes``), ``successor`` (what outlives an epoch;
     default ``None``: nothing, the service builds a fresh sketch), ``start_epoch`` (continuous
     kinds), ``load_factor`` (how full it is; ``None`` when the kind cannot tell).
     """
