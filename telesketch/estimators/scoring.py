@@ -434,6 +434,13 @@ class ScoringMixin:
             scores = self.scorer.scores(batch)
         super().update(batch, scores)
 
+    def copy(self):
+        """The sketch state without the scorer (what a copy through ``to_bytes`` gives: the state
+        holds no scorer state), so updating the copy cannot touch this sketch's score cache."""
+        clone = super().copy()
+        clone.scorer = None
+        return clone
+
     def successor(self):
         """An empty sketch with the same parameters that shares this one's :class:`FlowScorer`.
 

@@ -59,6 +59,7 @@ from telesketch.service.metrics import ServiceMetrics
 from telesketch.service.overload import OverloadWatch
 from telesketch.presenter import format_prefix, gap_rows, key_bytes, key_text
 from telesketch.service.queries import QueryEngine, WindowSpec
+from telesketch.service.replies import int_key_entries
 from telesketch.errors import (IngestRejected, NotFound, Precondition, QueryError, TelesketchError, TooLarge,
                                Unavailable)
 from telesketch.service.sketchset import SketchSet
@@ -434,6 +435,20 @@ def _family(key, int_keys: str = "ipv4") -> int:
 
 
 def _keys(answer) -> service_pb2.KeyEstimates:
+    """The ``KeyEstimates`` reply: integer keys (addresses, fingerprints) encoded array-at-a-time
+    (:func:`~telesketch.service.replies.int_key_entries`), byte keys one entry each."""
+    rows = answer.rows
+    keys = [k for k, _ in rows]
+    encoded = int_key_entries(keys, [float(v) for _, v in rows], answer.int_keys) if rows else None
+    if encoded is not None:
+        reply = service_pb2.KeyEstimates.FromString(encoded)
+        reply.window.CopyFrom(_info(answer, with_unit=True))
+        return reply
+    return _keys_per_row(answer)
+
+
+def _keys_per_row(answer) -> service_pb2.KeyEstimates:
+    """The ``KeyEstimates`` reply built one ``KeyEstimate`` per row (any key form)."""
     return service_pb2.KeyEstimates(
         entries=[service_pb2.KeyEstimate(key=key_bytes(k), estimate=float(v), text=key_text(k, answer.int_keys),
                                          family=_family(k, answer.int_keys))

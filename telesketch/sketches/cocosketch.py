@@ -791,6 +791,9 @@ class BlockSketchVerbs(Sketch):
     ALGORITHM: str
     VERSION: int
     PARAMS: type
+    #: both trees' buckets: what updates write (``copy`` duplicates these, shares the geometry)
+    COPY_ARRAYS = ("cells", "occ", "hi6", "lo6", "counts6", "occ6")
+    COPY_EXACT = ("telesketch.sketches.cocosketch:CocoSketch", "telesketch.sketches.residualsketch:ResidualSketch")
 
     @classmethod
     def combine(cls, parts: list, rule: Rule = EPOCHS) -> Window:

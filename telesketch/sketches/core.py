@@ -32,6 +32,17 @@ class NotMergeableError(SketchError):
     """The algorithm's state cannot be merged (e.g. order-dependent GapFilter buckets)."""
 
 
+def clone_with_arrays(obj, names: tuple[str, ...]):
+    """A shallow clone of ``obj`` (same class, same attribute values) whose attributes ``names``
+    (numpy arrays) are copies: for state whose other attributes are scalars or are never written
+    in place (parameters, seeds, geometry), so the clone and ``obj`` then evolve independently."""
+    clone = object.__new__(type(obj))
+    clone.__dict__.update(obj.__dict__)
+    for name in names:
+        setattr(clone, name, getattr(obj, name).copy())
+    return clone
+
+
 def pack_state(
     algorithm: str,
     version: int,
@@ -312,7 +323,7 @@ class Sketch:
     """Base class of every sketch kind: the lifecycle defaults of :class:`SketchContract`.
 
     A kind overrides what differs: ``combine`` (its rule over epochs and shards; default: merge),
-    ``copy`` (default: a round trip through ``to_bytes``), ``successor`` (what outlives an epoch;
+    ``copy`` (default: the ``COPY_ARRAYS`` it names copied, else a round trip through ``to_bytes``), ``successor`` (what outlives an epoch;
     default ``None``: nothing, the service builds a fresh sketch), ``start_epoch`` (continuous
     kinds), ``load_factor`` (how full it is; ``None`` when the kind cannot tell).
     """
@@ -321,7 +332,20 @@ class Sketch:
     def combine(cls, parts: list, rule: Rule = EPOCHS) -> Window:
         return MergedWindow(parts, rule)
 
+    #: the attributes :meth:`copy` duplicates (arrays updated in place); empty: copy through bytes
+    COPY_ARRAYS: tuple[str, ...] = ()
+    #: the exact classes whose state is only ``COPY_ARRAYS`` plus values never written in place (a
+    #: subclass such as a GPU twin may keep more state, e.g. on the device: it copies through bytes)
+    COPY_EXACT: tuple[str, ...] = ()
+
     def copy(self):
+        """An independent sketch in the same state, that later updates of either do not change.
+
+        Kinds that name their mutable arrays (``COPY_ARRAYS``) get a shallow clone with those
+        arrays copied: a memcpy per array, what a service query does under the ingest lock. Every
+        other kind (or a subclass not named in ``COPY_EXACT``) round-trips ``to_bytes``."""
+        if self.COPY_ARRAYS and f"{type(self).__module__}:{type(self).__qualname__}" in self.COPY_EXACT:
+            return clone_with_arrays(self, self.COPY_ARRAYS)
         return type(self).from_bytes(self.to_bytes())
 
     def successor(self):

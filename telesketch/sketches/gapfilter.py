@@ -934,6 +934,12 @@ class _EventLog:
     def clear(self) -> None:
         self._chunks, self.count, self.dropped = [], 0, 0
 
+    def copy(self) -> "_EventLog":
+        """An independent log with the same events (chunks are never written in place: shared)."""
+        twin = _EventLog(self.capacity)
+        twin._chunks, twin.count, twin.dropped = list(self._chunks), self.count, self.dropped
+        return twin
+
 
 # ============================================================================ the sketches
 class _GapFilterBase(Sketch):
@@ -1109,6 +1115,15 @@ class _GapFilterBase(Sketch):
         """Forget the recorded events (and the dropped count); detection state is kept."""
         self._log.clear()
 
+    def copy(self):
+        """An independent sketch in the same state: detection arrays (``COPY_ARRAYS``), event log
+        and coverage counters copied; parameters and seeds shared (never written)."""
+        clone = super().copy()
+        if clone._log is self._log:  # the shallow clone (a copy through bytes has its own log)
+            clone._log = self._log.copy()
+            clone.skipped_packets = dict(self.skipped_packets)
+        return clone
+
     def start_epoch(self, epoch: int) -> None:
         """Begin epoch ``epoch``: clears the event log; detection state carries over (flows persist)."""
         _check_int("epoch", epoch, 0, 1 << 62)
@@ -1213,6 +1228,9 @@ class GapFilterSO(_GapFilterBase):
     ALGORITHM = "gapfilter-so"
     PARAMS = GapFilterSOParams
 
+    COPY_ARRAYS = ("table",)
+    COPY_EXACT = ("telesketch.sketches.gapfilter:GapFilterSO",)
+
     def _init_state(self) -> None:
         self.table = np.zeros((self.params.n_buckets, 4), np.uint16)
 
@@ -1250,6 +1268,9 @@ class GapFilterAO(_GapFilterBase):
 
     ALGORITHM = "gapfilter-ao"
     PARAMS = GapFilterAOParams
+
+    COPY_ARRAYS = ("cells",)
+    COPY_EXACT = ("telesketch.sketches.gapfilter:GapFilterAO",)
 
     def _init_state(self) -> None:
         self.cells = np.zeros((self.params.n_buckets, 8), np.uint32)
@@ -1296,6 +1317,9 @@ class GapFilterStraw(_GapFilterBase):
 
     ALGORITHM = "gapfilter-straw"
     PARAMS = GapFilterStrawParams
+
+    COPY_ARRAYS = ("fps", "seqs", "rng")
+    COPY_EXACT = ("telesketch.sketches.gapfilter:GapFilterStraw",)
 
     def _init_state(self) -> None:
         rows = 2 * self.params.half_buckets

@@ -948,6 +948,9 @@ class LLMSketch(Sketch):
 
     #: ``"module:Class"`` of this class with a scorer attached (what a scorer setting builds).
     scored_class = "telesketch.estimators.scoring:ScoredLLMSketch"
+    #: what updates write (``copy`` duplicates these; the GPU twin keeps some on the device)
+    COPY_ARRAYS = ("slot_names", "_slot_words", "counts", "lock", "occ", "cm", "coco_ids", "coco_counts", "coco_occ")
+    COPY_EXACT = ("telesketch.sketches.llmsketch:LLMSketch", "telesketch.estimators.scoring:ScoredLLMSketch")
 
     def __new__(cls, *args, **kwargs):
         """Build :attr:`scored_class` when a scorer setting is given (the third positional
@@ -1156,12 +1159,15 @@ class LLMSketch(Sketch):
         mask = self.occ.astype(bool)
         return self.slot_keys[mask], self.counts[mask].astype(np.int64)
 
-    def _heavy_names(self) -> list[bytes | None] | None:
+    def _heavy_names(self, rows: np.ndarray | None = None) -> list[bytes | None] | None:
         """The flow key of each occupied slot (13 bytes for an IPv4 flow, 37 for an IPv6 one; None:
-        unknown), or None without ``keep_keys``."""
+        unknown), or None without ``keep_keys``; ``rows``: only those occupied slots (positions
+        in :meth:`_heavy_entries` order), in that order."""
         if not self.keep_keys:
             return None
         names = self.slot_names[self.occ.astype(bool)]
+        if rows is not None:
+            names = names[rows]
         known = names.any(axis=1)
         if names.shape[1] == FLOW_KEY37_BYTES:
             v4 = v4_mapped_rows(names)
@@ -1177,6 +1183,14 @@ class LLMSketch(Sketch):
         if self.params.task == "hhh":
             return int.from_bytes(key.tobytes(), "big")
         return int.from_bytes(key.tobytes(), "little")  # the flow-size fingerprint
+
+    def _decode_rows(self, keys: np.ndarray) -> list:
+        """:meth:`_decode` of each row of ``uint8[n, key_len]`` keys: the integer keys (fingerprints,
+        HHH addresses) of 4-byte keys read as one array, any other form row by row."""
+        if self.params.task in ("flow_size", "hhh") and self.params.key_len == 4:
+            order = "<u4" if self.params.task == "flow_size" else ">u4"
+            return np.ascontiguousarray(keys).view(order).reshape(-1).tolist()
+        return [self._decode(key) for key in keys]
 
     def _encode(self, key) -> bytes:
         """Inverse of :meth:`_decode`: a key as :meth:`top_flows` reports it -> its stored bytes."""
@@ -1209,11 +1223,12 @@ class LLMSketch(Sketch):
         fingerprint where a slot's name is not known).
         """
         keys, counts = self._heavy_entries()
-        names = self._heavy_names()
         order = np.lexsort((np.arange(counts.shape[0]), -counts))[: max(int(k), 0)]
-        if names is None:
-            return [(self._decode(keys[i]), int(counts[i])) for i in order]
-        return [(names[i] if names[i] is not None else self._decode(keys[i]), int(counts[i])) for i in order]
+        decoded = self._decode_rows(keys[order])  # only the k reported rows, integer keys in one call
+        names = self._heavy_names(order)
+        if names is not None:
+            decoded = [name if name is not None else key for name, key in zip(names, decoded)]
+        return list(zip(decoded, counts[order].tolist()))
 
     def heavy_hitters(self, threshold: float | None = None, phi: float | None = None) -> list[tuple[Any, int]]:
         """Heavy-part entries with count ``> threshold`` (or ``> int(phi * N)``, ``N`` the packets, or
