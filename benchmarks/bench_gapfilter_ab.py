@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
 import bench_kernels  # noqa: E402
-from common import add_ab_options, machine, module_at_revision  # noqa: E402
+from common import add_ab_options, alternate_rounds, machine, module_at_revision  # noqa: E402
 
 from telesketch.sketches import gapfilter as current  # noqa: E402
 
@@ -118,14 +118,9 @@ def main() -> None:
             for kib in memories:
                 for module in (base, current):  # compile or load caches outside the timed rounds
                     run_once(module, variant, 4 * KIB, batches[:1])
-                base_s, ours_s = [], []
-                for _ in range(args.rounds):
-                    t_base, state_base = run_once(base, variant, kib * KIB, batches)
-                    t_ours, state_ours = run_once(current, variant, kib * KIB, batches)
-                    if state_base != state_ours:
-                        sys.exit(f"{variant} {kib} KiB: the state differs from {args.base}'s")
-                    base_s.append(t_base)
-                    ours_s.append(t_ours)
+                base_s, ours_s = alternate_rounds(lambda: run_once(base, variant, kib * KIB, batches),
+                                                  lambda: run_once(current, variant, kib * KIB, batches),
+                                                  args.rounds, f"{variant} {kib} KiB")
                 ratio = float(np.median(np.array(base_s) / np.array(ours_s)))
                 print(f"| {variant} | {kib} | {len(full) / np.median(base_s) / 1e6:.1f} | "
                       f"{len(full) / np.median(ours_s) / 1e6:.1f} | {ratio:.2f}x |", flush=True)

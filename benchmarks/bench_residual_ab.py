@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
 import bench_kernels  # noqa: E402
-from common import add_ab_options, machine, module_at_revision  # noqa: E402
+from common import add_ab_options, alternate_rounds, machine, module_at_revision  # noqa: E402
 
 from telesketch.sketches import cocosketch as current  # noqa: E402
 from telesketch.sketches.residualsketch import CocoSketch, ResidualSketch  # noqa: E402
@@ -61,8 +61,8 @@ def kernel_args(module, sketch):
     return (sketch.cells, sketch.occ, f_only, 0, sketch._seed_mix)
 
 
-def run_once(module, factory, memory: int, batches) -> tuple[float, np.ndarray, np.ndarray]:
-    """Thread CPU seconds of one fresh sketch's kernel over every batch, and its final arrays."""
+def run_once(module, factory, memory: int, batches) -> tuple[float, bytes]:
+    """Thread CPU seconds of one fresh sketch's kernel over every batch, and its final arrays' bytes."""
     sketch = factory(memory)
     connection = sketch.params.connection if isinstance(sketch, ResidualSketch) else True
     no_weights = np.zeros(0, np.int64)
@@ -72,7 +72,7 @@ def run_once(module, factory, memory: int, batches) -> tuple[float, np.ndarray, 
     for keys in batches:
         module.stream_kernel(keys, no_weights, *args, np.uint64(packets), connection, *sketch._geometry)
         packets += keys.shape[0]
-    return time.thread_time() - start, sketch.cells, sketch.occ
+    return time.thread_time() - start, sketch.cells.tobytes() + sketch.occ.tobytes()
 
 
 def main() -> None:
@@ -99,14 +99,9 @@ def main() -> None:
                 continue
             for module in (base, current):  # compile or load caches outside the timed rounds
                 run_once(module, factory, 4 * KIB, batches[:1])
-            base_s, ours_s = [], []
-            for _ in range(args.rounds):
-                t_base, cells_base, occ_base = run_once(base, factory, kib * KIB, batches)
-                t_ours, cells_ours, occ_ours = run_once(current, factory, kib * KIB, batches)
-                if not (np.array_equal(cells_base, cells_ours) and np.array_equal(occ_base, occ_ours)):
-                    sys.exit(f"{label}: the state differs from {args.base}'s")
-                base_s.append(t_base)
-                ours_s.append(t_ours)
+            base_s, ours_s = alternate_rounds(lambda: run_once(base, factory, kib * KIB, batches),
+                                              lambda: run_once(current, factory, kib * KIB, batches),
+                                              args.rounds, label)
             ratio = float(np.median(np.array(base_s) / np.array(ours_s)))
             print(f"| {label} | {len(full) / np.median(base_s) / 1e6:.1f} | "
                   f"{len(full) / np.median(ours_s) / 1e6:.1f} | {ratio:.2f}x |", flush=True)

@@ -82,3 +82,19 @@ def add_ab_options(ap, repo, module: str, base_default: str) -> None:
     ap.add_argument("--packets", type=int, default=2_000_000, help="packets of the synthetic workload")
     ap.add_argument("--batch", type=int, default=65536, help="packets per update call")
     ap.add_argument("--rounds", type=int, default=7, help="alternating base/this-tree rounds per row")
+
+
+def alternate_rounds(run_base, run_ours, rounds: int, differs) -> tuple[list, list]:
+    """CPU seconds of ``rounds`` alternating runs of the baseline and this tree: ``run_*()`` returns
+    ``(seconds, state)``; exits naming ``differs`` when the two final states are not equal."""
+    import sys
+
+    base_s, ours_s = [], []
+    for _ in range(rounds):
+        t_base, state_base = run_base()
+        t_ours, state_ours = run_ours()
+        if state_base != state_ours:
+            sys.exit(f"{differs}: the state differs from the baseline's")
+        base_s.append(t_base)
+        ours_s.append(t_ours)
+    return base_s, ours_s
