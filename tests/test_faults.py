@@ -77,6 +77,16 @@ def old_batches(count: int, per_batch: int = 500, epochs: int = 3, seed: int = 1
     return [make_batch(per_batch, OLD_EPOCH * 10**9 + i * span, span, seed=seed + i) for i in range(count)]
 
 
+#: ``python -c LIMITED_SERVE BYTES serve ...``: ``telesketch serve`` with RLIMIT_FSIZE at BYTES (a full disk:
+#: a write past it fails with EFBIG, Python ignoring SIGXFSZ).
+LIMITED_SERVE = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+from telesketch.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 class Server:
     """``telesketch serve`` in a subprocess (its own session), its output collected in the background."""
 
@@ -95,15 +105,13 @@ class Server:
         self.port = self.http_port = 0
 
     def start(self, expect_failure: bool = False) -> "Server":
-        def limit():
-            if self.fsize_limit is not None:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (self.fsize_limit, resource.RLIM_INFINITY))
-
+        # The file-size limit is set by the child itself (LIMITED_SERVE), not by a preexec_fn: Python
+        # code between fork and exec can deadlock on a lock another thread of this process held.
+        launch = ["-m", "telesketch.cli"] if self.fsize_limit is None else ["-c", LIMITED_SERVE, str(self.fsize_limit)]
         self.lines = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "telesketch.cli", "serve", "--config", str(self.config_path), *self.extra_args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, start_new_session=True,
-            preexec_fn=limit)
+            [sys.executable, *launch, "serve", "--config", str(self.config_path), *self.extra_args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, start_new_session=True)
         ready = threading.Event()
 
         def pump():
@@ -179,7 +187,9 @@ def test_batches_stamped_far_in_the_future_are_refused_counted_and_stall_nothing
     late; one near 2**64 ns broke Stats. Now both are refused (counted as future_timestamp)."""
     srv = start(servers, tmp_path, epoch_seconds=10)
     now = time.time_ns()
-    live = [make_batch(300, now - 2 * 10**9, 10**9, seed=i) for i in range(3)]
+    # live traffic inside one 10 s epoch (the last complete one), so no boundary can make a packet late
+    epoch_start = (now // (10 * 10**9) - 1) * 10 * 10**9
+    live = [make_batch(300, epoch_start + 10**9, 10**9, seed=i) for i in range(3)]
     c = srv.client(sender_id="collector-a")
     acked = [live[0]]
     assert c.push_one(live[0]).applied_packets == 300
