@@ -271,6 +271,9 @@ class ShardWorker:
         self.sketchset = ss.SketchSet.from_config(shard_spec(specs, shard))
         self.source_routed = {cs.name for cs in self.sketchset.active
                               if routed_by_source({"kind": cs.kind_name, **cs.params})}
+        #: sketches that count IPv4 rows only (``Sketch.takes_ipv6``): they get ``family(4)`` of a part,
+        #: as in one process; the driver counts the rows withheld (``ShardedSketchSet.update``)
+        self.ipv4_only = {cs.name for cs in self.sketchset.active if not cs.cls.takes_ipv6(cs.params)}
         self.states: dict[str, Any] = {}
         self.packets = 0
 
@@ -279,10 +282,14 @@ class ShardWorker:
         self.states = self.sketchset.new_states(epoch, self.states or None)
 
     def update(self, by_flow: PacketBatch | ShardPart, by_source: PacketBatch | ShardPart | None = None) -> int:
-        """Source-routed sketches take ``by_source``, the others ``by_flow``; returns packets so far."""
+        """Source-routed sketches take ``by_source``, the others ``by_flow``, IPv4-only sketches the
+        IPv4 rows of it; returns packets so far."""
         by_flow, by_source = _as_batch(by_flow), _as_batch(by_source)
+        ipv4_rows: dict[int, PacketBatch] = {}  # id(part) -> its IPv4 rows, filtered once per part
         for cs in self.sketchset.active:
             part = by_source if cs.name in self.source_routed else by_flow
+            if part is not None and cs.name in self.ipv4_only:
+                part = ipv4_rows.setdefault(id(part), part.family(4))
             if part is not None and len(part):
                 self.states[cs.name].update(part)
         self.packets += len(by_flow)
