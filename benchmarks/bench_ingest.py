@@ -6,7 +6,10 @@ summary (which arrives only after every batch is applied). Configurations: (a) n
 (b) each sketch alone, (c) all four; batch sizes 8k and 64k; then peak server memory (VmHWM) with
 8 concurrent streaming clients on configuration (c). Beside the wall-clock rate, packets per
 second of the server's own CPU time (all its threads): on a shared machine the wall clock
-measures the load, the CPU time much less so. Write-ahead log off unless ``--wal``.
+measures the load, the CPU time much less so; and the clients' CPU time (this process), so that
+``bound_mpps`` = cores / (server + client CPU seconds per packet) is the most this server and
+these clients could reach on this machine with every core to themselves (one process only: Ray
+actors' CPU is not counted with ``--shards`` > 1). Write-ahead log off unless ``--wal``.
 ``--shards 1,2`` repeats each configuration with the sketches on that many Ray actors (``serve
 --shards``; 1 = in process); the RSS column is then the front end's only. ``--sketch-threads 1,0``
 repeats each configuration with the sketches of a batch applied one after another (1) and
@@ -23,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +59,8 @@ CONFIGS = {"none": {}, **SKETCHES, "all": ALL, "llmsketch_lm": {"flows": LM}, "a
 
 
 WITH_HEADER = False
+#: cores the server and the clients share (the ``bound_mpps`` column: cores over CPU seconds per packet)
+CORES = os.cpu_count() or 1
 
 
 def make_messages(total: int, batch_size: int, seed: int = 0) -> list:
@@ -126,6 +132,7 @@ def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1, sha
             warm.push_messages(messages[:2])  # JIT caches loaded, sketches touched
             rss_before = peak_rss_mib(proc.pid)
             cpu_before = cpu_seconds(proc.pid)
+            client_before = time.process_time()
             results = []
 
             def stream():
@@ -134,12 +141,17 @@ def run(name: str, batch_size: int, total: int, wal: bool, clients: int = 1, sha
 
             seconds = timed_threads(stream, clients)
             server_cpu = cpu_seconds(proc.pid) - cpu_before
+            client_cpu = time.process_time() - client_before  # this process runs only the clients meanwhile
             packets = sum(results)
             return {"code": "this tree" if code is None else str(code), "config": name, "shards": shards, "sketch_threads": sketch_threads, "batch": batch_size,
                     "clients": clients, "packets": packets,
                     "seconds": round(seconds, 3), "mpps": round(packets / seconds / 1e6, 2),
                     "server_cpu_s": round(server_cpu, 2),
                     "mpps_per_server_cpu": round(packets / max(server_cpu, 1e-9) / 1e6, 2),
+                    "client_cpu_s": round(client_cpu, 2),
+                    # server and clients share the machine's cores: at most this many packets/s
+                    # if both kept their CPU cost per packet and had every core to themselves
+                    "bound_mpps": round(CORES * packets / max(server_cpu + client_cpu, 1e-9) / 1e6, 2),
                     "peak_rss_mib": round(peak_rss_mib(proc.pid), 1), "rss_after_warmup_mib": round(rss_before, 1)}
         finally:
             proc.terminate()
@@ -181,10 +193,11 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     print("\n| code | config | shards | sketch_threads | batch | clients | M packets/s | M packets per server CPU-second "
-          "| peak server RSS MiB |\n|---|---|---|---|---|---|---|---|---|")
+          f"| client CPU s | bound on {CORES} cores, M packets/s | peak server RSS MiB |"
+          "\n|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['code']} | {r['config']} | {r['shards']} | {r['sketch_threads']} | {r['batch']} | {r['clients']} | "
-              f"{r['mpps']} | {r['mpps_per_server_cpu']} | {r['peak_rss_mib']} |")
+              f"{r['mpps']} | {r['mpps_per_server_cpu']} | {r['client_cpu_s']} | {r['bound_mpps']} | {r['peak_rss_mib']} |")
     print(f"# load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
 
 

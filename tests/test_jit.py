@@ -108,3 +108,82 @@ def test_twins_are_plain_cpu_kernels_in_this_process():
     keys = np.array([0, 1, 0xFFFFFFFF], np.uint32)
     assert [hashing.hash64_u32(k, np.uint64(9)) for k in keys] == hashing.hash_u32(keys, 9).tolist()
     assert gapfilter._s16(40000) == 40000 - 65536
+
+
+# ---------------------------------------------------------------------------- every kernel, not a sample
+def _telesketch_modules() -> list:
+    """Every CPU module of the package, imported (``telesketch.gpu`` holds only CUDA kernels and
+    ``telesketch.v1`` generated protobuf code, neither of which defines a CPU kernel)."""
+    import importlib
+    import pkgutil
+
+    import telesketch
+
+    names = [m.name for m in pkgutil.walk_packages(telesketch.__path__, "telesketch.")
+             if not m.name.startswith(("telesketch.gpu", "telesketch.v1"))]
+    return [importlib.import_module(name) for name in names]
+
+
+def _cpu_kernels(modules) -> dict:
+    """``(module, qualname) -> dispatcher`` of every ``numba`` CPU dispatcher defined in ``modules``."""
+    from numba.core.registry import CPUDispatcher
+
+    found = {}
+    for module in modules:
+        for value in vars(module).values():
+            if isinstance(value, CPUDispatcher) and value.py_func.__module__ == module.__name__:
+                found[(module.__name__, value.py_func.__qualname__)] = value
+    return found
+
+
+def _flag_violations(kernels: dict) -> list:
+    """The kernels without ``nogil=True``, ``cache=True`` (an on-disk ``FunctionCache``) or with
+    ``fastmath`` on: each one either holds the GIL against the concurrent pipeline's threads, or
+    recompiles in every process, or may differ from its GPU twin bit for bit."""
+    return [(key, {k: fn.targetoptions.get(k) for k in ("nogil", "fastmath")}, type(fn._cache).__name__)
+            for key, fn in kernels.items()
+            if fn.targetoptions.get("nogil") is not True or fn.targetoptions.get("fastmath")
+            or type(fn._cache).__name__ != "FunctionCache"]
+
+
+def test_every_cpu_kernel_in_the_package_is_nogil_and_cached():
+    """Issue 21: the sketches of one batch run on several threads, which only overlap if every
+    kernel on the path releases the GIL; a module-level ``numba.njit`` that bypasses
+    :func:`telesketch.jit.kernel` would silently serialise them."""
+    kernels = _cpu_kernels(_telesketch_modules())
+    assert len(kernels) >= 100, len(kernels)  # 126 when written: the walk really finds them
+    for probe in ("telesketch.hashing", "telesketch.sketches.gapfilter", "telesketch.sketches.llmsketch",
+                  "telesketch.estimators.scoring", "telesketch.traces.pcap"):
+        assert any(mod == probe for mod, _ in kernels), probe
+    assert _flag_violations(kernels) == []
+
+
+def test_the_flag_check_catches_a_kernel_without_the_flags():
+    import numba as nb
+
+    def add_one(x):
+        return x + 1
+
+    holds_gil = nb.njit(nogil=False, cache=True)(add_one)
+    uncached = nb.njit(nogil=True, cache=False)(add_one)
+    fast = nb.njit(nogil=True, cache=True, fastmath=True)(add_one)
+    good = jit.kernel(add_one)  # never called, so nothing is written to the cache
+    flagged = _flag_violations({("t", "holds_gil"): holds_gil, ("t", "uncached"): uncached,
+                                ("t", "fast"): fast, ("t", "good"): good})
+    assert [key for key, _, _ in flagged] == [("t", "holds_gil"), ("t", "uncached"), ("t", "fast")]
+
+
+def test_no_module_calls_numba_njit_directly():
+    """Kernels get their flags from :mod:`telesketch.jit` only (a direct ``njit`` inside a function,
+    which the module walk above cannot see, would escape the check)."""
+    import re
+
+    offenders = []
+    for path in (REPO / "telesketch").rglob("*.py"):
+        if path.name == "jit.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if re.search(r"\b(nb|numba)\.njit\b|^\s*@njit\b|\bfrom numba import .*\bnjit\b", code):
+                offenders.append(f"{path.relative_to(REPO)}:{n}")
+    assert offenders == []

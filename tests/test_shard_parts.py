@@ -45,3 +45,30 @@ def test_absent_columns_are_not_sent():
     full = sum(len(pickle.dumps(f, protocol=5)) for f, _ in route(batch, 2, 7, False))
     compact = sum(len(pickle.dumps(f, protocol=5)) for f, _ in route_parts(batch, 2, 7, False))
     assert compact < full * 0.6, (compact, full)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 16])
+def test_group_order_is_the_stable_argsort(groups):
+    """The counting sort route_parts groups packets with gives numpy's stable argsort's order and
+    the group starts searchsorted finds (issue 21: it replaced them on the sharded front end)."""
+    from telesketch.distributed.cluster import group_order
+
+    rng = np.random.default_rng(groups)
+    for n in (0, 1, 7, 65_536):
+        ids = rng.integers(0, groups, n).astype(np.int64)
+        if n > 10:
+            ids[: n // 3] = groups - 1  # long runs, as one elephant flow's packets give
+        order, bounds = group_order(ids, groups)
+        expected = np.argsort(ids, kind="stable")
+        assert order.dtype == np.int64 and np.array_equal(order, expected)
+        assert bounds.tolist() == np.searchsorted(ids[expected], np.arange(groups + 1)).tolist()
+
+
+def test_group_order_refuses_ids_out_of_range():
+    from telesketch.distributed.cluster import group_order
+    from telesketch.sketches.core import SketchError
+
+    with pytest.raises(SketchError, match="shard ids"):
+        group_order(np.array([0, 2], np.int64), 2)
+    with pytest.raises(SketchError, match="shard ids"):
+        group_order(np.array([-1, 0], np.int64), 2)

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from telesketch.hashing import hash_5tuple, hash_keys, hash_u32
+from telesketch.jit import kernel
 from telesketch.packets import (BLOCK_COLUMNS, COLUMN_DTYPES, FLOW_KEY37_BYTES, FLOW_KEY_BYTES, PacketBatch,
                                 pack_flow_keys37)
 from telesketch.service import sketchset as ss
@@ -139,6 +140,39 @@ def _split(batch: PacketBatch, ids: np.ndarray, shards: int) -> list[PacketBatch
     return [grouped[int(bounds[s]):int(bounds[s + 1])] for s in range(shards)]
 
 
+@kernel
+def _counting_order(ids, groups):
+    """Stable counting sort of ``ids`` (``int64[n]``, each in ``[0, groups)``): ``(order, bounds)``,
+    ``order`` (``int64[n]``) the positions grouped by id, arrival order kept within a group, and
+    ``bounds`` (``int64[groups + 1]``) where each group starts in it. Two passes over ``n``; the
+    same as ``np.argsort(ids, kind="stable")`` with ``np.searchsorted`` of the group starts, which
+    numpy does as an ``O(n log n)`` merge sort of 64-bit ids."""
+    n = ids.shape[0]
+    bounds = np.zeros(groups + 1, np.int64)
+    for i in range(n):
+        bounds[ids[i] + 1] += 1
+    for g in range(groups):
+        bounds[g + 1] += bounds[g]
+    fill = bounds[:groups].copy()
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        g = ids[i]
+        order[fill[g]] = i
+        fill[g] += 1
+    return order, bounds
+
+
+def group_order(ids: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, bounds)`` of :func:`_counting_order` for shard ids ``ids`` (``int64[n]`` in
+    ``[0, groups)``, as :func:`shard_ids` gives them): packets of group ``g`` are
+    ``order[bounds[g]:bounds[g + 1]]``, in arrival order. ``SketchError`` on an id out of range
+    (the kernel does not check its writes)."""
+    ids = np.ascontiguousarray(ids, np.int64)
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= groups):
+        raise SketchError(f"shard ids must lie in [0, {groups}), got {int(ids.min())}..{int(ids.max())}")
+    return _counting_order(ids, np.int64(groups))
+
+
 def routed_by_source(spec: dict[str, Any]) -> bool:
     """Whether a sketch config is routed by source address (Hidden Sketch keyed by ``src_ip``)."""
     kind = _kind(spec)
@@ -194,8 +228,8 @@ def route_parts(batch: PacketBatch, shards: int, seed: int, by_source: bool) -> 
     present = {name: col for name, col in batch.columns().items() if col.any()}
 
     def split(ids: np.ndarray) -> list[ShardPart]:
-        order = np.argsort(ids, kind="stable")
-        bounds = np.searchsorted(ids[order], np.arange(shards + 1)).tolist()
+        order, bounds = group_order(ids, shards)
+        bounds = bounds.tolist()
         grouped = {name: col[order] for name, col in present.items()}
         return [ShardPart(bounds[s + 1] - bounds[s], {name: col[bounds[s]:bounds[s + 1]] for name, col in grouped.items()})
                 for s in range(shards)]
