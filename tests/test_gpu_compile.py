@@ -33,7 +33,26 @@ pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[1]
 ARCHES = ((8, 0), (9, 0))
 GPU_MODULES = ("telesketch.gpu.core", "telesketch.gpu.gapfilter", "telesketch.gpu.hiddensketch",
-               "telesketch.gpu.llmsketch", "telesketch.gpu.residualsketch")
+               "telesketch.gpu.llmsketch", "telesketch.gpu.residualsketch", "telesketch.gpu.xp")
+
+
+def _xp_kernel_workload() -> None:
+    """Launch telesketch.gpu.xp's atomic kernels (the path of a device without CuPy) with the dtypes
+    the sketches give them: FS counters uint8/uint16/uint32, Count-Min uint32/uint64."""
+    from telesketch.gpu import xp
+    from telesketch.gpu.core import DeviceBuffers, _Backend
+
+    be = _Backend("simulator")
+    be.name = "numba"  # the simulator's arrays through the Numba-array code path
+    buffers = DeviceBuffers(be)
+    idx = np.array([0, 1, -1, 1], np.int64)
+    with be.launching():
+        for dtype in (np.uint32, np.uint64):
+            xp.scatter_add(be, np.zeros(4, dtype), idx, np.ones(4, dtype))
+        xp.set_bits(be, np.zeros(2, np.uint64), idx)
+        for dtype in (np.uint8, np.uint16, np.uint32):
+            xp.add_clamped(be, buffers, np.zeros(4, dtype), idx, 200)
+            xp.add_clamped(be, buffers, np.zeros(4, dtype), idx, 200, weights=np.ones(4, np.uint64))
 
 
 def record_workload(out: str) -> None:
@@ -50,6 +69,7 @@ def record_workload(out: str) -> None:
     scores = rng.uniform(0, 1, len(batch))
     addrs = rng.integers(0, 2**32, 50).astype(np.uint32)
     with recording_signatures() as seen:
+        _xp_kernel_workload()
         gpu.device_hash_5tuple(batch, 7)
         gpu.device_bob_hash(addrs, 0)
         gpu.device_hash_key_words(*keys_to_words(addrs, 4), 4, 5)
