@@ -99,7 +99,7 @@ def set_bits(be, words, pos) -> None:
     """Set bit ``pos[k] & 63`` of ``words[pos[k] >> 6]`` for every ``pos[k] >= 0`` (``words``: flat
     ``uint64`` device array; ``pos``: ``int64`` flat bit positions). Idempotent, any order."""
     if be.name == "cupy":
-        _cupy_or_kernel(be._cupy)(pos, words, size=pos.shape[0])
+        _cupy_or_kernel(be._cupy)(pos, words)  # one thread per position (pos sets the size)
     elif be.name == "simulator":
         p = pos[pos >= 0]
         np.bitwise_or.at(words, p >> 6, np.left_shift(_U64(1), (p & 63).astype(np.uint64)))
