@@ -26,12 +26,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpu_harness import needs_device
+
 pytestmark = pytest.mark.gpu
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHES = ((8, 0), (9, 0))
 GPU_MODULES = ("telesketch.gpu.core", "telesketch.gpu.gapfilter", "telesketch.gpu.hiddensketch",
-               "telesketch.gpu.llmsketch", "telesketch.gpu.residualsketch")
+               "telesketch.gpu.llmsketch", "telesketch.gpu.residualsketch", "telesketch.gpu.xp")
+
+
+def _xp_kernel_workload() -> None:
+    """Launch telesketch.gpu.xp's atomic kernels (the path of a device without CuPy) with the dtypes
+    the sketches give them: FS counters uint8/uint16/uint32, Count-Min uint32/uint64."""
+    from telesketch.gpu import xp
+    from telesketch.gpu.core import DeviceBuffers, _Backend
+
+    be = _Backend("simulator")
+    be.name = "numba"  # the simulator's arrays through the Numba-array code path
+    buffers = DeviceBuffers(be)
+    idx = np.array([0, 1, -1, 1], np.int64)
+    with be.launching():
+        for dtype in (np.uint32, np.uint64):
+            xp.scatter_add(be, np.zeros(4, dtype), idx, np.ones(4, dtype))
+        xp.set_bits(be, np.zeros(2, np.uint64), idx)
+        for dtype in (np.uint8, np.uint16, np.uint32):
+            xp.add_clamped(be, buffers, np.zeros(4, dtype), idx, 200)
+            xp.add_clamped(be, buffers, np.zeros(4, dtype), idx, 200, weights=np.ones(4, np.uint64))
 
 
 def record_workload(out: str) -> None:
@@ -48,6 +69,7 @@ def record_workload(out: str) -> None:
     scores = rng.uniform(0, 1, len(batch))
     addrs = rng.integers(0, 2**32, 50).astype(np.uint32)
     with recording_signatures() as seen:
+        _xp_kernel_workload()
         gpu.device_hash_5tuple(batch, 7)
         gpu.device_bob_hash(addrs, 0)
         gpu.device_hash_key_words(*keys_to_words(addrs, 4), 4, 5)
@@ -109,8 +131,15 @@ def compile_recorded(path: str) -> None:
     kernels = {f"{m}.{k}" for m in GPU_MODULES for k, v in vars(importlib.import_module(m)).items()
                if isinstance(v, CUDADispatcher) and not v.targetoptions.get("device") and v.__module__ == m}
     launched = {f"{m}.{k}" for m, k, _ in recorded}
+    # cache=True reached every kernel: its dispatcher holds numba-cuda's on-disk CUDACache (a
+    # NullCache otherwise). Saving into it needs a device context (the cubin is linked there), so
+    # the second-process reuse itself is test_kernel_compile_cache_reused_in_process (device only).
+    from numba.cuda.dispatcher import CUDACache
+
+    uncached = sorted(f"{m}.{k}" for m in GPU_MODULES for k, v in vars(importlib.import_module(m)).items()
+                      if f"{m}.{k}" in kernels and not isinstance(v._cache, CUDACache))
     print(json.dumps({"compiled": compiled, "failures": failures, "unlaunched": sorted(kernels - launched),
-                      "kernels": sorted(kernels)}))
+                      "kernels": sorted(kernels), "uncached": uncached}))
 
 
 def _nvvm_missing() -> str:
@@ -141,6 +170,45 @@ def test_every_kernel_signature_compiles_for_sm80_and_sm90(tmp_path):
     assert not verdict["failures"], "\n".join(verdict["failures"])
     assert not verdict["unlaunched"], f"kernels the workload never launched (add them): {verdict['unlaunched']}"
     assert len(verdict["kernels"]) >= 19 and len(verdict["compiled"]) >= 2 * len(verdict["kernels"])
+    assert not verdict["uncached"], f"kernels without the on-disk cache (use telesketch.jit.gpu_kernel): {verdict}"
+    print(f"\ncompile check: {len(verdict['kernels'])} kernels of telesketch.gpu, "
+          f"{len(verdict['compiled'])} (kernel, signature, arch) PTX compilations for sm_80 and sm_90, 0 failures")
+
+
+CACHE_PROBE = """
+import json
+from numba.cuda.dispatcher import CUDADispatcher
+from telesketch import gpu
+from telesketch.traces import generate_batch
+import importlib
+batch = generate_batch(5000, 300, seed=1, duration_s=1.0)
+gpu.GapFilterAO(memory_bytes=4096).update(batch)
+gpu.HiddenSketch(memory_bytes=8 * 1024, blocks=4, bf_row_bits=400, cm_bytes=1200, phi=2e-3, thresh=2).update(batch)
+hits = misses = 0
+for m in %r:
+    for v in vars(importlib.import_module(m)).values():
+        if isinstance(v, CUDADispatcher) and not v.targetoptions.get("device"):
+            hits += sum(v._cache_hits.values())
+            misses += sum(v._cache_misses.values())
+print(json.dumps({"hits": hits, "misses": misses}))
+""" % (GPU_MODULES,)
+
+
+@needs_device
+def test_kernel_compile_cache_reused_in_process(tmp_path):
+    """(Device only: numba-cuda saves a kernel to its cache after linking it in a device context.)
+    A first process with an empty ``NUMBA_CACHE_DIR`` compiles and saves the kernels it launches;
+    a second process loads every one of them from the cache: hits, no misses, no recompilation."""
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_ENABLE_CUDASIM": "0"}
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", CACHE_PROBE], cwd=REPO, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, **env, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["misses"] > 0, runs
+    assert second == {"hits": first["misses"] + first["hits"], "misses": 0}, runs
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.gpu
 pytest_generate_tests = gpu_harness.pytest_generate_tests
 
 CASES = ["argsort_lengths", "argsort_duplicates", "buffers_shrink_and_grow", "staging_reused", "composite_shift_limits",
-         "fill"]
+         "fill", "xp_ops", "xp_kernels"]
 
 
 def _argsort(values: np.ndarray, bound: int, buffers=None) -> np.ndarray:
@@ -104,6 +104,78 @@ def check_fill() -> str:
     host = be.to_host(dev)
     ok = np.array_equal(host[:10], np.arange(10)) and (host[10:] == np.uint64(2**64 - 1)).all()
     return "" if ok else "fill wrote the wrong range"
+
+
+def _numba_path_backend():
+    """The simulator backend told it holds Numba device arrays: :mod:`telesketch.gpu.xp` then runs
+    its atomic kernels (the path of a device without CuPy), here on the simulator's arrays."""
+    from telesketch.gpu.core import _Backend
+
+    be = _Backend("simulator")
+    be.name = "numba"
+    return be
+
+
+def _xp_ops_against_naive(be) -> str:
+    """scatter_add / set_bits / add_clamped of :mod:`telesketch.gpu.xp` on backend ``be`` equal
+    plain loops (negative indices skipped, duplicates accumulated, counters clamped at the cap)."""
+    from telesketch.gpu import xp
+    from telesketch.gpu.core import DeviceBuffers
+
+    rng = np.random.default_rng(5)
+    buffers = DeviceBuffers(be)
+    for dtype in (np.uint32, np.uint64):
+        target = rng.integers(0, 1000, 37).astype(dtype)
+        idx = rng.integers(-5, 37, 400).astype(np.int64)
+        values = rng.integers(0, 2**20, 400).astype(dtype)
+        want = target.copy()
+        for c, v in zip(idx, values):
+            if c >= 0:
+                want[c] += v
+        dev = be.to_device(target)
+        xp.scatter_add(be, dev, be.to_device(idx), be.to_device(values))
+        if not np.array_equal(be.to_host(dev), want):
+            return f"{be.name}: scatter_add {np.dtype(dtype).name} differs"
+    words = rng.integers(0, 2**63, 9, dtype=np.uint64)
+    pos = rng.integers(-70, 9 * 64, 500).astype(np.int64)
+    want = words.copy()
+    for q in pos:
+        if q >= 0:
+            want[q >> 6] |= np.uint64(1) << np.uint64(q & 63)
+    dev = be.to_device(words)
+    xp.set_bits(be, dev, be.to_device(pos))
+    if not np.array_equal(be.to_host(dev), want):
+        return f"{be.name}: set_bits differs"
+    for dtype, cap in ((np.uint8, 255), (np.uint16, 1000), (np.uint32, 2**32 - 1)):
+        for weighted in (False, True):
+            target = rng.integers(0, min(cap, 900), 23).astype(dtype)
+            idx = rng.integers(-3, 23, 300).astype(np.int64)
+            weights = rng.integers(0, 2**26, 300).astype(np.uint64) if weighted else None
+            sums = np.zeros(23, np.int64)
+            for k, c in enumerate(idx):
+                if c >= 0:
+                    sums[c] += int(weights[k]) if weighted else 1
+            want = np.minimum(cap, target.astype(np.int64) + sums).astype(dtype)
+            dev = be.to_device(target)
+            xp.add_clamped(be, buffers, dev, be.to_device(idx), cap,
+                           weights=None if weights is None else be.to_device(weights))
+            if not np.array_equal(be.to_host(dev), want):
+                return f"{be.name}: add_clamped {np.dtype(dtype).name} weighted={weighted} differs"
+    return ""
+
+
+def check_xp_ops() -> str:
+    from telesketch.gpu.core import backend
+
+    be = backend()
+    with be.launching():
+        return _xp_ops_against_naive(be)
+
+
+def check_xp_kernels() -> str:
+    be = _numba_path_backend()
+    with be.launching():
+        return _xp_ops_against_naive(be)
 
 
 def run_case(name: str) -> str:

@@ -18,12 +18,19 @@ Per batch (§12, "FS gate, exact and parallel"; ``n`` items, ``R = fs_rows``):
    sort serves all rows); no host round trip;
 3. one thread per sorted position finds its rank inside its cell's segment (binary search for the
    segment start) and computes the counter value after its own increment,
-   ``min(cap, base + rank + 1)``; a second kernel lets the last item of each segment store that
-   value (``min(cap, base + count)``: the clamped scatter-add, one writer per cell, no atomics);
+   ``min(cap, base + rank + 1)`` (ordered per-cell work: a kernel); the counters themselves are
+   then stored by a commutative clamped scatter-add, ``fs[c] = min(cap, fs[c] + count_c)``
+   (:func:`telesketch.gpu.xp.add_clamped`: a ``uint64`` scatter-add into a reused scratch, then one
+   element-wise ``minimum``; CuPy array operations on a device);
 4. one thread per item takes the gate value ``min_r`` of its rows' values and, if it exceeds
-   ``thresh``, inserts the key into the second stage with commutative atomics:
-   ``cuda.atomic.add`` on the Count-Min, ``cuda.atomic.or_`` on the packed ``uint64`` words of the
-   segment bitmaps and Bloom-filter rows. The result equals the serial loop's for any order.
+   ``thresh``, writes the key's second-stage targets as flat indices (``-1`` when not gated, into
+   reused buffers): its Count-Min cells and amount, the bits of its segments in its block's
+   packed bitmaps, the bits of its partial keys in the Bloom-filter rows
+   (:func:`_ss_targets_kernel`); they are applied as commutative array operations,
+   :func:`telesketch.gpu.xp.scatter_add` into the Count-Min and :func:`telesketch.gpu.xp.set_bits`
+   into the bitmaps (``cupyx.scatter_add`` / an ``atomicOr`` element-wise kernel on a device,
+   ``numpy.add.at`` / ``numpy.bitwise_or.at`` under the simulator). The result equals the serial
+   loop's for any order.
 
 Saturated rows: the CPU loop skips a row whose counter is already ``cap``; here that row
 contributes ``cap``, which never changes the decision (``thresh < cap``), as §12 notes.
@@ -34,8 +41,9 @@ Bytes (``weight="bytes"``, issue 17): steps 1-2 as above; step 3 takes the exclu
 ``ex`` of the items' weights in sorted order (``cupy.cumsum`` on the device, else one host round
 trip of the sorted order) so a position's counter before its own add is ``min(cap, base + ex[j] -
 ex[first])``, after it ``min(cap, before + w)``, a row already saturated before the item dropping
-out of its gate as in the CPU loop; step 4 inserts ``min(w, g - thresh)`` (``w`` when every row is
-saturated) with a 64-bit ``atomic.add``; zero weights are skipped. Equal to the CPU loop state for
+out of its gate as in the CPU loop; the store adds the items' weights, clamped
+(:func:`telesketch.gpu.xp.add_clamped` with weights); step 4 inserts ``min(w, g - thresh)`` (``w``
+when every row is saturated) into the ``uint64`` Count-Min; zero weights are skipped. Equal to the CPU loop state for
 state (tests/test_gpu_hiddensketch.py).
 
 Not on the device: building the key words from the batch columns, ``decode`` /
@@ -57,6 +65,7 @@ from telesketch.gpu.core import (
     launch,
     stable_argsort,
 )
+from telesketch.gpu.xp import add_clamped, array_module, scatter_add, set_bits
 from telesketch.jit import device, device_twin, gpu_kernel
 from telesketch.sketches import hiddensketch as _cpu
 
@@ -183,41 +192,6 @@ def _fs_values_weighted_kernel(cells, order, ex, fs, width, cap, values):
 
 
 @gpu_kernel
-def _fs_store_weighted_kernel(cells, order, ex, width, cap, fs):
-    """Byte weighting, thread ``j``: the last sorted position of its cell stores the cell's final
-    value ``min(cap, base + its weights)`` (it alone reads and writes that cell here)."""
-    j = cuda.grid(1)
-    m = order.shape[0]
-    if j >= m:
-        return
-    pos = order[j]
-    cell = cells[pos]
-    if j + 1 < m and cells[order[j + 1]] == cell:
-        return
-    first = _segment_start(cells, order, j)
-    row = cell // width
-    base = _I64(fs[row, cell - row * width])
-    fs[row, cell - row * width] = min(cap, base + ex[j + 1] - ex[first])
-
-
-@gpu_kernel
-def _fs_store_kernel(cells, order, width, values, fs):
-    """Thread ``j``: if ``j`` is the last sorted position of its cell, store the cell's final value
-    ``values[order[j]]`` (= ``min(cap, base + count)``) into ``fs``. Runs after
-    :func:`_fs_values_kernel` has read every base value."""
-    j = cuda.grid(1)
-    m = order.shape[0]
-    if j >= m:
-        return
-    pos = order[j]
-    cell = cells[pos]
-    if j + 1 < m and cells[order[j + 1]] == cell:
-        return
-    row = cell // width
-    fs[row, cell - row * width] = values[pos]
-
-
-@gpu_kernel
 def _fs_query_kernel(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
     """Thread ``i``: the FS point query of key ``i`` (CPU ``_fs_query_one``): minimum over the rows
     whose counter is below ``cap``, ``FS_INFINITE`` if every row is saturated."""
@@ -232,65 +206,65 @@ def _fs_query_kernel(lo, hi, nbytes, fs, fs_seeds, width, cap, out):
         out[i] = est
 
 
-# ============================================================================ kernels: SS insert
-@device
-def _ss_insert_one(klo, khi, nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds, cm_seeds,
-                   w_cm, seg, bf, cm, amount):
-    """``ss_insert(key, amount)`` (spec §6) with atomics: CM ``+amount`` per row (``_CM_ONE``
-    counting packets), OR of the key's segment bits in its block's bitmaps and of its partial keys'
-    bits in every Bloom-filter row."""
-    wc = _U64(w_cm)
+# ============================================================================ kernels: SS targets
+@gpu_kernel
+def _ss_targets_kernel(lo, hi, values, weights, weighted, n_rows, thresh, nbytes, n_blocks, blk_seed, seg_layout,
+                       bf_layout, bf_seeds, cm_seeds, w_cm, seg_words, bf_words, cm_idx, cm_val, seg_pos, bf_pos):
+    """Thread ``i`` (one per item): the second-stage targets of ``ss_insert(key, amount)`` (spec §6)
+    as flat indices for the commutative array operations of :mod:`telesketch.gpu.xp`, ``-1`` when
+    the item does not pass the gate (entry ``k * n + i`` for target ``k``):
+
+    * ``cm_idx`` / ``cm_val`` (``3 n``): Count-Min cell ``r * w_cm + h_r(key) % w_cm`` and the
+      amount, 1 per packet, or ``min(w, g - thresh)`` (``w`` when every row was saturated) for a
+      non-zero byte weight ``w`` (``weighted``: 1; packets pass a one-value dummy ``weights``);
+    * ``seg_pos`` (``S n``): bit ``(b * seg_words + word) * 64 + bit`` of the key's segments in
+      its block ``b``'s packed bitmaps;
+    * ``bf_pos`` (``sum(bf_layout[:, 3]) n``): bit of each Bloom-filter row a partial key sets.
+
+    The gate value ``g`` is ``min_r values[r * n + i]`` over ``n_rows`` rows, inserted if ``> thresh``."""
+    i = cuda.grid(1)
+    n = lo.shape[0]
+    if i >= n:
+        return
+    g = values[i]
+    for r in range(1, n_rows):
+        g = min(g, values[r * n + i])
+    amount = _U64(1)
+    gated = g > thresh
+    if weighted:
+        w = weights[i]
+        if w <= 0:
+            gated = False
+        elif g == _FS_INFINITE:
+            amount = _U64(w)
+        else:
+            amount = _U64(min(w, g - thresh))
+    klo, khi = lo[i], hi[i]
     for r in range(cm_seeds.shape[0]):
-        cuda.atomic.add(cm, (r, _I64(hash_key_device(klo, khi, nbytes, cm_seeds[r]) % wc)), amount)
+        if gated:
+            cm_idx[r * n + i] = r * w_cm + _I64(hash_key_device(klo, khi, nbytes, cm_seeds[r]) % _U64(w_cm))
+            cm_val[r * n + i] = amount
+        else:
+            cm_idx[r * n + i] = -1
     b = _I64(hash_key_device(klo, khi, nbytes, blk_seed) % _U64(n_blocks))
     for s in range(seg_layout.shape[0]):
-        a, _ = _partial(klo, khi, seg_layout[s, 0], seg_layout[s, 0] + seg_layout[s, 1])
-        cuda.atomic.or_(seg, (b, seg_layout[s, 2] + _I64(a >> _S6)), _ONE << (a & _LOW6))
+        if gated:
+            a, _ = _partial(klo, khi, seg_layout[s, 0], seg_layout[s, 0] + seg_layout[s, 1])
+            word = b * seg_words + seg_layout[s, 2] + _I64(a >> _S6)
+            seg_pos[s * n + i] = word * 64 + _I64(a & _LOW6)
+        else:
+            seg_pos[s * n + i] = -1
+    k = 0
     for j in range(bf_layout.shape[0]):
         plo, phi_ = _partial(klo, khi, bf_layout[j, 0], bf_layout[j, 1])
         row0, bits = bf_layout[j, 2], _U64(bf_layout[j, 4])
         for r in range(bf_layout[j, 3]):
-            h = hash_key_device(plo, phi_, nbytes, bf_seeds[row0 + r]) % bits
-            cuda.atomic.or_(bf, (row0 + r, _I64(h >> _S6)), _ONE << (h & _LOW6))
-
-
-@gpu_kernel
-def _ss_insert_kernel(lo, hi, values, n_rows, thresh, nbytes, n_blocks, blk_seed, seg_layout, bf_layout,
-                      bf_seeds, cm_seeds, w_cm, seg, bf, cm):
-    """Thread ``i`` (one per item): gate value ``g = min_r values[r * n + i]`` over ``n_rows`` rows;
-    if ``g > thresh`` the key goes into the second stage (:func:`_ss_insert_one`)."""
-    i = cuda.grid(1)
-    n = lo.shape[0]
-    if i >= n:
-        return
-    g = values[i]
-    for r in range(1, n_rows):
-        g = min(g, values[r * n + i])
-    if g > thresh:
-        _ss_insert_one(lo[i], hi[i], nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds, cm_seeds,
-                       w_cm, seg, bf, cm, _CM_ONE)
-
-
-@gpu_kernel
-def _ss_insert_weighted_kernel(lo, hi, weights, values, n_rows, thresh, nbytes, n_blocks, blk_seed, seg_layout,
-                               bf_layout, bf_seeds, cm_seeds, w_cm, seg, bf, cm):
-    """Byte weighting, thread ``i``: a non-zero weight ``w`` whose gate value ``g`` (minimum of its
-    rows' :func:`_fs_values_weighted_kernel` values) passes ``thresh`` inserts ``min(w, g - thresh)``
-    (``w`` when every row was saturated) into the ``uint64`` CM."""
-    i = cuda.grid(1)
-    n = lo.shape[0]
-    if i >= n:
-        return
-    w = weights[i]
-    if w <= 0:
-        return
-    g = values[i]
-    for r in range(1, n_rows):
-        g = min(g, values[r * n + i])
-    if g > thresh:
-        amount = w if g == _FS_INFINITE else min(w, g - thresh)
-        _ss_insert_one(lo[i], hi[i], nbytes, n_blocks, blk_seed, seg_layout, bf_layout, bf_seeds, cm_seeds,
-                       w_cm, seg, bf, cm, _U64(amount))
+            if gated:
+                h = hash_key_device(plo, phi_, nbytes, bf_seeds[row0 + r]) % bits
+                bf_pos[k * n + i] = ((row0 + r) * bf_words + _I64(h >> _S6)) * 64 + _I64(h & _LOW6)
+            else:
+                bf_pos[k * n + i] = -1
+            k += 1
 
 
 # ============================================================================ the sketch
@@ -384,12 +358,12 @@ class HiddenSketch(_cpu.HiddenSketch):
         d_values = buf.get("values", m, np.int64)
         launch(_fs_values_kernel, m, d_cells, d_order, self._d_fs, _I64(p.fs_width),
                                                          _I64(p.fs_cap), d_values)
-        launch(_fs_store_kernel, m, d_cells, d_order, _I64(p.fs_width), d_values, self._d_fs)
+        add_clamped(be, buf, self._d_fs.reshape(-1), d_cells, p.fs_cap)  # cells are flat fs indices
         return d_values
 
     def _ingest_weighted(self, d_lo, d_hi, weights: np.ndarray) -> None:
         """Byte weighting: steps 1-4 of the module docstring with the weights' prefix sums."""
-        p, lay, d, be, buf = self.params, self._layout, self._d_layout, self._backend, self._buffers
+        p, d, be, buf = self.params, self._d_layout, self._backend, self._buffers
         n = weights.shape[0]
         m = p.fs_rows * n
         d_w = buf.put("weights", weights)
@@ -400,10 +374,12 @@ class HiddenSketch(_cpu.HiddenSketch):
         d_values = buf.get("values", m, np.int64)
         launch(_fs_values_weighted_kernel, m, d_cells, d_order, d_ex, self._d_fs, _I64(p.fs_width),
                _I64(p.fs_cap), d_values)
-        launch(_fs_store_weighted_kernel, m, d_cells, d_order, d_ex, _I64(p.fs_width), _I64(p.fs_cap), self._d_fs)
-        launch(_ss_insert_weighted_kernel, n, d_lo, d_hi, d_w, d_values, _I64(p.fs_rows), _I64(p.thresh),
-               _I64(p.key_bytes), _I64(p.blocks), _U64(lay.blk_seed), d["seg_layout"], d["bf_layout"],
-               d["bf_seeds"], d["cm_seeds"], _I64(p.cm_width), self._d_seg, self._d_bf, self._d_cm)
+        if be.name == "numba":  # no CuPy: the cell weights (item i's weight in every row) tiled on the host
+            d_cell_w = buf.put("cell_weights", np.tile(weights.astype(np.uint64), p.fs_rows))
+        else:
+            d_cell_w = array_module(be).tile(d_w, p.fs_rows).astype(np.uint64)
+        add_clamped(be, buf, self._d_fs.reshape(-1), d_cells, p.fs_cap, weights=d_cell_w)
+        self._insert(d_lo, d_hi, d_values, p.fs_rows, d_w)
 
     def _sorted_prefix_sums(self, d_order, d_w, weights: np.ndarray, n: int):
         """``int64[m + 1]`` exclusive prefix sums of the weights in sorted order (position ``j``
@@ -423,19 +399,36 @@ class HiddenSketch(_cpu.HiddenSketch):
     def _fs_query(self, d_lo, d_hi, n: int):
         """Device ``int64[n]`` FS point queries (read-only), the two-pass second-pass gate."""
         p = self.params
-        d_out = self._backend.zeros(n, np.int64)
+        d_out = self._buffers.get("query", n, np.int64)
         launch(_fs_query_kernel, n, d_lo, d_hi, _I64(p.key_bytes), self._d_fs,
                                                         self._d_layout["fs_seeds"], _I64(p.fs_width),
                                                         _I64(p.fs_cap), d_out)
         return d_out
 
-    def _insert(self, d_lo, d_hi, d_values, n_rows: int) -> None:
-        """Step 4: gate every item by ``min`` of its ``n_rows`` values and insert the gated keys."""
-        p, lay, d = self.params, self._layout, self._d_layout
-        launch(_ss_insert_kernel, d_lo.shape[0],
-            d_lo, d_hi, d_values, _I64(n_rows), _I64(p.thresh), _I64(p.key_bytes), _I64(p.blocks),
-            _U64(lay.blk_seed), d["seg_layout"], d["bf_layout"], d["bf_seeds"], d["cm_seeds"], _I64(p.cm_width),
-            self._d_seg, self._d_bf, self._d_cm)
+    def _insert(self, d_lo, d_hi, d_values, n_rows: int, d_weights=None) -> None:
+        """Step 4: gate every item by ``min`` of its ``n_rows`` values; the gated keys' Count-Min
+        adds, segment bits and Bloom-filter bits as flat targets (:func:`_ss_targets_kernel`, in
+        reused buffers), then applied as commutative array operations (:mod:`telesketch.gpu.xp`:
+        ``scatter_add`` into the CM, ``set_bits`` into the packed bitmaps). ``d_weights``: the
+        batch's byte weights (``int64``), ``None`` counting packets."""
+        p, lay, d, be, buf = self.params, self._layout, self._d_layout, self._backend, self._buffers
+        n = d_lo.shape[0]
+        cm, seg, bf = self._d_cm, self._d_seg, self._d_bf
+        n_bf = int(lay.bf_layout[:, 3].sum())
+        cm_idx = buf.get("cm_idx", cm.shape[0] * n, np.int64)
+        cm_val = buf.get("cm_val", cm.shape[0] * n, cm.dtype)
+        seg_pos = buf.get("seg_pos", lay.seg_layout.shape[0] * n, np.int64)
+        bf_pos = buf.get("bf_pos", n_bf * n, np.int64)
+        weighted = d_weights is not None
+        if not weighted:
+            d_weights = buf.get("no_weights", 1, np.int64)
+        launch(_ss_targets_kernel, n, d_lo, d_hi, d_values, d_weights, weighted, _I64(n_rows), _I64(p.thresh),
+               _I64(p.key_bytes), _I64(p.blocks), _U64(lay.blk_seed), d["seg_layout"], d["bf_layout"],
+               d["bf_seeds"], d["cm_seeds"], _I64(p.cm_width), _I64(seg.shape[1]), _I64(bf.shape[1]),
+               cm_idx, cm_val, seg_pos, bf_pos)
+        scatter_add(be, cm.reshape(-1), cm_idx, cm_val)
+        set_bits(be, seg.reshape(-1), seg_pos)
+        set_bits(be, bf.reshape(-1), bf_pos)
 
     # ------------------------------------------------------------------ host-side parts
     def to_cpu(self) -> _cpu.HiddenSketch:

@@ -341,11 +341,14 @@ class LLMSketch(_cpu.LLMSketch):
         d_words = buf.put("words", np.ascontiguousarray(words, dtype=np.uint32))
         d_scores = buf.put("scores", np.asarray(scores, dtype=np.float64))  # float32 -> float64 is exact
         d_buckets = buf.get("buckets", n, np.int64)
-        d_op_type = be.zeros(n, np.int8)
-        d_op_val = be.zeros(n, np.uint32 if weights is None else np.uint64)
-        d_op_key = be.zeros(words.shape, np.uint32)
+        # The operation arrays are reused from batch to batch: only op_type must start at OP_NONE
+        # (a packet without an operation writes nothing); op_val / op_key are read where op_type says.
+        d_op_type = buf.get("op_type", n, np.int8)
+        d_op_val = buf.get("op_val", n, np.uint32 if weights is None else np.uint64)
+        d_op_key = buf.get("op_key", n, np.uint32, words.shape[1:])
         n0 = np.int64(self.packets)
         with be.launching():
+            be.fill(d_op_type, np.int8(OP_NONE))
             launch(_buckets_kernel, n, d_words, nbytes, _U64(p.buckets), d_buckets)
             d_order = stable_argsort(be, buf, d_buckets, p.buckets)  # on the device
             state = [self._device_array(name) for name in ("_slot_words", "counts", "lock", "occ")]
