@@ -29,7 +29,9 @@ def tuned(memory: int, T: int, expected: int, **kwargs) -> ResidualSketchParams:
     (128 * 1024, 5000, 2_500_000, "16-24"),  # r = 32.8
     (32 * 1024, 4000, 8_000_000, "paper"),   # synth: r = 2.05, T >= 1000
     (32 * 1024, 15000, 8_000_000, "flat"),   # synth T = 15000: r = 7.7 (the paper only tied CocoSketch)
-    (2 * 1024, 7, 7_000, "paper"),           # starved: r = 0.26
+    (2 * 1024, 94, 94_695, "paper"),         # starved: r = 0.25
+    (2 * 1024, 7, 7_000, "flat"),            # starved but T < 50 (rule 2)
+    (8 * 1024, 946, 94_695, "flat"),         # r = 10.2 but 8 KiB: quarter blocks too small (rule 2)
     (8 * 1024, 94, 94_695, "flat"),          # nDPI phi 1e-3, 8 KiB: r = 1.0, small T (the paper lost)
     (32 * 1024, 946, 94_695, "flat"),        # r = 41: the memory holds the traffic
 ])
@@ -51,9 +53,9 @@ def test_unknown_epoch_size_and_bit_mode_fall_back_to_cocosketch():
 
 # every layout the chooser can return, each on a stream where it is chosen, against the naive model
 @pytest.mark.parametrize("memory, T, expected, name", [
-    (4096, 40, 1_200, "16-24"),     # r = 512 buckets * 40 / 1200 = 17
+    (16384, 60, 7_680, "16-24"),     # r = 2048 buckets * 60 / 7680 = 16
     (4096, 1500, 192_000, "paper"),  # r = 4, T >= 1000
-    (4096, 40, 6_000, "flat"),       # r = 3.4, small T
+    (4096, 60, 10_240, "flat"),      # r = 3, T < 1000
 ])
 def test_each_chosen_layout_equals_the_naive_model(memory, T, expected, name):
     params = tuned(memory, T, expected, seed=3)

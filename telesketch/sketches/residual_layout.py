@@ -14,36 +14,40 @@ rule measured on the benchmark's design rows:
   same answers: ``tests/test_residual_layout.py``); the rule falls back to it wherever the measurement does
   not show another layout clearly winning.
 
-The rule reads one number, the **load ratio** ``r = buckets * phi`` (``buckets`` = IPv4 buckets the whole
-memory holds, ``phi = T / expected``), i.e. the memory in units of ``1/phi`` buckets, and the threshold
-``T`` itself (in packets or bytes, as the sketch counts):
+The rule reads the **load ratio** ``r = buckets * phi`` (``buckets`` = IPv4 buckets the whole memory holds,
+``phi = T / expected``), i.e. the memory in units of ``1/phi`` buckets, the threshold ``T`` itself (packets, or
+bytes byte-weighted) and the memory:
 
-====================================  ===========  ======================================================
-region                                 layout       design rows in it (F1 gain over CocoSketch)
-====================================  ===========  ======================================================
-``8 <= r <= 36``                       ``16-24``    hard mix 32-128 KiB, synth 64-128 KiB, real traces 8 KiB
-``r > 36``                             ``flat``     real traces 32 KiB (both 1.000: nothing to win)
-``r <= 0.3``                           ``paper``    real traces, phi 1e-3, 2 KiB (+0.07, +0.71)
-``0.3 < r <= 6`` and ``T >= 1000``     ``paper``    synth / synth_inj 32-64 KiB, starved T = 1500 (+0.03..+0.39)
-anything else (or ``expected`` unknown) ``flat``    the rows the paper lost (real traces at small T) and ties
-====================================  ===========  ======================================================
+=========================================================  ===========  ===============================================
+region                                                      layout       design rows in it (F1 gain over CocoSketch)
+=========================================================  ===========  ===============================================
+``T < 50``                                                  ``flat``     stopddos phi 1e-3 (T = 7); held-out T = 2..39
+``8 <= r <= 36`` and ``memory >= 16 KiB``                   ``16-24``    hard mix 32-128 KiB, synth 64-128 KiB (+0.01..+0.15)
+``r <= 0.3``                                                ``paper``    nDPI phi 1e-3, 2 KiB (+0.07)
+``0.3 < r <= 6`` and ``T >= 1000``                          ``paper``    synth 32-64 KiB, starved T = 1500 (+0.03..+0.39)
+anything else (or ``expected`` unknown)                     ``flat``     the rows the paper lost, ties, 8 KiB blocks
+=========================================================  ===========  ===============================================
 
 A region gets a non-flat layout only where, on every design row in it, that layout beat CocoSketch by at
-least :data:`MARGIN` F1 (or both reached 1.000) in the measurement the rule was read from; elsewhere the
-answer is CocoSketch's. The boundaries are read from 31 byte-mode design rows (hard mix, spec §8.1 synth,
-the starved regime, two real captures at phi 1e-2 / 1e-3); the held-out rows in BENCHMARKS.md were not used
-to set them. Bit mode has no design rows measured for this rule, so ``"tuned"`` gives ``"flat"`` there.
+least :data:`MARGIN` F1 in the measurement the rule was read from; elsewhere the answer is CocoSketch's.
+
+History (BENCHMARKS.md "tuned layouts"): rule 1 was read from 31 byte-mode design rows (hard mix, spec §8.1
+synth, the starved regime, two real captures at phi 1e-2 / 1e-3) and lost 5 of 36 rows on three further
+captures (halves, phi 1e-2 / 1e-3, 2-32 KiB): the paper's block at T = 2 (-0.55) and the two-block layout at
+8 KiB on spoofed SYN floods (-0.30). Rule 2 (this one) adds the two guards ``T >= 50`` and ``memory >= 16 KiB``
+read from those rows, so they are design rows now too; it is scored on fresh generated rows that set nothing.
+Bit mode has no design rows measured, so ``"tuned"`` gives ``"flat"`` there.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from telesketch.sketches.cocosketch import ROWS, bucket_bytes
+from telesketch.sketches.cocosketch import bucket_bytes
 from telesketch.sketches.core import SketchError
 
 #: Layout selections a ResidualSketch takes (``ResidualSketchParams.layout``).
 LAYOUTS = ("paper", "tuned")
-#: F1 a non-flat layout had to gain over CocoSketch on every design row of its region (or both at 1.000).
+#: F1 a non-flat layout had to gain over CocoSketch on every design row of its region.
 MARGIN = 0.01
 #: ``r`` bounds of the rule (module docstring): two-block region, and the paper's small-memory region.
 TWO_BLOCK_R = (8.0, 36.0)
@@ -51,6 +55,12 @@ PAPER_STARVED_R = 0.3
 PAPER_R = 6.0
 #: The paper's layout between PAPER_STARVED_R and PAPER_R only at thresholds of at least this many units.
 PAPER_MIN_T = 1000
+#: No crucial layer below this threshold (units): with T of a few packets the Residual Connection fires on
+#: keys that are not heavy (rule 2; the held-out T = 2 rows of rule 1).
+MIN_T = 50
+#: The two-block layout only from this memory: each quarter block then has at least 256 buckets a row
+#: (rule 2; at 8 KiB it lost the spoofed SYN-flood rows by 0.26-0.30).
+TWO_BLOCK_MIN_MEMORY = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,8 +108,9 @@ def choose_layout(memory_bytes: int, threshold: int, mode: str = "byte", expecte
     r = load_ratio(memory_bytes, threshold, expected, weight)
     if r is None:
         return flat("expected packets (bytes) per epoch unknown: phi, and so the rule, cannot be read")
-    quarter = int(memory_bytes * 0.25) // (ROWS * bucket_bytes(weight))
-    if TWO_BLOCK_R[0] <= r <= TWO_BLOCK_R[1] and quarter >= 1:
+    if threshold < MIN_T:
+        return flat(f"T = {threshold} < {MIN_T}: too small a threshold for a Residual Block to pay")
+    if TWO_BLOCK_R[0] <= r <= TWO_BLOCK_R[1] and memory_bytes >= TWO_BLOCK_MIN_MEMORY:
         return Layout("16-24", (16, 24), (0.5, 0.25, 0.25),
                       f"r = buckets x phi = {r:.2f} in [{TWO_BLOCK_R[0]:g}, {TWO_BLOCK_R[1]:g}]: /16 and /24 blocks")
     if r > TWO_BLOCK_R[1]:
