@@ -124,3 +124,17 @@ def test_service_config_selects_the_layout():
     assert built["paper"].params.crucial_layers == (16,) and built["paper"].params.split is None
     with pytest.raises(ConfigurationError, match="layout must be one of"):
         configure({"hhh": {**spec, "layout": "best"}})
+
+
+def test_sharded_specs_pin_the_layout_of_the_whole():
+    """A shard gets T as a number (no expected_packets), so "tuned" alone would fall back to flat there: the
+    front end pins the layout chosen for the whole stream (phi, and so the rule's r, is the same per shard)."""
+    from telesketch.distributed.cluster import shard_specs
+
+    spec = {"kind": "residualsketch", "memory_bytes": 32768, "phi": 2e-3, "expected_packets": 2_500_000,
+            "layout": "tuned"}
+    (shard,) = shard_specs({"hhh": spec}, 2).values()
+    assert shard["crucial_layers"] == (16, 24) and shard["split"] == (0.5, 0.25, 0.25)
+    assert shard["threshold"] == 2500 and "expected_packets" not in shard
+    built = ResidualSketch(**{k: v for k, v in shard.items() if k not in ("kind", "global_threshold")})
+    assert built.params.crucial_layers == (16, 24) and built.widths == (1024, 512, 512)
