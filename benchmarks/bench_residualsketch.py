@@ -398,12 +398,28 @@ FRESH = {"zipf 2M/100k s21": dict(packets=2_000_000, flows=100_000, zipf=1.1, se
          "hard 1M/60k s23": dict(packets=1_000_000, flows=60_000, zipf=1.0, seed=23, mix="hard")}
 
 
-def fresh_rows():
-    """``(name, addresses, T, KiB)`` on :data:`FRESH`: 3 x 3 x 3 = 27 rows."""
+#: Second fresh set (rule 3 was set without it): generate_batch settings, and the spec's generator (its own
+#: seed and injection share, 4 M packets) as ``("gen", args)``.
+FRESH2 = {"zipf1.2 3M/150k s31": dict(packets=3_000_000, flows=150_000, zipf=1.2, seed=31),
+          "hard 2M/100k s32": dict(packets=2_000_000, flows=100_000, zipf=1.0, seed=32, mix="hard"),
+          "zipf1.0 1.5M/300k s33": dict(packets=1_500_000, flows=300_000, zipf=1.0, seed=33),
+          "spec-gen 4M s5 inj0.1": ("gen", ["--seed", "5", "--inject", "0.1"])}
+
+
+def fresh_rows(cache: Path | None = None, workloads: dict | None = None):
+    """``(name, addresses, T, KiB)`` on :data:`FRESH` (or ``workloads``): 3 phi x 3 memories per workload."""
     from telesketch.traces import generate_batch
 
-    for name, kwargs in FRESH.items():
-        addresses = np.ascontiguousarray(generate_batch(**kwargs).src_ip)
+    for name, kwargs in (workloads or FRESH).items():
+        if isinstance(kwargs, tuple):  # the spec's generator
+            path = cache / f"fresh_{name.replace(' ', '_')}.dat"
+            if not path.exists():
+                cache.mkdir(parents=True, exist_ok=True)
+                subprocess.run([sys.executable, str(GEN), "--out", str(path), "--packets", "4000000", *kwargs[1]],
+                               check=True, stdout=subprocess.DEVNULL)
+            addresses = np.ascontiguousarray(np.fromfile(path, RECORD)["src"])
+        else:
+            addresses = np.ascontiguousarray(generate_batch(**kwargs).src_ip)
         yield from ((name, addresses, max(1, int(phi * addresses.size)), kib)
                     for phi in (5e-4, 1e-3, 2e-3) for kib in (16, 32, 128))
 
@@ -489,10 +505,12 @@ def layout_speed(args, cache: Path, results: dict) -> None:
 def layout_section(args, cache: Path, results: dict) -> None:
     """Issue 20: ``layout="tuned"`` against the paper's layout and CocoSketch on the design rows (every byte-mode
     row of ``split_rows``), the three further captures' rows (held-out for rule 1, used to set rule 2: see
-    ``residual_layout``), and fresh generated rows that set neither; then the speed of each layout."""
+    ``residual_layout``), fresh set 1 (held-out for rule 2, used to set rule 3) and fresh set 2 (held-out for
+    rule 3); then the speed of each layout."""
     layout_rows(args, cache, split_rows(args, cache), "design rows (used to set the rule)", results)
-    layout_rows(args, cache, held_out_rows(), "capture rows that set rule 2 (held-out for rule 1)", results)
-    layout_rows(args, cache, fresh_rows(), "fresh generated rows (set neither rule)", results)
+    layout_rows(args, cache, held_out_rows(), "capture rows (held-out for rule 1, set rule 2)", results)
+    layout_rows(args, cache, fresh_rows(), "fresh set 1 (held-out for rule 2, set rule 3)", results)
+    layout_rows(args, cache, fresh_rows(cache, FRESH2), "fresh set 2 (held-out for rule 3)", results)
     layout_speed(args, cache, results)
 
 
@@ -786,8 +804,8 @@ def main() -> None:
         split_section(args, args.cache, results)
     if "layout" in sections:
         layout_section(args, args.cache, results)
-    if "fresh" in sections:
-        layout_rows(args, args.cache, fresh_rows(), "fresh generated rows (set neither rule)", results)
+    if "fresh2" in sections:
+        layout_rows(args, args.cache, fresh_rows(args.cache, FRESH2), "fresh set 2 (held-out for rule 3)", results)
     if "why" in sections:
         split_section(args, args.cache, results, WHY_VARIANTS, "why")
     if "ipv4_ab" in sections:

@@ -26,11 +26,14 @@ def tuned(memory: int, T: int, expected: int, **kwargs) -> ResidualSketchParams:
 
 @pytest.mark.parametrize("memory, T, expected, name", [
     (32 * 1024, 5000, 2_500_000, "16-24"),   # hard mix 32 KiB: r = 4096 * 2e-3 = 8.2
-    (128 * 1024, 5000, 2_500_000, "16-24"),  # r = 32.8
-    (32 * 1024, 4000, 8_000_000, "paper"),   # synth: r = 2.05, T >= 1000
-    (32 * 1024, 15000, 8_000_000, "flat"),   # synth T = 15000: r = 7.7 (the paper only tied CocoSketch)
-    (2 * 1024, 94, 94_695, "paper"),         # starved: r = 0.25
-    (2 * 1024, 7, 7_000, "flat"),            # starved but T < 50 (rule 2)
+    (64 * 1024, 5000, 2_500_000, "16-24"),   # r = 16.4
+    (128 * 1024, 5000, 2_500_000, "flat"),   # r = 32.8 > 20 (rule 3)
+    (32 * 1024, 4000, 8_000_000, "flat"),    # synth: r = 2.05 (rule 1-2 picked the paper's layout)
+    (32 * 1024, 15000, 8_000_000, "flat"),   # synth T = 15000: r = 7.7
+    (2 * 1024, 94, 94_695, "flat"),          # starved: r = 0.25 (rule 1-2: paper)
+    (32 * 1024, 40, 3_000, "flat"),          # r = 54
+    (64 * 1024, 40, 3_000, "flat"),          # r = 109 ... and T < 50 (rule 2)
+    (16 * 1024, 40, 1_000, "flat"),          # r = 8.2 but T < 50 (rule 2)
     (8 * 1024, 946, 94_695, "flat"),         # r = 10.2 but 8 KiB: quarter blocks too small (rule 2)
     (8 * 1024, 94, 94_695, "flat"),          # nDPI phi 1e-3, 8 KiB: r = 1.0, small T (the paper lost)
     (32 * 1024, 946, 94_695, "flat"),        # r = 41: the memory holds the traffic
@@ -54,8 +57,7 @@ def test_unknown_epoch_size_and_bit_mode_fall_back_to_cocosketch():
 # every layout the chooser can return, each on a stream where it is chosen, against the naive model
 @pytest.mark.parametrize("memory, T, expected, name", [
     (16384, 60, 7_680, "16-24"),     # r = 2048 buckets * 60 / 7680 = 16
-    (4096, 1500, 192_000, "paper"),  # r = 4, T >= 1000
-    (4096, 60, 10_240, "flat"),      # r = 3, T < 1000
+    (4096, 60, 10_240, "flat"),      # r = 3
 ])
 def test_each_chosen_layout_equals_the_naive_model(memory, T, expected, name):
     params = tuned(memory, T, expected, seed=3)
@@ -81,6 +83,18 @@ def test_each_chosen_layout_equals_the_naive_model(memory, T, expected, name):
     restored = ResidualSketch.from_bytes(rs.to_bytes())  # the chosen layout survives a snapshot
     assert restored.params == rs.params and restored.widths == rs.widths
     assert restored.hhh_entries() == rs.hhh_entries()
+
+
+def test_paper_layout_equals_the_naive_model():
+    """``layout = "paper"``, the other selectable layout (tuned never returns it), against the naive model."""
+    addresses = hierarchical_stream(12000, seed=8)
+    rs = ResidualSketch(memory_bytes=4096, threshold=40, seed=3, layout="paper")
+    rs.update_addresses(addresses)
+    model = naive.NaiveResidualSketch(4096, 40, (16,), seed=3)
+    model.update(addresses.tolist())
+    assert rs.params.chosen_layout.name == "paper" and rs.params.crucial_layers == (16,)
+    assert rs.layer_estimates() == model.layer_estimates()
+    assert sorted(rs.hhh_entries()) == as_entries(model.hhh())
 
 
 @pytest.mark.parametrize("memory, T", [(2048, 30), (32768, 200)])
