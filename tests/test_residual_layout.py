@@ -152,3 +152,15 @@ def test_sharded_specs_pin_the_layout_of_the_whole():
     assert shard["threshold"] == 2500 and "expected_packets" not in shard
     built = ResidualSketch(**{k: v for k, v in shard.items() if k not in ("kind", "global_threshold")})
     assert built.params.crucial_layers == (16, 24) and built.widths == (1024, 512, 512)
+
+
+def test_byte_weighted_rule_reads_bytes_and_wide_buckets():
+    """Byte-weighted: phi = T / expected_bytes and 12-byte buckets, so the same memory is 2/3 the buckets."""
+    expected = 2_500_000 * 700  # bytes per epoch
+    # 64 KiB: 5461 buckets x 2e-3 = 10.9 (16-24); 32 KiB: 2730 x 2e-3 = 5.5 (flat), where 8-byte buckets read 8.2
+    params = ResidualSketchParams(memory_bytes=64 * 1024, phi=2e-3, expected_bytes=expected, weight="bytes",
+                                  layout="tuned")
+    assert params.chosen_layout.name == "16-24" and params.crucial_layers == (16, 24)
+    assert "10.92" in params.chosen_layout.why
+    assert choose_layout(32 * 1024, 2e-3 * expected, "byte", expected, "bytes").name == "flat"  # r = 5.5
+    assert choose_layout(32 * 1024, 2e-3 * expected, "byte", expected, "packets").name == "16-24"  # r = 8.2
