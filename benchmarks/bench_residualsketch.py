@@ -10,6 +10,7 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py --sections hard          # issue 20's hard mix
     .venv/bin/python benchmarks/bench_residualsketch.py --sections split --seeds 3   # issue 20: split variants, every row
     .venv/bin/python benchmarks/bench_residualsketch.py --sections why --seeds 2     # issue 20: crucial layers, connection T
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections layout --seeds 3  # issue 20: layout "tuned", design + held-out
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv6          # mixed IPv4/IPv6 (issue 18)
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv4_ab --baseline-tree /tmp/base
     .venv/bin/python benchmarks/bench_residualsketch.py --sections bytes          # byte-weighted (issue 17)
@@ -36,8 +37,9 @@ from common import machine
 from telesketch.sketches import exact, hierarchy
 from telesketch.sketches.residualsketch import CocoSketch, ResidualSketch
 
-GEN = Path(__file__).resolve().parents[2] / "shared" / "tools" / "residualsketch_gen.py"
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+SHARED = Path(os.environ.get("TELESKETCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+GEN = SHARED / "tools" / "residualsketch_gen.py"
+TRACES = SHARED / "traces"
 RECORD = np.dtype([("src", "<u4"), ("dst", "<u4"), ("sp", "<u2"), ("dp", "<u2"), ("proto", "u1"), ("ts", "<u8")])
 WORKLOADS = {"synth": ["--seed", "1"], "synth_inj": ["--seed", "2", "--inject", "0.2"]}
 KIB = 1024
@@ -368,6 +370,150 @@ def split_section(args, cache: Path, results: dict, variants=None, key: str = "s
               + f" | {f1['paper'] - f1['coco']:+.3f} |", flush=True)
 
 
+# ---------------------------------------------------------------------------- issue 20: tuned layouts
+#: Captures NOT used to design ``residual_layout.choose_layout``: scored on their first and second halves.
+HELD_OUT = ("stopddos_amp.dns.RRSIG.fragmented.pcap", "stopddos_pkt.TCP.synflood.spoofed.pcap",
+            "slips_test-cc-capture-1.pcap")
+
+
+def held_out_rows():
+    """``(name, addresses, T, KiB)``: each held-out capture's IPv4 sources split into halves (packet order),
+    phi 1e-2 / 1e-3 of the half, 2 / 8 / 32 KiB: 36 rows with three captures."""
+    for name in HELD_OUT:
+        if not (TRACES / name).exists():
+            print(f"# held-out capture missing: {name}", flush=True)
+            continue
+        addresses = read_sources(TRACES / name)
+        half = addresses.size // 2
+        for part, chunk in (("1st half", addresses[:half]), ("2nd half", addresses[half:])):
+            chunk = np.ascontiguousarray(chunk)
+            yield from ((f"{name.rsplit('.', 1)[0]} {part}", chunk, max(1, int(phi * chunk.size)), kib)
+                        for phi in (1e-2, 1e-3) for kib in (2, 8, 32))
+
+
+#: Generated rows that set nothing in either rule (generator settings not used anywhere else in this file):
+#: name -> generate_batch keywords. Scored at phi 5e-4 / 1e-3 / 2e-3 and 16 / 32 / 128 KiB.
+FRESH = {"zipf 2M/100k s21": dict(packets=2_000_000, flows=100_000, zipf=1.1, seed=21),
+         "zipf0.9 1M/200k s22": dict(packets=1_000_000, flows=200_000, zipf=0.9, seed=22),
+         "hard 1M/60k s23": dict(packets=1_000_000, flows=60_000, zipf=1.0, seed=23, mix="hard")}
+
+
+#: Second fresh set (rule 3 was set without it): generate_batch settings, and the spec's generator (its own
+#: seed and injection share, 4 M packets) as ``("gen", args)``.
+FRESH2 = {"zipf1.2 3M/150k s31": dict(packets=3_000_000, flows=150_000, zipf=1.2, seed=31),
+          "hard 2M/100k s32": dict(packets=2_000_000, flows=100_000, zipf=1.0, seed=32, mix="hard"),
+          "zipf1.0 1.5M/300k s33": dict(packets=1_500_000, flows=300_000, zipf=1.0, seed=33),
+          "spec-gen 4M s5 inj0.1": ("gen", ["--seed", "5", "--inject", "0.1"])}
+
+
+def fresh_rows(cache: Path | None = None, workloads: dict | None = None):
+    """``(name, addresses, T, KiB)`` on :data:`FRESH` (or ``workloads``): 3 phi x 3 memories per workload."""
+    from telesketch.traces import generate_batch
+
+    for name, kwargs in (workloads or FRESH).items():
+        if isinstance(kwargs, tuple):  # the spec's generator
+            path = cache / f"fresh_{name.replace(' ', '_')}.dat"
+            if not path.exists():
+                cache.mkdir(parents=True, exist_ok=True)
+                subprocess.run([sys.executable, str(GEN), "--out", str(path), "--packets", "4000000", *kwargs[1]],
+                               check=True, stdout=subprocess.DEVNULL)
+            addresses = np.ascontiguousarray(np.fromfile(path, RECORD)["src"])
+        else:
+            addresses = np.ascontiguousarray(generate_batch(**kwargs).src_ip)
+        yield from ((name, addresses, max(1, int(phi * addresses.size)), kib)
+                    for phi in (5e-4, 1e-3, 2e-3) for kib in (16, 32, 128))
+
+
+def tuned_sketch(memory: int, T: int, expected: int, seed: int) -> ResidualSketch:
+    """``layout="tuned"`` as the service builds it (phi and packets per epoch), resolving to threshold ``T``."""
+    sketch = ResidualSketch(mode="byte", memory_bytes=memory, phi=(T + 0.5) / expected, expected_packets=expected,
+                            layout="tuned", seed=seed)
+    assert sketch.T == T, (sketch.T, T)
+    return sketch
+
+
+def layout_rows(args, cache: Path, rows, label: str, results: dict) -> None:
+    """CocoSketch, the paper's ResidualSketch and ``layout="tuned"`` on ``rows``: F1 mean of ``--seeds`` seeds,
+    the tuned layout chosen, and the update time of the paper's version over the tuned one's (same process,
+    interleaved per seed: paper, tuned, Coco; ratio of the summed ``update_addresses`` seconds)."""
+    print(f"\n### {label}: ResidualSketch paper / tuned vs CocoSketch, byte mode, F1 mean of {args.seeds} seeds\n")
+    print("| workload | packets | T | memory | r | tuned layout | CocoSketch | paper | tuned | paper − Coco "
+          "| tuned − Coco | tuned speed / paper |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    truths: dict[int, Truth] = {}
+    out = results.setdefault("layout", {}).setdefault(label, {})
+    warm = np.arange(1000, dtype=np.uint32)  # compile every layout's kernel (tuple of 0, 1, 2 masks) before timing
+    for kw in ({}, {"crucial_layers": ()}, {"crucial_layers": (16, 24), "split": (0.5, 0.25, 0.25)}):
+        ResidualSketch(mode="byte", memory_bytes=32 * KIB, threshold=100, **kw).update_addresses(warm)
+    for name, addresses, T, kib in rows:
+        truth = truths.setdefault(id(addresses), Truth(addresses, "byte"))
+        memory, n = kib * KIB, int(addresses.size)
+        f1 = {"coco": [], "paper": [], "tuned": []}
+        seconds = {"paper": 0.0, "tuned": 0.0}
+        for seed in range(args.seeds):
+            for alg in ("paper", "tuned", "coco"):
+                sketch = (ResidualSketch(mode="byte", memory_bytes=memory, threshold=T, seed=seed) if alg == "paper"
+                          else tuned_sketch(memory, T, n, seed) if alg == "tuned"
+                          else CocoSketch(mode="byte", memory_bytes=memory, threshold=T, seed=seed))
+                start = time.perf_counter()
+                sketch.update_addresses(addresses)
+                if alg in seconds:
+                    seconds[alg] += time.perf_counter() - start
+                f1[alg].append(score(sketch.hhh_entries(T), truth, T)["f1"])
+        chosen = tuned_sketch(memory, T, n, 0).params.chosen_layout
+        mean = {k: float(np.mean(v)) for k, v in f1.items()}
+        speed = seconds["paper"] / seconds["tuned"] if n >= 1_000_000 else None  # shorter: timer noise
+        r = memory // 8 * T / n
+        out[f"{name} T={T} {kib}KiB"] = {**mean, "layout": chosen.name, "r": r, "packets": n, "speed": speed,
+                                         "f1_runs": f1}
+        print(f"| {name} | {n} | {T} | {kib} KiB | {r:.2f} | {chosen.name} | {mean['coco']:.3f} "
+              f"| {mean['paper']:.3f} | {mean['tuned']:.3f} | {mean['paper'] - mean['coco']:+.3f} "
+              f"| {mean['tuned'] - mean['coco']:+.3f} | {fmt(speed, digits=2)} |", flush=True)
+    rows_ = list(out.values())
+    for alg in ("paper", "tuned"):
+        d = [row[alg] - row["coco"] for row in rows_]
+        print(f"\n{label}, {alg}: {sum(x > 0.0005 for x in d)} rows above CocoSketch, "
+              f"{sum(abs(x) <= 0.0005 for x in d)} equal (within 0.0005), {sum(x < -0.0005 for x in d)} below"
+              f" (worst {min(d):+.3f}) of {len(d)}", flush=True)
+
+
+def layout_speed(args, cache: Path, results: dict) -> None:
+    """Mpps of each layout the chooser returns against the paper's, alternating in one process, synth, 32 KiB,
+    T = 8000 (the layout is forced through ``crucial_layers`` / ``split``: the rule only picks it)."""
+    addresses = load_workload("synth", cache, args.packets)
+    layouts = {"paper": {}, "16-24": {"crucial_layers": (16, 24), "split": (0.5, 0.25, 0.25)},
+               "flat": {"crucial_layers": ()}}
+    make_ = lambda kw, seed: ResidualSketch(mode="byte", memory_bytes=32 * KIB, threshold=8000, seed=seed, **kw)  # noqa: E731
+    for kw in layouts.values():
+        make_(kw, 0).update_addresses(addresses[:1000])
+    best = dict.fromkeys(layouts, 0.0)
+    for rep in range(args.repeats):
+        for name, kw in layouts.items():
+            sketch = make_(kw, rep)
+            start = time.perf_counter()
+            sketch.update_addresses(addresses)
+            best[name] = max(best[name], addresses.size / (time.perf_counter() - start) / 1e6)
+    print(f"\n### Layout speed, synth {addresses.size} packets, byte 32 KiB, T = 8000, best of {args.repeats} "
+          "alternating runs, Mpps\n")
+    print("| layout | Mpps | / paper |")
+    print("|---|---|---|")
+    for name, mpps in best.items():
+        print(f"| {name} | {mpps:.1f} | {mpps / best['paper']:.2f} |", flush=True)
+    results.setdefault("layout", {})["speed"] = best
+
+
+def layout_section(args, cache: Path, results: dict) -> None:
+    """Issue 20: ``layout="tuned"`` against the paper's layout and CocoSketch on the design rows (every byte-mode
+    row of ``split_rows``), the three further captures' rows (held-out for rule 1, used to set rule 2: see
+    ``residual_layout``), fresh set 1 (held-out for rule 2, used to set rule 3) and fresh set 2 (held-out for
+    rule 3); then the speed of each layout."""
+    layout_rows(args, cache, split_rows(args, cache), "design rows (used to set the rule)", results)
+    layout_rows(args, cache, held_out_rows(), "capture rows (held-out for rule 1, set rule 2)", results)
+    layout_rows(args, cache, fresh_rows(), "fresh set 1 (held-out for rule 2, set rule 3)", results)
+    layout_rows(args, cache, fresh_rows(cache, FRESH2), "fresh set 2 (held-out for rule 3)", results)
+    layout_speed(args, cache, results)
+
+
 # ---------------------------------------------------------------------------- IPv6 (issue 18)
 IPV6_SHARE = 0.4
 IPV6_PRIVACY = 0.3  # share of IPv6 hosts (by /64) whose clients use per-packet random interface ids
@@ -656,6 +802,10 @@ def main() -> None:
         ipv6_section(args, args.cache, results)
     if "split" in sections:
         split_section(args, args.cache, results)
+    if "layout" in sections:
+        layout_section(args, args.cache, results)
+    if "fresh2" in sections:
+        layout_rows(args, args.cache, fresh_rows(args.cache, FRESH2), "fresh set 2 (held-out for rule 3)", results)
     if "why" in sections:
         split_section(args, args.cache, results, WHY_VARIANTS, "why")
     if "ipv4_ab" in sections:

@@ -119,7 +119,9 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
                  factors=SWEEP_FACTORS) -> list[dict]:
     """F1 of each sweepable configured sketch at ``factors`` x its memory (one pass over the files).
 
-    Rows ``{"sketch", "kind", "query", "memory_bytes", "f1", "precision", "recall", "unit"}``.
+    Rows ``{"sketch", "kind", "query", "memory_bytes", "f1", "precision", "recall", "unit", "spec_memory_bytes"}``
+    (``memory_bytes``: what the sketch charges, an IPv6 tree included; ``spec_memory_bytes``: the ``memory_bytes``
+    it was built with).
     LLM-Sketch is left out (its estimator dominates the cost and its answers are sizes, not sets).
     A sketch configured with ``weight = "bytes"`` is scored against byte truth (the ``exact`` kind
     counting bytes: keys above phi of the window's bytes), ``unit`` "bytes"; the others against
@@ -165,7 +167,8 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
         if acc:
             rows.append({"sketch": s["name"].split("@")[0], "kind": s["kind"], "query": query,
                          "memory_bytes": s["memory_bytes"], "f1": acc["f1"], "precision": acc["precision"],
-                         "recall": acc["recall"], "unit": unit})
+                         "recall": acc["recall"], "unit": unit,
+                         "spec_memory_bytes": specs[s["name"]]["memory_bytes"] if s["name"] in specs else None})
     return rows
 
 

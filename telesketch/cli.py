@@ -237,7 +237,7 @@ def cmd_size(args: argparse.Namespace) -> int:
     config = load_config(args.config, {"epoch_seconds": args.epoch_seconds,
                                        "keep_epochs": args.keep_epochs or WHOLE_CAPTURE})
     advice = size_sketches(args.files, config, _report_options(args), args.target, args.factors or SIZE_FACTORS,
-                           args.batch_size)
+                           args.batch_size, layout=args.layout)
     if args.plot and advice:
         print(f"wrote {write_plot(advice, args.plot)}", file=sys.stderr)
     if args.json:
@@ -561,6 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--batch-size", type=_positive_int, default=65536, help="packets per batch")
     size.add_argument("--json", action="store_true", help="print the sweep and the advice as JSON")
     size.add_argument("--plot", metavar="DIR", help="write accuracy_vs_memory.png there (needs telesketch[plot])")
+    size.add_argument("--layout", choices=["paper", "tuned"], default=None,
+                      help="run every ResidualSketch with this layout instead of its configured one: paper (the "
+                           "spec's /16 block, equal split) or tuned (chosen per memory point; issue 20); each "
+                           "ResidualSketch point prints the layout it ran with")
     _add_report_options(size)
     size.set_defaults(func=cmd_size)
 

@@ -9,11 +9,16 @@ grid should go higher). A memory a sketch refuses (Hidden Sketch below its secon
 out of the grid. A sketch configured with ``weight = "bytes"`` is sized by its byte F1: its keys
 above phi of the window's bytes against the exact byte truth (``unit`` "bytes" in the advice).
 
+A ResidualSketch's points also name the layout it ran with at that memory (``layout``: ``paper``, or what
+``layout = "tuned"`` chose there: ``paper``, ``16-24`` or ``flat``; :mod:`telesketch.sketches.residual_layout`);
+``layout`` (``--layout``) runs every configured ResidualSketch with that layout instead of its configured one.
+
 The accuracy-vs-memory chart is ``accuracy_vs_memory.png`` (``--plot DIR``), the same chart as
 ``telesketch analyze --plot``, with the target line.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from telesketch.analyze import memory_sweep
@@ -66,13 +71,41 @@ def pick_memory(points: list[dict], target: float) -> int | None:
     return min(passing) if passing else None
 
 
+def with_layout(config: ServiceConfig, layout: str | None) -> ServiceConfig:
+    """``config`` with every ResidualSketch's ``layout`` set to ``layout`` (a copy; ``None``: ``config`` itself)."""
+    if layout is None:
+        return config
+    from telesketch.sketches.residual_layout import LAYOUTS
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    out = copy.copy(config)
+    out.sketches = {name: dict(spec, layout=layout) if spec.get("kind") == "residualsketch" else spec
+                    for name, spec in config.sketches.items()}
+    return out
+
+
+def layout_at(spec: dict, memory_bytes: int) -> str | None:
+    """The layout a ResidualSketch ``spec`` runs with at ``memory_bytes`` (None for other kinds)."""
+    if spec.get("kind") != "residualsketch":
+        return None
+    from telesketch.sketches.residualsketch import ResidualSketchParams
+
+    fields = set(ResidualSketchParams.__dataclass_fields__)
+    params = {k: v for k, v in spec.items() if k in fields}
+    return ResidualSketchParams(**dict(params, memory_bytes=memory_bytes)).chosen_layout.name
+
+
 def size_sketches(files, config: ServiceConfig, opts: ReportOptions = ReportOptions(),
-                  target: float = DEFAULT_TARGET, factors=SIZE_FACTORS, batch_size: int = 65536) -> list[SizingAdvice]:
-    """Sweep every sweepable configured sketch over ``factors`` x its memory; advice per sketch."""
+                  target: float = DEFAULT_TARGET, factors=SIZE_FACTORS, batch_size: int = 65536,
+                  layout: str | None = None) -> list[SizingAdvice]:
+    """Sweep every sweepable configured sketch over ``factors`` x its memory; advice per sketch. ``layout``:
+    run every ResidualSketch with this layout (``paper`` / ``tuned``) instead of its configured one."""
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target F1 must be in (0, 1], got {target}")
     if not factors or any(f <= 0 for f in factors):
         raise ValueError(f"memory factors must be positive, got {factors}")
+    config = with_layout(config, layout)
     rows = memory_sweep(files, config, opts, batch_size=batch_size, factors=tuple(sorted(set(factors))))
     from telesketch.analyze import _configured_memory
 
@@ -80,6 +113,10 @@ def size_sketches(files, config: ServiceConfig, opts: ReportOptions = ReportOpti
     for name in dict.fromkeys(r["sketch"] for r in rows):
         mine = sorted((r for r in rows if r["sketch"] == name), key=lambda r: r["memory_bytes"])
         points = [{k: r[k] for k in ("memory_bytes", "f1", "precision", "recall")} for r in mine]
+        for p, r in zip(points, mine):
+            chosen = layout_at(config.sketches[name], r.get("spec_memory_bytes") or r["memory_bytes"])
+            if chosen is not None:
+                p["layout"] = chosen
         out.append(SizingAdvice(name, mine[0]["kind"], mine[0]["query"], target,
                                 int(_configured_memory(config.sketches[name]) or 0), pick_memory(points, target), points,
                                 mine[0].get("unit", "packets")))
@@ -98,10 +135,13 @@ def render(advice: list[SizingAdvice]) -> str:
     lines = []
     for a in advice:
         lines.append(f"{a.sketch} ({a.kind}, {a.query} by {a.unit}): {a.verdict}")
-        lines.append(f"  {'KiB':>9}  {'F1':>6}  {'precision':>9}  {'recall':>6}")
+        layouts = any("layout" in p for p in a.points)
+        lines.append(f"  {'KiB':>9}  {'F1':>6}  {'precision':>9}  {'recall':>6}" + (f"  {'layout':>6}" if layouts else ""))
         for p in a.points:
             mark = "  <- smallest reaching the target" if p["memory_bytes"] == a.memory_bytes else ""
-            lines.append(f"  {p['memory_bytes'] / 1024:9.1f}  {p['f1']:6.3f}  {p['precision']:9.3f}  {p['recall']:6.3f}{mark}")
+            lay = f"  {p.get('layout', ''):>6}" if layouts else ""
+            lines.append(f"  {p['memory_bytes'] / 1024:9.1f}  {p['f1']:6.3f}  {p['precision']:9.3f}  {p['recall']:6.3f}"
+                         f"{lay}{mark}")
         lines.append("")
     return "\n".join(lines).rstrip()
 

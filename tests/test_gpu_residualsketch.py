@@ -29,6 +29,10 @@ EQUALITY = {
                                               threshold=30, connection=False, seed=1)),
     "rs_byte_split": ("ResidualSketch", dict(mode="byte", memory_bytes=3000, crucial_layers=(16, 24),
                                              split=(0.5, 0.2, 0.3), threshold=30, seed=5)),  # unequal widths
+    "rs_layout_flat": ("ResidualSketch", dict(mode="byte", memory_bytes=1024, crucial_layers=(), threshold=30,
+                                              seed=4)),  # layout "tuned"'s CocoSketch layout: no Residual Block
+    "rs_layout_16_24": ("ResidualSketch", dict(mode="byte", memory_bytes=3000, crucial_layers=(16, 24),
+                                               split=(0.5, 0.25, 0.25), threshold=30, seed=6)),  # "tuned"'s two blocks
     "coco_byte_src_1k": ("CocoSketch", dict(mode="byte", memory_bytes=1024, threshold=30, seed=3)),
     "coco_bit_dst_2k": ("CocoSketch", dict(mode="bit", dimension="dst", memory_bytes=2048, threshold=20, seed=9)),
 }

@@ -72,3 +72,29 @@ def test_size_cli_errors_and_no_target_reached(tmp_path):
     flat = SizingAdvice("hh", "hiddensketch", "heavy_hitters", 0.95, 1000, None,
                         [{"memory_bytes": m, "f1": 0.25, "precision": 1.0, "recall": 0.14} for m in (1000, 2000, 4000)])
     assert "does not change with memory" in render([flat])
+
+
+def test_size_layout_names_each_residual_point_and_overrides_the_config(tmp_path):
+    """``--layout`` (issue 20): every ResidualSketch point carries the layout it ran with; ``tuned`` picks
+    :func:`choose_layout`'s at each memory (here both it returns), ``paper`` the spec's everywhere."""
+    from telesketch.cli import main
+    from telesketch.service.config import load_config
+    from telesketch.sizing import size_sketches
+    from telesketch.sketches.residual_layout import choose_layout
+
+    capture = tmp_path / "hard.pcap"
+    generate_capture(capture, packets=20_000, flows=3_000, zipf=1.0, seed=2, mix="hard")
+    config = tmp_path / "hhh.toml"
+    config.write_text('[server]\nepoch_seconds = 3600.0\n[sketches.hhh]\nkind = "residualsketch"\n'
+                      'memory_bytes = 8192\nphi = 2e-3\nexpected_packets = 100000\n')
+    factors = (0.125, 1.0, 4.0)  # r = buckets x phi = 0.26, 2.05, 8.2: flat, flat, 16-24
+    layouts = {}
+    for layout in ("tuned", "paper"):
+        (advice,) = size_sketches([str(capture)], load_config(str(config)), factors=factors, layout=layout)
+        layouts[layout] = [p["layout"] for p in advice.points]
+        if layout == "tuned":  # memory_bytes charged includes the IPv6 tree: the IPv4 tree had 8192 x factor
+            assert layouts[layout] == [choose_layout(int(8192 * f), 200, "byte", 100_000).name for f in factors]
+    assert layouts == {"tuned": ["flat", "flat", "16-24"], "paper": ["paper"] * 3}
+    assert "16-24" in render([advice]) or "paper" in render([advice])
+    with pytest.raises(SystemExit):
+        main(["size", str(capture), "--layout", "best"])

@@ -259,7 +259,11 @@ def shard_specs(specs: dict[str, dict[str, Any]], shards: int) -> dict[str, dict
         if shards > 1 and kind is not None and kind.spread_keys:
             from telesketch.sketches.cocosketch import shard_threshold
 
-            T = _build_for_specs(name, spec).T
+            built = _build_for_specs(name, spec)
+            T = built.T
+            if spec.get("layout") == "tuned":  # the layout of the whole (phi is the same per shard): pinned, as
+                chosen = built.params.chosen_layout  # a shard sees no expected_packets and would fall back to flat
+                spec.update(layout="paper", crucial_layers=chosen.crucial_layers, split=chosen.split)
             for key in ("phi", "expected_packets"):  # T now comes as a number, the shard's share of it
                 spec.pop(key, None)
             spec["threshold"] = shard_threshold(T, shards)

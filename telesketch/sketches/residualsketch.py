@@ -87,6 +87,7 @@ from telesketch.sketches.cocosketch import (
     sum_layer_estimates,
 )
 from telesketch.sketches.core import NotMergeableError, SketchError
+from telesketch.sketches.residual_layout import LAYOUTS, Layout, choose_layout, paper_layout
 from telesketch.sketches.hierarchy import IPV6_LAYERS, prefix_mask
 
 __all__ = [
@@ -137,6 +138,12 @@ class ResidualSketchParams:
       so on traffic whose fine layers need the memory (the hard mix: F 2/3 scores F1 0.950 against the
       paper's 0.900 at 32 KiB) more F helps, while on traffic with many light /16s (spec §8 synth) the
       block needs it (T = 4000, 32 KiB: F 2/3 0.517 against 0.874). BENCHMARKS.md "issue 20" has every row.
+    * ``layout``: ``paper`` (default: ``crucial_layers`` and ``split`` as given, the paper's when not) or
+      ``tuned`` (issue 20, a departure from the paper): :func:`~telesketch.sketches.residual_layout.choose_layout`
+      picks the IPv4 tree's crucial layers and split from ``memory_bytes``, ``T`` and ``expected_packets``
+      (``expected_bytes`` byte-weighted), falling back to CocoSketch's layout (no crucial layer) where no
+      layout was measured to beat it. With ``tuned``, ``crucial_layers`` / ``split`` may be omitted or must equal
+      the chosen ones (a snapshot's parameters carry them); :attr:`chosen_layout` says which was picked and why.
     """
 
     mode: str = "byte"
@@ -154,6 +161,7 @@ class ResidualSketchParams:
     weight: str = "packets"
     expected_bytes: int | None = None
     split: float | tuple[float, ...] | None = None
+    layout: str = "paper"
 
     def __post_init__(self):
         layers = layers_of(self.mode)
@@ -161,6 +169,9 @@ class ResidualSketchParams:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         set_("dimension", normalise_dimension(self.dimension))
         set_("memory_bytes", DEFAULT_MEMORY[self.mode] if self.memory_bytes is None else check_memory(self.memory_bytes))
+        if self.layout not in LAYOUTS:
+            raise SketchError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        given_crucial = self.crucial_layers
         set_("crucial_layers", _check_crucial(self.crucial_layers, self.mode, layers))
         set_("seed", check_seed(self.seed))
         if self.addback not in ("gt", "ge"):
@@ -169,6 +180,15 @@ class ResidualSketchParams:
             raise SketchError(f"connection must be a bool, got {self.connection!r}")
         self._T()
         set_("split", _check_split(self.split, len(self.crucial_layers)))
+        if self.layout == "tuned":
+            chosen = self.chosen_layout
+            if (given_crucial is not None and self.crucial_layers != chosen.crucial_layers) or (
+                    self.split is not None and self.split != chosen.split):
+                raise SketchError(f"layout = 'tuned' chooses crucial_layers {chosen.crucial_layers} and split "
+                                  f"{chosen.split} here ({chosen.why}); omit crucial_layers and split, or use "
+                                  f"layout = 'paper' to give your own (got {given_crucial}, {self.split})")
+            set_("crucial_layers", chosen.crucial_layers)
+            set_("split", chosen.split)
         for share in self.block_shares():
             buckets_per_row(int(self.memory_bytes * share), "ResidualSketch", self.weight)
         set_("ipv6_memory_bytes", self.memory_bytes if self.ipv6_memory_bytes is None
@@ -176,6 +196,18 @@ class ResidualSketchParams:
         set_("ipv6_crucial_layers", _check_crucial6(self.ipv6_crucial_layers))
         buckets6_per_row(self.ipv6_memory_bytes // (1 + len(self.ipv6_crucial_layers)), "ResidualSketch IPv6 tree",
                          self.weight)
+
+    @property
+    def chosen_layout(self) -> Layout:
+        """The IPv4 tree's :class:`~telesketch.sketches.residual_layout.Layout` for ``layout``: the paper's (or the
+        given crucial layers and split) for ``paper``, :func:`choose_layout`'s pick for ``tuned``."""
+        if self.layout == "tuned":
+            expected = self.expected_bytes if self.weight == "bytes" else self.expected_packets
+            return choose_layout(self.memory_bytes, self.T, self.mode, expected, self.weight)
+        if self.crucial_layers == DEFAULT_CRUCIAL[self.mode] and self.split is None:
+            return paper_layout(self.mode)
+        return Layout("custom", self.crucial_layers, None if self.split is None else self.block_shares(),
+                      "crucial_layers / split as given (layout = \"paper\")")
 
     def block_shares(self) -> tuple[float, ...]:
         """Fraction of ``memory_bytes`` given to each block, F first (equal by default, spec §3)."""

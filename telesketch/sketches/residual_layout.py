@@ -1,0 +1,120 @@
+"""ResidualSketch layouts: which crucial layers, and what memory split, for a (memory, threshold) point.
+
+Issue 20: the paper's layout (byte mode: one Residual Block at /16, memory split equally between F and
+the block) loses to CocoSketch at equal memory on some traffic, and no single layout wins everywhere
+(BENCHMARKS.md "Against CocoSketch beyond the spec's workloads"). The **"tuned"** layout is a departure
+from the paper that picks one of two layouts per (memory, threshold, expected epoch size) by a small
+rule measured on the benchmark's rows (``layout = "paper"`` keeps the spec's: ``crucial_layers=(16,)``, equal
+split, which rule 3 below never picks: it beat CocoSketch on the spec's synthetic traffic but lost most
+other rows at the same (r, T)):
+
+* ``"16-24"``: ``crucial_layers=(16, 24)``, ``split=(1/2, 1/4, 1/4)``: F keeps half the memory for the
+  layers it answers (/32 and, through conditioning, every coarser one) and two quarter-size blocks count the
+  light /16 and /24 traffic; it needs each quarter to hold a few times ``1/phi`` buckets, or it collapses;
+* ``"flat"``: no crucial layer, all the memory in F. This is CocoSketch, bucket for bucket (same state,
+  same answers: ``tests/test_residual_layout.py``); the rule falls back to it wherever the measurement does
+  not show another layout clearly winning.
+
+The rule reads the **load ratio** ``r = buckets * phi`` (``buckets`` = IPv4 buckets the whole memory holds,
+``phi = T / expected``), i.e. the memory in units of ``1/phi`` buckets, the threshold ``T`` (packets, or bytes
+byte-weighted) and the memory:
+
+=====================================================  ===========  ====================================================
+region                                                  layout       rows measured in it (F1 gain over CocoSketch)
+=====================================================  ===========  ====================================================
+``8 <= r <= 20``, ``memory >= 16 KiB``, ``T >= 50``     ``16-24``    every one of 16 (+0.019 .. +0.154): hard mixes,
+                                                                     spec synth, Zipf 0.9 / 1.1 at 32-128 KiB
+anything else (or ``expected`` unknown)                 ``flat``     CocoSketch itself: equal by construction
+=====================================================  ===========  ====================================================
+
+A region gets a non-flat layout only where, on every row measured in it, that layout beat CocoSketch by at
+least :data:`MARGIN` F1; elsewhere the answer is CocoSketch's.
+
+History (BENCHMARKS.md "ResidualSketch tuned layouts"); each rule was scored on rows it had not seen, which then
+became design rows of the next:
+
+1. Rule 1, from 31 byte-mode design rows (hard mix, spec §8.1 synth, the starved regime, two real captures):
+   the paper's layout for ``r <= 0.3`` or ``0.3 < r <= 6, T >= 1000``, ``16-24`` for ``8 <= r <= 36``.
+   On 36 rows of three further captures it lost 5 (the paper's block at T = 2: -0.55; two blocks at 8 KiB on
+   spoofed SYN floods: -0.30).
+2. Rule 2 added ``T >= 50`` and ``memory >= 16 KiB``. On 27 fresh generated rows (Zipf and hard mixes of
+   ``generate_batch``, settings used nowhere else) it lost 12, all in the paper's region (-0.114): the paper's
+   layout beat CocoSketch on the spec's own generator only, 1 of those 27 rows. The two-block layout won all
+   but one (r = 32.8: -0.005).
+3. Rule 3 (this one): no paper region; two blocks for ``8 <= r <= 20`` only (the largest r at which it won
+   every measured row was 16.4). Scored on a second fresh set in BENCHMARKS.md.
+
+Bit mode has no rows measured, so ``"tuned"`` gives ``"flat"`` there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from telesketch.sketches.cocosketch import bucket_bytes
+from telesketch.sketches.core import SketchError
+
+#: Layout selections a ResidualSketch takes (``ResidualSketchParams.layout``).
+LAYOUTS = ("paper", "tuned")
+#: F1 a non-flat layout had to gain over CocoSketch on every design row of its region.
+MARGIN = 0.01
+#: ``r`` bounds of the two-block region (module docstring).
+TWO_BLOCK_R = (8.0, 20.0)
+#: No crucial layer below this threshold (units): with T of a few packets the Residual Connection fires on
+#: keys that are not heavy (rule 2; rule 1's held-out T = 2 rows).
+MIN_T = 50
+#: The two-block layout only from this memory: each quarter block then has at least 256 buckets a row
+#: (rule 2; at 8 KiB it lost the spoofed SYN-flood rows by 0.26-0.30).
+TWO_BLOCK_MIN_MEMORY = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One ResidualSketch layout: ``name``, ``crucial_layers`` (IPv4 tree) and ``split`` (``None``: equal,
+    as ``ResidualSketchParams.split`` takes it), and ``why``: the rule's reason, for logs and ``telesketch size``."""
+
+    name: str
+    crucial_layers: tuple[int, ...]
+    split: tuple[float, ...] | None
+    why: str
+
+
+PAPER = {"byte": (16,), "bit": (12,)}
+
+
+def paper_layout(mode: str) -> Layout:
+    """The spec's layout: one crucial layer (/16 byte, /12 bit), equal split."""
+    return Layout("paper", PAPER[mode], None, "the paper's layout (layout = \"paper\")")
+
+
+def load_ratio(memory_bytes: int, threshold: int, expected: int | None, weight: str = "packets") -> float | None:
+    """``r = buckets * phi``: IPv4 buckets in ``memory_bytes`` times ``phi = threshold / expected``
+    (``None`` when ``expected`` is unknown). Units of ``threshold`` and ``expected`` must agree (packets, or
+    bytes byte-weighted)."""
+    if not expected:
+        return None
+    return memory_bytes // bucket_bytes(weight) * threshold / expected
+
+
+def choose_layout(memory_bytes: int, threshold: int, mode: str = "byte", expected: int | None = None,
+                  weight: str = "packets") -> Layout:
+    """The "tuned" layout for one sketch: see the module docstring for the rule and its measurement.
+
+    ``memory_bytes``: the IPv4 tree's bucket memory; ``threshold``: ``T`` (packets, or bytes byte-weighted);
+    ``mode``: ``byte`` or ``bit``; ``expected``: packets (bytes) per epoch, from which ``phi = T / expected``;
+    ``weight``: ``packets`` or ``bytes`` (bucket size). Deterministic: the same inputs give the same layout,
+    so a snapshot's parameters resolve to the same state on load.
+    """
+    if mode not in PAPER:
+        raise SketchError(f"mode must be 'byte' or 'bit', got {mode!r}")
+    flat = lambda why: Layout("flat", (), None, why)  # noqa: E731
+    if mode != "byte":
+        return flat("bit mode: no design rows measured for the tuned rule, so CocoSketch's layout")
+    r = load_ratio(memory_bytes, threshold, expected, weight)
+    if r is None:
+        return flat("expected packets (bytes) per epoch unknown: phi, and so the rule, cannot be read")
+    if threshold < MIN_T:
+        return flat(f"T = {threshold} < {MIN_T}: too small a threshold for a Residual Block to pay")
+    if TWO_BLOCK_R[0] <= r <= TWO_BLOCK_R[1] and memory_bytes >= TWO_BLOCK_MIN_MEMORY:
+        return Layout("16-24", (16, 24), (0.5, 0.25, 0.25),
+                      f"r = buckets x phi = {r:.2f} in [{TWO_BLOCK_R[0]:g}, {TWO_BLOCK_R[1]:g}]: /16 and /24 blocks")
+    return flat(f"r = {r:.2f}, T = {threshold}: no layout measured to beat CocoSketch here")

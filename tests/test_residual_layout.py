@@ -1,0 +1,166 @@
+"""ResidualSketch layouts (issue 20): the "tuned" chooser's rule, and every layout it can return against the
+naive model; the flat layout is CocoSketch bucket for bucket; selection errors and snapshots."""
+import numpy as np
+import pytest
+
+import naive_residualsketch as naive
+from workloads import hierarchical_addresses as hierarchical_stream
+from telesketch.errors import ConfigurationError
+from telesketch.service.sketchset import configure
+from telesketch.sketches.core import SketchError
+from telesketch.sketches.residual_layout import MARGIN, choose_layout
+from telesketch.sketches.residualsketch import CocoSketch, ResidualSketch, ResidualSketchParams
+
+
+def as_entries(naive_out):
+    return sorted((p, L, e, c) for L, p, e, c in naive_out)
+
+
+def tuned(memory: int, T: int, expected: int, **kwargs) -> ResidualSketchParams:
+    """Params with ``layout="tuned"`` whose threshold resolves to exactly ``T`` (phi * expected, floored)."""
+    params = ResidualSketchParams(memory_bytes=memory, phi=(T + 0.5) / expected, expected_packets=expected,
+                                  layout="tuned", **kwargs)
+    assert params.T == T
+    return params
+
+
+@pytest.mark.parametrize("memory, T, expected, name", [
+    (32 * 1024, 5000, 2_500_000, "16-24"),   # hard mix 32 KiB: r = 4096 * 2e-3 = 8.2
+    (64 * 1024, 5000, 2_500_000, "16-24"),   # r = 16.4
+    (128 * 1024, 5000, 2_500_000, "flat"),   # r = 32.8 > 20 (rule 3)
+    (32 * 1024, 4000, 8_000_000, "flat"),    # synth: r = 2.05 (rule 1-2 picked the paper's layout)
+    (32 * 1024, 15000, 8_000_000, "flat"),   # synth T = 15000: r = 7.7
+    (2 * 1024, 94, 94_695, "flat"),          # starved: r = 0.25 (rule 1-2: paper)
+    (32 * 1024, 40, 3_000, "flat"),          # r = 54
+    (64 * 1024, 40, 3_000, "flat"),          # r = 109 ... and T < 50 (rule 2)
+    (16 * 1024, 40, 1_000, "flat"),          # r = 8.2 but T < 50 (rule 2)
+    (8 * 1024, 946, 94_695, "flat"),         # r = 10.2 but 8 KiB: quarter blocks too small (rule 2)
+    (8 * 1024, 94, 94_695, "flat"),          # nDPI phi 1e-3, 8 KiB: r = 1.0, small T (the paper lost)
+    (32 * 1024, 946, 94_695, "flat"),        # r = 41: the memory holds the traffic
+])
+def test_rule_regions(memory, T, expected, name):
+    layout = choose_layout(memory, T, "byte", expected)
+    assert layout.name == name, layout.why
+    assert tuned(memory, T, expected).crucial_layers == layout.crucial_layers
+    assert 0 < MARGIN < 0.05
+
+
+def test_unknown_epoch_size_and_bit_mode_fall_back_to_cocosketch():
+    assert choose_layout(32768, 100, "byte", None).name == "flat"
+    assert choose_layout(256 * 1024, 4000, "bit", 8_000_000).name == "flat"
+    params = ResidualSketchParams(memory_bytes=32768, threshold=100, layout="tuned")
+    assert params.crucial_layers == () and params.split is None
+    with pytest.raises(SketchError, match="mode"):
+        choose_layout(32768, 100, "nibble", 10**6)
+
+
+# every layout the chooser can return, each on a stream where it is chosen, against the naive model
+@pytest.mark.parametrize("memory, T, expected, name", [
+    (16384, 60, 7_680, "16-24"),     # r = 2048 buckets * 60 / 7680 = 16
+    (4096, 60, 10_240, "flat"),      # r = 3
+])
+def test_each_chosen_layout_equals_the_naive_model(memory, T, expected, name):
+    params = tuned(memory, T, expected, seed=3)
+    assert params.chosen_layout.name == name, params.chosen_layout.why
+    addresses = hierarchical_stream(12000, seed=8)
+    rs = ResidualSketch(params)
+    for chunk in np.array_split(addresses, 3):
+        rs.update_addresses(chunk)
+    shares = rs.params.block_shares()
+    model = naive.NaiveResidualSketch(memory, T, params.crucial_layers, seed=3,
+                                      shares=None if params.split is None else shares)
+    model.update(addresses.tolist())
+    blocks = [model.F] + [model.R[k] for k in model.crucial]
+    assert len(blocks) == 1 + len(params.crucial_layers)
+    for j, block in enumerate(blocks):
+        w = rs.widths[j]
+        np.testing.assert_array_equal(rs.ids[j, :, :w], np.array(block.ids, np.uint32))
+        np.testing.assert_array_equal(rs.counts[j, :, :w], np.array(block.count, np.int32))
+        np.testing.assert_array_equal(rs.occ[j, :, :w], np.array(block.occ, np.uint8))
+    assert rs.layer_estimates() == model.layer_estimates()
+    assert sorted(rs.hhh_entries()) == as_entries(model.hhh())
+    assert rs.memory_bytes <= memory
+    restored = ResidualSketch.from_bytes(rs.to_bytes())  # the chosen layout survives a snapshot
+    assert restored.params == rs.params and restored.widths == rs.widths
+    assert restored.hhh_entries() == rs.hhh_entries()
+
+
+def test_paper_layout_equals_the_naive_model():
+    """``layout = "paper"``, the other selectable layout (tuned never returns it), against the naive model."""
+    addresses = hierarchical_stream(12000, seed=8)
+    rs = ResidualSketch(memory_bytes=4096, threshold=40, seed=3, layout="paper")
+    rs.update_addresses(addresses)
+    model = naive.NaiveResidualSketch(4096, 40, (16,), seed=3)
+    model.update(addresses.tolist())
+    assert rs.params.chosen_layout.name == "paper" and rs.params.crucial_layers == (16,)
+    assert rs.layer_estimates() == model.layer_estimates()
+    assert sorted(rs.hhh_entries()) == as_entries(model.hhh())
+
+
+@pytest.mark.parametrize("memory, T", [(2048, 30), (32768, 200)])
+def test_flat_layout_is_cocosketch_bucket_for_bucket(memory, T):
+    addresses = hierarchical_stream(20000, seed=4)
+    flat = ResidualSketch(memory_bytes=memory, threshold=T, crucial_layers=(), seed=5)
+    coco = CocoSketch(memory_bytes=memory, threshold=T, seed=5)
+    flat.update_addresses(addresses)
+    coco.update_addresses(addresses)
+    np.testing.assert_array_equal(flat.cells, coco.cells)
+    np.testing.assert_array_equal(flat.occ, coco.occ)
+    assert flat.memory_bytes == coco.memory_bytes
+    assert flat.hhh_entries() == coco.hhh_entries()
+    assert ResidualSketchParams(memory_bytes=memory, threshold=T, layout="tuned").crucial_layers == ()
+
+
+def test_bad_selection_is_a_clear_error():
+    with pytest.raises(SketchError, match="layout must be one of"):
+        ResidualSketchParams(threshold=10, layout="best")
+    with pytest.raises(SketchError, match="chooses crucial_layers"):
+        tuned(32 * 1024, 5000, 2_500_000, crucial_layers=(16,))
+    with pytest.raises(SketchError, match="chooses crucial_layers"):
+        tuned(32 * 1024, 5000, 2_500_000, split=0.5)
+    # the chosen ones may be given back (a snapshot's parameters carry them)
+    again = tuned(32 * 1024, 5000, 2_500_000, crucial_layers=[24, 16], split=[0.5, 0.25, 0.25])
+    assert again == tuned(32 * 1024, 5000, 2_500_000)
+
+
+def test_paper_layout_is_unchanged_by_default():
+    params = ResidualSketchParams(memory_bytes=32768, threshold=100)
+    assert params.layout == "paper" and params.crucial_layers == (16,) and params.split is None
+    assert params.chosen_layout.name == "paper"
+    assert ResidualSketchParams(memory_bytes=32768, threshold=100, crucial_layers=(24,)).chosen_layout.name == "custom"
+
+
+def test_service_config_selects_the_layout():
+    """``layout`` in a ``[sketches.NAME]`` table reaches the sketch (TOML keys pass through to the params)."""
+    spec = {"kind": "residualsketch", "memory_bytes": 32768, "phi": 2e-3, "expected_packets": 2_500_000}
+    built = {layout: configure({"hhh": {**spec, "layout": layout}})[0].build() for layout in ("tuned", "paper")}
+    assert built["tuned"].params.crucial_layers == (16, 24) and built["tuned"].params.split == (0.5, 0.25, 0.25)
+    assert built["paper"].params.crucial_layers == (16,) and built["paper"].params.split is None
+    with pytest.raises(ConfigurationError, match="layout must be one of"):
+        configure({"hhh": {**spec, "layout": "best"}})
+
+
+def test_sharded_specs_pin_the_layout_of_the_whole():
+    """A shard gets T as a number (no expected_packets), so "tuned" alone would fall back to flat there: the
+    front end pins the layout chosen for the whole stream (phi, and so the rule's r, is the same per shard)."""
+    from telesketch.distributed.cluster import shard_specs
+
+    spec = {"kind": "residualsketch", "memory_bytes": 32768, "phi": 2e-3, "expected_packets": 2_500_000,
+            "layout": "tuned"}
+    (shard,) = shard_specs({"hhh": spec}, 2).values()
+    assert shard["crucial_layers"] == (16, 24) and shard["split"] == (0.5, 0.25, 0.25)
+    assert shard["threshold"] == 2500 and "expected_packets" not in shard
+    built = ResidualSketch(**{k: v for k, v in shard.items() if k not in ("kind", "global_threshold")})
+    assert built.params.crucial_layers == (16, 24) and built.widths == (1024, 512, 512)
+
+
+def test_byte_weighted_rule_reads_bytes_and_wide_buckets():
+    """Byte-weighted: phi = T / expected_bytes and 12-byte buckets, so the same memory is 2/3 the buckets."""
+    expected = 2_500_000 * 700  # bytes per epoch
+    # 64 KiB: 5461 buckets x 2e-3 = 10.9 (16-24); 32 KiB: 2730 x 2e-3 = 5.5 (flat), where 8-byte buckets read 8.2
+    params = ResidualSketchParams(memory_bytes=64 * 1024, phi=2e-3, expected_bytes=expected, weight="bytes",
+                                  layout="tuned")
+    assert params.chosen_layout.name == "16-24" and params.crucial_layers == (16, 24)
+    assert "10.92" in params.chosen_layout.why
+    assert choose_layout(32 * 1024, 2e-3 * expected, "byte", expected, "bytes").name == "flat"  # r = 5.5
+    assert choose_layout(32 * 1024, 2e-3 * expected, "byte", expected, "packets").name == "16-24"  # r = 8.2
