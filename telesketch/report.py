@@ -291,6 +291,12 @@ class RemoteSource:
         return out
 
 
+def _estimates_heavy_hitters(kind_name: str) -> bool:
+    """Whether a kind (by its configured name) estimates heavy hitters: answers them and is not exact."""
+    kind = KINDS.get(kind_name)
+    return kind is not None and "heavy_hitters" in kind.queries and not kind.exact
+
+
 def _int_keys(sketch_name: str, source: RemoteSource) -> str:
     """How a remote sketch's integer keys read (addresses, or LLM-Sketch fingerprints)."""
     for s in source.stats()["sketches"]:
@@ -410,9 +416,10 @@ def build_report(source, opts: ReportOptions = ReportOptions(), *, mode: str, fi
     }
     report.update(query_sections(source, opts, last))
     report["ipv6"] = _ipv6_section(source, last)
-    # every other Hidden Sketch too (e.g. one keyed by destination: a flood's victim), no truth
-    others = [s["name"] for s in stats["sketches"]
-              if s["active"] and s["kind"] == "hiddensketch" and s["name"] != report["heavy_hitters"]["sketch"]]
+    # every other sketch estimating heavy hitters too (Hidden Sketch, e.g. one keyed by destination:
+    # a flood's victim), no truth
+    others = [s["name"] for s in stats["sketches"] if s["active"] and _estimates_heavy_hitters(s["kind"])
+              and s["name"] != report["heavy_hitters"]["sketch"]]
     report["more_heavy_hitters"] = [_keys_section(source, "heavy_hitters", last, opts, name, None) for name in others]
     if truth is not None:
         report["truth"] = truth_sections(truth, report, opts, last)
@@ -455,29 +462,25 @@ def truth_specs(sketch_specs: dict[str, dict]) -> dict[str, dict]:
     """Config of the ``exact`` kind matching the configured sketches' keys and gap thresholds:
     :data:`TRUTH`, plus :data:`TRUTH_BYTES` counting bytes when a configured sketch does.
 
-    Reads the Hidden Sketch ``key``, the ResidualSketch ``mode`` and the GapFilter ``t1``/``t2``
-    from their parameter dataclasses (defaults included), building each configured class once.
+    Each configured kind says what the truth must share (:meth:`Sketch.truth_params
+    <telesketch.sketches.core.Sketch.truth_params>`: the Hidden Sketch ``key``, the ResidualSketch
+    ``mode``, the GapFilter ``t1``/``t2``, defaults included); the first sketch to name a
+    parameter sets it.
     """
     import importlib
 
     params: dict[str, Any] = {}
     for spec in sketch_specs.values():
         kind = KINDS.get(spec.get("kind"))
-        if kind is None or spec["kind"] in ("llmsketch", "exact"):
+        if kind is None:
             continue
         try:
             cls = getattr(importlib.import_module(kind.module), kind.cls)
-            p = cls(**{k: v for k, v in spec.items() if k not in ("kind", "device")}).params
+            wanted = cls.truth_params({k: v for k, v in spec.items() if k not in ("kind", "device")})
         except Exception:  # noqa: BLE001 - a sketch that does not build is skipped by the service too
             continue
-        if spec["kind"] == "hiddensketch":
-            key = getattr(p, "key", "src_ip")
-            params.setdefault("key", "flow" if key in ("flow", "5tuple") else key)
-        elif spec["kind"] == "residualsketch":
-            params.setdefault("hhh_mode", p.mode)
-        elif spec["kind"].startswith("gapfilter"):
-            params.setdefault("gap_t1", p.t1)
-            params.setdefault("gap_t2", p.t2)
+        for name, value in wanted.items():
+            params.setdefault(name, value)
     specs = {TRUTH: dict(kind="exact", **params)}
     if any(spec.get("weight") == "bytes" for spec in sketch_specs.values()):
         specs[TRUTH_BYTES] = dict(kind="exact", weight="bytes", **params)

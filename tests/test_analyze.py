@@ -227,3 +227,46 @@ def test_byte_weighted_sections_are_scored_against_byte_truth(capture):
         {k: float(v) for k, v in exact.hhh(batch.src_ip, phi=1e-2, mode="byte", weights=weights).items()}
     for name in ("heavy_hitters", "hhh"):
         assert report["accuracy"][name]["f1"] >= 0.9, (name, report["accuracy"][name])
+
+
+def test_truth_specs_take_each_kinds_keys_mode_and_thresholds():
+    """The ground truth counts what the configured sketches count: the Hidden Sketch key
+    (``5tuple`` is the exact kind's ``flow``), the ResidualSketch mode, the GapFilter thresholds;
+    the first sketch naming a parameter sets it, a sketch that does not build is skipped, and
+    LLM-Sketch or the exact kind add nothing."""
+    from telesketch.report import TRUTH, TRUTH_BYTES, truth_specs
+
+    specs = {"hh": {"kind": "hiddensketch", "key": "5tuple", "device": "cpu"},
+             "hh2": {"kind": "hiddensketch", "key": "dst_ip"},
+             "hhh": {"kind": "residualsketch", "mode": "bit", "weight": "bytes", "threshold": 1000},
+             "gaps": {"kind": "gapfilter_ao", "t1": 3, "t2": 20},
+             "bad": {"kind": "gapfilter_so", "t1": 40, "t2": 20},
+             "fs": {"kind": "llmsketch"}, "ex": {"kind": "exact", "key": "dst_ip"}, "unknown": {"kind": "nope"}}
+    params = dict(key="flow", hhh_mode="bit", gap_t1=3, gap_t2=20)
+    assert truth_specs(specs) == {TRUTH: dict(kind="exact", **params),
+                                  TRUTH_BYTES: dict(kind="exact", weight="bytes", **params)}
+    assert truth_specs({"gaps": {"kind": "gapfilter_so"}}) == {TRUTH: dict(kind="exact", gap_t1=5, gap_t2=30)}
+    assert truth_specs({}) == {TRUTH: {"kind": "exact"}}
+
+
+def test_every_kinds_truth_params_are_exact_kind_parameters():
+    """``truth_params`` (on the sketch classes, so the report names no kind) gives only fields of
+    the exact kind's parameters, each a value that kind accepts, for every kind of the example
+    config (the shipped sketches) and every other kind at its defaults."""
+    import dataclasses
+    import importlib
+    from pathlib import Path
+
+    from telesketch.service.exactsketch import ExactSketchParams
+    from telesketch.service.sketchset import KINDS
+
+    fields = {f.name for f in dataclasses.fields(ExactSketchParams)}
+    specs = list(load_config(Path(__file__).parents[1] / "examples" / "telesketch.toml").sketches.values())
+    specs += [{"kind": name} for name in KINDS if name != "residualsketch"]  # it needs a threshold
+    for spec in specs:
+        kind = KINDS[spec["kind"]]
+        cls = getattr(importlib.import_module(kind.module), kind.cls)
+        wanted = cls.truth_params({k: v for k, v in spec.items() if k not in ("kind", "device")})
+        assert set(wanted) <= fields, spec
+        ExactSketchParams(**wanted)
+    assert {s["kind"] for s in specs} == set(KINDS)

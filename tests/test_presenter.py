@@ -141,3 +141,18 @@ def test_hhh_rows_of_both_families_keep_two_trees():
     # an IPv6 /0 is no parent of an IPv4 prefix
     mixed = hhh_rows([(6, bytes(16), 0, 9), (4, bytes([10, 0, 0, 0]), 8, 5)])
     assert [(r["prefix"], r["parent"]) for r in mixed] == [("10.0.0.0/8", ""), ("::/0", "")]
+
+
+def test_array_texts_are_key_text_row_for_row():
+    """The array formatters (a gRPC reply's rows at once) print each key as :func:`key_text` does."""
+    import numpy as np
+
+    from telesketch.presenter import TEXT_WIDTH, fingerprint_texts, ipv4_texts
+
+    rng = np.random.default_rng(3)
+    keys = np.concatenate([np.array([0, 1, 9, 10, 99, 100, 255, 256, 0x0A000001, 0xFFFFFFFF], np.uint32),
+                           rng.integers(0, 1 << 32, 300, dtype=np.uint64).astype(np.uint32)])
+    for (chars, used), int_keys in ((ipv4_texts(keys.astype(">u4").view(np.uint8).reshape(-1, 4)), "ipv4"),
+                                    (fingerprint_texts(keys), "fingerprint")):
+        assert chars.shape == used.shape == (keys.size, TEXT_WIDTH)
+        assert [bytes(c[u]).decode() for c, u in zip(chars, used)] == [key_text(int(k), int_keys) for k in keys]

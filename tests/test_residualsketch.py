@@ -305,3 +305,37 @@ def test_merged_hhh_refuses_mixed_hierarchies_and_missing_threshold():
         merged_hhh([byte], threshold=None)
     with pytest.raises(SketchError, match="at least one"):
         merged_hhh([], threshold=10)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_coco_insert_matches_the_naive_block_step_by_step(weighted):
+    """``coco_insert`` itself (the readable form of the block step that ``stream_kernel`` writes out)
+    against ``NaiveCoco.insert``: return value and the block's ids, counts and occupancy after every
+    insert, over plain inserts and decrementing ones (``dec``), in blocks 0 and 2 (the coin depends
+    on the block), with few keys in a narrow block so keys collide and take buckets over."""
+    from telesketch.sketches.cocosketch import (BUCKET_DTYPE, BUCKET_DTYPE_BYTES, coco_insert, fastmod_magic,
+                                                seed_mix)
+
+    w, seed, blocks = 13, 11, 3
+    cells = np.zeros((blocks, 2, w), BUCKET_DTYPE_BYTES if weighted else BUCKET_DTYPE)
+    occ = np.zeros((blocks, 2, w), np.uint8)
+    models = {blk: naive.NaiveCoco(w) for blk in (0, 2)}
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 1 << 32, 40, dtype=np.uint64)
+    for n in range(3000):
+        blk = int(rng.choice([0, 2]))
+        x = int(keys[rng.integers(0, keys.size)])
+        wt = int(rng.integers(40, 1500)) if weighted else 1
+        decrement = bool(rng.random() < 0.2)
+        dec = int(rng.integers(0, 3 * wt)) if decrement else 0
+        got = coco_insert(cells, occ, blk, np.uint64(x), np.uint64(w), fastmod_magic(w), seed_mix(seed),
+                          np.uint64(n), np.int64(wt), np.int64(dec), decrement)
+        want = models[blk].insert(x, naive.rand32(seed, n, blk), dec, decrement, wt)
+        assert got == want, n
+        m = models[blk]
+        assert cells[blk]["count"].tolist() == m.count, n
+        assert occ[blk].tolist() == m.occ, n
+        assert np.where(occ[blk] == 1, cells[blk]["id"], 0).tolist() == \
+            [[i if o else 0 for i, o in zip(ids, os)] for ids, os in zip(m.ids, m.occ)], n
+    assert not cells[1]["count"].any() and not occ[1].any()  # block 1 was never touched
+    assert all(len(m.all()) > 5 for m in models.values())  # the blocks filled and held keys

@@ -38,7 +38,8 @@ open epoch, ingest rate per epoch, heavy hitters, the HHH tree, top flows and ga
 
 With a token configured, every path but ``/api/v1/health`` needs ``Authorization: Bearer <token>``
 (401 otherwise). Errors are ``{"error": message}`` with 400 (bad parameters), 404 (unknown window or sketch),
-409 (no active sketch answers) or 413 (too large). ``last=N`` with fewer than N epochs retained
+409 (no active sketch answers), 413 (too large) or 503 (a state out of reach, a lost Ray shard:
+retry later), by :data:`HTTP_STATUS`. ``last=N`` with fewer than N epochs retained
 answers over the epochs there are and says so in an ``X-Telesketch-Note`` header (a dashboard
 asking for the last 3 epochs of a service that has seen one shows that one, not an error).
 

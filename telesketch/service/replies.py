@@ -4,8 +4,9 @@ keys (IPv4 addresses, LLM-Sketch fingerprints) encoded straight into protobuf wi
 A reply of a few hundred rows built one ``KeyEstimate`` message per row (a Python call per row
 for the key bytes, the text and the family) cost more server CPU than the query itself; a client
 polling queries back to back took that CPU from ingest (issue 16). Here the rows of a reply are
-one ``uint8`` matrix (one row per entry, at most :data:`_ROW` bytes, a mask for the bytes used)
-that the protobuf runtime parses in one call, to the same message the per-row build gives
+one ``uint8`` matrix (one row per entry, at most :data:`_ROW` bytes, a mask for the bytes used;
+the key texts are the presenter's array formatters, :func:`telesketch.presenter.ipv4_texts` and
+:func:`~telesketch.presenter.fingerprint_texts`) that the protobuf runtime parses in one call, to the same message the per-row build gives
 (``tests/test_query_replies.py`` holds them equal).
 
 Wire form of one entry (field 1 of ``KeyEstimates``, a length-delimited ``KeyEstimate``):
@@ -17,36 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-#: decimal digits of 0..255, right-aligned in three bytes, and how many of them are used
-_DEC = np.array([list(f"{i:>3}".encode()) for i in range(256)], np.uint8)
-_DEC_USED = _DEC != ord(" ")
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
-_TEXT = 15  #: the longest text: ``255.255.255.255``; a fingerprint's ``fp:0x1234abcd`` is 13
+from telesketch.presenter import TEXT_WIDTH, fingerprint_texts, ipv4_texts
+
+_TEXT = TEXT_WIDTH  #: text bytes of an entry (a dotted quad at most; a fingerprint uses 13)
 _ROW = 2 + 6 + 9 + 2 + _TEXT + 2  #: entry tag and length, key, estimate, text tag and length, text, family
-
-
-def _ipv4_text(octets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dotted quads of ``uint8[n, 4]`` octets: ``(uint8[n, 15] characters, bool[n, 15] used)``,
-    laid out ``ddd.ddd.ddd.ddd`` with each octet's leading blanks unused."""
-    n = octets.shape[0]
-    chars = np.full((n, _TEXT), ord("."), np.uint8)
-    used = np.ones((n, _TEXT), bool)
-    for i in range(4):
-        chars[:, 4 * i : 4 * i + 3] = _DEC[octets[:, i]]
-        used[:, 4 * i : 4 * i + 3] = _DEC_USED[octets[:, i]]
-    return chars, used
-
-
-def _fingerprint_text(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``fp:0x%08x`` of ``uint32[n]`` keys: ``(uint8[n, 15], bool[n, 15])`` (13 places used)."""
-    n = keys.shape[0]
-    chars = np.zeros((n, _TEXT), np.uint8)
-    chars[:, :5] = np.frombuffer(b"fp:0x", np.uint8)
-    for i in range(8):
-        chars[:, 5 + i] = _HEX[(keys >> np.uint32(28 - 4 * i)) & np.uint32(0xF)]
-    used = np.zeros((n, _TEXT), bool)
-    used[:, :13] = True
-    return chars, used
 
 
 def int_key_entries(keys, estimates, int_keys: str = "ipv4") -> bytes | None:
@@ -63,7 +38,7 @@ def int_key_entries(keys, estimates, int_keys: str = "ipv4") -> bytes | None:
     n = k32.shape[0]
     octets = k32.astype(">u4").view(np.uint8).reshape(n, 4)
     fingerprint = int_keys == "fingerprint"
-    text, text_used = _fingerprint_text(k32) if fingerprint else _ipv4_text(octets)
+    text, text_used = fingerprint_texts(k32) if fingerprint else ipv4_texts(octets)
     tlen = text_used.sum(axis=1).astype(np.uint8)
     row = np.zeros((n, _ROW), np.uint8)
     used = np.ones((n, _ROW), bool)

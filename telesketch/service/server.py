@@ -48,7 +48,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from telesketch.packets import FLOW_KEY37_BYTES, V4_MAPPED_PREFIX, BatchError, PacketBatch
+from telesketch.packets import BatchError, PacketBatch
 from telesketch.service.config import ServiceConfig
 from telesketch.service.auth import bearer_matches
 from telesketch.service.budget import (APPLIED_BATCHES_KEY, PARTIAL_SUMMARY_KEY, RETRY_AFTER_KEY, RETRY_AFTER_MS,
@@ -57,7 +57,7 @@ from telesketch.service.epochs import (ApplyResult, BatchRejected, EpochManager,
                                        data_dir_settings)
 from telesketch.service.metrics import ServiceMetrics
 from telesketch.service.overload import OverloadWatch
-from telesketch.presenter import format_prefix, gap_rows, key_bytes, key_text
+from telesketch.presenter import format_prefix, gap_rows, key_bytes, key_family, key_text
 from telesketch.service.queries import QueryEngine, WindowSpec
 from telesketch.service.replies import int_key_entries
 from telesketch.errors import (IngestRejected, NotFound, Precondition, QueryError, TelesketchError, TooLarge,
@@ -421,19 +421,6 @@ def _info(answer, with_unit: bool = False) -> service_pb2.WindowInfo:
 HHH_FAMILIES = {service_pb2.FAMILIES_IPV4: (4,), service_pb2.FAMILIES_BOTH: (4, 6), service_pb2.FAMILIES_IPV6: (6,)}
 
 
-def _family(key, int_keys: str = "ipv4") -> int:
-    """A key's address family: 6 for 16-byte addresses and 37-byte flow keys not v4-mapped, 0 for
-    an LLM-Sketch fingerprint, else 4."""
-    if isinstance(key, (int, np.integer)):
-        return 0 if int_keys == "fingerprint" else 4
-    key = bytes(key)
-    if len(key) == 16:
-        return 6
-    if len(key) == FLOW_KEY37_BYTES:
-        return 4 if key[:12] == V4_MAPPED_PREFIX and key[16:28] == V4_MAPPED_PREFIX else 6
-    return 4
-
-
 def _keys(answer) -> service_pb2.KeyEstimates:
     """The ``KeyEstimates`` reply: integer keys (addresses, fingerprints) encoded array-at-a-time
     (:func:`~telesketch.service.replies.int_key_entries`), byte keys one entry each."""
@@ -451,24 +438,15 @@ def _keys_per_row(answer) -> service_pb2.KeyEstimates:
     """The ``KeyEstimates`` reply built one ``KeyEstimate`` per row (any key form)."""
     return service_pb2.KeyEstimates(
         entries=[service_pb2.KeyEstimate(key=key_bytes(k), estimate=float(v), text=key_text(k, answer.int_keys),
-                                         family=_family(k, answer.int_keys))
+                                         family=key_family(k, answer.int_keys))
                  for k, v in answer.rows], window=_info(answer, with_unit=True))
-
-
-def _prefix_text(row) -> str:
-    """CIDR text of an ``HHHRow``: the presenter's for IPv4; RFC 5952 for IPv6."""
-    if row.family == 4:
-        return format_prefix(int.from_bytes(row.prefix, "big"), row.length)
-    from telesketch.sketches.cocosketch import format_prefix as format_family_prefix
-
-    return format_family_prefix(row.family, row.prefix, row.length)
 
 
 def _prefixes(answer) -> service_pb2.PrefixEstimates:
     return service_pb2.PrefixEstimates(
         entries=[service_pb2.PrefixEstimate(
             prefix=int.from_bytes(r.prefix, "big") if r.family == 4 else 0, length=r.length, estimate=r.discounted,
-            text=_prefix_text(r), family=r.family, prefix_bytes=r.prefix, undiscounted_estimate=r.estimate)
+            text=format_prefix(r.prefix, r.length), family=r.family, prefix_bytes=r.prefix, undiscounted_estimate=r.estimate)
             for r in answer.rows], window=_info(answer, with_unit=True))
 
 
@@ -508,7 +486,7 @@ class QueryService(service_pb2_grpc.QueryServicer):
         answer = await self._call(context, lambda: q.gaps(_window(request.window), request.sketch, request.limit))
         return service_pb2.GapEvents(
             events=[service_pb2.GapEvent(ts_ns=r["ts_ns"], key=r["key"], jump=r["jump"], epoch=r["epoch"], text=r["text"],
-                                      family=_family(r["key"]))
+                                      family=key_family(r["key"]))
                     for r in gap_rows(answer.rows)], window=_info(answer))
 
     async def FlowSize(self, request, context):

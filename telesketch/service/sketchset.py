@@ -70,6 +70,9 @@ class Kind:
     #: the state charges its IPv6 tree apart from ``memory_bytes`` (``ipv6_memory_bytes``, allocated
     #: with the sketch: ResidualSketch); :meth:`ConfiguredSketch.memory` adds the two
     ipv6_tree_memory: bool = False
+    #: counts exactly (the ``exact`` kind): a ground truth, not an estimate; the report lists only
+    #: estimating sketches among "more heavy hitters"
+    exact: bool = False
 
 
 class ClosedGapEpoch:
@@ -121,7 +124,7 @@ KINDS: dict[str, Kind] = {
                       load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from", "pivot"),
                       int_keys="fingerprint",
                       gpu_cls=_twin("llmsketch:LLMSketch")),
-    "exact": Kind("telesketch.service.exactsketch", "ExactSketch", frozenset(QUERIES)),
+    "exact": Kind("telesketch.service.exactsketch", "ExactSketch", frozenset(QUERIES), exact=True),
 }
 
 

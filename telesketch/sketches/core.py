@@ -366,6 +366,14 @@ class Sketch:
         them from it (``PacketBatch.only_ipv4``) and counts them, so they never count as IPv4."""
         return False
 
+    @classmethod
+    def truth_params(cls, params: dict) -> dict:
+        """The ``exact`` kind's parameters (:class:`~telesketch.service.exactsketch.ExactSketchParams`
+        fields) that a ground truth for a sketch built from ``params`` must share to answer the same
+        question: the key it counts, the HHH mode, the gap thresholds. ``{}`` (the default): the
+        truth's defaults do. Read by the report (``truth_specs``), so it dispatches on no kind name."""
+        return {}
+
     #: updates must run on the thread that made the sketch (the GPU twins: one device queue, and
     #: Numba's CUDA simulator is not thread-safe); the service then never hands it to a pool thread
     caller_thread_only: bool = False

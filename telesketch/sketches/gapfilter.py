@@ -955,6 +955,12 @@ class _GapFilterBase(Sketch):
     #: layout 2: events with the IPv6 fields, coverage counters; layout 1 (IPv4 events) still loads
     STATE_VERSION: ClassVar[int] = 2
 
+    @classmethod
+    def truth_params(cls, params: dict) -> dict:
+        """The truth reports the same gaps: jumps in ``[t1, t2)``."""
+        p = cls(**params).params
+        return {"gap_t1": p.t1, "gap_t2": p.t2}
+
     def __init__(self, memory_bytes: int | None = None, *, params=None, **kwargs) -> None:
         """Build from a params object, or from keyword parameters (see the params dataclass)."""
         if params is not None:

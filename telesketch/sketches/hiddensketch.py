@@ -1045,6 +1045,12 @@ class HiddenSketch(Sketch):
         """IPv6 rows are counted (module docstring: how)."""
         return True
 
+    @classmethod
+    def truth_params(cls, params: dict) -> dict:
+        """The truth counts the same key (``5tuple`` is the exact kind's ``flow``)."""
+        key = cls(**params).params.key
+        return {"key": "flow" if key in ("flow", "5tuple") else key}
+
     def __init__(self, params: HiddenSketchParams | None = None, **kwargs):
         if params is None:
             params = HiddenSketchParams(**kwargs)

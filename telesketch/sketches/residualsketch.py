@@ -295,6 +295,11 @@ class ResidualSketch(BlockSketchVerbs):
     VERSION = 2  # 2: the IPv6 tree; version 1 (IPv4 only) still loads
     PARAMS = ResidualSketchParams
 
+    @classmethod
+    def truth_params(cls, params: dict) -> dict:
+        """The truth's HHH walks the same hierarchy (``byte`` or ``bit`` prefixes)."""
+        return {"hhh_mode": cls(**params).params.mode}
+
     def __init__(self, params: ResidualSketchParams | None = None, **kwargs):
         if params is not None and kwargs:
             raise SketchError("give either a ResidualSketchParams or keyword parameters, not both")
