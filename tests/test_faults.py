@@ -852,3 +852,44 @@ def test_telesketch_replay_rides_out_a_full_disk(tmp_path, servers):
     assert summary.error is None and summary.packets_rejected == 0 and summary.retries >= 1
     assert summary.packets_applied == 20_000
     assert server_counts(srv.client()) == counts_of(sent)
+
+
+def test_a_client_polling_queries_does_not_stall_ingest_and_counts_stay_exact(tmp_path, servers):
+    """Fault 7 against a real server: while one client polls TopFlows back to back (the default
+    ``query_share`` 0.25 paces it), 40 batches pushed one by one are each acknowledged promptly,
+    the poller's answers grow monotonically and never exceed what was acknowledged, and at the
+    end every flow's count is exact."""
+    srv = start(servers, tmp_path, durability="none")
+    pusher, poller = srv.client(sender_id="p"), srv.client()
+    batches = old_batches(40, per_batch=2000, epochs=1)
+    pusher.push_one(batches[0])  # an epoch to query
+    acked_packets, seen, errors, done = [len(batches[0])], [], [], threading.Event()
+
+    def poll():
+        try:
+            while not done.is_set():
+                rows = poller.top_flows(100_000, sketch="exact")
+                seen.append((sum(int(v) for _, v in rows), acked_packets[0]))
+        except Exception as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        worst = 0.0
+        for b in batches[1:]:
+            t = time.perf_counter()
+            pusher.push_one(b)
+            worst = max(worst, time.perf_counter() - t)
+            acked_packets[0] += len(b)
+    finally:
+        done.set()
+        thread.join(60)
+    assert not thread.is_alive() and not errors, errors
+    totals = [total for total, _ in seen]
+    assert len(seen) >= 3 and totals == sorted(totals)
+    # never more than acknowledged by the time it answered (+ the one batch that may be in flight)
+    assert all(total <= acked + 2000 for total, acked in seen)
+    assert worst < 2.0, f"a push waited {worst:.2f} s behind the poller"
+    assert server_counts(pusher) == counts_of(batches)
+    assert srv.metric("telesketch_query_paced_seconds") > 0  # the poller was paced
