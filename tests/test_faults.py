@@ -353,6 +353,43 @@ def test_a_damaged_record_mid_log_refuses_to_start_and_recover_reports_the_loss(
     srv.stop()
 
 
+@pytest.mark.parametrize("payload", ["not-protobuf", "bad-columns"])
+def test_an_intact_record_that_does_not_decode_refuses_to_start_and_recover_drops_only_it(tmp_path, servers, payload):
+    """A record whose frame and checksum are intact but whose payload is not a batch (a bug in a
+    writer, or damage made before the checksum): start-up refuses with one line naming the file,
+    the offset and the LSN; ``--recover`` drops that record alone, says so, and keeps the rest."""
+    import crc32c
+
+    srv, batches = _fill_log(tmp_path, servers)
+    wal = srv.data_dir / "wal.log"
+    offset, size = _records(wal)[3]
+    data = wal.read_bytes()
+    if payload == "not-protobuf":
+        body = b"\xff" * 64  # field 31 with wire type 7: no protobuf parses it
+    else:  # a well-formed message whose columns disagree in length
+        message = wire.batch_to_message(batches[3], sender_id="c", sequence=4)
+        message.src_ip = message.src_ip[:-4]
+        body = message.SerializeToString()
+    lsn = struct.pack("<Q", 4)
+    record = struct.pack("<II", len(body), crc32c.crc32c(body, crc32c.crc32c(lsn))) + lsn + body
+    wal.write_bytes(data[:offset] + record + data[offset + size:])
+    damaged = wal.read_bytes()
+    srv.start(expect_failure=True)
+    assert srv.proc.returncode == 2
+    error = [line for line in srv.lines if line.startswith("telesketch serve: error:")]
+    assert len(error) == 1, srv.output()
+    assert f"{wal}: record at offset {offset} (LSN 4) does not decode" in error[0] and "--recover" in error[0]
+    assert "Traceback" not in srv.output()
+    assert wal.read_bytes() == damaged  # the evidence is kept
+    srv.extra_args = ["--recover"]
+    srv.start()
+    assert f"recovery: {wal}: record at offset {offset} (LSN 4) does not decode" in srv.output()
+    c = srv.client(sender_id="c")
+    assert server_counts(c) == counts_of(batches[:3] + batches[4:])
+    assert c.last_sequence() == 8  # the sender's sequence moved past it: the loss is reported, not retried
+    srv.stop()
+
+
 # ---------------------------------------------------------------------------- 3. damaged snapshots
 def _fill_epochs(tmp_path, servers):
     """A server stopped after 3 epochs of a replay: epochs 0 and 1 closed on disk, 2 in open.tsk."""
