@@ -75,7 +75,25 @@ def start_server(data_dir: str, sketches: dict, **server) -> tuple[subprocess.Po
     if not line.startswith("telesketch serving"):
         proc.kill()
         raise RuntimeError(f"server did not start: {line}")
+    proc.ports = dict(part.split("=") for part in line.split()[2:])  # grpc=..., http=... (when served)
     return proc, int(line.split()[2].split("=")[1])
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric(port: int, name: str) -> float | None:
+    """One unlabelled series from the server's /metrics (None when it has no such series)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def stop(proc) -> None:
@@ -169,9 +187,13 @@ def query_poll(total: int, clients: int = 8, batch_size: int = 8192, stream_batc
     for polling, share in [(False, None), *[(True, s) for s in shares]] * repeat:
         with tempfile.TemporaryDirectory(prefix="bench-rel-") as tmp:
             extra = {} if share is None else {"query_share": share}
-            proc, port = start_server(tmp, ALL, wal=False, **extra)  # the log off: only queries vs. ingest
+            # the log off: only queries vs. ingest; HTTP on for the query CPU metric
+            proc, port = start_server(tmp, ALL, wal=False, http_address="127.0.0.1:0", **extra)
+            http_port = int(proc.ports.get("http", 0))
             try:
                 Client(f"127.0.0.1:{port}").push_messages(messages[:2])
+                cpu_before = process_cpu_seconds(proc.pid)
+                query_cpu_before = metric(http_port, "telesketch_query_cpu_seconds") if http_port else None
                 latencies, done, query_seconds = [], threading.Event(), []
 
                 def poll():
@@ -195,12 +217,17 @@ def query_poll(total: int, clients: int = 8, batch_size: int = 8192, stream_batc
                 done.set()
                 if poller:
                     poller.join()
+                server_cpu = process_cpu_seconds(proc.pid) - cpu_before
+                query_cpu = (metric(http_port, "telesketch_query_cpu_seconds") - query_cpu_before
+                             if query_cpu_before is not None else None)
             finally:
                 stop(proc)
         packets = clients * sum(len(b.ts_ns) // 8 for b in messages)  # ts_ns is 8 bytes per packet
         row = {"part": "query", "polling": polling, "query_share": share, "clients": clients,
                "load": open("/proc/loadavg").read().split()[0], "mpps": round(packets / seconds / 1e6, 2),
                "worst_stream_s": round(max(latencies), 3), "queries": len(query_seconds),
+               "server_cpu_s_per_m_packets": round(server_cpu / (packets / 1e6), 3),
+               "query_cpu_share_of_wall": round(query_cpu / seconds, 3) if query_cpu is not None else None,
                "median_query_s": round(float(np.median(query_seconds)), 4) if query_seconds else None,
                "worst_query_s": round(max(query_seconds), 3) if query_seconds else None}
         if polling:

@@ -91,6 +91,7 @@ def test_back_to_back_queries_get_at_most_their_share_of_time(manager):
     # the first query does not wait; each later one waits 3x the 0.1 s the previous one took
     assert clock.slept == pytest.approx([0.3] * 7)
     assert engine.paced_seconds == pytest.approx(2.1)
+    assert engine.busy_seconds == pytest.approx(0.8) and engine.cpu_seconds >= 0
     busy = 8 * 0.1
     assert busy / (clock.now - start) == pytest.approx(0.8 / 2.9)  # -> 0.25 as the run grows
 

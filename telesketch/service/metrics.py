@@ -114,6 +114,9 @@ class ServiceMetrics:
         self.query_paced = Gauge(
             "telesketch_query_paced_seconds", "Seconds queries have waited for their share of time since start "
             "(query_share: a client polling back to back leaves the rest to ingestion)", registry=r)
+        self.query_cpu = Gauge(
+            "telesketch_query_cpu_seconds", "CPU seconds of the threads answering queries since start (the "
+            "engine's work; the gRPC reply is built outside it)", registry=r)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
 

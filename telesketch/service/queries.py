@@ -88,7 +88,8 @@ class QueryEngine:
     back to back gets answers at most ``share`` of the time and leaves the rest to ingestion (two
     cores shared by 8 pushing clients and one poller: issue 16, fault 7). The wait is measured on
     the query's own wall time, so a query slowed by ingest load earns a longer pause.
-    ``paced_seconds`` is the total wait so far.
+    ``paced_seconds`` is the total wait so far, ``busy_seconds`` and ``cpu_seconds`` the wall
+    and CPU time of the answers (engine work; the gRPC reply is built outside).
     """
 
     def __init__(self, manager: EpochManager, observe=None, on_partial=None, watch: OverloadWatch | None = None,
@@ -104,6 +105,8 @@ class QueryEngine:
         self.query_share = float(query_share)
         self.max_query_wait_seconds = float(max_query_wait_seconds)
         self.paced_seconds = 0.0  #: seconds queries have waited for their share so far
+        self.busy_seconds = 0.0   #: wall seconds queries have run (what the share is measured on)
+        self.cpu_seconds = 0.0    #: CPU seconds of the threads answering them (``time.thread_time``)
         self._clock, self._sleep = clock, sleep
         self._next_start = 0.0    # clock value before which the next query waits (pacing)
         self._query_lock = threading.Lock()
@@ -169,11 +172,13 @@ class QueryEngine:
 
     def _timed(self, fn):
         """``fn()``, then push the next query's start back by the pause its run time earns."""
-        began = self._clock()
+        began, cpu = self._clock(), time.thread_time()
         try:
             return fn()
         finally:
             ended = self._clock()
+            self.busy_seconds += ended - began
+            self.cpu_seconds += time.thread_time() - cpu
             if self.query_share < 1.0:
                 self._next_start = ended + (ended - began) * (1.0 - self.query_share) / self.query_share
 
