@@ -14,7 +14,7 @@ Three parts, each against a server subprocess on loopback:
   ``HeavyHitters`` back to back (the four default sketches, LLM-Sketch on the constant estimator, log off).
 
     .venv/bin/python benchmarks/bench_reliability.py [--parts durability,kill,query] [--packets 2000000] [--rounds 20]
-        [--repeat 1]
+        [--repeat 1] [--query-shares 1.0,0.25]
 """
 from __future__ import annotations
 
@@ -75,7 +75,25 @@ def start_server(data_dir: str, sketches: dict, **server) -> tuple[subprocess.Po
     if not line.startswith("telesketch serving"):
         proc.kill()
         raise RuntimeError(f"server did not start: {line}")
+    proc.ports = dict(part.split("=") for part in line.split()[2:])  # grpc=..., http=... (when served)
     return proc, int(line.split()[2].split("=")[1])
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric(port: int, name: str) -> float | None:
+    """One unlabelled series from the server's /metrics (None when it has no such series)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def stop(proc) -> None:
@@ -159,16 +177,23 @@ def kill_rounds(rounds: int, seed: int = 0) -> dict:
 
 # ---------------------------------------------------------------------------- queries vs. ingest
 def query_poll(total: int, clients: int = 8, batch_size: int = 8192, stream_batches: int = 8,
-               repeat: int = 1) -> list[dict]:
-    """``repeat`` pairs of runs (without, then with the polling client), each pair's ratio printed;
-    a pair is measured back to back so that a shared machine's load drifts little within it."""
+               repeat: int = 1, shares: tuple[float | None, ...] = (None,)) -> list[dict]:
+    """``repeat`` rounds of runs: one without the polling client, then one with it per entry of
+    ``shares`` (the server's ``query_share``; None: the server's default, not set), each polled
+    run's ratio to the round's unpolled run printed; a round is measured back to back so that a
+    shared machine's load drifts little within it."""
     messages = [wire.batch_to_message(b) for b in batches(total // clients, batch_size)]
     rows = []
-    for polling in [False, True] * repeat:
+    for polling, share in [(False, None), *[(True, s) for s in shares]] * repeat:
         with tempfile.TemporaryDirectory(prefix="bench-rel-") as tmp:
-            proc, port = start_server(tmp, ALL, wal=False)  # the log off: only queries vs. ingest
+            extra = {} if share is None else {"query_share": share}
+            # the log off: only queries vs. ingest; HTTP on for the query CPU metric
+            proc, port = start_server(tmp, ALL, wal=False, http_address="127.0.0.1:0", **extra)
+            http_port = int(proc.ports.get("http", 0))
             try:
                 Client(f"127.0.0.1:{port}").push_messages(messages[:2])
+                cpu_before = process_cpu_seconds(proc.pid)
+                query_cpu_before = metric(http_port, "telesketch_query_cpu_seconds") if http_port else None
                 latencies, done, query_seconds = [], threading.Event(), []
 
                 def poll():
@@ -192,20 +217,31 @@ def query_poll(total: int, clients: int = 8, batch_size: int = 8192, stream_batc
                 done.set()
                 if poller:
                     poller.join()
+                server_cpu = process_cpu_seconds(proc.pid) - cpu_before
+                query_cpu = (metric(http_port, "telesketch_query_cpu_seconds") - query_cpu_before
+                             if query_cpu_before is not None else None)
             finally:
                 stop(proc)
         packets = clients * sum(len(b.ts_ns) // 8 for b in messages)  # ts_ns is 8 bytes per packet
-        row = {"part": "query", "polling": polling, "clients": clients, "mpps": round(packets / seconds / 1e6, 2),
+        row = {"part": "query", "polling": polling, "query_share": share, "clients": clients,
+               "load": open("/proc/loadavg").read().split()[0], "mpps": round(packets / seconds / 1e6, 2),
                "worst_stream_s": round(max(latencies), 3), "queries": len(query_seconds),
+               "server_cpu_s_per_m_packets": round(server_cpu / (packets / 1e6), 3),
+               "query_cpu_share_of_wall": round(query_cpu / seconds, 3) if query_cpu is not None else None,
                "median_query_s": round(float(np.median(query_seconds)), 4) if query_seconds else None,
                "worst_query_s": round(max(query_seconds), 3) if query_seconds else None}
         if polling:
-            row["polled_over_unpolled"] = round(row["mpps"] / rows[-1]["mpps"], 2)
+            unpolled = next(r for r in reversed(rows) if not r["polling"])
+            row["polled_over_unpolled"] = round(row["mpps"] / unpolled["mpps"], 2)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    ratios = [r["polled_over_unpolled"] for r in rows if r["polling"]]
-    print(json.dumps({"part": "query", "pairs": len(ratios), "median_polled_over_unpolled": float(np.median(ratios)),
-                      "ratios": ratios}), flush=True)
+    for share in shares:
+        ratios = [r["polled_over_unpolled"] for r in rows if r["polling"] and r["query_share"] == share]
+        worst = [r["worst_stream_s"] for r in rows if r["polling"] and r["query_share"] == share]
+        print(json.dumps({"part": "query", "query_share": share, "pairs": len(ratios),
+                          "median_polled_over_unpolled": float(np.median(ratios)), "ratios": sorted(ratios),
+                          "below_0_80": sum(r < 0.8 for r in ratios), "worst_stream_polled_s": [min(worst), max(worst)]}),
+              flush=True)
     return rows
 
 
@@ -215,7 +251,10 @@ def main() -> None:
     ap.add_argument("--packets", type=int, default=2_000_000, help="packets per durability / query measurement")
     ap.add_argument("--batch-size", type=int, default=8192)
     ap.add_argument("--rounds", type=int, default=20, help="kill -9 rounds")
-    ap.add_argument("--repeat", type=int, default=1, help="query part: pairs of runs (without / with polling)")
+    ap.add_argument("--repeat", type=int, default=1, help="query part: rounds of runs (without / with polling)")
+    ap.add_argument("--query-shares", default="",
+                    help="query part: comma-separated query_share values, one polled run each per round "
+                         "(default: one polled run at the server's default)")
     args = ap.parse_args()
     print(f"# {machine()}; command: {' '.join([Path(sys.executable).name] + sys.argv)}", flush=True)
     parts = args.parts.split(",")
@@ -225,7 +264,8 @@ def main() -> None:
     if "kill" in parts:
         kill_rounds(args.rounds)
     if "query" in parts:
-        query_poll(args.packets, repeat=args.repeat)
+        shares = tuple(float(v) for v in args.query_shares.split(",")) if args.query_shares else (None,)
+        query_poll(args.packets, repeat=args.repeat, shares=shares)
 
 
 if __name__ == "__main__":

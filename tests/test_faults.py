@@ -353,6 +353,43 @@ def test_a_damaged_record_mid_log_refuses_to_start_and_recover_reports_the_loss(
     srv.stop()
 
 
+@pytest.mark.parametrize("payload", ["not-protobuf", "bad-columns"])
+def test_an_intact_record_that_does_not_decode_refuses_to_start_and_recover_drops_only_it(tmp_path, servers, payload):
+    """A record whose frame and checksum are intact but whose payload is not a batch (a bug in a
+    writer, or damage made before the checksum): start-up refuses with one line naming the file,
+    the offset and the LSN; ``--recover`` drops that record alone, says so, and keeps the rest."""
+    import crc32c
+
+    srv, batches = _fill_log(tmp_path, servers)
+    wal = srv.data_dir / "wal.log"
+    offset, size = _records(wal)[3]
+    data = wal.read_bytes()
+    if payload == "not-protobuf":
+        body = b"\xff" * 64  # field 31 with wire type 7: no protobuf parses it
+    else:  # a well-formed message whose columns disagree in length
+        message = wire.batch_to_message(batches[3], sender_id="c", sequence=4)
+        message.src_ip = message.src_ip[:-4]
+        body = message.SerializeToString()
+    lsn = struct.pack("<Q", 4)
+    record = struct.pack("<II", len(body), crc32c.crc32c(body, crc32c.crc32c(lsn))) + lsn + body
+    wal.write_bytes(data[:offset] + record + data[offset + size:])
+    damaged = wal.read_bytes()
+    srv.start(expect_failure=True)
+    assert srv.proc.returncode == 2
+    error = [line for line in srv.lines if line.startswith("telesketch serve: error:")]
+    assert len(error) == 1, srv.output()
+    assert f"{wal}: record at offset {offset} (LSN 4) does not decode" in error[0] and "--recover" in error[0]
+    assert "Traceback" not in srv.output()
+    assert wal.read_bytes() == damaged  # the evidence is kept
+    srv.extra_args = ["--recover"]
+    srv.start()
+    assert f"recovery: {wal}: record at offset {offset} (LSN 4) does not decode" in srv.output()
+    c = srv.client(sender_id="c")
+    assert server_counts(c) == counts_of(batches[:3] + batches[4:])
+    assert c.last_sequence() == 8  # the sender's sequence moved past it: the loss is reported, not retried
+    srv.stop()
+
+
 # ---------------------------------------------------------------------------- 3. damaged snapshots
 def _fill_epochs(tmp_path, servers):
     """A server stopped after 3 epochs of a replay: epochs 0 and 1 closed on disk, 2 in open.tsk."""
@@ -852,3 +889,44 @@ def test_telesketch_replay_rides_out_a_full_disk(tmp_path, servers):
     assert summary.error is None and summary.packets_rejected == 0 and summary.retries >= 1
     assert summary.packets_applied == 20_000
     assert server_counts(srv.client()) == counts_of(sent)
+
+
+def test_a_client_polling_queries_does_not_stall_ingest_and_counts_stay_exact(tmp_path, servers):
+    """Fault 7 against a real server: while one client polls TopFlows back to back (the default
+    ``query_share`` 0.25 paces it), 40 batches pushed one by one are each acknowledged promptly,
+    the poller's answers grow monotonically and never exceed what was acknowledged, and at the
+    end every flow's count is exact."""
+    srv = start(servers, tmp_path, durability="none")
+    pusher, poller = srv.client(sender_id="p"), srv.client()
+    batches = old_batches(40, per_batch=2000, epochs=1)
+    pusher.push_one(batches[0])  # an epoch to query
+    acked_packets, seen, errors, done = [len(batches[0])], [], [], threading.Event()
+
+    def poll():
+        try:
+            while not done.is_set():
+                rows = poller.top_flows(100_000, sketch="exact")
+                seen.append((sum(int(v) for _, v in rows), acked_packets[0]))
+        except Exception as exc:  # noqa: BLE001 - reported by the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        worst = 0.0
+        for b in batches[1:]:
+            t = time.perf_counter()
+            pusher.push_one(b)
+            worst = max(worst, time.perf_counter() - t)
+            acked_packets[0] += len(b)
+    finally:
+        done.set()
+        thread.join(60)
+    assert not thread.is_alive() and not errors, errors
+    totals = [total for total, _ in seen]
+    assert len(seen) >= 3 and totals == sorted(totals)
+    # never more than acknowledged by the time it answered (+ the one batch that may be in flight)
+    assert all(total <= acked + 2000 for total, acked in seen)
+    assert worst < 2.0, f"a push waited {worst:.2f} s behind the poller"
+    assert server_counts(pusher) == counts_of(batches)
+    assert srv.metric("telesketch_query_paced_seconds") > 0  # the poller was paced

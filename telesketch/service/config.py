@@ -78,6 +78,8 @@ class ServiceConfig:
     max_epochs_per_batch: int = 256         #: a batch spanning more epochs is refused
     max_sequence_jump: int = 1_000_000      #: a sender's sequence may run at most this far past its last one
     sender_ttl_seconds: float = 7 * 86400.0  #: a sender idle this long leaves the sequence table (0 = never)
+    query_share: float = 0.25               #: queries run back to back use at most this share of wall time (a
+                                            #: query waits when over it; 1.0 = no pacing): ingest keeps the rest
     token: str = ""                         #: bearer token required on every RPC except health ("" = none)
     admin_token: str = ""                   #: token for Admin calls ("" = Admin only from loopback peers)
     tls_cert: str = ""                      #: PEM certificate chain; with tls_key enables TLS
@@ -109,6 +111,8 @@ class ServiceConfig:
         for name in ("fsync_interval_seconds", "max_future_skew_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 < self.query_share <= 1.0:
+            raise ConfigError(f"query_share must be in (0, 1] (1.0: queries are not paced), got {self.query_share}")
         if not self.sender_ttl_seconds >= 0:
             raise ConfigError(f"sender_ttl_seconds must be >= 0, got {self.sender_ttl_seconds}")
         from telesketch.service.epochs import DURABILITY_MODES

@@ -358,6 +358,9 @@ class EpochManager:
         self.sender_ttl_seconds = float(sender_ttl_seconds)
         self.counters = Counters()
         self.lsn = 0                       #: log sequence number of the last batch applied
+        #: bumped whenever the open epoch's state changes (a batch applied, an epoch opened or
+        #: loaded): a query may reuse its copy of the open epoch while this is unchanged
+        self.generation = 0
         self.recovered: list[str] = []     #: what a ``recover`` start dropped, one line each
         self.log_write_failures = 0
         self.checkpoint_failures = 0
@@ -508,10 +511,12 @@ class EpochManager:
         return self.open.id if self.open is not None else 0
 
     def _update(self, batch: PacketBatch) -> None:
+        self.generation += 1  # before the update: a copy taken while it fails part-way is not reused
         self.sketchset.update(self.open.states, batch)
         self.open.packets += len(batch)
 
     def _start(self, epoch: int) -> None:
+        self.generation += 1
         self.open = Epoch(epoch, self.sketchset.new_states(epoch))
 
     def _rotate_to(self, epoch: int) -> bool:
@@ -524,6 +529,7 @@ class EpochManager:
         """Close the open epoch in memory; its file is written by the next checkpoint (so a batch
         over many epochs writes only the ones still retained at its end)."""
         old = self.open
+        self.generation += 1
         closed = Epoch(old.id, self.sketchset.close(old.states, old.id), old.packets, old.batches, closed=True)
         self.open = Epoch(next_epoch, self.sketchset.new_states(next_epoch, old.states))
         self.closed[closed.id] = closed
@@ -751,6 +757,7 @@ class EpochManager:
         if checkpoint is not None:
             header, blobs = checkpoint
             self.open = Epoch(header["epoch"], self._load_states(header, blobs), header["packets"], header["batches"])
+            self.generation += 1
             self.senders = dict(header["senders"])
             now = time.time()
             seen = header.get("senders_seen", {})

@@ -111,6 +111,12 @@ class ServiceMetrics:
         self.checkpoint_failures = Gauge(
             "telesketch_checkpoint_failures", "Checkpoints that failed since start (disk full, I/O error); the "
             "write-ahead log keeps every batch until one succeeds", registry=r)
+        self.query_paced = Gauge(
+            "telesketch_query_paced_seconds", "Seconds queries have waited for their share of time since start "
+            "(query_share: a client polling back to back leaves the rest to ingestion)", registry=r)
+        self.query_cpu = Gauge(
+            "telesketch_query_cpu_seconds", "CPU seconds of the threads answering queries since start (the "
+            "engine's work; the gRPC reply is built outside it)", registry=r)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
 

@@ -75,19 +75,44 @@ class QueryEngine:
 
     Queries do not hold ingestion back: with the sketches in this process, a query takes the
     manager's lock only to pick its epochs and copy the one sketch state it reads from the open
-    epoch (closed epochs are never updated), then answers without it. Queries still run one at a
-    time among themselves (``_query_lock``), as before. Sharded sketches (Ray) keep the old rule:
-    the manager's lock for the whole query.
+    epoch (closed epochs are never updated), then answers without it. The copy is reused while
+    the open epoch is unchanged (``EpochManager.generation``), so a poller asking again between
+    two batches copies nothing. Queries still run one at a time among themselves
+    (``_query_lock``). Sharded sketches (Ray) keep the old rule: the manager's lock for the whole
+    query.
+
+    ``query_share`` (in (0, 1]; 1: no pacing) paces queries so that, run back to back, they use at
+    most that share of wall-clock time: after a query that took ``d`` seconds, the next one starts
+    no sooner than ``d * (1 - share) / share`` seconds after it ended (it waits, up to
+    ``max_query_wait_seconds``). A lone query on a quiet server never waits; a client polling
+    back to back gets answers at most ``share`` of the time and leaves the rest to ingestion (two
+    cores shared by 8 pushing clients and one poller: issue 16, fault 7). The wait is measured on
+    the query's own wall time, so a query slowed by ingest load earns a longer pause.
+    ``paced_seconds`` is the total wait so far, ``busy_seconds`` and ``cpu_seconds`` the wall
+    and CPU time of the answers (engine work; the gRPC reply is built outside).
     """
 
-    def __init__(self, manager: EpochManager, observe=None, on_partial=None, watch: OverloadWatch | None = None):
+    def __init__(self, manager: EpochManager, observe=None, on_partial=None, watch: OverloadWatch | None = None,
+                 query_share: float = 1.0, max_query_wait_seconds: float = 1.0, clock=time.perf_counter,
+                 sleep=time.sleep):
+        if not 0.0 < query_share <= 1.0:
+            raise ValueError(f"query_share must be in (0, 1], got {query_share}")
         self.manager = manager
         self.observe = observe or (lambda query, seconds: None)
         self.on_partial = on_partial or (lambda sketch: None)
         #: logs (and counts) each partial epoch once, however many queries read it
         self.watch = watch or OverloadWatch()
+        self.query_share = float(query_share)
+        self.max_query_wait_seconds = float(max_query_wait_seconds)
+        self.paced_seconds = 0.0  #: seconds queries have waited for their share so far
+        self.busy_seconds = 0.0   #: wall seconds queries have run (what the share is measured on)
+        self.cpu_seconds = 0.0    #: CPU seconds of the threads answering them (``time.thread_time``)
+        self._clock, self._sleep = clock, sleep
+        self._next_start = 0.0    # clock value before which the next query waits (pacing)
         self._query_lock = threading.Lock()
         self._copy_open = type(manager.sketchset) is ss.SketchSet
+        #: sketch name -> (manager generation, copied open-epoch state): reused until a batch lands
+        self._open_copies: dict[str, tuple[int, Any]] = {}
 
     # ------------------------------------------------------------------ helpers
     def _epochs(self, window: WindowSpec, offset: int = 0, cs=None):
@@ -96,8 +121,19 @@ class QueryEngine:
             return self._window(window, offset)
         with self.manager.lock:
             epochs = self._window(window, offset)
-            return [e if e.closed else Epoch(e.id, {cs.name: cs.copy(e.states[cs.name])}, e.packets, e.batches)
+            return [e if e.closed else Epoch(e.id, {cs.name: self._open_copy(cs, e)}, e.packets, e.batches)
                     for e in epochs]
+
+    def _open_copy(self, cs, epoch: Epoch):
+        """A copy of the open ``epoch``'s state of ``cs``, reused while the manager's generation is
+        unchanged (queries only read states). Called with the manager's lock held."""
+        generation = self.manager.generation
+        cached = self._open_copies.get(cs.name)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        state = cs.copy(epoch.states[cs.name])
+        self._open_copies[cs.name] = (generation, state)
+        return state
 
     def _window(self, window: WindowSpec, offset: int = 0):
         if window.epoch is not None and window.last is not None:
@@ -114,14 +150,37 @@ class QueryEngine:
     def _run(self, query: str, fn):
         start = time.perf_counter()
         try:
-            with self._query_lock if self._copy_open else self.manager.lock:
-                return fn()
+            with self._query_lock:
+                self._pace()
+                if self._copy_open:
+                    return self._timed(fn)
+                with self.manager.lock:
+                    return self._timed(fn)
         except SketchError as exc:  # the sketch refused the parameters
             raise QueryError(f"{query}: {exc}") from None
         except Unavailable as exc:
             raise Unavailable(f"{query}: {exc}") from None
         finally:
             self.observe(query, time.perf_counter() - start)
+
+    def _pace(self) -> None:
+        """Wait (with ``_query_lock`` held) until this query's share of time is available."""
+        wait = min(self._next_start - self._clock(), self.max_query_wait_seconds)
+        if wait > 0:
+            self.paced_seconds += wait
+            self._sleep(wait)
+
+    def _timed(self, fn):
+        """``fn()``, then push the next query's start back by the pause its run time earns."""
+        began, cpu = self._clock(), time.thread_time()
+        try:
+            return fn()
+        finally:
+            ended = self._clock()
+            self.busy_seconds += ended - began
+            self.cpu_seconds += time.thread_time() - cpu
+            if self.query_share < 1.0:
+                self._next_start = ended + (ended - began) * (1.0 - self.query_share) / self.query_share
 
     def _answer(self, cs, epochs, rows, combine, partial: bool = False, read=None, **extra) -> Answer:
         """The answer over ``epochs``; a partial one is counted (``on_partial``) and the epochs of

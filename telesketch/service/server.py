@@ -684,7 +684,9 @@ class Service:
         self.metrics.checkpoint_failures.set_function(lambda: self.manager.checkpoint_failures)
         self.metrics.watch(self.manager)  # the IPv6 and gap-coverage series, read at scrape time
         self.queries = QueryEngine(self.manager, self.metrics.observe_query, self.metrics.observe_partial,
-                                   self.sketchset.watch)
+                                   self.sketchset.watch, query_share=config.query_share)
+        self.metrics.query_paced.set_function(lambda: self.queries.paced_seconds)
+        self.metrics.query_cpu.set_function(lambda: self.queries.cpu_seconds)
         self.budget = InflightBudget(config.max_inflight_bytes, self.metrics.inflight_bytes.set)
         self.metrics.inflight_limit.set(config.max_inflight_bytes)
         self.metrics.inflight_peak.set_function(lambda: self.budget.peak)
