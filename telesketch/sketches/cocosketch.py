@@ -346,7 +346,12 @@ def stream_kernel6(key_hi, key_lo, weights, hi6, lo6, counts6, occ6, mask_hi, ma
                    connection, wmagic):
     """:func:`stream_kernel` over 128-bit keys ``(key_hi[i], key_lo[i])`` (``uint64[n]`` each) for IPv6
     packets ``n0 .. n0+n-1``; block ``j >= 1`` is the Residual Block of mask ``(mask_hi, mask_lo)[j-1]``;
-    ``weights`` as in :func:`stream_kernel`."""
+    ``weights`` as in :func:`stream_kernel`.
+
+    Each block's step is :func:`coco_insert6` (same hashes, ties, coins, decrement and bypass; the GPU
+    twin's kernels call that function), written out in the loop over blocks as :func:`stream_kernel`
+    does for IPv4: Numba's ``inline="always"`` call of ``coco_insert6`` ran this loop 1.48-1.65x slower
+    (``benchmarks/bench_kernel6_ab.py``, issue 18's closing audit; state identical)."""
     w = nb.uint64(counts6.shape[2])
     m = mask_hi.shape[0]
     unit = weights.shape[0] == 0
@@ -354,16 +359,39 @@ def stream_kernel6(key_hi, key_lo, weights, hi6, lo6, counts6, occ6, mask_hi, ma
         wt = nb.int64(1) if unit else nb.int64(weights[i])
         if wt <= 0:
             continue
-        xh = nb.uint64(key_hi[i])
-        xl = nb.uint64(key_lo[i])
+        kh = nb.uint64(key_hi[i])
+        kl = nb.uint64(key_lo[i])
         n = nb.uint64(n0) + nb.uint64(i)
-        c = coco_insert6(hi6, lo6, counts6, occ6, 0, xh, xl, w, wmagic, seed_mix, n, wt, 0, False)
-        bypass, decrement = connection_rule(c, wt, T, connection)
-        if bypass:
-            continue  # confirmed-heavy keys bypass the blocks
-        for j in range(m):
-            coco_insert6(hi6, lo6, counts6, occ6, j + 1, xh & mask_hi[j], xl & mask_lo[j], w, wmagic, seed_mix, n,
-                         wt, c, decrement)
+        c = nb.int64(0)  # F's answer: its post-update count if the key was held, else 0
+        decrement = False
+        for b in range(m + 1):
+            if b == 0:
+                xh, xl = kh, kl
+            else:
+                xh, xl = kh & mask_hi[b - 1], kl & mask_lo[b - 1]
+            p0 = nb.int64(fastmod(hash6(xh, xl, _ROW6_0), wmagic, w))
+            p1 = nb.int64(fastmod(hash6(xh, xl, _ROW6_1), wmagic, w))
+            if occ6[b, 0, p0] and hi6[b, 0, p0] == xh and lo6[b, 0, p0] == xl:
+                hit, row, pos = True, 0, p0
+            elif occ6[b, 1, p1] and hi6[b, 1, p1] == xh and lo6[b, 1, p1] == xl:
+                hit, row, pos = True, 1, p1
+            else:
+                hit, row, pos = False, 0, p0
+                if counts6[b, 1, p1] < counts6[b, 0, p0]:  # strict: ties go to row 0
+                    row, pos = 1, p1
+            new = nb.int64(counts6[b, row, pos]) + wt  # never reset on takeover
+            if hit and decrement:  # Residual Blocks only: F's count just reached T
+                new = max(nb.int64(0), new - c)
+            counts6[b, row, pos] = new
+            if not hit and takes_over(rand32(seed_mix, n, nb.uint64(IPV6_COIN_BLOCK + b)), new, wt):
+                hi6[b, row, pos] = xh
+                lo6[b, row, pos] = xl
+                occ6[b, row, pos] = 1
+            if b == 0:
+                c = new if hit else nb.int64(0)
+                bypass, decrement = connection_rule(c, wt, T, connection)
+                if bypass:
+                    break  # confirmed-heavy keys bypass the blocks
 
 
 # ---------------------------------------------------------------------------- hierarchy helpers
