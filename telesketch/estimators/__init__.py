@@ -219,6 +219,10 @@ def load_estimator(kind: str = "lm", path=None, **kwargs) -> Estimator:
         from telesketch.estimators.tiny import TinyEstimator
 
         return TinyEstimator.load(path, **kwargs)
+    if meta.get("variant") == "head":  # frozen MiniLM embedder + MLP head (estimators.lm_head)
+        from telesketch.estimators.lm_head import LMHeadEstimator
+
+        return LMHeadEstimator.load(path, **kwargs)
     from telesketch.estimators.lm import LMEstimator
 
     return LMEstimator.load(path, **kwargs)
