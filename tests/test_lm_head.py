@@ -25,7 +25,7 @@ class StubEmbedder:
         return (np.asarray(headers, np.float32) / 255.0) @ self.proj
 
 
-def toy_samples(n=3000, seed=0):
+def toy_samples(n=1500, seed=0):
     """Headers whose destination-port byte decides the flow size: ports < 128 are large flows."""
     rng = np.random.default_rng(seed)
     headers = np.zeros((n, 40), np.uint8)
@@ -40,7 +40,7 @@ def toy_samples(n=3000, seed=0):
 def test_head_fits_ranks_and_calibrates_like_the_trees():
     headers, hdr_len, size = toy_samples()
     stub = StubEmbedder()
-    est = lm_head.LMHeadEstimator.fit(headers, hdr_len, size, pivot=64, hidden=16, embedder=stub)
+    est = lm_head.LMHeadEstimator.fit(headers, hdr_len, size, pivot=64, hidden=16, max_iter=40, embedder=stub)
     test_h, test_l, test_size = toy_samples(1000, seed=1)
     scores = est.score(test_h, test_l)
     assert scores.dtype == np.float32 and scores.shape == (1000,)
@@ -57,7 +57,7 @@ def test_head_fits_ranks_and_calibrates_like_the_trees():
 def test_head_saves_and_loads_as_lm_kind(tmp_path):
     headers, hdr_len, size = toy_samples()
     stub = StubEmbedder()
-    est = lm_head.LMHeadEstimator.fit(headers, hdr_len, size, pivot=32, hidden=8, embedder=stub)
+    est = lm_head.LMHeadEstimator.fit(headers, hdr_len, size, pivot=32, hidden=8, max_iter=20, embedder=stub)
     est.traffic = {"sizes": [1, 5, 300], "flows": [500, 400, 100], "packets": 32_500}
     est.save(tmp_path)
     loaded = load_estimator("lm", tmp_path)
@@ -71,7 +71,7 @@ def test_head_saves_and_loads_as_lm_kind(tmp_path):
 
 def test_head_load_refuses_a_broken_directory(tmp_path):
     headers, hdr_len, size = toy_samples(500)
-    est = lm_head.LMHeadEstimator.fit(headers, hdr_len, size, hidden=4, embedder=StubEmbedder())
+    est = lm_head.LMHeadEstimator.fit(headers, hdr_len, size, hidden=4, max_iter=5, embedder=StubEmbedder())
     est.save(tmp_path)
     np.savez(tmp_path / lm_head.HEAD_FILE, mean=np.zeros(384, np.float32))
     with pytest.raises(ValueError, match="lacks arrays"):
@@ -97,3 +97,12 @@ def test_real_embedder_int8_close_to_fp32_and_memoised(tmp_path):
     again = lm_head.Embedder("onnx-int8", disk_cache=tmp_path)
     np.testing.assert_allclose(again(headers, hdr_len), a, atol=2e-2)  # stored as float16
     assert again.computed == 0
+
+
+def test_auto_is_the_trees_even_with_the_llm_extra():
+    """Issue #19: the LM (head or LoRA) did not meet the targets the trees meet (BENCHMARKS.md), so
+    ``auto`` serves the trees whatever is installed; the LM stays one setting away (``"lm"``)."""
+    from telesketch import estimators
+
+    assert estimators.auto_kind() == "trees"
+    assert estimators.load_estimator("auto").kind == "trees"
