@@ -6,7 +6,9 @@ generated trace per seed. At each memory the pivot T is chosen from the memory a
 (``estimators.evaluation.choose_pivot``); sklearn boosted trees calibrated to T, the shipped LM
 (``--calibrate-lm``: also quantile-calibrated to T), constants 0 / 0.5 / 1, the oracle, Count-Min and
 CU of equal memory; all-flow ARE / AAE, ARE over flows >= T, top-100 ARE, HH F1, first-packet AUC,
-and the ratios to the best constant per metric. The older per-estimator tables follow
+and the ratios to the best constant per metric. ``--estimators ...,lm-head`` adds the language model
+trained here on each training part (frozen MiniLM embedder + MLP head, ``estimators.lm_head``,
+calibrated to T like the trees; zero-shot captures use N's). The older per-estimator tables follow
 (``--sections accuracy``).
 
 For each trace: train estimators on the first half (trees, tiny; lm = the shipped adapter unless
@@ -177,13 +179,14 @@ class MemoScores:
         return self.score(batch.header[idx], batch.hdr_len[idx])
 
 
-def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, validate=None):
+def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, validate=None, extra=None):
     """One trace of the issue-#19 evaluation: every memory point, every estimator and baseline.
 
     ``fitted``: a ``BoostedTreesEstimator`` trained on ``train`` (or on another trace: zero-shot);
     recalibrated here to each memory point's pivot ``T``, chosen from ``train`` and the memory.
     ``validate(memory, test_packets) -> m``: also the trees with score 0.5 at ``m * T``, ``m`` chosen
     on a validation split of the training part (``evaluation.validation_cut_scale``).
+    ``extra``: ``{label: estimator}`` of further pivot-calibrated models (``with_pivot``), e.g. the LM head.
     """
     from telesketch.estimators.evaluation import (ConservativeUpdateBaseline, ElasticBaseline, choose_pivot,
                                                   first_packet_auc, heavy_slots, hh_f1, sketch_metrics)
@@ -215,6 +218,8 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
                 m = validate(mem, n)
                 models[VALIDATED] = (fitted.with_pivot(max(2, int(round(m * pivot)))), fitted.with_pivot(pivot_hh))
                 print(f"\n(validated cut at {mem / 1024:g} KiB: score 0.5 at {m:g} T)", flush=True)
+        for label, est in (extra or {}).items():
+            models[label] = (est.with_pivot(pivot), est.with_pivot(pivot_hh))
         if lm is not None:
             models["lm (shipped)"] = (lm, lm)
             if isinstance(lm, MemoScores):
@@ -261,6 +266,7 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
 
 
 VALIDATED = "trees (cut chosen on validation)"
+LM_HEAD = "lm (MiniLM embedder + MLP head, trained here, calibrated)"
 
 
 def validator(fit, train, capture=None, split="time"):
@@ -327,6 +333,28 @@ def paper_evaluation(args):
     if lm is not None and args.calibrate_lm:
         lm = MemoScores(lm)
     summary = []
+    head = LM_HEAD if "lm-head" in args.estimators.split(",") else None
+
+    def fit_head(train):
+        """The frozen-MiniLM + MLP head LM on ``train``'s scoring points (at most --lm-head-max-flows flows)."""
+        from telesketch.estimators.lm_head import LMHeadEstimator, shared_embedder
+        from telesketch.estimators.training import cap_flows
+
+        t0 = time.perf_counter()
+        s = cap_flows(segment_samples(train, rescore=True), args.lm_head_max_flows)
+        emb = shared_embedder(args.lm_head_backend)
+        before = emb.computed
+        est = LMHeadEstimator.fit(s.headers, s.hdr_len, s.size, backend=args.lm_head_backend, embedder=emb)
+        emb.flush()
+        print(f"\n({head}: {len(s):,} samples, {emb.computed - before:,} embedded here, fitted in "
+              f"{time.perf_counter() - t0:.1f} s, {est.config['epochs_run']} epochs)", flush=True)
+        return est
+
+    def extra(train=None, model=None):
+        if head is None:
+            return None
+        model = model if model is not None else fit_head(train)
+        return {head: model}
 
     def fit(train):
         t0 = time.perf_counter()
@@ -341,25 +369,37 @@ def paper_evaluation(args):
         capture = capture_ids(batch, args.trace, manifest)
         train, test = time_split_per_capture(batch, capture, 0.5)
         model_n = fit(train)
-        validate_n = validator(fit, train, capture_ids(train, args.trace, manifest), "time")
+        head_n = extra(train)
+        validate_n = validator(fit, train, capture_ids(train, args.trace, manifest), "time") \
+            if not args.no_validated_cut else None
         paper_trace("N: nDPI, each capture split in time (first half trains)", train, test,
-                    kib(args.memories_trace), model_n, lm, summary, validate_n)
+                    kib(args.memories_trace), model_n, lm, summary, validate_n, head_n)
         train_u, test_u = capture_split(batch, capture, 0.5, seed=0)
         paper_trace("N-unseen: nDPI split by capture (half the captures train)", train_u, test_u,
                     kib(args.memories_trace), fit(train_u), lm, summary,
-                    validator(fit, train_u, capture_ids(train_u, args.trace, manifest), "capture"))
-        for name in HELD_OUT:
+                    validator(fit, train_u, capture_ids(train_u, args.trace, manifest), "capture")
+                    if not args.no_validated_cut else None, extra(train_u))
+        held_out = HELD_OUT if args.held_out is None else [h for h in args.held_out.split(",") if h]
+        for name in held_out:
             path = os.path.join(os.path.dirname(args.trace), name)
             if os.path.exists(path):
                 paper_trace(f"held-out {name}, zero-shot (trees trained on N's training part)", train,
-                            load_trace(path), kib(args.memories_held_out), model_n, lm, summary, validate_n)
+                            load_trace(path), kib(args.memories_held_out), model_n, lm, summary, validate_n,
+                            extra(model=head_n[head]) if head_n else None)
     for seed in [int(x) for x in args.generated_seeds.split(",") if x]:
         gen = generate_labelled_batch(args.generated_packets, args.generated_flows, seed=seed)
         train, test = split_trace(gen, 0.5)
         paper_trace(f"G: generated seed {seed} (first half trains)", train, test, kib(args.memories_generated),
-                    fit(train), lm, summary, validator(fit, train))
+                    fit(train), lm, summary, validator(fit, train) if not args.no_validated_cut else None,
+                    extra(train))
     print_ratios(summary)
-    print_ratios(summary, VALIDATED)
+    if not args.no_validated_cut:
+        print_ratios(summary, VALIDATED)
+    if head is not None:
+        from telesketch.estimators.lm_head import shared_embedder
+
+        shared_embedder(args.lm_head_backend).flush()
+        print_ratios(summary, head)
     if lm is not None:
         print_ratios(summary, "lm (shipped)")
     if isinstance(lm, MemoScores):
@@ -501,6 +541,15 @@ def main(argv=None) -> int:
                     help="the packet path's size-floor position (telesketch.estimators.scoring; 0: off)")
     ap.add_argument("--lm-train-seconds", type=float, default=0.0,
                     help="also fine-tune the LM on each trace's first half for at most this long (0: off)")
+    ap.add_argument("--lm-head-max-flows", type=int, default=20_000,
+                    help="paper section, estimator lm-head: train the head on at most this many flows' scoring points")
+    ap.add_argument("--lm-head-backend", default="onnx-int8", choices=["onnx-int8", "onnx"],
+                    help="paper section, estimator lm-head: the MiniLM embedder's ONNX model (int8 or fp32); "
+                         "set TELESKETCH_EMBED_CACHE to a directory to keep the embeddings between runs")
+    ap.add_argument("--held-out", default=None,
+                    help="paper section: the held-out captures to run (file names, comma separated; default all)")
+    ap.add_argument("--no-validated-cut", action="store_true",
+                    help="paper section: skip the trees row whose cut is chosen on a validation split (faster)")
     ap.add_argument("--calibrate-lm", action="store_true",
                     help="paper section: also the shipped LM with its score quantile-calibrated to each pivot")
     ap.add_argument("--quick", action="store_true",

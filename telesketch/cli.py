@@ -314,7 +314,7 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
     trace, split = args.trace, args.split or "time"
     try:
         if trace.startswith(("synthetic:", "generated:")):
-            if args.kind in ("lm", "tiny"):  # fail fast on a missing extra, before generating
+            if args.kind in ("lm", "lm-lora", "tiny"):  # fail fast on a missing extra, before generating
                 from telesketch.estimators import require_llm
 
                 require_llm("torch")
@@ -620,9 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train-estimator", help="train an LLM-Sketch flow-size estimator on a capture")
     train.add_argument("trace", help="a capture, synthetic:PACKETS,FLOWS,SEED or generated:PACKETS,FLOWS,SEED[,SEED...]")
-    train.add_argument("--kind", choices=["lm", "tiny", "trees"], default="lm",
-                       help="lm: MiniLM + LoRA; tiny: small transformer (both need [llm]); trees: scikit-learn "
-                            "boosted trees ([llm] to train; served with numpy)")
+    train.add_argument("--kind", choices=["lm", "lm-lora", "tiny", "trees"], default="lm",
+                       help="lm: frozen MiniLM header embedder (int8 ONNX) + MLP head, calibrated to the pivot; "
+                            "lm-lora: MiniLM fine-tuned with LoRA; tiny: small transformer (all three need [llm]); "
+                            "trees: scikit-learn boosted trees ([llm] to train; served with numpy)")
     train.add_argument("--out", required=True, help="directory for the trained model")
     train.add_argument("--train-fraction", type=_open_fraction, default=0.5, help="share of the trace that trains (rest: evaluation)")
     train.add_argument("--split", choices=["time", "packet", "capture", "flow"], default=None,

