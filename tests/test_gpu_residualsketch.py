@@ -34,7 +34,7 @@ EQUALITY = {
 }
 OTHER_CASES = ["device_hash", "batch_split", "snapshot", "empty_batch", "merge_refused", "sizes", "ipv6_mixed",
                "bytes_mixed", "bytes_wide",
-               "ipv6_snapshot"]
+               "ipv6_snapshot", "batched_equals_emulation", "batched_modes_and_errors", "batched_multi_layer"]
 N_BATCHES = 3
 BATCH_PACKETS = 1000
 POOL = 1500  # distinct addresses: more than F's 2 * w buckets in every EQUALITY case
@@ -378,6 +378,71 @@ def check_ipv6_snapshot() -> str:
         sketch.update(second)
         if detail := same_state(cpu, sketch) or same_ipv6(cpu, sketch):
             return f"{how}: {detail}"
+    return ""
+
+
+# ---------------------------------------------------------------------------- batched mode (spec §5)
+def _batched_equal(kwargs: dict, seed: int) -> str:
+    """The GPU twin with ``gpu_update="batched"`` against the CPU emulation of the same algorithm
+    (``telesketch.sketches.residual_batched.emulate_update``): the same state bit for bit after every
+    batch, and F keeps every packet."""
+    from telesketch.gpu import residualsketch as gpu
+    from telesketch.sketches import residualsketch as cpu
+    from telesketch.sketches.residual_batched import emulate_update
+
+    want, got = cpu.ResidualSketch(**kwargs), gpu.ResidualSketch(gpu_update="batched", **kwargs)
+    fed = []
+    for k, batch in enumerate(batches(seed)):
+        emulate_update(want, addresses_of(want, batch))
+        got.update(batch)
+        fed.append(addresses_of(want, batch))
+        if detail := same_state(want, got):
+            return f"batch {k}: {detail}"
+        if int(got.counts[0].sum()) != sum(len(a) for a in fed):
+            return f"batch {k}: F's total is not the packet count"
+    addresses = np.concatenate(fed)
+    if not want.hhh() or len(np.unique(addresses)) <= want.occ[0].size:
+        return "vacuous: no HHH or no replacement pressure"
+    return same_answers(want, got, addresses)
+
+
+def check_batched_equals_emulation() -> str:
+    return _batched_equal(dict(mode="byte", memory_bytes=2048, threshold=40, seed=11), 11)
+
+
+def check_batched_multi_layer() -> str:
+    """Bit mode, three Residual Blocks, an unequal split; and the noConn ablation."""
+    return (_batched_equal(dict(mode="bit", dimension="dst", memory_bytes=4096, crucial_layers=(8, 12, 24),
+                                split=(0.4, 0.2, 0.2, 0.2), threshold=20, seed=2**63 + 5), 5)
+            or _batched_equal(dict(mode="byte", memory_bytes=3000, crucial_layers=(16, 24), threshold=30,
+                                   connection=False, seed=1), 1))
+
+
+def check_batched_modes_and_errors() -> str:
+    """``gpu_update``: default exact; a bad value, byte weighting with batched: clear errors; the mode
+    survives ``from_bytes(gpu_update=...)`` and ``copy()``; a snapshot moves between the modes."""
+    from telesketch.gpu import residualsketch as gpu
+    from telesketch.sketches.core import SketchError
+
+    if gpu.ResidualSketch(threshold=5).gpu_update != "exact":
+        return "default is not exact"
+    for bad in (dict(gpu_update="fast"), dict(gpu_update="batched", weight="bytes")):
+        try:
+            gpu.ResidualSketch(threshold=5, **bad)
+        except SketchError as exc:
+            if "gpu_update" not in str(exc):
+                return f"{bad}: unclear error {exc}"
+        else:
+            return f"{bad}: accepted"
+    sketch = gpu.ResidualSketch(memory_bytes=2048, threshold=20, seed=3, gpu_update="batched")
+    sketch.update(workload(500, 3))
+    if sketch.copy().gpu_update != "batched":
+        return "copy() lost the mode"
+    restored = gpu.ResidualSketch.from_bytes(sketch.to_bytes(), gpu_update="batched")
+    if restored.gpu_update != "batched" or same_state(sketch, restored):
+        return "from_bytes(gpu_update='batched') differs"
+    if gpu.ResidualSketch.from_bytes(sketch.to_bytes()).gpu_update != "exact":
+        return "from_bytes default is not exact"
     return ""
 
 

@@ -471,14 +471,19 @@ class ResidualSketch(_DeviceBlocks, _cpu.ResidualSketch):
             self._stream(keys, self._masks, self.T, self.params.connection, weights)
 
     def _stream_batched(self, keys: np.ndarray) -> None:
-        """Spec §5 batched update of the IPv4 blocks by ``keys`` (checked ``uint32[n]``); advance ``packets``."""
+        """Spec §5 batched update of the IPv4 blocks by ``keys`` (checked ``uint32[n]``), one update per
+        :data:`~telesketch.sketches.residual_batched.CHUNK_PACKETS` packets; advance ``packets``."""
         if keys.shape[0] == 0:
             return
         widths, wmagics = self._geometry
-        _batched.batched_update(_DeviceOps(self._backend), self._device_state(), self._buffers.put("keys", keys),
-                                self.packets, self.T, self.params.connection, [int(m) for m in self._masks],
-                                [int(v) for v in widths], [int(v) for v in wmagics], self._seed_mix)
-        self.packets += keys.shape[0]
+        geometry = ([int(m) for m in self._masks], [int(v) for v in widths], [int(v) for v in wmagics])
+        ops, state, chunk = _DeviceOps(self._backend), self._device_state(), _batched.CHUNK_PACKETS
+        d_keys = self._buffers.put("keys", keys)  # one host-to-device copy; the chunks are views
+        for k in range(0, keys.shape[0], chunk):
+            part = d_keys[k:k + chunk]
+            _batched.batched_update(ops, state, part, self.packets, self.T, self.params.connection, *geometry,
+                                    self._seed_mix)
+            self.packets += part.shape[0]
 
 
 class CocoSketch(_DeviceBlocks, _cpu.CocoSketch):

@@ -40,7 +40,7 @@ import numpy as np
 from telesketch.jit import kernel, twin
 from telesketch.sketches.cocosketch import _M32, _ROW0, _ROW1, bob_hash, fastmod, rand32
 
-__all__ = ["CpuOps", "GPU_UPDATES", "SEED_MIX2", "batched_update", "emulate_update", "probe_key", "probe_keys_cpu",
+__all__ = ["CHUNK_PACKETS", "CpuOps", "GPU_UPDATES", "SEED_MIX2", "batched_update", "emulate_update", "probe_key", "probe_keys_cpu",
            "weighted_insert"]
 
 #: The values of ``gpu_update``: ``exact`` (spec §3 order, the CPU's state bit for bit) or ``batched`` (§5).
@@ -48,6 +48,12 @@ GPU_UPDATES = ("exact", "batched")
 #: XORed into ``seed_mix`` for the second coin of a key (the takeover draw, independent of the sample's).
 SEED_MIX2 = np.uint64(0xD1B54A32D192ED03)
 _TWO32 = 4294967296.0
+#: Packets per batched update: a larger batch is applied as consecutive chunks of this size. The
+#: approximation grows with the batch (a key not held at a chunk's start sends all its packets of the
+#: chunk to the blocks; takeovers land at the chunk's end): on the spec's 8 M-packet `synth` workload,
+#: 64 Ki-packet updates stay within F1 0.02 of exact mode and 1 Mi-packet ones lose up to 0.10
+#: (BENCHMARKS.md "issue 22b"). A chunk is still 64 Ki-wide parallel work for the device.
+CHUNK_PACKETS = 65536
 
 
 @twin()
@@ -174,15 +180,20 @@ def batched_update(ops, state, keys, n0: int, T: int, connection: bool, masks, w
             cflat[at] = xp.maximum(cflat[at].astype(np.int64) - debt[dec], 0).astype(cflat.dtype)
 
 
-def emulate_update(sketch, addresses) -> None:
+def emulate_update(sketch, addresses, chunk: int | None = CHUNK_PACKETS) -> None:
     """Apply one batch of IPv4 ``addresses`` to a CPU :class:`~telesketch.sketches.residualsketch.ResidualSketch`
-    (``weight="packets"``) with the batched algorithm (:class:`CpuOps`): what the GPU twin with
-    ``gpu_update="batched"`` does to the same state, on the CPU (the accuracy table's runs)."""
+    (``weight="packets"``) with the batched algorithm (:class:`CpuOps`), in chunks of ``chunk`` packets
+    (``None``: one update for the whole batch): what the GPU twin with ``gpu_update="batched"`` does to
+    the same state, on the CPU (the accuracy table's runs)."""
     from telesketch.sketches.cocosketch import as_addresses
 
     if sketch.params.weight != "packets":
         raise ValueError("the batched update counts packets only (weight='packets')")
     keys = as_addresses(addresses)
+    if chunk is not None and keys.shape[0] > chunk:
+        for k in range(0, keys.shape[0], chunk):
+            emulate_update(sketch, keys[k:k + chunk], None)
+        return
     state = (np.ascontiguousarray(sketch.cells["id"]), np.ascontiguousarray(sketch.cells["count"]),
              np.ascontiguousarray(sketch.occ))
     widths, wmagics = sketch._geometry
