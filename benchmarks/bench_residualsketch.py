@@ -224,6 +224,8 @@ def batched_section(args, cache: Path, results: dict) -> None:
     print("|---|---|---|---|---|" + "---|" * len(sizes) + "---|")
     truths = {}
     for mode, name, T, kib in rows[:: 4 if args.quick else 1]:
+        if args.only and args.only not in f"{mode} {name} T={T} {kib}KiB":
+            continue
         if (name, mode) not in truths:
             truths[(name, mode)] = Truth(workloads[name], mode)
         truth, addresses = truths[(name, mode)], workloads[name]
@@ -678,6 +680,7 @@ def main() -> None:
     ap.add_argument("--sections", default="accuracy,throughput,traces")
     ap.add_argument("--quick", action="store_true", help="a few configurations only")
     ap.add_argument("--batches", default="65536,1048576", help="batched: comma-separated batch sizes (packets)")
+    ap.add_argument("--only", default="", help="batched: rows whose label ('byte synth_inj T=4000 32KiB') contains this")
     ap.add_argument("--json", type=Path, help="write every figure (per-layer F1 included) here")
     ap.add_argument("--baseline-tree", type=Path, help="ipv4_ab: a checkout of the code before the change")
     ap.add_argument("--rounds", type=int, default=3, help="ipv4_ab: alternating before/after rounds")

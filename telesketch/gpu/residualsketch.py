@@ -5,7 +5,9 @@ Same parameters, verbs, queries, serialised state and results as
 subclass the CPU ones and replace only where the blocks live and how a batch is run): a snapshot
 written by either moves to the other.
 
-**Exact mode only.** The update is order-dependent inside a block: the two rows of a block
+**Two update modes** (``ResidualSketch(gpu_update=...)``; config key ``gpu_update``).
+
+``exact`` (default). The update is order-dependent inside a block: the two rows of a block
 interact, so per-bucket parallelism does not reproduce the serial result. But the blocks only
 depend on one another through F: a Residual Block's insert of packet ``i`` needs nothing but F's
 post-update count of packet ``i`` (bypass when ``c > T``, decrement when ``c == T``), and the
@@ -17,11 +19,18 @@ kernels, each keeping the spec's packet order where it matters:
 2. ``_blocks_kernel``, one thread per Residual Block (``|K|`` threads, in parallel): the block's
    loop over the batch in packet order, following the actions.
 
-The result equals the serial loop's bit for bit (``tests/test_gpu_residualsketch.py``): this is the
-per-layer parallel update, not an approximation. Its parallelism is ``|K|`` (4 in byte mode, up to
-32 in bit mode), and F stays one serial thread, so it is far from a GPU's width; the approximate
-**batched mode** of §5 (weighted per-batch updates, validated statistically) is **not
-implemented**. The lookup2 row hash (``bob_hash``), Lemire's ``fastmod`` and the replacement
+The result equals the serial loop's bit for bit (``tests/test_gpu_residualsketch.py``). Its
+parallelism is ``|K|`` (4 in byte mode, up to 32 in bit mode), and F stays one serial thread.
+
+``batched`` (opt-in, approximate; spec §5): :mod:`telesketch.sketches.residual_batched`, one whole-batch
+update per 64 Ki packets: distinct-key reduction (``xp.unique``), ``_probe_kernel`` (one thread per
+distinct key, then per distinct prefix of each block), weighted inserts by sort + segment sums and a
+``cupyx.scatter_add``, residual weights and decrements as array operations. Divergence from exact
+mode is documented there; its F1 against exact mode is measured in BENCHMARKS.md ("issue 22b") and
+tested (``tests/test_residual_batched.py``; under the simulator the twin equals the CPU emulation bit
+for bit). Packets only, IPv4 tree only (the IPv6 tree stays exact); needs CuPy on a device.
+
+The lookup2 row hash (``bob_hash``), Lemire's ``fastmod`` and the replacement
 coins ``rand32`` are the CPU functions themselves, compiled as device functions
 (:func:`telesketch.jit.device_twin`).
 
