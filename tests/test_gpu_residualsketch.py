@@ -426,21 +426,31 @@ def check_batched_modes_and_errors() -> str:
 
     if gpu.ResidualSketch(threshold=5).gpu_update != "exact":
         return "default is not exact"
-    for bad in (dict(gpu_update="fast"), dict(gpu_update="batched", weight="bytes")):
+    for bad in (dict(gpu_update="fast"), dict(gpu_update="batched", weight="bytes"),
+                dict(gpu_update="batched", batched_chunk=0)):
         try:
             gpu.ResidualSketch(threshold=5, **bad)
         except SketchError as exc:
-            if "gpu_update" not in str(exc):
+            if "gpu_update" not in str(exc) and "batched_chunk" not in str(exc):
                 return f"{bad}: unclear error {exc}"
         else:
             return f"{bad}: accepted"
-    sketch = gpu.ResidualSketch(memory_bytes=2048, threshold=20, seed=3, gpu_update="batched")
+    sketch = gpu.ResidualSketch(memory_bytes=2048, threshold=20, seed=3, gpu_update="batched", batched_chunk=300)
     sketch.update(workload(500, 3))
-    if sketch.copy().gpu_update != "batched":
+    if (sketch.copy().gpu_update, sketch.copy().batched_chunk) != ("batched", 300):
         return "copy() lost the mode"
-    restored = gpu.ResidualSketch.from_bytes(sketch.to_bytes(), gpu_update="batched")
-    if restored.gpu_update != "batched" or same_state(sketch, restored):
+    restored = gpu.ResidualSketch.from_bytes(sketch.to_bytes(), gpu_update="batched", batched_chunk=300)
+    if restored.gpu_update != "batched" or restored.batched_chunk != 300 or same_state(sketch, restored):
         return "from_bytes(gpu_update='batched') differs"
+    from telesketch.sketches import residualsketch as cpu
+    from telesketch.sketches.residual_batched import emulate_update
+
+    want, batch = cpu.ResidualSketch(memory_bytes=2048, threshold=20, seed=3), workload(700, 4)
+    emulate_update(want, batch.src_ip, chunk=300)  # 300 + 300 + 100 packets
+    got = gpu.ResidualSketch(memory_bytes=2048, threshold=20, seed=3, gpu_update="batched", batched_chunk=300)
+    got.update(batch)
+    if detail := same_state(want, got):
+        return f"batched_chunk=300: {detail}"
     if gpu.ResidualSketch.from_bytes(sketch.to_bytes()).gpu_update != "exact":
         return "from_bytes default is not exact"
     return ""

@@ -440,12 +440,21 @@ class ResidualSketch(_DeviceBlocks, _cpu.ResidualSketch):
       and per distinct prefix, weighted inserts; answers within F1 0.02 of exact mode (mean of 3 seeds,
       BENCHMARKS.md "issue 22b") but dependent on batch boundaries. IPv4 keys counted in packets only
       (``weight="bytes"`` is an error); the IPv6 tree stays exact. Needs CuPy on a device.
+
+    ``batched_chunk`` (batched mode): packets per batched update (default
+    :data:`~telesketch.sketches.residual_batched.CHUNK_PACKETS`); a batch is applied as consecutive chunks.
+    Larger chunks mean fewer launches and more parallel work per launch, and a larger error.
     """
 
-    def __init__(self, params=None, *, gpu_update: str = "exact", **kwargs):
+    def __init__(self, params=None, *, gpu_update: str = "exact", batched_chunk: int = _batched.CHUNK_PACKETS,
+                 **kwargs):
         if gpu_update not in GPU_UPDATES:
             raise SketchError(f"gpu_update must be one of {list(GPU_UPDATES)}, got {gpu_update!r}")
+        if isinstance(batched_chunk, bool) or not isinstance(batched_chunk, (int, np.integer)) or batched_chunk < 1:
+            raise SketchError(f"batched_chunk (packets per batched update) must be a positive integer, "
+                              f"got {batched_chunk!r}")
         super().__init__(params, **kwargs)
+        self.batched_chunk = int(batched_chunk)
         if gpu_update == "batched":
             if self.params.weight != "packets":
                 raise SketchError("gpu_update = \"batched\" counts packets only: use weight = \"packets\" or "
@@ -456,17 +465,17 @@ class ResidualSketch(_DeviceBlocks, _cpu.ResidualSketch):
         self.gpu_update = gpu_update
 
     @classmethod
-    def from_bytes(cls, data: bytes, gpu_update: str = "exact"):
+    def from_bytes(cls, data: bytes, gpu_update: str = "exact", batched_chunk: int = _batched.CHUNK_PACKETS):
         """A snapshot (written in either mode, or by the CPU class) continuing in ``gpu_update`` mode."""
         sketch = super().from_bytes(data)
-        if gpu_update != "exact":
-            fresh = cls(sketch.params, gpu_update=gpu_update)  # the checks of __init__
-            sketch.gpu_update = fresh.gpu_update
+        if gpu_update != "exact" or batched_chunk != _batched.CHUNK_PACKETS:
+            fresh = cls(sketch.params, gpu_update=gpu_update, batched_chunk=batched_chunk)  # the checks of __init__
+            sketch.gpu_update, sketch.batched_chunk = fresh.gpu_update, fresh.batched_chunk
         return sketch
 
     def copy(self):
         out = super().copy()
-        out.gpu_update = self.gpu_update
+        out.gpu_update, out.batched_chunk = self.gpu_update, self.batched_chunk
         return out
 
     def update_addresses(self, addresses, weights=None) -> None:
@@ -481,12 +490,12 @@ class ResidualSketch(_DeviceBlocks, _cpu.ResidualSketch):
 
     def _stream_batched(self, keys: np.ndarray) -> None:
         """Spec §5 batched update of the IPv4 blocks by ``keys`` (checked ``uint32[n]``), one update per
-        :data:`~telesketch.sketches.residual_batched.CHUNK_PACKETS` packets; advance ``packets``."""
+        ``batched_chunk`` packets; advance ``packets``."""
         if keys.shape[0] == 0:
             return
         widths, wmagics = self._geometry
         geometry = ([int(m) for m in self._masks], [int(v) for v in widths], [int(v) for v in wmagics])
-        ops, state, chunk = _DeviceOps(self._backend), self._device_state(), _batched.CHUNK_PACKETS
+        ops, state, chunk = _DeviceOps(self._backend), self._device_state(), self.batched_chunk
         d_keys = self._buffers.put("keys", keys)  # one host-to-device copy; the chunks are views
         for k in range(0, keys.shape[0], chunk):
             part = d_keys[k:k + chunk]
