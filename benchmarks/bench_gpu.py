@@ -19,7 +19,7 @@ sum of the four sketches' times. Printed: the machine (CPU, load average), the G
 Markdown table with the GPU / CPU ratio.
 
 ``residualsketch_batched`` (issue 22b) is the GPU ResidualSketch with ``gpu_update="batched"`` (spec §5,
-approximate, 64 Ki-packet chunks) against the same exact CPU ResidualSketch; the row "all 4 (batched)"
+approximate, 16 Ki-packet chunks by default) against the same exact CPU ResidualSketch; the row "all 4 (batched)"
 sums the four with it in place of the exact GPU ResidualSketch. Its accuracy is in BENCHMARKS.md.
 """
 from __future__ import annotations

@@ -679,7 +679,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="throughput runs (best is reported)")
     ap.add_argument("--sections", default="accuracy,throughput,traces")
     ap.add_argument("--quick", action="store_true", help="a few configurations only")
-    ap.add_argument("--batches", default="65536,1048576", help="batched: comma-separated batch sizes (packets)")
+    ap.add_argument("--batches", default="16384,65536,1048576", help="batched: comma-separated batch sizes (packets)")
     ap.add_argument("--only", default="", help="batched: rows whose label ('byte synth_inj T=4000 32KiB') contains this")
     ap.add_argument("--json", type=Path, help="write every figure (per-layer F1 included) here")
     ap.add_argument("--baseline-tree", type=Path, help="ipv4_ab: a checkout of the code before the change")

@@ -23,7 +23,7 @@ The result equals the serial loop's bit for bit (``tests/test_gpu_residualsketch
 parallelism is ``|K|`` (4 in byte mode, up to 32 in bit mode), and F stays one serial thread.
 
 ``batched`` (opt-in, approximate; spec §5): :mod:`telesketch.sketches.residual_batched`, one whole-batch
-update per 64 Ki packets: distinct-key reduction (``xp.unique``), ``_probe_kernel`` (one thread per
+update per ``batched_chunk`` packets (16 Ki by default): distinct-key reduction (``xp.unique``), ``_probe_kernel`` (one thread per
 distinct key, then per distinct prefix of each block), weighted inserts by sort + segment sums and a
 ``cupyx.scatter_add``, residual weights and decrements as array operations. Divergence from exact
 mode is documented there; its F1 against exact mode is measured in BENCHMARKS.md ("issue 22b") and

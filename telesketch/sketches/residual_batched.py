@@ -6,6 +6,8 @@ packet, whether the Residual Blocks see it. That walk is serial. Batched mode (o
 ``telesketch.gpu.residualsketch.ResidualSketch(gpu_update="batched")``) replaces it by whole-batch array
 steps (spec §5):
 
+(one update per chunk of :data:`CHUNK_PACKETS` packets by default)
+
 1. reduce the batch to distinct keys ``x`` with weights ``w_x`` (sort + segment counts);
 2. probe F once per distinct key (:func:`probe_key`: one thread per key): held bucket with its count
    ``o_x`` at batch start, or the min bucket of the two rows (batch-start counts, ties to row 0);
@@ -48,12 +50,13 @@ GPU_UPDATES = ("exact", "batched")
 #: XORed into ``seed_mix`` for the second coin of a key (the takeover draw, independent of the sample's).
 SEED_MIX2 = np.uint64(0xD1B54A32D192ED03)
 _TWO32 = 4294967296.0
-#: Packets per batched update: a larger batch is applied as consecutive chunks of this size. The
-#: approximation grows with the batch (a key not held at a chunk's start sends all its packets of the
-#: chunk to the blocks; takeovers land at the chunk's end): on the spec's 8 M-packet `synth` workload,
-#: 64 Ki-packet updates stay within F1 0.02 of exact mode and 1 Mi-packet ones lose up to 0.10
-#: (BENCHMARKS.md "issue 22b"). A chunk is still 64 Ki-wide parallel work for the device.
-CHUNK_PACKETS = 65536
+#: Packets per batched update (the GPU twin's default ``batched_chunk``): a larger batch is applied as
+#: consecutive chunks of this size. The approximation grows with the chunk (a key not held at a chunk's
+#: start sends all its packets of the chunk to the blocks; takeovers land at the chunk's end). On the
+#: spec's 8 M-packet workloads (every §8.1/§8.2 memory point, 3 seeds, BENCHMARKS.md "issue 22b"):
+#: 16 Ki-packet updates stay within F1 0.02 of exact mode on all 21 rows (worst -0.018), 64 Ki ones on 19
+#: (synth_inj T=4000 at 32 / 64 KiB: -0.034 / -0.026), 1 Mi ones lose up to 0.124.
+CHUNK_PACKETS = 16384
 
 
 @twin()
