@@ -34,7 +34,8 @@ EQUALITY = {
 }
 OTHER_CASES = ["device_hash", "batch_split", "snapshot", "empty_batch", "merge_refused", "sizes", "ipv6_mixed",
                "bytes_mixed", "bytes_wide",
-               "ipv6_snapshot", "batched_equals_emulation", "batched_modes_and_errors", "batched_multi_layer"]
+               "ipv6_snapshot", "batched_equals_emulation", "batched_modes_and_errors", "batched_multi_layer",
+               "batched_f1_three_seeds"]
 N_BATCHES = 3
 BATCH_PACKETS = 1000
 POOL = 1500  # distinct addresses: more than F's 2 * w buckets in every EQUALITY case
@@ -456,6 +457,33 @@ def check_batched_modes_and_errors() -> str:
     return ""
 
 
+def check_batched_f1_three_seeds() -> str:
+    """Spec §5's validation with the GPU twin itself: mean F1 of ``gpu_update="batched"`` within 0.02 of
+    the exact CPU sketch over 3 seeds (tests/test_residual_batched.py's workload and scoring: byte mode,
+    4 KiB, T = 150, 2048-packet batches of 150 000 hierarchical Zipf addresses)."""
+    from telesketch.gpu import residualsketch as gpu
+    from telesketch.sketches import exact, hierarchy
+    from telesketch.sketches import residualsketch as cpu
+    from test_residual_batched import f1
+    from workloads import hierarchical_addresses
+
+    addresses = hierarchical_addresses(150_000, seed=2, pool_size=6000)
+    truth = hierarchy.hhh_from_counts(exact.prefix_counts(addresses, hierarchy.layers_for("byte")), 150)
+    scores = {"exact": [], "batched": []}
+    for seed in range(3):
+        kwargs = dict(mode="byte", memory_bytes=4096, threshold=150, seed=seed)
+        ex, dev = cpu.ResidualSketch(**kwargs), gpu.ResidualSketch(gpu_update="batched", **kwargs)
+        for k in range(0, addresses.shape[0], 2048):
+            ex.update_addresses(addresses[k:k + 2048])
+            dev.update_addresses(addresses[k:k + 2048])
+        scores["exact"].append(f1(ex, truth, 150))
+        scores["batched"].append(f1(dev, truth, 150))
+    means = {k: float(np.mean(v)) for k, v in scores.items()}
+    if abs(means["exact"] - means["batched"]) > 0.02:
+        return f"mean F1 exact {means['exact']:.3f} vs batched {means['batched']:.3f}: more than 0.02 apart"
+    return "" if means["exact"] > 0.5 else f"exact F1 {means['exact']:.3f}: vacuous"
+
+
 def run_case(name: str) -> str:
     if name in EQUALITY:
         return check_equal(name)
@@ -465,7 +493,7 @@ def run_case(name: str) -> str:
 class TestResidualSketchGpuTwin(gpu_harness.TwinChecks):
     script, cases, run_case = __file__, sorted(EQUALITY) + OTHER_CASES, staticmethod(run_case)
     # the default run keeps one equality case per kernel and path; the rest run with -m slow
-    slow_cases = ["rs_byte_dst_3k_ge", "rs_bit_src_4k", "rs_bit_noconn", "coco_bit_dst_2k", "batch_split", "snapshot",
+    slow_cases = ["batched_f1_three_seeds", "rs_byte_dst_3k_ge", "rs_bit_src_4k", "rs_bit_noconn", "coco_bit_dst_2k", "batch_split", "snapshot",
                   "bytes_wide", "ipv6_snapshot"]
 
 
