@@ -14,6 +14,7 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv6          # mixed IPv4/IPv6 (issue 18)
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv4_ab --baseline-tree /tmp/base
     .venv/bin/python benchmarks/bench_residualsketch.py --sections bytes          # byte-weighted (issue 17)
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections batched --seeds 3   # issue 22b: GPU batched mode
 
 Accuracy (§6 headline): HHH pairs (layer, prefix) pooled over every layer except /32 (which still
 takes part in conditioning); precision, recall, F1; ARE/AAE of the unconditioned estimate over true
@@ -205,6 +206,49 @@ def accuracy_section(args, cache: Path, results: dict) -> None:
         print(f"| {name} | {T} | {kib} KiB | {cell('residual', 0)} / {fmt(row['residual']['are'], ref[1])} "
               f"| {cell('k12_24', 2)} | {cell('k8_12_24', 3)} | {cell('noconn', 4)} "
               f"| {cell('coco', 5)} / {fmt(row['coco']['are'], ref[6])} |", flush=True)
+
+
+# ---------------------------------------------------------------------------- batched mode (issue 22b)
+def batched_section(args, cache: Path, results: dict) -> None:
+    """Spec §5's validation of the GPU twin's ``gpu_update="batched"``: F1 of exact mode against the
+    batched update (its CPU emulation, :func:`telesketch.sketches.residual_batched.emulate_update`, the
+    code the simulator test proves equal to the GPU twin's) at batch sizes ``--batches``, every spec
+    memory point of §8.1/§8.2, mean of ``--seeds`` seeds; the spec's bar: |mean F1 difference| <= 0.02."""
+    from telesketch.sketches.residual_batched import emulate_update
+
+    workloads = {name: load_workload(name, cache, args.packets) for name in WORKLOADS}
+    sizes = [int(v) for v in args.batches.split(",")]
+    rows = [("byte", *key) for key in BYTE_REF] + [("bit", *key) for key in BIT_REF]
+    print(f"\n### Batched vs exact ResidualSketch update, F1 (mean of {args.seeds} seeds), batches of "
+          f"{', '.join(str(b) for b in sizes)} packets\n")
+    print("| mode | trace | T | memory | exact F1 | " + " | ".join(f"batched {b} F1 (diff)" for b in sizes)
+          + " | seeds exact / batched |")
+    print("|---|---|---|---|---|" + "---|" * len(sizes) + "---|")
+    truths = {}
+    for mode, name, T, kib in rows[:: 4 if args.quick else 1]:
+        if args.only and args.only not in f"{mode} {name} T={T} {kib}KiB":
+            continue
+        if (name, mode) not in truths:
+            truths[(name, mode)] = Truth(workloads[name], mode)
+        truth, addresses = truths[(name, mode)], workloads[name]
+        exact_f1 = []
+        batched_f1 = {b: [] for b in sizes}
+        for seed in range(args.seeds):
+            sketch = ResidualSketch(mode=mode, memory_bytes=kib * KIB, threshold=T, seed=seed)
+            sketch.update_addresses(addresses)
+            exact_f1.append(score(sketch.hhh_entries(), truth, T)["f1"])
+            for b in sizes:
+                sketch = ResidualSketch(mode=mode, memory_bytes=kib * KIB, threshold=T, seed=seed)
+                for k in range(0, addresses.shape[0], b):
+                    emulate_update(sketch, addresses[k:k + b], chunk=None)  # one update per b packets
+                batched_f1[b].append(score(sketch.hhh_entries(), truth, T)["f1"])
+        ex = float(np.mean(exact_f1))
+        cells = [f"{np.mean(batched_f1[b]):.3f} ({np.mean(batched_f1[b]) - ex:+.3f})" for b in sizes]
+        runs = " ".join(f"{v:.3f}" for v in exact_f1) + " / " + "; ".join(
+            " ".join(f"{v:.3f}" for v in batched_f1[b]) for b in sizes)
+        results.setdefault("batched", {})[f"{mode} {name} T={T} {kib}KiB"] = {
+            "exact": exact_f1, **{f"batched_{b}": batched_f1[b] for b in sizes}}
+        print(f"| {mode} | {name} | {T} | {kib} KiB | {ex:.3f} | " + " | ".join(cells) + f" | {runs} |", flush=True)
 
 
 # ---------------------------------------------------------------------------- throughput
@@ -783,6 +827,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="throughput runs (best is reported)")
     ap.add_argument("--sections", default="accuracy,throughput,traces")
     ap.add_argument("--quick", action="store_true", help="a few configurations only")
+    ap.add_argument("--batches", default="16384,65536,1048576", help="batched: comma-separated batch sizes (packets)")
+    ap.add_argument("--only", default="", help="batched: rows whose label ('byte synth_inj T=4000 32KiB') contains this")
     ap.add_argument("--json", type=Path, help="write every figure (per-layer F1 included) here")
     ap.add_argument("--baseline-tree", type=Path, help="ipv4_ab: a checkout of the code before the change")
     ap.add_argument("--rounds", type=int, default=3, help="ipv4_ab: alternating before/after rounds")
@@ -814,6 +860,8 @@ def main() -> None:
         ipv4_ab_section(args, args.cache, results)
     if "bytes" in sections:
         bytes_section(args, args.cache, results)
+    if "batched" in sections:
+        batched_section(args, args.cache, results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
         print(f"# wrote {args.json}")

@@ -39,4 +39,4 @@ def test_smoke_under_the_simulator_prints_the_table():
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "300" in line]
     assert [r.split("|")[1].strip() for r in rows] == ["gapfilter_ao", "hiddensketch", "residualsketch", "llmsketch",
-                                                         "all 4"]
+                                                         "residualsketch_batched", "all 4", "all 4 (batched)"]

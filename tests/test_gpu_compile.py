@@ -89,6 +89,7 @@ def record_workload(out: str) -> None:
         hs.update(batch)
         hs.heavy_hitters()
         gpu.ResidualSketch(memory_bytes=4096, mode="byte", threshold=5).update(batch)
+        gpu.ResidualSketch(memory_bytes=4096, mode="byte", threshold=5, gpu_update="batched").update(batch)  # §5
         gpu.CocoSketch(memory_bytes=4096).update(batch)
         addrs6 = rng.integers(0, 256, (50, 16)).astype(np.uint8)  # the IPv6 trees' kernels
         gpu.ResidualSketch(memory_bytes=4096, threshold=5).update_addresses6(addrs6)

@@ -38,7 +38,8 @@ EQUALITY = {
 }
 OTHER_CASES = ["device_hash", "batch_split", "snapshot", "empty_batch", "merge_refused", "sizes", "ipv6_mixed",
                "bytes_mixed", "bytes_wide",
-               "ipv6_snapshot"]
+               "ipv6_snapshot", "batched_equals_emulation", "batched_modes_and_errors", "batched_multi_layer",
+               "batched_f1_three_seeds"]
 N_BATCHES = 3
 BATCH_PACKETS = 1000
 POOL = 1500  # distinct addresses: more than F's 2 * w buckets in every EQUALITY case
@@ -385,6 +386,108 @@ def check_ipv6_snapshot() -> str:
     return ""
 
 
+# ---------------------------------------------------------------------------- batched mode (spec §5)
+def _batched_equal(kwargs: dict, seed: int) -> str:
+    """The GPU twin with ``gpu_update="batched"`` against the CPU emulation of the same algorithm
+    (``telesketch.sketches.residual_batched.emulate_update``): the same state bit for bit after every
+    batch, and F keeps every packet."""
+    from telesketch.gpu import residualsketch as gpu
+    from telesketch.sketches import residualsketch as cpu
+    from telesketch.sketches.residual_batched import emulate_update
+
+    want, got = cpu.ResidualSketch(**kwargs), gpu.ResidualSketch(gpu_update="batched", **kwargs)
+    fed = []
+    for k, batch in enumerate(batches(seed)):
+        emulate_update(want, addresses_of(want, batch))
+        got.update(batch)
+        fed.append(addresses_of(want, batch))
+        if detail := same_state(want, got):
+            return f"batch {k}: {detail}"
+        if int(got.counts[0].sum()) != sum(len(a) for a in fed):
+            return f"batch {k}: F's total is not the packet count"
+    addresses = np.concatenate(fed)
+    if not want.hhh() or len(np.unique(addresses)) <= want.occ[0].size:
+        return "vacuous: no HHH or no replacement pressure"
+    return same_answers(want, got, addresses)
+
+
+def check_batched_equals_emulation() -> str:
+    return _batched_equal(dict(mode="byte", memory_bytes=2048, threshold=40, seed=11), 11)
+
+
+def check_batched_multi_layer() -> str:
+    """Bit mode, three Residual Blocks, an unequal split; and the noConn ablation."""
+    return (_batched_equal(dict(mode="bit", dimension="dst", memory_bytes=4096, crucial_layers=(8, 12, 24),
+                                split=(0.4, 0.2, 0.2, 0.2), threshold=20, seed=2**63 + 5), 5)
+            or _batched_equal(dict(mode="byte", memory_bytes=3000, crucial_layers=(16, 24), threshold=30,
+                                   connection=False, seed=1), 1))
+
+
+def check_batched_modes_and_errors() -> str:
+    """``gpu_update``: default exact; a bad value, byte weighting with batched: clear errors; the mode
+    survives ``from_bytes(gpu_update=...)`` and ``copy()``; a snapshot moves between the modes."""
+    from telesketch.gpu import residualsketch as gpu
+    from telesketch.sketches.core import SketchError
+
+    if gpu.ResidualSketch(threshold=5).gpu_update != "exact":
+        return "default is not exact"
+    for bad in (dict(gpu_update="fast"), dict(gpu_update="batched", weight="bytes"),
+                dict(gpu_update="batched", batched_chunk=0)):
+        try:
+            gpu.ResidualSketch(threshold=5, **bad)
+        except SketchError as exc:
+            if "gpu_update" not in str(exc) and "batched_chunk" not in str(exc):
+                return f"{bad}: unclear error {exc}"
+        else:
+            return f"{bad}: accepted"
+    sketch = gpu.ResidualSketch(memory_bytes=2048, threshold=20, seed=3, gpu_update="batched", batched_chunk=300)
+    sketch.update(workload(500, 3))
+    if (sketch.copy().gpu_update, sketch.copy().batched_chunk) != ("batched", 300):
+        return "copy() lost the mode"
+    restored = gpu.ResidualSketch.from_bytes(sketch.to_bytes(), gpu_update="batched", batched_chunk=300)
+    if restored.gpu_update != "batched" or restored.batched_chunk != 300 or same_state(sketch, restored):
+        return "from_bytes(gpu_update='batched') differs"
+    from telesketch.sketches import residualsketch as cpu
+    from telesketch.sketches.residual_batched import emulate_update
+
+    want, batch = cpu.ResidualSketch(memory_bytes=2048, threshold=20, seed=3), workload(700, 4)
+    emulate_update(want, batch.src_ip, chunk=300)  # 300 + 300 + 100 packets
+    got = gpu.ResidualSketch(memory_bytes=2048, threshold=20, seed=3, gpu_update="batched", batched_chunk=300)
+    got.update(batch)
+    if detail := same_state(want, got):
+        return f"batched_chunk=300: {detail}"
+    if gpu.ResidualSketch.from_bytes(sketch.to_bytes()).gpu_update != "exact":
+        return "from_bytes default is not exact"
+    return ""
+
+
+def check_batched_f1_three_seeds() -> str:
+    """Spec §5's validation with the GPU twin itself: mean F1 of ``gpu_update="batched"`` within 0.02 of
+    the exact CPU sketch over 3 seeds (tests/test_residual_batched.py's workload and scoring: byte mode,
+    4 KiB, T = 150, 2048-packet batches of 150 000 hierarchical Zipf addresses)."""
+    from telesketch.gpu import residualsketch as gpu
+    from telesketch.sketches import exact, hierarchy
+    from telesketch.sketches import residualsketch as cpu
+    from test_residual_batched import f1
+    from workloads import hierarchical_addresses
+
+    addresses = hierarchical_addresses(150_000, seed=2, pool_size=6000)
+    truth = hierarchy.hhh_from_counts(exact.prefix_counts(addresses, hierarchy.layers_for("byte")), 150)
+    scores = {"exact": [], "batched": []}
+    for seed in range(3):
+        kwargs = dict(mode="byte", memory_bytes=4096, threshold=150, seed=seed)
+        ex, dev = cpu.ResidualSketch(**kwargs), gpu.ResidualSketch(gpu_update="batched", **kwargs)
+        for k in range(0, addresses.shape[0], 2048):
+            ex.update_addresses(addresses[k:k + 2048])
+            dev.update_addresses(addresses[k:k + 2048])
+        scores["exact"].append(f1(ex, truth, 150))
+        scores["batched"].append(f1(dev, truth, 150))
+    means = {k: float(np.mean(v)) for k, v in scores.items()}
+    if abs(means["exact"] - means["batched"]) > 0.02:
+        return f"mean F1 exact {means['exact']:.3f} vs batched {means['batched']:.3f}: more than 0.02 apart"
+    return "" if means["exact"] > 0.5 else f"exact F1 {means['exact']:.3f}: vacuous"
+
+
 def run_case(name: str) -> str:
     if name in EQUALITY:
         return check_equal(name)
@@ -394,7 +497,7 @@ def run_case(name: str) -> str:
 class TestResidualSketchGpuTwin(gpu_harness.TwinChecks):
     script, cases, run_case = __file__, sorted(EQUALITY) + OTHER_CASES, staticmethod(run_case)
     # the default run keeps one equality case per kernel and path; the rest run with -m slow
-    slow_cases = ["rs_byte_dst_3k_ge", "rs_bit_src_4k", "rs_bit_noconn", "coco_bit_dst_2k", "batch_split", "snapshot",
+    slow_cases = ["batched_f1_three_seeds", "rs_byte_dst_3k_ge", "rs_bit_src_4k", "rs_bit_noconn", "coco_bit_dst_2k", "batch_split", "snapshot",
                   "bytes_wide", "ipv6_snapshot"]
 
 

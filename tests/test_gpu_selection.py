@@ -84,6 +84,34 @@ def test_service_wide_gpu_leaves_kinds_without_twin_on_cpu():
     assert cs.active and cs.device == "cpu" and cs.backend == "numpy"
 
 
+def test_gpu_update_on_a_cpu_sketch_is_an_error():
+    spec = {"hhh": {"kind": "residualsketch", "threshold": 10, "gpu_update": "batched"}}
+    with pytest.raises(ConfigError, match="gpu_update = 'batched' applies to device = \"gpu\" only"):
+        configure(spec, "cpu")
+
+
+def test_gpu_update_batched_from_the_config_on_the_gpu():
+    """``gpu_update = "batched"`` reaches the GPU twin through the config, survives the probe's
+    to_bytes/from_bytes (a load parameter) and a successor epoch; a bad value is a clear error."""
+    code = (
+        "from telesketch.service.sketchset import configure\n"
+        "from telesketch.service.config import ConfigError\n"
+        "cs = configure({'hhh': {'kind': 'residualsketch', 'device': 'gpu', 'threshold': 10,"
+        " 'gpu_update': 'batched'}})[0]\n"
+        "s = cs.load(cs.build().to_bytes())\n"
+        "print(cs.device, cs.build().gpu_update, s.gpu_update, cs.empty_state(False).gpu_update)\n"
+        "try:\n"
+        "    configure({'hhh': {'kind': 'residualsketch', 'device': 'gpu', 'threshold': 10, 'gpu_update': 'x'}})\n"
+        "except ConfigError as exc:\n"
+        "    print('error:', exc)\n")
+    env = {**os.environ, **SIMULATOR, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "gpu batched batched batched"
+    assert "gpu_update must be one of ['exact', 'batched']" in lines[1]
+
+
 def test_cpu_is_the_default():
     sketches = configure({"g": {"kind": "gapfilter_ao", "memory_bytes": 4096}})
     assert [(c.device, c.backend) for c in sketches] == [("cpu", "numpy")]

@@ -5,7 +5,9 @@ Same parameters, verbs, queries, serialised state and results as
 subclass the CPU ones and replace only where the blocks live and how a batch is run): a snapshot
 written by either moves to the other.
 
-**Exact mode only.** The update is order-dependent inside a block: the two rows of a block
+**Two update modes** (``ResidualSketch(gpu_update=...)``; config key ``gpu_update``).
+
+``exact`` (default). The update is order-dependent inside a block: the two rows of a block
 interact, so per-bucket parallelism does not reproduce the serial result. But the blocks only
 depend on one another through F: a Residual Block's insert of packet ``i`` needs nothing but F's
 post-update count of packet ``i`` (bypass when ``c > T``, decrement when ``c == T``), and the
@@ -17,11 +19,18 @@ kernels, each keeping the spec's packet order where it matters:
 2. ``_blocks_kernel``, one thread per Residual Block (``|K|`` threads, in parallel): the block's
    loop over the batch in packet order, following the actions.
 
-The result equals the serial loop's bit for bit (``tests/test_gpu_residualsketch.py``): this is the
-per-layer parallel update, not an approximation. Its parallelism is ``|K|`` (4 in byte mode, up to
-32 in bit mode), and F stays one serial thread, so it is far from a GPU's width; the approximate
-**batched mode** of §5 (weighted per-batch updates, validated statistically) is **not
-implemented**. The lookup2 row hash (``bob_hash``), Lemire's ``fastmod`` and the replacement
+The result equals the serial loop's bit for bit (``tests/test_gpu_residualsketch.py``). Its
+parallelism is ``|K|`` (4 in byte mode, up to 32 in bit mode), and F stays one serial thread.
+
+``batched`` (opt-in, approximate; spec §5): :mod:`telesketch.sketches.residual_batched`, one whole-batch
+update per ``batched_chunk`` packets (16 Ki by default): distinct-key reduction (``xp.unique``), ``_probe_kernel`` (one thread per
+distinct key, then per distinct prefix of each block), weighted inserts by sort + segment sums and a
+``cupyx.scatter_add``, residual weights and decrements as array operations. Divergence from exact
+mode is documented there; its F1 against exact mode is measured in BENCHMARKS.md ("issue 22b") and
+tested (``tests/test_residual_batched.py``; under the simulator the twin equals the CPU emulation bit
+for bit). Packets only, IPv4 tree only (the IPv6 tree stays exact); needs CuPy on a device.
+
+The lookup2 row hash (``bob_hash``), Lemire's ``fastmod`` and the replacement
 coins ``rand32`` are the CPU functions themselves, compiled as device functions
 (:func:`telesketch.jit.device_twin`).
 
@@ -55,12 +64,17 @@ import numpy as np
 from numba import cuda
 
 from telesketch.gpu.core import DeviceBuffers, GpuUnavailableError, backend, launch
+from telesketch.gpu.xp import array_module
 from telesketch.jit import device, device_twin, gpu_kernel
 from telesketch.sketches import cocosketch as _coco
+from telesketch.sketches import residual_batched as _batched
+from telesketch.sketches.core import SketchError
 from telesketch.sketches import residualsketch as _cpu
 
-__all__ = ["ResidualSketch", "CocoSketch", "GpuUnavailableError", "bob_hash_device", "rand32_device",
+__all__ = ["ResidualSketch", "CocoSketch", "GPU_UPDATES", "GpuUnavailableError", "bob_hash_device", "rand32_device",
            "device_bob_hash", "hash6_device"]
+
+GPU_UPDATES = _batched.GPU_UPDATES
 
 _U64 = np.uint64
 _M32 = _coco._M32
@@ -234,6 +248,48 @@ def _blocks6_kernel(key_hi, key_lo, weights, unit, hi6, lo6, counts6, occ6, mask
                           n0 + _U64(i), _weight(weights, unit, i), fcounts[i], action == _DECREMENT)
 
 
+# ============================================================================ batched mode (spec §5)
+#: :func:`telesketch.sketches.residual_batched.probe_key` as a device function (the same Python source).
+_probe_key_device = device_twin(_batched.probe_key)
+
+
+@gpu_kernel
+def _probe_kernel(keys, nidx, ids, counts, occ, blk, w, wmagic, seed_mix, seed_mix2, coin_j, code, coin, coin2):
+    """Batched mode's per-key probe: thread ``i`` (grid-stride) runs ``probe_key`` for distinct key ``i``
+    of the batch (``uint32``) against block ``blk``'s batch-start state, in parallel over the keys."""
+    for i in range(cuda.grid(1), keys.shape[0], cuda.gridsize(1)):
+        _probe_key_device(i, keys, nidx, ids, counts, occ, blk, w, wmagic, seed_mix, seed_mix2, coin_j, code, coin,
+                          coin2)
+
+
+class _DeviceOps:
+    """The array operations of :func:`telesketch.sketches.residual_batched.batched_update` on the device:
+    ``xp`` is CuPy (numpy under the simulator), the probe is :func:`_probe_kernel`, the scatter-add is
+    ``cupyx.scatter_add`` (``np.add.at`` under the simulator). Sort, unique, segment sums (``bincount``)
+    and the winners' writes are ``xp`` array operations on the device: no host round trip for data,
+    only the sizes ``xp.unique`` / ``flatnonzero`` return."""
+
+    def __init__(self, be):
+        self.be = be
+        self.xp = array_module(be)
+
+    def probe(self, keys, nidx, state, blk: int, w, wmagic, seed_mix, seed_mix2, coin_j: int):
+        xp, n = self.xp, keys.shape[0]
+        code, coin, coin2 = xp.empty(n, np.int64), xp.empty(n, np.uint64), xp.empty(n, np.uint64)
+        with self.be.launching():
+            launch(_probe_kernel, n, keys, nidx, *state, np.int64(blk), _U64(w), _U64(wmagic), _U64(seed_mix),
+                   _U64(seed_mix2), _U64(coin_j), code, coin, coin2, grid_stride=True)
+        return code, coin, coin2
+
+    def scatter_add(self, target, idx, values) -> None:
+        if self.be.name == "cupy":
+            import cupyx
+
+            cupyx.scatter_add(target, idx, values)
+        else:
+            np.add.at(target, idx, values)
+
+
 @gpu_kernel
 def _bob_hash_kernel(keys, c, out):
     """``out[i] = bob_hash_device(keys[i], c)`` (uint64), one thread per key (exposed for the tests)."""
@@ -371,17 +427,81 @@ class _DeviceBlocks:
 
 
 class ResidualSketch(_DeviceBlocks, _cpu.ResidualSketch):
-    """GPU ResidualSketch (exact mode): the CPU class's parameters, verbs, queries and state format.
+    """GPU ResidualSketch: the CPU class's parameters, verbs, queries and state format.
 
-    The blocks (F and one Residual Block per crucial layer) live on the device; ``update`` /
-    ``update_addresses`` run one single-thread kernel per batch; queries fetch the blocks and run
-    on the host. ``merge`` raises :class:`NotMergeableError` as on the CPU.
+    The blocks (F and one Residual Block per crucial layer) live on the device; queries fetch the
+    blocks and run on the host. ``merge`` raises :class:`NotMergeableError` as on the CPU.
+
+    ``gpu_update`` (not a sketch parameter: it is not serialised, a snapshot loads in either mode):
+
+    * ``"exact"`` (default): F's single-thread kernel, then the blocks' kernel; the CPU state bit for bit.
+    * ``"batched"``: spec §5's approximate batched update
+      (:mod:`telesketch.sketches.residual_batched`): distinct-key reduction, one thread per distinct key
+      and per distinct prefix, weighted inserts; answers within F1 0.02 of exact mode (mean of 3 seeds,
+      BENCHMARKS.md "issue 22b") but dependent on batch boundaries. IPv4 keys counted in packets only
+      (``weight="bytes"`` is an error); the IPv6 tree stays exact. Needs CuPy on a device.
+
+    ``batched_chunk`` (batched mode): packets per batched update (default
+    :data:`~telesketch.sketches.residual_batched.CHUNK_PACKETS`); a batch is applied as consecutive chunks.
+    Larger chunks mean fewer launches and more parallel work per launch, and a larger error.
     """
 
+    def __init__(self, params=None, *, gpu_update: str = "exact", batched_chunk: int = _batched.CHUNK_PACKETS,
+                 **kwargs):
+        if gpu_update not in GPU_UPDATES:
+            raise SketchError(f"gpu_update must be one of {list(GPU_UPDATES)}, got {gpu_update!r}")
+        if isinstance(batched_chunk, bool) or not isinstance(batched_chunk, (int, np.integer)) or batched_chunk < 1:
+            raise SketchError(f"batched_chunk (packets per batched update) must be a positive integer, "
+                              f"got {batched_chunk!r}")
+        super().__init__(params, **kwargs)
+        self.batched_chunk = int(batched_chunk)
+        if gpu_update == "batched":
+            if self.params.weight != "packets":
+                raise SketchError("gpu_update = \"batched\" counts packets only: use weight = \"packets\" or "
+                                  "gpu_update = \"exact\"")
+            if self._backend.name == "numba":
+                raise GpuUnavailableError("gpu_update = \"batched\" needs CuPy on the device (its sort, unique and "
+                                          "segment sums): pip install 'telesketch[gpu]', or use gpu_update = \"exact\"")
+        self.gpu_update = gpu_update
+
+    @classmethod
+    def from_bytes(cls, data: bytes, gpu_update: str = "exact", batched_chunk: int = _batched.CHUNK_PACKETS):
+        """A snapshot (written in either mode, or by the CPU class) continuing in ``gpu_update`` mode."""
+        sketch = super().from_bytes(data)
+        if gpu_update != "exact" or batched_chunk != _batched.CHUNK_PACKETS:
+            fresh = cls(sketch.params, gpu_update=gpu_update, batched_chunk=batched_chunk)  # the checks of __init__
+            sketch.gpu_update, sketch.batched_chunk = fresh.gpu_update, fresh.batched_chunk
+        return sketch
+
+    def copy(self):
+        out = super().copy()
+        out.gpu_update, out.batched_chunk = self.gpu_update, self.batched_chunk
+        return out
+
     def update_addresses(self, addresses, weights=None) -> None:
-        """Process a raw ``uint32[n]`` address array (with ``weights``: byte-weighted) in order on the device."""
+        """Process a raw ``uint32[n]`` address array (with ``weights``: byte-weighted) on the device, in
+        order (``exact``) or as one batched update (``batched``)."""
         keys = _coco.as_addresses(addresses)
-        self._stream(keys, self._masks, self.T, self.params.connection, self._take_weights(weights, keys.shape[0]))
+        weights = self._take_weights(weights, keys.shape[0])
+        if self.gpu_update == "batched":
+            self._stream_batched(keys)
+        else:
+            self._stream(keys, self._masks, self.T, self.params.connection, weights)
+
+    def _stream_batched(self, keys: np.ndarray) -> None:
+        """Spec §5 batched update of the IPv4 blocks by ``keys`` (checked ``uint32[n]``), one update per
+        ``batched_chunk`` packets; advance ``packets``."""
+        if keys.shape[0] == 0:
+            return
+        widths, wmagics = self._geometry
+        geometry = ([int(m) for m in self._masks], [int(v) for v in widths], [int(v) for v in wmagics])
+        ops, state, chunk = _DeviceOps(self._backend), self._device_state(), self.batched_chunk
+        d_keys = self._buffers.put("keys", keys)  # one host-to-device copy; the chunks are views
+        for k in range(0, keys.shape[0], chunk):
+            part = d_keys[k:k + chunk]
+            _batched.batched_update(ops, state, part, self.packets, self.T, self.params.connection, *geometry,
+                                    self._seed_mix)
+            self.packets += part.shape[0]
 
 
 class CocoSketch(_DeviceBlocks, _cpu.CocoSketch):

@@ -119,7 +119,8 @@ KINDS: dict[str, Kind] = {
                          frozenset({"heavy_hitters", "heavy_changers"}), gpu_cls=_twin("hiddensketch:HiddenSketch"),
                          route_key="src_ip"),
     "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"}),
-                           gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True, ipv6_tree_memory=True),
+                           gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True, ipv6_tree_memory=True,
+                           load_params=("gpu_update", "batched_chunk")),  # the GPU twin's update (not in the state)
     "llmsketch": Kind("telesketch.sketches.llmsketch", "LLMSketch", frozenset({"flow_size", "top_flows"}),
                       load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from", "pivot"),
                       int_keys="fingerprint",
@@ -254,6 +255,11 @@ def configure(specs: dict[str, dict[str, Any]], device: str = "cpu") -> list[Con
             continue
         if wanted != "cpu":
             raise ConfigError(f"sketch {name!r}: device must be 'cpu' or 'gpu', got {wanted!r}")
+        for key in ("gpu_update", "batched_chunk"):
+            if key in params:
+                raise ConfigError(f"sketch {name!r} ({cs.kind_name}): {key} = {params[key]!r} applies to "
+                                  f"device = \"gpu\" only, and this sketch runs on the CPU (exact update); remove it "
+                                  f"or set device = \"gpu\"")
         try:
             cs.cls = getattr(importlib.import_module(kind.module), kind.cls)
         except Exception as exc:  # noqa: BLE001 - a half-written module must not stop the service

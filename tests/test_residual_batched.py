@@ -1,0 +1,163 @@
+"""ResidualSketch's batched update (spec §5, ``telesketch.sketches.residual_batched``) on the CPU path.
+
+The GPU twin's ``gpu_update="batched"`` runs the same code (``tests/test_gpu_residualsketch.py``
+checks, under the CUDA simulator, that it gives this CPU emulation's state bit for bit), so these
+tests hold for it: it equals exact mode when no key changes bucket ownership inside a batch (the
+spec's statement), it never loses or under-counts what the spec keeps exact (F's mass, a held key's
+packets), and its answers are within F1 0.02 of exact mode, mean of 3 seeds.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from workloads import hierarchical_addresses
+
+from telesketch.sketches import exact, hierarchy
+from telesketch.sketches.cocosketch import _ROW0, bob_hash, fastmod
+from telesketch.sketches.residual_batched import emulate_update
+from telesketch.sketches.residualsketch import ResidualSketch
+
+from conftest import SHARED_TRACES
+
+GEN = SHARED_TRACES.parent / "tools" / "residualsketch_gen.py"  # ../shared/tools (TELESKETCH_SHARED_TRACES moves it)
+RECORD = np.dtype([("src", "<u4"), ("dst", "<u4"), ("sp", "<u2"), ("dp", "<u2"), ("proto", "u1"), ("ts", "<u8")])
+
+
+def batched_run(addresses: np.ndarray, batch: int, **kwargs) -> tuple[ResidualSketch, ResidualSketch]:
+    """``(exact, batched)`` sketches with ``kwargs`` fed ``addresses`` in batches of ``batch``."""
+    ex, bt = ResidualSketch(**kwargs), ResidualSketch(**kwargs)
+    for k in range(0, addresses.shape[0], batch):
+        ex.update_addresses(addresses[k:k + batch])
+        emulate_update(bt, addresses[k:k + batch])
+    return ex, bt
+
+
+def row0_position(sketch: ResidualSketch, key: int, block: int) -> int:
+    widths, wmagics = sketch._geometry
+    return int(fastmod(bob_hash(np.uint64(key), _ROW0), wmagics[block], widths[block]))
+
+
+def collision_free_keys(sketch: ResidualSketch, count: int, seed: int) -> np.ndarray:
+    """``count`` addresses that own distinct row-0 buckets of F and whose prefixes at every crucial
+    layer are distinct and own distinct row-0 buckets of their block: nobody ever contends."""
+    rng = np.random.default_rng(seed)
+    taken: list[set] = [set() for _ in range(1 + len(sketch.crucial_layers))]
+    prefixes: list[set] = [set() for _ in sketch.crucial_layers]
+    out = []
+    while len(out) < count:
+        x = int(rng.integers(0, 2**32))
+        spots = [row0_position(sketch, x, 0)]
+        pre = [x & int(m) for m in sketch._masks]
+        spots += [row0_position(sketch, p, j + 1) for j, p in enumerate(pre)]
+        if any(s in taken[j] for j, s in enumerate(spots)) or any(p in prefixes[j] for j, p in enumerate(pre)):
+            continue
+        for j, s in enumerate(spots):
+            taken[j].add(s)
+        for j, p in enumerate(pre):
+            prefixes[j].add(p)
+        out.append(x)
+    return np.array(out, np.uint32)
+
+
+@pytest.mark.parametrize("kwargs", [dict(mode="byte", memory_bytes=8192, threshold=50, seed=3),
+                                    dict(mode="bit", memory_bytes=16384, crucial_layers=(8, 12, 24), threshold=40,
+                                         seed=5),
+                                    dict(mode="byte", memory_bytes=8192, threshold=50, seed=3, connection=False)])
+def test_equals_exact_mode_when_no_key_changes_bucket_ownership(kwargs):
+    """Spec §5: "Batched mode matches the exact semantics when no key changes bucket ownership within
+    a batch". Keys that never contend, some crossing T inside a batch (the decrement), some heavy
+    from the start (bypass), some light: the batched state equals the exact one after every batch."""
+    probe = ResidualSketch(**kwargs)
+    keys = collision_free_keys(probe, 40, seed=kwargs["seed"])
+    rng = np.random.default_rng(kwargs["seed"])
+    per_key = np.r_[rng.integers(1, 30, 20), rng.integers(60, 400, 20)]  # light ones, and ones that pass T
+    stream = rng.permutation(np.repeat(keys, per_key))
+    ex, bt = batched_run(stream, 97, **kwargs)  # a batch boundary lands inside most keys' crossing
+    assert np.array_equal(ex.ids, bt.ids) and np.array_equal(ex.occ, bt.occ)
+    assert np.array_equal(ex.counts, bt.counts)
+    assert ex.packets == bt.packets == stream.shape[0]
+    assert ex.hhh_entries() == bt.hhh_entries() and ex.layer_estimates() == bt.layer_estimates()
+    assert (per_key < ex.T).any() and (per_key > ex.T).any()  # not vacuous: light keys and crossings
+    # each block holds exactly the light keys' packets (a key that reached T took its T back), or all
+    want = int(per_key[per_key < ex.T].sum()) if kwargs.get("connection", True) else int(per_key.sum())
+    for j in range(1, 1 + len(ex.crucial_layers)):
+        assert int(bt.counts[j].sum()) == want
+
+
+def test_f_keeps_every_packet_and_never_undercounts_a_held_key():
+    """Under contention (ten times more keys than F has buckets): every packet adds one to exactly one
+    F bucket (F's total is the packet count, as in exact mode), a key held before and after a batch
+    gained at least its packets of the batch, and no block count goes negative."""
+    sketch = ResidualSketch(mode="byte", memory_bytes=2048, threshold=30, seed=9)
+    stream = hierarchical_addresses(60_000, seed=4, pool_size=1500)
+    fed = 0
+    for k in range(0, stream.shape[0], 5000):
+        batch = stream[k:k + 5000]
+        before = {int(i): int(c) for i, c, o in zip(sketch.ids[0].ravel(), sketch.counts[0].ravel(),
+                                                    sketch.occ[0].ravel()) if o}
+        emulate_update(sketch, batch)
+        fed += batch.shape[0]
+        assert int(sketch.counts[0].sum()) == fed
+        assert (sketch.counts >= 0).all()
+        keys, sent = np.unique(batch, return_counts=True)
+        sent_of = dict(zip(keys.tolist(), sent.tolist()))
+        after = {int(i): int(c) for i, c, o in zip(sketch.ids[0].ravel(), sketch.counts[0].ravel(),
+                                                   sketch.occ[0].ravel()) if o}
+        kept = [x for x in before if x in after]
+        assert kept or k == 0
+        for x in kept:
+            assert after[x] - before[x] >= sent_of.get(x, 0), x
+    assert sketch.packets == fed
+
+
+def f1(sketch: ResidualSketch, truth: dict, T: int) -> float:
+    """Spec §6 headline F1: HHH pairs pooled over every layer except /32."""
+    true_set = {(p, L) for (p, L) in truth if L != 32}
+    got = {(e.prefix, e.length) for e in sketch.hhh_entries() if e.length != 32}
+    return exact.set_accuracy(true_set, got).f1
+
+
+def f1_gap(addresses: np.ndarray, mode: str, memory: int, T: int, batch: int, seeds=(0, 1, 2)) -> tuple:
+    truth = hierarchy.hhh_from_counts(exact.prefix_counts(addresses, hierarchy.layers_for(mode)), T)
+    exact_f1, batched_f1 = [], []
+    for seed in seeds:
+        ex, bt = batched_run(addresses, batch, mode=mode, memory_bytes=memory, threshold=T, seed=seed)
+        exact_f1.append(f1(ex, truth, T))
+        batched_f1.append(f1(bt, truth, T))
+    return float(np.mean(exact_f1)), float(np.mean(batched_f1))
+
+
+@pytest.mark.parametrize("memory", [4096, 8192])
+def test_f1_within_002_of_exact_mode_over_three_seeds(memory):
+    """Spec §5's validation on the test helpers' hierarchical Zipf workload (small, default run), byte
+    mode, batches of 2048 packets (1.4 % of the stream, as 64 Ki of the spec's 8 M is 0.8 %). At this
+    size bit mode has too few HHH for a 0.02 bound to mean anything (its F1 moves by more between
+    seeds); the spec-scale table in BENCHMARKS.md ("issue 22b") covers bit mode."""
+    addresses = hierarchical_addresses(150_000, seed=2, pool_size=6000)
+    exact_f1, batched_f1 = f1_gap(addresses, "byte", memory, T=150, batch=2048)
+    assert exact_f1 > 0.5  # the sketch is under memory pressure but answers something
+    assert abs(exact_f1 - batched_f1) <= 0.02, (exact_f1, batched_f1)
+
+
+@pytest.mark.slow
+def test_f1_within_002_of_exact_mode_on_the_spec_workload(tmp_path):
+    """The same on the spec's `synth` generator (§8/§9, scaled to 400 000 packets; phi 5e-4 as T = 4000
+    at 8 M), byte mode, 32 KiB, 4096-packet batches (1 % of the stream), 3 seeds."""
+    if not GEN.exists():
+        pytest.skip(f"the spec's generator is not at {GEN}")
+    out = tmp_path / "synth.dat"
+    subprocess.run([sys.executable, str(GEN), "--out", str(out), "--packets", "400000", "--seed", "1"], check=True,
+                   stdout=subprocess.DEVNULL)
+    addresses = np.ascontiguousarray(np.fromfile(out, RECORD)["src"])
+    exact_f1, batched_f1 = f1_gap(addresses, "byte", 32768, T=200, batch=4096)
+    assert exact_f1 > 0.5
+    assert abs(exact_f1 - batched_f1) <= 0.02, (exact_f1, batched_f1)
+
+
+def test_emulation_refuses_byte_weighting():
+    with pytest.raises(ValueError, match="packets only"):
+        emulate_update(ResidualSketch(threshold=5, weight="bytes"), np.zeros(3, np.uint32))
