@@ -20,6 +20,7 @@ the server and the client share.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -163,13 +164,34 @@ def message_to_batch(message: batch_pb2.PacketBatch) -> PacketBatch:
 
 
 def _trusted_batch(columns: dict[str, np.ndarray], count: int) -> PacketBatch:
-    """A batch from arrays already of the right dtype and length, absent ones zero-filled."""
+    """A batch from arrays already of the right dtype and length, absent ones zero-filled.
+
+    An absent column is a shared read-only zero array (:func:`_zeros`), not a fresh one: the
+    decoded columns are read-only ``frombuffer`` views already, and an IPv4-only message leaves out
+    the IPv6 columns (``src_ip6``/``dst_ip6`` alone are 32 bytes a packet), whose fresh zeros cost
+    the no-sketch server allocation and page faults on every batch (issue 18)."""
     arrays = {}
     for name, dtype in COLUMN_DTYPES.items():
-        arrays[name] = columns[name] if name in columns else np.zeros(count, dtype)
+        arrays[name] = columns[name] if name in columns else _zeros(count, dtype.str, 0)
     for name, width in BLOCK_COLUMNS.items():
-        arrays[name] = columns[name] if name in columns else np.zeros((count, width), np.uint8)
+        arrays[name] = columns[name] if name in columns else _zeros(count, "|u1", width)
     return PacketBatch(**arrays)
+
+
+#: How many (count, dtype, width) shapes of shared zero columns :func:`_zeros` keeps.
+ZERO_CACHE_SHAPES = 32
+
+
+@functools.lru_cache(maxsize=ZERO_CACHE_SHAPES)
+def _zeros(count: int, dtype: str, width: int) -> np.ndarray:
+    """A read-only C-contiguous zero array of ``count`` rows (``width`` 0: shape ``(count,)``,
+    else ``(count, width)``) of ``dtype``, shared by every batch that lacks the column.
+
+    Read-only, so no holder can change another's batch. Allocated with ``calloc`` and never
+    written, so large ones take address space but next to no resident memory."""
+    array = np.zeros((count, width) if width else count, np.dtype(dtype))
+    array.flags.writeable = False
+    return array
 
 
 # ---------------------------------------------------------------------------------------------
