@@ -171,15 +171,19 @@ def test_ipv4_only_message_decodes_without_fresh_memory_for_the_columns_it_left_
         assert batch.only_ipv4()[0] is batch and np.array_equal(batch.flow_keys37()[:, :10], np.zeros((count, 10)))
 
 
-def test_absent_columns_are_fresh_per_shape_and_present_columns_are_the_senders():
-    """The shared zero columns match each batch's own count, and a column that was sent is used."""
-    for count in (1, 7, 7, 300):
+def test_absent_columns_fit_each_count_share_one_buffer_and_sent_columns_are_the_senders():
+    """Absent columns match each batch's own count (any count: one shared buffer, so varying batch
+    sizes do not each hold their own zeros), and a column that was sent is the sender's."""
+    plain = {}
+    for count in (1, 7, 7, 300, 5000, 3):
         mixed = mixed_batch(count + 1, seed=count)[1:]
         batch = wire.message_to_batch(_through_bytes(wire.batch_to_message(mixed)))
         assert batch.equals(mixed) and batch.has_ipv6() and batch.src_ip6.shape == (count, 16)
-        plain = wire.message_to_batch(_through_bytes(wire.batch_to_message(small_batch(count, seed=count))))
-        assert plain.src_ip6.shape == (count, 16) and plain.flow_label.shape == (count,) and not plain.has_ipv6()
-        assert np.array_equal(plain.ts_ns, small_batch(count, seed=count).ts_ns)
+        plain[count] = wire.message_to_batch(_through_bytes(wire.batch_to_message(small_batch(count, seed=count))))
+        assert plain[count].equals(small_batch(count, seed=count)) and not plain[count].has_ipv6()
+        assert plain[count].src_ip6.shape == (count, 16) and plain[count].flow_label.shape == (count,)
+    assert np.shares_memory(plain[1].dst_ip6, plain[300].dst_ip6) and np.shares_memory(plain[3].flow_label, plain[5000].flow_label)
+    assert not any(b.src_ip6.any() or b.ipv6.any() for b in plain.values())
 
 
 def _serialized_descriptor(path: Path) -> str:
