@@ -163,13 +163,42 @@ def message_to_batch(message: batch_pb2.PacketBatch) -> PacketBatch:
 
 
 def _trusted_batch(columns: dict[str, np.ndarray], count: int) -> PacketBatch:
-    """A batch from arrays already of the right dtype and length, absent ones zero-filled."""
+    """A batch from arrays already of the right dtype and length, absent ones zero-filled.
+
+    An absent column is a view of a shared read-only zero buffer (:func:`_zeros`), not fresh zeros: the
+    decoded columns are read-only ``frombuffer`` views already, and an IPv4-only message leaves out
+    the IPv6 columns (``src_ip6``/``dst_ip6`` alone are 32 bytes a packet), whose fresh zeros cost
+    the no-sketch server allocation and page faults on every batch (issue 18)."""
     arrays = {}
     for name, dtype in COLUMN_DTYPES.items():
-        arrays[name] = columns[name] if name in columns else np.zeros(count, dtype)
+        arrays[name] = columns[name] if name in columns else _zeros(count, dtype.str, 0)
     for name, width in BLOCK_COLUMNS.items():
-        arrays[name] = columns[name] if name in columns else np.zeros((count, width), np.uint8)
+        arrays[name] = columns[name] if name in columns else _zeros(count, "|u1", width)
     return PacketBatch(**arrays)
+
+
+#: One read-only zero buffer per (dtype, width) for :func:`_zeros`, as long as the largest batch
+#: seen so far (rounded up to a power of two), so the memory held is bounded by the largest batch.
+_ZERO_BUFFERS: dict[tuple[str, int], np.ndarray] = {}
+
+
+def _zeros(count: int, dtype: str, width: int) -> np.ndarray:
+    """A read-only C-contiguous zero array of ``count`` rows (``width`` 0: shape ``(count,)``, else
+    ``(count, width)``) of ``dtype``: the first rows of one buffer shared by every batch that lacks
+    such a column (any count, so varying batch sizes do not multiply the memory held).
+
+    Read-only, so no holder can change another's batch. Held once, not per batch: at most 71 B a
+    packet of the largest batch over all dtypes, and ``calloc``'s fresh pages stay unwritten
+    (only a buffer carved from the heap is cleared and resident). Safe without a
+    lock: two threads growing it at once each get a valid buffer, one of which is kept."""
+    key = (dtype, width)
+    buffer = _ZERO_BUFFERS.get(key)
+    if buffer is None or len(buffer) < count:
+        rows = 1 << max(count - 1, 1023).bit_length()
+        buffer = np.zeros((rows, width) if width else rows, np.dtype(dtype))
+        buffer.flags.writeable = False
+        _ZERO_BUFFERS[key] = buffer
+    return buffer[:count]
 
 
 # ---------------------------------------------------------------------------------------------
