@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from telesketch.errors import ConfigurationError
+from telesketch.kinds_config import BYTE_WEIGHTED_KINDS, kind_config
 
 #: Default sketch set: the four paper sketches with the papers' defaults (skipped when not built).
 DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
@@ -42,8 +43,9 @@ DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
 #: What a sketch counts (its ``weight`` key): every packet as 1, or its length in bytes
 #: (``telesketch.sketches.cocosketch.WEIGHTS``; thresholds and answers are then bytes).
 WEIGHTS = ("packets", "bytes")
-#: Kinds that take ``weight = "bytes"`` (the others count packets, or gaps, only).
-BYTE_WEIGHTED_KINDS = ("residualsketch", "hiddensketch", "llmsketch", "exact")
+#: Kinds that take ``weight = "bytes"`` (the others count packets, or gaps, only): ``byte_weighted`` in
+#: :data:`telesketch.kinds_config.KIND_CONFIG`; ``BYTE_WEIGHTED_KINDS`` is imported from there. Per-kind
+#: rules (values a sharded kind refuses, parameter values that count packets only) are its data too.
 
 
 #: Where a sketch runs (``device`` in ``[server]`` and in each ``[sketches.NAME]``).
@@ -140,8 +142,9 @@ class ServiceConfig:
                 raise ConfigError(f"sketch {name!r}: estimator_path {str(model)!r} does not exist (a model directory "
                                   "written by `telesketch train-estimator --out DIR`; relative paths are from "
                                   f"the working directory {Path.cwd()})")
-            if self.shards > 1 and spec["kind"] == "hiddensketch" and spec.get("key") in ("dst_ip", "src_ip6", "dst_ip6"):
-                raise ConfigError(f"sketch {name!r}: a Hidden Sketch keyed by {spec['key']} is not supported with shards > 1 "
+            kind = kind_config(spec["kind"])
+            if self.shards > 1 and spec.get("key") in kind.unroutable_keys:
+                raise ConfigError(f"sketch {name!r}: a {kind.title} keyed by {spec['key']} is not supported with shards > 1 "
                                   "yet (packets are routed by source or flow); run it with shards = 1")
         self._validate_devices()
         return self
@@ -175,9 +178,9 @@ def _validate_weight(name: str, spec: dict[str, Any]) -> None:
     if weight == "bytes" and spec["kind"] not in BYTE_WEIGHTED_KINDS:
         raise ConfigError(f"sketch {name!r}: kind {spec['kind']!r} counts packets only; weight = \"bytes\" is "
                           f"supported by {', '.join(BYTE_WEIGHTED_KINDS)}")
-    if weight == "bytes" and spec["kind"] == "llmsketch" and spec.get("task", "flow_size") == "hhh":
-        raise ConfigError(f"sketch {name!r}: the llmsketch hhh task counts packets only; weight = \"bytes\" is for "
-                          "its flow_size and heavy_hitters tasks (byte-weighted HHH: kind residualsketch)")
+    for rule in kind_config(spec["kind"]).packets_only if weight == "bytes" else ():
+        if spec.get(rule.param) in rule.values:
+            raise ConfigError(f"sketch {name!r}: {rule.reason}")
     if spec["kind"] not in BYTE_WEIGHTED_KINDS:
         spec.pop("weight", None)  # "packets" is what such a sketch counts anyway; its parameters lack the key
 

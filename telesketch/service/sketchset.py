@@ -30,6 +30,7 @@ import numba
 import numpy as np
 
 from telesketch.errors import NotFound, Precondition, QueryError, Unavailable
+from telesketch.kinds_config import kind_config
 from telesketch.packets import PacketBatch
 from telesketch.service.config import ConfigError
 from telesketch.service.overload import OverloadWatch
@@ -65,7 +66,8 @@ class Kind:
     #: Ray shards: a key's packets spread over the shards (prefixes: ResidualSketch), so each shard
     #: promotes at its share of the threshold and reseeds (spec §4)
     spread_keys: bool = False
-    #: Ray shards: packets routed by this address column when the sketch's ``key`` is it ("" : by flow)
+    #: Ray shards: packets routed by this address column when the sketch's ``key`` is it ("" : by flow);
+    #: read from :data:`telesketch.kinds_config.KIND_CONFIG`, which config validation checks ``key`` against
     route_key: str = ""
     #: the state charges its IPv6 tree apart from ``memory_bytes`` (``ipv6_memory_bytes``, allocated
     #: with the sketch: ResidualSketch); :meth:`ConfiguredSketch.memory` adds the two
@@ -117,7 +119,7 @@ KINDS: dict[str, Kind] = {
     "gapfilter_straw": Kind("telesketch.sketches.gapfilter", "GapFilterStraw", frozenset({"gaps"}), continuous=True),
     "hiddensketch": Kind("telesketch.sketches.hiddensketch", "HiddenSketch",
                          frozenset({"heavy_hitters", "heavy_changers"}), gpu_cls=_twin("hiddensketch:HiddenSketch"),
-                         route_key="src_ip"),
+                         route_key=kind_config("hiddensketch").route_key),
     "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"}),
                            gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True, ipv6_tree_memory=True,
                            load_params=("gpu_update", "batched_chunk")),  # the GPU twin's update (not in the state)
