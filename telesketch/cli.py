@@ -669,11 +669,19 @@ def exit_status(exc: BaseException) -> int | None:
         if isinstance(exc, grpc.RpcError):
             asked_wrong = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
                            grpc.StatusCode.OUT_OF_RANGE)
-            code = exc.code() if callable(getattr(exc, "code", None)) else None
+            code = exc.code() if isinstance(exc, grpc.Call) else None
             return EXIT_USAGE if code in asked_wrong else EXIT_FAILURE
     except ImportError:  # pragma: no cover - grpcio is a base dependency
         pass
     return None
+
+
+def error_detail(exc: BaseException) -> str:
+    """The text a failed command prints: ``CODE: details`` for the error of a gRPC call (the
+    server's status and message), else the exception's own text."""
+    import grpc
+
+    return f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.Call) else str(exc)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -689,8 +697,7 @@ def _run(args: argparse.Namespace) -> int:
         status = exit_status(exc)
         if status is None:
             raise
-        detail = f"{exc.code().name}: {exc.details()}" if hasattr(exc, "details") and hasattr(exc, "code") else exc
-        print(f"telesketch {args.command}: error: {detail}", file=sys.stderr)
+        print(f"telesketch {args.command}: error: {error_detail(exc)}", file=sys.stderr)
         return status
 
 
