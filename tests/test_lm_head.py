@@ -142,6 +142,19 @@ def test_shipped_lm_is_the_head_trained_on_real_captures():
     assert est.for_memory(4 * 1024).pivot > est.pivot > est.for_memory(16 * 1024).pivot
 
 
+def test_service_estimator_lm_without_a_path_serves_the_shipped_head():
+    """A sketch configured ``estimator = "lm"`` (no ``estimator_path``) gets the shipped head,
+    recalibrated for its memory, scored off the packet path; nothing runs MiniLM until a flow is scored."""
+    from telesketch.service.sketchset import SketchSet
+
+    sketches = SketchSet.from_config({"flows": {"kind": "llmsketch", "memory_bytes": 4 * 1024, "estimator": "lm"}})
+    scorer = sketches.new_states(0)["flows"].scorer
+    est = scorer.estimator
+    assert isinstance(est, lm_head.LMHeadEstimator) and est.variant == "head"
+    assert est.pivot == load_estimator("lm").for_memory(4 * 1024).pivot > _shipped_meta()["pivot"]
+    assert scorer.mode == "async"
+
+
 def test_package_data_rules_ship_every_estimator_file():
     """pyproject's package-data globs cover every file under ``estimators/data`` (a wheel built from a
     clone carries the shipped models) and no shipped file is over 2 MB."""
