@@ -49,7 +49,7 @@ SKETCHES = {
                             "estimator": "constant"}},
 }
 ALL = {k: v for d in SKETCHES.values() for k, v in d.items()}
-#: The default estimator: the LoRA MiniLM scores new flows on a background thread (the packet path
+#: The LM estimator (the shipped MiniLM head) scores new flows on a background thread (the packet path
 #: uses a provisional score until then), so these rows measure what the model costs ingest.
 LM = {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "lm"}
 #: The default on a base install (no ``[llm]`` extra): the shipped numpy trees, scored in the packet path.

@@ -11,8 +11,9 @@ trained here on each training part (frozen MiniLM embedder + MLP head, ``estimat
 calibrated to T like the trees; zero-shot captures use N's). The older per-estimator tables follow
 (``--sections accuracy``).
 
-For each trace: train estimators on the first half (trees, tiny; lm = the shipped adapter unless
-``--lm-path``), replay the second half through LLM-Sketch with per-flow scores (sync mode,
+For each trace: train estimators on the first half (trees, tiny; lm = the shipped MiniLM head unless
+``--lm-path``; it was trained on the first half of each nDPI capture, so on N-unseen it is not held
+out: give ``--lm-path`` a LoRA or head directory for that, e.g. ``estimators/data/lm-lora``), replay the second half through LLM-Sketch with per-flow scores (sync mode,
 re-scoring at 1, 2, 4, ...), and report flow-size ARE / AAE (all flows, and ARE over flows > 64
 packets), heavy-hitter F1 (alpha = 1e-4, heavy-hitter configuration) at three memory sizes, for
 each estimator, the three constants of spec §3.2 (d) (0: never evict; 0.5: evict on every miss;
@@ -21,7 +22,7 @@ the gap between the *best* constant at that size and the oracle that each estima
 ``--generated-seeds 7,8,9`` repeats the generated trace for each seed and adds a table of the
 mean ARE over the seeds (one trace seed moves the small 16/32 KiB gaps by their own size).
 ``--lm-train-seconds S`` also fine-tunes the LM on each trace's first half (capped at S seconds),
-next to the shipped adapter. Also the estimator's throughput (scored
+next to the shipped LM. Also the estimator's throughput (scored
 packets/s) and the sketch's packets/s with scoring on.
 
 Packet-path throughput (``--throughput``): 1 M packets of ``telesketch.traces.generate_batch``
@@ -535,7 +536,8 @@ def main(argv=None) -> int:
     ap.add_argument("--generated-seeds", default="7,8,9", help="seeds of the generated trace, comma separated "
                     "(more than one: also the mean over seeds)")
     ap.add_argument("--estimators", default="trees,tiny,lm")
-    ap.add_argument("--lm-path", default=None, help="trained lm directory (default: the shipped adapter)")
+    ap.add_argument("--lm-path", default=None, help="trained lm directory (default: the shipped head, trained on nDPI's first halves; "
+                         "the LoRA adapter is telesketch/estimators/data/lm-lora)")
     ap.add_argument("--tiny-epochs", type=int, default=2)
     ap.add_argument("--floor-from", type=int, default=512,
                     help="the packet path's size-floor position (telesketch.estimators.scoring; 0: off)")

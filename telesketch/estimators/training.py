@@ -397,4 +397,36 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     if held_out is not None and len(held_out):
         report["heldout"] = heldout_report(est, held_out, memory_bytes, pivot)
         report["warnings"] = constant_warnings(report["heldout"])
+    if kind in ("trees", "lm"):
+        source = "a packet batch" if isinstance(trace, PacketBatch) else Path(str(trace)).name
+        record_training(out, {"trace": source, "split": split, "train_fraction": train_fraction,
+                              "memory_kib": memory_kib, "seed": seed, "captures": report["captures"],
+                              "train_samples": len(train), "heldout": report.get("heldout")})
     return report
+
+
+def record_training(directory, training: dict) -> Path:
+    """Add ``training`` (what trained the model: trace name, split, memory, held-out figures) to the
+    ``estimator.json`` in ``directory``, so a shipped model says what traffic it learnt from.
+    Non-finite floats (an empty metric) are written as ``null``. Returns the meta file."""
+    import json
+    import math
+
+    from telesketch.estimators import META_FILE
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (np.floating, float)):
+            return float(v) if math.isfinite(float(v)) else None
+        if isinstance(v, np.integer):
+            return int(v)
+        return v
+
+    meta_file = Path(directory) / META_FILE
+    meta = json.loads(meta_file.read_text())
+    meta["training"] = clean(training)
+    meta_file.write_text(json.dumps(meta, indent=1))
+    return meta_file
