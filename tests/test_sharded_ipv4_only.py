@@ -49,3 +49,22 @@ def test_the_sharded_set_counts_withheld_ipv6_rows_once_per_batch():
     sharded.update({}, batch)
     sharded.update({}, batch)
     assert sharded.ipv6_withheld == {"hh": 2 * batch.ipv6_count()}
+
+
+def test_a_shard_filters_each_part_once_for_all_its_ipv4_only_sketches(monkeypatch):
+    from telesketch.packets import PacketBatch
+
+    specs = {**SPECS, "hh2": dict(SPECS["hh"])}
+    worker = ShardWorker(specs)
+    worker.advance(0)
+    assert worker.ipv4_only == {"hh", "hh2"}
+    calls = []
+    family = PacketBatch.family
+
+    def counted(self, version):
+        calls.append(version)
+        return family(self, version)
+
+    monkeypatch.setattr(PacketBatch, "family", counted)
+    worker.update(skewed_mixed_batch(600, seed=5))
+    assert calls == [4]  # one IPv4 filter of the part, shared by both IPv4-only sketches

@@ -327,7 +327,9 @@ class ShardWorker:
         for cs in self.sketchset.active:
             part = by_source if cs.name in self.source_routed else by_flow
             if part is not None and cs.name in self.ipv4_only:
-                part = ipv4_rows.setdefault(id(part), part.family(4))
+                if id(part) not in ipv4_rows:  # not setdefault: that would filter again for every sketch
+                    ipv4_rows[id(part)] = part.family(4)
+                part = ipv4_rows[id(part)]
             if part is not None and len(part):
                 self.states[cs.name].update(part)
         self.packets += len(by_flow)
