@@ -43,9 +43,8 @@ DEFAULT_SKETCHES: dict[str, dict[str, Any]] = {
 #: What a sketch counts (its ``weight`` key): every packet as 1, or its length in bytes
 #: (``telesketch.sketches.cocosketch.WEIGHTS``; thresholds and answers are then bytes).
 WEIGHTS = ("packets", "bytes")
-#: Kinds that take ``weight = "bytes"`` (the others count packets, or gaps, only): ``byte_weighted`` in
-#: :data:`telesketch.kinds_config.KIND_CONFIG`; ``BYTE_WEIGHTED_KINDS`` is imported from there. Per-kind
-#: rules (values a sharded kind refuses, parameter values that count packets only) are its data too.
+# Kinds that take ``weight = "bytes"`` (BYTE_WEIGHTED_KINDS, imported above) and the other per-kind rules
+# (keys a sharded kind refuses, parameter values that count packets only) are data in telesketch.kinds_config.
 
 
 #: Where a sketch runs (``device`` in ``[server]`` and in each ``[sketches.NAME]``).
