@@ -22,7 +22,7 @@ This module is stdlib-only on purpose. The Kind registry reads ``route_key`` fro
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class KindConfig:
     byte_weighted: bool = False
     packets_only: tuple[PacketsOnly, ...] = ()
     route_key: str = ""
-    address_keys: tuple[str, ...] = field(default=())
+    address_keys: tuple[str, ...] = ()
 
     @property
     def unroutable_keys(self) -> tuple[str, ...]:
