@@ -146,11 +146,15 @@ def _counting_order(ids, groups):
     ``order`` (``int64[n]``) the positions grouped by id, arrival order kept within a group, and
     ``bounds`` (``int64[groups + 1]``) where each group starts in it. Two passes over ``n``; the
     same as ``np.argsort(ids, kind="stable")`` with ``np.searchsorted`` of the group starts, which
-    numpy does as an ``O(n log n)`` merge sort of 64-bit ids."""
+    numpy does as an ``O(n log n)`` merge sort of 64-bit ids. An id out of range stops it at once
+    with an empty ``bounds`` (the range check rides on the counting pass; no write is out of range)."""
     n = ids.shape[0]
     bounds = np.zeros(groups + 1, np.int64)
     for i in range(n):
-        bounds[ids[i] + 1] += 1
+        g = ids[i]
+        if g < 0 or g >= groups:
+            return np.empty(0, np.int64), bounds[:0]
+        bounds[g + 1] += 1
     for g in range(groups):
         bounds[g + 1] += bounds[g]
     fill = bounds[:groups].copy()
@@ -166,11 +170,12 @@ def group_order(ids: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
     """``(order, bounds)`` of :func:`_counting_order` for shard ids ``ids`` (``int64[n]`` in
     ``[0, groups)``, as :func:`shard_ids` gives them): packets of group ``g`` are
     ``order[bounds[g]:bounds[g + 1]]``, in arrival order. ``SketchError`` on an id out of range
-    (the kernel does not check its writes)."""
+    (found by the kernel's counting pass, so valid ids cost no separate min/max pass)."""
     ids = np.ascontiguousarray(ids, np.int64)
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= groups):
+    order, bounds = _counting_order(ids, np.int64(groups))
+    if len(bounds) != groups + 1:
         raise SketchError(f"shard ids must lie in [0, {groups}), got {int(ids.min())}..{int(ids.max())}")
-    return _counting_order(ids, np.int64(groups))
+    return order, bounds
 
 
 def routed_by_source(spec: dict[str, Any]) -> bool:
