@@ -157,7 +157,8 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
         if not s["active"]:
             continue
         query = SWEEP_KINDS[s["kind"]]
-        unit = specs[s["name"]].get("weight", "packets") if s["name"] in specs else "packets"
+        spec = specs[s["name"]]  # the sweep's manager is built from specs alone
+        unit = spec.get("weight", "packets")
         tsource = tsources[unit]
         sections = query_sections(_Only(source, query), opts, last, s["name"])
         truth_sections = query_sections(tsource, opts, last, TRUTH, floors=raised_floors(sections))
@@ -168,7 +169,7 @@ def memory_sweep(files, config: ServiceConfig, opts: ReportOptions, batch_size: 
             rows.append({"sketch": s["name"].split("@")[0], "kind": s["kind"], "query": query,
                          "memory_bytes": s["memory_bytes"], "f1": acc["f1"], "precision": acc["precision"],
                          "recall": acc["recall"], "unit": unit,
-                         "spec_memory_bytes": specs[s["name"]]["memory_bytes"] if s["name"] in specs else None})
+                         "spec_memory_bytes": spec["memory_bytes"]})
     return rows
 
 
