@@ -276,10 +276,9 @@ class ShardedSketchSet(ss.SketchSet):
         sketch (``ShardWorker.update``) are counted here, once, as one process counts them."""
         self.pool.update(batch)
         withheld = batch.ipv6_count()
-        if withheld:
-            for cs in self.active:
-                if not cs.cls.takes_ipv6(cs.params):
-                    self.ipv6_withheld[cs.name] = self.ipv6_withheld.get(cs.name, 0) + withheld
+        for cs in self.active:
+            if not cs.cls.takes_ipv6(cs.params):
+                self.count_withheld(cs.name, withheld)
 
     def close(self, states: dict[str, Any], epoch: int | None = None) -> dict[str, Any]:
         """The shards' closed states of epoch ``epoch``; the largest shard load factor of each sketch

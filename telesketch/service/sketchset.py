@@ -432,6 +432,10 @@ class SketchSet:
         previous = previous or {}
         return {cs.name: cs.next_state(previous.get(cs.name), epoch) for cs in self.active}
 
+    def count_withheld(self, name: str, rows: int) -> None:
+        """Count ``rows`` IPv6 rows withheld from the IPv4-only sketch ``name`` (``ipv6_withheld``)."""
+        self.ipv6_withheld[name] = self.ipv6_withheld.get(name, 0) + rows
+
     def update(self, states: dict[str, Any], batch: PacketBatch) -> None:
         """Apply ``batch`` to every active sketch's state (concurrently, see ``concurrency``)."""
         self.update_parts(states, {cs.name: batch for cs in self.active})
@@ -450,7 +454,7 @@ class SketchSet:
         parts = dict(parts)
         for cs in (cs for cs in self.sketches if parts.get(cs.name) is not None and not cs.cls.takes_ipv6(cs.params)):
             parts[cs.name], skipped = parts[cs.name].only_ipv4()  # IPv6 rows must not count as IPv4
-            self.ipv6_withheld[cs.name] = self.ipv6_withheld.get(cs.name, 0) + skipped
+            self.count_withheld(cs.name, skipped)
         names = [name for name, part in parts.items() if part is not None and len(part)]
         threads = min(len(names), self.threads)
         if threads <= 1:
