@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO))
 
-from common import machine, module_at_revision  # noqa: E402
+from common import alternate_rounds, machine, module_at_revision  # noqa: E402
 
 from telesketch.sketches import cocosketch as coco  # noqa: E402
 from telesketch.sketches.residualsketch import CocoSketch, ResidualSketch  # noqa: E402
@@ -97,14 +97,8 @@ def main() -> None:
     for label, factory in ROWS:
         run_once(base.stream_kernel6, factory, batches[:1])  # compile
         run_once(coco.stream_kernel6, factory, batches[:1])
-        old, ours = [], []
-        for _ in range(args.rounds):
-            t_old, s_old = run_once(base.stream_kernel6, factory, batches)
-            t_ours, s_ours = run_once(coco.stream_kernel6, factory, batches)
-            if s_old != s_ours:
-                sys.exit(f"{label}: the state differs from the baseline's")
-            old.append(t_old)
-            ours.append(t_ours)
+        old, ours = alternate_rounds(lambda: run_once(base.stream_kernel6, factory, batches),
+                                     lambda: run_once(coco.stream_kernel6, factory, batches), args.rounds, label)
         ratio = statistics.median(a / b for a, b in zip(old, ours))
         print(f"| {label} | {args.packets / min(old) / 1e6:.1f} | {args.packets / min(ours) / 1e6:.1f} | "
               f"{ratio:.2f} |", flush=True)

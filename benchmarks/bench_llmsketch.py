@@ -105,7 +105,8 @@ def run_trace(name, batch, memories, estimators, lm_path, tiny_epochs, lm_train_
             models[kind] = load_estimator("lm", lm_path)
             if lm_train_seconds > 0:
                 print(f"  lm (trained here): fine-tuning on the first half, at most {lm_train_seconds:.0f} s", flush=True)
-                trained = fit_estimator("lm", train, val, progress=True, seed=0, max_seconds=lm_train_seconds)
+                trained = fit_estimator("lm-lora", train, val, progress=True, seed=0,
+                                        max_seconds=lm_train_seconds)  # LoRA: "lm" trains the head
                 with tempfile.TemporaryDirectory() as tmp:  # served as the service serves it: int8 ONNX
                     trained.save(tmp)
                     models["lm (trained here)"] = load_estimator("lm", tmp)
@@ -535,7 +536,9 @@ def main(argv=None) -> int:
     ap.add_argument("--generated-flows", type=int, default=10_000)
     ap.add_argument("--generated-seeds", default="7,8,9", help="seeds of the generated trace, comma separated "
                     "(more than one: also the mean over seeds)")
-    ap.add_argument("--estimators", default="trees,tiny,lm")
+    ap.add_argument("--estimators", default="trees,tiny,lm",
+                    help="comma separated: trees, tiny, lm (the shipped or --lm-path model); the paper "
+                         "section also takes lm-head (the MiniLM head trained on each training part)")
     ap.add_argument("--lm-path", default=None, help="trained lm directory (default: the shipped head, trained on nDPI's first halves; "
                          "the LoRA adapter is telesketch/estimators/data/lm-lora)")
     ap.add_argument("--tiny-epochs", type=int, default=2)

@@ -36,6 +36,7 @@ import numpy as np
 from common import machine
 
 from telesketch.sketches import exact, hierarchy
+from telesketch.sketches.residual_layout import load_ratio
 from telesketch.sketches.residualsketch import CocoSketch, ResidualSketch
 
 SHARED = Path(os.environ.get("TELESKETCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -507,7 +508,7 @@ def layout_rows(args, cache: Path, rows, label: str, results: dict) -> None:
         chosen = tuned_sketch(memory, T, n, 0).params.chosen_layout
         mean = {k: float(np.mean(v)) for k, v in f1.items()}
         speed = seconds["paper"] / seconds["tuned"] if n >= 1_000_000 else None  # shorter: timer noise
-        r = memory // 8 * T / n
+        r = load_ratio(memory, T, n)  # the chooser's own r, not a copy of its formula
         out[f"{name} T={T} {kib}KiB"] = {**mean, "layout": chosen.name, "r": r, "packets": n, "speed": speed,
                                          "f1_runs": f1}
         print(f"| {name} | {n} | {T} | {kib} KiB | {r:.2f} | {chosen.name} | {mean['coco']:.3f} "

@@ -78,6 +78,22 @@ def test_head_load_refuses_a_broken_directory(tmp_path):
         load_estimator("lm", tmp_path)
 
 
+def test_head_load_refuses_an_unknown_embedder_backend(tmp_path):
+    """A bad ``backend`` (saved in estimator.json or passed to load) fails at load, naming the choices,
+    not at the first scored batch."""
+    import json
+
+    headers, hdr_len, size = toy_samples(500)
+    est = lm_head.LMHeadEstimator.fit(headers, hdr_len, size, hidden=4, max_iter=5, embedder=StubEmbedder())
+    est.save(tmp_path)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_estimator("lm", tmp_path, backend="onnx-int4")
+    meta = json.loads((tmp_path / "estimator.json").read_text())
+    (tmp_path / "estimator.json").write_text(json.dumps(dict(meta, backend="cuda")))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_estimator("lm", tmp_path)
+
+
 @pytest.mark.slow
 def test_real_embedder_int8_close_to_fp32_and_memoised(tmp_path):
     """MiniLM itself: int8 embeddings point the way fp32 ones do; a second call embeds nothing."""

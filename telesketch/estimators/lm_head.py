@@ -176,6 +176,8 @@ class LMHeadEstimator(Estimator):
     def __init__(self, head: dict, cut: float, pivot: int, backend: str = "onnx-int8", threads: int = 2,
                  train_pred=None, train_size=None, cuts: dict | None = None, traffic: dict | None = None,
                  config: dict | None = None, embedder: Embedder | None = None):
+        if backend not in EMBED_BACKENDS:  # checked here, not when the embedder is first built
+            raise ValueError(f"embedder backend must be one of {EMBED_BACKENDS}, got {backend!r}")
         self.head = {k: np.asarray(head[k], np.float32) for k in HEAD_ARRAYS}
         self.cut, self.pivot, self.backend, self.threads = float(cut), int(pivot), backend, int(threads)
         self.train_pred, self.train_size = train_pred, train_size

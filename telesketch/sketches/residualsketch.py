@@ -298,7 +298,7 @@ class ResidualSketch(BlockSketchVerbs):
     @classmethod
     def truth_params(cls, params: dict) -> dict:
         """The truth's HHH walks the same hierarchy (``byte`` or ``bit`` prefixes)."""
-        return {"hhh_mode": cls(**params).params.mode}
+        return {"hhh_mode": cls.PARAMS(**params).mode}  # the params alone: no tables allocated
 
     def __init__(self, params: ResidualSketchParams | None = None, **kwargs):
         if params is not None and kwargs:
