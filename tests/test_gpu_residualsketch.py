@@ -458,6 +458,16 @@ def check_batched_modes_and_errors() -> str:
         return f"batched_chunk=300: {detail}"
     if gpu.ResidualSketch.from_bytes(sketch.to_bytes()).gpu_update != "exact":
         return "from_bytes default is not exact"
+    byte_snapshot = gpu.ResidualSketch(threshold=5, weight="bytes").to_bytes()
+    for data, bad in ((sketch.to_bytes(), dict(gpu_update="fast")), (sketch.to_bytes(), dict(batched_chunk=0)),
+                      (byte_snapshot, dict(gpu_update="batched"))):
+        try:
+            gpu.ResidualSketch.from_bytes(data, **bad)
+        except SketchError as exc:
+            if "gpu_update" not in str(exc) and "batched_chunk" not in str(exc):
+                return f"from_bytes {bad}: unclear error {exc}"
+        else:
+            return f"from_bytes {bad}: accepted"
     return ""
 
 

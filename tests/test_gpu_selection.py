@@ -59,6 +59,16 @@ def _cli(args: list, env_extra: dict, timeout: float = 240) -> subprocess.Comple
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _python_lines(code: str, env_extra: dict, *args, timeout: float = 240, stderr_tail: int = 3000) -> list[str]:
+    """Run ``python -c code *args`` with ``env_extra`` (the repository on the path); assert it exits 0
+    (showing the last ``stderr_tail`` characters of its stderr otherwise); its stdout lines."""
+    env = {**os.environ, **env_extra, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-stderr_tail:]
+    return proc.stdout.splitlines()
+
+
 # ---------------------------------------------------------------------------- configuration
 def test_device_values_are_checked():
     with pytest.raises(ConfigError, match="device must be one of"):
@@ -104,10 +114,7 @@ def test_gpu_update_batched_from_the_config_on_the_gpu():
         "    configure({'hhh': {'kind': 'residualsketch', 'device': 'gpu', 'threshold': 10, 'gpu_update': 'x'}})\n"
         "except ConfigError as exc:\n"
         "    print('error:', exc)\n")
-    env = {**os.environ, **SIMULATOR, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
+    lines = _python_lines(code, SIMULATOR)
     assert lines[0] == "gpu batched batched batched"
     assert "gpu_update must be one of ['exact', 'batched']" in lines[1]
 
@@ -168,11 +175,8 @@ def test_every_gpu_class_without_device_names_both_ways_out():
              "        make()\n"
              "    except gpu.GpuUnavailableError as exc:\n"
              "        print(exc)\n")
-    env = {**os.environ, **NO_DEVICE, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 6, proc.stdout
+    lines = _python_lines(probe, NO_DEVICE, timeout=120, stderr_tail=2000)
+    assert len(lines) == 6, lines
     assert all("pip install 'telesketch[gpu]'" in m and "NUMBA_ENABLE_CUDASIM=1" in m for m in lines), lines
 
 
@@ -275,11 +279,7 @@ def test_service_on_gpu_answers_as_analyze_on_cpu(small):
     """Replayed over gRPC into ``device = "gpu"`` sketches (simulator), the service answers every
     query exactly as ``analyze`` does on the CPU: the GPU twins in the real ingest path."""
     capture, config = small
-    env = {**os.environ, **SIMULATOR, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", REPLAY_SCRIPT, str(capture), str(config)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(_python_lines(REPLAY_SCRIPT, SIMULATOR, capture, config, timeout=300)[-1])
     assert out["error"] is None and out["acked"] == 1500
     assert out["where"] == {"gaps": "gpu", "hhh": "gpu", "truth": "cpu"}
     assert out["hhh_rows"] > 0

@@ -239,31 +239,29 @@ def _ss_targets_kernel(lo, hi, values, weights, weighted, n_rows, thresh, nbytes
             amount = _U64(w)
         else:
             amount = _U64(min(w, g - thresh))
+    if not gated:  # no targets: mark them skipped, hash nothing
+        for r in range(cm_seeds.shape[0]):
+            cm_idx[r * n + i] = -1
+        for s in range(seg_layout.shape[0]):
+            seg_pos[s * n + i] = -1
+        for k in range(bf_pos.shape[0] // n):
+            bf_pos[k * n + i] = -1
+        return
     klo, khi = lo[i], hi[i]
     for r in range(cm_seeds.shape[0]):
-        if gated:
-            cm_idx[r * n + i] = r * w_cm + _I64(hash_key_device(klo, khi, nbytes, cm_seeds[r]) % _U64(w_cm))
-            cm_val[r * n + i] = amount
-        else:
-            cm_idx[r * n + i] = -1
+        cm_idx[r * n + i] = r * w_cm + _I64(hash_key_device(klo, khi, nbytes, cm_seeds[r]) % _U64(w_cm))
+        cm_val[r * n + i] = amount
     b = _I64(hash_key_device(klo, khi, nbytes, blk_seed) % _U64(n_blocks))
     for s in range(seg_layout.shape[0]):
-        if gated:
-            a, _ = _partial(klo, khi, seg_layout[s, 0], seg_layout[s, 0] + seg_layout[s, 1])
-            word = b * seg_words + seg_layout[s, 2] + _I64(a >> _S6)
-            seg_pos[s * n + i] = word * 64 + _I64(a & _LOW6)
-        else:
-            seg_pos[s * n + i] = -1
+        a, _ = _partial(klo, khi, seg_layout[s, 0], seg_layout[s, 0] + seg_layout[s, 1])
+        seg_pos[s * n + i] = (b * seg_words + seg_layout[s, 2] + _I64(a >> _S6)) * 64 + _I64(a & _LOW6)
     k = 0
     for j in range(bf_layout.shape[0]):
         plo, phi_ = _partial(klo, khi, bf_layout[j, 0], bf_layout[j, 1])
         row0, bits = bf_layout[j, 2], _U64(bf_layout[j, 4])
         for r in range(bf_layout[j, 3]):
-            if gated:
-                h = hash_key_device(plo, phi_, nbytes, bf_seeds[row0 + r]) % bits
-                bf_pos[k * n + i] = ((row0 + r) * bf_words + _I64(h >> _S6)) * 64 + _I64(h & _LOW6)
-            else:
-                bf_pos[k * n + i] = -1
+            h = hash_key_device(plo, phi_, nbytes, bf_seeds[row0 + r]) % bits
+            bf_pos[k * n + i] = ((row0 + r) * bf_words + _I64(h >> _S6)) * 64 + _I64(h & _LOW6)
             k += 1
 
 

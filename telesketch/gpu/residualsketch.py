@@ -448,13 +448,23 @@ class ResidualSketch(_DeviceBlocks, _cpu.ResidualSketch):
 
     def __init__(self, params=None, *, gpu_update: str = "exact", batched_chunk: int = _batched.CHUNK_PACKETS,
                  **kwargs):
+        self._check_update_args(gpu_update, batched_chunk)  # before any device allocation
+        super().__init__(params, **kwargs)
+        self._set_update(gpu_update, batched_chunk)
+
+    @staticmethod
+    def _check_update_args(gpu_update: str, batched_chunk: int) -> None:
+        """Clear :class:`SketchError` for a ``gpu_update`` / ``batched_chunk`` value out of range."""
         if gpu_update not in GPU_UPDATES:
             raise SketchError(f"gpu_update must be one of {list(GPU_UPDATES)}, got {gpu_update!r}")
         if isinstance(batched_chunk, bool) or not isinstance(batched_chunk, (int, np.integer)) or batched_chunk < 1:
             raise SketchError(f"batched_chunk (packets per batched update) must be a positive integer, "
                               f"got {batched_chunk!r}")
-        super().__init__(params, **kwargs)
-        self.batched_chunk = int(batched_chunk)
+
+    def _set_update(self, gpu_update: str, batched_chunk: int) -> None:
+        """Check the update mode against this sketch's parameters and backend, then set it (the
+        checks of ``__init__`` and ``from_bytes``; no device allocation)."""
+        self._check_update_args(gpu_update, batched_chunk)
         if gpu_update == "batched":
             if self.params.weight != "packets":
                 raise SketchError("gpu_update = \"batched\" counts packets only: use weight = \"packets\" or "
@@ -462,15 +472,14 @@ class ResidualSketch(_DeviceBlocks, _cpu.ResidualSketch):
             if self._backend.name == "numba":
                 raise GpuUnavailableError("gpu_update = \"batched\" needs CuPy on the device (its sort, unique and "
                                           "segment sums): pip install 'telesketch[gpu]', or use gpu_update = \"exact\"")
-        self.gpu_update = gpu_update
+        self.gpu_update, self.batched_chunk = gpu_update, int(batched_chunk)
 
     @classmethod
     def from_bytes(cls, data: bytes, gpu_update: str = "exact", batched_chunk: int = _batched.CHUNK_PACKETS):
         """A snapshot (written in either mode, or by the CPU class) continuing in ``gpu_update`` mode."""
+        cls._check_update_args(gpu_update, batched_chunk)  # a bad value fails before the snapshot is loaded
         sketch = super().from_bytes(data)
-        if gpu_update != "exact" or batched_chunk != _batched.CHUNK_PACKETS:
-            fresh = cls(sketch.params, gpu_update=gpu_update, batched_chunk=batched_chunk)  # the checks of __init__
-            sketch.gpu_update, sketch.batched_chunk = fresh.gpu_update, fresh.batched_chunk
+        sketch._set_update(gpu_update, batched_chunk)
         return sketch
 
     def copy(self):
