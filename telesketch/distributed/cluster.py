@@ -266,9 +266,7 @@ def shard_specs(specs: dict[str, dict[str, Any]], shards: int) -> dict[str, dict
 
             built = _build_for_specs(name, spec)
             T = built.T
-            if spec.get("layout") == "tuned":  # the layout of the whole (phi is the same per shard): pinned, as
-                chosen = built.params.chosen_layout  # a shard sees no expected_packets and would fall back to flat
-                spec.update(layout="paper", crucial_layers=chosen.crucial_layers, split=chosen.split)
+            spec = dict(built.shard_params(spec))  # what the kind pins from the whole stream's figures
             for key in ("phi", "expected_packets"):  # T now comes as a number, the shard's share of it
                 spec.pop(key, None)
             spec["threshold"] = shard_threshold(T, shards)

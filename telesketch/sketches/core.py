@@ -374,6 +374,15 @@ class Sketch:
         truth's defaults do. Read by the report (``truth_specs``), so it dispatches on no kind name."""
         return {}
 
+    def shard_params(self, params: dict) -> dict:
+        """The sketch config (``params``: the service's, as built into this sketch; ``kind`` and
+        ``device`` keys may be in it) that a Ray shard should build from, for a kind whose keys
+        spread over the shards (``Kind.spread_keys``): such a shard gets its threshold as a number
+        (no ``phi`` / ``expected_packets``), so a choice the kind makes from the whole stream's
+        figures is pinned here to what this sketch chose. Default: ``params`` unchanged. Read by
+        ``distributed.cluster.shard_specs``, so it dispatches on no kind name or parameter."""
+        return params
+
     #: updates must run on the thread that made the sketch (the GPU twins: one device queue, and
     #: Numba's CUDA simulator is not thread-safe); the service then never hands it to a pool thread
     caller_thread_only: bool = False

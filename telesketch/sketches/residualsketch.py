@@ -300,6 +300,15 @@ class ResidualSketch(BlockSketchVerbs):
         """The truth's HHH walks the same hierarchy (``byte`` or ``bit`` prefixes)."""
         return {"hhh_mode": cls.PARAMS(**params).mode}  # the params alone: no tables allocated
 
+    def shard_params(self, params: dict) -> dict:
+        """``layout = "tuned"`` pinned to this sketch's choice (``paper`` with its crucial layers and
+        split): a shard sees no ``expected_packets`` and would fall back to flat, while the layout of
+        the whole stream fits each shard too (``phi``, and so the rule's ratio, is the same per shard)."""
+        if params.get("layout") != "tuned":
+            return params
+        chosen = self.params.chosen_layout
+        return {**params, "layout": "paper", "crucial_layers": chosen.crucial_layers, "split": chosen.split}
+
     def __init__(self, params: ResidualSketchParams | None = None, **kwargs):
         if params is not None and kwargs:
             raise SketchError("give either a ResidualSketchParams or keyword parameters, not both")

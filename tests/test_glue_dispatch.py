@@ -1,0 +1,55 @@
+"""The glue (service, Ray front end) asks per-kind hooks and Kind records, never a kind's name or its
+parameters (issue 15; the review-debt items that moved ResidualSketch's ``layout = "tuned"`` and the
+GPU-only settings out of shared code)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from telesketch.service.sketchset import KINDS
+from telesketch.sketches.core import Sketch
+
+ROOT = Path(__file__).resolve().parents[1] / "telesketch"
+GLUE = sorted([*ROOT.joinpath("service").glob("*.py"), *ROOT.joinpath("distributed").glob("*.py")])
+
+
+def _code(path: Path) -> str:
+    """``path``'s source without comments and docstrings' prose lines (good enough for a literal scan)."""
+    return "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+
+
+@pytest.mark.parametrize("path", GLUE, ids=lambda p: p.name)
+def test_glue_compares_no_kind_name(path):
+    names = "|".join(re.escape(k) for k in KINDS)
+    hits = re.findall(rf"""(?:==|!=|\bin\s*[(\[{{])\s*["'](?:{names})["']""", _code(path))
+    assert hits == [], f"{path.name} dispatches on a kind name: {hits}"
+
+
+@pytest.mark.parametrize("path", GLUE, ids=lambda p: p.name)
+def test_glue_names_no_per_kind_setting(path):
+    """``layout`` (ResidualSketch's tuned layout) and ``gpu_update`` / ``batched_chunk`` (its GPU twin's
+    update) are facts of one kind: shared code reaches them through a hook or a Kind record field."""
+    code = _code(path)
+    for word in ('"tuned"', '"layout"', '"gpu_update"', '"batched_chunk"'):
+        if path.name == "sketchset.py" and word in ('"gpu_update"', '"batched_chunk"'):
+            continue  # the Kind registry's records themselves (load_params) are where a kind states them
+        assert word not in code, f"{path.name} names {word}"
+
+
+def test_shard_params_default_keeps_the_config():
+    params = {"kind": "x", "threshold": 3}
+    assert Sketch.shard_params(object.__new__(Sketch), params) == params
+
+
+def test_residualsketch_shard_params_pin_tuned_only():
+    from telesketch.sketches.residualsketch import ResidualSketch
+
+    tuned = {"memory_bytes": 32768, "phi": 2e-3, "expected_packets": 2_500_000, "layout": "tuned"}
+    pinned = ResidualSketch(**tuned).shard_params({"kind": "residualsketch", **tuned})
+    assert pinned["layout"] == "paper" and pinned["crucial_layers"] == (16, 24)
+    assert pinned["split"] == (0.5, 0.25, 0.25) and pinned["kind"] == "residualsketch"
+    assert tuned["layout"] == "tuned"  # the caller's dict is not changed
+    paper = {"memory_bytes": 32768, "threshold": 100}
+    assert ResidualSketch(**paper).shard_params(paper) is paper
