@@ -3,6 +3,7 @@ parameters (issue 15; the review-debt items that moved ResidualSketch's ``layout
 GPU-only settings out of shared code)."""
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -32,10 +33,32 @@ def test_glue_names_no_per_kind_setting(path):
     """``layout`` (ResidualSketch's tuned layout) and ``gpu_update`` / ``batched_chunk`` (its GPU twin's
     update) are facts of one kind: shared code reaches them through a hook or a Kind record field."""
     code = _code(path)
+    if path.name == "sketchset.py":  # the Kind registry is where a kind states its settings: scan the rest
+        from telesketch.service import sketchset
+
+        code = "\n".join(inspect.getsource(obj) for obj in (sketchset.configure, sketchset._configure_gpu,
+                                                              sketchset.ConfiguredSketch, sketchset.SketchSet))
     for word in ('"tuned"', '"layout"', '"gpu_update"', '"batched_chunk"'):
-        if path.name == "sketchset.py" and word in ('"gpu_update"', '"batched_chunk"'):
-            continue  # the Kind registry's records themselves (load_params) are where a kind states them
         assert word not in code, f"{path.name} names {word}"
+
+
+@pytest.mark.parametrize("key,value", [("gpu_update", "batched"), ("batched_chunk", 4096)])
+def test_gpu_only_settings_on_the_cpu_are_refused(key, value):
+    """``Kind.gpu_params``: each of them on a CPU sketch is a ConfigError with the one text."""
+    from telesketch.service.config import ConfigError
+    from telesketch.service.sketchset import configure
+
+    assert key in KINDS["residualsketch"].gpu_params
+    with pytest.raises(ConfigError, match=re.escape(f"sketch 'hhh' (residualsketch): {key} = {value!r} applies to "
+                                                    f"device = \"gpu\" only, and this sketch runs on the CPU")):
+        configure({"hhh": {"kind": "residualsketch", "threshold": 10, key: value}}, "cpu")
+
+
+def test_gpu_only_settings_belong_to_kinds_with_a_twin():
+    for name, kind in KINDS.items():
+        if kind.gpu_params:
+            assert kind.gpu_cls, name
+            assert set(kind.gpu_params) <= set(kind.load_params), name  # a GPU snapshot reloads in its mode
 
 
 def test_shard_params_default_keeps_the_config():

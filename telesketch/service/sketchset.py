@@ -75,6 +75,9 @@ class Kind:
     #: counts exactly (the ``exact`` kind): a ground truth, not an estimate; the report lists only
     #: estimating sketches among "more heavy hitters"
     exact: bool = False
+    #: parameters only the GPU twin takes (ResidualSketch's update mode): :func:`configure` refuses
+    #: them with a :class:`ConfigError` on a sketch that runs on the CPU
+    gpu_params: tuple[str, ...] = ()
 
 
 class ClosedGapEpoch:
@@ -111,6 +114,10 @@ def _twin(cls: str) -> str:
     return f"telesketch.gpu.{cls}"
 
 
+#: ResidualSketch's GPU update settings (``gpu.residualsketch``): not in the state, so also load parameters
+_RESIDUAL_GPU_UPDATE = ("gpu_update", "batched_chunk")
+
+
 KINDS: dict[str, Kind] = {
     "gapfilter_so": Kind("telesketch.sketches.gapfilter", "GapFilterSO", frozenset({"gaps"}), continuous=True,
                          gpu_cls=_twin("gapfilter:GapFilterSO")),
@@ -122,7 +129,7 @@ KINDS: dict[str, Kind] = {
                          route_key=kind_config("hiddensketch").route_key),
     "residualsketch": Kind("telesketch.sketches.residualsketch", "ResidualSketch", frozenset({"hhh"}),
                            gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True, ipv6_tree_memory=True,
-                           load_params=("gpu_update", "batched_chunk")),  # the GPU twin's update (not in the state)
+                           load_params=_RESIDUAL_GPU_UPDATE, gpu_params=_RESIDUAL_GPU_UPDATE),
     "llmsketch": Kind("telesketch.sketches.llmsketch", "LLMSketch", frozenset({"flow_size", "top_flows"}),
                       load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from", "pivot"),
                       int_keys="fingerprint",
@@ -257,7 +264,7 @@ def configure(specs: dict[str, dict[str, Any]], device: str = "cpu") -> list[Con
             continue
         if wanted != "cpu":
             raise ConfigError(f"sketch {name!r}: device must be 'cpu' or 'gpu', got {wanted!r}")
-        for key in ("gpu_update", "batched_chunk"):
+        for key in kind.gpu_params:
             if key in params:
                 raise ConfigError(f"sketch {name!r} ({cs.kind_name}): {key} = {params[key]!r} applies to "
                                   f"device = \"gpu\" only, and this sketch runs on the CPU (exact update); remove it "
