@@ -244,18 +244,28 @@ def time_text(ts_ns: int) -> str:
 
 # ---------------------------------------------------------------------------------------- HHH rows
 def hhh_row_parts(row) -> tuple[int, bytes, int, float]:
-    """``(family, prefix bytes, length, estimate)`` of an HHH row in any form an answer holds: an
-    ``HHHRow(family, prefix, length, estimate, discounted)`` (estimate: the discounted one, as the
-    IPv4-only answers always reported), ``(family, prefix, length, estimate)``, or the IPv4-only
-    ``(prefix, length, estimate)`` with an ``int`` or bytes prefix."""
-    if hasattr(row, "family") and hasattr(row, "discounted"):
-        return int(row.family), prefix_bytes(row.prefix, row.family), int(row.length), row.discounted
-    if len(row) >= 4:
-        family, prefix, length, estimate = row[:4]
+    """``(family, prefix bytes, length, estimate)`` of an HHH row in any form an answer holds, told
+    apart by its number of fields (a row is a tuple; no attribute probing):
+
+    - 5: ``HHHRow(family, prefix, length, estimate, discounted)`` (what the sketches answer); the
+      estimate given is the discounted one, as the IPv4-only answers always reported;
+    - 4: ``(family, prefix, length, estimate)`` (a JSON row read back, e.g. by the plots);
+    - 3: the IPv4-only ``(prefix, length, estimate)`` with an ``int`` or bytes prefix.
+
+    Any other length is a ``ValueError``."""
+    fields = len(row)
+    if fields == 5:
+        family, prefix, length, _estimate, discounted = row
+        return int(family), prefix_bytes(prefix, family), int(length), discounted
+    if fields == 4:
+        family, prefix, length, estimate = row
         return int(family), prefix_bytes(prefix, family), int(length), estimate
-    prefix, length, estimate = row
-    raw = prefix_bytes(prefix)
-    return (6 if len(raw) == 16 else 4), raw, int(length), estimate
+    if fields == 3:
+        prefix, length, estimate = row
+        raw = prefix_bytes(prefix)
+        return (6 if len(raw) == 16 else 4), raw, int(length), estimate
+    raise ValueError(f"an HHH row has 5 fields (HHHRow), 4 (family, prefix, length, estimate) or 3 "
+                     f"(prefix, length, estimate), got {fields}: {row!r}")
 
 
 def _covers(outer: tuple[bytes, int], inner: bytes) -> bool:

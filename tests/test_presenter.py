@@ -156,3 +156,18 @@ def test_array_texts_are_key_text_row_for_row():
                                     (fingerprint_texts(keys), "fingerprint")):
         assert chars.shape == used.shape == (keys.size, TEXT_WIDTH)
         assert [bytes(c[u]).decode() for c, u in zip(chars, used)] == [key_text(int(k), int_keys) for k in keys]
+
+
+def test_hhh_row_parts_tell_the_forms_apart_by_field_count():
+    """HHHRow (5 fields: the discounted estimate), 4 and 3 fields; anything else is a clear error."""
+    from telesketch.presenter import hhh_row_parts
+
+    ten8 = bytes([10, 0, 0, 0])
+    assert hhh_row_parts(HHHRow(4, ten8, 8, 90, 50)) == (4, ten8, 8, 50)
+    assert hhh_row_parts((4, ten8, 8, 90, 50)) == (4, ten8, 8, 50)  # a plain 5-tuple reads as an HHHRow
+    assert hhh_row_parts((6, 1, 128, 7)) == (6, (1).to_bytes(16, "big"), 128, 7)
+    assert hhh_row_parts((0x0A000000, 8, 5)) == (4, ten8, 8, 5)
+    assert hhh_row_parts((v6("2001:db8::"), 32, 5)) == (6, v6("2001:db8::"), 32, 5)
+    for bad in [(1, 2), (4, ten8, 8, 90, 50, 0)]:
+        with pytest.raises(ValueError, match=f"an HHH row has 5 fields .* got {len(bad)}"):
+            hhh_row_parts(bad)
