@@ -15,13 +15,13 @@ import pytest
 import naive_hiddensketch as naive
 from telesketch.hashing import hash_keys
 from telesketch.packets import PacketBatch, parse_ipv6
+from telesketch.presenter import key_text
 from telesketch.sketches.core import SketchError, pack_state
 from telesketch.sketches.hiddensketch import (
     ALGORITHM,
     HiddenSketch,
     HiddenSketchParams,
     address16,
-    format_key,
     hash64_u128,
     keys_to_words,
     words_to_keys,
@@ -80,7 +80,7 @@ def assert_exact(result, truth: Counter, n_total: int, phi: float, thresh: int) 
     heavy = {k for k, c in truth.items() if c > phi * n_total + thresh}
     assert heavy <= set(reported), f"missed {heavy - set(reported)}"
     for k, est in reported.items():
-        assert truth[k] <= est <= truth[k] + thresh, (format_key(k), truth[k], est)
+        assert truth[k] <= est <= truth[k] + thresh, (key_text(k), truth[k], est)
 
 
 # ---------------------------------------------------------------------------- 16-byte keys
@@ -117,8 +117,8 @@ def test_src_ip6_matches_naive_on_mixed_traffic():
     assert sketch.point_estimate(probe).tolist() == [model.query(k) for k in probe]
     truth = Counter(bytes(k) for k in address16(batch, "src"))
     assert_exact(got, truth, len(batch), SMALL16["phi"], SMALL16["thresh"])
-    assert any(format_key(k).startswith("::ffff:") for k, _ in got.items)  # IPv4 heavy hitters, v4-mapped
-    assert any(format_key(k).startswith("2001:db8:") for k, _ in got.items)
+    assert any(key_text(k).startswith("::ffff:") for k, _ in got.items)  # IPv4 heavy hitters, v4-mapped
+    assert any(key_text(k).startswith("2001:db8:") for k, _ in got.items)
 
 
 # ---------------------------------------------------------------------------- the family split
@@ -185,7 +185,7 @@ def test_heavy_changers_over_both_families():
     must = {k for k in before.keys() | after.keys() if abs(after[k] - before[k]) > thr + SMALL["thresh"]}
     assert must <= set(changes) and any(isinstance(k, bytes) for k in must)
     for k, d in changes.items():
-        assert abs(d - (after[k] - before[k])) <= SMALL["thresh"], format_key(k)
+        assert abs(d - (after[k] - before[k])) <= SMALL["thresh"], key_text(k)
 
 
 def test_partial_ipv6_family_is_flagged_and_never_undercounts():
@@ -205,7 +205,7 @@ def test_partial_ipv6_family_is_flagged_and_never_undercounts():
     reported = dict(result.items)
     assert reported
     for k, est in reported.items():
-        assert est >= truth[k], format_key(k)
+        assert est >= truth[k], key_text(k)
     assert not any(isinstance(k, int) for k in result.bounded), "the IPv4 family decoded completely"
     v4_heavy = {k for k, c in truth.items() if isinstance(k, int) and c > SMALL["phi"] * len(batch) + 30}
     assert v4_heavy and v4_heavy <= set(reported)
@@ -296,7 +296,7 @@ def test_point_estimates_of_mixed_keys():
     assert all(e >= truth[k] for k, e in zip(keys, est.tolist()))
     fresh = HiddenSketch(**MIXED)
     assert fresh.estimate(bytes(16)) == 0  # no IPv6 seen yet: no companion, estimate 0
-    assert format_key(parse_ipv6("2001:db8::1")) == "2001:db8::1" and format_key(0x0A000001) == "10.0.0.1"
+    assert key_text(parse_ipv6("2001:db8::1")) == "2001:db8::1" and key_text(0x0A000001) == "10.0.0.1"
 
 
 def test_service_window_rules_take_both_families():

@@ -34,7 +34,7 @@ import numpy as np
 
 from telesketch.hashing import mix64
 from telesketch.jit import kernel, twin
-from telesketch.packets import PacketBatch, format_ipv4, format_ipv6
+from telesketch.packets import PacketBatch
 from telesketch.sketches.core import NotMergeableError, SketchError, pack_state, unpack_state
 from telesketch.sketches.core import EPOCHS, Rule, Sketch, Window
 from telesketch.sketches.hierarchy import IPV6_LAYERS, hhh_from_counts, layers_for, prefix_mask
@@ -509,7 +509,7 @@ class HHHRow(NamedTuple):
 
     ``family`` is 4 or 6; ``prefix`` the network-order prefix bytes (4 for IPv4, 16 for IPv6, host
     bits zero); ``length`` the prefix length; ``estimate``/``discounted`` packets as in
-    :class:`HHHEntry`. :func:`format_prefix` gives ``10.1.0.0/16`` or ``2001:db8::/32``.
+    :class:`HHHEntry`. :func:`telesketch.presenter.format_prefix` gives ``10.1.0.0/16`` or ``2001:db8::/32``.
     """
 
     family: int
@@ -524,15 +524,6 @@ def hhh_rows(entries4: Iterable[HHHEntry], entries6: Iterable[HHHEntry] = ()) ->
     rows = [HHHRow(4, int(e.prefix).to_bytes(4, "big"), e.length, e.estimate, e.discounted) for e in entries4]
     rows += [HHHRow(6, int(e.prefix).to_bytes(16, "big"), e.length, e.estimate, e.discounted) for e in entries6]
     return rows
-
-
-def format_prefix(family: int, prefix: bytes, length: int) -> str:
-    """CIDR text of a prefix: ``10.1.0.0/16`` or RFC 5952 ``2001:db8::/32`` (via ``format_ipv6``)."""
-    if family == 4 and len(prefix) == 4:
-        return f"{format_ipv4(int.from_bytes(prefix, 'big'))}/{int(length)}"
-    if family == 6 and len(prefix) == 16:
-        return f"{format_ipv6(prefix)}/{int(length)}"
-    raise SketchError(f"not a family-{family} prefix: {bytes(prefix).hex()} ({len(prefix)} bytes)")
 
 
 def sum_layer_estimates(maps: Iterable[Mapping[int, Mapping[int, int]]]) -> LayerEstimates:
@@ -951,7 +942,7 @@ class BlockSketchVerbs(Sketch):
 
     def hhh_rows(self, threshold: float | None = None) -> list[HHHRow]:
         """Both trees' heavy prefixes in one answer (:class:`HHHRow`: family, prefix bytes, length,
-        estimates), IPv4 rows first; format each with :func:`format_prefix`."""
+        estimates), IPv4 rows first; the presenter formats each (:func:`telesketch.presenter.format_prefix`)."""
         return hhh_rows(self.hhh_entries(threshold), self.hhh6_entries(threshold))
 
     # ------------------------------------------------------------------ IPv4 queries and state

@@ -38,7 +38,7 @@ IPv4 rows update its 4-byte state exactly as before IPv6 existed (same state, an
 IPv6 rows a 16-byte companion sketch (:attr:`HiddenSketch.ipv6`, made at the first IPv6 row,
 ``ipv6_memory_bytes``, default 128 KiB) with the same ``phi``, ``thresh``, CM and seed. Both
 report against ``phi * N`` of all traffic; answers hold ``int`` IPv4 keys and 16-byte IPv6 keys
-(:func:`format_key` prints them, :func:`key_order` sorts them). A 16-byte key costs more second
+(the presenter's :func:`telesketch.presenter.key_text` prints them, :func:`key_order` sorts them). A 16-byte key costs more second
 stage: 11 Bloom filters over a 128-bit interval tree and 12 segment bitmaps of 1-2 Kibit per block
 (66,470 B at the default 10 KiB CM) against 3 filters and 4 x 256-bit bitmaps (18,063 B) for
 4-byte keys. A ``5tuple`` sketch (13-byte keys cannot hold IPv6 tuples) or ``ipv6_memory_bytes=0``
@@ -973,21 +973,6 @@ def address16(batch, side: str) -> np.ndarray:
         out[v4, 10:12] = 0xFF
         out[v4, 12:16] = np.asarray(getattr(batch, side + "_ip"))[v4].astype(">u4").view(np.uint8).reshape(-1, 4)
     return out
-
-
-def format_key(key) -> str:
-    """Readable text of a Hidden Sketch key, for the presenter: ``int`` -> ``10.0.0.1``, 16-byte
-    ``bytes`` -> RFC 5952 IPv6 text (``2001:db8::1``, v4-mapped ``::ffff:10.0.0.1``), 13-byte
-    ``bytes`` -> ``10.0.0.1:1234 > 10.0.0.2:80 proto 6``."""
-    from telesketch.packets import format_ipv4, format_ipv6, unpack_flow_key
-
-    if isinstance(key, (int, np.integer)):
-        return format_ipv4(int(key))
-    key = bytes(key)
-    if len(key) == 16:
-        return format_ipv6(key)
-    s, d, sp, dp, proto = unpack_flow_key(key)
-    return f"{format_ipv4(s)}:{sp} > {format_ipv4(d)}:{dp} proto {proto}"
 
 
 def key_order(key) -> tuple[int, int]:

@@ -31,8 +31,8 @@ address allocation, the boundaries an operator reads: ``/0``, ``/16`` (RIR-scale
 ``{32}`` alone scores a slightly higher pooled F1 on the benchmark (its many /16 HHH get more
 memory) but misses the heavy /64s, which is the answer an operator most needs from IPv6 traffic;
 see ``docs/IPV6.md`` and BENCHMARKS.md for the measurement. :meth:`ResidualSketch.hhh_rows` answers
-both trees at once (:class:`HHHRow`: family, 4- or 16-byte prefix, length) and :func:`format_prefix`
-prints ``10.1.0.0/16`` / ``2001:db8::/32`` (RFC 5952).
+both trees at once (:class:`HHHRow`: family, 4- or 16-byte prefix, length) and the presenter's
+:func:`telesketch.presenter.format_prefix` prints ``10.1.0.0/16`` / ``2001:db8::/32`` (RFC 5952).
 
 **Bytes.** ``weight="bytes"`` counts each packet's ``length`` (IPv4 total length, IPv6 payload
 length + 40) instead of 1, for top talkers and HHH by bytes: counts are int64 (12-byte IPv4 and
@@ -73,7 +73,6 @@ from telesketch.sketches.cocosketch import (
     bucket_bytes,
     check_seed,
     check_weight,
-    format_prefix,
     hhh_pass,
     hhh_rows,
     layers_of,
@@ -98,7 +97,6 @@ __all__ = [
     "HHHEntry",
     "HHHRow",
     "IPV6_LAYERS",
-    "format_prefix",
     "hhh_rows",
     "hhh_pass",
     "merged_hhh",
