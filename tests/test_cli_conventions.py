@@ -182,3 +182,20 @@ def test_every_config_key_appears_in_the_example_config():
     assert set(default.sketches) <= set(example.sketches)
     for name, spec in default.sketches.items():
         assert {k: example.sketches[name].get(k) for k in spec} == spec, name
+
+
+def test_train_estimator_kind_choices_are_the_trained_kinds():
+    """``cli.py`` writes the ``--kind`` choices out (importing ``telesketch.estimators`` would load numpy at
+    start-up); they must stay ``TRAINED_KINDS``, in its order (the help lists them so)."""
+    from telesketch.estimators import TRAINED_KINDS
+
+    (kind,) = [a for a in _subparsers(build_parser())["train-estimator"]._actions if a.dest == "kind"]
+    assert tuple(kind.choices) == TRAINED_KINDS
+
+
+def test_cli_parser_starts_without_numpy():
+    """Why the choices are written out: building the parser imports neither numpy nor numba."""
+    code = ("import sys, telesketch.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('numpy', 'numba') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
