@@ -196,3 +196,27 @@ def test_query_share_defaults_to_a_quarter_and_reaches_the_engine():
 
     assert ServiceConfig().query_share == 0.25
     assert load_config(None, {"query_share": 1}).query_share == 1.0
+
+
+def test_the_kept_copies_are_one_state_per_polled_sketch_and_stale_ones_go():
+    """The bound (``QueryEngine`` docstring): one copy per sketch, all of the current generation; a
+    batch makes the next query drop every stale copy, of any sketch, before it copies."""
+    m = EpochManager(SketchSet.from_config({"a": {"kind": "exact"}, "b": {"kind": "exact"}}), 3600 * 10**9, 6, None)
+    try:
+        m.apply(batch(500, 10))
+        engine = QueryEngine(m)
+        a, b = m.sketchset.sketches
+        assert engine.open_copy_bytes == 0
+        for _ in range(2):
+            engine.top_flows(WindowSpec(), k=10, sketch="a")
+            engine.top_flows(WindowSpec(), k=10, sketch="b")
+        live = m.open.states
+        assert set(engine._open_copies) == {"a", "b"}
+        assert engine.open_copy_bytes == a.memory(live["a"]) + b.memory(live["b"]) > 0
+        m.apply(batch(300, 11))
+        engine.top_flows(WindowSpec(), k=10, sketch="a")
+        assert set(engine._open_copies) == {"a"}  # b's copy of the older generation is gone
+        assert engine.open_copy_bytes == a.memory(m.open.states["a"])
+    finally:
+        m.close()
+

@@ -493,3 +493,13 @@ def test_the_example_config_loads_and_builds_every_sketch():
     sketches = {**cfg.sketches, "flows": {**cfg.sketches["flows"], "estimator": "constant"}}  # no model load
     built = SketchSet.from_config(sketches).sketches
     assert all(cs.active for cs in built), [(cs.name, cs.note) for cs in built]
+
+
+def test_the_open_epoch_copies_kept_for_queries_are_a_metric(server):
+    """``telesketch_query_open_copy_bytes``: what the query engine holds copied from the open epoch
+    (one state per polled sketch), read at scrape time."""
+    svc, client = server
+    client.heavy_hitters(sketch="exact")
+    engine, registry = svc.service.queries, svc.service.metrics.registry
+    assert "exact" in engine._open_copies and engine.open_copy_bytes > 0
+    assert registry.get_sample_value("telesketch_query_open_copy_bytes") == engine.open_copy_bytes

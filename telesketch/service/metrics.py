@@ -117,6 +117,9 @@ class ServiceMetrics:
         self.query_cpu = Gauge(
             "telesketch_query_cpu_seconds", "CPU seconds of the threads answering queries since start (the "
             "engine's work; the gRPC reply is built outside it)", registry=r)
+        self.query_open_copy = Gauge(
+            "telesketch_query_open_copy_bytes", "Bytes of open-epoch sketch states the query engine keeps copied "
+            "for reuse until the next batch: at most one per polled sketch", registry=r)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)
 

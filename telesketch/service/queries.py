@@ -81,6 +81,14 @@ class QueryEngine:
     (``_query_lock``). Sharded sketches (Ray) keep the old rule: the manager's lock for the whole
     query.
 
+    Memory: the kept copies cost **one extra open-epoch state per polled sketch** (its
+    ``ConfiguredSketch.memory``, e.g. a Hidden Sketch's full tables), held between queries. Bound:
+    at most one copy per sketch name, all of the current generation: when a batch has landed, the
+    next query drops every stale copy before it takes its own, so the copies never exceed one open
+    epoch's states (the sum of ``telesketch_sketch_memory_bytes``) and the old and new copy of a
+    sketch are never held together. A stale copy outlives its batch until the next query.
+    :attr:`open_copy_bytes` (the ``telesketch_query_open_copy_bytes`` gauge) is what they hold now.
+
     ``query_share`` (in (0, 1]; 1: no pacing) paces queries so that, run back to back, they use at
     most that share of wall-clock time: after a query that took ``d`` seconds, the next one starts
     no sooner than ``d * (1 - share) / share`` seconds after it ended (it waits, up to
@@ -111,8 +119,14 @@ class QueryEngine:
         self._next_start = 0.0    # clock value before which the next query waits (pacing)
         self._query_lock = threading.Lock()
         self._copy_open = type(manager.sketchset) is ss.SketchSet
-        #: sketch name -> (manager generation, copied open-epoch state): reused until a batch lands
-        self._open_copies: dict[str, tuple[int, Any]] = {}
+        #: sketch name -> (manager generation, copied open-epoch state, its bytes): reused until a batch lands
+        self._open_copies: dict[str, tuple[int, Any, int]] = {}
+
+    @property
+    def open_copy_bytes(self) -> int:
+        """Bytes of the open-epoch copies kept for reuse (``ConfiguredSketch.memory`` of each; at
+        most one per sketch, see the class docstring)."""
+        return sum(nbytes for _, _, nbytes in list(self._open_copies.values()))
 
     # ------------------------------------------------------------------ helpers
     def _epochs(self, window: WindowSpec, offset: int = 0, cs=None):
@@ -126,13 +140,15 @@ class QueryEngine:
 
     def _open_copy(self, cs, epoch: Epoch):
         """A copy of the open ``epoch``'s state of ``cs``, reused while the manager's generation is
-        unchanged (queries only read states). Called with the manager's lock held."""
+        unchanged (queries only read states). Copies of an older generation, of any sketch, are
+        dropped first (the bound in the class docstring). Called with the manager's lock held."""
         generation = self.manager.generation
         cached = self._open_copies.get(cs.name)
         if cached is not None and cached[0] == generation:
             return cached[1]
+        self._open_copies = {name: c for name, c in self._open_copies.items() if c[0] == generation}
         state = cs.copy(epoch.states[cs.name])
-        self._open_copies[cs.name] = (generation, state)
+        self._open_copies[cs.name] = (generation, state, cs.memory(state))
         return state
 
     def _window(self, window: WindowSpec, offset: int = 0):

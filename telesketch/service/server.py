@@ -687,6 +687,7 @@ class Service:
                                    self.sketchset.watch, query_share=config.query_share)
         self.metrics.query_paced.set_function(lambda: self.queries.paced_seconds)
         self.metrics.query_cpu.set_function(lambda: self.queries.cpu_seconds)
+        self.metrics.query_open_copy.set_function(lambda: self.queries.open_copy_bytes)
         self.budget = InflightBudget(config.max_inflight_bytes, self.metrics.inflight_bytes.set)
         self.metrics.inflight_limit.set(config.max_inflight_bytes)
         self.metrics.inflight_peak.set_function(lambda: self.budget.peak)
