@@ -161,3 +161,14 @@ def test_f1_within_002_of_exact_mode_on_the_spec_workload(tmp_path):
 def test_emulation_refuses_byte_weighting():
     with pytest.raises(ValueError, match="packets only"):
         emulate_update(ResidualSketch(threshold=5, weight="bytes"), np.zeros(3, np.uint32))
+
+
+@pytest.mark.parametrize("chunk", [0, -1, -16384, 2.5, True, "16"])
+def test_a_bad_chunk_is_a_clear_error_not_a_silent_skip(chunk):
+    """Bug (second review): ``chunk=-1`` applied nothing and returned (the packets were lost, the
+    packet index did not move), ``chunk=0`` failed inside ``range``. Now: a ValueError naming it."""
+    sketch = ResidualSketch(mode="byte", memory_bytes=4096, threshold=20, seed=1)
+    before = sketch.to_bytes()
+    with pytest.raises(ValueError, match="chunk"):
+        emulate_update(sketch, hierarchical_addresses(20_000, seed=1, pool_size=500), chunk)
+    assert sketch.to_bytes() == before and sketch.packets == 0

@@ -187,11 +187,14 @@ def emulate_update(sketch, addresses, chunk: int | None = CHUNK_PACKETS) -> None
     """Apply one batch of IPv4 ``addresses`` to a CPU :class:`~telesketch.sketches.residualsketch.ResidualSketch`
     (``weight="packets"``) with the batched algorithm (:class:`CpuOps`), in chunks of ``chunk`` packets
     (``None``: one update for the whole batch): what the GPU twin with ``gpu_update="batched"`` does to
-    the same state, on the CPU (the accuracy table's runs)."""
+    the same state, on the CPU (the accuracy table's runs). A ``chunk`` that is not ``None`` or a
+    positive integer is a ``ValueError`` (a negative one used to apply nothing, silently)."""
     from telesketch.sketches.cocosketch import as_addresses
 
     if sketch.params.weight != "packets":
         raise ValueError("the batched update counts packets only (weight='packets')")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
+        raise ValueError(f"chunk (packets per batched update) must be a positive integer or None, got {chunk!r}")
     keys = as_addresses(addresses)
     if chunk is not None and keys.shape[0] > chunk:
         for k in range(0, keys.shape[0], chunk):
