@@ -39,7 +39,7 @@ EQUALITY = {
 OTHER_CASES = ["device_hash", "batch_split", "snapshot", "empty_batch", "merge_refused", "sizes", "ipv6_mixed",
                "bytes_mixed", "bytes_wide",
                "ipv6_snapshot", "batched_equals_emulation", "batched_modes_and_errors", "batched_multi_layer",
-               "batched_f1_three_seeds"]
+               "batched_f1_three_seeds", "batched_ipv6_and_empty"]
 N_BATCHES = 3
 BATCH_PACKETS = 1000
 POOL = 1500  # distinct addresses: more than F's 2 * w buckets in every EQUALITY case
@@ -469,6 +469,35 @@ def check_batched_modes_and_errors() -> str:
         else:
             return f"from_bytes {bad}: accepted"
     return ""
+
+
+def check_batched_ipv6_and_empty() -> str:
+    """``gpu_update="batched"`` on mixed traffic: the IPv4 tree equals the CPU emulation, the IPv6 tree
+    (exact mode, spec §5's batched scope is IPv4) the CPU's exact update, after every batch; an empty
+    batch then changes neither."""
+    from test_ipv6_hhh import mixed_batch
+
+    from telesketch.gpu import residualsketch as gpu
+    from telesketch.packets import PacketBatch
+    from telesketch.sketches import residualsketch as cpu
+    from telesketch.sketches.residual_batched import emulate_update
+
+    kwargs = dict(memory_bytes=2048, ipv6_memory_bytes=3000, threshold=20, seed=3)
+    want, got = cpu.ResidualSketch(**kwargs), gpu.ResidualSketch(gpu_update="batched", batched_chunk=400, **kwargs)
+    for k in range(3):
+        batch = mixed_batch(900, 40 + k)
+        v6 = batch.ipv6.astype(bool)
+        emulate_update(want, batch.src_ip[~v6], chunk=400)
+        want.update_addresses6(batch.src_ip6[v6])
+        got.update(batch)
+        if detail := same_state(want, got) or same_ipv6(want, got):
+            return f"batch {k}: {detail}"
+    if not want.hhh6_entries() or not want.packets6:
+        return "vacuous: no IPv6 packets or prefixes"
+    before = got.to_bytes()
+    got.update(PacketBatch.from_columns(src_ip=np.zeros(0, np.uint32), dst_ip=np.zeros(0, np.uint32)))
+    got.update_addresses(np.zeros(0, np.uint32))
+    return "" if got.to_bytes() == before else "an empty batch changed the state"
 
 
 def check_batched_f1_three_seeds() -> str:

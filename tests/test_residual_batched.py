@@ -66,7 +66,12 @@ def collision_free_keys(sketch: ResidualSketch, count: int, seed: int) -> np.nda
 @pytest.mark.parametrize("kwargs", [dict(mode="byte", memory_bytes=8192, threshold=50, seed=3),
                                     dict(mode="bit", memory_bytes=16384, crucial_layers=(8, 12, 24), threshold=40,
                                          seed=5),
-                                    dict(mode="byte", memory_bytes=8192, threshold=50, seed=3, connection=False)])
+                                    dict(mode="byte", memory_bytes=8192, threshold=50, seed=3, connection=False),
+                                    # layout "tuned"'s picks: no Residual Block (CocoSketch's layout), and two
+                                    # blocks with an unequal split (unequal widths per block)
+                                    dict(mode="byte", memory_bytes=4096, crucial_layers=(), threshold=50, seed=6),
+                                    dict(mode="byte", memory_bytes=8192, crucial_layers=(16, 24),
+                                         split=(0.5, 0.25, 0.25), threshold=50, seed=7)])
 def test_equals_exact_mode_when_no_key_changes_bucket_ownership(kwargs):
     """Spec §5: "Batched mode matches the exact semantics when no key changes bucket ownership within
     a batch". Keys that never contend, some crossing T inside a batch (the decrement), some heavy
@@ -172,3 +177,67 @@ def test_a_bad_chunk_is_a_clear_error_not_a_silent_skip(chunk):
     with pytest.raises(ValueError, match="chunk"):
         emulate_update(sketch, hierarchical_addresses(20_000, seed=1, pool_size=500), chunk)
     assert sketch.to_bytes() == before and sketch.packets == 0
+
+
+def _loaded(seed: int = 1, **kwargs) -> ResidualSketch:
+    """A small sketch with state in both trees (IPv4 through the batched update, IPv6 exact)."""
+    from test_ipv6_hhh import mixed_batch
+
+    sketch = ResidualSketch(**{**dict(mode="byte", memory_bytes=4096, ipv6_memory_bytes=6000, threshold=20,
+                                      seed=seed), **kwargs})
+    batch = mixed_batch(3000, seed)
+    v6 = batch.ipv6.astype(bool)
+    emulate_update(sketch, batch.src_ip[~v6])
+    sketch.update_addresses6(batch.src_ip6[v6])
+    assert sketch.occ.any() and sketch.packets6 > 0
+    return sketch
+
+
+def test_an_empty_batch_changes_nothing():
+    """An empty batch (with or without a chunk size): same bytes, same packet index, IPv6 tree too."""
+    sketch = _loaded()
+    before, packets = sketch.to_bytes(), sketch.packets
+    for chunk in (None, 1, 16384):
+        emulate_update(sketch, np.zeros(0, np.uint32), chunk)
+    assert sketch.to_bytes() == before and sketch.packets == packets
+
+
+def test_chunks_are_consecutive_updates_and_a_full_chunk_is_one():
+    """``chunk``: a batch of 2.5 chunks is exactly three updates in a row (packet indices continue, so
+    the coins do), a batch of exactly one chunk is one update, and the default is CHUNK_PACKETS."""
+    from telesketch.sketches.residual_batched import CHUNK_PACKETS
+
+    stream = hierarchical_addresses(2 * CHUNK_PACKETS + 5000, seed=6, pool_size=3000)
+    kwargs = dict(mode="byte", memory_bytes=2048, threshold=60, seed=8)
+    chunked, parts, whole = ResidualSketch(**kwargs), ResidualSketch(**kwargs), ResidualSketch(**kwargs)
+    head = stream[:2500]
+    emulate_update(chunked, head, chunk=1000)
+    for k in range(0, 2500, 1000):
+        emulate_update(parts, head[k:k + 1000], chunk=None)
+    emulate_update(whole, head, chunk=None)
+    assert chunked.to_bytes() == parts.to_bytes() and chunked.packets == parts.packets == 2500
+    assert chunked.to_bytes() != whole.to_bytes()  # not vacuous: where batches are cut matters
+    one, none = ResidualSketch(**kwargs), ResidualSketch(**kwargs)
+    emulate_update(one, stream[:1000], chunk=1000)
+    emulate_update(none, stream[:1000], chunk=None)
+    assert one.to_bytes() == none.to_bytes()
+    default, manual = ResidualSketch(**kwargs), ResidualSketch(**kwargs)
+    emulate_update(default, stream)
+    for k in range(0, stream.shape[0], CHUNK_PACKETS):
+        emulate_update(manual, stream[k:k + CHUNK_PACKETS], chunk=None)
+    assert default.to_bytes() == manual.to_bytes() and default.packets == stream.shape[0]
+
+
+def test_ipv4_tree_only_the_ipv6_tree_is_left_alone():
+    """Scope (module docstring): the batched update is the IPv4 tree's; it refuses IPv6 addresses and
+    never touches the IPv6 tree's arrays or packet index."""
+    from telesketch.sketches.core import SketchError
+
+    sketch = _loaded()
+    six = [np.array(getattr(sketch, name), copy=True) for name in ("hi6", "lo6", "counts6", "occ6")]
+    packets6 = sketch.packets6
+    emulate_update(sketch, hierarchical_addresses(5000, seed=3, pool_size=400))
+    assert all(np.array_equal(a, getattr(sketch, name)) for a, name in zip(six, ("hi6", "lo6", "counts6", "occ6")))
+    assert sketch.packets6 == packets6
+    with pytest.raises(SketchError, match="1-D uint32"):
+        emulate_update(sketch, np.zeros((4, 16), np.uint8))

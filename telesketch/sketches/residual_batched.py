@@ -34,6 +34,27 @@ and launches :func:`probe_key` as a CUDA kernel (its device twin); :class:`CpuOp
 the CPU (:func:`emulate_update`). The simulator test checks that both give the same state bit for bit.
 
 Scope: IPv4 keys counted in packets (``weight="packets"``); the IPv6 tree keeps exact mode.
+
+**Where this differs from the spec's §5 text** (second review; each a choice, none changes what §5
+guarantees: exact mode's state when no key changes ownership, and F1 within 0.02):
+
+- step 3's sample: the old id weighs its batch-start count **plus** the batch weight of the held key
+  that owns the bucket (spec: the old count), as exact mode's count has grown by then; it is drawn in
+  two stages, a candidate among the newcomers (least ``Exp(1) / w_x``) and a takeover with probability
+  ``W_new / count_after`` (``coin2 % count_after < W_new``), the same distribution as one weighted
+  sample, with a second coin per key (``rand32`` under ``seed_mix ^ SEED_MIX2``);
+- coins: a key's coin index ``n`` is the stream index of its first packet in the batch; a prefix's is
+  that of its smallest light key (the spec names ``rand32`` only);
+- step 5: a key with ``r_x = 0`` (heavy at batch start) is left out of the blocks' inserts (a zero
+  weight would change nothing); "if p is held" is read after the block's insert;
+- with ``connection=False`` (noConn) every key's whole weight goes to the blocks, no debt, as exact
+  mode's noConn does;
+- chunking: a batch is applied as consecutive updates of :data:`CHUNK_PACKETS` (the spec has one per
+  batch; the 0.02 bar holds at 16 Ki on every §8 row, not at 64 Ki);
+- step 6 (a dense bucket scan and per-layer segmented reduction on the device) is not built: queries
+  run on the host with the CPU class's code, the same answers for the same state;
+- scope: packets only (byte weighting is refused: ``SketchError`` on the GPU twin, ``ValueError`` in
+  :func:`emulate_update`) and the IPv4 tree only.
 """
 from __future__ import annotations
 
