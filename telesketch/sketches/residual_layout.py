@@ -65,6 +65,11 @@ MIN_T = 50
 #: The two-block layout only from this memory: each quarter block then has at least 256 buckets a row
 #: (rule 2; at 8 KiB it lost the spoofed SYN-flood rows by 0.26-0.30).
 TWO_BLOCK_MIN_MEMORY = 16 * 1024
+#: Rule number -> the two-block layout's smallest memory (bytes): rule 3 from 16 KiB, rule 4 from 64 KiB (the
+#: /16 block then keeps at least 1024 buckets a row; see the module docstring).
+RULES = {3: TWO_BLOCK_MIN_MEMORY, 4: 64 * 1024}
+#: The rule ``layout = "tuned"`` applies to a new sketch.
+RULE = 3
 
 
 @dataclass(frozen=True)
@@ -96,25 +101,33 @@ def load_ratio(memory_bytes: int, threshold: int, expected: int | None, weight: 
 
 
 def choose_layout(memory_bytes: int, threshold: int, mode: str = "byte", expected: int | None = None,
-                  weight: str = "packets") -> Layout:
+                  weight: str = "packets", rule: int | None = None) -> Layout:
     """The "tuned" layout for one sketch: see the module docstring for the rule and its measurement.
 
     ``memory_bytes``: the IPv4 tree's bucket memory; ``threshold``: ``T`` (packets, or bytes byte-weighted);
     ``mode``: ``byte`` or ``bit``; ``expected``: packets (bytes) per epoch, from which ``phi = T / expected``;
-    ``weight``: ``packets`` or ``bytes`` (bucket size). Deterministic: the same inputs give the same layout,
-    so a snapshot's parameters resolve to the same state on load.
+    ``weight``: ``packets`` or ``bytes`` (bucket size); ``rule``: which rule of :data:`RULES` (default
+    :data:`RULE`, the current one; older ones stay so a snapshot taken under them still resolves). Deterministic:
+    the same inputs give the same layout, so a snapshot's parameters resolve to the same state on load.
     """
     if mode not in PAPER:
         raise SketchError(f"mode must be 'byte' or 'bit', got {mode!r}")
+    rule = RULE if rule is None else rule
+    if rule not in RULES:
+        raise SketchError(f"rule must be one of {tuple(RULES)}, got {rule!r}")
     flat = lambda why: Layout("flat", (), None, why)  # noqa: E731
     if mode != "byte":
-        return flat("bit mode: no design rows measured for the tuned rule, so CocoSketch's layout")
+        return flat("bit mode: no layout beat CocoSketch on the bit-mode rows measured (BENCHMARKS.md, issue 20 "
+                    "second pass), so CocoSketch's layout")
     r = load_ratio(memory_bytes, threshold, expected, weight)
     if r is None:
         return flat("expected packets (bytes) per epoch unknown: phi, and so the rule, cannot be read")
     if threshold < MIN_T:
         return flat(f"T = {threshold} < {MIN_T}: too small a threshold for a Residual Block to pay")
-    if TWO_BLOCK_R[0] <= r <= TWO_BLOCK_R[1] and memory_bytes >= TWO_BLOCK_MIN_MEMORY:
+    min_memory = RULES[rule]
+    if TWO_BLOCK_R[0] <= r <= TWO_BLOCK_R[1] and memory_bytes >= min_memory:
         return Layout("16-24", (16, 24), (0.5, 0.25, 0.25),
-                      f"r = buckets x phi = {r:.2f} in [{TWO_BLOCK_R[0]:g}, {TWO_BLOCK_R[1]:g}]: /16 and /24 blocks")
-    return flat(f"r = {r:.2f}, T = {threshold}: no layout measured to beat CocoSketch here")
+                      f"r = buckets x phi = {r:.2f} in [{TWO_BLOCK_R[0]:g}, {TWO_BLOCK_R[1]:g}], memory >= "
+                      f"{min_memory // 1024} KiB: /16 and /24 blocks")
+    return flat(f"r = {r:.2f}, T = {threshold}, memory {memory_bytes // 1024} KiB: no layout measured to beat "
+                f"CocoSketch here")
