@@ -13,6 +13,8 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py --sections layout --seeds 3  # issue 20: layout "tuned", design + held-out
     .venv/bin/python benchmarks/bench_residualsketch.py --sections bitlayout --seeds 3   # issue 20 2nd pass: bit-mode layouts
     .venv/bin/python benchmarks/bench_residualsketch.py --sections fresh3 --seeds 3      # issue 20 2nd pass: fresh set 3
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections bitfresh --seeds 3    # issue 20 2nd pass: bit, fresh set 3
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections layoutspeed2 --repeats 3  # 2nd pass: layout speed
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv6          # mixed IPv4/IPv6 (issue 18)
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv4_ab --baseline-tree /tmp/base
     .venv/bin/python benchmarks/bench_residualsketch.py --sections bytes          # byte-weighted (issue 17)
@@ -627,6 +629,51 @@ def layout_grid(args, rows, mode: str, label: str, results: dict, rules=()) -> N
               f" (worst {min(d):+.3f}) of {len(d)}", flush=True)
 
 
+def bit_fresh_rows(cache: Path):
+    """Bit mode off the spec's generator: :data:`FRESH3`'s workloads at the bit rows' phi (5e-4, 1e-3) and
+    memory points (128 / 256 / 512 KiB); no bit-mode rule was set on them."""
+    for name, addresses, T, kib in fresh_rows(cache, FRESH3, (128, 256, 512)):
+        if T / addresses.size < 1.5e-3:  # phi 5e-4 and 1e-3 only
+            yield name, addresses, T, kib
+
+
+def layout_speed_rows(args, cache: Path, results: dict) -> None:
+    """Update speed of each layout against the paper's on the design rows where the two-block layout is chosen
+    (rule 3's rows; rule 4 keeps those of 64 KiB and more), alternating paper / 16-24 / flat run by run in one
+    process, ``--repeats`` rounds, thread CPU time, best of the rounds; one Numba thread."""
+    import numba
+
+    from telesketch.sketches.residual_layout import choose_layout
+
+    numba.set_num_threads(1)
+    layouts = {name: kw for name, kw in LAYOUT_GRID.items() if kw is not None}
+    warm = np.arange(1000, dtype=np.uint32)
+    for kw in layouts.values():
+        ResidualSketch(mode="byte", memory_bytes=32 * KIB, threshold=100, **kw).update_addresses(warm)
+    print(f"\n### Layout speed on the rows where 16-24 is chosen, best of {args.repeats} alternating rounds, "
+          "thread CPU time\n")
+    print("| workload | packets | T | memory | rule 3 | rule 4 | paper Mpps | 16-24 Mpps | flat Mpps "
+          "| 16-24 / paper | flat / paper |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, addresses, T, kib in split_rows(args, cache):
+        n = int(addresses.size)
+        picks = [choose_layout(kib * KIB, T, "byte", n, rule=rule).name for rule in (3, 4)]
+        if "16-24" not in picks:
+            continue
+        best = dict.fromkeys(layouts, np.inf)
+        for rep in range(args.repeats):
+            for layout, kw in layouts.items():
+                sketch = ResidualSketch(mode="byte", memory_bytes=kib * KIB, threshold=T, seed=rep, **kw)
+                start = time.thread_time()
+                sketch.update_addresses(addresses)
+                best[layout] = min(best[layout], time.thread_time() - start)
+        mpps = {k: n / v / 1e6 for k, v in best.items()}
+        results.setdefault("layout_speed2", {})[f"{name} T={T} {kib}KiB"] = mpps
+        print(f"| {name} | {n} | {T} | {kib} KiB | {picks[0]} | {picks[1]} | {mpps['paper']:.1f} | {mpps['16-24']:.1f} "
+              f"| {mpps['flat']:.1f} | {mpps['16-24'] / mpps['paper']:.2f} | {mpps['flat'] / mpps['paper']:.2f} |",
+              flush=True)
+
+
 def second_pass_rules():
     """``(name, choose(memory, T, mode, expected))`` of the rules the second-pass tables compare."""
     from telesketch.sketches import residual_layout as rl
@@ -935,6 +982,10 @@ def main() -> None:
         layout_rows(args, args.cache, fresh_rows(args.cache, FRESH2), "fresh set 2 (held-out for rule 3)", results)
     if "bitlayout" in sections:
         layout_grid(args, bit_rows(args, args.cache), "bit", "bit-mode rows (spec §8.2 memory points)", results)
+    if "layoutspeed2" in sections:
+        layout_speed_rows(args, args.cache, results)
+    if "bitfresh" in sections:
+        layout_grid(args, bit_fresh_rows(args.cache), "bit", "bit mode, fresh set 3 workloads", results)
     if "fresh3" in sections:
         layout_grid(args, fresh_rows(args.cache, FRESH3, (32, 64, 128)), "byte", "fresh set 3 (held-out for every rule)", results,
                     second_pass_rules())
