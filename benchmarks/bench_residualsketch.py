@@ -11,6 +11,10 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py --sections split --seeds 3   # issue 20: split variants, every row
     .venv/bin/python benchmarks/bench_residualsketch.py --sections why --seeds 2     # issue 20: crucial layers, connection T
     .venv/bin/python benchmarks/bench_residualsketch.py --sections layout --seeds 3  # issue 20: layout "tuned", design + held-out
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections bitlayout --seeds 3   # issue 20 2nd pass: bit-mode layouts
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections fresh3 --seeds 3      # issue 20 2nd pass: fresh set 3
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections bitfresh --seeds 3    # issue 20 2nd pass: bit, fresh set 3
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections layoutspeed2 --repeats 3  # 2nd pass: layout speed
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv6          # mixed IPv4/IPv6 (issue 18)
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv4_ab --baseline-tree /tmp/base
     .venv/bin/python benchmarks/bench_residualsketch.py --sections bytes          # byte-weighted (issue 17)
@@ -451,8 +455,8 @@ FRESH2 = {"zipf1.2 3M/150k s31": dict(packets=3_000_000, flows=150_000, zipf=1.2
           "spec-gen 4M s5 inj0.1": ("gen", ["--seed", "5", "--inject", "0.1"])}
 
 
-def fresh_rows(cache: Path | None = None, workloads: dict | None = None):
-    """``(name, addresses, T, KiB)`` on :data:`FRESH` (or ``workloads``): 3 phi x 3 memories per workload."""
+def fresh_rows(cache: Path | None = None, workloads: dict | None = None, kibs=(16, 32, 128)):
+    """``(name, addresses, T, KiB)`` on :data:`FRESH` (or ``workloads``): 3 phi x 3 memories (``kibs``) each."""
     from telesketch.traces import generate_batch
 
     for name, kwargs in (workloads or FRESH).items():
@@ -466,7 +470,7 @@ def fresh_rows(cache: Path | None = None, workloads: dict | None = None):
         else:
             addresses = np.ascontiguousarray(generate_batch(**kwargs).src_ip)
         yield from ((name, addresses, max(1, int(phi * addresses.size)), kib)
-                    for phi in (5e-4, 1e-3, 2e-3) for kib in (16, 32, 128))
+                    for phi in (5e-4, 1e-3, 2e-3) for kib in kibs)
 
 
 def tuned_sketch(memory: int, T: int, expected: int, seed: int) -> ResidualSketch:
@@ -557,6 +561,127 @@ def layout_section(args, cache: Path, results: dict) -> None:
     layout_rows(args, cache, fresh_rows(), "fresh set 1 (held-out for rule 2, set rule 3)", results)
     layout_rows(args, cache, fresh_rows(cache, FRESH2), "fresh set 2 (held-out for rule 3)", results)
     layout_speed(args, cache, results)
+
+
+# ---------------------------------------------------------------------------- issue 20, second pass
+#: Layouts every row of the second-pass sections scores: name -> ResidualSketch keywords (None: CocoSketch).
+#: "flat" is CocoSketch bucket for bucket (tests/test_residual_layout.py); it is run, not copied, so the
+#: tables show it.
+LAYOUT_GRID = {"coco": None, "paper": {}, "16-24": {"crucial_layers": (16, 24), "split": (0.5, 0.25, 0.25)},
+               "flat": {"crucial_layers": ()}}
+
+
+def bit_rows(args, cache: Path):
+    """``(workload, addresses, T, KiB)`` of the benchmark's bit-mode rows (spec §8.2, :data:`BIT_REF`)."""
+    workloads = {}
+    for name, T, kib in BIT_REF:
+        if name not in workloads:
+            workloads[name] = load_workload(name, cache, args.packets)
+        yield name, workloads[name], T, kib
+
+
+#: Fresh set 3 (issue 20 second pass): generator settings and seeds used nowhere before, held out from every
+#: rule (rule 3 and the second pass's rule 4 were both fixed before this set was first generated).
+FRESH3 = {"spec-gen 4M s41": ("gen", ["--seed", "41"]),
+          "spec-gen 4M s42 inj0.2": ("gen", ["--seed", "42", "--inject", "0.2"]),
+          "zipf1.1 2M/120k s43": dict(packets=2_000_000, flows=120_000, zipf=1.1, seed=43),
+          "hard 2M/80k s44": dict(packets=2_000_000, flows=80_000, zipf=1.0, seed=44, mix="hard")}
+
+
+def layout_grid(args, rows, mode: str, label: str, results: dict, rules=()) -> None:
+    """F1 (headline, mean of ``--seeds`` seeds) of every :data:`LAYOUT_GRID` layout on ``rows`` in ``mode``, the
+    load ratio ``r`` and, per ``rules`` entry ``(name, choose)``, the layout that rule picks and its F1 (read from
+    the forced layouts' columns: a rule only picks a layout)."""
+    names = list(LAYOUT_GRID)
+    rule_names = [name for name, _ in rules]
+    print(f"\n### {label}: layouts vs CocoSketch, {mode} mode, F1 mean of {args.seeds} seeds\n")
+    print("| workload | packets | T | memory | r | " + " | ".join(names) + " | "
+          + "".join(f"{n} (pick) | " for n in rule_names) + "16-24 − Coco |")
+    print("|---|---|---|---|---|" + "---|" * (len(names) + len(rule_names) + 1))
+    out = results.setdefault("layout2", {}).setdefault(label, {})
+    truths: dict[int, Truth] = {}
+    for name, addresses, T, kib in rows:
+        truth = truths.setdefault(id(addresses), Truth(addresses, mode))
+        memory, n = kib * KIB, int(addresses.size)
+        f1 = {}
+        for layout, kw in LAYOUT_GRID.items():
+            runs = []
+            for seed in range(args.seeds):
+                sketch = (CocoSketch(mode=mode, memory_bytes=memory, threshold=T, seed=seed) if kw is None
+                          else ResidualSketch(mode=mode, memory_bytes=memory, threshold=T, seed=seed, **kw))
+                sketch.update_addresses(addresses)
+                runs.append(score(sketch.hhh_entries(T), truth, T)["f1"])
+            f1[layout] = float(np.mean(runs))
+        picks = {}
+        for rule, choose in rules:
+            chosen = choose(memory, T, mode, n).name
+            picks[rule] = (chosen, f1["paper" if chosen == "paper" else chosen])
+        r = load_ratio(memory, T, n)
+        out[f"{name} T={T} {kib}KiB"] = {**f1, "r": r, "packets": n, "picks": picks}
+        print(f"| {name} | {n} | {T} | {kib} KiB | {r:.2f} | " + " | ".join(f"{f1[k]:.3f}" for k in names) + " | "
+              + "".join(f"{picks[k][1]:.3f} {picks[k][0]} | " for k in rule_names)
+              + f"{f1['16-24'] - f1['coco']:+.3f} |", flush=True)
+    rows_ = list(out.values())
+    for alg in ("paper", "16-24", "flat", *rule_names):
+        d = [(row["picks"][alg][1] if alg in rule_names else row[alg]) - row["coco"] for row in rows_]
+        print(f"\n{label}, {alg}: {sum(x > 0.0005 for x in d)} rows above CocoSketch, "
+              f"{sum(abs(x) <= 0.0005 for x in d)} equal (within 0.0005), {sum(x < -0.0005 for x in d)} below"
+              f" (worst {min(d):+.3f}) of {len(d)}", flush=True)
+
+
+def bit_fresh_rows(cache: Path):
+    """Bit mode off the spec's generator: :data:`FRESH3`'s workloads at the bit rows' phi (5e-4, 1e-3) and
+    memory points (128 / 256 / 512 KiB); no bit-mode rule was set on them."""
+    for name, addresses, T, kib in fresh_rows(cache, FRESH3, (128, 256, 512)):
+        if T / addresses.size < 1.5e-3:  # phi 5e-4 and 1e-3 only
+            yield name, addresses, T, kib
+
+
+def layout_speed_rows(args, cache: Path, results: dict) -> None:
+    """Update speed of each layout against the paper's on the design rows where the two-block layout is chosen
+    (rule 3's rows; rule 4 keeps those of 64 KiB and more), alternating paper / 16-24 / flat run by run in one
+    process, ``--repeats`` rounds, thread CPU time, best of the rounds; one Numba thread."""
+    import numba
+
+    from telesketch.sketches.residual_layout import choose_layout
+
+    numba.set_num_threads(1)
+    layouts = {name: kw for name, kw in LAYOUT_GRID.items() if kw is not None}
+    warm = np.arange(1000, dtype=np.uint32)
+    for kw in layouts.values():
+        ResidualSketch(mode="byte", memory_bytes=32 * KIB, threshold=100, **kw).update_addresses(warm)
+    print(f"\n### Layout speed on the rows where 16-24 is chosen, best of {args.repeats} alternating rounds, "
+          "thread CPU time\n")
+    print("| workload | packets | T | memory | rule 3 | rule 4 | paper Mpps | 16-24 Mpps | flat Mpps "
+          "| 16-24 / paper | flat / paper |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, addresses, T, kib in split_rows(args, cache):
+        n = int(addresses.size)
+        picks = [choose_layout(kib * KIB, T, "byte", n, rule=rule).name for rule in (3, 4)]
+        if "16-24" not in picks:
+            continue
+        best = dict.fromkeys(layouts, np.inf)
+        for rep in range(args.repeats):
+            for layout, kw in layouts.items():
+                sketch = ResidualSketch(mode="byte", memory_bytes=kib * KIB, threshold=T, seed=rep, **kw)
+                start = time.thread_time()
+                sketch.update_addresses(addresses)
+                best[layout] = min(best[layout], time.thread_time() - start)
+        mpps = {k: n / v / 1e6 for k, v in best.items()}
+        results.setdefault("layout_speed2", {})[f"{name} T={T} {kib}KiB"] = mpps
+        print(f"| {name} | {n} | {T} | {kib} KiB | {picks[0]} | {picks[1]} | {mpps['paper']:.1f} | {mpps['16-24']:.1f} "
+              f"| {mpps['flat']:.1f} | {mpps['16-24'] / mpps['paper']:.2f} | {mpps['flat'] / mpps['paper']:.2f} |",
+              flush=True)
+
+
+def second_pass_rules():
+    """``(name, choose(memory, T, mode, expected))`` of the rules the second-pass tables compare."""
+    from telesketch.sketches import residual_layout as rl
+
+    rules = [("rule 3", lambda m, T, mode, n: rl.choose_layout(m, T, mode, n, rule=3))]
+    if hasattr(rl, "RULES") and 4 in rl.RULES:
+        rules.append(("rule 4", lambda m, T, mode, n: rl.choose_layout(m, T, mode, n, rule=4)))
+    return rules
 
 
 # ---------------------------------------------------------------------------- IPv6 (issue 18)
@@ -855,6 +980,15 @@ def main() -> None:
         layout_section(args, args.cache, results)
     if "fresh2" in sections:
         layout_rows(args, args.cache, fresh_rows(args.cache, FRESH2), "fresh set 2 (held-out for rule 3)", results)
+    if "bitlayout" in sections:
+        layout_grid(args, bit_rows(args, args.cache), "bit", "bit-mode rows (spec §8.2 memory points)", results)
+    if "layoutspeed2" in sections:
+        layout_speed_rows(args, args.cache, results)
+    if "bitfresh" in sections:
+        layout_grid(args, bit_fresh_rows(args.cache), "bit", "bit mode, fresh set 3 workloads", results)
+    if "fresh3" in sections:
+        layout_grid(args, fresh_rows(args.cache, FRESH3, (32, 64, 128)), "byte", "fresh set 3 (held-out for every rule)", results,
+                    second_pass_rules())
     if "why" in sections:
         split_section(args, args.cache, results, WHY_VARIANTS, "why")
     if "ipv4_ab" in sections:

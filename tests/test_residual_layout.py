@@ -25,8 +25,9 @@ def tuned(memory: int, T: int, expected: int, **kwargs) -> ResidualSketchParams:
 
 
 @pytest.mark.parametrize("memory, T, expected, name", [
-    (32 * 1024, 5000, 2_500_000, "16-24"),   # hard mix 32 KiB: r = 4096 * 2e-3 = 8.2
+    (32 * 1024, 5000, 2_500_000, "flat"),    # hard mix 32 KiB: r = 4096 * 2e-3 = 8.2, but < 64 KiB (rule 4)
     (64 * 1024, 5000, 2_500_000, "16-24"),   # r = 16.4
+    (128 * 1024, 4000, 8_000_000, "16-24"),  # synth T = 4000: r = 8.2
     (128 * 1024, 5000, 2_500_000, "flat"),   # r = 32.8 > 20 (rule 3)
     (32 * 1024, 4000, 8_000_000, "flat"),    # synth: r = 2.05 (rule 1-2 picked the paper's layout)
     (32 * 1024, 15000, 8_000_000, "flat"),   # synth T = 15000: r = 7.7
@@ -56,7 +57,7 @@ def test_unknown_epoch_size_and_bit_mode_fall_back_to_cocosketch():
 
 # every layout the chooser can return, each on a stream where it is chosen, against the naive model
 @pytest.mark.parametrize("memory, T, expected, name", [
-    (16384, 60, 7_680, "16-24"),     # r = 2048 buckets * 60 / 7680 = 16
+    (65536, 60, 30_720, "16-24"),    # r = 8192 buckets * 60 / 30720 = 16
     (4096, 60, 10_240, "flat"),      # r = 3
 ])
 def test_each_chosen_layout_equals_the_naive_model(memory, T, expected, name):
@@ -115,12 +116,12 @@ def test_bad_selection_is_a_clear_error():
     with pytest.raises(SketchError, match="layout must be one of"):
         ResidualSketchParams(threshold=10, layout="best")
     with pytest.raises(SketchError, match="chooses crucial_layers"):
-        tuned(32 * 1024, 5000, 2_500_000, crucial_layers=(16,))
+        tuned(64 * 1024, 5000, 2_500_000, crucial_layers=(16,))
     with pytest.raises(SketchError, match="chooses crucial_layers"):
-        tuned(32 * 1024, 5000, 2_500_000, split=0.5)
+        tuned(64 * 1024, 5000, 2_500_000, split=0.5)
     # the chosen ones may be given back (a snapshot's parameters carry them)
-    again = tuned(32 * 1024, 5000, 2_500_000, crucial_layers=[24, 16], split=[0.5, 0.25, 0.25])
-    assert again == tuned(32 * 1024, 5000, 2_500_000)
+    again = tuned(64 * 1024, 5000, 2_500_000, crucial_layers=[24, 16], split=[0.5, 0.25, 0.25])
+    assert again == tuned(64 * 1024, 5000, 2_500_000)
 
 
 def test_paper_layout_is_unchanged_by_default():
@@ -132,7 +133,7 @@ def test_paper_layout_is_unchanged_by_default():
 
 def test_service_config_selects_the_layout():
     """``layout`` in a ``[sketches.NAME]`` table reaches the sketch (TOML keys pass through to the params)."""
-    spec = {"kind": "residualsketch", "memory_bytes": 32768, "phi": 2e-3, "expected_packets": 2_500_000}
+    spec = {"kind": "residualsketch", "memory_bytes": 65536, "phi": 2e-3, "expected_packets": 2_500_000}
     built = {layout: configure({"hhh": {**spec, "layout": layout}})[0].build() for layout in ("tuned", "paper")}
     assert built["tuned"].params.crucial_layers == (16, 24) and built["tuned"].params.split == (0.5, 0.25, 0.25)
     assert built["paper"].params.crucial_layers == (16,) and built["paper"].params.split is None
@@ -145,13 +146,13 @@ def test_sharded_specs_pin_the_layout_of_the_whole():
     front end pins the layout chosen for the whole stream (phi, and so the rule's r, is the same per shard)."""
     from telesketch.distributed.cluster import shard_specs
 
-    spec = {"kind": "residualsketch", "memory_bytes": 32768, "phi": 2e-3, "expected_packets": 2_500_000,
+    spec = {"kind": "residualsketch", "memory_bytes": 65536, "phi": 2e-3, "expected_packets": 2_500_000,
             "layout": "tuned"}
     (shard,) = shard_specs({"hhh": spec}, 2).values()
     assert shard["crucial_layers"] == (16, 24) and shard["split"] == (0.5, 0.25, 0.25)
     assert shard["threshold"] == 2500 and "expected_packets" not in shard
     built = ResidualSketch(**{k: v for k, v in shard.items() if k not in ("kind", "global_threshold")})
-    assert built.params.crucial_layers == (16, 24) and built.widths == (1024, 512, 512)
+    assert built.params.crucial_layers == (16, 24) and built.widths == (2048, 1024, 1024)
 
 
 def test_byte_weighted_rule_reads_bytes_and_wide_buckets():
@@ -162,5 +163,52 @@ def test_byte_weighted_rule_reads_bytes_and_wide_buckets():
                                   layout="tuned")
     assert params.chosen_layout.name == "16-24" and params.crucial_layers == (16, 24)
     assert "10.92" in params.chosen_layout.why
-    assert choose_layout(32 * 1024, 2e-3 * expected, "byte", expected, "bytes").name == "flat"  # r = 5.5
-    assert choose_layout(32 * 1024, 2e-3 * expected, "byte", expected, "packets").name == "16-24"  # r = 8.2
+    # rule 3 (two blocks from 16 KiB) shows the bucket size alone moving r across the window's edge at 32 KiB
+    assert choose_layout(32 * 1024, 2e-3 * expected, "byte", expected, "bytes", rule=3).name == "flat"  # r = 5.5
+    assert choose_layout(32 * 1024, 2e-3 * expected, "byte", expected, "packets", rule=3).name == "16-24"  # r = 8.2
+
+
+# ---------------------------------------------------------------- issue 20, second pass: rule 4
+@pytest.mark.parametrize("memory, T, expected, rule3, rule4", [
+    (32 * 1024, 8000, 4_000_000, "16-24", "flat"),   # spec generator seed 5, r = 8.2: the 16-24 loss (-0.028)
+    (32 * 1024, 5000, 2_500_000, "16-24", "flat"),   # hard mix 32 KiB, r = 8.2
+    (64 * 1024, 5000, 2_500_000, "16-24", "16-24"),  # r = 16.4, /16 block of 1024 buckets a row
+    (64 * 1024, 8000, 8_000_000, "16-24", "16-24"),  # synth T = 8000, r = 8.2
+    (128 * 1024, 4000, 8_000_000, "16-24", "16-24"),  # synth T = 4000, r = 8.2
+    (128 * 1024, 5000, 2_500_000, "flat", "flat"),   # r = 32.8 > 20
+    (16 * 1024, 4883, 1_000_000, "16-24", "flat"),   # 16 KiB, r = 2048 * 4.883e-3 = 10.0
+])
+def test_rule4_needs_64_kib_for_two_blocks(memory, T, expected, rule3, rule4):
+    from telesketch.sketches.residual_layout import load_ratio
+
+    assert (8 <= load_ratio(memory, T, expected) <= 20) == (rule3 == "16-24")
+    assert choose_layout(memory, T, "byte", expected, rule=3).name == rule3
+    assert choose_layout(memory, T, "byte", expected, rule=4).name == rule4
+    for rule in (3, 4):  # bit mode: only flat stayed at or above CocoSketch on the bit rows (BENCHMARKS.md)
+        bit = choose_layout(memory, T, "bit", expected, rule=rule)
+        assert bit.name == "flat" and bit.crucial_layers == () and "bit mode" in bit.why
+    with pytest.raises(SketchError, match="rule must be one of"):
+        choose_layout(memory, T, "byte", expected, rule=2)
+
+
+@pytest.mark.parametrize("current", [3, 4])
+def test_a_snapshot_taken_under_either_rule_loads(monkeypatch, current):
+    """A tuned sketch's snapshot carries the crucial layers and split its rule chose. After the rule changes (rule 3
+    -> rule 4 moved the 32 KiB two-block rows to flat), the same parameters still resolve to the snapshot's layout,
+    and its state loads bit for bit; a new sketch without them gets the current rule's layout."""
+    from telesketch.sketches import residualsketch as rs_module
+
+    addresses = hierarchical_stream(6000, seed=2)
+    monkeypatch.setattr(rs_module, "RULE", 3)
+    old = ResidualSketch(tuned(32 * 1024, 5000, 2_500_000, seed=1))
+    assert old.params.chosen_layout.name == "16-24"
+    old.update_addresses(addresses)
+    blob = old.to_bytes()
+    monkeypatch.setattr(rs_module, "RULE", current)
+    restored = ResidualSketch.from_bytes(blob)
+    assert restored.params.crucial_layers == (16, 24) and restored.params.chosen_layout.name == "16-24"
+    assert restored.to_bytes() == blob and restored.hhh_entries() == old.hhh_entries()
+    fresh = tuned(32 * 1024, 5000, 2_500_000)
+    assert fresh.chosen_layout.name == ("16-24" if current == 3 else "flat")
+    with pytest.raises(SketchError, match="chooses crucial_layers"):  # a layout no rule picks is still refused
+        tuned(32 * 1024, 5000, 2_500_000, crucial_layers=(24,))

@@ -87,7 +87,7 @@ def test_size_layout_names_each_residual_point_and_overrides_the_config(tmp_path
     config = tmp_path / "hhh.toml"
     config.write_text('[server]\nepoch_seconds = 3600.0\n[sketches.hhh]\nkind = "residualsketch"\n'
                       'memory_bytes = 8192\nphi = 2e-3\nexpected_packets = 100000\n')
-    factors = (0.125, 1.0, 4.0)  # r = buckets x phi = 0.26, 2.05, 8.2: flat, flat, 16-24
+    factors = (0.125, 1.0, 8.0)  # r = buckets x phi = 0.26, 2.05, 16.4 (64 KiB): flat, flat, 16-24
     layouts = {}
     for layout in ("tuned", "paper"):
         (advice,) = size_sketches([str(capture)], load_config(str(config)), factors=factors, layout=layout)

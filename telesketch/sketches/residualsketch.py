@@ -86,7 +86,7 @@ from telesketch.sketches.cocosketch import (
     sum_layer_estimates,
 )
 from telesketch.sketches.core import NotMergeableError, SketchError
-from telesketch.sketches.residual_layout import LAYOUTS, Layout, choose_layout, paper_layout
+from telesketch.sketches.residual_layout import LAYOUTS, RULE, RULES, Layout, choose_layout, paper_layout
 from telesketch.sketches.hierarchy import IPV6_LAYERS, prefix_mask
 
 __all__ = [
@@ -179,9 +179,9 @@ class ResidualSketchParams:
         self._T()
         set_("split", _check_split(self.split, len(self.crucial_layers)))
         if self.layout == "tuned":
-            chosen = self.chosen_layout
-            if (given_crucial is not None and self.crucial_layers != chosen.crucial_layers) or (
-                    self.split is not None and self.split != chosen.split):
+            chosen = self._tuned_layout(given_crucial is not None, self.split is not None)
+            if chosen is None:
+                chosen = self._tuned_choices()[0]
                 raise SketchError(f"layout = 'tuned' chooses crucial_layers {chosen.crucial_layers} and split "
                                   f"{chosen.split} here ({chosen.why}); omit crucial_layers and split, or use "
                                   f"layout = 'paper' to give your own (got {given_crucial}, {self.split})")
@@ -200,12 +200,27 @@ class ResidualSketchParams:
         """The IPv4 tree's :class:`~telesketch.sketches.residual_layout.Layout` for ``layout``: the paper's (or the
         given crucial layers and split) for ``paper``, :func:`choose_layout`'s pick for ``tuned``."""
         if self.layout == "tuned":
-            expected = self.expected_bytes if self.weight == "bytes" else self.expected_packets
-            return choose_layout(self.memory_bytes, self.T, self.mode, expected, self.weight)
+            return self._tuned_layout(True, self.split is not None)
         if self.crucial_layers == DEFAULT_CRUCIAL[self.mode] and self.split is None:
             return paper_layout(self.mode)
         return Layout("custom", self.crucial_layers, None if self.split is None else self.block_shares(),
                       "crucial_layers / split as given (layout = \"paper\")")
+
+    def _tuned_choices(self) -> list[Layout]:
+        """The tuned layout of every rule (``residual_layout.RULES``) for these parameters, the current rule's first."""
+        expected = self.expected_bytes if self.weight == "bytes" else self.expected_packets
+        rules = [RULE] + [rule for rule in RULES if rule != RULE]
+        return [choose_layout(self.memory_bytes, self.T, self.mode, expected, self.weight, rule=rule) for rule in rules]
+
+    def _tuned_layout(self, crucial_given: bool, split_given: bool) -> Layout | None:
+        """The layout ``tuned`` resolves to: the current rule's, or, where the parameters carry the crucial layers
+        and split an earlier rule chose (a snapshot taken under it), that rule's, so its state still loads;
+        None if the given ones match no rule."""
+        for chosen in self._tuned_choices():
+            if (not crucial_given or self.crucial_layers == chosen.crucial_layers) and (
+                    not split_given or self.split == chosen.split):
+                return chosen
+        return None
 
     def block_shares(self) -> tuple[float, ...]:
         """Fraction of ``memory_bytes`` given to each block, F first (equal by default, spec §3)."""
