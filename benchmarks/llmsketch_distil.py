@@ -124,16 +124,18 @@ def main(argv=None) -> int:
     ap.add_argument("--ks", default="4,8,16", help="principal components of the embedding in the hybrid")
     ap.add_argument("--stacked", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--dir", default=D, help="the shared traces directory (nDPI trace, manifest, held-out captures)")
     args = ap.parse_args(argv)
     traces = set(args.traces.split(","))
     ks = [int(k) for k in args.ks.split(",") if k]
     emb = Embedder("onnx-int8")  # disk memo read from $TELESKETCH_EMBED_CACHE, never flushed here
     out = {}
     t00 = time.time()
-    ndpi = os.path.join(D, "ndpi_merged_hdr128.pcap")
+    d = args.dir
+    ndpi = os.path.join(d, "ndpi_merged_hdr128.pcap")
     if traces & {"N", "N-unseen", "held-out"}:
         b = load_trace(ndpi)
-        cap = capture_ids(b, ndpi, os.path.join(D, "ndpi_merged_manifest.json"))
+        cap = capture_ids(b, ndpi, os.path.join(d, "ndpi_merged_manifest.json"))
         if traces & {"N", "held-out"}:
             tr, te = time_split_per_capture(b, cap, 0.5)
             mn = fit_all(emb, tr, load_estimator("lm"), ks, args.stacked, "N (LM: the shipped head)")
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
                 evaluate(emb, out, "N", mn, tr, te, (4, 8, 16))
             if "held-out" in traces:
                 for h in HELD_OUT:
-                    evaluate(emb, out, "held-out " + h, mn, tr, load_trace(os.path.join(D, h)), (0.5, 1, 2))
+                    evaluate(emb, out, "held-out " + h, mn, tr, load_trace(os.path.join(d, h)), (0.5, 1, 2))
         if "N-unseen" in traces:
             tru, teu = capture_split(b, cap, 0.5, seed=0)
             evaluate(emb, out, "N-unseen", fit_all(emb, tru, None, ks, args.stacked, "N-unseen (LM head fitted here)"),
