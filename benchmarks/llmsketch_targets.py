@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     print("commands:\n\n" + "\n".join(f"    {c}" for c in commands))
     models = [m for m in MODELS if any(m in p["rows"] for _, pts in traces.values() for p in pts)]
     for row in range(1, 7):
-        print(f"\n#### Row {row}: {ROW_TEXT[row]}\n")
+        print(f"\n### Row {row}: {ROW_TEXT[row]}\n")
         print("| trace | " + " | ".join(MODELS[m] for m in models) + " |")
         print("|---|" + "---|" * len(models))
         for col, (kind, pts) in traces.items():
