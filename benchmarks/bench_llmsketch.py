@@ -270,6 +270,7 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
 VALIDATED = "trees (cut chosen on validation)"
 SHIPPED_TREES = "shipped trees (default, calibrated to T)"
 SHIPPED_LM = "shipped LM head (calibrated to T)"
+CANDIDATE_TREES = "candidate trees (--candidate-trees, calibrated to T)"
 LM_HEAD = "lm (MiniLM embedder + MLP head, trained here, calibrated)"
 
 
@@ -342,6 +343,8 @@ def paper_evaluation(args):
     shipped = {}
     if args.shipped:  # the models a service serves, each recalibrated to the memory point's pivot
         shipped = {SHIPPED_TREES: load_estimator("trees"), SHIPPED_LM: load_estimator("lm", args.lm_path)}
+    if args.candidate_trees:  # e.g. trees trained on another capture, judged as a shipped default would be
+        shipped[CANDIDATE_TREES] = load_estimator("trees", args.candidate_trees)
 
     def fit_head(train):
         """The frozen-MiniLM + MLP head LM on ``train``'s scoring points (at most --lm-head-max-flows flows)."""
@@ -577,6 +580,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shipped", action="store_true",
                     help="paper section: also the shipped trees (the default) and the shipped LM head (or --lm-path), "
                          "each recalibrated to every memory point's T as a service sketch of that memory is")
+    ap.add_argument("--candidate-trees", default=None,
+                    help="paper section: also this trained trees directory, recalibrated to every memory point's T "
+                         "like --shipped (a candidate for the shipped default)")
     ap.add_argument("--lm-head-traces", default="N,N-unseen,G",
                     help="paper section, estimator lm-head: the traces it is trained on (N, N-unseen, G; "
                          "held-out captures use N's)")

@@ -22,6 +22,7 @@ CM, CU, ELASTIC = "count-min (4 B counters)", "CU (4 B counters)", "Elastic (1/4
 MODELS = {
     "shipped trees (default, calibrated to T)": "shipped trees",
     "shipped LM head (calibrated to T)": "shipped LM head",
+    "candidate trees (--candidate-trees, calibrated to T)": "candidate trees",
     "lm (MiniLM embedder + MLP head, trained here, calibrated)": "LM head trained here",
     "trees (sklearn HGB, calibrated)": "trees trained here",
 }
