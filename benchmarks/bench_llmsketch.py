@@ -268,6 +268,9 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
 
 
 VALIDATED = "trees (cut chosen on validation)"
+SHIPPED_TREES = "shipped trees (default, calibrated to T)"
+SHIPPED_LM = "shipped LM head (calibrated to T)"
+CANDIDATE_TREES = "candidate trees (--candidate-trees, calibrated to T)"
 LM_HEAD = "lm (MiniLM embedder + MLP head, trained here, calibrated)"
 
 
@@ -336,6 +339,12 @@ def paper_evaluation(args):
         lm = MemoScores(lm)
     summary = []
     head = LM_HEAD if "lm-head" in args.estimators.split(",") else None
+    head_on = set(args.lm_head_traces.split(","))
+    shipped = {}
+    if args.shipped:  # the models a service serves, each recalibrated to the memory point's pivot
+        shipped = {SHIPPED_TREES: load_estimator("trees"), SHIPPED_LM: load_estimator("lm", args.lm_path)}
+    if args.candidate_trees:  # e.g. trees trained on another capture, judged as a shipped default would be
+        shipped[CANDIDATE_TREES] = load_estimator("trees", args.candidate_trees)
 
     def fit_head(train):
         """The frozen-MiniLM + MLP head LM on ``train``'s scoring points (at most --lm-head-max-flows flows)."""
@@ -352,11 +361,13 @@ def paper_evaluation(args):
               f"{time.perf_counter() - t0:.1f} s, {est.config['epochs_run']} epochs)", flush=True)
         return est
 
-    def extra(train=None, model=None):
-        if head is None:
-            return None
-        model = model if model is not None else fit_head(train)
-        return {head: model}
+    def extra(train=None, model=None, trace=None):
+        """``{label: model}`` for :func:`paper_trace`: the shipped models (``--shipped``) and the LM head
+        (``model``, or fitted on ``train`` when ``trace`` is in ``--lm-head-traces``)."""
+        out = dict(shipped)
+        if head is not None and (model is not None or trace in head_on):
+            out[head] = model if model is not None else fit_head(train)
+        return out or None
 
     def fit(train):
         t0 = time.perf_counter()
@@ -371,7 +382,7 @@ def paper_evaluation(args):
         capture = capture_ids(batch, args.trace, manifest)
         train, test = time_split_per_capture(batch, capture, 0.5)
         model_n = fit(train)
-        head_n = extra(train)
+        head_n = extra(train, trace="N")
         validate_n = validator(fit, train, capture_ids(train, args.trace, manifest), "time") \
             if not args.no_validated_cut else None
         paper_trace("N: nDPI, each capture split in time (first half trains)", train, test,
@@ -380,20 +391,29 @@ def paper_evaluation(args):
         paper_trace("N-unseen: nDPI split by capture (half the captures train)", train_u, test_u,
                     kib(args.memories_trace), fit(train_u), lm, summary,
                     validator(fit, train_u, capture_ids(train_u, args.trace, manifest), "capture")
-                    if not args.no_validated_cut else None, extra(train_u))
+                    if not args.no_validated_cut else None, extra(train_u, trace="N-unseen"))
         held_out = HELD_OUT if args.held_out is None else [h for h in args.held_out.split(",") if h]
         for name in held_out:
             path = os.path.join(os.path.dirname(args.trace), name)
             if os.path.exists(path):
                 paper_trace(f"held-out {name}, zero-shot (trees trained on N's training part)", train,
                             load_trace(path), kib(args.memories_held_out), model_n, lm, summary, validate_n,
-                            extra(model=head_n[head]) if head_n else None)
+                            extra(model=(head_n or {}).get(head)))
     for seed in [int(x) for x in args.generated_seeds.split(",") if x]:
         gen = generate_labelled_batch(args.generated_packets, args.generated_flows, seed=seed)
         train, test = split_trace(gen, 0.5)
         paper_trace(f"G: generated seed {seed} (first half trains)", train, test, kib(args.memories_generated),
                     fit(train), lm, summary, validator(fit, train) if not args.no_validated_cut else None,
-                    extra(train))
+                    extra(train, trace="G"))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+                       "traces": [{"name": name, "points": [{"memory": mem, "pivot": t, "pivot_hh": t_hh, "rows": rows}
+                                                             for mem, t, t_hh, rows in out]}
+                                  for name, out in summary]}, f, indent=1)
+        print(f"\n(every row written to {args.json})")
     print_ratios(summary)
     if not args.no_validated_cut:
         print_ratios(summary, VALIDATED)
@@ -402,6 +422,8 @@ def paper_evaluation(args):
 
         shared_embedder(args.lm_head_backend).flush()
         print_ratios(summary, head)
+    for label in shipped:
+        print_ratios(summary, label)
     if lm is not None:
         print_ratios(summary, "lm (shipped)")
     if isinstance(lm, MemoScores):
@@ -555,6 +577,17 @@ def main(argv=None) -> int:
                     help="paper section: the held-out captures to run (file names, comma separated; default all)")
     ap.add_argument("--no-validated-cut", action="store_true",
                     help="paper section: skip the trees row whose cut is chosen on a validation split (faster)")
+    ap.add_argument("--shipped", action="store_true",
+                    help="paper section: also the shipped trees (the default) and the shipped LM head (or --lm-path), "
+                         "each recalibrated to every memory point's T as a service sketch of that memory is")
+    ap.add_argument("--candidate-trees", default=None,
+                    help="paper section: also this trained trees directory, recalibrated to every memory point's T "
+                         "like --shipped (a candidate for the shipped default)")
+    ap.add_argument("--lm-head-traces", default="N,N-unseen,G",
+                    help="paper section, estimator lm-head: the traces it is trained on (N, N-unseen, G; "
+                         "held-out captures use N's)")
+    ap.add_argument("--json", default=None, help="paper section: also write every row to this JSON file "
+                    "(for benchmarks/llmsketch_targets.py)")
     ap.add_argument("--calibrate-lm", action="store_true",
                     help="paper section: also the shipped LM with its score quantile-calibrated to each pivot")
     ap.add_argument("--quick", action="store_true",

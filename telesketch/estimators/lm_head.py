@@ -100,7 +100,7 @@ class Embedder:
         disk_cache = disk_cache or os.environ.get("TELESKETCH_EMBED_CACHE")
         self.disk = (Path(disk_cache) / f"embed-{backend}-{_base_digest()}.npz") if disk_cache else None
         self._index: dict[int, int] = {}
-        self._vecs = np.zeros((0, EMBED_DIM), np.float32)
+        self._vecs = np.zeros((0, EMBED_DIM), np.float32)  # rows [0, len(_index)) used; capacity grows 2x
         self._saved = 0
         self.computed = 0  #: rows run through the model in this process (the rest came from the memo)
         if self.disk is not None and self.disk.is_file():
@@ -122,18 +122,31 @@ class Embedder:
         at = np.fromiter((self._index.get(k, -1) for k in keys), np.int64, n)
         todo = np.flatnonzero(at < 0)
         if todo.size:
-            uniq_keys, first = np.unique(np.asarray(keys, np.uint64)[todo], return_index=True)
+            # Only the rows missing from the memo are looked at again: each distinct one is embedded
+            # once, appended in place (capacity doubles, no copy of the whole memo per call) and its
+            # row number written back through the inverse of ``np.unique``.
+            uniq_keys, first, inverse = np.unique(np.asarray(keys, np.uint64)[todo], return_index=True,
+                                                  return_inverse=True)
             rows = todo[first]
-            new = np.zeros((rows.size, EMBED_DIM), np.float32)
+            base = len(self._index)
+            self._reserve(base + rows.size)
+            new = self._vecs[base:base + rows.size]
             for part, width in length_batches(mask[rows], batch_size):
                 sel = rows[part]
                 new[part] = self.session.run(None, {"ids": ids[sel, :width], "mask": mask[sel, :width]})[0]
-            base = self._vecs.shape[0]
-            self._vecs = np.concatenate([self._vecs, new])
             self._index.update(zip(uniq_keys.tolist(), range(base, base + rows.size)))
             self.computed += int(rows.size)
-            at = np.fromiter((self._index[k] for k in keys), np.int64, n)
+            at[todo] = base + inverse.reshape(-1)
         return self._vecs[at]
+
+    def _reserve(self, rows: int) -> None:
+        """Grow the memo's buffer to hold at least ``rows`` rows (doubling; the used rows are kept)."""
+        if rows <= self._vecs.shape[0]:
+            return
+        grown = np.zeros((max(rows, 2 * self._vecs.shape[0], 1024), EMBED_DIM), np.float32)
+        used = len(self._index)
+        grown[:used] = self._vecs[:used]
+        self._vecs = grown
 
     def flush(self) -> None:
         """Write the memo to the disk cache (when one is set and it grew)."""
@@ -143,7 +156,7 @@ class Embedder:
         keys = np.empty(len(self._index), np.uint64)
         keys[list(self._index.values())] = list(self._index.keys())
         tmp = self.disk.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=keys, vecs=self._vecs.astype(np.float16))
+        np.savez(tmp, keys=keys, vecs=self._vecs[:len(self._index)].astype(np.float16))
         os.replace(tmp, self.disk)
         self._saved = len(self._index)
 

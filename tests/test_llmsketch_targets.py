@@ -1,0 +1,60 @@
+"""benchmarks/llmsketch_targets.py: issue #19's target rows judged from the paper bench's JSON rows."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import llmsketch_targets as targets  # noqa: E402
+
+MODEL = "shipped trees (default, calibrated to T)"
+
+
+def rows(model_are_t, oracle_are_t, auc=0.95, f1=0.95):
+    """One memory point's rows: constants with ARE>=T 0.1 at best, the oracle, the model, CM / CU / Elastic."""
+    base = {"ARE": 1.0, "AAE": 2.0, "ARE>=T": 0.2, "top100 ARE": 0.2, "F1": 0.9, "AUC": float("nan")}
+    out = {c: dict(base) for c in targets.BEST_OF}
+    out["constant(0)"]["ARE>=T"] = out["constant(0)"]["top100 ARE"] = 0.1
+    out["oracle"] = dict(base, **{"ARE>=T": oracle_are_t, "top100 ARE": oracle_are_t, "F1": 0.99})
+    out[MODEL] = dict(base, **{"ARE>=T": model_are_t, "top100 ARE": model_are_t, "AUC": auc, "F1": f1})
+    for b in (targets.CM, targets.CU, targets.ELASTIC):
+        out[b] = dict(base, ARE=5.0, AAE=9.0)
+    return out
+
+
+def judge(row, kind, points):
+    return targets.verdict(row, [(mem, targets.checks(row, kind, mem, r, MODEL)) for mem, r in points])
+
+
+def test_row2_needs_every_point_under_0_6x_and_two_under_0_5x():
+    met = [(4, rows(0.045, 0.0)), (8, rows(0.04, 0.0)), (16, rows(0.055, 0.0))]
+    assert judge(2, "N", met).startswith("**met**")
+    one_low = [(4, rows(0.045, 0.0)), (8, rows(0.055, 0.0)), (16, rows(0.055, 0.0))]
+    assert judge(2, "N", one_low).startswith("not met")
+    too_high = [(4, rows(0.045, 0.0)), (8, rows(0.04, 0.0)), (16, rows(0.07, 0.0))]
+    assert judge(2, "N", too_high).startswith("not met")
+
+
+def test_a_point_where_the_oracle_is_above_half_the_best_constant_does_not_apply():
+    assert judge(2, "N", [(8, rows(0.5, 0.06))]).startswith("n.a.")  # oracle 0.6x the best constant
+    assert judge(6, "N-unseen", [(8, rows(0.5, 0.06))]).startswith("n.a.")  # ARE / AAE: the oracle is 1x
+    # oracle 0.4x: ARE>=T and top-100 apply, and the model's 5x the best constant fails them
+    assert judge(6, "N-unseen", [(8, rows(0.5, 0.04))]).startswith("not met (0/2; 2 n.a.)")
+    assert judge(6, "N-unseen", [(8, rows(0.1, 0.04))]).startswith("**met** (2/2; 2 n.a.)")
+
+
+def test_rows_1_4_5():
+    point = [(16, rows(0.05, 0.0, auc=0.85, f1=0.85))]
+    assert judge(1, "G", point).startswith("**met**")  # ARE 1 / AAE 2 below CM and CU's 5 / 9
+    assert judge(4, "G", point).startswith("not met")  # 0.85 < max(0.90, 0.9 - 0.02)
+    assert judge(5, "G", point).startswith("**met**")  # 0.85 >= 0.80
+    assert judge(5, "N", point).startswith("not met")  # 0.85 < 0.90
+    assert judge(3, "G", point).startswith("n.a.")  # row 3 is judged at 32 and 64 KiB only
+
+
+def test_main_reads_the_bench_json(tmp_path, capsys):
+    data = {"command": "bench", "traces": [{"name": "N: nDPI", "points": [
+        {"memory": 8192, "pivot": 67, "pivot_hh": 5, "rows": rows(0.04, 0.0)}]}]}
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    assert targets.main([str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "### Row 5" in out and "| N | **met** (1/1): 0.950 |" in out
