@@ -37,6 +37,7 @@ mergeable state is *merged*, additive estimates are *summed*:
 from __future__ import annotations
 
 import importlib
+import itertools
 from typing import Any
 
 import numpy as np
@@ -336,7 +337,7 @@ class SharedRing:
     """
 
     def __init__(self, tag: str, slots: int):
-        self.tag = tag
+        self.tag = f"{next(_RING_IDS)}-{tag}"  # unique in this process: several pools may live in it
         self.files: list[tuple[str, Any, int] | None] = [None] * slots  # (path, mmap, capacity)
         self.next = 0
         self.generation = 0
@@ -374,6 +375,7 @@ class SharedRing:
 
 
 _RING_FILES: set[str] = set()
+_RING_IDS = itertools.count()
 
 
 def _unlink(path: str) -> None:
