@@ -10,6 +10,16 @@ flow key, and by source address too when a Hidden Sketch is keyed by source
 front end has logged it, so a restart (snapshot + log replay through the shards) loses nothing
 acknowledged.
 
+Transport and pipelining (issue 21, fourth pass; ``benchmarks/bench_shard_stages.py`` measures
+each stage): each shard's parts of a batch travel as one contiguous buffer
+(:class:`~telesketch.distributed.cluster.PackedParts`), through a shared-memory ring
+(:class:`~telesketch.distributed.cluster.SharedRing`) when every actor runs on this machine, else
+as one object through Ray. Once the service runs, up to ``INFLIGHT_BATCHES`` batches per shard are
+in flight: the front end routes and sends batch k + 1 while the shards apply batch k. The sketch
+worker still answers a batch only after :meth:`ShardPool.wait` of its ticket (every shard applied
+it), in admission order; an actor runs one call at a time in submission order, so dumps, closes and
+checkpoints see every batch sent before them (they also wait for all in flight first).
+
 States as the epoch manager sees them:
 
 * :class:`OpenShardedState`: a handle to one sketch of the open epoch on the actors. A query
