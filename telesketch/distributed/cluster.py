@@ -37,7 +37,6 @@ mergeable state is *merged*, additive estimates are *summed*:
 from __future__ import annotations
 
 import importlib
-import itertools
 from typing import Any
 
 import numpy as np
@@ -322,8 +321,8 @@ def route_packed(batch: PacketBatch, shards: int, seed: int, by_source: bool,
 
 
 class SharedRing:
-    """``slots`` reusable shared-memory buffers (files under ``/dev/shm``) that carry one shard's
-    parts from the front end to an actor on the same machine, instead of Ray's object store.
+    """``slots`` reusable shared-memory buffers that carry one shard's parts from the front end to an
+    actor on the same machine, instead of Ray's object store.
 
     A ``ray.put`` (create, copy, seal, reference-count and free an object through the raylet)
     cost the front end and the raylet more CPU per batch than the routing itself
@@ -333,14 +332,17 @@ class SharedRing:
     ``read`` (:meth:`ShardWorker.update_shared`), so no sketch can hold a view of a slot. A slot
     is written again only after the batch that used it was seen applied: the owner
     (:class:`~telesketch.distributed.service.ShardPool`) keeps at most ``slots - 1`` batches in
-    flight. The files are removed by :meth:`close` (and at exit).
+    flight.
+
+    A slot is an anonymous memory file (``memfd_create``) that the actor opens as
+    ``/proc/<front end pid>/fd/<fd>``: nothing is left behind in ``/dev/shm`` when the front end
+    exits, however it exits. :meth:`close` (or the process's end) frees them.
     """
 
     def __init__(self, tag: str, slots: int):
-        self.tag = f"{next(_RING_IDS)}-{tag}"  # unique in this process: several pools may live in it
-        self.files: list[tuple[str, Any, int] | None] = [None] * slots  # (path, mmap, capacity)
+        self.tag = tag
+        self.files: list[tuple[int, Any, int] | None] = [None] * slots  # (fd, mmap, capacity)
         self.next = 0
-        self.generation = 0
 
     def take(self, nbytes: int) -> tuple[str, np.ndarray]:
         """The next slot: its path and a writable ``uint8[nbytes]`` view of it (grown as needed)."""
@@ -352,57 +354,34 @@ class SharedRing:
         current = self.files[slot]
         if current is None or current[2] < nbytes:
             if current is not None:
-                _unlink(current[0])
+                os.close(current[0])  # its memory goes once the last view of the old map is dropped
             capacity = max(1 << 20, nbytes + nbytes // 4)
-            self.generation += 1
-            path = f"/dev/shm/telesketch-{os.getpid()}-{self.tag}-{slot}-{self.generation}"
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            fd = os.memfd_create(f"telesketch-{self.tag}-{slot}", os.MFD_CLOEXEC)
             try:
                 os.ftruncate(fd, capacity)
                 mapped = mmap.mmap(fd, capacity)
-            finally:
+            except BaseException:
                 os.close(fd)
-            _RING_FILES.add(path)
-            current = self.files[slot] = (path, mapped, capacity)
-        return current[0], np.frombuffer(current[1], np.uint8, nbytes)
+                raise
+            current = self.files[slot] = (fd, mapped, capacity)
+        return f"/proc/{os.getpid()}/fd/{current[0]}", np.frombuffer(current[1], np.uint8, nbytes)
 
     def close(self) -> None:
-        """Remove the slots' files (a view still held elsewhere keeps its memory until dropped)."""
+        """Close the slots' files (a view still held elsewhere keeps its memory until dropped)."""
+        import os
+
         for entry in self.files:
             if entry is not None:
-                _unlink(entry[0])
+                os.close(entry[0])
         self.files = [None] * len(self.files)
 
 
-_RING_FILES: set[str] = set()
-_RING_IDS = itertools.count()
-
-
-def _unlink(path: str) -> None:
-    import os
-
-    _RING_FILES.discard(path)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _unlink_ring_files() -> None:
-    for path in list(_RING_FILES):
-        _unlink(path)
-
-
 def shared_memory_usable() -> bool:
-    """Whether this machine has a writable ``/dev/shm`` (Linux) for :class:`SharedRing`."""
+    """Whether this machine can carry parts through :class:`SharedRing` (Linux: ``memfd_create``
+    and ``/proc/<pid>/fd``)."""
     import os
 
-    return os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
-
-
-import atexit  # noqa: E402
-
-atexit.register(_unlink_ring_files)
+    return hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd")
 
 
 def _as_batch(part):
