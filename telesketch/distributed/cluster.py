@@ -8,10 +8,11 @@ ResidualSketch as its spec §4 says, ``exact``), and to ``source_route_hashes(ba
 on one shard, so its one-pass FS gate sees the source's whole count, as in one process). An IPv4
 row hashes its 13-byte 5-tuple / 4-byte source (``hash_5tuple`` / ``hash_u32``); an IPv6 row its
 37-byte flow key (:meth:`PacketBatch.flow_keys37`) / 16-byte source address (``hash_keys``), so
-IPv6 flows and sources spread over the shards like IPv4 ones (their IPv4 columns are 0). Batches travel
-as :class:`ShardPart` objects: the columns that hold data (Ray serialises numpy columns zero-copy
-through the object store); columns the collector did not send stay behind and are zero again on
-the shard.
+IPv6 flows and sources spread over the shards like IPv4 ones (their IPv4 columns are 0). A shard's
+parts of a batch travel as one :class:`PackedParts` buffer holding the columns that hold data
+(columns the collector did not send stay behind and are zero again on the shard): written into a
+:class:`SharedRing` slot when the shard runs on the front end's machine, else as one object through
+Ray's object store. :func:`route_parts` gives the same parts as separate :class:`ShardPart` objects.
 
 Each shard actor builds its sketches from the service's sketch config dicts through
 :mod:`telesketch.service.sketchset` (one epoch, no epoch management). :func:`shard_specs` adapts a
