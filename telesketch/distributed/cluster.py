@@ -8,10 +8,11 @@ ResidualSketch as its spec §4 says, ``exact``), and to ``source_route_hashes(ba
 on one shard, so its one-pass FS gate sees the source's whole count, as in one process). An IPv4
 row hashes its 13-byte 5-tuple / 4-byte source (``hash_5tuple`` / ``hash_u32``); an IPv6 row its
 37-byte flow key (:meth:`PacketBatch.flow_keys37`) / 16-byte source address (``hash_keys``), so
-IPv6 flows and sources spread over the shards like IPv4 ones (their IPv4 columns are 0). Batches travel
-as :class:`ShardPart` objects: the columns that hold data (Ray serialises numpy columns zero-copy
-through the object store); columns the collector did not send stay behind and are zero again on
-the shard.
+IPv6 flows and sources spread over the shards like IPv4 ones (their IPv4 columns are 0). A shard's
+parts of a batch travel as one :class:`PackedParts` buffer holding the columns that hold data
+(columns the collector did not send stay behind and are zero again on the shard): written into a
+:class:`SharedRing` slot when the shard runs on the front end's machine, else as one object through
+Ray's object store. :func:`route_parts` gives the same parts as separate :class:`ShardPart` objects.
 
 Each shard actor builds its sketches from the service's sketch config dicts through
 :mod:`telesketch.service.sketchset` (one epoch, no epoch management). :func:`shard_specs` adapts a
@@ -52,6 +53,10 @@ from telesketch.sketches.llmsketch import canonical_flow_keys, key13_of, v4_mapp
 
 #: Seed of the routing hash (independent of every sketch's own seeds).
 ROUTE_SEED = 0x5EED_0001
+#: Batches the sharded service leaves in flight per shard while it routes and sends the next
+#: (``ShardPool.pipeline``); each is acknowledged only once every shard applied it. 2: the front end
+#: routes batch k + 1 while the shards apply batch k.
+INFLIGHT_BATCHES = 2
 
 
 def _kind(spec: dict[str, Any]) -> ss.Kind | None:
@@ -244,6 +249,142 @@ def route_parts(batch: PacketBatch, shards: int, seed: int, by_source: bool) -> 
     return list(zip(flows, sources))
 
 
+class PackedParts:
+    """One shard's packets of one batch in a single contiguous buffer: its part by flow and (when a
+    sketch is routed by source) its part by source, only the columns holding data.
+
+    A :class:`ShardPart` pair is up to 2 x 8 numpy arrays; Ray pickles each as its own out-of-band
+    buffer and puts each part as its own object, which cost 4 ms of front-end CPU per put at 8 Ki
+    batches (``bench_shard_stages.py``). Here the front end gathers every column straight into one
+    ``uint8`` buffer (each column 8-byte aligned) and makes one ``ray.put`` per shard; the actor
+    views the columns in place (no copy: Ray hands numpy buffers over zero-copy, read-only).
+
+    ``layout``: ``(part, name, dtype str, width, offset)`` per column, ``part`` 0 (by flow) or 1
+    (by source), ``width`` 0 for a 1-D column or the row width of a block column (``uint8[n, w]``).
+    """
+
+    __slots__ = ("n_flow", "n_source", "layout", "buffer")
+
+    def __init__(self, n_flow: int, n_source: int | None, layout: tuple, buffer: np.ndarray):
+        self.n_flow, self.n_source, self.layout, self.buffer = int(n_flow), n_source, layout, buffer
+
+    def __len__(self) -> int:
+        return self.n_flow
+
+    def __reduce__(self):  # a plain tuple: nothing but the one buffer travels out of band
+        return (PackedParts, (self.n_flow, self.n_source, self.layout, self.buffer))
+
+    def parts(self) -> tuple[ShardPart, ShardPart | None]:
+        """``(by flow, by source or None)`` as :class:`ShardPart` objects whose columns are views
+        of the buffer."""
+        counts = (self.n_flow, self.n_source)
+        columns: tuple[dict, dict] = ({}, {})
+        for part, name, dtype, width, offset in self.layout:
+            n = counts[part]
+            dt = np.dtype(dtype)
+            shape = (n, width) if width else (n,)
+            size = n * (width or 1) * dt.itemsize
+            columns[part][name] = self.buffer[offset:offset + size].view(dt).reshape(shape)
+        flow = ShardPart(self.n_flow, columns[0])
+        return flow, (ShardPart(self.n_source, columns[1]) if self.n_source is not None else None)
+
+
+def route_packed(batch: PacketBatch, shards: int, seed: int, by_source: bool,
+                 buffers=None) -> list[PackedParts]:
+    """:func:`route_parts` with each shard's parts in one :class:`PackedParts` buffer: the columns
+    holding data are gathered straight into it (one ``np.take`` per column and part, no
+    intermediate grouped copy). ``PackedParts.parts()`` gives exactly ``route_parts``'s pair.
+    ``buffers(shard, nbytes)``: where shard ``shard``'s buffer goes (a writable ``uint8[nbytes]``;
+    default a new array), e.g. a :class:`SharedRing` slot."""
+    present = {name: col for name, col in batch.columns().items() if col.any()}
+    groups = [group_order(shard_ids(batch, shards, seed), shards)]
+    if by_source:
+        groups.append(group_order(source_shard_ids(batch, shards, seed), shards))
+    out = []
+    for s in range(shards):
+        ranges = [(order, int(bounds[s]), int(bounds[s + 1])) for order, bounds in groups]
+        layout, offset = [], 0
+        for part, (_, lo, hi) in enumerate(ranges):
+            for name, col in present.items():
+                width = col.shape[1] if col.ndim == 2 else 0
+                layout.append((part, name, col.dtype.str, width, offset))
+                offset += -(-(hi - lo) * (width or 1) * col.itemsize // 8) * 8
+        buffer = np.empty(offset, np.uint8) if buffers is None else buffers(s, offset)
+        for (part, name, dtype, width, start) in layout:
+            order, lo, hi = ranges[part]
+            col = present[name]
+            size = (hi - lo) * (width or 1) * col.itemsize
+            target = buffer[start:start + size].view(col.dtype).reshape(((hi - lo), width) if width else (hi - lo,))
+            np.take(col, order[lo:hi], axis=0, out=target, mode="clip")  # "raise" buffers the output
+        n_source = ranges[1][2] - ranges[1][1] if by_source else None
+        out.append(PackedParts(ranges[0][2] - ranges[0][1], n_source, tuple(layout), buffer))
+    return out
+
+
+class SharedRing:
+    """``slots`` reusable shared-memory buffers that carry one shard's parts from the front end to an
+    actor on the same machine, instead of Ray's object store.
+
+    A ``ray.put`` (create, copy, seal, reference-count and free an object through the raylet)
+    cost the front end and the raylet more CPU per batch than the routing itself
+    (``bench_shard_stages.py``). Here the front end gathers a shard's columns straight into the
+    next slot (:meth:`take`) and passes only the slot's path, size and layout (a few hundred
+    bytes, inline in the actor call); the actor reads them into its own memory with one
+    ``read`` (:meth:`ShardWorker.update_shared`), so no sketch can hold a view of a slot. A slot
+    is written again only after the batch that used it was seen applied: the owner
+    (:class:`~telesketch.distributed.service.ShardPool`) keeps at most ``slots - 1`` batches in
+    flight.
+
+    A slot is an anonymous memory file (``memfd_create``) that the actor opens as
+    ``/proc/<front end pid>/fd/<fd>``: nothing is left behind in ``/dev/shm`` when the front end
+    exits, however it exits. :meth:`close` (or the process's end) frees them.
+    """
+
+    def __init__(self, tag: str, slots: int):
+        self.tag = tag
+        self.files: list[tuple[int, Any, int] | None] = [None] * slots  # (fd, mmap, capacity)
+        self.next = 0
+
+    def take(self, nbytes: int) -> tuple[str, np.ndarray]:
+        """The next slot: its path and a writable ``uint8[nbytes]`` view of it (grown as needed)."""
+        import mmap
+        import os
+
+        slot = self.next
+        self.next = (slot + 1) % len(self.files)
+        current = self.files[slot]
+        if current is None or current[2] < nbytes:
+            if current is not None:
+                os.close(current[0])  # its memory goes once the last view of the old map is dropped
+            capacity = max(1 << 20, nbytes + nbytes // 4)
+            fd = os.memfd_create(f"telesketch-{self.tag}-{slot}", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, capacity)
+                mapped = mmap.mmap(fd, capacity)
+            except BaseException:
+                os.close(fd)
+                raise
+            current = self.files[slot] = (fd, mapped, capacity)
+        return f"/proc/{os.getpid()}/fd/{current[0]}", np.frombuffer(current[1], np.uint8, nbytes)
+
+    def close(self) -> None:
+        """Close the slots' files (a view still held elsewhere keeps its memory until dropped)."""
+        import os
+
+        for entry in self.files:
+            if entry is not None:
+                os.close(entry[0])
+        self.files = [None] * len(self.files)
+
+
+def shared_memory_usable() -> bool:
+    """Whether this machine can carry parts through :class:`SharedRing` (Linux: ``memfd_create``
+    and ``/proc/<pid>/fd``)."""
+    import os
+
+    return hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd")
+
+
 def _as_batch(part):
     return part.batch() if isinstance(part, ShardPart) else part
 
@@ -308,6 +449,11 @@ class ShardWorker:
     (:mod:`telesketch.distributed.service`) advances, closes, dumps and restores it epoch by epoch.
     """
 
+    #: Numba threads each update runs its parallel kernels on (0: Numba's default, every core).
+    #: Shards share the machine's cores with each other and the front end, and one process's
+    #: concurrent pipeline also runs each sketch on one thread (the results are the same).
+    numba_threads = 1
+
     def __init__(self, specs: dict[str, dict[str, Any]], shard: int = 0):
         self.sketchset = ss.SketchSet.from_config(shard_spec(specs, shard))
         self.source_routed = {cs.name for cs in self.sketchset.active
@@ -322,10 +468,26 @@ class ShardWorker:
         """Open ``epoch``: each sketch's next state (fresh, successor, or the live continuous one)."""
         self.states = self.sketchset.new_states(epoch, self.states or None)
 
-    def update(self, by_flow: PacketBatch | ShardPart, by_source: PacketBatch | ShardPart | None = None) -> int:
+    def update(self, by_flow: PacketBatch | ShardPart | PackedParts,
+               by_source: PacketBatch | ShardPart | None = None) -> int:
         """Source-routed sketches take ``by_source``, the others ``by_flow``, IPv4-only sketches the
-        IPv4 rows of it; returns packets so far."""
+        IPv4 rows of it (``by_flow`` may be a :class:`PackedParts` holding both); returns packets so
+        far."""
+        if isinstance(by_flow, PackedParts):
+            by_flow, by_source = by_flow.parts()
         by_flow, by_source = _as_batch(by_flow), _as_batch(by_source)
+        if self.numba_threads:
+            import numba
+
+            own = numba.get_num_threads()
+            numba.set_num_threads(min(self.numba_threads, numba.config.NUMBA_NUM_THREADS))
+            try:
+                return self._update(by_flow, by_source)
+            finally:
+                numba.set_num_threads(own)
+        return self._update(by_flow, by_source)
+
+    def _update(self, by_flow: PacketBatch, by_source: PacketBatch | None) -> int:
         ipv4_rows: dict[int, PacketBatch] = {}  # id(part) -> its IPv4 rows, filtered once per part
         for cs in self.sketchset.active:
             part = by_source if cs.name in self.source_routed else by_flow
@@ -337,6 +499,19 @@ class ShardWorker:
                 self.states[cs.name].update(part)
         self.packets += len(by_flow)
         return self.packets
+
+    def update_shared(self, path: str, nbytes: int, n_flow: int, n_source: int | None, layout: tuple) -> int:
+        """:meth:`update` of the :class:`PackedParts` the front end wrote to ``nbytes`` bytes of the
+        shared file ``path`` (a :class:`SharedRing` slot): read into this process's memory first, so
+        the slot is free again when this returns."""
+        buffer = np.fromfile(path, np.uint8, count=nbytes)
+        if len(buffer) != nbytes:
+            raise SketchError(f"shard input {path}: {len(buffer)} bytes, {nbytes} expected")
+        return self.update(PackedParts(n_flow, n_source, layout, buffer))
+
+    def node(self) -> str:
+        """The Ray node this shard runs on (the front end uses shared memory with shards on its own)."""
+        return _ray().get_runtime_context().get_node_id()
 
     def count(self) -> int:
         return self.packets

@@ -10,6 +10,16 @@ flow key, and by source address too when a Hidden Sketch is keyed by source
 front end has logged it, so a restart (snapshot + log replay through the shards) loses nothing
 acknowledged.
 
+Transport and pipelining (issue 21, fourth pass; ``benchmarks/bench_shard_stages.py`` measures
+each stage): each shard's parts of a batch travel as one contiguous buffer
+(:class:`~telesketch.distributed.cluster.PackedParts`), through a shared-memory ring
+(:class:`~telesketch.distributed.cluster.SharedRing`) when every actor runs on this machine, else
+as one object through Ray. Once the service runs, up to ``INFLIGHT_BATCHES`` batches per shard are
+in flight: the front end routes and sends batch k + 1 while the shards apply batch k. The sketch
+worker still answers a batch only after :meth:`ShardPool.wait` of its ticket (every shard applied
+it), in admission order; an actor runs one call at a time in submission order, so dumps, closes and
+checkpoints see every batch sent before them (they also wait for all in flight first).
+
 States as the epoch manager sees them:
 
 * :class:`OpenShardedState`: a handle to one sketch of the open epoch on the actors. A query
@@ -26,19 +36,23 @@ shard depends on ``N``.
 """
 from __future__ import annotations
 
+import threading
+from collections import deque
 from typing import Any
 
 import numpy as np
 
 from telesketch.distributed.cluster import (
     ROUTE_SEED,
+    SharedRing,
     ShardWorker,
     _ray,
     key_shard_ids,
-    route_parts,
+    route_packed,
     routed_by_source,
     shard_spec,
     shard_specs,
+    shared_memory_usable,
 )
 from telesketch.packets import PacketBatch
 from telesketch.service import sketchset as ss
@@ -71,8 +85,35 @@ class ShardPool:
         self.by_source = any(routed_by_source(spec) for spec in specs.values())  # a second split needed
         remote_cls = ray.remote(ShardWorker).options(**(actor_options or {}))
         self.actors = [remote_cls.remote(specs, shard) for shard in range(shards)]
+        #: batches an ``update`` may leave in flight per shard (1: it returns once the shards applied
+        #: the batch). The service's sketch worker raises it (:meth:`pipeline`) and acknowledges a
+        #: batch only after :meth:`wait` for its ticket, so an ack still means "applied on every shard"
+        self.inflight_limit = 1
+        self._inflight: deque = deque()  # (ticket, refs) of updates not yet seen applied, oldest first
+        self._tickets = 0  # updates submitted so far; a ticket is that count after the update
+        self._waiting = threading.Lock()  # one waiter at a time pops the in-flight queue
+        #: parts travel through shared memory (:class:`SharedRing`, one per shard) when every actor
+        #: runs on this machine; else as objects through Ray
+        self.shared = False
+        self._rings: list[SharedRing] | None = None
+        if shared_memory_usable():
+            here = ray.get_runtime_context().get_node_id()
+            self.shared = all(node == here for node in self._get([a.node.remote() for a in self.actors]))
+
+    def pipeline(self, batches: int) -> None:
+        """Let :meth:`update` leave up to ``batches`` batches in flight per shard (>= 1)."""
+        self.drain()
+        self._close_rings()  # their slot count follows the limit
+        self.inflight_limit = max(1, int(batches))
+
+    def _close_rings(self) -> None:
+        if self._rings is not None:
+            for ring in self._rings:
+                ring.close()
+            self._rings = None
 
     def _all(self, method: str, *args) -> list:
+        self.drain()  # a failed update in flight surfaces here, before a dump or close is taken
         return self._get([getattr(a, method).remote(*args) for a in self.actors])
 
     def _get(self, refs: list) -> list:
@@ -90,10 +131,89 @@ class ShardPool:
     def advance(self, epoch: int) -> None:
         self._all("advance", epoch)
 
-    def update(self, batch: PacketBatch) -> None:
-        parts = route_parts(batch, self.shards, self.route_seed, self.by_source)
-        self._get([a.update.remote(f, s) for a, (f, s) in zip(self.actors, parts)
-                   if len(f) or (s is not None and len(s))])
+    def update(self, batch: PacketBatch) -> int:
+        """Send each shard its packets (one contiguous :class:`~telesketch.distributed.cluster.PackedParts`
+        buffer per shard). Returns the batch's ticket for :meth:`wait`; returns only once the shards
+        applied it when ``inflight_limit`` is 1, else once at most ``inflight_limit`` batches are in
+        flight. Each actor runs its calls one at a time in the order this process submitted them,
+        so the shards apply batches in order and any later call (a dump, a close) sees every
+        batch submitted before it."""
+        if self.lost:
+            raise ShardLostError(self.lost)
+        refs: list = []
+        try:
+            if self.shared:
+                if self._rings is None:  # a slot is reused only after the batch before it in the ring
+                    self._rings = [SharedRing(f"shard{i}", self.inflight_limit + 1)  # was seen applied
+                                   for i in range(self.shards)]
+                paths = [""] * self.shards
+
+                def slot(shard: int, nbytes: int) -> np.ndarray:
+                    paths[shard], view = self._rings[shard].take(nbytes)
+                    return view
+
+                packed = route_packed(batch, self.shards, self.route_seed, self.by_source, slot)
+                for a, p, path in zip(self.actors, packed, paths):
+                    if len(p) or p.n_source:
+                        refs.append(a.update_shared.remote(path, len(p.buffer), p.n_flow, p.n_source, p.layout))
+            else:
+                for a, p in zip(self.actors, route_packed(batch, self.shards, self.route_seed, self.by_source)):
+                    if len(p) or p.n_source:
+                        refs.append(a.update.remote(p))
+        except BaseException:  # a ring slot may have been taken: let whatever was sent finish before any reuse
+            self._settle_quietly(refs)
+            raise
+        self._tickets += 1
+        ticket = self._tickets
+        self._inflight.append((ticket, refs))
+        if self.inflight_limit <= 1:
+            self.wait(ticket)
+        else:
+            self.wait(ticket - self.inflight_limit)
+        return ticket
+
+    def _settle_quietly(self, refs: list) -> None:
+        """Wait for ``refs`` and everything in flight, ignoring their errors (a failed update's cleanup)."""
+        ray = _ray()
+        try:
+            if refs:
+                ray.wait(refs, num_returns=len(refs))
+            self.drain()
+        except Exception:  # noqa: BLE001 - the original error is the one raised
+            pass
+        self._close_rings()  # slot positions may no longer match the batches: start the rings afresh
+
+    def latest_ticket(self) -> int:
+        """The ticket of the last update submitted (0: none yet)."""
+        return self._tickets
+
+    def wait(self, ticket: int) -> None:
+        """Return once every update up to ``ticket`` is applied on every shard. A dead actor makes
+        the pool unusable (:class:`ShardLostError`); so does an update that failed on a shard while
+        it was in flight (its batch and the ones after it are not acknowledged; a restart replays
+        them from the log)."""
+        with self._waiting:
+            while self._inflight and self._inflight[0][0] <= ticket:
+                _, refs = self._inflight[0]
+                try:
+                    self._get(refs)
+                except ShardLostError:
+                    raise
+                except Exception as exc:
+                    if self.inflight_limit > 1:  # later batches were applied after it: the state is off
+                        self.lost = (f"a shard failed applying a batch ({type(exc).__name__}: {exc}); the open "
+                                     f"epoch's state on the shards misses it. Restart the service: it rebuilds "
+                                     f"every acknowledged batch from its checkpoint and write-ahead log")
+                    self._inflight.popleft()
+                    raise
+                self._inflight.popleft()
+        if self.lost:
+            raise ShardLostError(self.lost)
+
+    def drain(self) -> None:
+        """Wait for every update in flight (:meth:`wait` of the latest ticket)."""
+        if self._inflight or self.lost:
+            self.wait(self._tickets)
 
     def close(self) -> list[dict[str, bytes]]:
         return self._all("close")
@@ -122,6 +242,8 @@ class ShardPool:
 
     def shutdown(self) -> None:
         ray = _ray()
+        self._inflight.clear()
+        self._close_rings()
         for a in self.actors:
             ray.kill(a)
         self.actors = []
@@ -279,6 +401,23 @@ class ShardedSketchSet(ss.SketchSet):
         for cs in self.active:
             if not cs.cls.takes_ipv6(cs.params):
                 self.count_withheld(cs.name, withheld)
+
+    def pipeline(self, batches: int) -> None:
+        """Let :meth:`update` return with up to ``batches`` batches still being applied per shard
+        (:meth:`ShardPool.pipeline`); whoever acknowledges a batch must first :meth:`wait_applied`
+        for the :meth:`applied_marker` taken right after its update."""
+        self.pool.pipeline(batches)
+
+    def applied_marker(self) -> int | None:
+        """The ticket of the last batch handed to the shards (``None`` while updates wait for the
+        shards themselves): :meth:`wait_applied` of it returns once that batch and all before it are
+        applied on every shard."""
+        return self.pool.latest_ticket() if self.pool.inflight_limit > 1 else None
+
+    def wait_applied(self, marker: int) -> None:
+        """Block until every batch up to ``marker`` is applied on every shard (raises as
+        :meth:`ShardPool.wait`)."""
+        self.pool.wait(marker)
 
     def close(self, states: dict[str, Any], epoch: int | None = None) -> dict[str, Any]:
         """The shards' closed states of epoch ``epoch``; the largest shard load factor of each sketch

@@ -41,6 +41,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import grpc
@@ -120,16 +121,33 @@ class SketchWorker:
             future.set_result(result)
 
     def _run(self) -> None:
+        """Apply batches in admission order. With a sketch set that returns before its shards have
+        applied a batch (``applied_marker`` not ``None``: the sharded service, pipelined), the
+        batch's answer waits in ``pending`` until ``wait_applied`` says the shards applied it, while
+        the next batches are routed and sent; answers still go out in admission order and a batch
+        is acknowledged only once applied everywhere (a failure there answers that batch with it)."""
+        sketchset = self.manager.sketchset
+        pending: deque = deque()  # (marker or None, future, result, error, reserved), oldest first
         while True:
-            item = self._queue.get()
+            if pending:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:  # nothing new to send: settle the oldest answer meanwhile
+                    self._settle(sketchset, pending.popleft())
+                    continue
+            else:
+                item = self._queue.get()
             if item is None:
+                while pending:
+                    self._settle(sketchset, pending.popleft())
                 return
             batch, sender_id, sequence, raw, future, reserved = item
             del item
             start = time.perf_counter()
-            result = error = None
+            result = error = marker = None
             try:
                 result = self.manager.apply(batch, sender_id, sequence, raw)
+                marker = sketchset.applied_marker()
                 self._account(result, time.perf_counter() - start)
             except (BatchRejected, LogWriteError) as exc:  # nothing applied; the handler answers and counts
                 if isinstance(exc, LogWriteError):
@@ -139,7 +157,21 @@ class SketchWorker:
                 log.exception("applying a batch failed")
                 error = exc
             del batch, raw  # the budget is given back only once the worker holds no reference
-            self._loop.call_soon_threadsafe(self._done, future, result, error, reserved)
+            if marker is None and not pending:
+                self._loop.call_soon_threadsafe(self._done, future, result, error, reserved)
+            else:
+                pending.append((marker, future, result, error, reserved))
+
+    def _settle(self, sketchset, entry: tuple) -> None:
+        """Answer one pending batch once the shards applied it (``wait_applied`` of its marker)."""
+        marker, future, result, error, reserved = entry
+        if marker is not None and error is None:
+            try:
+                sketchset.wait_applied(marker)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller (UNAVAILABLE / INTERNAL)
+                log.error("a batch failed on the shards: %s", exc)
+                result, error = None, exc
+        self._loop.call_soon_threadsafe(self._done, future, result, error, reserved)
 
     def _account(self, result: ApplyResult, seconds: float) -> None:
         m = self.metrics
@@ -692,6 +724,10 @@ class Service:
         self.metrics.inflight_limit.set(config.max_inflight_bytes)
         self.metrics.inflight_peak.set_function(lambda: self.budget.peak)
         self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics, self.budget)
+        if config.shards > 1:  # the worker acknowledges a batch only after the shards applied it
+            from telesketch.distributed.cluster import INFLIGHT_BATCHES
+
+            self.sketchset.pipeline(INFLIGHT_BATCHES)
         self.query_pool = ThreadPoolExecutor(2, thread_name_prefix="telesketch-query")
         self.metrics.queue_capacity.set(config.queue_batches)
         for cs in self.sketchset.sketches:

@@ -439,6 +439,14 @@ class SketchSet:
         previous = previous or {}
         return {cs.name: cs.next_state(previous.get(cs.name), epoch) for cs in self.active}
 
+    def applied_marker(self) -> int | None:
+        """``None``: :meth:`update` returns only once every sketch applied the batch. (The sharded
+        set may return earlier and hand out a marker to wait for; see ``ShardedSketchSet``.)"""
+        return None
+
+    def wait_applied(self, marker: int) -> None:
+        """Nothing to wait for here (see :meth:`applied_marker`)."""
+
     def count_withheld(self, name: str, rows: int) -> None:
         """Count ``rows`` IPv6 rows withheld from the IPv4-only sketch ``name`` (``ipv6_withheld``)."""
         self.ipv6_withheld[name] = self.ipv6_withheld.get(name, 0) + rows
