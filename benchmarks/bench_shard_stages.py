@@ -180,7 +180,7 @@ def stage_run(ray, actors, pids, others, batches, shards, by_source, mode, rings
         refs = []
         for actor, (f, s), path in zip(actors, parts, paths):
             if transport == "shm":
-                refs.append(actor.timed_update_shared.remote(path, len(f.buffer), f.n_flow, f.n_source, f.layout,
+                refs.append(actor.timed_update_shared.remote(path, len(f.buffer), f.n_flow, f.n_source, f.columns,
                                                              time.monotonic(), numba_threads))
             else:
                 args = [ray.put(f)] + ([ray.put(s)] if s is not None else [])

@@ -82,7 +82,7 @@ def test_an_update_through_a_shared_ring_slot_is_the_update_by_value(tmp_path):
             p = route_packed(batch, 2, 7, True, slot)[1]
             path = taken[1][0]
             paths.append(path)
-            by_ring.update_shared(path, len(p.buffer), p.n_flow, p.n_source, p.layout)
+            by_ring.update_shared(path, len(p.buffer), p.n_flow, p.n_source, p.columns)
         assert paths[0] == paths[2] and paths[0] != paths[1]  # two slots, taken in turn
         for name in SPECS:
             assert by_ring.dump(name) == by_value.dump(name)

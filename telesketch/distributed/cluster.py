@@ -259,27 +259,27 @@ class PackedParts:
     ``uint8`` buffer (each column 8-byte aligned) and makes one ``ray.put`` per shard; the actor
     views the columns in place (no copy: Ray hands numpy buffers over zero-copy, read-only).
 
-    ``layout``: ``(part, name, dtype str, width, offset)`` per column, ``part`` 0 (by flow) or 1
+    ``columns``: ``(part, name, dtype str, width, offset)`` per column, ``part`` 0 (by flow) or 1
     (by source), ``width`` 0 for a 1-D column or the row width of a block column (``uint8[n, w]``).
     """
 
-    __slots__ = ("n_flow", "n_source", "layout", "buffer")
+    __slots__ = ("n_flow", "n_source", "columns", "buffer")
 
-    def __init__(self, n_flow: int, n_source: int | None, layout: tuple, buffer: np.ndarray):
-        self.n_flow, self.n_source, self.layout, self.buffer = int(n_flow), n_source, layout, buffer
+    def __init__(self, n_flow: int, n_source: int | None, columns: tuple, buffer: np.ndarray):
+        self.n_flow, self.n_source, self.columns, self.buffer = int(n_flow), n_source, columns, buffer
 
     def __len__(self) -> int:
         return self.n_flow
 
     def __reduce__(self):  # a plain tuple: nothing but the one buffer travels out of band
-        return (PackedParts, (self.n_flow, self.n_source, self.layout, self.buffer))
+        return (PackedParts, (self.n_flow, self.n_source, self.columns, self.buffer))
 
     def parts(self) -> tuple[ShardPart, ShardPart | None]:
         """``(by flow, by source or None)`` as :class:`ShardPart` objects whose columns are views
         of the buffer."""
         counts = (self.n_flow, self.n_source)
         columns: tuple[dict, dict] = ({}, {})
-        for part, name, dtype, width, offset in self.layout:
+        for part, name, dtype, width, offset in self.columns:
             n = counts[part]
             dt = np.dtype(dtype)
             shape = (n, width) if width else (n,)
@@ -303,21 +303,21 @@ def route_packed(batch: PacketBatch, shards: int, seed: int, by_source: bool,
     out = []
     for s in range(shards):
         ranges = [(order, int(bounds[s]), int(bounds[s + 1])) for order, bounds in groups]
-        layout, offset = [], 0
+        columns, offset = [], 0
         for part, (_, lo, hi) in enumerate(ranges):
             for name, col in present.items():
                 width = col.shape[1] if col.ndim == 2 else 0
-                layout.append((part, name, col.dtype.str, width, offset))
+                columns.append((part, name, col.dtype.str, width, offset))
                 offset += -(-(hi - lo) * (width or 1) * col.itemsize // 8) * 8
         buffer = np.empty(offset, np.uint8) if buffers is None else buffers(s, offset)
-        for (part, name, dtype, width, start) in layout:
+        for (part, name, dtype, width, start) in columns:
             order, lo, hi = ranges[part]
             col = present[name]
             size = (hi - lo) * (width or 1) * col.itemsize
             target = buffer[start:start + size].view(col.dtype).reshape(((hi - lo), width) if width else (hi - lo,))
             np.take(col, order[lo:hi], axis=0, out=target, mode="clip")  # "raise" buffers the output
         n_source = ranges[1][2] - ranges[1][1] if by_source else None
-        out.append(PackedParts(ranges[0][2] - ranges[0][1], n_source, tuple(layout), buffer))
+        out.append(PackedParts(ranges[0][2] - ranges[0][1], n_source, tuple(columns), buffer))
     return out
 
 
@@ -328,7 +328,7 @@ class SharedRing:
     A ``ray.put`` (create, copy, seal, reference-count and free an object through the raylet)
     cost the front end and the raylet more CPU per batch than the routing itself
     (``bench_shard_stages.py``). Here the front end gathers a shard's columns straight into the
-    next slot (:meth:`take`) and passes only the slot's path, size and layout (a few hundred
+    next slot (:meth:`take`) and passes only the slot's path, size and column directory (a few hundred
     bytes, inline in the actor call); the actor reads them into its own memory with one
     ``read`` (:meth:`ShardWorker.update_shared`), so no sketch can hold a view of a slot. A slot
     is written again only after the batch that used it was seen applied: the owner
@@ -500,14 +500,14 @@ class ShardWorker:
         self.packets += len(by_flow)
         return self.packets
 
-    def update_shared(self, path: str, nbytes: int, n_flow: int, n_source: int | None, layout: tuple) -> int:
+    def update_shared(self, path: str, nbytes: int, n_flow: int, n_source: int | None, columns: tuple) -> int:
         """:meth:`update` of the :class:`PackedParts` the front end wrote to ``nbytes`` bytes of the
         shared file ``path`` (a :class:`SharedRing` slot): read into this process's memory first, so
         the slot is free again when this returns."""
         buffer = np.fromfile(path, np.uint8, count=nbytes)
         if len(buffer) != nbytes:
             raise SketchError(f"shard input {path}: {len(buffer)} bytes, {nbytes} expected")
-        return self.update(PackedParts(n_flow, n_source, layout, buffer))
+        return self.update(PackedParts(n_flow, n_source, columns, buffer))
 
     def node(self) -> str:
         """The Ray node this shard runs on (the front end uses shared memory with shards on its own)."""

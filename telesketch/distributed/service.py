@@ -155,7 +155,7 @@ class ShardPool:
                 packed = route_packed(batch, self.shards, self.route_seed, self.by_source, slot)
                 for a, p, path in zip(self.actors, packed, paths):
                     if len(p) or p.n_source:
-                        refs.append(a.update_shared.remote(path, len(p.buffer), p.n_flow, p.n_source, p.layout))
+                        refs.append(a.update_shared.remote(path, len(p.buffer), p.n_flow, p.n_source, p.columns))
             else:
                 for a, p in zip(self.actors, route_packed(batch, self.shards, self.route_seed, self.by_source)):
                     if len(p) or p.n_source:
