@@ -68,7 +68,17 @@ def test_scores_match_a_python_model_of_the_cache(cache_flows, rescore):
         np.testing.assert_array_equal(g, want, err_msg=f"batch {i}")
 
 
+def _score_cache(cache_flows):
+    """A ScoreCache's arrays (views of its interleaved ``cells``), as FlowScorer passes them."""
+    from telesketch.estimators.scoring import ScoreCache
+
+    c = ScoreCache(cache_flows)
+    return {"tags": c.tags, "seen": c.seen, "score": c.score, "stamp": c.stamp, "pending": c.pending,
+            "cells": c.cells}
+
+
 def _cache_arrays(cache_flows):
+    """Separate contiguous cache arrays, as the two-pass form had them."""
     ways = min(WAYS, cache_flows)
     sets = -(-cache_flows // ways)
     return {"tags": np.zeros((sets, ways), np.uint64), "seen": np.zeros((sets, ways), np.int64),
@@ -99,15 +109,15 @@ def _one_pass(c, flow_hash, tick, rescore, is_async, fresh_all, floor_from):
     slots, prev, pos = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
     point, enqueue, defer = np.empty(n, np.bool_), np.empty(n, np.bool_), np.empty(n, np.bool_)
     cached, model = np.empty(n), np.empty(n)
-    deferred = _score_batch_kernel(flow_hash, c["tags"], c["seen"], c["score"], c["stamp"], c["pending"],
-                                   np.int64(tick), rescore, is_async, not is_async, np.int64(floor_from), slots,
+    deferred = _score_batch_kernel(c["cells"], c["tags"], c["seen"], c["score"], c["stamp"], c["pending"],
+                                   flow_hash, np.int64(tick), rescore, is_async, not is_async, np.int64(floor_from), slots,
                                    point, prev, cached, enqueue, pos, defer, model)
     assert deferred == int(defer.sum())
     if not is_async:
         assert defer[point].all()  # every scoring point waits on its model score
     if deferred:
         fresh = np.where(point, fresh_all, np.nan)
-        _fill_deferred_kernel(defer, point, prev, cached, fresh, True, slots, c["score"].reshape(-1), pos,
+        _fill_deferred_kernel(defer, point, prev, cached, fresh, True, slots, c["score"], pos,
                               np.int64(floor_from), model)
     return model, enqueue, slots, point
 
@@ -123,7 +133,7 @@ def test_one_pass_kernel_equals_the_two_pass_form(is_async, cache_flows, rescore
     from telesketch.estimators.scoring import _store_kernel
 
     rng = np.random.default_rng(11)
-    a, b = _cache_arrays(cache_flows), _cache_arrays(cache_flows)
+    a, b = _cache_arrays(cache_flows), _score_cache(cache_flows)
     tick = 0
     for batch_no in range(8):
         n = 4000
@@ -140,7 +150,7 @@ def test_one_pass_kernel_equals_the_two_pass_form(is_async, cache_flows, rescore
             assert want[1].any() or batch_no > 0  # new flows were queued
             queued = flow_hash[want[1]][: int(want[1].sum()) // 2]  # the worker scores half of what was queued
             s = rng.uniform(0, 1, queued.shape[0])
-            for c in (a, b):
+            for c in (a, b):  # b's arrays are strided views: the worker's kernel takes them as they are
                 _store_kernel(queued, s, c["tags"], c["score"], c["pending"], c["seen"], np.int64(floor_from))
         for name in a:
             np.testing.assert_array_equal(b[name], a[name], err_msg=f"batch {batch_no}: cache {name}")

@@ -162,7 +162,7 @@ def _fill_kernel(point, prev, cached, fresh, use_fresh, slots, score_flat, pos, 
 
 
 @kernel
-def _score_batch_kernel(flow_hash, tags, seen, score, stamp, pending, tick0, rescore, queue_unscored, use_fresh,
+def _score_batch_kernel(cells, tags, seen, score, stamp, pending, flow_hash, tick0, rescore, queue_unscored, use_fresh,
                         floor_from, slot_out, point_out, prev_out, cached_out, enqueue_out, pos_out, defer_out, out):
     """:func:`_lookup_kernel` and :func:`_fill_kernel` in one pass over the cache (the same outputs,
     scores and cache state; ``tests/test_scoring_cache.py`` runs both on the same batches).
@@ -179,25 +179,26 @@ def _score_batch_kernel(flow_hash, tags, seen, score, stamp, pending, tick0, res
     ``cached``, and only an entry whose first use in the batch found it unscored and not queued can
     be queued as unscored (that use queues it and marks it pending).
 
-    Sets are ``(hash >> 32) mod sets`` computed with :func:`fastmod` (the same value, no 64-bit
-    division per packet), all of them first so the cache set ``_PREFETCH_AHEAD`` packets on is
-    prefetched (``pending`` too)."""
+    ``cells`` is :attr:`ScoreCache.cells` and ``tags``, ``seen``, ``score``, ``stamp`` its views
+    (each set's four rows side by side). Sets are ``(hash >> 32) mod sets`` computed with
+    :func:`fastmod` (the same value, no 64-bit division per packet), all of them first so the cache
+    set ``_PREFETCH_AHEAD`` packets on is prefetched (its four rows and ``pending``)."""
     nsets, ways = tags.shape
     n = flow_hash.shape[0]
     smagic = _U64(0xFFFFFFFFFFFFFFFF) // _U64(nsets) + _U64(1)
     for i in range(n):
         slot_out[i] = np.int64(fastmod(flow_hash[i] >> _U64(32), smagic, _U64(nsets)))
-    tags_flat, stamp_flat, seen_flat, score_flat = tags.reshape(-1), stamp.reshape(-1), seen.reshape(-1), score.reshape(-1)
-    pending_flat = pending.reshape(-1)
+    cells_flat, pending_flat = cells.reshape(-1), pending.reshape(-1)
     deferred = 0
     for i in range(n):
         if i + _PREFETCH_AHEAD < n:
-            ahead = slot_out[i + _PREFETCH_AHEAD] * ways
-            prefetch(tags_flat, ahead)
-            prefetch(stamp_flat, ahead)
-            prefetch(seen_flat, ahead)
-            prefetch(score_flat, ahead)
-            prefetch(pending_flat, ahead)
+            ahead = slot_out[i + _PREFETCH_AHEAD]
+            first = ahead * 4 * ways
+            prefetch(cells_flat, first)
+            prefetch(cells_flat, first + ways)
+            prefetch(cells_flat, first + 2 * ways)
+            prefetch(cells_flat, first + 3 * ways)
+            prefetch(pending_flat, ahead * ways)
         h = flow_hash[i]
         tag = h if h != 0 else _U64(1)  # 0 marks an empty way
         row = slot_out[i]
@@ -256,8 +257,10 @@ def _score_batch_kernel(flow_hash, tags, seen, score, stamp, pending, tick0, res
 
 
 @kernel
-def _fill_deferred_kernel(defer, point, prev, cached, fresh, use_fresh, slots, score_flat, pos, floor_from, out):
-    """:func:`_fill_kernel` for the packets :func:`_score_batch_kernel` deferred (``defer``), in order."""
+def _fill_deferred_kernel(defer, point, prev, cached, fresh, use_fresh, slots, score, pos, floor_from, out):
+    """:func:`_fill_kernel` for the packets :func:`_score_batch_kernel` deferred (``defer``), in order
+    (``score``: the cache's ``[sets, ways]`` view; ``slots``: flat indices ``set * ways + way``)."""
+    ways = score.shape[1]
     for i in range(defer.shape[0]):
         if not defer[i]:
             continue
@@ -273,7 +276,7 @@ def _fill_deferred_kernel(defer, point, prev, cached, fresh, use_fresh, slots, s
             if m != m or m < f:
                 m = f
         out[i] = m
-        score_flat[slots[i]] = m
+        score[slots[i] // ways, slots[i] % ways] = m
 
 
 @kernel
@@ -302,10 +305,17 @@ class ScoreCache:
     def __init__(self, cache_flows: int):
         ways = min(WAYS, int(cache_flows))
         sets = -(-int(cache_flows) // ways)
-        self.tags = np.zeros((sets, ways), np.uint64)
-        self.seen = np.zeros((sets, ways), np.int64)
-        self.score = np.full((sets, ways), np.nan)
-        self.stamp = np.full((sets, ways), -1, np.int64)
+        #: ``uint64[sets, 4, ways]``: each set's tags, seen, score and stamp rows side by side (256
+        #: bytes at 8 ways), so a packet's lookup touches four adjacent cache lines of this table,
+        #: which is far bigger than the caches, instead of one line in each of four tables (issue 21,
+        #: fourth pass: 1.5x faster lookups). The named arrays are views of it.
+        self.cells = np.zeros((sets, 4, ways), np.uint64)
+        self.tags = self.cells[:, 0, :]
+        self.seen = self.cells[:, 1, :].view(np.int64)
+        self.score = self.cells[:, 2, :].view(np.float64)
+        self.stamp = self.cells[:, 3, :].view(np.int64)
+        self.score[...] = np.nan
+        self.stamp[...] = -1
         self.pending = np.zeros((sets, ways), np.uint8)
         self.tick = 0
         self.lock = threading.Lock()
@@ -437,8 +447,8 @@ class FlowScorer:
         cache, is_async = self.cache, self.mode == "async"
         with cache.lock:
             # one pass: lookup and fill (_lookup_kernel then _fill_kernel, the readable two-pass form)
-            deferred = _score_batch_kernel(flow_hash, cache.tags, cache.seen, cache.score, cache.stamp, cache.pending,
-                                           np.int64(cache.tick), self.rescore, is_async, not is_async,
+            deferred = _score_batch_kernel(cache.cells, cache.tags, cache.seen, cache.score, cache.stamp,
+                                           cache.pending, flow_hash, np.int64(cache.tick), self.rescore, is_async, not is_async,
                                            np.int64(self.floor_from), slots, point, prev, cached, enqueue, pos,
                                            defer, model)
             cache.tick += n
@@ -447,7 +457,7 @@ class FlowScorer:
                 idx = np.flatnonzero(point)
                 fresh[idx] = self.estimator.score_packets(batch, idx)
                 cache.model_calls += idx.size
-                _fill_deferred_kernel(defer, point, prev, cached, fresh, True, slots, cache.score.reshape(-1), pos,
+                _fill_deferred_kernel(defer, point, prev, cached, fresh, True, slots, cache.score, pos,
                                       np.int64(self.floor_from), model)
             if is_async:
                 self._enqueue(batch, flow_hash, np.flatnonzero(enqueue), slots)
