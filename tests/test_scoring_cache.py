@@ -66,3 +66,91 @@ def test_scores_match_a_python_model_of_the_cache(cache_flows, rescore):
     got = [scorer.scores(b) for b in batches]
     for i, (g, want) in enumerate(zip(got, model_scores(batches, cache_flows, rescore))):
         np.testing.assert_array_equal(g, want, err_msg=f"batch {i}")
+
+
+def _score_cache(cache_flows):
+    """A ScoreCache's arrays (views of its interleaved ``cells``), as FlowScorer passes them."""
+    from telesketch.estimators.scoring import ScoreCache
+
+    c = ScoreCache(cache_flows)
+    return {"tags": c.tags, "seen": c.seen, "score": c.score, "stamp": c.stamp, "pending": c.pending,
+            "cells": c.cells}
+
+
+def _cache_arrays(cache_flows):
+    """Separate contiguous cache arrays, as the two-pass form had them."""
+    ways = min(WAYS, cache_flows)
+    sets = -(-cache_flows // ways)
+    return {"tags": np.zeros((sets, ways), np.uint64), "seen": np.zeros((sets, ways), np.int64),
+            "score": np.full((sets, ways), np.nan), "stamp": np.full((sets, ways), -1, np.int64),
+            "pending": np.zeros((sets, ways), np.uint8)}
+
+
+def _two_pass(c, flow_hash, tick, rescore, is_async, fresh_all, floor_from):
+    """FlowScorer.scores' kernels before issue 21's fourth pass: _lookup_kernel, then _fill_kernel."""
+    from telesketch.estimators.scoring import _fill_kernel, _lookup_kernel
+
+    n = flow_hash.shape[0]
+    slots, prev, pos = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    point, enqueue, cached, model = np.empty(n, np.bool_), np.empty(n, np.bool_), np.empty(n), np.empty(n)
+    _lookup_kernel(flow_hash, c["tags"], c["seen"], c["score"], c["stamp"], c["pending"], np.int64(tick), rescore,
+                   is_async, slots, point, prev, cached, enqueue, pos)
+    fresh = np.where(point, fresh_all, np.nan)
+    _fill_kernel(point, prev, cached, fresh, not is_async, slots, c["score"].reshape(-1), pos, np.int64(floor_from),
+                 model)
+    return model, enqueue, slots, point
+
+
+def _one_pass(c, flow_hash, tick, rescore, is_async, fresh_all, floor_from):
+    """What FlowScorer.scores runs now: _score_batch_kernel, then _fill_deferred_kernel."""
+    from telesketch.estimators.scoring import _fill_deferred_kernel, _score_batch_kernel
+
+    n = flow_hash.shape[0]
+    slots, prev, pos = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    point, enqueue, defer = np.empty(n, np.bool_), np.empty(n, np.bool_), np.empty(n, np.bool_)
+    cached, model = np.empty(n), np.empty(n)
+    deferred = _score_batch_kernel(c["cells"], c["tags"], c["seen"], c["score"], c["stamp"], c["pending"],
+                                   flow_hash, np.int64(tick), rescore, is_async, not is_async, np.int64(floor_from), slots,
+                                   point, prev, cached, enqueue, pos, defer, model)
+    assert deferred == int(defer.sum())
+    if not is_async:
+        assert defer[point].all()  # every scoring point waits on its model score
+    if deferred:
+        fresh = np.where(point, fresh_all, np.nan)
+        _fill_deferred_kernel(defer, point, prev, cached, fresh, True, slots, c["score"], pos,
+                              np.int64(floor_from), model)
+    return model, enqueue, slots, point
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("cache_flows,rescore,floor_from", [(64, False, 4), (64, True, 8), (1 << 12, True, 0),
+                                                            (1 << 12, False, 16), (5, True, 2)])
+def test_one_pass_kernel_equals_the_two_pass_form(is_async, cache_flows, rescore, floor_from):
+    """_score_batch_kernel (lookup and fill in one pass) gives the scores, queue marks, slots and the
+    whole cache state of _lookup_kernel + _fill_kernel, batch after batch: small caches, so flows are
+    evicted mid-batch and come back; rescoring and a low size floor, so scores change mid-batch; and
+    in async mode, the worker's stores between batches (some flows scored, some left unscored)."""
+    from telesketch.estimators.scoring import _store_kernel
+
+    rng = np.random.default_rng(11)
+    a, b = _cache_arrays(cache_flows), _score_cache(cache_flows)
+    tick = 0
+    for batch_no in range(8):
+        n = 4000
+        flows = (rng.zipf(1.2, n) % 700).astype(np.uint64)
+        flow_hash = (flows * np.uint64(0x9E3779B97F4A7C15)) ^ (flows << np.uint64(40))
+        flow_hash[flows == 3] = 0  # the tag of hash 0 is 1
+        fresh_all = rng.uniform(0, 1, n)
+        want = _two_pass(a, flow_hash, tick, rescore, is_async, fresh_all, floor_from)
+        got = _one_pass(b, flow_hash, tick, rescore, is_async, fresh_all, floor_from)
+        tick += n
+        for name, x, y in zip(("scores", "enqueue", "slots", "points"), got, want):
+            np.testing.assert_array_equal(x, y, err_msg=f"batch {batch_no}: {name}")
+        if is_async:
+            assert want[1].any() or batch_no > 0  # new flows were queued
+            queued = flow_hash[want[1]][: int(want[1].sum()) // 2]  # the worker scores half of what was queued
+            s = rng.uniform(0, 1, queued.shape[0])
+            for c in (a, b):  # b's arrays are strided views: the worker's kernel takes them as they are
+                _store_kernel(queued, s, c["tags"], c["score"], c["pending"], c["seen"], np.int64(floor_from))
+        for name in a:
+            np.testing.assert_array_equal(b[name], a[name], err_msg=f"batch {batch_no}: cache {name}")

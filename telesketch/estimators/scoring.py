@@ -49,6 +49,7 @@ from telesketch.hashing import hash_5tuple, hash_keys
 from telesketch.intrinsics import prefetch
 from telesketch.jit import kernel
 from telesketch.packets import PacketBatch
+from telesketch.sketches.cocosketch import fastmod
 from telesketch.sketches.llmsketch import LLMSketch
 
 PROVISIONAL = 0.5
@@ -56,6 +57,7 @@ FLOOR_FROM = 512  # see "Size floor" in the module doc
 WAYS = 8
 FLOW_HASH_SEED = 0x5C0E
 MODES = ("sync", "async", "auto")
+_U64 = np.uint64
 _PREFETCH_AHEAD = 12  # packets between prefetching a cache set and using it
 SLOW_KINDS = ("lm", "tiny")  # what "auto" scores asynchronously
 
@@ -64,7 +66,10 @@ SLOW_KINDS = ("lm", "tiny")  # what "auto" scores asynchronously
 @kernel
 def _lookup_kernel(flow_hash, tags, seen, score, stamp, pending, tick0, rescore, queue_unscored,
                    slot_out, point_out, prev_out, cached_out, enqueue_out, pos_out):
-    """Find or insert every packet's flow, in arrival order; per packet record its cache slot
+    """The readable two-pass form's first pass (:func:`_score_batch_kernel` is what
+    :meth:`FlowScorer.scores` runs; a test ties the two), on contiguous ``[sets, ways]`` arrays.
+
+    Find or insert every packet's flow, in arrival order; per packet record its cache slot
     (flat index), whether it is a scoring point, the index of the previous packet of the same
     cache entry in this batch (-1: none), the entry's score before the batch (NaN: none), whether
     to queue it for the async worker and its in-flow position. ``stamp`` (last use, ``tick0 + i``)
@@ -136,7 +141,8 @@ def _size_floor(pos, floor_from):
 
 @kernel
 def _fill_kernel(point, prev, cached, fresh, use_fresh, slots, score_flat, pos, floor_from, out):
-    """Per packet the latest score of its flow (NaN: none yet), written back to the cache.
+    """Per packet the latest score of its flow (NaN: none yet), written back to the cache (the
+    two-pass form's second pass, after :func:`_lookup_kernel`; see :func:`_score_batch_kernel`).
 
     ``fresh``: model scores of this batch's scoring points (sync mode; ``use_fresh``). At a floor
     position (``floor_from * 2^j``) the score is raised to the size floor ``y(position)``."""
@@ -157,6 +163,124 @@ def _fill_kernel(point, prev, cached, fresh, use_fresh, slots, score_flat, pos, 
                 m = f
         out[i] = m
         score_flat[slots[i]] = m
+
+
+@kernel
+def _score_batch_kernel(cells, tags, seen, score, stamp, pending, flow_hash, tick0, rescore, queue_unscored, use_fresh,
+                        floor_from, slot_out, point_out, prev_out, cached_out, enqueue_out, pos_out, defer_out, out):
+    """:func:`_lookup_kernel` and :func:`_fill_kernel` in one pass over the cache (the same outputs,
+    scores and cache state; ``tests/test_scoring_cache.py`` runs both on the same batches).
+
+    The two-pass form touches every packet's cache set twice, and the table is far bigger than the
+    caches, so the fill pass missed again on most packets. Here a packet's score is filled as soon
+    as its set is looked up, unless it depends on a model score not known yet (``use_fresh``, sync
+    mode: a scoring point, or a later use of a cache slot whose earlier use in this batch was
+    deferred). Those packets get ``defer_out[i] = True`` and :func:`_fill_deferred_kernel` fills them
+    in order once the model has scored the batch's points; the return value is how many there are.
+    A slot's deferred uses are all after its filled ones, so the slot ends with its last use's
+    score, as in the two-pass form. Reading a score the fill already updated, where the two-pass
+    form read the old one, changes nothing: only a first use in the batch reads its score as
+    ``cached``, and only an entry whose first use in the batch found it unscored and not queued can
+    be queued as unscored (that use queues it and marks it pending).
+
+    ``cells`` is :attr:`ScoreCache.cells` and ``tags``, ``seen``, ``score``, ``stamp`` its views
+    (each set's four rows side by side). Sets are ``(hash >> 32) mod sets`` computed with
+    :func:`fastmod` (the same value, no 64-bit division per packet), all of them first so the cache
+    set ``_PREFETCH_AHEAD`` packets on is prefetched (its four rows and ``pending``)."""
+    nsets, ways = tags.shape
+    n = flow_hash.shape[0]
+    smagic = _U64(0xFFFFFFFFFFFFFFFF) // _U64(nsets) + _U64(1)
+    for i in range(n):
+        slot_out[i] = np.int64(fastmod(flow_hash[i] >> _U64(32), smagic, _U64(nsets)))
+    cells_flat, pending_flat = cells.reshape(-1), pending.reshape(-1)
+    deferred = 0
+    for i in range(n):
+        if i + _PREFETCH_AHEAD < n:
+            ahead = slot_out[i + _PREFETCH_AHEAD]
+            first = ahead * 4 * ways
+            prefetch(cells_flat, first)
+            prefetch(cells_flat, first + ways)
+            prefetch(cells_flat, first + 2 * ways)
+            prefetch(cells_flat, first + 3 * ways)
+            prefetch(pending_flat, ahead * ways)
+        h = flow_hash[i]
+        tag = h if h != 0 else _U64(1)  # 0 marks an empty way
+        row = slot_out[i]
+        way = -1
+        for w in range(ways):
+            if tags[row, w] == tag:
+                way = w
+                break
+        if way >= 0:
+            last = stamp[row, way]
+            prev = last - tick0 if last >= tick0 else -1
+            before = prev  # the slot's previous use in this batch
+        else:
+            way = 0
+            for w in range(ways):  # an empty way, else the least recently used
+                if tags[row, w] == 0:
+                    way = w
+                    break
+                if stamp[row, w] < stamp[row, way]:
+                    way = w
+            last = stamp[row, way]
+            before = last - tick0 if last >= tick0 else -1
+            tags[row, way] = tag
+            seen[row, way] = 0
+            score[row, way] = np.nan
+            pending[row, way] = 0
+            prev = -1
+        prev_out[i] = prev
+        stamp[row, way] = tick0 + i
+        seen[row, way] += 1
+        pos = seen[row, way]
+        point = pos == 1 or (rescore and (pos & (pos - 1)) == 0)
+        slot_out[i] = row * ways + way
+        point_out[i] = point
+        pos_out[i] = pos
+        cached = score[row, way]
+        cached_out[i] = cached
+        unscored = cached != cached
+        enqueue = queue_unscored and (point or (unscored and pending[row, way] == 0))
+        enqueue_out[i] = enqueue
+        if enqueue:
+            pending[row, way] = 1
+        defer = (use_fresh and point) or (before >= 0 and defer_out[before])
+        defer_out[i] = defer
+        if defer:
+            deferred += 1
+            continue
+        m = out[prev] if prev >= 0 else cached
+        if floor_from > 0 and pos >= floor_from and (pos & (pos - 1)) == 0:
+            f = _size_floor(pos, floor_from)
+            if m != m or m < f:
+                m = f
+        out[i] = m
+        score[row, way] = m
+    return deferred
+
+
+@kernel
+def _fill_deferred_kernel(defer, point, prev, cached, fresh, use_fresh, slots, score, pos, floor_from, out):
+    """:func:`_fill_kernel` for the packets :func:`_score_batch_kernel` deferred (``defer``), in order
+    (``score``: the cache's ``[sets, ways]`` view; ``slots``: flat indices ``set * ways + way``)."""
+    ways = score.shape[1]
+    for i in range(defer.shape[0]):
+        if not defer[i]:
+            continue
+        if use_fresh and point[i]:
+            m = fresh[i]
+        elif prev[i] >= 0:
+            m = out[prev[i]]
+        else:
+            m = cached[i]
+        p = pos[i]
+        if floor_from > 0 and p >= floor_from and (p & (p - 1)) == 0:
+            f = _size_floor(p, floor_from)
+            if m != m or m < f:
+                m = f
+        out[i] = m
+        score[slots[i] // ways, slots[i] % ways] = m
 
 
 @kernel
@@ -185,10 +309,18 @@ class ScoreCache:
     def __init__(self, cache_flows: int):
         ways = min(WAYS, int(cache_flows))
         sets = -(-int(cache_flows) // ways)
-        self.tags = np.zeros((sets, ways), np.uint64)
-        self.seen = np.zeros((sets, ways), np.int64)
-        self.score = np.full((sets, ways), np.nan)
-        self.stamp = np.full((sets, ways), -1, np.int64)
+        #: ``uint64[sets, 4, ways]``: each set's tags, seen, score and stamp rows side by side (256
+        #: bytes at 8 ways), so a packet's lookup touches four adjacent cache lines of this table,
+        #: which is far bigger than the caches, instead of one line in each of four tables (issue 21,
+        #: fourth pass: an isolated lookup loop ran ~21 instead of ~32 ns/packet). The named arrays
+        #: are views of it (strided ``[sets, ways]``).
+        self.cells = np.zeros((sets, 4, ways), np.uint64)
+        self.tags = self.cells[:, 0, :]
+        self.seen = self.cells[:, 1, :].view(np.int64)
+        self.score = self.cells[:, 2, :].view(np.float64)
+        self.stamp = self.cells[:, 3, :].view(np.int64)
+        self.score[...] = np.nan
+        self.stamp[...] = -1
         self.pending = np.zeros((sets, ways), np.uint8)
         self.tick = 0
         self.lock = threading.Lock()
@@ -315,21 +447,23 @@ class FlowScorer:
             six = batch.ipv6.astype(bool)
             flow_hash[six] = hash_keys(np.ascontiguousarray(batch[six].flow_keys37()), FLOW_HASH_SEED)
         slots, prev = np.empty(n, np.int64), np.empty(n, np.int64)
-        point, enqueue = np.empty(n, np.bool_), np.empty(n, np.bool_)
+        point, enqueue, defer = np.empty(n, np.bool_), np.empty(n, np.bool_), np.empty(n, np.bool_)
         cached, model, pos = np.empty(n), np.empty(n), np.empty(n, np.int64)
         cache, is_async = self.cache, self.mode == "async"
         with cache.lock:
-            _lookup_kernel(flow_hash, cache.tags, cache.seen, cache.score, cache.stamp, cache.pending,
-                           np.int64(cache.tick), self.rescore, is_async, slots, point, prev, cached, enqueue, pos)
+            # one pass: lookup and fill (_lookup_kernel then _fill_kernel, the readable two-pass form)
+            deferred = _score_batch_kernel(cache.cells, cache.tags, cache.seen, cache.score, cache.stamp,
+                                           cache.pending, flow_hash, np.int64(cache.tick), self.rescore, is_async, not is_async,
+                                           np.int64(self.floor_from), slots, point, prev, cached, enqueue, pos,
+                                           defer, model)
             cache.tick += n
-            fresh = np.full(n, np.nan)
-            if not is_async:
+            if deferred:  # sync mode: packets waiting on this batch's model scores
+                fresh = np.full(n, np.nan)
                 idx = np.flatnonzero(point)
-                if idx.size:
-                    fresh[idx] = self.estimator.score_packets(batch, idx)
-                    cache.model_calls += idx.size
-            _fill_kernel(point, prev, cached, fresh, not is_async, slots, cache.score.reshape(-1), pos,
-                         np.int64(self.floor_from), model)
+                fresh[idx] = self.estimator.score_packets(batch, idx)
+                cache.model_calls += idx.size
+                _fill_deferred_kernel(defer, point, prev, cached, fresh, True, slots, cache.score, pos,
+                                      np.int64(self.floor_from), model)
             if is_async:
                 self._enqueue(batch, flow_hash, np.flatnonzero(enqueue), slots)
         missing = np.isnan(model)

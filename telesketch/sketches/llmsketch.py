@@ -90,6 +90,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from telesketch.hashing import mix64
+from telesketch.intrinsics import prefetch
 from telesketch.jit import kernel, twin
 from telesketch.packets import FLOW_KEY37_BYTES, FLOW_KEY_BYTES, V4_MAPPED_PREFIX, PacketBatch
 from telesketch.sketches.cocosketch import fastmod
@@ -585,6 +586,145 @@ def _update_serial(slot_words, counts, lock, occ, cm, ids, ccounts, cocc, light,
             _light_op(light, cm, ids, ccounts, cocc, keys[i], nbytes, op, val, n, seed_mix, wmagic)
         elif op == OP_EVICT:
             _light_op(light, cm, ids, ccounts, cocc, victim_key, nbytes, op, val, n, seed_mix, wmagic)
+
+
+#: Packets whose heavy buckets :func:`_update_serial_one_word` hashes ahead of its ordered loop.
+_HASH_CHUNK = 512
+
+
+@kernel(inline="always")
+def _mmh3_word(k, seed):
+    """``_mmh3_words`` of one full 4-byte word ``k`` (``nbytes == 4``): one block, no tail."""
+    h = _U64(seed) & _M32
+    b = (_U64(k) * _C1) & _M32
+    b = ((b << _U64(15)) | (b >> _U64(17))) & _M32
+    b = (b * _C2) & _M32
+    h ^= b
+    h = ((h << _U64(13)) | (h >> _U64(19))) & _M32
+    h = (h * _U64(5) + _U64(0xE6546B64)) & _M32
+    h ^= _U64(4)
+    h ^= h >> _U64(16)
+    h = (h * _U64(0x85EBCA6B)) & _M32
+    h ^= h >> _U64(13)
+    h = (h * _U64(0xC2B2AE35)) & _M32
+    h ^= h >> _U64(16)
+    return h
+
+
+#: Batches of ``_WARM_FROM <= n < _WARM_BELOW`` packets first stream the whole sketch into the caches
+#: (:func:`_warm`). Measured in one process with the caches emptied between batches (as the service's
+#: other sketches and the score cache empty them): 0.71x the kernel's CPU time at 8 Ki packets; at
+#: 64 Ki none (0.97-1.03x, the loop's own misses are spread over 8x the packets), so not done there.
+_WARM_FROM = 1024
+_WARM_BELOW = 32768
+
+
+@kernel(inline="always")
+def _warm(flat, step):
+    """Prefetch every cache line of ``flat`` (``step`` elements per 64-byte line), in order: a sweep
+    the hardware streams, where the ordered loop's random first touches would each wait on memory."""
+    for j in range(0, flat.shape[0], step):
+        prefetch(flat, j)
+
+
+@kernel
+def _update_serial_one_word(slot_words, counts, lock, occ, cm, ids, ccounts, cocc, light, keys, scores, n0,
+                            seed_mix):
+    """:func:`_update_serial` for 4-byte keys (``flow_size``, ``hhh``; ``keys``: ``uint32[n]``, the one
+    word of each stored key), written out so that it runs at full speed: the same state, bit for bit
+    (``tests/test_llmsketch_scan.py`` runs both on the same batches).
+
+    What differs is how, not what: every block of :data:`_HASH_CHUNK` packets has its heavy buckets
+    hashed first (unsigned indices, no dependence between packets, so LLVM vectorises it); then the
+    ordered loop is :func:`_heavy_insert_one_word` followed by :func:`_countmin_op` or
+    :func:`_coco_op` on the packet's (or the evicted) key, written out with scalar keys. Through the
+    helpers each light operation took a view of ``keys[i]`` (an NRT reference count increment and
+    decrement, atomic, per packet) and Numba's ``inline="always"`` runs such loops at about half
+    speed (the CocoSketch kernel's finding, issue 21). A batch of 1-32 Ki packets first prefetches
+    the whole sketch in order (:data:`_WARM_FROM`)."""
+    n = keys.shape[0]
+    nb_buckets = _U64(counts.shape[0])
+    bmagic = _mod_magic(nb_buckets)
+    w = _light_width(light, cm, ids)
+    wmagic = _mod_magic(w)
+    buckets = np.empty(_HASH_CHUNK, np.uint32)
+    if _WARM_FROM <= n < _WARM_BELOW:
+        _warm(slot_words.reshape(-1), 16)
+        _warm(counts.reshape(-1), 16)
+        _warm(lock.reshape(-1), 64)
+        _warm(occ.reshape(-1), 64)
+        _warm(cm.reshape(-1), 64)
+        _warm(ids.reshape(-1), 16)
+        _warm(ccounts.reshape(-1), 16)
+        _warm(cocc.reshape(-1), 64)
+    start = _U64(0)
+    while start < _U64(n):
+        m = min(_U64(_HASH_CHUNK), _U64(n) - start)
+        for t in range(m):  # m is uint64, so t is: no negative-index code, and the loop vectorises
+            buckets[t] = np.uint32(fastmod(_mmh3_word(keys[start + t], _U64(BUCKET_SEED)), bmagic, nb_buckets))
+        for t in range(m):
+            i = start + t
+            b = np.int64(buckets[t])
+            key = keys[i]
+            p = _score_of(scores, i)
+            nn = _U64(n0) + i
+            # ---- heavy part: _heavy_insert_one_word
+            stop, victim, lowest = _heavy_scan(slot_words, counts, lock, occ, b, key)
+            if stop < SLOTS:
+                if occ[b, stop]:
+                    c = counts[b, stop] + np.uint32(1)
+                    counts[b, stop] = c
+                    q = (float(lock[b, stop]) * (float(c) - 1.0) + p) / float(c)
+                    lock[b, stop] = 1 if uniform(seed_mix, nn, _U64(0)) < q else 0
+                else:
+                    slot_words[b, stop, 0] = key
+                    counts[b, stop] = 1
+                    lock[b, stop] = 1 if p >= LARGE else 0
+                    occ[b, stop] = 1
+                continue
+            if p < LARGE:
+                op = OP_ADD
+                lkey = key
+                val = np.uint32(1)
+            else:
+                op = OP_EVICT
+                if victim < 0:
+                    victim = lowest
+                lkey = slot_words[b, victim, 0]
+                val = counts[b, victim]
+                slot_words[b, victim, 0] = key
+                counts[b, victim] = 1
+                lock[b, victim] = 1
+            # ---- light part: _countmin_op / _coco_op on the one-word key lkey
+            if light == 1:
+                v = min(np.int64(val), CM_MAX)
+                for r in range(CM_ROWS):
+                    col = np.int64(fastmod(_mmh3_word(lkey, _U64(r)), wmagic, w))
+                    cc = np.int64(cm[r, col])
+                    if op == OP_ADD:
+                        cm[r, col] = min(cc + v, CM_MAX)
+                    elif v > cc:
+                        cm[r, col] = v
+            elif light == 2:
+                k = _bswap32(lkey)
+                v32 = np.uint32(val)
+                c0 = np.int64(fastmod(_mmh3_word(lkey, _U64(0)), wmagic, w))
+                c1 = np.int64(fastmod(_mmh3_word(lkey, _U64(1)), wmagic, w))
+                if cocc[0, c0] and ids[0, c0] == k:
+                    ccounts[0, c0] += v32
+                    continue
+                if cocc[1, c1] and ids[1, c1] == k:
+                    ccounts[1, c1] += v32
+                    continue
+                row, col = 0, c0
+                if ccounts[1, c1] < ccounts[0, c0]:
+                    row, col = 1, c1
+                c = ccounts[row, col] + v32
+                ccounts[row, col] = c
+                if uniform(seed_mix, nn, _U64(1)) < float(v32) / float(c):
+                    ids[row, col] = k
+                    cocc[row, col] = 1
+        start += m
 
 
 @kernel
@@ -1125,6 +1265,10 @@ class LLMSketch(Sketch):
             _update_serial_weighted(self._slot_words, self.counts, self.lock, self.occ, self.cm, light, p.key_len,
                                     words, scores, weights, np.int64(self.packets), self._seed_mix)
             self.total_weight += int(weights.sum())
+        elif not self.parallel and words.shape[1] == 1 and p.key_len == 4:
+            _update_serial_one_word(self._slot_words, self.counts, self.lock, self.occ, self.cm, self.coco_ids,
+                                    self.coco_counts, self.coco_occ, light, words.reshape(-1), scores,
+                                    np.int64(self.packets), self._seed_mix)
         elif not self.parallel:
             _update_serial(self._slot_words, self.counts, self.lock, self.occ, self.cm, self.coco_ids,
                            self.coco_counts, self.coco_occ, light, p.key_len, words, scores,
