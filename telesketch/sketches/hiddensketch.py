@@ -109,6 +109,7 @@ _SEED_FS, _SEED_BLK, _SEED_CM, _SEED_BF = 100, 200, 300, 1000
 _MAX_BF_ROWS = 64
 _CM_ROWS = 3
 _SKIP_CACHE = 4096  # direct-mapped cache of keys already in the RBF (per update chunk)
+_BLOCK = 256  # items an update kernel hashes at once (its index buffers stay in L1)
 
 # 5-tuple configuration (spec §5.4); B, bf_row_bits and M are this implementation's choice.
 _TREE_13 = ((0, 104), (0, 56), (56, 104), (0, 33), (33, 56), (56, 80), (80, 104), (0, 22))
@@ -614,22 +615,33 @@ def _fs_gate(lo, hi, nbytes, fs, fs_init, width, magic, cap, thresh, gated):
     The gate value is the minimum over non-saturated rows of the incremented counters; an item
     whose rows are all saturated has an "infinite" gate value and passes. ``fs_init`` and
     ``magic``: ``_Layout.fs_init`` / ``fs_magic`` (the rows' hash seeds and width, precomputed).
+
+    Blocks of :data:`_BLOCK` items: first every row's counter index of the block (a loop without
+    stores to the sketch, which LLVM vectorises), then the counters in arrival order, without
+    branches on the saturation or the gate (both are data-dependent coin flips on real traffic).
     """
     w = _U64(width)
+    rows = fs_init.shape[0]
+    n = lo.shape[0]
+    idx = np.empty((rows, _BLOCK), np.uint64)
     n_gated = 0
-    for i in range(lo.shape[0]):
-        g = FS_INFINITE
-        for r in range(fs_init.shape[0]):
-            c = _fastmod(_hash_pre(fs_init[r], lo[i], hi[i], nbytes), w, magic)
-            v = np.int64(fs[r, c])
-            if v < cap:
-                v += 1
+    for start in range(0, n, _BLOCK):
+        m = min(_BLOCK, n - start)
+        for r in range(rows):
+            seed = fs_init[r]
+            for k in range(m):
+                idx[r, k] = _fastmod(_hash_pre(seed, lo[start + k], hi[start + k], nbytes), w, magic)
+        for k in range(m):
+            g = FS_INFINITE
+            for r in range(rows):
+                c = idx[r, k]
+                v = np.int64(fs[r, c])
+                live = v < cap
+                v = v + 1 if live else v
                 fs[r, c] = v
-                if v < g:
-                    g = v
-        if g > thresh:
-            gated[n_gated] = i
-            n_gated += 1
+                g = min(g, v) if live else g
+            gated[n_gated] = start + k
+            n_gated += 1 if g > thresh else 0
     return n_gated
 
 
@@ -680,36 +692,76 @@ def _ss_insert(lo, hi, sel, amounts, nbytes, n_blocks, blk_init, blk_magic, seg_
     constants (``*_init``, ``*_magic``) are ``_Layout``'s.
 
     Bitmap and Bloom-filter writes are idempotent, so a key found in a small direct-mapped cache of
-    keys already inserted by this call skips them (it still adds to the CM).
+    keys already inserted by this call skips them (it still adds to the CM). The insert is
+    commutative (additions and ORs), so it runs in blocks of :data:`_BLOCK` items, each stage's
+    hashes first over the whole block (vectorised loops), then the writes: the CM of every item,
+    then the bitmaps and filters of the keys the cache missed.
     """
     wc = _U64(w_cm)
     nb_ = _U64(n_blocks)
     unit = amounts.shape[0] == 0
+    cm_rows = cm_init.shape[0]
     cache_lo = np.zeros(_SKIP_CACHE, np.uint64)
     cache_hi = np.zeros(_SKIP_CACHE, np.uint64)
     cache_ok = np.zeros(_SKIP_CACHE, np.bool_)
-    for t in range(sel.shape[0]):
-        i = sel[t]
-        amount = _ONE if unit else _U64(amounts[t])
-        klo, khi = lo[i], hi[i]
-        h0 = _hash_pre(cm_init[0], klo, khi, nbytes)
-        cm[0, _fastmod(h0, wc, cm_magic)] += amount
-        for r in range(1, cm_init.shape[0]):
-            cm[r, _fastmod(_hash_pre(cm_init[r], klo, khi, nbytes), wc, cm_magic)] += amount
-        slot = (h0 >> _U64(40)) & _U64(_SKIP_CACHE - 1)
-        if cache_ok[slot] and cache_lo[slot] == klo and cache_hi[slot] == khi:
+    klo = np.empty(_BLOCK, np.uint64)
+    khi = np.empty(_BLOCK, np.uint64)
+    h0 = np.empty(_BLOCK, np.uint64)
+    cidx = np.empty((cm_rows, _BLOCK), np.uint64)
+    mlo = np.empty(_BLOCK, np.uint64)
+    mhi = np.empty(_BLOCK, np.uint64)
+    plo = np.empty(_BLOCK, np.uint64)
+    phi_ = np.empty(_BLOCK, np.uint64)
+    hbuf = np.empty(_BLOCK, np.uint64)
+    n = sel.shape[0]
+    for start in range(0, n, _BLOCK):
+        m = min(_BLOCK, n - start)
+        for k in range(m):
+            i = sel[start + k]
+            klo[k] = lo[i]
+            khi[k] = hi[i]
+        seed = cm_init[0]
+        for k in range(m):
+            h0[k] = _hash_pre(seed, klo[k], khi[k], nbytes)
+        for k in range(m):
+            cidx[0, k] = _fastmod(h0[k], wc, cm_magic)
+        for r in range(1, cm_rows):
+            seed = cm_init[r]
+            for k in range(m):
+                cidx[r, k] = _fastmod(_hash_pre(seed, klo[k], khi[k], nbytes), wc, cm_magic)
+        nm = 0
+        for k in range(m):
+            amount = _ONE if unit else _U64(amounts[start + k])
+            for r in range(cm_rows):
+                cm[r, cidx[r, k]] += amount
+            slot = (h0[k] >> _U64(40)) & _U64(_SKIP_CACHE - 1)
+            if cache_ok[slot] and cache_lo[slot] == klo[k] and cache_hi[slot] == khi[k]:
+                continue
+            cache_ok[slot], cache_lo[slot], cache_hi[slot] = True, klo[k], khi[k]
+            mlo[nm] = klo[k]
+            mhi[nm] = khi[k]
+            nm += 1
+        if nm == 0:
             continue
-        cache_ok[slot], cache_lo[slot], cache_hi[slot] = True, klo, khi
-        b = _fastmod(_hash_pre(blk_init, klo, khi, nbytes), nb_, blk_magic)
-        for s in range(seg_layout.shape[0]):
-            a, _ = _partial(klo, khi, seg_layout[s, 0], seg_layout[s, 0] + seg_layout[s, 1])
-            seg[b, seg_layout[s, 2] + np.int64(a >> _U64(6))] |= _ONE << (a & _U64(63))
+        for k in range(nm):
+            hbuf[k] = _fastmod(_hash_pre(blk_init, mlo[k], mhi[k], nbytes), nb_, blk_magic)
+        for k in range(nm):
+            b = hbuf[k]
+            for s in range(seg_layout.shape[0]):
+                a, _ = _partial(mlo[k], mhi[k], seg_layout[s, 0], seg_layout[s, 0] + seg_layout[s, 1])
+                seg[b, seg_layout[s, 2] + np.int64(a >> _U64(6))] |= _ONE << (a & _U64(63))
         for j in range(bf_layout.shape[0]):
-            plo, phi_ = _partial(klo, khi, bf_layout[j, 0], bf_layout[j, 1])
+            s0, e0 = bf_layout[j, 0], bf_layout[j, 1]
+            for k in range(nm):
+                plo[k], phi_[k] = _partial(mlo[k], mhi[k], s0, e0)
             row0, bits, magic = bf_layout[j, 2], _U64(bf_layout[j, 4]), bf_magic[j]
             for r in range(bf_layout[j, 3]):
-                h = _fastmod(_hash_pre(bf_init[row0 + r], plo, phi_, nbytes), bits, magic)
-                bf[row0 + r, h >> _U64(6)] |= _ONE << (h & _U64(63))
+                seed = bf_init[row0 + r]
+                for k in range(nm):
+                    hbuf[k] = _fastmod(_hash_pre(seed, plo[k], phi_[k], nbytes), bits, magic)
+                for k in range(nm):
+                    h = hbuf[k]
+                    bf[row0 + r, h >> _U64(6)] |= _ONE << (h & _U64(63))
 
 
 # ============================================================================ Numba kernels: decode
