@@ -641,11 +641,11 @@ def _fs_gate(lo, hi, nbytes, fs, fs_init, width, magic, cap, thresh, gated):
                 c = idx[r, k]
                 v = np.int64(fs[r, c])
                 live = v < cap
-                v = v + 1 if live else v
+                v += np.int64(live)
                 fs[r, c] = v
-                g = min(g, v) if live else g
+                g = min(g, v if live else FS_INFINITE)
             gated[n_gated] = start + k
-            n_gated += 1 if g > thresh else 0
+            n_gated += np.int64(g > thresh)
     return n_gated
 
 
