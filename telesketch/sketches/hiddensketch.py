@@ -30,7 +30,7 @@ Kernels. The FS gate is order-dependent and runs as one serial pass in arrival o
 reference semantics). The SS insert is commutative; it is serial too, with a small per-call cache
 of keys already in the RBF so that repeated heavy keys cost only their 3 CM hashes. Both hash a
 block of items ahead of their writes in loops LLVM vectorises, with each seed's part of the hash
-precomputed and the modulo by a multiply (issue 21, fourth pass: same hashes, same state, 0.4x
+precomputed and the modulo by a multiply (issue 21, fourth pass: same hashes, same state, 0.34-0.53x
 the CPU time of the scalar kernels). ``prange``
 kernels were measured 10x slower than serial on the shared 2-core host (OpenMP threads spinning
 under load), so the kernels are serial and ``nogil``. Decode runs its blocks, which are independent,
