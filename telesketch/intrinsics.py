@@ -5,6 +5,9 @@
 index. A kernel that visits a large table in a data-dependent order (a hash table bigger than the
 caches) prefetches the entry of the packet a few iterations ahead, so the loads of several
 packets overlap instead of each waiting for memory in turn. It changes no result.
+
+``mulhi_u64(a, b)`` is the high word of the full ``uint64 x uint64`` product, which Numba has no
+128-bit integer type to spell.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["prefetch"]
+__all__ = ["mulhi_u64", "prefetch"]
 
 
 @intrinsic
@@ -33,5 +36,22 @@ def prefetch(typingctx, array, index):
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep, data cache
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def mulhi_u64(typingctx, a, b):
+    """The high 64 bits of the 128-bit product of two ``uint64`` (one ``mul`` on x86-64): what a
+    modulo by a run-time constant needs (:func:`telesketch.sketches.hiddensketch._fastmod`)."""
+    if not (isinstance(a, types.Integer) and isinstance(b, types.Integer)):
+        return None
+    sig = types.uint64(types.uint64, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i64, i128 = ir.IntType(64), ir.IntType(128)
+        x = builder.zext(context.cast(builder, args[0], signature.args[0], types.uint64), i128)
+        y = builder.zext(context.cast(builder, args[1], signature.args[1], types.uint64), i128)
+        return builder.trunc(builder.lshr(builder.mul(x, y), ir.Constant(i128, 64)), i64)
 
     return sig, codegen

@@ -435,3 +435,30 @@ def test_partial_decode_matches_naive(case):
     assert set(got.bounded) == want["bounded"] and bool(got.bounded) == got.partial
     counts = exact.count_dict(keys)
     assert all(est >= counts.get(k, 0) for k, est in got.items)    # never an under-count
+
+
+def test_update_hash_constants_are_the_same_hashes():
+    """The update kernels' ``_hash_pre(init, ...)`` and ``_fastmod(h, w, magic)`` (issue 21, fourth
+    pass) give exactly ``_hash_key(lo, hi, nbytes, seed) % w`` for 4-, 13- and 16-byte keys and
+    for widths from 1 to 2**63 - 1, including the extreme hash values."""
+    from telesketch.hashing import _initial_state
+    from telesketch.sketches import hiddensketch as hsm
+
+    rng = np.random.default_rng(5)
+    u64 = np.uint64
+    lo = rng.integers(0, 2**64, 500, dtype=np.uint64)
+    hi = rng.integers(0, 2**64, 500, dtype=np.uint64)
+    for nbytes, hi_words in ((4, np.zeros_like(hi)), (13, hi >> u64(24)), (16, hi)):
+        for seed in (0, 1000003 * 7 + 300, 2**64 - 1):
+            init = u64(_initial_state(u64(seed), u64(nbytes)))
+            for a, b in zip(lo[:100], hi_words[:100]):
+                assert hsm._hash_pre(init, a, b, nbytes) == hsm._hash_key(a, b, nbytes, u64(seed))
+    values = np.concatenate([rng.integers(0, 2**64, 2000, dtype=np.uint64),
+                             np.array([0, 1, 2**63, 2**64 - 2, 2**64 - 1], np.uint64)])
+    for width in (1, 2, 3, 7, 853, 2200, 12752, 2**31 - 1, 2**32, 2**32 + 1, 2**62 + 3, 2**63 - 1):
+        magic = hsm._fastmod_magic(width)
+        extra = np.array([width - 1, width, width + 1, 2 * width - 1, (2**64 - 1) // width * width], np.uint64)
+        for h in np.concatenate([values, extra]):
+            assert hsm._fastmod(h, u64(width), magic) == h % u64(width), (int(h), width)
+    with pytest.raises(SketchError):
+        hsm._fastmod_magic(0)

@@ -240,9 +240,30 @@ def _wal_header(base_lsn: int) -> bytes:
     return head + _LEN.pack(crc32c.crc32c(head))
 
 
-def _record(lsn: int, payload: bytes) -> bytes:
+def _record_head(lsn: int, payload) -> bytes:
+    """The 16-byte frame (:data:`_REC`) that precedes ``payload`` in the log: length, CRC32C of
+    (lsn + payload), lsn."""
     lsn_bytes = struct.pack("<Q", lsn)
-    return struct.pack("<II", len(payload), crc32c.crc32c(payload, crc32c.crc32c(lsn_bytes))) + lsn_bytes + payload
+    return struct.pack("<II", len(payload), crc32c.crc32c(payload, crc32c.crc32c(lsn_bytes))) + lsn_bytes
+
+
+def _record(lsn: int, payload: bytes) -> bytes:
+    """One whole framed record (frame + payload), as :meth:`EpochManager._log` writes it."""
+    return _record_head(lsn, payload) + payload
+
+
+def _write_all(fd: int, head: bytes, payload) -> int:
+    """Write ``head`` then ``payload`` at the descriptor's position with one ``writev`` (no copy of
+    the payload into a joined record: the log's bytes are the same as writing ``head + payload``),
+    finishing a short write with ``write``; returns the bytes written. An ``OSError`` part-way
+    leaves a partial record, which the caller cuts off."""
+    total = len(head) + len(payload)
+    written = os.writev(fd, (head, payload))
+    if written < total:
+        rest = memoryview(head + bytes(payload))  # rare (a signal, a file-size limit): copy once
+        while written < total:
+            written += os.write(fd, rest[written:])
+    return written
 
 
 def _record_at(data, offset: int, limit: int):
@@ -569,7 +590,7 @@ class EpochManager:
         partial record is cut off again (a torn record must never sit mid-log) and
         :class:`LogWriteError` is raised."""
         lsn = self.lsn + 1
-        record = _record(lsn, payload)
+        head = _record_head(lsn, payload)
         with self._io:
             fd = self._wal_fd
             try:
@@ -577,9 +598,7 @@ class EpochManager:
                     os.ftruncate(fd, self._wal_size)
                     self._wal_dirty = False
                 self._wal_dirty = True
-                view, written = memoryview(record), 0
-                while written < len(record):
-                    written += os.write(fd, view[written:])
+                written = _write_all(fd, head, payload)
                 if self.durability == "every-batch":
                     os.fsync(fd)
                 self._wal_dirty = False
@@ -593,7 +612,7 @@ class EpochManager:
                 space = exc.errno in _SPACE_ERRNOS
                 raise LogWriteError(f"writing the batch to the write-ahead log failed ({'disk full: ' if space else ''}"
                                     f"{exc.strerror or exc}); nothing was applied: retry", space=space) from None
-            self._wal_size += len(record)
+            self._wal_size += written
             self._unsynced = self.durability != "every-batch"
         self.lsn = lsn
 
