@@ -271,6 +271,21 @@ VALIDATED = "trees (cut chosen on validation)"
 SHIPPED_TREES = "shipped trees (default, calibrated to T)"
 SHIPPED_LM = "shipped LM head (calibrated to T)"
 CANDIDATE_TREES = "candidate trees (--candidate-trees, calibrated to T)"
+
+
+def candidate_label(spec: str) -> str:
+    """The row label of ``--candidate-trees`` ``DIR`` (:data:`CANDIDATE_TREES`) or ``NAME=DIR``
+    (``candidate trees NAME (--candidate-trees, calibrated to T)``; llmsketch_targets.py calls it NAME)."""
+    if "=" not in spec:
+        return CANDIDATE_TREES
+    return f"candidate trees {spec.split('=', 1)[0]} (--candidate-trees, calibrated to T)"
+
+
+def candidate_dir(spec: str) -> str:
+    """The trees directory of a ``--candidate-trees`` value (``DIR`` or ``NAME=DIR``)."""
+    return spec.split("=", 1)[1] if "=" in spec else spec
+
+
 LM_HEAD = "lm (MiniLM embedder + MLP head, trained here, calibrated)"
 
 
@@ -343,8 +358,10 @@ def paper_evaluation(args):
     shipped = {}
     if args.shipped:  # the models a service serves, each recalibrated to the memory point's pivot
         shipped = {SHIPPED_TREES: load_estimator("trees"), SHIPPED_LM: load_estimator("lm", args.lm_path)}
-    if args.candidate_trees:  # e.g. trees trained on another capture, judged as a shipped default would be
-        shipped[CANDIDATE_TREES] = load_estimator("trees", args.candidate_trees)
+    elif args.shipped_trees:  # the default's trees alone (no LM embeddings)
+        shipped = {SHIPPED_TREES: load_estimator("trees")}
+    for spec in args.candidate_trees or []:  # e.g. trees trained on other traffic, judged as a shipped default
+        shipped[candidate_label(spec)] = load_estimator("trees", candidate_dir(spec))
 
     def fit_head(train):
         """The frozen-MiniLM + MLP head LM on ``train``'s scoring points (at most --lm-head-max-flows flows)."""
@@ -580,9 +597,11 @@ def main(argv=None) -> int:
     ap.add_argument("--shipped", action="store_true",
                     help="paper section: also the shipped trees (the default) and the shipped LM head (or --lm-path), "
                          "each recalibrated to every memory point's T as a service sketch of that memory is")
-    ap.add_argument("--candidate-trees", default=None,
+    ap.add_argument("--shipped-trees", action="store_true",
+                    help="paper section: also the shipped trees (the default), as --shipped does, without the LM head")
+    ap.add_argument("--candidate-trees", action="append", default=None, metavar="[NAME=]DIR",
                     help="paper section: also this trained trees directory, recalibrated to every memory point's T "
-                         "like --shipped (a candidate for the shipped default)")
+                         "like --shipped (a candidate for the shipped default); repeat with NAME=DIR for several")
     ap.add_argument("--lm-head-traces", default="N,N-unseen,G",
                     help="paper section, estimator lm-head: the traces it is trained on (N, N-unseen, G; "
                          "held-out captures use N's)")

@@ -22,10 +22,25 @@ CM, CU, ELASTIC = "count-min (4 B counters)", "CU (4 B counters)", "Elastic (1/4
 MODELS = {
     "shipped trees (default, calibrated to T)": "shipped trees",
     "shipped LM head (calibrated to T)": "shipped LM head",
-    "candidate trees (--candidate-trees, calibrated to T)": "candidate trees",
+    "candidate trees (--candidate-trees, calibrated to T)": "candidate trees",  # CANDIDATE_TREES_LABEL
     "lm (MiniLM embedder + MLP head, trained here, calibrated)": "LM head trained here",
     "trees (sklearn HGB, calibrated)": "trees trained here",
 }
+SHIPPED = "shipped trees (default, calibrated to T)"
+CANDIDATE_TREES_LABEL = "candidate trees (--candidate-trees, calibrated to T)"  # an unnamed --candidate-trees DIR
+CANDIDATE_SUFFIX = " (--candidate-trees, calibrated to T)"
+
+
+def short_name(label: str) -> str | None:
+    """A model's column name: :data:`MODELS`' short name, ``candidate trees NAME`` for a named
+    ``--candidate-trees NAME=DIR`` row, ``None`` for rows that are not models judged here."""
+    if label in MODELS:
+        return MODELS[label]
+    if label.startswith("candidate trees ") and label.endswith(CANDIDATE_SUFFIX):
+        return label[: -len(CANDIDATE_SUFFIX)]
+    return None
+
+
 AUC_TARGET = {"N": 0.90, "G": 0.80, "N-unseen": 0.65, "held-out": 0.70}
 ROW_TRACES = {1: ("N", "G", "held-out"), 2: ("N",), 3: ("G",), 4: ("N", "G"), 5: ("N", "G", "N-unseen", "held-out"),
               6: ("N-unseen", "held-out")}
@@ -145,10 +160,13 @@ def main(argv=None) -> int:
                 else:
                     have.append(p)
     print("commands:\n\n" + "\n".join(f"    {c}" for c in commands))
-    models = [m for m in MODELS if any(m in p["rows"] for _, pts in traces.values() for p in pts)]
+    present = {m for _, pts in traces.values() for p in pts for m in p["rows"]}
+    models = [m for m in MODELS if m in present]
+    named = sorted(m for m in present if m not in MODELS and short_name(m) is not None)
+    models[1 + models.index(SHIPPED) if SHIPPED in models else 0:0] = named  # named candidates after shipped trees
     for row in range(1, 7):
         print(f"\n### Row {row}: {ROW_TEXT[row]}\n")
-        print("| trace | " + " | ".join(MODELS[m] for m in models) + " |")
+        print("| trace | " + " | ".join(short_name(m) for m in models) + " |")
         print("|---|" + "---|" * len(models))
         for col, (kind, pts) in traces.items():
             if kind not in ROW_TRACES[row]:
@@ -160,7 +178,7 @@ def main(argv=None) -> int:
                              if have else "–")
             print(f"| {col} | " + " | ".join(cells) + " |")
     print("\n<details><summary>every point (best constant: the best of 0 / 0.5 / 1 for that cell)</summary>\n")
-    print("| trace | memory (T) | metric | best constant | oracle | " + " | ".join(MODELS[m] for m in models)
+    print("| trace | memory (T) | metric | best constant | oracle | " + " | ".join(short_name(m) for m in models)
           + " | Count-Min | CU | Elastic |")
     print("|---|---|---|---|---|" + "---|" * (len(models) + 3))
     for col, (kind, pts) in traces.items():

@@ -303,7 +303,9 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
     labelled generated capture of ``telesketch.estimators.synthetic`` (split by packet index), or
     ``generated:PACKETS,FLOWS,SEED[,SEED...]`` for the traffic of ``telesketch.traces.generate_batch``
     / ``generate_capture`` (one trace per seed, concatenated; split by flow: ``--train-fraction`` of
-    the flows train, the rest are the held-out evaluation set).
+    the flows train, the rest are the held-out evaluation set). Several ``TRACE`` arguments train one
+    model on all of them (e.g. a real capture and ``generated:...``, issue #19): each is split on
+    its own (default ``time``), the training parts are pooled, each held-out part is reported.
     """
     import json
 
@@ -311,25 +313,38 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
     from telesketch.estimators.training import generated_batch, train_estimator
 
     config = json.loads(args.config) if args.config else {}
-    trace, split = args.trace, args.split or "time"
+    split = args.split or "time"
+    sources, names = [], []
     try:
-        if trace.startswith(("synthetic:", "generated:")):
-            if args.kind in ("lm", "lm-lora", "tiny"):  # fail fast on a missing extra, before generating
-                from telesketch.estimators import require_llm
+        for trace in args.trace:
+            name = trace
+            if trace.startswith(("synthetic:", "generated:")):
+                if args.kind in ("lm", "lm-lora", "tiny"):  # fail fast on a missing extra, before generating
+                    from telesketch.estimators import require_llm
 
-                require_llm("torch")
-            source, spec = trace.split(":", 1)
-            if source == "generated":
-                trace, split = generated_batch(spec), args.split or "flow"
+                    require_llm("torch")
+                source, spec = trace.split(":", 1)
+                if source == "generated":
+                    trace = generated_batch(spec)
+                    if len(args.trace) == 1:
+                        split = args.split or "flow"
+                else:
+                    from telesketch.estimators.synthetic import generate_labelled_batch
+
+                    try:
+                        packets, flows, seed = (int(x) for x in spec.split(","))
+                    except ValueError:
+                        raise ValueError(f"synthetic source must be PACKETS,FLOWS,SEED, got {spec!r}") from None
+                    trace = generate_labelled_batch(packets, flows, seed=seed)
             else:
-                from telesketch.estimators.synthetic import generate_labelled_batch
-
-                packets, flows, seed = (int(x) for x in spec.split(","))
-                trace = generate_labelled_batch(packets, flows, seed=seed)
-        report = train_estimator(trace, args.kind, args.out, train_fraction=args.train_fraction,
+                name = Path(trace).name
+            sources.append(trace)
+            names.append(name)
+        report = train_estimator(sources[0] if len(sources) == 1 else sources, args.kind, args.out,
+                                 train_fraction=args.train_fraction,
                                  max_flows=args.max_flows, seed=args.seed, split=split,
                                  memory_kib=args.memory_kib, manifest=args.manifest,
-                                 progress=not args.no_progress, **config)
+                                 progress=not args.no_progress, names=names, **config)
     except MissingExtraError as exc:
         print(f"telesketch train-estimator: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -619,7 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
     summ.set_defaults(func=cmd_summary)
 
     train = sub.add_parser("train-estimator", help="train an LLM-Sketch flow-size estimator on a capture")
-    train.add_argument("trace", help="a capture, synthetic:PACKETS,FLOWS,SEED or generated:PACKETS,FLOWS,SEED[,SEED...]")
+    train.add_argument("trace", nargs="+",
+                       help="a capture, synthetic:PACKETS,FLOWS,SEED or generated:PACKETS,FLOWS,SEED[,SEED...]; "
+                            "several train one model on all of them (each split on its own)")
     train.add_argument("--kind", choices=["lm", "lm-lora", "tiny", "trees"], default="lm",
                        help="lm: frozen MiniLM header embedder (int8 ONNX) + MLP head, calibrated to the pivot; "
                             "lm-lora: MiniLM fine-tuned with LoRA; tiny: small transformer (all three need [llm]); "

@@ -246,11 +246,12 @@ def test_elastic_counts_a_lone_flow_exactly_and_beats_count_min_at_equal_memory(
 
 def test_shipped_trees_choose_their_pivot_from_the_sketch_memory():
     """The shipped trees carry their training traffic's flow sizes: at 400 KiB the pivot is the one
-    they were trained for (25), a smaller sketch gets a larger T, and flows >= T fill at most half
-    the heavy slots (flows >= T - 1 more than half)."""
+    they were trained for (39: nDPI's first halves, generated and synthetic traffic pooled, issue #19
+    fifth pass; 25 for the older generated-only trees), a smaller sketch gets a larger T, and flows >= T
+    fill at most half the heavy slots (flows >= T - 1 more than half)."""
     est = load_estimator("trees")
     sizes = np.repeat(est.traffic["sizes"], est.traffic["flows"])
-    assert est.pivot_for_memory(400 * 1024) == est.pivot == 25
+    assert est.pivot_for_memory(400 * 1024) == est.pivot == 39
     pivots = [est.pivot_for_memory(kib * 1024) for kib in (4, 16, 64, 400)]
     assert pivots == sorted(pivots, reverse=True) and pivots[0] > pivots[-1]
     for kib, t in zip((4, 16, 64), pivots):
@@ -334,3 +335,48 @@ def test_validation_cut_scale_is_chosen_on_the_training_part_alone():
     assert (len(a), len(b)) == (400, 400)
     a, b = validation_split(toy, capture, "capture")
     assert sorted((len(a), len(b))) == [300, 500]
+
+
+def test_train_estimator_on_several_sources_pools_training_parts_and_reports_each(tmp_path, capsys):
+    """Issue #19, fifth pass: one model trained on a capture and generated traffic (several TRACE
+    arguments), each split in time on its own; the pivot comes from the pooled training sizes and
+    estimator.json names every source."""
+    from telesketch.cli import main
+    from telesketch.estimators.evaluation import heavy_slots
+    from telesketch.estimators.training import load_trace
+    from telesketch.traces import generate_batch, generate_capture
+
+    pcap = tmp_path / "gen.pcap"
+    generate_capture(pcap, packets=20_000, flows=1_000, seed=5)
+    assert main(["train-estimator", str(pcap), "generated:10000,500,11", "synthetic:10000,500,12", "--kind", "trees",
+                 "--out", str(tmp_path / "m"), "--no-progress", "--memory-kib", "8",
+                 "--config", '{"max_iter": 20}']) == 0
+    report = json.loads(capsys.readouterr().out)
+    names = ["gen.pcap", "generated:10000,500,11", "synthetic:10000,500,12"]
+    assert report["split"] == "time" and report["sources"] == names and "heldout" not in report
+    assert list(report["heldout_by_source"]) == names
+    assert all(0.0 <= h["first_packet_auc"] <= 1.0 for h in report["heldout_by_source"].values())
+    # the pivot: the three training halves' flow sizes pooled (flows never merged across sources)
+    halves = [split_trace(b, 0.5) for b in (load_trace(pcap), generate_batch(packets=10_000, flows=500, seed=11),
+                                            generate_labelled_batch(10_000, 500, seed=12))]
+    sizes = np.concatenate([np.unique(t.flow_keys_void(), return_counts=True)[1] for t, _ in halves])
+    scale = sum(len(h) for _, h in halves) / sum(len(t) for t, _ in halves)
+    assert report["pivot"] == choose_pivot(sizes, heavy_slots(8 * 1024), scale=scale)
+    est = load_estimator("trees", tmp_path / "m")
+    assert est.traffic["packets"] == sum(len(t) for t, _ in halves) and sum(est.traffic["flows"]) == sizes.size
+    training = json.loads((tmp_path / "m" / "estimator.json").read_text())["training"]
+    assert training["trace"] == names and set(training["heldout_by_source"]) == set(names)
+
+
+def test_train_estimator_several_sources_refuse_flow_split_and_a_manifest(tmp_path, capsys):
+    from telesketch.cli import main
+
+    args = ["train-estimator", "generated:2000,100,1", "generated:2000,100,2", "--kind", "trees",
+            "--out", str(tmp_path / "m"), "--no-progress"]
+    assert main(args + ["--split", "flow"]) == 2
+    assert "split 'flow' takes one training source" in capsys.readouterr().err
+    assert main(args + ["--manifest", str(tmp_path / "x.json")]) == 2
+    assert "--manifest names the captures of one trace" in capsys.readouterr().err
+    assert main(["train-estimator", "generated:2000,100,1", "generated:2000,100,1", "--kind", "trees",
+                 "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    assert "distinct names" in capsys.readouterr().err

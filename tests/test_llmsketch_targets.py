@@ -58,3 +58,21 @@ def test_main_reads_the_bench_json(tmp_path, capsys):
     assert targets.main([str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "### Row 5" in out and "| N | **met** (1/1): 0.950 |" in out
+
+
+def test_named_candidate_trees_get_their_own_column_after_the_shipped_trees(tmp_path, capsys):
+    """bench_llmsketch --candidate-trees NAME=DIR (repeatable): each NAME is a column of its own."""
+    import bench_llmsketch as bench
+
+    assert bench.candidate_label("/x/trees") == targets.CANDIDATE_TREES_LABEL
+    assert bench.candidate_dir("mixed=/x/trees") == "/x/trees" and bench.candidate_dir("/x/trees") == "/x/trees"
+    point = rows(0.04, 0.0)
+    for name, auc in (("mixed", 0.91), ("nDPI", 0.97)):
+        point[bench.candidate_label(f"{name}=/x/{name}")] = dict(point[MODEL], AUC=auc)
+    data = {"command": "bench", "traces": [{"name": "N: nDPI", "points": [
+        {"memory": 8192, "pivot": 67, "pivot_hh": 5, "rows": point}]}]}
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    assert targets.main([str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| trace | shipped trees | candidate trees mixed | candidate trees nDPI |" in out
+    assert "| N | **met** (1/1): 0.950 | **met** (1/1): 0.910 | **met** (1/1): 0.970 |" in out

@@ -28,9 +28,12 @@ IPv4 rows score exactly as before. Kinds (:func:`load_estimator`):
 * ``auto`` (the service's default): the shipped ``trees`` model (``estimators/data/trees``, numpy
   only), with or without the ``[llm]`` extra: on real captures the trees beat the LM (issue #19,
   :func:`auto_kind`), so ``pip install telesketch`` alone serves every query. The shipped trees were
-  trained by ``telesketch train-estimator generated:1000000,5000,11,12,13 --kind trees --split time``
-  (pivot T = 25 packets for 400 KiB; held-out second half: first-packet AUC 0.66, recall 0.74 and
-  precision 0.68 at the 0.5 cut). They carry their training traffic's flow sizes, so a sketch of
+  trained on real and generated traffic together (issue #19, fifth pass; ``estimator.json``'s
+  ``training`` has the command): ``telesketch train-estimator ../shared/traces/ndpi_merged_hdr128.pcap
+  generated:1000000,5000,11,12,13 synthetic:200000,10000,11 synthetic:200000,10000,12
+  synthetic:200000,10000,13 --kind trees --max-flows 1000000`` (each source split in time, first halves
+  pooled; pivot T = 39 packets for 400 KiB; held-out second halves: first-packet AUC 0.87 nDPI, 0.74
+  capture generator, 0.80-0.81 synthetic). They carry their training traffic's flow sizes, so a sketch of
   other memory recalibrates them to its own pivot (``trees.BoostedTreesEstimator.for_memory``).
 
 The torch / onnxruntime kinds need the ``[llm]`` extra; without it they raise

