@@ -228,3 +228,65 @@ def test_a_pipelined_pool_applies_every_batch_in_order(ray_cluster, shared):
                 assert blob == local.get(name).dump_state(states[name]), (shard, name)
     finally:
         pool.shutdown()
+
+
+class _PacedSet:
+    """Like the sharded pool with 2 batches in flight: handing batch k to the 'shards' takes
+    ``pace`` seconds and returns once batch k - 2 is applied (``applied_through``), so that
+    ``wait_applied`` of an older marker returns at once."""
+
+    INFLIGHT = 2
+
+    def __init__(self, pace=0.05):
+        self.pace = pace
+        self.marker = 0
+        self.applied = 0
+
+    def submit(self):
+        time.sleep(self.pace)
+        self.marker += 1
+        self.applied = max(self.applied, self.marker - self.INFLIGHT)
+
+    def applied_marker(self):
+        return self.marker
+
+    def applied_through(self):
+        return self.applied
+
+    def wait_applied(self, marker):
+        if marker > self.applied:
+            time.sleep(self.pace)
+            self.applied = max(self.applied, marker)
+
+
+class _PacedManager(_Manager):
+    def apply(self, batch, sender_id, sequence, raw):
+        self.sketchset.submit()
+        return ApplyResult(sender_id, sequence, False, len(batch), len(batch), 0, 0)
+
+
+def test_an_applied_batch_is_answered_while_later_batches_keep_the_queue_busy():
+    """Found in the second review: the worker answered pending batches only when its queue was
+    empty, so with the queue kept busy the first batch's answer (and its queue slot and budget)
+    waited for every batch queued behind it, though the shards had applied it long before."""
+    sketchset = _PacedSet()
+    answered_at = {}
+
+    async def main():
+        worker = SketchWorker(_PacedManager(sketchset), 8, ServiceMetrics())
+        worker.start()
+        batch = generate_batch(10, 3, seed=1)
+        futures = []
+        for seq in range(1, 9):  # all queued at once: the queue is busy for 8 paces
+            future = await worker.admit(batch, "s", seq, None)
+            future.add_done_callback(lambda f, seq=seq: answered_at.setdefault(seq, sketchset.marker))
+            futures.append(future)
+        results = await asyncio.gather(*futures)
+        await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+        return results
+
+    results = asyncio.run(main())
+    assert [r.sequence for r in results] == list(range(1, 9))
+    assert list(answered_at) == list(range(1, 9))  # admission order
+    # batch 1 is applied once batch 3 is handed over: answered well before batch 8 is
+    assert answered_at[1] <= 5, answered_at
