@@ -131,6 +131,9 @@ class _PipelinedSet:
     def applied_marker(self):
         return self.marker
 
+    def applied_through(self):
+        return self.applied
+
     def wait_applied(self, marker):
         time.sleep(0.02)
         with self.lock:

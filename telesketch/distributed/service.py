@@ -91,6 +91,7 @@ class ShardPool:
         self.inflight_limit = 1
         self._inflight: deque = deque()  # (ticket, refs) of updates not yet seen applied, oldest first
         self._tickets = 0  # updates submitted so far; a ticket is that count after the update
+        self.applied_ticket = 0  # every update up to this ticket was seen applied on every shard
         self._waiting = threading.Lock()  # one waiter at a time pops the in-flight queue
         #: parts travel through shared memory (:class:`SharedRing`, one per shard) when every actor
         #: runs on this machine; else as objects through Ray
@@ -206,7 +207,7 @@ class ShardPool:
                                      f"every acknowledged batch from its checkpoint and write-ahead log")
                     self._inflight.popleft()
                     raise
-                self._inflight.popleft()
+                self.applied_ticket = self._inflight.popleft()[0]
         if self.lost:
             raise ShardLostError(self.lost)
 
@@ -413,6 +414,11 @@ class ShardedSketchSet(ss.SketchSet):
         shards themselves): :meth:`wait_applied` of it returns once that batch and all before it are
         applied on every shard."""
         return self.pool.latest_ticket() if self.pool.inflight_limit > 1 else None
+
+    def applied_through(self) -> int:
+        """The latest marker already seen applied on every shard (:meth:`wait_applied` of it or of an
+        older one returns at once)."""
+        return self.pool.applied_ticket
 
     def wait_applied(self, marker: int) -> None:
         """Block until every batch up to ``marker`` is applied on every shard (raises as

@@ -161,6 +161,15 @@ class SketchWorker:
                 self._loop.call_soon_threadsafe(self._done, future, result, error, reserved)
             else:
                 pending.append((marker, future, result, error, reserved))
+                self._settle_applied(sketchset, pending)
+
+    def _settle_applied(self, sketchset, pending: deque) -> None:
+        """Answer the oldest pending batches that need no waiting: the shards already applied them
+        (marker up to ``applied_through``), or they carry their own error. Without this, answers waited
+        for the queue to run empty, holding their slots and budget behind every batch queued after them."""
+        done = sketchset.applied_through()
+        while pending and (pending[0][0] is None or pending[0][3] is not None or pending[0][0] <= done):
+            self._settle(sketchset, pending.popleft())
 
     def _settle(self, sketchset, entry: tuple) -> None:
         """Answer one pending batch once the shards applied it (``wait_applied`` of its marker)."""

@@ -447,6 +447,11 @@ class SketchSet:
     def wait_applied(self, marker: int) -> None:
         """Nothing to wait for here (see :meth:`applied_marker`)."""
 
+    def applied_through(self) -> int:
+        """The latest marker known applied everywhere without waiting (nothing to wait for here: 0,
+        as no marker is handed out)."""
+        return 0
+
     def count_withheld(self, name: str, rows: int) -> None:
         """Count ``rows`` IPv6 rows withheld from the IPv4-only sketch ``name`` (``ipv6_withheld``)."""
         self.ipv6_withheld[name] = self.ipv6_withheld.get(name, 0) + rows
