@@ -293,3 +293,47 @@ def test_an_applied_batch_is_answered_while_later_batches_keep_the_queue_busy():
     assert list(answered_at) == list(range(1, 9))  # admission order
     # batch 1 is applied once batch 3 is handed over: answered well before batch 8 is
     assert answered_at[1] <= 5, answered_at
+
+
+def test_a_pool_whose_actors_cannot_open_the_ring_uses_the_object_store(ray_cluster, monkeypatch):
+    """Found in the second review: the pool chose shared memory from the node ids alone; an actor
+    that cannot open ``/proc/<front end pid>/fd/<fd>`` (another pid namespace, a /proc mounted with
+    hidepid, a non-dumpable front end) failed every update, and a restart failed the same way. The
+    pool now checks that every actor reads a slot and else sends parts through Ray's object store."""
+    from telesketch.distributed import cluster
+    from telesketch.distributed.cluster import shard_spec, shard_specs
+    from telesketch.distributed.service import ShardPool
+    from telesketch.service.sketchset import SketchSet
+
+    real_take = cluster.SharedRing.take
+
+    def unreachable(self, nbytes):
+        _, view = real_take(self, nbytes)
+        return "/proc/self/fd/not-the-front-end", view  # a path the actor cannot open
+
+    monkeypatch.setattr(cluster.SharedRing, "take", unreachable)
+    specs = shard_specs(SPECS, 2)
+    pool = ShardPool(specs, 2)
+    try:
+        assert not pool.shared
+        pool.pipeline(2)
+        pool.advance(0)
+        batches = generate_batch(8_000, 500, seed=12).split(2_000)
+        pool.wait([pool.update(b) for b in batches][-1])
+        for shard, blobs in enumerate(zip(*[pool.dump(name) for name in SPECS])):
+            local = SketchSet.from_config(shard_spec(specs, shard))
+            states = local.new_states(0)
+            for b in batches:
+                flow, source = route_parts(b, 2, pool.route_seed, pool.by_source)[shard]
+                local.update_parts(states, {"truth": flow.batch(), "hh_src": source.batch()})
+            for name, blob in zip(SPECS, blobs):
+                assert blob == local.get(name).dump_state(states[name]), (shard, name)
+    finally:
+        pool.shutdown()
+
+
+def test_an_unreadable_slot_is_a_clear_error():
+    worker = ShardWorker(SPECS)
+    worker.advance(0)
+    with pytest.raises(Exception, match="shared-memory slot"):
+        worker.update_shared("/proc/self/fd/not-a-slot", 64, 1, None, ())
