@@ -337,7 +337,10 @@ class SharedRing:
 
     A slot is an anonymous memory file (``memfd_create``) that the actor opens as
     ``/proc/<front end pid>/fd/<fd>``: nothing is left behind in ``/dev/shm`` when the front end
-    exits, however it exits. :meth:`close` (or the process's end) frees them.
+    exits, however it exits. :meth:`close` (or the process's end) frees them. An actor that cannot
+    open that path (another pid namespace, ``hidepid``, a non-dumpable front end) fails with a
+    :class:`SketchError` saying so; ``ShardPool`` checks every actor at start
+    (``ShardWorker.read_shared``) and otherwise sends parts through Ray's object store.
     """
 
     def __init__(self, tag: str, slots: int):
@@ -383,6 +386,17 @@ def shared_memory_usable() -> bool:
     import os
 
     return hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd")
+
+
+def _read_slot(path: str, nbytes: int) -> np.ndarray:
+    """``uint8[<= nbytes]``: a :class:`SharedRing` slot read into this process's memory; a slot this
+    process cannot open is a :class:`SketchError` that says so."""
+    try:
+        return np.fromfile(path, np.uint8, count=nbytes)
+    except OSError as exc:
+        raise SketchError(f"shard input {path}: cannot open the front end's shared-memory slot "
+                          f"({exc.strerror or exc}); this actor must run on the front end's machine, in "
+                          f"its pid namespace, with /proc/<pid>/fd readable") from None
 
 
 def _as_batch(part):
@@ -504,10 +518,15 @@ class ShardWorker:
         """:meth:`update` of the :class:`PackedParts` the front end wrote to ``nbytes`` bytes of the
         shared file ``path`` (a :class:`SharedRing` slot): read into this process's memory first, so
         the slot is free again when this returns."""
-        buffer = np.fromfile(path, np.uint8, count=nbytes)
+        buffer = _read_slot(path, nbytes)
         if len(buffer) != nbytes:
             raise SketchError(f"shard input {path}: {len(buffer)} bytes, {nbytes} expected")
         return self.update(PackedParts(n_flow, n_source, columns, buffer))
+
+    def read_shared(self, path: str, nbytes: int) -> bytes:
+        """The first ``nbytes`` bytes of the shared file ``path``: the front end's check that this
+        actor can open its :class:`SharedRing` slots (else it sends parts through Ray's object store)."""
+        return _read_slot(path, nbytes).tobytes()
 
     def node(self) -> str:
         """The Ray node this shard runs on (the front end uses shared memory with shards on its own)."""

@@ -13,8 +13,8 @@ acknowledged.
 Transport and pipelining (issue 21, fourth pass; ``benchmarks/bench_shard_stages.py`` measures
 each stage): each shard's parts of a batch travel as one contiguous buffer
 (:class:`~telesketch.distributed.cluster.PackedParts`), through a shared-memory ring
-(:class:`~telesketch.distributed.cluster.SharedRing`) when every actor runs on this machine, else
-as one object through Ray. Once the service runs, up to ``INFLIGHT_BATCHES`` batches per shard are
+(:class:`~telesketch.distributed.cluster.SharedRing`) when every actor runs on this machine and
+reads a test slot at start, else as one object through Ray. Once the service runs, up to ``INFLIGHT_BATCHES`` batches per shard are
 in flight: the front end routes and sends batch k + 1 while the shards apply batch k. The sketch
 worker still answers a batch only after :meth:`ShardPool.wait` of its ticket (every shard applied
 it), in admission order; an actor runs one call at a time in submission order, so dumps, closes and
@@ -36,6 +36,7 @@ shard depends on ``N``.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from typing import Any
@@ -59,6 +60,8 @@ from telesketch.service import sketchset as ss
 from telesketch.service.overload import OverloadWatch
 from telesketch.errors import Unavailable
 from telesketch.sketches.core import EPOCHS, SketchError, Window, envelope_algorithm, over_shards, pack_state, unpack_state
+
+log = logging.getLogger(__name__)
 
 ENVELOPE = ss.SHARDS_ENVELOPE
 
@@ -94,12 +97,36 @@ class ShardPool:
         self.applied_ticket = 0  # every update up to this ticket was seen applied on every shard
         self._waiting = threading.Lock()  # one waiter at a time pops the in-flight queue
         #: parts travel through shared memory (:class:`SharedRing`, one per shard) when every actor
-        #: runs on this machine; else as objects through Ray
+        #: runs on this machine and reads a test slot (:meth:`_actors_read_rings`); else as objects through Ray
         self.shared = False
         self._rings: list[SharedRing] | None = None
         if shared_memory_usable():
             here = ray.get_runtime_context().get_node_id()
-            self.shared = all(node == here for node in self._get([a.node.remote() for a in self.actors]))
+            self.shared = (all(node == here for node in self._get([a.node.remote() for a in self.actors]))
+                           and self._actors_read_rings())
+
+    def _actors_read_rings(self) -> bool:
+        """Whether every actor reads what this process writes to a :class:`SharedRing` slot (it opens
+        ``/proc/<pid>/fd/<fd>``: another pid namespace, ``hidepid`` or a non-dumpable front end
+        forbid that). If not, parts go through Ray's object store, with a warning saying why."""
+        ring = SharedRing("probe", 1)
+        try:
+            path, view = ring.take(64)
+            view[:] = np.arange(64, dtype=np.uint8)
+            expected = view.tobytes()
+            try:
+                got = _ray().get([a.read_shared.remote(path, 64) for a in self.actors])
+            except Exception as exc:  # noqa: BLE001 - a dead actor shows at the first real call
+                log.warning("shard actors cannot read this process's shared memory (%s); "
+                            "parts go through Ray's object store", exc)
+                return False
+            if any(g != expected for g in got):
+                log.warning("shard actors read other bytes than this process wrote to shared memory; "
+                            "parts go through Ray's object store")
+                return False
+            return True
+        finally:
+            ring.close()
 
     def pipeline(self, batches: int) -> None:
         """Let :meth:`update` leave up to ``batches`` batches in flight per shard (>= 1)."""
