@@ -54,3 +54,38 @@ def test_short_writev_is_finished(tmp_path, monkeypatch, first):
     m.close()
     data = (tmp_path / "data" / "wal.log").read_bytes()
     assert data[20:] == epochs._record(m.lsn - 1, payload) + epochs._record(m.lsn, payload)
+
+
+@pytest.mark.parametrize("first", [0, 7, 16, 40])
+def test_a_full_disk_part_way_leaves_no_partial_record(tmp_path, monkeypatch, first):
+    """``writev`` writes ``first`` bytes of the record, then the disk is full (ENOSPC on the
+    ``write`` that finishes it): a ``LogWriteError`` (space) is raised, nothing of the record stays in
+    the log, the lsn does not move, and the next record follows the last whole one."""
+    import errno
+
+    real_writev, real_write = os.writev, os.write
+
+    def short(fd, buffers):
+        joined = b"".join(bytes(b) for b in buffers)
+        if not first:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, joined[:first])
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    m = _manager(tmp_path)
+    m._log(b"whole")
+    lsn = m.lsn
+    monkeypatch.setattr(epochs.os, "writev", short)
+    monkeypatch.setattr(epochs.os, "write", full)
+    with pytest.raises(epochs.LogWriteError, match="disk full") as info:
+        m._log(bytes(range(100)))
+    assert info.value.space and m.lsn == lsn
+    monkeypatch.setattr(epochs.os, "writev", real_writev)
+    monkeypatch.setattr(epochs.os, "write", real_write)
+    assert (tmp_path / "data" / "wal.log").read_bytes()[20:] == epochs._record(lsn, b"whole")
+    m._log(b"next")
+    m.close()
+    data = (tmp_path / "data" / "wal.log").read_bytes()
+    assert data[20:] == epochs._record(lsn, b"whole") + epochs._record(lsn + 1, b"next")
