@@ -86,7 +86,8 @@ class QueryEngine:
     at most one copy per sketch name, all of the current generation: when a batch has landed, the
     next query drops every stale copy before it takes its own, so the copies never exceed one open
     epoch's states (the sum of ``telesketch_sketch_memory_bytes``) and the old and new copy of a
-    sketch are never held together. A stale copy outlives its batch until the next query.
+    sketch are never held together. A stale copy outlives its batch until the next query that
+    reads an open epoch (one over closed epochs only copies nothing and drops nothing).
     :attr:`open_copy_bytes` (the ``telesketch_query_open_copy_bytes`` gauge) is what they hold now.
 
     ``query_share`` (in (0, 1]; 1: no pacing) paces queries so that, run back to back, they use at
