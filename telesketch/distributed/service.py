@@ -290,7 +290,7 @@ class _Sharded:
     @property
     def params(self):
         """The shards' sketch parameters (all shards share them; no fetch from the actors)."""
-        return self.cs.shard_params()
+        return self.cs.shard_sketch_params()
 
     def to_bytes(self) -> bytes:
         blobs = self._blobs()
@@ -342,8 +342,9 @@ class ShardedConfiguredSketch(ss.ConfiguredSketch):
 
     _shard_params: Any = None
 
-    def shard_params(self):
-        """Parameters of one shard's sketch, from a local build made once."""
+    def shard_sketch_params(self):
+        """Parameters of one shard's sketch, from a local build made once. (Not the per-kind hook
+        ``Sketch.shard_params(params)``, which ``shard_specs`` asks for the config a shard builds from.)"""
         if self._shard_params is None:
             self._shard_params = ss.ConfiguredSketch.build(self).params
         return self._shard_params
