@@ -167,7 +167,10 @@ class SketchWorker:
         """Answer the oldest pending batches that need no waiting: the shards already applied them
         (marker up to ``applied_through``), or they carry their own error. Without this, answers waited
         for the queue to run empty, holding their slots and budget behind every batch queued after them."""
-        done = sketchset.applied_through()
+        try:
+            done = sketchset.applied_through()
+        except Exception:  # noqa: BLE001 - never let the worker thread die here: settle them by waiting later
+            return
         while pending and (pending[0][0] is None or pending[0][3] is not None or pending[0][0] <= done):
             self._settle(sketchset, pending.popleft())
 
