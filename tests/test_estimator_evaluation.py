@@ -380,3 +380,20 @@ def test_train_estimator_several_sources_refuse_flow_split_and_a_manifest(tmp_pa
     assert main(["train-estimator", "generated:2000,100,1", "generated:2000,100,1", "--kind", "trees",
                  "--out", str(tmp_path / "m"), "--no-progress"]) == 2
     assert "distinct names" in capsys.readouterr().err
+
+
+def test_train_estimator_refuses_an_empty_source_among_several(tmp_path, capsys):
+    """Second review (review-sk): a capture with no packets given beside other sources was dropped
+    without a word (the model trained on the rest, exit 0, the report listing a source it never
+    used), where the same capture alone is refused. It is refused by name."""
+    from telesketch.cli import main
+
+    empty = tmp_path / "empty.pcap"  # a pcap global header (little-endian, Ethernet) and no packets
+    empty.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
+    out = tmp_path / "m"
+    assert main(["train-estimator", "generated:2000,100,1", str(empty), "--kind", "trees", "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "empty.pcap" in err and "no packets" in err
+    assert not (out / "estimator.json").exists()
+
