@@ -397,3 +397,17 @@ def test_train_estimator_refuses_an_empty_source_among_several(tmp_path, capsys)
     assert "empty.pcap" in err and "no packets" in err
     assert not (out / "estimator.json").exists()
 
+
+
+@pytest.mark.parametrize("spec", ["-5,10,1", "0,10,1", "1000,0,1", "1000,-3,1"])
+def test_train_estimator_refuses_synthetic_sizes_that_are_not_positive(tmp_path, capsys, spec):
+    """Second review (review-sk): ``synthetic:PACKETS,FLOWS,SEED`` with packets or flows <= 0 trained
+    and saved a model on a few stray packets (exit 0), where ``generated:`` refuses the same numbers."""
+    from telesketch.cli import main
+
+    out = tmp_path / "m"
+    assert main(["train-estimator", f"synthetic:{spec}", "--kind", "trees", "--out", str(out), "--no-progress"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    assert not (out / "estimator.json").exists()
+    with pytest.raises(ValueError, match="must be positive"):
+        generate_labelled_batch(*(int(x) for x in spec.split(",")[:2]))
