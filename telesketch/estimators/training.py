@@ -373,7 +373,8 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     are counted within each source's part (no flow spans two sources), the training parts' samples
     are pooled (``max_flows`` caps the pool) and the pivot comes from the pooled sizes; the report
     has ``heldout_by_source`` (one held-out report per source, keyed by name) instead of
-    ``heldout``. ``flow`` split and ``manifest`` take a single source.
+    ``heldout``. ``flow`` split and ``manifest`` take a single source; a source whose training part
+    has no packets is a ``ValueError`` naming it.
     """
     from telesketch.estimators.evaluation import choose_pivot, heavy_slots
 
@@ -409,8 +410,11 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     else:
         trains, vals, evals, all_trains, size_parts, held_outs, capture_counts = [], [], [], [], [], [], []
         train_packets = held_packets = 0
-        for source in sources:
+        for source, name in zip(sources, names):
             n_captures, train_part, held_out = _source_parts(source, split, train_fraction, manifest, seed)
+            if len(sources) > 1 and len(train_part) == 0:  # else it would add nothing, without a word
+                raise ValueError(f"training source {name}: its training part has no packets (an empty or "
+                                 f"too short trace)")
             train_all, pkt_index = _segment_samples(train_part, rescore)
             cut = int(len(train_part) * 0.9)  # the last 10 % of the training part's packets validate
             all_trains.append(train_all)
