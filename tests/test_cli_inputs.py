@@ -52,3 +52,13 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert err == ""
+
+
+@pytest.mark.parametrize("config", ["[1]", '"epochs"', "3"])
+def test_train_estimator_config_must_be_a_json_object(config, capsys, tmp_path):
+    """Second review (review-sk): ``--config`` that is JSON but not an object ended in a TypeError
+    traceback (``argument after ** must be a mapping``); it is a usage error saying so."""
+    assert main(["train-estimator", "generated:2000,100,1", "--kind", "trees", "--out", str(tmp_path / "m"),
+                 "--no-progress", "--config", config]) == 2
+    assert "--config must be a JSON object" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
