@@ -380,6 +380,8 @@ def test_train_estimator_several_sources_refuse_flow_split_and_a_manifest(tmp_pa
     assert main(["train-estimator", "generated:2000,100,1", "generated:2000,100,1", "--kind", "trees",
                  "--out", str(tmp_path / "m"), "--no-progress"]) == 2
     assert "distinct names" in capsys.readouterr().err
+    assert main(args + ["--split", "capture"]) == 2  # the error names the source it is about
+    assert "training source generated:2000,100,1: split 'capture' needs" in capsys.readouterr().err
 
 
 def test_train_estimator_refuses_an_empty_source_among_several(tmp_path, capsys):

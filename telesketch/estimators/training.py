@@ -411,7 +411,12 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
         trains, vals, evals, all_trains, size_parts, held_outs, capture_counts = [], [], [], [], [], [], []
         train_packets = held_packets = 0
         for source, name in zip(sources, names):
-            n_captures, train_part, held_out = _source_parts(source, split, train_fraction, manifest, seed)
+            try:
+                n_captures, train_part, held_out = _source_parts(source, split, train_fraction, manifest, seed)
+            except ValueError as exc:  # with several sources, say which one
+                if len(sources) == 1:
+                    raise
+                raise ValueError(f"training source {name}: {exc}") from None
             if len(sources) > 1 and len(train_part) == 0:  # else it would add nothing, without a word
                 raise ValueError(f"training source {name}: its training part has no packets (an empty or "
                                  f"too short trace)")
