@@ -413,3 +413,16 @@ def test_train_estimator_refuses_synthetic_sizes_that_are_not_positive(tmp_path,
     assert not (out / "estimator.json").exists()
     with pytest.raises(ValueError, match="must be positive"):
         generate_labelled_batch(*(int(x) for x in spec.split(",")[:2]))
+
+
+def test_train_estimator_on_several_packet_batches_names_them(tmp_path):
+    """Second review (review-sk): ``train_estimator([batch, batch2], ...)`` (the docstring's "a list of
+    them", path or batch) failed with "training sources must have distinct names" (both were called
+    "a packet batch"), so several batches needed ``names=``. Unnamed batches are numbered."""
+    from telesketch.estimators.training import train_estimator
+    from telesketch.traces import generate_batch
+
+    batches = [generate_batch(packets=3000, flows=150, seed=s) for s in (1, 2)]
+    report = train_estimator(batches, "trees", tmp_path / "m", progress=False, memory_kib=8, max_iter=5)
+    assert report["sources"] == ["packet batch 0", "packet batch 1"]
+    assert list(report["heldout_by_source"]) == report["sources"]
