@@ -369,7 +369,8 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     ``warnings`` says when the model is no better than a constant.
 
     Several sources (a list, e.g. a real capture and generated traffic; ``names`` labels them in
-    the report and ``estimator.json``, default: file names): each is split on its own, flow sizes
+    the report and ``estimator.json``, default: file names, ``packet batch I`` for the I-th source
+    that is a batch): each is split on its own, flow sizes
     are counted within each source's part (no flow spans two sources), the training parts' samples
     are pooled (``max_flows`` caps the pool) and the pivot comes from the pooled sizes; the report
     has ``heldout_by_source`` (one held-out report per source, keyed by name) instead of
@@ -385,7 +386,10 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     sources = list(trace) if isinstance(trace, (list, tuple)) else [trace]
     if not sources:
         raise ValueError("no training source given")
-    names = list(names) if names is not None else [source_name(t) for t in sources]
+    if names is None:  # a batch has no file name: several are numbered
+        names = [f"packet batch {i}" if len(sources) > 1 and isinstance(t, PacketBatch) else source_name(t)
+                 for i, t in enumerate(sources)]
+    names = list(names)
     if len(names) != len(sources):
         raise ValueError(f"{len(names)} names for {len(sources)} training sources")
     if len(set(names)) != len(names):
