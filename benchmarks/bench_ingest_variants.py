@@ -68,8 +68,23 @@ def serve(variant: str, argv: list[str]) -> None:
     sys.exit(cli.main(["serve", *argv]))
 
 
-def measure(tree: Path, variant: str, messages: list, batch_size: int) -> tuple[float, float]:
-    """(server CPU, client CPU) microseconds per batch, one stream of ``messages``."""
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of all the process's threads so far (/proc): each
+    wake-up of a sleeping thread (the event loop, the worker) is one; less disturbed by other jobs
+    on a shared machine than its CPU time."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        total += sum(int(line.split()[1]) for line in text.splitlines() if "ctxt_switches:" in line)
+    return total
+
+
+def measure(tree: Path, variant: str, messages: list, batch_size: int) -> tuple[float, float, float]:
+    """(server CPU, client CPU) microseconds per batch and the server's context switches per batch,
+    one stream of ``messages``."""
     import bench_ingest as b
     from telesketch.client import Client
 
@@ -89,14 +104,15 @@ def measure(tree: Path, variant: str, messages: list, batch_size: int) -> tuple[
             port = int(line.split()[2].split("=")[1])
             with Client(f"127.0.0.1:{port}") as warm:
                 warm.push_messages(messages[:4])
-            server0, client0 = b.cpu_seconds(proc.pid), time.process_time()
+            server0, client0, switches0 = b.cpu_seconds(proc.pid), time.process_time(), context_switches(proc.pid)
             with Client(f"127.0.0.1:{port}") as client:
                 client.push_messages(messages)
             server, client_cpu = b.cpu_seconds(proc.pid) - server0, time.process_time() - client0
+            switches = context_switches(proc.pid) - switches0
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    return server / len(messages) * 1e6, client_cpu / len(messages) * 1e6
+    return server / len(messages) * 1e6, client_cpu / len(messages) * 1e6, switches / len(messages)
 
 
 def main() -> None:
@@ -117,16 +133,17 @@ def main() -> None:
     load = " ".join(open("/proc/loadavg").read().split()[:3])
     print(f"# {b.machine()}; batch {args.batch_size}; {len(messages)} batches x {args.rounds} rounds; "
           f"load average before {load}", flush=True)
-    runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    runs: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for _ in range(args.rounds):
         for variant in args.variants.split(","):
             for tree in trees:
                 runs.setdefault((str(tree), variant), []).append(measure(tree, variant, messages, args.batch_size))
-    print("\n| tree | variant | server CPU us/batch (runs) | median | client CPU us/batch (median) |\n|---|---|---|---|---|")
+    print("\n| tree | variant | server CPU us/batch (runs) | median | client CPU us/batch (median) "
+          "| server context switches per batch (median) |\n|---|---|---|---|---|---|")
     for (tree, variant), values in runs.items():
-        server = [round(s) for s, _ in values]
+        server = [round(s) for s, _, _ in values]
         print(f"| {tree} | {variant} | {', '.join(map(str, server))} | {statistics.median(server):.0f} | "
-              f"{statistics.median(c for _, c in values):.0f} |")
+              f"{statistics.median(c for _, c, _ in values):.0f} | {statistics.median(x for _, _, x in values):.2f} |")
     print(f"# load average after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
 
 
