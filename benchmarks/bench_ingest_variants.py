@@ -18,7 +18,7 @@ process's CPU per batch in microseconds, medians over ``--rounds``. The /proc CP
 10 ms, so use enough packets (16 M at 8 Ki batches: about 2000 batches).
 
     .venv/bin/python benchmarks/bench_ingest_variants.py [--batch-size 8192] [--packets 16000000]
-        [--rounds 3] [--variants floor,decode,inline,full] [--compare-with /tmp/main-tree]
+        [--rounds 3] [--variants floor,decode,inline,full] [--clients 1] [--compare-with /tmp/main-tree]
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -82,9 +83,9 @@ def context_switches(pid: int) -> int:
     return total
 
 
-def measure(tree: Path, variant: str, messages: list, batch_size: int) -> tuple[float, float, float]:
+def measure(tree: Path, variant: str, messages: list, clients: int = 1) -> tuple[float, float, float]:
     """(server CPU, client CPU) microseconds per batch and the server's context switches per batch,
-    one stream of ``messages``."""
+    ``messages`` split over ``clients`` concurrent streams."""
     import bench_ingest as b
     from telesketch.client import Client
 
@@ -105,14 +106,24 @@ def measure(tree: Path, variant: str, messages: list, batch_size: int) -> tuple[
             with Client(f"127.0.0.1:{port}") as warm:
                 warm.push_messages(messages[:4])
             server0, client0, switches0 = b.cpu_seconds(proc.pid), time.process_time(), context_switches(proc.pid)
-            with Client(f"127.0.0.1:{port}") as client:
-                client.push_messages(messages)
+            share = len(messages) // clients
+
+            def stream(i: int = 0) -> None:
+                with Client(f"127.0.0.1:{port}") as client:
+                    client.push_messages(messages[i * share:(i + 1) * share])
+
+            threads = [threading.Thread(target=stream, args=(i,)) for i in range(clients)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
             server, client_cpu = b.cpu_seconds(proc.pid) - server0, time.process_time() - client0
             switches = context_switches(proc.pid) - switches0
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    return server / len(messages) * 1e6, client_cpu / len(messages) * 1e6, switches / len(messages)
+    batches = share * clients
+    return server / batches * 1e6, client_cpu / batches * 1e6, switches / batches
 
 
 def main() -> None:
@@ -123,6 +134,7 @@ def main() -> None:
     ap.add_argument("--packets", type=int, default=16_000_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", default="floor,decode,inline,full")
+    ap.add_argument("--clients", type=int, default=1, help="concurrent streams (threads of this process)")
     ap.add_argument("--compare-with", type=Path, action="append", default=[])
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
@@ -131,13 +143,13 @@ def main() -> None:
     trees = [*args.compare_with, HERE.parent]
     messages = b.make_messages(args.packets, args.batch_size)
     load = " ".join(open("/proc/loadavg").read().split()[:3])
-    print(f"# {b.machine()}; batch {args.batch_size}; {len(messages)} batches x {args.rounds} rounds; "
+    print(f"# {b.machine()}; batch {args.batch_size}; {args.clients} client(s); {len(messages)} batches x {args.rounds} rounds; "
           f"load average before {load}", flush=True)
     runs: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for _ in range(args.rounds):
         for variant in args.variants.split(","):
             for tree in trees:
-                runs.setdefault((str(tree), variant), []).append(measure(tree, variant, messages, args.batch_size))
+                runs.setdefault((str(tree), variant), []).append(measure(tree, variant, messages, args.clients))
     print("\n| tree | variant | server CPU us/batch (runs) | median | client CPU us/batch (median) "
           "| server context switches per batch (median) |\n|---|---|---|---|---|---|")
     for (tree, variant), values in runs.items():
