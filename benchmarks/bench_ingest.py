@@ -52,10 +52,11 @@ ALL = {k: v for d in SKETCHES.values() for k, v in d.items()}
 #: The LM estimator (the shipped MiniLM head) scores new flows on a background thread (the packet path
 #: uses a provisional score until then), so these rows measure what the model costs ingest.
 LM = {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "estimator": "lm"}
-#: The default on a base install (no ``[llm]`` extra): the shipped numpy trees, scored in the packet path.
+#: The default estimator (``auto`` = the shipped trees), scored in the packet path: issue 21's "(c) with
+#: the default estimator" is ``all_trees``.
 TREES = {**LM, "estimator": "trees"}
 CONFIGS = {"none": {}, **SKETCHES, "all": ALL, "llmsketch_lm": {"flows": LM}, "all_lm": {**ALL, "flows": LM},
-           "llmsketch_trees": {"flows": TREES}}
+           "llmsketch_trees": {"flows": TREES}, "all_trees": {**ALL, "flows": TREES}}
 
 
 WITH_HEADER = False

@@ -313,6 +313,10 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
     from telesketch.estimators.training import generated_batch, train_estimator
 
     config = json.loads(args.config) if args.config else {}
+    if not isinstance(config, dict):
+        print(f"telesketch train-estimator: error: --config must be a JSON object of model settings, e.g. "
+              f"'{{\"epochs\": 2}}', got {args.config!r}", file=sys.stderr)
+        return EXIT_USAGE
     split = args.split or "time"
     sources, names = [], []
     try:

@@ -169,12 +169,27 @@ def _trusted_batch(columns: dict[str, np.ndarray], count: int) -> PacketBatch:
     decoded columns are read-only ``frombuffer`` views already, and an IPv4-only message leaves out
     the IPv6 columns (``src_ip6``/``dst_ip6`` alone are 32 bytes a packet), whose fresh zeros cost
     the no-sketch server allocation and page faults on every batch (issue 18)."""
-    arrays = {}
-    for name, dtype in COLUMN_DTYPES.items():
-        arrays[name] = columns[name] if name in columns else _zeros(count, dtype.str, 0)
-    for name, width in BLOCK_COLUMNS.items():
-        arrays[name] = columns[name] if name in columns else _zeros(count, "|u1", width)
-    return PacketBatch(**arrays)
+    return PacketBatch(**{**_absent_columns(count), **columns})
+
+
+#: :func:`_absent_columns` by row count: every column as a :func:`_zeros` view; emptied whenever a
+#: zero buffer grows (so it does not keep the smaller ones alive) and at 16 counts. Thread-safe as
+#: :func:`_zeros` is: a race can only keep one older zero buffer alive until the next emptying.
+_ABSENT_COLUMNS: dict[int, dict[str, np.ndarray]] = {}
+
+
+def _absent_columns(count: int) -> dict[str, np.ndarray]:
+    """Every column of a ``count``-row batch as a read-only zero view (:func:`_zeros`), built once
+    per count: the per-batch cost of the absent columns is one dict merge, not one ``_zeros`` call
+    each (issue 21 (a): a few microseconds of every small batch's decode)."""
+    absent = _ABSENT_COLUMNS.get(count)
+    if absent is None:
+        absent = {name: _zeros(count, dtype.str, 0) for name, dtype in COLUMN_DTYPES.items()}
+        absent.update({name: _zeros(count, "|u1", width) for name, width in BLOCK_COLUMNS.items()})
+        if len(_ABSENT_COLUMNS) >= 16:
+            _ABSENT_COLUMNS.clear()
+        _ABSENT_COLUMNS[count] = absent
+    return absent
 
 
 #: One read-only zero buffer per (dtype, width) for :func:`_zeros`, as long as the largest batch
@@ -198,6 +213,7 @@ def _zeros(count: int, dtype: str, width: int) -> np.ndarray:
         buffer = np.zeros((rows, width) if width else rows, np.dtype(dtype))
         buffer.flags.writeable = False
         _ZERO_BUFFERS[key] = buffer
+        _ABSENT_COLUMNS.clear()  # its views would keep the smaller buffer alive
     return buffer[:count]
 
 

@@ -52,3 +52,26 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert err == ""
+
+
+@pytest.mark.parametrize("config", ["[1]", '"epochs"', "3"])
+def test_train_estimator_config_must_be_a_json_object(config, capsys, tmp_path):
+    """Second review (review-sk): ``--config`` that is JSON but not an object ended in a TypeError
+    traceback (``argument after ** must be a mapping``); it is a usage error saying so."""
+    assert main(["train-estimator", "generated:2000,100,1", "--kind", "trees", "--out", str(tmp_path / "m"),
+                 "--no-progress", "--config", config]) == 2
+    assert "--config must be a JSON object" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("config, word", [('{"nope": 1}', "nope"), ('{"pivot": 5}', "pivot"),
+                                          ('{"max_iter": 5, "seeed": 1}', "seeed")])
+def test_train_estimator_config_keys_are_checked_before_training(config, word, capsys, tmp_path):
+    """Second review (review-sk): a ``--config`` key the kind does not take (a typo, or one that
+    train-estimator sets itself) ended in a TypeError traceback from the model's fit, after the
+    trace was read and split; it is a usage error naming the key and the settings the kind takes."""
+    assert main(["train-estimator", "generated:2000,100,1", "--kind", "trees", "--out", str(tmp_path / "m"),
+                 "--no-progress", "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert word in err and "max_iter" in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()

@@ -380,3 +380,49 @@ def test_train_estimator_several_sources_refuse_flow_split_and_a_manifest(tmp_pa
     assert main(["train-estimator", "generated:2000,100,1", "generated:2000,100,1", "--kind", "trees",
                  "--out", str(tmp_path / "m"), "--no-progress"]) == 2
     assert "distinct names" in capsys.readouterr().err
+    assert main(args + ["--split", "capture"]) == 2  # the error names the source it is about
+    assert "training source generated:2000,100,1: split 'capture' needs" in capsys.readouterr().err
+
+
+def test_train_estimator_refuses_an_empty_source_among_several(tmp_path, capsys):
+    """Second review (review-sk): a capture with no packets given beside other sources was dropped
+    without a word (the model trained on the rest, exit 0, the report listing a source it never
+    used), where the same capture alone is refused. It is refused by name."""
+    from telesketch.cli import main
+
+    empty = tmp_path / "empty.pcap"  # a pcap global header (little-endian, Ethernet) and no packets
+    empty.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
+    out = tmp_path / "m"
+    assert main(["train-estimator", "generated:2000,100,1", str(empty), "--kind", "trees", "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "empty.pcap" in err and "no packets" in err
+    assert not (out / "estimator.json").exists()
+
+
+
+@pytest.mark.parametrize("spec", ["-5,10,1", "0,10,1", "1000,0,1", "1000,-3,1"])
+def test_train_estimator_refuses_synthetic_sizes_that_are_not_positive(tmp_path, capsys, spec):
+    """Second review (review-sk): ``synthetic:PACKETS,FLOWS,SEED`` with packets or flows <= 0 trained
+    and saved a model on a few stray packets (exit 0), where ``generated:`` refuses the same numbers."""
+    from telesketch.cli import main
+
+    out = tmp_path / "m"
+    assert main(["train-estimator", f"synthetic:{spec}", "--kind", "trees", "--out", str(out), "--no-progress"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    assert not (out / "estimator.json").exists()
+    with pytest.raises(ValueError, match="must be positive"):
+        generate_labelled_batch(*(int(x) for x in spec.split(",")[:2]))
+
+
+def test_train_estimator_on_several_packet_batches_names_them(tmp_path):
+    """Second review (review-sk): ``train_estimator([batch, batch2], ...)`` (the docstring's "a list of
+    them", path or batch) failed with "training sources must have distinct names" (both were called
+    "a packet batch"), so several batches needed ``names=``. Unnamed batches are numbered."""
+    from telesketch.estimators.training import train_estimator
+    from telesketch.traces import generate_batch
+
+    batches = [generate_batch(packets=3000, flows=150, seed=s) for s in (1, 2)]
+    report = train_estimator(batches, "trees", tmp_path / "m", progress=False, memory_kib=8, max_iter=5)
+    assert report["sources"] == ["packet batch 0", "packet batch 1"]
+    assert list(report["heldout_by_source"]) == report["sources"]

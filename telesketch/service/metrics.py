@@ -54,6 +54,7 @@ class ServiceMetrics:
         r = self.registry = CollectorRegistry()
         self.epoch_ns = int(epoch_ns)
         self.ipv6: IPv6Collector | None = None  #: registered by :meth:`watch`
+        self._epoch_id: int | None = None  #: what :meth:`set_epoch` last set
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         self.build_info = Info("telesketch_build", "Version of the running service and its main libraries",
@@ -132,6 +133,9 @@ class ServiceMetrics:
 
     def set_epoch(self, epoch_id: int) -> None:
         """The open epoch changed: its id and its start time (packet clock, Unix seconds)."""
+        if epoch_id == self._epoch_id:  # every batch reports it; the gauges change only with the epoch
+            return
+        self._epoch_id = epoch_id
         self.epoch.set(epoch_id)
         self.epoch_start.set(epoch_id * self.epoch_ns / 1e9)
 

@@ -476,7 +476,7 @@ class SketchSet:
             parts[cs.name], skipped = parts[cs.name].only_ipv4()  # IPv6 rows must not count as IPv4
             self.count_withheld(cs.name, skipped)
         names = [name for name, part in parts.items() if part is not None and len(part)]
-        threads = min(len(names), self.threads)
+        threads = min(len(names), self.threads) if names else 0  # no sketch: no affinity lookup per batch
         if threads <= 1:
             for name in names:
                 self._timed_update(states[name], name, parts[name])
