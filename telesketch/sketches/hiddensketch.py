@@ -612,6 +612,16 @@ def _fastmod(h, width, magic):
 
 
 @kernel
+def _hash_block(fs_init, block_lo, block_hi, nbytes, w, magic, idx):
+    """``idx[r, k]``: the Frequency Sketch column of item ``k`` of a block in row ``r`` (``uint64``),
+    for the ``len(block_lo)`` items of one block of the gates below."""
+    for r in range(fs_init.shape[0]):
+        seed, row = fs_init[r], idx[r]
+        for k in range(block_lo.shape[0]):  # 1-D views: this indexing vectorises (``idx[r, k]`` ran at half speed)
+            row[k] = _fastmod(_hash_pre(seed, block_lo[k], block_hi[k], nbytes), w, magic)
+
+
+@kernel
 def _fs_gate(lo, hi, nbytes, fs, fs_init, width, magic, cap, thresh, gated):
     """Serial FS update (spec §6) in arrival order; writes the indices of gated items, returns count.
 
@@ -630,11 +640,7 @@ def _fs_gate(lo, hi, nbytes, fs, fs_init, width, magic, cap, thresh, gated):
     n_gated = 0
     for start in range(0, n, _BLOCK):
         m = min(_BLOCK, n - start)
-        block_lo, block_hi = lo[start:start + m], hi[start:start + m]
-        for r in range(rows):
-            seed, row = fs_init[r], idx[r]
-            for k in range(m):  # 1-D views: this indexing vectorises (``idx[r, start + k]`` ran at half speed)
-                row[k] = _fastmod(_hash_pre(seed, block_lo[k], block_hi[k], nbytes), w, magic)
+        _hash_block(fs_init, lo[start:start + m], hi[start:start + m], nbytes, w, magic, idx)
         for k in range(m):
             g = FS_INFINITE
             for r in range(rows):
@@ -662,11 +668,7 @@ def _fs_gate_weighted(lo, hi, nbytes, weights, fs, fs_init, width, magic, cap, t
     n_gated = 0
     for start in range(0, n, _BLOCK):
         m = min(_BLOCK, n - start)
-        block_lo, block_hi = lo[start:start + m], hi[start:start + m]
-        for r in range(rows):
-            seed, row = fs_init[r], idx[r]
-            for k in range(m):  # 1-D views: this indexing vectorises (``idx[r, start + k]`` ran at half speed)
-                row[k] = _fastmod(_hash_pre(seed, block_lo[k], block_hi[k], nbytes), w, magic)
+        _hash_block(fs_init, lo[start:start + m], hi[start:start + m], nbytes, w, magic, idx)
         for k in range(m):
             wt = np.int64(weights[start + k])
             if wt <= 0:
