@@ -200,11 +200,25 @@ def ray_cluster():
     ray.shutdown()
 
 
+def _assert_shards_equal_offline(pool, specs, batches):
+    """Each shard's dumped states equal its shard sketches fed offline, batch by batch in order."""
+    from telesketch.distributed.cluster import shard_spec
+    from telesketch.service.sketchset import SketchSet
+
+    for shard, blobs in enumerate(zip(*[pool.dump(name) for name in SPECS])):
+        local = SketchSet.from_config(shard_spec(specs, shard))
+        states = local.new_states(0)
+        for b in batches:
+            flow, source = route_parts(b, 2, pool.route_seed, pool.by_source)[shard]
+            local.update_parts(states, {"truth": flow.batch(), "hh_src": source.batch()})
+        for name, blob in zip(SPECS, blobs):
+            assert blob == local.get(name).dump_state(states[name]), (shard, name)
+
+
 @pytest.mark.parametrize("shared", [True, False])
 def test_a_pipelined_pool_applies_every_batch_in_order(ray_cluster, shared):
-    from telesketch.distributed.cluster import shard_spec, shard_specs
+    from telesketch.distributed.cluster import shard_specs
     from telesketch.distributed.service import ShardPool
-    from telesketch.service.sketchset import SketchSet
 
     specs = shard_specs(SPECS, 2)
     pool = ShardPool(specs, 2)
@@ -221,14 +235,7 @@ def test_a_pipelined_pool_applies_every_batch_in_order(ray_cluster, shared):
         assert not pool._inflight
         # the dump follows every update submitted before it: the shards' states equal the same
         # shard sketches fed offline, batch by batch in arrival order
-        for shard, blobs in enumerate(zip(*[pool.dump(name) for name in SPECS])):
-            local = SketchSet.from_config(shard_spec(specs, shard))
-            states = local.new_states(0)
-            for b in batches:
-                flow, source = route_parts(b, 2, pool.route_seed, pool.by_source)[shard]
-                local.update_parts(states, {"truth": flow.batch(), "hh_src": source.batch()})
-            for name, blob in zip(SPECS, blobs):
-                assert blob == local.get(name).dump_state(states[name]), (shard, name)
+        _assert_shards_equal_offline(pool, specs, batches)
     finally:
         pool.shutdown()
 
@@ -301,9 +308,8 @@ def test_a_pool_whose_actors_cannot_open_the_ring_uses_the_object_store(ray_clus
     hidepid, a non-dumpable front end) failed every update, and a restart failed the same way. The
     pool now checks that every actor reads a slot and else sends parts through Ray's object store."""
     from telesketch.distributed import cluster
-    from telesketch.distributed.cluster import shard_spec, shard_specs
+    from telesketch.distributed.cluster import shard_specs
     from telesketch.distributed.service import ShardPool
-    from telesketch.service.sketchset import SketchSet
 
     real_take = cluster.SharedRing.take
 
@@ -320,14 +326,7 @@ def test_a_pool_whose_actors_cannot_open_the_ring_uses_the_object_store(ray_clus
         pool.advance(0)
         batches = generate_batch(8_000, 500, seed=12).split(2_000)
         pool.wait([pool.update(b) for b in batches][-1])
-        for shard, blobs in enumerate(zip(*[pool.dump(name) for name in SPECS])):
-            local = SketchSet.from_config(shard_spec(specs, shard))
-            states = local.new_states(0)
-            for b in batches:
-                flow, source = route_parts(b, 2, pool.route_seed, pool.by_source)[shard]
-                local.update_parts(states, {"truth": flow.batch(), "hh_src": source.batch()})
-            for name, blob in zip(SPECS, blobs):
-                assert blob == local.get(name).dump_state(states[name]), (shard, name)
+        _assert_shards_equal_offline(pool, specs, batches)
     finally:
         pool.shutdown()
 
