@@ -80,6 +80,32 @@ def test_sketches_of_one_batch_really_run_at_the_same_time():
         serial.update_parts({"a": Meeting(), "b": Meeting()}, {"a": batch, "b": batch})
 
 
+def test_every_concurrent_update_runs_on_one_numba_thread_and_the_callers_count_is_restored():
+    """The pool thread sets its Numba thread count once (not per batch) and the caller sets and
+    restores its own only when it is not already 1: every update, in every batch, still sees 1."""
+    import numba
+
+    seen = []
+
+    class Probe:
+        def update(self, batch):
+            seen.append(numba.get_num_threads())
+
+    batch = generate_batch(10, 5, seed=1)
+    sketchset = SketchSet(concurrency=3)
+    before = numba.get_num_threads()
+    try:
+        for threads in (before, 1, before):
+            numba.set_num_threads(threads)
+            for _ in range(3):
+                sketchset.update_parts({k: Probe() for k in "abc"}, dict.fromkeys("abc", batch))
+                assert numba.get_num_threads() == threads
+    finally:
+        numba.set_num_threads(before)
+        sketchset.shutdown_pool()
+    assert seen == [1] * 27
+
+
 def test_a_failing_sketch_is_raised_after_the_others_applied_the_batch():
     applied = []
 

@@ -39,6 +39,9 @@ from telesketch.sketches.core import (EPOCHS, Combined, MergedWindow, SketchErro
 
 log = logging.getLogger("telesketch.service")
 
+#: per pool thread: whether its Numba thread count has been set to 1 (``update_parts``' ``drain``)
+_pool_thread = threading.local()
+
 #: Envelope of a sharded state (:mod:`telesketch.distributed.service`): one blob per shard.
 SHARDS_ENVELOPE = "service-shards"
 
@@ -472,9 +475,15 @@ class SketchSet:
         Numba's CUDA simulator is not thread-safe) is updated on the calling thread, first.
         """
         parts = dict(parts)
+        ipv6_rows: dict[int, int] = {}  # id(part) -> its IPv6 rows: one count per distinct part, not per sketch
         for cs in (cs for cs in self.sketches if parts.get(cs.name) is not None and not cs.cls.takes_ipv6(cs.params)):
-            parts[cs.name], skipped = parts[cs.name].only_ipv4()  # IPv6 rows must not count as IPv4
-            self.count_withheld(cs.name, skipped)
+            part = parts[cs.name]
+            n6 = ipv6_rows.get(id(part))
+            if n6 is None:
+                n6 = ipv6_rows[id(part)] = part.ipv6_count()
+            if n6:  # IPv6 rows must not count as IPv4 (a filtered copy per sketch, as before)
+                parts[cs.name] = part[part.ipv6 == 0]
+            self.count_withheld(cs.name, n6)
         names = [name for name, part in parts.items() if part is not None and len(part)]
         threads = min(len(names), self.threads) if names else 0  # no sketch: no affinity lookup per batch
         if threads <= 1:
@@ -496,8 +505,11 @@ class SketchSet:
 
         def drain() -> None:
             # the cores are taken by the sketches themselves: each kernel runs on one thread
-            # (Numba's thread count is per calling thread; the parallel kernels give the same results)
-            numba.set_num_threads(1)
+            # (Numba's thread count is per calling thread; the parallel kernels give the same results).
+            # A pool thread sets it once (nothing else runs there); the caller's is set and restored below.
+            if threading.current_thread() is not caller and not getattr(_pool_thread, "one_numba_thread", False):
+                numba.set_num_threads(1)
+                _pool_thread.one_numba_thread = True
             while True:
                 with take:
                     name = next(pending, None)
@@ -508,13 +520,17 @@ class SketchSet:
                 except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
                     errors[name] = exc
 
+        caller = threading.current_thread()
         pool = self._executor()
         helpers = [pool.submit(drain) for _ in range(threads - 1)]
         own_threads = numba.get_num_threads()
+        if own_threads != 1:
+            numba.set_num_threads(1)
         try:
             drain()
         finally:
-            numba.set_num_threads(own_threads)
+            if own_threads != 1:
+                numba.set_num_threads(own_threads)
         for helper in helpers:
             helper.result()
         for name in parts:
