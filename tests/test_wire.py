@@ -61,6 +61,36 @@ def test_schema_1_cannot_carry_ipv6_rows():
         wire.batch_to_message(small_batch(4), schema_version=3)
 
 
+@pytest.mark.parametrize("batch, kwargs", [
+    (small_batch(100, seed=3), {}),
+    (small_batch(100, seed=3), {"schema_version": 1, "sequence": 300}),
+    (small_batch(1, seed=2), {"sender_id": "collector-\u00e9", "sequence": (1 << 64) - 1}),
+    (mixed_batch(50, seed=4), {"sender_id": "c", "sequence": 127}),
+    (mixed_batch(50, seed=4).split(7)[2], {"sequence": 128}),
+    (PacketBatch.empty(), {}),
+    (PacketBatch.empty(), {"sender_id": "e", "sequence": 1, "schema_version": 1}),
+])
+def test_batch_to_bytes_is_the_serialized_message_byte_for_byte(batch, kwargs):
+    """The client sends ``batch_to_bytes`` in place of the message: the same bytes on the wire."""
+    assert wire.batch_to_bytes(batch, **kwargs) == wire.batch_to_message(batch, **kwargs).SerializeToString()
+
+
+def test_batch_to_bytes_of_non_contiguous_columns():
+    batch = small_batch(64, seed=8)
+    strided = PacketBatch(**{name: getattr(batch, name)[::2] for name in batch.__dataclass_fields__})
+    assert not strided.ts_ns.flags.c_contiguous
+    raw = wire.batch_to_bytes(strided, sequence=3)
+    assert raw == wire.batch_to_message(strided, sequence=3).SerializeToString()
+    assert wire.message_to_batch(batch_pb2.PacketBatch.FromString(raw)).equals(strided)
+
+
+def test_batch_to_bytes_refuses_what_batch_to_message_refuses():
+    with pytest.raises(BatchError, match="schema version 2"):
+        wire.batch_to_bytes(mixed_batch(4), schema_version=1)
+    with pytest.raises(BatchError, match="schema_version 3"):
+        wire.batch_to_bytes(small_batch(4), schema_version=3)
+
+
 def test_empty_batch_round_trips():
     assert len(wire.message_to_batch(wire.batch_to_message(PacketBatch.empty()))) == 0
 
