@@ -79,12 +79,14 @@ def batch_to_message(batch: PacketBatch, sender_id: str = "", sequence: int = 0,
 
 def batch_to_bytes(batch: PacketBatch, sender_id: str = "", sequence: int = 0,
                    schema_version: int = SCHEMA_VERSION) -> bytes:
-    """The serialized ``telesketch.v1.PacketBatch`` of a batch: byte for byte
-    ``batch_to_message(...).SerializeToString()`` (same checks, same errors), written without the
-    message: each column's protobuf tag and length, then its numpy buffer, joined into one ``bytes``
-    (one copy of the packet data, where the message costs a ``tobytes`` per column, the message's
-    own copy and the serialization's; issue 21 (a), the client's CPU per batch). The client sends
-    it through a pass-through serializer."""
+    """The serialized ``telesketch.v1.PacketBatch`` of a batch, which decodes (:func:`message_to_batch`)
+    to the same batch as ``batch_to_message(...)`` (same checks, same errors): byte for byte its
+    ``SerializeToString()`` less the optional columns that are all zero (absent columns decode as
+    zeros in every schema version; an IPv4 collector's zero ``header`` block is 40 of its ~75 bytes a
+    packet). Written without the message: each column's protobuf tag and length, then its numpy
+    buffer, joined into one ``bytes`` (one copy of the packet data, where the message costs a
+    ``tobytes`` per column, the message's own copy and the serialization's; issue 21 (a), the
+    client's CPU per batch). The client sends it through a pass-through serializer."""
     if schema_version not in SUPPORTED_VERSIONS:
         raise BatchError(f"cannot encode schema_version {schema_version}; supported: {SUPPORTED_VERSIONS}")
     has_ipv6 = batch.has_ipv6()
@@ -106,8 +108,23 @@ def batch_to_bytes(batch: PacketBatch, sender_id: str = "", sequence: int = 0,
         if column.nbytes:
             if not column.flags.c_contiguous:
                 column = np.ascontiguousarray(column)
+            if name in _OPTIONAL_COLUMNS and _all_zero(column):
+                continue  # decoded as zeros when absent: the same batch, fewer bytes
             parts += (tag, _varint(column.nbytes), column)
     return b"".join(parts)
+
+
+#: Columns a decoder reads as zeros when absent (every version): :func:`batch_to_bytes` leaves them
+#: out when all zero (the 40-byte ``header`` rows of a collector that captures none, above all).
+_OPTIONAL_COLUMNS = frozenset(COLUMN_DTYPES) - set(REQUIRED_COLUMNS) | set(BLOCK_COLUMNS)
+
+
+def _all_zero(column: np.ndarray) -> bool:
+    """True when a C-contiguous column holds only zero bytes (read as 8-byte words when it can)."""
+    flat = column.reshape(-1).view(np.uint8)
+    if flat.nbytes % 8 == 0:
+        flat = flat.view(np.uint64)
+    return not flat.any()
 
 
 def _varint(value: int) -> bytes:
