@@ -292,3 +292,12 @@ def test_both_schema_versions_through_a_real_server(tmp_path):
         assert svc.service.sketchset.ipv6_withheld == {"hh": mixed.ipv6_count()}
     finally:
         svc.stop()
+
+
+def test_all_zero_sees_the_last_byte_of_columns_past_the_zero_buffer():
+    big = np.zeros((3 << 20) // 40 + 1, dtype=[("b", "u1", 40)])["b"]  # > 1 MiB: the buffer grows
+    big = np.ascontiguousarray(big)
+    assert wire._all_zero(big) and len(wire._ZERO_BYTES) >= big.nbytes
+    big[-1, -1] = 1
+    assert not wire._all_zero(big)
+    assert not wire._all_zero(np.array([0, 0, 256], np.uint16)) and wire._all_zero(np.zeros(3, np.uint32))
