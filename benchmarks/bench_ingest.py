@@ -16,7 +16,11 @@ repeats each configuration with the sketches of a batch applied one after anothe
 concurrently on the cores (0, the default), so the two pipelines compare within one run.
 
     .venv/bin/python benchmarks/bench_ingest.py [--packets 4000000] [--wal] [--only none,all] [--shards 1,2]
-        [--sketch-threads 1,0] [--clients 1,8] [--compare-with /tmp/main-tree]
+        [--sketch-threads 1,0] [--clients 1,8] [--compare-with /tmp/main-tree] [--wire messages|bytes]
+
+``--compare-with`` runs that tree's *server*; the client is always this tree's (``Client`` is imported
+from here). ``--wire bytes`` streams what ``Client.push`` sends (``wire.batch_to_bytes``) instead of
+protobuf messages; this tree's client passes bytes through.
 """
 from __future__ import annotations
 
@@ -60,6 +64,9 @@ CONFIGS = {"none": {}, **SKETCHES, "all": ALL, "llmsketch_lm": {"flows": LM}, "a
 
 
 WITH_HEADER = False
+#: ``--wire``: "messages" (protobuf messages the client serializes per batch) or "bytes" (the
+#: serialized batches ``Client.push`` sends, ``wire.batch_to_bytes``: passed through as they are)
+WIRE = "messages"
 #: cores the server and the clients share (the ``bound_mpps`` column: cores over CPU seconds per packet)
 CORES = os.cpu_count() or 1
 
@@ -80,6 +87,9 @@ def make_messages(total: int, batch_size: int, seed: int = 0) -> list:
     count = max(1, total // batch_size)
     # IPv4 only, so schema 1: the same bytes a schema-2 sender writes (it leaves the IPv6 fields out)
     # and what a --compare-with tree older than schema 2 reads
+    if WIRE == "bytes":  # what Client.push sends: wire.batch_to_bytes, all-zero optional columns left out
+        raw = [wire.batch_to_bytes(p, schema_version=1) for p in parts]
+        return [raw[i % len(raw)] for i in range(count)]
     messages = [wire.batch_to_message(p, schema_version=1) for p in parts]
     if not WITH_HEADER:
         for m in messages:
@@ -171,10 +181,14 @@ def main() -> None:
     ap.add_argument("--clients", default="1", help="comma-separated client counts for every row")
     ap.add_argument("--compare-with", type=Path, default=None,
                     help="another source tree (e.g. `git archive` of main): each row also runs its server, interleaved")
+    ap.add_argument("--wire", choices=("messages", "bytes"), default="messages",
+                    help="what the clients stream: protobuf messages (serialized per batch) or the bytes "
+                         "Client.push sends (wire.batch_to_bytes: zero columns, the header, left out)")
     args = ap.parse_args()
-    global WITH_HEADER
+    global WITH_HEADER, WIRE
     WITH_HEADER = args.with_header
-    print(f"# {machine()}; wal={'on' if args.wal else 'off'}; header={'sent' if args.with_header else 'not sent'}; command: "
+    WIRE = args.wire
+    print(f"# {machine()}; wal={'on' if args.wal else 'off'}; header={'sent' if args.with_header else 'not sent'}; wire={args.wire}; command: "
           f"{' '.join([Path(sys.executable).name] + sys.argv)}", flush=True)
     rows = []
     for shards in map(int, args.shards.split(",")):

@@ -32,7 +32,7 @@ import grpc
 
 from telesketch.packets import PacketBatch
 from telesketch.service.budget import APPLIED_BATCHES_KEY, PARTIAL_SUMMARY_KEY, RETRY_AFTER_KEY
-from telesketch.wire import SCHEMA_VERSION, Ack, ack_from_message, batch_to_message
+from telesketch.wire import SCHEMA_VERSION, Ack, ack_from_message, batch_to_bytes
 from telesketch.v1 import service_pb2, service_pb2_grpc
 
 
@@ -113,6 +113,15 @@ class Client:
         self._ingest = service_pb2_grpc.IngestStub(self._channel)
         self._query = service_pb2_grpc.QueryStub(self._channel)
         self._admin = service_pb2_grpc.AdminStub(self._channel)
+        # Push and PushOne with a pass-through serializer: a request is sent as the ``bytes`` it is
+        # (``wire.batch_to_bytes``: no message built, no second serialization) or serialized when
+        # it is a ``PacketBatch`` message (push_messages' callers); issue 21 (a).
+        self._push = self._channel.stream_unary(
+            "/telesketch.v1.Ingest/Push", request_serializer=_serialize,
+            response_deserializer=service_pb2.PushSummary.FromString)
+        self._push_one = self._channel.unary_unary(
+            "/telesketch.v1.Ingest/PushOne", request_serializer=_serialize,
+            response_deserializer=service_pb2.Ack.FromString)
 
     # ------------------------------------------------------------------ ingest
     def _sequence(self, sequence: int | None) -> int:
@@ -142,18 +151,19 @@ class Client:
     def push_one(self, batch: PacketBatch, sequence: int | None = None) -> Ack:
         """Send one batch; returns the server's ack (after the batch is applied). Busy refusals
         are retried (module docstring)."""
-        message = batch_to_message(batch, sender_id=self.sender_id, sequence=self._sequence(sequence),
-                                   schema_version=self.schema_version)
+        message = batch_to_bytes(batch, sender_id=self.sender_id, sequence=self._sequence(sequence),
+                                 schema_version=self.schema_version)
         backoff = _Backoff(self.timeout)
         while True:
             try:
-                return ack_from_message(self._ingest.PushOne(message, timeout=self.timeout, metadata=self._metadata))
+                return ack_from_message(self._push_one(message, timeout=self.timeout, metadata=self._metadata))
             except grpc.RpcError as exc:
                 backoff.wait_or_raise(exc)
                 self.busy_retries += 1
 
     def push_messages(self, messages: Iterable) -> PushSummary:
-        """Stream already-encoded ``PacketBatch`` messages (benchmarks, replays of recorded traffic).
+        """Stream already-encoded ``PacketBatch`` messages (benchmarks, replays of recorded traffic):
+        protobuf messages, or their serialized ``bytes`` (``wire.batch_to_bytes``), sent as they are.
 
         A stream refused as busy part-way goes on in a new stream from the refused batch; the
         stream's messages are kept until the server answers, to resend them (module docstring)."""
@@ -163,7 +173,7 @@ class Client:
         while True:
             stream = _Stream()
             try:
-                reply = self._ingest.Push(source.stream(stream), timeout=self.timeout, metadata=self._metadata)
+                reply = self._push(source.stream(stream), timeout=self.timeout, metadata=self._metadata)
                 return _fields(_add_summaries(total, reply), PushSummary)
             except grpc.RpcError as exc:
                 source.close(stream)
@@ -182,8 +192,8 @@ class Client:
         def messages():
             for batch in batches:
                 seq = self._sequence(first.pop() if first else None)
-                yield batch_to_message(batch, sender_id=self.sender_id, sequence=seq,
-                                       schema_version=self.schema_version)
+                yield batch_to_bytes(batch, sender_id=self.sender_id, sequence=seq,
+                                     schema_version=self.schema_version)
         return self.push_messages(messages())
 
     # ------------------------------------------------------------------ queries
@@ -286,6 +296,11 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _serialize(request) -> bytes:
+    """A ``PacketBatch`` request as bytes: ``bytes`` pass through, a message is serialized."""
+    return request if type(request) is bytes else request.SerializeToString()
 
 
 class _Backoff:

@@ -61,6 +61,57 @@ def test_schema_1_cannot_carry_ipv6_rows():
         wire.batch_to_message(small_batch(4), schema_version=3)
 
 
+@pytest.mark.parametrize("batch, kwargs", [
+    (small_batch(100, seed=3), {}),
+    (small_batch(100, seed=3), {"schema_version": 1, "sequence": 300}),
+    (small_batch(1, seed=2), {"sender_id": "collector-\u00e9", "sequence": (1 << 64) - 1}),
+    (mixed_batch(50, seed=4), {"sender_id": "c", "sequence": 127}),
+    (mixed_batch(50, seed=4).split(7)[2], {"sequence": 128}),
+    (PacketBatch.empty(), {}),
+    (PacketBatch.empty(), {"sender_id": "e", "sequence": 1, "schema_version": 1}),
+])
+def test_batch_to_bytes_is_the_serialized_message_less_its_zero_columns(batch, kwargs):
+    """The client sends ``batch_to_bytes`` in place of the message: the message's bytes with the
+    all-zero optional columns left out, which decodes to the same batch."""
+    raw = wire.batch_to_bytes(batch, **kwargs)
+    message = wire.batch_to_message(batch, **kwargs)
+    for name in wire._OPTIONAL_COLUMNS:
+        if not any(getattr(message, name)):
+            message.ClearField(name)
+    assert raw == message.SerializeToString()
+    decoded = wire.message_to_batch(batch_pb2.PacketBatch.FromString(raw))
+    assert decoded.equals(batch) and decoded.equals(wire.message_to_batch(_through_bytes(message)))
+
+
+def test_batch_to_bytes_leaves_out_only_all_zero_optional_columns():
+    batch = small_batch(16, seed=1)
+    header = np.zeros_like(batch.header)
+    zero_header = PacketBatch(**{**{n: getattr(batch, n) for n in batch.__dataclass_fields__},
+                                 "header": header, "hdr_len": np.zeros(16, np.uint8),
+                                 "proto": np.zeros(16, np.uint8)})
+    sent = batch_pb2.PacketBatch.FromString(wire.batch_to_bytes(zero_header))
+    assert not sent.header and not sent.hdr_len
+    assert len(sent.proto) == 16  # required columns travel even when zero
+    header[3, 39] = 1  # one non-zero byte: the whole block travels
+    sent = batch_pb2.PacketBatch.FromString(wire.batch_to_bytes(zero_header))
+    assert len(sent.header) == 16 * 40 and wire.message_to_batch(sent).equals(zero_header)
+
+
+def test_batch_to_bytes_of_non_contiguous_columns():
+    batch = small_batch(64, seed=8)
+    strided = PacketBatch(**{name: getattr(batch, name)[::2] for name in batch.__dataclass_fields__})
+    assert not strided.ts_ns.flags.c_contiguous
+    raw = wire.batch_to_bytes(strided, sequence=3)
+    assert wire.message_to_batch(batch_pb2.PacketBatch.FromString(raw)).equals(strided)
+
+
+def test_batch_to_bytes_refuses_what_batch_to_message_refuses():
+    with pytest.raises(BatchError, match="schema version 2"):
+        wire.batch_to_bytes(mixed_batch(4), schema_version=1)
+    with pytest.raises(BatchError, match="schema_version 3"):
+        wire.batch_to_bytes(small_batch(4), schema_version=3)
+
+
 def test_empty_batch_round_trips():
     assert len(wire.message_to_batch(wire.batch_to_message(PacketBatch.empty()))) == 0
 
@@ -241,3 +292,12 @@ def test_both_schema_versions_through_a_real_server(tmp_path):
         assert svc.service.sketchset.ipv6_withheld == {"hh": mixed.ipv6_count()}
     finally:
         svc.stop()
+
+
+def test_all_zero_sees_the_last_byte_of_columns_past_the_zero_buffer():
+    big = np.zeros((3 << 20) // 40 + 1, dtype=[("b", "u1", 40)])["b"]  # > 1 MiB: the buffer grows
+    big = np.ascontiguousarray(big)
+    assert wire._all_zero(big) and len(wire._ZERO_BYTES) >= big.nbytes
+    big[-1, -1] = 1
+    assert not wire._all_zero(big)
+    assert not wire._all_zero(np.array([0, 0, 256], np.uint16)) and wire._all_zero(np.zeros(3, np.uint32))
