@@ -1,6 +1,7 @@
 """Scale-out on a real local Ray cluster: sharded answers vs single-process / offline-sharded ones."""
 import numpy as np
 import pytest
+from local_ray import start_local_ray
 
 ray = pytest.importorskip("ray")
 
@@ -37,7 +38,7 @@ def batch():
 
 @pytest.fixture(scope="module")
 def cluster(batch):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"NUMBA_NUM_THREADS": "1"}})
     try:
         sharded = ShardedSketches(SKETCHES, shards=SHARDS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from local_ray import start_local_ray
 
 ray = pytest.importorskip("ray")
 
@@ -33,7 +34,7 @@ def _params(name: str, shard: int = 0) -> dict:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"NUMBA_NUM_THREADS": "1"}})
     yield
     ray.shutdown()

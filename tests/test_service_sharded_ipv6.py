@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from local_ray import start_local_ray
 
 ray = pytest.importorskip("ray")
 
@@ -52,7 +53,7 @@ def offline_hhh(parts: list, threshold: float) -> list:
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"NUMBA_NUM_THREADS": "1"}})
     traffic = mixed_traffic()
     svc = ServiceThread(config(tmp_path_factory.mktemp("sharded6"), shards=SHARDS)).start()

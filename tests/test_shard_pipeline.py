@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from local_ray import start_local_ray
 
 from telesketch.distributed.cluster import SharedRing, ShardWorker, route_packed, route_parts
 from telesketch.errors import Unavailable
@@ -194,7 +195,7 @@ def test_a_batch_that_failed_on_the_shards_is_answered_with_the_failure():
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"NUMBA_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
