@@ -310,7 +310,7 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
     import json
 
     from telesketch.estimators import MissingExtraError
-    from telesketch.estimators.training import generated_batch, train_estimator
+    from telesketch.estimators.training import generated_batch, source_names, train_estimator
 
     config = json.loads(args.config) if args.config else {}
     if not isinstance(config, dict):
@@ -341,9 +341,12 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
                         raise ValueError(f"synthetic source must be PACKETS,FLOWS,SEED, got {spec!r}") from None
                     trace = generate_labelled_batch(packets, flows, seed=seed)
             else:
-                name = Path(trace).name
+                name = None  # named below, beside the other captures
             sources.append(trace)
             names.append(name)
+        paths = [trace for trace, name in zip(sources, names) if name is None]
+        path_names = iter(source_names(paths))  # a/x.pcap and b/x.pcap where two share a file name
+        names = [next(path_names) if name is None else name for name in names]
         report = train_estimator(sources[0] if len(sources) == 1 else sources, args.kind, args.out,
                                  train_fraction=args.train_fraction,
                                  max_flows=args.max_flows, seed=args.seed, split=split,

@@ -426,3 +426,41 @@ def test_train_estimator_on_several_packet_batches_names_them(tmp_path):
     report = train_estimator(batches, "trees", tmp_path / "m", progress=False, memory_kib=8, max_iter=5)
     assert report["sources"] == ["packet batch 0", "packet batch 1"]
     assert list(report["heldout_by_source"]) == report["sources"]
+
+
+def test_train_estimator_takes_two_captures_that_share_a_file_name(tmp_path, capsys):
+    """Two captures in different folders with one file name (a/x.pcap, b/x.pcap) were refused
+    ("training sources must have distinct names": both were called x.pcap). Each is named by the
+    shortest trailing path that tells it apart, in the report and estimator.json; a capture given
+    twice is still refused."""
+    from telesketch.cli import main
+    from telesketch.traces import generate_capture
+
+    for folder, seed in (("a", 5), ("b", 6)):
+        (tmp_path / folder).mkdir()
+        generate_capture(tmp_path / folder / "x.pcap", packets=6000, flows=300, seed=seed)
+    generate_capture(tmp_path / "y.pcap", packets=6000, flows=300, seed=7)
+    out = tmp_path / "m"
+    assert main(["train-estimator", str(tmp_path / "a" / "x.pcap"), str(tmp_path / "b" / "x.pcap"),
+                 str(tmp_path / "y.pcap"), "--kind", "trees", "--out", str(out), "--no-progress",
+                 "--memory-kib", "8", "--config", '{"max_iter": 5}']) == 0
+    names = ["a/x.pcap", "b/x.pcap", "y.pcap"]
+    report = json.loads(capsys.readouterr().out)
+    assert report["sources"] == names and list(report["heldout_by_source"]) == names
+    training = json.loads((out / "estimator.json").read_text())["training"]
+    assert training["trace"] == names and set(training["heldout_by_source"]) == set(names)
+    same = str(tmp_path / "a" / "x.pcap")
+    assert main(["train-estimator", same, str(tmp_path / "a" / ".." / "a" / "x.pcap"), "--kind", "trees",
+                 "--out", str(tmp_path / "m2"), "--no-progress"]) == 2
+    assert "given twice" in capsys.readouterr().err
+
+
+def test_source_names_are_the_shortest_distinguishing_paths():
+    from telesketch.estimators.training import source_names
+
+    assert source_names(["/d/a/x.pcap", "/d/b/x.pcap", "/d/y.pcap"]) == ["a/x.pcap", "b/x.pcap", "y.pcap"]
+    assert source_names(["/a/x.pcap", "/b/a/x.pcap"]) == ["/a/x.pcap", "b/a/x.pcap"]
+    assert source_names(["/r/s/a/x.pcap", "/r/t/a/x.pcap"]) == ["s/a/x.pcap", "t/a/x.pcap"]
+    assert source_names(["/d/x.pcap"]) == ["x.pcap"]
+    with pytest.raises(ValueError, match="given twice"):
+        source_names(["/d/x.pcap", "/d/../d/x.pcap"])

@@ -338,6 +338,31 @@ def source_name(trace) -> str:
     return "a packet batch" if isinstance(trace, PacketBatch) else Path(str(trace)).name
 
 
+def source_names(paths) -> list[str]:
+    """What several capture paths are called in reports and ``estimator.json``: each one's shortest
+    trailing path that no other path ends with (``a/x.pcap`` and ``b/x.pcap`` beside ``y.pcap``;
+    just the file name where that is unique), so captures in different folders that share a file
+    name can train one model. Paths are made absolute first (``..`` folded, links not followed);
+    two paths to one file are a ``ValueError`` (a capture given twice would count twice)."""
+    import os
+
+    absolute = [os.path.abspath(str(p)) for p in paths]
+    seen: dict[str, str] = {}
+    for given, real in zip(paths, (os.path.realpath(p) for p in absolute)):
+        if real in seen:
+            raise ValueError(f"capture {real} is given twice (as {seen[real]} and {given}); give each "
+                             f"training source once")
+        seen[real] = str(given)
+    parts = [Path(p).parts for p in absolute]
+    names = []
+    for i, mine in enumerate(parts):
+        for k in range(1, len(mine) + 1):  # distinct absolute paths: k = len(mine) always tells it apart
+            if all(other[-k:] != mine[-k:] for j, other in enumerate(parts) if j != i):
+                break
+        names.append(str(Path(*mine[-k:])))
+    return names
+
+
 def _source_parts(trace, split: str, train_fraction: float, manifest, seed: int):
     """``(captures, training part, held-out part)`` of one source (path or batch): :func:`split_parts`,
     with the source captures of a joined capture from ``manifest`` or a manifest beside it."""
@@ -392,8 +417,9 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     ``warnings`` says when the model is no better than a constant.
 
     Several sources (a list, e.g. a real capture and generated traffic; ``names`` labels them in
-    the report and ``estimator.json``, default: file names, ``packet batch I`` for the I-th source
-    that is a batch): each is split on its own, flow sizes
+    the report and ``estimator.json``, default: :func:`source_names` of the paths (file names, or
+    the shortest distinguishing paths where file names repeat), ``packet batch I`` for the I-th
+    source that is a batch): each is split on its own, flow sizes
     are counted within each source's part (no flow spans two sources), the training parts' samples
     are pooled (``max_flows`` caps the pool) and the pivot comes from the pooled sizes; the report
     has ``heldout_by_source`` (one held-out report per source, keyed by name) instead of
@@ -410,9 +436,11 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     sources = list(trace) if isinstance(trace, (list, tuple)) else [trace]
     if not sources:
         raise ValueError("no training source given")
-    if names is None:  # a batch has no file name: several are numbered
-        names = [f"packet batch {i}" if len(sources) > 1 and isinstance(t, PacketBatch) else source_name(t)
-                 for i, t in enumerate(sources)]
+    if names is None:  # a batch has no file name: several are numbered; paths by source_names
+        paths = [t for t in sources if not isinstance(t, PacketBatch)]
+        path_names = iter(source_names(paths))
+        names = [(f"packet batch {i}" if len(sources) > 1 else source_name(t)) if isinstance(t, PacketBatch)
+                 else next(path_names) for i, t in enumerate(sources)]
     names = list(names)
     if len(names) != len(sources):
         raise ValueError(f"{len(names)} names for {len(sources)} training sources")
