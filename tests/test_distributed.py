@@ -193,6 +193,29 @@ def test_shard_specs_turn_a_phi_threshold_into_the_shards_share():
     ResidualSketch(**{k: v for k, v in out.items() if k not in ("kind", "global_threshold")})  # builds
 
 
+@pytest.mark.parametrize("memory, phi, expected, name", [
+    (32 * 1024, 1e-3, 1_000_000, "flat"),  # r = 4096 x 1e-3 = 4.1: CocoSketch's layout, no Residual Block
+    (64 * 1024, 2e-3, 2_500_000, "16-24"),  # r = 16.4, 64 KiB: the /16 and /24 blocks
+])
+def test_a_shard_pinned_to_a_tuned_layout_reports_its_name(memory, phi, expected, name):
+    """``layout = "tuned"`` is pinned for a shard as ``paper`` with the chosen crucial layers and split
+    (``ResidualSketch.shard_params``); the shard's ``chosen_layout`` said "custom" for both tuned layouts,
+    where the whole-stream sketch says "flat" / "16-24". A layout given by hand that no rule names is
+    still "custom"."""
+    from telesketch.sketches.residualsketch import ResidualSketch, ResidualSketchParams
+
+    spec = {"kind": "residualsketch", "memory_bytes": memory, "phi": phi, "expected_packets": expected,
+            "layout": "tuned"}
+    whole = ResidualSketch(**{k: v for k, v in spec.items() if k != "kind"})
+    assert whole.params.chosen_layout.name == name
+    out = shard_specs({"hhh": spec}, 4)["hhh"]
+    shard = ResidualSketch(**{k: v for k, v in out.items() if k not in ("kind", "global_threshold")})
+    assert shard.params.layout == "paper" and shard.params.chosen_layout.name == name
+    assert shard.params.chosen_layout.crucial_layers == whole.params.chosen_layout.crucial_layers
+    assert ResidualSketchParams(memory_bytes=memory, threshold=100, crucial_layers=(24,)).chosen_layout.name == "custom"
+    assert ResidualSketchParams(memory_bytes=memory, threshold=100).chosen_layout.name == "paper"
+
+
 MIXED_SKETCHES = {name: SKETCHES[name] for name in ("exact", "hh_src", "gaps_big", "flows")}
 
 

@@ -52,6 +52,8 @@ shards combine through :meth:`ResidualSketch.layer_estimates` (:func:`merged_hhh
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,7 +88,16 @@ from telesketch.sketches.cocosketch import (
     sum_layer_estimates,
 )
 from telesketch.sketches.core import NotMergeableError, SketchError
-from telesketch.sketches.residual_layout import LAYOUTS, RULE, RULES, Layout, choose_layout, paper_layout
+from telesketch.sketches.residual_layout import (
+    LAYOUTS,
+    MIN_T,
+    RULE,
+    RULES,
+    TWO_BLOCK_R,
+    Layout,
+    choose_layout,
+    paper_layout,
+)
 from telesketch.sketches.hierarchy import IPV6_LAYERS, prefix_mask
 
 __all__ = [
@@ -203,8 +214,13 @@ class ResidualSketchParams:
             return self._tuned_layout(True, self.split is not None)
         if self.crucial_layers == DEFAULT_CRUCIAL[self.mode] and self.split is None:
             return paper_layout(self.mode)
-        return Layout("custom", self.crucial_layers, None if self.split is None else self.block_shares(),
-                      "crucial_layers / split as given (layout = \"paper\")")
+        shares = None if self.split is None else self.block_shares()
+        for named in tuned_layouts(self.mode, self.weight):  # e.g. a Ray shard's pinned "tuned" choice
+            if named.crucial_layers == self.crucial_layers and _same_shares(named.split, shares, self.crucial_layers):
+                return Layout(named.name, self.crucial_layers, shares,
+                              f"crucial_layers / split as given (layout = \"paper\"): layout = \"tuned\"'s "
+                              f"{named.name!r}")
+        return Layout("custom", self.crucial_layers, shares, "crucial_layers / split as given (layout = \"paper\")")
 
     def _tuned_choices(self) -> list[Layout]:
         """The tuned layout of every rule (``residual_layout.RULES``) for these parameters, the current rule's first."""
@@ -239,6 +255,31 @@ class ResidualSketchParams:
     def T(self) -> int:
         """The absolute promotion threshold in the sketch's unit (packets, or bytes byte-weighted)."""
         return self._T()
+
+
+@functools.lru_cache(maxsize=None)
+def tuned_layouts(mode: str, weight: str = "packets") -> tuple[Layout, ...]:
+    """Every layout ``layout = "tuned"`` can pick in ``mode`` under any rule of ``RULES``: CocoSketch's
+    (``flat``, no crucial layer) and each rule's block layout, read from :func:`choose_layout` at a point
+    inside its region (the rule's least memory, ``T = 20 * MIN_T``, ``r`` mid-range). So a sketch given the
+    crucial layers and split of a tuned pick (a Ray shard: ``ResidualSketch.shard_params`` pins ``tuned``
+    as ``paper``) reports that pick's name, not "custom"."""
+    threshold, r = 20 * MIN_T, sum(TWO_BLOCK_R) / 2
+    found = {}
+    for memory in sorted(set(RULES.values())):
+        expected = round(memory // bucket_bytes(weight) * threshold / r)
+        for rule in RULES:
+            for layout in (choose_layout(memory, threshold, mode, None, weight, rule=rule),
+                           choose_layout(memory, threshold, mode, expected, weight, rule=rule)):
+                found.setdefault(layout.name, layout)
+    return tuple(found.values())
+
+
+def _same_shares(split, shares, crucial_layers) -> bool:
+    """Whether a :class:`Layout`'s ``split`` and a sketch's block shares (``None``: equal) divide the memory alike."""
+    equal = (1 / (1 + len(crucial_layers)),) * (1 + len(crucial_layers))
+    a, b = equal if split is None else split, equal if shares is None else shares
+    return len(a) == len(b) and all(math.isclose(x, y) for x, y in zip(a, b))
 
 
 def _check_crucial(crucial, mode: str, layers: tuple[int, ...]) -> tuple[int, ...]:
