@@ -309,7 +309,7 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
     """
     import json
 
-    from telesketch.estimators import MissingExtraError
+    from telesketch.estimators import TRAINING_MODULES, MissingExtraError, require_llm
     from telesketch.estimators.training import generated_batch, source_names, train_estimator
 
     config = json.loads(args.config) if args.config else {}
@@ -320,13 +320,10 @@ def cmd_train_estimator(args: argparse.Namespace) -> int:
     split = args.split or "time"
     sources, names = [], []
     try:
+        require_llm(*TRAINING_MODULES[args.kind])  # fail fast on a missing extra, before generating traffic
         for trace in args.trace:
             name = trace
             if trace.startswith(("synthetic:", "generated:")):
-                if args.kind in ("lm", "lm-lora", "tiny"):  # fail fast on a missing extra, before generating
-                    from telesketch.estimators import require_llm
-
-                    require_llm("torch")
                 source, spec = trace.split(":", 1)
                 if source == "generated":
                     trace = generated_batch(spec)

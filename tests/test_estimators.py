@@ -195,6 +195,27 @@ def test_missing_llm_extra_gives_install_hint(monkeypatch, tmp_path, capsys):
     assert "pip install 'telesketch[llm]'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind, module", [("trees", "sklearn"), ("lm", "sklearn"), ("lm-lora", "transformers"),
+                                          ("tiny", "torch")])
+def test_train_estimator_checks_each_kinds_extra_before_generating(monkeypatch, tmp_path, capsys, kind, module):
+    """The CLI checks what training ``kind`` imports (``TRAINING_MODULES``, the one list) before it
+    generates a ``generated:`` source; it repeated its own list of the kinds that need torch, so a
+    missing scikit-learn (trees, lm) surfaced only after the traffic was generated."""
+    from telesketch.cli import main
+    from telesketch.estimators import TRAINED_KINDS, TRAINING_MODULES
+    from telesketch.estimators import training
+
+    assert set(TRAINING_MODULES) == set(TRAINED_KINDS) and module in TRAINING_MODULES[kind]
+    monkeypatch.setitem(sys.modules, module, None)  # importing it now raises ImportError
+
+    def generated(spec):
+        raise AssertionError("generated the traffic before checking the extra")
+
+    monkeypatch.setattr(training, "generated_batch", generated)
+    assert main(["train-estimator", "generated:2000,100,1", "--kind", kind, "--out", str(tmp_path)]) == 2
+    assert "pip install 'telesketch[llm]'" in capsys.readouterr().err
+
+
 def test_load_estimator_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown estimator kind"):
         load_estimator("gpt")

