@@ -54,6 +54,19 @@ def test_gpu_only_settings_on_the_cpu_are_refused(key, value):
         configure({"hhh": {"kind": "residualsketch", "threshold": 10, key: value}}, "cpu")
 
 
+def test_gpu_only_setting_error_names_no_update_mode():
+    """The refusal is one text for every kind and key; it said "this sketch runs on the CPU (exact
+    update)", ResidualSketch's wording, and misleading beside ``gpu_update = 'exact'`` itself (the
+    GPU twin's exact mode, which the CPU sketch does not take either)."""
+    from telesketch.service.config import ConfigError
+    from telesketch.service.sketchset import configure
+
+    with pytest.raises(ConfigError) as caught:
+        configure({"hhh": {"kind": "residualsketch", "threshold": 10, "gpu_update": "exact"}}, "cpu")
+    assert str(caught.value) == ("sketch 'hhh' (residualsketch): gpu_update = 'exact' applies to device = \"gpu\" "
+                                 "only, and this sketch runs on the CPU; remove it or set device = \"gpu\"")
+
+
 def test_gpu_only_settings_belong_to_kinds_with_a_twin():
     for name, kind in KINDS.items():
         if kind.gpu_params:

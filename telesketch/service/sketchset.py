@@ -270,8 +270,8 @@ def configure(specs: dict[str, dict[str, Any]], device: str = "cpu") -> list[Con
         for key in kind.gpu_params:
             if key in params:
                 raise ConfigError(f"sketch {name!r} ({cs.kind_name}): {key} = {params[key]!r} applies to "
-                                  f"device = \"gpu\" only, and this sketch runs on the CPU (exact update); remove it "
-                                  f"or set device = \"gpu\"")
+                                  f"device = \"gpu\" only, and this sketch runs on the CPU; remove it or set "
+                                  f"device = \"gpu\"")
         try:
             cs.cls = getattr(importlib.import_module(kind.module), kind.cls)
         except Exception as exc:  # noqa: BLE001 - a half-written module must not stop the service
