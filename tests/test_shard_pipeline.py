@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 from local_ray import start_local_ray
 
-from telesketch.distributed.cluster import SharedRing, ShardWorker, route_packed, route_parts
+from telesketch.distributed.cluster import (
+    SharedRing,
+    ShardWorker,
+    route_packed,
+    route_parts,
+    shared_memory_usable,
+)
 from telesketch.errors import Unavailable
 from telesketch.packets import HEADER_BYTES, PacketBatch
 from telesketch.service.epochs import ApplyResult
@@ -117,6 +123,47 @@ def test_two_rings_of_one_tag_in_one_process_use_their_own_files():
     finally:
         first.close()
         second.close()
+
+
+def _open_slot_files(tag: str) -> set[int]:
+    """Inodes of the :class:`SharedRing` slot files tagged ``tag`` that this process holds open (by
+    the ring's descriptor or an mmap's own duplicate of it: one file, one inode)."""
+    import os
+
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith(f"/memfd:telesketch-{tag}-"):
+                found.add(os.stat(f"/proc/self/fd/{name}").st_ino)
+        except OSError:  # closed since the listing (listdir's own descriptor, say)
+            continue
+    return found
+
+
+@pytest.mark.skipif(not shared_memory_usable(), reason="needs memfd_create and /proc/<pid>/fd")
+def test_a_ring_dropped_without_close_closes_its_slot_files():
+    """A ``ShardPool`` dropped without ``shutdown()`` dropped its rings unclosed: each slot's memfd
+    stayed open (and its memory held) until the process exited. A ring now closes its files when
+    it is collected; ``close()`` still closes them at once, and a ring taken from again after
+    ``close()`` closes the new ones too."""
+    import gc
+
+    ring = SharedRing("dropped", 2)
+    for nbytes in (100, 3 << 20, 4 << 20):  # the last one regrows slot 0: its first file is closed
+        ring.take(nbytes)
+    assert len(_open_slot_files("dropped")) == 2
+    del ring
+    gc.collect()
+    assert _open_slot_files("dropped") == set()  # were 2 left open on main
+    closed = SharedRing("closed", 1)
+    closed.take(10)
+    closed.close()
+    assert _open_slot_files("closed") == set()
+    closed.take(10)  # used again after close: a fresh file, closed when the ring goes
+    assert len(_open_slot_files("closed")) == 1
+    del closed
+    gc.collect()
+    assert _open_slot_files("closed") == set()
 
 
 class _PipelinedSet:
@@ -239,6 +286,26 @@ def test_a_pipelined_pool_applies_every_batch_in_order(ray_cluster, shared):
         _assert_shards_equal_offline(pool, specs, batches)
     finally:
         pool.shutdown()
+
+
+def test_a_pool_dropped_without_shutdown_closes_its_rings(ray_cluster):
+    """The whole path of the ring test above: a ShardPool that carried a batch through shared memory
+    and is then dropped without ``shutdown()`` leaves no slot file open."""
+    import gc
+
+    from telesketch.distributed.cluster import shard_specs
+    from telesketch.distributed.service import ShardPool
+
+    pool = ShardPool(shard_specs(SPECS, 2), 2)
+    if not pool.shared:
+        pool.shutdown()
+        pytest.skip("the actors cannot read this process's shared memory here")
+    pool.advance(0)
+    pool.update(generate_batch(4_000, 200, seed=3))
+    assert _open_slot_files("shard0") and _open_slot_files("shard1")
+    del pool
+    gc.collect()
+    assert not _open_slot_files("shard0") and not _open_slot_files("shard1")
 
 
 class _PacedSet:

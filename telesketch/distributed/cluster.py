@@ -38,6 +38,7 @@ mergeable state is *merged*, additive estimates are *summed*:
 from __future__ import annotations
 
 import importlib
+import weakref
 from typing import Any
 
 import numpy as np
@@ -337,7 +338,9 @@ class SharedRing:
 
     A slot is an anonymous memory file (``memfd_create``) that the actor opens as
     ``/proc/<front end pid>/fd/<fd>``: nothing is left behind in ``/dev/shm`` when the front end
-    exits, however it exits. :meth:`close` (or the process's end) frees them. An actor that cannot
+    exits, however it exits. :meth:`close` frees them, and so does the ring's collection (a
+    ``weakref.finalize``: an owner dropped without ``shutdown()`` must not hold its slots' memory until
+    the process ends). An actor that cannot
     open that path (another pid namespace, ``hidepid``, a non-dumpable front end) fails with a
     :class:`SketchError` saying so; ``ShardPool`` checks every actor at start
     (``ShardWorker.read_shared``) and otherwise sends parts through Ray's object store.
@@ -347,6 +350,9 @@ class SharedRing:
         self.tag = tag
         self.files: list[tuple[int, Any, int] | None] = [None] * slots  # (fd, mmap, capacity)
         self.next = 0
+        #: the slot files' descriptors still open: shared with the finalizer, which must not hold the ring
+        self._open_fds: set[int] = set()
+        weakref.finalize(self, _close_fds, self._open_fds)
 
     def take(self, nbytes: int) -> tuple[str, np.ndarray]:
         """The next slot: its path and a writable ``uint8[nbytes]`` view of it (grown as needed)."""
@@ -358,6 +364,8 @@ class SharedRing:
         current = self.files[slot]
         if current is None or current[2] < nbytes:
             if current is not None:
+                self.files[slot] = None
+                self._open_fds.discard(current[0])
                 os.close(current[0])  # its memory goes once the last view of the old map is dropped
             capacity = max(1 << 20, nbytes + nbytes // 4)
             fd = os.memfd_create(f"telesketch-{self.tag}-{slot}", os.MFD_CLOEXEC)
@@ -367,17 +375,23 @@ class SharedRing:
             except BaseException:
                 os.close(fd)
                 raise
+            self._open_fds.add(fd)
             current = self.files[slot] = (fd, mapped, capacity)
         return f"/proc/{os.getpid()}/fd/{current[0]}", np.frombuffer(current[1], np.uint8, nbytes)
 
     def close(self) -> None:
         """Close the slots' files (a view still held elsewhere keeps its memory until dropped)."""
-        import os
-
-        for entry in self.files:
-            if entry is not None:
-                os.close(entry[0])
         self.files = [None] * len(self.files)
+        _close_fds(self._open_fds)
+
+
+def _close_fds(fds: set[int]) -> None:
+    """Close and forget every descriptor in ``fds`` (a :class:`SharedRing`'s open slot files); run by
+    ``SharedRing.close`` and, for a ring dropped unclosed, by its finalizer."""
+    import os
+
+    while fds:
+        os.close(fds.pop())
 
 
 def shared_memory_usable() -> bool:
