@@ -554,7 +554,9 @@ class ScoringMixin:
             floor = {} if floor_from is None else {"floor_from": floor_from}
             self.scorer = FlowScorer(estimator, path=estimator_path, rescore=rescore, cache_flows=cache_flows,
                                      mode=scoring, provisional=provisional, **floor)
-            self.scorer.estimator = calibrated_for(self.scorer.estimator, pivot, memory_bytes, task)
+            # the sketch's own parameters: from_bytes and successor pass them, not memory_bytes and task
+            self.scorer.estimator = calibrated_for(self.scorer.estimator, pivot, self.params.memory_bytes,
+                                                   self.params.task)
 
     @property
     def pivot(self) -> int | None:
