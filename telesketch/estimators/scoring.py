@@ -509,8 +509,8 @@ PIVOT_CHOICES = ("memory", "model")
 SCORER_MEMORY = ("separate", "charged")
 DEFAULT_CACHE_FLOWS = 1 << 20  #: ``cache_flows`` when not given and the cache is not charged
 #: ``scorer_memory = "charged"`` without ``cache_flows``: the score cache's share of ``memory_bytes``
-#: (BENCHMARKS.md, "Issue #19 row 7: the scorer's cache charged", measured 0.1 to 0.5)
-DEFAULT_SCORER_SHARE = 0.25
+#: (BENCHMARKS.md, "Issue #19 row 7": of 0.1, 0.25 and 0.5, 0.1 lost the least accuracy at equal total memory)
+DEFAULT_SCORER_SHARE = 0.1
 #: bytes of one score-cache entry: tag, packets seen, score, last use (8 bytes each) and a queued flag
 CACHE_ENTRY_BYTES = 33
 #: the smallest charged cache: one full set of :data:`WAYS` entries (264 bytes)
