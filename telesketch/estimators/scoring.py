@@ -509,7 +509,7 @@ PIVOT_CHOICES = ("memory", "model")
 SCORER_MEMORY = ("separate", "charged")
 DEFAULT_CACHE_FLOWS = 1 << 20  #: ``cache_flows`` when not given and the cache is not charged
 #: ``scorer_memory = "charged"`` without ``cache_flows``: the score cache's share of ``memory_bytes``
-#: (BENCHMARKS.md, "Issue #19 row 7": of 0.1, 0.25 and 0.5, 0.1 lost the least accuracy at equal total memory)
+#: (of 0.1, 0.25 and 0.5, 0.1 lost the least accuracy at equal total memory: BENCHMARKS.md, "Issue #19 row 7")
 DEFAULT_SCORER_SHARE = 0.1
 #: bytes of one score-cache entry: tag, packets seen, score, last use (8 bytes each) and a queued flag
 CACHE_ENTRY_BYTES = 33
