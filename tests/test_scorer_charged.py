@@ -204,3 +204,22 @@ def test_service_builds_reports_and_reloads_a_charged_sketch(tmp_path):
         finally:
             svc.stop()
     assert answers[0] == answers[1] and answers[0]
+
+
+def test_config_refuses_a_bad_split_and_shards_keep_the_charged_settings():
+    """The service's config names the sketch on a bad split (ConfigError); each Ray shard builds the
+    same charged sketch from its spec (the split is per shard, as memory_bytes is)."""
+    from telesketch.distributed.cluster import shard_spec, shard_specs
+    from telesketch.service.config import ConfigError
+    from telesketch.service.sketchset import configure
+
+    spec = {"kind": "llmsketch", "memory_bytes": 64 * 1024, "estimator": "constant", "scorer_memory": "charged"}
+    with pytest.raises(ConfigError, match=r"sketch 'flows' \(llmsketch\): bad parameters: scorer_share must be"):
+        configure({"flows": {**spec, "scorer_share": 1.5}})
+    (cs,) = configure({"flows": spec})
+    built = cs.build()
+    assert cs.active and built.scorer_charged and built.memory_bytes <= 64 * 1024
+    for shard in (0, 1):
+        (shard_cs,) = configure(shard_spec(shard_specs({"flows": spec}, 2), shard))
+        on_shard = shard_cs.build()
+        assert on_shard.params == built.params and on_shard.memory_bytes == built.memory_bytes
