@@ -59,8 +59,16 @@ LM = {"kind": "llmsketch", "memory_bytes": 400 * 1024, "task": "flow_size", "est
 #: The default estimator (``auto`` = the shipped trees), scored in the packet path: issue 21's "(c) with
 #: the default estimator" is ``all_trees``.
 TREES = {**LM, "estimator": "trees"}
+#: ``llmsketch_trees`` with its flow-score cache charged to its 400 KiB (issue #19 row 7): the cache takes
+#: the default share (``scorer_share`` 0.1: 1,240 flows), the sketch the rest (``scoring.charged_split``).
+#: ``..._charged_9mb``: charged too, with a cache that holds this traffic's ~140 k flows (2^18 entries,
+#: 8.25 MiB) beside a 400 KiB sketch part, so ``memory_bytes`` is the 8.6 MiB total.
+TREES_CHARGED = {**TREES, "scorer_memory": "charged"}
+TREES_CHARGED_9MB = {**TREES, "memory_bytes": 400 * 1024 + 33 * (1 << 18), "scorer_memory": "charged",
+                     "cache_flows": 1 << 18}
 CONFIGS = {"none": {}, **SKETCHES, "all": ALL, "llmsketch_lm": {"flows": LM}, "all_lm": {**ALL, "flows": LM},
-           "llmsketch_trees": {"flows": TREES}, "all_trees": {**ALL, "flows": TREES}}
+           "llmsketch_trees": {"flows": TREES}, "all_trees": {**ALL, "flows": TREES},
+           "llmsketch_trees_charged": {"flows": TREES_CHARGED}, "llmsketch_trees_charged_9mb": {"flows": TREES_CHARGED_9MB}}
 
 
 WITH_HEADER = False

@@ -56,9 +56,33 @@ from telesketch.sketches.llmsketch import CountMinBaseline, LLMSketch, stored_ke
 NDPI = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "traces", "ndpi_merged_hdr128.pcap")
 
 
-def score_trace(estimator, batch, floor_from, chunk=8192):
-    """Per-packet scores via the packet path (sync); returns (scores, model calls, seconds)."""
-    scorer = FlowScorer(estimator, rescore=True, mode="sync", floor_from=floor_from)
+#: ``--scorer-memory``: "separate" (each LLM-Sketch row's score cache beside its memory, 2^20 flows) or
+#: "charged" (carved out of the memory point: ``scoring.charged_split`` with ``--scorer-share``), issue #19 row 7
+SCORER = {"memory": "separate", "share": None}
+
+
+def llm_sketch(memory: int, task: str = "flow_size") -> LLMSketch:
+    """The LLM-Sketch of a memory point: all of it, or (``--scorer-memory charged``) the sketch part."""
+    if SCORER["memory"] == "charged":
+        from telesketch.estimators.scoring import charged_split
+
+        return LLMSketch(params=charged_split(memory, task, scorer_share=SCORER["share"])[0])
+    return LLMSketch(memory, task)
+
+
+def cache_flows_for(memory: int | None) -> int:
+    """The score cache of a memory point's LLM-Sketch rows (``None``: the default 2^20 flows)."""
+    if SCORER["memory"] == "charged" and memory is not None:
+        from telesketch.estimators.scoring import charged_split
+
+        return charged_split(memory, scorer_share=SCORER["share"])[1]
+    return 1 << 20
+
+
+def score_trace(estimator, batch, floor_from, chunk=8192, memory=None):
+    """Per-packet scores via the packet path (sync); returns (scores, model calls, seconds). ``memory``:
+    the memory point whose score cache to use (``--scorer-memory charged``: its share)."""
+    scorer = FlowScorer(estimator, rescore=True, mode="sync", floor_from=floor_from, cache_flows=cache_flows_for(memory))
     start = time.perf_counter()
     scores = np.concatenate([scorer.scores(b) for b in batch.split(chunk)])
     return scores, scorer.model_calls, time.perf_counter() - start
@@ -191,7 +215,7 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
     ``extra``: ``{label: estimator}`` of further pivot-calibrated models (``with_pivot``), e.g. the LM head.
     """
     from telesketch.estimators.evaluation import (ConservativeUpdateBaseline, ElasticBaseline, choose_pivot,
-                                                  first_packet_auc, heavy_slots, hh_f1, sketch_metrics)
+                                                  first_packet_auc, sketch_metrics)
 
     keys_void = test.flow_keys_void()
     uniq, true = np.unique(keys_void, return_counts=True)
@@ -209,8 +233,10 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
     cache = {}
     out = []
     for mem in memories:
-        pivot = choose_pivot(train_sizes, heavy_slots(mem), scale=scale)
-        pivot_hh = min(choose_pivot(train_sizes, heavy_slots(mem, "heavy_hitters"), scale=scale), threshold + 1)
+        # the heavy slots of the LLM-Sketch rows' sketch (with --scorer-memory charged: the part beside the cache)
+        slots, slots_hh = (llm_sketch(mem, task).params.buckets * 8 for task in ("flow_size", "heavy_hitters"))
+        pivot = choose_pivot(train_sizes, slots, scale=scale)
+        pivot_hh = min(choose_pivot(train_sizes, slots_hh, scale=scale), threshold + 1)
         models = {"constant(0)": (ConstantEstimator(0.0),) * 2, "constant(0.5)": (ConstantEstimator(0.5),) * 2,
                   "constant(1)": (ConstantEstimator(1.0),) * 2,
                   "oracle": (OracleEstimator(truth, pivot), OracleEstimator(truth, pivot_hh))}
@@ -238,17 +264,19 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
         for label, (model, model_hh) in models.items():
             fs = {}
             for which, m, t in (("size", model, pivot), ("hh", model_hh, pivot_hh)):
-                key = (id(m), _floor_for(t)) if label.startswith(("constant", "lm")) else None
+                key = (id(m), _floor_for(t), cache_flows_for(mem)) if label.startswith(("constant", "lm")) else None
                 if key is not None and key in cache:
                     fs[which] = cache[key]
                 else:
-                    fs[which] = score_trace(m, test, _floor_for(t))[0]
+                    fs[which] = score_trace(m, test, _floor_for(t), memory=mem)[0]
                     if key is not None:
                         cache[key] = fs[which]
-            sketch = LLMSketch(mem, "flow_size")
+            sketch = llm_sketch(mem, "flow_size")
             sketch.update(test, fs["size"])
             r = sketch_metrics(true, sketch.flow_size(query_rows), pivot)
-            r["F1"] = hh_f1(test, fs["hh"], mem, threshold, true_hh)
+            hh = llm_sketch(mem, "heavy_hitters")
+            hh.update(test, fs["hh"])
+            r["F1"] = exact.set_accuracy(true_hh, [k for k, _ in hh.heavy_hitters(threshold=threshold)]).f1
             r["AUC"] = first_packet_auc(model, test, pivot) if not label.startswith(("constant", "oracle")) \
                 else float("nan")
             rows[label] = r
@@ -617,7 +645,15 @@ def main(argv=None) -> int:
                     help="paper (issue #19: N, N-unseen, held-out, G), accuracy (the older per-estimator "
                          "tables), throughput, bytes (flow sizes and heavy hitters by bytes beside packets at "
                          "the spec's memory points, shipped trees scores) (comma separated)")
+    ap.add_argument("--scorer-memory", default="separate", choices=["separate", "charged"],
+                    help="paper section: each LLM-Sketch row's score cache beside the memory point (2^20 flows, "
+                         "not charged) or charged to it (the cache takes --scorer-share of the memory, the sketch "
+                         "the rest; Count-Min, CU and Elastic keep the whole memory point)")
+    ap.add_argument("--scorer-share", type=float, default=None,
+                    help="with --scorer-memory charged: the cache's share of each memory point (default: the "
+                         "service's, telesketch.estimators.scoring.DEFAULT_SCORER_SHARE)")
     args = ap.parse_args(argv)
+    SCORER.update(memory=args.scorer_memory, share=args.scorer_share)
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"machine: {machine()}")
     kinds = ["trees"] if args.quick else args.estimators.split(",")

@@ -285,6 +285,20 @@ def test_scored_sketch_calibrates_the_trees_for_its_memory():
     assert share[0] > share[1] > share[2]
 
 
+def test_a_scored_sketch_loaded_from_its_state_keeps_the_pivot_of_its_memory():
+    """from_bytes builds the sketch from the state's parameters: the trees must be recalibrated for
+    that memory, not for the constructor's default 400 KiB (a service restart loads live states so)."""
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    est = load_estimator("trees")
+    small = LLMSketch(16 * 1024, estimator="trees")
+    loaded = LLMSketch.from_bytes(small.to_bytes(), estimator="trees")
+    assert loaded.params.memory_bytes == 16 * 1024
+    assert loaded.pivot == small.pivot == est.pivot_for_memory(16 * 1024) != est.pivot_for_memory(400 * 1024)
+    hh = LLMSketch(16 * 1024, "heavy_hitters", estimator="trees")
+    assert LLMSketch.from_bytes(hh.to_bytes(), estimator="trees").pivot == hh.pivot
+
+
 def test_trained_trees_save_their_traffic_and_rechoose_the_pivot(tmp_path):
     from telesketch.estimators.training import train_estimator
     from telesketch.traces import generate_batch

@@ -50,7 +50,8 @@ from telesketch.intrinsics import prefetch
 from telesketch.jit import kernel
 from telesketch.packets import PacketBatch
 from telesketch.sketches.cocosketch import fastmod
-from telesketch.sketches.llmsketch import LLMSketch
+from telesketch.sketches.core import SketchError
+from telesketch.sketches.llmsketch import LLMSketch, LLMSketchParams
 
 PROVISIONAL = 0.5
 FLOOR_FROM = 512  # see "Size floor" in the module doc
@@ -503,6 +504,96 @@ class FlowScorer:
 
 # ---------------------------------------------------------------------------- a sketch with its scorer
 PIVOT_CHOICES = ("memory", "model")
+#: ``scorer_memory``: the score cache beside ``memory_bytes`` (reported as ``scorer_bytes``), or carved
+#: out of it (``memory_bytes`` is then the total of sketch and cache; issue #19 row 7)
+SCORER_MEMORY = ("separate", "charged")
+DEFAULT_CACHE_FLOWS = 1 << 20  #: ``cache_flows`` when not given and the cache is not charged
+#: ``scorer_memory = "charged"`` without ``cache_flows``: the score cache's share of ``memory_bytes``
+#: (of 0.1, 0.25 and 0.5, 0.1 lost the least accuracy at equal total memory: BENCHMARKS.md, "Issue #19 row 7")
+DEFAULT_SCORER_SHARE = 0.1
+#: bytes of one score-cache entry: tag, packets seen, score, last use (8 bytes each) and a queued flag
+CACHE_ENTRY_BYTES = 33
+#: the smallest charged cache: one full set of :data:`WAYS` entries (264 bytes)
+MIN_CHARGED_CACHE_FLOWS = WAYS
+#: ``keep_keys`` names are charged at their widest when the cache is charged (a flow-size sketch names
+#: IPv6 flows with 37-byte keys and then widens every slot's name), so the total can never grow past
+#: ``memory_bytes``; IPv4-only traffic leaves 24 of those bytes per heavy slot unused
+CHARGED_NAME_BYTES = 37
+
+
+def cache_capacity(cache_flows: int) -> int:
+    """Entries a :class:`ScoreCache` of ``cache_flows`` holds: rounded up to a multiple of the ways."""
+    ways = min(WAYS, int(cache_flows))
+    return ways * -(-int(cache_flows) // ways)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def charged_split(memory_bytes: int, task: str = "flow_size", *, cache_flows: int | None = None,
+                  scorer_share: float | None = None, keep_keys: bool = False, heavy_ratio: float | None = None,
+                  seed: int = 0, weight: str = "packets") -> tuple[LLMSketchParams, int]:
+    """Split ``memory_bytes`` (bytes, the total) between the score cache and the sketch
+    (``scorer_memory = "charged"``): ``(the sketch part's parameters, cache_flows)``.
+
+    The cache takes ``cache_flows`` entries if given, else ``scorer_share`` (default
+    :data:`DEFAULT_SCORER_SHARE`) of ``memory_bytes``, as whole sets of :data:`WAYS` entries of
+    :data:`CACHE_ENTRY_BYTES` (rounded down); the sketch gets the largest ``memory_bytes`` parameter
+    whose charged bytes (heavy slots, light counters, ``keep_keys`` names at
+    :data:`CHARGED_NAME_BYTES` per slot) fit in the rest. So ``sketch memory + cache bytes <=
+    memory_bytes`` always. ``SketchError`` (a ``ValueError``) names what does not fit: both settings
+    given, a share outside (0, 1), a cache under :data:`MIN_CHARGED_CACHE_FLOWS` entries, a cache
+    that leaves the sketch nothing, or a sketch part too small for one heavy bucket and light counter.
+    """
+    if not _is_int(memory_bytes) or memory_bytes <= 0:
+        raise SketchError(f"memory_bytes must be a positive integer, got {memory_bytes!r}")
+    memory_bytes = int(memory_bytes)
+    if cache_flows is not None and scorer_share is not None:
+        raise SketchError("scorer_memory = 'charged' sizes the score cache by cache_flows or by scorer_share, "
+                          "not both")
+    if cache_flows is not None:
+        if not _is_int(cache_flows) or cache_flows < MIN_CHARGED_CACHE_FLOWS:
+            raise SketchError(f"cache_flows must be an integer >= {MIN_CHARGED_CACHE_FLOWS} (one cache set) when the "
+                              f"score cache is charged, got {cache_flows!r}")
+        flows = cache_capacity(cache_flows)
+        how = f"cache_flows={cache_flows}"
+    else:
+        share = DEFAULT_SCORER_SHARE if scorer_share is None else scorer_share
+        if isinstance(share, bool) or not isinstance(share, (int, float, np.floating, np.integer)) \
+                or not 0.0 < float(share) < 1.0:
+            raise SketchError(f"scorer_share must be a fraction in (0, 1) of memory_bytes (the score cache's "
+                              f"share; the sketch gets the rest), got {share!r}")
+        flows = int(memory_bytes * float(share)) // CACHE_ENTRY_BYTES // WAYS * WAYS
+        how = f"scorer_share={share:g} of memory_bytes={memory_bytes}"
+        if flows < MIN_CHARGED_CACHE_FLOWS:
+            raise SketchError(f"{how} is {int(memory_bytes * float(share))} bytes: under the smallest score cache, "
+                              f"{MIN_CHARGED_CACHE_FLOWS} flows of {CACHE_ENTRY_BYTES} bytes "
+                              f"({MIN_CHARGED_CACHE_FLOWS * CACHE_ENTRY_BYTES} bytes); give a larger share or memory")
+    cache = flows * CACHE_ENTRY_BYTES
+    budget = memory_bytes - cache
+    where = (f"memory_bytes={memory_bytes} with the score cache charged ({how}: {flows} flows x "
+             f"{CACHE_ENTRY_BYTES} B = {cache} bytes)")
+    if budget <= 0:
+        raise SketchError(f"{where} leaves nothing for the sketch; give fewer cache_flows or more memory_bytes")
+    names = CHARGED_NAME_BYTES if keep_keys else 0
+
+    def charged(m: int) -> int:  # the sketch's charged bytes at memory_bytes = m (0: no sketch there)
+        try:
+            return LLMSketchParams(m, task, heavy_ratio, seed, weight).charged_bytes(names)
+        except SketchError:
+            return 0
+
+    lo, hi = 1, budget  # the largest m whose charged bytes fit (heavy + light <= m, so m = budget fits without names)
+    if charged(hi) > budget:
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if charged(mid) <= budget else (lo, mid - 1)
+    try:
+        params = LLMSketchParams(hi, task, heavy_ratio, seed, weight)
+    except SketchError as exc:
+        raise SketchError(f"{where} leaves {budget} bytes for the sketch, too few: {exc}") from None
+    return params, flows
 
 
 def calibrated_for(estimator, pivot, memory_bytes: int, task: str):
@@ -541,20 +632,62 @@ class ScoringMixin:
     a small sketch locks more "large" flows than it has slots and they evict each other), an int
     sets it, ``"model"`` keeps the one saved with the model; other estimators ignore it.
     The sketch state (``to_bytes``) holds no scorer state.
+
+    ``scorer_memory`` -- where the score cache is charged (issue #19 row 7): ``"separate"`` (default)
+    keeps it beside the sketch, ``cache_flows`` entries (default 2^20, 33 MiB), reported as
+    :attr:`scorer_bytes` and not in :attr:`memory_bytes`; ``"charged"`` makes ``memory_bytes`` the
+    total of sketch and cache: the cache takes ``cache_flows`` entries if given, else
+    ``scorer_share`` of ``memory_bytes`` (default :data:`DEFAULT_SCORER_SHARE`), the sketch the rest
+    (:func:`charged_split`), and :attr:`memory_bytes` reports both (:attr:`sketch_memory_bytes`: the
+    sketch part). The pivot is chosen from the sketch part's memory. A smaller cache forgets flows
+    sooner: a flow evicted from it and seen again is scored again as new (a model call, on a later
+    packet's header) and counts its in-flow position from 1 again, so the size floor
+    (``floor_from``) reaches it later or never; the sketch's state does not change. Loading a
+    charged sketch's state (``from_bytes``) takes the same settings and the configured
+    ``memory_bytes`` (the state holds the sketch part's parameters only).
     """
 
     scored_class = ""  #: already scored: ``LLMSketch.__new__`` builds this class as asked
+    scorer_charged = False  #: the score cache is part of :attr:`memory_bytes` (``scorer_memory = "charged"``)
+    charged_memory_bytes: int | None = None  #: the configured total when charged (bytes), else None
 
-    def __init__(self, memory_bytes: int = 400 * 1024, task: str = "flow_size", estimator=None, *,
-                 estimator_path=None, rescore: bool = False, cache_flows: int = 1 << 20, scoring: str = "auto",
-                 provisional=None, floor_from: int | None = None, pivot="memory", **sketch_kwargs):
-        super().__init__(memory_bytes, task, **sketch_kwargs)
+    def __init__(self, memory_bytes: int | None = None, task: str = "flow_size", estimator=None, *,
+                 estimator_path=None, rescore: bool = False, cache_flows: int | None = None, scoring: str = "auto",
+                 provisional=None, floor_from: int | None = None, pivot="memory", scorer_memory: str = "separate",
+                 scorer_share: float | None = None, **sketch_kwargs):
+        if scorer_memory not in SCORER_MEMORY:
+            raise SketchError(f"scorer_memory must be one of {SCORER_MEMORY}, got {scorer_memory!r}")
+        charged = scorer_memory == "charged"
+        if charged:
+            if estimator is None:
+                raise SketchError("scorer_memory = 'charged' needs an estimator: without a scorer there is no cache "
+                                  "to charge")
+            if memory_bytes is None:
+                raise SketchError("scorer_memory = 'charged' needs memory_bytes, the total of sketch and score cache "
+                                  "(also when loading a state: its parameters are the sketch part's)")
+            split, cache_flows = charged_split(
+                memory_bytes, task, cache_flows=cache_flows, scorer_share=scorer_share,
+                keep_keys=bool(sketch_kwargs.get("keep_keys", False)), heavy_ratio=sketch_kwargs.pop("heavy_ratio", None),
+                seed=sketch_kwargs.pop("seed", 0), weight=sketch_kwargs.pop("weight", "packets"))
+            # a state's own parameters win (its arrays have that shape); memory_bytes reports what is held
+            if sketch_kwargs.get("params") is None:
+                sketch_kwargs["params"] = split
+        elif scorer_share is not None:
+            raise SketchError(f"scorer_share={scorer_share!r} sizes a charged score cache: it needs "
+                              f"scorer_memory = 'charged' (the default 'separate' sizes it by cache_flows)")
+        elif cache_flows is None:
+            cache_flows = DEFAULT_CACHE_FLOWS
+        super().__init__(400 * 1024 if memory_bytes is None else memory_bytes, task, **sketch_kwargs)
+        self.scorer_charged = charged
+        self.charged_memory_bytes = int(memory_bytes) if charged else None
         self.scorer: FlowScorer | None = None
         if estimator is not None:
             floor = {} if floor_from is None else {"floor_from": floor_from}
             self.scorer = FlowScorer(estimator, path=estimator_path, rescore=rescore, cache_flows=cache_flows,
                                      mode=scoring, provisional=provisional, **floor)
-            self.scorer.estimator = calibrated_for(self.scorer.estimator, pivot, memory_bytes, task)
+            # the sketch's own parameters: from_bytes and successor pass them, not memory_bytes and task
+            self.scorer.estimator = calibrated_for(self.scorer.estimator, pivot, self.params.memory_bytes,
+                                                   self.params.task)
 
     @property
     def pivot(self) -> int | None:
@@ -583,20 +716,33 @@ class ScoringMixin:
         is not scored again as if it were new. The state itself starts empty."""
         nxt = super().successor()
         nxt.scorer = self.scorer
+        nxt.scorer_charged, nxt.charged_memory_bytes = self.scorer_charged, self.charged_memory_bytes
         return nxt
 
     @property
     def scorer_bytes(self) -> int:
-        """Bytes of per-flow scoring state outside ``memory_bytes`` (0 without an estimator).
+        """Bytes of per-flow scoring state (0 without an estimator, e.g. a copy).
 
         The :class:`FlowScorer` cache keeps, per entry, a 64-bit tag, packets seen, the latest
         score, the last use and a queued flag (33 bytes); it is capped by ``cache_flows`` (LRU) and
-        allocated up front, so this is its full size. Not charged to the sketch's memory: report it
-        next to it (issue #19)."""
+        allocated up front, so this is its full size. With ``scorer_memory = "separate"`` it is not
+        in :attr:`memory_bytes` (report it next to it, issue #19); ``"charged"``: it is."""
         if self.scorer is None:
             return 0
         cache = self.scorer.cache
         return int(sum(a.nbytes for a in (cache.tags, cache.seen, cache.score, cache.stamp, cache.pending)))
+
+    @property
+    def sketch_memory_bytes(self) -> int:
+        """The sketch part's charged bytes (the pure sketch's ``memory_bytes``), without the cache."""
+        return super().memory_bytes
+
+    @property
+    def memory_bytes(self) -> int:
+        """Charged bytes: the sketch's, plus the score cache's (:attr:`scorer_bytes`) when it is
+        charged (``scorer_memory = "charged"``: then at most the configured ``memory_bytes``)."""
+        own = super().memory_bytes
+        return own + self.scorer_bytes if self.scorer_charged else own
 
 
 class ScoredLLMSketch(ScoringMixin, LLMSketch):

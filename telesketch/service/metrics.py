@@ -80,8 +80,10 @@ class ServiceMetrics:
         self.epochs_retained = Gauge("telesketch_epochs_retained", "Epochs held (closed and open)", registry=r)
         self.sketch_memory = Gauge("telesketch_sketch_memory_bytes", "Sketch state of the open epoch",
                                    ["sketch"], registry=r)
-        self.scorer_memory = Gauge("telesketch_scorer_memory_bytes", "Per-flow scoring state beside a sketch, not "
-                                   "in its memory_bytes (LLM-Sketch's flow-score cache, capped by cache_flows)",
+        self.scorer_memory = Gauge("telesketch_scorer_memory_bytes", "Per-flow scoring state of a sketch "
+                                   "(LLM-Sketch's flow-score cache, capped by cache_flows); in "
+                                   "telesketch_sketch_memory_bytes only where the sketch charges it (stats: "
+                                   "scorer_charged)",
                                    ["sketch"], registry=r)
         self.sketch_device = Gauge("telesketch_sketch_device", "1 for each active sketch: where it runs "
                                    "(device cpu or gpu; backend numpy, cupy, numba or simulator)",

@@ -716,7 +716,7 @@ def grpc_server_options(cfg: ServiceConfig) -> list[tuple[str, int]]:
             *KEEPALIVE_OPTIONS]
 
 #: ``stats()`` sketch fields that the gRPC ``SketchInfo`` message does not carry (HTTP and /metrics do).
-_NOT_IN_SKETCH_INFO = ("device", "backend", "scorer_bytes")
+_NOT_IN_SKETCH_INFO = ("device", "backend", "scorer_bytes", "scorer_charged")
 
 def _is_loopback_host(host: str) -> bool:
     if host in ("localhost", ""):
@@ -880,7 +880,8 @@ class Service:
             for cs in self.sketchset.sketches:
                 memory = cs.memory(m.open.states[cs.name]) if cs.active and m.open is not None else 0
                 state = m.open.states[cs.name] if cs.active and m.open is not None else None
-                scorer = int(getattr(state, "scorer_bytes", 0))  # LLM-Sketch's flow-score cache, outside memory
+                scorer = int(getattr(state, "scorer_bytes", 0))  # LLM-Sketch's flow-score cache
+                charged = bool(getattr(state, "scorer_charged", False))  # ... already in memory_bytes
                 if cs.active:
                     self.metrics.sketch_memory.labels(cs.name).set(memory)
                     if scorer:
@@ -889,7 +890,7 @@ class Service:
                     if load is not None:
                         self.metrics.load_factor.labels(cs.name).set(load)
                 sketches.append({"name": cs.name, "kind": cs.kind_name, "active": cs.active, "note": cs.note,
-                                 "memory_bytes": memory, "scorer_bytes": scorer,
+                                 "memory_bytes": memory, "scorer_bytes": scorer, "scorer_charged": charged,
                                  "queries": sorted(cs.kind.queries) if cs.kind else [],
                                  "device": cs.device, "backend": cs.backend})
             self.metrics.epochs_retained.set(len(epochs))

@@ -134,7 +134,8 @@ KINDS: dict[str, Kind] = {
                            gpu_cls=_twin("residualsketch:ResidualSketch"), spread_keys=True, ipv6_tree_memory=True,
                            load_params=_RESIDUAL_GPU_UPDATE, gpu_params=_RESIDUAL_GPU_UPDATE),
     "llmsketch": Kind("telesketch.sketches.llmsketch", "LLMSketch", frozenset({"flow_size", "top_flows"}),
-                      load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from", "pivot"),
+                      load_params=("estimator", "estimator_path", "rescore", "cache_flows", "floor_from", "pivot",
+                                   "memory_bytes", "scorer_memory", "scorer_share"),
                       int_keys="fingerprint",
                       gpu_cls=_twin("llmsketch:LLMSketch")),
     "exact": Kind("telesketch.service.exactsketch", "ExactSketch", frozenset(QUERIES), exact=True),
@@ -296,8 +297,9 @@ def configure(specs: dict[str, dict[str, Any]], device: str = "cpu") -> list[Con
         cs.active = True
         log.info("sketch %s: %s %s", name, cs.kind_name, params)
         if getattr(sketch, "scorer_bytes", 0):
-            log.info("sketch %s: its flow-score cache holds %.1f MiB beside the sketch's %d bytes (cache_flows caps it)",
-                     name, sketch.scorer_bytes / 2**20, sketch.memory_bytes)
+            log.info("sketch %s: its flow-score cache holds %.1f MiB %s the sketch's %d bytes", name,
+                     sketch.scorer_bytes / 2**20, "within" if getattr(sketch, "scorer_charged", False) else "beside",
+                     sketch.memory_bytes)
     return out
 
 

@@ -116,7 +116,7 @@ LARGE = 0.5  # scores >= this are "predicted large"
 #: The settings of the scorer beside a sketch (:class:`telesketch.estimators.scoring.ScoredLLMSketch`);
 #: giving any of them to :class:`LLMSketch` builds the scored sketch.
 SCORER_PARAMS = ("estimator", "estimator_path", "rescore", "cache_flows", "scoring", "provisional", "floor_from",
-                 "pivot")
+                 "pivot", "scorer_memory", "scorer_share")
 
 #: task -> (heavy_ratio default, key_len, light part)
 TASKS: dict[str, tuple[float, int, str]] = {
@@ -899,6 +899,16 @@ class LLMSketchParams:
         if self.light == "coco":
             return int(ml / COCO_ROWS / COCO_CELL_BYTES)
         return 0
+
+    def charged_bytes(self, name_bytes: int = 0) -> int:
+        """What :attr:`LLMSketch.memory_bytes` charges for these parameters: heavy slots, light
+        counters, and ``name_bytes`` per heavy slot (``keep_keys``: 13, or 37 once IPv6 flows are
+        named; 0 without names). Computed from the parameters alone, no arrays built."""
+        heavy = self.buckets * SLOTS * (self.key_len + self.count_bytes)
+        width = max(self.light_width, 0)
+        light = {"countmin": CM_ROWS * width * self.cm_counter_bytes, "coco": COCO_ROWS * width * COCO_CELL_BYTES,
+                 "none": 0}[self.light]
+        return heavy + light + self.buckets * SLOTS * int(name_bytes)
 
     def to_dict(self) -> dict:
         """The parameters as stored in a snapshot; a packet sketch's lack ``weight``, so its
