@@ -205,7 +205,29 @@ class MemoScores:
         return self.score(batch.header[idx], batch.hdr_len[idx])
 
 
-def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, validate=None, extra=None):
+HH_PIVOT_RULES = ("spare", "half")
+
+
+def hh_pivots(train_sizes, slots: int, threshold: int, scale: float, rule: str = "spare") -> tuple[int, int]:
+    """``(models' T, oracle's T)`` for a heavy-hitter sketch of ``slots`` heavy slots (threshold in packets).
+
+    The oracle's: flows ``>= T`` fill half the heavy slots, never above ``threshold + 1`` (the fifth
+    pass's rule for every model; exact sizes gain nothing from admitting more). The models':
+    ``rule="spare"`` (default), :func:`telesketch.estimators.evaluation.heavy_hitter_pivot`, what a
+    service's heavy-hitter sketch is calibrated for (every heavy hitter a slot, the free slots two
+    more flows each); ``rule="half"``: the oracle's, as before the sixth pass (for before/after runs)."""
+    from telesketch.estimators.evaluation import choose_pivot, heavy_hitter_pivot
+
+    if rule not in HH_PIVOT_RULES:
+        raise ValueError(f"rule must be one of {HH_PIVOT_RULES}, got {rule!r}")
+    oracle = min(choose_pivot(train_sizes, slots, scale=scale), threshold + 1)
+    if rule == "half":
+        return oracle, oracle
+    return heavy_hitter_pivot(train_sizes, slots, threshold, scale=scale), oracle
+
+
+def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, validate=None, extra=None,
+                hh_rule="spare"):
     """One trace of the issue-#19 evaluation: every memory point, every estimator and baseline.
 
     ``fitted``: a ``BoostedTreesEstimator`` trained on ``train`` (or on another trace: zero-shot);
@@ -213,6 +235,7 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
     ``validate(memory, test_packets) -> m``: also the trees with score 0.5 at ``m * T``, ``m`` chosen
     on a validation split of the training part (``evaluation.validation_cut_scale``).
     ``extra``: ``{label: estimator}`` of further pivot-calibrated models (``with_pivot``), e.g. the LM head.
+    ``hh_rule``: the heavy-hitter sketch's pivot for the models (:func:`hh_pivots`).
     """
     from telesketch.estimators.evaluation import (ConservativeUpdateBaseline, ElasticBaseline, choose_pivot,
                                                   first_packet_auc, sketch_metrics)
@@ -228,7 +251,7 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
     scale = n / max(len(train), 1)
     print(f"\n### {name}: train {len(train):,} packets / {train_sizes.size:,} flows; test {n:,} packets, "
           f"{len(truth):,} flows, HH threshold {threshold} ({len(true_hh)} true HH)", flush=True)
-    print("\n| memory | T (flow size) | T (HH) | estimator | ARE | AAE | ARE>=T | top-100 ARE | HH F1 | first-pkt AUC |")
+    print("\n| memory | T (flow size) | T (HH; oracle's) | estimator | ARE | AAE | ARE>=T | top-100 ARE | HH F1 | first-pkt AUC |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     cache = {}
     out = []
@@ -236,10 +259,10 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
         # the heavy slots of the LLM-Sketch rows' sketch (with --scorer-memory charged: the part beside the cache)
         slots, slots_hh = (llm_sketch(mem, task).params.buckets * 8 for task in ("flow_size", "heavy_hitters"))
         pivot = choose_pivot(train_sizes, slots, scale=scale)
-        pivot_hh = min(choose_pivot(train_sizes, slots_hh, scale=scale), threshold + 1)
+        pivot_hh, pivot_hh_oracle = hh_pivots(train_sizes, slots_hh, threshold, scale, hh_rule)
         models = {"constant(0)": (ConstantEstimator(0.0),) * 2, "constant(0.5)": (ConstantEstimator(0.5),) * 2,
                   "constant(1)": (ConstantEstimator(1.0),) * 2,
-                  "oracle": (OracleEstimator(truth, pivot), OracleEstimator(truth, pivot_hh))}
+                  "oracle": (OracleEstimator(truth, pivot), OracleEstimator(truth, pivot_hh_oracle))}
         if fitted is not None:
             models["trees (sklearn HGB, calibrated)"] = (fitted.with_pivot(pivot), fitted.with_pivot(pivot_hh))
             if validate is not None:
@@ -263,7 +286,8 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
         rows = {}
         for label, (model, model_hh) in models.items():
             fs = {}
-            for which, m, t in (("size", model, pivot), ("hh", model_hh, pivot_hh)):
+            t_hh = pivot_hh_oracle if label == "oracle" else pivot_hh
+            for which, m, t in (("size", model, pivot), ("hh", model_hh, t_hh)):
                 key = (id(m), _floor_for(t), cache_flows_for(mem)) if label.startswith(("constant", "lm")) else None
                 if key is not None and key in cache:
                     fs[which] = cache[key]
@@ -287,9 +311,10 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
             rows[label] = sketch_metrics(true, base.flow_size(query_rows), pivot) | {"F1": float("nan"),
                                                                                      "AUC": float("nan")}
         for label, r in rows.items():
-            print(f"| {mem / 1024:g} KiB | {pivot} | {pivot_hh} | {label} | {r['ARE']:.4f} | {r['AAE']:.3f} | "
+            print(f"| {mem / 1024:g} KiB | {pivot} | {pivot_hh}; {pivot_hh_oracle} | {label} | {r['ARE']:.4f} | "
+                  f"{r['AAE']:.3f} | "
                   f"{r['ARE>=T']:.4f} | {r['top100 ARE']:.4f} | {r['F1']:.3f} | {r['AUC']:.3f} |", flush=True)
-        out.append((mem, pivot, pivot_hh, rows))
+        out.append((mem, pivot, (pivot_hh, pivot_hh_oracle), rows))
     if summary is not None:
         summary.append((name, out))
     return out
@@ -431,31 +456,32 @@ def paper_evaluation(args):
         validate_n = validator(fit, train, capture_ids(train, args.trace, manifest), "time") \
             if not args.no_validated_cut else None
         paper_trace("N: nDPI, each capture split in time (first half trains)", train, test,
-                    kib(args.memories_trace), model_n, lm, summary, validate_n, head_n)
+                    kib(args.memories_trace), model_n, lm, summary, validate_n, head_n, args.hh_pivot)
         train_u, test_u = capture_split(batch, capture, 0.5, seed=0)
         paper_trace("N-unseen: nDPI split by capture (half the captures train)", train_u, test_u,
                     kib(args.memories_trace), fit(train_u), lm, summary,
                     validator(fit, train_u, capture_ids(train_u, args.trace, manifest), "capture")
-                    if not args.no_validated_cut else None, extra(train_u, trace="N-unseen"))
+                    if not args.no_validated_cut else None, extra(train_u, trace="N-unseen"), args.hh_pivot)
         held_out = HELD_OUT if args.held_out is None else [h for h in args.held_out.split(",") if h]
         for name in held_out:
             path = os.path.join(os.path.dirname(args.trace), name)
             if os.path.exists(path):
                 paper_trace(f"held-out {name}, zero-shot (trees trained on N's training part)", train,
                             load_trace(path), kib(args.memories_held_out), model_n, lm, summary, validate_n,
-                            extra(model=(head_n or {}).get(head)))
+                            extra(model=(head_n or {}).get(head)), args.hh_pivot)
     for seed in [int(x) for x in args.generated_seeds.split(",") if x]:
         gen = generate_labelled_batch(args.generated_packets, args.generated_flows, seed=seed)
         train, test = split_trace(gen, 0.5)
         paper_trace(f"G: generated seed {seed} (first half trains)", train, test, kib(args.memories_generated),
                     fit(train), lm, summary, validator(fit, train) if not args.no_validated_cut else None,
-                    extra(train, trace="G"))
+                    extra(train, trace="G"), args.hh_pivot)
     if args.json:
         import json
 
         with open(args.json, "w") as f:
             json.dump({"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-                       "traces": [{"name": name, "points": [{"memory": mem, "pivot": t, "pivot_hh": t_hh, "rows": rows}
+                       "traces": [{"name": name, "points": [{"memory": mem, "pivot": t, "pivot_hh": t_hh[0],
+                                                              "pivot_hh_oracle": t_hh[1], "rows": rows}
                                                              for mem, t, t_hh, rows in out]}
                                   for name, out in summary]}, f, indent=1)
         print(f"\n(every row written to {args.json})")
@@ -633,6 +659,10 @@ def main(argv=None) -> int:
     ap.add_argument("--lm-head-traces", default="N,N-unseen,G",
                     help="paper section, estimator lm-head: the traces it is trained on (N, N-unseen, G; "
                          "held-out captures use N's)")
+    ap.add_argument("--hh-pivot", default="spare", choices=HH_PIVOT_RULES,
+                    help="paper section: the heavy-hitter sketch's pivot for the models (hh_pivots): spare (default; "
+                         "estimators.evaluation.heavy_hitter_pivot, what a service sketch uses) or half (flows >= T fill "
+                         "half the heavy slots, at most the threshold + 1: before the sixth pass); the oracle's is half")
     ap.add_argument("--json", default=None, help="paper section: also write every row to this JSON file "
                     "(for benchmarks/llmsketch_targets.py)")
     ap.add_argument("--calibrate-lm", action="store_true",

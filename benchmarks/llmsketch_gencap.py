@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--flows", type=int, default=5_000)
     ap.add_argument("--memories-kib", default="16,32,64")
+    ap.add_argument("--hh-pivot", default="spare", choices=bench.HH_PIVOT_RULES,
+                    help="the heavy-hitter sketch's pivot for the models (bench_llmsketch.hh_pivots)")
     args = ap.parse_args(argv)
     models = {"shipped trees": load_estimator("trees")}
     for spec in args.models:
@@ -34,7 +36,8 @@ def main(argv=None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         train, test = split_trace(generate_batch(packets=args.packets, flows=args.flows, seed=seed), 0.5)
         out = bench.paper_trace(f"Gc: capture generator seed {seed}", train, test,
-                                [int(float(k) * 1024) for k in args.memories_kib.split(",")], None, extra=models)
+                                [int(float(k) * 1024) for k in args.memories_kib.split(",")], None, extra=models,
+                                hh_rule=args.hh_pivot)
         print(f"\nseed {seed} summary: memory (T) | model: AUC, F1, ARE>=T, top100")
         for mem, pivot, _, rows in out:
             best = {m: min(rows[c][m] for c in CONSTANTS) for m in ("ARE>=T", "top100 ARE")}

@@ -7,8 +7,8 @@ import pytest
 
 from telesketch.estimators import OracleEstimator, load_estimator, soft_label
 from telesketch.estimators.evaluation import (ConservativeUpdateBaseline, capture_ids, capture_split, choose_pivot,
-                                              first_packet_auc, heavy_slots, rank_auc, sketch_metrics,
-                                              time_split_per_capture)
+                                              first_packet_auc, heavy_hitter_pivot, heavy_slots, rank_auc,
+                                              sketch_metrics, time_split_per_capture)
 from telesketch.estimators.synthetic import generate_labelled_batch
 from telesketch.estimators.training import segment_samples, split_trace
 from telesketch.packets import PacketBatch
@@ -75,6 +75,43 @@ def test_choose_pivot_fills_half_the_heavy_slots():
     assert choose_pivot(sizes, slots=200, scale=2.0) == 1801  # a test epoch twice the training part
     assert choose_pivot(sizes, slots=10_000) == 2  # more slots than flows: everything may be large
     assert heavy_slots(16 * 1024) < heavy_slots(64 * 1024)
+
+
+def test_heavy_hitter_pivot_gives_the_spare_slots_to_more_flows():
+    """Issue #19 row 4: a heavy-hitter sketch has no light part, so a flow it does not admit is lost.
+    Every heavy hitter (> threshold packets) needs a slot; the slots left over admit two flows each;
+    when the heavy hitters alone outnumber the slots, T is the label's threshold + 1."""
+    sizes = np.arange(1, 1001)  # one flow of each size 1..1000; threshold 900: 100 heavy hitters
+    assert heavy_hitter_pivot(sizes, slots=80, threshold=900) == 901  # no spare slot
+    assert heavy_hitter_pivot(sizes, slots=100, threshold=900) == 901
+    t = heavy_hitter_pivot(sizes, slots=150, threshold=900)  # 50 spare slots: 100 more flows admitted
+    assert t == 801 and np.sum(sizes >= t) == 200
+    assert heavy_hitter_pivot(sizes, slots=150, threshold=900, spare_flows=1.0) == 851
+    assert heavy_hitter_pivot(sizes, slots=10_000, threshold=900) == 2  # room for every flow of 2+ packets
+    assert heavy_hitter_pivot(sizes, slots=150, threshold=1800, scale=2.0) == 1601  # a test epoch twice as long
+    assert heavy_hitter_pivot(sizes, slots=10, threshold=0) == 1  # every flow is a heavy hitter
+    for slots in (1, 50, 150, 400, 5000):  # never above the threshold + 1: every heavy hitter is predicted large
+        for threshold in (0, 10, 500, 999, 5000):
+            assert heavy_hitter_pivot(sizes, slots, threshold) <= threshold + 1
+    with pytest.raises(ValueError, match="spare_flows"):
+        heavy_hitter_pivot(sizes, slots=150, threshold=900, spare_flows=-1.0)
+
+
+def test_shipped_trees_choose_the_heavy_hitter_pivot_for_the_default_phi():
+    """A heavy-hitter sketch's trees are calibrated by :func:`heavy_hitter_pivot` for phi = 1e-4 of the
+    epoch (the training traffic's packets when the epoch length is not given): the pivot is never
+    above that threshold + 1, where the flow-size rule (half the slots) put it at 2x the threshold at 16 KiB."""
+    est = load_estimator("trees")
+    sizes = np.repeat(est.traffic["sizes"], est.traffic["flows"])
+    threshold = int(1e-4 * est.traffic["packets"])
+    for task in ("heavy_hitters", "heavy_hitters37"):
+        for kib in (16, 64, 250):
+            t = est.pivot_for_memory(kib * 1024, task)
+            assert t == heavy_hitter_pivot(sizes, heavy_slots(kib * 1024, task), threshold) <= threshold + 1
+    epoch = 10 * est.traffic["packets"]  # a longer epoch: a higher threshold, sizes scaled
+    assert est.pivot_for_memory(16 * 1024, "heavy_hitters", epoch_packets=epoch) == heavy_hitter_pivot(
+        sizes, heavy_slots(16 * 1024, "heavy_hitters"), int(1e-4 * epoch), scale=10.0)
+    assert est.pivot_for_memory(16 * 1024, "flow_size") == choose_pivot(sizes, heavy_slots(16 * 1024))  # unchanged
 
 
 def test_rank_auc_counts_ties_half():

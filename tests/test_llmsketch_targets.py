@@ -3,6 +3,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import llmsketch_targets as targets  # noqa: E402
 
@@ -76,3 +78,23 @@ def test_named_candidate_trees_get_their_own_column_after_the_shipped_trees(tmp_
     out = capsys.readouterr().out
     assert "| trace | shipped trees | candidate trees mixed | candidate trees nDPI |" in out
     assert "| N | **met** (1/1): 0.950 | **met** (1/1): 0.910 | **met** (1/1): 0.970 |" in out
+
+
+def test_bench_heavy_hitter_pivots_models_spare_rule_and_the_oracle_label():
+    """bench_llmsketch.hh_pivots: the models get heavy_hitter_pivot (what a service sketch uses), the
+    oracle keeps the fifth pass's rule (half the slots, at most threshold + 1); --hh-pivot half gives the
+    models that rule too (before/after runs in one tree)."""
+    import numpy as np
+
+    import bench_llmsketch as bench
+    from telesketch.estimators.evaluation import choose_pivot, heavy_hitter_pivot, heavy_slots
+
+    sizes = np.arange(1, 3001)
+    mem, threshold = 32 * 1024, 2500  # 500 heavy hitters, 1920 slots: T well below the threshold
+    slots = heavy_slots(mem, "heavy_hitters")
+    old = min(choose_pivot(sizes, slots), threshold + 1)
+    models, oracle = bench.hh_pivots(sizes, slots, threshold, 1.0)
+    assert oracle == old and models == heavy_hitter_pivot(sizes, slots, threshold) < old
+    assert bench.hh_pivots(sizes, slots, threshold, 1.0, "half") == (old, old)
+    with pytest.raises(ValueError, match="rule must be"):
+        bench.hh_pivots(sizes, slots, threshold, 1.0, "quarter")

@@ -5,7 +5,8 @@
   :func:`capture_split` (whole captures train or test: applications never seen in training).
   :func:`capture_ids` maps the packets of ``ndpi_merged_hdr128.pcap`` to their source capture.
 * :func:`choose_pivot`: the pivot ``T`` (packets) from the memory and the training traffic, so that
-  flows of ``>= T`` packets fill about half the heavy slots.
+  flows of ``>= T`` packets fill about half the heavy slots; :func:`heavy_hitter_pivot`: the
+  heavy-hitter task's (every heavy hitter a slot, the free slots two more flows each).
 * :func:`sketch_metrics`: all-flow ARE / AAE, ARE over flows ``>= T``, top-100 ARE; :func:`hh_f1`;
   :func:`first_packet_auc` (does the score at a flow's first packet rank flows ``>= T`` first?).
 * :func:`validation_cut_scale`: the calibration cut (score 0.5 at ``m * T``) chosen on a second split
@@ -99,6 +100,44 @@ def choose_pivot(train_sizes, slots: int, fill: float = 0.5, scale: float = 1.0,
     if k >= sizes.shape[0]:
         return minimum
     return max(minimum, int(np.floor(sizes[k])) + 1)
+
+
+#: Heavy-hitter sketches (:func:`heavy_hitter_pivot`): flows admitted as large per heavy slot that the
+#: heavy hitters leave free. Chosen from 1 / 2 / 4 on the second halves of the labelled synthetic
+#: generator's seeds 11-13 and the capture generator's seeds 11-13 (BENCHMARKS.md, issue #19 sixth pass).
+HH_SPARE_FLOWS = 2.0
+#: The LLM-Sketch tasks whose answer is the heavy part's flows above a threshold, with no light part.
+HH_TASKS = ("heavy_hitters", "heavy_hitters37")
+#: ``phi`` of a heavy-hitter query when none is given (spec §5; ``LLMSketch.heavy_hitters``).
+HH_PHI = 1e-4
+
+
+def heavy_hitter_pivot(train_sizes, slots: int, threshold: int, scale: float = 1.0,
+                       spare_flows: float = HH_SPARE_FLOWS) -> int:
+    """The pivot ``T`` (packets) a heavy-hitter LLM-Sketch's estimator is calibrated for.
+
+    ``train_sizes``: the training traffic's flow sizes (packets; multiplied by ``scale``, the ratio of
+    the epoch's packets to the training traffic's); ``slots``: the sketch's heavy slots
+    (:func:`heavy_slots` of the task); ``threshold``: the query's threshold (packets; heavy hitters
+    have more). ``H`` = training flows of ``>= threshold + 1`` packets. ``T`` is the smallest size
+    such that flows of ``>= T`` packets number at most ``H + spare_flows * max(slots - H, 0)``, and
+    never above ``threshold + 1`` (1 when the threshold is 0: every flow is a heavy hitter).
+
+    Why (issue #19 row 4): the task has no light part, so a packet the sketch does not admit (a
+    flow predicted small that finds its bucket full) is lost, and a heavy hitter predicted small
+    is missed; a small flow admitted as large only takes a slot until it is evicted. Every heavy
+    hitter needs a slot, and the slots the heavy hitters leave free are best spent admitting more
+    flows the model ranks high (``spare_flows`` per free slot), which catches the heavy hitters the
+    model ranks below the threshold. With the flow-size rule (flows ``>= T`` fill half the slots,
+    :func:`choose_pivot`) ``T`` sat at ``threshold + 1`` on G at 32 KiB and the trees missed 36 %
+    of the heavy hitters at their first packet. When the heavy hitters alone outnumber the slots
+    there is nothing to spare: ``T = threshold + 1``, the label itself."""
+    if not spare_flows >= 0:
+        raise ValueError(f"spare_flows must be >= 0, got {spare_flows}")
+    sizes = np.asarray(train_sizes, np.float64) * scale
+    heavy = int(np.count_nonzero(sizes >= threshold + 1))
+    admitted = heavy + spare_flows * max(int(slots) - heavy, 0)
+    return min(choose_pivot(train_sizes, admitted, fill=1.0, scale=scale), int(threshold) + 1)
 
 
 # ---------------------------------------------------------------------------- baselines

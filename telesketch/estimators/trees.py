@@ -90,15 +90,24 @@ class BoostedTreesEstimator(Estimator):
     def pivot_for_memory(self, memory_bytes: int, task: str = "flow_size", epoch_packets: int | None = None) -> int:
         """The pivot ``T`` for an ``LLMSketch(memory_bytes, task)``: flows of ``>= T`` packets in the
         training traffic fill about half its heavy slots (:func:`~telesketch.estimators.evaluation.choose_pivot`),
-        sizes scaled by ``epoch_packets`` / training packets when the epoch length is known. The
-        saved pivot when the model carries no traffic summary (trained before it was saved)."""
-        from telesketch.estimators.evaluation import choose_pivot, heavy_slots
+        sizes scaled by ``epoch_packets`` / training packets when the epoch length is known. A
+        heavy-hitter task (no light part) takes :func:`~telesketch.estimators.evaluation.heavy_hitter_pivot`
+        for the default query, ``phi = 1e-4`` of the epoch (of the training traffic's packets when
+        ``epoch_packets`` is not given): every heavy hitter is predicted large, and the slots they
+        leave free admit more flows. The saved pivot when the model carries no traffic summary
+        (trained before it was saved)."""
+        from telesketch.estimators.evaluation import HH_PHI, HH_TASKS, choose_pivot, heavy_hitter_pivot, heavy_slots
 
         if not self.traffic:
             return self.pivot
         sizes = np.repeat(np.asarray(self.traffic["sizes"], np.float64), np.asarray(self.traffic["flows"], np.int64))
-        scale = 1.0 if not epoch_packets else float(epoch_packets) / max(int(self.traffic["packets"]), 1)
-        return choose_pivot(sizes, heavy_slots(int(memory_bytes), task), scale=scale)
+        packets = max(int(self.traffic["packets"]), 1)
+        scale = 1.0 if not epoch_packets else float(epoch_packets) / packets
+        slots = heavy_slots(int(memory_bytes), task)
+        if task in HH_TASKS:
+            threshold = int(HH_PHI * (epoch_packets if epoch_packets else packets))
+            return max(2, heavy_hitter_pivot(sizes, slots, threshold, scale=scale))
+        return choose_pivot(sizes, slots, scale=scale)
 
     def for_memory(self, memory_bytes: int, task: str = "flow_size", epoch_packets: int | None = None,
                    max_pivot: int | None = None) -> "BoostedTreesEstimator":
