@@ -205,6 +205,22 @@ class MemoScores:
         return self.score(batch.header[idx], batch.hdr_len[idx])
 
 
+def memo_scores(cache: dict, model, settings, score):
+    """``score()`` (a model's per-packet scores of the test part), memoised in ``cache`` per model
+    object and ``settings`` (hashable: what else the scores depend on, e.g. the size floor and the
+    score cache's flows): the constants' and the LMs' scores do not depend on the sketch. The entry
+    keeps ``model`` alive, so no other object can take its ``id`` while the entry lives (keyed by the
+    bare ``id``, a constant built at a later memory point at a freed one's address got that one's
+    scores)."""
+    key = (id(model), settings)
+    hit = cache.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1]
+    scores = score()
+    cache[key] = (model, scores)
+    return scores
+
+
 HH_PIVOT_RULES = ("spare", "half")
 
 
@@ -288,13 +304,12 @@ def paper_trace(name, train, test, memories, fitted, lm=None, summary=None, vali
             fs = {}
             t_hh = pivot_hh_oracle if label == "oracle" else pivot_hh
             for which, m, t in (("size", model, pivot), ("hh", model_hh, t_hh)):
-                key = (id(m), _floor_for(t), cache_flows_for(mem)) if label.startswith(("constant", "lm")) else None
-                if key is not None and key in cache:
-                    fs[which] = cache[key]
+                floor = _floor_for(t)
+                if label.startswith(("constant", "lm")):  # scores independent of the memory point
+                    fs[which] = memo_scores(cache, m, (floor, cache_flows_for(mem)),
+                                            lambda: score_trace(m, test, floor, memory=mem)[0])
                 else:
-                    fs[which] = score_trace(m, test, _floor_for(t), memory=mem)[0]
-                    if key is not None:
-                        cache[key] = fs[which]
+                    fs[which] = score_trace(m, test, floor, memory=mem)[0]
             sketch = llm_sketch(mem, "flow_size")
             sketch.update(test, fs["size"])
             r = sketch_metrics(true, sketch.flow_size(query_rows), pivot)

@@ -98,3 +98,21 @@ def test_bench_heavy_hitter_pivots_models_spare_rule_and_the_oracle_label():
     assert bench.hh_pivots(sizes, slots, threshold, 1.0, "half") == (old, old)
     with pytest.raises(ValueError, match="rule must be"):
         bench.hh_pivots(sizes, slots, threshold, 1.0, "quarter")
+
+
+def test_bench_score_memo_never_answers_for_a_freed_model():
+    """bench_llmsketch.paper_trace memoised the constants' and LMs' scores by ``id(model)`` and built new
+    constant objects at every memory point: a new object at a freed one's address got its scores (seen:
+    N-unseen 16 KiB, constant(0.5)'s rows were constant(0)'s). memo_scores keeps each model it memoises
+    alive, so an id is never reused while its entry lives, and answers only for that very object."""
+    import bench_llmsketch as bench
+    from telesketch.estimators import ConstantEstimator
+
+    cache, computed = {}, []
+    for value in (0.0, 0.5, 1.0, 0.5):
+        model = ConstantEstimator(value)  # the previous one is unreferenced here: CPython may reuse its address
+        got = bench.memo_scores(cache, model, 512, lambda v=value: computed.append(v) or v)
+        assert got == value
+        assert bench.memo_scores(cache, model, 512, lambda: -1.0) == value  # the same object: memoised
+    assert computed == [0.0, 0.5, 1.0, 0.5]
+    assert bench.memo_scores(cache, model, 1024, lambda: 2.0) == 2.0  # other settings (a floor): scored again
