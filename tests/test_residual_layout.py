@@ -212,3 +212,64 @@ def test_a_snapshot_taken_under_either_rule_loads(monkeypatch, current):
     assert fresh.chosen_layout.name == ("16-24" if current == 3 else "flat")
     with pytest.raises(SketchError, match="chooses crucial_layers"):  # a layout no rule picks is still refused
         tuned(32 * 1024, 5000, 2_500_000, crucial_layers=(24,))
+
+
+# ---------------------------------------------------------------- issue 20, third pass: rule 5
+@pytest.mark.parametrize("memory, T, expected, rule4, rule5", [
+    (64 * 1024, 8000, 4_000_000, "16-24", "flat"),    # spec generator s41, phi 2e-3, r = 16.4: rule 4's held-out loss
+    (64 * 1024, 5000, 2_500_000, "16-24", "flat"),    # the hard mix at 64 KiB, phi 2e-3 (rule 4 won there: +0.047)
+    (64 * 1024, 4000, 4_000_000, "16-24", "16-24"),   # phi 1e-3, r = 8.2
+    (128 * 1024, 4000, 4_000_000, "16-24", "16-24"),  # phi 1e-3, r = 16.4
+    (128 * 1024, 2000, 4_000_000, "16-24", "16-24"),  # phi 5e-4, r = 8.2
+    (128 * 1024, 8000, 4_000_000, "flat", "flat"),    # phi 2e-3, r = 32.8 > 20
+    (80 * 1024, 6800, 4_000_000, "16-24", "flat"),    # phi 1.7e-3, r = 17.4
+    (96 * 1024, 5600, 4_000_000, "16-24", "16-24"),   # phi 1.4e-3, r = 17.2: just inside the phi bound
+    (32 * 1024, 4000, 4_000_000, "flat", "flat"),     # r = 4.1
+    (256 * 1024, 1000, 4_000_000, "16-24", "16-24"),  # phi 2.5e-4, r = 8.2
+])
+def test_rule5_keeps_two_blocks_to_phi_at_most_1_5e_3(memory, T, expected, rule4, rule5):
+    from telesketch.sketches.residual_layout import TWO_BLOCK_MAX_PHI
+
+    assert choose_layout(memory, T, "byte", expected, rule=4).name == rule4
+    chosen = choose_layout(memory, T, "byte", expected, rule=5)
+    assert chosen.name == rule5, chosen.why
+    assert (rule5 == "16-24") == (rule4 == "16-24" and T / expected <= TWO_BLOCK_MAX_PHI)
+    if rule4 == "16-24" and rule5 == "flat":
+        assert "phi" in chosen.why and "rule 5" in chosen.why
+    bit = choose_layout(memory, T, "bit", expected, rule=5)  # bit mode: flat under every rule
+    assert bit.name == "flat" and bit.crucial_layers == ()
+
+
+def test_rule5_only_turns_two_block_points_flat_on_the_measured_grid():
+    """Over the benchmark's memory x phi grid (16 KiB .. 256 KiB, phi 2.5e-4 .. 1e-2, several epoch sizes), rule 5
+    picks 16-24 exactly where rule 4 does and phi <= 1.5e-3, and flat everywhere else: it never picks a layout
+    rule 4 did not measure."""
+    picked = {4: 0, 5: 0}
+    for kib in (16, 32, 48, 64, 80, 96, 128, 192, 256):
+        for phi in (2.5e-4, 5e-4, 1e-3, 1.2e-3, 1.4e-3, 1.7e-3, 2e-3, 1e-2):
+            for expected in (94_695, 2_000_000, 4_000_000, 8_000_000):
+                T = int(phi * expected)
+                four = choose_layout(kib * 1024, T, "byte", expected, rule=4)
+                five = choose_layout(kib * 1024, T, "byte", expected, rule=5)
+                assert five.name in ("flat", "16-24") and four.name in ("flat", "16-24")
+                assert (five.name == "16-24") == (four.name == "16-24" and T / expected <= 1.5e-3), (kib, phi)
+                picked[4] += four.name == "16-24"
+                picked[5] += five.name == "16-24"
+    assert 0 < picked[5] < picked[4]
+
+
+def test_a_rule4_snapshot_at_phi_2e_3_loads_under_rule5(monkeypatch):
+    """A sketch built under rule 4 at 64 KiB, phi 2e-3 has the two blocks; rule 5 answers flat for new sketches
+    there, and the old snapshot still loads bit for bit with its own layout."""
+    from telesketch.sketches import residualsketch as rs_module
+
+    monkeypatch.setattr(rs_module, "RULE", 4)
+    old = ResidualSketch(tuned(64 * 1024, 5000, 2_500_000, seed=2))
+    assert old.params.chosen_layout.name == "16-24"
+    old.update_addresses(hierarchical_stream(6000, seed=5))
+    blob = old.to_bytes()
+    monkeypatch.setattr(rs_module, "RULE", 5)
+    restored = ResidualSketch.from_bytes(blob)
+    assert restored.params.crucial_layers == (16, 24) and restored.params.split == (0.5, 0.25, 0.25)
+    assert restored.to_bytes() == blob and restored.hhh_entries() == old.hhh_entries()
+    assert tuned(64 * 1024, 5000, 2_500_000).chosen_layout.name == "flat"
