@@ -16,7 +16,8 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py --sections bitfresh --seeds 3    # issue 20 2nd pass: bit, fresh set 3
     .venv/bin/python benchmarks/bench_residualsketch.py --sections layoutspeed2 --repeats 3  # 2nd pass: layout speed
     .venv/bin/python benchmarks/bench_residualsketch.py --sections fresh4 --seeds 3      # issue 20 3rd pass: fresh set 4
-    .venv/bin/python benchmarks/bench_residualsketch.py --sections rules5 --seeds 3      # 3rd pass: rules 3-5, earlier rows
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections fresh5 --seeds 3      # issue 20 3rd pass: fresh set 5
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections rules5 --seeds 3      # 3rd pass: rules 3-6, earlier rows
     .venv/bin/python benchmarks/bench_residualsketch.py --sections layoutspeed3 --repeats 3  # 3rd pass: speed vs Coco
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv6          # mixed IPv4/IPv6 (issue 18)
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv4_ab --baseline-tree /tmp/base
@@ -738,6 +739,18 @@ def layout_speed_vs_coco(args, cache: Path, results: dict) -> None:
               f"| {mpps['16-24'] / mpps['paper']:.2f} | {mpps['flat'] / mpps['paper']:.2f} |", flush=True)
 
 
+#: Fresh set 5 (issue 20 third pass): seeds 61-65 and settings used nowhere before; rule 6 was committed before this
+#: set was first generated. Three spec-generator workloads (one with steeper /8../32 source exponents, so coarser
+#: HHHs) and two ``generate_batch`` ones; the grid brackets rule 6's phi bound (7e-4) and reaches 512 KiB.
+FRESH5 = {"spec-gen 4M s61": ("gen", ["--seed", "61"]),
+          "spec-gen 4M s62 inj0.2": ("gen", ["--seed", "62", "--inject", "0.2"]),
+          "spec-gen 4M s63 src-s 1.2..0.9": ("gen", ["--seed", "63", "--src-s", "1.2", "1.1", "1.0", "0.9"]),
+          "zipf1.1 3M/200k s64": dict(packets=3_000_000, flows=200_000, zipf=1.1, seed=64),
+          "hard 4M/200k s65": dict(packets=4_000_000, flows=200_000, zipf=1.0, seed=65, mix="hard")}
+FRESH5_KIBS = (96, 128, 192, 256, 512)
+FRESH5_PHIS = (1.25e-4, 2.5e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4)
+
+
 def earlier_rows(args, cache: Path):
     """``(set label, rows)`` of every byte-mode row set scored before fresh set 4 (166 rows)."""
     return [("design rows", split_rows(args, cache)), ("capture rows", held_out_rows()),
@@ -1055,9 +1068,14 @@ def main() -> None:
                     "fresh set 4 (held-out for rule 5)", results, second_pass_rules((3, 4, 5)))
     if "layoutspeed3" in sections:
         layout_speed_vs_coco(args, args.cache, results)
+    if "fresh5" in sections:
+        layout_grid(args, fresh_rows(args.cache, FRESH5, FRESH5_KIBS, FRESH5_PHIS), "byte",
+                    "fresh set 5 (held-out for rule 6)", results, second_pass_rules((4, 5, 6)))
     if "rules5" in sections:
         for label, rows in earlier_rows(args, args.cache):
-            layout_grid(args, rows, "byte", f"{label}, rules 3-5", results, second_pass_rules((3, 4, 5)))
+            layout_grid(args, rows, "byte", f"{label}, rules 3-6", results, second_pass_rules((3, 4, 5, 6)))
+        layout_grid(args, fresh_rows(args.cache, FRESH4, FRESH4_KIBS, FRESH4_PHIS), "byte", "fresh set 4, rules 3-6",
+                    results, second_pass_rules((3, 4, 5, 6)))
     if "why" in sections:
         split_section(args, args.cache, results, WHY_VARIANTS, "why")
     if "ipv4_ab" in sections:

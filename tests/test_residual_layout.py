@@ -228,12 +228,13 @@ def test_a_snapshot_taken_under_either_rule_loads(monkeypatch, current):
     (256 * 1024, 1000, 4_000_000, "16-24", "16-24"),  # phi 2.5e-4, r = 8.2
 ])
 def test_rule5_keeps_two_blocks_to_phi_at_most_1_5e_3(memory, T, expected, rule4, rule5):
-    from telesketch.sketches.residual_layout import TWO_BLOCK_MAX_PHI
+    from telesketch.sketches.residual_layout import RULES
 
+    assert RULES[5].max_phi == 1.5e-3
     assert choose_layout(memory, T, "byte", expected, rule=4).name == rule4
     chosen = choose_layout(memory, T, "byte", expected, rule=5)
     assert chosen.name == rule5, chosen.why
-    assert (rule5 == "16-24") == (rule4 == "16-24" and T / expected <= TWO_BLOCK_MAX_PHI)
+    assert (rule5 == "16-24") == (rule4 == "16-24" and T / expected <= RULES[5].max_phi)
     if rule4 == "16-24" and rule5 == "flat":
         assert "phi" in chosen.why and "rule 5" in chosen.why
     bit = choose_layout(memory, T, "bit", expected, rule=5)  # bit mode: flat under every rule
@@ -273,3 +274,43 @@ def test_a_rule4_snapshot_at_phi_2e_3_loads_under_rule5(monkeypatch):
     assert restored.params.crucial_layers == (16, 24) and restored.params.split == (0.5, 0.25, 0.25)
     assert restored.to_bytes() == blob and restored.hhh_entries() == old.hhh_entries()
     assert tuned(64 * 1024, 5000, 2_500_000).chosen_layout.name == "flat"
+
+
+# ---------------------------------------------------------------- issue 20, third pass: rule 6 (phi <= 7e-4)
+@pytest.mark.parametrize("memory, T, expected, rule4, rule6", [
+    (64 * 1024, 4000, 4_000_000, "16-24", "flat"),     # spec-gen phi 1e-3, r = 8.2 (fresh set 4 lost rows here)
+    (128 * 1024, 4000, 4_000_000, "16-24", "flat"),    # phi 1e-3, r = 16.4 (s53: -0.008)
+    (64 * 1024, 4800, 4_000_000, "16-24", "flat"),     # phi 1.2e-3 (s51: -0.010)
+    (128 * 1024, 2000, 4_000_000, "16-24", "16-24"),   # phi 5e-4, r = 8.2 (every set: +0.026 or more)
+    (256 * 1024, 2000, 4_000_000, "16-24", "16-24"),   # phi 5e-4, r = 16.4
+    (256 * 1024, 1000, 4_000_000, "16-24", "16-24"),   # phi 2.5e-4, r = 8.2
+    (128 * 1024, 2800, 4_000_000, "16-24", "16-24"),   # phi 7e-4, r = 11.5: on the bound
+    (128 * 1024, 3200, 4_000_000, "16-24", "flat"),    # phi 8e-4, r = 13.1: just over it
+    (96 * 1024, 2800, 4_000_000, "16-24", "16-24"),    # phi 7e-4, r = 8.6
+    (64 * 1024, 2800, 4_000_000, "flat", "flat"),      # phi 7e-4, r = 5.7 < 8
+    (128 * 1024, 15, 30_000, "flat", "flat"),          # phi 5e-4 but T < 50
+])
+def test_rule6_keeps_two_blocks_to_phi_at_most_7e_4(memory, T, expected, rule4, rule6):
+    from telesketch.sketches.residual_layout import RULES
+
+    assert RULES[6].max_phi == 7e-4
+    assert choose_layout(memory, T, "byte", expected, rule=4).name == rule4
+    chosen = choose_layout(memory, T, "byte", expected, rule=6)
+    assert chosen.name == rule6, chosen.why
+    if rule4 == "16-24" and rule6 == "flat":
+        assert "rule 6" in chosen.why
+    assert choose_layout(memory, T, "bit", expected, rule=6).name == "flat"
+
+
+def test_rule6_two_blocks_are_a_subset_of_rule5_and_rule4():
+    """On the measured grid rule 6's 16-24 points are rule 5's with phi <= 7e-4, and rule 5's are rule 4's."""
+    sets = {4: set(), 5: set(), 6: set()}
+    for kib in (32, 64, 96, 128, 192, 256, 512, 1024):
+        for phi in (1.25e-4, 2.5e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4, 1e-3, 1.4e-3, 2e-3):
+            for expected in (2_000_000, 4_000_000, 8_000_000):
+                T = int(phi * expected)
+                for rule in sets:
+                    if choose_layout(kib * 1024, T, "byte", expected, rule=rule).name == "16-24":
+                        sets[rule].add((kib, phi, expected))
+    assert sets[6] == {p for p in sets[5] if int(p[1] * p[2]) / p[2] <= 7e-4}
+    assert sets[6] < sets[5] < sets[4] and len(sets[6]) > 0
