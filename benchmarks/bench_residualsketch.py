@@ -703,8 +703,9 @@ FRESH4_PHIS = (2.5e-4, 5e-4, 1e-3, 1.2e-3, 1.4e-3, 1.7e-3, 2e-3)
 
 def layout_speed_vs_coco(args, cache: Path, results: dict) -> None:
     """Update speed of CocoSketch and of every layout ``tuned`` can pick (16-24, flat) and the paper's, on the
-    design rows where rule 3, 4 or 5 picks 16-24: the four alternate run by run in one process, ``--repeats``
-    rounds, thread CPU time, best of the rounds, one Numba thread; ratios to CocoSketch and to the paper's layout."""
+    design rows where rule 3, 4, 5 or 6 picks 16-24, and two fresh-set-5 rows where rule 6 picks it at 256 and
+    512 KiB: the four alternate run by run in one process, ``--repeats`` rounds, thread CPU time, best of the
+    rounds, one Numba thread; ratios to CocoSketch and to the paper's layout."""
     import numba
 
     from telesketch.sketches.residual_layout import choose_layout
@@ -715,12 +716,15 @@ def layout_speed_vs_coco(args, cache: Path, results: dict) -> None:
         (CocoSketch(mode="byte", memory_bytes=32 * KIB, threshold=100) if kw is None
          else ResidualSketch(mode="byte", memory_bytes=32 * KIB, threshold=100, **kw)).update_addresses(warm)
     print(f"\n### Layout speed against CocoSketch, best of {args.repeats} alternating rounds, thread CPU time\n")
-    print("| workload | packets | T | memory | rule 4 | rule 5 | Coco Mpps | paper Mpps | 16-24 Mpps | flat Mpps "
+    print("| workload | packets | T | memory | rule 4 | rule 6 | Coco Mpps | paper Mpps | 16-24 Mpps | flat Mpps "
           "| 16-24 / Coco | flat / Coco | paper / Coco | 16-24 / paper | flat / paper |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, addresses, T, kib in split_rows(args, cache):
+    extra = [row for row in fresh_rows(cache, {k: FRESH5[k] for k in ("spec-gen 4M s61", "zipf1.1 3M/200k s64")},
+                                       (256, 512), (5e-4, 2.5e-4))
+             if choose_layout(row[3] * KIB, row[2], "byte", row[1].size, rule=6).name == "16-24"]
+    for name, addresses, T, kib in [*split_rows(args, cache), *extra]:
         n = int(addresses.size)
-        picks = {rule: choose_layout(kib * KIB, T, "byte", n, rule=rule).name for rule in (3, 4, 5)}
+        picks = {rule: choose_layout(kib * KIB, T, "byte", n, rule=rule).name for rule in (3, 4, 5, 6)}
         if "16-24" not in picks.values() or n < 1_000_000:
             continue
         best = dict.fromkeys(LAYOUT_GRID, np.inf)
@@ -733,7 +737,7 @@ def layout_speed_vs_coco(args, cache: Path, results: dict) -> None:
                 best[layout] = min(best[layout], time.thread_time() - start)
         mpps = {k: n / v / 1e6 for k, v in best.items()}
         results.setdefault("layout_speed3", {})[f"{name} T={T} {kib}KiB"] = {**mpps, "picks": picks}
-        print(f"| {name} | {n} | {T} | {kib} KiB | {picks[4]} | {picks[5]} | {mpps['coco']:.1f} | {mpps['paper']:.1f} "
+        print(f"| {name} | {n} | {T} | {kib} KiB | {picks[4]} | {picks[6]} | {mpps['coco']:.1f} | {mpps['paper']:.1f} "
               f"| {mpps['16-24']:.1f} | {mpps['flat']:.1f} | {mpps['16-24'] / mpps['coco']:.2f} "
               f"| {mpps['flat'] / mpps['coco']:.2f} | {mpps['paper'] / mpps['coco']:.2f} "
               f"| {mpps['16-24'] / mpps['paper']:.2f} | {mpps['flat'] / mpps['paper']:.2f} |", flush=True)

@@ -5,7 +5,7 @@ the block) loses to CocoSketch at equal memory on some traffic, and no single la
 (BENCHMARKS.md "Against CocoSketch beyond the spec's workloads"). The **"tuned"** layout is a departure
 from the paper that picks one of two layouts per (memory, threshold, expected epoch size) by a small
 rule measured on the benchmark's rows (``layout = "paper"`` keeps the spec's: ``crucial_layers=(16,)``, equal
-split, which rules 3 and 4 below never pick: it beat CocoSketch on the spec's synthetic traffic but lost most
+split, which rules 3 to 6 below never pick: it beat CocoSketch on the spec's synthetic traffic but lost most
 other rows at the same (r, T)):
 
 * ``"16-24"``: ``crucial_layers=(16, 24)``, ``split=(1/2, 1/4, 1/4)``: F keeps half the memory for the
@@ -20,17 +20,18 @@ The rule reads the **load ratio** ``r = buckets * phi`` (``buckets`` = IPv4 buck
 byte-weighted) and the memory:
 
 =====================================================  ===========  ====================================================
-region (rule 4)                                         layout       rows measured in it (F1 gain over CocoSketch)
+region (rule 6)                                         layout       rows measured in it (F1 gain over CocoSketch)
 =====================================================  ===========  ====================================================
-``8 <= r <= 20``, ``memory >= 64 KiB``, ``T >= 50``     ``16-24``    earlier rows: all 20 above (+0.009 .. +0.154); fresh
-                                                                     set 3 (held out): 15 above, 1 below (-0.007)
+``8 <= r <= 20``, ``memory >= 64 KiB``, ``T >= 50``,    ``16-24``    306 rows before fresh set 5: all 28 above (+0.017 ..
+``phi = T / expected <= 7e-4``                                       +0.154); fresh set 5 (held out): all 70 above
+                                                                     (+0.008 .. +0.152)
 anything else (or ``expected`` unknown, or bit mode)    ``flat``     CocoSketch itself: equal by construction
 =====================================================  ===========  ====================================================
 
 A region gets a non-flat layout only where, on every row measured in it, that layout beat CocoSketch by at
-least :data:`MARGIN` F1; elsewhere the answer is CocoSketch's. Rule 5 (history, item 5: lost 5 rows of fresh set
-4, not adopted) narrowed the ``16-24`` region to ``phi = T / expected <= 1.5e-3``; rule 6 (item 6: a candidate
-until scored on fresh set 5) to ``phi <= 7e-4``.
+least :data:`MARGIN` F1; elsewhere the answer is CocoSketch's. With ``r >= 8`` and ``phi <= 7e-4`` the two blocks
+are picked only from about 90 KiB (``8 / 7e-4`` buckets); on the 481 byte-mode rows measured (BENCHMARKS.md
+"ResidualSketch tuned layouts, third pass") rule 6 is never below CocoSketch.
 
 History (BENCHMARKS.md "ResidualSketch tuned layouts"); each rule was scored on rows it had not seen, which then
 became design rows of the next:
@@ -45,13 +46,13 @@ became design rows of the next:
    but one (r = 32.8: -0.005).
 3. Rule 3: no paper region; two blocks for ``8 <= r <= 20`` only (the largest r at which it won every measured
    row was 16.4). On a second fresh set it lost one row (spec generator seed 5, T = 8000, 32 KiB: -0.028).
-4. Rule 4 (this one, issue 20 second pass): two blocks only from 64 KiB. Why: at 32 KiB the /16 block has 512
-   buckets a row; on the spec generator's traffic (~43 K distinct /16 prefixes in the light traffic) the /8
+4. Rule 4 (issue 20 second pass; ``tuned``'s rule until rule 6): two blocks only from 64 KiB. Why: at 32 KiB the
+   /16 block has 512 buckets a row; on the spec generator's traffic (~43 K distinct /16 prefixes in the light traffic) the /8
    layer, aggregated from that block, doubles its error (0.23-0.29 against CocoSketch's 0.14) and two thirds of
    the HHHs are /8 prefixes; the design rows already showed 16-24 below CocoSketch at 32 KiB on that generator
    (r = 4.1 and 7.7, outside rule 3's window). On fresh set 3 (four workloads, seeds 41-44, 36 rows, held out
    from both rules) rule 3 lost 3 rows (worst -0.044, both 32 KiB rows of the spec generator at r = 8.2) and
-   rule 4 one (-0.007, spec generator, 64 KiB, r = 16.4): **no rule measured is at or above CocoSketch on every
+   rule 4 one (-0.007, spec generator, 64 KiB, r = 16.4): **no rule measured then was at or above CocoSketch on every
    row**. Rule 3 stays selectable (``choose_layout(..., rule=3)``), and a snapshot whose parameters carry the
    layout rule 3 chose still loads (``ResidualSketchParams`` accepts any rule's choice it is given).
 5. Rule 5 (issue 20 third pass; written down here before fresh set 4 was generated): rule 4, and two blocks only
@@ -79,7 +80,12 @@ became design rows of the next:
    the bound now read from fresh set 4. The cost: every two-block win at phi >= 1e-3 (``generate_batch`` traffic
    +0.02 .. +0.09, the spec's own synth at T = 8000) becomes CocoSketch's answer, and with ``r >= 8`` the two blocks
    are then picked only from about 90 KiB (``8 / 7e-4`` buckets). On every row measured before fresh set 5 (166
-   earlier rows and fresh set 4) it picks 16-24 only where rule 4 did and won.
+   earlier rows and fresh set 4) it picks 16-24 only where rule 4 did and won. **Held-out** (fresh set 5: seeds
+   61-65, three spec-generator workloads, one with steeper source exponents, and two ``generate_batch`` ones,
+   96-512 KiB x phi 1.25e-4 .. 8e-4, 175 rows): 70 above, 105 equal, **0 below**. Rule 6 is ``tuned``'s rule
+   (:data:`RULE`): 0 below CocoSketch on all 481 byte-mode rows (31 design, 36 capture, fresh sets 1-5), against
+   rule 4's 10 (worst -0.028). What it gives up: every two-block win at phi >= 1e-3 (the issue's hard mix at 64 KiB,
+   +0.047, is now CocoSketch's answer) and every layout below about 90 KiB.
 
 Bit mode: ``"flat"``, measured (BENCHMARKS.md "ResidualSketch tuned layouts, second pass"). On the benchmark's 8
 bit-mode rows (spec §8.2 points) the paper's layout (/12) beat CocoSketch on all 8 and 16-24 fell below it on 6;
@@ -122,7 +128,7 @@ class TwoBlockRegion:
 RULES = {3: TwoBlockRegion(TWO_BLOCK_MIN_MEMORY), 4: TwoBlockRegion(64 * 1024),
          5: TwoBlockRegion(64 * 1024, 1.5e-3), 6: TwoBlockRegion(64 * 1024, 7e-4)}
 #: The rule ``layout = "tuned"`` applies to a new sketch.
-RULE = 4
+RULE = 6
 
 
 @dataclass(frozen=True)
