@@ -15,6 +15,10 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py --sections fresh3 --seeds 3      # issue 20 2nd pass: fresh set 3
     .venv/bin/python benchmarks/bench_residualsketch.py --sections bitfresh --seeds 3    # issue 20 2nd pass: bit, fresh set 3
     .venv/bin/python benchmarks/bench_residualsketch.py --sections layoutspeed2 --repeats 3  # 2nd pass: layout speed
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections fresh4 --seeds 3      # issue 20 3rd pass: fresh set 4
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections fresh5 --seeds 3      # issue 20 3rd pass: fresh set 5
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections rules5 --seeds 3      # 3rd pass: rules 3-6, earlier rows
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections layoutspeed3 --repeats 3  # 3rd pass: speed vs Coco
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv6          # mixed IPv4/IPv6 (issue 18)
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv4_ab --baseline-tree /tmp/base
     .venv/bin/python benchmarks/bench_residualsketch.py --sections bytes          # byte-weighted (issue 17)
@@ -455,8 +459,8 @@ FRESH2 = {"zipf1.2 3M/150k s31": dict(packets=3_000_000, flows=150_000, zipf=1.2
           "spec-gen 4M s5 inj0.1": ("gen", ["--seed", "5", "--inject", "0.1"])}
 
 
-def fresh_rows(cache: Path | None = None, workloads: dict | None = None, kibs=(16, 32, 128)):
-    """``(name, addresses, T, KiB)`` on :data:`FRESH` (or ``workloads``): 3 phi x 3 memories (``kibs``) each."""
+def fresh_rows(cache: Path | None = None, workloads: dict | None = None, kibs=(16, 32, 128), phis=(5e-4, 1e-3, 2e-3)):
+    """``(name, addresses, T, KiB)`` on :data:`FRESH` (or ``workloads``): every phi of ``phis`` x memory (``kibs``)."""
     from telesketch.traces import generate_batch
 
     for name, kwargs in (workloads or FRESH).items():
@@ -470,7 +474,7 @@ def fresh_rows(cache: Path | None = None, workloads: dict | None = None, kibs=(1
         else:
             addresses = np.ascontiguousarray(generate_batch(**kwargs).src_ip)
         yield from ((name, addresses, max(1, int(phi * addresses.size)), kib)
-                    for phi in (5e-4, 1e-3, 2e-3) for kib in kibs)
+                    for phi in phis for kib in kibs)
 
 
 def tuned_sketch(memory: int, T: int, expected: int, seed: int) -> ResidualSketch:
@@ -674,14 +678,88 @@ def layout_speed_rows(args, cache: Path, results: dict) -> None:
               flush=True)
 
 
-def second_pass_rules():
-    """``(name, choose(memory, T, mode, expected))`` of the rules the second-pass tables compare."""
+def second_pass_rules(numbers=(3, 4)):
+    """``(name, choose(memory, T, mode, expected))`` of the rules (of ``numbers`` this tree has) a table compares."""
     from telesketch.sketches import residual_layout as rl
 
-    rules = [("rule 3", lambda m, T, mode, n: rl.choose_layout(m, T, mode, n, rule=3))]
-    if hasattr(rl, "RULES") and 4 in rl.RULES:
-        rules.append(("rule 4", lambda m, T, mode, n: rl.choose_layout(m, T, mode, n, rule=4)))
-    return rules
+    return [(f"rule {k}", lambda m, T, mode, n, k=k: rl.choose_layout(m, T, mode, n, rule=k))
+            for k in numbers if k in getattr(rl, "RULES", {3: None})]
+
+
+# ---------------------------------------------------------------------------- issue 20, third pass
+#: Fresh set 4 (issue 20 third pass): seeds 51-55 and generator settings used nowhere before; rule 5 was committed
+#: before this set was first generated. Three spec-generator workloads (the generator whose coarse, /8-heavy HHHs
+#: cost the two-block layout its held-out losses) and two ``generate_batch`` ones.
+FRESH4 = {"spec-gen 4M s51": ("gen", ["--seed", "51"]),
+          "spec-gen 4M s52 inj0.1": ("gen", ["--seed", "52", "--inject", "0.1"]),
+          "spec-gen 4M s53 300k addr": ("gen", ["--seed", "53", "--flows", "300000"]),
+          "zipf1.0 2M/150k s54": dict(packets=2_000_000, flows=150_000, zipf=1.0, seed=54),
+          "hard 3M/150k s55": dict(packets=3_000_000, flows=150_000, zipf=1.0, seed=55, mix="hard")}
+#: Fresh set 4's grid: the phi bound of rule 5 (1.5e-3) is approached from both sides (1.2e-3, 1.4e-3 / 1.7e-3),
+#: and the two-block region is scored up to 256 KiB (earlier sets stopped at 128 KiB).
+FRESH4_KIBS = (64, 96, 128, 256)
+FRESH4_PHIS = (2.5e-4, 5e-4, 1e-3, 1.2e-3, 1.4e-3, 1.7e-3, 2e-3)
+
+
+def layout_speed_vs_coco(args, cache: Path, results: dict) -> None:
+    """Update speed of CocoSketch and of every layout ``tuned`` can pick (16-24, flat) and the paper's, on the
+    design rows where rule 3, 4, 5 or 6 picks 16-24, and two fresh-set-5 rows where rule 6 picks it at 256 and
+    512 KiB: the four alternate run by run in one process, ``--repeats`` rounds, thread CPU time, best of the
+    rounds, one Numba thread; ratios to CocoSketch and to the paper's layout."""
+    import numba
+
+    from telesketch.sketches.residual_layout import choose_layout
+
+    numba.set_num_threads(1)
+    warm = np.arange(1000, dtype=np.uint32)
+    for kw in LAYOUT_GRID.values():
+        (CocoSketch(mode="byte", memory_bytes=32 * KIB, threshold=100) if kw is None
+         else ResidualSketch(mode="byte", memory_bytes=32 * KIB, threshold=100, **kw)).update_addresses(warm)
+    print(f"\n### Layout speed against CocoSketch, best of {args.repeats} alternating rounds, thread CPU time\n")
+    print("| workload | packets | T | memory | rule 4 | rule 6 | Coco Mpps | paper Mpps | 16-24 Mpps | flat Mpps "
+          "| 16-24 / Coco | flat / Coco | paper / Coco | 16-24 / paper | flat / paper |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    extra = [row for row in fresh_rows(cache, {k: FRESH5[k] for k in ("spec-gen 4M s61", "zipf1.1 3M/200k s64")},
+                                       (256, 512), (5e-4, 2.5e-4))
+             if choose_layout(row[3] * KIB, row[2], "byte", row[1].size, rule=6).name == "16-24"]
+    for name, addresses, T, kib in [*split_rows(args, cache), *extra]:
+        n = int(addresses.size)
+        picks = {rule: choose_layout(kib * KIB, T, "byte", n, rule=rule).name for rule in (3, 4, 5, 6)}
+        if "16-24" not in picks.values() or n < 1_000_000:
+            continue
+        best = dict.fromkeys(LAYOUT_GRID, np.inf)
+        for rep in range(args.repeats):
+            for layout, kw in LAYOUT_GRID.items():
+                sketch = (CocoSketch(mode="byte", memory_bytes=kib * KIB, threshold=T, seed=rep) if kw is None
+                          else ResidualSketch(mode="byte", memory_bytes=kib * KIB, threshold=T, seed=rep, **kw))
+                start = time.thread_time()
+                sketch.update_addresses(addresses)
+                best[layout] = min(best[layout], time.thread_time() - start)
+        mpps = {k: n / v / 1e6 for k, v in best.items()}
+        results.setdefault("layout_speed3", {})[f"{name} T={T} {kib}KiB"] = {**mpps, "picks": picks}
+        print(f"| {name} | {n} | {T} | {kib} KiB | {picks[4]} | {picks[6]} | {mpps['coco']:.1f} | {mpps['paper']:.1f} "
+              f"| {mpps['16-24']:.1f} | {mpps['flat']:.1f} | {mpps['16-24'] / mpps['coco']:.2f} "
+              f"| {mpps['flat'] / mpps['coco']:.2f} | {mpps['paper'] / mpps['coco']:.2f} "
+              f"| {mpps['16-24'] / mpps['paper']:.2f} | {mpps['flat'] / mpps['paper']:.2f} |", flush=True)
+
+
+#: Fresh set 5 (issue 20 third pass): seeds 61-65 and settings used nowhere before; rule 6 was committed before this
+#: set was first generated. Three spec-generator workloads (one with steeper /8../32 source exponents, so coarser
+#: HHHs) and two ``generate_batch`` ones; the grid brackets rule 6's phi bound (7e-4) and reaches 512 KiB.
+FRESH5 = {"spec-gen 4M s61": ("gen", ["--seed", "61"]),
+          "spec-gen 4M s62 inj0.2": ("gen", ["--seed", "62", "--inject", "0.2"]),
+          "spec-gen 4M s63 src-s 1.2..0.9": ("gen", ["--seed", "63", "--src-s", "1.2", "1.1", "1.0", "0.9"]),
+          "zipf1.1 3M/200k s64": dict(packets=3_000_000, flows=200_000, zipf=1.1, seed=64),
+          "hard 4M/200k s65": dict(packets=4_000_000, flows=200_000, zipf=1.0, seed=65, mix="hard")}
+FRESH5_KIBS = (96, 128, 192, 256, 512)
+FRESH5_PHIS = (1.25e-4, 2.5e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4)
+
+
+def earlier_rows(args, cache: Path):
+    """``(set label, rows)`` of every byte-mode row set scored before fresh set 4 (166 rows)."""
+    return [("design rows", split_rows(args, cache)), ("capture rows", held_out_rows()),
+            ("fresh set 1", fresh_rows()), ("fresh set 2", fresh_rows(cache, FRESH2)),
+            ("fresh set 3", fresh_rows(cache, FRESH3, (32, 64, 128)))]
 
 
 # ---------------------------------------------------------------------------- IPv6 (issue 18)
@@ -989,6 +1067,19 @@ def main() -> None:
     if "fresh3" in sections:
         layout_grid(args, fresh_rows(args.cache, FRESH3, (32, 64, 128)), "byte", "fresh set 3 (held-out for every rule)", results,
                     second_pass_rules())
+    if "fresh4" in sections:
+        layout_grid(args, fresh_rows(args.cache, FRESH4, FRESH4_KIBS, FRESH4_PHIS), "byte",
+                    "fresh set 4 (held-out for rule 5)", results, second_pass_rules((3, 4, 5)))
+    if "layoutspeed3" in sections:
+        layout_speed_vs_coco(args, args.cache, results)
+    if "fresh5" in sections:
+        layout_grid(args, fresh_rows(args.cache, FRESH5, FRESH5_KIBS, FRESH5_PHIS), "byte",
+                    "fresh set 5 (held-out for rule 6)", results, second_pass_rules((4, 5, 6)))
+    if "rules5" in sections:
+        for label, rows in earlier_rows(args, args.cache):
+            layout_grid(args, rows, "byte", f"{label}, rules 3-6", results, second_pass_rules((3, 4, 5, 6)))
+        layout_grid(args, fresh_rows(args.cache, FRESH4, FRESH4_KIBS, FRESH4_PHIS), "byte", "fresh set 4, rules 3-6",
+                    results, second_pass_rules((3, 4, 5, 6)))
     if "why" in sections:
         split_section(args, args.cache, results, WHY_VARIANTS, "why")
     if "ipv4_ab" in sections:

@@ -82,7 +82,7 @@ def test_shard_params_default_keeps_the_config():
 def test_residualsketch_shard_params_pin_tuned_only():
     from telesketch.sketches.residualsketch import ResidualSketch
 
-    tuned = {"memory_bytes": 65536, "phi": 2e-3, "expected_packets": 2_500_000, "layout": "tuned"}  # rule 4: 16-24 from 64 KiB
+    tuned = {"memory_bytes": 131072, "phi": 5e-4, "expected_packets": 4_000_000, "layout": "tuned"}  # rule 6: 16-24
     pinned = ResidualSketch(**tuned).shard_params({"kind": "residualsketch", **tuned})
     assert pinned["layout"] == "paper" and pinned["crucial_layers"] == (16, 24)
     assert pinned["split"] == (0.5, 0.25, 0.25) and pinned["kind"] == "residualsketch"

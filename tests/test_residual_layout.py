@@ -26,7 +26,8 @@ def tuned(memory: int, T: int, expected: int, **kwargs) -> ResidualSketchParams:
 
 @pytest.mark.parametrize("memory, T, expected, name", [
     (32 * 1024, 5000, 2_500_000, "flat"),    # hard mix 32 KiB: r = 4096 * 2e-3 = 8.2, but < 64 KiB (rule 4)
-    (64 * 1024, 5000, 2_500_000, "16-24"),   # r = 16.4
+    (64 * 1024, 5000, 2_500_000, "flat"),    # r = 16.4 but phi = 2e-3 > 7e-4 (rule 6; rule 4 picked 16-24)
+    (128 * 1024, 2000, 4_000_000, "16-24"),  # phi 5e-4, r = 8.2
     (128 * 1024, 4000, 8_000_000, "16-24"),  # synth T = 4000: r = 8.2
     (128 * 1024, 5000, 2_500_000, "flat"),   # r = 32.8 > 20 (rule 3)
     (32 * 1024, 4000, 8_000_000, "flat"),    # synth: r = 2.05 (rule 1-2 picked the paper's layout)
@@ -57,7 +58,7 @@ def test_unknown_epoch_size_and_bit_mode_fall_back_to_cocosketch():
 
 # every layout the chooser can return, each on a stream where it is chosen, against the naive model
 @pytest.mark.parametrize("memory, T, expected, name", [
-    (65536, 60, 30_720, "16-24"),    # r = 8192 buckets * 60 / 30720 = 16
+    (131072, 60, 98_304, "16-24"),   # r = 16384 buckets * 60 / 98304 = 10, phi 6.1e-4 (rule 6)
     (4096, 60, 10_240, "flat"),      # r = 3
 ])
 def test_each_chosen_layout_equals_the_naive_model(memory, T, expected, name):
@@ -116,12 +117,12 @@ def test_bad_selection_is_a_clear_error():
     with pytest.raises(SketchError, match="layout must be one of"):
         ResidualSketchParams(threshold=10, layout="best")
     with pytest.raises(SketchError, match="chooses crucial_layers"):
-        tuned(64 * 1024, 5000, 2_500_000, crucial_layers=(16,))
+        tuned(128 * 1024, 2000, 4_000_000, crucial_layers=(16,))
     with pytest.raises(SketchError, match="chooses crucial_layers"):
-        tuned(64 * 1024, 5000, 2_500_000, split=0.5)
+        tuned(128 * 1024, 2000, 4_000_000, split=0.5)
     # the chosen ones may be given back (a snapshot's parameters carry them)
-    again = tuned(64 * 1024, 5000, 2_500_000, crucial_layers=[24, 16], split=[0.5, 0.25, 0.25])
-    assert again == tuned(64 * 1024, 5000, 2_500_000)
+    again = tuned(128 * 1024, 2000, 4_000_000, crucial_layers=[24, 16], split=[0.5, 0.25, 0.25])
+    assert again == tuned(128 * 1024, 2000, 4_000_000) and again.crucial_layers == (16, 24)
 
 
 def test_paper_layout_is_unchanged_by_default():
@@ -133,7 +134,7 @@ def test_paper_layout_is_unchanged_by_default():
 
 def test_service_config_selects_the_layout():
     """``layout`` in a ``[sketches.NAME]`` table reaches the sketch (TOML keys pass through to the params)."""
-    spec = {"kind": "residualsketch", "memory_bytes": 65536, "phi": 2e-3, "expected_packets": 2_500_000}
+    spec = {"kind": "residualsketch", "memory_bytes": 131072, "phi": 5e-4, "expected_packets": 4_000_000}
     built = {layout: configure({"hhh": {**spec, "layout": layout}})[0].build() for layout in ("tuned", "paper")}
     assert built["tuned"].params.crucial_layers == (16, 24) and built["tuned"].params.split == (0.5, 0.25, 0.25)
     assert built["paper"].params.crucial_layers == (16,) and built["paper"].params.split is None
@@ -146,23 +147,26 @@ def test_sharded_specs_pin_the_layout_of_the_whole():
     front end pins the layout chosen for the whole stream (phi, and so the rule's r, is the same per shard)."""
     from telesketch.distributed.cluster import shard_specs
 
-    spec = {"kind": "residualsketch", "memory_bytes": 65536, "phi": 2e-3, "expected_packets": 2_500_000,
+    spec = {"kind": "residualsketch", "memory_bytes": 131072, "phi": 5e-4, "expected_packets": 4_000_000,
             "layout": "tuned"}
     (shard,) = shard_specs({"hhh": spec}, 2).values()
     assert shard["crucial_layers"] == (16, 24) and shard["split"] == (0.5, 0.25, 0.25)
-    assert shard["threshold"] == 2500 and "expected_packets" not in shard
+    assert shard["threshold"] == 1000 and "expected_packets" not in shard
     built = ResidualSketch(**{k: v for k, v in shard.items() if k not in ("kind", "global_threshold")})
-    assert built.params.crucial_layers == (16, 24) and built.widths == (2048, 1024, 1024)
+    assert built.params.crucial_layers == (16, 24) and built.widths == (4096, 2048, 2048)
 
 
 def test_byte_weighted_rule_reads_bytes_and_wide_buckets():
     """Byte-weighted: phi = T / expected_bytes and 12-byte buckets, so the same memory is 2/3 the buckets."""
     expected = 2_500_000 * 700  # bytes per epoch
-    # 64 KiB: 5461 buckets x 2e-3 = 10.9 (16-24); 32 KiB: 2730 x 2e-3 = 5.5 (flat), where 8-byte buckets read 8.2
-    params = ResidualSketchParams(memory_bytes=64 * 1024, phi=2e-3, expected_bytes=expected, weight="bytes",
+    # 192 KiB: 16384 buckets x 5e-4 = 8.19 (16-24); 128 KiB: 10922 x 5e-4 = 5.46 (flat), where 8-byte buckets
+    # read 8.19 (rule 6: phi 5e-4 <= 7e-4)
+    params = ResidualSketchParams(memory_bytes=192 * 1024, phi=5e-4, expected_bytes=expected, weight="bytes",
                                   layout="tuned")
     assert params.chosen_layout.name == "16-24" and params.crucial_layers == (16, 24)
-    assert "10.92" in params.chosen_layout.why
+    assert "8.19" in params.chosen_layout.why
+    assert choose_layout(128 * 1024, 5e-4 * expected, "byte", expected, "bytes").name == "flat"  # r = 5.46
+    assert choose_layout(128 * 1024, 5e-4 * expected, "byte", expected, "packets").name == "16-24"  # r = 8.19
     # rule 3 (two blocks from 16 KiB) shows the bucket size alone moving r across the window's edge at 32 KiB
     assert choose_layout(32 * 1024, 2e-3 * expected, "byte", expected, "bytes", rule=3).name == "flat"  # r = 5.5
     assert choose_layout(32 * 1024, 2e-3 * expected, "byte", expected, "packets", rule=3).name == "16-24"  # r = 8.2
@@ -191,7 +195,7 @@ def test_rule4_needs_64_kib_for_two_blocks(memory, T, expected, rule3, rule4):
         choose_layout(memory, T, "byte", expected, rule=2)
 
 
-@pytest.mark.parametrize("current", [3, 4])
+@pytest.mark.parametrize("current", [3, 4, 6])
 def test_a_snapshot_taken_under_either_rule_loads(monkeypatch, current):
     """A tuned sketch's snapshot carries the crucial layers and split its rule chose. After the rule changes (rule 3
     -> rule 4 moved the 32 KiB two-block rows to flat), the same parameters still resolve to the snapshot's layout,
@@ -212,3 +216,106 @@ def test_a_snapshot_taken_under_either_rule_loads(monkeypatch, current):
     assert fresh.chosen_layout.name == ("16-24" if current == 3 else "flat")
     with pytest.raises(SketchError, match="chooses crucial_layers"):  # a layout no rule picks is still refused
         tuned(32 * 1024, 5000, 2_500_000, crucial_layers=(24,))
+
+
+# ---------------------------------------------------------------- issue 20, third pass: rule 5
+@pytest.mark.parametrize("memory, T, expected, rule4, rule5", [
+    (64 * 1024, 8000, 4_000_000, "16-24", "flat"),    # spec generator s41, phi 2e-3, r = 16.4: rule 4's held-out loss
+    (64 * 1024, 5000, 2_500_000, "16-24", "flat"),    # the hard mix at 64 KiB, phi 2e-3 (rule 4 won there: +0.047)
+    (64 * 1024, 4000, 4_000_000, "16-24", "16-24"),   # phi 1e-3, r = 8.2
+    (128 * 1024, 4000, 4_000_000, "16-24", "16-24"),  # phi 1e-3, r = 16.4
+    (128 * 1024, 2000, 4_000_000, "16-24", "16-24"),  # phi 5e-4, r = 8.2
+    (128 * 1024, 8000, 4_000_000, "flat", "flat"),    # phi 2e-3, r = 32.8 > 20
+    (80 * 1024, 6800, 4_000_000, "16-24", "flat"),    # phi 1.7e-3, r = 17.4
+    (96 * 1024, 5600, 4_000_000, "16-24", "16-24"),   # phi 1.4e-3, r = 17.2: just inside the phi bound
+    (32 * 1024, 4000, 4_000_000, "flat", "flat"),     # r = 4.1
+    (256 * 1024, 1000, 4_000_000, "16-24", "16-24"),  # phi 2.5e-4, r = 8.2
+])
+def test_rule5_keeps_two_blocks_to_phi_at_most_1_5e_3(memory, T, expected, rule4, rule5):
+    from telesketch.sketches.residual_layout import RULES
+
+    assert RULES[5].max_phi == 1.5e-3
+    assert choose_layout(memory, T, "byte", expected, rule=4).name == rule4
+    chosen = choose_layout(memory, T, "byte", expected, rule=5)
+    assert chosen.name == rule5, chosen.why
+    assert (rule5 == "16-24") == (rule4 == "16-24" and T / expected <= RULES[5].max_phi)
+    if rule4 == "16-24" and rule5 == "flat":
+        assert "phi" in chosen.why and "rule 5" in chosen.why
+    bit = choose_layout(memory, T, "bit", expected, rule=5)  # bit mode: flat under every rule
+    assert bit.name == "flat" and bit.crucial_layers == ()
+
+
+def test_rule5_only_turns_two_block_points_flat_on_the_measured_grid():
+    """Over the benchmark's memory x phi grid (16 KiB .. 256 KiB, phi 2.5e-4 .. 1e-2, several epoch sizes), rule 5
+    picks 16-24 exactly where rule 4 does and phi <= 1.5e-3, and flat everywhere else: it never picks a layout
+    rule 4 did not measure."""
+    picked = {4: 0, 5: 0}
+    for kib in (16, 32, 48, 64, 80, 96, 128, 192, 256):
+        for phi in (2.5e-4, 5e-4, 1e-3, 1.2e-3, 1.4e-3, 1.7e-3, 2e-3, 1e-2):
+            for expected in (94_695, 2_000_000, 4_000_000, 8_000_000):
+                T = int(phi * expected)
+                four = choose_layout(kib * 1024, T, "byte", expected, rule=4)
+                five = choose_layout(kib * 1024, T, "byte", expected, rule=5)
+                assert five.name in ("flat", "16-24") and four.name in ("flat", "16-24")
+                assert (five.name == "16-24") == (four.name == "16-24" and T / expected <= 1.5e-3), (kib, phi)
+                picked[4] += four.name == "16-24"
+                picked[5] += five.name == "16-24"
+    assert 0 < picked[5] < picked[4]
+
+
+@pytest.mark.parametrize("current", [5, 6])
+def test_a_rule4_snapshot_at_phi_2e_3_loads_under_rule5(monkeypatch, current):
+    """A sketch built under rule 4 at 64 KiB, phi 2e-3 has the two blocks; rules 5 and 6 answer flat for new
+    sketches there, and the old snapshot still loads bit for bit with its own layout."""
+    from telesketch.sketches import residualsketch as rs_module
+
+    monkeypatch.setattr(rs_module, "RULE", 4)
+    old = ResidualSketch(tuned(64 * 1024, 5000, 2_500_000, seed=2))
+    assert old.params.chosen_layout.name == "16-24"
+    old.update_addresses(hierarchical_stream(6000, seed=5))
+    blob = old.to_bytes()
+    monkeypatch.setattr(rs_module, "RULE", current)
+    restored = ResidualSketch.from_bytes(blob)
+    assert restored.params.crucial_layers == (16, 24) and restored.params.split == (0.5, 0.25, 0.25)
+    assert restored.to_bytes() == blob and restored.hhh_entries() == old.hhh_entries()
+    assert tuned(64 * 1024, 5000, 2_500_000).chosen_layout.name == "flat"
+
+
+# ---------------------------------------------------------------- issue 20, third pass: rule 6 (phi <= 7e-4)
+@pytest.mark.parametrize("memory, T, expected, rule4, rule6", [
+    (64 * 1024, 4000, 4_000_000, "16-24", "flat"),     # spec-gen phi 1e-3, r = 8.2 (fresh set 4 lost rows here)
+    (128 * 1024, 4000, 4_000_000, "16-24", "flat"),    # phi 1e-3, r = 16.4 (s53: -0.008)
+    (64 * 1024, 4800, 4_000_000, "16-24", "flat"),     # phi 1.2e-3 (s51: -0.010)
+    (128 * 1024, 2000, 4_000_000, "16-24", "16-24"),   # phi 5e-4, r = 8.2 (every set: +0.026 or more)
+    (256 * 1024, 2000, 4_000_000, "16-24", "16-24"),   # phi 5e-4, r = 16.4
+    (256 * 1024, 1000, 4_000_000, "16-24", "16-24"),   # phi 2.5e-4, r = 8.2
+    (128 * 1024, 2800, 4_000_000, "16-24", "16-24"),   # phi 7e-4, r = 11.5: on the bound
+    (128 * 1024, 3200, 4_000_000, "16-24", "flat"),    # phi 8e-4, r = 13.1: just over it
+    (96 * 1024, 2800, 4_000_000, "16-24", "16-24"),    # phi 7e-4, r = 8.6
+    (64 * 1024, 2800, 4_000_000, "flat", "flat"),      # phi 7e-4, r = 5.7 < 8
+    (128 * 1024, 15, 30_000, "flat", "flat"),          # phi 5e-4 but T < 50
+])
+def test_rule6_keeps_two_blocks_to_phi_at_most_7e_4(memory, T, expected, rule4, rule6):
+    from telesketch.sketches.residual_layout import RULES
+
+    assert RULES[6].max_phi == 7e-4
+    assert choose_layout(memory, T, "byte", expected, rule=4).name == rule4
+    chosen = choose_layout(memory, T, "byte", expected, rule=6)
+    assert chosen.name == rule6, chosen.why
+    if rule4 == "16-24" and rule6 == "flat":
+        assert "rule 6" in chosen.why
+    assert choose_layout(memory, T, "bit", expected, rule=6).name == "flat"
+
+
+def test_rule6_two_blocks_are_a_subset_of_rule5_and_rule4():
+    """On the measured grid rule 6's 16-24 points are rule 5's with phi <= 7e-4, and rule 5's are rule 4's."""
+    sets = {4: set(), 5: set(), 6: set()}
+    for kib in (32, 64, 96, 128, 192, 256, 512, 1024):
+        for phi in (1.25e-4, 2.5e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4, 1e-3, 1.4e-3, 2e-3):
+            for expected in (2_000_000, 4_000_000, 8_000_000):
+                T = int(phi * expected)
+                for rule in sets:
+                    if choose_layout(kib * 1024, T, "byte", expected, rule=rule).name == "16-24":
+                        sets[rule].add((kib, phi, expected))
+    assert sets[6] == {p for p in sets[5] if int(p[1] * p[2]) / p[2] <= 7e-4}
+    assert sets[6] < sets[5] < sets[4] and len(sets[6]) > 0

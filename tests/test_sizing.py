@@ -86,14 +86,14 @@ def test_size_layout_names_each_residual_point_and_overrides_the_config(tmp_path
     generate_capture(capture, packets=20_000, flows=3_000, zipf=1.0, seed=2, mix="hard")
     config = tmp_path / "hhh.toml"
     config.write_text('[server]\nepoch_seconds = 3600.0\n[sketches.hhh]\nkind = "residualsketch"\n'
-                      'memory_bytes = 8192\nphi = 2e-3\nexpected_packets = 100000\n')
-    factors = (0.125, 1.0, 8.0)  # r = buckets x phi = 0.26, 2.05, 16.4 (64 KiB): flat, flat, 16-24
+                      'memory_bytes = 8192\nphi = 5e-4\nexpected_packets = 400000\n')
+    factors = (0.125, 1.0, 16.0)  # r = buckets x phi = 0.06, 0.51, 8.19 (128 KiB): flat, flat, 16-24 (rule 6)
     layouts = {}
     for layout in ("tuned", "paper"):
         (advice,) = size_sketches([str(capture)], load_config(str(config)), factors=factors, layout=layout)
         layouts[layout] = [p["layout"] for p in advice.points]
         if layout == "tuned":  # memory_bytes charged includes the IPv6 tree: the IPv4 tree had 8192 x factor
-            assert layouts[layout] == [choose_layout(int(8192 * f), 200, "byte", 100_000).name for f in factors]
+            assert layouts[layout] == [choose_layout(int(8192 * f), 200, "byte", 400_000).name for f in factors]
     assert layouts == {"tuned": ["flat", "flat", "16-24"], "paper": ["paper"] * 3}
     assert "16-24" in render([advice]) or "paper" in render([advice])
     with pytest.raises(SystemExit):
