@@ -195,7 +195,7 @@ def test_shard_specs_turn_a_phi_threshold_into_the_shards_share():
 
 @pytest.mark.parametrize("memory, phi, expected, name", [
     (32 * 1024, 1e-3, 1_000_000, "flat"),  # r = 4096 x 1e-3 = 4.1: CocoSketch's layout, no Residual Block
-    (64 * 1024, 2e-3, 2_500_000, "16-24"),  # r = 16.4, 64 KiB: the /16 and /24 blocks
+    (128 * 1024, 5e-4, 4_000_000, "16-24"),  # r = 8.2, 128 KiB, phi <= 7e-4 (rule 6): the /16 and /24 blocks
 ])
 def test_a_shard_pinned_to_a_tuned_layout_reports_its_name(memory, phi, expected, name):
     """``layout = "tuned"`` is pinned for a shard as ``paper`` with the chosen crucial layers and split

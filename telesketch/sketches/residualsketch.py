@@ -266,7 +266,7 @@ def tuned_layouts(mode: str, weight: str = "packets") -> tuple[Layout, ...]:
     as ``paper``) reports that pick's name, not "custom"."""
     threshold, r = 20 * MIN_T, sum(TWO_BLOCK_R) / 2
     found = {}
-    for memory in sorted(set(RULES.values())):
+    for memory in sorted({region.min_memory for region in RULES.values()}):
         expected = round(memory // bucket_bytes(weight) * threshold / r)
         for rule in RULES:
             for layout in (choose_layout(memory, threshold, mode, None, weight, rule=rule),
