@@ -262,3 +262,18 @@ def test_shipped_lm_scores_headers_with_the_real_embedder():
     assert scores.dtype == np.float32 and scores.shape == (take.size,)
     assert np.all((scores >= 0) & (scores <= 1)) and np.unique(scores).size > 10
     np.testing.assert_array_equal(est.score(h[::-1], n[::-1]), scores[::-1])
+
+
+def test_mlp_forward_scores_each_row_alone():
+    """A row's prediction must not depend on its place in the batch (batch composition differs between
+    live ingest, replay and coalesced batches). A BLAS matmul rounded reversed rows differently."""
+    from telesketch.estimators.lm_head import mlp_forward
+
+    rng = np.random.default_rng(0)
+    head = {"mean": rng.standard_normal(384).astype(np.float32), "std": rng.uniform(0.5, 2, 384).astype(np.float32),
+            "w1": rng.standard_normal((384, 64)).astype(np.float32), "b1": rng.standard_normal(64).astype(np.float32),
+            "w2": rng.standard_normal((64, 1)).astype(np.float32), "b2": rng.standard_normal(1).astype(np.float32)}
+    x = rng.standard_normal((1000, 384)).astype(np.float32)
+    whole = mlp_forward(x, head)
+    np.testing.assert_array_equal(mlp_forward(x[::-1], head)[::-1], whole)
+    np.testing.assert_array_equal(np.concatenate([mlp_forward(x[i:i + 7], head) for i in range(0, 1000, 7)]), whole)
