@@ -223,3 +223,27 @@ def test_config_refuses_a_bad_split_and_shards_keep_the_charged_settings():
         (shard_cs,) = configure(shard_spec(shard_specs({"flows": spec}, 2), shard))
         on_shard = shard_cs.build()
         assert on_shard.params == built.params and on_shard.memory_bytes == built.memory_bytes
+
+
+@pytest.mark.parametrize("task,memory,settings", [
+    ("heavy_hitters", 560, {"scorer_share": 0.5}),  # 296 bytes for the sketch: 2 heavy buckets of 136
+    ("hhh", 560, {"scorer_share": 0.5}),
+    ("flow_size", 560, {"scorer_share": 0.5, "heavy_ratio": 1.0}),  # no light part: 4 heavy buckets of 64
+])
+def test_a_small_charged_sketch_of_another_task_loads_its_own_state(task, memory, settings):
+    """from_bytes re-splits memory_bytes to size the cache; it split for the default task and shape
+    (flow_size, heavy_ratio 0.2), not the state's, so a charged sketch whose part fits its own task
+    failed to load ("leaves 296 bytes for the sketch, too few ... heavy_ratio=0.2"): at a restart,
+    and in the service's probe, which then skipped the sketch. Fails on main a9dd002."""
+    from telesketch.service.sketchset import configure
+
+    sketch = LLMSketch(memory, task, estimator=0.5, scorer_memory="charged", **settings)
+    assert sketch.memory_bytes <= memory
+    load = {k: v for k, v in settings.items() if k != "heavy_ratio"}  # the service's load parameters
+    loaded = LLMSketch.from_bytes(sketch.to_bytes(), memory_bytes=memory, estimator=0.5, scorer_memory="charged",
+                                  **load)
+    assert loaded.params == sketch.params and loaded.memory_bytes == sketch.memory_bytes
+    (cs,) = configure({"small": {"kind": "llmsketch", "memory_bytes": memory, "task": task, "estimator": "constant",
+                                 "scorer_memory": "charged", **settings}})
+    assert cs.active, cs.note
+

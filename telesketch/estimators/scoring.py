@@ -665,10 +665,17 @@ class ScoringMixin:
             if memory_bytes is None:
                 raise SketchError("scorer_memory = 'charged' needs memory_bytes, the total of sketch and score cache "
                                   "(also when loading a state: its parameters are the sketch part's)")
+            shape = {"heavy_ratio": sketch_kwargs.pop("heavy_ratio", None), "seed": sketch_kwargs.pop("seed", 0),
+                     "weight": sketch_kwargs.pop("weight", "packets")}
+            state_params = sketch_kwargs.get("params")
+            split_task = task
+            if state_params is not None:  # a state's (from_bytes, successor): split for its task and shape
+                split_task = state_params.task
+                shape = {"heavy_ratio": state_params.heavy_ratio, "seed": state_params.seed,
+                         "weight": state_params.weight}
             split, cache_flows = charged_split(
-                memory_bytes, task, cache_flows=cache_flows, scorer_share=scorer_share,
-                keep_keys=bool(sketch_kwargs.get("keep_keys", False)), heavy_ratio=sketch_kwargs.pop("heavy_ratio", None),
-                seed=sketch_kwargs.pop("seed", 0), weight=sketch_kwargs.pop("weight", "packets"))
+                memory_bytes, split_task, cache_flows=cache_flows, scorer_share=scorer_share,
+                keep_keys=bool(sketch_kwargs.get("keep_keys", False)), **shape)
             # a state's own parameters win (its arrays have that shape); memory_bytes reports what is held
             if sketch_kwargs.get("params") is None:
                 sketch_kwargs["params"] = split
