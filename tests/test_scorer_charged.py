@@ -247,3 +247,19 @@ def test_a_small_charged_sketch_of_another_task_loads_its_own_state(task, memory
                                  "scorer_memory": "charged", **settings}})
     assert cs.active, cs.note
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"task": "flows"}, r"^unknown LLM-Sketch task 'flows'"),
+    ({"weight": "bits"}, r"^weight must be 'packets' or 'bytes', got 'bits'"),
+    ({"heavy_ratio": 0}, r"^heavy_ratio must be in \(0, 1\], got 0"),
+    ({"seed": -1}, r"^seed must be in \[0, 2\*\*63\), got -1"),
+    ({"task": "hhh", "weight": "bytes"}, r"^weight='bytes' is for the flow_size and heavy_hitters tasks"),
+])
+def test_a_bad_sketch_setting_is_not_called_too_little_memory(kwargs, message):
+    """A bad task, weight, heavy_ratio or seed fails at any size: charged, its error read "memory_bytes=65536
+    with the score cache charged ... leaves 59200 bytes for the sketch, too few: unknown LLM-Sketch task"
+    (it blamed the split). It is now the same error as the separate cache's. Fails on main a9dd002."""
+    with pytest.raises(SketchError, match=message):
+        LLMSketch(64 * 1024, estimator=0.5, **kwargs)
+    with pytest.raises(SketchError, match=message) as charged:
+        LLMSketch(64 * 1024, estimator=0.5, scorer_memory="charged", **kwargs)
+    assert "too few" not in str(charged.value)

@@ -592,6 +592,10 @@ def charged_split(memory_bytes: int, task: str = "flow_size", *, cache_flows: in
     try:
         params = LLMSketchParams(hi, task, heavy_ratio, seed, weight)
     except SketchError as exc:
+        try:  # a bad task, weight, heavy_ratio or seed fails at any size: its own error, not the split's
+            LLMSketchParams(1 << 62, task, heavy_ratio, seed, weight)
+        except SketchError:
+            raise exc from None
         raise SketchError(f"{where} leaves {budget} bytes for the sketch, too few: {exc}") from None
     return params, flows
 
