@@ -263,3 +263,33 @@ def test_a_bad_sketch_setting_is_not_called_too_little_memory(kwargs, message):
     with pytest.raises(SketchError, match=message) as charged:
         LLMSketch(64 * 1024, estimator=0.5, scorer_memory="charged", **kwargs)
     assert "too few" not in str(charged.value)
+
+
+@pytest.mark.parametrize("scorer_memory", ["separate", "charged"])
+def test_a_sharded_llmsketch_reports_its_shards_score_caches(scorer_memory):
+    """With Ray shards the service's stats read ``scorer_bytes`` / ``scorer_charged`` off the open
+    epoch's :class:`OpenShardedState`, which had neither: every shard's cache was reported as 0 bytes
+    (33 MiB a shard by default) and a charged one as not charged, while memory_bytes (the shards' sum)
+    did hold it. Each shard allocates the configured cache up front, so the front end's own build
+    tells its size without asking the actors. Fails on main a9dd002 (AttributeError)."""
+    from types import SimpleNamespace
+
+    from telesketch.distributed.cluster import shard_spec, shard_specs
+    from telesketch.distributed.service import OpenShardedState, ShardedConfiguredSketch
+    from telesketch.service.sketchset import configure
+
+    spec = {"kind": "llmsketch", "memory_bytes": 64 * 1024, "estimator": "constant", "cache_flows": 1000,
+            "scorer_memory": scorer_memory}
+    shards = 3
+    (cs,) = configure(shard_spec(shard_specs({"flows": spec}, shards), 0))
+    one = cs.build()
+    sharded = ShardedConfiguredSketch(cs.name, cs.kind_name, cs.params, cs.kind, cs.cls, cs.active, cs.note)
+    sharded.pool = SimpleNamespace(shards=shards, memory=lambda name: shards * one.memory_bytes)
+    state = OpenShardedState(sharded)
+    assert one.scorer_bytes == 1000 * CACHE_ENTRY_BYTES
+    assert state.scorer_bytes == shards * one.scorer_bytes
+    assert state.scorer_charged is (scorer_memory == "charged")
+    assert state.memory_bytes == shards * (one.sketch_memory_bytes + (state.scorer_charged and one.scorer_bytes))
+    plain = ShardedConfiguredSketch("plain", "llmsketch", {"memory_bytes": 64 * 1024}, cs.kind, cs.cls, True, "")
+    plain.pool = sharded.pool
+    assert OpenShardedState(plain).scorer_bytes == 0 and not OpenShardedState(plain).scorer_charged

@@ -329,6 +329,18 @@ class OpenShardedState(_Sharded):
     def memory_bytes(self) -> int:
         return self.cs.pool.memory(self.cs.name)
 
+    @property
+    def scorer_bytes(self) -> int:
+        """Bytes of the shards' per-flow scoring state (LLM-Sketch's flow-score cache, 0 for other
+        kinds): each shard allocates the configured cache up front, so ``shards`` times one shard's,
+        from the front end's own build (no fetch from the actors)."""
+        return self.cs.pool.shards * self.cs.shard_scorer()[0]
+
+    @property
+    def scorer_charged(self) -> bool:
+        """Whether that scoring state is in :attr:`memory_bytes` (``scorer_memory = "charged"``)."""
+        return self.cs.shard_scorer()[1]
+
     def _blobs(self) -> list[bytes]:
         return self.cs.pool.dump(self.cs.name)
 
@@ -341,13 +353,28 @@ class ShardedConfiguredSketch(ss.ConfiguredSketch):
     global_threshold: float = 0.0
 
     _shard_params: Any = None
+    _shard_scorer: tuple[int, bool] | None = None
+
+    def _build_one_shard(self) -> None:
+        built = ss.ConfiguredSketch.build(self)
+        self._shard_params = built.params
+        self._shard_scorer = (int(getattr(built, "scorer_bytes", 0)), bool(getattr(built, "scorer_charged", False)))
 
     def shard_sketch_params(self):
         """Parameters of one shard's sketch, from a local build made once. (Not the per-kind hook
         ``Sketch.shard_params(params)``, which ``shard_specs`` asks for the config a shard builds from.)"""
         if self._shard_params is None:
-            self._shard_params = ss.ConfiguredSketch.build(self).params
+            self._build_one_shard()
         return self._shard_params
+
+    def shard_scorer(self) -> tuple[int, bool]:
+        """One shard's ``(scorer_bytes, scorer_charged)`` (``(0, False)`` without a scorer), from the
+        same local build as :meth:`shard_sketch_params`; a class without ``scorer_bytes`` has none, unbuilt."""
+        if not hasattr(self.cls, "scorer_bytes"):
+            return 0, False
+        if self._shard_scorer is None:
+            self._build_one_shard()
+        return self._shard_scorer
 
     def window(self, states: list) -> Window:
         """Each shard's window over the epochs (the kind's ``combine``), combined over the shards:
