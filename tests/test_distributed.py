@@ -193,6 +193,28 @@ def test_shard_specs_turn_a_phi_threshold_into_the_shards_share():
     ResidualSketch(**{k: v for k, v in out.items() if k not in ("kind", "global_threshold")})  # builds
 
 
+@pytest.mark.parametrize("layout", ["paper", "tuned"])
+def test_shard_specs_turn_a_byte_phi_threshold_into_the_shards_share(layout):
+    """A byte-weighted ResidualSketch configured by (phi, expected_bytes): shard_specs dropped phi and
+    expected_packets but kept expected_bytes beside the shard's threshold, so every shard's sketch
+    was refused ("give either threshold or (phi, expected_packets), not both") and the service could
+    not start with shards. Pre-existing (not from 10177ba..main); test written first, it failed on
+    main a9dd002."""
+    from telesketch.service.sketchset import configure
+    from telesketch.sketches.residualsketch import ResidualSketch
+
+    spec = {"kind": "residualsketch", "memory_bytes": 64 * 1024, "phi": 2e-3, "expected_bytes": 2_500_000_000,
+            "weight": "bytes", "layout": layout}
+    whole = ResidualSketch(**{k: v for k, v in spec.items() if k != "kind"})
+    out = shard_specs({"hhh": spec}, 4)["hhh"]
+    assert "expected_bytes" not in out and out["global_threshold"] == whole.T
+    assert out["threshold"] == cocosketch.shard_threshold(whole.T, 4)
+    (cs,) = configure(shard_spec({"hhh": out}, 1))
+    shard = cs.build()
+    assert cs.active and shard.T == out["threshold"]
+    assert shard.params.chosen_layout.crucial_layers == whole.params.chosen_layout.crucial_layers
+
+
 @pytest.mark.parametrize("memory, phi, expected, name", [
     (32 * 1024, 1e-3, 1_000_000, "flat"),  # r = 4096 x 1e-3 = 4.1: CocoSketch's layout, no Residual Block
     (128 * 1024, 5e-4, 4_000_000, "16-24"),  # r = 8.2, 128 KiB, phi <= 7e-4 (rule 6): the /16 and /24 blocks

@@ -436,7 +436,7 @@ def shard_specs(specs: dict[str, dict[str, Any]], shards: int) -> dict[str, dict
             built = _build_for_specs(name, spec)
             T = built.T
             spec = dict(built.shard_params(spec))  # what the kind pins from the whole stream's figures
-            for key in ("phi", "expected_packets"):  # T now comes as a number, the shard's share of it
+            for key in ("phi", "expected_packets", "expected_bytes"):  # T now comes as a number, the shard's share of it
                 spec.pop(key, None)
             spec["threshold"] = shard_threshold(T, shards)
             spec["global_threshold"] = T
