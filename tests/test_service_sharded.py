@@ -402,3 +402,16 @@ def test_sketch_memory_counts_every_shard_and_both_address_families(sharded):
     assert {s["name"]: s["memory_bytes"] for s in svc.service.stats()["sketches"]}["hhh"] == want  # the open epoch
     closed = next(e for e in svc.service.manager.epochs() if e.closed)
     assert svc.service.sketchset.get("hhh").memory(closed.states["hhh"]) == want
+
+
+def test_stats_count_every_shards_flow_score_cache(sharded):
+    """LLM-Sketch's flow-score cache lives on every shard (2^20 entries of 33 bytes each by default):
+    the stats reported 0 under shards (the sharded state had no ``scorer_bytes``)."""
+    from telesketch.sketches.llmsketch import LLMSketch
+
+    svc, _, _ = sharded
+    flows = {s["name"]: s for s in svc.service.stats()["sketches"]}["flows"]
+    one = LLMSketch(**_params("flows"))
+    assert one.scorer_bytes == 33 * (1 << 20)
+    assert flows["scorer_bytes"] == SHARDS * one.scorer_bytes and flows["scorer_charged"] is False
+    assert flows["memory_bytes"] == SHARDS * one.memory_bytes  # separate: not in memory_bytes
