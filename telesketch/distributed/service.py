@@ -442,6 +442,8 @@ class ShardedSketchSet(ss.SketchSet):
             wrapped = ShardedConfiguredSketch(cs.name, cs.kind_name, cs.params, cs.kind, cs.cls, cs.active, cs.note)
             wrapped.pool = pool
             wrapped.global_threshold = sharded[cs.name].get("global_threshold", 0.0)
+            if wrapped.active:  # one shard's cache size now, not at the first stats call (under the manager's lock)
+                wrapped.shard_scorer()
             out.sketches.append(wrapped)
         return out
 
