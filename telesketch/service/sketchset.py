@@ -165,6 +165,9 @@ class ConfiguredSketch:
     note: str = ""
     device: str = "cpu"     #: where its states live and update: "cpu" or "gpu"
     backend: str = "numpy"  #: the array backend there: numpy (CPU), or cupy / numba / simulator (GPU)
+    #: its sketch's ``batch_invariant`` (asked of the probe sketch built by :func:`configure`): joined
+    #: batches leave the state that the same batches one by one leave
+    batch_invariant: bool = False
 
     # ------------------------------------------------------------------ lifecycle
     def build(self):
@@ -294,6 +297,7 @@ def configure(specs: dict[str, dict[str, Any]], device: str = "cpu") -> list[Con
             log.warning("sketch %s (%s) skipped: %s", name, cs.kind_name, cs.note)
             continue
         cs.active = True
+        cs.batch_invariant = bool(sketch.batch_invariant)
         log.info("sketch %s: %s %s", name, cs.kind_name, params)
         if getattr(sketch, "scorer_bytes", 0):
             log.info("sketch %s: its flow-score cache holds %.1f MiB beside the sketch's %d bytes (cache_flows caps it)",
@@ -329,6 +333,7 @@ def _configure_gpu(cs: ConfiguredSketch) -> None:
         raise ConfigError(f"{where}: failed its probe (update + to_bytes/from_bytes): "
                           f"{type(exc).__name__}: {exc}") from None
     cs.device, cs.backend, cs.active = "gpu", sketch.device_backend, True
+    cs.batch_invariant = bool(sketch.batch_invariant)
     log.info("sketch %s: %s on the GPU (%s) %s", cs.name, cs.kind_name, cs.backend, cs.params)
 
 
@@ -441,6 +446,15 @@ class SketchSet:
     def new_states(self, epoch: int, previous: dict[str, Any] | None = None) -> dict[str, Any]:
         previous = previous or {}
         return {cs.name: cs.next_state(previous.get(cs.name), epoch) for cs in self.active}
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether one :meth:`update` with batches joined in order (``PacketBatch.concat``) leaves
+        every active sketch's state exactly as updating with them one by one would: each sketch's
+        ``batch_invariant`` (``Sketch.batch_invariant``). The service joins the batches queued behind
+        one another only then (:meth:`telesketch.service.epochs.EpochManager.apply_many`)."""
+        active = self.active
+        return bool(active) and all(cs.batch_invariant for cs in active)
 
     def applied_marker(self) -> int | None:
         """``None``: :meth:`update` returns only once every sketch applied the batch. (The sharded
