@@ -452,9 +452,9 @@ class SketchSet:
         """Whether one :meth:`update` with batches joined in order (``PacketBatch.concat``) leaves
         every active sketch's state exactly as updating with them one by one would: each sketch's
         ``batch_invariant`` (``Sketch.batch_invariant``). The service joins the batches queued behind
-        one another only then (:meth:`telesketch.service.epochs.EpochManager.apply_many`)."""
-        active = self.active
-        return bool(active) and all(cs.batch_invariant for cs in active)
+        one another only then (:meth:`telesketch.service.epochs.EpochManager.apply_many`). True for
+        a set with no active sketch (no state that could differ)."""
+        return all(cs.batch_invariant for cs in self.active)
 
     def applied_marker(self) -> int | None:
         """``None``: :meth:`update` returns only once every sketch applied the batch. (The sharded
