@@ -1228,6 +1228,10 @@ class LLMSketch(Sketch):
         hit = found >= 0
         if not hit.any():
             return
+        if self.slot_names.shape[-1] == FLOW_KEY_BYTES and not batch.has_ipv6():  # the common case: no gather
+            _name_slots13_kernel(self.slot_names, occupied[hit], found[hit], batch.src_ip, batch.dst_ip,
+                                 batch.src_port, batch.dst_port, batch.proto)
+            return
         rows = batch[found[hit]]
         if self.slot_names.shape[-1] == FLOW_KEY37_BYTES:
             named = rows.flow_keys37()
@@ -1517,6 +1521,24 @@ class LLMSketch(Sketch):
         """Plain-Python copy of the whole state, for comparison with the naive model."""
         return {name: arr.copy() for name, arr in self._arrays().items()} | {"packets": self.packets,
                                                                               "total_weight": self.total_weight}
+
+
+@kernel
+def _name_slots13_kernel(names, slots, rows, src_ip, dst_ip, src_port, dst_port, proto):
+    """``names[slot // 8, slot % 8]`` (``uint8[NB, 8, 13]``) = the 13-byte 5-tuple of packet ``rows[j]``
+    for each ``slots[j]`` (int64 flat slot indices): :meth:`PacketBatch.flow_keys`' bytes (addresses
+    and ports big-endian) written from the columns, without gathering the rows first."""
+    for j in range(slots.shape[0]):
+        b, s, i = slots[j] // 8, slots[j] % 8, rows[j]
+        a, d = src_ip[i], dst_ip[i]
+        for k in range(4):
+            names[b, s, k] = (a >> np.uint32(24 - 8 * k)) & np.uint32(0xFF)
+            names[b, s, 4 + k] = (d >> np.uint32(24 - 8 * k)) & np.uint32(0xFF)
+        names[b, s, 8] = src_port[i] >> np.uint16(8)
+        names[b, s, 9] = src_port[i] & np.uint16(0xFF)
+        names[b, s, 10] = dst_port[i] >> np.uint16(8)
+        names[b, s, 11] = dst_port[i] & np.uint16(0xFF)
+        names[b, s, 12] = proto[i]
 
 
 @kernel
