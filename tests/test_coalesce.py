@@ -34,13 +34,13 @@ SKETCHES = {
 EPOCH_NS = 1_000_000_000
 
 
-def _stream(seed: int = 4) -> list[tuple[PacketBatch, str, int, None]]:
+def _stream(seed: int = 4, size: int = 300, packets: int = 12_000) -> list[tuple[PacketBatch, str, int, None]]:
     """``(batch, sender, sequence, raw)`` items: two senders over ~4 epochs of 1 s (batches of 300
     packets, some spanning two epochs), a resend (duplicate), a sequence far ahead (refused), a
     batch of an epoch already closed (late), a batch mixing late and current packets, an empty one."""
-    base = generate_batch(12_000, 400, seed=seed, duration_s=4.0)
+    base = generate_batch(packets, 400, seed=seed, duration_s=4.0)
     base = base[np.argsort(base.ts_ns, kind="stable")]
-    parts = base.split(300)
+    parts = base.split(size)
     items, seq = [], {"a": 0, "b": 0}
     for i, part in enumerate(parts):
         sender = "a" if i % 3 else "b"
@@ -108,13 +108,18 @@ def _log_records(path) -> list[tuple[int, bytes]]:
     return out
 
 
-def test_joined_groups_answer_and_leave_what_one_by_one_does(tmp_path):
-    items = _stream()
+@pytest.mark.parametrize("size,packets", [(300, 12_000), (5000, 150_000)])
+def test_joined_groups_answer_and_leave_what_one_by_one_does(tmp_path, size, packets):
+    """Batches of 300 packets are concatenated (below JOIN_BELOW_PACKETS); of 5000, each goes to
+    the sketches on its own within the group's one round trip (update_batches)."""
+    items = _stream(size=size, packets=packets)
     one, joined = _manager(tmp_path / "one"), _manager(tmp_path / "joined")
     assert joined.sketchset.batch_invariant
     updates = []
-    real = joined.sketchset.update
-    joined.sketchset.update = lambda states, batch: (updates.append(len(batch)), real(states, batch))
+    real = joined.sketchset.update_parts
+    joined.sketchset.update_parts = lambda states, parts: (updates.append(
+        [len(b) for b in next(iter(parts.values()))] if isinstance(next(iter(parts.values())), tuple)
+        else [len(next(iter(parts.values())))]), real(states, parts))
     a, b = _one_by_one(one, items), _grouped(joined, items)
     _same_answers(a, b)
     kinds = {type(x).__name__ for x in a}
@@ -123,7 +128,11 @@ def test_joined_groups_answer_and_leave_what_one_by_one_does(tmp_path):
     assert len({x.epoch for x in a if not isinstance(x, Exception)}) >= 3  # rotations, inside groups too
     assert _state(one) == _state(joined)
     assert _log_records(tmp_path / "one") == _log_records(tmp_path / "joined")
-    assert max(updates) > 300 and len(updates) < len(items)  # batches were joined
+    assert len(updates) < len(items)  # one round trip per group
+    if size < epochs.JOIN_BELOW_PACKETS:
+        assert max(n for call in updates for n in call) > size  # small batches concatenated
+    else:
+        assert max(len(call) for call in updates) > 1 and max(n for call in updates for n in call) <= size
     one.close()
     joined.close()
 

@@ -180,6 +180,32 @@ class _Group:
     current: int | None = None
 
 
+#: :meth:`EpochManager.apply_many` concatenates consecutive parts while their sum stays at most this
+#: many packets, and hands larger ones to the sketches one by one (in one round trip through the
+#: update threads). Measured (BENCHMARKS.md, "Joining queued batches"): concatenating costs 7-66 ns
+#: a packet (a fresh copy of every column, page faults included) and the LLM-Sketch scorer is
+#: slower on 64 Ki-packet batches than on 8 Ki ones (its per-batch arrays leave the cache), while a
+#: sketch call's fixed cost is tens of microseconds: joining pays below a few thousand packets.
+JOIN_BELOW_PACKETS = 4096
+
+
+def _join_small(parts: list[PacketBatch]) -> list[PacketBatch]:
+    """``parts`` with each run of consecutive parts whose packets add up to at most
+    :data:`JOIN_BELOW_PACKETS` concatenated into one (the sketch set is ``batch_invariant``)."""
+    out: list[PacketBatch] = []
+    run: list[PacketBatch] = []
+    size = 0
+    for part in parts:
+        if run and size + len(part) > JOIN_BELOW_PACKETS:
+            out.append(run[0] if len(run) == 1 else PacketBatch.concat(run))
+            run, size = [], 0
+        run.append(part)
+        size += len(part)
+    if run:
+        out.append(run[0] if len(run) == 1 else PacketBatch.concat(run))
+    return out
+
+
 def _fsync_dir(path: Path) -> None:
     dir_fd = os.open(path, os.O_RDONLY)
     try:
@@ -647,11 +673,10 @@ class EpochManager:
             return
         parts, owners = group.parts, group.owners
         group.parts, group.owners = [], []
-        joined = parts[0] if len(parts) == 1 or not self.sketchset.active else PacketBatch.concat(parts)
         self.generation += 1  # before the update: a copy taken while it fails part-way is not reused
         try:
-            if self.sketchset.active:  # (no sketch: nothing to update, no joined copy)
-                self.sketchset.update(self.open.states, joined)
+            if self.sketchset.active:  # (no sketch: nothing to update)
+                self.sketchset.update_batches(self.open.states, _join_small(parts))
         except Exception as exc:
             log.error("a joined update of %d batches failed (%s: %s); each of them is answered with it",
                       len(set(owners)), type(exc).__name__, exc)
