@@ -71,7 +71,8 @@ SETTINGS_FILE = "settings.json"
 #: Durability modes of the write-ahead log. Every mode logs a batch before acknowledging it, so
 #: a killed server (``kill -9``) loses nothing in any mode; they differ on power loss / OS crash:
 #: ``none`` never fsyncs (the OS writes back, typically within 30 s), ``interval`` fsyncs at most
-#: ``fsync_interval_seconds`` after a write, ``every-batch`` fsyncs before each acknowledgement.
+#: ``fsync_interval_seconds`` after a write, ``every-batch`` fsyncs before each acknowledgement (one
+#: fsync for a group of queued batches, :meth:`EpochManager.apply_many`: group commit).
 DURABILITY_MODES = ("none", "interval", "every-batch")
 
 #: errno values of a full disk or quota (named "disk full" in the refusal).
@@ -176,6 +177,11 @@ class _Group:
     errors: dict = field(default_factory=dict)
     #: ``(index, sender, sequence)`` of batches answered as duplicates (a failed update may make them new)
     duplicates: list = field(default_factory=list)
+    #: group commit (durability every-batch): ``(index, sender, sequence)`` of the batches whose log
+    #: records are written but not yet fsynced, the log's size and LSN before the first of them
+    unsynced: list = field(default_factory=list)
+    sync_size: int | None = None
+    sync_lsn: int = 0
     #: the batch being applied now
     current: int | None = None
 
@@ -521,7 +527,11 @@ class EpochManager:
         with packets in it is answered with that exception and its bookkeeping is taken back (the
         sender's sequence, so a resend is applied; the counters), as :meth:`apply` leaves a batch
         whose update raised. Only for a sketch set whose ``batch_invariant`` is true (the state is
-        then exactly the one-by-one state); otherwise the items are applied one by one."""
+        then exactly the one-by-one state); otherwise the items are applied one by one.
+
+        Group commit (durability ``every-batch``): each batch's record is written before anything
+        of it is applied, as always, and one fsync covers the records written since the last one,
+        before their packets reach a sketch and before any answer (:meth:`_sync_group`)."""
         with self.lock:
             if len(items) < 2 or not self.sketchset.batch_invariant:
                 return [self._apply_caught(*item) for item in items]
@@ -586,6 +596,9 @@ class EpochManager:
                     if sender_id:
                         self._unlogged[sender_id] = min(sequence, pending or sequence)
                     raise
+                group = self._group
+                if group is not None and group.sync_size is not None:
+                    group.unsynced.append((group.current, sender_id, sequence))
             else:
                 self.lsn += 1
             if pending is not None and sequence == pending:
@@ -606,7 +619,8 @@ class EpochManager:
             else:
                 late, rotated = self._apply_spanning(batch, eids)
         group = self._group
-        if group is not None and group.current in group.owners:  # its packets wait for the joined update
+        if group is not None and (group.current in group.owners or group.unsynced):
+            # its packets wait for the joined update, or its log record for the group's fsync
             group.undo[group.current] = _Undo(sender_id, self.senders.get(sender_id) if sender_id else None,
                                               self.sender_seen.get(sender_id) if sender_id else None,
                                               n - late, late, self.open)
@@ -669,7 +683,10 @@ class EpochManager:
         is raised again when the batch being applied now has packets in it (that batch then fails
         as :meth:`apply` fails), so whatever called this (closing the epoch, a checkpoint) stops."""
         group = self._group
-        if group is None or not group.parts:
+        if group is None:
+            return
+        self._sync_group(group)
+        if not group.parts:
             return
         parts, owners = group.parts, group.owners
         group.parts, group.owners = [], []
@@ -687,6 +704,53 @@ class EpochManager:
         self.open.packets += sum(len(part) for part in parts)
         for owner in owners:
             group.undo.pop(owner, None)
+
+    def _sync_group(self, group: _Group) -> None:
+        """Group commit (durability every-batch): one fsync for the log records the group wrote
+        since the last one, before any of their packets reach a sketch and before any answer.
+
+        If it fails, those records are cut off again (the log ends where it was synced), the LSN
+        goes back, and each of their batches is answered with :class:`LogWriteError` with its
+        bookkeeping taken back and its packets dropped from the group, exactly as a batch whose
+        own fsync failed is; each sender must then resend from its first failed batch. Raised again
+        when the batch being applied now is among them and has no bookkeeping yet."""
+        if group.sync_size is None:
+            return
+        logged, size, lsn = group.unsynced, group.sync_size, group.sync_lsn
+        group.unsynced, group.sync_size = [], None
+        with self._io:
+            try:
+                os.fsync(self._wal_fd)
+                self._unsynced = False
+                error = None
+            except OSError as exc:
+                try:
+                    os.ftruncate(self._wal_fd, size)
+                    self._wal_dirty = False
+                except OSError:
+                    self._wal_dirty = True  # cut again before the next write
+                self._wal_size = size
+                self.log_write_failures += 1
+                space = exc.errno in _SPACE_ERRNOS
+                error = LogWriteError(f"writing the batch to the write-ahead log failed ({'disk full: ' if space else ''}"
+                                      f"{exc.strerror or exc}); nothing was applied: retry", space=space)
+        if error is None:
+            for index, _, _ in logged:
+                if index not in group.owners:  # nothing of it waits for the update (late, empty)
+                    group.undo.pop(index, None)
+            return
+        self.lsn = lsn
+        failed = [index for index, _, _ in logged]
+        log.error("%s (%d batches of a group)", error, len(failed))
+        kept = [(part, owner) for part, owner in zip(group.parts, group.owners) if owner not in set(failed)]
+        group.parts, group.owners = [p for p, _ in kept], [o for _, o in kept]
+        for _, sender_id, sequence in logged:
+            if sender_id:
+                self._unlogged[sender_id] = min(sequence, self._unlogged.get(sender_id, sequence))
+        current_unregistered = group.current in failed and group.current not in group.undo
+        self._take_back(group, failed, error)
+        if current_unregistered:
+            raise error
 
     def _take_back(self, group: _Group, failed: list[int], exc: Exception) -> None:
         """Undo the bookkeeping of the ``failed`` batches (newest first, so each sender gets back
@@ -780,8 +844,12 @@ class EpochManager:
                     self._wal_dirty = False
                 self._wal_dirty = True
                 written = _write_all(fd, head, payload)
+                group = self._group
                 if self.durability == "every-batch":
-                    os.fsync(fd)
+                    if group is None:
+                        os.fsync(fd)
+                    elif group.sync_size is None:  # group commit: one fsync before the group's update
+                        group.sync_size, group.sync_lsn = self._wal_size, self.lsn
                 self._wal_dirty = False
             except OSError as exc:
                 try:
@@ -794,7 +862,7 @@ class EpochManager:
                 raise LogWriteError(f"writing the batch to the write-ahead log failed ({'disk full: ' if space else ''}"
                                     f"{exc.strerror or exc}); nothing was applied: retry", space=space) from None
             self._wal_size += written
-            self._unsynced = self.durability != "every-batch"
+            self._unsynced = self.durability != "every-batch" or self._group is not None
         self.lsn = lsn
 
     def _sync_loop(self) -> None:
