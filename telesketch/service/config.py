@@ -65,10 +65,11 @@ class ServiceConfig:
     epoch_seconds: float = 10.0             #: tumbling epoch length, by packet timestamp
     keep_epochs: int = 6                    #: closed epochs kept (memory and disk)
     queue_batches: int = 8                  #: batches admitted but not yet applied (backpressure)
-    coalesce_packets: int = 65536               #: the worker applies the batches already queued behind one
-                                            #: another as one sketch update while their packets add up to at
-                                            #: most this many (fewer per-batch costs; the same states, answers
-                                            #: and acks: only when every sketch is batch_invariant); 0 or 1: off
+    coalesce_packets: int = 65536           #: the worker applies the batches already queued behind one
+                                            #: another as one group while their packets add up to at most this
+                                            #: many (one pass through the sketch threads, one WAL fsync; the
+                                            #: same states, answers and acks: only when every sketch is
+                                            #: batch_invariant); 0 or 1: each batch on its own
     max_message_bytes: int = 64 << 20       #: gRPC receive limit; larger: RESOURCE_EXHAUSTED
     max_batch_packets: int = 1 << 20        #: packets per batch; more: RESOURCE_EXHAUSTED
     max_inflight_bytes: int = 256 << 20     #: batch bytes held at once by all ingest RPCs (received, queued,

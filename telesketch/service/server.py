@@ -79,10 +79,11 @@ class SketchWorker:
 
     ``coalesce_packets`` (``ServiceConfig.coalesce_packets``): after taking a batch, the worker also takes
     the batches already waiting behind it (never waiting for more) while their packets add up to at
-    most this many, and applies them as one group (:meth:`EpochManager.apply_many`: one sketch
-    update for the group, each batch still deduplicated, logged, counted and answered on its own,
-    in admission order). Only for a sketch set whose ``batch_invariant`` is true (the states are then
-    exactly those of one batch at a time); 0 or 1 applies every batch on its own."""
+    most this many, and applies them as one group (:meth:`EpochManager.apply_many`: one round trip
+    through the sketches' update threads and, with durability every-batch, one fsync for the group;
+    each batch still deduplicated, logged, counted and answered on its own, in admission order).
+    Only for a sketch set whose ``batch_invariant`` is true (the states are exactly those of one
+    batch at a time); 0 or 1 applies every batch on its own."""
 
     def __init__(self, manager: EpochManager, capacity: int, metrics: ServiceMetrics,
                  budget: InflightBudget | None = None, coalesce_packets: int = 0):
