@@ -460,6 +460,13 @@ class ShardedSketchSet(ss.SketchSet):
             if not cs.cls.takes_ipv6(cs.params):
                 self.count_withheld(cs.name, withheld)
 
+    @property
+    def batch_invariant(self) -> bool:
+        """``False``: the sharded set is not given joined batches. Each batch is routed to the shards
+        with its own ticket (:meth:`applied_marker`) and the worker already pipelines them, so the
+        service applies its batches one by one, as before (joining them there is not measured)."""
+        return False
+
     def pipeline(self, batches: int) -> None:
         """Let :meth:`update` return with up to ``batches`` batches still being applied per shard
         (:meth:`ShardPool.pipeline`); whoever acknowledges a batch must first :meth:`wait_applied`

@@ -119,6 +119,10 @@ class Estimator:
     """
 
     kind = "base"
+    #: a row's score depends on that row alone, not on the rows scored with it, so scoring rows in
+    #: one call or in several gives the same scores (LLM-Sketch's ``batch_invariant`` asks it).
+    #: ``False`` by default: a model that pads or normalises over its input batch may not.
+    row_independent = False
 
     def score(self, headers, hdr_len) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -139,6 +143,7 @@ class ConstantEstimator(Estimator):
     """Every packet scores ``c`` (0.5: evict on every miss; 1.0: also lock every slot; 0: never evict)."""
 
     kind = "constant"
+    row_independent = True
 
     def __init__(self, c: float = 0.5):
         if not 0.0 <= float(c) <= 1.0:
@@ -160,6 +165,7 @@ class OracleEstimator(Estimator):
     """
 
     kind = "oracle"
+    row_independent = True  #: a table lookup per row
 
     def __init__(self, sizes: Mapping[bytes, int], pivot: float | None = None):
         from telesketch.hashing import hash_keys

@@ -343,6 +343,11 @@ class QuantileCalibrated:
 
     kind = "calibrated"
 
+    @property
+    def row_independent(self) -> bool:
+        """As the base estimator's (the map is per row)."""
+        return bool(getattr(self.base, "row_independent", False))
+
     def __init__(self, base, cut: float, pivot: int):
         self.base, self.cut, self.pivot = base, float(np.clip(cut, 1e-6, 1 - 1e-6)), int(pivot)
 

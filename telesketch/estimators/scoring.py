@@ -701,6 +701,18 @@ class ScoringMixin:
                                                    self.params.task)
 
     @property
+    def batch_invariant(self) -> bool:
+        """Joined batches leave the same state (``Sketch.batch_invariant``) only when the scores do
+        not depend on the cuts either: no scorer (scores are given), or a ``sync`` scorer (the cache
+        walks packets in order, a flow's scoring points are its in-flow positions) whose estimator
+        scores each row on its own (``Estimator.row_independent``). An ``async`` scorer's scores
+        depend on when its worker catches up, so its sketch never has its batches joined."""
+        if self.scorer is None:
+            return super().batch_invariant
+        return (super().batch_invariant and self.scorer.mode == "sync"
+                and bool(getattr(self.scorer.estimator, "row_independent", False)))
+
+    @property
     def pivot(self) -> int | None:
         """The pivot ``T`` (packets) of the scorer's estimator; None when it has none (LM, constant)."""
         est = self.scorer.estimator if self.scorer is not None else None

@@ -40,6 +40,7 @@ class BoostedTreesEstimator(Estimator):
     """
 
     kind = "trees"
+    row_independent = True  #: each row walks the forest on its own features
 
     def __init__(self, forest: dict, base: float, cut: float, pivot: int, train_pred: np.ndarray | None = None,
                  train_size: np.ndarray | None = None, config: dict | None = None,

@@ -446,6 +446,13 @@ class ResidualSketch(_DeviceBlocks, _cpu.ResidualSketch):
     Larger chunks mean fewer launches and more parallel work per launch, and a larger error.
     """
 
+    @property
+    def batch_invariant(self) -> bool:
+        """Exact mode streams packets in order (the CPU state bit for bit): joined batches leave the
+        same state. Batched mode's chunks start at each batch's first packet, so its state depends
+        on where batches are cut: ``False`` (the service then never joins this sketch's batches)."""
+        return self.gpu_update == "exact"
+
     def __init__(self, params=None, *, gpu_update: str = "exact", batched_chunk: int = _batched.CHUNK_PACKETS,
                  **kwargs):
         self._check_update_args(gpu_update, batched_chunk)  # before any device allocation

@@ -65,6 +65,11 @@ class ServiceConfig:
     epoch_seconds: float = 10.0             #: tumbling epoch length, by packet timestamp
     keep_epochs: int = 6                    #: closed epochs kept (memory and disk)
     queue_batches: int = 8                  #: batches admitted but not yet applied (backpressure)
+    coalesce_packets: int = 65536           #: the worker applies the batches already queued behind one
+                                            #: another as one group while their packets add up to at most this
+                                            #: many (one pass through the sketch threads, one WAL fsync; the
+                                            #: same states, answers and acks: only when every sketch is
+                                            #: batch_invariant); 0 or 1: each batch on its own
     max_message_bytes: int = 64 << 20       #: gRPC receive limit; larger: RESOURCE_EXHAUSTED
     max_batch_packets: int = 1 << 20        #: packets per batch; more: RESOURCE_EXHAUSTED
     max_inflight_bytes: int = 256 << 20     #: batch bytes held at once by all ingest RPCs (received, queued,
@@ -101,6 +106,9 @@ class ServiceConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.coalesce_packets, bool) or not isinstance(self.coalesce_packets, int) or self.coalesce_packets < 0:
+            raise ConfigError(f"coalesce_packets must be a non-negative integer (packets; 0 or 1 = apply every batch "
+                              f"on its own), got {self.coalesce_packets!r}")
         if isinstance(self.sketch_threads, bool) or not isinstance(self.sketch_threads, int) or self.sketch_threads < 0:
             raise ConfigError(f"sketch_threads must be a non-negative integer (0 = the available cores), "
                               f"got {self.sketch_threads!r}")

@@ -44,7 +44,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,8 @@ SETTINGS_FILE = "settings.json"
 #: Durability modes of the write-ahead log. Every mode logs a batch before acknowledging it, so
 #: a killed server (``kill -9``) loses nothing in any mode; they differ on power loss / OS crash:
 #: ``none`` never fsyncs (the OS writes back, typically within 30 s), ``interval`` fsyncs at most
-#: ``fsync_interval_seconds`` after a write, ``every-batch`` fsyncs before each acknowledgement.
+#: ``fsync_interval_seconds`` after a write, ``every-batch`` fsyncs before each acknowledgement (one
+#: fsync for a group of queued batches, :meth:`EpochManager.apply_many`: group commit).
 DURABILITY_MODES = ("none", "interval", "every-batch")
 
 #: errno values of a full disk or quota (named "disk full" in the refusal).
@@ -147,6 +148,68 @@ class Counters:
     batches: int = 0
     late_packets: int = 0
     duplicate_batches: int = 0
+
+
+@dataclass
+class _Undo:
+    """What one batch's bookkeeping changed (:meth:`EpochManager.apply_many`), to take back if the
+    joined sketch update holding its packets fails: the sender's sequence and last-seen time before
+    it (``None``: the sender was not in the table), its counts and the epoch that counted it."""
+
+    sender_id: str
+    sequence: int | None
+    seen: float | None
+    applied: int
+    late: int
+    epoch: Epoch | None
+
+
+@dataclass
+class _Group:
+    """The sketch updates :meth:`EpochManager.apply_many` defers: ``parts`` (packets of the open
+    epoch, in arrival order) and ``owners`` (the index of the batch each part came from)."""
+
+    parts: list = field(default_factory=list)
+    owners: list = field(default_factory=list)
+    #: batches whose bookkeeping is done and whose packets wait in ``parts``, by index
+    undo: dict = field(default_factory=dict)
+    #: batches answered with the exception of a failed joined update, by index
+    errors: dict = field(default_factory=dict)
+    #: ``(index, sender, sequence)`` of batches answered as duplicates (a failed update may make them new)
+    duplicates: list = field(default_factory=list)
+    #: group commit (durability every-batch): ``(index, sender, sequence)`` of the batches whose log
+    #: records are written but not yet fsynced, the log's size and LSN before the first of them
+    unsynced: list = field(default_factory=list)
+    sync_size: int | None = None
+    sync_lsn: int = 0
+    #: the batch being applied now
+    current: int | None = None
+
+
+#: :meth:`EpochManager.apply_many` concatenates consecutive parts while their sum stays at most this
+#: many packets, and hands larger ones to the sketches one by one (in one round trip through the
+#: update threads). Measured (BENCHMARKS.md, "Joining queued batches"): concatenating costs 7-66 ns
+#: a packet (a fresh copy of every column, page faults included) and the LLM-Sketch scorer is
+#: slower on 64 Ki-packet batches than on 8 Ki ones (its per-batch arrays leave the cache), while a
+#: sketch call's fixed cost is tens of microseconds: joining pays below a few thousand packets.
+JOIN_BELOW_PACKETS = 4096
+
+
+def _join_small(parts: list[PacketBatch]) -> list[PacketBatch]:
+    """``parts`` with each run of consecutive parts whose packets add up to at most
+    :data:`JOIN_BELOW_PACKETS` concatenated into one (the sketch set is ``batch_invariant``)."""
+    out: list[PacketBatch] = []
+    run: list[PacketBatch] = []
+    size = 0
+    for part in parts:
+        if run and size + len(part) > JOIN_BELOW_PACKETS:
+            out.append(run[0] if len(run) == 1 else PacketBatch.concat(run))
+            run, size = [], 0
+        run.append(part)
+        size += len(part)
+    if run:
+        out.append(run[0] if len(run) == 1 else PacketBatch.concat(run))
+    return out
 
 
 def _fsync_dir(path: Path) -> None:
@@ -397,6 +460,7 @@ class EpochManager:
         self._syncer: threading.Thread | None = None
         self._replaying = False
         self._replayed = 0
+        self._group: _Group | None = None  #: sketch updates deferred by apply_many, while it runs
         self._rewrite_log = False
         self._lock = None
         if self.data_dir is not None:
@@ -446,68 +510,136 @@ class EpochManager:
         update the sketches, checkpointing after a rotation. Raises :class:`BatchRejected` (a
         sequence jump) or :class:`LogWriteError` (the log write failed) with nothing changed."""
         with self.lock:
-            n = len(batch)
-            last = self.senders.get(sender_id, 0) if sender_id else 0
-            if sender_id and sequence <= last:
-                self.counters.duplicate_batches += 1
-                return ApplyResult(sender_id, sequence, True, n, 0, 0, self._open_id())
-            if (sender_id and self.max_sequence_jump and not self._replaying
-                    and sequence - last > self.max_sequence_jump):
-                raise BatchRejected(
-                    Precondition, "sequence_jump",
-                    f"sender {sender_id!r}: sequence {sequence} is {sequence - last} past the last applied one "
-                    f"({last}); at most {self.max_sequence_jump} ahead is accepted (max_sequence_jump). "
-                    f"Continue from Resume's last_sequence + 1")
-            if not self._replaying:
-                pending = self._unlogged.get(sender_id) if sender_id else None
-                if pending is not None and sequence > pending:
-                    # applying it would move the sender past the batch that failed, and that batch's
-                    # retry would then be taken for a duplicate: lost. The sender resends it first.
-                    raise LogWriteError(f"sender {sender_id!r}: batch {pending} failed to reach the write-ahead log "
-                                        f"and was not applied; resend from sequence {pending}", space=False)
-                if self._wal_fd is not None:
-                    try:
-                        self._log(raw if raw is not None
-                                  else batch_to_message(batch, sender_id=sender_id, sequence=sequence).SerializeToString())
-                    except LogWriteError:
-                        if sender_id:
-                            self._unlogged[sender_id] = min(sequence, pending or sequence)
-                        raise
-                else:
-                    self.lsn += 1
-                if pending is not None and sequence == pending:
-                    del self._unlogged[sender_id]
-            rotated = False
-            late = 0
-            if n:
-                eids = batch.ts_ns // np.uint64(self.epoch_ns)
-                lo, hi = int(eids.min()), int(eids.max())
-                if self.open is None:
-                    self._start(lo)
-                if lo == hi:
-                    if lo < self.open.id:
-                        late = n
-                    else:
-                        rotated |= self._rotate_to(lo)
-                        self._update(batch)
-                else:
-                    late, rotated = self._apply_spanning(batch, eids)
-            if self.open is not None:
-                self.open.batches += 1
-            if sender_id:
-                self.senders[sender_id] = sequence
-                self.sender_seen[sender_id] = time.time()
-            self.counters.batches += 1
-            self.counters.packets += n - late
-            self.counters.late_packets += late
-            if rotated and not self._replaying:
+            return self._apply_locked(batch, sender_id, sequence, raw)
+
+    def apply_many(self, items: list[tuple[PacketBatch, str, int, bytes | None]]) -> list[ApplyResult | Exception]:
+        """Apply ``(batch, sender_id, sequence, raw)`` items in order, as :meth:`apply` would one
+        after another, with the sketch updates of consecutive batches of the open epoch joined into
+        one (``PacketBatch.concat``, in arrival order): one sketch update per group instead of per
+        batch, which is what batches of a few thousand packets spend most of their time on.
+
+        Returns, per item, its :class:`ApplyResult` or the exception :meth:`apply` would have raised
+        for it (:class:`BatchRejected`, :class:`LogWriteError`, ...): each batch is deduplicated,
+        checked, logged and counted on its own, exactly as :meth:`apply` does, so one batch's
+        refusal never touches another's result. The joined update runs before anything that reads
+        the open epoch's states (closing it, a checkpoint) and at the end; the lock is held
+        throughout, so no query sees a group half applied. If a joined update raises, every batch
+        with packets in it is answered with that exception and its bookkeeping is taken back (the
+        sender's sequence, so a resend is applied; the counters), as :meth:`apply` leaves a batch
+        whose update raised. Only for a sketch set whose ``batch_invariant`` is true (the state is
+        then exactly the one-by-one state); otherwise the items are applied one by one.
+
+        Group commit (durability ``every-batch``): each batch's record is written before anything
+        of it is applied, as always, and one fsync covers the records written since the last one,
+        before their packets reach a sketch and before any answer (:meth:`_sync_group`)."""
+        with self.lock:
+            if len(items) < 2 or not self.sketchset.batch_invariant:
+                return [self._apply_caught(*item) for item in items]
+            group = self._group = _Group()
+            results: list[ApplyResult | Exception] = []
+            try:
+                for index, item in enumerate(items):
+                    group.current = index
+                    results.append(self._apply_caught(*item))
+                group.current = None
                 try:
-                    self.checkpoint()
-                except (OSError, SnapshotError) as exc:  # the log still holds every batch: nothing is lost
-                    self.checkpoint_failures += 1
-                    log.error("checkpoint after closing an epoch failed (%s); the write-ahead log keeps the "
-                              "batches and the next checkpoint retries", exc)
-            return ApplyResult(sender_id, sequence, False, n, n - late, late, self._open_id())
+                    self._flush()
+                except Exception:  # noqa: BLE001 - recorded per batch in group.errors
+                    pass
+            finally:
+                self._group = None
+            for index, error in group.errors.items():
+                results[index] = error
+            return results
+
+    def _apply_caught(self, batch: PacketBatch, sender_id: str, sequence: int, raw: bytes | None):
+        """:meth:`_apply_locked`'s result, or the exception it raised (for :meth:`apply_many`)."""
+        try:
+            return self._apply_locked(batch, sender_id, sequence, raw)
+        except Exception as exc:  # noqa: BLE001 - each batch's own answer, as apply would raise it
+            group = self._group
+            if group is not None and group.current not in group.undo and group.current in group.owners:
+                # it failed before its bookkeeping: its packets are not applied (apply stops there too)
+                kept = [(part, owner) for part, owner in zip(group.parts, group.owners) if owner != group.current]
+                group.parts, group.owners = [p for p, _ in kept], [o for _, o in kept]
+            return exc
+
+    def _apply_locked(self, batch: PacketBatch, sender_id: str, sequence: int, raw: bytes | None) -> ApplyResult:
+        """:meth:`apply`'s work; the caller holds the lock (sketch updates deferred while
+        :meth:`apply_many` runs a group)."""
+        n = len(batch)
+        last = self.senders.get(sender_id, 0) if sender_id else 0
+        if sender_id and sequence <= last:
+            self.counters.duplicate_batches += 1
+            if self._group is not None:
+                self._group.duplicates.append((self._group.current, sender_id, sequence))
+            return ApplyResult(sender_id, sequence, True, n, 0, 0, self._open_id())
+        if (sender_id and self.max_sequence_jump and not self._replaying
+                and sequence - last > self.max_sequence_jump):
+            raise BatchRejected(
+                Precondition, "sequence_jump",
+                f"sender {sender_id!r}: sequence {sequence} is {sequence - last} past the last applied one "
+                f"({last}); at most {self.max_sequence_jump} ahead is accepted (max_sequence_jump). "
+                f"Continue from Resume's last_sequence + 1")
+        if not self._replaying:
+            pending = self._unlogged.get(sender_id) if sender_id else None
+            if pending is not None and sequence > pending:
+                # applying it would move the sender past the batch that failed, and that batch's
+                # retry would then be taken for a duplicate: lost. The sender resends it first.
+                raise LogWriteError(f"sender {sender_id!r}: batch {pending} failed to reach the write-ahead log "
+                                    f"and was not applied; resend from sequence {pending}", space=False)
+            if self._wal_fd is not None:
+                try:
+                    self._log(raw if raw is not None
+                              else batch_to_message(batch, sender_id=sender_id, sequence=sequence).SerializeToString())
+                except LogWriteError:
+                    if sender_id:
+                        self._unlogged[sender_id] = min(sequence, pending or sequence)
+                    raise
+                group = self._group
+                if group is not None and group.sync_size is not None:
+                    group.unsynced.append((group.current, sender_id, sequence))
+            else:
+                self.lsn += 1
+            if pending is not None and sequence == pending:
+                del self._unlogged[sender_id]
+        rotated = False
+        late = 0
+        if n:
+            eids = batch.ts_ns // np.uint64(self.epoch_ns)
+            lo, hi = int(eids.min()), int(eids.max())
+            if self.open is None:
+                self._start(lo)
+            if lo == hi:
+                if lo < self.open.id:
+                    late = n
+                else:
+                    rotated |= self._rotate_to(lo)
+                    self._update(batch)
+            else:
+                late, rotated = self._apply_spanning(batch, eids)
+        group = self._group
+        if group is not None and (group.current in group.owners or group.unsynced):
+            # its packets wait for the joined update, or its log record for the group's fsync
+            group.undo[group.current] = _Undo(sender_id, self.senders.get(sender_id) if sender_id else None,
+                                              self.sender_seen.get(sender_id) if sender_id else None,
+                                              n - late, late, self.open)
+        if self.open is not None:
+            self.open.batches += 1
+        if sender_id:
+            self.senders[sender_id] = sequence
+            self.sender_seen[sender_id] = time.time()
+        self.counters.batches += 1
+        self.counters.packets += n - late
+        self.counters.late_packets += late
+        if rotated and not self._replaying:
+            try:
+                self.checkpoint()
+            except (OSError, SnapshotError) as exc:  # the log still holds every batch: nothing is lost
+                self.checkpoint_failures += 1
+                log.error("checkpoint after closing an epoch failed (%s); the write-ahead log keeps the "
+                          "batches and the next checkpoint retries", exc)
+        return ApplyResult(sender_id, sequence, False, n, n - late, late, self._open_id())
 
     def _apply_spanning(self, batch: PacketBatch, eids: np.ndarray) -> tuple[int, bool]:
         """A batch over several epochs: the late part counted, the rest applied epoch by epoch in
@@ -532,9 +664,121 @@ class EpochManager:
         return self.open.id if self.open is not None else 0
 
     def _update(self, batch: PacketBatch) -> None:
+        """Update the open epoch's sketches with ``batch`` (now, or, while :meth:`apply_many` runs
+        a group, at its next :meth:`_flush`)."""
+        group = self._group
+        if group is not None:
+            group.parts.append(batch)
+            group.owners.append(group.current)
+            return
         self.generation += 1  # before the update: a copy taken while it fails part-way is not reused
         self.sketchset.update(self.open.states, batch)
         self.open.packets += len(batch)
+
+    def _flush(self) -> None:
+        """Apply the group's deferred parts to the open epoch as one joined update.
+
+        On failure every batch with packets in it is answered with the exception
+        (``group.errors``) and its bookkeeping is taken back (:meth:`_take_back`); the exception
+        is raised again when the batch being applied now has packets in it (that batch then fails
+        as :meth:`apply` fails), so whatever called this (closing the epoch, a checkpoint) stops."""
+        group = self._group
+        if group is None:
+            return
+        self._sync_group(group)
+        if not group.parts:
+            return
+        parts, owners = group.parts, group.owners
+        group.parts, group.owners = [], []
+        self.generation += 1  # before the update: a copy taken while it fails part-way is not reused
+        try:
+            if self.sketchset.active:  # (no sketch: nothing to update)
+                self.sketchset.update_batches(self.open.states, _join_small(parts))
+        except Exception as exc:
+            log.error("a joined update of %d batches failed (%s: %s); each of them is answered with it",
+                      len(set(owners)), type(exc).__name__, exc)
+            self._take_back(group, list(dict.fromkeys(owners)), exc)
+            if group.current in owners:
+                raise
+            return
+        self.open.packets += sum(len(part) for part in parts)
+        for owner in owners:
+            group.undo.pop(owner, None)
+
+    def _sync_group(self, group: _Group) -> None:
+        """Group commit (durability every-batch): one fsync for the log records the group wrote
+        since the last one, before any of their packets reach a sketch and before any answer.
+
+        If it fails, those records are cut off again (the log ends where it was synced), the LSN
+        goes back, and each of their batches is answered with :class:`LogWriteError` with its
+        bookkeeping taken back and its packets dropped from the group, exactly as a batch whose
+        own fsync failed is; each sender must then resend from its first failed batch. Raised again
+        when the batch being applied now is among them and has no bookkeeping yet."""
+        if group.sync_size is None:
+            return
+        logged, size, lsn = group.unsynced, group.sync_size, group.sync_lsn
+        group.unsynced, group.sync_size = [], None
+        with self._io:
+            try:
+                os.fsync(self._wal_fd)
+                self._unsynced = False
+                error = None
+            except OSError as exc:
+                try:
+                    os.ftruncate(self._wal_fd, size)
+                    self._wal_dirty = False
+                except OSError:
+                    self._wal_dirty = True  # cut again before the next write
+                self._wal_size = size
+                self.log_write_failures += 1
+                space = exc.errno in _SPACE_ERRNOS
+                error = LogWriteError(f"writing the batch to the write-ahead log failed ({'disk full: ' if space else ''}"
+                                      f"{exc.strerror or exc}); nothing was applied: retry", space=space)
+        if error is None:
+            for index, _, _ in logged:
+                if index not in group.owners:  # nothing of it waits for the update (late, empty)
+                    group.undo.pop(index, None)
+            return
+        self.lsn = lsn
+        failed = [index for index, _, _ in logged]
+        log.error("%s (%d batches of a group)", error, len(failed))
+        kept = [(part, owner) for part, owner in zip(group.parts, group.owners) if owner not in set(failed)]
+        group.parts, group.owners = [p for p, _ in kept], [o for _, o in kept]
+        for _, sender_id, sequence in logged:
+            if sender_id:
+                self._unlogged[sender_id] = min(sequence, self._unlogged.get(sender_id, sequence))
+        current_unregistered = group.current in failed and group.current not in group.undo
+        self._take_back(group, failed, error)
+        if current_unregistered:
+            raise error
+
+    def _take_back(self, group: _Group, failed: list[int], exc: Exception) -> None:
+        """Undo the bookkeeping of the ``failed`` batches (newest first, so each sender gets back
+        the sequence it had before its oldest failed batch) and answer them with ``exc``; a batch
+        answered as a duplicate of a sequence that is no longer applied is answered with it too."""
+        senders = set()
+        for index in reversed(failed):
+            undo = group.undo.pop(index, None)
+            group.errors[index] = exc
+            if undo is None:  # failed before its bookkeeping (the batch being applied now)
+                continue
+            if undo.sender_id:
+                senders.add(undo.sender_id)
+                if undo.sequence is None:
+                    self.senders.pop(undo.sender_id, None)
+                    self.sender_seen.pop(undo.sender_id, None)
+                else:
+                    self.senders[undo.sender_id] = undo.sequence
+                    self.sender_seen[undo.sender_id] = undo.seen
+            self.counters.batches -= 1
+            self.counters.packets -= undo.applied
+            self.counters.late_packets -= undo.late
+            if undo.epoch is not None:
+                undo.epoch.batches -= 1
+        for index, sender_id, sequence in group.duplicates:
+            if sender_id in senders and sequence > self.senders.get(sender_id, 0) and index not in group.errors:
+                group.errors[index] = exc
+                self.counters.duplicate_batches -= 1
 
     def _start(self, epoch: int) -> None:
         self.generation += 1
@@ -549,6 +793,7 @@ class EpochManager:
     def _close_open(self, next_epoch: int) -> None:
         """Close the open epoch in memory; its file is written by the next checkpoint (so a batch
         over many epochs writes only the ones still retained at its end)."""
+        self._flush()  # the deferred packets belong to the epoch that closes
         old = self.open
         self.generation += 1
         closed = Epoch(old.id, self.sketchset.close(old.states, old.id), old.packets, old.batches, closed=True)
@@ -599,8 +844,12 @@ class EpochManager:
                     self._wal_dirty = False
                 self._wal_dirty = True
                 written = _write_all(fd, head, payload)
+                group = self._group
                 if self.durability == "every-batch":
-                    os.fsync(fd)
+                    if group is None:
+                        os.fsync(fd)
+                    elif group.sync_size is None:  # group commit: one fsync before the group's update
+                        group.sync_size, group.sync_lsn = self._wal_size, self.lsn
                 self._wal_dirty = False
             except OSError as exc:
                 try:
@@ -613,7 +862,7 @@ class EpochManager:
                 raise LogWriteError(f"writing the batch to the write-ahead log failed ({'disk full: ' if space else ''}"
                                     f"{exc.strerror or exc}); nothing was applied: retry", space=space) from None
             self._wal_size += written
-            self._unsynced = self.durability != "every-batch"
+            self._unsynced = self.durability != "every-batch" or self._group is not None
         self.lsn = lsn
 
     def _sync_loop(self) -> None:
@@ -666,6 +915,7 @@ class EpochManager:
         closed epochs and the LSN it covers), then start a fresh log; returns the files written.
         A failure leaves the log as it was (it still holds everything since the last checkpoint)."""
         with self.lock:
+            self._flush()  # the checkpoint holds every batch counted so far
             if self.data_dir is None or self.open is None:
                 return []
             self._expire_senders()

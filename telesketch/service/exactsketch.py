@@ -76,6 +76,10 @@ class ExactSketchParams:
 class ExactSketch(Sketch):
     """Exact per-epoch counters over the stored packets (see the module docstring)."""
 
+    #: it keeps the packets themselves, in order: joined batches are the same packets
+    #: (``Sketch.batch_invariant``)
+    batch_invariant = True
+
     @classmethod
     def takes_ipv6(cls, params: dict) -> bool:
         """IPv6 rows are counted (module docstring: how)."""

@@ -75,13 +75,22 @@ SERVICE_NAMES = ("telesketch.v1.Ingest", "telesketch.v1.Query", "telesketch.v1.A
 
 # ====================================================================== worker
 class SketchWorker:
-    """One thread applying batches in order; ``admit`` is the bounded, awaitable entry."""
+    """One thread applying batches in order; ``admit`` is the bounded, awaitable entry.
+
+    ``coalesce_packets`` (``ServiceConfig.coalesce_packets``): after taking a batch, the worker also takes
+    the batches already waiting behind it (never waiting for more) while their packets add up to at
+    most this many, and applies them as one group (:meth:`EpochManager.apply_many`: one round trip
+    through the sketches' update threads and, with durability every-batch, one fsync for the group;
+    each batch still deduplicated, logged, counted and answered on its own, in admission order).
+    Only for a sketch set whose ``batch_invariant`` is true (the states are exactly those of one
+    batch at a time); 0 or 1 applies every batch on its own."""
 
     def __init__(self, manager: EpochManager, capacity: int, metrics: ServiceMetrics,
-                 budget: InflightBudget | None = None):
+                 budget: InflightBudget | None = None, coalesce_packets: int = 0):
         self.manager = manager
         self.budget = budget
         self.capacity = capacity
+        self.coalesce_packets = int(coalesce_packets)
         self.metrics = metrics
         self.depth = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -159,9 +168,14 @@ class SketchWorker:
         the next batches are routed and sent; answers still go out in admission order and a batch
         is acknowledged only once applied everywhere (a failure there answers that batch with it)."""
         sketchset = self.manager.sketchset
+        # joining needs states that do not depend on the cuts, and answers that need no shard marker
+        join = self.coalesce_packets if self.coalesce_packets > 1 and sketchset.batch_invariant else 0
         pending: deque = deque()  # (marker or None, future, result, error, reserved), oldest first
+        carried = None  # a batch taken from the queue that did not fit the last group: the next one's first
         while True:
-            if pending:
+            if carried is not None:
+                item, carried = carried, None
+            elif pending:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:  # nothing new to send: settle the oldest answer meanwhile
@@ -173,6 +187,30 @@ class SketchWorker:
                 while pending:
                     self._settle(sketchset, pending.popleft())
                 return
+            if join:
+                group, packets, stop = [item], len(item[0]), False
+                while packets < join:
+                    try:
+                        waiting = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if waiting is None:
+                        stop = True
+                        break
+                    if packets + len(waiting[0]) > join:
+                        carried = waiting
+                        break
+                    group.append(waiting)
+                    packets += len(waiting[0])
+                del item
+                if len(group) > 1:
+                    self._apply_group(group)
+                    if stop:
+                        self._queue.put(None)
+                    continue
+                item = group.pop()
+                if stop:
+                    self._queue.put(None)
             batch, sender_id, sequence, raw, future, reserved = item
             del item
             start = time.perf_counter()
@@ -194,6 +232,36 @@ class SketchWorker:
             else:
                 pending.append((marker, future, result, error, reserved))
                 self._settle_applied(sketchset, pending)
+
+    def _apply_group(self, group: list) -> None:
+        """Apply queued items as one group (:meth:`EpochManager.apply_many`) and answer each in
+        admission order; ``group`` is emptied first (the budget is given back only once the worker
+        holds no reference to the batches). A batch's ``apply_seconds`` is the group's wall time
+        times its share of the group's packets."""
+        start = time.perf_counter()
+        try:
+            outcomes = self.manager.apply_many([item[:4] for item in group])
+        except Exception as exc:  # noqa: BLE001 - apply_many answers per batch; this would be a bug there
+            log.exception("applying a group of %d batches failed", len(group))
+            outcomes = [exc] * len(group)
+        seconds = time.perf_counter() - start
+        total = sum(len(item[0]) for item in group) or 1
+        answers = []
+        for item, outcome in zip(group, outcomes):
+            share, future, reserved = len(item[0]) / total, item[4], item[5]
+            if isinstance(outcome, Exception):
+                if isinstance(outcome, LogWriteError):
+                    log.error("%s", outcome)
+                elif not isinstance(outcome, BatchRejected):  # reported to the caller as INTERNAL
+                    log.error("applying a batch failed", exc_info=outcome)
+                answers.append((future, None, outcome, reserved))
+            else:
+                self._account(outcome, seconds * share)
+                answers.append((future, outcome, None, reserved))
+        group.clear()
+        del item
+        for answer in answers:
+            self._answer(*answer)
 
     def _settle_applied(self, sketchset, pending: deque) -> None:
         """Answer the oldest pending batches that need no waiting: the shards already applied them
@@ -768,7 +836,8 @@ class Service:
         self.budget = InflightBudget(config.max_inflight_bytes, self.metrics.inflight_bytes.set)
         self.metrics.inflight_limit.set(config.max_inflight_bytes)
         self.metrics.inflight_peak.set_function(lambda: self.budget.peak)
-        self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics, self.budget)
+        self.worker = SketchWorker(self.manager, config.queue_batches, self.metrics, self.budget,
+                                   coalesce_packets=config.coalesce_packets)
         if config.shards > 1:  # the worker acknowledges a batch only after the shards applied it
             from telesketch.distributed.cluster import INFLIGHT_BATCHES
 

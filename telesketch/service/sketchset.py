@@ -166,6 +166,9 @@ class ConfiguredSketch:
     note: str = ""
     device: str = "cpu"     #: where its states live and update: "cpu" or "gpu"
     backend: str = "numpy"  #: the array backend there: numpy (CPU), or cupy / numba / simulator (GPU)
+    #: its sketch's ``batch_invariant`` (asked of the probe sketch built by :func:`configure`): joined
+    #: batches leave the state that the same batches one by one leave
+    batch_invariant: bool = False
 
     # ------------------------------------------------------------------ lifecycle
     def build(self):
@@ -295,6 +298,7 @@ def configure(specs: dict[str, dict[str, Any]], device: str = "cpu") -> list[Con
             log.warning("sketch %s (%s) skipped: %s", name, cs.kind_name, cs.note)
             continue
         cs.active = True
+        cs.batch_invariant = bool(sketch.batch_invariant)
         log.info("sketch %s: %s %s", name, cs.kind_name, params)
         if getattr(sketch, "scorer_bytes", 0):
             log.info("sketch %s: its flow-score cache holds %.1f MiB %s the sketch's %d bytes", name,
@@ -331,6 +335,7 @@ def _configure_gpu(cs: ConfiguredSketch) -> None:
         raise ConfigError(f"{where}: failed its probe (update + to_bytes/from_bytes): "
                           f"{type(exc).__name__}: {exc}") from None
     cs.device, cs.backend, cs.active = "gpu", sketch.device_backend, True
+    cs.batch_invariant = bool(sketch.batch_invariant)
     log.info("sketch %s: %s on the GPU (%s) %s", cs.name, cs.kind_name, cs.backend, cs.params)
 
 
@@ -444,6 +449,15 @@ class SketchSet:
         previous = previous or {}
         return {cs.name: cs.next_state(previous.get(cs.name), epoch) for cs in self.active}
 
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether one :meth:`update` with batches joined in order (``PacketBatch.concat``) leaves
+        every active sketch's state exactly as updating with them one by one would: each sketch's
+        ``batch_invariant`` (``Sketch.batch_invariant``). The service joins the batches queued behind
+        one another only then (:meth:`telesketch.service.epochs.EpochManager.apply_many`). True for
+        a set with no active sketch (no state that could differ)."""
+        return all(cs.batch_invariant for cs in self.active)
+
     def applied_marker(self) -> int | None:
         """``None``: :meth:`update` returns only once every sketch applied the batch. (The sharded
         set may return earlier and hand out a marker to wait for; see ``ShardedSketchSet``.)"""
@@ -465,8 +479,20 @@ class SketchSet:
         """Apply ``batch`` to every active sketch's state (concurrently, see ``concurrency``)."""
         self.update_parts(states, {cs.name: batch for cs in self.active})
 
-    def update_parts(self, states: dict[str, Any], parts: dict[str, PacketBatch | None]) -> None:
-        """``states[name].update(parts[name])`` for every name (empty or ``None`` parts skipped).
+    def update_batches(self, states: dict[str, Any], batches: list[PacketBatch]) -> None:
+        """Apply ``batches`` in order to every active sketch: one :meth:`update_parts` (one round
+        trip through the update threads) for all of them, each sketch updated batch by batch, so
+        every state is the one :meth:`update` of each batch in turn leaves (for any kind)."""
+        if len(batches) == 1:
+            self.update(states, batches[0])
+            return
+        run = tuple(batches)
+        self.update_parts(states, {cs.name: run for cs in self.active})
+
+    def update_parts(self, states: dict[str, Any],
+                     parts: dict[str, PacketBatch | tuple[PacketBatch, ...] | None]) -> None:
+        """``states[name].update(parts[name])`` for every name (empty or ``None`` parts skipped); a
+        tuple of batches updates that sketch with each in turn (:meth:`update_batches`).
 
         With more than one thread the updates run concurrently: the calling thread and
         ``concurrency - 1`` pool threads take sketches from one list, the costliest first
@@ -476,17 +502,20 @@ class SketchSet:
         wall time. A state whose ``caller_thread_only`` is set (the GPU twins: one device queue, and
         Numba's CUDA simulator is not thread-safe) is updated on the calling thread, first.
         """
-        parts = dict(parts)
+        parts = {name: part if part is None or isinstance(part, tuple) else (part,) for name, part in parts.items()}
         ipv6_rows: dict[int, int] = {}  # id(part) -> its IPv6 rows: one count per distinct part, not per sketch
         for cs in (cs for cs in self.sketches if parts.get(cs.name) is not None and not cs.cls.takes_ipv6(cs.params)):
-            part = parts[cs.name]
-            n6 = ipv6_rows.get(id(part))
-            if n6 is None:
-                n6 = ipv6_rows[id(part)] = part.ipv6_count()
-            if n6:  # IPv6 rows must not count as IPv4 (a filtered copy per sketch, as before)
-                parts[cs.name] = part[part.ipv6 == 0]
-            self.count_withheld(cs.name, n6)
-        names = [name for name, part in parts.items() if part is not None and len(part)]
+            kept = []
+            for part in parts[cs.name]:
+                n6 = ipv6_rows.get(id(part))
+                if n6 is None:
+                    n6 = ipv6_rows[id(part)] = part.ipv6_count()
+                # IPv6 rows must not count as IPv4 (a filtered copy per sketch, as before)
+                kept.append(part[part.ipv6 == 0] if n6 else part)
+                self.count_withheld(cs.name, n6)
+            parts[cs.name] = tuple(kept)
+        sizes = {name: sum(len(part) for part in run) for name, run in parts.items() if run is not None}
+        names = [name for name, size in sizes.items() if size]
         threads = min(len(names), self.threads) if names else 0  # no sketch: no affinity lookup per batch
         if threads <= 1:
             for name in names:
@@ -501,7 +530,7 @@ class SketchSet:
                 errors[name] = exc
         names = [name for name in names if name not in on_caller]
         threads = min(len(names), self.threads)
-        names.sort(key=lambda name: -self._cost.get(name, 0.0) * len(parts[name]))
+        names.sort(key=lambda name: -self._cost.get(name, 0.0) * sizes[name])
         pending = iter(names)
         take = threading.Lock()
 
@@ -539,12 +568,18 @@ class SketchSet:
             if name in errors:
                 raise errors[name]
 
-    def _timed_update(self, state, name: str, part: PacketBatch) -> None:
+    def _timed_update(self, state, name: str, run: tuple[PacketBatch, ...]) -> None:
+        """``state.update`` of each non-empty batch of ``run`` in turn, timed (``update_seconds``,
+        and the per-packet cost that orders the sketches)."""
         start = time.perf_counter()
-        state.update(part)
+        packets = 0
+        for part in run:
+            if len(part):
+                state.update(part)
+                packets += len(part)
         seconds = time.perf_counter() - start
         previous = self._cost.get(name)
-        per_packet = seconds / len(part)
+        per_packet = seconds / packets
         self._cost[name] = per_packet if previous is None else 0.8 * previous + 0.2 * per_packet
         self.update_seconds[name] = self.update_seconds.get(name, 0.0) + seconds
 

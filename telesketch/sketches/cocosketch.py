@@ -802,6 +802,10 @@ class BlockSketchVerbs(Sketch):
     ``layer_estimates()`` and ``report_threshold(threshold)``.
     """
 
+    #: each tree streams its family's packets in order with the packet's stream index as its coin
+    #: (``packets`` / ``packets6``): joined batches leave the same state (``Sketch.batch_invariant``)
+    batch_invariant = True
+
     @classmethod
     def takes_ipv6(cls, params: dict) -> bool:
         """IPv6 rows are counted (module docstring: how)."""

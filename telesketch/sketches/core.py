@@ -325,7 +325,8 @@ class Sketch:
     A kind overrides what differs: ``combine`` (its rule over epochs and shards; default: merge),
     ``copy`` (default: the ``COPY_ARRAYS`` it names copied, else a round trip through ``to_bytes``), ``successor`` (what outlives an epoch;
     default ``None``: nothing, the service builds a fresh sketch), ``start_epoch`` (continuous
-    kinds), ``load_factor`` (how full it is; ``None`` when the kind cannot tell).
+    kinds), ``load_factor`` (how full it is; ``None`` when the kind cannot tell),
+    ``batch_invariant`` (whether joined batches give the same state; default ``False``).
     """
 
     @classmethod
@@ -386,6 +387,19 @@ class Sketch:
     #: updates must run on the thread that made the sketch (the GPU twins: one device queue, and
     #: Numba's CUDA simulator is not thread-safe); the service then never hands it to a pool thread
     caller_thread_only: bool = False
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether ``update(PacketBatch.concat([a, b, ...]))`` leaves exactly the state (``to_bytes``
+        byte for byte) that ``update(a); update(b); ...`` leaves, for any batches cut anywhere.
+
+        The service then applies the batches already queued behind one another as one update
+        (fewer per-batch costs: the sketch pool round trip, kernel dispatch, scoring set-up), so a
+        ``True`` here is a promise that batch boundaries never show in the state. Default
+        ``False`` (the safe answer): a kind that keeps its own per-batch steps (an approximate
+        whole-batch update, a model scoring rows together) never has its batches joined.
+        ``tests/test_batch_invariance.py`` checks every registered kind's answer."""
+        return False
 
     @property
     def load_factor(self) -> float | None:

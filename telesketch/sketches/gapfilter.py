@@ -950,6 +950,11 @@ class _GapFilterBase(Sketch):
         """IPv6 rows are counted (module docstring: how)."""
         return True
 
+    #: every packet is processed in arrival order (serial and bucket-partitioned kernels give the
+    #: same state), the event log keeps the first ``event_capacity`` reports and counts the rest, the
+    #: coverage counters add up: joined batches leave the same state (``Sketch.batch_invariant``)
+    batch_invariant = True
+
     ALGORITHM: ClassVar[str]
     PARAMS: ClassVar[type]
     #: layout 2: events with the IPv6 fields, coverage counters; layout 1 (IPv4 events) still loads

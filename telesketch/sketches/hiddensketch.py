@@ -1145,6 +1145,11 @@ class HiddenSketch(Sketch):
     either pass between sketches in the same pass.
     """
 
+    #: the FS gate runs item by item in arrival order and the second stage's adds and bit sets
+    #: commute, in either pass and either family: joined batches leave the same state
+    #: (``Sketch.batch_invariant``)
+    batch_invariant = True
+
     @classmethod
     def takes_ipv6(cls, params: dict) -> bool:
         """IPv6 rows are counted (module docstring: how)."""

@@ -39,8 +39,9 @@ Flow names (``keep_keys=True``, flow-size task; not in the spec). The heavy part
 fingerprints, which an operator cannot act on. With ``keep_keys`` every heavy slot also keeps the
 flow key of the flow it holds (``slot_names``, ``uint8[NB, 8, 13]``, charged in
 :attr:`LLMSketch.memory_bytes`: ``NB * 8 * 13`` bytes, +33 KiB per 100 KiB of heavy part), filled
-after each batch for the slots whose key changed (one extra pass over the batch, only then), so
-:meth:`LLMSketch.top_flows` reports 5-tuples. The counts, hashes and the serialised spec arrays are
+after each batch for the occupied slots whose key a packet of the batch carries (the last such
+packet's 5-tuple: one extra pass over the batch), so :meth:`LLMSketch.top_flows` reports 5-tuples
+and the names do not depend on where batches are cut. The counts, hashes and the serialised spec arrays are
 unchanged; the names travel as one more array of the state.
 
 IPv6 (issue #18). The flow-size task keys a flow on its *canonical* key: the 13-byte 5-tuple for
@@ -49,7 +50,7 @@ an IPv4 flow (unchanged, so IPv4 answers and speed are as before), the 37-byte t
 an IPv6 row whose addresses are both v4-mapped (``::ffff:a.b.c.d``) is the IPv4 flow. The stored key
 stays the 4-byte fingerprint ``mmh3_32(canonical key, 123123)``, so the heavy part's and Count-Min's
 memory per flow do not grow for IPv6. Queries take 13- or 37-byte keys (:func:`canonical_flow_keys`).
-Names: ``slot_names`` is 13 bytes wide until the first IPv6 flow is named, then it widens once to
+Names: ``slot_names`` is 13 bytes wide until the sketch is given its first IPv6 flow, then it widens once to
 37 (IPv4 names v4-mapped; ``memory_bytes`` then charges ``NB * 8 * 37``): IPv4-only traffic pays
 nothing, and its serialised state keeps layout 1 byte for byte; a state with 37-byte names is layout
 2. ``top_flows`` reports 13-byte keys for IPv4 flows and 37-byte keys for IPv6 flows either way.
@@ -967,6 +968,15 @@ def key13_of(keys37: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([keys37[:, 12:16], keys37[:, 28:32], keys37[:, 32:37]], axis=1))
 
 
+def _has_ipv6_flow(batch: PacketBatch) -> bool:
+    """Whether ``batch`` holds an IPv6 row whose source or destination is not v4-mapped (an IPv6
+    flow), read from the address columns (no 37-byte keys built)."""
+    prefix = np.frombuffer(V4_MAPPED_PREFIX, np.uint8)
+    v6 = batch.ipv6.astype(bool)
+    mapped = (batch.src_ip6[v6, 0:12] == prefix).all(axis=1) & (batch.dst_ip6[v6, 0:12] == prefix).all(axis=1)
+    return not bool(mapped.all())
+
+
 def v4_mapped_rows(keys37: np.ndarray) -> np.ndarray:
     """``bool[n]``: rows of ``uint8[n, 37]`` whose source and destination are both v4-mapped (IPv4 flows)."""
     prefix = np.frombuffer(V4_MAPPED_PREFIX, np.uint8)
@@ -1102,6 +1112,13 @@ class LLMSketch(Sketch):
     COPY_ARRAYS = ("slot_names", "_slot_words", "counts", "lock", "occ", "cm", "coco_ids", "coco_counts", "coco_occ")
     COPY_EXACT = ("telesketch.sketches.llmsketch:LLMSketch", "telesketch.estimators.scoring:ScoredLLMSketch")
 
+    @property
+    def batch_invariant(self) -> bool:
+        """Joined batches leave the same state (``Sketch.batch_invariant``): packets are inserted in
+        stream order with coins drawn by stream index, and ``keep_keys`` names do not depend on the
+        cuts (:meth:`_name_slots`). The scored sketch also asks its scorer."""
+        return True
+
     def __new__(cls, *args, **kwargs):
         """Build :attr:`scored_class` when a scorer setting is given (the third positional
         argument is ``estimator``), else this pure class."""
@@ -1196,32 +1213,44 @@ class LLMSketch(Sketch):
         if scores is None:
             raise SketchError("update() without scores needs an estimator (LLMSketch(estimator=...))")
         words = batch_words(batch, self.params.task)
-        before = self._slot_words.copy() if self.keep_keys else None
         weights = np.ascontiguousarray(batch.length, np.uint64) if self.params.weight == "bytes" else None
         self._insert(words, self._checked_scores(scores, n), weights)
-        if before is not None:
-            self._name_slots(batch, words, before)
+        if self.keep_keys:
+            self._name_slots(batch, words)
 
-    def _name_slots(self, batch: PacketBatch, words: np.ndarray, before: np.ndarray) -> None:
-        """Record the 5-tuple of every heavy slot whose key this batch changed."""
-        after = self._slot_words
-        changed = self.occ.astype(bool) & (after != before).any(axis=-1)
-        if not changed.any():
+    def _name_slots(self, batch: PacketBatch, words: np.ndarray) -> None:
+        """Name every occupied heavy slot whose key (fingerprint) a packet of this batch carries:
+        the 5-tuple of the last such packet.
+
+        So a slot's name is that of the last packet of the stream with its key, wherever the
+        batches were cut (``Sketch.batch_invariant``): naming only the slots whose key the batch
+        changed would name a slot after the last packet of the batch that took it, and two flows
+        sharing a 32-bit fingerprint (they share the slot) would then be named by where the cut
+        fell. Likewise the names widen to 37 bytes at the first IPv6 flow the sketch is given,
+        named or not (a flow that took a slot and lost it within one batch leaves no name)."""
+        if self.slot_names.shape[-1] == FLOW_KEY_BYTES and batch.has_ipv6() and _has_ipv6_flow(batch):
+            self._widen_names()
+        occupied = np.flatnonzero(self.occ.reshape(-1))
+        if not occupied.size:
             return
-        slots = np.flatnonzero(changed)
-        found = np.full(slots.shape[0], -1, np.int64)
-        _slot_packets_kernel(after.reshape(-1)[slots], words[:, 0], found)
-        rows = batch[found[found >= 0]]
-        if rows.has_ipv6() or self.slot_names.shape[-1] == FLOW_KEY37_BYTES:
-            keys37 = rows.flow_keys37()
-            if not v4_mapped_rows(keys37).all() and self.slot_names.shape[-1] == FLOW_KEY_BYTES:
-                self._widen_names()
-            named = key13_of(keys37) if self.slot_names.shape[-1] == FLOW_KEY_BYTES else keys37
+        found = np.full(occupied.shape[0], -1, np.int64)
+        _slot_packets_kernel(self._slot_words.reshape(-1)[occupied], words[:, 0], found)
+        hit = found >= 0
+        if not hit.any():
+            return
+        if self.slot_names.shape[-1] == FLOW_KEY_BYTES and not batch.has_ipv6():  # the common case: no gather
+            _name_slots13_kernel(self.slot_names, occupied[hit], found[hit], batch.src_ip, batch.dst_ip,
+                                 batch.src_port, batch.dst_port, batch.proto)
+            return
+        rows = batch[found[hit]]
+        if self.slot_names.shape[-1] == FLOW_KEY37_BYTES:
+            named = rows.flow_keys37()
+        elif rows.has_ipv6():  # v4-mapped IPv6 rows only (an IPv6 flow widened the names above)
+            named = key13_of(rows.flow_keys37())
         else:
             named = rows.flow_keys()  # IPv4 rows, 13-byte names: as before IPv6
-        names = np.zeros((found.shape[0], self.slot_names.shape[-1]), np.uint8)
-        names[found >= 0] = named
-        self.slot_names[changed] = names
+        bucket, slot = np.divmod(occupied[hit], SLOTS)
+        self.slot_names[bucket, slot] = named
 
     def _widen_names(self) -> None:
         """Hold 37-byte names from now on (the first IPv6 flow named): the IPv4 names become their
@@ -1502,6 +1531,24 @@ class LLMSketch(Sketch):
         """Plain-Python copy of the whole state, for comparison with the naive model."""
         return {name: arr.copy() for name, arr in self._arrays().items()} | {"packets": self.packets,
                                                                               "total_weight": self.total_weight}
+
+
+@kernel
+def _name_slots13_kernel(names, slots, rows, src_ip, dst_ip, src_port, dst_port, proto):
+    """``names[slot // 8, slot % 8]`` (``uint8[NB, 8, 13]``) = the 13-byte 5-tuple of packet ``rows[j]``
+    for each ``slots[j]`` (int64 flat slot indices): :meth:`PacketBatch.flow_keys`' bytes (addresses
+    and ports big-endian) written from the columns, without gathering the rows first."""
+    for j in range(slots.shape[0]):
+        b, s, i = slots[j] // 8, slots[j] % 8, rows[j]
+        a, d = src_ip[i], dst_ip[i]
+        for k in range(4):
+            names[b, s, k] = (a >> np.uint32(24 - 8 * k)) & np.uint32(0xFF)
+            names[b, s, 4 + k] = (d >> np.uint32(24 - 8 * k)) & np.uint32(0xFF)
+        names[b, s, 8] = src_port[i] >> np.uint16(8)
+        names[b, s, 9] = src_port[i] & np.uint16(0xFF)
+        names[b, s, 10] = dst_port[i] >> np.uint16(8)
+        names[b, s, 11] = dst_port[i] & np.uint16(0xFF)
+        names[b, s, 12] = proto[i]
 
 
 @kernel
