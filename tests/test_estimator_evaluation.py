@@ -322,6 +322,29 @@ def test_scored_sketch_calibrates_the_trees_for_its_memory():
     assert share[0] > share[1] > share[2]
 
 
+def test_a_scored_sketch_calibrates_for_the_slots_of_its_own_weight_and_heavy_ratio():
+    """The pivot budgets the heavy slots the sketch has: a byte-weighted slot holds a uint64 count
+    (21 bytes, not 17, for heavy_hitters), and a heavy_ratio other than the task's default moves
+    memory between the parts. Counting the default packet sketch's slots, a 128 KiB byte-weighted
+    heavy-hitter sketch admitted flows down to 7 packets for 6240 slots (15 for its own), and a
+    flow_size sketch with heavy_ratio = 0.5 got the pivot of 0.2's slots (219 at 64 KiB, 96 for its own)."""
+    from telesketch.sketches.llmsketch import SLOTS, LLMSketch, LLMSketchParams
+
+    est = load_estimator("trees")
+    sizes = np.repeat(est.traffic["sizes"], est.traffic["flows"])
+    threshold = int(1e-4 * est.traffic["packets"])
+    for kib in (32, 64, 128):
+        own = LLMSketchParams(kib * 1024, "heavy_hitters", weight="bytes").buckets * SLOTS
+        hh = LLMSketch(kib * 1024, "heavy_hitters", estimator="trees", weight="bytes")
+        assert hh.pivot == max(2, heavy_hitter_pivot(sizes, own, threshold))
+        own = LLMSketchParams(kib * 1024, "flow_size", heavy_ratio=0.5).buckets * SLOTS
+        assert LLMSketch(kib * 1024, estimator="trees", heavy_ratio=0.5).pivot == choose_pivot(sizes, own)
+    # the task's defaults are what heavy_slots counted before: unchanged
+    assert LLMSketch(64 * 1024, "heavy_hitters", estimator="trees").pivot == est.pivot_for_memory(64 * 1024,
+                                                                                                   "heavy_hitters")
+    assert LLMSketch(64 * 1024, estimator="trees").pivot == est.pivot_for_memory(64 * 1024)
+
+
 def test_a_scored_sketch_loaded_from_its_state_keeps_the_pivot_of_its_memory():
     """from_bytes builds the sketch from the state's parameters: the trees must be recalibrated for
     that memory, not for the constructor's default 400 KiB (a service restart loads live states so)."""
