@@ -81,11 +81,13 @@ def capture_split(batch: PacketBatch, capture: np.ndarray, train_fraction: float
 
 
 # ---------------------------------------------------------------------------- pivot
-def heavy_slots(memory_bytes: int, task: str = "flow_size") -> int:
-    """Heavy-part slots of an ``LLMSketch(memory_bytes, task)``."""
+def heavy_slots(memory_bytes: int, task: str = "flow_size", heavy_ratio: float | None = None,
+                weight: str = "packets") -> int:
+    """Heavy-part slots of an ``LLMSketch(memory_bytes, task, heavy_ratio, weight=weight)``
+    (``heavy_ratio`` ``None``: the task's default; a byte-weighted slot's count is 8 bytes, not 4)."""
     from telesketch.sketches.llmsketch import SLOTS, LLMSketchParams
 
-    return LLMSketchParams(memory_bytes, task).buckets * SLOTS
+    return LLMSketchParams(memory_bytes, task, heavy_ratio, weight=weight).buckets * SLOTS
 
 
 def choose_pivot(train_sizes, slots: int, fill: float = 0.5, scale: float = 1.0, minimum: int = 2) -> int:
