@@ -97,6 +97,16 @@ def test_heavy_hitter_pivot_gives_the_spare_slots_to_more_flows():
         heavy_hitter_pivot(sizes, slots=150, threshold=900, spare_flows=-1.0)
 
 
+@pytest.mark.parametrize("spare", [float("inf"), float("nan")])
+@pytest.mark.parametrize("slots", [50, 150])
+def test_heavy_hitter_pivot_refuses_a_spare_flows_that_is_not_a_finite_number(spare, slots):
+    """An infinite spare_flows is refused naming the setting, as a negative one is: it was an
+    OverflowError (spare slots: int(inf)) or "cannot convert float NaN to integer" (none: inf x 0)."""
+    sizes = np.arange(1, 1001)
+    with pytest.raises(ValueError, match="spare_flows"):
+        heavy_hitter_pivot(sizes, slots=slots, threshold=900, spare_flows=spare)
+
+
 def test_shipped_trees_choose_the_heavy_hitter_pivot_for_the_default_phi():
     """A heavy-hitter sketch's trees are calibrated by :func:`heavy_hitter_pivot` for phi = 1e-4 of the
     epoch (the training traffic's packets when the epoch length is not given): the pivot is never
