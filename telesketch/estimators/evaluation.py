@@ -134,8 +134,8 @@ def heavy_hitter_pivot(train_sizes, slots: int, threshold: int, scale: float = 1
     :func:`choose_pivot`) ``T`` sat at ``threshold + 1`` on G at 32 KiB and the trees missed 36 %
     of the heavy hitters at their first packet. When the heavy hitters alone outnumber the slots
     there is nothing to spare: ``T = threshold + 1``, the label itself."""
-    if not spare_flows >= 0:
-        raise ValueError(f"spare_flows must be >= 0, got {spare_flows}")
+    if not 0 <= spare_flows < np.inf:  # NaN fails too; inf would admit inf (or inf x 0 = NaN) flows
+        raise ValueError(f"spare_flows must be a finite number >= 0, got {spare_flows}")
     sizes = np.asarray(train_sizes, np.float64) * scale
     heavy = int(np.count_nonzero(sizes >= threshold + 1))
     admitted = heavy + spare_flows * max(int(slots) - heavy, 0)
