@@ -97,6 +97,16 @@ def test_heavy_hitter_pivot_gives_the_spare_slots_to_more_flows():
         heavy_hitter_pivot(sizes, slots=150, threshold=900, spare_flows=-1.0)
 
 
+@pytest.mark.parametrize("spare", [float("inf"), float("nan")])
+@pytest.mark.parametrize("slots", [50, 150])
+def test_heavy_hitter_pivot_refuses_a_spare_flows_that_is_not_a_finite_number(spare, slots):
+    """An infinite spare_flows is refused naming the setting, as a negative one is: it was an
+    OverflowError (spare slots: int(inf)) or "cannot convert float NaN to integer" (none: inf x 0)."""
+    sizes = np.arange(1, 1001)
+    with pytest.raises(ValueError, match="spare_flows"):
+        heavy_hitter_pivot(sizes, slots=slots, threshold=900, spare_flows=spare)
+
+
 def test_shipped_trees_choose_the_heavy_hitter_pivot_for_the_default_phi():
     """A heavy-hitter sketch's trees are calibrated by :func:`heavy_hitter_pivot` for phi = 1e-4 of the
     epoch (the training traffic's packets when the epoch length is not given): the pivot is never
@@ -320,6 +330,29 @@ def test_scored_sketch_calibrates_the_trees_for_its_memory():
     share = [float(np.mean(LLMSketch(16 * 1024, estimator="trees", pivot=p).scorer.estimator
                            .score_packets(batch, idx) >= 0.5)) for p in (8, 64, 512)]
     assert share[0] > share[1] > share[2]
+
+
+def test_a_scored_sketch_calibrates_for_the_slots_of_its_own_weight_and_heavy_ratio():
+    """The pivot budgets the heavy slots the sketch has: a byte-weighted slot holds a uint64 count
+    (21 bytes, not 17, for heavy_hitters), and a heavy_ratio other than the task's default moves
+    memory between the parts. Counting the default packet sketch's slots, a 128 KiB byte-weighted
+    heavy-hitter sketch admitted flows down to 7 packets for 6240 slots (15 for its own), and a
+    flow_size sketch with heavy_ratio = 0.5 got the pivot of 0.2's slots (219 at 64 KiB, 96 for its own)."""
+    from telesketch.sketches.llmsketch import SLOTS, LLMSketch, LLMSketchParams
+
+    est = load_estimator("trees")
+    sizes = np.repeat(est.traffic["sizes"], est.traffic["flows"])
+    threshold = int(1e-4 * est.traffic["packets"])
+    for kib in (32, 64, 128):
+        own = LLMSketchParams(kib * 1024, "heavy_hitters", weight="bytes").buckets * SLOTS
+        hh = LLMSketch(kib * 1024, "heavy_hitters", estimator="trees", weight="bytes")
+        assert hh.pivot == max(2, heavy_hitter_pivot(sizes, own, threshold))
+        own = LLMSketchParams(kib * 1024, "flow_size", heavy_ratio=0.5).buckets * SLOTS
+        assert LLMSketch(kib * 1024, estimator="trees", heavy_ratio=0.5).pivot == choose_pivot(sizes, own)
+    # the task's defaults are what heavy_slots counted before: unchanged
+    assert LLMSketch(64 * 1024, "heavy_hitters", estimator="trees").pivot == est.pivot_for_memory(64 * 1024,
+                                                                                                   "heavy_hitters")
+    assert LLMSketch(64 * 1024, estimator="trees").pivot == est.pivot_for_memory(64 * 1024)
 
 
 def test_a_scored_sketch_loaded_from_its_state_keeps_the_pivot_of_its_memory():

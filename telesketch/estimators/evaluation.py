@@ -81,11 +81,13 @@ def capture_split(batch: PacketBatch, capture: np.ndarray, train_fraction: float
 
 
 # ---------------------------------------------------------------------------- pivot
-def heavy_slots(memory_bytes: int, task: str = "flow_size") -> int:
-    """Heavy-part slots of an ``LLMSketch(memory_bytes, task)``."""
+def heavy_slots(memory_bytes: int, task: str = "flow_size", heavy_ratio: float | None = None,
+                weight: str = "packets") -> int:
+    """Heavy-part slots of an ``LLMSketch(memory_bytes, task, heavy_ratio, weight=weight)``
+    (``heavy_ratio`` ``None``: the task's default; a byte-weighted slot's count is 8 bytes, not 4)."""
     from telesketch.sketches.llmsketch import SLOTS, LLMSketchParams
 
-    return LLMSketchParams(memory_bytes, task).buckets * SLOTS
+    return LLMSketchParams(memory_bytes, task, heavy_ratio, weight=weight).buckets * SLOTS
 
 
 def choose_pivot(train_sizes, slots: int, fill: float = 0.5, scale: float = 1.0, minimum: int = 2) -> int:
@@ -132,8 +134,8 @@ def heavy_hitter_pivot(train_sizes, slots: int, threshold: int, scale: float = 1
     :func:`choose_pivot`) ``T`` sat at ``threshold + 1`` on G at 32 KiB and the trees missed 36 %
     of the heavy hitters at their first packet. When the heavy hitters alone outnumber the slots
     there is nothing to spare: ``T = threshold + 1``, the label itself."""
-    if not spare_flows >= 0:
-        raise ValueError(f"spare_flows must be >= 0, got {spare_flows}")
+    if not 0 <= spare_flows < np.inf:  # NaN fails too; inf would admit inf (or inf x 0 = NaN) flows
+        raise ValueError(f"spare_flows must be a finite number >= 0, got {spare_flows}")
     sizes = np.asarray(train_sizes, np.float64) * scale
     heavy = int(np.count_nonzero(sizes >= threshold + 1))
     admitted = heavy + spare_flows * max(int(slots) - heavy, 0)

@@ -600,8 +600,10 @@ def charged_split(memory_bytes: int, task: str = "flow_size", *, cache_flows: in
     return params, flows
 
 
-def calibrated_for(estimator, pivot, memory_bytes: int, task: str):
-    """``estimator`` recalibrated for the sketch's pivot (see ``pivot`` in :class:`ScoringMixin`).
+def calibrated_for(estimator, pivot, memory_bytes: int, task: str, *, heavy_ratio: float | None = None,
+                   weight: str = "packets"):
+    """``estimator`` recalibrated for the sketch's pivot (see ``pivot`` in :class:`ScoringMixin`);
+    ``heavy_ratio`` and ``weight`` are the sketch's, which set how many heavy slots the pivot budgets.
 
     Estimators without ``for_memory`` / ``with_pivot`` come back unchanged; a bad ``pivot`` is
     refused (``ValueError``) whatever the estimator."""
@@ -613,7 +615,9 @@ def calibrated_for(estimator, pivot, memory_bytes: int, task: str):
     if pivot == "model" or not hasattr(estimator, "with_pivot"):
         return estimator
     if pivot == "memory":
-        return estimator.for_memory(memory_bytes, task) if hasattr(estimator, "for_memory") else estimator
+        if not hasattr(estimator, "for_memory"):
+            return estimator
+        return estimator.for_memory(memory_bytes, task, heavy_ratio=heavy_ratio, weight=weight)
     return estimator.with_pivot(int(pivot))
 
 
@@ -698,7 +702,8 @@ class ScoringMixin:
                                      mode=scoring, provisional=provisional, **floor)
             # the sketch's own parameters: from_bytes and successor pass them, not memory_bytes and task
             self.scorer.estimator = calibrated_for(self.scorer.estimator, pivot, self.params.memory_bytes,
-                                                   self.params.task)
+                                                   self.params.task, heavy_ratio=self.params.heavy_ratio,
+                                                   weight=self.params.weight)
 
     @property
     def batch_invariant(self) -> bool:

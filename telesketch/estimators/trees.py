@@ -88,15 +88,17 @@ class BoostedTreesEstimator(Estimator):
         out._packed = getattr(self, "_packed", None)  # same trees: share the serving layout
         return out
 
-    def pivot_for_memory(self, memory_bytes: int, task: str = "flow_size", epoch_packets: int | None = None) -> int:
+    def pivot_for_memory(self, memory_bytes: int, task: str = "flow_size", epoch_packets: int | None = None, *,
+                         heavy_ratio: float | None = None, weight: str = "packets") -> int:
         """The pivot ``T`` for an ``LLMSketch(memory_bytes, task)``: flows of ``>= T`` packets in the
         training traffic fill about half its heavy slots (:func:`~telesketch.estimators.evaluation.choose_pivot`),
         sizes scaled by ``epoch_packets`` / training packets when the epoch length is known. A
         heavy-hitter task (no light part) takes :func:`~telesketch.estimators.evaluation.heavy_hitter_pivot`
         for the default query, ``phi = 1e-4`` of the epoch (of the training traffic's packets when
         ``epoch_packets`` is not given): every heavy hitter is predicted large, and the slots they
-        leave free admit more flows. The saved pivot when the model carries no traffic summary
-        (trained before it was saved)."""
+        leave free admit more flows. ``heavy_ratio`` and ``weight``: the sketch's (its heavy slots,
+        :func:`~telesketch.estimators.evaluation.heavy_slots`, depend on both). The saved pivot when
+        the model carries no traffic summary (trained before it was saved)."""
         from telesketch.estimators.evaluation import HH_PHI, HH_TASKS, choose_pivot, heavy_hitter_pivot, heavy_slots
 
         if not self.traffic:
@@ -104,17 +106,18 @@ class BoostedTreesEstimator(Estimator):
         sizes = np.repeat(np.asarray(self.traffic["sizes"], np.float64), np.asarray(self.traffic["flows"], np.int64))
         packets = max(int(self.traffic["packets"]), 1)
         scale = 1.0 if not epoch_packets else float(epoch_packets) / packets
-        slots = heavy_slots(int(memory_bytes), task)
+        slots = heavy_slots(int(memory_bytes), task, heavy_ratio, weight)
         if task in HH_TASKS:
             threshold = int(HH_PHI * (epoch_packets if epoch_packets else packets))
             return max(2, heavy_hitter_pivot(sizes, slots, threshold, scale=scale))
         return choose_pivot(sizes, slots, scale=scale)
 
     def for_memory(self, memory_bytes: int, task: str = "flow_size", epoch_packets: int | None = None,
-                   max_pivot: int | None = None) -> "BoostedTreesEstimator":
+                   max_pivot: int | None = None, *, heavy_ratio: float | None = None,
+                   weight: str = "packets") -> "BoostedTreesEstimator":
         """These trees calibrated for the pivot :meth:`pivot_for_memory` chooses (never above
         ``max_pivot``, e.g. a heavy-hitter threshold + 1, so every heavy hitter is predicted large)."""
-        pivot = self.pivot_for_memory(memory_bytes, task, epoch_packets)
+        pivot = self.pivot_for_memory(memory_bytes, task, epoch_packets, heavy_ratio=heavy_ratio, weight=weight)
         if max_pivot is not None:
             pivot = max(2, min(pivot, int(max_pivot)))
         return self if pivot == self.pivot else self.with_pivot(pivot)
