@@ -195,14 +195,45 @@ def _mask(masks, j):
     return nb.uint64(masks[j])
 
 
+_U32 = np.uint32
+_G32 = _U32(0x9E3779B9)
+
+
+@kernel(inline="always")
+def _lookup2_u32(x, c):
+    """:func:`bob_hash` in 32-bit arithmetic (``x``, ``c`` uint32): each step truncated to uint32, so LLVM
+    keeps 32-bit lanes (16 to a vector register instead of 8)."""
+    a = nb.uint32(_G32 + x)
+    b = _G32
+    a = nb.uint32(nb.uint32(a - b) - c)
+    a = nb.uint32(a ^ nb.uint32(c >> _U32(13)))
+    b = nb.uint32(nb.uint32(b - c) - a)
+    b = nb.uint32(b ^ nb.uint32(a << _U32(8)))
+    c = nb.uint32(nb.uint32(c - a) - b)
+    c = nb.uint32(c ^ nb.uint32(b >> _U32(13)))
+    a = nb.uint32(nb.uint32(a - b) - c)
+    a = nb.uint32(a ^ nb.uint32(c >> _U32(12)))
+    b = nb.uint32(nb.uint32(b - c) - a)
+    b = nb.uint32(b ^ nb.uint32(a << _U32(16)))
+    c = nb.uint32(nb.uint32(c - a) - b)
+    c = nb.uint32(c ^ nb.uint32(b >> _U32(5)))
+    a = nb.uint32(nb.uint32(a - b) - c)
+    a = nb.uint32(a ^ nb.uint32(c >> _U32(3)))
+    b = nb.uint32(nb.uint32(b - c) - a)
+    b = nb.uint32(b ^ nb.uint32(a << _U32(10)))
+    c = nb.uint32(nb.uint32(c - a) - b)
+    c = nb.uint32(c ^ nb.uint32(b >> _U32(15)))
+    return c
+
+
 @kernel(inline="always")
 def _hash_chunk(keys, start, stop, mask, w, wmagic, pos, base):
     """Row-0 and row-1 positions of ``keys[start:stop] & mask`` in a block of ``w`` buckets, into
     ``pos[base + 2k]`` and ``pos[base + 2k + 1]`` (``k = i - start``; ``uint32``)."""
     for k in range(stop - start):
-        x = nb.uint64(keys[nb.uint64(start + k)]) & mask  # unsigned index: no wraparound code
-        pos[nb.uint64(base + 2 * k)] = nb.uint32(fastmod(bob_hash(x, _ROW0), wmagic, w))
-        pos[nb.uint64(base + 2 * k + 1)] = nb.uint32(fastmod(bob_hash(x, _ROW1), wmagic, w))
+        x = nb.uint32(keys[nb.uint64(start + k)] & nb.uint32(mask))  # unsigned index: no wraparound code
+        pos[nb.uint64(base + 2 * k)] = nb.uint32(fastmod(nb.uint64(_lookup2_u32(x, _U32(_ROW0))), wmagic, w))
+        pos[nb.uint64(base + 2 * k + 1)] = nb.uint32(fastmod(nb.uint64(_lookup2_u32(x, _U32(_ROW1))), wmagic, w))
 
 
 @kernel
