@@ -153,6 +153,30 @@ def test_cocosketch_f_only_loop_equals_the_general_loop():
         np.testing.assert_array_equal(coco.occ, general.occ)
 
 
+@pytest.mark.parametrize("weight", ["packets", "bytes"])
+def test_f_alone_select_step_equals_naive_model(weight):
+    """F alone (CocoSketch; ResidualSketch with no crucial layer) runs the block step through selects
+    (issue 20): on a stream with key 0, zero-weight packets (bytes) and buckets fought over by many keys,
+    the state equals the naive model's, for both classes."""
+    addresses = hierarchical_stream(8000, seed=11)
+    addresses[::97] = 0  # key 0: id 0 is also an empty bucket's id, only occ tells them apart
+    weights = None
+    if weight == "bytes":
+        weights = np.random.default_rng(11).integers(40, 1500, addresses.size)
+        weights[::13] = 0  # a zero weight changes nothing
+    model = naive.NaiveResidualSketch(960, 3000 if weights is not None else 25, crucial=(), seed=7, weight=weight)
+    model.update(addresses.tolist(), None if weights is None else weights.tolist())
+    ids, counts, occ = model.state()
+    for sketch in (CocoSketch(memory_bytes=960, threshold=model.T, seed=7, weight=weight),
+                   ResidualSketch(memory_bytes=960, crucial_layers=(), threshold=model.T, seed=7, weight=weight)):
+        for part in np.array_split(np.arange(addresses.size), 3):
+            sketch.update_addresses(addresses[part], None if weights is None else weights[part])
+        np.testing.assert_array_equal(sketch.ids, np.array(ids, np.uint32))
+        np.testing.assert_array_equal(sketch.counts, np.array(counts, sketch.counts.dtype))
+        np.testing.assert_array_equal(sketch.occ, np.array(occ, np.uint8))
+        assert sketch.layer_estimates() == model.layer_estimates()
+
+
 def test_key_zero_is_counted_not_taken_for_an_empty_bucket():
     rs = ResidualSketch(memory_bytes=1024, threshold=5)
     rs.update_addresses(np.zeros(20, np.uint32))

@@ -236,6 +236,15 @@ def _hash_chunk(keys, start, stop, mask, w, wmagic, pos, base):
         pos[nb.uint64(base + 2 * k + 1)] = nb.uint32(fastmod(nb.uint64(_lookup2_u32(x, _U32(_ROW1))), wmagic, w))
 
 
+@kernel(inline="always")
+def _coin_chunk(n_first, count, seed_mix, blk, coins, base):
+    """The replacement coins ``rand32(seed, n, blk)`` of packets ``n_first .. n_first + count - 1`` into
+    ``coins[base + k]`` (``uint32``): they depend on the packet index only, so they vectorise ahead of the
+    ordered loop, which then waits only on the division of :func:`takes_over` for a coin."""
+    for k in range(count):
+        coins[nb.uint64(base + k)] = nb.uint32(rand32(seed_mix, n_first + nb.uint64(k), blk))
+
+
 @kernel
 def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection, widths, wmagics):
     """The sequential update loop of spec §3 over ``keys`` (uint32[n]) for packets ``n0 .. n0+n-1``.
@@ -260,8 +269,16 @@ def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection,
 
     * every block's row positions of a chunk of ``_CHUNK`` packets are hashed first
       (:func:`_hash_chunk`: positions do not depend on the state, so that loop pipelines and
-      vectorises), then the ordered loop inserts packet by packet (prefetching the buckets a few
-      packets ahead, as GapFilter does, measured 0.96-1.04x at 128 / 256 KiB: the arrays stay in L2);
+      vectorises, in 32-bit lanes), and so are the replacement coins (:func:`_coin_chunk`), then the
+      ordered loop inserts packet by packet (prefetching the buckets a few packets ahead, as GapFilter
+      does, measured 0.96-1.04x at 128 / 256 KiB and again 0.93-1.08x in issue 20: not done);
+    * with F alone (``masks`` None or empty: CocoSketch, ResidualSketch's ``flat``) the step is written
+      through selects: both rows are read, the row and the new count are picked without a branch, and
+      only a takeover (a 1 / count coin, rarely true) branches. Whether F holds a packet's key is a
+      coin flip on real traffic (synth: 30 % row 0, 9 % row 1, 61 % miss), so the branchy form
+      mispredicts on most packets; the select form ran 1.24-1.56x faster. With Residual Blocks the
+      branchy form is kept: selects there were 0.76-1.29x (faster on the spec generator, slower where
+      hits are predictable, e.g. Zipf 1.1), BENCHMARKS.md "16-24 layout speed";
     * the insert is written out in the loop over blocks rather than called: Numba's IR-level
       ``inline="always"`` of ``coco_insert`` ran the loop at about half the speed (measured,
       bench_residual_ab.py);
@@ -276,42 +293,63 @@ def stream_kernel(keys, weights, cells, occ, masks, T, seed_mix, n0, connection,
     unit = weights.shape[0] == 0
     n_keys = keys.shape[0]
     pos = np.zeros(2 * _CHUNK * (m + 1), np.uint32)  # [block][packet][row]
+    coins = np.zeros(_CHUNK * (m + 1), np.uint32)  # [block][packet]
     for start in range(0, n_keys, _CHUNK):
         stop = min(n_keys, start + _CHUNK)
         _hash_chunk(keys, start, stop, _M32, nb.uint64(widths[0]), nb.uint64(wmagics[0]), pos, 0)
         for j in range(m):
             _hash_chunk(keys, start, stop, _mask(masks, j), nb.uint64(widths[j + 1]), nb.uint64(wmagics[j + 1]),
                         pos, 2 * _CHUNK * (j + 1))
+        for b in range(blocks):
+            _coin_chunk(nb.uint64(n0) + nb.uint64(start), stop - start, seed_mix, nb.uint64(b), coins, _CHUNK * b)
         for k in range(stop - start):
             i = nb.uint64(start + k)
             wt = nb.int64(1) if unit else nb.int64(weights[i])
             if wt <= 0:
                 continue
             x = nb.uint64(keys[i])
-            n = nb.uint64(n0) + i
             c = nb.int64(0)  # F's answer: its post-update count if x was held, else 0
             decrement = False
             for b in range(blocks):
                 xid = nb.uint32(x) if b == 0 else nb.uint32(x & _mask(masks, b - 1))
                 at = nb.uint64(2 * _CHUNK * b + 2 * k)
                 p0, p1 = nb.uint64(pos[at]), nb.uint64(pos[at + 1])
-                hit = True
-                if cells[b, 0, p0].id == xid and occ[b, 0, p0]:
-                    row, p = nb.uint64(0), p0
-                elif cells[b, 1, p1].id == xid and occ[b, 1, p1]:
-                    row, p = nb.uint64(1), p1
+                if m == 0:  # F alone (CocoSketch, flat): the same step through selects (see the docstring)
+                    c0 = nb.int64(cells[b, 0, p0].count)
+                    c1 = nb.int64(cells[b, 1, p1].count)
+                    hit0 = (cells[b, 0, p0].id == xid) & (occ[b, 0, p0] != 0)
+                    hit1 = (cells[b, 1, p1].id == xid) & (occ[b, 1, p1] != 0)
+                    hit = hit0 | hit1
+                    second = (not hit0) & (hit1 | (c1 < c0))  # a miss: strict, ties go to row 0
+                    row = nb.uint64(1) if second else nb.uint64(0)
+                    p = p1 if second else p0
+                    new = (c1 if second else c0) + wt  # never reset on takeover; >= wt >= 1 (no decrement in F)
+                    cells[b, row, p].count = new
+                    # max(new, 1) is new; it tells LLVM the divisor is not 0, which drops the zero check:
+                    # with the check this step ran no faster than the branchy one (1.44x without, issue 20)
+                    take = (not hit) & takes_over(nb.uint64(coins[nb.uint64(_CHUNK * b + k)]), max(new, nb.int64(1)),
+                                                  wt)
+                    if take:  # rare (a coin of 1 / count), so this branch is predicted
+                        cells[b, row, p].id = xid
+                        occ[b, row, p] = 1
                 else:
-                    hit = False
-                    row, p = nb.uint64(0), p0
-                    if cells[b, 1, p1].count < cells[b, 0, p0].count:  # strict: ties go to row 0
+                    hit = True
+                    if cells[b, 0, p0].id == xid and occ[b, 0, p0]:
+                        row, p = nb.uint64(0), p0
+                    elif cells[b, 1, p1].id == xid and occ[b, 1, p1]:
                         row, p = nb.uint64(1), p1
-                new = nb.int64(cells[b, row, p].count) + wt  # never reset on takeover
-                if hit and decrement:  # Residual Blocks only: F's count just reached T
-                    new = max(nb.int64(0), new - c)
-                cells[b, row, p].count = new
-                if not hit and takes_over(rand32(seed_mix, n, b), new, wt):
-                    cells[b, row, p].id = xid
-                    occ[b, row, p] = 1
+                    else:
+                        hit = False
+                        row, p = nb.uint64(0), p0
+                        if cells[b, 1, p1].count < cells[b, 0, p0].count:  # strict: ties go to row 0
+                            row, p = nb.uint64(1), p1
+                    new = nb.int64(cells[b, row, p].count) + wt  # never reset on takeover
+                    if hit and decrement:  # Residual Blocks only: F's count just reached T
+                        new = max(nb.int64(0), new - c)
+                    cells[b, row, p].count = new
+                    if not hit and takes_over(nb.uint64(coins[nb.uint64(_CHUNK * b + k)]), new, wt):
+                        cells[b, row, p].id = xid
+                        occ[b, row, p] = 1
                 if b == 0:
                     c = new if hit else nb.int64(0)
                     bypass, decrement = connection_rule(c, wt, T, connection)
