@@ -39,6 +39,12 @@ ROWS = [
     *[(f"ResidualSketch {mode} {kib} KiB",
        lambda memory, mode=mode: ResidualSketch(mode=mode, memory_bytes=memory, threshold=2000, seed=1), kib)
       for mode, kib in (("byte", 32), ("byte", 128), ("bit", 256))],
+    # layout = "tuned"'s two picks (issue 20): its 16-24 layout and flat (F alone, CocoSketch's state)
+    *[(f"ResidualSketch {name} byte {kib} KiB",
+       lambda memory, kw=kw: ResidualSketch(mode="byte", memory_bytes=memory, threshold=2000, seed=1, **kw), kib)
+      for name, kw in (("16-24", {"crucial_layers": (16, 24), "split": (0.5, 0.25, 0.25)}),
+                       ("flat", {"crucial_layers": ()}))
+      for kib in (128,)],
     *[(f"CocoSketch {mode} {kib} KiB",
        lambda memory, mode=mode: CocoSketch(mode=mode, memory_bytes=memory, threshold=2000, seed=1), kib)
       for mode, kib in (("byte", 32), ("byte", 128), ("bit", 256))],
