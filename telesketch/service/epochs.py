@@ -888,7 +888,31 @@ class EpochManager:
         """Replace the log by an empty one starting after ``base_lsn`` (atomic: temporary file,
         fsync, rename, directory fsync); only called once a checkpoint covering ``base_lsn`` is durable."""
         path = self.data_dir / "wal.log"
-        _atomic_write(path, [_wal_header(base_lsn)])
+        try:
+            _atomic_write(path, [_wal_header(base_lsn)])
+        except OSError:
+            # the directory fsync after the rename may fail with the fresh log already in place: the
+            # descriptor must then follow it, or every later batch goes to the replaced, unlinked file
+            if not self._holds_replaced_log(path):
+                raise
+            self._reopen_log(path)
+            raise
+        self._reopen_log(path)
+
+    def _holds_replaced_log(self, path: Path) -> bool:
+        """Whether the log's descriptor is open on a file that is no longer ``path``."""
+        with self._io:
+            if self._wal_fd is None:
+                return False
+            try:
+                now = os.stat(path)
+            except OSError:
+                return False
+            held = os.fstat(self._wal_fd)
+            return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
+    def _reopen_log(self, path: Path) -> None:
+        """Point the log's descriptor at the fresh log ``path`` (just its header)."""
         with self._io:
             if self._wal_fd is not None:
                 os.close(self._wal_fd)
