@@ -370,3 +370,35 @@ def test_a_log_swap_whose_directory_fsync_fails_keeps_logging_to_the_live_log(tm
     restarted = _manager(tmp_path / "m", sketches)
     assert _state(restarted) == live
     restarted.close()
+
+
+def test_a_joined_update_failing_at_a_rotation_does_not_let_a_later_batch_overtake_the_failed_ones(tmp_path):
+    """a1 a2 (epoch 0) and a3 (epoch 1) in one group: a3's rotation flushes a1 a2's joined update,
+    which fails, so a1 a2 are answered with the error and their sequences taken back. a3 must not
+    then be applied past them: the resends of a1 a2 would be answered as duplicates and their
+    packets lost (on main a3 was acknowledged and the resends came back duplicate)."""
+    base = generate_batch(1500, 100, seed=2, duration_s=0.9)
+    first, second = base[np.argsort(base.ts_ns, kind="stable")].split(500)[:2]
+    third = generate_batch(500, 100, seed=3, duration_s=0.5)
+    third.ts_ns[:] += np.uint64(2 * EPOCH_NS)  # two epochs later: a rotation
+    items = [(first, "a", 1, None), (second, "a", 2, None), (third, "a", 3, None)]
+    m = _manager(tmp_path / "m")
+    m.apply(first[:1], "warm", 1)  # the epoch of the first batches is open
+    real, fail = m.sketchset.update_batches, [True]
+
+    def update_batches(states, batches):
+        if fail[0]:
+            fail[0] = False
+            raise RuntimeError("sketch update broke")
+        return real(states, batches)
+
+    m.sketchset.update_batches = update_batches
+    out = m.apply_many(items)
+    assert isinstance(out[0], RuntimeError) and isinstance(out[1], RuntimeError)
+    acknowledged = {i for i, x in enumerate(out) if not isinstance(x, Exception)}
+    # the sender resends whatever was not acknowledged, in order, as a client does
+    again = m.apply_many([item for i, item in enumerate(items) if i not in acknowledged])
+    assert all(not isinstance(x, Exception) for x in again)
+    assert not any(x.duplicate for x in again), again
+    assert m.counters.packets + m.counters.late_packets == 1 + 1500
+    m.close()
