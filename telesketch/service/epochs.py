@@ -162,6 +162,8 @@ class _Undo:
     applied: int
     late: int
     epoch: Epoch | None
+    #: the batch's own sequence (a failed batch's sender must resend from its oldest one)
+    batch_sequence: int = 0
 
 
 @dataclass
@@ -586,8 +588,7 @@ class EpochManager:
             if pending is not None and sequence > pending:
                 # applying it would move the sender past the batch that failed, and that batch's
                 # retry would then be taken for a duplicate: lost. The sender resends it first.
-                raise LogWriteError(f"sender {sender_id!r}: batch {pending} failed to reach the write-ahead log "
-                                    f"and was not applied; resend from sequence {pending}", space=False)
+                raise self._not_past(sender_id, pending)
             if self._wal_fd is not None:
                 try:
                     self._log(raw if raw is not None
@@ -619,11 +620,15 @@ class EpochManager:
             else:
                 late, rotated = self._apply_spanning(batch, eids)
         group = self._group
+        if group is not None and sender_id and self._unlogged.get(sender_id, sequence) < sequence:
+            # a joined update flushed by this batch's rotation failed and took back an earlier batch
+            # of its sender: applied now, it would make that batch's resend a duplicate (lost)
+            raise self._not_past(sender_id, self._unlogged[sender_id])
         if group is not None and (group.current in group.owners or group.unsynced):
             # its packets wait for the joined update, or its log record for the group's fsync
             group.undo[group.current] = _Undo(sender_id, self.senders.get(sender_id) if sender_id else None,
                                               self.sender_seen.get(sender_id) if sender_id else None,
-                                              n - late, late, self.open)
+                                              n - late, late, self.open, sequence)
         if self.open is not None:
             self.open.batches += 1
         if sender_id:
@@ -640,6 +645,14 @@ class EpochManager:
                 log.error("checkpoint after closing an epoch failed (%s); the write-ahead log keeps the "
                           "batches and the next checkpoint retries", exc)
         return ApplyResult(sender_id, sequence, False, n, n - late, late, self._open_id())
+
+    @staticmethod
+    def _not_past(sender_id: str, pending: int) -> LogWriteError:
+        """The refusal of a batch of ``sender_id`` past its batch ``pending``, which was not applied
+        (its log write, the group's fsync or the group's sketch update failed): applying it would make
+        the resend of ``pending`` a duplicate, lost. The sender resends from ``pending`` first."""
+        return LogWriteError(f"sender {sender_id!r}: batch {pending} failed to reach the write-ahead log or the "
+                             f"sketches and was not applied; resend from sequence {pending}", space=False)
 
     def _apply_spanning(self, batch: PacketBatch, eids: np.ndarray) -> tuple[int, bool]:
         """A batch over several epochs: the late part counted, the rest applied epoch by epoch in
@@ -764,6 +777,9 @@ class EpochManager:
                 continue
             if undo.sender_id:
                 senders.add(undo.sender_id)
+                # later batches of the sender must not overtake it (as after a failed log write)
+                self._unlogged[undo.sender_id] = min(undo.batch_sequence,
+                                                     self._unlogged.get(undo.sender_id, undo.batch_sequence))
                 if undo.sequence is None:
                     self.senders.pop(undo.sender_id, None)
                     self.sender_seen.pop(undo.sender_id, None)
