@@ -402,3 +402,36 @@ def test_a_joined_update_failing_at_a_rotation_does_not_let_a_later_batch_overta
     assert not any(x.duplicate for x in again), again
     assert m.counters.packets + m.counters.late_packets == 1 + 1500
     m.close()
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_batch_whose_own_sketch_update_fails_is_not_overtaken_by_the_next_of_its_sender(tmp_path, grouped):
+    """a1 spans two epochs; the sketch update of its first part fails (grouped: the joined update its
+    rotation flushes), so a1 is answered with the error and not counted. a2 of the same sender must
+    then be refused until a1 is resent, as after a failed log write: applied first, it made a1's
+    resend a duplicate, acknowledged and never applied (on main, grouped and one by one)."""
+    base = generate_batch(1000, 100, seed=2, duration_s=0.9)
+    a1 = base[np.argsort(base.ts_ns, kind="stable")]
+    a1.ts_ns[500:] += np.uint64(EPOCH_NS)  # its second half in the next epoch: a rotation inside it
+    a2 = generate_batch(300, 50, seed=3, duration_s=0.5)
+    a2.ts_ns[:] += np.uint64(EPOCH_NS)
+    m = _manager(tmp_path / "m")
+    m.apply(a1[:1], "warm", 1)  # a1's first epoch is open
+    name = "update_batches" if grouped else "update"
+    real, fail = getattr(m.sketchset, name), [True]
+
+    def update(states, batches):
+        if fail[0]:
+            fail[0] = False
+            raise RuntimeError("sketch update broke")
+        return real(states, batches)
+
+    setattr(m.sketchset, name, update)
+    items = [(a1, "a", 1, None), (a2, "a", 2, None)]
+    out = m.apply_many(items) if grouped else _one_by_one(m, items)
+    assert isinstance(out[0], RuntimeError)
+    assert isinstance(out[1], LogWriteError) and "resend from sequence 1" in str(out[1])
+    again = m.apply_many(items) if grouped else _one_by_one(m, items)
+    assert all(not isinstance(x, Exception) and not x.duplicate for x in again), again
+    assert m.counters.packets + m.counters.late_packets == 1 + 1300
+    m.close()
