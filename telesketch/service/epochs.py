@@ -606,19 +606,26 @@ class EpochManager:
                 del self._unlogged[sender_id]
         rotated = False
         late = 0
-        if n:
-            eids = batch.ts_ns // np.uint64(self.epoch_ns)
-            lo, hi = int(eids.min()), int(eids.max())
-            if self.open is None:
-                self._start(lo)
-            if lo == hi:
-                if lo < self.open.id:
-                    late = n
+        try:
+            if n:
+                eids = batch.ts_ns // np.uint64(self.epoch_ns)
+                lo, hi = int(eids.min()), int(eids.max())
+                if self.open is None:
+                    self._start(lo)
+                if lo == hi:
+                    if lo < self.open.id:
+                        late = n
+                    else:
+                        rotated |= self._rotate_to(lo)
+                        self._update(batch)
                 else:
-                    rotated |= self._rotate_to(lo)
-                    self._update(batch)
-            else:
-                late, rotated = self._apply_spanning(batch, eids)
+                    late, rotated = self._apply_spanning(batch, eids)
+        except Exception:
+            if sender_id and not self._replaying:
+                # not applied (a sketch update failed): a later batch of the sender must not overtake it,
+                # or its resend would be taken for a duplicate, never applied (as after a failed log write)
+                self._unlogged[sender_id] = min(sequence, self._unlogged.get(sender_id, sequence))
+            raise
         group = self._group
         if group is not None and sender_id and self._unlogged.get(sender_id, sequence) < sequence:
             # a joined update flushed by this batch's rotation failed and took back an earlier batch
