@@ -435,3 +435,30 @@ def test_a_batch_whose_own_sketch_update_fails_is_not_overtaken_by_the_next_of_i
     assert all(not isinstance(x, Exception) and not x.duplicate for x in again), again
     assert m.counters.packets + m.counters.late_packets == 1 + 1300
     m.close()
+
+
+@pytest.mark.parametrize("durability", ["none", "every-batch"])
+def test_a_failed_joined_update_leaves_no_later_acknowledged_batch_of_its_sender_out_of_the_table(tmp_path, durability):
+    """b1 (packets) and b2 (empty: nothing for the sketches) in one group whose joined update fails:
+    b1's sequence is taken back. b2 must not stay acknowledged above it: the table would go back
+    below b2, so its retry would be applied a second time (on main b2 was acknowledged and, once b1
+    was resent, the table said 1)."""
+    b1 = generate_batch(500, 50, seed=2, duration_s=0.5)
+    m = _manager(tmp_path / "m", durability=durability)
+    real, fail = m.sketchset.update_batches, [True]
+
+    def update_batches(states, batches):
+        if fail[0]:
+            fail[0] = False
+            raise RuntimeError("sketch update broke")
+        return real(states, batches)
+
+    m.sketchset.update_batches = update_batches
+    items = [(b1, "b", 1, None), (PacketBatch.empty(), "b", 2, None)]
+    out = m.apply_many(items)
+    assert isinstance(out[0], RuntimeError)
+    acknowledged = [i for i, x in enumerate(out) if not isinstance(x, Exception)]
+    m.apply_many([item for i, item in enumerate(items) if i not in acknowledged])  # the resends
+    assert m.senders["b"] == 2
+    assert m.apply_many(items)[1].duplicate
+    m.close()
