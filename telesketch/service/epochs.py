@@ -631,8 +631,9 @@ class EpochManager:
             # a joined update flushed by this batch's rotation failed and took back an earlier batch
             # of its sender: applied now, it would make that batch's resend a duplicate (lost)
             raise self._not_past(sender_id, self._unlogged[sender_id])
-        if group is not None and (group.current in group.owners or group.unsynced):
-            # its packets wait for the joined update, or its log record for the group's fsync
+        if group is not None:
+            # its packets wait for the joined update, its log record for the group's fsync, or (empty,
+            # late) it is taken back with an earlier batch of its sender whose update fails
             group.undo[group.current] = _Undo(sender_id, self.senders.get(sender_id) if sender_id else None,
                                               self.sender_seen.get(sender_id) if sender_id else None,
                                               n - late, late, self.open, sequence)
@@ -755,9 +756,6 @@ class EpochManager:
                 error = LogWriteError(f"writing the batch to the write-ahead log failed ({'disk full: ' if space else ''}"
                                       f"{exc.strerror or exc}); nothing was applied: retry", space=space)
         if error is None:
-            for index, _, _ in logged:
-                if index not in group.owners:  # nothing of it waits for the update (late, empty)
-                    group.undo.pop(index, None)
             return
         self.lsn = lsn
         failed = [index for index, _, _ in logged]
@@ -776,6 +774,16 @@ class EpochManager:
         """Undo the bookkeeping of the ``failed`` batches (newest first, so each sender gets back
         the sequence it had before its oldest failed batch) and answer them with ``exc``; a batch
         answered as a duplicate of a sequence that is no longer applied is answered with it too."""
+        oldest: dict[str, int] = {}  # sender -> its first failed batch
+        for index in failed:
+            undo = group.undo.get(index)
+            if undo is not None and undo.sender_id:
+                oldest.setdefault(undo.sender_id, index)
+        # a later batch of such a sender with nothing for the sketches (empty, late) goes too: left
+        # acknowledged, the sender's sequence would go back below it and its retry apply again
+        later = [index for index, undo in group.undo.items()
+                 if undo.sender_id in oldest and index > oldest[undo.sender_id] and index not in failed]
+        failed = sorted({*failed, *later})
         senders = set()
         for index in reversed(failed):
             undo = group.undo.pop(index, None)
