@@ -528,8 +528,10 @@ class EpochManager:
         throughout, so no query sees a group half applied. If a joined update raises, every batch
         with packets in it is answered with that exception and its bookkeeping is taken back (the
         sender's sequence, so a resend is applied; the counters), as :meth:`apply` leaves a batch
-        whose update raised. Only for a sketch set whose ``batch_invariant`` is true (the state is
-        then exactly the one-by-one state); otherwise the items are applied one by one.
+        whose update raised; the later batches of those senders are refused until each resends its
+        oldest failed batch (as after a failed log write), so none overtakes it. Only for a sketch
+        set whose ``batch_invariant`` is true (the state is then exactly the one-by-one state);
+        otherwise the items are applied one by one.
 
         Group commit (durability ``every-batch``): each batch's record is written before anything
         of it is applied, as always, and one fsync covers the records written since the last one,
