@@ -162,6 +162,8 @@ class _Undo:
     applied: int
     late: int
     epoch: Epoch | None
+    #: the batch's own sequence (a failed batch's sender must resend from its oldest one)
+    batch_sequence: int = 0
 
 
 @dataclass
@@ -526,8 +528,10 @@ class EpochManager:
         throughout, so no query sees a group half applied. If a joined update raises, every batch
         with packets in it is answered with that exception and its bookkeeping is taken back (the
         sender's sequence, so a resend is applied; the counters), as :meth:`apply` leaves a batch
-        whose update raised. Only for a sketch set whose ``batch_invariant`` is true (the state is
-        then exactly the one-by-one state); otherwise the items are applied one by one.
+        whose update raised; the later batches of those senders are refused until each resends its
+        oldest failed batch (as after a failed log write), so none overtakes it. Only for a sketch
+        set whose ``batch_invariant`` is true (the state is then exactly the one-by-one state);
+        otherwise the items are applied one by one.
 
         Group commit (durability ``every-batch``): each batch's record is written before anything
         of it is applied, as always, and one fsync covers the records written since the last one,
@@ -586,8 +590,7 @@ class EpochManager:
             if pending is not None and sequence > pending:
                 # applying it would move the sender past the batch that failed, and that batch's
                 # retry would then be taken for a duplicate: lost. The sender resends it first.
-                raise LogWriteError(f"sender {sender_id!r}: batch {pending} failed to reach the write-ahead log "
-                                    f"and was not applied; resend from sequence {pending}", space=False)
+                raise self._not_past(sender_id, pending)
             if self._wal_fd is not None:
                 try:
                     self._log(raw if raw is not None
@@ -605,25 +608,37 @@ class EpochManager:
                 del self._unlogged[sender_id]
         rotated = False
         late = 0
-        if n:
-            eids = batch.ts_ns // np.uint64(self.epoch_ns)
-            lo, hi = int(eids.min()), int(eids.max())
-            if self.open is None:
-                self._start(lo)
-            if lo == hi:
-                if lo < self.open.id:
-                    late = n
+        try:
+            if n:
+                eids = batch.ts_ns // np.uint64(self.epoch_ns)
+                lo, hi = int(eids.min()), int(eids.max())
+                if self.open is None:
+                    self._start(lo)
+                if lo == hi:
+                    if lo < self.open.id:
+                        late = n
+                    else:
+                        rotated |= self._rotate_to(lo)
+                        self._update(batch)
                 else:
-                    rotated |= self._rotate_to(lo)
-                    self._update(batch)
-            else:
-                late, rotated = self._apply_spanning(batch, eids)
+                    late, rotated = self._apply_spanning(batch, eids)
+        except Exception:
+            if sender_id and not self._replaying:
+                # not applied (a sketch update failed): a later batch of the sender must not overtake it,
+                # or its resend would be taken for a duplicate, never applied (as after a failed log write)
+                self._unlogged[sender_id] = min(sequence, self._unlogged.get(sender_id, sequence))
+            raise
         group = self._group
-        if group is not None and (group.current in group.owners or group.unsynced):
-            # its packets wait for the joined update, or its log record for the group's fsync
+        if group is not None and sender_id and self._unlogged.get(sender_id, sequence) < sequence:
+            # a joined update flushed by this batch's rotation failed and took back an earlier batch
+            # of its sender: applied now, it would make that batch's resend a duplicate (lost)
+            raise self._not_past(sender_id, self._unlogged[sender_id])
+        if group is not None:
+            # its packets wait for the joined update, its log record for the group's fsync, or (empty,
+            # late) it is taken back with an earlier batch of its sender whose update fails
             group.undo[group.current] = _Undo(sender_id, self.senders.get(sender_id) if sender_id else None,
                                               self.sender_seen.get(sender_id) if sender_id else None,
-                                              n - late, late, self.open)
+                                              n - late, late, self.open, sequence)
         if self.open is not None:
             self.open.batches += 1
         if sender_id:
@@ -640,6 +655,14 @@ class EpochManager:
                 log.error("checkpoint after closing an epoch failed (%s); the write-ahead log keeps the "
                           "batches and the next checkpoint retries", exc)
         return ApplyResult(sender_id, sequence, False, n, n - late, late, self._open_id())
+
+    @staticmethod
+    def _not_past(sender_id: str, pending: int) -> LogWriteError:
+        """The refusal of a batch of ``sender_id`` past its batch ``pending``, which was not applied
+        (its log write, the group's fsync or the group's sketch update failed): applying it would make
+        the resend of ``pending`` a duplicate, lost. The sender resends from ``pending`` first."""
+        return LogWriteError(f"sender {sender_id!r}: batch {pending} failed to reach the write-ahead log or the "
+                             f"sketches and was not applied; resend from sequence {pending}", space=False)
 
     def _apply_spanning(self, batch: PacketBatch, eids: np.ndarray) -> tuple[int, bool]:
         """A batch over several epochs: the late part counted, the rest applied epoch by epoch in
@@ -735,9 +758,6 @@ class EpochManager:
                 error = LogWriteError(f"writing the batch to the write-ahead log failed ({'disk full: ' if space else ''}"
                                       f"{exc.strerror or exc}); nothing was applied: retry", space=space)
         if error is None:
-            for index, _, _ in logged:
-                if index not in group.owners:  # nothing of it waits for the update (late, empty)
-                    group.undo.pop(index, None)
             return
         self.lsn = lsn
         failed = [index for index, _, _ in logged]
@@ -756,6 +776,16 @@ class EpochManager:
         """Undo the bookkeeping of the ``failed`` batches (newest first, so each sender gets back
         the sequence it had before its oldest failed batch) and answer them with ``exc``; a batch
         answered as a duplicate of a sequence that is no longer applied is answered with it too."""
+        oldest: dict[str, int] = {}  # sender -> its first failed batch
+        for index in failed:
+            undo = group.undo.get(index)
+            if undo is not None and undo.sender_id:
+                oldest.setdefault(undo.sender_id, index)
+        # a later batch of such a sender with nothing for the sketches (empty, late) goes too: left
+        # acknowledged, the sender's sequence would go back below it and its retry apply again
+        later = [index for index, undo in group.undo.items()
+                 if undo.sender_id in oldest and index > oldest[undo.sender_id] and index not in failed]
+        failed = sorted({*failed, *later})
         senders = set()
         for index in reversed(failed):
             undo = group.undo.pop(index, None)
@@ -764,6 +794,9 @@ class EpochManager:
                 continue
             if undo.sender_id:
                 senders.add(undo.sender_id)
+                # later batches of the sender must not overtake it (as after a failed log write)
+                self._unlogged[undo.sender_id] = min(undo.batch_sequence,
+                                                     self._unlogged.get(undo.sender_id, undo.batch_sequence))
                 if undo.sequence is None:
                     self.senders.pop(undo.sender_id, None)
                     self.sender_seen.pop(undo.sender_id, None)
@@ -888,7 +921,31 @@ class EpochManager:
         """Replace the log by an empty one starting after ``base_lsn`` (atomic: temporary file,
         fsync, rename, directory fsync); only called once a checkpoint covering ``base_lsn`` is durable."""
         path = self.data_dir / "wal.log"
-        _atomic_write(path, [_wal_header(base_lsn)])
+        try:
+            _atomic_write(path, [_wal_header(base_lsn)])
+        except OSError:
+            # the directory fsync after the rename may fail with the fresh log already in place: the
+            # descriptor must then follow it, or every later batch goes to the replaced, unlinked file
+            if not self._holds_replaced_log(path):
+                raise
+            self._reopen_log(path)
+            raise
+        self._reopen_log(path)
+
+    def _holds_replaced_log(self, path: Path) -> bool:
+        """Whether the log's descriptor is open on a file that is no longer ``path``."""
+        with self._io:
+            if self._wal_fd is None:
+                return False
+            try:
+                now = os.stat(path)
+            except OSError:
+                return False
+            held = os.fstat(self._wal_fd)
+            return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
+    def _reopen_log(self, path: Path) -> None:
+        """Point the log's descriptor at the fresh log ``path`` (just its header)."""
         with self._io:
             if self._wal_fd is not None:
                 os.close(self._wal_fd)
