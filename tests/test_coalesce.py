@@ -108,6 +108,19 @@ def _log_records(path) -> list[tuple[int, bytes]]:
     return out
 
 
+def _fail_once(sketchset, name: str) -> None:
+    """Make ``sketchset.<name>`` (``update`` or ``update_batches``) raise once, then work as before."""
+    real, fail = getattr(sketchset, name), [True]
+
+    def broken(states, batches):
+        if fail[0]:
+            fail[0] = False
+            raise RuntimeError("sketch update broke")
+        return real(states, batches)
+
+    setattr(sketchset, name, broken)
+
+
 @pytest.mark.parametrize("size,packets", [(300, 12_000), (5000, 150_000)])
 def test_joined_groups_answer_and_leave_what_one_by_one_does(tmp_path, size, packets):
     """Batches of 300 packets are concatenated (below JOIN_BELOW_PACKETS); of 5000, each goes to
@@ -191,15 +204,7 @@ def test_a_failed_joined_update_answers_each_of_its_batches_and_their_resends_ap
     m = _manager(tmp_path / "m")
     m.apply_many(items[:2])
     before = _state(m)
-    real, fail = m.sketchset.update, [True]
-
-    def update(states, batch):
-        if fail[0]:
-            fail[0] = False
-            raise RuntimeError("sketch update broke")
-        return real(states, batch)
-
-    m.sketchset.update = update
+    _fail_once(m.sketchset, "update")
     dup_of_failed = items[3]
     out = m.apply_many(items[2:5] + [dup_of_failed, items[0]])
     assert [type(x).__name__ for x in out] == ["RuntimeError"] * 4 + ["Ack"]
@@ -384,15 +389,7 @@ def test_a_joined_update_failing_at_a_rotation_does_not_let_a_later_batch_overta
     items = [(first, "a", 1, None), (second, "a", 2, None), (third, "a", 3, None)]
     m = _manager(tmp_path / "m")
     m.apply(first[:1], "warm", 1)  # the epoch of the first batches is open
-    real, fail = m.sketchset.update_batches, [True]
-
-    def update_batches(states, batches):
-        if fail[0]:
-            fail[0] = False
-            raise RuntimeError("sketch update broke")
-        return real(states, batches)
-
-    m.sketchset.update_batches = update_batches
+    _fail_once(m.sketchset, "update_batches")
     out = m.apply_many(items)
     assert isinstance(out[0], RuntimeError) and isinstance(out[1], RuntimeError)
     acknowledged = {i for i, x in enumerate(out) if not isinstance(x, Exception)}
@@ -418,15 +415,7 @@ def test_a_batch_whose_own_sketch_update_fails_is_not_overtaken_by_the_next_of_i
     m = _manager(tmp_path / "m")
     m.apply(a1[:1], "warm", 1)  # a1's first epoch is open
     name = "update_batches" if grouped else "update"
-    real, fail = getattr(m.sketchset, name), [True]
-
-    def update(states, batches):
-        if fail[0]:
-            fail[0] = False
-            raise RuntimeError("sketch update broke")
-        return real(states, batches)
-
-    setattr(m.sketchset, name, update)
+    _fail_once(m.sketchset, name)
     items = [(a1, "a", 1, None), (a2, "a", 2, None)]
     out = m.apply_many(items) if grouped else _one_by_one(m, items)
     assert isinstance(out[0], RuntimeError)
@@ -445,15 +434,7 @@ def test_a_failed_joined_update_leaves_no_later_acknowledged_batch_of_its_sender
     was resent, the table said 1)."""
     b1 = generate_batch(500, 50, seed=2, duration_s=0.5)
     m = _manager(tmp_path / "m", durability=durability)
-    real, fail = m.sketchset.update_batches, [True]
-
-    def update_batches(states, batches):
-        if fail[0]:
-            fail[0] = False
-            raise RuntimeError("sketch update broke")
-        return real(states, batches)
-
-    m.sketchset.update_batches = update_batches
+    _fail_once(m.sketchset, "update_batches")
     items = [(b1, "b", 1, None), (PacketBatch.empty(), "b", 2, None)]
     out = m.apply_many(items)
     assert isinstance(out[0], RuntimeError)
