@@ -116,8 +116,8 @@ def test_flat_layout_is_cocosketch_bucket_for_bucket(memory, T):
 def test_bad_selection_is_a_clear_error():
     with pytest.raises(SketchError, match="layout must be one of"):
         ResidualSketchParams(threshold=10, layout="best")
-    with pytest.raises(SketchError, match="chooses crucial_layers"):
-        tuned(128 * 1024, 2000, 4_000_000, crucial_layers=(16,))
+    with pytest.raises(SketchError, match="chooses crucial_layers"):  # (16,) alone is rule 7's pick there
+        tuned(128 * 1024, 2000, 4_000_000, crucial_layers=(24,))
     with pytest.raises(SketchError, match="chooses crucial_layers"):
         tuned(128 * 1024, 2000, 4_000_000, split=0.5)
     # the chosen ones may be given back (a snapshot's parameters carry them)
@@ -319,3 +319,76 @@ def test_rule6_two_blocks_are_a_subset_of_rule5_and_rule4():
                         sets[rule].add((kib, phi, expected))
     assert sets[6] == {p for p in sets[5] if int(p[1] * p[2]) / p[2] <= 7e-4}
     assert sets[6] < sets[5] < sets[4] and len(sets[6]) > 0
+
+
+# ---------------------------------------------------------------- issue 20, speed: rule 7 (paper inside rule 6's region)
+def test_rule7_picks_the_paper_layout_exactly_where_rule6_picks_16_24():
+    """Rule 7 is rule 6 with the paper's /16 block (equal split) in place of the two blocks, and flat everywhere
+    rule 6 is flat, over the measured memory x phi grid; bit mode stays flat."""
+    from telesketch.sketches.residual_layout import RULE, RULES
+
+    assert RULE == 6 and RULES[7].layout == "paper" and RULES[6].layout == "16-24"
+    assert (RULES[7].min_memory, RULES[7].max_phi) == (RULES[6].min_memory, RULES[6].max_phi)
+    picked = 0
+    for kib in (32, 64, 96, 128, 192, 256, 512, 1024):
+        for phi in (1.25e-4, 2.5e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4, 1e-3, 2e-3):
+            for expected in (2_000_000, 4_000_000, 8_000_000):
+                T = int(phi * expected)
+                six = choose_layout(kib * 1024, T, "byte", expected, rule=6)
+                seven = choose_layout(kib * 1024, T, "byte", expected, rule=7)
+                if six.name == "16-24":
+                    picked += 1
+                    assert (seven.name, seven.crucial_layers, seven.split) == ("paper", (16,), None), seven.why
+                    assert "rule 7" in seven.why
+                else:
+                    assert (seven.name, seven.crucial_layers, seven.split) == (six.name, six.crucial_layers, six.split)
+                assert choose_layout(kib * 1024, T, "bit", expected, rule=7).name == "flat"
+    assert picked > 0
+
+
+@pytest.mark.parametrize("memory, T, expected, rule7", [
+    (128 * 1024, 2000, 4_000_000, "paper"),   # phi 5e-4, r = 8.2
+    (128 * 1024, 2800, 4_000_000, "paper"),   # phi 7e-4, r = 11.5: on the bound
+    (128 * 1024, 3200, 4_000_000, "flat"),    # phi 8e-4: over it
+    (64 * 1024, 2800, 4_000_000, "flat"),     # r = 5.7 < 8
+    (512 * 1024, 500, 4_000_000, "paper"),    # phi 1.25e-4, r = 8.2
+    (64 * 1024, 5000, 2_500_000, "flat"),     # the issue's hard mix, phi 2e-3
+])
+def test_rule7_points(memory, T, expected, rule7):
+    assert choose_layout(memory, T, "byte", expected, rule=7).name == rule7
+
+
+def test_a_region_with_an_unknown_layout_is_refused():
+    from telesketch.sketches.residual_layout import TwoBlockRegion
+
+    with pytest.raises(SketchError, match="layout"):
+        TwoBlockRegion(64 * 1024, 7e-4, "24")
+
+
+@pytest.mark.parametrize("built, loaded", [(7, 6), (6, 7)])
+def test_rule6_and_rule7_snapshots_load_under_the_other(monkeypatch, built, loaded):
+    """A sketch built under rule 7 at 128 KiB, phi 5e-4 carries the paper's /16 block, one built under rule 6 the
+    two blocks; each snapshot loads bit for bit, with its own layout, whichever rule is current."""
+    from telesketch.sketches import residualsketch as rs_module
+
+    monkeypatch.setattr(rs_module, "RULE", built)
+    old = ResidualSketch(tuned(128 * 1024, 2000, 4_000_000, seed=3))
+    want = {6: ((16, 24), (0.5, 0.25, 0.25)), 7: ((16,), None)}[built]
+    assert (old.params.crucial_layers, old.params.split) == want
+    assert old.params.chosen_layout.name == {6: "16-24", 7: "paper"}[built]
+    old.update_addresses(hierarchical_stream(6000, seed=5))
+    blob = old.to_bytes()
+    monkeypatch.setattr(rs_module, "RULE", loaded)
+    restored = ResidualSketch.from_bytes(blob)
+    assert (restored.params.crucial_layers, restored.params.split) == want
+    assert restored.to_bytes() == blob and restored.hhh_entries() == old.hhh_entries()
+    assert tuned(128 * 1024, 2000, 4_000_000).chosen_layout.name == {6: "16-24", 7: "paper"}[loaded]
+
+
+def test_tuned_layouts_names_every_rules_block_layout():
+    """tuned_layouts walks every rule's region: flat, 16-24 and (rule 7) the paper's layout in byte mode."""
+    from telesketch.sketches.residualsketch import tuned_layouts
+
+    names = {layout.name for layout in tuned_layouts("byte")}
+    assert {"flat", "16-24", "paper"} <= names
+    assert {layout.name for layout in tuned_layouts("bit")} == {"flat"}

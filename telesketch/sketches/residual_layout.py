@@ -5,7 +5,7 @@ the block) loses to CocoSketch at equal memory on some traffic, and no single la
 (BENCHMARKS.md "Against CocoSketch beyond the spec's workloads"). The **"tuned"** layout is a departure
 from the paper that picks one of two layouts per (memory, threshold, expected epoch size) by a small
 rule measured on the benchmark's rows (``layout = "paper"`` keeps the spec's: ``crucial_layers=(16,)``, equal
-split, which rules 3 to 6 below never pick: it beat CocoSketch on the spec's synthetic traffic but lost most
+split, which rules 3 to 6 below never pick (rule 7, not adopted, does): it beat CocoSketch on the spec's synthetic traffic but lost most
 other rows at the same (r, T)):
 
 * ``"16-24"``: ``crucial_layers=(16, 24)``, ``split=(1/2, 1/4, 1/4)``: F keeps half the memory for the
@@ -86,6 +86,19 @@ became design rows of the next:
    (:data:`RULE`): 0 below CocoSketch on all 481 byte-mode rows (31 design, 36 capture, fresh sets 1-5), against
    rule 4's 10 (worst -0.028). What it gives up: every two-block win at phi >= 1e-3 (the issue's hard mix at 64 KiB,
    +0.047, is now CocoSketch's answer) and every layout below about 90 KiB.
+7. Rule 7 (issue 20, speed; written down here before fresh set 6 was generated; **not adopted**): rule 6, but
+   where rule 6 picks ``16-24`` pick the paper's layout (crucial /16, equal split; :attr:`TwoBlockRegion.layout`).
+   Why: the two-block layout runs at 0.68-0.91x the paper layout's update speed, so where rule 6 picks it
+   ``tuned`` is slower than the paper's ResidualSketch; with rule 7 ``tuned`` is always ``flat`` (CocoSketch's
+   kernel, faster than the paper's) or the paper's own layout. It needs the paper's layout to be at or above
+   CocoSketch wherever it is picked, and on the rows already measured it is not: of the 98 earlier byte rows
+   where rule 6 picks 16-24 the paper's layout is below CocoSketch on 43 (worst -0.053), every one of them
+   ``generate_batch`` traffic (Zipf and hard mixes; the paper's layout wins only the spec generator's rows,
+   +0.004 .. +0.128, and one of those is -0.001); no narrower region (memory >= 64 .. 512 KiB, phi <= 1.25e-4 ..
+   7e-4, r in [8, 12], [12, 20] or [16, 20]) holds only rows where it is at or above CocoSketch (every one has 31
+   or more below at its largest, 2 or more at its smallest), since the chooser sees memory, T and the epoch size
+   but not which generator the traffic resembles. Rule 7 stays selectable for the record; its held-out scores
+   (fresh set 6) are in BENCHMARKS.md "ResidualSketch tuned layouts, rule 7".
 
 Bit mode: ``"flat"``, measured (BENCHMARKS.md "ResidualSketch tuned layouts, second pass"). On the benchmark's 8
 bit-mode rows (spec §8.2 points) the paper's layout (/12) beat CocoSketch on all 8 and 16-24 fell below it on 6;
@@ -115,18 +128,26 @@ TWO_BLOCK_MIN_MEMORY = 16 * 1024
 
 @dataclass(frozen=True)
 class TwoBlockRegion:
-    """Where one rule picks ``16-24`` (inside ``TWO_BLOCK_R``, ``T >= MIN_T``, byte mode): ``min_memory`` (bytes
-    of IPv4 bucket memory) and ``max_phi`` (``T / expected``; ``None``: no bound)."""
+    """Where one rule picks a block layout (inside ``TWO_BLOCK_R``, ``T >= MIN_T``, byte mode): ``min_memory``
+    (bytes of IPv4 bucket memory), ``max_phi`` (``T / expected``; ``None``: no bound) and ``layout``, the layout
+    picked inside: ``"16-24"`` (rules 3-6) or ``"paper"`` (rule 7: the spec's /16 block, equal split)."""
 
     min_memory: int
     max_phi: float | None = None
+    layout: str = "16-24"
+
+    def __post_init__(self):
+        if self.layout not in ("16-24", "paper"):
+            raise SketchError(f"a region's layout must be '16-24' or 'paper', got {self.layout!r}")
 
 
 #: Rule number -> its two-block region: rule 3 from 16 KiB, rule 4 from 64 KiB (the /16 block then keeps at least
-#: 1024 buckets a row), rule 5 also only up to ``phi = 1.5e-3``, rule 6 up to ``phi = 7e-4`` (see the module
-#: docstring). Older rules stay so a snapshot taken under them resolves to the layout it was built with.
+#: 1024 buckets a row), rule 5 also only up to ``phi = 1.5e-3``, rule 6 up to ``phi = 7e-4``, rule 7 rule 6's region
+#: with the paper's layout in it (see the module docstring). Older rules stay so a snapshot taken under them
+#: resolves to the layout it was built with.
 RULES = {3: TwoBlockRegion(TWO_BLOCK_MIN_MEMORY), 4: TwoBlockRegion(64 * 1024),
-         5: TwoBlockRegion(64 * 1024, 1.5e-3), 6: TwoBlockRegion(64 * 1024, 7e-4)}
+         5: TwoBlockRegion(64 * 1024, 1.5e-3), 6: TwoBlockRegion(64 * 1024, 7e-4),
+         7: TwoBlockRegion(64 * 1024, 7e-4, "paper")}
 #: The rule ``layout = "tuned"`` applies to a new sketch.
 RULE = 6
 
@@ -189,10 +210,12 @@ def choose_layout(memory_bytes: int, threshold: int, mode: str = "byte", expecte
         if region.max_phi is not None and phi > region.max_phi:
             return flat(f"r = {r:.2f} but phi = T / expected = {phi:.2g} > {region.max_phi:g}: the HHHs are coarse "
                         f"there and the /16 and /24 blocks did not beat CocoSketch on every row measured (rule {rule})")
-        return Layout("16-24", (16, 24), (0.5, 0.25, 0.25),
-                      f"r = buckets x phi = {r:.2f} in [{TWO_BLOCK_R[0]:g}, {TWO_BLOCK_R[1]:g}], memory >= "
-                      f"{region.min_memory // 1024} KiB"
-                      + ("" if region.max_phi is None else f", phi = {phi:.2g} <= {region.max_phi:g}")
-                      + ": /16 and /24 blocks")
+        where = (f"r = buckets x phi = {r:.2f} in [{TWO_BLOCK_R[0]:g}, {TWO_BLOCK_R[1]:g}], memory >= "
+                 f"{region.min_memory // 1024} KiB"
+                 + ("" if region.max_phi is None else f", phi = {phi:.2g} <= {region.max_phi:g}"))
+        if region.layout == "paper":
+            return Layout("paper", PAPER[mode], None,
+                          where + f": the paper's /16 block, not the slower /16 and /24 blocks (rule {rule})")
+        return Layout("16-24", (16, 24), (0.5, 0.25, 0.25), where + ": /16 and /24 blocks")
     return flat(f"r = {r:.2f}, T = {threshold}, memory {memory_bytes // 1024} KiB: no layout measured to beat "
                 f"CocoSketch here")

@@ -261,17 +261,19 @@ class ResidualSketchParams:
 def tuned_layouts(mode: str, weight: str = "packets") -> tuple[Layout, ...]:
     """Every layout ``layout = "tuned"`` can pick in ``mode`` under any rule of ``RULES``: CocoSketch's
     (``flat``, no crucial layer) and each rule's block layout, read from :func:`choose_layout` at a point
-    inside its region (the rule's least memory, ``T = 20 * MIN_T``, ``r`` mid-range). So a sketch given the
-    crucial layers and split of a tuned pick (a Ray shard: ``ResidualSketch.shard_params`` pins ``tuned``
-    as ``paper``) reports that pick's name, not "custom"."""
+    inside its region (``T = 20 * MIN_T``, ``r`` mid-range, ``phi`` half the rule's bound (1e-3 if none), the memory
+    that gives that ``r``, at least the rule's least memory). So a sketch given the crucial layers and split of a
+    tuned pick (a Ray shard: ``ResidualSketch.shard_params`` pins ``tuned`` as ``paper``) reports that pick's
+    name, not "custom"."""
     threshold, r = 20 * MIN_T, sum(TWO_BLOCK_R) / 2
     found = {}
-    for memory in sorted({region.min_memory for region in RULES.values()}):
+    for rule, region in RULES.items():
+        phi = (region.max_phi or 2e-3) / 2
+        memory = max(region.min_memory, math.ceil(r / phi) * bucket_bytes(weight))
         expected = round(memory // bucket_bytes(weight) * threshold / r)
-        for rule in RULES:
-            for layout in (choose_layout(memory, threshold, mode, None, weight, rule=rule),
-                           choose_layout(memory, threshold, mode, expected, weight, rule=rule)):
-                found.setdefault(layout.name, layout)
+        for layout in (choose_layout(memory, threshold, mode, None, weight, rule=rule),
+                       choose_layout(memory, threshold, mode, expected, weight, rule=rule)):
+            found.setdefault(layout.name, layout)
     return tuple(found.values())
 
 
