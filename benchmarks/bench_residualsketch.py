@@ -19,6 +19,7 @@ that reproduces it:
     .venv/bin/python benchmarks/bench_residualsketch.py --sections fresh5 --seeds 3      # issue 20 3rd pass: fresh set 5
     .venv/bin/python benchmarks/bench_residualsketch.py --sections rules5 --seeds 3      # 3rd pass: rules 3-6, earlier rows
     .venv/bin/python benchmarks/bench_residualsketch.py --sections layoutspeed3 --repeats 3  # 3rd pass: speed vs Coco
+    .venv/bin/python benchmarks/bench_residualsketch.py --sections fresh6 --seeds 3      # rule 7: fresh set 6
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv6          # mixed IPv4/IPv6 (issue 18)
     .venv/bin/python benchmarks/bench_residualsketch.py --sections ipv4_ab --baseline-tree /tmp/base
     .venv/bin/python benchmarks/bench_residualsketch.py --sections bytes          # byte-weighted (issue 17)
@@ -755,6 +756,20 @@ FRESH5_KIBS = (96, 128, 192, 256, 512)
 FRESH5_PHIS = (1.25e-4, 2.5e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4)
 
 
+#: Fresh set 6 (issue 20, rule 7): seeds 71-75 and settings used nowhere before; rule 7 (the paper's layout inside
+#: rule 6's region) was committed before this set was first generated. Two spec-generator workloads (one with a
+#: flatter /8 exponent and a 15 % injection) and three ``generate_batch`` ones (Zipf 0.95, Zipf 1.2, hard); the
+#: grid brackets the region: 64 KiB (r < 8 at phi <= 7e-4: flat) to 512 KiB, phi 2.5e-4 .. 8e-4 (the bound 7e-4).
+FRESH6 = {"spec-gen 4M s71": ("gen", ["--seed", "71"]),
+          "spec-gen 4M s72 inj0.15 src-s 0.9..": ("gen", ["--seed", "72", "--inject", "0.15",
+                                                          "--src-s", "0.9", "1.0", "1.0", "1.0"]),
+          "zipf0.95 3M/250k s73": dict(packets=3_000_000, flows=250_000, zipf=0.95, seed=73),
+          "zipf1.2 2M/100k s74": dict(packets=2_000_000, flows=100_000, zipf=1.2, seed=74),
+          "hard 3M/120k s75": dict(packets=3_000_000, flows=120_000, zipf=1.0, seed=75, mix="hard")}
+FRESH6_KIBS = (64, 128, 256, 512)
+FRESH6_PHIS = (2.5e-4, 5e-4, 6e-4, 7e-4, 8e-4)
+
+
 def earlier_rows(args, cache: Path):
     """``(set label, rows)`` of every byte-mode row set scored before fresh set 4 (166 rows)."""
     return [("design rows", split_rows(args, cache)), ("capture rows", held_out_rows()),
@@ -1080,6 +1095,9 @@ def main() -> None:
             layout_grid(args, rows, "byte", f"{label}, rules 3-6", results, second_pass_rules((3, 4, 5, 6)))
         layout_grid(args, fresh_rows(args.cache, FRESH4, FRESH4_KIBS, FRESH4_PHIS), "byte", "fresh set 4, rules 3-6",
                     results, second_pass_rules((3, 4, 5, 6)))
+    if "fresh6" in sections:
+        layout_grid(args, fresh_rows(args.cache, FRESH6, FRESH6_KIBS, FRESH6_PHIS), "byte",
+                    "fresh set 6 (held-out for rule 7)", results, second_pass_rules((6, 7)))
     if "why" in sections:
         split_section(args, args.cache, results, WHY_VARIANTS, "why")
     if "ipv4_ab" in sections:
