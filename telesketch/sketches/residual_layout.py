@@ -97,8 +97,12 @@ became design rows of the next:
    +0.004 .. +0.128, and one of those is -0.001); no narrower region (memory >= 64 .. 512 KiB, phi <= 1.25e-4 ..
    7e-4, r in [8, 12], [12, 20] or [16, 20]) holds only rows where it is at or above CocoSketch (every one has 31
    or more below at its largest, 2 or more at its smallest), since the chooser sees memory, T and the epoch size
-   but not which generator the traffic resembles. Rule 7 stays selectable for the record; its held-out scores
-   (fresh set 6) are in BENCHMARKS.md "ResidualSketch tuned layouts, rule 7".
+   but not which generator the traffic resembles. **Held-out** (fresh set 6: seeds 71-75, two spec-generator and
+   three ``generate_batch`` workloads, 64-512 KiB x phi 2.5e-4 .. 8e-4, 100 rows): rule 7 35 rows in its region,
+   14 above, 65 equal, **21 below (worst -0.053, every ``generate_batch`` row in the region)**; rule 6 on the same
+   rows 35 above, 65 equal, 0 below (smallest gain +0.005). Nor does it give CocoSketch's speed: the paper's layout
+   runs at 0.34-0.44x CocoSketch's update rate on those rows (16-24 at 0.26-0.35x, 0.63-0.80x the paper's). Rule 7
+   stays selectable for the record (BENCHMARKS.md "ResidualSketch tuned layouts, rule 7").
 
 Bit mode: ``"flat"``, measured (BENCHMARKS.md "ResidualSketch tuned layouts, second pass"). On the benchmark's 8
 bit-mode rows (spec §8.2 points) the paper's layout (/12) beat CocoSketch on all 8 and 16-24 fell below it on 6;
