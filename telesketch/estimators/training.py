@@ -333,11 +333,6 @@ def concat_samples(parts: list[Samples]) -> Samples:
                    np.concatenate(flows))
 
 
-def source_name(trace) -> str:
-    """What a training source is called in reports and ``estimator.json``: a path's file name."""
-    return "a packet batch" if isinstance(trace, PacketBatch) else Path(str(trace)).name
-
-
 def source_names(paths) -> list[str]:
     """What several capture paths are called in reports and ``estimator.json``: each one's shortest
     trailing path that no other path ends with (``a/x.pcap`` and ``b/x.pcap`` beside ``y.pcap``;
@@ -439,7 +434,7 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     if names is None:  # a batch has no file name: several are numbered; paths by source_names
         paths = [t for t in sources if not isinstance(t, PacketBatch)]
         path_names = iter(source_names(paths))
-        names = [(f"packet batch {i}" if len(sources) > 1 else source_name(t)) if isinstance(t, PacketBatch)
+        names = [(f"packet batch {i}" if len(sources) > 1 else "a packet batch") if isinstance(t, PacketBatch)
                  else next(path_names) for i, t in enumerate(sources)]
     names = list(names)
     if len(names) != len(sources):
