@@ -486,7 +486,6 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
         train = cap_flows(concat_samples(trains), max_flows, seed)
         val = cap_flows(concat_samples(vals), max_flows, seed)
         evaluation = cap_flows(concat_samples(evals), max_flows, seed)
-        train_all = concat_samples(all_trains)
         sizes = np.concatenate(size_parts)
         captures = capture_counts[0] if len(sources) == 1 else capture_counts
         pivot = choose_pivot(sizes, heavy_slots(memory_bytes), scale=held_packets / max(train_packets, 1))
@@ -496,7 +495,8 @@ def train_estimator(trace, kind: str, out, train_fraction: float = 0.5, max_flow
     if kind in ("trees", "lm"):
         from telesketch.estimators.trees import BoostedTreesEstimator, traffic_summary
 
-        fit = train if split == "flow" else cap_flows(train_all, max_flows, seed)  # no early stopping: use all
+        # no early stopping: fit on the whole training part (pooled only here: the other kinds do not use it)
+        fit = train if split == "flow" else cap_flows(concat_samples(all_trains), max_flows, seed)
         if kind == "trees":
             est = BoostedTreesEstimator.fit(fit.headers, fit.hdr_len, fit.size, pivot=pivot, seed=seed, **config)
         else:
