@@ -685,7 +685,7 @@ class ScoringMixin:
                 memory_bytes, split_task, cache_flows=cache_flows, scorer_share=scorer_share,
                 keep_keys=bool(sketch_kwargs.get("keep_keys", False)), **shape)
             # a state's own parameters win (its arrays have that shape); memory_bytes reports what is held
-            if sketch_kwargs.get("params") is None:
+            if state_params is None:
                 sketch_kwargs["params"] = split
         elif scorer_share is not None:
             raise SketchError(f"scorer_share={scorer_share!r} sizes a charged score cache: it needs "
