@@ -758,7 +758,7 @@ class ScoringMixin:
         if self.scorer is None:
             return 0
         cache = self.scorer.cache
-        return int(sum(a.nbytes for a in (cache.tags, cache.seen, cache.score, cache.stamp, cache.pending)))
+        return int(cache.cells.nbytes + cache.pending.nbytes)  # tags, seen, score and stamp are views of cells
 
     @property
     def sketch_memory_bytes(self) -> int:
