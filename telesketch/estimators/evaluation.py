@@ -108,8 +108,6 @@ def choose_pivot(train_sizes, slots: int, fill: float = 0.5, scale: float = 1.0,
 #: heavy hitters leave free. Chosen from 1 / 2 / 4 on the second halves of the labelled synthetic
 #: generator's seeds 11-13 and the capture generator's seeds 11-13 (BENCHMARKS.md, issue #19 sixth pass).
 HH_SPARE_FLOWS = 2.0
-#: The LLM-Sketch tasks whose answer is the heavy part's flows above a threshold, with no light part.
-HH_TASKS = ("heavy_hitters", "heavy_hitters37")
 #: ``phi`` of a heavy-hitter query when none is given (spec §5; ``LLMSketch.heavy_hitters``).
 HH_PHI = 1e-4
 

@@ -99,7 +99,8 @@ class BoostedTreesEstimator(Estimator):
         leave free admit more flows. ``heavy_ratio`` and ``weight``: the sketch's (its heavy slots,
         :func:`~telesketch.estimators.evaluation.heavy_slots`, depend on both). The saved pivot when
         the model carries no traffic summary (trained before it was saved)."""
-        from telesketch.estimators.evaluation import HH_PHI, HH_TASKS, choose_pivot, heavy_hitter_pivot, heavy_slots
+        from telesketch.estimators.evaluation import HH_PHI, choose_pivot, heavy_hitter_pivot, heavy_slots
+        from telesketch.sketches.llmsketch import TASKS
 
         if not self.traffic:
             return self.pivot
@@ -107,7 +108,7 @@ class BoostedTreesEstimator(Estimator):
         packets = max(int(self.traffic["packets"]), 1)
         scale = 1.0 if not epoch_packets else float(epoch_packets) / packets
         slots = heavy_slots(int(memory_bytes), task, heavy_ratio, weight)
-        if task in HH_TASKS:
+        if TASKS[task][2] == "none":  # a heavy-hitter task: no light part (heavy_slots has checked the task)
             threshold = int(HH_PHI * (epoch_packets if epoch_packets else packets))
             return max(2, heavy_hitter_pivot(sizes, slots, threshold, scale=scale))
         return choose_pivot(sizes, slots, scale=scale)
