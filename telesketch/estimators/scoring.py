@@ -56,6 +56,7 @@ from telesketch.sketches.llmsketch import LLMSketch, LLMSketchParams
 PROVISIONAL = 0.5
 FLOOR_FROM = 512  # see "Size floor" in the module doc
 WAYS = 8
+DEFAULT_CACHE_FLOWS = 1 << 20  #: ``cache_flows`` when not given and the cache is not charged
 FLOW_HASH_SEED = 0x5C0E
 MODES = ("sync", "async", "auto")
 _U64 = np.uint64
@@ -412,7 +413,7 @@ class FlowScorer:
     ``floor_from``: first size-floor position (a power of two; 0: no floor).
     """
 
-    def __init__(self, estimator, path=None, rescore: bool = False, cache_flows: int = 1 << 20,
+    def __init__(self, estimator, path=None, rescore: bool = False, cache_flows: int = DEFAULT_CACHE_FLOWS,
                  mode: str = "auto", provisional=None, batch_size: int = 256, queue_batches: int = 64,
                  floor_from: int = FLOOR_FROM):
         if mode not in MODES:
@@ -507,7 +508,6 @@ PIVOT_CHOICES = ("memory", "model")
 #: ``scorer_memory``: the score cache beside ``memory_bytes`` (reported as ``scorer_bytes``), or carved
 #: out of it (``memory_bytes`` is then the total of sketch and cache; issue #19 row 7)
 SCORER_MEMORY = ("separate", "charged")
-DEFAULT_CACHE_FLOWS = 1 << 20  #: ``cache_flows`` when not given and the cache is not charged
 #: ``scorer_memory = "charged"`` without ``cache_flows``: the score cache's share of ``memory_bytes``
 #: (of 0.1, 0.25 and 0.5, 0.1 lost the least accuracy at equal total memory: BENCHMARKS.md, "Issue #19 row 7")
 DEFAULT_SCORER_SHARE = 0.1
