@@ -1184,10 +1184,8 @@ class LLMSketch(Sketch):
     def memory_bytes(self) -> int:
         """Charged bytes (spec §2.1): heavy slots (key + u32 count, u64 byte-weighted) and light
         counters (1 byte each, 4 byte-weighted), plus the slots' 5-tuples with ``keep_keys``."""
-        p = self.params
-        heavy = p.buckets * SLOTS * (p.key_len + p.count_bytes)
-        light = self.cm.size * p.cm_counter_bytes + self.coco_ids.size * COCO_CELL_BYTES
-        return heavy + light + self.slot_names.size
+        names = self.slot_names.shape[-1] if self.slot_names.size else 0  # 0 without keep_keys
+        return self.params.charged_bytes(names)
 
     @property
     def overhead_bytes(self) -> int:
