@@ -1083,10 +1083,10 @@ def check_families(batch: PacketBatch, task: str) -> None:
     addresses are both v4-mapped are IPv4 flows and pass."""
     if task in ("flow_size", "heavy_hitters37") or not batch.has_ipv6():
         return
-    v6 = batch.ipv6.astype(bool)
-    if not v4_mapped_rows(batch[v6].flow_keys37()).all():
+    if _has_ipv6_flow(batch):  # from the address columns: no 37-byte keys built
         raise SketchError(f"the LLM-Sketch {task} task keys IPv4 flows only; this batch has "
-                          f"{int(v6.sum())} IPv6 packets (the flow_size task keys IPv6 flows on their 37-byte tuple)")
+                          f"{int(np.count_nonzero(batch.ipv6))} IPv6 packets (the flow_size task keys IPv6 flows "
+                          f"on their 37-byte tuple)")
 
 
 def fingerprint(keys: np.ndarray) -> np.ndarray:
