@@ -1112,12 +1112,10 @@ class LLMSketch(Sketch):
     COPY_ARRAYS = ("slot_names", "_slot_words", "counts", "lock", "occ", "cm", "coco_ids", "coco_counts", "coco_occ")
     COPY_EXACT = ("telesketch.sketches.llmsketch:LLMSketch", "telesketch.estimators.scoring:ScoredLLMSketch")
 
-    @property
-    def batch_invariant(self) -> bool:
-        """Joined batches leave the same state (``Sketch.batch_invariant``): packets are inserted in
-        stream order with coins drawn by stream index, and ``keep_keys`` names do not depend on the
-        cuts (:meth:`_name_slots`). The scored sketch also asks its scorer."""
-        return True
+    #: joined batches leave the same state (``Sketch.batch_invariant``): packets are inserted in
+    #: stream order with coins drawn by stream index, and ``keep_keys`` names do not depend on the
+    #: cuts (:meth:`_name_slots`). The scored sketch (a property there) also asks its scorer.
+    batch_invariant = True
 
     def __new__(cls, *args, **kwargs):
         """Build :attr:`scored_class` when a scorer setting is given (the third positional
