@@ -1531,11 +1531,11 @@ class LLMSketch(Sketch):
 
 @kernel
 def _name_slots13_kernel(names, slots, rows, src_ip, dst_ip, src_port, dst_port, proto):
-    """``names[slot // 8, slot % 8]`` (``uint8[NB, 8, 13]``) = the 13-byte 5-tuple of packet ``rows[j]``
+    """``names[slot // SLOTS, slot % SLOTS]`` (``uint8[NB, SLOTS, 13]``) = the 13-byte 5-tuple of packet ``rows[j]``
     for each ``slots[j]`` (int64 flat slot indices): :meth:`PacketBatch.flow_keys`' bytes (addresses
     and ports big-endian) written from the columns, without gathering the rows first."""
     for j in range(slots.shape[0]):
-        b, s, i = slots[j] // 8, slots[j] % 8, rows[j]
+        b, s, i = slots[j] // SLOTS, slots[j] % SLOTS, rows[j]
         a, d = src_ip[i], dst_ip[i]
         for k in range(4):
             names[b, s, k] = (a >> np.uint32(24 - 8 * k)) & np.uint32(0xFF)
