@@ -1083,10 +1083,10 @@ def check_families(batch: PacketBatch, task: str) -> None:
     addresses are both v4-mapped are IPv4 flows and pass."""
     if task in ("flow_size", "heavy_hitters37") or not batch.has_ipv6():
         return
-    v6 = batch.ipv6.astype(bool)
-    if not v4_mapped_rows(batch[v6].flow_keys37()).all():
+    if _has_ipv6_flow(batch):  # from the address columns: no 37-byte keys built
         raise SketchError(f"the LLM-Sketch {task} task keys IPv4 flows only; this batch has "
-                          f"{int(v6.sum())} IPv6 packets (the flow_size task keys IPv6 flows on their 37-byte tuple)")
+                          f"{int(np.count_nonzero(batch.ipv6))} IPv6 packets (the flow_size task keys IPv6 flows "
+                          f"on their 37-byte tuple)")
 
 
 def fingerprint(keys: np.ndarray) -> np.ndarray:
@@ -1112,12 +1112,10 @@ class LLMSketch(Sketch):
     COPY_ARRAYS = ("slot_names", "_slot_words", "counts", "lock", "occ", "cm", "coco_ids", "coco_counts", "coco_occ")
     COPY_EXACT = ("telesketch.sketches.llmsketch:LLMSketch", "telesketch.estimators.scoring:ScoredLLMSketch")
 
-    @property
-    def batch_invariant(self) -> bool:
-        """Joined batches leave the same state (``Sketch.batch_invariant``): packets are inserted in
-        stream order with coins drawn by stream index, and ``keep_keys`` names do not depend on the
-        cuts (:meth:`_name_slots`). The scored sketch also asks its scorer."""
-        return True
+    #: joined batches leave the same state (``Sketch.batch_invariant``): packets are inserted in
+    #: stream order with coins drawn by stream index, and ``keep_keys`` names do not depend on the
+    #: cuts (:meth:`_name_slots`). The scored sketch (a property there) also asks its scorer.
+    batch_invariant = True
 
     def __new__(cls, *args, **kwargs):
         """Build :attr:`scored_class` when a scorer setting is given (the third positional
@@ -1184,10 +1182,8 @@ class LLMSketch(Sketch):
     def memory_bytes(self) -> int:
         """Charged bytes (spec §2.1): heavy slots (key + u32 count, u64 byte-weighted) and light
         counters (1 byte each, 4 byte-weighted), plus the slots' 5-tuples with ``keep_keys``."""
-        p = self.params
-        heavy = p.buckets * SLOTS * (p.key_len + p.count_bytes)
-        light = self.cm.size * p.cm_counter_bytes + self.coco_ids.size * COCO_CELL_BYTES
-        return heavy + light + self.slot_names.size
+        names = self.slot_names.shape[-1] if self.slot_names.size else 0  # 0 without keep_keys
+        return self.params.charged_bytes(names)
 
     @property
     def overhead_bytes(self) -> int:
@@ -1535,11 +1531,11 @@ class LLMSketch(Sketch):
 
 @kernel
 def _name_slots13_kernel(names, slots, rows, src_ip, dst_ip, src_port, dst_port, proto):
-    """``names[slot // 8, slot % 8]`` (``uint8[NB, 8, 13]``) = the 13-byte 5-tuple of packet ``rows[j]``
+    """``names[slot // SLOTS, slot % SLOTS]`` (``uint8[NB, SLOTS, 13]``) = the 13-byte 5-tuple of packet ``rows[j]``
     for each ``slots[j]`` (int64 flat slot indices): :meth:`PacketBatch.flow_keys`' bytes (addresses
     and ports big-endian) written from the columns, without gathering the rows first."""
     for j in range(slots.shape[0]):
-        b, s, i = slots[j] // 8, slots[j] % 8, rows[j]
+        b, s, i = slots[j] // SLOTS, slots[j] % SLOTS, rows[j]
         a, d = src_ip[i], dst_ip[i]
         for k in range(4):
             names[b, s, k] = (a >> np.uint32(24 - 8 * k)) & np.uint32(0xFF)
