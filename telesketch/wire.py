@@ -51,6 +51,18 @@ MAX_FLOW_LABEL = (1 << 20) - 1
 # PacketBatch
 
 
+def _encodable_has_ipv6(batch: PacketBatch, schema_version: int) -> bool:
+    """Whether ``batch`` has an IPv6 row, once it is checked that ``schema_version`` can carry it
+    (:class:`BatchError` otherwise): the checks :func:`batch_to_message` and :func:`batch_to_bytes`
+    share, so both refuse the same batches with the same errors."""
+    if schema_version not in SUPPORTED_VERSIONS:
+        raise BatchError(f"cannot encode schema_version {schema_version}; supported: {SUPPORTED_VERSIONS}")
+    has_ipv6 = batch.has_ipv6()
+    if has_ipv6 and schema_version < 2:
+        raise BatchError("IPv6 packets need wire schema version 2; version 1 carries IPv4 only")
+    return has_ipv6
+
+
 def batch_to_message(batch: PacketBatch, sender_id: str = "", sequence: int = 0,
                      schema_version: int = SCHEMA_VERSION) -> batch_pb2.PacketBatch:
     """Encode a batch as a protobuf message (one ``bytes`` field per column).
@@ -58,11 +70,7 @@ def batch_to_message(batch: PacketBatch, sender_id: str = "", sequence: int = 0,
     ``schema_version=1`` speaks to servers that predate IPv6 and refuses batches with IPv6 rows.
     In version 2 the IPv6 columns are left out when the batch has no IPv6 row.
     """
-    if schema_version not in SUPPORTED_VERSIONS:
-        raise BatchError(f"cannot encode schema_version {schema_version}; supported: {SUPPORTED_VERSIONS}")
-    has_ipv6 = batch.has_ipv6()
-    if has_ipv6 and schema_version < 2:
-        raise BatchError("IPv6 packets need wire schema version 2; version 1 carries IPv4 only")
+    has_ipv6 = _encodable_has_ipv6(batch, schema_version)
     columns = {name: getattr(batch, name).tobytes() for name in V1_COLUMNS}
     if has_ipv6:
         columns.update({name: getattr(batch, name).tobytes() for name in V2_SCALAR_COLUMNS})
@@ -87,11 +95,7 @@ def batch_to_bytes(batch: PacketBatch, sender_id: str = "", sequence: int = 0,
     buffer, joined into one ``bytes`` (one copy of the packet data, where the message costs a
     ``tobytes`` per column, the message's own copy and the serialization's; issue 21 (a), the
     client's CPU per batch). The client sends it through a pass-through serializer."""
-    if schema_version not in SUPPORTED_VERSIONS:
-        raise BatchError(f"cannot encode schema_version {schema_version}; supported: {SUPPORTED_VERSIONS}")
-    has_ipv6 = batch.has_ipv6()
-    if has_ipv6 and schema_version < 2:
-        raise BatchError("IPv6 packets need wire schema version 2; version 1 carries IPv4 only")
+    has_ipv6 = _encodable_has_ipv6(batch, schema_version)
     count = len(batch)
     parts = []
     if schema_version:

@@ -187,6 +187,12 @@ class _Group:
     #: the batch being applied now
     current: int | None = None
 
+    def drop(self, indices: set) -> None:
+        """Take the parts of the batches ``indices`` out of ``parts`` (and ``owners``): their packets
+        are not applied (they failed before their bookkeeping, or their log records did not sync)."""
+        kept = [(part, owner) for part, owner in zip(self.parts, self.owners) if owner not in indices]
+        self.parts, self.owners = [p for p, _ in kept], [o for _, o in kept]
+
 
 #: :meth:`EpochManager.apply_many` concatenates consecutive parts while their sum stays at most this
 #: many packets, and hands larger ones to the sketches one by one (in one round trip through the
@@ -564,8 +570,7 @@ class EpochManager:
             group = self._group
             if group is not None and group.current not in group.undo and group.current in group.owners:
                 # it failed before its bookkeeping: its packets are not applied (apply stops there too)
-                kept = [(part, owner) for part, owner in zip(group.parts, group.owners) if owner != group.current]
-                group.parts, group.owners = [p for p, _ in kept], [o for _, o in kept]
+                group.drop({group.current})
             return exc
 
     def _apply_locked(self, batch: PacketBatch, sender_id: str, sequence: int, raw: bytes | None) -> ApplyResult:
@@ -762,8 +767,7 @@ class EpochManager:
         self.lsn = lsn
         failed = [index for index, _, _ in logged]
         log.error("%s (%d batches of a group)", error, len(failed))
-        kept = [(part, owner) for part, owner in zip(group.parts, group.owners) if owner not in set(failed)]
-        group.parts, group.owners = [p for p, _ in kept], [o for _, o in kept]
+        group.drop(set(failed))
         for _, sender_id, sequence in logged:
             if sender_id:
                 self._unlogged[sender_id] = min(sequence, self._unlogged.get(sender_id, sequence))

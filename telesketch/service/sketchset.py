@@ -503,15 +503,16 @@ class SketchSet:
         Numba's CUDA simulator is not thread-safe) is updated on the calling thread, first.
         """
         parts = {name: part if part is None or isinstance(part, tuple) else (part,) for name, part in parts.items()}
-        ipv6_rows: dict[int, int] = {}  # id(part) -> its IPv6 rows: one count per distinct part, not per sketch
+        # id(part) -> (its IPv4 rows, its IPv6 rows withheld): counted and filtered once per distinct
+        # part, not per IPv4-only sketch (the sketches only read their input, as they share the batch)
+        ipv4_rows: dict[int, tuple[PacketBatch, int]] = {}
         for cs in (cs for cs in self.sketches if parts.get(cs.name) is not None and not cs.cls.takes_ipv6(cs.params)):
             kept = []
             for part in parts[cs.name]:
-                n6 = ipv6_rows.get(id(part))
-                if n6 is None:
-                    n6 = ipv6_rows[id(part)] = part.ipv6_count()
-                # IPv6 rows must not count as IPv4 (a filtered copy per sketch, as before)
-                kept.append(part[part.ipv6 == 0] if n6 else part)
+                if id(part) not in ipv4_rows:
+                    ipv4_rows[id(part)] = part.only_ipv4()  # IPv6 rows must not count as IPv4
+                rows, n6 = ipv4_rows[id(part)]
+                kept.append(rows)
                 self.count_withheld(cs.name, n6)
             parts[cs.name] = tuple(kept)
         sizes = {name: sum(len(part) for part in run) for name, run in parts.items() if run is not None}
